@@ -1,0 +1,82 @@
+// apikeys::Cache holds recent validation verdicts so the hot path can skip the store.
+// Bundled: MemoryCache; users plug in their own by implementing this interface.
+// Thread-safety: every method may be called from many threads at once.
+// Ownership: components hold caches through std::shared_ptr; verdicts are values.
+#ifndef APIKEYS_CACHE_HPP
+#define APIKEYS_CACHE_HPP
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+#include "apikeys/export.hpp"
+#include "apikeys/types.hpp"
+
+namespace apikeys {
+
+/// Outcome of a validation. Stable numeric values (they may be stored by caches).
+enum class ValidationCode : std::uint8_t {
+  valid = 0,
+  malformed = 1,     ///< Not the shape of a key: the store was not consulted.
+  not_found = 2,     ///< No key has this public key.
+  wrong_secret = 3,  ///< The key exists but the secret does not match.
+  expired = 4,       ///< The key's expiry has passed.
+  revoked = 5,       ///< The key was revoked.
+  error = 6,         ///< An internal failure (store, hasher, cache): fail closed.
+};
+
+/// "valid", "malformed", "not_found", "wrong_secret", "expired", "revoked", "error".
+APIKEYS_EXPORT const char* to_string(ValidationCode code) noexcept;
+
+/// What a cache remembers about one presented (public key, secret) pair.
+struct Verdict {
+  ValidationCode code = ValidationCode::error;
+  Uuid account_id;  ///< Set when code is valid.
+  Uuid key_id;      ///< Set when code is valid.
+};
+
+/// Interface: a verdict cache.
+///
+/// Verdicts are keyed by the public key *and* the digest of the presented secret
+/// (the full 32 bytes, never a prefix), so a negative verdict only ever answers the
+/// same presented secret: knowing a public key does not let anyone lock its owner out.
+///
+/// Fill protocol (it closes the revoke/fill race): before reading the store, the
+/// Validator takes fill_token(public_key); put() must then store nothing if erase() or
+/// clear() for that public key ran after the token was taken. A token may also be
+/// invalidated spuriously (that only costs a cache miss).
+///
+/// Errors: any method may throw; the Validator then treats the cache as a miss
+/// (get), skips caching (put), or answers `error` (erase during revoke is the
+/// KeyManager's, which propagates it).
+class APIKEYS_EXPORT Cache {
+ public:
+  Cache() = default;
+  Cache(const Cache&) = delete;
+  Cache& operator=(const Cache&) = delete;
+  virtual ~Cache();
+
+  /// The verdict stored for (public_key, presented) and not yet past its TTL.
+  [[nodiscard]] virtual std::optional<Verdict> get(std::string_view public_key,
+                                                   const Digest& presented) = 0;
+
+  /// A token for a later put() of `public_key`.
+  [[nodiscard]] virtual std::uint64_t fill_token(std::string_view public_key) = 0;
+
+  /// Stores `verdict` for `ttl`, unless erase(public_key) or clear() ran since
+  /// `token` was taken. May evict other entries to stay within its bounds.
+  virtual void put(std::string_view public_key, const Digest& presented, const Verdict& verdict,
+                   std::chrono::milliseconds ttl, std::uint64_t token) = 0;
+
+  /// Removes every verdict for `public_key` and invalidates outstanding tokens for it.
+  /// After it returns, get() for that public key misses until a new put().
+  virtual void erase(std::string_view public_key) = 0;
+
+  /// Removes every verdict and invalidates every outstanding token.
+  virtual void clear() = 0;
+};
+
+}  // namespace apikeys
+
+#endif  // APIKEYS_CACHE_HPP

@@ -1,0 +1,46 @@
+// apikeys::Clock is the source of wall-clock time for expiry, cache TTLs and
+// last-use throttling; inject a ManualClock in tests to move time.
+// Thread-safety: implementations must be safe to call from any thread.
+// Ownership: components hold clocks through std::shared_ptr.
+#ifndef APIKEYS_CLOCK_HPP
+#define APIKEYS_CLOCK_HPP
+
+#include <atomic>
+#include <memory>
+
+#include "apikeys/export.hpp"
+#include "apikeys/types.hpp"
+
+namespace apikeys {
+
+/// Interface: the current UTC time.
+class APIKEYS_EXPORT Clock {
+ public:
+  Clock() = default;
+  Clock(const Clock&) = delete;
+  Clock& operator=(const Clock&) = delete;
+  virtual ~Clock();
+
+  /// The current time. Must not throw.
+  [[nodiscard]] virtual TimePoint now() const noexcept = 0;
+};
+
+/// The process-wide system clock (std::chrono::system_clock).
+[[nodiscard]] APIKEYS_EXPORT std::shared_ptr<Clock> system_clock();
+
+/// A clock that only moves when told to. Thread-safe (atomic).
+class APIKEYS_EXPORT ManualClock final : public Clock {
+ public:
+  explicit ManualClock(TimePoint start) noexcept : ms_(to_unix_millis(start)) {}
+  ~ManualClock() override;
+  [[nodiscard]] TimePoint now() const noexcept override { return from_unix_millis(ms_.load()); }
+  void set(TimePoint t) noexcept { ms_.store(to_unix_millis(t)); }
+  void advance(std::chrono::milliseconds d) noexcept { ms_.fetch_add(d.count()); }
+
+ private:
+  std::atomic<std::int64_t> ms_;
+};
+
+}  // namespace apikeys
+
+#endif  // APIKEYS_CLOCK_HPP

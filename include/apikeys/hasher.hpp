@@ -1,0 +1,72 @@
+// apikeys::Hasher turns secrets into digests; HmacSha256Hasher is the bundled one:
+// HMAC-SHA256 keyed by a server-side pepper, with several peppers accepted for
+// verification so the pepper can be rotated (new keys use the current one).
+// Thread-safety: implementations must be safe to call from many threads at once.
+// Ownership: HmacSha256Hasher copies the peppers and wipes its copies when it dies.
+#ifndef APIKEYS_HASHER_HPP
+#define APIKEYS_HASHER_HPP
+
+#include <cstdint>
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "apikeys/export.hpp"
+#include "apikeys/types.hpp"
+
+namespace apikeys {
+
+/// Interface: keyed digests of secrets. A digest must depend on every byte of the
+/// secret and on a server-side key, and be 32 bytes.
+class APIKEYS_EXPORT Hasher {
+ public:
+  Hasher() = default;
+  Hasher(const Hasher&) = delete;
+  Hasher& operator=(const Hasher&) = delete;
+  virtual ~Hasher();
+
+  /// The pepper id that hash() uses.
+  [[nodiscard]] virtual std::uint32_t current_pepper_id() const noexcept = 0;
+  /// Digest of `secret` under the current pepper. May throw Error(crypto).
+  [[nodiscard]] virtual Digest hash(std::string_view secret) const = 0;
+  /// Digest of `secret` under pepper `pepper_id`; nullopt when that id is unknown.
+  /// May throw Error(crypto).
+  [[nodiscard]] virtual std::optional<Digest> hash_with(std::string_view secret,
+                                                        std::uint32_t pepper_id) const = 0;
+  /// True when `secret` hashes to `stored` under stored.pepper_id; compares in
+  /// constant time. Unknown pepper id or any failure: false.
+  [[nodiscard]] virtual bool verify(std::string_view secret, const Digest& stored) const noexcept;
+};
+
+/// One server-side key for the HMAC. `bytes` must be at least 32 bytes of
+/// high-entropy data (e.g. 32 random bytes, hex-decoded from configuration).
+struct Pepper {
+  std::uint32_t id = 0;
+  std::string_view bytes;  ///< Copied by the hasher; the caller wipes its own copy.
+};
+
+/// HMAC-SHA256 with precomputed inner/outer states per pepper, so one digest costs two
+/// SHA-256 compressions and no allocation. Thread-safe and immutable once built.
+class APIKEYS_EXPORT HmacSha256Hasher final : public Hasher {
+ public:
+  /// Throws Error(invalid_argument) when `peppers` is empty, a pepper is shorter than
+  /// 32 bytes, two peppers share an id, or `current_id` is not among them.
+  HmacSha256Hasher(const std::vector<Pepper>& peppers, std::uint32_t current_id);
+  /// Shorthand for one pepper with id 1.
+  explicit HmacSha256Hasher(std::string_view pepper);
+  ~HmacSha256Hasher() override;
+
+  [[nodiscard]] std::uint32_t current_pepper_id() const noexcept override;
+  [[nodiscard]] Digest hash(std::string_view secret) const override;
+  [[nodiscard]] std::optional<Digest> hash_with(std::string_view secret,
+                                                std::uint32_t pepper_id) const override;
+  [[nodiscard]] bool verify(std::string_view secret, const Digest& stored) const noexcept override;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace apikeys
+
+#endif  // APIKEYS_HASHER_HPP

@@ -1,0 +1,54 @@
+// apikeys::MemoryCache is the bundled in-process verdict cache: sharded (no global
+// lock on the hot path), bounded in entries, with TTLs read from an injectable clock.
+// Thread-safety: every method is safe from many threads (one mutex per shard).
+// Ownership: owns its entries; holds its clock through std::shared_ptr.
+#ifndef APIKEYS_MEMORY_CACHE_HPP
+#define APIKEYS_MEMORY_CACHE_HPP
+
+#include <cstddef>
+#include <memory>
+
+#include "apikeys/cache.hpp"
+#include "apikeys/clock.hpp"
+#include "apikeys/export.hpp"
+
+namespace apikeys {
+
+/// Options for MemoryCache. Every field states its default.
+struct MemoryCacheOptions {
+  /// Most public keys held at once; beyond it the oldest-inserted entry of a shard is
+  /// evicted. Default 1,000,000.
+  std::size_t capacity = 1'000'000;
+  /// Number of independently locked shards (rounded up to a power of two). Default 64.
+  std::size_t shards = 64;
+  /// Source of time for TTLs. Default (null): the system clock.
+  std::shared_ptr<Clock> clock;
+};
+
+/// One verdict slot per public key: a later put() replaces it, except that a negative
+/// verdict for another secret never displaces a `valid` one (so guessing secrets for a
+/// known public key cannot push its owner off the cache).
+class APIKEYS_EXPORT MemoryCache final : public Cache {
+ public:
+  explicit MemoryCache(MemoryCacheOptions options = {});
+  ~MemoryCache() override;
+
+  [[nodiscard]] std::optional<Verdict> get(std::string_view public_key,
+                                           const Digest& presented) override;
+  [[nodiscard]] std::uint64_t fill_token(std::string_view public_key) override;
+  void put(std::string_view public_key, const Digest& presented, const Verdict& verdict,
+           std::chrono::milliseconds ttl, std::uint64_t token) override;
+  void erase(std::string_view public_key) override;
+  void clear() override;
+
+  /// Number of entries held (expired ones included until evicted).
+  [[nodiscard]] std::size_t size() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace apikeys
+
+#endif  // APIKEYS_MEMORY_CACHE_HPP

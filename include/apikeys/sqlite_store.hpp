@@ -1,0 +1,63 @@
+// apikeys::SqliteStore keeps records in one SQLite file (WAL mode). Several processes
+// may open the same file; revision() lets their validators see each other's revokes.
+// Thread-safety: every method is safe from many threads; reads use a pool of
+// connections, writes one connection under a mutex. Ownership: owns its connections.
+#ifndef APIKEYS_SQLITE_STORE_HPP
+#define APIKEYS_SQLITE_STORE_HPP
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "apikeys/export.hpp"
+#include "apikeys/store.hpp"
+
+namespace apikeys {
+
+/// Options for SqliteStore. Every field states its default.
+struct SqliteStoreOptions {
+  /// How long a statement waits on another connection's lock before failing with
+  /// Error(busy). Default 5 s.
+  std::chrono::milliseconds busy_timeout{5000};
+  /// Page cache per connection, in KiB. Default 16 MiB.
+  std::size_t cache_size_kib = 16 * 1024;
+  /// Bytes of the file to memory-map for reads (0 turns mmap off). Default 256 MiB.
+  std::size_t mmap_size = 256u * 1024u * 1024u;
+  /// synchronous=FULL when true (every commit survives power loss), NORMAL when false
+  /// (WAL keeps the file consistent; the last commits may be lost on power loss, never
+  /// on a process crash). Default true.
+  bool durable = true;
+  /// Open the file read-only (no schema creation or migration). Default false.
+  bool read_only = false;
+};
+
+class APIKEYS_EXPORT SqliteStore final : public Store {
+ public:
+  /// Opens (creating if needed) the database at `path` and migrates its schema to the
+  /// current version. Throws Error(storage) if the file cannot be opened, is not an
+  /// apikeys database, or has a newer schema than this library knows; Error(busy) if
+  /// it stays locked past the busy timeout.
+  explicit SqliteStore(const std::string& path, SqliteStoreOptions options = {});
+  ~SqliteStore() override;
+
+  void insert(const KeyRecord& record) override;
+  [[nodiscard]] std::optional<KeyRecord> find(std::string_view public_key) override;
+  [[nodiscard]] std::vector<KeyInfo> list(const Uuid& account_id) override;
+  std::optional<KeyInfo> set_status(const Uuid& account_id, const Uuid& key_id,
+                                    KeyStatus status) override;
+  std::optional<KeyInfo> remove(const Uuid& account_id, const Uuid& key_id) override;
+  void record_last_use(const std::vector<LastUse>& uses) override;
+  [[nodiscard]] std::uint64_t revision() override;
+
+  /// The schema version this library writes (PRAGMA user_version).
+  [[nodiscard]] static int schema_version() noexcept;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace apikeys
+
+#endif  // APIKEYS_SQLITE_STORE_HPP

@@ -1,0 +1,70 @@
+// apikeys::Store is where key records live. Bundled: MemoryStore, SqliteStore;
+// users plug in their own by implementing this interface.
+// Thread-safety: every method may be called from many threads at once; an
+// implementation must make that safe. Ownership: components hold stores through
+// std::shared_ptr; records are returned by value.
+#ifndef APIKEYS_STORE_HPP
+#define APIKEYS_STORE_HPP
+
+#include <cstdint>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+#include "apikeys/export.hpp"
+#include "apikeys/types.hpp"
+
+namespace apikeys {
+
+/// One throttled "this key was used at" update.
+struct LastUse {
+  Uuid key_id;
+  TimePoint at{};
+};
+
+/// Interface: persistent (or not) storage of key records.
+///
+/// Errors: implementations report failures by throwing. Throw apikeys::Error with
+/// already_exists for a duplicate, busy for a lock or timeout, storage for anything
+/// else; the Validator turns any exception (of any type) into `error`, never `valid`.
+/// "Not found" is never an exception: it is an empty optional, an empty vector or false.
+class APIKEYS_EXPORT Store {
+ public:
+  Store() = default;
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+  virtual ~Store();
+
+  /// Adds a record atomically: afterwards it is wholly visible or not at all.
+  /// Throws Error(already_exists) if the public key or key id is taken.
+  virtual void insert(const KeyRecord& record) = 0;
+
+  /// The record whose public key is `public_key`, or nullopt.
+  [[nodiscard]] virtual std::optional<KeyRecord> find(std::string_view public_key) = 0;
+
+  /// The account's keys, newest first (created_at descending, then most recently
+  /// inserted first). Empty when the account has none.
+  [[nodiscard]] virtual std::vector<KeyInfo> list(const Uuid& account_id) = 0;
+
+  /// Sets the status of key `key_id` if and only if it belongs to `account_id`.
+  /// Returns the key as it now is, or nullopt when that account has no such key.
+  virtual std::optional<KeyInfo> set_status(const Uuid& account_id, const Uuid& key_id,
+                                            KeyStatus status) = 0;
+
+  /// Deletes key `key_id` if and only if it belongs to `account_id`. Returns the key
+  /// as it was, or nullopt when that account has no such key.
+  virtual std::optional<KeyInfo> remove(const Uuid& account_id, const Uuid& key_id) = 0;
+
+  /// Records last use for each entry, keeping the later of the stored and given
+  /// times. Unknown key ids are ignored. Called from a background thread in batches.
+  virtual void record_last_use(const std::vector<LastUse>& uses) = 0;
+
+  /// A number that changes whenever any writer, in this process or another, revokes or
+  /// deletes a key. Validators poll it to drop cached verdicts that may be stale.
+  /// Default: 0 forever, for stores that nothing outside this process can change.
+  [[nodiscard]] virtual std::uint64_t revision() { return 0; }
+};
+
+}  // namespace apikeys
+
+#endif  // APIKEYS_STORE_HPP

@@ -1,0 +1,119 @@
+// Value types shared by every component: Uuid, TimePoint, Digest, KeyStatus, KeyInfo,
+// KeyRecord and SecretString.
+// Thread-safety: plain values; const access from many threads is safe.
+// Ownership: every type owns its data; SecretString is move-only and wipes its bytes.
+#ifndef APIKEYS_TYPES_HPP
+#define APIKEYS_TYPES_HPP
+
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "apikeys/export.hpp"
+
+namespace apikeys {
+
+/// Wall-clock time, always UTC (system_clock counts from the Unix epoch).
+using TimePoint = std::chrono::system_clock::time_point;
+
+/// A 128-bit UUID held as 16 bytes (no allocation). Key ids are random version 4;
+/// account ids may be any version.
+class APIKEYS_EXPORT Uuid {
+ public:
+  /// The nil UUID (all zero).
+  constexpr Uuid() noexcept : bytes_{} {}
+  explicit constexpr Uuid(const std::array<std::uint8_t, 16>& bytes) noexcept : bytes_(bytes) {}
+
+  /// Parses the canonical 8-4-4-4-12 hex form, either case. Returns nullopt otherwise.
+  [[nodiscard]] static std::optional<Uuid> parse(std::string_view text) noexcept;
+  /// A random version-4 UUID from OpenSSL's CSPRNG. Throws Error(crypto) if it fails.
+  [[nodiscard]] static Uuid random();
+
+  /// Lower-case canonical form, 36 characters.
+  [[nodiscard]] std::string to_string() const;
+  [[nodiscard]] bool is_nil() const noexcept;
+  [[nodiscard]] const std::array<std::uint8_t, 16>& bytes() const noexcept { return bytes_; }
+
+  friend bool operator==(const Uuid& a, const Uuid& b) noexcept { return a.bytes_ == b.bytes_; }
+  friend bool operator!=(const Uuid& a, const Uuid& b) noexcept { return a.bytes_ != b.bytes_; }
+  friend bool operator<(const Uuid& a, const Uuid& b) noexcept { return a.bytes_ < b.bytes_; }
+
+ private:
+  std::array<std::uint8_t, 16> bytes_;
+};
+
+/// An HMAC-SHA256 digest of a secret and the id of the pepper that made it.
+/// Not secret by itself, but never shown to users (list() does not return it).
+struct Digest {
+  std::array<std::uint8_t, 32> bytes{};
+  std::uint32_t pepper_id = 0;
+};
+
+/// Compares two digests' bytes and pepper ids in constant time.
+[[nodiscard]] APIKEYS_EXPORT bool constant_time_equal(const Digest& a, const Digest& b) noexcept;
+
+/// A key's lifecycle state. Deleted keys are gone from the store, not a state.
+enum class KeyStatus : std::uint8_t { active = 0, revoked = 1 };
+
+/// "active" or "revoked".
+APIKEYS_EXPORT const char* to_string(KeyStatus status) noexcept;
+
+/// What may be shown about a key: never its secret, never its digest.
+struct KeyInfo {
+  Uuid key_id;
+  Uuid account_id;
+  std::string public_key;
+  std::string title;
+  std::string description;  ///< Empty when none was given.
+  KeyStatus status = KeyStatus::active;
+  TimePoint created_at{};
+  std::optional<TimePoint> expires_at;    ///< nullopt: never expires.
+  std::optional<TimePoint> last_used_at;  ///< nullopt: never used (or not yet flushed).
+};
+
+/// What a Store keeps: the shown fields plus the digest of the secret.
+struct KeyRecord {
+  KeyInfo info;
+  Digest digest;
+};
+
+/// Bytes of a secret. Move-only; the bytes are wiped with OPENSSL_cleanse when the
+/// object dies or is assigned over. Copy out of it only into buffers you wipe too.
+class APIKEYS_EXPORT SecretString {
+ public:
+  SecretString() noexcept = default;
+  explicit SecretString(std::string_view bytes);
+  SecretString(SecretString&& other) noexcept;
+  SecretString& operator=(SecretString&& other) noexcept;
+  SecretString(const SecretString&) = delete;
+  SecretString& operator=(const SecretString&) = delete;
+  ~SecretString();
+
+  /// The secret. Valid while this object lives and is not moved from.
+  [[nodiscard]] std::string_view reveal() const noexcept { return {data_, size_}; }
+  [[nodiscard]] std::size_t size() const noexcept { return size_; }
+  [[nodiscard]] bool empty() const noexcept { return size_ == 0; }
+
+ private:
+  void wipe() noexcept;
+  char* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+/// Milliseconds since the Unix epoch; the precision every bundled store keeps.
+[[nodiscard]] inline std::int64_t to_unix_millis(TimePoint t) noexcept {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
+[[nodiscard]] inline TimePoint from_unix_millis(std::int64_t ms) noexcept {
+  return TimePoint(std::chrono::duration_cast<TimePoint::duration>(std::chrono::milliseconds(ms)));
+}
+/// RFC 3339 UTC text with milliseconds, e.g. "2026-11-25T05:59:32.123Z".
+[[nodiscard]] APIKEYS_EXPORT std::string format_utc(TimePoint t);
+
+}  // namespace apikeys
+
+#endif  // APIKEYS_TYPES_HPP

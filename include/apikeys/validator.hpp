@@ -1,0 +1,100 @@
+// apikeys::Validator checks presented keys on the hot path: format, cache, store
+// lookup, expiry, status, constant-time secret check; and records last use off the
+// caller's thread (a background writer, throttled per key, bounded, flushed on
+// destruction).
+// Thread-safety: validate() and invalidate() are safe from many threads at once.
+// Ownership: shares ownership of the store, hasher, cache and clock it is given.
+#ifndef APIKEYS_VALIDATOR_HPP
+#define APIKEYS_VALIDATOR_HPP
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string_view>
+
+#include "apikeys/cache.hpp"
+#include "apikeys/clock.hpp"
+#include "apikeys/export.hpp"
+#include "apikeys/hasher.hpp"
+#include "apikeys/key_generator.hpp"
+#include "apikeys/store.hpp"
+
+namespace apikeys {
+
+/// The answer to a validation. account_id and key_id are set only when valid.
+struct ValidationResult {
+  ValidationCode code = ValidationCode::error;
+  Uuid account_id;
+  Uuid key_id;
+
+  [[nodiscard]] bool ok() const noexcept { return code == ValidationCode::valid; }
+};
+
+/// Options for Validator. Every field states its default.
+struct ValidatorOptions {
+  /// The key shape accepted. Default: pk_ / sk_ with 32 characters.
+  KeyFormat format;
+  /// Verdict cache. Default (null): no cache, every validation reads the store.
+  std::shared_ptr<Cache> cache;
+  /// Time source for expiry and throttling. Default (null): the system clock.
+  std::shared_ptr<Clock> clock;
+  /// How long each verdict stays cached. A valid verdict never outlives the key's
+  /// expiry. Defaults: valid 120 s, not_found 300 s, wrong_secret 300 s,
+  /// expired 3600 s, revoked 3600 s. Zero: do not cache that verdict.
+  std::chrono::milliseconds ttl_valid{std::chrono::seconds(120)};
+  std::chrono::milliseconds ttl_not_found{std::chrono::seconds(300)};
+  std::chrono::milliseconds ttl_wrong_secret{std::chrono::seconds(300)};
+  std::chrono::milliseconds ttl_expired{std::chrono::seconds(3600)};
+  std::chrono::milliseconds ttl_revoked{std::chrono::seconds(3600)};
+  /// last_used_at is written at most once per key per interval. Default 900 s.
+  std::chrono::milliseconds last_use_interval{std::chrono::seconds(900)};
+  /// Record last use at all. Default true.
+  bool record_last_use = true;
+  /// Most pending last-use updates; beyond it updates are dropped (last use is
+  /// advisory), never queued without bound. Default 65,536.
+  std::size_t last_use_queue_limit = 65'536;
+  /// Most keys remembered by the last-use throttle. Default 1,000,000.
+  std::size_t last_use_throttle_limit = 1'000'000;
+  /// How often the background thread flushes last-use updates. Default 1 s.
+  std::chrono::milliseconds flush_interval{1000};
+  /// How often the background thread polls Store::revision() and clears the cache
+  /// when it moved (changes made by other processes). Default 250 ms.
+  std::chrono::milliseconds revision_poll_interval{250};
+};
+
+class APIKEYS_EXPORT Validator {
+ public:
+  /// Throws Error(invalid_argument) if store or hasher is null or the format is bad.
+  Validator(std::shared_ptr<Store> store, std::shared_ptr<Hasher> hasher,
+            ValidatorOptions options = {});
+  /// Stops the background thread after flushing pending last-use updates.
+  ~Validator();
+  Validator(const Validator&) = delete;
+  Validator& operator=(const Validator&) = delete;
+
+  /// Validates a public key and secret. Never throws; any internal failure is `error`.
+  [[nodiscard]] ValidationResult validate(std::string_view public_key,
+                                          std::string_view secret_key) const noexcept;
+  /// Validates the combined form "pk_...:sk_..." (as sent in an X-API-Key header).
+  [[nodiscard]] ValidationResult validate(std::string_view token) const noexcept;
+
+  /// Drops every cached verdict for `public_key`; the next validate() reads the store.
+  /// Throws whatever the cache throws.
+  void invalidate(std::string_view public_key);
+
+  /// Writes pending last-use updates now, on the calling thread. Store errors are
+  /// swallowed (last use is advisory) but counted in last_use_failures().
+  void flush_last_use() noexcept;
+  /// Number of last-use batches whose write failed since construction.
+  [[nodiscard]] std::uint64_t last_use_failures() const noexcept;
+
+  [[nodiscard]] const ValidatorOptions& options() const noexcept;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace apikeys
+
+#endif  // APIKEYS_VALIDATOR_HPP
