@@ -16,8 +16,9 @@ namespace apikeys {
 
 /// Options for MemoryCache. Every field states its default.
 struct MemoryCacheOptions {
-  /// Most public keys held at once; beyond it the oldest-inserted entry of a shard is
-  /// evicted. Default 1,000,000.
+  /// Most public keys held at once (split evenly over the shards); beyond it an entry
+  /// of the full shard is evicted, an expired one when a small sample finds one, else an
+  /// arbitrary one. Default 1,000,000.
   std::size_t capacity = 1'000'000;
   /// Number of independently locked shards (rounded up to a power of two). Default 64.
   std::size_t shards = 64;

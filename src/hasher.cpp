@@ -1,0 +1,182 @@
+// HMAC-SHA256 (RFC 2104) with the keyed inner and outer SHA-256 states computed once
+// per pepper. A digest then costs copying two 112-byte states and two compressions,
+// with no allocation and no algorithm fetch: OpenSSL 3's one-shot HMAC() and
+// EVP_MAC both fetch or duplicate provider contexts per call, several times slower.
+// The low-level SHA256_* functions are deprecated in OpenSSL 3.0 but present in every
+// 3.x release; builds without them (OPENSSL_NO_DEPRECATED_3_0) fall back to EVP_Q_mac.
+#define OPENSSL_SUPPRESS_DEPRECATED 1
+
+#include "apikeys/hasher.hpp"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/opensslconf.h>
+#include <openssl/sha.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "apikeys/error.hpp"
+
+namespace apikeys {
+
+Hasher::~Hasher() = default;
+
+bool Hasher::verify(std::string_view secret, const Digest& stored) const noexcept {
+  try {
+    const auto d = hash_with(secret, stored.pepper_id);
+    return d.has_value() && constant_time_equal(*d, stored);
+  } catch (...) {
+    return false;
+  }
+}
+
+namespace {
+
+constexpr std::size_t kBlock = 64;
+constexpr std::size_t kMinPepper = 32;
+
+#if !defined(OPENSSL_NO_DEPRECATED_3_0)
+struct KeyedState {
+  std::uint32_t id = 0;
+  SHA256_CTX inner{};
+  SHA256_CTX outer{};
+
+  KeyedState() = default;
+  KeyedState(const KeyedState&) = default;
+  KeyedState& operator=(const KeyedState&) = default;
+  ~KeyedState() {
+    OPENSSL_cleanse(&inner, sizeof inner);
+    OPENSSL_cleanse(&outer, sizeof outer);
+  }
+
+  bool init(std::uint32_t pepper_id, std::string_view key) {
+    id = pepper_id;
+    unsigned char k[kBlock] = {};
+    if (key.size() > kBlock) {
+      SHA256(reinterpret_cast<const unsigned char*>(key.data()), key.size(), k);
+    } else {
+      std::memcpy(k, key.data(), key.size());
+    }
+    unsigned char pad[kBlock];
+    bool ok = true;
+    for (std::size_t i = 0; i < kBlock; ++i) pad[i] = static_cast<unsigned char>(k[i] ^ 0x36);
+    ok = ok && SHA256_Init(&inner) == 1 && SHA256_Update(&inner, pad, kBlock) == 1;
+    for (std::size_t i = 0; i < kBlock; ++i) pad[i] = static_cast<unsigned char>(k[i] ^ 0x5c);
+    ok = ok && SHA256_Init(&outer) == 1 && SHA256_Update(&outer, pad, kBlock) == 1;
+    OPENSSL_cleanse(k, sizeof k);
+    OPENSSL_cleanse(pad, sizeof pad);
+    return ok;
+  }
+
+  bool mac(std::string_view message, std::uint8_t* out) const noexcept {
+    // The copies hold key-derived state and, in the inner one, message bytes: wipe both.
+    SHA256_CTX ctx = inner;
+    unsigned char ih[SHA256_DIGEST_LENGTH];
+    bool ok = SHA256_Update(&ctx, message.data(), message.size()) == 1 && SHA256_Final(ih, &ctx) == 1;
+    ctx = outer;
+    ok = ok && SHA256_Update(&ctx, ih, sizeof ih) == 1 && SHA256_Final(out, &ctx) == 1;
+    OPENSSL_cleanse(&ctx, sizeof ctx);
+    OPENSSL_cleanse(ih, sizeof ih);
+    return ok;
+  }
+};
+#else
+struct KeyedState {
+  std::uint32_t id = 0;
+  std::string key;
+
+  ~KeyedState() { OPENSSL_cleanse(key.data(), key.size()); }
+  bool init(std::uint32_t pepper_id, std::string_view k) {
+    id = pepper_id;
+    key.assign(k);
+    return true;
+  }
+  bool mac(std::string_view message, std::uint8_t* out) const noexcept {
+    size_t len = 0;
+    return EVP_Q_mac(nullptr, "HMAC", nullptr, "SHA256", nullptr, key.data(), key.size(),
+                     reinterpret_cast<const unsigned char*>(message.data()), message.size(),
+                     out, 32, &len) != nullptr && len == 32;
+  }
+};
+#endif
+
+}  // namespace
+
+struct HmacSha256Hasher::Impl {
+  // Few peppers (one current, a handful being retired): a linear scan beats a map.
+  std::vector<KeyedState> states;
+  const KeyedState* current = nullptr;
+
+  const KeyedState* find(std::uint32_t id) const noexcept {
+    for (const auto& s : states) {
+      if (s.id == id) return &s;
+    }
+    return nullptr;
+  }
+};
+
+HmacSha256Hasher::HmacSha256Hasher(const std::vector<Pepper>& peppers, std::uint32_t current_id)
+    : impl_(std::make_unique<Impl>()) {
+  if (peppers.empty()) {
+    throw Error(ErrorCode::invalid_argument, "at least one pepper is required");
+  }
+  impl_->states.reserve(peppers.size());
+  for (const auto& p : peppers) {
+    if (p.bytes.size() < kMinPepper) {
+      throw Error(ErrorCode::invalid_argument,
+                  "pepper " + std::to_string(p.id) + " is " + std::to_string(p.bytes.size()) +
+                      " bytes; at least 32 bytes are required");
+    }
+    if (impl_->find(p.id) != nullptr) {
+      throw Error(ErrorCode::invalid_argument, "pepper id " + std::to_string(p.id) + " is used twice");
+    }
+    impl_->states.emplace_back();
+    if (!impl_->states.back().init(p.id, p.bytes)) {
+      throw Error(ErrorCode::crypto, "SHA-256 initialisation failed");
+    }
+  }
+  impl_->current = impl_->find(current_id);
+  if (impl_->current == nullptr) {
+    throw Error(ErrorCode::invalid_argument,
+                "current pepper id " + std::to_string(current_id) + " is not among the peppers");
+  }
+}
+
+HmacSha256Hasher::HmacSha256Hasher(std::string_view pepper)
+    : HmacSha256Hasher(std::vector<Pepper>{Pepper{1, pepper}}, 1) {}
+
+HmacSha256Hasher::~HmacSha256Hasher() = default;
+
+std::uint32_t HmacSha256Hasher::current_pepper_id() const noexcept { return impl_->current->id; }
+
+Digest HmacSha256Hasher::hash(std::string_view secret) const {
+  Digest d;
+  d.pepper_id = impl_->current->id;
+  if (!impl_->current->mac(secret, d.bytes.data())) {
+    throw Error(ErrorCode::crypto, "HMAC-SHA256 failed");
+  }
+  return d;
+}
+
+std::optional<Digest> HmacSha256Hasher::hash_with(std::string_view secret,
+                                                  std::uint32_t pepper_id) const {
+  const KeyedState* s = impl_->find(pepper_id);
+  if (s == nullptr) return std::nullopt;
+  Digest d;
+  d.pepper_id = pepper_id;
+  if (!s->mac(secret, d.bytes.data())) throw Error(ErrorCode::crypto, "HMAC-SHA256 failed");
+  return d;
+}
+
+bool HmacSha256Hasher::verify(std::string_view secret, const Digest& stored) const noexcept {
+  const KeyedState* s = impl_->find(stored.pepper_id);
+  if (s == nullptr) return false;
+  Digest d;
+  d.pepper_id = stored.pepper_id;
+  if (!s->mac(secret, d.bytes.data())) return false;
+  return constant_time_equal(d, stored);
+}
+
+}  // namespace apikeys

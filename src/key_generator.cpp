@@ -1,0 +1,104 @@
+#include "apikeys/key_generator.hpp"
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include <array>
+
+#include "apikeys/error.hpp"
+
+namespace apikeys {
+
+namespace {
+constexpr char kBase62[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+bool is_base62(char c) noexcept {
+  return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+bool valid_prefix(std::string_view p) noexcept {
+  if (p.empty() || p.size() > 32) return false;
+  for (char c : p) {
+    if (!is_base62(c) && c != '_') return false;
+  }
+  return true;
+}
+
+bool matches(std::string_view key, std::string_view prefix, std::size_t length) noexcept {
+  if (key.size() != prefix.size() + length) return false;
+  if (key.compare(0, prefix.size(), prefix) != 0) return false;
+  for (std::size_t i = prefix.size(); i < key.size(); ++i) {
+    if (!is_base62(key[i])) return false;
+  }
+  return true;
+}
+}  // namespace
+
+void KeyFormat::check() const {
+  if (!valid_prefix(public_prefix) || !valid_prefix(secret_prefix)) {
+    throw Error(ErrorCode::invalid_argument,
+                "key prefixes must be 1 to 32 characters of [A-Za-z0-9_]");
+  }
+  if (public_prefix == secret_prefix) {
+    throw Error(ErrorCode::invalid_argument, "public and secret key prefixes must differ");
+  }
+  if (length < 22 || length > 128) {
+    throw Error(ErrorCode::invalid_argument,
+                "key length must be 22 (128 bits) to 128 base62 characters");
+  }
+}
+
+bool KeyFormat::is_public_key(std::string_view key) const noexcept {
+  return matches(key, public_prefix, length);
+}
+
+bool KeyFormat::is_secret_key(std::string_view key) const noexcept {
+  return matches(key, secret_prefix, length);
+}
+
+void append_random_base62(std::string& out, std::size_t count) {
+  // Rejection sampling: only bytes below 248 (= 4 * 62) are used, so each of the 62
+  // symbols is hit by exactly 4 byte values and none is favoured (no modulo bias).
+  std::array<unsigned char, 64> buf{};
+  std::size_t used = buf.size();
+  out.reserve(out.size() + count);
+  while (count > 0) {
+    if (used == buf.size()) {
+      if (RAND_bytes(buf.data(), static_cast<int>(buf.size())) != 1) {
+        OPENSSL_cleanse(buf.data(), buf.size());
+        throw Error(ErrorCode::crypto, "the CSPRNG failed to produce key material");
+      }
+      used = 0;
+    }
+    const unsigned char b = buf[used++];
+    if (b < 248) {
+      out.push_back(kBase62[b % 62]);
+      --count;
+    }
+  }
+  OPENSSL_cleanse(buf.data(), buf.size());
+}
+
+KeyGenerator::~KeyGenerator() = default;
+CsprngKeyGenerator::~CsprngKeyGenerator() = default;
+
+KeyPair CsprngKeyGenerator::generate(const KeyFormat& format) {
+  KeyPair pair;
+  pair.public_key = format.public_prefix;
+  append_random_base62(pair.public_key, format.length);
+
+  std::string secret;
+  secret.reserve(format.secret_prefix.size() + format.length);
+  secret = format.secret_prefix;
+  try {
+    append_random_base62(secret, format.length);
+  } catch (...) {
+    OPENSSL_cleanse(secret.data(), secret.size());
+    throw;
+  }
+  pair.secret_key = SecretString(secret);
+  OPENSSL_cleanse(secret.data(), secret.size());
+  return pair;
+}
+
+}  // namespace apikeys

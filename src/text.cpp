@@ -1,0 +1,60 @@
+#include "text.hpp"
+
+namespace apikeys::detail {
+
+std::optional<std::size_t> utf8_length(std::string_view s, std::size_t limit) noexcept {
+  std::size_t count = 0;
+  std::size_t i = 0;
+  const std::size_t n = s.size();
+  while (i < n) {
+    if (++count > limit) return std::nullopt;
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    std::size_t len = 0;
+    std::uint32_t cp = 0;
+    if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+      cp = c & 0x1Fu;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      cp = c & 0x0Fu;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      cp = c & 0x07u;
+    } else {
+      return std::nullopt;  // continuation byte first, overlong lead C0/C1, or F5..FF
+    }
+    if (n - i < len) return std::nullopt;
+    for (std::size_t k = 1; k < len; ++k) {
+      const auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xC0u) != 0x80u) return std::nullopt;
+      cp = (cp << 6) | (cc & 0x3Fu);
+    }
+    if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000)) return std::nullopt;  // overlong
+    if (cp >= 0xD800 && cp <= 0xDFFF) return std::nullopt;                            // surrogate
+    if (cp > 0x10FFFF) return std::nullopt;
+    i += len;
+  }
+  return count;
+}
+
+bool has_control(std::string_view s, std::string_view allowed) noexcept {
+  for (char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if ((c < 0x20 || c == 0x7F) && allowed.find(ch) == std::string_view::npos) return true;
+  }
+  return false;
+}
+
+std::string_view trim_ascii(std::string_view s) noexcept {
+  constexpr std::string_view kSpace = " \t\n\r\f\v";
+  const auto first = s.find_first_not_of(kSpace);
+  if (first == std::string_view::npos) return {};
+  const auto last = s.find_last_not_of(kSpace);
+  return s.substr(first, last - first + 1);
+}
+
+}  // namespace apikeys::detail

@@ -1,0 +1,22 @@
+// Private text helpers: UTF-8 checks and trimming for request validation.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+namespace apikeys::detail {
+
+/// Number of code points when `s` is valid UTF-8 (no overlongs, no surrogates, no
+/// code point above U+10FFFF); nullopt otherwise. Stops early (returning nullopt) once
+/// the count would exceed `limit`, so huge inputs cost only what the limit allows.
+std::optional<std::size_t> utf8_length(std::string_view s, std::size_t limit) noexcept;
+
+/// True when `s` contains a C0 control character or DEL, other than those in `allowed`.
+bool has_control(std::string_view s, std::string_view allowed) noexcept;
+
+/// `s` without leading and trailing ASCII white space.
+std::string_view trim_ascii(std::string_view s) noexcept;
+
+}  // namespace apikeys::detail

@@ -1,0 +1,321 @@
+#include "apikeys/validator.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "apikeys/error.hpp"
+
+namespace apikeys {
+
+namespace {
+
+struct UuidHash {
+  std::size_t operator()(const Uuid& u) const noexcept {
+    // Key ids are random (v4) and chosen by us, never by a caller: their bytes are
+    // already uniformly distributed, so no keyed hash is needed here.
+    std::uint64_t h;
+    std::memcpy(&h, u.bytes().data(), sizeof h);
+    return static_cast<std::size_t>(h);
+  }
+};
+
+// Decides which uses of a key are worth a last_used_at write (at most one per key per
+// interval) and queues them for the background writer. Both the throttle table and
+// the queue are bounded: when the table of a shard is full it is emptied (costing at
+// worst an early extra write); when the queue is full, updates are dropped (last use
+// is advisory and a later use re-queues it).
+class LastUseTracker {
+ public:
+  LastUseTracker(std::int64_t interval_ms, std::size_t throttle_limit, std::size_t queue_limit)
+      : interval_ms_(interval_ms),
+        per_shard_limit_(std::max<std::size_t>(1, throttle_limit / kShards)),
+        queue_limit_(queue_limit) {}
+
+  void note(const Uuid& key_id, std::int64_t now_ms) {
+    Shard& s = shards_[key_id.bytes()[0] % kShards];
+    {
+      std::lock_guard<std::mutex> lock(s.mu);
+      auto it = s.last.find(key_id);
+      if (it != s.last.end()) {
+        if (now_ms - it->second < interval_ms_) return;
+        it->second = now_ms;
+      } else {
+        if (s.last.size() >= per_shard_limit_) s.last.clear();
+        s.last.emplace(key_id, now_ms);
+      }
+    }
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    if (queue_.size() < queue_limit_) queue_.push_back(LastUse{key_id, from_unix_millis(now_ms)});
+  }
+
+  std::vector<LastUse> take() {
+    std::vector<LastUse> out;
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    out.swap(queue_);
+    return out;
+  }
+
+ private:
+  static constexpr std::size_t kShards = 16;
+  struct alignas(64) Shard {
+    std::mutex mu;
+    std::unordered_map<Uuid, std::int64_t, UuidHash> last;
+  };
+  const std::int64_t interval_ms_;
+  const std::size_t per_shard_limit_;
+  const std::size_t queue_limit_;
+  Shard shards_[kShards];
+  std::mutex queue_mu_;
+  std::vector<LastUse> queue_;
+};
+
+// Split "pk_...:sk_..." at its only colon. Anything else is malformed.
+bool split_token(std::string_view token, std::string_view& pk, std::string_view& sk) noexcept {
+  const auto colon = token.find(':');
+  if (colon == std::string_view::npos) return false;
+  pk = token.substr(0, colon);
+  sk = token.substr(colon + 1);
+  return true;
+}
+
+}  // namespace
+
+struct Validator::Impl {
+  std::shared_ptr<Store> store;
+  std::shared_ptr<Hasher> hasher;
+  std::shared_ptr<Cache> cache;
+  std::shared_ptr<Clock> clock;
+  ValidatorOptions options;
+  mutable LastUseTracker tracker;
+  // Compared against on a miss, so `not_found` does the same work as `wrong_secret`.
+  Digest decoy;
+
+  std::atomic<std::uint64_t> last_use_failures{0};
+  std::mutex bg_mu;
+  std::condition_variable bg_cv;
+  bool stopping = false;
+  std::thread worker;
+
+  Impl(std::shared_ptr<Store> s, std::shared_ptr<Hasher> h, ValidatorOptions o)
+      : store(std::move(s)),
+        hasher(std::move(h)),
+        cache(o.cache),
+        clock(o.clock ? o.clock : system_clock()),
+        options(std::move(o)),
+        tracker(options.last_use_interval.count(), options.last_use_throttle_limit,
+                options.last_use_queue_limit) {
+    decoy.pepper_id = hasher->current_pepper_id();
+    decoy.bytes.fill(0xA5);
+  }
+
+  ValidationResult validate(std::string_view pk, std::string_view sk) const noexcept;
+  void run_background();
+  void flush() noexcept;
+};
+
+ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view sk) const noexcept {
+  ValidationResult result;
+  if (!options.format.is_public_key(pk) || !options.format.is_secret_key(sk)) {
+    result.code = ValidationCode::malformed;
+    return result;
+  }
+  try {
+    const Digest presented = hasher->hash(sk);
+
+    std::uint64_t token = 0;
+    bool can_fill = false;
+    if (cache) {
+      try {
+        if (auto v = cache->get(pk, presented)) {
+          result.code = v->code;
+          if (v->code == ValidationCode::valid) {
+            result.account_id = v->account_id;
+            result.key_id = v->key_id;
+            if (options.record_last_use) tracker.note(v->key_id, to_unix_millis(clock->now()));
+          }
+          return result;
+        }
+        // Taken before the store read: a revoke that erases after this point makes
+        // the put below a no-op (PITFALLS #1, the revoke/fill race).
+        token = cache->fill_token(pk);
+        can_fill = true;
+      } catch (...) {
+        can_fill = false;  // a failing cache is a miss, never a verdict
+      }
+    }
+
+    const std::optional<KeyRecord> record = store->find(pk);
+    const TimePoint now = clock->now();
+    std::chrono::milliseconds ttl{0};
+    if (!record) {
+      // Same work as a wrong secret: one digest (above) and one constant-time compare.
+      volatile bool sink = constant_time_equal(presented, decoy);
+      (void)sink;
+      result.code = ValidationCode::not_found;
+      ttl = options.ttl_not_found;
+    } else {
+      const KeyInfo& info = record->info;
+      const bool secret_ok = record->digest.pepper_id == presented.pepper_id
+                                 ? constant_time_equal(presented, record->digest)
+                                 : hasher->verify(sk, record->digest);
+      if (info.expires_at && now >= *info.expires_at) {
+        result.code = ValidationCode::expired;
+        ttl = options.ttl_expired;
+      } else if (info.status != KeyStatus::active) {
+        result.code = ValidationCode::revoked;
+        ttl = options.ttl_revoked;
+      } else if (!secret_ok) {
+        result.code = ValidationCode::wrong_secret;
+        ttl = options.ttl_wrong_secret;
+      } else {
+        result.code = ValidationCode::valid;
+        result.account_id = info.account_id;
+        result.key_id = info.key_id;
+        ttl = options.ttl_valid;
+        if (info.expires_at) {
+          // A cached `valid` must never outlive the key.
+          const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*info.expires_at - now);
+          ttl = std::min(ttl, left);
+        }
+      }
+    }
+
+    if (can_fill && ttl.count() > 0) {
+      try {
+        cache->put(pk, presented, Verdict{result.code, result.account_id, result.key_id}, ttl, token);
+      } catch (...) {
+        // Not caching is always safe.
+      }
+    }
+    if (result.code == ValidationCode::valid && options.record_last_use) {
+      tracker.note(result.key_id, to_unix_millis(now));
+    }
+    return result;
+  } catch (...) {
+    // Fail closed: whatever went wrong, this is not a `valid`.
+    return ValidationResult{};
+  }
+}
+
+void Validator::Impl::flush() noexcept {
+  try {
+    auto batch = tracker.take();
+    if (!batch.empty()) store->record_last_use(batch);
+  } catch (...) {
+    last_use_failures.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+void Validator::Impl::run_background() {
+  using steady = std::chrono::steady_clock;
+  const auto poll = options.revision_poll_interval;
+  const auto flush_every = options.flush_interval;
+  const bool polling = cache != nullptr && poll.count() > 0;
+  std::uint64_t revision = 0;
+  bool known = false;
+  if (polling) {
+    try {
+      revision = store->revision();
+      known = true;
+    } catch (...) {
+    }
+  }
+  auto next_flush = steady::now() + flush_every;
+  auto next_poll = steady::now() + poll;
+  std::unique_lock<std::mutex> lock(bg_mu);
+  while (!stopping) {
+    auto wake = options.record_last_use ? next_flush : steady::time_point::max();
+    if (polling) wake = std::min(wake, next_poll);
+    if (wake == steady::time_point::max()) {
+      bg_cv.wait(lock, [this] { return stopping; });
+      break;
+    }
+    bg_cv.wait_until(lock, wake, [this] { return stopping; });
+    if (stopping) break;
+    lock.unlock();
+    const auto t = steady::now();
+    if (polling && t >= next_poll) {
+      next_poll = t + poll;
+      try {
+        const std::uint64_t r = store->revision();
+        if (!known || r != revision) {
+          // Another writer revoked or deleted something: we cannot tell which public
+          // keys changed, so every cached verdict goes.
+          cache->clear();
+          revision = r;
+          known = true;
+        }
+      } catch (...) {
+        // Cannot tell whether anything changed: assume it did (fail closed).
+        try {
+          cache->clear();
+        } catch (...) {
+        }
+        known = false;
+      }
+    }
+    if (options.record_last_use && t >= next_flush) {
+      next_flush = t + flush_every;
+      flush();
+    }
+    lock.lock();
+  }
+}
+
+Validator::Validator(std::shared_ptr<Store> store, std::shared_ptr<Hasher> hasher,
+                     ValidatorOptions options) {
+  if (!store) throw Error(ErrorCode::invalid_argument, "a Validator needs a Store");
+  if (!hasher) throw Error(ErrorCode::invalid_argument, "a Validator needs a Hasher");
+  options.format.check();
+  impl_ = std::make_unique<Impl>(std::move(store), std::move(hasher), std::move(options));
+  const bool polling = impl_->cache != nullptr && impl_->options.revision_poll_interval.count() > 0;
+  if (impl_->options.record_last_use || polling) {
+    impl_->worker = std::thread([impl = impl_.get()] { impl->run_background(); });
+  }
+}
+
+Validator::~Validator() {
+  {
+    std::lock_guard<std::mutex> lock(impl_->bg_mu);
+    impl_->stopping = true;
+  }
+  impl_->bg_cv.notify_all();
+  if (impl_->worker.joinable()) impl_->worker.join();
+  impl_->flush();
+}
+
+ValidationResult Validator::validate(std::string_view public_key,
+                                     std::string_view secret_key) const noexcept {
+  return impl_->validate(public_key, secret_key);
+}
+
+ValidationResult Validator::validate(std::string_view token) const noexcept {
+  std::string_view pk;
+  std::string_view sk;
+  if (!split_token(token, pk, sk)) {
+    ValidationResult r;
+    r.code = ValidationCode::malformed;
+    return r;
+  }
+  return impl_->validate(pk, sk);
+}
+
+void Validator::invalidate(std::string_view public_key) {
+  if (impl_->cache) impl_->cache->erase(public_key);
+}
+
+void Validator::flush_last_use() noexcept { impl_->flush(); }
+
+std::uint64_t Validator::last_use_failures() const noexcept {
+  return impl_->last_use_failures.load(std::memory_order_relaxed);
+}
+
+const ValidatorOptions& Validator::options() const noexcept { return impl_->options; }
+
+}  // namespace apikeys
