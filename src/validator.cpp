@@ -97,6 +97,10 @@ struct Validator::Impl {
   Digest decoy;
 
   std::atomic<std::uint64_t> last_use_failures{0};
+  // Read by the constructor, not the thread: a change made between construction and
+  // the thread's first run must still count as a change.
+  std::uint64_t baseline_revision = 0;
+  bool baseline_known = false;
   std::mutex bg_mu;
   std::condition_variable bg_cv;
   bool stopping = false;
@@ -217,15 +221,8 @@ void Validator::Impl::run_background() {
   const auto poll = options.revision_poll_interval;
   const auto flush_every = options.flush_interval;
   const bool polling = cache != nullptr && poll.count() > 0;
-  std::uint64_t revision = 0;
-  bool known = false;
-  if (polling) {
-    try {
-      revision = store->revision();
-      known = true;
-    } catch (...) {
-    }
-  }
+  std::uint64_t revision = baseline_revision;
+  bool known = baseline_known;
   auto next_flush = steady::now() + flush_every;
   auto next_poll = steady::now() + poll;
   std::unique_lock<std::mutex> lock(bg_mu);
@@ -275,6 +272,14 @@ Validator::Validator(std::shared_ptr<Store> store, std::shared_ptr<Hasher> hashe
   options.format.check();
   impl_ = std::make_unique<Impl>(std::move(store), std::move(hasher), std::move(options));
   const bool polling = impl_->cache != nullptr && impl_->options.revision_poll_interval.count() > 0;
+  if (polling) {
+    try {
+      impl_->baseline_revision = impl_->store->revision();
+      impl_->baseline_known = true;
+    } catch (...) {
+      // Unknown: the first poll clears the cache (fail closed).
+    }
+  }
   if (impl_->options.record_last_use || polling) {
     impl_->worker = std::thread([impl = impl_.get()] { impl->run_background(); });
   }

@@ -1,0 +1,86 @@
+// Store doubles for validator tests: a wrapper that counts and can pause or fail
+// calls, forwarding everything else to a MemoryStore.
+// Thread-safety: as safe as MemoryStore; the pause gate is a mutex + condition.
+// Ownership: owns its inner MemoryStore.
+#ifndef APIKEYS_TESTS_STORE_DOUBLES_HPP
+#define APIKEYS_TESTS_STORE_DOUBLES_HPP
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <stdexcept>
+
+#include "apikeys/memory_store.hpp"
+
+namespace apikeys_test {
+
+class InstrumentedStore final : public apikeys::Store {
+ public:
+  apikeys::MemoryStore inner;
+  std::atomic<int> finds{0};
+  std::atomic<int> last_use_batches{0};
+  std::atomic<int> last_use_entries{0};
+  std::atomic<bool> fail_finds{false};
+  std::atomic<bool> fail_with_non_std{false};
+  std::atomic<bool> fail_last_use{false};
+  std::atomic<std::uint64_t> rev{0};
+
+  // Pause gate: when armed, the next find() signals `paused` and waits for release().
+  void arm_pause() {
+    std::lock_guard<std::mutex> l(mu_);
+    armed_ = true;
+    paused_ = false;
+    released_ = false;
+  }
+  void wait_until_paused() {
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [this] { return paused_; });
+  }
+  void release() {
+    std::lock_guard<std::mutex> l(mu_);
+    released_ = true;
+    cv_.notify_all();
+  }
+
+  void insert(const apikeys::KeyRecord& r) override { inner.insert(r); }
+  std::optional<apikeys::KeyRecord> find(std::string_view pk) override {
+    ++finds;
+    if (fail_with_non_std) throw 42;  // a user's backend may throw anything
+    if (fail_finds) throw std::runtime_error("disk on fire");
+    auto r = inner.find(pk);
+    std::unique_lock<std::mutex> l(mu_);
+    if (armed_) {
+      armed_ = false;
+      paused_ = true;
+      cv_.notify_all();
+      cv_.wait(l, [this] { return released_; });
+    }
+    return r;
+  }
+  std::vector<apikeys::KeyInfo> list(const apikeys::Uuid& a) override { return inner.list(a); }
+  std::optional<apikeys::KeyInfo> set_status(const apikeys::Uuid& a, const apikeys::Uuid& k,
+                                             apikeys::KeyStatus s) override {
+    return inner.set_status(a, k, s);
+  }
+  std::optional<apikeys::KeyInfo> remove(const apikeys::Uuid& a, const apikeys::Uuid& k) override {
+    return inner.remove(a, k);
+  }
+  void record_last_use(const std::vector<apikeys::LastUse>& uses) override {
+    if (fail_last_use) throw std::runtime_error("write failed");
+    ++last_use_batches;
+    last_use_entries += static_cast<int>(uses.size());
+    inner.record_last_use(uses);
+  }
+  std::uint64_t revision() override { return rev.load(); }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool armed_ = false;
+  bool paused_ = false;
+  bool released_ = false;
+};
+
+}  // namespace apikeys_test
+
+#endif  // APIKEYS_TESTS_STORE_DOUBLES_HPP

@@ -1,0 +1,416 @@
+#include <chrono>
+#include <string>
+#include <thread>
+
+#include "apikeys/apikeys.hpp"
+#include "catch.hpp"
+#include "store_doubles.hpp"
+#include "test_support.hpp"
+
+using namespace apikeys;
+using apikeys_test::InstrumentedStore;
+
+namespace {
+
+struct Fixture {
+  std::shared_ptr<ManualClock> clock = std::make_shared<ManualClock>(apikeys_test::test_start());
+  std::shared_ptr<InstrumentedStore> store = std::make_shared<InstrumentedStore>();
+  std::shared_ptr<HmacSha256Hasher> hasher =
+      std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper);
+  std::shared_ptr<MemoryCache> cache;
+  std::unique_ptr<KeyManager> manager;
+
+  explicit Fixture(bool with_cache = true, bool last_use = false,
+                   std::chrono::milliseconds poll = std::chrono::milliseconds(0)) {
+    KeyManagerOptions o;
+    o.validation.clock = clock;
+    if (with_cache) {
+      MemoryCacheOptions co;
+      co.clock = clock;
+      cache = std::make_shared<MemoryCache>(co);
+      o.validation.cache = cache;
+    }
+    o.validation.record_last_use = last_use;
+    o.validation.revision_poll_interval = poll;
+    manager = std::make_unique<KeyManager>(store, hasher, o);
+  }
+
+  CreatedKey create(std::optional<int> days = std::nullopt) {
+    CreateRequest r;
+    r.title = "test key";
+    r.expires_in_days = days;
+    return manager->create(apikeys_test::account_id(1), r);
+  }
+};
+
+std::string token_of(const CreatedKey& k) {
+  return k.info.public_key + ":" + std::string(k.secret_key.reveal());
+}
+
+// A secret of the right shape that is not the key's.
+std::string wrong_secret_for(const CreatedKey& k) {
+  std::string s(k.secret_key.reveal());
+  s.back() = s.back() == 'A' ? 'B' : 'A';
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("validate answers every code", "[validator]") {
+  Fixture f;
+  auto k = f.create();
+  const std::string sk(k.secret_key.reveal());
+
+  auto r = f.manager->validate(k.info.public_key, sk);
+  CHECK(r.code == ValidationCode::valid);
+  CHECK(r.ok());
+  CHECK(r.account_id == apikeys_test::account_id(1));
+  CHECK(r.key_id == k.info.key_id);
+
+  CHECK(f.manager->validate(k.info.public_key, wrong_secret_for(k)).code == ValidationCode::wrong_secret);
+  CHECK(f.manager->validate("pk_" + std::string(32, 'Z'), sk).code == ValidationCode::not_found);
+  CHECK(f.manager->validate("nope", sk).code == ValidationCode::malformed);
+
+  auto e = f.create(1);
+  f.clock->advance(std::chrono::hours(24));
+  CHECK(f.manager->validate(e.info.public_key, e.secret_key.reveal()).code == ValidationCode::expired);
+
+  f.manager->revoke(k.info.account_id, k.info.key_id);
+  CHECK(f.manager->validate(k.info.public_key, sk).code == ValidationCode::revoked);
+
+  f.store->fail_finds = true;
+  auto k2 = f.create();  // not yet validated, so not cached
+  CHECK(f.manager->validate(k2.info.public_key, k2.secret_key.reveal()).code == ValidationCode::error);
+}
+
+TEST_CASE("results carry ids only when valid", "[validator]") {
+  Fixture f;
+  auto k = f.create();
+  auto r = f.manager->validate(k.info.public_key, wrong_secret_for(k));
+  CHECK(r.account_id.is_nil());
+  CHECK(r.key_id.is_nil());
+}
+
+TEST_CASE("the combined token form", "[validator]") {
+  Fixture f;
+  auto k = f.create();
+  CHECK(f.manager->validate(token_of(k)).code == ValidationCode::valid);
+  CHECK(f.manager->validate(k.info.public_key + std::string(k.secret_key.reveal())).code ==
+        ValidationCode::malformed);  // missing colon
+  CHECK(f.manager->validate(token_of(k) + ":").code == ValidationCode::malformed);
+  CHECK(f.manager->validate(":" + token_of(k)).code == ValidationCode::malformed);
+  CHECK(f.manager->validate(std::string(k.secret_key.reveal()) + ":" + k.info.public_key).code ==
+        ValidationCode::malformed);  // swapped
+  CHECK(f.manager->validate(token_of(k) + " ").code == ValidationCode::malformed);
+}
+
+TEST_CASE("malformed input never reaches the store", "[validator]") {
+  Fixture f;
+  auto k = f.create();
+  const std::string pk = k.info.public_key;
+  const std::string sk(k.secret_key.reveal());
+  const std::string cases[] = {
+      "",
+      std::string(10 * 1024 * 1024, 'a'),
+      "pk_" + std::string(10 * 1024 * 1024, 'a'),
+      "tk_" + pk.substr(3),                       // wrong prefix
+      "PK_" + pk.substr(3),                       // case matters
+      pk.substr(0, pk.size() - 1),                // too short
+      pk + "a",                                   // too long
+      pk.substr(0, 10) + std::string(1, '\0') + pk.substr(11),  // embedded NUL
+      pk.substr(0, 10) + "\xc3\xa9" + pk.substr(12),           // non-ASCII
+      pk.substr(0, 10) + "-" + pk.substr(11),
+      " " + pk,
+  };
+  const int finds_before = f.store->finds.load();
+  for (const auto& bad : cases) {
+    CHECK(f.manager->validate(bad, sk).code == ValidationCode::malformed);
+    CHECK(f.manager->validate(pk, bad).code == ValidationCode::malformed);
+    CHECK(f.manager->validate(bad).code == ValidationCode::malformed);
+    CHECK(f.manager->validate(bad + ":" + sk).code == ValidationCode::malformed);
+  }
+  CHECK(f.store->finds.load() == finds_before);
+}
+
+TEST_CASE("custom key formats are enforced by the validator", "[validator]") {
+  auto clock = std::make_shared<ManualClock>(apikeys_test::test_start());
+  KeyManagerOptions o;
+  o.validation.clock = clock;
+  o.validation.record_last_use = false;
+  o.validation.format.public_prefix = "pk_live_";
+  o.validation.format.secret_prefix = "sk_live_";
+  o.validation.format.length = 40;
+  KeyManager m(std::make_shared<MemoryStore>(), std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper), o);
+  auto k = m.create(apikeys_test::account_id(1), CreateRequest{"live", "", std::nullopt});
+  CHECK(k.info.public_key.rfind("pk_live_", 0) == 0);
+  CHECK(k.info.public_key.size() == 48);
+  CHECK(m.validate(k.info.public_key, k.secret_key.reveal()).ok());
+  CHECK(m.validate("pk_" + k.info.public_key.substr(8), k.secret_key.reveal()).code == ValidationCode::malformed);
+}
+
+TEST_CASE("a failing store is an error, never valid", "[validator]") {
+  for (bool with_cache : {false, true}) {
+    Fixture f(with_cache);
+    auto k = f.create();
+    const std::string sk(k.secret_key.reveal());
+    f.store->fail_finds = true;
+    CHECK(f.manager->validate(k.info.public_key, sk).code == ValidationCode::error);
+    f.store->fail_finds = false;
+    f.store->fail_with_non_std = true;
+    CHECK(f.manager->validate(k.info.public_key, sk).code == ValidationCode::error);
+    f.store->fail_with_non_std = false;
+    // Errors are not cached: the store recovers, so does validation.
+    CHECK(f.manager->validate(k.info.public_key, sk).code == ValidationCode::valid);
+  }
+}
+
+TEST_CASE("cache hits skip the store and revoke/delete take effect at once", "[validator]") {
+  Fixture f;
+  auto k = f.create();
+  auto k2 = f.create();
+  const std::string sk(k.secret_key.reveal());
+  REQUIRE(f.manager->validate(k.info.public_key, sk).ok());
+  const int finds = f.store->finds.load();
+  REQUIRE(f.manager->validate(k.info.public_key, sk).ok());
+  REQUIRE(f.manager->validate(k.info.public_key, sk).ok());
+  CHECK(f.store->finds.load() == finds);
+
+  SECTION("revoke") {
+    f.manager->revoke(k.info.account_id, k.info.key_id);
+    CHECK(f.manager->validate(k.info.public_key, sk).code == ValidationCode::revoked);
+  }
+  SECTION("delete") {
+    f.manager->remove(k.info.account_id, k.info.key_id);
+    CHECK(f.manager->validate(k.info.public_key, sk).code == ValidationCode::not_found);
+  }
+  SECTION("another account cannot revoke or delete it") {
+    CHECK_THROWS_AS(f.manager->revoke(apikeys_test::account_id(2), k.info.key_id), Error);
+    CHECK_THROWS_AS(f.manager->remove(apikeys_test::account_id(2), k.info.key_id), Error);
+    CHECK(f.manager->validate(k.info.public_key, sk).ok());
+  }
+  // The other key is untouched either way.
+  CHECK(f.manager->validate(k2.info.public_key, k2.secret_key.reveal()).ok());
+}
+
+TEST_CASE("a wrong-secret verdict never locks the owner out", "[validator][pitfalls]") {
+  Fixture f;
+  auto k = f.create();
+  // An attacker who knows the public key tries secrets first, filling the cache...
+  for (int i = 0; i < 5; ++i) {
+    CHECK(f.manager->validate(k.info.public_key, wrong_secret_for(k)).code == ValidationCode::wrong_secret);
+  }
+  // ...and the owner still gets in, and stays in after the attacker tries again.
+  CHECK(f.manager->validate(k.info.public_key, k.secret_key.reveal()).ok());
+  CHECK(f.manager->validate(k.info.public_key, wrong_secret_for(k)).code == ValidationCode::wrong_secret);
+  CHECK(f.manager->validate(k.info.public_key, k.secret_key.reveal()).ok());
+}
+
+TEST_CASE("a cached valid verdict never answers another secret", "[validator][pitfalls]") {
+  Fixture f;
+  auto k = f.create();
+  REQUIRE(f.manager->validate(k.info.public_key, k.secret_key.reveal()).ok());
+  // Every one-character change of the secret is rejected while the verdict is cached.
+  std::string sk(k.secret_key.reveal());
+  for (std::size_t i = 3; i < sk.size(); ++i) {
+    std::string other = sk;
+    other[i] = other[i] == 'x' ? 'y' : 'x';
+    CHECK(f.manager->validate(k.info.public_key, other).code == ValidationCode::wrong_secret);
+  }
+}
+
+TEST_CASE("expiry at the boundary, with a warm cache", "[validator]") {
+  Fixture f;
+  auto k = f.create(1);
+  REQUIRE(k.info.expires_at);
+  const std::string sk(k.secret_key.reveal());
+  REQUIRE(f.manager->validate(k.info.public_key, sk).ok());  // cached for up to 120 s
+  f.clock->set(*k.info.expires_at - std::chrono::milliseconds(1));
+  CHECK(f.manager->validate(k.info.public_key, sk).ok());
+  f.clock->set(*k.info.expires_at);
+  CHECK(f.manager->validate(k.info.public_key, sk).code == ValidationCode::expired);
+  f.clock->advance(std::chrono::hours(1000));
+  CHECK(f.manager->validate(k.info.public_key, sk).code == ValidationCode::expired);
+}
+
+TEST_CASE("order of checks: expiry before status before secret", "[validator]") {
+  Fixture f(false);
+  auto k = f.create(1);
+  f.manager->revoke(k.info.account_id, k.info.key_id);
+  CHECK(f.manager->validate(k.info.public_key, wrong_secret_for(k)).code == ValidationCode::revoked);
+  f.clock->advance(std::chrono::hours(25));
+  CHECK(f.manager->validate(k.info.public_key, wrong_secret_for(k)).code == ValidationCode::expired);
+}
+
+TEST_CASE("not_found costs a digest, like wrong_secret", "[validator][pitfalls]") {
+  // Counting hasher: both paths must hash exactly once (the timing side is measured
+  // by the benchmarks; this pins the work).
+  struct CountingHasher final : Hasher {
+    HmacSha256Hasher inner{apikeys_test::kTestPepper};
+    mutable std::atomic<int> calls{0};
+    std::uint32_t current_pepper_id() const noexcept override { return inner.current_pepper_id(); }
+    Digest hash(std::string_view s) const override {
+      ++calls;
+      return inner.hash(s);
+    }
+    std::optional<Digest> hash_with(std::string_view s, std::uint32_t id) const override {
+      ++calls;
+      return inner.hash_with(s, id);
+    }
+  };
+  auto store = std::make_shared<MemoryStore>();
+  auto hasher = std::make_shared<CountingHasher>();
+  ValidatorOptions o;
+  o.record_last_use = false;
+  KeyManager m(store, hasher, KeyManagerOptions{o, nullptr});
+  auto k = m.create(apikeys_test::account_id(1), CreateRequest{"t", "", std::nullopt});
+  hasher->calls = 0;
+  CHECK(m.validate("pk_" + std::string(32, 'Q'), k.secret_key.reveal()).code == ValidationCode::not_found);
+  const int not_found_calls = hasher->calls.exchange(0);
+  CHECK(m.validate(k.info.public_key, wrong_secret_for(k)).code == ValidationCode::wrong_secret);
+  const int wrong_calls = hasher->calls.exchange(0);
+  CHECK(not_found_calls == 1);
+  CHECK(wrong_calls == 1);
+}
+
+TEST_CASE("revoke during a cache fill cannot resurrect the key", "[validator][pitfalls]") {
+  // PITFALLS #1: validation reads `active`, revoke commits and erases, then the
+  // validation's fill must not land.
+  Fixture f;
+  auto k = f.create();
+  const std::string pk = k.info.public_key;
+  const std::string sk(k.secret_key.reveal());
+  f.store->arm_pause();
+  ValidationResult first;
+  std::thread t([&] { first = f.manager->validate(pk, sk); });
+  f.store->wait_until_paused();  // the validation has read the record (active)
+  f.manager->revoke(k.info.account_id, k.info.key_id);
+  f.store->release();
+  t.join();
+  CHECK(first.code == ValidationCode::valid);  // it began before the revoke: either answer is honest
+  CHECK(f.manager->validate(pk, sk).code == ValidationCode::revoked);
+  CHECK(f.manager->validate(pk, sk).code == ValidationCode::revoked);
+}
+
+TEST_CASE("last use is written once per interval, off the caller, and flushed", "[validator][pitfalls]") {
+  Fixture f(true, true);
+  auto k = f.create();
+  const std::string sk(k.secret_key.reveal());
+  for (int i = 0; i < 100; ++i) REQUIRE(f.manager->validate(k.info.public_key, sk).ok());
+  f.manager->validator().flush_last_use();
+  CHECK(f.store->last_use_entries.load() == 1);
+  auto info = f.store->inner.find(k.info.public_key);
+  REQUIRE(info->info.last_used_at);
+  CHECK(*info->info.last_used_at == f.clock->now());
+
+  // Within the interval: no new write. After it: exactly one more.
+  f.clock->advance(std::chrono::seconds(899));
+  for (int i = 0; i < 10; ++i) REQUIRE(f.manager->validate(k.info.public_key, sk).ok());
+  f.manager->validator().flush_last_use();
+  CHECK(f.store->last_use_entries.load() == 1);
+  f.clock->advance(std::chrono::seconds(1));
+  for (int i = 0; i < 10; ++i) REQUIRE(f.manager->validate(k.info.public_key, sk).ok());
+  f.manager->validator().flush_last_use();
+  CHECK(f.store->last_use_entries.load() == 2);
+  CHECK(*f.store->inner.find(k.info.public_key)->info.last_used_at == f.clock->now());
+
+  // Invalid presentations never count as use.
+  f.clock->advance(std::chrono::hours(1));
+  CHECK(f.manager->validate(k.info.public_key, wrong_secret_for(k)).code == ValidationCode::wrong_secret);
+  f.manager->validator().flush_last_use();
+  CHECK(f.store->last_use_entries.load() == 2);
+}
+
+TEST_CASE("pending last use is flushed when the validator dies", "[validator]") {
+  auto store = std::make_shared<InstrumentedStore>();
+  std::string pk;
+  {
+    KeyManagerOptions o;
+    o.validation.flush_interval = std::chrono::hours(1);  // only the destructor flushes
+    KeyManager m(store, std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper), o);
+    auto k = m.create(apikeys_test::account_id(1), CreateRequest{"t", "", std::nullopt});
+    pk = k.info.public_key;
+    REQUIRE(m.validate(pk, k.secret_key.reveal()).ok());
+    CHECK(store->last_use_entries.load() == 0);
+  }
+  CHECK(store->last_use_entries.load() == 1);
+  CHECK(store->inner.find(pk)->info.last_used_at.has_value());
+}
+
+TEST_CASE("the background writer flushes on its own", "[validator]") {
+  auto store = std::make_shared<InstrumentedStore>();
+  KeyManagerOptions o;
+  o.validation.flush_interval = std::chrono::milliseconds(20);
+  KeyManager m(store, std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper), o);
+  auto k = m.create(apikeys_test::account_id(1), CreateRequest{"t", "", std::nullopt});
+  REQUIRE(m.validate(k.info.public_key, k.secret_key.reveal()).ok());
+  for (int i = 0; i < 500 && store->last_use_entries.load() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(store->last_use_entries.load() == 1);
+}
+
+TEST_CASE("a failing last-use write never affects validation", "[validator]") {
+  Fixture f(true, true);
+  auto k = f.create();
+  f.store->fail_last_use = true;
+  CHECK(f.manager->validate(k.info.public_key, k.secret_key.reveal()).ok());
+  f.manager->validator().flush_last_use();
+  CHECK(f.manager->validator().last_use_failures() == 1);
+  CHECK(f.manager->validate(k.info.public_key, k.secret_key.reveal()).ok());
+}
+
+TEST_CASE("a moved store revision clears cached verdicts", "[validator]") {
+  // Another process revoked the key: our cache still says valid until the poll.
+  Fixture f(true, false, std::chrono::milliseconds(10));
+  auto k = f.create();
+  const std::string sk(k.secret_key.reveal());
+  REQUIRE(f.manager->validate(k.info.public_key, sk).ok());
+  f.store->inner.set_status(k.info.account_id, k.info.key_id, KeyStatus::revoked);  // behind our back
+  CHECK(f.manager->validate(k.info.public_key, sk).ok());  // still cached: nobody told us
+  f.store->rev += 1;
+  ValidationCode code = ValidationCode::valid;
+  for (int i = 0; i < 500 && code == ValidationCode::valid; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    code = f.manager->validate(k.info.public_key, sk).code;
+  }
+  CHECK(code == ValidationCode::revoked);
+}
+
+TEST_CASE("validator construction rules", "[validator]") {
+  auto hasher = std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper);
+  CHECK_THROWS_AS(Validator(nullptr, hasher), Error);
+  CHECK_THROWS_AS(Validator(std::make_shared<MemoryStore>(), nullptr), Error);
+  ValidatorOptions bad;
+  bad.format.length = 8;
+  CHECK_THROWS_AS(Validator(std::make_shared<MemoryStore>(), hasher, bad), Error);
+}
+
+TEST_CASE("pepper rotation: old keys validate, new keys use the new pepper", "[validator]") {
+  auto store = std::make_shared<MemoryStore>();
+  const std::string old_pepper(apikeys_test::kTestPepper);
+  const std::string new_pepper(apikeys_test::kTestPepper2);
+  ValidatorOptions o;
+  o.record_last_use = false;
+  std::string pk;
+  std::string sk;
+  {
+    KeyManager m(store, std::make_shared<HmacSha256Hasher>(old_pepper), KeyManagerOptions{o, nullptr});
+    auto k = m.create(apikeys_test::account_id(1), CreateRequest{"old", "", std::nullopt});
+    pk = k.info.public_key;
+    sk = std::string(k.secret_key.reveal());
+  }
+  auto rotated = std::make_shared<HmacSha256Hasher>(
+      std::vector<Pepper>{Pepper{1, old_pepper}, Pepper{2, new_pepper}}, 2);
+  KeyManager m(store, rotated, KeyManagerOptions{o, nullptr});
+  CHECK(m.validate(pk, sk).ok());
+  std::string wrong = sk;
+  wrong.back() = wrong.back() == 'A' ? 'B' : 'A';
+  CHECK(m.validate(pk, wrong).code == ValidationCode::wrong_secret);
+  auto k2 = m.create(apikeys_test::account_id(1), CreateRequest{"new", "", std::nullopt});
+  CHECK(store->find(k2.info.public_key)->digest.pepper_id == 2);
+  CHECK(m.validate(k2.info.public_key, k2.secret_key.reveal()).ok());
+  // Retiring the old pepper retires its keys (they fail closed as wrong_secret).
+  KeyManager only_new(store, std::make_shared<HmacSha256Hasher>(std::vector<Pepper>{Pepper{2, new_pepper}}, 2),
+                      KeyManagerOptions{o, nullptr});
+  CHECK(only_new.validate(pk, sk).code == ValidationCode::wrong_secret);
+}
