@@ -1,0 +1,414 @@
+// apikeys: the command-line tool. Creates, lists, revokes, deletes and verifies keys in
+// one SQLite file; prints JSON on stdout and diagnostics on stderr.
+// Exit codes: 0 success / key valid, 1 key rejected, 2 usage (bad option, value or
+// pepper), 3 no such key for that account, 4 storage or internal failure.
+// Secrets: only `create` prints one; no message echoes a presented secret or the
+// pepper, and the copies this program makes of either are wiped before they are freed.
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "apikeys/apikeys.hpp"
+
+namespace {
+
+using Json = nlohmann::ordered_json;  // keeps fields in the documented order
+
+enum ExitCode : int {
+  kExitOk = 0,
+  kExitRejected = 1,
+  kExitUsage = 2,
+  kExitNotFound = 3,
+  kExitFailure = 4,
+};
+
+// A request the user must fix (exit 2). The message never contains a secret.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Overwrites `n` bytes at `p` with zeros through a volatile pointer, so the compiler
+// cannot drop the stores as dead (the buffer is about to be freed).
+void wipe_bytes(char* p, std::size_t n) noexcept {
+  volatile char* v = p;
+  for (std::size_t i = 0; i < n; ++i) v[i] = 0;
+}
+
+void wipe(std::string& s) noexcept {
+  wipe_bytes(s.data(), s.size());
+  s.clear();
+}
+
+// Wipes a string when the scope ends, whichever way it ends (return or throw).
+class WipeGuard {
+ public:
+  explicit WipeGuard(std::string& s) noexcept : s_(s) {}
+  ~WipeGuard() { wipe(s_); }
+  WipeGuard(const WipeGuard&) = delete;
+  WipeGuard& operator=(const WipeGuard&) = delete;
+
+ private:
+  std::string& s_;
+};
+
+bool is_space(char c) noexcept {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+std::string_view trim(std::string_view s) noexcept {
+  while (!s.empty() && is_space(s.front())) s.remove_prefix(1);
+  while (!s.empty() && is_space(s.back())) s.remove_suffix(1);
+  return s;
+}
+
+int hex_digit(char c) noexcept {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+constexpr std::size_t kMinPepperHexChars = 64;  // 32 bytes, what HmacSha256Hasher requires
+constexpr std::size_t kMaxPepperFileBytes = 4096;
+
+// Decodes the hex pepper from `source` (named in messages; the value never is).
+apikeys::SecretString decode_pepper(std::string_view text, const std::string& source) {
+  const std::string_view hex = trim(text);
+  if (hex.size() < kMinPepperHexChars) {
+    throw UsageError(source + " must hold at least 64 hex characters (32 bytes); generate one with "
+                              "`openssl rand -hex 32`");
+  }
+  if (hex.size() % 2 != 0) throw UsageError(source + " is not valid hex (odd number of digits)");
+  std::string raw;
+  WipeGuard guard(raw);
+  raw.reserve(hex.size() / 2);  // no reallocation, so no unwiped copy is left behind
+  for (std::size_t i = 0; i < hex.size(); i += 2) {
+    const int hi = hex_digit(hex[i]);
+    const int lo = hex_digit(hex[i + 1]);
+    if (hi < 0 || lo < 0) throw UsageError(source + " is not valid hex");
+    raw.push_back(static_cast<char>((hi << 4) | lo));
+  }
+  return apikeys::SecretString(raw);
+}
+
+apikeys::SecretString load_pepper(const std::string& pepper_file) {
+  if (!pepper_file.empty()) {
+    std::ifstream in;
+    in.rdbuf()->pubsetbuf(nullptr, 0);  // unbuffered: no stray copy in a stream buffer
+    in.open(pepper_file, std::ios::in | std::ios::binary);
+    if (!in) throw UsageError("cannot read --pepper-file " + pepper_file);
+    // Read into a buffer sized up front (pipes have no size, so read one byte more than
+    // allowed to detect an oversized file) and shrink it, which never reallocates.
+    std::string content(kMaxPepperFileBytes + 1, '\0');
+    WipeGuard guard(content);
+    in.read(content.data(), static_cast<std::streamsize>(content.size()));
+    if (in.bad()) throw UsageError("cannot read --pepper-file " + pepper_file);
+    const auto n = static_cast<std::size_t>(in.gcount());
+    if (n > kMaxPepperFileBytes) throw UsageError("--pepper-file is larger than 4096 bytes");
+    content.resize(n);
+    return decode_pepper(content, "--pepper-file " + pepper_file);
+  }
+  const char* env = std::getenv("APIKEYS_PEPPER");
+  if (env == nullptr || *env == '\0') {
+    throw UsageError(
+        "no pepper: set APIKEYS_PEPPER to at least 64 hex characters (32 bytes, e.g. from "
+        "`openssl rand -hex 32`) or pass --pepper-file FILE");
+  }
+  return decode_pepper(env, "APIKEYS_PEPPER");
+}
+
+apikeys::Uuid parse_uuid(const std::string& text, const char* option) {
+  const auto id = apikeys::Uuid::parse(text);
+  if (!id) {
+    throw UsageError(std::string(option) +
+                     " must be a UUID in 8-4-4-4-12 hex form, e.g. 123e4567-e89b-12d3-a456-426614174000");
+  }
+  return *id;
+}
+
+Json time_or_null(const std::optional<apikeys::TimePoint>& t) {
+  return t ? Json(apikeys::format_utc(*t)) : Json(nullptr);
+}
+
+// Replaces invalid UTF-8 instead of throwing; the library already rejects it on create.
+std::string dump(const Json& j) {
+  return j.dump(2, ' ', false, Json::error_handler_t::replace);
+}
+
+// Writes to stdout and reports whether it got there; a lost `create` output loses the
+// only copy of a secret, which the caller must hear about.
+bool emit(const std::string& text) {
+  std::cout << text << '\n';
+  std::cout.flush();
+  return static_cast<bool>(std::cout);
+}
+
+struct Options {
+  std::string db;
+  std::string pepper_file;
+  std::string account;
+  std::string key_id;
+  std::string title;
+  std::string description;
+  int expires_in_days = 0;
+  std::string first;   // verify: PUBLIC, or TOKEN, or "-" for a token on stdin
+  std::string second;  // verify: SECRET
+};
+
+// Hides verify's secret from `ps` and /proc/PID/cmdline once CLI11 has copied it.
+// Shrinks the exposure window; reading the token from stdin (`verify -`) avoids it.
+void scrub_argv(int argc, char** argv, const Options& o) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg(argv[i]);
+    const bool secret = (!o.second.empty() && arg == o.second) ||
+                        (!o.first.empty() && arg == o.first && o.first.find(':') != std::string::npos);
+    if (secret) wipe_bytes(argv[i], arg.size());
+  }
+}
+
+std::unique_ptr<apikeys::KeyManager> open_manager(const Options& o, bool may_create_db) {
+  if (!may_create_db) {
+    // Only `create` makes a new database: a mistyped --db path must not look like an
+    // empty database ("no such key") and leave a stray file behind.
+    std::error_code ec;
+    if (!std::filesystem::exists(o.db, ec)) {
+      throw apikeys::Error(apikeys::ErrorCode::storage,
+                           "no database at " + o.db + " (only `create` makes a new one)");
+    }
+  }
+  apikeys::SecretString pepper = load_pepper(o.pepper_file);
+  auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(pepper.reveal());
+  auto store = std::make_shared<apikeys::SqliteStore>(o.db);
+  // Defaults: no cache (one-shot process), last use recorded by the Validator's
+  // background writer and flushed when the KeyManager is destroyed, before exit.
+  return std::make_unique<apikeys::KeyManager>(std::move(store), std::move(hasher));
+}
+
+int cmd_create(const Options& o, bool has_expiry) {
+  const apikeys::Uuid account = parse_uuid(o.account, "--account");
+  apikeys::CreateRequest request;
+  request.title = o.title;
+  request.description = o.description;
+  if (has_expiry) request.expires_in_days = o.expires_in_days;
+  // Check the request before touching the database, so a bad request creates nothing.
+  request = apikeys::normalize_request(request);
+
+  auto manager = open_manager(o, /*may_create_db=*/true);
+  apikeys::CreatedKey created = manager->create(account, request);
+  const apikeys::KeyInfo& k = created.info;
+
+  Json out;
+  out["key_id"] = k.key_id.to_string();
+  out["public_key"] = k.public_key;
+  out["secret_key"] = std::string(created.secret_key.reveal());
+  out["title"] = k.title;
+  out["description"] = k.description;
+  out["status"] = apikeys::to_string(k.status);
+  out["expires_at"] = time_or_null(k.expires_at);
+  out["created_at"] = apikeys::format_utc(k.created_at);
+  std::string text = dump(out);
+  WipeGuard text_guard(text);
+  wipe(out["secret_key"].get_ref<std::string&>());
+  if (!emit(text)) {
+    std::cerr << "apikeys: key " << k.key_id.to_string()
+              << " was created but its secret could not be written to stdout; revoke it\n";
+    return kExitFailure;
+  }
+  return kExitOk;
+}
+
+int cmd_list(const Options& o) {
+  const apikeys::Uuid account = parse_uuid(o.account, "--account");
+  auto manager = open_manager(o, false);
+  Json out = Json::array();
+  for (const apikeys::KeyInfo& k : manager->list(account)) {
+    Json item;
+    item["key_id"] = k.key_id.to_string();
+    item["public_key"] = k.public_key;
+    item["title"] = k.title;
+    item["description"] = k.description;
+    item["status"] = apikeys::to_string(k.status);
+    item["created_at"] = apikeys::format_utc(k.created_at);
+    item["expires_at"] = time_or_null(k.expires_at);
+    item["last_used_at"] = time_or_null(k.last_used_at);
+    out.push_back(std::move(item));
+  }
+  return emit(dump(out)) ? kExitOk : kExitFailure;
+}
+
+int cmd_revoke_or_delete(const Options& o, bool remove) {
+  const apikeys::Uuid account = parse_uuid(o.account, "--account");
+  const apikeys::Uuid key_id = parse_uuid(o.key_id, "--key-id");
+  auto manager = open_manager(o, false);
+  Json out;
+  try {
+    const apikeys::KeyInfo k = remove ? manager->remove(account, key_id) : manager->revoke(account, key_id);
+    out["key_id"] = k.key_id.to_string();
+    if (remove) {
+      out["deleted"] = true;
+    } else {
+      out["status"] = apikeys::to_string(k.status);
+    }
+  } catch (const apikeys::Error& e) {
+    if (e.code() != apikeys::ErrorCode::not_found) throw;
+    std::cerr << "apikeys: no key " << key_id.to_string() << " for account " << account.to_string()
+              << '\n';
+    return kExitNotFound;
+  }
+  return emit(dump(out)) ? kExitOk : kExitFailure;
+}
+
+int cmd_verify(Options& o) {
+  std::string token;
+  WipeGuard token_guard(token);
+  const bool from_stdin = o.first == "-" && o.second.empty();
+  if (from_stdin) {
+    token.reserve(512);  // a token is ~70 bytes: avoid reallocations that leave copies
+    std::getline(std::cin, token);
+    if (!std::cin && token.empty()) throw UsageError("verify -: no token on stdin");
+  }
+  auto manager = open_manager(o, false);
+  apikeys::ValidationResult r;
+  if (from_stdin) {
+    r = manager->validate(trim(token));
+  } else if (o.second.empty()) {
+    r = manager->validate(o.first);
+  } else {
+    r = manager->validate(o.first, o.second);
+  }
+  Json out;
+  out["valid"] = r.ok();
+  out["code"] = apikeys::to_string(r.code);
+  out["account_id"] = r.ok() ? Json(r.account_id.to_string()) : Json(nullptr);
+  out["key_id"] = r.ok() ? Json(r.key_id.to_string()) : Json(nullptr);
+  if (!emit(dump(out))) return kExitFailure;
+  if (r.ok()) return kExitOk;
+  // `error` means the check could not be made (store or hasher failure): not a verdict.
+  return r.code == apikeys::ValidationCode::error ? kExitFailure : kExitRejected;
+}
+
+int exit_code_for(apikeys::ErrorCode code) noexcept {
+  switch (code) {
+    case apikeys::ErrorCode::invalid_argument:
+      return kExitUsage;
+    case apikeys::ErrorCode::not_found:
+      return kExitNotFound;
+    case apikeys::ErrorCode::already_exists:
+    case apikeys::ErrorCode::busy:
+    case apikeys::ErrorCode::storage:
+    case apikeys::ErrorCode::crypto:
+      return kExitFailure;
+  }
+  return kExitFailure;
+}
+
+int run(int argc, char** argv) {
+  Options o;
+  // verify's arguments may hold a secret: wipe our copies whichever way we leave.
+  WipeGuard first_guard(o.first);
+  WipeGuard second_guard(o.second);
+
+  CLI::App app{"Issue, list, revoke, delete and verify API keys stored in a SQLite file.\n"
+               "The pepper (HMAC key, at least 64 hex characters) comes from the\n"
+               "APIKEYS_PEPPER environment variable or --pepper-file.",
+               "apikeys"};
+  app.set_version_flag("--version", std::string(apikeys::version()), "Print the library version and exit");
+  app.require_subcommand(1);
+  app.fallthrough();  // global options may also follow the command
+  app.add_option("--db", o.db, "SQLite database file (created by `create` if missing)")
+      ->option_text("PATH")
+      ->required();
+  app.add_option("--pepper-file", o.pepper_file,
+                 "File holding the hex pepper (overrides APIKEYS_PEPPER)")
+      ->option_text("FILE");
+  // Extra arguments may be secrets pasted in the wrong place: never echo them.
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    // CLI11 names the error after the (sub)command, so test its exit code, not its name.
+    const bool extras = e.get_exit_code() == static_cast<int>(CLI::ExitCodes::ExtrasError);
+    std::string message = extras
+                              ? std::string("unexpected extra arguments (not shown: they may be secrets)")
+                              : std::string(e.what());
+    return "apikeys: " + message + "\nRun with --help for more information.\n";
+  });
+
+  CLI::App* create = app.add_subcommand("create", "Create a key and print it with its secret (shown only this once)");
+  create->add_option("--account", o.account, "Account UUID")->option_text("UUID")->required();
+  create->add_option("--title", o.title, "1-255 characters, no control characters")->option_text("TEXT")->required();
+  create->add_option("--description", o.description, "Optional, up to 1024 characters")->option_text("TEXT");
+  CLI::Option* expires =
+      create->add_option("--expires-in-days", o.expires_in_days, "Lifetime, 1-365 days (default: never expires)")
+          ->option_text("N");
+
+  CLI::App* list = app.add_subcommand("list", "List an account's keys, newest first (never secrets)");
+  list->add_option("--account", o.account, "Account UUID")->option_text("UUID")->required();
+
+  CLI::App* revoke = app.add_subcommand("revoke", "Revoke a key: it is rejected from then on");
+  revoke->add_option("--account", o.account, "Account UUID")->option_text("UUID")->required();
+  revoke->add_option("--key-id", o.key_id, "Key UUID (from create or list)")->option_text("UUID")->required();
+
+  CLI::App* remove = app.add_subcommand("delete", "Delete a key permanently");
+  remove->add_option("--account", o.account, "Account UUID")->option_text("UUID")->required();
+  remove->add_option("--key-id", o.key_id, "Key UUID (from create or list)")->option_text("UUID")->required();
+
+  CLI::App* verify = app.add_subcommand(
+      "verify", "Check a key: `verify PUBLIC SECRET`, `verify PUBLIC:SECRET`, or `verify -` (token on stdin)");
+  verify->add_option("key", o.first, "Public key, pk_...:sk_... token, or - to read the token from stdin")
+      ->required();
+  verify->add_option("secret", o.second, "Secret key, when the public key is given alone");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);  // prints help, version or the error message
+    return rc == 0 ? kExitOk : kExitUsage;
+  }
+  scrub_argv(argc, argv, o);
+
+  try {
+    if (*create) return cmd_create(o, expires->count() > 0);
+    if (*list) return cmd_list(o);
+    if (*revoke) return cmd_revoke_or_delete(o, false);
+    if (*remove) return cmd_revoke_or_delete(o, true);
+    if (*verify) return cmd_verify(o);
+    std::cerr << "apikeys: no command given\n";
+    return kExitUsage;
+  } catch (const UsageError& e) {
+    std::cerr << "apikeys: " << e.what() << '\n';
+    return kExitUsage;
+  } catch (const apikeys::Error& e) {
+    std::cerr << "apikeys: " << apikeys::to_string(e.code()) << ": " << e.what() << '\n';
+    return exit_code_for(e.code());
+  } catch (const std::exception& e) {
+    std::cerr << "apikeys: internal error: " << e.what() << '\n';
+    return kExitFailure;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Every object (the KeyManager and its Validator included) is destroyed inside run(),
+  // so pending last-use updates are flushed before the process exits.
+  try {
+    return run(argc, argv);
+  } catch (...) {
+    std::cerr << "apikeys: internal error\n";
+    return kExitFailure;
+  }
+}
