@@ -1,0 +1,584 @@
+// End-to-end tests of the apikeys command-line tool: each test runs the real binary
+// (APIKEYS_CLI_PATH) with fork/execve, no shell, and checks exit codes, JSON output and
+// that no secret leaks. The cross-process test checks that a revoke made by another
+// process reaches an in-process validator's cache within a second.
+#ifdef APIKEYS_CLI_PATH
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "apikeys/apikeys.hpp"
+#include "catch.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using Json = nlohmann::json;
+
+// 32 bytes of hex; only for tests.
+const std::string kPepperHex = "00112233445566778899aabbccddeeff0123456789abcdef0123456789abcdef";
+
+struct Run {
+  int code = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs the CLI with `args` (argv[1..]) and an environment holding only
+// APIKEYS_PEPPER=`pepper` (or nothing when nullopt). `input` is fed to its stdin.
+Run run_cli(const std::vector<std::string>& args,
+            const std::optional<std::string>& pepper = kPepperHex, const std::string& input = "") {
+  // Everything the child needs is built before fork(): after it, only
+  // async-signal-safe calls (the test process may have other threads).
+  std::vector<std::string> arg_store;
+  arg_store.emplace_back(APIKEYS_CLI_PATH);
+  arg_store.insert(arg_store.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : arg_store) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::vector<std::string> env_store;
+  if (pepper) env_store.push_back("APIKEYS_PEPPER=" + *pepper);
+  std::vector<char*> envp;
+  for (auto& e : env_store) envp.push_back(e.data());
+  envp.push_back(nullptr);
+
+  int in_pipe[2], out_pipe[2], err_pipe[2];
+  REQUIRE(pipe2(in_pipe, O_CLOEXEC) == 0);
+  REQUIRE(pipe2(out_pipe, O_CLOEXEC) == 0);
+  REQUIRE(pipe2(err_pipe, O_CLOEXEC) == 0);
+
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // dup2 clears FD_CLOEXEC on the new descriptors; the originals close on exec.
+    if (dup2(in_pipe[0], 0) < 0 || dup2(out_pipe[1], 1) < 0 || dup2(err_pipe[1], 2) < 0) _exit(126);
+    execve(argv[0], argv.data(), envp.data());
+    _exit(127);
+  }
+  close(in_pipe[0]);
+  close(out_pipe[1]);
+  close(err_pipe[1]);
+
+  // Small inputs fit in the pipe buffer, so writing all before reading cannot block.
+  if (!input.empty()) {
+    const ssize_t n = write(in_pipe[1], input.data(), input.size());
+    REQUIRE(n == static_cast<ssize_t>(input.size()));
+  }
+  close(in_pipe[1]);
+
+  Run r;
+  std::array<pollfd, 2> fds{{{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}}};
+  std::array<std::string*, 2> sinks{&r.out, &r.err};
+  int open_fds = 2;
+  while (open_fds > 0) {
+    if (poll(fds.data(), fds.size(), 30'000) <= 0) {
+      if (errno == EINTR) continue;
+      break;  // hung child: give up reading, waitpid below still reaps it
+    }
+    for (std::size_t i = 0; i < fds.size(); ++i) {
+      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
+      char buf[4096];
+      const ssize_t n = read(fds[i].fd, buf, sizeof buf);
+      if (n > 0) {
+        sinks[i]->append(buf, static_cast<std::size_t>(n));
+      } else if (n == 0 || errno != EINTR) {
+        close(fds[i].fd);
+        fds[i].fd = -1;
+        --open_fds;
+      }
+    }
+  }
+  for (auto& p : fds) {
+    if (p.fd >= 0) close(p.fd);
+  }
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(status)) {
+    r.code = WEXITSTATUS(status);
+  } else if (WIFSIGNALED(status)) {
+    r.code = 128 + WTERMSIG(status);
+  }
+  return r;
+}
+
+// A fresh directory, removed with everything in it at the end of the test.
+class TempDir {
+ public:
+  TempDir() {
+    const char* base = std::getenv("TMPDIR");
+    std::string tmpl = std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/apikeys-cli-XXXXXX";
+    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  [[nodiscard]] std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  fs::path path_;
+};
+
+std::string hex_decode(const std::string& hex) {
+  std::string out;
+  for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
+    out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  }
+  return out;
+}
+
+const std::string kAccount = "7f0c2d2e-1b1a-4c58-9a39-0b7f1e6c2a11";
+const std::string kOtherAccount = "5b3a0c9e-8d6f-4e21-b7a4-3c2d1e0f9a88";
+
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+// Runs `create` and returns its parsed output (REQUIREs success).
+Json create_key(const std::string& db, const std::string& account = kAccount,
+                const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> args{"--db", db, "create", "--account", account, "--title", "CI key"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  const Run r = run_cli(args);
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  return Json::parse(r.out);
+}
+
+}  // namespace
+
+TEST_CASE("cli: create, list, verify, revoke, delete", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  std::vector<Run> others;  // every run after create: none may show the secret
+
+  const Json created = create_key(db, kAccount, {"--description", "used by the nightly job"});
+  REQUIRE(created.is_object());
+  const std::string key_id = created.at("key_id").get<std::string>();
+  const std::string public_key = created.at("public_key").get<std::string>();
+  const std::string secret = created.at("secret_key").get<std::string>();
+  CHECK(public_key.rfind("pk_", 0) == 0);
+  CHECK(secret.rfind("sk_", 0) == 0);
+  CHECK(created.at("title") == "CI key");
+  CHECK(created.at("description") == "used by the nightly job");
+  CHECK(created.at("status") == "active");
+  CHECK(created.at("expires_at").is_null());
+  CHECK(created.at("created_at").get<std::string>().back() == 'Z');
+
+  // list shows the key, without secret or digest.
+  Run r = run_cli({"--db", db, "list", "--account", kAccount});
+  others.push_back(r);
+  REQUIRE(r.code == 0);
+  Json listed = Json::parse(r.out);
+  REQUIRE(listed.is_array());
+  REQUIRE(listed.size() == 1);
+  CHECK(listed[0].at("key_id") == key_id);
+  CHECK(listed[0].at("public_key") == public_key);
+  CHECK(listed[0].at("title") == "CI key");
+  CHECK(listed[0].at("status") == "active");
+  CHECK(listed[0].at("last_used_at").is_null());
+  CHECK_FALSE(listed[0].contains("secret_key"));
+  CHECK_FALSE(listed[0].contains("digest"));
+
+  // verify PUBLIC SECRET
+  r = run_cli({"--db", db, "verify", public_key, secret});
+  others.push_back(r);
+  REQUIRE(r.code == 0);
+  Json v = Json::parse(r.out);
+  CHECK(v.at("valid") == true);
+  CHECK(v.at("code") == "valid");
+  CHECK(v.at("account_id") == kAccount);
+  CHECK(v.at("key_id") == key_id);
+
+  // verify TOKEN
+  r = run_cli({"--db", db, "verify", public_key + ":" + secret});
+  others.push_back(r);
+  REQUIRE(r.code == 0);
+  CHECK(Json::parse(r.out).at("valid") == true);
+
+  // verify - (token on stdin, kept out of the process arguments)
+  r = run_cli({"--db", db, "verify", "-"}, kPepperHex, public_key + ":" + secret + "\n");
+  others.push_back(r);
+  REQUIRE(r.code == 0);
+  CHECK(Json::parse(r.out).at("valid") == true);
+
+  // The CLI exits through the Validator's destructor, which flushes last use.
+  r = run_cli({"--db", db, "list", "--account", kAccount});
+  others.push_back(r);
+  REQUIRE(r.code == 0);
+  listed = Json::parse(r.out);
+  REQUIRE(listed.size() == 1);
+  CHECK(listed[0].at("last_used_at").is_string());
+
+  // revoke, then verify is rejected as revoked.
+  r = run_cli({"--db", db, "revoke", "--account", kAccount, "--key-id", key_id});
+  others.push_back(r);
+  REQUIRE(r.code == 0);
+  Json revoked = Json::parse(r.out);
+  CHECK(revoked.at("key_id") == key_id);
+  CHECK(revoked.at("status") == "revoked");
+
+  r = run_cli({"--db", db, "verify", public_key, secret});
+  others.push_back(r);
+  CHECK(r.code == 1);
+  v = Json::parse(r.out);
+  CHECK(v.at("valid") == false);
+  CHECK(v.at("code") == "revoked");
+  CHECK(v.at("account_id").is_null());
+  CHECK(v.at("key_id").is_null());
+
+  // Revoking twice succeeds.
+  r = run_cli({"--db", db, "revoke", "--account", kAccount, "--key-id", key_id});
+  others.push_back(r);
+  CHECK(r.code == 0);
+
+  r = run_cli({"--db", db, "list", "--account", kAccount});
+  others.push_back(r);
+  REQUIRE(r.code == 0);
+  CHECK(Json::parse(r.out).at(0).at("status") == "revoked");
+
+  // delete, then verify says not_found and list is empty.
+  r = run_cli({"--db", db, "delete", "--account", kAccount, "--key-id", key_id});
+  others.push_back(r);
+  REQUIRE(r.code == 0);
+  Json deleted = Json::parse(r.out);
+  CHECK(deleted.at("key_id") == key_id);
+  CHECK(deleted.at("deleted") == true);
+
+  r = run_cli({"--db", db, "verify", public_key, secret});
+  others.push_back(r);
+  CHECK(r.code == 1);
+  CHECK(Json::parse(r.out).at("code") == "not_found");
+
+  r = run_cli({"--db", db, "list", "--account", kAccount});
+  others.push_back(r);
+  REQUIRE(r.code == 0);
+  CHECK(Json::parse(r.out).empty());
+
+  // Deleting again: no such key.
+  r = run_cli({"--db", db, "delete", "--account", kAccount, "--key-id", key_id});
+  others.push_back(r);
+  CHECK(r.code == 3);
+
+  const std::string secret_body = secret.substr(3);  // without "sk_"
+  for (const Run& o : others) {
+    CHECK_FALSE(contains(o.out, secret_body));
+    CHECK_FALSE(contains(o.err, secret_body));
+  }
+}
+
+TEST_CASE("cli: newest key first, expiry shown", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const Json first = create_key(db);
+  const Json second = create_key(db, kAccount, {"--expires-in-days", "30"});
+  const std::string expires_at = second.at("expires_at").get<std::string>();
+  CHECK(expires_at.size() == 24);  // 2026-11-25T05:59:32.123Z
+  CHECK(expires_at.back() == 'Z');
+  CHECK(expires_at > second.at("created_at").get<std::string>());
+
+  const Run r = run_cli({"--db", db, "list", "--account", kAccount});
+  REQUIRE(r.code == 0);
+  const Json listed = Json::parse(r.out);
+  REQUIRE(listed.size() == 2);
+  CHECK(listed[0].at("key_id") == second.at("key_id"));
+  CHECK(listed[0].at("expires_at") == expires_at);
+  CHECK(listed[1].at("key_id") == first.at("key_id"));
+
+  const Run other = run_cli({"--db", db, "list", "--account", kOtherAccount});
+  REQUIRE(other.code == 0);
+  CHECK(Json::parse(other.out).empty());
+}
+
+TEST_CASE("cli: another account cannot revoke or delete a key", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const Json created = create_key(db);
+  const std::string key_id = created.at("key_id").get<std::string>();
+
+  Run r = run_cli({"--db", db, "revoke", "--account", kOtherAccount, "--key-id", key_id});
+  CHECK(r.code == 3);
+  CHECK_FALSE(r.err.empty());
+  CHECK(r.out.empty());
+
+  r = run_cli({"--db", db, "delete", "--account", kOtherAccount, "--key-id", key_id});
+  CHECK(r.code == 3);
+  CHECK_FALSE(r.err.empty());
+
+  r = run_cli({"--db", db, "revoke", "--account", kAccount, "--key-id",
+               "00000000-0000-4000-8000-000000000000"});
+  CHECK(r.code == 3);
+
+  // The key is untouched.
+  r = run_cli({"--db", db, "verify", created.at("public_key").get<std::string>(),
+               created.at("secret_key").get<std::string>()});
+  CHECK(r.code == 0);
+}
+
+TEST_CASE("cli: the pepper is required and checked", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const std::vector<std::string> create{"--db", db, "create", "--account", kAccount, "--title", "t"};
+
+  SECTION("missing") {
+    const Run r = run_cli(create, std::nullopt);
+    CHECK(r.code == 2);
+    CHECK(contains(r.err, "APIKEYS_PEPPER"));
+    CHECK(r.out.empty());
+  }
+  SECTION("empty") {
+    CHECK(run_cli(create, std::string()).code == 2);
+  }
+  SECTION("too short (31 bytes)") {
+    const Run r = run_cli(create, kPepperHex.substr(0, 62));
+    CHECK(r.code == 2);
+    CHECK_FALSE(r.err.empty());
+    CHECK_FALSE(contains(r.err, kPepperHex.substr(0, 62)));
+  }
+  SECTION("not hex") {
+    std::string bad = kPepperHex;
+    bad[10] = 'g';
+    const Run r = run_cli(create, bad);
+    CHECK(r.code == 2);
+    CHECK_FALSE(contains(r.err, bad));
+  }
+  SECTION("odd number of digits") {
+    CHECK(run_cli(create, kPepperHex + "a").code == 2);
+  }
+  SECTION("surrounding white space is ignored") {
+    CHECK(run_cli(create, "  " + kPepperHex + "\n").code == 0);
+  }
+  SECTION("--pepper-file") {
+    const std::string file = dir.file("pepper.hex");
+    {
+      std::ofstream(file) << "\n  " << kPepperHex << "  \n";
+    }
+    std::vector<std::string> args{"--db", db, "--pepper-file", file, "create", "--account", kAccount,
+                                  "--title", "t"};
+    const Run created = run_cli(args, std::nullopt);
+    REQUIRE(created.code == 0);
+    // Same pepper through the environment: the key verifies.
+    const Json k = Json::parse(created.out);
+    const Run v = run_cli({"--db", db, "verify", k.at("public_key").get<std::string>(),
+                           k.at("secret_key").get<std::string>()});
+    CHECK(v.code == 0);
+
+    // A different pepper: the same key is a wrong secret.
+    const Run w = run_cli({"--db", db, "verify", k.at("public_key").get<std::string>(),
+                           k.at("secret_key").get<std::string>()},
+                          std::string(64, 'e'));
+    CHECK(w.code == 1);
+    CHECK(Json::parse(w.out).at("code") == "wrong_secret");
+  }
+  SECTION("--pepper-file that does not exist") {
+    std::vector<std::string> args{"--db", db, "--pepper-file", dir.file("nope"), "create",
+                                  "--account", kAccount, "--title", "t"};
+    const Run r = run_cli(args, std::nullopt);
+    CHECK(r.code == 2);
+    CHECK_FALSE(r.err.empty());
+  }
+  SECTION("--pepper-file with a short pepper") {
+    const std::string file = dir.file("short.hex");
+    {
+      std::ofstream(file) << kPepperHex.substr(0, 40);
+    }
+    std::vector<std::string> args{"--db", db, "--pepper-file", file, "create", "--account", kAccount,
+                                  "--title", "t"};
+    CHECK(run_cli(args, std::nullopt).code == 2);
+  }
+}
+
+TEST_CASE("cli: bad usage exits 2 with a message", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  auto create = [&](const std::vector<std::string>& extra) {
+    std::vector<std::string> args{"--db", db, "create", "--account", kAccount};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run_cli(args);
+  };
+  auto expect_usage = [](const Run& r) {
+    INFO("stdout: " << r.out << "\nstderr: " << r.err);
+    CHECK(r.code == 2);
+    CHECK_FALSE(r.err.empty());
+    CHECK(r.out.empty());
+  };
+
+  SECTION("no command") { expect_usage(run_cli({"--db", db})); }
+  SECTION("unknown command") { expect_usage(run_cli({"--db", db, "rotate"})); }
+  SECTION("no --db") { expect_usage(run_cli({"list", "--account", kAccount})); }
+  SECTION("missing --account") { expect_usage(run_cli({"--db", db, "create", "--title", "t"})); }
+  SECTION("missing --title") { expect_usage(create({})); }
+  SECTION("missing --key-id") { expect_usage(run_cli({"--db", db, "revoke", "--account", kAccount})); }
+  SECTION("bad account UUID") {
+    expect_usage(run_cli({"--db", db, "create", "--account", "not-a-uuid", "--title", "t"}));
+  }
+  SECTION("bad key UUID") {
+    create_key(db);
+    expect_usage(run_cli({"--db", db, "revoke", "--account", kAccount, "--key-id", "1234"}));
+  }
+  SECTION("empty title") {
+    expect_usage(create({"--title", ""}));
+    CHECK_FALSE(fs::exists(db));  // a rejected request creates no database
+  }
+  SECTION("blank title") { expect_usage(create({"--title", "   \t "})); }
+  SECTION("title too long") { expect_usage(create({"--title", std::string(256, 'x')})); }
+  SECTION("title with a control character") { expect_usage(create({"--title", "a\x01z"})); }
+  SECTION("expires in 0 days") { expect_usage(create({"--title", "t", "--expires-in-days", "0"})); }
+  SECTION("expires in 366 days") { expect_usage(create({"--title", "t", "--expires-in-days", "366"})); }
+  SECTION("expires in a non-number") {
+    expect_usage(create({"--title", "t", "--expires-in-days", "soon"}));
+  }
+  SECTION("verify without a key") { expect_usage(run_cli({"--db", db, "verify"})); }
+}
+
+TEST_CASE("cli: boundary expiries are accepted", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  CHECK(create_key(db, kAccount, {"--expires-in-days", "1"}).at("expires_at").is_string());
+  CHECK(create_key(db, kAccount, {"--expires-in-days", "365"}).at("expires_at").is_string());
+  // Surrounding white space in a title is trimmed, not an error.
+  const Run r = run_cli({"--db", db, "create", "--account", kAccount, "--title", "  padded  "});
+  REQUIRE(r.code == 0);
+  CHECK(Json::parse(r.out).at("title") == "padded");
+}
+
+TEST_CASE("cli: storage failures exit 4", "[cli]") {
+  TempDir dir;
+  // A path below a regular file cannot be created, even by root.
+  const std::string file = dir.file("plain-file");
+  {
+    std::ofstream(file) << "not a directory\n";
+  }
+  const std::string db = file + "/keys.db";
+
+  Run r = run_cli({"--db", db, "create", "--account", kAccount, "--title", "t"});
+  CHECK(r.code == 4);
+  CHECK_FALSE(r.err.empty());
+  CHECK(r.out.empty());
+
+  r = run_cli({"--db", db, "list", "--account", kAccount});
+  CHECK(r.code == 4);
+
+  // A file that is not a SQLite database.
+  r = run_cli({"--db", file, "list", "--account", kAccount});
+  CHECK(r.code == 4);
+  CHECK_FALSE(r.err.empty());
+
+  // Commands other than create do not make a new database at a mistyped path.
+  const std::string missing = dir.file("missing.db");
+  r = run_cli({"--db", missing, "verify", "pk_x:sk_y"});
+  CHECK(r.code == 4);
+  CHECK_FALSE(fs::exists(missing));
+}
+
+TEST_CASE("cli: presented secrets are never echoed", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const Json created = create_key(db);
+  const std::string public_key = created.at("public_key").get<std::string>();
+  const std::string secret = created.at("secret_key").get<std::string>();
+  const std::string wrong = "sk_WrongWrongWrongWrongWrongWrong12";  // 32 base62 characters
+
+  Run r = run_cli({"--db", db, "verify", public_key, wrong});
+  CHECK(r.code == 1);
+  CHECK(Json::parse(r.out).at("code") == "wrong_secret");
+  CHECK_FALSE(contains(r.out + r.err, "WrongWrong"));
+
+  r = run_cli({"--db", db, "verify", public_key + ":" + wrong});
+  CHECK(r.code == 1);
+  CHECK_FALSE(contains(r.out + r.err, "WrongWrong"));
+
+  // Malformed input is an ordinary rejection, not echoed either.
+  r = run_cli({"--db", db, "verify", public_key, "sk_short-Secret!"});
+  CHECK(r.code == 1);
+  CHECK(Json::parse(r.out).at("code") == "malformed");
+  CHECK_FALSE(contains(r.out + r.err, "short-Secret"));
+
+  // Too many arguments: the parse error does not list them.
+  r = run_cli({"--db", db, "verify", public_key, secret, wrong});
+  CHECK(r.code == 2);
+  CHECK_FALSE(contains(r.out + r.err, "WrongWrong"));
+  CHECK_FALSE(contains(r.out + r.err, secret.substr(3)));
+}
+
+TEST_CASE("cli: --help lists every command, --version prints the library version", "[cli]") {
+  Run r = run_cli({"--help"});
+  CHECK(r.code == 0);
+  for (const char* command : {"create", "list", "revoke", "delete", "verify"}) {
+    INFO(command);
+    CHECK(contains(r.out, command));
+  }
+  CHECK(contains(r.out, "--db"));
+
+  r = run_cli({"--version"});
+  CHECK(r.code == 0);
+  CHECK(r.out == std::string(apikeys::version()) + "\n");
+
+  r = run_cli({"create", "--help"});
+  CHECK(r.code == 0);
+  CHECK(contains(r.out, "--expires-in-days"));
+}
+
+TEST_CASE("cli: a revoke by another process reaches a cached validator within 1 s", "[cli]") {
+  using Clock = std::chrono::steady_clock;
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+
+  const std::string pepper = hex_decode(kPepperHex);
+  auto store = std::make_shared<apikeys::SqliteStore>(db);
+  auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(pepper);
+  apikeys::KeyManagerOptions options;
+  options.validation.cache = std::make_shared<apikeys::MemoryCache>();
+  REQUIRE(options.validation.revision_poll_interval == std::chrono::milliseconds(250));
+  apikeys::KeyManager manager(store, hasher, options);
+
+  const apikeys::Uuid account = *apikeys::Uuid::parse(kAccount);
+  apikeys::CreateRequest request;
+  request.title = "cross-process";
+  const apikeys::CreatedKey key = manager.create(account, request);
+  const std::string public_key = key.info.public_key;
+  const std::string secret(key.secret_key.reveal());
+
+  REQUIRE(manager.validate(public_key, secret).code == apikeys::ValidationCode::valid);
+  REQUIRE(manager.validate(public_key, secret).code == apikeys::ValidationCode::valid);  // cached
+
+  const Run r = run_cli({"--db", db, "revoke", "--account", kAccount, "--key-id",
+                         key.info.key_id.to_string()});
+  REQUIRE(r.code == 0);
+  const auto revoked_at = Clock::now();
+
+  apikeys::ValidationCode code = apikeys::ValidationCode::valid;
+  while (Clock::now() - revoked_at < std::chrono::milliseconds(1500)) {
+    code = manager.validate(public_key, secret).code;
+    if (code != apikeys::ValidationCode::valid) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - revoked_at);
+  INFO("elapsed ms: " << elapsed.count());
+  REQUIRE(code == apikeys::ValidationCode::revoked);
+  REQUIRE(elapsed < std::chrono::milliseconds(1000));
+}
+
+#endif  // APIKEYS_CLI_PATH
