@@ -42,9 +42,14 @@ std::optional<std::size_t> utf8_length(std::string_view s, std::size_t limit) no
 }
 
 bool has_control(std::string_view s, std::string_view allowed) noexcept {
-  for (char ch : s) {
-    const auto c = static_cast<unsigned char>(ch);
-    if ((c < 0x20 || c == 0x7F) && allowed.find(ch) == std::string_view::npos) return true;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if ((c < 0x20 || c == 0x7F) && allowed.find(s[i]) == std::string_view::npos) return true;
+    // C1 controls U+0080..U+009F are encoded C2 80..C2 9F.
+    if (c == 0xC2 && i + 1 < s.size()) {
+      const auto next = static_cast<unsigned char>(s[i + 1]);
+      if (next >= 0x80 && next <= 0x9F) return true;
+    }
   }
   return false;
 }

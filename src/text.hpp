@@ -13,7 +13,8 @@ namespace apikeys::detail {
 /// the count would exceed `limit`, so huge inputs cost only what the limit allows.
 std::optional<std::size_t> utf8_length(std::string_view s, std::size_t limit) noexcept;
 
-/// True when `s` contains a C0 control character or DEL, other than those in `allowed`.
+/// True when `s` contains a C0 control character or DEL (other than those in `allowed`)
+/// or a C1 control character (U+0080..U+009F, for UTF-8 input).
 bool has_control(std::string_view s, std::string_view allowed) noexcept;
 
 /// `s` without leading and trailing ASCII white space.
