@@ -1,0 +1,170 @@
+#include "apikeys/memory_store.hpp"
+
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+#include "apikeys/error.hpp"
+
+namespace apikeys {
+namespace {
+
+struct UuidHash {
+  std::size_t operator()(const Uuid& id) const noexcept {
+    std::uint64_t hi = 0;
+    std::uint64_t lo = 0;
+    std::memcpy(&hi, id.bytes().data(), 8);
+    std::memcpy(&lo, id.bytes().data() + 8, 8);
+    // Account ids need not be random (any UUID version), so mix both halves.
+    return static_cast<std::size_t>(hi ^ (lo * 0x9e3779b97f4a7c15ULL) ^ (hi >> 29));
+  }
+};
+
+// Every bundled store keeps millisecond precision (types.hpp); truncating here makes
+// MemoryStore round-trip and order exactly like SqliteStore.
+TimePoint to_millis(TimePoint t) noexcept { return from_unix_millis(to_unix_millis(t)); }
+
+// List order: created_at descending, then most recently inserted first.
+using OrderKey = std::pair<TimePoint, std::uint64_t>;
+
+struct Entry {
+  KeyRecord record;
+  std::uint64_t seq = 0;
+};
+
+}  // namespace
+
+struct MemoryStore::Impl {
+  explicit Impl(std::size_t max) : max_keys(max) {}
+
+  const std::size_t max_keys;
+  mutable std::shared_mutex mu;
+  std::uint64_t next_seq = 0;
+  // Owns the entries. The key views the entry's own public_key (never modified after
+  // insert), so find() looks up a string_view without allocating.
+  std::unordered_map<std::string_view, std::unique_ptr<Entry>> by_public_key;
+  std::unordered_map<Uuid, Entry*, UuidHash> by_key_id;
+  std::unordered_map<Uuid, std::map<OrderKey, Entry*, std::greater<>>, UuidHash> by_account;
+
+  // REQUIRES: mu held (shared or exclusive).
+  Entry* owned_by(const Uuid& account_id, const Uuid& key_id) const {
+    auto it = by_key_id.find(key_id);
+    if (it == by_key_id.end() || it->second->record.info.account_id != account_id) {
+      return nullptr;
+    }
+    return it->second;
+  }
+};
+
+MemoryStore::MemoryStore(std::size_t max_keys) : impl_(std::make_unique<Impl>(max_keys)) {}
+
+MemoryStore::~MemoryStore() = default;
+
+void MemoryStore::insert(const KeyRecord& record) {
+  auto entry = std::make_unique<Entry>();
+  entry->record = record;
+  KeyInfo& info = entry->record.info;
+  info.created_at = to_millis(info.created_at);
+  if (info.expires_at) info.expires_at = to_millis(*info.expires_at);
+  if (info.last_used_at) info.last_used_at = to_millis(*info.last_used_at);
+
+  std::unique_lock lock(impl_->mu);
+  if (impl_->by_public_key.count(info.public_key) != 0) {
+    throw Error(ErrorCode::already_exists, "insert: a key with this public key already exists");
+  }
+  if (impl_->by_key_id.count(info.key_id) != 0) {
+    throw Error(ErrorCode::already_exists, "insert: a key with this key id already exists");
+  }
+  if (impl_->by_public_key.size() >= impl_->max_keys) {
+    throw Error(ErrorCode::storage, "insert: memory store is full (" +
+                                        std::to_string(impl_->max_keys) + " keys)");
+  }
+  entry->seq = impl_->next_seq++;
+  Entry* raw = entry.get();
+  // Copies, not references into *entry: a failed emplace below may already have freed it.
+  const Uuid key_id = info.key_id;
+  const Uuid account_id = info.account_id;
+  const OrderKey order{info.created_at, raw->seq};
+  const std::string_view public_key = info.public_key;
+  // Strong guarantee: if an allocation throws, undo the index entries already made.
+  auto& account = impl_->by_account[account_id];
+  try {
+    account.emplace(order, raw);
+    impl_->by_key_id.emplace(key_id, raw);
+    impl_->by_public_key.emplace(public_key, std::move(entry));
+  } catch (...) {
+    impl_->by_key_id.erase(key_id);
+    account.erase(order);
+    if (account.empty()) impl_->by_account.erase(account_id);
+    throw;
+  }
+}
+
+std::optional<KeyRecord> MemoryStore::find(std::string_view public_key) {
+  std::shared_lock lock(impl_->mu);
+  auto it = impl_->by_public_key.find(public_key);
+  if (it == impl_->by_public_key.end()) return std::nullopt;
+  return it->second->record;
+}
+
+std::vector<KeyInfo> MemoryStore::list(const Uuid& account_id) {
+  std::vector<KeyInfo> out;
+  std::shared_lock lock(impl_->mu);
+  auto it = impl_->by_account.find(account_id);
+  if (it == impl_->by_account.end()) return out;
+  out.reserve(it->second.size());
+  for (const auto& [order, entry] : it->second) {
+    (void)order;
+    out.push_back(entry->record.info);
+  }
+  return out;
+}
+
+std::optional<KeyInfo> MemoryStore::set_status(const Uuid& account_id, const Uuid& key_id,
+                                               KeyStatus status) {
+  std::unique_lock lock(impl_->mu);
+  Entry* entry = impl_->owned_by(account_id, key_id);
+  if (entry == nullptr) return std::nullopt;
+  entry->record.info.status = status;
+  return entry->record.info;
+}
+
+std::optional<KeyInfo> MemoryStore::remove(const Uuid& account_id, const Uuid& key_id) {
+  std::unique_lock lock(impl_->mu);
+  Entry* entry = impl_->owned_by(account_id, key_id);
+  if (entry == nullptr) return std::nullopt;
+  KeyInfo removed = entry->record.info;  // Copy before any erase: nothing below throws.
+
+  auto account = impl_->by_account.find(account_id);
+  account->second.erase(OrderKey{removed.created_at, entry->seq});
+  if (account->second.empty()) impl_->by_account.erase(account);
+  impl_->by_key_id.erase(key_id);
+  // Erase by iterator: the map's key views the entry's own string, which erase frees.
+  impl_->by_public_key.erase(impl_->by_public_key.find(removed.public_key));
+  return removed;
+}
+
+void MemoryStore::record_last_use(const std::vector<LastUse>& uses) {
+  std::unique_lock lock(impl_->mu);
+  for (const LastUse& use : uses) {
+    auto it = impl_->by_key_id.find(use.key_id);
+    if (it == impl_->by_key_id.end()) continue;
+    const TimePoint at = to_millis(use.at);
+    auto& last = it->second->record.info.last_used_at;
+    if (!last || *last < at) last = at;
+  }
+}
+
+std::size_t MemoryStore::size() const {
+  std::shared_lock lock(impl_->mu);
+  return impl_->by_public_key.size();
+}
+
+}  // namespace apikeys

@@ -1,0 +1,600 @@
+// SqliteStore: one writer connection under a mutex, a lazily grown pool of query-only
+// reader connections, prepared statements reused per connection, and a schema kept in
+// step by forward migrations keyed on PRAGMA user_version.
+#include "apikeys/sqlite_store.hpp"
+
+#include <sqlite3.h>
+
+#include <SQLiteCpp/Column.h>
+#include <SQLiteCpp/Database.h>
+#include <SQLiteCpp/Exception.h>
+#include <SQLiteCpp/Statement.h>
+#include <SQLiteCpp/Transaction.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <iterator>
+#include <type_traits>
+#include <cstdint>
+#include <exception>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "apikeys/error.hpp"
+
+namespace apikeys {
+namespace {
+
+// ---------------------------------------------------------------------------------
+// Schema. Each step moves the database from version `to - 1` to `to`, in its own
+// IMMEDIATE transaction together with the user_version bump. Steps are append-only:
+// a released step is never edited (tests/sqlite_store_test.cpp pins version 1).
+
+struct Migration {
+  int to;
+  const char* sql;
+};
+
+constexpr Migration kMigrations[] = {
+    {1, R"sql(
+CREATE TABLE api_keys (
+  key_id       TEXT    NOT NULL PRIMARY KEY,
+  account_id   TEXT    NOT NULL,
+  public_key   TEXT    NOT NULL,
+  digest       BLOB    NOT NULL,
+  pepper_id    INTEGER NOT NULL,
+  title        TEXT    NOT NULL,
+  description  TEXT    NOT NULL,
+  status       INTEGER NOT NULL,
+  created_at   INTEGER NOT NULL,
+  expires_at   INTEGER,
+  last_used_at INTEGER
+);
+CREATE UNIQUE INDEX api_keys_public_key ON api_keys (public_key);
+CREATE INDEX api_keys_account_created ON api_keys (account_id, created_at);
+)sql"},
+    {2, R"sql(
+CREATE TABLE apikeys_meta (
+  id       INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+  revision INTEGER NOT NULL
+);
+INSERT INTO apikeys_meta (id, revision) VALUES (1, 0);
+)sql"},
+};
+
+constexpr int kCurrentVersion = kMigrations[std::size(kMigrations) - 1].to;
+
+// Idle reader connections kept open; more may exist while checked out.
+constexpr std::size_t kMaxIdleReaders = 16;
+
+// KeyInfo columns, in the order read_info() expects.
+#define APIKEYS_INFO_COLUMNS \
+  "key_id, account_id, public_key, title, description, status, created_at, expires_at, last_used_at"
+constexpr int kInfoColumnCount = 9;
+
+constexpr const char* kFindSql =
+    "SELECT " APIKEYS_INFO_COLUMNS ", digest, pepper_id FROM api_keys WHERE public_key = ?1";
+constexpr const char* kListSql = "SELECT " APIKEYS_INFO_COLUMNS
+                                 " FROM api_keys WHERE account_id = ?1"
+                                 " ORDER BY created_at DESC, rowid DESC";
+constexpr const char* kRevisionSql = "SELECT revision FROM apikeys_meta WHERE id = 1";
+constexpr const char* kInsertSql =
+    "INSERT INTO api_keys (key_id, account_id, public_key, digest, pepper_id, title,"
+    " description, status, created_at, expires_at, last_used_at)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+constexpr const char* kSetStatusSql =
+    "UPDATE api_keys SET status = ?1 WHERE key_id = ?2 AND account_id = ?3"
+    " RETURNING " APIKEYS_INFO_COLUMNS;
+constexpr const char* kRemoveSql =
+    "DELETE FROM api_keys WHERE key_id = ?1 AND account_id = ?2 RETURNING " APIKEYS_INFO_COLUMNS;
+constexpr const char* kBumpRevisionSql =
+    "UPDATE apikeys_meta SET revision = revision + 1 WHERE id = 1";
+// max(coalesce(x, ?1), ?1) keeps the later time and treats "never used" as older than
+// any time, including one before 1970.
+constexpr const char* kLastUseSql =
+    "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, ?1), ?1) WHERE key_id = ?2";
+
+#undef APIKEYS_INFO_COLUMNS
+
+// ---------------------------------------------------------------------------------
+// Errors. SQLite's messages name tables and columns, never bound values, so they carry
+// no digest, secret or pepper.
+
+Error translate(std::string_view op, const SQLite::Exception& e) {
+  const int code = e.getErrorCode();
+  const int extended = e.getExtendedErrorCode();
+  ErrorCode out = ErrorCode::storage;
+  if (code >= 0) {
+    switch (code & 0xff) {
+      case SQLITE_BUSY:
+      case SQLITE_LOCKED:
+        out = ErrorCode::busy;
+        break;
+      case SQLITE_CONSTRAINT:
+        if (extended == SQLITE_CONSTRAINT_UNIQUE || extended == SQLITE_CONSTRAINT_PRIMARYKEY) {
+          out = ErrorCode::already_exists;
+        }
+        break;
+      default:
+        break;
+    }
+  }
+  return Error(out, fmt::format("SqliteStore {} failed: {}", op, e.what()));
+}
+
+// Runs `f`, turning every failure into apikeys::Error at the library boundary.
+template <typename F>
+auto translated(std::string_view op, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const Error&) {
+    throw;
+  } catch (const SQLite::Exception& e) {
+    throw translate(op, e);
+  } catch (const std::exception& e) {
+    throw Error(ErrorCode::storage, fmt::format("SqliteStore {} failed: {}", op, e.what()));
+  }
+}
+
+[[noreturn]] void corrupt(const char* op, const char* what) {
+  throw Error(ErrorCode::storage, fmt::format("SqliteStore {} failed: corrupt record: {}", op, what));
+}
+
+// ---------------------------------------------------------------------------------
+// Statements are reused; every use ends with reset (which also ends a reader's implicit
+// read transaction, so the next read sees fresh data) and cleared bindings (no pointer
+// into a caller's buffer outlives the call).
+class StatementUse {
+ public:
+  explicit StatementUse(SQLite::Statement& s) noexcept : s_(s) {}
+  ~StatementUse() {
+    s_.tryReset();
+    try {
+      s_.clearBindings();
+    } catch (...) {  // Cannot fail on a valid statement; a destructor must not throw.
+    }
+  }
+  StatementUse(const StatementUse&) = delete;
+  StatementUse& operator=(const StatementUse&) = delete;
+
+ private:
+  SQLite::Statement& s_;
+};
+
+Uuid read_uuid(const SQLite::Column& c, const char* op, const char* what) {
+  if (c.getType() != SQLite::TEXT) corrupt(op, what);
+  std::optional<Uuid> id = Uuid::parse(c.getString());
+  if (!id) corrupt(op, what);
+  return *id;
+}
+
+std::string read_text(const SQLite::Column& c, const char* op, const char* what) {
+  if (c.getType() != SQLite::TEXT) corrupt(op, what);
+  return c.getString();
+}
+
+std::int64_t read_int(const SQLite::Column& c, const char* op, const char* what) {
+  if (c.getType() != SQLite::INTEGER) corrupt(op, what);
+  return c.getInt64();
+}
+
+std::optional<TimePoint> read_optional_time(const SQLite::Column& c, const char* op,
+                                            const char* what) {
+  if (c.isNull()) return std::nullopt;
+  return from_unix_millis(read_int(c, op, what));
+}
+
+// REQUIRES: `s` is on a row whose first columns are the KeyInfo columns.
+KeyInfo read_info(const SQLite::Statement& s, const char* op) {
+  KeyInfo info;
+  info.key_id = read_uuid(s.getColumn(0), op, "key_id is not a UUID");
+  info.account_id = read_uuid(s.getColumn(1), op, "account_id is not a UUID");
+  info.public_key = read_text(s.getColumn(2), op, "public_key is not text");
+  info.title = read_text(s.getColumn(3), op, "title is not text");
+  info.description = read_text(s.getColumn(4), op, "description is not text");
+  const std::int64_t status = read_int(s.getColumn(5), op, "status is not an integer");
+  if (status != static_cast<std::int64_t>(KeyStatus::active) &&
+      status != static_cast<std::int64_t>(KeyStatus::revoked)) {
+    corrupt(op, "unknown status");
+  }
+  info.status = static_cast<KeyStatus>(status);
+  info.created_at = from_unix_millis(read_int(s.getColumn(6), op, "created_at is not an integer"));
+  info.expires_at = read_optional_time(s.getColumn(7), op, "expires_at is not an integer");
+  info.last_used_at = read_optional_time(s.getColumn(8), op, "last_used_at is not an integer");
+  return info;
+}
+
+Digest read_digest(const SQLite::Statement& s, int column, const char* op) {
+  Digest d;
+  const SQLite::Column bytes = s.getColumn(column);
+  if (bytes.getType() != SQLite::BLOB ||
+      bytes.getBytes() != static_cast<int>(d.bytes.size())) {
+    corrupt(op, "digest is not 32 bytes");
+  }
+  std::copy_n(static_cast<const std::uint8_t*>(bytes.getBlob()), d.bytes.size(), d.bytes.begin());
+  const std::int64_t pepper = read_int(s.getColumn(column + 1), op, "pepper_id is not an integer");
+  if (pepper < 0 || pepper > std::numeric_limits<std::uint32_t>::max()) {
+    corrupt(op, "pepper_id out of range");
+  }
+  d.pepper_id = static_cast<std::uint32_t>(pepper);
+  return d;
+}
+
+// ---------------------------------------------------------------------------------
+// Connections.
+
+enum class Role { writer, reader };
+
+SQLite::Database open_connection(const std::string& path, const SqliteStoreOptions& o, Role role,
+                                 bool read_only) {
+  int flags = SQLite::OPEN_NOMUTEX;  // Each connection is used by one thread at a time.
+  if (read_only) {
+    flags |= SQLite::OPEN_READONLY;
+  } else {
+    flags |= SQLite::OPEN_READWRITE;
+    if (role == Role::writer) flags |= SQLite::OPEN_CREATE;
+  }
+  const auto timeout = std::clamp<std::chrono::milliseconds::rep>(
+      o.busy_timeout.count(), 0, std::numeric_limits<int>::max());
+  SQLite::Database db(path, flags, static_cast<int>(timeout));
+
+  const auto cache_kib = std::min<std::size_t>(o.cache_size_kib, 1u << 30);
+  const auto mmap = std::min<std::size_t>(o.mmap_size, std::numeric_limits<std::int64_t>::max());
+  // Negative cache_size is in KiB. Only integers are formatted into these pragmas.
+  db.exec(fmt::format("PRAGMA cache_size = -{}; PRAGMA mmap_size = {}; PRAGMA synchronous = {};",
+                      cache_kib, mmap, o.durable ? "FULL" : "NORMAL"));
+  if (role == Role::reader) db.exec("PRAGMA query_only = 1");
+  return db;
+}
+
+int user_version(SQLite::Database& db) { return db.execAndGet("PRAGMA user_version").getInt(); }
+
+[[noreturn]] void newer_schema(int version) {
+  throw Error(ErrorCode::storage,
+              fmt::format("SqliteStore open failed: schema version {} is newer than this library "
+                          "supports ({})",
+                          version, kCurrentVersion));
+}
+
+void require_apikeys_tables(SQLite::Database& db) {
+  const int tables = db.execAndGet(
+                           "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                           " AND name IN ('api_keys', 'apikeys_meta')")
+                         .getInt();
+  if (tables != 2) {
+    throw Error(ErrorCode::storage,
+                "SqliteStore open failed: not an apikeys database (tables missing)");
+  }
+}
+
+// Brings the schema to kCurrentVersion. Safe against another process migrating the
+// same file at the same time: each step re-reads the version under the write lock.
+void migrate(SQLite::Database& db) {
+  for (const Migration& step : kMigrations) {
+    if (user_version(db) >= step.to) continue;
+    SQLite::Transaction tx(db, SQLite::TransactionBehavior::IMMEDIATE);
+    const int version = user_version(db);
+    if (version > kCurrentVersion) newer_schema(version);
+    if (version >= step.to) continue;  // Someone else migrated meanwhile; tx rolls back.
+    if (version == 0 && db.execAndGet("SELECT count(*) FROM sqlite_master").getInt() != 0) {
+      // user_version 0 but not empty: someone else's database, not ours to write into.
+      throw Error(ErrorCode::storage,
+                  "SqliteStore open failed: not an apikeys database (user_version 0, not empty)");
+    }
+    db.exec(step.sql);
+    db.exec(fmt::format("PRAGMA user_version = {}", step.to));
+    tx.commit();
+  }
+}
+
+struct Reader {
+  Reader(const std::string& path, const SqliteStoreOptions& o, bool read_only)
+      : db(open_connection(path, o, Role::reader, read_only)),
+        find(db, kFindSql),
+        list(db, kListSql),
+        revision(db, kRevisionSql) {}
+
+  SQLite::Database db;  // Declared first: statements are finalized before it closes.
+  SQLite::Statement find;
+  SQLite::Statement list;
+  SQLite::Statement revision;
+  std::string key_buffer;  // Reused so find() binds without allocating.
+};
+
+struct Writer {
+  explicit Writer(SQLite::Database&& database)
+      : db(std::move(database)),
+        insert(db, kInsertSql),
+        set_status(db, kSetStatusSql),
+        remove(db, kRemoveSql),
+        bump_revision(db, kBumpRevisionSql),
+        last_use(db, kLastUseSql) {}
+
+  SQLite::Database db;
+  SQLite::Statement insert;
+  SQLite::Statement set_status;
+  SQLite::Statement remove;
+  SQLite::Statement bump_revision;
+  SQLite::Statement last_use;
+};
+
+}  // namespace
+
+struct SqliteStore::Impl {
+  Impl(std::string p, SqliteStoreOptions o) : path(std::move(p)), options(o) {}
+
+  const std::string path;
+  const SqliteStoreOptions options;
+  bool read_only = false;  // The option, or the file turned out not to be writable.
+
+  std::mutex writer_mu;
+  std::unique_ptr<Writer> writer;  // Guarded by writer_mu; null when read_only.
+
+  std::mutex pool_mu;
+  std::vector<std::unique_ptr<Reader>> idle;  // Guarded by pool_mu.
+
+  // A reader checked out of the pool for the duration of one call.
+  class Lease {
+   public:
+    explicit Lease(Impl& impl) : impl_(impl) {
+      {
+        std::lock_guard lock(impl_.pool_mu);
+        if (!impl_.idle.empty()) {
+          reader_ = std::move(impl_.idle.back());
+          impl_.idle.pop_back();
+        }
+      }
+      // Opening takes file I/O: never under the pool mutex.
+      if (!reader_) reader_ = std::make_unique<Reader>(impl_.path, impl_.options, impl_.read_only);
+    }
+    ~Lease() {
+      std::unique_ptr<Reader> surplus;
+      {
+        std::lock_guard lock(impl_.pool_mu);
+        if (impl_.idle.size() < kMaxIdleReaders) {
+          impl_.idle.push_back(std::move(reader_));
+        } else {
+          surplus = std::move(reader_);
+        }
+      }
+      // surplus (if any) closes here, outside the mutex.
+    }
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+
+    Reader* operator->() const noexcept { return reader_.get(); }
+
+   private:
+    Impl& impl_;
+    std::unique_ptr<Reader> reader_;
+  };
+
+  // Runs `f(Writer&)` inside one BEGIN IMMEDIATE transaction under writer_mu.
+  template <typename F>
+  auto write(const char* op, F&& f) -> decltype(f(std::declval<Writer&>())) {
+    if (read_only) {
+      throw Error(ErrorCode::storage,
+                  fmt::format("SqliteStore {} failed: the store is read-only", op));
+    }
+    return translated(op, [&]() -> decltype(f(std::declval<Writer&>())) {
+      std::lock_guard lock(writer_mu);
+      if (!writer) {
+        writer = std::make_unique<Writer>(open_connection(path, options, Role::writer, false));
+      }
+      try {
+        SQLite::Transaction tx(writer->db, SQLite::TransactionBehavior::IMMEDIATE);
+        if constexpr (std::is_void_v<decltype(f(*writer))>) {
+          f(*writer);
+          tx.commit();
+        } else {
+          auto result = f(*writer);
+          tx.commit();
+          return result;
+        }
+      } catch (...) {
+        // Transaction's destructor rolled back; if even that failed, the connection is
+        // stuck inside a transaction: drop it and reopen on the next write.
+        if (sqlite3_get_autocommit(writer->db.getHandle()) == 0) writer.reset();
+        throw;
+      }
+    });
+  }
+};
+
+SqliteStore::SqliteStore(const std::string& path, SqliteStoreOptions options)
+    : impl_(std::make_unique<Impl>(path, options)) {
+  // ":memory:" and "" give every connection its own private database: the readers
+  // would never see the writer's rows.
+  if (path.empty() || path == ":memory:") {
+    throw Error(ErrorCode::storage,
+                "SqliteStore open failed: in-memory and temporary databases are not supported "
+                "(use MemoryStore)");
+  }
+  // SQLite's own errors name the file; it is not secret and operators need it.
+  translated(fmt::format("open '{}'", path), [&] {
+    Impl& impl = *impl_;
+    if (!options.read_only) {
+      SQLite::Database db = open_connection(path, options, Role::writer, false);
+      if (sqlite3_db_readonly(db.getHandle(), "main") == 1) {
+        impl.read_only = true;  // A write-protected file: serve reads only.
+      } else {
+        const std::string mode = db.execAndGet("PRAGMA journal_mode = WAL").getString();
+        if (mode != "wal") {
+          throw Error(ErrorCode::storage,
+                      fmt::format("SqliteStore open failed: cannot enable WAL (journal_mode "
+                                  "is {})",
+                                  mode));
+        }
+        const int version = user_version(db);
+        if (version > kCurrentVersion) newer_schema(version);
+        if (version < kCurrentVersion) migrate(db);
+        require_apikeys_tables(db);
+        impl.writer = std::make_unique<Writer>(std::move(db));
+      }
+    } else {
+      impl.read_only = true;
+    }
+    if (impl.read_only) {
+      // No writes at all: check the schema on a reader and keep it in the pool.
+      auto reader = std::make_unique<Reader>(impl.path, impl.options, true);
+      const int version = user_version(reader->db);
+      if (version > kCurrentVersion) newer_schema(version);
+      if (version < kCurrentVersion) {
+        throw Error(ErrorCode::storage,
+                    fmt::format("SqliteStore open failed: schema version {} is older than this "
+                                "library's ({}) and the store is read-only; open it read-write "
+                                "once to migrate",
+                                version, kCurrentVersion));
+      }
+      require_apikeys_tables(reader->db);
+      impl.idle.push_back(std::move(reader));
+    }
+  });
+}
+
+SqliteStore::~SqliteStore() = default;
+
+int SqliteStore::schema_version() noexcept { return kCurrentVersion; }
+
+void SqliteStore::insert(const KeyRecord& record) {
+  const KeyInfo& info = record.info;
+  const std::string key_id = info.key_id.to_string();
+  const std::string account_id = info.account_id.to_string();
+  impl_->write("insert", [&](Writer& w) {
+    SQLite::Statement& s = w.insert;
+    StatementUse use(s);
+    s.bindNoCopy(1, key_id);
+    s.bindNoCopy(2, account_id);
+    s.bindNoCopy(3, info.public_key);
+    s.bindNoCopy(4, record.digest.bytes.data(), static_cast<int>(record.digest.bytes.size()));
+    s.bind(5, static_cast<std::int64_t>(record.digest.pepper_id));
+    s.bindNoCopy(6, info.title);
+    s.bindNoCopy(7, info.description);
+    s.bind(8, static_cast<std::int32_t>(info.status));
+    s.bind(9, to_unix_millis(info.created_at));
+    if (info.expires_at) {
+      s.bind(10, to_unix_millis(*info.expires_at));
+    } else {
+      s.bind(10);
+    }
+    if (info.last_used_at) {
+      s.bind(11, to_unix_millis(*info.last_used_at));
+    } else {
+      s.bind(11);
+    }
+    s.exec();
+  });
+}
+
+std::optional<KeyRecord> SqliteStore::find(std::string_view public_key) {
+  return translated("find", [&]() -> std::optional<KeyRecord> {
+    Impl::Lease r(*impl_);
+    SQLite::Statement& s = r->find;
+    StatementUse use(s);
+    r->key_buffer.assign(public_key);
+    s.bindNoCopy(1, r->key_buffer);
+    if (!s.executeStep()) return std::nullopt;
+    KeyRecord record;
+    record.info = read_info(s, "find");
+    record.digest = read_digest(s, kInfoColumnCount, "find");
+    return record;
+  });
+}
+
+std::vector<KeyInfo> SqliteStore::list(const Uuid& account_id) {
+  const std::string account = account_id.to_string();
+  return translated("list", [&] {
+    std::vector<KeyInfo> out;
+    Impl::Lease r(*impl_);
+    SQLite::Statement& s = r->list;
+    StatementUse use(s);
+    s.bindNoCopy(1, account);
+    while (s.executeStep()) out.push_back(read_info(s, "list"));
+    return out;
+  });
+}
+
+namespace {
+
+// Steps a RETURNING statement to completion (so COMMIT finds nothing in progress) and
+// returns its row, if any. At most one row: key_id is the primary key.
+std::optional<KeyInfo> step_returning(SQLite::Statement& s, const char* op) {
+  std::optional<KeyInfo> row;
+  while (s.executeStep()) {
+    if (!row) row = read_info(s, op);
+  }
+  return row;
+}
+
+void bump_revision(Writer& w, const char* op) {
+  StatementUse use(w.bump_revision);
+  if (w.bump_revision.exec() != 1) corrupt(op, "apikeys_meta has no row");
+}
+
+}  // namespace
+
+std::optional<KeyInfo> SqliteStore::set_status(const Uuid& account_id, const Uuid& key_id,
+                                               KeyStatus status) {
+  const std::string key = key_id.to_string();
+  const std::string account = account_id.to_string();
+  return impl_->write("set_status", [&](Writer& w) {
+    std::optional<KeyInfo> info;
+    {
+      StatementUse use(w.set_status);
+      w.set_status.bind(1, static_cast<std::int32_t>(status));
+      w.set_status.bindNoCopy(2, key);
+      w.set_status.bindNoCopy(3, account);
+      info = step_returning(w.set_status, "set_status");
+    }
+    // Same transaction: a process that sees the new revision also sees the new status.
+    if (info) bump_revision(w, "set_status");
+    return info;
+  });
+}
+
+std::optional<KeyInfo> SqliteStore::remove(const Uuid& account_id, const Uuid& key_id) {
+  const std::string key = key_id.to_string();
+  const std::string account = account_id.to_string();
+  return impl_->write("remove", [&](Writer& w) {
+    std::optional<KeyInfo> info;
+    {
+      StatementUse use(w.remove);
+      w.remove.bindNoCopy(1, key);
+      w.remove.bindNoCopy(2, account);
+      info = step_returning(w.remove, "remove");
+    }
+    if (info) bump_revision(w, "remove");
+    return info;
+  });
+}
+
+void SqliteStore::record_last_use(const std::vector<LastUse>& uses) {
+  if (uses.empty()) return;
+  impl_->write("record_last_use", [&](Writer& w) {
+    std::string key;
+    for (const LastUse& use : uses) {
+      StatementUse statement_use(w.last_use);
+      key = use.key_id.to_string();
+      w.last_use.bind(1, to_unix_millis(use.at));
+      w.last_use.bindNoCopy(2, key);
+      w.last_use.exec();  // 0 rows for an unknown key id: ignored, as documented.
+    }
+  });
+}
+
+std::uint64_t SqliteStore::revision() {
+  return translated("revision", [&] {
+    Impl::Lease r(*impl_);
+    SQLite::Statement& s = r->revision;
+    StatementUse use(s);
+    if (!s.executeStep()) corrupt("revision", "apikeys_meta has no row");
+    return static_cast<std::uint64_t>(read_int(s.getColumn(0), "revision", "revision is not an integer"));
+  });
+}
+
+}  // namespace apikeys

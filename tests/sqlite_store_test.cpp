@@ -1,0 +1,407 @@
+// SqliteStore beyond the Store contract: persistence, schema migration and refusal,
+// cross-instance revision, read-only use, error translation, several instances on one
+// file. Raw sqlite3 builds the databases the library must cope with.
+#include <sqlite3.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "apikeys/error.hpp"
+#include "apikeys/sqlite_store.hpp"
+#include "catch.hpp"
+#include "store_contract.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+using apikeys::ErrorCode;
+using apikeys::KeyStatus;
+using apikeys::SqliteStore;
+using apikeys::SqliteStoreOptions;
+using apikeys_test::account_id;
+using apikeys_test::TempDir;
+using apikeys_test::contract::at;
+using apikeys_test::contract::check_same_record;
+using apikeys_test::contract::error_code_of;
+using apikeys_test::contract::key_id;
+using apikeys_test::contract::public_key;
+using apikeys_test::contract::record;
+
+// Schema version 1 exactly as released: a database written by that version must keep
+// opening (and migrating) forever. Do not edit.
+constexpr const char* kSchemaV1 = R"sql(
+CREATE TABLE api_keys (
+  key_id       TEXT    NOT NULL PRIMARY KEY,
+  account_id   TEXT    NOT NULL,
+  public_key   TEXT    NOT NULL,
+  digest       BLOB    NOT NULL,
+  pepper_id    INTEGER NOT NULL,
+  title        TEXT    NOT NULL,
+  description  TEXT    NOT NULL,
+  status       INTEGER NOT NULL,
+  created_at   INTEGER NOT NULL,
+  expires_at   INTEGER,
+  last_used_at INTEGER
+);
+CREATE UNIQUE INDEX api_keys_public_key ON api_keys (public_key);
+CREATE INDEX api_keys_account_created ON api_keys (account_id, created_at);
+PRAGMA user_version = 1;
+)sql";
+
+// A plain sqlite3 connection, standing in for an old library version or another tool.
+class RawDb {
+ public:
+  explicit RawDb(const std::string& path) {
+    const int rc = sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                                   nullptr);
+    REQUIRE(rc == SQLITE_OK);
+  }
+  ~RawDb() { sqlite3_close(db_); }
+  RawDb(const RawDb&) = delete;
+  RawDb& operator=(const RawDb&) = delete;
+
+  void exec(const std::string& sql) {
+    char* err = nullptr;
+    const int rc = sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err);
+    const std::string message = err != nullptr ? err : "";
+    sqlite3_free(err);
+    CHECK(message == "");  // Shows SQLite's message when the statement failed.
+    REQUIRE(rc == SQLITE_OK);
+  }
+
+  std::int64_t integer(const std::string& sql) {
+    sqlite3_stmt* stmt = prepare(sql);
+    const int rc = sqlite3_step(stmt);
+    const std::int64_t value = rc == SQLITE_ROW ? sqlite3_column_int64(stmt, 0) : -1;
+    sqlite3_finalize(stmt);
+    REQUIRE(rc == SQLITE_ROW);
+    return value;
+  }
+
+  std::string text(const std::string& sql) {
+    sqlite3_stmt* stmt = prepare(sql);
+    const int rc = sqlite3_step(stmt);
+    std::string value;
+    if (rc == SQLITE_ROW) {
+      value.assign(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0)),
+                   static_cast<std::size_t>(sqlite3_column_bytes(stmt, 0)));
+    }
+    sqlite3_finalize(stmt);
+    REQUIRE(rc == SQLITE_ROW);
+    return value;
+  }
+
+ private:
+  sqlite3_stmt* prepare(const std::string& sql) {
+    sqlite3_stmt* stmt = nullptr;
+    REQUIRE(sqlite3_prepare_v2(db_, sql.c_str(), -1, &stmt, nullptr) == SQLITE_OK);
+    return stmt;
+  }
+
+  sqlite3* db_ = nullptr;
+};
+
+SqliteStoreOptions fast_options() {
+  SqliteStoreOptions o;
+  o.durable = false;
+  return o;
+}
+
+// The apikeys::Error `f` throws; nullopt when it throws nothing.
+template <typename F>
+std::optional<apikeys::Error> error_of(F&& f) {
+  try {
+    f();
+  } catch (const apikeys::Error& e) {
+    return e;
+  }
+  return std::nullopt;
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE("SqliteStore keeps its data across reopen", "[store][sqlite]") {
+  TempDir dir;
+  const std::string path = dir.file("keys.db");
+  const apikeys::Uuid alice = account_id(1);
+  apikeys::KeyRecord a = record(1, alice, 100);
+  a.info.expires_at = at(9'000'000);
+  a.info.description = "kept";
+  const apikeys::KeyRecord b = record(2, alice, 200);
+  std::uint64_t revision = 0;
+  {
+    SqliteStore store(path);
+    store.insert(a);
+    store.insert(b);
+    REQUIRE(store.set_status(alice, b.info.key_id, KeyStatus::revoked));
+    store.record_last_use({{a.info.key_id, at(5000)}});
+    revision = store.revision();
+    CHECK(revision == 1);
+  }
+  SqliteStore store(path);
+  a.info.last_used_at = at(5000);
+  check_same_record(*store.find(a.info.public_key), a);
+  CHECK(store.find(b.info.public_key)->info.status == KeyStatus::revoked);
+  CHECK(apikeys_test::contract::ids_of(store.list(alice)) ==
+        std::vector<apikeys::Uuid>{b.info.key_id, a.info.key_id});
+  CHECK(store.revision() == revision);
+  CHECK(SqliteStore::schema_version() == 2);
+  CHECK(RawDb(path).text("PRAGMA journal_mode") == "wal");
+}
+
+TEST_CASE("SqliteStore migrates a version 1 database and keeps its rows", "[store][sqlite]") {
+  TempDir dir;
+  const std::string path = dir.file("v1.db");
+  {
+    RawDb raw(path);
+    raw.exec(kSchemaV1);
+    raw.exec(
+        "INSERT INTO api_keys VALUES ('00000001-0000-4000-8000-0000000000a5',"
+        " '00000000-0000-4000-8000-000000000001', 'pk_old_key_0000000000000000000001',"
+        " X'" + std::string(64, 'a') + "', 7, 'old title', 'old description', 1,"
+        " 1735689600000, NULL, 1735689700000)");
+  }
+  {
+    SqliteStore store(path);
+    const auto got = store.find("pk_old_key_0000000000000000000001");
+    REQUIRE(got);
+    CHECK(got->info.key_id == key_id(1));
+    CHECK(got->info.account_id == account_id(1));
+    CHECK(got->info.title == "old title");
+    CHECK(got->info.description == "old description");
+    CHECK(got->info.status == KeyStatus::revoked);
+    CHECK(got->info.created_at == at(0));
+    CHECK_FALSE(got->info.expires_at);
+    CHECK(got->info.last_used_at == at(100'000));
+    CHECK(got->digest.bytes[0] == 0xaa);
+    CHECK(got->digest.bytes[31] == 0xaa);
+    CHECK(got->digest.pepper_id == 7);
+
+    CHECK(store.revision() == 0);
+    REQUIRE(store.set_status(account_id(1), key_id(1), KeyStatus::active));
+    CHECK(store.revision() == 1);
+    store.insert(record(2, account_id(1)));
+  }
+  RawDb raw(path);
+  CHECK(raw.integer("PRAGMA user_version") == SqliteStore::schema_version());
+  CHECK(raw.integer("SELECT count(*) FROM apikeys_meta") == 1);
+  CHECK(raw.integer("SELECT count(*) FROM api_keys") == 2);
+}
+
+TEST_CASE("SqliteStore refuses databases it cannot use", "[store][sqlite]") {
+  TempDir dir;
+
+  SECTION("a newer schema version") {
+    const std::string path = dir.file("newer.db");
+    { SqliteStore store(path); }
+    { RawDb(path).exec("PRAGMA user_version = 3"); }
+    const auto e = error_of([&] { SqliteStore store(path); });
+    REQUIRE(e);
+    CHECK(e->code() == ErrorCode::storage);
+    CHECK(contains(e->what(), "schema version 3 is newer than this library supports (2)"));
+
+    SqliteStoreOptions read_only;
+    read_only.read_only = true;
+    CHECK(error_code_of([&] { SqliteStore store(path, read_only); }) == ErrorCode::storage);
+  }
+
+  SECTION("a file that is not a database") {
+    const std::string path = dir.file("text.db");
+    {
+      std::ofstream out(path);
+      for (int i = 0; i < 100; ++i) out << "this is not an SQLite database, only text\n";
+    }
+    CHECK(error_code_of([&] { SqliteStore store(path); }) == ErrorCode::storage);
+    SqliteStoreOptions read_only;
+    read_only.read_only = true;
+    CHECK(error_code_of([&] { SqliteStore store(path, read_only); }) == ErrorCode::storage);
+  }
+
+  SECTION("someone else's SQLite database") {
+    const std::string path = dir.file("other.db");
+    { RawDb(path).exec("CREATE TABLE users (id INTEGER PRIMARY KEY)"); }
+    CHECK(error_code_of([&] { SqliteStore store(path); }) == ErrorCode::storage);
+    RawDb raw(path);
+    CHECK(raw.integer("PRAGMA user_version") == 0);  // Left untouched.
+  }
+
+  SECTION("a directory that does not exist") {
+    CHECK(error_code_of([&] { SqliteStore store(dir.file("missing/keys.db")); }) ==
+          ErrorCode::storage);
+  }
+
+  SECTION("an in-memory database (each connection would see its own)") {
+    CHECK(error_code_of([&] { SqliteStore store(":memory:"); }) == ErrorCode::storage);
+    CHECK(error_code_of([&] { SqliteStore store(""); }) == ErrorCode::storage);
+  }
+}
+
+TEST_CASE("SqliteStore reads a wrong-size digest as a storage error", "[store][sqlite]") {
+  TempDir dir;
+  const std::string path = dir.file("corrupt.db");
+  SqliteStore store(path, fast_options());
+  store.insert(record(1, account_id(1)));
+  store.insert(record(2, account_id(1)));
+  RawDb(path).exec("UPDATE api_keys SET digest = X'0102' WHERE public_key = '" + public_key(1) +
+                   "'");
+  const auto e = error_of([&] { (void)store.find(public_key(1)); });
+  REQUIRE(e);
+  CHECK(e->code() == ErrorCode::storage);
+  CHECK(contains(e->what(), "digest"));
+  CHECK(store.find(public_key(2)));  // The connection is still usable.
+  CHECK(store.list(account_id(1)).size() == 2);
+}
+
+TEST_CASE("SqliteStore revision follows revokes and deletes made by another instance",
+          "[store][sqlite]") {
+  TempDir dir;
+  const std::string path = dir.file("shared.db");
+  SqliteStore reader(path, fast_options());
+  SqliteStore writer(path, fast_options());  // Stands in for another process.
+  const apikeys::Uuid alice = account_id(1);
+
+  const std::uint64_t r0 = reader.revision();
+  writer.insert(record(1, alice));
+  writer.insert(record(2, alice));
+  writer.record_last_use({{key_id(1), at(1000)}});
+  CHECK(reader.revision() == r0);
+  CHECK(reader.find(public_key(1))->info.status == KeyStatus::active);
+
+  REQUIRE(writer.set_status(alice, key_id(1), KeyStatus::revoked));
+  const std::uint64_t r1 = reader.revision();
+  CHECK(r1 != r0);
+  // The very next read sees the revoke: no reader keeps an old snapshot.
+  CHECK(reader.find(public_key(1))->info.status == KeyStatus::revoked);
+
+  CHECK_FALSE(writer.set_status(account_id(2), key_id(2), KeyStatus::revoked));
+  CHECK_FALSE(writer.remove(account_id(2), key_id(2)));
+  CHECK(reader.revision() == r1);
+
+  REQUIRE(writer.remove(alice, key_id(2)));
+  const std::uint64_t r2 = reader.revision();
+  CHECK(r2 != r1);
+  CHECK_FALSE(reader.find(public_key(2)));
+
+  writer.insert(record(3, alice));
+  CHECK(reader.revision() == r2);
+}
+
+TEST_CASE("SqliteStore opened read-only reads and refuses writes", "[store][sqlite]") {
+  TempDir dir;
+  const std::string path = dir.file("ro.db");
+  const apikeys::Uuid alice = account_id(1);
+  const apikeys::KeyRecord r = record(1, alice);
+  { SqliteStore(path).insert(r); }
+
+  SqliteStoreOptions options;
+  options.read_only = true;
+  SqliteStore store(path, options);
+  check_same_record(*store.find(r.info.public_key), r);
+  CHECK(store.list(alice).size() == 1);
+  CHECK(store.revision() == 0);
+
+  CHECK(error_code_of([&] { store.insert(record(2, alice)); }) == ErrorCode::storage);
+  CHECK(error_code_of([&] { (void)store.set_status(alice, key_id(1), KeyStatus::revoked); }) ==
+        ErrorCode::storage);
+  CHECK(error_code_of([&] { (void)store.remove(alice, key_id(1)); }) == ErrorCode::storage);
+  CHECK(error_code_of([&] { store.record_last_use({{key_id(1), at(1)}}); }) ==
+        ErrorCode::storage);
+  CHECK(store.find(r.info.public_key)->info.status == KeyStatus::active);
+
+  SECTION("an older schema is not migrated read-only") {
+    const std::string old_path = dir.file("v1-ro.db");
+    { RawDb(old_path).exec(kSchemaV1); }
+    CHECK(error_code_of([&] { SqliteStore old(old_path, options); }) == ErrorCode::storage);
+    CHECK(RawDb(old_path).integer("PRAGMA user_version") == 1);
+  }
+
+  SECTION("a missing file is not created") {
+    CHECK(error_code_of([&] { SqliteStore missing(dir.file("none.db"), options); }) ==
+          ErrorCode::storage);
+  }
+}
+
+TEST_CASE("SqliteStore translates SQLite errors", "[store][sqlite]") {
+  TempDir dir;
+  const std::string path = dir.file("errors.db");
+  SqliteStoreOptions options = fast_options();
+  options.busy_timeout = std::chrono::milliseconds(50);
+  SqliteStore store(path, options);
+  store.insert(record(1, account_id(1)));
+
+  SECTION("a duplicate is already_exists, and says which call failed") {
+    const auto e = error_of([&] { store.insert(record(1, account_id(2))); });
+    REQUIRE(e);
+    CHECK(e->code() == ErrorCode::already_exists);
+    CHECK(contains(e->what(), "insert"));
+  }
+
+  SECTION("a write lock held elsewhere is busy, and the store recovers") {
+    {
+      RawDb other(path);
+      other.exec("BEGIN IMMEDIATE");
+      CHECK(error_code_of([&] { store.insert(record(2, account_id(1))); }) == ErrorCode::busy);
+      CHECK(error_code_of([&] { (void)store.remove(account_id(1), key_id(1)); }) ==
+            ErrorCode::busy);
+      CHECK(store.find(public_key(1)));  // WAL: reads go on while another writes.
+      other.exec("ROLLBACK");
+    }
+    store.insert(record(2, account_id(1)));
+    CHECK(store.find(public_key(2)));
+  }
+}
+
+TEST_CASE("Two SqliteStores on one file, used from several threads", "[store][sqlite]") {
+  TempDir dir;
+  const std::string path = dir.file("threads.db");
+  auto first = std::make_shared<SqliteStore>(path, fast_options());
+  auto second = std::make_shared<SqliteStore>(path, fast_options());
+  const std::shared_ptr<SqliteStore> stores[] = {first, second};
+
+  constexpr std::uint32_t kThreads = 4;
+  constexpr std::uint32_t kPerThread = 40;
+  std::atomic<int> failures{0};
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (std::uint32_t t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      const apikeys::Uuid account = account_id(static_cast<std::uint8_t>(10 + t));
+      try {
+        for (std::uint32_t i = 0; i < kPerThread; ++i) {
+          const std::uint32_t n = 1000 * (t + 1) + i;
+          // Write through one instance, read through the other.
+          SqliteStore& mine = *stores[(t + i) % 2];
+          SqliteStore& theirs = *stores[(t + i + 1) % 2];
+          mine.insert(record(n, account, i));
+          auto got = theirs.find(public_key(n));
+          if (!got || got->info.key_id != key_id(n)) ++wrong;
+          if (i % 4 == 0 && !theirs.set_status(account, key_id(n), KeyStatus::revoked)) ++wrong;
+          if (i % 8 == 0) theirs.record_last_use({{key_id(n), at(i)}});
+          (void)mine.revision();
+        }
+      } catch (...) {
+        ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(failures.load() == 0);
+  CHECK(wrong.load() == 0);
+  for (std::uint32_t t = 0; t < kThreads; ++t) {
+    const auto keys = first->list(account_id(static_cast<std::uint8_t>(10 + t)));
+    CHECK(keys.size() == kPerThread);
+  }
+  CHECK(first->revision() == second->revision());
+  CHECK(first->revision() == kThreads * (kPerThread / 4));
+}

@@ -1,0 +1,69 @@
+// Runs the Store contract (store_contract.hpp) on every bundled backend, plus the
+// MemoryStore-only behaviour (its bound, its size, millisecond precision).
+#include <memory>
+#include <string>
+
+#include "apikeys/error.hpp"
+#include "apikeys/memory_store.hpp"
+#include "apikeys/sqlite_store.hpp"
+#include "catch.hpp"
+#include "store_contract.hpp"
+#include "test_support.hpp"
+
+using apikeys_test::contract::error_code_of;
+using apikeys_test::contract::record;
+
+TEST_CASE("MemoryStore satisfies the Store contract", "[store][memory]") {
+  apikeys_test::run_store_contract([] { return std::make_shared<apikeys::MemoryStore>(); });
+}
+
+TEST_CASE("SqliteStore satisfies the Store contract", "[store][sqlite]") {
+  apikeys_test::TempDir dir;
+  int n = 0;
+  apikeys_test::run_store_contract([&] {
+    apikeys::SqliteStoreOptions options;
+    options.durable = false;  // Faster in tests; the contract is the same.
+    return std::make_shared<apikeys::SqliteStore>(dir.file("contract-" + std::to_string(n++) + ".db"),
+                                                  options);
+  });
+}
+
+TEST_CASE("MemoryStore refuses inserts beyond max_keys", "[store][memory]") {
+  const apikeys::Uuid alice = apikeys_test::account_id(1);
+  apikeys::MemoryStore store(2);
+  store.insert(record(1, alice));
+  store.insert(record(2, alice));
+  CHECK(store.size() == 2);
+  CHECK(error_code_of([&] { store.insert(record(3, alice)); }) == apikeys::ErrorCode::storage);
+  CHECK(store.size() == 2);
+  CHECK_FALSE(store.find(apikeys_test::contract::public_key(3)));
+
+  // A duplicate is still reported as a duplicate when full.
+  CHECK(error_code_of([&] { store.insert(record(1, alice)); }) ==
+        apikeys::ErrorCode::already_exists);
+
+  REQUIRE(store.remove(alice, apikeys_test::contract::key_id(1)));
+  CHECK(store.size() == 1);
+  store.insert(record(3, alice));
+  CHECK(store.size() == 2);
+}
+
+TEST_CASE("MemoryStore keeps millisecond precision and revision 0", "[store][memory]") {
+  const apikeys::Uuid alice = apikeys_test::account_id(1);
+  apikeys::MemoryStore store;
+  apikeys::KeyRecord r = record(1, alice);
+  const apikeys::TimePoint base = apikeys_test::contract::at(0);
+  r.info.created_at = base + std::chrono::microseconds(1999);
+  r.info.expires_at = base + std::chrono::microseconds(5500);
+  store.insert(r);
+  store.record_last_use({{r.info.key_id, base + std::chrono::microseconds(7700)}});
+
+  const auto got = store.find(r.info.public_key);
+  REQUIRE(got);
+  CHECK(got->info.created_at == base + std::chrono::milliseconds(1));
+  CHECK(got->info.expires_at == base + std::chrono::milliseconds(5));
+  CHECK(got->info.last_used_at == base + std::chrono::milliseconds(7));
+
+  REQUIRE(store.set_status(alice, r.info.key_id, apikeys::KeyStatus::revoked));
+  CHECK(store.revision() == 0);
+}
