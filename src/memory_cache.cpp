@@ -3,6 +3,9 @@
 #include <openssl/rand.h>
 
 #include <algorithm>
+#include <cstring>
+#include <limits>
+#include <optional>
 #include <atomic>
 #include <mutex>
 #include <string>
@@ -29,29 +32,49 @@ namespace {
 
 constexpr std::size_t kStripesPerShard = 64;
 
+// The public key, inline (no heap block per entry, no allocation per lookup), with its
+// SipHash computed once per call and reused by the table.
+struct InlineKey {
+  static constexpr std::size_t kMax = MemoryCache::kMaxPublicKeyLength;
+  std::uint64_t hash = 0;
+  std::uint8_t len = 0;
+  char data[kMax] = {};
+
+  InlineKey(std::string_view pk, std::uint64_t h) noexcept : hash(h), len(static_cast<std::uint8_t>(pk.size())) {
+    std::memcpy(data, pk.data(), pk.size());
+  }
+  friend bool operator==(const InlineKey& a, const InlineKey& b) noexcept {
+    return a.hash == b.hash && a.len == b.len && std::memcmp(a.data, b.data, a.len) == 0;
+  }
+};
+
+struct InlineKeyHash {
+  std::size_t operator()(const InlineKey& k) const noexcept { return static_cast<std::size_t>(k.hash); }
+};
+
 // One verdict per public key. `presented` is the full digest of the secret that earned
 // the verdict: a lookup answers only when the presented digest matches all 32 bytes.
 struct Slot {
+  std::int64_t expires_ms = 0;  // first: no padding before it (80 bytes in all)
   Digest presented;
-  std::int64_t expires_ms = 0;
   Verdict verdict;
-};
-
-struct SipHashString {
-  const detail::SipHasher* sip;
-  std::size_t operator()(const std::string& s) const noexcept { return (*sip)(s); }
 };
 
 struct alignas(64) Shard {
   mutable std::mutex mu;
-  std::unordered_map<std::string, Slot, SipHashString> map;
+  std::unordered_map<InlineKey, Slot, InlineKeyHash> map;
   // Fill generations: erase() bumps the stripe of a public key under `mu`, put()
   // compares under `mu`, so a fill that read the store before an erase never lands.
   std::atomic<std::uint64_t> stripes[kStripesPerShard] = {};
   std::size_t evict_cursor = 0;
-
-  explicit Shard(const detail::SipHasher* sip) : map(16, SipHashString{sip}) {}
 };
+
+// now + ttl without overflow: a TTL of milliseconds::max() means "until evicted".
+std::int64_t expiry(std::int64_t now, std::chrono::milliseconds ttl) noexcept {
+  const std::int64_t t = ttl.count();
+  return t > std::numeric_limits<std::int64_t>::max() - now ? std::numeric_limits<std::int64_t>::max()
+                                                            : now + t;
+}
 
 std::size_t round_up_pow2(std::size_t n) {
   std::size_t p = 1;
@@ -71,12 +94,13 @@ struct MemoryCache::Impl {
   struct Where {
     Shard& shard;
     std::size_t stripe;
+    std::uint64_t hash;
   };
   Where locate(std::string_view pk) const noexcept {
     const std::uint64_t h = sip(pk);
-    // Low bits pick the shard; the unordered_map uses the full hash for its buckets.
-    Shard& s = *shards[h & (shards.size() - 1)];
-    return {s, static_cast<std::size_t>((h >> 32) % kStripesPerShard)};
+    // Top bits pick the shard and stripe; the table uses the low bits for its buckets.
+    Shard& s = *shards[(h >> 48) & (shards.size() - 1)];
+    return {s, static_cast<std::size_t>((h >> 40) % kStripesPerShard), h};
   }
   std::uint64_t token(const Where& w) const noexcept {
     // Both counters only grow, so the sum changes whenever either does.
@@ -89,8 +113,7 @@ struct MemoryCache::Impl {
   // from a rotating cursor; evicts an expired entry if one turns up, else the first seen.
   void evict_one(Shard& s, std::int64_t now) {
     const std::size_t buckets = s.map.bucket_count();
-    std::string victim;
-    bool have_victim = false;
+    std::optional<InlineKey> victim;
     for (std::size_t probes = 0, seen = 0; probes < buckets && seen < 4; ++probes) {
       const std::size_t b = s.evict_cursor++ % buckets;
       for (auto it = s.map.begin(b); it != s.map.end(b); ++it) {
@@ -99,13 +122,10 @@ struct MemoryCache::Impl {
           s.map.erase(it->first);
           return;
         }
-        if (!have_victim) {
-          victim = it->first;
-          have_victim = true;
-        }
+        if (!victim) victim = it->first;
       }
     }
-    if (have_victim) s.map.erase(victim);
+    if (victim) s.map.erase(*victim);
   }
 };
 
@@ -116,17 +136,18 @@ MemoryCache::MemoryCache(MemoryCacheOptions options) : impl_(std::make_unique<Im
                                  round_up_pow2(capacity));
   impl_->per_shard_capacity = std::max<std::size_t>(1, (capacity + n - 1) / n);
   impl_->shards.reserve(n);
-  for (std::size_t i = 0; i < n; ++i) impl_->shards.push_back(std::make_unique<Shard>(&impl_->sip));
+  for (std::size_t i = 0; i < n; ++i) impl_->shards.push_back(std::make_unique<Shard>());
 }
 
 MemoryCache::~MemoryCache() = default;
 
 std::optional<Verdict> MemoryCache::get(std::string_view public_key, const Digest& presented) {
+  if (public_key.size() > kMaxPublicKeyLength) return std::nullopt;
   auto w = impl_->locate(public_key);
   const std::int64_t now = impl_->now_ms();
   std::lock_guard<std::mutex> lock(w.shard.mu);
-  // C++17's unordered_map has no heterogeneous lookup, so this costs a key copy.
-  const auto it = w.shard.map.find(std::string(public_key));
+  const auto it = w.shard.map.find(InlineKey(public_key, w.hash));
+  static_assert(sizeof(InlineKey) == 64 && sizeof(Slot) == 80, "entry layout grew");
   if (it == w.shard.map.end()) return std::nullopt;
   if (it->second.expires_ms <= now) {
     w.shard.map.erase(it);
@@ -142,12 +163,12 @@ std::uint64_t MemoryCache::fill_token(std::string_view public_key) {
 
 void MemoryCache::put(std::string_view public_key, const Digest& presented, const Verdict& verdict,
                       std::chrono::milliseconds ttl, std::uint64_t token) {
-  if (ttl.count() <= 0) return;
+  if (ttl.count() <= 0 || public_key.size() > kMaxPublicKeyLength) return;
   auto w = impl_->locate(public_key);
   const std::int64_t now = impl_->now_ms();
   std::lock_guard<std::mutex> lock(w.shard.mu);
   if (impl_->token(w) != token) return;  // erased or cleared since the fill began
-  std::string key(public_key);
+  const InlineKey key(public_key, w.hash);
   auto it = w.shard.map.find(key);
   if (it != w.shard.map.end()) {
     const Slot& old = it->second;
@@ -156,18 +177,18 @@ void MemoryCache::put(std::string_view public_key, const Digest& presented, cons
         !constant_time_equal(old.presented, presented)) {
       return;  // a guess at the secret never pushes the owner's verdict out
     }
-    it->second = Slot{presented, now + ttl.count(), verdict};
+    it->second = Slot{expiry(now, ttl), presented, verdict};
     return;
   }
   if (w.shard.map.size() >= impl_->per_shard_capacity) impl_->evict_one(w.shard, now);
-  w.shard.map.emplace(std::move(key), Slot{presented, now + ttl.count(), verdict});
+  w.shard.map.emplace(key, Slot{expiry(now, ttl), presented, verdict});
 }
 
 void MemoryCache::erase(std::string_view public_key) {
   auto w = impl_->locate(public_key);
   std::lock_guard<std::mutex> lock(w.shard.mu);
   w.shard.stripes[w.stripe].fetch_add(1, std::memory_order_acq_rel);
-  w.shard.map.erase(std::string(public_key));
+  if (public_key.size() <= kMaxPublicKeyLength) w.shard.map.erase(InlineKey(public_key, w.hash));
 }
 
 void MemoryCache::clear() {

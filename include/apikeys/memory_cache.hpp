@@ -31,6 +31,11 @@ struct MemoryCacheOptions {
 /// known public key cannot push its owner off the cache).
 class APIKEYS_EXPORT MemoryCache final : public Cache {
  public:
+  /// Public keys longer than this are never cached (get misses, put does nothing):
+  /// keys are held inline, so a lookup allocates nothing. Every format with a prefix
+  /// of up to 23 characters and the default 32-character body fits.
+  static constexpr std::size_t kMaxPublicKeyLength = 55;
+
   explicit MemoryCache(MemoryCacheOptions options = {});
   ~MemoryCache() override;
 
