@@ -1,0 +1,458 @@
+// Tests of apikeys/memory_cache.hpp against the Cache contract in apikeys/cache.hpp:
+// hits, TTLs on a ManualClock, keying by the full presented digest, the fill-token
+// protocol that closes the revoke/fill race (PITFALLS #1), the lock-out rule
+// (PITFALLS #3), the capacity bound, and use from several threads.
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "apikeys/cache.hpp"
+#include "apikeys/clock.hpp"
+#include "apikeys/memory_cache.hpp"
+#include "apikeys/types.hpp"
+#include "catch.hpp"
+#include "test_support.hpp"
+
+using apikeys::Digest;
+using apikeys::MemoryCache;
+using apikeys::MemoryCacheOptions;
+using apikeys::ValidationCode;
+using apikeys::Verdict;
+using std::chrono::milliseconds;
+
+namespace {
+
+Digest digest_of(std::uint32_t seed) {
+  Digest d;
+  for (std::size_t i = 0; i < d.bytes.size(); ++i) {
+    d.bytes[i] = static_cast<std::uint8_t>((seed >> (8 * (i % 4))) + 31 * i);
+  }
+  d.pepper_id = 1;
+  return d;
+}
+
+Verdict valid_verdict(std::uint8_t n) {
+  Verdict v;
+  v.code = ValidationCode::valid;
+  v.account_id = apikeys_test::account_id(n);
+  std::array<std::uint8_t, 16> key{};
+  key[0] = n;
+  key[6] = 0x40;
+  key[8] = 0x80;
+  v.key_id = apikeys::Uuid(key);
+  return v;
+}
+
+Verdict negative(ValidationCode code) {
+  Verdict v;
+  v.code = code;
+  return v;
+}
+
+bool same(const Verdict& a, const Verdict& b) {
+  return a.code == b.code && a.account_id == b.account_id && a.key_id == b.key_id;
+}
+
+std::string pk(std::size_t n) { return "pk_" + std::to_string(n) + std::string(20, 'k'); }
+
+struct Fixture {
+  std::shared_ptr<apikeys::ManualClock> clock =
+      std::make_shared<apikeys::ManualClock>(apikeys_test::test_start());
+  std::unique_ptr<MemoryCache> cache;
+
+  explicit Fixture(std::size_t capacity = 1'000, std::size_t shards = 64) {
+    MemoryCacheOptions o;
+    o.capacity = capacity;
+    o.shards = shards;
+    o.clock = clock;
+    cache = std::make_unique<MemoryCache>(o);
+  }
+
+  // put() with a fresh token, the way the Validator fills.
+  void fill(const std::string& key, const Digest& d, const Verdict& v, milliseconds ttl) {
+    const std::uint64_t token = cache->fill_token(key);
+    cache->put(key, d, v, ttl, token);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("MemoryCache: get after put", "[cache]") {
+  Fixture f;
+  const std::string key = pk(1);
+  const Digest d = digest_of(1);
+  CHECK_FALSE(f.cache->get(key, d).has_value());
+  CHECK(f.cache->size() == 0);
+
+  f.fill(key, d, valid_verdict(1), milliseconds(1000));
+  const auto got = f.cache->get(key, d);
+  REQUIRE(got.has_value());
+  CHECK(same(*got, valid_verdict(1)));
+  CHECK(f.cache->size() == 1);
+
+  SECTION("other public keys miss") {
+    CHECK_FALSE(f.cache->get(pk(2), d).has_value());
+    CHECK_FALSE(f.cache->get("", d).has_value());
+    CHECK_FALSE(f.cache->get(key + "x", d).has_value());
+    CHECK_FALSE(f.cache->get(key.substr(0, key.size() - 1), d).has_value());
+  }
+  SECTION("every negative code is stored and returned as is") {
+    for (ValidationCode code : {ValidationCode::not_found, ValidationCode::wrong_secret,
+                                ValidationCode::expired, ValidationCode::revoked}) {
+      const std::string other = pk(100 + static_cast<std::size_t>(code));
+      const Digest od = digest_of(100u + static_cast<std::uint32_t>(code));
+      f.fill(other, od, negative(code), milliseconds(1000));
+      const auto v = f.cache->get(other, od);
+      REQUIRE(v.has_value());
+      CHECK(v->code == code);
+    }
+  }
+  SECTION("a later put for the same secret replaces the verdict") {
+    f.fill(key, d, negative(ValidationCode::revoked), milliseconds(1000));
+    const auto v = f.cache->get(key, d);
+    REQUIRE(v.has_value());
+    CHECK(v->code == ValidationCode::revoked);
+    CHECK(f.cache->size() == 1);
+  }
+}
+
+TEST_CASE("MemoryCache: TTL expiry on the injected clock", "[cache]") {
+  Fixture f;
+  const std::string key = pk(1);
+  const Digest d = digest_of(1);
+  f.fill(key, d, valid_verdict(1), milliseconds(1000));
+
+  SECTION("just before the TTL: hit") {
+    f.clock->advance(milliseconds(999));
+    CHECK(f.cache->get(key, d).has_value());
+  }
+  SECTION("at the TTL: miss") {
+    f.clock->advance(milliseconds(1000));
+    CHECK_FALSE(f.cache->get(key, d).has_value());
+  }
+  SECTION("after the TTL: miss, and it stays a miss") {
+    f.clock->advance(milliseconds(1001));
+    CHECK_FALSE(f.cache->get(key, d).has_value());
+    f.clock->advance(std::chrono::hours(24 * 365));
+    CHECK_FALSE(f.cache->get(key, d).has_value());
+  }
+  SECTION("a huge TTL is honoured, not overflowed into the past") {
+    // E.g. a user who sets ttl_revoked to milliseconds::max() to mean "forever".
+    f.fill(key, d, negative(ValidationCode::revoked), milliseconds::max());
+    const auto v = f.cache->get(key, d);
+    REQUIRE(v.has_value());
+    CHECK(v->code == ValidationCode::revoked);
+    f.clock->advance(std::chrono::hours(24 * 365 * 100));
+    CHECK(f.cache->get(key, d).has_value());
+  }
+  SECTION("a new put after expiry is served again") {
+    f.clock->advance(milliseconds(5000));
+    f.fill(key, d, valid_verdict(1), milliseconds(10));
+    CHECK(f.cache->get(key, d).has_value());
+    f.clock->advance(milliseconds(10));
+    CHECK_FALSE(f.cache->get(key, d).has_value());
+  }
+}
+
+TEST_CASE("MemoryCache: a TTL of zero stores nothing", "[cache]") {
+  Fixture f;
+  const std::string key = pk(1);
+  const Digest d = digest_of(1);
+  f.fill(key, d, valid_verdict(1), milliseconds(0));
+  CHECK_FALSE(f.cache->get(key, d).has_value());
+
+  SECTION("and does not displace what was there for another secret") {
+    const Digest d2 = digest_of(2);
+    f.fill(key, d2, valid_verdict(2), milliseconds(1000));
+    f.fill(key, d, negative(ValidationCode::wrong_secret), milliseconds(0));
+    const auto v = f.cache->get(key, d2);
+    REQUIRE(v.has_value());
+    CHECK(same(*v, valid_verdict(2)));
+  }
+  SECTION("a negative TTL stores nothing either") {
+    f.fill(key, d, valid_verdict(1), milliseconds(-5));
+    CHECK_FALSE(f.cache->get(key, d).has_value());
+  }
+}
+
+TEST_CASE("MemoryCache: a verdict answers only the same presented digest", "[cache]") {
+  Fixture f;
+  const std::string key = pk(1);
+  const Digest d = digest_of(1);
+  f.fill(key, d, valid_verdict(1), milliseconds(60'000));
+
+  SECTION("a different digest misses") {
+    CHECK_FALSE(f.cache->get(key, digest_of(2)).has_value());
+  }
+  SECTION("the full 32 bytes are compared, first and last byte included") {
+    for (std::size_t i : {std::size_t{0}, std::size_t{8}, std::size_t{16}, std::size_t{31}}) {
+      Digest other = d;
+      other.bytes[i] ^= 0x01;
+      CHECK_FALSE(f.cache->get(key, other).has_value());
+    }
+  }
+  SECTION("a negative verdict for one secret never answers another") {
+    const std::string key2 = pk(2);
+    f.fill(key2, digest_of(20), negative(ValidationCode::wrong_secret), milliseconds(60'000));
+    const auto same_secret = f.cache->get(key2, digest_of(20));
+    REQUIRE(same_secret.has_value());
+    CHECK(same_secret->code == ValidationCode::wrong_secret);
+    CHECK_FALSE(f.cache->get(key2, digest_of(21)).has_value());
+  }
+}
+
+TEST_CASE("MemoryCache: negative verdicts for another secret do not displace a valid one",
+          "[cache]") {
+  Fixture f;
+  const std::string key = pk(1);
+  const Digest good = digest_of(1);
+  f.fill(key, good, valid_verdict(1), milliseconds(60'000));
+
+  // An attacker who knows the public key guesses secrets.
+  for (std::uint32_t guess = 100; guess < 110; ++guess) {
+    f.fill(key, digest_of(guess), negative(ValidationCode::wrong_secret), milliseconds(300'000));
+    // The guess must never be answered as valid.
+    const auto g = f.cache->get(key, digest_of(guess));
+    if (g.has_value()) CHECK(g->code == ValidationCode::wrong_secret);
+  }
+  f.fill(key, digest_of(200), negative(ValidationCode::not_found), milliseconds(300'000));
+
+  const auto v = f.cache->get(key, good);
+  REQUIRE(v.has_value());
+  CHECK(same(*v, valid_verdict(1)));
+
+  SECTION("a valid verdict for another secret never answers the guessed one as valid") {
+    const auto g = f.cache->get(key, digest_of(200));
+    if (g.has_value()) CHECK(g->code != ValidationCode::valid);
+  }
+  SECTION("after the valid verdict expires, the slot is free again") {
+    f.clock->advance(milliseconds(60'000));
+    CHECK_FALSE(f.cache->get(key, good).has_value());
+    f.fill(key, digest_of(300), negative(ValidationCode::wrong_secret), milliseconds(1000));
+    const auto g = f.cache->get(key, digest_of(300));
+    REQUIRE(g.has_value());
+    CHECK(g->code == ValidationCode::wrong_secret);
+    CHECK_FALSE(f.cache->get(key, good).has_value());
+  }
+}
+
+TEST_CASE("MemoryCache: a valid verdict for another digest never answers an old one",
+          "[cache]") {
+  Fixture f;
+  const std::string key = pk(1);
+  f.fill(key, digest_of(1), negative(ValidationCode::wrong_secret), milliseconds(60'000));
+  f.fill(key, digest_of(2), valid_verdict(1), milliseconds(60'000));
+  const auto old = f.cache->get(key, digest_of(1));
+  if (old.has_value()) CHECK(old->code == ValidationCode::wrong_secret);
+  const auto now = f.cache->get(key, digest_of(2));
+  REQUIRE(now.has_value());
+  CHECK(now->code == ValidationCode::valid);
+}
+
+TEST_CASE("MemoryCache: erase removes every verdict for the public key", "[cache]") {
+  Fixture f;
+  const std::string key = pk(1);
+  const std::string other = pk(2);
+  f.fill(key, digest_of(1), valid_verdict(1), milliseconds(60'000));
+  f.fill(other, digest_of(2), valid_verdict(2), milliseconds(60'000));
+  REQUIRE(f.cache->get(key, digest_of(1)).has_value());
+
+  f.cache->erase(key);
+  CHECK_FALSE(f.cache->get(key, digest_of(1)).has_value());
+  const auto o = f.cache->get(other, digest_of(2));
+  REQUIRE(o.has_value());
+  CHECK(same(*o, valid_verdict(2)));
+
+  SECTION("erasing an absent key is harmless") {
+    REQUIRE_NOTHROW(f.cache->erase(pk(999)));
+    REQUIRE_NOTHROW(f.cache->erase(key));
+    CHECK(f.cache->get(other, digest_of(2)).has_value());
+  }
+  SECTION("clear removes everything") {
+    f.cache->clear();
+    CHECK_FALSE(f.cache->get(other, digest_of(2)).has_value());
+    CHECK(f.cache->size() == 0);
+  }
+}
+
+TEST_CASE("MemoryCache: fill tokens close the revoke/fill race", "[cache]") {
+  Fixture f;
+  const std::string key = pk(1);
+  const Digest d = digest_of(1);
+
+  SECTION("a token taken before erase() is dropped at put()") {
+    // The validation read the store (key active) ...
+    const std::uint64_t token = f.cache->fill_token(key);
+    // ... then a revoke committed and erased the key ...
+    f.cache->erase(key);
+    // ... then the stale "valid" verdict arrives: it must not land.
+    f.cache->put(key, d, valid_verdict(1), milliseconds(60'000), token);
+    CHECK_FALSE(f.cache->get(key, d).has_value());
+  }
+  SECTION("a token taken before erase() is dropped even if an entry existed") {
+    f.fill(key, d, valid_verdict(1), milliseconds(60'000));
+    const std::uint64_t token = f.cache->fill_token(key);
+    f.cache->erase(key);
+    f.cache->put(key, d, valid_verdict(1), milliseconds(60'000), token);
+    CHECK_FALSE(f.cache->get(key, d).has_value());
+  }
+  SECTION("a token taken before clear() is dropped at put()") {
+    const std::uint64_t token = f.cache->fill_token(key);
+    f.cache->clear();
+    f.cache->put(key, d, valid_verdict(1), milliseconds(60'000), token);
+    CHECK_FALSE(f.cache->get(key, d).has_value());
+  }
+  SECTION("several outstanding tokens are all invalidated by one erase") {
+    const std::uint64_t t1 = f.cache->fill_token(key);
+    const std::uint64_t t2 = f.cache->fill_token(key);
+    f.cache->erase(key);
+    f.cache->put(key, d, valid_verdict(1), milliseconds(60'000), t1);
+    f.cache->put(key, digest_of(2), valid_verdict(1), milliseconds(60'000), t2);
+    CHECK_FALSE(f.cache->get(key, d).has_value());
+    CHECK_FALSE(f.cache->get(key, digest_of(2)).has_value());
+  }
+  SECTION("a token taken after erase() works") {
+    f.cache->erase(key);
+    const std::uint64_t token = f.cache->fill_token(key);
+    f.cache->put(key, d, valid_verdict(1), milliseconds(60'000), token);
+    const auto v = f.cache->get(key, d);
+    REQUIRE(v.has_value());
+    CHECK(same(*v, valid_verdict(1)));
+  }
+  SECTION("a token taken after clear() works") {
+    f.cache->clear();
+    const std::uint64_t token = f.cache->fill_token(key);
+    f.cache->put(key, d, valid_verdict(1), milliseconds(60'000), token);
+    CHECK(f.cache->get(key, d).has_value());
+  }
+  SECTION("an erase long after the token was taken still invalidates it") {
+    const std::uint64_t token = f.cache->fill_token(key);
+    // Many unrelated fills and erases in between must not wrap or reset anything.
+    for (std::size_t i = 2; i < 2'000; ++i) {
+      f.fill(pk(i), digest_of(static_cast<std::uint32_t>(i)), valid_verdict(2), milliseconds(60'000));
+      f.cache->erase(pk(i));
+    }
+    f.cache->erase(key);
+    f.cache->put(key, d, valid_verdict(1), milliseconds(60'000), token);
+    CHECK_FALSE(f.cache->get(key, d).has_value());
+  }
+  SECTION("a dropped put does not remove what a later fill stored") {
+    const std::uint64_t stale = f.cache->fill_token(key);
+    f.cache->erase(key);
+    f.fill(key, d, negative(ValidationCode::revoked), milliseconds(60'000));
+    f.cache->put(key, d, valid_verdict(1), milliseconds(60'000), stale);
+    const auto v = f.cache->get(key, d);
+    REQUIRE(v.has_value());
+    CHECK(v->code == ValidationCode::revoked);
+  }
+}
+
+TEST_CASE("MemoryCache: size stays within capacity", "[cache]") {
+  SECTION("capacity 1000, 64 shards, 10,000 public keys") {
+    Fixture f(1'000, 64);
+    for (std::size_t i = 0; i < 10'000; ++i) {
+      f.fill(pk(i), digest_of(static_cast<std::uint32_t>(i)), valid_verdict(1), milliseconds(60'000));
+      REQUIRE(f.cache->size() <= 1'000 + 64);  // Per-shard rounding allowed.
+    }
+    CHECK(f.cache->size() > 0);
+    // The newest entry was just inserted: eviction takes the oldest, not it.
+    CHECK(f.cache->get(pk(9'999), digest_of(9'999)).has_value());
+  }
+  SECTION("one shard evicts the oldest-inserted entry") {
+    Fixture f(10, 1);
+    for (std::size_t i = 0; i < 10; ++i) {
+      f.fill(pk(i), digest_of(static_cast<std::uint32_t>(i)), valid_verdict(1), milliseconds(60'000));
+    }
+    CHECK(f.cache->size() == 10);
+    for (std::size_t i = 0; i < 10; ++i) {
+      CHECK(f.cache->get(pk(i), digest_of(static_cast<std::uint32_t>(i))).has_value());
+    }
+    f.fill(pk(10), digest_of(10), valid_verdict(1), milliseconds(60'000));
+    CHECK(f.cache->size() == 10);
+    CHECK_FALSE(f.cache->get(pk(0), digest_of(0)).has_value());
+    for (std::size_t i = 1; i <= 10; ++i) {
+      CHECK(f.cache->get(pk(i), digest_of(static_cast<std::uint32_t>(i))).has_value());
+    }
+  }
+  SECTION("many secrets for one public key take one slot") {
+    Fixture f(10, 1);
+    for (std::uint32_t g = 0; g < 1'000; ++g) {
+      f.fill(pk(1), digest_of(g), negative(ValidationCode::wrong_secret), milliseconds(60'000));
+    }
+    CHECK(f.cache->size() <= 1);
+  }
+}
+
+TEST_CASE("MemoryCache: default options and the system clock", "[cache]") {
+  MemoryCache cache;  // capacity 1,000,000, 64 shards, system clock
+  const std::string key = pk(1);
+  const std::uint64_t token = cache.fill_token(key);
+  cache.put(key, digest_of(1), valid_verdict(1), std::chrono::hours(1), token);
+  const auto v = cache.get(key, digest_of(1));
+  REQUIRE(v.has_value());
+  CHECK(same(*v, valid_verdict(1)));
+  CHECK(cache.size() == 1);
+}
+
+TEST_CASE("MemoryCache: concurrent get/put/erase from 4 threads", "[cache][threads]") {
+  Fixture f(256, 8);
+  constexpr std::size_t kKeys = 512;
+  constexpr int kRounds = 20'000;
+  std::atomic<std::size_t> wrong{0};
+  std::atomic<std::size_t> hits{0};
+  std::atomic<std::size_t> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t]() {
+      try {
+        std::uint32_t x = 12345u + static_cast<std::uint32_t>(t) * 7919u;
+        for (int r = 0; r < kRounds; ++r) {
+          x = x * 1664525u + 1013904223u;  // LCG: cheap, deterministic per thread.
+          const std::size_t i = (x >> 8) % kKeys;
+          const std::string key = pk(i);
+          // Each key's verdict is a function of the key, so any hit can be checked.
+          const Digest d = digest_of(static_cast<std::uint32_t>(i));
+          const Verdict expected = valid_verdict(static_cast<std::uint8_t>(i % 251));
+          switch ((x >> 4) % 8) {
+            case 0:
+              f.cache->erase(key);
+              break;
+            case 1:
+              if (r % 1000 == 0) f.cache->clear();
+              break;
+            case 2:
+            case 3:
+              f.fill(key, d, expected, milliseconds(60'000));
+              break;
+            default: {
+              const auto v = f.cache->get(key, d);
+              if (v.has_value()) {
+                ++hits;
+                if (!same(*v, expected)) ++wrong;
+              }
+              // A digest never put must never hit.
+              if (f.cache->get(key, digest_of(static_cast<std::uint32_t>(i) + 100'000u)).has_value()) {
+                ++wrong;
+              }
+              break;
+            }
+          }
+        }
+      } catch (...) {
+        ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(failures.load() == 0);
+  CHECK(wrong.load() == 0);
+  CHECK(hits.load() > 0);
+  CHECK(f.cache->size() <= 256 + 8);
+}

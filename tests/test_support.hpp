@@ -1,0 +1,150 @@
+// Shared helpers for the apikeys tests: a temporary directory, a fixed pepper and
+// account ids, and a KeyManager wired to in-memory parts with a ManualClock.
+// Thread-safety: helpers are plain functions and values; TempDir is not shared.
+// Ownership: TempDir removes its directory (recursively) when it dies.
+#ifndef APIKEYS_TESTS_TEST_SUPPORT_HPP
+#define APIKEYS_TESTS_TEST_SUPPORT_HPP
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "apikeys/clock.hpp"
+#include "apikeys/hasher.hpp"
+#include "apikeys/key_manager.hpp"
+#include "apikeys/memory_cache.hpp"
+#include "apikeys/memory_store.hpp"
+#include "apikeys/types.hpp"
+
+namespace apikeys_test {
+
+/// 36 bytes: above the hasher's 32-byte minimum. Never use it outside tests.
+inline constexpr std::string_view kTestPepper = "apikeys-test-pepper-0123456789abcdef";
+
+/// A second pepper, for rotation tests.
+inline constexpr std::string_view kTestPepper2 = "apikeys-test-pepper-2-fedcba9876543210";
+
+/// 2025-01-01T00:00:00.000Z: where every ManualClock of the tests starts.
+inline constexpr std::int64_t kTestStartMillis = 1'735'689'600'000;
+
+inline apikeys::TimePoint test_start() { return apikeys::from_unix_millis(kTestStartMillis); }
+
+/// A fixed, recognisable account id: 00000000-0000-4000-8000-0000000000NN.
+inline apikeys::Uuid account_id(std::uint8_t n) {
+  std::array<std::uint8_t, 16> bytes{};
+  bytes[6] = 0x40;
+  bytes[8] = 0x80;
+  bytes[15] = n;
+  return apikeys::Uuid(bytes);
+}
+
+/// A fresh directory under the system temp dir, removed with its contents on
+/// destruction.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern =
+        (std::filesystem::temp_directory_path() / "apikeys-test-XXXXXX").string();
+    std::vector<char> buf(pattern.begin(), pattern.end());
+    buf.push_back('\0');
+    if (::mkdtemp(buf.data()) == nullptr) {
+      throw std::runtime_error("mkdtemp failed for " + pattern);
+    }
+    path_ = std::filesystem::path(buf.data());
+  }
+  ~TempDir() {
+    std::error_code ec;  // A destructor must not throw; a leftover dir is harmless.
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
+  /// path() / name, as a string (e.g. a database file name).
+  [[nodiscard]] std::string file(std::string_view name) const {
+    return (path_ / std::filesystem::path(name)).string();
+  }
+
+ private:
+  std::filesystem::path path_;
+};
+
+/// A KeyManager over a MemoryStore, an HmacSha256Hasher(kTestPepper), a MemoryCache
+/// and one ManualClock shared by the cache and the manager. Members are public so a
+/// test can move the clock or look at the store; `manager` is declared last so it
+/// dies first.
+struct TestManager {
+  std::shared_ptr<apikeys::ManualClock> clock;
+  std::shared_ptr<apikeys::MemoryStore> store;
+  std::shared_ptr<apikeys::HmacSha256Hasher> hasher;
+  std::shared_ptr<apikeys::MemoryCache> cache;
+  std::unique_ptr<apikeys::KeyManager> manager;
+
+  apikeys::KeyManager* operator->() const noexcept { return manager.get(); }
+};
+
+/// Builds a TestManager. Fields of `options` left null (cache, clock) are filled with
+/// the in-memory parts above; anything set is kept (so a test can change the format or
+/// TTLs). Last-use recording is left as the caller set it.
+inline TestManager make_manager(apikeys::KeyManagerOptions options = {}) {
+  TestManager t;
+  t.clock = std::make_shared<apikeys::ManualClock>(test_start());
+  t.store = std::make_shared<apikeys::MemoryStore>();
+  t.hasher = std::make_shared<apikeys::HmacSha256Hasher>(kTestPepper);
+  if (!options.validation.clock) {
+    options.validation.clock = t.clock;
+  }
+  if (!options.validation.cache) {
+    apikeys::MemoryCacheOptions cache_options;
+    cache_options.clock = options.validation.clock;
+    cache_options.capacity = 10'000;
+    cache_options.shards = 8;
+    t.cache = std::make_shared<apikeys::MemoryCache>(cache_options);
+    options.validation.cache = t.cache;
+  }
+  t.manager = std::make_unique<apikeys::KeyManager>(t.store, t.hasher, std::move(options));
+  return t;
+}
+
+/// Bytes from a hex string ("00ff..."); for test vectors.
+inline std::vector<std::uint8_t> from_hex(std::string_view hex) {
+  auto nibble = [](char c) -> std::uint8_t {
+    if (c >= '0' && c <= '9') return static_cast<std::uint8_t>(c - '0');
+    if (c >= 'a' && c <= 'f') return static_cast<std::uint8_t>(c - 'a' + 10);
+    if (c >= 'A' && c <= 'F') return static_cast<std::uint8_t>(c - 'A' + 10);
+    throw std::invalid_argument("bad hex digit");
+  };
+  if (hex.size() % 2 != 0) throw std::invalid_argument("odd hex length");
+  std::vector<std::uint8_t> out;
+  out.reserve(hex.size() / 2);
+  for (std::size_t i = 0; i < hex.size(); i += 2) {
+    out.push_back(static_cast<std::uint8_t>((nibble(hex[i]) << 4) | nibble(hex[i + 1])));
+  }
+  return out;
+}
+
+/// Lower-case hex of `bytes`.
+template <std::size_t N>
+std::string to_hex(const std::array<std::uint8_t, N>& bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(2 * N);
+  for (std::uint8_t b : bytes) {
+    out.push_back(kDigits[b >> 4]);
+    out.push_back(kDigits[b & 0x0f]);
+  }
+  return out;
+}
+
+}  // namespace apikeys_test
+
+#endif  // APIKEYS_TESTS_TEST_SUPPORT_HPP
