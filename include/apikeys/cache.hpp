@@ -31,7 +31,7 @@ APIKEYS_EXPORT const char* to_string(ValidationCode code) noexcept;
 
 /// What a cache remembers about one presented (public key, secret) pair.
 struct Verdict {
-  ValidationCode code = ValidationCode::error;
+  ValidationCode code = ValidationCode::error;  ///< The cached outcome.
   Uuid account_id;  ///< Set when code is valid.
   Uuid key_id;      ///< Set when code is valid.
 };

@@ -31,10 +31,13 @@ class APIKEYS_EXPORT Clock {
 /// A clock that only moves when told to. Thread-safe (atomic).
 class APIKEYS_EXPORT ManualClock final : public Clock {
  public:
+  /// A clock reading `start` (kept to the millisecond) until moved.
   explicit ManualClock(TimePoint start) noexcept : ms_(to_unix_millis(start)) {}
   ~ManualClock() override;
   [[nodiscard]] TimePoint now() const noexcept override { return from_unix_millis(ms_.load()); }
+  /// Makes now() return `t`.
   void set(TimePoint t) noexcept { ms_.store(to_unix_millis(t)); }
+  /// Moves the clock by `d` (which may be negative).
   void advance(std::chrono::milliseconds d) noexcept { ms_.fetch_add(d.count()); }
 
  private:

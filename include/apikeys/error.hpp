@@ -28,9 +28,12 @@ APIKEYS_EXPORT const char* to_string(ErrorCode code) noexcept;
 /// The exception thrown by management calls. what() is safe to log.
 class APIKEYS_EXPORT Error : public std::runtime_error {
  public:
+  /// An error of category `code`; `message` must not contain a secret.
   Error(ErrorCode code, const std::string& message);
   ~Error() override;
+  /// Copies code and message.
   Error(const Error&) = default;
+  /// Copies code and message.
   Error& operator=(const Error&) = default;
 
   /// The category of the failure; the only thing callers should branch on.

@@ -42,7 +42,7 @@ class APIKEYS_EXPORT Hasher {
 /// One server-side key for the HMAC. `bytes` must be at least 32 bytes of
 /// high-entropy data (e.g. 32 random bytes, hex-decoded from configuration).
 struct Pepper {
-  std::uint32_t id = 0;
+  std::uint32_t id = 0;    ///< Stored with each digest (Digest::pepper_id).
   std::string_view bytes;  ///< Copied by the hasher; the caller wipes its own copy.
 };
 

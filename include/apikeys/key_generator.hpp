@@ -32,8 +32,8 @@ struct APIKEYS_EXPORT KeyFormat {
 
 /// A freshly generated pair. The secret is shown to the user once, then dropped.
 struct KeyPair {
-  std::string public_key;
-  SecretString secret_key;
+  std::string public_key;   ///< "pk_..."
+  SecretString secret_key;  ///< "sk_..."
 };
 
 /// Interface: makes key pairs. Implementations must use a CSPRNG and produce keys that

@@ -31,8 +31,8 @@ struct CreateRequest {
 
 /// What create() returns: the stored fields, and the secret, shown this once.
 struct CreatedKey {
-  KeyInfo info;
-  SecretString secret_key;
+  KeyInfo info;             ///< The stored fields (no digest).
+  SecretString secret_key;  ///< The secret: show it once, then let it go.
 };
 
 /// Options for KeyManager. Every field states its default.
@@ -44,11 +44,13 @@ struct KeyManagerOptions {
   std::shared_ptr<KeyGenerator> generator;
 };
 
+/// The key lifecycle (create, list, revoke, remove) over a Store, with validation
+/// through its own Validator. Safe from many threads at once.
 class APIKEYS_EXPORT KeyManager {
  public:
-  static constexpr std::size_t kMaxTitleCodePoints = 255;
-  static constexpr std::size_t kMaxDescriptionCodePoints = 1024;
-  static constexpr int kMaxExpiryDays = 365;
+  static constexpr std::size_t kMaxTitleCodePoints = 255;         ///< Longest title.
+  static constexpr std::size_t kMaxDescriptionCodePoints = 1024;  ///< Longest description.
+  static constexpr int kMaxExpiryDays = 365;                      ///< Longest lifetime.
 
   /// Throws Error(invalid_argument) if store or hasher is null or the format is bad.
   KeyManager(std::shared_ptr<Store> store, std::shared_ptr<Hasher> hasher,
@@ -75,8 +77,10 @@ class APIKEYS_EXPORT KeyManager {
   /// Shorthands for validator().validate(...).
   [[nodiscard]] ValidationResult validate(std::string_view public_key,
                                           std::string_view secret_key) const noexcept;
+  /// Shorthand for validator().validate(token), token being "pk_...:sk_...".
   [[nodiscard]] ValidationResult validate(std::string_view token) const noexcept;
 
+  /// The Validator this manager validates with and invalidates on revoke and remove.
   [[nodiscard]] Validator& validator() noexcept;
 
  private:

@@ -36,6 +36,7 @@ class APIKEYS_EXPORT MemoryCache final : public Cache {
   /// of up to 23 characters and the default 32-character body fits.
   static constexpr std::size_t kMaxPublicKeyLength = 55;
 
+  /// An empty cache. Defaults: see MemoryCacheOptions.
   explicit MemoryCache(MemoryCacheOptions options = {});
   ~MemoryCache() override;
 

@@ -13,6 +13,8 @@
 
 namespace apikeys {
 
+/// A Store in process memory, bounded in keys. revision() stays 0: nothing outside
+/// this process can change it.
 class APIKEYS_EXPORT MemoryStore final : public Store {
  public:
   /// `max_keys` bounds memory: insert() throws Error(storage) beyond it.

@@ -32,6 +32,7 @@ struct SqliteStoreOptions {
   bool read_only = false;
 };
 
+/// A Store in one SQLite database file, shareable between processes.
 class APIKEYS_EXPORT SqliteStore final : public Store {
  public:
   /// Opens (creating if needed) the database at `path` and migrates its schema to the

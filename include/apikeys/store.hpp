@@ -18,8 +18,8 @@ namespace apikeys {
 
 /// One throttled "this key was used at" update.
 struct LastUse {
-  Uuid key_id;
-  TimePoint at{};
+  Uuid key_id;     ///< The key that was used.
+  TimePoint at{};  ///< When it was used.
 };
 
 /// Interface: persistent (or not) storage of key records.

@@ -26,6 +26,7 @@ class APIKEYS_EXPORT Uuid {
  public:
   /// The nil UUID (all zero).
   constexpr Uuid() noexcept : bytes_{} {}
+  /// The UUID with these 16 bytes, in network (big-endian) order.
   explicit constexpr Uuid(const std::array<std::uint8_t, 16>& bytes) noexcept : bytes_(bytes) {}
 
   /// Parses the canonical 8-4-4-4-12 hex form, either case. Returns nullopt otherwise.
@@ -35,11 +36,16 @@ class APIKEYS_EXPORT Uuid {
 
   /// Lower-case canonical form, 36 characters.
   [[nodiscard]] std::string to_string() const;
+  /// True for the nil UUID (all zero).
   [[nodiscard]] bool is_nil() const noexcept;
+  /// The 16 bytes, in network (big-endian) order.
   [[nodiscard]] const std::array<std::uint8_t, 16>& bytes() const noexcept { return bytes_; }
 
+  /// Same 16 bytes.
   friend bool operator==(const Uuid& a, const Uuid& b) noexcept { return a.bytes_ == b.bytes_; }
+  /// Different bytes.
   friend bool operator!=(const Uuid& a, const Uuid& b) noexcept { return a.bytes_ != b.bytes_; }
+  /// Byte-wise order, for use as a map key.
   friend bool operator<(const Uuid& a, const Uuid& b) noexcept { return a.bytes_ < b.bytes_; }
 
  private:
@@ -49,8 +55,8 @@ class APIKEYS_EXPORT Uuid {
 /// An HMAC-SHA256 digest of a secret and the id of the pepper that made it.
 /// Not secret by itself, but never shown to users (list() does not return it).
 struct Digest {
-  std::array<std::uint8_t, 32> bytes{};
-  std::uint32_t pepper_id = 0;
+  std::array<std::uint8_t, 32> bytes{};  ///< The HMAC-SHA256 output.
+  std::uint32_t pepper_id = 0;           ///< Which pepper keyed the HMAC.
 };
 
 /// Compares two digests' bytes and pepper ids in constant time.
@@ -64,21 +70,21 @@ APIKEYS_EXPORT const char* to_string(KeyStatus status) noexcept;
 
 /// What may be shown about a key: never its secret, never its digest.
 struct KeyInfo {
-  Uuid key_id;
-  Uuid account_id;
-  std::string public_key;
-  std::string title;
-  std::string description;  ///< Empty when none was given.
-  KeyStatus status = KeyStatus::active;
-  TimePoint created_at{};
+  Uuid key_id;               ///< Random version-4 id of the key.
+  Uuid account_id;           ///< The account the key belongs to.
+  std::string public_key;    ///< "pk_...": identifies the key; not secret.
+  std::string title;         ///< Shown to the account's users.
+  std::string description;   ///< Empty when none was given.
+  KeyStatus status = KeyStatus::active;  ///< Active or revoked.
+  TimePoint created_at{};    ///< When create() made the key.
   std::optional<TimePoint> expires_at;    ///< nullopt: never expires.
   std::optional<TimePoint> last_used_at;  ///< nullopt: never used (or not yet flushed).
 };
 
 /// What a Store keeps: the shown fields plus the digest of the secret.
 struct KeyRecord {
-  KeyInfo info;
-  Digest digest;
+  KeyInfo info;   ///< The fields that may be shown.
+  Digest digest;  ///< HMAC of the secret; never shown.
 };
 
 /// Bytes of a secret. Move-only; the bytes are wiped with OPENSSL_cleanse when the
@@ -86,8 +92,11 @@ struct KeyRecord {
 class APIKEYS_EXPORT SecretString {
  public:
   SecretString() noexcept = default;
+  /// Copies `bytes`; the caller wipes its own copy.
   explicit SecretString(std::string_view bytes);
+  /// Takes the bytes of `other`, which is left empty.
   SecretString(SecretString&& other) noexcept;
+  /// Wipes this secret's bytes, then takes those of `other`, which is left empty.
   SecretString& operator=(SecretString&& other) noexcept;
   SecretString(const SecretString&) = delete;
   SecretString& operator=(const SecretString&) = delete;
@@ -95,7 +104,9 @@ class APIKEYS_EXPORT SecretString {
 
   /// The secret. Valid while this object lives and is not moved from.
   [[nodiscard]] std::string_view reveal() const noexcept { return {data_, size_}; }
+  /// Length of the secret in bytes.
   [[nodiscard]] std::size_t size() const noexcept { return size_; }
+  /// True when there is no secret (default-constructed or moved from).
   [[nodiscard]] bool empty() const noexcept { return size_ == 0; }
 
  private:

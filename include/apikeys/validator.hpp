@@ -23,10 +23,11 @@ namespace apikeys {
 
 /// The answer to a validation. account_id and key_id are set only when valid.
 struct ValidationResult {
-  ValidationCode code = ValidationCode::error;
-  Uuid account_id;
-  Uuid key_id;
+  ValidationCode code = ValidationCode::error;  ///< The verdict; `error` fails closed.
+  Uuid account_id;  ///< The key's account when valid, else nil.
+  Uuid key_id;      ///< The key's id when valid, else nil.
 
+  /// True only when code is `valid`.
   [[nodiscard]] bool ok() const noexcept { return code == ValidationCode::valid; }
 };
 
@@ -42,10 +43,10 @@ struct ValidatorOptions {
   /// expiry. Defaults: valid 120 s, not_found 300 s, wrong_secret 300 s,
   /// expired 3600 s, revoked 3600 s. Zero: do not cache that verdict.
   std::chrono::milliseconds ttl_valid{std::chrono::seconds(120)};
-  std::chrono::milliseconds ttl_not_found{std::chrono::seconds(300)};
-  std::chrono::milliseconds ttl_wrong_secret{std::chrono::seconds(300)};
-  std::chrono::milliseconds ttl_expired{std::chrono::seconds(3600)};
-  std::chrono::milliseconds ttl_revoked{std::chrono::seconds(3600)};
+  std::chrono::milliseconds ttl_not_found{std::chrono::seconds(300)};     ///< Default 300 s.
+  std::chrono::milliseconds ttl_wrong_secret{std::chrono::seconds(300)};  ///< Default 300 s.
+  std::chrono::milliseconds ttl_expired{std::chrono::seconds(3600)};      ///< Default 3600 s.
+  std::chrono::milliseconds ttl_revoked{std::chrono::seconds(3600)};      ///< Default 3600 s.
   /// last_used_at is written at most once per key per interval. Default 900 s.
   std::chrono::milliseconds last_use_interval{std::chrono::seconds(900)};
   /// Record last use at all. Default true.
@@ -62,6 +63,7 @@ struct ValidatorOptions {
   std::chrono::milliseconds revision_poll_interval{250};
 };
 
+/// Checks presented keys against a Store on the hot path; see the top of this header.
 class APIKEYS_EXPORT Validator {
  public:
   /// Throws Error(invalid_argument) if store or hasher is null or the format is bad.
@@ -88,6 +90,7 @@ class APIKEYS_EXPORT Validator {
   /// Number of last-use batches whose write failed since construction.
   [[nodiscard]] std::uint64_t last_use_failures() const noexcept;
 
+  /// The options this validator was built with.
   [[nodiscard]] const ValidatorOptions& options() const noexcept;
 
  private:
