@@ -1,0 +1,84 @@
+// apikeys::PostgresStore keeps records in PostgreSQL, so that many processes on many
+// machines share one set of keys; revision() lets their validators see each other's
+// revokes. Built only with -DAPIKEYS_WITH_POSTGRES=ON (libpq); not in apikeys.hpp.
+// Thread-safety: every method is safe from many threads (a small pool of connections).
+// Ownership: owns its connections; libpq types never appear in this header.
+#ifndef APIKEYS_POSTGRES_STORE_HPP
+#define APIKEYS_POSTGRES_STORE_HPP
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "apikeys/export.hpp"
+#include "apikeys/store.hpp"
+
+namespace apikeys {
+
+/// Options for PostgresStore. Every field states its default.
+struct PostgresStoreOptions {
+  /// Most connections open at once; a call that finds all of them busy waits up to
+  /// `pool_wait` for one. Default 4.
+  std::size_t pool_size = 4;
+  /// Bound on opening one connection (TCP, TLS, authentication), enforced by the
+  /// client. Default 5 s.
+  std::chrono::milliseconds connect_timeout{5000};
+  /// Bound on one round trip (send, server work, reply), enforced by the client; the
+  /// server is also told (statement_timeout, lock_timeout) so it stops working on it.
+  /// Default 5 s.
+  std::chrono::milliseconds statement_timeout{5000};
+  /// How long a call waits for a free pooled connection before Error(busy). Default 5 s.
+  std::chrono::milliseconds pool_wait{5000};
+  /// The schema holding the tables (created if missing). Letters, digits and
+  /// underscores, not starting with a digit, at most 63 characters. Default "public".
+  std::string schema = "public";
+};
+
+/// Tables (in `schema`): apikeys_keys (the records), apikeys_meta (the revision
+/// counter) and apikeys_schema_version (which migrations ran). Writes are single
+/// statements, each its own transaction; a revoke or delete bumps the revision in the
+/// same statement as the change, so whoever sees the new revision sees the change.
+///
+/// Failures: a lost connection, a timeout, a server shutting down or starting, a lock
+/// or serialization conflict are Error(busy) (try again); a duplicate is
+/// Error(already_exists); anything else Error(storage). A dead pooled connection (the
+/// server restarted) is detected and replaced; reads and idempotent writes are retried
+/// once on a fresh connection, insert() and remove() are not (their effect may already
+/// have committed). Messages carry the server's primary message, never its DETAIL
+/// (which can quote values).
+class APIKEYS_EXPORT PostgresStore final : public Store {
+ public:
+  /// Connects with `conninfo` (a libpq connection string or URI, e.g.
+  /// "host=127.0.0.1 port=5432 dbname=app user=app"), creates the schema and tables
+  /// if missing and migrates them to the current version (concurrent openers are
+  /// serialised by an advisory lock). Throws Error(invalid_argument) for a bad schema
+  /// name, Error(busy) if the server cannot be reached in time, Error(storage) if the
+  /// tables were written by a newer version of this library or cannot be created.
+  explicit PostgresStore(const std::string& conninfo, PostgresStoreOptions options = {});
+  ~PostgresStore() override;
+
+  void insert(const KeyRecord& record) override;
+  [[nodiscard]] std::optional<KeyRecord> find(std::string_view public_key) override;
+  [[nodiscard]] std::vector<KeyInfo> list(const Uuid& account_id) override;
+  std::optional<KeyInfo> set_status(const Uuid& account_id, const Uuid& key_id,
+                                    KeyStatus status) override;
+  std::optional<KeyInfo> remove(const Uuid& account_id, const Uuid& key_id) override;
+  void record_last_use(const std::vector<LastUse>& uses) override;
+  [[nodiscard]] std::uint64_t revision() override;
+
+  /// The schema version this library writes (apikeys_schema_version.version).
+  [[nodiscard]] static int schema_version() noexcept;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace apikeys
+
+#endif  // APIKEYS_POSTGRES_STORE_HPP
