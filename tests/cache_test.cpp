@@ -362,10 +362,10 @@ TEST_CASE("MemoryCache: size stays within capacity", "[cache]") {
       REQUIRE(f.cache->size() <= 1'000 + 64);  // Per-shard rounding allowed.
     }
     CHECK(f.cache->size() > 0);
-    // The newest entry was just inserted: eviction takes the oldest, not it.
+    // The newest entry was just inserted: eviction makes room for it, never drops it.
     CHECK(f.cache->get(pk(9'999), digest_of(9'999)).has_value());
   }
-  SECTION("one shard evicts the oldest-inserted entry") {
+  SECTION("one full shard evicts exactly one other entry per insert") {
     Fixture f(10, 1);
     for (std::size_t i = 0; i < 10; ++i) {
       f.fill(pk(i), digest_of(static_cast<std::uint32_t>(i)), valid_verdict(1), milliseconds(60'000));
@@ -376,8 +376,21 @@ TEST_CASE("MemoryCache: size stays within capacity", "[cache]") {
     }
     f.fill(pk(10), digest_of(10), valid_verdict(1), milliseconds(60'000));
     CHECK(f.cache->size() == 10);
-    CHECK_FALSE(f.cache->get(pk(0), digest_of(0)).has_value());
-    for (std::size_t i = 1; i <= 10; ++i) {
+    CHECK(f.cache->get(pk(10), digest_of(10)).has_value());
+    std::size_t present = 0;
+    for (std::size_t i = 0; i < 10; ++i) {
+      if (f.cache->get(pk(i), digest_of(static_cast<std::uint32_t>(i))).has_value()) ++present;
+    }
+    CHECK(present == 9);
+  }
+  SECTION("replacing the verdict of a held key evicts nothing") {
+    Fixture f(10, 1);
+    for (std::size_t i = 0; i < 10; ++i) {
+      f.fill(pk(i), digest_of(static_cast<std::uint32_t>(i)), valid_verdict(1), milliseconds(60'000));
+    }
+    f.fill(pk(3), digest_of(3), negative(ValidationCode::revoked), milliseconds(60'000));
+    CHECK(f.cache->size() == 10);
+    for (std::size_t i = 0; i < 10; ++i) {
       CHECK(f.cache->get(pk(i), digest_of(static_cast<std::uint32_t>(i))).has_value());
     }
   }
@@ -388,6 +401,20 @@ TEST_CASE("MemoryCache: size stays within capacity", "[cache]") {
     }
     CHECK(f.cache->size() <= 1);
   }
+}
+
+TEST_CASE("MemoryCache: public keys beyond kMaxPublicKeyLength are never cached", "[cache]") {
+  Fixture f;
+  const std::string longest(MemoryCache::kMaxPublicKeyLength, 'L');
+  const std::string too_long(MemoryCache::kMaxPublicKeyLength + 1, 'L');
+  f.fill(longest, digest_of(1), valid_verdict(1), milliseconds(60'000));
+  CHECK(f.cache->get(longest, digest_of(1)).has_value());
+  f.fill(too_long, digest_of(1), valid_verdict(1), milliseconds(60'000));
+  CHECK_FALSE(f.cache->get(too_long, digest_of(1)).has_value());
+  REQUIRE_NOTHROW(f.cache->erase(too_long));
+  // The longer key is not confused with its 55-character prefix.
+  CHECK(f.cache->get(longest, digest_of(1)).has_value());
+  CHECK(f.cache->size() == 1);
 }
 
 TEST_CASE("MemoryCache: default options and the system clock", "[cache]") {
