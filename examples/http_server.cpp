@@ -1,0 +1,186 @@
+// An HTTP service whose routes are guarded by apikeys, using cpp-httplib.
+//
+// The middleware, require_api_key(), reads the key from `X-API-Key: pk_...:sk_...` or
+// `Authorization: Bearer pk_...:sk_...`, validates it, and either calls the route with
+// the key's account id or answers 401 with a JSON error. Keys live in memory here; in a
+// real service use SqliteStore and manage keys with the `apikeys` CLI.
+//
+//   example_http_server [--port N]      (default: any free port; loopback only)
+//
+// It creates a demo account with one active and one revoked key and prints them (a real
+// service never prints secrets), then "listening http://127.0.0.1:PORT". Try:
+//   curl -H 'X-API-Key: <valid key>' http://127.0.0.1:PORT/whoami
+// SIGINT or SIGTERM stops it cleanly (exit status 0).
+#include <pthread.h>
+#include <signal.h>
+
+#include <atomic>
+#include <cctype>
+#include <cstdlib>
+#include <functional>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <thread>
+
+#include <httplib.h>
+
+#include "apikeys/apikeys.hpp"
+
+namespace {
+
+// A route that runs only for a valid key, and learns whose key it was.
+using AuthedHandler =
+    std::function<void(const httplib::Request&, httplib::Response&, const apikeys::Uuid& account_id)>;
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+bool starts_with_ignore_case(std::string_view s, std::string_view prefix) {
+  if (s.size() < prefix.size()) return false;
+  for (std::size_t i = 0; i < prefix.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(s[i])) !=
+        std::tolower(static_cast<unsigned char>(prefix[i]))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+enum class Presented { none, unusable, token };
+
+// Finds the presented "pk_...:sk_..." token. Two keys in one request (both headers, or a
+// header twice) are refused rather than guessed between.
+Presented presented_token(const httplib::Request& req, std::string& token) {
+  const std::size_t api_keys = req.get_header_value_count("X-API-Key");
+  const std::size_t authorizations = req.get_header_value_count("Authorization");
+  if (api_keys + authorizations == 0) return Presented::none;
+  if (api_keys + authorizations > 1) return Presented::unusable;
+  if (api_keys == 1) {
+    token = std::string(trim(req.get_header_value("X-API-Key")));
+    return Presented::token;
+  }
+  const std::string authorization = req.get_header_value("Authorization");
+  const std::string_view value = trim(authorization);
+  if (!starts_with_ignore_case(value, "Bearer ")) return Presented::unusable;  // another scheme
+  token = std::string(trim(value.substr(7)));
+  return Presented::token;
+}
+
+void unauthorized(httplib::Response& res, std::string_view error, std::string_view message) {
+  res.status = 401;
+  res.set_header("WWW-Authenticate", "Bearer realm=\"apikeys example\"");
+  res.set_header("Cache-Control", "no-store");
+  // error and message are fixed strings of this file: nothing to escape.
+  res.set_content("{\"error\":\"" + std::string(error) + "\",\"message\":\"" +
+                      std::string(message) + "\"}\n",
+                  "application/json");
+}
+
+// The middleware. The answer never says why a key failed (unknown, wrong secret, expired,
+// revoked): that would tell a caller which public keys exist. The server log may.
+httplib::Server::Handler require_api_key(const apikeys::KeyManager& keys, AuthedHandler next) {
+  return [&keys, next = std::move(next)](const httplib::Request& req, httplib::Response& res) {
+    std::string token;
+    switch (presented_token(req, token)) {
+      case Presented::none:
+        unauthorized(res, "missing_api_key",
+                     "Send X-API-Key: pk_...:sk_... or Authorization: Bearer pk_...:sk_...");
+        return;
+      case Presented::unusable:
+        unauthorized(res, "invalid_api_key", "Send exactly one API key.");
+        return;
+      case Presented::token:
+        break;
+    }
+    const apikeys::ValidationResult result = keys.validate(token);  // noexcept; fails closed
+    if (!result.ok()) {
+      std::cerr << req.method << ' ' << req.path << ": key refused ("
+                << apikeys::to_string(result.code) << ")\n";
+      unauthorized(res, "invalid_api_key", "The API key is not valid.");
+      return;
+    }
+    next(req, res, result.account_id);
+  };
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int port = 0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "--port" && i + 1 < argc) {
+      port = std::atoi(argv[++i]);
+    } else {
+      std::cerr << "usage: example_http_server [--port N]\n";
+      return 2;
+    }
+  }
+
+  // Stop on SIGINT/SIGTERM: block them in every thread (the server's threads inherit
+  // this mask) and wait for them on one thread, which stops the server.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  std::string pepper;  // a real service loads the same pepper on every start
+  apikeys::append_random_base62(pepper, 43);
+  apikeys::KeyManagerOptions options;
+  options.validation.cache = std::make_shared<apikeys::MemoryCache>();
+  apikeys::KeyManager keys(std::make_shared<apikeys::MemoryStore>(),
+                           std::make_shared<apikeys::HmacSha256Hasher>(pepper), options);
+
+  const apikeys::Uuid account = apikeys::Uuid::random();
+  apikeys::CreateRequest request;
+  request.title = "demo";
+  const apikeys::CreatedKey valid = keys.create(account, request);
+  request.title = "demo, revoked";
+  const apikeys::CreatedKey revoked = keys.create(account, request);
+  keys.revoke(account, revoked.info.key_id);
+  std::cout << "account " << account.to_string() << '\n'
+            << "valid-key " << valid.info.public_key << ':' << valid.secret_key.reveal() << '\n'
+            << "revoked-key " << revoked.info.public_key << ':' << revoked.secret_key.reveal()
+            << '\n';
+
+  httplib::Server server;
+  server.Get("/health", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content("{\"status\":\"ok\"}\n", "application/json");
+  });
+  server.Get("/whoami", require_api_key(keys, [](const httplib::Request&, httplib::Response& res,
+                                                 const apikeys::Uuid& account_id) {
+               res.set_content("{\"account_id\":\"" + account_id.to_string() + "\"}\n",
+                               "application/json");
+             }));
+
+  const char* host = "127.0.0.1";
+  if (port == 0) {
+    port = server.bind_to_any_port(host);
+  } else if (!server.bind_to_port(host, port)) {
+    port = -1;
+  }
+  if (port <= 0) {
+    std::cerr << "cannot listen on " << host << '\n';
+    return 1;
+  }
+  std::cout << "listening http://" << host << ':' << port << std::endl;
+
+  std::atomic<bool> signalled{false};
+  std::thread waiter([&] {
+    int received = 0;
+    sigwait(&stop_signals, &received);
+    signalled = true;
+    server.stop();
+  });
+  const bool served = server.listen_after_bind();
+  if (!signalled) pthread_kill(waiter.native_handle(), SIGTERM);  // wake the waiter
+  waiter.join();
+  std::cout << "stopped" << std::endl;
+  return served || signalled ? 0 : 1;
+}

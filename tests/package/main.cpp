@@ -1,0 +1,104 @@
+// A program that uses apikeys the way an application does, linked against an installed
+// (static or shared) library, the source tree, or pkg-config flags. It also subclasses
+// Store and catches apikeys::Error, which only work against a shared library whose
+// classes are exported whole (vtables and typeinfo). Exit status 0 means all is well.
+#include <atomic>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include <apikeys/apikeys.hpp>
+
+namespace {
+
+int failures = 0;
+
+void expect(bool ok, const char* what) {
+  std::cout << (ok ? "ok   " : "FAIL ") << what << '\n';
+  if (!ok) ++failures;
+}
+
+// A user-written Store: forwards to a MemoryStore and counts lookups. Linking it needs
+// Store's vtable and typeinfo from the library.
+class CountingStore final : public apikeys::Store {
+ public:
+  void insert(const apikeys::KeyRecord& record) override { inner_.insert(record); }
+  std::optional<apikeys::KeyRecord> find(std::string_view public_key) override {
+    ++finds;
+    return inner_.find(public_key);
+  }
+  std::vector<apikeys::KeyInfo> list(const apikeys::Uuid& account_id) override {
+    return inner_.list(account_id);
+  }
+  std::optional<apikeys::KeyInfo> set_status(const apikeys::Uuid& account_id,
+                                             const apikeys::Uuid& key_id,
+                                             apikeys::KeyStatus status) override {
+    return inner_.set_status(account_id, key_id, status);
+  }
+  std::optional<apikeys::KeyInfo> remove(const apikeys::Uuid& account_id,
+                                         const apikeys::Uuid& key_id) override {
+    return inner_.remove(account_id, key_id);
+  }
+  void record_last_use(const std::vector<apikeys::LastUse>& uses) override {
+    inner_.record_last_use(uses);
+  }
+
+  std::atomic<int> finds{0};
+
+ private:
+  apikeys::MemoryStore inner_;
+};
+
+}  // namespace
+
+int main() {
+  std::cout << "apikeys " << apikeys::version() << " (headers " << APIKEYS_VERSION_STRING << ")\n";
+  expect(std::string_view(apikeys::version()) == APIKEYS_VERSION_STRING,
+         "library and headers have the same version");
+
+  std::string pepper;
+  apikeys::append_random_base62(pepper, 43);
+  auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(pepper);
+  auto store = std::make_shared<apikeys::MemoryStore>();
+  apikeys::KeyManager manager(store, hasher);
+
+  const apikeys::Uuid account = apikeys::Uuid::random();
+  apikeys::CreateRequest request;
+  request.title = "consumer";
+  const apikeys::CreatedKey key = manager.create(account, request);
+  const std::string token = key.info.public_key + ":" + std::string(key.secret_key.reveal());
+
+  const apikeys::ValidationResult ok = manager.validate(key.info.public_key, key.secret_key.reveal());
+  expect(ok.ok() && ok.account_id == account && ok.key_id == key.info.key_id,
+         "a new key validates, with its account and key id");
+  expect(manager.validate(token).ok(), "the pk_...:sk_... token form validates");
+  std::string wrong(key.secret_key.reveal());
+  wrong.back() = wrong.back() == 'a' ? 'b' : 'a';
+  expect(manager.validate(key.info.public_key, wrong).code == apikeys::ValidationCode::wrong_secret,
+         "a wrong secret is refused");
+  expect(manager.validate("not a key").code == apikeys::ValidationCode::malformed,
+         "a malformed token is refused");
+  expect(manager.list(account).size() == 1, "list shows the key");
+
+  manager.revoke(account, key.info.key_id);
+  expect(manager.validate(token).code == apikeys::ValidationCode::revoked,
+         "a revoked key is refused at once");
+
+  bool caught = false;
+  try {
+    manager.revoke(account, apikeys::Uuid::random());
+  } catch (const apikeys::Error& e) {
+    caught = e.code() == apikeys::ErrorCode::not_found;
+  }
+  expect(caught, "apikeys::Error(not_found) is caught by type across the library boundary");
+
+  auto counting = std::make_shared<CountingStore>();
+  apikeys::KeyManager custom(counting, hasher);
+  const apikeys::CreatedKey other = custom.create(account, request);
+  expect(custom.validate(other.info.public_key, other.secret_key.reveal()).ok() && counting->finds > 0,
+         "a user-written Store subclass works");
+
+  std::cout << (failures == 0 ? "consumer: all checks passed\n" : "consumer: FAILED\n");
+  return failures == 0 ? 0 : 1;
+}
