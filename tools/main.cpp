@@ -318,6 +318,26 @@ int exit_code_for(apikeys::ErrorCode code) noexcept {
   return kExitFailure;
 }
 
+// Replaces in `message` every command-line value long enough to be a secret (the
+// shortest key format is 22 characters; 8 leaves a wide margin) with "<not shown>".
+// Option names stay, so "--expires-in-days = <not shown>" still says what was wrong.
+std::string redact_arguments(std::string message, int argc, char** argv) {
+  constexpr std::size_t kMinSecretLike = 8;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    if (arg.size() > 1 && arg[0] == '-') {
+      const auto eq = arg.find('=');
+      if (eq == std::string_view::npos) continue;  // an option name, or a lone "-"
+      arg.remove_prefix(eq + 1);                   // --name=value: the value part
+    }
+    if (arg.size() < kMinSecretLike) continue;
+    for (auto at = message.find(arg); at != std::string::npos; at = message.find(arg, at)) {
+      message.replace(at, arg.size(), "<not shown>");
+    }
+  }
+  return message;
+}
+
 int run(int argc, char** argv) {
   Options o;
   // verify's arguments may hold a secret: wipe our copies whichever way we leave.
@@ -337,13 +357,14 @@ int run(int argc, char** argv) {
   app.add_option("--pepper-file", o.pepper_file,
                  "File holding the hex pepper (overrides APIKEYS_PEPPER)")
       ->option_text("FILE");
-  // Extra arguments may be secrets pasted in the wrong place: never echo them.
-  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+  // Any argument may be a secret pasted in the wrong place, and CLI11 quotes values in
+  // its messages ("Could not convert: --expires-in-days = sk_..."): never echo them.
+  app.failure_message([argc, argv](const CLI::App*, const CLI::Error& e) {
     // CLI11 names the error after the (sub)command, so test its exit code, not its name.
     const bool extras = e.get_exit_code() == static_cast<int>(CLI::ExitCodes::ExtrasError);
     std::string message = extras
                               ? std::string("unexpected extra arguments (not shown: they may be secrets)")
-                              : std::string(e.what());
+                              : redact_arguments(e.what(), argc, argv);
     return "apikeys: " + message + "\nRun with --help for more information.\n";
   });
 
