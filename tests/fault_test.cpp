@@ -1,0 +1,511 @@
+// Fail closed under storage faults (issue 5, item 5): read-only database, a lock held by
+// another connection past the busy timeout, a full disk, a corrupted file. Under each:
+// validate never answers `valid` for anything it should not (wrong or unknown secrets,
+// revoked keys) and answers `error` when it cannot read; create fails with an
+// apikeys::Error of a clear code and leaves no row behind; nothing crashes; and once
+// the fault is gone the same process carries on.
+//
+// Faults that need mount(2) (a read-only bind mount, a small tmpfs) run only where the
+// test may mount (root outside a locked-down container); they print "skipped" otherwise.
+// The full disk is also simulated everywhere with RLIMIT_FSIZE, which root obeys.
+#include <signal.h>
+#include <csignal>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "apikeys/apikeys.hpp"
+#include "catch.hpp"
+#include "reliability_support.hpp"
+#include "test_support.hpp"
+
+using namespace apikeys;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Key {
+  std::string pk;
+  std::string sk;
+  Uuid id;
+  bool revoked = false;
+};
+
+std::shared_ptr<HmacSha256Hasher> hasher() {
+  return std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper);
+}
+
+// No cache: every validation must reach the store, where the fault is.
+KeyManagerOptions uncached() {
+  KeyManagerOptions o;
+  o.validation.record_last_use = false;
+  return o;
+}
+
+CreateRequest request(const std::string& title, std::size_t description_bytes = 0) {
+  return CreateRequest{title, std::string(description_bytes, 'd'), std::nullopt};
+}
+
+// Creates `n` keys (every 5th revoked) in a fresh database at `path` and closes it.
+std::vector<Key> populate(const std::string& path, int n, std::size_t description_bytes = 0,
+                          SqliteStoreOptions so = {}) {
+  std::vector<Key> keys;
+  auto store = std::make_shared<SqliteStore>(path, so);
+  KeyManager m(store, hasher(), uncached());
+  for (int i = 0; i < n; ++i) {
+    auto c = m.create(apikeys_test::account_id(1), request("key " + std::to_string(i), description_bytes));
+    Key k{c.info.public_key, std::string(c.secret_key.reveal()), c.info.key_id, false};
+    if (i % 5 == 4) {
+      m.revoke(apikeys_test::account_id(1), k.id);
+      k.revoked = true;
+    }
+    keys.push_back(k);
+  }
+  return keys;
+}
+
+std::string wrong(const std::string& sk) {
+  std::string w = sk;
+  w.back() = w.back() == 'x' ? 'y' : 'x';
+  return w;
+}
+
+std::string unknown_pk() {
+  std::string pk = "pk_";
+  append_random_base62(pk, 32);
+  return pk;
+}
+
+struct Tally {
+  int valid = 0;
+  int error = 0;
+  int other = 0;
+  int violations = 0;
+};
+
+// Validates every key with its secret and a wrong one, plus unknown keys. A violation is
+// `valid` for a revoked key, a wrong secret or an unknown key, or (when `readable`)
+// anything but the right verdict.
+Tally sweep(KeyManager& m, const std::vector<Key>& keys, bool readable) {
+  Tally t;
+  for (const Key& k : keys) {
+    const auto r = m.validate(k.pk, k.sk);
+    if (r.ok()) ++t.valid;
+    if (r.code == ValidationCode::error) ++t.error;
+    if (k.revoked && r.ok()) ++t.violations;
+    if (r.ok() && r.key_id != k.id) ++t.violations;
+    if (readable && r.code != (k.revoked ? ValidationCode::revoked : ValidationCode::valid)) ++t.violations;
+    const auto w = m.validate(k.pk, wrong(k.sk));
+    if (w.ok()) ++t.violations;
+    if (readable && w.code != (k.revoked ? ValidationCode::revoked : ValidationCode::wrong_secret)) ++t.violations;
+    const auto tok = m.validate(k.pk + ":" + wrong(k.sk));
+    if (tok.ok()) ++t.violations;
+  }
+  for (int i = 0; i < 20; ++i) {
+    const auto r = m.validate(unknown_pk(), keys.front().sk);
+    if (r.ok()) ++t.violations;
+    if (readable && r.code != ValidationCode::not_found) ++t.violations;
+  }
+  return t;
+}
+
+std::size_t row_count(const std::string& path) {
+  apikeys_test::RawDb raw(path, SQLITE_OPEN_READONLY);
+  return std::stoul(raw.scalar("SELECT count(*) FROM api_keys"));
+}
+
+// create() must fail with an apikeys::Error whose code is one of `codes`.
+template <typename F>
+bool fails_with(F&& f, std::initializer_list<ErrorCode> codes, std::string* message = nullptr) {
+  try {
+    f();
+  } catch (const Error& e) {
+    if (message != nullptr) *message = e.what();
+    return std::find(codes.begin(), codes.end(), e.code()) != codes.end();
+  } catch (...) {
+    return false;  // anything but apikeys::Error breaks the error model
+  }
+  return false;
+}
+
+// A mount(2) undone on scope exit; `ok` is false when mounting is not permitted.
+class Mount {
+ public:
+  Mount(const char* source, const std::string& target, const char* type, unsigned long flags,
+        const char* data)
+      : target_(target) {
+    ok_ = ::mount(source, target.c_str(), type, flags, data) == 0;
+  }
+  ~Mount() {
+    if (ok_) ::umount2(target_.c_str(), MNT_DETACH);
+  }
+  Mount(const Mount&) = delete;
+  Mount& operator=(const Mount&) = delete;
+  [[nodiscard]] bool ok() const noexcept { return ok_; }
+  bool remount(unsigned long flags, const char* data) {
+    return ::mount(nullptr, target_.c_str(), nullptr, MS_REMOUNT | flags, data) == 0;
+  }
+
+ private:
+  std::string target_;
+  bool ok_ = false;
+};
+
+// Lowers RLIMIT_FSIZE (ignoring SIGXFSZ, so a write past it fails with EFBIG instead of
+// killing the process) and restores both on scope exit.
+class FileSizeLimit {
+ public:
+  explicit FileSizeLimit(rlim_t bytes) {
+    ::getrlimit(RLIMIT_FSIZE, &saved_);
+    old_handler_ = std::signal(SIGXFSZ, SIG_IGN);
+    rlimit l = saved_;
+    l.rlim_cur = bytes;
+    ok_ = ::setrlimit(RLIMIT_FSIZE, &l) == 0;
+  }
+  ~FileSizeLimit() { lift(); }
+  FileSizeLimit(const FileSizeLimit&) = delete;
+  FileSizeLimit& operator=(const FileSizeLimit&) = delete;
+  void lift() {
+    if (lifted_) return;
+    lifted_ = true;
+    ::setrlimit(RLIMIT_FSIZE, &saved_);
+    std::signal(SIGXFSZ, old_handler_);
+  }
+  [[nodiscard]] bool ok() const noexcept { return ok_; }
+
+ private:
+  rlimit saved_{};
+  void (*old_handler_)(int) = SIG_DFL;
+  bool ok_ = false;
+  bool lifted_ = false;
+};
+
+// Creates keys until one fails (at most `limit` tries); returns how many succeeded and
+// the error of the failure (nullopt if none failed).
+struct FillResult {
+  int created = 0;
+  std::optional<ErrorCode> code;
+  std::string message;
+};
+FillResult create_until_failure(KeyManager& m, int limit, std::vector<Key>& keys) {
+  FillResult r;
+  for (int i = 0; i < limit; ++i) {
+    try {
+      auto c = m.create(apikeys_test::account_id(1), request("fill " + std::to_string(i), 1000));
+      keys.push_back(Key{c.info.public_key, std::string(c.secret_key.reveal()), c.info.key_id, false});
+      ++r.created;
+    } catch (const Error& e) {
+      r.code = e.code();
+      r.message = e.what();
+      return r;
+    }
+  }
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("faults: a read-only database validates, refuses writes and leaves no row", "[faults]") {
+  apikeys_test::TempDir dir;
+  const std::string db = dir.file("ro.db");
+  std::vector<Key> keys = populate(db, 20);
+
+  {
+    SqliteStoreOptions so;
+    so.read_only = true;
+    auto store = std::make_shared<SqliteStore>(db, so);
+    KeyManager m(store, hasher(), uncached());
+    const Tally t = sweep(m, keys, /*readable=*/true);
+    CHECK(t.violations == 0);
+    std::string msg;
+    CHECK(fails_with([&] { (void)m.create(apikeys_test::account_id(1), request("nope")); }, {ErrorCode::storage}, &msg));
+    CHECK(msg.find("read-only") != std::string::npos);
+    CHECK(fails_with([&] { m.revoke(apikeys_test::account_id(1), keys[0].id); }, {ErrorCode::storage}));
+    CHECK(fails_with([&] { m.remove(apikeys_test::account_id(1), keys[1].id); }, {ErrorCode::storage}));
+    CHECK(m.validate(keys[0].pk, keys[0].sk).ok());  // the failed revoke changed nothing
+    CHECK(m.list(apikeys_test::account_id(1)).size() == keys.size());
+  }
+  CHECK(row_count(db) == keys.size());
+  {
+    // Fault gone: the same file opened read-write takes writes again.
+    auto store = std::make_shared<SqliteStore>(db);
+    KeyManager m(store, hasher(), uncached());
+    auto c = m.create(apikeys_test::account_id(1), request("after"));
+    CHECK(m.validate(c.info.public_key, c.secret_key.reveal()).ok());
+  }
+  CHECK(row_count(db) == keys.size() + 1);
+}
+
+TEST_CASE("faults: the file system turns read-only under an open store (bind mount)", "[faults]") {
+  apikeys_test::TempDir dir;
+  fs::create_directory(dir.path() / "src");
+  fs::create_directory(dir.path() / "mnt");
+  Mount bind((dir.path() / "src").c_str(), (dir.path() / "mnt").string(), nullptr, MS_BIND, nullptr);
+  if (!bind.ok()) {
+    std::cout << "faults: read-only mount skipped (mount not permitted here)\n";
+    return;
+  }
+  const std::string db = (dir.path() / "mnt" / "k.db").string();
+  std::vector<Key> keys = populate(db, 10);
+  auto store = std::make_shared<SqliteStore>(db);
+  KeyManager m(store, hasher(), uncached());
+  REQUIRE(sweep(m, keys, true).violations == 0);
+
+  if (!bind.remount(MS_BIND | MS_RDONLY, nullptr)) {
+    std::cout << "faults: read-only remount skipped (" << std::strerror(errno) << ")\n";
+    return;
+  }
+  const Tally t = sweep(m, keys, /*readable=*/false);
+  CHECK(t.violations == 0);
+  std::string msg;
+  CHECK(fails_with([&] { (void)m.create(apikeys_test::account_id(1), request("nope")); },
+                   {ErrorCode::storage, ErrorCode::busy}, &msg));
+  std::cout << "faults: create on a read-only mount: " << msg << "\n";
+  CHECK(fails_with([&] { m.revoke(apikeys_test::account_id(1), keys[0].id); }, {ErrorCode::storage, ErrorCode::busy}));
+  // A second process opening the database now cannot use it (WAL needs a writable -shm),
+  // and must say so with an Error, not crash.
+  CHECK(fails_with([&] { SqliteStore other(db); }, {ErrorCode::storage, ErrorCode::busy}, &msg));
+  std::cout << "faults: opening on a read-only mount: " << msg << "\n";
+
+  REQUIRE(bind.remount(MS_BIND, nullptr));
+  // Fault gone: the same store instance writes again.
+  auto c = m.create(apikeys_test::account_id(1), request("after"));
+  CHECK(m.validate(c.info.public_key, c.secret_key.reveal()).ok());
+  m.revoke(apikeys_test::account_id(1), keys[0].id);
+  keys[0].revoked = true;
+  CHECK(sweep(m, keys, true).violations == 0);
+  CHECK(row_count(db) == keys.size() + 1);
+}
+
+TEST_CASE("faults: the database is locked by another connection past the busy timeout", "[faults]") {
+  apikeys_test::TempDir dir;
+  const std::string db = dir.file("locked.db");
+  std::vector<Key> keys = populate(db, 10);
+  SqliteStoreOptions so;
+  so.busy_timeout = std::chrono::milliseconds(100);
+  auto store = std::make_shared<SqliteStore>(db, so);
+  KeyManager m(store, hasher(), uncached());
+
+  {
+    apikeys_test::RawDb locker(db);
+    locker.exec("BEGIN IMMEDIATE");  // holds the write lock
+    locker.exec("UPDATE apikeys_meta SET revision = revision WHERE id = 1");
+    std::string msg;
+    CHECK(fails_with([&] { (void)m.create(apikeys_test::account_id(1), request("blocked")); }, {ErrorCode::busy}, &msg));
+    std::cout << "faults: create while locked: " << msg << "\n";
+    CHECK(fails_with([&] { m.revoke(apikeys_test::account_id(1), keys[0].id); }, {ErrorCode::busy}));
+    CHECK(fails_with([&] { m.remove(apikeys_test::account_id(1), keys[1].id); }, {ErrorCode::busy}));
+    // WAL: readers are not blocked by a writer, so validation goes on, correctly.
+    CHECK(sweep(m, keys, /*readable=*/true).violations == 0);
+    locker.exec("ROLLBACK");
+  }
+  CHECK(row_count(db) == keys.size());  // the refused create left nothing
+  // Fault gone: the same store writes again.
+  auto c = m.create(apikeys_test::account_id(1), request("after"));
+  CHECK(m.validate(c.info.public_key, c.secret_key.reveal()).ok());
+  m.revoke(apikeys_test::account_id(1), keys[0].id);
+  keys[0].revoked = true;
+  CHECK(sweep(m, keys, true).violations == 0);
+}
+
+TEST_CASE("faults: an exclusive lock held when the store opens", "[faults]") {
+  apikeys_test::TempDir dir;
+  const std::string db = dir.file("excl.db");
+  std::vector<Key> keys = populate(db, 5);
+  SqliteStoreOptions so;
+  so.busy_timeout = std::chrono::milliseconds(100);
+  {
+    apikeys_test::RawDb locker(db);
+    locker.exec("PRAGMA locking_mode = EXCLUSIVE");
+    locker.exec("BEGIN EXCLUSIVE");
+    locker.exec("UPDATE apikeys_meta SET revision = revision WHERE id = 1");
+    std::string msg;
+    CHECK(fails_with([&] { SqliteStore s(db, so); }, {ErrorCode::busy, ErrorCode::storage}, &msg));
+    std::cout << "faults: open while exclusively locked: " << msg << "\n";
+    locker.exec("COMMIT");
+  }
+  auto store = std::make_shared<SqliteStore>(db, so);
+  KeyManager m(store, hasher(), uncached());
+  CHECK(sweep(m, keys, true).violations == 0);
+}
+
+TEST_CASE("faults: a full disk (RLIMIT_FSIZE) fails creates cleanly, then recovers", "[faults]") {
+  apikeys_test::TempDir dir;
+  const std::string db = dir.file("full.db");
+  std::vector<Key> keys = populate(db, 10);
+  const std::size_t before = row_count(db);
+  auto store = std::make_shared<SqliteStore>(db);
+  KeyManager m(store, hasher(), uncached());
+
+  FillResult fill;
+  {
+    std::error_code ec;
+    const auto db_size = fs::file_size(db, ec);
+    const auto wal_size = fs::file_size(db + "-wal", ec);
+    FileSizeLimit limit(std::max<std::uintmax_t>(db_size, ec ? 0 : wal_size) + 48 * 1024);
+    REQUIRE(limit.ok());
+    fill = create_until_failure(m, 2000, keys);
+    REQUIRE(fill.code.has_value());
+    std::cout << "faults: disk full (RLIMIT_FSIZE) after " << fill.created << " creates: "
+              << to_string(*fill.code) << ": " << fill.message << "\n";
+    CHECK(*fill.code == ErrorCode::storage);
+    // Reads still work, and nothing is valid that should not be.
+    CHECK(sweep(m, keys, /*readable=*/false).violations == 0);
+    CHECK(fails_with([&] { (void)m.create(apikeys_test::account_id(1), request("still full", 1000)); },
+                     {ErrorCode::storage}));
+    limit.lift();
+  }
+  CHECK(row_count(db) == before + static_cast<std::size_t>(fill.created));  // no partial row
+  CHECK(apikeys_test::integrity_check(db) == "ok");
+  // Space is back: the same store writes again and every key answers right.
+  auto c = m.create(apikeys_test::account_id(1), request("after"));
+  keys.push_back(Key{c.info.public_key, std::string(c.secret_key.reveal()), c.info.key_id, false});
+  CHECK(sweep(m, keys, /*readable=*/true).violations == 0);
+  CHECK(row_count(db) == before + static_cast<std::size_t>(fill.created) + 1);
+}
+
+TEST_CASE("faults: a full disk (small tmpfs) fails creates cleanly, then recovers", "[faults]") {
+  apikeys_test::TempDir dir;
+  const std::string mnt = dir.file("tmpfs");
+  fs::create_directory(mnt);
+  Mount tmpfs("tmpfs", mnt, "tmpfs", 0, "size=256k");
+  if (!tmpfs.ok()) {
+    std::cout << "faults: tmpfs disk full skipped (mount not permitted here)\n";
+    return;
+  }
+  const std::string db = mnt + "/full.db";
+  std::vector<Key> keys = populate(db, 5);
+  const std::size_t before = row_count(db);
+  FillResult fill;
+  {
+    auto store = std::make_shared<SqliteStore>(db);
+    KeyManager m(store, hasher(), uncached());
+    fill = create_until_failure(m, 5000, keys);
+    REQUIRE(fill.code.has_value());
+    std::cout << "faults: disk full (tmpfs 256k) after " << fill.created << " creates: "
+              << to_string(*fill.code) << ": " << fill.message << "\n";
+    CHECK(*fill.code == ErrorCode::storage);
+    CHECK(sweep(m, keys, /*readable=*/false).violations == 0);
+    CHECK(row_count(db) == before + static_cast<std::size_t>(fill.created));
+    REQUIRE(tmpfs.remount(0, "size=8m"));
+    auto c = m.create(apikeys_test::account_id(1), request("after"));
+    keys.push_back(Key{c.info.public_key, std::string(c.secret_key.reveal()), c.info.key_id, false});
+    CHECK(sweep(m, keys, /*readable=*/true).violations == 0);
+  }
+  CHECK(apikeys_test::integrity_check(db) == "ok");
+  CHECK(row_count(db) == before + static_cast<std::size_t>(fill.created) + 1);
+}
+
+TEST_CASE("faults: a corrupted database file answers error, never valid, and never crashes",
+          "[faults]") {
+  apikeys_test::TempDir dir;
+  const std::string db = dir.file("corrupt.db");
+  const std::string backup = dir.file("backup.db");
+  SqliteStoreOptions fast;
+  fast.durable = false;
+  // ~400 rows with 300-byte descriptions: a few dozen pages, so "the middle" is data.
+  const std::vector<Key> keys = populate(db, 400, 300, fast);
+  REQUIRE(!fs::exists(db + "-wal"));  // closed cleanly: everything is in the main file
+  fs::copy_file(db, backup);
+  const auto size = fs::file_size(db);
+  REQUIRE(size > 16 * 4096);
+
+  struct Damage {
+    const char* name;
+    std::uintmax_t offset;
+    std::size_t length;
+    int fill;  // byte value, or -1 for seeded random bytes, -2 to truncate at offset
+  };
+  const std::uintmax_t page = 4096;
+  const std::uintmax_t mid = (size / 2) / page * page;
+  const Damage damages[] = {
+      {"zeroed pages in the middle", mid, 3 * page, 0x00},
+      {"0xFF pages in the middle", mid - 4 * page, 2 * page, 0xFF},
+      {"random bytes across a page boundary", mid + page / 2, page, -1},
+      {"the header page zeroed after the header", 100, page - 100, 0x00},
+      {"the file truncated to half", mid, 0, -2},
+      {"the file truncated to the header", 100, 0, -2},
+  };
+  std::mt19937 rng(12345);
+  int total_errors = 0;
+  for (const Damage& d : damages) {
+    std::error_code ec;  // a WAL left by the previous round must not replay onto this one
+    fs::remove(db + "-wal", ec);
+    fs::remove(db + "-shm", ec);
+    fs::copy_file(backup, db, fs::copy_options::overwrite_existing);
+    if (d.fill == -2) {
+      fs::resize_file(db, d.offset);
+    } else {
+      std::fstream f(db, std::ios::in | std::ios::out | std::ios::binary);
+      REQUIRE(f);
+      f.seekp(static_cast<std::streamoff>(d.offset));
+      std::string bytes(d.length, static_cast<char>(d.fill));
+      if (d.fill == -1) {
+        for (char& c : bytes) c = static_cast<char>(rng() & 0xFF);
+      }
+      f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    }
+
+    std::string outcome;
+    try {
+      auto store = std::make_shared<SqliteStore>(db);
+      KeyManager m(store, hasher(), uncached());
+      const Tally t = sweep(m, keys, /*readable=*/false);
+      total_errors += t.error;
+      CHECK(t.violations == 0);
+      bool create_ok = true;
+      std::string msg;
+      try {
+        auto c = m.create(apikeys_test::account_id(1), request("on a corrupt file"));
+        // If the write went through, the key it reported must be usable.
+        const auto r = m.validate(c.info.public_key, c.secret_key.reveal());
+        CHECK((r.ok() || r.code == ValidationCode::error));
+      } catch (const Error& e) {
+        create_ok = false;
+        msg = e.what();
+        CHECK((e.code() == ErrorCode::storage || e.code() == ErrorCode::busy));
+      }
+      bool list_ok = true;
+      try {
+        (void)m.list(apikeys_test::account_id(1));
+      } catch (const Error& e) {
+        list_ok = false;
+        CHECK(e.code() == ErrorCode::storage);
+      }
+      outcome = "opened; " + std::to_string(t.valid) + " valid, " + std::to_string(t.error) + " error of " +
+                std::to_string(keys.size()) + "; create " + (create_ok ? "ok" : "failed: " + msg) + "; list " +
+                (list_ok ? "ok" : "failed");
+    } catch (const Error& e) {
+      // Refusing to open a damaged file is a fine answer, if it is a clear one.
+      CHECK(e.code() == ErrorCode::storage);
+      outcome = std::string("open refused: ") + e.what();
+      ++total_errors;
+    }
+    std::cout << "faults: corrupt (" << d.name << "): " << outcome << "\n";
+  }
+  CHECK(total_errors > 0);  // the damage was noticed somewhere, as `error` or a refusal
+
+  // Fault gone (the file restored): a new store in this process answers everything right.
+  fs::copy_file(backup, db, fs::copy_options::overwrite_existing);
+  std::error_code ec;
+  fs::remove(db + "-wal", ec);
+  fs::remove(db + "-shm", ec);
+  auto store = std::make_shared<SqliteStore>(db);
+  KeyManager m(store, hasher(), uncached());
+  CHECK(sweep(m, keys, /*readable=*/true).violations == 0);
+  CHECK(apikeys_test::integrity_check(db) == "ok");
+}

@@ -1,0 +1,41 @@
+# Reliability suites (issue 5): revocation stress, crash safety, storage faults, hostile
+# input and secrets in messages. Included from tests/CMakeLists.txt, which has already
+# found Catch2, SQLite3 and nlohmann_json and included Catch.
+#
+# One executable; each suite gets its own CTest label through a Catch tag filter, so
+# `ctest -L stress` (or crash, faults, hostile, secrets) runs just that suite.
+
+# The child process of the crash test: creates keys in a SqliteStore and reports each
+# one on stdout once create() has returned. A separate program, so the (multi-threaded)
+# test process only ever fork()s to exec() it.
+add_executable(apikeys_crash_child crash_child.cpp)
+target_link_libraries(apikeys_crash_child PRIVATE apikeys::apikeys Threads::Threads)
+target_include_directories(apikeys_crash_child PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
+apikeys_set_warnings(apikeys_crash_child)
+
+add_executable(apikeys_reliability_tests
+  crash_test.cpp
+  fault_test.cpp
+  hostile_input_test.cpp
+  secrets_test.cpp
+  stress_test.cpp
+)
+target_link_libraries(apikeys_reliability_tests PRIVATE apikeys::apikeys Catch2::Catch2WithMain
+  Threads::Threads SQLite::SQLite3)
+target_include_directories(apikeys_reliability_tests PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
+apikeys_set_warnings(apikeys_reliability_tests)
+target_compile_definitions(apikeys_reliability_tests PRIVATE
+  "APIKEYS_CRASH_CHILD_PATH=\"$<TARGET_FILE:apikeys_crash_child>\"")
+add_dependencies(apikeys_reliability_tests apikeys_crash_child)
+if(TARGET apikeys_cli)
+  target_compile_definitions(apikeys_reliability_tests PRIVATE
+    "APIKEYS_CLI_PATH=\"$<TARGET_FILE:apikeys_cli>\"")
+  add_dependencies(apikeys_reliability_tests apikeys_cli)
+endif()
+
+foreach(label stress crash faults hostile secrets)
+  catch_discover_tests(apikeys_reliability_tests
+    TEST_SPEC "[${label}]"
+    WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR}
+    PROPERTIES LABELS "reliability;${label}" TIMEOUT 600)
+endforeach()
