@@ -4,14 +4,6 @@
 // process reaches an in-process validator's cache within a second.
 #ifdef APIKEYS_CLI_PATH
 
-#include <fcntl.h>
-#include <poll.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <array>
-#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -27,6 +19,7 @@
 
 #include "apikeys/apikeys.hpp"
 #include "catch.hpp"
+#include "process_support.hpp"
 
 namespace {
 
@@ -36,88 +29,17 @@ using Json = nlohmann::json;
 // 32 bytes of hex; only for tests.
 const std::string kPepperHex = "00112233445566778899aabbccddeeff0123456789abcdef0123456789abcdef";
 
-struct Run {
-  int code = -1;
-  std::string out;
-  std::string err;
-};
+using Run = apikeys_test::ProgramRun;
 
 // Runs the CLI with `args` (argv[1..]) and an environment holding only
 // APIKEYS_PEPPER=`pepper` (or nothing when nullopt). `input` is fed to its stdin.
 Run run_cli(const std::vector<std::string>& args,
             const std::optional<std::string>& pepper = kPepperHex, const std::string& input = "") {
-  // Everything the child needs is built before fork(): after it, only
-  // async-signal-safe calls (the test process may have other threads).
-  std::vector<std::string> arg_store;
-  arg_store.emplace_back(APIKEYS_CLI_PATH);
-  arg_store.insert(arg_store.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : arg_store) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::vector<std::string> env_store;
-  if (pepper) env_store.push_back("APIKEYS_PEPPER=" + *pepper);
-  std::vector<char*> envp;
-  for (auto& e : env_store) envp.push_back(e.data());
-  envp.push_back(nullptr);
-
-  int in_pipe[2], out_pipe[2], err_pipe[2];
-  REQUIRE(pipe2(in_pipe, O_CLOEXEC) == 0);
-  REQUIRE(pipe2(out_pipe, O_CLOEXEC) == 0);
-  REQUIRE(pipe2(err_pipe, O_CLOEXEC) == 0);
-
-  const pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    // dup2 clears FD_CLOEXEC on the new descriptors; the originals close on exec.
-    if (dup2(in_pipe[0], 0) < 0 || dup2(out_pipe[1], 1) < 0 || dup2(err_pipe[1], 2) < 0) _exit(126);
-    execve(argv[0], argv.data(), envp.data());
-    _exit(127);
-  }
-  close(in_pipe[0]);
-  close(out_pipe[1]);
-  close(err_pipe[1]);
-
-  // Small inputs fit in the pipe buffer, so writing all before reading cannot block.
-  if (!input.empty()) {
-    const ssize_t n = write(in_pipe[1], input.data(), input.size());
-    REQUIRE(n == static_cast<ssize_t>(input.size()));
-  }
-  close(in_pipe[1]);
-
-  Run r;
-  std::array<pollfd, 2> fds{{{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}}};
-  std::array<std::string*, 2> sinks{&r.out, &r.err};
-  int open_fds = 2;
-  while (open_fds > 0) {
-    if (poll(fds.data(), fds.size(), 30'000) <= 0) {
-      if (errno == EINTR) continue;
-      break;  // hung child: give up reading, waitpid below still reaps it
-    }
-    for (std::size_t i = 0; i < fds.size(); ++i) {
-      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
-      char buf[4096];
-      const ssize_t n = read(fds[i].fd, buf, sizeof buf);
-      if (n > 0) {
-        sinks[i]->append(buf, static_cast<std::size_t>(n));
-      } else if (n == 0 || errno != EINTR) {
-        close(fds[i].fd);
-        fds[i].fd = -1;
-        --open_fds;
-      }
-    }
-  }
-  for (auto& p : fds) {
-    if (p.fd >= 0) close(p.fd);
-  }
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (WIFEXITED(status)) {
-    r.code = WEXITSTATUS(status);
-  } else if (WIFSIGNALED(status)) {
-    r.code = 128 + WTERMSIG(status);
-  }
-  return r;
+  std::vector<std::string> argv{APIKEYS_CLI_PATH};
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::vector<std::string> env;
+  if (pepper) env.push_back("APIKEYS_PEPPER=" + *pepper);
+  return apikeys_test::run_program(argv, env, input);
 }
 
 // A fresh directory, removed with everything in it at the end of the test.
