@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Builds apikeys_bench in Release (-O2) into build-bench/ and runs it; the output also
+# goes to build-bench/bench-<mode>.log. Arguments are passed to the program.
+# Usage: bash scripts/bench.sh            full run (minutes; see BENCHMARKS.md)
+#        bash scripts/bench.sh --quick    seconds; what CI runs (TARGET lines informational)
+# Env: BUILD_DIR (default build-bench), JOBS (default 2), APIKEYS_BENCH_CACHE_DIR (keep
+# the bulk-built SQLite files there between runs), APIKEYS_BENCH_QUICK=1 (= --quick).
+# Exit status: the program's (1 when a target fails in the full mode; never in quick).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/deps.sh
+
+build_dir=${BUILD_DIR:-build-bench}
+jobs=${JOBS:-2}
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" \
+  -DAPIKEYS_BUILD_BENCHMARKS=ON -DAPIKEYS_BUILD_TESTS=OFF -DAPIKEYS_BUILD_EXAMPLES=OFF
+cmake --build "$build_dir" -j"$jobs" --target apikeys_bench
+
+mode=full
+for a in "$@"; do
+  [[ "$a" == "--quick" ]] && mode=quick
+done
+[[ -n "${APIKEYS_BENCH_QUICK:-}" && "${APIKEYS_BENCH_QUICK}" != "0" ]] && mode=quick
+
+log="$build_dir/bench-$mode.log"
+status=0
+"$build_dir/benchmarks/apikeys_bench" "$@" 2>&1 | tee "$log" || status=${PIPESTATUS[0]}
+echo "bench.sh: log in $log"
+exit "$status"
