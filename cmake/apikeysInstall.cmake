@@ -15,8 +15,17 @@ install(TARGETS apikeys
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
+# A backend's header is installed only with its backend: without the class behind it,
+# including it would only move the error from compile time to link time.
+set(_apikeys_header_excludes)
+if(NOT APIKEYS_WITH_POSTGRES)
+  list(APPEND _apikeys_header_excludes PATTERN "postgres_store.hpp" EXCLUDE)
+endif()
+if(NOT APIKEYS_WITH_REDIS)
+  list(APPEND _apikeys_header_excludes PATTERN "redis_cache.hpp" EXCLUDE)
+endif()
 install(DIRECTORY include/apikeys DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
-  FILES_MATCHING PATTERN "*.hpp")
+  FILES_MATCHING PATTERN "*.hpp" ${_apikeys_header_excludes})
 install(FILES "${PROJECT_BINARY_DIR}/include/apikeys/version.hpp"
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/apikeys)
 
@@ -56,6 +65,12 @@ else()
   set(APIKEYS_PC_CFLAGS " -DAPIKEYS_STATIC_DEFINE")
   # SQLiteCpp ships no .pc file: link it by name, ahead of sqlite3 which it uses.
   set(APIKEYS_PC_REQUIRES_PRIVATE "Requires.private: libcrypto >= 3.0, sqlite3, fmt")
+  if(APIKEYS_WITH_POSTGRES)
+    string(APPEND APIKEYS_PC_REQUIRES_PRIVATE ", libpq")
+  endif()
+  if(APIKEYS_WITH_REDIS)
+    string(APPEND APIKEYS_PC_REQUIRES_PRIVATE ", hiredis")
+  endif()
   set(APIKEYS_PC_LIBS_PRIVATE "Libs.private: -lSQLiteCpp -pthread")
 endif()
 # The prefix is written at install time, so `cmake --install <dir> --prefix <p>` gets

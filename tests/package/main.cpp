@@ -1,12 +1,16 @@
 // A program that uses apikeys the way an application does, linked against an installed
 // (static or shared) library, the source tree, or pkg-config flags. It also subclasses
-// Store and catches apikeys::Error, which only work against a shared library whose
-// classes are exported whole (vtables and typeinfo). Exit status 0 means all is well.
+// Store and Cache and catches apikeys::Error, which only work against a shared library
+// whose classes are exported whole (vtables and typeinfo). Exit status 0: all is well.
 #include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <apikeys/apikeys.hpp>
 
@@ -48,6 +52,34 @@ class CountingStore final : public apikeys::Store {
 
  private:
   apikeys::MemoryStore inner_;
+};
+
+// A user-written Cache: forwards to a MemoryCache and counts lookups and fills. Linking
+// it needs Cache's vtable and typeinfo from the library.
+class CountingCache final : public apikeys::Cache {
+ public:
+  std::optional<apikeys::Verdict> get(std::string_view public_key,
+                                      const apikeys::Digest& presented) override {
+    ++gets;
+    return inner_.get(public_key, presented);
+  }
+  std::uint64_t fill_token(std::string_view public_key) override {
+    return inner_.fill_token(public_key);
+  }
+  void put(std::string_view public_key, const apikeys::Digest& presented,
+           const apikeys::Verdict& verdict, std::chrono::milliseconds ttl,
+           std::uint64_t token) override {
+    ++puts;
+    inner_.put(public_key, presented, verdict, ttl, token);
+  }
+  void erase(std::string_view public_key) override { inner_.erase(public_key); }
+  void clear() override { inner_.clear(); }
+
+  std::atomic<int> gets{0};
+  std::atomic<int> puts{0};
+
+ private:
+  apikeys::MemoryCache inner_;
 };
 
 }  // namespace
@@ -94,10 +126,16 @@ int main() {
   expect(caught, "apikeys::Error(not_found) is caught by type across the library boundary");
 
   auto counting = std::make_shared<CountingStore>();
-  apikeys::KeyManager custom(counting, hasher);
+  auto cache = std::make_shared<CountingCache>();
+  apikeys::KeyManagerOptions options;
+  options.validation.cache = cache;
+  apikeys::KeyManager custom(counting, hasher, options);
   const apikeys::CreatedKey other = custom.create(account, request);
   expect(custom.validate(other.info.public_key, other.secret_key.reveal()).ok() && counting->finds > 0,
          "a user-written Store subclass works");
+  expect(custom.validate(other.info.public_key, other.secret_key.reveal()).ok() &&
+             cache->gets > 0 && cache->puts > 0,
+         "a user-written Cache subclass works");
 
   std::cout << (failures == 0 ? "consumer: all checks passed\n" : "consumer: FAILED\n");
   return failures == 0 ? 0 : 1;
