@@ -83,6 +83,9 @@ PgConnection::PgConnection(const std::string& conninfo, Deadline deadline) {
     st = PQconnectPoll(conn_);
   }
   if (PQsetnonblocking(conn_, 1) != 0) lost("connect", PQerrorMessage(conn_), false);
+  // libpq prints server NOTICEs ("schema already exists, skipping") on stderr by
+  // default: a library must not write into its host's logs.
+  PQsetNoticeProcessor(conn_, [](void*, const char*) {}, nullptr);
 }
 
 PgConnection::~PgConnection() {
