@@ -1,0 +1,627 @@
+// RedisCache: verdicts in Redis (Lua scripts keep the fill-token check atomic with the
+// write), a pool of blocking hiredis connections with socket timeouts, a breaker that
+// keeps the hot path off a dead server, and an optional MemoryCache tier in front kept
+// coherent by a subscriber thread listening on the invalidation channel.
+#include "apikeys/redis_cache.hpp"
+
+#include <hiredis/hiredis.h>
+#include <openssl/rand.h>
+#include <poll.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <fcntl.h>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "apikeys/error.hpp"
+#include "apikeys/memory_cache.hpp"
+
+namespace apikeys {
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+
+// ---------------------------------------------------------------------------------
+// Scripts. ARGV[1] is the prefix, ARGV[2] a fresh random epoch used only when the
+// epoch key is missing (first use, a restarted server, an eviction): a missing epoch
+// then never brings back verdicts an earlier clear() made unreachable. Tokens are
+// (generation + epoch) mod 2^32, compared as Lua numbers (exact below 2^53).
+// Key names are built inside the scripts: standalone Redis only, not Cluster.
+
+#define APIKEYS_EPOCH_PROLOGUE                              \
+  "local ek = ARGV[1] .. 'e'\n"                             \
+  "local e = redis.call('GET', ek)\n"                       \
+  "if not e then e = ARGV[2]; redis.call('SET', ek, e) end\n"
+
+// ARGV: prefix, epoch0, pk, field. Hit: {1, value, pttl}. Miss: {0, token}.
+constexpr const char* kGetScript = APIKEYS_EPOCH_PROLOGUE
+    "local vk = ARGV[1] .. 'v:' .. e .. ':' .. ARGV[3] .. ':' .. ARGV[4]\n"
+    "local v = redis.call('GET', vk)\n"
+    "if v then return {1, v, redis.call('PTTL', vk)} end\n"
+    "local g = redis.call('GET', ARGV[1] .. 'g:' .. ARGV[3]) or '0'\n"
+    "return {0, (tonumber(g) + tonumber(e)) % 4294967296}\n";
+
+// ARGV: prefix, epoch0, pk. Returns the token.
+constexpr const char* kTokenScript = APIKEYS_EPOCH_PROLOGUE
+    "local g = redis.call('GET', ARGV[1] .. 'g:' .. ARGV[3]) or '0'\n"
+    "return (tonumber(g) + tonumber(e)) % 4294967296\n";
+
+// ARGV: prefix, epoch0, pk, field, token, value, ttl_ms, is_valid, max_per_key.
+// Returns 1 stored, 0 token stale, 2 refused (too many verdicts for the key).
+constexpr const char* kPutScript = APIKEYS_EPOCH_PROLOGUE
+    "local g = redis.call('GET', ARGV[1] .. 'g:' .. ARGV[3]) or '0'\n"
+    "if (tonumber(g) + tonumber(e)) % 4294967296 ~= tonumber(ARGV[5]) then return 0 end\n"
+    "local ik = ARGV[1] .. 'i:' .. e .. ':' .. ARGV[3]\n"
+    "local vk = ARGV[1] .. 'v:' .. e .. ':' .. ARGV[3] .. ':' .. ARGV[4]\n"
+    "if ARGV[8] == '0' and redis.call('SISMEMBER', ik, ARGV[4]) == 0 and\n"
+    "   redis.call('SCARD', ik) >= tonumber(ARGV[9]) then return 2 end\n"
+    "redis.call('SET', vk, ARGV[6], 'PX', ARGV[7])\n"
+    "redis.call('SADD', ik, ARGV[4])\n"
+    "if redis.call('PTTL', ik) < tonumber(ARGV[7]) then redis.call('PEXPIRE', ik, ARGV[7]) end\n"
+    "return 1\n";
+
+// ARGV: prefix, epoch0, pk, generation_ttl_ms, channel, message. Returns verdicts deleted.
+constexpr const char* kEraseScript = APIKEYS_EPOCH_PROLOGUE
+    "local ik = ARGV[1] .. 'i:' .. e .. ':' .. ARGV[3]\n"
+    "local base = ARGV[1] .. 'v:' .. e .. ':' .. ARGV[3] .. ':'\n"
+    "local m = redis.call('SMEMBERS', ik)\n"
+    "for i = 1, #m do redis.call('DEL', base .. m[i]) end\n"
+    "redis.call('DEL', ik)\n"
+    "local gk = ARGV[1] .. 'g:' .. ARGV[3]\n"
+    "redis.call('INCR', gk)\n"
+    "redis.call('PEXPIRE', gk, ARGV[4])\n"
+    "redis.call('PUBLISH', ARGV[5], ARGV[6])\n"
+    "return #m\n";
+
+// ARGV: prefix, epoch0, step (1..2^31), channel, message. Moves the epoch by `step`
+// (so every token changes mod 2^32) within 2^48 (exact as a Lua number).
+constexpr const char* kClearScript = APIKEYS_EPOCH_PROLOGUE
+    "redis.call('SET', ek, (tonumber(e) + tonumber(ARGV[3])) % 281474976710656)\n"
+    "redis.call('PUBLISH', ARGV[4], ARGV[5])\n"
+    "return 1\n";
+
+#undef APIKEYS_EPOCH_PROLOGUE
+
+enum ScriptId { kGet, kToken, kPut, kErase, kClear, kScriptCount };
+constexpr const char* kScripts[kScriptCount] = {kGetScript, kTokenScript, kPutScript,
+                                                kEraseScript, kClearScript};
+
+struct ReplyDeleter {
+  void operator()(redisReply* r) const noexcept { freeReplyObject(r); }
+};
+using Reply = std::unique_ptr<redisReply, ReplyDeleter>;
+
+struct ContextDeleter {
+  void operator()(redisContext* c) const noexcept { redisFree(c); }
+};
+using Context = std::unique_ptr<redisContext, ContextDeleter>;
+
+timeval to_timeval(std::chrono::milliseconds ms) {
+  const auto v = std::max<std::int64_t>(1, ms.count());
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(v / 1000);
+  tv.tv_usec = static_cast<suseconds_t>((v % 1000) * 1000);
+  return tv;
+}
+
+std::uint64_t random_u64() {
+  std::uint64_t v = 0;
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(&v), sizeof v) != 1) {
+    throw Error(ErrorCode::crypto, "RedisCache: the CSPRNG failed");
+  }
+  return v;
+}
+
+// A connection failed or timed out: discard it and trip the breaker.
+// `retryable`: the server closed the connection (it restarted, or dropped an idle
+// client), so one fresh connection may well work; a timeout is not retried, so no call
+// waits longer than its timeouts.
+class Unreachable : public Error {
+ public:
+  explicit Unreachable(const std::string& m, bool retryable = false)
+      : Error(ErrorCode::busy, m), retryable_(retryable) {}
+  bool retryable() const noexcept { return retryable_; }
+
+ private:
+  bool retryable_;
+};
+
+// "<64 hex digits of the digest><8 hex digits of the pepper id>".
+std::string digest_field(const Digest& d) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out(72, '0');
+  for (std::size_t i = 0; i < d.bytes.size(); ++i) {
+    out[2 * i] = kHex[d.bytes[i] >> 4];
+    out[2 * i + 1] = kHex[d.bytes[i] & 0x0f];
+  }
+  for (int i = 0; i < 8; ++i) out[64 + static_cast<std::size_t>(i)] = kHex[(d.pepper_id >> (28 - 4 * i)) & 0x0f];
+  return out;
+}
+
+// Verdict value: code (1 byte), account id (16), key id (16).
+std::string encode(const Verdict& v) {
+  std::string out(33, '\0');
+  out[0] = static_cast<char>(v.code);
+  std::memcpy(&out[1], v.account_id.bytes().data(), 16);
+  std::memcpy(&out[17], v.key_id.bytes().data(), 16);
+  return out;
+}
+
+std::optional<Verdict> decode(const char* data, std::size_t len) {
+  if (len != 33 || static_cast<std::uint8_t>(data[0]) > static_cast<std::uint8_t>(ValidationCode::error)) {
+    return std::nullopt;  // not ours, or a newer layout: a miss is always safe
+  }
+  Verdict v;
+  v.code = static_cast<ValidationCode>(data[0]);
+  std::array<std::uint8_t, 16> a{};
+  std::array<std::uint8_t, 16> k{};
+  std::memcpy(a.data(), data + 1, 16);
+  std::memcpy(k.data(), data + 17, 16);
+  v.account_id = Uuid(a);
+  v.key_id = Uuid(k);
+  return v;
+}
+
+// The Redis half of the last miss on this thread, so the fill_token() that the
+// Validator calls right after a miss costs no round trip. An older token is always
+// safe to use (it can only be invalidated by more, not fewer, erases).
+struct TokenMemo {
+  std::uint64_t owner = 0;  // RedisCache instance serial; 0: empty
+  std::string public_key;
+  std::uint32_t token = 0;
+};
+thread_local TokenMemo t_memo;
+std::atomic<std::uint64_t> g_next_serial{1};
+
+}  // namespace
+
+struct RedisCache::Impl {
+  explicit Impl(RedisCacheOptions o)
+      : options(std::move(o)), channel(options.prefix + "invalidate"),
+        serial(g_next_serial.fetch_add(1)) {}
+
+  const RedisCacheOptions options;
+  const std::string channel;
+  const std::uint64_t serial;
+  std::unique_ptr<MemoryCache> local;  // null when local_tier is off
+
+  // Hashes of the scripts, learnt from SCRIPT LOAD (the same on every connection).
+  std::mutex sha_mu;
+  std::string shas[kScriptCount];  // Guarded by sha_mu.
+
+  // Command connection pool.
+  std::mutex pool_mu;
+  std::condition_variable pool_cv;
+  std::vector<Context> idle;  // Guarded by pool_mu.
+  std::size_t open = 0;       // Guarded by pool_mu.
+
+  // Breaker: the hot path skips Redis until this steady time (ns since epoch).
+  std::atomic<std::int64_t> down_until{0};
+
+  // Subscriber.
+  std::atomic<bool> live{false};
+  std::atomic<bool> stopping{false};
+  std::atomic<std::uint64_t> received{0};
+  int wake_pipe[2] = {-1, -1};
+  std::thread subscriber;
+
+  static std::int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(SteadyClock::now().time_since_epoch()).count();
+  }
+  void trip() noexcept {
+    down_until.store(now_ns() + std::chrono::duration_cast<std::chrono::nanoseconds>(options.retry_interval).count(),
+                     std::memory_order_relaxed);
+  }
+  void check_breaker() const {
+    if (now_ns() < down_until.load(std::memory_order_relaxed)) {
+      throw Error(ErrorCode::busy, "RedisCache: Redis unavailable (retrying later)");
+    }
+  }
+  bool local_live() const noexcept { return local && live.load(std::memory_order_acquire); }
+
+  // Opens a connection with timeouts, AUTH and SELECT done.
+  Context connect(bool load_scripts) {
+    Context c(redisConnectWithTimeout(options.host.c_str(), options.port, to_timeval(options.connect_timeout)));
+    if (!c) throw Unreachable("RedisCache connect failed: out of memory");
+    if (c->err) throw Unreachable(fmt::format("RedisCache connect failed: {}", c->errstr));
+    if (redisSetTimeout(c.get(), to_timeval(options.command_timeout)) != REDIS_OK) {
+      throw Unreachable("RedisCache connect failed: cannot set the socket timeout");
+    }
+    if (!options.password.empty()) {
+      Reply r = command(*c, {"AUTH", options.password});
+      if (r->type == REDIS_REPLY_ERROR) throw Error(ErrorCode::storage, "RedisCache: AUTH refused");
+    }
+    if (options.database != 0) {
+      Reply r = command(*c, {"SELECT", std::to_string(options.database)});
+      if (r->type == REDIS_REPLY_ERROR) throw Error(ErrorCode::storage, "RedisCache: SELECT refused");
+    }
+    if (load_scripts) {
+      for (int i = 0; i < kScriptCount; ++i) {
+        Reply r = command(*c, {"SCRIPT", "LOAD", kScripts[i]});
+        if (r->type != REDIS_REPLY_STRING) {
+          throw Error(ErrorCode::storage, fmt::format("RedisCache: SCRIPT LOAD failed: {}", reply_text(*r)));
+        }
+        std::lock_guard<std::mutex> lock(sha_mu);
+        shas[i].assign(r->str, r->len);
+      }
+    }
+    return c;
+  }
+
+  static std::string reply_text(const redisReply& r) {
+    if (r.type == REDIS_REPLY_ERROR || r.type == REDIS_REPLY_STATUS) return std::string(r.str, r.len);
+    return "unexpected reply";
+  }
+
+  // One command; a null reply means the connection broke or timed out.
+  static Reply command(redisContext& c, const std::vector<std::string_view>& args) {
+    std::vector<const char*> argv;
+    std::vector<std::size_t> lens;
+    argv.reserve(args.size());
+    lens.reserve(args.size());
+    for (auto a : args) {
+      argv.push_back(a.data());
+      lens.push_back(a.size());
+    }
+    void* raw = redisCommandArgv(&c, static_cast<int>(argv.size()), argv.data(), lens.data());
+    if (raw == nullptr) {
+      const bool closed = c.err == REDIS_ERR_EOF || (c.err == REDIS_ERR_IO && (errno == ECONNRESET || errno == EPIPE));
+      throw Unreachable(fmt::format("RedisCache command failed: {}", c.err ? c.errstr : "no reply"), closed);
+    }
+    return Reply(static_cast<redisReply*>(raw));
+  }
+
+  class Lease {
+   public:
+    explicit Lease(Impl& impl) : impl_(impl) {
+      const auto until = SteadyClock::now() + impl_.options.command_timeout;
+      std::unique_lock<std::mutex> lock(impl_.pool_mu);
+      while (impl_.idle.empty() && impl_.open >= impl_.options.pool_size) {
+        if (impl_.pool_cv.wait_until(lock, until) == std::cv_status::timeout &&
+            impl_.idle.empty() && impl_.open >= impl_.options.pool_size) {
+          throw Error(ErrorCode::busy, "RedisCache: no free connection within command_timeout");
+        }
+      }
+      if (!impl_.idle.empty()) {
+        c_ = std::move(impl_.idle.back());
+        impl_.idle.pop_back();
+        reused_ = true;
+        return;
+      }
+      ++impl_.open;
+      lock.unlock();
+      try {
+        c_ = impl_.connect(true);
+      } catch (...) {
+        lock.lock();
+        --impl_.open;
+        impl_.pool_cv.notify_one();
+        throw;
+      }
+    }
+    ~Lease() {
+      std::lock_guard<std::mutex> lock(impl_.pool_mu);
+      if (c_) {
+        impl_.idle.push_back(std::move(c_));
+      } else {
+        --impl_.open;
+      }
+      impl_.pool_cv.notify_one();
+    }
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    redisContext& operator*() const noexcept { return *c_; }
+    void discard() noexcept { c_.reset(); }
+    bool reused() const noexcept { return reused_; }
+
+   private:
+    Impl& impl_;
+    Context c_;
+    bool reused_ = false;
+  };
+
+  void drop_idle() noexcept {
+    std::vector<Context> dead;
+    {
+      std::lock_guard<std::mutex> lock(pool_mu);
+      dead.swap(idle);
+      open -= dead.size();
+    }
+    pool_cv.notify_all();
+  }
+
+  // Runs a script: EVALSHA, or EVAL if the server forgot it (SCRIPT FLUSH). A broken
+  // connection is discarded and trips the breaker; a server that restarted is retried
+  // once on a fresh connection (its pooled connections all died with it).
+  Reply script(ScriptId id, std::vector<std::string> args) {
+    const std::string epoch0 = std::to_string(random_u64() % (std::uint64_t{1} << 47));
+    args.insert(args.begin(), {options.prefix, epoch0});
+    for (int attempt = 0;; ++attempt) {
+      std::optional<Lease> c;
+      try {
+        c.emplace(*this);  // may connect: a refused or slow connect is Unreachable too
+        std::string sha;
+        {
+          std::lock_guard<std::mutex> lock(sha_mu);
+          sha = shas[id];
+        }
+        std::vector<std::string_view> argv{"EVALSHA", sha, "0"};
+        for (const auto& a : args) argv.emplace_back(a);
+        Reply r = command(**c, argv);
+        if (r->type == REDIS_REPLY_ERROR && std::string_view(r->str, r->len).substr(0, 8) == "NOSCRIPT") {
+          argv[0] = "EVAL";
+          argv[1] = kScripts[id];
+          r = command(**c, argv);
+        }
+        if (r->type == REDIS_REPLY_ERROR) {
+          throw Error(ErrorCode::storage, fmt::format("RedisCache: {}", reply_text(*r)));
+        }
+        return r;
+      } catch (const Unreachable& e) {
+        const bool stale = c && c->reused() && e.retryable();
+        if (c) c->discard();
+        drop_idle();
+        // A pooled connection the server closed (it restarted) fails once and is
+        // retried on a fresh one; anything else means Redis is unavailable for now.
+        if (attempt > 0 || !stale) {
+          trip();
+          throw Error(ErrorCode::busy, e.what());
+        }
+      }
+    }
+  }
+
+  std::string message_erase(std::string_view pk) const { return "E" + std::string(pk); }
+
+  // ---- subscriber -----------------------------------------------------------------
+
+  void apply(const redisReply& r) {
+    // ["message", channel, payload] or ["pong", ""] / ["subscribe", channel, n].
+    if (r.type != REDIS_REPLY_ARRAY || r.elements < 1 || r.element[0]->type != REDIS_REPLY_STRING) return;
+    const std::string_view kind(r.element[0]->str, r.element[0]->len);
+    if (kind == "subscribe") {
+      // Messages published while we were not listening are lost: start empty.
+      if (local) local->clear();
+      live.store(true, std::memory_order_release);
+      return;
+    }
+    if (kind != "message" || r.elements != 3 || r.element[2]->type != REDIS_REPLY_STRING) return;
+    const std::string_view payload(r.element[2]->str, r.element[2]->len);
+    if (payload.empty()) return;
+    if (local) {
+      if (payload[0] == 'E') {
+        local->erase(std::string_view(r.element[2]->str + 1, r.element[2]->len - 1));
+      } else {
+        local->clear();  // 'C', or anything we do not understand: the safe choice
+      }
+    }
+    received.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  void go_dark() {
+    // Order matters: stop using the tier, then empty it (a fill that saw it live
+    // either took its token before this clear, and is refused, or finds it dark).
+    live.store(false, std::memory_order_release);
+    if (local) local->clear();
+  }
+
+  // Waits up to `d` unless stopping; returns false when stopping.
+  bool nap(std::chrono::milliseconds d) {
+    pollfd p{};
+    p.fd = wake_pipe[0];
+    p.events = POLLIN;
+    (void)::poll(&p, 1, static_cast<int>(std::max<std::int64_t>(1, d.count())));
+    return !stopping.load();
+  }
+
+  void run_subscriber() {
+    while (!stopping.load()) {
+      try {
+        subscribe_once();
+      } catch (...) {
+      }
+      go_dark();
+      if (!nap(std::min(options.retry_interval, std::chrono::milliseconds(1000)))) break;
+    }
+    go_dark();
+  }
+
+  void send(redisContext& c, const std::vector<std::string_view>& args) {
+    std::vector<const char*> argv;
+    std::vector<std::size_t> lens;
+    for (auto a : args) {
+      argv.push_back(a.data());
+      lens.push_back(a.size());
+    }
+    if (redisAppendCommandArgv(&c, static_cast<int>(argv.size()), argv.data(), lens.data()) != REDIS_OK) {
+      throw Unreachable("RedisCache subscriber: append failed");
+    }
+    int done = 0;
+    while (!done) {
+      if (redisBufferWrite(&c, &done) != REDIS_OK) throw Unreachable("RedisCache subscriber: write failed");
+    }
+  }
+
+  // Returns (normally) only when stopping; throws when the connection fails.
+  void subscribe_once() {
+    Context c = connect(false);
+    send(*c, {"SUBSCRIBE", channel});
+    const auto beat = std::max<std::chrono::milliseconds>(options.heartbeat_interval, std::chrono::milliseconds(10));
+    auto last_data = SteadyClock::now();
+    auto last_ping = last_data;
+    while (!stopping.load()) {
+      // Replies already read and parsed.
+      for (;;) {
+        void* raw = nullptr;
+        if (redisGetReplyFromReader(c.get(), &raw) != REDIS_OK) throw Unreachable("RedisCache subscriber: protocol error");
+        if (raw == nullptr) break;
+        Reply r(static_cast<redisReply*>(raw));
+        apply(*r);
+      }
+      pollfd p[2]{};
+      p[0].fd = c->fd;
+      p[0].events = POLLIN;
+      p[1].fd = wake_pipe[0];
+      p[1].events = POLLIN;
+      const int n = ::poll(p, 2, static_cast<int>(beat.count()));
+      if (n < 0 && errno != EINTR) throw Unreachable("RedisCache subscriber: poll failed");
+      if (stopping.load()) return;
+      const auto now = SteadyClock::now();
+      if (n > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
+        if (redisBufferRead(c.get()) != REDIS_OK) throw Unreachable("RedisCache subscriber: connection lost");
+        last_data = now;
+        continue;
+      }
+      if (now - last_data >= 2 * beat) throw Unreachable("RedisCache subscriber: no heartbeat");
+      if (now - last_ping >= beat) {
+        send(*c, {"PING"});
+        last_ping = now;
+      }
+    }
+  }
+};
+
+RedisCache::RedisCache(RedisCacheOptions options) {
+  if (options.host.empty()) throw Error(ErrorCode::invalid_argument, "RedisCache: host must not be empty");
+  if (options.port < 1 || options.port > 65535) throw Error(ErrorCode::invalid_argument, "RedisCache: port must be 1..65535");
+  if (options.pool_size == 0) throw Error(ErrorCode::invalid_argument, "RedisCache: pool_size must be at least 1");
+  if (options.prefix.size() > 256) throw Error(ErrorCode::invalid_argument, "RedisCache: prefix longer than 256 bytes");
+  impl_ = std::make_unique<Impl>(std::move(options));
+  Impl& impl = *impl_;
+  if (impl.options.local_tier) {
+    MemoryCacheOptions m;
+    m.capacity = std::max<std::size_t>(1, impl.options.local_capacity);
+    m.shards = 16;
+    impl.local = std::make_unique<MemoryCache>(m);
+  }
+  if (::pipe2(impl.wake_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+    throw Error(ErrorCode::storage, "RedisCache: cannot create the wake-up pipe");
+  }
+  impl.subscriber = std::thread([&impl] { impl.run_subscriber(); });
+}
+
+RedisCache::~RedisCache() {
+  impl_->stopping.store(true);
+  const char byte = 1;
+  (void)!::write(impl_->wake_pipe[1], &byte, 1);
+  if (impl_->subscriber.joinable()) impl_->subscriber.join();
+  ::close(impl_->wake_pipe[0]);
+  ::close(impl_->wake_pipe[1]);
+}
+
+std::optional<Verdict> RedisCache::get(std::string_view public_key, const Digest& presented) {
+  Impl& impl = *impl_;
+  const bool live = impl.local_live();
+  std::uint64_t local_token = 0;
+  if (live) {
+    if (auto v = impl.local->get(public_key, presented)) return v;  // no I/O
+    local_token = impl.local->fill_token(public_key);
+  }
+  impl.check_breaker();
+  Reply r = impl.script(kGet, {std::string(public_key), digest_field(presented)});
+  if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 || r->element[0]->type != REDIS_REPLY_INTEGER) {
+    throw Error(ErrorCode::storage, "RedisCache get: unexpected reply");
+  }
+  if (r->element[0]->integer == 0) {
+    if (r->element[1]->type == REDIS_REPLY_INTEGER) {
+      t_memo.owner = impl.serial;
+      t_memo.public_key.assign(public_key);
+      t_memo.token = static_cast<std::uint32_t>(r->element[1]->integer);
+    }
+    return std::nullopt;
+  }
+  if (r->elements != 3 || r->element[1]->type != REDIS_REPLY_STRING) {
+    throw Error(ErrorCode::storage, "RedisCache get: unexpected reply");
+  }
+  std::optional<Verdict> v = decode(r->element[1]->str, r->element[1]->len);
+  const long long pttl = r->element[2]->type == REDIS_REPLY_INTEGER ? r->element[2]->integer : 0;
+  if (v && live && pttl > 0 && impl.local_live()) {
+    // Never longer locally than in Redis; the token refuses it if an invalidation
+    // arrived since the lookup began.
+    const auto ttl = std::min<std::chrono::milliseconds>(impl.options.local_ttl, std::chrono::milliseconds(pttl));
+    impl.local->put(public_key, presented, *v, ttl, local_token);
+  }
+  return v;
+}
+
+std::uint64_t RedisCache::fill_token(std::string_view public_key) {
+  Impl& impl = *impl_;
+  // Local part first: it must be at least as old as the Redis part is fresh... both
+  // only ever need to be taken before the store read, which the caller guarantees.
+  const std::uint32_t local = impl.local ? static_cast<std::uint32_t>(impl.local->fill_token(public_key)) : 0;
+  std::uint32_t remote = 0;
+  if (t_memo.owner == impl.serial && t_memo.public_key == public_key) {
+    remote = t_memo.token;
+    t_memo.owner = 0;
+  } else {
+    impl.check_breaker();
+    Reply r = impl.script(kToken, {std::string(public_key)});
+    if (r->type != REDIS_REPLY_INTEGER) throw Error(ErrorCode::storage, "RedisCache fill_token: unexpected reply");
+    remote = static_cast<std::uint32_t>(r->integer);
+  }
+  return (std::uint64_t{remote} << 32) | local;
+}
+
+void RedisCache::put(std::string_view public_key, const Digest& presented, const Verdict& verdict,
+                     std::chrono::milliseconds ttl, std::uint64_t token) {
+  if (ttl.count() <= 0) return;
+  Impl& impl = *impl_;
+  impl.check_breaker();
+  const bool live = impl.local_live();
+  // Redis refuses an expiry that overflows its clock: "forever" becomes ten years.
+  constexpr std::int64_t kMaxTtlMs = 10LL * 366 * 24 * 3600 * 1000;
+  const std::int64_t ttl_ms = std::min<std::int64_t>(ttl.count(), kMaxTtlMs);
+  Reply r = impl.script(kPut, {std::string(public_key), digest_field(presented),
+                               std::to_string(token >> 32), encode(verdict), std::to_string(ttl_ms),
+                               verdict.code == ValidationCode::valid ? "1" : "0",
+                               std::to_string(std::max<std::size_t>(1, impl.options.max_verdicts_per_key))});
+  if (r->type != REDIS_REPLY_INTEGER) throw Error(ErrorCode::storage, "RedisCache put: unexpected reply");
+  if (r->integer != 1 || !live || !impl.local_live()) return;
+  // The local token is the low half: rebuild the full value from the current one (a
+  // counter that moved on makes them differ, and the put is refused, as it should be).
+  const std::uint64_t current = impl.local->fill_token(public_key);
+  const std::uint64_t local_token = (current & ~std::uint64_t{0xffffffff}) | (token & 0xffffffff);
+  impl.local->put(public_key, presented, verdict, std::min(ttl, impl.options.local_ttl), local_token);
+}
+
+void RedisCache::erase(std::string_view public_key) {
+  Impl& impl = *impl_;
+  if (impl.local) impl.local->erase(public_key);
+  // Always tried, breaker or not: a revoke should know whether Redis forgot the key.
+  Reply r = impl.script(kErase, {std::string(public_key),
+                                 std::to_string(std::max<std::int64_t>(1, impl.options.generation_ttl.count())),
+                                 impl.channel, impl.message_erase(public_key)});
+  if (r->type != REDIS_REPLY_INTEGER) throw Error(ErrorCode::storage, "RedisCache erase: unexpected reply");
+  // Again: a lookup here may have copied a verdict from Redis before the script ran.
+  if (impl.local) impl.local->erase(public_key);
+}
+
+void RedisCache::clear() {
+  Impl& impl = *impl_;
+  if (impl.local) impl.local->clear();
+  const std::uint64_t step = 1 + random_u64() % (std::uint64_t{1} << 31);
+  Reply r = impl.script(kClear, {std::to_string(step), impl.channel, "C"});
+  if (r->type != REDIS_REPLY_INTEGER) throw Error(ErrorCode::storage, "RedisCache clear: unexpected reply");
+  if (impl.local) impl.local->clear();
+}
+
+bool RedisCache::local_tier_live() const noexcept { return impl_->local_live(); }
+
+std::uint64_t RedisCache::invalidations_received() const noexcept {
+  return impl_->received.load(std::memory_order_relaxed);
+}
+
+}  // namespace apikeys
