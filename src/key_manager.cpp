@@ -111,8 +111,13 @@ CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& reque
 
   guarded("storing the key", [&] { impl_->store->insert(record); });
   // A verdict cached for this public key before it existed (only possible with a
-  // predictable generator) must not outlive its creation.
-  impl_->validator.invalidate(info.public_key);
+  // predictable generator) must not outlive its creation. Best effort: the key is
+  // committed, and throwing now would lose its only copy of the secret; a stale entry
+  // could only be a negative verdict (fail closed), gone within its TTL.
+  try {
+    impl_->validator.invalidate(info.public_key);
+  } catch (...) {
+  }
 
   return CreatedKey{std::move(record.info), std::move(pair.secret_key)};
 }
