@@ -8,6 +8,9 @@
 #   scripts/servers.sh stop          stop both by PID and remove the directory
 #   scripts/servers.sh restart-pg    restart PostgreSQL on the same port (fault tests)
 #   scripts/servers.sh restart-redis restart Redis on the same port (fault tests)
+#   scripts/servers.sh stop-pg|start-pg|stop-redis|start-redis
+#                                    take one server down and bring it back on the same
+#                                    port (outage tests)
 #   scripts/servers.sh status
 #
 # State lives in $APIKEYS_SERVERS_DIR (default /tmp/apikeys-servers-$UID). PostgreSQL
@@ -118,8 +121,12 @@ print_env() {
   load_state
   echo "export APIKEYS_TEST_PG='host=127.0.0.1 port=$PG_PORT user=$PG_USER dbname=apikeys_test connect_timeout=5'"
   echo "export APIKEYS_TEST_REDIS='127.0.0.1:$REDIS_PORT'"
-  echo "export APIKEYS_TEST_PG_RESTART='$here/servers.sh restart-pg'"
-  echo "export APIKEYS_TEST_REDIS_RESTART='$here/servers.sh restart-redis'"
+  echo "export APIKEYS_TEST_PG_RESTART='APIKEYS_SERVERS_DIR=$state $here/servers.sh restart-pg'"
+  echo "export APIKEYS_TEST_REDIS_RESTART='APIKEYS_SERVERS_DIR=$state $here/servers.sh restart-redis'"
+  echo "export APIKEYS_TEST_PG_STOP='APIKEYS_SERVERS_DIR=$state $here/servers.sh stop-pg'"
+  echo "export APIKEYS_TEST_PG_START='APIKEYS_SERVERS_DIR=$state $here/servers.sh start-pg'"
+  echo "export APIKEYS_TEST_REDIS_STOP='APIKEYS_SERVERS_DIR=$state $here/servers.sh stop-redis'"
+  echo "export APIKEYS_TEST_REDIS_START='APIKEYS_SERVERS_DIR=$state $here/servers.sh start-redis'"
 }
 
 cmd=${1:-}
@@ -167,12 +174,34 @@ case "$cmd" in
     start_redis
     log "redis restarted (pid $(redis_pid))"
     ;;
+  stop-pg)
+    load_state
+    stop_pg
+    log "postgres stopped"
+    ;;
+  start-pg)
+    load_state
+    [[ -n $(pg_pid) ]] && kill -0 "$(pg_pid)" 2>/dev/null && { log "postgres already running"; exit 0; }
+    start_pg || { cat "$state/pg/log" >&2; die "postgres did not start"; }
+    log "postgres started (pid $(pg_pid))"
+    ;;
+  stop-redis)
+    load_state
+    stop_redis
+    log "redis stopped"
+    ;;
+  start-redis)
+    load_state
+    [[ -n $(redis_pid) ]] && kill -0 "$(redis_pid)" 2>/dev/null && { log "redis already running"; exit 0; }
+    start_redis
+    log "redis started (pid $(redis_pid))"
+    ;;
   status)
     load_state
     echo "postgres pid $(pg_pid) port $PG_PORT; redis pid $(redis_pid) port $REDIS_PORT"
     ;;
   *)
-    echo "usage: $0 start|stop|env|status|restart-pg|restart-redis" >&2
+    echo "usage: $0 start|stop|env|status|restart-pg|restart-redis|stop-pg|start-pg|stop-redis|start-redis" >&2
     exit 2
     ;;
 esac
