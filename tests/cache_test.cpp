@@ -17,6 +17,7 @@
 #include "apikeys/clock.hpp"
 #include "apikeys/memory_cache.hpp"
 #include "apikeys/types.hpp"
+#include "cache_contract.hpp"
 #include "catch.hpp"
 #include "test_support.hpp"
 
@@ -482,4 +483,10 @@ TEST_CASE("MemoryCache: concurrent get/put/erase from 4 threads", "[cache][threa
   CHECK(wrong.load() == 0);
   CHECK(hits.load() > 0);
   CHECK(f.cache->size() <= 256 + 8);
+}
+
+// The shared Cache contract (cache_contract.hpp); RedisCache runs it too, in the servers
+// suite.
+TEST_CASE("MemoryCache satisfies the Cache contract", "[cache][contract]") {
+  apikeys_test::run_cache_contract([] { return std::make_shared<MemoryCache>(); });
 }

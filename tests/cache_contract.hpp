@@ -1,0 +1,343 @@
+// The apikeys::Cache contract suite: what every verdict cache (MemoryCache, RedisCache,
+// a user's own) must do, as cache.hpp states it: hits keyed by the public key and the
+// full presented digest, lock-out safety (PITFALLS #3), erase/clear, the fill-token
+// protocol that closes the revoke/fill race (PITFALLS #1), TTLs in real time, and use
+// from several threads. Call run_cache_contract(factory) from a TEST_CASE; the factory
+// returns a new, empty cache each time (each SECTION calls it once).
+// Thread-safety: the suite drives threads only in its concurrency section.
+// Ownership: caches are held through std::shared_ptr, as the library holds them.
+#ifndef APIKEYS_TESTS_CACHE_CONTRACT_HPP
+#define APIKEYS_TESTS_CACHE_CONTRACT_HPP
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "apikeys/cache.hpp"
+#include "apikeys/types.hpp"
+#include "catch.hpp"
+#include "test_support.hpp"
+
+namespace apikeys_test {
+
+using CacheFactory = std::function<std::shared_ptr<apikeys::Cache>()>;
+
+/// How hard the suite pushes a backend: a networked cache gets fewer rounds.
+struct CacheContractOptions {
+  int concurrency_rounds = 20'000;  ///< Operations per thread in the concurrency section.
+};
+
+namespace cache_contract {
+
+inline apikeys::Digest digest_of(std::uint32_t seed) {
+  apikeys::Digest d;
+  for (std::size_t i = 0; i < d.bytes.size(); ++i) {
+    d.bytes[i] = static_cast<std::uint8_t>((seed >> (8 * (i % 4))) + 31 * i);
+  }
+  d.pepper_id = 1;
+  return d;
+}
+
+inline apikeys::Verdict valid_verdict(std::uint8_t n) {
+  apikeys::Verdict v;
+  v.code = apikeys::ValidationCode::valid;
+  v.account_id = account_id(n);
+  std::array<std::uint8_t, 16> key{};
+  key[0] = n;
+  key[6] = 0x40;
+  key[8] = 0x80;
+  v.key_id = apikeys::Uuid(key);
+  return v;
+}
+
+inline apikeys::Verdict negative(apikeys::ValidationCode code) {
+  apikeys::Verdict v;
+  v.code = code;
+  return v;
+}
+
+inline bool same(const apikeys::Verdict& a, const apikeys::Verdict& b) {
+  return a.code == b.code && a.account_id == b.account_id && a.key_id == b.key_id;
+}
+
+/// A public key of the default shape ("pk_" + 32 characters), unique per n.
+inline std::string pk(std::size_t n) {
+  const std::string digits = std::to_string(n);
+  return "pk_" + std::string(32 - digits.size(), 'C') + digits;
+}
+
+/// put() with a fresh token, the way the Validator fills.
+inline void fill(apikeys::Cache& c, const std::string& key, const apikeys::Digest& d,
+                 const apikeys::Verdict& v, std::chrono::milliseconds ttl) {
+  const std::uint64_t token = c.fill_token(key);
+  c.put(key, d, v, ttl, token);
+}
+
+}  // namespace cache_contract
+
+/// Runs the whole Cache contract against caches made by `make`.
+inline void run_cache_contract(const CacheFactory& make, CacheContractOptions options = {}) {
+  using apikeys::ValidationCode;
+  using namespace cache_contract;
+  using std::chrono::milliseconds;
+
+  std::shared_ptr<apikeys::Cache> cache = make();
+  REQUIRE(cache != nullptr);
+  apikeys::Cache& c = *cache;
+  const milliseconds minute(60'000);
+  const std::string key = pk(1);
+  const apikeys::Digest d = digest_of(1);
+
+  SECTION("an empty cache misses") {
+    CHECK_FALSE(c.get(key, d).has_value());
+    CHECK_FALSE(c.get(pk(2), digest_of(2)).has_value());
+  }
+
+  SECTION("get after put returns the verdict; other public keys miss") {
+    fill(c, key, d, valid_verdict(1), minute);
+    const auto got = c.get(key, d);
+    REQUIRE(got.has_value());
+    CHECK(same(*got, valid_verdict(1)));
+    CHECK_FALSE(c.get(pk(2), d).has_value());
+    CHECK_FALSE(c.get(key + "x", d).has_value());
+    CHECK_FALSE(c.get(key.substr(0, key.size() - 1), d).has_value());
+  }
+
+  SECTION("every negative code is stored and returned as is") {
+    for (ValidationCode code : {ValidationCode::not_found, ValidationCode::wrong_secret,
+                                ValidationCode::expired, ValidationCode::revoked}) {
+      const std::string other = pk(100 + static_cast<std::size_t>(code));
+      const apikeys::Digest od = digest_of(100u + static_cast<std::uint32_t>(code));
+      fill(c, other, od, negative(code), minute);
+      const auto v = c.get(other, od);
+      REQUIRE(v.has_value());
+      CHECK(v->code == code);
+    }
+  }
+
+  SECTION("a later put for the same secret replaces the verdict") {
+    fill(c, key, d, valid_verdict(1), minute);
+    fill(c, key, d, negative(ValidationCode::revoked), minute);
+    const auto v = c.get(key, d);
+    REQUIRE(v.has_value());
+    CHECK(v->code == ValidationCode::revoked);
+  }
+
+  SECTION("a TTL of zero or less stores nothing and displaces nothing") {
+    fill(c, key, d, valid_verdict(1), milliseconds(0));
+    CHECK_FALSE(c.get(key, d).has_value());
+    fill(c, key, d, valid_verdict(1), milliseconds(-5));
+    CHECK_FALSE(c.get(key, d).has_value());
+    const apikeys::Digest d2 = digest_of(2);
+    fill(c, key, d2, valid_verdict(2), minute);
+    fill(c, key, d, negative(ValidationCode::wrong_secret), milliseconds(0));
+    const auto v = c.get(key, d2);
+    REQUIRE(v.has_value());
+    CHECK(same(*v, valid_verdict(2)));
+  }
+
+  SECTION("a huge TTL is accepted (\"forever\")") {
+    fill(c, key, d, negative(ValidationCode::revoked), milliseconds::max());
+    const auto v = c.get(key, d);
+    REQUIRE(v.has_value());
+    CHECK(v->code == ValidationCode::revoked);
+  }
+
+  SECTION("verdicts expire after their TTL (real time)") {
+    fill(c, key, d, valid_verdict(1), milliseconds(300));
+    CHECK(c.get(key, d).has_value());
+    std::this_thread::sleep_for(milliseconds(700));
+    CHECK_FALSE(c.get(key, d).has_value());
+    fill(c, key, d, valid_verdict(1), minute);  // and a new put is served again
+    CHECK(c.get(key, d).has_value());
+  }
+
+  SECTION("a verdict answers only the same presented digest, all 32 bytes and pepper id") {
+    fill(c, key, d, valid_verdict(1), minute);
+    CHECK_FALSE(c.get(key, digest_of(2)).has_value());
+    for (std::size_t i : {std::size_t{0}, std::size_t{8}, std::size_t{16}, std::size_t{31}}) {
+      apikeys::Digest other = d;
+      other.bytes[i] ^= 0x01;
+      CHECK_FALSE(c.get(key, other).has_value());
+    }
+    apikeys::Digest other_pepper = d;
+    other_pepper.pepper_id = 2;
+    CHECK_FALSE(c.get(key, other_pepper).has_value());
+    CHECK(c.get(key, d).has_value());
+  }
+
+  SECTION("a negative verdict for one secret never answers another (no lock-out)") {
+    fill(c, key, digest_of(20), negative(ValidationCode::wrong_secret), minute);
+    const auto same_secret = c.get(key, digest_of(20));
+    REQUIRE(same_secret.has_value());
+    CHECK(same_secret->code == ValidationCode::wrong_secret);
+    CHECK_FALSE(c.get(key, digest_of(21)).has_value());
+  }
+
+  SECTION("guessed secrets for a known public key never displace the owner's valid verdict") {
+    const apikeys::Digest good = digest_of(1);
+    fill(c, key, good, valid_verdict(1), minute);
+    for (std::uint32_t guess = 100; guess < 140; ++guess) {
+      fill(c, key, digest_of(guess), negative(ValidationCode::wrong_secret), milliseconds(300'000));
+      const auto g = c.get(key, digest_of(guess));
+      if (g.has_value()) CHECK(g->code == ValidationCode::wrong_secret);
+    }
+    fill(c, key, digest_of(200), negative(ValidationCode::not_found), milliseconds(300'000));
+    const auto v = c.get(key, good);
+    REQUIRE(v.has_value());
+    CHECK(same(*v, valid_verdict(1)));
+    const auto g = c.get(key, digest_of(200));
+    if (g.has_value()) CHECK(g->code != ValidationCode::valid);
+  }
+
+  SECTION("erase removes every verdict for the public key, and only for it") {
+    fill(c, key, digest_of(2), negative(ValidationCode::wrong_secret), minute);
+    fill(c, key, d, valid_verdict(1), minute);
+    fill(c, pk(2), digest_of(2), valid_verdict(2), minute);
+    REQUIRE(c.get(key, d).has_value());
+    c.erase(key);
+    CHECK_FALSE(c.get(key, d).has_value());
+    CHECK_FALSE(c.get(key, digest_of(2)).has_value());
+    const auto o = c.get(pk(2), digest_of(2));
+    REQUIRE(o.has_value());
+    CHECK(same(*o, valid_verdict(2)));
+    REQUIRE_NOTHROW(c.erase(pk(999)));  // absent: harmless
+    REQUIRE_NOTHROW(c.erase(key));
+    CHECK(c.get(pk(2), digest_of(2)).has_value());
+  }
+
+  SECTION("clear removes every verdict") {
+    fill(c, key, d, valid_verdict(1), minute);
+    fill(c, pk(2), digest_of(2), valid_verdict(2), minute);
+    c.clear();
+    CHECK_FALSE(c.get(key, d).has_value());
+    CHECK_FALSE(c.get(pk(2), digest_of(2)).has_value());
+    fill(c, key, d, valid_verdict(1), minute);  // usable afterwards
+    CHECK(c.get(key, d).has_value());
+  }
+
+  SECTION("fill tokens: a token taken before erase() is dropped at put()") {
+    const std::uint64_t token = c.fill_token(key);  // the validation read the store ...
+    c.erase(key);                                   // ... a revoke committed and erased ...
+    c.put(key, d, valid_verdict(1), minute, token);  // ... the stale verdict must not land
+    CHECK_FALSE(c.get(key, d).has_value());
+  }
+
+  SECTION("fill tokens: dropped even if an entry existed") {
+    fill(c, key, d, valid_verdict(1), minute);
+    const std::uint64_t token = c.fill_token(key);
+    c.erase(key);
+    c.put(key, d, valid_verdict(1), minute, token);
+    CHECK_FALSE(c.get(key, d).has_value());
+  }
+
+  SECTION("fill tokens: a token taken before clear() is dropped at put()") {
+    const std::uint64_t token = c.fill_token(key);
+    c.clear();
+    c.put(key, d, valid_verdict(1), minute, token);
+    CHECK_FALSE(c.get(key, d).has_value());
+  }
+
+  SECTION("fill tokens: one erase invalidates every outstanding token for the key") {
+    const std::uint64_t t1 = c.fill_token(key);
+    const std::uint64_t t2 = c.fill_token(key);
+    c.erase(key);
+    c.put(key, d, valid_verdict(1), minute, t1);
+    c.put(key, digest_of(2), valid_verdict(1), minute, t2);
+    CHECK_FALSE(c.get(key, d).has_value());
+    CHECK_FALSE(c.get(key, digest_of(2)).has_value());
+  }
+
+  SECTION("fill tokens: a token taken after erase() or clear() works") {
+    c.erase(key);
+    fill(c, key, d, valid_verdict(1), minute);
+    const auto v = c.get(key, d);
+    REQUIRE(v.has_value());
+    CHECK(same(*v, valid_verdict(1)));
+    c.clear();
+    fill(c, key, d, valid_verdict(1), minute);
+    CHECK(c.get(key, d).has_value());
+  }
+
+  SECTION("fill tokens: an erase long after the token was taken still invalidates it") {
+    const std::uint64_t token = c.fill_token(key);
+    for (std::size_t i = 2; i < 200; ++i) {
+      fill(c, pk(i), digest_of(static_cast<std::uint32_t>(i)), valid_verdict(2), minute);
+      c.erase(pk(i));
+    }
+    c.erase(key);
+    c.put(key, d, valid_verdict(1), minute, token);
+    CHECK_FALSE(c.get(key, d).has_value());
+  }
+
+  SECTION("fill tokens: a dropped put does not remove what a later fill stored") {
+    const std::uint64_t stale = c.fill_token(key);
+    c.erase(key);
+    fill(c, key, d, negative(ValidationCode::revoked), minute);
+    c.put(key, d, valid_verdict(1), minute, stale);
+    const auto v = c.get(key, d);
+    REQUIRE(v.has_value());
+    CHECK(v->code == ValidationCode::revoked);
+  }
+
+  SECTION("concurrent get/put/erase/clear from 4 threads never return a wrong verdict") {
+    constexpr std::size_t kKeys = 128;
+    const int rounds = options.concurrency_rounds;
+    std::atomic<std::size_t> wrong{0};
+    std::atomic<std::size_t> hits{0};
+    std::atomic<std::size_t> failures{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t) {
+      threads.emplace_back([&, t]() {
+        try {
+          std::uint32_t x = 12345u + static_cast<std::uint32_t>(t) * 7919u;
+          for (int r = 0; r < rounds; ++r) {
+            x = x * 1664525u + 1013904223u;
+            const std::size_t i = (x >> 8) % kKeys;
+            const std::string k = pk(i);
+            const apikeys::Digest kd = digest_of(static_cast<std::uint32_t>(i));
+            const apikeys::Verdict expected = valid_verdict(static_cast<std::uint8_t>(i % 251));
+            switch ((x >> 4) % 8) {
+              case 0:
+                c.erase(k);
+                break;
+              case 1:
+                if (r % 500 == 0) c.clear();
+                break;
+              case 2:
+              case 3:
+                fill(c, k, kd, expected, minute);
+                break;
+              default: {
+                const auto v = c.get(k, kd);
+                if (v.has_value()) {
+                  ++hits;
+                  if (!same(*v, expected)) ++wrong;
+                }
+                if (c.get(k, digest_of(static_cast<std::uint32_t>(i) + 100'000u)).has_value()) ++wrong;
+                break;
+              }
+            }
+          }
+        } catch (...) {
+          ++failures;
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    CHECK(failures.load() == 0);
+    CHECK(wrong.load() == 0);
+    CHECK(hits.load() > 0);
+  }
+}
+
+}  // namespace apikeys_test
+
+#endif  // APIKEYS_TESTS_CACHE_CONTRACT_HPP

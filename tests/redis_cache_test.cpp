@@ -1,0 +1,443 @@
+// RedisCache against a real server (APIKEYS_TEST_REDIS): the shared Cache contract with
+// and without the in-process tier; what Redis holds (no secret, full digests, a bound
+// per key, erase removes every verdict); cross-instance fill tokens and pub/sub
+// invalidation; the revoke/fill race through a Validator; faults (Redis restarting
+// mid-run, Redis down: validation falls back to the store and recovers). Skipped with
+// a message when no server is configured (a failure under APIKEYS_REQUIRE_SERVERS=1).
+#include <hiredis/hiredis.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "apikeys/error.hpp"
+#include "apikeys/hasher.hpp"
+#include "apikeys/key_manager.hpp"
+#include "apikeys/memory_store.hpp"
+#include "apikeys/redis_cache.hpp"
+#include "apikeys/validator.hpp"
+#include "cache_contract.hpp"
+#include "catch.hpp"
+#include "server_support.hpp"
+#include "store_doubles.hpp"
+#include "test_support.hpp"
+
+using apikeys::ErrorCode;
+using apikeys::RedisCache;
+using apikeys::RedisCacheOptions;
+using apikeys::ValidationCode;
+using apikeys_test::cache_contract::digest_of;
+using apikeys_test::cache_contract::fill;
+using apikeys_test::cache_contract::negative;
+using apikeys_test::cache_contract::pk;
+using apikeys_test::cache_contract::valid_verdict;
+using std::chrono::milliseconds;
+
+namespace {
+
+// A plain client for looking inside Redis, and for deleting a test's keys afterwards.
+class Inspector {
+ public:
+  explicit Inspector(const apikeys_test::RedisAddress& a) {
+    timeval tv{2, 0};
+    c_ = redisConnectWithTimeout(a.host.c_str(), a.port, tv);
+    REQUIRE(c_ != nullptr);
+    REQUIRE(c_->err == 0);
+  }
+  ~Inspector() { redisFree(c_); }
+  Inspector(const Inspector&) = delete;
+  Inspector& operator=(const Inspector&) = delete;
+
+  // Every key under `prefix`, and each key's value when it is a string.
+  std::vector<std::pair<std::string, std::string>> dump(const std::string& prefix) {
+    std::vector<std::pair<std::string, std::string>> out;
+    for (const auto& k : keys(prefix)) {
+      auto* r = static_cast<redisReply*>(redisCommand(c_, "GET %b", k.data(), k.size()));
+      REQUIRE(r != nullptr);
+      out.emplace_back(k, r->type == REDIS_REPLY_STRING ? std::string(r->str, r->len) : std::string());
+      freeReplyObject(r);
+    }
+    return out;
+  }
+  std::vector<std::string> keys(const std::string& prefix) {
+    const std::string pattern = prefix + "*";
+    auto* r = static_cast<redisReply*>(redisCommand(c_, "KEYS %b", pattern.data(), pattern.size()));
+    REQUIRE(r != nullptr);
+    std::vector<std::string> out;
+    for (std::size_t i = 0; i < r->elements; ++i) out.emplace_back(r->element[i]->str, r->element[i]->len);
+    freeReplyObject(r);
+    return out;
+  }
+  void drop(const std::string& prefix) {
+    for (const auto& k : keys(prefix)) freeReplyObject(redisCommand(c_, "DEL %b", k.data(), k.size()));
+  }
+
+ private:
+  redisContext* c_ = nullptr;
+};
+
+// Deletes every key a test made under its prefixes.
+struct PrefixJanitor {
+  apikeys_test::RedisAddress address;
+  std::vector<std::string> prefixes;
+  ~PrefixJanitor() {
+    try {
+      Inspector in(address);
+      for (const auto& p : prefixes) in.drop(p);
+    } catch (...) {
+    }
+  }
+  std::string make() {
+    prefixes.push_back("apikeys-test:" + apikeys_test::unique_name("c") + ":");
+    return prefixes.back();
+  }
+};
+
+RedisCacheOptions options_for(const apikeys_test::RedisAddress& a, const std::string& prefix, bool local) {
+  RedisCacheOptions o;
+  o.host = a.host;
+  o.port = a.port;
+  o.prefix = prefix;
+  o.local_tier = local;
+  o.heartbeat_interval = milliseconds(200);
+  o.retry_interval = milliseconds(200);
+  return o;
+}
+
+std::shared_ptr<apikeys::Hasher> hasher() {
+  return std::make_shared<apikeys::HmacSha256Hasher>(apikeys_test::kTestPepper);
+}
+
+apikeys::CreateRequest request(const std::string& title) {
+  apikeys::CreateRequest r;
+  r.title = title;
+  return r;
+}
+
+apikeys::ValidatorOptions validator_options(std::shared_ptr<apikeys::Cache> cache) {
+  apikeys::ValidatorOptions o;
+  o.cache = std::move(cache);
+  o.revision_poll_interval = milliseconds(0);  // invalidation comes through Redis here
+  o.record_last_use = false;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("RedisCache satisfies the Cache contract (Redis only)", "[servers][redis][cache]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  PrefixJanitor janitor{*redis, {}};
+  apikeys_test::CacheContractOptions o;
+  o.concurrency_rounds = 1'500;
+  apikeys_test::run_cache_contract(
+      [&] { return std::make_shared<RedisCache>(options_for(*redis, janitor.make(), false)); }, o);
+}
+
+TEST_CASE("RedisCache satisfies the Cache contract (with the in-process tier)",
+          "[servers][redis][cache]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  PrefixJanitor janitor{*redis, {}};
+  apikeys_test::CacheContractOptions o;
+  o.concurrency_rounds = 1'500;
+  apikeys_test::run_cache_contract([&] {
+    auto c = std::make_shared<RedisCache>(options_for(*redis, janitor.make(), true));
+    REQUIRE(apikeys_test::eventually([&] { return c->local_tier_live(); }));
+    return c;
+  }, o);
+}
+
+TEST_CASE("RedisCache: options are checked; a server that is down is not a constructor error",
+          "[servers][redis][cache]") {
+  RedisCacheOptions bad;
+  bad.host = "";
+  CHECK_THROWS_AS(RedisCache(bad), apikeys::Error);
+  bad = RedisCacheOptions{};
+  bad.port = 0;
+  CHECK_THROWS_AS(RedisCache(bad), apikeys::Error);
+  bad = RedisCacheOptions{};
+  bad.pool_size = 0;
+  CHECK_THROWS_AS(RedisCache(bad), apikeys::Error);
+  bad = RedisCacheOptions{};
+  bad.prefix = std::string(300, 'p');
+  CHECK_THROWS_AS(RedisCache(bad), apikeys::Error);
+
+  RedisCacheOptions nowhere;
+  nowhere.host = "127.0.0.1";
+  nowhere.port = 1;  // nothing listens there
+  RedisCache cache(nowhere);
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    (void)cache.get(pk(1), digest_of(1));
+    FAIL("get succeeded without a server");
+  } catch (const apikeys::Error& e) {
+    CHECK(e.code() == ErrorCode::busy);
+  }
+  try {
+    cache.erase(pk(1));
+    FAIL("erase succeeded without a server");
+  } catch (const apikeys::Error& e) {
+    CHECK(e.code() == ErrorCode::busy);
+  }
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(2));
+  CHECK_FALSE(cache.local_tier_live());
+}
+
+TEST_CASE("RedisCache: what Redis holds", "[servers][redis][cache]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  PrefixJanitor janitor{*redis, {}};
+  const std::string prefix = janitor.make();
+  auto cache = std::make_shared<RedisCache>(options_for(*redis, prefix, false));
+  Inspector inspect(*redis);
+
+  SECTION("no secret in any key or value, only the public key and the digest's hex") {
+    auto store = std::make_shared<apikeys::MemoryStore>();
+    apikeys::KeyManagerOptions mo;
+    mo.validation = validator_options(cache);
+    apikeys::KeyManager manager(store, hasher(), mo);
+    const auto key = manager.create(apikeys_test::account_id(1), request("inspected"));
+    const std::string secret(key.secret_key.reveal());
+    REQUIRE(manager.validate(key.info.public_key, secret).ok());
+    std::string wrong = secret;
+    wrong.back() = wrong.back() == 'A' ? 'B' : 'A';
+    REQUIRE(manager.validate(key.info.public_key, wrong).code == ValidationCode::wrong_secret);
+    REQUIRE(manager.validate(key.info.public_key, secret).ok());  // a hit now
+
+    const auto all = inspect.dump(prefix);
+    CHECK(all.size() >= 3);  // epoch, index, two verdicts
+    std::size_t verdicts = 0;
+    const std::string body = secret.substr(3);  // without "sk_"
+    for (const auto& [k, v] : all) {
+      INFO("key " << k);
+      CHECK(k.rfind(prefix, 0) == 0);
+      CHECK(k.find(body) == std::string::npos);
+      CHECK(v.find(body) == std::string::npos);
+      CHECK(k.find(wrong.substr(3)) == std::string::npos);
+      if (k.find(":v:") != std::string::npos) {
+        ++verdicts;
+        CHECK(k.find(key.info.public_key) != std::string::npos);
+        CHECK(k.size() >= 72);  // the full 32-byte digest in hex, plus the pepper id
+      }
+    }
+    CHECK(verdicts == 2);
+  }
+
+  SECTION("several verdicts per public key coexist, and erase removes every one") {
+    fill(*cache, pk(1), digest_of(1), valid_verdict(1), milliseconds(60'000));
+    for (std::uint32_t g = 2; g < 6; ++g) {
+      fill(*cache, pk(1), digest_of(g), negative(ValidationCode::wrong_secret), milliseconds(60'000));
+    }
+    for (std::uint32_t g = 1; g < 6; ++g) CHECK(cache->get(pk(1), digest_of(g)).has_value());
+    cache->erase(pk(1));
+    for (std::uint32_t g = 1; g < 6; ++g) CHECK_FALSE(cache->get(pk(1), digest_of(g)).has_value());
+    for (const auto& k : inspect.keys(prefix)) CHECK(k.find(":v:") == std::string::npos);
+  }
+
+  SECTION("guessing secrets cannot grow Redis without bound, nor evict the owner") {
+    RedisCacheOptions o = options_for(*redis, prefix, false);
+    o.max_verdicts_per_key = 8;
+    RedisCache bounded(o);
+    fill(bounded, pk(2), digest_of(1), valid_verdict(1), milliseconds(60'000));
+    for (std::uint32_t g = 100; g < 200; ++g) {
+      fill(bounded, pk(2), digest_of(g), negative(ValidationCode::wrong_secret), milliseconds(60'000));
+    }
+    std::size_t verdicts = 0;
+    for (const auto& k : inspect.keys(prefix)) {
+      if (k.find(":v:") != std::string::npos && k.find(pk(2)) != std::string::npos) ++verdicts;
+    }
+    CHECK(verdicts <= 8);
+    CHECK(bounded.get(pk(2), digest_of(1)).has_value());
+    // A valid verdict is still admitted when the key is full.
+    fill(bounded, pk(2), digest_of(7), valid_verdict(2), milliseconds(60'000));
+    CHECK(bounded.get(pk(2), digest_of(7)).has_value());
+  }
+}
+
+TEST_CASE("RedisCache: instances sharing a prefix share verdicts, tokens and invalidations",
+          "[servers][redis][cache]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  PrefixJanitor janitor{*redis, {}};
+  const std::string prefix = janitor.make();
+  RedisCache a(options_for(*redis, prefix, true));
+  RedisCache b(options_for(*redis, prefix, true));
+  REQUIRE(apikeys_test::eventually([&] { return a.local_tier_live() && b.local_tier_live(); }));
+
+  SECTION("a verdict put by one is a hit for the other") {
+    fill(a, pk(1), digest_of(1), valid_verdict(1), milliseconds(60'000));
+    CHECK(b.get(pk(1), digest_of(1)).has_value());
+  }
+  SECTION("a token taken on one node is refused after an erase on another (the race across nodes)") {
+    const std::uint64_t token = a.fill_token(pk(1));
+    b.erase(pk(1));
+    a.put(pk(1), digest_of(1), valid_verdict(1), milliseconds(60'000), token);
+    CHECK_FALSE(a.get(pk(1), digest_of(1)).has_value());
+    CHECK_FALSE(b.get(pk(1), digest_of(1)).has_value());
+  }
+  SECTION("an erase on one node empties the other's in-process tier") {
+    fill(a, pk(1), digest_of(1), valid_verdict(1), milliseconds(60'000));
+    REQUIRE(b.get(pk(1), digest_of(1)).has_value());  // now in b's local tier as well
+    const std::uint64_t heard = b.invalidations_received();
+    a.erase(pk(1));
+    CHECK(apikeys_test::eventually([&] { return b.invalidations_received() > heard; }, std::chrono::seconds(1)));
+    CHECK_FALSE(b.get(pk(1), digest_of(1)).has_value());
+  }
+  SECTION("a clear on one node empties the other's in-process tier") {
+    fill(a, pk(1), digest_of(1), valid_verdict(1), milliseconds(60'000));
+    REQUIRE(b.get(pk(1), digest_of(1)).has_value());
+    a.clear();
+    CHECK(apikeys_test::eventually([&] { return !b.get(pk(1), digest_of(1)).has_value(); }, std::chrono::seconds(1)));
+  }
+}
+
+TEST_CASE("RedisCache: a revoke on another node during a fill never leaves a stale valid",
+          "[servers][redis][cache]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  PrefixJanitor janitor{*redis, {}};
+  const std::string prefix = janitor.make();
+  auto store = std::make_shared<apikeys_test::InstrumentedStore>();
+  auto cache1 = std::make_shared<RedisCache>(options_for(*redis, prefix, true));
+  auto cache2 = std::make_shared<RedisCache>(options_for(*redis, prefix, true));
+  REQUIRE(apikeys_test::eventually([&] { return cache1->local_tier_live() && cache2->local_tier_live(); }));
+  apikeys::Validator node1(store, hasher(), validator_options(cache1));
+  apikeys::KeyManagerOptions mo;
+  mo.validation = validator_options(cache2);
+  apikeys::KeyManager node2(store, hasher(), mo);
+  const auto key = node2.create(apikeys_test::account_id(3), request("raced"));
+
+  // Node 1 reads the store (key active) and pauses before its fill ...
+  store->arm_pause();
+  apikeys::ValidationResult first;
+  std::thread t([&] { first = node1.validate(key.info.public_key, key.secret_key.reveal()); });
+  store->wait_until_paused();
+  // ... node 2 revokes (store, then Redis erase and publish) ...
+  node2.revoke(apikeys_test::account_id(3), key.info.key_id);
+  // ... and node 1's stale "valid" fill arrives: it must land nowhere.
+  store->release();
+  t.join();
+  CHECK(first.ok());  // it read the store before the revoke
+  CHECK(node1.validate(key.info.public_key, key.secret_key.reveal()).code == ValidationCode::revoked);
+  CHECK(node2.validate(key.info.public_key, key.secret_key.reveal()).code == ValidationCode::revoked);
+}
+
+TEST_CASE("RedisCache: Redis restarting mid-run never breaks validation, and caching resumes",
+          "[servers][redis][faults]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis || !apikeys_test::have_controls({"APIKEYS_TEST_REDIS_RESTART"})) return;
+  PrefixJanitor janitor{*redis, {}};
+  auto store = std::make_shared<apikeys_test::InstrumentedStore>();
+  auto cache = std::make_shared<RedisCache>(options_for(*redis, janitor.make(), true));
+  apikeys::KeyManagerOptions mo;
+  mo.validation = validator_options(cache);
+  apikeys::KeyManager manager(store, hasher(), mo);
+  const apikeys::Uuid account = apikeys_test::account_id(4);
+  const auto good = manager.create(account, request("good"));
+  const auto bad = manager.create(account, request("bad"));
+  manager.revoke(account, bad.info.key_id);
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> wrong{0};
+  std::atomic<int> checks{0};
+  std::thread validating([&] {
+    while (!stop.load()) {
+      if (!manager.validate(good.info.public_key, good.secret_key.reveal()).ok()) ++wrong;
+      if (manager.validate(bad.info.public_key, bad.secret_key.reveal()).code != ValidationCode::revoked) ++wrong;
+      checks += 2;
+      std::this_thread::sleep_for(milliseconds(1));
+    }
+  });
+  std::this_thread::sleep_for(milliseconds(300));
+  REQUIRE(apikeys_test::server_control("APIKEYS_TEST_REDIS_RESTART"));
+  // The subscription comes back, and validations are cache hits again.
+  CHECK(apikeys_test::eventually([&] { return cache->local_tier_live(); }, std::chrono::seconds(10)));
+  CHECK(apikeys_test::eventually([&] {
+    const int before = store->finds.load();
+    for (int i = 0; i < 20; ++i) (void)manager.validate(good.info.public_key, good.secret_key.reveal());
+    return store->finds.load() == before;
+  }, std::chrono::seconds(10)));
+  stop = true;
+  validating.join();
+  CHECK(wrong.load() == 0);
+  CHECK(checks.load() > 0);
+  // A revoke after the restart reaches Redis again.
+  manager.revoke(account, good.info.key_id);
+  CHECK(manager.validate(good.info.public_key, good.secret_key.reveal()).code == ValidationCode::revoked);
+}
+
+TEST_CASE("RedisCache: Redis down, validation falls back to the store and recovers",
+          "[servers][redis][faults]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis || !apikeys_test::have_controls({"APIKEYS_TEST_REDIS_STOP", "APIKEYS_TEST_REDIS_START"})) return;
+  PrefixJanitor janitor{*redis, {}};
+  auto store = std::make_shared<apikeys_test::InstrumentedStore>();
+  auto cache = std::make_shared<RedisCache>(options_for(*redis, janitor.make(), true));
+  REQUIRE(apikeys_test::eventually([&] { return cache->local_tier_live(); }));
+  apikeys::KeyManagerOptions mo;
+  mo.validation = validator_options(cache);
+  apikeys::KeyManager manager(store, hasher(), mo);
+  const apikeys::Uuid account = apikeys_test::account_id(5);
+  const auto good = manager.create(account, request("good"));
+  const auto doomed = manager.create(account, request("revoked while Redis is down"));
+  REQUIRE(manager.validate(good.info.public_key, good.secret_key.reveal()).ok());
+  REQUIRE(manager.validate(doomed.info.public_key, doomed.secret_key.reveal()).ok());
+
+  bool started = true;
+  struct Restart {
+    bool& started;
+    ~Restart() {
+      if (!started) (void)std::system((std::string(std::getenv("APIKEYS_TEST_REDIS_START")) + " >/dev/null 2>&1").c_str());
+    }
+  } restart{started};
+  started = false;
+  REQUIRE(apikeys_test::server_control("APIKEYS_TEST_REDIS_STOP"));
+
+  // The subscription notices and the in-process tier is dropped (it could miss
+  // invalidations now) ...
+  CHECK(apikeys_test::eventually([&] { return !cache->local_tier_live(); }, std::chrono::seconds(3)));
+  // ... so validations read the store: slower, still correct, and never stuck.
+  const int finds_before = store->finds.load();
+  auto slowest = std::chrono::steady_clock::duration::zero();
+  for (int i = 0; i < 50; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    CHECK(manager.validate(good.info.public_key, good.secret_key.reveal()).ok());
+    slowest = std::max(slowest, std::chrono::steady_clock::now() - t0);
+  }
+  CHECK(store->finds.load() - finds_before == 50);
+  CHECK(slowest < milliseconds(1000));  // at worst one connect timeout (250 ms)
+
+  // A revoke commits to the store, then reports that Redis could not be told; the key
+  // is rejected at once all the same (validation reads the store).
+  try {
+    manager.revoke(account, doomed.info.key_id);
+    FAIL("revoke reported success although Redis could not be told");
+  } catch (const apikeys::Error& e) {
+    CHECK(e.code() == ErrorCode::busy);
+    CHECK(std::string(e.what()).find("RedisCache") != std::string::npos);
+  }
+  CHECK(store->find(doomed.info.public_key)->info.status == apikeys::KeyStatus::revoked);
+  CHECK(manager.validate(doomed.info.public_key, doomed.secret_key.reveal()).code == ValidationCode::revoked);
+
+  // Creating a key still works (its secret is not lost to a cache failure).
+  const auto born = manager.create(account, request("created while Redis is down"));
+  CHECK(manager.validate(born.info.public_key, born.secret_key.reveal()).ok());
+
+  REQUIRE(apikeys_test::server_control("APIKEYS_TEST_REDIS_START"));
+  started = true;
+  // Recovery: the subscription returns, verdicts are cached again, hits skip the store.
+  CHECK(apikeys_test::eventually([&] { return cache->local_tier_live(); }, std::chrono::seconds(10)));
+  CHECK(apikeys_test::eventually([&] {
+    const int before = store->finds.load();
+    for (int i = 0; i < 20; ++i) (void)manager.validate(good.info.public_key, good.secret_key.reveal());
+    return store->finds.load() == before;
+  }, std::chrono::seconds(10)));
+  CHECK(manager.validate(doomed.info.public_key, doomed.secret_key.reveal()).code == ValidationCode::revoked);
+  // Retrying the revoke that reported the failure is safe and now succeeds.
+  CHECK(manager.revoke(account, doomed.info.key_id).status == apikeys::KeyStatus::revoked);
+}
