@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstring>
 #include <iterator>
 #include <type_traits>
 #include <cstdint>
@@ -75,10 +76,12 @@ constexpr std::size_t kMaxIdleReaders = 16;
 // KeyInfo columns, in the order read_info() expects.
 #define APIKEYS_INFO_COLUMNS \
   "key_id, account_id, public_key, title, description, status, created_at, expires_at, last_used_at"
-constexpr int kInfoColumnCount = 9;
 
+// find() leaves public_key out (the WHERE clause made it equal to the argument, byte for
+// byte: a TEXT column under BINARY collation) and puts the digest first.
 constexpr const char* kFindSql =
-    "SELECT " APIKEYS_INFO_COLUMNS ", digest, pepper_id FROM api_keys WHERE public_key = ?1";
+    "SELECT digest, pepper_id, key_id, account_id, title, description, status, created_at,"
+    " expires_at, last_used_at FROM api_keys WHERE public_key = ?1";
 constexpr const char* kListSql = "SELECT " APIKEYS_INFO_COLUMNS
                                  " FROM api_keys WHERE account_id = ?1"
                                  " ORDER BY created_at DESC, rowid DESC";
@@ -166,64 +169,143 @@ class StatementUse {
   SQLite::Statement& s_;
 };
 
-Uuid read_uuid(const SQLite::Column& c, const char* op, const char* what) {
-  if (c.getType() != SQLite::TEXT) corrupt(op, what);
-  std::optional<Uuid> id = Uuid::parse(c.getString());
+// Column readers over the raw statement. The read paths use sqlite3_column_* directly:
+// SQLiteCpp's Column objects copy a shared_ptr each, and getString() goes through a
+// temporary; on the cold validate path those were a tenth of the time.
+std::string_view read_text_view(sqlite3_stmt* s, int i, const char* op, const char* what) {
+  if (sqlite3_column_type(s, i) != SQLITE_TEXT) corrupt(op, what);
+  const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s, i));
+  const int n = sqlite3_column_bytes(s, i);
+  if (p == nullptr) {
+    if (n == 0) return {};
+    throw Error(ErrorCode::storage, fmt::format("SqliteStore {} failed: out of memory", op));
+  }
+  return {p, static_cast<std::size_t>(n)};
+}
+
+Uuid read_uuid(sqlite3_stmt* s, int i, const char* op, const char* what) {
+  std::optional<Uuid> id = Uuid::parse(read_text_view(s, i, op, what));
   if (!id) corrupt(op, what);
   return *id;
 }
 
-std::string read_text(const SQLite::Column& c, const char* op, const char* what) {
-  if (c.getType() != SQLite::TEXT) corrupt(op, what);
-  return c.getString();
+std::int64_t read_int(sqlite3_stmt* s, int i, const char* op, const char* what) {
+  if (sqlite3_column_type(s, i) != SQLITE_INTEGER) corrupt(op, what);
+  return sqlite3_column_int64(s, i);
 }
 
-std::int64_t read_int(const SQLite::Column& c, const char* op, const char* what) {
-  if (c.getType() != SQLite::INTEGER) corrupt(op, what);
-  return c.getInt64();
-}
-
-std::optional<TimePoint> read_optional_time(const SQLite::Column& c, const char* op,
+std::optional<TimePoint> read_optional_time(sqlite3_stmt* s, int i, const char* op,
                                             const char* what) {
-  if (c.isNull()) return std::nullopt;
-  return from_unix_millis(read_int(c, op, what));
+  if (sqlite3_column_type(s, i) == SQLITE_NULL) return std::nullopt;
+  return from_unix_millis(read_int(s, i, op, what));
 }
 
-// REQUIRES: `s` is on a row whose first columns are the KeyInfo columns.
-KeyInfo read_info(const SQLite::Statement& s, const char* op) {
+// The KeyInfo columns from `first` on, in APIKEYS_INFO_COLUMNS order; public_key is
+// read only when `public_key` is null (find() passes the key it searched for).
+// REQUIRES: `s` is on a row.
+KeyInfo read_info(sqlite3_stmt* s, const char* op, int first = 0,
+                  const std::string_view* public_key = nullptr) {
   KeyInfo info;
-  info.key_id = read_uuid(s.getColumn(0), op, "key_id is not a UUID");
-  info.account_id = read_uuid(s.getColumn(1), op, "account_id is not a UUID");
-  info.public_key = read_text(s.getColumn(2), op, "public_key is not text");
-  info.title = read_text(s.getColumn(3), op, "title is not text");
-  info.description = read_text(s.getColumn(4), op, "description is not text");
-  const std::int64_t status = read_int(s.getColumn(5), op, "status is not an integer");
+  int c = first;
+  info.key_id = read_uuid(s, c++, op, "key_id is not a UUID");
+  info.account_id = read_uuid(s, c++, op, "account_id is not a UUID");
+  if (public_key != nullptr) {
+    info.public_key.assign(*public_key);
+  } else {
+    info.public_key.assign(read_text_view(s, c++, op, "public_key is not text"));
+  }
+  info.title.assign(read_text_view(s, c++, op, "title is not text"));
+  info.description.assign(read_text_view(s, c++, op, "description is not text"));
+  const std::int64_t status = read_int(s, c++, op, "status is not an integer");
   if (status != static_cast<std::int64_t>(KeyStatus::active) &&
       status != static_cast<std::int64_t>(KeyStatus::revoked)) {
     corrupt(op, "unknown status");
   }
   info.status = static_cast<KeyStatus>(status);
-  info.created_at = from_unix_millis(read_int(s.getColumn(6), op, "created_at is not an integer"));
-  info.expires_at = read_optional_time(s.getColumn(7), op, "expires_at is not an integer");
-  info.last_used_at = read_optional_time(s.getColumn(8), op, "last_used_at is not an integer");
+  info.created_at = from_unix_millis(read_int(s, c++, op, "created_at is not an integer"));
+  info.expires_at = read_optional_time(s, c++, op, "expires_at is not an integer");
+  info.last_used_at = read_optional_time(s, c, op, "last_used_at is not an integer");
   return info;
 }
 
-Digest read_digest(const SQLite::Statement& s, int column, const char* op) {
+Digest read_digest(sqlite3_stmt* s, int column, const char* op) {
   Digest d;
-  const SQLite::Column bytes = s.getColumn(column);
-  if (bytes.getType() != SQLite::BLOB ||
-      bytes.getBytes() != static_cast<int>(d.bytes.size())) {
+  if (sqlite3_column_type(s, column) != SQLITE_BLOB ||
+      sqlite3_column_bytes(s, column) != static_cast<int>(d.bytes.size())) {
     corrupt(op, "digest is not 32 bytes");
   }
-  std::copy_n(static_cast<const std::uint8_t*>(bytes.getBlob()), d.bytes.size(), d.bytes.begin());
-  const std::int64_t pepper = read_int(s.getColumn(column + 1), op, "pepper_id is not an integer");
+  const void* bytes = sqlite3_column_blob(s, column);
+  if (bytes == nullptr) corrupt(op, "digest is not 32 bytes");
+  std::memcpy(d.bytes.data(), bytes, d.bytes.size());
+  const std::int64_t pepper = read_int(s, column + 1, op, "pepper_id is not an integer");
   if (pepper < 0 || pepper > std::numeric_limits<std::uint32_t>::max()) {
     corrupt(op, "pepper_id out of range");
   }
   d.pepper_id = static_cast<std::uint32_t>(pepper);
   return d;
 }
+
+// A prepared statement used through the raw C API (the statements whose rows are read
+// with the readers above). Finalized before its connection closes: declare it after
+// the SQLite::Database it was prepared on.
+class RawStatement {
+ public:
+  RawStatement(SQLite::Database& db, const char* sql) : db_(db.getHandle()) {
+    const int rc = sqlite3_prepare_v3(db_, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt_, nullptr);
+    if (rc != SQLITE_OK) {
+      sqlite3_finalize(stmt_);
+      throw SQLite::Exception(db_, rc);
+    }
+  }
+  ~RawStatement() { sqlite3_finalize(stmt_); }
+  RawStatement(const RawStatement&) = delete;
+  RawStatement& operator=(const RawStatement&) = delete;
+
+  [[nodiscard]] sqlite3_stmt* get() const noexcept { return stmt_; }
+
+  // Binds without copying: the bytes must outlive the step (see RawUse).
+  void bind(int index, std::string_view text) {
+    if (text.size() > static_cast<std::size_t>(std::numeric_limits<int>::max())) {
+      throw Error(ErrorCode::invalid_argument, "SqliteStore: text parameter too long");
+    }
+    check(sqlite3_bind_text(stmt_, index, text.data(), static_cast<int>(text.size()),
+                            SQLITE_STATIC));
+  }
+  void bind(int index, std::int64_t value) { check(sqlite3_bind_int64(stmt_, index, value)); }
+
+  // True on a row, false when done; throws SQLite::Exception on an error.
+  bool step() {
+    const int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    throw SQLite::Exception(db_, rc);
+  }
+
+ private:
+  void check(int rc) const {
+    if (rc != SQLITE_OK) throw SQLite::Exception(db_, rc);
+  }
+
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+};
+
+// Every use of a RawStatement ends with reset (which also ends a reader's implicit read
+// transaction, so the next read sees fresh data) and cleared bindings (no pointer into
+// a caller's buffer outlives the call).
+class RawUse {
+ public:
+  explicit RawUse(const RawStatement& s) noexcept : s_(s.get()) {}
+  ~RawUse() {
+    sqlite3_reset(s_);
+    sqlite3_clear_bindings(s_);
+  }
+  RawUse(const RawUse&) = delete;
+  RawUse& operator=(const RawUse&) = delete;
+
+ private:
+  sqlite3_stmt* s_;
+};
 
 // ---------------------------------------------------------------------------------
 // Connections.
@@ -300,10 +382,9 @@ struct Reader {
         revision(db, kRevisionSql) {}
 
   SQLite::Database db;  // Declared first: statements are finalized before it closes.
-  SQLite::Statement find;
-  SQLite::Statement list;
+  RawStatement find;
+  RawStatement list;
   SQLite::Statement revision;
-  std::string key_buffer;  // Reused so find() binds without allocating.
 };
 
 struct Writer {
@@ -317,8 +398,8 @@ struct Writer {
 
   SQLite::Database db;
   SQLite::Statement insert;
-  SQLite::Statement set_status;
-  SQLite::Statement remove;
+  RawStatement set_status;
+  RawStatement remove;
   SQLite::Statement bump_revision;
   SQLite::Statement last_use;
 };
@@ -326,7 +407,7 @@ struct Writer {
 }  // namespace
 
 struct SqliteStore::Impl {
-  Impl(std::string p, SqliteStoreOptions o) : path(std::move(p)), options(o) {}
+  Impl(std::string p, const SqliteStoreOptions& o) : path(std::move(p)), options(o) {}
 
   const std::string path;
   const SqliteStoreOptions options;
@@ -494,14 +575,13 @@ void SqliteStore::insert(const KeyRecord& record) {
 std::optional<KeyRecord> SqliteStore::find(std::string_view public_key) {
   return translated("find", [&]() -> std::optional<KeyRecord> {
     Impl::Lease r(*impl_);
-    SQLite::Statement& s = r->find;
-    StatementUse use(s);
-    r->key_buffer.assign(public_key);
-    s.bindNoCopy(1, r->key_buffer);
-    if (!s.executeStep()) return std::nullopt;
+    RawStatement& s = r->find;
+    RawUse use(s);
+    s.bind(1, public_key);
+    if (!s.step()) return std::nullopt;
     KeyRecord record;
-    record.info = read_info(s, "find");
-    record.digest = read_digest(s, kInfoColumnCount, "find");
+    record.digest = read_digest(s.get(), 0, "find");
+    record.info = read_info(s.get(), "find", 2, &public_key);
     return record;
   });
 }
@@ -511,10 +591,10 @@ std::vector<KeyInfo> SqliteStore::list(const Uuid& account_id) {
   return translated("list", [&] {
     std::vector<KeyInfo> out;
     Impl::Lease r(*impl_);
-    SQLite::Statement& s = r->list;
-    StatementUse use(s);
-    s.bindNoCopy(1, account);
-    while (s.executeStep()) out.push_back(read_info(s, "list"));
+    RawStatement& s = r->list;
+    RawUse use(s);
+    s.bind(1, account);
+    while (s.step()) out.push_back(read_info(s.get(), "list"));
     return out;
   });
 }
@@ -523,10 +603,10 @@ namespace {
 
 // Steps a RETURNING statement to completion (so COMMIT finds nothing in progress) and
 // returns its row, if any. At most one row: key_id is the primary key.
-std::optional<KeyInfo> step_returning(SQLite::Statement& s, const char* op) {
+std::optional<KeyInfo> step_returning(RawStatement& s, const char* op) {
   std::optional<KeyInfo> row;
-  while (s.executeStep()) {
-    if (!row) row = read_info(s, op);
+  while (s.step()) {
+    if (!row) row = read_info(s.get(), op);
   }
   return row;
 }
@@ -545,10 +625,10 @@ std::optional<KeyInfo> SqliteStore::set_status(const Uuid& account_id, const Uui
   return impl_->write("set_status", [&](Writer& w) {
     std::optional<KeyInfo> info;
     {
-      StatementUse use(w.set_status);
-      w.set_status.bind(1, static_cast<std::int32_t>(status));
-      w.set_status.bindNoCopy(2, key);
-      w.set_status.bindNoCopy(3, account);
+      RawUse use(w.set_status);
+      w.set_status.bind(1, static_cast<std::int64_t>(status));
+      w.set_status.bind(2, key);
+      w.set_status.bind(3, account);
       info = step_returning(w.set_status, "set_status");
     }
     // Same transaction: a process that sees the new revision also sees the new status.
@@ -563,9 +643,9 @@ std::optional<KeyInfo> SqliteStore::remove(const Uuid& account_id, const Uuid& k
   return impl_->write("remove", [&](Writer& w) {
     std::optional<KeyInfo> info;
     {
-      StatementUse use(w.remove);
-      w.remove.bindNoCopy(1, key);
-      w.remove.bindNoCopy(2, account);
+      RawUse use(w.remove);
+      w.remove.bind(1, key);
+      w.remove.bind(2, account);
       info = step_returning(w.remove, "remove");
     }
     if (info) bump_revision(w, "remove");
@@ -593,7 +673,9 @@ std::uint64_t SqliteStore::revision() {
     SQLite::Statement& s = r->revision;
     StatementUse use(s);
     if (!s.executeStep()) corrupt("revision", "apikeys_meta has no row");
-    return static_cast<std::uint64_t>(read_int(s.getColumn(0), "revision", "revision is not an integer"));
+    const SQLite::Column c = s.getColumn(0);
+    if (c.getType() != SQLite::INTEGER) corrupt("revision", "revision is not an integer");
+    return static_cast<std::uint64_t>(c.getInt64());
   });
 }
 

@@ -3,6 +3,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include <array>
 #include <cstdio>
 #include <cstring>
 #include <new>
@@ -12,31 +13,38 @@
 namespace apikeys {
 
 namespace {
-int hex_value(char c) noexcept {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
+// Hex digit values, 0xFF for anything else: one load per character instead of three
+// range checks (Uuid::parse runs twice per record a SqliteStore reads).
+constexpr std::array<std::uint8_t, 256> make_hex_table() noexcept {
+  std::array<std::uint8_t, 256> t{};
+  for (auto& v : t) v = 0xFF;
+  for (int c = 0; c < 10; ++c) t[static_cast<std::size_t>('0' + c)] = static_cast<std::uint8_t>(c);
+  for (int c = 0; c < 6; ++c) {
+    t[static_cast<std::size_t>('a' + c)] = static_cast<std::uint8_t>(10 + c);
+    t[static_cast<std::size_t>('A' + c)] = static_cast<std::uint8_t>(10 + c);
+  }
+  return t;
 }
+constexpr std::array<std::uint8_t, 256> kHexTable = make_hex_table();
+// Offsets of the 16 byte pairs in "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx".
+constexpr std::size_t kUuidPairs[16] = {0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34};
 constexpr char kHexDigits[] = "0123456789abcdef";
 }  // namespace
 
 std::optional<Uuid> Uuid::parse(std::string_view text) noexcept {
-  if (text.size() != 36) return std::nullopt;
-  std::array<std::uint8_t, 16> bytes{};
-  std::size_t out = 0;
-  for (std::size_t i = 0; i < 36;) {
-    if (i == 8 || i == 13 || i == 18 || i == 23) {
-      if (text[i] != '-') return std::nullopt;
-      ++i;
-      continue;
-    }
-    const int hi = hex_value(text[i]);
-    const int lo = hex_value(text[i + 1]);
-    if (hi < 0 || lo < 0) return std::nullopt;
-    bytes[out++] = static_cast<std::uint8_t>((hi << 4) | lo);
-    i += 2;
+  if (text.size() != 36 || text[8] != '-' || text[13] != '-' || text[18] != '-' ||
+      text[23] != '-') {
+    return std::nullopt;
   }
+  std::array<std::uint8_t, 16> bytes{};
+  unsigned bad = 0;
+  for (std::size_t i = 0; i < 16; ++i) {
+    const std::uint8_t hi = kHexTable[static_cast<unsigned char>(text[kUuidPairs[i]])];
+    const std::uint8_t lo = kHexTable[static_cast<unsigned char>(text[kUuidPairs[i] + 1])];
+    bad |= static_cast<unsigned>(hi | lo) & 0xF0u;
+    bytes[i] = static_cast<std::uint8_t>((hi << 4) | (lo & 0x0F));
+  }
+  if (bad != 0) return std::nullopt;
   return Uuid(bytes);
 }
 
