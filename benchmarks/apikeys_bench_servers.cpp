@@ -1,0 +1,212 @@
+// apikeys_bench_servers: validation through the server backends beside local SQLite, on
+// the same key set in the same run (BENCHMARKS.md, "Servers (PostgreSQL, Redis)"):
+//   cold  — no cache, every validation reads the store (SqliteStore, PostgresStore);
+//   hit   — the verdict is cached: in Redis (one round trip), or in RedisCache's
+//           in-process tier (no I/O);
+//   revoke — KeyManager::revoke through PostgreSQL and Redis (store write, Redis erase
+//           and publish), the cost behind cross-node revocation.
+// Servers come from APIKEYS_TEST_PG (libpq conninfo) and APIKEYS_TEST_REDIS (host:port),
+// as for the tests (eval "$(scripts/servers.sh start)"); without them only SQLite runs.
+// Google Benchmark flags apply (--benchmark_min_time=..., --benchmark_filter=...).
+#include <benchmark/benchmark.h>
+#include <libpq-fe.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "apikeys/hasher.hpp"
+#include "apikeys/key_generator.hpp"
+#include "apikeys/key_manager.hpp"
+#include "apikeys/postgres_store.hpp"
+#include "apikeys/redis_cache.hpp"
+#include "apikeys/sqlite_store.hpp"
+#include "apikeys/validator.hpp"
+
+namespace {
+
+constexpr std::size_t kKeys = 2'000;
+constexpr std::string_view kPepper = "apikeys-benchmark-pepper-0123456";
+
+struct Key {
+  std::string public_key;
+  std::string secret;
+};
+
+// kKeys active keys, the same in every store.
+struct KeySet {
+  std::vector<Key> keys;
+  std::vector<apikeys::KeyRecord> records;
+};
+
+KeySet make_keys(const apikeys::Hasher& hasher) {
+  KeySet s;
+  apikeys::CsprngKeyGenerator gen;
+  const apikeys::KeyFormat format;
+  const apikeys::Uuid account = apikeys::Uuid::random();
+  const auto now = apikeys::from_unix_millis(apikeys::to_unix_millis(std::chrono::system_clock::now()));
+  for (std::size_t i = 0; i < kKeys; ++i) {
+    apikeys::KeyPair pair = gen.generate(format);
+    apikeys::KeyRecord r;
+    r.info.key_id = apikeys::Uuid::random();
+    r.info.account_id = account;
+    r.info.public_key = pair.public_key;
+    r.info.title = "bench key " + std::to_string(i);
+    r.info.created_at = now + std::chrono::milliseconds(i);
+    r.digest = hasher.hash(pair.secret_key.reveal());
+    s.keys.push_back({pair.public_key, std::string(pair.secret_key.reveal())});
+    s.records.push_back(std::move(r));
+  }
+  return s;
+}
+
+apikeys::ValidatorOptions plain_options(std::shared_ptr<apikeys::Cache> cache) {
+  apikeys::ValidatorOptions o;
+  o.cache = std::move(cache);
+  o.record_last_use = false;                              // reads only
+  o.revision_poll_interval = std::chrono::milliseconds(0);  // no background reads
+  return o;
+}
+
+// Validates keys round-robin (each thread from its own offset); fails the run on any
+// answer but `valid`.
+void validate_loop(benchmark::State& state, const apikeys::Validator& v, const KeySet& ks) {
+  std::size_t i = static_cast<std::size_t>(state.thread_index()) * 7919;
+  for (auto _ : state) {
+    const Key& k = ks.keys[i++ % ks.keys.size()];
+    const auto r = v.validate(k.public_key, k.secret);
+    if (!r.ok()) {
+      state.SkipWithError("a validation was not valid");
+      break;
+    }
+    benchmark::DoNotOptimize(r);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+std::optional<std::string> env(const char* name) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return std::nullopt;
+  return std::string(v);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(kPepper);
+  const KeySet ks = make_keys(*hasher);
+
+  // SQLite, cold: a file on local disk (page cache warm after the first pass).
+  const auto dir = std::filesystem::temp_directory_path() / ("apikeys-bench-servers-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  apikeys::SqliteStoreOptions sqo;
+  sqo.durable = false;
+  auto sqlite = std::make_shared<apikeys::SqliteStore>((dir / "keys.db").string(), sqo);
+  for (const auto& r : ks.records) sqlite->insert(r);
+  auto sqlite_cold = std::make_unique<apikeys::Validator>(sqlite, hasher, plain_options(nullptr));
+  for (int threads : {1, 4}) {
+    benchmark::RegisterBenchmark("validate/cold/sqlite", [&](benchmark::State& s) { validate_loop(s, *sqlite_cold, ks); })
+        ->Threads(threads)->UseRealTime();
+  }
+
+  const auto pg = env("APIKEYS_TEST_PG");
+  const auto redis = env("APIKEYS_TEST_REDIS");
+  std::shared_ptr<apikeys::PostgresStore> postgres;
+  std::unique_ptr<apikeys::Validator> pg_cold, redis_hit, local_hit;
+  std::unique_ptr<apikeys::KeyManager> manager;
+  const std::string schema = "apikeys_bench_" + std::to_string(::getpid());
+  std::vector<apikeys::Uuid> revocable;
+  std::atomic<std::size_t> next_revocable{0};
+  if (!pg) {
+    std::cerr << "apikeys_bench_servers: APIKEYS_TEST_PG not set: PostgreSQL and Redis benchmarks skipped\n";
+  } else {
+    apikeys::PostgresStoreOptions po;
+    po.schema = schema;
+    po.pool_size = 4;
+    postgres = std::make_shared<apikeys::PostgresStore>(*pg, po);
+    for (const auto& r : ks.records) postgres->insert(r);
+    pg_cold = std::make_unique<apikeys::Validator>(postgres, hasher, plain_options(nullptr));
+    for (int threads : {1, 4}) {
+      benchmark::RegisterBenchmark("validate/cold/postgres", [&](benchmark::State& s) { validate_loop(s, *pg_cold, ks); })
+          ->Threads(threads)->UseRealTime();
+    }
+    if (!redis) {
+      std::cerr << "apikeys_bench_servers: APIKEYS_TEST_REDIS not set: Redis benchmarks skipped\n";
+    } else {
+      const auto colon = redis->rfind(':');
+      apikeys::RedisCacheOptions ro;
+      ro.host = redis->substr(0, colon);
+      ro.port = std::atoi(redis->c_str() + colon + 1);
+      ro.prefix = "apikeys-bench:" + std::to_string(::getpid()) + ":";
+      ro.local_tier = false;
+      ro.pool_size = 4;
+      redis_hit = std::make_unique<apikeys::Validator>(postgres, hasher,
+                                                       plain_options(std::make_shared<apikeys::RedisCache>(ro)));
+      ro.local_tier = true;
+      auto two_tier = std::make_shared<apikeys::RedisCache>(ro);
+      local_hit = std::make_unique<apikeys::Validator>(postgres, hasher, plain_options(two_tier));
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      while (!two_tier->local_tier_live() && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      for (const auto& k : ks.keys) {  // warm both: every measured validation is a hit
+        (void)redis_hit->validate(k.public_key, k.secret);
+        (void)local_hit->validate(k.public_key, k.secret);
+      }
+      for (int threads : {1, 4}) {
+        benchmark::RegisterBenchmark("validate/hit/redis", [&](benchmark::State& s) { validate_loop(s, *redis_hit, ks); })
+            ->Threads(threads)->UseRealTime();
+        benchmark::RegisterBenchmark("validate/hit/redis+local-tier",
+                                     [&](benchmark::State& s) { validate_loop(s, *local_hit, ks); })
+            ->Threads(threads)->UseRealTime();
+      }
+
+      apikeys::KeyManagerOptions mo;
+      mo.validation = plain_options(two_tier);
+      manager = std::make_unique<apikeys::KeyManager>(postgres, hasher, mo);
+      for (const auto& r : ks.records) revocable.push_back(r.info.key_id);
+      benchmark::RegisterBenchmark("revoke/postgres+redis", [&](benchmark::State& s) {
+        for (auto _ : s) {
+          const std::size_t i = next_revocable++;
+          if (i >= revocable.size()) {
+            s.SkipWithError("ran out of keys to revoke");
+            break;
+          }
+          manager->revoke(ks.records[i].info.account_id, revocable[i]);
+        }
+        s.SetItemsProcessed(s.iterations());
+      })->Iterations(static_cast<benchmark::IterationCount>(kKeys / 2))->UseRealTime();
+    }
+  }
+
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+
+  manager.reset();
+  local_hit.reset();
+  redis_hit.reset();
+  pg_cold.reset();
+  postgres.reset();
+  if (pg) {  // drop the benchmark's schema
+    PGconn* c = PQconnectdb(pg->c_str());
+    if (PQstatus(c) == CONNECTION_OK) {
+      PQsetNoticeProcessor(c, [](void*, const char*) {}, nullptr);
+      PQclear(PQexec(c, ("DROP SCHEMA IF EXISTS \"" + schema + "\" CASCADE").c_str()));
+    }
+    PQfinish(c);
+  }
+  sqlite_cold.reset();
+  sqlite.reset();
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  return 0;
+}
