@@ -65,13 +65,33 @@ else()
   set(APIKEYS_PC_CFLAGS " -DAPIKEYS_STATIC_DEFINE")
   # SQLiteCpp ships no .pc file: link it by name, ahead of sqlite3 which it uses.
   set(APIKEYS_PC_REQUIRES_PRIVATE "Requires.private: libcrypto >= 3.0, sqlite3, fmt")
+  set(APIKEYS_PC_LIBS_PRIVATE "Libs.private: -lSQLiteCpp -pthread")
   if(APIKEYS_WITH_POSTGRES)
-    string(APPEND APIKEYS_PC_REQUIRES_PRIVATE ", libpq")
+    # As linked: a static libpq needs its own dependencies, which its .pc lists; a shared
+    # one needs only -lpq, and Debian's libpq.pc names archives (-lpgcommon -lpgport) that
+    # libpq-dev does not ship, so `pkg-config --static` through it would fail.
+    if(_apikeys_pq_link MATCHES "\\.a(;|$)")
+      string(APPEND APIKEYS_PC_REQUIRES_PRIVATE ", libpq")
+    else()
+      foreach(_apikeys_lib IN LISTS _apikeys_pq_link)
+        get_filename_component(_apikeys_dir "${_apikeys_lib}" DIRECTORY)
+        if(_apikeys_dir AND NOT _apikeys_dir IN_LIST CMAKE_CXX_IMPLICIT_LINK_DIRECTORIES)
+          string(APPEND APIKEYS_PC_LIBS_PRIVATE " -L${_apikeys_dir}")
+        endif()
+      endforeach()
+      string(APPEND APIKEYS_PC_LIBS_PRIVATE " -lpq")
+    endif()
   endif()
   if(APIKEYS_WITH_REDIS)
     string(APPEND APIKEYS_PC_REQUIRES_PRIVATE ", hiredis")
   endif()
-  set(APIKEYS_PC_LIBS_PRIVATE "Libs.private: -lSQLiteCpp -pthread")
+endif()
+# The backends' PUBLIC compile definitions, as the CMake target carries them.
+if(APIKEYS_WITH_POSTGRES)
+  string(APPEND APIKEYS_PC_CFLAGS " -DAPIKEYS_HAS_POSTGRES=1")
+endif()
+if(APIKEYS_WITH_REDIS)
+  string(APPEND APIKEYS_PC_CFLAGS " -DAPIKEYS_HAS_REDIS=1")
 endif()
 # The prefix is written at install time, so `cmake --install <dir> --prefix <p>` gets
 # a .pc file that points at <p>, not at the CMAKE_INSTALL_PREFIX of the configure step.

@@ -13,6 +13,9 @@
 #include <vector>
 
 #include <apikeys/apikeys.hpp>
+#if defined(APIKEYS_HAS_POSTGRES)
+#include <apikeys/postgres_store.hpp>
+#endif
 
 namespace {
 
@@ -136,6 +139,18 @@ int main() {
   expect(custom.validate(other.info.public_key, other.secret_key.reveal()).ok() &&
              cache->gets > 0 && cache->puts > 0,
          "a user-written Cache subclass works");
+
+#if defined(APIKEYS_HAS_POSTGRES)
+  // Links PostgresStore (and libpq through it); nothing listens on port 1, so opening
+  // fails at once with an error a caller can retry.
+  bool refused = false;
+  try {
+    apikeys::PostgresStore pg("host=127.0.0.1 port=1 dbname=apikeys connect_timeout=2");
+  } catch (const apikeys::Error& e) {
+    refused = e.code() == apikeys::ErrorCode::busy;
+  }
+  expect(refused, "PostgresStore (built with postgres) reports an unreachable server as busy");
+#endif
 
   std::cout << (failures == 0 ? "consumer: all checks passed\n" : "consumer: FAILED\n");
   return failures == 0 ? 0 : 1;
