@@ -152,7 +152,7 @@ TEST_CASE("RedisCache satisfies the Cache contract (with the in-process tier)",
   }, o);
 }
 
-TEST_CASE("RedisCache: options are checked; a server that is down is not a constructor error",
+TEST_CASE("RedisCache: options are checked, and a server that is down is not a constructor error",
           "[servers][redis][cache]") {
   RedisCacheOptions bad;
   bad.host = "";
