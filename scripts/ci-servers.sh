@@ -23,12 +23,12 @@ phase() {  # phase NAME: prints how long the previous phase took
   phase_at=$now
 }
 
-# --- packages: the core ones (scripts/deps.sh), then the servers and their clients ---
-bash scripts/deps.sh
-extra=(libpq-dev libhiredis-dev postgresql redis-server)
+# --- packages: what this build needs, and the servers; only the missing ones ---------
+packages=(build-essential cmake pkg-config libssl-dev libsqlitecpp-dev libsqlite3-dev libfmt-dev
+          catch2 nlohmann-json3-dev libpq-dev libhiredis-dev postgresql redis-server)
 if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   missing=()
-  for p in "${extra[@]}"; do
+  for p in "${packages[@]}"; do
     [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true) == "install ok installed" ]] || missing+=("$p")
   done
   if [[ ${#missing[@]} -gt 0 ]]; then
@@ -40,6 +40,8 @@ if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
     # ours run on free ports from scripts/servers.sh.
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
   fi
+else
+  echo "ci-servers.sh: not a Debian-like system; needs: ${packages[*]}" >&2
 fi
 # servers.sh needs the PostgreSQL major version's bin directory: take the installed one.
 if [[ -z ${APIKEYS_PG_VERSION:-} ]]; then
@@ -52,7 +54,8 @@ phase "packages ready (PostgreSQL $APIKEYS_PG_VERSION, $(redis-server --version 
 # --- build: both backends, the server suites only -------------------------------------
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DAPIKEYS_WITH_POSTGRES=ON -DAPIKEYS_WITH_REDIS=ON \
-  -DAPIKEYS_BUILD_TESTS=ON -DAPIKEYS_BUILD_EXAMPLES=OFF -DAPIKEYS_BUILD_BENCHMARKS=OFF >/dev/null
+  -DAPIKEYS_BUILD_TESTS=ON -DAPIKEYS_BUILD_TOOLS=OFF -DAPIKEYS_BUILD_EXAMPLES=OFF \
+  -DAPIKEYS_BUILD_BENCHMARKS=OFF >/dev/null
 cmake --build "$build" -j"$jobs" --target apikeys_server_tests
 phase "built $build"
 
