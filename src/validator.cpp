@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstring>
 #include <condition_variable>
+#include <cstring>
+#include <limits>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -30,28 +32,39 @@ struct UuidHash {
 // the queue are bounded: when the table of a shard is full it is emptied (costing at
 // worst an early extra write); when the queue is full, updates are dropped (last use
 // is advisory and a later use re-queues it).
+//
+// In front of the table sits a direct-mapped filter of atomics, one word per slot:
+// a 24-bit fingerprint of the key id and 40 bits of "noted at" (milliseconds since the
+// first note). A key noted within the interval is answered by one relaxed load, with
+// no lock and no write: the common case on a hot key. Anything else (an empty or
+// foreign slot, an expired time, a time outside the 40-bit window) takes the locked
+// path, whose decision is the only one that queues a write. A fingerprint collision
+// (2^-23 within a slot) can skip one advisory update of the other key.
 class LastUseTracker {
  public:
   LastUseTracker(std::int64_t interval_ms, std::size_t throttle_limit, std::size_t queue_limit)
       : interval_ms_(interval_ms),
         per_shard_limit_(std::max<std::size_t>(1, throttle_limit / kShards)),
-        queue_limit_(queue_limit) {}
+        queue_limit_(queue_limit),
+        filter_mask_(filter_slots(throttle_limit) - 1),
+        filter_(std::make_unique<std::atomic<std::uint64_t>[]>(filter_mask_ + 1)) {}
 
   void note(const Uuid& key_id, std::int64_t now_ms) {
-    Shard& s = shards_[key_id.bytes()[0] % kShards];
-    {
-      std::lock_guard<std::mutex> lock(s.mu);
-      auto it = s.last.find(key_id);
-      if (it != s.last.end()) {
-        if (now_ms - it->second < interval_ms_) return;
-        it->second = now_ms;
-      } else {
-        if (s.last.size() >= per_shard_limit_) s.last.clear();
-        s.last.emplace(key_id, now_ms);
-      }
+    std::uint64_t hi;
+    std::uint64_t lo;
+    std::memcpy(&hi, key_id.bytes().data(), sizeof hi);
+    std::memcpy(&lo, key_id.bytes().data() + 8, sizeof lo);
+    // Mixed, so ids that are not random (a custom store's) still spread over the slots.
+    const std::uint64_t h = (hi ^ (lo * 0xff51afd7ed558ccdULL)) * 0x9e3779b97f4a7c15ULL;
+    std::atomic<std::uint64_t>& slot = filter_[static_cast<std::size_t>(h >> 40) & filter_mask_];
+    const std::uint64_t fingerprint = ((h >> 16) & (kOccupied - 1)) | kOccupied;
+    const std::int64_t base = base_ms_.load(std::memory_order_relaxed);
+    const std::uint64_t seen = slot.load(std::memory_order_relaxed);
+    if (base != kNoBase && (seen >> kTimeBits) == fingerprint) {
+      const auto noted = static_cast<std::int64_t>(seen & kTimeMask) + base;
+      if (now_ms - noted < interval_ms_) return;
     }
-    std::lock_guard<std::mutex> lock(queue_mu_);
-    if (queue_.size() < queue_limit_) queue_.push_back(LastUse{key_id, from_unix_millis(now_ms)});
+    noted_slow(key_id, now_ms, slot, fingerprint);
   }
 
   std::vector<LastUse> take() {
@@ -63,6 +76,55 @@ class LastUseTracker {
 
  private:
   static constexpr std::size_t kShards = 16;
+  static constexpr int kTimeBits = 40;
+  static constexpr std::uint64_t kTimeMask = (std::uint64_t{1} << kTimeBits) - 1;
+  static constexpr std::uint64_t kOccupied = std::uint64_t{1} << 23;  // 23 bits and this flag
+  static constexpr std::int64_t kNoBase = std::numeric_limits<std::int64_t>::min();
+
+  // A power of two near the throttle limit, between 1,024 and 65,536 slots (8 B each).
+  static std::size_t filter_slots(std::size_t throttle_limit) {
+    std::size_t n = 1024;
+    while (n < throttle_limit && n < 65'536) n <<= 1;
+    return n;
+  }
+
+  void remember(std::atomic<std::uint64_t>& slot, std::uint64_t fingerprint, std::int64_t at) {
+    std::int64_t base = base_ms_.load(std::memory_order_relaxed);
+    if (base == kNoBase) {
+      base_ms_.compare_exchange_strong(base, at, std::memory_order_relaxed);
+      base = base_ms_.load(std::memory_order_relaxed);
+    }
+    const std::int64_t offset = at - base;
+    if (offset < 0 || static_cast<std::uint64_t>(offset) > kTimeMask) {
+      slot.store(0, std::memory_order_relaxed);  // outside the window: the table decides
+      return;
+    }
+    slot.store((fingerprint << kTimeBits) | static_cast<std::uint64_t>(offset),
+               std::memory_order_relaxed);
+  }
+
+  void noted_slow(const Uuid& key_id, std::int64_t now_ms, std::atomic<std::uint64_t>& slot,
+                  std::uint64_t fingerprint) {
+    Shard& s = shards_[key_id.bytes()[0] % kShards];
+    {
+      std::lock_guard<std::mutex> lock(s.mu);
+      auto it = s.last.find(key_id);
+      if (it != s.last.end()) {
+        if (now_ms - it->second < interval_ms_) {
+          remember(slot, fingerprint, it->second);
+          return;
+        }
+        it->second = now_ms;
+      } else {
+        if (s.last.size() >= per_shard_limit_) s.last.clear();
+        s.last.emplace(key_id, now_ms);
+      }
+      remember(slot, fingerprint, now_ms);
+    }
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    if (queue_.size() < queue_limit_) queue_.push_back(LastUse{key_id, from_unix_millis(now_ms)});
+  }
+
   struct alignas(64) Shard {
     std::mutex mu;
     std::unordered_map<Uuid, std::int64_t, UuidHash> last;
@@ -70,6 +132,9 @@ class LastUseTracker {
   const std::int64_t interval_ms_;
   const std::size_t per_shard_limit_;
   const std::size_t queue_limit_;
+  const std::size_t filter_mask_;
+  const std::unique_ptr<std::atomic<std::uint64_t>[]> filter_;  // zero: empty
+  std::atomic<std::int64_t> base_ms_{kNoBase};  // set once, by the first note
   Shard shards_[kShards];
   std::mutex queue_mu_;
   std::vector<LastUse> queue_;
