@@ -77,7 +77,18 @@ bool Uuid::is_nil() const noexcept {
 }
 
 bool constant_time_equal(const Digest& a, const Digest& b) noexcept {
-  const bool same_bytes = CRYPTO_memcmp(a.bytes.data(), b.bytes.data(), a.bytes.size()) == 0;
+  // Four 64-bit words XORed and ORed together: no branch and no early exit on the data,
+  // like CRYPTO_memcmp (a byte loop, 7x the instructions; it runs on every validate).
+  static_assert(sizeof(a.bytes) % 8 == 0, "digest is whole words");
+  std::uint64_t diff = 0;
+  for (std::size_t i = 0; i < a.bytes.size(); i += 8) {
+    std::uint64_t x;
+    std::uint64_t y;
+    std::memcpy(&x, a.bytes.data() + i, 8);
+    std::memcpy(&y, b.bytes.data() + i, 8);
+    diff |= x ^ y;
+  }
+  const bool same_bytes = diff == 0;
   // Bitwise & (not &&) so the pepper comparison never short-circuits the byte one.
   return static_cast<bool>(static_cast<unsigned>(same_bytes) &
                            static_cast<unsigned>(a.pepper_id == b.pepper_id));
