@@ -4,15 +4,17 @@
 //   hit   — the verdict is cached: in Redis (one round trip), or in RedisCache's
 //           in-process tier (no I/O);
 //   revoke — KeyManager::revoke through PostgreSQL and Redis (store write, Redis erase
-//           and publish), the cost behind cross-node revocation.
+//           and publish), the cost behind cross-node revocation;
+//   floor  — one bare round trip (libpq "SELECT 1", hiredis PING) on the same servers,
+//           what no backend call can beat.
 // Servers come from APIKEYS_TEST_PG (libpq conninfo) and APIKEYS_TEST_REDIS (host:port),
 // as for the tests (eval "$(scripts/servers.sh start)"); without them only SQLite runs.
 // Google Benchmark flags apply (--benchmark_min_time=..., --benchmark_filter=...).
 #include <benchmark/benchmark.h>
+#include <hiredis/hiredis.h>
 #include <libpq-fe.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -124,8 +126,11 @@ int main(int argc, char** argv) {
   std::unique_ptr<apikeys::Validator> pg_cold, redis_hit, local_hit;
   std::unique_ptr<apikeys::KeyManager> manager;
   const std::string schema = "apikeys_bench_" + std::to_string(::getpid());
+  const apikeys::Uuid revoke_account = apikeys::Uuid::random();
   std::vector<apikeys::Uuid> revocable;
-  std::atomic<std::size_t> next_revocable{0};
+  std::size_t next_revocable = 0;
+  PGconn* pg_floor = nullptr;
+  redisContext* redis_floor = nullptr;
   if (!pg) {
     std::cerr << "apikeys_bench_servers: APIKEYS_TEST_PG not set: PostgreSQL and Redis benchmarks skipped\n";
   } else {
@@ -173,24 +178,53 @@ int main(int argc, char** argv) {
       apikeys::KeyManagerOptions mo;
       mo.validation = plain_options(two_tier);
       manager = std::make_unique<apikeys::KeyManager>(postgres, hasher, mo);
-      for (const auto& r : ks.records) revocable.push_back(r.info.key_id);
+      // Keys of their own, revoked round robin: revoking a revoked key does the same
+      // work (the row update, the revision bump, the Redis erase and publish).
+      for (int i = 0; i < 100; ++i) {
+        apikeys::CreateRequest req;
+        req.title = "revoked in the benchmark";
+        revocable.push_back(manager->create(revoke_account, req).info.key_id);
+      }
       benchmark::RegisterBenchmark("revoke/postgres+redis", [&](benchmark::State& s) {
-        for (auto _ : s) {
-          const std::size_t i = next_revocable++;
-          if (i >= revocable.size()) {
-            s.SkipWithError("ran out of keys to revoke");
-            break;
-          }
-          manager->revoke(ks.records[i].info.account_id, revocable[i]);
-        }
+        for (auto _ : s) manager->revoke(revoke_account, revocable[next_revocable++ % revocable.size()]);
         s.SetItemsProcessed(s.iterations());
-      })->Iterations(static_cast<benchmark::IterationCount>(kKeys / 2))->UseRealTime();
+      })->UseRealTime();
+    }
+    // Floors: one bare round trip to each server.
+    pg_floor = PQconnectdb(pg->c_str());
+    if (PQstatus(pg_floor) == CONNECTION_OK) {
+      benchmark::RegisterBenchmark("floor/postgres-select-1", [&](benchmark::State& s) {
+        for (auto _ : s) {
+          PGresult* r = PQexec(pg_floor, "SELECT 1");
+          if (PQresultStatus(r) != PGRES_TUPLES_OK) s.SkipWithError("SELECT 1 failed");
+          PQclear(r);
+        }
+      })->UseRealTime();
+    }
+    if (redis) {
+      const auto colon = redis->rfind(':');
+      timeval tv{2, 0};
+      redis_floor = redisConnectWithTimeout(redis->substr(0, colon).c_str(), std::atoi(redis->c_str() + colon + 1), tv);
+      if (redis_floor != nullptr && redis_floor->err == 0) {
+        benchmark::RegisterBenchmark("floor/redis-ping", [&](benchmark::State& s) {
+          for (auto _ : s) {
+            auto* r = static_cast<redisReply*>(redisCommand(redis_floor, "PING"));
+            if (r == nullptr) {
+              s.SkipWithError("PING failed");
+              break;
+            }
+            freeReplyObject(r);
+          }
+        })->UseRealTime();
+      }
     }
   }
 
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
 
+  if (pg_floor != nullptr) PQfinish(pg_floor);
+  if (redis_floor != nullptr) redisFree(redis_floor);
   manager.reset();
   local_hit.reset();
   redis_hit.reset();
