@@ -2,14 +2,14 @@
 # Proves the packaging contract (issue 3): tests/package/ is built and run against
 #   a) a static Release install laid out as vcpkg lays it out (share/apikeys/), made with
 #      the options of ports/apikeys/portfile.cmake, through find_package;
-#   b) the same as a shared library (the port's `tools` and `postgres` features on): the
-#      consumer runs and reaches PostgresStore, ldd shows libapikeys.so.N,
+#   b) the same as a shared library (features `tools`, `postgres`, `redis` on): the
+#      consumer runs and reaches PostgresStore and RedisCache, ldd shows libapikeys.so.N,
 #      `nm -D --defined-only` shows no symbol of fmt, SQLiteCpp, sqlite3 or OpenSSL, and
 #      bin/apikeys --help lists every command;
 #   c) the source tree through add_subdirectory;
 #   d) pkg-config and a plain `c++` command line (static with --static, and shared);
-# plus the build tree's export(EXPORT) package, a static build with the `postgres` feature
-# and absolute CMAKE_INSTALL_LIBDIR/INCLUDEDIR (find_package and pkg-config --static), and
+# plus the build tree's export(EXPORT) package, a static build with the `postgres` and
+# `redis` features and absolute CMAKE_INSTALL_LIBDIR/INCLUDEDIR (find_package and pkg-config --static), and
 # ports/apikeys/vcpkg.json's version against project().
 #
 # vcpkg cannot be downloaded here, so its part is replayed: the -D options of
@@ -38,7 +38,7 @@ esac
 # --- packages (only the missing ones; apt-get update only when something is missing) ---
 packages=(build-essential cmake pkg-config binutils libc-bin
           libssl-dev libsqlitecpp-dev libsqlite3-dev libfmt-dev
-          libcli11-dev nlohmann-json3-dev libpq-dev)
+          libcli11-dev nlohmann-json3-dev libpq-dev libhiredis-dev)
 if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   missing=()
   for p in "${packages[@]}"; do
@@ -60,6 +60,7 @@ else
 fi
 
 # --- timing and failure helpers ---
+# (No `cmd | grep -q` below: with pipefail, grep's early exit can fail cmd with SIGPIPE.)
 now_ms() { date +%s%3N; }
 t_start=$(now_ms)
 timings=()
@@ -148,7 +149,7 @@ done < <(sed -n '/^[[:space:]]*vcpkg_check_features(/,/)/p' "$port_dir/portfile.
          sed -e 's/#.*//' -e 's/vcpkg_check_features(//' -e 's/)//')
 [[ ${#feature_names[@]} -eq ${#feature_opts[@]} ]] || fail "vcpkg_check_features: odd feature/option list"
 for f in $m_features; do
-  printf '%s\n' "${feature_names[@]}" | grep -qx "$f" ||
+  [[ " ${feature_names[*]} " == *" $f "* ]] ||
     fail "vcpkg.json feature '$f' is not in the portfile's vcpkg_check_features()"
 done
 for f in "${feature_names[@]}"; do
@@ -227,15 +228,19 @@ check_layout() {
   else
     compgen -G "$prefix/lib/libapikeys.so.*" >/dev/null || fail "$prefix/lib/libapikeys.so.* is missing"
   fi
-  if [[ "$features" == *" postgres "* ]]; then
-    [[ -f "$prefix/include/apikeys/postgres_store.hpp" ]] || fail "postgres_store.hpp is not installed"
-  else
-    [[ ! -e "$prefix/include/apikeys/postgres_store.hpp" ]] || fail "postgres_store.hpp is installed without its backend"
-  fi
-  [[ ! -e "$prefix/include/apikeys/redis_cache.hpp" ]] || fail "redis_cache.hpp is installed without its backend"
+  check_backend_header "$prefix/include" postgres postgres_store.hpp "$features"
+  check_backend_header "$prefix/include" redis redis_cache.hpp "$features"
   if grep -rlF -e "$root/include" -e "$root/src" -e "$root/cmake" -e "$work/build-" \
        "$prefix/share" "$prefix/lib/pkgconfig"; then
     fail "installed package files name the source or build tree (listed above)"
+  fi
+}
+
+check_backend_header() {  # <include dir> <feature> <header> <" features ">
+  if [[ "$4" == *" $2 "* ]]; then
+    [[ -f "$1/apikeys/$3" ]] || fail "$3 is not installed with feature $2"
+  else
+    [[ ! -e "$1/apikeys/$3" ]] || fail "$3 is installed without feature $2"
   fi
 }
 
@@ -251,7 +256,10 @@ run_consumer() {  # run_consumer <name> <program>: runs it, keeps its output in 
   local name=$1 program=$2
   "$program" | tee "$work/out-$name" || fail "the consumer ($name) failed"
 }
-reached_postgres() { grep -q "^ok   PostgresStore" "$work/out-$1" || fail "consumer $1 did not use PostgresStore"; }
+reached_backends() {  # reached_backends <name>: the consumer used PostgresStore and RedisCache
+  grep -q "^ok   PostgresStore" "$work/out-$1" || fail "consumer $1 did not use PostgresStore"
+  grep -q "^ok   RedisCache" "$work/out-$1" || fail "consumer $1 did not use RedisCache"
+}
 found_dir() { sed -n 's/^apikeys_DIR:[A-Z]*=//p' "$work/consumer-$1/CMakeCache.txt"; }
 
 # --- a) static, find_package ---
@@ -263,26 +271,26 @@ check_layout "$work/static" static
 consumer_cmake static -DCMAKE_PREFIX_PATH="$work/static"
 [[ "$(found_dir static)" == "$work/static/share/apikeys" ]] ||
   fail "find_package found apikeys in '$(found_dir static)', not $work/static/share/apikeys"
-if ldd "$work/consumer-static/consumer" | grep -q libapikeys; then fail "static consumer loads libapikeys.so"; fi
+[[ "$(ldd "$work/consumer-static/consumer")" != *libapikeys* ]] || fail "static consumer loads libapikeys.so"
 
 step "build tree: find_package through export(EXPORT) (apikeys_DIR=<build dir>)"
 consumer_cmake buildtree -Dapikeys_DIR="$work/build-static"
 [[ "$(found_dir buildtree)" == "$work/build-static" ]] || fail "apikeys_DIR is '$(found_dir buildtree)'"
 
 # --- b) shared, find_package, ldd, exported symbols, the CLI ---
-step "b) shared Release build of the port (features tools, postgres)"
+step "b) shared Release build of the port (features tools, postgres, redis)"
 # Configured for another prefix: the install-time --prefix must win, in apikeys.pc too.
-build_port "$work/build-shared" "$work/unused-prefix" ON tools postgres
+build_port "$work/build-shared" "$work/unused-prefix" ON tools postgres redis
 step "b) shared install (cmake --install --prefix); consumer, ldd, nm"
 quiet cmake --install "$work/build-shared" --prefix "$work/shared"
-check_layout "$work/shared" shared tools postgres
+check_layout "$work/shared" shared tools postgres redis
 grep -qx "prefix=$work/shared" "$work/shared/lib/pkgconfig/apikeys.pc" ||
   fail "apikeys.pc does not carry the --prefix given at install time"
 grep -q "Requires.private" "$work/shared/lib/pkgconfig/apikeys.pc" &&
   fail "the shared apikeys.pc lists Requires.private (a shared libapikeys records its own dependencies)"
 consumer_cmake shared -DCMAKE_PREFIX_PATH="$work/shared"
 [[ "$(found_dir shared)" == "$work/shared/share/apikeys" ]] || fail "apikeys_DIR is '$(found_dir shared)'"
-reached_postgres shared
+reached_backends shared
 soname=$(objdump -p "$work/shared/lib/libapikeys.so" | awk '$1 == "SONAME" {print $2}')
 [[ "$soname" =~ ^libapikeys\.so\.[0-9]+ ]] || fail "libapikeys.so has SONAME '$soname'"
 ldd_line=$(ldd "$work/consumer-shared/consumer" | grep 'libapikeys' || true)
@@ -350,21 +358,22 @@ pc_build() {  # pc_build <name> <pkg-config dir> <extra pkg-config flags...>
 step "d) pkg-config --static, plain c++ command line"
 pc_build static "$work/static/lib/pkgconfig" --static
 run_consumer pc-static "$work/pc-static/consumer"
-if ldd "$work/pc-static/consumer" | grep -q libapikeys; then fail "static pkg-config consumer loads libapikeys.so"; fi
+[[ "$(ldd "$work/pc-static/consumer")" != *libapikeys* ]] || fail "static pkg-config consumer loads libapikeys.so"
 
 step "d) pkg-config, shared, plain c++ command line"
 pc_build shared "$work/shared/lib/pkgconfig"
 LD_LIBRARY_PATH="$work/shared/lib" run_consumer pc-shared "$work/pc-shared/consumer"
-reached_postgres pc-shared
-LD_LIBRARY_PATH="$work/shared/lib" ldd "$work/pc-shared/consumer" | grep -q "$soname => $work/shared/lib/" ||
+reached_backends pc-shared
+[[ "$(LD_LIBRARY_PATH="$work/shared/lib" ldd "$work/pc-shared/consumer")" == *"$soname => $work/shared/lib/$soname"* ]] ||
   fail "the pkg-config (shared) consumer does not use $soname"
 
-# The static build again, now with the postgres feature (libpq is a dependency a static
-# consumer must link) and absolute install dirs, which a .pc names as they are.
-step "d) static + feature postgres, absolute CMAKE_INSTALL_LIBDIR/INCLUDEDIR: pkg-config, find_package"
+# The static build again, now with the backend features (libpq and hiredis are
+# dependencies a static consumer must link) and absolute install dirs, which a .pc names
+# as they are.
+step "d) static + features postgres, redis; absolute CMAKE_INSTALL_LIBDIR/INCLUDEDIR: pkg-config, find_package"
 abs=$work/static-abs
-mapfile -t pg_opts < <(features_to_opts postgres)
-quiet cmake "$work/build-static" -DCMAKE_INSTALL_PREFIX="$abs" "${pg_opts[@]}" \
+mapfile -t backend_opts < <(features_to_opts postgres redis)
+quiet cmake "$work/build-static" -DCMAKE_INSTALL_PREFIX="$abs" "${backend_opts[@]}" \
   -DCMAKE_INSTALL_LIBDIR="$abs/lib64abs" -DCMAKE_INSTALL_INCLUDEDIR="$abs/incabs"
 quiet cmake --build "$work/build-static" -j "$jobs"
 quiet cmake --install "$work/build-static"
@@ -372,11 +381,12 @@ grep -qx "libdir=$abs/lib64abs" "$abs/lib64abs/pkgconfig/apikeys.pc" || fail "ab
 grep -qx "includedir=$abs/incabs" "$abs/lib64abs/pkgconfig/apikeys.pc" || fail "absolute includedir is wrong in apikeys.pc"
 pc_build abs "$abs/lib64abs/pkgconfig" --static
 run_consumer pc-abs "$work/pc-abs/consumer"
-reached_postgres pc-abs
+reached_backends pc-abs
 consumer_cmake abs -DCMAKE_PREFIX_PATH="$abs"
 [[ "$(found_dir abs)" == "$abs/share/apikeys" ]] || fail "apikeys_DIR is '$(found_dir abs)'"
-reached_postgres abs
-[[ -f "$abs/incabs/apikeys/postgres_store.hpp" ]] || fail "postgres_store.hpp is not installed"
+reached_backends abs
+check_backend_header "$abs/incabs" postgres postgres_store.hpp " postgres redis "
+check_backend_header "$abs/incabs" redis redis_cache.hpp " postgres redis "
 end_step
 
 total_ms=$(( $(now_ms) - t_start ))

@@ -11,6 +11,7 @@ vcpkg_check_features(OUT_FEATURE_OPTIONS FEATURE_OPTIONS
     FEATURES
         tools       APIKEYS_BUILD_TOOLS
         postgres    APIKEYS_WITH_POSTGRES
+        redis       APIKEYS_WITH_REDIS
 )
 
 vcpkg_cmake_configure(

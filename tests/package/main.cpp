@@ -16,6 +16,9 @@
 #if defined(APIKEYS_HAS_POSTGRES)
 #include <apikeys/postgres_store.hpp>
 #endif
+#if defined(APIKEYS_HAS_REDIS)
+#include <apikeys/redis_cache.hpp>
+#endif
 
 namespace {
 
@@ -150,6 +153,20 @@ int main() {
     refused = e.code() == apikeys::ErrorCode::busy;
   }
   expect(refused, "PostgresStore (built with postgres) reports an unreachable server as busy");
+#endif
+#if defined(APIKEYS_HAS_REDIS)
+  // Links RedisCache (and hiredis through it). It connects lazily; erase() must reach
+  // the server, and nothing listens on port 1.
+  bool unreachable = false;
+  try {
+    apikeys::RedisCacheOptions redis_options;
+    redis_options.port = 1;
+    apikeys::RedisCache redis(redis_options);
+    redis.erase(key.info.public_key);
+  } catch (const apikeys::Error& e) {
+    unreachable = e.code() == apikeys::ErrorCode::busy;
+  }
+  expect(unreachable, "RedisCache (built with redis) reports an unreachable server as busy");
 #endif
 
   std::cout << (failures == 0 ? "consumer: all checks passed\n" : "consumer: FAILED\n");
