@@ -331,8 +331,12 @@ std::string redact_arguments(std::string message, int argc, char** argv) {
       arg.remove_prefix(eq + 1);                   // --name=value: the value part
     }
     if (arg.size() < kMinSecretLike) continue;
-    for (auto at = message.find(arg); at != std::string::npos; at = message.find(arg, at)) {
-      message.replace(at, arg.size(), "<not shown>");
+    // Resume after the marker: an argument that occurs in "<not shown>" itself would
+    // otherwise be found again inside it, forever (found by fuzz_cli).
+    constexpr std::string_view kMarker = "<not shown>";
+    for (auto at = message.find(arg); at != std::string::npos;
+         at = message.find(arg, at + kMarker.size())) {
+      message.replace(at, arg.size(), kMarker);
     }
   }
   return message;
