@@ -1,0 +1,42 @@
+# libFuzzer targets: fuzz_token, fuzz_validate, fuzz_request and fuzz_cli, sources in
+# tests/fuzz/, seed corpora in tests/fuzz/corpus/<target>/. scripts/ci-fuzz.sh builds
+# and runs them. Off by default; needs clang and its libFuzzer runtime (Debian:
+# clang-14 libclang-rt-14-dev). Configure a separate build directory for them:
+#   CC=clang CXX=clang++ cmake -B build-fuzz -DAPIKEYS_BUILD_FUZZERS=ON -DAPIKEYS_BUILD_TESTS=OFF
+# The whole library is instrumented (coverage and ASan+UBSan), so do not mix this
+# build with one whose tests should run uninstrumented.
+option(APIKEYS_BUILD_FUZZERS "Build the libFuzzer targets (clang only)" OFF)
+if(NOT APIKEYS_BUILD_FUZZERS)
+  return()
+endif()
+
+if(NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+  message(FATAL_ERROR "APIKEYS_BUILD_FUZZERS needs clang (libFuzzer); configure with "
+                      "CXX=clang++ (this is ${CMAKE_CXX_COMPILER_ID})")
+endif()
+
+# Any UBSan finding aborts, so the fuzzer sees it as a crash rather than a log line.
+set(apikeys_fuzz_sanitizers -fsanitize=address,undefined -fno-sanitize-recover=all
+                            -fno-omit-frame-pointer)
+
+# The library: coverage feedback and sanitizers, but not libFuzzer's main().
+target_compile_options(apikeys PRIVATE -fsanitize=fuzzer-no-link ${apikeys_fuzz_sanitizers})
+target_link_options(apikeys PUBLIC ${apikeys_fuzz_sanitizers})
+
+find_package(CLI11 REQUIRED)               # fuzz_cli compiles tools/main.cpp
+find_package(nlohmann_json 3.9 REQUIRED)
+
+function(apikeys_add_fuzzer name)
+  add_executable(${name} ${PROJECT_SOURCE_DIR}/tests/fuzz/${name}.cpp)
+  target_compile_options(${name} PRIVATE -fsanitize=fuzzer ${apikeys_fuzz_sanitizers})
+  target_link_options(${name} PRIVATE -fsanitize=fuzzer ${apikeys_fuzz_sanitizers})
+  target_link_libraries(${name} PRIVATE apikeys::apikeys ${ARGN})
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests/fuzz)
+  apikeys_set_warnings(${name})
+endfunction()
+
+apikeys_add_fuzzer(fuzz_token)
+apikeys_add_fuzzer(fuzz_validate)
+apikeys_add_fuzzer(fuzz_request)
+apikeys_add_fuzzer(fuzz_cli CLI11::CLI11 nlohmann_json::nlohmann_json)
+target_include_directories(fuzz_cli PRIVATE ${PROJECT_SOURCE_DIR}/tools)

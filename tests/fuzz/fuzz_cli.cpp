@@ -1,0 +1,178 @@
+// fuzz_cli: the CLI's own text handling, compiled from tools/main.cpp itself so the
+// fuzzed code is the shipped code: redact_arguments (keeps command-line values out of
+// CLI11's error messages), decode_pepper, trim and scrub_argv, and then the whole
+// argument parser (CLI11 plus our failure_message) on fuzzed argument lists that can
+// never reach a database, a pepper or stdin.
+// Input: fields separated by NUL bytes; the first is a message, the rest arguments.
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+// Included before the rename below so nothing in them is touched by it.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "apikeys/apikeys.hpp"
+#include "fuzz_support.hpp"
+
+#define main apikeys_cli_main
+#include "main.cpp"
+#undef main
+
+namespace {
+
+// argv-style copies of `args` (NUL-terminated, writable, like the real argv).
+struct Argv {
+  explicit Argv(const std::vector<std::string>& args) {
+    storage = args;
+    for (auto& s : storage) pointers.push_back(s.data());
+    pointers.push_back(nullptr);
+  }
+  int argc() const { return static_cast<int>(pointers.size()) - 1; }
+  char** argv() { return pointers.data(); }
+  std::vector<std::string> storage;
+  std::vector<char*> pointers;
+};
+
+// Which command-line values redact_arguments hides (see its comment in main.cpp).
+std::string_view redactable_value(std::string_view arg) {
+  if (arg.size() > 1 && arg[0] == '-') {
+    const auto eq = arg.find('=');
+    if (eq == std::string_view::npos) return {};
+    arg.remove_prefix(eq + 1);
+  }
+  return arg.size() >= 8 ? arg : std::string_view{};
+}
+
+void check_redact(const std::string& message, Argv& a) {
+  const std::string out = redact_arguments(message, a.argc(), a.argv());
+  constexpr std::string_view kMark = "<not shown>";
+  for (int i = 1; i < a.argc(); ++i) {
+    const std::string_view value = redactable_value(a.argv()[i]);
+    if (value.empty()) continue;
+    // A value containing '<' or '>', or lying inside the marker itself, can be re-formed
+    // from the marker and the text around it; any other value must be gone.
+    if (value.find_first_of("<>") != std::string_view::npos) continue;
+    if (kMark.find(value) != std::string_view::npos) continue;
+    FUZZ_CHECK(out.find(value) == std::string::npos);
+  }
+}
+
+void check_pepper(std::string_view text) {
+  const std::string_view hex = trim(text);
+  bool ref_ok = hex.size() >= 64 && hex.size() % 2 == 0;
+  for (char c : hex) ref_ok = ref_ok && hex_digit(c) >= 0;
+  try {
+    const apikeys::SecretString pepper = decode_pepper(text, "SOURCE");
+    FUZZ_CHECK(ref_ok);
+    FUZZ_CHECK(pepper.size() == hex.size() / 2);
+    for (std::size_t i = 0; i < pepper.size(); ++i) {
+      const int byte = hex_digit(hex[2 * i]) * 16 + hex_digit(hex[2 * i + 1]);
+      FUZZ_CHECK(static_cast<unsigned char>(pepper.reveal()[i]) == byte);
+    }
+  } catch (const UsageError& e) {
+    FUZZ_CHECK(!ref_ok);
+    // The message is the source's name and a fixed rule: never any of the text.
+    const std::string_view m = e.what();
+    FUZZ_CHECK(m.substr(0, 7) == "SOURCE ");
+    const std::string_view rule = m.substr(7);
+    FUZZ_CHECK(rule == "is not valid hex" || rule == "is not valid hex (odd number of digits)" ||
+               rule.substr(0, 42) == "must hold at least 64 hex characters (32 b");
+  }
+}
+
+void check_trim_and_scrub(const std::vector<std::string>& args) {
+  for (const auto& s : args) {
+    const std::string_view t = trim(s);
+    FUZZ_CHECK(t.empty() || (!is_space(t.front()) && !is_space(t.back())));
+    FUZZ_CHECK(s.find(t) != std::string::npos);
+  }
+  if (args.size() < 3) return;
+  Options o;
+  o.first = args[1];
+  o.second = args[2];
+  Argv a(args);
+  scrub_argv(a.argc(), a.argv(), o);
+  for (int i = 1; i < a.argc(); ++i) {
+    const std::string& before = args[static_cast<std::size_t>(i)];
+    const bool secret = (!o.second.empty() && before == o.second) ||
+                        (!o.first.empty() && before == o.first && o.first.find(':') != std::string::npos);
+    const std::string_view now(a.argv()[i], before.size());  // wiped bytes are NULs
+    if (secret) {
+      FUZZ_CHECK(now.find_first_not_of('\0') == std::string_view::npos);
+    } else {
+      FUZZ_CHECK(now == before);
+    }
+  }
+}
+
+bool has_unprintable(std::string_view s) {
+  for (char c : s) {
+    const auto b = static_cast<unsigned char>(c);
+    if ((b < 0x20 && b != '\n' && b != '\t') || b >= 0x7F) return true;
+  }
+  return false;
+}
+
+// Runs the real parser on the fuzzed arguments. Arguments that could make a command
+// read stdin ("-"), a file (--pepper-file) or a chosen database (--db) are dropped; the
+// --db given points into a directory that does not exist and no pepper is set, so
+// every command fails before any I/O. Output goes nowhere.
+void check_parser(const std::vector<std::string>& fuzzed) {
+  std::vector<std::string> args{"apikeys"};
+  for (const auto& s : fuzzed) {
+    if (s == "-" || s.rfind("--pepper", 0) == 0 || s.rfind("--db", 0) == 0) continue;
+    args.push_back(s);
+  }
+  args.emplace_back("--db");
+  args.emplace_back("/nonexistent-apikeys-fuzz-dir/fuzz.db");
+  Argv a(args);
+  std::ostringstream sink;
+  auto* out = std::cout.rdbuf(sink.rdbuf());
+  auto* err = std::cerr.rdbuf(sink.rdbuf());
+  const int rc = run(a.argc(), a.argv());
+  std::cout.rdbuf(out);
+  std::cerr.rdbuf(err);
+  // Every path fails closed (no database, no pepper) or prints help/version.
+  FUZZ_CHECK(rc == kExitOk || rc == kExitUsage || rc == kExitFailure);
+  const std::string text = sink.str();
+  for (std::size_t i = 1; i < args.size(); ++i) {
+    const std::string_view value = redactable_value(args[i]);
+    // The tool's own text (help, rules) may contain a printable argument by chance; it
+    // has no control byte but tab and newline and no non-ASCII byte, so a value with
+    // one must not be found in it.
+    if (value.size() < 16 || value.find_first_of("<>") != std::string_view::npos) continue;
+    if (!has_unprintable(value)) continue;
+    if (text.find(value) != std::string::npos) {
+      std::fprintf(stderr, "argument echoed in output:\n%s\n", text.c_str());
+    }
+    FUZZ_CHECK(text.find(value) == std::string::npos);
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  unsetenv("APIKEYS_PEPPER");  // check_parser relies on there being no pepper
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  fuzz::Reader in(data, size);
+  const std::string message(in.field());
+  std::vector<std::string> args{"apikeys"};
+  while (!in.empty() && args.size() < 16) args.emplace_back(in.field());
+
+  Argv a(args);
+  check_redact(message, a);
+  check_pepper(message);
+  check_trim_and_scrub(args);
+  check_parser(std::vector<std::string>(args.begin() + 1, args.end()));
+  return 0;
+}
