@@ -7,7 +7,8 @@
 //   apikeys_bench --quick    tiny sizes, seconds; TARGET lines are informational
 //                            (same as APIKEYS_BENCH_QUICK=1)
 //   --skip=memory,threads,latency,scale   leave sections out (their targets FAIL)
-//   --profile=hit|sqlite_cold [--profile-calls=N]   one loop for callgrind (see BENCHMARKS.md)
+//   --profile=hit|sqlite_cold|sqlite_not_found|sqlite_wrong_secret [--profile-calls=N]
+//                            one loop for callgrind (see BENCHMARKS.md)
 //   APIKEYS_BENCH_CACHE_DIR=/tmp/x        keep the bulk-built SQLite files there
 //   any --benchmark_* flag of Google Benchmark (e.g. --benchmark_filter=floor)
 //
@@ -917,37 +918,49 @@ std::vector<Target> targets(const Results& r) {
 // Profiling: a small world and one loop, for valgrind --tool=callgrind with
 // --toggle-collect='*profile_loop*' (instruction counts are stable on a noisy machine).
 
-[[gnu::noinline]] std::size_t profile_loop(const apikeys::Validator& v, const ab::KeySet& keys,
-                                           std::size_t key_count, std::size_t calls) {
+[[gnu::noinline]] std::size_t profile_loop(const apikeys::Validator& v, const ab::KeySet& pks,
+                                           const ab::KeySet& sks, std::size_t key_count,
+                                           std::size_t calls, ValidationCode expected) {
   ab::Rng rng(42);
-  std::size_t ok = 0;
+  std::size_t as_expected = 0;
   const auto n = static_cast<std::uint32_t>(key_count);
   for (std::size_t c = 0; c < calls; ++c) {
     const std::uint32_t k = rng.below(n);
-    ok += v.validate(keys.public_key(k), keys.secret(k)).ok();
+    as_expected += v.validate(pks.public_key(k), sks.secret(k)).code == expected;
   }
-  return ok;
+  return as_expected;
 }
 
 int profile(const std::string& what, std::size_t calls) {
-  if (what != "hit" && what != "sqlite_cold") {
-    std::fprintf(stderr, "apikeys_bench: --profile=hit or --profile=sqlite_cold\n");
+  const bool hit = what == "hit";
+  const bool not_found = what == "sqlite_not_found";
+  const bool wrong_secret = what == "sqlite_wrong_secret";
+  if (!hit && !not_found && !wrong_secret && what != "sqlite_cold") {
+    std::fprintf(stderr,
+                 "apikeys_bench: --profile=hit|sqlite_cold|sqlite_not_found|sqlite_wrong_secret\n");
     return 2;
   }
   constexpr std::size_t kKeys = 10'000;
   ab::TempDir tmp;
   auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(ab::kPepper);
   const ab::KeySet keys = ab::make_keys(kKeys, kSeedKeys);
+  const ab::KeySet absent = ab::make_keys(kKeys, kSeedAbsent);
   const std::string path = tmp.file("profile.db");
   ab::bulk_load_sqlite(path, keys, *hasher, kKeys);
   auto store = std::make_shared<apikeys::SqliteStore>(path);
   apikeys::ValidatorOptions o = cold_options();
-  if (what == "hit") o = hit_options(std::make_shared<apikeys::MemoryCache>());
+  if (hit) o = hit_options(std::make_shared<apikeys::MemoryCache>());
   apikeys::Validator v(store, hasher, o);
   pass_over(v, keys, 0, kKeys, ValidationCode::valid, "profile warm-up");
   v.flush_last_use();
-  const std::size_t ok = profile_loop(v, keys, kKeys, calls);
-  std::printf("profile %s: %zu calls, %zu valid\n", what.c_str(), calls, ok);
+  const ab::KeySet& pks = not_found ? absent : keys;
+  const ab::KeySet& sks = not_found || wrong_secret ? absent : keys;
+  const ValidationCode expected = not_found      ? ValidationCode::not_found
+                                  : wrong_secret ? ValidationCode::wrong_secret
+                                                 : ValidationCode::valid;
+  const std::size_t ok = profile_loop(v, pks, sks, kKeys, calls, expected);
+  std::printf("profile %s: %zu calls, %zu as expected (%s)\n", what.c_str(), calls, ok,
+              apikeys::to_string(expected));
   return ok == calls ? 0 : 1;
 }
 
@@ -1041,7 +1054,8 @@ int main(int argc, char** argv) {
     } else if (a == "--help" || a == "-h") {
       std::printf(
           "usage: apikeys_bench [--quick] [--skip=memory,threads,latency,scale] [--benchmark_*]\n"
-          "       apikeys_bench --profile=hit|sqlite_cold [--profile-calls=N]  (for callgrind)\n"
+          "       apikeys_bench --profile=hit|sqlite_cold|sqlite_not_found|sqlite_wrong_secret\n"
+          "                     [--profile-calls=N]  (one loop, for callgrind)\n"
           "env: APIKEYS_BENCH_QUICK=1 (same as --quick), APIKEYS_BENCH_CACHE_DIR=dir (keep the\n"
           "bulk-built SQLite files there between runs)\n");
       return 0;
