@@ -77,11 +77,16 @@ constexpr std::size_t kMaxIdleReaders = 16;
 #define APIKEYS_INFO_COLUMNS \
   "key_id, account_id, public_key, title, description, status, created_at, expires_at, last_used_at"
 
-// find() leaves public_key out (the WHERE clause made it equal to the argument, byte for
-// byte: a TEXT column under BINARY collation) and puts the digest first.
+// find() reads one row whether or not the key exists (PITFALLS #4, timing oracles): the
+// row whose public_key is ?1 or, failing that, the decoy row ?2, with a first column
+// saying which. A miss then costs what a hit costs (index search, table search, the
+// same columns decoded) instead of stopping after the index. The public_key column is
+// only compared, not read back: on a hit it equals the argument byte for byte (a TEXT
+// column under BINARY collation).
 constexpr const char* kFindSql =
-    "SELECT digest, pepper_id, key_id, account_id, title, description, status, created_at,"
-    " expires_at, last_used_at FROM api_keys WHERE public_key = ?1";
+    "SELECT k.public_key = ?1, k.rowid, digest, pepper_id, key_id, account_id, title,"
+    " description, status, created_at, expires_at, last_used_at FROM api_keys AS k"
+    " WHERE k.rowid = coalesce((SELECT rowid FROM api_keys WHERE public_key = ?1), ?2)";
 constexpr const char* kListSql = "SELECT " APIKEYS_INFO_COLUMNS
                                  " FROM api_keys WHERE account_id = ?1"
                                  " ORDER BY created_at DESC, rowid DESC";
@@ -381,10 +386,20 @@ struct Reader {
         list(db, kListSql),
         revision(db, kRevisionSql) {}
 
+  // A rowid for find()'s decoy read: uniform over the rowids this reader has seen.
+  std::int64_t decoy_rowid() noexcept {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return max_rowid <= 1 ? 1 : 1 + static_cast<std::int64_t>(rng % static_cast<std::uint64_t>(max_rowid));
+  }
+
   SQLite::Database db;  // Declared first: statements are finalized before it closes.
   RawStatement find;
   RawStatement list;
   SQLite::Statement revision;
+  std::int64_t max_rowid = 0;
+  std::uint64_t rng = 0x9e3779b97f4a7c15ULL;
 };
 
 struct Writer {
@@ -578,10 +593,22 @@ std::optional<KeyRecord> SqliteStore::find(std::string_view public_key) {
     RawStatement& s = r->find;
     RawUse use(s);
     s.bind(1, public_key);
-    if (!s.step()) return std::nullopt;
+    s.bind(2, r->decoy_rowid());
+    if (!s.step()) return std::nullopt;  // no such key, and no decoy row (an empty store)
+    const bool hit = sqlite3_column_int(s.get(), 0) == 1;
     KeyRecord record;
-    record.digest = read_digest(s.get(), 0, "find");
-    record.info = read_info(s.get(), "find", 2, &public_key);
+    if (!hit) {
+      // Decoded like a hit, then dropped; a damaged decoy row must not fail the miss.
+      try {
+        record.digest = read_digest(s.get(), 2, "find");
+        record.info = read_info(s.get(), "find", 4, &public_key);
+      } catch (const Error&) {
+      }
+      return std::nullopt;
+    }
+    r->max_rowid = std::max<std::int64_t>(r->max_rowid, sqlite3_column_int64(s.get(), 1));
+    record.digest = read_digest(s.get(), 2, "find");
+    record.info = read_info(s.get(), "find", 4, &public_key);
     return record;
   });
 }
