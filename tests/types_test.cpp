@@ -3,6 +3,7 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <set>
 #include <string>
@@ -261,6 +262,21 @@ TEST_CASE("unix millisecond conversions round-trip", "[types]") {
                           std::int64_t{1'700'000'000'123}, std::int64_t{4'102'444'800'000}}) {
     CHECK(apikeys::to_unix_millis(apikeys::from_unix_millis(ms)) == ms);
   }
+}
+
+TEST_CASE("from_unix_millis saturates beyond TimePoint's range", "[types]") {
+  // A corrupt or foreign database can hold any 64-bit number; converting it must not
+  // overflow (UBSan found this through the corrupted-file fault test).
+  using apikeys::TimePoint;
+  CHECK(apikeys::from_unix_millis(std::numeric_limits<std::int64_t>::max()) == TimePoint::max());
+  CHECK(apikeys::from_unix_millis(std::numeric_limits<std::int64_t>::min()) == TimePoint::min());
+  CHECK(apikeys::from_unix_millis(107'874'663'835'634) == TimePoint::max());
+  const std::int64_t last = apikeys::to_unix_millis(TimePoint::max());
+  CHECK(apikeys::to_unix_millis(apikeys::from_unix_millis(last)) == last);
+  CHECK(apikeys::from_unix_millis(last + 1) == TimePoint::max());
+  const std::int64_t first = apikeys::to_unix_millis(TimePoint::min());
+  CHECK(apikeys::to_unix_millis(apikeys::from_unix_millis(first)) == first);
+  CHECK(apikeys::from_unix_millis(first - 1) == TimePoint::min());
 }
 
 TEST_CASE("to_string names every enumerator", "[types]") {

@@ -119,8 +119,18 @@ class APIKEYS_EXPORT SecretString {
 [[nodiscard]] inline std::int64_t to_unix_millis(TimePoint t) noexcept {
   return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
 }
+/// The inverse of to_unix_millis. Saturates: a time beyond TimePoint's range (about
+/// 292 years either side of 1970 with a nanosecond clock) gives TimePoint::max() or
+/// TimePoint::min() instead of overflowing.
 [[nodiscard]] inline TimePoint from_unix_millis(std::int64_t ms) noexcept {
-  return TimePoint(std::chrono::duration_cast<TimePoint::duration>(std::chrono::milliseconds(ms)));
+  using Millis = std::chrono::milliseconds;
+  constexpr std::int64_t kMax =
+      std::chrono::duration_cast<Millis>(TimePoint::duration::max()).count();
+  constexpr std::int64_t kMin =
+      std::chrono::duration_cast<Millis>(TimePoint::duration::min()).count();
+  if (ms > kMax) return TimePoint::max();
+  if (ms < kMin) return TimePoint::min();
+  return TimePoint(std::chrono::duration_cast<TimePoint::duration>(Millis(ms)));
 }
 /// RFC 3339 UTC text with milliseconds, e.g. "2026-11-25T05:59:32.123Z".
 [[nodiscard]] APIKEYS_EXPORT std::string format_utc(TimePoint t);
