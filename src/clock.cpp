@@ -8,7 +8,7 @@ ManualClock::~ManualClock() = default;
 namespace {
 class SystemClock final : public Clock {
  public:
-  TimePoint now() const noexcept override { return std::chrono::system_clock::now(); }
+  [[nodiscard]] TimePoint now() const noexcept override { return std::chrono::system_clock::now(); }
 };
 }  // namespace
 

@@ -109,7 +109,7 @@ struct HmacSha256Hasher::Impl {
   std::vector<KeyedState> states;
   const KeyedState* current = nullptr;
 
-  const KeyedState* find(std::uint32_t id) const noexcept {
+  [[nodiscard]] const KeyedState* find(std::uint32_t id) const noexcept {
     for (const auto& s : states) {
       if (s.id == id) return &s;
     }

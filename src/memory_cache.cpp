@@ -96,18 +96,18 @@ struct MemoryCache::Impl {
     std::size_t stripe;
     std::uint64_t hash;
   };
-  Where locate(std::string_view pk) const noexcept {
+  [[nodiscard]] Where locate(std::string_view pk) const noexcept {
     const std::uint64_t h = sip(pk);
     // Top bits pick the shard and stripe; the table uses the low bits for its buckets.
     Shard& s = *shards[(h >> 48) & (shards.size() - 1)];
     return {s, static_cast<std::size_t>((h >> 40) % kStripesPerShard), h};
   }
-  std::uint64_t token(const Where& w) const noexcept {
+  [[nodiscard]] std::uint64_t token(const Where& w) const noexcept {
     // Both counters only grow, so the sum changes whenever either does.
     return w.shard.stripes[w.stripe].load(std::memory_order_acquire) +
            epoch.load(std::memory_order_acquire);
   }
-  std::int64_t now_ms() const noexcept { return to_unix_millis(clock->now()); }
+  [[nodiscard]] std::int64_t now_ms() const noexcept { return to_unix_millis(clock->now()); }
 
   // REQUIRES: s.mu held and s.map.size() >= per_shard_capacity. Samples a few buckets
   // from a rotating cursor; evicts an expired entry if one turns up, else the first seen.

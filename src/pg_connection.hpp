@@ -15,8 +15,7 @@
 
 #include "apikeys/error.hpp"
 
-namespace apikeys {
-namespace pg {
+namespace apikeys::pg {
 
 using SteadyClock = std::chrono::steady_clock;
 using Deadline = SteadyClock::time_point;
@@ -62,8 +61,9 @@ class PgConnection {
   /// a cheap non-blocking check made before each use.
   [[nodiscard]] bool healthy() noexcept;
   /// True once this connection has served a call (a failure on a fresh connection is
-  /// not worth a retry).
-  bool used = false;
+  /// not worth a retry). Public: a plain flag of the leased connection, with no
+  /// invariant for an accessor to protect.
+  bool used = false;  // NOLINT(misc-non-private-member-variables-in-classes)
 
  private:
   PgResult collect(std::string_view op, Deadline deadline);
@@ -71,7 +71,6 @@ class PgConnection {
   PGconn* conn_ = nullptr;
 };
 
-}  // namespace pg
-}  // namespace apikeys
+}  // namespace apikeys::pg
 
 #endif  // APIKEYS_SRC_PG_CONNECTION_HPP

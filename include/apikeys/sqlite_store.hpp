@@ -21,9 +21,9 @@ struct SqliteStoreOptions {
   /// Error(busy). Default 5 s.
   std::chrono::milliseconds busy_timeout{5000};
   /// Page cache per connection, in KiB. Default 16 MiB.
-  std::size_t cache_size_kib = 16 * 1024;
+  std::size_t cache_size_kib = std::size_t{16} * 1024;
   /// Bytes of the file to memory-map for reads (0 turns mmap off). Default 256 MiB.
-  std::size_t mmap_size = 256u * 1024u * 1024u;
+  std::size_t mmap_size = std::size_t{256} * 1024 * 1024;
   /// synchronous=FULL when true (every commit survives power loss), NORMAL when false
   /// (WAL keeps the file consistent; the last commits may be lost on power loss, never
   /// on a process crash). Default true.
