@@ -151,9 +151,9 @@ inline void run_cache_contract(const CacheFactory& make, CacheContractOptions op
   }
 
   SECTION("verdicts expire after their TTL (real time)") {
-    fill(c, key, d, valid_verdict(1), milliseconds(300));
+    fill(c, key, d, valid_verdict(1), milliseconds(800));
     CHECK(c.get(key, d).has_value());
-    std::this_thread::sleep_for(milliseconds(700));
+    std::this_thread::sleep_for(milliseconds(1200));
     CHECK_FALSE(c.get(key, d).has_value());
     fill(c, key, d, valid_verdict(1), minute);  // and a new put is served again
     CHECK(c.get(key, d).has_value());

@@ -39,8 +39,8 @@ inline std::optional<std::string> server_env(const char* name, const char* what)
     FAIL(what << " is required (APIKEYS_REQUIRE_SERVERS=1) but " << name
               << " is not set; start one with: eval \"$(scripts/servers.sh start)\"");
   }
-  WARN("SKIPPED: " << name << " is not set, so this test needs a " << what
-                   << " it does not have. Start one with: eval \"$(scripts/servers.sh start)\"");
+  WARN("SKIPPED: no " << what << " (" << name
+                     << " is not set). Start one with: eval \"$(scripts/servers.sh start)\"");
   return std::nullopt;
 }
 
@@ -91,7 +91,7 @@ inline bool have_controls(std::initializer_list<const char*> names) {
   for (const char* n : names) {
     const char* v = std::getenv(n);
     if (v == nullptr || *v == '\0') {
-      (void)server_env(n, "server control command (scripts/servers.sh exports it)");
+      (void)server_env(n, "server control command from scripts/servers.sh");
       return false;
     }
   }
