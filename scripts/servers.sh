@@ -11,6 +11,9 @@
 #   scripts/servers.sh stop-pg|start-pg|stop-redis|start-redis
 #                                    take one server down and bring it back on the same
 #                                    port (outage tests)
+#   scripts/servers.sh pause-redis|resume-redis
+#                                    SIGSTOP/SIGCONT Redis: a server that accepts
+#                                    connections but never answers (timeout tests)
 #   scripts/servers.sh status
 #
 # State lives in $APIKEYS_SERVERS_DIR (default /tmp/apikeys-servers-$UID). PostgreSQL
@@ -112,6 +115,7 @@ stop_redis() {
   local pid
   pid=$(redis_pid)
   [[ -n $pid ]] || return 0
+  kill -CONT "$pid" 2>/dev/null || true  # paused by pause-redis: let it hear the TERM
   kill -TERM "$pid" 2>/dev/null || return 0
   wait_for 30 bash -c "! kill -0 $pid" || kill -KILL "$pid" 2>/dev/null || true
   rm -f "$state/redis/redis.pid"
@@ -127,6 +131,8 @@ print_env() {
   echo "export APIKEYS_TEST_PG_START='APIKEYS_SERVERS_DIR=$state $here/servers.sh start-pg'"
   echo "export APIKEYS_TEST_REDIS_STOP='APIKEYS_SERVERS_DIR=$state $here/servers.sh stop-redis'"
   echo "export APIKEYS_TEST_REDIS_START='APIKEYS_SERVERS_DIR=$state $here/servers.sh start-redis'"
+  echo "export APIKEYS_TEST_REDIS_PAUSE='APIKEYS_SERVERS_DIR=$state $here/servers.sh pause-redis'"
+  echo "export APIKEYS_TEST_REDIS_RESUME='APIKEYS_SERVERS_DIR=$state $here/servers.sh resume-redis'"
 }
 
 cmd=${1:-}
@@ -196,12 +202,19 @@ case "$cmd" in
     start_redis
     log "redis started (pid $(redis_pid))"
     ;;
+  pause-redis|resume-redis)
+    load_state
+    pid=$(redis_pid)
+    [[ -n $pid ]] || die "redis is not running"
+    if [[ $cmd == pause-redis ]]; then kill -STOP "$pid"; else kill -CONT "$pid"; fi
+    log "redis ${cmd%-redis}d (pid $pid)"
+    ;;
   status)
     load_state
     echo "postgres pid $(pg_pid) port $PG_PORT; redis pid $(redis_pid) port $REDIS_PORT"
     ;;
   *)
-    echo "usage: $0 start|stop|env|status|restart-pg|restart-redis|stop-pg|start-pg|stop-redis|start-redis" >&2
+    echo "usage: $0 start|stop|env|status|restart-pg|restart-redis|stop-pg|start-pg|stop-redis|start-redis|pause-redis|resume-redis" >&2
     exit 2
     ;;
 esac

@@ -441,3 +441,69 @@ TEST_CASE("RedisCache: Redis down, validation falls back to the store and recove
   // Retrying the revoke that reported the failure is safe and now succeeds.
   CHECK(manager.revoke(account, doomed.info.key_id).status == apikeys::KeyStatus::revoked);
 }
+
+TEST_CASE("RedisCache: a Redis that stops answering costs at most its timeouts, then recovers",
+          "[servers][redis][faults]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis || !apikeys_test::have_controls({"APIKEYS_TEST_REDIS_PAUSE", "APIKEYS_TEST_REDIS_RESUME"})) return;
+  PrefixJanitor janitor{*redis, {}};
+  auto store = std::make_shared<apikeys_test::InstrumentedStore>();
+  auto cache = std::make_shared<RedisCache>(options_for(*redis, janitor.make(), true));
+  REQUIRE(apikeys_test::eventually([&] { return cache->local_tier_live(); }));
+  apikeys::KeyManagerOptions mo;
+  mo.validation = validator_options(cache);
+  apikeys::KeyManager manager(store, hasher(), mo);
+  const apikeys::Uuid account = apikeys_test::account_id(6);
+  const auto good = manager.create(account, request("good"));
+  const auto doomed = manager.create(account, request("revoked while Redis hangs"));
+  REQUIRE(manager.validate(good.info.public_key, good.secret_key.reveal()).ok());
+
+  bool resumed = true;
+  struct Resume {  // never leave the shared server stopped
+    bool& resumed;
+    ~Resume() {
+      if (!resumed) (void)std::system((std::string(std::getenv("APIKEYS_TEST_REDIS_RESUME")) + " >/dev/null 2>&1").c_str());
+    }
+  } resume{resumed};
+  resumed = false;
+  REQUIRE(apikeys_test::server_control("APIKEYS_TEST_REDIS_PAUSE"));  // accepts, never answers
+
+  // The heartbeat notices (two silent intervals of 200 ms) and the tier switches off.
+  CHECK(apikeys_test::eventually([&] { return !cache->local_tier_live(); }, std::chrono::seconds(3)));
+  // Every validation is answered from the store, each within connect_timeout +
+  // command_timeout (250 ms each): a timeout trips the breaker, so most cost nothing.
+  auto slowest = std::chrono::steady_clock::duration::zero();
+  auto total = std::chrono::steady_clock::duration::zero();
+  for (int i = 0; i < 40; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    CHECK(manager.validate(good.info.public_key, good.secret_key.reveal()).ok());
+    const auto took = std::chrono::steady_clock::now() - t0;
+    slowest = std::max(slowest, took);
+    total += took;
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  CHECK(slowest < milliseconds(1000));
+  // A revoke commits, then reports within its timeout that Redis could not be told.
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    manager.revoke(account, doomed.info.key_id);
+    FAIL("revoke reported success although Redis could not be told");
+  } catch (const apikeys::Error& e) {
+    CHECK(e.code() == ErrorCode::busy);
+  }
+  CHECK(std::chrono::steady_clock::now() - t0 < milliseconds(1000));
+  CHECK(manager.validate(doomed.info.public_key, doomed.secret_key.reveal()).code == ValidationCode::revoked);
+
+  REQUIRE(apikeys_test::server_control("APIKEYS_TEST_REDIS_RESUME"));
+  resumed = true;
+  CHECK(apikeys_test::eventually([&] { return cache->local_tier_live(); }, std::chrono::seconds(10)));
+  CHECK(apikeys_test::eventually([&] {
+    const int before = store->finds.load();
+    for (int i = 0; i < 20; ++i) (void)manager.validate(good.info.public_key, good.secret_key.reveal());
+    return store->finds.load() == before;
+  }, std::chrono::seconds(10)));
+  CHECK(manager.validate(doomed.info.public_key, doomed.secret_key.reveal()).code == ValidationCode::revoked);
+  WARN("Redis paused: slowest validation "
+       << std::chrono::duration_cast<std::chrono::milliseconds>(slowest).count() << " ms, mean "
+       << std::chrono::duration_cast<std::chrono::microseconds>(total).count() / 40 << " us");
+}
