@@ -5,6 +5,7 @@
 // Input: public prefix \0 secret prefix \0 length byte, then a key or token.
 
 #include <atomic>
+#include <map>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -74,12 +75,35 @@ const std::shared_ptr<apikeys::Hasher>& hasher() {
   return h;
 }
 
+// A Validator (and its counting store) per format, built once: building one per input
+// would dominate the run. Bounded, since formats come from the input.
+struct Checker {
+  std::shared_ptr<CountingStore> store = std::make_shared<CountingStore>();
+  std::unique_ptr<apikeys::Validator> validator;
+};
+
+Checker& checker_for(const apikeys::KeyFormat& format) {
+  static std::map<std::string, Checker> checkers;
+  std::string id = format.public_prefix + '\0' + format.secret_prefix + '\0';
+  id += std::to_string(format.length);
+  auto it = checkers.find(id);
+  if (it == checkers.end()) {
+    if (checkers.size() >= 256) checkers.clear();
+    Checker c;
+    apikeys::ValidatorOptions options;
+    options.format = format;
+    options.record_last_use = false;  // no background thread
+    c.validator = std::make_unique<apikeys::Validator>(c.store, hasher(), options);
+    it = checkers.emplace(std::move(id), std::move(c)).first;
+  }
+  it->second.store->finds.store(0);
+  return it->second;
+}
+
 void check_token(const apikeys::KeyFormat& format, std::string_view token) {
-  auto store = std::make_shared<CountingStore>();
-  apikeys::ValidatorOptions options;
-  options.format = format;
-  options.record_last_use = false;  // no background thread per input
-  const apikeys::Validator validator(store, hasher(), options);
+  Checker& checker = checker_for(format);
+  CountingStore* store = checker.store.get();
+  const apikeys::Validator& validator = *checker.validator;
 
   const auto colon = token.find(':');
   const bool well_formed = colon != std::string_view::npos &&
