@@ -245,38 +245,37 @@ std::string replace_schema(std::string sql, const std::string& quoted) {
 struct Statements {
   std::string find, list, insert, set_status, remove, last_use, revision;
 
-  explicit Statements(const std::string& s) {
-    const std::string cols = kInfoColumns;
-    find = fmt::format("SELECT {}, digest, pepper_id FROM {}.apikeys_keys WHERE public_key = $1",
-                       cols, s);
-    list = fmt::format("SELECT {} FROM {}.apikeys_keys WHERE account_id = $1"
-                       " ORDER BY created_at DESC, seq DESC", cols, s);
-    insert = fmt::format(
-        "INSERT INTO {}.apikeys_keys (key_id, account_id, public_key, digest, pepper_id, title,"
-        " description, status, created_at, expires_at, last_used_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", s);
-    // One statement, one transaction: the bump runs (once, to completion) whether or
-    // not the outer query reads it, and only when a row changed.
-    set_status = fmt::format(
-        "WITH changed AS (UPDATE {0}.apikeys_keys SET status = $1 WHERE key_id = $2 AND"
-        " account_id = $3 RETURNING {1}),"
-        " bump AS (UPDATE {0}.apikeys_meta SET revision = revision + 1 WHERE id = 1 AND"
-        " EXISTS (SELECT 1 FROM changed))"
-        " SELECT {1} FROM changed", s, cols);
-    remove = fmt::format(
-        "WITH gone AS (DELETE FROM {0}.apikeys_keys WHERE key_id = $1 AND account_id = $2"
-        " RETURNING {1}),"
-        " bump AS (UPDATE {0}.apikeys_meta SET revision = revision + 1 WHERE id = 1 AND"
-        " EXISTS (SELECT 1 FROM gone))"
-        " SELECT {1} FROM gone", s, cols);
-    // GREATEST ignores NULL: "never used" loses to any time. Duplicates in the batch
-    // are folded first (an UPDATE ... FROM with two matches would pick either).
-    last_use = fmt::format(
-        "UPDATE {}.apikeys_keys k SET last_used_at = GREATEST(k.last_used_at, u.at)"
-        " FROM (SELECT id, max(at) AS at FROM unnest($1::uuid[], $2::bigint[]) AS t(id, at)"
-        " GROUP BY id) u WHERE k.key_id = u.id", s);
-    revision = fmt::format("SELECT revision FROM {}.apikeys_meta WHERE id = 1", s);
-  }
+  explicit Statements(const std::string& s)
+      : find(fmt::format(
+            "SELECT {}, digest, pepper_id FROM {}.apikeys_keys WHERE public_key = $1",
+            kInfoColumns, s)),
+        list(fmt::format("SELECT {} FROM {}.apikeys_keys WHERE account_id = $1"
+                         " ORDER BY created_at DESC, seq DESC", kInfoColumns, s)),
+        insert(fmt::format(
+            "INSERT INTO {}.apikeys_keys (key_id, account_id, public_key, digest, pepper_id, title,"
+            " description, status, created_at, expires_at, last_used_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", s)),
+        // One statement, one transaction: the bump runs (once, to completion) whether or
+        // not the outer query reads it, and only when a row changed.
+        set_status(fmt::format(
+            "WITH changed AS (UPDATE {0}.apikeys_keys SET status = $1 WHERE key_id = $2 AND"
+            " account_id = $3 RETURNING {1}),"
+            " bump AS (UPDATE {0}.apikeys_meta SET revision = revision + 1 WHERE id = 1 AND"
+            " EXISTS (SELECT 1 FROM changed))"
+            " SELECT {1} FROM changed", s, kInfoColumns)),
+        remove(fmt::format(
+            "WITH gone AS (DELETE FROM {0}.apikeys_keys WHERE key_id = $1 AND account_id = $2"
+            " RETURNING {1}),"
+            " bump AS (UPDATE {0}.apikeys_meta SET revision = revision + 1 WHERE id = 1 AND"
+            " EXISTS (SELECT 1 FROM gone))"
+            " SELECT {1} FROM gone", s, kInfoColumns)),
+        // GREATEST ignores NULL: "never used" loses to any time. Duplicates in the batch
+        // are folded first (an UPDATE ... FROM with two matches would pick either).
+        last_use(fmt::format(
+            "UPDATE {}.apikeys_keys k SET last_used_at = GREATEST(k.last_used_at, u.at)"
+            " FROM (SELECT id, max(at) AS at FROM unnest($1::uuid[], $2::bigint[]) AS t(id, at)"
+            " GROUP BY id) u WHERE k.key_id = u.id", s)),
+        revision(fmt::format("SELECT revision FROM {}.apikeys_meta WHERE id = 1", s)) {}
 };
 
 // Prepared statement names (per connection).
@@ -400,7 +399,7 @@ struct PostgresStore::Impl {
   std::vector<std::unique_ptr<PgConnection>> idle;  // Guarded by mu.
   std::size_t open = 0;                              // Guarded by mu: idle + leased.
 
-  Deadline statement_deadline() const { return SteadyClock::now() + options.statement_timeout; }
+  [[nodiscard]] Deadline statement_deadline() const { return SteadyClock::now() + options.statement_timeout; }
 
   // A new connection with the session settings made and (when `prepared`) the
   // statements prepared: they name the tables, so not before the migration.
