@@ -4,6 +4,7 @@
 #include <malloc.h>
 #include <sqlite3.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -247,6 +248,29 @@ std::size_t rss_bytes() {
   std::size_t resident = 0;
   statm >> pages >> resident;
   return resident * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+}
+
+CpuSample cpu_sample() {
+  CpuSample out;
+  timespec ts{};
+  if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) == 0) {
+    out.process_s = static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+  }
+  // "cpu user nice system idle iowait irq softirq steal ...", in clock ticks.
+  std::ifstream stat("/proc/stat");
+  std::string cpu;
+  stat >> cpu;
+  if (cpu == "cpu") {
+    std::uint64_t v[8] = {};
+    for (auto& x : v) stat >> x;
+    const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
+    const std::uint64_t idle = v[3] + v[4];
+    std::uint64_t total = 0;
+    for (auto x : v) total += x;
+    out.machine_busy_s = static_cast<double>(total - idle) / tick;
+    out.machine_total_s = static_cast<double>(total) / tick;
+  }
+  return out;
 }
 
 double median(std::vector<double> values) {

@@ -95,6 +95,15 @@ void warm_page_cache(const std::string& path);
 /// Resident set size of this process, in bytes.
 [[nodiscard]] std::size_t rss_bytes();
 
+/// CPU time used so far: by this process (all threads), and by the whole machine
+/// (/proc/stat, every CPU, in seconds of busy and of total time).
+struct CpuSample {
+  double process_s = 0;
+  double machine_busy_s = 0;
+  double machine_total_s = 0;
+};
+[[nodiscard]] CpuSample cpu_sample();
+
 [[nodiscard]] double median(std::vector<double> values);
 /// q in [0, 1] of an ascending vector (nearest rank).
 [[nodiscard]] double percentile_sorted(const std::vector<std::int64_t>& sorted, double q);
