@@ -70,8 +70,10 @@ MemoryStore::MemoryStore(std::size_t max_keys) : impl_(std::make_unique<Impl>(ma
 MemoryStore::~MemoryStore() = default;
 
 void MemoryStore::insert(const KeyRecord& record) {
-  // Built in a node handle, so the key can be pointed at the node's own string.
-  std::unordered_map<std::string_view, Entry> staging;
+  // Built in a node handle, so the key can be pointed at the node's own string. The
+  // staging table is per thread and always left empty: it keeps only its bucket array,
+  // so staging allocates nothing but the node itself.
+  thread_local std::unordered_map<std::string_view, Entry> staging;
   staging.emplace(std::string_view(), Entry{record, 0});
   auto node = staging.extract(staging.begin());
   Entry* entry = &node.mapped();
