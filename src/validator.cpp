@@ -67,11 +67,13 @@ class LastUseTracker {
     noted_slow(key_id, now_ms, slot, fingerprint);
   }
 
-  std::vector<LastUse> take() {
-    std::vector<LastUse> out;
+  // Moves the queued updates into `out` (emptied first) and gives the queue `out`'s
+  // storage: two buffers take turns, so after the first batches no note() on the
+  // caller's thread grows a vector (a reallocation copied the whole queue).
+  void take(std::vector<LastUse>& out) {
+    out.clear();
     std::lock_guard<std::mutex> lock(queue_mu_);
     out.swap(queue_);
-    return out;
   }
 
  private:
@@ -162,6 +164,8 @@ struct Validator::Impl {
   Digest decoy;
 
   std::atomic<std::uint64_t> last_use_failures{0};
+  std::mutex flush_mu;                 // one flush at a time (background thread, callers)
+  std::vector<LastUse> flush_batch;    // guarded by flush_mu; its storage is reused
   // Read by the constructor, not the thread: a change made between construction and
   // the thread's first run must still count as a change.
   std::uint64_t baseline_revision = 0;
@@ -274,8 +278,9 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
 
 void Validator::Impl::flush() noexcept {
   try {
-    auto batch = tracker.take();
-    if (!batch.empty()) store->record_last_use(batch);
+    std::lock_guard<std::mutex> lock(flush_mu);
+    tracker.take(flush_batch);
+    if (!flush_batch.empty()) store->record_last_use(flush_batch);
   } catch (...) {
     last_use_failures.fetch_add(1, std::memory_order_relaxed);
   }
