@@ -443,6 +443,15 @@ TEST_CASE("cli: presented secrets are never echoed", "[cli]") {
   CHECK(r.code == 2);
   CHECK_FALSE(contains(r.out + r.err, "WrongWrong"));
   CHECK_FALSE(contains(r.out + r.err, secret.substr(3)));
+
+  // A value CLI11 quotes in its message ("Could not convert: ... = value") is redacted.
+  r = run_cli({"--db", db, "create", "--account", kAccount, "--title", "t", "--expires-in-days", secret});
+  CHECK(r.code == 2);
+  CHECK(contains(r.err, "--expires-in-days"));
+  CHECK_FALSE(contains(r.out + r.err, secret.substr(3)));
+  // Even a value that is the redaction marker itself (this once looped forever).
+  r = run_cli({"--db", db, "create", "--account", kAccount, "--title", "t", "--expires-in-days", "<not shown>"});
+  CHECK(r.code == 2);
 }
 
 TEST_CASE("cli: --help lists every command, --version prints the library version", "[cli]") {
