@@ -53,26 +53,16 @@ class LastUseTracker {
         set_mask_(filter_slots(throttle_limit) / kWays - 1),
         filter_(std::make_unique<Set[]>(set_mask_ + 1)) {}
 
-  void note(const Uuid& key_id, std::int64_t now_ms) {
-    std::uint64_t hi;
-    std::uint64_t lo;
-    std::memcpy(&hi, key_id.bytes().data(), sizeof hi);
-    std::memcpy(&lo, key_id.bytes().data() + 8, sizeof lo);
-    // Mixed, so ids that are not random (a custom store's) still spread over the slots.
-    const std::uint64_t h = (hi ^ (lo * 0xff51afd7ed558ccdULL)) * 0x9e3779b97f4a7c15ULL;
-    Set& set = filter_[static_cast<std::size_t>(h >> 40) & set_mask_];
-    const std::uint64_t fingerprint = ((h >> 16) & (kOccupied - 1)) | kOccupied;
-    const std::int64_t base = base_ms_.load(std::memory_order_relaxed);
-    if (base != kNoBase) {
-      for (const auto& slot : set.ways) {
-        const std::uint64_t seen = slot.load(std::memory_order_relaxed);
-        if ((seen >> kTimeBits) != fingerprint) continue;
-        const auto noted = static_cast<std::int64_t>(seen & kTimeMask) + base;
-        if (now_ms - noted < interval_ms_) return;
-        break;
-      }
-    }
-    noted_slow(key_id, now_ms, set, fingerprint);
+  void note(const Uuid& key_id, std::int64_t now_ms) { note_at(where(key_id), key_id, now_ms); }
+
+  // The cache-hit form: the key's set is fetched while the clock is read (the set is a
+  // random line of the filter, often not in a near cache).
+  void note(const Uuid& key_id, const Clock& clock) {
+    const Where w = where(key_id);
+#if defined(__GNUC__)
+    __builtin_prefetch(&w.set);
+#endif
+    note_at(w, key_id, to_unix_millis(clock.now()));
   }
 
   // Moves the queued updates into `out` (emptied first) and gives the queue `out`'s
@@ -94,6 +84,39 @@ class LastUseTracker {
   struct alignas(32) Set {
     std::atomic<std::uint64_t> ways[kWays];  // zero: empty
   };
+
+  struct Where {
+    Set& set;
+    std::uint64_t fingerprint;
+  };
+
+  Where where(const Uuid& key_id) const noexcept {
+    std::uint64_t hi;
+    std::uint64_t lo;
+    std::memcpy(&hi, key_id.bytes().data(), sizeof hi);
+    std::memcpy(&lo, key_id.bytes().data() + 8, sizeof lo);
+    // Mixed, so ids that are not random (a custom store's) still spread over the slots.
+    const std::uint64_t h = (hi ^ (lo * 0xff51afd7ed558ccdULL)) * 0x9e3779b97f4a7c15ULL;
+    return {filter_[static_cast<std::size_t>(h >> 40) & set_mask_],
+            ((h >> 16) & (kOccupied - 1)) | kOccupied};
+  }
+
+  void note_at(const Where& w, const Uuid& key_id, std::int64_t now_ms) {
+    Set& set = w.set;
+    const std::uint64_t fingerprint = w.fingerprint;
+    const std::int64_t base = base_ms_.load(std::memory_order_relaxed);
+    if (base != kNoBase) {
+      for (const auto& slot : set.ways) {
+        const std::uint64_t seen = slot.load(std::memory_order_relaxed);
+        if ((seen >> kTimeBits) != fingerprint) continue;
+        const auto noted = static_cast<std::int64_t>(seen & kTimeMask) + base;
+        if (now_ms - noted < interval_ms_) return;
+        break;
+      }
+    }
+    noted_slow(key_id, now_ms, set, fingerprint);
+  }
+
 
   // A power of two near the throttle limit, between 1,024 and 65,536 slots (8 B each).
   static std::size_t filter_slots(std::size_t throttle_limit) {
@@ -238,7 +261,7 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
           if (v->code == ValidationCode::valid) {
             result.account_id = v->account_id;
             result.key_id = v->key_id;
-            if (options.record_last_use) tracker.note(v->key_id, to_unix_millis(clock->now()));
+            if (options.record_last_use) tracker.note(v->key_id, *clock);
           }
           return result;
         }
