@@ -56,7 +56,7 @@ struct Slot {
 };
 
 struct Node {
-  Node* next;
+  Node* next = nullptr;
   InlineKey key;
   Slot slot;
 };
