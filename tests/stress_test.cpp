@@ -196,13 +196,22 @@ void validator_thread(KeyManager& m, Pool& pool, Report& rep, int n, unsigned se
 }
 
 // Picks a slot whose state is kActive and claims it (kGoing); nullptr when none found.
+// Prefers the newest keys; once the creator has finished those can all be taken, so it
+// then falls back to the newest active key anywhere (else the revoker and the deleter
+// starve, and the run ends short of its operation counts).
 Slot* claim_active(Pool& pool, std::mt19937& rng) {
+  auto claim = [](Slot& s) {
+    int expected = kActive;
+    return s.state.compare_exchange_strong(expected, kGoing, std::memory_order_acq_rel);
+  };
+  const std::size_t size = pool.size();
   for (int attempt = 0; attempt < 64; ++attempt) {
-    const std::size_t size = pool.size();
     const std::size_t window = std::min<std::size_t>(size, 256);
     Slot& s = pool.at(size - 1 - rng() % window);
-    int expected = kActive;
-    if (s.state.compare_exchange_strong(expected, kGoing, std::memory_order_acq_rel)) return &s;
+    if (claim(s)) return &s;
+  }
+  for (std::size_t i = size; i-- > 0;) {
+    if (claim(pool.at(i))) return &pool.at(i);
   }
   return nullptr;
 }
@@ -258,9 +267,11 @@ void run_stress(KeyManager& m, const Counts& c, const char* label) {
         }
         const KeyInfo info = m.revoke(s->account, s->id);
         if (info.status != KeyStatus::revoked) rep.violation("revoke returned an active key");
+        // Revoking twice succeeds. Before the state says kRevoked: from then on the
+        // deleter may remove the key, and a second revoke would rightly throw not_found.
+        if (i % 8 == 0) m.revoke(s->account, s->id);
         s->state.store(kRevoked, std::memory_order_release);
         ++rep.revokes;
-        if (i % 8 == 0) m.revoke(s->account, s->id);  // revoking twice succeeds
         ++i;
       }
     });
