@@ -12,6 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/deps.sh
 
+t_start=$SECONDS
 build_dir=${BUILD_DIR:-build-bench}
 jobs=${JOBS:-2}
 cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" \
@@ -24,8 +25,9 @@ for a in "$@"; do
 done
 [[ -n "${APIKEYS_BENCH_QUICK:-}" && "${APIKEYS_BENCH_QUICK}" != "0" ]] && mode=quick
 
+t_built=$SECONDS
 log="$build_dir/bench-$mode.log"
 status=0
 "$build_dir/benchmarks/apikeys_bench" "$@" 2>&1 | tee "$log" || status=${PIPESTATUS[0]}
-echo "bench.sh: log in $log"
+echo "bench.sh: $mode mode; deps and build $((t_built - t_start)) s, run $((SECONDS - t_built)) s; log in $log"
 exit "$status"
