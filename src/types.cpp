@@ -87,6 +87,10 @@ bool constant_time_equal(const Digest& a, const Digest& b) noexcept {
     std::memcpy(&x, a.bytes.data() + i, 8);
     std::memcpy(&y, b.bytes.data() + i, 8);
     diff |= x ^ y;
+#if defined(__GNUC__) || defined(__clang__)
+    // Opaque to the optimiser: it cannot turn the loop into an early exit on `diff`.
+    __asm__ __volatile__("" : "+r"(diff));
+#endif
   }
   const bool same_bytes = diff == 0;
   // Bitwise & (not &&) so the pepper comparison never short-circuits the byte one.
