@@ -46,34 +46,58 @@ using SteadyClock = std::chrono::steady_clock;
   "local e = redis.call('GET', ek)\n"                       \
   "if not e then e = ARGV[2]; redis.call('SET', ek, e) end\n"
 
+// Every verdict's value starts with the fill generation it was written under and ':';
+// a verdict answers only while that is the key's current generation, so an erase()
+// makes every older verdict unreachable even if the index set that lists them was
+// evicted (or a verdict outlived its index). A missing generation key answers nothing:
+// put() writes the generation (a random start) before its first verdict, so a lost
+// generation key (expired, evicted) also hides every verdict written under it.
+//
 // ARGV: prefix, epoch0, pk, field. Hit: {1, value, pttl}. Miss: {0, token}.
 constexpr const char* kGetScript = APIKEYS_EPOCH_PROLOGUE
     "local vk = ARGV[1] .. 'v:' .. e .. ':' .. ARGV[3] .. ':' .. ARGV[4]\n"
+    "local g = redis.call('GET', ARGV[1] .. 'g:' .. ARGV[3])\n"
     "local v = redis.call('GET', vk)\n"
-    "if v then return {1, v, redis.call('PTTL', vk)} end\n"
-    "local g = redis.call('GET', ARGV[1] .. 'g:' .. ARGV[3]) or '0'\n"
-    "return {0, (tonumber(g) + tonumber(e)) % 4294967296}\n";
+    "if v then\n"
+    "  local p = (g or '') .. ':'\n"
+    "  if g and string.sub(v, 1, #p) == p then return {1, string.sub(v, #p + 1), redis.call('PTTL', vk)} end\n"
+    "  redis.call('DEL', vk)\n"
+    "  redis.call('SREM', ARGV[1] .. 'i:' .. e .. ':' .. ARGV[3], ARGV[4])\n"
+    "end\n"
+    "return {0, (tonumber(g or '0') + tonumber(e)) % 4294967296}\n";
 
 // ARGV: prefix, epoch0, pk. Returns the token.
 constexpr const char* kTokenScript = APIKEYS_EPOCH_PROLOGUE
     "local g = redis.call('GET', ARGV[1] .. 'g:' .. ARGV[3]) or '0'\n"
     "return (tonumber(g) + tonumber(e)) % 4294967296\n";
 
-// ARGV: prefix, epoch0, pk, field, token, value, ttl_ms, is_valid, max_per_key.
-// Returns 1 stored, 0 token stale, 2 refused (too many verdicts for the key).
+// ARGV: prefix, epoch0, pk, field, token, value, ttl_ms, is_valid, max_per_key,
+// generation0 (a random start for a missing generation), generation_ttl_ms.
+// Returns 1 stored, 0 token stale, 2 refused (too many verdicts for the key). The
+// generation key is kept alive at least as long as the verdict (else it would vanish
+// first and the verdict be unreachable early).
 constexpr const char* kPutScript = APIKEYS_EPOCH_PROLOGUE
-    "local g = redis.call('GET', ARGV[1] .. 'g:' .. ARGV[3]) or '0'\n"
-    "if (tonumber(g) + tonumber(e)) % 4294967296 ~= tonumber(ARGV[5]) then return 0 end\n"
+    "local gk = ARGV[1] .. 'g:' .. ARGV[3]\n"
+    "local g = redis.call('GET', gk)\n"
+    "if (tonumber(g or '0') + tonumber(e)) % 4294967296 ~= tonumber(ARGV[5]) then return 0 end\n"
     "local ik = ARGV[1] .. 'i:' .. e .. ':' .. ARGV[3]\n"
     "local vk = ARGV[1] .. 'v:' .. e .. ':' .. ARGV[3] .. ':' .. ARGV[4]\n"
     "if ARGV[8] == '0' and redis.call('SISMEMBER', ik, ARGV[4]) == 0 and\n"
     "   redis.call('SCARD', ik) >= tonumber(ARGV[9]) then return 2 end\n"
-    "redis.call('SET', vk, ARGV[6], 'PX', ARGV[7])\n"
+    "if not g then g = ARGV[10]; redis.call('SET', gk, g) end\n"
+    "local keep = ARGV[11]\n"
+    "if tonumber(ARGV[7]) > tonumber(keep) then keep = ARGV[7] end\n"
+    "if redis.call('PTTL', gk) < tonumber(keep) then redis.call('PEXPIRE', gk, keep) end\n"
+    "redis.call('SET', vk, g .. ':' .. ARGV[6], 'PX', ARGV[7])\n"
     "redis.call('SADD', ik, ARGV[4])\n"
     "if redis.call('PTTL', ik) < tonumber(ARGV[7]) then redis.call('PEXPIRE', ik, ARGV[7]) end\n"
     "return 1\n";
 
-// ARGV: prefix, epoch0, pk, generation_ttl_ms, channel, message. Returns verdicts deleted.
+// ARGV: prefix, epoch0, pk, generation_ttl_ms, channel, message, generation0. Returns
+// verdicts deleted. The generation bump alone makes every older verdict unreachable
+// (see kGetScript); the index only lets it delete them now rather than at expiry. A
+// missing generation starts from a random value, never from 0, so an evicted
+// generation key cannot come back to a value older verdicts were written under.
 constexpr const char* kEraseScript = APIKEYS_EPOCH_PROLOGUE
     "local ik = ARGV[1] .. 'i:' .. e .. ':' .. ARGV[3]\n"
     "local base = ARGV[1] .. 'v:' .. e .. ':' .. ARGV[3] .. ':'\n"
@@ -81,6 +105,7 @@ constexpr const char* kEraseScript = APIKEYS_EPOCH_PROLOGUE
     "for i = 1, #m do redis.call('DEL', base .. m[i]) end\n"
     "redis.call('DEL', ik)\n"
     "local gk = ARGV[1] .. 'g:' .. ARGV[3]\n"
+    "if not redis.call('GET', gk) then redis.call('SET', gk, ARGV[7]) end\n"
     "redis.call('INCR', gk)\n"
     "redis.call('PEXPIRE', gk, ARGV[4])\n"
     "redis.call('PUBLISH', ARGV[5], ARGV[6])\n"
@@ -242,7 +267,9 @@ struct RedisCache::Impl {
     }
     if (!options.password.empty()) {
       Reply r = command(*c, {"AUTH", options.password});
-      if (r->type == REDIS_REPLY_ERROR) throw Error(ErrorCode::storage, "RedisCache: AUTH refused");
+      // A refused AUTH fails every connection the same way: trip the breaker (as for
+      // a connection failure) rather than paying a connect per request.
+      if (r->type == REDIS_REPLY_ERROR) throw Unreachable("RedisCache: AUTH refused");
     }
     if (options.database != 0) {
       Reply r = command(*c, {"SELECT", std::to_string(options.database)});
@@ -315,6 +342,7 @@ struct RedisCache::Impl {
     ~Lease() {
       std::lock_guard<std::mutex> lock(impl_.pool_mu);
       if (c_) {
+        // Cannot allocate: idle.size() < open <= pool_size, reserved in the constructor.
         impl_.idle.push_back(std::move(c_));
       } else {
         --impl_.open;
@@ -333,12 +361,13 @@ struct RedisCache::Impl {
     bool reused_ = false;
   };
 
+  // Closes every idle connection. clear() keeps the capacity reserved in the
+  // constructor, so ~Lease's push_back never allocates (and so never throws).
   void drop_idle() noexcept {
-    std::vector<Context> dead;
     {
       std::lock_guard<std::mutex> lock(pool_mu);
-      dead.swap(idle);
-      open -= dead.size();
+      open -= idle.size();
+      idle.clear();
     }
     pool_cv.notify_all();
   }
@@ -385,6 +414,12 @@ struct RedisCache::Impl {
   }
 
   std::string message_erase(std::string_view pk) const { return "E" + std::string(pk); }
+  std::string generation_ttl_ms() const {
+    return std::to_string(std::max<std::int64_t>(1, options.generation_ttl.count()));
+  }
+  // A random start for a missing generation key, below 2^47 so that it, its
+  // increments and the epoch stay exact as Lua numbers.
+  static std::string generation0() { return std::to_string(random_u64() % (std::uint64_t{1} << 47)); }
 
   // ---- subscriber -----------------------------------------------------------------
 
@@ -507,10 +542,17 @@ RedisCache::RedisCache(RedisCacheOptions options) {
     m.shards = 16;
     impl.local = std::make_unique<MemoryCache>(m);
   }
+  impl.idle.reserve(impl.options.pool_size);
   if (::pipe2(impl.wake_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
     throw Error(ErrorCode::storage, "RedisCache: cannot create the wake-up pipe");
   }
-  impl.subscriber = std::thread([&impl] { impl.run_subscriber(); });
+  try {
+    impl.subscriber = std::thread([&impl] { impl.run_subscriber(); });
+  } catch (...) {
+    ::close(impl.wake_pipe[0]);
+    ::close(impl.wake_pipe[1]);
+    throw;
+  }
 }
 
 RedisCache::~RedisCache() {
@@ -579,6 +621,15 @@ void RedisCache::put(std::string_view public_key, const Digest& presented, const
                      std::chrono::milliseconds ttl, std::uint64_t token) {
   if (ttl.count() <= 0) return;
   Impl& impl = *impl_;
+  if (verdict.code == ValidationCode::not_found) {
+    // Never written to Redis: any well-formed public key yields one, so an attacker
+    // could otherwise grow Redis without bound. The in-process tier is bounded.
+    if (!impl.local_live()) return;
+    const std::uint64_t current = impl.local->fill_token(public_key);
+    const std::uint64_t local_token = (current & ~std::uint64_t{0xffffffff}) | (token & 0xffffffff);
+    impl.local->put(public_key, presented, verdict, std::min(ttl, impl.options.local_ttl), local_token);
+    return;
+  }
   impl.check_breaker();
   const bool live = impl.local_live();
   // Redis refuses an expiry that overflows its clock: "forever" becomes ten years.
@@ -587,7 +638,8 @@ void RedisCache::put(std::string_view public_key, const Digest& presented, const
   Reply r = impl.script(kPut, {std::string(public_key), digest_field(presented),
                                std::to_string(token >> 32), encode(verdict), std::to_string(ttl_ms),
                                verdict.code == ValidationCode::valid ? "1" : "0",
-                               std::to_string(std::max<std::size_t>(1, impl.options.max_verdicts_per_key))});
+                               std::to_string(std::max<std::size_t>(1, impl.options.max_verdicts_per_key)),
+                               Impl::generation0(), impl.generation_ttl_ms()});
   if (r->type != REDIS_REPLY_INTEGER) throw Error(ErrorCode::storage, "RedisCache put: unexpected reply");
   if (r->integer != 1 || !live || !impl.local_live()) return;
   // The local token is the low half: rebuild the full value from the current one (a
@@ -601,9 +653,8 @@ void RedisCache::erase(std::string_view public_key) {
   Impl& impl = *impl_;
   if (impl.local) impl.local->erase(public_key);
   // Always tried, breaker or not: a revoke should know whether Redis forgot the key.
-  Reply r = impl.script(kErase, {std::string(public_key),
-                                 std::to_string(std::max<std::int64_t>(1, impl.options.generation_ttl.count())),
-                                 impl.channel, impl.message_erase(public_key)});
+  Reply r = impl.script(kErase, {std::string(public_key), impl.generation_ttl_ms(), impl.channel,
+                                 impl.message_erase(public_key), impl.generation0()});
   if (r->type != REDIS_REPLY_INTEGER) throw Error(ErrorCode::storage, "RedisCache erase: unexpected reply");
   // Again: a lookup here may have copied a verdict from Redis before the script ran.
   if (impl.local) impl.local->erase(public_key);

@@ -72,6 +72,12 @@ class Inspector {
     freeReplyObject(r);
     return out;
   }
+  // A raw command (no reply kept), e.g. to delete a key as an eviction would.
+  void del(const std::string& key) {
+    auto* r = static_cast<redisReply*>(redisCommand(c_, "DEL %b", key.data(), key.size()));
+    REQUIRE(r != nullptr);
+    freeReplyObject(r);
+  }
   void drop(const std::string& prefix) {
     for (const auto& k : keys(prefix)) freeReplyObject(redisCommand(c_, "DEL %b", k.data(), k.size()));
   }
@@ -134,6 +140,7 @@ TEST_CASE("RedisCache satisfies the Cache contract (Redis only)", "[servers][red
   PrefixJanitor janitor{*redis, {}};
   apikeys_test::CacheContractOptions o;
   o.concurrency_rounds = 1'500;
+  o.stores_not_found = false;  // never written to Redis, and there is no local tier here
   apikeys_test::run_cache_contract(
       [&] { return std::make_shared<RedisCache>(options_for(*redis, janitor.make(), false)); }, o);
 }
@@ -256,6 +263,146 @@ TEST_CASE("RedisCache: what Redis holds", "[servers][redis][cache]") {
     // A valid verdict is still admitted when the key is full.
     fill(bounded, pk(2), digest_of(7), valid_verdict(2), milliseconds(60'000));
     CHECK(bounded.get(pk(2), digest_of(7)).has_value());
+  }
+}
+
+TEST_CASE("RedisCache: a not_found verdict is never written to Redis", "[servers][redis][cache]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  PrefixJanitor janitor{*redis, {}};
+  Inspector inspect(*redis);
+  const auto no_key_for = [&](const std::string& prefix, const std::string& public_key) {
+    for (const auto& k : inspect.keys(prefix)) {
+      INFO("key " << k);
+      CHECK(k.find(public_key) == std::string::npos);
+    }
+  };
+
+  SECTION("Redis only: the put is dropped") {
+    const std::string prefix = janitor.make();
+    RedisCache cache(options_for(*redis, prefix, false));
+    fill(cache, pk(4), digest_of(4), negative(ValidationCode::not_found), milliseconds(300'000));
+    no_key_for(prefix, pk(4));
+    CHECK_FALSE(cache.get(pk(4), digest_of(4)).has_value());
+  }
+  SECTION("with the in-process tier: kept there only") {
+    const std::string prefix = janitor.make();
+    RedisCache cache(options_for(*redis, prefix, true));
+    REQUIRE(apikeys_test::eventually([&] { return cache.local_tier_live(); }));
+    fill(cache, pk(4), digest_of(4), negative(ValidationCode::not_found), milliseconds(300'000));
+    no_key_for(prefix, pk(4));
+    const auto v = cache.get(pk(4), digest_of(4));
+    REQUIRE(v.has_value());
+    CHECK(v->code == ValidationCode::not_found);
+    // Another instance (another process) does not see it.
+    RedisCache other(options_for(*redis, prefix, false));
+    CHECK_FALSE(other.get(pk(4), digest_of(4)).has_value());
+  }
+  SECTION("through a Validator: unknown public keys leave nothing in Redis") {
+    const std::string prefix = janitor.make();
+    auto cache = std::make_shared<RedisCache>(options_for(*redis, prefix, false));
+    apikeys::Validator v(std::make_shared<apikeys::MemoryStore>(), hasher(), validator_options(cache));
+    // Well-formed keys from another store: unknown to this one.
+    apikeys::KeyManager elsewhere(std::make_shared<apikeys::MemoryStore>(), hasher());
+    for (int i = 0; i < 10; ++i) {
+      const auto key = elsewhere.create(apikeys_test::account_id(7), request("elsewhere"));
+      CHECK(v.validate(key.info.public_key, key.secret_key.reveal()).code == ValidationCode::not_found);
+    }
+    for (const auto& k : inspect.keys(prefix)) {
+      INFO("key " << k);
+      CHECK(k == prefix + "e");  // the epoch only
+    }
+  }
+}
+
+TEST_CASE("RedisCache: an erase whose index set was evicted still hides every older verdict",
+          "[servers][redis][cache]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  PrefixJanitor janitor{*redis, {}};
+  const std::string prefix = janitor.make();
+  Inspector inspect(*redis);
+  // What memory-pressure eviction does: the index sets (or the generations) vanish
+  // while the verdicts survive.
+  const auto evict = [&](const std::string& kind) {
+    std::size_t n = 0;
+    for (const auto& k : inspect.keys(prefix + kind)) {
+      inspect.del(k);
+      ++n;
+    }
+    return n;
+  };
+
+  SECTION("the cache alone") {
+    RedisCache cache(options_for(*redis, prefix, false));
+    fill(cache, pk(5), digest_of(1), valid_verdict(1), milliseconds(60'000));
+    fill(cache, pk(5), digest_of(2), negative(ValidationCode::wrong_secret), milliseconds(60'000));
+    REQUIRE(cache.get(pk(5), digest_of(1)).has_value());
+    REQUIRE(evict("i:") == 1);
+    cache.erase(pk(5));
+    CHECK_FALSE(cache.get(pk(5), digest_of(1)).has_value());
+    CHECK_FALSE(cache.get(pk(5), digest_of(2)).has_value());
+    // And caching works again afterwards.
+    fill(cache, pk(5), digest_of(1), valid_verdict(1), milliseconds(60'000));
+    CHECK(cache.get(pk(5), digest_of(1)).has_value());
+  }
+  SECTION("a lost generation key hides the verdicts written under it") {
+    RedisCache cache(options_for(*redis, prefix, false));
+    fill(cache, pk(6), digest_of(1), valid_verdict(1), milliseconds(60'000));
+    REQUIRE(cache.get(pk(6), digest_of(1)).has_value());
+    REQUIRE(evict("g:") == 1);
+    CHECK_FALSE(cache.get(pk(6), digest_of(1)).has_value());
+    // An erase after the loss, and a later fill, never bring the old verdict back.
+    REQUIRE(evict("i:") <= 1);
+    cache.erase(pk(6));
+    fill(cache, pk(6), digest_of(2), negative(ValidationCode::wrong_secret), milliseconds(60'000));
+    CHECK_FALSE(cache.get(pk(6), digest_of(1)).has_value());
+  }
+  SECTION("a revoke through a Validator, on this node and another") {
+    auto store = std::make_shared<apikeys::MemoryStore>();
+    auto cache1 = std::make_shared<RedisCache>(options_for(*redis, prefix, false));
+    auto cache2 = std::make_shared<RedisCache>(options_for(*redis, prefix, true));
+    REQUIRE(apikeys_test::eventually([&] { return cache2->local_tier_live(); }));
+    apikeys::KeyManagerOptions mo;
+    mo.validation = validator_options(cache1);
+    apikeys::KeyManager node1(store, hasher(), mo);
+    apikeys::Validator node2(store, hasher(), validator_options(cache2));
+    const auto key = node1.create(apikeys_test::account_id(5), request("evicted index"));
+    const std::string secret(key.secret_key.reveal());
+    REQUIRE(node1.validate(key.info.public_key, secret).ok());  // fills Redis
+    REQUIRE(node2.validate(key.info.public_key, secret).ok());  // a Redis hit, now local too
+    REQUIRE(evict("i:") == 1);
+    node1.revoke(apikeys_test::account_id(5), key.info.key_id);
+    CHECK(node1.validate(key.info.public_key, secret).code == ValidationCode::revoked);
+    CHECK(apikeys_test::eventually([&] {
+      return node2.validate(key.info.public_key, secret).code == ValidationCode::revoked;
+    }, std::chrono::seconds(2)));
+  }
+}
+
+TEST_CASE("RedisCache: a refused AUTH trips the breaker like a connection failure",
+          "[servers][redis][cache]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  PrefixJanitor janitor{*redis, {}};
+  RedisCacheOptions o = options_for(*redis, janitor.make(), false);
+  o.password = "not-the-password";  // the test server has none (or another): AUTH fails
+  o.retry_interval = milliseconds(60'000);
+  RedisCache cache(o);
+  try {
+    (void)cache.get(pk(1), digest_of(1));
+    FAIL("get succeeded with a refused AUTH");
+  } catch (const apikeys::Error& e) {
+    CHECK(e.code() == ErrorCode::busy);
+    CHECK(std::string(e.what()).find("AUTH") != std::string::npos);
+  }
+  // The breaker is open: the next call fails at once, without connecting.
+  try {
+    (void)cache.get(pk(1), digest_of(1));
+    FAIL("get succeeded with a refused AUTH");
+  } catch (const apikeys::Error& e) {
+    CHECK(e.code() == ErrorCode::busy);
+    CHECK(std::string(e.what()).find("retrying later") != std::string::npos);
   }
 }
 

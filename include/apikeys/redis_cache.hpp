@@ -26,7 +26,8 @@ struct RedisCacheOptions {
   /// Defaults "127.0.0.1" and 6379.
   std::string host = "127.0.0.1";
   int port = 6379;
-  /// AUTH password; empty: no AUTH. Default empty.
+  /// AUTH password; empty: no AUTH. A refused AUTH counts as Redis unreachable (the
+  /// breaker trips, see retry_interval). Default empty.
   std::string password;
   /// SELECT this database number. Default 0.
   int database = 0;
@@ -44,7 +45,8 @@ struct RedisCacheOptions {
   /// reads the store) for this long before trying Redis again, so an outage costs one
   /// timeout per interval, not one per request. erase/clear always try. Default 1 s.
   std::chrono::milliseconds retry_interval{1000};
-  /// How long the per-public-key fill generation written by erase() lives. It must
+  /// How long the per-public-key fill generation written by erase() lives (put() keeps
+  /// it at least this long, and at least as long as the verdict it writes). It must
   /// outlast any fill in flight (a store read). Default 24 h.
   std::chrono::milliseconds generation_ttl{std::chrono::hours(24)};
   /// Most verdicts held for one public key; beyond it only `valid` verdicts are added,
@@ -68,21 +70,30 @@ struct RedisCacheOptions {
 };
 
 /// Layout (P = prefix): P"e" epoch, P"g:"pk fill generation, P"v:"epoch":"pk":"digest
-/// verdict (PX = its TTL), P"i:"epoch":"pk the set of a key's verdicts, P"invalidate"
-/// the channel. Verdicts are keyed by the public key and the hex of the full presented
-/// digest (not secret: an HMAC under the pepper). put() checks the fill token against
-/// the generation and epoch inside one Lua script; erase() deletes the key's verdicts,
-/// bumps its generation and publishes, in one script; clear() moves the epoch (older
-/// verdicts become unreachable and expire) and publishes.
+/// verdict (PX = its TTL; the value starts with the generation it was written under),
+/// P"i:"epoch":"pk the set of a key's verdicts, P"invalidate" the channel. Verdicts are
+/// keyed by the public key and the hex of the full presented digest (not secret: an
+/// HMAC under the pepper). put() checks the fill token against the generation and
+/// epoch inside one Lua script; get() answers only with a verdict written under the
+/// key's current generation (checked in its script), so erase() — which bumps the
+/// generation, deletes the verdicts its index lists and publishes, in one script —
+/// makes every older verdict unreachable even if the index was evicted; a lost
+/// generation key hides every verdict too. clear() moves the epoch (older verdicts
+/// become unreachable and expire) and publishes.
+///
+/// `not_found` verdicts are never written to Redis (any well-formed public key yields
+/// one, so an attacker could grow Redis without bound): they are kept only in the
+/// bounded in-process tier, while it is live, and otherwise not cached at all.
 ///
 /// Failures: Redis unreachable or slow is Error(busy) (a Redis error reply is
 /// Error(storage)); the Validator then treats the cache as a miss. erase() throws when
 /// Redis is unreachable, so a revoke reports that the shared cache may still hold the
 /// key (the store change itself has committed; retrying the revoke is safe).
 ///
-/// Run Redis with a maxmemory-policy that evicts verdicts before the long-lived
-/// generation keys (volatile-ttl, or noeviction): an evicted generation can let one
-/// in-flight fill land after an erase.
+/// Eviction never makes an erased verdict answer again (see above). Prefer a
+/// maxmemory-policy of noeviction or volatile-ttl (verdicts go before the longer-lived
+/// generation keys): under any policy that can evict a generation key within the few
+/// milliseconds between an erase and a fill already in flight, that one fill can land.
 class APIKEYS_EXPORT RedisCache final : public Cache {
  public:
   /// Starts the subscriber thread; connects lazily (a server that is down now is not
