@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "apikeys/error.hpp"
+#include "decoy_reads.hpp"
 
 namespace apikeys {
 namespace {
@@ -121,22 +122,29 @@ std::optional<KeyRecord> MemoryStore::find(std::string_view public_key) {
   if (it != table.end()) return it->second.record;
   // PITFALLS #4 (timing oracles): a miss copies a record too, one from a bucket picked
   // by the key's hash (so not the one just probed, nor always the same, cache-hot one),
-  // so that it costs about what a hit costs.
+  // so that it costs about what a hit costs. A sparse table (few keys, or many removed:
+  // buckets never shrink) may have all 8 probed buckets empty; the first node then
+  // serves (begin() is O(1): libstdc++ keeps a pointer to it), so every miss on a
+  // non-empty store copies a record.
+  if (table.empty()) return std::nullopt;
   const std::size_t buckets = table.bucket_count();
   std::size_t b = (std::hash<std::string_view>{}(public_key) * 0x9e3779b97f4a7c15ULL) % buckets;
-  for (std::size_t probes = 0; probes < 8 && !table.empty(); ++probes, b = (b + 1) % buckets) {
+  const Entry* decoy = nullptr;
+  for (std::size_t probes = 0; probes < 8; ++probes, b = (b + 1) % buckets) {
     if (table.begin(b) != table.end(b)) {
-      // As a hit does: compare the key's bytes (a hit's probe reads the entry's own key
-      // string, another line), then copy the record.
-      const Entry& entry = table.begin(b)->second;
-      const bool same = std::string_view(entry.record.info.public_key) == public_key;
-      const KeyRecord decoy = entry.record;
-#if defined(__GNUC__)
-      asm volatile("" : : "r"(&decoy), "r"(same) : "memory");  // the work is the point: keep it
-#endif
+      decoy = &table.begin(b)->second;
       break;
     }
   }
+  if (decoy == nullptr) decoy = &table.begin()->second;
+  // As a hit does: compare the key's bytes (a hit's probe reads the entry's own key
+  // string, another line), then copy the record.
+  const bool same = std::string_view(decoy->record.info.public_key) == public_key;
+  const KeyRecord copy = decoy->record;
+#if defined(__GNUC__)
+  asm volatile("" : : "r"(&copy), "r"(same) : "memory");  // the work is the point: keep it
+#endif
+  ++detail::decoy_reads;
   return std::nullopt;
 }
 

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <iterator>
 #include <type_traits>
@@ -21,12 +22,14 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
 #include "apikeys/error.hpp"
+#include "decoy_reads.hpp"
 
 namespace apikeys {
 namespace {
@@ -78,15 +81,19 @@ constexpr std::size_t kMaxIdleReaders = 16;
   "key_id, account_id, public_key, title, description, status, created_at, expires_at, last_used_at"
 
 // find() reads one row whether or not the key exists (PITFALLS #4, timing oracles): the
-// row whose public_key is ?1 or, failing that, the decoy row ?2, with a first column
-// saying which. A miss then costs what a hit costs (index search, table search, the
-// same columns decoded) instead of stopping after the index. The public_key column is
-// only compared, not read back: on a hit it equals the argument byte for byte (a TEXT
-// column under BINARY collation).
+// first row at or after the rowid of the row whose public_key is ?1 (that row itself)
+// or, failing that, at or after the decoy rowid ?2 (gaps and deleted rowids lead to the
+// next row), with a first column saying which. A miss then costs what a hit costs
+// (index search, one table search, the same columns decoded) instead of stopping after
+// the index. Only a miss whose ?2 is past the table's end gets no row (see find()).
+// The public_key column is only compared, not read back: on a hit it equals the
+// argument byte for byte (a TEXT column under BINARY collation).
 constexpr const char* kFindSql =
     "SELECT k.public_key = ?1, k.rowid, digest, pepper_id, key_id, account_id, title,"
     " description, status, created_at, expires_at, last_used_at FROM api_keys AS k"
-    " WHERE k.rowid = coalesce((SELECT rowid FROM api_keys WHERE public_key = ?1), ?2)";
+    " WHERE k.rowid >= coalesce((SELECT rowid FROM api_keys WHERE public_key = ?1), ?2)"
+    " ORDER BY k.rowid LIMIT 1";
+constexpr const char* kMaxRowidSql = "SELECT coalesce(max(rowid), 0) FROM api_keys";
 constexpr const char* kListSql = "SELECT " APIKEYS_INFO_COLUMNS
                                  " FROM api_keys WHERE account_id = ?1"
                                  " ORDER BY created_at DESC, rowid DESC";
@@ -384,22 +391,39 @@ struct Reader {
       : db(open_connection(path, o, Role::reader, read_only)),
         find(db, kFindSql),
         list(db, kListSql),
-        revision(db, kRevisionSql) {}
+        revision(db, kRevisionSql),
+        last_rowid(db, kMaxRowidSql),
+        rng(random_seed()) {}
 
-  // A rowid for find()'s decoy read: uniform over the rowids this reader has seen.
-  std::int64_t decoy_rowid() noexcept {
+  // The table's largest rowid now, 0 when it is empty.
+  std::int64_t read_max_rowid() {
+    RawUse use(last_rowid);
+    return last_rowid.step() ? sqlite3_column_int64(last_rowid.get(), 0) : 0;
+  }
+
+  // A rowid for find()'s decoy read: uniform over 1..bound (the largest rowid the
+  // store has seen). The query takes the next existing row from there.
+  std::int64_t decoy_rowid(std::int64_t bound) noexcept {
     rng ^= rng << 13;
     rng ^= rng >> 7;
     rng ^= rng << 17;
-    return max_rowid <= 1 ? 1 : 1 + static_cast<std::int64_t>(rng % static_cast<std::uint64_t>(max_rowid));
+    return bound <= 1 ? 1 : 1 + static_cast<std::int64_t>(rng % static_cast<std::uint64_t>(bound));
   }
 
   SQLite::Database db;  // Declared first: statements are finalized before it closes.
   RawStatement find;
   RawStatement list;
   SQLite::Statement revision;
-  std::int64_t max_rowid = 0;
-  std::uint64_t rng = 0x9e3779b97f4a7c15ULL;
+  RawStatement last_rowid;
+  std::uint64_t rng;  // xorshift64 state: never 0.
+
+ private:
+  // Each reader its own sequence, so that decoy rows do not repeat across readers or runs.
+  static std::uint64_t random_seed() {
+    std::random_device device;
+    const std::uint64_t seed = (std::uint64_t{device()} << 32) ^ device();
+    return seed != 0 ? seed : 0x9e3779b97f4a7c15ULL;
+  }
 };
 
 struct Writer {
@@ -434,6 +458,17 @@ struct SqliteStore::Impl {
   std::mutex pool_mu;
   std::vector<std::unique_ptr<Reader>> idle;  // Guarded by pool_mu.
 
+  // The largest rowid this store has seen (its inserts, a reader's open, a hit): find()
+  // draws decoy rowids below it. Lowered when a miss finds it past the table's end.
+  std::atomic<std::int64_t> max_rowid{0};
+
+  void note_rowid(std::int64_t rowid) noexcept {
+    std::int64_t seen = max_rowid.load(std::memory_order_relaxed);
+    while (seen < rowid &&
+           !max_rowid.compare_exchange_weak(seen, rowid, std::memory_order_relaxed)) {
+    }
+  }
+
   // A reader checked out of the pool for the duration of one call.
   class Lease {
    public:
@@ -446,7 +481,10 @@ struct SqliteStore::Impl {
         }
       }
       // Opening takes file I/O: never under the pool mutex.
-      if (!reader_) reader_ = std::make_unique<Reader>(impl_.path, impl_.options, impl_.read_only);
+      if (!reader_) {
+        reader_ = std::make_unique<Reader>(impl_.path, impl_.options, impl_.read_only);
+        impl_.note_rowid(reader_->read_max_rowid());
+      }
     }
     ~Lease() {
       std::unique_ptr<Reader> surplus;
@@ -584,6 +622,7 @@ void SqliteStore::insert(const KeyRecord& record) {
       s.bind(11);
     }
     s.exec();
+    impl_->note_rowid(sqlite3_last_insert_rowid(w.db.getHandle()));
   });
 }
 
@@ -593,11 +632,22 @@ std::optional<KeyRecord> SqliteStore::find(std::string_view public_key) {
     RawStatement& s = r->find;
     RawUse use(s);
     s.bind(1, public_key);
-    s.bind(2, r->decoy_rowid());
-    if (!s.step()) return std::nullopt;  // no such key, and no decoy row (an empty store)
+    s.bind(2, r->decoy_rowid(impl_->max_rowid.load(std::memory_order_relaxed)));
+    if (!s.step()) {
+      // A miss whose decoy rowid is past the table's end (its last rows were deleted
+      // since this reader learned max(rowid)), or an empty store: learn the end again
+      // and read the decoy from the first row. Rare, and not tied to the key.
+      sqlite3_reset(s.get());
+      const std::int64_t last = r->read_max_rowid();
+      impl_->max_rowid.store(last, std::memory_order_relaxed);
+      if (last == 0) return std::nullopt;  // empty: no such key, no decoy row
+      s.bind(2, std::int64_t{1});
+      if (!s.step()) return std::nullopt;  // emptied meanwhile
+    }
     const bool hit = sqlite3_column_int(s.get(), 0) == 1;
     KeyRecord record;
     if (!hit) {
+      ++detail::decoy_reads;
       // Decoded like a hit, then dropped; a damaged decoy row must not fail the miss.
       try {
         record.digest = read_digest(s.get(), 2, "find");
@@ -606,7 +656,7 @@ std::optional<KeyRecord> SqliteStore::find(std::string_view public_key) {
       }
       return std::nullopt;
     }
-    r->max_rowid = std::max<std::int64_t>(r->max_rowid, sqlite3_column_int64(s.get(), 1));
+    impl_->note_rowid(sqlite3_column_int64(s.get(), 1));
     record.digest = read_digest(s.get(), 2, "find");
     record.info = read_info(s.get(), "find", 4, &public_key);
     return record;

@@ -1,0 +1,106 @@
+// Both bundled stores read a decoy record on every miss of a non-empty store (PITFALLS
+// #4, timing oracles), sparse tables and deleted rows included. Observed through the
+// library's private per-thread counter (src/decoy_reads.hpp), which only a static
+// build lets a test link to.
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "apikeys/memory_store.hpp"
+#include "apikeys/sqlite_store.hpp"
+#include "catch.hpp"
+#include "store_contract.hpp"
+#include "test_support.hpp"
+
+#if defined(APIKEYS_STATIC_DEFINE)
+#include "../src/decoy_reads.hpp"
+
+namespace {
+
+using apikeys_test::account_id;
+using apikeys_test::contract::key_id;
+using apikeys_test::contract::public_key;
+using apikeys_test::contract::record;
+
+// Looks up `misses` absent public keys, each twice (a key's decoy must not depend on
+// luck that repeats), and counts the misses that read no decoy.
+std::uint64_t misses_without_decoy(apikeys::Store& store, std::uint32_t misses) {
+  std::uint64_t without = 0;
+  for (std::uint32_t n = 0; n < misses; ++n) {
+    for (int round = 0; round < 2; ++round) {
+      const std::uint64_t before = apikeys::detail::decoy_reads;
+      CHECK_FALSE(store.find(public_key(1'000'000 + n)));
+      const std::uint64_t read = apikeys::detail::decoy_reads - before;
+      CHECK(read <= 1);
+      if (read == 0) ++without;
+    }
+  }
+  return without;
+}
+
+}  // namespace
+
+TEST_CASE("MemoryStore reads a decoy on every miss, sparse table included",
+          "[store][memory][timing]") {
+  const apikeys::Uuid alice = account_id(1);
+  apikeys::MemoryStore store;
+
+  // Empty: nothing to read, and nothing read.
+  CHECK(misses_without_decoy(store, 10) == 20);
+
+  // 2,000 keys, then all but 3 removed: the bucket array keeps its size (libstdc++ never
+  // shrinks it), so almost every group of 8 buckets a miss probes is empty.
+  for (std::uint32_t n = 1; n <= 2000; ++n) store.insert(record(n, alice));
+  for (std::uint32_t n = 1; n <= 2000; ++n) {
+    if (n != 7 && n != 1000 && n != 1999) REQUIRE(store.remove(alice, key_id(n)));
+  }
+  REQUIRE(store.size() == 3);
+  CHECK(misses_without_decoy(store, 500) == 0);
+
+  // A hit reads no decoy and still returns its own record.
+  const std::uint64_t before = apikeys::detail::decoy_reads;
+  REQUIRE(store.find(public_key(1000)));
+  CHECK(store.find(public_key(1000))->info.key_id == key_id(1000));
+  CHECK(apikeys::detail::decoy_reads == before);
+
+  // One key left.
+  REQUIRE(store.remove(alice, key_id(7)));
+  REQUIRE(store.remove(alice, key_id(1999)));
+  CHECK(misses_without_decoy(store, 100) == 0);
+}
+
+TEST_CASE("SqliteStore reads a decoy on every miss, deleted rowids and gaps included",
+          "[store][sqlite][timing]") {
+  const apikeys::Uuid alice = account_id(1);
+  apikeys_test::TempDir dir;
+  apikeys::SqliteStoreOptions options;
+  options.durable = false;
+  apikeys::SqliteStore store(dir.file("decoy.db"), options);
+
+  // Empty: nothing to read, and nothing read.
+  CHECK(misses_without_decoy(store, 10) == 20);
+
+  // Rowids 1..200; this thread's reader has seen only misses so far.
+  for (std::uint32_t n = 1; n <= 200; ++n) store.insert(record(n, alice));
+  CHECK(misses_without_decoy(store, 50) == 0);
+
+  // Rowid 1 and most others deleted, the largest ones too: decoy rowids now fall in
+  // gaps, on deleted rows and past the end of the table.
+  for (std::uint32_t n = 1; n <= 200; ++n) {
+    if (n != 60 && n != 61 && n != 150) REQUIRE(store.remove(alice, key_id(n)));
+  }
+  CHECK(misses_without_decoy(store, 500) == 0);
+
+  // A hit reads no decoy and still returns its own record.
+  const std::uint64_t before = apikeys::detail::decoy_reads;
+  const auto hit = store.find(public_key(150));
+  REQUIRE(hit);
+  CHECK(hit->info.key_id == key_id(150));
+  CHECK(apikeys::detail::decoy_reads == before);
+
+  // A reader opened now (a second store on the file) learns the table as it is.
+  apikeys::SqliteStore other(dir.file("decoy.db"), options);
+  CHECK(misses_without_decoy(other, 100) == 0);
+}
+
+#endif  // APIKEYS_STATIC_DEFINE
