@@ -10,6 +10,7 @@
 #include <string>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "apikeys/error.hpp"
 #include "decoy_reads.hpp"
@@ -38,6 +39,7 @@ using OrderKey = std::pair<TimePoint, std::uint64_t>;
 struct Entry {
   KeyRecord record;
   std::uint64_t seq = 0;
+  std::size_t dense_index = 0;  // Its place in Impl::dense.
 };
 
 }  // namespace
@@ -55,6 +57,10 @@ struct MemoryStore::Impl {
   std::unordered_map<std::string_view, Entry> by_public_key;
   std::unordered_map<Uuid, Entry*, UuidHash> by_key_id;
   std::unordered_map<Uuid, std::map<OrderKey, Entry*, std::greater<>>, UuidHash> by_account;
+  // Every entry, without holes (a removal moves the last one into its place): find()'s
+  // decoy on a miss is one of them, picked by the key's hash, however sparse the hash
+  // tables have become (their buckets never shrink).
+  std::vector<Entry*> dense;
 
   // REQUIRES: mu held (shared or exclusive).
   Entry* owned_by(const Uuid& account_id, const Uuid& key_id) const {
@@ -103,11 +109,16 @@ void MemoryStore::insert(const KeyRecord& record) {
   const OrderKey order{info.created_at, raw->seq};
   // Strong guarantee: if an allocation throws, undo the index entries already made.
   auto& account = impl_->by_account[account_id];
+  bool listed = false;
   try {
+    raw->dense_index = impl_->dense.size();
+    impl_->dense.push_back(raw);
+    listed = true;
     account.emplace(order, raw);
     impl_->by_key_id.emplace(key_id, raw);
     impl_->by_public_key.insert(std::move(node));
   } catch (...) {
+    if (listed) impl_->dense.pop_back();
     impl_->by_key_id.erase(key_id);
     account.erase(order);
     if (account.empty()) impl_->by_account.erase(account_id);
@@ -120,23 +131,13 @@ std::optional<KeyRecord> MemoryStore::find(std::string_view public_key) {
   const auto& table = impl_->by_public_key;
   auto it = table.find(public_key);
   if (it != table.end()) return it->second.record;
-  // PITFALLS #4 (timing oracles): a miss copies a record too, one from a bucket picked
-  // by the key's hash (so not the one just probed, nor always the same, cache-hot one),
-  // so that it costs about what a hit costs. A sparse table (few keys, or many removed:
-  // buckets never shrink) may have all 8 probed buckets empty; the first node then
-  // serves (begin() is O(1): libstdc++ keeps a pointer to it), so every miss on a
-  // non-empty store copies a record.
-  if (table.empty()) return std::nullopt;
-  const std::size_t buckets = table.bucket_count();
-  std::size_t b = (std::hash<std::string_view>{}(public_key) * 0x9e3779b97f4a7c15ULL) % buckets;
-  const Entry* decoy = nullptr;
-  for (std::size_t probes = 0; probes < 8; ++probes, b = (b + 1) % buckets) {
-    if (table.begin(b) != table.end(b)) {
-      decoy = &table.begin(b)->second;
-      break;
-    }
-  }
-  if (decoy == nullptr) decoy = &table.begin()->second;
+  // PITFALLS #4 (timing oracles): a miss copies a record too, one picked by the key's
+  // hash among all entries (so not the one just probed, nor always the same, cache-hot
+  // one), so that it costs about what a hit costs.
+  const auto& dense = impl_->dense;
+  if (dense.empty()) return std::nullopt;
+  const Entry* decoy =
+      dense[(std::hash<std::string_view>{}(public_key) * 0x9e3779b97f4a7c15ULL) % dense.size()];
   // As a hit does: compare the key's bytes (a hit's probe reads the entry's own key
   // string, another line), then copy the record.
   const bool same = std::string_view(decoy->record.info.public_key) == public_key;
@@ -175,6 +176,11 @@ std::optional<KeyInfo> MemoryStore::remove(const Uuid& account_id, const Uuid& k
   Entry* entry = impl_->owned_by(account_id, key_id);
   if (entry == nullptr) return std::nullopt;
   KeyInfo removed = entry->record.info;  // Copy before any erase: nothing below throws.
+
+  Entry* last = impl_->dense.back();
+  impl_->dense[entry->dense_index] = last;
+  last->dense_index = entry->dense_index;
+  impl_->dense.pop_back();
 
   auto account = impl_->by_account.find(account_id);
   account->second.erase(OrderKey{removed.created_at, entry->seq});
