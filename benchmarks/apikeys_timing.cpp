@@ -17,7 +17,9 @@
 // store's lookup rather than the Validator.
 //
 // Usage: apikeys_timing [--samples N] [--keys K] [--store memory|sqlite|both]
-//                       [--seed S] [--no-attribute]
+//                       [--seed S] [--no-attribute] [--sparse F]
+// --sparse F creates K*F keys and removes all but every F-th (rowid 1 among the
+// removed): a table sized for K*F keys holding K, with gaps between its rows.
 // Exit status: 0 when every validate() test passes, 1 otherwise, 2 on bad usage.
 // Not a unit test: the verdict depends on the machine and its load.
 
@@ -277,12 +279,13 @@ struct Config {
   bool sqlite = true;
   bool attribute = true;
   std::uint64_t seed = 0;
+  std::size_t sparse = 1;
 };
 
 [[noreturn]] void usage(const char* msg) {
   std::fprintf(stderr,
                "apikeys_timing: %s\nusage: apikeys_timing [--samples N] [--keys K] "
-               "[--store memory|sqlite|both] [--seed S] [--no-attribute]\n",
+               "[--store memory|sqlite|both] [--seed S] [--no-attribute] [--sparse F]\n",
                msg);
   std::exit(2);
 }
@@ -293,22 +296,30 @@ const std::shared_ptr<apikeys::Hasher>& shared_hasher() {
   return h;
 }
 
-// `keys` keys made through KeyManager (the real create path), with realistic titles.
+// `keys` keys made through KeyManager (the real create path), with realistic titles;
+// with sparse > 1, keys * sparse made and all but every sparse-th removed.
 std::vector<std::string> fill(const char* name, const std::shared_ptr<apikeys::Store>& store,
-                              std::size_t keys) {
+                              std::size_t keys, std::size_t sparse) {
   apikeys::KeyManagerOptions o;
   o.validation.record_last_use = false;
   apikeys::KeyManager manager(store, shared_hasher(), o);
   std::vector<std::string> out;
+  std::vector<std::pair<apikeys::Uuid, apikeys::Uuid>> removals;  // account, key
   const auto started = Clock::now();
-  for (std::size_t i = 0; i < keys; ++i) {
+  for (std::size_t i = 0; i < keys * sparse; ++i) {
     apikeys::CreateRequest req;
     req.title = "service key " + std::to_string(i);
     req.description = "created by apikeys_timing";
-    out.push_back(manager.create(apikeys::Uuid::random(), req).info.public_key);
+    const apikeys::KeyInfo info = manager.create(apikeys::Uuid::random(), req).info;
+    if (i % sparse == sparse - 1) {
+      out.push_back(info.public_key);
+    } else {
+      removals.emplace_back(info.account_id, info.key_id);
+    }
   }
-  std::printf("%s: %zu keys created in %.1f s\n", name, keys,
-              std::chrono::duration<double>(Clock::now() - started).count());
+  for (const auto& [account, key] : removals) (void)store->remove(account, key);
+  std::printf("%s: %zu keys created, %zu of them removed, in %.1f s\n", name, keys * sparse,
+              removals.size(), std::chrono::duration<double>(Clock::now() - started).count());
   return out;
 }
 
@@ -380,6 +391,8 @@ int main(int argc, char** argv) {
       cfg.keys = number(value());
     } else if (a == "--seed") {
       cfg.seed = number(value());
+    } else if (a == "--sparse") {
+      cfg.sparse = number(value());
     } else if (a == "--no-attribute") {
       cfg.attribute = false;
     } else if (a == "--store") {
@@ -395,9 +408,9 @@ int main(int argc, char** argv) {
 
   const double tpn = ticks_per_ns();
   std::printf("apikeys_timing %s: %zu samples per store (classes interleaved at random), %zu keys, "
-              "seed %llu, %.3f ticks/ns\n",
+              "seed %llu, %.3f ticks/ns, sparse %zu\n",
               apikeys::version(), cfg.samples, cfg.keys, static_cast<unsigned long long>(cfg.seed),
-              tpn);
+              tpn, cfg.sparse);
   bool pass = true;
   {
     // 16 keys and their siblings: nothing but the Validator's own code differs between
@@ -426,7 +439,7 @@ int main(int argc, char** argv) {
   }
   if (cfg.memory) {
     auto store = std::make_shared<apikeys::MemoryStore>();
-    pass = run_store("MemoryStore", store, fill("MemoryStore", store, cfg.keys), cfg, tpn,
+    pass = run_store("MemoryStore", store, fill("MemoryStore", store, cfg.keys, cfg.sparse), cfg, tpn,
                      cfg.attribute) && pass;
   }
   if (cfg.sqlite) {
@@ -440,7 +453,7 @@ int main(int argc, char** argv) {
       apikeys::SqliteStoreOptions so;
       so.durable = false;  // only the fill writes; validation reads either way
       auto store = std::make_shared<apikeys::SqliteStore>(std::string(dir) + "/timing.db", so);
-      pass = run_store("SqliteStore", store, fill("SqliteStore", store, cfg.keys), cfg, tpn,
+      pass = run_store("SqliteStore", store, fill("SqliteStore", store, cfg.keys, cfg.sparse), cfg, tpn,
                        cfg.attribute) && pass;
     }
     std::error_code ec;
