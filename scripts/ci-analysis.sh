@@ -19,26 +19,14 @@ stamp() { echo "ci-analysis: [$(($(date +%s) - start)) s] $*"; }
 
 # Build dependencies (headers the analysed code includes), then the analysers and the
 # optional backends' client headers, installing only what is missing.
-scripts/deps.sh
+bash scripts/deps.sh
 extra_packages=(clang-tidy-14 cppcheck libpq-dev)
 with_redis=OFF
 if [[ -f src/redis_cache.cpp ]]; then
   extra_packages+=(libhiredis-dev)
   with_redis=ON
 fi
-missing=()
-for p in "${extra_packages[@]}"; do
-  if [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" != "install ok installed" ]]; then
-    missing+=("$p")
-  fi
-done
-if [[ ${#missing[@]} -gt 0 ]]; then
-  stamp "installing ${missing[*]}"
-  as_root=()
-  [[ $(id -u) -ne 0 ]] && as_root=(sudo)
-  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
-  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-fi
+bash scripts/deps.sh "${extra_packages[@]}"
 
 # compile_commands.json for the library alone. CMAKE_CXX_STANDARD makes the -std flag
 # explicit: GCC defaults to C++17 so CMake would omit it, and clang-tidy-14 would then

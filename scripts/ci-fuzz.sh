@@ -23,21 +23,8 @@ stamp() { echo "ci-fuzz: [$(($(date +%s) - start)) s] $*"; }
 
 # Build dependencies (libssl, SQLiteCpp, fmt, CLI11, nlohmann-json...), then clang-14
 # and its runtime libraries (libFuzzer, ASan, UBSan), installing only what is missing.
-scripts/deps.sh
-fuzz_packages=(clang-14 libclang-rt-14-dev)
-missing=()
-for p in "${fuzz_packages[@]}"; do
-  if [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" != "install ok installed" ]]; then
-    missing+=("$p")
-  fi
-done
-if [[ ${#missing[@]} -gt 0 ]]; then
-  stamp "installing ${missing[*]}"
-  as_root=()
-  [[ $(id -u) -ne 0 ]] && as_root=(sudo)
-  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
-  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-fi
+bash scripts/deps.sh
+bash scripts/deps.sh clang-14 libclang-rt-14-dev
 
 stamp "configuring $BUILD_DIR"
 mkdir -p "$BUILD_DIR"

@@ -39,25 +39,7 @@ esac
 packages=(build-essential cmake pkg-config binutils libc-bin
           libssl-dev libsqlitecpp-dev libsqlite3-dev libfmt-dev
           libcli11-dev nlohmann-json3-dev libpq-dev libhiredis-dev)
-if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-  missing=()
-  for p in "${packages[@]}"; do
-    if [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" != "install ok installed" ]]; then
-      missing+=("$p")
-    fi
-  done
-  if [[ ${#missing[@]} -gt 0 ]]; then
-    if [[ $(id -u) -eq 0 ]]; then as_root() { "$@"; }
-    elif command -v sudo >/dev/null 2>&1; then as_root() { sudo "$@"; }
-    else echo "ci-package.sh: missing packages and no root/sudo: ${missing[*]}" >&2; exit 1
-    fi
-    echo "ci-package.sh: installing ${missing[*]}"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-  fi
-else
-  echo "ci-package.sh: not Debian-like; assuming these are installed: ${packages[*]}" >&2
-fi
+bash scripts/deps.sh "${packages[@]}"
 
 # --- timing and failure helpers ---
 # (No `cmd | grep -q` below: with pipefail, grep's early exit can fail cmd with SIGPIPE.)

@@ -21,7 +21,7 @@ stamp() { echo "ci-sanitizers: [$(($(date +%s) - start)) s] $*"; }
 
 # Build and test dependencies (compiler, libraries, curl for the http_server example).
 # GCC ships the sanitizer runtimes (libasan, libubsan, libtsan) with build-essential.
-scripts/deps.sh
+bash scripts/deps.sh
 
 # ThreadSanitizer maps its shadow memory at fixed addresses. Kernels that randomise
 # mmap with more than 28 bits (vm.mmap_rnd_bits, raised by default on recent Ubuntu

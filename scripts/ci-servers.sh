@@ -26,23 +26,9 @@ phase() {  # phase NAME: prints how long the previous phase took
 # --- packages: what this build needs, and the servers; only the missing ones ---------
 packages=(build-essential cmake pkg-config libssl-dev libsqlitecpp-dev libsqlite3-dev libfmt-dev
           catch2 nlohmann-json3-dev libpq-dev libhiredis-dev postgresql redis-server)
-if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-  missing=()
-  for p in "${packages[@]}"; do
-    [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true) == "install ok installed" ]] || missing+=("$p")
-  done
-  if [[ ${#missing[@]} -gt 0 ]]; then
-    sudo=()
-    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
-    echo "ci-servers.sh: installing ${missing[*]}"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    # The packages' own services (if the system starts them) keep their default ports;
-    # ours run on free ports from scripts/servers.sh.
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-  fi
-else
-  echo "ci-servers.sh: not a Debian-like system; needs: ${packages[*]}" >&2
-fi
+# The packages' own services (if the system starts them) keep their default ports; ours
+# run on free ports from scripts/servers.sh.
+bash scripts/deps.sh "${packages[@]}"
 # servers.sh needs the PostgreSQL major version's bin directory: take the installed one.
 if [[ -z ${APIKEYS_PG_VERSION:-} ]]; then
   APIKEYS_PG_VERSION=$(ls /usr/lib/postgresql 2>/dev/null | sort -V | tail -1)

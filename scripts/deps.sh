@@ -2,14 +2,20 @@
 # Installs the Debian/Ubuntu packages apikeys needs to build, test and demo, and only
 # those that are missing: `apt-get update` runs only when something is to be installed.
 # Root runs apt-get directly; other users go through sudo when it exists.
+# Usage: bash scripts/deps.sh            the packages of the build, tests and demo
+#        bash scripts/deps.sh PKG...     these packages instead (the CI scripts' extras)
 set -euo pipefail
 
-packages=(
-  build-essential cmake pkg-config
-  libssl-dev libsqlitecpp-dev libsqlite3-dev libfmt-dev
-  catch2 libcli11-dev nlohmann-json3-dev libbenchmark-dev libcpp-httplib-dev
-  sqlite3 curl doxygen
-)
+if [[ $# -gt 0 ]]; then
+  packages=("$@")
+else
+  packages=(
+    build-essential cmake pkg-config
+    libssl-dev libsqlitecpp-dev libsqlite3-dev libfmt-dev
+    catch2 libcli11-dev nlohmann-json3-dev libbenchmark-dev libcpp-httplib-dev
+    sqlite3 curl doxygen
+  )
+fi
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
   echo "deps.sh: not a Debian-like system (no dpkg-query/apt-get); install these yourself:" >&2
@@ -26,7 +32,7 @@ for p in "${packages[@]}"; do
 done
 
 if [[ ${#missing[@]} -eq 0 ]]; then
-  echo "deps.sh: all ${#packages[@]} packages are installed"
+  echo "deps.sh: all ${#packages[@]} packages are installed: ${packages[*]}"
   exit 0
 fi
 
