@@ -654,7 +654,7 @@ void RedisCache::erase(std::string_view public_key) {
   if (impl.local) impl.local->erase(public_key);
   // Always tried, breaker or not: a revoke should know whether Redis forgot the key.
   Reply r = impl.script(kErase, {std::string(public_key), impl.generation_ttl_ms(), impl.channel,
-                                 impl.message_erase(public_key), impl.generation0()});
+                                 impl.message_erase(public_key), Impl::generation0()});
   if (r->type != REDIS_REPLY_INTEGER) throw Error(ErrorCode::storage, "RedisCache erase: unexpected reply");
   // Again: a lookup here may have copied a verdict from Redis before the script ran.
   if (impl.local) impl.local->erase(public_key);
