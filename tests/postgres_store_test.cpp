@@ -79,17 +79,10 @@ apikeys::KeyManagerOptions manager_options(std::shared_ptr<apikeys::Cache> cache
   return o;
 }
 
-std::shared_ptr<apikeys::Hasher> hasher() {
-  return std::make_shared<apikeys::HmacSha256Hasher>(apikeys_test::kTestPepper);
-}
-
-apikeys::CreateRequest request(const std::string& title) {
-  apikeys::CreateRequest r;
-  r.title = title;
-  return r;
-}
-
 }  // namespace
+
+using apikeys_test::hasher;
+using apikeys_test::request;
 
 TEST_CASE("PostgresStore satisfies the Store contract", "[servers][postgres][store]") {
   const auto pg = apikeys_test::test_pg();

@@ -114,16 +114,6 @@ RedisCacheOptions options_for(const apikeys_test::RedisAddress& a, const std::st
   return o;
 }
 
-std::shared_ptr<apikeys::Hasher> hasher() {
-  return std::make_shared<apikeys::HmacSha256Hasher>(apikeys_test::kTestPepper);
-}
-
-apikeys::CreateRequest request(const std::string& title) {
-  apikeys::CreateRequest r;
-  r.title = title;
-  return r;
-}
-
 apikeys::ValidatorOptions validator_options(std::shared_ptr<apikeys::Cache> cache) {
   apikeys::ValidatorOptions o;
   o.cache = std::move(cache);
@@ -133,6 +123,9 @@ apikeys::ValidatorOptions validator_options(std::shared_ptr<apikeys::Cache> cach
 }
 
 }  // namespace
+
+using apikeys_test::hasher;
+using apikeys_test::request;
 
 TEST_CASE("RedisCache satisfies the Cache contract (Redis only)", "[servers][redis][cache]") {
   const auto redis = apikeys_test::test_redis();

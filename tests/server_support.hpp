@@ -18,9 +18,13 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <memory>
 #include <thread>
 
+#include "apikeys/hasher.hpp"
+#include "apikeys/key_manager.hpp"
 #include "catch.hpp"
+#include "test_support.hpp"
 
 namespace apikeys_test {
 
@@ -116,6 +120,17 @@ bool eventually(Pred pred, std::chrono::milliseconds limit = std::chrono::second
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return true;
+}
+
+// The hasher and a titled request every server test uses.
+inline std::shared_ptr<apikeys::Hasher> hasher() {
+  return std::make_shared<apikeys::HmacSha256Hasher>(kTestPepper);
+}
+
+inline apikeys::CreateRequest request(const std::string& title) {
+  apikeys::CreateRequest r;
+  r.title = title;
+  return r;
 }
 
 }  // namespace apikeys_test
