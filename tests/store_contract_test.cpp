@@ -1,6 +1,8 @@
 // Runs the Store contract (store_contract.hpp) on every bundled backend, plus the
 // MemoryStore-only behaviour (its bound, its size, millisecond precision).
 #include <memory>
+#include <random>
+#include <set>
 #include <string>
 
 #include "apikeys/error.hpp"
@@ -66,4 +68,53 @@ TEST_CASE("MemoryStore keeps millisecond precision and revision 0", "[store][mem
 
   REQUIRE(store.set_status(alice, r.info.key_id, apikeys::KeyStatus::revoked));
   CHECK(store.revision() == 0);
+}
+
+TEST_CASE("MemoryStore finds exactly its keys through growth, removals and shrinking",
+          "[store][memory]") {
+  // MemoryStore's public-key index is its own open-addressing table (removals shift
+  // later slots back, the table halves when 1/8 full): checked against a model over
+  // random inserts and removals, every key present and absent looked up along the way.
+  using apikeys_test::contract::key_id;
+  using apikeys_test::contract::public_key;
+  const apikeys::Uuid alice = apikeys_test::account_id(1);
+  apikeys::MemoryStore store;
+  std::set<std::uint32_t> model;
+  std::mt19937 rng(20261125);
+  constexpr std::uint32_t kUniverse = 3000;
+  auto check_all = [&] {
+    REQUIRE(store.size() == model.size());
+    std::size_t wrong = 0;
+    for (std::uint32_t n = 0; n < kUniverse; ++n) {
+      const auto got = store.find(public_key(n));
+      const bool present = model.count(n) != 0;
+      if (got.has_value() != present || (got && got->info.key_id != key_id(n))) ++wrong;
+    }
+    CHECK(wrong == 0);
+  };
+  // Phases: fill to ~2,400 keys, drain to ~30 (the table shrinks), refill, drain to 0.
+  for (const double keep : {0.8, 0.01, 0.6, 0.0}) {
+    const auto target = static_cast<std::size_t>(keep * kUniverse);
+    for (int step = 0; step < 6000; ++step) {
+      const std::uint32_t n = rng() % kUniverse;
+      const bool grow = model.size() < target;
+      if (grow && model.count(n) == 0) {
+        store.insert(record(n, alice));
+        model.insert(n);
+      } else if (!grow && model.count(n) != 0) {
+        REQUIRE(store.remove(alice, key_id(n)));
+        model.erase(n);
+      }
+    }
+    check_all();
+  }
+  for (const std::uint32_t n : std::set<std::uint32_t>(model)) {
+    REQUIRE(store.remove(alice, key_id(n)));
+    model.erase(n);
+  }
+  check_all();
+  // Reusable after being emptied.
+  store.insert(record(7, alice));
+  model.insert(7);
+  check_all();
 }
