@@ -14,17 +14,22 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <iterator>
 #include <type_traits>
 #include <cstdint>
 #include <exception>
+#include <filesystem>
 #include <limits>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -393,7 +398,43 @@ struct Reader {
         list(db, kListSql),
         revision(db, kRevisionSql),
         last_rowid(db, kMaxRowidSql),
+        begin(db, "BEGIN"),
+        end(db, "COMMIT"),
         rng(random_seed()) {}
+
+  // True while this connection holds a read transaction open across calls.
+  [[nodiscard]] bool in_snapshot() const noexcept {
+    return sqlite3_get_autocommit(db.getHandle()) == 0;
+  }
+
+  // Ends the read transaction, if any: the next read takes a new snapshot. Never
+  // throws; a failed COMMIT (not expected for a read) falls back to ROLLBACK. Not const:
+  // it changes the connection's state, which the compiler cannot see through handles.
+  // NOLINTNEXTLINE(readability-make-member-function-const)
+  void end_snapshot() noexcept {
+    if (!in_snapshot()) return;
+    const int rc = sqlite3_step(end.get());
+    sqlite3_reset(end.get());
+    if (rc != SQLITE_DONE) sqlite3_exec(db.getHandle(), "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+
+  // find()'s read transaction: kept across calls while it is younger than `max_age`
+  // and no write went through this store since it began (`epoch`); else a new one.
+  void use_snapshot(std::chrono::steady_clock::duration max_age, std::uint64_t epoch) {
+    if (max_age.count() <= 0) {
+      end_snapshot();  // a transaction per statement
+      return;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (in_snapshot()) {
+      if (epoch == snapshot_epoch && now - snapshot_began < max_age) return;
+      end_snapshot();
+    }
+    RawUse use(begin);
+    (void)begin.step();
+    snapshot_began = now;
+    snapshot_epoch = epoch;
+  }
 
   // The table's largest rowid now, 0 when it is empty.
   std::int64_t read_max_rowid() {
@@ -415,7 +456,11 @@ struct Reader {
   RawStatement list;
   SQLite::Statement revision;
   RawStatement last_rowid;
+  RawStatement begin;
+  RawStatement end;
   std::uint64_t rng;  // xorshift64 state: never 0.
+  std::chrono::steady_clock::time_point snapshot_began;
+  std::uint64_t snapshot_epoch = 0;
 
  private:
   // Each reader its own sequence, so that decoy rows do not repeat across readers or runs.
@@ -443,14 +488,113 @@ struct Writer {
   SQLite::Statement last_use;
 };
 
+// One write counter per database file in this process, shared by every SqliteStore
+// open on it (keyed by the file's canonical path; entries die with their last store).
+std::shared_ptr<std::atomic<std::uint64_t>> file_epoch(const std::string& path) {
+  static std::mutex mu;
+  static std::map<std::string, std::weak_ptr<std::atomic<std::uint64_t>>> files;
+  std::error_code ec;
+  std::string key = std::filesystem::canonical(path, ec).string();
+  if (ec) key = path;
+  std::lock_guard lock(mu);
+  for (auto it = files.begin(); it != files.end();) {
+    it = it->second.expired() ? files.erase(it) : std::next(it);
+  }
+  auto& slot = files[key];
+  auto epoch = slot.lock();
+  if (!epoch) {
+    epoch = std::make_shared<std::atomic<std::uint64_t>>(0);
+    slot = epoch;
+  }
+  return epoch;
+}
+
 }  // namespace
 
 struct SqliteStore::Impl {
-  Impl(std::string p, const SqliteStoreOptions& o) : path(std::move(p)), options(o) {}
+  Impl(std::string p, const SqliteStoreOptions& o)
+      : path(std::move(p)),
+        options(o),
+        snapshot_max_age(std::max(std::chrono::steady_clock::duration::zero(),
+                                  std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                      o.read_snapshot_max_age))) {}
+
+  ~Impl() {
+    {
+      std::lock_guard lock(janitor_mu);
+      stopping = true;
+    }
+    janitor_cv.notify_all();
+    if (janitor.joinable()) janitor.join();
+  }
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
 
   const std::string path;
   const SqliteStoreOptions options;
+  const std::chrono::steady_clock::duration snapshot_max_age;
   bool read_only = false;  // The option, or the file turned out not to be writable.
+
+  // Counts the writes committed through every SqliteStore of this process on this file,
+  // and the revision changes they have seen (another process's revokes): a find()
+  // snapshot older than the last one is not reused. Shared by file (see file_epoch()),
+  // so a write through one object shows at once through another.
+  std::shared_ptr<std::atomic<std::uint64_t>> write_epoch =
+      std::make_shared<std::atomic<std::uint64_t>>(0);
+  std::atomic<std::uint64_t> last_revision{0};
+  std::atomic<bool> revision_known{false};
+
+  // Ends the snapshots of readers left idle (PITFALLS: a read transaction held open
+  // forever pins the WAL, which then grows with every write of every process). Runs
+  // only while some idle reader may hold one; wakes every kJanitorPeriod meanwhile.
+  static constexpr std::chrono::milliseconds kJanitorPeriod{100};
+  std::mutex janitor_mu;
+  std::condition_variable janitor_cv;
+  bool stopping = false;                // guarded by janitor_mu
+  std::atomic<bool> janitor_armed{false};
+  std::thread janitor;                  // started by the constructor when snapshots are kept
+
+  void start_janitor() {
+    if (snapshot_max_age.count() > 0) janitor = std::thread([this] { run_janitor(); });
+  }
+
+  // Called when a reader with an open snapshot goes back to the pool.
+  void arm_janitor() {
+    if (janitor_armed.load(std::memory_order_relaxed) || !janitor.joinable()) return;
+    {
+      std::lock_guard lock(janitor_mu);
+      janitor_armed.store(true, std::memory_order_relaxed);
+    }
+    janitor_cv.notify_one();
+  }
+
+  void run_janitor() {
+    std::unique_lock lock(janitor_mu);
+    while (!stopping) {
+      janitor_cv.wait(lock, [this] { return stopping || janitor_armed.load(); });
+      if (janitor_cv.wait_for(lock, kJanitorPeriod, [this] { return stopping; })) break;
+      janitor_armed.store(false);
+      lock.unlock();
+      bool young_left = false;
+      {
+        std::lock_guard pool(pool_mu);
+        const auto now = std::chrono::steady_clock::now();
+        for (const auto& r : idle) {
+          if (!r->in_snapshot()) continue;
+          if (now - r->snapshot_began >= snapshot_max_age) {
+            r->end_snapshot();
+          } else {
+            young_left = true;
+          }
+        }
+      }
+      if (young_left) janitor_armed.store(true);
+      lock.lock();
+    }
+  }
+
+  // After a commit, or a revision change seen: no find() reuses an older snapshot.
+  void bump_epoch() noexcept { write_epoch->fetch_add(1, std::memory_order_release); }
 
   std::mutex writer_mu;
   std::unique_ptr<Writer> writer;  // Guarded by writer_mu; null when read_only.
@@ -487,7 +631,10 @@ struct SqliteStore::Impl {
       }
     }
     ~Lease() {
+      // A call that failed may have left its snapshot mid-way: never reuse it.
+      if (std::uncaught_exceptions() > exceptions_) reader_->end_snapshot();
       std::unique_ptr<Reader> surplus;
+      const bool open = reader_->in_snapshot();
       {
         std::lock_guard lock(impl_.pool_mu);
         if (impl_.idle.size() < kMaxIdleReaders) {
@@ -496,6 +643,7 @@ struct SqliteStore::Impl {
           surplus = std::move(reader_);
         }
       }
+      if (open && !surplus) impl_.arm_janitor();
       // surplus (if any) closes here, outside the mutex.
     }
     Lease(const Lease&) = delete;
@@ -505,6 +653,7 @@ struct SqliteStore::Impl {
 
    private:
     Impl& impl_;
+    const int exceptions_ = std::uncaught_exceptions();
     std::unique_ptr<Reader> reader_;
   };
 
@@ -525,9 +674,11 @@ struct SqliteStore::Impl {
         if constexpr (std::is_void_v<decltype(f(*writer))>) {
           f(*writer);
           tx.commit();
+          bump_epoch();
         } else {
           auto result = f(*writer);
           tx.commit();
+          bump_epoch();
           return result;
         }
       } catch (...) {
@@ -589,6 +740,8 @@ SqliteStore::SqliteStore(const std::string& path, SqliteStoreOptions options)
       impl.idle.push_back(std::move(reader));
     }
   });
+  impl_->write_epoch = file_epoch(path);
+  impl_->start_janitor();
 }
 
 SqliteStore::~SqliteStore() = default;
@@ -629,6 +782,7 @@ void SqliteStore::insert(const KeyRecord& record) {
 std::optional<KeyRecord> SqliteStore::find(std::string_view public_key) {
   return translated("find", [&]() -> std::optional<KeyRecord> {
     Impl::Lease r(*impl_);
+    r->use_snapshot(impl_->snapshot_max_age, impl_->write_epoch->load(std::memory_order_acquire));
     RawStatement& s = r->find;
     RawUse use(s);
     s.bind(1, public_key);
@@ -668,6 +822,7 @@ std::vector<KeyInfo> SqliteStore::list(const Uuid& account_id) {
   return translated("list", [&] {
     std::vector<KeyInfo> out;
     Impl::Lease r(*impl_);
+    r->end_snapshot();  // a management call reads the file as it is now
     RawStatement& s = r->list;
     RawUse use(s);
     s.bind(1, account);
@@ -747,12 +902,21 @@ void SqliteStore::record_last_use(const std::vector<LastUse>& uses) {
 std::uint64_t SqliteStore::revision() {
   return translated("revision", [&] {
     Impl::Lease r(*impl_);
+    r->end_snapshot();  // the revision as it is now, never a kept snapshot's
     SQLite::Statement& s = r->revision;
     StatementUse use(s);
     if (!s.executeStep()) corrupt("revision", "apikeys_meta has no row");
     const SQLite::Column c = s.getColumn(0);
     if (c.getType() != SQLite::INTEGER) corrupt("revision", "revision is not an integer");
-    return static_cast<std::uint64_t>(c.getInt64());
+    const auto revision = static_cast<std::uint64_t>(c.getInt64());
+    // Another process revoked or deleted: no find() may answer from a snapshot taken
+    // before this call (the validator clears its cache when revision() moves, and a
+    // cold read after that must see the change).
+    if (impl_->last_revision.exchange(revision) != revision ||
+        !impl_->revision_known.exchange(true)) {
+      impl_->bump_epoch();
+    }
+    return revision;
   });
 }
 

@@ -30,6 +30,15 @@ struct SqliteStoreOptions {
   bool durable = true;
   /// Open the file read-only (no schema creation or migration). Default false.
   bool read_only = false;
+  /// How long find() may keep reading from one snapshot of the file (one read
+  /// transaction kept open across calls) before it takes a new one. Never reused after a
+  /// write through this store, nor after revision() saw another process's change; other
+  /// processes' (and other SqliteStore objects') writes otherwise show within this bound.
+  /// Taking a snapshot locks the shared WAL index twice, which is half of a cold find()
+  /// and what threads contend for. Idle snapshots are ended by a background thread
+  /// within 0.1 s, so they do not pin the WAL. 0: a snapshot per call, no thread.
+  /// Default 1 ms.
+  std::chrono::microseconds read_snapshot_max_age{1000};
 };
 
 /// A Store in one SQLite database file, shareable between processes.
