@@ -126,6 +126,26 @@ class LastUseTracker {
     std::mutex mu;
     // (set index, tag) -> window offset of the note, for notes spilled out of the filter.
     SpillMap spilled;
+
+    // Remembers a note pushed out of the filter (REQUIRES: mu held). `reuse`, unless
+    // end(), is an entry no longer needed: its node takes the note, no allocation.
+    void keep(std::uint64_t key, std::uint64_t at, SpillMap::iterator reuse,
+              std::size_t limit) noexcept {
+      try {
+        if (reuse != spilled.end()) {
+          auto node = spilled.extract(reuse);
+          node.key() = key;
+          node.mapped() = at;
+          auto r = spilled.insert(std::move(node));
+          if (!r.inserted) r.position->second = at;
+          return;
+        }
+        if (spilled.size() >= limit) spilled.clear();
+        spilled.insert_or_assign(key, at);
+      } catch (...) {
+        // Not remembered: at worst one early extra write of that key.
+      }
+    }
   };
 
   Where where(const Uuid& key_id) const noexcept {
@@ -187,7 +207,7 @@ class LastUseTracker {
   // One read of a set: the key's way, the way a claim would take (an empty one, else
   // the one noted longest ago; never a pending one) and whether the set is marked.
   struct Scan {
-    std::uint64_t seen[kWays];
+    std::uint64_t seen[kWays]{};
     int found = -1;   // -1: the key is in no way
     int victim = -1;  // -1: all four ways are pending claims
     bool marked = false;
@@ -302,8 +322,8 @@ class LastUseTracker {
         const Claim c = settle(set, static_cast<std::size_t>(v), w.tag, false);
         const bool drop_known = c == Claim::won && known != shard.spilled.end();
         if (spill) {
-          keep(shard, map_key(w.index, tag_of(old)), old & kTimeMask,
-               drop_known ? known : shard.spilled.end());
+          shard.keep(map_key(w.index, tag_of(old)), old & kTimeMask,
+                     drop_known ? known : shard.spilled.end(), per_shard_limit_);
         } else if (drop_known) {
           shard.spilled.erase(known);
         }
@@ -322,25 +342,6 @@ class LastUseTracker {
 
   std::uint64_t map_key(std::size_t set_index, std::uint64_t tag) const noexcept {
     return (static_cast<std::uint64_t>(set_index) << 22) | tag;
-  }
-
-  // Remembers a note pushed out of the filter (its time as a window offset). `reuse`,
-  // unless end(), is an entry no longer needed: its node takes the note, no allocation.
-  void keep(Shard& s, std::uint64_t key, std::uint64_t at, SpillMap::iterator reuse) noexcept {
-    try {
-      if (reuse != s.spilled.end()) {
-        auto node = s.spilled.extract(reuse);
-        node.key() = key;
-        node.mapped() = at;
-        auto r = s.spilled.insert(std::move(node));
-        if (!r.inserted) r.position->second = at;
-        return;
-      }
-      if (s.spilled.size() >= per_shard_limit_) s.spilled.clear();
-      s.spilled.insert_or_assign(key, at);
-    } catch (...) {
-      // Not remembered: at worst one early extra write of that key.
-    }
   }
 
   void enqueue(const Uuid& key_id, std::int64_t now_ms) noexcept {
