@@ -581,6 +581,13 @@ void register_benchmarks(World& w) {
       benchmark::DoNotOptimize(r);
     }
   })->Unit(ns);
+  benchmark::RegisterBenchmark("part/memory_store_find_miss", [world, absent, n_absent](benchmark::State& st) {
+    ab::Rng rng(1);
+    for (auto _ : st) {
+      const auto r = world->memory->find(absent->public_key(rng.below(n_absent)));
+      benchmark::DoNotOptimize(r);
+    }
+  })->Unit(ns);
   benchmark::RegisterBenchmark("part/sqlite_store_find", [world, keys, n_valid](benchmark::State& st) {
     ab::Rng rng(1);
     for (auto _ : st) {
