@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <numeric>
@@ -182,6 +183,44 @@ class SpinBarrier {
   std::atomic<int> generation_{0};
 };
 
+// `threads` workers that each run work(thread index) once per round(), all starting at
+// the same moment; round() returns when every one has finished its part.
+class Crew {
+ public:
+  Crew(int threads, std::function<void(int)> work)
+      : start_(threads + 1), done_(threads + 1), work_(std::move(work)) {
+    for (int t = 0; t < threads; ++t) {
+      threads_.emplace_back([this, t] {
+        for (;;) {
+          start_.arrive_and_wait();
+          if (stop_.load()) return;
+          work_(t);
+          done_.arrive_and_wait();
+        }
+      });
+    }
+  }
+  ~Crew() {
+    stop_.store(true);
+    start_.arrive_and_wait();
+    for (auto& t : threads_) t.join();
+  }
+  Crew(const Crew&) = delete;
+  Crew& operator=(const Crew&) = delete;
+
+  void round() {
+    start_.arrive_and_wait();
+    done_.arrive_and_wait();
+  }
+
+ private:
+  SpinBarrier start_;
+  SpinBarrier done_;
+  std::atomic<bool> stop_{false};
+  std::function<void(int)> work_;
+  std::vector<std::thread> threads_;
+};
+
 }  // namespace
 
 TEST_CASE("last use: threads presenting one new key at once queue one write", "[validator][last_use][concurrency]") {
@@ -189,28 +228,16 @@ TEST_CASE("last use: threads presenting one new key at once queue one write", "[
   constexpr int kThreads = 8;
   constexpr int kUsesPerThread = 8;
   Rig rig(kKeys, 1'000'000, true);
-  SpinBarrier start(kThreads + 1);
-  SpinBarrier done(kThreads + 1);
   std::atomic<std::size_t> key{0};
-  std::atomic<bool> stop{false};
   std::atomic<int> invalid{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&] {
-      for (;;) {
-        start.arrive_and_wait();
-        if (stop.load()) return;
-        const std::size_t k = key.load();
-        for (int u = 0; u < kUsesPerThread; ++u) invalid += !rig.use(k);
-        done.arrive_and_wait();
-      }
-    });
-  }
+  Crew crew(kThreads, [&](int) {
+    const std::size_t k = key.load();
+    for (int u = 0; u < kUsesPerThread; ++u) invalid += !rig.use(k);
+  });
   // Every round: all threads present one key at the same moment, then it is flushed.
   auto round = [&](std::size_t k) {
     key.store(k);
-    start.arrive_and_wait();
-    done.arrive_and_wait();
+    crew.round();
     rig.validator->flush_last_use();
   };
 
@@ -231,10 +258,6 @@ TEST_CASE("last use: threads presenting one new key at once queue one write", "[
   for (std::size_t k = 0; k < kKeys; ++k) round(k);
   CHECK(rig.store->keys_not_written(kKeys, 2) == 0);
   CHECK(rig.store->total() == 2 * kKeys);
-
-  stop.store(true);
-  start.arrive_and_wait();
-  for (auto& t : threads) t.join();
   CHECK(invalid.load() == 0);
 }
 
@@ -247,31 +270,20 @@ TEST_CASE("last use: threads presenting overlapping batches of new keys in a cro
   constexpr std::size_t kBatch = 256;
   constexpr int kThreads = 4;
   Rig rig(kKeys, 1'024, true);
-  SpinBarrier start(kThreads + 1);
-  SpinBarrier done(kThreads + 1);
   std::atomic<std::size_t> first{0};
-  std::atomic<bool> stop{false};
   std::atomic<int> invalid{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      const std::size_t step = 1 + 2 * static_cast<std::size_t>(t) * 19;  // odd: a permutation
-      for (;;) {
-        start.arrive_and_wait();
-        if (stop.load()) return;
-        const std::size_t base = first.load();
-        for (std::size_t k = 0, i = 37 * static_cast<std::size_t>(t); k < kBatch; ++k, i += step) {
-          invalid += !rig.use(base + i % kBatch);
-        }
-        done.arrive_and_wait();
-      }
-    });
-  }
+  Crew crew(kThreads, [&](int t) {
+    const auto thread = static_cast<std::size_t>(t);
+    const std::size_t step = 1 + 2 * thread * 19;  // odd: a permutation
+    const std::size_t base = first.load();
+    for (std::size_t k = 0, i = 37 * thread; k < kBatch; ++k, i += step) {
+      invalid += !rig.use(base + i % kBatch);
+    }
+  });
   auto all_batches = [&] {
     for (std::size_t b = 0; b < kKeys; b += kBatch) {
       first.store(b);
-      start.arrive_and_wait();
-      done.arrive_and_wait();
+      crew.round();
     }
     rig.validator->flush_last_use();
   };
@@ -287,10 +299,6 @@ TEST_CASE("last use: threads presenting overlapping batches of new keys in a cro
   all_batches();
   CHECK(rig.store->keys_not_written(kKeys, 2) == 0);
   CHECK(rig.store->total() == 2 * kKeys);
-
-  stop.store(true);
-  start.arrive_and_wait();
-  for (auto& t : threads) t.join();
   CHECK(invalid.load() == 0);
 }
 
