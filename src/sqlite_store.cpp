@@ -515,9 +515,15 @@ struct SqliteStore::Impl {
   Impl(std::string p, const SqliteStoreOptions& o)
       : path(std::move(p)),
         options(o),
-        snapshot_max_age(std::max(std::chrono::steady_clock::duration::zero(),
-                                  std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                      o.read_snapshot_max_age))) {}
+        snapshot_max_age(snapshot_age(o.read_snapshot_max_age)) {}
+
+  // The option in the clock's unit, clamped (a huge value must not overflow into "off").
+  static std::chrono::steady_clock::duration snapshot_age(std::chrono::microseconds age) {
+    using steady = std::chrono::steady_clock;
+    const auto most = std::chrono::duration_cast<std::chrono::microseconds>(steady::duration::max());
+    return std::chrono::duration_cast<steady::duration>(
+        std::clamp(age, std::chrono::microseconds::zero(), most));
+  }
 
   ~Impl() {
     {

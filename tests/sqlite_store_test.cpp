@@ -479,6 +479,15 @@ TEST_CASE("SqliteStore without snapshot reuse sees another process's write on th
   const std::string path = dir.file("no-snapshot.db");
   SqliteStoreOptions options = fast_options();
   options.read_snapshot_max_age = std::chrono::microseconds(0);
+  {
+    // Out-of-range ages are clamped, never an overflow (the extremes open and read).
+    SqliteStoreOptions extreme = fast_options();
+    for (const auto age : {std::chrono::microseconds::max(), std::chrono::microseconds::min()}) {
+      extreme.read_snapshot_max_age = age;
+      SqliteStore s(dir.file("extreme.db"), extreme);
+      CHECK_FALSE(s.find(public_key(1)));
+    }
+  }
   SqliteStore store(path, options);
   store.insert(record(1, account_id(1)));
   REQUIRE(store.find(public_key(1))->info.status == KeyStatus::active);
