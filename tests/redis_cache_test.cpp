@@ -122,6 +122,27 @@ apikeys::ValidatorOptions validator_options(std::shared_ptr<apikeys::Cache> cach
   return o;
 }
 
+// A KeyManager over an InstrumentedStore, with a RedisCache (in-process tier on) under a
+// prefix of its own that is dropped at the end: one node of a deployment.
+struct Node {
+  explicit Node(const apikeys_test::RedisAddress& redis)
+      : janitor{redis, {}},
+        cache(std::make_shared<RedisCache>(options_for(redis, janitor.make(), true))),
+        manager(store, apikeys_test::hasher(), options(cache)) {}
+
+  static apikeys::KeyManagerOptions options(std::shared_ptr<apikeys::Cache> cache) {
+    apikeys::KeyManagerOptions mo;
+    mo.validation = validator_options(std::move(cache));
+    return mo;
+  }
+
+  PrefixJanitor janitor;
+  std::shared_ptr<apikeys_test::InstrumentedStore> store =
+      std::make_shared<apikeys_test::InstrumentedStore>();
+  std::shared_ptr<RedisCache> cache;
+  apikeys::KeyManager manager;
+};
+
 }  // namespace
 
 using apikeys_test::hasher;
@@ -471,12 +492,10 @@ TEST_CASE("RedisCache: Redis restarting mid-run never breaks validation, and cac
           "[servers][redis][faults]") {
   const auto redis = apikeys_test::test_redis();
   if (!redis || !apikeys_test::have_controls({"APIKEYS_TEST_REDIS_RESTART"})) return;
-  PrefixJanitor janitor{*redis, {}};
-  auto store = std::make_shared<apikeys_test::InstrumentedStore>();
-  auto cache = std::make_shared<RedisCache>(options_for(*redis, janitor.make(), true));
-  apikeys::KeyManagerOptions mo;
-  mo.validation = validator_options(cache);
-  apikeys::KeyManager manager(store, hasher(), mo);
+  Node node(*redis);
+  auto& store = node.store;
+  auto& cache = node.cache;
+  auto& manager = node.manager;
   const apikeys::Uuid account = apikeys_test::account_id(4);
   const auto good = manager.create(account, request("good"));
   const auto bad = manager.create(account, request("bad"));
@@ -515,13 +534,11 @@ TEST_CASE("RedisCache: Redis down, validation falls back to the store and recove
           "[servers][redis][faults]") {
   const auto redis = apikeys_test::test_redis();
   if (!redis || !apikeys_test::have_controls({"APIKEYS_TEST_REDIS_STOP", "APIKEYS_TEST_REDIS_START"})) return;
-  PrefixJanitor janitor{*redis, {}};
-  auto store = std::make_shared<apikeys_test::InstrumentedStore>();
-  auto cache = std::make_shared<RedisCache>(options_for(*redis, janitor.make(), true));
+  Node node(*redis);
+  auto& store = node.store;
+  auto& cache = node.cache;
+  auto& manager = node.manager;
   REQUIRE(apikeys_test::eventually([&] { return cache->local_tier_live(); }));
-  apikeys::KeyManagerOptions mo;
-  mo.validation = validator_options(cache);
-  apikeys::KeyManager manager(store, hasher(), mo);
   const apikeys::Uuid account = apikeys_test::account_id(5);
   const auto good = manager.create(account, request("good"));
   const auto doomed = manager.create(account, request("revoked while Redis is down"));
@@ -586,13 +603,11 @@ TEST_CASE("RedisCache: a Redis that stops answering costs at most its timeouts, 
           "[servers][redis][faults]") {
   const auto redis = apikeys_test::test_redis();
   if (!redis || !apikeys_test::have_controls({"APIKEYS_TEST_REDIS_PAUSE", "APIKEYS_TEST_REDIS_RESUME"})) return;
-  PrefixJanitor janitor{*redis, {}};
-  auto store = std::make_shared<apikeys_test::InstrumentedStore>();
-  auto cache = std::make_shared<RedisCache>(options_for(*redis, janitor.make(), true));
+  Node node(*redis);
+  auto& store = node.store;
+  auto& cache = node.cache;
+  auto& manager = node.manager;
   REQUIRE(apikeys_test::eventually([&] { return cache->local_tier_live(); }));
-  apikeys::KeyManagerOptions mo;
-  mo.validation = validator_options(cache);
-  apikeys::KeyManager manager(store, hasher(), mo);
   const apikeys::Uuid account = apikeys_test::account_id(6);
   const auto good = manager.create(account, request("good"));
   const auto doomed = manager.create(account, request("revoked while Redis hangs"));
