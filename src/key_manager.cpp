@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "apikeys/error.hpp"
+#include "cache_registry.hpp"
 #include "text.hpp"
 
 namespace apikeys {
@@ -117,7 +118,7 @@ CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& reque
   // committed, and throwing now would lose its only copy of the secret; a stale entry
   // could only be a negative verdict (fail closed), gone within its TTL.
   try {
-    impl_->validator.invalidate(info.public_key);
+    detail::erase_everywhere(impl_->store->identity(), info.public_key);
   } catch (...) {
   }
 
@@ -132,14 +133,16 @@ KeyInfo KeyManager::revoke(const Uuid& account_id, const Uuid& key_id) {
   auto info = guarded("revoking the key",
                      [&] { return impl_->store->set_status(account_id, key_id, KeyStatus::revoked); });
   if (!info) throw Error(ErrorCode::not_found, "no key " + key_id.to_string() + " for this account");
-  impl_->validator.invalidate(info->public_key);
+  // Every Validator over this store's data in the process, not only our own.
+  detail::erase_everywhere(impl_->store->identity(), info->public_key);
   return std::move(*info);
 }
 
 KeyInfo KeyManager::remove(const Uuid& account_id, const Uuid& key_id) {
   auto info = guarded("deleting the key", [&] { return impl_->store->remove(account_id, key_id); });
   if (!info) throw Error(ErrorCode::not_found, "no key " + key_id.to_string() + " for this account");
-  impl_->validator.invalidate(info->public_key);
+  // Every Validator over this store's data in the process, not only our own.
+  detail::erase_everywhere(impl_->store->identity(), info->public_key);
   return std::move(*info);
 }
 

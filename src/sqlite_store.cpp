@@ -905,6 +905,8 @@ void SqliteStore::record_last_use(const std::vector<LastUse>& uses) {
   });
 }
 
+const void* SqliteStore::identity() const noexcept { return impl_->write_epoch.get(); }
+
 std::uint64_t SqliteStore::revision() {
   return translated("revision", [&] {
     Impl::Lease r(*impl_);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "apikeys/error.hpp"
+#include "cache_registry.hpp"
 
 namespace apikeys {
 
@@ -384,6 +385,9 @@ struct Validator::Impl {
   mutable LastUseTracker tracker;
   // Compared against on a miss, so `not_found` does the same work as `wrong_secret`.
   Digest decoy;
+  // Lets KeyManager writes through any store with this store's identity erase from
+  // this validator's cache before they return (src/cache_registry.hpp).
+  detail::CacheRegistration registration;
 
   std::atomic<std::uint64_t> last_use_failures{0};
   std::mutex flush_mu;                 // one flush at a time (background thread, callers)
@@ -407,6 +411,7 @@ struct Validator::Impl {
                 options.last_use_queue_limit) {
     decoy.pepper_id = hasher->current_pepper_id();
     decoy.bytes.fill(0xA5);
+    registration = detail::CacheRegistration(store->identity(), cache);
   }
 
   ValidationResult validate(std::string_view pk, std::string_view sk) const noexcept;

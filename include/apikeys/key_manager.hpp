@@ -66,7 +66,13 @@ class APIKEYS_EXPORT KeyManager {
   /// The account's keys, newest first, without secrets or digests.
   [[nodiscard]] std::vector<KeyInfo> list(const Uuid& account_id);
 
-  /// Revokes the key. When it returns, no validate() in this process accepts the key.
+  /// Revokes the key. When it returns, no validate() in this process accepts the key:
+  /// not this manager's, nor that of any other Validator whose store has the same
+  /// Store::identity() (the same store object, or another SqliteStore on the same
+  /// file), whatever cache it has. Other processes: see revision_poll_interval.
+  /// Throws whatever a cache's erase throws (Error(busy) from an unreachable Redis),
+  /// after the store change has committed and every other cache was erased; retrying
+  /// is safe.
   /// Throws Error(not_found) when the account has no such key (another account's key
   /// included). Revoking a revoked key succeeds.
   KeyInfo revoke(const Uuid& account_id, const Uuid& key_id);

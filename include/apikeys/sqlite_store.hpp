@@ -59,6 +59,9 @@ class APIKEYS_EXPORT SqliteStore final : public Store {
   std::optional<KeyInfo> remove(const Uuid& account_id, const Uuid& key_id) override;
   void record_last_use(const std::vector<LastUse>& uses) override;
   [[nodiscard]] std::uint64_t revision() override;
+  /// The same for every SqliteStore of this process open on the same file (by its
+  /// canonical path), so a revoke through one reaches validators over another at once.
+  [[nodiscard]] const void* identity() const noexcept override;
 
   /// The schema version this library writes (PRAGMA user_version).
   [[nodiscard]] static int schema_version() noexcept;

@@ -63,6 +63,13 @@ class APIKEYS_EXPORT Store {
   /// deletes a key. Validators poll it to drop cached verdicts that may be stale.
   /// Default: 0 forever, for stores that nothing outside this process can change.
   [[nodiscard]] virtual std::uint64_t revision() { return 0; }
+
+  /// What data this object stands for, within this process. KeyManager::revoke() and
+  /// remove() erase the key from the cache of every Validator whose store has the same
+  /// identity before they return. Two objects over the same data (two SqliteStore
+  /// objects on one file) should return the same pointer; it must stay the same, and
+  /// stay unique to that data, for as long as this object lives. Default: `this`.
+  [[nodiscard]] virtual const void* identity() const noexcept { return this; }
 };
 
 }  // namespace apikeys
