@@ -224,7 +224,16 @@ CREATE TABLE {s}.apikeys_meta (
 );
 INSERT INTO {s}.apikeys_meta (id, revision) VALUES (1, 0);
 )sql"},
+    {2, R"sql(
+CREATE TABLE {s}.apikeys_changes (
+  revision   bigint NOT NULL PRIMARY KEY,
+  public_key text   NOT NULL
+);
+)sql"},
 };
+
+// How many revokes and deletes the change log keeps (doc/revocation.md).
+constexpr auto kChangeLogSize = static_cast<std::int64_t>(PostgresStore::kChangeLogSize);
 
 constexpr int kCurrentVersion = kMigrations[std::size(kMigrations) - 1].to;
 
@@ -243,7 +252,7 @@ std::string replace_schema(std::string sql, const std::string& quoted) {
 }
 
 struct Statements {
-  std::string find, list, insert, set_status, remove, last_use, revision;
+  std::string find, list, insert, set_status, remove, last_use, revision, changes;
 
   explicit Statements(const std::string& s)
       : find(fmt::format(
@@ -255,27 +264,43 @@ struct Statements {
             "INSERT INTO {}.apikeys_keys (key_id, account_id, public_key, digest, pepper_id, title,"
             " description, status, created_at, expires_at, last_used_at)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", s)),
-        // One statement, one transaction: the bump runs (once, to completion) whether or
-        // not the outer query reads it, and only when a row changed.
+        // One statement, one transaction: the bump and its change-log row are written
+        // (once, to completion) whether or not the outer query reads them, and only
+        // when a row changed. The bump's row lock orders concurrent writers, so
+        // revisions commit in order and the log has no gap a reader could see.
         set_status(fmt::format(
             "WITH changed AS (UPDATE {0}.apikeys_keys SET status = $1 WHERE key_id = $2 AND"
-            " account_id = $3 RETURNING {1}),"
-            " bump AS (UPDATE {0}.apikeys_meta SET revision = revision + 1 WHERE id = 1 AND"
-            " EXISTS (SELECT 1 FROM changed))"
-            " SELECT {1} FROM changed", s, kInfoColumns)),
+            " account_id = $3 RETURNING {1}),{2}"
+            " SELECT {1} FROM changed", s, kInfoColumns, log_change(s, "changed"))),
         remove(fmt::format(
             "WITH gone AS (DELETE FROM {0}.apikeys_keys WHERE key_id = $1 AND account_id = $2"
-            " RETURNING {1}),"
-            " bump AS (UPDATE {0}.apikeys_meta SET revision = revision + 1 WHERE id = 1 AND"
-            " EXISTS (SELECT 1 FROM gone))"
-            " SELECT {1} FROM gone", s, kInfoColumns)),
+            " RETURNING {1}),{2}"
+            " SELECT {1} FROM gone", s, kInfoColumns, log_change(s, "gone"))),
         // GREATEST ignores NULL: "never used" loses to any time. Duplicates in the batch
         // are folded first (an UPDATE ... FROM with two matches would pick either).
         last_use(fmt::format(
             "UPDATE {}.apikeys_keys k SET last_used_at = GREATEST(k.last_used_at, u.at)"
             " FROM (SELECT id, max(at) AS at FROM unnest($1::uuid[], $2::bigint[]) AS t(id, at)"
             " GROUP BY id) u WHERE k.key_id = u.id", s)),
-        revision(fmt::format("SELECT revision FROM {}.apikeys_meta WHERE id = 1", s)) {}
+        revision(fmt::format("SELECT revision FROM {}.apikeys_meta WHERE id = 1", s)),
+        // One statement, one snapshot: the revision and the log rows up to it agree.
+        changes(fmt::format(
+            "SELECT m.revision, c.revision, c.public_key FROM {0}.apikeys_meta m"
+            " LEFT JOIN {0}.apikeys_changes c ON c.revision > $1 AND c.revision <= m.revision"
+            " WHERE m.id = 1 ORDER BY c.revision", s)) {}
+
+  // The CTEs that bump the revision and log the key of the `source` CTE's row.
+  static std::string log_change(const std::string& s, const char* source) {
+    return fmt::format(
+        " bump AS (UPDATE {0}.apikeys_meta SET revision = revision + 1 WHERE id = 1 AND"
+        " EXISTS (SELECT 1 FROM {1}) RETURNING revision),"
+        " logged AS (INSERT INTO {0}.apikeys_changes (revision, public_key)"
+        " SELECT bump.revision, {1}.public_key FROM bump, {1}"
+        " ON CONFLICT (revision) DO UPDATE SET public_key = EXCLUDED.public_key),"
+        " pruned AS (DELETE FROM {0}.apikeys_changes"
+        " WHERE revision <= (SELECT revision FROM bump) - {2})",
+        s, source, kChangeLogSize);
+  }
 };
 
 // Prepared statement names (per connection).
@@ -286,6 +311,7 @@ constexpr const char* kSetStatus = "apikeys_set_status";
 constexpr const char* kRemove = "apikeys_remove";
 constexpr const char* kLastUse = "apikeys_last_use";
 constexpr const char* kRevision = "apikeys_revision";
+constexpr const char* kChanges = "apikeys_changes";
 
 [[noreturn]] void corrupt(std::string_view op, const char* what) {
   throw Error(ErrorCode::storage, fmt::format("PostgresStore {} failed: corrupt record: {}", op, what));
@@ -422,6 +448,7 @@ struct PostgresStore::Impl {
     c->prepare("connect", kRemove, sql.remove, d);
     c->prepare("connect", kLastUse, sql.last_use, d);
     c->prepare("connect", kRevision, sql.revision, d);
+    c->prepare("connect", kChanges, sql.changes, d);
     return c;
   }
 
@@ -704,6 +731,39 @@ std::uint64_t PostgresStore::revision() {
     const std::int64_t v = parse_int(r.get(), 0, 0, "revision", "revision is not an integer");
     if (v < 0) corrupt("revision", "revision is negative");
     return static_cast<std::uint64_t>(v);
+  });
+}
+
+std::optional<StoreChanges> PostgresStore::changes_since(std::uint64_t since) {
+  if (since > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) return std::nullopt;
+  const std::string from = std::to_string(since);
+  const char* values[] = {from.c_str()};
+  return impl_->run("changes_since", true, [&](PgConnection& c) -> std::optional<StoreChanges> {
+    PgResult r = c.exec_prepared("changes_since", kChanges, 1, values, nullptr, nullptr,
+                                 impl_->statement_deadline());
+    const int n = PQntuples(r.get());
+    if (n < 1) corrupt("changes_since", "apikeys_meta has no row");
+    const std::int64_t now = parse_int(r.get(), 0, 0, "changes_since", "revision is not an integer");
+    if (now < 0) corrupt("changes_since", "revision is negative");
+    StoreChanges out;
+    out.revision = static_cast<std::uint64_t>(now);
+    // Older than the log can reach, or newer than the store (a restored backup).
+    if (since > out.revision || out.revision - since > static_cast<std::uint64_t>(kChangeLogSize)) {
+      return std::nullopt;
+    }
+    if (since == out.revision) return out;
+    std::uint64_t expected = since + 1;
+    out.public_keys.reserve(static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i) {
+      // Every step since `since` must be there, or some change would go unseen.
+      if (PQgetisnull(r.get(), i, 1)) return std::nullopt;
+      const std::int64_t step = parse_int(r.get(), i, 1, "changes_since", "revision is not an integer");
+      if (static_cast<std::uint64_t>(step) != expected) return std::nullopt;
+      out.public_keys.emplace_back(PQgetvalue(r.get(), i, 2));
+      ++expected;
+    }
+    if (expected != out.revision + 1) return std::nullopt;
+    return out;
   });
 }
 

@@ -74,6 +74,12 @@ CREATE TABLE apikeys_meta (
 );
 INSERT INTO apikeys_meta (id, revision) VALUES (1, 0);
 )sql"},
+    {3, R"sql(
+CREATE TABLE apikeys_changes (
+  revision   INTEGER NOT NULL PRIMARY KEY,
+  public_key TEXT    NOT NULL
+);
+)sql"},
 };
 
 constexpr int kCurrentVersion = kMigrations[std::size(kMigrations) - 1].to;
@@ -114,6 +120,18 @@ constexpr const char* kRemoveSql =
     "DELETE FROM api_keys WHERE key_id = ?1 AND account_id = ?2 RETURNING " APIKEYS_INFO_COLUMNS;
 constexpr const char* kBumpRevisionSql =
     "UPDATE apikeys_meta SET revision = revision + 1 WHERE id = 1";
+// The change log (doc/revocation.md): each revision step names the public key it
+// revoked or deleted, in the transaction that made it; the oldest rows are pruned.
+// REPLACE: a revision restored from a backup may meet a row it left behind.
+constexpr const char* kLogChangeSql =
+    "INSERT OR REPLACE INTO apikeys_changes (revision, public_key)"
+    " SELECT revision, ?1 FROM apikeys_meta WHERE id = 1";
+constexpr const char* kPruneChangesSql =
+    "DELETE FROM apikeys_changes WHERE revision <= (SELECT revision FROM apikeys_meta"
+    " WHERE id = 1) - ?1";
+constexpr const char* kChangesSql =
+    "SELECT revision, public_key FROM apikeys_changes WHERE revision > ?1 AND revision <= ?2"
+    " ORDER BY revision";
 // max(coalesce(x, ?1), ?1) keeps the later time and treats "never used" as older than
 // any time, including one before 1970.
 constexpr const char* kLastUseSql =
@@ -478,6 +496,8 @@ struct Writer {
         set_status(db, kSetStatusSql),
         remove(db, kRemoveSql),
         bump_revision(db, kBumpRevisionSql),
+        log_change(db, kLogChangeSql),
+        prune_changes(db, kPruneChangesSql),
         last_use(db, kLastUseSql) {}
 
   SQLite::Database db;
@@ -485,6 +505,8 @@ struct Writer {
   RawStatement set_status;
   RawStatement remove;
   SQLite::Statement bump_revision;
+  SQLite::Statement log_change;
+  SQLite::Statement prune_changes;
   SQLite::Statement last_use;
 };
 
@@ -849,9 +871,21 @@ std::optional<KeyInfo> step_returning(RawStatement& s, const char* op) {
   return row;
 }
 
-void bump_revision(Writer& w, const char* op) {
-  StatementUse use(w.bump_revision);
-  if (w.bump_revision.exec() != 1) corrupt(op, "apikeys_meta has no row");
+// One revision step for a revoke or delete of `public_key`, logged in the same
+// transaction: a process that sees the new revision also sees the change and its log row.
+void bump_revision(Writer& w, const char* op, const std::string& public_key) {
+  {
+    StatementUse use(w.bump_revision);
+    if (w.bump_revision.exec() != 1) corrupt(op, "apikeys_meta has no row");
+  }
+  {
+    StatementUse use(w.log_change);
+    w.log_change.bindNoCopy(1, public_key);
+    w.log_change.exec();
+  }
+  StatementUse use(w.prune_changes);
+  w.prune_changes.bind(1, static_cast<std::int64_t>(SqliteStore::kChangeLogSize));
+  w.prune_changes.exec();
 }
 
 }  // namespace
@@ -869,8 +903,7 @@ std::optional<KeyInfo> SqliteStore::set_status(const Uuid& account_id, const Uui
       w.set_status.bind(3, account);
       info = step_returning(w.set_status, "set_status");
     }
-    // Same transaction: a process that sees the new revision also sees the new status.
-    if (info) bump_revision(w, "set_status");
+    if (info) bump_revision(w, "set_status", info->public_key);
     return info;
   });
 }
@@ -886,7 +919,7 @@ std::optional<KeyInfo> SqliteStore::remove(const Uuid& account_id, const Uuid& k
       w.remove.bind(2, account);
       info = step_returning(w.remove, "remove");
     }
-    if (info) bump_revision(w, "remove");
+    if (info) bump_revision(w, "remove", info->public_key);
     return info;
   });
 }
@@ -925,6 +958,40 @@ std::uint64_t SqliteStore::revision() {
       impl_->bump_epoch();
     }
     return revision;
+  });
+}
+
+std::optional<StoreChanges> SqliteStore::changes_since(std::uint64_t since) {
+  return translated("changes_since", [&]() -> std::optional<StoreChanges> {
+    Impl::Lease r(*impl_);
+    r->end_snapshot();
+    // One read transaction, so the revision and the log rows agree.
+    SQLite::Transaction tx(r->db, SQLite::TransactionBehavior::DEFERRED);
+    StoreChanges out;
+    {
+      SQLite::Statement& s = r->revision;
+      StatementUse use(s);
+      if (!s.executeStep()) corrupt("changes_since", "apikeys_meta has no row");
+      const std::int64_t now = s.getColumn(0).getInt64();
+      if (now < 0) corrupt("changes_since", "revision is negative");
+      out.revision = static_cast<std::uint64_t>(now);
+    }
+    // Older than the log can reach, or newer than the store (a restored backup).
+    if (since > out.revision || out.revision - since > kChangeLogSize) return std::nullopt;
+    if (since == out.revision) return out;
+    SQLite::Statement q(r->db, kChangesSql);
+    q.bind(1, static_cast<std::int64_t>(since));
+    q.bind(2, static_cast<std::int64_t>(out.revision));
+    std::uint64_t expected = since + 1;
+    out.public_keys.reserve(static_cast<std::size_t>(out.revision - since));
+    while (q.executeStep()) {
+      // Every step since `since` must be there, or some change would go unseen.
+      if (static_cast<std::uint64_t>(q.getColumn(0).getInt64()) != expected) return std::nullopt;
+      out.public_keys.push_back(q.getColumn(1).getString());
+      ++expected;
+    }
+    if (expected != out.revision + 1) return std::nullopt;
+    return out;
   });
 }
 

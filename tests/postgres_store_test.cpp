@@ -93,6 +93,15 @@ TEST_CASE("PostgresStore satisfies the Store contract", "[servers][postgres][sto
   });
 }
 
+TEST_CASE("PostgresStore keeps a change log of revokes and deletes", "[servers][postgres][store]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  apikeys_test::run_change_log_contract(
+      [&] { return std::make_shared<apikeys::PostgresStore>(*pg, options_for(janitor.make())); },
+      apikeys::PostgresStore::kChangeLogSize);
+}
+
 TEST_CASE("PostgresStore: instances on one schema share keys and the revision",
           "[servers][postgres][store]") {
   const auto pg = apikeys_test::test_pg();

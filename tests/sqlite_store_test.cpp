@@ -156,7 +156,7 @@ TEST_CASE("SqliteStore keeps its data across reopen", "[store][sqlite]") {
   CHECK(apikeys_test::contract::ids_of(store.list(alice)) ==
         std::vector<apikeys::Uuid>{b.info.key_id, a.info.key_id});
   CHECK(store.revision() == revision);
-  CHECK(SqliteStore::schema_version() == 2);
+  CHECK(SqliteStore::schema_version() == 3);
   CHECK(RawDb(path).text("PRAGMA journal_mode") == "wal");
 }
 
@@ -205,11 +205,11 @@ TEST_CASE("SqliteStore refuses databases it cannot use", "[store][sqlite]") {
   SECTION("a newer schema version") {
     const std::string path = dir.file("newer.db");
     { SqliteStore store(path); }
-    { RawDb(path).exec("PRAGMA user_version = 3"); }
+    { RawDb(path).exec("PRAGMA user_version = 4"); }
     const auto e = error_of([&] { SqliteStore store(path); });
     REQUIRE(e);
     CHECK(e->code() == ErrorCode::storage);
-    CHECK(contains(e->what(), "schema version 3 is newer than this library supports (2)"));
+    CHECK(contains(e->what(), "schema version 4 is newer than this library supports (3)"));
 
     SqliteStoreOptions read_only;
     read_only.read_only = true;

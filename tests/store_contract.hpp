@@ -312,6 +312,55 @@ inline void run_store_contract(const StoreFactory& make) {
   }
 }
 
+/// The change log of a store that keeps one (Store::changes_since): every revoke and
+/// delete after a revision is named, in order, and a revision the log cannot answer
+/// for is refused rather than answered with a partial list. `log_size` is how many
+/// changes the store promises to keep.
+inline void run_change_log_contract(const StoreFactory& make, std::uint64_t log_size) {
+  using apikeys::KeyStatus;
+  using namespace contract;
+  const apikeys::Uuid alice = account_id(1);
+  const apikeys::Uuid bob = account_id(2);
+  std::shared_ptr<apikeys::Store> store = make();
+  for (std::uint32_t n = 1; n <= 3; ++n) store->insert(record(n, alice));
+  const std::uint64_t r0 = store->revision();
+
+  SECTION("every revoke and delete after a revision, oldest first") {
+    REQUIRE_FALSE(store->set_status(bob, key_id(1), KeyStatus::revoked));  // not bob's: no change
+    REQUIRE(store->set_status(alice, key_id(1), KeyStatus::revoked));
+    REQUIRE(store->remove(alice, key_id(2)));
+    const std::uint64_t r1 = store->revision();
+    REQUIRE(r1 == r0 + 2);
+
+    const auto all = store->changes_since(r0);
+    REQUIRE(all);
+    CHECK(all->revision == r1);
+    CHECK(all->public_keys == std::vector<std::string>{public_key(1), public_key(2)});
+    const auto last = store->changes_since(r0 + 1);
+    REQUIRE(last);
+    CHECK(last->public_keys == std::vector<std::string>{public_key(2)});
+    const auto none = store->changes_since(r1);
+    REQUIRE(none);
+    CHECK(none->revision == r1);
+    CHECK(none->public_keys.empty());
+    // A revision the store never reached (a validator that saw a newer backup).
+    CHECK_FALSE(store->changes_since(r1 + 1));
+  }
+
+  SECTION("a revision older than the log reaches is refused, not answered in part") {
+    for (std::uint64_t i = 0; i <= log_size; ++i) {
+      REQUIRE(store->set_status(alice, key_id(3), KeyStatus::revoked));
+    }
+    const std::uint64_t r1 = store->revision();
+    REQUIRE(r1 == r0 + log_size + 1);
+    CHECK_FALSE(store->changes_since(r0));
+    const auto kept = store->changes_since(r1 - log_size);
+    REQUIRE(kept);
+    CHECK(kept->public_keys.size() == log_size);
+    CHECK(kept->public_keys.back() == public_key(3));
+  }
+}
+
 }  // namespace apikeys_test
 
 #endif  // APIKEYS_TESTS_STORE_CONTRACT_HPP

@@ -30,6 +30,19 @@ TEST_CASE("SqliteStore satisfies the Store contract", "[store][sqlite]") {
   });
 }
 
+TEST_CASE("SqliteStore keeps a change log of revokes and deletes", "[store][sqlite]") {
+  apikeys_test::TempDir dir;
+  int n = 0;
+  apikeys_test::run_change_log_contract(
+      [&] {
+        apikeys::SqliteStoreOptions options;
+        options.durable = false;
+        return std::make_shared<apikeys::SqliteStore>(dir.file("log-" + std::to_string(n++) + ".db"),
+                                                      options);
+      },
+      apikeys::SqliteStore::kChangeLogSize);
+}
+
 TEST_CASE("MemoryStore refuses inserts beyond max_keys", "[store][memory]") {
   const apikeys::Uuid alice = apikeys_test::account_id(1);
   apikeys::MemoryStore store(2);

@@ -70,6 +70,13 @@ class APIKEYS_EXPORT PostgresStore final : public Store {
   std::optional<KeyInfo> remove(const Uuid& account_id, const Uuid& key_id) override;
   void record_last_use(const std::vector<LastUse>& uses) override;
   [[nodiscard]] std::uint64_t revision() override;
+  /// From the change log that every revoke and delete appends to in its own statement;
+  /// the newest kChangeLogSize entries are kept.
+  [[nodiscard]] std::optional<StoreChanges> changes_since(std::uint64_t since) override;
+
+  /// How many revokes and deletes the change log remembers: a validator that polls
+  /// less often than that many changes happen drops its whole cache instead.
+  static constexpr std::uint64_t kChangeLogSize = 4096;
 
   /// The schema version this library writes (apikeys_schema_version.version).
   [[nodiscard]] static int schema_version() noexcept;

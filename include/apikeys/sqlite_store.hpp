@@ -59,9 +59,16 @@ class APIKEYS_EXPORT SqliteStore final : public Store {
   std::optional<KeyInfo> remove(const Uuid& account_id, const Uuid& key_id) override;
   void record_last_use(const std::vector<LastUse>& uses) override;
   [[nodiscard]] std::uint64_t revision() override;
+  /// From the change log that every revoke and delete appends to in its own
+  /// transaction; the newest kChangeLogSize entries are kept.
+  [[nodiscard]] std::optional<StoreChanges> changes_since(std::uint64_t since) override;
   /// The same for every SqliteStore of this process open on the same file (by its
   /// canonical path), so a revoke through one reaches validators over another at once.
   [[nodiscard]] const void* identity() const noexcept override;
+
+  /// How many revokes and deletes the change log remembers: a validator that polls
+  /// less often than that many changes happen drops its whole cache instead.
+  static constexpr std::uint64_t kChangeLogSize = 4096;
 
   /// The schema version this library writes (PRAGMA user_version).
   [[nodiscard]] static int schema_version() noexcept;

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -20,6 +21,15 @@ namespace apikeys {
 struct LastUse {
   Uuid key_id;     ///< The key that was used.
   TimePoint at{};  ///< When it was used.
+};
+
+/// What changed in a store after some revision: see Store::changes_since().
+struct StoreChanges {
+  /// The revision the list runs up to (the store's revision when it was read).
+  std::uint64_t revision = 0;
+  /// The public keys revoked or deleted after the given revision, up to `revision`,
+  /// oldest first; a key changed twice may appear twice.
+  std::vector<std::string> public_keys;
 };
 
 /// Interface: persistent (or not) storage of key records.
@@ -63,6 +73,17 @@ class APIKEYS_EXPORT Store {
   /// deletes a key. Validators poll it to drop cached verdicts that may be stale.
   /// Default: 0 forever, for stores that nothing outside this process can change.
   [[nodiscard]] virtual std::uint64_t revision() { return 0; }
+
+  /// The public keys revoked or deleted after revision `since`, with the revision they
+  /// run up to, read in one consistent snapshot. A Validator calls it when revision()
+  /// moved, to drop only those keys' cached verdicts. nullopt when the store cannot
+  /// tell (it keeps no change log, or `since` is older than the log reaches, or newer
+  /// than the store): the Validator then drops every cached verdict.
+  /// Default: nullopt.
+  [[nodiscard]] virtual std::optional<StoreChanges> changes_since(std::uint64_t since) {
+    (void)since;
+    return std::nullopt;
+  }
 
   /// What data this object stands for, within this process. KeyManager::revoke() and
   /// remove() erase the key from the cache of every Validator whose store has the same
