@@ -416,6 +416,7 @@ struct Validator::Impl {
 
   ValidationResult validate(std::string_view pk, std::string_view sk) const noexcept;
   void run_background();
+  void poll_revision(std::uint64_t& revision, bool& known) noexcept;
   void flush() noexcept;
 };
 
@@ -513,6 +514,34 @@ void Validator::Impl::flush() noexcept {
   }
 }
 
+// Drops the cached verdicts that another writer (another process, mostly) may have
+// made stale since the last poll: only the keys the store's change log names when it
+// can say, else every verdict. `revision`/`known`: what the cache reflects so far.
+void Validator::Impl::poll_revision(std::uint64_t& revision, bool& known) noexcept {
+  try {
+    const std::uint64_t r = store->revision();
+    if (known && r == revision) return;
+    std::optional<StoreChanges> changes;
+    if (known) changes = store->changes_since(revision);
+    if (changes) {
+      for (const std::string& public_key : changes->public_keys) cache->erase(public_key);
+      revision = changes->revision;
+    } else {
+      cache->clear();
+      revision = r;
+    }
+    known = true;
+  } catch (...) {
+    // Cannot tell whether anything changed, or could not drop what did: assume the
+    // worst and clear everything, and again at the next poll (fail closed).
+    try {
+      cache->clear();
+    } catch (...) {
+    }
+    known = false;
+  }
+}
+
 void Validator::Impl::run_background() {
   using steady = std::chrono::steady_clock;
   const auto poll = options.revision_poll_interval;
@@ -536,23 +565,7 @@ void Validator::Impl::run_background() {
     const auto t = steady::now();
     if (polling && t >= next_poll) {
       next_poll = t + poll;
-      try {
-        const std::uint64_t r = store->revision();
-        if (!known || r != revision) {
-          // Another writer revoked or deleted something: we cannot tell which public
-          // keys changed, so every cached verdict goes.
-          cache->clear();
-          revision = r;
-          known = true;
-        }
-      } catch (...) {
-        // Cannot tell whether anything changed: assume it did (fail closed).
-        try {
-          cache->clear();
-        } catch (...) {
-        }
-        known = false;
-      }
+      poll_revision(revision, known);
     }
     if (options.record_last_use && t >= next_flush) {
       next_flush = t + flush_every;

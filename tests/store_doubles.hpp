@@ -8,7 +8,10 @@
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
+#include <cstddef>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "apikeys/memory_store.hpp"
 
@@ -73,12 +76,31 @@ class InstrumentedStore final : public apikeys::Store {
   }
   std::uint64_t revision() override { return rev.load(); }
 
+  // A change made "by another process": the store changes and the revision moves, but
+  // no KeyManager of this process hears of it. With keep_log, changes_since() names it.
+  std::atomic<bool> keep_log{false};
+  void external_revoke(const apikeys::Uuid& account, const apikeys::Uuid& key) {
+    auto info = inner.set_status(account, key, apikeys::KeyStatus::revoked);
+    std::lock_guard<std::mutex> l(mu_);
+    if (info) log_.push_back(info->public_key);
+    rev = log_.size();
+  }
+  std::optional<apikeys::StoreChanges> changes_since(std::uint64_t since) override {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!keep_log || since > log_.size()) return std::nullopt;
+    apikeys::StoreChanges out;
+    out.revision = log_.size();
+    out.public_keys.assign(log_.begin() + static_cast<std::ptrdiff_t>(since), log_.end());
+    return out;
+  }
+
  private:
   std::mutex mu_;
   std::condition_variable cv_;
   bool armed_ = false;
   bool paused_ = false;
   bool released_ = false;
+  std::vector<std::string> log_;  // guarded by mu_: the public key of each revision step
 };
 
 }  // namespace apikeys_test

@@ -376,6 +376,45 @@ TEST_CASE("a moved store revision clears cached verdicts", "[validator]") {
   CHECK(code == ValidationCode::revoked);
 }
 
+TEST_CASE("a moved revision drops only the keys the store's change log names", "[validator]") {
+  // Another process revoked one key: its verdicts go at the next poll, and every other
+  // key keeps answering from the cache (a revoke elsewhere is not a cache flush).
+  Fixture f(true, false, std::chrono::milliseconds(10));
+  f.store->keep_log = true;
+  auto revoked = f.create();
+  auto kept = f.create();
+  const std::string sk1(revoked.secret_key.reveal());
+  const std::string sk2(kept.secret_key.reveal());
+  REQUIRE(f.manager->validate(revoked.info.public_key, sk1).ok());
+  REQUIRE(f.manager->validate(kept.info.public_key, sk2).ok());
+
+  f.store->external_revoke(revoked.info.account_id, revoked.info.key_id);
+  ValidationCode code = ValidationCode::valid;
+  for (int i = 0; i < 1000 && code == ValidationCode::valid; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    code = f.manager->validate(revoked.info.public_key, sk1).code;
+  }
+  CHECK(code == ValidationCode::revoked);
+  const int finds = f.store->finds.load();
+  CHECK(f.manager->validate(kept.info.public_key, sk2).ok());
+  CHECK(f.store->finds.load() == finds);  // answered by the cache
+
+  SECTION("without a change log every verdict goes") {
+    f.store->keep_log = false;
+    auto third = f.create();
+    REQUIRE(f.manager->validate(kept.info.public_key, sk2).ok());
+    f.store->external_revoke(third.info.account_id, third.info.key_id);
+    const int before = f.store->finds.load();
+    int after = before;
+    for (int i = 0; i < 1000 && after == before; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      CHECK(f.manager->validate(kept.info.public_key, sk2).ok());
+      after = f.store->finds.load();
+    }
+    CHECK(after > before);  // the cache was cleared, so the store was read again
+  }
+}
+
 TEST_CASE("validator construction rules", "[validator]") {
   auto hasher = std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper);
   CHECK_THROWS_AS(Validator(nullptr, hasher), Error);
