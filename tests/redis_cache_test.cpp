@@ -530,6 +530,35 @@ TEST_CASE("RedisCache: Redis restarting mid-run never breaks validation, and cac
   CHECK(manager.validate(good.info.public_key, good.secret_key.reveal()).code == ValidationCode::revoked);
 }
 
+TEST_CASE("RedisCache: two in-process tiers in one process both reject a key when revoke() returns",
+          "[servers][redis][cache]") {
+  // An admin KeyManager and a hot-path Validator, each with its own RedisCache (and so
+  // its own in-process tier) over one store: the hot path must not wait for pub/sub.
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  PrefixJanitor janitor{*redis, {}};
+  const std::string prefix = janitor.make();
+  auto store = std::make_shared<apikeys_test::InstrumentedStore>();
+  auto admin_cache = std::make_shared<RedisCache>(options_for(*redis, prefix, true));
+  auto hot_cache = std::make_shared<RedisCache>(options_for(*redis, prefix, true));
+  REQUIRE(apikeys_test::eventually([&] { return admin_cache->local_tier_live() && hot_cache->local_tier_live(); }));
+  apikeys::KeyManagerOptions mo;
+  mo.validation = validator_options(admin_cache);
+  apikeys::KeyManager admin(store, hasher(), mo);
+  apikeys::Validator hot(store, hasher(), validator_options(hot_cache));
+  const apikeys::Uuid account = apikeys_test::account_id(4);
+  for (int i = 0; i < 20; ++i) {
+    const auto key = admin.create(account, request("hot"));
+    const std::string sk(key.secret_key.reveal());
+    REQUIRE(hot.validate(key.info.public_key, sk).ok());
+    const int finds = store->finds.load();
+    REQUIRE(hot.validate(key.info.public_key, sk).ok());  // from the hot path's own tier
+    REQUIRE(store->finds.load() == finds);
+    admin.revoke(account, key.info.key_id);
+    CHECK(hot.validate(key.info.public_key, sk).code == ValidationCode::revoked);
+  }
+}
+
 TEST_CASE("RedisCache: Redis down, validation falls back to the store and recovers",
           "[servers][redis][faults]") {
   const auto redis = apikeys_test::test_redis();
