@@ -49,10 +49,19 @@ struct InlineKey {
 
 // One verdict per public key. `presented` is the full digest of the secret that earned
 // the verdict: a lookup answers only when the presented digest matches all 32 bytes.
+// The verdict is kept without its expires_at: the entry's own deadline is already
+// capped at the key's expiry (see deadline()), which keeps a slot at 80 bytes.
 struct Slot {
   std::int64_t expires_ms = 0;  // first: no padding before it (80 bytes in all)
   Digest presented;
-  Verdict verdict;
+  ValidationCode code = ValidationCode::error;
+  Uuid account_id;
+  Uuid key_id;
+
+  Slot() = default;
+  Slot(std::int64_t expires, const Digest& d, const Verdict& v) noexcept
+      : expires_ms(expires), presented(d), code(v.code), account_id(v.account_id), key_id(v.key_id) {}
+  [[nodiscard]] Verdict verdict() const { return Verdict{code, account_id, key_id}; }
 };
 
 struct Node {
@@ -161,6 +170,13 @@ std::int64_t expiry(std::int64_t now, std::chrono::milliseconds ttl) noexcept {
                                                             : now + t;
 }
 
+// When an entry stops answering: after its TTL, and never after the key's expiry (an
+// absolute time, so a put that ran late cannot stretch a `valid` past it).
+std::int64_t deadline(std::int64_t now, std::chrono::milliseconds ttl, const Verdict& v) noexcept {
+  const std::int64_t by_ttl = expiry(now, ttl);
+  return v.expires_at ? std::min(by_ttl, to_unix_millis(*v.expires_at)) : by_ttl;
+}
+
 std::size_t round_up_pow2(std::size_t n) {
   std::size_t p = 1;
   while (p < n && p < (std::size_t{1} << 16)) p <<= 1;
@@ -239,7 +255,7 @@ std::optional<Verdict> MemoryCache::get(std::string_view public_key, const Diges
     return std::nullopt;
   }
   if (!constant_time_equal(n->slot.presented, presented)) return std::nullopt;
-  return n->slot.verdict;
+  return n->slot.verdict();
 }
 
 std::uint64_t MemoryCache::fill_token(std::string_view public_key) {
@@ -257,16 +273,16 @@ void MemoryCache::put(std::string_view public_key, const Digest& presented, cons
   Node* n = w.shard.table.find(key);
   if (n != nullptr) {
     const Slot& old = n->slot;
-    const bool old_valid_live = old.verdict.code == ValidationCode::valid && old.expires_ms > now;
+    const bool old_valid_live = old.code == ValidationCode::valid && old.expires_ms > now;
     if (old_valid_live && verdict.code != ValidationCode::valid &&
         !constant_time_equal(old.presented, presented)) {
       return;  // a guess at the secret never pushes the owner's verdict out
     }
-    n->slot = Slot{expiry(now, ttl), presented, verdict};
+    n->slot = Slot(deadline(now, ttl, verdict), presented, verdict);
     return;
   }
   if (w.shard.table.size() >= impl_->per_shard_capacity) impl_->evict_one(w.shard, now);
-  w.shard.table.insert(key, Slot{expiry(now, ttl), presented, verdict});
+  w.shard.table.insert(key, Slot(deadline(now, ttl, verdict), presented, verdict));
 }
 
 void MemoryCache::erase(std::string_view public_key) {

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <array>
+#include <limits>
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
@@ -176,26 +177,43 @@ std::string digest_field(const Digest& d) {
   return out;
 }
 
-// Verdict value: code (1 byte), account id (16), key id (16).
+// Verdict value, layout version 2 (42 bytes): the version byte, the code (1 byte),
+// the account id (16), the key id (16), the key's expiry in Unix milliseconds (8,
+// big-endian two's complement; INT64_MIN: none). Any other version, length or code is
+// read as a miss, never as a verdict: a value written by another layout is checked
+// against the store again.
+constexpr std::uint8_t kVerdictLayout = 2;
+constexpr std::size_t kVerdictSize = 42;
+constexpr std::int64_t kNoExpiry = std::numeric_limits<std::int64_t>::min();
+
 std::string encode(const Verdict& v) {
-  std::string out(33, '\0');
-  out[0] = static_cast<char>(v.code);
-  std::memcpy(&out[1], v.account_id.bytes().data(), 16);
-  std::memcpy(&out[17], v.key_id.bytes().data(), 16);
+  std::string out(kVerdictSize, '\0');
+  out[0] = static_cast<char>(kVerdictLayout);
+  out[1] = static_cast<char>(v.code);
+  std::memcpy(&out[2], v.account_id.bytes().data(), 16);
+  std::memcpy(&out[18], v.key_id.bytes().data(), 16);
+  const auto expires = static_cast<std::uint64_t>(v.expires_at ? to_unix_millis(*v.expires_at) : kNoExpiry);
+  for (int i = 0; i < 8; ++i) out[34 + static_cast<std::size_t>(i)] = static_cast<char>(expires >> (56 - 8 * i));
   return out;
 }
 
 std::optional<Verdict> decode(const char* data, std::size_t len) {
-  if (len != 33 || static_cast<std::uint8_t>(data[0]) > static_cast<std::uint8_t>(ValidationCode::error)) {
-    return std::nullopt;  // not ours, or a newer layout: a miss is always safe
+  if (len != kVerdictSize || static_cast<std::uint8_t>(data[0]) != kVerdictLayout ||
+      static_cast<std::uint8_t>(data[1]) > static_cast<std::uint8_t>(ValidationCode::error)) {
+    return std::nullopt;  // not ours, or another layout: a miss is always safe
   }
   Verdict v;
-  v.code = static_cast<ValidationCode>(data[0]);
+  v.code = static_cast<ValidationCode>(data[1]);
   std::array<std::uint8_t, 16> a{};
   std::array<std::uint8_t, 16> k{};
-  std::memcpy(a.data(), data + 1, 16);
-  std::memcpy(k.data(), data + 17, 16);
+  std::memcpy(a.data(), data + 2, 16);
+  std::memcpy(k.data(), data + 18, 16);
   v.account_id = Uuid(a);
+  std::uint64_t expires = 0;
+  for (int i = 0; i < 8; ++i) expires = (expires << 8) | static_cast<std::uint8_t>(data[34 + i]);
+  if (static_cast<std::int64_t>(expires) != kNoExpiry) {
+    v.expires_at = from_unix_millis(static_cast<std::int64_t>(expires));
+  }
   v.key_id = Uuid(k);
   return v;
 }

@@ -436,9 +436,21 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
         if (auto v = cache->get(pk, presented)) {
           result.code = v->code;
           if (v->code == ValidationCode::valid) {
+            if (v->expires_at) {
+              // One clock, ours, decides expiry: a verdict the cache kept past the key's
+              // expiry (a put delayed after our clock read, a cache on another clock)
+              // still answers `expired`.
+              const TimePoint now = clock->now();
+              if (now >= *v->expires_at) {
+                result.code = ValidationCode::expired;
+                return result;
+              }
+              if (options.record_last_use) tracker.note(v->key_id, to_unix_millis(now));
+            } else if (options.record_last_use) {
+              tracker.note(v->key_id, *clock);
+            }
             result.account_id = v->account_id;
             result.key_id = v->key_id;
-            if (options.record_last_use) tracker.note(v->key_id, *clock);
           }
           return result;
         }
@@ -489,7 +501,9 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
 
     if (can_fill && ttl.count() > 0) {
       try {
-        cache->put(pk, presented, Verdict{result.code, result.account_id, result.key_id}, ttl, token);
+        Verdict verdict{result.code, result.account_id, result.key_id, std::nullopt};
+        if (result.code == ValidationCode::valid) verdict.expires_at = record->info.expires_at;
+        cache->put(pk, presented, verdict, ttl, token);
       } catch (...) {
         // Not caching is always safe.
       }

@@ -72,6 +72,13 @@ class Inspector {
     freeReplyObject(r);
     return out;
   }
+  // Overwrites a string value, keeping its expiry.
+  void set(const std::string& key, const std::string& value) {
+    auto* r = static_cast<redisReply*>(
+        redisCommand(c_, "SET %b %b KEEPTTL", key.data(), key.size(), value.data(), value.size()));
+    REQUIRE(r != nullptr);
+    freeReplyObject(r);
+  }
   // A raw command (no reply kept), e.g. to delete a key as an eviction would.
   void del(const std::string& key) {
     auto* r = static_cast<redisReply*>(redisCommand(c_, "DEL %b", key.data(), key.size()));
@@ -278,6 +285,51 @@ TEST_CASE("RedisCache: what Redis holds", "[servers][redis][cache]") {
     fill(bounded, pk(2), digest_of(7), valid_verdict(2), milliseconds(60'000));
     CHECK(bounded.get(pk(2), digest_of(7)).has_value());
   }
+}
+
+TEST_CASE("RedisCache: verdicts keep the key's expiry; another layout reads as a miss",
+          "[servers][redis][cache]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  PrefixJanitor janitor{*redis, {}};
+  const std::string prefix = janitor.make();
+  RedisCache cache(options_for(*redis, prefix, false));
+  Inspector inspect(*redis);
+  apikeys::Verdict v = valid_verdict(1);
+  v.expires_at = apikeys_test::test_start() + std::chrono::hours(5);
+  fill(cache, pk(1), digest_of(1), v, milliseconds(60'000));
+  fill(cache, pk(2), digest_of(2), valid_verdict(2), milliseconds(60'000));
+  const auto got = cache.get(pk(1), digest_of(1));
+  REQUIRE(got);
+  CHECK(got->code == ValidationCode::valid);
+  CHECK(got->key_id == v.key_id);
+  CHECK(got->expires_at == v.expires_at);
+  const auto never = cache.get(pk(2), digest_of(2));
+  REQUIRE(never);
+  CHECK_FALSE(never->expires_at);
+
+  // Rewrite the stored value in other layouts (an older library's 33 bytes, a newer
+  // version byte, a truncated value): each must be a miss, never a verdict.
+  std::string verdict_key;
+  std::string stored;
+  for (const auto& [k, value] : inspect.dump(prefix)) {
+    if (k.find(":v:") != std::string::npos && k.find(pk(1)) != std::string::npos) {
+      verdict_key = k;
+      stored = value;
+    }
+  }
+  REQUIRE_FALSE(verdict_key.empty());
+  const std::string generation = stored.substr(0, stored.find(':') + 1);
+  const std::string body = stored.substr(generation.size());
+  REQUIRE(body.size() == 42);
+  std::string newer = body;
+  newer[0] = 3;
+  for (const std::string& other : {std::string(33, '\0'), newer, body.substr(0, 41), body + "x"}) {
+    inspect.set(verdict_key, generation + other);
+    CHECK_FALSE(cache.get(pk(1), digest_of(1)).has_value());
+  }
+  inspect.set(verdict_key, generation + body);
+  CHECK(cache.get(pk(1), digest_of(1)).has_value());
 }
 
 TEST_CASE("RedisCache: a not_found verdict is never written to Redis", "[servers][redis][cache]") {

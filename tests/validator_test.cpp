@@ -1,4 +1,6 @@
 #include <chrono>
+#include <map>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -230,6 +232,98 @@ TEST_CASE("expiry at the boundary, with a warm cache", "[validator]") {
   CHECK(f.manager->validate(k.info.public_key, sk).code == ValidationCode::expired);
   f.clock->advance(std::chrono::hours(1000));
   CHECK(f.manager->validate(k.info.public_key, sk).code == ValidationCode::expired);
+}
+
+namespace {
+
+// A cache put that runs late: the thread was preempted between the validator's clock
+// read and the cache's, for `delay` of the shared clock.
+class LatePutCache final : public Cache {
+ public:
+  LatePutCache(std::shared_ptr<ManualClock> clock, std::chrono::milliseconds delay)
+      : clock_(clock), delay_(delay), inner_([&] {
+          MemoryCacheOptions o;
+          o.clock = clock;
+          return o;
+        }()) {}
+  std::optional<Verdict> get(std::string_view pk, const Digest& d) override { return inner_.get(pk, d); }
+  std::uint64_t fill_token(std::string_view pk) override { return inner_.fill_token(pk); }
+  void put(std::string_view pk, const Digest& d, const Verdict& v, std::chrono::milliseconds ttl,
+           std::uint64_t token) override {
+    clock_->advance(delay_);
+    inner_.put(pk, d, v, ttl, token);
+  }
+  void erase(std::string_view pk) override { inner_.erase(pk); }
+  void clear() override { inner_.clear(); }
+
+ private:
+  std::shared_ptr<ManualClock> clock_;
+  std::chrono::milliseconds delay_;
+  MemoryCache inner_;
+};
+
+// A user's cache that keeps every verdict forever (it ignores the TTL) but keeps the
+// Verdict's fields, as a cache is asked to.
+class ForeverCache final : public Cache {
+ public:
+  std::optional<Verdict> get(std::string_view pk, const Digest&) override {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = kept_.find(std::string(pk));
+    if (it == kept_.end()) return std::nullopt;
+    return it->second;
+  }
+  std::uint64_t fill_token(std::string_view) override { return 0; }
+  void put(std::string_view pk, const Digest&, const Verdict& v, std::chrono::milliseconds,
+           std::uint64_t) override {
+    std::lock_guard<std::mutex> l(mu_);
+    kept_[std::string(pk)] = v;
+  }
+  void erase(std::string_view pk) override {
+    std::lock_guard<std::mutex> l(mu_);
+    kept_.erase(std::string(pk));
+  }
+  void clear() override {
+    std::lock_guard<std::mutex> l(mu_);
+    kept_.clear();
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, Verdict> kept_;
+};
+
+}  // namespace
+
+TEST_CASE("a cached valid never outlives the key's expiry", "[validator]") {
+  auto clock = std::make_shared<ManualClock>(apikeys_test::test_start());
+  auto store = std::make_shared<InstrumentedStore>();
+  auto hasher = std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper);
+  std::shared_ptr<Cache> cache;
+  SECTION("a put preempted for 10 s after the validator read its clock") {
+    cache = std::make_shared<LatePutCache>(clock, std::chrono::seconds(10));
+  }
+  SECTION("a cache that ignores TTLs") {
+    cache = std::make_shared<ForeverCache>();
+  }
+  KeyManagerOptions o;
+  o.validation.clock = clock;
+  o.validation.cache = cache;
+  o.validation.record_last_use = false;
+  o.validation.revision_poll_interval = std::chrono::milliseconds(0);
+  KeyManager manager(store, hasher, o);
+  CreateRequest r;
+  r.title = "expiring";
+  r.expires_in_days = 1;
+  const CreatedKey k = manager.create(apikeys_test::account_id(1), r);
+  const std::string sk(k.secret_key.reveal());
+  // Five seconds before expiry: valid, cached for the 5 s the key has left.
+  clock->set(*k.info.expires_at - std::chrono::seconds(5));
+  REQUIRE(manager.validate(k.info.public_key, sk).ok());
+  for (const auto after : {std::chrono::milliseconds(0), std::chrono::milliseconds(1),
+                           std::chrono::milliseconds(4000), std::chrono::milliseconds(3'600'000)}) {
+    clock->set(*k.info.expires_at + after);
+    CHECK(manager.validate(k.info.public_key, sk).code == ValidationCode::expired);
+  }
 }
 
 TEST_CASE("order of checks: expiry before status before secret", "[validator]") {

@@ -31,9 +31,25 @@ APIKEYS_EXPORT const char* to_string(ValidationCode code) noexcept;
 
 /// What a cache remembers about one presented (public key, secret) pair.
 struct Verdict {
+  /// An `error` verdict with no ids and no expiry.
+  Verdict() = default;
+  /// The fields in order; those left out are empty (a constructor rather than
+  /// aggregate initialisation, so code written as `Verdict{code, account, key}` before
+  /// `expires_at` existed still compiles without a missing-initializer warning).
+  // NOLINTNEXTLINE(google-explicit-constructor): brace initialisation must keep working.
+  Verdict(ValidationCode c, Uuid account = {}, Uuid key = {},
+          std::optional<TimePoint> expires = std::nullopt)
+      : code(c), account_id(account), key_id(key), expires_at(expires) {}
+
   ValidationCode code = ValidationCode::error;  ///< The cached outcome.
   Uuid account_id;  ///< Set when code is valid.
   Uuid key_id;      ///< Set when code is valid.
+  /// The key's expiry when code is valid (nullopt: it never expires). The Validator
+  /// answers `expired` for a cached `valid` whose expiry has passed on its own clock,
+  /// so a verdict kept a little past its TTL (a slow put, a cache with another clock)
+  /// never outlives the key. A cache should keep it; one that drops it still works,
+  /// bounded by the TTL alone.
+  std::optional<TimePoint> expires_at;
 };
 
 /// Interface: a verdict cache.
