@@ -486,7 +486,8 @@ void require_usable(const Identity& id, const std::string& path, bool may_initia
       if (may_initialise) return;
       throw Error(ErrorCode::storage,
                   fmt::format("SqliteStore open '{}' failed: not an apikeys database (an empty "
-                              "file; only a writable open initialises one)",
+                              "file; only a writable open with create_if_missing initialises "
+                              "one)",
                               path));
     case FileKind::foreign:
       break;
@@ -889,7 +890,7 @@ SqliteStore::SqliteStore(const std::string& path, SqliteStoreOptions options)
   // SQLite's own errors name the file; it is not secret and operators need it.
   translated(fmt::format("open '{}'", path), [&] {
     Impl& impl = *impl_;
-    const bool may_initialise = !options.read_only;
+    const bool may_initialise = options.create_if_missing && !options.read_only;
     // Identify the file on a read-only connection before anything may write to it (not
     // even the switch to WAL): another application's database is refused unchanged.
     std::error_code ec;
@@ -899,8 +900,8 @@ SqliteStore::SqliteStore(const std::string& path, SqliteStoreOptions options)
       require_usable(identify_read_only(path, options), path, may_initialise);
     } else if (!may_initialise) {
       throw Error(ErrorCode::storage,
-                  fmt::format("SqliteStore open '{}' failed: no such file (a read-only open "
-                              "creates none)",
+                  fmt::format("SqliteStore open '{}' failed: no such file (a read-only open, or "
+                              "one with create_if_missing off, creates none)",
                               path));
     }
     if (!options.read_only) {

@@ -298,6 +298,47 @@ TEST_CASE("SqliteStore refuses a file that is not an apikeys database and leaves
   }
 }
 
+TEST_CASE("SqliteStore initialises a missing or empty file only when asked to", "[store][sqlite]") {
+  TempDir dir;
+  SqliteStoreOptions no_create;
+  no_create.create_if_missing = false;
+  SqliteStoreOptions read_only;
+  read_only.read_only = true;  // never creates, whatever create_if_missing says
+  CHECK(SqliteStoreOptions{}.create_if_missing);  // the default keeps creating
+
+  SECTION("a missing file") {
+    const std::string path = dir.file("missing.db");
+    for (const SqliteStoreOptions& options : {no_create, read_only}) {
+      CHECK(error_code_of([&] { SqliteStore store(path, options); }) == ErrorCode::storage);
+      CHECK_FALSE(fs::exists(path));
+    }
+    { SqliteStore store(path); }
+    CHECK(RawDb(path).integer("PRAGMA application_id") == SqliteStore::application_id());
+  }
+
+  SECTION("an empty file") {
+    const std::string path = dir.file("empty.db");
+    apikeys_test::make_empty_file(path);
+    for (const SqliteStoreOptions& options : {no_create, read_only}) {
+      const auto e = error_of([&] { SqliteStore store(path, options); });
+      REQUIRE(e);
+      CHECK(e->code() == ErrorCode::storage);
+      CHECK(contains(e->what(), "not an apikeys database"));
+      CHECK(fs::file_size(path) == 0);
+      CHECK_FALSE(fs::exists(path + "-wal"));
+      CHECK_FALSE(fs::exists(path + "-shm"));
+      CHECK_FALSE(fs::exists(path + "-journal"));
+    }
+    {
+      SqliteStore store(path);
+      store.insert(record(1, account_id(1)));
+    }
+    CHECK(RawDb(path).integer("PRAGMA application_id") == SqliteStore::application_id());
+    // Once initialised it is an apikeys database: create_if_missing no longer matters.
+    CHECK(SqliteStore(path, no_create).find(public_key(1)));
+  }
+}
+
 TEST_CASE("SqliteStore refuses another application's WAL database while that application has it open",
           "[store][sqlite]") {
   TempDir dir;

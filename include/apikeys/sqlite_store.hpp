@@ -32,6 +32,11 @@ struct SqliteStoreOptions {
   /// Open the file read-only (no schema creation or migration; nothing is ever written
   /// to the file). Default false.
   bool read_only = false;
+  /// Initialise a new database when the file is missing or empty (0 bytes). When false,
+  /// such a file is refused with Error(storage) and left as it was (a missing one is not
+  /// created). A file with any other content is never initialised, whatever this says.
+  /// Ignored when read_only (which never creates). Default true.
+  bool create_if_missing = true;
   /// How long find() may keep reading from one snapshot of the file (one read
   /// transaction kept open across calls) before it takes a new one. Never reused after a
   /// write through this store, nor after revision() saw another process's change; other
@@ -47,7 +52,7 @@ struct SqliteStoreOptions {
 class APIKEYS_EXPORT SqliteStore final : public Store {
  public:
   /// Opens the database at `path` (initialising a missing or empty file, unless
-  /// read-only) and migrates its schema to the current version.
+  /// options.create_if_missing is false) and migrates its schema to the current version.
   ///
   /// The file is identified, on a read-only connection, before anything is written to
   /// it. It is an apikeys database when its header's application_id (PRAGMA
@@ -63,8 +68,8 @@ class APIKEYS_EXPORT SqliteStore final : public Store {
   /// switch, no pragma written.
   ///
   /// Throws Error(storage) if the file cannot be opened, is not an apikeys database, is
-  /// missing or empty and read-only, or has a newer schema than this library knows;
-  /// Error(busy) if it stays locked past the busy timeout.
+  /// missing or empty and may not be initialised, or has a newer schema than this
+  /// library knows; Error(busy) if it stays locked past the busy timeout.
   explicit SqliteStore(const std::string& path, SqliteStoreOptions options = {});
   ~SqliteStore() override;
 
