@@ -434,6 +434,31 @@ TEST_CASE("cli: a file that is not an apikeys database is refused and left uncha
   }
 }
 
+TEST_CASE("cli: only create initialises an empty file", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("empty.db");
+  apikeys_test::make_empty_file(db);
+  const std::vector<std::vector<std::string>> others{
+      {"--db", db, "list", "--account", kAccount},
+      {"--db", db, "verify", "pk_x:sk_y"},
+      {"--db", db, "revoke", "--account", kAccount, "--key-id", kOtherAccount},
+      {"--db", db, "delete", "--account", kAccount, "--key-id", kOtherAccount},
+  };
+  for (const auto& args : others) {
+    INFO(args[2]);
+    const Run r = run_cli(args);
+    CHECK(r.code == 4);
+    CHECK_FALSE(r.err.empty());
+    CHECK(fs::file_size(db) == 0);
+    CHECK_FALSE(fs::exists(db + "-wal"));
+    CHECK_FALSE(fs::exists(db + "-journal"));
+  }
+  const Json created = create_key(db);
+  const Run r = run_cli({"--db", db, "list", "--account", kAccount});
+  REQUIRE(r.code == 0);
+  CHECK(Json::parse(r.out).at(0).at("key_id") == created.at("key_id"));
+}
+
 TEST_CASE("cli: presented secrets are never echoed", "[cli]") {
   TempDir dir;
   const std::string db = dir.file("keys.db");
