@@ -696,7 +696,10 @@ struct SqliteStore::Impl {
   Impl(std::string p, const SqliteStoreOptions& o)
       : path(std::move(p)),
         options(o),
-        snapshot_max_age(snapshot_age(o.read_snapshot_max_age)) {}
+        snapshot_max_age(snapshot_age(o.read_snapshot_max_age)) {
+    // ~Lease puts readers back without allocating (see there).
+    idle.reserve(kMaxIdleReaders);
+  }
 
   // The option in the clock's unit, clamped (a huge value must not overflow into "off").
   static std::chrono::steady_clock::duration snapshot_age(std::chrono::microseconds age) {
@@ -787,7 +790,8 @@ struct SqliteStore::Impl {
   std::unique_ptr<Writer> writer;  // Guarded by writer_mu; null when read_only.
 
   std::mutex pool_mu;
-  std::vector<std::unique_ptr<Reader>> idle;  // Guarded by pool_mu.
+  // Guarded by pool_mu. Never holds more than kMaxIdleReaders, its reserved capacity.
+  std::vector<std::unique_ptr<Reader>> idle;
 
   // The largest rowid this store has seen (its inserts, a reader's open, a hit): find()
   // draws decoy rowids below it. Lowered when a miss finds it past the table's end.
@@ -824,6 +828,8 @@ struct SqliteStore::Impl {
       const bool open = reader_->in_snapshot();
       {
         std::lock_guard lock(impl_.pool_mu);
+        // Within the capacity reserved up front, so push_back cannot allocate: a
+        // bad_alloc here, in a destructor (noexcept), would be std::terminate.
         if (impl_.idle.size() < kMaxIdleReaders) {
           impl_.idle.push_back(std::move(reader_));
         } else {
