@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <exception>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <map>
 #include <memory>
@@ -516,36 +517,58 @@ std::string immutable_uri(const std::string& path) {
   return uri + "?immutable=1";
 }
 
-// Identifies an existing file without writing to it or beside it. While it has no -wal
-// file, the main file holds every committed change: it is read as immutable, so that no
-// -wal or -shm file is created next to someone else's database (owned by whoever runs
-// us, those could lock its owner out). Otherwise on an ordinary read-only connection.
-// A view that is stale (another process writing meanwhile) only decides whether to go
-// on: whatever writes identifies the file again, on its own connection, under the lock.
+// True when the file's header says WAL mode (bytes 18 and 19 are 2).
+bool wal_header(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char header[20] = {};
+  in.read(header, sizeof header);
+  return in.gcount() == sizeof header && header[18] == 2 && header[19] == 2;
+}
+
+// Identifies an existing file without writing to it or beside it. A WAL file without a
+// -wal file holds every committed change in itself; it is read as immutable, because
+// an ordinary connection would create -wal and -shm files next to someone else's
+// database (owned by whoever runs us, they could lock its owner out). Anything else is
+// read on an ordinary read-only connection, whose locks keep out half-written commits
+// and which creates nothing beside a rollback-journal file. A view that is stale
+// (another process writing meanwhile) only decides whether to go on: whatever writes
+// identifies the file again, on its own connection, under the write lock.
 Identity identify_read_only(const std::string& path, const SqliteStoreOptions& options) {
+  const auto immutable = [&] {
+    SQLite::Database probe(immutable_uri(path),
+                           SQLite::OPEN_READONLY | SQLite::OPEN_URI | SQLite::OPEN_NOMUTEX);
+    return identify(probe);
+  };
   try {
     std::error_code ec;
-    if (!std::filesystem::exists(path + "-wal", ec) && !ec) {
-      SQLite::Database probe(immutable_uri(path),
-                             SQLite::OPEN_READONLY | SQLite::OPEN_URI | SQLite::OPEN_NOMUTEX);
-      return identify(probe);
+    if (wal_header(path) && !std::filesystem::exists(path + "-wal", ec) && !ec) {
+      return immutable();
     }
-    SQLite::Database probe = open_connection(path, options, Role::reader, true);
-    return identify(probe);
-  } catch (const SQLite::Exception& e) {
-    if (e.getErrorCode() == SQLITE_NOTADB) {
+    try {
+      SQLite::Database probe = open_connection(path, options, Role::reader, true);
+      return identify(probe);
+    } catch (const SQLite::Exception& e) {
+      // A hot journal: an interrupted transaction that only a writable connection may
+      // roll back, a write not ours to make to a file we have not identified. Unless the
+      // file, as it lies, is marked as ours (our first transaction, interrupted).
+      if (e.getExtendedErrorCode() != SQLITE_READONLY_ROLLBACK) throw;
+      Identity id;
+      try {
+        id = immutable();
+      } catch (const SQLite::Exception&) {
+      }
+      if (id.marked) return id;
       throw Error(ErrorCode::storage,
-                  fmt::format("SqliteStore open '{}' failed: not an apikeys database (not an "
-                              "SQLite database file); left unchanged",
+                  fmt::format("SqliteStore open '{}' failed: the file has a hot journal (an "
+                              "interrupted transaction) that only a writable connection can "
+                              "roll back; open it once with the program that wrote it",
                               path));
     }
-    // Rolling back an interrupted transaction's journal is a write; not ours to make to a
-    // file we have not identified.
-    if (e.getExtendedErrorCode() != SQLITE_READONLY_ROLLBACK) throw;
+  } catch (const SQLite::Exception& e) {
+    if (e.getErrorCode() != SQLITE_NOTADB) throw;
     throw Error(ErrorCode::storage,
-                fmt::format("SqliteStore open '{}' failed: the file has a hot journal (an "
-                            "interrupted transaction) that only a writable connection can roll "
-                            "back; open it once with the program that wrote it",
+                fmt::format("SqliteStore open '{}' failed: not an apikeys database (not an "
+                            "SQLite database file); left unchanged",
                             path));
   }
 }

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -337,6 +338,70 @@ TEST_CASE("SqliteStore initialises a missing or empty file only when asked to", 
     // Once initialised it is an apikeys database: create_if_missing no longer matters.
     CHECK(SqliteStore(path, no_create).find(public_key(1)));
   }
+}
+
+TEST_CASE("SqliteStore leaves another application's interrupted transaction alone",
+          "[store][sqlite]") {
+  // A hot journal: the file and its rollback journal as a crash mid-transaction leaves
+  // them (copied while a transaction that spilled to the file is open). Rolling it back
+  // would be a write; that is the owner's to make.
+  TempDir dir;
+  const std::string live = dir.file("live.db");
+  const std::string path = dir.file("crashed.db");
+  {
+    RawDb raw(live);
+    raw.exec("CREATE TABLE t (x BLOB); PRAGMA user_version = 5; PRAGMA cache_size = 10;");
+    raw.exec("BEGIN");
+    raw.exec("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)"
+             " INSERT INTO t SELECT randomblob(500) FROM n");
+    fs::copy_file(live, path);
+    fs::copy_file(live + "-journal", path + "-journal");
+    raw.exec("ROLLBACK");
+  }
+  const std::string before = file_bytes(path);
+  const std::string journal_before = file_bytes(path + "-journal");
+  REQUIRE_FALSE(journal_before.empty());
+
+  SqliteStoreOptions read_only;
+  read_only.read_only = true;
+  for (const SqliteStoreOptions& options : {SqliteStoreOptions{}, read_only}) {
+    const auto e = error_of([&] { SqliteStore store(path, options); });
+    REQUIRE(e);
+    CHECK(e->code() == ErrorCode::storage);
+    CHECK(contains(e->what(), "hot journal"));
+  }
+  CHECK(file_bytes(path) == before);
+  CHECK(file_bytes(path + "-journal") == journal_before);
+}
+
+TEST_CASE("SqliteStores opened at once on a new file all open it", "[store][sqlite]") {
+  // Each one may find the file missing, empty, half-initialised or done; every one must
+  // end up with the same apikeys database.
+  TempDir dir;
+  const std::string path = dir.file("race.db");
+  constexpr int kThreads = 6;
+  std::atomic<int> ready{0};
+  std::mutex mu;
+  std::string errors;  // guarded by mu
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      ready.fetch_add(1);
+      while (ready.load() < kThreads) std::this_thread::yield();
+      try {
+        SqliteStore store(path, fast_options());
+        store.insert(record(static_cast<std::uint32_t>(t + 1), account_id(1)));
+      } catch (const std::exception& e) {
+        std::lock_guard lock(mu);
+        errors += std::string(e.what()) + "\n";
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(errors == "");
+  RawDb raw(path);
+  CHECK(raw.integer("PRAGMA application_id") == SqliteStore::application_id());
+  CHECK(raw.integer("SELECT count(*) FROM api_keys") == kThreads);
 }
 
 TEST_CASE("SqliteStore refuses another application's WAL database while that application has it open",
