@@ -1,6 +1,8 @@
 // SqliteStore: one writer connection under a mutex, a lazily grown pool of query-only
 // reader connections, prepared statements reused per connection, and a schema kept in
-// step by forward migrations keyed on PRAGMA user_version.
+// step by forward migrations keyed on PRAGMA user_version. A file is identified as ours
+// (PRAGMA application_id, or the exact schema of a release from before that marker)
+// before anything is written to it.
 #include "apikeys/sqlite_store.hpp"
 
 #include <sqlite3.h>
@@ -22,6 +24,7 @@
 #include <cstdint>
 #include <exception>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <map>
 #include <memory>
@@ -83,6 +86,16 @@ CREATE TABLE apikeys_changes (
 };
 
 constexpr int kCurrentVersion = kMigrations[std::size(kMigrations) - 1].to;
+
+// The marker in the header of every file this library initialises (PRAGMA
+// application_id, bytes 68-71 of the file): "apik" in ASCII. Never change it: it is how
+// the files of every later version are told from other applications' databases.
+constexpr std::int32_t kApplicationId = 0x6170696B;
+
+// The schema versions released before the marker existed. A file at one of these with
+// application_id 0 is ours only if its schema is exactly what those steps created; it
+// gets the marker in its next migration transaction. Never raise this.
+constexpr int kLastUnmarkedVersion = 2;
 
 // Idle reader connections kept open; more may exist while checked out.
 constexpr std::size_t kMaxIdleReaders = 16;
@@ -347,14 +360,16 @@ class RawUse {
 
 enum class Role { writer, reader };
 
+// Only the constructor passes `create`, and only for a missing file it may initialise:
+// a connection reopened later must not leave an empty file where one was deleted.
 SQLite::Database open_connection(const std::string& path, const SqliteStoreOptions& o, Role role,
-                                 bool read_only) {
+                                 bool read_only, bool create = false) {
   int flags = SQLite::OPEN_NOMUTEX;  // Each connection is used by one thread at a time.
   if (read_only) {
     flags |= SQLite::OPEN_READONLY;
   } else {
     flags |= SQLite::OPEN_READWRITE;
-    if (role == Role::writer) flags |= SQLite::OPEN_CREATE;
+    if (create) flags |= SQLite::OPEN_CREATE;
   }
   const auto timeout = std::clamp<std::chrono::milliseconds::rep>(
       o.busy_timeout.count(), 0, std::numeric_limits<int>::max());
@@ -389,22 +404,211 @@ void require_apikeys_tables(SQLite::Database& db) {
   }
 }
 
-// Brings the schema to kCurrentVersion. Safe against another process migrating the
-// same file at the same time: each step re-reads the version under the write lock.
-void migrate(SQLite::Database& db) {
+// ---------------------------------------------------------------------------------
+// Identification. Everything here only reads: a file is identified (on a read-only
+// connection, and again under the write lock) before the first write to it, so another
+// application's database is refused without a byte of it changed.
+
+enum class FileKind {
+  empty,    // a 0-byte file: ours to initialise, if the caller allows
+  apikeys,  // marked as ours, or the exact schema of a release from before the marker
+  foreign,  // anything else: never written to
+};
+
+struct Identity {
+  FileKind kind = FileKind::foreign;
+  int version = 0;      // PRAGMA user_version
+  bool marked = false;  // PRAGMA application_id is kApplicationId
+  std::string why;      // for `foreign`: what gave it away (header numbers only)
+};
+
+// Every schema object but SQLite's own (sqlite_autoindex_*, sqlite_stat* after an
+// ANALYZE, ...): type, name, table and CREATE statement, in a fixed order.
+std::vector<std::string> schema_of(SQLite::Database& db) {
+  std::vector<std::string> out;
+  SQLite::Statement q(db,
+                      "SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_master"
+                      " WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY type, name");
+  while (q.executeStep()) {
+    for (int c = 0; c < 4; ++c) out.push_back(q.getColumn(c).getString());
+  }
+  return out;
+}
+
+// The schema the migration steps up to `version` create, built in a private in-memory
+// database (so the steps stay the only description of each version's schema).
+std::vector<std::string> schema_at(int version) {
+  SQLite::Database scratch(":memory:", SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE);
   for (const Migration& step : kMigrations) {
-    if (user_version(db) >= step.to) continue;
-    SQLite::Transaction tx(db, SQLite::TransactionBehavior::IMMEDIATE);
-    const int version = user_version(db);
-    if (version > kCurrentVersion) newer_schema(version);
-    if (version >= step.to) continue;  // Someone else migrated meanwhile; tx rolls back.
-    if (version == 0 && db.execAndGet("SELECT count(*) FROM sqlite_master").getInt() != 0) {
-      // user_version 0 but not empty: someone else's database, not ours to write into.
-      throw Error(ErrorCode::storage,
-                  "SqliteStore open failed: not an apikeys database (user_version 0, not empty)");
+    if (step.to <= version) scratch.exec(step.sql);
+  }
+  return schema_of(scratch);
+}
+
+// The size of the database file on disk, as SQLite's file layer sees it. Not PRAGMA
+// page_count: inside a write transaction an empty database already counts the page 1
+// that the transaction would create.
+std::int64_t main_file_size(SQLite::Database& db) {
+  sqlite3_file* file = nullptr;
+  sqlite3_int64 size = -1;
+  if (sqlite3_file_control(db.getHandle(), "main", SQLITE_FCNTL_FILE_POINTER, &file) !=
+          SQLITE_OK ||
+      file == nullptr || file->pMethods == nullptr ||
+      file->pMethods->xFileSize(file, &size) != SQLITE_OK) {
+    throw Error(ErrorCode::storage, "SqliteStore open failed: cannot read the file's size");
+  }
+  return size;
+}
+
+Identity identify(SQLite::Database& db) {
+  Identity id;
+  const auto app = static_cast<std::uint32_t>(db.execAndGet("PRAGMA application_id").getInt());
+  id.version = user_version(db);
+  if (app == static_cast<std::uint32_t>(kApplicationId)) {
+    id.marked = true;
+    if (id.version >= 1) {
+      id.kind = FileKind::apikeys;
+    } else {
+      id.why = fmt::format("apikeys' application_id but user_version {}", id.version);
     }
-    db.exec(step.sql);
-    db.exec(fmt::format("PRAGMA user_version = {}", step.to));
+    return id;
+  }
+  if (app != 0) {
+    id.why = fmt::format("application_id {:#010x}, not apikeys' {:#010x}", app,
+                         static_cast<std::uint32_t>(kApplicationId));
+    return id;
+  }
+  if (main_file_size(db) == 0) {
+    id.kind = FileKind::empty;
+    return id;
+  }
+  if (id.version >= 1 && id.version <= kLastUnmarkedVersion &&
+      schema_of(db) == schema_at(id.version)) {
+    id.kind = FileKind::apikeys;
+    return id;
+  }
+  id.why = fmt::format(
+      "no apikeys application_id, and not the exact schema of an earlier apikeys release; "
+      "user_version {}",
+      id.version);
+  return id;
+}
+
+// Throws Error(storage) unless `id` is a file this store may use, and (when
+// `may_initialise`) an empty one it may initialise.
+void require_usable(const Identity& id, const std::string& path, bool may_initialise) {
+  switch (id.kind) {
+    case FileKind::apikeys:
+      if (id.version > kCurrentVersion) newer_schema(id.version);
+      return;
+    case FileKind::empty:
+      if (may_initialise) return;
+      throw Error(ErrorCode::storage,
+                  fmt::format("SqliteStore open '{}' failed: not an apikeys database (an empty "
+                              "file; only a writable open with create_if_missing initialises "
+                              "one)",
+                              path));
+    case FileKind::foreign:
+      break;
+  }
+  throw Error(ErrorCode::storage,
+              fmt::format("SqliteStore open '{}' failed: not an apikeys database ({}); left "
+                          "unchanged",
+                          path, id.why));
+}
+
+// `path` as an SQLite URI that opens it read-only and immutable: no locks taken, no
+// journal, -wal or -shm file looked at or created.
+std::string immutable_uri(const std::string& path) {
+  std::string uri = "file:";
+  for (std::size_t i = 0; i < path.size(); ++i) {
+    const auto c = static_cast<unsigned char>(path[i]);
+    const bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                       (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
+                       c == '~' || (c == '/' && i != 1);  // "file://" would name a host
+    if (plain) {
+      uri.push_back(static_cast<char>(c));
+    } else {
+      uri += fmt::format("%{:02X}", c);
+    }
+  }
+  return uri + "?immutable=1";
+}
+
+// True when the file's header says WAL mode (bytes 18 and 19 are 2).
+bool wal_header(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char header[20] = {};
+  in.read(header, sizeof header);
+  return in.gcount() == sizeof header && header[18] == 2 && header[19] == 2;
+}
+
+// Identifies an existing file without writing to it or beside it. A WAL file without a
+// -wal file holds every committed change in itself; it is read as immutable, because
+// an ordinary connection would create -wal and -shm files next to someone else's
+// database (owned by whoever runs us, they could lock its owner out). Anything else is
+// read on an ordinary read-only connection, whose locks keep out half-written commits
+// and which creates nothing beside a rollback-journal file. A view that is stale
+// (another process writing meanwhile) only decides whether to go on: whatever writes
+// identifies the file again, on its own connection, under the write lock.
+Identity identify_read_only(const std::string& path, const SqliteStoreOptions& options) {
+  const auto immutable = [&] {
+    SQLite::Database probe(immutable_uri(path),
+                           SQLite::OPEN_READONLY | SQLite::OPEN_URI | SQLite::OPEN_NOMUTEX);
+    return identify(probe);
+  };
+  try {
+    std::error_code ec;
+    if (wal_header(path) && !std::filesystem::exists(path + "-wal", ec) && !ec) {
+      return immutable();
+    }
+    try {
+      SQLite::Database probe = open_connection(path, options, Role::reader, true);
+      return identify(probe);
+    } catch (const SQLite::Exception& e) {
+      // A hot journal: an interrupted transaction that only a writable connection may
+      // roll back, a write not ours to make to a file we have not identified. Unless the
+      // file, as it lies, is marked as ours (our first transaction, interrupted).
+      if (e.getExtendedErrorCode() != SQLITE_READONLY_ROLLBACK) throw;
+      Identity id;
+      try {
+        id = immutable();
+      } catch (const SQLite::Exception&) {
+      }
+      if (id.marked) return id;
+      throw Error(ErrorCode::storage,
+                  fmt::format("SqliteStore open '{}' failed: the file has a hot journal (an "
+                              "interrupted transaction) that only a writable connection can "
+                              "roll back; open it once with the program that wrote it",
+                              path));
+    }
+  } catch (const SQLite::Exception& e) {
+    if (e.getErrorCode() != SQLITE_NOTADB) throw;
+    throw Error(ErrorCode::storage,
+                fmt::format("SqliteStore open '{}' failed: not an apikeys database (not an "
+                            "SQLite database file); left unchanged",
+                            path));
+  }
+}
+
+// Brings the schema to kCurrentVersion and marks the file as ours, one migration step per
+// IMMEDIATE transaction together with its user_version bump (and, in the first, the
+// marker). Each transaction identifies the file again under the write lock before it
+// writes, so another process creating, migrating or replacing the file meanwhile is seen;
+// a refused file's transaction rolls back having written nothing.
+void migrate(SQLite::Database& db, const std::string& path, bool may_initialise) {
+  for (;;) {
+    SQLite::Transaction tx(db, SQLite::TransactionBehavior::IMMEDIATE);
+    const Identity id = identify(db);
+    require_usable(id, path, may_initialise);
+    if (id.marked && id.version == kCurrentVersion) return;  // nothing to do; tx rolls back
+    for (const Migration& step : kMigrations) {
+      if (step.to != id.version + 1) continue;
+      db.exec(step.sql);
+      db.exec(fmt::format("PRAGMA user_version = {}", step.to));
+      break;
+    }
+    if (!id.marked) db.exec(fmt::format("PRAGMA application_id = {}", kApplicationId));
     tx.commit();
   }
 }
@@ -537,7 +741,10 @@ struct SqliteStore::Impl {
   Impl(std::string p, const SqliteStoreOptions& o)
       : path(std::move(p)),
         options(o),
-        snapshot_max_age(snapshot_age(o.read_snapshot_max_age)) {}
+        snapshot_max_age(snapshot_age(o.read_snapshot_max_age)) {
+    // ~Lease puts readers back without allocating (see there).
+    idle.reserve(kMaxIdleReaders);
+  }
 
   // The option in the clock's unit, clamped (a huge value must not overflow into "off").
   static std::chrono::steady_clock::duration snapshot_age(std::chrono::microseconds age) {
@@ -628,7 +835,8 @@ struct SqliteStore::Impl {
   std::unique_ptr<Writer> writer;  // Guarded by writer_mu; null when read_only.
 
   std::mutex pool_mu;
-  std::vector<std::unique_ptr<Reader>> idle;  // Guarded by pool_mu.
+  // Guarded by pool_mu. Never holds more than kMaxIdleReaders, its reserved capacity.
+  std::vector<std::unique_ptr<Reader>> idle;
 
   // The largest rowid this store has seen (its inserts, a reader's open, a hit): find()
   // draws decoy rowids below it. Lowered when a miss finds it past the table's end.
@@ -665,6 +873,8 @@ struct SqliteStore::Impl {
       const bool open = reader_->in_snapshot();
       {
         std::lock_guard lock(impl_.pool_mu);
+        // Within the capacity reserved up front, so push_back cannot allocate: a
+        // bad_alloc here, in a destructor (noexcept), would be std::terminate.
         if (impl_.idle.size() < kMaxIdleReaders) {
           impl_.idle.push_back(std::move(reader_));
         } else {
@@ -731,11 +941,31 @@ SqliteStore::SqliteStore(const std::string& path, SqliteStoreOptions options)
   // SQLite's own errors name the file; it is not secret and operators need it.
   translated(fmt::format("open '{}'", path), [&] {
     Impl& impl = *impl_;
+    const bool may_initialise = options.create_if_missing && !options.read_only;
+    // Identify the file on a read-only connection before anything may write to it (not
+    // even the switch to WAL): another application's database is refused unchanged.
+    std::error_code ec;
+    const bool missing =
+        std::filesystem::status(path, ec).type() == std::filesystem::file_type::not_found;
+    if (!missing) {
+      require_usable(identify_read_only(path, options), path, may_initialise);
+    } else if (!may_initialise) {
+      throw Error(ErrorCode::storage,
+                  fmt::format("SqliteStore open '{}' failed: no such file (a read-only open, or "
+                              "one with create_if_missing off, creates none)",
+                              path));
+    }
     if (!options.read_only) {
-      SQLite::Database db = open_connection(path, options, Role::writer, false);
+      SQLite::Database db = open_connection(path, options, Role::writer, false, missing);
       if (sqlite3_db_readonly(db.getHandle(), "main") == 1) {
         impl.read_only = true;  // A write-protected file: serve reads only.
       } else {
+        // Again on this connection, which sees the file as it is now. A new file gets its
+        // schema and marker in one transaction before it turns to WAL, so an interrupted
+        // first open leaves an empty file or a marked database.
+        const Identity live = identify(db);
+        require_usable(live, path, may_initialise);
+        if (!live.marked || live.version != kCurrentVersion) migrate(db, path, may_initialise);
         const std::string mode = db.execAndGet("PRAGMA journal_mode = WAL").getString();
         if (mode != "wal") {
           throw Error(ErrorCode::storage,
@@ -743,9 +973,6 @@ SqliteStore::SqliteStore(const std::string& path, SqliteStoreOptions options)
                                   "is {})",
                                   mode));
         }
-        const int version = user_version(db);
-        if (version > kCurrentVersion) newer_schema(version);
-        if (version < kCurrentVersion) migrate(db);
         require_apikeys_tables(db);
         impl.writer = std::make_unique<Writer>(std::move(db));
       }
@@ -755,14 +982,14 @@ SqliteStore::SqliteStore(const std::string& path, SqliteStoreOptions options)
     if (impl.read_only) {
       // No writes at all: check the schema on a reader and keep it in the pool.
       auto reader = std::make_unique<Reader>(impl.path, impl.options, true);
-      const int version = user_version(reader->db);
-      if (version > kCurrentVersion) newer_schema(version);
-      if (version < kCurrentVersion) {
+      const Identity now = identify(reader->db);
+      require_usable(now, path, false);
+      if (now.version < kCurrentVersion) {
         throw Error(ErrorCode::storage,
                     fmt::format("SqliteStore open failed: schema version {} is older than this "
                                 "library's ({}) and the store is read-only; open it read-write "
                                 "once to migrate",
-                                version, kCurrentVersion));
+                                now.version, kCurrentVersion));
       }
       require_apikeys_tables(reader->db);
       impl.idle.push_back(std::move(reader));
@@ -775,6 +1002,8 @@ SqliteStore::SqliteStore(const std::string& path, SqliteStoreOptions options)
 SqliteStore::~SqliteStore() = default;
 
 int SqliteStore::schema_version() noexcept { return kCurrentVersion; }
+
+std::int32_t SqliteStore::application_id() noexcept { return kApplicationId; }
 
 void SqliteStore::insert(const KeyRecord& record) {
   const KeyInfo& info = record.info;

@@ -19,6 +19,7 @@
 
 #include "apikeys/apikeys.hpp"
 #include "catch.hpp"
+#include "foreign_files.hpp"
 #include "process_support.hpp"
 
 namespace {
@@ -413,6 +414,49 @@ TEST_CASE("cli: storage failures exit 4", "[cli]") {
   r = run_cli({"--db", missing, "verify", "pk_x:sk_y"});
   CHECK(r.code == 4);
   CHECK_FALSE(fs::exists(missing));
+}
+
+TEST_CASE("cli: a file that is not an apikeys database is refused and left unchanged", "[cli]") {
+  TempDir dir;
+  for (const auto& file : apikeys_test::make_foreign_files(dir)) {
+    INFO(file.what);
+    const std::string before = apikeys_test::file_bytes(file.path);
+    Run r = run_cli({"--db", file.path, "list", "--account", kAccount});
+    CHECK(r.code == 4);
+    CHECK(contains(r.err, "not an apikeys database"));
+    CHECK(r.out.empty());
+    r = run_cli({"--db", file.path, "create", "--account", kAccount, "--title", "t"});
+    CHECK(r.code == 4);
+    CHECK(r.out.empty());  // no key made, no secret shown
+    CHECK(apikeys_test::file_bytes(file.path) == before);
+    CHECK_FALSE(fs::exists(file.path + "-wal"));
+    CHECK_FALSE(fs::exists(file.path + "-shm"));
+  }
+}
+
+TEST_CASE("cli: only create initialises an empty file", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("empty.db");
+  apikeys_test::make_empty_file(db);
+  const std::vector<std::vector<std::string>> others{
+      {"--db", db, "list", "--account", kAccount},
+      {"--db", db, "verify", "pk_x:sk_y"},
+      {"--db", db, "revoke", "--account", kAccount, "--key-id", kOtherAccount},
+      {"--db", db, "delete", "--account", kAccount, "--key-id", kOtherAccount},
+  };
+  for (const auto& args : others) {
+    INFO(args[2]);
+    const Run r = run_cli(args);
+    CHECK(r.code == 4);
+    CHECK_FALSE(r.err.empty());
+    CHECK(fs::file_size(db) == 0);
+    CHECK_FALSE(fs::exists(db + "-wal"));
+    CHECK_FALSE(fs::exists(db + "-journal"));
+  }
+  const Json created = create_key(db);
+  const Run r = run_cli({"--db", db, "list", "--account", kAccount});
+  REQUIRE(r.code == 0);
+  CHECK(Json::parse(r.out).at(0).at("key_id") == created.at("key_id"));
 }
 
 TEST_CASE("cli: presented secrets are never echoed", "[cli]") {

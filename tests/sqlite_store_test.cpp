@@ -6,8 +6,10 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -16,17 +18,20 @@
 #include "apikeys/error.hpp"
 #include "apikeys/sqlite_store.hpp"
 #include "catch.hpp"
+#include "foreign_files.hpp"
 #include "store_contract.hpp"
 #include "test_support.hpp"
 
 namespace {
 
+namespace fs = std::filesystem;
 using apikeys::ErrorCode;
 using apikeys::KeyStatus;
 using apikeys::SqliteStore;
 using apikeys::SqliteStoreOptions;
 using apikeys_test::account_id;
 using apikeys_test::TempDir;
+using apikeys_test::file_bytes;
 using apikeys_test::contract::at;
 using apikeys_test::contract::check_same_record;
 using apikeys_test::contract::error_code_of;
@@ -53,6 +58,16 @@ CREATE TABLE api_keys (
 CREATE UNIQUE INDEX api_keys_public_key ON api_keys (public_key);
 CREATE INDEX api_keys_account_created ON api_keys (account_id, created_at);
 PRAGMA user_version = 1;
+)sql";
+
+// Schema version 2 exactly as released (the step after kSchemaV1). Do not edit.
+constexpr const char* kSchemaV2 = R"sql(
+CREATE TABLE apikeys_meta (
+  id       INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+  revision INTEGER NOT NULL
+);
+INSERT INTO apikeys_meta (id, revision) VALUES (1, 0);
+PRAGMA user_version = 2;
 )sql";
 
 // A plain sqlite3 connection, standing in for an old library version or another tool.
@@ -158,6 +173,8 @@ TEST_CASE("SqliteStore keeps its data across reopen", "[store][sqlite]") {
   CHECK(store.revision() == revision);
   CHECK(SqliteStore::schema_version() == 3);
   CHECK(RawDb(path).text("PRAGMA journal_mode") == "wal");
+  CHECK(RawDb(path).integer("PRAGMA application_id") == SqliteStore::application_id());
+  CHECK(SqliteStore::application_id() == 0x6170696B);  // "apik": never changes
 }
 
 TEST_CASE("SqliteStore migrates a version 1 database and keeps its rows", "[store][sqlite]") {
@@ -195,8 +212,219 @@ TEST_CASE("SqliteStore migrates a version 1 database and keeps its rows", "[stor
   }
   RawDb raw(path);
   CHECK(raw.integer("PRAGMA user_version") == SqliteStore::schema_version());
+  CHECK(raw.integer("PRAGMA application_id") == SqliteStore::application_id());
   CHECK(raw.integer("SELECT count(*) FROM apikeys_meta") == 1);
   CHECK(raw.integer("SELECT count(*) FROM api_keys") == 2);
+}
+
+TEST_CASE("SqliteStore opens a version 2 database of a release without the marker, and marks it",
+          "[store][sqlite]") {
+  // What the releases before the marker left: WAL mode, application_id 0, closed cleanly.
+  TempDir dir;
+  const std::string path = dir.file("v2.db");
+  {
+    RawDb raw(path);
+    raw.exec("PRAGMA journal_mode = WAL");
+    raw.exec(kSchemaV1);
+    raw.exec(kSchemaV2);
+    raw.exec("INSERT INTO api_keys VALUES ('00000001-0000-4000-8000-0000000000a5',"
+             " '00000000-0000-4000-8000-000000000001', 'pk_old_key_0000000000000000000001',"
+             " X'" + std::string(64, 'b') + "', 1, 'old', '', 0, 1735689600000, NULL, NULL)");
+    REQUIRE(raw.integer("PRAGMA application_id") == 0);
+  }
+  const std::string before = file_bytes(path);
+
+  // Read-only: it opens, and it is not marked (that would be a write).
+  SqliteStoreOptions read_only;
+  read_only.read_only = true;
+  {
+    SqliteStore store(path, read_only);
+    CHECK(store.find("pk_old_key_0000000000000000000001"));
+  }
+  CHECK(file_bytes(path) == before);
+
+  {
+    SqliteStore store(path);
+    const auto got = store.find("pk_old_key_0000000000000000000001");
+    REQUIRE(got);
+    CHECK(got->info.title == "old");
+    CHECK(got->digest.bytes[0] == 0xbb);
+  }
+  RawDb raw(path);
+  CHECK(raw.integer("PRAGMA application_id") == SqliteStore::application_id());
+  CHECK(raw.integer("PRAGMA user_version") == SqliteStore::schema_version());
+  CHECK(raw.integer("SELECT count(*) FROM api_keys") == 1);
+}
+
+TEST_CASE("SqliteStore refuses a file that is not an apikeys database and leaves it unchanged",
+          "[store][sqlite]") {
+  TempDir dir;
+  std::vector<apikeys_test::ForeignFile> files = apikeys_test::make_foreign_files(dir);
+  {
+    // An earlier release's schema is recognised exactly: with a table of someone else's
+    // it is not ours.
+    const std::string path = dir.file("v1-and-theirs.db");
+    RawDb raw(path);
+    raw.exec(kSchemaV1);
+    raw.exec("CREATE TABLE theirs (id INTEGER PRIMARY KEY)");
+    files.push_back({"an earlier apikeys schema with a table of someone else's", path});
+  }
+  {
+    // The marker decides: another application's application_id on apikeys' tables.
+    const std::string path = dir.file("marked-by-another.db");
+    RawDb raw(path);
+    raw.exec(kSchemaV1);
+    raw.exec(kSchemaV2);
+    raw.exec("PRAGMA application_id = 1179598413");  // someone else's number
+    files.push_back({"apikeys' tables under another application_id", path});
+  }
+
+  SqliteStoreOptions read_only;
+  read_only.read_only = true;
+  for (const auto& file : files) {
+    INFO(file.what);
+    const std::string before = file_bytes(file.path);
+    REQUIRE_FALSE(before.empty());
+    for (const SqliteStoreOptions& options : {SqliteStoreOptions{}, read_only}) {
+      const auto e = error_of([&] { SqliteStore store(file.path, options); });
+      REQUIRE(e);
+      CHECK(e->code() == ErrorCode::storage);
+      CHECK(contains(e->what(), "not an apikeys database"));
+    }
+    CHECK(file_bytes(file.path) == before);
+    // Nothing created beside it either (no WAL switch, no journal, no shared memory).
+    CHECK_FALSE(fs::exists(file.path + "-wal"));
+    CHECK_FALSE(fs::exists(file.path + "-shm"));
+    CHECK_FALSE(fs::exists(file.path + "-journal"));
+  }
+}
+
+TEST_CASE("SqliteStore initialises a missing or empty file only when asked to", "[store][sqlite]") {
+  TempDir dir;
+  SqliteStoreOptions no_create;
+  no_create.create_if_missing = false;
+  SqliteStoreOptions read_only;
+  read_only.read_only = true;  // never creates, whatever create_if_missing says
+  CHECK(SqliteStoreOptions{}.create_if_missing);  // the default keeps creating
+
+  SECTION("a missing file") {
+    const std::string path = dir.file("missing.db");
+    for (const SqliteStoreOptions& options : {no_create, read_only}) {
+      CHECK(error_code_of([&] { SqliteStore store(path, options); }) == ErrorCode::storage);
+      CHECK_FALSE(fs::exists(path));
+    }
+    { SqliteStore store(path); }
+    CHECK(RawDb(path).integer("PRAGMA application_id") == SqliteStore::application_id());
+  }
+
+  SECTION("an empty file") {
+    const std::string path = dir.file("empty.db");
+    apikeys_test::make_empty_file(path);
+    for (const SqliteStoreOptions& options : {no_create, read_only}) {
+      const auto e = error_of([&] { SqliteStore store(path, options); });
+      REQUIRE(e);
+      CHECK(e->code() == ErrorCode::storage);
+      CHECK(contains(e->what(), "not an apikeys database"));
+      CHECK(fs::file_size(path) == 0);
+      CHECK_FALSE(fs::exists(path + "-wal"));
+      CHECK_FALSE(fs::exists(path + "-shm"));
+      CHECK_FALSE(fs::exists(path + "-journal"));
+    }
+    {
+      SqliteStore store(path);
+      store.insert(record(1, account_id(1)));
+    }
+    CHECK(RawDb(path).integer("PRAGMA application_id") == SqliteStore::application_id());
+    // Once initialised it is an apikeys database: create_if_missing no longer matters.
+    CHECK(SqliteStore(path, no_create).find(public_key(1)));
+  }
+}
+
+TEST_CASE("SqliteStore leaves another application's interrupted transaction alone",
+          "[store][sqlite]") {
+  // A hot journal: the file and its rollback journal as a crash mid-transaction leaves
+  // them (copied while a transaction that spilled to the file is open). Rolling it back
+  // would be a write; that is the owner's to make.
+  TempDir dir;
+  const std::string live = dir.file("live.db");
+  const std::string path = dir.file("crashed.db");
+  {
+    RawDb raw(live);
+    raw.exec("CREATE TABLE t (x BLOB); PRAGMA user_version = 5; PRAGMA cache_size = 10;");
+    raw.exec("BEGIN");
+    raw.exec("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)"
+             " INSERT INTO t SELECT randomblob(500) FROM n");
+    fs::copy_file(live, path);
+    fs::copy_file(live + "-journal", path + "-journal");
+    raw.exec("ROLLBACK");
+  }
+  const std::string before = file_bytes(path);
+  const std::string journal_before = file_bytes(path + "-journal");
+  REQUIRE_FALSE(journal_before.empty());
+
+  SqliteStoreOptions read_only;
+  read_only.read_only = true;
+  for (const SqliteStoreOptions& options : {SqliteStoreOptions{}, read_only}) {
+    const auto e = error_of([&] { SqliteStore store(path, options); });
+    REQUIRE(e);
+    CHECK(e->code() == ErrorCode::storage);
+    CHECK(contains(e->what(), "hot journal"));
+  }
+  CHECK(file_bytes(path) == before);
+  CHECK(file_bytes(path + "-journal") == journal_before);
+}
+
+TEST_CASE("SqliteStores opened at once on a new file all open it", "[store][sqlite]") {
+  // Each one may find the file missing, empty, half-initialised or done; every one must
+  // end up with the same apikeys database.
+  TempDir dir;
+  const std::string path = dir.file("race.db");
+  constexpr int kThreads = 6;
+  std::atomic<int> ready{0};
+  std::mutex mu;
+  std::string errors;  // guarded by mu
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      ready.fetch_add(1);
+      while (ready.load() < kThreads) std::this_thread::yield();
+      try {
+        SqliteStore store(path, fast_options());
+        store.insert(record(static_cast<std::uint32_t>(t + 1), account_id(1)));
+      } catch (const std::exception& e) {
+        std::lock_guard lock(mu);
+        errors += std::string(e.what()) + "\n";
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(errors == "");
+  RawDb raw(path);
+  CHECK(raw.integer("PRAGMA application_id") == SqliteStore::application_id());
+  CHECK(raw.integer("SELECT count(*) FROM api_keys") == kThreads);
+}
+
+TEST_CASE("SqliteStore refuses another application's WAL database while that application has it open",
+          "[store][sqlite]") {
+  TempDir dir;
+  const std::string path = dir.file("in-use.db");
+  RawDb owner(path);
+  owner.exec("PRAGMA journal_mode = WAL");
+  owner.exec("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)");
+  owner.exec("INSERT INTO notes (body) VALUES ('mine')");
+  owner.exec("PRAGMA user_version = 3");
+  REQUIRE(fs::exists(path + "-wal"));  // its last commits are in the WAL, not the file
+  const std::string file_before = file_bytes(path);
+  const std::string wal_before = file_bytes(path + "-wal");
+
+  const auto e = error_of([&] { SqliteStore store(path); });
+  REQUIRE(e);
+  CHECK(e->code() == ErrorCode::storage);
+  CHECK(contains(e->what(), "not an apikeys database"));
+  CHECK(file_bytes(path) == file_before);
+  CHECK(file_bytes(path + "-wal") == wal_before);
+  CHECK(owner.integer("PRAGMA user_version") == 3);
+  CHECK(owner.integer("SELECT count(*) FROM sqlite_master WHERE name LIKE 'api%'") == 0);
 }
 
 TEST_CASE("SqliteStore refuses databases it cannot use", "[store][sqlite]") {

@@ -194,7 +194,9 @@ std::unique_ptr<apikeys::KeyManager> open_manager(const Options& o, bool may_cre
   }
   apikeys::SecretString pepper = load_pepper(o.pepper_file);
   auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(pepper.reveal());
-  auto store = std::make_shared<apikeys::SqliteStore>(o.db);
+  apikeys::SqliteStoreOptions store_options;
+  store_options.create_if_missing = may_create_db;  // an empty file, like a missing one
+  auto store = std::make_shared<apikeys::SqliteStore>(o.db, store_options);
   // Defaults: no cache (one-shot process), last use recorded by the Validator's
   // background writer and flushed when the KeyManager is destroyed, before exit.
   return std::make_unique<apikeys::KeyManager>(std::move(store), std::move(hasher));

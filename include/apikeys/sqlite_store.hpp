@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -28,8 +29,14 @@ struct SqliteStoreOptions {
   /// (WAL keeps the file consistent; the last commits may be lost on power loss, never
   /// on a process crash). Default true.
   bool durable = true;
-  /// Open the file read-only (no schema creation or migration). Default false.
+  /// Open the file read-only (no schema creation or migration; nothing is ever written
+  /// to the file). Default false.
   bool read_only = false;
+  /// Initialise a new database when the file is missing or empty (0 bytes). When false,
+  /// such a file is refused with Error(storage) and left as it was (a missing one is not
+  /// created). A file with any other content is never initialised, whatever this says.
+  /// Ignored when read_only (which never creates). Default true.
+  bool create_if_missing = true;
   /// How long find() may keep reading from one snapshot of the file (one read
   /// transaction kept open across calls) before it takes a new one. Never reused after a
   /// write through this store, nor after revision() saw another process's change; other
@@ -44,10 +51,25 @@ struct SqliteStoreOptions {
 /// A Store in one SQLite database file, shareable between processes.
 class APIKEYS_EXPORT SqliteStore final : public Store {
  public:
-  /// Opens (creating if needed) the database at `path` and migrates its schema to the
-  /// current version. Throws Error(storage) if the file cannot be opened, is not an
-  /// apikeys database, or has a newer schema than this library knows; Error(busy) if
-  /// it stays locked past the busy timeout.
+  /// Opens the database at `path` (initialising a missing or empty file, unless
+  /// options.create_if_missing is false) and migrates its schema to the current version.
+  ///
+  /// The file is identified, on a read-only connection, before anything is written to
+  /// it. It is an apikeys database when its header's application_id (PRAGMA
+  /// application_id) is application_id(), which this library sets when it creates the
+  /// schema, or, for a file written by a release from before that marker, when it has no
+  /// application_id and exactly the schema of that release (user_version 1 or 2, the
+  /// apikeys tables and indexes and nothing else but SQLite's own); such a file gets the
+  /// marker in its first migration transaction (one to which someone added a table or
+  /// index is refused too: mark it by hand, `PRAGMA application_id = 1634756971`, once
+  /// you know it is an apikeys database). Any other file (another application's
+  /// database, whatever its user_version, or not an SQLite file at all) is refused with
+  /// Error(storage) "not an apikeys database" and left byte for byte unchanged: no WAL
+  /// switch, no pragma written.
+  ///
+  /// Throws Error(storage) if the file cannot be opened, is not an apikeys database, is
+  /// missing or empty and may not be initialised, or has a newer schema than this
+  /// library knows; Error(busy) if it stays locked past the busy timeout.
   explicit SqliteStore(const std::string& path, SqliteStoreOptions options = {});
   ~SqliteStore() override;
 
@@ -72,6 +94,10 @@ class APIKEYS_EXPORT SqliteStore final : public Store {
 
   /// The schema version this library writes (PRAGMA user_version).
   [[nodiscard]] static int schema_version() noexcept;
+
+  /// The marker this library writes into the header of its databases (PRAGMA
+  /// application_id): 0x6170696B, "apik" in ASCII at bytes 68-71 of the file.
+  [[nodiscard]] static std::int32_t application_id() noexcept;
 
  private:
   struct Impl;
