@@ -390,16 +390,22 @@ struct Validator::Impl {
   detail::CacheRegistration registration;
 
   std::atomic<std::uint64_t> last_use_failures{0};
-  std::mutex flush_mu;                 // one flush at a time (background thread, callers)
+  std::mutex flush_mu;                 // one flush at a time (flusher thread, callers)
   std::vector<LastUse> flush_batch;    // guarded by flush_mu; its storage is reused
-  // Read by the constructor, not the thread: a change made between construction and
-  // the thread's first run must still count as a change.
+  // Read by the constructor, not the poller: a change made between construction and
+  // the poller's first run must still count as a change.
   std::uint64_t baseline_revision = 0;
   bool baseline_known = false;
+  // Two background threads, each started only when needed: `poller` polls
+  // Store::revision() (a cache and a poll interval), `flusher` writes last use. Apart,
+  // so that a slow or failing last-use write (an UPDATE waiting on another session's
+  // row lock, a busy SQLite file) never delays the poll that drops verdicts another
+  // process revoked.
   std::mutex bg_mu;
   std::condition_variable bg_cv;
-  bool stopping = false;
-  std::thread worker;
+  bool stopping = false;  // guarded by bg_mu
+  std::thread poller;
+  std::thread flusher;
 
   Impl(std::shared_ptr<Store> s, std::shared_ptr<Hasher> h, ValidatorOptions o)
       : store(std::move(s)),
@@ -415,8 +421,13 @@ struct Validator::Impl {
   }
 
   ValidationResult validate(std::string_view pk, std::string_view sk) const noexcept;
-  void run_background();
+  void run_poll();
   void poll_revision(std::uint64_t& revision, bool& known) noexcept;
+  void run_flush();
+  // Sleeps until `t` or until stop_threads(); true when stopping.
+  bool sleep_until(std::chrono::steady_clock::time_point t);
+  // Stops and joins the background threads that were started.
+  void stop_threads() noexcept;
   void flush() noexcept;
 };
 
@@ -556,37 +567,39 @@ void Validator::Impl::poll_revision(std::uint64_t& revision, bool& known) noexce
   }
 }
 
-void Validator::Impl::run_background() {
+bool Validator::Impl::sleep_until(std::chrono::steady_clock::time_point t) {
+  std::unique_lock<std::mutex> lock(bg_mu);
+  return bg_cv.wait_until(lock, t, [this] { return stopping; });
+}
+
+void Validator::Impl::run_poll() {
   using steady = std::chrono::steady_clock;
   const auto poll = options.revision_poll_interval;
-  const auto flush_every = options.flush_interval;
-  const bool polling = cache != nullptr && poll.count() > 0;
   std::uint64_t revision = baseline_revision;
   bool known = baseline_known;
-  auto next_flush = steady::now() + flush_every;
-  auto next_poll = steady::now() + poll;
-  std::unique_lock<std::mutex> lock(bg_mu);
-  while (!stopping) {
-    auto wake = options.record_last_use ? next_flush : steady::time_point::max();
-    if (polling) wake = std::min(wake, next_poll);
-    if (wake == steady::time_point::max()) {
-      bg_cv.wait(lock, [this] { return stopping; });
-      break;
-    }
-    bg_cv.wait_until(lock, wake, [this] { return stopping; });
-    if (stopping) break;
-    lock.unlock();
-    const auto t = steady::now();
-    if (polling && t >= next_poll) {
-      next_poll = t + poll;
-      poll_revision(revision, known);
-    }
-    if (options.record_last_use && t >= next_flush) {
-      next_flush = t + flush_every;
-      flush();
-    }
-    lock.lock();
+  for (auto next = steady::now() + poll; !sleep_until(next);) {
+    next = steady::now() + poll;
+    poll_revision(revision, known);
   }
+}
+
+void Validator::Impl::run_flush() {
+  using steady = std::chrono::steady_clock;
+  const auto every = options.flush_interval;
+  for (auto next = steady::now() + every; !sleep_until(next);) {
+    next = steady::now() + every;
+    flush();
+  }
+}
+
+void Validator::Impl::stop_threads() noexcept {
+  {
+    std::lock_guard<std::mutex> lock(bg_mu);
+    stopping = true;
+  }
+  bg_cv.notify_all();
+  if (poller.joinable()) poller.join();
+  if (flusher.joinable()) flusher.join();
 }
 
 Validator::Validator(std::shared_ptr<Store> store, std::shared_ptr<Hasher> hasher,
@@ -604,18 +617,19 @@ Validator::Validator(std::shared_ptr<Store> store, std::shared_ptr<Hasher> hashe
       // Unknown: the first poll clears the cache (fail closed).
     }
   }
-  if (impl_->options.record_last_use || polling) {
-    impl_->worker = std::thread([impl = impl_.get()] { impl->run_background(); });
+  try {
+    if (polling) impl_->poller = std::thread([impl = impl_.get()] { impl->run_poll(); });
+    if (impl_->options.record_last_use) {
+      impl_->flusher = std::thread([impl = impl_.get()] { impl->run_flush(); });
+    }
+  } catch (...) {
+    impl_->stop_threads();  // a thread left joinable would terminate the process
+    throw;
   }
 }
 
 Validator::~Validator() {
-  {
-    std::lock_guard<std::mutex> lock(impl_->bg_mu);
-    impl_->stopping = true;
-  }
-  impl_->bg_cv.notify_all();
-  if (impl_->worker.joinable()) impl_->worker.join();
+  impl_->stop_threads();
   impl_->flush();
 }
 

@@ -2,7 +2,8 @@
 // sharing between instances, and faults (the server restarting mid-run, the server
 // down: `error` for what is not cached, clear management errors, recovery, nothing
 // lost). Skipped with a message when no server is configured (a failure under
-// APIKEYS_REQUIRE_SERVERS=1).
+// APIKEYS_REQUIRE_SERVERS=1). Also: a last-use write stuck on a row lock never delays
+// the revision poll.
 #include <libpq-fe.h>
 
 #include <algorithm>
@@ -23,6 +24,7 @@
 #include "catch.hpp"
 #include "server_support.hpp"
 #include "store_contract.hpp"
+#include "store_doubles.hpp"
 #include "test_support.hpp"
 
 using apikeys::ErrorCode;
@@ -299,4 +301,82 @@ TEST_CASE("PostgresStore: server down answers error, management fails clearly, a
   }
   const auto after = polling.create(account, request("after the outage"));
   CHECK(quiet.validate(after.info.public_key, after.secret_key.reveal()).ok());
+}
+
+TEST_CASE("PostgresStore: a last-use UPDATE waiting on a row lock never delays the revision poll",
+          "[servers][postgres][revision]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  const std::string schema = janitor.make();
+
+  // This node: polls the revision and flushes last use every 20 ms; its statements may
+  // wait up to 10 s for a lock, far longer than the rejection may take.
+  apikeys::PostgresStoreOptions so = options_for(schema);
+  so.statement_timeout = milliseconds(10'000);
+  auto watch = std::make_shared<apikeys_test::LastUseWatch>(std::make_shared<apikeys::PostgresStore>(*pg, so));
+  apikeys::KeyManagerOptions node_opts = manager_options(std::make_shared<apikeys::MemoryCache>(), milliseconds(20));
+  node_opts.validation.flush_interval = milliseconds(20);
+  apikeys::KeyManager node(watch, hasher(), node_opts);
+  // Another node, which revokes.
+  apikeys::KeyManagerOptions other_opts;
+  other_opts.validation.record_last_use = false;
+  apikeys::KeyManager other(std::make_shared<apikeys::PostgresStore>(*pg, options_for(schema)), hasher(), other_opts);
+
+  const apikeys::Uuid account = apikeys_test::account_id(11);
+  const auto used = node.create(account, request("used"));
+  const auto revoked = node.create(account, request("revoked elsewhere"));
+  REQUIRE(node.validate(revoked.info.public_key, revoked.secret_key.reveal()).ok());  // cached
+  node.validator().flush_last_use();  // its last use written: nothing queued
+
+  // A third session locks the used key's row. Declared after the node, so it ends
+  // (releasing the lock) before the node's destructor waits for its stuck write; the
+  // server ends it too if the test dies holding it.
+  struct Session {
+    PGconn* c;
+    ~Session() { PQfinish(c); }
+  } holder{PQconnectdb(pg->c_str())};
+  REQUIRE(PQstatus(holder.c) == CONNECTION_OK);
+  const auto exec = [&](const std::string& sql) {
+    PGresult* r = PQexec(holder.c, sql.c_str());
+    const ExecStatusType s = PQresultStatus(r);
+    std::string value = s == PGRES_TUPLES_OK && PQntuples(r) > 0 ? PQgetvalue(r, 0, 0) : "";
+    INFO(sql << ": " << PQresultErrorMessage(r));
+    PQclear(r);
+    REQUIRE((s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK));
+    return value;
+  };
+  exec("SET statement_timeout = 5000; SET lock_timeout = 5000; SET idle_in_transaction_session_timeout = 30000");
+  exec("BEGIN");
+  exec("SELECT 1 FROM \"" + schema + "\".apikeys_keys WHERE key_id = '" + used.info.key_id.to_string() +
+       "' FOR UPDATE");
+
+  const int begun = watch->last_use_begun.load();
+  const int finished = watch->last_use_finished.load();
+  REQUIRE(node.validate(used.info.public_key, used.secret_key.reveal()).ok());
+  REQUIRE(watch->wait_begun_beyond(begun, milliseconds(5000)));
+  // The node's UPDATE is waiting on our lock, the server says (pg_locks is read afresh
+  // each time; pg_stat_activity would be frozen for the rest of our transaction).
+  REQUIRE(apikeys_test::eventually([&] {
+    return exec("SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted"
+                " AND pg_backend_pid() = ANY(pg_blocking_pids(pid))") == "1";
+  }, milliseconds(5000)));
+
+  // The other node revokes the cached key; this node must reject it within many polls,
+  // while its last-use write still waits.
+  other.revoke(account, revoked.info.key_id);
+  const auto t0 = std::chrono::steady_clock::now();
+  const bool rejected = apikeys_test::eventually([&] {
+    return node.validate(revoked.info.public_key, revoked.secret_key.reveal()).code == ValidationCode::revoked;
+  }, milliseconds(2000));
+  const auto ms = std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(rejected);
+  CHECK(watch->last_use_finished.load() == finished);  // still waiting on the lock
+  if (rejected) WARN("revoked on another node, rejected here after " << ms << " ms, while a last-use write waited");
+
+  exec("ROLLBACK");
+  node.validator().flush_last_use();  // after the stuck one, which now gets through
+  CHECK(other.list(account).size() == 2);
+  for (const auto& k : other.list(account)) CHECK(k.last_used_at.has_value());
+  CHECK(node.validator().last_use_failures() == 0);
 }

@@ -1,16 +1,20 @@
 // Store doubles for validator tests: a wrapper that counts and can pause or fail
-// calls, forwarding everything else to a MemoryStore.
-// Thread-safety: as safe as MemoryStore; the pause gate is a mutex + condition.
-// Ownership: owns its inner MemoryStore.
+// calls, forwarding everything else to a MemoryStore; and one that forwards to any
+// Store and watches (and can hold) its last-use writes.
+// Thread-safety: as safe as the store they forward to; the gates are a mutex + condition.
+// Ownership: InstrumentedStore owns its inner MemoryStore; LastUseWatch shares its store.
 #ifndef APIKEYS_TESTS_STORE_DOUBLES_HPP
 #define APIKEYS_TESTS_STORE_DOUBLES_HPP
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
-#include <mutex>
+#include <memory>
 #include <cstddef>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "apikeys/memory_store.hpp"
@@ -101,6 +105,65 @@ class InstrumentedStore final : public apikeys::Store {
   bool paused_ = false;
   bool released_ = false;
   std::vector<std::string> log_;  // guarded by mu_: the public key of each revision step
+};
+
+// Forwards every call to another Store and watches record_last_use(): counts the calls
+// begun and finished (returned or thrown), and while hold_last_use() is in force keeps
+// new calls waiting before they reach the inner store, until release_last_use().
+// Over a real store it shows when a last-use write has started (and so is stuck on a
+// lock the test holds) and whether it is still stuck.
+class LastUseWatch final : public apikeys::Store {
+ public:
+  explicit LastUseWatch(std::shared_ptr<apikeys::Store> inner) : inner_(std::move(inner)) {}
+
+  std::atomic<int> last_use_begun{0};
+  std::atomic<int> last_use_finished{0};
+
+  void hold_last_use() {
+    std::lock_guard<std::mutex> l(mu_);
+    held_ = true;
+  }
+  void release_last_use() {
+    std::lock_guard<std::mutex> l(mu_);
+    held_ = false;
+    cv_.notify_all();
+  }
+  // Waits up to `limit` until more than `n` calls have begun; returns whether they have.
+  bool wait_begun_beyond(int n, std::chrono::milliseconds limit) {
+    std::unique_lock<std::mutex> l(mu_);
+    return cv_.wait_for(l, limit, [&] { return last_use_begun.load() > n; });
+  }
+
+  void insert(const apikeys::KeyRecord& r) override { inner_->insert(r); }
+  std::optional<apikeys::KeyRecord> find(std::string_view pk) override { return inner_->find(pk); }
+  std::vector<apikeys::KeyInfo> list(const apikeys::Uuid& a) override { return inner_->list(a); }
+  std::optional<apikeys::KeyInfo> set_status(const apikeys::Uuid& a, const apikeys::Uuid& k,
+                                             apikeys::KeyStatus s) override {
+    return inner_->set_status(a, k, s);
+  }
+  std::optional<apikeys::KeyInfo> remove(const apikeys::Uuid& a, const apikeys::Uuid& k) override {
+    return inner_->remove(a, k);
+  }
+  void record_last_use(const std::vector<apikeys::LastUse>& uses) override {
+    struct Finished {
+      std::atomic<int>& n;
+      ~Finished() { ++n; }
+    } finished{last_use_finished};
+    {
+      std::unique_lock<std::mutex> l(mu_);
+      ++last_use_begun;
+      cv_.notify_all();
+      cv_.wait(l, [this] { return !held_; });
+    }
+    inner_->record_last_use(uses);
+  }
+  std::uint64_t revision() override { return inner_->revision(); }
+
+ private:
+  std::shared_ptr<apikeys::Store> inner_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool held_ = false;
 };
 
 }  // namespace apikeys_test
