@@ -93,9 +93,11 @@ class RawDb {
   sqlite3* db_ = nullptr;
 };
 
-// "ok" when PRAGMA integrity_check finds nothing; otherwise its findings.
-inline std::string integrity_check(const std::string& path) {
-  RawDb db(path, SQLITE_OPEN_READONLY);
+// "ok" when PRAGMA integrity_check finds nothing; otherwise its findings. `flags`:
+// SQLITE_OPEN_READWRITE lets SQLite roll back an interrupted transaction first (a hot
+// journal), as the next writer to open the file would.
+inline std::string integrity_check(const std::string& path, int flags = SQLITE_OPEN_READONLY) {
+  RawDb db(path, flags);
   std::string out;
   for (const auto& row : db.query("PRAGMA integrity_check")) {
     if (!out.empty()) out += "; ";
