@@ -5,6 +5,7 @@
 #include "apikeys/postgres_store.hpp"
 
 #include <libpq-fe.h>
+#include <openssl/crypto.h>
 #include <poll.h>
 
 #include <fmt/format.h>
@@ -16,10 +17,12 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <initializer_list>
 #include <iterator>
 #include <limits>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -64,7 +67,62 @@ std::string first_line(const char* text) {
   return s;
 }
 
+bool mentions(std::string_view text, std::initializer_list<std::string_view> words) {
+  return std::any_of(words.begin(), words.end(),
+                     [&](std::string_view w) { return text.find(w) != std::string_view::npos; });
+}
+
+// What a failed connection attempt is reported as: fixed text, one per kind of failure,
+// told apart by libpq's and the server's (English) wording. Their text itself is never
+// passed on: it quotes host names, ports, user and database names, file paths and bad
+// option values, which are pieces of the password when a string was mis-encoded (an
+// unescaped '/' or '@' in a URI's password moves the rest of it into the port or the
+// host). Wording we do not recognise (another libpq, translated messages) gets the last,
+// generic kind.
+const char* connect_failure(const char* libpq_message) {
+  const std::string_view m = libpq_message != nullptr ? libpq_message : "";
+  if (mentions(m, {"password", "authentication", "SCRAM", "SASL"})) {
+    return "authentication failed (check the user name and password)";
+  }
+  if (mentions(m, {"pg_hba.conf"})) return "the server does not accept this host, user and database (pg_hba.conf)";
+  if (mentions(m, {"does not exist"})) return "the user (role) or the database does not exist";
+  if (mentions(m, {"too many", "starting up", "shutting down", "recovery", "not accepting"})) {
+    return "the server is not accepting connections now (starting, stopping, or too many connections)";
+  }
+  if (mentions(m, {"timeout expired"})) return "timed out (connect_timeout)";
+  if (mentions(m, {"SSL", "certificate", "GSS"})) return "TLS or GSSAPI negotiation failed";
+  if (mentions(m, {"invalid", "could not match"})) {
+    return "a connection option has an invalid value (a port, sslmode or other setting)";
+  }
+  if (mentions(m, {"refused", "could not translate host name", "No route", "unreachable", "No such file",
+                   "closed the connection", "reset by peer", "could not connect", "could not send",
+                   "could not receive"})) {
+    return "cannot reach the server (refused, unknown host, or a network error)";
+  }
+  if (mentions(m, {"out of memory"})) return "out of memory";
+  return "the server or libpq refused the connection (libpq's reason is withheld: it can quote the "
+         "connection string)";
+}
+
 }  // namespace
+
+void check_conninfo(const std::string& conninfo) {
+  char* err = nullptr;
+  PQconninfoOption* parsed = PQconninfoParse(conninfo.c_str(), &err);
+  // The reason quotes the offending token, often the password itself: wipe it unread.
+  if (err != nullptr) {
+    OPENSSL_cleanse(err, std::strlen(err));
+    PQfreemem(err);
+  }
+  if (parsed == nullptr) {
+    throw Error(ErrorCode::invalid_argument,
+                "PostgresStore: malformed connection string (check quoting and percent-encoding)");
+  }
+  for (PQconninfoOption* o = parsed; o->keyword != nullptr; ++o) {
+    if (o->val != nullptr) OPENSSL_cleanse(o->val, std::strlen(o->val));
+  }
+  PQconninfoFree(parsed);
+}
 
 PgConnection::PgConnection(const std::string& conninfo, Deadline deadline) {
   // The caller's string is expanded in place of dbname; the keywords after it
@@ -73,16 +131,14 @@ PgConnection::PgConnection(const std::string& conninfo, Deadline deadline) {
   const char* values[] = {conninfo.c_str(), "UTF8", "apikeys", nullptr};
   conn_ = PQconnectStartParams(keywords, values, 1);
   if (conn_ == nullptr) throw ConnectionLost("PostgresStore connect failed: out of memory", false);
-  if (PQstatus(conn_) == CONNECTION_BAD) lost("connect", PQerrorMessage(conn_), false);
+  if (PQstatus(conn_) == CONNECTION_BAD) connect_failed(false);
   PostgresPollingStatusType st = PGRES_POLLING_WRITING;
   while (st != PGRES_POLLING_OK) {
-    if (st == PGRES_POLLING_FAILED) lost("connect", PQerrorMessage(conn_), false);
-    if (!wait_socket(conn_, st == PGRES_POLLING_WRITING, deadline)) {
-      lost("connect", "timed out", true);
-    }
+    if (st == PGRES_POLLING_FAILED) connect_failed(false);
+    if (!wait_socket(conn_, st == PGRES_POLLING_WRITING, deadline)) connect_failed(true);
     st = PQconnectPoll(conn_);
   }
-  if (PQsetnonblocking(conn_, 1) != 0) lost("connect", PQerrorMessage(conn_), false);
+  if (PQsetnonblocking(conn_, 1) != 0) connect_failed(false);
   // libpq prints server NOTICEs ("schema already exists, skipping") on stderr by
   // default: a library must not write into its host's logs.
   PQsetNoticeProcessor(conn_, [](void*, const char*) {}, nullptr);
@@ -92,8 +148,14 @@ PgConnection::~PgConnection() {
   if (conn_ != nullptr) PQfinish(conn_);
 }
 
+void PgConnection::connect_failed(bool timed_out) {
+  const char* what = timed_out ? "timed out" : connect_failure(PQerrorMessage(conn_));
+  throw ConnectionLost(std::string("PostgresStore connect failed: ") + what, timed_out);
+}
+
 void PgConnection::lost(std::string_view op, const char* what, bool timed_out) {
-  // libpq's connection messages name hosts and ports, never query parameters.
+  // Only once connected: libpq's messages about an open connection (it closed, a
+  // send or receive failed) and the server's quote no value of the connection string.
   throw ConnectionLost(fmt::format("PostgresStore {} failed: {}", op,
                                    what && *what ? first_line(what) : "connection lost"),
                        timed_out);
@@ -532,6 +594,7 @@ PostgresStore::PostgresStore(const std::string& conninfo, PostgresStoreOptions o
                 "PostgresStore: schema must be 1-63 letters, digits or underscores, not "
                 "starting with a digit");
   }
+  pg::check_conninfo(conninfo);  // fails fast, before any I/O, quoting none of it
   impl_ = std::make_unique<Impl>(conninfo, std::move(options));
   Impl& impl = *impl_;
   {

@@ -1,8 +1,10 @@
 // PostgresStore against a real server (APIKEYS_TEST_PG): the shared Store contract,
 // sharing between instances, and faults (the server restarting mid-run, the server
 // down: `error` for what is not cached, clear management errors, recovery, nothing
-// lost). Skipped with a message when no server is configured (a failure under
-// APIKEYS_REQUIRE_SERVERS=1).
+// lost); credentials (no message quotes a connection string). Tests that need a server
+// are skipped with a message when none is configured (a failure under
+// APIKEYS_REQUIRE_SERVERS=1); those about malformed connection strings need none and
+// always run.
 #include <libpq-fe.h>
 
 #include <algorithm>
@@ -11,8 +13,10 @@
 #include <cstdlib>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "apikeys/error.hpp"
@@ -290,4 +294,155 @@ TEST_CASE("PostgresStore: server down answers error, management fails clearly, a
   }
   const auto after = polling.create(account, request("after the outage"));
   CHECK(quiet.validate(after.info.public_key, after.secret_key.reveal()).ok());
+}
+
+namespace {
+
+// A connection string with the password it carries (somewhere in it, however mangled).
+struct Conninfo {
+  std::string text;
+  std::string password;
+};
+
+// The user name every connection string below carries: not secret, but a value of the
+// string, and none of those is ever quoted.
+constexpr const char* kUser = "apikeys_app_user";
+
+// What `conninfo` throws when a PostgresStore is opened with it (fails the test if
+// nothing is thrown).
+std::optional<apikeys::Error> open_error(const std::string& conninfo) {
+  apikeys::PostgresStoreOptions o;
+  o.connect_timeout = milliseconds(2000);
+  try {
+    apikeys::PostgresStore store(conninfo, o);
+  } catch (const apikeys::Error& e) {
+    return e;
+  }
+  FAIL("PostgresStore opened with " << conninfo);
+  return std::nullopt;
+}
+
+// Percent-encodes everything but unreserved characters (RFC 3986), for URIs.
+std::string percent_encoded(std::string_view s) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (const unsigned char c : s) {
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+        c == '.' || c == '_' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 0x0f];
+    }
+  }
+  return out;
+}
+
+// A key=value value in single quotes, with \ and ' escaped.
+std::string conninfo_value(std::string_view s) {
+  std::string out = "'";
+  for (const char c : s) {
+    if (c == '\\' || c == '\'') out += '\\';
+    out += c;
+  }
+  return out + "'";
+}
+
+}  // namespace
+
+// libpq's own messages quote the offending token of a malformed string, which is often
+// the password itself (a '%' not followed by two hex digits, a space or a quote that
+// was not escaped). None of this needs a server: each fails before any I/O.
+TEST_CASE("PostgresStore: a malformed connection string is invalid_argument, its message quotes none of it",
+          "[servers][postgres][credentials]") {
+  const std::string u = kUser;
+  const std::vector<Conninfo> malformed = {
+      // URIs: a bad percent-encoding in the password, in a query parameter, and a
+      // query parameter cut in two by an unencoded '&'.
+      {"postgresql://" + u + ":Tr0ub4dor%zz3@127.0.0.1:1/app", "Tr0ub4dor%zz3"},
+      {"postgresql://" + u + "@127.0.0.1:1/app?password=Tr0ub4dor%2", "Tr0ub4dor%2"},
+      {"postgresql://" + u + "@127.0.0.1:1/app?password=Tr0u&b4dor", "Tr0u&b4dor"},
+      // key=value: spaces not quoted (one piece then lacks '=', or names an option),
+      // a quote not closed, a quote inside quotes not escaped, a bare value.
+      {"host=127.0.0.1 port=1 user=" + u + " password=correct horse battery staple dbname=app",
+       "correct horse battery staple"},
+      {"host=127.0.0.1 port=1 user=" + u + " password=Tr0ub 4dor=x%3 dbname=app", "Tr0ub 4dor=x%3"},
+      {"host=127.0.0.1 port=1 user=" + u + " password='Tr0ub 4dor=%3 dbname=app", "Tr0ub 4dor=%3"},
+      {"host=127.0.0.1 port=1 user=" + u + " password='it's-a-Secr3t' dbname=app", "it's-a-Secr3t"},
+      {"host=127.0.0.1 port=1 user=" + u + " Tr0ub4dor%zz3", "Tr0ub4dor%zz3"},
+  };
+  for (const auto& c : malformed) {
+    const auto e = open_error(c.text);
+    REQUIRE(e);
+    INFO("connection string: " << c.text << "\nmessage: " << e->what());
+    CHECK(e->code() == ErrorCode::invalid_argument);
+    CHECK(apikeys_test::leaked_piece(e->what(), c.password).empty());
+    CHECK(apikeys_test::leaked_piece(e->what(), kUser).empty());
+    CHECK(std::string(e->what()).find("malformed connection string") != std::string::npos);
+  }
+}
+
+// A well-formed string can still carry a piece of a password in another field (an
+// unencoded '/' in a URI's password ends the host part: the rest becomes the port), and
+// libpq quotes a bad option value when it connects. Still no I/O: the value is checked
+// before any address is looked up.
+TEST_CASE("PostgresStore: a bad connection option value is reported without quoting it",
+          "[servers][postgres][credentials]") {
+  const std::string u = kUser;
+  const std::vector<Conninfo> bad_values = {
+      {"postgresql://" + u + ":Tr0ub/4dor@127.0.0.1:1/app", "Tr0ub/4dor"},
+      {"host=127.0.0.1 port=Tr0ub4dor%zz3 user=" + u, "Tr0ub4dor%zz3"},
+      {"host=127.0.0.1 port=1 user=" + u + " sslmode=Tr0ub4dor", "Tr0ub4dor"},
+  };
+  for (const auto& c : bad_values) {
+    const auto e = open_error(c.text);
+    REQUIRE(e);
+    INFO("connection string: " << c.text << "\nmessage: " << e->what());
+    CHECK(apikeys_test::leaked_piece(e->what(), c.password).empty());
+    CHECK(apikeys_test::leaked_piece(e->what(), kUser).empty());
+    CHECK(std::string(e->what()).find("PostgresStore") != std::string::npos);
+  }
+}
+
+// APIKEYS_TEST_PG_PASSWORD names a role that must give a password (scripts/servers.sh
+// sets one up); no password is right for it.
+TEST_CASE("PostgresStore: a wrong password is refused without echoing the password or the user",
+          "[servers][postgres][credentials]") {
+  const auto needs_password = apikeys_test::server_env(
+      "APIKEYS_TEST_PG_PASSWORD", "PostgreSQL role that needs a password");
+  if (!needs_password) return;
+  // Its host, port, user and database, to write the same target as a URI.
+  char* err = nullptr;
+  PQconninfoOption* parsed = PQconninfoParse(needs_password->c_str(), &err);
+  if (err != nullptr) PQfreemem(err);
+  REQUIRE(parsed != nullptr);
+  std::string host, port, user, dbname;
+  for (PQconninfoOption* o = parsed; o->keyword != nullptr; ++o) {
+    const std::string value = o->val != nullptr ? o->val : "";
+    const std::string_view k = o->keyword;
+    if (k == "host") host = value;
+    if (k == "port") port = value;
+    if (k == "user") user = value;
+    if (k == "dbname") dbname = value;
+  }
+  PQconninfoFree(parsed);
+  REQUIRE(!user.empty());
+
+  const std::string password = "Tr0ub4dor&3 %zz 'q' =x\\y";
+  const std::vector<std::string> attempts = {
+      *needs_password + " password=" + conninfo_value(password),
+      "postgresql://" + percent_encoded(user) + ":" + percent_encoded(password) + "@" + host + ":" + port +
+          "/" + dbname + "?connect_timeout=5",
+  };
+  for (const auto& conninfo : attempts) {
+    const auto e = open_error(conninfo);
+    REQUIRE(e);
+    INFO("connection string: " << conninfo << "\nmessage: " << e->what());
+    CHECK(e->code() == ErrorCode::busy);
+    CHECK(std::string(e->what()).find("authentication failed") != std::string::npos);
+    CHECK(apikeys_test::leaked_piece(e->what(), password).empty());
+    CHECK(apikeys_test::leaked_piece(e->what(), percent_encoded(password)).empty());
+    CHECK(apikeys_test::leaked_piece(e->what(), user).empty());
+  }
 }
