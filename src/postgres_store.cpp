@@ -150,6 +150,10 @@ PgConnection::~PgConnection() {
 
 void PgConnection::connect_failed(bool timed_out) {
   const char* what = timed_out ? "timed out" : connect_failure(PQerrorMessage(conn_));
+  // Called from the constructor, so the destructor will not run: close the socket and
+  // free the PGconn here (PQfinish also wipes libpq's copy of the password).
+  PQfinish(conn_);
+  conn_ = nullptr;
   throw ConnectionLost(std::string("PostgresStore connect failed: ") + what, timed_out);
 }
 

@@ -5,12 +5,17 @@
 // are skipped with a message when none is configured (a failure under
 // APIKEYS_REQUIRE_SERVERS=1); those about malformed connection strings need none and
 // always run.
+#include <arpa/inet.h>
 #include <libpq-fe.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -310,9 +315,10 @@ constexpr const char* kUser = "apikeys_app_user";
 
 // What `conninfo` throws when a PostgresStore is opened with it (fails the test if
 // nothing is thrown).
-std::optional<apikeys::Error> open_error(const std::string& conninfo) {
+std::optional<apikeys::Error> open_error(const std::string& conninfo,
+                                        milliseconds connect_timeout = milliseconds(2000)) {
   apikeys::PostgresStoreOptions o;
-  o.connect_timeout = milliseconds(2000);
+  o.connect_timeout = connect_timeout;
   try {
     apikeys::PostgresStore store(conninfo, o);
   } catch (const apikeys::Error& e) {
@@ -445,4 +451,40 @@ TEST_CASE("PostgresStore: a wrong password is refused without echoing the passwo
     CHECK(apikeys_test::leaked_piece(e->what(), percent_encoded(password)).empty());
     CHECK(apikeys_test::leaked_piece(e->what(), user).empty());
   }
+}
+
+// The process's open file descriptors (the directory's own included, the same each time).
+std::size_t open_fds() {
+  return static_cast<std::size_t>(std::distance(std::filesystem::directory_iterator("/proc/self/fd"),
+                                                std::filesystem::directory_iterator()));
+}
+
+// A connect that fails half-way (here: a listener that accepts but never answers, so the
+// client-side deadline ends it) must close its socket. No server needed.
+TEST_CASE("PostgresStore: a failed connection attempt closes its socket", "[servers][postgres][store]") {
+  const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(listener >= 0);
+  struct Close {
+    int fd;
+    ~Close() { ::close(fd); }
+  } close_listener{listener};
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  REQUIRE(::listen(listener, 16) == 0);
+  socklen_t len = sizeof a;
+  REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+  const std::string conninfo = "host=127.0.0.1 port=" + std::to_string(ntohs(a.sin_port)) +
+                               " user=apikeys dbname=apikeys sslmode=disable gssencmode=disable";
+
+  const std::size_t before = open_fds();
+  for (int i = 0; i < 3; ++i) {
+    const auto e = open_error(conninfo, milliseconds(200));
+    REQUIRE(e);
+    CHECK(e->code() == ErrorCode::busy);
+    CHECK(std::string(e->what()).find("timed out") != std::string::npos);
+  }
+  CHECK(open_fds() == before);
 }
