@@ -28,6 +28,7 @@
 
 #include "apikeys/error.hpp"
 #include "pg_connection.hpp"
+#include "wipe.hpp"
 
 namespace apikeys {
 namespace pg {
@@ -451,11 +452,18 @@ bool valid_schema_name(std::string_view s) {
 }  // namespace
 
 struct PostgresStore::Impl {
-  Impl(std::string ci, PostgresStoreOptions o)
-      : conninfo(std::move(ci)), options(std::move(o)), quoted_schema('"' + options.schema + '"'),
+  // conninfo is copied once, straight into its member (a by-value parameter moved in
+  // would leave a short string's bytes behind in the parameter).
+  Impl(const std::string& ci, PostgresStoreOptions o)
+      : conninfo(ci), options(std::move(o)), quoted_schema('"' + options.schema + '"'),
         sql(quoted_schema) {}
+  // The connection string may hold a password. (libpq wipes its own copy in each
+  // PGconn when the connection closes; the pooled ones close after this, as members.)
+  ~Impl() { detail::wipe(conninfo); }
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
 
-  const std::string conninfo;
+  std::string conninfo;  // Not changed after construction, but wiped by ~Impl.
   const PostgresStoreOptions options;
   const std::string quoted_schema;
   const Statements sql;

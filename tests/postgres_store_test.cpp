@@ -1,10 +1,10 @@
 // PostgresStore against a real server (APIKEYS_TEST_PG): the shared Store contract,
 // sharing between instances, and faults (the server restarting mid-run, the server
 // down: `error` for what is not cached, clear management errors, recovery, nothing
-// lost); credentials (no message quotes a connection string). Tests that need a server
-// are skipped with a message when none is configured (a failure under
-// APIKEYS_REQUIRE_SERVERS=1); those about malformed connection strings need none and
-// always run.
+// lost); credentials (no message quotes a connection string, the store's copy is
+// wiped). Tests that need a server are skipped with a message when none is configured
+// (a failure under APIKEYS_REQUIRE_SERVERS=1); those about malformed connection
+// strings and failed connects need none and always run.
 #include <arpa/inet.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
@@ -29,6 +29,7 @@
 #include "apikeys/key_manager.hpp"
 #include "apikeys/memory_cache.hpp"
 #include "apikeys/postgres_store.hpp"
+#include "alloc_probe.hpp"
 #include "catch.hpp"
 #include "server_support.hpp"
 #include "store_contract.hpp"
@@ -487,4 +488,25 @@ TEST_CASE("PostgresStore: a failed connection attempt closes its socket", "[serv
     CHECK(std::string(e->what()).find("timed out") != std::string::npos);
   }
   CHECK(open_fds() == before);
+}
+
+// The connection string may hold a password: the store's copy is wiped before it is
+// freed. (The server trusts this client, so the password is carried but never checked.)
+TEST_CASE("PostgresStore wipes its copy of the connection string when it dies",
+          "[servers][postgres][credentials]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  const std::string password = "Wipe-me-pg-7Qz3vK9x";
+  const std::string conninfo = *pg + " password=" + conninfo_value(password);
+  const auto options = options_for(janitor.make());
+  std::size_t unwiped = 0;
+  {
+    apikeys_test::alloc_probe::WatchFrees watch(password);
+    auto store = std::make_unique<apikeys::PostgresStore>(conninfo, options);
+    CHECK_FALSE(store->find(apikeys_test::contract::public_key(1)));  // a pooled connection too
+    store.reset();
+    unwiped = apikeys_test::alloc_probe::unwiped_frees();
+  }
+  CHECK(unwiped == 0);
 }

@@ -65,7 +65,8 @@ class APIKEYS_EXPORT PostgresStore final : public Store {
   /// before any I/O; the message says which, never where), Error(busy) if the server
   /// cannot be reached or refuses the connection (a wrong password included),
   /// Error(storage) if the tables were written by a newer version of this library or
-  /// cannot be created.
+  /// cannot be created. Keeps one copy of `conninfo` (it may hold a password) and wipes
+  /// it when the store dies; the caller wipes its own.
   explicit PostgresStore(const std::string& conninfo, PostgresStoreOptions options = {});
   ~PostgresStore() override;
 
