@@ -456,7 +456,9 @@ struct PostgresStore::Impl {
   // would leave a short string's bytes behind in the parameter).
   Impl(const std::string& ci, PostgresStoreOptions o)
       : conninfo(ci), options(std::move(o)), quoted_schema('"' + options.schema + '"'),
-        sql(quoted_schema) {}
+        sql(quoted_schema) {
+    idle.reserve(pool_limit());  // see ~Lease
+  }
   // The connection string may hold a password. (libpq wipes its own copy in each
   // PGconn when the connection closes; the pooled ones close after this, as members.)
   ~Impl() { detail::wipe(conninfo); }
@@ -470,8 +472,12 @@ struct PostgresStore::Impl {
 
   std::mutex mu;
   std::condition_variable cv;
-  std::vector<std::unique_ptr<PgConnection>> idle;  // Guarded by mu.
-  std::size_t open = 0;                              // Guarded by mu: idle + leased.
+  // Capacity reserved up front for every connection the pool may open: returning one
+  // (in ~Lease) must not allocate. Guarded by mu.
+  std::vector<std::unique_ptr<PgConnection>> idle;
+  std::size_t open = 0;  // Guarded by mu: idle + leased, at most pool_limit().
+
+  [[nodiscard]] std::size_t pool_limit() const noexcept { return std::max<std::size_t>(1, options.pool_size); }
 
   [[nodiscard]] Deadline statement_deadline() const { return SteadyClock::now() + options.statement_timeout; }
 
@@ -518,7 +524,7 @@ struct PostgresStore::Impl {
           c.reset();
           lock.lock();
         }
-        if (impl_.open < std::max<std::size_t>(1, impl_.options.pool_size)) break;
+        if (impl_.open < impl_.pool_limit()) break;
         if (impl_.cv.wait_until(lock, wait_until) == std::cv_status::timeout &&
             impl_.idle.empty() && impl_.open >= impl_.options.pool_size) {
           throw Error(ErrorCode::busy, "PostgresStore: no free connection within pool_wait");
@@ -538,6 +544,9 @@ struct PostgresStore::Impl {
     ~Lease() {
       std::unique_lock<std::mutex> lock(impl_.mu);
       if (conn_) {
+        // Cannot allocate, so cannot throw (which in a destructor is std::terminate,
+        // under memory pressure exactly): idle.size() < open <= pool_limit(), the
+        // capacity reserved in Impl's constructor, and drop_idle() keeps it.
         impl_.idle.push_back(std::move(conn_));
       } else {
         --impl_.open;
@@ -558,14 +567,25 @@ struct PostgresStore::Impl {
   };
 
   // Closes every idle connection: after one was found dead, the others (opened before
-  // the same restart) are dead too.
+  // the same restart) are dead too. One at a time, each closed outside the lock, and
+  // without a second vector: swapping one in would take idle's reserved capacity away
+  // (see ~Lease), and making one could fail.
   void drop_idle() noexcept {
-    std::vector<std::unique_ptr<PgConnection>> dead;
+    std::size_t left = 0;
     {
       std::lock_guard<std::mutex> lock(mu);
-      dead.swap(idle);
-      open -= dead.size();
+      left = idle.size();
     }
+    for (; left > 0; --left) {
+      std::unique_ptr<PgConnection> dead;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        if (idle.empty()) break;
+        dead = std::move(idle.back());
+        idle.pop_back();
+        --open;
+      }
+    }  // each `dead` closes here, outside the lock
     cv.notify_all();
   }
 

@@ -2,9 +2,10 @@
 // sharing between instances, and faults (the server restarting mid-run, the server
 // down: `error` for what is not cached, clear management errors, recovery, nothing
 // lost); credentials (no message quotes a connection string, the store's copy is
-// wiped). Tests that need a server are skipped with a message when none is configured
-// (a failure under APIKEYS_REQUIRE_SERVERS=1); those about malformed connection
-// strings and failed connects need none and always run.
+// wiped); returning a connection to the pool never allocates. Tests that need a server
+// are skipped with a message when none is configured (a failure under
+// APIKEYS_REQUIRE_SERVERS=1); those about malformed connection strings and failed
+// connects need none and always run.
 #include <arpa/inet.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
@@ -509,4 +510,59 @@ TEST_CASE("PostgresStore wipes its copy of the connection string when it dies",
     unwiped = apikeys_test::alloc_probe::unwiped_frees();
   }
   CHECK(unwiped == 0);
+}
+
+// A connection goes back to the pool in a destructor: an allocation failing there would
+// be std::terminate. The first return to a fresh pool is the one that would grow it.
+// The call is held in the server (the table locked by another session) while every
+// allocation is made to fail, then let go; the call and the return must still work.
+TEST_CASE("PostgresStore: returning a connection to the pool allocates nothing",
+          "[servers][postgres][store]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  const std::string schema = janitor.make();
+  auto options = options_for(schema);
+  options.statement_timeout = milliseconds(30'000);  // the lock is held far less than this
+  apikeys::PostgresStore store(*pg, options);  // its migrating connection is not pooled
+
+  PGconn* locker = PQconnectdb(pg->c_str());
+  struct Finish {
+    PGconn* c;
+    ~Finish() { PQfinish(c); }
+  } finish{locker};
+  REQUIRE(PQstatus(locker) == CONNECTION_OK);
+  auto run = [&](const std::string& sql) {
+    PGresult* r = PQexec(locker, sql.c_str());
+    const ExecStatusType st = PQresultStatus(r);
+    std::string first = st == PGRES_TUPLES_OK && PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "";
+    PQclear(r);
+    REQUIRE((st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK));
+    return first;
+  };
+  run("BEGIN");
+  run("LOCK TABLE \"" + schema + "\".apikeys_keys IN ACCESS EXCLUSIVE MODE");
+
+  std::atomic<int> outcome{0};  // 1: found nothing (right), 2: found something, 3: threw
+  std::thread caller([&] {
+    try {
+      outcome = store.find(apikeys_test::contract::public_key(1)) ? 2 : 1;
+    } catch (...) {
+      outcome = 3;
+    }
+  });
+  const std::string waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = '\"" +
+                              schema + "\".apikeys_keys'::regclass";
+  const bool blocked = apikeys_test::eventually([&] { return run(waiting) == "1"; }, std::chrono::seconds(20));
+  {
+    // From here until the caller is done, only libpq (malloc) allocates on this thread.
+    std::optional<apikeys_test::alloc_probe::FailAllocations> no_allocations;
+    if (blocked) no_allocations.emplace();
+    PQclear(PQexec(locker, "COMMIT"));
+    caller.join();
+  }
+  REQUIRE(blocked);
+  CHECK(outcome.load() == 1);
+  // The connection went back and serves the next call.
+  CHECK_FALSE(store.find(apikeys_test::contract::public_key(2)));
 }
