@@ -454,7 +454,7 @@ bool valid_schema_name(std::string_view s) {
 struct PostgresStore::Impl {
   // conninfo is copied once, straight into its member (a by-value parameter moved in
   // would leave a short string's bytes behind in the parameter).
-  Impl(const std::string& ci, PostgresStoreOptions o)
+  Impl(const std::string& ci, PostgresStoreOptions o)  // NOLINT(modernize-pass-by-value)
       : conninfo(ci), options(std::move(o)), quoted_schema('"' + options.schema + '"'),
         sql(quoted_schema) {
     idle.reserve(pool_limit());  // see ~Lease
