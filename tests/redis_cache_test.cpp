@@ -521,11 +521,11 @@ class FakeRedis {
   void serve() {
     std::vector<Client> clients;
     while (!stop_) {
-      std::vector<pollfd> p(1 + clients.size());
-      p[0] = {listener_, POLLIN, 0};
-      for (std::size_t i = 0; i < clients.size(); ++i) p[i + 1] = {clients[i].fd, POLLIN, 0};
+      std::vector<pollfd> p;
+      p.push_back({listener_, POLLIN, 0});
+      for (const auto& c : clients) p.push_back({c.fd, POLLIN, 0});
       if (::poll(p.data(), p.size(), 20) <= 0) continue;
-      if ((p[0].revents & POLLIN) != 0) {
+      if ((p.front().revents & POLLIN) != 0) {
         const int fd = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
         if (fd >= 0) clients.push_back({fd, {}});
       }
