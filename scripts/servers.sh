@@ -50,10 +50,21 @@ install_missing() {
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Ports are picked outside the kernel's ephemeral range: while a server is down (the
+# restart and outage tests), a client's outgoing connection may be given its port as
+# its own local port (even a connection to that very port: a TCP self-connect), and the
+# server then cannot bind it again.
 free_port() {
-  local p tries=0
+  local p tries=0 lo=32768 hi=60999 base span
+  read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+  if ((lo > 11024)); then
+    base=10000 span=$((lo - 10000))
+  else
+    base=$((hi + 1)) span=$((65535 - hi))
+  fi
+  ((span > 0)) || die "no port range outside the ephemeral one ($lo-$hi)"
   while ((tries++ < 200)); do
-    p=$((20000 + RANDOM % 40000))
+    p=$((base + RANDOM % span))
     port_free "$p" && { echo "$p"; return 0; }
   done
   die "no free port found"
