@@ -50,10 +50,21 @@ install_missing() {
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Ports are picked outside the kernel's ephemeral range: while a server is down (the
+# restart and outage tests), a client's outgoing connection may be given its port as
+# its own local port (even a connection to that very port: a TCP self-connect), and the
+# server then cannot bind it again.
 free_port() {
-  local p tries=0
+  local p tries=0 lo=32768 hi=60999 base span
+  read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+  if ((lo > 11024)); then
+    base=10000 span=$((lo - 10000))
+  else
+    base=$((hi + 1)) span=$((65535 - hi))
+  fi
+  ((span > 0)) || die "no port range outside the ephemeral one ($lo-$hi)"
   while ((tries++ < 200)); do
-    p=$((20000 + RANDOM % 40000))
+    p=$((base + RANDOM % span))
     port_free "$p" && { echo "$p"; return 0; }
   done
   die "no free port found"
@@ -124,6 +135,7 @@ stop_redis() {
 print_env() {
   load_state
   echo "export APIKEYS_TEST_PG='host=127.0.0.1 port=$PG_PORT user=$PG_USER dbname=apikeys_test connect_timeout=5'"
+  echo "export APIKEYS_TEST_PG_PASSWORD='host=127.0.0.1 port=$PG_PORT user=apikeys_needs_pw dbname=apikeys_test connect_timeout=5'"
   echo "export APIKEYS_TEST_REDIS='127.0.0.1:$REDIS_PORT'"
   echo "export APIKEYS_TEST_PG_RESTART='APIKEYS_SERVERS_DIR=$state $here/servers.sh restart-pg'"
   echo "export APIKEYS_TEST_REDIS_RESTART='APIKEYS_SERVERS_DIR=$state $here/servers.sh restart-redis'"
@@ -150,6 +162,12 @@ case "$cmd" in
     as_pg "$pg_bin/initdb" -D "$state/pg/data" -U "$PG_USER" -A trust -E UTF8 --locale=C.UTF-8 \
       >"$state/pg/initdb.log" 2>&1 || { cat "$state/pg/initdb.log" >&2; die "initdb failed"; }
     printf 'PG_PORT=%s\nREDIS_PORT=%s\nPG_USER=%s\n' "$PG_PORT" "$REDIS_PORT" "$PG_USER" >"$state/env"
+    # Every role is trusted except apikeys_needs_pw, which must give a password
+    # (SCRAM) and has none that works: the wrong-password tests connect as it. First
+    # match wins, so the line goes first; rewritten in place to keep the owner.
+    hba=$state/pg/data/pg_hba.conf
+    { echo "host all apikeys_needs_pw 127.0.0.1/32 scram-sha-256"; cat "$hba"; } >"$state/pg/hba.new"
+    cat "$state/pg/hba.new" >"$hba" && rm -f "$state/pg/hba.new"
     start_pg || { cat "$state/pg/log" >&2; die "postgres did not start"; }
     "$pg_bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" apikeys_test
     start_redis

@@ -1,6 +1,9 @@
 // Private to PostgresStore: one libpq connection driven with the asynchronous API so
 // that every wait (connect, send, reply) is bounded by a client-side deadline, and the
 // mapping of libpq/server failures onto apikeys::Error codes.
+// Messages never carry libpq's text about connecting or about the connection string:
+// it quotes the string's values, and a mis-encoded string's "values" are pieces of its
+// password. Failures to connect are reported as fixed text, one per kind of failure.
 // Thread-safety: a PgConnection is used by one thread at a time (the pool hands it out).
 // Ownership: owns its PGconn and every PGresult it returns (through PgResult).
 #ifndef APIKEYS_SRC_PG_CONNECTION_HPP
@@ -37,9 +40,14 @@ class ConnectionLost : public Error {
   bool timed_out_;
 };
 
+/// Parses `conninfo` as libpq will (no I/O) and throws Error(invalid_argument), with a
+/// fixed message, if it is malformed. Wipes libpq's parsed copies of it.
+void check_conninfo(const std::string& conninfo);
+
 class PgConnection {
  public:
   /// Connects within `deadline`; throws ConnectionLost (busy) on failure or timeout.
+  /// REQUIRES: check_conninfo(conninfo) passed.
   PgConnection(const std::string& conninfo, Deadline deadline);
   ~PgConnection();
   PgConnection(const PgConnection&) = delete;
@@ -66,6 +74,7 @@ class PgConnection {
   bool used = false;  // NOLINT(misc-non-private-member-variables-in-classes)
 
  private:
+  [[noreturn]] void connect_failed(bool timed_out);
   PgResult collect(std::string_view op, Deadline deadline);
   [[noreturn]] void lost(std::string_view op, const char* what, bool timed_out);
   PGconn* conn_ = nullptr;

@@ -5,6 +5,7 @@
 #include "apikeys/postgres_store.hpp"
 
 #include <libpq-fe.h>
+#include <openssl/crypto.h>
 #include <poll.h>
 
 #include <fmt/format.h>
@@ -16,15 +17,18 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <initializer_list>
 #include <iterator>
 #include <limits>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "apikeys/error.hpp"
 #include "pg_connection.hpp"
+#include "wipe.hpp"
 
 namespace apikeys {
 namespace pg {
@@ -64,7 +68,62 @@ std::string first_line(const char* text) {
   return s;
 }
 
+bool mentions(std::string_view text, std::initializer_list<std::string_view> words) {
+  return std::any_of(words.begin(), words.end(),
+                     [&](std::string_view w) { return text.find(w) != std::string_view::npos; });
+}
+
+// What a failed connection attempt is reported as: fixed text, one per kind of failure,
+// told apart by libpq's and the server's (English) wording. Their text itself is never
+// passed on: it quotes host names, ports, user and database names, file paths and bad
+// option values, which are pieces of the password when a string was mis-encoded (an
+// unescaped '/' or '@' in a URI's password moves the rest of it into the port or the
+// host). Wording we do not recognise (another libpq, translated messages) gets the last,
+// generic kind.
+const char* connect_failure(const char* libpq_message) {
+  const std::string_view m = libpq_message != nullptr ? libpq_message : "";
+  if (mentions(m, {"password", "authentication", "SCRAM", "SASL"})) {
+    return "authentication failed (check the user name and password)";
+  }
+  if (mentions(m, {"pg_hba.conf"})) return "the server does not accept this host, user and database (pg_hba.conf)";
+  if (mentions(m, {"does not exist"})) return "the user (role) or the database does not exist";
+  if (mentions(m, {"too many", "starting up", "shutting down", "recovery", "not accepting"})) {
+    return "the server is not accepting connections now (starting, stopping, or too many connections)";
+  }
+  if (mentions(m, {"timeout expired"})) return "timed out (connect_timeout)";
+  if (mentions(m, {"SSL", "certificate", "GSS"})) return "TLS or GSSAPI negotiation failed";
+  if (mentions(m, {"invalid", "could not match"})) {
+    return "a connection option has an invalid value (a port, sslmode or other setting)";
+  }
+  if (mentions(m, {"refused", "could not translate host name", "No route", "unreachable", "No such file",
+                   "closed the connection", "reset by peer", "could not connect", "could not send",
+                   "could not receive"})) {
+    return "cannot reach the server (refused, unknown host, or a network error)";
+  }
+  if (mentions(m, {"out of memory"})) return "out of memory";
+  return "the server or libpq refused the connection (libpq's reason is withheld: it can quote the "
+         "connection string)";
+}
+
 }  // namespace
+
+void check_conninfo(const std::string& conninfo) {
+  char* err = nullptr;
+  PQconninfoOption* parsed = PQconninfoParse(conninfo.c_str(), &err);
+  // The reason quotes the offending token, often the password itself: wipe it unread.
+  if (err != nullptr) {
+    OPENSSL_cleanse(err, std::strlen(err));
+    PQfreemem(err);
+  }
+  if (parsed == nullptr) {
+    throw Error(ErrorCode::invalid_argument,
+                "PostgresStore: malformed connection string (check quoting and percent-encoding)");
+  }
+  for (PQconninfoOption* o = parsed; o->keyword != nullptr; ++o) {
+    if (o->val != nullptr) OPENSSL_cleanse(o->val, std::strlen(o->val));
+  }
+  PQconninfoFree(parsed);
+}
 
 PgConnection::PgConnection(const std::string& conninfo, Deadline deadline) {
   // The caller's string is expanded in place of dbname; the keywords after it
@@ -73,16 +132,14 @@ PgConnection::PgConnection(const std::string& conninfo, Deadline deadline) {
   const char* values[] = {conninfo.c_str(), "UTF8", "apikeys", nullptr};
   conn_ = PQconnectStartParams(keywords, values, 1);
   if (conn_ == nullptr) throw ConnectionLost("PostgresStore connect failed: out of memory", false);
-  if (PQstatus(conn_) == CONNECTION_BAD) lost("connect", PQerrorMessage(conn_), false);
+  if (PQstatus(conn_) == CONNECTION_BAD) connect_failed(false);
   PostgresPollingStatusType st = PGRES_POLLING_WRITING;
   while (st != PGRES_POLLING_OK) {
-    if (st == PGRES_POLLING_FAILED) lost("connect", PQerrorMessage(conn_), false);
-    if (!wait_socket(conn_, st == PGRES_POLLING_WRITING, deadline)) {
-      lost("connect", "timed out", true);
-    }
+    if (st == PGRES_POLLING_FAILED) connect_failed(false);
+    if (!wait_socket(conn_, st == PGRES_POLLING_WRITING, deadline)) connect_failed(true);
     st = PQconnectPoll(conn_);
   }
-  if (PQsetnonblocking(conn_, 1) != 0) lost("connect", PQerrorMessage(conn_), false);
+  if (PQsetnonblocking(conn_, 1) != 0) connect_failed(false);
   // libpq prints server NOTICEs ("schema already exists, skipping") on stderr by
   // default: a library must not write into its host's logs.
   PQsetNoticeProcessor(conn_, [](void*, const char*) {}, nullptr);
@@ -92,8 +149,18 @@ PgConnection::~PgConnection() {
   if (conn_ != nullptr) PQfinish(conn_);
 }
 
+void PgConnection::connect_failed(bool timed_out) {
+  const char* what = timed_out ? "timed out" : connect_failure(PQerrorMessage(conn_));
+  // Called from the constructor, so the destructor will not run: close the socket and
+  // free the PGconn here (PQfinish also wipes libpq's copy of the password).
+  PQfinish(conn_);
+  conn_ = nullptr;
+  throw ConnectionLost(std::string("PostgresStore connect failed: ") + what, timed_out);
+}
+
 void PgConnection::lost(std::string_view op, const char* what, bool timed_out) {
-  // libpq's connection messages name hosts and ports, never query parameters.
+  // Only once connected: libpq's messages about an open connection (it closed, a
+  // send or receive failed) and the server's quote no value of the connection string.
   throw ConnectionLost(fmt::format("PostgresStore {} failed: {}", op,
                                    what && *what ? first_line(what) : "connection lost"),
                        timed_out);
@@ -411,19 +478,32 @@ bool valid_schema_name(std::string_view s) {
 }  // namespace
 
 struct PostgresStore::Impl {
-  Impl(std::string ci, PostgresStoreOptions o)
-      : conninfo(std::move(ci)), options(std::move(o)), quoted_schema('"' + options.schema + '"'),
-        sql(quoted_schema) {}
+  // conninfo is copied once, straight into its member (a by-value parameter moved in
+  // would leave a short string's bytes behind in the parameter).
+  Impl(const std::string& ci, PostgresStoreOptions o)  // NOLINT(modernize-pass-by-value)
+      : conninfo(ci), options(std::move(o)), quoted_schema('"' + options.schema + '"'),
+        sql(quoted_schema) {
+    idle.reserve(pool_limit());  // see ~Lease
+  }
+  // The connection string may hold a password. (libpq wipes its own copy in each
+  // PGconn when the connection closes; the pooled ones close after this, as members.)
+  ~Impl() { detail::wipe(conninfo); }
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
 
-  const std::string conninfo;
+  std::string conninfo;  // Not changed after construction, but wiped by ~Impl.
   const PostgresStoreOptions options;
   const std::string quoted_schema;
   const Statements sql;
 
   std::mutex mu;
   std::condition_variable cv;
-  std::vector<std::unique_ptr<PgConnection>> idle;  // Guarded by mu.
-  std::size_t open = 0;                              // Guarded by mu: idle + leased.
+  // Capacity reserved up front for every connection the pool may open: returning one
+  // (in ~Lease) must not allocate. Guarded by mu.
+  std::vector<std::unique_ptr<PgConnection>> idle;
+  std::size_t open = 0;  // Guarded by mu: idle + leased, at most pool_limit().
+
+  [[nodiscard]] std::size_t pool_limit() const noexcept { return std::max<std::size_t>(1, options.pool_size); }
 
   [[nodiscard]] Deadline statement_deadline() const { return SteadyClock::now() + options.statement_timeout; }
 
@@ -471,7 +551,7 @@ struct PostgresStore::Impl {
           c.reset();
           lock.lock();
         }
-        if (impl_.open < std::max<std::size_t>(1, impl_.options.pool_size)) break;
+        if (impl_.open < impl_.pool_limit()) break;
         if (impl_.cv.wait_until(lock, wait_until) == std::cv_status::timeout &&
             impl_.idle.empty() && impl_.open >= impl_.options.pool_size) {
           throw Error(ErrorCode::busy, "PostgresStore: no free connection within pool_wait");
@@ -491,6 +571,9 @@ struct PostgresStore::Impl {
     ~Lease() {
       std::unique_lock<std::mutex> lock(impl_.mu);
       if (conn_) {
+        // Cannot allocate, so cannot throw (which in a destructor is std::terminate,
+        // under memory pressure exactly): idle.size() < open <= pool_limit(), the
+        // capacity reserved in Impl's constructor, and drop_idle() keeps it.
         impl_.idle.push_back(std::move(conn_));
       } else {
         --impl_.open;
@@ -511,14 +594,25 @@ struct PostgresStore::Impl {
   };
 
   // Closes every idle connection: after one was found dead, the others (opened before
-  // the same restart) are dead too.
+  // the same restart) are dead too. One at a time, each closed outside the lock, and
+  // without a second vector: swapping one in would take idle's reserved capacity away
+  // (see ~Lease), and making one could fail.
   void drop_idle() noexcept {
-    std::vector<std::unique_ptr<PgConnection>> dead;
+    std::size_t left = 0;
     {
       std::lock_guard<std::mutex> lock(mu);
-      dead.swap(idle);
-      open -= dead.size();
+      left = idle.size();
     }
+    for (; left > 0; --left) {
+      std::unique_ptr<PgConnection> dead;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        if (idle.empty()) break;
+        dead = std::move(idle.back());
+        idle.pop_back();
+        --open;
+      }
+    }  // each `dead` closes here, outside the lock
     cv.notify_all();
   }
 
@@ -559,6 +653,7 @@ PostgresStore::PostgresStore(const std::string& conninfo, PostgresStoreOptions o
                 "PostgresStore: schema must be 1-63 letters, digits or underscores, not "
                 "starting with a digit");
   }
+  pg::check_conninfo(conninfo);  // fails fast, before any I/O, quoting none of it
   impl_ = std::make_unique<Impl>(conninfo, std::move(options));
   Impl& impl = *impl_;
   {

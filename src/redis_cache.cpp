@@ -7,6 +7,7 @@
 #include <hiredis/hiredis.h>
 #include <openssl/rand.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -29,6 +30,7 @@
 
 #include "apikeys/error.hpp"
 #include "apikeys/memory_cache.hpp"
+#include "wipe.hpp"
 
 namespace apikeys {
 namespace {
@@ -232,10 +234,16 @@ std::atomic<std::uint64_t> g_next_serial{1};
 }  // namespace
 
 struct RedisCache::Impl {
-  explicit Impl(RedisCacheOptions o)
-      : options(std::move(o)), channel(options.prefix + "invalidate"),
+  // The password moves into its own member (options.password is left empty); the
+  // caller wipes what the moves leave in `o`.
+  explicit Impl(RedisCacheOptions&& o)
+      : password(std::move(o.password)), options(std::move(o)), channel(options.prefix + "invalidate"),
         serial(g_next_serial.fetch_add(1)) {}
+  ~Impl() { detail::wipe(password); }
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
 
+  std::string password;  // AUTH password (empty: none). Not changed, but wiped by ~Impl.
   const RedisCacheOptions options;
   const std::string channel;
   const std::uint64_t serial;
@@ -283,10 +291,11 @@ struct RedisCache::Impl {
     if (redisSetTimeout(c.get(), to_timeval(options.command_timeout)) != REDIS_OK) {
       throw Unreachable("RedisCache connect failed: cannot set the socket timeout");
     }
-    if (!options.password.empty()) {
-      Reply r = command(*c, {"AUTH", options.password});
+    if (!password.empty()) {
+      Reply r = authenticate(*c);
       // A refused AUTH fails every connection the same way: trip the breaker (as for
-      // a connection failure) rather than paying a connect per request.
+      // a connection failure) rather than paying a connect per request. The reply is
+      // not quoted (it is the server's text), and never holds the password anyway.
       if (r->type == REDIS_REPLY_ERROR) throw Unreachable("RedisCache: AUTH refused");
     }
     if (options.database != 0) {
@@ -311,6 +320,41 @@ struct RedisCache::Impl {
     return "unexpected reply";
   }
 
+  // AUTH, without handing the password to hiredis: hiredis formats a command into
+  // buffers it frees unwiped. This one is formatted here, in one buffer (reserved, so
+  // no reallocation leaves a copy behind) wiped after it is sent, and written straight
+  // to the socket: the context's output buffer is empty (AUTH is a fresh connection's
+  // first command) and blocking, with the send timeout set. The reply is read by
+  // hiredis as usual.
+  Reply authenticate(redisContext& c) const {
+    const std::string length = std::to_string(password.size());
+    std::string cmd;
+    const detail::WipeOnExit wipe_cmd(cmd);
+    cmd.reserve(32 + length.size() + password.size());
+    cmd.append("*2\r\n$4\r\nAUTH\r\n$").append(length).append("\r\n").append(password).append("\r\n");
+    for (std::size_t sent = 0; sent < cmd.size();) {
+      const ssize_t n = ::send(c.fd, cmd.data() + sent, cmd.size() - sent, MSG_NOSIGNAL);
+      if (n > 0) {
+        sent += static_cast<std::size_t>(n);
+      } else if (n < 0 && errno == EINTR) {
+        continue;
+      } else {
+        const bool timed_out = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+        throw Unreachable(timed_out ? "RedisCache connect failed: AUTH timed out"
+                                    : "RedisCache connect failed: cannot send AUTH");
+      }
+    }
+    void* raw = nullptr;
+    if (redisGetReply(&c, &raw) != REDIS_OK || raw == nullptr) broken(c);
+    return Reply(static_cast<redisReply*>(raw));
+  }
+
+  // The connection broke or timed out: never returns.
+  [[noreturn]] static void broken(const redisContext& c) {
+    const bool closed = c.err == REDIS_ERR_EOF || (c.err == REDIS_ERR_IO && (errno == ECONNRESET || errno == EPIPE));
+    throw Unreachable(fmt::format("RedisCache command failed: {}", c.err ? c.errstr : "no reply"), closed);
+  }
+
   // One command; a null reply means the connection broke or timed out.
   static Reply command(redisContext& c, const std::vector<std::string_view>& args) {
     std::vector<const char*> argv;
@@ -322,10 +366,7 @@ struct RedisCache::Impl {
       lens.push_back(a.size());
     }
     void* raw = redisCommandArgv(&c, static_cast<int>(argv.size()), argv.data(), lens.data());
-    if (raw == nullptr) {
-      const bool closed = c.err == REDIS_ERR_EOF || (c.err == REDIS_ERR_IO && (errno == ECONNRESET || errno == EPIPE));
-      throw Unreachable(fmt::format("RedisCache command failed: {}", c.err ? c.errstr : "no reply"), closed);
-    }
+    if (raw == nullptr) broken(c);
     return Reply(static_cast<redisReply*>(raw));
   }
 
@@ -548,6 +589,9 @@ struct RedisCache::Impl {
 };
 
 RedisCache::RedisCache(RedisCacheOptions options) {
+  // `options` is our copy: wipe its password on every way out (after the move below
+  // it is empty, but a short password's bytes stay in its inline buffer).
+  const detail::WipeOnExit wipe_password(options.password);
   if (options.host.empty()) throw Error(ErrorCode::invalid_argument, "RedisCache: host must not be empty");
   if (options.port < 1 || options.port > 65535) throw Error(ErrorCode::invalid_argument, "RedisCache: port must be 1..65535");
   if (options.pool_size == 0) throw Error(ErrorCode::invalid_argument, "RedisCache: pool_size must be at least 1");

@@ -1,19 +1,29 @@
 // PostgresStore against a real server (APIKEYS_TEST_PG): the shared Store contract,
 // sharing between instances, and faults (the server restarting mid-run, the server
 // down: `error` for what is not cached, clear management errors, recovery, nothing
-// lost). Skipped with a message when no server is configured (a failure under
-// APIKEYS_REQUIRE_SERVERS=1). Also: a last-use write stuck on a row lock never delays
-// the revision poll.
+// lost); credentials (no message quotes a connection string, the store's copy is
+// wiped); returning a connection to the pool never allocates. Tests that need a server
+// are skipped with a message when none is configured (a failure under
+// APIKEYS_REQUIRE_SERVERS=1); those about malformed connection strings and failed
+// connects need none and always run. Also: a last-use write stuck on a row lock never
+// delays the revision poll.
+#include <arpa/inet.h>
 #include <libpq-fe.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "apikeys/error.hpp"
@@ -21,6 +31,7 @@
 #include "apikeys/key_manager.hpp"
 #include "apikeys/memory_cache.hpp"
 #include "apikeys/postgres_store.hpp"
+#include "alloc_probe.hpp"
 #include "catch.hpp"
 #include "server_support.hpp"
 #include "store_contract.hpp"
@@ -305,6 +316,221 @@ TEST_CASE("PostgresStore: server down answers error, management fails clearly, a
 
 TEST_CASE("PostgresStore: a last-use UPDATE waiting on a row lock never delays the revision poll",
           "[servers][postgres][revision]") {
+namespace {
+
+// A connection string with the password it carries (somewhere in it, however mangled).
+struct Conninfo {
+  std::string text;
+  std::string password;
+};
+
+// The user name every connection string below carries: not secret, but a value of the
+// string, and none of those is ever quoted.
+constexpr const char* kUser = "apikeys_app_user";
+
+// What `conninfo` throws when a PostgresStore is opened with it (fails the test if
+// nothing is thrown).
+std::optional<apikeys::Error> open_error(const std::string& conninfo,
+                                        milliseconds connect_timeout = milliseconds(2000)) {
+  apikeys::PostgresStoreOptions o;
+  o.connect_timeout = connect_timeout;
+  try {
+    apikeys::PostgresStore store(conninfo, o);
+  } catch (const apikeys::Error& e) {
+    return e;
+  }
+  FAIL("PostgresStore opened with " << conninfo);
+  return std::nullopt;
+}
+
+// Percent-encodes everything but unreserved characters (RFC 3986), for URIs.
+std::string percent_encoded(std::string_view s) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (const unsigned char c : s) {
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+        c == '.' || c == '_' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 0x0f];
+    }
+  }
+  return out;
+}
+
+// A key=value value in single quotes, with \ and ' escaped.
+std::string conninfo_value(std::string_view s) {
+  std::string out = "'";
+  for (const char c : s) {
+    if (c == '\\' || c == '\'') out += '\\';
+    out += c;
+  }
+  return out + "'";
+}
+
+}  // namespace
+
+// libpq's own messages quote the offending token of a malformed string, which is often
+// the password itself (a '%' not followed by two hex digits, a space or a quote that
+// was not escaped). None of this needs a server: each fails before any I/O.
+TEST_CASE("PostgresStore: a malformed connection string is invalid_argument, its message quotes none of it",
+          "[servers][postgres][credentials]") {
+  const std::string u = kUser;
+  const std::vector<Conninfo> malformed = {
+      // URIs: a bad percent-encoding in the password, in a query parameter, and a
+      // query parameter cut in two by an unencoded '&'.
+      {"postgresql://" + u + ":Tr0ub4dor%zz3@127.0.0.1:1/app", "Tr0ub4dor%zz3"},
+      {"postgresql://" + u + "@127.0.0.1:1/app?password=Tr0ub4dor%2", "Tr0ub4dor%2"},
+      {"postgresql://" + u + "@127.0.0.1:1/app?password=Tr0u&b4dor", "Tr0u&b4dor"},
+      // key=value: spaces not quoted (one piece then lacks '=', or names an option),
+      // a quote not closed, a quote inside quotes not escaped, a bare value.
+      {"host=127.0.0.1 port=1 user=" + u + " password=correct horse battery staple dbname=app",
+       "correct horse battery staple"},
+      {"host=127.0.0.1 port=1 user=" + u + " password=Tr0ub 4dor=x%3 dbname=app", "Tr0ub 4dor=x%3"},
+      {"host=127.0.0.1 port=1 user=" + u + " password='Tr0ub 4dor=%3 dbname=app", "Tr0ub 4dor=%3"},
+      {"host=127.0.0.1 port=1 user=" + u + " password='it's-a-Secr3t' dbname=app", "it's-a-Secr3t"},
+      {"host=127.0.0.1 port=1 user=" + u + " Tr0ub4dor%zz3", "Tr0ub4dor%zz3"},
+  };
+  for (const auto& c : malformed) {
+    const auto e = open_error(c.text);
+    REQUIRE(e);
+    INFO("connection string: " << c.text << "\nmessage: " << e->what());
+    CHECK(e->code() == ErrorCode::invalid_argument);
+    CHECK(apikeys_test::leaked_piece(e->what(), c.password).empty());
+    CHECK(apikeys_test::leaked_piece(e->what(), kUser).empty());
+    CHECK(std::string(e->what()).find("malformed connection string") != std::string::npos);
+  }
+}
+
+// A well-formed string can still carry a piece of a password in another field (an
+// unencoded '/' in a URI's password ends the host part: the rest becomes the port), and
+// libpq quotes a bad option value when it connects. Still no I/O: the value is checked
+// before any address is looked up.
+TEST_CASE("PostgresStore: a bad connection option value is reported without quoting it",
+          "[servers][postgres][credentials]") {
+  const std::string u = kUser;
+  const std::vector<Conninfo> bad_values = {
+      {"postgresql://" + u + ":Tr0ub/4dor@127.0.0.1:1/app", "Tr0ub/4dor"},
+      {"host=127.0.0.1 port=Tr0ub4dor%zz3 user=" + u, "Tr0ub4dor%zz3"},
+      {"host=127.0.0.1 port=1 user=" + u + " sslmode=Tr0ub4dor", "Tr0ub4dor"},
+  };
+  for (const auto& c : bad_values) {
+    const auto e = open_error(c.text);
+    REQUIRE(e);
+    INFO("connection string: " << c.text << "\nmessage: " << e->what());
+    CHECK(apikeys_test::leaked_piece(e->what(), c.password).empty());
+    CHECK(apikeys_test::leaked_piece(e->what(), kUser).empty());
+    CHECK(std::string(e->what()).find("PostgresStore") != std::string::npos);
+  }
+}
+
+// APIKEYS_TEST_PG_PASSWORD names a role that must give a password (scripts/servers.sh
+// sets one up); no password is right for it.
+TEST_CASE("PostgresStore: a wrong password is refused without echoing the password or the user",
+          "[servers][postgres][credentials]") {
+  const auto needs_password = apikeys_test::server_env(
+      "APIKEYS_TEST_PG_PASSWORD", "PostgreSQL role that needs a password");
+  if (!needs_password) return;
+  // Its host, port, user and database, to write the same target as a URI.
+  char* err = nullptr;
+  PQconninfoOption* parsed = PQconninfoParse(needs_password->c_str(), &err);
+  if (err != nullptr) PQfreemem(err);
+  REQUIRE(parsed != nullptr);
+  std::string host, port, user, dbname;
+  for (PQconninfoOption* o = parsed; o->keyword != nullptr; ++o) {
+    const std::string value = o->val != nullptr ? o->val : "";
+    const std::string_view k = o->keyword;
+    if (k == "host") host = value;
+    if (k == "port") port = value;
+    if (k == "user") user = value;
+    if (k == "dbname") dbname = value;
+  }
+  PQconninfoFree(parsed);
+  REQUIRE(!user.empty());
+
+  const std::string password = "Tr0ub4dor&3 %zz 'q' =x\\y";
+  const std::vector<std::string> attempts = {
+      *needs_password + " password=" + conninfo_value(password),
+      "postgresql://" + percent_encoded(user) + ":" + percent_encoded(password) + "@" + host + ":" + port +
+          "/" + dbname + "?connect_timeout=5",
+  };
+  for (const auto& conninfo : attempts) {
+    const auto e = open_error(conninfo);
+    REQUIRE(e);
+    INFO("connection string: " << conninfo << "\nmessage: " << e->what());
+    CHECK(e->code() == ErrorCode::busy);
+    CHECK(std::string(e->what()).find("authentication failed") != std::string::npos);
+    CHECK(apikeys_test::leaked_piece(e->what(), password).empty());
+    CHECK(apikeys_test::leaked_piece(e->what(), percent_encoded(password)).empty());
+    CHECK(apikeys_test::leaked_piece(e->what(), user).empty());
+  }
+}
+
+// The process's open file descriptors (the directory's own included, the same each time).
+std::size_t open_fds() {
+  return static_cast<std::size_t>(std::distance(std::filesystem::directory_iterator("/proc/self/fd"),
+                                                std::filesystem::directory_iterator()));
+}
+
+// A connect that fails half-way (here: a listener that accepts but never answers, so the
+// client-side deadline ends it) must close its socket. No server needed.
+TEST_CASE("PostgresStore: a failed connection attempt closes its socket", "[servers][postgres][store]") {
+  const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(listener >= 0);
+  struct Close {
+    int fd;
+    ~Close() { ::close(fd); }
+  } close_listener{listener};
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  REQUIRE(::listen(listener, 16) == 0);
+  socklen_t len = sizeof a;
+  REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+  const std::string conninfo = "host=127.0.0.1 port=" + std::to_string(ntohs(a.sin_port)) +
+                               " user=apikeys dbname=apikeys sslmode=disable gssencmode=disable";
+
+  const std::size_t before = open_fds();
+  for (int i = 0; i < 3; ++i) {
+    const auto e = open_error(conninfo, milliseconds(200));
+    REQUIRE(e);
+    CHECK(e->code() == ErrorCode::busy);
+    CHECK(std::string(e->what()).find("timed out") != std::string::npos);
+  }
+  CHECK(open_fds() == before);
+}
+
+// The connection string may hold a password: the store's copy is wiped before it is
+// freed. (The server trusts this client, so the password is carried but never checked.)
+TEST_CASE("PostgresStore wipes its copy of the connection string when it dies",
+          "[servers][postgres][credentials]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  const std::string password = "Wipe-me-pg-7Qz3vK9x";
+  const std::string conninfo = *pg + " password=" + conninfo_value(password);
+  const auto options = options_for(janitor.make());
+  std::size_t unwiped = 0;
+  {
+    apikeys_test::alloc_probe::WatchFrees watch(password);
+    auto store = std::make_unique<apikeys::PostgresStore>(conninfo, options);
+    CHECK_FALSE(store->find(apikeys_test::contract::public_key(1)));  // a pooled connection too
+    store.reset();
+    unwiped = apikeys_test::alloc_probe::unwiped_frees();
+  }
+  CHECK(unwiped == 0);
+}
+
+// A connection goes back to the pool in a destructor: an allocation failing there would
+// be std::terminate. The first return to a fresh pool is the one that would grow it.
+// The call is held in the server (the table locked by another session) while every
+// allocation is made to fail, then let go; the call and the return must still work.
+TEST_CASE("PostgresStore: returning a connection to the pool allocates nothing",
+          "[servers][postgres][store]") {
   const auto pg = apikeys_test::test_pg();
   if (!pg) return;
   SchemaJanitor janitor(*pg);
@@ -379,4 +605,47 @@ TEST_CASE("PostgresStore: a last-use UPDATE waiting on a row lock never delays t
   CHECK(other.list(account).size() == 2);
   for (const auto& k : other.list(account)) CHECK(k.last_used_at.has_value());
   CHECK(node.validator().last_use_failures() == 0);
+  auto options = options_for(schema);
+  options.statement_timeout = milliseconds(30'000);  // the lock is held far less than this
+  apikeys::PostgresStore store(*pg, options);  // its migrating connection is not pooled
+
+  PGconn* locker = PQconnectdb(pg->c_str());
+  struct Finish {
+    PGconn* c;
+    ~Finish() { PQfinish(c); }
+  } finish{locker};
+  REQUIRE(PQstatus(locker) == CONNECTION_OK);
+  auto run = [&](const std::string& sql) {
+    PGresult* r = PQexec(locker, sql.c_str());
+    const ExecStatusType st = PQresultStatus(r);
+    std::string first = st == PGRES_TUPLES_OK && PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "";
+    PQclear(r);
+    REQUIRE((st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK));
+    return first;
+  };
+  run("BEGIN");
+  run("LOCK TABLE \"" + schema + "\".apikeys_keys IN ACCESS EXCLUSIVE MODE");
+
+  std::atomic<int> outcome{0};  // 1: found nothing (right), 2: found something, 3: threw
+  std::thread caller([&] {
+    try {
+      outcome = store.find(apikeys_test::contract::public_key(1)) ? 2 : 1;
+    } catch (...) {
+      outcome = 3;
+    }
+  });
+  const std::string waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = '\"" +
+                              schema + "\".apikeys_keys'::regclass";
+  const bool blocked = apikeys_test::eventually([&] { return run(waiting) == "1"; }, std::chrono::seconds(20));
+  {
+    // From here until the caller is done, only libpq (malloc) allocates on this thread.
+    std::optional<apikeys_test::alloc_probe::FailAllocations> no_allocations;
+    if (blocked) no_allocations.emplace();
+    PQclear(PQexec(locker, "COMMIT"));
+    caller.join();
+  }
+  REQUIRE(blocked);
+  CHECK(outcome.load() == 1);
+  // The connection went back and serves the next call.
+  CHECK_FALSE(store.find(apikeys_test::contract::public_key(2)));
 }

@@ -2,15 +2,23 @@
 // and without the in-process tier; what Redis holds (no secret, full digests, a bound
 // per key, erase removes every verdict); cross-instance fill tokens and pub/sub
 // invalidation; the revoke/fill race through a Validator; faults (Redis restarting
-// mid-run, Redis down: validation falls back to the store and recovers). Skipped with
-// a message when no server is configured (a failure under APIKEYS_REQUIRE_SERVERS=1).
+// mid-run, Redis down: validation falls back to the store and recovers); the password
+// (never in a message, wiped when the cache dies). Skipped with a message when no
+// server is configured (a failure under APIKEYS_REQUIRE_SERVERS=1).
+#include <arpa/inet.h>
 #include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -20,6 +28,7 @@
 #include "apikeys/memory_store.hpp"
 #include "apikeys/redis_cache.hpp"
 #include "apikeys/validator.hpp"
+#include "alloc_probe.hpp"
 #include "cache_contract.hpp"
 #include "catch.hpp"
 #include "server_support.hpp"
@@ -470,6 +479,169 @@ TEST_CASE("RedisCache: a refused AUTH trips the breaker like a connection failur
     CHECK(e.code() == ErrorCode::busy);
     CHECK(std::string(e.what()).find("retrying later") != std::string::npos);
   }
+}
+
+// Every message a refused AUTH leads to (the call that connected, the breaker's, an
+// erase's) is free of the password; and the cache's copy of it (and of the AUTH
+// command it builds) is wiped before it is freed, by the time the cache is gone.
+TEST_CASE("RedisCache: a refused password is in no message, and the cache wipes its copy",
+          "[servers][redis][credentials]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  PrefixJanitor janitor{*redis, {}};
+  RedisCacheOptions o = options_for(*redis, janitor.make(), true);
+  const std::string password = "Wr0ng pa55 '%zz'=\\x-Qv7-9Kq";
+  o.password = password;  // the test server has none (or another): AUTH is refused
+  std::vector<std::string> messages;
+  std::size_t unwiped = 0;
+  {
+    apikeys_test::alloc_probe::WatchFrees watch(password);
+    {
+      RedisCache cache(o);
+      for (int i = 0; i < 2; ++i) {
+        try {
+          (void)cache.get(pk(1), digest_of(1));
+          FAIL("get succeeded with a refused AUTH");
+        } catch (const apikeys::Error& e) {
+          messages.emplace_back(e.what());
+        }
+      }
+      try {
+        cache.erase(pk(1));
+        FAIL("erase succeeded with a refused AUTH");
+      } catch (const apikeys::Error& e) {
+        messages.emplace_back(e.what());
+      }
+      // The subscriber authenticates too (and is refused): let it try at least once.
+      std::this_thread::sleep_for(milliseconds(300));
+      CHECK_FALSE(cache.local_tier_live());
+    }
+    unwiped = apikeys_test::alloc_probe::unwiped_frees();
+  }
+  REQUIRE(messages.size() == 3);
+  CHECK(messages[0].find("AUTH refused") != std::string::npos);
+  for (const auto& m : messages) {
+    INFO("message: " << m);
+    CHECK(apikeys_test::leaked_piece(m, password).empty());
+  }
+  CHECK(unwiped == 0);
+}
+
+namespace {
+
+// A stand-in for a Redis that wants a password, on a loopback port of its own: on each
+// connection it reads the first command (`expected_auth.size()` bytes) and keeps it,
+// answers +OK if it is exactly `expected_auth`, else an error, and then answers every
+// later read with an error. Runs until destroyed.
+class FakeRedis {
+ public:
+  explicit FakeRedis(std::string expected_auth) : expected_(std::move(expected_auth)) {
+    listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(listener_ >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(listener_, 16) == 0);
+    socklen_t len = sizeof a;
+    REQUIRE(::getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] { serve(); });
+  }
+  ~FakeRedis() {
+    stop_ = true;
+    thread_.join();
+    ::close(listener_);
+  }
+  FakeRedis(const FakeRedis&) = delete;
+  FakeRedis& operator=(const FakeRedis&) = delete;
+
+  [[nodiscard]] int port() const { return port_; }
+  // The first command of each connection so far.
+  std::vector<std::string> first_commands() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return firsts_;
+  }
+
+ private:
+  struct Client {
+    int fd;
+    std::string first;
+    bool answered = false;
+  };
+
+  void serve() {
+    std::vector<Client> clients;
+    while (!stop_) {
+      std::vector<pollfd> p;
+      p.push_back({listener_, POLLIN, 0});
+      for (const auto& c : clients) p.push_back({c.fd, POLLIN, 0});
+      if (::poll(p.data(), p.size(), 20) <= 0) continue;
+      if ((p.front().revents & POLLIN) != 0) {
+        const int fd = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
+        if (fd >= 0) clients.push_back({fd, {}});
+      }
+      for (std::size_t i = 0; i < clients.size() && i + 1 < p.size(); ++i) {
+        if ((p[i + 1].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
+        Client& c = clients[i];
+        char buf[4096];
+        const ssize_t n = ::recv(c.fd, buf, sizeof buf, 0);
+        if (n <= 0) continue;  // closed: left to the end
+        std::string_view reply = "-ERR fake server\r\n";
+        if (!c.answered) {
+          c.first.append(buf, static_cast<std::size_t>(n));
+          if (c.first.size() < expected_.size()) continue;
+          c.answered = true;
+          if (c.first == expected_) reply = "+OK\r\n";
+          std::lock_guard<std::mutex> lock(mu_);
+          firsts_.push_back(c.first);
+        }
+        (void)!::send(c.fd, reply.data(), reply.size(), MSG_NOSIGNAL);
+      }
+    }
+    for (const auto& c : clients) ::close(c.fd);
+  }
+
+  std::string expected_;
+  int listener_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::vector<std::string> firsts_;  // Guarded by mu_.
+  std::thread thread_;
+};
+
+}  // namespace
+
+// AUTH is formatted by RedisCache itself (so that it can wipe it): it must be the exact
+// RESP command, whatever bytes the password holds, and an accepted AUTH must let the
+// connection carry on (here to SCRIPT LOAD, which the stand-in refuses). No server needed.
+TEST_CASE("RedisCache: AUTH is sent as one exact command, and an accepted AUTH carries on",
+          "[servers][redis][credentials]") {
+  const std::string password = std::string("p@ss w0rd \r\n$5\r\n*%'\"=") + '\0' + "end";
+  const std::string expected = "*2\r\n$4\r\nAUTH\r\n$" + std::to_string(password.size()) + "\r\n" +
+                               password + "\r\n";
+  FakeRedis fake(expected);
+  RedisCacheOptions o;
+  o.host = "127.0.0.1";
+  o.port = fake.port();
+  o.password = password;
+  o.local_tier = false;
+  o.connect_timeout = milliseconds(2000);
+  o.command_timeout = milliseconds(2000);
+  RedisCache cache(o);
+  try {
+    (void)cache.get(pk(1), digest_of(1));
+    FAIL("get succeeded against the stand-in");
+  } catch (const apikeys::Error& e) {
+    INFO("message: " << e.what());
+    CHECK(e.code() == ErrorCode::storage);  // AUTH accepted; the stand-in refused SCRIPT LOAD
+    CHECK(std::string(e.what()).find("SCRIPT LOAD") != std::string::npos);
+    CHECK(apikeys_test::leaked_piece(e.what(), password).empty());
+  }
+  const auto firsts = fake.first_commands();
+  REQUIRE_FALSE(firsts.empty());
+  for (const auto& f : firsts) CHECK(f == expected);
 }
 
 TEST_CASE("RedisCache: instances sharing a prefix share verdicts, tokens and invalidations",

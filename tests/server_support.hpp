@@ -122,6 +122,19 @@ bool eventually(Pred pred, std::chrono::milliseconds limit = std::chrono::second
   return true;
 }
 
+/// The first piece of `secret` (`piece` bytes long) that occurs in `text`, or "" when
+/// none does: a truncated or partly quoted credential is still a leak. Secrets shorter
+/// than `piece` are looked for whole.
+inline std::string leaked_piece(std::string_view text, std::string_view secret, std::size_t piece = 4) {
+  if (secret.size() <= piece) {
+    return !secret.empty() && text.find(secret) != std::string_view::npos ? std::string(secret) : "";
+  }
+  for (std::size_t at = 0; at + piece <= secret.size(); ++at) {
+    if (text.find(secret.substr(at, piece)) != std::string_view::npos) return std::string(secret.substr(at, piece));
+  }
+  return "";
+}
+
 // The hasher and a titled request every server test uses.
 inline std::shared_ptr<apikeys::Hasher> hasher() {
   return std::make_shared<apikeys::HmacSha256Hasher>(kTestPepper);

@@ -32,7 +32,9 @@ if(APIKEYS_WITH_POSTGRES AND APIKEYS_WITH_REDIS)
   apikeys_set_warnings(apikeys_revoke_node)
 endif()
 
-add_executable(apikeys_server_tests ${_apikeys_server_sources})
+# alloc_probe.cpp replaces the program's operator new and delete (allocation failures,
+# unwiped frees): this program only.
+add_executable(apikeys_server_tests ${_apikeys_server_sources} alloc_probe.cpp)
 target_link_libraries(apikeys_server_tests PRIVATE apikeys::apikeys Catch2::Catch2WithMain Threads::Threads
   ${_apikeys_server_links})
 target_include_directories(apikeys_server_tests PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})

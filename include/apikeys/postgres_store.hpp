@@ -50,15 +50,23 @@ struct PostgresStoreOptions {
 /// server restarted) is detected and replaced; reads and idempotent writes are retried
 /// once on a fresh connection, insert() and remove() are not (their effect may already
 /// have committed). Messages carry the server's primary message, never its DETAIL
-/// (which can quote values).
+/// (which can quote values), and never quote the connection string: a failure to
+/// connect is reported as one of a few fixed texts (authentication failed, server
+/// unreachable, timed out...), without libpq's own words, which quote host, port,
+/// user, database and option values, and pieces of the password when the string was
+/// mis-encoded.
 class APIKEYS_EXPORT PostgresStore final : public Store {
  public:
-  /// Connects with `conninfo` (a libpq connection string or URI, e.g.
-  /// "host=127.0.0.1 port=5432 dbname=app user=app"), creates the schema and tables
-  /// if missing and migrates them to the current version (concurrent openers are
-  /// serialised by an advisory lock). Throws Error(invalid_argument) for a bad schema
-  /// name, Error(busy) if the server cannot be reached in time, Error(storage) if the
-  /// tables were written by a newer version of this library or cannot be created.
+  /// Connects with `conninfo` (a libpq key=value connection string or a
+  /// postgresql:// URI, e.g. "host=127.0.0.1 port=5432 dbname=app user=app"), creates
+  /// the schema and tables if missing and migrates them to the current version
+  /// (concurrent openers are serialised by an advisory lock). Throws
+  /// Error(invalid_argument) for a bad schema name or a malformed `conninfo` (checked
+  /// before any I/O; the message says which, never where), Error(busy) if the server
+  /// cannot be reached or refuses the connection (a wrong password included),
+  /// Error(storage) if the tables were written by a newer version of this library or
+  /// cannot be created. Keeps one copy of `conninfo` (it may hold a password) and wipes
+  /// it when the store dies; the caller wipes its own.
   explicit PostgresStore(const std::string& conninfo, PostgresStoreOptions options = {});
   ~PostgresStore() override;
 

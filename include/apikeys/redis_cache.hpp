@@ -27,7 +27,9 @@ struct RedisCacheOptions {
   std::string host = "127.0.0.1";
   int port = 6379;
   /// AUTH password; empty: no AUTH. A refused AUTH counts as Redis unreachable (the
-  /// breaker trips, see retry_interval). Default empty.
+  /// breaker trips, see retry_interval). No message quotes it. RedisCache keeps one
+  /// copy, wiped when the cache dies, and wipes the AUTH commands it builds from it
+  /// (hiredis never holds it); the caller wipes its own. Default empty.
   std::string password;
   /// SELECT this database number. Default 0.
   int database = 0;

@@ -1,0 +1,45 @@
+// A probe on the test program's global operator new and delete (alloc_probe.cpp
+// replaces them): make every allocation fail for a while, or look at every block freed
+// for a marker that should have been wiped first. Blocks come from calloc, so a freed
+// block holds only what C++ code wrote into it. C libraries (libpq, hiredis) allocate
+// with malloc and are not seen.
+// Thread-safety: every function may be called from any thread; the settings apply to
+// every thread of the process. Ownership: the probe keeps its own copy of the marker.
+#ifndef APIKEYS_TESTS_ALLOC_PROBE_HPP
+#define APIKEYS_TESTS_ALLOC_PROBE_HPP
+
+#include <cstddef>
+#include <string_view>
+
+namespace apikeys_test::alloc_probe {
+
+/// While on, every operator new (any thread) throws std::bad_alloc.
+void fail_allocations(bool on) noexcept;
+
+/// From now on, counts the blocks freed through operator delete (any thread) that
+/// still hold `marker` (1..255 bytes; longer ones are cut). Resets the count.
+void watch_frees_for(std::string_view marker) noexcept;
+/// Stops watching; the count stays readable.
+void stop_watching() noexcept;
+/// Blocks freed while watching that still held the marker.
+std::size_t unwiped_frees() noexcept;
+
+/// Turns allocation failures off when it dies (so a failed REQUIRE cannot leave them on).
+struct FailAllocations {
+  FailAllocations() noexcept { fail_allocations(true); }
+  ~FailAllocations() { fail_allocations(false); }
+  FailAllocations(const FailAllocations&) = delete;
+  FailAllocations& operator=(const FailAllocations&) = delete;
+};
+
+/// Watches for `marker` while alive.
+struct WatchFrees {
+  explicit WatchFrees(std::string_view marker) noexcept { watch_frees_for(marker); }
+  ~WatchFrees() { stop_watching(); }
+  WatchFrees(const WatchFrees&) = delete;
+  WatchFrees& operator=(const WatchFrees&) = delete;
+};
+
+}  // namespace apikeys_test::alloc_probe
+
+#endif  // APIKEYS_TESTS_ALLOC_PROBE_HPP
