@@ -34,8 +34,8 @@
 #include "alloc_probe.hpp"
 #include "catch.hpp"
 #include "server_support.hpp"
-#include "store_contract.hpp"
 #include "store_doubles.hpp"
+#include "store_contract.hpp"
 #include "test_support.hpp"
 
 using apikeys::ErrorCode;
@@ -314,8 +314,6 @@ TEST_CASE("PostgresStore: server down answers error, management fails clearly, a
   CHECK(quiet.validate(after.info.public_key, after.secret_key.reveal()).ok());
 }
 
-TEST_CASE("PostgresStore: a last-use UPDATE waiting on a row lock never delays the revision poll",
-          "[servers][postgres][revision]") {
 namespace {
 
 // A connection string with the password it carries (somewhere in it, however mangled).
@@ -535,6 +533,57 @@ TEST_CASE("PostgresStore: returning a connection to the pool allocates nothing",
   if (!pg) return;
   SchemaJanitor janitor(*pg);
   const std::string schema = janitor.make();
+  auto options = options_for(schema);
+  options.statement_timeout = milliseconds(30'000);  // the lock is held far less than this
+  apikeys::PostgresStore store(*pg, options);  // its migrating connection is not pooled
+
+  PGconn* locker = PQconnectdb(pg->c_str());
+  struct Finish {
+    PGconn* c;
+    ~Finish() { PQfinish(c); }
+  } finish{locker};
+  REQUIRE(PQstatus(locker) == CONNECTION_OK);
+  auto run = [&](const std::string& sql) {
+    PGresult* r = PQexec(locker, sql.c_str());
+    const ExecStatusType st = PQresultStatus(r);
+    std::string first = st == PGRES_TUPLES_OK && PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "";
+    PQclear(r);
+    REQUIRE((st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK));
+    return first;
+  };
+  run("BEGIN");
+  run("LOCK TABLE \"" + schema + "\".apikeys_keys IN ACCESS EXCLUSIVE MODE");
+
+  std::atomic<int> outcome{0};  // 1: found nothing (right), 2: found something, 3: threw
+  std::thread caller([&] {
+    try {
+      outcome = store.find(apikeys_test::contract::public_key(1)) ? 2 : 1;
+    } catch (...) {
+      outcome = 3;
+    }
+  });
+  const std::string waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = '\"" +
+                              schema + "\".apikeys_keys'::regclass";
+  const bool blocked = apikeys_test::eventually([&] { return run(waiting) == "1"; }, std::chrono::seconds(20));
+  {
+    // From here until the caller is done, only libpq (malloc) allocates on this thread.
+    std::optional<apikeys_test::alloc_probe::FailAllocations> no_allocations;
+    if (blocked) no_allocations.emplace();
+    PQclear(PQexec(locker, "COMMIT"));
+    caller.join();
+  }
+  REQUIRE(blocked);
+  CHECK(outcome.load() == 1);
+  // The connection went back and serves the next call.
+  CHECK_FALSE(store.find(apikeys_test::contract::public_key(2)));
+}
+
+TEST_CASE("PostgresStore: a last-use UPDATE waiting on a row lock never delays the revision poll",
+          "[servers][postgres][revision]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  const std::string schema = janitor.make();
 
   // This node: polls the revision and flushes last use every 20 ms; its statements may
   // wait up to 10 s for a lock, far longer than the rejection may take.
@@ -605,47 +654,4 @@ TEST_CASE("PostgresStore: returning a connection to the pool allocates nothing",
   CHECK(other.list(account).size() == 2);
   for (const auto& k : other.list(account)) CHECK(k.last_used_at.has_value());
   CHECK(node.validator().last_use_failures() == 0);
-  auto options = options_for(schema);
-  options.statement_timeout = milliseconds(30'000);  // the lock is held far less than this
-  apikeys::PostgresStore store(*pg, options);  // its migrating connection is not pooled
-
-  PGconn* locker = PQconnectdb(pg->c_str());
-  struct Finish {
-    PGconn* c;
-    ~Finish() { PQfinish(c); }
-  } finish{locker};
-  REQUIRE(PQstatus(locker) == CONNECTION_OK);
-  auto run = [&](const std::string& sql) {
-    PGresult* r = PQexec(locker, sql.c_str());
-    const ExecStatusType st = PQresultStatus(r);
-    std::string first = st == PGRES_TUPLES_OK && PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "";
-    PQclear(r);
-    REQUIRE((st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK));
-    return first;
-  };
-  run("BEGIN");
-  run("LOCK TABLE \"" + schema + "\".apikeys_keys IN ACCESS EXCLUSIVE MODE");
-
-  std::atomic<int> outcome{0};  // 1: found nothing (right), 2: found something, 3: threw
-  std::thread caller([&] {
-    try {
-      outcome = store.find(apikeys_test::contract::public_key(1)) ? 2 : 1;
-    } catch (...) {
-      outcome = 3;
-    }
-  });
-  const std::string waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = '\"" +
-                              schema + "\".apikeys_keys'::regclass";
-  const bool blocked = apikeys_test::eventually([&] { return run(waiting) == "1"; }, std::chrono::seconds(20));
-  {
-    // From here until the caller is done, only libpq (malloc) allocates on this thread.
-    std::optional<apikeys_test::alloc_probe::FailAllocations> no_allocations;
-    if (blocked) no_allocations.emplace();
-    PQclear(PQexec(locker, "COMMIT"));
-    caller.join();
-  }
-  REQUIRE(blocked);
-  CHECK(outcome.load() == 1);
-  // The connection went back and serves the next call.
-  CHECK_FALSE(store.find(apikeys_test::contract::public_key(2)));
 }
