@@ -101,7 +101,7 @@ bool is_rule_message(std::string_view m) {
 
 struct Fixture {
   std::shared_ptr<apikeys::MemoryStore> store = std::make_shared<apikeys::MemoryStore>();
-  apikeys::KeyManager manager{store, std::make_shared<apikeys::HmacSha256Hasher>(std::string(32, 'p')),
+  apikeys::KeyManager manager{store, std::make_shared<apikeys::HmacSha256Hasher>(fuzz::kPepper),
                               [] {
                                 apikeys::KeyManagerOptions o;
                                 o.validation.record_last_use = false;
