@@ -49,13 +49,12 @@ class APIKEYS_EXPORT Hasher {
 ///   2. no byte value in half or more of the bytes;
 ///   3. no period of at most half their length (no p <= size/2 with
 ///      bytes[i] == bytes[i + p] for every i), i.e. not a shorter sequence repeated.
-/// A pepper from a CSPRNG passes all but always; the chance that one is refused is
-/// below 1e-27 for 32 random bytes, 1e-25 for 43 base62 or 44 base64 characters, and
-/// 2e-19 for 64 hex characters used as they are (not decoded). The check cannot tell
-/// a secret from a guessable one ("correct horse battery staple..." passes): it catches
-/// mistakes, it does not replace a CSPRNG. Retired peppers (any other id) need only
-/// the 32 bytes, so digests made under a pepper this check now refuses still verify
-/// while keys move to a new current pepper.
+/// A pepper drawn from a CSPRNG is refused with a probability below 1e-27 as 32 raw
+/// bytes, 1e-25 as 43 base62 or 44 base64 characters, and 2e-19 as 64 hex characters
+/// used undecoded. The check cannot tell a secret from a guessable one ("correct horse
+/// battery staple..." passes): it catches mistakes, it does not replace a CSPRNG.
+/// Retired peppers (any other id) need only the 32 bytes, so digests made under a
+/// pepper this check now refuses still verify while keys move to a new current pepper.
 struct Pepper {
   std::uint32_t id = 0;    ///< Stored with each digest (Digest::pepper_id).
   std::string_view bytes;  ///< Copied by the hasher; the caller wipes its own copy.
