@@ -67,13 +67,19 @@ constexpr std::string_view kKey64Mac =
 constexpr std::string_view kKey65Mac =
     "59f8f4335fe2c1d9aeccbc023d65f3075a68a98f4e3ef5635c8546f64697bbe5";
 
-bool refused_with_invalid_argument(const std::vector<Pepper>& peppers, std::uint32_t current) {
+// The message of the Error(invalid_argument) that `peppers` earns, or "" when accepted
+// (or refused with another code).
+std::string refusal(const std::vector<Pepper>& peppers, std::uint32_t current) {
   try {
     const HmacSha256Hasher h(peppers, current);
   } catch (const apikeys::Error& e) {
-    return e.code() == apikeys::ErrorCode::invalid_argument;
+    if (e.code() == apikeys::ErrorCode::invalid_argument) return e.what();
   }
-  return false;
+  return {};
+}
+
+bool refused_with_invalid_argument(const std::vector<Pepper>& peppers, std::uint32_t current) {
+  return !refusal(peppers, current).empty();
 }
 
 bool same(const Digest& a, const Digest& b) { return a.bytes == b.bytes && a.pepper_id == b.pepper_id; }
@@ -178,17 +184,6 @@ std::string repeated(std::string_view block, std::size_t size) {
   std::string s;
   while (s.size() < size) s.push_back(block[s.size() % block.size()]);
   return s;
-}
-
-// The message of the Error(invalid_argument) that `peppers` earns, or "" when accepted
-// (or refused with another code).
-std::string refusal(const std::vector<Pepper>& peppers, std::uint32_t current) {
-  try {
-    const HmacSha256Hasher h(peppers, current);
-  } catch (const apikeys::Error& e) {
-    if (e.code() == apikeys::ErrorCode::invalid_argument) return e.what();
-  }
-  return {};
 }
 
 bool contains(std::string_view haystack, std::string_view needle) {
