@@ -292,7 +292,7 @@ struct Config {
 
 const std::shared_ptr<apikeys::Hasher>& shared_hasher() {
   static const std::shared_ptr<apikeys::Hasher> h =
-      std::make_shared<apikeys::HmacSha256Hasher>(std::string(32, '\x17'));
+      std::make_shared<apikeys::HmacSha256Hasher>("apikeys-timing-pepper-0123456789");
   return h;
 }
 

@@ -14,8 +14,10 @@
 #include <openssl/sha.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "apikeys/error.hpp"
 
@@ -36,6 +38,44 @@ namespace {
 
 constexpr std::size_t kBlock = 64;
 constexpr std::size_t kMinPepper = 32;
+constexpr std::size_t kMinDistinctBytes = 8;
+
+// The smallest p > 0 with bytes[i] == bytes[i + p] for every i < size - p (size itself
+// when there is none), from the prefix function (Knuth-Morris-Pratt): linear time for
+// any input. The table is derived from the pepper, so it is wiped.
+std::size_t smallest_period(std::string_view bytes) {
+  const std::size_t n = bytes.size();
+  if (n == 0) return 0;
+  std::vector<std::size_t> border(n, 0);
+  for (std::size_t i = 1; i < n; ++i) {
+    std::size_t k = border[i - 1];
+    while (k > 0 && bytes[i] != bytes[k]) k = border[k - 1];
+    if (bytes[i] == bytes[k]) ++k;
+    border[i] = k;
+  }
+  const std::size_t period = n - border[n - 1];
+  OPENSSL_cleanse(border.data(), border.size() * sizeof(std::size_t));
+  return period;
+}
+
+// The rule for a pepper that makes new digests (documented on Pepper): nullptr when the
+// bytes pass, else the rule they break. Only counts and a period are computed; nothing
+// of the bytes themselves reaches the message.
+const char* entropy_flaw(std::string_view bytes) {
+  std::array<std::size_t, 256> count{};
+  for (const char c : bytes) ++count[static_cast<unsigned char>(c)];
+  std::size_t distinct = 0;
+  std::size_t most = 0;
+  for (const std::size_t c : count) {
+    distinct += c != 0 ? 1 : 0;
+    most = std::max(most, c);
+  }
+  OPENSSL_cleanse(count.data(), sizeof count);
+  if (distinct < kMinDistinctBytes) return "has fewer than 8 distinct byte values";
+  if (most >= bytes.size() - most) return "has one byte value in half or more of its bytes";
+  if (smallest_period(bytes) <= bytes.size() / 2) return "is a shorter byte sequence repeated";
+  return nullptr;
+}
 
 #if !defined(OPENSSL_NO_DEPRECATED_3_0)
 struct KeyedState {
@@ -128,6 +168,14 @@ HmacSha256Hasher::HmacSha256Hasher(const std::vector<Pepper>& peppers, std::uint
       throw Error(ErrorCode::invalid_argument,
                   "pepper " + std::to_string(p.id) + " is " + std::to_string(p.bytes.size()) +
                       " bytes; at least 32 bytes are required");
+    }
+    if (p.id == current_id) {
+      if (const char* flaw = entropy_flaw(p.bytes)) {
+        throw Error(ErrorCode::invalid_argument,
+                    "pepper " + std::to_string(p.id) + " " + flaw +
+                        ", so it cannot be random; use 32 random bytes (e.g. hex-decoded "
+                        "`openssl rand -hex 32`)");
+      }
     }
     if (impl_->find(p.id) != nullptr) {
       throw Error(ErrorCode::invalid_argument, "pepper id " + std::to_string(p.id) + " is used twice");

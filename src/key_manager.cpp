@@ -16,14 +16,41 @@ namespace {
 // who pastes a secret into a title must not find it echoed into logs.
 [[noreturn]] void refuse(const char* rule) { throw Error(ErrorCode::invalid_argument, rule); }
 
-void check_text(std::string_view text, std::size_t max_code_points, std::string_view allowed_controls,
-                const char* not_utf8, const char* too_long, const char* control) {
+// The rules of one text field, with the message for each.
+struct TextRules {
+  std::size_t max_code_points;
+  std::string_view allowed_controls;
+  const char* not_utf8;
+  const char* too_long;
+  const char* control;
+  const char* bidi_or_zero_width;
+};
+
+// Bidirectional formatting and zero-width characters are invisible but reorder or join
+// what surrounds them, so a dashboard could show one key's title as another's.
+constexpr TextRules kTitleRules{
+    KeyManager::kMaxTitleCodePoints,
+    {},
+    "title must be valid UTF-8",
+    "title must be at most 255 characters",
+    "title must not contain control characters",
+    "title must not contain bidirectional formatting or zero-width characters"};
+constexpr TextRules kDescriptionRules{
+    KeyManager::kMaxDescriptionCodePoints,
+    "\t\n\r",
+    "description must be valid UTF-8",
+    "description must be at most 1024 characters",
+    "description must not contain control characters other than tab and newline",
+    "description must not contain bidirectional formatting or zero-width characters"};
+
+void check_text(std::string_view text, const TextRules& rules) {
   // Four bytes per code point at most: anything larger is too long without decoding it.
-  if (text.size() > max_code_points * 4) refuse(too_long);
+  if (text.size() > rules.max_code_points * 4) refuse(rules.too_long);
   const auto n = detail::utf8_length(text, std::numeric_limits<std::size_t>::max());
-  if (!n) refuse(not_utf8);
-  if (*n > max_code_points) refuse(too_long);
-  if (detail::has_control(text, allowed_controls)) refuse(control);
+  if (!n) refuse(rules.not_utf8);
+  if (*n > rules.max_code_points) refuse(rules.too_long);
+  if (detail::has_control(text, rules.allowed_controls)) refuse(rules.control);
+  if (detail::has_bidi_or_zero_width(text)) refuse(rules.bidi_or_zero_width);
 }
 
 // One error model: a user's Store may throw anything; callers only ever see Error.
@@ -46,11 +73,8 @@ CreateRequest normalize_request(const CreateRequest& request) {
   CreateRequest out;
   const std::string_view title = detail::trim_ascii(request.title);
   if (title.empty()) refuse("title must not be empty or blank");
-  check_text(title, KeyManager::kMaxTitleCodePoints, {}, "title must be valid UTF-8",
-             "title must be at most 255 characters", "title must not contain control characters");
-  check_text(request.description, KeyManager::kMaxDescriptionCodePoints, "\t\n\r",
-             "description must be valid UTF-8", "description must be at most 1024 characters",
-             "description must not contain control characters other than tab and newline");
+  check_text(title, kTitleRules);
+  check_text(request.description, kDescriptionRules);
   if (request.expires_in_days &&
       (*request.expires_in_days < 1 || *request.expires_in_days > KeyManager::kMaxExpiryDays)) {
     refuse("expires_in_days must be between 1 and 365");

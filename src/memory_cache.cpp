@@ -232,10 +232,12 @@ struct MemoryCache::Impl {
 
 MemoryCache::MemoryCache(MemoryCacheOptions options) : impl_(std::make_unique<Impl>()) {
   impl_->clock = options.clock ? std::move(options.clock) : system_clock();
-  const std::size_t capacity = std::max<std::size_t>(options.capacity, 1);
+  const std::size_t capacity =
+      std::clamp<std::size_t>(options.capacity, 1, MemoryCacheOptions::kMaxCapacity);
   const std::size_t n = std::min(round_up_pow2(std::max<std::size_t>(options.shards, 1)),
                                  round_up_pow2(capacity));
-  impl_->per_shard_capacity = std::max<std::size_t>(1, (capacity + n - 1) / n);
+  // Rounded up; the usual (capacity + n - 1) / n wraps to nothing near SIZE_MAX.
+  impl_->per_shard_capacity = capacity / n + (capacity % n != 0 ? 1 : 0);
   impl_->shards.reserve(n);
   for (std::size_t i = 0; i < n; ++i) impl_->shards.push_back(std::make_unique<Shard>());
 }

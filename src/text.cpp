@@ -54,6 +54,23 @@ bool has_control(std::string_view s, std::string_view allowed) noexcept {
   return false;
 }
 
+bool has_bidi_or_zero_width(std::string_view s) noexcept {
+  for (std::size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    // Valid UTF-8: the lead byte gives the length, and every sequence is complete.
+    const std::size_t len = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+    if (s.size() - i < len) return false;
+    std::uint32_t cp = len == 1 ? c : c & (0x7Fu >> len);
+    for (std::size_t k = 1; k < len; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3Fu);
+    if (cp == 0x061C || (cp >= 0x200B && cp <= 0x200F) || (cp >= 0x202A && cp <= 0x202E) ||
+        cp == 0x2060 || (cp >= 0x2066 && cp <= 0x2069) || cp == 0xFEFF) {
+      return true;
+    }
+    i += len;
+  }
+  return false;
+}
+
 std::string_view trim_ascii(std::string_view s) noexcept {
   constexpr std::string_view kSpace = " \t\n\r\f\v";
   const auto first = s.find_first_not_of(kSpace);

@@ -17,6 +17,13 @@ std::optional<std::size_t> utf8_length(std::string_view s, std::size_t limit) no
 /// or a C1 control character (U+0080..U+009F, for UTF-8 input).
 bool has_control(std::string_view s, std::string_view allowed) noexcept;
 
+/// True when `s` contains a bidirectional formatting character (U+061C ARABIC LETTER
+/// MARK, U+200E/U+200F LRM/RLM, U+202A-U+202E embeddings and overrides, U+2066-U+2069
+/// isolates) or a zero-width one (U+200B-U+200D, U+2060 WORD JOINER, U+FEFF). They
+/// display as nothing, yet reorder or join the text around them.
+/// REQUIRES: `s` is valid UTF-8 (utf8_length accepted it).
+bool has_bidi_or_zero_width(std::string_view s) noexcept;
+
 /// `s` without leading and trailing ASCII white space.
 std::string_view trim_ascii(std::string_view s) noexcept;
 

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -401,6 +402,36 @@ TEST_CASE("MemoryCache: size stays within capacity", "[cache]") {
       f.fill(pk(1), digest_of(g), negative(ValidationCode::wrong_secret), milliseconds(60'000));
     }
     CHECK(f.cache->size() <= 1);
+  }
+}
+
+TEST_CASE("MemoryCache: a capacity near SIZE_MAX is clamped, never wrapped", "[cache]") {
+  constexpr std::size_t kMax = std::numeric_limits<std::size_t>::max();
+  constexpr std::size_t kKeys = 5'000;
+  // SIZE_MAX - 62 is where capacity + 63 (64 shards) wraps to zero.
+  for (const std::size_t capacity : {kMax, kMax - 1, kMax - 62, kMax / 2 + 1, MemoryCacheOptions::kMaxCapacity,
+                                     MemoryCacheOptions::kMaxCapacity + 1}) {
+    for (const std::size_t shards : {std::size_t{64}, std::size_t{1}, kMax}) {
+      INFO("capacity " << capacity << ", shards " << shards);
+      Fixture f(capacity, shards);
+      for (std::size_t i = 0; i < kKeys; ++i) {
+        f.fill(pk(i), digest_of(static_cast<std::uint32_t>(i)), valid_verdict(1), milliseconds(60'000));
+      }
+      // Nothing evicted: every key is still there.
+      CHECK(f.cache->size() == kKeys);
+      std::size_t held = 0;
+      for (std::size_t i = 0; i < kKeys; ++i) {
+        if (f.cache->get(pk(i), digest_of(static_cast<std::uint32_t>(i))).has_value()) ++held;
+      }
+      CHECK(held == kKeys);
+    }
+  }
+  SECTION("capacity 0 is taken as 1") {
+    Fixture f(0, 64);
+    f.fill(pk(1), digest_of(1), valid_verdict(1), milliseconds(60'000));
+    f.fill(pk(2), digest_of(2), valid_verdict(1), milliseconds(60'000));
+    CHECK(f.cache->size() == 1);
+    CHECK(f.cache->get(pk(2), digest_of(2)).has_value());
   }
 }
 

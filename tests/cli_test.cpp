@@ -29,6 +29,7 @@ using Json = nlohmann::json;
 
 // 32 bytes of hex; only for tests.
 const std::string kPepperHex = "00112233445566778899aabbccddeeff0123456789abcdef0123456789abcdef";
+const std::string kOtherPepperHex = "fedcba9876543210fedcba9876543210ffeeddccbbaa99887766554433221100";
 
 using Run = apikeys_test::ProgramRun;
 
@@ -311,9 +312,35 @@ TEST_CASE("cli: the pepper is required and checked", "[cli]") {
     // A different pepper: the same key is a wrong secret.
     const Run w = run_cli({"--db", db, "verify", k.at("public_key").get<std::string>(),
                            k.at("secret_key").get<std::string>()},
-                          std::string(64, 'e'));
+                          kOtherPepperHex);
     CHECK(w.code == 1);
     CHECK(Json::parse(w.out).at("code") == "wrong_secret");
+  }
+  SECTION("a pepper that cannot be random") {
+    // Well-formed hex of 32 bytes or more, refused by the library's pepper check.
+    for (const std::string& weak : {std::string(64, '0'), std::string(64, 'f'), std::string(128, '0'),
+                                     std::string("0001000100010001000100010001000100010001000100010001000100010001"),
+                                     kPepperHex.substr(0, 32) + kPepperHex.substr(0, 32)}) {
+      INFO(weak);
+      const Run r = run_cli(create, weak);
+      CHECK(r.code == 2);
+      CHECK(r.out.empty());
+      CHECK(contains(r.err, "pepper"));
+      CHECK_FALSE(contains(r.err, weak));
+      CHECK_FALSE(contains(r.err, weak.substr(0, 16)));
+      CHECK_FALSE(contains(r.err, hex_decode(weak)));
+      // Refused before the database is opened: nothing was made.
+      CHECK_FALSE(fs::exists(db));
+    }
+    const std::string file = dir.file("zero.hex");
+    {
+      std::ofstream(file) << std::string(64, '0') << "\n";
+    }
+    const Run r = run_cli({"--db", db, "--pepper-file", file, "create", "--account", kAccount, "--title", "t"},
+                          std::nullopt);
+    CHECK(r.code == 2);
+    CHECK_FALSE(contains(r.err, std::string(16, '0')));
+    CHECK_FALSE(fs::exists(db));
   }
   SECTION("--pepper-file that does not exist") {
     std::vector<std::string> args{"--db", db, "--pepper-file", dir.file("nope"), "create",

@@ -1,5 +1,6 @@
 // Tests of apikeys/hasher.hpp: HmacSha256Hasher against known HMAC-SHA256 vectors,
-// its construction rules, pepper rotation, verify(), and use from several threads.
+// its construction rules (the pepper check included), pepper rotation, verify(), and
+// use from several threads.
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -12,8 +13,11 @@
 #include <thread>
 #include <vector>
 
+#include <openssl/rand.h>
+
 #include "apikeys/error.hpp"
 #include "apikeys/hasher.hpp"
+#include "apikeys/key_generator.hpp"
 #include "apikeys/types.hpp"
 #include "catch.hpp"
 #include "test_support.hpp"
@@ -63,13 +67,19 @@ constexpr std::string_view kKey64Mac =
 constexpr std::string_view kKey65Mac =
     "59f8f4335fe2c1d9aeccbc023d65f3075a68a98f4e3ef5635c8546f64697bbe5";
 
-bool refused_with_invalid_argument(const std::vector<Pepper>& peppers, std::uint32_t current) {
+// The message of the Error(invalid_argument) that `peppers` earns, or "" when accepted
+// (or refused with another code).
+std::string refusal(const std::vector<Pepper>& peppers, std::uint32_t current) {
   try {
     const HmacSha256Hasher h(peppers, current);
   } catch (const apikeys::Error& e) {
-    return e.code() == apikeys::ErrorCode::invalid_argument;
+    if (e.code() == apikeys::ErrorCode::invalid_argument) return e.what();
   }
-  return false;
+  return {};
+}
+
+bool refused_with_invalid_argument(const std::vector<Pepper>& peppers, std::uint32_t current) {
+  return !refusal(peppers, current).empty();
 }
 
 bool same(const Digest& a, const Digest& b) { return a.bytes == b.bytes && a.pepper_id == b.pepper_id; }
@@ -77,15 +87,10 @@ bool same(const Digest& a, const Digest& b) { return a.bytes == b.bytes && a.pep
 }  // namespace
 
 TEST_CASE("HmacSha256Hasher matches RFC 4231 test cases 6 and 7", "[hasher]") {
-  const HmacSha256Hasher h({Pepper{7, kRfcKey}}, 7);
-  REQUIRE(h.current_pepper_id() == 7);
-
-  const Digest d6 = h.hash(kRfc6Data);
-  CHECK(to_hex(d6.bytes) == kRfc6Mac);
-  CHECK(d6.pepper_id == 7);
-  const Digest d7 = h.hash(kRfc7Data);
-  CHECK(to_hex(d7.bytes) == kRfc7Mac);
-  CHECK(d7.pepper_id == 7);
+  // The RFC's key (one byte value 131 times) may not make new digests, so it is a
+  // retired pepper here: hash_with and verify use it exactly as hash() would.
+  const HmacSha256Hasher h({Pepper{1, kTestPepper}, Pepper{7, kRfcKey}}, 1);
+  REQUIRE(h.current_pepper_id() == 1);
 
   const auto w6 = h.hash_with(kRfc6Data, 7);
   REQUIRE(w6.has_value());
@@ -138,7 +143,7 @@ TEST_CASE("HmacSha256Hasher matches vectors for 32-, 64- and 65-byte keys", "[ha
 
 TEST_CASE("HmacSha256Hasher refuses bad peppers with invalid_argument", "[hasher]") {
   const std::string p31(31, 'k');
-  const std::string p32(32, 'k');
+  const std::string p32 = kKey32;
   SECTION("pepper shorter than 32 bytes") {
     REQUIRE_THROWS_AS(HmacSha256Hasher(p31), apikeys::Error);
     bool threw = false;
@@ -171,6 +176,117 @@ TEST_CASE("HmacSha256Hasher refuses bad peppers with invalid_argument", "[hasher
     CHECK(h.hash("x").pepper_id == 0xffffffffu);
     CHECK(h.hash_with("x", 0).has_value());
   }
+}
+
+namespace {
+
+std::string repeated(std::string_view block, std::size_t size) {
+  std::string s;
+  while (s.size() < size) s.push_back(block[s.size() % block.size()]);
+  return s;
+}
+
+bool contains(std::string_view haystack, std::string_view needle) {
+  return haystack.find(needle) != std::string_view::npos;
+}
+
+}  // namespace
+
+TEST_CASE("HmacSha256Hasher refuses a current pepper that cannot be random", "[hasher]") {
+  constexpr std::string_view kTooFew = "fewer than 8 distinct byte values";
+  constexpr std::string_view kHalf = "one byte value in half or more of its bytes";
+  constexpr std::string_view kRepeated = "a shorter byte sequence repeated";
+  struct Case {
+    const char* what;
+    std::string bytes;
+    std::string_view rule;
+  };
+  const std::string sixteen = range_bytes(0x41, 0x50);  // 16 distinct bytes
+  const std::vector<Case> cases = {
+      {"32 zero bytes", std::string(32, '\0'), kTooFew},
+      {"32 0xFF bytes", std::string(32, '\xff'), kTooFew},
+      {"64 'a'", std::string(64, 'a'), kTooFew},
+      {"64 hex zeros, not decoded", std::string(64, '0'), kTooFew},
+      {"00 01 repeated", repeated(std::string_view("\x00\x01", 2), 32), kTooFew},
+      {"a 2-byte pattern", repeated("ab", 40), kTooFew},
+      {"a 4-byte pattern", repeated("\xde\xad\xbe\xef", 32), kTooFew},
+      {"four runs of one byte", "aaaaaaaabbbbbbbbccccccccdddddddd", kTooFew},
+      // Each of these passes the other rules: only the named one refuses it.
+      {"an 8-byte pattern", repeated("01234567", 32), kRepeated},
+      {"a 16-byte block twice", sixteen + sixteen, kRepeated},
+      {"a 13-byte pattern, cut short", repeated("0123456789abc", 32), kRepeated},
+      {"16 bytes padded with zeros", sixteen + std::string(16, '\0'), kHalf},
+      {"one byte value in 17 of 32", range_bytes(0x41, 0x4f) + std::string(17, 'z'), kHalf},
+  };
+  for (const Case& c : cases) {
+    INFO(c.what);
+    REQUIRE(c.bytes.size() >= 32);
+    const std::string single = refusal({Pepper{1, c.bytes}}, 1);
+    CHECK(contains(single, c.rule));
+    CHECK(contains(single, "pepper 1 "));
+    // The message never holds the pepper, raw or hex.
+    CHECK_FALSE(contains(single, c.bytes));
+    CHECK_FALSE(contains(single, to_hex(c.bytes)));
+    CHECK_FALSE(contains(single, c.bytes.substr(0, 8)));
+    // The one-pepper constructor applies the same rule.
+    CHECK_THROWS_AS(HmacSha256Hasher(c.bytes), apikeys::Error);
+    // So does the list, whatever the current pepper's id and position.
+    CHECK(contains(refusal({Pepper{1, kTestPepper}, Pepper{9, c.bytes}}, 9), "pepper 9 "));
+    CHECK(contains(refusal({Pepper{9, c.bytes}, Pepper{1, kTestPepper}}, 9), c.rule));
+  }
+}
+
+TEST_CASE("HmacSha256Hasher accepts a pepper just inside each rule", "[hasher]") {
+  // Exactly 8 distinct byte values, none in half the bytes, no period.
+  CHECK_NOTHROW(HmacSha256Hasher("abcdefghhgfedcbaaceghbdffdbhgeca"));
+  // One byte value in 15 of 32 (under half), 17 others.
+  CHECK_NOTHROW(HmacSha256Hasher(range_bytes(0x41, 0x51) + std::string(15, '\0')));
+  // Period 17 in 32 bytes: longer than half, so not a repeated shorter sequence.
+  CHECK_NOTHROW(HmacSha256Hasher(repeated(range_bytes(0x41, 0x51), 32)));
+  // The fixed peppers the tests, examples and benchmarks use.
+  CHECK_NOTHROW(HmacSha256Hasher(kTestPepper));
+  CHECK_NOTHROW(HmacSha256Hasher(kTestPepper2));
+  CHECK_NOTHROW(HmacSha256Hasher(kKey32));
+}
+
+TEST_CASE("HmacSha256Hasher accepts peppers from a CSPRNG", "[hasher]") {
+  constexpr int kEach = 10'000;
+  int refused_raw = 0;
+  int refused_hex = 0;
+  int refused_base62 = 0;
+  std::array<std::uint8_t, 32> raw{};
+  for (int i = 0; i < kEach; ++i) {
+    REQUIRE(RAND_bytes(raw.data(), static_cast<int>(raw.size())) == 1);
+    // Raw bytes, as the README's hex-decoded `openssl rand -hex 32`.
+    const std::string bytes(raw.begin(), raw.end());
+    if (!refusal({Pepper{1, bytes}}, 1).empty()) ++refused_raw;
+    // The same as 64 hex characters used without decoding.
+    if (!refusal({Pepper{1, to_hex(raw)}}, 1).empty()) ++refused_hex;
+    // 43 base62 characters, as the examples make them.
+    std::string base62;
+    apikeys::append_random_base62(base62, 43);
+    if (!refusal({Pepper{1, base62}}, 1).empty()) ++refused_base62;
+  }
+  CHECK(refused_raw == 0);
+  CHECK(refused_hex == 0);
+  CHECK(refused_base62 == 0);
+}
+
+TEST_CASE("HmacSha256Hasher keeps a retired pepper that fails the check", "[hasher]") {
+  // A deployment whose pepper is now refused moves to a new current pepper while the
+  // keys it already issued keep verifying under the old one.
+  const std::string weak(32, '\0');
+  const std::string secret = "sk_retiredretiredretiredretiredre";
+  const HmacSha256Hasher h({Pepper{1, weak}, Pepper{2, kTestPepper}}, 2);
+  const auto old = h.hash_with(secret, 1);
+  REQUIRE(old.has_value());
+  CHECK(h.verify(secret, *old));
+  CHECK(h.hash(secret).pepper_id == 2);
+  // It still may not make new digests.
+  CHECK(contains(refusal({Pepper{1, weak}, Pepper{2, kTestPepper}}, 1), "pepper 1 "));
+  // And it still needs its 32 bytes.
+  CHECK(contains(refusal({Pepper{1, std::string(31, '\0')}, Pepper{2, kTestPepper}}, 2),
+                 "at least 32 bytes"));
 }
 
 TEST_CASE("HmacSha256Hasher copies its peppers", "[hasher]") {

@@ -1,5 +1,6 @@
 // Hostile input (issue 5, item 6): titles and descriptions with quotes, SQL fragments,
-// format strings, NUL bytes, control characters, invalid UTF-8 and 1 MB strings are
+// format strings, NUL bytes, control characters, invalid UTF-8, bidirectional overrides,
+// zero-width characters and 1 MB strings are
 // either refused with Error(invalid_argument) (nothing stored) or stored and returned
 // byte-exactly, on MemoryStore and SqliteStore (across a reopen too). Tokens of every
 // malformed shape answer `malformed` without the store being consulted.
@@ -44,8 +45,8 @@ std::vector<Case> accepted_cases() {
       {"markup", "<script>alert(1)</script>", "<img src=x onerror=alert(1)> &amp; ]]>"},
       {"backslash escapes as text", R"(\0 \x00 \n \u0000)", R"(\r\n\t \\x1b[31m)"},
       {"unicode", "\xF0\x9F\x94\x91 cl\xC3\xA9 \xE4\xB8\xAD\xE6\x96\x87 \xD7\xA2\xD7\x91",
-       "combining e\xCC\x81, ZWJ \xF0\x9F\x91\xA9\xE2\x80\x8D\xF0\x9F\x92\xBB, RTL \xE2\x80\xAE override"},
-      {"noncharacters and BOM", "\xEF\xBB\xBF\xEF\xBF\xBF\xF4\x8F\xBF\xBF", "\xEF\xBF\xBE"},
+       "combining e\xCC\x81, emoji \xF0\x9F\x91\xA9\xF0\x9F\x8F\xBD\xE2\x9D\xA4\xEF\xB8\x8F, RTL \xD7\xA2\xD7\x91 text"},
+      {"noncharacters", "\xEF\xBF\xBF\xF4\x8F\xBF\xBF", "\xEF\xBF\xBE"},
       {"max title: 255 four-byte code points", repeat("\xF0\x9F\x98\x80", 255), ""},
       {"max description: 1024 four-byte code points", "max", repeat("\xF0\x90\x8D\x88", 1024)},
       {"description with tab, newline, carriage return", "multi", "line 1\r\nline 2\n\tindented\r"},
@@ -75,6 +76,12 @@ std::vector<Case> refused_cases() {
       {"escape sequence in description", "t", "\x1b]0;owned\x07"},
       {"DEL", "a\x7f", ""},
       {"C1 control (NEL)", "a\xC2\x85z", ""},
+      {"right-to-left override in title", "invoice\xE2\x80\xAEtxt.exe", ""},
+      {"right-to-left override in description", "t", "RTL \xE2\x80\xAE override"},
+      {"bidi isolate in title", "a\xE2\x81\xA7" "b\xE2\x81\xA9", ""},
+      {"zero-width space in title", "pay\xE2\x80\x8Broll", ""},
+      {"emoji joined by ZWJ in description", "t", "ZWJ \xF0\x9F\x91\xA9\xE2\x80\x8D\xF0\x9F\x92\xBB"},
+      {"BOM at the start of a title", "\xEF\xBB\xBFtitle", ""},
       {"form feed inside title", "a\fb", ""},
       {"vertical tab in description", "t", "a\vb"},
       {"blank title", " \t\r\n ", ""},

@@ -403,6 +403,89 @@ TEST_CASE("KeyManager description rules", "[key_manager]") {
   }
 }
 
+namespace {
+
+// UTF-8 of one code point (U+0080 to U+FFFF).
+std::string utf8(std::uint32_t cp) {
+  std::string out;
+  if (cp < 0x800) {
+    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+  } else {
+    out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
+    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+  }
+  out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  return out;
+}
+
+// The bidirectional formatting and zero-width characters titles and descriptions refuse.
+const std::vector<std::uint32_t> kInvisible = {
+    0x061C,                                  // ARABIC LETTER MARK
+    0x200B, 0x200C, 0x200D,                  // zero-width space, non-joiner, joiner
+    0x200E, 0x200F,                          // LEFT-TO-RIGHT and RIGHT-TO-LEFT MARK
+    0x202A, 0x202B, 0x202C, 0x202D, 0x202E,  // embeddings, pop, overrides
+    0x2060,                                  // WORD JOINER
+    0x2066, 0x2067, 0x2068, 0x2069,          // isolates and their pop
+    0xFEFF,                                  // zero-width no-break space (BOM)
+};
+
+}  // namespace
+
+TEST_CASE("KeyManager refuses bidirectional formatting and zero-width characters", "[key_manager]") {
+  TestManager t = make_manager();
+  const Uuid acct = account_id(1);
+  const std::string kTitleRule = "title must not contain bidirectional formatting or zero-width characters";
+  const std::string kDescriptionRule =
+      "description must not contain bidirectional formatting or zero-width characters";
+  for (const std::uint32_t cp : kInvisible) {
+    const std::string c = utf8(cp);
+    INFO("U+" << std::hex << cp);
+    for (const std::string& text : {c + "billing", "bill" + c + "ing", "billing" + c, c, "  " + c + "  ",
+                                    "\xd7\xa2\xd7\x91" + c + "123", c + kFakeSecret}) {
+      INFO(show(text));
+      CHECK(refusal_problem(t, acct, req(text)) == "");
+      CHECK(refusal_message(t, acct, req(text)) == kTitleRule);
+      CHECK(refusal_problem(t, acct, req("t", text)) == "");
+      CHECK(refusal_message(t, acct, req("t", text)) == kDescriptionRule);
+      CHECK(refusal_message(t, acct, req("t", "line one\n" + text + "\nline three")) == kDescriptionRule);
+    }
+  }
+  // The classic spoof: an override that makes "txt.exe" display as "exe.txt".
+  CHECK(refusal_message(t, acct, req("invoice" + utf8(0x202E) + "txt.exe")) == kTitleRule);
+  CHECK(t.store->size() == 0);
+  CHECK(t->list(acct).empty());
+  // normalize_request applies the same rule without a store.
+  CHECK_THROWS_AS(apikeys::normalize_request(req("a" + utf8(0x2066) + "b")), apikeys::Error);
+}
+
+TEST_CASE("KeyManager accepts text in any script, emoji and the invisibles' neighbours", "[key_manager]") {
+  TestManager t = make_manager();
+  const Uuid acct = account_id(1);
+  const std::vector<std::string> good = {
+      "Z\xc3\xbcrich",                                    // Zürich
+      "\xe6\x9d\xb1\xe4\xba\xac",                        // 東京
+      "\xf0\x9f\x94\x91 deploy \xf0\x9f\x9a\x80",          // emoji
+      "\xe2\x9d\xa4\xef\xb8\x8f",                        // U+2764 U+FE0F: emoji with a variation selector
+      "\xf0\x9f\x91\x8d\xf0\x9f\x8f\xbd",                // emoji with a skin-tone modifier
+      "\xd9\x85\xd9\x81\xd8\xaa\xd8\xa7\xd8\xad",          // Arabic letters
+      "\xd7\x9e\xd7\xa4\xd7\xaa\xd7\x97 API 2",            // Hebrew letters, then Latin and digits
+      "\xe0\xa4\x95\xe0\xa5\x81\xe0\xa4\x82\xe0\xa4\x9c\xe0\xa5\x80",  // Devanagari
+      "e\xcc\x81",                                      // e + combining acute accent
+      "a\xc2\xa0" "b",                                  // no-break space
+      // Code points beside the refused ones.
+      "a" + utf8(0x061B) + utf8(0x061D) + "b",
+      "a" + utf8(0x200A) + utf8(0x2010) + "b",
+      "a" + utf8(0x2027) + utf8(0x202F) + "b",
+      "a" + utf8(0x205F) + utf8(0x2070) + "b",
+      "a" + utf8(0xFEFC) + utf8(0xFF01) + "b",
+  };
+  for (const std::string& g : good) {
+    CHECK(acceptance_problem(t, acct, req(g)) == "");
+    CHECK(acceptance_problem(t, acct, req("t", g)) == "");
+  }
+  CHECK(t.store->size() == 2 * good.size());
+}
+
 TEST_CASE("KeyManager expiry rules", "[key_manager]") {
   TestManager t = make_manager();
   const Uuid acct = account_id(1);

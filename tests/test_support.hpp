@@ -133,16 +133,22 @@ inline std::vector<std::uint8_t> from_hex(std::string_view hex) {
 }
 
 /// Lower-case hex of `bytes`.
-template <std::size_t N>
-std::string to_hex(const std::array<std::uint8_t, N>& bytes) {
+inline std::string to_hex(std::string_view bytes) {
   static constexpr char kDigits[] = "0123456789abcdef";
   std::string out;
-  out.reserve(2 * N);
-  for (std::uint8_t b : bytes) {
+  out.reserve(2 * bytes.size());
+  for (const char c : bytes) {
+    const auto b = static_cast<unsigned char>(c);
     out.push_back(kDigits[b >> 4]);
     out.push_back(kDigits[b & 0x0f]);
   }
   return out;
+}
+
+/// Lower-case hex of `bytes`.
+template <std::size_t N>
+std::string to_hex(const std::array<std::uint8_t, N>& bytes) {
+  return to_hex(std::string_view(reinterpret_cast<const char*>(bytes.data()), N));
 }
 
 }  // namespace apikeys_test

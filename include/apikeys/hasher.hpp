@@ -41,6 +41,20 @@ class APIKEYS_EXPORT Hasher {
 
 /// One server-side key for the HMAC. `bytes` must be at least 32 bytes of
 /// high-entropy data (e.g. 32 random bytes, hex-decoded from configuration).
+///
+/// The current pepper (the one that makes new digests) must also pass a fixed check
+/// that refuses placeholders such as all zeros, "aaaa...", 00 01 00 01..., a block
+/// written twice or a short key padded with zeros. Its bytes must have
+///   1. at least 8 distinct byte values;
+///   2. no byte value in half or more of the bytes;
+///   3. no period of at most half their length (no p <= size/2 with
+///      bytes[i] == bytes[i + p] for every i), i.e. not a shorter sequence repeated.
+/// A pepper drawn from a CSPRNG is refused with a probability below 1e-27 as 32 raw
+/// bytes, 1e-25 as 43 base62 or 44 base64 characters, and 2e-19 as 64 hex characters
+/// used undecoded. The check cannot tell a secret from a guessable one ("correct horse
+/// battery staple..." passes): it catches mistakes, it does not replace a CSPRNG.
+/// Retired peppers (any other id) need only the 32 bytes, so digests made under a
+/// pepper this check now refuses still verify while keys move to a new current pepper.
 struct Pepper {
   std::uint32_t id = 0;    ///< Stored with each digest (Digest::pepper_id).
   std::string_view bytes;  ///< Copied by the hasher; the caller wipes its own copy.
@@ -51,9 +65,11 @@ struct Pepper {
 class APIKEYS_EXPORT HmacSha256Hasher final : public Hasher {
  public:
   /// Throws Error(invalid_argument) when `peppers` is empty, a pepper is shorter than
-  /// 32 bytes, two peppers share an id, or `current_id` is not among them.
+  /// 32 bytes, the current pepper fails the check described at Pepper, two peppers
+  /// share an id, or `current_id` is not among them. The message names the pepper id
+  /// and the rule, never the bytes.
   HmacSha256Hasher(const std::vector<Pepper>& peppers, std::uint32_t current_id);
-  /// Shorthand for one pepper with id 1.
+  /// Shorthand for one pepper with id 1 (the current one, so the check at Pepper applies).
   explicit HmacSha256Hasher(std::string_view pepper);
   ~HmacSha256Hasher() override;
 

@@ -17,13 +17,19 @@
 
 namespace apikeys {
 
-/// What create() needs.
+/// What create() needs. Neither text field may contain the invisible characters that
+/// reorder or join the text around them, which could make a dashboard show one key's
+/// title as another's: the bidirectional formatting characters U+061C, U+200E, U+200F,
+/// U+202A-U+202E and U+2066-U+2069, and the zero-width U+200B-U+200D, U+2060 and
+/// U+FEFF. That also refuses emoji joined by U+200D (e.g. a family emoji) and the
+/// U+200C of Persian spelling; other emoji and every script's letters are accepted.
 struct CreateRequest {
   /// Trimmed of ASCII white space; then 1 to 255 Unicode code points of valid UTF-8,
-  /// with no control characters.
+  /// with no control characters and none of the invisible characters above.
   std::string title;
   /// Optional (empty: none). Valid UTF-8, at most kMaxDescriptionCodePoints code
-  /// points, no control characters other than tab, line feed and carriage return.
+  /// points, no control characters other than tab, line feed and carriage return, and
+  /// none of the invisible characters above.
   std::string description;
   /// Optional lifetime in days, 1 to 365. nullopt: never expires.
   std::optional<int> expires_in_days;

@@ -6,6 +6,7 @@
 #define APIKEYS_MEMORY_CACHE_HPP
 
 #include <cstddef>
+#include <limits>
 #include <memory>
 
 #include "apikeys/cache.hpp"
@@ -16,11 +17,17 @@ namespace apikeys {
 
 /// Options for MemoryCache. Every field states its default.
 struct MemoryCacheOptions {
-  /// Most public keys held at once (split evenly over the shards); beyond it an entry
-  /// of the full shard is evicted, an expired one when a small sample finds one, else an
-  /// arbitrary one. Default 1,000,000.
+  /// The largest capacity: more entries than fit in memory (each takes over 128 bytes),
+  /// so a capacity clamped to it is bounded by memory alone.
+  static constexpr std::size_t kMaxCapacity = std::numeric_limits<std::size_t>::max() / 128;
+
+  /// Most public keys held at once (split evenly over the shards, each shard's share
+  /// rounded up); beyond it an entry of the full shard is evicted, an expired one when a
+  /// small sample finds one, else an arbitrary one. 0 is taken as 1, and anything above
+  /// kMaxCapacity (SIZE_MAX included) as kMaxCapacity. Default 1,000,000.
   std::size_t capacity = 1'000'000;
-  /// Number of independently locked shards (rounded up to a power of two). Default 64.
+  /// Number of independently locked shards, rounded up to a power of two, at most
+  /// 65,536 and at most the capacity rounded up to a power of two. Default 64.
   std::size_t shards = 64;
   /// Source of time for TTLs. Default (null): the system clock.
   std::shared_ptr<Clock> clock;

@@ -1,7 +1,8 @@
 // fuzz_request: KeyManager's request rules (normalize_request and create) on arbitrary
 // titles and descriptions. A reference implementation of the documented rules (ASCII
 // trim; 1-255 / 0-1024 code points of valid UTF-8 per Unicode table 3-7; no C0, DEL or
-// C1 controls; tab, LF and CR allowed in descriptions) must agree on accept/refuse; an
+// C1 controls; tab, LF and CR allowed in descriptions; no bidirectional formatting or
+// zero-width characters) must agree on accept/refuse; an
 // accepted request is stored and listed back byte-exactly; a refusal is
 // Error(invalid_argument) whose message never echoes the submitted text.
 // Input: expiry byte, title \0 description.
@@ -68,16 +69,29 @@ bool ref_decode(std::string_view s, F&& on_code_point) {
   return true;
 }
 
+// The code points CreateRequest documents as refused in both fields, one by one.
+bool ref_invisible(std::uint32_t cp) {
+  static constexpr std::uint32_t kRefused[] = {0x061C, 0x200B, 0x200C, 0x200D, 0x200E, 0x200F,
+                                               0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2060,
+                                               0x2066, 0x2067, 0x2068, 0x2069, 0xFEFF};
+  for (const std::uint32_t r : kRefused) {
+    if (cp == r) return true;
+  }
+  return false;
+}
+
 // The documented rule for one text field.
 bool ref_text_ok(std::string_view s, std::size_t max_code_points, bool allow_tab_newline) {
   std::size_t n = 0;
   bool control = false;
+  bool invisible = false;
   const bool utf8 = ref_decode(s, [&](std::uint32_t cp) {
     ++n;
     const bool allowed = allow_tab_newline && (cp == '\t' || cp == '\n' || cp == '\r');
     if ((cp < 0x20 || cp == 0x7F || (cp >= 0x80 && cp <= 0x9F)) && !allowed) control = true;
+    if (ref_invisible(cp)) invisible = true;
   });
-  return utf8 && n <= max_code_points && !control;
+  return utf8 && n <= max_code_points && !control && !invisible;
 }
 
 // Every refusal message normalize_request may give (key_manager.cpp). Requiring one of
@@ -88,9 +102,11 @@ bool is_rule_message(std::string_view m) {
       "title must be valid UTF-8",
       "title must be at most 255 characters",
       "title must not contain control characters",
+      "title must not contain bidirectional formatting or zero-width characters",
       "description must be valid UTF-8",
       "description must be at most 1024 characters",
       "description must not contain control characters other than tab and newline",
+      "description must not contain bidirectional formatting or zero-width characters",
       "expires_in_days must be between 1 and 365",
   };
   for (std::string_view r : kRules) {
@@ -101,7 +117,7 @@ bool is_rule_message(std::string_view m) {
 
 struct Fixture {
   std::shared_ptr<apikeys::MemoryStore> store = std::make_shared<apikeys::MemoryStore>();
-  apikeys::KeyManager manager{store, std::make_shared<apikeys::HmacSha256Hasher>(std::string(32, 'p')),
+  apikeys::KeyManager manager{store, std::make_shared<apikeys::HmacSha256Hasher>(fuzz::kPepper),
                               [] {
                                 apikeys::KeyManagerOptions o;
                                 o.validation.record_last_use = false;

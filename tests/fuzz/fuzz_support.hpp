@@ -19,6 +19,10 @@
 
 namespace fuzz {
 
+// The pepper of the targets' hashers: 32 bytes that pass HmacSha256Hasher's pepper
+// check (a run of one byte value would be refused).
+inline constexpr std::string_view kPepper = "apikeys-fuzz-pepper-0123456789ab";
+
 // Reads fields off the front of the input. Text fields end at a NUL byte (or the end
 // of the input), so a seed file is readable: "title\0description\0".
 class Reader {

@@ -71,7 +71,7 @@ class CountingStore final : public apikeys::Store {
 
 const std::shared_ptr<apikeys::Hasher>& hasher() {
   static const std::shared_ptr<apikeys::Hasher> h =
-      std::make_shared<apikeys::HmacSha256Hasher>(std::string(32, '\x42'));
+      std::make_shared<apikeys::HmacSha256Hasher>(fuzz::kPepper);
   return h;
 }
 

@@ -64,7 +64,7 @@ struct World {
     const apikeys::TimePoint t0 = apikeys::from_unix_millis(1'767'225'600'000);  // 2026-01-01
     clock = std::make_shared<apikeys::ManualClock>(t0);
     store = std::make_shared<apikeys::MemoryStore>();
-    auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(std::string(32, '\x5a'));
+    auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(fuzz::kPepper);
     auto generator = std::make_shared<FixedGenerator>();
 
     apikeys::MemoryCacheOptions cache_options;
