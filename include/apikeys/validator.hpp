@@ -56,10 +56,13 @@ struct ValidatorOptions {
   std::size_t last_use_queue_limit = 65'536;
   /// Most keys remembered by the last-use throttle. Default 1,000,000.
   std::size_t last_use_throttle_limit = 1'000'000;
-  /// How often the background thread flushes last-use updates. Default 1 s.
+  /// How often the last-use writer thread flushes last-use updates. Default 1 s.
   std::chrono::milliseconds flush_interval{1000};
-  /// How often the background thread polls Store::revision() and clears the cache
-  /// when it moved (changes made by other processes). Default 250 ms.
+  /// How often the poll thread reads Store::revision() and, when it moved (changes
+  /// made by other processes), drops the changed keys' verdicts (all of them when the
+  /// store cannot say which, see Store::changes_since). It has a thread of its own, so
+  /// a last-use write waiting on a lock never delays it. 0: no polling, and another
+  /// process's revoke is seen only when the verdict's TTL ends. Default 250 ms.
   std::chrono::milliseconds revision_poll_interval{250};
 };
 
@@ -69,7 +72,8 @@ class APIKEYS_EXPORT Validator {
   /// Throws Error(invalid_argument) if store or hasher is null or the format is bad.
   Validator(std::shared_ptr<Store> store, std::shared_ptr<Hasher> hasher,
             ValidatorOptions options = {});
-  /// Stops the background thread after flushing pending last-use updates.
+  /// Stops the background threads, then writes pending last-use updates (waiting for
+  /// a write that is stuck, up to the store's own timeouts).
   ~Validator();
   Validator(const Validator&) = delete;
   Validator& operator=(const Validator&) = delete;
