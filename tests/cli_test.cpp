@@ -1,16 +1,23 @@
 // End-to-end tests of the apikeys command-line tool: each test runs the real binary
 // (APIKEYS_CLI_PATH) with fork/execve, no shell, and checks exit codes, JSON output and
 // that no secret leaks. The cross-process test checks that a revoke made by another
-// process reaches an in-process validator's cache within a second.
+// process reaches an in-process validator's cache within a second. The last test looks
+// at the running CLI's core dump settings in /proc.
 #ifdef APIKEYS_CLI_PATH
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -87,6 +94,32 @@ Json create_key(const std::string& db, const std::string& account = kAccount,
   INFO("stderr: " << r.err);
   REQUIRE(r.code == 0);
   return Json::parse(r.out);
+}
+
+// Polls `done` every 10 ms until it holds (true) or `limit` has passed (false).
+template <typename F>
+bool eventually(F done, std::chrono::milliseconds limit = std::chrono::seconds(20)) {
+  const auto give_up = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > give_up) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
+// The soft and hard "Max core file size" of /proc/PID/limits, e.g. "0 0" or
+// "unlimited unlimited"; empty if the line is missing.
+std::string core_limits(const std::string& limits) {
+  std::istringstream in(limits);
+  for (std::string line; std::getline(in, line);) {
+    const std::string label = "Max core file size";
+    if (line.rfind(label, 0) != 0) continue;
+    std::istringstream fields(line.substr(label.size()));
+    std::string soft, hard;
+    fields >> soft >> hard;
+    return soft + " " + hard;
+  }
+  return {};
 }
 
 }  // namespace
@@ -510,6 +543,60 @@ TEST_CASE("cli: a revoke by another process reaches a cached validator within 1 
   INFO("elapsed ms: " << elapsed.count());
   REQUIRE(code == apikeys::ValidationCode::revoked);
   REQUIRE(elapsed < std::chrono::milliseconds(1000));
+}
+
+TEST_CASE("cli: the CLI cannot dump core", "[cli]") {
+  // `verify -` waits for its token on stdin: look at the waiting process. A process that
+  // is not dumpable has the files in its /proc/PID owned by root, which tells only when
+  // it runs as someone else: as root, run it as nobody.
+  const bool root = geteuid() == 0;
+  apikeys_test::RunAs as;
+  if (root) {
+    as.change = true;
+    as.uid = 65534;
+    as.gid = 65534;
+  }
+  TempDir dir;
+  const std::string db = dir.file("keys.db");  // not opened before the token is read
+  const std::vector<std::string> args{APIKEYS_CLI_PATH, "--db", db, "verify", "-"};
+  apikeys_test::StartedProgram child = apikeys_test::start_program(args, {"APIKEYS_PEPPER=" + kPepperHex}, as);
+  const std::string proc = "/proc/" + std::to_string(child.pid);
+
+  // Until execve is done, /proc/PID shows the forked test process: wait for the CLI's
+  // own command line, then for its core limit (set first thing in main).
+  const bool started = eventually([&] {
+    return apikeys_test::has_exited(child) ||
+           apikeys_test::read_file(proc + "/cmdline").rfind(std::string(APIKEYS_CLI_PATH) + '\0', 0) == 0;
+  });
+  REQUIRE(started);
+  if (apikeys_test::has_exited(child)) {
+    const Run r = apikeys_test::finish_program(child);
+    // 125/127: this machine cannot run the CLI as nobody (e.g. a build directory only
+    // root may enter), so the test cannot tell dumpable from not.
+    if (root && (r.code == 125 || r.code == 127)) {
+      std::cout << "cli: core dump test skipped: cannot run the CLI as uid 65534 (exit " << r.code << ")\n";
+      return;
+    }
+    INFO("exit " << r.code << ", stderr: " << r.err);
+    const bool exited_before_reading_stdin = true;
+    REQUIRE_FALSE(exited_before_reading_stdin);
+  }
+  std::string limits;
+  CHECK(eventually([&] {
+    limits = core_limits(apikeys_test::read_file(proc + "/limits"));
+    return limits == "0 0";
+  }));
+  INFO("Max core file size (soft hard): " << limits);
+  CHECK(limits == "0 0");  // soft and hard: the CLI cannot raise it again either
+
+  const std::string status = proc + "/status";
+  struct stat st {};
+  CHECK(eventually([&] { return stat(status.c_str(), &st) == 0 && st.st_uid == 0; }));
+  INFO("owner of " << status << ": " << st.st_uid << " (the CLI runs as " << (root ? as.uid : geteuid()) << ")");
+  CHECK(st.st_uid == 0);  // not dumpable
+
+  const Run r = apikeys_test::finish_program(child);  // EOF on stdin: "no token", exit 2
+  CHECK(r.code == 2);
 }
 
 #endif  // APIKEYS_CLI_PATH

@@ -4,6 +4,10 @@
 // pepper), 3 no such key for that account, 4 storage or internal failure.
 // Secrets: only `create` prints one; no message echoes a presented secret or the
 // pepper, and the copies this program makes of either are wiped before they are freed.
+// The process cannot dump core: its memory holds the pepper.
+
+#include <sys/prctl.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -66,6 +70,15 @@ class WipeGuard {
  private:
   std::string& s_;
 };
+
+// A core file would hold the pepper and any secret in memory, so none is written; a
+// process that is not dumpable is also closed to ptrace and /proc/PID/mem from other
+// processes of the same user. Both before anything reads a secret.
+void disable_core_dumps() noexcept {
+  const rlimit none{0, 0};
+  (void)::setrlimit(RLIMIT_CORE, &none);
+  (void)::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+}
 
 bool is_space(char c) noexcept {
   return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
@@ -428,6 +441,7 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  disable_core_dumps();
   // Every object (the KeyManager and its Validator included) is destroyed inside run(),
   // so pending last-use updates are flushed before the process exits.
   try {
