@@ -2,9 +2,10 @@
 // one SQLite file; prints JSON on stdout and diagnostics on stderr.
 // Exit codes: 0 success / key valid, 1 key rejected, 2 usage (bad option, value or
 // pepper), 3 no such key for that account, 4 storage or internal failure.
-// Secrets: only `create` prints one; no message echoes a presented secret or the
-// pepper, and the copies this program makes of either are wiped before they are freed.
-// The process cannot dump core: its memory holds the pepper.
+// Secrets: only `create` prints one. No message shows a presented secret, the pepper or
+// a value that may be either (a path, a positional argument), and the copies this
+// program makes of either are wiped before they are freed. The process cannot dump
+// core: its memory holds the pepper.
 
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -97,6 +98,39 @@ int hex_digit(char c) noexcept {
   return -1;
 }
 
+bool is_base62(char c) noexcept {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+// The CLI issues and checks keys of the default KeyFormat: "sk_" + 32 base62 characters.
+constexpr std::string_view kSecretPrefix = "sk_";
+constexpr std::size_t kSecretBodyChars = 32;
+
+// True when `text` holds a secret key: the secret prefix and 32 base62 characters.
+bool holds_secret_key(std::string_view text) noexcept {
+  for (auto at = text.find(kSecretPrefix); at != std::string_view::npos; at = text.find(kSecretPrefix, at + 1)) {
+    const std::string_view body = text.substr(at + kSecretPrefix.size(), kSecretBodyChars);
+    if (body.size() == kSecretBodyChars && std::all_of(body.begin(), body.end(), is_base62)) return true;
+  }
+  return false;
+}
+
+// True when `text` contains `hex_lower` (lower-case hex), in any letter case.
+bool contains_hex(std::string_view text, std::string_view hex_lower) noexcept {
+  if (hex_lower.empty() || text.size() < hex_lower.size()) return false;
+  for (std::size_t at = 0; at + hex_lower.size() <= text.size(); ++at) {
+    std::size_t i = 0;
+    while (i < hex_lower.size()) {
+      const char c = text[at + i];
+      const char lower = (c >= 'A' && c <= 'F') ? static_cast<char>(c - 'A' + 'a') : c;
+      if (lower != hex_lower[i]) break;
+      ++i;
+    }
+    if (i == hex_lower.size()) return true;
+  }
+  return false;
+}
+
 constexpr std::size_t kMinPepperHexChars = 64;  // 32 bytes, what HmacSha256Hasher requires
 constexpr std::size_t kMaxPepperFileBytes = 4096;
 
@@ -120,22 +154,46 @@ apikeys::SecretString decode_pepper(std::string_view text, const std::string& so
   return apikeys::SecretString(raw);
 }
 
-apikeys::SecretString load_pepper(const std::string& pepper_file) {
+// The pepper, and its lower-case hex to recognise it where it does not belong.
+struct Pepper {
+  apikeys::SecretString bytes;
+  apikeys::SecretString hex;
+};
+
+Pepper make_pepper(apikeys::SecretString bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string hex;
+  WipeGuard guard(hex);
+  hex.reserve(2 * bytes.size());
+  for (const char c : bytes.reveal()) {
+    const auto b = static_cast<unsigned char>(c);
+    hex.push_back(kDigits[b >> 4]);
+    hex.push_back(kDigits[b & 0x0f]);
+  }
+  Pepper p;
+  p.hex = apikeys::SecretString(hex);
+  p.bytes = std::move(bytes);
+  return p;
+}
+
+// Reads the pepper from `pepper_file`, or else from APIKEYS_PEPPER. The file's path is
+// never shown: it may be the pepper itself, pasted in the wrong place.
+Pepper load_pepper(const std::string& pepper_file) {
   if (!pepper_file.empty()) {
     std::ifstream in;
     in.rdbuf()->pubsetbuf(nullptr, 0);  // unbuffered: no stray copy in a stream buffer
     in.open(pepper_file, std::ios::in | std::ios::binary);
-    if (!in) throw UsageError("cannot read --pepper-file " + pepper_file);
+    if (!in) throw UsageError("cannot read the file given to --pepper-file (its path is not shown)");
     // Read into a buffer sized up front (pipes have no size, so read one byte more than
     // allowed to detect an oversized file) and shrink it, which never reallocates.
     std::string content(kMaxPepperFileBytes + 1, '\0');
     WipeGuard guard(content);
     in.read(content.data(), static_cast<std::streamsize>(content.size()));
-    if (in.bad()) throw UsageError("cannot read --pepper-file " + pepper_file);
+    if (in.bad()) throw UsageError("cannot read the file given to --pepper-file (its path is not shown)");
     const auto n = static_cast<std::size_t>(in.gcount());
     if (n > kMaxPepperFileBytes) throw UsageError("--pepper-file is larger than 4096 bytes");
     content.resize(n);
-    return decode_pepper(content, "--pepper-file " + pepper_file);
+    return make_pepper(decode_pepper(content, "--pepper-file"));
   }
   const char* env = std::getenv("APIKEYS_PEPPER");
   if (env == nullptr || *env == '\0') {
@@ -143,7 +201,16 @@ apikeys::SecretString load_pepper(const std::string& pepper_file) {
         "no pepper: set APIKEYS_PEPPER to at least 64 hex characters (32 bytes, e.g. from "
         "`openssl rand -hex 32`) or pass --pepper-file FILE");
   }
-  return decode_pepper(env, "APIKEYS_PEPPER");
+  return make_pepper(decode_pepper(env, "APIKEYS_PEPPER"));
+}
+
+// Refuses a value that holds a secret key or the pepper where neither belongs: it would
+// be kept in plain text (a title or description in the database and in `list`'s output,
+// a database file's name in every directory listing). Checked before any copy is made.
+void refuse_secret(std::string_view value, const char* option, std::string_view pepper_hex) {
+  if (holds_secret_key(value) || contains_hex(value, pepper_hex)) {
+    throw UsageError(std::string(option) + " holds a secret key or the pepper; refused (the value is not shown)");
+  }
 }
 
 apikeys::Uuid parse_uuid(const std::string& text, const char* option) {
@@ -195,18 +262,25 @@ void scrub_argv(int argc, char** argv, const Options& o) {
   }
 }
 
-std::unique_ptr<apikeys::KeyManager> open_manager(const Options& o, bool may_create_db) {
+// Refuses a --db that holds a secret key (before any copy of it is made) and, unless the
+// command may create it, one where no file exists. The path is never shown: it may be a
+// secret pasted in the wrong place.
+void check_db(const Options& o, bool may_create_db) {
+  refuse_secret(o.db, "--db", {});
   if (!may_create_db) {
     // Only `create` makes a new database: a mistyped --db path must not look like an
     // empty database ("no such key") and leave a stray file behind.
     std::error_code ec;
     if (!std::filesystem::exists(o.db, ec)) {
       throw apikeys::Error(apikeys::ErrorCode::storage,
-                           "no database at " + o.db + " (only `create` makes a new one)");
+                           "no database at the --db path (only `create` makes a new one)");
     }
   }
-  apikeys::SecretString pepper = load_pepper(o.pepper_file);
-  auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(pepper.reveal());
+}
+
+std::unique_ptr<apikeys::KeyManager> open_manager(const Options& o, const Pepper& pepper) {
+  refuse_secret(o.db, "--db", pepper.hex.reveal());
+  auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(pepper.bytes.reveal());
   auto store = std::make_shared<apikeys::SqliteStore>(o.db);
   // Defaults: no cache (one-shot process), last use recorded by the Validator's
   // background writer and flushed when the KeyManager is destroyed, before exit.
@@ -215,6 +289,10 @@ std::unique_ptr<apikeys::KeyManager> open_manager(const Options& o, bool may_cre
 
 int cmd_create(const Options& o, bool has_expiry) {
   const apikeys::Uuid account = parse_uuid(o.account, "--account");
+  check_db(o, /*may_create_db=*/true);
+  const Pepper pepper = load_pepper(o.pepper_file);
+  refuse_secret(o.title, "--title", pepper.hex.reveal());
+  refuse_secret(o.description, "--description", pepper.hex.reveal());
   apikeys::CreateRequest request;
   request.title = o.title;
   request.description = o.description;
@@ -222,7 +300,7 @@ int cmd_create(const Options& o, bool has_expiry) {
   // Check the request before touching the database, so a bad request creates nothing.
   request = apikeys::normalize_request(request);
 
-  auto manager = open_manager(o, /*may_create_db=*/true);
+  auto manager = open_manager(o, pepper);
   apikeys::CreatedKey created = manager->create(account, request);
   const apikeys::KeyInfo& k = created.info;
 
@@ -248,7 +326,8 @@ int cmd_create(const Options& o, bool has_expiry) {
 
 int cmd_list(const Options& o) {
   const apikeys::Uuid account = parse_uuid(o.account, "--account");
-  auto manager = open_manager(o, false);
+  check_db(o, false);
+  auto manager = open_manager(o, load_pepper(o.pepper_file));
   Json out = Json::array();
   for (const apikeys::KeyInfo& k : manager->list(account)) {
     Json item;
@@ -268,7 +347,8 @@ int cmd_list(const Options& o) {
 int cmd_revoke_or_delete(const Options& o, bool remove) {
   const apikeys::Uuid account = parse_uuid(o.account, "--account");
   const apikeys::Uuid key_id = parse_uuid(o.key_id, "--key-id");
-  auto manager = open_manager(o, false);
+  check_db(o, false);
+  auto manager = open_manager(o, load_pepper(o.pepper_file));
   Json out;
   try {
     const apikeys::KeyInfo k = remove ? manager->remove(account, key_id) : manager->revoke(account, key_id);
@@ -296,7 +376,8 @@ int cmd_verify(Options& o) {
     std::getline(std::cin, token);
     if (!std::cin && token.empty()) throw UsageError("verify -: no token on stdin");
   }
-  auto manager = open_manager(o, false);
+  check_db(o, false);
+  auto manager = open_manager(o, load_pepper(o.pepper_file));
   apikeys::ValidationResult r;
   if (from_stdin) {
     r = manager->validate(trim(token));
