@@ -1,16 +1,24 @@
 // End-to-end tests of the apikeys command-line tool: each test runs the real binary
 // (APIKEYS_CLI_PATH) with fork/execve, no shell, and checks exit codes, JSON output and
 // that no secret leaks. The cross-process test checks that a revoke made by another
-// process reaches an in-process validator's cache within a second.
+// process reaches an in-process validator's cache within a second. The last tests look
+// at the running CLI: what it frees (under an LD_PRELOAD free() hook), its core dump
+// settings and its command line in /proc.
 #ifdef APIKEYS_CLI_PATH
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -89,6 +97,32 @@ Json create_key(const std::string& db, const std::string& account = kAccount,
   INFO("stderr: " << r.err);
   REQUIRE(r.code == 0);
   return Json::parse(r.out);
+}
+
+// Polls `done` every 10 ms until it holds (true) or `limit` has passed (false).
+template <typename F>
+bool eventually(F done, std::chrono::milliseconds limit = std::chrono::seconds(20)) {
+  const auto give_up = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > give_up) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
+// The soft and hard "Max core file size" of /proc/PID/limits, e.g. "0 0" or
+// "unlimited unlimited"; empty if the line is missing.
+std::string core_limits(const std::string& limits) {
+  std::istringstream in(limits);
+  for (std::string line; std::getline(in, line);) {
+    const std::string label = "Max core file size";
+    if (line.rfind(label, 0) != 0) continue;
+    std::istringstream fields(line.substr(label.size()));
+    std::string soft, hard;
+    fields >> soft >> hard;
+    return soft + " " + hard;
+  }
+  return {};
 }
 
 }  // namespace
@@ -581,6 +615,177 @@ TEST_CASE("cli: a revoke by another process reaches a cached validator within 1 
   INFO("elapsed ms: " << elapsed.count());
   REQUIRE(code == apikeys::ValidationCode::revoked);
   REQUIRE(elapsed < std::chrono::milliseconds(1000));
+}
+
+// ASan and TSan replace malloc and free and must come first in the process; a free()
+// hook preloaded ahead of them cannot work, so sanitizer builds skip that one test.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define APIKEYS_TEST_SANITIZER_ALLOCATOR 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || __has_feature(memory_sanitizer)
+#define APIKEYS_TEST_SANITIZER_ALLOCATOR 1
+#endif
+#endif
+
+TEST_CASE("cli: no block the CLI frees holds a secret or the pepper", "[cli]") {
+#if defined(APIKEYS_TEST_SANITIZER_ALLOCATOR)
+  std::cout << "cli: free() hook test skipped: this is a sanitizer build (its allocator must come first)\n";
+#elif !defined(APIKEYS_FREE_HOOK_PATH)
+  std::cout << "cli: free() hook test skipped: the hook is built on Linux (glibc) only\n";
+#else
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const std::string report = dir.file("free-hook.txt");
+  const std::string pepper_file = dir.file("pepper.hex");
+  std::ofstream(pepper_file) << kPepperHex << "\n";
+
+  // Runs the CLI under the hook (tests/secret_free_hook.cpp), which lists in `report`
+  // every freed block holding "sk_" + 32 base62 characters or the pepper's hex.
+  auto run_hooked = [&](const std::string& what, const std::vector<std::string>& args, int expected_code,
+                        const std::string& input = "") {
+    std::remove(report.c_str());
+    std::vector<std::string> argv{APIKEYS_CLI_PATH};
+    argv.insert(argv.end(), args.begin(), args.end());
+    const Run r = apikeys_test::run_program(argv,
+                                            {"APIKEYS_PEPPER=" + kPepperHex, "LD_PRELOAD=" APIKEYS_FREE_HOOK_PATH,
+                                             "APIKEYS_FREE_HOOK_REPORT=" + report,
+                                             "APIKEYS_FREE_HOOK_PEPPER=" + kPepperHex},
+                                            input);
+    const std::string found = apikeys_test::read_file(report);
+    INFO(what << "\nstderr: " << r.err << "\nfree() hook report:\n" << found);
+    CHECK(r.code == expected_code);
+    REQUIRE(contains(found, "free hook loaded\n"));  // the hook was in the process...
+    CHECK(contains(found, " freed blocks\n"));       // ...until it exited,
+    CHECK_FALSE(contains(found, "searched 0 "));     // it saw frees,
+    CHECK_FALSE(contains(found, " held "));          // and none held a secret
+    return r;
+  };
+
+  const Run created = run_hooked("create", {"--db", db, "create", "--account", kAccount, "--title", "t"}, 0);
+  const Json key = Json::parse(created.out);
+  const std::string pk = key.at("public_key").get<std::string>();
+  const std::string sk = key.at("secret_key").get<std::string>();
+  const std::string wrong = "sk_WrongWrongWrongWrongWrongWrong12";
+  run_hooked("create, pepper from a file",
+             {"--db", db, "--pepper-file", pepper_file, "create", "--account", kAccount, "--title", "t"}, 0);
+  run_hooked("verify PUBLIC SECRET", {"--db", db, "verify", pk, sk}, 0);
+  run_hooked("verify PUBLIC:SECRET", {"--db", db, "verify", pk + ":" + sk}, 0);
+  run_hooked("verify SECRET PUBLIC", {"--db", db, "verify", sk, pk}, 1);
+  run_hooked("verify SECRET", {"--db", db, "verify", sk}, 1);
+  run_hooked("verify - (stdin)", {"--db", db, "verify", "-"}, 0, pk + ":" + sk + "\n");
+  run_hooked("verify, pepper from a file", {"--db", db, "--pepper-file", pepper_file, "verify", pk, sk}, 0);
+  run_hooked("verify a wrong secret", {"--db", db, "verify", pk, wrong}, 1);
+  // Failures on the way: a parse error, a refused value, a conversion error.
+  run_hooked("verify with extra arguments", {"--db", db, "verify", pk, sk, sk}, 2);
+  run_hooked("a secret as title", {"--db", db, "create", "--account", kAccount, "--title", sk}, 2);
+  run_hooked("a secret as expiry", {"--db", db, "create", "--account", kAccount, "--title", "t", "--expires-in-days", sk},
+             2);
+#endif
+}
+
+TEST_CASE("cli: the CLI cannot dump core", "[cli]") {
+  // `verify -` waits for its token on stdin: look at the waiting process. A process that
+  // is not dumpable has the files in its /proc/PID owned by root, which tells only when
+  // it runs as someone else: as root, run it as nobody.
+  const bool root = geteuid() == 0;
+  apikeys_test::RunAs as;
+  if (root) {
+    as.change = true;
+    as.uid = 65534;
+    as.gid = 65534;
+  }
+  TempDir dir;
+  const std::string db = dir.file("keys.db");  // not opened before the token is read
+  const std::vector<std::string> args{APIKEYS_CLI_PATH, "--db", db, "verify", "-"};
+  apikeys_test::StartedProgram child = apikeys_test::start_program(args, {"APIKEYS_PEPPER=" + kPepperHex}, as);
+  const std::string proc = "/proc/" + std::to_string(child.pid);
+
+  // Until execve is done, /proc/PID shows the forked test process: wait for the CLI's
+  // own command line, then for its core limit (set first thing in main).
+  const bool started = eventually([&] {
+    return apikeys_test::has_exited(child) ||
+           apikeys_test::read_file(proc + "/cmdline").rfind(std::string(APIKEYS_CLI_PATH) + '\0', 0) == 0;
+  });
+  REQUIRE(started);
+  if (apikeys_test::has_exited(child)) {
+    const Run r = apikeys_test::finish_program(child);
+    // 125/127: this machine cannot run the CLI as nobody (e.g. a build directory only
+    // root may enter), so the test cannot tell dumpable from not.
+    if (root && (r.code == 125 || r.code == 127)) {
+      std::cout << "cli: core dump test skipped: cannot run the CLI as uid 65534 (exit " << r.code << ")\n";
+      return;
+    }
+    INFO("exit " << r.code << ", stderr: " << r.err);
+    const bool exited_before_reading_stdin = true;
+    REQUIRE_FALSE(exited_before_reading_stdin);
+  }
+  std::string limits;
+  CHECK(eventually([&] {
+    limits = core_limits(apikeys_test::read_file(proc + "/limits"));
+    return limits == "0 0";
+  }));
+  INFO("Max core file size (soft hard): " << limits);
+  CHECK(limits == "0 0");  // soft and hard: the CLI cannot raise it again either
+
+  const std::string status = proc + "/status";
+  struct stat st {};
+  CHECK(eventually([&] { return stat(status.c_str(), &st) == 0 && st.st_uid == 0; }));
+  INFO("owner of " << status << ": " << st.st_uid << " (the CLI runs as " << (root ? as.uid : geteuid()) << ")");
+  CHECK(st.st_uid == 0);  // not dumpable
+
+  const Run r = apikeys_test::finish_program(child);  // EOF on stdin: "no token", exit 2
+  CHECK(r.code == 2);
+}
+
+TEST_CASE("cli: arguments that may be secrets are blanked from its command line", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const Json key = create_key(db);
+  const std::string pk = key.at("public_key").get<std::string>();
+  const std::string sk = key.at("secret_key").get<std::string>();
+
+  // The CLI reads its pepper from a FIFO, whose open() waits for a writer: a process
+  // caught there has parsed its arguments. Our non-blocking open for writing fails
+  // (ENXIO) until the CLI is waiting in its open().
+  const std::string fifo = dir.file("pepper.fifo");
+  REQUIRE(mkfifo(fifo.c_str(), 0600) == 0);
+
+  struct Case {
+    std::string name;
+    std::vector<std::string> args;
+    int code;
+  };
+  const std::vector<Case> cases{
+      {"verify PUBLIC SECRET", {"verify", pk, sk}, 0},
+      {"verify PUBLIC:SECRET", {"verify", pk + ":" + sk}, 0},
+      {"verify SECRET PUBLIC", {"verify", sk, pk}, 1},
+      {"verify SECRET", {"verify", sk}, 1},
+      {"a secret as --description=", {"create", "--account", kAccount, "--title", "t", "--description=" + sk}, 2},
+      {"the pepper as a title", {"create", "--account", kAccount, "--title", kPepperHex}, 2},
+  };
+  for (const Case& c : cases) {
+    INFO(c.name);
+    std::vector<std::string> args{APIKEYS_CLI_PATH, "--db", db, "--pepper-file", fifo};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    apikeys_test::StartedProgram child = apikeys_test::start_program(args, {});
+    int writer = -1;
+    REQUIRE(eventually([&] {
+      writer = open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+      return writer >= 0 || apikeys_test::has_exited(child);
+    }));
+    REQUIRE(writer >= 0);
+    const std::string cmdline = apikeys_test::read_file("/proc/" + std::to_string(child.pid) + "/cmdline");
+    const std::string pepper_line = kPepperHex + "\n";
+    const bool wrote = write(writer, pepper_line.data(), pepper_line.size()) == static_cast<ssize_t>(pepper_line.size());
+    close(writer);
+    CHECK(contains(cmdline, "--pepper-file"));  // this is the CLI's command line
+    CHECK_FALSE(contains(cmdline, sk.substr(3)));
+    CHECK_FALSE(contains(cmdline, kPepperHex));
+    CHECK(wrote);
+    const Run r = apikeys_test::finish_program(child);
+    INFO("stderr: " << r.err);
+    CHECK(r.code == c.code);
+  }
 }
 
 #endif  // APIKEYS_CLI_PATH

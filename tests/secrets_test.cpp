@@ -288,7 +288,7 @@ TEST_CASE("secrets: CLI failure output never holds a secret or the pepper", "[se
     const std::string text = dir.file("text.db");
     std::ofstream(text) << "not a database\n";
     run("verify on a non-database", {"--db", text, "verify", pk, sk}, kPepperHex, "", 4);
-    run("create on a non-database", {"--db", text, "create", "--account", account, "--title", sk}, kPepperHex, "", 4);
+    run("create on a non-database", {"--db", text, "create", "--account", account, "--title", "t"}, kPepperHex, "", 4);
     run("verify on a directory", {"--db", dir.path().string(), "verify", pk + ":" + sk}, kPepperHex, "", 4);
   }
   // A different (valid) pepper: the key is now wrong, and neither pepper is echoed.
@@ -303,6 +303,84 @@ TEST_CASE("secrets: CLI failure output never holds a secret or the pepper", "[se
   const auto second = cli({"--db", db, "create", "--account", account, "--title", "second"});
   CHECK(second.code == 0);
   outs.push_back({"create stderr", second.err});
+  check_no_leaks(forbidden, outs);
+}
+
+TEST_CASE("secrets: no CLI option, argument or variable shows the secret or pepper given to it", "[secrets]") {
+  apikeys_test::TempDir dir;
+  const std::string db = dir.file("cli.db");
+  const std::string account = apikeys_test::account_id(1).to_string();
+  const std::string no_such_key = apikeys_test::account_id(99).to_string();  // revoke/delete touch nothing
+  const auto created = cli({"--db", db, "create", "--account", account, "--title", "victim"});
+  REQUIRE(created.code == 0);
+  const std::string sk = json_field(created.out, "secret_key");
+  const std::string pk = json_field(created.out, "public_key");
+  REQUIRE(sk.size() == 35);
+
+  Forbidden forbidden;
+  forbidden.add("secret", sk);
+  forbidden.add("secret body", sk.substr(3));
+  forbidden.add("pepper hex", kPepperHex);
+
+  using Args = std::vector<std::string>;
+  auto with = [](Args head, const Args& tail) {
+    head.insert(head.end(), tail.begin(), tail.end());
+    return head;
+  };
+  std::vector<Captured> outs;
+  for (const auto& [label, value] : {std::pair<std::string, std::string>{"a secret", sk}, {"the pepper", kPepperHex}}) {
+    auto run = [&, label = label](const std::string& where, const Args& args, const std::string& pepper = kPepperHex,
+                                  const std::string& input = "") {
+      const auto r = cli(args, pepper, input);
+      outs.push_back({where + " = " + label + " (exit " + std::to_string(r.code) + ")", r.out + "\n" + r.err});
+    };
+    const std::string& v = value;
+    // A path made of the value: `create` would make that file, so it goes in our dir.
+    const std::string v_path = dir.file(v);
+    const std::vector<std::pair<std::string, Args>> commands{
+        {"create", {"create", "--account", account, "--title", "t"}},
+        {"list", {"list", "--account", account}},
+        {"revoke", {"revoke", "--account", account, "--key-id", no_such_key}},
+        {"delete", {"delete", "--account", account, "--key-id", no_such_key}},
+        {"verify", {"verify", pk, sk}},
+    };
+    for (const auto& [name, command] : commands) {
+      if (name != "create") {
+        run(name + " --db", with({"--db", v}, command));
+        run(name + " --db=", with({"--db=" + v}, command));
+      }
+      run(name + " --db (a path)", with({"--db", v_path}, command));
+      run(name + " --db after the command", with(command, {"--db", v_path}));
+      run(name + " --pepper-file", with({"--db", db, "--pepper-file", v}, command), "");
+      run(name + " --pepper-file=", with({"--db", db, "--pepper-file=" + v}, command), "");
+      run(name + " --pepper-file (a path)", with({"--db", db, "--pepper-file", v_path}, command), "");
+      run(name + " APIKEYS_PEPPER", with({"--db", db}, command), v);
+      run(name + " unknown option", with({"--db", db, "--token=" + v}, command));
+      run(name + " extra argument", with(with({"--db", db}, command), {v}));
+    }
+    const Args create{"--db", db, "create"};
+    run("create --account", with(create, {"--account", v, "--title", "t"}));
+    run("create --title", with(create, {"--account", account, "--title", v}));
+    run("create --title=", with(create, {"--account", account, "--title=" + v}));
+    run("create --title (inside)", with(create, {"--account", account, "--title", "key " + v + " here"}));
+    run("create --description", with(create, {"--account", account, "--title", "t", "--description", v}));
+    run("create --expires-in-days", with(create, {"--account", account, "--title", "t", "--expires-in-days", v}));
+    run("list --account", {"--db", db, "list", "--account", v});
+    run("revoke --account", {"--db", db, "revoke", "--account", v, "--key-id", no_such_key});
+    run("revoke --key-id", {"--db", db, "revoke", "--account", account, "--key-id", v});
+    run("delete --account", {"--db", db, "delete", "--account", v, "--key-id", no_such_key});
+    run("delete --key-id", {"--db", db, "delete", "--account", account, "--key-id", v});
+    run("verify KEY", {"--db", db, "verify", v});
+    run("verify KEY PUBLIC", {"--db", db, "verify", v, pk});
+    run("verify PUBLIC SECRET", {"--db", db, "verify", pk, v});
+    run("verify PUBLIC:SECRET", {"--db", db, "verify", pk + ":" + v});
+    run("verify SECRET:PUBLIC", {"--db", db, "verify", v + ":" + pk});
+    run("verify - (stdin)", {"--db", db, "verify", "-"}, kPepperHex, v + "\n");
+    run("verify - (stdin token)", {"--db", db, "verify", "-"}, kPepperHex, pk + ":" + v + "\n");
+    run("command", {"--db", db, v});
+    run("command with options", {"--db", db, v, "--account", account});
+    run("long option named after it", {"--db", db, "--" + v, "list", "--account", account});
+  }
   check_no_leaks(forbidden, outs);
 }
 #endif

@@ -1,6 +1,7 @@
 // fuzz_cli: the CLI's own text handling, compiled from tools/main.cpp itself so the
 // fuzzed code is the shipped code: redact_arguments (keeps command-line values out of
-// CLI11's error messages), decode_pepper, trim and scrub_argv, and then the whole
+// CLI11's error messages), decode_pepper, trim, CommandLine (hides arguments that may be
+// secrets from argv and from the parser) and holds_secret_key, and then the whole
 // argument parser (CLI11 plus our failure_message) on fuzzed argument lists that can
 // never reach a database, a pepper or stdin.
 // Input: fields separated by NUL bytes; the first is a message, the rest arguments.
@@ -87,28 +88,34 @@ void check_pepper(std::string_view text) {
   }
 }
 
-void check_trim_and_scrub(const std::vector<std::string>& args) {
+void check_trim_and_hide(const std::vector<std::string>& args) {
   for (const auto& s : args) {
     const std::string_view t = trim(s);
     FUZZ_CHECK(t.empty() || (!is_space(t.front()) && !is_space(t.back())));
     FUZZ_CHECK(s.find(t) != std::string::npos);
+    // A secret key anywhere is always caught by the (broader) argument filter.
+    FUZZ_CHECK(!holds_secret_key(s) || may_hold_secret(s));
   }
-  if (args.size() < 3) return;
-  Options o;
-  o.first = args[1];
-  o.second = args[2];
   Argv a(args);
-  scrub_argv(a.argc(), a.argv(), o);
+  const CommandLine cmd(a.argc(), a.argv());
+  FUZZ_CHECK(cmd.argc() == a.argc());
   for (int i = 1; i < a.argc(); ++i) {
     const std::string& before = args[static_cast<std::size_t>(i)];
-    const bool secret = (!o.second.empty() && before == o.second) ||
-                        (!o.first.empty() && before == o.first && o.first.find(':') != std::string::npos);
-    const std::string_view now(a.argv()[i], before.size());  // wiped bytes are NULs
-    if (secret) {
-      FUZZ_CHECK(now.find_first_not_of('\0') == std::string_view::npos);
-    } else {
+    const std::string_view now(a.argv()[i], before.size());  // blanked bytes are NULs
+    const std::string_view seen = cmd.argv()[i];              // what the parser gets
+    if (!may_hold_secret(before)) {
       FUZZ_CHECK(now == before);
+      FUZZ_CHECK(seen == before);
+      continue;
     }
+    // Hidden: the parser sees the kept prefix and a placeholder, argv keeps the prefix
+    // and zeros, and resolve() gives the value back from the placeholder.
+    const auto keep = seen.rfind(kPlaceholderStart);
+    FUZZ_CHECK(keep != std::string_view::npos && keep <= before.size());
+    FUZZ_CHECK(seen.substr(0, keep) == std::string_view(before).substr(0, keep));
+    FUZZ_CHECK(now.substr(0, keep) == std::string_view(before).substr(0, keep));
+    FUZZ_CHECK(now.substr(keep).find_first_not_of('\0') == std::string_view::npos);
+    FUZZ_CHECK(cmd.resolve(std::string(seen.substr(keep))) == std::string_view(before).substr(keep));
   }
 }
 
@@ -172,7 +179,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   Argv a(args);
   check_redact(message, a);
   check_pepper(message);
-  check_trim_and_scrub(args);
+  check_trim_and_hide(args);
   check_parser(std::vector<std::string>(args.begin() + 1, args.end()));
   return 0;
 }
