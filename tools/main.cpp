@@ -653,7 +653,7 @@ int run(int argc, char** argv) {
 
   CLI::App* create = app.add_subcommand("create", "Create a key and print it with its secret (shown only this once)");
   create->add_option("--account", p.account, "Account UUID")->option_text("UUID")->required();
-  create->add_option("--title", p.title, "1-255 characters, no control characters")->option_text("TEXT")->required();
+  create->add_option("--title", p.title, "1-255 characters; no control, bidi or zero-width characters")->option_text("TEXT")->required();
   create->add_option("--description", p.description, "Optional, up to 1024 characters")->option_text("TEXT");
   CLI::Option* expires =
       create->add_option("--expires-in-days", p.expires_in_days, "Lifetime, 1-365 days (default: never expires)")
