@@ -25,7 +25,7 @@ struct Registry {
 // Never destroyed: a Validator that outlives static destruction (a global, or one
 // owned by a detached thread) still unregisters safely at exit.
 Registry& registry() {
-  static Registry* r = new Registry;
+  static auto* r = new Registry;
   return *r;
 }
 

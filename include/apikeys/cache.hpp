@@ -37,7 +37,7 @@ struct Verdict {
   /// aggregate initialisation, so code written as `Verdict{code, account, key}` before
   /// `expires_at` existed still compiles without a missing-initializer warning).
   // NOLINTNEXTLINE(google-explicit-constructor): brace initialisation must keep working.
-  Verdict(ValidationCode c, Uuid account = {}, Uuid key = {},
+  Verdict(ValidationCode c, const Uuid& account = Uuid(), const Uuid& key = Uuid(),
           std::optional<TimePoint> expires = std::nullopt)
       : code(c), account_id(account), key_id(key), expires_at(expires) {}
 
