@@ -1,6 +1,6 @@
 // apikeys_bench: measures validate() and the management calls against the floors their
 // dependencies allow (HMAC-SHA256, a hash-map lookup, a raw SQLite point select), all in
-// one run, then checks the targets of issue 4 from that same run and prints one
+// one run, then checks the targets from that same run and prints one
 // `TARGET <name> ratio=<measured> limit=<limit> PASS|FAIL` line each.
 //
 //   apikeys_bench            full run (sizes of BENCHMARKS.md; minutes)

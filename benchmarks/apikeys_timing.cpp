@@ -1,6 +1,6 @@
 // apikeys_timing: does validate() take the same time for an unknown public key
 // (not_found) as for a known one with a wrong secret (wrong_secret)? If not, response
-// time tells an attacker holding a public key whether it exists (PITFALLS #4).
+// time tells an attacker holding a public key whether it exists.
 //
 // dudect style (Reparaz, Balasch, Verbauwhede, "Dude, is my code constant time?", 2017):
 // the two classes are interleaved in random order, each call is timed with the cycle

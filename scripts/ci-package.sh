@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Proves the packaging contract (issue 3): tests/package/ is built and run against
+# Proves the packaging contract: tests/package/ is built and run against
 #   a) a static Release install laid out as vcpkg lays it out (share/apikeys/), made with
 #      the options of ports/apikeys/portfile.cmake, through find_package;
 #   b) the same as a shared library (features `tools`, `postgres`, `redis` on): the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI for the server backends (issue 6): builds apikeys with PostgresStore and RedisCache,
+# CI for the server backends: builds apikeys with PostgresStore and RedisCache,
 # starts a throwaway PostgreSQL and Redis on loopback ports (scripts/servers.sh; as root,
 # PostgreSQL runs as the `postgres` user), runs every test labelled `servers` with
 # APIKEYS_REQUIRE_SERVERS=1 (a missing server fails), prints the measured cross-process

@@ -1,5 +1,6 @@
 // Private: how many decoy records this thread's Store::find() misses have read
-// (PITFALLS #4, timing oracles), so that tests can check that every miss reads one.
+// (the timing oracle of doc/failure-modes.md), so that tests can check that every miss
+// reads one.
 // Not installed and not exported: tests of a static build reach it by this declaration.
 #pragma once
 

@@ -45,7 +45,7 @@ struct Entry {
 
 // The public-key index: open addressing with linear probing, a power-of-two array of
 // {tag, entry} slots at most half full. Its own table, not std::unordered_map, so that
-// find() controls which memory a hit and a miss touch (PITFALLS #4, see find()). A tag is
+// find() controls which memory a hit and a miss touch (see find()). A tag is
 // the key's 64-bit hash with the low bit set (0 marks an empty slot); the home slot is
 // taken from the tag, so growing and shrinking never rehash a string.
 struct Slot {
@@ -212,7 +212,7 @@ void MemoryStore::insert(const KeyRecord& record) {
 std::optional<KeyRecord> MemoryStore::find(std::string_view public_key) {
   const std::uint64_t tag = tag_of(public_key);
   std::shared_lock lock(impl_->mu);
-  // PITFALLS #4 (timing oracles): a miss must cost what a hit costs. A hit reads its
+  // Timing oracles: a miss must cost what a hit costs. A hit reads its
   // slot, then its entry (to compare the key's bytes), then copies the record. A miss
   // reads slots up to an empty one, then does the same to a decoy entry picked by the
   // key's hash among all entries (not the one just probed, nor always the same,

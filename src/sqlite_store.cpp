@@ -104,10 +104,10 @@ constexpr std::size_t kMaxIdleReaders = 16;
 #define APIKEYS_INFO_COLUMNS \
   "key_id, account_id, public_key, title, description, status, created_at, expires_at, last_used_at"
 
-// find() reads one row whether or not the key exists (PITFALLS #4, timing oracles): the
-// first row at or after the rowid of the row whose public_key is ?1 (that row itself)
-// or, failing that, at or after the decoy rowid ?2 (gaps and deleted rowids lead to the
-// next row), with a first column saying which. A miss then costs what a hit costs
+// find() reads one row whether or not the key exists (the timing oracle of
+// doc/failure-modes.md): the first row at or after the rowid of the row whose
+// public_key is ?1 (that row itself) or, failing that, at or after the decoy rowid ?2
+// (gaps and deleted rowids lead to the next row), with a first column saying which. A miss then costs what a hit costs
 // (index search, one table search, the same columns decoded) instead of stopping after
 // the index. Only a miss whose ?2 is past the table's end gets no row (see find()).
 // The public_key column is only compared, not read back: on a hit it equals the
@@ -779,7 +779,7 @@ struct SqliteStore::Impl {
   std::atomic<std::uint64_t> last_revision{0};
   std::atomic<bool> revision_known{false};
 
-  // Ends the snapshots of readers left idle (PITFALLS: a read transaction held open
+  // Ends the snapshots of readers left idle (a read transaction held open
   // forever pins the WAL, which then grows with every write of every process). Runs
   // only while some idle reader may hold one; wakes every kJanitorPeriod meanwhile.
   static constexpr std::chrono::milliseconds kJanitorPeriod{100};

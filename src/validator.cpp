@@ -466,7 +466,7 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
           return result;
         }
         // Taken before the store read: a revoke that erases after this point makes
-        // the put below a no-op (PITFALLS #1, the revoke/fill race).
+        // the put below a no-op (the revoke/fill race, doc/failure-modes.md).
         token = cache->fill_token(pk);
         can_fill = true;
       } catch (...) {

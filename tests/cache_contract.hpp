@@ -1,7 +1,7 @@
 // The apikeys::Cache contract suite: what every verdict cache (MemoryCache, RedisCache,
 // a user's own) must do, as cache.hpp states it: hits keyed by the public key and the
-// full presented digest, lock-out safety (PITFALLS #3), erase/clear, the fill-token
-// protocol that closes the revoke/fill race (PITFALLS #1), TTLs in real time, and use
+// full presented digest, lock-out safety, erase/clear, the fill-token
+// protocol that closes the revoke/fill race, TTLs in real time, and use
 // from several threads. Call run_cache_contract(factory) from a TEST_CASE; the factory
 // returns a new, empty cache each time (each SECTION calls it once).
 // Thread-safety: the suite drives threads only in its concurrency section.

@@ -1,7 +1,7 @@
 // Tests of apikeys/memory_cache.hpp against the Cache contract in apikeys/cache.hpp:
 // hits, TTLs on a ManualClock, keying by the full presented digest, the fill-token
-// protocol that closes the revoke/fill race (PITFALLS #1), the lock-out rule
-// (PITFALLS #3), the capacity bound, and use from several threads.
+// protocol that closes the revoke/fill race, the lock-out rule, the capacity bound, and
+// use from several threads.
 #include <array>
 #include <atomic>
 #include <chrono>

@@ -1,4 +1,4 @@
-// Crash safety (issue 5, item 4): a child process (apikeys_crash_child) creates keys in a
+// Crash safety: a child process (apikeys_crash_child) creates keys in a
 // SqliteStore and reports each one through a pipe after create() returned; the test
 // SIGKILLs it at a random moment, 20 rounds on one database file (alternating
 // durable=FULL and NORMAL). After each kill: PRAGMA integrity_check is ok, every row is

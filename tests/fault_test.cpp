@@ -1,4 +1,4 @@
-// Fail closed under storage faults (issue 5, item 5): read-only database, a lock held by
+// Fail closed under storage faults: read-only database, a lock held by
 // another connection past the busy timeout, a full disk, a corrupted file. Under each:
 // validate never answers `valid` for anything it should not (wrong or unknown secrets,
 // revoked keys) and answers `error` when it cannot read; create fails with an

@@ -1,4 +1,4 @@
-// Hostile input (issue 5, item 6): titles and descriptions with quotes, SQL fragments,
+// Hostile input: titles and descriptions with quotes, SQL fragments,
 // format strings, NUL bytes, control characters, invalid UTF-8, bidirectional overrides,
 // zero-width characters and 1 MB strings are
 // either refused with Error(invalid_argument) (nothing stored) or stored and returned

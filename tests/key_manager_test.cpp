@@ -2,7 +2,7 @@
 // the KeyManager, over a MemoryStore, HmacSha256Hasher, MemoryCache and ManualClock.
 // Request rules (title, description, expiry), account isolation, immediate revocation
 // with a warm cache, expiry with cached verdicts, and secrets kept out of listings and
-// error messages (PITFALLS #1, #3, #9).
+// error messages.
 #include <chrono>
 #include <climits>
 #include <cstddef>
@@ -262,7 +262,7 @@ TEST_CASE("KeyManager::validate refuses what is not the pair", "[key_manager]") 
     check_not_valid(t->validate(pk_a + "::" + sk_a), ValidationCode::malformed);
     check_not_valid(t->validate(std::string(10'000, ':')), ValidationCode::malformed);
   }
-  SECTION("a wrong secret does not lock the owner out (PITFALLS #3)") {
+  SECTION("a wrong secret does not lock the owner out") {
     for (int i = 0; i < 3; ++i) {
       check_not_valid(t->validate(pk_a, sk_b), ValidationCode::wrong_secret);
     }

@@ -1,4 +1,4 @@
-// Secrets in messages (issue 5, item 8): drive every failure path we can reach — bad
+// Secrets in messages: drive every failure path we can reach — bad
 // requests carrying a secret, bad peppers, storage faults, bad CLI usage with secrets in
 // every argument position — capture each exception message and all CLI output, and
 // grep it for the secret, the pepper (raw and hex) and the stored digest. None may

@@ -1,4 +1,4 @@
-# Server suites (issue 6): PostgresStore and RedisCache against real servers, their
+# Server suites: PostgresStore and RedisCache against real servers, their
 # fault tests and the two-process revocation test. Included from tests/CMakeLists.txt
 # (Catch2 found, Catch included); built only with -DAPIKEYS_WITH_POSTGRES=ON and/or
 # -DAPIKEYS_WITH_REDIS=ON. Every test carries the label `servers`; they find their

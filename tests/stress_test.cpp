@@ -1,4 +1,4 @@
-// Revocation stress (issue 5, item 3): validator threads check a mix of valid, wrong,
+// Revocation stress: validator threads check a mix of valid, wrong,
 // revoked, deleted and unknown keys while other threads create, revoke and delete, for a
 // fixed number of operations, on MemoryStore and SqliteStore (both with a MemoryCache).
 //

@@ -367,7 +367,7 @@ TEST_CASE("not_found costs a digest, like wrong_secret", "[validator][pitfalls]"
 }
 
 TEST_CASE("revoke during a cache fill cannot resurrect the key", "[validator][pitfalls]") {
-  // PITFALLS #1: validation reads `active`, revoke commits and erases, then the
+  // The revoke/fill race: validation reads `active`, revoke commits and erases, then the
   // validation's fill must not land.
   Fixture f;
   auto k = f.create();
