@@ -617,6 +617,17 @@ Validator::Validator(std::shared_ptr<Store> store, std::shared_ptr<Hasher> hashe
       // Unknown: the first poll clears the cache (fail closed).
     }
   }
+  if (impl_->cache) {
+    // The cache may hold verdicts from before revokes that no Validator was watching
+    // for: one kept across Validators, a shared Redis across a restart of every node.
+    // Start from nothing. After the baseline read, so a revoke committed in between is
+    // seen by the first poll as well.
+    try {
+      impl_->cache->clear();
+    } catch (...) {
+      impl_->baseline_known = false;  // the first poll clears it again
+    }
+  }
   try {
     if (polling) impl_->poller = std::thread([impl = impl_.get()] { impl->run_poll(); });
     if (impl_->options.record_last_use) {

@@ -220,3 +220,26 @@ TEST_CASE("Validators come and go while keys are revoked", "[revocation]") {
   for (auto& t : churn) t.join();
   CHECK(wrong.load() == 0);
 }
+
+TEST_CASE("a cache kept across Validators never answers for a key revoked in between",
+          "[revocation]") {
+  // The cache outlives the Validator that filled it; the key is revoked while no
+  // Validator holds the cache (in this process, or in another one: the store alone
+  // changes); a new Validator given the cache must not answer from it.
+  auto store = std::make_shared<MemoryStore>();
+  auto manager = admin(store);
+  auto cache = std::make_shared<MemoryCache>();
+  const CreatedKey k = create_key(*manager);
+  const std::string sk(k.secret_key.reveal());
+  {
+    auto first = hot_validator(store, cache);
+    REQUIRE(first->validate(k.info.public_key, sk).ok());
+    REQUIRE(first->validate(k.info.public_key, sk).ok());
+  }
+  SECTION("revoked through a KeyManager") { manager->revoke(k.info.account_id, k.info.key_id); }
+  SECTION("changed in the store behind the library's back") {
+    REQUIRE(store->set_status(k.info.account_id, k.info.key_id, KeyStatus::revoked));
+  }
+  auto second = hot_validator(store, cache);
+  CHECK(second->validate(k.info.public_key, sk).code == ValidationCode::revoked);
+}
