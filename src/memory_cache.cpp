@@ -49,19 +49,33 @@ struct InlineKey {
 
 // One verdict per public key. `presented` is the full digest of the secret that earned
 // the verdict: a lookup answers only when the presented digest matches all 32 bytes.
-// The verdict is kept without its expires_at: the entry's own deadline is already
-// capped at the key's expiry (see deadline()), which keeps a slot at 80 bytes.
+// The verdict's fields laid out flat (88 bytes): its expires_at as Unix milliseconds,
+// kNoKeyExpiry for none, and returned with it, so the Validator checks the key's expiry
+// against its own clock whatever clock this cache has. The entry's own deadline is also
+// capped at the key's expiry (see deadline()).
+constexpr std::int64_t kNoKeyExpiry = std::numeric_limits<std::int64_t>::max();
+
 struct Slot {
-  std::int64_t expires_ms = 0;  // first: no padding before it (80 bytes in all)
+  std::int64_t expires_ms = 0;  // first: no padding before it
   Digest presented;
   ValidationCode code = ValidationCode::error;
   Uuid account_id;
   Uuid key_id;
+  std::int64_t key_expires_ms = kNoKeyExpiry;
 
   Slot() = default;
   Slot(std::int64_t expires, const Digest& d, const Verdict& v) noexcept
-      : expires_ms(expires), presented(d), code(v.code), account_id(v.account_id), key_id(v.key_id) {}
-  [[nodiscard]] Verdict verdict() const { return Verdict{code, account_id, key_id}; }
+      : expires_ms(expires),
+        presented(d),
+        code(v.code),
+        account_id(v.account_id),
+        key_id(v.key_id),
+        key_expires_ms(v.expires_at ? to_unix_millis(*v.expires_at) : kNoKeyExpiry) {}
+  [[nodiscard]] Verdict verdict() const {
+    Verdict v{code, account_id, key_id};
+    if (key_expires_ms != kNoKeyExpiry) v.expires_at = from_unix_millis(key_expires_ms);
+    return v;
+  }
 };
 
 struct Node {
@@ -250,7 +264,7 @@ std::optional<Verdict> MemoryCache::get(std::string_view public_key, const Diges
   const std::int64_t now = impl_->now_ms();
   std::lock_guard<std::mutex> lock(w.shard.mu);
   Node* n = w.shard.table.find(InlineKey(public_key, w.hash));
-  static_assert(sizeof(InlineKey) == 64 && sizeof(Slot) == 80, "entry layout grew");
+  static_assert(sizeof(InlineKey) == 64 && sizeof(Slot) == 88, "entry layout grew");
   if (n == nullptr) return std::nullopt;
   if (n->slot.expires_ms <= now) {
     w.shard.table.erase(InlineKey(n->key));

@@ -305,6 +305,11 @@ TEST_CASE("a cached valid never outlives the key's expiry", "[validator]") {
   SECTION("a cache that ignores TTLs") {
     cache = std::make_shared<ForeverCache>();
   }
+  SECTION("a MemoryCache whose clock runs an hour behind the validator's") {
+    MemoryCacheOptions co;
+    co.clock = std::make_shared<ManualClock>(apikeys_test::test_start() - std::chrono::hours(1));
+    cache = std::make_shared<MemoryCache>(co);
+  }
   KeyManagerOptions o;
   o.validation.clock = clock;
   o.validation.cache = cache;
