@@ -425,6 +425,10 @@ const std::vector<std::uint32_t> kInvisible = {
     0x200E, 0x200F,                          // LEFT-TO-RIGHT and RIGHT-TO-LEFT MARK
     0x202A, 0x202B, 0x202C, 0x202D, 0x202E,  // embeddings, pop, overrides
     0x2060,                                  // WORD JOINER
+    0x2061, 0x2062, 0x2063, 0x2064,          // invisible math operators
+    0x034F,                                  // COMBINING GRAPHEME JOINER
+    0x180E,                                  // MONGOLIAN VOWEL SEPARATOR
+    0x115F, 0x1160, 0x3164, 0xFFA0,          // Hangul fillers
     0x2066, 0x2067, 0x2068, 0x2069,          // isolates and their pop
     0xFEFF,                                  // zero-width no-break space (BOM)
 };

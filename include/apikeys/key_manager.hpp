@@ -20,8 +20,10 @@ namespace apikeys {
 /// What create() needs. Neither text field may contain the invisible characters that
 /// reorder or join the text around them, which could make a dashboard show one key's
 /// title as another's: the bidirectional formatting characters U+061C, U+200E, U+200F,
-/// U+202A-U+202E and U+2066-U+2069, and the zero-width U+200B-U+200D, U+2060 and
-/// U+FEFF. That also refuses emoji joined by U+200D (e.g. a family emoji) and the
+/// U+202A-U+202E and U+2066-U+2069; the zero-width U+200B-U+200D, U+2060 and U+FEFF;
+/// and the other characters that render as nothing: U+034F, U+180E, U+2061-U+2064 and
+/// the Hangul fillers U+115F, U+1160, U+3164, U+FFA0 (variation selectors stay, as
+/// emoji need U+FE0F). That also refuses emoji joined by U+200D (e.g. a family emoji) and the
 /// U+200C of Persian spelling; other emoji and every script's letters are accepted.
 struct CreateRequest {
   /// Trimmed of ASCII white space; then 1 to 255 Unicode code points of valid UTF-8,

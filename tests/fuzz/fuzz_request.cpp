@@ -73,7 +73,9 @@ bool ref_decode(std::string_view s, F&& on_code_point) {
 bool ref_invisible(std::uint32_t cp) {
   static constexpr std::uint32_t kRefused[] = {0x061C, 0x200B, 0x200C, 0x200D, 0x200E, 0x200F,
                                                0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2060,
-                                               0x2066, 0x2067, 0x2068, 0x2069, 0xFEFF};
+                                               0x2066, 0x2067, 0x2068, 0x2069, 0xFEFF, 0x2061,
+                                               0x2062, 0x2063, 0x2064, 0x034F, 0x180E, 0x115F,
+                                               0x1160, 0x3164, 0xFFA0};
   for (const std::uint32_t r : kRefused) {
     if (cp == r) return true;
   }
