@@ -544,7 +544,8 @@ bool wal_header(const std::string& path) {
 }
 
 // Identifies an existing file without writing to it or beside it. A WAL file without a
-// -wal file holds every committed change in itself; it is read as immutable, because
+// -wal file holds every committed change in itself (and one without a -shm is read the
+// same way, so that none is created beside it); it is read as immutable, because
 // an ordinary connection would create -wal and -shm files next to someone else's
 // database (owned by whoever runs us, they could lock its owner out). Anything else is
 // read on an ordinary read-only connection, whose locks keep out half-written commits
@@ -558,10 +559,13 @@ Identity identify_read_only(const std::string& path, const SqliteStoreOptions& o
     return identify(probe);
   };
   try {
+    // With a -wal but no -shm (files copied without it), an ordinary connection would
+    // create the -shm: read the main file alone then too. What a WAL-mode file of ours
+    // needs to be recognised, its marker, is in the main file from its first commit.
     std::error_code ec;
-    if (wal_header(path) && !std::filesystem::exists(path + "-wal", ec) && !ec) {
-      return immutable();
-    }
+    const bool no_wal = !std::filesystem::exists(path + "-wal", ec) && !ec;
+    const bool no_shm = !std::filesystem::exists(path + "-shm", ec) && !ec;
+    if (wal_header(path) && (no_wal || no_shm)) return immutable();
     try {
       SQLite::Database probe = open_connection(path, options, Role::reader, true);
       return identify(probe);

@@ -427,6 +427,36 @@ TEST_CASE("SqliteStore refuses another application's WAL database while that app
   CHECK(owner.integer("SELECT count(*) FROM sqlite_master WHERE name LIKE 'api%'") == 0);
 }
 
+TEST_CASE("SqliteStore creates nothing beside another application's WAL files copied without -shm",
+          "[store][sqlite]") {
+  TempDir dir;
+  const std::string original = dir.file("theirs.db");
+  const std::string path = dir.file("copied.db");
+  {
+    RawDb owner(original);
+    owner.exec("PRAGMA journal_mode = WAL");
+    owner.exec("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)");
+    owner.exec("INSERT INTO notes (body) VALUES ('mine')");
+    REQUIRE(fs::exists(original + "-wal"));
+    // A copy of the database and its WAL, as a backup tool might take, without -shm.
+    fs::copy_file(original, path);
+    fs::copy_file(original + "-wal", path + "-wal");
+  }
+  REQUIRE_FALSE(fs::exists(path + "-shm"));
+  const std::string file_before = file_bytes(path);
+  const std::string wal_before = file_bytes(path + "-wal");
+  for (const bool read_only : {false, true}) {
+    SqliteStoreOptions o;
+    o.read_only = read_only;
+    const auto e = error_of([&] { SqliteStore store(path, o); });
+    REQUIRE(e);
+    CHECK(contains(e->what(), "not an apikeys database"));
+    CHECK(file_bytes(path) == file_before);
+    CHECK(file_bytes(path + "-wal") == wal_before);
+    CHECK_FALSE(fs::exists(path + "-shm"));
+  }
+}
+
 TEST_CASE("SqliteStore refuses databases it cannot use", "[store][sqlite]") {
   TempDir dir;
 
