@@ -35,7 +35,10 @@ struct ValidationResult {
 struct ValidatorOptions {
   /// The key shape accepted. Default: pk_ / sk_ with 32 characters.
   KeyFormat format;
-  /// Verdict cache. Default (null): no cache, every validation reads the store.
+  /// Verdict cache. Default (null): no cache, every validation reads the store. The
+  /// Validator clears it once when it is built: verdicts cached before then may predate
+  /// revokes it could not have heard of (with a RedisCache, every node's start empties
+  /// the shared cache once).
   std::shared_ptr<Cache> cache;
   /// Time source for expiry and throttling. Default (null): the system clock.
   std::shared_ptr<Clock> clock;
