@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "process_support.hpp"
 #include "reliability_support.hpp"
 
 namespace apikeys_test {
@@ -25,10 +26,7 @@ struct ForeignFile {
 };
 
 // The whole content of the file at `path` ("" when it cannot be read).
-inline std::string file_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+inline std::string file_bytes(const std::string& path) { return read_file(path); }
 
 // Makes the foreign files in `dir` (anything with file(name) -> path). Each SQLite file
 // has a table of its own, with rows, and is closed cleanly (no -wal or -shm file left).

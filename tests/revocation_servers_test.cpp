@@ -36,6 +36,7 @@
 #include "apikeys/store.hpp"
 #include "catch.hpp"
 #include "server_support.hpp"
+#include "store_doubles.hpp"
 #include "test_support.hpp"
 
 #ifndef APIKEYS_REVOKE_NODE_PATH
@@ -145,35 +146,6 @@ class BlackHole {
  private:
   int fd_ = -1;
   int port_ = 0;
-};
-
-// Forwards to another store and counts find() calls: tells a cache hit from a store read.
-class CountingStore final : public apikeys::Store {
- public:
-  explicit CountingStore(std::shared_ptr<apikeys::Store> inner) : inner_(std::move(inner)) {}
-  std::atomic<int> finds{0};
-
-  void insert(const apikeys::KeyRecord& r) override { inner_->insert(r); }
-  std::optional<apikeys::KeyRecord> find(std::string_view pk) override {
-    ++finds;
-    return inner_->find(pk);
-  }
-  std::vector<apikeys::KeyInfo> list(const apikeys::Uuid& a) override { return inner_->list(a); }
-  std::optional<apikeys::KeyInfo> set_status(const apikeys::Uuid& a, const apikeys::Uuid& k,
-                                             apikeys::KeyStatus s) override {
-    return inner_->set_status(a, k, s);
-  }
-  std::optional<apikeys::KeyInfo> remove(const apikeys::Uuid& a, const apikeys::Uuid& k) override {
-    return inner_->remove(a, k);
-  }
-  void record_last_use(const std::vector<apikeys::LastUse>& uses) override { inner_->record_last_use(uses); }
-  std::uint64_t revision() override { return inner_->revision(); }
-  std::optional<apikeys::StoreChanges> changes_since(std::uint64_t since) override {
-    return inner_->changes_since(since);
-  }
-
- private:
-  std::shared_ptr<apikeys::Store> inner_;
 };
 
 void drop_schema(const std::string& pg, const std::string& schema) {
@@ -286,7 +258,7 @@ TEST_CASE("A node that cannot reach Redis still gets its revoke to every other n
     co.host = redis->host;
     co.port = redis->port;
     co.prefix = prefix;
-    auto store_b = std::make_shared<CountingStore>(std::make_shared<apikeys::PostgresStore>(*pg, so));
+    auto store_b = std::make_shared<apikeys_test::CountingStore>(std::make_shared<apikeys::PostgresStore>(*pg, so));
     auto cache_b = std::make_shared<apikeys::RedisCache>(co);
     apikeys::KeyManagerOptions mb;
     mb.validation.cache = cache_b;

@@ -107,14 +107,57 @@ class InstrumentedStore final : public apikeys::Store {
   std::vector<std::string> log_;  // guarded by mu_: the public key of each revision step
 };
 
+// Forwards the seven core Store calls to another store; a double derives from it and
+// overrides what it watches. identity() and changes_since() keep the Store defaults (an
+// identity of its own, no change log) unless the double forwards them too: a wrapper
+// with its own identity is, for the in-process revocation registry, another store.
+class ForwardingStore : public apikeys::Store {
+ public:
+  explicit ForwardingStore(std::shared_ptr<apikeys::Store> inner) : inner_(std::move(inner)) {}
+
+  void insert(const apikeys::KeyRecord& r) override { inner_->insert(r); }
+  std::optional<apikeys::KeyRecord> find(std::string_view pk) override { return inner_->find(pk); }
+  std::vector<apikeys::KeyInfo> list(const apikeys::Uuid& a) override { return inner_->list(a); }
+  std::optional<apikeys::KeyInfo> set_status(const apikeys::Uuid& a, const apikeys::Uuid& k,
+                                             apikeys::KeyStatus s) override {
+    return inner_->set_status(a, k, s);
+  }
+  std::optional<apikeys::KeyInfo> remove(const apikeys::Uuid& a, const apikeys::Uuid& k) override {
+    return inner_->remove(a, k);
+  }
+  void record_last_use(const std::vector<apikeys::LastUse>& uses) override { inner_->record_last_use(uses); }
+  std::uint64_t revision() override { return inner_->revision(); }
+
+ protected:
+  apikeys::Store& inner() { return *inner_; }
+
+ private:
+  std::shared_ptr<apikeys::Store> inner_;
+};
+
+// Counts find() calls (a cache hit makes none) and forwards the change log too.
+class CountingStore final : public ForwardingStore {
+ public:
+  using ForwardingStore::ForwardingStore;
+  std::atomic<int> finds{0};
+
+  std::optional<apikeys::KeyRecord> find(std::string_view pk) override {
+    ++finds;
+    return ForwardingStore::find(pk);
+  }
+  std::optional<apikeys::StoreChanges> changes_since(std::uint64_t since) override {
+    return inner().changes_since(since);
+  }
+};
+
 // Forwards every call to another Store and watches record_last_use(): counts the calls
 // begun and finished (returned or thrown), and while hold_last_use() is in force keeps
 // new calls waiting before they reach the inner store, until release_last_use().
 // Over a real store it shows when a last-use write has started (and so is stuck on a
 // lock the test holds) and whether it is still stuck.
-class LastUseWatch final : public apikeys::Store {
+class LastUseWatch final : public ForwardingStore {
  public:
-  explicit LastUseWatch(std::shared_ptr<apikeys::Store> inner) : inner_(std::move(inner)) {}
+  using ForwardingStore::ForwardingStore;
 
   std::atomic<int> last_use_begun{0};
   std::atomic<int> last_use_finished{0};
@@ -134,16 +177,6 @@ class LastUseWatch final : public apikeys::Store {
     return cv_.wait_for(l, limit, [&] { return last_use_begun.load() > n; });
   }
 
-  void insert(const apikeys::KeyRecord& r) override { inner_->insert(r); }
-  std::optional<apikeys::KeyRecord> find(std::string_view pk) override { return inner_->find(pk); }
-  std::vector<apikeys::KeyInfo> list(const apikeys::Uuid& a) override { return inner_->list(a); }
-  std::optional<apikeys::KeyInfo> set_status(const apikeys::Uuid& a, const apikeys::Uuid& k,
-                                             apikeys::KeyStatus s) override {
-    return inner_->set_status(a, k, s);
-  }
-  std::optional<apikeys::KeyInfo> remove(const apikeys::Uuid& a, const apikeys::Uuid& k) override {
-    return inner_->remove(a, k);
-  }
   void record_last_use(const std::vector<apikeys::LastUse>& uses) override {
     struct Finished {
       std::atomic<int>& n;
@@ -155,12 +188,10 @@ class LastUseWatch final : public apikeys::Store {
       cv_.notify_all();
       cv_.wait(l, [this] { return !held_; });
     }
-    inner_->record_last_use(uses);
+    ForwardingStore::record_last_use(uses);
   }
-  std::uint64_t revision() override { return inner_->revision(); }
 
  private:
-  std::shared_ptr<apikeys::Store> inner_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool held_ = false;
