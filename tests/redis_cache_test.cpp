@@ -681,20 +681,42 @@ TEST_CASE("RedisCache: instances sharing a prefix share verdicts, tokens and inv
   }
 }
 
+// One InstrumentedStore and two RedisCache instances under one prefix of their own,
+// each with its in-process tier live: a Validator's and a KeyManager's.
+struct TwoTiers {
+  explicit TwoTiers(const apikeys_test::RedisAddress& redis)
+      : janitor{redis, {}},
+        prefix(janitor.make()),
+        validator_cache(std::make_shared<RedisCache>(options_for(redis, prefix, true))),
+        manager_cache(std::make_shared<RedisCache>(options_for(redis, prefix, true))) {
+    REQUIRE(apikeys_test::eventually(
+        [&] { return validator_cache->local_tier_live() && manager_cache->local_tier_live(); }));
+  }
+  apikeys::KeyManagerOptions manager_options() const {
+    apikeys::KeyManagerOptions mo;
+    mo.validation = validator_options(manager_cache);
+    return mo;
+  }
+
+  PrefixJanitor janitor;
+  std::string prefix;
+  std::shared_ptr<apikeys_test::InstrumentedStore> store =
+      std::make_shared<apikeys_test::InstrumentedStore>();
+  std::shared_ptr<RedisCache> validator_cache;
+  std::shared_ptr<RedisCache> manager_cache;
+};
+
 TEST_CASE("RedisCache: a revoke on another node during a fill never leaves a stale valid",
           "[servers][redis][cache]") {
   const auto redis = apikeys_test::test_redis();
   if (!redis) return;
-  PrefixJanitor janitor{*redis, {}};
-  const std::string prefix = janitor.make();
-  auto store = std::make_shared<apikeys_test::InstrumentedStore>();
-  auto cache1 = std::make_shared<RedisCache>(options_for(*redis, prefix, true));
-  auto cache2 = std::make_shared<RedisCache>(options_for(*redis, prefix, true));
-  REQUIRE(apikeys_test::eventually([&] { return cache1->local_tier_live() && cache2->local_tier_live(); }));
-  apikeys::Validator node1(store, hasher(), validator_options(cache1));
-  apikeys::KeyManagerOptions mo;
-  mo.validation = validator_options(cache2);
-  apikeys::KeyManager node2(store, hasher(), mo);
+  TwoTiers tiers(*redis);
+  auto& store = tiers.store;
+  // Node 1's store has an identity of its own, as another process's would: only Redis
+  // can tell it about node 2's revoke.
+  apikeys::Validator node1(std::make_shared<apikeys_test::ForwardingStore>(store), hasher(),
+                           validator_options(tiers.validator_cache));
+  apikeys::KeyManager node2(store, hasher(), tiers.manager_options());
   const auto key = node2.create(apikeys_test::account_id(3), request("raced"));
 
   // Node 1 reads the store (key active) and pauses before its fill ...
@@ -760,16 +782,10 @@ TEST_CASE("RedisCache: two in-process tiers in one process both reject a key whe
   // its own in-process tier) over one store: the hot path must not wait for pub/sub.
   const auto redis = apikeys_test::test_redis();
   if (!redis) return;
-  PrefixJanitor janitor{*redis, {}};
-  const std::string prefix = janitor.make();
-  auto store = std::make_shared<apikeys_test::InstrumentedStore>();
-  auto admin_cache = std::make_shared<RedisCache>(options_for(*redis, prefix, true));
-  auto hot_cache = std::make_shared<RedisCache>(options_for(*redis, prefix, true));
-  REQUIRE(apikeys_test::eventually([&] { return admin_cache->local_tier_live() && hot_cache->local_tier_live(); }));
-  apikeys::KeyManagerOptions mo;
-  mo.validation = validator_options(admin_cache);
-  apikeys::KeyManager admin(store, hasher(), mo);
-  apikeys::Validator hot(store, hasher(), validator_options(hot_cache));
+  TwoTiers tiers(*redis);
+  auto& store = tiers.store;
+  apikeys::KeyManager admin(store, hasher(), tiers.manager_options());
+  apikeys::Validator hot(store, hasher(), validator_options(tiers.validator_cache));
   const apikeys::Uuid account = apikeys_test::account_id(4);
   for (int i = 0; i < 20; ++i) {
     const auto key = admin.create(account, request("hot"));
