@@ -9,7 +9,6 @@
 
 #include <cstddef>
 #include <fstream>
-#include <iterator>
 #include <random>
 #include <stdexcept>
 #include <string>
