@@ -1,0 +1,162 @@
+// Private to SqliteStore: a query-only reader connection with its prepared statements
+// and its find() snapshot, and the pool of idle readers with the janitor thread that
+// ends the snapshots of readers left idle.
+// See doc/sqlite-store.md, rules on read snapshots.
+// Thread-safety: a Reader is used by one thread at a time (the pool hands it out);
+// ReaderPool is thread-safe. Ownership: the pool owns its idle readers; a reader taken
+// from it belongs to the caller until put back.
+#ifndef APIKEYS_SRC_SQLITE_READER_POOL_HPP
+#define APIKEYS_SRC_SQLITE_READER_POOL_HPP
+
+#include <sqlite3.h>
+
+#include <SQLiteCpp/Database.h>
+#include <SQLiteCpp/Statement.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "apikeys/sqlite_store.hpp"
+#include "sqlite/queries.hpp"
+#include "sqlite/statement.hpp"
+
+namespace apikeys::detail::sqlite {
+
+// Idle reader connections kept open; more may exist while checked out.
+constexpr std::size_t kMaxIdleReaders = 16;
+
+struct Reader {
+  Reader(const std::string& path, const SqliteStoreOptions& o, bool read_only)
+      : db(open_connection(path, o, Role::reader, read_only)),
+        find(db, kFindSql),
+        list(db, kListSql),
+        revision(db, kRevisionSql),
+        last_rowid(db, kMaxRowidSql),
+        begin(db, "BEGIN"),
+        end(db, "COMMIT"),
+        rng(random_seed()) {}
+
+  // True while this connection holds a read transaction open across calls.
+  [[nodiscard]] bool in_snapshot() const noexcept {
+    return sqlite3_get_autocommit(db.getHandle()) == 0;
+  }
+
+  // Ends the read transaction, if any: the next read takes a new snapshot. Never
+  // throws; a failed COMMIT (not expected for a read) falls back to ROLLBACK. Not const:
+  // it changes the connection's state, which the compiler cannot see through handles.
+  // NOLINTNEXTLINE(readability-make-member-function-const)
+  void end_snapshot() noexcept {
+    if (!in_snapshot()) return;
+    const int rc = sqlite3_step(end.get());
+    sqlite3_reset(end.get());
+    if (rc != SQLITE_DONE) sqlite3_exec(db.getHandle(), "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+
+  // find()'s read transaction: kept across calls while it is younger than `max_age`
+  // and no write went through this store since it began (`epoch`); else a new one.
+  void use_snapshot(std::chrono::steady_clock::duration max_age, std::uint64_t epoch) {
+    if (max_age.count() <= 0) {
+      end_snapshot();  // a transaction per statement
+      return;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (in_snapshot()) {
+      if (epoch == snapshot_epoch && now - snapshot_began < max_age) return;
+      end_snapshot();
+    }
+    RawUse use(begin);
+    (void)begin.step();
+    snapshot_began = now;
+    snapshot_epoch = epoch;
+  }
+
+  // The table's largest rowid now, 0 when it is empty.
+  std::int64_t read_max_rowid() {
+    RawUse use(last_rowid);
+    return last_rowid.step() ? sqlite3_column_int64(last_rowid.get(), 0) : 0;
+  }
+
+  // A rowid for find()'s decoy read: uniform over 1..bound (the largest rowid the
+  // store has seen). The query takes the next existing row from there.
+  std::int64_t decoy_rowid(std::int64_t bound) noexcept {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return bound <= 1 ? 1 : 1 + static_cast<std::int64_t>(rng % static_cast<std::uint64_t>(bound));
+  }
+
+  SQLite::Database db;  // Declared first: statements are finalized before it closes.
+  RawStatement find;
+  RawStatement list;
+  SQLite::Statement revision;
+  RawStatement last_rowid;
+  RawStatement begin;
+  RawStatement end;
+  std::uint64_t rng;  // xorshift64 state: never 0.
+  std::chrono::steady_clock::time_point snapshot_began;
+  std::uint64_t snapshot_epoch = 0;
+
+ private:
+  // Each reader its own sequence, so that decoy rows do not repeat across readers or runs.
+  static std::uint64_t random_seed() {
+    std::random_device device;
+    const std::uint64_t seed = (std::uint64_t{device()} << 32) ^ device();
+    return seed != 0 ? seed : 0x9e3779b97f4a7c15ULL;
+  }
+};
+
+// The idle readers of one store, and the janitor that ends their snapshots once they
+// are older than the store's read_snapshot_max_age.
+class ReaderPool {
+ public:
+  explicit ReaderPool(std::chrono::steady_clock::duration snapshot_max_age);
+  ~ReaderPool();  // Stops the janitor.
+  ReaderPool(const ReaderPool&) = delete;
+  ReaderPool& operator=(const ReaderPool&) = delete;
+
+  // Starts the janitor when snapshots are kept. Called once, by the store's constructor.
+  void start_janitor();
+
+  // An idle reader, or null when there is none (the caller opens one, outside the pool's
+  // mutex: opening takes file I/O).
+  std::unique_ptr<Reader> take();
+
+  // Puts `reader` back; returns it instead when the pool is full, for the caller to
+  // close outside the mutex. Never allocates (see the constructor), so never throws.
+  std::unique_ptr<Reader> put(std::unique_ptr<Reader> reader) noexcept;
+
+  // Called when a reader with an open snapshot goes back to the pool.
+  void arm_janitor();
+
+ private:
+  void run_janitor();
+
+  const std::chrono::steady_clock::duration snapshot_max_age_;
+
+  // Ends the snapshots of readers left idle (a read transaction held open
+  // forever pins the WAL, which then grows with every write of every process). Runs
+  // only while some idle reader may hold one; wakes every kJanitorPeriod meanwhile.
+  static constexpr std::chrono::milliseconds kJanitorPeriod{100};
+  std::mutex janitor_mu_;
+  std::condition_variable janitor_cv_;
+  bool stopping_ = false;                // guarded by janitor_mu_
+  std::atomic<bool> janitor_armed_{false};
+  std::thread janitor_;                  // started by start_janitor() when snapshots are kept
+
+  std::mutex pool_mu_;
+  // Guarded by pool_mu_. Never holds more than kMaxIdleReaders, its reserved capacity.
+  std::vector<std::unique_ptr<Reader>> idle_;
+};
+
+}  // namespace apikeys::detail::sqlite
+
+#endif  // APIKEYS_SRC_SQLITE_READER_POOL_HPP

@@ -1,0 +1,299 @@
+#include "sqlite/schema.hpp"
+
+#include <sqlite3.h>
+
+#include <SQLiteCpp/Exception.h>
+#include <SQLiteCpp/Statement.h>
+#include <SQLiteCpp/Transaction.h>
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "apikeys/error.hpp"
+#include "sqlite/statement.hpp"
+
+namespace apikeys::detail::sqlite {
+namespace {
+
+// ---------------------------------------------------------------------------------
+// Schema. Each step moves the database from version `to - 1` to `to`, in its own
+// IMMEDIATE transaction together with the user_version bump. Steps are append-only:
+// a released step is never edited (tests/sqlite_store_test.cpp pins version 1).
+
+struct Migration {
+  int to;
+  const char* sql;
+};
+
+constexpr Migration kMigrations[] = {
+    {1, R"sql(
+CREATE TABLE api_keys (
+  key_id       TEXT    NOT NULL PRIMARY KEY,
+  account_id   TEXT    NOT NULL,
+  public_key   TEXT    NOT NULL,
+  digest       BLOB    NOT NULL,
+  pepper_id    INTEGER NOT NULL,
+  title        TEXT    NOT NULL,
+  description  TEXT    NOT NULL,
+  status       INTEGER NOT NULL,
+  created_at   INTEGER NOT NULL,
+  expires_at   INTEGER,
+  last_used_at INTEGER
+);
+CREATE UNIQUE INDEX api_keys_public_key ON api_keys (public_key);
+CREATE INDEX api_keys_account_created ON api_keys (account_id, created_at);
+)sql"},
+    {2, R"sql(
+CREATE TABLE apikeys_meta (
+  id       INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+  revision INTEGER NOT NULL
+);
+INSERT INTO apikeys_meta (id, revision) VALUES (1, 0);
+)sql"},
+    {3, R"sql(
+CREATE TABLE apikeys_changes (
+  revision   INTEGER NOT NULL PRIMARY KEY,
+  public_key TEXT    NOT NULL
+);
+)sql"},
+};
+
+}  // namespace
+
+const int kCurrentVersion = kMigrations[std::size(kMigrations) - 1].to;
+
+namespace {
+
+// The schema versions released before the marker existed. A file at one of these with
+// application_id 0 is ours only if its schema is exactly what those steps created; it
+// gets the marker in its next migration transaction. Never raise this.
+constexpr int kLastUnmarkedVersion = 2;
+
+int user_version(SQLite::Database& db) { return db.execAndGet("PRAGMA user_version").getInt(); }
+
+[[noreturn]] void newer_schema(int version) {
+  throw Error(ErrorCode::storage,
+              fmt::format("SqliteStore open failed: schema version {} is newer than this library "
+                          "supports ({})",
+                          version, kCurrentVersion));
+}
+
+}  // namespace
+
+void require_apikeys_tables(SQLite::Database& db) {
+  const int tables = db.execAndGet(
+                           "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                           " AND name IN ('api_keys', 'apikeys_meta')")
+                         .getInt();
+  if (tables != 2) {
+    throw Error(ErrorCode::storage,
+                "SqliteStore open failed: not an apikeys database (tables missing)");
+  }
+}
+
+namespace {
+
+// Every schema object but SQLite's own (sqlite_autoindex_*, sqlite_stat* after an
+// ANALYZE, ...): type, name, table and CREATE statement, in a fixed order.
+std::vector<std::string> schema_of(SQLite::Database& db) {
+  std::vector<std::string> out;
+  SQLite::Statement q(db,
+                      "SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_master"
+                      " WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY type, name");
+  while (q.executeStep()) {
+    for (int c = 0; c < 4; ++c) out.push_back(q.getColumn(c).getString());
+  }
+  return out;
+}
+
+// The schema the migration steps up to `version` create, built in a private in-memory
+// database (so the steps stay the only description of each version's schema).
+std::vector<std::string> schema_at(int version) {
+  SQLite::Database scratch(":memory:", SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE);
+  for (const Migration& step : kMigrations) {
+    if (step.to <= version) scratch.exec(step.sql);
+  }
+  return schema_of(scratch);
+}
+
+// The size of the database file on disk, as SQLite's file layer sees it. Not PRAGMA
+// page_count: inside a write transaction an empty database already counts the page 1
+// that the transaction would create.
+std::int64_t main_file_size(SQLite::Database& db) {
+  sqlite3_file* file = nullptr;
+  sqlite3_int64 size = -1;
+  if (sqlite3_file_control(db.getHandle(), "main", SQLITE_FCNTL_FILE_POINTER, &file) !=
+          SQLITE_OK ||
+      file == nullptr || file->pMethods == nullptr ||
+      file->pMethods->xFileSize(file, &size) != SQLITE_OK) {
+    throw Error(ErrorCode::storage, "SqliteStore open failed: cannot read the file's size");
+  }
+  return size;
+}
+
+}  // namespace
+
+Identity identify(SQLite::Database& db) {
+  Identity id;
+  const auto app = static_cast<std::uint32_t>(db.execAndGet("PRAGMA application_id").getInt());
+  id.version = user_version(db);
+  if (app == static_cast<std::uint32_t>(kApplicationId)) {
+    id.marked = true;
+    if (id.version >= 1) {
+      id.kind = FileKind::apikeys;
+    } else {
+      id.why = fmt::format("apikeys' application_id but user_version {}", id.version);
+    }
+    return id;
+  }
+  if (app != 0) {
+    id.why = fmt::format("application_id {:#010x}, not apikeys' {:#010x}", app,
+                         static_cast<std::uint32_t>(kApplicationId));
+    return id;
+  }
+  if (main_file_size(db) == 0) {
+    id.kind = FileKind::empty;
+    return id;
+  }
+  if (id.version >= 1 && id.version <= kLastUnmarkedVersion &&
+      schema_of(db) == schema_at(id.version)) {
+    id.kind = FileKind::apikeys;
+    return id;
+  }
+  id.why = fmt::format(
+      "no apikeys application_id, and not the exact schema of an earlier apikeys release; "
+      "user_version {}",
+      id.version);
+  return id;
+}
+
+void require_usable(const Identity& id, const std::string& path, bool may_initialise) {
+  switch (id.kind) {
+    case FileKind::apikeys:
+      if (id.version > kCurrentVersion) newer_schema(id.version);
+      return;
+    case FileKind::empty:
+      if (may_initialise) return;
+      throw Error(ErrorCode::storage,
+                  fmt::format("SqliteStore open '{}' failed: not an apikeys database (an empty "
+                              "file; only a writable open with create_if_missing initialises "
+                              "one)",
+                              path));
+    case FileKind::foreign:
+      break;
+  }
+  throw Error(ErrorCode::storage,
+              fmt::format("SqliteStore open '{}' failed: not an apikeys database ({}); left "
+                          "unchanged",
+                          path, id.why));
+}
+
+namespace {
+
+// `path` as an SQLite URI that opens it read-only and immutable: no locks taken, no
+// journal, -wal or -shm file looked at or created.
+std::string immutable_uri(const std::string& path) {
+  std::string uri = "file:";
+  for (std::size_t i = 0; i < path.size(); ++i) {
+    const auto c = static_cast<unsigned char>(path[i]);
+    const bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                       (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
+                       c == '~' || (c == '/' && i != 1);  // "file://" would name a host
+    if (plain) {
+      uri.push_back(static_cast<char>(c));
+    } else {
+      uri += fmt::format("%{:02X}", c);
+    }
+  }
+  return uri + "?immutable=1";
+}
+
+// True when the file's header says WAL mode (bytes 18 and 19 are 2).
+bool wal_header(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char header[20] = {};
+  in.read(header, sizeof header);
+  return in.gcount() == sizeof header && header[18] == 2 && header[19] == 2;
+}
+
+}  // namespace
+
+// Identifies an existing file without writing to it or beside it. A WAL file without a
+// -wal file holds every committed change in itself (and one without a -shm is read the
+// same way, so that none is created beside it); it is read as immutable, because
+// an ordinary connection would create -wal and -shm files next to someone else's
+// database (owned by whoever runs us, they could lock its owner out). Anything else is
+// read on an ordinary read-only connection, whose locks keep out half-written commits
+// and which creates nothing beside a rollback-journal file. A view that is stale
+// (another process writing meanwhile) only decides whether to go on: whatever writes
+// identifies the file again, on its own connection, under the write lock.
+Identity identify_read_only(const std::string& path, const SqliteStoreOptions& options) {
+  const auto immutable = [&] {
+    SQLite::Database probe(immutable_uri(path),
+                           SQLite::OPEN_READONLY | SQLite::OPEN_URI | SQLite::OPEN_NOMUTEX);
+    return identify(probe);
+  };
+  try {
+    // With a -wal but no -shm (files copied without it), an ordinary connection would
+    // create the -shm: read the main file alone then too. What a WAL-mode file of ours
+    // needs to be recognised, its marker, is in the main file from its first commit.
+    std::error_code ec;
+    const bool no_wal = !std::filesystem::exists(path + "-wal", ec) && !ec;
+    const bool no_shm = !std::filesystem::exists(path + "-shm", ec) && !ec;
+    if (wal_header(path) && (no_wal || no_shm)) return immutable();
+    try {
+      SQLite::Database probe = open_connection(path, options, Role::reader, true);
+      return identify(probe);
+    } catch (const SQLite::Exception& e) {
+      // A hot journal: an interrupted transaction that only a writable connection may
+      // roll back, a write not ours to make to a file we have not identified. Unless the
+      // file, as it lies, is marked as ours (our first transaction, interrupted).
+      if (e.getExtendedErrorCode() != SQLITE_READONLY_ROLLBACK) throw;
+      Identity id;
+      try {
+        id = immutable();
+      } catch (const SQLite::Exception&) {
+      }
+      if (id.marked) return id;
+      throw Error(ErrorCode::storage,
+                  fmt::format("SqliteStore open '{}' failed: the file has a hot journal (an "
+                              "interrupted transaction) that only a writable connection can "
+                              "roll back; open it once with the program that wrote it",
+                              path));
+    }
+  } catch (const SQLite::Exception& e) {
+    if (e.getErrorCode() != SQLITE_NOTADB) throw;
+    throw Error(ErrorCode::storage,
+                fmt::format("SqliteStore open '{}' failed: not an apikeys database (not an "
+                            "SQLite database file); left unchanged",
+                            path));
+  }
+}
+
+// Brings the schema to kCurrentVersion and marks the file as ours, one migration step per
+// IMMEDIATE transaction together with its user_version bump (and, in the first, the
+// marker). Each transaction identifies the file again under the write lock before it
+// writes, so another process creating, migrating or replacing the file meanwhile is seen;
+// a refused file's transaction rolls back having written nothing.
+void migrate(SQLite::Database& db, const std::string& path, bool may_initialise) {
+  for (;;) {
+    SQLite::Transaction tx(db, SQLite::TransactionBehavior::IMMEDIATE);
+    const Identity id = identify(db);
+    require_usable(id, path, may_initialise);
+    if (id.marked && id.version == kCurrentVersion) return;  // nothing to do; tx rolls back
+    for (const Migration& step : kMigrations) {
+      if (step.to != id.version + 1) continue;
+      db.exec(step.sql);
+      db.exec(fmt::format("PRAGMA user_version = {}", step.to));
+      break;
+    }
+    if (!id.marked) db.exec(fmt::format("PRAGMA application_id = {}", kApplicationId));
+    tx.commit();
+  }
+}
+
+}  // namespace apikeys::detail::sqlite
