@@ -35,6 +35,7 @@
 #include "decoy_reads.hpp"
 #include "sqlite/queries.hpp"
 #include "sqlite/reader_pool.hpp"
+#include "sqlite/record_codec.hpp"
 #include "sqlite/schema.hpp"
 #include "sqlite/statement.hpp"
 
@@ -47,16 +48,16 @@ using namespace detail::sqlite;  // NOLINT(google-build-using-namespace)
 struct Writer {
   explicit Writer(SQLite::Database&& database)
       : db(std::move(database)),
-        insert(db, kInsertSql),
-        set_status(db, kSetStatusSql),
-        remove(db, kRemoveSql),
+        insert(db, insert_sql().c_str()),
+        set_status(db, set_status_sql().c_str()),
+        remove(db, remove_sql().c_str()),
         bump_revision(db, kBumpRevisionSql),
         log_change(db, kLogChangeSql),
         prune_changes(db, kPruneChangesSql),
         last_use(db, kLastUseSql) {}
 
   SQLite::Database db;
-  SQLite::Statement insert;
+  RawStatement insert;
   RawStatement set_status;
   RawStatement remove;
   SQLite::Statement bump_revision;
@@ -281,32 +282,11 @@ int SqliteStore::schema_version() noexcept { return kCurrentVersion; }
 std::int32_t SqliteStore::application_id() noexcept { return kApplicationId; }
 
 void SqliteStore::insert(const KeyRecord& record) {
-  const KeyInfo& info = record.info;
-  const std::string key_id = info.key_id.to_string();
-  const std::string account_id = info.account_id.to_string();
   impl_->write("insert", [&](Writer& w) {
-    SQLite::Statement& s = w.insert;
-    StatementUse use(s);
-    s.bindNoCopy(1, key_id);
-    s.bindNoCopy(2, account_id);
-    s.bindNoCopy(3, info.public_key);
-    s.bindNoCopy(4, record.digest.bytes.data(), static_cast<int>(record.digest.bytes.size()));
-    s.bind(5, static_cast<std::int64_t>(record.digest.pepper_id));
-    s.bindNoCopy(6, info.title);
-    s.bindNoCopy(7, info.description);
-    s.bind(8, static_cast<std::int32_t>(info.status));
-    s.bind(9, to_unix_millis(info.created_at));
-    if (info.expires_at) {
-      s.bind(10, to_unix_millis(*info.expires_at));
-    } else {
-      s.bind(10);
-    }
-    if (info.last_used_at) {
-      s.bind(11, to_unix_millis(*info.last_used_at));
-    } else {
-      s.bind(11);
-    }
-    s.exec();
+    RawUse use(w.insert);
+    const int rc = bind_record(w.insert.get(), record);
+    if (rc != SQLITE_OK) throw SQLite::Exception(w.db.getHandle(), rc);
+    (void)w.insert.step();
     impl_->note_rowid(sqlite3_last_insert_rowid(w.db.getHandle()));
   });
 }
@@ -336,15 +316,13 @@ std::optional<KeyRecord> SqliteStore::find(std::string_view public_key) {
       ++detail::decoy_reads;
       // Decoded like a hit, then dropped; a damaged decoy row must not fail the miss.
       try {
-        record.digest = read_digest(s.get(), 2, "find");
-        record.info = read_info(s.get(), "find", 4, &public_key);
+        read_record(s.get(), "find", kFindFirstField, public_key, record);
       } catch (const Error&) {
       }
       return std::nullopt;
     }
     impl_->note_rowid(sqlite3_column_int64(s.get(), 1));
-    record.digest = read_digest(s.get(), 2, "find");
-    record.info = read_info(s.get(), "find", 4, &public_key);
+    read_record(s.get(), "find", kFindFirstField, public_key, record);
     return record;
   });
 }

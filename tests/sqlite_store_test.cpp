@@ -19,6 +19,7 @@
 #include "apikeys/sqlite_store.hpp"
 #include "catch.hpp"
 #include "foreign_files.hpp"
+#include "record_fields.hpp"
 #include "store_contract.hpp"
 #include "test_support.hpp"
 
@@ -175,6 +176,24 @@ TEST_CASE("SqliteStore keeps its data across reopen", "[store][sqlite]") {
   CHECK(RawDb(path).text("PRAGMA journal_mode") == "wal");
   CHECK(RawDb(path).integer("PRAGMA application_id") == SqliteStore::application_id());
   CHECK(SqliteStore::application_id() == 0x6170696B);  // "apik": never changes
+}
+
+TEST_CASE("SqliteStore's api_keys table has the fields of the record description, in order",
+          "[store][sqlite]") {
+  TempDir dir;
+  const std::string path = dir.file("fields.db");
+  { SqliteStore store(path, fast_options()); }
+  RawDb raw(path);
+  CHECK(raw.integer("SELECT count(*) FROM pragma_table_info('api_keys')") ==
+        static_cast<std::int64_t>(apikeys::detail::kFieldCount));
+  for (std::size_t i = 0; i < apikeys::detail::kFieldCount; ++i) {
+    const apikeys::detail::RecordField& f = apikeys::detail::kRecordFields[i];
+    const std::string where = " FROM pragma_table_info('api_keys') WHERE cid = " + std::to_string(i);
+    INFO("column " << i << ", described as " << f.name);
+    CHECK(raw.text("SELECT name" + where) == f.name);
+    CHECK(raw.text("SELECT type" + where) == f.sqlite_type);
+    CHECK(raw.integer("SELECT \"notnull\"" + where) == (f.nullable() ? 0 : 1));
+  }
 }
 
 TEST_CASE("SqliteStore migrates a version 1 database and keeps its rows", "[store][sqlite]") {

@@ -1,41 +1,50 @@
-// Private to SqliteStore: the SQL of every prepared statement it keeps.
-// Thread-safety and ownership: constants only.
+// Private to SqliteStore: the SQL of every prepared statement it keeps. The column
+// lists of key rows come from src/record_fields.hpp; the functions build them when a
+// connection prepares its statements, never per call.
+// Thread-safety and ownership: constants and pure functions only.
 #ifndef APIKEYS_SRC_SQLITE_QUERIES_HPP
 #define APIKEYS_SRC_SQLITE_QUERIES_HPP
 
-namespace apikeys::detail::sqlite {
+#include <string>
 
-// KeyInfo columns, in the order read_info() expects.
-#define APIKEYS_INFO_COLUMNS \
-  "key_id, account_id, public_key, title, description, status, created_at, expires_at, last_used_at"
+#include "record_fields.hpp"
+
+namespace apikeys::detail::sqlite {
 
 // find() reads one row whether or not the key exists (the timing oracle of
 // doc/failure-modes.md): the first row at or after the rowid of the row whose
 // public_key is ?1 (that row itself) or, failing that, at or after the decoy rowid ?2
-// (gaps and deleted rowids lead to the next row), with a first column saying which. A miss then costs what a hit costs
-// (index search, one table search, the same columns decoded) instead of stopping after
-// the index. Only a miss whose ?2 is past the table's end gets no row (see find()).
+// (gaps and deleted rowids lead to the next row), with a first column saying which. A
+// miss then costs what a hit costs (index search, one table search, the same columns
+// decoded) instead of stopping after the index. Only a miss whose ?2 is past the table's end gets no row (see find()).
 // The public_key column is only compared, not read back: on a hit it equals the
 // argument byte for byte (a TEXT column under BINARY collation).
-inline constexpr const char* kFindSql =
-    "SELECT k.public_key = ?1, k.rowid, digest, pepper_id, key_id, account_id, title,"
-    " description, status, created_at, expires_at, last_used_at FROM api_keys AS k"
-    " WHERE k.rowid >= coalesce((SELECT rowid FROM api_keys WHERE public_key = ?1), ?2)"
-    " ORDER BY k.rowid LIMIT 1";
+// Columns: the hit flag, the rowid, then every field but public_key from
+// kFindFirstField on (read_record()).
+inline constexpr int kFindFirstField = 2;
+inline std::string find_sql() {
+  return "SELECT k.public_key = ?1, k.rowid, " +
+         column_list(Columns::all, "k.", &field(Field::public_key)) +
+         " FROM api_keys AS k"
+         " WHERE k.rowid >= coalesce((SELECT rowid FROM api_keys WHERE public_key = ?1), ?2)"
+         " ORDER BY k.rowid LIMIT 1";
+}
 inline constexpr const char* kMaxRowidSql = "SELECT coalesce(max(rowid), 0) FROM api_keys";
-inline constexpr const char* kListSql = "SELECT " APIKEYS_INFO_COLUMNS
-                                 " FROM api_keys WHERE account_id = ?1"
-                                 " ORDER BY created_at DESC, rowid DESC";
+// The KeyInfo columns, as read_info() reads them.
+inline std::string list_sql() {
+  return "SELECT " + column_list(Columns::info) +
+         " FROM api_keys WHERE account_id = ?1 ORDER BY created_at DESC, rowid DESC";
+}
 inline constexpr const char* kRevisionSql = "SELECT revision FROM apikeys_meta WHERE id = 1";
-inline constexpr const char* kInsertSql =
-    "INSERT INTO api_keys (key_id, account_id, public_key, digest, pepper_id, title,"
-    " description, status, created_at, expires_at, last_used_at)"
-    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
-inline constexpr const char* kSetStatusSql =
-    "UPDATE api_keys SET status = ?1 WHERE key_id = ?2 AND account_id = ?3"
-    " RETURNING " APIKEYS_INFO_COLUMNS;
-inline constexpr const char* kRemoveSql =
-    "DELETE FROM api_keys WHERE key_id = ?1 AND account_id = ?2 RETURNING " APIKEYS_INFO_COLUMNS;
+// The insert is sqlite/record_codec.hpp's insert_sql().
+inline std::string set_status_sql() {
+  return "UPDATE api_keys SET status = ?1 WHERE key_id = ?2 AND account_id = ?3 RETURNING " +
+         column_list(Columns::info);
+}
+inline std::string remove_sql() {
+  return "DELETE FROM api_keys WHERE key_id = ?1 AND account_id = ?2 RETURNING " +
+         column_list(Columns::info);
+}
 inline constexpr const char* kBumpRevisionSql =
     "UPDATE apikeys_meta SET revision = revision + 1 WHERE id = 1";
 // The change log (doc/revocation.md): each revision step names the public key it
@@ -54,8 +63,6 @@ inline constexpr const char* kChangesSql =
 // any time, including one before 1970.
 inline constexpr const char* kLastUseSql =
     "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, ?1), ?1) WHERE key_id = ?2";
-
-#undef APIKEYS_INFO_COLUMNS
 
 }  // namespace apikeys::detail::sqlite
 

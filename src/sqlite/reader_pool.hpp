@@ -37,8 +37,8 @@ constexpr std::size_t kMaxIdleReaders = 16;
 struct Reader {
   Reader(const std::string& path, const SqliteStoreOptions& o, bool read_only)
       : db(open_connection(path, o, Role::reader, read_only)),
-        find(db, kFindSql),
-        list(db, kListSql),
+        find(db, find_sql().c_str()),
+        list(db, list_sql().c_str()),
         revision(db, kRevisionSql),
         last_rowid(db, kMaxRowidSql),
         begin(db, "BEGIN"),

@@ -2,7 +2,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <array>
 #include <cstring>
+#include <limits>
+#include <optional>
+
+#include "record_fields.hpp"
 
 namespace apikeys::detail::sqlite {
 
@@ -43,63 +48,90 @@ std::string_view read_text_view(sqlite3_stmt* s, int i, const char* op, const ch
   return {p, static_cast<std::size_t>(n)};
 }
 
-Uuid read_uuid(sqlite3_stmt* s, int i, const char* op, const char* what) {
-  std::optional<Uuid> id = Uuid::parse(read_text_view(s, i, op, what));
-  if (!id) corrupt(op, what);
-  return *id;
-}
-
 std::int64_t read_int(sqlite3_stmt* s, int i, const char* op, const char* what) {
   if (sqlite3_column_type(s, i) != SQLITE_INTEGER) corrupt(op, what);
   return sqlite3_column_int64(s, i);
 }
 
-std::optional<TimePoint> read_optional_time(sqlite3_stmt* s, int i, const char* op,
-                                            const char* what) {
-  if (sqlite3_column_type(s, i) == SQLITE_NULL) return std::nullopt;
-  return from_unix_millis(read_int(s, i, op, what));
+namespace {
+
+[[noreturn]] void corrupt_field(const char* op, const RecordField& f, const char* problem) {
+  throw Error(ErrorCode::storage,
+              fmt::format("SqliteStore {} failed: corrupt record: {} {}", op, f.name, problem));
 }
 
-KeyInfo read_info(sqlite3_stmt* s, const char* op, int first,
-                  const std::string_view* public_key) {
+// Decodes the fields of a row, one overload per FieldKind, from column `column` on.
+// `public_key`, when set, is the value of that field (find() compares the column with
+// it and does not read it back).
+struct RowDecoder {
+  sqlite3_stmt* s;
+  const char* op;
+  int column;
+  const std::string_view* public_key = nullptr;
+
+  std::int64_t integer(const RecordField& f) {
+    if (sqlite3_column_type(s, column) != SQLITE_INTEGER) corrupt_field(op, f, "is not an integer");
+    return sqlite3_column_int64(s, column++);
+  }
+
+  void operator()(const RecordField& f, Uuid& v) {
+    if (sqlite3_column_type(s, column) != SQLITE_TEXT) corrupt_field(op, f, "is not a UUID");
+    std::optional<Uuid> id = Uuid::parse(read_text_view(s, column++, op, "UUID"));
+    if (!id) corrupt_field(op, f, "is not a UUID");
+    v = *id;
+  }
+  void operator()(const RecordField& f, std::string& v) {
+    if (public_key != nullptr && &f == &field(Field::public_key)) {
+      v.assign(*public_key);
+      return;
+    }
+    if (sqlite3_column_type(s, column) != SQLITE_TEXT) corrupt_field(op, f, "is not text");
+    v.assign(read_text_view(s, column++, op, "text"));
+  }
+  void operator()(const RecordField& f, std::array<std::uint8_t, 32>& v) {
+    const void* bytes = sqlite3_column_type(s, column) == SQLITE_BLOB &&
+                                sqlite3_column_bytes(s, column) == static_cast<int>(v.size())
+                            ? sqlite3_column_blob(s, column)
+                            : nullptr;
+    if (bytes == nullptr) corrupt_field(op, f, "is not 32 bytes");
+    std::memcpy(v.data(), bytes, v.size());
+    ++column;
+  }
+  void operator()(const RecordField& f, std::uint32_t& v) {
+    const std::int64_t n = integer(f);
+    if (n < 0 || n > std::numeric_limits<std::uint32_t>::max()) corrupt_field(op, f, "out of range");
+    v = static_cast<std::uint32_t>(n);
+  }
+  void operator()(const RecordField& f, KeyStatus& v) {
+    const std::int64_t n = integer(f);
+    if (n != static_cast<std::int64_t>(KeyStatus::active) &&
+        n != static_cast<std::int64_t>(KeyStatus::revoked)) {
+      corrupt(op, "unknown status");
+    }
+    v = static_cast<KeyStatus>(n);
+  }
+  void operator()(const RecordField& f, TimePoint& v) { v = from_unix_millis(integer(f)); }
+  void operator()(const RecordField& f, std::optional<TimePoint>& v) {
+    if (sqlite3_column_type(s, column) == SQLITE_NULL) {
+      v.reset();
+      ++column;
+      return;
+    }
+    v = from_unix_millis(integer(f));
+  }
+};
+
+}  // namespace
+
+KeyInfo read_info(sqlite3_stmt* s, const char* op) {
   KeyInfo info;
-  int c = first;
-  info.key_id = read_uuid(s, c++, op, "key_id is not a UUID");
-  info.account_id = read_uuid(s, c++, op, "account_id is not a UUID");
-  if (public_key != nullptr) {
-    info.public_key.assign(*public_key);
-  } else {
-    info.public_key.assign(read_text_view(s, c++, op, "public_key is not text"));
-  }
-  info.title.assign(read_text_view(s, c++, op, "title is not text"));
-  info.description.assign(read_text_view(s, c++, op, "description is not text"));
-  const std::int64_t status = read_int(s, c++, op, "status is not an integer");
-  if (status != static_cast<std::int64_t>(KeyStatus::active) &&
-      status != static_cast<std::int64_t>(KeyStatus::revoked)) {
-    corrupt(op, "unknown status");
-  }
-  info.status = static_cast<KeyStatus>(status);
-  info.created_at = from_unix_millis(read_int(s, c++, op, "created_at is not an integer"));
-  info.expires_at = read_optional_time(s, c++, op, "expires_at is not an integer");
-  info.last_used_at = read_optional_time(s, c, op, "last_used_at is not an integer");
+  for_each_info_field(info, RowDecoder{s, op, 0});
   return info;
 }
 
-Digest read_digest(sqlite3_stmt* s, int column, const char* op) {
-  Digest d;
-  if (sqlite3_column_type(s, column) != SQLITE_BLOB ||
-      sqlite3_column_bytes(s, column) != static_cast<int>(d.bytes.size())) {
-    corrupt(op, "digest is not 32 bytes");
-  }
-  const void* bytes = sqlite3_column_blob(s, column);
-  if (bytes == nullptr) corrupt(op, "digest is not 32 bytes");
-  std::memcpy(d.bytes.data(), bytes, d.bytes.size());
-  const std::int64_t pepper = read_int(s, column + 1, op, "pepper_id is not an integer");
-  if (pepper < 0 || pepper > std::numeric_limits<std::uint32_t>::max()) {
-    corrupt(op, "pepper_id out of range");
-  }
-  d.pepper_id = static_cast<std::uint32_t>(pepper);
-  return d;
+void read_record(sqlite3_stmt* s, const char* op, int first, std::string_view public_key,
+                 KeyRecord& record) {
+  for_each_field(record, RowDecoder{s, op, first, &public_key});
 }
 
 SQLite::Database open_connection(const std::string& path, const SqliteStoreOptions& o, Role role,

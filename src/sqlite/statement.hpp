@@ -74,17 +74,15 @@ class StatementUse {
 // SQLiteCpp's Column objects copy a shared_ptr each, and getString() goes through a
 // temporary; on the cold validate path those were a tenth of the time.
 std::string_view read_text_view(sqlite3_stmt* s, int i, const char* op, const char* what);
-Uuid read_uuid(sqlite3_stmt* s, int i, const char* op, const char* what);
 std::int64_t read_int(sqlite3_stmt* s, int i, const char* op, const char* what);
-std::optional<TimePoint> read_optional_time(sqlite3_stmt* s, int i, const char* op,
-                                            const char* what);
-// The KeyInfo columns from `first` on, in kInfoColumns order; public_key is read only
-// when `public_key` is null (find() passes the key it searched for).
+// The KeyInfo fields of src/record_fields.hpp, in its order, from column 0 on.
 // REQUIRES: `s` is on a row.
-KeyInfo read_info(sqlite3_stmt* s, const char* op, int first = 0,
-                  const std::string_view* public_key = nullptr);
-// The digest and pepper_id, at `column` and `column + 1`.
-Digest read_digest(sqlite3_stmt* s, int column, const char* op);
+KeyInfo read_info(sqlite3_stmt* s, const char* op);
+// Every field of src/record_fields.hpp but public_key, in its order, from column `first`
+// on, into `record`; public_key is set to `public_key` (find() searched for it).
+// REQUIRES: `s` is on a row.
+void read_record(sqlite3_stmt* s, const char* op, int first, std::string_view public_key,
+                 KeyRecord& record);
 
 // A prepared statement used through the raw C API (the statements whose rows are read
 // with the readers above). Finalized before its connection closes: declare it after
