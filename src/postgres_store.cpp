@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <condition_variable>
 #include <cstdint>
@@ -24,6 +25,7 @@
 
 #include "apikeys/error.hpp"
 #include "pg_connection.hpp"
+#include "record_fields.hpp"
 #include "wipe.hpp"
 
 namespace apikeys {
@@ -80,11 +82,10 @@ constexpr auto kChangeLogSize = static_cast<std::int64_t>(PostgresStore::kChange
 
 constexpr int kCurrentVersion = kMigrations[std::size(kMigrations) - 1].to;
 
-// Times are Unix milliseconds (bigint): exact, the precision every store keeps.
-constexpr const char* kInfoColumns =
-    "key_id, account_id, public_key, title, description, status, created_at, expires_at, "
-    "last_used_at";
-constexpr int kInfoColumnCount = 9;
+// The column lists of key rows come from src/record_fields.hpp. Times are Unix
+// milliseconds (bigint): exact, the precision every store keeps.
+constexpr auto kInfoColumnCount = static_cast<int>(detail::kInfoFieldCount);
+constexpr auto kFieldCount = static_cast<int>(detail::kFieldCount);
 
 std::string replace_schema(std::string sql, const std::string& quoted) {
   for (std::size_t at = sql.find("{s}"); at != std::string::npos; at = sql.find("{s}", at)) {
@@ -95,18 +96,19 @@ std::string replace_schema(std::string sql, const std::string& quoted) {
 }
 
 struct Statements {
+  std::string info_columns;  // first: the statements below use it
   std::string find, list, insert, set_status, remove, last_use, revision, changes;
 
   explicit Statements(const std::string& s)
-      : find(fmt::format(
-            "SELECT {}, digest, pepper_id FROM {}.apikeys_keys WHERE public_key = $1",
-            kInfoColumns, s)),
+      : info_columns(detail::column_list(detail::Columns::info)),
+        // Every field, in table order (read_record()).
+        find(fmt::format("SELECT {} FROM {}.apikeys_keys WHERE public_key = $1",
+                         detail::column_list(detail::Columns::all), s)),
         list(fmt::format("SELECT {} FROM {}.apikeys_keys WHERE account_id = $1"
-                         " ORDER BY created_at DESC, seq DESC", kInfoColumns, s)),
-        insert(fmt::format(
-            "INSERT INTO {}.apikeys_keys (key_id, account_id, public_key, digest, pepper_id, title,"
-            " description, status, created_at, expires_at, last_used_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", s)),
+                         " ORDER BY created_at DESC, seq DESC", info_columns, s)),
+        insert(fmt::format("INSERT INTO {}.apikeys_keys ({}) VALUES ({})", s,
+                           detail::column_list(detail::Columns::all),
+                           detail::parameter_list('$'))),
         // One statement, one transaction: the bump and its change-log row are written
         // (once, to completion) whether or not the outer query reads them, and only
         // when a row changed. The bump's row lock orders concurrent writers, so
@@ -114,11 +116,11 @@ struct Statements {
         set_status(fmt::format(
             "WITH changed AS (UPDATE {0}.apikeys_keys SET status = $1 WHERE key_id = $2 AND"
             " account_id = $3 RETURNING {1}),{2}"
-            " SELECT {1} FROM changed", s, kInfoColumns, log_change(s, "changed"))),
+            " SELECT {1} FROM changed", s, info_columns, log_change(s, "changed"))),
         remove(fmt::format(
             "WITH gone AS (DELETE FROM {0}.apikeys_keys WHERE key_id = $1 AND account_id = $2"
             " RETURNING {1}),{2}"
-            " SELECT {1} FROM gone", s, kInfoColumns, log_change(s, "gone"))),
+            " SELECT {1} FROM gone", s, info_columns, log_change(s, "gone"))),
         // GREATEST ignores NULL: "never used" loses to any time. Duplicates in the batch
         // are folded first (an UPDATE ... FROM with two matches would pick either).
         last_use(fmt::format(
@@ -170,41 +172,6 @@ std::int64_t parse_int(const PGresult* r, int row, int col, std::string_view op,
   return v;
 }
 
-std::optional<TimePoint> parse_optional_time(const PGresult* r, int row, int col,
-                                             std::string_view op, const char* what) {
-  if (PQgetisnull(r, row, col)) return std::nullopt;
-  return from_unix_millis(parse_int(r, row, col, op, what));
-}
-
-Uuid parse_uuid(const PGresult* r, int row, int col, std::string_view op, const char* what) {
-  if (PQgetisnull(r, row, col)) corrupt(op, what);
-  auto id = Uuid::parse(PQgetvalue(r, row, col));
-  if (!id) corrupt(op, what);
-  return *id;
-}
-
-std::string get_text(const PGresult* r, int row, int col, std::string_view op, const char* what) {
-  if (PQgetisnull(r, row, col)) corrupt(op, what);
-  return std::string(PQgetvalue(r, row, col), static_cast<std::size_t>(PQgetlength(r, row, col)));
-}
-
-KeyInfo read_info(const PGresult* r, int row, std::string_view op) {
-  if (PQnfields(r) < kInfoColumnCount) corrupt(op, "missing columns");
-  KeyInfo info;
-  info.key_id = parse_uuid(r, row, 0, op, "key_id is not a UUID");
-  info.account_id = parse_uuid(r, row, 1, op, "account_id is not a UUID");
-  info.public_key = get_text(r, row, 2, op, "public_key is null");
-  info.title = get_text(r, row, 3, op, "title is null");
-  info.description = get_text(r, row, 4, op, "description is null");
-  const std::int64_t status = parse_int(r, row, 5, op, "status is not an integer");
-  if (status != 0 && status != 1) corrupt(op, "unknown status");
-  info.status = static_cast<KeyStatus>(status);
-  info.created_at = from_unix_millis(parse_int(r, row, 6, op, "created_at is not an integer"));
-  info.expires_at = parse_optional_time(r, row, 7, op, "expires_at is not an integer");
-  info.last_used_at = parse_optional_time(r, row, 8, op, "last_used_at is not an integer");
-  return info;
-}
-
 int hex_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -212,35 +179,158 @@ int hex_value(char c) {
   return -1;
 }
 
-Digest read_digest(const PGresult* r, int row, int col, std::string_view op) {
-  // bytea in text form is "\x" and hex (bytea_output = hex, set per session).
-  Digest d;
-  if (PQgetisnull(r, row, col) || PQgetlength(r, row, col) != 2 + 64) corrupt(op, "digest is not 32 bytes");
-  const char* s = PQgetvalue(r, row, col);
-  if (s[0] != '\\' || s[1] != 'x') corrupt(op, "digest is not hex");
-  for (std::size_t i = 0; i < d.bytes.size(); ++i) {
-    const int hi = hex_value(s[2 + 2 * i]);
-    const int lo = hex_value(s[3 + 2 * i]);
-    if (hi < 0 || lo < 0) corrupt(op, "digest is not hex");
-    d.bytes[i] = static_cast<std::uint8_t>(hi << 4 | lo);
-  }
-  const std::int64_t pepper = parse_int(r, row, col + 1, op, "pepper_id is not an integer");
-  if (pepper < 0 || pepper > std::numeric_limits<std::uint32_t>::max()) corrupt(op, "pepper_id out of range");
-  d.pepper_id = static_cast<std::uint32_t>(pepper);
-  return d;
+[[noreturn]] void corrupt_field(std::string_view op, const detail::RecordField& f,
+                                const char* problem) {
+  throw Error(ErrorCode::storage,
+              fmt::format("PostgresStore {} failed: corrupt record: {} {}", op, f.name, problem));
 }
+
+// Decodes the fields of one row (text format), one overload per FieldKind, from column
+// `col` on.
+struct RowDecoder {
+  const PGresult* r;
+  int row;
+  std::string_view op;
+  int col = 0;
+
+  const char* value(const detail::RecordField& f, const char* problem) {
+    if (PQgetisnull(r, row, col)) corrupt_field(op, f, problem);
+    return PQgetvalue(r, row, col);
+  }
+  std::int64_t integer(const detail::RecordField& f) {
+    const char* text = value(f, "is not an integer");
+    const char* end = text + std::strlen(text);
+    std::int64_t v = 0;
+    const auto [p, ec] = std::from_chars(text, end, v);
+    if (ec != std::errc() || p != end) corrupt_field(op, f, "is not an integer");
+    ++col;
+    return v;
+  }
+
+  void operator()(const detail::RecordField& f, Uuid& v) {
+    auto id = Uuid::parse(value(f, "is not a UUID"));
+    if (!id) corrupt_field(op, f, "is not a UUID");
+    v = *id;
+    ++col;
+  }
+  void operator()(const detail::RecordField& f, std::string& v) {
+    const char* text = value(f, "is null");
+    v.assign(text, static_cast<std::size_t>(PQgetlength(r, row, col)));
+    ++col;
+  }
+  void operator()(const detail::RecordField& f, std::array<std::uint8_t, 32>& v) {
+    // bytea in text form is "\x" and hex (bytea_output = hex, set per session).
+    const char* text = value(f, "is not 32 bytes");
+    if (PQgetlength(r, row, col) != 2 + 64) corrupt_field(op, f, "is not 32 bytes");
+    if (text[0] != '\\' || text[1] != 'x') corrupt_field(op, f, "is not hex");
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      const int hi = hex_value(text[2 + 2 * i]);
+      const int lo = hex_value(text[3 + 2 * i]);
+      if (hi < 0 || lo < 0) corrupt_field(op, f, "is not hex");
+      v[i] = static_cast<std::uint8_t>(hi << 4 | lo);
+    }
+    ++col;
+  }
+  void operator()(const detail::RecordField& f, std::uint32_t& v) {
+    const std::int64_t n = integer(f);
+    if (n < 0 || n > std::numeric_limits<std::uint32_t>::max()) corrupt_field(op, f, "out of range");
+    v = static_cast<std::uint32_t>(n);
+  }
+  void operator()(const detail::RecordField& f, KeyStatus& v) {
+    const std::int64_t n = integer(f);
+    if (n != 0 && n != 1) corrupt(op, "unknown status");
+    v = static_cast<KeyStatus>(n);
+  }
+  void operator()(const detail::RecordField& f, TimePoint& v) { v = from_unix_millis(integer(f)); }
+  void operator()(const detail::RecordField& f, std::optional<TimePoint>& v) {
+    if (PQgetisnull(r, row, col)) {
+      v.reset();
+      ++col;
+      return;
+    }
+    v = from_unix_millis(integer(f));
+  }
+};
+
+// The KeyInfo fields, in table order (list, and the RETURNING of revoke and delete).
+KeyInfo read_info(const PGresult* r, int row, std::string_view op) {
+  if (PQnfields(r) < kInfoColumnCount) corrupt(op, "missing columns");
+  KeyInfo info;
+  detail::for_each_info_field(info, RowDecoder{r, row, op});
+  return info;
+}
+
+// Every field, in table order (find).
+KeyRecord read_record(const PGresult* r, int row, std::string_view op) {
+  if (PQnfields(r) < kFieldCount) corrupt(op, "missing columns");
+  KeyRecord record;
+  detail::for_each_field(record, RowDecoder{r, row, op});
+  return record;
+}
+
+// The parameters of an INSERT of every field, in table order: text, except the digest's
+// raw bytes (binary). Points into `record` and into its own strings: both must outlive
+// the call that sends them.
+class InsertParams {
+ public:
+  explicit InsertParams(const KeyRecord& record) { detail::for_each_field(record, *this); }
+  InsertParams(const InsertParams&) = delete;
+  InsertParams& operator=(const InsertParams&) = delete;
+
+  void operator()(const detail::RecordField&, const Uuid& v) { own(v.to_string()); }
+  void operator()(const detail::RecordField& f, const std::string& v) {
+    // Text parameters end at a NUL: refuse rather than store a shorter string.
+    if (v.find('\0') != std::string::npos) {
+      throw Error(ErrorCode::storage,
+                  fmt::format("PostgresStore insert failed: {} contains a NUL byte, which "
+                              "PostgreSQL text cannot hold", f.name));
+    }
+    add(v.c_str(), 0, 0);
+  }
+  void operator()(const detail::RecordField&, const std::array<std::uint8_t, 32>& v) {
+    add(reinterpret_cast<const char*>(v.data()), static_cast<int>(v.size()), 1);
+  }
+  void operator()(const detail::RecordField&, std::uint32_t v) { own(std::to_string(v)); }
+  void operator()(const detail::RecordField&, KeyStatus v) {
+    own(std::to_string(static_cast<int>(v)));
+  }
+  void operator()(const detail::RecordField&, TimePoint v) {
+    own(std::to_string(to_unix_millis(v)));
+  }
+  void operator()(const detail::RecordField&, const std::optional<TimePoint>& v) {
+    if (v) {
+      own(std::to_string(to_unix_millis(*v)));
+    } else {
+      add(nullptr, 0, 0);  // NULL
+    }
+  }
+
+  const char* const* values() const noexcept { return values_.data(); }
+  const int* lengths() const noexcept { return lengths_.data(); }
+  const int* formats() const noexcept { return formats_.data(); }
+
+ private:
+  void add(const char* value, int length, int format) {
+    values_[n_] = value;
+    lengths_[n_] = length;
+    formats_[n_] = format;
+    ++n_;
+  }
+  void own(std::string text) {
+    owned_[n_] = std::move(text);
+    add(owned_[n_].c_str(), 0, 0);
+  }
+
+  std::size_t n_ = 0;
+  std::array<std::string, detail::kFieldCount> owned_;
+  std::array<const char*, detail::kFieldCount> values_{};
+  std::array<int, detail::kFieldCount> lengths_{};
+  std::array<int, detail::kFieldCount> formats_{};
+};
 
 std::optional<KeyInfo> single_row(const PgResult& r, std::string_view op) {
   if (PQntuples(r.get()) == 0) return std::nullopt;
   return read_info(r.get(), 0, op);
-}
-
-void require_no_nul(std::string_view text, std::string_view op, const char* field) {
-  if (text.find('\0') != std::string_view::npos) {
-    throw Error(ErrorCode::storage,
-                fmt::format("PostgresStore {} failed: {} contains a NUL byte, which PostgreSQL "
-                            "text cannot hold", op, field));
-  }
 }
 
 bool valid_schema_name(std::string_view s) {
@@ -485,35 +575,12 @@ PostgresStore::~PostgresStore() = default;
 int PostgresStore::schema_version() noexcept { return kCurrentVersion; }
 
 void PostgresStore::insert(const KeyRecord& record) {
-  const KeyInfo& info = record.info;
-  require_no_nul(info.public_key, "insert", "public_key");
-  require_no_nul(info.title, "insert", "title");
-  require_no_nul(info.description, "insert", "description");
-  const std::string key_id = info.key_id.to_string();
-  const std::string account_id = info.account_id.to_string();
-  const std::string pepper = std::to_string(record.digest.pepper_id);
-  const std::string status = std::to_string(static_cast<int>(info.status));
-  const std::string created = std::to_string(to_unix_millis(info.created_at));
-  const std::string expires = info.expires_at ? std::to_string(to_unix_millis(*info.expires_at)) : "";
-  const std::string used = info.last_used_at ? std::to_string(to_unix_millis(*info.last_used_at)) : "";
-  const char* values[] = {key_id.c_str(),
-                          account_id.c_str(),
-                          info.public_key.c_str(),
-                          reinterpret_cast<const char*>(record.digest.bytes.data()),
-                          pepper.c_str(),
-                          info.title.c_str(),
-                          info.description.c_str(),
-                          status.c_str(),
-                          created.c_str(),
-                          info.expires_at ? expires.c_str() : nullptr,
-                          info.last_used_at ? used.c_str() : nullptr};
-  // The digest goes as binary (raw bytes, no escaping); the rest as text.
-  const int lengths[] = {0, 0, 0, static_cast<int>(record.digest.bytes.size()), 0, 0, 0, 0, 0, 0, 0};
-  const int formats[] = {0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0};
+  const InsertParams params(record);
   // Not retried: a lost reply may hide a committed insert (a retry would say
   // already_exists about our own row).
   impl_->run("insert", false, [&](PgConnection& c) {
-    (void)c.exec_prepared("insert", kInsert, 11, values, lengths, formats, impl_->statement_deadline());
+    (void)c.exec_prepared("insert", kInsert, kFieldCount, params.values(), params.lengths(),
+                          params.formats(), impl_->statement_deadline());
   });
 }
 
@@ -525,10 +592,7 @@ std::optional<KeyRecord> PostgresStore::find(std::string_view public_key) {
   return impl_->run("find", true, [&](PgConnection& c) -> std::optional<KeyRecord> {
     PgResult r = c.exec_prepared("find", kFind, 1, values, nullptr, nullptr, impl_->statement_deadline());
     if (PQntuples(r.get()) == 0) return std::nullopt;
-    KeyRecord record;
-    record.info = read_info(r.get(), 0, "find");
-    record.digest = read_digest(r.get(), 0, kInfoColumnCount, "find");
-    return record;
+    return read_record(r.get(), 0, "find");
   });
 }
 

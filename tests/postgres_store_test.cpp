@@ -33,6 +33,7 @@
 #include "apikeys/postgres_store.hpp"
 #include "alloc_probe.hpp"
 #include "catch.hpp"
+#include "record_fields.hpp"
 #include "server_support.hpp"
 #include "store_doubles.hpp"
 #include "store_contract.hpp"
@@ -104,6 +105,36 @@ TEST_CASE("PostgresStore satisfies the Store contract", "[servers][postgres][sto
   apikeys_test::run_store_contract([&] {
     return std::make_shared<apikeys::PostgresStore>(*pg, options_for(janitor.make()));
   });
+}
+
+TEST_CASE("PostgresStore's apikeys_keys table has the fields of the record description, in order",
+          "[servers][postgres][store]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  const std::string schema = janitor.make();
+  { apikeys::PostgresStore store(*pg, options_for(schema)); }
+  PGconn* c = PQconnectdb(pg->c_str());
+  REQUIRE(PQstatus(c) == CONNECTION_OK);
+  const std::string sql =
+      "SELECT column_name, data_type, is_nullable FROM information_schema.columns"
+      " WHERE table_schema = '" + schema + "' AND table_name = 'apikeys_keys'"
+      " AND column_name <> 'seq' ORDER BY ordinal_position";
+  PGresult* r = PQexec(c, sql.c_str());
+  const bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+  std::vector<std::string> got;
+  std::vector<std::string> want;
+  for (int i = 0; ok && i < PQntuples(r); ++i) {
+    got.push_back(std::string(PQgetvalue(r, i, 0)) + " " + PQgetvalue(r, i, 1) + " " +
+                  PQgetvalue(r, i, 2));
+  }
+  PQclear(r);
+  PQfinish(c);
+  REQUIRE(ok);
+  for (const apikeys::detail::RecordField& f : apikeys::detail::kRecordFields) {
+    want.push_back(std::string(f.name) + " " + f.pg_type + " " + (f.nullable() ? "YES" : "NO"));
+  }
+  CHECK(got == want);
 }
 
 TEST_CASE("PostgresStore keeps a change log of revokes and deletes", "[servers][postgres][store]") {

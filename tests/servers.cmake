@@ -37,7 +37,9 @@ endif()
 add_executable(apikeys_server_tests ${_apikeys_server_sources} alloc_probe.cpp)
 target_link_libraries(apikeys_server_tests PRIVATE apikeys::apikeys Catch2::Catch2WithMain Threads::Threads
   ${_apikeys_server_links})
-target_include_directories(apikeys_server_tests PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
+# src: white-box checks of the record description (src/record_fields.hpp).
+target_include_directories(apikeys_server_tests PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}
+  ${PROJECT_SOURCE_DIR}/src)
 target_include_directories(apikeys_server_tests SYSTEM PRIVATE ${_apikeys_server_includes})
 apikeys_set_warnings(apikeys_server_tests)
 if(TARGET apikeys_revoke_node)
