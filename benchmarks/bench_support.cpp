@@ -19,6 +19,7 @@
 #include <utility>
 
 #include "apikeys/sqlite_store.hpp"
+#include "sqlite/record_codec.hpp"
 
 namespace apikeys_bench {
 namespace {
@@ -167,27 +168,14 @@ void bulk_load_sqlite(const std::string& path, const KeySet& keys, const apikeys
   }
   d.exec("BEGIN");
   {
-    Stmt ins(d,
-             "INSERT INTO api_keys (key_id, account_id, public_key, digest, pepper_id, title,"
-             " description, status, created_at, expires_at, last_used_at)"
-             " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, NULL)");
+    // The store's own column list and binding (src/sqlite/record_codec.hpp): a field
+    // added to keys is loaded here with no change.
+    Stmt ins(d, apikeys::detail::sqlite::insert_sql().c_str());
     for (std::size_t i = 0; i < keys.size; ++i) {
-      const std::string key_id = keys.key_ids[i].to_string();
-      const std::string account = account_of(i).to_string();
-      const std::string title = title_of(i);
-      const apikeys::Digest digest = hasher.hash(keys.secret(i));
-      const std::string_view pk = keys.public_key(i);
-      sqlite3_bind_text(ins.s, 1, key_id.data(), static_cast<int>(key_id.size()), SQLITE_STATIC);
-      sqlite3_bind_text(ins.s, 2, account.data(), static_cast<int>(account.size()), SQLITE_STATIC);
-      sqlite3_bind_text(ins.s, 3, pk.data(), static_cast<int>(pk.size()), SQLITE_STATIC);
-      sqlite3_bind_blob(ins.s, 4, digest.bytes.data(), static_cast<int>(digest.bytes.size()),
-                        SQLITE_STATIC);
-      sqlite3_bind_int64(ins.s, 5, digest.pepper_id);
-      sqlite3_bind_text(ins.s, 6, title.data(), static_cast<int>(title.size()), SQLITE_STATIC);
-      sqlite3_bind_text(ins.s, 7, "", 0, SQLITE_STATIC);
-      sqlite3_bind_int(ins.s, 8, i >= revoked_from ? 1 : 0);
-      sqlite3_bind_int64(ins.s, 9, apikeys::to_unix_millis(created_at_of(i)));
-      if (sqlite3_step(ins.s) != SQLITE_DONE) {
+      const apikeys::KeyRecord record =
+          record_of(keys, i, hasher.hash(keys.secret(i)), i >= revoked_from);
+      const int rc = apikeys::detail::sqlite::bind_record(ins.s, record);
+      if (rc != SQLITE_OK || sqlite3_step(ins.s) != SQLITE_DONE) {
         throw std::runtime_error(std::string("bulk insert: ") + sqlite3_errmsg(d.db));
       }
       sqlite3_reset(ins.s);
