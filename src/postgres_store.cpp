@@ -11,13 +11,11 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <exception>
 #include <iterator>
 #include <limits>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -26,6 +24,7 @@
 #include "apikeys/error.hpp"
 #include "pg_connection.hpp"
 #include "record_fields.hpp"
+#include "thread_annotations.hpp"
 #include "wipe.hpp"
 
 namespace apikeys {
@@ -362,12 +361,12 @@ struct PostgresStore::Impl {
   const std::string quoted_schema;
   const Statements sql;
 
-  std::mutex mu;
-  std::condition_variable cv;
+  detail::Mutex mu;
+  detail::CondVar cv;
   // Capacity reserved up front for every connection the pool may open: returning one
-  // (in ~Lease) must not allocate. Guarded by mu.
-  std::vector<std::unique_ptr<PgConnection>> idle;
-  std::size_t open = 0;  // Guarded by mu: idle + leased, at most pool_limit().
+  // (in ~Lease) must not allocate.
+  std::vector<std::unique_ptr<PgConnection>> idle APIKEYS_GUARDED_BY(mu);
+  std::size_t open APIKEYS_GUARDED_BY(mu) = 0;  // idle + leased, at most pool_limit()
 
   [[nodiscard]] std::size_t pool_limit() const noexcept { return std::max<std::size_t>(1, options.pool_size); }
 
@@ -403,7 +402,7 @@ struct PostgresStore::Impl {
    public:
     explicit Lease(Impl& impl) : impl_(impl) {
       const Deadline wait_until = SteadyClock::now() + impl_.options.pool_wait;
-      std::unique_lock<std::mutex> lock(impl_.mu);
+      detail::MutexLock lock(impl_.mu);
       for (;;) {
         while (!impl_.idle.empty()) {
           std::unique_ptr<PgConnection> c = std::move(impl_.idle.back());
@@ -418,8 +417,8 @@ struct PostgresStore::Impl {
           lock.lock();
         }
         if (impl_.open < impl_.pool_limit()) break;
-        if (impl_.cv.wait_until(lock, wait_until) == std::cv_status::timeout &&
-            impl_.idle.empty() && impl_.open >= impl_.options.pool_size) {
+        if (!impl_.cv.wait_until(impl_.mu, wait_until) && impl_.idle.empty() &&
+            impl_.open >= impl_.options.pool_size) {
           throw Error(ErrorCode::busy, "PostgresStore: no free connection within pool_wait");
         }
       }
@@ -430,12 +429,12 @@ struct PostgresStore::Impl {
       } catch (...) {
         lock.lock();
         --impl_.open;
-        impl_.cv.notify_one();
+        impl_.cv.signal();
         throw;
       }
     }
     ~Lease() {
-      std::unique_lock<std::mutex> lock(impl_.mu);
+      detail::MutexLock lock(impl_.mu);
       if (conn_) {
         // Cannot allocate, so cannot throw (which in a destructor is std::terminate,
         // under memory pressure exactly): idle.size() < open <= pool_limit(), the
@@ -444,7 +443,7 @@ struct PostgresStore::Impl {
       } else {
         --impl_.open;
       }
-      impl_.cv.notify_one();
+      impl_.cv.signal();
     }
     Lease(const Lease&) = delete;
     Lease& operator=(const Lease&) = delete;
@@ -463,23 +462,23 @@ struct PostgresStore::Impl {
   // the same restart) are dead too. One at a time, each closed outside the lock, and
   // without a second vector: swapping one in would take idle's reserved capacity away
   // (see ~Lease), and making one could fail.
-  void drop_idle() noexcept {
+  void drop_idle() noexcept APIKEYS_EXCLUDES(mu) {
     std::size_t left = 0;
     {
-      std::lock_guard<std::mutex> lock(mu);
+      detail::MutexLock lock(mu);
       left = idle.size();
     }
     for (; left > 0; --left) {
       std::unique_ptr<PgConnection> dead;
       {
-        std::lock_guard<std::mutex> lock(mu);
+        detail::MutexLock lock(mu);
         if (idle.empty()) break;
         dead = std::move(idle.back());
         idle.pop_back();
         --open;
       }
     }  // each `dead` closes here, outside the lock
-    cv.notify_all();
+    cv.signal_all();
   }
 
   // Runs f(connection) once; if the connection turns out to be lost (not timed out)

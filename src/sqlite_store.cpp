@@ -24,7 +24,6 @@
 #include <iterator>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -38,6 +37,7 @@
 #include "sqlite/record_codec.hpp"
 #include "sqlite/schema.hpp"
 #include "sqlite/statement.hpp"
+#include "thread_annotations.hpp"
 
 namespace apikeys {
 namespace {
@@ -66,15 +66,22 @@ struct Writer {
   SQLite::Statement last_use;
 };
 
+// The write counters of the files open in this process (see file_epoch()).
+struct FileEpochs {
+  detail::Mutex mu;
+  std::map<std::string, std::weak_ptr<std::atomic<std::uint64_t>>> files APIKEYS_GUARDED_BY(mu);
+};
+
 // One write counter per database file in this process, shared by every SqliteStore
 // open on it (keyed by the file's canonical path; entries die with their last store).
+// See doc/sqlite-store.md, rule 7.
 std::shared_ptr<std::atomic<std::uint64_t>> file_epoch(const std::string& path) {
-  static std::mutex mu;
-  static std::map<std::string, std::weak_ptr<std::atomic<std::uint64_t>>> files;
+  static FileEpochs epochs;
   std::error_code ec;
   std::string key = std::filesystem::canonical(path, ec).string();
   if (ec) key = path;
-  std::lock_guard lock(mu);
+  detail::MutexLock lock(epochs.mu);
+  auto& files = epochs.files;
   for (auto it = files.begin(); it != files.end();) {
     it = it->second.expired() ? files.erase(it) : std::next(it);
   }
@@ -125,8 +132,8 @@ struct SqliteStore::Impl {
   // After a commit, or a revision change seen: no find() reuses an older snapshot.
   void bump_epoch() noexcept { write_epoch->fetch_add(1, std::memory_order_release); }
 
-  std::mutex writer_mu;
-  std::unique_ptr<Writer> writer;  // Guarded by writer_mu; null when read_only.
+  detail::Mutex writer_mu;
+  std::unique_ptr<Writer> writer APIKEYS_GUARDED_BY(writer_mu);  // null when read_only
 
   // Declared last: its janitor stops, and its idle readers close, first.
   ReaderPool readers;
@@ -173,13 +180,14 @@ struct SqliteStore::Impl {
 
   // Runs `f(Writer&)` inside one BEGIN IMMEDIATE transaction under writer_mu.
   template <typename F>
-  auto write(const char* op, F&& f) -> decltype(f(std::declval<Writer&>())) {
+  APIKEYS_EXCLUDES(writer_mu) auto write(const char* op, F&& f)
+      -> decltype(f(std::declval<Writer&>())) {
     if (read_only) {
       throw Error(ErrorCode::storage,
                   fmt::format("SqliteStore {} failed: the store is read-only", op));
     }
     return translated(op, [&]() -> decltype(f(std::declval<Writer&>())) {
-      std::lock_guard lock(writer_mu);
+      detail::MutexLock lock(writer_mu);
       if (!writer) {
         writer = std::make_unique<Writer>(open_connection(path, options, Role::writer, false));
       }
@@ -250,6 +258,7 @@ SqliteStore::SqliteStore(const std::string& path, SqliteStoreOptions options)
                                   mode));
         }
         require_apikeys_tables(db);
+        detail::MutexLock lock(impl.writer_mu);
         impl.writer = std::make_unique<Writer>(std::move(db));
       }
     } else {

@@ -12,10 +12,10 @@ ReaderPool::ReaderPool(std::chrono::steady_clock::duration snapshot_max_age)
 
 ReaderPool::~ReaderPool() {
   {
-    std::lock_guard lock(janitor_mu_);
+    MutexLock lock(janitor_mu_);
     stopping_ = true;
   }
-  janitor_cv_.notify_all();
+  janitor_cv_.signal_all();
   if (janitor_.joinable()) janitor_.join();
 }
 
@@ -24,7 +24,7 @@ void ReaderPool::start_janitor() {
 }
 
 std::unique_ptr<Reader> ReaderPool::take() {
-  std::lock_guard lock(pool_mu_);
+  MutexLock lock(pool_mu_);
   if (idle_.empty()) return nullptr;
   std::unique_ptr<Reader> reader = std::move(idle_.back());
   idle_.pop_back();
@@ -32,7 +32,7 @@ std::unique_ptr<Reader> ReaderPool::take() {
 }
 
 std::unique_ptr<Reader> ReaderPool::put(std::unique_ptr<Reader> reader) noexcept {
-  std::lock_guard lock(pool_mu_);
+  MutexLock lock(pool_mu_);
   // Within the capacity reserved up front, so push_back cannot allocate: a bad_alloc
   // here, in a destructor (noexcept), would be std::terminate.
   if (idle_.size() < kMaxIdleReaders) {
@@ -45,22 +45,26 @@ std::unique_ptr<Reader> ReaderPool::put(std::unique_ptr<Reader> reader) noexcept
 void ReaderPool::arm_janitor() {
   if (janitor_armed_.load(std::memory_order_relaxed) || !janitor_.joinable()) return;
   {
-    std::lock_guard lock(janitor_mu_);
+    MutexLock lock(janitor_mu_);
     janitor_armed_.store(true, std::memory_order_relaxed);
   }
-  janitor_cv_.notify_one();
+  janitor_cv_.signal();
 }
 
 void ReaderPool::run_janitor() {
-  std::unique_lock lock(janitor_mu_);
+  MutexLock lock(janitor_mu_);
   while (!stopping_) {
-    janitor_cv_.wait(lock, [this] { return stopping_ || janitor_armed_.load(); });
-    if (janitor_cv_.wait_for(lock, kJanitorPeriod, [this] { return stopping_; })) break;
+    while (!stopping_ && !janitor_armed_.load()) janitor_cv_.wait(janitor_mu_);
+    // Then a period, cut short only by stopping.
+    const auto until = std::chrono::steady_clock::now() + kJanitorPeriod;
+    while (!stopping_ && janitor_cv_.wait_until(janitor_mu_, until)) {
+    }
+    if (stopping_) break;
     janitor_armed_.store(false);
     lock.unlock();
     bool young_left = false;
     {
-      std::lock_guard pool(pool_mu_);
+      MutexLock pool(pool_mu_);
       const auto now = std::chrono::steady_clock::now();
       for (const auto& r : idle_) {
         if (!r->in_snapshot()) continue;

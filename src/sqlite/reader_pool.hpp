@@ -15,11 +15,9 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -28,6 +26,7 @@
 #include "apikeys/sqlite_store.hpp"
 #include "sqlite/queries.hpp"
 #include "sqlite/statement.hpp"
+#include "thread_annotations.hpp"
 
 namespace apikeys::detail::sqlite {
 
@@ -128,17 +127,17 @@ class ReaderPool {
 
   // An idle reader, or null when there is none (the caller opens one, outside the pool's
   // mutex: opening takes file I/O).
-  std::unique_ptr<Reader> take();
+  std::unique_ptr<Reader> take() APIKEYS_EXCLUDES(pool_mu_);
 
   // Puts `reader` back; returns it instead when the pool is full, for the caller to
   // close outside the mutex. Never allocates (see the constructor), so never throws.
-  std::unique_ptr<Reader> put(std::unique_ptr<Reader> reader) noexcept;
+  std::unique_ptr<Reader> put(std::unique_ptr<Reader> reader) noexcept APIKEYS_EXCLUDES(pool_mu_);
 
   // Called when a reader with an open snapshot goes back to the pool.
-  void arm_janitor();
+  void arm_janitor() APIKEYS_EXCLUDES(janitor_mu_);
 
  private:
-  void run_janitor();
+  void run_janitor() APIKEYS_EXCLUDES(janitor_mu_, pool_mu_);
 
   const std::chrono::steady_clock::duration snapshot_max_age_;
 
@@ -146,15 +145,15 @@ class ReaderPool {
   // forever pins the WAL, which then grows with every write of every process). Runs
   // only while some idle reader may hold one; wakes every kJanitorPeriod meanwhile.
   static constexpr std::chrono::milliseconds kJanitorPeriod{100};
-  std::mutex janitor_mu_;
-  std::condition_variable janitor_cv_;
-  bool stopping_ = false;                // guarded by janitor_mu_
+  Mutex janitor_mu_;
+  CondVar janitor_cv_;
+  bool stopping_ APIKEYS_GUARDED_BY(janitor_mu_) = false;
   std::atomic<bool> janitor_armed_{false};
-  std::thread janitor_;                  // started by start_janitor() when snapshots are kept
+  std::thread janitor_;  // started by start_janitor() when snapshots are kept
 
-  std::mutex pool_mu_;
-  // Guarded by pool_mu_. Never holds more than kMaxIdleReaders, its reserved capacity.
-  std::vector<std::unique_ptr<Reader>> idle_;
+  Mutex pool_mu_;
+  // Never holds more than kMaxIdleReaders, its reserved capacity.
+  std::vector<std::unique_ptr<Reader>> idle_ APIKEYS_GUARDED_BY(pool_mu_);
 };
 
 }  // namespace apikeys::detail::sqlite
