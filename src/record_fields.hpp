@@ -73,7 +73,8 @@ enum class Field : std::size_t {
 
 inline constexpr RecordField kRecordFields[] = {
 #define APIKEYS_FIELD_ROW(column, sqlite_type, pg_type, kind, part, member) \
-  {#column, sqlite_type, pg_type, FieldKind::kind, std::is_same_v<KeyInfo, decltype(KeyRecord::part)>},
+  {#column, sqlite_type, pg_type, FieldKind::kind,                          \
+   std::is_same_v<KeyInfo, decltype(KeyRecord::part)>},
     APIKEYS_KEY_FIELDS(APIKEYS_FIELD_ROW)
 #undef APIKEYS_FIELD_ROW
 };

@@ -99,7 +99,9 @@ struct RowDecoder {
   }
   void operator()(const RecordField& f, std::uint32_t& v) {
     const std::int64_t n = integer(f);
-    if (n < 0 || n > std::numeric_limits<std::uint32_t>::max()) corrupt_field(op, f, "out of range");
+    if (n < 0 || n > std::numeric_limits<std::uint32_t>::max()) {
+      corrupt_field(op, f, "out of range");
+    }
     v = static_cast<std::uint32_t>(n);
   }
   void operator()(const RecordField& f, KeyStatus& v) {
