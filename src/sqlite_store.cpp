@@ -1,9 +1,7 @@
 // SqliteStore: one writer connection under a mutex, a lazily grown pool of query-only
 // reader connections (sqlite/reader_pool.hpp), prepared statements reused per
-// connection, and a schema kept in step by forward migrations keyed on PRAGMA
-// user_version (sqlite/schema.hpp). A file is identified as ours (PRAGMA application_id,
-// or the exact schema of a release from before that marker) before anything is written
-// to it.
+// connection, and a schema kept in step by forward migrations (sqlite/schema.hpp).
+// The rules it keeps are numbered in doc/sqlite-store.md; the code cites them.
 #include "apikeys/sqlite_store.hpp"
 
 #include <sqlite3.h>
@@ -120,16 +118,16 @@ struct SqliteStore::Impl {
   const std::chrono::steady_clock::duration snapshot_max_age;
   bool read_only = false;  // The option, or the file turned out not to be writable.
 
-  // Counts the writes committed through every SqliteStore of this process on this file,
-  // and the revision changes they have seen (another process's revokes): a find()
-  // snapshot older than the last one is not reused. Shared by file (see file_epoch()),
-  // so a write through one object shows at once through another.
+  // The write epoch of this file in this process (doc/sqlite-store.md, rules 5, 7, 8):
+  // (1) bumped after every commit and every revision change revision() sees;
+  // (2) a find() snapshot begun before the last bump is not reused;
+  // (3) its address is identity().
   std::shared_ptr<std::atomic<std::uint64_t>> write_epoch =
       std::make_shared<std::atomic<std::uint64_t>>(0);
   std::atomic<std::uint64_t> last_revision{0};
   std::atomic<bool> revision_known{false};
 
-  // After a commit, or a revision change seen: no find() reuses an older snapshot.
+  // Invariant (1) of write_epoch.
   void bump_epoch() noexcept { write_epoch->fetch_add(1, std::memory_order_release); }
 
   detail::Mutex writer_mu;
@@ -139,7 +137,8 @@ struct SqliteStore::Impl {
   ReaderPool readers;
 
   // The largest rowid this store has seen (its inserts, a reader's open, a hit): find()
-  // draws decoy rowids below it. Lowered when a miss finds it past the table's end.
+  // draws decoy rowids up to it (rule 12); lowered when a decoy falls past the end
+  // (rule 14).
   std::atomic<std::int64_t> max_rowid{0};
 
   void note_rowid(std::int64_t rowid) noexcept {
@@ -153,14 +152,14 @@ struct SqliteStore::Impl {
   class Lease {
    public:
     explicit Lease(Impl& impl) : impl_(impl), reader_(impl.readers.take()) {
-      // Opening takes file I/O: never under the pool mutex.
+      // Opening takes file I/O: never under the pool mutex (rule 1).
       if (!reader_) {
         reader_ = std::make_unique<Reader>(impl_.path, impl_.options, impl_.read_only);
         impl_.note_rowid(reader_->read_max_rowid());
       }
     }
     ~Lease() {
-      // A call that failed may have left its snapshot mid-way: never reuse it.
+      // Rule 3: a call that failed never leaves its snapshot for reuse.
       if (std::uncaught_exceptions() > exceptions_) reader_->end_snapshot();
       const bool open = reader_->in_snapshot();
       std::unique_ptr<Reader> surplus = impl_.readers.put(std::move(reader_));
@@ -204,8 +203,7 @@ struct SqliteStore::Impl {
           return result;
         }
       } catch (...) {
-        // Transaction's destructor rolled back; if even that failed, the connection is
-        // stuck inside a transaction: drop it and reopen on the next write.
+        // Rule 2: if even the rollback failed, drop the stuck connection.
         if (sqlite3_get_autocommit(writer->db.getHandle()) == 0) writer.reset();
         throw;
       }
@@ -226,8 +224,7 @@ SqliteStore::SqliteStore(const std::string& path, SqliteStoreOptions options)
   translated(fmt::format("open '{}'", path), [&] {
     Impl& impl = *impl_;
     const bool may_initialise = options.create_if_missing && !options.read_only;
-    // Identify the file on a read-only connection before anything may write to it (not
-    // even the switch to WAL): another application's database is refused unchanged.
+    // Rule 15: identified read-only before anything (even the switch to WAL) writes.
     std::error_code ec;
     const bool missing =
         std::filesystem::status(path, ec).type() == std::filesystem::file_type::not_found;
@@ -244,9 +241,8 @@ SqliteStore::SqliteStore(const std::string& path, SqliteStoreOptions options)
       if (sqlite3_db_readonly(db.getHandle(), "main") == 1) {
         impl.read_only = true;  // A write-protected file: serve reads only.
       } else {
-        // Again on this connection, which sees the file as it is now. A new file gets its
-        // schema and marker in one transaction before it turns to WAL, so an interrupted
-        // first open leaves an empty file or a marked database.
+        // Again on this connection, which sees the file as it is now (rule 15); the
+        // schema before WAL (rule 21).
         const Identity live = identify(db);
         require_usable(live, path, may_initialise);
         if (!live.marked || live.version != kCurrentVersion) migrate(db, path, may_initialise);
@@ -309,9 +305,7 @@ std::optional<KeyRecord> SqliteStore::find(std::string_view public_key) {
     s.bind(1, public_key);
     s.bind(2, r->decoy_rowid(impl_->max_rowid.load(std::memory_order_relaxed)));
     if (!s.step()) {
-      // A miss whose decoy rowid is past the table's end (its last rows were deleted
-      // since this reader learned max(rowid)), or an empty store: learn the end again
-      // and read the decoy from the first row. Rare, and not tied to the key.
+      // Rule 14: the decoy fell past the end (or the store is empty).
       sqlite3_reset(s.get());
       const std::int64_t last = r->read_max_rowid();
       impl_->max_rowid.store(last, std::memory_order_relaxed);
@@ -323,7 +317,7 @@ std::optional<KeyRecord> SqliteStore::find(std::string_view public_key) {
     KeyRecord record;
     if (!hit) {
       ++detail::decoy_reads;
-      // Decoded like a hit, then dropped; a damaged decoy row must not fail the miss.
+      // Rules 12 and 13: decoded like a hit, then dropped; damage does not fail the miss.
       try {
         read_record(s.get(), "find", kFindFirstField, public_key, record);
       } catch (const Error&) {
@@ -341,7 +335,7 @@ std::vector<KeyInfo> SqliteStore::list(const Uuid& account_id) {
   return translated("list", [&] {
     std::vector<KeyInfo> out;
     Impl::Lease r(*impl_);
-    r->end_snapshot();  // a management call reads the file as it is now
+    r->end_snapshot();  // rule 4
     RawStatement& s = r->list;
     RawUse use(s);
     s.bind(1, account);
@@ -362,8 +356,8 @@ std::optional<KeyInfo> step_returning(RawStatement& s, const char* op) {
   return row;
 }
 
-// One revision step for a revoke or delete of `public_key`, logged in the same
-// transaction: a process that sees the new revision also sees the change and its log row.
+// One revision step for a revoke or delete of `public_key`, with its log row, in the
+// caller's transaction (rules 9 and 10).
 void bump_revision(Writer& w, const char* op, const std::string& public_key) {
   {
     StatementUse use(w.bump_revision);
@@ -441,9 +435,7 @@ std::uint64_t SqliteStore::revision() {
     const SQLite::Column c = s.getColumn(0);
     if (c.getType() != SQLite::INTEGER) corrupt("revision", "revision is not an integer");
     const auto revision = static_cast<std::uint64_t>(c.getInt64());
-    // Another process revoked or deleted: no find() may answer from a snapshot taken
-    // before this call (the validator clears its cache when revision() moves, and a
-    // cold read after that must see the change).
+    // Rule 7: a revision change (another process's revoke) bumps the write epoch.
     if (impl_->last_revision.exchange(revision) != revision ||
         !impl_->revision_known.exchange(true)) {
       impl_->bump_epoch();
@@ -456,7 +448,7 @@ std::optional<StoreChanges> SqliteStore::changes_since(std::uint64_t since) {
   return translated("changes_since", [&]() -> std::optional<StoreChanges> {
     Impl::Lease r(*impl_);
     r->end_snapshot();
-    // One read transaction, so the revision and the log rows agree.
+    // Rule 11: one read transaction, so the revision and the log rows agree.
     SQLite::Transaction tx(r->db, SQLite::TransactionBehavior::DEFERRED);
     StoreChanges out;
     {

@@ -11,14 +11,12 @@
 
 namespace apikeys::detail::sqlite {
 
-// find() reads one row whether or not the key exists (the timing oracle of
-// doc/failure-modes.md): the first row at or after the rowid of the row whose
-// public_key is ?1 (that row itself) or, failing that, at or after the decoy rowid ?2
-// (gaps and deleted rowids lead to the next row), with a first column saying which. A
-// miss then costs what a hit costs (index search, one table search, the same columns
-// decoded) instead of stopping after the index. Only a miss whose ?2 is past the table's end gets no row (see find()).
-// The public_key column is only compared, not read back: on a hit it equals the
-// argument byte for byte (a TEXT column under BINARY collation).
+// find() reads one row whether or not the key exists (doc/sqlite-store.md, rules 12-14):
+// (1) the row whose public_key is ?1 or, failing that, the first row at or after the
+//     decoy rowid ?2; the first column says which;
+// (2) only a decoy past the table's end yields no row;
+// (3) public_key is compared, not read back: on a hit it equals ?1 byte for byte (TEXT
+//     under BINARY collation).
 // Columns: the hit flag, the rowid, then every field but public_key from
 // kFindFirstField on (read_record()).
 inline constexpr int kFindFirstField = 2;
@@ -47,9 +45,7 @@ inline std::string remove_sql() {
 }
 inline constexpr const char* kBumpRevisionSql =
     "UPDATE apikeys_meta SET revision = revision + 1 WHERE id = 1";
-// The change log (doc/revocation.md): each revision step names the public key it
-// revoked or deleted, in the transaction that made it; the oldest rows are pruned.
-// REPLACE: a revision restored from a backup may meet a row it left behind.
+// The change log (doc/sqlite-store.md, rules 9 and 10; doc/revocation.md).
 inline constexpr const char* kLogChangeSql =
     "INSERT OR REPLACE INTO apikeys_changes (revision, public_key)"
     " SELECT revision, ?1 FROM apikeys_meta WHERE id = 1";

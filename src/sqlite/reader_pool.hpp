@@ -60,8 +60,10 @@ struct Reader {
     if (rc != SQLITE_DONE) sqlite3_exec(db.getHandle(), "ROLLBACK", nullptr, nullptr, nullptr);
   }
 
-  // find()'s read transaction: kept across calls while it is younger than `max_age`
-  // and no write went through this store since it began (`epoch`); else a new one.
+  // find()'s read transaction (doc/sqlite-store.md, rule 5): reused while
+  // (1) it is younger than `max_age` (0: a transaction per statement), and
+  // (2) the write epoch is still `epoch`, the value it began under;
+  // else a new one begins.
   void use_snapshot(std::chrono::steady_clock::duration max_age, std::uint64_t epoch) {
     if (max_age.count() <= 0) {
       end_snapshot();  // a transaction per statement
@@ -84,8 +86,7 @@ struct Reader {
     return last_rowid.step() ? sqlite3_column_int64(last_rowid.get(), 0) : 0;
   }
 
-  // A rowid for find()'s decoy read: uniform over 1..bound (the largest rowid the
-  // store has seen). The query takes the next existing row from there.
+  // A rowid for find()'s decoy read, uniform over 1..bound (rule 12).
   std::int64_t decoy_rowid(std::int64_t bound) noexcept {
     rng ^= rng << 13;
     rng ^= rng >> 7;
@@ -113,8 +114,13 @@ struct Reader {
   }
 };
 
-// The idle readers of one store, and the janitor that ends their snapshots once they
-// are older than the store's read_snapshot_max_age.
+// The idle readers of one store, and the janitor that ends their snapshots
+// (doc/sqlite-store.md, rules 1 and 6):
+// (1) at most kMaxIdleReaders are kept, in capacity reserved up front: put() never
+//     allocates;
+// (2) nothing opens or closes a connection under pool_mu_;
+// (3) the janitor runs only while some idle reader may hold a snapshot, and ends those
+//     older than the store's read_snapshot_max_age every kJanitorPeriod.
 class ReaderPool {
  public:
   explicit ReaderPool(std::chrono::steady_clock::duration snapshot_max_age);
@@ -130,7 +136,7 @@ class ReaderPool {
   std::unique_ptr<Reader> take() APIKEYS_EXCLUDES(pool_mu_);
 
   // Puts `reader` back; returns it instead when the pool is full, for the caller to
-  // close outside the mutex. Never allocates (see the constructor), so never throws.
+  // close outside the mutex (invariants 1 and 2).
   std::unique_ptr<Reader> put(std::unique_ptr<Reader> reader) noexcept APIKEYS_EXCLUDES(pool_mu_);
 
   // Called when a reader with an open snapshot goes back to the pool.
@@ -141,9 +147,7 @@ class ReaderPool {
 
   const std::chrono::steady_clock::duration snapshot_max_age_;
 
-  // Ends the snapshots of readers left idle (a read transaction held open
-  // forever pins the WAL, which then grows with every write of every process). Runs
-  // only while some idle reader may hold one; wakes every kJanitorPeriod meanwhile.
+  // The janitor (invariant 3).
   static constexpr std::chrono::milliseconds kJanitorPeriod{100};
   Mutex janitor_mu_;
   CondVar janitor_cv_;
@@ -152,7 +156,7 @@ class ReaderPool {
   std::thread janitor_;  // started by start_janitor() when snapshots are kept
 
   Mutex pool_mu_;
-  // Never holds more than kMaxIdleReaders, its reserved capacity.
+  // Invariant 1.
   std::vector<std::unique_ptr<Reader>> idle_ APIKEYS_GUARDED_BY(pool_mu_);
 };
 

@@ -19,10 +19,12 @@
 namespace apikeys::detail::sqlite {
 namespace {
 
-// ---------------------------------------------------------------------------------
-// Schema. Each step moves the database from version `to - 1` to `to`, in its own
-// IMMEDIATE transaction together with the user_version bump. Steps are append-only:
-// a released step is never edited (tests/sqlite_store_test.cpp pins version 1).
+// The migration steps (doc/sqlite-store.md, rules 19 and 20):
+// (1) step `to` moves the schema from version `to - 1` to `to`;
+// (2) append-only: a released step is never edited (tests/sqlite_store_test.cpp pins
+//     versions 1 and 2, and rule 17 compares files with them);
+// (3) the key columns a step adds are those of src/record_fields.hpp, with its
+//     sqlite_type (a test compares the two).
 
 struct Migration {
   int to;
@@ -68,9 +70,7 @@ const int kCurrentVersion = kMigrations[std::size(kMigrations) - 1].to;
 
 namespace {
 
-// The schema versions released before the marker existed. A file at one of these with
-// application_id 0 is ours only if its schema is exactly what those steps created; it
-// gets the marker in its next migration transaction. Never raise this.
+// The schema versions released before the marker existed (rule 17). Never raise this.
 constexpr int kLastUnmarkedVersion = 2;
 
 int user_version(SQLite::Database& db) { return db.execAndGet("PRAGMA user_version").getInt(); }
@@ -222,15 +222,14 @@ bool wal_header(const std::string& path) {
 
 }  // namespace
 
-// Identifies an existing file without writing to it or beside it. A WAL file without a
-// -wal file holds every committed change in itself (and one without a -shm is read the
-// same way, so that none is created beside it); it is read as immutable, because
-// an ordinary connection would create -wal and -shm files next to someone else's
-// database (owned by whoever runs us, they could lock its owner out). Anything else is
-// read on an ordinary read-only connection, whose locks keep out half-written commits
-// and which creates nothing beside a rollback-journal file. A view that is stale
-// (another process writing meanwhile) only decides whether to go on: whatever writes
-// identifies the file again, on its own connection, under the write lock.
+// Identifies an existing file without writing to it or beside it (rule 15):
+// (1) a WAL-mode file lacking its -wal or -shm is read as immutable: an ordinary
+//     connection would create them beside someone else's database, and a WAL file
+//     without a -wal holds every committed change in itself;
+// (2) anything else is read on an ordinary read-only connection, whose locks keep out
+//     half-written commits and which creates nothing beside a rollback journal;
+// (3) a stale view only decides whether to go on: whatever writes identifies the file
+//     again, under the write lock (migrate()).
 Identity identify_read_only(const std::string& path, const SqliteStoreOptions& options) {
   const auto immutable = [&] {
     SQLite::Database probe(immutable_uri(path),
@@ -274,11 +273,12 @@ Identity identify_read_only(const std::string& path, const SqliteStoreOptions& o
   }
 }
 
-// Brings the schema to kCurrentVersion and marks the file as ours, one migration step per
-// IMMEDIATE transaction together with its user_version bump (and, in the first, the
-// marker). Each transaction identifies the file again under the write lock before it
-// writes, so another process creating, migrating or replacing the file meanwhile is seen;
-// a refused file's transaction rolls back having written nothing.
+// Brings the schema to kCurrentVersion and marks the file as ours (rules 15, 16, 20):
+// (1) one step per IMMEDIATE transaction, with its user_version bump and, in the
+//     first, the marker;
+// (2) each transaction identifies the file again before it writes: another process
+//     creating, migrating or replacing the file meanwhile is seen, and a refused
+//     file's transaction rolls back having written nothing.
 void migrate(SQLite::Database& db, const std::string& path, bool may_initialise) {
   for (;;) {
     SQLite::Transaction tx(db, SQLite::TransactionBehavior::IMMEDIATE);

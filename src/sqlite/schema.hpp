@@ -25,9 +25,7 @@ constexpr std::int32_t kApplicationId = 0x6170696B;
 // Throws Error(storage) unless `db` has the api_keys and apikeys_meta tables.
 void require_apikeys_tables(SQLite::Database& db);
 
-// Identification. Everything here only reads: a file is identified (on a read-only
-// connection, and again under the write lock) before the first write to it, so another
-// application's database is refused without a byte of it changed.
+// Identification (rules 15-18). Everything here only reads.
 
 enum class FileKind {
   empty,    // a 0-byte file: ours to initialise, if the caller allows
