@@ -261,18 +261,23 @@ SqliteStore::SqliteStore(const std::string& path, SqliteStoreOptions options)
       impl.read_only = true;
     }
     if (impl.read_only) {
-      // No writes at all: check the schema on a reader and keep it in the pool.
-      auto reader = std::make_unique<Reader>(impl.path, impl.options, true);
-      const Identity now = identify(reader->db);
-      require_usable(now, path, false);
-      if (now.version < kCurrentVersion) {
-        throw Error(ErrorCode::storage,
-                    fmt::format("SqliteStore open failed: schema version {} is older than this "
-                                "library's ({}) and the store is read-only; open it read-write "
-                                "once to migrate",
-                                now.version, kCurrentVersion));
+      // No writes at all: check the schema on a plain connection (rule 22), then keep a
+      // reader in the pool. Not on the reader itself: its statements name the current
+      // columns, which an older schema may lack, and preparing them would fail first.
+      {
+        SQLite::Database probe = open_connection(impl.path, impl.options, Role::reader, true);
+        const Identity now = identify(probe);
+        require_usable(now, path, false);
+        if (now.version < kCurrentVersion) {
+          throw Error(ErrorCode::storage,
+                      fmt::format("SqliteStore open failed: schema version {} is older than "
+                                  "this library's ({}) and the store is read-only; open it "
+                                  "read-write once to migrate",
+                                  now.version, kCurrentVersion));
+        }
+        require_apikeys_tables(probe);
       }
-      require_apikeys_tables(reader->db);
+      auto reader = std::make_unique<Reader>(impl.path, impl.options, true);
       (void)impl.readers.put(std::move(reader));  // the pool is empty: kept
     }
   });
