@@ -482,11 +482,14 @@ TEST_CASE("SqliteStore refuses databases it cannot use", "[store][sqlite]") {
   SECTION("a newer schema version") {
     const std::string path = dir.file("newer.db");
     { SqliteStore store(path); }
-    { RawDb(path).exec("PRAGMA user_version = 4"); }
+    const int current = SqliteStore::schema_version();
+    { RawDb(path).exec("PRAGMA user_version = " + std::to_string(current + 1)); }
     const auto e = error_of([&] { SqliteStore store(path); });
     REQUIRE(e);
     CHECK(e->code() == ErrorCode::storage);
-    CHECK(contains(e->what(), "schema version 4 is newer than this library supports (3)"));
+    CHECK(contains(e->what(), "schema version " + std::to_string(current + 1) +
+                                  " is newer than this library supports (" +
+                                  std::to_string(current) + ")"));
 
     SqliteStoreOptions read_only;
     read_only.read_only = true;
