@@ -12,22 +12,9 @@
 
 #include "apikeys/export.hpp"
 #include "apikeys/types.hpp"
+#include "apikeys/validation_code.hpp"
 
 namespace apikeys {
-
-/// Outcome of a validation. Stable numeric values (they may be stored by caches).
-enum class ValidationCode : std::uint8_t {
-  valid = 0,
-  malformed = 1,     ///< Not the shape of a key: the store was not consulted.
-  not_found = 2,     ///< No key has this public key.
-  wrong_secret = 3,  ///< The key exists but the secret does not match.
-  expired = 4,       ///< The key's expiry has passed.
-  revoked = 5,       ///< The key was revoked.
-  error = 6,         ///< An internal failure (store, hasher, cache): fail closed.
-};
-
-/// "valid", "malformed", "not_found", "wrong_secret", "expired", "revoked", "error".
-APIKEYS_EXPORT const char* to_string(ValidationCode code) noexcept;
 
 /// What a cache remembers about one presented (public key, secret) pair.
 struct Verdict {
