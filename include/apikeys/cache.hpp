@@ -16,7 +16,11 @@
 
 namespace apikeys {
 
-/// What a cache remembers about one presented (public key, secret) pair.
+/// What a cache remembers about one presented (public key, secret) pair, and the
+/// common part of every validation answer: ValidationResult (validator.hpp) derives
+/// from Verdict, so the fields a cache keeps and those a caller reads cannot drift
+/// apart. A field added here is in both; a cache that stores verdicts (RedisCache's
+/// encoding, MemoryCache's slot) must then keep it too, or document that it drops it.
 struct Verdict {
   /// An `error` verdict with no ids and no expiry.
   Verdict() = default;
