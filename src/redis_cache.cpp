@@ -181,9 +181,10 @@ std::string digest_field(const Digest& d) {
 
 // Verdict value, layout version 2 (42 bytes): the version byte, the code (1 byte),
 // the account id (16), the key id (16), the key's expiry in Unix milliseconds (8,
-// big-endian two's complement; INT64_MIN: none). Any other version, length or code is
-// read as a miss, never as a verdict: a value written by another layout is checked
-// against the store again.
+// big-endian two's complement; INT64_MIN: none). Any other version or length, or a
+// code past kLastValidationCode (one a newer library added), is read as a miss, never
+// as a verdict: a value written by another layout is checked against the store again.
+// See doc/redis-cache.md, "Verdict encoding".
 constexpr std::uint8_t kVerdictLayout = 2;
 constexpr std::size_t kVerdictSize = 42;
 constexpr std::int64_t kNoExpiry = std::numeric_limits<std::int64_t>::min();
@@ -201,11 +202,11 @@ std::string encode(const Verdict& v) {
 
 std::optional<Verdict> decode(const char* data, std::size_t len) {
   if (len != kVerdictSize || static_cast<std::uint8_t>(data[0]) != kVerdictLayout ||
-      static_cast<std::uint8_t>(data[1]) > static_cast<std::uint8_t>(ValidationCode::error)) {
-    return std::nullopt;  // not ours, or another layout: a miss is always safe
+      !is_known_validation_code(static_cast<std::uint8_t>(data[1]))) {
+    return std::nullopt;  // not ours, another layout or a newer code: a miss is always safe
   }
   Verdict v;
-  v.code = static_cast<ValidationCode>(data[1]);
+  v.code = static_cast<ValidationCode>(static_cast<std::uint8_t>(data[1]));
   std::array<std::uint8_t, 16> a{};
   std::array<std::uint8_t, 16> k{};
   std::memcpy(a.data(), data + 2, 16);
