@@ -1,7 +1,5 @@
 #include "apikeys/memory_cache.hpp"
 
-#include <openssl/rand.h>
-
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -15,17 +13,6 @@
 #include "siphash.hpp"
 
 namespace apikeys {
-
-namespace detail {
-SipHasher::SipHasher() {
-  std::uint64_t k[2];
-  if (RAND_bytes(reinterpret_cast<unsigned char*>(k), sizeof k) != 1) {
-    throw Error(ErrorCode::crypto, "the CSPRNG failed to seed a hash table");
-  }
-  k0_ = k[0];
-  k1_ = k[1];
-}
-}  // namespace detail
 
 namespace {
 
