@@ -18,10 +18,8 @@
 #include <limits>
 #include <atomic>
 #include <cerrno>
-#include <condition_variable>
 #include <cstring>
 #include <fcntl.h>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -30,6 +28,7 @@
 
 #include "apikeys/error.hpp"
 #include "apikeys/memory_cache.hpp"
+#include "thread_annotations.hpp"
 #include "wipe.hpp"
 
 namespace apikeys {
@@ -251,14 +250,15 @@ struct RedisCache::Impl {
   std::unique_ptr<MemoryCache> local;  // null when local_tier is off
 
   // Hashes of the scripts, learnt from SCRIPT LOAD (the same on every connection).
-  std::mutex sha_mu;
-  std::string shas[kScriptCount];  // Guarded by sha_mu.
+  detail::Mutex sha_mu;
+  std::string shas[kScriptCount] APIKEYS_GUARDED_BY(sha_mu);
 
-  // Command connection pool.
-  std::mutex pool_mu;
-  std::condition_variable pool_cv;
-  std::vector<Context> idle;  // Guarded by pool_mu.
-  std::size_t open = 0;       // Guarded by pool_mu.
+  // Command connection pool. pool_cv is signalled whenever a connection goes back to
+  // `idle` or `open` drops.
+  detail::Mutex pool_mu;
+  detail::CondVar pool_cv;
+  std::vector<Context> idle APIKEYS_GUARDED_BY(pool_mu);
+  std::size_t open APIKEYS_GUARDED_BY(pool_mu) = 0;
 
   // Breaker: the hot path skips Redis until this steady time (ns since epoch).
   std::atomic<std::int64_t> down_until{0};
@@ -309,7 +309,7 @@ struct RedisCache::Impl {
         if (r->type != REDIS_REPLY_STRING) {
           throw Error(ErrorCode::storage, fmt::format("RedisCache: SCRIPT LOAD failed: {}", reply_text(*r)));
         }
-        std::lock_guard<std::mutex> lock(sha_mu);
+        detail::MutexLock lock(sha_mu);
         shas[i].assign(r->str, r->len);
       }
     }
@@ -375,10 +375,10 @@ struct RedisCache::Impl {
    public:
     explicit Lease(Impl& impl) : impl_(impl) {
       const auto until = SteadyClock::now() + impl_.options.command_timeout;
-      std::unique_lock<std::mutex> lock(impl_.pool_mu);
+      detail::MutexLock lock(impl_.pool_mu);
       while (impl_.idle.empty() && impl_.open >= impl_.options.pool_size) {
-        if (impl_.pool_cv.wait_until(lock, until) == std::cv_status::timeout &&
-            impl_.idle.empty() && impl_.open >= impl_.options.pool_size) {
+        if (!impl_.pool_cv.wait_until(impl_.pool_mu, until) && impl_.idle.empty() &&
+            impl_.open >= impl_.options.pool_size) {
           throw Error(ErrorCode::busy, "RedisCache: no free connection within command_timeout");
         }
       }
@@ -395,19 +395,19 @@ struct RedisCache::Impl {
       } catch (...) {
         lock.lock();
         --impl_.open;
-        impl_.pool_cv.notify_one();
+        impl_.pool_cv.signal();
         throw;
       }
     }
     ~Lease() {
-      std::lock_guard<std::mutex> lock(impl_.pool_mu);
+      detail::MutexLock lock(impl_.pool_mu);
       if (c_) {
         // Cannot allocate: idle.size() < open <= pool_size, reserved in the constructor.
         impl_.idle.push_back(std::move(c_));
       } else {
         --impl_.open;
       }
-      impl_.pool_cv.notify_one();
+      impl_.pool_cv.signal();
     }
     Lease(const Lease&) = delete;
     Lease& operator=(const Lease&) = delete;
@@ -425,11 +425,11 @@ struct RedisCache::Impl {
   // constructor, so ~Lease's push_back never allocates (and so never throws).
   void drop_idle() noexcept {
     {
-      std::lock_guard<std::mutex> lock(pool_mu);
+      detail::MutexLock lock(pool_mu);
       open -= idle.size();
       idle.clear();
     }
-    pool_cv.notify_all();
+    pool_cv.signal_all();
   }
 
   // Runs a script: EVALSHA, or EVAL if the server forgot it (SCRIPT FLUSH). A broken
@@ -444,7 +444,7 @@ struct RedisCache::Impl {
         c.emplace(*this);  // may connect: a refused or slow connect is Unreachable too
         std::string sha;
         {
-          std::lock_guard<std::mutex> lock(sha_mu);
+          detail::MutexLock lock(sha_mu);
           sha = shas[id];
         }
         std::vector<std::string_view> argv{"EVALSHA", sha, "0"};
