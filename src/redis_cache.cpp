@@ -2,6 +2,19 @@
 // write), a pool of blocking hiredis connections with socket timeouts, a breaker that
 // keeps the hot path off a dead server, and an optional MemoryCache tier in front kept
 // coherent by a subscriber thread listening on the invalidation channel.
+//
+// Key layout, scripts, encoding and breaker: doc/redis-cache.md. Its invariants, which
+// the code below cites by number:
+//  1. A verdict answers only while its value starts with the key's current generation;
+//     a missing generation answers nothing.
+//  2. put's token check and write, erase's delete/bump/publish and clear's epoch move
+//     each run in one script.
+//  3. A missing epoch or generation starts from a random value, never from 0.
+//  4. A generation key outlives every verdict written under it.
+//  5. not_found verdicts never go to Redis.
+//  6. The in-process tier answers only while subscribed, is emptied on every
+//     (re)subscription and drop, and never outlives the Redis entry it copies.
+//  7. A value that does not decode is a miss, never a verdict.
 #include "apikeys/redis_cache.hpp"
 
 #include <hiredis/hiredis.h>
@@ -37,25 +50,16 @@ namespace {
 using SteadyClock = std::chrono::steady_clock;
 
 // ---------------------------------------------------------------------------------
-// Scripts. ARGV[1] is the prefix, ARGV[2] a fresh random epoch used only when the
-// epoch key is missing (first use, a restarted server, an eviction): a missing epoch
-// then never brings back verdicts an earlier clear() made unreachable. Tokens are
+// Scripts (doc/redis-cache.md, "Scripts"). ARGV[1] is the prefix, ARGV[2] a random
+// epoch used only when the epoch key is missing (invariant 3). Tokens are
 // (generation + epoch) mod 2^32, compared as Lua numbers (exact below 2^53).
-// Key names are built inside the scripts: standalone Redis only, not Cluster.
 
 #define APIKEYS_EPOCH_PROLOGUE                              \
   "local ek = ARGV[1] .. 'e'\n"                             \
   "local e = redis.call('GET', ek)\n"                       \
   "if not e then e = ARGV[2]; redis.call('SET', ek, e) end\n"
 
-// Every verdict's value starts with the fill generation it was written under and ':';
-// a verdict answers only while that is the key's current generation, so an erase()
-// makes every older verdict unreachable even if the index set that lists them was
-// evicted (or a verdict outlived its index). A missing generation key answers nothing:
-// put() writes the generation (a random start) before its first verdict, so a lost
-// generation key (expired, evicted) also hides every verdict written under it.
-//
-// ARGV: prefix, epoch0, pk, field. Hit: {1, value, pttl}. Miss: {0, token}.
+// Invariant 1. ARGV: prefix, epoch0, pk, field. Hit: {1, value, pttl}. Miss: {0, token}.
 constexpr const char* kGetScript = APIKEYS_EPOCH_PROLOGUE
     "local vk = ARGV[1] .. 'v:' .. e .. ':' .. ARGV[3] .. ':' .. ARGV[4]\n"
     "local g = redis.call('GET', ARGV[1] .. 'g:' .. ARGV[3])\n"
@@ -73,11 +77,9 @@ constexpr const char* kTokenScript = APIKEYS_EPOCH_PROLOGUE
     "local g = redis.call('GET', ARGV[1] .. 'g:' .. ARGV[3]) or '0'\n"
     "return (tonumber(g) + tonumber(e)) % 4294967296\n";
 
-// ARGV: prefix, epoch0, pk, field, token, value, ttl_ms, is_valid, max_per_key,
-// generation0 (a random start for a missing generation), generation_ttl_ms.
-// Returns 1 stored, 0 token stale, 2 refused (too many verdicts for the key). The
-// generation key is kept alive at least as long as the verdict (else it would vanish
-// first and the verdict be unreachable early).
+// Invariants 2, 3, 4. ARGV: prefix, epoch0, pk, field, token, value, ttl_ms, is_valid,
+// max_per_key, generation0, generation_ttl_ms. Returns 1 stored, 0 token stale, 2
+// refused (too many verdicts for the key).
 constexpr const char* kPutScript = APIKEYS_EPOCH_PROLOGUE
     "local gk = ARGV[1] .. 'g:' .. ARGV[3]\n"
     "local g = redis.call('GET', gk)\n"
@@ -95,11 +97,9 @@ constexpr const char* kPutScript = APIKEYS_EPOCH_PROLOGUE
     "if redis.call('PTTL', ik) < tonumber(ARGV[7]) then redis.call('PEXPIRE', ik, ARGV[7]) end\n"
     "return 1\n";
 
-// ARGV: prefix, epoch0, pk, generation_ttl_ms, channel, message, generation0. Returns
-// verdicts deleted. The generation bump alone makes every older verdict unreachable
-// (see kGetScript); the index only lets it delete them now rather than at expiry. A
-// missing generation starts from a random value, never from 0, so an evicted
-// generation key cannot come back to a value older verdicts were written under.
+// Invariants 1, 2, 3: the bump alone hides older verdicts; the index only lets them go
+// now rather than at expiry. ARGV: prefix, epoch0, pk, generation_ttl_ms, channel,
+// message, generation0. Returns the number of verdicts deleted.
 constexpr const char* kEraseScript = APIKEYS_EPOCH_PROLOGUE
     "local ik = ARGV[1] .. 'i:' .. e .. ':' .. ARGV[3]\n"
     "local base = ARGV[1] .. 'v:' .. e .. ':' .. ARGV[3] .. ':'\n"
@@ -178,12 +178,10 @@ std::string digest_field(const Digest& d) {
   return out;
 }
 
-// Verdict value, layout version 2 (42 bytes): the version byte, the code (1 byte),
-// the account id (16), the key id (16), the key's expiry in Unix milliseconds (8,
-// big-endian two's complement; INT64_MIN: none). Any other version or length, or a
-// code past kLastValidationCode (one a newer library added), is read as a miss, never
-// as a verdict: a value written by another layout is checked against the store again.
-// See doc/redis-cache.md, "Verdict encoding".
+// Verdict value, layout version 2 (42 bytes): version, code, account id (16), key id
+// (16), the key's expiry in Unix milliseconds (8, big-endian; INT64_MIN: none).
+// doc/redis-cache.md, "Verdict encoding". Invariant 7: another version or length, or a
+// code past kLastValidationCode (one a newer library added), decodes as a miss.
 constexpr std::uint8_t kVerdictLayout = 2;
 constexpr std::size_t kVerdictSize = 42;
 constexpr std::int64_t kNoExpiry = std::numeric_limits<std::int64_t>::min();
@@ -488,7 +486,7 @@ struct RedisCache::Impl {
     if (r.type != REDIS_REPLY_ARRAY || r.elements < 1 || r.element[0]->type != REDIS_REPLY_STRING) return;
     const std::string_view kind(r.element[0]->str, r.element[0]->len);
     if (kind == "subscribe") {
-      // Messages published while we were not listening are lost: start empty.
+      // Invariant 6: messages published while we were not listening are lost.
       if (local) local->clear();
       live.store(true, std::memory_order_release);
       return;
@@ -685,8 +683,8 @@ void RedisCache::put(std::string_view public_key, const Digest& presented, const
   if (ttl.count() <= 0) return;
   Impl& impl = *impl_;
   if (verdict.code == ValidationCode::not_found) {
-    // Never written to Redis: any well-formed public key yields one, so an attacker
-    // could otherwise grow Redis without bound. The in-process tier is bounded.
+    // Invariant 5: any well-formed public key yields one, so an attacker could grow
+    // Redis without bound. The in-process tier is bounded.
     if (!impl.local_live()) return;
     const std::uint64_t current = impl.local->fill_token(public_key);
     const std::uint64_t local_token = (current & ~std::uint64_t{0xffffffff}) | (token & 0xffffffff);
