@@ -2,9 +2,10 @@
 
 #include <algorithm>
 #include <exception>
-#include <mutex>
 #include <utility>
 #include <vector>
+
+#include "thread_annotations.hpp"
 
 namespace apikeys::detail {
 
@@ -17,9 +18,9 @@ struct Entry {
 };
 
 struct Registry {
-  std::mutex mu;
-  std::vector<Entry> entries;  // few: one per Validator with a cache
-  std::uint64_t next_id = 1;
+  Mutex mu;
+  std::vector<Entry> entries APIKEYS_GUARDED_BY(mu);  // few: one per Validator with a cache
+  std::uint64_t next_id APIKEYS_GUARDED_BY(mu) = 1;
 };
 
 // Never destroyed: a Validator that outlives static destruction (a global, or one
@@ -33,7 +34,7 @@ std::vector<std::shared_ptr<Cache>> caches_of(const void* identity) {
   Registry& r = registry();
   std::vector<std::shared_ptr<Cache>> out;
   {
-    std::lock_guard<std::mutex> lock(r.mu);
+    MutexLock lock(r.mu);
     for (const Entry& e : r.entries) {
       if (e.identity == identity) out.push_back(e.cache);
     }
@@ -48,7 +49,7 @@ std::vector<std::shared_ptr<Cache>> caches_of(const void* identity) {
 CacheRegistration::CacheRegistration(const void* identity, std::shared_ptr<Cache> cache) {
   if (!cache) return;
   Registry& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
+  MutexLock lock(r.mu);
   const std::uint64_t id = r.next_id++;
   r.entries.push_back(Entry{id, identity, std::move(cache)});
   id_ = id;
@@ -69,7 +70,7 @@ void CacheRegistration::reset() noexcept {
   std::shared_ptr<Cache> released;  // dropped after the lock: a cache's destructor may block
   {
     Registry& r = registry();
-    std::lock_guard<std::mutex> lock(r.mu);
+    MutexLock lock(r.mu);
     // Erasing from a vector moves elements down; it never allocates.
     const auto it = std::find_if(r.entries.begin(), r.entries.end(),
                                  [this](const Entry& e) { return e.id == id_; });

@@ -1,31 +1,18 @@
 #include "apikeys/memory_cache.hpp"
 
-#include <openssl/rand.h>
-
 #include <algorithm>
 #include <cstring>
 #include <limits>
 #include <optional>
 #include <atomic>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "apikeys/error.hpp"
 #include "siphash.hpp"
+#include "thread_annotations.hpp"
 
 namespace apikeys {
-
-namespace detail {
-SipHasher::SipHasher() {
-  std::uint64_t k[2];
-  if (RAND_bytes(reinterpret_cast<unsigned char*>(k), sizeof k) != 1) {
-    throw Error(ErrorCode::crypto, "the CSPRNG failed to seed a hash table");
-  }
-  k0_ = k[0];
-  k1_ = k[1];
-}
-}  // namespace detail
 
 namespace {
 
@@ -169,12 +156,13 @@ class Table {
 };
 
 struct alignas(64) Shard {
-  mutable std::mutex mu;
-  Table table;
+  detail::Mutex mu;
+  Table table APIKEYS_GUARDED_BY(mu);
   // Fill generations: erase() bumps the stripe of a public key under `mu`, put()
   // compares under `mu`, so a fill that read the store before an erase never lands.
+  // Atomic: fill_token() reads them without the lock.
   std::atomic<std::uint64_t> stripes[kStripesPerShard] = {};
-  std::size_t evict_cursor = 0;
+  std::size_t evict_cursor APIKEYS_GUARDED_BY(mu) = 0;
 };
 
 // now + ttl without overflow: a TTL of milliseconds::max() means "until evicted".
@@ -224,9 +212,9 @@ struct MemoryCache::Impl {
   }
   [[nodiscard]] std::int64_t now_ms() const noexcept { return to_unix_millis(clock->now()); }
 
-  // REQUIRES: s.mu held and s.table.size() >= per_shard_capacity. Samples a few buckets
-  // from a rotating cursor; evicts an expired entry if one turns up, else the first seen.
-  void evict_one(Shard& s, std::int64_t now) {
+  // REQUIRES: s.table.size() >= per_shard_capacity. Samples a few buckets from a
+  // rotating cursor; evicts an expired entry if one turns up, else the first seen.
+  void evict_one(Shard& s, std::int64_t now) APIKEYS_REQUIRES(s.mu) {
     const std::size_t buckets = s.table.bucket_count();
     std::optional<InlineKey> victim;
     for (std::size_t probes = 0, seen = 0; probes < buckets && seen < 4; ++probes) {
@@ -262,7 +250,7 @@ std::optional<Verdict> MemoryCache::get(std::string_view public_key, const Diges
   if (public_key.size() > kMaxPublicKeyLength) return std::nullopt;
   auto w = impl_->locate(public_key);
   const std::int64_t now = impl_->now_ms();
-  std::lock_guard<std::mutex> lock(w.shard.mu);
+  detail::MutexLock lock(w.shard.mu);
   Node* n = w.shard.table.find(InlineKey(public_key, w.hash));
   static_assert(sizeof(InlineKey) == 64 && sizeof(Slot) == 88, "entry layout grew");
   if (n == nullptr) return std::nullopt;
@@ -283,7 +271,7 @@ void MemoryCache::put(std::string_view public_key, const Digest& presented, cons
   if (ttl.count() <= 0 || public_key.size() > kMaxPublicKeyLength) return;
   auto w = impl_->locate(public_key);
   const std::int64_t now = impl_->now_ms();
-  std::lock_guard<std::mutex> lock(w.shard.mu);
+  detail::MutexLock lock(w.shard.mu);
   if (impl_->token(w) != token) return;  // erased or cleared since the fill began
   const InlineKey key(public_key, w.hash);
   Node* n = w.shard.table.find(key);
@@ -303,7 +291,7 @@ void MemoryCache::put(std::string_view public_key, const Digest& presented, cons
 
 void MemoryCache::erase(std::string_view public_key) {
   auto w = impl_->locate(public_key);
-  std::lock_guard<std::mutex> lock(w.shard.mu);
+  detail::MutexLock lock(w.shard.mu);
   w.shard.stripes[w.stripe].fetch_add(1, std::memory_order_acq_rel);
   if (public_key.size() <= kMaxPublicKeyLength) w.shard.table.erase(InlineKey(public_key, w.hash));
 }
@@ -313,7 +301,7 @@ void MemoryCache::clear() {
   // that already did is removed below when this reaches its shard.
   impl_->epoch.fetch_add(1, std::memory_order_acq_rel);
   for (auto& s : impl_->shards) {
-    std::lock_guard<std::mutex> lock(s->mu);
+    detail::MutexLock lock(s->mu);
     s->table.clear();
   }
 }
@@ -321,7 +309,7 @@ void MemoryCache::clear() {
 std::size_t MemoryCache::size() const {
   std::size_t n = 0;
   for (const auto& s : impl_->shards) {
-    std::lock_guard<std::mutex> lock(s->mu);
+    detail::MutexLock lock(s->mu);
     n += s->table.size();
   }
   return n;

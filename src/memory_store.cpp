@@ -6,8 +6,6 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
-#include <shared_mutex>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -15,6 +13,7 @@
 
 #include "apikeys/error.hpp"
 #include "decoy_reads.hpp"
+#include "thread_annotations.hpp"
 
 namespace apikeys {
 namespace {
@@ -136,18 +135,22 @@ struct MemoryStore::Impl {
   explicit Impl(std::size_t max) : max_keys(max) {}
 
   const std::size_t max_keys;
-  mutable std::shared_mutex mu;
-  std::uint64_t next_seq = 0;
+  // Readers (find, list, size) share it; writers hold it exclusively. The entries the
+  // indexes point at are reached only through them, so under it too.
+  mutable detail::SharedMutex mu;
+  std::uint64_t next_seq APIKEYS_GUARDED_BY(mu) = 0;
   // Owns the entries, without holes (a removal moves the last one into its place):
   // find()'s decoy on a miss is one of them, picked by the key's hash. Entries never
   // move, so the indexes keep plain pointers.
-  std::vector<std::unique_ptr<Entry>> dense;
-  KeyIndex by_public_key;
-  std::unordered_map<Uuid, Entry*, UuidHash> by_key_id;
-  std::unordered_map<Uuid, std::map<OrderKey, Entry*, std::greater<>>, UuidHash> by_account;
+  std::vector<std::unique_ptr<Entry>> dense APIKEYS_GUARDED_BY(mu);
+  KeyIndex by_public_key APIKEYS_GUARDED_BY(mu);
+  std::unordered_map<Uuid, Entry*, UuidHash> by_key_id APIKEYS_GUARDED_BY(mu);
+  std::unordered_map<Uuid, std::map<OrderKey, Entry*, std::greater<>>, UuidHash> by_account
+      APIKEYS_GUARDED_BY(mu);
 
-  // REQUIRES: mu held (shared or exclusive). The key's entry, else null.
-  [[nodiscard]] Entry* by_key(std::string_view public_key, std::uint64_t tag) const noexcept {
+  // The key's entry, else null.
+  [[nodiscard]] Entry* by_key(std::string_view public_key, std::uint64_t tag) const noexcept
+      APIKEYS_REQUIRES_SHARED(mu) {
     for (std::size_t i = by_public_key.home(tag);; i = by_public_key.next(i)) {
       const Slot& s = by_public_key.at(i);
       if (s.tag == 0) return nullptr;
@@ -155,8 +158,7 @@ struct MemoryStore::Impl {
     }
   }
 
-  // REQUIRES: mu held (shared or exclusive).
-  Entry* owned_by(const Uuid& account_id, const Uuid& key_id) const {
+  Entry* owned_by(const Uuid& account_id, const Uuid& key_id) const APIKEYS_REQUIRES_SHARED(mu) {
     auto it = by_key_id.find(key_id);
     if (it == by_key_id.end() || it->second->record.info.account_id != account_id) {
       return nullptr;
@@ -178,7 +180,7 @@ void MemoryStore::insert(const KeyRecord& record) {
   if (info.last_used_at) info.last_used_at = to_millis(*info.last_used_at);
   const std::uint64_t tag = tag_of(info.public_key);
 
-  std::unique_lock lock(impl_->mu);
+  detail::ExclusiveLock lock(impl_->mu);
   if (impl_->by_key(info.public_key, tag) != nullptr) {
     throw Error(ErrorCode::already_exists, "insert: a key with this public key already exists");
   }
@@ -211,7 +213,8 @@ void MemoryStore::insert(const KeyRecord& record) {
 
 std::optional<KeyRecord> MemoryStore::find(std::string_view public_key) {
   const std::uint64_t tag = tag_of(public_key);
-  std::shared_lock lock(impl_->mu);
+  Impl& impl = *impl_;
+  detail::SharedLock lock(impl.mu);
   // Timing oracles: a miss must cost what a hit costs. A hit reads its
   // slot, then its entry (to compare the key's bytes), then copies the record. A miss
   // reads slots up to an empty one, then does the same to a decoy entry picked by the
@@ -222,25 +225,23 @@ std::optional<KeyRecord> MemoryStore::find(std::string_view public_key) {
   // hit's instead of running alongside the probe. Without that, and with
   // std::unordered_map under it, a miss answered 0.12 us sooner than a hit at 100,000
   // keys. BENCHMARKS.md has the measurements.
-  const KeyIndex& index = impl_->by_public_key;
-  std::size_t i = index.home(tag);
+  std::size_t i = impl.by_public_key.home(tag);
   std::uint64_t last = 0;
-  for (;; i = index.next(i)) {
-    const Slot& s = index.at(i);
+  for (;; i = impl.by_public_key.next(i)) {
+    const Slot& s = impl.by_public_key.at(i);
     last = s.tag;
     if (last == 0) break;
     if (last == tag && s.entry->record.info.public_key == public_key) return s.entry->record;
   }
-  const auto& dense = impl_->dense;
-  if (dense.empty()) return std::nullopt;
+  if (impl.dense.empty()) return std::nullopt;
 #if defined(__GNUC__)
   asm("" : "+r"(last));  // opaque to the compiler: it must not fold `last` (0) away
 #endif
   const std::uint64_t mixed = (tag ^ (tag >> 29)) * 0xbf58476d1ce4e5b9ULL;  // not home()'s bits
-  const std::uint64_t n = dense.size();
+  const std::uint64_t n = impl.dense.size();
   const auto pick =
       static_cast<std::size_t>(n <= UINT32_MAX ? ((mixed >> 32) * n) >> 32 : mixed % n);
-  const Entry& decoy = *dense[pick + static_cast<std::size_t>(last)];
+  const Entry& decoy = *impl.dense[pick + static_cast<std::size_t>(last)];
   const bool same = decoy.record.info.public_key == public_key;
   const KeyRecord copy = decoy.record;
 #if defined(__GNUC__)
@@ -252,7 +253,7 @@ std::optional<KeyRecord> MemoryStore::find(std::string_view public_key) {
 
 std::vector<KeyInfo> MemoryStore::list(const Uuid& account_id) {
   std::vector<KeyInfo> out;
-  std::shared_lock lock(impl_->mu);
+  detail::SharedLock lock(impl_->mu);
   auto it = impl_->by_account.find(account_id);
   if (it == impl_->by_account.end()) return out;
   out.reserve(it->second.size());
@@ -265,7 +266,7 @@ std::vector<KeyInfo> MemoryStore::list(const Uuid& account_id) {
 
 std::optional<KeyInfo> MemoryStore::set_status(const Uuid& account_id, const Uuid& key_id,
                                                KeyStatus status) {
-  std::unique_lock lock(impl_->mu);
+  detail::ExclusiveLock lock(impl_->mu);
   Entry* entry = impl_->owned_by(account_id, key_id);
   if (entry == nullptr) return std::nullopt;
   entry->record.info.status = status;
@@ -273,7 +274,7 @@ std::optional<KeyInfo> MemoryStore::set_status(const Uuid& account_id, const Uui
 }
 
 std::optional<KeyInfo> MemoryStore::remove(const Uuid& account_id, const Uuid& key_id) {
-  std::unique_lock lock(impl_->mu);
+  detail::ExclusiveLock lock(impl_->mu);
   Entry* entry = impl_->owned_by(account_id, key_id);
   if (entry == nullptr) return std::nullopt;
   KeyInfo removed = entry->record.info;  // Copy before any erase: nothing below throws.
@@ -294,7 +295,7 @@ std::optional<KeyInfo> MemoryStore::remove(const Uuid& account_id, const Uuid& k
 }
 
 void MemoryStore::record_last_use(const std::vector<LastUse>& uses) {
-  std::unique_lock lock(impl_->mu);
+  detail::ExclusiveLock lock(impl_->mu);
   for (const LastUse& use : uses) {
     auto it = impl_->by_key_id.find(use.key_id);
     if (it == impl_->by_key_id.end()) continue;
@@ -305,7 +306,7 @@ void MemoryStore::record_last_use(const std::vector<LastUse>& uses) {
 }
 
 std::size_t MemoryStore::size() const {
-  std::shared_lock lock(impl_->mu);
+  detail::SharedLock lock(impl_->mu);
   return impl_->dense.size();
 }
 

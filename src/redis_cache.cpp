@@ -2,6 +2,19 @@
 // write), a pool of blocking hiredis connections with socket timeouts, a breaker that
 // keeps the hot path off a dead server, and an optional MemoryCache tier in front kept
 // coherent by a subscriber thread listening on the invalidation channel.
+//
+// Key layout, scripts, encoding and breaker: doc/redis-cache.md. Its invariants, which
+// the code below cites by number:
+//  1. A verdict answers only while its value starts with the key's current generation;
+//     a missing generation answers nothing.
+//  2. put's token check and write, erase's delete/bump/publish and clear's epoch move
+//     each run in one script.
+//  3. A missing epoch or generation starts from a random value, never from 0.
+//  4. A generation key outlives every verdict written under it.
+//  5. not_found verdicts never go to Redis.
+//  6. The in-process tier answers only while subscribed, is emptied on every
+//     (re)subscription and drop, and never outlives the Redis entry it copies.
+//  7. A value that does not decode is a miss, never a verdict.
 #include "apikeys/redis_cache.hpp"
 
 #include <hiredis/hiredis.h>
@@ -18,10 +31,8 @@
 #include <limits>
 #include <atomic>
 #include <cerrno>
-#include <condition_variable>
 #include <cstring>
 #include <fcntl.h>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -30,6 +41,7 @@
 
 #include "apikeys/error.hpp"
 #include "apikeys/memory_cache.hpp"
+#include "thread_annotations.hpp"
 #include "wipe.hpp"
 
 namespace apikeys {
@@ -38,25 +50,16 @@ namespace {
 using SteadyClock = std::chrono::steady_clock;
 
 // ---------------------------------------------------------------------------------
-// Scripts. ARGV[1] is the prefix, ARGV[2] a fresh random epoch used only when the
-// epoch key is missing (first use, a restarted server, an eviction): a missing epoch
-// then never brings back verdicts an earlier clear() made unreachable. Tokens are
+// Scripts (doc/redis-cache.md, "Scripts"). ARGV[1] is the prefix, ARGV[2] a random
+// epoch used only when the epoch key is missing (invariant 3). Tokens are
 // (generation + epoch) mod 2^32, compared as Lua numbers (exact below 2^53).
-// Key names are built inside the scripts: standalone Redis only, not Cluster.
 
 #define APIKEYS_EPOCH_PROLOGUE                              \
   "local ek = ARGV[1] .. 'e'\n"                             \
   "local e = redis.call('GET', ek)\n"                       \
   "if not e then e = ARGV[2]; redis.call('SET', ek, e) end\n"
 
-// Every verdict's value starts with the fill generation it was written under and ':';
-// a verdict answers only while that is the key's current generation, so an erase()
-// makes every older verdict unreachable even if the index set that lists them was
-// evicted (or a verdict outlived its index). A missing generation key answers nothing:
-// put() writes the generation (a random start) before its first verdict, so a lost
-// generation key (expired, evicted) also hides every verdict written under it.
-//
-// ARGV: prefix, epoch0, pk, field. Hit: {1, value, pttl}. Miss: {0, token}.
+// Invariant 1. ARGV: prefix, epoch0, pk, field. Hit: {1, value, pttl}. Miss: {0, token}.
 constexpr const char* kGetScript = APIKEYS_EPOCH_PROLOGUE
     "local vk = ARGV[1] .. 'v:' .. e .. ':' .. ARGV[3] .. ':' .. ARGV[4]\n"
     "local g = redis.call('GET', ARGV[1] .. 'g:' .. ARGV[3])\n"
@@ -74,11 +77,9 @@ constexpr const char* kTokenScript = APIKEYS_EPOCH_PROLOGUE
     "local g = redis.call('GET', ARGV[1] .. 'g:' .. ARGV[3]) or '0'\n"
     "return (tonumber(g) + tonumber(e)) % 4294967296\n";
 
-// ARGV: prefix, epoch0, pk, field, token, value, ttl_ms, is_valid, max_per_key,
-// generation0 (a random start for a missing generation), generation_ttl_ms.
-// Returns 1 stored, 0 token stale, 2 refused (too many verdicts for the key). The
-// generation key is kept alive at least as long as the verdict (else it would vanish
-// first and the verdict be unreachable early).
+// Invariants 2, 3, 4. ARGV: prefix, epoch0, pk, field, token, value, ttl_ms, is_valid,
+// max_per_key, generation0, generation_ttl_ms. Returns 1 stored, 0 token stale, 2
+// refused (too many verdicts for the key).
 constexpr const char* kPutScript = APIKEYS_EPOCH_PROLOGUE
     "local gk = ARGV[1] .. 'g:' .. ARGV[3]\n"
     "local g = redis.call('GET', gk)\n"
@@ -96,11 +97,9 @@ constexpr const char* kPutScript = APIKEYS_EPOCH_PROLOGUE
     "if redis.call('PTTL', ik) < tonumber(ARGV[7]) then redis.call('PEXPIRE', ik, ARGV[7]) end\n"
     "return 1\n";
 
-// ARGV: prefix, epoch0, pk, generation_ttl_ms, channel, message, generation0. Returns
-// verdicts deleted. The generation bump alone makes every older verdict unreachable
-// (see kGetScript); the index only lets it delete them now rather than at expiry. A
-// missing generation starts from a random value, never from 0, so an evicted
-// generation key cannot come back to a value older verdicts were written under.
+// Invariants 1, 2, 3: the bump alone hides older verdicts; the index only lets them go
+// now rather than at expiry. ARGV: prefix, epoch0, pk, generation_ttl_ms, channel,
+// message, generation0. Returns the number of verdicts deleted.
 constexpr const char* kEraseScript = APIKEYS_EPOCH_PROLOGUE
     "local ik = ARGV[1] .. 'i:' .. e .. ':' .. ARGV[3]\n"
     "local base = ARGV[1] .. 'v:' .. e .. ':' .. ARGV[3] .. ':'\n"
@@ -179,11 +178,10 @@ std::string digest_field(const Digest& d) {
   return out;
 }
 
-// Verdict value, layout version 2 (42 bytes): the version byte, the code (1 byte),
-// the account id (16), the key id (16), the key's expiry in Unix milliseconds (8,
-// big-endian two's complement; INT64_MIN: none). Any other version, length or code is
-// read as a miss, never as a verdict: a value written by another layout is checked
-// against the store again.
+// Verdict value, layout version 2 (42 bytes): version, code, account id (16), key id
+// (16), the key's expiry in Unix milliseconds (8, big-endian; INT64_MIN: none).
+// doc/redis-cache.md, "Verdict encoding". Invariant 7: another version or length, or a
+// code past kLastValidationCode (one a newer library added), decodes as a miss.
 constexpr std::uint8_t kVerdictLayout = 2;
 constexpr std::size_t kVerdictSize = 42;
 constexpr std::int64_t kNoExpiry = std::numeric_limits<std::int64_t>::min();
@@ -201,11 +199,11 @@ std::string encode(const Verdict& v) {
 
 std::optional<Verdict> decode(const char* data, std::size_t len) {
   if (len != kVerdictSize || static_cast<std::uint8_t>(data[0]) != kVerdictLayout ||
-      static_cast<std::uint8_t>(data[1]) > static_cast<std::uint8_t>(ValidationCode::error)) {
-    return std::nullopt;  // not ours, or another layout: a miss is always safe
+      !is_known_validation_code(static_cast<std::uint8_t>(data[1]))) {
+    return std::nullopt;  // not ours, another layout or a newer code: a miss is always safe
   }
   Verdict v;
-  v.code = static_cast<ValidationCode>(data[1]);
+  v.code = static_cast<ValidationCode>(static_cast<std::uint8_t>(data[1]));
   std::array<std::uint8_t, 16> a{};
   std::array<std::uint8_t, 16> k{};
   std::memcpy(a.data(), data + 2, 16);
@@ -250,14 +248,15 @@ struct RedisCache::Impl {
   std::unique_ptr<MemoryCache> local;  // null when local_tier is off
 
   // Hashes of the scripts, learnt from SCRIPT LOAD (the same on every connection).
-  std::mutex sha_mu;
-  std::string shas[kScriptCount];  // Guarded by sha_mu.
+  detail::Mutex sha_mu;
+  std::string shas[kScriptCount] APIKEYS_GUARDED_BY(sha_mu);
 
-  // Command connection pool.
-  std::mutex pool_mu;
-  std::condition_variable pool_cv;
-  std::vector<Context> idle;  // Guarded by pool_mu.
-  std::size_t open = 0;       // Guarded by pool_mu.
+  // Command connection pool. pool_cv is signalled whenever a connection goes back to
+  // `idle` or `open` drops.
+  detail::Mutex pool_mu;
+  detail::CondVar pool_cv;
+  std::vector<Context> idle APIKEYS_GUARDED_BY(pool_mu);
+  std::size_t open APIKEYS_GUARDED_BY(pool_mu) = 0;
 
   // Breaker: the hot path skips Redis until this steady time (ns since epoch).
   std::atomic<std::int64_t> down_until{0};
@@ -308,7 +307,7 @@ struct RedisCache::Impl {
         if (r->type != REDIS_REPLY_STRING) {
           throw Error(ErrorCode::storage, fmt::format("RedisCache: SCRIPT LOAD failed: {}", reply_text(*r)));
         }
-        std::lock_guard<std::mutex> lock(sha_mu);
+        detail::MutexLock lock(sha_mu);
         shas[i].assign(r->str, r->len);
       }
     }
@@ -374,10 +373,10 @@ struct RedisCache::Impl {
    public:
     explicit Lease(Impl& impl) : impl_(impl) {
       const auto until = SteadyClock::now() + impl_.options.command_timeout;
-      std::unique_lock<std::mutex> lock(impl_.pool_mu);
+      detail::MutexLock lock(impl_.pool_mu);
       while (impl_.idle.empty() && impl_.open >= impl_.options.pool_size) {
-        if (impl_.pool_cv.wait_until(lock, until) == std::cv_status::timeout &&
-            impl_.idle.empty() && impl_.open >= impl_.options.pool_size) {
+        if (!impl_.pool_cv.wait_until(impl_.pool_mu, until) && impl_.idle.empty() &&
+            impl_.open >= impl_.options.pool_size) {
           throw Error(ErrorCode::busy, "RedisCache: no free connection within command_timeout");
         }
       }
@@ -394,19 +393,19 @@ struct RedisCache::Impl {
       } catch (...) {
         lock.lock();
         --impl_.open;
-        impl_.pool_cv.notify_one();
+        impl_.pool_cv.signal();
         throw;
       }
     }
     ~Lease() {
-      std::lock_guard<std::mutex> lock(impl_.pool_mu);
+      detail::MutexLock lock(impl_.pool_mu);
       if (c_) {
         // Cannot allocate: idle.size() < open <= pool_size, reserved in the constructor.
         impl_.idle.push_back(std::move(c_));
       } else {
         --impl_.open;
       }
-      impl_.pool_cv.notify_one();
+      impl_.pool_cv.signal();
     }
     Lease(const Lease&) = delete;
     Lease& operator=(const Lease&) = delete;
@@ -424,11 +423,11 @@ struct RedisCache::Impl {
   // constructor, so ~Lease's push_back never allocates (and so never throws).
   void drop_idle() noexcept {
     {
-      std::lock_guard<std::mutex> lock(pool_mu);
+      detail::MutexLock lock(pool_mu);
       open -= idle.size();
       idle.clear();
     }
-    pool_cv.notify_all();
+    pool_cv.signal_all();
   }
 
   // Runs a script: EVALSHA, or EVAL if the server forgot it (SCRIPT FLUSH). A broken
@@ -443,7 +442,7 @@ struct RedisCache::Impl {
         c.emplace(*this);  // may connect: a refused or slow connect is Unreachable too
         std::string sha;
         {
-          std::lock_guard<std::mutex> lock(sha_mu);
+          detail::MutexLock lock(sha_mu);
           sha = shas[id];
         }
         std::vector<std::string_view> argv{"EVALSHA", sha, "0"};
@@ -487,7 +486,7 @@ struct RedisCache::Impl {
     if (r.type != REDIS_REPLY_ARRAY || r.elements < 1 || r.element[0]->type != REDIS_REPLY_STRING) return;
     const std::string_view kind(r.element[0]->str, r.element[0]->len);
     if (kind == "subscribe") {
-      // Messages published while we were not listening are lost: start empty.
+      // Invariant 6: messages published while we were not listening are lost.
       if (local) local->clear();
       live.store(true, std::memory_order_release);
       return;
@@ -684,8 +683,8 @@ void RedisCache::put(std::string_view public_key, const Digest& presented, const
   if (ttl.count() <= 0) return;
   Impl& impl = *impl_;
   if (verdict.code == ValidationCode::not_found) {
-    // Never written to Redis: any well-formed public key yields one, so an attacker
-    // could otherwise grow Redis without bound. The in-process tier is bounded.
+    // Invariant 5: any well-formed public key yields one, so an attacker could grow
+    // Redis without bound. The in-process tier is bounded.
     if (!impl.local_live()) return;
     const std::uint64_t current = impl.local->fill_token(public_key);
     const std::uint64_t local_token = (current & ~std::uint64_t{0xffffffff}) | (token & 0xffffffff);

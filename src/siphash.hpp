@@ -1,55 +1,79 @@
-// Private: SipHash-1-3 with a per-instance random key, for hash tables whose keys an
-// attacker chooses (public keys presented to validate). std::hash is unkeyed, so a
-// flood of colliding keys could turn a table into a list; a secret key prevents that.
+// Private: SipHash (Aumasson and Bernstein), a keyed 64-bit hash, and SipHasher, its
+// 1-3 variant under a per-instance random key, for hash tables whose keys an attacker
+// chooses (public keys presented to validate). std::hash is unkeyed, so a flood of
+// colliding keys could turn a table into a list; a secret key prevents that.
+// Thread-safety: siphash() is a pure function; a SipHasher is immutable once built, so
+// one instance may hash from many threads at once. Ownership: plain values.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <string_view>
 
 namespace apikeys::detail {
 
+namespace sip {
+
+inline std::uint64_t rotl(std::uint64_t x, int b) noexcept { return (x << b) | (x >> (64 - b)); }
+
+inline void round(std::uint64_t& v0, std::uint64_t& v1, std::uint64_t& v2,
+                  std::uint64_t& v3) noexcept {
+  v0 += v1; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32);
+  v2 += v3; v3 = rotl(v3, 16); v3 ^= v2;
+  v0 += v3; v3 = rotl(v3, 21); v3 ^= v0;
+  v2 += v1; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32);
+}
+
+// Eight bytes as a little-endian word on every host (one load on little-endian ones).
+inline std::uint64_t load_le64(const unsigned char* p) noexcept {
+  std::uint64_t m = 0;
+  for (int i = 7; i >= 0; --i) m = (m << 8) | p[i];
+  return m;
+}
+
+}  // namespace sip
+
+// SipHash-C-D of `data` under the key whose 16 bytes, read as two little-endian words,
+// are k0 and k1. siphash<2, 4> is the reference SipHash-2-4; siphash<1, 3> the faster
+// variant hash tables use (Python, Rust).
+template <int C, int D>
+std::uint64_t siphash(std::uint64_t k0, std::uint64_t k1, std::string_view data) noexcept {
+  std::uint64_t v0 = 0x736f6d6570736575ULL ^ k0;
+  std::uint64_t v1 = 0x646f72616e646f6dULL ^ k1;
+  std::uint64_t v2 = 0x6c7967656e657261ULL ^ k0;
+  std::uint64_t v3 = 0x7465646279746573ULL ^ k1;
+  const auto* p = reinterpret_cast<const unsigned char*>(data.data());
+  const std::size_t n = data.size();
+  const std::size_t end = n - (n % 8);
+  for (std::size_t i = 0; i < end; i += 8) {
+    const std::uint64_t m = sip::load_le64(p + i);
+    v3 ^= m;
+    for (int r = 0; r < C; ++r) sip::round(v0, v1, v2, v3);
+    v0 ^= m;
+  }
+  std::uint64_t b = static_cast<std::uint64_t>(n) << 56;
+  for (std::size_t i = 0; i < n % 8; ++i) b |= static_cast<std::uint64_t>(p[end + i]) << (8 * i);
+  v3 ^= b;
+  for (int r = 0; r < C; ++r) sip::round(v0, v1, v2, v3);
+  v0 ^= b;
+  v2 ^= 0xff;
+  for (int r = 0; r < D; ++r) sip::round(v0, v1, v2, v3);
+  return v0 ^ v1 ^ v2 ^ v3;
+}
+
+// SipHash-1-3 under a key of its own.
 class SipHasher {
  public:
-  /// Draws the key from the CSPRNG; throws Error(crypto) if that fails.
+  // Draws the key from the CSPRNG; throws Error(crypto) if that fails.
   SipHasher();
+  // A fixed key (tests, reproducible tables): never for tables an attacker can fill.
+  SipHasher(std::uint64_t k0, std::uint64_t k1) noexcept : k0_(k0), k1_(k1) {}
 
   std::uint64_t operator()(std::string_view data) const noexcept {
-    std::uint64_t v0 = 0x736f6d6570736575ULL ^ k0_;
-    std::uint64_t v1 = 0x646f72616e646f6dULL ^ k1_;
-    std::uint64_t v2 = 0x6c7967656e657261ULL ^ k0_;
-    std::uint64_t v3 = 0x7465646279746573ULL ^ k1_;
-    const auto* p = reinterpret_cast<const unsigned char*>(data.data());
-    const std::size_t n = data.size();
-    const std::size_t end = n - (n % 8);
-    for (std::size_t i = 0; i < end; i += 8) {
-      std::uint64_t m;
-      std::memcpy(&m, p + i, 8);  // little-endian hosts; a big-endian one only hashes differently
-      v3 ^= m;
-      round(v0, v1, v2, v3);
-      v0 ^= m;
-    }
-    std::uint64_t b = static_cast<std::uint64_t>(n) << 56;
-    for (std::size_t i = 0; i < n % 8; ++i) b |= static_cast<std::uint64_t>(p[end + i]) << (8 * i);
-    v3 ^= b;
-    round(v0, v1, v2, v3);
-    v0 ^= b;
-    v2 ^= 0xff;
-    round(v0, v1, v2, v3);
-    round(v0, v1, v2, v3);
-    round(v0, v1, v2, v3);
-    return v0 ^ v1 ^ v2 ^ v3;
+    return siphash<1, 3>(k0_, k1_, data);
   }
 
  private:
-  static std::uint64_t rotl(std::uint64_t x, int b) noexcept { return (x << b) | (x >> (64 - b)); }
-  static void round(std::uint64_t& v0, std::uint64_t& v1, std::uint64_t& v2, std::uint64_t& v3) noexcept {
-    v0 += v1; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32);
-    v2 += v3; v3 = rotl(v3, 16); v3 ^= v2;
-    v0 += v3; v3 = rotl(v3, 21); v3 ^= v0;
-    v2 += v1; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32);
-  }
   std::uint64_t k0_ = 0;
   std::uint64_t k1_ = 0;
 };

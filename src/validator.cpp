@@ -460,8 +460,7 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
             } else if (options.record_last_use) {
               tracker.note(v->key_id, *clock);
             }
-            result.account_id = v->account_id;
-            result.key_id = v->key_id;
+            return ValidationResult(*v);
           }
           return result;
         }
@@ -501,6 +500,7 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
         result.code = ValidationCode::valid;
         result.account_id = info.account_id;
         result.key_id = info.key_id;
+        result.expires_at = info.expires_at;
         ttl = options.ttl_valid;
         if (info.expires_at) {
           // A cached `valid` must never outlive the key.
@@ -512,9 +512,7 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
 
     if (can_fill && ttl.count() > 0) {
       try {
-        Verdict verdict{result.code, result.account_id, result.key_id, std::nullopt};
-        if (result.code == ValidationCode::valid) verdict.expires_at = record->info.expires_at;
-        cache->put(pk, presented, verdict, ttl, token);
+        cache->put(pk, presented, result, ttl, token);  // the answer is the verdict
       } catch (...) {
         // Not caching is always safe.
       }

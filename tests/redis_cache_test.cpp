@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
@@ -27,6 +28,7 @@
 #include "apikeys/key_manager.hpp"
 #include "apikeys/memory_store.hpp"
 #include "apikeys/redis_cache.hpp"
+#include "apikeys/validation_code.hpp"
 #include "apikeys/validator.hpp"
 #include "alloc_probe.hpp"
 #include "cache_contract.hpp"
@@ -339,6 +341,72 @@ TEST_CASE("RedisCache: verdicts keep the key's expiry; another layout reads as a
   }
   inspect.set(verdict_key, generation + body);
   CHECK(cache.get(pk(1), digest_of(1)).has_value());
+}
+
+TEST_CASE("RedisCache: a verdict written by a newer encoder is a miss, and the store answers",
+          "[servers][redis][cache]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  PrefixJanitor janitor{*redis, {}};
+  const std::string prefix = janitor.make();
+  // No in-process tier: every validation reads what Redis holds.
+  auto cache = std::make_shared<RedisCache>(options_for(*redis, prefix, false));
+  auto store = std::make_shared<apikeys_test::InstrumentedStore>();
+  apikeys::KeyManager manager(store, hasher(), Node::options(cache));
+  const auto key = manager.create(apikeys_test::account_id(6), request("foreign"));
+  const std::string& pk1 = key.info.public_key;
+  const std::string sk(key.secret_key.reveal());
+  REQUIRE(manager.validate(pk1, sk).ok());  // the store's answer, now in Redis
+
+  Inspector inspect(*redis);
+  std::string verdict_key;
+  std::string stored;
+  for (const auto& [k, value] : inspect.dump(prefix)) {
+    if (k.find(":v:") != std::string::npos && k.find(pk1) != std::string::npos) {
+      verdict_key = k;
+      stored = value;
+    }
+  }
+  REQUIRE_FALSE(verdict_key.empty());
+  const std::string generation = stored.substr(0, stored.find(':') + 1);
+  const std::string body = stored.substr(generation.size());
+  REQUIRE(body.size() == 42);
+  REQUIRE(static_cast<int>(body[0]) == 2);
+
+  // What an encoder of this layout would write for `revoked`: read as a verdict (the
+  // store is not asked), which shows the check below can tell a hit from a miss.
+  std::string ours_revoked(42, '\0');
+  ours_revoked[0] = 2;
+  ours_revoked[1] = static_cast<char>(ValidationCode::revoked);
+  ours_revoked.replace(34, 8, body.substr(34, 8));
+  inspect.set(verdict_key, generation + ours_revoked);
+  int finds = store->finds.load();
+  CHECK(manager.validate(pk1, sk).code == ValidationCode::revoked);
+  CHECK(store->finds.load() == finds);
+
+  // A newer encoder: version 3 (same length, and longer), and version 2 with a code
+  // past kLastValidationCode. Each is a miss: the store answers `valid`, and its
+  // verdict replaces the foreign value.
+  std::string v3 = ours_revoked;
+  v3[0] = 3;
+  std::string v2_new_code = body;
+  v2_new_code[1] = static_cast<char>(static_cast<std::uint8_t>(apikeys::kLastValidationCode) + 1);
+  std::string v2_max_code = body;
+  v2_max_code[1] = static_cast<char>(0xff);
+  const std::string foreign[] = {v3, v3 + std::string(8, '\x7f'), v2_new_code, v2_max_code,
+                                 ours_revoked + "x", ours_revoked.substr(0, 41)};
+  for (const std::string& value : foreign) {
+    INFO("version " << static_cast<int>(value[0]) << ", code " << static_cast<int>(value[1] & 0xff)
+                    << ", " << value.size() << " bytes");
+    inspect.set(verdict_key, generation + value);
+    finds = store->finds.load();
+    const apikeys::ValidationResult r = manager.validate(pk1, sk);
+    CHECK(r.ok());
+    CHECK(r.key_id == key.info.key_id);
+    CHECK(store->finds.load() == finds + 1);  // a miss: the store answered
+    CHECK(manager.validate(pk1, sk).ok());
+    CHECK(store->finds.load() == finds + 1);  // and its verdict is cached again
+  }
 }
 
 TEST_CASE("RedisCache: a not_found verdict is never written to Redis", "[servers][redis][cache]") {

@@ -13,6 +13,7 @@
 #include "apikeys/cache.hpp"
 #include "apikeys/error.hpp"
 #include "apikeys/types.hpp"
+#include "apikeys/validation_code.hpp"
 #include "catch.hpp"
 #include "test_support.hpp"
 
@@ -306,6 +307,25 @@ TEST_CASE("to_string names every enumerator", "[types]") {
     CHECK(apikeys::to_string(static_cast<KeyStatus>(99)) != nullptr);
     CHECK(apikeys::to_string(static_cast<ValidationCode>(99)) != nullptr);
   }
+}
+
+TEST_CASE("Every ValidationCode up to the last has its own name", "[types]") {
+  using apikeys::ValidationCode;
+  constexpr auto last = static_cast<unsigned>(apikeys::kLastValidationCode);
+  static_assert(last == 6, "moves only with the checklist in validation_code.hpp");
+  std::set<std::string> names;
+  for (unsigned v = 0; v <= last; ++v) {
+    const auto code = static_cast<ValidationCode>(v);
+    CHECK(apikeys::is_known_validation_code(static_cast<std::uint8_t>(v)));
+    const std::string name = apikeys::to_string(code);
+    CHECK(!name.empty());
+    // Only `error` itself may be called "error" (the fallback for unknown values).
+    CHECK((name != "error" || code == ValidationCode::error));
+    names.insert(name);
+  }
+  CHECK(names.size() == last + 1);
+  CHECK_FALSE(apikeys::is_known_validation_code(static_cast<std::uint8_t>(last + 1)));
+  CHECK_FALSE(apikeys::is_known_validation_code(255));
 }
 
 TEST_CASE("ValidationCode values are stable", "[types]") {

@@ -3,6 +3,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <type_traits>
 
 #include "apikeys/apikeys.hpp"
 #include "catch.hpp"
@@ -91,6 +92,49 @@ TEST_CASE("results carry ids only when valid", "[validator]") {
   auto r = f.manager->validate(k.info.public_key, wrong_secret_for(k));
   CHECK(r.account_id.is_nil());
   CHECK(r.key_id.is_nil());
+}
+
+TEST_CASE("a ValidationResult is the Verdict a cache keeps, plus ok()", "[validator]") {
+  static_assert(std::is_base_of<Verdict, ValidationResult>::value,
+                "the answer and the cached verdict share one definition");
+  // The ways user code built and read results before still compile and mean the same.
+  const Uuid account = apikeys_test::account_id(1);
+  const Uuid key = apikeys_test::account_id(2);
+  ValidationResult braced{ValidationCode::valid, account, key};
+  CHECK(braced.ok());
+  CHECK(braced.account_id == account);
+  CHECK(braced.key_id == key);
+  CHECK_FALSE(braced.expires_at.has_value());
+  ValidationResult assigned;
+  CHECK(assigned.code == ValidationCode::error);
+  CHECK_FALSE(assigned.ok());
+  assigned.code = ValidationCode::revoked;
+  const Verdict as_verdict = assigned;  // an answer is a verdict
+  CHECK(as_verdict.code == ValidationCode::revoked);
+  const ValidationResult back(as_verdict);  // and a verdict becomes an answer whole
+  CHECK(back.code == ValidationCode::revoked);
+
+  // The key's expiry reaches the caller, from the store and from a cache hit alike.
+  Fixture f;
+  auto k = f.create(3);
+  REQUIRE(k.info.expires_at.has_value());
+  const std::string sk(k.secret_key.reveal());
+  const int finds = f.store->finds.load();
+  const ValidationResult from_store = f.manager->validate(k.info.public_key, sk);
+  CHECK(f.store->finds.load() == finds + 1);
+  const ValidationResult from_cache = f.manager->validate(k.info.public_key, sk);
+  CHECK(f.store->finds.load() == finds + 1);
+  for (const ValidationResult* r : {&from_store, &from_cache}) {
+    CHECK(r->ok());
+    CHECK(r->key_id == k.info.key_id);
+    REQUIRE(r->expires_at.has_value());
+    CHECK(to_unix_millis(*r->expires_at) == to_unix_millis(*k.info.expires_at));
+  }
+  auto forever = f.create();
+  const ValidationResult never = f.manager->validate(token_of(forever));
+  CHECK(never.ok());
+  CHECK_FALSE(never.expires_at.has_value());
+  CHECK_FALSE(f.manager->validate(k.info.public_key, wrong_secret_for(k)).expires_at.has_value());
 }
 
 TEST_CASE("the combined token form", "[validator]") {

@@ -15,6 +15,7 @@
 #include "apikeys/sqlite_store.hpp"
 #include "apikeys/store.hpp"
 #include "apikeys/types.hpp"
+#include "apikeys/validation_code.hpp"
 #include "apikeys/validator.hpp"
 #include "apikeys/version.hpp"
 

@@ -12,24 +12,15 @@
 
 #include "apikeys/export.hpp"
 #include "apikeys/types.hpp"
+#include "apikeys/validation_code.hpp"
 
 namespace apikeys {
 
-/// Outcome of a validation. Stable numeric values (they may be stored by caches).
-enum class ValidationCode : std::uint8_t {
-  valid = 0,
-  malformed = 1,     ///< Not the shape of a key: the store was not consulted.
-  not_found = 2,     ///< No key has this public key.
-  wrong_secret = 3,  ///< The key exists but the secret does not match.
-  expired = 4,       ///< The key's expiry has passed.
-  revoked = 5,       ///< The key was revoked.
-  error = 6,         ///< An internal failure (store, hasher, cache): fail closed.
-};
-
-/// "valid", "malformed", "not_found", "wrong_secret", "expired", "revoked", "error".
-APIKEYS_EXPORT const char* to_string(ValidationCode code) noexcept;
-
-/// What a cache remembers about one presented (public key, secret) pair.
+/// What a cache remembers about one presented (public key, secret) pair, and the
+/// common part of every validation answer: ValidationResult (validator.hpp) derives
+/// from Verdict, so the fields a cache keeps and those a caller reads cannot drift
+/// apart. A field added here is in both; a cache that stores verdicts (RedisCache's
+/// encoding, MemoryCache's slot) must then keep it too, or document that it drops it.
 struct Verdict {
   /// An `error` verdict with no ids and no expiry.
   Verdict() = default;

@@ -71,17 +71,13 @@ struct RedisCacheOptions {
   std::chrono::milliseconds heartbeat_interval{1000};
 };
 
-/// Layout (P = prefix): P"e" epoch, P"g:"pk fill generation, P"v:"epoch":"pk":"digest
-/// verdict (PX = its TTL; the value starts with the generation it was written under),
-/// P"i:"epoch":"pk the set of a key's verdicts, P"invalidate" the channel. Verdicts are
-/// keyed by the public key and the hex of the full presented digest (not secret: an
-/// HMAC under the pepper). put() checks the fill token against the generation and
-/// epoch inside one Lua script; get() answers only with a verdict written under the
-/// key's current generation (checked in its script), so erase() — which bumps the
-/// generation, deletes the verdicts its index lists and publishes, in one script —
-/// makes every older verdict unreachable even if the index was evicted; a lost
-/// generation key hides every verdict too. clear() moves the epoch (older verdicts
-/// become unreachable and expire) and publishes.
+/// Verdicts are keyed by the public key and the hex of the full presented digest (not
+/// secret: an HMAC under the pepper). put() checks the fill token and writes in one Lua
+/// script; erase() makes every verdict for the key unreachable in one script (even one
+/// whose index entry was evicted) and publishes the erase to every instance's
+/// in-process tier; clear() does the same for every key. Key layout, scripts, the
+/// versioned verdict encoding (a value it cannot decode is a miss) and the breaker:
+/// doc/redis-cache.md.
 ///
 /// `not_found` verdicts are never written to Redis (any well-formed public key yields
 /// one, so an attacker could grow Redis without bound): they are kept only in the

@@ -21,11 +21,19 @@
 
 namespace apikeys {
 
-/// The answer to a validation. account_id and key_id are set only when valid.
-struct ValidationResult {
-  ValidationCode code = ValidationCode::error;  ///< The verdict; `error` fails closed.
-  Uuid account_id;  ///< The key's account when valid, else nil.
-  Uuid key_id;      ///< The key's id when valid, else nil.
+/// The answer to a validation: a Verdict (code, account_id, key_id, expires_at; see
+/// cache.hpp) plus ok(). It derives from Verdict rather than repeating its fields, so
+/// the two cannot drift: a cached verdict becomes the answer whole, and an answer is
+/// cached as the Verdict it is. account_id, key_id and expires_at are set only when
+/// valid; expires_at is then the key's expiry (nullopt: it never expires, or a user's
+/// cache that answered did not keep it).
+struct ValidationResult : Verdict {
+  /// An `error` result with no ids and no expiry.
+  ValidationResult() = default;
+  /// Verdict's constructors, e.g. ValidationResult{code, account_id, key_id}.
+  using Verdict::Verdict;
+  /// The answer that `verdict` gives.
+  explicit ValidationResult(const Verdict& verdict) : Verdict(verdict) {}
 
   /// True only when code is `valid`.
   [[nodiscard]] bool ok() const noexcept { return code == ValidationCode::valid; }
