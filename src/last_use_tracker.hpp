@@ -19,47 +19,24 @@
 namespace apikeys::detail {
 
 // Decides which uses of a key are worth a last_used_at write (at most one per key per
-// interval) and queues them for the background writer.
-//
-// The decision is taken in a 4-way set-associative filter of atomics (a set is 32 bytes,
-// one cache line at most), one word per way: a 22-bit tag of the key id (an occupied bit
-// and a 21-bit fingerprint), a "pending" bit, a "spilled" bit and 40 bits of "noted at"
-// (milliseconds; the first note sits in the middle of that window, which spans ±17 years).
-// - A repeat use within the interval: relaxed loads of the set, no lock, no write (the
-//   common case on a hot key).
-// - The key's note has expired: a compare_exchange renews its way; the winner queues.
-// - A first use (the key is in no way of its set): the key claims a way (an empty one,
-//   else the one noted longest ago, never a pending one) with a compare_exchange, as a
-//   pending claim, then reads the set again (seq_cst). Another way holding the key means
-//   another thread is claiming it too: a claim that sees a finished note of the key, or
-//   a pending claim at a lower way, withdraws and starts over; one that sees a pending
-//   claim at a higher way waits until that finishes or withdraws. So exactly one of the
-//   threads presenting a new key at once finishes its claim and queues. (Of two claims the
-//   later always sees the earlier, but the earlier may miss the later: "the lower way
-//   wins" alone would let both queue when only the lower one is seen.) A thread that
-//   meets a pending claim of its key leaves the decision to the claim's owner. Deciding
-//   takes no allocation and no mutex (a compare_exchange and a store on the key's own
-//   cache line); queueing the write takes the queue's mutex for one push_back, which
-//   after the first batches never allocates (see take()).
-// - Overflow: a claim whose victim was noted within the interval would forget that
-//   note (and write that key again early). Such a claim takes the mutex of the set's
-//   shard, moves the victim's (tag, time) into the shard's map and marks the set
-//   "spilled" (the bit rides along every later write of the word, so a mark stays).
-//   Only first uses in a marked set look in the map, under the mutex; a key found there
-//   moves back into the filter, and the map node it leaves is reused for whoever it
-//   displaces (a population larger than the filter turns over without allocating). All
-//   moves between the filter and a map happen under that mutex; a claim made without it
-//   that then sees its set marked withdraws and starts over under it. A thread holding
-//   a pending claim never blocks on a mutex and waits only for claims at higher ways,
-//   so no wait can deadlock. Marks are never cleared: once most sets are marked (more
-//   active keys than ways), first uses cost the mutex and a map lookup again.
-// Bounds: the filter has 1,024 to 65,536 ways (8 bytes each), picked from the throttle
-// limit; the maps hold at most last_use_throttle_limit notes (a full shard map is
-// emptied, costing at worst an early extra write); the queue holds last_use_queue_limit
-// updates, beyond which updates are dropped (last use is advisory; the next use after
-// the interval queues it again). A tag collision within a set (2^-21 per way) can skip
-// an advisory update of the other key; a clock more than 17 years away from the first
-// note records nothing.
+// interval) and queues them for the Validator's writer. The protocol, with the reasoning
+// behind each rule, is in doc/last-use.md; the code relies on its invariants:
+//  1. A note is claimed (queued) only if no earlier claim of its key covers its time.
+//  2. note() first reads the key's set with relaxed loads: a covering note or a pending
+//     claim of the key ends it with no lock and no write.
+//  3. Only the thread that put a pending claim in a way finishes or withdraws it.
+//  4. Of racing claims of one key, a note or a lower pending claim wins; a higher
+//     pending claim is waited for.
+//  5. An old note is renewed by compare_exchange; only the winner queues.
+//  6. A covering note pushed out of a full set goes to its shard's spill map, and the
+//     spilled bit marks the set for good.
+//  7. Every move between the filter and a spill map happens under the shard's mutex;
+//     an unlocked claim in a set that became marked withdraws.
+//  8. Waits go only towards higher ways; a pending unlocked claim never takes a mutex.
+//  9. Memory is fixed: 1,024 to 65,536 ways, spill maps capped (emptied when full), the
+//     queue capped (claims beyond it dropped).
+// Thread-safety: note() and take() may be called from any threads at once (invariant 11).
+// Ownership: owns its filter, spill maps and queue; keeps no reference to its callers'.
 class LastUseTracker {
  public:
   LastUseTracker(std::int64_t interval_ms, std::size_t throttle_limit, std::size_t queue_limit);
@@ -78,7 +55,7 @@ class LastUseTracker {
 
   // Moves the queued updates into `out` (emptied first) and gives the queue `out`'s
   // storage: two buffers take turns, so after the first batches no note() on the
-  // caller's thread grows a vector (a reallocation copied the whole queue).
+  // caller's thread grows a vector. See doc/last-use.md, invariant 12.
   void take(std::vector<LastUse>& out);
 
  private:
@@ -113,7 +90,8 @@ class LastUseTracker {
     SpillMap spilled;
 
     // Remembers a note pushed out of the filter (REQUIRES: mu held). `reuse`, unless
-    // end(), is an entry no longer needed: its node takes the note, no allocation.
+    // end(), is an entry no longer needed: its node takes the note, no allocation. A
+    // full map is emptied first (invariant 9).
     void keep(std::uint64_t key, std::uint64_t at, SpillMap::iterator reuse,
               std::size_t limit) noexcept;
   };
@@ -139,6 +117,7 @@ class LastUseTracker {
            interval_ms_;
   }
 
+  // The hot path: see doc/last-use.md, invariant 2.
   void note_at(const Where& w, const Uuid& key_id, std::int64_t now_ms) {
     const std::int64_t base = base_ms_.load(std::memory_order_relaxed);
     if (base != kNoBase) {
@@ -157,7 +136,8 @@ class LastUseTracker {
   // A power of two near the throttle limit, between 1,024 and 65,536 slots (8 B each).
   static std::size_t filter_slots(std::size_t throttle_limit);
 
-  // The offset of now_ms in the window, set by the first note; false when outside it.
+  // The offset of now_ms in the window, set by the first note; false when outside it
+  // (invariant 10).
   bool offset_of(std::int64_t now_ms, std::uint64_t& out) noexcept;
 
   // One read of a set: the key's way, the way a claim would take (an empty one, else
@@ -171,23 +151,25 @@ class LastUseTracker {
   static void scan(const Set& set, std::uint64_t tag, Scan& s) noexcept;
 
   // After this thread put a pending claim for `tag` in way `mine`: whether the claim
-  // stands. Another way with the tag holding a finished note, or a pending claim at a
-  // lower way, beats it; a pending claim at a higher way is waited for (that one decides
-  // without waiting for this one). `unlocked`: a claim made without the shard's mutex
-  // also loses to a set that became marked (the key may have been spilled meanwhile).
+  // stands (invariants 4 and 8). `unlocked`: a claim made without the shard's mutex also
+  // loses to a set that became marked (invariant 7).
   static Claim settle(Set& set, std::size_t mine, std::uint64_t tag, bool unlocked);
 
-  // Everything the lock-free reads above could not answer: an expired note, a first use.
+  // Everything the relaxed reads of note_at() could not answer: an old note, a first
+  // use, no base yet (invariants 3 to 5).
   void decide(const Where& w, const Uuid& key_id, std::int64_t now_ms);
 
   // The first-use decision for a marked set, or one whose victim must be spilled, under
-  // the mutex of the set's shard. False: nothing decided, start over without the mutex.
+  // the mutex of the set's shard (invariants 6 and 7). False: nothing decided, start
+  // over without the mutex.
   bool decide_locked(const Where& w, const Uuid& key_id, std::int64_t now_ms, std::uint64_t now);
 
   std::uint64_t map_key(std::size_t set_index, std::uint64_t tag) const noexcept {
     return (static_cast<std::uint64_t>(set_index) << 22) | tag;
   }
 
+  // Queues a claim; beyond the queue limit, or if the push throws, drops it (invariants
+  // 9 and 10).
   void enqueue(const Uuid& key_id, std::int64_t now_ms) noexcept;
 
   const std::int64_t interval_ms_;

@@ -33,6 +33,8 @@ struct Validator::Impl {
   std::shared_ptr<Cache> cache;
   std::shared_ptr<Clock> clock;
   ValidatorOptions options;
+  // Decides which valid uses are written to last_used_at, and queues them
+  // (doc/last-use.md).
   mutable detail::LastUseTracker tracker;
   // Compared against on a miss, so `not_found` does the same work as `wrong_secret`.
   Digest decoy;
@@ -41,17 +43,19 @@ struct Validator::Impl {
   detail::CacheRegistration registration;
 
   std::atomic<std::uint64_t> last_use_failures{0};
-  std::mutex flush_mu;                 // one flush at a time (flusher thread, callers)
-  std::vector<LastUse> flush_batch;    // guarded by flush_mu; its storage is reused
+  // One flush at a time (flusher thread, flush_last_use() callers), so batches are
+  // taken and written in order; flush_batch's storage takes turns with the tracker's
+  // queue (doc/last-use.md, invariant 12).
+  std::mutex flush_mu;
+  std::vector<LastUse> flush_batch;  // guarded by flush_mu
   // Read by the constructor, not the poller: a change made between construction and
   // the poller's first run must still count as a change.
   std::uint64_t baseline_revision = 0;
   bool baseline_known = false;
   // Two background threads, each started only when needed: `poller` polls
   // Store::revision() (a cache and a poll interval), `flusher` writes last use. Apart,
-  // so that a slow or failing last-use write (an UPDATE waiting on another session's
-  // row lock, a busy SQLite file) never delays the poll that drops verdicts another
-  // process revoked.
+  // so that a last-use write waiting on a lock never delays the poll that drops
+  // verdicts another process revoked (doc/revocation.md, "Background work").
   std::mutex bg_mu;
   std::condition_variable bg_cv;
   bool stopping = false;  // guarded by bg_mu
@@ -180,6 +184,8 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
   }
 }
 
+// Writes outside the tracker's queue mutex, so validate() never waits for the store; a
+// failed batch is counted and dropped (doc/last-use.md, invariants 10 and 12).
 void Validator::Impl::flush() noexcept {
   try {
     std::lock_guard<std::mutex> lock(flush_mu);
