@@ -86,6 +86,8 @@ struct Validator::Impl {
   void flush() noexcept;
 };
 
+// Format, digest, cache, fill token, store, then the verdict (expiry, status, secret),
+// the cache fill and last use: doc/validate.md says why each step sits where it does.
 ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view sk) const noexcept {
   ValidationResult result;
   if (!options.format.is_public_key(pk) || !options.format.is_secret_key(sk)) {
