@@ -25,7 +25,7 @@ LastUseTracker::LastUseTracker(std::int64_t interval_ms, std::size_t throttle_li
 
 void LastUseTracker::take(std::vector<LastUse>& out) {
   out.clear();
-  std::lock_guard<std::mutex> lock(queue_mu_);
+  MutexLock lock(queue_mu_);
   out.swap(queue_);
 }
 
@@ -140,7 +140,7 @@ bool LastUseTracker::decide_locked(const Where& w, const Uuid& key_id, std::int6
   const std::uint64_t key = map_key(w.index, w.tag);
   bool write = false;
   {
-    std::lock_guard<std::mutex> lock(shard.mu);
+    MutexLock lock(shard.mu);
     for (;;) {
       Scan sc;
       scan(set, w.tag, sc);
@@ -187,7 +187,7 @@ bool LastUseTracker::decide_locked(const Where& w, const Uuid& key_id, std::int6
 
 void LastUseTracker::enqueue(const Uuid& key_id, std::int64_t now_ms) noexcept {
   try {
-    std::lock_guard<std::mutex> lock(queue_mu_);
+    MutexLock lock(queue_mu_);
     if (queue_.size() < queue_limit_) queue_.push_back(LastUse{key_id, from_unix_millis(now_ms)});
   } catch (...) {
     // Dropped, like an update beyond the queue limit (last use is advisory).

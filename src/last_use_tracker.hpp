@@ -8,13 +8,13 @@
 #include <cstring>
 #include <limits>
 #include <memory>
-#include <mutex>
 #include <unordered_map>
 #include <vector>
 
 #include "apikeys/clock.hpp"
 #include "apikeys/store.hpp"
 #include "apikeys/types.hpp"
+#include "thread_annotations.hpp"
 
 namespace apikeys::detail {
 
@@ -56,7 +56,7 @@ class LastUseTracker {
   // Moves the queued updates into `out` (emptied first) and gives the queue `out`'s
   // storage: two buffers take turns, so after the first batches no note() on the
   // caller's thread grows a vector. See doc/last-use.md, invariant 12.
-  void take(std::vector<LastUse>& out);
+  void take(std::vector<LastUse>& out) APIKEYS_EXCLUDES(queue_mu_);
 
  private:
   static constexpr std::size_t kShards = 16;
@@ -85,15 +85,15 @@ class LastUseTracker {
 
   using SpillMap = std::unordered_map<std::uint64_t, std::uint64_t>;
   struct alignas(64) Shard {
-    std::mutex mu;
+    Mutex mu;
     // (set index, tag) -> window offset of the note, for notes spilled out of the filter.
-    SpillMap spilled;
+    SpillMap spilled APIKEYS_GUARDED_BY(mu);
 
-    // Remembers a note pushed out of the filter (REQUIRES: mu held). `reuse`, unless
-    // end(), is an entry no longer needed: its node takes the note, no allocation. A
-    // full map is emptied first (invariant 9).
+    // Remembers a note pushed out of the filter. `reuse`, unless end(), is an entry no
+    // longer needed: its node takes the note, no allocation. A full map is emptied
+    // first (invariant 9).
     void keep(std::uint64_t key, std::uint64_t at, SpillMap::iterator reuse,
-              std::size_t limit) noexcept;
+              std::size_t limit) noexcept APIKEYS_REQUIRES(mu);
   };
 
   Where where(const Uuid& key_id) const noexcept {
@@ -170,7 +170,7 @@ class LastUseTracker {
 
   // Queues a claim; beyond the queue limit, or if the push throws, drops it (invariants
   // 9 and 10).
-  void enqueue(const Uuid& key_id, std::int64_t now_ms) noexcept;
+  void enqueue(const Uuid& key_id, std::int64_t now_ms) noexcept APIKEYS_EXCLUDES(queue_mu_);
 
   const std::int64_t interval_ms_;
   const std::size_t per_shard_limit_;
@@ -179,8 +179,8 @@ class LastUseTracker {
   const std::unique_ptr<Set[]> filter_;
   std::atomic<std::int64_t> base_ms_{kNoBase};  // set once, by the first note
   Shard shards_[kShards];
-  std::mutex queue_mu_;
-  std::vector<LastUse> queue_;
+  Mutex queue_mu_;
+  std::vector<LastUse> queue_ APIKEYS_GUARDED_BY(queue_mu_);
 };
 
 }  // namespace apikeys::detail

@@ -2,15 +2,14 @@
 
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
 #include <memory>
-#include <mutex>
 #include <thread>
 #include <vector>
 
 #include "apikeys/error.hpp"
 #include "cache_registry.hpp"
 #include "last_use_tracker.hpp"
+#include "thread_annotations.hpp"
 
 namespace apikeys {
 
@@ -46,8 +45,8 @@ struct Validator::Impl {
   // One flush at a time (flusher thread, flush_last_use() callers), so batches are
   // taken and written in order; flush_batch's storage takes turns with the tracker's
   // queue (doc/last-use.md, invariant 12).
-  std::mutex flush_mu;
-  std::vector<LastUse> flush_batch;  // guarded by flush_mu
+  detail::Mutex flush_mu;
+  std::vector<LastUse> flush_batch APIKEYS_GUARDED_BY(flush_mu);
   // Read by the constructor, not the poller: a change made between construction and
   // the poller's first run must still count as a change.
   std::uint64_t baseline_revision = 0;
@@ -56,9 +55,9 @@ struct Validator::Impl {
   // Store::revision() (a cache and a poll interval), `flusher` writes last use. Apart,
   // so that a last-use write waiting on a lock never delays the poll that drops
   // verdicts another process revoked (doc/revocation.md, "Background work").
-  std::mutex bg_mu;
-  std::condition_variable bg_cv;
-  bool stopping = false;  // guarded by bg_mu
+  detail::Mutex bg_mu;
+  detail::CondVar bg_cv;
+  bool stopping APIKEYS_GUARDED_BY(bg_mu) = false;
   std::thread poller;
   std::thread flusher;
 
@@ -80,10 +79,10 @@ struct Validator::Impl {
   void poll_revision(std::uint64_t& revision, bool& known) noexcept;
   void run_flush();
   // Sleeps until `t` or until stop_threads(); true when stopping.
-  bool sleep_until(std::chrono::steady_clock::time_point t);
+  bool sleep_until(std::chrono::steady_clock::time_point t) APIKEYS_EXCLUDES(bg_mu);
   // Stops and joins the background threads that were started.
-  void stop_threads() noexcept;
-  void flush() noexcept;
+  void stop_threads() noexcept APIKEYS_EXCLUDES(bg_mu);
+  void flush() noexcept APIKEYS_EXCLUDES(flush_mu);
 };
 
 // Format, digest, cache, fill token, store, then the verdict (expiry, status, secret),
@@ -190,7 +189,7 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
 // failed batch is counted and dropped (doc/last-use.md, invariants 10 and 12).
 void Validator::Impl::flush() noexcept {
   try {
-    std::lock_guard<std::mutex> lock(flush_mu);
+    detail::MutexLock lock(flush_mu);
     tracker.take(flush_batch);
     if (!flush_batch.empty()) store->record_last_use(flush_batch);
   } catch (...) {
@@ -227,8 +226,11 @@ void Validator::Impl::poll_revision(std::uint64_t& revision, bool& known) noexce
 }
 
 bool Validator::Impl::sleep_until(std::chrono::steady_clock::time_point t) {
-  std::unique_lock<std::mutex> lock(bg_mu);
-  return bg_cv.wait_until(lock, t, [this] { return stopping; });
+  detail::MutexLock lock(bg_mu);
+  while (!stopping) {
+    if (!bg_cv.wait_until(bg_mu, t)) return stopping;  // the deadline passed
+  }
+  return true;
 }
 
 void Validator::Impl::run_poll() {
@@ -253,10 +255,10 @@ void Validator::Impl::run_flush() {
 
 void Validator::Impl::stop_threads() noexcept {
   {
-    std::lock_guard<std::mutex> lock(bg_mu);
+    detail::MutexLock lock(bg_mu);
     stopping = true;
   }
-  bg_cv.notify_all();
+  bg_cv.signal_all();
   if (poller.joinable()) poller.join();
   if (flusher.joinable()) flusher.join();
 }
