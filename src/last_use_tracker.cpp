@@ -85,7 +85,8 @@ void LastUseTracker::scan(const Set& set, std::uint64_t tag, Scan& s) noexcept {
   s.marked = (any & kSpilled) != 0;
 }
 
-LastUseTracker::Claim LastUseTracker::settle(Set& set, std::size_t mine, std::uint64_t tag, bool unlocked) {
+LastUseTracker::Claim LastUseTracker::settle(Set& set, std::size_t mine, std::uint64_t tag,
+                                             bool unlocked) {
   for (std::size_t i = 0; i < kWays; ++i) {
     if (i == mine) continue;
     for (;;) {
@@ -99,7 +100,8 @@ LastUseTracker::Claim LastUseTracker::settle(Set& set, std::size_t mine, std::ui
   return Claim::won;
 }
 
-APIKEYS_OUT_OF_LINE void LastUseTracker::decide(const Where& w, const Uuid& key_id, std::int64_t now_ms) {
+APIKEYS_OUT_OF_LINE void LastUseTracker::decide(const Where& w, const Uuid& key_id,
+                                                std::int64_t now_ms) {
   std::uint64_t now;
   if (!offset_of(now_ms, now)) return;  // a clock 17 years away from the first note
   Set& set = w.set;
@@ -109,7 +111,8 @@ APIKEYS_OUT_OF_LINE void LastUseTracker::decide(const Where& w, const Uuid& key_
     if (sc.found >= 0) {
       std::uint64_t s = sc.seen[sc.found];
       if ((s & kPending) != 0 || fresh(s, now)) return;
-      if (set.ways[sc.found].compare_exchange_strong(s, word_of(w.tag, now) | (s & kSpilled), kSeq)) {
+      const std::uint64_t renewed = word_of(w.tag, now) | (s & kSpilled);
+      if (set.ways[sc.found].compare_exchange_strong(s, renewed, kSeq)) {
         enqueue(key_id, now_ms);
         return;
       }
@@ -134,7 +137,8 @@ APIKEYS_OUT_OF_LINE void LastUseTracker::decide(const Where& w, const Uuid& key_
   }
 }
 
-bool LastUseTracker::decide_locked(const Where& w, const Uuid& key_id, std::int64_t now_ms, std::uint64_t now) {
+bool LastUseTracker::decide_locked(const Where& w, const Uuid& key_id, std::int64_t now_ms,
+                                   std::uint64_t now) {
   Set& set = w.set;
   Shard& shard = shards_[w.index % kShards];
   const std::uint64_t key = map_key(w.index, w.tag);
@@ -147,7 +151,8 @@ bool LastUseTracker::decide_locked(const Where& w, const Uuid& key_id, std::int6
       if (sc.found >= 0) {
         std::uint64_t s = sc.seen[sc.found];
         if ((s & kPending) != 0 || fresh(s, now)) return true;
-        if (set.ways[sc.found].compare_exchange_strong(s, word_of(w.tag, now) | (s & kSpilled), kSeq)) {
+        const std::uint64_t renewed = word_of(w.tag, now) | (s & kSpilled);
+        if (set.ways[sc.found].compare_exchange_strong(s, renewed, kSeq)) {
           write = true;
           break;
         }

@@ -41,6 +41,8 @@ class LastUseTracker {
  public:
   LastUseTracker(std::int64_t interval_ms, std::size_t throttle_limit, std::size_t queue_limit);
 
+  // A valid use of `key_id` at `now_ms` (milliseconds since the Unix epoch): queued if it
+  // is the key's claim for the interval (doc/last-use.md, invariant 1), else nothing.
   void note(const Uuid& key_id, std::int64_t now_ms) { note_at(where(key_id), key_id, now_ms); }
 
   // The cache-hit form: the key's set is fetched while the clock is read (the set is a
@@ -162,7 +164,8 @@ class LastUseTracker {
   // The first-use decision for a marked set, or one whose victim must be spilled, under
   // the mutex of the set's shard (invariants 6 and 7). False: nothing decided, start
   // over without the mutex.
-  bool decide_locked(const Where& w, const Uuid& key_id, std::int64_t now_ms, std::uint64_t now);
+  bool decide_locked(const Where& w, const Uuid& key_id, std::int64_t now_ms,
+                     std::uint64_t now);
 
   std::uint64_t map_key(std::size_t set_index, std::uint64_t tag) const noexcept {
     return (static_cast<std::uint64_t>(set_index) << 22) | tag;
