@@ -2,368 +2,18 @@
 
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
-#include <cstring>
-#include <limits>
 #include <memory>
-#include <mutex>
 #include <thread>
-#include <unordered_map>
 #include <vector>
 
 #include "apikeys/error.hpp"
 #include "cache_registry.hpp"
+#include "last_use_tracker.hpp"
+#include "thread_annotations.hpp"
 
 namespace apikeys {
 
 namespace {
-
-// The rare paths stay out of the caller, so the hit path's inlined part stays small.
-#if defined(__GNUC__)
-#define APIKEYS_OUT_OF_LINE __attribute__((noinline))
-#else
-#define APIKEYS_OUT_OF_LINE
-#endif
-
-// Decides which uses of a key are worth a last_used_at write (at most one per key per
-// interval) and queues them for the background writer.
-//
-// The decision is taken in a 4-way set-associative filter of atomics (a set is 32 bytes,
-// one cache line at most), one word per way: a 22-bit tag of the key id (an occupied bit
-// and a 21-bit fingerprint), a "pending" bit, a "spilled" bit and 40 bits of "noted at"
-// (milliseconds; the first note sits in the middle of that window, which spans ±17 years).
-// - A repeat use within the interval: relaxed loads of the set, no lock, no write (the
-//   common case on a hot key).
-// - The key's note has expired: a compare_exchange renews its way; the winner queues.
-// - A first use (the key is in no way of its set): the key claims a way (an empty one,
-//   else the one noted longest ago, never a pending one) with a compare_exchange, as a
-//   pending claim, then reads the set again (seq_cst). Another way holding the key means
-//   another thread is claiming it too: a claim that sees a finished note of the key, or
-//   a pending claim at a lower way, withdraws and starts over; one that sees a pending
-//   claim at a higher way waits until that finishes or withdraws. So exactly one of the
-//   threads presenting a new key at once finishes its claim and queues. (Of two claims the
-//   later always sees the earlier, but the earlier may miss the later: "the lower way
-//   wins" alone would let both queue when only the lower one is seen.) A thread that
-//   meets a pending claim of its key leaves the decision to the claim's owner. Deciding
-//   takes no allocation and no mutex (a compare_exchange and a store on the key's own
-//   cache line); queueing the write takes the queue's mutex for one push_back, which
-//   after the first batches never allocates (see take()).
-// - Overflow: a claim whose victim was noted within the interval would forget that
-//   note (and write that key again early). Such a claim takes the mutex of the set's
-//   shard, moves the victim's (tag, time) into the shard's map and marks the set
-//   "spilled" (the bit rides along every later write of the word, so a mark stays).
-//   Only first uses in a marked set look in the map, under the mutex; a key found there
-//   moves back into the filter, and the map node it leaves is reused for whoever it
-//   displaces (a population larger than the filter turns over without allocating). All
-//   moves between the filter and a map happen under that mutex; a claim made without it
-//   that then sees its set marked withdraws and starts over under it. A thread holding
-//   a pending claim never blocks on a mutex and waits only for claims at higher ways,
-//   so no wait can deadlock. Marks are never cleared: once most sets are marked (more
-//   active keys than ways), first uses cost the mutex and a map lookup again.
-// Bounds: the filter has 1,024 to 65,536 ways (8 bytes each), picked from the throttle
-// limit; the maps hold at most last_use_throttle_limit notes (a full shard map is
-// emptied, costing at worst an early extra write); the queue holds last_use_queue_limit
-// updates, beyond which updates are dropped (last use is advisory; the next use after
-// the interval queues it again). A tag collision within a set (2^-21 per way) can skip
-// an advisory update of the other key; a clock more than 17 years away from the first
-// note records nothing.
-class LastUseTracker {
- public:
-  LastUseTracker(std::int64_t interval_ms, std::size_t throttle_limit, std::size_t queue_limit)
-      : interval_ms_(interval_ms),
-        per_shard_limit_(std::max<std::size_t>(1, throttle_limit / kShards)),
-        queue_limit_(queue_limit),
-        set_mask_(filter_slots(throttle_limit) / kWays - 1),
-        filter_(std::make_unique<Set[]>(set_mask_ + 1)) {}
-
-  void note(const Uuid& key_id, std::int64_t now_ms) { note_at(where(key_id), key_id, now_ms); }
-
-  // The cache-hit form: the key's set is fetched while the clock is read (the set is a
-  // random line of the filter, often not in a near cache).
-  void note(const Uuid& key_id, const Clock& clock) {
-    const Where w = where(key_id);
-#if defined(__GNUC__)
-    __builtin_prefetch(&w.set);
-#endif
-    note_at(w, key_id, to_unix_millis(clock.now()));
-  }
-
-  // Moves the queued updates into `out` (emptied first) and gives the queue `out`'s
-  // storage: two buffers take turns, so after the first batches no note() on the
-  // caller's thread grows a vector (a reallocation copied the whole queue).
-  void take(std::vector<LastUse>& out) {
-    out.clear();
-    std::lock_guard<std::mutex> lock(queue_mu_);
-    out.swap(queue_);
-  }
-
- private:
-  static constexpr std::size_t kShards = 16;
-  static constexpr std::size_t kWays = 4;
-  static constexpr int kTimeBits = 40;
-  static constexpr std::uint64_t kTimeMask = (std::uint64_t{1} << kTimeBits) - 1;
-  static constexpr std::uint64_t kSpilled = std::uint64_t{1} << kTimeBits;
-  static constexpr std::uint64_t kPending = std::uint64_t{1} << (kTimeBits + 1);
-  static constexpr int kTagShift = kTimeBits + 2;
-  static constexpr std::uint64_t kOccupied = std::uint64_t{1} << 21;  // a tag: this and 21 bits
-  static constexpr std::int64_t kNoBase = std::numeric_limits<std::int64_t>::min();
-  static constexpr std::int64_t kHalfWindow = std::int64_t{1} << (kTimeBits - 1);
-  static constexpr std::memory_order kSeq = std::memory_order_seq_cst;
-
-  struct alignas(32) Set {
-    std::atomic<std::uint64_t> ways[kWays];  // zero: empty
-  };
-
-  struct Where {
-    Set& set;
-    std::size_t index;
-    std::uint64_t tag;
-  };
-
-  enum class Claim { won, lost };
-
-  using SpillMap = std::unordered_map<std::uint64_t, std::uint64_t>;
-  struct alignas(64) Shard {
-    std::mutex mu;
-    // (set index, tag) -> window offset of the note, for notes spilled out of the filter.
-    SpillMap spilled;
-
-    // Remembers a note pushed out of the filter (REQUIRES: mu held). `reuse`, unless
-    // end(), is an entry no longer needed: its node takes the note, no allocation.
-    void keep(std::uint64_t key, std::uint64_t at, SpillMap::iterator reuse,
-              std::size_t limit) noexcept {
-      try {
-        if (reuse != spilled.end()) {
-          auto node = spilled.extract(reuse);
-          node.key() = key;
-          node.mapped() = at;
-          auto r = spilled.insert(std::move(node));
-          if (!r.inserted) r.position->second = at;
-          return;
-        }
-        if (spilled.size() >= limit) spilled.clear();
-        spilled.insert_or_assign(key, at);
-      } catch (...) {
-        // Not remembered: at worst one early extra write of that key.
-      }
-    }
-  };
-
-  Where where(const Uuid& key_id) const noexcept {
-    std::uint64_t hi;
-    std::uint64_t lo;
-    std::memcpy(&hi, key_id.bytes().data(), sizeof hi);
-    std::memcpy(&lo, key_id.bytes().data() + 8, sizeof lo);
-    // Mixed, so ids that are not random (a custom store's) still spread over the slots.
-    const std::uint64_t h = (hi ^ (lo * 0xff51afd7ed558ccdULL)) * 0x9e3779b97f4a7c15ULL;
-    const std::size_t index = static_cast<std::size_t>(h >> 40) & set_mask_;
-    return {filter_[index], index, ((h >> 16) & (kOccupied - 1)) | kOccupied};
-  }
-
-  static std::uint64_t tag_of(std::uint64_t word) noexcept { return word >> kTagShift; }
-  static std::uint64_t word_of(std::uint64_t tag, std::uint64_t at) noexcept {
-    return (tag << kTagShift) | at;
-  }
-  // Whether a note taken at `word`'s time still covers `now` (both window offsets).
-  bool fresh(std::uint64_t word, std::uint64_t now) const noexcept {
-    return static_cast<std::int64_t>(now) - static_cast<std::int64_t>(word & kTimeMask) <
-           interval_ms_;
-  }
-
-  void note_at(const Where& w, const Uuid& key_id, std::int64_t now_ms) {
-    const std::int64_t base = base_ms_.load(std::memory_order_relaxed);
-    if (base != kNoBase) {
-      for (const auto& way : w.set.ways) {
-        const std::uint64_t seen = way.load(std::memory_order_relaxed);
-        if (tag_of(seen) != w.tag) continue;
-        if ((seen & kPending) != 0) return;  // being claimed: its owner decides
-        const auto noted = static_cast<std::int64_t>(seen & kTimeMask) + base;
-        if (now_ms - noted < interval_ms_) return;
-        break;
-      }
-    }
-    decide(w, key_id, now_ms);
-  }
-
-  // A power of two near the throttle limit, between 1,024 and 65,536 slots (8 B each).
-  static std::size_t filter_slots(std::size_t throttle_limit) {
-    std::size_t n = 1024;
-    while (n < throttle_limit && n < 65'536) n <<= 1;
-    return n;
-  }
-
-  // The offset of now_ms in the window, set by the first note; false when outside it.
-  bool offset_of(std::int64_t now_ms, std::uint64_t& out) noexcept {
-    std::int64_t base = base_ms_.load(std::memory_order_relaxed);
-    if (base == kNoBase) {
-      if (now_ms < kNoBase + 2 * kHalfWindow) return false;
-      const std::int64_t mine = now_ms - kHalfWindow;
-      base = base_ms_.compare_exchange_strong(base, mine, std::memory_order_relaxed) ? mine : base;
-    }
-    if (now_ms < base) return false;
-    out = static_cast<std::uint64_t>(now_ms) - static_cast<std::uint64_t>(base);
-    return out <= kTimeMask;
-  }
-
-  // One read of a set: the key's way, the way a claim would take (an empty one, else
-  // the one noted longest ago; never a pending one) and whether the set is marked.
-  struct Scan {
-    std::uint64_t seen[kWays]{};
-    int found = -1;   // -1: the key is in no way
-    int victim = -1;  // -1: all four ways are pending claims
-    bool marked = false;
-  };
-  static void scan(const Set& set, std::uint64_t tag, Scan& s) noexcept {
-    std::uint64_t best = ~std::uint64_t{0};
-    std::uint64_t any = 0;
-    for (std::size_t i = 0; i < kWays; ++i) {
-      const std::uint64_t seen = set.ways[i].load(kSeq);
-      s.seen[i] = seen;
-      any |= seen;
-      const std::uint64_t t = tag_of(seen);
-      if (t == tag && s.found < 0) s.found = static_cast<int>(i);
-      const std::uint64_t age = (seen & kPending) != 0 ? ~std::uint64_t{0}
-                                : t == 0                 ? 0
-                                                         : (seen & kTimeMask) + 1;
-      if (age < best) {
-        best = age;
-        s.victim = static_cast<int>(i);
-      }
-    }
-    s.marked = (any & kSpilled) != 0;
-  }
-
-  // After this thread put a pending claim for `tag` in way `mine`: whether the claim
-  // stands. Another way with the tag holding a finished note, or a pending claim at a
-  // lower way, beats it; a pending claim at a higher way is waited for (that one decides
-  // without waiting for this one). `unlocked`: a claim made without the shard's mutex
-  // also loses to a set that became marked (the key may have been spilled meanwhile).
-  static Claim settle(Set& set, std::size_t mine, std::uint64_t tag, bool unlocked) {
-    for (std::size_t i = 0; i < kWays; ++i) {
-      if (i == mine) continue;
-      for (;;) {
-        const std::uint64_t seen = set.ways[i].load(kSeq);
-        if (unlocked && (seen & kSpilled) != 0) return Claim::lost;
-        if (tag_of(seen) != tag) break;
-        if ((seen & kPending) == 0 || i < mine) return Claim::lost;
-        std::this_thread::yield();
-      }
-    }
-    return Claim::won;
-  }
-
-  // Everything the lock-free reads above could not answer: an expired note, a first use.
-  APIKEYS_OUT_OF_LINE void decide(const Where& w, const Uuid& key_id, std::int64_t now_ms) {
-    std::uint64_t now;
-    if (!offset_of(now_ms, now)) return;  // a clock 17 years away from the first note
-    Set& set = w.set;
-    for (;;) {
-      Scan sc;
-      scan(set, w.tag, sc);
-      if (sc.found >= 0) {
-        std::uint64_t s = sc.seen[sc.found];
-        if ((s & kPending) != 0 || fresh(s, now)) return;
-        if (set.ways[sc.found].compare_exchange_strong(s, word_of(w.tag, now) | (s & kSpilled), kSeq)) {
-          enqueue(key_id, now_ms);
-          return;
-        }
-        continue;
-      }
-      const int v = sc.victim;
-      if (sc.marked || v < 0 || (tag_of(sc.seen[v]) != 0 && fresh(sc.seen[v], now))) {
-        // The map may know the key, or the victim's note must go there: under the mutex.
-        if (decide_locked(w, key_id, now_ms, now)) return;
-        std::this_thread::yield();  // four claims in flight, or lost to another claim
-        continue;
-      }
-      const std::uint64_t mine = word_of(w.tag, now) | kPending;  // the set is not marked
-      std::uint64_t expected = sc.seen[v];
-      if (!set.ways[v].compare_exchange_strong(expected, mine, kSeq)) continue;
-      if (settle(set, static_cast<std::size_t>(v), w.tag, true) == Claim::won) {
-        set.ways[v].store(mine & ~kPending, kSeq);
-        enqueue(key_id, now_ms);
-        return;
-      }
-      set.ways[v].store(0, kSeq);  // withdrawn; the victim was empty or expired
-    }
-  }
-
-  // The first-use decision for a marked set, or one whose victim must be spilled, under
-  // the mutex of the set's shard. False: nothing decided, start over without the mutex.
-  bool decide_locked(const Where& w, const Uuid& key_id, std::int64_t now_ms, std::uint64_t now) {
-    Set& set = w.set;
-    Shard& shard = shards_[w.index % kShards];
-    const std::uint64_t key = map_key(w.index, w.tag);
-    bool write = false;
-    {
-      std::lock_guard<std::mutex> lock(shard.mu);
-      for (;;) {
-        Scan sc;
-        scan(set, w.tag, sc);
-        if (sc.found >= 0) {
-          std::uint64_t s = sc.seen[sc.found];
-          if ((s & kPending) != 0 || fresh(s, now)) return true;
-          if (set.ways[sc.found].compare_exchange_strong(s, word_of(w.tag, now) | (s & kSpilled), kSeq)) {
-            write = true;
-            break;
-          }
-          continue;
-        }
-        const auto known = shard.spilled.find(key);
-        const bool remembered = known != shard.spilled.end() && fresh(known->second, now);
-        const std::uint64_t at = remembered ? known->second & kTimeMask : now;
-        const int v = sc.victim;
-        if (v < 0) return false;
-        const std::uint64_t old = sc.seen[v];
-        const bool spill = tag_of(old) != 0 && fresh(old, now);
-        const std::uint64_t mine =
-            word_of(w.tag, at) | kPending | (old & kSpilled) | (spill ? kSpilled : 0);
-        std::uint64_t expected = old;
-        if (!set.ways[v].compare_exchange_strong(expected, mine, kSeq)) continue;
-        const Claim c = settle(set, static_cast<std::size_t>(v), w.tag, false);
-        const bool drop_known = c == Claim::won && known != shard.spilled.end();
-        if (spill) {
-          shard.keep(map_key(w.index, tag_of(old)), old & kTimeMask,
-                     drop_known ? known : shard.spilled.end(), per_shard_limit_);
-        } else if (drop_known) {
-          shard.spilled.erase(known);
-        }
-        if (c == Claim::lost) {
-          set.ways[v].store(mine & kSpilled, kSeq);
-          return false;
-        }
-        set.ways[v].store(mine & ~kPending, kSeq);
-        write = !remembered;
-        break;
-      }
-    }
-    if (write) enqueue(key_id, now_ms);
-    return true;
-  }
-
-  std::uint64_t map_key(std::size_t set_index, std::uint64_t tag) const noexcept {
-    return (static_cast<std::uint64_t>(set_index) << 22) | tag;
-  }
-
-  void enqueue(const Uuid& key_id, std::int64_t now_ms) noexcept {
-    try {
-      std::lock_guard<std::mutex> lock(queue_mu_);
-      if (queue_.size() < queue_limit_) queue_.push_back(LastUse{key_id, from_unix_millis(now_ms)});
-    } catch (...) {
-      // Dropped, like an update beyond the queue limit (last use is advisory).
-    }
-  }
-
-  const std::int64_t interval_ms_;
-  const std::size_t per_shard_limit_;
-  const std::size_t queue_limit_;
-  const std::size_t set_mask_;
-  const std::unique_ptr<Set[]> filter_;
-  std::atomic<std::int64_t> base_ms_{kNoBase};  // set once, by the first note
-  Shard shards_[kShards];
-  std::mutex queue_mu_;
-  std::vector<LastUse> queue_;
-};
 
 // Split "pk_...:sk_..." at its only colon. Anything else is malformed.
 bool split_token(std::string_view token, std::string_view& pk, std::string_view& sk) noexcept {
@@ -382,7 +32,9 @@ struct Validator::Impl {
   std::shared_ptr<Cache> cache;
   std::shared_ptr<Clock> clock;
   ValidatorOptions options;
-  mutable LastUseTracker tracker;
+  // Decides which valid uses are written to last_used_at, and queues them
+  // (doc/last-use.md).
+  mutable detail::LastUseTracker tracker;
   // Compared against on a miss, so `not_found` does the same work as `wrong_secret`.
   Digest decoy;
   // Lets KeyManager writes through any store with this store's identity erase from
@@ -390,20 +42,22 @@ struct Validator::Impl {
   detail::CacheRegistration registration;
 
   std::atomic<std::uint64_t> last_use_failures{0};
-  std::mutex flush_mu;                 // one flush at a time (flusher thread, callers)
-  std::vector<LastUse> flush_batch;    // guarded by flush_mu; its storage is reused
+  // One flush at a time (flusher thread, flush_last_use() callers), so batches are
+  // taken and written in order; flush_batch's storage takes turns with the tracker's
+  // queue (doc/last-use.md, invariant 12).
+  detail::Mutex flush_mu;
+  std::vector<LastUse> flush_batch APIKEYS_GUARDED_BY(flush_mu);
   // Read by the constructor, not the poller: a change made between construction and
   // the poller's first run must still count as a change.
   std::uint64_t baseline_revision = 0;
   bool baseline_known = false;
   // Two background threads, each started only when needed: `poller` polls
   // Store::revision() (a cache and a poll interval), `flusher` writes last use. Apart,
-  // so that a slow or failing last-use write (an UPDATE waiting on another session's
-  // row lock, a busy SQLite file) never delays the poll that drops verdicts another
-  // process revoked.
-  std::mutex bg_mu;
-  std::condition_variable bg_cv;
-  bool stopping = false;  // guarded by bg_mu
+  // so that a last-use write waiting on a lock never delays the poll that drops
+  // verdicts another process revoked (doc/revocation.md, "Background work").
+  detail::Mutex bg_mu;
+  detail::CondVar bg_cv;
+  bool stopping APIKEYS_GUARDED_BY(bg_mu) = false;
   std::thread poller;
   std::thread flusher;
 
@@ -425,12 +79,14 @@ struct Validator::Impl {
   void poll_revision(std::uint64_t& revision, bool& known) noexcept;
   void run_flush();
   // Sleeps until `t` or until stop_threads(); true when stopping.
-  bool sleep_until(std::chrono::steady_clock::time_point t);
+  bool sleep_until(std::chrono::steady_clock::time_point t) APIKEYS_EXCLUDES(bg_mu);
   // Stops and joins the background threads that were started.
-  void stop_threads() noexcept;
-  void flush() noexcept;
+  void stop_threads() noexcept APIKEYS_EXCLUDES(bg_mu);
+  void flush() noexcept APIKEYS_EXCLUDES(flush_mu);
 };
 
+// Format, digest, cache, fill token, store, then the verdict (expiry, status, secret),
+// the cache fill and last use: doc/validate.md says why each step sits where it does.
 ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view sk) const noexcept {
   ValidationResult result;
   if (!options.format.is_public_key(pk) || !options.format.is_secret_key(sk)) {
@@ -527,9 +183,11 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
   }
 }
 
+// Writes outside the tracker's queue mutex, so validate() never waits for the store; a
+// failed batch is counted and dropped (doc/last-use.md, invariants 10 and 12).
 void Validator::Impl::flush() noexcept {
   try {
-    std::lock_guard<std::mutex> lock(flush_mu);
+    detail::MutexLock lock(flush_mu);
     tracker.take(flush_batch);
     if (!flush_batch.empty()) store->record_last_use(flush_batch);
   } catch (...) {
@@ -566,8 +224,11 @@ void Validator::Impl::poll_revision(std::uint64_t& revision, bool& known) noexce
 }
 
 bool Validator::Impl::sleep_until(std::chrono::steady_clock::time_point t) {
-  std::unique_lock<std::mutex> lock(bg_mu);
-  return bg_cv.wait_until(lock, t, [this] { return stopping; });
+  detail::MutexLock lock(bg_mu);
+  while (!stopping) {
+    if (!bg_cv.wait_until(bg_mu, t)) return stopping;  // the deadline passed
+  }
+  return true;
 }
 
 void Validator::Impl::run_poll() {
@@ -592,10 +253,10 @@ void Validator::Impl::run_flush() {
 
 void Validator::Impl::stop_threads() noexcept {
   {
-    std::lock_guard<std::mutex> lock(bg_mu);
+    detail::MutexLock lock(bg_mu);
     stopping = true;
   }
-  bg_cv.notify_all();
+  bg_cv.signal_all();
   if (poller.joinable()) poller.join();
   if (flusher.joinable()) flusher.join();
 }

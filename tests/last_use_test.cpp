@@ -1,4 +1,4 @@
-// The last-use throttle behind Validator (LastUseTracker in src/validator.cpp) under the
+// The last-use throttle behind Validator (src/last_use_tracker.hpp) under the
 // loads its lock-free filter has to survive: many threads presenting one new key at
 // once, more keys than fit in a filter set or in the whole filter, a full queue, a clock
 // set back. Every key is counted by a store that makes its keys up, so 70,000 keys cost
