@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "apikeys/error.hpp"
+#include "hex.hpp"
 #include "pg_connection.hpp"
 #include "wipe.hpp"
 
@@ -429,25 +430,14 @@ KeyInfo read_info(const PGresult* r, int row, std::string_view op) {
   return info;
 }
 
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
 Digest read_digest(const PGresult* r, int row, int col, std::string_view op) {
   // bytea in text form is "\x" and hex (bytea_output = hex, set per session).
   Digest d;
   if (PQgetisnull(r, row, col) || PQgetlength(r, row, col) != 2 + 64) corrupt(op, "digest is not 32 bytes");
   const char* s = PQgetvalue(r, row, col);
-  if (s[0] != '\\' || s[1] != 'x') corrupt(op, "digest is not hex");
-  for (std::size_t i = 0; i < d.bytes.size(); ++i) {
-    const int hi = hex_value(s[2 + 2 * i]);
-    const int lo = hex_value(s[3 + 2 * i]);
-    if (hi < 0 || lo < 0) corrupt(op, "digest is not hex");
-    d.bytes[i] = static_cast<std::uint8_t>(hi << 4 | lo);
-  }
+  const bool hex = s[0] == '\\' && s[1] == 'x' &&
+                   detail::hex_decode(std::string_view(s + 2, 2 * d.bytes.size()), d.bytes.data());
+  if (!hex) corrupt(op, "digest is not hex");
   const std::int64_t pepper = parse_int(r, row, col + 1, op, "pepper_id is not an integer");
   if (pepper < 0 || pepper > std::numeric_limits<std::uint32_t>::max()) corrupt(op, "pepper_id out of range");
   d.pepper_id = static_cast<std::uint32_t>(pepper);
