@@ -27,6 +27,7 @@
 #include <nlohmann/json.hpp>
 
 #include "apikeys/apikeys.hpp"
+#include "../src/hex.hpp"
 
 namespace apikeys::cli {
 namespace {
@@ -108,13 +109,6 @@ std::string_view trim(std::string_view s) noexcept {
   while (!s.empty() && is_space(s.front())) s.remove_prefix(1);
   while (!s.empty() && is_space(s.back())) s.remove_suffix(1);
   return s;
-}
-
-int hex_digit(char c) noexcept {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
 }
 
 bool holds_secret_key(std::string_view text) noexcept {
@@ -204,15 +198,9 @@ apikeys::SecretString decode_pepper(std::string_view text, const std::string& so
                               "`openssl rand -hex 32`");
   }
   if (hex.size() % 2 != 0) throw UsageError(source + " is not valid hex (odd number of digits)");
-  std::string raw;
+  std::string raw(hex.size() / 2, '\0');  // sized once: no reallocation leaves a copy behind
   WipeGuard guard(raw);
-  raw.reserve(hex.size() / 2);  // no reallocation, so no unwiped copy is left behind
-  for (std::size_t i = 0; i < hex.size(); i += 2) {
-    const int hi = hex_digit(hex[i]);
-    const int lo = hex_digit(hex[i + 1]);
-    if (hi < 0 || lo < 0) throw UsageError(source + " is not valid hex");
-    raw.push_back(static_cast<char>((hi << 4) | lo));
-  }
+  if (!apikeys::detail::hex_decode(hex, raw.data())) throw UsageError(source + " is not valid hex");
   return apikeys::SecretString(raw);
 }
 
@@ -246,15 +234,9 @@ struct Pepper {
 };
 
 Pepper make_pepper(apikeys::SecretString bytes) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string hex;
+  std::string hex(2 * bytes.size(), '\0');  // sized once: no reallocation leaves a copy behind
   WipeGuard guard(hex);
-  hex.reserve(2 * bytes.size());
-  for (const char c : bytes.reveal()) {
-    const auto b = static_cast<unsigned char>(c);
-    hex.push_back(kDigits[b >> 4]);
-    hex.push_back(kDigits[b & 0x0f]);
-  }
+  apikeys::detail::hex_encode(bytes.reveal().data(), bytes.size(), hex.data());
   Pepper p;
   p.hex = apikeys::SecretString(hex);
   p.bytes = std::move(bytes);

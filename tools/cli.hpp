@@ -65,9 +65,6 @@ inline constexpr std::string_view kPlaceholderStart = "<not shown #";
 // `s` without leading and trailing white space.
 [[nodiscard]] std::string_view trim(std::string_view s) noexcept;
 
-// The value of hex digit `c` (either case), or -1.
-[[nodiscard]] int hex_digit(char c) noexcept;
-
 // True when `text` holds a secret key: "sk_" and 32 base62 characters.
 [[nodiscard]] bool holds_secret_key(std::string_view text) noexcept;
 

@@ -25,7 +25,6 @@ namespace {
 
 using apikeys::cli::CommandLine;
 using apikeys::cli::decode_pepper;
-using apikeys::cli::hex_digit;
 using apikeys::cli::holds_secret_key;
 using apikeys::cli::is_space;
 using apikeys::cli::kExitFailure;
@@ -72,6 +71,14 @@ void check_redact(const std::string& message, Argv& a) {
     if (kMark.find(value) != std::string_view::npos) continue;
     FUZZ_CHECK(out.find(value) == std::string::npos);
   }
+}
+
+// The reference the pepper decoder is checked against: the value of hex digit `c`, or -1.
+int hex_digit(char c) {
+  constexpr std::string_view kDigits = "0123456789abcdef";
+  const char lower = (c >= 'A' && c <= 'F') ? static_cast<char>(c - 'A' + 'a') : c;
+  const auto at = kDigits.find(lower);
+  return at == std::string_view::npos ? -1 : static_cast<int>(at);
 }
 
 void check_pepper(std::string_view text) {
