@@ -30,6 +30,8 @@
 #include "foreign_files.hpp"
 #include "process_support.hpp"
 
+#include "../src/hex.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -74,11 +76,9 @@ class TempDir {
 };
 
 std::string hex_decode(const std::string& hex) {
-  std::string out;
-  for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
-    out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
-  }
-  return out;
+  const std::optional<std::string> bytes = apikeys::detail::hex_decode(hex);
+  REQUIRE(bytes.has_value());
+  return *bytes;
 }
 
 const std::string kAccount = "7f0c2d2e-1b1a-4c58-9a39-0b7f1e6c2a11";

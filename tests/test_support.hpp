@@ -25,6 +25,8 @@
 #include "apikeys/memory_store.hpp"
 #include "apikeys/types.hpp"
 
+#include "../src/hex.hpp"
+
 namespace apikeys_test {
 
 /// 36 bytes: above the hasher's 32-byte minimum. Never use it outside tests.
@@ -115,35 +117,16 @@ inline TestManager make_manager(apikeys::KeyManagerOptions options = {}) {
   return t;
 }
 
-/// Bytes from a hex string ("00ff..."); for test vectors.
+/// Bytes from a hex string ("00ff..."); for test vectors. Throws std::invalid_argument
+/// when `hex` is not hex.
 inline std::vector<std::uint8_t> from_hex(std::string_view hex) {
-  auto nibble = [](char c) -> std::uint8_t {
-    if (c >= '0' && c <= '9') return static_cast<std::uint8_t>(c - '0');
-    if (c >= 'a' && c <= 'f') return static_cast<std::uint8_t>(c - 'a' + 10);
-    if (c >= 'A' && c <= 'F') return static_cast<std::uint8_t>(c - 'A' + 10);
-    throw std::invalid_argument("bad hex digit");
-  };
-  if (hex.size() % 2 != 0) throw std::invalid_argument("odd hex length");
-  std::vector<std::uint8_t> out;
-  out.reserve(hex.size() / 2);
-  for (std::size_t i = 0; i < hex.size(); i += 2) {
-    out.push_back(static_cast<std::uint8_t>((nibble(hex[i]) << 4) | nibble(hex[i + 1])));
-  }
+  std::vector<std::uint8_t> out(hex.size() / 2);
+  if (!apikeys::detail::hex_decode(hex, out.data())) throw std::invalid_argument("not hex");
   return out;
 }
 
 /// Lower-case hex of `bytes`.
-inline std::string to_hex(std::string_view bytes) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(2 * bytes.size());
-  for (const char c : bytes) {
-    const auto b = static_cast<unsigned char>(c);
-    out.push_back(kDigits[b >> 4]);
-    out.push_back(kDigits[b & 0x0f]);
-  }
-  return out;
-}
+inline std::string to_hex(std::string_view bytes) { return apikeys::detail::hex_encode(bytes); }
 
 /// Lower-case hex of `bytes`.
 template <std::size_t N>
