@@ -1,5 +1,6 @@
-// Shared helpers for the apikeys tests: a temporary directory, a fixed pepper and
-// account ids, and a KeyManager wired to in-memory parts with a ManualClock.
+// Shared helpers for the apikeys tests: a temporary directory (TempDir, from
+// temp_dir.hpp), a fixed pepper and account ids, and a KeyManager wired to in-memory
+// parts with a ManualClock.
 // Thread-safety: helpers are plain functions and values; TempDir is not shared.
 // Ownership: TempDir removes its directory (recursively) when it dies.
 #ifndef APIKEYS_TESTS_TEST_SUPPORT_HPP
@@ -24,6 +25,7 @@
 #include "apikeys/memory_cache.hpp"
 #include "apikeys/memory_store.hpp"
 #include "apikeys/types.hpp"
+#include "temp_dir.hpp"
 
 #include "../src/hex.hpp"
 
@@ -48,37 +50,6 @@ inline apikeys::Uuid account_id(std::uint8_t n) {
   bytes[15] = n;
   return apikeys::Uuid(bytes);
 }
-
-/// A fresh directory under the system temp dir, removed with its contents on
-/// destruction.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "apikeys-test-XXXXXX").string();
-    std::vector<char> buf(pattern.begin(), pattern.end());
-    buf.push_back('\0');
-    if (::mkdtemp(buf.data()) == nullptr) {
-      throw std::runtime_error("mkdtemp failed for " + pattern);
-    }
-    path_ = std::filesystem::path(buf.data());
-  }
-  ~TempDir() {
-    std::error_code ec;  // A destructor must not throw; a leftover dir is harmless.
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
-  /// path() / name, as a string (e.g. a database file name).
-  [[nodiscard]] std::string file(std::string_view name) const {
-    return (path_ / std::filesystem::path(name)).string();
-  }
-
- private:
-  std::filesystem::path path_;
-};
 
 /// A KeyManager over a MemoryStore, an HmacSha256Hasher(kTestPepper), a MemoryCache
 /// and one ManualClock shared by the cache and the manager. Members are public so a
