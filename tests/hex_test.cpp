@@ -28,8 +28,9 @@ std::string all_bytes() {
 
 TEST_CASE("hex: encodes in lower case, or upper on request", "[hex]") {
   CHECK(hex_encode(std::string_view("")).empty());
-  CHECK(hex_encode(std::string_view("\x00\x01\x7f\x80\xab\xff", 6)) == "00017f80abff");
-  CHECK(hex_encode(std::string_view("\x00\x01\x7f\x80\xab\xff", 6), HexCase::upper) == "00017F80ABFF");
+  const std::string_view sample("\x00\x01\x7f\x80\xab\xff", 6);
+  CHECK(hex_encode(sample) == "00017f80abff");
+  CHECK(hex_encode(sample, HexCase::upper) == "00017F80ABFF");
 
   SECTION("into a caller's buffer, writing exactly 2n characters") {
     const std::array<std::uint8_t, 3> bytes{0xde, 0xad, 0x01};
@@ -79,7 +80,8 @@ TEST_CASE("hex: decoding rejects odd lengths and anything but hex digits", "[hex
     int digits = 0;
     for (int b = 0; b < 256; ++b) {
       const char c = static_cast<char>(b);
-      const bool is_digit = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+      const bool is_digit =
+          (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
       const char pair[2] = {'0', c};
       CHECK(hex_decode(std::string_view(pair, 2)).has_value() == is_digit);
       CHECK((hex_value(c) >= 0) == is_digit);
