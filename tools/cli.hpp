@@ -14,8 +14,9 @@
 // never see a secret, and the copies this program makes are wiped before they are
 // freed. The process cannot dump core: its memory holds the pepper.
 //
-// Thread-safety: none of this is meant for more than one thread; run() writes to the
-// standard streams and reads the environment. Ownership: see CommandLine.
+// Thread-safety: the text functions are pure and may run on any thread; run() and
+// run_command() use process-wide state (standard streams, environment, resource
+// limits), so only one may run at a time. Ownership: see CommandLine.
 #ifndef APIKEYS_TOOLS_CLI_HPP
 #define APIKEYS_TOOLS_CLI_HPP
 
