@@ -15,6 +15,7 @@
 
 #include "apikeys/hasher.hpp"
 #include "apikeys/types.hpp"
+#include "temp_dir.hpp"
 
 namespace apikeys_bench {
 
@@ -108,17 +109,11 @@ struct CpuSample {
 /// q in [0, 1] of an ascending vector (nearest rank).
 [[nodiscard]] double percentile_sorted(const std::vector<std::int64_t>& sorted, double q);
 
-/// A fresh directory under the system temp dir, removed with its contents at the end.
-class TempDir {
+/// A fresh directory under the system temp dir, removed with its contents at the end:
+/// the tests' TempDir (tests/temp_dir.hpp), named "apikeys-bench-XXXXXX".
+class TempDir : public apikeys_test::TempDir {
  public:
-  TempDir();
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  [[nodiscard]] std::string file(std::string_view name) const;
-
- private:
-  std::filesystem::path path_;
+  TempDir() : apikeys_test::TempDir("apikeys-bench") {}
 };
 
 }  // namespace apikeys_bench

@@ -23,8 +23,12 @@ set(apikeys_fuzz_sanitizers -fsanitize=address,undefined -fno-sanitize-recover=a
 target_compile_options(apikeys PRIVATE -fsanitize=fuzzer-no-link ${apikeys_fuzz_sanitizers})
 target_link_options(apikeys PUBLIC ${apikeys_fuzz_sanitizers})
 
-find_package(CLI11 REQUIRED)               # fuzz_cli compiles tools/main.cpp
-find_package(nlohmann_json 3.9 REQUIRED)
+# fuzz_cli links the CLI's own code, apikeys_cli_lib from tools/ (added here for the
+# library alone when the tool itself is not built), instrumented like the library.
+if(NOT TARGET apikeys_cli_lib)
+  add_subdirectory(${PROJECT_SOURCE_DIR}/tools ${PROJECT_BINARY_DIR}/tools)
+endif()
+target_compile_options(apikeys_cli_lib PRIVATE -fsanitize=fuzzer-no-link ${apikeys_fuzz_sanitizers})
 
 function(apikeys_add_fuzzer name)
   add_executable(${name} ${PROJECT_SOURCE_DIR}/tests/fuzz/${name}.cpp)
@@ -38,5 +42,4 @@ endfunction()
 apikeys_add_fuzzer(fuzz_token)
 apikeys_add_fuzzer(fuzz_validate)
 apikeys_add_fuzzer(fuzz_request)
-apikeys_add_fuzzer(fuzz_cli CLI11::CLI11 nlohmann_json::nlohmann_json)
-target_include_directories(fuzz_cli PRIVATE ${PROJECT_SOURCE_DIR}/tools)
+apikeys_add_fuzzer(fuzz_cli apikeys_cli_lib)

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "apikeys/error.hpp"
+#include "hex.hpp"
 #include "pg_connection.hpp"
 #include "record_fields.hpp"
 #include "thread_annotations.hpp"
@@ -171,13 +172,6 @@ std::int64_t parse_int(const PGresult* r, int row, int col, std::string_view op,
   return v;
 }
 
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
 [[noreturn]] void corrupt_field(std::string_view op, const detail::RecordField& f,
                                 const char* problem) {
   throw Error(ErrorCode::storage,
@@ -221,13 +215,9 @@ struct RowDecoder {
     // bytea in text form is "\x" and hex (bytea_output = hex, set per session).
     const char* text = value(f, "is not 32 bytes");
     if (PQgetlength(r, row, col) != 2 + 64) corrupt_field(op, f, "is not 32 bytes");
-    if (text[0] != '\\' || text[1] != 'x') corrupt_field(op, f, "is not hex");
-    for (std::size_t i = 0; i < v.size(); ++i) {
-      const int hi = hex_value(text[2 + 2 * i]);
-      const int lo = hex_value(text[3 + 2 * i]);
-      if (hi < 0 || lo < 0) corrupt_field(op, f, "is not hex");
-      v[i] = static_cast<std::uint8_t>(hi << 4 | lo);
-    }
+    const bool hex = text[0] == '\\' && text[1] == 'x' &&
+                     detail::hex_decode(std::string_view(text + 2, 2 * v.size()), v.data());
+    if (!hex) corrupt_field(op, f, "is not hex");
     ++col;
   }
   void operator()(const detail::RecordField& f, std::uint32_t& v) {

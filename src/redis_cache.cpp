@@ -42,6 +42,7 @@
 #include "apikeys/error.hpp"
 #include "apikeys/memory_cache.hpp"
 #include "thread_annotations.hpp"
+#include "hex.hpp"
 #include "wipe.hpp"
 
 namespace apikeys {
@@ -168,13 +169,12 @@ class Unreachable : public Error {
 
 // "<64 hex digits of the digest><8 hex digits of the pepper id>".
 std::string digest_field(const Digest& d) {
-  static constexpr char kHex[] = "0123456789abcdef";
   std::string out(72, '0');
-  for (std::size_t i = 0; i < d.bytes.size(); ++i) {
-    out[2 * i] = kHex[d.bytes[i] >> 4];
-    out[2 * i + 1] = kHex[d.bytes[i] & 0x0f];
+  detail::hex_encode(d.bytes.data(), d.bytes.size(), out.data());
+  for (int i = 0; i < 4; ++i) {
+    const auto byte = static_cast<std::uint8_t>(d.pepper_id >> (24 - 8 * i));
+    detail::hex_encode(&byte, 1, out.data() + 64 + 2 * i);
   }
-  for (int i = 0; i < 8; ++i) out[64 + static_cast<std::size_t>(i)] = kHex[(d.pepper_id >> (28 - 4 * i)) & 0x0f];
   return out;
 }
 

@@ -29,6 +29,9 @@
 #include "catch.hpp"
 #include "foreign_files.hpp"
 #include "process_support.hpp"
+#include "temp_dir.hpp"
+
+#include "../src/hex.hpp"
 
 namespace {
 
@@ -52,33 +55,12 @@ Run run_cli(const std::vector<std::string>& args,
   return apikeys_test::run_program(argv, env, input);
 }
 
-// A fresh directory, removed with everything in it at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string tmpl = std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/apikeys-cli-XXXXXX";
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  [[nodiscard]] std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
+using apikeys_test::TempDir;
 
 std::string hex_decode(const std::string& hex) {
-  std::string out;
-  for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
-    out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
-  }
-  return out;
+  const std::optional<std::string> bytes = apikeys::detail::hex_decode(hex);
+  REQUIRE(bytes.has_value());
+  return *bytes;
 }
 
 const std::string kAccount = "7f0c2d2e-1b1a-4c58-9a39-0b7f1e6c2a11";

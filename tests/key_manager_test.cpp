@@ -22,6 +22,8 @@
 #include "catch.hpp"
 #include "test_support.hpp"
 
+#include "../src/hex.hpp"
+
 using apikeys::CreatedKey;
 using apikeys::CreateRequest;
 using apikeys::ErrorCode;
@@ -57,16 +59,15 @@ std::string repeat(std::string_view s, std::size_t n) {
 
 // Printable form of arbitrary bytes, for failure messages.
 std::string show(std::string_view s) {
-  static constexpr char kHex[] = "0123456789abcdef";
   std::string out;
   for (char ch : s) {
     const auto c = static_cast<unsigned char>(ch);
     if (c >= 0x20 && c < 0x7f && c != '\\') {
       out.push_back(ch);
     } else {
-      out += "\\x";
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 0x0f]);
+      char digits[2];
+      apikeys::detail::hex_encode(&c, 1, digits);
+      out.append("\\x").append(digits, 2);
     }
   }
   if (out.size() > 80) out = out.substr(0, 80) + "...(" + std::to_string(s.size()) + " bytes)";

@@ -39,6 +39,8 @@
 #include "store_contract.hpp"
 #include "test_support.hpp"
 
+#include "../src/hex.hpp"
+
 using apikeys::ErrorCode;
 using apikeys::ValidationCode;
 using apikeys_test::contract::error_code_of;
@@ -374,16 +376,16 @@ std::optional<apikeys::Error> open_error(const std::string& conninfo,
 
 // Percent-encodes everything but unreserved characters (RFC 3986), for URIs.
 std::string percent_encoded(std::string_view s) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
   std::string out;
   for (const unsigned char c : s) {
     if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
         c == '.' || c == '_' || c == '~') {
       out += static_cast<char>(c);
     } else {
+      char digits[2];
+      apikeys::detail::hex_encode(&c, 1, digits, apikeys::detail::HexCase::upper);
       out += '%';
-      out += kHex[c >> 4];
-      out += kHex[c & 0x0f];
+      out.append(digits, 2);
     }
   }
   return out;

@@ -29,16 +29,6 @@ std::string lower(std::string s) {
   return s;
 }
 
-std::string hex(std::string_view bytes) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char b : bytes) {
-    out.push_back(kDigits[b >> 4]);
-    out.push_back(kDigits[b & 0x0f]);
-  }
-  return out;
-}
-
 // Everything that must never show up, and the part of it worth looking for: whole
 // values and 16-character slices (a truncated echo is still a leak).
 class Forbidden {
@@ -115,7 +105,7 @@ TEST_CASE("secrets: no exception message holds a secret, the pepper or a digest"
   forbidden.add("secret", sk);
   forbidden.add("secret body", sk.substr(3));
   forbidden.add("pepper", pepper);
-  forbidden.add("pepper hex", hex(pepper));
+  forbidden.add("pepper hex", apikeys_test::to_hex(pepper));
   forbidden.add("digest hex", apikeys_test::to_hex(digest.bytes));
   forbidden.add("digest bytes", std::string(digest.bytes.begin(), digest.bytes.end()));
 

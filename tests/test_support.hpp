@@ -1,5 +1,6 @@
-// Shared helpers for the apikeys tests: a temporary directory, a fixed pepper and
-// account ids, and a KeyManager wired to in-memory parts with a ManualClock.
+// Shared helpers for the apikeys tests: a temporary directory (TempDir, from
+// temp_dir.hpp), a fixed pepper and account ids, and a KeyManager wired to in-memory
+// parts with a ManualClock.
 // Thread-safety: helpers are plain functions and values; TempDir is not shared.
 // Ownership: TempDir removes its directory (recursively) when it dies.
 #ifndef APIKEYS_TESTS_TEST_SUPPORT_HPP
@@ -24,6 +25,9 @@
 #include "apikeys/memory_cache.hpp"
 #include "apikeys/memory_store.hpp"
 #include "apikeys/types.hpp"
+#include "temp_dir.hpp"
+
+#include "../src/hex.hpp"
 
 namespace apikeys_test {
 
@@ -46,37 +50,6 @@ inline apikeys::Uuid account_id(std::uint8_t n) {
   bytes[15] = n;
   return apikeys::Uuid(bytes);
 }
-
-/// A fresh directory under the system temp dir, removed with its contents on
-/// destruction.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "apikeys-test-XXXXXX").string();
-    std::vector<char> buf(pattern.begin(), pattern.end());
-    buf.push_back('\0');
-    if (::mkdtemp(buf.data()) == nullptr) {
-      throw std::runtime_error("mkdtemp failed for " + pattern);
-    }
-    path_ = std::filesystem::path(buf.data());
-  }
-  ~TempDir() {
-    std::error_code ec;  // A destructor must not throw; a leftover dir is harmless.
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
-  /// path() / name, as a string (e.g. a database file name).
-  [[nodiscard]] std::string file(std::string_view name) const {
-    return (path_ / std::filesystem::path(name)).string();
-  }
-
- private:
-  std::filesystem::path path_;
-};
 
 /// A KeyManager over a MemoryStore, an HmacSha256Hasher(kTestPepper), a MemoryCache
 /// and one ManualClock shared by the cache and the manager. Members are public so a
@@ -115,35 +88,16 @@ inline TestManager make_manager(apikeys::KeyManagerOptions options = {}) {
   return t;
 }
 
-/// Bytes from a hex string ("00ff..."); for test vectors.
+/// Bytes from a hex string ("00ff..."); for test vectors. Throws std::invalid_argument
+/// when `hex` is not hex.
 inline std::vector<std::uint8_t> from_hex(std::string_view hex) {
-  auto nibble = [](char c) -> std::uint8_t {
-    if (c >= '0' && c <= '9') return static_cast<std::uint8_t>(c - '0');
-    if (c >= 'a' && c <= 'f') return static_cast<std::uint8_t>(c - 'a' + 10);
-    if (c >= 'A' && c <= 'F') return static_cast<std::uint8_t>(c - 'A' + 10);
-    throw std::invalid_argument("bad hex digit");
-  };
-  if (hex.size() % 2 != 0) throw std::invalid_argument("odd hex length");
-  std::vector<std::uint8_t> out;
-  out.reserve(hex.size() / 2);
-  for (std::size_t i = 0; i < hex.size(); i += 2) {
-    out.push_back(static_cast<std::uint8_t>((nibble(hex[i]) << 4) | nibble(hex[i + 1])));
-  }
+  std::vector<std::uint8_t> out(hex.size() / 2);
+  if (!apikeys::detail::hex_decode(hex, out.data())) throw std::invalid_argument("not hex");
   return out;
 }
 
 /// Lower-case hex of `bytes`.
-inline std::string to_hex(std::string_view bytes) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(2 * bytes.size());
-  for (const char c : bytes) {
-    const auto b = static_cast<unsigned char>(c);
-    out.push_back(kDigits[b >> 4]);
-    out.push_back(kDigits[b & 0x0f]);
-  }
-  return out;
-}
+inline std::string to_hex(std::string_view bytes) { return apikeys::detail::hex_encode(bytes); }
 
 /// Lower-case hex of `bytes`.
 template <std::size_t N>

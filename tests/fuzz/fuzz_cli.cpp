@@ -1,5 +1,6 @@
-// fuzz_cli: the CLI's own text handling, compiled from tools/main.cpp itself so the
-// fuzzed code is the shipped code: redact_arguments (keeps command-line values out of
+// fuzz_cli: the CLI's own text handling, linked from the library the apikeys tool is
+// built from (apikeys_cli_lib, tools/cli.hpp), so the fuzzed code is the shipped code:
+// redact_arguments (keeps command-line values out of
 // CLI11's error messages), decode_pepper, trim, CommandLine (hides arguments that may be
 // secrets from argv and from the parser) and holds_secret_key, and then the whole
 // argument parser (CLI11 plus our failure_message) on fuzzed argument lists that can
@@ -8,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <iostream>
 #include <sstream>
@@ -15,18 +17,24 @@
 #include <string_view>
 #include <vector>
 
-// Included before the rename below so nothing in them is touched by it.
-#include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
-
 #include "apikeys/apikeys.hpp"
+#include "cli.hpp"
 #include "fuzz_support.hpp"
 
-#define main apikeys_cli_main
-#include "main.cpp"
-#undef main
-
 namespace {
+
+using apikeys::cli::CommandLine;
+using apikeys::cli::decode_pepper;
+using apikeys::cli::holds_secret_key;
+using apikeys::cli::is_space;
+using apikeys::cli::kExitFailure;
+using apikeys::cli::kExitOk;
+using apikeys::cli::kExitUsage;
+using apikeys::cli::kPlaceholderStart;
+using apikeys::cli::may_hold_secret;
+using apikeys::cli::redact_arguments;
+using apikeys::cli::trim;
+using apikeys::cli::UsageError;
 
 // argv-style copies of `args` (NUL-terminated, writable, like the real argv).
 struct Argv {
@@ -41,7 +49,7 @@ struct Argv {
   std::vector<char*> pointers;
 };
 
-// Which command-line values redact_arguments hides (see its comment in main.cpp).
+// Which command-line values redact_arguments hides (see its comment in tools/cli.hpp).
 std::string_view redactable_value(std::string_view arg) {
   if (arg.size() > 1 && arg[0] == '-') {
     const auto eq = arg.find('=');
@@ -63,6 +71,14 @@ void check_redact(const std::string& message, Argv& a) {
     if (kMark.find(value) != std::string_view::npos) continue;
     FUZZ_CHECK(out.find(value) == std::string::npos);
   }
+}
+
+// The reference the pepper decoder is checked against: the value of hex digit `c`, or -1.
+int hex_digit(char c) {
+  constexpr std::string_view kDigits = "0123456789abcdef";
+  const char lower = (c >= 'A' && c <= 'F') ? static_cast<char>(c - 'A' + 'a') : c;
+  const auto at = kDigits.find(lower);
+  return at == std::string_view::npos ? -1 : static_cast<int>(at);
 }
 
 void check_pepper(std::string_view text) {
@@ -143,7 +159,7 @@ void check_parser(const std::vector<std::string>& fuzzed) {
   std::ostringstream sink;
   auto* out = std::cout.rdbuf(sink.rdbuf());
   auto* err = std::cerr.rdbuf(sink.rdbuf());
-  const int rc = run(a.argc(), a.argv());
+  const int rc = apikeys::cli::run_command(a.argc(), a.argv());
   std::cout.rdbuf(out);
   std::cerr.rdbuf(err);
   // Every path fails closed (no database, no pepper) or prints help/version.

@@ -1,0 +1,130 @@
+// The apikeys command-line tool as a library: run() is the whole program (tools/main.cpp
+// only calls it), and the text handling it relies on to keep secrets out of sight is
+// declared here so that tests/fuzz/fuzz_cli.cpp checks the shipped code itself.
+// Internal to this repository: not installed, not part of the library's API.
+//
+// The tool creates, lists, revokes, deletes and verifies keys in one SQLite file; it
+// prints JSON on stdout and diagnostics on stderr.
+// Exit codes: 0 success / key valid, 1 key rejected, 2 usage (bad option, value or
+// pepper), 3 no such key for that account, 4 storage or internal failure.
+// Secrets: only `create` prints one. No message shows a presented secret, the pepper or
+// a value that may be either (a path, a positional argument). Every argument that may
+// hold a secret is copied out of argv and blanked there before anything parses it (so
+// `ps` and /proc/PID/cmdline stop showing it); the argument parser and the JSON writer
+// never see a secret, and the copies this program makes are wiped before they are
+// freed. The process cannot dump core: its memory holds the pepper.
+//
+// Thread-safety: the text functions are pure and may run on any thread; run() and
+// run_command() use process-wide state (standard streams, environment, resource
+// limits), so only one may run at a time. Ownership: see CommandLine.
+#ifndef APIKEYS_TOOLS_CLI_HPP
+#define APIKEYS_TOOLS_CLI_HPP
+
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "apikeys/types.hpp"
+
+namespace apikeys::cli {
+
+enum ExitCode : int {
+  kExitOk = 0,
+  kExitRejected = 1,
+  kExitUsage = 2,
+  kExitNotFound = 3,
+  kExitFailure = 4,
+};
+
+// The program: disables core dumps, then runs the command line `argv` (see
+// run_command). Never throws; returns the exit code. Blanks secret-shaped arguments
+// in `argv` in place.
+int run(int argc, char** argv) noexcept;
+
+// Parses `argv` and runs the command it names, without touching process settings.
+// Returns the exit code; throws only what it could not report (e.g. bad_alloc).
+int run_command(int argc, char** argv);
+
+// Makes the process unable to dump core or be traced by other processes of its user: a
+// core file would hold the pepper and any secret in memory.
+void disable_core_dumps() noexcept;
+
+// A request the user must fix (exit 2). The message never contains a secret.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// What stands for a hidden argument in what the parser sees: "<not shown #N>".
+inline constexpr std::string_view kPlaceholderStart = "<not shown #";
+
+// True for the ASCII white space characters (" \t\n\r\f\v").
+[[nodiscard]] bool is_space(char c) noexcept;
+
+// `s` without leading and trailing white space.
+[[nodiscard]] std::string_view trim(std::string_view s) noexcept;
+
+// True when `text` holds a secret key: "sk_" and 32 base62 characters.
+[[nodiscard]] bool holds_secret_key(std::string_view text) noexcept;
+
+// True when `text` may be, or hold, a secret or the pepper: it contains the secret
+// prefix, a run of 32 or more base62 characters (a secret without its prefix, or pepper
+// hex), or the text of a placeholder (so that one typed in cannot pass for ours).
+// Deliberately broad: a value caught by mistake (a title like "task_list") still reaches
+// its option unchanged, it is only hidden from `ps` and from the parser.
+[[nodiscard]] bool may_hold_secret(std::string_view text) noexcept;
+
+// Decodes the hex pepper in `text` (white space around it ignored; at least 64 digits).
+// Throws UsageError naming `source`, never showing the text.
+[[nodiscard]] apikeys::SecretString decode_pepper(std::string_view text, const std::string& source);
+
+// Replaces in `message` every command-line value long enough to be a secret (the
+// shortest key format is 22 characters; 8 leaves a wide margin) with "<not shown>".
+// Option names stay, so "--expires-in-days = <not shown>" still says what was wrong.
+[[nodiscard]] std::string redact_arguments(std::string message, int argc, const char* const* argv);
+
+// The command line as the argument parser sees it. Each argument that may hold a secret
+// (may_hold_secret) is copied into a SecretString, blanked in argv at once, and shown to
+// the parser as "<not shown #N>" (after its "--name=" or leading dashes, which stay, so
+// the parser classifies the argument as before). The parser copies arguments into
+// buffers it frees without wiping; this way none of them ever holds a secret, and
+// resolve() gives an option its real value back.
+// Not thread-safe. Ownership: the secrets are wiped when this object dies; `argv`'s
+// strings are blanked in place and must outlive this object.
+class CommandLine {
+ public:
+  CommandLine(int argc, char** argv);
+  CommandLine(const CommandLine&) = delete;
+  CommandLine& operator=(const CommandLine&) = delete;
+
+  [[nodiscard]] int argc() const noexcept { return static_cast<int>(view_.size()); }
+  [[nodiscard]] const char* const* argv() const noexcept { return pointers_.data(); }
+
+  // The real value of an option the parser set to `parsed`: `parsed` itself unless it
+  // is a placeholder.
+  [[nodiscard]] std::string_view resolve(const std::string& parsed) const noexcept;
+
+  // Blanks in argv every argument the parser received as `parsed` (verify's arguments:
+  // secrets in a format not recognised above are hidden too, once parsed).
+  void blank(const std::string& parsed) noexcept;
+
+  // `message` with every hidden value (of 8 characters or more) replaced: a last guard
+  // for messages that come from elsewhere (the library, the standard library).
+  [[nodiscard]] std::string redact(std::string message) const;
+
+ private:
+  // What stays of an argument that is hidden: "--name=" of an option with its value, or
+  // the leading dashes of anything else that starts with one.
+  static std::size_t kept_prefix(std::string_view arg) noexcept;
+
+  char** argv_;
+  std::vector<std::string> view_;               // what the parser sees; never a secret
+  std::vector<const char*> pointers_;           // argv-style pointers into view_
+  std::vector<apikeys::SecretString> hidden_;   // the hidden values, by placeholder number
+};
+
+}  // namespace apikeys::cli
+
+#endif  // APIKEYS_TOOLS_CLI_HPP
