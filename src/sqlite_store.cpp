@@ -1062,7 +1062,7 @@ std::optional<KeyRecord> SqliteStore::find(std::string_view public_key) {
     const bool hit = sqlite3_column_int(s.get(), 0) == 1;
     KeyRecord record;
     if (!hit) {
-      ++detail::decoy_reads;
+      ++detail::decoy_reads();
       // Decoded like a hit, then dropped; a damaged decoy row must not fail the miss.
       try {
         record.digest = read_digest(s.get(), 2, "find");
