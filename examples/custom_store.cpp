@@ -3,7 +3,9 @@
 // "not found" is an empty result, duplicates throw Error(already_exists), list is newest
 // first, last use keeps the later time). A database-backed store has the same shape.
 // main() drives it through a KeyManager and checks a few contract points directly; the
-// tests also run the library's full Store contract suite on it (examples/CMakeLists.txt).
+// tests also run the library's full Store contract suite on it (examples/CMakeLists.txt)
+// and check that a store of this shape keeps working as the interface grows
+// (tests/extending_test.cpp, doc/extending.md).
 // Returns 0 when everything behaves as documented, 1 otherwise.
 #include <algorithm>
 #include <cstdint>
@@ -113,7 +115,9 @@ class MapStore final : public apikeys::Store {
 
 }  // namespace
 
-#ifndef APIKEYS_EXAMPLE_STORE_CONTRACT
+#if defined(APIKEYS_EXAMPLE_STORE_ONLY)
+// MapStore alone, for a test that includes this file (tests/extending_test.cpp).
+#elif !defined(APIKEYS_EXAMPLE_STORE_CONTRACT)
 namespace {
 
 int failures = 0;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the `asan` (AddressSanitizer + UndefinedBehaviorSanitizer) and `tsan`
-# (ThreadSanitizer) presets of CMakePresets.json, into build/asan and build/tsan, and
+# Builds the `asan` (AddressSanitizer + UndefinedBehaviorSanitizer, at -O2 -g: the
+# RelWithDebInfo flags, so the optimiser's transformations are checked too) and `tsan`
+# (ThreadSanitizer, -O1) presets of CMakePresets.json, into build/asan and build/tsan, and
 # runs the whole CTest suite (unit, CLI, reliability, examples) under each. Any
 # sanitizer report aborts the process that made it (-fno-sanitize-recover=all,
 # halt_on_error=1, abort_on_error=1; the options live in the test presets), so the test

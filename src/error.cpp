@@ -10,6 +10,7 @@ const char* to_string(ErrorCode code) noexcept {
     case ErrorCode::busy: return "busy";
     case ErrorCode::storage: return "storage";
     case ErrorCode::crypto: return "crypto";
+    case ErrorCode::not_supported: return "not_supported";
   }
   return "unknown";
 }

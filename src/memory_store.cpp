@@ -247,7 +247,7 @@ std::optional<KeyRecord> MemoryStore::find(std::string_view public_key) {
 #if defined(__GNUC__)
   asm volatile("" : : "r"(&copy), "r"(same) : "memory");  // the work is the point: keep it
 #endif
-  ++detail::decoy_reads;
+  ++detail::decoy_reads();
   return std::nullopt;
 }
 

@@ -321,7 +321,7 @@ std::optional<KeyRecord> SqliteStore::find(std::string_view public_key) {
     const bool hit = sqlite3_column_int(s.get(), 0) == 1;
     KeyRecord record;
     if (!hit) {
-      ++detail::decoy_reads;
+      ++detail::decoy_reads();
       // Rules 12 and 13: decoded like a hit, then dropped; damage does not fail the miss.
       try {
         read_record(s.get(), "find", kFindFirstField, public_key, record);

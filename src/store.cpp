@@ -8,7 +8,10 @@ namespace apikeys {
 Store::~Store() = default;
 
 namespace detail {
-thread_local std::uint64_t decoy_reads = 0;
+std::uint64_t& decoy_reads() noexcept {
+  thread_local std::uint64_t reads = 0;
+  return reads;
+}
 }  // namespace detail
 
 }  // namespace apikeys

@@ -28,9 +28,9 @@ std::uint64_t misses_without_decoy(apikeys::Store& store, std::uint32_t misses) 
   std::uint64_t without = 0;
   for (std::uint32_t n = 0; n < misses; ++n) {
     for (int round = 0; round < 2; ++round) {
-      const std::uint64_t before = apikeys::detail::decoy_reads;
+      const std::uint64_t before = apikeys::detail::decoy_reads();
       CHECK_FALSE(store.find(public_key(1'000'000 + n)));
-      const std::uint64_t read = apikeys::detail::decoy_reads - before;
+      const std::uint64_t read = apikeys::detail::decoy_reads() - before;
       CHECK(read <= 1);
       if (read == 0) ++without;
     }
@@ -57,10 +57,10 @@ TEST_CASE("MemoryStore reads a decoy on every miss, sparse table included",
   CHECK(misses_without_decoy(store, 500) == 0);
 
   // A hit reads no decoy and still returns its own record.
-  const std::uint64_t before = apikeys::detail::decoy_reads;
+  const std::uint64_t before = apikeys::detail::decoy_reads();
   REQUIRE(store.find(public_key(1000)));
   CHECK(store.find(public_key(1000))->info.key_id == key_id(1000));
-  CHECK(apikeys::detail::decoy_reads == before);
+  CHECK(apikeys::detail::decoy_reads() == before);
 
   // One key left.
   REQUIRE(store.remove(alice, key_id(7)));
@@ -91,11 +91,11 @@ TEST_CASE("SqliteStore reads a decoy on every miss, deleted rowids and gaps incl
   CHECK(misses_without_decoy(store, 500) == 0);
 
   // A hit reads no decoy and still returns its own record.
-  const std::uint64_t before = apikeys::detail::decoy_reads;
+  const std::uint64_t before = apikeys::detail::decoy_reads();
   const auto hit = store.find(public_key(150));
   REQUIRE(hit);
   CHECK(hit->info.key_id == key_id(150));
-  CHECK(apikeys::detail::decoy_reads == before);
+  CHECK(apikeys::detail::decoy_reads() == before);
 
   // A reader opened now (a second store on the file) learns the table as it is.
   apikeys::SqliteStore other(dir.file("decoy.db"), options);

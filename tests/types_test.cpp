@@ -290,6 +290,7 @@ TEST_CASE("to_string names every enumerator", "[types]") {
   CHECK(std::string(apikeys::to_string(ErrorCode::busy)) == "busy");
   CHECK(std::string(apikeys::to_string(ErrorCode::storage)) == "storage");
   CHECK(std::string(apikeys::to_string(ErrorCode::crypto)) == "crypto");
+  CHECK(std::string(apikeys::to_string(ErrorCode::not_supported)) == "not_supported");
 
   CHECK(std::string(apikeys::to_string(KeyStatus::active)) == "active");
   CHECK(std::string(apikeys::to_string(KeyStatus::revoked)) == "revoked");

@@ -541,6 +541,7 @@ int exit_code_for(apikeys::ErrorCode code) noexcept {
     case apikeys::ErrorCode::busy:
     case apikeys::ErrorCode::storage:
     case apikeys::ErrorCode::crypto:
+    case apikeys::ErrorCode::not_supported:
       return kExitFailure;
   }
   return kExitFailure;

@@ -20,6 +20,11 @@ enum class ErrorCode {
   busy,              ///< The store is locked or timed out: the same call may succeed later.
   storage,           ///< The store failed (I/O, corruption, read-only, full disk...).
   crypto,            ///< The cryptographic library failed (CSPRNG, HMAC).
+  /// The backend cannot do this: a Store or Cache written against an older version of
+  /// its interface, reached through a newer operation whose default body cannot do the
+  /// job (see doc/extending.md), or a backend that refuses an operation by design.
+  /// Retrying will not help.
+  not_supported,
 };
 
 /// Returns a stable lower-case name for `code` ("invalid_argument", ...).
