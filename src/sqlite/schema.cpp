@@ -137,7 +137,9 @@ std::int64_t main_file_size(SQLite::Database& db) {
 
 }  // namespace
 
-Identity identify(SQLite::Database& db) {
+namespace {
+
+Identity identify_in_transaction(SQLite::Database& db) {
   Identity id;
   const auto app = static_cast<std::uint32_t>(db.execAndGet("PRAGMA application_id").getInt());
   id.version = user_version(db);
@@ -169,6 +171,16 @@ Identity identify(SQLite::Database& db) {
       "user_version {}",
       id.version);
   return id;
+}
+
+}  // namespace
+
+// Every read in one transaction: another connection's migration committing between two
+// reads would otherwise show a mix of states (no marker yet, the final user_version).
+Identity identify(SQLite::Database& db) {
+  if (sqlite3_get_autocommit(db.getHandle()) == 0) return identify_in_transaction(db);
+  SQLite::Transaction snapshot(db, SQLite::TransactionBehavior::DEFERRED);
+  return identify_in_transaction(db);  // the destructor ends the read transaction
 }
 
 void require_usable(const Identity& id, const std::string& path, bool may_initialise) {
@@ -226,8 +238,9 @@ bool wal_header(const std::string& path) {
 // (1) a WAL-mode file lacking its -wal or -shm is read as immutable: an ordinary
 //     connection would create them beside someone else's database, and a WAL file
 //     without a -wal holds every committed change in itself;
-// (2) anything else is read on an ordinary read-only connection, whose locks keep out
-//     half-written commits and which creates nothing beside a rollback journal;
+// (2) anything else is read on an ordinary read-only connection, in one read
+//     transaction, whose locks keep out half-written commits and which creates nothing
+//     beside a rollback journal;
 // (3) a stale view only decides whether to go on: whatever writes identifies the file
 //     again, under the write lock (migrate()).
 Identity identify_read_only(const std::string& path, const SqliteStoreOptions& options) {
