@@ -20,25 +20,24 @@ enum class HexCase { lower, upper };
 inline constexpr char kHexLower[] = "0123456789abcdef";
 inline constexpr char kHexUpper[] = "0123456789ABCDEF";
 
-// The value of each byte as a hex digit, kNotHex for any other byte: one load per
-// character, and no branch on it (Uuid::parse runs on every record a store reads; the
-// CLI decodes the pepper with it).
-inline constexpr std::uint8_t kNotHex = 0xFF;
-inline constexpr std::array<std::uint8_t, 256> kHexValues = [] {
-  std::array<std::uint8_t, 256> t{};
-  for (auto& v : t) v = kNotHex;
-  for (std::size_t i = 0; i < 10; ++i) t['0' + i] = static_cast<std::uint8_t>(i);
-  for (std::size_t i = 0; i < 6; ++i) {
-    t['a' + i] = static_cast<std::uint8_t>(10 + i);
-    t['A' + i] = static_cast<std::uint8_t>(10 + i);
-  }
-  return t;
-}();
+// The value of hex digit `c` (0-15), or a value of 16 or more when `c` is not one.
+// Arithmetic only, no table and no branch: neither the time nor the memory touched
+// depends on `c`, so a secret's digits (the CLI's pepper) leak nothing to a cache-timing
+// observer.
+constexpr unsigned hex_digit_value(unsigned char c) noexcept {
+  const unsigned digit = static_cast<unsigned>(c) - '0';             // 0-9 for '0'-'9'
+  const unsigned letter = (static_cast<unsigned>(c) | 0x20u) - 'a';  // 0-5 for a-f, A-F
+  // All ones when the value is below the bound (the subtraction wraps), else zero.
+  const unsigned is_digit = 0u - (((digit - 10u) >> 31) & ~(digit >> 31) & 1u);
+  const unsigned is_letter = 0u - (((letter - 6u) >> 31) & ~(letter >> 31) & 1u);
+  const unsigned value = (digit & is_digit) | ((letter + 10u) & is_letter);
+  return value | (~(is_digit | is_letter) & 16u);
+}
 
-// The value of hex digit `c` (either case), or -1.
+// The value of hex digit `c`, or -1 when it is not one.
 constexpr int hex_value(char c) noexcept {
-  const std::uint8_t v = kHexValues[static_cast<unsigned char>(c)];
-  return v == kNotHex ? -1 : v;
+  const unsigned v = hex_digit_value(static_cast<unsigned char>(c));
+  return v < 16 ? static_cast<int>(v) : -1;
 }
 
 // Writes the 2 * n hex digits of the n bytes at `bytes` to `out` (no terminating NUL).
@@ -62,22 +61,24 @@ inline std::string hex_encode(std::string_view bytes, HexCase letters = HexCase:
 
 // Decodes `hex` into hex.size() / 2 bytes at `out`. False, with `out` partly written,
 // when the length is odd or any character is not a hex digit. Reads every digit
-// whatever it finds (no early exit), so the time taken does not depend on the data.
+// whatever it finds (no early exit, no table lookup), so neither the time taken nor the
+// memory touched depends on the data.
 // REQUIRES: `out` has room for hex.size() / 2 bytes.
 inline bool hex_decode(std::string_view hex, void* out) noexcept {
   if (hex.size() % 2 != 0) return false;
   auto* bytes = static_cast<unsigned char*>(out);
   unsigned bad = 0;
   for (std::size_t i = 0; i < hex.size() / 2; ++i) {
-    const std::uint8_t hi = kHexValues[static_cast<unsigned char>(hex[2 * i])];
-    const std::uint8_t lo = kHexValues[static_cast<unsigned char>(hex[2 * i + 1])];
-    bad |= static_cast<unsigned>(hi | lo) & 0xF0u;
+    const unsigned hi = hex_digit_value(static_cast<unsigned char>(hex[2 * i]));
+    const unsigned lo = hex_digit_value(static_cast<unsigned char>(hex[2 * i + 1]));
+    bad |= (hi | lo) & 0xF0u;
     bytes[i] = static_cast<unsigned char>((hi << 4) | (lo & 0x0F));
   }
   return bad == 0;
 }
 
 // The bytes `hex` encodes, or nullopt when it is not hex (odd length, a non-hex digit).
+// Never for secrets: the result is an ordinary std::string that nobody wipes.
 inline std::optional<std::string> hex_decode(std::string_view hex) {
   std::string out(hex.size() / 2, '\0');
   if (!hex_decode(hex, out.data())) return std::nullopt;

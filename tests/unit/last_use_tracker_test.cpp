@@ -18,7 +18,7 @@
 #include <malloc.h>
 #endif
 
-#include "../src/last_use_tracker.hpp"
+#include "../../src/last_use_tracker.hpp"
 #include "apikeys/clock.hpp"
 #include "apikeys/store.hpp"
 #include "apikeys/types.hpp"

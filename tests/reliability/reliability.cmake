@@ -9,21 +9,23 @@
 # The child process of the crash test: creates keys in a SqliteStore and reports each
 # one on stdout once create() has returned. A separate program, so the (multi-threaded)
 # test process only ever fork()s to exec() it.
-add_executable(apikeys_crash_child crash_child.cpp)
+add_executable(apikeys_crash_child reliability/crash_child.cpp)
 target_link_libraries(apikeys_crash_child PRIVATE apikeys::apikeys Threads::Threads)
-target_include_directories(apikeys_crash_child PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
+target_include_directories(apikeys_crash_child PRIVATE ${APIKEYS_TEST_INCLUDE_DIRS}
+  ${CMAKE_CURRENT_SOURCE_DIR}/reliability)
 apikeys_set_warnings(apikeys_crash_child)
 
 add_executable(apikeys_reliability_tests
-  crash_test.cpp
-  fault_test.cpp
-  hostile_input_test.cpp
-  secrets_test.cpp
-  stress_test.cpp
+  reliability/crash_test.cpp
+  reliability/fault_test.cpp
+  reliability/hostile_input_test.cpp
+  reliability/secrets_test.cpp
+  reliability/stress_test.cpp
 )
 target_link_libraries(apikeys_reliability_tests PRIVATE apikeys::apikeys Catch2::Catch2WithMain
   Threads::Threads SQLite::SQLite3)
-target_include_directories(apikeys_reliability_tests PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
+target_include_directories(apikeys_reliability_tests PRIVATE ${APIKEYS_TEST_INCLUDE_DIRS}
+  ${CMAKE_CURRENT_SOURCE_DIR}/reliability)
 apikeys_set_warnings(apikeys_reliability_tests)
 target_compile_definitions(apikeys_reliability_tests PRIVATE
   "APIKEYS_CRASH_CHILD_PATH=\"$<TARGET_FILE:apikeys_crash_child>\"")

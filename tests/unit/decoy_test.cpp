@@ -13,7 +13,7 @@
 #include "test_support.hpp"
 
 #if defined(APIKEYS_STATIC_DEFINE)
-#include "../src/decoy_reads.hpp"
+#include "../../src/decoy_reads.hpp"
 
 namespace {
 

@@ -27,7 +27,7 @@
 #include "apikeys/types.hpp"
 #include "temp_dir.hpp"
 
-#include "../src/hex.hpp"
+#include "../../src/hex.hpp"
 
 namespace apikeys_test {
 

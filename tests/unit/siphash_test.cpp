@@ -2,7 +2,7 @@
 #include <cstdint>
 #include <string>
 
-#include "../src/siphash.hpp"
+#include "../../src/siphash.hpp"
 #include "catch.hpp"
 
 namespace {

@@ -8,7 +8,7 @@
 
 #include "catch.hpp"
 
-#include "../src/hex.hpp"
+#include "../../src/hex.hpp"
 
 using apikeys::detail::hex_decode;
 using apikeys::detail::hex_encode;

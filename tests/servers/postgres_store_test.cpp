@@ -39,7 +39,7 @@
 #include "store_contract.hpp"
 #include "test_support.hpp"
 
-#include "../src/hex.hpp"
+#include "../../src/hex.hpp"
 
 using apikeys::ErrorCode;
 using apikeys::ValidationCode;

@@ -12,34 +12,36 @@ set(_apikeys_server_sources)
 set(_apikeys_server_includes)
 set(_apikeys_server_links)
 if(APIKEYS_WITH_POSTGRES)
-  list(APPEND _apikeys_server_sources postgres_store_test.cpp)
+  list(APPEND _apikeys_server_sources servers/postgres_store_test.cpp)
   # The tests use libpq directly to drop the schemas they made.
   list(APPEND _apikeys_server_includes ${_apikeys_pq_include})
   list(APPEND _apikeys_server_links ${_apikeys_pq_link})
 endif()
 if(APIKEYS_WITH_REDIS)
-  list(APPEND _apikeys_server_sources redis_cache_test.cpp)
+  list(APPEND _apikeys_server_sources servers/redis_cache_test.cpp)
   # And hiredis directly to look inside Redis.
   list(APPEND _apikeys_server_includes ${APIKEYS_HIREDIS_INCLUDE_DIRS})
   list(APPEND _apikeys_server_links ${APIKEYS_HIREDIS_LINK_LIBRARIES})
 endif()
 if(APIKEYS_WITH_POSTGRES AND APIKEYS_WITH_REDIS)
-  list(APPEND _apikeys_server_sources revocation_servers_test.cpp)
+  list(APPEND _apikeys_server_sources servers/revocation_servers_test.cpp)
   # Node A of the two-process revocation test.
-  add_executable(apikeys_revoke_node revoke_node.cpp)
+  add_executable(apikeys_revoke_node servers/revoke_node.cpp)
   target_link_libraries(apikeys_revoke_node PRIVATE apikeys::apikeys Threads::Threads)
-  target_include_directories(apikeys_revoke_node PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
+  target_include_directories(apikeys_revoke_node PRIVATE ${APIKEYS_TEST_INCLUDE_DIRS}
+  ${CMAKE_CURRENT_SOURCE_DIR}/servers)
   apikeys_set_warnings(apikeys_revoke_node)
 endif()
 
 # alloc_probe.cpp replaces the program's operator new and delete (allocation failures,
 # unwiped frees): this program only.
-add_executable(apikeys_server_tests ${_apikeys_server_sources} alloc_probe.cpp)
+add_executable(apikeys_server_tests ${_apikeys_server_sources}
+  support/alloc_probe.cpp)
 target_link_libraries(apikeys_server_tests PRIVATE apikeys::apikeys Catch2::Catch2WithMain Threads::Threads
   ${_apikeys_server_links})
 # src: white-box checks of the record description (src/record_fields.hpp).
-target_include_directories(apikeys_server_tests PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}
-  ${PROJECT_SOURCE_DIR}/src)
+target_include_directories(apikeys_server_tests PRIVATE ${APIKEYS_TEST_INCLUDE_DIRS}
+  ${CMAKE_CURRENT_SOURCE_DIR}/servers ${PROJECT_SOURCE_DIR}/src)
 target_include_directories(apikeys_server_tests SYSTEM PRIVATE ${_apikeys_server_includes})
 apikeys_set_warnings(apikeys_server_tests)
 if(TARGET apikeys_revoke_node)

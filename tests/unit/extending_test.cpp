@@ -15,7 +15,7 @@
 #include "test_support.hpp"
 
 #define APIKEYS_EXAMPLE_STORE_ONLY
-#include "../examples/custom_store.cpp"
+#include "../../examples/custom_store.cpp"
 
 namespace {
 

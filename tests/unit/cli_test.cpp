@@ -31,7 +31,7 @@
 #include "process_support.hpp"
 #include "temp_dir.hpp"
 
-#include "../src/hex.hpp"
+#include "../../src/hex.hpp"
 
 namespace {
 

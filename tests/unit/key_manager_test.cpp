@@ -22,7 +22,7 @@
 #include "catch.hpp"
 #include "test_support.hpp"
 
-#include "../src/hex.hpp"
+#include "../../src/hex.hpp"
 
 using apikeys::CreatedKey;
 using apikeys::CreateRequest;
