@@ -147,32 +147,38 @@ class CondVar {
   CondVar& operator=(const CondVar&) = delete;
 
   void wait(Mutex& mu) APIKEYS_REQUIRES(mu) {
-    std::unique_lock<std::mutex> lock(mu.mu_, std::adopt_lock);
-    cv_.wait(lock);
-    lock.release();
+    Adopted lock(mu);
+    cv_.wait(lock.lock);
   }
   // Returns false when the deadline passed without a notification.
   template <class Clock, class Duration>
   bool wait_until(Mutex& mu, const std::chrono::time_point<Clock, Duration>& deadline)
       APIKEYS_REQUIRES(mu) {
-    std::unique_lock<std::mutex> lock(mu.mu_, std::adopt_lock);
-    const bool notified = cv_.wait_until(lock, deadline) == std::cv_status::no_timeout;
-    lock.release();
-    return notified;
+    Adopted lock(mu);
+    return cv_.wait_until(lock.lock, deadline) == std::cv_status::no_timeout;
   }
   // Returns false when the timeout passed without a notification.
   template <class Rep, class Period>
   bool wait_for(Mutex& mu, const std::chrono::duration<Rep, Period>& timeout)
       APIKEYS_REQUIRES(mu) {
-    std::unique_lock<std::mutex> lock(mu.mu_, std::adopt_lock);
-    const bool notified = cv_.wait_for(lock, timeout) == std::cv_status::no_timeout;
-    lock.release();
-    return notified;
+    Adopted lock(mu);
+    return cv_.wait_for(lock.lock, timeout) == std::cv_status::no_timeout;
   }
   void signal() { cv_.notify_one(); }
   void signal_all() { cv_.notify_all(); }
 
  private:
+  // Lends the caller's held mutex to a wait and gives it back on every exit, a throw
+  // included (a wait that throws has locked the mutex again): the caller's MutexLock
+  // stays the only owner.
+  struct Adopted {
+    explicit Adopted(Mutex& mu) : lock(mu.mu_, std::adopt_lock) {}
+    ~Adopted() { lock.release(); }
+    Adopted(const Adopted&) = delete;
+    Adopted& operator=(const Adopted&) = delete;
+    std::unique_lock<std::mutex> lock;
+  };
+
   std::condition_variable cv_;
 };
 
