@@ -26,12 +26,12 @@ namespace apikeys {
 ///     roll out readers first, or bump the Redis verdict layout version
 ///     (doc/redis-cache.md, "Verdict encoding").
 ///  4. MemoryCache keeps the code in one byte of its slot: nothing to do below 256.
-///  5. Callers that map codes: the CLI's `verify` exit status (tools/main.cpp: only
+///  5. Callers that map codes: the CLI's `verify` exit status (tools/cli.cpp: only
 ///     `error` is a failure to check, every other non-valid code is a rejection) and
 ///     the HTTP example (every non-valid code is a 401; none says why).
 ///  6. The Validator (src/validator.cpp), if it is to answer the new code, and the TTL
 ///     it caches it for (a ValidatorOptions field with its default).
-///  7. Tests: tests/types_test.cpp (names, stable values), the cache contract suite.
+///  7. Tests: tests/unit/types_test.cpp (names, stable values), the cache contract suite.
 ///  8. CHANGELOG.md, and README.md where it lists codes (the CLI's exit statuses).
 enum class ValidationCode : std::uint8_t {
   valid = 0,
