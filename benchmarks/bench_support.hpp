@@ -110,7 +110,7 @@ struct CpuSample {
 [[nodiscard]] double percentile_sorted(const std::vector<std::int64_t>& sorted, double q);
 
 /// A fresh directory under the system temp dir, removed with its contents at the end:
-/// the tests' TempDir (tests/temp_dir.hpp), named "apikeys-bench-XXXXXX".
+/// the tests' TempDir (tests/support/temp_dir.hpp), named "apikeys-bench-XXXXXX".
 class TempDir : public apikeys_test::TempDir {
  public:
   TempDir() : apikeys_test::TempDir("apikeys-bench") {}

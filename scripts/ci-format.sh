@@ -2,7 +2,7 @@
 # Checks that every tracked C++ file (src/, include/, tools/, tests/, benchmarks/,
 # examples/) is formatted as .clang-format says: clang-format-14 --dry-run --Werror.
 # Fails on any difference and lists the files that differ, with the first lines of
-# clang-format's findings. Excluded: tests/catch.hpp (kept as the Catch2 shim it is).
+# clang-format's findings. Excluded: tests/support/catch.hpp (kept as the Catch2 shim it is).
 #   scripts/ci-format.sh          check
 #   scripts/ci-format.sh --fix    reformat those files in place (then review the diff)
 set -euo pipefail
@@ -19,7 +19,7 @@ bash scripts/deps.sh clang-format-14
 
 mapfile -t files < <(git ls-files -- '*.cpp' '*.hpp' '*.h' '*.cc' |
   grep -E '^(src|include|tools|tests|benchmarks|examples)/' |
-  grep -v -x -E 'tests/catch\.hpp')
+  grep -v -x -E 'tests/support/catch\.hpp')
 [[ ${#files[@]} -gt 0 ]] || { echo "ci-format: no C++ files found" >&2; exit 1; }
 
 if [[ $fix -eq 1 ]]; then

@@ -9,7 +9,7 @@
 #   scripts/ci-sanitizers.sh             both presets
 #   scripts/ci-sanitizers.sh tsan        just one
 # Env: JOBS (build and test parallelism, default 2), APIKEYS_STRESS_SCALE (percent of
-# the stress tests' operation counts, default 100; see tests/stress_test.cpp).
+# the stress tests' operation counts, default 100; see tests/reliability/stress_test.cpp).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

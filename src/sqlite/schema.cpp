@@ -21,7 +21,7 @@ namespace {
 
 // The migration steps (doc/sqlite-store.md, rules 19 and 20):
 // (1) step `to` moves the schema from version `to - 1` to `to`;
-// (2) append-only: a released step is never edited (tests/sqlite_store_test.cpp pins
+// (2) append-only: a released step is never edited (tests/unit/sqlite_store_test.cpp pins
 //     versions 1 and 2, and rule 17 compares files with them);
 // (3) the key columns a step adds are those of src/record_fields.hpp, with its
 //     sqlite_type (a test compares the two).

@@ -621,7 +621,7 @@ TEST_CASE("cli: no block the CLI frees holds a secret or the pepper", "[cli]") {
   const std::string pepper_file = dir.file("pepper.hex");
   std::ofstream(pepper_file) << kPepperHex << "\n";
 
-  // Runs the CLI under the hook (tests/secret_free_hook.cpp), which lists in `report`
+  // Runs the CLI under the hook (tests/support/secret_free_hook.cpp), which lists in `report`
   // every freed block holding "sk_" + 32 base62 characters or the pepper's hex.
   auto run_hooked = [&](const std::string& what, const std::vector<std::string>& args, int expected_code,
                         const std::string& input = "") {
