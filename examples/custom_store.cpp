@@ -5,7 +5,7 @@
 // main() drives it through a KeyManager and checks a few contract points directly; the
 // tests also run the library's full Store contract suite on it (examples/CMakeLists.txt)
 // and check that a store of this shape keeps working as the interface grows
-// (tests/extending_test.cpp, doc/extending.md).
+// (tests/unit/extending_test.cpp, doc/extending.md).
 // Returns 0 when everything behaves as documented, 1 otherwise.
 #include <algorithm>
 #include <cstdint>
@@ -116,7 +116,7 @@ class MapStore final : public apikeys::Store {
 }  // namespace
 
 #if defined(APIKEYS_EXAMPLE_STORE_ONLY)
-// MapStore alone, for a test that includes this file (tests/extending_test.cpp).
+// MapStore alone, for a test that includes this file (tests/unit/extending_test.cpp).
 #elif !defined(APIKEYS_EXAMPLE_STORE_CONTRACT)
 namespace {
 
