@@ -62,12 +62,12 @@ namespace {
 
 struct Config {
   bool quick = false;
-  std::size_t store_keys = 100'000;      // cold paths, floors over SQLite
-  std::size_t hit_keys = 10'000;         // cache-hit path, map floor
-  std::size_t big_keys = 1'000'000;      // SQLite scaling
+  std::size_t store_keys = 100'000;  // cold paths, floors over SQLite
+  std::size_t hit_keys = 10'000;     // cache-hit path, map floor
+  std::size_t big_keys = 1'000'000;  // SQLite scaling
   std::size_t memory_entries = 1'000'000;
   int reps = 5;
-  double min_time = 0.5;                 // seconds per Google Benchmark repetition
+  double min_time = 0.5;  // seconds per Google Benchmark repetition
   std::size_t thread_ops_hit = 1'000'000;
   std::size_t thread_ops_cold = 200'000;
   std::size_t latency_calls_hit = 500'000;
@@ -227,14 +227,16 @@ bool hmac_evp_mac(const Floors& f, std::string_view msg, unsigned char* out) {
   std::size_t len = 0;
   // A null key re-initialises with the key set once at setup.
   return EVP_MAC_init(f.mac_ctx, nullptr, 0, nullptr) == 1 &&
-         EVP_MAC_update(f.mac_ctx, reinterpret_cast<const unsigned char*>(msg.data()), msg.size()) == 1 &&
+         EVP_MAC_update(f.mac_ctx, reinterpret_cast<const unsigned char*>(msg.data()),
+                        msg.size()) == 1 &&
          EVP_MAC_final(f.mac_ctx, out, &len, 32) == 1 && len == 32;
 }
 
 bool hmac_oneshot(std::string_view msg, unsigned char* out) {
   unsigned int len = 0;
   return HMAC(EVP_sha256(), ab::kPepper.data(), static_cast<int>(ab::kPepper.size()),
-              reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), out, &len) != nullptr &&
+              reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), out,
+              &len) != nullptr &&
          len == 32;
 }
 
@@ -261,8 +263,8 @@ struct World {
   const Config& cfg;
   ab::TempDir tmp;
   std::shared_ptr<apikeys::HmacSha256Hasher> hasher;
-  ab::KeySet keys;    // store_keys; the last 1 % revoked
-  ab::KeySet absent;  // in no store
+  ab::KeySet keys;              // store_keys; the last 1 % revoked
+  ab::KeySet absent;            // in no store
   std::vector<char> malformed;  // right length, one character outside base62
   std::vector<apikeys::Digest> digests;
   std::size_t valid_count = 0;
@@ -437,7 +439,8 @@ void World::build_floors() {
          "prepare SQLite floor");
   std::uint64_t sink = 0;
   std::size_t found = 0;
-  for (std::size_t i = 0; i < valid_count; ++i) found += sqlite_floor_select(f, keys.public_key(i), sink);
+  for (std::size_t i = 0; i < valid_count; ++i)
+    found += sqlite_floor_select(f, keys.public_key(i), sink);
   expect(found == valid_count, "SQLite floor finds every key");
 }
 
@@ -498,7 +501,8 @@ void register_benchmarks(World& w) {
       benchmark::DoNotOptimize(out);
     }
   })->Unit(ns);
-  benchmark::RegisterBenchmark("floor/hmac_evp_mac_reused", [world, keys, n_hit](benchmark::State& st) {
+  benchmark::RegisterBenchmark("floor/hmac_evp_mac_reused", [world, keys,
+                                                             n_hit](benchmark::State& st) {
     ab::Rng rng(1);
     unsigned char out[32];
     for (auto _ : st) {
@@ -506,7 +510,8 @@ void register_benchmarks(World& w) {
       benchmark::DoNotOptimize(out);
     }
   })->Unit(ns);
-  benchmark::RegisterBenchmark("floor/hmac_precomputed", [world, keys, n_hit](benchmark::State& st) {
+  benchmark::RegisterBenchmark("floor/hmac_precomputed", [world, keys,
+                                                          n_hit](benchmark::State& st) {
     ab::Rng rng(1);
     unsigned char out[32];
     for (auto _ : st) {
@@ -539,7 +544,8 @@ void register_benchmarks(World& w) {
 
   // Not floors of a path, but what explains them: the same select inside one long read
   // transaction (no per-statement locking), and one bare system call.
-  benchmark::RegisterBenchmark("floor/sqlite_select_in_txn", [world, keys, n_valid](benchmark::State& st) {
+  benchmark::RegisterBenchmark("floor/sqlite_select_in_txn", [world, keys,
+                                                              n_valid](benchmark::State& st) {
     ab::Rng rng(1);
     std::uint64_t sink = 0;
     std::size_t missing = 0;
@@ -574,21 +580,24 @@ void register_benchmarks(World& w) {
     }
     if (missing != 0) st.SkipWithError("cache missed");
   })->Unit(ns);
-  benchmark::RegisterBenchmark("part/memory_store_find", [world, keys, n_valid](benchmark::State& st) {
+  benchmark::RegisterBenchmark("part/memory_store_find", [world, keys,
+                                                          n_valid](benchmark::State& st) {
     ab::Rng rng(1);
     for (auto _ : st) {
       const auto r = world->memory->find(keys->public_key(rng.below(n_valid)));
       benchmark::DoNotOptimize(r);
     }
   })->Unit(ns);
-  benchmark::RegisterBenchmark("part/memory_store_find_miss", [world, absent, n_absent](benchmark::State& st) {
+  benchmark::RegisterBenchmark("part/memory_store_find_miss", [world, absent,
+                                                               n_absent](benchmark::State& st) {
     ab::Rng rng(1);
     for (auto _ : st) {
       const auto r = world->memory->find(absent->public_key(rng.below(n_absent)));
       benchmark::DoNotOptimize(r);
     }
   })->Unit(ns);
-  benchmark::RegisterBenchmark("part/sqlite_store_find", [world, keys, n_valid](benchmark::State& st) {
+  benchmark::RegisterBenchmark("part/sqlite_store_find", [world, keys,
+                                                          n_valid](benchmark::State& st) {
     ab::Rng rng(1);
     for (auto _ : st) {
       const auto r = world->sqlite->find(keys->public_key(rng.below(n_valid)));
@@ -613,7 +622,8 @@ void register_benchmarks(World& w) {
     return std::make_pair(keys->public_key(i), keys->secret(i));
   };
   auto wrong_secret = [keys, absent, n_valid, n_absent](ab::Rng& rng) {
-    return std::make_pair(keys->public_key(rng.below(n_valid)), absent->secret(rng.below(n_absent)));
+    return std::make_pair(keys->public_key(rng.below(n_valid)),
+                          absent->secret(rng.below(n_absent)));
   };
   auto not_found = [absent, n_absent](ab::Rng& rng) {
     const std::uint32_t i = rng.below(n_absent);
@@ -640,12 +650,13 @@ void register_benchmarks(World& w) {
   if (w.big_cold) {
     const auto n_big = static_cast<std::uint32_t>(w.big_valid);
     const ab::KeySet* big = &w.big_keys;
-    register_validate("validate/sqlite_cold_big/valid", w.big_cold.get(),
-                      [big, n_big](ab::Rng& rng) {
-                        const std::uint32_t i = rng.below(n_big);
-                        return std::make_pair(big->public_key(i), big->secret(i));
-                      },
-                      ValidationCode::valid, std::to_string(big->size) + " keys")
+    register_validate(
+        "validate/sqlite_cold_big/valid", w.big_cold.get(),
+        [big, n_big](ab::Rng& rng) {
+          const std::uint32_t i = rng.below(n_big);
+          return std::make_pair(big->public_key(i), big->secret(i));
+        },
+        ValidationCode::valid, std::to_string(big->size) + " keys")
         ->Unit(ns);
   }
 
@@ -653,7 +664,8 @@ void register_benchmarks(World& w) {
   const auto accounts = static_cast<std::uint32_t>(w.keys.size / ab::kKeysPerAccount);
   for (const auto& [store, m] : {std::make_pair(std::string("sqlite"), w.sqlite_manager.get()),
                                  std::make_pair(std::string("memory"), w.memory_manager.get())}) {
-    benchmark::RegisterBenchmark(("list/" + store + "_100").c_str(), [m, accounts](benchmark::State& st) {
+    benchmark::RegisterBenchmark(("list/" + store + "_100").c_str(), [m, accounts](
+                                                                         benchmark::State& st) {
       ab::Rng rng(1);
       std::size_t bad = 0;
       for (auto _ : st) {
@@ -707,7 +719,8 @@ void memory_section(const Config& cfg, Results& res) {
     res.value["memory/cache_entries"] = held;
     res.value["memory/cache_bytes_per_verdict"] =
         static_cast<double>(ab::heap_bytes_in_use() - heap0) / held;
-    res.value["memory/cache_rss_per_verdict"] = (static_cast<double>(ab::rss_bytes()) - static_cast<double>(rss0)) / held;
+    res.value["memory/cache_rss_per_verdict"] =
+        (static_cast<double>(ab::rss_bytes()) - static_cast<double>(rss0)) / held;
   }
   malloc_trim(0);
   {
@@ -719,7 +732,8 @@ void memory_section(const Config& cfg, Results& res) {
     res.value["memory/store_keys"] = held;
     res.value["memory/store_bytes_per_key"] =
         static_cast<double>(ab::heap_bytes_in_use() - heap0) / held;
-    res.value["memory/store_rss_per_key"] = (static_cast<double>(ab::rss_bytes()) - static_cast<double>(rss0)) / held;
+    res.value["memory/store_rss_per_key"] =
+        (static_cast<double>(ab::rss_bytes()) - static_cast<double>(rss0)) / held;
   }
   malloc_trim(0);
 }
@@ -729,7 +743,7 @@ void memory_section(const Config& cfg, Results& res) {
 
 struct Throughput {
   double per_s = 0;
-  double process_cores = 0;  // CPU seconds this process used per wall second
+  double process_cores = 0;       // CPU seconds this process used per wall second
   double machine_busy_cores = 0;  // the same for the whole machine (every process)
 };
 
@@ -805,9 +819,10 @@ void threads_section(const Config& cfg, const World& w, Results& res) {
       series["two_machine_busy_cores"].push_back(t2.machine_busy_cores);
       // Validations per CPU-second of two threads over one (1.0: the code itself scales).
       series["cpu_efficiency_two_vs_one"].push_back((t2.per_s / t2.process_cores) /
-                                               (t1.per_s / t1.process_cores));
+                                                    (t1.per_s / t1.process_cores));
     }
-    if (bad != 0) res.errors.push_back("threads " + c.name + ": " + std::to_string(bad) + " not valid");
+    if (bad != 0)
+      res.errors.push_back("threads " + c.name + ": " + std::to_string(bad) + " not valid");
     for (const auto& [k, v] : series) res.value["threads/" + c.name + "/" + k] = ab::median(v);
   }
 }
@@ -888,17 +903,20 @@ void latency_section(const Config& cfg, const World& w, Results& res) {
         Percentiles p{};
         {
           apikeys::Validator v(w.sqlite, w.hasher, o);
-          p = latency_run(v, w.keys, c.key_count, c.calls, 77 + static_cast<std::uint64_t>(r), buf, bad);
+          p = latency_run(v, w.keys, c.key_count, c.calls, 77 + static_cast<std::uint64_t>(r), buf,
+                          bad);
         }
         const std::string tag = writer ? "on" : "off";
         series[tag + "/p50"].push_back(p.p50);
         series[tag + "/p99"].push_back(p.p99);
         series[tag + "/p999"].push_back(p.p999);
-        if (writer) written.push_back(static_cast<double>(rows_used_since(w.sqlite_path, start_ms)));
+        if (writer)
+          written.push_back(static_cast<double>(rows_used_since(w.sqlite_path, start_ms)));
         ab::checkpoint(w.sqlite_path);
       }
     }
-    if (bad != 0) res.errors.push_back("latency " + c.name + ": " + std::to_string(bad) + " not valid");
+    if (bad != 0)
+      res.errors.push_back("latency " + c.name + ": " + std::to_string(bad) + " not valid");
     for (const auto& [k, v] : series) res.value["latency/" + c.name + "/" + k] = ab::median(v);
     res.value["latency/" + c.name + "/rows_written"] = ab::median(written);
   }
@@ -929,8 +947,8 @@ std::vector<Target> targets(const Results& r) {
       {"not_found_vs_wrong_secret_sqlite", spread("sqlite"), 1.15, false},
       {"two_threads_hit", r.get("threads/hit/ratio"), 1.7, true},
       {"two_threads_sqlite_cold", r.get("threads/sqlite_cold/ratio"), 1.5, true},
-      {"p99_writer_on_vs_off_hit",
-       r.get("latency/hit/on/p99") / r.get("latency/hit/off/p99"), 1.3, false},
+      {"p99_writer_on_vs_off_hit", r.get("latency/hit/on/p99") / r.get("latency/hit/off/p99"), 1.3,
+       false},
       {"p99_writer_on_vs_off_sqlite_cold",
        r.get("latency/sqlite_cold/on/p99") / r.get("latency/sqlite_cold/off/p99"), 1.3, false},
       {"cache_bytes_per_verdict", r.get("memory/cache_bytes_per_verdict"), 200, false},
@@ -1023,7 +1041,8 @@ std::string utc_now() {
 
 void print_summary(const Results& r) {
   std::printf("\nSUMMARY (medians; Google Benchmark rows: thread CPU time and wall time per op)\n");
-  std::printf("| measurement | cpu ns/op | real ns/op | ops/s (cpu) | note |\n|---|---:|---:|---:|---|\n");
+  std::printf(
+      "| measurement | cpu ns/op | real ns/op | ops/s (cpu) | note |\n|---|---:|---:|---:|---|\n");
   for (const auto& [name, t] : r.bench) {
     std::printf("| %s | %.1f | %.1f | %.0f | %s |\n", name.c_str(), t.cpu_ns, t.real_ns,
                 1e9 / t.cpu_ns, t.label.c_str());
@@ -1039,8 +1058,8 @@ int print_targets(const Results& r, bool quick) {
   int pass = 0;
   int total = 0;
   for (const Target& t : targets(r)) {
-    const bool ok = std::isfinite(t.measured) &&
-                    (t.at_least ? t.measured >= t.limit : t.measured <= t.limit);
+    const bool ok =
+        std::isfinite(t.measured) && (t.at_least ? t.measured >= t.limit : t.measured <= t.limit);
     ++total;
     pass += ok;
     std::printf("TARGET %s ratio=%.3f limit=%g %s\n", t.name.c_str(), t.measured, t.limit,
@@ -1114,9 +1133,10 @@ int main(int argc, char** argv) {
   std::printf("apikeys_bench %s mode | %s | nproc %ld | %s | load %s\n",
               cfg.quick ? "quick" : "full", utc_now().c_str(), sysconf(_SC_NPROCESSORS_ONLN),
               cpu_model().c_str(), load_average().c_str());
-  std::printf("sizes: store %zu keys (1%% revoked), hit %zu keys, scale %zu keys, memory %zu "
-              "entries; %d repetitions\n",
-              cfg.store_keys, cfg.hit_keys, cfg.big_keys, cfg.memory_entries, cfg.reps);
+  std::printf(
+      "sizes: store %zu keys (1%% revoked), hit %zu keys, scale %zu keys, memory %zu "
+      "entries; %d repetitions\n",
+      cfg.store_keys, cfg.hit_keys, cfg.big_keys, cfg.memory_entries, cfg.reps);
   std::fflush(stdout);
 
   const auto started = Clock::now();

@@ -54,7 +54,8 @@ KeySet make_keys(const apikeys::Hasher& hasher) {
   apikeys::CsprngKeyGenerator gen;
   const apikeys::KeyFormat format;
   const apikeys::Uuid account = apikeys::Uuid::random();
-  const auto now = apikeys::from_unix_millis(apikeys::to_unix_millis(std::chrono::system_clock::now()));
+  const auto now =
+      apikeys::from_unix_millis(apikeys::to_unix_millis(std::chrono::system_clock::now()));
   for (std::size_t i = 0; i < kKeys; ++i) {
     apikeys::KeyPair pair = gen.generate(format);
     apikeys::KeyRecord r;
@@ -73,7 +74,7 @@ KeySet make_keys(const apikeys::Hasher& hasher) {
 apikeys::ValidatorOptions plain_options(std::shared_ptr<apikeys::Cache> cache) {
   apikeys::ValidatorOptions o;
   o.cache = std::move(cache);
-  o.record_last_use = false;                              // reads only
+  o.record_last_use = false;                                // reads only
   o.revision_poll_interval = std::chrono::milliseconds(0);  // no background reads
   return o;
 }
@@ -108,7 +109,8 @@ int main(int argc, char** argv) {
   const KeySet ks = make_keys(*hasher);
 
   // SQLite, cold: a file on local disk (page cache warm after the first pass).
-  const auto dir = std::filesystem::temp_directory_path() / ("apikeys-bench-servers-" + std::to_string(::getpid()));
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("apikeys-bench-servers-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   apikeys::SqliteStoreOptions sqo;
   sqo.durable = false;
@@ -116,8 +118,10 @@ int main(int argc, char** argv) {
   for (const auto& r : ks.records) sqlite->insert(r);
   auto sqlite_cold = std::make_unique<apikeys::Validator>(sqlite, hasher, plain_options(nullptr));
   for (int threads : {1, 4}) {
-    benchmark::RegisterBenchmark("validate/cold/sqlite", [&](benchmark::State& s) { validate_loop(s, *sqlite_cold, ks); })
-        ->Threads(threads)->UseRealTime();
+    benchmark::RegisterBenchmark("validate/cold/sqlite",
+                                 [&](benchmark::State& s) { validate_loop(s, *sqlite_cold, ks); })
+        ->Threads(threads)
+        ->UseRealTime();
   }
 
   const auto pg = env("APIKEYS_TEST_PG");
@@ -132,7 +136,8 @@ int main(int argc, char** argv) {
   PGconn* pg_floor = nullptr;
   redisContext* redis_floor = nullptr;
   if (!pg) {
-    std::cerr << "apikeys_bench_servers: APIKEYS_TEST_PG not set: PostgreSQL and Redis benchmarks skipped\n";
+    std::cerr
+        << "apikeys_bench_servers: APIKEYS_TEST_PG not set: PostgreSQL and Redis benchmarks skipped\n";
   } else {
     apikeys::PostgresStoreOptions po;
     po.schema = schema;
@@ -141,8 +146,10 @@ int main(int argc, char** argv) {
     for (const auto& r : ks.records) postgres->insert(r);
     pg_cold = std::make_unique<apikeys::Validator>(postgres, hasher, plain_options(nullptr));
     for (int threads : {1, 4}) {
-      benchmark::RegisterBenchmark("validate/cold/postgres", [&](benchmark::State& s) { validate_loop(s, *pg_cold, ks); })
-          ->Threads(threads)->UseRealTime();
+      benchmark::RegisterBenchmark("validate/cold/postgres",
+                                   [&](benchmark::State& s) { validate_loop(s, *pg_cold, ks); })
+          ->Threads(threads)
+          ->UseRealTime();
     }
     if (!redis) {
       std::cerr << "apikeys_bench_servers: APIKEYS_TEST_REDIS not set: Redis benchmarks skipped\n";
@@ -154,8 +161,8 @@ int main(int argc, char** argv) {
       ro.prefix = "apikeys-bench:" + std::to_string(::getpid()) + ":";
       ro.local_tier = false;
       ro.pool_size = 4;
-      redis_hit = std::make_unique<apikeys::Validator>(postgres, hasher,
-                                                       plain_options(std::make_shared<apikeys::RedisCache>(ro)));
+      redis_hit = std::make_unique<apikeys::Validator>(
+          postgres, hasher, plain_options(std::make_shared<apikeys::RedisCache>(ro)));
       ro.local_tier = true;
       auto two_tier = std::make_shared<apikeys::RedisCache>(ro);
       local_hit = std::make_unique<apikeys::Validator>(postgres, hasher, plain_options(two_tier));
@@ -168,11 +175,14 @@ int main(int argc, char** argv) {
         (void)local_hit->validate(k.public_key, k.secret);
       }
       for (int threads : {1, 4}) {
-        benchmark::RegisterBenchmark("validate/hit/redis", [&](benchmark::State& s) { validate_loop(s, *redis_hit, ks); })
-            ->Threads(threads)->UseRealTime();
+        benchmark::RegisterBenchmark("validate/hit/redis",
+                                     [&](benchmark::State& s) { validate_loop(s, *redis_hit, ks); })
+            ->Threads(threads)
+            ->UseRealTime();
         benchmark::RegisterBenchmark("validate/hit/redis+local-tier",
                                      [&](benchmark::State& s) { validate_loop(s, *local_hit, ks); })
-            ->Threads(threads)->UseRealTime();
+            ->Threads(threads)
+            ->UseRealTime();
       }
 
       apikeys::KeyManagerOptions mo;
@@ -186,7 +196,8 @@ int main(int argc, char** argv) {
         revocable.push_back(manager->create(revoke_account, req).info.key_id);
       }
       benchmark::RegisterBenchmark("revoke/postgres+redis", [&](benchmark::State& s) {
-        for (auto _ : s) manager->revoke(revoke_account, revocable[next_revocable++ % revocable.size()]);
+        for (auto _ : s)
+          manager->revoke(revoke_account, revocable[next_revocable++ % revocable.size()]);
         s.SetItemsProcessed(s.iterations());
       })->UseRealTime();
     }
@@ -204,7 +215,8 @@ int main(int argc, char** argv) {
     if (redis) {
       const auto colon = redis->rfind(':');
       timeval tv{2, 0};
-      redis_floor = redisConnectWithTimeout(redis->substr(0, colon).c_str(), std::atoi(redis->c_str() + colon + 1), tv);
+      redis_floor = redisConnectWithTimeout(redis->substr(0, colon).c_str(),
+                                            std::atoi(redis->c_str() + colon + 1), tv);
       if (redis_floor != nullptr && redis_floor->err == 0) {
         benchmark::RegisterBenchmark("floor/redis-ping", [&](benchmark::State& s) {
           for (auto _ : s) {
@@ -233,7 +245,8 @@ int main(int argc, char** argv) {
   if (pg) {  // drop the benchmark's schema
     PGconn* c = PQconnectdb(pg->c_str());
     if (PQstatus(c) == CONNECTION_OK) {
-      PQsetNoticeProcessor(c, [](void*, const char*) {}, nullptr);
+      PQsetNoticeProcessor(
+          c, [](void*, const char*) {}, nullptr);
       PQclear(PQexec(c, ("DROP SCHEMA IF EXISTS \"" + schema + "\" CASCADE").c_str()));
     }
     PQfinish(c);

@@ -62,7 +62,8 @@ inline std::uint64_t ticks() noexcept {
   return t;
 #else
   return static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count());
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+          .count());
 #endif
 }
 
@@ -210,7 +211,8 @@ std::vector<Sample> measure(std::size_t n, std::mt19937_64& rng, const Inputs& i
   std::vector<std::uint32_t> secrets(n);
   for (std::size_t i = 0; i < n; ++i) {
     classes[i] = static_cast<std::uint8_t>(rng() & 1u);
-    picks[i] = static_cast<std::uint32_t>(rng() % (classes[i] ? in.known.size() : in.unknown.size()));
+    picks[i] =
+        static_cast<std::uint32_t>(rng() % (classes[i] ? in.known.size() : in.unknown.size()));
     secrets[i] = static_cast<std::uint32_t>(rng() % in.secrets.size());
   }
   for (std::size_t i = 0; i < n; ++i) {
@@ -335,14 +337,14 @@ bool run_store(const char* name, const std::shared_ptr<apikeys::Store>& store,
   for (int i = 0; i < 4096; ++i) in.secrets.push_back(random_key("sk_"));
 
   apikeys::ValidatorOptions vo;
-  vo.cache = nullptr;         // every call reads the store: that is what is measured
+  vo.cache = nullptr;          // every call reads the store: that is what is measured
   vo.record_last_use = false;  // no background thread competing for the cores
   const apikeys::Validator validator(store, shared_hasher(), vo);
 
   bool wrong = false;
   auto validate = [&](std::uint8_t cls, const std::string& pk, const std::string& sk) {
-    const apikeys::ValidationCode want = cls || a_a ? apikeys::ValidationCode::wrong_secret
-                                                    : apikeys::ValidationCode::not_found;
+    const apikeys::ValidationCode want =
+        cls || a_a ? apikeys::ValidationCode::wrong_secret : apikeys::ValidationCode::not_found;
     if (validator.validate(pk, sk).code != want) wrong = true;
   };
   (void)measure(std::min<std::size_t>(cfg.samples / 10, 50'000), rng, in, validate);  // warm up
@@ -407,10 +409,11 @@ int main(int argc, char** argv) {
   if (cfg.samples < 20'000) usage("--samples must be at least 20000 (dudect's tests need 10000)");
 
   const double tpn = ticks_per_ns();
-  std::printf("apikeys_timing %s: %zu samples per store (classes interleaved at random), %zu keys, "
-              "seed %llu, %.3f ticks/ns, sparse %zu\n",
-              apikeys::version(), cfg.samples, cfg.keys, static_cast<unsigned long long>(cfg.seed),
-              tpn, cfg.sparse);
+  std::printf(
+      "apikeys_timing %s: %zu samples per store (classes interleaved at random), %zu keys, "
+      "seed %llu, %.3f ticks/ns, sparse %zu\n",
+      apikeys::version(), cfg.samples, cfg.keys, static_cast<unsigned long long>(cfg.seed), tpn,
+      cfg.sparse);
   bool pass = true;
   {
     // 16 keys and their siblings: nothing but the Validator's own code differs between
@@ -431,16 +434,19 @@ int main(int argc, char** argv) {
     }
     std::printf("EqualCostStore: 16 keys, lookups of equal cost (the Validator's own code)\n");
     pass = run_store("EqualCostStore", std::make_shared<EqualCostStore>(records, false), known, cfg,
-                     tpn, cfg.attribute) && pass;
-    std::printf("EqualCostStore A/A: every key found, both classes wrong_secret (harness floor; "
-                "not part of the verdict)\n");
+                     tpn, cfg.attribute) &&
+           pass;
+    std::printf(
+        "EqualCostStore A/A: every key found, both classes wrong_secret (harness floor; "
+        "not part of the verdict)\n");
     (void)run_store("EqualCostStore A/A", std::make_shared<EqualCostStore>(records, true), known,
                     cfg, tpn, false, /*a_a=*/true);
   }
   if (cfg.memory) {
     auto store = std::make_shared<apikeys::MemoryStore>();
-    pass = run_store("MemoryStore", store, fill("MemoryStore", store, cfg.keys, cfg.sparse), cfg, tpn,
-                     cfg.attribute) && pass;
+    pass = run_store("MemoryStore", store, fill("MemoryStore", store, cfg.keys, cfg.sparse), cfg,
+                     tpn, cfg.attribute) &&
+           pass;
   }
   if (cfg.sqlite) {
     char dir_template[] = "/tmp/apikeys_timing.XXXXXX";
@@ -453,8 +459,9 @@ int main(int argc, char** argv) {
       apikeys::SqliteStoreOptions so;
       so.durable = false;  // only the fill writes; validation reads either way
       auto store = std::make_shared<apikeys::SqliteStore>(std::string(dir) + "/timing.db", so);
-      pass = run_store("SqliteStore", store, fill("SqliteStore", store, cfg.keys, cfg.sparse), cfg, tpn,
-                       cfg.attribute) && pass;
+      pass = run_store("SqliteStore", store, fill("SqliteStore", store, cfg.keys, cfg.sparse), cfg,
+                       tpn, cfg.attribute) &&
+             pass;
     }
     std::error_code ec;
     std::filesystem::remove_all(dir, ec);

@@ -113,13 +113,15 @@ apikeys::Uuid account_of(std::size_t index) {
   b[1] = 0x4c;
   b[6] = 0x40;
   b[8] = 0x80;
-  for (std::size_t j = 0; j < 8; ++j) b[8 + j] |= static_cast<std::uint8_t>(account >> (8 * (7 - j)));
+  for (std::size_t j = 0; j < 8; ++j)
+    b[8 + j] |= static_cast<std::uint8_t>(account >> (8 * (7 - j)));
   return apikeys::Uuid(b);
 }
 
 std::string title_of(std::size_t index) {
   char buf[32];
-  std::snprintf(buf, sizeof buf, "bench key %010llu", static_cast<unsigned long long>(index % 10000000000ULL));
+  std::snprintf(buf, sizeof buf, "bench key %010llu",
+                static_cast<unsigned long long>(index % 10000000000ULL));
   return buf;
 }
 
@@ -157,8 +159,9 @@ void bulk_load_sqlite(const std::string& path, const KeySet& keys, const apikeys
   // Rows first, indexes after: one sort per index instead of random B-tree inserts.
   std::vector<std::string> index_sql;
   {
-    Stmt q(d, "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'api_keys'"
-              " AND sql IS NOT NULL");
+    Stmt q(d,
+           "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'api_keys'"
+           " AND sql IS NOT NULL");
     std::vector<std::string> names;
     while (sqlite3_step(q.s) == SQLITE_ROW) {
       names.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(q.s, 0)));
@@ -195,7 +198,8 @@ bool sqlite_file_matches(const std::string& path, const KeySet& keys) {
       return sqlite3_step(q.s) == SQLITE_ROW ? sqlite3_column_int64(q.s, 0) : -1;
     };
     if (scalar("PRAGMA user_version") != apikeys::SqliteStore::schema_version()) return false;
-    if (scalar("SELECT count(*) FROM api_keys") != static_cast<std::int64_t>(keys.size)) return false;
+    if (scalar("SELECT count(*) FROM api_keys") != static_cast<std::int64_t>(keys.size))
+      return false;
     Stmt q(d, "SELECT count(*) FROM api_keys WHERE public_key IN (?1, ?2)");
     const std::string_view first = keys.public_key(0);
     const std::string_view last = keys.public_key(keys.size - 1);

@@ -31,7 +31,8 @@ class Rng {
   }
   /// Uniform in [0, n) by multiply-shift (no division on the measured path).
   std::uint32_t below(std::uint32_t n) noexcept {
-    return static_cast<std::uint32_t>((static_cast<std::uint64_t>(static_cast<std::uint32_t>(next())) * n) >> 32);
+    return static_cast<std::uint32_t>(
+        (static_cast<std::uint64_t>(static_cast<std::uint32_t>(next())) * n) >> 32);
   }
 
  private:

@@ -23,16 +23,19 @@ int main() {
   request.expires_in_days = 90;
   const apikeys::CreatedKey key = manager.create(account, request);
   // Show key.secret_key.reveal() to the user once; only its HMAC is stored.
-  std::cout << "created " << key.info.public_key << " (key " << key.info.key_id.to_string() << ")\n";
+  std::cout << "created " << key.info.public_key << " (key " << key.info.key_id.to_string()
+            << ")\n";
 
   // On each request: validate the presented pair (or the "pk_...:sk_..." token).
-  const apikeys::ValidationResult ok = manager.validate(key.info.public_key, key.secret_key.reveal());
+  const apikeys::ValidationResult ok =
+      manager.validate(key.info.public_key, key.secret_key.reveal());
   std::cout << "validate: " << apikeys::to_string(ok.code) << '\n';
   if (!ok.ok() || ok.account_id != account || ok.key_id != key.info.key_id) return 1;
 
   // Revoke: when revoke() returns, no validation in this process accepts the key.
   manager.revoke(account, key.info.key_id);
-  const apikeys::ValidationResult after = manager.validate(key.info.public_key, key.secret_key.reveal());
+  const apikeys::ValidationResult after =
+      manager.validate(key.info.public_key, key.secret_key.reveal());
   std::cout << "after revoke: " << apikeys::to_string(after.code) << '\n';
   return after.code == apikeys::ValidationCode::revoked ? 0 : 1;
 }

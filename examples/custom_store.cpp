@@ -177,7 +177,8 @@ int main() {
   expect(manager.validate(second.info.public_key, second.secret_key.reveal()).code ==
              apikeys::ValidationCode::not_found,
          "a deleted key is not found");
-  expect(manager.list(alice).size() == 1, "the revoked key is still listed, the deleted one is not");
+  expect(manager.list(alice).size() == 1,
+         "the revoked key is still listed, the deleted one is not");
 
   // Contract points checked on the store itself.
   const auto record = store->find(bobs.info.public_key);

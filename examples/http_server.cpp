@@ -31,8 +31,8 @@
 namespace {
 
 // A route that runs only for a valid key, and learns whose key it was.
-using AuthedHandler =
-    std::function<void(const httplib::Request&, httplib::Response&, const apikeys::Uuid& account_id)>;
+using AuthedHandler = std::function<void(const httplib::Request&, httplib::Response&,
+                                         const apikeys::Uuid& account_id)>;
 
 std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
@@ -94,8 +94,7 @@ httplib::Server::Handler require_api_key(const apikeys::KeyManager& keys, Authed
       case Presented::unusable:
         unauthorized(res, "invalid_api_key", "Send exactly one API key.");
         return;
-      case Presented::token:
-        break;
+      case Presented::token: break;
     }
     const apikeys::ValidationResult result = keys.validate(token);  // noexcept; fails closed
     if (!result.ok()) {

@@ -15,7 +15,8 @@ const char* to_string(ErrorCode code) noexcept {
   return "unknown";
 }
 
-Error::Error(ErrorCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
+Error::Error(ErrorCode code, const std::string& message)
+    : std::runtime_error(message), code_(code) {}
 
 // Defined here so the vtable and typeinfo live in the library (one copy for all users).
 Error::~Error() = default;

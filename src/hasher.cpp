@@ -114,7 +114,8 @@ struct KeyedState {
     // The copies hold key-derived state and, in the inner one, message bytes: wipe both.
     SHA256_CTX ctx = inner;
     unsigned char ih[SHA256_DIGEST_LENGTH];
-    bool ok = SHA256_Update(&ctx, message.data(), message.size()) == 1 && SHA256_Final(ih, &ctx) == 1;
+    bool ok =
+        SHA256_Update(&ctx, message.data(), message.size()) == 1 && SHA256_Final(ih, &ctx) == 1;
     ctx = outer;
     ok = ok && SHA256_Update(&ctx, ih, sizeof ih) == 1 && SHA256_Final(out, &ctx) == 1;
     OPENSSL_cleanse(&ctx, sizeof ctx);
@@ -136,8 +137,9 @@ struct KeyedState {
   bool mac(std::string_view message, std::uint8_t* out) const noexcept {
     size_t len = 0;
     return EVP_Q_mac(nullptr, "HMAC", nullptr, "SHA256", nullptr, key.data(), key.size(),
-                     reinterpret_cast<const unsigned char*>(message.data()), message.size(),
-                     out, 32, &len) != nullptr && len == 32;
+                     reinterpret_cast<const unsigned char*>(message.data()), message.size(), out,
+                     32, &len) != nullptr &&
+           len == 32;
   }
 };
 #endif
@@ -165,9 +167,9 @@ HmacSha256Hasher::HmacSha256Hasher(const std::vector<Pepper>& peppers, std::uint
   impl_->states.reserve(peppers.size());
   for (const auto& p : peppers) {
     if (p.bytes.size() < kMinPepper) {
-      throw Error(ErrorCode::invalid_argument,
-                  "pepper " + std::to_string(p.id) + " is " + std::to_string(p.bytes.size()) +
-                      " bytes; at least 32 bytes are required");
+      throw Error(ErrorCode::invalid_argument, "pepper " + std::to_string(p.id) + " is " +
+                                                   std::to_string(p.bytes.size()) +
+                                                   " bytes; at least 32 bytes are required");
     }
     if (p.id == current_id) {
       if (const char* flaw = entropy_flaw(p.bytes)) {
@@ -178,7 +180,8 @@ HmacSha256Hasher::HmacSha256Hasher(const std::vector<Pepper>& peppers, std::uint
       }
     }
     if (impl_->find(p.id) != nullptr) {
-      throw Error(ErrorCode::invalid_argument, "pepper id " + std::to_string(p.id) + " is used twice");
+      throw Error(ErrorCode::invalid_argument,
+                  "pepper id " + std::to_string(p.id) + " is used twice");
     }
     impl_->states.emplace_back();
     if (!impl_->states.back().init(p.id, p.bytes)) {

@@ -63,7 +63,8 @@ bool matches(std::string_view key, std::string_view prefix, std::size_t length) 
 #if defined(__SSE2__)
   // Two checks per validate(): whole blocks of 16 first (the default 32 characters are
   // two blocks), the rest by table.
-  for (; i + 16 <= key.size(); i += 16) ok &= static_cast<unsigned>(base62_mask16(key.data() + i) == 0xFFFF);
+  for (; i + 16 <= key.size(); i += 16)
+    ok &= static_cast<unsigned>(base62_mask16(key.data() + i) == 0xFFFF);
 #endif
   for (; i < key.size(); ++i) ok &= kIsBase62[static_cast<unsigned char>(key[i])];
   return ok != 0;

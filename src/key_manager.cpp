@@ -133,7 +133,8 @@ CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& reque
   info.status = KeyStatus::active;
   // Stores keep milliseconds; truncate now so what we return equals what is stored.
   info.created_at = from_unix_millis(to_unix_millis(impl_->clock->now()));
-  if (req.expires_in_days) info.expires_at = info.created_at + std::chrono::hours(24 * *req.expires_in_days);
+  if (req.expires_in_days)
+    info.expires_at = info.created_at + std::chrono::hours(24 * *req.expires_in_days);
   record.digest = impl_->hasher->hash(pair.secret_key.reveal());
 
   guarded("storing the key", [&] { impl_->store->insert(record); });
@@ -154,9 +155,11 @@ std::vector<KeyInfo> KeyManager::list(const Uuid& account_id) {
 }
 
 KeyInfo KeyManager::revoke(const Uuid& account_id, const Uuid& key_id) {
-  auto info = guarded("revoking the key",
-                     [&] { return impl_->store->set_status(account_id, key_id, KeyStatus::revoked); });
-  if (!info) throw Error(ErrorCode::not_found, "no key " + key_id.to_string() + " for this account");
+  auto info = guarded("revoking the key", [&] {
+    return impl_->store->set_status(account_id, key_id, KeyStatus::revoked);
+  });
+  if (!info)
+    throw Error(ErrorCode::not_found, "no key " + key_id.to_string() + " for this account");
   // Every Validator over this store's data in the process, not only our own.
   detail::erase_everywhere(impl_->store->identity(), info->public_key);
   return std::move(*info);
@@ -164,7 +167,8 @@ KeyInfo KeyManager::revoke(const Uuid& account_id, const Uuid& key_id) {
 
 KeyInfo KeyManager::remove(const Uuid& account_id, const Uuid& key_id) {
   auto info = guarded("deleting the key", [&] { return impl_->store->remove(account_id, key_id); });
-  if (!info) throw Error(ErrorCode::not_found, "no key " + key_id.to_string() + " for this account");
+  if (!info)
+    throw Error(ErrorCode::not_found, "no key " + key_id.to_string() + " for this account");
   // Every Validator over this store's data in the process, not only our own.
   detail::erase_everywhere(impl_->store->identity(), info->public_key);
   return std::move(*info);

@@ -30,7 +30,7 @@ void LastUseTracker::take(std::vector<LastUse>& out) {
 }
 
 void LastUseTracker::Shard::keep(std::uint64_t key, std::uint64_t at, SpillMap::iterator reuse,
-                                  std::size_t limit) noexcept {
+                                 std::size_t limit) noexcept {
   try {
     if (reuse != spilled.end()) {
       auto node = spilled.extract(reuse);
@@ -75,8 +75,8 @@ void LastUseTracker::scan(const Set& set, std::uint64_t tag, Scan& s) noexcept {
     const std::uint64_t t = tag_of(seen);
     if (t == tag && s.found < 0) s.found = static_cast<int>(i);
     const std::uint64_t age = (seen & kPending) != 0 ? ~std::uint64_t{0}
-                              : t == 0                 ? 0
-                                                       : (seen & kTimeMask) + 1;
+                              : t == 0               ? 0
+                                                     : (seen & kTimeMask) + 1;
     if (age < best) {
       best = age;
       s.victim = static_cast<int>(i);

@@ -164,8 +164,7 @@ class LastUseTracker {
   // The first-use decision for a marked set, or one whose victim must be spilled, under
   // the mutex of the set's shard (invariants 6 and 7). False: nothing decided, start
   // over without the mutex.
-  bool decide_locked(const Where& w, const Uuid& key_id, std::int64_t now_ms,
-                     std::uint64_t now);
+  bool decide_locked(const Where& w, const Uuid& key_id, std::int64_t now_ms, std::uint64_t now);
 
   std::uint64_t map_key(std::size_t set_index, std::uint64_t tag) const noexcept {
     return (static_cast<std::uint64_t>(set_index) << 22) | tag;

@@ -1,10 +1,10 @@
 #include "apikeys/memory_cache.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <limits>
 #include <optional>
-#include <atomic>
 #include <string>
 #include <vector>
 
@@ -26,7 +26,8 @@ struct InlineKey {
   std::uint8_t len = 0;
   char data[kMax] = {};
 
-  InlineKey(std::string_view pk, std::uint64_t h) noexcept : hash(h), len(static_cast<std::uint8_t>(pk.size())) {
+  InlineKey(std::string_view pk, std::uint64_t h) noexcept
+      : hash(h), len(static_cast<std::uint8_t>(pk.size())) {
     std::memcpy(data, pk.data(), pk.size());
   }
   friend bool operator==(const InlineKey& a, const InlineKey& b) noexcept {
@@ -168,8 +169,9 @@ struct alignas(64) Shard {
 // now + ttl without overflow: a TTL of milliseconds::max() means "until evicted".
 std::int64_t expiry(std::int64_t now, std::chrono::milliseconds ttl) noexcept {
   const std::int64_t t = ttl.count();
-  return t > std::numeric_limits<std::int64_t>::max() - now ? std::numeric_limits<std::int64_t>::max()
-                                                            : now + t;
+  return t > std::numeric_limits<std::int64_t>::max() - now
+             ? std::numeric_limits<std::int64_t>::max()
+             : now + t;
 }
 
 // When an entry stops answering: after its TTL, and never after the key's expiry (an
@@ -236,8 +238,8 @@ MemoryCache::MemoryCache(MemoryCacheOptions options) : impl_(std::make_unique<Im
   impl_->clock = options.clock ? std::move(options.clock) : system_clock();
   const std::size_t capacity =
       std::clamp<std::size_t>(options.capacity, 1, MemoryCacheOptions::kMaxCapacity);
-  const std::size_t n = std::min(round_up_pow2(std::max<std::size_t>(options.shards, 1)),
-                                 round_up_pow2(capacity));
+  const std::size_t n =
+      std::min(round_up_pow2(std::max<std::size_t>(options.shards, 1)), round_up_pow2(capacity));
   // Rounded up; the usual (capacity + n - 1) / n wraps to nothing near SIZE_MAX.
   impl_->per_shard_capacity = capacity / n + (capacity % n != 0 ? 1 : 0);
   impl_->shards.reserve(n);

@@ -63,7 +63,9 @@ class KeyIndex {
   [[nodiscard]] std::size_t home(std::uint64_t tag) const noexcept {
     return static_cast<std::size_t>((tag * 0x9e3779b97f4a7c15ULL) >> shift_);
   }
-  [[nodiscard]] std::size_t next(std::size_t i) const noexcept { return (i + 1) & (slots_.size() - 1); }
+  [[nodiscard]] std::size_t next(std::size_t i) const noexcept {
+    return (i + 1) & (slots_.size() - 1);
+  }
   [[nodiscard]] const Slot& at(std::size_t i) const noexcept { return slots_[i]; }
 
   // Room for one more entry: may reallocate (and throw), before anything is changed.
@@ -188,8 +190,8 @@ void MemoryStore::insert(const KeyRecord& record) {
     throw Error(ErrorCode::already_exists, "insert: a key with this key id already exists");
   }
   if (impl_->dense.size() >= impl_->max_keys) {
-    throw Error(ErrorCode::storage, "insert: memory store is full (" +
-                                        std::to_string(impl_->max_keys) + " keys)");
+    throw Error(ErrorCode::storage,
+                "insert: memory store is full (" + std::to_string(impl_->max_keys) + " keys)");
   }
   // Strong guarantee: everything that can throw comes first, and undoes what it did.
   impl_->by_public_key.reserve_one(impl_->dense.size());

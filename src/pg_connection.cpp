@@ -24,7 +24,8 @@ bool wait_socket(PGconn* conn, bool for_write, Deadline deadline) {
   const int fd = PQsocket(conn);
   if (fd < 0) return false;
   for (;;) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - SteadyClock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - SteadyClock::now());
     if (left.count() <= 0) return false;
     pollfd p{};
     p.fd = fd;
@@ -37,7 +38,7 @@ bool wait_socket(PGconn* conn, bool for_write, Deadline deadline) {
 
 // SQLSTATEs meaning "the same call may succeed later".
 bool transient(std::string_view state) {
-  return state.substr(0, 2) == "08" ||  // connection exception
+  return state.substr(0, 2) == "08" ||                                // connection exception
          state == "57P01" || state == "57P02" || state == "57P03" ||  // shutdown, starting
          state == "57014" ||                                          // statement timeout
          state == "55P03" ||                                          // lock not available
@@ -69,7 +70,8 @@ const char* connect_failure(const char* libpq_message) {
   if (mentions(m, {"password", "authentication", "SCRAM", "SASL"})) {
     return "authentication failed (check the user name and password)";
   }
-  if (mentions(m, {"pg_hba.conf"})) return "the server does not accept this host, user and database (pg_hba.conf)";
+  if (mentions(m, {"pg_hba.conf"}))
+    return "the server does not accept this host, user and database (pg_hba.conf)";
   if (mentions(m, {"does not exist"})) return "the user (role) or the database does not exist";
   if (mentions(m, {"too many", "starting up", "shutting down", "recovery", "not accepting"})) {
     return "the server is not accepting connections now (starting, stopping, or too many connections)";
@@ -79,9 +81,9 @@ const char* connect_failure(const char* libpq_message) {
   if (mentions(m, {"invalid", "could not match"})) {
     return "a connection option has an invalid value (a port, sslmode or other setting)";
   }
-  if (mentions(m, {"refused", "could not translate host name", "No route", "unreachable", "No such file",
-                   "closed the connection", "reset by peer", "could not connect", "could not send",
-                   "could not receive"})) {
+  if (mentions(m, {"refused", "could not translate host name", "No route", "unreachable",
+                   "No such file", "closed the connection", "reset by peer", "could not connect",
+                   "could not send", "could not receive"})) {
     return "cannot reach the server (refused, unknown host, or a network error)";
   }
   if (mentions(m, {"out of memory"})) return "out of memory";
@@ -126,7 +128,8 @@ PgConnection::PgConnection(const std::string& conninfo, Deadline deadline) {
   if (PQsetnonblocking(conn_, 1) != 0) connect_failed(false);
   // libpq prints server NOTICEs ("schema already exists, skipping") on stderr by
   // default: a library must not write into its host's logs.
-  PQsetNoticeProcessor(conn_, [](void*, const char*) {}, nullptr);
+  PQsetNoticeProcessor(
+      conn_, [](void*, const char*) {}, nullptr);
 }
 
 PgConnection::~PgConnection() {
@@ -220,7 +223,8 @@ PgResult PgConnection::exec_params(std::string_view op, const std::string& sql, 
 
 void PgConnection::prepare(std::string_view op, const char* name, const std::string& sql,
                            Deadline deadline) {
-  if (PQsendPrepare(conn_, name, sql.c_str(), 0, nullptr) == 0) lost(op, PQerrorMessage(conn_), false);
+  if (PQsendPrepare(conn_, name, sql.c_str(), 0, nullptr) == 0)
+    lost(op, PQerrorMessage(conn_), false);
   (void)collect(op, deadline);
 }
 

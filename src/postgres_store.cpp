@@ -105,10 +105,10 @@ struct Statements {
         find(fmt::format("SELECT {} FROM {}.apikeys_keys WHERE public_key = $1",
                          detail::column_list(detail::Columns::all), s)),
         list(fmt::format("SELECT {} FROM {}.apikeys_keys WHERE account_id = $1"
-                         " ORDER BY created_at DESC, seq DESC", info_columns, s)),
+                         " ORDER BY created_at DESC, seq DESC",
+                         info_columns, s)),
         insert(fmt::format("INSERT INTO {}.apikeys_keys ({}) VALUES ({})", s,
-                           detail::column_list(detail::Columns::all),
-                           detail::parameter_list('$'))),
+                           detail::column_list(detail::Columns::all), detail::parameter_list('$'))),
         // One statement, one transaction: the bump and its change-log row are written
         // (once, to completion) whether or not the outer query reads them, and only
         // when a row changed. The bump's row lock orders concurrent writers, so
@@ -116,23 +116,27 @@ struct Statements {
         set_status(fmt::format(
             "WITH changed AS (UPDATE {0}.apikeys_keys SET status = $1 WHERE key_id = $2 AND"
             " account_id = $3 RETURNING {1}),{2}"
-            " SELECT {1} FROM changed", s, info_columns, log_change(s, "changed"))),
+            " SELECT {1} FROM changed",
+            s, info_columns, log_change(s, "changed"))),
         remove(fmt::format(
             "WITH gone AS (DELETE FROM {0}.apikeys_keys WHERE key_id = $1 AND account_id = $2"
             " RETURNING {1}),{2}"
-            " SELECT {1} FROM gone", s, info_columns, log_change(s, "gone"))),
+            " SELECT {1} FROM gone",
+            s, info_columns, log_change(s, "gone"))),
         // GREATEST ignores NULL: "never used" loses to any time. Duplicates in the batch
         // are folded first (an UPDATE ... FROM with two matches would pick either).
         last_use(fmt::format(
             "UPDATE {}.apikeys_keys k SET last_used_at = GREATEST(k.last_used_at, u.at)"
             " FROM (SELECT id, max(at) AS at FROM unnest($1::uuid[], $2::bigint[]) AS t(id, at)"
-            " GROUP BY id) u WHERE k.key_id = u.id", s)),
+            " GROUP BY id) u WHERE k.key_id = u.id",
+            s)),
         revision(fmt::format("SELECT revision FROM {}.apikeys_meta WHERE id = 1", s)),
         // One statement, one snapshot: the revision and the log rows up to it agree.
         changes(fmt::format(
             "SELECT m.revision, c.revision, c.public_key FROM {0}.apikeys_meta m"
             " LEFT JOIN {0}.apikeys_changes c ON c.revision > $1 AND c.revision <= m.revision"
-            " WHERE m.id = 1 ORDER BY c.revision", s)) {}
+            " WHERE m.id = 1 ORDER BY c.revision",
+            s)) {}
 
   // The CTEs that bump the revision and log the key of the `source` CTE's row.
   static std::string log_change(const std::string& s, const char* source) {
@@ -159,7 +163,8 @@ constexpr const char* kRevision = "apikeys_revision";
 constexpr const char* kChanges = "apikeys_changes";
 
 [[noreturn]] void corrupt(std::string_view op, const char* what) {
-  throw Error(ErrorCode::storage, fmt::format("PostgresStore {} failed: corrupt record: {}", op, what));
+  throw Error(ErrorCode::storage,
+              fmt::format("PostgresStore {} failed: corrupt record: {}", op, what));
 }
 
 std::int64_t parse_int(const PGresult* r, int row, int col, std::string_view op, const char* what) {
@@ -274,7 +279,8 @@ class InsertParams {
     if (v.find('\0') != std::string::npos) {
       throw Error(ErrorCode::storage,
                   fmt::format("PostgresStore insert failed: {} contains a NUL byte, which "
-                              "PostgreSQL text cannot hold", f.name));
+                              "PostgreSQL text cannot hold",
+                              f.name));
     }
     add(v.c_str(), 0, 0);
   }
@@ -338,7 +344,9 @@ struct PostgresStore::Impl {
   // conninfo is copied once, straight into its member (a by-value parameter moved in
   // would leave a short string's bytes behind in the parameter).
   Impl(const std::string& ci, PostgresStoreOptions o)  // NOLINT(modernize-pass-by-value)
-      : conninfo(ci), options(std::move(o)), quoted_schema('"' + options.schema + '"'),
+      : conninfo(ci),
+        options(std::move(o)),
+        quoted_schema('"' + options.schema + '"'),
         sql(quoted_schema) {
     idle.reserve(pool_limit());  // see ~Lease
   }
@@ -360,9 +368,13 @@ struct PostgresStore::Impl {
   std::vector<std::unique_ptr<PgConnection>> idle APIKEYS_GUARDED_BY(mu);
   std::size_t open APIKEYS_GUARDED_BY(mu) = 0;  // idle + leased, at most pool_limit()
 
-  [[nodiscard]] std::size_t pool_limit() const noexcept { return std::max<std::size_t>(1, options.pool_size); }
+  [[nodiscard]] std::size_t pool_limit() const noexcept {
+    return std::max<std::size_t>(1, options.pool_size);
+  }
 
-  [[nodiscard]] Deadline statement_deadline() const { return SteadyClock::now() + options.statement_timeout; }
+  [[nodiscard]] Deadline statement_deadline() const {
+    return SteadyClock::now() + options.statement_timeout;
+  }
 
   // A new connection with the session settings made and (when `prepared`) the
   // statements prepared: they name the tables, so not before the migration.
@@ -372,10 +384,11 @@ struct PostgresStore::Impl {
     const Deadline d = statement_deadline();
     // The server gives up on a statement, or on waiting for a lock, before the client
     // does, so a slow statement is reported as a timeout, not a lost connection.
-    c->exec("connect", fmt::format("SET statement_timeout = {0}; SET lock_timeout = {0};"
-                                   " SET idle_in_transaction_session_timeout = {1};"
-                                   " SET bytea_output = 'hex'",
-                                   std::max<std::int64_t>(1, t - t / 10), t * 2),
+    c->exec("connect",
+            fmt::format("SET statement_timeout = {0}; SET lock_timeout = {0};"
+                        " SET idle_in_transaction_session_timeout = {1};"
+                        " SET bytea_output = 'hex'",
+                        std::max<std::int64_t>(1, t - t / 10), t * 2),
             d);
     if (!prepared) return c;
     c->prepare("connect", kFind, sql.find, d);
@@ -525,28 +538,35 @@ PostgresStore::PostgresStore(const std::string& conninfo, PostgresStoreOptions o
       const char* values[] = {key.c_str()};
       c.exec_params("open", "SELECT pg_advisory_xact_lock(hashtext($1)::bigint)", 1, values,
                     nullptr, nullptr, d);
-      c.exec("open", fmt::format("CREATE SCHEMA IF NOT EXISTS {0};"
-                                 " CREATE TABLE IF NOT EXISTS {0}.apikeys_schema_version ("
-                                 "id integer NOT NULL PRIMARY KEY CHECK (id = 1),"
-                                 " version integer NOT NULL);"
-                                 " INSERT INTO {0}.apikeys_schema_version (id, version)"
-                                 " VALUES (1, 0) ON CONFLICT (id) DO NOTHING",
-                                 s),
+      c.exec("open",
+             fmt::format("CREATE SCHEMA IF NOT EXISTS {0};"
+                         " CREATE TABLE IF NOT EXISTS {0}.apikeys_schema_version ("
+                         "id integer NOT NULL PRIMARY KEY CHECK (id = 1),"
+                         " version integer NOT NULL);"
+                         " INSERT INTO {0}.apikeys_schema_version (id, version)"
+                         " VALUES (1, 0) ON CONFLICT (id) DO NOTHING",
+                         s),
              d);
-      PgResult r = c.exec("open", fmt::format("SELECT version FROM {}.apikeys_schema_version"
-                                              " WHERE id = 1", s), d);
+      PgResult r = c.exec("open",
+                          fmt::format("SELECT version FROM {}.apikeys_schema_version"
+                                      " WHERE id = 1",
+                                      s),
+                          d);
       if (PQntuples(r.get()) != 1) corrupt("open", "apikeys_schema_version has no row");
       const auto version = parse_int(r.get(), 0, 0, "open", "version is not an integer");
       if (version > kCurrentVersion) {
         throw Error(ErrorCode::storage,
                     fmt::format("PostgresStore open failed: schema version {} is newer than this "
-                                "library supports ({})", version, kCurrentVersion));
+                                "library supports ({})",
+                                version, kCurrentVersion));
       }
       for (const Migration& step : kMigrations) {
         if (step.to <= version) continue;
         c.exec("open", replace_schema(step.sql, s), d);
-        c.exec("open", fmt::format("UPDATE {}.apikeys_schema_version SET version = {} WHERE id = 1",
-                                   s, step.to), d);
+        c.exec("open",
+               fmt::format("UPDATE {}.apikeys_schema_version SET version = {} WHERE id = 1", s,
+                           step.to),
+               d);
       }
       c.exec("open", "COMMIT", d);
     } catch (const pg::ConnectionLost&) {
@@ -581,7 +601,8 @@ std::optional<KeyRecord> PostgresStore::find(std::string_view public_key) {
   const std::string key(public_key);
   const char* values[] = {key.c_str()};
   return impl_->run("find", true, [&](PgConnection& c) -> std::optional<KeyRecord> {
-    PgResult r = c.exec_prepared("find", kFind, 1, values, nullptr, nullptr, impl_->statement_deadline());
+    PgResult r =
+        c.exec_prepared("find", kFind, 1, values, nullptr, nullptr, impl_->statement_deadline());
     if (PQntuples(r.get()) == 0) return std::nullopt;
     return read_record(r.get(), 0, "find");
   });
@@ -591,7 +612,8 @@ std::vector<KeyInfo> PostgresStore::list(const Uuid& account_id) {
   const std::string account = account_id.to_string();
   const char* values[] = {account.c_str()};
   return impl_->run("list", true, [&](PgConnection& c) {
-    PgResult r = c.exec_prepared("list", kList, 1, values, nullptr, nullptr, impl_->statement_deadline());
+    PgResult r =
+        c.exec_prepared("list", kList, 1, values, nullptr, nullptr, impl_->statement_deadline());
     std::vector<KeyInfo> out;
     const int n = PQntuples(r.get());
     out.reserve(static_cast<std::size_t>(n));
@@ -661,7 +683,8 @@ std::uint64_t PostgresStore::revision() {
 }
 
 std::optional<StoreChanges> PostgresStore::changes_since(std::uint64_t since) {
-  if (since > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) return std::nullopt;
+  if (since > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+    return std::nullopt;
   const std::string from = std::to_string(since);
   const char* values[] = {from.c_str()};
   return impl_->run("changes_since", true, [&](PgConnection& c) -> std::optional<StoreChanges> {
@@ -669,7 +692,8 @@ std::optional<StoreChanges> PostgresStore::changes_since(std::uint64_t since) {
                                  impl_->statement_deadline());
     const int n = PQntuples(r.get());
     if (n < 1) corrupt("changes_since", "apikeys_meta has no row");
-    const std::int64_t now = parse_int(r.get(), 0, 0, "changes_since", "revision is not an integer");
+    const std::int64_t now =
+        parse_int(r.get(), 0, 0, "changes_since", "revision is not an integer");
     if (now < 0) corrupt("changes_since", "revision is negative");
     StoreChanges out;
     out.revision = static_cast<std::uint64_t>(now);
@@ -683,7 +707,8 @@ std::optional<StoreChanges> PostgresStore::changes_since(std::uint64_t since) {
     for (int i = 0; i < n; ++i) {
       // Every step since `since` must be there, or some change would go unseen.
       if (PQgetisnull(r.get(), i, 1)) return std::nullopt;
-      const std::int64_t step = parse_int(r.get(), i, 1, "changes_since", "revision is not an integer");
+      const std::int64_t step =
+          parse_int(r.get(), i, 1, "changes_since", "revision is not an integer");
       if (static_cast<std::uint64_t>(step) != expected) return std::nullopt;
       out.public_keys.emplace_back(PQgetvalue(r.get(), i, 2));
       ++expected;

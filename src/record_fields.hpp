@@ -39,17 +39,17 @@ enum class FieldKind {
 // X(column, sqlite_type, pg_type, kind, part, member): the column `column` holds
 // KeyRecord::part.member, a FieldKind::kind. `part` is `info` (a KeyInfo field, shown by
 // list, revoke and delete) or `digest` (read only by find()). In table order.
-#define APIKEYS_KEY_FIELDS(X)                                                   \
-  X(key_id, "TEXT", "uuid", uuid, info, key_id)                                 \
-  X(account_id, "TEXT", "uuid", uuid, info, account_id)                         \
-  X(public_key, "TEXT", "text", text, info, public_key)                         \
-  X(digest, "BLOB", "bytea", digest_bytes, digest, bytes)                       \
-  X(pepper_id, "INTEGER", "bigint", pepper_id, digest, pepper_id)               \
-  X(title, "TEXT", "text", text, info, title)                                   \
-  X(description, "TEXT", "text", text, info, description)                       \
-  X(status, "INTEGER", "smallint", status, info, status)                        \
-  X(created_at, "INTEGER", "bigint", time, info, created_at)                    \
-  X(expires_at, "INTEGER", "bigint", optional_time, info, expires_at)           \
+#define APIKEYS_KEY_FIELDS(X)                                         \
+  X(key_id, "TEXT", "uuid", uuid, info, key_id)                       \
+  X(account_id, "TEXT", "uuid", uuid, info, account_id)               \
+  X(public_key, "TEXT", "text", text, info, public_key)               \
+  X(digest, "BLOB", "bytea", digest_bytes, digest, bytes)             \
+  X(pepper_id, "INTEGER", "bigint", pepper_id, digest, pepper_id)     \
+  X(title, "TEXT", "text", text, info, title)                         \
+  X(description, "TEXT", "text", text, info, description)             \
+  X(status, "INTEGER", "smallint", status, info, status)              \
+  X(created_at, "INTEGER", "bigint", time, info, created_at)          \
+  X(expires_at, "INTEGER", "bigint", optional_time, info, expires_at) \
   X(last_used_at, "INTEGER", "bigint", optional_time, info, last_used_at)
 
 struct RecordField {
@@ -92,18 +92,39 @@ inline constexpr std::size_t kInfoFieldCount = [] {
 }();
 
 // The C++ type each kind is held in: checked against every member named above.
-template <FieldKind K> struct KindType;
-template <> struct KindType<FieldKind::uuid> { using type = Uuid; };
-template <> struct KindType<FieldKind::text> { using type = std::string; };
-template <> struct KindType<FieldKind::digest_bytes> { using type = std::array<std::uint8_t, 32>; };
-template <> struct KindType<FieldKind::pepper_id> { using type = std::uint32_t; };
-template <> struct KindType<FieldKind::status> { using type = KeyStatus; };
-template <> struct KindType<FieldKind::time> { using type = TimePoint; };
-template <> struct KindType<FieldKind::optional_time> { using type = std::optional<TimePoint>; };
+template <FieldKind K>
+struct KindType;
+template <>
+struct KindType<FieldKind::uuid> {
+  using type = Uuid;
+};
+template <>
+struct KindType<FieldKind::text> {
+  using type = std::string;
+};
+template <>
+struct KindType<FieldKind::digest_bytes> {
+  using type = std::array<std::uint8_t, 32>;
+};
+template <>
+struct KindType<FieldKind::pepper_id> {
+  using type = std::uint32_t;
+};
+template <>
+struct KindType<FieldKind::status> {
+  using type = KeyStatus;
+};
+template <>
+struct KindType<FieldKind::time> {
+  using type = TimePoint;
+};
+template <>
+struct KindType<FieldKind::optional_time> {
+  using type = std::optional<TimePoint>;
+};
 
-#define APIKEYS_FIELD_CHECK(column, sqlite_type, pg_type, kind, part, member)            \
-  static_assert(std::is_same_v<decltype(KeyRecord::part.member),                         \
-                               KindType<FieldKind::kind>::type>,                         \
+#define APIKEYS_FIELD_CHECK(column, sqlite_type, pg_type, kind, part, member)                      \
+  static_assert(std::is_same_v<decltype(KeyRecord::part.member), KindType<FieldKind::kind>::type>, \
                 "record_fields.hpp: " #column " is not held in its kind's type");
 APIKEYS_KEY_FIELDS(APIKEYS_FIELD_CHECK)
 #undef APIKEYS_FIELD_CHECK

@@ -26,13 +26,13 @@
 
 #include <fmt/format.h>
 
+#include <fcntl.h>
 #include <algorithm>
 #include <array>
-#include <limits>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <fcntl.h>
+#include <limits>
 #include <optional>
 #include <string>
 #include <thread>
@@ -41,8 +41,8 @@
 
 #include "apikeys/error.hpp"
 #include "apikeys/memory_cache.hpp"
-#include "thread_annotations.hpp"
 #include "hex.hpp"
+#include "thread_annotations.hpp"
 #include "wipe.hpp"
 
 namespace apikeys {
@@ -55,9 +55,9 @@ using SteadyClock = std::chrono::steady_clock;
 // epoch used only when the epoch key is missing (invariant 3). Tokens are
 // (generation + epoch) mod 2^32, compared as Lua numbers (exact below 2^53).
 
-#define APIKEYS_EPOCH_PROLOGUE                              \
-  "local ek = ARGV[1] .. 'e'\n"                             \
-  "local e = redis.call('GET', ek)\n"                       \
+#define APIKEYS_EPOCH_PROLOGUE        \
+  "local ek = ARGV[1] .. 'e'\n"       \
+  "local e = redis.call('GET', ek)\n" \
   "if not e then e = ARGV[2]; redis.call('SET', ek, e) end\n"
 
 // Invariant 1. ARGV: prefix, epoch0, pk, field. Hit: {1, value, pttl}. Miss: {0, token}.
@@ -124,8 +124,8 @@ constexpr const char* kClearScript = APIKEYS_EPOCH_PROLOGUE
 #undef APIKEYS_EPOCH_PROLOGUE
 
 enum ScriptId { kGet, kToken, kPut, kErase, kClear, kScriptCount };
-constexpr const char* kScripts[kScriptCount] = {kGetScript, kTokenScript, kPutScript,
-                                                kEraseScript, kClearScript};
+constexpr const char* kScripts[kScriptCount] = {kGetScript, kTokenScript, kPutScript, kEraseScript,
+                                                kClearScript};
 
 struct ReplyDeleter {
   void operator()(redisReply* r) const noexcept { freeReplyObject(r); }
@@ -192,8 +192,10 @@ std::string encode(const Verdict& v) {
   out[1] = static_cast<char>(v.code);
   std::memcpy(&out[2], v.account_id.bytes().data(), 16);
   std::memcpy(&out[18], v.key_id.bytes().data(), 16);
-  const auto expires = static_cast<std::uint64_t>(v.expires_at ? to_unix_millis(*v.expires_at) : kNoExpiry);
-  for (int i = 0; i < 8; ++i) out[34 + static_cast<std::size_t>(i)] = static_cast<char>(expires >> (56 - 8 * i));
+  const auto expires =
+      static_cast<std::uint64_t>(v.expires_at ? to_unix_millis(*v.expires_at) : kNoExpiry);
+  for (int i = 0; i < 8; ++i)
+    out[34 + static_cast<std::size_t>(i)] = static_cast<char>(expires >> (56 - 8 * i));
   return out;
 }
 
@@ -235,7 +237,9 @@ struct RedisCache::Impl {
   // The password moves into its own member (options.password is left empty); the
   // caller wipes what the moves leave in `o`.
   explicit Impl(RedisCacheOptions&& o)
-      : password(std::move(o.password)), options(std::move(o)), channel(options.prefix + "invalidate"),
+      : password(std::move(o.password)),
+        options(std::move(o)),
+        channel(options.prefix + "invalidate"),
         serial(g_next_serial.fetch_add(1)) {}
   ~Impl() { detail::wipe(password); }
   Impl(const Impl&) = delete;
@@ -269,11 +273,15 @@ struct RedisCache::Impl {
   std::thread subscriber;
 
   static std::int64_t now_ns() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(SteadyClock::now().time_since_epoch()).count();
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               SteadyClock::now().time_since_epoch())
+        .count();
   }
   void trip() noexcept {
-    down_until.store(now_ns() + std::chrono::duration_cast<std::chrono::nanoseconds>(options.retry_interval).count(),
-                     std::memory_order_relaxed);
+    down_until.store(
+        now_ns() +
+            std::chrono::duration_cast<std::chrono::nanoseconds>(options.retry_interval).count(),
+        std::memory_order_relaxed);
   }
   void check_breaker() const {
     if (now_ns() < down_until.load(std::memory_order_relaxed)) {
@@ -284,7 +292,8 @@ struct RedisCache::Impl {
 
   // Opens a connection with timeouts, AUTH and SELECT done.
   Context connect(bool load_scripts) {
-    Context c(redisConnectWithTimeout(options.host.c_str(), options.port, to_timeval(options.connect_timeout)));
+    Context c(redisConnectWithTimeout(options.host.c_str(), options.port,
+                                      to_timeval(options.connect_timeout)));
     if (!c) throw Unreachable("RedisCache connect failed: out of memory");
     if (c->err) throw Unreachable(fmt::format("RedisCache connect failed: {}", c->errstr));
     if (redisSetTimeout(c.get(), to_timeval(options.command_timeout)) != REDIS_OK) {
@@ -299,13 +308,15 @@ struct RedisCache::Impl {
     }
     if (options.database != 0) {
       Reply r = command(*c, {"SELECT", std::to_string(options.database)});
-      if (r->type == REDIS_REPLY_ERROR) throw Error(ErrorCode::storage, "RedisCache: SELECT refused");
+      if (r->type == REDIS_REPLY_ERROR)
+        throw Error(ErrorCode::storage, "RedisCache: SELECT refused");
     }
     if (load_scripts) {
       for (int i = 0; i < kScriptCount; ++i) {
         Reply r = command(*c, {"SCRIPT", "LOAD", kScripts[i]});
         if (r->type != REDIS_REPLY_STRING) {
-          throw Error(ErrorCode::storage, fmt::format("RedisCache: SCRIPT LOAD failed: {}", reply_text(*r)));
+          throw Error(ErrorCode::storage,
+                      fmt::format("RedisCache: SCRIPT LOAD failed: {}", reply_text(*r)));
         }
         detail::MutexLock lock(sha_mu);
         shas[i].assign(r->str, r->len);
@@ -315,7 +326,8 @@ struct RedisCache::Impl {
   }
 
   static std::string reply_text(const redisReply& r) {
-    if (r.type == REDIS_REPLY_ERROR || r.type == REDIS_REPLY_STATUS) return std::string(r.str, r.len);
+    if (r.type == REDIS_REPLY_ERROR || r.type == REDIS_REPLY_STATUS)
+      return std::string(r.str, r.len);
     return "unexpected reply";
   }
 
@@ -330,7 +342,11 @@ struct RedisCache::Impl {
     std::string cmd;
     const detail::WipeOnExit wipe_cmd(cmd);
     cmd.reserve(32 + length.size() + password.size());
-    cmd.append("*2\r\n$4\r\nAUTH\r\n$").append(length).append("\r\n").append(password).append("\r\n");
+    cmd.append("*2\r\n$4\r\nAUTH\r\n$")
+        .append(length)
+        .append("\r\n")
+        .append(password)
+        .append("\r\n");
     for (std::size_t sent = 0; sent < cmd.size();) {
       const ssize_t n = ::send(c.fd, cmd.data() + sent, cmd.size() - sent, MSG_NOSIGNAL);
       if (n > 0) {
@@ -350,8 +366,10 @@ struct RedisCache::Impl {
 
   // The connection broke or timed out: never returns.
   [[noreturn]] static void broken(const redisContext& c) {
-    const bool closed = c.err == REDIS_ERR_EOF || (c.err == REDIS_ERR_IO && (errno == ECONNRESET || errno == EPIPE));
-    throw Unreachable(fmt::format("RedisCache command failed: {}", c.err ? c.errstr : "no reply"), closed);
+    const bool closed = c.err == REDIS_ERR_EOF ||
+                        (c.err == REDIS_ERR_IO && (errno == ECONNRESET || errno == EPIPE));
+    throw Unreachable(fmt::format("RedisCache command failed: {}", c.err ? c.errstr : "no reply"),
+                      closed);
   }
 
   // One command; a null reply means the connection broke or timed out.
@@ -448,7 +466,8 @@ struct RedisCache::Impl {
         std::vector<std::string_view> argv{"EVALSHA", sha, "0"};
         for (const auto& a : args) argv.emplace_back(a);
         Reply r = command(**c, argv);
-        if (r->type == REDIS_REPLY_ERROR && std::string_view(r->str, r->len).substr(0, 8) == "NOSCRIPT") {
+        if (r->type == REDIS_REPLY_ERROR &&
+            std::string_view(r->str, r->len).substr(0, 8) == "NOSCRIPT") {
           argv[0] = "EVAL";
           argv[1] = kScripts[id];
           r = command(**c, argv);
@@ -477,13 +496,16 @@ struct RedisCache::Impl {
   }
   // A random start for a missing generation key, below 2^47 so that it, its
   // increments and the epoch stay exact as Lua numbers.
-  static std::string generation0() { return std::to_string(random_u64() % (std::uint64_t{1} << 47)); }
+  static std::string generation0() {
+    return std::to_string(random_u64() % (std::uint64_t{1} << 47));
+  }
 
   // ---- subscriber -----------------------------------------------------------------
 
   void apply(const redisReply& r) {
     // ["message", channel, payload] or ["pong", ""] / ["subscribe", channel, n].
-    if (r.type != REDIS_REPLY_ARRAY || r.elements < 1 || r.element[0]->type != REDIS_REPLY_STRING) return;
+    if (r.type != REDIS_REPLY_ARRAY || r.elements < 1 || r.element[0]->type != REDIS_REPLY_STRING)
+      return;
     const std::string_view kind(r.element[0]->str, r.element[0]->len);
     if (kind == "subscribe") {
       // Invariant 6: messages published while we were not listening are lost.
@@ -539,12 +561,14 @@ struct RedisCache::Impl {
       argv.push_back(a.data());
       lens.push_back(a.size());
     }
-    if (redisAppendCommandArgv(&c, static_cast<int>(argv.size()), argv.data(), lens.data()) != REDIS_OK) {
+    if (redisAppendCommandArgv(&c, static_cast<int>(argv.size()), argv.data(), lens.data()) !=
+        REDIS_OK) {
       throw Unreachable("RedisCache subscriber: append failed");
     }
     int done = 0;
     while (!done) {
-      if (redisBufferWrite(&c, &done) != REDIS_OK) throw Unreachable("RedisCache subscriber: write failed");
+      if (redisBufferWrite(&c, &done) != REDIS_OK)
+        throw Unreachable("RedisCache subscriber: write failed");
     }
   }
 
@@ -552,14 +576,16 @@ struct RedisCache::Impl {
   void subscribe_once() {
     Context c = connect(false);
     send(*c, {"SUBSCRIBE", channel});
-    const auto beat = std::max<std::chrono::milliseconds>(options.heartbeat_interval, std::chrono::milliseconds(10));
+    const auto beat = std::max<std::chrono::milliseconds>(options.heartbeat_interval,
+                                                          std::chrono::milliseconds(10));
     auto last_data = SteadyClock::now();
     auto last_ping = last_data;
     while (!stopping.load()) {
       // Replies already read and parsed.
       for (;;) {
         void* raw = nullptr;
-        if (redisGetReplyFromReader(c.get(), &raw) != REDIS_OK) throw Unreachable("RedisCache subscriber: protocol error");
+        if (redisGetReplyFromReader(c.get(), &raw) != REDIS_OK)
+          throw Unreachable("RedisCache subscriber: protocol error");
         if (raw == nullptr) break;
         Reply r(static_cast<redisReply*>(raw));
         apply(*r);
@@ -574,7 +600,8 @@ struct RedisCache::Impl {
       if (stopping.load()) return;
       const auto now = SteadyClock::now();
       if (n > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
-        if (redisBufferRead(c.get()) != REDIS_OK) throw Unreachable("RedisCache subscriber: connection lost");
+        if (redisBufferRead(c.get()) != REDIS_OK)
+          throw Unreachable("RedisCache subscriber: connection lost");
         last_data = now;
         continue;
       }
@@ -591,10 +618,14 @@ RedisCache::RedisCache(RedisCacheOptions options) {
   // `options` is our copy: wipe its password on every way out (after the move below
   // it is empty, but a short password's bytes stay in its inline buffer).
   const detail::WipeOnExit wipe_password(options.password);
-  if (options.host.empty()) throw Error(ErrorCode::invalid_argument, "RedisCache: host must not be empty");
-  if (options.port < 1 || options.port > 65535) throw Error(ErrorCode::invalid_argument, "RedisCache: port must be 1..65535");
-  if (options.pool_size == 0) throw Error(ErrorCode::invalid_argument, "RedisCache: pool_size must be at least 1");
-  if (options.prefix.size() > 256) throw Error(ErrorCode::invalid_argument, "RedisCache: prefix longer than 256 bytes");
+  if (options.host.empty())
+    throw Error(ErrorCode::invalid_argument, "RedisCache: host must not be empty");
+  if (options.port < 1 || options.port > 65535)
+    throw Error(ErrorCode::invalid_argument, "RedisCache: port must be 1..65535");
+  if (options.pool_size == 0)
+    throw Error(ErrorCode::invalid_argument, "RedisCache: pool_size must be at least 1");
+  if (options.prefix.size() > 256)
+    throw Error(ErrorCode::invalid_argument, "RedisCache: prefix longer than 256 bytes");
   impl_ = std::make_unique<Impl>(std::move(options));
   Impl& impl = *impl_;
   if (impl.options.local_tier) {
@@ -635,7 +666,8 @@ std::optional<Verdict> RedisCache::get(std::string_view public_key, const Digest
   }
   impl.check_breaker();
   Reply r = impl.script(kGet, {std::string(public_key), digest_field(presented)});
-  if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 || r->element[0]->type != REDIS_REPLY_INTEGER) {
+  if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 ||
+      r->element[0]->type != REDIS_REPLY_INTEGER) {
     throw Error(ErrorCode::storage, "RedisCache get: unexpected reply");
   }
   if (r->element[0]->integer == 0) {
@@ -654,7 +686,8 @@ std::optional<Verdict> RedisCache::get(std::string_view public_key, const Digest
   if (v && live && pttl > 0 && impl.local_live()) {
     // Never longer locally than in Redis; the token refuses it if an invalidation
     // arrived since the lookup began.
-    const auto ttl = std::min<std::chrono::milliseconds>(impl.options.local_ttl, std::chrono::milliseconds(pttl));
+    const auto ttl = std::min<std::chrono::milliseconds>(impl.options.local_ttl,
+                                                         std::chrono::milliseconds(pttl));
     impl.local->put(public_key, presented, *v, ttl, local_token);
   }
   return v;
@@ -664,7 +697,8 @@ std::uint64_t RedisCache::fill_token(std::string_view public_key) {
   Impl& impl = *impl_;
   // Local part first: it must be at least as old as the Redis part is fresh... both
   // only ever need to be taken before the store read, which the caller guarantees.
-  const std::uint32_t local = impl.local ? static_cast<std::uint32_t>(impl.local->fill_token(public_key)) : 0;
+  const std::uint32_t local =
+      impl.local ? static_cast<std::uint32_t>(impl.local->fill_token(public_key)) : 0;
   std::uint32_t remote = 0;
   if (t_memo.owner == impl.serial && t_memo.public_key == public_key) {
     remote = t_memo.token;
@@ -672,7 +706,8 @@ std::uint64_t RedisCache::fill_token(std::string_view public_key) {
   } else {
     impl.check_breaker();
     Reply r = impl.script(kToken, {std::string(public_key)});
-    if (r->type != REDIS_REPLY_INTEGER) throw Error(ErrorCode::storage, "RedisCache fill_token: unexpected reply");
+    if (r->type != REDIS_REPLY_INTEGER)
+      throw Error(ErrorCode::storage, "RedisCache fill_token: unexpected reply");
     remote = static_cast<std::uint32_t>(r->integer);
   }
   return (std::uint64_t{remote} << 32) | local;
@@ -688,7 +723,8 @@ void RedisCache::put(std::string_view public_key, const Digest& presented, const
     if (!impl.local_live()) return;
     const std::uint64_t current = impl.local->fill_token(public_key);
     const std::uint64_t local_token = (current & ~std::uint64_t{0xffffffff}) | (token & 0xffffffff);
-    impl.local->put(public_key, presented, verdict, std::min(ttl, impl.options.local_ttl), local_token);
+    impl.local->put(public_key, presented, verdict, std::min(ttl, impl.options.local_ttl),
+                    local_token);
     return;
   }
   impl.check_breaker();
@@ -696,18 +732,21 @@ void RedisCache::put(std::string_view public_key, const Digest& presented, const
   // Redis refuses an expiry that overflows its clock: "forever" becomes ten years.
   constexpr std::int64_t kMaxTtlMs = 10LL * 366 * 24 * 3600 * 1000;
   const std::int64_t ttl_ms = std::min<std::int64_t>(ttl.count(), kMaxTtlMs);
-  Reply r = impl.script(kPut, {std::string(public_key), digest_field(presented),
-                               std::to_string(token >> 32), encode(verdict), std::to_string(ttl_ms),
-                               verdict.code == ValidationCode::valid ? "1" : "0",
-                               std::to_string(std::max<std::size_t>(1, impl.options.max_verdicts_per_key)),
-                               Impl::generation0(), impl.generation_ttl_ms()});
-  if (r->type != REDIS_REPLY_INTEGER) throw Error(ErrorCode::storage, "RedisCache put: unexpected reply");
+  Reply r = impl.script(
+      kPut,
+      {std::string(public_key), digest_field(presented), std::to_string(token >> 32),
+       encode(verdict), std::to_string(ttl_ms), verdict.code == ValidationCode::valid ? "1" : "0",
+       std::to_string(std::max<std::size_t>(1, impl.options.max_verdicts_per_key)),
+       Impl::generation0(), impl.generation_ttl_ms()});
+  if (r->type != REDIS_REPLY_INTEGER)
+    throw Error(ErrorCode::storage, "RedisCache put: unexpected reply");
   if (r->integer != 1 || !live || !impl.local_live()) return;
   // The local token is the low half: rebuild the full value from the current one (a
   // counter that moved on makes them differ, and the put is refused, as it should be).
   const std::uint64_t current = impl.local->fill_token(public_key);
   const std::uint64_t local_token = (current & ~std::uint64_t{0xffffffff}) | (token & 0xffffffff);
-  impl.local->put(public_key, presented, verdict, std::min(ttl, impl.options.local_ttl), local_token);
+  impl.local->put(public_key, presented, verdict, std::min(ttl, impl.options.local_ttl),
+                  local_token);
 }
 
 void RedisCache::erase(std::string_view public_key) {
@@ -716,7 +755,8 @@ void RedisCache::erase(std::string_view public_key) {
   // Always tried, breaker or not: a revoke should know whether Redis forgot the key.
   Reply r = impl.script(kErase, {std::string(public_key), impl.generation_ttl_ms(), impl.channel,
                                  impl.message_erase(public_key), Impl::generation0()});
-  if (r->type != REDIS_REPLY_INTEGER) throw Error(ErrorCode::storage, "RedisCache erase: unexpected reply");
+  if (r->type != REDIS_REPLY_INTEGER)
+    throw Error(ErrorCode::storage, "RedisCache erase: unexpected reply");
   // Again: a lookup here may have copied a verdict from Redis before the script ran.
   if (impl.local) impl.local->erase(public_key);
 }
@@ -726,7 +766,8 @@ void RedisCache::clear() {
   if (impl.local) impl.local->clear();
   const std::uint64_t step = 1 + random_u64() % (std::uint64_t{1} << 31);
   Reply r = impl.script(kClear, {std::to_string(step), impl.channel, "C"});
-  if (r->type != REDIS_REPLY_INTEGER) throw Error(ErrorCode::storage, "RedisCache clear: unexpected reply");
+  if (r->type != REDIS_REPLY_INTEGER)
+    throw Error(ErrorCode::storage, "RedisCache clear: unexpected reply");
   if (impl.local) impl.local->clear();
 }
 

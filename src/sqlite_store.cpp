@@ -104,7 +104,8 @@ struct SqliteStore::Impl {
   // The option in the clock's unit, clamped (a huge value must not overflow into "off").
   static std::chrono::steady_clock::duration snapshot_age(std::chrono::microseconds age) {
     using steady = std::chrono::steady_clock;
-    const auto most = std::chrono::duration_cast<std::chrono::microseconds>(steady::duration::max());
+    const auto most =
+        std::chrono::duration_cast<std::chrono::microseconds>(steady::duration::max());
     return std::chrono::duration_cast<steady::duration>(
         std::clamp(age, std::chrono::microseconds::zero(), most));
   }
@@ -179,8 +180,8 @@ struct SqliteStore::Impl {
 
   // Runs `f(Writer&)` inside one BEGIN IMMEDIATE transaction under writer_mu.
   template <typename F>
-  APIKEYS_EXCLUDES(writer_mu) auto write(const char* op, F&& f)
-      -> decltype(f(std::declval<Writer&>())) {
+  APIKEYS_EXCLUDES(writer_mu)
+  auto write(const char* op, F&& f) -> decltype(f(std::declval<Writer&>())) {
     if (read_only) {
       throw Error(ErrorCode::storage,
                   fmt::format("SqliteStore {} failed: the store is read-only", op));

@@ -61,7 +61,8 @@ bool has_bidi_or_zero_width(std::string_view s) noexcept {
     const std::size_t len = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
     if (s.size() - i < len) return false;
     std::uint32_t cp = len == 1 ? c : c & (0x7Fu >> len);
-    for (std::size_t k = 1; k < len; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3Fu);
+    for (std::size_t k = 1; k < len; ++k)
+      cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3Fu);
     // Bidi marks, embeddings, overrides and isolates; zero-width spaces and joiners;
     // and the other characters that render as nothing (the grapheme joiner, the
     // Mongolian vowel separator, invisible math operators, Hangul fillers). Variation

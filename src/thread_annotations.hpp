@@ -114,9 +114,7 @@ class APIKEYS_SCOPED_CAPABILITY MutexLock {
 // Holds a SharedMutex in shared mode for its scope.
 class APIKEYS_SCOPED_CAPABILITY SharedLock {
  public:
-  explicit SharedLock(SharedMutex& mu) APIKEYS_ACQUIRE_SHARED(mu) : mu_(mu) {
-    mu_.lock_shared();
-  }
+  explicit SharedLock(SharedMutex& mu) APIKEYS_ACQUIRE_SHARED(mu) : mu_(mu) { mu_.lock_shared(); }
   ~SharedLock() APIKEYS_RELEASE_GENERIC() { mu_.unlock_shared(); }
   SharedLock(const SharedLock&) = delete;
   SharedLock& operator=(const SharedLock&) = delete;
@@ -159,8 +157,7 @@ class CondVar {
   }
   // Returns false when the timeout passed without a notification.
   template <class Rep, class Period>
-  bool wait_for(Mutex& mu, const std::chrono::duration<Rep, Period>& timeout)
-      APIKEYS_REQUIRES(mu) {
+  bool wait_for(Mutex& mu, const std::chrono::duration<Rep, Period>& timeout) APIKEYS_REQUIRES(mu) {
     Adopted lock(mu);
     return cv_.wait_for(lock.lock, timeout) == std::cv_status::no_timeout;
   }

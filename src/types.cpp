@@ -148,12 +148,11 @@ std::string format_utc(TimePoint t) {
   const std::int64_t y = yoe + era * 400 + (m <= 2 ? 1 : 0);
 
   char buf[40];
-  const int n = std::snprintf(buf, sizeof buf, "%04lld-%02lld-%02lldT%02lld:%02lld:%02lld.%03lldZ",
-                              static_cast<long long>(y), static_cast<long long>(m),
-                              static_cast<long long>(d), static_cast<long long>(rem / 3'600'000),
-                              static_cast<long long>(rem / 60'000 % 60),
-                              static_cast<long long>(rem / 1000 % 60),
-                              static_cast<long long>(rem % 1000));
+  const int n = std::snprintf(
+      buf, sizeof buf, "%04lld-%02lld-%02lldT%02lld:%02lld:%02lld.%03lldZ",
+      static_cast<long long>(y), static_cast<long long>(m), static_cast<long long>(d),
+      static_cast<long long>(rem / 3'600'000), static_cast<long long>(rem / 60'000 % 60),
+      static_cast<long long>(rem / 1000 % 60), static_cast<long long>(rem % 1000));
   return std::string(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
 }
 

@@ -87,7 +87,8 @@ struct Validator::Impl {
 
 // Format, digest, cache, fill token, store, then the verdict (expiry, status, secret),
 // the cache fill and last use: doc/validate.md says why each step sits where it does.
-ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view sk) const noexcept {
+ValidationResult Validator::Impl::validate(std::string_view pk,
+                                           std::string_view sk) const noexcept {
   ValidationResult result;
   if (!options.format.is_public_key(pk) || !options.format.is_secret_key(sk)) {
     result.code = ValidationCode::malformed;
@@ -160,7 +161,8 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
         ttl = options.ttl_valid;
         if (info.expires_at) {
           // A cached `valid` must never outlive the key.
-          const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*info.expires_at - now);
+          const auto left =
+              std::chrono::duration_cast<std::chrono::milliseconds>(*info.expires_at - now);
           ttl = std::min(ttl, left);
         }
       }

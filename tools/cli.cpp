@@ -26,8 +26,8 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include "apikeys/apikeys.hpp"
 #include "../src/hex.hpp"
+#include "apikeys/apikeys.hpp"
 
 namespace apikeys::cli {
 namespace {
@@ -112,9 +112,11 @@ std::string_view trim(std::string_view s) noexcept {
 }
 
 bool holds_secret_key(std::string_view text) noexcept {
-  for (auto at = text.find(kSecretPrefix); at != std::string_view::npos; at = text.find(kSecretPrefix, at + 1)) {
+  for (auto at = text.find(kSecretPrefix); at != std::string_view::npos;
+       at = text.find(kSecretPrefix, at + 1)) {
     const std::string_view body = text.substr(at + kSecretPrefix.size(), kSecretBodyChars);
-    if (body.size() == kSecretBodyChars && std::all_of(body.begin(), body.end(), is_base62)) return true;
+    if (body.size() == kSecretBodyChars && std::all_of(body.begin(), body.end(), is_base62))
+      return true;
   }
   return false;
 }
@@ -152,8 +154,8 @@ CommandLine::CommandLine(int argc, char** argv) : argv_(argv) {
 
 std::string_view CommandLine::resolve(const std::string& parsed) const noexcept {
   const std::string_view p(parsed);
-  if (p.size() <= kPlaceholderStart.size() + 1 || p.substr(0, kPlaceholderStart.size()) != kPlaceholderStart ||
-      p.back() != '>') {
+  if (p.size() <= kPlaceholderStart.size() + 1 ||
+      p.substr(0, kPlaceholderStart.size()) != kPlaceholderStart || p.back() != '>') {
     return p;
   }
   std::size_t index = 0;
@@ -177,7 +179,8 @@ std::string CommandLine::redact(std::string message) const {
     const std::string_view value = h.reveal();
     if (value.size() < 8) continue;
     // Resume after the marker, which may itself hold the value ("<not shown>").
-    for (auto at = message.find(value); at != std::string::npos; at = message.find(value, at + kMarker.size())) {
+    for (auto at = message.find(value); at != std::string::npos;
+         at = message.find(value, at + kMarker.size())) {
       message.replace(at, value.size(), kMarker);
     }
   }
@@ -194,8 +197,9 @@ std::size_t CommandLine::kept_prefix(std::string_view arg) noexcept {
 apikeys::SecretString decode_pepper(std::string_view text, const std::string& source) {
   const std::string_view hex = trim(text);
   if (hex.size() < kMinPepperHexChars) {
-    throw UsageError(source + " must hold at least 64 hex characters (32 bytes); generate one with "
-                              "`openssl rand -hex 32`");
+    throw UsageError(source +
+                     " must hold at least 64 hex characters (32 bytes); generate one with "
+                     "`openssl rand -hex 32`");
   }
   if (hex.size() % 2 != 0) throw UsageError(source + " is not valid hex (odd number of digits)");
   std::string raw(hex.size() / 2, '\0');  // sized once: no reallocation leaves a copy behind
@@ -252,13 +256,15 @@ Pepper load_pepper(std::string_view pepper_file) {
     std::ifstream in;
     in.rdbuf()->pubsetbuf(nullptr, 0);  // unbuffered: no stray copy in a stream buffer
     in.open(path, std::ios::in | std::ios::binary);
-    if (!in) throw UsageError("cannot read the file given to --pepper-file (its path is not shown)");
+    if (!in)
+      throw UsageError("cannot read the file given to --pepper-file (its path is not shown)");
     // Read into a buffer sized up front (pipes have no size, so read one byte more than
     // allowed to detect an oversized file) and shrink it, which never reallocates.
     std::string content(kMaxPepperFileBytes + 1, '\0');
     WipeGuard guard(content);
     in.read(content.data(), static_cast<std::streamsize>(content.size()));
-    if (in.bad()) throw UsageError("cannot read the file given to --pepper-file (its path is not shown)");
+    if (in.bad())
+      throw UsageError("cannot read the file given to --pepper-file (its path is not shown)");
     const auto n = static_cast<std::size_t>(in.gcount());
     if (n > kMaxPepperFileBytes) throw UsageError("--pepper-file is larger than 4096 bytes");
     content.resize(n);
@@ -278,15 +284,17 @@ Pepper load_pepper(std::string_view pepper_file) {
 // a database file's name in every directory listing). Checked before any copy is made.
 void refuse_secret(std::string_view value, const char* option, std::string_view pepper_hex) {
   if (holds_secret_key(value) || contains_hex(value, pepper_hex)) {
-    throw UsageError(std::string(option) + " holds a secret key or the pepper; refused (the value is not shown)");
+    throw UsageError(std::string(option) +
+                     " holds a secret key or the pepper; refused (the value is not shown)");
   }
 }
 
 apikeys::Uuid parse_uuid(std::string_view text, const char* option) {
   const auto id = apikeys::Uuid::parse(text);
   if (!id) {
-    throw UsageError(std::string(option) +
-                     " must be a UUID in 8-4-4-4-12 hex form, e.g. 123e4567-e89b-12d3-a456-426614174000");
+    throw UsageError(
+        std::string(option) +
+        " must be a UUID in 8-4-4-4-12 hex form, e.g. 123e4567-e89b-12d3-a456-426614174000");
   }
   return *id;
 }
@@ -296,9 +304,7 @@ Json time_or_null(const std::optional<apikeys::TimePoint>& t) {
 }
 
 // Replaces invalid UTF-8 instead of throwing; the library already rejects it on create.
-std::string dump(const Json& j) {
-  return j.dump(2, ' ', false, Json::error_handler_t::replace);
-}
+std::string dump(const Json& j) { return j.dump(2, ' ', false, Json::error_handler_t::replace); }
 
 // Writes to stdout and reports whether it got there; a lost `create` output loses the
 // only copy of a secret, which the caller must hear about.
@@ -323,10 +329,13 @@ bool write_stdout(std::string_view text) noexcept {
 // into that field. The secret never enters a JSON value or a string that grows: the
 // output is assembled once, in a buffer sized up front, and wiped after the write.
 bool emit_with_secret(const std::string& json, std::string_view secret) {
-  static constexpr std::string_view kField = "\n  \"secret_key\": \"\"";  // unique: quotes in values are escaped
+  static constexpr std::string_view kField =
+      "\n  \"secret_key\": \"\"";  // unique: quotes in values are escaped
   const auto at = json.find(kField);
-  const bool plain = std::all_of(secret.begin(), secret.end(), [](char c) { return is_base62(c) || c == '_'; });
-  if (at == std::string::npos || !plain) throw std::logic_error("create: cannot place the secret in the output");
+  const bool plain =
+      std::all_of(secret.begin(), secret.end(), [](char c) { return is_base62(c) || c == '_'; });
+  if (at == std::string::npos || !plain)
+    throw std::logic_error("create: cannot place the secret in the output");
   const std::size_t split = at + kField.size() - 1;  // before the closing quote
   std::string out;
   WipeGuard guard(out);
@@ -489,7 +498,8 @@ int cmd_revoke_or_delete(const Options& o, bool remove) {
   auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/false);
   Json out;
   try {
-    const apikeys::KeyInfo k = remove ? manager->remove(account, key_id) : manager->revoke(account, key_id);
+    const apikeys::KeyInfo k =
+        remove ? manager->remove(account, key_id) : manager->revoke(account, key_id);
     out["key_id"] = k.key_id.to_string();
     if (remove) {
       out["deleted"] = true;
@@ -533,16 +543,13 @@ int cmd_verify(const Options& o) {
 
 int exit_code_for(apikeys::ErrorCode code) noexcept {
   switch (code) {
-    case apikeys::ErrorCode::invalid_argument:
-      return kExitUsage;
-    case apikeys::ErrorCode::not_found:
-      return kExitNotFound;
+    case apikeys::ErrorCode::invalid_argument: return kExitUsage;
+    case apikeys::ErrorCode::not_found: return kExitNotFound;
     case apikeys::ErrorCode::already_exists:
     case apikeys::ErrorCode::busy:
     case apikeys::ErrorCode::storage:
     case apikeys::ErrorCode::crypto:
-    case apikeys::ErrorCode::not_supported:
-      return kExitFailure;
+    case apikeys::ErrorCode::not_supported: return kExitFailure;
   }
   return kExitFailure;
 }
@@ -555,11 +562,13 @@ int run_command(int argc, char** argv) {
   CommandLine cmd(argc, argv);
   Parsed p;
 
-  CLI::App app{"Issue, list, revoke, delete and verify API keys stored in a SQLite file.\n"
-               "The pepper (HMAC key, at least 64 hex characters) comes from the\n"
-               "APIKEYS_PEPPER environment variable or --pepper-file.",
-               "apikeys"};
-  app.set_version_flag("--version", std::string(apikeys::version()), "Print the library version and exit");
+  CLI::App app{
+      "Issue, list, revoke, delete and verify API keys stored in a SQLite file.\n"
+      "The pepper (HMAC key, at least 64 hex characters) comes from the\n"
+      "APIKEYS_PEPPER environment variable or --pepper-file.",
+      "apikeys"};
+  app.set_version_flag("--version", std::string(apikeys::version()),
+                       "Print the library version and exit");
   app.require_subcommand(1);
   app.fallthrough();  // global options may also follow the command
   app.add_option("--db", p.db, "SQLite database file (created by `create` if missing)")
@@ -573,34 +582,49 @@ int run_command(int argc, char** argv) {
   app.failure_message([&cmd](const CLI::App*, const CLI::Error& e) {
     // CLI11 names the error after the (sub)command, so test its exit code, not its name.
     const bool extras = e.get_exit_code() == static_cast<int>(CLI::ExitCodes::ExtrasError);
-    std::string message = extras
-                              ? std::string("unexpected extra arguments (not shown: they may be secrets)")
-                              : redact_arguments(e.what(), cmd.argc(), cmd.argv());
+    std::string message =
+        extras ? std::string("unexpected extra arguments (not shown: they may be secrets)")
+               : redact_arguments(e.what(), cmd.argc(), cmd.argv());
     return "apikeys: " + message + "\nRun with --help for more information.\n";
   });
 
-  CLI::App* create = app.add_subcommand("create", "Create a key and print it with its secret (shown only this once)");
+  CLI::App* create = app.add_subcommand(
+      "create", "Create a key and print it with its secret (shown only this once)");
   create->add_option("--account", p.account, "Account UUID")->option_text("UUID")->required();
-  create->add_option("--title", p.title, "1-255 characters; no control, bidi or zero-width characters")->option_text("TEXT")->required();
-  create->add_option("--description", p.description, "Optional, up to 1024 characters")->option_text("TEXT");
-  CLI::Option* expires =
-      create->add_option("--expires-in-days", p.expires_in_days, "Lifetime, 1-365 days (default: never expires)")
-          ->option_text("N");
+  create
+      ->add_option("--title", p.title,
+                   "1-255 characters; no control, bidi or zero-width characters")
+      ->option_text("TEXT")
+      ->required();
+  create->add_option("--description", p.description, "Optional, up to 1024 characters")
+      ->option_text("TEXT");
+  CLI::Option* expires = create
+                             ->add_option("--expires-in-days", p.expires_in_days,
+                                          "Lifetime, 1-365 days (default: never expires)")
+                             ->option_text("N");
 
-  CLI::App* list = app.add_subcommand("list", "List an account's keys, newest first (never secrets)");
+  CLI::App* list =
+      app.add_subcommand("list", "List an account's keys, newest first (never secrets)");
   list->add_option("--account", p.account, "Account UUID")->option_text("UUID")->required();
 
   CLI::App* revoke = app.add_subcommand("revoke", "Revoke a key: it is rejected from then on");
   revoke->add_option("--account", p.account, "Account UUID")->option_text("UUID")->required();
-  revoke->add_option("--key-id", p.key_id, "Key UUID (from create or list)")->option_text("UUID")->required();
+  revoke->add_option("--key-id", p.key_id, "Key UUID (from create or list)")
+      ->option_text("UUID")
+      ->required();
 
   CLI::App* remove = app.add_subcommand("delete", "Delete a key permanently");
   remove->add_option("--account", p.account, "Account UUID")->option_text("UUID")->required();
-  remove->add_option("--key-id", p.key_id, "Key UUID (from create or list)")->option_text("UUID")->required();
+  remove->add_option("--key-id", p.key_id, "Key UUID (from create or list)")
+      ->option_text("UUID")
+      ->required();
 
   CLI::App* verify = app.add_subcommand(
-      "verify", "Check a key: `verify PUBLIC SECRET`, `verify PUBLIC:SECRET`, or `verify -` (token on stdin)");
-  verify->add_option("key", p.first, "Public key, pk_...:sk_... token, or - to read the token from stdin")
+      "verify",
+      "Check a key: `verify PUBLIC SECRET`, `verify PUBLIC:SECRET`, or `verify -` (token on stdin)");
+  verify
+      ->add_option("key", p.first,
+                   "Public key, pk_...:sk_... token, or - to read the token from stdin")
       ->required();
   verify->add_option("secret", p.second, "Secret key, when the public key is given alone");
 
@@ -626,7 +650,8 @@ int run_command(int argc, char** argv) {
     std::cerr << "apikeys: " << e.what() << '\n';
     return kExitUsage;
   } catch (const apikeys::Error& e) {
-    std::cerr << "apikeys: " << apikeys::to_string(e.code()) << ": " << cmd.redact(e.what()) << '\n';
+    std::cerr << "apikeys: " << apikeys::to_string(e.code()) << ": " << cmd.redact(e.what())
+              << '\n';
     return exit_code_for(e.code());
   } catch (const std::exception& e) {
     std::cerr << "apikeys: internal error: " << cmd.redact(e.what()) << '\n';

@@ -120,9 +120,9 @@ class CommandLine {
   static std::size_t kept_prefix(std::string_view arg) noexcept;
 
   char** argv_;
-  std::vector<std::string> view_;               // what the parser sees; never a secret
-  std::vector<const char*> pointers_;           // argv-style pointers into view_
-  std::vector<apikeys::SecretString> hidden_;   // the hidden values, by placeholder number
+  std::vector<std::string> view_;              // what the parser sees; never a secret
+  std::vector<const char*> pointers_;          // argv-style pointers into view_
+  std::vector<apikeys::SecretString> hidden_;  // the hidden values, by placeholder number
 };
 
 }  // namespace apikeys::cli

@@ -33,8 +33,8 @@ struct Verdict {
       : code(c), account_id(account), key_id(key), expires_at(expires) {}
 
   ValidationCode code = ValidationCode::error;  ///< The cached outcome.
-  Uuid account_id;  ///< Set when code is valid.
-  Uuid key_id;      ///< Set when code is valid.
+  Uuid account_id;                              ///< Set when code is valid.
+  Uuid key_id;                                  ///< Set when code is valid.
   /// The key's expiry when code is valid (nullopt: it never expires). The Validator
   /// answers `expired` for a cached `valid` whose expiry has passed on its own clock,
   /// so a verdict kept a little past its TTL (a slow put, a cache with another clock)

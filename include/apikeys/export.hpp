@@ -6,15 +6,15 @@
 #define APIKEYS_EXPORT_HPP
 
 #if defined(APIKEYS_STATIC_DEFINE)
-#  define APIKEYS_EXPORT
+#define APIKEYS_EXPORT
 #elif defined(_WIN32)
-#  if defined(APIKEYS_BUILDING)
-#    define APIKEYS_EXPORT __declspec(dllexport)
-#  else
-#    define APIKEYS_EXPORT __declspec(dllimport)
-#  endif
+#if defined(APIKEYS_BUILDING)
+#define APIKEYS_EXPORT __declspec(dllexport)
 #else
-#  define APIKEYS_EXPORT __attribute__((visibility("default")))
+#define APIKEYS_EXPORT __declspec(dllimport)
+#endif
+#else
+#define APIKEYS_EXPORT __attribute__((visibility("default")))
 #endif
 
 #endif  // APIKEYS_EXPORT_HPP

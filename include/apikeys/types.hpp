@@ -70,13 +70,13 @@ APIKEYS_EXPORT const char* to_string(KeyStatus status) noexcept;
 
 /// What may be shown about a key: never its secret, never its digest.
 struct KeyInfo {
-  Uuid key_id;               ///< Random version-4 id of the key.
-  Uuid account_id;           ///< The account the key belongs to.
-  std::string public_key;    ///< "pk_...": identifies the key; not secret.
-  std::string title;         ///< Shown to the account's users.
-  std::string description;   ///< Empty when none was given.
-  KeyStatus status = KeyStatus::active;  ///< Active or revoked.
-  TimePoint created_at{};    ///< When create() made the key.
+  Uuid key_id;                            ///< Random version-4 id of the key.
+  Uuid account_id;                        ///< The account the key belongs to.
+  std::string public_key;                 ///< "pk_...": identifies the key; not secret.
+  std::string title;                      ///< Shown to the account's users.
+  std::string description;                ///< Empty when none was given.
+  KeyStatus status = KeyStatus::active;   ///< Active or revoked.
+  TimePoint created_at{};                 ///< When create() made the key.
   std::optional<TimePoint> expires_at;    ///< nullopt: never expires.
   std::optional<TimePoint> last_used_at;  ///< nullopt: never used (or not yet flushed).
 };

@@ -23,8 +23,8 @@ namespace apikeys::detail::sqlite {
 
 // INSERT INTO api_keys (every column) VALUES (?1, ..., ?n), in table order.
 inline std::string insert_sql() {
-  return "INSERT INTO api_keys (" + column_list(Columns::all) + ") VALUES (" +
-         parameter_list('?') + ")";
+  return "INSERT INTO api_keys (" + column_list(Columns::all) + ") VALUES (" + parameter_list('?') +
+         ")";
 }
 
 // Binds parameter i + 1 to the i-th field, one overload per FieldKind. The first

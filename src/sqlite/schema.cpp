@@ -126,8 +126,7 @@ std::vector<std::string> schema_at(int version) {
 std::int64_t main_file_size(SQLite::Database& db) {
   sqlite3_file* file = nullptr;
   sqlite3_int64 size = -1;
-  if (sqlite3_file_control(db.getHandle(), "main", SQLITE_FCNTL_FILE_POINTER, &file) !=
-          SQLITE_OK ||
+  if (sqlite3_file_control(db.getHandle(), "main", SQLITE_FCNTL_FILE_POINTER, &file) != SQLITE_OK ||
       file == nullptr || file->pMethods == nullptr ||
       file->pMethods->xFileSize(file, &size) != SQLITE_OK) {
     throw Error(ErrorCode::storage, "SqliteStore open failed: cannot read the file's size");
@@ -195,8 +194,7 @@ void require_usable(const Identity& id, const std::string& path, bool may_initia
                               "file; only a writable open with create_if_missing initialises "
                               "one)",
                               path));
-    case FileKind::foreign:
-      break;
+    case FileKind::foreign: break;
   }
   throw Error(ErrorCode::storage,
               fmt::format("SqliteStore open '{}' failed: not an apikeys database ({}); left "
@@ -212,9 +210,9 @@ std::string immutable_uri(const std::string& path) {
   std::string uri = "file:";
   for (std::size_t i = 0; i < path.size(); ++i) {
     const auto c = static_cast<unsigned char>(path[i]);
-    const bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-                       (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
-                       c == '~' || (c == '/' && i != 1);  // "file://" would name a host
+    const bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                       c == '-' || c == '.' || c == '_' || c == '~' ||
+                       (c == '/' && i != 1);  // "file://" would name a host
     if (plain) {
       uri.push_back(static_cast<char>(c));
     } else {

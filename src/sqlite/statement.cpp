@@ -1,8 +1,8 @@
 #include "sqlite/statement.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <array>
+#include <chrono>
 #include <cstring>
 #include <limits>
 #include <optional>
@@ -18,23 +18,21 @@ Error translate(std::string_view op, const SQLite::Exception& e) {
   if (code >= 0) {
     switch (code & 0xff) {
       case SQLITE_BUSY:
-      case SQLITE_LOCKED:
-        out = ErrorCode::busy;
-        break;
+      case SQLITE_LOCKED: out = ErrorCode::busy; break;
       case SQLITE_CONSTRAINT:
         if (extended == SQLITE_CONSTRAINT_UNIQUE || extended == SQLITE_CONSTRAINT_PRIMARYKEY) {
           out = ErrorCode::already_exists;
         }
         break;
-      default:
-        break;
+      default: break;
     }
   }
   return Error(out, fmt::format("SqliteStore {} failed: {}", op, e.what()));
 }
 
 [[noreturn]] void corrupt(const char* op, const char* what) {
-  throw Error(ErrorCode::storage, fmt::format("SqliteStore {} failed: corrupt record: {}", op, what));
+  throw Error(ErrorCode::storage,
+              fmt::format("SqliteStore {} failed: corrupt record: {}", op, what));
 }
 
 std::string_view read_text_view(sqlite3_stmt* s, int i, const char* op, const char* what) {
@@ -145,8 +143,8 @@ SQLite::Database open_connection(const std::string& path, const SqliteStoreOptio
     flags |= SQLite::OPEN_READWRITE;
     if (create) flags |= SQLite::OPEN_CREATE;
   }
-  const auto timeout = std::clamp<std::chrono::milliseconds::rep>(
-      o.busy_timeout.count(), 0, std::numeric_limits<int>::max());
+  const auto timeout = std::clamp<std::chrono::milliseconds::rep>(o.busy_timeout.count(), 0,
+                                                                  std::numeric_limits<int>::max());
   SQLite::Database db(path, flags, static_cast<int>(timeout));
 
   const auto cache_kib = std::min<std::size_t>(o.cache_size_kib, 1u << 30);
@@ -157,6 +155,5 @@ SQLite::Database open_connection(const std::string& path, const SqliteStoreOptio
   if (role == Role::reader) db.exec("PRAGMA query_only = 1");
   return db;
 }
-
 
 }  // namespace apikeys::detail::sqlite

@@ -107,8 +107,8 @@ class RawStatement {
     if (text.size() > static_cast<std::size_t>(std::numeric_limits<int>::max())) {
       throw Error(ErrorCode::invalid_argument, "SqliteStore: text parameter too long");
     }
-    check(sqlite3_bind_text(stmt_, index, text.data(), static_cast<int>(text.size()),
-                            SQLITE_STATIC));
+    check(
+        sqlite3_bind_text(stmt_, index, text.data(), static_cast<int>(text.size()), SQLITE_STATIC));
   }
   void bind(int index, std::int64_t value) { check(sqlite3_bind_int64(stmt_, index, value)); }
 

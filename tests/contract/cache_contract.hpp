@@ -118,7 +118,8 @@ inline void run_cache_contract(const CacheFactory& make, CacheContractOptions op
       const apikeys::Digest od = digest_of(100u + static_cast<std::uint32_t>(code));
       fill(c, other, od, negative(code), minute);
       const auto v = c.get(other, od);
-      if (code == ValidationCode::not_found && !options.stores_not_found && !v.has_value()) continue;
+      if (code == ValidationCode::not_found && !options.stores_not_found && !v.has_value())
+        continue;
       REQUIRE(v.has_value());
       CHECK(v->code == code);
     }
@@ -226,8 +227,8 @@ inline void run_cache_contract(const CacheFactory& make, CacheContractOptions op
   }
 
   SECTION("fill tokens: a token taken before erase() is dropped at put()") {
-    const std::uint64_t token = c.fill_token(key);  // the validation read the store ...
-    c.erase(key);                                   // ... a revoke committed and erased ...
+    const std::uint64_t token = c.fill_token(key);   // the validation read the store ...
+    c.erase(key);                                    // ... a revoke committed and erased ...
     c.put(key, d, valid_verdict(1), minute, token);  // ... the stale verdict must not land
     CHECK_FALSE(c.get(key, d).has_value());
   }
@@ -307,23 +308,20 @@ inline void run_cache_contract(const CacheFactory& make, CacheContractOptions op
             const apikeys::Digest kd = digest_of(static_cast<std::uint32_t>(i));
             const apikeys::Verdict expected = valid_verdict(static_cast<std::uint8_t>(i % 251));
             switch ((x >> 4) % 8) {
-              case 0:
-                c.erase(k);
-                break;
+              case 0: c.erase(k); break;
               case 1:
                 if (r % 500 == 0) c.clear();
                 break;
               case 2:
-              case 3:
-                fill(c, k, kd, expected, minute);
-                break;
+              case 3: fill(c, k, kd, expected, minute); break;
               default: {
                 const auto v = c.get(k, kd);
                 if (v.has_value()) {
                   ++hits;
                   if (!same(*v, expected)) ++wrong;
                 }
-                if (c.get(k, digest_of(static_cast<std::uint32_t>(i) + 100'000u)).has_value()) ++wrong;
+                if (c.get(k, digest_of(static_cast<std::uint32_t>(i) + 100'000u)).has_value())
+                  ++wrong;
                 break;
               }
             }

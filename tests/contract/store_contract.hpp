@@ -125,7 +125,8 @@ inline void run_store_contract(const StoreFactory& make) {
     plain.info.description = "";
 
     apikeys::KeyRecord full = record(2, alice, 7);
-    full.info.title = "\xF0\x9F\x94\x91 prod key \xE2\x9C\x93 \xE6\x97\xA5\xE6\x9C\xAC";  // emoji, CJK
+    full.info.title =
+        "\xF0\x9F\x94\x91 prod key \xE2\x9C\x93 \xE6\x97\xA5\xE6\x9C\xAC";  // emoji, CJK
     full.info.description = "'); DROP TABLE api_keys;--";
     full.info.status = KeyStatus::revoked;
     full.info.expires_at = at(10LL * 365 * 24 * 3600 * 1000);

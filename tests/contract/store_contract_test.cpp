@@ -25,8 +25,8 @@ TEST_CASE("SqliteStore satisfies the Store contract", "[store][sqlite]") {
   apikeys_test::run_store_contract([&] {
     apikeys::SqliteStoreOptions options;
     options.durable = false;  // Faster in tests; the contract is the same.
-    return std::make_shared<apikeys::SqliteStore>(dir.file("contract-" + std::to_string(n++) + ".db"),
-                                                  options);
+    return std::make_shared<apikeys::SqliteStore>(
+        dir.file("contract-" + std::to_string(n++) + ".db"), options);
   });
 }
 
@@ -37,8 +37,8 @@ TEST_CASE("SqliteStore keeps a change log of revokes and deletes", "[store][sqli
       [&] {
         apikeys::SqliteStoreOptions options;
         options.durable = false;
-        return std::make_shared<apikeys::SqliteStore>(dir.file("log-" + std::to_string(n++) + ".db"),
-                                                      options);
+        return std::make_shared<apikeys::SqliteStore>(
+            dir.file("log-" + std::to_string(n++) + ".db"), options);
       },
       apikeys::SqliteStore::kChangeLogSize);
 }

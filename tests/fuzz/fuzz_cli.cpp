@@ -118,7 +118,7 @@ void check_trim_and_hide(const std::vector<std::string>& args) {
   for (int i = 1; i < a.argc(); ++i) {
     const std::string& before = args[static_cast<std::size_t>(i)];
     const std::string_view now(a.argv()[i], before.size());  // blanked bytes are NULs
-    const std::string_view seen = cmd.argv()[i];              // what the parser gets
+    const std::string_view seen = cmd.argv()[i];             // what the parser gets
     if (!may_hold_secret(before)) {
       FUZZ_CHECK(now == before);
       FUZZ_CHECK(seen == before);
@@ -131,7 +131,8 @@ void check_trim_and_hide(const std::vector<std::string>& args) {
     FUZZ_CHECK(seen.substr(0, keep) == std::string_view(before).substr(0, keep));
     FUZZ_CHECK(now.substr(0, keep) == std::string_view(before).substr(0, keep));
     FUZZ_CHECK(now.substr(keep).find_first_not_of('\0') == std::string_view::npos);
-    FUZZ_CHECK(cmd.resolve(std::string(seen.substr(keep))) == std::string_view(before).substr(keep));
+    FUZZ_CHECK(cmd.resolve(std::string(seen.substr(keep))) ==
+               std::string_view(before).substr(keep));
   }
 }
 

@@ -48,15 +48,17 @@ bool ref_decode(std::string_view s, F&& on_code_point) {
     } else if (in(p[0], 0xC2, 0xDF) && left >= 2 && in(p[1], 0x80, 0xBF)) {
       cp = ((b0 & 0x1Fu) << 6) | (p[1] & 0x3Fu);
       len = 2;
-    } else if (left >= 3 && ((b0 == 0xE0 && in(p[1], 0xA0, 0xBF)) ||
-                             ((in(p[0], 0xE1, 0xEC) || in(p[0], 0xEE, 0xEF)) && in(p[1], 0x80, 0xBF)) ||
-                             (b0 == 0xED && in(p[1], 0x80, 0x9F))) &&
+    } else if (left >= 3 &&
+               ((b0 == 0xE0 && in(p[1], 0xA0, 0xBF)) ||
+                ((in(p[0], 0xE1, 0xEC) || in(p[0], 0xEE, 0xEF)) && in(p[1], 0x80, 0xBF)) ||
+                (b0 == 0xED && in(p[1], 0x80, 0x9F))) &&
                in(p[2], 0x80, 0xBF)) {
       cp = ((b0 & 0x0Fu) << 12) | ((p[1] & 0x3Fu) << 6) | (p[2] & 0x3Fu);
       len = 3;
-    } else if (left >= 4 && ((b0 == 0xF0 && in(p[1], 0x90, 0xBF)) ||
-                             (in(p[0], 0xF1, 0xF3) && in(p[1], 0x80, 0xBF)) ||
-                             (b0 == 0xF4 && in(p[1], 0x80, 0x8F))) &&
+    } else if (left >= 4 &&
+               ((b0 == 0xF0 && in(p[1], 0x90, 0xBF)) ||
+                (in(p[0], 0xF1, 0xF3) && in(p[1], 0x80, 0xBF)) ||
+                (b0 == 0xF4 && in(p[1], 0x80, 0x8F))) &&
                in(p[2], 0x80, 0xBF) && in(p[3], 0x80, 0xBF)) {
       cp = ((b0 & 0x07u) << 18) | ((p[1] & 0x3Fu) << 12) | ((p[2] & 0x3Fu) << 6) | (p[3] & 0x3Fu);
       len = 4;
@@ -71,11 +73,10 @@ bool ref_decode(std::string_view s, F&& on_code_point) {
 
 // The code points CreateRequest documents as refused in both fields, one by one.
 bool ref_invisible(std::uint32_t cp) {
-  static constexpr std::uint32_t kRefused[] = {0x061C, 0x200B, 0x200C, 0x200D, 0x200E, 0x200F,
-                                               0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2060,
-                                               0x2066, 0x2067, 0x2068, 0x2069, 0xFEFF, 0x2061,
-                                               0x2062, 0x2063, 0x2064, 0x034F, 0x180E, 0x115F,
-                                               0x1160, 0x3164, 0xFFA0};
+  static constexpr std::uint32_t kRefused[] = {
+      0x061C, 0x200B, 0x200C, 0x200D, 0x200E, 0x200F, 0x202A, 0x202B, 0x202C,
+      0x202D, 0x202E, 0x2060, 0x2066, 0x2067, 0x2068, 0x2069, 0xFEFF, 0x2061,
+      0x2062, 0x2063, 0x2064, 0x034F, 0x180E, 0x115F, 0x1160, 0x3164, 0xFFA0};
   for (const std::uint32_t r : kRefused) {
     if (cp == r) return true;
   }

@@ -5,9 +5,9 @@
 // Input: public prefix \0 secret prefix \0 length byte, then a key or token.
 
 #include <atomic>
-#include <map>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>

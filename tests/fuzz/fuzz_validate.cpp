@@ -55,9 +55,9 @@ struct Known {
 struct World {
   std::shared_ptr<apikeys::ManualClock> clock;
   std::shared_ptr<apikeys::MemoryStore> store;
-  std::unique_ptr<apikeys::KeyManager> manager;      // validates through a MemoryCache
-  std::unique_ptr<apikeys::Validator> uncached;      // reads the store every time
-  std::map<std::string, Known, std::less<>> keys;    // by public key
+  std::unique_ptr<apikeys::KeyManager> manager;    // validates through a MemoryCache
+  std::unique_ptr<apikeys::Validator> uncached;    // reads the store every time
+  std::map<std::string, Known, std::less<>> keys;  // by public key
 
   World() {
     using namespace std::chrono;
@@ -91,9 +91,9 @@ struct World {
       bool revoke;
     };
     const Spec specs[] = {
-        {"Alpha", &account_a, 0, false},   {"Bravo", &account_a, 0, false},
+        {"Alpha", &account_a, 0, false},    {"Bravo", &account_a, 0, false},
         {"Charlie", &account_b, 30, false}, {"Delta", &account_b, 0, true},
-        {"Echo", &account_a, 1, false},    {"Foxtrot", &account_b, 1, true},
+        {"Echo", &account_a, 1, false},     {"Foxtrot", &account_b, 1, true},
     };
     for (const Spec& s : specs) {
       const std::string pk = padded("pk_", s.name, '0');
@@ -137,7 +137,8 @@ World& world() {
 
 void check(const apikeys::ValidationResult& r, ValidationCode want, const Known* hit) {
   if (r.code != want) {
-    std::fprintf(stderr, "got %s, expected %s\n", apikeys::to_string(r.code), apikeys::to_string(want));
+    std::fprintf(stderr, "got %s, expected %s\n", apikeys::to_string(r.code),
+                 apikeys::to_string(want));
   }
   FUZZ_CHECK(r.code == want);
   if (r.ok()) {

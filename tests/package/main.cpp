@@ -107,7 +107,8 @@ int main() {
   const apikeys::CreatedKey key = manager.create(account, request);
   const std::string token = key.info.public_key + ":" + std::string(key.secret_key.reveal());
 
-  const apikeys::ValidationResult ok = manager.validate(key.info.public_key, key.secret_key.reveal());
+  const apikeys::ValidationResult ok =
+      manager.validate(key.info.public_key, key.secret_key.reveal());
   expect(ok.ok() && ok.account_id == account && ok.key_id == key.info.key_id,
          "a new key validates, with its account and key id");
   expect(manager.validate(token).ok(), "the pk_...:sk_... token form validates");
@@ -137,7 +138,8 @@ int main() {
   options.validation.cache = cache;
   apikeys::KeyManager custom(counting, hasher, options);
   const apikeys::CreatedKey other = custom.create(account, request);
-  expect(custom.validate(other.info.public_key, other.secret_key.reveal()).ok() && counting->finds > 0,
+  expect(custom.validate(other.info.public_key, other.secret_key.reveal()).ok() &&
+             counting->finds > 0,
          "a user-written Store subclass works");
   expect(custom.validate(other.info.public_key, other.secret_key.reveal()).ok() &&
              cache->gets > 0 && cache->puts > 0,

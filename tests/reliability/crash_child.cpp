@@ -64,14 +64,16 @@ int main(int argc, char** argv) {
     for (int t = 0; t < 2; ++t) {
       threads.emplace_back([&, t] {
         try {
-          for (int i = 0; i < kMaxKeysPerThread && std::chrono::steady_clock::now() < deadline; ++i) {
+          for (int i = 0; i < kMaxKeysPerThread && std::chrono::steady_clock::now() < deadline;
+               ++i) {
             apikeys::CreateRequest req;
             req.title = "crash " + std::to_string(t) + " " + std::to_string(i);
             req.description = "written by the crash child \xe2\x9c\x93";
             if (i % 2 == 0) req.expires_in_days = 30;
             apikeys::CreatedKey c = manager.create(apikeys_test::account_id(1), req);
-            const std::string line = c.info.public_key + " " + std::string(c.secret_key.reveal()) + " " +
-                                     c.info.key_id.to_string() + " " + c.info.account_id.to_string() + "\n";
+            const std::string line = c.info.public_key + " " + std::string(c.secret_key.reveal()) +
+                                     " " + c.info.key_id.to_string() + " " +
+                                     c.info.account_id.to_string() + "\n";
             if (!write_all(STDOUT_FILENO, line)) return;  // parent gone
             if (!manager.validate(c.info.public_key, c.secret_key.reveal()).ok()) {
               std::fprintf(stderr, "crash child: a key just created does not validate\n");
@@ -88,8 +90,9 @@ int main(int argc, char** argv) {
     threads.emplace_back([&] {
       try {
         for (int i = 0; i < kMaxKeysPerThread && std::chrono::steady_clock::now() < deadline; ++i) {
-          apikeys::CreatedKey c =
-              manager.create(apikeys_test::account_id(2), apikeys::CreateRequest{"churn " + std::to_string(i), "", std::nullopt});
+          apikeys::CreatedKey c = manager.create(
+              apikeys_test::account_id(2),
+              apikeys::CreateRequest{"churn " + std::to_string(i), "", std::nullopt});
           manager.revoke(c.info.account_id, c.info.key_id);
           manager.remove(c.info.account_id, c.info.key_id);
         }

@@ -156,7 +156,8 @@ TEST_CASE("crash: SIGKILL at random moments loses no created key and leaves no h
         const auto extra = std::chrono::microseconds(rng() % 3000);
         how = "after report " + std::to_string(k) + " + " + std::to_string(extra.count()) + " us";
         const auto limit = start + std::chrono::seconds(30);
-        while (child.lines().size() < k && std::chrono::steady_clock::now() < limit && child.pump(5)) {
+        while (child.lines().size() < k && std::chrono::steady_clock::now() < limit &&
+               child.pump(5)) {
         }
         const auto t = std::chrono::steady_clock::now();
         while (std::chrono::steady_clock::now() - t < extra && child.pump(0)) {
@@ -173,7 +174,8 @@ TEST_CASE("crash: SIGKILL at random moments loses no created key and leaves no h
     std::cout << "crash: round " << round << " durable=" << durable << " killed " << how << ": "
               << this_round << " reported (" << reported.size() << " total)\n";
     // Killed by us, or (rarely) finished on its own; never a failure it noticed itself.
-    CHECK(((WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) || (WIFEXITED(status) && WEXITSTATUS(status) == 0)));
+    CHECK(((WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) ||
+           (WIFEXITED(status) && WEXITSTATUS(status) == 0)));
     CHECK(partial.empty());  // reports are single atomic writes
 
     if (::access(db.c_str(), F_OK) == 0) {
@@ -202,8 +204,9 @@ TEST_CASE("crash: SIGKILL at random moments loses no created key and leaves no h
         CHECK(unreported_now >= unreported_account1);
         CHECK(unreported_now - unreported_account1 <= 2);
         unreported_account1 = unreported_now;
-        const std::size_t churn_now = std::stoul(raw.scalar(
-            "SELECT count(*) FROM api_keys WHERE account_id = '" + apikeys_test::account_id(2).to_string() + "'"));
+        const std::size_t churn_now =
+            std::stoul(raw.scalar("SELECT count(*) FROM api_keys WHERE account_id = '" +
+                                  apikeys_test::account_id(2).to_string() + "'"));
         CHECK(churn_now <= churn_left + 1);
         churn_left = churn_now;
         CHECK(rows == account1 + churn_now);
@@ -223,7 +226,9 @@ TEST_CASE("crash: SIGKILL at random moments loses no created key and leaves no h
     for (const auto& r : reported) {
       const auto v = m.validate(r.pk, r.sk);
       if (!v.ok() || v.key_id.to_string() != r.key_id || v.account_id.to_string() != r.account) {
-        if (++bad <= 5) std::cerr << "crash: reported key " << r.key_id << " answers " << to_string(v.code) << "\n";
+        if (++bad <= 5)
+          std::cerr << "crash: reported key " << r.key_id << " answers " << to_string(v.code)
+                    << "\n";
       }
     }
     CHECK(bad == 0);
@@ -231,7 +236,8 @@ TEST_CASE("crash: SIGKILL at random moments loses no created key and leaves no h
     std::cout << "crash: round " << round << " verified: integrity ok, " << reported.size()
               << " reported keys valid\n";
   }
-  std::cout << "crash: " << kRounds << " rounds, " << reported.size() << " reported keys all present and valid, "
-            << unreported_account1 << " committed-unreported, " << churn_left << " churn leftovers\n";
+  std::cout << "crash: " << kRounds << " rounds, " << reported.size()
+            << " reported keys all present and valid, " << unreported_account1
+            << " committed-unreported, " << churn_left << " churn leftovers\n";
   CHECK(reported.size() >= 20);  // the kills did not all land before the first create
 }

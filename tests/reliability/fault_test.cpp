@@ -9,16 +9,16 @@
 // test may mount (root outside a locked-down container); they print "skipped" otherwise.
 // The full disk is also simulated everywhere with RLIMIT_FSIZE, which root obeys.
 #include <signal.h>
-#include <csignal>
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <csignal>
 
 #include <algorithm>
 #include <cerrno>
-#include <cstring>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -67,7 +67,8 @@ std::vector<Key> populate(const std::string& path, int n, std::size_t descriptio
   auto store = std::make_shared<SqliteStore>(path, so);
   KeyManager m(store, hasher(), uncached());
   for (int i = 0; i < n; ++i) {
-    auto c = m.create(apikeys_test::account_id(1), request("key " + std::to_string(i), description_bytes));
+    auto c = m.create(apikeys_test::account_id(1),
+                      request("key " + std::to_string(i), description_bytes));
     Key k{c.info.public_key, std::string(c.secret_key.reveal()), c.info.key_id, false};
     if (i % 5 == 4) {
       m.revoke(apikeys_test::account_id(1), k.id);
@@ -108,10 +109,12 @@ Tally sweep(KeyManager& m, const std::vector<Key>& keys, bool readable) {
     if (r.code == ValidationCode::error) ++t.error;
     if (k.revoked && r.ok()) ++t.violations;
     if (r.ok() && r.key_id != k.id) ++t.violations;
-    if (readable && r.code != (k.revoked ? ValidationCode::revoked : ValidationCode::valid)) ++t.violations;
+    if (readable && r.code != (k.revoked ? ValidationCode::revoked : ValidationCode::valid))
+      ++t.violations;
     const auto w = m.validate(k.pk, wrong(k.sk));
     if (w.ok()) ++t.violations;
-    if (readable && w.code != (k.revoked ? ValidationCode::revoked : ValidationCode::wrong_secret)) ++t.violations;
+    if (readable && w.code != (k.revoked ? ValidationCode::revoked : ValidationCode::wrong_secret))
+      ++t.violations;
     const auto tok = m.validate(k.pk + ":" + wrong(k.sk));
     if (tok.ok()) ++t.violations;
   }
@@ -206,7 +209,8 @@ FillResult create_until_failure(KeyManager& m, int limit, std::vector<Key>& keys
   for (int i = 0; i < limit; ++i) {
     try {
       auto c = m.create(apikeys_test::account_id(1), request("fill " + std::to_string(i), 1000));
-      keys.push_back(Key{c.info.public_key, std::string(c.secret_key.reveal()), c.info.key_id, false});
+      keys.push_back(
+          Key{c.info.public_key, std::string(c.secret_key.reveal()), c.info.key_id, false});
       ++r.created;
     } catch (const Error& e) {
       r.code = e.code();
@@ -232,10 +236,13 @@ TEST_CASE("faults: a read-only database validates, refuses writes and leaves no 
     const Tally t = sweep(m, keys, /*readable=*/true);
     CHECK(t.violations == 0);
     std::string msg;
-    CHECK(fails_with([&] { (void)m.create(apikeys_test::account_id(1), request("nope")); }, {ErrorCode::storage}, &msg));
+    CHECK(fails_with([&] { (void)m.create(apikeys_test::account_id(1), request("nope")); },
+                     {ErrorCode::storage}, &msg));
     CHECK(msg.find("read-only") != std::string::npos);
-    CHECK(fails_with([&] { m.revoke(apikeys_test::account_id(1), keys[0].id); }, {ErrorCode::storage}));
-    CHECK(fails_with([&] { m.remove(apikeys_test::account_id(1), keys[1].id); }, {ErrorCode::storage}));
+    CHECK(fails_with([&] { m.revoke(apikeys_test::account_id(1), keys[0].id); },
+                     {ErrorCode::storage}));
+    CHECK(fails_with([&] { m.remove(apikeys_test::account_id(1), keys[1].id); },
+                     {ErrorCode::storage}));
     CHECK(m.validate(keys[0].pk, keys[0].sk).ok());  // the failed revoke changed nothing
     CHECK(m.list(apikeys_test::account_id(1)).size() == keys.size());
   }
@@ -254,7 +261,8 @@ TEST_CASE("faults: the file system turns read-only under an open store (bind mou
   apikeys_test::TempDir dir;
   fs::create_directory(dir.path() / "src");
   fs::create_directory(dir.path() / "mnt");
-  Mount bind((dir.path() / "src").c_str(), (dir.path() / "mnt").string(), nullptr, MS_BIND, nullptr);
+  Mount bind((dir.path() / "src").c_str(), (dir.path() / "mnt").string(), nullptr, MS_BIND,
+             nullptr);
   if (!bind.ok()) {
     std::cout << "faults: read-only mount skipped (mount not permitted here)\n";
     return;
@@ -275,7 +283,8 @@ TEST_CASE("faults: the file system turns read-only under an open store (bind mou
   CHECK(fails_with([&] { (void)m.create(apikeys_test::account_id(1), request("nope")); },
                    {ErrorCode::storage, ErrorCode::busy}, &msg));
   std::cout << "faults: create on a read-only mount: " << msg << "\n";
-  CHECK(fails_with([&] { m.revoke(apikeys_test::account_id(1), keys[0].id); }, {ErrorCode::storage, ErrorCode::busy}));
+  CHECK(fails_with([&] { m.revoke(apikeys_test::account_id(1), keys[0].id); },
+                   {ErrorCode::storage, ErrorCode::busy}));
   // A second process opening the database now cannot use it (WAL needs a writable -shm),
   // and must say so with an Error, not crash.
   CHECK(fails_with([&] { SqliteStore other(db); }, {ErrorCode::storage, ErrorCode::busy}, &msg));
@@ -291,7 +300,8 @@ TEST_CASE("faults: the file system turns read-only under an open store (bind mou
   CHECK(row_count(db) == keys.size() + 1);
 }
 
-TEST_CASE("faults: the database is locked by another connection past the busy timeout", "[faults]") {
+TEST_CASE("faults: the database is locked by another connection past the busy timeout",
+          "[faults]") {
   apikeys_test::TempDir dir;
   const std::string db = dir.file("locked.db");
   std::vector<Key> keys = populate(db, 10);
@@ -305,10 +315,13 @@ TEST_CASE("faults: the database is locked by another connection past the busy ti
     locker.exec("BEGIN IMMEDIATE");  // holds the write lock
     locker.exec("UPDATE apikeys_meta SET revision = revision WHERE id = 1");
     std::string msg;
-    CHECK(fails_with([&] { (void)m.create(apikeys_test::account_id(1), request("blocked")); }, {ErrorCode::busy}, &msg));
+    CHECK(fails_with([&] { (void)m.create(apikeys_test::account_id(1), request("blocked")); },
+                     {ErrorCode::busy}, &msg));
     std::cout << "faults: create while locked: " << msg << "\n";
-    CHECK(fails_with([&] { m.revoke(apikeys_test::account_id(1), keys[0].id); }, {ErrorCode::busy}));
-    CHECK(fails_with([&] { m.remove(apikeys_test::account_id(1), keys[1].id); }, {ErrorCode::busy}));
+    CHECK(
+        fails_with([&] { m.revoke(apikeys_test::account_id(1), keys[0].id); }, {ErrorCode::busy}));
+    CHECK(
+        fails_with([&] { m.remove(apikeys_test::account_id(1), keys[1].id); }, {ErrorCode::busy}));
     // WAL: readers are not blocked by a writer, so validation goes on, correctly.
     CHECK(sweep(m, keys, /*readable=*/true).violations == 0);
     locker.exec("ROLLBACK");
@@ -360,13 +373,14 @@ TEST_CASE("faults: a full disk (RLIMIT_FSIZE) fails creates cleanly, then recove
     REQUIRE(limit.ok());
     fill = create_until_failure(m, 2000, keys);
     REQUIRE(fill.code.has_value());
-    std::cout << "faults: disk full (RLIMIT_FSIZE) after " << fill.created << " creates: "
-              << to_string(*fill.code) << ": " << fill.message << "\n";
+    std::cout << "faults: disk full (RLIMIT_FSIZE) after " << fill.created
+              << " creates: " << to_string(*fill.code) << ": " << fill.message << "\n";
     CHECK(*fill.code == ErrorCode::storage);
     // Reads still work, and nothing is valid that should not be.
     CHECK(sweep(m, keys, /*readable=*/false).violations == 0);
-    CHECK(fails_with([&] { (void)m.create(apikeys_test::account_id(1), request("still full", 1000)); },
-                     {ErrorCode::storage}));
+    CHECK(fails_with(
+        [&] { (void)m.create(apikeys_test::account_id(1), request("still full", 1000)); },
+        {ErrorCode::storage}));
     limit.lift();
   }
   CHECK(row_count(db) == before + static_cast<std::size_t>(fill.created));  // no partial row
@@ -396,14 +410,15 @@ TEST_CASE("faults: a full disk (small tmpfs) fails creates cleanly, then recover
     KeyManager m(store, hasher(), uncached());
     fill = create_until_failure(m, 5000, keys);
     REQUIRE(fill.code.has_value());
-    std::cout << "faults: disk full (tmpfs 256k) after " << fill.created << " creates: "
-              << to_string(*fill.code) << ": " << fill.message << "\n";
+    std::cout << "faults: disk full (tmpfs 256k) after " << fill.created
+              << " creates: " << to_string(*fill.code) << ": " << fill.message << "\n";
     CHECK(*fill.code == ErrorCode::storage);
     CHECK(sweep(m, keys, /*readable=*/false).violations == 0);
     CHECK(row_count(db) == before + static_cast<std::size_t>(fill.created));
     REQUIRE(tmpfs.remount(0, "size=8m"));
     auto c = m.create(apikeys_test::account_id(1), request("after"));
-    keys.push_back(Key{c.info.public_key, std::string(c.secret_key.reveal()), c.info.key_id, false});
+    keys.push_back(
+        Key{c.info.public_key, std::string(c.secret_key.reveal()), c.info.key_id, false});
     CHECK(sweep(m, keys, /*readable=*/true).violations == 0);
   }
   CHECK(apikeys_test::integrity_check(db) == "ok");
@@ -486,9 +501,9 @@ TEST_CASE("faults: a corrupted database file answers error, never valid, and nev
         list_ok = false;
         CHECK(e.code() == ErrorCode::storage);
       }
-      outcome = "opened; " + std::to_string(t.valid) + " valid, " + std::to_string(t.error) + " error of " +
-                std::to_string(keys.size()) + "; create " + (create_ok ? "ok" : "failed: " + msg) + "; list " +
-                (list_ok ? "ok" : "failed");
+      outcome = "opened; " + std::to_string(t.valid) + " valid, " + std::to_string(t.error) +
+                " error of " + std::to_string(keys.size()) + "; create " +
+                (create_ok ? "ok" : "failed: " + msg) + "; list " + (list_ok ? "ok" : "failed");
     } catch (const Error& e) {
       // Refusing to open a damaged file is a fine answer, if it is a clear one.
       CHECK(e.code() == ErrorCode::storage);

@@ -39,7 +39,8 @@ const std::string kOneMb(1024 * 1024, 'A');
 std::vector<Case> accepted_cases() {
   return {
       {"quotes", R"(O'Brien "quoted" `back` ''; "")", R"(it's "fine" \' \" \\)"},
-      {"SQL fragments", "'); DROP TABLE api_keys; --", "1' OR '1'='1'; DELETE FROM apikeys_meta; /* */ --"},
+      {"SQL fragments", "'); DROP TABLE api_keys; --",
+       "1' OR '1'='1'; DELETE FROM apikeys_meta; /* */ --"},
       {"SQL in both", "x\" OR 1=1 --", "'; UPDATE api_keys SET status = 0; SELECT '"},
       {"format strings", "%s%s%s%n%x {} {0} {:>1000}", "%08x %p {name} ${HOME} $(id) `id`"},
       {"markup", "<script>alert(1)</script>", "<img src=x onerror=alert(1)> &amp; ]]>"},
@@ -52,7 +53,8 @@ std::vector<Case> accepted_cases() {
       {"description with tab, newline, carriage return", "multi", "line 1\r\nline 2\n\tindented\r"},
       {"title trimmed of ASCII space", "  \t padded \n ", "  kept as is  "},
       {"pipes and separators", "a|b,c;d:e\"f", ":::||| ,,, ;;;"},
-      {"looks like a key", "pk_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:sk_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", ""},
+      {"looks like a key",
+       "pk_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:sk_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", ""},
   };
 }
 
@@ -78,9 +80,13 @@ std::vector<Case> refused_cases() {
       {"C1 control (NEL)", "a\xC2\x85z", ""},
       {"right-to-left override in title", "invoice\xE2\x80\xAEtxt.exe", ""},
       {"right-to-left override in description", "t", "RTL \xE2\x80\xAE override"},
-      {"bidi isolate in title", "a\xE2\x81\xA7" "b\xE2\x81\xA9", ""},
+      {"bidi isolate in title",
+       "a\xE2\x81\xA7"
+       "b\xE2\x81\xA9",
+       ""},
       {"zero-width space in title", "pay\xE2\x80\x8Broll", ""},
-      {"emoji joined by ZWJ in description", "t", "ZWJ \xF0\x9F\x91\xA9\xE2\x80\x8D\xF0\x9F\x92\xBB"},
+      {"emoji joined by ZWJ in description", "t",
+       "ZWJ \xF0\x9F\x91\xA9\xE2\x80\x8D\xF0\x9F\x92\xBB"},
       {"BOM at the start of a title", "\xEF\xBB\xBFtitle", ""},
       {"form feed inside title", "a\fb", ""},
       {"vertical tab in description", "t", "a\vb"},
@@ -121,8 +127,8 @@ std::vector<Created> run_cases(KeyManager& m, const Uuid& account) {
     CHECK(k.info.title == trimmed(c.title));
     CHECK(k.info.description == c.description);
     CHECK(m.validate(k.info.public_key, k.secret_key.reveal()).ok());
-    created.push_back(Created{c.name, trimmed(c.title), c.description, k.info.key_id, k.info.public_key,
-                              std::string(k.secret_key.reveal())});
+    created.push_back(Created{c.name, trimmed(c.title), c.description, k.info.key_id,
+                              k.info.public_key, std::string(k.secret_key.reveal())});
   }
   const std::size_t before = m.list(account).size();
   for (const Case& c : refused_cases()) {
@@ -250,7 +256,8 @@ TEST_CASE("hostile: stores keep arbitrary bytes exactly or refuse them", "[hosti
 namespace {
 
 // Every malformed shape we can think of, built around one real key pair.
-std::vector<std::pair<std::string, std::string>> malformed_pairs(const std::string& pk, const std::string& sk) {
+std::vector<std::pair<std::string, std::string>> malformed_pairs(const std::string& pk,
+                                                                 const std::string& sk) {
   std::vector<std::pair<std::string, std::string>> v;
   const std::string pk_body = pk.substr(3);
   const std::string sk_body = sk.substr(3);
@@ -267,10 +274,12 @@ std::vector<std::pair<std::string, std::string>> malformed_pairs(const std::stri
   v.emplace_back("pk_" + std::string(1000, 'a'), sk);
   v.emplace_back(pk, "sk_" + std::string(1024 * 1024, 'b'));
   // Wrong prefixes and swapped halves.
-  for (const std::string& p : {"PK_"s, "Pk_"s, "pk-"s, "pk"s, "pk__"s, "sk_"s, "pk_live_"s, " pk_"s, "\0pk_"s}) {
+  for (const std::string& p :
+       {"PK_"s, "Pk_"s, "pk-"s, "pk"s, "pk__"s, "sk_"s, "pk_live_"s, " pk_"s, "\0pk_"s}) {
     v.emplace_back(p + pk_body, sk);
   }
-  for (const std::string& p : {"SK_"s, "sk-"s, "sk"s, "pk_"s, "sk_test_"s}) v.emplace_back(pk, p + sk_body);
+  for (const std::string& p : {"SK_"s, "sk-"s, "sk"s, "pk_"s, "sk_test_"s})
+    v.emplace_back(pk, p + sk_body);
   v.emplace_back(sk, pk);
   v.emplace_back(pk, pk);
   v.emplace_back(sk, sk);
@@ -305,11 +314,28 @@ std::vector<std::pair<std::string, std::string>> malformed_pairs(const std::stri
 std::vector<std::string> malformed_tokens(const std::string& pk, const std::string& sk) {
   std::vector<std::string> v;
   for (const auto& [p, s] : malformed_pairs(pk, sk)) v.push_back(p + ":" + s);
-  for (const std::string& t :
-       {""s, ":"s, "::"s, pk, sk, pk + ":"s, ":"s + sk, sk + ":"s + pk, pk + "::"s + sk, pk + ":"s + sk + ":"s,
-        pk + ":"s + sk + ":x"s, pk + " "s + sk, pk + "|"s + sk, pk + sk, "Bearer "s + pk + ":"s + sk,
-        " "s + pk + ":"s + sk, pk + ":"s + sk + "\n"s, pk + ":"s + sk + "\0"s, pk + "\0:"s + sk,
-        pk + "\xEF\xBC\x9A"s + sk /* fullwidth colon */, std::string(1024 * 1024, ':'), kOneMb}) {
+  for (const std::string& t : {""s,
+                               ":"s,
+                               "::"s,
+                               pk,
+                               sk,
+                               pk + ":"s,
+                               ":"s + sk,
+                               sk + ":"s + pk,
+                               pk + "::"s + sk,
+                               pk + ":"s + sk + ":"s,
+                               pk + ":"s + sk + ":x"s,
+                               pk + " "s + sk,
+                               pk + "|"s + sk,
+                               pk + sk,
+                               "Bearer "s + pk + ":"s + sk,
+                               " "s + pk + ":"s + sk,
+                               pk + ":"s + sk + "\n"s,
+                               pk + ":"s + sk + "\0"s,
+                               pk + "\0:"s + sk,
+                               pk + "\xEF\xBC\x9A"s + sk /* fullwidth colon */,
+                               std::string(1024 * 1024, ':'),
+                               kOneMb}) {
     v.push_back(t);
   }
   return v;
@@ -317,7 +343,8 @@ std::vector<std::string> malformed_tokens(const std::string& pk, const std::stri
 
 }  // namespace
 
-TEST_CASE("hostile: every malformed token is `malformed` and never reaches the store", "[hostile]") {
+TEST_CASE("hostile: every malformed token is `malformed` and never reaches the store",
+          "[hostile]") {
   auto store = std::make_shared<apikeys_test::InstrumentedStore>();
   auto hasher = std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper);
   auto cache = std::make_shared<MemoryCache>();
@@ -325,7 +352,8 @@ TEST_CASE("hostile: every malformed token is `malformed` and never reaches the s
   o.validation.cache = cache;
   o.validation.record_last_use = false;
   KeyManager m(store, hasher, o);
-  const CreatedKey k = m.create(apikeys_test::account_id(1), CreateRequest{"real", "", std::nullopt});
+  const CreatedKey k =
+      m.create(apikeys_test::account_id(1), CreateRequest{"real", "", std::nullopt});
   const std::string pk = k.info.public_key;
   const std::string sk(k.secret_key.reveal());
   REQUIRE(m.validate(pk, sk).ok());
@@ -336,29 +364,32 @@ TEST_CASE("hostile: every malformed token is `malformed` and never reaches the s
   std::size_t tokens = 0;
   for (const auto& [p, s] : malformed_pairs(pk, sk)) {
     const auto r = m.validate(p, s);
-    if (r.code != ValidationCode::malformed) std::cerr << "hostile: pair not malformed: [" << p << "] [" << s << "]\n";
+    if (r.code != ValidationCode::malformed)
+      std::cerr << "hostile: pair not malformed: [" << p << "] [" << s << "]\n";
     CHECK(r.code == ValidationCode::malformed);
     CHECK(r.key_id.is_nil());
     ++pairs;
   }
   for (const std::string& t : malformed_tokens(pk, sk)) {
     const auto r = m.validate(t);
-    if (r.code != ValidationCode::malformed) std::cerr << "hostile: token not malformed: [" << t << "]\n";
+    if (r.code != ValidationCode::malformed)
+      std::cerr << "hostile: token not malformed: [" << t << "]\n";
     CHECK(r.code == ValidationCode::malformed);
     ++tokens;
   }
   std::cout << "hostile: " << pairs << " malformed pairs and " << tokens << " malformed tokens\n";
   CHECK(store->finds.load() == finds_before);  // the store was never consulted
-  CHECK(cache->size() == cached_before);        // nor the cache filled
-  CHECK(m.validate(pk + ":" + sk).ok());         // and the real key still works
+  CHECK(cache->size() == cached_before);       // nor the cache filled
+  CHECK(m.validate(pk + ":" + sk).ok());       // and the real key still works
 }
 
 TEST_CASE("hostile: UUIDs from hostile text", "[hostile]") {
   for (const std::string& s :
-       {""s, "' OR 1=1 --"s, "00000000-0000-4000-8000-00000000000"s, "00000000-0000-4000-8000-0000000000000"s,
-        "00000000-0000-4000-8000-00000000000g"s, "00000000_0000_4000_8000_000000000000"s,
-        "{00000000-0000-4000-8000-000000000000}"s, " 00000000-0000-4000-8000-000000000000"s,
-        "00000000-0000-4000-8000-000000000000\0"s, "0000000000000400080000000000000000"s, kOneMb}) {
+       {""s, "' OR 1=1 --"s, "00000000-0000-4000-8000-00000000000"s,
+        "00000000-0000-4000-8000-0000000000000"s, "00000000-0000-4000-8000-00000000000g"s,
+        "00000000_0000_4000_8000_000000000000"s, "{00000000-0000-4000-8000-000000000000}"s,
+        " 00000000-0000-4000-8000-000000000000"s, "00000000-0000-4000-8000-000000000000\0"s,
+        "0000000000000400080000000000000000"s, kOneMb}) {
     CHECK_FALSE(Uuid::parse(s).has_value());
   }
   CHECK(Uuid::parse("00000000-0000-4000-8000-00000000000A").has_value());

@@ -25,7 +25,8 @@ namespace fs = std::filesystem;
 namespace {
 
 std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  std::transform(s.begin(), s.end(), s.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   return s;
 }
 
@@ -111,22 +112,35 @@ TEST_CASE("secrets: no exception message holds a secret, the pepper or a digest"
 
   std::vector<Captured> msgs;
   // Requests that carry the secret where it does not belong.
-  capture(msgs, "title = secret + control", [&] { (void)m.create(account, CreateRequest{sk + "\x01", "", std::nullopt}); });
-  capture(msgs, "title = secret + bad UTF-8", [&] { (void)m.create(account, CreateRequest{sk + "\xFF", "", std::nullopt}); });
+  capture(msgs, "title = secret + control", [&] {
+    (void)m.create(account, CreateRequest{sk + "\x01", "", std::nullopt});
+  });
+  capture(msgs, "title = secret + bad UTF-8", [&] {
+    (void)m.create(account, CreateRequest{sk + "\xFF", "", std::nullopt});
+  });
   capture(msgs, "title = secret x 10", [&] {
     (void)m.create(account, CreateRequest{sk + sk + sk + sk + sk + sk + sk + sk, "", std::nullopt});
   });
-  capture(msgs, "description = secret + ESC", [&] { (void)m.create(account, CreateRequest{"t", sk + "\x1b", std::nullopt}); });
-  capture(msgs, "expiry refused with secret title", [&] { (void)m.create(account, CreateRequest{sk, sk, 0}); });
-  capture(msgs, "normalize_request", [&] { (void)normalize_request(CreateRequest{"\t" + sk + "\0"s, "", std::nullopt}); });
+  capture(msgs, "description = secret + ESC", [&] {
+    (void)m.create(account, CreateRequest{"t", sk + "\x1b", std::nullopt});
+  });
+  capture(msgs, "expiry refused with secret title", [&] {
+    (void)m.create(account, CreateRequest{sk, sk, 0});
+  });
+  capture(msgs, "normalize_request", [&] {
+    (void)normalize_request(CreateRequest{"\t" + sk + "\0"s, "", std::nullopt});
+  });
   capture(msgs, "revoke unknown", [&] { m.revoke(account, Uuid::random()); });
-  capture(msgs, "remove other account", [&] { m.remove(apikeys_test::account_id(2), key.info.key_id); });
+  capture(msgs, "remove other account",
+          [&] { m.remove(apikeys_test::account_id(2), key.info.key_id); });
   // Peppers that break the rules.
   capture(msgs, "short pepper", [&] { HmacSha256Hasher h(pepper.substr(0, 31)); });
   capture(msgs, "duplicate pepper ids", [&] { HmacSha256Hasher h({{1, pepper}, {1, pepper}}, 1); });
   capture(msgs, "unknown current pepper", [&] { HmacSha256Hasher h({{1, pepper}}, 7); });
   capture(msgs, "no peppers", [&] { HmacSha256Hasher h({}, 1); });
-  capture(msgs, "short pepper among good", [&] { HmacSha256Hasher h({{1, pepper}, {2, sk.substr(0, 20)}}, 1); });
+  capture(msgs, "short pepper among good", [&] {
+    HmacSha256Hasher h({{1, pepper}, {2, sk.substr(0, 20)}}, 1);
+  });
   // Key formats built from a secret.
   capture(msgs, "format prefix = secret", [&] {
     KeyFormat f;
@@ -156,7 +170,9 @@ TEST_CASE("secrets: no exception message holds a secret, the pepper or a digest"
     apikeys_test::RawDb locker(db);
     locker.exec("BEGIN IMMEDIATE");
     locker.exec("UPDATE apikeys_meta SET revision = revision WHERE id = 1");
-    capture(msgs, "create while locked", [&] { (void)busy.create(account, CreateRequest{sk, sk, std::nullopt}); });
+    capture(msgs, "create while locked", [&] {
+      (void)busy.create(account, CreateRequest{sk, sk, std::nullopt});
+    });
     capture(msgs, "revoke while locked", [&] { busy.revoke(account, key.info.key_id); });
     locker.exec("ROLLBACK");
   }
@@ -164,7 +180,9 @@ TEST_CASE("secrets: no exception message holds a secret, the pepper or a digest"
     SqliteStoreOptions ro;
     ro.read_only = true;
     KeyManager read_only(std::make_shared<SqliteStore>(db, ro), hasher);
-    capture(msgs, "create read-only", [&] { (void)read_only.create(account, CreateRequest{sk, sk, std::nullopt}); });
+    capture(msgs, "create read-only", [&] {
+      (void)read_only.create(account, CreateRequest{sk, sk, std::nullopt});
+    });
   }
   // A user's store that fails: the KeyManager wraps its message.
   {
@@ -188,7 +206,8 @@ namespace {
 
 const std::string kPepperHex = "00112233445566778899aabbccddeeff0123456789abcdef0123456789abcdef";
 
-apikeys_test::ProgramRun cli(const std::vector<std::string>& args, const std::string& pepper_hex = kPepperHex,
+apikeys_test::ProgramRun cli(const std::vector<std::string>& args,
+                             const std::string& pepper_hex = kPepperHex,
                              const std::string& input = "") {
   std::vector<std::string> argv{APIKEYS_CLI_PATH};
   argv.insert(argv.end(), args.begin(), args.end());
@@ -231,12 +250,14 @@ TEST_CASE("secrets: CLI failure output never holds a secret or the pepper", "[se
   forbidden.add("pepper bytes", std::string(raw.begin(), raw.end()));
 
   std::vector<Captured> outs;
-  auto run = [&](const std::string& where, const std::vector<std::string>& args, const std::string& pepper = kPepperHex,
-                 const std::string& input = "", int expect_code = -1) {
+  auto run = [&](const std::string& where, const std::vector<std::string>& args,
+                 const std::string& pepper = kPepperHex, const std::string& input = "",
+                 int expect_code = -1) {
     const auto r = cli(args, pepper, input);
     outs.push_back({where + " (exit " + std::to_string(r.code) + ")", r.out + "\n" + r.err});
     if (expect_code >= 0) CHECK(r.code == expect_code);
-    if (r.code == 0 && expect_code < 0) std::cerr << "secrets: unexpected success: " << where << "\n";
+    if (r.code == 0 && expect_code < 0)
+      std::cerr << "secrets: unexpected success: " << where << "\n";
     return r;
   };
 
@@ -246,40 +267,50 @@ TEST_CASE("secrets: CLI failure output never holds a secret or the pepper", "[se
   run("verify secret twice", {"--db", db, "verify", sk, sk}, kPepperHex, "", 1);
   run("verify swapped", {"--db", db, "verify", sk + ":" + pk}, kPepperHex, "", 1);
   run("verify extra args", {"--db", db, "verify", pk, sk, sk}, kPepperHex, "", 2);
-  run("verify extra token args", {"--db", db, "verify", pk + ":" + sk, wrong, sk}, kPepperHex, "", 2);
+  run("verify extra token args", {"--db", db, "verify", pk + ":" + sk, wrong, sk}, kPepperHex, "",
+      2);
   run("verify unknown option", {"--db", db, "verify", "--secret=" + sk, pk}, kPepperHex, "", 2);
   run("verify unknown option 2", {"--db", db, "verify", "--secret", sk, pk}, kPepperHex, "", 2);
   run("verify stdin malformed", {"--db", db, "verify", "-"}, kPepperHex, sk + "\n", 1);
   run("verify stdin wrong", {"--db", db, "verify", "-"}, kPepperHex, pk + ":" + wrong + "\n", 1);
   run("verify missing db", {"--db", dir.file("missing.db"), "verify", pk, sk}, kPepperHex, "", 4);
   run("list with secret as account", {"--db", db, "list", "--account", sk}, kPepperHex, "", 2);
-  run("revoke with secret as key id", {"--db", db, "revoke", "--account", account, "--key-id", sk}, kPepperHex, "", 2);
-  run("delete with secret as account", {"--db", db, "delete", "--account", sk, "--key-id", key_id}, kPepperHex, "", 2);
-  run("create title secret + control", {"--db", db, "create", "--account", account, "--title", sk + "\x01"}, kPepperHex,
-      "", 2);
+  run("revoke with secret as key id", {"--db", db, "revoke", "--account", account, "--key-id", sk},
+      kPepperHex, "", 2);
+  run("delete with secret as account", {"--db", db, "delete", "--account", sk, "--key-id", key_id},
+      kPepperHex, "", 2);
+  run("create title secret + control",
+      {"--db", db, "create", "--account", account, "--title", sk + "\x01"}, kPepperHex, "", 2);
   run("create description secret + ESC",
-      {"--db", db, "create", "--account", account, "--title", "t", "--description", sk + "\x1b"}, kPepperHex, "", 2);
-  run("create expiry = secret", {"--db", db, "create", "--account", account, "--title", "t", "--expires-in-days", sk},
+      {"--db", db, "create", "--account", account, "--title", "t", "--description", sk + "\x1b"},
+      kPepperHex, "", 2);
+  run("create expiry = secret",
+      {"--db", db, "create", "--account", account, "--title", "t", "--expires-in-days", sk},
       kPepperHex, "", 2);
   run("secret as command", {"--db", db, sk}, kPepperHex, "", 2);
-  run("secret as db flag value of unknown option", {"--db", db, "--token=" + sk, "list", "--account", account},
-      kPepperHex, "", 2);
+  run("secret as db flag value of unknown option",
+      {"--db", db, "--token=" + sk, "list", "--account", account}, kPepperHex, "", 2);
   // Peppers that are wrong in every way: never echoed.
-  run("pepper with a bad digit", {"--db", db, "list", "--account", account}, kPepperHex.substr(0, 63) + "g", "", 2);
-  run("pepper too short", {"--db", db, "list", "--account", account}, kPepperHex.substr(0, 62), "", 2);
+  run("pepper with a bad digit", {"--db", db, "list", "--account", account},
+      kPepperHex.substr(0, 63) + "g", "", 2);
+  run("pepper too short", {"--db", db, "list", "--account", account}, kPepperHex.substr(0, 62), "",
+      2);
   run("pepper odd length", {"--db", db, "list", "--account", account}, kPepperHex + "a", "", 2);
   {
     const std::string pf = dir.file("pepper.txt");
     std::ofstream(pf) << kPepperHex << "zz\n";
-    run("pepper file with a bad digit", {"--db", db, "--pepper-file", pf, "list", "--account", account}, "", "", 2);
+    run("pepper file with a bad digit",
+        {"--db", db, "--pepper-file", pf, "list", "--account", account}, "", "", 2);
   }
   // The right pepper, but the store fails.
   {
     const std::string text = dir.file("text.db");
     std::ofstream(text) << "not a database\n";
     run("verify on a non-database", {"--db", text, "verify", pk, sk}, kPepperHex, "", 4);
-    run("create on a non-database", {"--db", text, "create", "--account", account, "--title", "t"}, kPepperHex, "", 4);
-    run("verify on a directory", {"--db", dir.path().string(), "verify", pk + ":" + sk}, kPepperHex, "", 4);
+    run("create on a non-database", {"--db", text, "create", "--account", account, "--title", "t"},
+        kPepperHex, "", 4);
+    run("verify on a directory", {"--db", dir.path().string(), "verify", pk + ":" + sk}, kPepperHex,
+        "", 4);
   }
   // A different (valid) pepper: the key is now wrong, and neither pepper is echoed.
   run("verify under another pepper", {"--db", db, "verify", pk, sk},
@@ -296,11 +327,13 @@ TEST_CASE("secrets: CLI failure output never holds a secret or the pepper", "[se
   check_no_leaks(forbidden, outs);
 }
 
-TEST_CASE("secrets: no CLI option, argument or variable shows the secret or pepper given to it", "[secrets]") {
+TEST_CASE("secrets: no CLI option, argument or variable shows the secret or pepper given to it",
+          "[secrets]") {
   apikeys_test::TempDir dir;
   const std::string db = dir.file("cli.db");
   const std::string account = apikeys_test::account_id(1).to_string();
-  const std::string no_such_key = apikeys_test::account_id(99).to_string();  // revoke/delete touch nothing
+  const std::string no_such_key =
+      apikeys_test::account_id(99).to_string();  // revoke/delete touch nothing
   const auto created = cli({"--db", db, "create", "--account", account, "--title", "victim"});
   REQUIRE(created.code == 0);
   const std::string sk = json_field(created.out, "secret_key");
@@ -318,11 +351,14 @@ TEST_CASE("secrets: no CLI option, argument or variable shows the secret or pepp
     return head;
   };
   std::vector<Captured> outs;
-  for (const auto& [label, value] : {std::pair<std::string, std::string>{"a secret", sk}, {"the pepper", kPepperHex}}) {
-    auto run = [&, label = label](const std::string& where, const Args& args, const std::string& pepper = kPepperHex,
+  for (const auto& [label, value] :
+       {std::pair<std::string, std::string>{"a secret", sk}, {"the pepper", kPepperHex}}) {
+    auto run = [&, label = label](const std::string& where, const Args& args,
+                                  const std::string& pepper = kPepperHex,
                                   const std::string& input = "") {
       const auto r = cli(args, pepper, input);
-      outs.push_back({where + " = " + label + " (exit " + std::to_string(r.code) + ")", r.out + "\n" + r.err});
+      outs.push_back(
+          {where + " = " + label + " (exit " + std::to_string(r.code) + ")", r.out + "\n" + r.err});
     };
     const std::string& v = value;
     // A path made of the value: `create` would make that file, so it goes in our dir.
@@ -343,7 +379,8 @@ TEST_CASE("secrets: no CLI option, argument or variable shows the secret or pepp
       run(name + " --db after the command", with(command, {"--db", v_path}));
       run(name + " --pepper-file", with({"--db", db, "--pepper-file", v}, command), "");
       run(name + " --pepper-file=", with({"--db", db, "--pepper-file=" + v}, command), "");
-      run(name + " --pepper-file (a path)", with({"--db", db, "--pepper-file", v_path}, command), "");
+      run(name + " --pepper-file (a path)", with({"--db", db, "--pepper-file", v_path}, command),
+          "");
       run(name + " APIKEYS_PEPPER", with({"--db", db}, command), v);
       run(name + " unknown option", with({"--db", db, "--token=" + v}, command));
       run(name + " extra argument", with(with({"--db", db}, command), {v}));
@@ -352,9 +389,12 @@ TEST_CASE("secrets: no CLI option, argument or variable shows the secret or pepp
     run("create --account", with(create, {"--account", v, "--title", "t"}));
     run("create --title", with(create, {"--account", account, "--title", v}));
     run("create --title=", with(create, {"--account", account, "--title=" + v}));
-    run("create --title (inside)", with(create, {"--account", account, "--title", "key " + v + " here"}));
-    run("create --description", with(create, {"--account", account, "--title", "t", "--description", v}));
-    run("create --expires-in-days", with(create, {"--account", account, "--title", "t", "--expires-in-days", v}));
+    run("create --title (inside)",
+        with(create, {"--account", account, "--title", "key " + v + " here"}));
+    run("create --description",
+        with(create, {"--account", account, "--title", "t", "--description", v}));
+    run("create --expires-in-days",
+        with(create, {"--account", account, "--title", "t", "--expires-in-days", v}));
     run("list --account", {"--db", db, "list", "--account", v});
     run("revoke --account", {"--db", db, "revoke", "--account", v, "--key-id", no_such_key});
     run("revoke --key-id", {"--db", db, "revoke", "--account", account, "--key-id", v});

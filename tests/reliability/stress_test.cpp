@@ -126,7 +126,8 @@ void check_correct(Report& rep, const Slot& s, int before, int after, const Vali
     if (before == kRevoked || before == kRemoved) {
       rep.violation("valid after revoke/remove returned (" + where + ")");
     }
-    if (r.key_id != s.id || r.account_id != s.account) rep.violation("valid with wrong ids (" + where + ")");
+    if (r.key_id != s.id || r.account_id != s.account)
+      rep.violation("valid with wrong ids (" + where + ")");
     return;
   }
   if (before >= kRevoked) ++rep.rejected_after_gone;
@@ -240,7 +241,9 @@ void run_stress(KeyManager& m, const Counts& c, const char* label) {
   for (int v = 0; v < c.validators; ++v) {
     threads.emplace_back([&, v] {
       wait_go();
-      guarded("validator", [&] { validator_thread(m, pool, rep, c.validations_per_thread, 1000u + static_cast<unsigned>(v)); });
+      guarded("validator", [&] {
+        validator_thread(m, pool, rep, c.validations_per_thread, 1000u + static_cast<unsigned>(v));
+      });
     });
   }
   threads.emplace_back([&] {  // creator: the only producer of slots
@@ -248,7 +251,8 @@ void run_stress(KeyManager& m, const Counts& c, const char* label) {
     guarded("creator", [&] {
       for (int i = 0; i < c.creates; ++i) {
         const auto account = apikeys_test::account_id(static_cast<std::uint8_t>(1 + i % 4));
-        pool.publish(m.create(account, CreateRequest{"new " + std::to_string(i), "", std::nullopt}));
+        pool.publish(
+            m.create(account, CreateRequest{"new " + std::to_string(i), "", std::nullopt}));
         ++rep.creates;
       }
     });
@@ -336,7 +340,8 @@ void run_stress(KeyManager& m, const Counts& c, const char* label) {
             << rep.creates.load() << " creates, " << rep.revokes.load() << " revokes, "
             << rep.removes.load() << " deletes in " << seconds << " s; final sweep "
             << final_checked << " keys\n";
-  for (const auto& msg : rep.messages) std::cerr << "stress[" << label << "] violation: " << msg << "\n";
+  for (const auto& msg : rep.messages)
+    std::cerr << "stress[" << label << "] violation: " << msg << "\n";
   CHECK(rep.violations.load() == 0);
   CHECK(rep.validations.load() == static_cast<long>(c.validators) * c.validations_per_thread);
   CHECK(rep.creates.load() == c.creates);

@@ -26,17 +26,17 @@
 #include <utility>
 #include <vector>
 
+#include "alloc_probe.hpp"
 #include "apikeys/error.hpp"
 #include "apikeys/hasher.hpp"
 #include "apikeys/key_manager.hpp"
 #include "apikeys/memory_cache.hpp"
 #include "apikeys/postgres_store.hpp"
-#include "alloc_probe.hpp"
 #include "catch.hpp"
 #include "record_fields.hpp"
 #include "server_support.hpp"
-#include "store_doubles.hpp"
 #include "store_contract.hpp"
+#include "store_doubles.hpp"
 #include "test_support.hpp"
 
 #include "../../src/hex.hpp"
@@ -57,7 +57,8 @@ class SchemaJanitor {
     if (names_.empty()) return;
     PGconn* c = PQconnectdb(conninfo_.c_str());
     if (PQstatus(c) == CONNECTION_OK) {
-      PQsetNoticeProcessor(c, [](void*, const char*) {}, nullptr);  // "drop cascades to ..."
+      PQsetNoticeProcessor(
+          c, [](void*, const char*) {}, nullptr);  // "drop cascades to ..."
       for (const auto& n : names_) {
         PQclear(PQexec(c, ("DROP SCHEMA IF EXISTS \"" + n + "\" CASCADE").c_str()));
       }
@@ -104,9 +105,8 @@ TEST_CASE("PostgresStore satisfies the Store contract", "[servers][postgres][sto
   const auto pg = apikeys_test::test_pg();
   if (!pg) return;
   SchemaJanitor janitor(*pg);
-  apikeys_test::run_store_contract([&] {
-    return std::make_shared<apikeys::PostgresStore>(*pg, options_for(janitor.make()));
-  });
+  apikeys_test::run_store_contract(
+      [&] { return std::make_shared<apikeys::PostgresStore>(*pg, options_for(janitor.make())); });
 }
 
 TEST_CASE("PostgresStore's apikeys_keys table has the fields of the record description, in order",
@@ -120,7 +120,9 @@ TEST_CASE("PostgresStore's apikeys_keys table has the fields of the record descr
   REQUIRE(PQstatus(c) == CONNECTION_OK);
   const std::string sql =
       "SELECT column_name, data_type, is_nullable FROM information_schema.columns"
-      " WHERE table_schema = '" + schema + "' AND table_name = 'apikeys_keys'"
+      " WHERE table_schema = '" +
+      schema +
+      "' AND table_name = 'apikeys_keys'"
       " AND column_name <> 'seq' ORDER BY ordinal_position";
   PGresult* r = PQexec(c, sql.c_str());
   const bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
@@ -169,7 +171,8 @@ TEST_CASE("PostgresStore: instances on one schema share keys and the revision",
   REQUIRE(a.set_status(alice, apikeys_test::contract::key_id(1), apikeys::KeyStatus::revoked));
   const std::uint64_t r1 = b.revision();
   CHECK(r1 != r0);
-  REQUIRE(b.find(apikeys_test::contract::public_key(1))->info.status == apikeys::KeyStatus::revoked);
+  REQUIRE(b.find(apikeys_test::contract::public_key(1))->info.status ==
+          apikeys::KeyStatus::revoked);
   REQUIRE(a.remove(alice, apikeys_test::contract::key_id(2)));
   CHECK(b.revision() != r1);
   CHECK_FALSE(b.find(apikeys_test::contract::public_key(2)));
@@ -205,12 +208,15 @@ TEST_CASE("PostgresStore: validation and management survive a server restart mid
   if (!pg || !apikeys_test::have_controls({"APIKEYS_TEST_PG_RESTART"})) return;
   SchemaJanitor janitor(*pg);
   auto store = std::make_shared<apikeys::PostgresStore>(*pg, options_for(janitor.make()));
-  apikeys::KeyManager manager(store, hasher(), manager_options(std::make_shared<apikeys::MemoryCache>()));
+  apikeys::KeyManager manager(store, hasher(),
+                              manager_options(std::make_shared<apikeys::MemoryCache>()));
   const apikeys::Uuid account = apikeys_test::account_id(7);
 
   std::vector<apikeys::CreatedKey> keys;
-  for (int i = 0; i < 12; ++i) keys.push_back(manager.create(account, request("key " + std::to_string(i))));
-  for (int i = 0; i < 4; ++i) manager.revoke(account, keys[static_cast<std::size_t>(i)].info.key_id);
+  for (int i = 0; i < 12; ++i)
+    keys.push_back(manager.create(account, request("key " + std::to_string(i))));
+  for (int i = 0; i < 4; ++i)
+    manager.revoke(account, keys[static_cast<std::size_t>(i)].info.key_id);
 
   // Validators run throughout: a revoked key is never valid, an active one is valid
   // or (while the server is away) error, nothing else.
@@ -240,24 +246,28 @@ TEST_CASE("PostgresStore: validation and management survive a server restart mid
   REQUIRE(apikeys_test::server_control("APIKEYS_TEST_PG_RESTART"));
 
   // Management recovers: pooled connections died with the server and are replaced.
-  bool created = apikeys_test::eventually([&] {
-    try {
-      (void)manager.create(account, request("after restart"));
-      return true;
-    } catch (const apikeys::Error& e) {
-      CHECK((e.code() == ErrorCode::busy || e.code() == ErrorCode::storage));
-      return false;
-    }
-  }, std::chrono::seconds(20));
+  bool created = apikeys_test::eventually(
+      [&] {
+        try {
+          (void)manager.create(account, request("after restart"));
+          return true;
+        } catch (const apikeys::Error& e) {
+          CHECK((e.code() == ErrorCode::busy || e.code() == ErrorCode::storage));
+          return false;
+        }
+      },
+      std::chrono::seconds(20));
   CHECK(created);
   // Validation recovers for every key, cached or not.
-  const bool all_ok = apikeys_test::eventually([&] {
-    for (std::size_t i = 0; i < keys.size(); ++i) {
-      const auto r = manager.validate(keys[i].info.public_key, keys[i].secret_key.reveal());
-      if (r.code != (i < 4 ? ValidationCode::revoked : ValidationCode::valid)) return false;
-    }
-    return true;
-  }, std::chrono::seconds(20));
+  const bool all_ok = apikeys_test::eventually(
+      [&] {
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+          const auto r = manager.validate(keys[i].info.public_key, keys[i].secret_key.reveal());
+          if (r.code != (i < 4 ? ValidationCode::revoked : ValidationCode::valid)) return false;
+        }
+        return true;
+      },
+      std::chrono::seconds(20));
   stop = true;
   for (auto& t : threads) t.join();
   CHECK(all_ok);
@@ -267,7 +277,8 @@ TEST_CASE("PostgresStore: validation and management survive a server restart mid
   CHECK(manager.list(account).size() == keys.size() + 1);
   const auto revoked = manager.revoke(account, keys[5].info.key_id);
   CHECK(revoked.status == apikeys::KeyStatus::revoked);
-  CHECK(manager.validate(keys[5].info.public_key, keys[5].secret_key.reveal()).code == ValidationCode::revoked);
+  CHECK(manager.validate(keys[5].info.public_key, keys[5].secret_key.reveal()).code ==
+        ValidationCode::revoked);
   WARN("PostgreSQL restart: " << checks.load() << " validations during the run, " << errors.load()
                               << " answered error while the server was away");
 }
@@ -275,13 +286,15 @@ TEST_CASE("PostgresStore: validation and management survive a server restart mid
 TEST_CASE("PostgresStore: server down answers error, management fails clearly, all resumes",
           "[servers][postgres][faults]") {
   const auto pg = apikeys_test::test_pg();
-  if (!pg || !apikeys_test::have_controls({"APIKEYS_TEST_PG_STOP", "APIKEYS_TEST_PG_START"})) return;
+  if (!pg || !apikeys_test::have_controls({"APIKEYS_TEST_PG_STOP", "APIKEYS_TEST_PG_START"}))
+    return;
   SchemaJanitor janitor(*pg);
   auto store = std::make_shared<apikeys::PostgresStore>(*pg, options_for(janitor.make()));
   // Two validating nodes: one polling the revision (the default), one not.
-  apikeys::KeyManager polling(store, hasher(), manager_options(std::make_shared<apikeys::MemoryCache>()));
-  apikeys::KeyManager quiet(store, hasher(),
-                            manager_options(std::make_shared<apikeys::MemoryCache>(), milliseconds(0)));
+  apikeys::KeyManager polling(store, hasher(),
+                              manager_options(std::make_shared<apikeys::MemoryCache>()));
+  apikeys::KeyManager quiet(
+      store, hasher(), manager_options(std::make_shared<apikeys::MemoryCache>(), milliseconds(0)));
   const apikeys::Uuid account = apikeys_test::account_id(8);
   const auto cached = polling.create(account, request("cached"));
   const auto uncached = polling.create(account, request("uncached"));
@@ -294,7 +307,9 @@ TEST_CASE("PostgresStore: server down answers error, management fails clearly, a
   struct Restart {  // bring the server back even if a REQUIRE below fails
     bool& started;
     ~Restart() {
-      if (!started) (void)std::system((std::string(std::getenv("APIKEYS_TEST_PG_START")) + " >/dev/null 2>&1").c_str());
+      if (!started)
+        (void)std::system(
+            (std::string(std::getenv("APIKEYS_TEST_PG_START")) + " >/dev/null 2>&1").c_str());
     }
   } restart{started};
   started = false;
@@ -306,15 +321,19 @@ TEST_CASE("PostgresStore: server down answers error, management fails clearly, a
   const auto took = std::chrono::steady_clock::now() - t0;
   CHECK(r.code == ValidationCode::error);
   CHECK(took < milliseconds(2000 + 2000 + 1000));
-  CHECK(quiet.validate(uncached.info.public_key, uncached.secret_key.reveal()).code == ValidationCode::error);
+  CHECK(quiet.validate(uncached.info.public_key, uncached.secret_key.reveal()).code ==
+        ValidationCode::error);
 
   // Cached as valid, without revision polling: still valid within its TTL (nobody can
   // revoke while the store is down). With polling, the validator cannot tell whether
   // keys changed, so it drops its cache at the next poll and answers error.
   CHECK(quiet.validate(cached.info.public_key, cached.secret_key.reveal()).ok());
-  CHECK(apikeys_test::eventually([&] {
-    return polling.validate(cached.info.public_key, cached.secret_key.reveal()).code == ValidationCode::error;
-  }, std::chrono::seconds(5)));
+  CHECK(apikeys_test::eventually(
+      [&] {
+        return polling.validate(cached.info.public_key, cached.secret_key.reveal()).code ==
+               ValidationCode::error;
+      },
+      std::chrono::seconds(5)));
 
   // Management calls fail with a clear, coded error; none of them crashes or hangs.
   for (const auto& call : std::vector<std::function<void()>>{
@@ -332,16 +351,18 @@ TEST_CASE("PostgresStore: server down answers error, management fails clearly, a
 
   REQUIRE(apikeys_test::server_control("APIKEYS_TEST_PG_START"));
   started = true;
-  CHECK(apikeys_test::eventually([&] {
-    return polling.validate(uncached.info.public_key, uncached.secret_key.reveal()).ok();
-  }, std::chrono::seconds(20)));
+  CHECK(apikeys_test::eventually(
+      [&] { return polling.validate(uncached.info.public_key, uncached.secret_key.reveal()).ok(); },
+      std::chrono::seconds(20)));
   CHECK(polling.validate(cached.info.public_key, cached.secret_key.reveal()).ok());
-  CHECK(polling.validate(gone.info.public_key, gone.secret_key.reveal()).code == ValidationCode::revoked);
+  CHECK(polling.validate(gone.info.public_key, gone.secret_key.reveal()).code ==
+        ValidationCode::revoked);
   // Nothing lost, nothing half-done: exactly the three keys, the failed revoke not applied.
   const auto listed = polling.list(account);
   CHECK(listed.size() == 3);
   for (const auto& k : listed) {
-    CHECK(k.status == (k.key_id == gone.info.key_id ? apikeys::KeyStatus::revoked : apikeys::KeyStatus::active));
+    CHECK(k.status == (k.key_id == gone.info.key_id ? apikeys::KeyStatus::revoked
+                                                    : apikeys::KeyStatus::active));
   }
   const auto after = polling.create(account, request("after the outage"));
   CHECK(quiet.validate(after.info.public_key, after.secret_key.reveal()).ok());
@@ -362,7 +383,7 @@ constexpr const char* kUser = "apikeys_app_user";
 // What `conninfo` throws when a PostgresStore is opened with it (fails the test if
 // nothing is thrown).
 std::optional<apikeys::Error> open_error(const std::string& conninfo,
-                                        milliseconds connect_timeout = milliseconds(2000)) {
+                                         milliseconds connect_timeout = milliseconds(2000)) {
   apikeys::PostgresStoreOptions o;
   o.connect_timeout = connect_timeout;
   try {
@@ -406,8 +427,9 @@ std::string conninfo_value(std::string_view s) {
 // libpq's own messages quote the offending token of a malformed string, which is often
 // the password itself (a '%' not followed by two hex digits, a space or a quote that
 // was not escaped). None of this needs a server: each fails before any I/O.
-TEST_CASE("PostgresStore: a malformed connection string is invalid_argument, its message quotes none of it",
-          "[servers][postgres][credentials]") {
+TEST_CASE(
+    "PostgresStore: a malformed connection string is invalid_argument, its message quotes none of it",
+    "[servers][postgres][credentials]") {
   const std::string u = kUser;
   const std::vector<Conninfo> malformed = {
       // URIs: a bad percent-encoding in the password, in a query parameter, and a
@@ -461,8 +483,8 @@ TEST_CASE("PostgresStore: a bad connection option value is reported without quot
 // sets one up); no password is right for it.
 TEST_CASE("PostgresStore: a wrong password is refused without echoing the password or the user",
           "[servers][postgres][credentials]") {
-  const auto needs_password = apikeys_test::server_env(
-      "APIKEYS_TEST_PG_PASSWORD", "PostgreSQL role that needs a password");
+  const auto needs_password =
+      apikeys_test::server_env("APIKEYS_TEST_PG_PASSWORD", "PostgreSQL role that needs a password");
   if (!needs_password) return;
   // Its host, port, user and database, to write the same target as a URI.
   char* err = nullptr;
@@ -484,8 +506,8 @@ TEST_CASE("PostgresStore: a wrong password is refused without echoing the passwo
   const std::string password = "Tr0ub4dor&3 %zz 'q' =x\\y";
   const std::vector<std::string> attempts = {
       *needs_password + " password=" + conninfo_value(password),
-      "postgresql://" + percent_encoded(user) + ":" + percent_encoded(password) + "@" + host + ":" + port +
-          "/" + dbname + "?connect_timeout=5",
+      "postgresql://" + percent_encoded(user) + ":" + percent_encoded(password) + "@" + host + ":" +
+          port + "/" + dbname + "?connect_timeout=5",
   };
   for (const auto& conninfo : attempts) {
     const auto e = open_error(conninfo);
@@ -501,13 +523,14 @@ TEST_CASE("PostgresStore: a wrong password is refused without echoing the passwo
 
 // The process's open file descriptors (the directory's own included, the same each time).
 std::size_t open_fds() {
-  return static_cast<std::size_t>(std::distance(std::filesystem::directory_iterator("/proc/self/fd"),
-                                                std::filesystem::directory_iterator()));
+  return static_cast<std::size_t>(std::distance(
+      std::filesystem::directory_iterator("/proc/self/fd"), std::filesystem::directory_iterator()));
 }
 
 // A connect that fails half-way (here: a listener that accepts but never answers, so the
 // client-side deadline ends it) must close its socket. No server needed.
-TEST_CASE("PostgresStore: a failed connection attempt closes its socket", "[servers][postgres][store]") {
+TEST_CASE("PostgresStore: a failed connection attempt closes its socket",
+          "[servers][postgres][store]") {
   const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   REQUIRE(listener >= 0);
   struct Close {
@@ -568,7 +591,7 @@ TEST_CASE("PostgresStore: returning a connection to the pool allocates nothing",
   const std::string schema = janitor.make();
   auto options = options_for(schema);
   options.statement_timeout = milliseconds(30'000);  // the lock is held far less than this
-  apikeys::PostgresStore store(*pg, options);  // its migrating connection is not pooled
+  apikeys::PostgresStore store(*pg, options);        // its migrating connection is not pooled
 
   PGconn* locker = PQconnectdb(pg->c_str());
   struct Finish {
@@ -597,7 +620,8 @@ TEST_CASE("PostgresStore: returning a connection to the pool allocates nothing",
   });
   const std::string waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = '\"" +
                               schema + "\".apikeys_keys'::regclass";
-  const bool blocked = apikeys_test::eventually([&] { return run(waiting) == "1"; }, std::chrono::seconds(20));
+  const bool blocked =
+      apikeys_test::eventually([&] { return run(waiting) == "1"; }, std::chrono::seconds(20));
   {
     // From here until the caller is done, only libpq (malloc) allocates on this thread.
     std::optional<apikeys_test::alloc_probe::FailAllocations> no_allocations;
@@ -622,14 +646,17 @@ TEST_CASE("PostgresStore: a last-use UPDATE waiting on a row lock never delays t
   // wait up to 10 s for a lock, far longer than the rejection may take.
   apikeys::PostgresStoreOptions so = options_for(schema);
   so.statement_timeout = milliseconds(10'000);
-  auto watch = std::make_shared<apikeys_test::LastUseWatch>(std::make_shared<apikeys::PostgresStore>(*pg, so));
-  apikeys::KeyManagerOptions node_opts = manager_options(std::make_shared<apikeys::MemoryCache>(), milliseconds(20));
+  auto watch = std::make_shared<apikeys_test::LastUseWatch>(
+      std::make_shared<apikeys::PostgresStore>(*pg, so));
+  apikeys::KeyManagerOptions node_opts =
+      manager_options(std::make_shared<apikeys::MemoryCache>(), milliseconds(20));
   node_opts.validation.flush_interval = milliseconds(20);
   apikeys::KeyManager node(watch, hasher(), node_opts);
   // Another node, which revokes.
   apikeys::KeyManagerOptions other_opts;
   other_opts.validation.record_last_use = false;
-  apikeys::KeyManager other(std::make_shared<apikeys::PostgresStore>(*pg, options_for(schema)), hasher(), other_opts);
+  apikeys::KeyManager other(std::make_shared<apikeys::PostgresStore>(*pg, options_for(schema)),
+                            hasher(), other_opts);
 
   const apikeys::Uuid account = apikeys_test::account_id(11);
   const auto used = node.create(account, request("used"));
@@ -654,10 +681,11 @@ TEST_CASE("PostgresStore: a last-use UPDATE waiting on a row lock never delays t
     REQUIRE((s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK));
     return value;
   };
-  exec("SET statement_timeout = 5000; SET lock_timeout = 5000; SET idle_in_transaction_session_timeout = 30000");
+  exec(
+      "SET statement_timeout = 5000; SET lock_timeout = 5000; SET idle_in_transaction_session_timeout = 30000");
   exec("BEGIN");
-  exec("SELECT 1 FROM \"" + schema + "\".apikeys_keys WHERE key_id = '" + used.info.key_id.to_string() +
-       "' FOR UPDATE");
+  exec("SELECT 1 FROM \"" + schema + "\".apikeys_keys WHERE key_id = '" +
+       used.info.key_id.to_string() + "' FOR UPDATE");
 
   const int begun = watch->last_use_begun.load();
   const int finished = watch->last_use_finished.load();
@@ -665,22 +693,31 @@ TEST_CASE("PostgresStore: a last-use UPDATE waiting on a row lock never delays t
   REQUIRE(watch->wait_begun_beyond(begun, milliseconds(5000)));
   // The node's UPDATE is waiting on our lock, the server says (pg_locks is read afresh
   // each time; pg_stat_activity would be frozen for the rest of our transaction).
-  REQUIRE(apikeys_test::eventually([&] {
-    return exec("SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted"
-                " AND pg_backend_pid() = ANY(pg_blocking_pids(pid))") == "1";
-  }, milliseconds(5000)));
+  REQUIRE(apikeys_test::eventually(
+      [&] {
+        return exec(
+                   "SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted"
+                   " AND pg_backend_pid() = ANY(pg_blocking_pids(pid))") == "1";
+      },
+      milliseconds(5000)));
 
   // The other node revokes the cached key; this node must reject it within many polls,
   // while its last-use write still waits.
   other.revoke(account, revoked.info.key_id);
   const auto t0 = std::chrono::steady_clock::now();
-  const bool rejected = apikeys_test::eventually([&] {
-    return node.validate(revoked.info.public_key, revoked.secret_key.reveal()).code == ValidationCode::revoked;
-  }, milliseconds(2000));
-  const auto ms = std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  const bool rejected = apikeys_test::eventually(
+      [&] {
+        return node.validate(revoked.info.public_key, revoked.secret_key.reveal()).code ==
+               ValidationCode::revoked;
+      },
+      milliseconds(2000));
+  const auto ms =
+      std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - t0).count();
   CHECK(rejected);
   CHECK(watch->last_use_finished.load() == finished);  // still waiting on the lock
-  if (rejected) WARN("revoked on another node, rejected here after " << ms << " ms, while a last-use write waited");
+  if (rejected)
+    WARN("revoked on another node, rejected here after " << ms
+                                                         << " ms, while a last-use write waited");
 
   exec("ROLLBACK");
   node.validator().flush_last_use();  // after the stuck one, which now gets through

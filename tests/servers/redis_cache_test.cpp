@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "alloc_probe.hpp"
 #include "apikeys/error.hpp"
 #include "apikeys/hasher.hpp"
 #include "apikeys/key_manager.hpp"
@@ -30,7 +31,6 @@
 #include "apikeys/redis_cache.hpp"
 #include "apikeys/validation_code.hpp"
 #include "apikeys/validator.hpp"
-#include "alloc_probe.hpp"
 #include "cache_contract.hpp"
 #include "catch.hpp"
 #include "server_support.hpp"
@@ -69,7 +69,8 @@ class Inspector {
     for (const auto& k : keys(prefix)) {
       auto* r = static_cast<redisReply*>(redisCommand(c_, "GET %b", k.data(), k.size()));
       REQUIRE(r != nullptr);
-      out.emplace_back(k, r->type == REDIS_REPLY_STRING ? std::string(r->str, r->len) : std::string());
+      out.emplace_back(k,
+                       r->type == REDIS_REPLY_STRING ? std::string(r->str, r->len) : std::string());
       freeReplyObject(r);
     }
     return out;
@@ -79,7 +80,8 @@ class Inspector {
     auto* r = static_cast<redisReply*>(redisCommand(c_, "KEYS %b", pattern.data(), pattern.size()));
     REQUIRE(r != nullptr);
     std::vector<std::string> out;
-    for (std::size_t i = 0; i < r->elements; ++i) out.emplace_back(r->element[i]->str, r->element[i]->len);
+    for (std::size_t i = 0; i < r->elements; ++i)
+      out.emplace_back(r->element[i]->str, r->element[i]->len);
     freeReplyObject(r);
     return out;
   }
@@ -97,7 +99,8 @@ class Inspector {
     freeReplyObject(r);
   }
   void drop(const std::string& prefix) {
-    for (const auto& k : keys(prefix)) freeReplyObject(redisCommand(c_, "DEL %b", k.data(), k.size()));
+    for (const auto& k : keys(prefix))
+      freeReplyObject(redisCommand(c_, "DEL %b", k.data(), k.size()));
   }
 
  private:
@@ -121,7 +124,8 @@ struct PrefixJanitor {
   }
 };
 
-RedisCacheOptions options_for(const apikeys_test::RedisAddress& a, const std::string& prefix, bool local) {
+RedisCacheOptions options_for(const apikeys_test::RedisAddress& a, const std::string& prefix,
+                              bool local) {
   RedisCacheOptions o;
   o.host = a.host;
   o.port = a.port;
@@ -184,11 +188,13 @@ TEST_CASE("RedisCache satisfies the Cache contract (with the in-process tier)",
   PrefixJanitor janitor{*redis, {}};
   apikeys_test::CacheContractOptions o;
   o.concurrency_rounds = 1'500;
-  apikeys_test::run_cache_contract([&] {
-    auto c = std::make_shared<RedisCache>(options_for(*redis, janitor.make(), true));
-    REQUIRE(apikeys_test::eventually([&] { return c->local_tier_live(); }));
-    return c;
-  }, o);
+  apikeys_test::run_cache_contract(
+      [&] {
+        auto c = std::make_shared<RedisCache>(options_for(*redis, janitor.make(), true));
+        REQUIRE(apikeys_test::eventually([&] { return c->local_tier_live(); }));
+        return c;
+      },
+      o);
 }
 
 TEST_CASE("RedisCache: options are checked, and a server that is down is not a constructor error",
@@ -270,7 +276,8 @@ TEST_CASE("RedisCache: what Redis holds", "[servers][redis][cache]") {
   SECTION("several verdicts per public key coexist, and erase removes every one") {
     fill(*cache, pk(1), digest_of(1), valid_verdict(1), milliseconds(60'000));
     for (std::uint32_t g = 2; g < 6; ++g) {
-      fill(*cache, pk(1), digest_of(g), negative(ValidationCode::wrong_secret), milliseconds(60'000));
+      fill(*cache, pk(1), digest_of(g), negative(ValidationCode::wrong_secret),
+           milliseconds(60'000));
     }
     for (std::uint32_t g = 1; g < 6; ++g) CHECK(cache->get(pk(1), digest_of(g)).has_value());
     cache->erase(pk(1));
@@ -284,7 +291,8 @@ TEST_CASE("RedisCache: what Redis holds", "[servers][redis][cache]") {
     RedisCache bounded(o);
     fill(bounded, pk(2), digest_of(1), valid_verdict(1), milliseconds(60'000));
     for (std::uint32_t g = 100; g < 200; ++g) {
-      fill(bounded, pk(2), digest_of(g), negative(ValidationCode::wrong_secret), milliseconds(60'000));
+      fill(bounded, pk(2), digest_of(g), negative(ValidationCode::wrong_secret),
+           milliseconds(60'000));
     }
     std::size_t verdicts = 0;
     for (const auto& k : inspect.keys(prefix)) {
@@ -393,8 +401,9 @@ TEST_CASE("RedisCache: a verdict written by a newer encoder is a miss, and the s
   v2_new_code[1] = static_cast<char>(static_cast<std::uint8_t>(apikeys::kLastValidationCode) + 1);
   std::string v2_max_code = body;
   v2_max_code[1] = static_cast<char>(0xff);
-  const std::string foreign[] = {v3, v3 + std::string(8, '\x7f'), v2_new_code, v2_max_code,
-                                 ours_revoked + "x", ours_revoked.substr(0, 41)};
+  const std::string foreign[] = {
+      v3,          v3 + std::string(8, '\x7f'), v2_new_code,
+      v2_max_code, ours_revoked + "x",          ours_revoked.substr(0, 41)};
   for (const std::string& value : foreign) {
     INFO("version " << static_cast<int>(value[0]) << ", code " << static_cast<int>(value[1] & 0xff)
                     << ", " << value.size() << " bytes");
@@ -444,12 +453,14 @@ TEST_CASE("RedisCache: a not_found verdict is never written to Redis", "[servers
   SECTION("through a Validator: unknown public keys leave nothing in Redis") {
     const std::string prefix = janitor.make();
     auto cache = std::make_shared<RedisCache>(options_for(*redis, prefix, false));
-    apikeys::Validator v(std::make_shared<apikeys::MemoryStore>(), hasher(), validator_options(cache));
+    apikeys::Validator v(std::make_shared<apikeys::MemoryStore>(), hasher(),
+                         validator_options(cache));
     // Well-formed keys from another store: unknown to this one.
     apikeys::KeyManager elsewhere(std::make_shared<apikeys::MemoryStore>(), hasher());
     for (int i = 0; i < 10; ++i) {
       const auto key = elsewhere.create(apikeys_test::account_id(7), request("elsewhere"));
-      CHECK(v.validate(key.info.public_key, key.secret_key.reveal()).code == ValidationCode::not_found);
+      CHECK(v.validate(key.info.public_key, key.secret_key.reveal()).code ==
+            ValidationCode::not_found);
     }
     for (const auto& k : inspect.keys(prefix)) {
       INFO("key " << k);
@@ -517,9 +528,9 @@ TEST_CASE("RedisCache: an erase whose index set was evicted still hides every ol
     REQUIRE(evict("i:") == 1);
     node1.revoke(apikeys_test::account_id(5), key.info.key_id);
     CHECK(node1.validate(key.info.public_key, secret).code == ValidationCode::revoked);
-    CHECK(apikeys_test::eventually([&] {
-      return node2.validate(key.info.public_key, secret).code == ValidationCode::revoked;
-    }, std::chrono::seconds(2)));
+    CHECK(apikeys_test::eventually(
+        [&] { return node2.validate(key.info.public_key, secret).code == ValidationCode::revoked; },
+        std::chrono::seconds(2)));
   }
 }
 
@@ -687,8 +698,8 @@ class FakeRedis {
 TEST_CASE("RedisCache: AUTH is sent as one exact command, and an accepted AUTH carries on",
           "[servers][redis][credentials]") {
   const std::string password = std::string("p@ss w0rd \r\n$5\r\n*%'\"=") + '\0' + "end";
-  const std::string expected = "*2\r\n$4\r\nAUTH\r\n$" + std::to_string(password.size()) + "\r\n" +
-                               password + "\r\n";
+  const std::string expected =
+      "*2\r\n$4\r\nAUTH\r\n$" + std::to_string(password.size()) + "\r\n" + password + "\r\n";
   FakeRedis fake(expected);
   RedisCacheOptions o;
   o.host = "127.0.0.1";
@@ -726,7 +737,8 @@ TEST_CASE("RedisCache: instances sharing a prefix share verdicts, tokens and inv
     fill(a, pk(1), digest_of(1), valid_verdict(1), milliseconds(60'000));
     CHECK(b.get(pk(1), digest_of(1)).has_value());
   }
-  SECTION("a token taken on one node is refused after an erase on another (the race across nodes)") {
+  SECTION(
+      "a token taken on one node is refused after an erase on another (the race across nodes)") {
     const std::uint64_t token = a.fill_token(pk(1));
     b.erase(pk(1));
     a.put(pk(1), digest_of(1), valid_verdict(1), milliseconds(60'000), token);
@@ -738,14 +750,16 @@ TEST_CASE("RedisCache: instances sharing a prefix share verdicts, tokens and inv
     REQUIRE(b.get(pk(1), digest_of(1)).has_value());  // now in b's local tier as well
     const std::uint64_t heard = b.invalidations_received();
     a.erase(pk(1));
-    CHECK(apikeys_test::eventually([&] { return b.invalidations_received() > heard; }, std::chrono::seconds(1)));
+    CHECK(apikeys_test::eventually([&] { return b.invalidations_received() > heard; },
+                                   std::chrono::seconds(1)));
     CHECK_FALSE(b.get(pk(1), digest_of(1)).has_value());
   }
   SECTION("a clear on one node empties the other's in-process tier") {
     fill(a, pk(1), digest_of(1), valid_verdict(1), milliseconds(60'000));
     REQUIRE(b.get(pk(1), digest_of(1)).has_value());
     a.clear();
-    CHECK(apikeys_test::eventually([&] { return !b.get(pk(1), digest_of(1)).has_value(); }, std::chrono::seconds(1)));
+    CHECK(apikeys_test::eventually([&] { return !b.get(pk(1), digest_of(1)).has_value(); },
+                                   std::chrono::seconds(1)));
   }
 }
 
@@ -798,8 +812,10 @@ TEST_CASE("RedisCache: a revoke on another node during a fill never leaves a sta
   store->release();
   t.join();
   CHECK(first.ok());  // it read the store before the revoke
-  CHECK(node1.validate(key.info.public_key, key.secret_key.reveal()).code == ValidationCode::revoked);
-  CHECK(node2.validate(key.info.public_key, key.secret_key.reveal()).code == ValidationCode::revoked);
+  CHECK(node1.validate(key.info.public_key, key.secret_key.reveal()).code ==
+        ValidationCode::revoked);
+  CHECK(node2.validate(key.info.public_key, key.secret_key.reveal()).code ==
+        ValidationCode::revoked);
 }
 
 TEST_CASE("RedisCache: Redis restarting mid-run never breaks validation, and caching resumes",
@@ -821,7 +837,9 @@ TEST_CASE("RedisCache: Redis restarting mid-run never breaks validation, and cac
   std::thread validating([&] {
     while (!stop.load()) {
       if (!manager.validate(good.info.public_key, good.secret_key.reveal()).ok()) ++wrong;
-      if (manager.validate(bad.info.public_key, bad.secret_key.reveal()).code != ValidationCode::revoked) ++wrong;
+      if (manager.validate(bad.info.public_key, bad.secret_key.reveal()).code !=
+          ValidationCode::revoked)
+        ++wrong;
       checks += 2;
       std::this_thread::sleep_for(milliseconds(1));
     }
@@ -829,19 +847,24 @@ TEST_CASE("RedisCache: Redis restarting mid-run never breaks validation, and cac
   std::this_thread::sleep_for(milliseconds(300));
   REQUIRE(apikeys_test::server_control("APIKEYS_TEST_REDIS_RESTART"));
   // The subscription comes back, and validations are cache hits again.
-  CHECK(apikeys_test::eventually([&] { return cache->local_tier_live(); }, std::chrono::seconds(10)));
-  CHECK(apikeys_test::eventually([&] {
-    const int before = store->finds.load();
-    for (int i = 0; i < 20; ++i) (void)manager.validate(good.info.public_key, good.secret_key.reveal());
-    return store->finds.load() == before;
-  }, std::chrono::seconds(10)));
+  CHECK(
+      apikeys_test::eventually([&] { return cache->local_tier_live(); }, std::chrono::seconds(10)));
+  CHECK(apikeys_test::eventually(
+      [&] {
+        const int before = store->finds.load();
+        for (int i = 0; i < 20; ++i)
+          (void)manager.validate(good.info.public_key, good.secret_key.reveal());
+        return store->finds.load() == before;
+      },
+      std::chrono::seconds(10)));
   stop = true;
   validating.join();
   CHECK(wrong.load() == 0);
   CHECK(checks.load() > 0);
   // A revoke after the restart reaches Redis again.
   manager.revoke(account, good.info.key_id);
-  CHECK(manager.validate(good.info.public_key, good.secret_key.reveal()).code == ValidationCode::revoked);
+  CHECK(manager.validate(good.info.public_key, good.secret_key.reveal()).code ==
+        ValidationCode::revoked);
 }
 
 TEST_CASE("RedisCache: two in-process tiers in one process both reject a key when revoke() returns",
@@ -870,7 +893,9 @@ TEST_CASE("RedisCache: two in-process tiers in one process both reject a key whe
 TEST_CASE("RedisCache: Redis down, validation falls back to the store and recovers",
           "[servers][redis][faults]") {
   const auto redis = apikeys_test::test_redis();
-  if (!redis || !apikeys_test::have_controls({"APIKEYS_TEST_REDIS_STOP", "APIKEYS_TEST_REDIS_START"})) return;
+  if (!redis ||
+      !apikeys_test::have_controls({"APIKEYS_TEST_REDIS_STOP", "APIKEYS_TEST_REDIS_START"}))
+    return;
   Node node(*redis);
   auto& store = node.store;
   auto& cache = node.cache;
@@ -886,7 +911,9 @@ TEST_CASE("RedisCache: Redis down, validation falls back to the store and recove
   struct Restart {
     bool& started;
     ~Restart() {
-      if (!started) (void)std::system((std::string(std::getenv("APIKEYS_TEST_REDIS_START")) + " >/dev/null 2>&1").c_str());
+      if (!started)
+        (void)std::system(
+            (std::string(std::getenv("APIKEYS_TEST_REDIS_START")) + " >/dev/null 2>&1").c_str());
     }
   } restart{started};
   started = false;
@@ -894,7 +921,8 @@ TEST_CASE("RedisCache: Redis down, validation falls back to the store and recove
 
   // The subscription notices and the in-process tier is dropped (it could miss
   // invalidations now) ...
-  CHECK(apikeys_test::eventually([&] { return !cache->local_tier_live(); }, std::chrono::seconds(3)));
+  CHECK(
+      apikeys_test::eventually([&] { return !cache->local_tier_live(); }, std::chrono::seconds(3)));
   // ... so validations read the store: slower, still correct, and never stuck.
   const int finds_before = store->finds.load();
   auto slowest = std::chrono::steady_clock::duration::zero();
@@ -916,7 +944,8 @@ TEST_CASE("RedisCache: Redis down, validation falls back to the store and recove
     CHECK(std::string(e.what()).find("RedisCache") != std::string::npos);
   }
   CHECK(store->find(doomed.info.public_key)->info.status == apikeys::KeyStatus::revoked);
-  CHECK(manager.validate(doomed.info.public_key, doomed.secret_key.reveal()).code == ValidationCode::revoked);
+  CHECK(manager.validate(doomed.info.public_key, doomed.secret_key.reveal()).code ==
+        ValidationCode::revoked);
 
   // Creating a key still works (its secret is not lost to a cache failure).
   const auto born = manager.create(account, request("created while Redis is down"));
@@ -925,13 +954,18 @@ TEST_CASE("RedisCache: Redis down, validation falls back to the store and recove
   REQUIRE(apikeys_test::server_control("APIKEYS_TEST_REDIS_START"));
   started = true;
   // Recovery: the subscription returns, verdicts are cached again, hits skip the store.
-  CHECK(apikeys_test::eventually([&] { return cache->local_tier_live(); }, std::chrono::seconds(10)));
-  CHECK(apikeys_test::eventually([&] {
-    const int before = store->finds.load();
-    for (int i = 0; i < 20; ++i) (void)manager.validate(good.info.public_key, good.secret_key.reveal());
-    return store->finds.load() == before;
-  }, std::chrono::seconds(10)));
-  CHECK(manager.validate(doomed.info.public_key, doomed.secret_key.reveal()).code == ValidationCode::revoked);
+  CHECK(
+      apikeys_test::eventually([&] { return cache->local_tier_live(); }, std::chrono::seconds(10)));
+  CHECK(apikeys_test::eventually(
+      [&] {
+        const int before = store->finds.load();
+        for (int i = 0; i < 20; ++i)
+          (void)manager.validate(good.info.public_key, good.secret_key.reveal());
+        return store->finds.load() == before;
+      },
+      std::chrono::seconds(10)));
+  CHECK(manager.validate(doomed.info.public_key, doomed.secret_key.reveal()).code ==
+        ValidationCode::revoked);
   // Retrying the revoke that reported the failure is safe and now succeeds.
   CHECK(manager.revoke(account, doomed.info.key_id).status == apikeys::KeyStatus::revoked);
 }
@@ -939,7 +973,9 @@ TEST_CASE("RedisCache: Redis down, validation falls back to the store and recove
 TEST_CASE("RedisCache: a Redis that stops answering costs at most its timeouts, then recovers",
           "[servers][redis][faults]") {
   const auto redis = apikeys_test::test_redis();
-  if (!redis || !apikeys_test::have_controls({"APIKEYS_TEST_REDIS_PAUSE", "APIKEYS_TEST_REDIS_RESUME"})) return;
+  if (!redis ||
+      !apikeys_test::have_controls({"APIKEYS_TEST_REDIS_PAUSE", "APIKEYS_TEST_REDIS_RESUME"}))
+    return;
   Node node(*redis);
   auto& store = node.store;
   auto& cache = node.cache;
@@ -954,14 +990,17 @@ TEST_CASE("RedisCache: a Redis that stops answering costs at most its timeouts, 
   struct Resume {  // never leave the shared server stopped
     bool& resumed;
     ~Resume() {
-      if (!resumed) (void)std::system((std::string(std::getenv("APIKEYS_TEST_REDIS_RESUME")) + " >/dev/null 2>&1").c_str());
+      if (!resumed)
+        (void)std::system(
+            (std::string(std::getenv("APIKEYS_TEST_REDIS_RESUME")) + " >/dev/null 2>&1").c_str());
     }
   } resume{resumed};
   resumed = false;
   REQUIRE(apikeys_test::server_control("APIKEYS_TEST_REDIS_PAUSE"));  // accepts, never answers
 
   // The heartbeat notices (two silent intervals of 200 ms) and the tier switches off.
-  CHECK(apikeys_test::eventually([&] { return !cache->local_tier_live(); }, std::chrono::seconds(3)));
+  CHECK(
+      apikeys_test::eventually([&] { return !cache->local_tier_live(); }, std::chrono::seconds(3)));
   // Every validation is answered from the store, each within connect_timeout +
   // command_timeout (250 ms each): a timeout trips the breaker, so most cost nothing.
   auto slowest = std::chrono::steady_clock::duration::zero();
@@ -984,17 +1023,23 @@ TEST_CASE("RedisCache: a Redis that stops answering costs at most its timeouts, 
     CHECK(e.code() == ErrorCode::busy);
   }
   CHECK(std::chrono::steady_clock::now() - t0 < milliseconds(1000));
-  CHECK(manager.validate(doomed.info.public_key, doomed.secret_key.reveal()).code == ValidationCode::revoked);
+  CHECK(manager.validate(doomed.info.public_key, doomed.secret_key.reveal()).code ==
+        ValidationCode::revoked);
 
   REQUIRE(apikeys_test::server_control("APIKEYS_TEST_REDIS_RESUME"));
   resumed = true;
-  CHECK(apikeys_test::eventually([&] { return cache->local_tier_live(); }, std::chrono::seconds(10)));
-  CHECK(apikeys_test::eventually([&] {
-    const int before = store->finds.load();
-    for (int i = 0; i < 20; ++i) (void)manager.validate(good.info.public_key, good.secret_key.reveal());
-    return store->finds.load() == before;
-  }, std::chrono::seconds(10)));
-  CHECK(manager.validate(doomed.info.public_key, doomed.secret_key.reveal()).code == ValidationCode::revoked);
+  CHECK(
+      apikeys_test::eventually([&] { return cache->local_tier_live(); }, std::chrono::seconds(10)));
+  CHECK(apikeys_test::eventually(
+      [&] {
+        const int before = store->finds.load();
+        for (int i = 0; i < 20; ++i)
+          (void)manager.validate(good.info.public_key, good.secret_key.reveal());
+        return store->finds.load() == before;
+      },
+      std::chrono::seconds(10)));
+  CHECK(manager.validate(doomed.info.public_key, doomed.secret_key.reveal()).code ==
+        ValidationCode::revoked);
   WARN("Redis paused: slowest validation "
        << std::chrono::duration_cast<std::chrono::milliseconds>(slowest).count() << " ms, mean "
        << std::chrono::duration_cast<std::chrono::microseconds>(total).count() / 40 << " us");

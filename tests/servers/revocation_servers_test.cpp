@@ -7,25 +7,25 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <sys/socket.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <libpq-fe.h>
 
 #include <algorithm>
-#include <thread>
-#include <optional>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "apikeys/error.hpp"
@@ -57,7 +57,8 @@ class Node {
     argv.push_back(nullptr);
     int in[2];
     int out[2];
-    if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
+    if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0)
+      throw std::runtime_error("pipe2 failed");
     pid_ = fork();
     if (pid_ < 0) throw std::runtime_error("fork failed");
     if (pid_ == 0) {
@@ -102,7 +103,8 @@ class Node {
         buffer_.erase(0, nl + 1);
         return line;
       }
-      const auto left = std::chrono::duration_cast<milliseconds>(end - std::chrono::steady_clock::now());
+      const auto left =
+          std::chrono::duration_cast<milliseconds>(end - std::chrono::steady_clock::now());
       if (left.count() <= 0) return "";
       pollfd p{out_, POLLIN, 0};
       const int n = poll(&p, 1, static_cast<int>(left.count()));
@@ -132,8 +134,8 @@ class BlackHole {
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     socklen_t len = sizeof a;
-    if (fd_ < 0 || bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || listen(fd_, 64) != 0 ||
-        getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    if (fd_ < 0 || bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+        listen(fd_, 64) != 0 || getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
       throw std::runtime_error("cannot open a listening socket");
     }
     port_ = ntohs(a.sin_port);
@@ -151,7 +153,8 @@ class BlackHole {
 void drop_schema(const std::string& pg, const std::string& schema) {
   PGconn* c = PQconnectdb(pg.c_str());
   if (PQstatus(c) == CONNECTION_OK) {
-    PQsetNoticeProcessor(c, [](void*, const char*) {}, nullptr);
+    PQsetNoticeProcessor(
+        c, [](void*, const char*) {}, nullptr);
     PQclear(PQexec(c, ("DROP SCHEMA IF EXISTS \"" + schema + "\" CASCADE").c_str()));
   }
   PQfinish(c);
@@ -188,7 +191,8 @@ TEST_CASE("Two processes: a key revoked on node B is rejected by node A within 1
     auto cache = std::make_shared<apikeys::RedisCache>(co);
     apikeys::KeyManagerOptions mo;
     mo.validation.cache = cache;
-    apikeys::KeyManager node_b(store, std::make_shared<apikeys::HmacSha256Hasher>(apikeys_test::kTestPepper), mo);
+    apikeys::KeyManager node_b(
+        store, std::make_shared<apikeys::HmacSha256Hasher>(apikeys_test::kTestPepper), mo);
     const apikeys::Uuid account = apikeys_test::account_id(9);
 
     // Node A polls nothing (poll 0): the rejection can only come through Redis pub/sub.
@@ -200,8 +204,9 @@ TEST_CASE("Two processes: a key revoked on node B is rejected by node A within 1
         r.title = "cross-node";
         return r;
       }());
-      Node a({APIKEYS_REVOKE_NODE_PATH, "--pg", *pg, "--schema", schema, "--redis", redis_address, "--prefix",
-              prefix, "--poll-ms", default_poll ? "250" : "0", "--timeout-ms", "20000"});
+      Node a({APIKEYS_REVOKE_NODE_PATH, "--pg", *pg, "--schema", schema, "--redis", redis_address,
+              "--prefix", prefix, "--poll-ms", default_poll ? "250" : "0", "--timeout-ms",
+              "20000"});
       a.send_line(key.info.public_key + ":" + std::string(key.secret_key.reveal()));
       REQUIRE(a.read_line(milliseconds(15'000)) == "ready");
       std::this_thread::sleep_for(milliseconds(200));  // A is answering from its local tier
@@ -220,8 +225,9 @@ TEST_CASE("Two processes: a key revoked on node B is rejected by node A within 1
       const double ms = static_cast<double>(rejected_at - t0) / 1e6;
       const double revoke_ms = static_cast<double>(revoked_at - t0) / 1e6;
       std::cout << "cross-process revoke latency: round " << round + 1
-                << (default_poll ? " (node A also polling the revision)" : " (pub/sub only)") << ": "
-                << ms << " ms from revoke() called on B to rejection on A (revoke() itself took "
+                << (default_poll ? " (node A also polling the revision)" : " (pub/sub only)")
+                << ": " << ms
+                << " ms from revoke() called on B to rejection on A (revoke() itself took "
                 << revoke_ms << " ms)" << std::endl;
       latencies.push_back(ms);
       worst_ms = std::max(worst_ms, ms);
@@ -258,7 +264,8 @@ TEST_CASE("A node that cannot reach Redis still gets its revoke to every other n
     co.host = redis->host;
     co.port = redis->port;
     co.prefix = prefix;
-    auto store_b = std::make_shared<apikeys_test::CountingStore>(std::make_shared<apikeys::PostgresStore>(*pg, so));
+    auto store_b = std::make_shared<apikeys_test::CountingStore>(
+        std::make_shared<apikeys::PostgresStore>(*pg, so));
     auto cache_b = std::make_shared<apikeys::RedisCache>(co);
     apikeys::KeyManagerOptions mb;
     mb.validation.cache = cache_b;
@@ -274,7 +281,8 @@ TEST_CASE("A node that cannot reach Redis still gets its revoke to every other n
 
     REQUIRE(apikeys_test::eventually([&] { return cache_b->local_tier_live(); }));
     const apikeys::Uuid account = apikeys_test::account_id(7);
-    const auto doomed = node_b.create(account, apikeys_test::request("revoked from a partitioned node"));
+    const auto doomed =
+        node_b.create(account, apikeys_test::request("revoked from a partitioned node"));
     const auto kept = node_b.create(account, apikeys_test::request("left alone"));
     for (int i = 0; i < 3; ++i) {
       REQUIRE(node_b.validate(doomed.info.public_key, doomed.secret_key.reveal()).ok());
@@ -298,7 +306,8 @@ TEST_CASE("A node that cannot reach Redis still gets its revoke to every other n
       std::this_thread::sleep_for(milliseconds(5));
       code = node_b.validate(doomed.info.public_key, doomed.secret_key.reveal()).code;
     }
-    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     std::cout << "partitioned node's revoke reached the other node after " << ms
               << " ms (revoke() included; poll interval 250 ms)" << std::endl;
     CHECK(code == apikeys::ValidationCode::revoked);

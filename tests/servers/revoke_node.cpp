@@ -40,12 +40,18 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     const std::string value = argv[i + 1];
-    if (flag == "--pg") pg = value;
-    else if (flag == "--schema") schema = value;
-    else if (flag == "--redis") redis = value;
-    else if (flag == "--prefix") prefix = value;
-    else if (flag == "--poll-ms") poll_ms = std::atol(value.c_str());
-    else if (flag == "--timeout-ms") timeout_ms = std::atol(value.c_str());
+    if (flag == "--pg")
+      pg = value;
+    else if (flag == "--schema")
+      schema = value;
+    else if (flag == "--redis")
+      redis = value;
+    else if (flag == "--prefix")
+      prefix = value;
+    else if (flag == "--poll-ms")
+      poll_ms = std::atol(value.c_str());
+    else if (flag == "--timeout-ms")
+      timeout_ms = std::atol(value.c_str());
     else {
       std::cerr << "unknown option " << flag << '\n';
       return 2;
@@ -53,7 +59,8 @@ int main(int argc, char** argv) {
   }
   const auto colon = redis.rfind(':');
   if (pg.empty() || schema.empty() || prefix.empty() || colon == std::string::npos) {
-    std::cerr << "usage: apikeys_revoke_node --pg CONNINFO --schema NAME --redis HOST:PORT --prefix P\n";
+    std::cerr
+        << "usage: apikeys_revoke_node --pg CONNINFO --schema NAME --redis HOST:PORT --prefix P\n";
     return 2;
   }
   std::string token;
@@ -79,8 +86,8 @@ int main(int argc, char** argv) {
     vo.cache = cache;
     vo.revision_poll_interval = std::chrono::milliseconds(poll_ms);
     vo.record_last_use = false;
-    apikeys::Validator validator(store, std::make_shared<apikeys::HmacSha256Hasher>(apikeys_test::kTestPepper),
-                                 vo);
+    apikeys::Validator validator(
+        store, std::make_shared<apikeys::HmacSha256Hasher>(apikeys_test::kTestPepper), vo);
 
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     bool ready = false;

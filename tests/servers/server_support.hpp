@@ -14,11 +14,11 @@
 #include <cstdint>
 #include <cstdlib>
 #include <initializer_list>
+#include <memory>
 #include <optional>
 #include <random>
 #include <string>
 #include <string_view>
-#include <memory>
 #include <thread>
 
 #include "apikeys/hasher.hpp"
@@ -44,12 +44,14 @@ inline std::optional<std::string> server_env(const char* name, const char* what)
               << " is not set; start one with: eval \"$(scripts/servers.sh start)\"");
   }
   WARN("SKIPPED: no " << what << " (" << name
-                     << " is not set). Start one with: eval \"$(scripts/servers.sh start)\"");
+                      << " is not set). Start one with: eval \"$(scripts/servers.sh start)\"");
   return std::nullopt;
 }
 
 /// libpq conninfo of the test PostgreSQL, or nullopt (skip/fail already reported).
-inline std::optional<std::string> test_pg() { return server_env("APIKEYS_TEST_PG", "PostgreSQL server"); }
+inline std::optional<std::string> test_pg() {
+  return server_env("APIKEYS_TEST_PG", "PostgreSQL server");
+}
 
 /// host and port of the test Redis.
 struct RedisAddress {
@@ -107,8 +109,8 @@ inline bool have_controls(std::initializer_list<const char*> names) {
 inline std::string unique_name(std::string_view stem) {
   static std::atomic<std::uint32_t> counter{0};
   static const std::uint32_t salt = std::random_device{}();
-  return std::string(stem) + "_" + std::to_string(::getpid()) + "_" + std::to_string(salt % 100000) + "_" +
-         std::to_string(counter.fetch_add(1));
+  return std::string(stem) + "_" + std::to_string(::getpid()) + "_" +
+         std::to_string(salt % 100000) + "_" + std::to_string(counter.fetch_add(1));
 }
 
 /// Polls `pred` every 10 ms until it is true or `limit` passes; returns its last value.
@@ -125,12 +127,15 @@ bool eventually(Pred pred, std::chrono::milliseconds limit = std::chrono::second
 /// The first piece of `secret` (`piece` bytes long) that occurs in `text`, or "" when
 /// none does: a truncated or partly quoted credential is still a leak. Secrets shorter
 /// than `piece` are looked for whole.
-inline std::string leaked_piece(std::string_view text, std::string_view secret, std::size_t piece = 4) {
+inline std::string leaked_piece(std::string_view text, std::string_view secret,
+                                std::size_t piece = 4) {
   if (secret.size() <= piece) {
-    return !secret.empty() && text.find(secret) != std::string_view::npos ? std::string(secret) : "";
+    return !secret.empty() && text.find(secret) != std::string_view::npos ? std::string(secret)
+                                                                          : "";
   }
   for (std::size_t at = 0; at + piece <= secret.size(); ++at) {
-    if (text.find(secret.substr(at, piece)) != std::string_view::npos) return std::string(secret.substr(at, piece));
+    if (text.find(secret.substr(at, piece)) != std::string_view::npos)
+      return std::string(secret.substr(at, piece));
   }
   return "";
 }

@@ -31,7 +31,8 @@ struct ProgramRun {
 // stdin, look at it in /proc, then collect it with finish_program(). One that is never
 // finished (a failed REQUIRE) is killed and reaped when this object dies.
 struct StartedProgram {
-  StartedProgram(pid_t p, int in, int out, int err) noexcept : pid(p), stdin_fd(in), stdout_fd(out), stderr_fd(err) {}
+  StartedProgram(pid_t p, int in, int out, int err) noexcept
+      : pid(p), stdin_fd(in), stdout_fd(out), stderr_fd(err) {}
   StartedProgram(const StartedProgram&) = delete;
   StartedProgram& operator=(const StartedProgram&) = delete;
   ~StartedProgram() {
@@ -63,8 +64,8 @@ struct RunAs {
 // fork(), which is followed only by async-signal-safe calls and execve. The child exits
 // 126 if it cannot set up its pipes, 125 if it cannot become `run_as`, 127 if execve
 // fails.
-inline StartedProgram start_program(const std::vector<std::string>& args, const std::vector<std::string>& env,
-                                    RunAs run_as = {}) {
+inline StartedProgram start_program(const std::vector<std::string>& args,
+                                    const std::vector<std::string>& env, RunAs run_as = {}) {
   std::vector<std::string> arg_store(args);
   std::vector<char*> argv;
   for (auto& a : arg_store) argv.push_back(a.data());
@@ -75,14 +76,16 @@ inline StartedProgram start_program(const std::vector<std::string>& args, const 
   envp.push_back(nullptr);
 
   int in_pipe[2], out_pipe[2], err_pipe[2];
-  if (pipe2(in_pipe, O_CLOEXEC) != 0 || pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0) {
+  if (pipe2(in_pipe, O_CLOEXEC) != 0 || pipe2(out_pipe, O_CLOEXEC) != 0 ||
+      pipe2(err_pipe, O_CLOEXEC) != 0) {
     throw std::runtime_error("pipe2 failed");
   }
   const pid_t pid = fork();
   if (pid < 0) throw std::runtime_error("fork failed");
   if (pid == 0) {
     if (dup2(in_pipe[0], 0) < 0 || dup2(out_pipe[1], 1) < 0 || dup2(err_pipe[1], 2) < 0) _exit(126);
-    if (run_as.change && (setgroups(0, nullptr) != 0 || setgid(run_as.gid) != 0 || setuid(run_as.uid) != 0)) {
+    if (run_as.change &&
+        (setgroups(0, nullptr) != 0 || setgid(run_as.gid) != 0 || setuid(run_as.uid) != 0)) {
       _exit(125);
     }
     execve(argv[0], argv.data(), envp.data());
@@ -99,7 +102,8 @@ inline StartedProgram start_program(const std::vector<std::string>& args, const 
 inline ProgramRun finish_program(StartedProgram& child, const std::string& input = "") {
   if (child.stdin_fd >= 0) {
     // Small inputs fit in the pipe buffer.
-    if (!input.empty() && write(child.stdin_fd, input.data(), input.size()) != static_cast<ssize_t>(input.size())) {
+    if (!input.empty() &&
+        write(child.stdin_fd, input.data(), input.size()) != static_cast<ssize_t>(input.size())) {
       close(child.stdin_fd);
       child.stdin_fd = -1;
       throw std::runtime_error("write to child stdin failed");
@@ -146,7 +150,8 @@ inline ProgramRun finish_program(StartedProgram& child, const std::string& input
 // True once the child has exited (it is left to be reaped by finish_program).
 inline bool has_exited(const StartedProgram& child) {
   siginfo_t info{};
-  return waitid(P_PID, static_cast<id_t>(child.pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid != 0;
+  return waitid(P_PID, static_cast<id_t>(child.pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+         info.si_pid != 0;
 }
 
 // The whole content of a file, /proc files included (which stat() says are empty);
@@ -165,8 +170,8 @@ inline std::string read_file(const std::string& path) {
 }
 
 // Runs `args` with environment `env` and `input` on stdin; captures stdout and stderr.
-inline ProgramRun run_program(const std::vector<std::string>& args, const std::vector<std::string>& env,
-                              const std::string& input = "") {
+inline ProgramRun run_program(const std::vector<std::string>& args,
+                              const std::vector<std::string>& env, const std::string& input = "") {
   StartedProgram child = start_program(args, env);
   return finish_program(child, input);
 }

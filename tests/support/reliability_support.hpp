@@ -21,8 +21,8 @@
 #include <vector>
 
 #include "apikeys/key_generator.hpp"
-#include "process_support.hpp"
 #include "apikeys/types.hpp"
+#include "process_support.hpp"
 
 namespace apikeys_test {
 
@@ -53,7 +53,8 @@ class RawDb {
   void exec(const std::string& sql) {
     const int rc = try_exec(sql);
     if (rc != SQLITE_OK) {
-      throw std::runtime_error("sqlite3_exec(" + sql + "): " + std::to_string(rc) + " " + sqlite3_errmsg(db_));
+      throw std::runtime_error("sqlite3_exec(" + sql + "): " + std::to_string(rc) + " " +
+                               sqlite3_errmsg(db_));
     }
   }
 
@@ -72,7 +73,8 @@ class RawDb {
           row.emplace_back(std::nullopt);
         } else {
           const auto* p = static_cast<const char*>(sqlite3_column_blob(s, c));
-          row.emplace_back(std::string(p != nullptr ? p : "", static_cast<std::size_t>(sqlite3_column_bytes(s, c))));
+          row.emplace_back(std::string(p != nullptr ? p : "",
+                                       static_cast<std::size_t>(sqlite3_column_bytes(s, c))));
         }
       }
       rows.push_back(std::move(row));

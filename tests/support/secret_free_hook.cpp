@@ -30,7 +30,7 @@ namespace {
 constexpr std::size_t kSecretBodyChars = 32;
 constexpr std::size_t kMaxPepperHex = 1024;
 
-char g_report[4096];                  // path of the report file; empty: report nowhere
+char g_report[4096];                   // path of the report file; empty: report nowhere
 char g_pepper_hex[kMaxPepperHex + 1];  // what else to look for; empty: only secrets
 std::size_t g_pepper_len = 0;
 std::atomic<unsigned long> g_searched{0};
@@ -88,7 +88,8 @@ void put_text(char* buf, std::size_t* at, const char* s, std::size_t cap = 160) 
 
 // What `bytes` holds that it must not (nullptr: nothing).
 const char* find_secret(const unsigned char* bytes, std::size_t n) noexcept {
-  if (g_pepper_len > 0 && n >= g_pepper_len && ::memmem(bytes, n, g_pepper_hex, g_pepper_len) != nullptr) {
+  if (g_pepper_len > 0 && n >= g_pepper_len &&
+      ::memmem(bytes, n, g_pepper_hex, g_pepper_len) != nullptr) {
     return "the pepper (hex)";
   }
   const std::size_t key_len = 3 + kSecretBodyChars;

@@ -9,8 +9,8 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <memory>
 #include <cstddef>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -125,7 +125,9 @@ class ForwardingStore : public apikeys::Store {
   std::optional<apikeys::KeyInfo> remove(const apikeys::Uuid& a, const apikeys::Uuid& k) override {
     return inner_->remove(a, k);
   }
-  void record_last_use(const std::vector<apikeys::LastUse>& uses) override { inner_->record_last_use(uses); }
+  void record_last_use(const std::vector<apikeys::LastUse>& uses) override {
+    inner_->record_last_use(uses);
+  }
   std::uint64_t revision() override { return inner_->revision(); }
 
  protected:

@@ -190,9 +190,7 @@ TEST_CASE("MemoryCache: a verdict answers only the same presented digest", "[cac
   const Digest d = digest_of(1);
   f.fill(key, d, valid_verdict(1), milliseconds(60'000));
 
-  SECTION("a different digest misses") {
-    CHECK_FALSE(f.cache->get(key, digest_of(2)).has_value());
-  }
+  SECTION("a different digest misses") { CHECK_FALSE(f.cache->get(key, digest_of(2)).has_value()); }
   SECTION("the full 32 bytes are compared, first and last byte included") {
     for (std::size_t i : {std::size_t{0}, std::size_t{8}, std::size_t{16}, std::size_t{31}}) {
       Digest other = d;
@@ -245,8 +243,7 @@ TEST_CASE("MemoryCache: negative verdicts for another secret do not displace a v
   }
 }
 
-TEST_CASE("MemoryCache: a valid verdict for another digest never answers an old one",
-          "[cache]") {
+TEST_CASE("MemoryCache: a valid verdict for another digest never answers an old one", "[cache]") {
   Fixture f;
   const std::string key = pk(1);
   f.fill(key, digest_of(1), negative(ValidationCode::wrong_secret), milliseconds(60'000));
@@ -338,7 +335,8 @@ TEST_CASE("MemoryCache: fill tokens close the revoke/fill race", "[cache]") {
     const std::uint64_t token = f.cache->fill_token(key);
     // Many unrelated fills and erases in between must not wrap or reset anything.
     for (std::size_t i = 2; i < 2'000; ++i) {
-      f.fill(pk(i), digest_of(static_cast<std::uint32_t>(i)), valid_verdict(2), milliseconds(60'000));
+      f.fill(pk(i), digest_of(static_cast<std::uint32_t>(i)), valid_verdict(2),
+             milliseconds(60'000));
       f.cache->erase(pk(i));
     }
     f.cache->erase(key);
@@ -360,7 +358,8 @@ TEST_CASE("MemoryCache: size stays within capacity", "[cache]") {
   SECTION("capacity 1000, 64 shards, 10,000 public keys") {
     Fixture f(1'000, 64);
     for (std::size_t i = 0; i < 10'000; ++i) {
-      f.fill(pk(i), digest_of(static_cast<std::uint32_t>(i)), valid_verdict(1), milliseconds(60'000));
+      f.fill(pk(i), digest_of(static_cast<std::uint32_t>(i)), valid_verdict(1),
+             milliseconds(60'000));
       REQUIRE(f.cache->size() <= 1'000 + 64);  // Per-shard rounding allowed.
     }
     CHECK(f.cache->size() > 0);
@@ -370,7 +369,8 @@ TEST_CASE("MemoryCache: size stays within capacity", "[cache]") {
   SECTION("one full shard evicts exactly one other entry per insert") {
     Fixture f(10, 1);
     for (std::size_t i = 0; i < 10; ++i) {
-      f.fill(pk(i), digest_of(static_cast<std::uint32_t>(i)), valid_verdict(1), milliseconds(60'000));
+      f.fill(pk(i), digest_of(static_cast<std::uint32_t>(i)), valid_verdict(1),
+             milliseconds(60'000));
     }
     CHECK(f.cache->size() == 10);
     for (std::size_t i = 0; i < 10; ++i) {
@@ -388,7 +388,8 @@ TEST_CASE("MemoryCache: size stays within capacity", "[cache]") {
   SECTION("replacing the verdict of a held key evicts nothing") {
     Fixture f(10, 1);
     for (std::size_t i = 0; i < 10; ++i) {
-      f.fill(pk(i), digest_of(static_cast<std::uint32_t>(i)), valid_verdict(1), milliseconds(60'000));
+      f.fill(pk(i), digest_of(static_cast<std::uint32_t>(i)), valid_verdict(1),
+             milliseconds(60'000));
     }
     f.fill(pk(3), digest_of(3), negative(ValidationCode::revoked), milliseconds(60'000));
     CHECK(f.cache->size() == 10);
@@ -409,13 +410,15 @@ TEST_CASE("MemoryCache: a capacity near SIZE_MAX is clamped, never wrapped", "[c
   constexpr std::size_t kMax = std::numeric_limits<std::size_t>::max();
   constexpr std::size_t kKeys = 5'000;
   // SIZE_MAX - 62 is where capacity + 63 (64 shards) wraps to zero.
-  for (const std::size_t capacity : {kMax, kMax - 1, kMax - 62, kMax / 2 + 1, MemoryCacheOptions::kMaxCapacity,
-                                     MemoryCacheOptions::kMaxCapacity + 1}) {
+  for (const std::size_t capacity :
+       {kMax, kMax - 1, kMax - 62, kMax / 2 + 1, MemoryCacheOptions::kMaxCapacity,
+        MemoryCacheOptions::kMaxCapacity + 1}) {
     for (const std::size_t shards : {std::size_t{64}, std::size_t{1}, kMax}) {
       INFO("capacity " << capacity << ", shards " << shards);
       Fixture f(capacity, shards);
       for (std::size_t i = 0; i < kKeys; ++i) {
-        f.fill(pk(i), digest_of(static_cast<std::uint32_t>(i)), valid_verdict(1), milliseconds(60'000));
+        f.fill(pk(i), digest_of(static_cast<std::uint32_t>(i)), valid_verdict(1),
+               milliseconds(60'000));
       }
       // Nothing evicted: every key is still there.
       CHECK(f.cache->size() == kKeys);
@@ -480,16 +483,12 @@ TEST_CASE("MemoryCache: concurrent get/put/erase from 4 threads", "[cache][threa
           const Digest d = digest_of(static_cast<std::uint32_t>(i));
           const Verdict expected = valid_verdict(static_cast<std::uint8_t>(i % 251));
           switch ((x >> 4) % 8) {
-            case 0:
-              f.cache->erase(key);
-              break;
+            case 0: f.cache->erase(key); break;
             case 1:
               if (r % 1000 == 0) f.cache->clear();
               break;
             case 2:
-            case 3:
-              f.fill(key, d, expected, milliseconds(60'000));
-              break;
+            case 3: f.fill(key, d, expected, milliseconds(60'000)); break;
             default: {
               const auto v = f.cache->get(key, d);
               if (v.has_value()) {
@@ -497,7 +496,8 @@ TEST_CASE("MemoryCache: concurrent get/put/erase from 4 threads", "[cache][threa
                 if (!same(*v, expected)) ++wrong;
               }
               // A digest never put must never hit.
-              if (f.cache->get(key, digest_of(static_cast<std::uint32_t>(i) + 100'000u)).has_value()) {
+              if (f.cache->get(key, digest_of(static_cast<std::uint32_t>(i) + 100'000u))
+                      .has_value()) {
                 ++wrong;
               }
               break;

@@ -40,7 +40,8 @@ using Json = nlohmann::json;
 
 // 32 bytes of hex; only for tests.
 const std::string kPepperHex = "00112233445566778899aabbccddeeff0123456789abcdef0123456789abcdef";
-const std::string kOtherPepperHex = "fedcba9876543210fedcba9876543210ffeeddccbbaa99887766554433221100";
+const std::string kOtherPepperHex =
+    "fedcba9876543210fedcba9876543210ffeeddccbbaa99887766554433221100";
 
 using Run = apikeys_test::ProgramRun;
 
@@ -280,7 +281,8 @@ TEST_CASE("cli: another account cannot revoke or delete a key", "[cli]") {
 TEST_CASE("cli: the pepper is required and checked", "[cli]") {
   TempDir dir;
   const std::string db = dir.file("keys.db");
-  const std::vector<std::string> create{"--db", db, "create", "--account", kAccount, "--title", "t"};
+  const std::vector<std::string> create{"--db",   db,        "create", "--account",
+                                        kAccount, "--title", "t"};
 
   SECTION("missing") {
     const Run r = run_cli(create, std::nullopt);
@@ -288,9 +290,7 @@ TEST_CASE("cli: the pepper is required and checked", "[cli]") {
     CHECK(contains(r.err, "APIKEYS_PEPPER"));
     CHECK(r.out.empty());
   }
-  SECTION("empty") {
-    CHECK(run_cli(create, std::string()).code == 2);
-  }
+  SECTION("empty") { CHECK(run_cli(create, std::string()).code == 2); }
   SECTION("too short (31 bytes)") {
     const Run r = run_cli(create, kPepperHex.substr(0, 62));
     CHECK(r.code == 2);
@@ -304,19 +304,15 @@ TEST_CASE("cli: the pepper is required and checked", "[cli]") {
     CHECK(r.code == 2);
     CHECK_FALSE(contains(r.err, bad));
   }
-  SECTION("odd number of digits") {
-    CHECK(run_cli(create, kPepperHex + "a").code == 2);
-  }
+  SECTION("odd number of digits") { CHECK(run_cli(create, kPepperHex + "a").code == 2); }
   SECTION("surrounding white space is ignored") {
     CHECK(run_cli(create, "  " + kPepperHex + "\n").code == 0);
   }
   SECTION("--pepper-file") {
     const std::string file = dir.file("pepper.hex");
-    {
-      std::ofstream(file) << "\n  " << kPepperHex << "  \n";
-    }
-    std::vector<std::string> args{"--db", db, "--pepper-file", file, "create", "--account", kAccount,
-                                  "--title", "t"};
+    { std::ofstream(file) << "\n  " << kPepperHex << "  \n"; }
+    std::vector<std::string> args{"--db",      db,       "--pepper-file", file, "create",
+                                  "--account", kAccount, "--title",       "t"};
     const Run created = run_cli(args, std::nullopt);
     REQUIRE(created.code == 0);
     // Same pepper through the environment: the key verifies.
@@ -334,9 +330,10 @@ TEST_CASE("cli: the pepper is required and checked", "[cli]") {
   }
   SECTION("a pepper that cannot be random") {
     // Well-formed hex of 32 bytes or more, refused by the library's pepper check.
-    for (const std::string& weak : {std::string(64, '0'), std::string(64, 'f'), std::string(128, '0'),
-                                     std::string("0001000100010001000100010001000100010001000100010001000100010001"),
-                                     kPepperHex.substr(0, 32) + kPepperHex.substr(0, 32)}) {
+    for (const std::string& weak :
+         {std::string(64, '0'), std::string(64, 'f'), std::string(128, '0'),
+          std::string("0001000100010001000100010001000100010001000100010001000100010001"),
+          kPepperHex.substr(0, 32) + kPepperHex.substr(0, 32)}) {
       INFO(weak);
       const Run r = run_cli(create, weak);
       CHECK(r.code == 2);
@@ -349,29 +346,27 @@ TEST_CASE("cli: the pepper is required and checked", "[cli]") {
       CHECK_FALSE(fs::exists(db));
     }
     const std::string file = dir.file("zero.hex");
-    {
-      std::ofstream(file) << std::string(64, '0') << "\n";
-    }
-    const Run r = run_cli({"--db", db, "--pepper-file", file, "create", "--account", kAccount, "--title", "t"},
-                          std::nullopt);
+    { std::ofstream(file) << std::string(64, '0') << "\n"; }
+    const Run r = run_cli(
+        {"--db", db, "--pepper-file", file, "create", "--account", kAccount, "--title", "t"},
+        std::nullopt);
     CHECK(r.code == 2);
     CHECK_FALSE(contains(r.err, std::string(16, '0')));
     CHECK_FALSE(fs::exists(db));
   }
   SECTION("--pepper-file that does not exist") {
-    std::vector<std::string> args{"--db", db, "--pepper-file", dir.file("nope"), "create",
-                                  "--account", kAccount, "--title", "t"};
+    std::vector<std::string> args{"--db",           db,        "--pepper-file",
+                                  dir.file("nope"), "create",  "--account",
+                                  kAccount,         "--title", "t"};
     const Run r = run_cli(args, std::nullopt);
     CHECK(r.code == 2);
     CHECK_FALSE(r.err.empty());
   }
   SECTION("--pepper-file with a short pepper") {
     const std::string file = dir.file("short.hex");
-    {
-      std::ofstream(file) << kPepperHex.substr(0, 40);
-    }
-    std::vector<std::string> args{"--db", db, "--pepper-file", file, "create", "--account", kAccount,
-                                  "--title", "t"};
+    { std::ofstream(file) << kPepperHex.substr(0, 40); }
+    std::vector<std::string> args{"--db",      db,       "--pepper-file", file, "create",
+                                  "--account", kAccount, "--title",       "t"};
     CHECK(run_cli(args, std::nullopt).code == 2);
   }
 }
@@ -396,7 +391,9 @@ TEST_CASE("cli: bad usage exits 2 with a message", "[cli]") {
   SECTION("no --db") { expect_usage(run_cli({"list", "--account", kAccount})); }
   SECTION("missing --account") { expect_usage(run_cli({"--db", db, "create", "--title", "t"})); }
   SECTION("missing --title") { expect_usage(create({})); }
-  SECTION("missing --key-id") { expect_usage(run_cli({"--db", db, "revoke", "--account", kAccount})); }
+  SECTION("missing --key-id") {
+    expect_usage(run_cli({"--db", db, "revoke", "--account", kAccount}));
+  }
   SECTION("bad account UUID") {
     expect_usage(run_cli({"--db", db, "create", "--account", "not-a-uuid", "--title", "t"}));
   }
@@ -412,7 +409,9 @@ TEST_CASE("cli: bad usage exits 2 with a message", "[cli]") {
   SECTION("title too long") { expect_usage(create({"--title", std::string(256, 'x')})); }
   SECTION("title with a control character") { expect_usage(create({"--title", "a\x01z"})); }
   SECTION("expires in 0 days") { expect_usage(create({"--title", "t", "--expires-in-days", "0"})); }
-  SECTION("expires in 366 days") { expect_usage(create({"--title", "t", "--expires-in-days", "366"})); }
+  SECTION("expires in 366 days") {
+    expect_usage(create({"--title", "t", "--expires-in-days", "366"}));
+  }
   SECTION("expires in a non-number") {
     expect_usage(create({"--title", "t", "--expires-in-days", "soon"}));
   }
@@ -434,9 +433,7 @@ TEST_CASE("cli: storage failures exit 4", "[cli]") {
   TempDir dir;
   // A path below a regular file cannot be created, even by root.
   const std::string file = dir.file("plain-file");
-  {
-    std::ofstream(file) << "not a directory\n";
-  }
+  { std::ofstream(file) << "not a directory\n"; }
   const std::string db = file + "/keys.db";
 
   Run r = run_cli({"--db", db, "create", "--account", kAccount, "--title", "t"});
@@ -532,12 +529,14 @@ TEST_CASE("cli: presented secrets are never echoed", "[cli]") {
   CHECK_FALSE(contains(r.out + r.err, secret.substr(3)));
 
   // A value CLI11 quotes in its message ("Could not convert: ... = value") is redacted.
-  r = run_cli({"--db", db, "create", "--account", kAccount, "--title", "t", "--expires-in-days", secret});
+  r = run_cli(
+      {"--db", db, "create", "--account", kAccount, "--title", "t", "--expires-in-days", secret});
   CHECK(r.code == 2);
   CHECK(contains(r.err, "--expires-in-days"));
   CHECK_FALSE(contains(r.out + r.err, secret.substr(3)));
   // Even a value that is the redaction marker itself (this once looped forever).
-  r = run_cli({"--db", db, "create", "--account", kAccount, "--title", "t", "--expires-in-days", "<not shown>"});
+  r = run_cli({"--db", db, "create", "--account", kAccount, "--title", "t", "--expires-in-days",
+               "<not shown>"});
   CHECK(r.code == 2);
 }
 
@@ -582,8 +581,8 @@ TEST_CASE("cli: a revoke by another process reaches a cached validator within 1 
   REQUIRE(manager.validate(public_key, secret).code == apikeys::ValidationCode::valid);
   REQUIRE(manager.validate(public_key, secret).code == apikeys::ValidationCode::valid);  // cached
 
-  const Run r = run_cli({"--db", db, "revoke", "--account", kAccount, "--key-id",
-                         key.info.key_id.to_string()});
+  const Run r = run_cli(
+      {"--db", db, "revoke", "--account", kAccount, "--key-id", key.info.key_id.to_string()});
   REQUIRE(r.code == 0);
   const auto revoked_at = Clock::now();
 
@@ -593,7 +592,8 @@ TEST_CASE("cli: a revoke by another process reaches a cached validator within 1 
     if (code != apikeys::ValidationCode::valid) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - revoked_at);
+  const auto elapsed =
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - revoked_at);
   INFO("elapsed ms: " << elapsed.count());
   REQUIRE(code == apikeys::ValidationCode::revoked);
   REQUIRE(elapsed < std::chrono::milliseconds(1000));
@@ -604,14 +604,16 @@ TEST_CASE("cli: a revoke by another process reaches a cached validator within 1 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define APIKEYS_TEST_SANITIZER_ALLOCATOR 1
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || __has_feature(memory_sanitizer)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
+    __has_feature(memory_sanitizer)
 #define APIKEYS_TEST_SANITIZER_ALLOCATOR 1
 #endif
 #endif
 
 TEST_CASE("cli: no block the CLI frees holds a secret or the pepper", "[cli]") {
 #if defined(APIKEYS_TEST_SANITIZER_ALLOCATOR)
-  std::cout << "cli: free() hook test skipped: this is a sanitizer build (its allocator must come first)\n";
+  std::cout
+      << "cli: free() hook test skipped: this is a sanitizer build (its allocator must come first)\n";
 #elif !defined(APIKEYS_FREE_HOOK_PATH)
   std::cout << "cli: free() hook test skipped: the hook is built on Linux (glibc) only\n";
 #else
@@ -623,16 +625,16 @@ TEST_CASE("cli: no block the CLI frees holds a secret or the pepper", "[cli]") {
 
   // Runs the CLI under the hook (tests/support/secret_free_hook.cpp), which lists in `report`
   // every freed block holding "sk_" + 32 base62 characters or the pepper's hex.
-  auto run_hooked = [&](const std::string& what, const std::vector<std::string>& args, int expected_code,
-                        const std::string& input = "") {
+  auto run_hooked = [&](const std::string& what, const std::vector<std::string>& args,
+                        int expected_code, const std::string& input = "") {
     std::remove(report.c_str());
     std::vector<std::string> argv{APIKEYS_CLI_PATH};
     argv.insert(argv.end(), args.begin(), args.end());
-    const Run r = apikeys_test::run_program(argv,
-                                            {"APIKEYS_PEPPER=" + kPepperHex, "LD_PRELOAD=" APIKEYS_FREE_HOOK_PATH,
-                                             "APIKEYS_FREE_HOOK_REPORT=" + report,
-                                             "APIKEYS_FREE_HOOK_PEPPER=" + kPepperHex},
-                                            input);
+    const Run r = apikeys_test::run_program(
+        argv,
+        {"APIKEYS_PEPPER=" + kPepperHex, "LD_PRELOAD=" APIKEYS_FREE_HOOK_PATH,
+         "APIKEYS_FREE_HOOK_REPORT=" + report, "APIKEYS_FREE_HOOK_PEPPER=" + kPepperHex},
+        input);
     const std::string found = apikeys_test::read_file(report);
     INFO(what << "\nstderr: " << r.err << "\nfree() hook report:\n" << found);
     CHECK(r.code == expected_code);
@@ -643,24 +645,29 @@ TEST_CASE("cli: no block the CLI frees holds a secret or the pepper", "[cli]") {
     return r;
   };
 
-  const Run created = run_hooked("create", {"--db", db, "create", "--account", kAccount, "--title", "t"}, 0);
+  const Run created =
+      run_hooked("create", {"--db", db, "create", "--account", kAccount, "--title", "t"}, 0);
   const Json key = Json::parse(created.out);
   const std::string pk = key.at("public_key").get<std::string>();
   const std::string sk = key.at("secret_key").get<std::string>();
   const std::string wrong = "sk_WrongWrongWrongWrongWrongWrong12";
-  run_hooked("create, pepper from a file",
-             {"--db", db, "--pepper-file", pepper_file, "create", "--account", kAccount, "--title", "t"}, 0);
+  run_hooked(
+      "create, pepper from a file",
+      {"--db", db, "--pepper-file", pepper_file, "create", "--account", kAccount, "--title", "t"},
+      0);
   run_hooked("verify PUBLIC SECRET", {"--db", db, "verify", pk, sk}, 0);
   run_hooked("verify PUBLIC:SECRET", {"--db", db, "verify", pk + ":" + sk}, 0);
   run_hooked("verify SECRET PUBLIC", {"--db", db, "verify", sk, pk}, 1);
   run_hooked("verify SECRET", {"--db", db, "verify", sk}, 1);
   run_hooked("verify - (stdin)", {"--db", db, "verify", "-"}, 0, pk + ":" + sk + "\n");
-  run_hooked("verify, pepper from a file", {"--db", db, "--pepper-file", pepper_file, "verify", pk, sk}, 0);
+  run_hooked("verify, pepper from a file",
+             {"--db", db, "--pepper-file", pepper_file, "verify", pk, sk}, 0);
   run_hooked("verify a wrong secret", {"--db", db, "verify", pk, wrong}, 1);
   // Failures on the way: a parse error, a refused value, a conversion error.
   run_hooked("verify with extra arguments", {"--db", db, "verify", pk, sk, sk}, 2);
   run_hooked("a secret as title", {"--db", db, "create", "--account", kAccount, "--title", sk}, 2);
-  run_hooked("a secret as expiry", {"--db", db, "create", "--account", kAccount, "--title", "t", "--expires-in-days", sk},
+  run_hooked("a secret as expiry",
+             {"--db", db, "create", "--account", kAccount, "--title", "t", "--expires-in-days", sk},
              2);
 #endif
 }
@@ -679,14 +686,16 @@ TEST_CASE("cli: the CLI cannot dump core", "[cli]") {
   TempDir dir;
   const std::string db = dir.file("keys.db");  // not opened before the token is read
   const std::vector<std::string> args{APIKEYS_CLI_PATH, "--db", db, "verify", "-"};
-  apikeys_test::StartedProgram child = apikeys_test::start_program(args, {"APIKEYS_PEPPER=" + kPepperHex}, as);
+  apikeys_test::StartedProgram child =
+      apikeys_test::start_program(args, {"APIKEYS_PEPPER=" + kPepperHex}, as);
   const std::string proc = "/proc/" + std::to_string(child.pid);
 
   // Until execve is done, /proc/PID shows the forked test process: wait for the CLI's
   // own command line, then for its core limit (set first thing in main).
   const bool started = eventually([&] {
     return apikeys_test::has_exited(child) ||
-           apikeys_test::read_file(proc + "/cmdline").rfind(std::string(APIKEYS_CLI_PATH) + '\0', 0) == 0;
+           apikeys_test::read_file(proc + "/cmdline")
+                   .rfind(std::string(APIKEYS_CLI_PATH) + '\0', 0) == 0;
   });
   REQUIRE(started);
   if (apikeys_test::has_exited(child)) {
@@ -694,7 +703,8 @@ TEST_CASE("cli: the CLI cannot dump core", "[cli]") {
     // 125/127: this machine cannot run the CLI as nobody (e.g. a build directory only
     // root may enter), so the test cannot tell dumpable from not.
     if (root && (r.code == 125 || r.code == 127)) {
-      std::cout << "cli: core dump test skipped: cannot run the CLI as uid 65534 (exit " << r.code << ")\n";
+      std::cout << "cli: core dump test skipped: cannot run the CLI as uid 65534 (exit " << r.code
+                << ")\n";
       return;
     }
     INFO("exit " << r.code << ", stderr: " << r.err);
@@ -712,7 +722,8 @@ TEST_CASE("cli: the CLI cannot dump core", "[cli]") {
   const std::string status = proc + "/status";
   struct stat st {};
   CHECK(eventually([&] { return stat(status.c_str(), &st) == 0 && st.st_uid == 0; }));
-  INFO("owner of " << status << ": " << st.st_uid << " (the CLI runs as " << (root ? as.uid : geteuid()) << ")");
+  INFO("owner of " << status << ": " << st.st_uid << " (the CLI runs as "
+                   << (root ? as.uid : geteuid()) << ")");
   CHECK(st.st_uid == 0);  // not dumpable
 
   const Run r = apikeys_test::finish_program(child);  // EOF on stdin: "no token", exit 2
@@ -742,7 +753,9 @@ TEST_CASE("cli: arguments that may be secrets are blanked from its command line"
       {"verify PUBLIC:SECRET", {"verify", pk + ":" + sk}, 0},
       {"verify SECRET PUBLIC", {"verify", sk, pk}, 1},
       {"verify SECRET", {"verify", sk}, 1},
-      {"a secret as --description=", {"create", "--account", kAccount, "--title", "t", "--description=" + sk}, 2},
+      {"a secret as --description=",
+       {"create", "--account", kAccount, "--title", "t", "--description=" + sk},
+       2},
       {"the pepper as a title", {"create", "--account", kAccount, "--title", kPepperHex}, 2},
   };
   for (const Case& c : cases) {
@@ -756,9 +769,11 @@ TEST_CASE("cli: arguments that may be secrets are blanked from its command line"
       return writer >= 0 || apikeys_test::has_exited(child);
     }));
     REQUIRE(writer >= 0);
-    const std::string cmdline = apikeys_test::read_file("/proc/" + std::to_string(child.pid) + "/cmdline");
+    const std::string cmdline =
+        apikeys_test::read_file("/proc/" + std::to_string(child.pid) + "/cmdline");
     const std::string pepper_line = kPepperHex + "\n";
-    const bool wrote = write(writer, pepper_line.data(), pepper_line.size()) == static_cast<ssize_t>(pepper_line.size());
+    const bool wrote = write(writer, pepper_line.data(), pepper_line.size()) ==
+                       static_cast<ssize_t>(pepper_line.size());
     close(writer);
     CHECK(contains(cmdline, "--pepper-file"));  // this is the CLI's command line
     CHECK_FALSE(contains(cmdline, sk.substr(3)));

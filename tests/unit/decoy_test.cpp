@@ -1,7 +1,7 @@
 // Both bundled stores read a decoy record on every miss of a non-empty store (the
-// timing oracle of doc/failure-modes.md), sparse tables and deleted rows included. Observed through the
-// library's private per-thread counter (src/decoy_reads.hpp), which only a static
-// build lets a test link to.
+// timing oracle of doc/failure-modes.md), sparse tables and deleted rows included. Observed through
+// the library's private per-thread counter (src/decoy_reads.hpp), which only a static build lets a
+// test link to.
 #include <cstdint>
 #include <memory>
 #include <string>

@@ -76,8 +76,7 @@ class OldStore final : public GrownStore {
 
 }  // namespace
 
-TEST_CASE("A store written against 0.1 works through KeyManager and Validator",
-          "[extending]") {
+TEST_CASE("A store written against 0.1 works through KeyManager and Validator", "[extending]") {
   auto store = std::make_shared<MapStore>();
   auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(apikeys_test::kTestPepper);
 
@@ -107,8 +106,7 @@ TEST_CASE("A store written against 0.1 works through KeyManager and Validator",
   CHECK(ok.code == ValidationCode::valid);
   CHECK(ok.account_id == alice);
   CHECK(manager.validate(pk, sk).code == ValidationCode::valid);
-  CHECK(validator.validate(pk, "sk_" + std::string(32, 'x')).code ==
-        ValidationCode::wrong_secret);
+  CHECK(validator.validate(pk, "sk_" + std::string(32, 'x')).code == ValidationCode::wrong_secret);
   const auto listed = manager.list(alice);
   REQUIRE(listed.size() == 1);
   CHECK(listed[0].key_id == key.info.key_id);
@@ -122,8 +120,7 @@ TEST_CASE("A store written against 0.1 works through KeyManager and Validator",
   manager.remove(alice, key.info.key_id);
   CHECK(validator.validate(pk, sk).code == ValidationCode::not_found);
   CHECK(manager.list(alice).empty());
-  CHECK(error_code_of([&] { manager.revoke(alice, key.info.key_id); }) ==
-        ErrorCode::not_found);
+  CHECK(error_code_of([&] { manager.revoke(alice, key.info.key_id); }) == ErrorCode::not_found);
 }
 
 TEST_CASE("A default body that cannot do the job throws not_supported", "[extending]") {
@@ -146,7 +143,6 @@ TEST_CASE("A default body that cannot do the job throws not_supported", "[extend
   // A backend that refuses an operation by design: KeyManager passes not_supported on
   // unchanged (not as `storage`), and the key is still there.
   store->append_only = true;
-  CHECK(error_code_of([&] { manager.remove(alice, key.info.key_id); }) ==
-        ErrorCode::not_supported);
+  CHECK(error_code_of([&] { manager.remove(alice, key.info.key_id); }) == ErrorCode::not_supported);
   CHECK(manager.list(alice).size() == 1);
 }

@@ -32,7 +32,6 @@ using apikeys_test::to_hex;
 
 namespace {
 
-
 std::string range_bytes(int first, int last_inclusive) {
   std::string s;
   for (int b = first; b <= last_inclusive; ++b) s.push_back(static_cast<char>(b));
@@ -82,7 +81,9 @@ bool refused_with_invalid_argument(const std::vector<Pepper>& peppers, std::uint
   return !refusal(peppers, current).empty();
 }
 
-bool same(const Digest& a, const Digest& b) { return a.bytes == b.bytes && a.pepper_id == b.pepper_id; }
+bool same(const Digest& a, const Digest& b) {
+  return a.bytes == b.bytes && a.pepper_id == b.pepper_id;
+}
 
 }  // namespace
 

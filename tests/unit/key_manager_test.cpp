@@ -95,8 +95,8 @@ std::string refusal_problem(TestManager& t, const Uuid& account, const CreateReq
   } catch (const std::exception& e) {
     problem = std::string("threw a non-apikeys exception (") + e.what() + "): " + describe(r);
   }
-  if (problem.empty() && (t.store->size() != stored_before ||
-                          t->list(account).size() != listed_before)) {
+  if (problem.empty() &&
+      (t.store->size() != stored_before || t->list(account).size() != listed_before)) {
     problem = "refused but wrote to the store: " + describe(r);
   }
   return problem;
@@ -124,7 +124,8 @@ std::string refusal_message(TestManager& t, const Uuid& account, const CreateReq
 }
 
 // The code of the Error that revoke() throws, or nullopt when it succeeds.
-std::optional<ErrorCode> error_code_of_revoke(TestManager& t, const Uuid& account, const Uuid& key) {
+std::optional<ErrorCode> error_code_of_revoke(TestManager& t, const Uuid& account,
+                                              const Uuid& key) {
   try {
     (void)t->revoke(account, key);
   } catch (const apikeys::Error& e) {
@@ -134,7 +135,8 @@ std::optional<ErrorCode> error_code_of_revoke(TestManager& t, const Uuid& accoun
 }
 
 // The code of the Error that remove() throws, or nullopt when it succeeds.
-std::optional<ErrorCode> error_code_of_remove(TestManager& t, const Uuid& account, const Uuid& key) {
+std::optional<ErrorCode> error_code_of_remove(TestManager& t, const Uuid& account,
+                                              const Uuid& key) {
   try {
     (void)t->remove(account, key);
   } catch (const apikeys::Error& e) {
@@ -293,9 +295,9 @@ TEST_CASE("KeyManager title rules", "[key_manager]") {
     CHECK(titles == std::set<std::string>{"hi", "hello world", "a  b"});
   }
   SECTION("255 code points accepted, 256 refused") {
-    CHECK(acceptance_problem(t, acct, req(repeat("\xc3\xa9", 255))) == "");      // é
+    CHECK(acceptance_problem(t, acct, req(repeat("\xc3\xa9", 255))) == "");  // é
     CHECK(acceptance_problem(t, acct, req(repeat("a", 255))) == "");
-    CHECK(acceptance_problem(t, acct, req(repeat("\xe2\x82\xac", 255))) == "");  // €
+    CHECK(acceptance_problem(t, acct, req(repeat("\xe2\x82\xac", 255))) == "");      // €
     CHECK(acceptance_problem(t, acct, req(repeat("\xf0\x9f\x98\x80", 255))) == "");  // U+1F600
     CHECK(acceptance_problem(t, acct, req("   " + repeat("a", 255) + "\t ")) == "");
     const std::size_t accepted = t.store->size();
@@ -322,20 +324,20 @@ TEST_CASE("KeyManager title rules", "[key_manager]") {
   }
   SECTION("invalid UTF-8 is refused") {
     const std::vector<std::string> bad = {
-        "\xff",              // never valid
-        "\xfe",              // never valid
-        "\x80",              // lone continuation byte
-        "\xc3",              // truncated two-byte sequence (at the end)
-        "\xc3(",             // bad continuation
-        "\xc0\xaf",          // overlong '/'
-        "\xc1\xbf",          // overlong
-        "\xe0\x80\xaf",      // overlong three-byte
-        "\xf0\x80\x80\xaf",  // overlong four-byte
-        "\xed\xa0\x80",      // UTF-16 surrogate U+D800
-        "\xed\xbf\xbf",      // UTF-16 surrogate U+DFFF
-        "\xf4\x90\x80\x80",  // above U+10FFFF
+        "\xff",                  // never valid
+        "\xfe",                  // never valid
+        "\x80",                  // lone continuation byte
+        "\xc3",                  // truncated two-byte sequence (at the end)
+        "\xc3(",                 // bad continuation
+        "\xc0\xaf",              // overlong '/'
+        "\xc1\xbf",              // overlong
+        "\xe0\x80\xaf",          // overlong three-byte
+        "\xf0\x80\x80\xaf",      // overlong four-byte
+        "\xed\xa0\x80",          // UTF-16 surrogate U+D800
+        "\xed\xbf\xbf",          // UTF-16 surrogate U+DFFF
+        "\xf4\x90\x80\x80",      // above U+10FFFF
         "\xf8\x88\x80\x80\x80",  // five-byte form
-        "\xe2\x82",          // truncated three-byte sequence
+        "\xe2\x82",              // truncated three-byte sequence
     };
     for (const std::string& b : bad) {
       CHECK(refusal_problem(t, acct, req("ok" + b)) == "");
@@ -345,28 +347,42 @@ TEST_CASE("KeyManager title rules", "[key_manager]") {
     CHECK(t->list(acct).empty());
   }
   SECTION("valid UTF-8 at the edges of the ranges is accepted") {
-    for (const char* good : {"\xed\x9f\xbf",         // U+D7FF, just below the surrogates
-                             "\xee\x80\x80",         // U+E000, just above them
-                             "\xf4\x8f\xbf\xbf",     // U+10FFFF, the last code point
-                             "\xc2\xa0",             // U+00A0, no-break space (not control)
+    for (const char* good : {"\xed\x9f\xbf",                 // U+D7FF, just below the surrogates
+                             "\xee\x80\x80",                 // U+E000, just above them
+                             "\xf4\x8f\xbf\xbf",             // U+10FFFF, the last code point
+                             "\xc2\xa0",                     // U+00A0, no-break space (not control)
                              "\xe6\x97\xa5\xe6\x9c\xac"}) {  // 日本
       CHECK(acceptance_problem(t, acct, req(std::string("x") + good + "x")) == "");
     }
   }
   SECTION("control characters and NUL are refused") {
     const std::vector<std::string> bad = {
-        std::string("a\0b", 3), std::string("ab\0", 3), "a\x01" "b", "a\x1f" "b",
-        "a\x7f" "b",  // DEL
-        "a\tb",        // tab: allowed in descriptions, not titles
-        "a\nb", "a\rb", "a\x1b[31mred",
+        std::string("a\0b", 3),
+        std::string("ab\0", 3),
+        "a\x01"
+        "b",
+        "a\x1f"
+        "b",
+        "a\x7f"
+        "b",     // DEL
+        "a\tb",  // tab: allowed in descriptions, not titles
+        "a\nb",
+        "a\rb",
+        "a\x1b[31mred",
     };
     for (const std::string& b : bad) CHECK(refusal_problem(t, acct, req(b)) == "");
     CHECK(t.store->size() == 0);
   }
   SECTION("C1 control characters (U+0080-U+009F) are refused") {
-    CHECK(refusal_problem(t, acct, req("a\xc2\x80" "b")) == "");
-    CHECK(refusal_problem(t, acct, req("a\xc2\x85" "b")) == "");  // NEL
-    CHECK(refusal_problem(t, acct, req("a\xc2\x9f" "b")) == "");
+    CHECK(refusal_problem(t, acct,
+                          req("a\xc2\x80"
+                              "b")) == "");
+    CHECK(refusal_problem(t, acct,
+                          req("a\xc2\x85"
+                              "b")) == "");  // NEL
+    CHECK(refusal_problem(t, acct,
+                          req("a\xc2\x9f"
+                              "b")) == "");
     CHECK(t.store->size() == 0);
   }
 }
@@ -395,9 +411,16 @@ TEST_CASE("KeyManager description rules", "[key_manager]") {
   }
   SECTION("other control characters, NUL and invalid UTF-8 are refused") {
     for (const std::string& b :
-         {std::string("a\0b", 3), std::string("a\x01" "b"), std::string("a\x7f" "b"),
-          std::string("a\x0b" "b"), std::string("a\x1b" "b"), std::string("a\xff"),
-          std::string("a\xc0\xaf"), std::string("a\xed\xa0\x80")}) {
+         {std::string("a\0b", 3),
+          std::string("a\x01"
+                      "b"),
+          std::string("a\x7f"
+                      "b"),
+          std::string("a\x0b"
+                      "b"),
+          std::string("a\x1b"
+                      "b"),
+          std::string("a\xff"), std::string("a\xc0\xaf"), std::string("a\xed\xa0\x80")}) {
       CHECK(refusal_problem(t, acct, req("t", b)) == "");
     }
     CHECK(t.store->size() == 0);
@@ -436,23 +459,27 @@ const std::vector<std::uint32_t> kInvisible = {
 
 }  // namespace
 
-TEST_CASE("KeyManager refuses bidirectional formatting and zero-width characters", "[key_manager]") {
+TEST_CASE("KeyManager refuses bidirectional formatting and zero-width characters",
+          "[key_manager]") {
   TestManager t = make_manager();
   const Uuid acct = account_id(1);
-  const std::string kTitleRule = "title must not contain bidirectional formatting or zero-width characters";
+  const std::string kTitleRule =
+      "title must not contain bidirectional formatting or zero-width characters";
   const std::string kDescriptionRule =
       "description must not contain bidirectional formatting or zero-width characters";
   for (const std::uint32_t cp : kInvisible) {
     const std::string c = utf8(cp);
     INFO("U+" << std::hex << cp);
-    for (const std::string& text : {c + "billing", "bill" + c + "ing", "billing" + c, c, "  " + c + "  ",
-                                    "\xd7\xa2\xd7\x91" + c + "123", c + kFakeSecret}) {
+    for (const std::string& text :
+         {c + "billing", "bill" + c + "ing", "billing" + c, c, "  " + c + "  ",
+          "\xd7\xa2\xd7\x91" + c + "123", c + kFakeSecret}) {
       INFO(show(text));
       CHECK(refusal_problem(t, acct, req(text)) == "");
       CHECK(refusal_message(t, acct, req(text)) == kTitleRule);
       CHECK(refusal_problem(t, acct, req("t", text)) == "");
       CHECK(refusal_message(t, acct, req("t", text)) == kDescriptionRule);
-      CHECK(refusal_message(t, acct, req("t", "line one\n" + text + "\nline three")) == kDescriptionRule);
+      CHECK(refusal_message(t, acct, req("t", "line one\n" + text + "\nline three")) ==
+            kDescriptionRule);
     }
   }
   // The classic spoof: an override that makes "txt.exe" display as "exe.txt".
@@ -463,20 +490,22 @@ TEST_CASE("KeyManager refuses bidirectional formatting and zero-width characters
   CHECK_THROWS_AS(apikeys::normalize_request(req("a" + utf8(0x2066) + "b")), apikeys::Error);
 }
 
-TEST_CASE("KeyManager accepts text in any script, emoji and the invisibles' neighbours", "[key_manager]") {
+TEST_CASE("KeyManager accepts text in any script, emoji and the invisibles' neighbours",
+          "[key_manager]") {
   TestManager t = make_manager();
   const Uuid acct = account_id(1);
   const std::vector<std::string> good = {
-      "Z\xc3\xbcrich",                                    // Zürich
-      "\xe6\x9d\xb1\xe4\xba\xac",                        // 東京
-      "\xf0\x9f\x94\x91 deploy \xf0\x9f\x9a\x80",          // emoji
-      "\xe2\x9d\xa4\xef\xb8\x8f",                        // U+2764 U+FE0F: emoji with a variation selector
-      "\xf0\x9f\x91\x8d\xf0\x9f\x8f\xbd",                // emoji with a skin-tone modifier
-      "\xd9\x85\xd9\x81\xd8\xaa\xd8\xa7\xd8\xad",          // Arabic letters
-      "\xd7\x9e\xd7\xa4\xd7\xaa\xd7\x97 API 2",            // Hebrew letters, then Latin and digits
+      "Z\xc3\xbcrich",                             // Zürich
+      "\xe6\x9d\xb1\xe4\xba\xac",                  // 東京
+      "\xf0\x9f\x94\x91 deploy \xf0\x9f\x9a\x80",  // emoji
+      "\xe2\x9d\xa4\xef\xb8\x8f",                  // U+2764 U+FE0F: emoji with a variation selector
+      "\xf0\x9f\x91\x8d\xf0\x9f\x8f\xbd",          // emoji with a skin-tone modifier
+      "\xd9\x85\xd9\x81\xd8\xaa\xd8\xa7\xd8\xad",  // Arabic letters
+      "\xd7\x9e\xd7\xa4\xd7\xaa\xd7\x97 API 2",    // Hebrew letters, then Latin and digits
       "\xe0\xa4\x95\xe0\xa5\x81\xe0\xa4\x82\xe0\xa4\x9c\xe0\xa5\x80",  // Devanagari
-      "e\xcc\x81",                                      // e + combining acute accent
-      "a\xc2\xa0" "b",                                  // no-break space
+      "e\xcc\x81",                                                     // e + combining acute accent
+      "a\xc2\xa0"
+      "b",  // no-break space
       // Code points beside the refused ones.
       "a" + utf8(0x061B) + utf8(0x061D) + "b",
       "a" + utf8(0x200A) + utf8(0x2010) + "b",
@@ -513,7 +542,8 @@ TEST_CASE("KeyManager expiry rules", "[key_manager]") {
     }
     for (const KeyInfo& i : t->list(acct)) {
       REQUIRE(i.expires_at.has_value());
-      const std::int64_t span = apikeys::to_unix_millis(*i.expires_at) - apikeys::to_unix_millis(i.created_at);
+      const std::int64_t span =
+          apikeys::to_unix_millis(*i.expires_at) - apikeys::to_unix_millis(i.created_at);
       CHECK((span == 1 * kDayMs || span == 30 * kDayMs || span == 365 * kDayMs));
     }
   }
@@ -542,9 +572,9 @@ TEST_CASE("normalize_request applies the same rules without a store", "[key_mana
   const CreateRequest none = apikeys::normalize_request(req("x"));
   CHECK_FALSE(none.expires_in_days.has_value());
 
-  for (const CreateRequest& bad : {req(""), req("  "), req(repeat("a", 256)), req("\xff"),
-                                   req("a\x01"), req("t", repeat("d", 1025)), req("t", "", 0),
-                                   req("t", "", 366)}) {
+  for (const CreateRequest& bad :
+       {req(""), req("  "), req(repeat("a", 256)), req("\xff"), req("a\x01"),
+        req("t", repeat("d", 1025)), req("t", "", 0), req("t", "", 366)}) {
     bool refused = false;
     try {
       (void)apikeys::normalize_request(bad);
@@ -797,11 +827,11 @@ TEST_CASE("KeyManager error messages never echo secret-like input", "[key_manage
   const Uuid acct = account_id(1);
   const std::string needle = kFakeSecret.substr(3, 16);  // Any recognisable part of it.
   const std::vector<CreateRequest> refused = {
-      req(kFakeSecret + repeat("x", 300)),                 // title too long
-      req(kFakeSecret + "\x01"),                           // control character
-      req(kFakeSecret + "\xff"),                           // invalid UTF-8
-      req("ok", kFakeSecret + repeat("y", 1100)),          // description too long
-      req("ok", kFakeSecret + std::string(1, '\0')),       // NUL in description
+      req(kFakeSecret + repeat("x", 300)),            // title too long
+      req(kFakeSecret + "\x01"),                      // control character
+      req(kFakeSecret + "\xff"),                      // invalid UTF-8
+      req("ok", kFakeSecret + repeat("y", 1100)),     // description too long
+      req("ok", kFakeSecret + std::string(1, '\0')),  // NUL in description
   };
   for (const CreateRequest& r : refused) {
     const std::string what = refusal_message(t, acct, r);

@@ -27,9 +27,10 @@ using namespace apikeys;
 
 namespace {
 
-constexpr std::string_view kDigits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+constexpr std::string_view kDigits =
+    "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 constexpr std::string_view kSecret = "sk_S3cretS3cretS3cretS3cretS3cretAB";  // every key's
-constexpr std::chrono::seconds kInterval{900};                           // the default
+constexpr std::chrono::seconds kInterval{900};                               // the default
 
 std::uint64_t splitmix64(std::uint64_t x) {
   x += 0x9e3779b97f4a7c15ULL;
@@ -51,17 +52,20 @@ class SyntheticStore final : public Store {
     pk[0] = 'p';
     pk[1] = 'k';
     pk[2] = '_';
-    for (std::size_t pos = pk.size(); i != 0; i /= kDigits.size()) pk[--pos] = kDigits[i % kDigits.size()];
+    for (std::size_t pos = pk.size(); i != 0; i /= kDigits.size())
+      pk[--pos] = kDigits[i % kDigits.size()];
     return pk;
   }
 
   static Uuid key_id(std::size_t i) {
     std::array<std::uint8_t, 16> b{};
     const std::uint64_t r = splitmix64(i);
-    for (int k = 0; k < 8; ++k) b[static_cast<std::size_t>(k)] = static_cast<std::uint8_t>(r >> (8 * k));
+    for (int k = 0; k < 8; ++k)
+      b[static_cast<std::size_t>(k)] = static_cast<std::uint8_t>(r >> (8 * k));
     b[6] = static_cast<std::uint8_t>(0x40 | (b[6] & 0x0f));
     b[8] = 0x80;
-    for (int k = 0; k < 4; ++k) b[static_cast<std::size_t>(15 - k)] = static_cast<std::uint8_t>(i >> (8 * k));
+    for (int k = 0; k < 4; ++k)
+      b[static_cast<std::size_t>(15 - k)] = static_cast<std::uint8_t>(i >> (8 * k));
     return Uuid(b);
   }
 
@@ -92,7 +96,9 @@ class SyntheticStore final : public Store {
 
   // Never called by a Validator.
   void insert(const KeyRecord&) override { throw std::logic_error("SyntheticStore::insert"); }
-  std::vector<KeyInfo> list(const Uuid&) override { throw std::logic_error("SyntheticStore::list"); }
+  std::vector<KeyInfo> list(const Uuid&) override {
+    throw std::logic_error("SyntheticStore::list");
+  }
   std::optional<KeyInfo> set_status(const Uuid&, const Uuid&, KeyStatus) override {
     throw std::logic_error("SyntheticStore::set_status");
   }
@@ -111,9 +117,9 @@ class SyntheticStore final : public Store {
   // How many keys in [0, n) were written other than `expected` times.
   std::size_t keys_not_written(std::size_t n, std::size_t expected) {
     std::lock_guard<std::mutex> lock(mu_);
-    return static_cast<std::size_t>(
-        std::count_if(writes_.begin(), writes_.begin() + static_cast<std::ptrdiff_t>(n),
-                      [&](std::size_t w) { return w != expected; }));
+    return static_cast<std::size_t>(std::count_if(writes_.begin(),
+                                                  writes_.begin() + static_cast<std::ptrdiff_t>(n),
+                                                  [&](std::size_t w) { return w != expected; }));
   }
 
  private:
@@ -150,7 +156,9 @@ struct Rig {
     validator = std::make_unique<Validator>(store, hasher, o);
   }
 
-  bool use(std::size_t i) const { return validator->validate(SyntheticStore::public_key(i), kSecret).ok(); }
+  bool use(std::size_t i) const {
+    return validator->validate(SyntheticStore::public_key(i), kSecret).ok();
+  }
 
   // Presents keys [0, n) once each, in a scrambled order (so keys move between the
   // filter and the spill maps in every pass); returns how many were not valid.
@@ -223,7 +231,8 @@ class Crew {
 
 }  // namespace
 
-TEST_CASE("last use: threads presenting one new key at once queue one write", "[validator][last_use][concurrency]") {
+TEST_CASE("last use: threads presenting one new key at once queue one write",
+          "[validator][last_use][concurrency]") {
   constexpr std::size_t kKeys = 150;
   constexpr int kThreads = 8;
   constexpr int kUsesPerThread = 8;
@@ -302,7 +311,8 @@ TEST_CASE("last use: threads presenting overlapping batches of new keys in a cro
   CHECK(invalid.load() == 0);
 }
 
-TEST_CASE("last use: keys crowding one filter set are throttled through the spill", "[validator][last_use]") {
+TEST_CASE("last use: keys crowding one filter set are throttled through the spill",
+          "[validator][last_use]") {
   // A throttle limit of 1,024 gives the smallest filter: 1,024 ways, 256 sets of 4.
   // 1,024 keys are 4 a set on average, so many sets get more: with these ids (counted
   // with the filter's hash when this test was written) 95 sets hold 5 to 10 keys, and
@@ -331,7 +341,8 @@ TEST_CASE("last use: keys crowding one filter set are throttled through the spil
   CHECK(rig.store->total() == 2 * kKeys);
 }
 
-TEST_CASE("last use: more keys than the filter holds, each written once per interval", "[validator][last_use]") {
+TEST_CASE("last use: more keys than the filter holds, each written once per interval",
+          "[validator][last_use]") {
   // The filter stops at 65,536 ways; a throttle limit above that keeps the rest in the
   // spill maps. 70,000 keys: at least 4,464 of them live in a map at any time.
   constexpr std::size_t kKeys = 70'000;
@@ -367,7 +378,8 @@ TEST_CASE("last use: a full queue drops updates until the next flush", "[validat
   CHECK(rig.store->total() == 20);
 }
 
-TEST_CASE("last use: a clock set back before the first note still throttles", "[validator][last_use]") {
+TEST_CASE("last use: a clock set back before the first note still throttles",
+          "[validator][last_use]") {
   Rig rig(10, 1'000'000, true);
   REQUIRE(rig.use(0));
   rig.clock->advance(-std::chrono::hours(24 * 365));

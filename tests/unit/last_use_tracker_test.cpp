@@ -182,9 +182,10 @@ TEST_CASE("last-use tracker: take hands the batch over once and takes turns with
   CHECK(take(tracker).empty());
 }
 
-TEST_CASE("last-use tracker: a full queue drops updates, and a dropped use is not retried "
-          "within its interval",
-          "[last_use]") {
+TEST_CASE(
+    "last-use tracker: a full queue drops updates, and a dropped use is not retried "
+    "within its interval",
+    "[last_use]") {
   LastUseTracker tracker(kInterval, 1'000'000, 10);
   for (std::size_t i = 0; i < 50; ++i) tracker.note(key(i), kT0);
   std::vector<std::size_t> c = counts(take(tracker), 50);
@@ -202,8 +203,7 @@ TEST_CASE("last-use tracker: a full queue drops updates, and a dropped use is no
   CHECK(take(tracker).size() == 5);
 }
 
-TEST_CASE("last-use tracker: keys crowding the filter are still throttled exactly",
-          "[last_use]") {
+TEST_CASE("last-use tracker: keys crowding the filter are still throttled exactly", "[last_use]") {
   // A throttle limit of 1,024 gives the smallest filter (256 sets of 4 ways): 1,024 keys
   // overflow many sets, so notes move between the filter and the spill maps.
   constexpr std::size_t kKeys = 1'024;

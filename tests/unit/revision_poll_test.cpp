@@ -60,7 +60,8 @@ TEST_CASE("a stuck last-use write never delays the revision poll", "[validator][
   auto clock = std::make_shared<ManualClock>(apikeys_test::test_start());
   auto inner = std::make_shared<InstrumentedStore>();
   auto watch = std::make_shared<LastUseWatch>(inner);
-  KeyManager node(watch, std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper), node_options(clock));
+  KeyManager node(watch, std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper),
+                  node_options(clock));
   // Lets the held write go even when a REQUIRE below fails (the validator's destructor
   // waits for it).
   struct Release {
@@ -76,7 +77,8 @@ TEST_CASE("a stuck last-use write never delays the revision poll", "[validator][
   REQUIRE(watch->wait_begun_beyond(0, milliseconds(5000)));  // a flush is stuck in the store
 
   // Another process revokes the cached key: only the revision poll can tell this node.
-  REQUIRE(inner->inner.set_status(revoked.info.account_id, revoked.info.key_id, KeyStatus::revoked));
+  REQUIRE(
+      inner->inner.set_status(revoked.info.account_id, revoked.info.key_id, KeyStatus::revoked));
   CHECK(node.validate(revoked.info.public_key, revoked.secret_key.reveal()).ok());  // still cached
   inner->rev += 1;
 
@@ -99,7 +101,8 @@ TEST_CASE("SQLite: a last-use write waiting on the file's lock never delays the 
   SqliteStoreOptions so;
   so.busy_timeout = milliseconds(10'000);  // the stuck write waits this long
   auto watch = std::make_shared<LastUseWatch>(std::make_shared<SqliteStore>(path, so));
-  KeyManager node(watch, std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper), node_options());
+  KeyManager node(watch, std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper),
+                  node_options());
 
   // Another process's connection, holding the write lock whenever it is not committing.
   // Declared after the node, so it closes (rolling back, letting the stuck write go)
@@ -131,15 +134,17 @@ TEST_CASE("SQLite: a last-use write waiting on the file's lock never delays the 
 
     // Revoke as SqliteStore does (status and revision in one transaction), commit, and
     // take the lock back at once.
-    other.exec("UPDATE api_keys SET status = " + std::to_string(static_cast<int>(KeyStatus::revoked)) +
-               " WHERE key_id = '" + revoked.info.key_id.to_string() + "'");
+    other.exec(
+        "UPDATE api_keys SET status = " + std::to_string(static_cast<int>(KeyStatus::revoked)) +
+        " WHERE key_id = '" + revoked.info.key_id.to_string() + "'");
     other.exec("UPDATE apikeys_meta SET revision = revision + 1 WHERE id = 1");
     other.exec("COMMIT");
     const int relocked = other.try_exec("BEGIN IMMEDIATE");
     if (relocked != SQLITE_OK || last_use_written(used)) {
       if (relocked == SQLITE_OK) other.exec("ROLLBACK");
       node.validator().flush_last_use();  // whatever it was doing is done
-      WARN("round " << round + 1 << ": the stuck flush took the lock between commit and re-lock; again");
+      WARN("round " << round + 1
+                    << ": the stuck flush took the lock between commit and re-lock; again");
       continue;
     }
     proved = true;

@@ -23,7 +23,9 @@ class FlakyCache final : public Cache {
   std::atomic<bool> fail_erase{false};
   std::atomic<int> erases{0};
 
-  std::optional<Verdict> get(std::string_view pk, const Digest& d) override { return inner_.get(pk, d); }
+  std::optional<Verdict> get(std::string_view pk, const Digest& d) override {
+    return inner_.get(pk, d);
+  }
   std::uint64_t fill_token(std::string_view pk) override { return inner_.fill_token(pk); }
   void put(std::string_view pk, const Digest& d, const Verdict& v, std::chrono::milliseconds ttl,
            std::uint64_t token) override {
@@ -42,13 +44,14 @@ class FlakyCache final : public Cache {
 
 // A hot-path Validator as a host builds one next to its admin KeyManager: its own
 // cache, no revision polling (so only the in-process path can tell it), no last use.
-std::unique_ptr<Validator> hot_validator(std::shared_ptr<Store> store, std::shared_ptr<Cache> cache) {
+std::unique_ptr<Validator> hot_validator(std::shared_ptr<Store> store,
+                                         std::shared_ptr<Cache> cache) {
   ValidatorOptions o;
   o.cache = std::move(cache);
   o.revision_poll_interval = std::chrono::milliseconds(0);
   o.record_last_use = false;
-  return std::make_unique<Validator>(std::move(store),
-                                     std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper), o);
+  return std::make_unique<Validator>(
+      std::move(store), std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper), o);
 }
 
 std::unique_ptr<KeyManager> admin(std::shared_ptr<Store> store) {
@@ -56,8 +59,8 @@ std::unique_ptr<KeyManager> admin(std::shared_ptr<Store> store) {
   o.validation.cache = std::make_shared<MemoryCache>();
   o.validation.revision_poll_interval = std::chrono::milliseconds(0);
   o.validation.record_last_use = false;
-  return std::make_unique<KeyManager>(std::move(store),
-                                      std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper), o);
+  return std::make_unique<KeyManager>(
+      std::move(store), std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper), o);
 }
 
 CreatedKey create_key(KeyManager& m) {
@@ -80,9 +83,7 @@ TEST_CASE("a revoke or delete reaches every Validator over the same store at onc
   const std::string db = dir.file("keys.db");
   std::shared_ptr<Store> admin_store;
   std::shared_ptr<Store> hot_store;
-  SECTION("one MemoryStore") {
-    admin_store = hot_store = std::make_shared<MemoryStore>();
-  }
+  SECTION("one MemoryStore") { admin_store = hot_store = std::make_shared<MemoryStore>(); }
   SECTION("one SqliteStore object") {
     admin_store = hot_store = std::make_shared<SqliteStore>(db, quick());
   }
@@ -210,11 +211,13 @@ TEST_CASE("Validators come and go while keys are revoked", "[revocation]") {
     });
   }
   auto steady = hot_validator(store, std::make_shared<MemoryCache>());
-  for (const auto& k : keys) REQUIRE(steady->validate(k.info.public_key, k.secret_key.reveal()).ok());
+  for (const auto& k : keys)
+    REQUIRE(steady->validate(k.info.public_key, k.secret_key.reveal()).ok());
   for (const auto& k : keys) {
     manager->revoke(k.info.account_id, k.info.key_id);
     revoked.fetch_add(1);
-    CHECK(steady->validate(k.info.public_key, k.secret_key.reveal()).code == ValidationCode::revoked);
+    CHECK(steady->validate(k.info.public_key, k.secret_key.reveal()).code ==
+          ValidationCode::revoked);
   }
   stop = true;
   for (auto& t : churn) t.join();

@@ -48,8 +48,7 @@ TEST_CASE("SipHash-2-4 matches the reference vectors", "[siphash]") {
   }
 }
 
-TEST_CASE("SipHash-1-3, the tables' variant, matches the reference implementation",
-          "[siphash]") {
+TEST_CASE("SipHash-1-3, the tables' variant, matches the reference implementation", "[siphash]") {
   // The reference code built with one compression and three finalization rounds,
   // under the all-zero key; lengths around the 8-byte block boundary.
   const apikeys::detail::SipHasher zero_key(0, 0);

@@ -31,8 +31,8 @@ using apikeys::KeyStatus;
 using apikeys::SqliteStore;
 using apikeys::SqliteStoreOptions;
 using apikeys_test::account_id;
-using apikeys_test::TempDir;
 using apikeys_test::file_bytes;
+using apikeys_test::TempDir;
 using apikeys_test::contract::at;
 using apikeys_test::contract::check_same_record;
 using apikeys_test::contract::error_code_of;
@@ -75,8 +75,8 @@ PRAGMA user_version = 2;
 class RawDb {
  public:
   explicit RawDb(const std::string& path) {
-    const int rc = sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
-                                   nullptr);
+    const int rc =
+        sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
     REQUIRE(rc == SQLITE_OK);
   }
   ~RawDb() { sqlite3_close(db_); }
@@ -188,7 +188,8 @@ TEST_CASE("SqliteStore's api_keys table has the fields of the record description
         static_cast<std::int64_t>(apikeys::detail::kFieldCount));
   for (std::size_t i = 0; i < apikeys::detail::kFieldCount; ++i) {
     const apikeys::detail::RecordField& f = apikeys::detail::kRecordFields[i];
-    const std::string where = " FROM pragma_table_info('api_keys') WHERE cid = " + std::to_string(i);
+    const std::string where =
+        " FROM pragma_table_info('api_keys') WHERE cid = " + std::to_string(i);
     INFO("column " << i << ", described as " << f.name);
     CHECK(raw.text("SELECT name" + where) == f.name);
     CHECK(raw.text("SELECT type" + where) == f.sqlite_type);
@@ -205,7 +206,9 @@ TEST_CASE("SqliteStore migrates a version 1 database and keeps its rows", "[stor
     raw.exec(
         "INSERT INTO api_keys VALUES ('00000001-0000-4000-8000-0000000000a5',"
         " '00000000-0000-4000-8000-000000000001', 'pk_old_key_0000000000000000000001',"
-        " X'" + std::string(64, 'a') + "', 7, 'old title', 'old description', 1,"
+        " X'" +
+        std::string(64, 'a') +
+        "', 7, 'old title', 'old description', 1,"
         " 1735689600000, NULL, 1735689700000)");
   }
   {
@@ -246,9 +249,11 @@ TEST_CASE("SqliteStore opens a version 2 database of a release without the marke
     raw.exec("PRAGMA journal_mode = WAL");
     raw.exec(kSchemaV1);
     raw.exec(kSchemaV2);
-    raw.exec("INSERT INTO api_keys VALUES ('00000001-0000-4000-8000-0000000000a5',"
-             " '00000000-0000-4000-8000-000000000001', 'pk_old_key_0000000000000000000001',"
-             " X'" + std::string(64, 'b') + "', 1, 'old', '', 0, 1735689600000, NULL, NULL)");
+    raw.exec(
+        "INSERT INTO api_keys VALUES ('00000001-0000-4000-8000-0000000000a5',"
+        " '00000000-0000-4000-8000-000000000001', 'pk_old_key_0000000000000000000001',"
+        " X'" +
+        std::string(64, 'b') + "', 1, 'old', '', 0, 1735689600000, NULL, NULL)");
     REQUIRE(raw.integer("PRAGMA application_id") == 0);
   }
   const std::string before = file_bytes(path);
@@ -323,7 +328,7 @@ TEST_CASE("SqliteStore initialises a missing or empty file only when asked to", 
   SqliteStoreOptions no_create;
   no_create.create_if_missing = false;
   SqliteStoreOptions read_only;
-  read_only.read_only = true;  // never creates, whatever create_if_missing says
+  read_only.read_only = true;                     // never creates, whatever create_if_missing says
   CHECK(SqliteStoreOptions{}.create_if_missing);  // the default keeps creating
 
   SECTION("a missing file") {
@@ -371,8 +376,9 @@ TEST_CASE("SqliteStore leaves another application's interrupted transaction alon
     RawDb raw(live);
     raw.exec("CREATE TABLE t (x BLOB); PRAGMA user_version = 5; PRAGMA cache_size = 10;");
     raw.exec("BEGIN");
-    raw.exec("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)"
-             " INSERT INTO t SELECT randomblob(500) FROM n");
+    raw.exec(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)"
+        " INSERT INTO t SELECT randomblob(500) FROM n");
     fs::copy_file(live, path);
     fs::copy_file(live + "-journal", path + "-journal");
     raw.exec("ROLLBACK");
@@ -423,8 +429,9 @@ TEST_CASE("SqliteStores opened at once on a new file all open it", "[store][sqli
   CHECK(raw.integer("SELECT count(*) FROM api_keys") == kThreads);
 }
 
-TEST_CASE("SqliteStore refuses another application's WAL database while that application has it open",
-          "[store][sqlite]") {
+TEST_CASE(
+    "SqliteStore refuses another application's WAL database while that application has it open",
+    "[store][sqlite]") {
   TempDir dir;
   const std::string path = dir.file("in-use.db");
   RawDb owner(path);
@@ -595,8 +602,7 @@ TEST_CASE("SqliteStore opened read-only reads and refuses writes", "[store][sqli
   CHECK(error_code_of([&] { (void)store.set_status(alice, key_id(1), KeyStatus::revoked); }) ==
         ErrorCode::storage);
   CHECK(error_code_of([&] { (void)store.remove(alice, key_id(1)); }) == ErrorCode::storage);
-  CHECK(error_code_of([&] { store.record_last_use({{key_id(1), at(1)}}); }) ==
-        ErrorCode::storage);
+  CHECK(error_code_of([&] { store.record_last_use({{key_id(1), at(1)}}); }) == ErrorCode::storage);
   CHECK(store.find(r.info.public_key)->info.status == KeyStatus::active);
 
   SECTION("an older schema is not migrated read-only") {
@@ -749,7 +755,8 @@ TEST_CASE("SqliteStore reuses a read snapshot only while nothing it must see has
     raw.exec("UPDATE apikeys_meta SET revision = revision + 5 WHERE id = 1");
     raw.exec("DELETE FROM api_keys WHERE public_key = '" + public_key(2) + "'");
     CHECK(store.list(alice).size() == 1);
-    CHECK(raw.integer("SELECT revision FROM apikeys_meta") == static_cast<std::int64_t>(store.revision()));
+    CHECK(raw.integer("SELECT revision FROM apikeys_meta") ==
+          static_cast<std::int64_t>(store.revision()));
   }
 }
 

@@ -24,9 +24,8 @@ namespace {
 
 constexpr std::string_view kLower = "0123abcd-ef45-6789-abcd-ef0123456789";
 constexpr std::string_view kUpper = "0123ABCD-EF45-6789-ABCD-EF0123456789";
-constexpr std::array<std::uint8_t, 16> kBytes = {0x01, 0x23, 0xab, 0xcd, 0xef, 0x45,
-                                                 0x67, 0x89, 0xab, 0xcd, 0xef, 0x01,
-                                                 0x23, 0x45, 0x67, 0x89};
+constexpr std::array<std::uint8_t, 16> kBytes = {0x01, 0x23, 0xab, 0xcd, 0xef, 0x45, 0x67, 0x89,
+                                                 0xab, 0xcd, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89};
 
 std::string fmt_ms(std::int64_t ms) { return apikeys::format_utc(apikeys::from_unix_millis(ms)); }
 
@@ -154,7 +153,8 @@ TEST_CASE("Uuid::random is version 4, variant 10xx, and unique", "[types]") {
 
 TEST_CASE("constant_time_equal compares every byte and the pepper id", "[types]") {
   Digest a;
-  for (std::size_t i = 0; i < a.bytes.size(); ++i) a.bytes[i] = static_cast<std::uint8_t>(i * 7 + 1);
+  for (std::size_t i = 0; i < a.bytes.size(); ++i)
+    a.bytes[i] = static_cast<std::uint8_t>(i * 7 + 1);
   a.pepper_id = 3;
   Digest b = a;
   CHECK(apikeys::constant_time_equal(a, b));
@@ -181,9 +181,7 @@ TEST_CASE("constant_time_equal compares every byte and the pepper id", "[types]"
     b.pepper_id = 3u + (1u << 31);  // Only a high bit differs.
     CHECK_FALSE(apikeys::constant_time_equal(a, b));
   }
-  SECTION("default digests are equal") {
-    CHECK(apikeys::constant_time_equal(Digest{}, Digest{}));
-  }
+  SECTION("default digests are equal") { CHECK(apikeys::constant_time_equal(Digest{}, Digest{})); }
 }
 
 TEST_CASE("SecretString holds bytes and moves out cleanly", "[types]") {

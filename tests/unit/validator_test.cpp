@@ -70,20 +70,23 @@ TEST_CASE("validate answers every code", "[validator]") {
   CHECK(r.account_id == apikeys_test::account_id(1));
   CHECK(r.key_id == k.info.key_id);
 
-  CHECK(f.manager->validate(k.info.public_key, wrong_secret_for(k)).code == ValidationCode::wrong_secret);
+  CHECK(f.manager->validate(k.info.public_key, wrong_secret_for(k)).code ==
+        ValidationCode::wrong_secret);
   CHECK(f.manager->validate("pk_" + std::string(32, 'Z'), sk).code == ValidationCode::not_found);
   CHECK(f.manager->validate("nope", sk).code == ValidationCode::malformed);
 
   auto e = f.create(1);
   f.clock->advance(std::chrono::hours(24));
-  CHECK(f.manager->validate(e.info.public_key, e.secret_key.reveal()).code == ValidationCode::expired);
+  CHECK(f.manager->validate(e.info.public_key, e.secret_key.reveal()).code ==
+        ValidationCode::expired);
 
   f.manager->revoke(k.info.account_id, k.info.key_id);
   CHECK(f.manager->validate(k.info.public_key, sk).code == ValidationCode::revoked);
 
   f.store->fail_finds = true;
   auto k2 = f.create();  // not yet validated, so not cached
-  CHECK(f.manager->validate(k2.info.public_key, k2.secret_key.reveal()).code == ValidationCode::error);
+  CHECK(f.manager->validate(k2.info.public_key, k2.secret_key.reveal()).code ==
+        ValidationCode::error);
 }
 
 TEST_CASE("results carry ids only when valid", "[validator]") {
@@ -159,12 +162,12 @@ TEST_CASE("malformed input never reaches the store", "[validator]") {
       "",
       std::string(10 * 1024 * 1024, 'a'),
       "pk_" + std::string(10 * 1024 * 1024, 'a'),
-      "tk_" + pk.substr(3),                       // wrong prefix
-      "PK_" + pk.substr(3),                       // case matters
-      pk.substr(0, pk.size() - 1),                // too short
-      pk + "a",                                   // too long
+      "tk_" + pk.substr(3),                                     // wrong prefix
+      "PK_" + pk.substr(3),                                     // case matters
+      pk.substr(0, pk.size() - 1),                              // too short
+      pk + "a",                                                 // too long
       pk.substr(0, 10) + std::string(1, '\0') + pk.substr(11),  // embedded NUL
-      pk.substr(0, 10) + "\xc3\xa9" + pk.substr(12),           // non-ASCII
+      pk.substr(0, 10) + "\xc3\xa9" + pk.substr(12),            // non-ASCII
       pk.substr(0, 10) + "-" + pk.substr(11),
       " " + pk,
   };
@@ -186,12 +189,14 @@ TEST_CASE("custom key formats are enforced by the validator", "[validator]") {
   o.validation.format.public_prefix = "pk_live_";
   o.validation.format.secret_prefix = "sk_live_";
   o.validation.format.length = 40;
-  KeyManager m(std::make_shared<MemoryStore>(), std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper), o);
+  KeyManager m(std::make_shared<MemoryStore>(),
+               std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper), o);
   auto k = m.create(apikeys_test::account_id(1), CreateRequest{"live", "", std::nullopt});
   CHECK(k.info.public_key.rfind("pk_live_", 0) == 0);
   CHECK(k.info.public_key.size() == 48);
   CHECK(m.validate(k.info.public_key, k.secret_key.reveal()).ok());
-  CHECK(m.validate("pk_" + k.info.public_key.substr(8), k.secret_key.reveal()).code == ValidationCode::malformed);
+  CHECK(m.validate("pk_" + k.info.public_key.substr(8), k.secret_key.reveal()).code ==
+        ValidationCode::malformed);
 }
 
 TEST_CASE("a failing store is an error, never valid", "[validator]") {
@@ -243,11 +248,13 @@ TEST_CASE("a wrong-secret verdict never locks the owner out", "[validator][pitfa
   auto k = f.create();
   // An attacker who knows the public key tries secrets first, filling the cache...
   for (int i = 0; i < 5; ++i) {
-    CHECK(f.manager->validate(k.info.public_key, wrong_secret_for(k)).code == ValidationCode::wrong_secret);
+    CHECK(f.manager->validate(k.info.public_key, wrong_secret_for(k)).code ==
+          ValidationCode::wrong_secret);
   }
   // ...and the owner still gets in, and stays in after the attacker tries again.
   CHECK(f.manager->validate(k.info.public_key, k.secret_key.reveal()).ok());
-  CHECK(f.manager->validate(k.info.public_key, wrong_secret_for(k)).code == ValidationCode::wrong_secret);
+  CHECK(f.manager->validate(k.info.public_key, wrong_secret_for(k)).code ==
+        ValidationCode::wrong_secret);
   CHECK(f.manager->validate(k.info.public_key, k.secret_key.reveal()).ok());
 }
 
@@ -290,7 +297,9 @@ class LatePutCache final : public Cache {
           o.clock = clock;
           return o;
         }()) {}
-  std::optional<Verdict> get(std::string_view pk, const Digest& d) override { return inner_.get(pk, d); }
+  std::optional<Verdict> get(std::string_view pk, const Digest& d) override {
+    return inner_.get(pk, d);
+  }
   std::uint64_t fill_token(std::string_view pk) override { return inner_.fill_token(pk); }
   void put(std::string_view pk, const Digest& d, const Verdict& v, std::chrono::milliseconds ttl,
            std::uint64_t token) override {
@@ -346,9 +355,7 @@ TEST_CASE("a cached valid never outlives the key's expiry", "[validator]") {
   SECTION("a put preempted for 10 s after the validator read its clock") {
     cache = std::make_shared<LatePutCache>(clock, std::chrono::seconds(10));
   }
-  SECTION("a cache that ignores TTLs") {
-    cache = std::make_shared<ForeverCache>();
-  }
+  SECTION("a cache that ignores TTLs") { cache = std::make_shared<ForeverCache>(); }
   SECTION("a MemoryCache whose clock runs an hour behind the validator's") {
     MemoryCacheOptions co;
     co.clock = std::make_shared<ManualClock>(apikeys_test::test_start() - std::chrono::hours(1));
@@ -379,9 +386,11 @@ TEST_CASE("order of checks: expiry before status before secret", "[validator]") 
   Fixture f(false);
   auto k = f.create(1);
   f.manager->revoke(k.info.account_id, k.info.key_id);
-  CHECK(f.manager->validate(k.info.public_key, wrong_secret_for(k)).code == ValidationCode::revoked);
+  CHECK(f.manager->validate(k.info.public_key, wrong_secret_for(k)).code ==
+        ValidationCode::revoked);
   f.clock->advance(std::chrono::hours(25));
-  CHECK(f.manager->validate(k.info.public_key, wrong_secret_for(k)).code == ValidationCode::expired);
+  CHECK(f.manager->validate(k.info.public_key, wrong_secret_for(k)).code ==
+        ValidationCode::expired);
 }
 
 TEST_CASE("not_found costs a digest, like wrong_secret", "[validator][pitfalls]") {
@@ -407,7 +416,8 @@ TEST_CASE("not_found costs a digest, like wrong_secret", "[validator][pitfalls]"
   KeyManager m(store, hasher, KeyManagerOptions{o, nullptr});
   auto k = m.create(apikeys_test::account_id(1), CreateRequest{"t", "", std::nullopt});
   hasher->calls = 0;
-  CHECK(m.validate("pk_" + std::string(32, 'Q'), k.secret_key.reveal()).code == ValidationCode::not_found);
+  CHECK(m.validate("pk_" + std::string(32, 'Q'), k.secret_key.reveal()).code ==
+        ValidationCode::not_found);
   const int not_found_calls = hasher->calls.exchange(0);
   CHECK(m.validate(k.info.public_key, wrong_secret_for(k)).code == ValidationCode::wrong_secret);
   const int wrong_calls = hasher->calls.exchange(0);
@@ -429,12 +439,14 @@ TEST_CASE("revoke during a cache fill cannot resurrect the key", "[validator][pi
   f.manager->revoke(k.info.account_id, k.info.key_id);
   f.store->release();
   t.join();
-  CHECK(first.code == ValidationCode::valid);  // it began before the revoke: either answer is honest
+  CHECK(first.code ==
+        ValidationCode::valid);  // it began before the revoke: either answer is honest
   CHECK(f.manager->validate(pk, sk).code == ValidationCode::revoked);
   CHECK(f.manager->validate(pk, sk).code == ValidationCode::revoked);
 }
 
-TEST_CASE("last use is written once per interval, off the caller, and flushed", "[validator][pitfalls]") {
+TEST_CASE("last use is written once per interval, off the caller, and flushed",
+          "[validator][pitfalls]") {
   Fixture f(true, true);
   auto k = f.create();
   const std::string sk(k.secret_key.reveal());
@@ -458,7 +470,8 @@ TEST_CASE("last use is written once per interval, off the caller, and flushed", 
 
   // Invalid presentations never count as use.
   f.clock->advance(std::chrono::hours(1));
-  CHECK(f.manager->validate(k.info.public_key, wrong_secret_for(k)).code == ValidationCode::wrong_secret);
+  CHECK(f.manager->validate(k.info.public_key, wrong_secret_for(k)).code ==
+        ValidationCode::wrong_secret);
   f.manager->validator().flush_last_use();
   CHECK(f.store->last_use_entries.load() == 2);
 }
@@ -508,7 +521,8 @@ TEST_CASE("a moved store revision clears cached verdicts", "[validator]") {
   auto k = f.create();
   const std::string sk(k.secret_key.reveal());
   REQUIRE(f.manager->validate(k.info.public_key, sk).ok());
-  f.store->inner.set_status(k.info.account_id, k.info.key_id, KeyStatus::revoked);  // behind our back
+  f.store->inner.set_status(k.info.account_id, k.info.key_id,
+                            KeyStatus::revoked);           // behind our back
   CHECK(f.manager->validate(k.info.public_key, sk).ok());  // still cached: nobody told us
   f.store->rev += 1;
   ValidationCode code = ValidationCode::valid;
@@ -576,7 +590,8 @@ TEST_CASE("pepper rotation: old keys validate, new keys use the new pepper", "[v
   std::string pk;
   std::string sk;
   {
-    KeyManager m(store, std::make_shared<HmacSha256Hasher>(old_pepper), KeyManagerOptions{o, nullptr});
+    KeyManager m(store, std::make_shared<HmacSha256Hasher>(old_pepper),
+                 KeyManagerOptions{o, nullptr});
     auto k = m.create(apikeys_test::account_id(1), CreateRequest{"old", "", std::nullopt});
     pk = k.info.public_key;
     sk = std::string(k.secret_key.reveal());
@@ -592,7 +607,8 @@ TEST_CASE("pepper rotation: old keys validate, new keys use the new pepper", "[v
   CHECK(store->find(k2.info.public_key)->digest.pepper_id == 2);
   CHECK(m.validate(k2.info.public_key, k2.secret_key.reveal()).ok());
   // Retiring the old pepper retires its keys (they fail closed as wrong_secret).
-  KeyManager only_new(store, std::make_shared<HmacSha256Hasher>(std::vector<Pepper>{Pepper{2, new_pepper}}, 2),
-                      KeyManagerOptions{o, nullptr});
+  KeyManager only_new(
+      store, std::make_shared<HmacSha256Hasher>(std::vector<Pepper>{Pepper{2, new_pepper}}, 2),
+      KeyManagerOptions{o, nullptr});
   CHECK(only_new.validate(pk, sk).code == ValidationCode::wrong_secret);
 }
