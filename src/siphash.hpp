@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string_view>
 
 namespace apikeys::detail {
@@ -34,10 +35,14 @@ inline void round(std::uint64_t& v0, std::uint64_t& v1, std::uint64_t& v2,
   v2 = rotl(v2, 32);
 }
 
-// Eight bytes as a little-endian word on every host (one load on little-endian ones).
+// Eight bytes as a little-endian word on every host: one load on little-endian ones.
 inline std::uint64_t load_le64(const unsigned char* p) noexcept {
   std::uint64_t m = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
   for (int i = 7; i >= 0; --i) m = (m << 8) | p[i];
+#else
+  std::memcpy(&m, p, sizeof m);
+#endif
   return m;
 }
 
@@ -47,7 +52,7 @@ inline std::uint64_t load_le64(const unsigned char* p) noexcept {
 // are k0 and k1. siphash<2, 4> is the reference SipHash-2-4; siphash<1, 3> the faster
 // variant hash tables use (Python, Rust).
 template <int C, int D>
-std::uint64_t siphash(std::uint64_t k0, std::uint64_t k1, std::string_view data) noexcept {
+inline std::uint64_t siphash(std::uint64_t k0, std::uint64_t k1, std::string_view data) noexcept {
   std::uint64_t v0 = 0x736f6d6570736575ULL ^ k0;
   std::uint64_t v1 = 0x646f72616e646f6dULL ^ k1;
   std::uint64_t v2 = 0x6c7967656e657261ULL ^ k0;
