@@ -186,12 +186,12 @@ std::int64_t parse_int(const PGresult* r, int row, int col, std::string_view op,
 // Decodes the fields of one row (text format), one overload per FieldKind, from column
 // `col` on.
 struct RowDecoder {
-  const PGresult* r;
-  int row;
+  const PGresult* r = nullptr;
+  int row = 0;
   std::string_view op;
   int col = 0;
 
-  const char* value(const detail::RecordField& f, const char* problem) {
+  const char* value(const detail::RecordField& f, const char* problem) const {
     if (PQgetisnull(r, row, col)) corrupt_field(op, f, problem);
     return PQgetvalue(r, row, col);
   }

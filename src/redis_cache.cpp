@@ -171,7 +171,7 @@ class Unreachable : public Error {
 std::string digest_field(const Digest& d) {
   std::string out(72, '0');
   detail::hex_encode(d.bytes.data(), d.bytes.size(), out.data());
-  for (int i = 0; i < 4; ++i) {
+  for (std::size_t i = 0; i < 4; ++i) {
     const auto byte = static_cast<std::uint8_t>(d.pepper_id >> (24 - 8 * i));
     detail::hex_encode(&byte, 1, out.data() + 64 + 2 * i);
   }

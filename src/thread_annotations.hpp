@@ -47,8 +47,7 @@
 #define APIKEYS_RETURN_CAPABILITY(x) APIKEYS_THREAD_ANNOTATION(lock_returned(x))
 #define APIKEYS_NO_THREAD_SAFETY_ANALYSIS APIKEYS_THREAD_ANNOTATION(no_thread_safety_analysis)
 
-namespace apikeys {
-namespace detail {
+namespace apikeys::detail {
 
 class CondVar;
 
@@ -179,5 +178,4 @@ class CondVar {
   std::condition_variable cv_;
 };
 
-}  // namespace detail
-}  // namespace apikeys
+}  // namespace apikeys::detail

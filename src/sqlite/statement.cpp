@@ -62,9 +62,9 @@ namespace {
 // `public_key`, when set, is the value of that field (find() compares the column with
 // it and does not read it back).
 struct RowDecoder {
-  sqlite3_stmt* s;
-  const char* op;
-  int column;
+  sqlite3_stmt* s = nullptr;
+  const char* op = nullptr;
+  int column = 0;
   const std::string_view* public_key = nullptr;
 
   std::int64_t integer(const RecordField& f) {
