@@ -11,6 +11,7 @@ const char* to_string(ErrorCode code) noexcept {
     case ErrorCode::storage: return "storage";
     case ErrorCode::crypto: return "crypto";
     case ErrorCode::not_supported: return "not_supported";
+    case ErrorCode::conflict: return "conflict";
   }
   return "unknown";
 }

@@ -549,7 +549,8 @@ int exit_code_for(apikeys::ErrorCode code) noexcept {
     case apikeys::ErrorCode::busy:
     case apikeys::ErrorCode::storage:
     case apikeys::ErrorCode::crypto:
-    case apikeys::ErrorCode::not_supported: return kExitFailure;
+    case apikeys::ErrorCode::not_supported:
+    case apikeys::ErrorCode::conflict: return kExitFailure;
   }
   return kExitFailure;
 }

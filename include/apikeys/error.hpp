@@ -25,6 +25,11 @@ enum class ErrorCode {
   /// job (see doc/extending.md), or a backend that refuses an operation by design.
   /// Retrying will not help.
   not_supported,
+  /// The key is not in the state the call needs: its version is not the expected one
+  /// (another change came first), or the change is not allowed from its state (enabling
+  /// or disabling a revoked key, rotating one that is disabled, expired or rotated).
+  /// Read the key again before deciding whether to retry.
+  conflict,
 };
 
 /// Returns a stable lower-case name for `code` ("invalid_argument", ...).

@@ -289,9 +289,11 @@ TEST_CASE("to_string names every enumerator", "[types]") {
   CHECK(std::string(apikeys::to_string(ErrorCode::storage)) == "storage");
   CHECK(std::string(apikeys::to_string(ErrorCode::crypto)) == "crypto");
   CHECK(std::string(apikeys::to_string(ErrorCode::not_supported)) == "not_supported");
+  CHECK(std::string(apikeys::to_string(ErrorCode::conflict)) == "conflict");
 
   CHECK(std::string(apikeys::to_string(KeyStatus::active)) == "active");
   CHECK(std::string(apikeys::to_string(KeyStatus::revoked)) == "revoked");
+  CHECK(std::string(apikeys::to_string(KeyStatus::disabled)) == "disabled");
 
   CHECK(std::string(apikeys::to_string(ValidationCode::valid)) == "valid");
   CHECK(std::string(apikeys::to_string(ValidationCode::malformed)) == "malformed");
@@ -300,6 +302,9 @@ TEST_CASE("to_string names every enumerator", "[types]") {
   CHECK(std::string(apikeys::to_string(ValidationCode::expired)) == "expired");
   CHECK(std::string(apikeys::to_string(ValidationCode::revoked)) == "revoked");
   CHECK(std::string(apikeys::to_string(ValidationCode::error)) == "error");
+  CHECK(std::string(apikeys::to_string(ValidationCode::disabled)) == "disabled");
+  CHECK(std::string(apikeys::to_string(ValidationCode::insufficient_scope)) ==
+        "insufficient_scope");
 
   SECTION("values outside the enumeration still give a non-null string") {
     CHECK(apikeys::to_string(static_cast<ErrorCode>(99)) != nullptr);
@@ -311,7 +316,7 @@ TEST_CASE("to_string names every enumerator", "[types]") {
 TEST_CASE("Every ValidationCode up to the last has its own name", "[types]") {
   using apikeys::ValidationCode;
   constexpr auto last = static_cast<unsigned>(apikeys::kLastValidationCode);
-  static_assert(last == 6, "moves only with the checklist in validation_code.hpp");
+  static_assert(last == 8, "moves only with the checklist in validation_code.hpp");
   std::set<std::string> names;
   for (unsigned v = 0; v <= last; ++v) {
     const auto code = static_cast<ValidationCode>(v);
@@ -336,6 +341,9 @@ TEST_CASE("ValidationCode values are stable", "[types]") {
   CHECK(static_cast<int>(ValidationCode::expired) == 4);
   CHECK(static_cast<int>(ValidationCode::revoked) == 5);
   CHECK(static_cast<int>(ValidationCode::error) == 6);
+  CHECK(static_cast<int>(ValidationCode::disabled) == 7);
+  CHECK(static_cast<int>(ValidationCode::insufficient_scope) == 8);
+  CHECK(static_cast<int>(apikeys::KeyStatus::disabled) == 2);
 }
 
 TEST_CASE("Error carries its code and message", "[types]") {
