@@ -1,0 +1,111 @@
+#include "scope.hpp"
+
+#include <algorithm>
+
+#include "apikeys/error.hpp"
+#include "apikeys/types.hpp"
+
+namespace apikeys::detail {
+
+namespace {
+
+constexpr bool is_segment_char(char c) noexcept {
+  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+}
+constexpr bool is_separator(char c) noexcept { return c == '.' || c == ':'; }
+
+}  // namespace
+
+const char* scope_error(std::string_view scope, bool wildcard_allowed) noexcept {
+  if (scope.empty() || scope.size() > KeyPolicyLimits::kMaxScopeLength) {
+    return "a scope must be 1 to 128 characters";
+  }
+  std::string_view body = scope;
+  if (wildcard_allowed) {
+    // A wildcard is the whole last segment: "**", "*", "p.**", "p.*" (p a literal path).
+    std::size_t stars = 0;
+    while (stars < body.size() && stars < 2 && body[body.size() - 1 - stars] == '*') ++stars;
+    if (stars > 0) {
+      body.remove_suffix(stars);
+      if (body.empty()) return nullptr;  // "*" or "**" alone
+      if (!is_separator(body.back())) {
+        return "a scope wildcard must be a whole last segment: * or **";
+      }
+      body.remove_suffix(1);
+    }
+  }
+  std::size_t segment = 0;
+  for (std::size_t i = 0; i <= body.size(); ++i) {
+    if (i == body.size() || is_separator(body[i])) {
+      if (segment == 0 || segment > KeyPolicyLimits::kMaxSegmentLength) {
+        return "a scope is segments of 1 to 64 characters joined by '.' or ':'";
+      }
+      segment = 0;
+    } else if (is_segment_char(body[i])) {
+      ++segment;
+    } else if (body[i] == '*') {
+      return wildcard_allowed ? "a scope wildcard must be a whole last segment: * or **"
+                              : "a required scope must not contain a wildcard";
+    } else {
+      return "scope segments may contain only a-z, 0-9, '_' and '-'";
+    }
+  }
+  return nullptr;
+}
+
+std::vector<std::string> normalize_scopes(const std::vector<std::string>& scopes) {
+  for (const std::string& s : scopes) {
+    if (const char* rule = scope_error(s, /*wildcard_allowed=*/true)) {
+      throw Error(ErrorCode::invalid_argument, rule);
+    }
+  }
+  std::vector<std::string> out(scopes);
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  if (out.size() > KeyPolicyLimits::kMaxScopes) {
+    throw Error(ErrorCode::invalid_argument, "a key may have at most 64 scopes");
+  }
+  return out;
+}
+
+bool scope_grants(std::string_view granted, std::string_view required) noexcept {
+  if (granted.empty()) return false;
+  if (granted.back() != '*') return granted == required;
+  const bool deep = granted.size() >= 2 && granted[granted.size() - 2] == '*';
+  const std::string_view prefix = granted.substr(0, granted.size() - (deep ? 2 : 1));
+  if (required.size() <= prefix.size() || required.substr(0, prefix.size()) != prefix) {
+    return false;
+  }
+  if (deep) return true;
+  const std::string_view rest = required.substr(prefix.size());
+  return std::none_of(rest.begin(), rest.end(), is_separator);
+}
+
+bool scopes_grant(const std::vector<std::string>& granted, std::string_view required) noexcept {
+  if (scope_error(required, /*wildcard_allowed=*/false) != nullptr) return false;
+  return std::any_of(granted.begin(), granted.end(),
+                     [&](const std::string& g) { return scope_grants(g, required); });
+}
+
+std::string join_scopes(const std::vector<std::string>& scopes) {
+  std::string out;
+  for (const std::string& s : scopes) {
+    if (!out.empty()) out += ' ';
+    out += s;
+  }
+  return out;
+}
+
+std::vector<std::string> split_scopes(std::string_view joined) {
+  std::vector<std::string> out;
+  while (!joined.empty()) {
+    const std::size_t space = joined.find(' ');
+    const std::string_view one = joined.substr(0, space);
+    if (!one.empty()) out.emplace_back(one);
+    if (space == std::string_view::npos) break;
+    joined.remove_prefix(space + 1);
+  }
+  return out;
+}
+
+}  // namespace apikeys::detail
