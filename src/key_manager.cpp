@@ -2,10 +2,15 @@
 
 #include <openssl/crypto.h>
 
+#include <algorithm>
+#include <cstring>
 #include <limits>
 
 #include "apikeys/error.hpp"
 #include "cache_registry.hpp"
+#include "hex.hpp"
+#include "metadata.hpp"
+#include "scope.hpp"
 #include "text.hpp"
 
 namespace apikeys {
@@ -79,9 +84,12 @@ CreateRequest normalize_request(const CreateRequest& request) {
       (*request.expires_in_days < 1 || *request.expires_in_days > KeyManager::kMaxExpiryDays)) {
     refuse("expires_in_days must be between 1 and 365");
   }
+  detail::check_metadata(request.metadata);
   out.title.assign(title);
   out.description = request.description;
   out.expires_in_days = request.expires_in_days;
+  out.metadata = request.metadata;
+  out.scopes = detail::normalize_scopes(request.scopes);
   return out;
 }
 
@@ -102,7 +110,158 @@ struct KeyManager::Impl {
         clock(o.validation.clock ? o.validation.clock : system_clock()),
         format(o.validation.format),
         validator(std::move(s), std::move(h), std::move(o.validation)) {}
+
+  // Now, truncated to the milliseconds stores keep, so what we return equals what is
+  // stored.
+  TimePoint now() const { return from_unix_millis(to_unix_millis(clock->now())); }
+
+  // Read, change, compare-and-set: see change().
+  template <class Mutate>
+  KeyInfo change(const char* operation, const Uuid& account_id, const Uuid& key_id,
+                 std::optional<std::uint64_t> expected_version, Mutate&& mutate);
+
+  // A fresh key pair of this manager's format and its record (not yet stored).
+  KeyRecord new_record(const Uuid& account_id, SecretString& secret);
+
+  std::string cursor_for(const Uuid& account_id, std::optional<KeyStatus> status,
+                         const KeyInfo& last) const;
+  PagePosition position_of(const Uuid& account_id, std::optional<KeyStatus> status,
+                           std::string_view cursor) const;
 };
+
+namespace {
+
+// A change made without an expected version retries this many times when other
+// writers keep changing the key between our read and our write.
+constexpr int kMaxChangeAttempts = 16;
+
+[[noreturn]] void no_such_key(const Uuid& key_id) {
+  throw Error(ErrorCode::not_found, "no key " + key_id.to_string() + " for this account");
+}
+
+}  // namespace
+
+// Reads the key, lets `mutate` change a copy (it returns false for "nothing to do", and
+// may throw to refuse), and writes it back with Store::replace() only if nobody changed
+// the key since the read. Then erases the key's verdicts from every cache over this
+// store in the process, so no validation answers from the old state once this returns
+// (doc/key-policy.md, "Every change is as strong as a revocation").
+template <class Mutate>
+KeyInfo KeyManager::Impl::change(const char* operation, const Uuid& account_id, const Uuid& key_id,
+                                 std::optional<std::uint64_t> expected_version, Mutate&& mutate) {
+  for (int attempt = 0; attempt < kMaxChangeAttempts; ++attempt) {
+    std::optional<KeyInfo> current =
+        guarded(operation, [&] { return store->get(account_id, key_id); });
+    if (!current || current->account_id != account_id) no_such_key(key_id);
+    if (expected_version && current->version != *expected_version) {
+      throw Error(ErrorCode::conflict, "the key's version is not the expected one");
+    }
+    KeyInfo next = *current;
+    if (!mutate(next)) return std::move(*current);
+    next.updated_at = now();
+    WriteResult written =
+        guarded(operation, [&] { return store->replace(account_id, next, current->version); });
+    switch (written.outcome) {
+      case WriteOutcome::applied:
+        detail::erase_everywhere(store->identity(), written.key.public_key);
+        return std::move(written.key);
+      case WriteOutcome::not_found: no_such_key(key_id);
+      case WriteOutcome::conflict:
+        if (expected_version) {
+          throw Error(ErrorCode::conflict, "the key's version is not the expected one");
+        }
+        continue;  // someone else changed it: read it again
+    }
+  }
+  throw Error(ErrorCode::busy, std::string(operation) + ": the key kept changing; try again");
+}
+
+KeyRecord KeyManager::Impl::new_record(const Uuid& account_id, SecretString& secret) {
+  KeyPair pair = generator->generate(format);
+  if (!format.is_public_key(pair.public_key) || !format.is_secret_key(pair.secret_key.reveal())) {
+    throw Error(ErrorCode::crypto, "the key generator produced keys of the wrong format");
+  }
+  KeyRecord record;
+  record.info.key_id = Uuid::random();
+  record.info.account_id = account_id;
+  record.info.public_key = std::move(pair.public_key);
+  record.info.status = KeyStatus::active;
+  record.info.created_at = now();
+  record.info.updated_at = record.info.created_at;
+  record.info.version = 1;
+  record.digest = hasher->hash(pair.secret_key.reveal());
+  secret = std::move(pair.secret_key);
+  return record;
+}
+
+namespace {
+
+// A list cursor: what it binds, then an HMAC under the current pepper over the account
+// and those bytes, so a cursor altered, or made for another account or status filter,
+// is refused (doc/key-policy.md, "Pages").
+//   version (1) | status filter (1; 0xFF: none) | created_at ms (8, big-endian) |
+//   key id (16) | pepper id (4, big-endian) | tag (32)
+constexpr std::uint8_t kCursorVersion = 1;
+constexpr std::size_t kCursorBody = 1 + 1 + 8 + 16;
+constexpr std::size_t kCursorBytes = kCursorBody + 4 + 32;
+constexpr char kCursorDomain[] = "apikeys list cursor v1";
+
+std::string cursor_mac_input(const Uuid& account_id, const std::uint8_t* body) {
+  std::string in(kCursorDomain, sizeof kCursorDomain);  // the NUL included: a separator
+  in.append(reinterpret_cast<const char*>(account_id.bytes().data()), 16);
+  in.append(reinterpret_cast<const char*>(body), kCursorBody);
+  return in;
+}
+
+void put_be(std::uint8_t* out, std::uint64_t v, int n) {
+  for (int i = n - 1; i >= 0; --i) {
+    out[i] = static_cast<std::uint8_t>(v & 0xFF);
+    v >>= 8;
+  }
+}
+std::uint64_t get_be(const std::uint8_t* in, int n) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < n; ++i) v = (v << 8) | in[i];
+  return v;
+}
+
+}  // namespace
+
+std::string KeyManager::Impl::cursor_for(const Uuid& account_id, std::optional<KeyStatus> status,
+                                         const KeyInfo& last) const {
+  std::uint8_t bytes[kCursorBytes] = {};
+  bytes[0] = kCursorVersion;
+  bytes[1] = status ? static_cast<std::uint8_t>(*status) : 0xFF;
+  put_be(bytes + 2, static_cast<std::uint64_t>(to_unix_millis(last.created_at)), 8);
+  std::memcpy(bytes + 10, last.key_id.bytes().data(), 16);
+  const Digest tag = hasher->hash(cursor_mac_input(account_id, bytes));
+  put_be(bytes + kCursorBody, tag.pepper_id, 4);
+  std::memcpy(bytes + kCursorBody + 4, tag.bytes.data(), 32);
+  return detail::hex_encode(std::string_view(reinterpret_cast<const char*>(bytes), kCursorBytes));
+}
+
+PagePosition KeyManager::Impl::position_of(const Uuid& account_id, std::optional<KeyStatus> status,
+                                           std::string_view cursor) const {
+  constexpr const char* kBad =
+      "cursor is not one this account's listing returned (with the same status filter)";
+  std::uint8_t bytes[kCursorBytes] = {};
+  if (cursor.size() != 2 * kCursorBytes || !detail::hex_decode(cursor, bytes) ||
+      bytes[0] != kCursorVersion) {
+    refuse(kBad);
+  }
+  Digest tag;
+  tag.pepper_id = static_cast<std::uint32_t>(get_be(bytes + kCursorBody, 4));
+  std::memcpy(tag.bytes.data(), bytes + kCursorBody + 4, 32);
+  if (!hasher->verify(cursor_mac_input(account_id, bytes), tag)) refuse(kBad);
+  const std::uint8_t want = status ? static_cast<std::uint8_t>(*status) : 0xFF;
+  if (bytes[1] != want) refuse(kBad);
+  PagePosition position;
+  position.created_at = from_unix_millis(static_cast<std::int64_t>(get_be(bytes + 2, 8)));
+  std::array<std::uint8_t, 16> id{};
+  std::memcpy(id.data(), bytes + 10, 16);
+  position.key_id = Uuid(id);
+  return position;
+}
 
 KeyManager::KeyManager(std::shared_ptr<Store> store, std::shared_ptr<Hasher> hasher,
                        KeyManagerOptions options) {
@@ -117,25 +276,15 @@ CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& reque
   if (account_id.is_nil()) refuse("account id must not be the nil UUID");
   CreateRequest req = normalize_request(request);
 
-  KeyPair pair = impl_->generator->generate(impl_->format);
-  if (!impl_->format.is_public_key(pair.public_key) ||
-      !impl_->format.is_secret_key(pair.secret_key.reveal())) {
-    throw Error(ErrorCode::crypto, "the key generator produced keys of the wrong format");
-  }
-
-  KeyRecord record;
+  SecretString secret;
+  KeyRecord record = impl_->new_record(account_id, secret);
   KeyInfo& info = record.info;
-  info.key_id = Uuid::random();
-  info.account_id = account_id;
-  info.public_key = pair.public_key;
   info.title = std::move(req.title);
   info.description = std::move(req.description);
-  info.status = KeyStatus::active;
-  // Stores keep milliseconds; truncate now so what we return equals what is stored.
-  info.created_at = from_unix_millis(to_unix_millis(impl_->clock->now()));
   if (req.expires_in_days)
     info.expires_at = info.created_at + std::chrono::hours(24 * *req.expires_in_days);
-  record.digest = impl_->hasher->hash(pair.secret_key.reveal());
+  info.metadata = std::move(req.metadata);
+  info.scopes = std::move(req.scopes);
 
   guarded("storing the key", [&] { impl_->store->insert(record); });
   // A verdict cached for this public key before it existed (only possible with a
@@ -147,19 +296,194 @@ CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& reque
   } catch (...) {
   }
 
-  return CreatedKey{std::move(record.info), std::move(pair.secret_key)};
+  return CreatedKey{std::move(record.info), std::move(secret)};
 }
 
 std::vector<KeyInfo> KeyManager::list(const Uuid& account_id) {
   return guarded("listing keys", [&] { return impl_->store->list(account_id); });
 }
 
+KeyPage KeyManager::list(const Uuid& account_id, const ListOptions& options) {
+  const std::size_t limit = options.limit == 0 ? ListOptions::kDefaultLimit : options.limit;
+  if (limit > ListOptions::kMaxLimit) refuse("limit must be between 1 and 1000");
+  std::optional<PagePosition> after;
+  if (!options.cursor.empty()) {
+    after = impl_->position_of(account_id, options.status, options.cursor);
+  }
+  KeyPage page;
+  page.keys = guarded("listing keys", [&] {
+    return impl_->store->list_page(account_id, after, limit + 1, options.status);
+  });
+  if (page.keys.size() > limit) {
+    page.keys.resize(limit);
+    page.next_cursor = impl_->cursor_for(account_id, options.status, page.keys.back());
+  }
+  return page;
+}
+
+KeyInfo KeyManager::get(const Uuid& account_id, const Uuid& key_id) {
+  auto info = guarded("reading the key", [&] { return impl_->store->get(account_id, key_id); });
+  if (!info || info->account_id != account_id) no_such_key(key_id);
+  return std::move(*info);
+}
+
+KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const KeyUpdate& update) {
+  // Every value is checked before anything is read or written.
+  std::optional<std::string> title;
+  if (update.title.clears()) refuse("title cannot be cleared: a key must have a title");
+  if (update.title.sets()) {
+    const std::string_view t = detail::trim_ascii(update.title.value());
+    if (t.empty()) refuse("title must not be empty or blank");
+    check_text(t, kTitleRules);
+    title.emplace(t);
+  }
+  if (update.description.sets()) check_text(update.description.value(), kDescriptionRules);
+  if (update.metadata.sets()) detail::check_metadata(update.metadata.value());
+  std::vector<std::string> scopes;
+  if (update.scopes.sets()) scopes = detail::normalize_scopes(update.scopes.value());
+  if (update.expires_in_days.sets() &&
+      (update.expires_in_days.value() < 1 || update.expires_in_days.value() > kMaxExpiryDays)) {
+    refuse("expires_in_days must be between 1 and 365");
+  }
+  const bool changes_something = !update.title.leaves() || !update.description.leaves() ||
+                                 !update.metadata.leaves() || !update.scopes.leaves() ||
+                                 !update.expires_in_days.leaves();
+
+  return impl_->change(
+      "updating the key", account_id, key_id, update.expected_version, [&](KeyInfo& key) {
+        if (!changes_something) return false;
+        if (title) key.title = *title;
+        if (update.description.sets()) key.description = update.description.value();
+        if (update.description.clears()) key.description.clear();
+        if (update.metadata.sets()) key.metadata = update.metadata.value();
+        if (update.metadata.clears()) key.metadata.clear();
+        if (update.scopes.sets()) key.scopes = scopes;
+        if (update.scopes.clears()) key.scopes.clear();
+        if (update.expires_in_days.sets()) {
+          key.expires_at = impl_->now() + std::chrono::hours(24 * update.expires_in_days.value());
+        }
+        if (update.expires_in_days.clears()) key.expires_at.reset();
+        return true;
+      });
+}
+
+KeyInfo KeyManager::disable(const Uuid& account_id, const Uuid& key_id) {
+  return impl_->change("disabling the key", account_id, key_id, std::nullopt, [](KeyInfo& key) {
+    if (key.status == KeyStatus::revoked) {
+      throw Error(ErrorCode::conflict, "a revoked key cannot be disabled: revocation is final");
+    }
+    if (key.status == KeyStatus::disabled) return false;
+    key.status = KeyStatus::disabled;
+    return true;
+  });
+}
+
+KeyInfo KeyManager::enable(const Uuid& account_id, const Uuid& key_id) {
+  return impl_->change("enabling the key", account_id, key_id, std::nullopt, [](KeyInfo& key) {
+    if (key.status == KeyStatus::revoked) {
+      throw Error(ErrorCode::conflict, "a revoked key cannot be enabled: revocation is final");
+    }
+    if (key.status == KeyStatus::active) return false;
+    key.status = KeyStatus::active;
+    return true;
+  });
+}
+
+CreatedKey KeyManager::rotate(const Uuid& account_id, const Uuid& key_id,
+                              const RotateRequest& request) {
+  if (request.grace.count() < 0 || request.grace > kMaxRotationGrace) {
+    refuse("grace must be between 0 seconds and 7 days");
+  }
+  SecretString secret;
+  KeyRecord successor = impl_->new_record(account_id, secret);
+  for (int attempt = 0; attempt < kMaxChangeAttempts; ++attempt) {
+    std::optional<KeyInfo> current =
+        guarded("rotating the key", [&] { return impl_->store->get(account_id, key_id); });
+    if (!current || current->account_id != account_id) no_such_key(key_id);
+    const TimePoint now = impl_->now();
+    // An expired, revoked, disabled or already rotated key is never brought back to
+    // life by a successor, nor given a longer one (doc/key-policy.md, "Rotation").
+    if (current->status == KeyStatus::revoked) {
+      throw Error(ErrorCode::conflict, "a revoked key cannot be rotated");
+    }
+    if (current->status == KeyStatus::disabled) {
+      throw Error(ErrorCode::conflict, "a disabled key cannot be rotated; enable it first");
+    }
+    if (current->expires_at && now >= *current->expires_at) {
+      throw Error(ErrorCode::conflict, "an expired key cannot be rotated");
+    }
+    if (current->rotated_to) {
+      throw Error(ErrorCode::conflict, "the key was already rotated; rotate its successor");
+    }
+    KeyInfo& next = successor.info;
+    next.title = current->title;
+    next.description = current->description;
+    next.metadata = current->metadata;
+    next.scopes = current->scopes;
+    next.expires_at = current->expires_at;  // the same instant: never a longer life
+    next.created_at = now;
+    next.updated_at = now;
+    next.rotated_from = current->key_id;
+
+    KeyInfo old = *current;
+    const TimePoint end_of_grace = now + request.grace;
+    old.expires_at = old.expires_at ? std::min(*old.expires_at, end_of_grace) : end_of_grace;
+    old.rotated_to = next.key_id;
+    old.updated_at = now;
+    WriteResult written = guarded("rotating the key", [&] {
+      return impl_->store->rotate(account_id, old, current->version, successor);
+    });
+    switch (written.outcome) {
+      case WriteOutcome::applied: {
+        const std::string old_public_key = written.key.public_key;
+        // The successor first, best effort as in create(); then the old key, whose cached
+        // verdicts carry its longer expiry: this one propagates a cache's failure.
+        try {
+          detail::erase_everywhere(impl_->store->identity(), next.public_key);
+        } catch (...) {
+        }
+        detail::erase_everywhere(impl_->store->identity(), old_public_key);
+        return CreatedKey{std::move(successor.info), std::move(secret)};
+      }
+      case WriteOutcome::not_found: no_such_key(key_id);
+      case WriteOutcome::conflict: continue;
+    }
+  }
+  throw Error(ErrorCode::busy, "rotating the key: the key kept changing; try again");
+}
+
+std::size_t KeyManager::revoke_all(const Uuid& account_id) {
+  const TimePoint now = impl_->now();
+  std::vector<KeyInfo> revoked = guarded("revoking the account's keys",
+                                         [&] { return impl_->store->revoke_all(account_id, now); });
+  // Erase every key even if one cache fails, then report the first failure.
+  std::exception_ptr first_failure;
+  for (const KeyInfo& info : revoked) {
+    try {
+      detail::erase_everywhere(impl_->store->identity(), info.public_key);
+    } catch (...) {
+      if (!first_failure) first_failure = std::current_exception();
+    }
+  }
+  if (first_failure) std::rethrow_exception(first_failure);
+  return revoked.size();
+}
+
 KeyInfo KeyManager::revoke(const Uuid& account_id, const Uuid& key_id) {
+  try {
+    return impl_->change("revoking the key", account_id, key_id, std::nullopt, [](KeyInfo& key) {
+      if (key.status == KeyStatus::revoked) return false;
+      key.status = KeyStatus::revoked;
+      return true;
+    });
+  } catch (const Error& e) {
+    if (e.code() != ErrorCode::not_supported) throw;
+  }
+  // A store written before replace() existed: its own set_status.
   auto info = guarded("revoking the key", [&] {
     return impl_->store->set_status(account_id, key_id, KeyStatus::revoked);
   });
-  if (!info)
-    throw Error(ErrorCode::not_found, "no key " + key_id.to_string() + " for this account");
+  if (!info) no_such_key(key_id);
   // Every Validator over this store's data in the process, not only our own.
   detail::erase_everywhere(impl_->store->identity(), info->public_key);
   return std::move(*info);
@@ -181,6 +505,11 @@ ValidationResult KeyManager::validate(std::string_view public_key,
 
 ValidationResult KeyManager::validate(std::string_view token) const noexcept {
   return impl_->validator.validate(token);
+}
+
+ValidationResult KeyManager::validate(std::string_view token,
+                                      const Requirements& requirements) const noexcept {
+  return impl_->validator.validate(token, requirements);
 }
 
 Validator& KeyManager::validator() noexcept { return impl_->validator; }

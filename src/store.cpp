@@ -1,11 +1,71 @@
 #include "apikeys/store.hpp"
 
+#include <algorithm>
+
+#include "apikeys/error.hpp"
 #include "decoy_reads.hpp"
 
 namespace apikeys {
 
 // Out of line so the vtable and typeinfo live in the library and user subclasses link.
 Store::~Store() = default;
+
+// The defaults below give a store written before these operations existed what it can
+// do with the operations it has; see doc/extending.md.
+
+std::optional<KeyInfo> Store::get(const Uuid& account_id, const Uuid& key_id) {
+  for (KeyInfo& info : list(account_id)) {
+    if (info.key_id == key_id && info.account_id == account_id) return std::move(info);
+  }
+  return std::nullopt;
+}
+
+std::vector<KeyInfo> Store::list_page(const Uuid& account_id,
+                                      const std::optional<PagePosition>& after, std::size_t limit,
+                                      std::optional<KeyStatus> status) {
+  std::vector<KeyInfo> keys = list(account_id);
+  // Newest first, then the larger id first: the order every bundled store pages in.
+  const auto newer = [](const KeyInfo& a, const KeyInfo& b) {
+    if (a.created_at != b.created_at) return a.created_at > b.created_at;
+    return b.key_id < a.key_id;
+  };
+  std::sort(keys.begin(), keys.end(), newer);
+  std::vector<KeyInfo> page;
+  for (KeyInfo& info : keys) {
+    if (page.size() >= limit) break;
+    if (info.account_id != account_id) continue;
+    if (status && info.status != *status) continue;
+    if (after) {
+      // Strictly after the position in the order above.
+      const bool past = info.created_at < after->created_at ||
+                        (info.created_at == after->created_at && info.key_id < after->key_id);
+      if (!past) continue;
+    }
+    page.push_back(std::move(info));
+  }
+  return page;
+}
+
+WriteResult Store::replace(const Uuid& /*account_id*/, const KeyInfo& /*next*/,
+                           std::uint64_t /*expected_version*/) {
+  throw Error(ErrorCode::not_supported, "this store cannot change a key's fields (replace)");
+}
+
+WriteResult Store::rotate(const Uuid& /*account_id*/, const KeyInfo& /*old_next*/,
+                          std::uint64_t /*expected_version*/, const KeyRecord& /*successor*/) {
+  throw Error(ErrorCode::not_supported, "this store cannot rotate keys (rotate)");
+}
+
+std::vector<KeyInfo> Store::revoke_all(const Uuid& account_id, TimePoint /*at*/) {
+  std::vector<KeyInfo> revoked;
+  for (const KeyInfo& info : list(account_id)) {
+    if (info.status == KeyStatus::revoked || info.account_id != account_id) continue;
+    if (auto now = set_status(account_id, info.key_id, KeyStatus::revoked)) {
+      revoked.push_back(std::move(*now));
+    }
+  }
+  return revoked;
+}
 
 namespace detail {
 std::uint64_t& decoy_reads() noexcept {

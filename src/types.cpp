@@ -90,8 +90,16 @@ const char* to_string(KeyStatus status) noexcept {
   switch (status) {
     case KeyStatus::active: return "active";
     case KeyStatus::revoked: return "revoked";
+    case KeyStatus::disabled: return "disabled";
   }
   return "unknown";
+}
+
+std::optional<KeyStatus> parse_key_status(std::string_view name) noexcept {
+  for (const KeyStatus s : {KeyStatus::active, KeyStatus::revoked, KeyStatus::disabled}) {
+    if (name == to_string(s)) return s;
+  }
+  return std::nullopt;
 }
 
 SecretString::SecretString(std::string_view bytes) {

@@ -17,6 +17,8 @@ constexpr const char* name_of(ValidationCode code) noexcept {
     case ValidationCode::expired: return "expired";
     case ValidationCode::revoked: return "revoked";
     case ValidationCode::error: return "error";
+    case ValidationCode::disabled: return "disabled";
+    case ValidationCode::insufficient_scope: return "insufficient_scope";
   }
   return nullptr;
 }

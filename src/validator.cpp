@@ -9,6 +9,7 @@
 #include "apikeys/error.hpp"
 #include "cache_registry.hpp"
 #include "last_use_tracker.hpp"
+#include "scope.hpp"
 #include "thread_annotations.hpp"
 
 namespace apikeys {
@@ -75,6 +76,10 @@ struct Validator::Impl {
   }
 
   ValidationResult validate(std::string_view pk, std::string_view sk) const noexcept;
+  // validate(), then the requirements: a valid key lacking a required scope becomes
+  // insufficient_scope (never cached: it depends on the request).
+  ValidationResult validate(std::string_view pk, std::string_view sk,
+                            const Requirements& requirements) const noexcept;
   void run_poll();
   void poll_revision(std::uint64_t& revision, bool& known) noexcept;
   void run_flush();
@@ -85,8 +90,9 @@ struct Validator::Impl {
   void flush() noexcept APIKEYS_EXCLUDES(flush_mu);
 };
 
-// Format, digest, cache, fill token, store, then the verdict (expiry, status, secret),
-// the cache fill and last use: doc/validate.md says why each step sits where it does.
+// Format, digest, cache, fill token, store, then the verdict (secret first, then
+// expiry and status), the cache fill and last use: doc/validate.md says why each step
+// sits where it does.
 ValidationResult Validator::Impl::validate(std::string_view pk,
                                            std::string_view sk) const noexcept {
   ValidationResult result;
@@ -101,8 +107,10 @@ ValidationResult Validator::Impl::validate(std::string_view pk,
     bool can_fill = false;
     if (cache) {
       try {
-        if (auto v = cache->get(pk, presented)) {
-          result.code = v->code;
+        std::optional<Verdict> v = cache->get(pk, presented);
+        // A `valid` verdict without the key's scopes and metadata (a cache written before
+        // they existed rebuilt it from the fields it knew) is a miss: read the store.
+        if (v && (v->code != ValidationCode::valid || v->has_policy)) {
           if (v->code == ValidationCode::valid) {
             if (v->expires_at) {
               // One clock, ours, decides expiry: a verdict the cache kept past the key's
@@ -117,8 +125,9 @@ ValidationResult Validator::Impl::validate(std::string_view pk,
             } else if (options.record_last_use) {
               tracker.note(v->key_id, *clock);
             }
-            return ValidationResult(*v);
+            return ValidationResult(std::move(*v));
           }
+          result.code = v->code;
           return result;
         }
         // Taken before the store read: a revoke that erases after this point makes
@@ -130,7 +139,7 @@ ValidationResult Validator::Impl::validate(std::string_view pk,
       }
     }
 
-    const std::optional<KeyRecord> record = store->find(pk);
+    std::optional<KeyRecord> record = store->find(pk);
     const TimePoint now = clock->now();
     std::chrono::milliseconds ttl{0};
     if (!record) {
@@ -140,24 +149,34 @@ ValidationResult Validator::Impl::validate(std::string_view pk,
       result.code = ValidationCode::not_found;
       ttl = options.ttl_not_found;
     } else {
-      const KeyInfo& info = record->info;
+      KeyInfo& info = record->info;
       const bool secret_ok = record->digest.pepper_id == presented.pepper_id
                                  ? constant_time_equal(presented, record->digest)
                                  : hasher->verify(sk, record->digest);
-      if (info.expires_at && now >= *info.expires_at) {
-        result.code = ValidationCode::expired;
-        ttl = options.ttl_expired;
-      } else if (info.status != KeyStatus::active) {
-        result.code = ValidationCode::revoked;
-        ttl = options.ttl_revoked;
-      } else if (!secret_ok) {
+      // The secret first: only a caller who proved it learns anything about the key's
+      // state (doc/validate.md, "Secret first").
+      if (!secret_ok) {
         result.code = ValidationCode::wrong_secret;
         ttl = options.ttl_wrong_secret;
+      } else if (info.expires_at && now >= *info.expires_at) {
+        result.code = ValidationCode::expired;
+        ttl = options.ttl_expired;
+      } else if (info.status == KeyStatus::revoked) {
+        result.code = ValidationCode::revoked;
+        ttl = options.ttl_revoked;
+      } else if (info.status != KeyStatus::active) {
+        // Disabled, or a status this version does not know: not valid either way.
+        result.code =
+            info.status == KeyStatus::disabled ? ValidationCode::disabled : ValidationCode::revoked;
+        ttl = info.status == KeyStatus::disabled ? options.ttl_disabled : options.ttl_revoked;
       } else {
         result.code = ValidationCode::valid;
         result.account_id = info.account_id;
         result.key_id = info.key_id;
         result.expires_at = info.expires_at;
+        result.scopes = std::move(info.scopes);
+        result.metadata = std::move(info.metadata);
+        result.has_policy = true;
         ttl = options.ttl_valid;
         if (info.expires_at) {
           // A cached `valid` must never outlive the key.
@@ -183,6 +202,21 @@ ValidationResult Validator::Impl::validate(std::string_view pk,
     // Fail closed: whatever went wrong, this is not a `valid`.
     return ValidationResult{};
   }
+}
+
+ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view sk,
+                                           const Requirements& requirements) const noexcept {
+  ValidationResult result = validate(pk, sk);
+  if (result.code != ValidationCode::valid || requirements.scopes.empty()) return result;
+  try {
+    for (const std::string& required : requirements.scopes) {
+      if (!detail::scopes_grant(result.scopes, required)) result.missing_scopes.push_back(required);
+    }
+  } catch (...) {
+    return ValidationResult{};  // allocation failure: fail closed
+  }
+  if (!result.missing_scopes.empty()) result.code = ValidationCode::insufficient_scope;
+  return result;
 }
 
 // Writes outside the tracker's queue mutex, so validate() never waits for the store; a
@@ -319,6 +353,23 @@ ValidationResult Validator::validate(std::string_view token) const noexcept {
     return r;
   }
   return impl_->validate(pk, sk);
+}
+
+ValidationResult Validator::validate(std::string_view public_key, std::string_view secret_key,
+                                     const Requirements& requirements) const noexcept {
+  return impl_->validate(public_key, secret_key, requirements);
+}
+
+ValidationResult Validator::validate(std::string_view token,
+                                     const Requirements& requirements) const noexcept {
+  std::string_view pk;
+  std::string_view sk;
+  if (!split_token(token, pk, sk)) {
+    ValidationResult r;
+    r.code = ValidationCode::malformed;
+    return r;
+  }
+  return impl_->validate(pk, sk, requirements);
 }
 
 void Validator::invalidate(std::string_view public_key) {

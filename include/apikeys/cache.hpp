@@ -8,7 +8,9 @@
 #include <chrono>
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "apikeys/export.hpp"
 #include "apikeys/types.hpp"
@@ -41,6 +43,18 @@ struct Verdict {
   /// never outlives the key. A cache should keep it; one that drops it still works,
   /// bounded by the TTL alone.
   std::optional<TimePoint> expires_at;
+  /// The key's granted scopes when code is valid (KeyInfo::scopes: sorted, no
+  /// duplicates). The Validator checks a request's required scopes against these.
+  std::vector<std::string> scopes;
+  /// The key's metadata when code is valid (KeyInfo::metadata: JSON text, empty for none).
+  std::string metadata;
+  /// True when scopes and metadata are those of the key. The Validator sets it on every
+  /// verdict it puts; a cache that keeps whole Verdict objects returns it as it was
+  /// given. A cache written before scopes existed rebuilds verdicts from the fields it
+  /// knew, so this is false in what it returns: the Validator then takes a `valid`
+  /// verdict as a miss and reads the store, rather than answer with scopes or metadata
+  /// the cache dropped.
+  bool has_policy = false;
 };
 
 /// Interface: a verdict cache.

@@ -1,15 +1,20 @@
-// apikeys::KeyManager is the key lifecycle: create, list, revoke, remove, and
-// validation through its Validator. Request rules are checked here, before the store.
+// apikeys::KeyManager is the key lifecycle: create, get, list (whole or in pages),
+// update, disable, enable, rotate, revoke, revoke_all, remove, and validation through
+// its Validator. Request rules are checked here, before the store.
 // Thread-safety: every method is safe from many threads at once.
 // Ownership: shares ownership of its store, hasher, generator, cache and clock.
 #ifndef APIKEYS_KEY_MANAGER_HPP
 #define APIKEYS_KEY_MANAGER_HPP
 
+#include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "apikeys/export.hpp"
@@ -26,6 +31,22 @@ namespace apikeys {
 /// emoji need U+FE0F). That also refuses emoji joined by U+200D (e.g. a family emoji) and the
 /// U+200C of Persian spelling; other emoji and every script's letters are accepted.
 struct CreateRequest {
+  /// An empty request (the title must be set before create()).
+  CreateRequest() = default;
+  /// The fields in order; those left out are empty. A constructor rather than
+  /// aggregate initialisation, so code written as `CreateRequest{title, description,
+  /// days}` before metadata and scopes existed still compiles without a
+  /// missing-initializer warning.
+  // NOLINTNEXTLINE(google-explicit-constructor): brace initialisation must keep working.
+  CreateRequest(std::string title_, std::string description_ = {},
+                std::optional<int> expires_in_days_ = std::nullopt, std::string metadata_ = {},
+                std::vector<std::string> scopes_ = {})
+      : title(std::move(title_)),
+        description(std::move(description_)),
+        expires_in_days(expires_in_days_),
+        metadata(std::move(metadata_)),
+        scopes(std::move(scopes_)) {}
+
   /// Trimmed of ASCII white space; then 1 to 255 Unicode code points of valid UTF-8,
   /// with no control characters and none of the invisible characters above.
   std::string title;
@@ -35,6 +56,94 @@ struct CreateRequest {
   std::string description;
   /// Optional lifetime in days, 1 to 365. nullopt: never expires.
   std::optional<int> expires_in_days;
+  /// Optional (empty: none). A JSON object: at most KeyPolicyLimits::kMaxMetadataBytes
+  /// bytes of valid UTF-8, nesting depth at most kMaxMetadataDepth, no member name twice
+  /// in one object. Stored and returned as given.
+  std::string metadata;
+  /// Optional granted scopes (README.md, "Key policy"): each 1 to 128 characters of
+  /// segments of [a-z0-9_-] (1 to 64 characters) joined by '.' or ':', the last segment
+  /// possibly a wildcard `*` or `**`; at most 64 after duplicates are removed. Stored
+  /// sorted.
+  std::vector<std::string> scopes;
+};
+
+/// One field of a KeyUpdate: leave it as it is (the default), set it to a value, or
+/// clear it. Thread-safety and ownership: a plain value that owns its value.
+template <typename T>
+class FieldUpdate {
+ public:
+  /// Leave the field as it is.
+  FieldUpdate() = default;
+  /// Set the field to `value` (implicit, so `update.title = "New name";` reads well).
+  template <typename U, typename = std::enable_if_t<std::is_constructible_v<T, U&&> &&
+                                                    !std::is_same_v<std::decay_t<U>, FieldUpdate>>>
+  // NOLINTNEXTLINE(google-explicit-constructor): assigning a value means "set it".
+  FieldUpdate(U&& value) : state_(State::set), value_(std::forward<U>(value)) {}
+  /// Clear the field.
+  [[nodiscard]] static FieldUpdate clear() {
+    FieldUpdate u;
+    u.state_ = State::cleared;
+    return u;
+  }
+
+  /// True when the field is left as it is.
+  [[nodiscard]] bool leaves() const noexcept { return state_ == State::leave; }
+  /// True when the field is set to value().
+  [[nodiscard]] bool sets() const noexcept { return state_ == State::set; }
+  /// True when the field is cleared.
+  [[nodiscard]] bool clears() const noexcept { return state_ == State::cleared; }
+  /// The value to set. Meaningful only when sets().
+  [[nodiscard]] const T& value() const noexcept { return value_; }
+
+ private:
+  enum class State : std::uint8_t { leave, set, cleared };
+  State state_ = State::leave;
+  T value_{};
+};
+
+/// What update() changes. Every field is left as it is unless set or cleared; the same
+/// rules as CreateRequest apply to the values set.
+/// Thread-safety and ownership: a plain value that owns its fields.
+struct KeyUpdate {
+  FieldUpdate<std::string> title;                ///< Clearing it is refused: a key has a title.
+  FieldUpdate<std::string> description;          ///< Clearing it leaves it empty.
+  FieldUpdate<std::string> metadata;             ///< A JSON object; clearing it removes it.
+  FieldUpdate<std::vector<std::string>> scopes;  ///< Replaces the whole set; clear: none.
+  /// Sets the expiry to now plus 1 to 365 days; clearing it makes the key never expire.
+  FieldUpdate<int> expires_in_days;
+  /// When given, the update is written only if the key's version is this one; otherwise
+  /// update() throws Error(conflict) and writes nothing.
+  std::optional<std::uint64_t> expected_version;
+};
+
+/// What rotate() needs.
+/// Thread-safety and ownership: a plain value.
+struct RotateRequest {
+  /// How long the old key keeps working: its expiry becomes the earlier of its own and
+  /// now + grace. 0 s (the default) to 7 days; 0 ends it at once.
+  std::chrono::seconds grace{0};
+};
+
+/// What list() with options returns a page of.
+/// Thread-safety and ownership: a plain value.
+struct ListOptions {
+  static constexpr std::size_t kDefaultLimit = 100;  ///< limit when 0 is given.
+  static constexpr std::size_t kMaxLimit = 1000;     ///< The largest page.
+  /// Most keys in the page: 1 to 1000; 0 means the default, 100.
+  std::size_t limit = kDefaultLimit;
+  /// Empty for the first page; else the next_cursor of the page before, with the same
+  /// account and status filter. A cursor made for another account, or altered, is
+  /// refused with Error(invalid_argument).
+  std::string cursor;
+  /// Only keys with this status. nullopt: every key.
+  std::optional<KeyStatus> status;
+};
+
+/// One page of keys, newest first (created_at descending, then key id descending).
+/// Thread-safety and ownership: a plain value that owns its keys.
+struct KeyPage {
+  std::vector<KeyInfo> keys;               ///< At most ListOptions::limit keys.
+  std::optional<std::string> next_cursor;  ///< nullopt on the last page.
 };
 
 /// What create() returns: the stored fields, and the secret, shown this once.
@@ -59,6 +168,8 @@ class APIKEYS_EXPORT KeyManager {
   static constexpr std::size_t kMaxTitleCodePoints = 255;         ///< Longest title.
   static constexpr std::size_t kMaxDescriptionCodePoints = 1024;  ///< Longest description.
   static constexpr int kMaxExpiryDays = 365;                      ///< Longest lifetime.
+  /// Longest rotation grace.
+  static constexpr std::chrono::seconds kMaxRotationGrace{7 * 24 * 3600};
 
   /// Throws Error(invalid_argument) if store or hasher is null or the format is bad.
   KeyManager(std::shared_ptr<Store> store, std::shared_ptr<Hasher> hasher,
@@ -73,6 +184,47 @@ class APIKEYS_EXPORT KeyManager {
 
   /// The account's keys, newest first, without secrets or digests.
   [[nodiscard]] std::vector<KeyInfo> list(const Uuid& account_id);
+
+  /// One page of the account's keys; see ListOptions and KeyPage. No key is skipped or
+  /// repeated across pages while other keys are created meanwhile. Throws
+  /// Error(invalid_argument) for a limit above 1000 or a bad cursor.
+  [[nodiscard]] KeyPage list(const Uuid& account_id, const ListOptions& options);
+
+  /// The key. Throws Error(not_found) when the account has no such key.
+  [[nodiscard]] KeyInfo get(const Uuid& account_id, const Uuid& key_id);
+
+  /// Changes the fields `update` sets or clears, adds 1 to the version and returns the
+  /// key as it now is. Same guarantee as revoke(): when it returns, no validation in this
+  /// process answers from the old state. Throws Error(invalid_argument) for a bad value
+  /// (nothing is written), Error(conflict) when expected_version is given and is not the
+  /// key's version, Error(not_found), Error(not_supported) for a store without replace().
+  KeyInfo update(const Uuid& account_id, const Uuid& key_id, const KeyUpdate& update);
+
+  /// Switches the key off: it validates as `disabled` until enable(). Disabling a
+  /// disabled key succeeds without a change. Throws Error(conflict) for a revoked key
+  /// (revocation is final), Error(not_found), Error(not_supported). Same guarantee as
+  /// revoke().
+  KeyInfo disable(const Uuid& account_id, const Uuid& key_id);
+
+  /// Switches a disabled key back on. Enabling an active key succeeds without a change.
+  /// Throws Error(conflict) for a revoked key, Error(not_found), Error(not_supported).
+  /// Same guarantee as revoke().
+  KeyInfo enable(const Uuid& account_id, const Uuid& key_id);
+
+  /// Replaces the key with a new one that has the same title, description, metadata,
+  /// scopes and expiry, and returns it with its secret. The old key keeps working until
+  /// the earlier of its own expiry and now + grace, then expires. Both keys are written
+  /// in one atomic step, and name each other (rotated_to, rotated_from). Throws
+  /// Error(conflict) for a key that is revoked, disabled, expired or already rotated,
+  /// Error(invalid_argument) for a grace outside 0 s to 7 days, Error(not_found),
+  /// Error(not_supported) for a store without rotate(). Same guarantee as revoke() for
+  /// the old key.
+  [[nodiscard]] CreatedKey rotate(const Uuid& account_id, const Uuid& key_id,
+                                  const RotateRequest& request);
+
+  /// Revokes every key of the account in one transaction (in the bundled stores) and
+  /// returns how many were not revoked before. Same guarantee as revoke() for each.
+  std::size_t revoke_all(const Uuid& account_id);
 
   /// Revokes the key. When it returns, no validate() in this process accepts the key:
   /// not this manager's, nor that of any other Validator whose store has the same
@@ -93,6 +245,9 @@ class APIKEYS_EXPORT KeyManager {
                                           std::string_view secret_key) const noexcept;
   /// Shorthand for validator().validate(token), token being "pk_...:sk_...".
   [[nodiscard]] ValidationResult validate(std::string_view token) const noexcept;
+  /// Shorthand for validator().validate(token, requirements).
+  [[nodiscard]] ValidationResult validate(std::string_view token,
+                                          const Requirements& requirements) const noexcept;
 
   /// The Validator this manager validates with and invalidates on revoke and remove.
   [[nodiscard]] Validator& validator() noexcept;
@@ -103,7 +258,8 @@ class APIKEYS_EXPORT KeyManager {
 };
 
 /// Checks a CreateRequest against the rules above and returns it normalised (title
-/// trimmed). Throws Error(invalid_argument) naming the rule broken (not the value).
+/// trimmed, scopes sorted without duplicates). Throws Error(invalid_argument) naming the
+/// rule broken (not the value).
 [[nodiscard]] APIKEYS_EXPORT CreateRequest normalize_request(const CreateRequest& request);
 
 }  // namespace apikeys

@@ -1,5 +1,5 @@
 // Value types shared by every component: Uuid, TimePoint, Digest, KeyStatus, KeyInfo,
-// KeyRecord and SecretString.
+// KeyRecord, SecretString and the limits of a key's policy fields.
 // Thread-safety: plain values; const access from many threads is safe.
 // Ownership: every type owns its data; SecretString is move-only and wipes its bytes.
 #ifndef APIKEYS_TYPES_HPP
@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "apikeys/export.hpp"
 
@@ -62,11 +63,28 @@ struct Digest {
 /// Compares two digests' bytes and pepper ids in constant time.
 [[nodiscard]] APIKEYS_EXPORT bool constant_time_equal(const Digest& a, const Digest& b) noexcept;
 
-/// A key's lifecycle state. Deleted keys are gone from the store, not a state.
-enum class KeyStatus : std::uint8_t { active = 0, revoked = 1 };
+/// A key's lifecycle state. Deleted keys are gone from the store, not a state. The
+/// numeric values are stable (stores persist them).
+enum class KeyStatus : std::uint8_t {
+  active = 0,    ///< Validates (if not expired).
+  revoked = 1,   ///< Terminal: never validates again, cannot be enabled.
+  disabled = 2,  ///< Switched off; enable() makes it active again.
+};
 
-/// "active" or "revoked".
+/// "active", "revoked" or "disabled" ("unknown" for a value outside the enumeration).
 APIKEYS_EXPORT const char* to_string(KeyStatus status) noexcept;
+/// The status named `name` ("active", "revoked", "disabled"), or nullopt.
+[[nodiscard]] APIKEYS_EXPORT std::optional<KeyStatus> parse_key_status(
+    std::string_view name) noexcept;
+
+/// The limits of a key's metadata and scopes (README.md, "Key policy").
+struct KeyPolicyLimits {
+  static constexpr std::size_t kMaxMetadataBytes = 4096;  ///< Serialized JSON, in bytes.
+  static constexpr std::size_t kMaxMetadataDepth = 8;     ///< Nesting of objects and arrays.
+  static constexpr std::size_t kMaxScopes = 64;           ///< Scopes per key.
+  static constexpr std::size_t kMaxScopeLength = 128;     ///< Characters per scope.
+  static constexpr std::size_t kMaxSegmentLength = 64;    ///< Characters per scope segment.
+};
 
 /// What may be shown about a key: never its secret, never its digest.
 struct KeyInfo {
@@ -79,6 +97,18 @@ struct KeyInfo {
   TimePoint created_at{};                 ///< When create() made the key.
   std::optional<TimePoint> expires_at;    ///< nullopt: never expires.
   std::optional<TimePoint> last_used_at;  ///< nullopt: never used (or not yet flushed).
+  /// A JSON object as UTF-8 text, exactly as it was given (at most
+  /// KeyPolicyLimits::kMaxMetadataBytes, depth at most kMaxMetadataDepth, no duplicate
+  /// member names). Empty: none (shown as `{}`).
+  std::string metadata;
+  /// What the key may do: scope strings, sorted, without duplicates. A granted scope may
+  /// end in a wildcard segment (`invoices.*`, `invoices.**`, or `**` alone for a
+  /// full-access key). Empty: none.
+  std::vector<std::string> scopes;
+  TimePoint updated_at{};            ///< When the key last changed (created_at until then).
+  std::uint64_t version = 1;         ///< 1 at creation; every change adds 1 (compare-and-set).
+  std::optional<Uuid> rotated_from;  ///< The key this one replaced by rotation, if any.
+  std::optional<Uuid> rotated_to;    ///< The key that replaced this one, if any.
 };
 
 /// What a Store keeps: the shown fields plus the digest of the secret.

@@ -41,19 +41,24 @@ enum class ValidationCode : std::uint8_t {
   expired = 4,       ///< The key's expiry has passed.
   revoked = 5,       ///< The key was revoked.
   error = 6,         ///< An internal failure (store, hasher, cache): fail closed.
+  disabled = 7,      ///< The key is switched off (KeyManager::disable); enable() undoes it.
+  /// The key is valid but lacks a scope the request requires: ValidationResult's
+  /// missing_scopes lists them. Never cached (it depends on the request, not the key).
+  insufficient_scope = 8,
 };
 
 /// The highest ValidationCode. Code that reads a stored code back (a cache decoding
 /// its bytes) accepts 0..kLastValidationCode and treats anything else as unknown: a
 /// miss, never a crash or a guessed verdict.
-inline constexpr ValidationCode kLastValidationCode = ValidationCode::error;
+inline constexpr ValidationCode kLastValidationCode = ValidationCode::insufficient_scope;
 
 /// True when `value` is the number of a ValidationCode this version knows.
 [[nodiscard]] constexpr bool is_known_validation_code(std::uint8_t value) noexcept {
   return value <= static_cast<std::uint8_t>(kLastValidationCode);
 }
 
-/// "valid", "malformed", "not_found", "wrong_secret", "expired", "revoked", "error";
+/// "valid", "malformed", "not_found", "wrong_secret", "expired", "revoked", "error",
+/// "disabled", "insufficient_scope";
 /// "error" for a value outside the enumeration too (never null).
 APIKEYS_EXPORT const char* to_string(ValidationCode code) noexcept;
 

@@ -1,5 +1,6 @@
 // apikeys::Validator checks presented keys on the hot path: format, cache, store
-// lookup, expiry, status, constant-time secret check; and records last use off the
+// lookup, constant-time secret check, expiry, status, required scopes; and records
+// last use off the
 // caller's thread (a background writer, throttled per key, bounded, flushed on
 // destruction).
 // Thread-safety: validate() and invalidate() are safe from many threads at once.
@@ -10,7 +11,10 @@
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "apikeys/cache.hpp"
 #include "apikeys/clock.hpp"
@@ -21,12 +25,14 @@
 
 namespace apikeys {
 
-/// The answer to a validation: a Verdict (code, account_id, key_id, expires_at; see
-/// cache.hpp) plus ok(). It derives from Verdict rather than repeating its fields, so
-/// the two cannot drift: a cached verdict becomes the answer whole, and an answer is
-/// cached as the Verdict it is. account_id, key_id and expires_at are set only when
-/// valid; expires_at is then the key's expiry (nullopt: it never expires, or a user's
-/// cache that answered did not keep it).
+/// The answer to a validation: a Verdict (code, account_id, key_id, expires_at, scopes,
+/// metadata; see cache.hpp) plus ok() and missing_scopes. It derives from Verdict rather
+/// than repeating its fields, so the two cannot drift: a cached verdict becomes the
+/// answer whole, and an answer is cached as the Verdict it is. account_id, key_id,
+/// expires_at, scopes and metadata are set only when valid or insufficient_scope (the
+/// caller proved the secret); expires_at is then the key's expiry (nullopt: it never
+/// expires, or a user's cache that answered did not keep it). Only ok() grants access.
+/// Thread-safety and ownership: a plain value that owns its fields.
 struct ValidationResult : Verdict {
   /// An `error` result with no ids and no expiry.
   ValidationResult() = default;
@@ -34,9 +40,25 @@ struct ValidationResult : Verdict {
   using Verdict::Verdict;
   /// The answer that `verdict` gives.
   explicit ValidationResult(const Verdict& verdict) : Verdict(verdict) {}
+  /// The answer that `verdict` gives, taking its scopes and metadata.
+  explicit ValidationResult(Verdict&& verdict) noexcept : Verdict(std::move(verdict)) {}
 
   /// True only when code is `valid`.
   [[nodiscard]] bool ok() const noexcept { return code == ValidationCode::valid; }
+
+  /// When code is insufficient_scope: the required scopes the key lacks, in the order
+  /// they were required. Empty otherwise.
+  std::vector<std::string> missing_scopes;
+};
+
+/// What a request needs from a key beyond being valid.
+/// Thread-safety and ownership: a plain value; build it once and share it read-only
+/// between threads (validate() only reads it).
+struct Requirements {
+  /// Scopes the key must all grant. Required scopes are literal: each must follow the
+  /// scope grammar (README.md, "Key policy") without wildcards. One that does not can
+  /// never be granted, so it is reported missing.
+  std::vector<std::string> scopes;
 };
 
 /// Options for Validator. Every field states its default.
@@ -60,6 +82,10 @@ struct ValidatorOptions {
   std::chrono::milliseconds ttl_revoked{std::chrono::seconds(3600)};      ///< Default 3600 s.
   /// last_used_at is written at most once per key per interval. Default 900 s.
   std::chrono::milliseconds last_use_interval{std::chrono::seconds(900)};
+  /// How long a `disabled` verdict stays cached. enable() erases it at once in this
+  /// process and in a shared cache; other processes on the same store see it at their
+  /// next revision poll. Default 300 s.
+  std::chrono::milliseconds ttl_disabled{std::chrono::seconds(300)};
   /// Record last use at all. Default true.
   bool record_last_use = true;
   /// Most pending last-use updates; beyond it updates are dropped (last use is
@@ -94,6 +120,13 @@ class APIKEYS_EXPORT Validator {
                                           std::string_view secret_key) const noexcept;
   /// Validates the combined form "pk_...:sk_..." (as sent in an X-API-Key header).
   [[nodiscard]] ValidationResult validate(std::string_view token) const noexcept;
+  /// Validates and checks `requirements`: a key that is otherwise valid but lacks a
+  /// required scope answers insufficient_scope, with missing_scopes set.
+  [[nodiscard]] ValidationResult validate(std::string_view public_key, std::string_view secret_key,
+                                          const Requirements& requirements) const noexcept;
+  /// The combined form with requirements.
+  [[nodiscard]] ValidationResult validate(std::string_view token,
+                                          const Requirements& requirements) const noexcept;
 
   /// Drops every cached verdict for `public_key`; the next validate() reads the store.
   /// Throws whatever the cache throws.
