@@ -142,13 +142,11 @@ TEST_CASE("SQLite: another process's policy change reaches cached verdicts by th
   const Requirements none{};
 
   SECTION("a removed scope stops being granted") {
-    const CreatedKey k =
-        node.create(account, CreateRequest("scoped", {}, std::nullopt, {},
-                                           {"orders.read", "orders.write"}));
+    const CreatedKey k = node.create(
+        account, CreateRequest("scoped", {}, std::nullopt, {}, {"orders.read", "orders.write"}));
     cached(k, write);
     change_elsewhere(path, k.info, "scopes=orders.read");
-    const auto result =
-        code_after(node, k, write, ValidationCode::valid, kShowWithin);
+    const auto result = code_after(node, k, write, ValidationCode::valid, kShowWithin);
     CHECK(result == ValidationCode::insufficient_scope);
     // The scope kept is still granted.
     CHECK(node.validator()
@@ -168,8 +166,7 @@ TEST_CASE("SQLite: another process's policy change reaches cached verdicts by th
     const CreatedKey k = node.create(account, CreateRequest("to rotate", {}, 30));
     cached(k, none);
     change_elsewhere(path, k.info, "rotate");
-    CHECK(code_after(node, k, none, ValidationCode::valid, kShowWithin) ==
-          ValidationCode::expired);
+    CHECK(code_after(node, k, none, ValidationCode::valid, kShowWithin) == ValidationCode::expired);
     const auto old_key = store->get(account, k.info.key_id);
     REQUIRE(old_key);
     CHECK(old_key->rotated_to.has_value());

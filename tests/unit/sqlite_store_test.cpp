@@ -1,6 +1,8 @@
-// SqliteStore beyond the Store contract: persistence, schema migration and refusal,
-// cross-instance revision, read-only use, error translation, several instances on one
-// file. Raw sqlite3 builds the databases the library must cope with.
+// SqliteStore beyond the Store contract: persistence, schema migration (the 0.1
+// release's database included) and refusal, cross-instance revision, read-only use, error
+// translation, several instances on one file, and the policy operations (pages and their
+// query plans, replace, rotate, revoke_all). Raw sqlite3 builds the databases the
+// library must cope with.
 #include <sqlite3.h>
 
 #include <algorithm>
@@ -8,7 +10,6 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -855,7 +856,7 @@ TEST_CASE("SqliteStore pages keys with one indexed query", "[store][sqlite]") {
             query_plan(path, apikeys::detail::sqlite::list_page_sql(after, status));
         INFO(plan);
         CHECK(contains(plan, "USING INDEX api_keys_account_page (account_id=?"));
-        CHECK_FALSE(contains(plan, "TEMP B-TREE"));  // no sort: the index gives the order
+        CHECK_FALSE(contains(plan, "TEMP B-TREE"));        // no sort: the index gives the order
         if (after) CHECK(contains(plan, "created_at<?"));  // a seek, not a scan from the top
       }
     }
@@ -878,11 +879,12 @@ TEST_CASE("SqliteStore pages keys with one indexed query", "[store][sqlite]") {
       // A key inserted meanwhile (newer than every page so far) is never listed later.
       if (seen.size() == 2) store.insert(record(8, alice, 100));
     }
-    CHECK(seen == std::vector<apikeys::Uuid>{key_id(6), key_id(5), key_id(4), key_id(3),
-                                             key_id(2), key_id(1)});
+    CHECK(seen == std::vector<apikeys::Uuid>{key_id(6), key_id(5), key_id(4), key_id(3), key_id(2),
+                                             key_id(1)});
     // The default (sort list()) agrees with the query, filters included.
-    for (const auto status : {std::optional<KeyStatus>{}, std::optional<KeyStatus>{KeyStatus::active},
-                              std::optional<KeyStatus>{KeyStatus::revoked}}) {
+    for (const auto status :
+         {std::optional<KeyStatus>{}, std::optional<KeyStatus>{KeyStatus::active},
+          std::optional<KeyStatus>{KeyStatus::revoked}}) {
       const apikeys::PagePosition from{at(2), key_id(5)};
       const auto got = store.list_page(alice, from, 10, status);
       const auto want = store.Store::list_page(alice, from, 10, status);
@@ -1082,7 +1084,7 @@ TEST_CASE("SqliteStore revoke_all revokes an account's keys in one transaction",
       CHECK(k.updated_at == at(500));
       CHECK(k.version == (k.key_id == key_id(3) ? 3u : 2u));
     }
-    CHECK(stored(store, alice, 2).version == 2);       // revoked before: untouched
+    CHECK(stored(store, alice, 2).version == 2);  // revoked before: untouched
     CHECK(stored(store, alice, 2).updated_at == record(2, alice, 2).info.updated_at);
     CHECK(stored(store, bob, 5).status == KeyStatus::active);
     CHECK(store.revision() == r0 + 3);
@@ -1101,10 +1103,11 @@ TEST_CASE("SqliteStore revoke_all revokes an account's keys in one transaction",
       RawDb raw(path);  // bulk insert, as the store would write them
       raw.exec("BEGIN");
       for (std::uint32_t i = 1; i <= n; ++i) {
-        raw.exec("INSERT INTO api_keys (key_id, account_id, public_key, digest, pepper_id, title,"
-                 " description, status, created_at, updated_at) VALUES ('" +
-                 key_id(i).to_string() + "', '" + alice.to_string() + "', '" + public_key(i) +
-                 "', zeroblob(32), 1, 't', '', 0, 0, 0)");
+        raw.exec(
+            "INSERT INTO api_keys (key_id, account_id, public_key, digest, pepper_id, title,"
+            " description, status, created_at, updated_at) VALUES ('" +
+            key_id(i).to_string() + "', '" + alice.to_string() + "', '" + public_key(i) +
+            "', zeroblob(32), 1, 't', '', 0, 0, 0)");
       }
       raw.exec("COMMIT");
     }
@@ -1204,13 +1207,16 @@ nlohmann::json fixture_json() {
 
 // "2026-12-03T07:59:55.650Z" as a time (the fixture's form: always milliseconds and Z).
 apikeys::TimePoint fixture_time(const std::string& text) {
-  std::tm tm{};
-  int millis = 0;
-  REQUIRE(std::sscanf(text.c_str(), "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-                      &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &millis) == 7);
-  tm.tm_year -= 1900;
-  tm.tm_mon -= 1;
-  return apikeys::from_unix_millis(std::int64_t{timegm(&tm)} * 1000 + millis);
+  int y = 0, mo = 0, d = 0, h = 0, mi = 0, sec = 0, ms = 0;
+  REQUIRE(std::sscanf(text.c_str(), "%d-%d-%dT%d:%d:%d.%dZ", &y, &mo, &d, &h, &mi, &sec, &ms) == 7);
+  // Days since 1970-01-01 in the proleptic Gregorian calendar (civil-from-days inverted).
+  y -= mo <= 2 ? 1 : 0;
+  const std::int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const std::int64_t yoe = y - era * 400;
+  const std::int64_t doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  const std::int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  const std::int64_t days = era * 146097 + doe - 719468;
+  return apikeys::from_unix_millis(((days * 24 + h) * 60 + mi) * 60'000 + sec * 1000 + ms);
 }
 
 }  // namespace
@@ -1265,8 +1271,8 @@ TEST_CASE("SqliteStore migrates the database of the 0.1 release and keeps every 
     if (used == fixture.at("last_used_at").end()) {
       CHECK_FALSE(info.last_used_at);
     } else {
-      CHECK(info.last_used_at ==
-            std::optional<apikeys::TimePoint>(apikeys::from_unix_millis(used->get<std::int64_t>())));
+      CHECK(info.last_used_at == std::optional<apikeys::TimePoint>(
+                                     apikeys::from_unix_millis(used->get<std::int64_t>())));
     }
     CHECK(found->digest.pepper_id == fixture.at("pepper_id").get<std::uint32_t>());
     // The new fields, defaulted.
