@@ -136,12 +136,11 @@ struct Statements {
         // revisions commit in order and the log has no gap a reader could see.
         // The version moves only when the status does: a retry after a lost reply
         // finds the status already set and changes nothing more.
-        set_status(fmt::format(
-            "WITH changed AS (UPDATE {0}.apikeys_keys SET status = $1,"
-            " version = version + CASE WHEN status = $1 THEN 0 ELSE 1 END"
-            " WHERE key_id = $2 AND account_id = $3 RETURNING {1}),{2}"
-            " SELECT {1} FROM changed",
-            s, info_columns, log_change(s, "changed"))),
+        set_status(fmt::format("WITH changed AS (UPDATE {0}.apikeys_keys SET status = $1,"
+                               " version = version + CASE WHEN status = $1 THEN 0 ELSE 1 END"
+                               " WHERE key_id = $2 AND account_id = $3 RETURNING {1}),{2}"
+                               " SELECT {1} FROM changed",
+                               s, info_columns, log_change(s, "changed"))),
         remove(fmt::format(
             "WITH gone AS (DELETE FROM {0}.apikeys_keys WHERE key_id = $1 AND account_id = $2"
             " RETURNING {1}),{2}"
@@ -886,9 +885,8 @@ std::vector<KeyInfo> PostgresStore::list_page(const Uuid& account_id,
   if (limit == 0) return {};
   const std::string account = account_id.to_string();
   const std::string status_text = status ? std::to_string(static_cast<int>(*status)) : "";
-  const std::string limit_text = std::to_string(
-      std::min<std::uint64_t>(limit, static_cast<std::uint64_t>(
-                                         std::numeric_limits<std::int64_t>::max())));
+  const std::string limit_text = std::to_string(std::min<std::uint64_t>(
+      limit, static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())));
   const std::string created = after ? std::to_string(to_unix_millis(after->created_at)) : "";
   const std::string key = after ? after->key_id.to_string() : "";
   const char* status_value = status ? status_text.c_str() : nullptr;  // NULL: any status

@@ -142,12 +142,13 @@ std::vector<std::vector<std::string>> run_sql(const std::string& conninfo, const
 // order, with their types and nullability (seq aside: PostgresStore's own), and the
 // index that list pages walk.
 void check_table_matches_record_fields(const std::string& conninfo, const std::string& schema) {
-  const auto rows = run_sql(conninfo,
-                            "SELECT column_name, data_type, is_nullable FROM information_schema.columns"
-                            " WHERE table_schema = '" +
-                                schema +
-                                "' AND table_name = 'apikeys_keys'"
-                                " AND column_name <> 'seq' ORDER BY ordinal_position");
+  const auto rows =
+      run_sql(conninfo,
+              "SELECT column_name, data_type, is_nullable FROM information_schema.columns"
+              " WHERE table_schema = '" +
+                  schema +
+                  "' AND table_name = 'apikeys_keys'"
+                  " AND column_name <> 'seq' ORDER BY ordinal_position");
   std::vector<std::string> got;
   std::vector<std::string> want;
   for (const auto& row : rows) got.push_back(row[0] + " " + row[1] + " " + row[2]);
@@ -155,9 +156,9 @@ void check_table_matches_record_fields(const std::string& conninfo, const std::s
     want.push_back(std::string(f.name) + " " + f.pg_type + " " + (f.nullable() ? "YES" : "NO"));
   }
   CHECK(got == want);
-  const auto index = run_sql(conninfo,
-                             "SELECT indexdef FROM pg_indexes WHERE schemaname = '" + schema +
-                                 "' AND indexname = 'apikeys_keys_account_page'");
+  const auto index =
+      run_sql(conninfo, "SELECT indexdef FROM pg_indexes WHERE schemaname = '" + schema +
+                            "' AND indexname = 'apikeys_keys_account_page'");
   REQUIRE(index.size() == 1);
   CHECK(index[0][0].find("(account_id, created_at DESC, key_id DESC)") != std::string::npos);
 }
@@ -242,8 +243,8 @@ std::string released_insert_sql(const std::string& schema, const apikeys::KeyRec
          quote(r.info.key_id.to_string()) + ", " + quote(r.info.account_id.to_string()) + ", " +
          quote(r.info.public_key) + ", '\\x" + digest + "'::bytea, " +
          std::to_string(r.digest.pepper_id) + ", " + quote(r.info.title) + ", " +
-         quote(r.info.description) + ", " + std::to_string(static_cast<int>(r.info.status)) +
-         ", " + millis(r.info.created_at) + ", " + millis(r.info.expires_at) + ", " +
+         quote(r.info.description) + ", " + std::to_string(static_cast<int>(r.info.status)) + ", " +
+         millis(r.info.created_at) + ", " + millis(r.info.expires_at) + ", " +
          millis(r.info.last_used_at) + ");";
 }
 
@@ -284,13 +285,14 @@ TEST_CASE("PostgresStore migrates a 0.1 schema (version 2) without losing a row 
   for (const auto& r : rows) setup += released_insert_sql(schema, r);
   // 0.1's revoke bumped the revision and logged the key.
   setup += "UPDATE \"" + schema + "\".apikeys_meta SET revision = 1 WHERE id = 1;";
-  setup += "INSERT INTO \"" + schema + "\".apikeys_changes VALUES (1, '" +
-           revoked.info.public_key + "');";
+  setup += "INSERT INTO \"" + schema + "\".apikeys_changes VALUES (1, '" + revoked.info.public_key +
+           "');";
   run_sql(*pg, setup);
 
   auto store = std::make_shared<apikeys::PostgresStore>(*pg, options_for(schema));
   CHECK(run_sql(*pg, "SELECT version FROM \"" + schema + "\".apikeys_schema_version") ==
-        std::vector<std::vector<std::string>>{{std::to_string(apikeys::PostgresStore::schema_version())}});
+        std::vector<std::vector<std::string>>{
+            {std::to_string(apikeys::PostgresStore::schema_version())}});
   check_table_matches_record_fields(*pg, schema);
 
   // Every row and every field is there; the new fields have their defaults.
@@ -999,9 +1001,9 @@ TEST_CASE("PostgresStore: get, list_page, replace, rotate and revoke_all on a re
     CHECK(store.list_page(alice, std::nullopt, 0, std::nullopt).empty());
     CHECK(ids_of(store.list_page(bob, std::nullopt, 100, std::nullopt)) == ids({20}));
     // A position from another account's key still only lists this account's keys.
-    CHECK(ids_of(store.list_page(bob, apikeys::PagePosition{at(-1000), key_id(4)}, 100,
-                                 std::nullopt))
-              .empty());
+    CHECK(
+        ids_of(store.list_page(bob, apikeys::PagePosition{at(-1000), key_id(4)}, 100, std::nullopt))
+            .empty());
     CHECK(ids_of(store.list_page(alice, apikeys::PagePosition{at(-1000), key_id(4)}, 100,
                                  std::nullopt)) == ids({3, 2, 5, 6}));
 
@@ -1018,8 +1020,8 @@ TEST_CASE("PostgresStore: get, list_page, replace, rotate and revoke_all on a re
     // (shown in its place); the keys that were there are neither skipped nor repeated.
     const auto first = store.list_page(alice, std::nullopt, 2, std::nullopt);
     REQUIRE(ids_of(first) == ids({1, 4}));
-    store.insert(record(7, alice, -1000));   // sorts before 4: already passed
-    store.insert(record(8, alice, -1500));   // between 2 and 5: still ahead
+    store.insert(record(7, alice, -1000));  // sorts before 4: already passed
+    store.insert(record(8, alice, -1500));  // between 2 and 5: still ahead
     const apikeys::PagePosition after{first.back().created_at, first.back().key_id};
     CHECK(ids_of(store.list_page(alice, after, 100, std::nullopt)) == ids({3, 2, 8, 5, 6}));
   }
@@ -1191,7 +1193,7 @@ TEST_CASE("PostgresStore: get, list_page, replace, rotate and revoke_all on a re
       CHECK(stored->version == k.version);
     }
     const auto two = store.get(alice, key_id(2));
-    CHECK(two->version == 2);                        // already revoked: untouched
+    CHECK(two->version == 2);  // already revoked: untouched
     CHECK(two->updated_at == two->created_at);
     CHECK(store.get(bob, key_id(20))->status == KeyStatus::active);
     CHECK(store.revision() == r1 + 5);

@@ -245,8 +245,9 @@ TEST_CASE("Two processes: a key revoked on node B is rejected by node A within 1
   drop_schema(*pg, schema);
 }
 
-TEST_CASE("Two processes: a removed scope, a disabled key, a shortened expiry hold on node A at once",
-          "[servers][revocation][policy]") {
+TEST_CASE(
+    "Two processes: a removed scope, a disabled key, a shortened expiry hold on node A at once",
+    "[servers][revocation][policy]") {
   // Node A polls nothing: each change can reach it only through Redis. (A cache that
   // cannot keep a verdict's scopes answers A from the store every time: slower, and
   // just as right.)
