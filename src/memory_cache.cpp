@@ -39,9 +39,9 @@ struct InlineKey {
 };
 
 // A verdict's scopes and metadata, packed into one heap block so that an entry costs one
-// allocation more when it has them and none when it has not (the common full-access key
-// with no metadata keeps the flat Slot below). Layout, native byte order (the block never
-// leaves the process), lengths as uint32:
+// allocation more when it has them and none when it has not (a key with neither keeps
+// just the flat Slot below). Layout, native byte order (the block never leaves the
+// process), lengths as uint32:
 //   block size | scope count | metadata length | per scope: length, characters | metadata
 class Policy {
  public:
