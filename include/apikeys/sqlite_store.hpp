@@ -1,5 +1,5 @@
 // apikeys::SqliteStore keeps records in one SQLite file (WAL mode). Several processes
-// may open the same file; revision() lets their validators see each other's revokes.
+// may open the same file; revision() lets their validators see each other's changes.
 // Thread-safety: every method is safe from many threads; reads use a pool of
 // connections, writes one connection under a mutex. Ownership: owns its connections.
 #ifndef APIKEYS_SQLITE_STORE_HPP
