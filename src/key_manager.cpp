@@ -157,7 +157,13 @@ KeyInfo KeyManager::Impl::change(const char* operation, const Uuid& account_id, 
       throw Error(ErrorCode::conflict, "the key's version is not the expected one");
     }
     KeyInfo next = *current;
-    if (!mutate(next)) return std::move(*current);
+    if (!mutate(next)) {
+      // Nothing to write, perhaps because an earlier call wrote it and then failed
+      // (a lost reply, a cache it could not erase): erase anyway, so a retry keeps the
+      // guarantee the failed call could not.
+      detail::erase_everywhere(store->identity(), current->public_key);
+      return std::move(*current);
+    }
     next.updated_at = now();
     WriteResult written =
         guarded(operation, [&] { return store->replace(account_id, next, current->version); });
@@ -359,10 +365,18 @@ KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const Key
         if (update.metadata.clears()) key.metadata.clear();
         if (update.scopes.sets()) key.scopes = scopes;
         if (update.scopes.clears()) key.scopes.clear();
+        std::optional<TimePoint> expiry = key.expires_at;
         if (update.expires_in_days.sets()) {
-          key.expires_at = impl_->now() + std::chrono::hours(24 * update.expires_in_days.value());
+          expiry = impl_->now() + std::chrono::hours(24 * update.expires_in_days.value());
         }
-        if (update.expires_in_days.clears()) key.expires_at.reset();
+        if (update.expires_in_days.clears()) expiry.reset();
+        // A rotated key ends by its grace: its life may be shortened,
+        // never lengthened or made endless (doc/key-policy.md,
+        // "Rotation").
+        if (key.rotated_to && key.expires_at && (!expiry || *expiry > *key.expires_at)) {
+          throw Error(ErrorCode::conflict, "a rotated key's expiry can only be brought forward");
+        }
+        key.expires_at = expiry;
         return true;
       });
 }
@@ -458,20 +472,42 @@ CreatedKey KeyManager::rotate(const Uuid& account_id, const Uuid& key_id,
 }
 
 std::size_t KeyManager::revoke_all(const Uuid& account_id) {
-  const TimePoint now = impl_->now();
-  std::vector<KeyInfo> revoked = guarded("revoking the account's keys",
-                                         [&] { return impl_->store->revoke_all(account_id, now); });
-  // Erase every key even if one cache fails, then report the first failure.
-  std::exception_ptr first_failure;
-  for (const KeyInfo& info : revoked) {
-    try {
-      detail::erase_everywhere(impl_->store->identity(), info.public_key);
-    } catch (...) {
-      if (!first_failure) first_failure = std::current_exception();
+  // The store is asked again until it revokes nothing: a key that a concurrent rotate()
+  // committed while the first statement ran may not be in that statement's snapshot
+  // (PostgreSQL, READ COMMITTED), and must not stay active after this returns.
+  constexpr int kMaxRounds = 8;
+  std::size_t count = 0;
+  std::exception_ptr failure;
+  try {
+    for (int round = 0; round < kMaxRounds; ++round) {
+      const TimePoint now = impl_->now();
+      const std::vector<KeyInfo> revoked = guarded(
+          "revoking the account's keys", [&] { return impl_->store->revoke_all(account_id, now); });
+      if (revoked.empty()) break;
+      count += revoked.size();
     }
+  } catch (...) {
+    failure = std::current_exception();
   }
-  if (first_failure) std::rethrow_exception(first_failure);
-  return revoked.size();
+  // Then every revoked key of the account leaves every cache, those of an earlier call
+  // that failed part way included (a retry would not return them again, and a store
+  // without a revision never tells the polls). Erasing a key twice is harmless. Erase
+  // every one even if a cache fails, then report the first failure.
+  try {
+    for (const KeyInfo& info :
+         guarded("listing the account's keys", [&] { return impl_->store->list(account_id); })) {
+      if (info.status != KeyStatus::revoked) continue;
+      try {
+        detail::erase_everywhere(impl_->store->identity(), info.public_key);
+      } catch (...) {
+        if (!failure) failure = std::current_exception();
+      }
+    }
+  } catch (...) {
+    if (!failure) failure = std::current_exception();
+  }
+  if (failure) std::rethrow_exception(failure);
+  return count;
 }
 
 KeyInfo KeyManager::revoke(const Uuid& account_id, const Uuid& key_id) {

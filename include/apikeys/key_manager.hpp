@@ -196,8 +196,9 @@ class APIKEYS_EXPORT KeyManager {
 
   /// Changes the fields `update` sets or clears, adds 1 to the version and returns the
   /// key as it now is. Same guarantee as revoke(): when it returns, no validation in this
-  /// process answers from the old state. Throws Error(invalid_argument) for a bad value
-  /// (nothing is written), Error(conflict) when expected_version is given and is not the
+  /// process answers from the old state. A rotated key's expiry may only be brought
+  /// forward: a later one, or none, is Error(conflict). Throws Error(invalid_argument) for a bad
+  /// value (nothing is written), Error(conflict) when expected_version is given and is not the
   /// key's version, Error(not_found), Error(not_supported) for a store without replace().
   KeyInfo update(const Uuid& account_id, const Uuid& key_id, const KeyUpdate& update);
 
@@ -226,7 +227,9 @@ class APIKEYS_EXPORT KeyManager {
                                   const RotateRequest& request);
 
   /// Revokes every key of the account in one transaction (in the bundled stores) and
-  /// returns how many were not revoked before. Same guarantee as revoke() for each.
+  /// returns how many were not revoked before. Same guarantee as revoke() for each,
+  /// including keys a concurrent rotate() created meanwhile (the store is asked again
+  /// until nothing is left to revoke) and keys an earlier call revoked before it failed.
   std::size_t revoke_all(const Uuid& account_id);
 
   /// Revokes the key. When it returns, no validate() in this process accepts the key:

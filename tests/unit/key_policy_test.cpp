@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -24,6 +25,7 @@
 #include "apikeys/types.hpp"
 #include "catch.hpp"
 #include "store_contract.hpp"
+#include "store_doubles.hpp"
 #include "test_support.hpp"
 
 using apikeys::CreatedKey;
@@ -1074,4 +1076,146 @@ TEST_CASE("KeyManager::rotate returns the new key even when a cache cannot erase
   CHECK(manager.get(alice, k.info.key_id).rotated_to == next.info.key_id);
   // The other changes still report the cache they could not reach.
   CHECK(thrown_by([&] { (void)manager.disable(alice, next.info.key_id); }).code == ErrorCode::busy);
+}
+
+namespace {
+
+// A MemoryStore behind hooks: a store whose reply to a committed change is lost, a 0.1
+// store whose set_status fails part way, and a rotate that commits while revoke_all runs.
+class HookedStore final : public apikeys_test::ForwardingStore {
+ public:
+  using ForwardingStore::ForwardingStore;
+  int lose_replace_replies = 0;    // this many applied replaces then throw Error(busy)
+  int set_status_calls_left = -1;  // >= 0: set_status fails once this reaches 0
+  bool old_interface = false;      // replace and revoke_all as a 0.1 store has them
+  std::function<void()> after_first_revoke_all;
+
+  apikeys::WriteResult replace(const Uuid& a, const KeyInfo& next, std::uint64_t v) override {
+    if (old_interface) return Store::replace(a, next, v);
+    apikeys::WriteResult r = ForwardingStore::replace(a, next, v);
+    if (r.outcome == apikeys::WriteOutcome::applied && lose_replace_replies > 0) {
+      --lose_replace_replies;
+      throw apikeys::Error(ErrorCode::busy, "the reply was lost");
+    }
+    return r;
+  }
+  std::optional<KeyInfo> set_status(const Uuid& a, const Uuid& k, KeyStatus s) override {
+    if (set_status_calls_left == 0) {
+      set_status_calls_left = -1;
+      throw apikeys::Error(ErrorCode::busy, "set_status failed");
+    }
+    if (set_status_calls_left > 0) --set_status_calls_left;
+    return ForwardingStore::set_status(a, k, s);
+  }
+  std::vector<KeyInfo> revoke_all(const Uuid& a, TimePoint at) override {
+    if (old_interface) return Store::revoke_all(a, at);
+    std::vector<KeyInfo> out = ForwardingStore::revoke_all(a, at);
+    if (after_first_revoke_all) {
+      auto hook = std::move(after_first_revoke_all);
+      after_first_revoke_all = nullptr;
+      hook();
+    }
+    return out;
+  }
+};
+
+struct HookedSetup {
+  std::shared_ptr<apikeys::ManualClock> clock =
+      std::make_shared<apikeys::ManualClock>(apikeys_test::test_start());
+  std::shared_ptr<apikeys::MemoryStore> memory = std::make_shared<apikeys::MemoryStore>();
+  std::shared_ptr<HookedStore> store = std::make_shared<HookedStore>(memory);
+  std::shared_ptr<apikeys::HmacSha256Hasher> hasher =
+      std::make_shared<apikeys::HmacSha256Hasher>(apikeys_test::kTestPepper);
+  std::unique_ptr<apikeys::KeyManager> manager;
+
+  HookedSetup() {
+    apikeys::KeyManagerOptions o;
+    o.validation.clock = clock;
+    apikeys::MemoryCacheOptions co;
+    co.clock = clock;
+    o.validation.cache = std::make_shared<apikeys::MemoryCache>(co);
+    o.validation.record_last_use = false;
+    manager = std::make_unique<apikeys::KeyManager>(store, hasher, o);
+  }
+  // Validates twice: the second answer comes from the cache.
+  ValidationResult warm(const CreatedKey& k) {
+    (void)manager->validate(token(k));
+    return manager->validate(token(k));
+  }
+};
+
+}  // namespace
+
+TEST_CASE("KeyManager: a change retried after a lost reply still clears the cache",
+          "[key_manager][key_policy]") {
+  HookedSetup s;
+  const Uuid alice = account_id(1);
+  const CreatedKey k = s.manager->create(alice, CreateRequest("Lost reply"));
+  REQUIRE(s.warm(k).ok());
+  s.store->lose_replace_replies = 1;
+  CHECK(thrown_by([&] { (void)s.manager->disable(alice, k.info.key_id); }).code == ErrorCode::busy);
+  // Committed, but nobody erased the cache: the retry finds nothing to write and must
+  // erase anyway.
+  CHECK(s.manager->disable(alice, k.info.key_id).status == KeyStatus::disabled);
+  CHECK(s.manager->validate(token(k)).code == ValidationCode::disabled);
+}
+
+TEST_CASE("KeyManager::revoke_all on a 0.1 store that fails part way, then retried",
+          "[key_manager][key_policy]") {
+  HookedSetup s;
+  s.store->old_interface = true;
+  const Uuid alice = account_id(1);
+  const CreatedKey a = s.manager->create(alice, CreateRequest("A"));
+  const CreatedKey b = s.manager->create(alice, CreateRequest("B"));
+  REQUIRE(s.warm(a).ok());
+  REQUIRE(s.warm(b).ok());
+  s.store->set_status_calls_left = 1;  // the first key is revoked, the second call fails
+  CHECK(thrown_by([&] { (void)s.manager->revoke_all(alice); }).code == ErrorCode::busy);
+  // Whatever the store revoked before it failed is already out of the cache.
+  const int revoked_now = (s.manager->validate(token(a)).code == ValidationCode::revoked) +
+                          (s.manager->validate(token(b)).code == ValidationCode::revoked);
+  CHECK(revoked_now == 1);
+  CHECK(s.manager->revoke_all(alice) == 1);
+  CHECK(s.manager->validate(token(a)).code == ValidationCode::revoked);
+  CHECK(s.manager->validate(token(b)).code == ValidationCode::revoked);
+}
+
+TEST_CASE("KeyManager::revoke_all also revokes a key a concurrent rotate committed",
+          "[key_manager][key_policy]") {
+  // The store's statement did not see a successor committed while it ran (PostgreSQL
+  // under READ COMMITTED): revoke_all asks again until nothing is left.
+  HookedSetup s;
+  const Uuid alice = account_id(1);
+  const CreatedKey k = s.manager->create(alice, CreateRequest("Rotating"));
+  apikeys::KeyRecord late;
+  late.info = k.info;
+  late.info.key_id = Uuid::random();
+  late.info.public_key = "pk_" + std::string(32, 'L');
+  late.info.status = KeyStatus::active;
+  s.store->after_first_revoke_all = [&] { s.memory->insert(late); };
+  CHECK(s.manager->revoke_all(alice) == 2);
+  for (const KeyInfo& info : s.manager->list(alice)) CHECK(info.status == KeyStatus::revoked);
+}
+
+TEST_CASE("KeyManager::update never lengthens a rotated key's life", "[key_manager][key_policy]") {
+  TestManager t = make_manager();
+  const Uuid alice = account_id(1);
+  const CreatedKey k = t->create(alice, CreateRequest("Old"));
+  RotateRequest r;
+  r.grace = hours(1);
+  (void)t->rotate(alice, k.info.key_id, r);
+  KeyUpdate endless;
+  endless.expires_in_days = FieldUpdate<int>::clear();
+  CHECK(thrown_by([&] { (void)t->update(alice, k.info.key_id, endless); }).code ==
+        ErrorCode::conflict);
+  KeyUpdate later;
+  later.expires_in_days = 1;
+  CHECK(thrown_by([&] { (void)t->update(alice, k.info.key_id, later); }).code ==
+        ErrorCode::conflict);
+  t.clock->advance(seconds(1));
+  CHECK(t->validate(token(k)).ok());
+  KeyUpdate rename;
+  rename.title = "Old, renamed";
+  CHECK(t->update(alice, k.info.key_id, rename).expires_at ==
+        t->get(alice, k.info.key_id).expires_at);
 }
