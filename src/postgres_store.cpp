@@ -25,6 +25,7 @@
 #include "hex.hpp"
 #include "pg_connection.hpp"
 #include "record_fields.hpp"
+#include "scope.hpp"
 #include "thread_annotations.hpp"
 #include "wipe.hpp"
 
@@ -74,6 +75,24 @@ CREATE TABLE {s}.apikeys_changes (
   revision   bigint NOT NULL PRIMARY KEY,
   public_key text   NOT NULL
 );
+)sql"},
+    // Key policy: the disabled status, metadata, scopes, updated_at, version, rotation
+    // links; and the index that list pages walk (created_at, then key_id, descending).
+    {3, R"sql(
+ALTER TABLE {s}.apikeys_keys DROP CONSTRAINT apikeys_keys_status_check;
+ALTER TABLE {s}.apikeys_keys ADD CONSTRAINT apikeys_keys_status_check
+  CHECK (status IN (0, 1, 2));
+ALTER TABLE {s}.apikeys_keys
+  ADD COLUMN metadata     text   NOT NULL DEFAULT '',
+  ADD COLUMN scopes       text   NOT NULL DEFAULT '',
+  ADD COLUMN updated_at   bigint,
+  ADD COLUMN version      bigint NOT NULL DEFAULT 1 CHECK (version >= 1),
+  ADD COLUMN rotated_from uuid,
+  ADD COLUMN rotated_to   uuid;
+UPDATE {s}.apikeys_keys SET updated_at = created_at;
+ALTER TABLE {s}.apikeys_keys ALTER COLUMN updated_at SET NOT NULL;
+CREATE INDEX apikeys_keys_account_page
+  ON {s}.apikeys_keys (account_id, created_at DESC, key_id DESC);
 )sql"},
 };
 
@@ -234,7 +253,7 @@ struct RowDecoder {
   }
   void operator()(const detail::RecordField& f, KeyStatus& v) {
     const std::int64_t n = integer(f);
-    if (n != 0 && n != 1) corrupt(op, "unknown status");
+    if (n != 0 && n != 1 && n != 2) corrupt(op, "unknown status");
     v = static_cast<KeyStatus>(n);
   }
   void operator()(const detail::RecordField& f, TimePoint& v) { v = from_unix_millis(integer(f)); }
@@ -245,6 +264,27 @@ struct RowDecoder {
       return;
     }
     v = from_unix_millis(integer(f));
+  }
+  void operator()(const detail::RecordField& f, std::vector<std::string>& v) {
+    const char* text = value(f, "is null");
+    v = detail::split_scopes(
+        std::string_view(text, static_cast<std::size_t>(PQgetlength(r, row, col))));
+    ++col;
+  }
+  void operator()(const detail::RecordField& f, std::uint64_t& v) {
+    const std::int64_t n = integer(f);
+    if (n < 1) corrupt_field(op, f, "out of range");
+    v = static_cast<std::uint64_t>(n);
+  }
+  void operator()(const detail::RecordField& f, std::optional<Uuid>& v) {
+    if (PQgetisnull(r, row, col)) {
+      v.reset();
+      ++col;
+      return;
+    }
+    Uuid id;
+    (*this)(f, id);
+    v = id;
   }
 };
 
@@ -297,6 +337,23 @@ class InsertParams {
   void operator()(const detail::RecordField&, const std::optional<TimePoint>& v) {
     if (v) {
       own(std::to_string(to_unix_millis(*v)));
+    } else {
+      add(nullptr, 0, 0);  // NULL
+    }
+  }
+  void operator()(const detail::RecordField&, const std::vector<std::string>& v) {
+    own(detail::join_scopes(v));
+  }
+  void operator()(const detail::RecordField& f, std::uint64_t v) {
+    if (v > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+      throw Error(ErrorCode::storage,
+                  fmt::format("PostgresStore insert failed: {} is out of range", f.name));
+    }
+    own(std::to_string(v));
+  }
+  void operator()(const detail::RecordField& f, const std::optional<Uuid>& v) {
+    if (v) {
+      (*this)(f, *v);
     } else {
       add(nullptr, 0, 0);  // NULL
     }

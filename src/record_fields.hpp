@@ -20,6 +20,7 @@
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "apikeys/types.hpp"
 
@@ -34,23 +35,32 @@ enum class FieldKind {
   status,         // KeyStatus: its integer value, active or revoked
   time,           // TimePoint: Unix milliseconds, never NULL
   optional_time,  // std::optional<TimePoint>: Unix milliseconds, NULL for nullopt
+  scopes,         // std::vector<std::string>: the scopes joined by spaces (detail::join_scopes)
+  version,        // std::uint64_t: an integer in [1, 2^63)
+  optional_uuid,  // std::optional<Uuid>: canonical text / uuid, NULL for nullopt
 };
 
 // X(column, sqlite_type, pg_type, kind, part, member): the column `column` holds
 // KeyRecord::part.member, a FieldKind::kind. `part` is `info` (a KeyInfo field, shown by
 // list, revoke and delete) or `digest` (read only by find()). In table order.
-#define APIKEYS_KEY_FIELDS(X)                                         \
-  X(key_id, "TEXT", "uuid", uuid, info, key_id)                       \
-  X(account_id, "TEXT", "uuid", uuid, info, account_id)               \
-  X(public_key, "TEXT", "text", text, info, public_key)               \
-  X(digest, "BLOB", "bytea", digest_bytes, digest, bytes)             \
-  X(pepper_id, "INTEGER", "bigint", pepper_id, digest, pepper_id)     \
-  X(title, "TEXT", "text", text, info, title)                         \
-  X(description, "TEXT", "text", text, info, description)             \
-  X(status, "INTEGER", "smallint", status, info, status)              \
-  X(created_at, "INTEGER", "bigint", time, info, created_at)          \
-  X(expires_at, "INTEGER", "bigint", optional_time, info, expires_at) \
-  X(last_used_at, "INTEGER", "bigint", optional_time, info, last_used_at)
+#define APIKEYS_KEY_FIELDS(X)                                             \
+  X(key_id, "TEXT", "uuid", uuid, info, key_id)                           \
+  X(account_id, "TEXT", "uuid", uuid, info, account_id)                   \
+  X(public_key, "TEXT", "text", text, info, public_key)                   \
+  X(digest, "BLOB", "bytea", digest_bytes, digest, bytes)                 \
+  X(pepper_id, "INTEGER", "bigint", pepper_id, digest, pepper_id)         \
+  X(title, "TEXT", "text", text, info, title)                             \
+  X(description, "TEXT", "text", text, info, description)                 \
+  X(status, "INTEGER", "smallint", status, info, status)                  \
+  X(created_at, "INTEGER", "bigint", time, info, created_at)              \
+  X(expires_at, "INTEGER", "bigint", optional_time, info, expires_at)     \
+  X(last_used_at, "INTEGER", "bigint", optional_time, info, last_used_at) \
+  X(metadata, "TEXT", "text", text, info, metadata)                       \
+  X(scopes, "TEXT", "text", scopes, info, scopes)                         \
+  X(updated_at, "INTEGER", "bigint", time, info, updated_at)              \
+  X(version, "INTEGER", "bigint", version, info, version)                 \
+  X(rotated_from, "TEXT", "uuid", optional_uuid, info, rotated_from)      \
+  X(rotated_to, "TEXT", "uuid", optional_uuid, info, rotated_to)
 
 struct RecordField {
   const char* name;         // the column
@@ -60,7 +70,7 @@ struct RecordField {
   bool in_info;  // a KeyInfo field (else a Digest field)
 
   [[nodiscard]] constexpr bool nullable() const noexcept {
-    return kind == FieldKind::optional_time;
+    return kind == FieldKind::optional_time || kind == FieldKind::optional_uuid;
   }
 };
 
@@ -121,6 +131,19 @@ struct KindType<FieldKind::time> {
 template <>
 struct KindType<FieldKind::optional_time> {
   using type = std::optional<TimePoint>;
+};
+
+template <>
+struct KindType<FieldKind::scopes> {
+  using type = std::vector<std::string>;
+};
+template <>
+struct KindType<FieldKind::version> {
+  using type = std::uint64_t;
+};
+template <>
+struct KindType<FieldKind::optional_uuid> {
+  using type = std::optional<Uuid>;
 };
 
 #define APIKEYS_FIELD_CHECK(column, sqlite_type, pg_type, kind, part, member)                      \

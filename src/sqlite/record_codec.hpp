@@ -15,9 +15,11 @@
 #include <limits>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "apikeys/types.hpp"
 #include "record_fields.hpp"
+#include "scope.hpp"
 
 namespace apikeys::detail::sqlite {
 
@@ -60,6 +62,27 @@ class RecordBinder {
   }
   void operator()(const RecordField&, const std::optional<TimePoint>& v) {
     keep(v ? sqlite3_bind_int64(s_, next(), to_unix_millis(*v)) : sqlite3_bind_null(s_, next()));
+  }
+
+  void operator()(const RecordField&, const std::vector<std::string>& v) {
+    const std::string text = join_scopes(v);  // copied by SQLite (SQLITE_TRANSIENT)
+    keep(sqlite3_bind_text(s_, next(), text.data(), static_cast<int>(text.size()),
+                           SQLITE_TRANSIENT));
+  }
+  void operator()(const RecordField&, std::uint64_t v) {
+    if (v > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+      next();
+      keep(SQLITE_RANGE);
+      return;
+    }
+    keep(sqlite3_bind_int64(s_, next(), static_cast<std::int64_t>(v)));
+  }
+  void operator()(const RecordField& f, const std::optional<Uuid>& v) {
+    if (v) {
+      (*this)(f, *v);
+    } else {
+      keep(sqlite3_bind_null(s_, next()));
+    }
   }
 
   [[nodiscard]] int rc() const noexcept { return rc_; }

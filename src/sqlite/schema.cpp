@@ -62,6 +62,18 @@ CREATE TABLE apikeys_changes (
   public_key TEXT    NOT NULL
 );
 )sql"},
+    // Key policy: metadata, scopes, updated_at, version, rotation links; and the index
+    // that list pages walk (created_at, then key_id, both descending).
+    {4, R"sql(
+ALTER TABLE api_keys ADD COLUMN metadata     TEXT    NOT NULL DEFAULT '';
+ALTER TABLE api_keys ADD COLUMN scopes       TEXT    NOT NULL DEFAULT '';
+ALTER TABLE api_keys ADD COLUMN updated_at   INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE api_keys ADD COLUMN version      INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE api_keys ADD COLUMN rotated_from TEXT;
+ALTER TABLE api_keys ADD COLUMN rotated_to   TEXT;
+UPDATE api_keys SET updated_at = created_at;
+CREATE INDEX api_keys_account_page ON api_keys (account_id, created_at DESC, key_id DESC);
+)sql"},
 };
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "record_fields.hpp"
+#include "scope.hpp"
 
 namespace apikeys::detail::sqlite {
 
@@ -105,7 +106,8 @@ struct RowDecoder {
   void operator()(const RecordField& f, KeyStatus& v) {
     const std::int64_t n = integer(f);
     if (n != static_cast<std::int64_t>(KeyStatus::active) &&
-        n != static_cast<std::int64_t>(KeyStatus::revoked)) {
+        n != static_cast<std::int64_t>(KeyStatus::revoked) &&
+        n != static_cast<std::int64_t>(KeyStatus::disabled)) {
       corrupt(op, "unknown status");
     }
     v = static_cast<KeyStatus>(n);
@@ -118,6 +120,25 @@ struct RowDecoder {
       return;
     }
     v = from_unix_millis(integer(f));
+  }
+  void operator()(const RecordField& f, std::vector<std::string>& v) {
+    if (sqlite3_column_type(s, column) != SQLITE_TEXT) corrupt_field(op, f, "is not text");
+    v = split_scopes(read_text_view(s, column++, op, "text"));
+  }
+  void operator()(const RecordField& f, std::uint64_t& v) {
+    const std::int64_t n = integer(f);
+    if (n < 1) corrupt_field(op, f, "out of range");
+    v = static_cast<std::uint64_t>(n);
+  }
+  void operator()(const RecordField& f, std::optional<Uuid>& v) {
+    if (sqlite3_column_type(s, column) == SQLITE_NULL) {
+      v.reset();
+      ++column;
+      return;
+    }
+    Uuid id;
+    (*this)(f, id);
+    v = id;
   }
 };
 
