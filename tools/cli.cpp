@@ -518,6 +518,7 @@ std::uint64_t parse_number(std::string_view text, const char* option, std::uint6
   return v;
 }
 
+#if defined(APIKEYS_HAS_REDIS)
 // --redis HOST:PORT (an IPv6 address in brackets: [::1]:6379).
 struct RedisAddress {
   std::string host;
@@ -539,6 +540,7 @@ RedisAddress parse_redis(std::string_view text) {
   a.port = static_cast<int>(parse_number(text.substr(colon + 1), "--redis's PORT", 1, 65535));
   return a;
 }
+#endif
 
 // Checks the backend options before anything is read or written: refuses a --db that
 // holds a secret key (before any copy of it is made), options this build cannot honour,
