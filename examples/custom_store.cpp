@@ -200,6 +200,10 @@ int main() {
 #include "store_contract.hpp"
 
 TEST_CASE("MapStore passes the apikeys::Store contract") {
-  apikeys_test::run_store_contract([] { return std::make_shared<MapStore>(); });
+  // MapStore has only the 0.1 operations: replace() and rotate() are not supported, and
+  // get(), list_page() and revoke_all() run on the Store defaults.
+  apikeys_test::StoreContractOptions options;
+  options.conditional_writes = false;
+  apikeys_test::run_store_contract([] { return std::make_shared<MapStore>(); }, options);
 }
 #endif

@@ -33,8 +33,10 @@ struct UuidHash {
 // MemoryStore round-trip and order exactly like SqliteStore.
 TimePoint to_millis(TimePoint t) noexcept { return from_unix_millis(to_unix_millis(t)); }
 
-// List order: created_at descending, then most recently inserted first.
-using OrderKey = std::pair<TimePoint, std::uint64_t>;
+// An account's index order, that of list_page(): created_at descending, then key_id
+// descending (std::greater over the pair). list() orders keys with equal created_at by
+// insertion instead, from Entry::seq.
+using OrderKey = std::pair<TimePoint, Uuid>;
 
 struct Entry {
   KeyRecord record;
@@ -131,14 +133,47 @@ class KeyIndex {
   int shift_ = 60;  // 64 - log2(slots_.size())
 };
 
+using AccountIndex = std::map<OrderKey, Entry*, std::greater<>>;
+
+// Every stored time has millisecond precision, like every bundled store's.
+void truncate_times(KeyInfo& info) noexcept {
+  info.created_at = to_millis(info.created_at);
+  info.updated_at = to_millis(info.updated_at);
+  if (info.expires_at) info.expires_at = to_millis(*info.expires_at);
+  if (info.last_used_at) info.last_used_at = to_millis(*info.last_used_at);
+}
+
+// `key` with the fields replace() writes taken from `next` (Store::replace()).
+KeyInfo replaced(const KeyInfo& key, const KeyInfo& next) {
+  KeyInfo out = key;
+  out.title = next.title;
+  out.description = next.description;
+  out.metadata = next.metadata;
+  out.scopes = next.scopes;
+  out.status = next.status;
+  out.expires_at =
+      next.expires_at ? std::optional<TimePoint>(to_millis(*next.expires_at)) : std::nullopt;
+  out.updated_at = to_millis(next.updated_at);
+  out.rotated_to = next.rotated_to;
+  out.version = key.version + 1;
+  return out;
+}
+
+// An entry for `record`, its times truncated, not yet in any index.
+std::unique_ptr<Entry> new_entry(const KeyRecord& record) {
+  auto entry = std::make_unique<Entry>(Entry{record, 0, 0});
+  truncate_times(entry->record.info);
+  return entry;
+}
+
 }  // namespace
 
 struct MemoryStore::Impl {
   explicit Impl(std::size_t max) : max_keys(max) {}
 
   const std::size_t max_keys;
-  // Readers (find, list, size) share it; writers hold it exclusively. The entries the
-  // indexes point at are reached only through them, so under it too.
+  // Readers (find, get, list, list_page, size) share it; writers hold it exclusively.
+  // The entries the indexes point at are reached only through them, so under it too.
   mutable detail::SharedMutex mu;
   std::uint64_t next_seq APIKEYS_GUARDED_BY(mu) = 0;
   // Owns the entries, without holes (a removal moves the last one into its place):
@@ -147,8 +182,7 @@ struct MemoryStore::Impl {
   std::vector<std::unique_ptr<Entry>> dense APIKEYS_GUARDED_BY(mu);
   KeyIndex by_public_key APIKEYS_GUARDED_BY(mu);
   std::unordered_map<Uuid, Entry*, UuidHash> by_key_id APIKEYS_GUARDED_BY(mu);
-  std::unordered_map<Uuid, std::map<OrderKey, Entry*, std::greater<>>, UuidHash> by_account
-      APIKEYS_GUARDED_BY(mu);
+  std::unordered_map<Uuid, AccountIndex, UuidHash> by_account APIKEYS_GUARDED_BY(mu);
 
   // The key's entry, else null.
   [[nodiscard]] Entry* by_key(std::string_view public_key, std::uint64_t tag) const noexcept
@@ -167,6 +201,42 @@ struct MemoryStore::Impl {
     }
     return it->second;
   }
+
+  // Adds the entry (made by new_entry()), or throws (already_exists, storage, bad_alloc)
+  // having changed nothing: everything that can throw comes first, and undoes what it did.
+  void add(std::unique_ptr<Entry> owned) APIKEYS_REQUIRES(mu) {
+    Entry* entry = owned.get();
+    const KeyInfo& info = entry->record.info;
+    const std::uint64_t tag = tag_of(info.public_key);
+    if (by_key(info.public_key, tag) != nullptr) {
+      throw Error(ErrorCode::already_exists, "insert: a key with this public key already exists");
+    }
+    if (by_key_id.count(info.key_id) != 0) {
+      throw Error(ErrorCode::already_exists, "insert: a key with this key id already exists");
+    }
+    if (dense.size() >= max_keys) {
+      throw Error(ErrorCode::storage,
+                  "insert: memory store is full (" + std::to_string(max_keys) + " keys)");
+    }
+    by_public_key.reserve_one(dense.size());
+    if (dense.size() == dense.capacity()) {
+      dense.reserve(std::max<std::size_t>(16, dense.size() * 2));
+    }
+    const OrderKey order{info.created_at, info.key_id};
+    auto& account = by_account[info.account_id];
+    try {
+      account.emplace(order, entry);
+      by_key_id.emplace(info.key_id, entry);
+    } catch (...) {
+      account.erase(order);
+      if (account.empty()) by_account.erase(info.account_id);
+      throw;
+    }
+    entry->seq = next_seq++;
+    entry->dense_index = dense.size();
+    dense.push_back(std::move(owned));  // reserved: cannot throw
+    by_public_key.add(tag, entry);
+  }
 };
 
 MemoryStore::MemoryStore(std::size_t max_keys) : impl_(std::make_unique<Impl>(max_keys)) {}
@@ -174,43 +244,9 @@ MemoryStore::MemoryStore(std::size_t max_keys) : impl_(std::make_unique<Impl>(ma
 MemoryStore::~MemoryStore() = default;
 
 void MemoryStore::insert(const KeyRecord& record) {
-  auto owned = std::make_unique<Entry>(Entry{record, 0, 0});
-  Entry* entry = owned.get();
-  KeyInfo& info = entry->record.info;
-  info.created_at = to_millis(info.created_at);
-  if (info.expires_at) info.expires_at = to_millis(*info.expires_at);
-  if (info.last_used_at) info.last_used_at = to_millis(*info.last_used_at);
-  const std::uint64_t tag = tag_of(info.public_key);
-
+  std::unique_ptr<Entry> entry = new_entry(record);  // allocates outside the lock
   detail::ExclusiveLock lock(impl_->mu);
-  if (impl_->by_key(info.public_key, tag) != nullptr) {
-    throw Error(ErrorCode::already_exists, "insert: a key with this public key already exists");
-  }
-  if (impl_->by_key_id.count(info.key_id) != 0) {
-    throw Error(ErrorCode::already_exists, "insert: a key with this key id already exists");
-  }
-  if (impl_->dense.size() >= impl_->max_keys) {
-    throw Error(ErrorCode::storage,
-                "insert: memory store is full (" + std::to_string(impl_->max_keys) + " keys)");
-  }
-  // Strong guarantee: everything that can throw comes first, and undoes what it did.
-  impl_->by_public_key.reserve_one(impl_->dense.size());
-  auto& dense = impl_->dense;
-  if (dense.size() == dense.capacity()) dense.reserve(std::max<std::size_t>(16, dense.size() * 2));
-  entry->seq = impl_->next_seq++;
-  const OrderKey order{info.created_at, entry->seq};
-  auto& account = impl_->by_account[info.account_id];
-  try {
-    account.emplace(order, entry);
-    impl_->by_key_id.emplace(info.key_id, entry);
-  } catch (...) {
-    account.erase(order);
-    if (account.empty()) impl_->by_account.erase(info.account_id);
-    throw;
-  }
-  entry->dense_index = dense.size();
-  dense.push_back(std::move(owned));  // reserved: cannot throw
-  impl_->by_public_key.add(tag, entry);
+  impl_->add(std::move(entry));
 }
 
 std::optional<KeyRecord> MemoryStore::find(std::string_view public_key) {
@@ -254,16 +290,55 @@ std::optional<KeyRecord> MemoryStore::find(std::string_view public_key) {
 }
 
 std::vector<KeyInfo> MemoryStore::list(const Uuid& account_id) {
-  std::vector<KeyInfo> out;
+  std::vector<const Entry*> entries;
   detail::SharedLock lock(impl_->mu);
   auto it = impl_->by_account.find(account_id);
-  if (it == impl_->by_account.end()) return out;
-  out.reserve(it->second.size());
+  if (it == impl_->by_account.end()) return {};
+  entries.reserve(it->second.size());
   for (const auto& [order, entry] : it->second) {
     (void)order;
-    out.push_back(entry->record.info);
+    entries.push_back(entry);
   }
+  // The index orders equal creation times by key id; list() by insertion, latest first.
+  const auto later_insert = [](const Entry* a, const Entry* b) { return a->seq > b->seq; };
+  for (auto run = entries.begin(); run != entries.end();) {
+    const TimePoint created = (*run)->record.info.created_at;
+    const auto end = std::find_if(
+        run, entries.end(), [&](const Entry* e) { return e->record.info.created_at != created; });
+    if (end - run > 1) std::sort(run, end, later_insert);
+    run = end;
+  }
+  std::vector<KeyInfo> out;
+  out.reserve(entries.size());
+  for (const Entry* entry : entries) out.push_back(entry->record.info);
   return out;
+}
+
+std::optional<KeyInfo> MemoryStore::get(const Uuid& account_id, const Uuid& key_id) {
+  detail::SharedLock lock(impl_->mu);
+  const Entry* entry = impl_->owned_by(account_id, key_id);
+  if (entry == nullptr) return std::nullopt;
+  return entry->record.info;
+}
+
+std::vector<KeyInfo> MemoryStore::list_page(const Uuid& account_id,
+                                            const std::optional<PagePosition>& after,
+                                            std::size_t limit, std::optional<KeyStatus> status) {
+  std::vector<KeyInfo> page;
+  if (limit == 0) return page;
+  detail::SharedLock lock(impl_->mu);
+  auto account = impl_->by_account.find(account_id);
+  if (account == impl_->by_account.end()) return page;
+  const AccountIndex& index = account->second;
+  // The index is in page order, so the page starts at the first key strictly after the
+  // position: upper_bound under std::greater.
+  auto it = after ? index.upper_bound(OrderKey{after->created_at, after->key_id}) : index.begin();
+  for (; it != index.end() && page.size() < limit; ++it) {
+    const KeyInfo& info = it->second->record.info;
+    if (status && info.status != *status) continue;
+    page.push_back(info);
+  }
+  return page;
 }
 
 std::optional<KeyInfo> MemoryStore::set_status(const Uuid& account_id, const Uuid& key_id,
@@ -271,8 +346,83 @@ std::optional<KeyInfo> MemoryStore::set_status(const Uuid& account_id, const Uui
   detail::ExclusiveLock lock(impl_->mu);
   Entry* entry = impl_->owned_by(account_id, key_id);
   if (entry == nullptr) return std::nullopt;
-  entry->record.info.status = status;
-  return entry->record.info;
+  KeyInfo& info = entry->record.info;
+  if (info.status != status) {
+    info.status = status;
+    ++info.version;
+  }
+  return info;
+}
+
+WriteResult MemoryStore::replace(const Uuid& account_id, const KeyInfo& next,
+                                 std::uint64_t expected_version) {
+  WriteResult result;
+  detail::ExclusiveLock lock(impl_->mu);
+  Entry* entry = impl_->owned_by(account_id, next.key_id);
+  if (entry == nullptr) return result;  // not_found
+  KeyInfo& info = entry->record.info;
+  if (info.version != expected_version) {
+    result.outcome = WriteOutcome::conflict;
+    result.key = info;
+    return result;
+  }
+  KeyInfo written = replaced(info, next);  // may throw: nothing changed yet
+  result.key = written;
+  info = std::move(written);
+  result.outcome = WriteOutcome::applied;
+  return result;
+}
+
+WriteResult MemoryStore::rotate(const Uuid& account_id, const KeyInfo& old_next,
+                                std::uint64_t expected_version, const KeyRecord& successor) {
+  std::unique_ptr<Entry> added = new_entry(successor);  // allocates outside the lock
+  WriteResult result;
+  detail::ExclusiveLock lock(impl_->mu);
+  Entry* entry = impl_->owned_by(account_id, old_next.key_id);
+  if (entry == nullptr) return result;  // not_found
+  KeyInfo& info = entry->record.info;
+  if (info.version != expected_version) {
+    result.outcome = WriteOutcome::conflict;
+    result.key = info;
+    return result;
+  }
+  // Both or neither: every step that can throw (the copies, then the insert, which
+  // undoes itself) comes before the old key changes, which cannot throw.
+  KeyInfo written = replaced(info, old_next);
+  result.key = written;
+  impl_->add(std::move(added));
+  info = std::move(written);
+  result.outcome = WriteOutcome::applied;
+  return result;
+}
+
+std::vector<KeyInfo> MemoryStore::revoke_all(const Uuid& account_id, TimePoint at) {
+  const TimePoint when = to_millis(at);
+  std::vector<KeyInfo> revoked;
+  detail::ExclusiveLock lock(impl_->mu);
+  auto account = impl_->by_account.find(account_id);
+  if (account == impl_->by_account.end()) return revoked;
+  // Copies first (they may throw), then the changes, which cannot: all keys or none.
+  std::vector<Entry*> changing;
+  for (const auto& [order, entry] : account->second) {
+    (void)order;
+    if (entry->record.info.status != KeyStatus::revoked) changing.push_back(entry);
+  }
+  revoked.reserve(changing.size());
+  for (const Entry* entry : changing) {
+    KeyInfo now = entry->record.info;
+    now.status = KeyStatus::revoked;
+    now.updated_at = when;
+    ++now.version;
+    revoked.push_back(std::move(now));
+  }
+  for (Entry* entry : changing) {
+    KeyInfo& info = entry->record.info;
+    info.status = KeyStatus::revoked;
+    info.updated_at = when;
+    ++info.version;
+  }
+  return revoked;
 }
 
 std::optional<KeyInfo> MemoryStore::remove(const Uuid& account_id, const Uuid& key_id) {
@@ -283,7 +433,7 @@ std::optional<KeyInfo> MemoryStore::remove(const Uuid& account_id, const Uuid& k
 
   impl_->by_public_key.erase(tag_of(removed.public_key), entry);
   auto account = impl_->by_account.find(account_id);
-  account->second.erase(OrderKey{removed.created_at, entry->seq});
+  account->second.erase(OrderKey{removed.created_at, removed.key_id});
   if (account->second.empty()) impl_->by_account.erase(account);
   impl_->by_key_id.erase(key_id);
   // Last: frees the entry (the last one takes its place in `dense`).

@@ -20,7 +20,8 @@ using json = nlohmann::json;
 // names seen so far, and stops at the first broken rule.
 class MetadataChecker final : public nlohmann::json_sax<json> {
  public:
-  const char* error = nullptr;
+  // The first rule broken, or nullptr.
+  [[nodiscard]] const char* error() const noexcept { return error_; }
 
   bool null() override { return value(); }
   bool boolean(bool /*val*/) override { return value(); }
@@ -67,7 +68,7 @@ class MetadataChecker final : public nlohmann::json_sax<json> {
   }
 
  private:
-  bool value() const { return error == nullptr; }
+  bool value() const { return error_ == nullptr; }
   bool open() {
     if (in_object_.size() + 1 > KeyPolicyLimits::kMaxMetadataDepth) {
       return fail("metadata must nest at most 8 levels deep");
@@ -75,10 +76,11 @@ class MetadataChecker final : public nlohmann::json_sax<json> {
     return true;
   }
   bool fail(const char* rule) {
-    if (error == nullptr) error = rule;
+    if (error_ == nullptr) error_ = rule;
     return false;
   }
 
+  const char* error_ = nullptr;
   std::vector<bool> in_object_;
   std::vector<std::vector<std::string>> names_;
 };
@@ -101,7 +103,7 @@ const char* metadata_error(std::string_view text) noexcept {
     MetadataChecker checker;
     const bool ok = json::sax_parse(text.begin(), text.end(), &checker,
                                     nlohmann::detail::input_format_t::json, /*strict=*/true);
-    if (checker.error != nullptr) return checker.error;
+    if (checker.error() != nullptr) return checker.error();
     if (!ok) return "metadata must be valid JSON";
     return nullptr;
   } catch (...) {

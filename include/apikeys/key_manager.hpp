@@ -161,8 +161,9 @@ struct KeyManagerOptions {
   std::shared_ptr<KeyGenerator> generator;
 };
 
-/// The key lifecycle (create, list, revoke, remove) over a Store, with validation
-/// through its own Validator. Safe from many threads at once.
+/// The key lifecycle (create, get, list, update, disable, enable, rotate, revoke,
+/// revoke_all, remove) over a Store, with validation through its own Validator. Safe
+/// from many threads at once.
 class APIKEYS_EXPORT KeyManager {
  public:
   static constexpr std::size_t kMaxTitleCodePoints = 255;         ///< Longest title.

@@ -6,7 +6,10 @@
 #define APIKEYS_MEMORY_STORE_HPP
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
+#include <optional>
+#include <vector>
 
 #include "apikeys/export.hpp"
 #include "apikeys/store.hpp"
@@ -25,10 +28,27 @@ class APIKEYS_EXPORT MemoryStore final : public Store {
   void insert(const KeyRecord& record) override;
   [[nodiscard]] std::optional<KeyRecord> find(std::string_view public_key) override;
   [[nodiscard]] std::vector<KeyInfo> list(const Uuid& account_id) override;
+  /// Adds 1 to the key's version when the status changes.
   std::optional<KeyInfo> set_status(const Uuid& account_id, const Uuid& key_id,
                                     KeyStatus status) override;
   std::optional<KeyInfo> remove(const Uuid& account_id, const Uuid& key_id) override;
   void record_last_use(const std::vector<LastUse>& uses) override;
+
+  // The operations below are atomic under the store's lock: another thread sees a
+  // change wholly or not at all.
+  [[nodiscard]] std::optional<KeyInfo> get(const Uuid& account_id, const Uuid& key_id) override;
+  /// Walks only the account's own index, from the position on.
+  [[nodiscard]] std::vector<KeyInfo> list_page(const Uuid& account_id,
+                                               const std::optional<PagePosition>& after,
+                                               std::size_t limit,
+                                               std::optional<KeyStatus> status) override;
+  WriteResult replace(const Uuid& account_id, const KeyInfo& next,
+                      std::uint64_t expected_version) override;
+  /// The successor counts against max_keys: when the store is full, throws
+  /// Error(storage) and changes neither key.
+  WriteResult rotate(const Uuid& account_id, const KeyInfo& old_next,
+                     std::uint64_t expected_version, const KeyRecord& successor) override;
+  std::vector<KeyInfo> revoke_all(const Uuid& account_id, TimePoint at) override;
 
   /// Number of keys held.
   [[nodiscard]] std::size_t size() const;

@@ -1,15 +1,19 @@
 // The apikeys::Store contract suite: what every backend (bundled, a user's own, a
 // future PostgreSQL one) must do. Call run_store_contract(factory) from a TEST_CASE;
 // the factory must return a new, empty store each time (each SECTION calls it once).
+// A store written against the 0.1 interface passes StoreContractOptions with
+// conditional_writes = false.
 // Thread-safety: the suite itself drives threads only in its concurrency section.
 // Ownership: stores are held through std::shared_ptr, as the library holds them.
 #ifndef APIKEYS_TESTS_STORE_CONTRACT_HPP
 #define APIKEYS_TESTS_STORE_CONTRACT_HPP
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -25,6 +29,16 @@
 namespace apikeys_test {
 
 using StoreFactory = std::function<std::shared_ptr<apikeys::Store>()>;
+
+/// What the store under test can do beyond the operations of apikeys 0.1.
+struct StoreContractOptions {
+  /// True (every bundled store): replace() and rotate() work, and set_status() and
+  /// revoke_all() add 1 to a changed key's version (revoke_all() also sets updated_at).
+  /// False: a store that implements only the 0.1 operations (examples/custom_store.cpp):
+  /// replace() and rotate() must throw Error(not_supported) and change nothing, and the
+  /// Store defaults of get(), list_page() and revoke_all() must work on it.
+  bool conditional_writes = true;
+};
 
 namespace contract {
 
@@ -61,6 +75,7 @@ inline apikeys::KeyRecord record(std::uint32_t n, const apikeys::Uuid& account,
   r.info.public_key = public_key(n);
   r.info.title = "key " + std::to_string(n);
   r.info.created_at = at(created_offset_ms);
+  r.info.updated_at = r.info.created_at;
   for (std::size_t i = 0; i < r.digest.bytes.size(); ++i) {
     r.digest.bytes[i] = static_cast<std::uint8_t>(n * 31 + i * 7);
   }
@@ -88,6 +103,42 @@ inline void check_same_record(const apikeys::KeyRecord& got, const apikeys::KeyR
   CHECK(got.digest.pepper_id == want.digest.pepper_id);
 }
 
+/// check_same_info, and the key policy fields too (metadata, scopes, updated_at,
+/// version, rotated_from, rotated_to).
+inline void check_same_key(const apikeys::KeyInfo& got, const apikeys::KeyInfo& want) {
+  check_same_info(got, want);
+  CHECK(got.metadata == want.metadata);
+  CHECK(got.scopes == want.scopes);
+  CHECK(got.updated_at == want.updated_at);
+  CHECK(got.version == want.version);
+  CHECK(got.rotated_from == want.rotated_from);
+  CHECK(got.rotated_to == want.rotated_to);
+}
+
+/// check_same_record with check_same_key.
+inline void check_same_full_record(const apikeys::KeyRecord& got, const apikeys::KeyRecord& want) {
+  check_same_key(got.info, want.info);
+  CHECK(got.digest.bytes == want.digest.bytes);
+  CHECK(got.digest.pepper_id == want.digest.pepper_id);
+}
+
+/// A record with every policy field set: metadata (non-ASCII included), scopes (sorted,
+/// a wildcard among them), a later updated_at, a version above 1 and both rotation links.
+inline apikeys::KeyRecord policy_record(std::uint32_t n, const apikeys::Uuid& account,
+                                        std::int64_t created_offset_ms = 0) {
+  apikeys::KeyRecord r = record(n, account, created_offset_ms);
+  r.info.metadata = R"({"team":"billing \u00e9","tier":3,"tags":["a","b"],)"
+                    R"("nested":{"x":null,"y":[1,{"z":true}]},)"
+                    "\"name\":\"\xE6\x97\xA5\xE6\x9C\xAC \xF0\x9F\x94\x91\"}";  // CJK, emoji
+  r.info.scopes = {"**", "billing:invoices.read", "invoices.*", "reports.**"};
+  r.info.updated_at = at(created_offset_ms + 1234);
+  r.info.version = 7;
+  r.info.rotated_from = key_id(n + 100'000);
+  r.info.rotated_to = key_id(n + 200'000);
+  r.info.expires_at = at(created_offset_ms + 86'400'000);
+  return r;
+}
+
 /// The code of the apikeys::Error that `f` throws; nullopt when it throws nothing.
 /// Any other exception escapes (and fails the test).
 template <typename F>
@@ -106,10 +157,39 @@ inline std::vector<apikeys::Uuid> ids_of(const std::vector<apikeys::KeyInfo>& ke
   return out;
 }
 
+/// key_id(n) for each n, in order.
+inline std::vector<apikeys::Uuid> ids(std::initializer_list<std::uint32_t> ns) {
+  std::vector<apikeys::Uuid> out;
+  for (const std::uint32_t n : ns) out.push_back(key_id(n));
+  return out;
+}
+
+/// The position just after `key` in list_page order.
+inline apikeys::PagePosition position_of(const apikeys::KeyInfo& key) {
+  return apikeys::PagePosition{key.created_at, key.key_id};
+}
+
+/// True when `keys` contains `key`.
+inline bool contains(const std::vector<std::string>& keys, const std::string& key) {
+  return std::find(keys.begin(), keys.end(), key) != keys.end();
+}
+
+/// For a store whose revision() moves (one shared between processes): a change made
+/// after `before` moved it, and changes_since(before), when the store can answer it,
+/// names every public key in `changed`. A store whose revision() stays put passes.
+/// run_change_log_contract checks the same without the escape hatches.
+inline void check_logged(apikeys::Store& store, std::uint64_t before,
+                         const std::vector<std::string>& changed) {
+  if (store.revision() == before) return;
+  const auto changes = store.changes_since(before);
+  if (!changes) return;
+  for (const std::string& key : changed) CHECK(contains(changes->public_keys, key));
+}
+
 }  // namespace contract
 
 /// Runs the whole Store contract against stores made by `make`.
-inline void run_store_contract(const StoreFactory& make) {
+inline void run_store_contract(const StoreFactory& make, const StoreContractOptions& options = {}) {
   using apikeys::ErrorCode;
   using apikeys::KeyStatus;
   using namespace contract;
@@ -278,6 +358,493 @@ inline void run_store_contract(const StoreFactory& make) {
     CHECK_FALSE(store->find(public_key(99)));
   }
 
+  SECTION("the policy fields round-trip through insert, find, get, list and list_page") {
+    const apikeys::KeyRecord full = policy_record(1, alice, 100);
+    const apikeys::KeyRecord disabled = [&] {
+      apikeys::KeyRecord r = policy_record(2, alice, 200);
+      r.info.status = KeyStatus::disabled;
+      r.info.scopes = {"a"};
+      r.info.rotated_from.reset();
+      return r;
+    }();
+    const apikeys::KeyRecord plain = record(3, alice, 300);  // none of them set
+    store->insert(full);
+    store->insert(disabled);
+    store->insert(plain);
+
+    for (const apikeys::KeyRecord* want : {&full, &disabled, &plain}) {
+      const auto found = store->find(want->info.public_key);
+      REQUIRE(found);
+      check_same_full_record(*found, *want);
+      const auto got = store->get(alice, want->info.key_id);
+      REQUIRE(got);
+      check_same_key(*got, want->info);
+    }
+    CHECK(store->find(plain.info.public_key)->info.metadata.empty());
+    CHECK(store->find(plain.info.public_key)->info.scopes.empty());
+    CHECK_FALSE(store->find(plain.info.public_key)->info.rotated_from);
+    CHECK_FALSE(store->find(plain.info.public_key)->info.rotated_to);
+
+    const auto listed = store->list(alice);
+    REQUIRE(listed.size() == 3);
+    check_same_key(listed[0], plain.info);
+    check_same_key(listed[1], disabled.info);
+    check_same_key(listed[2], full.info);
+    const auto page = store->list_page(alice, std::nullopt, 10, std::nullopt);
+    REQUIRE(page.size() == 3);
+    check_same_key(page[0], plain.info);
+    check_same_key(page[1], disabled.info);
+    check_same_key(page[2], full.info);
+  }
+
+  SECTION("get returns only the owning account's key") {
+    const apikeys::KeyRecord r = policy_record(1, alice);
+    store->insert(r);
+    store->insert(record(2, bob));
+    const auto got = store->get(alice, r.info.key_id);
+    REQUIRE(got);
+    check_same_key(*got, r.info);
+    CHECK_FALSE(store->get(bob, r.info.key_id));
+    CHECK_FALSE(store->get(alice, key_id(2)));
+    CHECK_FALSE(store->get(alice, key_id(99)));
+    CHECK_FALSE(store->get(account_id(3), r.info.key_id));
+    REQUIRE(store->remove(alice, r.info.key_id));
+    CHECK_FALSE(store->get(alice, r.info.key_id));
+  }
+
+  SECTION("list_page: newest first then larger key id, strictly after the position") {
+    // Inserted out of key id order, so that the page order (key id among equal
+    // creation times) differs from list()'s (latest insert first).
+    store->insert(record(1, alice, 1000));
+    store->insert(record(3, alice, 3000));
+    store->insert(record(7, alice, 3000));
+    store->insert(record(20, bob, 3000));
+    store->insert(record(5, alice, 3000));
+    store->insert(record(2, alice, 2000));
+    store->insert(record(9, alice, 500));
+    store->insert(record(4, alice, 2000));
+    store->insert(record(21, bob, 1000));
+
+    const auto all = store->list_page(alice, std::nullopt, 100, std::nullopt);
+    CHECK(ids_of(all) == ids({7, 5, 3, 4, 2, 1, 9}));
+    for (const auto& k : all) CHECK(k.account_id == alice);
+    CHECK(ids_of(store->list_page(bob, std::nullopt, 100, std::nullopt)) == ids({20, 21}));
+    CHECK(store->list_page(account_id(3), std::nullopt, 100, std::nullopt).empty());
+    CHECK(ids_of(store->list_page(alice, std::nullopt, 3, std::nullopt)) == ids({7, 5, 3}));
+
+    // Pages of 2, each from the last key of the one before.
+    std::vector<std::vector<apikeys::Uuid>> pages;
+    std::optional<apikeys::PagePosition> after;
+    for (int i = 0; i < 10; ++i) {
+      const auto page = store->list_page(alice, after, 2, std::nullopt);
+      pages.push_back(ids_of(page));
+      if (page.size() < 2) break;
+      after = position_of(page.back());
+    }
+    const std::vector<std::vector<apikeys::Uuid>> want_pages{ids({7, 5}), ids({3, 4}), ids({2, 1}),
+                                                             ids({9})};
+    CHECK(pages == want_pages);
+    CHECK(store->list_page(alice, position_of(all.back()), 100, std::nullopt).empty());
+
+    // The position is a value: it need not be a stored key's.
+    CHECK(ids_of(store->list_page(alice, apikeys::PagePosition{at(3000), key_id(4)}, 100,
+                                  std::nullopt)) == ids({3, 4, 2, 1, 9}));
+    CHECK(ids_of(store->list_page(alice, apikeys::PagePosition{at(3000), key_id(100)}, 100,
+                                  std::nullopt)) == ids({7, 5, 3, 4, 2, 1, 9}));
+    CHECK(ids_of(store->list_page(alice, apikeys::PagePosition{at(2500), key_id(1)}, 100,
+                                  std::nullopt)) == ids({4, 2, 1, 9}));
+    CHECK(store->list_page(alice, apikeys::PagePosition{at(0), key_id(1)}, 100, std::nullopt)
+              .empty());
+    // A position from another account's key orders alice's keys the same way.
+    const auto bobs = store->list(bob);
+    REQUIRE(bobs.size() == 2);
+    CHECK(ids_of(store->list_page(alice, position_of(bobs[0]), 100, std::nullopt)) ==
+          ids({7, 5, 3, 4, 2, 1, 9}));
+    CHECK(ids_of(store->list_page(alice, position_of(bobs[1]), 100, std::nullopt)) == ids({1, 9}));
+  }
+
+  SECTION("list_page with a status filter") {
+    for (std::uint32_t n = 1; n <= 8; ++n) store->insert(record(n, alice, n * 100));
+    store->insert(record(20, bob, 450));
+    REQUIRE(store->set_status(alice, key_id(6), KeyStatus::revoked));
+    REQUIRE(store->set_status(alice, key_id(3), KeyStatus::revoked));
+    REQUIRE(store->set_status(alice, key_id(5), KeyStatus::disabled));
+    REQUIRE(store->set_status(bob, key_id(20), KeyStatus::revoked));
+
+    CHECK(ids_of(store->list_page(alice, std::nullopt, 100, KeyStatus::active)) ==
+          ids({8, 7, 4, 2, 1}));
+    CHECK(ids_of(store->list_page(alice, std::nullopt, 100, KeyStatus::revoked)) == ids({6, 3}));
+    CHECK(ids_of(store->list_page(alice, std::nullopt, 100, KeyStatus::disabled)) == ids({5}));
+    CHECK(ids_of(store->list_page(alice, std::nullopt, 100, std::nullopt)) ==
+          ids({8, 7, 6, 5, 4, 3, 2, 1}));
+    for (const auto& k : store->list_page(alice, std::nullopt, 100, KeyStatus::active)) {
+      CHECK(k.status == KeyStatus::active);
+    }
+    // The limit counts matching keys only; the position may be a key the filter skips.
+    CHECK(ids_of(store->list_page(alice, std::nullopt, 2, KeyStatus::active)) == ids({8, 7}));
+    const apikeys::PagePosition after_seven{at(700), key_id(7)};
+    CHECK(ids_of(store->list_page(alice, after_seven, 2, KeyStatus::active)) == ids({4, 2}));
+    const apikeys::PagePosition after_six{at(600), key_id(6)};
+    CHECK(ids_of(store->list_page(alice, after_six, 100, KeyStatus::revoked)) == ids({3}));
+    CHECK(ids_of(store->list_page(alice, after_six, 100, KeyStatus::active)) == ids({4, 2, 1}));
+    CHECK(
+        store->list_page(alice, apikeys::PagePosition{at(300), key_id(3)}, 100, KeyStatus::revoked)
+            .empty());
+    CHECK(store->list_page(bob, std::nullopt, 100, KeyStatus::active).empty());
+  }
+
+  SECTION("list_page: keys inserted between pages are neither skipped nor repeated") {
+    // Ten keys, n = 10, 20, ... 100, created at n * 10 ms; key ids follow n.
+    for (std::uint32_t n = 10; n <= 100; n += 10) store->insert(record(n, alice, n * 10));
+    std::vector<apikeys::Uuid> walked;
+    std::optional<apikeys::PagePosition> after;
+    const auto next_page = [&] {
+      const auto page = store->list_page(alice, after, 3, std::nullopt);
+      for (const auto& k : page) walked.push_back(k.key_id);
+      if (!page.empty()) after = position_of(page.back());
+      return page.size();
+    };
+    REQUIRE(next_page() == 3);                  // 100, 90, 80; the position is (800 ms, key 80)
+    store->insert(record(200, alice, 2000));    // newer than the position: not in this walk
+    store->insert(record(85, alice, 800));      // same time, larger id: before the position
+    store->insert(record(75, alice, 800));      // same time, smaller id: after it
+    store->insert(record(65, alice, 650));      // older: after it
+    REQUIRE(next_page() == 3);                  // 75, 70, 65
+    store->insert(record(66, alice, 650));      // before the position (650 ms, key 65)
+    store->insert(record(64, alice, 650));      // after it
+    store->insert(record(5, alice, 50));        // the oldest of all
+    REQUIRE(store->remove(alice, key_id(50)));  // deleted before it was reached
+    REQUIRE(next_page() == 3);                  // 64, 60, 40
+    REQUIRE(next_page() == 3);                  // 30, 20, 10
+    CHECK(next_page() == 1);                    // 5
+    CHECK(next_page() == 0);
+    CHECK(walked == ids({100, 90, 80, 75, 70, 65, 64, 60, 40, 30, 20, 10, 5}));
+  }
+
+  if (options.conditional_writes) {
+    SECTION("replace: applied writes the changeable fields and adds 1 to the version") {
+      const apikeys::KeyRecord r = policy_record(1, alice, 100);
+      store->insert(r);
+      store->insert(record(2, alice, 200));
+      const std::uint64_t before = store->revision();
+
+      apikeys::KeyInfo next = r.info;
+      next.title = "renamed \xE2\x9C\x93";
+      next.description = "now described";
+      next.metadata = R"({"owner":"ops"})";
+      next.scopes = {"invoices.read", "reports.write"};
+      next.status = KeyStatus::disabled;
+      next.expires_at = at(5'000'000);
+      next.updated_at = at(4000);
+      next.rotated_to = key_id(77);
+      // Fields replace() ignores: they must stay as stored.
+      next.public_key = public_key(500);
+      next.account_id = bob;
+      next.created_at = at(99'999);
+      next.last_used_at = at(12'345);
+      next.rotated_from = key_id(88);
+      next.version = 1000;
+
+      const apikeys::WriteResult written = store->replace(alice, next, r.info.version);
+      REQUIRE(written.outcome == apikeys::WriteOutcome::applied);
+      apikeys::KeyInfo want = r.info;
+      want.title = next.title;
+      want.description = next.description;
+      want.metadata = next.metadata;
+      want.scopes = next.scopes;
+      want.status = next.status;
+      want.expires_at = next.expires_at;
+      want.updated_at = next.updated_at;
+      want.rotated_to = next.rotated_to;
+      want.version = r.info.version + 1;
+      check_same_key(written.key, want);
+      check_same_full_record(*store->find(r.info.public_key), apikeys::KeyRecord{want, r.digest});
+      check_same_key(*store->get(alice, r.info.key_id), want);
+      check_same_key(store->list(alice).at(1), want);
+      CHECK_FALSE(store->find(public_key(500)));
+      CHECK(store->list(bob).empty());
+      check_logged(*store, before, {r.info.public_key});
+
+      // Clearing: no expiry, no metadata, no scopes, no successor; empty description.
+      apikeys::KeyInfo cleared = want;
+      cleared.description.clear();
+      cleared.metadata.clear();
+      cleared.scopes.clear();
+      cleared.expires_at.reset();
+      cleared.rotated_to.reset();
+      cleared.status = KeyStatus::active;
+      cleared.updated_at = at(5000);
+      const apikeys::WriteResult again = store->replace(alice, cleared, want.version);
+      REQUIRE(again.outcome == apikeys::WriteOutcome::applied);
+      cleared.version = want.version + 1;
+      check_same_key(again.key, cleared);
+      check_same_key(store->find(r.info.public_key)->info, cleared);
+      // The other key was not touched.
+      check_same_key(*store->get(alice, key_id(2)), record(2, alice, 200).info);
+    }
+
+    SECTION("replace: another account's key is not_found, a stale version a conflict") {
+      const apikeys::KeyRecord r = policy_record(1, alice);
+      store->insert(r);
+      apikeys::KeyInfo next = r.info;
+      next.title = "changed";
+      next.status = KeyStatus::revoked;
+      const std::uint64_t before = store->revision();
+      const apikeys::WriteResult other = store->replace(bob, next, r.info.version);
+      CHECK(other.outcome == apikeys::WriteOutcome::not_found);
+      apikeys::KeyInfo unknown = next;
+      unknown.key_id = key_id(99);
+      CHECK(store->replace(alice, unknown, 1).outcome == apikeys::WriteOutcome::not_found);
+      check_same_full_record(*store->find(r.info.public_key), r);
+
+      for (const std::uint64_t stale : {r.info.version - 1, r.info.version + 1, std::uint64_t{0}}) {
+        const apikeys::WriteResult conflict = store->replace(alice, next, stale);
+        CHECK(conflict.outcome == apikeys::WriteOutcome::conflict);
+        check_same_key(conflict.key, r.info);  // the key as it is
+      }
+      check_same_full_record(*store->find(r.info.public_key), r);
+      CHECK(store->revision() == before);  // nothing written, nothing logged
+
+      // The current version applies; the one before is stale from then on.
+      REQUIRE(store->replace(alice, next, r.info.version).outcome ==
+              apikeys::WriteOutcome::applied);
+      const apikeys::WriteResult late = store->replace(alice, r.info, r.info.version);
+      CHECK(late.outcome == apikeys::WriteOutcome::conflict);
+      CHECK(late.key.title == "changed");
+      CHECK(late.key.version == r.info.version + 1);
+      CHECK(store->find(r.info.public_key)->info.status == KeyStatus::revoked);
+    }
+
+    SECTION("replace: of concurrent writers with the same version, exactly one applies") {
+      const apikeys::KeyRecord r = record(1, alice);
+      store->insert(r);
+      {
+        constexpr int kThreads = 4;
+        std::atomic<int> applied{0};
+        std::atomic<int> conflicts{0};
+        std::atomic<int> failures{0};
+        std::vector<std::thread> threads;
+        for (int t = 0; t < kThreads; ++t) {
+          threads.emplace_back([&, t] {
+            apikeys::KeyInfo next = r.info;
+            next.title = "writer " + std::to_string(t);
+            try {
+              const auto outcome = store->replace(alice, next, r.info.version).outcome;
+              if (outcome == apikeys::WriteOutcome::applied) ++applied;
+              if (outcome == apikeys::WriteOutcome::conflict) ++conflicts;
+            } catch (...) {
+              ++failures;
+            }
+          });
+        }
+        for (auto& th : threads) th.join();
+        CHECK(failures.load() == 0);
+        CHECK(applied.load() == 1);
+        CHECK(conflicts.load() == kThreads - 1);
+        CHECK(store->find(r.info.public_key)->info.version == r.info.version + 1);
+      }
+    }
+
+    SECTION("rotate: the old key's change and the successor, both at once") {
+      const apikeys::KeyRecord old_key = policy_record(1, alice, 100);
+      store->insert(old_key);
+      store->insert(record(3, bob, 100));
+      apikeys::KeyRecord successor = policy_record(2, alice, 5000);
+      successor.info.version = 1;
+      successor.info.updated_at = successor.info.created_at;
+      successor.info.rotated_from = old_key.info.key_id;
+      successor.info.rotated_to.reset();
+      apikeys::KeyInfo old_next = old_key.info;
+      old_next.rotated_to = successor.info.key_id;
+      old_next.expires_at = at(6000);
+      old_next.updated_at = at(5000);
+
+      const std::uint64_t before = store->revision();
+      const apikeys::WriteResult written =
+          store->rotate(alice, old_next, old_key.info.version, successor);
+      REQUIRE(written.outcome == apikeys::WriteOutcome::applied);
+      apikeys::KeyInfo want_old = old_next;
+      want_old.version = old_key.info.version + 1;
+      check_same_key(written.key, want_old);
+      check_same_key(*store->get(alice, old_key.info.key_id), want_old);
+      const auto found = store->find(successor.info.public_key);
+      REQUIRE(found);
+      check_same_full_record(*found, successor);
+      check_same_key(*store->get(alice, successor.info.key_id), successor.info);
+      CHECK(ids_of(store->list(alice)) == ids({2, 1}));
+      CHECK(store->get(alice, successor.info.key_id)->rotated_from == old_key.info.key_id);
+      CHECK(store->get(alice, old_key.info.key_id)->rotated_to == successor.info.key_id);
+      check_logged(*store, before, {old_key.info.public_key});
+    }
+
+    SECTION("rotate: a taken successor key, a stale version or another account writes nothing") {
+      const apikeys::KeyRecord old_key = record(1, alice, 100);
+      const apikeys::KeyRecord other = record(3, bob, 200);
+      store->insert(old_key);
+      store->insert(other);
+      apikeys::KeyRecord successor = record(2, alice, 5000);
+      successor.info.rotated_from = old_key.info.key_id;
+      apikeys::KeyInfo old_next = old_key.info;
+      old_next.rotated_to = successor.info.key_id;
+      old_next.expires_at = at(6000);
+      old_next.updated_at = at(5000);
+      const auto unchanged = [&] {
+        check_same_full_record(*store->find(old_key.info.public_key), old_key);
+        check_same_full_record(*store->find(other.info.public_key), other);
+        CHECK(ids_of(store->list(alice)) == ids({1}));
+        CHECK(ids_of(store->list(bob)) == ids({3}));
+      };
+      const std::uint64_t before = store->revision();
+
+      // The successor's public key is taken (by another account's key): already_exists.
+      apikeys::KeyRecord taken_public = successor;
+      taken_public.info.public_key = other.info.public_key;
+      CHECK(error_code_of([&] {
+              (void)store->rotate(alice, old_next, old_key.info.version, taken_public);
+            }) == ErrorCode::already_exists);
+      unchanged();
+      // ...or it is the old key's own.
+      apikeys::KeyRecord own_public = successor;
+      own_public.info.public_key = old_key.info.public_key;
+      CHECK(error_code_of([&] {
+              (void)store->rotate(alice, old_next, old_key.info.version, own_public);
+            }) == ErrorCode::already_exists);
+      unchanged();
+      // The successor's key id is taken.
+      apikeys::KeyRecord taken_id = successor;
+      taken_id.info.key_id = other.info.key_id;
+      CHECK(error_code_of([&] {
+              (void)store->rotate(alice, old_next, old_key.info.version, taken_id);
+            }) == ErrorCode::already_exists);
+      unchanged();
+
+      // Another account's key, or no such key: not_found.
+      CHECK(store->rotate(bob, old_next, old_key.info.version, successor).outcome ==
+            apikeys::WriteOutcome::not_found);
+      apikeys::KeyInfo unknown = old_next;
+      unknown.key_id = key_id(99);
+      CHECK(store->rotate(alice, unknown, 1, successor).outcome ==
+            apikeys::WriteOutcome::not_found);
+      unchanged();
+      CHECK_FALSE(store->find(successor.info.public_key));
+
+      // A stale version: conflict, with the key as it is.
+      const apikeys::WriteResult stale =
+          store->rotate(alice, old_next, old_key.info.version + 1, successor);
+      CHECK(stale.outcome == apikeys::WriteOutcome::conflict);
+      check_same_key(stale.key, old_key.info);
+      unchanged();
+      CHECK_FALSE(store->find(successor.info.public_key));
+      CHECK(store->revision() == before);
+
+      // And then it applies.
+      CHECK(store->rotate(alice, old_next, old_key.info.version, successor).outcome ==
+            apikeys::WriteOutcome::applied);
+      CHECK(ids_of(store->list(alice)) == ids({2, 1}));
+    }
+  } else {
+    SECTION("replace and rotate throw not_supported and write nothing") {
+      const apikeys::KeyRecord r = policy_record(1, alice, 100);
+      store->insert(r);
+      apikeys::KeyInfo next = r.info;
+      next.title = "changed";
+      next.status = KeyStatus::revoked;
+      next.rotated_to = key_id(2);
+      const apikeys::KeyRecord successor = record(2, alice, 5000);
+      CHECK(error_code_of([&] { (void)store->replace(alice, next, r.info.version); }) ==
+            ErrorCode::not_supported);
+      CHECK(error_code_of([&] { (void)store->replace(bob, next, r.info.version); }) ==
+            ErrorCode::not_supported);
+      CHECK(error_code_of([&] { (void)store->rotate(alice, next, r.info.version, successor); }) ==
+            ErrorCode::not_supported);
+      check_same_full_record(*store->find(r.info.public_key), r);
+      CHECK_FALSE(store->find(successor.info.public_key));
+      CHECK(ids_of(store->list(alice)) == ids({1}));
+    }
+  }
+
+  SECTION("revoke_all revokes every unrevoked key of that account only") {
+    store->insert(record(1, alice, 100));
+    store->insert(policy_record(2, alice, 200));  // version 7
+    store->insert(record(3, alice, 300));
+    store->insert(record(4, alice, 400));
+    store->insert(record(5, alice, 500));
+    store->insert(record(10, bob, 100));
+    store->insert(record(11, bob, 200));
+    REQUIRE(store->set_status(alice, key_id(3), KeyStatus::revoked));
+    REQUIRE(store->set_status(alice, key_id(4), KeyStatus::disabled));
+    const auto before_all = store->list(alice);
+    const auto bobs_before = store->list(bob);
+    const std::uint64_t before = store->revision();
+
+    const auto revoked = store->revoke_all(alice, at(9000));
+    std::vector<apikeys::Uuid> got = ids_of(revoked);
+    std::sort(got.begin(), got.end());
+    CHECK(got == ids({1, 2, 4, 5}));
+    for (const apikeys::KeyInfo& k : revoked) {
+      CHECK(k.account_id == alice);
+      CHECK(k.status == KeyStatus::revoked);
+    }
+    for (const apikeys::KeyInfo& was : before_all) {
+      const auto now = store->get(alice, was.key_id);
+      REQUIRE(now);
+      CHECK(now->status == KeyStatus::revoked);
+      CHECK(store->find(was.public_key)->info.status == KeyStatus::revoked);
+      apikeys::KeyInfo want = was;
+      if (was.status != KeyStatus::revoked) {
+        want.status = KeyStatus::revoked;
+        if (options.conditional_writes) {
+          want.version = was.version + 1;
+          want.updated_at = at(9000);
+        } else {
+          // The default revokes through set_status(), which keeps its own version rules.
+          want.version = now->version;
+          want.updated_at = now->updated_at;
+        }
+        const auto it =
+            std::find_if(revoked.begin(), revoked.end(),
+                         [&](const apikeys::KeyInfo& k) { return k.key_id == was.key_id; });
+        REQUIRE(it != revoked.end());
+        check_same_key(*it, want);
+      }
+      check_same_key(*now, want);  // an already revoked key is untouched
+    }
+    const auto bobs_after = store->list(bob);
+    REQUIRE(bobs_after.size() == bobs_before.size());
+    for (std::size_t i = 0; i < bobs_after.size(); ++i)
+      check_same_key(bobs_after[i], bobs_before[i]);
+    std::vector<std::string> changed;
+    for (const auto& k : revoked) changed.push_back(k.public_key);
+    check_logged(*store, before, changed);
+
+    // Nothing left to revoke (and nothing changes); an account without keys.
+    const auto settled = store->list(alice);
+    CHECK(store->revoke_all(alice, at(10'000)).empty());
+    const auto still = store->list(alice);
+    REQUIRE(still.size() == settled.size());
+    for (std::size_t i = 0; i < still.size(); ++i) check_same_key(still[i], settled[i]);
+    CHECK(store->revoke_all(account_id(3), at(10'000)).empty());
+  }
+
+  SECTION("set_status adds 1 to the version only when the status changes") {
+    const apikeys::KeyRecord r = record(1, alice);
+    store->insert(r);
+    const std::uint64_t before = store->revision();
+    const auto disabled = store->set_status(alice, r.info.key_id, KeyStatus::disabled);
+    REQUIRE(disabled);
+    CHECK(disabled->status == KeyStatus::disabled);
+    check_logged(*store, before, {r.info.public_key});
+    const auto same = store->set_status(alice, r.info.key_id, KeyStatus::disabled);
+    REQUIRE(same);
+    if (options.conditional_writes) {
+      CHECK(disabled->version == r.info.version + 1);
+      CHECK(same->version == r.info.version + 1);
+      CHECK(store->get(alice, r.info.key_id)->version == r.info.version + 1);
+      CHECK(store->set_status(alice, r.info.key_id, KeyStatus::active)->version ==
+            r.info.version + 2);
+    }
+  }
+
   SECTION("concurrent inserts and finds from 4 threads") {
     constexpr std::uint32_t kThreads = 4;
     constexpr std::uint32_t kPerThread = 50;
@@ -313,9 +880,9 @@ inline void run_store_contract(const StoreFactory& make) {
   }
 }
 
-/// The change log of a store that keeps one (Store::changes_since): every revoke and
-/// delete after a revision is named, in order, and a revision the log cannot answer
-/// for is refused rather than answered with a partial list. `log_size` is how many
+/// The change log of a store that keeps one (Store::changes_since): every change (revoke,
+/// delete, replace, rotate, revoke_all) after a revision is named, in order, and a revision the log
+/// cannot answer for is refused rather than answered with a partial list. `log_size` is how many
 /// changes the store promises to keep.
 inline void run_change_log_contract(const StoreFactory& make, std::uint64_t log_size) {
   using apikeys::KeyStatus;
@@ -346,6 +913,69 @@ inline void run_change_log_contract(const StoreFactory& make, std::uint64_t log_
     CHECK(none->public_keys.empty());
     // A revision the store never reached (a validator that saw a newer backup).
     CHECK_FALSE(store->changes_since(r1 + 1));
+  }
+
+  SECTION("every replace, rotate and revoke_all is logged; a write that did nothing is not") {
+    // replace: the key, once.
+    apikeys::KeyInfo next = *store->get(alice, key_id(1));
+    next.title = "renamed";
+    next.updated_at = at(1000);
+    REQUIRE(store->replace(alice, next, next.version).outcome == apikeys::WriteOutcome::applied);
+    const std::uint64_t r1 = store->revision();
+    CHECK(r1 > r0);
+    const auto replaced = store->changes_since(r0);
+    REQUIRE(replaced);
+    CHECK(replaced->revision == r1);
+    CHECK(replaced->public_keys == std::vector<std::string>{public_key(1)});
+
+    // Nothing written, nothing logged: a stale version, another account, no such key.
+    CHECK(store->replace(alice, next, next.version).outcome == apikeys::WriteOutcome::conflict);
+    CHECK(store->replace(bob, next, next.version + 1).outcome == apikeys::WriteOutcome::not_found);
+    CHECK(store->rotate(alice, next, next.version, record(9, alice)).outcome ==
+          apikeys::WriteOutcome::conflict);
+    CHECK(store->revision() == r1);
+
+    // rotate: the old key (the successor may be named too: it is new).
+    apikeys::KeyRecord successor = record(4, alice, 2000);
+    successor.info.rotated_from = key_id(2);
+    apikeys::KeyInfo old_next = *store->get(alice, key_id(2));
+    old_next.rotated_to = key_id(4);
+    old_next.expires_at = at(3000);
+    old_next.updated_at = at(2000);
+    REQUIRE(store->rotate(alice, old_next, old_next.version, successor).outcome ==
+            apikeys::WriteOutcome::applied);
+    const std::uint64_t r2 = store->revision();
+    CHECK(r2 > r1);
+    const auto rotated = store->changes_since(r1);
+    REQUIRE(rotated);
+    CHECK(rotated->revision == r2);
+    CHECK(contains(rotated->public_keys, public_key(2)));
+    for (const std::string& key : rotated->public_keys) {
+      CHECK((key == public_key(2) || key == public_key(4)));
+    }
+
+    // revoke_all: every key it revoked, and only those.
+    store->insert(record(5, bob));
+    const std::uint64_t r3 = store->revision();
+    REQUIRE(store->revoke_all(alice, at(4000)).size() == 4);
+    const std::uint64_t r4 = store->revision();
+    CHECK(r4 > r3);
+    const auto revoked = store->changes_since(r3);
+    REQUIRE(revoked);
+    CHECK(revoked->revision == r4);
+    std::vector<std::string> named = revoked->public_keys;
+    std::sort(named.begin(), named.end());
+    named.erase(std::unique(named.begin(), named.end()), named.end());
+    CHECK(named ==
+          std::vector<std::string>{public_key(1), public_key(2), public_key(3), public_key(4)});
+    CHECK(store->revoke_all(alice, at(5000)).empty());
+    CHECK(store->revision() == r4);
+
+    // And all of it, oldest first, from the start.
+    const auto all = store->changes_since(r0);
+    REQUIRE(all);
+    REQUIRE_FALSE(all->public_keys.empty());
+    CHECK(all->public_keys.front() == public_key(1));
   }
 
   SECTION("a revision older than the log reaches is refused, not answered in part") {

@@ -1,5 +1,6 @@
 // Runs the Store contract (store_contract.hpp) on every bundled backend, plus the
-// MemoryStore-only behaviour (its bound, its size, millisecond precision).
+// MemoryStore-only behaviour (its bound, also for rotate; its size; millisecond precision).
+#include <chrono>
 #include <memory>
 #include <random>
 #include <set>
@@ -130,4 +131,63 @@ TEST_CASE("MemoryStore finds exactly its keys through growth, removals and shrin
   store.insert(record(7, alice));
   model.insert(7);
   check_all();
+}
+
+TEST_CASE("MemoryStore's bound holds for rotate's successor", "[store][memory]") {
+  using apikeys_test::contract::key_id;
+  const apikeys::Uuid alice = apikeys_test::account_id(1);
+  apikeys::MemoryStore store(2);
+  const apikeys::KeyRecord old_key = record(1, alice);
+  store.insert(old_key);
+  store.insert(record(2, alice));
+  apikeys::KeyRecord successor = record(3, alice, 10);
+  successor.info.rotated_from = old_key.info.key_id;
+  apikeys::KeyInfo old_next = old_key.info;
+  old_next.rotated_to = successor.info.key_id;
+  old_next.expires_at = apikeys_test::contract::at(20);
+
+  // Full: storage, and neither key changes.
+  CHECK(error_code_of([&] { (void)store.rotate(alice, old_next, 1, successor); }) ==
+        apikeys::ErrorCode::storage);
+  CHECK(store.size() == 2);
+  CHECK_FALSE(store.find(successor.info.public_key));
+  const auto unchanged = store.get(alice, old_key.info.key_id);
+  REQUIRE(unchanged);
+  CHECK(unchanged->version == 1);
+  CHECK_FALSE(unchanged->rotated_to);
+  CHECK_FALSE(unchanged->expires_at);
+
+  // Room again: it applies.
+  REQUIRE(store.remove(alice, key_id(2)));
+  CHECK(store.rotate(alice, old_next, 1, successor).outcome == apikeys::WriteOutcome::applied);
+  CHECK(store.size() == 2);
+  CHECK(store.get(alice, old_key.info.key_id)->rotated_to == successor.info.key_id);
+}
+
+TEST_CASE("MemoryStore keeps millisecond precision in the policy fields' times",
+          "[store][memory]") {
+  using std::chrono::microseconds;
+  using std::chrono::milliseconds;
+  const apikeys::Uuid alice = apikeys_test::account_id(1);
+  apikeys::MemoryStore store;
+  const apikeys::TimePoint base = apikeys_test::contract::at(0);
+  apikeys::KeyRecord r = record(1, alice);
+  r.info.updated_at = base + microseconds(2999);
+  store.insert(r);
+  CHECK(store.find(r.info.public_key)->info.updated_at == base + milliseconds(2));
+
+  apikeys::KeyInfo next = *store.get(alice, r.info.key_id);
+  next.updated_at = base + microseconds(4100);
+  next.expires_at = base + microseconds(9999);
+  const apikeys::WriteResult written = store.replace(alice, next, next.version);
+  REQUIRE(written.outcome == apikeys::WriteOutcome::applied);
+  CHECK(written.key.updated_at == base + milliseconds(4));
+  CHECK(written.key.expires_at == base + milliseconds(9));
+  CHECK(store.find(r.info.public_key)->info.expires_at == base + milliseconds(9));
+
+  const auto revoked = store.revoke_all(alice, base + microseconds(12'345));
+  REQUIRE(revoked.size() == 1);
+  CHECK(revoked[0].updated_at == base + milliseconds(12));
+  CHECK(store.get(alice, r.info.key_id)->updated_at == base + milliseconds(12));
+  CHECK(store.revision() == 0);
 }
