@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
@@ -22,6 +23,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -581,7 +583,12 @@ void check_db(const Options& o, bool may_create_db) {
 // the Validator clears its cache when it is built, which for a shared cache would empty
 // it for every node at each command. What the CLI owes the shared cache is the erase of
 // every key it changes, which KeyManager makes through this cache before it returns.
-// Thread-safety: as the shared cache's erase(). Ownership: shares the shared cache.
+// An erase that fails is tried twice more, then counted rather than thrown: the change
+// has committed by then, and a throw would lose the command's output (rotate's new
+// secret with it) while running the command again would not erase (nothing changes the
+// second time). The command prints its output, then reports the failure (exit 4).
+// Thread-safety: erase() as the shared cache's; failures() from any thread. Ownership:
+// shares the shared cache.
 class EraseOnlyCache final : public apikeys::Cache {
  public:
   explicit EraseOnlyCache(std::shared_ptr<apikeys::Cache> shared) : shared_(std::move(shared)) {}
@@ -591,11 +598,47 @@ class EraseOnlyCache final : public apikeys::Cache {
   std::uint64_t fill_token(std::string_view) override { return 0; }
   void put(std::string_view, const apikeys::Digest&, const apikeys::Verdict&,
            std::chrono::milliseconds, std::uint64_t) override {}
-  void erase(std::string_view public_key) override { shared_->erase(public_key); }
+  void erase(std::string_view public_key) override {
+    constexpr int kAttempts = 3;
+    for (int attempt = 1;; ++attempt) {
+      try {
+        shared_->erase(public_key);
+        return;
+      } catch (const std::exception&) {
+        if (attempt == kAttempts) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100 * attempt));
+    }
+    failures_.fetch_add(1, std::memory_order_relaxed);
+  }
   void clear() override {}
+
+  // How many erases failed after every attempt.
+  [[nodiscard]] std::size_t failures() const noexcept {
+    return failures_.load(std::memory_order_relaxed);
+  }
 
  private:
   std::shared_ptr<apikeys::Cache> shared_;
+  std::atomic<std::size_t> failures_{0};
+};
+
+// A KeyManager (reached with ->) and the shared cache its changes are erased from.
+struct Manager {
+  std::unique_ptr<apikeys::KeyManager> keys;
+  std::shared_ptr<EraseOnlyCache> shared_cache;  // null without --redis
+
+  apikeys::KeyManager* operator->() const noexcept { return keys.get(); }
+
+  // `rc`, unless the change succeeded but the shared cache could not be told: then a
+  // message and kExitFailure (the output has been printed).
+  [[nodiscard]] int finish(int rc) const {
+    if (rc != kExitOk || !shared_cache || shared_cache->failures() == 0) return rc;
+    std::cerr << "apikeys: the change was saved, but the shared cache (--redis) could not be "
+                 "told: nodes that do not poll the store's revision may answer from the old "
+                 "state until their cached verdicts expire\n";
+    return kExitFailure;
+  }
 };
 
 std::shared_ptr<apikeys::Store> open_store(const Options& o, bool may_create_db) {
@@ -614,14 +657,14 @@ std::shared_ptr<apikeys::Store> open_store(const Options& o, bool may_create_db)
 }
 
 // `may_create_db`: only `create` initialises an empty file, as it alone makes a missing one.
-std::unique_ptr<apikeys::KeyManager> open_manager(const Options& o, const Pepper& pepper,
-                                                  bool may_create_db) {
+Manager open_manager(const Options& o, const Pepper& pepper, bool may_create_db) {
   refuse_secret(o.db, "--db", pepper.hex.reveal());
   auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(pepper.bytes.reveal());
   std::shared_ptr<apikeys::Store> store = open_store(o, may_create_db);
   // Defaults: no cache (one-shot process), last use recorded by the Validator's
   // background writer and flushed when the KeyManager is destroyed, before exit.
   apikeys::KeyManagerOptions options;
+  Manager manager;
 #if defined(APIKEYS_HAS_REDIS)
   if (!o.redis.empty()) {
     const RedisAddress address = parse_redis(o.redis);
@@ -630,13 +673,15 @@ std::unique_ptr<apikeys::KeyManager> open_manager(const Options& o, const Pepper
     cache_options.port = address.port;
     if (!o.redis_prefix.empty()) cache_options.prefix = std::string(o.redis_prefix);
     cache_options.local_tier = false;  // nothing to keep between commands
-    options.validation.cache = std::make_shared<EraseOnlyCache>(
+    manager.shared_cache = std::make_shared<EraseOnlyCache>(
         std::make_shared<apikeys::RedisCache>(std::move(cache_options)));
+    options.validation.cache = manager.shared_cache;
     options.validation.revision_poll_interval = std::chrono::milliseconds(0);
   }
 #endif
-  return std::make_unique<apikeys::KeyManager>(std::move(store), std::move(hasher),
-                                               std::move(options));
+  manager.keys = std::make_unique<apikeys::KeyManager>(std::move(store), std::move(hasher),
+                                                       std::move(options));
+  return manager;
 }
 
 // A key's metadata as a JSON object ({} when it has none). A stored value that is not
@@ -807,7 +852,7 @@ int cmd_key(const Options& o, KeyCommand command) {
     if (e.code() != apikeys::ErrorCode::not_found) throw;
     return no_such_key(account, key_id);
   }
-  return emit(dump(key_json(k))) ? kExitOk : kExitFailure;
+  return manager.finish(emit(dump(key_json(k))) ? kExitOk : kExitFailure);
 }
 
 int cmd_delete(const Options& o) {
@@ -824,7 +869,7 @@ int cmd_delete(const Options& o) {
     if (e.code() != apikeys::ErrorCode::not_found) throw;
     return no_such_key(account, key_id);
   }
-  return emit(dump(out)) ? kExitOk : kExitFailure;
+  return manager.finish(emit(dump(out)) ? kExitOk : kExitFailure);
 }
 
 int cmd_rotate(const Options& o) {
@@ -860,7 +905,7 @@ int cmd_rotate(const Options& o) {
                  "revoke it\n";
     return kExitFailure;
   }
-  return kExitOk;
+  return manager.finish(kExitOk);
 }
 
 int cmd_revoke_all(const Options& o) {
@@ -869,7 +914,7 @@ int cmd_revoke_all(const Options& o) {
   auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/false);
   Json out;
   out["revoked"] = manager->revoke_all(account);
-  return emit(dump(out)) ? kExitOk : kExitFailure;
+  return manager.finish(emit(dump(out)) ? kExitOk : kExitFailure);
 }
 
 int cmd_verify(const Options& o) {
@@ -1167,10 +1212,6 @@ int run_command(int argc, char** argv) {
   } catch (const apikeys::Error& e) {
     std::cerr << "apikeys: " << apikeys::to_string(e.code()) << ": "
               << redact_password(cmd.redact(e.what()), db_password) << '\n';
-    if (e.code() == apikeys::ErrorCode::busy && !o.redis.empty() && !*verify && !*list && !*get) {
-      std::cerr << "apikeys: if the change was saved, the shared cache may not have heard of it; "
-                   "run the command again\n";
-    }
     return exit_code_for(e.code());
   } catch (const std::exception& e) {
     std::cerr << "apikeys: internal error: " << redact_password(cmd.redact(e.what()), db_password)
