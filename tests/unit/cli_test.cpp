@@ -1163,16 +1163,25 @@ TEST_CASE("cli: PostgreSQL and Redis options", "[cli]") {
   CHECK(r.code == 2);
   CHECK(contains(r.err, "this build has no Redis support"));
 #else
-  // A Redis that cannot be reached: reads work (they never touch it); a change is
-  // saved, then reported as a failure to reach the shared cache.
+  // A Redis that cannot be reached: reads work (they never touch it); a change is saved
+  // and printed, then reported as not told to the shared cache (exit 4). Even rotate's
+  // new secret is printed.
   const Json k = create_key(db);
   const std::string key_id = k.at("key_id").get<std::string>();
   r = run_cli({"--db", db, "--redis", "127.0.0.1:1", "list", "--account", kAccount});
   CHECK(r.code == 0);
   r = run_cli(plus(key_args(db, "disable", key_id), {"--redis", "127.0.0.1:1"}));
   CHECK(r.code == 4);
-  CHECK(contains(r.err, "busy"));
-  CHECK(contains(r.err, "run the command again"));
+  CHECK(contains(r.err, "shared cache"));
+  CHECK(Json::parse(r.out).at("status") == "disabled");
+  CHECK(run_json(key_args(db, "get", key_id)).at("status") == "disabled");
+  run_json(key_args(db, "enable", key_id));
+  r = run_cli(plus(key_args(db, "rotate", key_id), {"--redis", "127.0.0.1:1"}));
+  CHECK(r.code == 4);
+  CHECK(contains(r.err, "shared cache"));
+  const Json rotated = Json::parse(r.out);
+  CHECK(rotated.at("new").at("secret_key").get<std::string>().rfind("sk_", 0) == 0);
+  CHECK(rotated.at("old").at("rotated_to") == rotated.at("new").at("key_id"));
 #endif
   r = run_cli({"--db", db, "--redis", "nocolon", "list", "--account", kAccount});
   CHECK(r.code == 2);
