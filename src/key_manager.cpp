@@ -435,14 +435,19 @@ CreatedKey KeyManager::rotate(const Uuid& account_id, const Uuid& key_id,
     });
     switch (written.outcome) {
       case WriteOutcome::applied: {
-        const std::string old_public_key = written.key.public_key;
-        // The successor first, best effort as in create(); then the old key, whose cached
-        // verdicts carry its longer expiry: this one propagates a cache's failure.
-        try {
-          detail::erase_everywhere(impl_->store->identity(), next.public_key);
-        } catch (...) {
+        // Both keys' verdicts go from every cache over this store. Never thrown from:
+        // the successor is committed, and throwing would lose the only copy of its
+        // secret. erase_everywhere() erases every other cache before it reports one
+        // that failed, so only a cache that cannot be reached (a shared Redis) may keep
+        // the old key's verdict; every node's revision poll then erases it from the
+        // change log, or clears that cache while it cannot (doc/key-policy.md,
+        // "Rotation").
+        for (const std::string* pk : {&next.public_key, &written.key.public_key}) {
+          try {
+            detail::erase_everywhere(impl_->store->identity(), *pk);
+          } catch (...) {
+          }
         }
-        detail::erase_everywhere(impl_->store->identity(), old_public_key);
         return CreatedKey{std::move(successor.info), std::move(secret)};
       }
       case WriteOutcome::not_found: no_such_key(key_id);

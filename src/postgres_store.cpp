@@ -1,7 +1,7 @@
 // PostgresStore: a bounded pool of libpq connections, each with its statements
 // prepared once; every wait bounded by a client-side deadline (pg_connection.hpp);
 // the schema created and migrated under an advisory lock; writes as single atomic
-// statements (a revoke bumps the revision in the same statement).
+// statements (every change bumps the revision and logs the key in the same statement).
 #include "apikeys/postgres_store.hpp"
 
 #include <libpq-fe.h>
@@ -13,6 +13,7 @@
 #include <charconv>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <exception>
 #include <iterator>
 #include <limits>
@@ -96,7 +97,7 @@ CREATE INDEX apikeys_keys_account_page
 )sql"},
 };
 
-// How many revokes and deletes the change log keeps (doc/revocation.md).
+// How many changes the change log keeps (doc/revocation.md).
 constexpr auto kChangeLogSize = static_cast<std::int64_t>(PostgresStore::kChangeLogSize);
 
 constexpr int kCurrentVersion = kMigrations[std::size(kMigrations) - 1].to;
@@ -117,6 +118,7 @@ std::string replace_schema(std::string sql, const std::string& quoted) {
 struct Statements {
   std::string info_columns;  // first: the statements below use it
   std::string find, list, insert, set_status, remove, last_use, revision, changes;
+  std::string get, page_first, page_after, replace, rotate, revoke_all;
 
   explicit Statements(const std::string& s)
       : info_columns(detail::column_list(detail::Columns::info)),
@@ -132,11 +134,13 @@ struct Statements {
         // (once, to completion) whether or not the outer query reads them, and only
         // when a row changed. The bump's row lock orders concurrent writers, so
         // revisions commit in order and the log has no gap a reader could see.
-        set_status(fmt::format(
-            "WITH changed AS (UPDATE {0}.apikeys_keys SET status = $1 WHERE key_id = $2 AND"
-            " account_id = $3 RETURNING {1}),{2}"
-            " SELECT {1} FROM changed",
-            s, info_columns, log_change(s, "changed"))),
+        // The version moves only when the status does: a retry after a lost reply
+        // finds the status already set and changes nothing more.
+        set_status(fmt::format("WITH changed AS (UPDATE {0}.apikeys_keys SET status = $1,"
+                               " version = version + CASE WHEN status = $1 THEN 0 ELSE 1 END"
+                               " WHERE key_id = $2 AND account_id = $3 RETURNING {1}),{2}"
+                               " SELECT {1} FROM changed",
+                               s, info_columns, log_change(s, "changed"))),
         remove(fmt::format(
             "WITH gone AS (DELETE FROM {0}.apikeys_keys WHERE key_id = $1 AND account_id = $2"
             " RETURNING {1}),{2}"
@@ -155,7 +159,75 @@ struct Statements {
             "SELECT m.revision, c.revision, c.public_key FROM {0}.apikeys_meta m"
             " LEFT JOIN {0}.apikeys_changes c ON c.revision > $1 AND c.revision <= m.revision"
             " WHERE m.id = 1 ORDER BY c.revision",
-            s)) {}
+            s)),
+        get(fmt::format("SELECT {} FROM {}.apikeys_keys WHERE key_id = $1 AND account_id = $2",
+                        info_columns, s)),
+        // Pages walk apikeys_keys_account_page (account_id, created_at DESC, key_id DESC).
+        // The position is spelled out so that created_at bounds the index scan; a NULL
+        // status ($2) means every status.
+        page_first(fmt::format("SELECT {} FROM {}.apikeys_keys WHERE account_id = $1"
+                               " AND ($2::smallint IS NULL OR status = $2)"
+                               " ORDER BY created_at DESC, key_id DESC LIMIT $3",
+                               info_columns, s)),
+        page_after(fmt::format("SELECT {} FROM {}.apikeys_keys WHERE account_id = $1"
+                               " AND ($2::smallint IS NULL OR status = $2)"
+                               " AND created_at <= $3 AND (created_at < $3 OR key_id < $4)"
+                               " ORDER BY created_at DESC, key_id DESC LIMIT $5",
+                               info_columns, s)),
+        // Compare-and-set on the version, the bump and its log row in the same
+        // statement. No row: not this account's key, or another version (get tells).
+        replace(fmt::format("WITH {},{} SELECT {} FROM changed", replace_cte(s, info_columns),
+                            log_change(s, "changed"), info_columns)),
+        // replace, and the successor inserted only if the replace applied: one
+        // statement, so a duplicate successor aborts both.
+        rotate(fmt::format("WITH {}, successor AS (INSERT INTO {}.apikeys_keys ({})"
+                           " SELECT {} WHERE EXISTS (SELECT 1 FROM changed)),{}"
+                           " SELECT {} FROM changed",
+                           replace_cte(s, info_columns), s,
+                           detail::column_list(detail::Columns::all), typed_parameters(12),
+                           log_change(s, "changed"), info_columns)),
+        // Every key revoked here takes a revision of its own and a log row, numbered in
+        // one statement; rows that would fall out of the log at once are not written, and
+        // changes_since() answers nullopt for a revision before them.
+        revoke_all(fmt::format(
+            "WITH changed AS (UPDATE {0}.apikeys_keys SET status = {3}, updated_at = $2,"
+            " version = version + 1 WHERE account_id = $1 AND status <> {3} RETURNING {1}),"
+            " counted AS (SELECT count(*) AS n FROM changed),"
+            " bump AS (UPDATE {0}.apikeys_meta SET revision = revision + (SELECT n FROM counted)"
+            " WHERE id = 1 AND (SELECT n FROM counted) > 0 RETURNING revision),"
+            " numbered AS (SELECT public_key,"
+            " row_number() OVER (ORDER BY created_at, key_id) AS i FROM changed),"
+            " logged AS (INSERT INTO {0}.apikeys_changes (revision, public_key)"
+            " SELECT bump.revision - counted.n + numbered.i, numbered.public_key"
+            " FROM bump, counted, numbered WHERE counted.n - numbered.i < {2}"
+            " ON CONFLICT (revision) DO UPDATE SET public_key = EXCLUDED.public_key),"
+            " pruned AS (DELETE FROM {0}.apikeys_changes"
+            " WHERE revision <= (SELECT revision FROM bump) - {2})"
+            " SELECT {1} FROM changed ORDER BY created_at DESC, key_id DESC",
+            s, info_columns, kChangeLogSize, static_cast<int>(KeyStatus::revoked))) {}
+
+  // The CTE `changed` of replace and rotate: $1 key_id, $2 account_id, $3 the expected
+  // version, $4.. $11 the fields replace() writes.
+  static std::string replace_cte(const std::string& s, const std::string& info_columns) {
+    return fmt::format(
+        "changed AS (UPDATE {}.apikeys_keys SET title = $4, description = $5, metadata = $6,"
+        " scopes = $7, status = $8, expires_at = $9, updated_at = $10, rotated_to = $11,"
+        " version = version + 1 WHERE key_id = $1 AND account_id = $2 AND version = $3"
+        " RETURNING {})",
+        s, info_columns);
+  }
+
+  // "$12::uuid, $13::uuid, ...": one parameter per field from `first` on, each cast to
+  // its column's type (an INSERT ... SELECT does not type its parameters by itself).
+  static std::string typed_parameters(int first) {
+    std::string out;
+    int n = first;
+    for (const detail::RecordField& f : detail::kRecordFields) {
+      if (n > first) out += ", ";
+      out += fmt::format("${}::{}", n++, f.pg_type);
+    }
+    return out;
+  }
 
   // The CTEs that bump the revision and log the key of the `source` CTE's row.
   static std::string log_change(const std::string& s, const char* source) {
@@ -180,6 +252,12 @@ constexpr const char* kRemove = "apikeys_remove";
 constexpr const char* kLastUse = "apikeys_last_use";
 constexpr const char* kRevision = "apikeys_revision";
 constexpr const char* kChanges = "apikeys_changes";
+constexpr const char* kGet = "apikeys_get";
+constexpr const char* kPageFirst = "apikeys_page_first";
+constexpr const char* kPageAfter = "apikeys_page_after";
+constexpr const char* kReplace = "apikeys_replace";
+constexpr const char* kRotate = "apikeys_rotate";
+constexpr const char* kRevokeAll = "apikeys_revoke_all";
 
 [[noreturn]] void corrupt(std::string_view op, const char* what) {
   throw Error(ErrorCode::storage,
@@ -288,7 +366,7 @@ struct RowDecoder {
   }
 };
 
-// The KeyInfo fields, in table order (list, and the RETURNING of revoke and delete).
+// The KeyInfo fields, in table order (reads, and the RETURNING of every write).
 KeyInfo read_info(const PGresult* r, int row, std::string_view op) {
   if (PQnfields(r) < kInfoColumnCount) corrupt(op, "missing columns");
   KeyInfo info;
@@ -309,7 +387,9 @@ KeyRecord read_record(const PGresult* r, int row, std::string_view op) {
 // the call that sends them.
 class InsertParams {
  public:
-  explicit InsertParams(const KeyRecord& record) { detail::for_each_field(record, *this); }
+  explicit InsertParams(const KeyRecord& record, const char* op = "insert") : op_(op) {
+    detail::for_each_field(record, *this);
+  }
   InsertParams(const InsertParams&) = delete;
   InsertParams& operator=(const InsertParams&) = delete;
 
@@ -318,9 +398,9 @@ class InsertParams {
     // Text parameters end at a NUL: refuse rather than store a shorter string.
     if (v.find('\0') != std::string::npos) {
       throw Error(ErrorCode::storage,
-                  fmt::format("PostgresStore insert failed: {} contains a NUL byte, which "
+                  fmt::format("PostgresStore {} failed: {} contains a NUL byte, which "
                               "PostgreSQL text cannot hold",
-                              f.name));
+                              op_, f.name));
     }
     add(v.c_str(), 0, 0);
   }
@@ -347,7 +427,7 @@ class InsertParams {
   void operator()(const detail::RecordField& f, std::uint64_t v) {
     if (v > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
       throw Error(ErrorCode::storage,
-                  fmt::format("PostgresStore insert failed: {} is out of range", f.name));
+                  fmt::format("PostgresStore {} failed: {} is out of range", op_, f.name));
     }
     own(std::to_string(v));
   }
@@ -375,11 +455,87 @@ class InsertParams {
     add(owned_[n_].c_str(), 0, 0);
   }
 
+  const char* op_;
   std::size_t n_ = 0;
   std::array<std::string, detail::kFieldCount> owned_;
   std::array<const char*, detail::kFieldCount> values_{};
   std::array<int, detail::kFieldCount> lengths_{};
   std::array<int, detail::kFieldCount> formats_{};
+};
+
+// The parameters of replace() ($1 to $11 of Statements::replace_cte), then, for
+// rotate(), those of the successor's INSERT. Text, NULL for an absent optional. Points
+// into its own strings and into `next` (and the successor's InsertParams): they must
+// outlive the call that sends them.
+class ReplaceParams {
+ public:
+  ReplaceParams(const char* op, const Uuid& account_id, const KeyInfo& next,
+                std::uint64_t expected_version)
+      : op_(op) {
+    own(next.key_id.to_string());
+    own(account_id.to_string());
+    own(std::to_string(expected_version));
+    text("title", next.title);
+    text("description", next.description);
+    text("metadata", next.metadata);
+    std::string scopes = detail::join_scopes(next.scopes);
+    check_text("scopes", scopes);
+    own(std::move(scopes));
+    own(std::to_string(static_cast<int>(next.status)));
+    if (next.expires_at) {
+      own(std::to_string(to_unix_millis(*next.expires_at)));
+    } else {
+      values_.push_back(nullptr);
+    }
+    own(std::to_string(to_unix_millis(next.updated_at)));
+    if (next.rotated_to) {
+      own(next.rotated_to->to_string());
+    } else {
+      values_.push_back(nullptr);
+    }
+    lengths_.assign(values_.size(), 0);
+    formats_.assign(values_.size(), 0);
+  }
+  ReplaceParams(const ReplaceParams&) = delete;
+  ReplaceParams& operator=(const ReplaceParams&) = delete;
+
+  // Appends the successor's INSERT parameters (rotate).
+  void append(const InsertParams& insert) {
+    const auto n = static_cast<std::size_t>(kFieldCount);
+    values_.insert(values_.end(), insert.values(), insert.values() + n);
+    lengths_.insert(lengths_.end(), insert.lengths(), insert.lengths() + n);
+    formats_.insert(formats_.end(), insert.formats(), insert.formats() + n);
+  }
+
+  [[nodiscard]] int count() const noexcept { return static_cast<int>(values_.size()); }
+  [[nodiscard]] const char* const* values() const noexcept { return values_.data(); }
+  [[nodiscard]] const int* lengths() const noexcept { return lengths_.data(); }
+  [[nodiscard]] const int* formats() const noexcept { return formats_.data(); }
+
+ private:
+  void own(std::string v) {
+    owned_.push_back(std::move(v));  // a deque: earlier strings stay where they are
+    values_.push_back(owned_.back().c_str());
+  }
+  void text(const char* name, const std::string& v) {
+    check_text(name, v);
+    values_.push_back(v.c_str());
+  }
+  // Text parameters end at a NUL: refuse rather than store a shorter string.
+  void check_text(const char* name, const std::string& v) const {
+    if (v.find('\0') != std::string::npos) {
+      throw Error(ErrorCode::storage,
+                  fmt::format("PostgresStore {} failed: {} contains a NUL byte, which "
+                              "PostgreSQL text cannot hold",
+                              op_, name));
+    }
+  }
+
+  const char* op_;
+  std::deque<std::string> owned_;
+  std::vector<const char*> values_;
+  std::vector<int> lengths_;
+  std::vector<int> formats_;
 };
 
 std::optional<KeyInfo> single_row(const PgResult& r, std::string_view op) {
@@ -456,6 +612,12 @@ struct PostgresStore::Impl {
     c->prepare("connect", kLastUse, sql.last_use, d);
     c->prepare("connect", kRevision, sql.revision, d);
     c->prepare("connect", kChanges, sql.changes, d);
+    c->prepare("connect", kGet, sql.get, d);
+    c->prepare("connect", kPageFirst, sql.page_first, d);
+    c->prepare("connect", kPageAfter, sql.page_after, d);
+    c->prepare("connect", kReplace, sql.replace, d);
+    c->prepare("connect", kRotate, sql.rotate, d);
+    c->prepare("connect", kRevokeAll, sql.revoke_all, d);
     return c;
   }
 
@@ -703,6 +865,115 @@ std::optional<KeyInfo> PostgresStore::remove(const Uuid& account_id, const Uuid&
     PgResult r = c.exec_prepared("remove", kRemove, 2, values, nullptr, nullptr,
                                  impl_->statement_deadline());
     return single_row(r, "remove");
+  });
+}
+
+std::optional<KeyInfo> PostgresStore::get(const Uuid& account_id, const Uuid& key_id) {
+  const std::string key = key_id.to_string();
+  const std::string account = account_id.to_string();
+  const char* values[] = {key.c_str(), account.c_str()};
+  return impl_->run("get", true, [&](PgConnection& c) {
+    PgResult r =
+        c.exec_prepared("get", kGet, 2, values, nullptr, nullptr, impl_->statement_deadline());
+    return single_row(r, "get");
+  });
+}
+
+std::vector<KeyInfo> PostgresStore::list_page(const Uuid& account_id,
+                                              const std::optional<PagePosition>& after,
+                                              std::size_t limit, std::optional<KeyStatus> status) {
+  if (limit == 0) return {};
+  const std::string account = account_id.to_string();
+  const std::string status_text = status ? std::to_string(static_cast<int>(*status)) : "";
+  const std::string limit_text = std::to_string(std::min<std::uint64_t>(
+      limit, static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())));
+  const std::string created = after ? std::to_string(to_unix_millis(after->created_at)) : "";
+  const std::string key = after ? after->key_id.to_string() : "";
+  const char* status_value = status ? status_text.c_str() : nullptr;  // NULL: any status
+  const char* first[] = {account.c_str(), status_value, limit_text.c_str()};
+  const char* next[] = {account.c_str(), status_value, created.c_str(), key.c_str(),
+                        limit_text.c_str()};
+  return impl_->run("list_page", true, [&](PgConnection& c) {
+    PgResult r = after ? c.exec_prepared("list_page", kPageAfter, 5, next, nullptr, nullptr,
+                                         impl_->statement_deadline())
+                       : c.exec_prepared("list_page", kPageFirst, 3, first, nullptr, nullptr,
+                                         impl_->statement_deadline());
+    std::vector<KeyInfo> out;
+    const int n = PQntuples(r.get());
+    out.reserve(static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i) out.push_back(read_info(r.get(), i, "list_page"));
+    return out;
+  });
+}
+
+namespace {
+
+// No row was changed by a compare-and-set of key `key_id`: reads it afresh (a new
+// statement, so a new snapshot: a write that made ours miss has committed) to tell a
+// conflict (the key as it now is) from not_found.
+WriteResult missed(PgConnection& c, const char* const* key_and_account, std::string_view op,
+                   pg::Deadline deadline) {
+  PgResult r = c.exec_prepared(op, kGet, 2, key_and_account, nullptr, nullptr, deadline);
+  WriteResult out;
+  if (auto key = single_row(r, op)) {
+    out.outcome = WriteOutcome::conflict;
+    out.key = std::move(*key);
+  }
+  return out;
+}
+
+constexpr auto kMaxVersion = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
+
+}  // namespace
+
+WriteResult PostgresStore::replace(const Uuid& account_id, const KeyInfo& next,
+                                   std::uint64_t expected_version) {
+  const ReplaceParams params("replace", account_id, next, expected_version);
+  // Not retried: after a lost reply the write may have committed, and a retry would
+  // report a conflict with our own change.
+  return impl_->run("replace", false, [&](PgConnection& c) {
+    const Deadline d = impl_->statement_deadline();
+    // No stored version is that large: nothing can match.
+    if (expected_version > kMaxVersion) return missed(c, params.values(), "replace", d);
+    PgResult r = c.exec_prepared("replace", kReplace, params.count(), params.values(),
+                                 params.lengths(), params.formats(), d);
+    auto key = single_row(r, "replace");
+    if (!key) return missed(c, params.values(), "replace", d);
+    return WriteResult{WriteOutcome::applied, std::move(*key)};
+  });
+}
+
+WriteResult PostgresStore::rotate(const Uuid& account_id, const KeyInfo& old_next,
+                                  std::uint64_t expected_version, const KeyRecord& successor) {
+  const InsertParams insert(successor, "rotate");
+  ReplaceParams params("rotate", account_id, old_next, expected_version);
+  params.append(insert);
+  // Not retried, as replace(); one statement, so both writes or neither.
+  return impl_->run("rotate", false, [&](PgConnection& c) {
+    const Deadline d = impl_->statement_deadline();
+    if (expected_version > kMaxVersion) return missed(c, params.values(), "rotate", d);
+    PgResult r = c.exec_prepared("rotate", kRotate, params.count(), params.values(),
+                                 params.lengths(), params.formats(), d);
+    auto key = single_row(r, "rotate");
+    if (!key) return missed(c, params.values(), "rotate", d);
+    return WriteResult{WriteOutcome::applied, std::move(*key)};
+  });
+}
+
+std::vector<KeyInfo> PostgresStore::revoke_all(const Uuid& account_id, TimePoint at) {
+  const std::string account = account_id.to_string();
+  const std::string when = std::to_string(to_unix_millis(at));
+  const char* values[] = {account.c_str(), when.c_str()};
+  // Not retried: after a lost reply the keys may be revoked already, and a retry would
+  // return none of them, so their cached verdicts would not be dropped.
+  return impl_->run("revoke_all", false, [&](PgConnection& c) {
+    PgResult r = c.exec_prepared("revoke_all", kRevokeAll, 2, values, nullptr, nullptr,
+                                 impl_->statement_deadline());
+    std::vector<KeyInfo> out;
+    const int n = PQntuples(r.get());
+    out.reserve(static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i) out.push_back(read_info(r.get(), i, "revoke_all"));
+    return out;
   });
 }
 

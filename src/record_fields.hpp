@@ -32,7 +32,7 @@ enum class FieldKind {
   text,           // std::string: UTF-8 text, never NULL
   digest_bytes,   // Digest::bytes: exactly 32 raw bytes
   pepper_id,      // Digest::pepper_id: an integer in [0, 2^32)
-  status,         // KeyStatus: its integer value, active or revoked
+  status,         // KeyStatus: its integer value (active, revoked, disabled)
   time,           // TimePoint: Unix milliseconds, never NULL
   optional_time,  // std::optional<TimePoint>: Unix milliseconds, NULL for nullopt
   scopes,         // std::vector<std::string>: the scopes joined by spaces (detail::join_scopes)

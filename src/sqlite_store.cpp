@@ -20,6 +20,7 @@
 #include <exception>
 #include <filesystem>
 #include <iterator>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -49,6 +50,9 @@ struct Writer {
         insert(db, insert_sql().c_str()),
         set_status(db, set_status_sql().c_str()),
         remove(db, remove_sql().c_str()),
+        replace(db, replace_sql().c_str()),
+        get(db, get_sql().c_str()),
+        revoke_all(db, revoke_all_sql().c_str()),
         bump_revision(db, kBumpRevisionSql),
         log_change(db, kLogChangeSql),
         prune_changes(db, kPruneChangesSql),
@@ -58,6 +62,9 @@ struct Writer {
   RawStatement insert;
   RawStatement set_status;
   RawStatement remove;
+  RawStatement replace;
+  RawStatement get;
+  RawStatement revoke_all;
   SQLite::Statement bump_revision;
   SQLite::Statement log_change;
   SQLite::Statement prune_changes;
@@ -362,24 +369,169 @@ std::optional<KeyInfo> step_returning(RawStatement& s, const char* op) {
   return row;
 }
 
-// One revision step for a revoke or delete of `public_key`, with its log row, in the
-// caller's transaction (rules 9 and 10).
-void bump_revision(Writer& w, const char* op, const std::string& public_key) {
+// One revision step for a change of `public_key`, with its log row, in the caller's
+// transaction (rule 9). The caller prunes the log afterwards (prune_changes()).
+void log_change(Writer& w, const char* op, const std::string& public_key) {
   {
     StatementUse use(w.bump_revision);
     if (w.bump_revision.exec() != 1) corrupt(op, "apikeys_meta has no row");
   }
-  {
-    StatementUse use(w.log_change);
-    w.log_change.bindNoCopy(1, public_key);
-    w.log_change.exec();
-  }
+  StatementUse use(w.log_change);
+  w.log_change.bindNoCopy(1, public_key);
+  w.log_change.exec();
+}
+
+// Drops the log rows older than the newest kChangeLogSize steps (rule 10).
+void prune_changes(Writer& w) {
   StatementUse use(w.prune_changes);
   w.prune_changes.bind(1, static_cast<std::int64_t>(SqliteStore::kChangeLogSize));
   w.prune_changes.exec();
 }
 
+// One revision step for a change of `public_key`, logged and pruned (rules 9 and 10).
+void bump_revision(Writer& w, const char* op, const std::string& public_key) {
+  log_change(w, op, public_key);
+  prune_changes(w);
+}
+
+// Binds `next`'s replaced fields to replace_sql()'s ?1 .. ?8 (kReplacedFields, in table
+// order); returns SQLITE_OK or the first failure's code. REQUIRES: `next` outlives the step.
+int bind_replaced(sqlite3_stmt* s, const KeyInfo& next) {
+  RecordBinder binder(s);
+  detail::for_each_info_field(next, [&binder](const detail::RecordField& f, const auto& value) {
+    if (is_replaced(f)) binder(f, value);
+  });
+  return binder.rc();
+}
+
+// The key `key` of `account` as it is now, through the writer (inside its transaction).
+std::optional<KeyInfo> get_in(Writer& w, const std::string& key, const std::string& account,
+                              const char* op) {
+  RawUse use(w.get);
+  w.get.bind(1, key);
+  w.get.bind(2, account);
+  return step_returning(w.get, op);
+}
+
+// replace()'s compare-and-set inside the caller's write transaction: the guarded UPDATE,
+// and on no row a read that tells not_found from conflict (rule 23). An applied change
+// takes a revision step and a log row (rules 9 and 10).
+WriteResult replace_in(Writer& w, const std::string& account, const KeyInfo& next,
+                       std::uint64_t expected_version, const char* op) {
+  const std::string key = next.key_id.to_string();
+  WriteResult result;
+  // A version past the column's range matches no row: the key is then reported as it is.
+  if (expected_version <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+    std::optional<KeyInfo> now;
+    {
+      RawUse use(w.replace);
+      const int rc = bind_replaced(w.replace.get(), next);
+      if (rc != SQLITE_OK) throw SQLite::Exception(w.db.getHandle(), rc);
+      w.replace.bind(9, key);
+      w.replace.bind(10, account);
+      w.replace.bind(11, static_cast<std::int64_t>(expected_version));
+      now = step_returning(w.replace, op);
+    }
+    if (now) {
+      bump_revision(w, op, now->public_key);
+      result.outcome = WriteOutcome::applied;
+      result.key = std::move(*now);
+      return result;
+    }
+  }
+  if (std::optional<KeyInfo> as_is = get_in(w, key, account, op)) {
+    result.outcome = WriteOutcome::conflict;
+    result.key = std::move(*as_is);
+  }
+  return result;
+}
+
 }  // namespace
+
+std::optional<KeyInfo> SqliteStore::get(const Uuid& account_id, const Uuid& key_id) {
+  const std::string key = key_id.to_string();
+  const std::string account = account_id.to_string();
+  return translated("get", [&] {
+    Impl::Lease r(*impl_);
+    r->end_snapshot();  // rule 4
+    RawUse use(r->get);
+    r->get.bind(1, key);
+    r->get.bind(2, account);
+    return step_returning(r->get, "get");
+  });
+}
+
+std::vector<KeyInfo> SqliteStore::list_page(const Uuid& account_id,
+                                            const std::optional<PagePosition>& after,
+                                            std::size_t limit, std::optional<KeyStatus> status) {
+  if (limit == 0) return {};
+  const std::string account = account_id.to_string();
+  const std::string after_key = after ? after->key_id.to_string() : std::string();
+  return translated("list_page", [&] {
+    std::vector<KeyInfo> out;
+    Impl::Lease r(*impl_);
+    r->end_snapshot();  // rule 4
+    // Rule 26: one keyset query on the page index.
+    RawStatement& s = r->page_statement(after.has_value(), status.has_value());
+    RawUse use(s);
+    s.bind(1, account);
+    const auto most = static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max());
+    s.bind(2, static_cast<std::int64_t>(std::min(limit, most)));
+    int next = 3;
+    if (after) {
+      s.bind(next++, to_unix_millis(after->created_at));
+      s.bind(next++, after_key);
+    }
+    if (status) s.bind(next, static_cast<std::int64_t>(*status));
+    while (s.step()) out.push_back(read_info(s.get(), "list_page"));
+    return out;
+  });
+}
+
+WriteResult SqliteStore::replace(const Uuid& account_id, const KeyInfo& next,
+                                 std::uint64_t expected_version) {
+  const std::string account = account_id.to_string();
+  return impl_->write("replace", [&](Writer& w) {
+    return replace_in(w, account, next, expected_version, "replace");
+  });
+}
+
+WriteResult SqliteStore::rotate(const Uuid& account_id, const KeyInfo& old_next,
+                                std::uint64_t expected_version, const KeyRecord& successor) {
+  const std::string account = account_id.to_string();
+  return impl_->write("rotate", [&](Writer& w) {
+    WriteResult result = replace_in(w, account, old_next, expected_version, "rotate");
+    if (result.outcome != WriteOutcome::applied) return result;
+    // Rule 24: a duplicate successor throws (already_exists); the transaction, the
+    // replace above included, rolls back and nothing is written.
+    RawUse use(w.insert);
+    const int rc = bind_record(w.insert.get(), successor);
+    if (rc != SQLITE_OK) throw SQLite::Exception(w.db.getHandle(), rc);
+    (void)w.insert.step();
+    impl_->note_rowid(sqlite3_last_insert_rowid(w.db.getHandle()));
+    return result;
+  });
+}
+
+std::vector<KeyInfo> SqliteStore::revoke_all(const Uuid& account_id, TimePoint at) {
+  const std::string account = account_id.to_string();
+  return impl_->write("revoke_all", [&](Writer& w) {
+    std::vector<KeyInfo> revoked;
+    {
+      RawUse use(w.revoke_all);
+      w.revoke_all.bind(1, static_cast<std::int64_t>(KeyStatus::revoked));
+      w.revoke_all.bind(2, to_unix_millis(at));
+      w.revoke_all.bind(3, account);
+      while (w.revoke_all.step()) revoked.push_back(read_info(w.revoke_all.get(), "revoke_all"));
+    }
+    // One revision step and log row per key (rule 9): changes_since() names each, and an
+    // account with more keys than the log keeps moves the revision past what the log
+    // reaches, so a poller drops its whole cache instead of missing a key (rule 11).
+    for (const KeyInfo& info : revoked) log_change(w, "revoke_all", info.public_key);
+    if (!revoked.empty()) prune_changes(w);
+    return revoked;
+  });
+}
 
 std::optional<KeyInfo> SqliteStore::set_status(const Uuid& account_id, const Uuid& key_id,
                                                KeyStatus status) {

@@ -219,7 +219,9 @@ class APIKEYS_EXPORT KeyManager {
   /// Error(conflict) for a key that is revoked, disabled, expired or already rotated,
   /// Error(invalid_argument) for a grace outside 0 s to 7 days, Error(not_found),
   /// Error(not_supported) for a store without rotate(). Same guarantee as revoke() for
-  /// the old key.
+  /// the old key, except that a cache failing to erase it (an unreachable Redis) does
+  /// not make rotate() throw, as that would lose the new key's secret: every other
+  /// cache is erased, and that one within the revision-poll interval.
   [[nodiscard]] CreatedKey rotate(const Uuid& account_id, const Uuid& key_id,
                                   const RotateRequest& request);
 

@@ -40,21 +40,25 @@ struct PostgresStoreOptions {
 };
 
 /// Tables (in `schema`): apikeys_keys (the records), apikeys_meta (the revision
-/// counter) and apikeys_schema_version (which migrations ran). Writes are single
-/// statements, each its own transaction; a revoke or delete bumps the revision in the
-/// same statement as the change, so whoever sees the new revision sees the change.
+/// counter), apikeys_changes (the change log) and apikeys_schema_version (which
+/// migrations ran). Writes are single statements, each its own transaction: every
+/// change (set_status, remove, replace, rotate, revoke_all) bumps the revision and logs
+/// the key in the same statement as the change, so whoever sees the new revision sees
+/// the change. rotate() writes the old key and inserts its successor in one statement:
+/// both or neither. list_page() pages by value (keyset) on an index of (account_id,
+/// created_at DESC, key_id DESC).
 ///
 /// Failures: a lost connection, a timeout, a server shutting down or starting, a lock
 /// or serialization conflict are Error(busy) (try again); a duplicate is
 /// Error(already_exists); anything else Error(storage). A dead pooled connection (the
 /// server restarted) is detected and replaced; reads and idempotent writes are retried
-/// once on a fresh connection, insert() and remove() are not (their effect may already
-/// have committed). Messages carry the server's primary message, never its DETAIL
-/// (which can quote values), and never quote the connection string: a failure to
-/// connect is reported as one of a few fixed texts (authentication failed, server
-/// unreachable, timed out...), without libpq's own words, which quote host, port,
-/// user, database and option values, and pieces of the password when the string was
-/// mis-encoded.
+/// once on a fresh connection; insert(), remove(), replace(), rotate() and revoke_all()
+/// are not (their effect may already have committed). Messages carry the server's
+/// primary message, never its DETAIL (which can quote values), and never quote the
+/// connection string: a failure to connect is reported as one of a few fixed texts
+/// (authentication failed, server unreachable, timed out...), without libpq's own
+/// words, which quote host, port, user, database and option values, and pieces of the
+/// password when the string was mis-encoded.
 class APIKEYS_EXPORT PostgresStore final : public Store {
  public:
   /// Connects with `conninfo` (a libpq key=value connection string or a
@@ -76,13 +80,26 @@ class APIKEYS_EXPORT PostgresStore final : public Store {
   std::optional<KeyInfo> set_status(const Uuid& account_id, const Uuid& key_id,
                                     KeyStatus status) override;
   std::optional<KeyInfo> remove(const Uuid& account_id, const Uuid& key_id) override;
+  [[nodiscard]] std::optional<KeyInfo> get(const Uuid& account_id, const Uuid& key_id) override;
+  [[nodiscard]] std::vector<KeyInfo> list_page(const Uuid& account_id,
+                                               const std::optional<PagePosition>& after,
+                                               std::size_t limit,
+                                               std::optional<KeyStatus> status) override;
+  WriteResult replace(const Uuid& account_id, const KeyInfo& next,
+                      std::uint64_t expected_version) override;
+  WriteResult rotate(const Uuid& account_id, const KeyInfo& old_next,
+                     std::uint64_t expected_version, const KeyRecord& successor) override;
+  /// One statement: every key revoked takes a revision and a change-log entry of its
+  /// own, so revoking more than kChangeLogSize keys at once makes changes_since() answer
+  /// nullopt for the revisions before it (validators then drop their whole cache).
+  std::vector<KeyInfo> revoke_all(const Uuid& account_id, TimePoint at) override;
   void record_last_use(const std::vector<LastUse>& uses) override;
   [[nodiscard]] std::uint64_t revision() override;
-  /// From the change log that every revoke and delete appends to in its own statement;
-  /// the newest kChangeLogSize entries are kept.
+  /// From the change log that every change appends to in its own statement; the newest
+  /// kChangeLogSize entries are kept.
   [[nodiscard]] std::optional<StoreChanges> changes_since(std::uint64_t since) override;
 
-  /// How many revokes and deletes the change log remembers: a validator that polls
+  /// How many changes (one per key changed) the change log remembers: a validator that polls
   /// less often than that many changes happen drops its whole cache instead.
   static constexpr std::uint64_t kChangeLogSize = 4096;
 

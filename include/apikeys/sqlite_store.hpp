@@ -1,5 +1,5 @@
 // apikeys::SqliteStore keeps records in one SQLite file (WAL mode). Several processes
-// may open the same file; revision() lets their validators see each other's revokes.
+// may open the same file; revision() lets their validators see each other's changes.
 // Thread-safety: every method is safe from many threads; reads use a pool of
 // connections, writes one connection under a mutex. Ownership: owns its connections.
 #ifndef APIKEYS_SQLITE_STORE_HPP
@@ -9,7 +9,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "apikeys/export.hpp"
 #include "apikeys/store.hpp"
@@ -79,17 +81,34 @@ class APIKEYS_EXPORT SqliteStore final : public Store {
   std::optional<KeyInfo> set_status(const Uuid& account_id, const Uuid& key_id,
                                     KeyStatus status) override;
   std::optional<KeyInfo> remove(const Uuid& account_id, const Uuid& key_id) override;
+  [[nodiscard]] std::optional<KeyInfo> get(const Uuid& account_id, const Uuid& key_id) override;
+  /// One indexed query that starts at the position (keyset pagination): a page costs its
+  /// own rows however deep it starts.
+  [[nodiscard]] std::vector<KeyInfo> list_page(const Uuid& account_id,
+                                               const std::optional<PagePosition>& after,
+                                               std::size_t limit,
+                                               std::optional<KeyStatus> status) override;
+  /// One guarded UPDATE in one transaction, with its revision step and change log row.
+  WriteResult replace(const Uuid& account_id, const KeyInfo& next,
+                      std::uint64_t expected_version) override;
+  /// The replace and the insert in one transaction: both or neither.
+  WriteResult rotate(const Uuid& account_id, const KeyInfo& old_next,
+                     std::uint64_t expected_version, const KeyRecord& successor) override;
+  /// One UPDATE in one transaction, with a revision step and a change log row per key.
+  std::vector<KeyInfo> revoke_all(const Uuid& account_id, TimePoint at) override;
   void record_last_use(const std::vector<LastUse>& uses) override;
   [[nodiscard]] std::uint64_t revision() override;
-  /// From the change log that every revoke and delete appends to in its own
-  /// transaction; the newest kChangeLogSize entries are kept.
+  /// From the change log that every change of a key (set_status, replace, rotate,
+  /// revoke_all, remove) appends to in its own transaction, one entry per key changed;
+  /// the newest kChangeLogSize entries are kept.
   [[nodiscard]] std::optional<StoreChanges> changes_since(std::uint64_t since) override;
   /// The same for every SqliteStore of this process open on the same file (by its
   /// canonical path), so a revoke through one reaches validators over another at once.
   [[nodiscard]] const void* identity() const noexcept override;
 
-  /// How many revokes and deletes the change log remembers: a validator that polls
-  /// less often than that many changes happen drops its whole cache instead.
+  /// How many key changes the change log remembers (a revoke_all of n keys is n
+  /// changes): a validator that polls less often than that many changes happen drops its
+  /// whole cache instead.
   static constexpr std::uint64_t kChangeLogSize = 4096;
 
   /// The schema version this library writes (PRAGMA user_version).

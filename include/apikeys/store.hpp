@@ -113,9 +113,9 @@ class APIKEYS_EXPORT Store {
                               std::uint64_t expected_version);
 
   /// replace(account_id, old_next, expected_version) and insert(successor) in one
-  /// atomic step: both or neither. Throws Error(already_exists) as insert() does (and
-  /// writes nothing).
-  /// Default: throws Error(not_supported) (rotate needs it).
+  /// atomic step: both or neither. REQUIRES: successor.info.account_id == account_id
+  /// (KeyManager::rotate always passes the same account). Throws Error(already_exists) as insert()
+  /// does (and writes nothing). Default: throws Error(not_supported) (rotate needs it).
   virtual WriteResult rotate(const Uuid& account_id, const KeyInfo& old_next,
                              std::uint64_t expected_version, const KeyRecord& successor);
 

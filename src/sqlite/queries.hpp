@@ -5,6 +5,8 @@
 #ifndef APIKEYS_SRC_SQLITE_QUERIES_HPP
 #define APIKEYS_SRC_SQLITE_QUERIES_HPP
 
+#include <cstddef>
+#include <iterator>
 #include <string>
 
 #include "record_fields.hpp"
@@ -33,10 +35,67 @@ inline std::string list_sql() {
   return "SELECT " + column_list(Columns::info) +
          " FROM api_keys WHERE account_id = ?1 ORDER BY created_at DESC, rowid DESC";
 }
+// One key of one account (get(), and replace() telling not_found from conflict).
+inline std::string get_sql() {
+  return "SELECT " + column_list(Columns::info) +
+         " FROM api_keys WHERE key_id = ?1 AND account_id = ?2";
+}
+// A page of list_page() (doc/sqlite-store.md, rule 26): keyset pagination on the index
+// api_keys_account_page (account_id, created_at DESC, key_id DESC), so a page costs its
+// own rows however deep it starts. key_id is canonical lower-case text, whose order is
+// Uuid byte order.
+// Parameters: ?1 account, ?2 limit, then (when `after`) ?3 created_at and ?4 key_id of
+// the position, then (when `status`) the status as the last one.
+inline std::string list_page_sql(bool after, bool status) {
+  std::string sql = "SELECT " + column_list(Columns::info) + " FROM api_keys WHERE account_id = ?1";
+  if (after) sql += " AND (created_at < ?3 OR (created_at = ?3 AND key_id < ?4))";
+  if (status) sql += after ? " AND status = ?5" : " AND status = ?3";
+  return sql + " ORDER BY created_at DESC, key_id DESC LIMIT ?2";
+}
 inline constexpr const char* kRevisionSql = "SELECT revision FROM apikeys_meta WHERE id = 1";
 // The insert is sqlite/record_codec.hpp's insert_sql().
+// The version moves only when the status does (SET reads the row's old values):
+// doc/sqlite-store.md, rule 25.
 inline std::string set_status_sql() {
-  return "UPDATE api_keys SET status = ?1 WHERE key_id = ?2 AND account_id = ?3 RETURNING " +
+  return "UPDATE api_keys SET version = version + (status != ?1), status = ?1"
+         " WHERE key_id = ?2 AND account_id = ?3 RETURNING " +
+         column_list(Columns::info);
+}
+// The fields replace() writes, in table order, which is the order its parameters ?1 .. ?8
+// bind them in (bind_replaced() in sqlite_store.cpp walks the fields in table order).
+inline constexpr Field kReplacedFields[] = {Field::title,      Field::description, Field::status,
+                                            Field::expires_at, Field::metadata,    Field::scopes,
+                                            Field::updated_at, Field::rotated_to};
+static_assert(
+    [] {
+      for (std::size_t i = 1; i < std::size(kReplacedFields); ++i) {
+        if (kReplacedFields[i - 1] >= kReplacedFields[i]) return false;
+      }
+      return true;
+    }(),
+    "kReplacedFields must be in table order");
+constexpr bool is_replaced(const RecordField& f) noexcept {
+  for (const Field r : kReplacedFields) {
+    if (&field(r) == &f) return true;
+  }
+  return false;
+}
+// Compare-and-set on the version: ?9 key_id, ?10 account_id, ?11 the expected version.
+// No row when the account has no such key or the version moved.
+inline std::string replace_sql() {
+  std::string sql = "UPDATE api_keys SET ";
+  int n = 0;
+  for (const Field f : kReplacedFields) {
+    sql += field(f).name;
+    sql += " = ?" + std::to_string(++n) + ", ";
+  }
+  return sql + "version = version + 1 WHERE key_id = ?9 AND account_id = ?10 AND version = ?11" +
+         " RETURNING " + column_list(Columns::info);
+}
+// revoke_all(): ?1 revoked, ?2 updated_at, ?3 account_id.
+inline std::string revoke_all_sql() {
+  return "UPDATE api_keys SET status = ?1, updated_at = ?2, version = version + 1"
+         " WHERE account_id = ?3 AND status != ?1 RETURNING " +
          column_list(Columns::info);
 }
 inline std::string remove_sql() {

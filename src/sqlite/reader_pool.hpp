@@ -38,6 +38,11 @@ struct Reader {
       : db(open_connection(path, o, Role::reader, read_only)),
         find(db, find_sql().c_str()),
         list(db, list_sql().c_str()),
+        get(db, get_sql().c_str()),
+        page(db, list_page_sql(false, false).c_str()),
+        page_after(db, list_page_sql(true, false).c_str()),
+        page_status(db, list_page_sql(false, true).c_str()),
+        page_after_status(db, list_page_sql(true, true).c_str()),
         revision(db, kRevisionSql),
         last_rowid(db, kMaxRowidSql),
         begin(db, "BEGIN"),
@@ -94,9 +99,21 @@ struct Reader {
     return bound <= 1 ? 1 : 1 + static_cast<std::int64_t>(rng % static_cast<std::uint64_t>(bound));
   }
 
+  // list_page()'s statement for a page that starts `after` a position and/or keeps only
+  // one `status` (see list_page_sql()).
+  RawStatement& page_statement(bool after, bool status) noexcept {
+    if (after) return status ? page_after_status : page_after;
+    return status ? page_status : page;
+  }
+
   SQLite::Database db;  // Declared first: statements are finalized before it closes.
   RawStatement find;
   RawStatement list;
+  RawStatement get;
+  RawStatement page;
+  RawStatement page_after;
+  RawStatement page_status;
+  RawStatement page_after_status;
   SQLite::Statement revision;
   RawStatement last_rowid;
   RawStatement begin;

@@ -109,6 +109,62 @@ TEST_CASE("PostgresStore satisfies the Store contract", "[servers][postgres][sto
       [&] { return std::make_shared<apikeys::PostgresStore>(*pg, options_for(janitor.make())); });
 }
 
+namespace {
+
+// Runs `sql` (one or more statements) on a connection of its own; REQUIREs success and
+// returns the rows of the last statement, each column as text ("NULL" for NULL).
+std::vector<std::vector<std::string>> run_sql(const std::string& conninfo, const std::string& sql) {
+  PGconn* c = PQconnectdb(conninfo.c_str());
+  struct Finish {
+    PGconn* c;
+    ~Finish() { PQfinish(c); }
+  } finish{c};
+  REQUIRE(PQstatus(c) == CONNECTION_OK);
+  PQsetNoticeProcessor(
+      c, [](void*, const char*) {}, nullptr);
+  PGresult* r = PQexec(c, sql.c_str());
+  const ExecStatusType st = PQresultStatus(r);
+  std::vector<std::vector<std::string>> rows;
+  for (int i = 0; st == PGRES_TUPLES_OK && i < PQntuples(r); ++i) {
+    std::vector<std::string> row;
+    for (int j = 0; j < PQnfields(r); ++j) {
+      row.emplace_back(PQgetisnull(r, i, j) ? "NULL" : PQgetvalue(r, i, j));
+    }
+    rows.push_back(std::move(row));
+  }
+  INFO(sql << ": " << PQresultErrorMessage(r));
+  PQclear(r);
+  REQUIRE((st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK));
+  return rows;
+}
+
+// CHECKs that `schema`.apikeys_keys has exactly the columns of src/record_fields.hpp, in
+// order, with their types and nullability (seq aside: PostgresStore's own), and the
+// index that list pages walk.
+void check_table_matches_record_fields(const std::string& conninfo, const std::string& schema) {
+  const auto rows =
+      run_sql(conninfo,
+              "SELECT column_name, data_type, is_nullable FROM information_schema.columns"
+              " WHERE table_schema = '" +
+                  schema +
+                  "' AND table_name = 'apikeys_keys'"
+                  " AND column_name <> 'seq' ORDER BY ordinal_position");
+  std::vector<std::string> got;
+  std::vector<std::string> want;
+  for (const auto& row : rows) got.push_back(row[0] + " " + row[1] + " " + row[2]);
+  for (const apikeys::detail::RecordField& f : apikeys::detail::kRecordFields) {
+    want.push_back(std::string(f.name) + " " + f.pg_type + " " + (f.nullable() ? "YES" : "NO"));
+  }
+  CHECK(got == want);
+  const auto index =
+      run_sql(conninfo, "SELECT indexdef FROM pg_indexes WHERE schemaname = '" + schema +
+                            "' AND indexname = 'apikeys_keys_account_page'");
+  REQUIRE(index.size() == 1);
+  CHECK(index[0][0].find("(account_id, created_at DESC, key_id DESC)") != std::string::npos);
+}
+
+}  // namespace
+
 TEST_CASE("PostgresStore's apikeys_keys table has the fields of the record description, in order",
           "[servers][postgres][store]") {
   const auto pg = apikeys_test::test_pg();
@@ -116,29 +172,170 @@ TEST_CASE("PostgresStore's apikeys_keys table has the fields of the record descr
   SchemaJanitor janitor(*pg);
   const std::string schema = janitor.make();
   { apikeys::PostgresStore store(*pg, options_for(schema)); }
-  PGconn* c = PQconnectdb(pg->c_str());
-  REQUIRE(PQstatus(c) == CONNECTION_OK);
-  const std::string sql =
-      "SELECT column_name, data_type, is_nullable FROM information_schema.columns"
-      " WHERE table_schema = '" +
-      schema +
-      "' AND table_name = 'apikeys_keys'"
-      " AND column_name <> 'seq' ORDER BY ordinal_position";
-  PGresult* r = PQexec(c, sql.c_str());
-  const bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
-  std::vector<std::string> got;
-  std::vector<std::string> want;
-  for (int i = 0; ok && i < PQntuples(r); ++i) {
-    got.push_back(std::string(PQgetvalue(r, i, 0)) + " " + PQgetvalue(r, i, 1) + " " +
-                  PQgetvalue(r, i, 2));
+  check_table_matches_record_fields(*pg, schema);
+}
+
+namespace {
+
+// The tables as 0.1 left them: apikeys_schema_version as PostgresStore's constructor
+// creates it, then migration steps 1 and 2 exactly as released, and version 2.
+std::string released_schema_sql(const std::string& schema) {
+  std::string sql = R"sql(
+CREATE SCHEMA {s};
+CREATE TABLE {s}.apikeys_schema_version (id integer NOT NULL PRIMARY KEY CHECK (id = 1), version integer NOT NULL);
+INSERT INTO {s}.apikeys_schema_version (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+
+CREATE TABLE {s}.apikeys_keys (
+  key_id       uuid     NOT NULL PRIMARY KEY,
+  account_id   uuid     NOT NULL,
+  public_key   text     NOT NULL UNIQUE,
+  digest       bytea    NOT NULL CHECK (length(digest) = 32),
+  pepper_id    bigint   NOT NULL CHECK (pepper_id BETWEEN 0 AND 4294967295),
+  title        text     NOT NULL,
+  description  text     NOT NULL,
+  status       smallint NOT NULL CHECK (status IN (0, 1)),
+  created_at   bigint   NOT NULL,
+  expires_at   bigint,
+  last_used_at bigint,
+  seq          bigint   GENERATED ALWAYS AS IDENTITY
+);
+CREATE INDEX apikeys_keys_account_created
+  ON {s}.apikeys_keys (account_id, created_at DESC, seq DESC);
+CREATE TABLE {s}.apikeys_meta (
+  id       integer NOT NULL PRIMARY KEY CHECK (id = 1),
+  revision bigint  NOT NULL
+);
+INSERT INTO {s}.apikeys_meta (id, revision) VALUES (1, 0);
+UPDATE {s}.apikeys_schema_version SET version = 1 WHERE id = 1;
+
+CREATE TABLE {s}.apikeys_changes (
+  revision   bigint NOT NULL PRIMARY KEY,
+  public_key text   NOT NULL
+);
+UPDATE {s}.apikeys_schema_version SET version = 2 WHERE id = 1;
+)sql";
+  const std::string quoted = '"' + schema + '"';
+  for (auto at = sql.find("{s}"); at != std::string::npos; at = sql.find("{s}", at)) {
+    sql.replace(at, 3, quoted);
   }
-  PQclear(r);
-  PQfinish(c);
-  REQUIRE(ok);
-  for (const apikeys::detail::RecordField& f : apikeys::detail::kRecordFields) {
-    want.push_back(std::string(f.name) + " " + f.pg_type + " " + (f.nullable() ? "YES" : "NO"));
+  return sql;
+}
+
+// An INSERT of `r` as 0.1 wrote one: its eleven columns, nothing else.
+std::string released_insert_sql(const std::string& schema, const apikeys::KeyRecord& r) {
+  const auto quote = [](const std::string& text) {
+    std::string out = "'";
+    for (const char c : text) {
+      if (c == '\'') out += '\'';
+      out += c;
+    }
+    return out + "'";
+  };
+  const auto millis = [](const std::optional<apikeys::TimePoint>& t) {
+    return t ? std::to_string(apikeys::to_unix_millis(*t)) : std::string("NULL");
+  };
+  std::string digest(64, '0');
+  apikeys::detail::hex_encode(r.digest.bytes.data(), r.digest.bytes.size(), digest.data(),
+                              apikeys::detail::HexCase::lower);
+  return "INSERT INTO \"" + schema +
+         "\".apikeys_keys (key_id, account_id, public_key, digest, pepper_id, title,"
+         " description, status, created_at, expires_at, last_used_at) VALUES (" +
+         quote(r.info.key_id.to_string()) + ", " + quote(r.info.account_id.to_string()) + ", " +
+         quote(r.info.public_key) + ", '\\x" + digest + "'::bytea, " +
+         std::to_string(r.digest.pepper_id) + ", " + quote(r.info.title) + ", " +
+         quote(r.info.description) + ", " + std::to_string(static_cast<int>(r.info.status)) + ", " +
+         millis(r.info.created_at) + ", " + millis(r.info.expires_at) + ", " +
+         millis(r.info.last_used_at) + ");";
+}
+
+}  // namespace
+
+TEST_CASE("PostgresStore migrates a 0.1 schema (version 2) without losing a row or a field",
+          "[servers][postgres][store][migration]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  const std::string schema = janitor.make();
+  using apikeys_test::contract::at;
+  const apikeys::Uuid alice = apikeys_test::account_id(1);
+  const apikeys::Uuid bob = apikeys_test::account_id(2);
+
+  // A real key, so that its secret can be checked after the migration: made by a
+  // KeyManager over memory (the test pepper), expiring in 30 days.
+  auto maker = apikeys_test::make_manager();
+  const auto real = maker->create(alice, apikeys::CreateRequest("real key", "validates", 30));
+  auto real_record = maker.store->find(real.info.public_key);
+  REQUIRE(real_record);
+  real_record->info.last_used_at = apikeys_test::test_start() + std::chrono::hours(1);
+
+  // A revoked key with a non-ASCII title, a description and an odd pepper id; another
+  // account's key, never used, no expiry; and one created at the same millisecond.
+  apikeys::KeyRecord revoked = record(11, alice, -5000);
+  revoked.info.title = "d\xc3\xa9j\xc3\xa0 vu \xe2\x80\x94 first";
+  revoked.info.description = "it's revoked";
+  revoked.info.status = apikeys::KeyStatus::revoked;
+  revoked.info.expires_at = at(86'400'000);
+  revoked.info.last_used_at = apikeys::from_unix_millis(1796284795953);
+  revoked.digest.pepper_id = 4294967295U;
+  apikeys::KeyRecord other = record(12, bob, -7000);
+  apikeys::KeyRecord twin = record(10, alice, -5000);  // a smaller id, inserted later
+  const std::vector<apikeys::KeyRecord> rows = {*real_record, revoked, other, twin};
+
+  std::string setup = released_schema_sql(schema);
+  for (const auto& r : rows) setup += released_insert_sql(schema, r);
+  // 0.1's revoke bumped the revision and logged the key.
+  setup += "UPDATE \"" + schema + "\".apikeys_meta SET revision = 1 WHERE id = 1;";
+  setup += "INSERT INTO \"" + schema + "\".apikeys_changes VALUES (1, '" + revoked.info.public_key +
+           "');";
+  run_sql(*pg, setup);
+
+  auto store = std::make_shared<apikeys::PostgresStore>(*pg, options_for(schema));
+  CHECK(run_sql(*pg, "SELECT version FROM \"" + schema + "\".apikeys_schema_version") ==
+        std::vector<std::vector<std::string>>{
+            {std::to_string(apikeys::PostgresStore::schema_version())}});
+  check_table_matches_record_fields(*pg, schema);
+
+  // Every row and every field is there; the new fields have their defaults.
+  for (const auto& want : rows) {
+    INFO("key " << want.info.title);
+    const auto got = store->find(want.info.public_key);
+    REQUIRE(got);
+    apikeys_test::contract::check_same_record(*got, want);
+    CHECK(got->info.metadata.empty());
+    CHECK(got->info.scopes.empty());
+    CHECK(got->info.updated_at == got->info.created_at);
+    CHECK(got->info.version == 1);
+    CHECK_FALSE(got->info.rotated_from);
+    CHECK_FALSE(got->info.rotated_to);
+    const auto listed = store->get(want.info.account_id, want.info.key_id);
+    REQUIRE(listed);
+    apikeys_test::contract::check_same_info(*listed, want.info);
   }
-  CHECK(got == want);
+  // list(): the later insert first among equal times; list_page(): the larger id first.
+  CHECK(apikeys_test::contract::ids_of(store->list(alice)) ==
+        std::vector<apikeys::Uuid>{real.info.key_id, twin.info.key_id, revoked.info.key_id});
+  CHECK(apikeys_test::contract::ids_of(store->list_page(alice, std::nullopt, 10, std::nullopt)) ==
+        std::vector<apikeys::Uuid>{real.info.key_id, revoked.info.key_id, twin.info.key_id});
+  // The change log carries on from where 0.1 left it.
+  CHECK(store->revision() == 1);
+  const auto changes = store->changes_since(0);
+  REQUIRE(changes);
+  CHECK(changes->public_keys == std::vector<std::string>{revoked.info.public_key});
+
+  // The secret still validates; the new status and the new writes work on old rows.
+  apikeys::KeyManagerOptions mo;
+  mo.validation.clock = std::make_shared<apikeys::ManualClock>(apikeys_test::test_start());
+  mo.validation.record_last_use = false;
+  apikeys::KeyManager manager(store, hasher(), mo);
+  CHECK(manager.validate(real.info.public_key, real.secret_key.reveal()).ok());
+  CHECK(manager.validate(revoked.info.public_key, "sk_" + std::string(32, 'x')).code ==
+        ValidationCode::wrong_secret);
+  const auto disabled = manager.disable(alice, real.info.key_id);
+  CHECK(disabled.status == apikeys::KeyStatus::disabled);
+  CHECK(disabled.version == 2);
+  CHECK(manager.validate(real.info.public_key, real.secret_key.reveal()).code ==
+        ValidationCode::disabled);
+  CHECK(store->revision() == 2);
 }
 
 TEST_CASE("PostgresStore keeps a change log of revokes and deletes", "[servers][postgres][store]") {
@@ -724,4 +921,387 @@ TEST_CASE("PostgresStore: a last-use UPDATE waiting on a row lock never delays t
   CHECK(other.list(account).size() == 2);
   for (const auto& k : other.list(account)) CHECK(k.last_used_at.has_value());
   CHECK(node.validator().last_use_failures() == 0);
+}
+
+namespace {
+
+using apikeys::KeyStatus;
+using apikeys::WriteOutcome;
+using apikeys_test::contract::at;
+using apikeys_test::contract::ids_of;
+using apikeys_test::contract::key_id;
+using apikeys_test::contract::public_key;
+
+// contract::record() as KeyManager::create() would make it: updated_at = created_at.
+apikeys::KeyRecord made(std::uint32_t n, const apikeys::Uuid& account, std::int64_t offset_ms = 0) {
+  apikeys::KeyRecord r = record(n, account, offset_ms);
+  r.info.updated_at = r.info.created_at;
+  return r;
+}
+
+std::vector<apikeys::Uuid> ids(std::initializer_list<std::uint32_t> ns) {
+  std::vector<apikeys::Uuid> out;
+  for (const auto n : ns) out.push_back(key_id(n));
+  return out;
+}
+
+// Walks the account's keys `limit` at a time, each page starting after the last key of
+// the one before; returns them all.
+std::vector<apikeys::Uuid> walk_pages(apikeys::Store& store, const apikeys::Uuid& account,
+                                      std::size_t limit, std::optional<KeyStatus> status) {
+  std::vector<apikeys::Uuid> out;
+  std::optional<apikeys::PagePosition> after;
+  for (int pages = 0; pages < 100; ++pages) {
+    const auto page = store.list_page(account, after, limit, status);
+    CHECK(page.size() <= limit);
+    for (const auto& k : page) out.push_back(k.key_id);
+    if (page.size() < limit) break;
+    after = apikeys::PagePosition{page.back().created_at, page.back().key_id};
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("PostgresStore: get, list_page, replace, rotate and revoke_all on a real server",
+          "[servers][postgres][store]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  apikeys::PostgresStore store(*pg, options_for(janitor.make()));
+  const apikeys::Uuid alice = apikeys_test::account_id(1);
+  const apikeys::Uuid bob = apikeys_test::account_id(2);
+  // Alice's keys in page order: 1, then 4, 3, 2 (one millisecond: the larger id first),
+  // 5, 6. Bob has one.
+  const std::vector<std::pair<std::uint32_t, std::int64_t>> order = {
+      {2, -1000}, {1, 0}, {5, -2000}, {4, -1000}, {6, -3000}, {3, -1000}};
+  for (const auto& [n, offset] : order) store.insert(made(n, alice, offset));
+  store.insert(made(20, bob, 0));
+  const std::uint64_t r0 = store.revision();
+
+  SECTION("get answers only for the account's own keys") {
+    const auto got = store.get(alice, key_id(3));
+    REQUIRE(got);
+    apikeys_test::contract::check_same_info(*got, record(3, alice, -1000).info);
+    CHECK(got->version == 1);
+    CHECK(got->updated_at == got->created_at);
+    CHECK_FALSE(store.get(alice, key_id(20)));  // Bob's
+    CHECK_FALSE(store.get(bob, key_id(3)));     // Alice's
+    CHECK_FALSE(store.get(alice, key_id(99)));  // nobody's
+    CHECK(store.get(bob, key_id(20)));
+  }
+
+  SECTION("list_page pages by value, newest first, then the larger id") {
+    CHECK(ids_of(store.list_page(alice, std::nullopt, 100, std::nullopt)) ==
+          ids({1, 4, 3, 2, 5, 6}));
+    for (const std::size_t limit : {1, 2, 4, 6, 7}) {
+      INFO("limit " << limit);
+      CHECK(walk_pages(store, alice, limit, std::nullopt) == ids({1, 4, 3, 2, 5, 6}));
+    }
+    CHECK(store.list_page(alice, std::nullopt, 0, std::nullopt).empty());
+    CHECK(ids_of(store.list_page(bob, std::nullopt, 100, std::nullopt)) == ids({20}));
+    // A position from another account's key still only lists this account's keys.
+    CHECK(
+        ids_of(store.list_page(bob, apikeys::PagePosition{at(-1000), key_id(4)}, 100, std::nullopt))
+            .empty());
+    CHECK(ids_of(store.list_page(alice, apikeys::PagePosition{at(-1000), key_id(4)}, 100,
+                                 std::nullopt)) == ids({3, 2, 5, 6}));
+
+    // The status filter, alone and with a position.
+    REQUIRE(store.set_status(alice, key_id(3), KeyStatus::revoked));
+    REQUIRE(store.set_status(alice, key_id(5), KeyStatus::disabled));
+    CHECK(walk_pages(store, alice, 2, KeyStatus::active) == ids({1, 4, 2, 6}));
+    CHECK(walk_pages(store, alice, 1, KeyStatus::revoked) == ids({3}));
+    CHECK(walk_pages(store, alice, 1, KeyStatus::disabled) == ids({5}));
+    CHECK(ids_of(store.list_page(alice, apikeys::PagePosition{at(-1000), key_id(4)}, 100,
+                                 KeyStatus::active)) == ids({2, 6}));
+
+    // Keys inserted between pages: one before the position (never shown), one after
+    // (shown in its place); the keys that were there are neither skipped nor repeated.
+    const auto first = store.list_page(alice, std::nullopt, 2, std::nullopt);
+    REQUIRE(ids_of(first) == ids({1, 4}));
+    store.insert(record(7, alice, -1000));  // sorts before 4: already passed
+    store.insert(record(8, alice, -1500));  // between 2 and 5: still ahead
+    const apikeys::PagePosition after{first.back().created_at, first.back().key_id};
+    CHECK(ids_of(store.list_page(alice, after, 100, std::nullopt)) == ids({3, 2, 8, 5, 6}));
+  }
+
+  SECTION("replace writes the changeable fields when the version matches, and logs it") {
+    apikeys::KeyInfo next = *store.get(alice, key_id(1));
+    next.title = "renamed";
+    next.description = "with a description";
+    next.metadata = R"({"team":"billing","n":[1,2]})";
+    next.scopes = {"invoices.*", "reports:read"};
+    next.status = KeyStatus::disabled;
+    next.expires_at = at(50'000);
+    next.updated_at = at(100);
+    next.rotated_to = key_id(42);
+    // Not changeable: ignored.
+    next.public_key = public_key(77);
+    next.created_at = at(-99'000);
+    next.last_used_at = at(5);
+    next.rotated_from = key_id(43);
+    next.version = 77;
+    const auto w = store.replace(alice, next, 1);
+    REQUIRE(w.outcome == WriteOutcome::applied);
+    const auto check_written = [&](const apikeys::KeyInfo& k) {
+      CHECK(k.key_id == key_id(1));
+      CHECK(k.public_key == public_key(1));
+      CHECK(k.title == "renamed");
+      CHECK(k.description == "with a description");
+      CHECK(k.metadata == next.metadata);
+      CHECK(k.scopes == next.scopes);
+      CHECK(k.status == KeyStatus::disabled);
+      CHECK(k.expires_at == std::optional<apikeys::TimePoint>(at(50'000)));
+      CHECK(k.updated_at == at(100));
+      CHECK(k.rotated_to == std::optional<apikeys::Uuid>(key_id(42)));
+      CHECK(k.created_at == at(0));
+      CHECK_FALSE(k.last_used_at);
+      CHECK_FALSE(k.rotated_from);
+      CHECK(k.version == 2);
+    };
+    check_written(w.key);
+    check_written(*store.get(alice, key_id(1)));
+    const auto found = store.find(public_key(1));
+    REQUIRE(found);
+    check_written(found->info);
+    CHECK(found->digest.bytes == record(1, alice).digest.bytes);
+    CHECK_FALSE(store.find(public_key(77)));
+    CHECK(store.revision() == r0 + 1);
+    const auto changes = store.changes_since(r0);
+    REQUIRE(changes);
+    CHECK(changes->public_keys == std::vector<std::string>{public_key(1)});
+
+    // A stale version: conflict, the key as it is, nothing written, nothing logged.
+    apikeys::KeyInfo stale = next;
+    stale.title = "lost update";
+    const auto c = store.replace(alice, stale, 1);
+    CHECK(c.outcome == WriteOutcome::conflict);
+    check_written(c.key);
+    CHECK(store.replace(alice, stale, 3).outcome == WriteOutcome::conflict);
+    CHECK(store.replace(alice, stale, UINT64_MAX).outcome == WriteOutcome::conflict);
+    check_written(*store.get(alice, key_id(1)));
+    // Another account's key, or none: not_found (never conflict), nothing written.
+    const auto other = store.replace(bob, stale, 2);
+    CHECK(other.outcome == WriteOutcome::not_found);
+    CHECK(other.key.public_key.empty());
+    apikeys::KeyInfo nobody = stale;
+    nobody.key_id = key_id(99);
+    CHECK(store.replace(alice, nobody, 1).outcome == WriteOutcome::not_found);
+    CHECK(store.replace(alice, nobody, UINT64_MAX).outcome == WriteOutcome::not_found);
+    check_written(*store.get(alice, key_id(1)));
+    CHECK(store.revision() == r0 + 1);
+
+    // Clearing the optional fields; a NUL is refused without quoting the value.
+    apikeys::KeyInfo cleared = *store.get(alice, key_id(1));
+    cleared.metadata.clear();
+    cleared.scopes.clear();
+    cleared.expires_at.reset();
+    cleared.rotated_to.reset();
+    cleared.status = KeyStatus::active;
+    const auto w2 = store.replace(alice, cleared, 2);
+    REQUIRE(w2.outcome == WriteOutcome::applied);
+    CHECK(w2.key.metadata.empty());
+    CHECK(w2.key.scopes.empty());
+    CHECK_FALSE(w2.key.expires_at);
+    CHECK_FALSE(w2.key.rotated_to);
+    CHECK(w2.key.version == 3);
+    apikeys::KeyInfo nul = w2.key;
+    nul.title = std::string("secret\0tail", 11);
+    try {
+      (void)store.replace(alice, nul, 3);
+      FAIL("a title with a NUL was stored");
+    } catch (const apikeys::Error& e) {
+      CHECK(e.code() == ErrorCode::storage);
+      CHECK(std::string(e.what()).find("secret") == std::string::npos);
+    }
+    CHECK(store.get(alice, key_id(1))->version == 3);
+  }
+
+  SECTION("rotate writes the old key and inserts the successor, both or neither") {
+    apikeys::KeyInfo old = *store.get(alice, key_id(1));
+    old.expires_at = at(500);
+    old.rotated_to = key_id(50);
+    old.updated_at = at(10);
+    apikeys::KeyRecord successor = record(50, alice, 10);
+    successor.info.rotated_from = key_id(1);
+    successor.info.scopes = {"a.b"};
+    successor.info.metadata = R"({"k":true})";
+    successor.info.updated_at = at(10);
+    successor.info.expires_at = at(500);
+
+    SECTION("applied") {
+      const auto w = store.rotate(alice, old, 1, successor);
+      REQUIRE(w.outcome == WriteOutcome::applied);
+      CHECK(w.key.version == 2);
+      CHECK(w.key.rotated_to == std::optional<apikeys::Uuid>(key_id(50)));
+      CHECK(w.key.expires_at == std::optional<apikeys::TimePoint>(at(500)));
+      const auto got = store.find(public_key(50));
+      REQUIRE(got);
+      apikeys_test::contract::check_same_record(*got, successor);
+      CHECK(got->info.rotated_from == std::optional<apikeys::Uuid>(key_id(1)));
+      CHECK(got->info.scopes == successor.info.scopes);
+      CHECK(got->info.metadata == successor.info.metadata);
+      CHECK(got->info.version == 1);
+      CHECK(store.revision() == r0 + 1);
+      const auto changes = store.changes_since(r0);
+      REQUIRE(changes);
+      CHECK(changes->public_keys == std::vector<std::string>{public_key(1)});
+    }
+    SECTION("a duplicate successor: already_exists, nothing written") {
+      apikeys::KeyRecord taken_pk = successor;
+      taken_pk.info.public_key = public_key(2);
+      apikeys::KeyRecord taken_id = successor;
+      taken_id.info.key_id = key_id(3);
+      for (const auto* dup : {&taken_pk, &taken_id}) {
+        CHECK(error_code_of([&] { (void)store.rotate(alice, old, 1, *dup); }) ==
+              ErrorCode::already_exists);
+      }
+      const auto kept = store.get(alice, key_id(1));
+      REQUIRE(kept);
+      CHECK(kept->version == 1);
+      CHECK_FALSE(kept->rotated_to);
+      CHECK_FALSE(kept->expires_at);
+      CHECK_FALSE(store.get(alice, key_id(50)));
+      CHECK(store.list(alice).size() == 6);
+      CHECK(store.revision() == r0);
+    }
+    SECTION("a stale version or another account's key: the successor is not inserted") {
+      const auto c = store.rotate(alice, old, 2, successor);
+      CHECK(c.outcome == WriteOutcome::conflict);
+      CHECK(c.key.version == 1);
+      CHECK(store.rotate(bob, old, 1, successor).outcome == WriteOutcome::not_found);
+      CHECK_FALSE(store.find(public_key(50)));
+      CHECK_FALSE(store.get(alice, key_id(1))->rotated_to);
+      CHECK(store.revision() == r0);
+    }
+  }
+
+  SECTION("revoke_all revokes the account's other keys at once, each logged") {
+    REQUIRE(store.set_status(alice, key_id(2), KeyStatus::revoked)->version == 2);
+    REQUIRE(store.set_status(alice, key_id(5), KeyStatus::disabled));
+    const std::uint64_t r1 = store.revision();
+    const auto revoked = store.revoke_all(alice, at(9000));
+    CHECK(ids_of(revoked) == ids({1, 4, 3, 5, 6}));
+    for (const auto& k : revoked) {
+      CHECK(k.status == KeyStatus::revoked);
+      CHECK(k.version == (k.key_id == key_id(5) ? 3U : 2U));
+      CHECK(k.updated_at == at(9000));
+      const auto stored = store.get(alice, k.key_id);
+      REQUIRE(stored);
+      CHECK(stored->status == KeyStatus::revoked);
+      CHECK(stored->version == k.version);
+    }
+    const auto two = store.get(alice, key_id(2));
+    CHECK(two->version == 2);  // already revoked: untouched
+    CHECK(two->updated_at == two->created_at);
+    CHECK(store.get(bob, key_id(20))->status == KeyStatus::active);
+    CHECK(store.revision() == r1 + 5);
+    const auto changes = store.changes_since(r1);
+    REQUIRE(changes);
+    auto logged = changes->public_keys;
+    std::sort(logged.begin(), logged.end());
+    std::vector<std::string> want;
+    for (const auto n : {1, 3, 4, 5, 6}) want.push_back(public_key(static_cast<std::uint32_t>(n)));
+    std::sort(want.begin(), want.end());
+    CHECK(logged == want);
+    // Nothing left to revoke: nothing changes, nothing is logged.
+    CHECK(store.revoke_all(alice, at(9500)).empty());
+    CHECK(store.revision() == r1 + 5);
+    CHECK(store.revoke_all(apikeys_test::account_id(3), at(9500)).empty());
+  }
+
+  SECTION("set_status adds one to the version only when the status changes") {
+    CHECK(store.set_status(alice, key_id(1), KeyStatus::disabled)->version == 2);
+    CHECK(store.set_status(alice, key_id(1), KeyStatus::disabled)->version == 2);
+    CHECK(store.set_status(alice, key_id(1), KeyStatus::active)->version == 3);
+    CHECK_FALSE(store.set_status(bob, key_id(1), KeyStatus::revoked));
+    CHECK(store.get(alice, key_id(1))->status == KeyStatus::active);
+  }
+}
+
+TEST_CASE("PostgresStore: revoking more keys than the change log keeps makes changes_since nullopt",
+          "[servers][postgres][store]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  const std::string schema = janitor.make();
+  apikeys::PostgresStore store(*pg, options_for(schema));
+  const apikeys::Uuid alice = apikeys_test::account_id(1);
+  constexpr auto kLog = apikeys::PostgresStore::kChangeLogSize;
+  constexpr std::uint32_t kKeys = kLog + 3;
+  // Inserted in one statement: the store's insert() one by one would take a while.
+  run_sql(*pg, "INSERT INTO \"" + schema +
+                   "\".apikeys_keys (key_id, account_id, public_key, digest, pepper_id, title,"
+                   " description, status, created_at, updated_at) SELECT gen_random_uuid(), '" +
+                   alice.to_string() +
+                   "', 'pk_' || lpad(i::text, 32, 'B'), decode(repeat('ab', 32), 'hex'), 1,"
+                   " 'bulk', '', 0, i, i FROM generate_series(1, " +
+                   std::to_string(kKeys) + ") AS i");
+  store.insert(record(1, apikeys_test::account_id(2)));
+  REQUIRE(store.set_status(apikeys_test::account_id(2), key_id(1), KeyStatus::revoked));
+  const std::uint64_t r0 = store.revision();
+
+  const auto revoked = store.revoke_all(alice, at(0));
+  CHECK(revoked.size() == kKeys);
+  CHECK(store.revision() == r0 + kKeys);
+  // Before the first of them: the log cannot tell, so nullopt (drop everything).
+  CHECK_FALSE(store.changes_since(r0));
+  CHECK_FALSE(store.changes_since(r0 + 2));
+  // From the oldest revision the log still reaches: every key after it, none lost.
+  const auto oldest = store.changes_since(r0 + 3);
+  REQUIRE(oldest);
+  CHECK(oldest->public_keys.size() == kLog);
+  const auto last = store.changes_since(r0 + kKeys - 1);
+  REQUIRE(last);
+  CHECK(last->public_keys.size() == 1);
+  CHECK(run_sql(*pg, "SELECT count(*) FROM \"" + schema + "\".apikeys_changes") ==
+        std::vector<std::vector<std::string>>{{std::to_string(kLog)}});
+}
+
+TEST_CASE("PostgresStore: two threads replace with the same expected version, one wins",
+          "[servers][postgres][store]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  const std::string schema = janitor.make();
+  // Two stores: two pools, two server sessions racing.
+  apikeys::PostgresStore a(*pg, options_for(schema));
+  apikeys::PostgresStore b(*pg, options_for(schema));
+  const apikeys::Uuid alice = apikeys_test::account_id(1);
+  a.insert(record(1, alice));
+  const std::uint64_t r0 = a.revision();
+  constexpr int kRounds = 25;
+  for (int round = 0; round < kRounds; ++round) {
+    const auto current = a.get(alice, key_id(1));
+    REQUIRE(current);
+    REQUIRE(current->version == static_cast<std::uint64_t>(round + 1));
+    std::atomic<int> ready{0};
+    apikeys::WriteResult results[2];
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 2; ++t) {
+      threads.emplace_back([&, t] {
+        apikeys::KeyInfo next = *current;
+        next.title = "round " + std::to_string(round) + " by " + std::to_string(t);
+        ++ready;
+        while (ready.load() < 2) {
+        }
+        results[t] = (t == 0 ? a : b).replace(alice, next, current->version);
+      });
+    }
+    for (auto& th : threads) th.join();
+    INFO("round " << round);
+    const int applied = (results[0].outcome == WriteOutcome::applied ? 1 : 0) +
+                        (results[1].outcome == WriteOutcome::applied ? 1 : 0);
+    REQUIRE(applied == 1);
+    const int winner = results[0].outcome == WriteOutcome::applied ? 0 : 1;
+    const auto& loser = results[1 - winner];
+    CHECK(loser.outcome == WriteOutcome::conflict);
+    // The loser sees the winner's write.
+    CHECK(loser.key.version == current->version + 1);
+    CHECK(loser.key.title == results[winner].key.title);
+    CHECK(a.get(alice, key_id(1))->title == results[winner].key.title);
+  }
+  CHECK(a.get(alice, key_id(1))->version == kRounds + 1);
+  CHECK(b.revision() == r0 + kRounds);
 }

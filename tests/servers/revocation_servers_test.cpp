@@ -2,7 +2,9 @@
 // (apikeys_revoke_node) validates a key in a loop through its own two-tier RedisCache
 // (answers from its in-process tier, no I/O); this process, node B, revokes the key;
 // A must reject it within 1 second. The measured latency (revoke() called on B to the
-// first rejection on A, both on CLOCK_MONOTONIC) is printed for each round.
+// first rejection on A, both on CLOCK_MONOTONIC) is printed for each round. The same
+// holds for every change that takes something away: a removed scope, a disabled key, an
+// expiry shortened by rotation.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -19,6 +21,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -239,6 +242,86 @@ TEST_CASE("Two processes: a key revoked on node B is rejected by node A within 1
             << latencies[latencies.size() / 2] << " ms, max " << latencies.back() << " ms over "
             << latencies.size() << " rounds" << std::endl;
   CHECK(worst_ms < 1000.0);
+  drop_schema(*pg, schema);
+}
+
+TEST_CASE(
+    "Two processes: a removed scope, a disabled key, a shortened expiry hold on node A at once",
+    "[servers][revocation][policy]") {
+  // Node A polls nothing: each change can reach it only through Redis. (A cache that
+  // cannot keep a verdict's scopes answers A from the store every time: slower, and
+  // just as right.)
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  const std::string schema = apikeys_test::unique_name("apikeys_q");
+  const std::string prefix = "apikeys-test:" + apikeys_test::unique_name("q") + ":";
+  const std::string redis_address = redis->host + ":" + std::to_string(redis->port);
+  {
+    apikeys::PostgresStoreOptions so;
+    so.schema = schema;
+    auto store = std::make_shared<apikeys::PostgresStore>(*pg, so);
+    apikeys::RedisCacheOptions co;
+    co.host = redis->host;
+    co.port = redis->port;
+    co.prefix = prefix;
+    apikeys::KeyManagerOptions mo;
+    mo.validation.cache = std::make_shared<apikeys::RedisCache>(co);
+    mo.validation.record_last_use = false;
+    apikeys::KeyManager node_b(
+        store, std::make_shared<apikeys::HmacSha256Hasher>(apikeys_test::kTestPepper), mo);
+    const apikeys::Uuid account = apikeys_test::account_id(10);
+
+    struct Change {
+      const char* what;
+      const char* expected_code;
+      std::function<void(const apikeys::CreatedKey&)> make;
+    };
+    const std::vector<Change> changes = {
+        {"a removed scope", "insufficient_scope",
+         [&](const apikeys::CreatedKey& key) {
+           apikeys::KeyUpdate u;
+           u.scopes = std::vector<std::string>{"invoices.read"};
+           const auto now = node_b.update(account, key.info.key_id, u);
+           CHECK(now.scopes == std::vector<std::string>{"invoices.read"});
+         }},
+        {"a disabled key", "disabled",
+         [&](const apikeys::CreatedKey& key) { node_b.disable(account, key.info.key_id); }},
+        {"an expiry shortened by rotation (grace 0)", "expired",
+         [&](const apikeys::CreatedKey& key) {
+           const auto successor = node_b.rotate(account, key.info.key_id, {});
+           CHECK(node_b.validate(successor.info.public_key, successor.secret_key.reveal()).ok());
+         }},
+    };
+    for (const auto& change : changes) {
+      INFO(change.what);
+      apikeys::CreateRequest request("cross-node policy");
+      request.scopes = {"invoices.read", "invoices.write"};
+      const auto key = node_b.create(account, request);
+      Node a({APIKEYS_REVOKE_NODE_PATH, "--pg", *pg, "--schema", schema, "--redis", redis_address,
+              "--prefix", prefix, "--poll-ms", "0", "--timeout-ms", "20000", "--require",
+              "invoices.write"});
+      a.send_line(key.info.public_key + ":" + std::string(key.secret_key.reveal()));
+      REQUIRE(a.read_line(milliseconds(15'000)) == "ready");
+      std::this_thread::sleep_for(milliseconds(200));
+
+      const std::int64_t t0 = steady_ns();
+      change.make(key);
+      const std::string line = a.read_line(milliseconds(5'000));
+      INFO("node A said: '" << line << "'");
+      std::istringstream in(line);
+      std::string word, code;
+      std::int64_t rejected_at = 0;
+      in >> word >> code >> rejected_at;
+      REQUIRE(word == "rejected");
+      CHECK(code == change.expected_code);
+      const double ms = static_cast<double>(rejected_at - t0) / 1e6;
+      std::cout << "cross-process " << change.what << ": rejected on A " << ms
+                << " ms after the change was called on B" << std::endl;
+      CHECK(ms < 1000.0);
+    }
+  }
   drop_schema(*pg, schema);
 }
 

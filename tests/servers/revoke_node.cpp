@@ -3,8 +3,10 @@
 // rejected.
 //
 //   apikeys_revoke_node --pg CONNINFO --schema NAME --redis HOST:PORT --prefix P
-//                       [--poll-ms N] [--timeout-ms N]
+//                       [--poll-ms N] [--timeout-ms N] [--require SCOPE]...
 //
+// Each --require adds a scope the key must grant (Requirements::scopes): a key that no
+// longer grants it is rejected (insufficient_scope).
 // Reads "pk_...:sk_..." from the first line of stdin (a secret never goes on a command
 // line). Prints "ready" once the key validates and the in-process tier is live (so
 // later validations are answered without I/O), then, at the first rejection,
@@ -16,6 +18,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "apikeys/hasher.hpp"
 #include "apikeys/postgres_store.hpp"
@@ -37,6 +40,7 @@ int main(int argc, char** argv) {
   std::string pg, schema, redis, prefix;
   long poll_ms = 0;
   long timeout_ms = 30'000;
+  apikeys::Requirements requirements;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     const std::string value = argv[i + 1];
@@ -52,6 +56,8 @@ int main(int argc, char** argv) {
       poll_ms = std::atol(value.c_str());
     else if (flag == "--timeout-ms")
       timeout_ms = std::atol(value.c_str());
+    else if (flag == "--require")
+      requirements.scopes.push_back(value);
     else {
       std::cerr << "unknown option " << flag << '\n';
       return 2;
@@ -92,7 +98,7 @@ int main(int argc, char** argv) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     bool ready = false;
     while (std::chrono::steady_clock::now() < deadline) {
-      const auto r = validator.validate(public_key, secret);
+      const auto r = validator.validate(public_key, secret, requirements);
       if (!ready) {
         if (r.ok() && cache->local_tier_live()) {
           ready = true;

@@ -129,6 +129,27 @@ class ForwardingStore : public apikeys::Store {
     inner_->record_last_use(uses);
   }
   std::uint64_t revision() override { return inner_->revision(); }
+  std::optional<apikeys::KeyInfo> get(const apikeys::Uuid& a, const apikeys::Uuid& k) override {
+    return inner_->get(a, k);
+  }
+  std::vector<apikeys::KeyInfo> list_page(const apikeys::Uuid& a,
+                                          const std::optional<apikeys::PagePosition>& after,
+                                          std::size_t limit,
+                                          std::optional<apikeys::KeyStatus> status) override {
+    return inner_->list_page(a, after, limit, status);
+  }
+  apikeys::WriteResult replace(const apikeys::Uuid& a, const apikeys::KeyInfo& next,
+                               std::uint64_t expected_version) override {
+    return inner_->replace(a, next, expected_version);
+  }
+  apikeys::WriteResult rotate(const apikeys::Uuid& a, const apikeys::KeyInfo& old_next,
+                              std::uint64_t expected_version,
+                              const apikeys::KeyRecord& successor) override {
+    return inner_->rotate(a, old_next, expected_version, successor);
+  }
+  std::vector<apikeys::KeyInfo> revoke_all(const apikeys::Uuid& a, apikeys::TimePoint at) override {
+    return inner_->revoke_all(a, at);
+  }
 
  protected:
   apikeys::Store& inner() { return *inner_; }

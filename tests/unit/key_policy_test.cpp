@@ -19,6 +19,7 @@
 #include "apikeys/error.hpp"
 #include "apikeys/hasher.hpp"
 #include "apikeys/key_manager.hpp"
+#include "apikeys/memory_cache.hpp"
 #include "apikeys/memory_store.hpp"
 #include "apikeys/types.hpp"
 #include "catch.hpp"
@@ -1009,4 +1010,68 @@ TEST_CASE("KeyManager: every policy change shows in the very next validation",
     CHECK(t->revoke_all(alice) == 1);
     CHECK(t->validate(token(k)).code == ValidationCode::revoked);
   }
+}
+
+namespace {
+
+// A cache that cannot be reached for erases (a shared Redis the rotating node is cut
+// off from): every other call goes to a MemoryCache.
+class EraseFailsCache final : public apikeys::Cache {
+ public:
+  explicit EraseFailsCache(std::shared_ptr<apikeys::Clock> clock) {
+    apikeys::MemoryCacheOptions o;
+    o.clock = std::move(clock);
+    inner_ = std::make_shared<apikeys::MemoryCache>(o);
+  }
+  std::optional<apikeys::Verdict> get(std::string_view pk, const apikeys::Digest& d) override {
+    return inner_->get(pk, d);
+  }
+  std::uint64_t fill_token(std::string_view pk) override { return inner_->fill_token(pk); }
+  void put(std::string_view pk, const apikeys::Digest& d, const apikeys::Verdict& v,
+           std::chrono::milliseconds ttl, std::uint64_t token) override {
+    inner_->put(pk, d, v, ttl, token);
+  }
+  void erase(std::string_view /*pk*/) override {
+    throw apikeys::Error(ErrorCode::busy, "cache unreachable");
+  }
+  void clear() override { inner_->clear(); }
+
+ private:
+  std::shared_ptr<apikeys::MemoryCache> inner_;
+};
+
+}  // namespace
+
+TEST_CASE("KeyManager::rotate returns the new key even when a cache cannot erase",
+          "[key_manager][key_policy]") {
+  // Throwing after the commit would lose the only copy of the new secret. Every other
+  // cache over the same store still drops the old key's verdict before rotate returns.
+  auto clock = std::make_shared<apikeys::ManualClock>(apikeys_test::test_start());
+  auto store = std::make_shared<apikeys::MemoryStore>();
+  auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(apikeys_test::kTestPepper);
+  apikeys::KeyManagerOptions mo;
+  mo.validation.clock = clock;
+  mo.validation.cache = std::make_shared<EraseFailsCache>(clock);
+  mo.validation.record_last_use = false;
+  apikeys::KeyManager manager(store, hasher, mo);
+  apikeys::ValidatorOptions vo;
+  vo.clock = clock;
+  apikeys::MemoryCacheOptions co;
+  co.clock = clock;
+  vo.cache = std::make_shared<apikeys::MemoryCache>(co);
+  vo.record_last_use = false;
+  apikeys::Validator hot_path(store, hasher, vo);
+
+  const Uuid alice = account_id(1);
+  const CreatedKey k = manager.create(alice, CreateRequest("Rotated"));
+  REQUIRE(hot_path.validate(token(k)).ok());
+  REQUIRE(hot_path.validate(token(k)).ok());  // now answered by its cache
+
+  CreatedKey next;
+  CHECK_NOTHROW(next = manager.rotate(alice, k.info.key_id, RotateRequest{}));
+  CHECK(hot_path.validate(token(next)).ok());
+  CHECK(hot_path.validate(token(k)).code == ValidationCode::expired);
+  CHECK(manager.get(alice, k.info.key_id).rotated_to == next.info.key_id);
+  // The other changes still report the cache they could not reach.
+  CHECK(thrown_by([&] { (void)manager.disable(alice, next.info.key_id); }).code == ErrorCode::busy);
 }

@@ -1,11 +1,15 @@
-// SqliteStore beyond the Store contract: persistence, schema migration and refusal,
-// cross-instance revision, read-only use, error translation, several instances on one
-// file. Raw sqlite3 builds the databases the library must cope with.
+// SqliteStore beyond the Store contract: persistence, schema migration (the 0.1
+// release's database included) and refusal, cross-instance revision, read-only use, error
+// translation, several instances on one file, and the policy operations (pages and their
+// query plans, replace, rotate, revoke_all). Raw sqlite3 builds the databases the
+// library must cope with.
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -15,11 +19,15 @@
 #include <thread>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "apikeys/apikeys.hpp"
 #include "apikeys/error.hpp"
 #include "apikeys/sqlite_store.hpp"
 #include "catch.hpp"
 #include "foreign_files.hpp"
 #include "record_fields.hpp"
+#include "sqlite/queries.hpp"
 #include "store_contract.hpp"
 #include "test_support.hpp"
 
@@ -804,4 +812,505 @@ TEST_CASE("SqliteStore ends idle read snapshots, so they never pin the WAL", "[s
   }
   CHECK(truncated);
   CHECK(store.find(public_key(1))->info.title == "renamed");
+}
+
+namespace {
+
+// Every detail line of EXPLAIN QUERY PLAN for `sql` on `path`, one per line.
+std::string query_plan(const std::string& path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  const int rc = sqlite3_prepare_v2(db, ("EXPLAIN QUERY PLAN " + sql).c_str(), -1, &stmt, nullptr);
+  std::string plan;
+  while (rc == SQLITE_OK && sqlite3_step(stmt) == SQLITE_ROW) {
+    plan += reinterpret_cast<const char*>(sqlite3_column_text(stmt, 3));
+    plan += '\n';
+  }
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  REQUIRE(rc == SQLITE_OK);
+  return plan;
+}
+
+// The key as `store` has it now (it must exist).
+apikeys::KeyInfo stored(SqliteStore& store, const apikeys::Uuid& account, std::uint32_t n) {
+  auto got = store.get(account, key_id(n));
+  REQUIRE(got);
+  return *got;
+}
+
+}  // namespace
+
+TEST_CASE("SqliteStore pages keys with one indexed query", "[store][sqlite]") {
+  TempDir dir;
+  const std::string path = dir.file("pages.db");
+  SqliteStore store(path, fast_options());
+  const apikeys::Uuid alice = account_id(1);
+  const apikeys::Uuid bob = account_id(2);
+
+  SECTION("every form of the page query walks the page index, in its order") {
+    for (const bool after : {false, true}) {
+      for (const bool status : {false, true}) {
+        const std::string plan =
+            query_plan(path, apikeys::detail::sqlite::list_page_sql(after, status));
+        INFO(plan);
+        CHECK(contains(plan, "USING INDEX api_keys_account_page (account_id=?"));
+        CHECK_FALSE(contains(plan, "TEMP B-TREE"));        // no sort: the index gives the order
+        if (after) CHECK(contains(plan, "created_at<?"));  // a seek, not a scan from the top
+      }
+    }
+  }
+
+  SECTION("pages follow (created_at, key_id) descending, ties included, and never repeat") {
+    // Keys 1..6 at three creation times (pairs share a millisecond), one of bob's.
+    for (std::uint32_t n = 1; n <= 6; ++n) store.insert(record(n, alice, (n - 1) / 2));
+    store.insert(record(7, bob, 1));
+    REQUIRE(store.set_status(alice, key_id(3), KeyStatus::revoked));
+    // key_id(n) grows with n, so the expected order is 6, 5, 4, 3, 2, 1.
+    std::vector<apikeys::Uuid> seen;
+    std::optional<apikeys::PagePosition> after;
+    for (;;) {
+      const auto page = store.list_page(alice, after, 2, std::nullopt);
+      if (page.empty()) break;
+      CHECK(page.size() <= 2);
+      for (const auto& k : page) seen.push_back(k.key_id);
+      after = apikeys::PagePosition{page.back().created_at, page.back().key_id};
+      // A key inserted meanwhile (newer than every page so far) is never listed later.
+      if (seen.size() == 2) store.insert(record(8, alice, 100));
+    }
+    CHECK(seen == std::vector<apikeys::Uuid>{key_id(6), key_id(5), key_id(4), key_id(3), key_id(2),
+                                             key_id(1)});
+    // The default (sort list()) agrees with the query, filters included.
+    for (const auto status :
+         {std::optional<KeyStatus>{}, std::optional<KeyStatus>{KeyStatus::active},
+          std::optional<KeyStatus>{KeyStatus::revoked}}) {
+      const apikeys::PagePosition from{at(2), key_id(5)};
+      const auto got = store.list_page(alice, from, 10, status);
+      const auto want = store.Store::list_page(alice, from, 10, status);
+      CHECK(apikeys_test::contract::ids_of(got) == apikeys_test::contract::ids_of(want));
+      const auto first = store.list_page(alice, std::nullopt, 3, status);
+      CHECK(apikeys_test::contract::ids_of(first) ==
+            apikeys_test::contract::ids_of(store.Store::list_page(alice, std::nullopt, 3, status)));
+    }
+    const auto revoked = store.list_page(alice, std::nullopt, 10, KeyStatus::revoked);
+    CHECK(apikeys_test::contract::ids_of(revoked) == std::vector<apikeys::Uuid>{key_id(3)});
+    CHECK(store.list_page(alice, std::nullopt, 0, std::nullopt).empty());
+    CHECK(store.list_page(account_id(3), std::nullopt, 10, std::nullopt).empty());
+    CHECK(apikeys_test::contract::ids_of(store.list_page(bob, std::nullopt, 10, std::nullopt)) ==
+          std::vector<apikeys::Uuid>{key_id(7)});
+  }
+}
+
+TEST_CASE("SqliteStore replace is a compare-and-set that logs the change", "[store][sqlite]") {
+  TempDir dir;
+  const std::string path = dir.file("replace.db");
+  SqliteStore store(path, fast_options());
+  SqliteStore other(path, fast_options());
+  const apikeys::Uuid alice = account_id(1);
+  store.insert(record(1, alice));
+  store.insert(record(2, alice));
+  const std::uint64_t r0 = store.revision();
+
+  apikeys::KeyInfo next = stored(store, alice, 1);
+  CHECK(next.version == 1);
+  next.title = "renamed";
+  next.description = "about";
+  next.metadata = R"({"team":"a"})";
+  next.scopes = {"billing:read", "orders.*"};
+  next.status = KeyStatus::disabled;
+  next.expires_at = at(5000);
+  next.updated_at = at(10);
+  next.rotated_to = key_id(2);
+  // Fields replace() does not write: ignored.
+  next.public_key = "pk_ignored";
+  next.created_at = at(99);
+  next.version = 77;
+  next.rotated_from = key_id(9);
+
+  SECTION("the expected version writes every changeable field and bumps the version") {
+    const apikeys::WriteResult w = store.replace(alice, next, 1);
+    REQUIRE(w.outcome == apikeys::WriteOutcome::applied);
+    for (const apikeys::KeyInfo& k : {w.key, stored(other, alice, 1)}) {
+      CHECK(k.public_key == public_key(1));
+      CHECK(k.title == "renamed");
+      CHECK(k.description == "about");
+      CHECK(k.metadata == R"({"team":"a"})");
+      CHECK(k.scopes == std::vector<std::string>{"billing:read", "orders.*"});
+      CHECK(k.status == KeyStatus::disabled);
+      CHECK(k.expires_at == std::optional<apikeys::TimePoint>(at(5000)));
+      CHECK(k.updated_at == at(10));
+      CHECK(k.created_at == at(0));
+      CHECK(k.version == 2);
+      CHECK_FALSE(k.rotated_from);
+      CHECK(k.rotated_to == std::optional<apikeys::Uuid>(key_id(2)));
+    }
+    CHECK(other.find(public_key(1))->info.status == KeyStatus::disabled);
+    CHECK(other.revision() == r0 + 1);
+    const auto changes = other.changes_since(r0);
+    REQUIRE(changes);
+    CHECK(changes->public_keys == std::vector<std::string>{public_key(1)});
+
+    SECTION("a stale version is a conflict that returns the key as it is") {
+      next.title = "lost update";
+      const apikeys::WriteResult again = other.replace(alice, next, 1);
+      CHECK(again.outcome == apikeys::WriteOutcome::conflict);
+      CHECK(again.key.title == "renamed");
+      CHECK(again.key.version == 2);
+      CHECK(stored(store, alice, 1).title == "renamed");
+      CHECK(store.revision() == r0 + 1);
+    }
+    SECTION("clearing optional fields writes NULL") {
+      next.expires_at.reset();
+      next.rotated_to.reset();
+      next.scopes.clear();
+      next.metadata.clear();
+      const apikeys::WriteResult cleared = store.replace(alice, next, 2);
+      REQUIRE(cleared.outcome == apikeys::WriteOutcome::applied);
+      CHECK_FALSE(cleared.key.expires_at);
+      CHECK_FALSE(cleared.key.rotated_to);
+      CHECK(cleared.key.scopes.empty());
+      CHECK(cleared.key.metadata.empty());
+      CHECK(RawDb(path).integer("SELECT count(*) FROM api_keys WHERE key_id = '" +
+                                key_id(1).to_string() +
+                                "' AND expires_at IS NULL AND rotated_to IS NULL") == 1);
+    }
+  }
+
+  SECTION("another account's key, or no key, is not_found and writes nothing") {
+    CHECK(store.replace(account_id(2), next, 1).outcome == apikeys::WriteOutcome::not_found);
+    apikeys::KeyInfo missing = next;
+    missing.key_id = key_id(40);
+    CHECK(store.replace(alice, missing, 1).outcome == apikeys::WriteOutcome::not_found);
+    CHECK(stored(store, alice, 1).title == "key 1");
+    CHECK(store.revision() == r0);
+  }
+
+  SECTION("a version past the column's range is a conflict") {
+    const auto w = store.replace(alice, next, std::uint64_t{1} << 63);
+    CHECK(w.outcome == apikeys::WriteOutcome::conflict);
+    CHECK(w.key.version == 1);
+  }
+
+  SECTION("set_status moves the version only when the status changes") {
+    CHECK(store.set_status(alice, key_id(2), KeyStatus::active)->version == 1);
+    CHECK(store.set_status(alice, key_id(2), KeyStatus::disabled)->version == 2);
+    CHECK(store.set_status(alice, key_id(2), KeyStatus::disabled)->version == 2);
+    CHECK(store.set_status(alice, key_id(2), KeyStatus::revoked)->version == 3);
+  }
+
+  SECTION("get is scoped to the account") {
+    CHECK(store.get(alice, key_id(1)));
+    CHECK_FALSE(store.get(account_id(2), key_id(1)));
+    CHECK_FALSE(store.get(alice, key_id(40)));
+  }
+}
+
+TEST_CASE("SqliteStore rotate writes both keys or neither", "[store][sqlite]") {
+  TempDir dir;
+  const std::string path = dir.file("rotate.db");
+  SqliteStore store(path, fast_options());
+  const apikeys::Uuid alice = account_id(1);
+  store.insert(record(1, alice));
+  store.insert(record(2, alice));
+  const std::uint64_t r0 = store.revision();
+
+  apikeys::KeyInfo old_next = stored(store, alice, 1);
+  old_next.expires_at = at(60);
+  old_next.updated_at = at(50);
+  old_next.rotated_to = key_id(3);
+  apikeys::KeyRecord successor = record(3, alice, 50);
+  successor.info.rotated_from = key_id(1);
+  successor.info.scopes = {"read"};
+
+  SECTION("applied: the old key points at its successor, which is stored") {
+    const apikeys::WriteResult w = store.rotate(alice, old_next, 1, successor);
+    REQUIRE(w.outcome == apikeys::WriteOutcome::applied);
+    CHECK(w.key.version == 2);
+    CHECK(w.key.rotated_to == std::optional<apikeys::Uuid>(key_id(3)));
+    const auto found = store.find(public_key(3));
+    REQUIRE(found);
+    check_same_record(*found, successor);
+    CHECK(found->info.rotated_from == std::optional<apikeys::Uuid>(key_id(1)));
+    CHECK(found->info.scopes == std::vector<std::string>{"read"});
+    CHECK(store.revision() == r0 + 1);
+  }
+
+  SECTION("a duplicate successor is already_exists and writes nothing") {
+    successor.info.public_key = public_key(2);  // taken by key 2
+    CHECK(error_code_of([&] { (void)store.rotate(alice, old_next, 1, successor); }) ==
+          ErrorCode::already_exists);
+    const apikeys::KeyInfo now = stored(store, alice, 1);
+    CHECK(now.version == 1);
+    CHECK_FALSE(now.rotated_to);
+    CHECK_FALSE(now.expires_at);
+    CHECK_FALSE(store.get(alice, key_id(3)));
+    CHECK(store.revision() == r0);
+    CHECK(store.changes_since(r0)->public_keys.empty());
+  }
+
+  SECTION("a stale version is a conflict and stores no successor") {
+    const apikeys::WriteResult w = store.rotate(alice, old_next, 2, successor);
+    CHECK(w.outcome == apikeys::WriteOutcome::conflict);
+    CHECK(w.key.version == 1);
+    CHECK_FALSE(store.find(public_key(3)));
+    CHECK(store.rotate(account_id(2), old_next, 1, successor).outcome ==
+          apikeys::WriteOutcome::not_found);
+    CHECK_FALSE(store.find(public_key(3)));
+  }
+}
+
+TEST_CASE("SqliteStore revoke_all revokes an account's keys in one transaction",
+          "[store][sqlite]") {
+  TempDir dir;
+  const std::string path = dir.file("revoke-all.db");
+  SqliteStore store(path, fast_options());
+  const apikeys::Uuid alice = account_id(1);
+  const apikeys::Uuid bob = account_id(2);
+
+  SECTION("each key not yet revoked, as it now is, each logged") {
+    for (std::uint32_t n = 1; n <= 4; ++n) store.insert(record(n, alice, n));
+    store.insert(record(5, bob));
+    REQUIRE(store.set_status(alice, key_id(2), KeyStatus::revoked));
+    REQUIRE(store.set_status(alice, key_id(3), KeyStatus::disabled));
+    const std::uint64_t r0 = store.revision();
+
+    const auto revoked = store.revoke_all(alice, at(500));
+    std::vector<apikeys::Uuid> ids = apikeys_test::contract::ids_of(revoked);
+    std::sort(ids.begin(), ids.end());
+    CHECK(ids == std::vector<apikeys::Uuid>{key_id(1), key_id(3), key_id(4)});
+    for (const auto& k : revoked) {
+      CHECK(k.status == KeyStatus::revoked);
+      CHECK(k.updated_at == at(500));
+      CHECK(k.version == (k.key_id == key_id(3) ? 3u : 2u));
+    }
+    CHECK(stored(store, alice, 2).version == 2);  // revoked before: untouched
+    CHECK(stored(store, alice, 2).updated_at == record(2, alice, 2).info.updated_at);
+    CHECK(stored(store, bob, 5).status == KeyStatus::active);
+    CHECK(store.revision() == r0 + 3);
+    const auto changes = store.changes_since(r0);
+    REQUIRE(changes);
+    std::vector<std::string> keys = changes->public_keys;
+    std::sort(keys.begin(), keys.end());
+    CHECK(keys == std::vector<std::string>{public_key(1), public_key(3), public_key(4)});
+    CHECK(store.revoke_all(alice, at(600)).empty());  // nothing left to revoke
+    CHECK(store.revision() == r0 + 3);
+  }
+
+  SECTION("more keys than the log keeps: changes_since refuses rather than drop a key") {
+    const auto n = static_cast<std::uint32_t>(SqliteStore::kChangeLogSize) + 1;
+    {
+      RawDb raw(path);  // bulk insert, as the store would write them
+      raw.exec("BEGIN");
+      for (std::uint32_t i = 1; i <= n; ++i) {
+        raw.exec(
+            "INSERT INTO api_keys (key_id, account_id, public_key, digest, pepper_id, title,"
+            " description, status, created_at, updated_at) VALUES ('" +
+            key_id(i).to_string() + "', '" + alice.to_string() + "', '" + public_key(i) +
+            "', zeroblob(32), 1, 't', '', 0, 0, 0)");
+      }
+      raw.exec("COMMIT");
+    }
+    const std::uint64_t r0 = store.revision();
+    CHECK(store.revoke_all(alice, at(1)).size() == n);
+    const std::uint64_t r1 = store.revision();
+    CHECK(r1 == r0 + n);
+    CHECK_FALSE(store.changes_since(r0));
+    const auto kept = store.changes_since(r1 - SqliteStore::kChangeLogSize);
+    REQUIRE(kept);
+    CHECK(kept->public_keys.size() == SqliteStore::kChangeLogSize);
+    CHECK(RawDb(path).integer("SELECT count(*) FROM apikeys_changes") ==
+          static_cast<std::int64_t>(SqliteStore::kChangeLogSize));
+  }
+}
+
+TEST_CASE("SqliteStore opened read-only refuses the policy writes too", "[store][sqlite]") {
+  TempDir dir;
+  const std::string path = dir.file("ro-policy.db");
+  const apikeys::Uuid alice = account_id(1);
+  { SqliteStore(path).insert(record(1, alice)); }
+  SqliteStoreOptions options;
+  options.read_only = true;
+  SqliteStore store(path, options);
+  apikeys::KeyInfo next = stored(store, alice, 1);
+  next.title = "changed";
+  CHECK(store.list_page(alice, std::nullopt, 10, std::nullopt).size() == 1);
+  CHECK(error_code_of([&] { (void)store.replace(alice, next, 1); }) == ErrorCode::storage);
+  CHECK(error_code_of([&] { (void)store.rotate(alice, next, 1, record(2, alice)); }) ==
+        ErrorCode::storage);
+  CHECK(error_code_of([&] { (void)store.revoke_all(alice, at(1)); }) == ErrorCode::storage);
+  CHECK(stored(store, alice, 1).title == "key 1");
+  CHECK(stored(store, alice, 1).version == 1);
+  CHECK_FALSE(store.find(public_key(2)));
+}
+
+TEST_CASE("Two SqliteStores racing replace with one expected version: exactly one applies",
+          "[store][sqlite]") {
+  TempDir dir;
+  const std::string path = dir.file("race.db");
+  SqliteStore first(path, fast_options());
+  SqliteStore second(path, fast_options());
+  SqliteStore* const stores[] = {&first, &second};
+  const apikeys::Uuid alice = account_id(1);
+  first.insert(record(1, alice));
+
+  constexpr int kThreads = 4;
+  constexpr int kRounds = 25;
+  for (int round = 0; round < kRounds; ++round) {
+    const std::uint64_t version = stored(first, alice, 1).version;
+    std::atomic<int> ready{0};
+    std::atomic<int> applied{0};
+    std::atomic<int> conflicts{0};
+    std::atomic<int> failures{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        apikeys::KeyInfo next;
+        next.key_id = key_id(1);
+        next.title = "round " + std::to_string(round) + " thread " + std::to_string(t);
+        next.updated_at = at(round);
+        ++ready;
+        while (ready.load() < kThreads) std::this_thread::yield();
+        try {
+          const auto w = stores[t % 2]->replace(alice, next, version);
+          if (w.outcome == apikeys::WriteOutcome::applied && w.key.version == version + 1) {
+            ++applied;
+          } else if (w.outcome == apikeys::WriteOutcome::conflict && w.key.version == version + 1) {
+            ++conflicts;
+          } else {
+            ++failures;
+          }
+        } catch (...) {
+          ++failures;
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    REQUIRE(failures.load() == 0);
+    REQUIRE(applied.load() == 1);
+    REQUIRE(conflicts.load() == kThreads - 1);
+  }
+  CHECK(stored(second, alice, 1).version == 1 + kRounds);
+  CHECK(second.revision() == static_cast<std::uint64_t>(kRounds));
+}
+
+namespace {
+
+// The database the 0.1 command-line tool wrote (tests/fixtures/sqlite-v0.1/README.md).
+const std::string kFixtureDir = APIKEYS_SQLITE_V01_FIXTURE_DIR;
+
+nlohmann::json fixture_json() {
+  std::ifstream in(kFixtureDir + "/keys.json", std::ios::binary);
+  REQUIRE(in);
+  return nlohmann::json::parse(in);
+}
+
+// "2026-12-03T07:59:55.650Z" as a time (the fixture's form: always milliseconds and Z).
+apikeys::TimePoint fixture_time(const std::string& text) {
+  int y = 0, mo = 0, d = 0, h = 0, mi = 0, sec = 0, ms = 0;
+  REQUIRE(std::sscanf(text.c_str(), "%d-%d-%dT%d:%d:%d.%dZ", &y, &mo, &d, &h, &mi, &sec, &ms) == 7);
+  // Days since 1970-01-01 in the proleptic Gregorian calendar (civil-from-days inverted).
+  y -= mo <= 2 ? 1 : 0;
+  const std::int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const std::int64_t yoe = y - era * 400;
+  const std::int64_t doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  const std::int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  const std::int64_t days = era * 146097 + doe - 719468;
+  return apikeys::from_unix_millis(((days * 24 + h) * 60 + mi) * 60'000 + sec * 1000 + ms);
+}
+
+}  // namespace
+
+TEST_CASE("SqliteStore migrates the database of the 0.1 release and keeps every field",
+          "[store][sqlite]") {
+  TempDir dir;
+  const std::string path = dir.file("keys.db");
+  fs::copy_file(kFixtureDir + "/keys.db", path);
+  const nlohmann::json fixture = fixture_json();
+  const std::string original = file_bytes(path);
+
+  // Read-only, an older schema is refused with the clear error, and nothing is written.
+  SqliteStoreOptions read_only;
+  read_only.read_only = true;
+  const auto refused = error_of([&] { SqliteStore store(path, read_only); });
+  REQUIRE(refused);
+  CHECK(refused->code() == ErrorCode::storage);
+  CHECK(contains(refused->what(), "older than this library's"));
+  CHECK(contains(refused->what(), "open it read-write once to migrate"));
+  CHECK(file_bytes(path) == original);
+
+  auto store = std::make_shared<SqliteStore>(path);
+  CHECK(RawDb(path).integer("PRAGMA user_version") == SqliteStore::schema_version());
+
+  const apikeys::Uuid first_account = *apikeys::Uuid::parse("11111111-1111-4111-8111-111111111111");
+  const apikeys::Uuid other_account = *apikeys::Uuid::parse("22222222-2222-4222-8222-222222222222");
+  CHECK(store->list(first_account).size() == 3);
+  CHECK(store->list(other_account).size() == 1);
+
+  const auto& keys = fixture.at("keys");
+  REQUIRE(keys.size() == 4);
+  for (const auto& k : keys) {
+    const std::string pk = k.at("public_key").get<std::string>();
+    INFO(pk);
+    const auto found = store->find(pk);
+    REQUIRE(found);
+    const apikeys::KeyInfo& info = found->info;
+    CHECK(info.key_id.to_string() == k.at("key_id").get<std::string>());
+    CHECK(info.account_id == (k.at("title") == "Other account" ? other_account : first_account));
+    CHECK(info.title == k.at("title").get<std::string>());
+    CHECK(info.description == k.at("description").get<std::string>());
+    CHECK(std::string(apikeys::to_string(info.status)) == k.at("status").get<std::string>());
+    CHECK(info.created_at == fixture_time(k.at("created_at").get<std::string>()));
+    if (k.at("expires_at").is_null()) {
+      CHECK_FALSE(info.expires_at);
+    } else {
+      CHECK(info.expires_at ==
+            std::optional<apikeys::TimePoint>(fixture_time(k.at("expires_at").get<std::string>())));
+    }
+    const auto used = fixture.at("last_used_at").find(k.at("key_id").get<std::string>());
+    if (used == fixture.at("last_used_at").end()) {
+      CHECK_FALSE(info.last_used_at);
+    } else {
+      CHECK(info.last_used_at == std::optional<apikeys::TimePoint>(
+                                     apikeys::from_unix_millis(used->get<std::int64_t>())));
+    }
+    CHECK(found->digest.pepper_id == fixture.at("pepper_id").get<std::uint32_t>());
+    // The new fields, defaulted.
+    CHECK(info.metadata.empty());
+    CHECK(info.scopes.empty());
+    CHECK(info.updated_at == info.created_at);
+    CHECK(info.version == 1);
+    CHECK_FALSE(info.rotated_from);
+    CHECK_FALSE(info.rotated_to);
+    const auto got = store->get(info.account_id, info.key_id);
+    REQUIRE(got);
+    CHECK(got->version == 1);
+  }
+  // The spot checks the fixture was made for.
+  CHECK(store->find("pk_I482qlfYPpSsGxXcAb3oYMlzqbrmxbVv")->info.description ==
+        "d\xC3\xA9j\xC3\xA0 vu \xE2\x80\x94 first");
+  CHECK(store->find("pk_I482qlfYPpSsGxXcAb3oYMlzqbrmxbVv")->info.last_used_at ==
+        std::optional<apikeys::TimePoint>(apikeys::from_unix_millis(1796284795953)));
+
+  // The digests: every secret still validates with the fixture's pepper, at its time.
+  const std::vector<std::uint8_t> pepper =
+      apikeys_test::from_hex(fixture.at("pepper_hex").get<std::string>());
+  auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(
+      std::string_view(reinterpret_cast<const char*>(pepper.data()), pepper.size()));
+  auto clock = std::make_shared<apikeys::ManualClock>(
+      fixture_time(keys.at(0).at("created_at").get<std::string>()));
+  apikeys::KeyManagerOptions mo;
+  mo.validation.clock = clock;
+  mo.validation.record_last_use = false;
+  apikeys::KeyManager manager(store, hasher, mo);
+  for (const auto& k : keys) {
+    const std::string pk = k.at("public_key").get<std::string>();
+    INFO(pk);
+    const auto result = manager.validate(pk, k.at("secret_key").get<std::string>());
+    // Secret first: "revoked" also proves the secret matched its digest.
+    CHECK(result.code == (k.at("status") == "revoked" ? apikeys::ValidationCode::revoked
+                                                      : apikeys::ValidationCode::valid));
+    CHECK(manager.validate(pk, "sk_" + std::string(32, 'x')).code ==
+          apikeys::ValidationCode::wrong_secret);
+  }
 }
