@@ -166,6 +166,18 @@ constexpr std::chrono::milliseconds kLongTtl{std::chrono::hours(2)};
 
 std::size_t revoked_from(std::size_t n) { return n - n / 100; }
 
+// A key's policy on the hit path (BENCHMARKS.md, "Key policy on the hit path"): five
+// granted scopes, one a wildcard, of which a request requires three; and 1 KiB of metadata.
+const std::vector<std::string> kGrantedScopes = {"billing:read", "orders.*", "profile.read",
+                                                 "reports.daily", "users.read"};
+const std::vector<std::string> kRequiredScopes = {"orders.write", "reports.daily", "users.read"};
+
+// A JSON object of exactly `bytes` bytes (at least 16): {"note":"xx...x"}.
+std::string metadata_of(std::size_t bytes) {
+  const std::string head = "{\"note\":\"";
+  return head + std::string(bytes - head.size() - 2, 'x') + "\"}";
+}
+
 std::string database_path(const Config& cfg, const ab::TempDir& tmp, std::size_t n) {
   const std::string name = "apikeys-bench-v1-" + std::to_string(n) + ".db";
   if (cfg.cache_dir.empty()) return tmp.file(name);
@@ -275,6 +287,13 @@ struct World {
   std::shared_ptr<apikeys::MemoryCache> hit_cache;
   std::unique_ptr<apikeys::Validator> hit;             // defaults (last-use writer on)
   std::unique_ptr<apikeys::Validator> hit_writer_off;  // same cache, record_last_use off
+  // The hit path for keys with a policy: the hit keys again, in a MemoryStore of their
+  // own with 5 granted scopes (one a wildcard), or 1 KiB of metadata; own caches.
+  std::shared_ptr<apikeys::MemoryStore> scoped_store;
+  std::unique_ptr<apikeys::Validator> hit_scoped;
+  apikeys::Requirements three_scopes;
+  std::shared_ptr<apikeys::MemoryStore> metadata_store;
+  std::unique_ptr<apikeys::Validator> hit_metadata;
   std::unique_ptr<apikeys::Validator> memory_cold;
   std::unique_ptr<apikeys::Validator> sqlite_cold;
   std::unique_ptr<apikeys::KeyManager> sqlite_manager;
@@ -295,6 +314,7 @@ struct World {
   }
 
   void build();
+  void build_policy_hits();
   void build_floors();
   void build_big();
 };
@@ -369,6 +389,7 @@ void World::build() {
   hit->flush_last_use();
   expect(hit_cache->size() >= hit_count, "the cache holds the hit keys");
   ab::checkpoint(sqlite_path);
+  build_policy_hits();
 
   apikeys::KeyManagerOptions mo;
   mo.validation.record_last_use = false;
@@ -383,6 +404,36 @@ void World::build() {
   std::ostringstream os;
   os << "world of " << keys.size << " keys ready in " << elapsed_s(t0) << " s";
   progress(os.str());
+}
+
+void World::build_policy_hits() {
+  three_scopes.scopes = kRequiredScopes;
+  const std::string metadata = metadata_of(1024);
+  scoped_store = std::make_shared<apikeys::MemoryStore>();
+  metadata_store = std::make_shared<apikeys::MemoryStore>();
+  for (std::size_t i = 0; i < hit_count; ++i) {
+    apikeys::KeyRecord scoped = ab::record_of(keys, i, digests[i], false);
+    scoped.info.scopes = kGrantedScopes;
+    scoped_store->insert(std::move(scoped));
+    apikeys::KeyRecord described = ab::record_of(keys, i, digests[i], false);
+    described.info.metadata = metadata;
+    metadata_store->insert(std::move(described));
+  }
+  hit_scoped = std::make_unique<apikeys::Validator>(
+      scoped_store, hasher, hit_options(std::make_shared<apikeys::MemoryCache>()));
+  hit_metadata = std::make_unique<apikeys::Validator>(
+      metadata_store, hasher, hit_options(std::make_shared<apikeys::MemoryCache>()));
+  // Warm-up as for validate/hit: every key's verdict cached, its last use recorded.
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < hit_count; ++i) {
+    const auto s = hit_scoped->validate(keys.public_key(i), keys.secret(i), three_scopes);
+    bad += s.code != ValidationCode::valid || s.scopes != kGrantedScopes;
+    const auto m = hit_metadata->validate(keys.public_key(i), keys.secret(i));
+    bad += m.code != ValidationCode::valid || m.metadata != metadata;
+  }
+  expect(bad == 0, "policy hit warm-up: " + std::to_string(bad) + " unexpected verdicts");
+  hit_scoped->flush_last_use();
+  hit_metadata->flush_last_use();
 }
 
 void World::build_floors() {
@@ -616,6 +667,21 @@ void register_benchmarks(World& w) {
   register_validate("validate/hit_writer_off", w.hit_writer_off.get(), valid_hit,
                     ValidationCode::valid)
       ->Unit(ns);
+  benchmark::RegisterBenchmark("validate/hit_3_scopes", [world, valid_hit](benchmark::State& st) {
+    ab::Rng rng(0x5eed);
+    std::size_t bad = 0;
+    for (auto _ : st) {
+      const auto [pk, sk] = valid_hit(rng);
+      const apikeys::ValidationResult r = world->hit_scoped->validate(pk, sk, world->three_scopes);
+      bad += r.code != ValidationCode::valid;
+      benchmark::DoNotOptimize(r);
+    }
+    if (bad != 0) st.SkipWithError("unexpected verdicts");
+    st.SetLabel("5 granted, 3 required");
+  })->Unit(ns);
+  register_validate("validate/hit_1k_metadata", w.hit_metadata.get(), valid_hit,
+                    ValidationCode::valid, "1024-byte metadata")
+      ->Unit(ns);
 
   auto valid = [keys, n_valid](ab::Rng& rng) {
     const std::uint32_t i = rng.below(n_valid);
@@ -721,6 +787,34 @@ void memory_section(const Config& cfg, Results& res) {
         static_cast<double>(ab::heap_bytes_in_use() - heap0) / held;
     res.value["memory/cache_rss_per_verdict"] =
         (static_cast<double>(ab::rss_bytes()) - static_cast<double>(rss0)) / held;
+    res.value["memory/cache_counted_per_verdict"] = static_cast<double>(cache->bytes()) / held;
+  }
+  malloc_trim(0);
+  {
+    // The same with 1 KiB of metadata per key, on fewer keys so that the default
+    // max_bytes (256 MiB) evicts none.
+    const std::size_t m = std::min<std::size_t>(n, 100'000);
+    apikeys::Verdict v{ValidationCode::valid};
+    v.metadata = metadata_of(1024);
+    v.has_policy = true;
+    const std::size_t heap0 = ab::heap_bytes_in_use();
+    const std::size_t rss0 = ab::rss_bytes();
+    auto cache = std::make_shared<apikeys::MemoryCache>();  // default options
+    for (std::size_t i = 0; i < m; ++i) {
+      const std::string_view pk = keys.public_key(i);
+      const std::uint64_t token = cache->fill_token(pk);
+      v.account_id = ab::account_of(i);
+      v.key_id = keys.key_ids[i];
+      cache->put(pk, digests[i], v, kLongTtl, token);
+    }
+    const double held = static_cast<double>(cache->size());
+    res.value["memory/cache_1k_metadata_entries"] = held;
+    res.value["memory/cache_bytes_per_verdict_1k_metadata"] =
+        static_cast<double>(ab::heap_bytes_in_use() - heap0) / held;
+    res.value["memory/cache_rss_per_verdict_1k_metadata"] =
+        (static_cast<double>(ab::rss_bytes()) - static_cast<double>(rss0)) / held;
+    res.value["memory/cache_counted_per_verdict_1k_metadata"] =
+        static_cast<double>(cache->bytes()) / held;
   }
   malloc_trim(0);
   {

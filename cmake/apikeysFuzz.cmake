@@ -1,7 +1,7 @@
-# libFuzzer targets: fuzz_token, fuzz_validate, fuzz_request and fuzz_cli, sources in
-# tests/fuzz/, seed corpora in tests/fuzz/corpus/<target>/. scripts/ci-fuzz.sh builds
-# and runs them. Off by default; needs clang and its libFuzzer runtime (Debian:
-# clang-14 libclang-rt-14-dev). Configure a separate build directory for them:
+# libFuzzer targets: fuzz_token, fuzz_validate, fuzz_request, fuzz_cli, fuzz_scope and
+# fuzz_metadata, sources in tests/fuzz/, seed corpora in tests/fuzz/corpus/<target>/.
+# scripts/ci-fuzz.sh builds and runs them. Off by default; needs clang and its libFuzzer
+# runtime (Debian: clang-14 libclang-rt-14-dev). Configure a separate build directory:
 #   CC=clang CXX=clang++ cmake -B build-fuzz -DAPIKEYS_BUILD_FUZZERS=ON -DAPIKEYS_BUILD_TESTS=OFF
 # The whole library is instrumented (coverage and ASan+UBSan), so do not mix this
 # build with one whose tests should run uninstrumented.
@@ -43,3 +43,15 @@ apikeys_add_fuzzer(fuzz_token)
 apikeys_add_fuzzer(fuzz_validate)
 apikeys_add_fuzzer(fuzz_request)
 apikeys_add_fuzzer(fuzz_cli apikeys_cli_lib)
+
+# fuzz_scope and fuzz_metadata call the scope and metadata checks in src/ directly; a
+# shared library hides them, so such a build compiles the fuzzers their own copy.
+foreach(name fuzz_scope fuzz_metadata)
+  apikeys_add_fuzzer(${name})
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/src)
+  if(BUILD_SHARED_LIBS)
+    target_sources(${name} PRIVATE ${PROJECT_SOURCE_DIR}/src/scope.cpp
+      ${PROJECT_SOURCE_DIR}/src/metadata.cpp ${PROJECT_SOURCE_DIR}/src/text.cpp)
+    target_link_libraries(${name} PRIVATE nlohmann_json::nlohmann_json)
+  endif()
+endforeach()

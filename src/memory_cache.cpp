@@ -2,10 +2,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "apikeys/error.hpp"
@@ -35,33 +38,110 @@ struct InlineKey {
   }
 };
 
+// A verdict's scopes and metadata, packed into one heap block so that an entry costs one
+// allocation more when it has them and none when it has not (a key with neither keeps
+// just the flat Slot below). Layout, native byte order (the block never leaves the
+// process), lengths as uint32:
+//   block size | scope count | metadata length | per scope: length, characters | metadata
+class Policy {
+ public:
+  static constexpr std::size_t kHeader = 12;
+
+  Policy() = default;
+
+  // The block for v's scopes and metadata; empty (no block) when it has neither. Throws
+  // Error(invalid_argument) when the block would pass 4 GiB, std::bad_alloc.
+  static Policy pack(const Verdict& v) {
+    Policy p;
+    if (v.scopes.empty() && v.metadata.empty()) return p;
+    std::size_t total = kHeader + v.metadata.size();
+    for (const std::string& s : v.scopes) total += 4 + s.size();
+    if (total > std::numeric_limits<std::uint32_t>::max()) {
+      throw Error(ErrorCode::invalid_argument,
+                  "MemoryCache: a verdict's scopes and metadata take over 4 GiB");
+    }
+    p.block_.reset(new unsigned char[total]);
+    unsigned char* out = p.block_.get();
+    store32(out, total);
+    store32(out + 4, v.scopes.size());
+    store32(out + 8, v.metadata.size());
+    out += kHeader;
+    for (const std::string& s : v.scopes) {
+      store32(out, s.size());
+      std::memcpy(out + 4, s.data(), s.size());
+      out += 4 + s.size();
+    }
+    std::memcpy(out, v.metadata.data(), v.metadata.size());
+    return p;
+  }
+
+  // Bytes of the block (0 when there is none).
+  [[nodiscard]] std::size_t bytes() const noexcept { return block_ ? load32(block_.get()) : 0; }
+
+  // Sets v's scopes and metadata from the block (leaves them empty when there is none).
+  void unpack(Verdict& v) const {
+    if (!block_) return;
+    const unsigned char* in = block_.get();
+    const std::uint32_t count = load32(in + 4);
+    const std::uint32_t metadata = load32(in + 8);
+    in += kHeader;
+    v.scopes.reserve(count);
+    for (std::uint32_t i = 0; i < count; ++i) {
+      const std::uint32_t len = load32(in);
+      v.scopes.emplace_back(reinterpret_cast<const char*>(in + 4), len);
+      in += 4 + static_cast<std::size_t>(len);
+    }
+    v.metadata.assign(reinterpret_cast<const char*>(in), metadata);
+  }
+
+ private:
+  static void store32(unsigned char* at, std::size_t v) noexcept {
+    const auto u = static_cast<std::uint32_t>(v);
+    std::memcpy(at, &u, 4);
+  }
+  static std::uint32_t load32(const unsigned char* at) noexcept {
+    std::uint32_t u = 0;
+    std::memcpy(&u, at, 4);
+    return u;
+  }
+
+  std::unique_ptr<unsigned char[]> block_;
+};
+
 // One verdict per public key. `presented` is the full digest of the secret that earned
 // the verdict: a lookup answers only when the presented digest matches all 32 bytes.
-// The verdict's fields laid out flat (88 bytes): its expires_at as Unix milliseconds,
-// kNoKeyExpiry for none, and returned with it, so the Validator checks the key's expiry
-// against its own clock whatever clock this cache has. The entry's own deadline is also
-// capped at the key's expiry (see deadline()).
+// The verdict's fields laid out flat (96 bytes, the last 8 the pointer to its Policy
+// block): its expires_at as Unix milliseconds, kNoKeyExpiry for none, and returned with
+// it, so the Validator checks the key's expiry against its own clock whatever clock this
+// cache has. The entry's own deadline is also capped at the key's expiry (see deadline()).
 constexpr std::int64_t kNoKeyExpiry = std::numeric_limits<std::int64_t>::max();
 
 struct Slot {
   std::int64_t expires_ms = 0;  // first: no padding before it
   Digest presented;
   ValidationCode code = ValidationCode::error;
+  bool has_policy = false;
   Uuid account_id;
   Uuid key_id;
   std::int64_t key_expires_ms = kNoKeyExpiry;
+  Policy policy;
 
   Slot() = default;
-  Slot(std::int64_t expires, const Digest& d, const Verdict& v) noexcept
+  Slot(std::int64_t expires, const Digest& d, const Verdict& v, Policy&& p) noexcept
       : expires_ms(expires),
         presented(d),
         code(v.code),
+        has_policy(v.has_policy),
         account_id(v.account_id),
         key_id(v.key_id),
-        key_expires_ms(v.expires_at ? to_unix_millis(*v.expires_at) : kNoKeyExpiry) {}
+        key_expires_ms(v.expires_at ? to_unix_millis(*v.expires_at) : kNoKeyExpiry),
+        policy(std::move(p)) {}
+  // REQUIRES: the shard's mutex (the block may be freed by another put otherwise).
   [[nodiscard]] Verdict verdict() const {
     Verdict v{code, account_id, key_id};
     if (key_expires_ms != kNoKeyExpiry) v.expires_at = from_unix_millis(key_expires_ms);
+    v.has_policy = has_policy;
+    policy.unpack(v);
     return v;
   }
 };
@@ -77,6 +157,8 @@ struct Node {
 // (libstdc++) points a bucket at the node *before* its first one, another node that is
 // somewhere else in memory: on a cache hit that was one more dependent cache miss, and
 // a division, per lookup. Load factor at most 1: 8 to 16 bytes of buckets per entry.
+// It keeps the bytes its entries count for (MemoryCache::kEntryBytes each, plus their
+// Policy blocks).
 // REQUIRES: the owner serialises every call (the shard's mutex).
 class Table {
  public:
@@ -86,6 +168,10 @@ class Table {
   ~Table() { clear(); }
 
   [[nodiscard]] std::size_t size() const noexcept { return size_; }
+  [[nodiscard]] std::size_t bytes() const noexcept { return bytes_; }
+  [[nodiscard]] static std::size_t charge(const Slot& slot) noexcept {
+    return MemoryCache::kEntryBytes + slot.policy.bytes();
+  }
   [[nodiscard]] std::size_t bucket_count() const noexcept { return buckets_.size(); }
   [[nodiscard]] Node* bucket(std::size_t b) const noexcept { return buckets_[b]; }
 
@@ -98,13 +184,22 @@ class Table {
   }
 
   // REQUIRES: no node has key `k`. May throw std::bad_alloc (the table is unchanged).
-  void insert(const InlineKey& k, const Slot& slot) {
+  void insert(const InlineKey& k, Slot&& slot) {
     if (size_ + 1 > buckets_.size()) grow();
-    Node* n = new Node{nullptr, k, slot};
+    const std::size_t c = charge(slot);
+    Node* n = new Node{nullptr, k, std::move(slot)};
     Node*& head = buckets_[index(k.hash)];
     n->next = head;
     head = n;
     ++size_;
+    bytes_ += c;
+  }
+
+  // Replaces the verdict of a node of this table.
+  void replace(Node* n, Slot&& slot) noexcept {
+    bytes_ -= charge(n->slot);
+    bytes_ += charge(slot);
+    n->slot = std::move(slot);
   }
 
   bool erase(const InlineKey& k) noexcept {
@@ -113,6 +208,7 @@ class Table {
       if ((*link)->key == k) {
         Node* dead = *link;
         *link = dead->next;
+        bytes_ -= charge(dead->slot);
         delete dead;
         --size_;
         return true;
@@ -130,6 +226,7 @@ class Table {
       }
     }
     size_ = 0;
+    bytes_ = 0;
   }
 
  private:
@@ -154,6 +251,7 @@ class Table {
 
   std::vector<Node*> buckets_;
   std::size_t size_ = 0;
+  std::size_t bytes_ = 0;
 };
 
 struct alignas(64) Shard {
@@ -187,12 +285,23 @@ std::size_t round_up_pow2(std::size_t n) {
   return p;
 }
 
+std::size_t round_down_pow2(std::size_t n) {
+  std::size_t p = 1;
+  while (p <= n / 2) p <<= 1;
+  return p;
+}
+
+// A shard's least share of max_bytes: more than the largest verdict the Validator puts
+// (64 scopes of 128 characters and 4 KiB of metadata: 12,740 bytes with its node).
+constexpr std::size_t kMinShardBytes = std::size_t{16} << 10;
+
 }  // namespace
 
 struct MemoryCache::Impl {
   detail::SipHasher sip;
   std::shared_ptr<Clock> clock;
   std::size_t per_shard_capacity = 1;
+  std::size_t per_shard_bytes = 0;
   std::atomic<std::uint64_t> epoch{0};
   std::vector<std::unique_ptr<Shard>> shards;
 
@@ -214,23 +323,34 @@ struct MemoryCache::Impl {
   }
   [[nodiscard]] std::int64_t now_ms() const noexcept { return to_unix_millis(clock->now()); }
 
-  // REQUIRES: s.table.size() >= per_shard_capacity. Samples a few buckets from a
-  // rotating cursor; evicts an expired entry if one turns up, else the first seen.
-  void evict_one(Shard& s, std::int64_t now) APIKEYS_REQUIRES(s.mu) {
+  // REQUIRES: the table holds an entry other than `keep`. Samples a few buckets from a
+  // rotating cursor; evicts an expired entry if one turns up, else the first seen, never
+  // `keep` (the entry a put is replacing). Returns false when it found nothing to evict.
+  bool evict_one(Shard& s, std::int64_t now, const Node* keep) APIKEYS_REQUIRES(s.mu) {
     const std::size_t buckets = s.table.bucket_count();
     std::optional<InlineKey> victim;
     for (std::size_t probes = 0, seen = 0; probes < buckets && seen < 4; ++probes) {
       const std::size_t b = s.evict_cursor++ % buckets;
       for (Node* n = s.table.bucket(b); n != nullptr; n = n->next) {
+        if (n == keep) continue;
         ++seen;
-        if (n->slot.expires_ms <= now) {
-          s.table.erase(InlineKey(n->key));
-          return;
-        }
+        if (n->slot.expires_ms <= now) return s.table.erase(InlineKey(n->key));
         if (!victim) victim = n->key;
       }
     }
-    if (victim) s.table.erase(*victim);
+    return victim && s.table.erase(*victim);
+  }
+
+  // Evicts until the shard has room for an entry of `add` bytes that replaces `old` (null:
+  // a new entry), in entries and in bytes; stops when only `old` is left.
+  void make_room(Shard& s, std::int64_t now, const Node* old, std::size_t add)
+      APIKEYS_REQUIRES(s.mu) {
+    const std::size_t others = old != nullptr ? 1 : 0;
+    const std::size_t kept = old != nullptr ? Table::charge(old->slot) : 0;
+    while (s.table.size() > others && (s.table.size() + 1 - others > per_shard_capacity ||
+                                       s.table.bytes() - kept + add > per_shard_bytes)) {
+      if (!evict_one(s, now, old)) return;
+    }
   }
 };
 
@@ -239,9 +359,11 @@ MemoryCache::MemoryCache(MemoryCacheOptions options) : impl_(std::make_unique<Im
   const std::size_t capacity =
       std::clamp<std::size_t>(options.capacity, 1, MemoryCacheOptions::kMaxCapacity);
   const std::size_t n =
-      std::min(round_up_pow2(std::max<std::size_t>(options.shards, 1)), round_up_pow2(capacity));
+      std::min({round_up_pow2(std::max<std::size_t>(options.shards, 1)), round_up_pow2(capacity),
+                round_down_pow2(std::max<std::size_t>(options.max_bytes / kMinShardBytes, 1))});
   // Rounded up; the usual (capacity + n - 1) / n wraps to nothing near SIZE_MAX.
   impl_->per_shard_capacity = capacity / n + (capacity % n != 0 ? 1 : 0);
+  impl_->per_shard_bytes = options.max_bytes / n + (options.max_bytes % n != 0 ? 1 : 0);
   impl_->shards.reserve(n);
   for (std::size_t i = 0; i < n; ++i) impl_->shards.push_back(std::make_unique<Shard>());
 }
@@ -254,7 +376,8 @@ std::optional<Verdict> MemoryCache::get(std::string_view public_key, const Diges
   const std::int64_t now = impl_->now_ms();
   detail::MutexLock lock(w.shard.mu);
   Node* n = w.shard.table.find(InlineKey(public_key, w.hash));
-  static_assert(sizeof(InlineKey) == 64 && sizeof(Slot) == 88, "entry layout grew");
+  static_assert(sizeof(InlineKey) == 64 && sizeof(Slot) == 96, "entry layout grew");
+  static_assert(sizeof(Node) + 2 * sizeof(Node*) == kEntryBytes, "kEntryBytes is documented");
   if (n == nullptr) return std::nullopt;
   if (n->slot.expires_ms <= now) {
     w.shard.table.erase(InlineKey(n->key));
@@ -271,6 +394,8 @@ std::uint64_t MemoryCache::fill_token(std::string_view public_key) {
 void MemoryCache::put(std::string_view public_key, const Digest& presented, const Verdict& verdict,
                       std::chrono::milliseconds ttl, std::uint64_t token) {
   if (ttl.count() <= 0 || public_key.size() > kMaxPublicKeyLength) return;
+  Policy policy = Policy::pack(verdict);  // allocates, if at all, outside the lock
+  const std::size_t add = kEntryBytes + policy.bytes();
   auto w = impl_->locate(public_key);
   const std::int64_t now = impl_->now_ms();
   detail::MutexLock lock(w.shard.mu);
@@ -284,11 +409,14 @@ void MemoryCache::put(std::string_view public_key, const Digest& presented, cons
         !constant_time_equal(old.presented, presented)) {
       return;  // a guess at the secret never pushes the owner's verdict out
     }
-    n->slot = Slot(deadline(now, ttl, verdict), presented, verdict);
-    return;
   }
-  if (w.shard.table.size() >= impl_->per_shard_capacity) impl_->evict_one(w.shard, now);
-  w.shard.table.insert(key, Slot(deadline(now, ttl, verdict), presented, verdict));
+  impl_->make_room(w.shard, now, n, add);
+  Slot slot(deadline(now, ttl, verdict), presented, verdict, std::move(policy));
+  if (n != nullptr) {
+    w.shard.table.replace(n, std::move(slot));
+  } else {
+    w.shard.table.insert(key, std::move(slot));
+  }
 }
 
 void MemoryCache::erase(std::string_view public_key) {
@@ -313,6 +441,15 @@ std::size_t MemoryCache::size() const {
   for (const auto& s : impl_->shards) {
     detail::MutexLock lock(s->mu);
     n += s->table.size();
+  }
+  return n;
+}
+
+std::size_t MemoryCache::bytes() const {
+  std::size_t n = 0;
+  for (const auto& s : impl_->shards) {
+    detail::MutexLock lock(s->mu);
+    n += s->table.bytes();
   }
   return n;
 }

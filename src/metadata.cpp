@@ -95,6 +95,9 @@ const char* metadata_error(std::string_view text) noexcept {
   if (!utf8_length(text, std::numeric_limits<std::size_t>::max())) {
     return "metadata must be valid UTF-8";
   }
+  // JSON has no raw NUL anywhere (inside a string it is escaped), and the parser would
+  // take one for the end of the text, accepting whatever follows it.
+  if (text.find('\0') != std::string_view::npos) return "metadata must be valid JSON";
   // The first character that is not white space decides "an object" before parsing.
   const std::size_t first = text.find_first_not_of(" \t\r\n");
   if (first == std::string_view::npos) return "metadata must be valid JSON";

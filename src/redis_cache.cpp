@@ -178,45 +178,98 @@ std::string digest_field(const Digest& d) {
   return out;
 }
 
-// Verdict value, layout version 2 (42 bytes): version, code, account id (16), key id
-// (16), the key's expiry in Unix milliseconds (8, big-endian; INT64_MIN: none).
-// doc/redis-cache.md, "Verdict encoding". Invariant 7: another version or length, or a
-// code past kLastValidationCode (one a newer library added), decodes as a miss.
-constexpr std::uint8_t kVerdictLayout = 2;
-constexpr std::size_t kVerdictSize = 42;
+// Verdict value, layout version 3 (51 bytes plus the scopes and the metadata): version,
+// code, flags (bit 0: has_policy; the others 0), account id (16), key id (16), the key's
+// expiry in Unix milliseconds (8, big-endian; INT64_MIN: none), then the scopes joined by
+// single spaces and the metadata, each after its length (4, big-endian).
+// doc/redis-cache.md, "Verdict encoding". Invariant 7: another version, a length that
+// does not add up, a flag this layout does not define, or a code past
+// kLastValidationCode (one a newer library added), decodes as a miss.
+constexpr std::uint8_t kVerdictLayout = 3;
+constexpr std::size_t kVerdictFixedSize = 51;
+constexpr std::uint8_t kFlagHasPolicy = 0x01;
 constexpr std::int64_t kNoExpiry = std::numeric_limits<std::int64_t>::min();
 
-std::string encode(const Verdict& v) {
-  std::string out(kVerdictSize, '\0');
+void put_be(std::string& out, std::size_t at, std::uint64_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i)
+    out[at + static_cast<std::size_t>(i)] = static_cast<char>(v >> (8 * (bytes - 1 - i)));
+}
+
+std::uint64_t get_be(const char* at, int bytes) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) v = (v << 8) | static_cast<std::uint8_t>(at[i]);
+  return v;
+}
+
+// The scopes in their stored form (KeyInfo::scopes as the stores keep them), or nullopt
+// when a scope cannot be told apart in it (empty, or holding a space: never one the
+// Validator puts, whose scopes follow the scope grammar).
+std::optional<std::string> joined_scopes(const std::vector<std::string>& scopes) {
+  std::string out;
+  for (const std::string& s : scopes) {
+    if (s.empty() || s.find(' ') != std::string::npos) return std::nullopt;
+    if (&s != &scopes.front()) out += ' ';
+    out += s;
+  }
+  return out;
+}
+
+// The value to store, or nullopt when the verdict cannot be encoded (see joined_scopes,
+// or a part over 4 GiB): the put then stores nothing, which is always safe.
+std::optional<std::string> encode(const Verdict& v) {
+  const std::optional<std::string> scopes = joined_scopes(v.scopes);
+  constexpr std::size_t kMaxPart = std::numeric_limits<std::uint32_t>::max();
+  if (!scopes || scopes->size() > kMaxPart || v.metadata.size() > kMaxPart) return std::nullopt;
+  std::string out(kVerdictFixedSize, '\0');
   out[0] = static_cast<char>(kVerdictLayout);
   out[1] = static_cast<char>(v.code);
-  std::memcpy(&out[2], v.account_id.bytes().data(), 16);
-  std::memcpy(&out[18], v.key_id.bytes().data(), 16);
-  const auto expires =
-      static_cast<std::uint64_t>(v.expires_at ? to_unix_millis(*v.expires_at) : kNoExpiry);
-  for (int i = 0; i < 8; ++i)
-    out[34 + static_cast<std::size_t>(i)] = static_cast<char>(expires >> (56 - 8 * i));
+  out[2] = static_cast<char>(v.has_policy ? kFlagHasPolicy : 0);
+  std::memcpy(&out[3], v.account_id.bytes().data(), 16);
+  std::memcpy(&out[19], v.key_id.bytes().data(), 16);
+  put_be(out, 35,
+         static_cast<std::uint64_t>(v.expires_at ? to_unix_millis(*v.expires_at) : kNoExpiry), 8);
+  put_be(out, 43, scopes->size(), 4);
+  out.reserve(kVerdictFixedSize + scopes->size() + v.metadata.size());
+  out.resize(47);
+  out += *scopes;
+  out.resize(out.size() + 4);
+  put_be(out, out.size() - 4, v.metadata.size(), 4);
+  out += v.metadata;
   return out;
 }
 
 std::optional<Verdict> decode(const char* data, std::size_t len) {
-  if (len != kVerdictSize || static_cast<std::uint8_t>(data[0]) != kVerdictLayout ||
-      !is_known_validation_code(static_cast<std::uint8_t>(data[1]))) {
-    return std::nullopt;  // not ours, another layout or a newer code: a miss is always safe
+  // Not ours, another layout or a newer code or flag: a miss is always safe.
+  if (len < kVerdictFixedSize || static_cast<std::uint8_t>(data[0]) != kVerdictLayout ||
+      !is_known_validation_code(static_cast<std::uint8_t>(data[1])) ||
+      (static_cast<std::uint8_t>(data[2]) & ~kFlagHasPolicy) != 0) {
+    return std::nullopt;
   }
+  const std::uint64_t scopes_len = get_be(data + 43, 4);
+  if (scopes_len > len - kVerdictFixedSize) return std::nullopt;
+  const std::uint64_t metadata_len = get_be(data + 47 + scopes_len, 4);
+  if (metadata_len != len - kVerdictFixedSize - scopes_len) return std::nullopt;
+  const std::string_view scopes(data + 47, static_cast<std::size_t>(scopes_len));
   Verdict v;
+  // Split on single spaces; an empty scope (two spaces, one at either end) is not a
+  // stored form this encoder writes.
+  for (std::size_t at = 0; at < scopes.size();) {
+    const std::size_t space = std::min(scopes.find(' ', at), scopes.size());
+    if (space == at || space + 1 == scopes.size()) return std::nullopt;
+    v.scopes.emplace_back(scopes.substr(at, space - at));
+    at = space + 1;
+  }
   v.code = static_cast<ValidationCode>(static_cast<std::uint8_t>(data[1]));
+  v.has_policy = (static_cast<std::uint8_t>(data[2]) & kFlagHasPolicy) != 0;
   std::array<std::uint8_t, 16> a{};
   std::array<std::uint8_t, 16> k{};
-  std::memcpy(a.data(), data + 2, 16);
-  std::memcpy(k.data(), data + 18, 16);
+  std::memcpy(a.data(), data + 3, 16);
+  std::memcpy(k.data(), data + 19, 16);
   v.account_id = Uuid(a);
-  std::uint64_t expires = 0;
-  for (int i = 0; i < 8; ++i) expires = (expires << 8) | static_cast<std::uint8_t>(data[34 + i]);
-  if (static_cast<std::int64_t>(expires) != kNoExpiry) {
-    v.expires_at = from_unix_millis(static_cast<std::int64_t>(expires));
-  }
   v.key_id = Uuid(k);
+  const auto expires = static_cast<std::int64_t>(get_be(data + 35, 8));
+  if (expires != kNoExpiry) v.expires_at = from_unix_millis(expires);
+  v.metadata.assign(data + 51 + scopes_len, static_cast<std::size_t>(metadata_len));
   return v;
 }
 
@@ -727,17 +780,18 @@ void RedisCache::put(std::string_view public_key, const Digest& presented, const
                     local_token);
     return;
   }
+  const std::optional<std::string> value = encode(verdict);
+  if (!value) return;  // not representable: caching nothing is always safe
   impl.check_breaker();
   const bool live = impl.local_live();
   // Redis refuses an expiry that overflows its clock: "forever" becomes ten years.
   constexpr std::int64_t kMaxTtlMs = 10LL * 366 * 24 * 3600 * 1000;
   const std::int64_t ttl_ms = std::min<std::int64_t>(ttl.count(), kMaxTtlMs);
   Reply r = impl.script(
-      kPut,
-      {std::string(public_key), digest_field(presented), std::to_string(token >> 32),
-       encode(verdict), std::to_string(ttl_ms), verdict.code == ValidationCode::valid ? "1" : "0",
-       std::to_string(std::max<std::size_t>(1, impl.options.max_verdicts_per_key)),
-       Impl::generation0(), impl.generation_ttl_ms()});
+      kPut, {std::string(public_key), digest_field(presented), std::to_string(token >> 32), *value,
+             std::to_string(ttl_ms), verdict.code == ValidationCode::valid ? "1" : "0",
+             std::to_string(std::max<std::size_t>(1, impl.options.max_verdicts_per_key)),
+             Impl::generation0(), impl.generation_ttl_ms()});
   if (r->type != REDIS_REPLY_INTEGER)
     throw Error(ErrorCode::storage, "RedisCache put: unexpected reply");
   if (r->integer != 1 || !live || !impl.local_live()) return;

@@ -1,5 +1,6 @@
 // apikeys::MemoryCache is the bundled in-process verdict cache: sharded (no global
-// lock on the hot path), bounded in entries, with TTLs read from an injectable clock.
+// lock on the hot path), bounded in entries and in bytes, with TTLs read from an
+// injectable clock.
 // Thread-safety: every method is safe from many threads (one mutex per shard).
 // Ownership: owns its entries; holds its clock through std::shared_ptr.
 #ifndef APIKEYS_MEMORY_CACHE_HPP
@@ -26,8 +27,18 @@ struct MemoryCacheOptions {
   /// small sample finds one, else an arbitrary one. 0 is taken as 1, and anything above
   /// kMaxCapacity (SIZE_MAX included) as kMaxCapacity. Default 1,000,000.
   std::size_t capacity = 1'000'000;
+  /// Most bytes the entries may count for (MemoryCache::kEntryBytes each, plus the
+  /// block that holds a verdict's scopes and metadata when it has any), split evenly over
+  /// the shards; beyond it entries of the full shard are evicted as for `capacity`. The
+  /// entry being stored is always kept, so 0, or anything below one entry, holds one
+  /// entry; an entry larger than its shard's share is held alone in its shard. Allocator
+  /// headers and rounding are not counted. Default 256 MiB (about 1.4 million entries
+  /// without scopes or metadata, or 220,000 with 1 KiB of metadata each).
+  std::size_t max_bytes = std::size_t{256} << 20;
   /// Number of independently locked shards, rounded up to a power of two, at most
-  /// 65,536 and at most the capacity rounded up to a power of two. Default 64.
+  /// 65,536, at most the capacity rounded up to a power of two, and at most max_bytes /
+  /// 16 KiB rounded down to a power of two (at least 1), so that a shard's share of
+  /// max_bytes holds the largest verdict the Validator stores. Default 64.
   std::size_t shards = 64;
   /// Source of time for TTLs. Default (null): the system clock.
   std::shared_ptr<Clock> clock;
@@ -35,9 +46,21 @@ struct MemoryCacheOptions {
 
 /// One verdict slot per public key: a later put() replaces it, except that a negative
 /// verdict for another secret never displaces a `valid` one (so guessing secrets for a
-/// known public key cannot push its owner off the cache).
+/// known public key cannot push its owner off the cache). get() returns the whole
+/// Verdict that put() stored: scopes in their order, metadata byte for byte, has_policy.
+///
+/// Bytes per entry: kEntryBytes, plus, for a verdict with scopes or metadata, one heap
+/// block of 12 + 4 x (number of scopes) + (characters of the scopes) + (bytes of the
+/// metadata). A lookup of a verdict without scopes or metadata allocates nothing; one
+/// with them allocates the strings it returns.
 class APIKEYS_EXPORT MemoryCache final : public Cache {
  public:
+  /// The bytes an entry counts for against MemoryCacheOptions::max_bytes besides its
+  /// scopes and metadata: its node (168 bytes on 64-bit platforms: the public key inline,
+  /// the verdict's fixed fields, a pointer to the block, a link) and two bucket pointers
+  /// (the table keeps at most two buckets per entry).
+  static constexpr std::size_t kEntryBytes = 184;
+
   /// Public keys longer than this are never cached (get misses, put does nothing):
   /// keys are held inline, so a lookup allocates nothing. Every format with a prefix
   /// of up to 23 characters and the default 32-character body fits.
@@ -57,6 +80,9 @@ class APIKEYS_EXPORT MemoryCache final : public Cache {
 
   /// Number of entries held (expired ones included until evicted).
   [[nodiscard]] std::size_t size() const;
+  /// Bytes the entries held count for against MemoryCacheOptions::max_bytes (see
+  /// kEntryBytes).
+  [[nodiscard]] std::size_t bytes() const;
 
  private:
   struct Impl;

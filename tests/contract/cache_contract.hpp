@@ -1,9 +1,10 @@
 // The apikeys::Cache contract suite: what every verdict cache (MemoryCache, RedisCache,
 // a user's own) must do, as cache.hpp states it: hits keyed by the public key and the
-// full presented digest, lock-out safety, erase/clear, the fill-token
-// protocol that closes the revoke/fill race, TTLs in real time, and use
-// from several threads. Call run_cache_contract(factory) from a TEST_CASE; the factory
-// returns a new, empty cache each time (each SECTION calls it once).
+// full presented digest, whole verdicts (the key's scopes, metadata and has_policy
+// included), lock-out safety, erase/clear, the fill-token protocol that closes the
+// revoke/fill race, TTLs in real time, and use from several threads. Call
+// run_cache_contract(factory) from a TEST_CASE; the factory returns a new, empty cache
+// each time (each SECTION calls it once).
 // Thread-safety: the suite drives threads only in its concurrency section.
 // Ownership: caches are held through std::shared_ptr, as the library holds them.
 #ifndef APIKEYS_TESTS_CACHE_CONTRACT_HPP
@@ -16,8 +17,10 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "apikeys/cache.hpp"
@@ -68,6 +71,50 @@ inline bool same(const apikeys::Verdict& a, const apikeys::Verdict& b) {
   return a.code == b.code && a.account_id == b.account_id && a.key_id == b.key_id;
 }
 
+/// Every field of the Verdict, the key's policy included. expires_at to the millisecond
+/// (what the bundled caches keep).
+inline bool identical(const apikeys::Verdict& a, const apikeys::Verdict& b) {
+  const auto ms = [](const std::optional<apikeys::TimePoint>& t) {
+    return t ? std::optional<std::int64_t>(apikeys::to_unix_millis(*t)) : std::nullopt;
+  };
+  return same(a, b) && ms(a.expires_at) == ms(b.expires_at) && a.scopes == b.scopes &&
+         a.metadata == b.metadata && a.has_policy == b.has_policy;
+}
+
+/// `n` scopes of `length` characters each (at least 4), sorted, following the scope
+/// grammar: "NN" + 'x's, '.', then 'y's.
+inline std::vector<std::string> long_scopes(std::size_t n, std::size_t length) {
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < n; ++i) {
+    std::string s = std::to_string(100 + i).substr(1);  // "00", "01", ...
+    const std::size_t rest = length - 3;
+    s += std::string(rest / 2, 'x') + "." + std::string(rest - rest / 2, 'y');
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+/// A JSON object of exactly `bytes` bytes (at least 16), with two-byte UTF-8 characters
+/// in it: {"note":"é...é...."}.
+inline std::string metadata_of(std::size_t bytes) {
+  std::string m = "{\"note\":\"";
+  const std::size_t body = bytes - m.size() - 2;
+  for (std::size_t i = 0; i < body / 2; ++i) m += i % 3 == 0 ? "\xc3\xa9" : "ab";
+  if (body % 2 != 0) m += 'z';
+  return m + "\"}";
+}
+
+/// valid_verdict(n) with the key's policy: a few scopes (a wildcard among them),
+/// metadata and an expiry.
+inline apikeys::Verdict policy_verdict(std::uint8_t n) {
+  apikeys::Verdict v = valid_verdict(n);
+  v.scopes = {"billing:read", "orders.*", "reports.**", "users.read"};
+  v.metadata = "{\"team\":\"payments\",\"tier\":" + std::to_string(n) + "}";
+  v.expires_at = apikeys::from_unix_millis(4'102'444'800'123);  // 2100-01-01, with ms
+  v.has_policy = true;
+  return v;
+}
+
 /// A public key of the default shape ("pk_" + 32 characters), unique per n.
 inline std::string pk(std::size_t n) {
   const std::string digits = std::to_string(n);
@@ -109,6 +156,75 @@ inline void run_cache_contract(const CacheFactory& make, CacheContractOptions op
     CHECK_FALSE(c.get(pk(2), d).has_value());
     CHECK_FALSE(c.get(key + "x", d).has_value());
     CHECK_FALSE(c.get(key.substr(0, key.size() - 1), d).has_value());
+  }
+
+  SECTION("get returns the key's policy as put stored it: scopes, metadata, has_policy") {
+    const apikeys::Verdict v = policy_verdict(1);
+    fill(c, key, d, v, minute);
+    const auto got = c.get(key, d);
+    REQUIRE(got.has_value());
+    CHECK(identical(*got, v));
+    CHECK(got->scopes ==
+          std::vector<std::string>{"billing:read", "orders.*", "reports.**", "users.read"});
+  }
+
+  SECTION("a key with no scopes and no metadata keeps has_policy") {
+    // What the Validator puts for most keys: has_policy true, nothing else.
+    apikeys::Verdict v = valid_verdict(1);
+    v.has_policy = true;
+    fill(c, key, d, v, minute);
+    const auto got = c.get(key, d);
+    REQUIRE(got.has_value());
+    CHECK(identical(*got, v));
+    CHECK(got->has_policy);
+    // And a verdict without it comes back without it.
+    fill(c, pk(2), digest_of(2), valid_verdict(2), minute);
+    const auto old = c.get(pk(2), digest_of(2));
+    REQUIRE(old.has_value());
+    CHECK(identical(*old, valid_verdict(2)));
+    CHECK_FALSE(old->has_policy);
+  }
+
+  SECTION("the largest policy round-trips: 64 scopes of 128 characters, 4 KiB of metadata") {
+    apikeys::Verdict v = valid_verdict(1);
+    v.scopes = long_scopes(64, 128);
+    v.metadata = metadata_of(4096);
+    v.has_policy = true;
+    REQUIRE(v.scopes.back().size() == 128);
+    REQUIRE(v.metadata.size() == 4096);
+    fill(c, key, d, v, minute);
+    const auto got = c.get(key, d);
+    REQUIRE(got.has_value());
+    CHECK(identical(*got, v));
+    SECTION("scopes only") {
+      v.metadata.clear();
+      fill(c, pk(2), digest_of(2), v, minute);
+      const auto s = c.get(pk(2), digest_of(2));
+      REQUIRE(s.has_value());
+      CHECK(identical(*s, v));
+    }
+    SECTION("metadata only") {
+      v.scopes.clear();
+      fill(c, pk(3), digest_of(3), v, minute);
+      const auto m = c.get(pk(3), digest_of(3));
+      REQUIRE(m.has_value());
+      CHECK(identical(*m, v));
+    }
+  }
+
+  SECTION("a later put replaces the policy too, and a negative verdict carries none") {
+    fill(c, key, d, policy_verdict(1), minute);
+    apikeys::Verdict fewer = valid_verdict(1);
+    fewer.scopes = {"orders.read"};
+    fewer.has_policy = true;
+    fill(c, key, d, fewer, minute);
+    const auto v = c.get(key, d);
+    REQUIRE(v.has_value());
+    CHECK(identical(*v, fewer));
+    fill(c, key, d, negative(ValidationCode::disabled), minute);
+    const auto n = c.get(key, d);
+    REQUIRE(n.has_value());
+    CHECK(identical(*n, negative(ValidationCode::disabled)));
   }
 
   SECTION("every negative code is stored and returned as is") {
@@ -306,7 +422,10 @@ inline void run_cache_contract(const CacheFactory& make, CacheContractOptions op
             const std::size_t i = (x >> 8) % kKeys;
             const std::string k = pk(i);
             const apikeys::Digest kd = digest_of(static_cast<std::uint32_t>(i));
-            const apikeys::Verdict expected = valid_verdict(static_cast<std::uint8_t>(i % 251));
+            // Half the keys carry a policy, so entries with and without one mix.
+            const apikeys::Verdict expected =
+                i % 2 == 0 ? valid_verdict(static_cast<std::uint8_t>(i % 251))
+                           : policy_verdict(static_cast<std::uint8_t>(i % 251));
             switch ((x >> 4) % 8) {
               case 0: c.erase(k); break;
               case 1:
@@ -318,7 +437,7 @@ inline void run_cache_contract(const CacheFactory& make, CacheContractOptions op
                 const auto v = c.get(k, kd);
                 if (v.has_value()) {
                   ++hits;
-                  if (!same(*v, expected)) ++wrong;
+                  if (!identical(*v, expected)) ++wrong;
                 }
                 if (c.get(k, digest_of(static_cast<std::uint32_t>(i) + 100'000u)).has_value())
                   ++wrong;

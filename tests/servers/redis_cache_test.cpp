@@ -327,7 +327,7 @@ TEST_CASE("RedisCache: verdicts keep the key's expiry; another layout reads as a
   REQUIRE(never);
   CHECK_FALSE(never->expires_at);
 
-  // Rewrite the stored value in other layouts (an older library's 33 bytes, a newer
+  // Rewrite the stored value in other layouts (older libraries' 33 and 42 bytes, a newer
   // version byte, a truncated value): each must be a miss, never a verdict.
   std::string verdict_key;
   std::string stored;
@@ -340,10 +340,13 @@ TEST_CASE("RedisCache: verdicts keep the key's expiry; another layout reads as a
   REQUIRE_FALSE(verdict_key.empty());
   const std::string generation = stored.substr(0, stored.find(':') + 1);
   const std::string body = stored.substr(generation.size());
-  REQUIRE(body.size() == 42);
+  REQUIRE(body.size() == 51);  // no scopes, no metadata
   std::string newer = body;
-  newer[0] = 3;
-  for (const std::string& other : {std::string(33, '\0'), newer, body.substr(0, 41), body + "x"}) {
+  newer[0] = 4;
+  // Layout 2: version, code, the ids and the expiry, without flags or the key's policy.
+  const std::string v2 = std::string(1, '\x02') + body[1] + body.substr(3, 40);
+  for (const std::string& other :
+       {std::string(33, '\0'), v2, newer, body.substr(0, 50), body + "x"}) {
     inspect.set(verdict_key, generation + other);
     CHECK_FALSE(cache.get(pk(1), digest_of(1)).has_value());
   }
@@ -361,7 +364,10 @@ TEST_CASE("RedisCache: a verdict written by a newer encoder is a miss, and the s
   auto cache = std::make_shared<RedisCache>(options_for(*redis, prefix, false));
   auto store = std::make_shared<apikeys_test::InstrumentedStore>();
   apikeys::KeyManager manager(store, hasher(), Node::options(cache));
-  const auto key = manager.create(apikeys_test::account_id(6), request("foreign"));
+  apikeys::CreateRequest req = request("foreign");
+  req.scopes = {"orders.read", "reports.**"};
+  req.metadata = R"({"team":"payments"})";
+  const auto key = manager.create(apikeys_test::account_id(6), req);
   const std::string& pk1 = key.info.public_key;
   const std::string sk(key.secret_key.reveal());
   REQUIRE(manager.validate(pk1, sk).ok());  // the store's answer, now in Redis
@@ -378,40 +384,90 @@ TEST_CASE("RedisCache: a verdict written by a newer encoder is a miss, and the s
   REQUIRE_FALSE(verdict_key.empty());
   const std::string generation = stored.substr(0, stored.find(':') + 1);
   const std::string body = stored.substr(generation.size());
-  REQUIRE(body.size() == 42);
-  REQUIRE(static_cast<int>(body[0]) == 2);
+  // Layout 3: 51 bytes, the scopes joined by a space, the metadata (doc/redis-cache.md).
+  const std::string scopes = "orders.read reports.**";
+  REQUIRE(body.size() == 51 + scopes.size() + req.metadata.size());
+  REQUIRE(static_cast<int>(body[0]) == 3);
+  CHECK(static_cast<int>(body[2]) == 1);  // has_policy
+  CHECK(body.substr(47, scopes.size()) == scopes);
+  CHECK(body.substr(51 + scopes.size()) == req.metadata);
+
+  // A hit answers with the key's policy, without the store.
+  int finds = store->finds.load();
+  const apikeys::ValidationResult hit = manager.validate(pk1, sk);
+  CHECK(store->finds.load() == finds);
+  CHECK(hit.ok());
+  CHECK(hit.scopes == req.scopes);
+  CHECK(hit.metadata == req.metadata);
+  CHECK(manager.validator().validate(pk1, sk, apikeys::Requirements{{"reports.daily.csv"}}).ok());
+  CHECK(manager.validator().validate(pk1, sk, apikeys::Requirements{{"orders.write"}}).code ==
+        ValidationCode::insufficient_scope);
+  CHECK(store->finds.load() == finds);
 
   // What an encoder of this layout would write for `revoked`: read as a verdict (the
   // store is not asked), which shows the check below can tell a hit from a miss.
-  std::string ours_revoked(42, '\0');
-  ours_revoked[0] = 2;
+  std::string ours_revoked(51, '\0');
+  ours_revoked[0] = 3;
   ours_revoked[1] = static_cast<char>(ValidationCode::revoked);
-  ours_revoked.replace(34, 8, body.substr(34, 8));
+  ours_revoked.replace(35, 8, body.substr(35, 8));
   inspect.set(verdict_key, generation + ours_revoked);
-  int finds = store->finds.load();
   CHECK(manager.validate(pk1, sk).code == ValidationCode::revoked);
   CHECK(store->finds.load() == finds);
 
-  // A newer encoder: version 3 (same length, and longer), and version 2 with a code
-  // past kLastValidationCode. Each is a miss: the store answers `valid`, and its
-  // verdict replaces the foreign value.
-  std::string v3 = ours_revoked;
-  v3[0] = 3;
-  std::string v2_new_code = body;
-  v2_new_code[1] = static_cast<char>(static_cast<std::uint8_t>(apikeys::kLastValidationCode) + 1);
-  std::string v2_max_code = body;
-  v2_max_code[1] = static_cast<char>(0xff);
+  // Values this library must not answer from, each a miss: the store answers `valid`, and
+  // its verdict replaces the foreign value. Newer encoders: versions 4 and 255 (same
+  // length, and longer), version 3 with a code past kLastValidationCode (9) or 255, or
+  // a flag it does not know. Version 3 with lengths that do not add up. And version 2
+  // (an older library's 42 bytes, without the key's policy).
+  const auto with = [&](std::size_t at, char c) {
+    std::string v = ours_revoked;
+    v[at] = c;
+    return v;
+  };
+  const auto be32 = [](std::uint32_t n) {
+    std::string out(4, '\0');
+    for (int i = 0; i < 4; ++i)
+      out[static_cast<std::size_t>(i)] = static_cast<char>(n >> (24 - 8 * i));
+    return out;
+  };
+  std::string v3_scopes = ours_revoked.substr(0, 43) + be32(3) + "a.b" + be32(0);
+  REQUIRE(v3_scopes.size() == 54);
+  const std::string v2 = std::string(1, '\x02') + body[1] + body.substr(3, 40);
+  REQUIRE(static_cast<std::uint8_t>(apikeys::kLastValidationCode) + 1 == 9);
   const std::string foreign[] = {
-      v3,          v3 + std::string(8, '\x7f'), v2_new_code,
-      v2_max_code, ours_revoked + "x",          ours_revoked.substr(0, 41)};
+      with(0, 4),
+      with(0, 4) + std::string(8, '\x7f'),
+      with(0, static_cast<char>(0xff)),
+      with(1, 9),
+      with(1, static_cast<char>(0xff)),
+      with(2, 2),
+      with(2, static_cast<char>(0x80)),
+      ours_revoked + "x",
+      ours_revoked.substr(0, 50),
+      ours_revoked.substr(0, 43) + be32(1) + be32(0),            // S past the end
+      ours_revoked.substr(0, 43) + be32(0) + be32(1),            // M past the end
+      ours_revoked.substr(0, 43) + be32(0) + be32(0) + "x",      // a byte after the metadata
+      ours_revoked.substr(0, 43) + be32(4) + "a.b " + be32(0),   // an empty scope at the end
+      ours_revoked.substr(0, 43) + be32(4) + " a.b" + be32(0),   // ... at the start
+      ours_revoked.substr(0, 43) + be32(5) + "a  .b" + be32(0),  // ... between two spaces
+      ours_revoked.substr(0, 43) + be32(0xffffffff) + be32(0),
+      v2,
+      v2.substr(0, 1) + std::string(1, static_cast<char>(ValidationCode::revoked)) + v2.substr(2),
+  };
+  // The same value with well-formed scopes is a hit: the lengths above are what differ.
+  inspect.set(verdict_key, generation + v3_scopes);
+  finds = store->finds.load();
+  CHECK(manager.validate(pk1, sk).code == ValidationCode::revoked);
+  CHECK(store->finds.load() == finds);
   for (const std::string& value : foreign) {
-    INFO("version " << static_cast<int>(value[0]) << ", code " << static_cast<int>(value[1] & 0xff)
-                    << ", " << value.size() << " bytes");
+    INFO("version " << static_cast<int>(value[0] & 0xff) << ", code "
+                    << static_cast<int>(value[1] & 0xff) << ", " << value.size() << " bytes");
     inspect.set(verdict_key, generation + value);
     finds = store->finds.load();
     const apikeys::ValidationResult r = manager.validate(pk1, sk);
     CHECK(r.ok());
     CHECK(r.key_id == key.info.key_id);
+    CHECK(r.scopes == req.scopes);
     CHECK(store->finds.load() == finds + 1);  // a miss: the store answered
     CHECK(manager.validate(pk1, sk).ok());
     CHECK(store->finds.load() == finds + 1);  // and its verdict is cached again

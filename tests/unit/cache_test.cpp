@@ -1,7 +1,7 @@
 // Tests of apikeys/memory_cache.hpp against the Cache contract in apikeys/cache.hpp:
 // hits, TTLs on a ManualClock, keying by the full presented digest, the fill-token
-// protocol that closes the revoke/fill race, the lock-out rule, the capacity bound, and
-// use from several threads.
+// protocol that closes the revoke/fill race, the lock-out rule, the bounds in entries
+// and in bytes, and use from several threads.
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -69,10 +69,12 @@ struct Fixture {
       std::make_shared<apikeys::ManualClock>(apikeys_test::test_start());
   std::unique_ptr<MemoryCache> cache;
 
-  explicit Fixture(std::size_t capacity = 1'000, std::size_t shards = 64) {
+  explicit Fixture(std::size_t capacity = 1'000, std::size_t shards = 64,
+                   std::size_t max_bytes = MemoryCacheOptions().max_bytes) {
     MemoryCacheOptions o;
     o.capacity = capacity;
     o.shards = shards;
+    o.max_bytes = max_bytes;
     o.clock = clock;
     cache = std::make_unique<MemoryCache>(o);
   }
@@ -403,6 +405,109 @@ TEST_CASE("MemoryCache: size stays within capacity", "[cache]") {
       f.fill(pk(1), digest_of(g), negative(ValidationCode::wrong_secret), milliseconds(60'000));
     }
     CHECK(f.cache->size() <= 1);
+  }
+}
+
+// A valid verdict with `metadata_bytes` of metadata and has_policy set.
+Verdict with_metadata(std::uint8_t n, std::size_t metadata_bytes) {
+  Verdict v = valid_verdict(n);
+  v.metadata = apikeys_test::cache_contract::metadata_of(metadata_bytes);
+  v.has_policy = true;
+  return v;
+}
+
+TEST_CASE("MemoryCache: bytes per entry are as documented", "[cache]") {
+  Fixture f;
+  f.fill(pk(1), digest_of(1), valid_verdict(1), milliseconds(60'000));
+  CHECK(f.cache->bytes() == MemoryCache::kEntryBytes);
+  f.fill(pk(2), digest_of(2), with_metadata(2, 1024), milliseconds(60'000));
+  CHECK(f.cache->bytes() == 2 * MemoryCache::kEntryBytes + 12 + 1024);
+
+  Verdict scoped = valid_verdict(3);
+  scoped.scopes = {"a.b", "orders.*"};  // 12 + 2 x 4 + 3 + 8 = 31 bytes with no metadata
+  scoped.has_policy = true;
+  f.fill(pk(3), digest_of(3), scoped, milliseconds(60'000));
+  CHECK(f.cache->bytes() == 3 * MemoryCache::kEntryBytes + 12 + 1024 + 31);
+
+  SECTION("a replaced verdict counts for what it now holds") {
+    f.fill(pk(2), digest_of(2), valid_verdict(2), milliseconds(60'000));
+    CHECK(f.cache->bytes() == 3 * MemoryCache::kEntryBytes + 31);
+  }
+  SECTION("erase, expiry and clear give the bytes back") {
+    f.cache->erase(pk(3));
+    CHECK(f.cache->bytes() == 2 * MemoryCache::kEntryBytes + 12 + 1024);
+    f.clock->advance(milliseconds(60'000));
+    CHECK_FALSE(f.cache->get(pk(2), digest_of(2)).has_value());  // an expired entry goes
+    CHECK(f.cache->bytes() == MemoryCache::kEntryBytes);
+    f.cache->clear();
+    CHECK(f.cache->bytes() == 0);
+  }
+}
+
+TEST_CASE("MemoryCache: the bytes held stay within max_bytes", "[cache]") {
+  constexpr std::size_t kEntry = MemoryCache::kEntryBytes + 12 + 1024;
+  SECTION("1 KiB-metadata verdicts, 256 KiB, default shards (16 of 16 KiB)") {
+    constexpr std::size_t kMax = std::size_t{256} << 10;
+    Fixture f(1'000'000, 64, kMax);
+    for (std::size_t i = 0; i < 2'000; ++i) {
+      f.fill(pk(i), digest_of(static_cast<std::uint32_t>(i)),
+             with_metadata(static_cast<std::uint8_t>(i % 251), 1024), milliseconds(60'000));
+      REQUIRE(f.cache->bytes() <= kMax);
+      REQUIRE(f.cache->bytes() == f.cache->size() * kEntry);
+      // The entry just stored is never the one evicted.
+      REQUIRE(f.cache->get(pk(i), digest_of(static_cast<std::uint32_t>(i))).has_value());
+    }
+    // Evictions happen only where a shard is full: most of the budget stays in use.
+    CHECK(f.cache->size() > kMax / kEntry / 2);
+  }
+  SECTION("one shard holds exactly as many as fit") {
+    Fixture f(1'000'000, 1, 10 * kEntry);
+    for (std::size_t i = 0; i < 100; ++i) {
+      f.fill(pk(i), digest_of(static_cast<std::uint32_t>(i)), with_metadata(1, 1024),
+             milliseconds(60'000));
+    }
+    CHECK(f.cache->size() == 10);
+    CHECK(f.cache->bytes() == 10 * kEntry);
+  }
+  SECTION("a bigger verdict for a held key evicts others, never the key itself") {
+    Fixture f(1'000'000, 1, 10 * kEntry);
+    for (std::size_t i = 0; i < 10; ++i) {
+      f.fill(pk(i), digest_of(static_cast<std::uint32_t>(i)), with_metadata(1, 1024),
+             milliseconds(60'000));
+    }
+    REQUIRE(f.cache->size() == 10);
+    f.fill(pk(4), digest_of(4), with_metadata(4, 4096), milliseconds(60'000));
+    CHECK(f.cache->bytes() <= 10 * kEntry);
+    CHECK(f.cache->size() < 10);
+    const auto v = f.cache->get(pk(4), digest_of(4));
+    REQUIRE(v.has_value());
+    CHECK(v->metadata == with_metadata(4, 4096).metadata);
+  }
+  SECTION("verdicts without scopes or metadata, under the entry bound") {
+    Fixture f(1'000'000, 1, 100 * MemoryCache::kEntryBytes);
+    for (std::size_t i = 0; i < 1'000; ++i) {
+      f.fill(pk(i), digest_of(static_cast<std::uint32_t>(i)), valid_verdict(1),
+             milliseconds(60'000));
+    }
+    CHECK(f.cache->size() == 100);
+  }
+  SECTION("max_bytes 0 holds one entry") {
+    Fixture f(1'000, 64, 0);
+    f.fill(pk(1), digest_of(1), with_metadata(1, 1024), milliseconds(60'000));
+    f.fill(pk(2), digest_of(2), with_metadata(2, 1024), milliseconds(60'000));
+    f.fill(pk(3), digest_of(3), valid_verdict(3), milliseconds(60'000));
+    CHECK(f.cache->size() == 1);
+    CHECK(f.cache->get(pk(3), digest_of(3)).has_value());
+    CHECK(f.cache->bytes() == MemoryCache::kEntryBytes);
+  }
+  SECTION("an entry larger than its shard's share is held alone") {
+    Fixture f(1'000, 1, 2 * MemoryCache::kEntryBytes);
+    f.fill(pk(1), digest_of(1), valid_verdict(1), milliseconds(60'000));
+    f.fill(pk(2), digest_of(2), with_metadata(2, 4096), milliseconds(60'000));
+    CHECK(f.cache->size() == 1);
+    const auto v = f.cache->get(pk(2), digest_of(2));
+    REQUIRE(v.has_value());
+    CHECK(v->metadata.size() == 4096);
   }
 }
 

@@ -4,6 +4,7 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <utility>
 
 #include "apikeys/apikeys.hpp"
 #include "catch.hpp"
@@ -382,15 +383,74 @@ TEST_CASE("a cached valid never outlives the key's expiry", "[validator]") {
   }
 }
 
-TEST_CASE("order of checks: expiry before status before secret", "[validator]") {
-  Fixture f(false);
-  auto k = f.create(1);
-  f.manager->revoke(k.info.account_id, k.info.key_id);
-  CHECK(f.manager->validate(k.info.public_key, wrong_secret_for(k)).code ==
-        ValidationCode::revoked);
-  f.clock->advance(std::chrono::hours(25));
-  CHECK(f.manager->validate(k.info.public_key, wrong_secret_for(k)).code ==
-        ValidationCode::expired);
+TEST_CASE("order of checks: secret first, then expiry, revoked, disabled", "[validator]") {
+  // One key per state: active, expired, revoked, disabled, and expired as well as revoked
+  // or disabled. A wrong secret is looked up twice, from the store and then from the
+  // cache's wrong_secret verdict; the right secret likewise.
+  for (bool with_cache : {false, true}) {
+    INFO("with_cache " << with_cache);
+    Fixture f(with_cache);
+    const Uuid account = apikeys_test::account_id(1);
+    auto active = f.create();
+    auto expired = f.create(1);
+    auto revoked = f.create();
+    auto disabled = f.create();
+    auto expired_revoked = f.create(1);
+    auto expired_disabled = f.create(1);
+    f.manager->revoke(account, revoked.info.key_id);
+    f.manager->revoke(account, expired_revoked.info.key_id);
+    // Disabled as another writer would, then dropped from the cache as disable() does.
+    for (const CreatedKey* k : {&disabled, &expired_disabled}) {
+      REQUIRE(f.store->inner.set_status(account, k->info.key_id, KeyStatus::disabled));
+      f.manager->validator().invalidate(k->info.public_key);
+    }
+    f.clock->advance(std::chrono::hours(25));
+    const std::pair<const CreatedKey*, ValidationCode> states[] = {
+        {&active, ValidationCode::valid},
+        {&expired, ValidationCode::expired},
+        {&revoked, ValidationCode::revoked},
+        {&disabled, ValidationCode::disabled},
+        {&expired_revoked, ValidationCode::expired},
+        {&expired_disabled, ValidationCode::expired},
+    };
+    const auto check_wrong = [&](const CreatedKey& k) {
+      const ValidationResult r = f.manager->validate(k.info.public_key, wrong_secret_for(k));
+      CHECK(r.code == ValidationCode::wrong_secret);
+      CHECK(r.account_id.is_nil());
+      CHECK(r.key_id.is_nil());
+      CHECK_FALSE(r.expires_at.has_value());
+      CHECK(r.scopes.empty());
+    };
+
+    // A wrong secret learns nothing of the key's state: from the store, then the cache.
+    for (const auto& [k, code] : states) {
+      INFO(k->info.key_id.to_string() << " is " << to_string(code));
+      for (int round = 0; round < 2; ++round) {
+        const int finds = f.store->finds.load();
+        check_wrong(*k);
+        CHECK(f.store->finds.load() == finds + (with_cache && round == 1 ? 0 : 1));
+      }
+    }
+    // The right secret: expired beats revoked beats disabled, from the store and the cache.
+    for (const auto& [k, code] : states) {
+      INFO(k->info.key_id.to_string() << " is " << to_string(code));
+      for (int round = 0; round < 2; ++round) {
+        const int finds = f.store->finds.load();
+        CHECK(f.manager->validate(token_of(*k)).code == code);
+        // A cache hit for `valid` needs a cache that keeps the key's policy: see
+        // validator_policy_test.cpp.
+        if (code != ValidationCode::valid) {
+          CHECK(f.store->finds.load() == finds + (with_cache && round == 1 ? 0 : 1));
+        }
+      }
+    }
+    // And a wrong secret again, while the cache holds the key's own verdict.
+    for (const auto& [k, code] : states) {
+      INFO(k->info.key_id.to_string() << " is " << to_string(code));
+      check_wrong(*k);
+      check_wrong(*k);
+    }
+  }
 }
 
 TEST_CASE("not_found costs a digest, like wrong_secret", "[validator][pitfalls]") {

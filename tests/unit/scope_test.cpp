@@ -1,0 +1,236 @@
+// The scope grammar, the matcher and the normal form of a key's scopes (src/scope.cpp):
+// lengths at their limits, every kind of broken scope, the wildcard table, and that no
+// error message repeats the scope it refuses.
+#include <string>
+#include <vector>
+
+#include "apikeys/error.hpp"
+#include "apikeys/types.hpp"
+#include "catch.hpp"
+#include "scope.hpp"
+
+using apikeys::Error;
+using apikeys::ErrorCode;
+using apikeys::KeyPolicyLimits;
+using apikeys::detail::join_scopes;
+using apikeys::detail::normalize_scopes;
+using apikeys::detail::scope_error;
+using apikeys::detail::scope_grants;
+using apikeys::detail::scopes_grant;
+using apikeys::detail::split_scopes;
+
+namespace {
+
+bool valid_granted(const std::string& s) { return scope_error(s, true) == nullptr; }
+bool valid_required(const std::string& s) { return scope_error(s, false) == nullptr; }
+
+// The message for `s`, checked to name a rule without quoting `s` (a scope shorter than
+// three characters could appear in any English sentence, so only longer ones are checked).
+std::string refusal(const std::string& s, bool wildcard_allowed) {
+  const char* rule = scope_error(s, wildcard_allowed);
+  REQUIRE(rule != nullptr);
+  const std::string message(rule);
+  CHECK_FALSE(message.empty());
+  if (s.size() >= 3) CHECK(message.find(s) == std::string::npos);
+  return message;
+}
+
+}  // namespace
+
+TEST_CASE("scope grammar: segment and scope lengths at their limits", "[scope]") {
+  static_assert(KeyPolicyLimits::kMaxSegmentLength == 64, "the tests assume 64");
+  static_assert(KeyPolicyLimits::kMaxScopeLength == 128, "the tests assume 128");
+  const std::string s64(64, 's');
+  const std::string s65(65, 's');
+  for (bool wild : {false, true}) {
+    CHECK(scope_error(s64, wild) == nullptr);
+    CHECK(scope_error(s64 + "." + std::string(63, 't'), wild) == nullptr);  // 128
+    CHECK(scope_error("a:" + s64, wild) == nullptr);
+    CHECK(scope_error("a." + s64 + ".b", wild) == nullptr);
+    // 65 in the first, a middle and the last segment.
+    CHECK(refusal(s65, wild).find("64") != std::string::npos);
+    CHECK(refusal(s65 + ".a", wild).find("64") != std::string::npos);
+    CHECK(refusal("a." + s65 + ".b", wild).find("64") != std::string::npos);
+    CHECK(refusal("a:" + s65, wild).find("64") != std::string::npos);
+    // 129 characters of valid segments.
+    CHECK(refusal(s64 + "." + s64, wild).find("128") != std::string::npos);
+    CHECK(refusal(std::string(129, 'x'), wild).find("128") != std::string::npos);
+  }
+  // A wildcard counts toward the 128 characters, and its path's segments are checked.
+  const std::string path125 = s64 + "." + std::string(60, 'p');
+  CHECK(valid_granted(path125 + ".**"));         // 128
+  CHECK_FALSE(valid_granted(path125 + "x.**"));  // 129
+  CHECK(valid_granted(path125 + "x.*"));         // 128
+  CHECK_FALSE(valid_granted(path125 + "xx.*"));  // 129
+  CHECK_FALSE(valid_granted(s65 + ".*"));
+  CHECK_FALSE(valid_granted(s65 + ":**"));
+}
+
+TEST_CASE("scope grammar: empty scopes and empty segments", "[scope]") {
+  for (bool wild : {false, true}) {
+    CHECK(scope_error("", wild) != nullptr);
+    for (const char* s :
+         {".", ":", ".a", ":a", "a.", "a:", "a..b", "a.:b", "a::b", "a.b.", "..", ".a.b", "a. b"}) {
+      INFO(s);
+      refusal(s, wild);
+    }
+  }
+  // A wildcard needs a non-empty path before its separator.
+  for (const char* s : {".*", ".**", ":*", ":**", "a..*", "a.:**", "..**"}) {
+    INFO(s);
+    refusal(s, true);
+    refusal(s, false);
+  }
+}
+
+TEST_CASE("scope grammar: characters and separators", "[scope]") {
+  for (bool wild : {false, true}) {
+    for (const char* s : {"a", "a.b", "a:b", "a.b:c", "a:b.c", "read_all", "x-y", "0", "09.az_-:_",
+                          "orders:read", "billing.invoices.read"}) {
+      INFO(s);
+      CHECK(scope_error(s, wild) == nullptr);
+    }
+    // Upper case, other ASCII, control characters, Unicode (é, Cyrillic а, fullwidth a).
+    for (std::string s :
+         std::vector<std::string>{"A",      "a.B",  "Orders:read", "a b",      "a/b",
+                                  "a,b",    "a;b",  "a+b",         "a=b",      "a#b",
+                                  "a\tb",   "a\nb", "caf\xc3\xa9", "\xd0\xb0", "\xef\xbd\x81",
+                                  "a.\xff", "a@b",  "a~b",         "a'b",      "a\"b",
+                                  "a\\b",   "a|b",  "a!b",         "a?b",      "a%b"}) {
+      INFO(s);
+      refusal(s, wild);
+    }
+    refusal(std::string("a\0b", 3), wild);
+    refusal(std::string(1, '\0'), wild);
+  }
+}
+
+TEST_CASE("scope grammar: where a wildcard may stand", "[scope]") {
+  for (const char* s : {"*", "**", "a.*", "a.**", "a:*", "a:**", "a.b:c.*", "a.b.**"}) {
+    INFO(s);
+    CHECK(valid_granted(s));
+    // A required scope is literal.
+    CHECK(refusal(s, false) == std::string("a required scope must not contain a wildcard"));
+  }
+  for (const char* s : {"a*",    "*a",    "a.b*", "a.*b",  "a.**b",  "***",   "****",
+                        "a.***", "*.a",   "**.a", "a.*.b", "a.**.b", "a:*:b", "*.*",
+                        "**.**", "a.*.*", "a*.b", "*:",    "**:",    "* ",    " *"}) {
+    INFO(s);
+    refusal(s, true);
+    refusal(s, false);
+  }
+}
+
+TEST_CASE("scope matcher: the wildcard table", "[scope]") {
+  struct Row {
+    const char* granted;
+    const char* required;
+    bool grants;
+  };
+  const Row rows[] = {
+      // One more segment, with the wildcard's own separator.
+      {"a.*", "a.b", true},
+      {"a.*", "a.b.c", false},
+      {"a.*", "a", false},
+      {"a.*", "a:b", false},
+      {"a.*", "ab", false},
+      {"a.*", "ab.c", false},
+      {"a.*", "b.a", false},
+      {"a:*", "a:b", true},
+      {"a:*", "a.b", false},
+      {"a:*", "a:b:c", false},
+      {"a.b.*", "a.b.c", true},
+      {"a.b.*", "a.b", false},
+      {"a.b.*", "a.c.d", false},
+      // One or more further segments, with either separator after the first.
+      {"a.**", "a.b", true},
+      {"a.**", "a.b.c", true},
+      {"a.**", "a.b:c", true},
+      {"a.**", "a.b.c.d.e", true},
+      {"a.**", "a", false},
+      {"a.**", "a:b", false},
+      {"a.**", "ab.c", false},
+      {"a.**", "b.a.c", false},
+      {"a:**", "a:b.c", true},
+      {"a:**", "a.b", false},
+      // Everything.
+      {"**", "a", true},
+      {"**", "a.b.c", true},
+      {"**", "x:y", true},
+      {"**", "orders.read", true},
+      // Any one segment.
+      {"*", "a", true},
+      {"*", "orders", true},
+      {"*", "a.b", false},
+      {"*", "a:b", false},
+      // Literal scopes grant themselves only.
+      {"a", "a", true},
+      {"a.b", "a.b", true},
+      {"a", "a.b", false},
+      {"a.b", "a", false},
+      {"a.b", "a:b", false},
+      {"a.b", "a.bc", false},
+  };
+  for (const Row& row : rows) {
+    INFO(row.granted << " grants " << row.required << "? expected " << row.grants);
+    REQUIRE(valid_granted(row.granted));
+    REQUIRE(valid_required(row.required));
+    CHECK(scope_grants(row.granted, row.required) == row.grants);
+    CHECK(scopes_grant({row.granted}, row.required) == row.grants);
+  }
+}
+
+TEST_CASE("scope matcher: an invalid required scope is never granted", "[scope]") {
+  const std::vector<std::string> everything = {"*", "**", "a", "a.*", "a.**"};
+  for (std::string required :
+       std::vector<std::string>{"", "A", "a.", ".a", "a..b", "*", "**", "a.*", "a.**", "a b",
+                                std::string(65, 'a'), std::string(129, 'a'), "caf\xc3\xa9"}) {
+    INFO(required);
+    CHECK_FALSE(scopes_grant(everything, required));
+  }
+  CHECK_FALSE(scopes_grant({}, "a"));
+  CHECK(scopes_grant({"b", "a"}, "a"));
+}
+
+TEST_CASE("normalize_scopes: sorted, unique, at most 64 after duplicates go", "[scope]") {
+  CHECK(normalize_scopes({}).empty());
+  CHECK(normalize_scopes({"b", "a:x", "a.x", "b", "**", "a.x"}) ==
+        std::vector<std::string>{"**", "a.x", "a:x", "b"});
+  std::vector<std::string> many;
+  for (int i = 0; i < 64; ++i) many.push_back("s" + std::to_string(i));
+  CHECK(normalize_scopes(many).size() == 64);
+  many.push_back("s0");  // 65 given, 64 after duplicates are removed
+  many.push_back("s63");
+  CHECK(normalize_scopes(many).size() == 64);
+  CHECK(normalize_scopes(std::vector<std::string>(1000, "dup")).size() == 1);
+  many.push_back("s64");  // 65 different
+  try {
+    (void)normalize_scopes(many);
+    FAIL("65 scopes accepted");
+  } catch (const Error& e) {
+    CHECK(e.code() == ErrorCode::invalid_argument);
+    CHECK(std::string(e.what()).find("64") != std::string::npos);
+  }
+  // One bad scope refuses the whole set, naming the rule and not the scope.
+  for (std::string bad :
+       std::vector<std::string>{"Secret-Scope-Value", "qqq..zzz", "qqq.zz*", "", "qqq zzz"}) {
+    INFO(bad);
+    try {
+      (void)normalize_scopes({"good", bad});
+      FAIL("accepted");
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::invalid_argument);
+      if (!bad.empty()) CHECK(std::string(e.what()).find(bad) == std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("join_scopes and split_scopes are inverses on normal sets", "[scope]") {
+  const std::vector<std::string> set = normalize_scopes({"b.*", "a", "**", "c:d"});
+  CHECK(join_scopes(set) == "** a b.* c:d");
+  CHECK(split_scopes(join_scopes(set)) == set);
+  CHECK(join_scopes({}).empty());
+  CHECK(split_scopes("").empty());
+  CHECK(split_scopes("a") == std::vector<std::string>{"a"});
+  CHECK(split_scopes("  a  b ") == std::vector<std::string>{"a", "b"});
+}
