@@ -652,7 +652,8 @@ std::vector<std::string> plus(std::vector<std::string> a, const std::vector<std:
 
 }  // namespace
 
-TEST_CASE("cli: create with metadata and scopes; every command prints the key fields", "[cli]") {
+TEST_CASE("cli: create with metadata and scopes, and the key fields every command prints",
+          "[cli]") {
   TempDir dir;
   const std::string db = dir.file("keys.db");
   const Json created =
