@@ -1,15 +1,20 @@
 // An HTTP service whose routes are guarded by apikeys, using cpp-httplib.
 //
 // The middleware, require_api_key(), reads the key from `X-API-Key: pk_...:sk_...` or
-// `Authorization: Bearer pk_...:sk_...`, validates it, and either calls the route with
-// the key's account id or answers 401 with a JSON error. Keys live in memory here; in a
-// real service use SqliteStore and manage keys with the `apikeys` CLI.
+// `Authorization: Bearer pk_...:sk_...`, validates it with the scopes the route needs,
+// and either calls the route with the key's account id, or answers 401 with a JSON
+// error (every invalid key alike: unknown, wrong secret, expired, revoked, disabled), or
+// 403 when the key is valid but lacks a scope (RFC 6750: WWW-Authenticate: Bearer
+// error="insufficient_scope", scope="..."). Keys live in memory here; in a real service
+// use SqliteStore or PostgresStore and manage keys with the `apikeys` CLI.
 //
 //   example_http_server [--port N]      (default: any free port; loopback only)
 //
-// It creates a demo account with one active and one revoked key and prints them (a real
-// service never prints secrets), then "listening http://127.0.0.1:PORT". Try:
+// It creates a demo account with an active key (no scopes), a reader key (scope
+// invoices:read), a revoked key and a disabled key, and prints them (a real service never
+// prints secrets), then "listening http://127.0.0.1:PORT". Try:
 //   curl -H 'X-API-Key: <valid key>' http://127.0.0.1:PORT/whoami
+//   curl -H 'X-API-Key: <reader key>' http://127.0.0.1:PORT/invoices   (needs invoices:read)
 // SIGINT or SIGTERM stops it cleanly (exit status 0).
 #include <pthread.h>
 #include <signal.h>
@@ -23,6 +28,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include <httplib.h>
 
@@ -81,10 +87,48 @@ void unauthorized(httplib::Response& res, std::string_view error, std::string_vi
                   "application/json");
 }
 
-// The middleware. The answer never says why a key failed (unknown, wrong secret, expired,
-// revoked): that would tell a caller which public keys exist. The server log may.
-httplib::Server::Handler require_api_key(const apikeys::KeyManager& keys, AuthedHandler next) {
-  return [&keys, next = std::move(next)](const httplib::Request& req, httplib::Response& res) {
+// Scopes are [a-z0-9_-] segments joined by '.' or ':' (README.md, "Key policy"): nothing
+// in them needs escaping in a JSON string or a quoted header value.
+std::string json_string_array(const std::vector<std::string>& items) {
+  std::string out = "[";
+  for (const std::string& s : items) out += (out.size() > 1 ? ",\"" : "\"") + s + "\"";
+  return out + "]";
+}
+
+std::string join(const std::vector<std::string>& items, char separator) {
+  std::string out;
+  for (const std::string& s : items) {
+    if (!out.empty()) out += separator;
+    out += s;
+  }
+  return out;
+}
+
+// 403 for a valid key that lacks a scope the route needs (RFC 6750, section 3.1): the
+// caller proved it holds the key, so it may learn which scopes are missing.
+void forbidden(httplib::Response& res, const apikeys::Requirements& required,
+               const std::vector<std::string>& missing) {
+  res.status = 403;
+  res.set_header("WWW-Authenticate",
+                 "Bearer realm=\"apikeys example\", "
+                 "error=\"insufficient_scope\", scope=\"" +
+                     join(required.scopes, ' ') + "\"");
+  res.set_header("Cache-Control", "no-store");
+  res.set_content(
+      "{\"error\":\"insufficient_scope\",\"message\":\"The API key lacks a scope this route "
+      "needs.\",\"missing_scopes\":" +
+          json_string_array(missing) + "}\n",
+      "application/json");
+}
+
+// The middleware: the route runs only for a valid key that grants every scope in
+// `required`. A failed key gets the same 401 whatever the reason (unknown, wrong secret,
+// expired, revoked, disabled): saying why would tell a caller which public keys exist.
+// The server log may.
+httplib::Server::Handler require_api_key(const apikeys::KeyManager& keys,
+                                         apikeys::Requirements required, AuthedHandler next) {
+  return [&keys, required = std::move(required),
+          next = std::move(next)](const httplib::Request& req, httplib::Response& res) {
     std::string token;
     switch (presented_token(req, token)) {
       case Presented::none:
@@ -96,7 +140,13 @@ httplib::Server::Handler require_api_key(const apikeys::KeyManager& keys, Authed
         return;
       case Presented::token: break;
     }
-    const apikeys::ValidationResult result = keys.validate(token);  // noexcept; fails closed
+    // noexcept; fails closed
+    const apikeys::ValidationResult result = keys.validate(token, required);
+    if (result.code == apikeys::ValidationCode::insufficient_scope) {
+      std::cerr << req.method << ' ' << req.path << ": key lacks a scope\n";
+      forbidden(res, required, result.missing_scopes);
+      return;
+    }
     if (!result.ok()) {
       std::cerr << req.method << ' ' << req.path << ": key refused ("
                 << apikeys::to_string(result.code) << ")\n";
@@ -140,23 +190,46 @@ int main(int argc, char** argv) {
   apikeys::CreateRequest request;
   request.title = "demo";
   const apikeys::CreatedKey valid = keys.create(account, request);
+  request.title = "demo, invoice reader";
+  request.scopes = {"invoices:read"};
+  const apikeys::CreatedKey reader = keys.create(account, request);
+  request.scopes.clear();
   request.title = "demo, revoked";
   const apikeys::CreatedKey revoked = keys.create(account, request);
   keys.revoke(account, revoked.info.key_id);
-  std::cout << "account " << account.to_string() << '\n'
-            << "valid-key " << valid.info.public_key << ':' << valid.secret_key.reveal() << '\n'
-            << "revoked-key " << revoked.info.public_key << ':' << revoked.secret_key.reveal()
-            << '\n';
+  request.title = "demo, disabled";
+  const apikeys::CreatedKey disabled = keys.create(account, request);
+  keys.disable(account, disabled.info.key_id);
+  const auto print_key = [](const char* name, const apikeys::CreatedKey& key) {
+    std::cout << name << ' ' << key.info.public_key << ':' << key.secret_key.reveal() << '\n';
+  };
+  std::cout << "account " << account.to_string() << '\n';
+  print_key("valid-key", valid);
+  print_key("reader-key", reader);
+  print_key("revoked-key", revoked);
+  print_key("disabled-key", disabled);
 
   httplib::Server server;
   server.Get("/health", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("{\"status\":\"ok\"}\n", "application/json");
   });
-  server.Get("/whoami", require_api_key(keys, [](const httplib::Request&, httplib::Response& res,
-                                                 const apikeys::Uuid& account_id) {
-               res.set_content("{\"account_id\":\"" + account_id.to_string() + "\"}\n",
-                               "application/json");
-             }));
+  server.Get("/whoami", require_api_key(keys, {},
+                                        [](const httplib::Request&, httplib::Response& res,
+                                           const apikeys::Uuid& account_id) {
+                                          res.set_content("{\"account_id\":\"" +
+                                                              account_id.to_string() + "\"}\n",
+                                                          "application/json");
+                                        }));
+  apikeys::Requirements invoices_read;
+  invoices_read.scopes = {"invoices:read"};
+  server.Get("/invoices", require_api_key(keys, invoices_read,
+                                          [](const httplib::Request&, httplib::Response& res,
+                                             const apikeys::Uuid& account_id) {
+                                            res.set_content("{\"account_id\":\"" +
+                                                                account_id.to_string() +
+                                                                "\",\"invoices\":[]}\n",
+                                                            "application/json");
+                                          }));
 
   const char* host = "127.0.0.1";
   if (port == 0) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CTest driver for example_http_server: starts it on a free loopback port, checks its
-# answers (valid key -> 200 with the account id; no, malformed, wrong, revoked or
-# doubled key -> 401 with a JSON error), then stops it with SIGTERM.
+# answers (valid key -> 200 with the account id; no, malformed, wrong, revoked, disabled
+# or doubled key -> 401 with a JSON error; a valid key without the scope a route needs
+# -> 403 insufficient_scope, RFC 6750), then stops it with SIGTERM.
 #   http_server_test.sh <example_http_server> [curl]
 set -euo pipefail
 
@@ -31,19 +32,23 @@ field() { awk -v k="$1" '$1 == k { print $2 }' "$work/out"; }
 url=$(field listening)
 account=$(field account)
 valid=$(field valid-key)
+reader=$(field reader-key)
 revoked=$(field revoked-key)
-[[ -n "$url" && -n "$account" && -n "$valid" && -n "$revoked" ]] || fail "unexpected server output"
+disabled=$(field disabled-key)
+[[ -n "$url" && -n "$account" && -n "$valid" && -n "$reader" && -n "$revoked" && -n "$disabled" ]] ||
+  fail "unexpected server output"
 # The valid key with its secret's last character changed.
 last=${valid: -1}
 wrong=${valid%?}$([[ "$last" == a ]] && echo b || echo a)
 
 checks=0
-# expect <name> <status> <body substring> [curl arguments...]
+# expect <name> <status> <body substring> [curl arguments...] (route: $route)
+route=/whoami
 expect() {
   local name=$1 status=$2 want=$3
   shift 3
   local got
-  got=$("$curl" -sS --max-time 20 -o "$work/body" -D "$work/headers" -w '%{http_code}' "$@" "$url/whoami") ||
+  got=$("$curl" -sS --max-time 20 -o "$work/body" -D "$work/headers" -w '%{http_code}' "$@" "$url$route") ||
     fail "$name: curl failed"
   [[ "$got" == "$status" ]] || fail "$name: status $got, expected $status; body: $(cat "$work/body")"
   grep -qF -- "$want" "$work/body" || fail "$name: body lacks '$want': $(cat "$work/body")"
@@ -60,9 +65,26 @@ expect "malformed key"                 401 '"error":"invalid_api_key"' -H "X-API
 expect "malformed bearer"              401 '"error":"invalid_api_key"' -H "Authorization: Bearer"
 expect "wrong secret"                  401 '"error":"invalid_api_key"' -H "X-API-Key: $wrong"
 expect "revoked key"                   401 '"error":"invalid_api_key"' -H "X-API-Key: $revoked"
+cp "$work/body" "$work/revoked-body"
+expect "disabled key"                  401 '"error":"invalid_api_key"' -H "X-API-Key: $disabled"
+# A disabled key gets exactly the answer a revoked one gets: nothing tells them apart.
+cmp -s "$work/body" "$work/revoked-body" || fail "disabled key: not the same body as a revoked key"
+grep -qi '^www-authenticate: bearer realm="apikeys example"' "$work/headers" ||
+  fail "disabled key: not the same WWW-Authenticate as other failures"
 expect "Basic scheme"                  401 '"error":"invalid_api_key"' -H "Authorization: Basic dXNlcjpwYXNz"
 expect "two keys"                      401 '"error":"invalid_api_key"' -H "X-API-Key: $valid" -H "Authorization: Bearer $valid"
 grep -qi '^www-authenticate: bearer' "$work/headers" || fail "401 without WWW-Authenticate"
+
+# A route that needs the scope invoices:read.
+route=/invoices
+expect "scoped route, key with the scope"    200 '"invoices":[]' -H "X-API-Key: $reader"
+expect "scoped route, key without the scope" 403 '"missing_scopes":["invoices:read"]' -H "X-API-Key: $valid"
+grep -qF '"error":"insufficient_scope"' "$work/body" || fail "403 without error insufficient_scope"
+grep -qiF 'www-authenticate: Bearer realm="apikeys example", error="insufficient_scope", scope="invoices:read"' \
+  "$work/headers" || fail "403 without the RFC 6750 WWW-Authenticate: $(cat "$work/headers")"
+expect "scoped route, disabled key"          401 '"error":"invalid_api_key"' -H "X-API-Key: $disabled"
+expect "scoped route, wrong secret"          401 '"error":"invalid_api_key"' -H "X-API-Key: $wrong"
+expect "scoped route, no key"                401 '"error":"missing_api_key"'
 
 kill -TERM "$pid"
 status=0
@@ -70,5 +92,7 @@ wait "$pid" || status=$?
 pid=
 [[ $status -eq 0 ]] || fail "server exited with status $status after SIGTERM"
 grep -q '^stopped' "$work/out" || fail "server did not report a clean stop"
-if grep -qF "${valid#*:}" "$work/err"; then fail "a secret appeared in the server log"; fi
+for key in "$valid" "$reader" "$disabled"; do
+  if grep -qF "${key#*:}" "$work/err"; then fail "a secret appeared in the server log"; fi
+done
 echo "http_server: $checks checks passed, clean stop"

@@ -7,8 +7,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -20,6 +23,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -28,6 +32,12 @@
 
 #include "../src/hex.hpp"
 #include "apikeys/apikeys.hpp"
+#if defined(APIKEYS_HAS_POSTGRES)
+#include "apikeys/postgres_store.hpp"
+#endif
+#if defined(APIKEYS_HAS_REDIS)
+#include "apikeys/redis_cache.hpp"
+#endif
 
 namespace apikeys::cli {
 namespace {
@@ -87,6 +97,22 @@ bool contains_hex(std::string_view text, std::string_view hex_lower) noexcept {
   return false;
 }
 
+// True when `text` contains `lower` (lower-case ASCII), in any letter case.
+bool contains_ignore_case(std::string_view text, std::string_view lower) noexcept {
+  if (text.size() < lower.size()) return false;
+  for (std::size_t at = 0; at + lower.size() <= text.size(); ++at) {
+    std::size_t i = 0;
+    while (i < lower.size()) {
+      const char c = text[at + i];
+      const char l = (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+      if (l != lower[i]) break;
+      ++i;
+    }
+    if (i == lower.size()) return true;
+  }
+  return false;
+}
+
 constexpr std::size_t kMinPepperHexChars = 64;  // 32 bytes, what HmacSha256Hasher requires
 constexpr std::size_t kMaxPepperFileBytes = 4096;
 
@@ -124,6 +150,8 @@ bool holds_secret_key(std::string_view text) noexcept {
 bool may_hold_secret(std::string_view text) noexcept {
   if (text.find(kSecretPrefix) != std::string_view::npos) return true;
   if (text.find(kNotShown) != std::string_view::npos) return true;
+  if (contains_ignore_case(text, "postgres://") || contains_ignore_case(text, "postgresql://"))
+    return true;
   std::size_t run = 0;
   for (char c : text) {
     run = is_base62(c) ? run + 1 : 0;
@@ -325,18 +353,19 @@ bool write_stdout(std::string_view text) noexcept {
   return true;
 }
 
-// Prints `json` (dump() of an object whose "secret_key" is "") with `secret` written
-// into that field. The secret never enters a JSON value or a string that grows: the
-// output is assembled once, in a buffer sized up front, and wiped after the write.
-bool emit_with_secret(const std::string& json, std::string_view secret) {
-  static constexpr std::string_view kField =
-      "\n  \"secret_key\": \"\"";  // unique: quotes in values are escaped
-  const auto at = json.find(kField);
+// Prints `json` (dump() of an object with one "secret_key": "" member, at nesting depth
+// `indent` / 2) with `secret` written into that field. The secret never enters a JSON
+// value or a string that grows: the output is assembled once, in a buffer sized up
+// front, and wiped after the write. The indentation tells the field from a member of
+// the same name deeper down (in a key's metadata), and quotes in values are escaped.
+bool emit_with_secret(const std::string& json, std::string_view secret, std::size_t indent) {
+  const std::string field = "\n" + std::string(indent, ' ') + "\"secret_key\": \"\"";
+  const auto at = json.find(field);
   const bool plain =
       std::all_of(secret.begin(), secret.end(), [](char c) { return is_base62(c) || c == '_'; });
-  if (at == std::string::npos || !plain)
-    throw std::logic_error("create: cannot place the secret in the output");
-  const std::size_t split = at + kField.size() - 1;  // before the closing quote
+  if (at == std::string::npos || json.find(field, at + 1) != std::string::npos || !plain)
+    throw std::logic_error("cannot place the secret in the output");
+  const std::size_t split = at + field.size() - 1;  // before the closing quote
   std::string out;
   WipeGuard guard(out);
   out.reserve(json.size() + secret.size() + 1);
@@ -370,49 +399,174 @@ std::string_view read_token_line(std::string& line) {
 }
 
 // What the parser writes. Never a secret: an argument that may be one reaches these as
-// a placeholder (see CommandLine).
+// a placeholder (see CommandLine). Numbers are taken as text and checked here, so that
+// a bad one gets a message naming its rule.
 struct Parsed {
   std::string db;
   std::string pepper_file;
+  std::string pg_schema;
+  std::string redis;
+  std::string redis_prefix;
   std::string account;
   std::string key_id;
   std::string title;
   std::string description;
+  std::string metadata;
+  std::vector<std::string> scopes;
   int expires_in_days = 0;
+  std::string expected_version;
+  std::string grace_seconds;
+  std::string limit;
+  std::string cursor;
+  std::string status;
+  bool clear_metadata = false;
+  bool clear_scopes = false;
+  bool no_expiry = false;
   std::string first;   // verify: PUBLIC, or TOKEN, or "-" for a token on stdin
   std::string second;  // verify: SECRET
+};
+
+// Which options were given, as the parser saw them.
+struct Given {
+  bool title = false;
+  bool description = false;
+  bool metadata = false;
+  bool scopes = false;
+  bool expires_in_days = false;
+  bool expected_version = false;
+  bool grace_seconds = false;
+  bool limit = false;
+  bool cursor = false;
+  bool status = false;
 };
 
 // What the commands use: Parsed with each placeholder replaced by its real value. Views
 // into the Parsed and the CommandLine, which outlive them.
 struct Options {
-  Options(const Parsed& p, const CommandLine& cmd) noexcept
+  Options(const Parsed& p, const Given& g, const CommandLine& cmd)
       : db(cmd.resolve(p.db)),
         pepper_file(cmd.resolve(p.pepper_file)),
+        pg_schema(cmd.resolve(p.pg_schema)),
+        redis(cmd.resolve(p.redis)),
+        redis_prefix(cmd.resolve(p.redis_prefix)),
         account(cmd.resolve(p.account)),
         key_id(cmd.resolve(p.key_id)),
         title(cmd.resolve(p.title)),
         description(cmd.resolve(p.description)),
+        metadata(cmd.resolve(p.metadata)),
         expires_in_days(p.expires_in_days),
+        expected_version(cmd.resolve(p.expected_version)),
+        grace_seconds(cmd.resolve(p.grace_seconds)),
+        limit(cmd.resolve(p.limit)),
+        cursor(cmd.resolve(p.cursor)),
+        status(cmd.resolve(p.status)),
+        clear_metadata(p.clear_metadata),
+        clear_scopes(p.clear_scopes),
+        no_expiry(p.no_expiry),
         first(cmd.resolve(p.first)),
-        second(cmd.resolve(p.second)) {}
+        second(cmd.resolve(p.second)),
+        given(g) {
+    scopes.reserve(p.scopes.size());
+    for (const std::string& s : p.scopes) scopes.push_back(cmd.resolve(s));
+  }
 
   std::string_view db;
   std::string_view pepper_file;
+  std::string_view pg_schema;
+  std::string_view redis;
+  std::string_view redis_prefix;
   std::string_view account;
   std::string_view key_id;
   std::string_view title;
   std::string_view description;
+  std::string_view metadata;
+  std::vector<std::string_view> scopes;
   int expires_in_days;
+  std::string_view expected_version;
+  std::string_view grace_seconds;
+  std::string_view limit;
+  std::string_view cursor;
+  std::string_view status;
+  bool clear_metadata;
+  bool clear_scopes;
+  bool no_expiry;
   std::string_view first;
   std::string_view second;
+  Given given;
 };
 
-// Refuses a --db that holds a secret key (before any copy of it is made) and, unless the
-// command may create it, one where no file exists. The path is never shown: it may be a
-// secret pasted in the wrong place.
+// True when --db names a PostgreSQL server (a libpq URI) rather than a SQLite file.
+bool is_postgres_url(std::string_view db) noexcept {
+  return db.rfind("postgresql://", 0) == 0 || db.rfind("postgres://", 0) == 0;
+}
+
+// A decimal number from `min` to `max`, digits only (no sign, no white space). The
+// message names the option and the range, never the value.
+std::uint64_t parse_number(std::string_view text, const char* option, std::uint64_t min,
+                           std::uint64_t max) {
+  const auto bad = [&] {
+    return UsageError(std::string(option) + " must be a whole number from " + std::to_string(min) +
+                      " to " + std::to_string(max));
+  };
+  if (text.empty() || text.size() > 20) throw bad();
+  std::uint64_t v = 0;
+  for (const char c : text) {
+    if (c < '0' || c > '9') throw bad();
+    const auto digit = static_cast<std::uint64_t>(c - '0');
+    if (v > (UINT64_MAX - digit) / 10) throw bad();
+    v = v * 10 + digit;
+  }
+  if (v < min || v > max) throw bad();
+  return v;
+}
+
+#if defined(APIKEYS_HAS_REDIS)
+// --redis HOST:PORT (an IPv6 address in brackets: [::1]:6379).
+struct RedisAddress {
+  std::string host;
+  int port = 0;
+};
+
+RedisAddress parse_redis(std::string_view text) {
+  const auto colon = text.rfind(':');
+  if (colon == std::string_view::npos || colon == 0) {
+    throw UsageError("--redis must be HOST:PORT, e.g. 127.0.0.1:6379");
+  }
+  std::string_view host = text.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  if (host.empty()) throw UsageError("--redis must be HOST:PORT, e.g. 127.0.0.1:6379");
+  RedisAddress a;
+  a.host = std::string(host);
+  a.port = static_cast<int>(parse_number(text.substr(colon + 1), "--redis's PORT", 1, 65535));
+  return a;
+}
+#endif
+
+// Checks the backend options before anything is read or written: refuses a --db that
+// holds a secret key (before any copy of it is made), options this build cannot honour,
+// and, unless the command may create it, a SQLite file that does not exist. The path or
+// URL is never shown: it may be a secret pasted in the wrong place, or hold a password.
 void check_db(const Options& o, bool may_create_db) {
   refuse_secret(o.db, "--db", {});
+  if (!o.redis.empty()) {
+#if defined(APIKEYS_HAS_REDIS)
+    (void)parse_redis(o.redis);
+#else
+    throw UsageError(
+        "--redis: this build has no Redis support (build with -DAPIKEYS_WITH_REDIS=ON)");
+#endif
+  }
+  if (is_postgres_url(o.db)) {
+#if !defined(APIKEYS_HAS_POSTGRES)
+    throw UsageError(
+        "--db: this build has no PostgreSQL support (build with -DAPIKEYS_WITH_POSTGRES=ON)");
+#else
+    return;
+#endif
+  }
+  if (!o.pg_schema.empty()) throw UsageError("--pg-schema applies only to a postgresql:// --db");
   if (!may_create_db) {
     // Only `create` makes a new database: a mistyped --db path must not look like an
     // empty database ("no such key") and leave a stray file behind.
@@ -424,47 +578,192 @@ void check_db(const Options& o, bool may_create_db) {
   }
 }
 
-// `may_create_db`: only `create` initialises an empty file, as it alone makes a missing one.
-std::unique_ptr<apikeys::KeyManager> open_manager(const Options& o, const Pepper& pepper,
-                                                  bool may_create_db) {
-  refuse_secret(o.db, "--db", pepper.hex.reveal());
-  auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(pepper.bytes.reveal());
+// A Cache that passes erase() on to a shared cache and holds nothing itself. The CLI
+// runs one command per process: reading or filling a shared cache would not pay, and
+// the Validator clears its cache when it is built, which for a shared cache would empty
+// it for every node at each command. What the CLI owes the shared cache is the erase of
+// every key it changes, which KeyManager makes through this cache before it returns.
+// An erase that fails is tried twice more, then counted rather than thrown: the change
+// has committed by then, and a throw would lose the command's output (rotate's new
+// secret with it) while running the command again would not erase (nothing changes the
+// second time). The command prints its output, then reports the failure (exit 4).
+// Thread-safety: erase() as the shared cache's; failures() from any thread. Ownership:
+// shares the shared cache.
+class EraseOnlyCache final : public apikeys::Cache {
+ public:
+  explicit EraseOnlyCache(std::shared_ptr<apikeys::Cache> shared) : shared_(std::move(shared)) {}
+  std::optional<apikeys::Verdict> get(std::string_view, const apikeys::Digest&) override {
+    return std::nullopt;
+  }
+  std::uint64_t fill_token(std::string_view) override { return 0; }
+  void put(std::string_view, const apikeys::Digest&, const apikeys::Verdict&,
+           std::chrono::milliseconds, std::uint64_t) override {}
+  void erase(std::string_view public_key) override {
+    constexpr int kAttempts = 3;
+    for (int attempt = 1;; ++attempt) {
+      try {
+        shared_->erase(public_key);
+        return;
+      } catch (const std::exception&) {
+        if (attempt == kAttempts) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100 * attempt));
+    }
+    failures_.fetch_add(1, std::memory_order_relaxed);
+  }
+  void clear() override {}
+
+  // How many erases failed after every attempt.
+  [[nodiscard]] std::size_t failures() const noexcept {
+    return failures_.load(std::memory_order_relaxed);
+  }
+
+ private:
+  std::shared_ptr<apikeys::Cache> shared_;
+  std::atomic<std::size_t> failures_{0};
+};
+
+// A KeyManager (reached with ->) and the shared cache its changes are erased from.
+struct Manager {
+  std::unique_ptr<apikeys::KeyManager> keys;
+  std::shared_ptr<EraseOnlyCache> shared_cache;  // null without --redis
+
+  apikeys::KeyManager* operator->() const noexcept { return keys.get(); }
+
+  // `rc`, unless the change succeeded but the shared cache could not be told: then a
+  // message and kExitFailure (the output has been printed).
+  [[nodiscard]] int finish(int rc) const {
+    if (rc != kExitOk || !shared_cache || shared_cache->failures() == 0) return rc;
+    std::cerr << "apikeys: the change was saved, but the shared cache (--redis) could not be "
+                 "told: nodes that do not poll the store's revision may answer from the old "
+                 "state until their cached verdicts expire\n";
+    return kExitFailure;
+  }
+};
+
+std::shared_ptr<apikeys::Store> open_store(const Options& o, bool may_create_db) {
+  if (is_postgres_url(o.db)) {
+#if defined(APIKEYS_HAS_POSTGRES)
+    apikeys::PostgresStoreOptions store_options;
+    if (!o.pg_schema.empty()) store_options.schema = std::string(o.pg_schema);
+    std::string conninfo(o.db);  // exactly sized (no reallocation); may hold a password
+    WipeGuard guard(conninfo);
+    return std::make_shared<apikeys::PostgresStore>(conninfo, store_options);
+#endif
+  }
   apikeys::SqliteStoreOptions store_options;
   store_options.create_if_missing = may_create_db;  // an empty file, like a missing one
-  auto store = std::make_shared<apikeys::SqliteStore>(std::string(o.db), store_options);
-  // Defaults: no cache (one-shot process), last use recorded by the Validator's
-  // background writer and flushed when the KeyManager is destroyed, before exit.
-  return std::make_unique<apikeys::KeyManager>(std::move(store), std::move(hasher));
+  return std::make_shared<apikeys::SqliteStore>(std::string(o.db), store_options);
 }
 
-int cmd_create(const Options& o, bool has_expiry) {
+// `may_create_db`: only `create` initialises an empty file, as it alone makes a missing one.
+Manager open_manager(const Options& o, const Pepper& pepper, bool may_create_db) {
+  refuse_secret(o.db, "--db", pepper.hex.reveal());
+  auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(pepper.bytes.reveal());
+  std::shared_ptr<apikeys::Store> store = open_store(o, may_create_db);
+  // Defaults: no cache (one-shot process), last use recorded by the Validator's
+  // background writer and flushed when the KeyManager is destroyed, before exit.
+  apikeys::KeyManagerOptions options;
+  Manager manager;
+#if defined(APIKEYS_HAS_REDIS)
+  if (!o.redis.empty()) {
+    const RedisAddress address = parse_redis(o.redis);
+    apikeys::RedisCacheOptions cache_options;
+    cache_options.host = address.host;
+    cache_options.port = address.port;
+    if (!o.redis_prefix.empty()) cache_options.prefix = std::string(o.redis_prefix);
+    cache_options.local_tier = false;  // nothing to keep between commands
+    manager.shared_cache = std::make_shared<EraseOnlyCache>(
+        std::make_shared<apikeys::RedisCache>(std::move(cache_options)));
+    options.validation.cache = manager.shared_cache;
+    options.validation.revision_poll_interval = std::chrono::milliseconds(0);
+  }
+#endif
+  manager.keys = std::make_unique<apikeys::KeyManager>(std::move(store), std::move(hasher),
+                                                       std::move(options));
+  return manager;
+}
+
+// A key's metadata as a JSON object ({} when it has none). A stored value that is not
+// one (the library never writes such a value) is a storage failure, not hidden.
+Json metadata_json(const std::string& metadata) {
+  if (metadata.empty()) return Json::object();
+  Json j = Json::parse(metadata, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    throw apikeys::Error(apikeys::ErrorCode::storage,
+                         "a stored key's metadata is not a JSON object");
+  }
+  return j;
+}
+
+Json uuid_or_null(const std::optional<apikeys::Uuid>& id) {
+  return id ? Json(id->to_string()) : Json(nullptr);
+}
+
+// A key as every command prints it. `secret_slot`: with "secret_key": "" after
+// "public_key", for emit_with_secret to fill in.
+Json key_json(const apikeys::KeyInfo& k, bool secret_slot = false) {
+  Json j;
+  j["key_id"] = k.key_id.to_string();
+  j["public_key"] = k.public_key;
+  if (secret_slot) j["secret_key"] = "";
+  j["title"] = k.title;
+  j["description"] = k.description;
+  j["status"] = apikeys::to_string(k.status);
+  j["created_at"] = apikeys::format_utc(k.created_at);
+  j["expires_at"] = time_or_null(k.expires_at);
+  j["last_used_at"] = time_or_null(k.last_used_at);
+  j["updated_at"] = apikeys::format_utc(k.updated_at);
+  j["version"] = k.version;
+  j["metadata"] = metadata_json(k.metadata);
+  j["scopes"] = k.scopes;
+  j["rotated_from"] = uuid_or_null(k.rotated_from);
+  j["rotated_to"] = uuid_or_null(k.rotated_to);
+  return j;
+}
+
+// The values of --scope, refused if one holds a secret or the pepper (a granted scope
+// is stored and listed; a required one is echoed in `missing_scopes`).
+std::vector<std::string> scope_values(const Options& o, const Pepper& pepper) {
+  std::vector<std::string> scopes;
+  for (const std::string_view s : o.scopes) {
+    refuse_secret(s, "--scope", pepper.hex.reveal());
+    scopes.emplace_back(s);
+  }
+  return scopes;
+}
+
+void refuse_text_secrets(const Options& o, const Pepper& pepper) {
+  refuse_secret(o.title, "--title", pepper.hex.reveal());
+  refuse_secret(o.description, "--description", pepper.hex.reveal());
+  refuse_secret(o.metadata, "--metadata", pepper.hex.reveal());
+}
+
+// Reports that the account has no such key (exit 3).
+int no_such_key(const apikeys::Uuid& account, const apikeys::Uuid& key_id) {
+  std::cerr << "apikeys: no key " << key_id.to_string() << " for account " << account.to_string()
+            << '\n';
+  return kExitNotFound;
+}
+
+int cmd_create(const Options& o) {
   const apikeys::Uuid account = parse_uuid(o.account, "--account");
   check_db(o, /*may_create_db=*/true);
   const Pepper pepper = load_pepper(o.pepper_file);
-  refuse_secret(o.title, "--title", pepper.hex.reveal());
-  refuse_secret(o.description, "--description", pepper.hex.reveal());
+  refuse_text_secrets(o, pepper);
   apikeys::CreateRequest request;
   request.title = std::string(o.title);
   request.description = std::string(o.description);
-  if (has_expiry) request.expires_in_days = o.expires_in_days;
+  if (o.given.expires_in_days) request.expires_in_days = o.expires_in_days;
+  request.metadata = std::string(o.metadata);
+  request.scopes = scope_values(o, pepper);
   // Check the request before touching the database, so a bad request creates nothing.
   request = apikeys::normalize_request(request);
 
   auto manager = open_manager(o, pepper, /*may_create_db=*/true);
   const apikeys::CreatedKey created = manager->create(account, request);
-  const apikeys::KeyInfo& k = created.info;
-
-  Json out;
-  out["key_id"] = k.key_id.to_string();
-  out["public_key"] = k.public_key;
-  out["secret_key"] = "";  // filled in by emit_with_secret
-  out["title"] = k.title;
-  out["description"] = k.description;
-  out["status"] = apikeys::to_string(k.status);
-  out["expires_at"] = time_or_null(k.expires_at);
-  out["created_at"] = apikeys::format_utc(k.created_at);
-  if (!emit_with_secret(dump(out), created.secret_key.reveal())) {
-    std::cerr << "apikeys: key " << k.key_id.to_string()
+  if (!emit_with_secret(dump(key_json(created.info, true)), created.secret_key.reveal(), 2)) {
+    std::cerr << "apikeys: key " << created.info.key_id.to_string()
               << " was created but its secret could not be written to stdout; revoke it\n";
     return kExitFailure;
   }
@@ -473,46 +772,149 @@ int cmd_create(const Options& o, bool has_expiry) {
 
 int cmd_list(const Options& o) {
   const apikeys::Uuid account = parse_uuid(o.account, "--account");
+  std::optional<apikeys::KeyStatus> status;
+  if (o.given.status) {
+    status = apikeys::parse_key_status(o.status);
+    if (!status) throw UsageError("--status must be active, disabled or revoked");
+  }
+  const bool paged = o.given.limit || o.given.cursor;
+  apikeys::ListOptions options;
+  if (o.given.limit) {
+    options.limit = static_cast<std::size_t>(
+        parse_number(o.limit, "--limit", 1, apikeys::ListOptions::kMaxLimit));
+  }
+  options.cursor = std::string(o.cursor);
+  options.status = status;
   check_db(o, false);
   auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/false);
+  if (paged) {
+    const apikeys::KeyPage page = manager->list(account, options);
+    Json out;
+    out["keys"] = Json::array();
+    for (const apikeys::KeyInfo& k : page.keys) out["keys"].push_back(key_json(k));
+    out["next_cursor"] = page.next_cursor ? Json(*page.next_cursor) : Json(nullptr);
+    return emit(dump(out)) ? kExitOk : kExitFailure;
+  }
+  // The whole listing, as an array (the output of the first releases).
   Json out = Json::array();
   for (const apikeys::KeyInfo& k : manager->list(account)) {
-    Json item;
-    item["key_id"] = k.key_id.to_string();
-    item["public_key"] = k.public_key;
-    item["title"] = k.title;
-    item["description"] = k.description;
-    item["status"] = apikeys::to_string(k.status);
-    item["created_at"] = apikeys::format_utc(k.created_at);
-    item["expires_at"] = time_or_null(k.expires_at);
-    item["last_used_at"] = time_or_null(k.last_used_at);
-    out.push_back(std::move(item));
+    if (!status || k.status == *status) out.push_back(key_json(k));
   }
   return emit(dump(out)) ? kExitOk : kExitFailure;
 }
 
-int cmd_revoke_or_delete(const Options& o, bool remove) {
+// The commands that change or show one key and print it: get, update, disable, enable,
+// revoke.
+enum class KeyCommand { get, update, disable, enable, revoke };
+
+int cmd_key(const Options& o, KeyCommand command) {
+  const apikeys::Uuid account = parse_uuid(o.account, "--account");
+  const apikeys::Uuid key_id = parse_uuid(o.key_id, "--key-id");
+  apikeys::KeyUpdate update;
+  if (command == KeyCommand::update) {
+    const Given& g = o.given;
+    if (!g.title && !g.description && !g.metadata && !o.clear_metadata && !g.scopes &&
+        !o.clear_scopes && !g.expires_in_days && !o.no_expiry) {
+      throw UsageError(
+          "update: nothing to change (give --title, --description, --metadata, "
+          "--clear-metadata, --scope, --clear-scopes, --expires-in-days or --no-expiry)");
+    }
+    if (g.expected_version) {
+      update.expected_version =
+          parse_number(o.expected_version, "--expected-version", 1, UINT64_MAX);
+    }
+  }
+  check_db(o, false);
+  const Pepper pepper = load_pepper(o.pepper_file);
+  if (command == KeyCommand::update) {
+    const Given& g = o.given;
+    refuse_text_secrets(o, pepper);
+    if (g.title) update.title = std::string(o.title);
+    if (g.description) update.description = std::string(o.description);
+    if (g.metadata) update.metadata = std::string(o.metadata);
+    if (o.clear_metadata) update.metadata = apikeys::FieldUpdate<std::string>::clear();
+    if (g.scopes) update.scopes = scope_values(o, pepper);
+    if (o.clear_scopes) update.scopes = apikeys::FieldUpdate<std::vector<std::string>>::clear();
+    if (g.expires_in_days) update.expires_in_days = o.expires_in_days;
+    if (o.no_expiry) update.expires_in_days = apikeys::FieldUpdate<int>::clear();
+  }
+  auto manager = open_manager(o, pepper, /*may_create_db=*/false);
+  apikeys::KeyInfo k;
+  try {
+    switch (command) {
+      case KeyCommand::get: k = manager->get(account, key_id); break;
+      case KeyCommand::update: k = manager->update(account, key_id, update); break;
+      case KeyCommand::disable: k = manager->disable(account, key_id); break;
+      case KeyCommand::enable: k = manager->enable(account, key_id); break;
+      case KeyCommand::revoke: k = manager->revoke(account, key_id); break;
+    }
+  } catch (const apikeys::Error& e) {
+    if (e.code() != apikeys::ErrorCode::not_found) throw;
+    return no_such_key(account, key_id);
+  }
+  return manager.finish(emit(dump(key_json(k))) ? kExitOk : kExitFailure);
+}
+
+int cmd_delete(const Options& o) {
   const apikeys::Uuid account = parse_uuid(o.account, "--account");
   const apikeys::Uuid key_id = parse_uuid(o.key_id, "--key-id");
   check_db(o, false);
   auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/false);
   Json out;
   try {
-    const apikeys::KeyInfo k =
-        remove ? manager->remove(account, key_id) : manager->revoke(account, key_id);
+    const apikeys::KeyInfo k = manager->remove(account, key_id);
     out["key_id"] = k.key_id.to_string();
-    if (remove) {
-      out["deleted"] = true;
-    } else {
-      out["status"] = apikeys::to_string(k.status);
-    }
+    out["deleted"] = true;
   } catch (const apikeys::Error& e) {
     if (e.code() != apikeys::ErrorCode::not_found) throw;
-    std::cerr << "apikeys: no key " << key_id.to_string() << " for account " << account.to_string()
-              << '\n';
-    return kExitNotFound;
+    return no_such_key(account, key_id);
   }
-  return emit(dump(out)) ? kExitOk : kExitFailure;
+  return manager.finish(emit(dump(out)) ? kExitOk : kExitFailure);
+}
+
+int cmd_rotate(const Options& o) {
+  const apikeys::Uuid account = parse_uuid(o.account, "--account");
+  const apikeys::Uuid key_id = parse_uuid(o.key_id, "--key-id");
+  apikeys::RotateRequest request;
+  if (o.given.grace_seconds) {
+    const auto max = static_cast<std::uint64_t>(apikeys::KeyManager::kMaxRotationGrace.count());
+    request.grace = std::chrono::seconds(
+        static_cast<std::int64_t>(parse_number(o.grace_seconds, "--grace-seconds", 0, max)));
+  }
+  check_db(o, false);
+  auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/false);
+  apikeys::CreatedKey created;
+  try {
+    created = manager->rotate(account, key_id, request);
+  } catch (const apikeys::Error& e) {
+    if (e.code() != apikeys::ErrorCode::not_found) throw;
+    return no_such_key(account, key_id);
+  }
+  // The new key exists now and its secret is in hand: nothing below may lose it.
+  Json out;
+  out["new"] = key_json(created.info, true);
+  out["old"] = nullptr;
+  try {
+    out["old"] = key_json(manager->get(account, key_id));
+  } catch (const std::exception&) {
+    std::cerr << "apikeys: the key was rotated, but it could not be read back (\"old\" is null)\n";
+  }
+  if (!emit_with_secret(dump(out), created.secret_key.reveal(), 4)) {
+    std::cerr << "apikeys: key " << created.info.key_id.to_string()
+              << " was created by the rotation but its secret could not be written to stdout; "
+                 "revoke it\n";
+    return kExitFailure;
+  }
+  return manager.finish(kExitOk);
+}
+
+int cmd_revoke_all(const Options& o) {
+  const apikeys::Uuid account = parse_uuid(o.account, "--account");
+  check_db(o, false);
+  auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/false);
+  Json out;
+  out["revoked"] = manager->revoke_all(account);
+  return manager.finish(emit(dump(out)) ? kExitOk : kExitFailure);
 }
 
 int cmd_verify(const Options& o) {
@@ -521,20 +923,29 @@ int cmd_verify(const Options& o) {
   const bool from_stdin = o.first == "-" && o.second.empty();
   const std::string_view token = from_stdin ? read_token_line(line) : std::string_view();
   check_db(o, false);
-  auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/false);
+  const Pepper pepper = load_pepper(o.pepper_file);
+  apikeys::Requirements requirements;
+  requirements.scopes = scope_values(o, pepper);
+  auto manager = open_manager(o, pepper, /*may_create_db=*/false);
   apikeys::ValidationResult r;
   if (from_stdin) {
-    r = manager->validate(token);
+    r = manager->validate(token, requirements);
   } else if (o.second.empty()) {
-    r = manager->validate(o.first);
+    r = manager->validate(o.first, requirements);
   } else {
-    r = manager->validate(o.first, o.second);
+    r = manager->validator().validate(o.first, o.second, requirements);
   }
   Json out;
   out["valid"] = r.ok();
   out["code"] = apikeys::to_string(r.code);
   out["account_id"] = r.ok() ? Json(r.account_id.to_string()) : Json(nullptr);
   out["key_id"] = r.ok() ? Json(r.key_id.to_string()) : Json(nullptr);
+  if (r.ok()) {
+    out["scopes"] = r.scopes;
+    out["metadata"] = metadata_json(r.metadata);
+  }
+  if (r.code == apikeys::ValidationCode::insufficient_scope)
+    out["missing_scopes"] = r.missing_scopes;
   if (!emit(dump(out))) return kExitFailure;
   if (r.ok()) return kExitOk;
   // `error` means the check could not be made (store or hasher failure): not a verdict.
@@ -545,14 +956,43 @@ int exit_code_for(apikeys::ErrorCode code) noexcept {
   switch (code) {
     case apikeys::ErrorCode::invalid_argument: return kExitUsage;
     case apikeys::ErrorCode::not_found: return kExitNotFound;
+    case apikeys::ErrorCode::conflict: return kExitConflict;
     case apikeys::ErrorCode::already_exists:
     case apikeys::ErrorCode::busy:
     case apikeys::ErrorCode::storage:
     case apikeys::ErrorCode::crypto:
-    case apikeys::ErrorCode::not_supported:
-    case apikeys::ErrorCode::conflict: return kExitFailure;
+    case apikeys::ErrorCode::not_supported: return kExitFailure;
   }
   return kExitFailure;
+}
+
+// The password of a postgresql:// URL (user:PASSWORD@ in its authority, or a
+// password= parameter), or "" when it has none: hidden from messages, as the whole
+// URL is.
+std::string_view url_password(std::string_view db) noexcept {
+  if (!is_postgres_url(db)) return {};
+  const std::string_view rest = db.substr(db.find("://") + 3);
+  const std::string_view authority = rest.substr(0, rest.find_first_of("/?"));
+  const auto at = authority.rfind('@');
+  if (at != std::string_view::npos) {
+    const std::string_view userinfo = authority.substr(0, at);
+    const auto colon = userinfo.find(':');
+    if (colon != std::string_view::npos) return userinfo.substr(colon + 1);
+  }
+  const auto p = db.find("password=");
+  if (p == std::string_view::npos) return {};
+  const std::string_view value = db.substr(p + 9);
+  return value.substr(0, value.find('&'));
+}
+
+// `message` without the --db password, if any (the CommandLine hides the whole URL).
+std::string redact_password(std::string message, std::string_view password) {
+  if (password.size() < 4) return message;  // too short to find without false hits
+  for (auto at = message.find(password); at != std::string::npos;
+       at = message.find(password, at + 11)) {
+    message.replace(at, password.size(), "<not shown>");
+  }
+  return message;
 }
 
 }  // namespace
@@ -564,20 +1004,33 @@ int run_command(int argc, char** argv) {
   Parsed p;
 
   CLI::App app{
-      "Issue, list, revoke, delete and verify API keys stored in a SQLite file.\n"
-      "The pepper (HMAC key, at least 64 hex characters) comes from the\n"
-      "APIKEYS_PEPPER environment variable or --pepper-file.",
+      "Issue, list, change, rotate, revoke, delete and verify API keys stored in a SQLite\n"
+      "file or a PostgreSQL database. The pepper (HMAC key, at least 64 hex characters)\n"
+      "comes from the APIKEYS_PEPPER environment variable or --pepper-file.",
       "apikeys"};
   app.set_version_flag("--version", std::string(apikeys::version()),
                        "Print the library version and exit");
   app.require_subcommand(1);
   app.fallthrough();  // global options may also follow the command
-  app.add_option("--db", p.db, "SQLite database file (created by `create` if missing)")
-      ->option_text("PATH")
+  app.add_option("--db", p.db,
+                 "SQLite database file (created by `create` if missing), or a "
+                 "postgresql:// URL")
+      ->option_text("PATH|URL")
       ->required();
   app.add_option("--pepper-file", p.pepper_file,
                  "File holding the hex pepper (overrides APIKEYS_PEPPER)")
       ->option_text("FILE");
+  app.add_option("--pg-schema", p.pg_schema,
+                 "PostgreSQL schema holding the tables (default: public)")
+      ->option_text("NAME");
+  CLI::Option* redis = app.add_option("--redis", p.redis,
+                                      "Erase each changed key from this shared Redis cache "
+                                      "before returning")
+                           ->option_text("HOST:PORT");
+  app.add_option("--redis-prefix", p.redis_prefix,
+                 "Prefix of the shared cache's Redis keys (default: apikeys:)")
+      ->option_text("PREFIX")
+      ->needs(redis);
   // Any argument may be a secret pasted in the wrong place, and CLI11 quotes values in
   // its messages ("Could not convert: --expires-in-days = sk_..."): never echo them.
   app.failure_message([&cmd](const CLI::App*, const CLI::Error& e) {
@@ -589,36 +1042,121 @@ int run_command(int argc, char** argv) {
     return "apikeys: " + message + "\nRun with --help for more information.\n";
   });
 
+  const auto add_account = [&p](CLI::App* command) {
+    command->add_option("--account", p.account, "Account UUID")->option_text("UUID")->required();
+  };
+  const auto add_key_id = [&p](CLI::App* command) {
+    command->add_option("--key-id", p.key_id, "Key UUID (from create or list)")
+        ->option_text("UUID")
+        ->required();
+  };
+  // Each --scope takes one value; repeat it for more.
+  const auto add_scopes = [&p](CLI::App* command, const char* help) {
+    return command->add_option("--scope", p.scopes, help)
+        ->option_text("SCOPE")
+        ->allow_extra_args(false);
+  };
+
   CLI::App* create = app.add_subcommand(
       "create", "Create a key and print it with its secret (shown only this once)");
-  create->add_option("--account", p.account, "Account UUID")->option_text("UUID")->required();
-  create
-      ->add_option("--title", p.title,
-                   "1-255 characters; no control, bidi or zero-width characters")
-      ->option_text("TEXT")
-      ->required();
-  create->add_option("--description", p.description, "Optional, up to 1024 characters")
-      ->option_text("TEXT");
-  CLI::Option* expires = create
-                             ->add_option("--expires-in-days", p.expires_in_days,
-                                          "Lifetime, 1-365 days (default: never expires)")
-                             ->option_text("N");
+  add_account(create);
+  CLI::Option* create_title =
+      create
+          ->add_option("--title", p.title,
+                       "1-255 characters; no control, bidi or zero-width characters")
+          ->option_text("TEXT")
+          ->required();
+  CLI::Option* create_description =
+      create->add_option("--description", p.description, "Optional, up to 1024 characters")
+          ->option_text("TEXT");
+  CLI::Option* create_expires = create
+                                    ->add_option("--expires-in-days", p.expires_in_days,
+                                                 "Lifetime, 1-365 days (default: never expires)")
+                                    ->option_text("N");
+  CLI::Option* create_metadata =
+      create
+          ->add_option("--metadata", p.metadata,
+                       "A JSON object, up to 4096 bytes, shown with the key and to validators")
+          ->option_text("JSON");
+  CLI::Option* create_scopes =
+      add_scopes(create, "A scope the key grants (repeat for more), e.g. invoices:read");
 
   CLI::App* list =
       app.add_subcommand("list", "List an account's keys, newest first (never secrets)");
-  list->add_option("--account", p.account, "Account UUID")->option_text("UUID")->required();
+  add_account(list);
+  CLI::Option* list_limit =
+      list->add_option("--limit", p.limit, "Print one page of at most N keys (1-1000)")
+          ->option_text("N");
+  CLI::Option* list_cursor =
+      list->add_option("--cursor", p.cursor, "Print the page after this next_cursor")
+          ->option_text("CURSOR");
+  CLI::Option* list_status = list->add_option("--status", p.status, "Only keys with this status")
+                                 ->option_text("active|disabled|revoked");
+
+  CLI::App* get = app.add_subcommand("get", "Print one key (never its secret)");
+  add_account(get);
+  add_key_id(get);
+
+  CLI::App* update = app.add_subcommand("update", "Change a key's fields and print it");
+  add_account(update);
+  add_key_id(update);
+  CLI::Option* update_title =
+      update->add_option("--title", p.title, "New title (same rules as create)")
+          ->option_text("TEXT");
+  CLI::Option* update_description =
+      update->add_option("--description", p.description, "New description (\"\" clears it)")
+          ->option_text("TEXT");
+  CLI::Option* update_metadata =
+      update->add_option("--metadata", p.metadata, "New metadata: a JSON object")
+          ->option_text("JSON");
+  CLI::Option* clear_metadata =
+      update->add_flag("--clear-metadata", p.clear_metadata, "Remove the metadata");
+  update_metadata->excludes(clear_metadata);
+  CLI::Option* update_scopes =
+      add_scopes(update, "The scopes the key grants from now on (repeat; replaces the set)");
+  CLI::Option* clear_scopes =
+      update->add_flag("--clear-scopes", p.clear_scopes, "Remove every scope");
+  update_scopes->excludes(clear_scopes);
+  CLI::Option* update_expires =
+      update->add_option("--expires-in-days", p.expires_in_days, "Expire N days from now (1-365)")
+          ->option_text("N");
+  CLI::Option* no_expiry = update->add_flag("--no-expiry", p.no_expiry, "Never expire");
+  update_expires->excludes(no_expiry);
+  CLI::Option* expected_version =
+      update
+          ->add_option("--expected-version", p.expected_version,
+                       "Change the key only if its version is still V (else exit 5)")
+          ->option_text("V");
+
+  CLI::App* disable =
+      app.add_subcommand("disable", "Switch a key off until `enable` (prints the key)");
+  add_account(disable);
+  add_key_id(disable);
+
+  CLI::App* enable = app.add_subcommand("enable", "Switch a disabled key back on (prints the key)");
+  add_account(enable);
+  add_key_id(enable);
+
+  CLI::App* rotate = app.add_subcommand(
+      "rotate", "Replace a key with a new one (secret shown once); the old one expires");
+  add_account(rotate);
+  add_key_id(rotate);
+  CLI::Option* grace = rotate
+                           ->add_option("--grace-seconds", p.grace_seconds,
+                                        "How long the old key keeps working, 0-604800 (default: 0)")
+                           ->option_text("N");
 
   CLI::App* revoke = app.add_subcommand("revoke", "Revoke a key: it is rejected from then on");
-  revoke->add_option("--account", p.account, "Account UUID")->option_text("UUID")->required();
-  revoke->add_option("--key-id", p.key_id, "Key UUID (from create or list)")
-      ->option_text("UUID")
-      ->required();
+  add_account(revoke);
+  add_key_id(revoke);
+
+  CLI::App* revoke_all =
+      app.add_subcommand("revoke-all", "Revoke every key of an account; prints how many");
+  add_account(revoke_all);
 
   CLI::App* remove = app.add_subcommand("delete", "Delete a key permanently");
-  remove->add_option("--account", p.account, "Account UUID")->option_text("UUID")->required();
-  remove->add_option("--key-id", p.key_id, "Key UUID (from create or list)")
-      ->option_text("UUID")
-      ->required();
+  add_account(remove);
+  add_key_id(remove);
 
   CLI::App* verify = app.add_subcommand(
       "verify",
@@ -628,6 +1166,7 @@ int run_command(int argc, char** argv) {
                    "Public key, pk_...:sk_... token, or - to read the token from stdin")
       ->required();
   verify->add_option("secret", p.second, "Secret key, when the public key is given alone");
+  CLI::Option* verify_scopes = add_scopes(verify, "A scope the key must grant (repeat for more)");
 
   try {
     app.parse(cmd.argc(), cmd.argv());
@@ -637,13 +1176,33 @@ int run_command(int argc, char** argv) {
   }
   cmd.blank(p.first);
   cmd.blank(p.second);
-  const Options o(p, cmd);
+
+  Given given;
+  given.title = create_title->count() > 0 || update_title->count() > 0;
+  given.description = create_description->count() > 0 || update_description->count() > 0;
+  given.metadata = create_metadata->count() > 0 || update_metadata->count() > 0;
+  given.scopes =
+      create_scopes->count() > 0 || update_scopes->count() > 0 || verify_scopes->count() > 0;
+  given.expires_in_days = create_expires->count() > 0 || update_expires->count() > 0;
+  given.expected_version = expected_version->count() > 0;
+  given.grace_seconds = grace->count() > 0;
+  given.limit = list_limit->count() > 0;
+  given.cursor = list_cursor->count() > 0;
+  given.status = list_status->count() > 0;
+  const Options o(p, given, cmd);
+  const std::string_view db_password = url_password(o.db);
 
   try {
-    if (*create) return cmd_create(o, expires->count() > 0);
+    if (*create) return cmd_create(o);
     if (*list) return cmd_list(o);
-    if (*revoke) return cmd_revoke_or_delete(o, false);
-    if (*remove) return cmd_revoke_or_delete(o, true);
+    if (*get) return cmd_key(o, KeyCommand::get);
+    if (*update) return cmd_key(o, KeyCommand::update);
+    if (*disable) return cmd_key(o, KeyCommand::disable);
+    if (*enable) return cmd_key(o, KeyCommand::enable);
+    if (*rotate) return cmd_rotate(o);
+    if (*revoke) return cmd_key(o, KeyCommand::revoke);
+    if (*revoke_all) return cmd_revoke_all(o);
+    if (*remove) return cmd_delete(o);
     if (*verify) return cmd_verify(o);
     std::cerr << "apikeys: no command given\n";
     return kExitUsage;
@@ -651,11 +1210,12 @@ int run_command(int argc, char** argv) {
     std::cerr << "apikeys: " << e.what() << '\n';
     return kExitUsage;
   } catch (const apikeys::Error& e) {
-    std::cerr << "apikeys: " << apikeys::to_string(e.code()) << ": " << cmd.redact(e.what())
-              << '\n';
+    std::cerr << "apikeys: " << apikeys::to_string(e.code()) << ": "
+              << redact_password(cmd.redact(e.what()), db_password) << '\n';
     return exit_code_for(e.code());
   } catch (const std::exception& e) {
-    std::cerr << "apikeys: internal error: " << cmd.redact(e.what()) << '\n';
+    std::cerr << "apikeys: internal error: " << redact_password(cmd.redact(e.what()), db_password)
+              << '\n';
     return kExitFailure;
   }
 }

@@ -3,16 +3,20 @@
 // declared here so that tests/fuzz/fuzz_cli.cpp checks the shipped code itself.
 // Internal to this repository: not installed, not part of the library's API.
 //
-// The tool creates, lists, revokes, deletes and verifies keys in one SQLite file; it
-// prints JSON on stdout and diagnostics on stderr.
+// The tool creates, lists, shows, changes, rotates, revokes, deletes and verifies keys
+// in one SQLite file or a PostgreSQL database (--db postgresql://..., in builds with
+// PostgresStore), optionally erasing changed keys from a shared RedisCache (--redis);
+// it prints JSON on stdout and diagnostics on stderr.
 // Exit codes: 0 success / key valid, 1 key rejected, 2 usage (bad option, value or
-// pepper), 3 no such key for that account, 4 storage or internal failure.
-// Secrets: only `create` prints one. No message shows a presented secret, the pepper or
-// a value that may be either (a path, a positional argument). Every argument that may
-// hold a secret is copied out of argv and blanked there before anything parses it (so
-// `ps` and /proc/PID/cmdline stop showing it); the argument parser and the JSON writer
-// never see a secret, and the copies this program makes are wiped before they are
-// freed. The process cannot dump core: its memory holds the pepper.
+// pepper), 3 no such key for that account, 4 storage or internal failure, 5 conflict
+// (the key's version is not --expected-version, or its state forbids the change).
+// Secrets: only `create` and `rotate` print one. No message shows a presented secret,
+// the pepper, a database password or a value that may be one of them (a path, a URL, a
+// positional argument). Every argument that may hold a secret is copied out of argv and
+// blanked there before anything parses it (so `ps` and /proc/PID/cmdline stop showing
+// it); the argument parser and the JSON writer never see a secret, and the copies this
+// program makes are wiped before they are freed. The process cannot dump core: its
+// memory holds the pepper.
 //
 // Thread-safety: the text functions are pure and may run on any thread; run() and
 // run_command() use process-wide state (standard streams, environment, resource
@@ -36,6 +40,7 @@ enum ExitCode : int {
   kExitUsage = 2,
   kExitNotFound = 3,
   kExitFailure = 4,
+  kExitConflict = 5,
 };
 
 // The program: disables core dumps, then runs the command line `argv` (see
@@ -71,7 +76,8 @@ inline constexpr std::string_view kPlaceholderStart = "<not shown #";
 
 // True when `text` may be, or hold, a secret or the pepper: it contains the secret
 // prefix, a run of 32 or more base62 characters (a secret without its prefix, or pepper
-// hex), or the text of a placeholder (so that one typed in cannot pass for ours).
+// hex), a postgres:// or postgresql:// URL (which may hold a password; any letter case),
+// or the text of a placeholder (so that one typed in cannot pass for ours).
 // Deliberately broad: a value caught by mistake (a title like "task_list") still reaches
 // its option unchanged, it is only hidden from `ps` and from the parser.
 [[nodiscard]] bool may_hold_secret(std::string_view text) noexcept;

@@ -287,6 +287,29 @@ TEST_CASE("secrets: CLI failure output never holds a secret or the pepper", "[se
   run("create expiry = secret",
       {"--db", db, "create", "--account", account, "--title", "t", "--expires-in-days", sk},
       kPepperHex, "", 2);
+  run("update title = secret",
+      {"--db", db, "update", "--account", account, "--key-id", key_id, "--title", sk}, kPepperHex,
+      "", 2);
+  run("update metadata holds secret",
+      {"--db", db, "update", "--account", account, "--key-id", key_id, "--metadata",
+       "{\"k\":\"" + sk + "\"}"},
+      kPepperHex, "", 2);
+  run("update expected version = secret",
+      {"--db", db, "update", "--account", account, "--key-id", key_id, "--title", "t",
+       "--expected-version", sk},
+      kPepperHex, "", 2);
+  run("create scope = secret",
+      {"--db", db, "create", "--account", account, "--title", "t", "--scope", sk}, kPepperHex, "",
+      2);
+  run("verify required scope = secret", {"--db", db, "verify", pk, sk, "--scope", sk}, kPepperHex,
+      "", 2);
+  run("rotate grace = secret",
+      {"--db", db, "rotate", "--account", account, "--key-id", key_id, "--grace-seconds", sk},
+      kPepperHex, "", 2);
+  run("list cursor = secret", {"--db", db, "list", "--account", account, "--cursor", sk},
+      kPepperHex, "", 2);
+  run("list status = secret", {"--db", db, "list", "--account", account, "--status", sk},
+      kPepperHex, "", 2);
   run("secret as command", {"--db", db, sk}, kPepperHex, "", 2);
   run("secret as db flag value of unknown option",
       {"--db", db, "--token=" + sk, "list", "--account", account}, kPepperHex, "", 2);

@@ -24,7 +24,8 @@ if(APIKEYS_WITH_REDIS)
   list(APPEND _apikeys_server_links ${APIKEYS_HIREDIS_LINK_LIBRARIES})
 endif()
 if(APIKEYS_WITH_POSTGRES AND APIKEYS_WITH_REDIS)
-  list(APPEND _apikeys_server_sources servers/revocation_servers_test.cpp)
+  list(APPEND _apikeys_server_sources servers/revocation_servers_test.cpp
+    servers/cli_servers_test.cpp)
   # Node A of the two-process revocation test.
   add_executable(apikeys_revoke_node servers/revoke_node.cpp)
   target_link_libraries(apikeys_revoke_node PRIVATE apikeys::apikeys Threads::Threads)
@@ -48,6 +49,13 @@ if(TARGET apikeys_revoke_node)
   target_compile_definitions(apikeys_server_tests PRIVATE
     "APIKEYS_REVOKE_NODE_PATH=\"$<TARGET_FILE:apikeys_revoke_node>\"")
   add_dependencies(apikeys_server_tests apikeys_revoke_node)
+endif()
+# The CLI driven against PostgreSQL and Redis (cli_servers_test.cpp parses its JSON).
+if(TARGET apikeys_cli)
+  target_compile_definitions(apikeys_server_tests PRIVATE
+    "APIKEYS_CLI_PATH=\"$<TARGET_FILE:apikeys_cli>\"")
+  target_link_libraries(apikeys_server_tests PRIVATE nlohmann_json::nlohmann_json)
+  add_dependencies(apikeys_server_tests apikeys_cli)
 endif()
 
 # The fault tests stop and restart the shared servers: no two server tests at once

@@ -387,7 +387,7 @@ TEST_CASE("cli: bad usage exits 2 with a message", "[cli]") {
   };
 
   SECTION("no command") { expect_usage(run_cli({"--db", db})); }
-  SECTION("unknown command") { expect_usage(run_cli({"--db", db, "rotate"})); }
+  SECTION("unknown command") { expect_usage(run_cli({"--db", db, "rename"})); }
   SECTION("no --db") { expect_usage(run_cli({"list", "--account", kAccount})); }
   SECTION("missing --account") { expect_usage(run_cli({"--db", db, "create", "--title", "t"})); }
   SECTION("missing --title") { expect_usage(create({})); }
@@ -543,7 +543,8 @@ TEST_CASE("cli: presented secrets are never echoed", "[cli]") {
 TEST_CASE("cli: --help lists every command, --version prints the library version", "[cli]") {
   Run r = run_cli({"--help"});
   CHECK(r.code == 0);
-  for (const char* command : {"create", "list", "revoke", "delete", "verify"}) {
+  for (const char* command : {"create", "list", "get", "update", "disable", "enable", "rotate",
+                              "revoke", "revoke-all", "delete", "verify"}) {
     INFO(command);
     CHECK(contains(r.out, command));
   }
@@ -556,6 +557,16 @@ TEST_CASE("cli: --help lists every command, --version prints the library version
   r = run_cli({"create", "--help"});
   CHECK(r.code == 0);
   CHECK(contains(r.out, "--expires-in-days"));
+  CHECK(contains(r.out, "--metadata"));
+  CHECK(contains(r.out, "--scope"));
+
+  r = run_cli({"update", "--help"});
+  CHECK(r.code == 0);
+  for (const char* option :
+       {"--clear-metadata", "--clear-scopes", "--no-expiry", "--expected-version"}) {
+    INFO(option);
+    CHECK(contains(r.out, option));
+  }
 }
 
 TEST_CASE("cli: a revoke by another process reaches a cached validator within 1 s", "[cli]") {
@@ -597,6 +608,621 @@ TEST_CASE("cli: a revoke by another process reaches a cached validator within 1 
   INFO("elapsed ms: " << elapsed.count());
   REQUIRE(code == apikeys::ValidationCode::revoked);
   REQUIRE(elapsed < std::chrono::milliseconds(1000));
+}
+
+namespace {
+
+// Runs the CLI, REQUIREs exit 0, and returns its parsed output.
+Json run_json(const std::vector<std::string>& args) {
+  const Run r = run_cli(args);
+  INFO("args: " << args.size() << ", stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.code == 0);
+  return Json::parse(r.out);
+}
+
+// Every field a printed key carries, with its JSON type.
+void check_key_fields(const Json& k) {
+  INFO(k.dump());
+  REQUIRE(k.is_object());
+  for (const char* f :
+       {"key_id", "public_key", "title", "description", "status", "created_at", "updated_at"}) {
+    INFO(f);
+    CHECK(k.at(f).is_string());
+  }
+  for (const char* f : {"expires_at", "last_used_at", "rotated_from", "rotated_to"}) {
+    INFO(f);
+    CHECK((k.at(f).is_null() || k.at(f).is_string()));
+  }
+  CHECK(k.at("version").is_number_unsigned());
+  CHECK(k.at("metadata").is_object());
+  CHECK(k.at("scopes").is_array());
+  CHECK_FALSE(k.contains("digest"));
+}
+
+std::vector<std::string> key_args(const std::string& db, const std::string& command,
+                                  const std::string& key_id,
+                                  const std::string& account = kAccount) {
+  return {"--db", db, command, "--account", account, "--key-id", key_id};
+}
+
+std::vector<std::string> plus(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+}  // namespace
+
+TEST_CASE("cli: create with metadata and scopes, and the key fields every command prints",
+          "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const Json created =
+      create_key(db, kAccount,
+                 {"--metadata", R"({"team":"billing","limits":{"rps":10}})", "--scope",
+                  "invoices:read", "--scope", "billing.*", "--scope", "invoices:read"});
+  check_key_fields(created);
+  CHECK(created.at("secret_key").get<std::string>().rfind("sk_", 0) == 0);
+  CHECK(created.at("metadata") == Json::parse(R"({"team":"billing","limits":{"rps":10}})"));
+  CHECK(created.at("scopes") == Json::array({"billing.*", "invoices:read"}));  // sorted, unique
+  CHECK(created.at("version") == 1);
+  CHECK(created.at("updated_at") == created.at("created_at"));
+  CHECK(created.at("rotated_from").is_null());
+  CHECK(created.at("rotated_to").is_null());
+  const std::string key_id = created.at("key_id").get<std::string>();
+
+  // A key with neither: metadata {} and scopes [].
+  const Json plain = create_key(db);
+  CHECK(plain.at("metadata") == Json::object());
+  CHECK(plain.at("scopes") == Json::array());
+
+  const Json listed = run_json({"--db", db, "list", "--account", kAccount});
+  REQUIRE(listed.size() == 2);
+  for (const Json& k : listed) check_key_fields(k);
+  CHECK(listed[1].at("key_id") == key_id);
+  CHECK(listed[1].at("metadata") == created.at("metadata"));
+  CHECK(listed[1].at("scopes") == created.at("scopes"));
+
+  const Json got = run_json(key_args(db, "get", key_id));
+  check_key_fields(got);
+  CHECK(got.at("key_id") == key_id);
+  CHECK(got.at("metadata") == created.at("metadata"));
+  CHECK(got.at("scopes") == created.at("scopes"));
+  CHECK_FALSE(got.contains("secret_key"));
+
+  // revoke prints the whole key too (it still has key_id and status, as before).
+  const Json revoked = run_json(key_args(db, "revoke", key_id));
+  check_key_fields(revoked);
+  CHECK(revoked.at("status") == "revoked");
+  CHECK(revoked.at("version") == 2);
+}
+
+TEST_CASE("cli: bad metadata and scopes are refused before anything is written", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  auto create = [&](const std::vector<std::string>& extra) {
+    return run_cli(plus({"--db", db, "create", "--account", kAccount, "--title", "t"}, extra));
+  };
+  for (const auto& extra : std::vector<std::vector<std::string>>{
+           {"--metadata", "[1,2]"},
+           {"--metadata", "{\"a\":1,\"a\":2}"},
+           {"--metadata", "{not json"},
+           {"--metadata", "{\"a\":\"" + std::string(4100, 'x') + "\"}"},
+           {"--scope", "Invoices"},
+           {"--scope", ""},
+           {"--scope", "a..b"},
+           {"--scope", std::string(129, 'a')},
+       }) {
+    INFO(extra[0] << " " << extra[1].substr(0, 40));
+    const Run r = create(extra);
+    CHECK(r.code == 2);
+    CHECK(r.out.empty());
+    CHECK_FALSE(r.err.empty());
+    if (extra[1].size() > 8) CHECK_FALSE(contains(r.err, extra[1]));
+    CHECK_FALSE(fs::exists(db));
+  }
+  // A secret key or the pepper where it would be stored in plain text.
+  const std::string sk = "sk_abcdefghijklmnopqrstuvwxyz012345";  // also a valid scope
+  for (const auto& extra : std::vector<std::vector<std::string>>{
+           {"--scope", sk},
+           {"--scope", kPepperHex},
+           {"--metadata", "{\"k\":\"" + sk + "\"}"},
+           {"--metadata", "{\"k\":\"" + kPepperHex + "\"}"},
+       }) {
+    INFO(extra[0]);
+    const Run r = create(extra);
+    CHECK(r.code == 2);
+    CHECK(contains(r.err, extra[0]));
+    CHECK_FALSE(contains(r.out + r.err, sk.substr(3)));
+    CHECK_FALSE(contains(r.out + r.err, kPepperHex));
+    CHECK_FALSE(fs::exists(db));
+  }
+}
+
+TEST_CASE("cli: update changes each field, version by version", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const Json created = create_key(db, kAccount,
+                                  {"--description", "first", "--metadata", R"({"a":1})", "--scope",
+                                   "a.read", "--expires-in-days", "10"});
+  const std::string key_id = created.at("key_id").get<std::string>();
+  const auto update = [&](const std::vector<std::string>& extra) {
+    return run_json(plus(key_args(db, "update", key_id), extra));
+  };
+
+  Json k = update({"--title", "  renamed  "});
+  check_key_fields(k);
+  CHECK(k.at("title") == "renamed");
+  CHECK(k.at("description") == "first");  // left as it was
+  CHECK(k.at("metadata") == Json::parse(R"({"a":1})"));
+  CHECK(k.at("scopes") == Json::array({"a.read"}));
+  CHECK(k.at("expires_at") == created.at("expires_at"));
+  CHECK(k.at("version") == 2);
+  CHECK(k.at("updated_at").get<std::string>() >= created.at("updated_at").get<std::string>());
+
+  k = update({"--description", "second", "--metadata", R"({"b":[1,2]})"});
+  CHECK(k.at("description") == "second");
+  CHECK(k.at("metadata") == Json::parse(R"({"b":[1,2]})"));
+  CHECK(k.at("version") == 3);
+
+  k = update({"--scope", "b.write", "--scope", "a.*"});  // replaces the set
+  CHECK(k.at("scopes") == Json::array({"a.*", "b.write"}));
+
+  k = update({"--clear-metadata", "--clear-scopes"});
+  CHECK(k.at("metadata") == Json::object());
+  CHECK(k.at("scopes") == Json::array());
+
+  k = update({"--no-expiry"});
+  CHECK(k.at("expires_at").is_null());
+  k = update({"--expires-in-days", "30"});
+  CHECK(k.at("expires_at").is_string());
+  CHECK(k.at("expires_at").get<std::string>() > created.at("expires_at").get<std::string>());
+
+  k = update({"--description", ""});
+  CHECK(k.at("description") == "");
+  CHECK(k.at("version") == 8);
+
+  // The expected version: the current one applies, a stale one is a conflict (exit 5)
+  // that writes nothing.
+  k = update({"--title", "checked", "--expected-version", "8"});
+  CHECK(k.at("title") == "checked");
+  CHECK(k.at("version") == 9);
+  Run r = run_cli(
+      plus(key_args(db, "update", key_id), {"--title", "stale", "--expected-version", "8"}));
+  CHECK(r.code == 5);
+  CHECK(r.out.empty());
+  CHECK(contains(r.err, "conflict"));
+  k = run_json(key_args(db, "get", key_id));
+  CHECK(k.at("title") == "checked");
+  CHECK(k.at("version") == 9);
+
+  // The values follow create's rules.
+  r = run_cli(plus(key_args(db, "update", key_id), {"--title", ""}));
+  CHECK(r.code == 2);
+  r = run_cli(plus(key_args(db, "update", key_id), {"--metadata", "[]"}));
+  CHECK(r.code == 2);
+  r = run_cli(plus(key_args(db, "update", key_id), {"--scope", "A"}));
+  CHECK(r.code == 2);
+  r = run_cli(plus(key_args(db, "update", key_id), {"--expires-in-days", "366"}));
+  CHECK(r.code == 2);
+  CHECK(run_json(key_args(db, "get", key_id)).at("version") == 9);
+
+  // Another account's key, or none: exit 3.
+  r = run_cli(plus(key_args(db, "update", key_id, kOtherAccount), {"--title", "x"}));
+  CHECK(r.code == 3);
+  r = run_cli(
+      plus(key_args(db, "update", "00000000-0000-4000-8000-000000000000"), {"--title", "x"}));
+  CHECK(r.code == 3);
+}
+
+TEST_CASE("cli: update usage errors", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const std::string key_id = create_key(db).at("key_id").get<std::string>();
+  const auto expect_usage = [&](const std::vector<std::string>& extra) {
+    const Run r = run_cli(plus(key_args(db, "update", key_id), extra));
+    INFO("stdout: " << r.out << "\nstderr: " << r.err);
+    CHECK(r.code == 2);
+    CHECK(r.out.empty());
+    CHECK_FALSE(r.err.empty());
+  };
+  SECTION("nothing to change") { expect_usage({}); }
+  SECTION("only --expected-version") { expect_usage({"--expected-version", "1"}); }
+  SECTION("--scope with --clear-scopes") { expect_usage({"--scope", "a", "--clear-scopes"}); }
+  SECTION("--expires-in-days with --no-expiry") {
+    expect_usage({"--expires-in-days", "3", "--no-expiry"});
+  }
+  SECTION("--metadata with --clear-metadata") {
+    expect_usage({"--metadata", "{}", "--clear-metadata"});
+  }
+  SECTION("bad --expected-version") {
+    for (const char* v : {"0", "-1", "x", "1.5", "99999999999999999999999"}) {
+      INFO(v);
+      expect_usage({"--title", "t", "--expected-version", v});
+    }
+  }
+  SECTION("missing --key-id") {
+    const Run r = run_cli({"--db", db, "update", "--account", kAccount, "--title", "t"});
+    CHECK(r.code == 2);
+  }
+  SECTION("a secret as the new title or metadata") {
+    const std::string sk = "sk_abcdefghijklmnopqrstuvwxyz012345";
+    for (const auto& extra :
+         std::vector<std::vector<std::string>>{{"--title", sk},
+                                               {"--description", sk},
+                                               {"--metadata", "{\"s\":\"" + sk + "\"}"},
+                                               {"--scope", sk}}) {
+      const Run r = run_cli(plus(key_args(db, "update", key_id), extra));
+      CHECK(r.code == 2);
+      CHECK_FALSE(contains(r.out + r.err, sk.substr(3)));
+    }
+  }
+  CHECK(run_json(key_args(db, "get", key_id)).at("version") == 1);  // nothing written
+}
+
+TEST_CASE("cli: disable and enable", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const Json created = create_key(db);
+  const std::string key_id = created.at("key_id").get<std::string>();
+  const std::string pk = created.at("public_key").get<std::string>();
+  const std::string sk = created.at("secret_key").get<std::string>();
+
+  Json k = run_json(key_args(db, "disable", key_id));
+  check_key_fields(k);
+  CHECK(k.at("status") == "disabled");
+  CHECK(k.at("version") == 2);
+  Run r = run_cli({"--db", db, "verify", pk, sk});
+  CHECK(r.code == 1);
+  Json v = Json::parse(r.out);
+  CHECK(v.at("valid") == false);
+  CHECK(v.at("code") == "disabled");
+  CHECK(v.at("key_id").is_null());
+  CHECK(run_json({"--db", db, "list", "--account", kAccount, "--status", "disabled"}).size() == 1);
+
+  // Disabling again changes nothing.
+  CHECK(run_json(key_args(db, "disable", key_id)).at("version") == 2);
+
+  k = run_json(key_args(db, "enable", key_id));
+  CHECK(k.at("status") == "active");
+  CHECK(k.at("version") == 3);
+  CHECK(run_cli({"--db", db, "verify", pk, sk}).code == 0);
+
+  // Another account's key: exit 3. A revoked key cannot be enabled or disabled: exit 5.
+  CHECK(run_cli(key_args(db, "disable", key_id, kOtherAccount)).code == 3);
+  CHECK(run_cli(key_args(db, "enable", key_id, kOtherAccount)).code == 3);
+  run_json(key_args(db, "revoke", key_id));
+  r = run_cli(key_args(db, "enable", key_id));
+  CHECK(r.code == 5);
+  CHECK(r.out.empty());
+  CHECK(run_cli(key_args(db, "disable", key_id)).code == 5);
+  CHECK(run_json(key_args(db, "get", key_id)).at("status") == "revoked");
+}
+
+TEST_CASE("cli: rotate prints the new key with its secret and the old key", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const Json created = create_key(
+      db, kAccount,
+      {"--metadata", R"({"secret_key":"x"})", "--scope", "a.read", "--expires-in-days", "20"});
+  const std::string key_id = created.at("key_id").get<std::string>();
+  const std::string old_pk = created.at("public_key").get<std::string>();
+  const std::string old_sk = created.at("secret_key").get<std::string>();
+  std::vector<Run> runs;
+
+  SECTION("grace 0: the old key expires at once") {
+    Run r = run_cli(plus(key_args(db, "rotate", key_id), {"--grace-seconds", "0"}));
+    runs.push_back(r);
+    INFO("stderr: " << r.err);
+    REQUIRE(r.code == 0);
+    const Json out = Json::parse(r.out);
+    const Json& fresh = out.at("new");
+    const Json& old = out.at("old");
+    check_key_fields(fresh);
+    check_key_fields(old);
+    const std::string new_sk = fresh.at("secret_key").get<std::string>();
+    CHECK(new_sk.rfind("sk_", 0) == 0);
+    CHECK(new_sk != old_sk);
+    CHECK_FALSE(old.contains("secret_key"));
+    CHECK(fresh.at("rotated_from") == key_id);
+    CHECK(old.at("key_id") == key_id);
+    CHECK(old.at("rotated_to") == fresh.at("key_id"));
+    CHECK(fresh.at("title") == created.at("title"));
+    CHECK(fresh.at("metadata") == created.at("metadata"));  // whose member is "secret_key"
+    CHECK(fresh.at("metadata").at("secret_key") == "x");
+    CHECK(fresh.at("scopes") == created.at("scopes"));
+    CHECK(fresh.at("expires_at") == created.at("expires_at"));  // the same instant
+    CHECK(old.at("expires_at").get<std::string>() <= fresh.at("created_at").get<std::string>());
+
+    r = run_cli({"--db", db, "verify", old_pk, old_sk});
+    runs.push_back(r);
+    CHECK(r.code == 1);
+    CHECK(Json::parse(r.out).at("code") == "expired");
+    r = run_cli({"--db", db, "verify", fresh.at("public_key").get<std::string>(), new_sk});
+    CHECK(r.code == 0);
+
+    // Rotated once: rotating the old key again is a conflict (exit 5).
+    r = run_cli(key_args(db, "rotate", key_id));
+    runs.push_back(r);
+    CHECK(r.code == 5);
+    CHECK(r.out.empty());
+    for (const Run& o : runs) CHECK_FALSE(contains(o.err, new_sk.substr(3)));
+  }
+  SECTION("with a grace period the old key keeps working") {
+    const Json out = run_json(plus(key_args(db, "rotate", key_id), {"--grace-seconds", "3600"}));
+    CHECK(out.at("old").at("expires_at").is_string());
+    CHECK(run_cli({"--db", db, "verify", old_pk, old_sk}).code == 0);
+  }
+  SECTION("default grace is 0") {
+    run_json(key_args(db, "rotate", key_id));
+    CHECK(run_cli({"--db", db, "verify", old_pk, old_sk}).code == 1);
+  }
+  SECTION("usage and state errors") {
+    for (const char* g : {"604801", "-1", "soon"}) {
+      INFO(g);
+      const Run r = run_cli(plus(key_args(db, "rotate", key_id), {"--grace-seconds", g}));
+      CHECK(r.code == 2);
+      CHECK(r.out.empty());
+    }
+    CHECK(run_cli(plus(key_args(db, "rotate", key_id), {"--grace-seconds", "604800"})).code == 0);
+  }
+  SECTION("another account's key, a disabled or revoked key") {
+    CHECK(run_cli(key_args(db, "rotate", key_id, kOtherAccount)).code == 3);
+    run_json(key_args(db, "disable", key_id));
+    CHECK(run_cli(key_args(db, "rotate", key_id)).code == 5);
+    run_json(key_args(db, "revoke", key_id));
+    CHECK(run_cli(key_args(db, "rotate", key_id)).code == 5);
+    CHECK(run_json({"--db", db, "list", "--account", kAccount}).size() == 1);  // none made
+  }
+}
+
+TEST_CASE("cli: revoke-all revokes every key of one account", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const Json a = create_key(db);
+  create_key(db);
+  const Json already = create_key(db);
+  run_json(key_args(db, "revoke", already.at("key_id").get<std::string>()));
+  const Json other = create_key(db, kOtherAccount);
+
+  Json out = run_json({"--db", db, "revoke-all", "--account", kAccount});
+  CHECK(out == Json::parse(R"({"revoked": 2})"));
+  for (const Json& k : run_json({"--db", db, "list", "--account", kAccount})) {
+    CHECK(k.at("status") == "revoked");
+  }
+  CHECK(run_cli({"--db", db, "verify", a.at("public_key").get<std::string>(),
+                 a.at("secret_key").get<std::string>()})
+            .code == 1);
+  CHECK(run_cli({"--db", db, "verify", other.at("public_key").get<std::string>(),
+                 other.at("secret_key").get<std::string>()})
+            .code == 0);
+  out = run_json({"--db", db, "revoke-all", "--account", kAccount});
+  CHECK(out.at("revoked") == 0);
+  CHECK(run_cli({"--db", db, "revoke-all"}).code == 2);
+  CHECK(run_cli({"--db", db, "revoke-all", "--account", "x"}).code == 2);
+}
+
+TEST_CASE("cli: list in pages, and filtered by status", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(create_key(db).at("key_id").get<std::string>());
+  create_key(db, kOtherAccount);
+  run_json(key_args(db, "revoke", ids[1]));
+
+  // Walk the pages: every key once, newest first, then next_cursor null.
+  std::vector<std::string> seen;
+  std::string cursor;
+  int pages = 0;
+  for (;;) {
+    std::vector<std::string> args{"--db", db, "list", "--account", kAccount, "--limit", "2"};
+    if (!cursor.empty()) args.insert(args.end(), {"--cursor", cursor});
+    const Json page = run_json(args);
+    REQUIRE(page.is_object());
+    REQUIRE(page.at("keys").is_array());
+    CHECK(page.at("keys").size() <= 2);
+    for (const Json& k : page.at("keys")) {
+      check_key_fields(k);
+      seen.push_back(k.at("key_id").get<std::string>());
+    }
+    ++pages;
+    REQUIRE(pages <= 5);
+    if (page.at("next_cursor").is_null()) break;
+    cursor = page.at("next_cursor").get<std::string>();
+  }
+  CHECK(pages == 3);
+  CHECK(seen == std::vector<std::string>(ids.rbegin(), ids.rend()));
+
+  // Without --limit or --cursor: the array, which --status filters.
+  Json all = run_json({"--db", db, "list", "--account", kAccount});
+  CHECK(all.is_array());
+  CHECK(all.size() == 5);
+  Json revoked = run_json({"--db", db, "list", "--account", kAccount, "--status", "revoked"});
+  REQUIRE(revoked.is_array());
+  REQUIRE(revoked.size() == 1);
+  CHECK(revoked[0].at("key_id") == ids[1]);
+  CHECK(run_json({"--db", db, "list", "--account", kAccount, "--status", "active"}).size() == 4);
+  CHECK(run_json({"--db", db, "list", "--account", kAccount, "--status", "disabled"}).empty());
+
+  // A page with a status filter; a cursor alone (default limit).
+  Json page =
+      run_json({"--db", db, "list", "--account", kAccount, "--status", "active", "--limit", "10"});
+  CHECK(page.at("keys").size() == 4);
+  CHECK(page.at("next_cursor").is_null());
+  page = run_json({"--db", db, "list", "--account", kAccount, "--limit", "1"});
+  const std::string first_cursor = page.at("next_cursor").get<std::string>();
+  page = run_json({"--db", db, "list", "--account", kAccount, "--cursor", first_cursor});
+  CHECK(page.at("keys").size() == 4);
+
+  // Refused: bad status, limit, or a cursor made for another account or filter.
+  const auto expect_usage = [&](const std::vector<std::string>& extra) {
+    const Run r = run_cli(plus({"--db", db, "list", "--account", kAccount}, extra));
+    INFO("stderr: " << r.err);
+    CHECK(r.code == 2);
+    CHECK(r.out.empty());
+  };
+  expect_usage({"--status", "gone"});
+  expect_usage({"--limit", "0"});
+  expect_usage({"--limit", "1001"});
+  expect_usage({"--limit", "two"});
+  expect_usage({"--cursor", "zz"});
+  expect_usage({"--cursor", first_cursor, "--status", "active"});
+  std::string flipped = first_cursor;
+  flipped[10] = flipped[10] == '0' ? '1' : '0';
+  expect_usage({"--cursor", flipped});
+  const Run r = run_cli({"--db", db, "list", "--account", kOtherAccount, "--cursor", first_cursor});
+  CHECK(r.code == 2);
+}
+
+TEST_CASE("cli: verify with required scopes", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const Json created = create_key(
+      db, kAccount,
+      {"--scope", "invoices:read", "--scope", "reports.*", "--metadata", R"({"plan":"pro"})"});
+  const std::string pk = created.at("public_key").get<std::string>();
+  const std::string sk = created.at("secret_key").get<std::string>();
+
+  // Valid: the answer carries the key's scopes and metadata.
+  Run r = run_cli(
+      {"--db", db, "verify", pk, sk, "--scope", "invoices:read", "--scope", "reports.daily"});
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  Json v = Json::parse(r.out);
+  CHECK(v.at("valid") == true);
+  CHECK(v.at("scopes") == Json::array({"invoices:read", "reports.*"}));
+  CHECK(v.at("metadata") == Json::parse(R"({"plan":"pro"})"));
+  CHECK_FALSE(v.contains("missing_scopes"));
+
+  // Missing scopes: exit 1, insufficient_scope, the missing ones in the order required.
+  r = run_cli({"--db", db, "verify", "--scope", "invoices:write", "--scope", "invoices:read",
+               "--scope", "admin", pk + ":" + sk});
+  CHECK(r.code == 1);
+  v = Json::parse(r.out);
+  CHECK(v.at("valid") == false);
+  CHECK(v.at("code") == "insufficient_scope");
+  CHECK(v.at("missing_scopes") == Json::array({"invoices:write", "admin"}));
+  CHECK_FALSE(v.contains("metadata"));
+
+  // From stdin too.
+  r = run_cli({"--db", db, "verify", "-", "--scope", "nope"}, kPepperHex, pk + ":" + sk + "\n");
+  CHECK(r.code == 1);
+  CHECK(Json::parse(r.out).at("code") == "insufficient_scope");
+
+  // A wrong secret is wrong_secret whatever is required, and lists nothing.
+  r = run_cli({"--db", db, "verify", pk, "sk_WrongWrongWrongWrongWrongWrong12", "--scope", "x"});
+  CHECK(r.code == 1);
+  v = Json::parse(r.out);
+  CHECK(v.at("code") == "wrong_secret");
+  CHECK_FALSE(v.contains("missing_scopes"));
+
+  // A key without metadata or scopes: {} and [].
+  const Json bare = create_key(db);
+  r = run_cli({"--db", db, "verify", bare.at("public_key").get<std::string>(),
+               bare.at("secret_key").get<std::string>()});
+  REQUIRE(r.code == 0);
+  v = Json::parse(r.out);
+  CHECK(v.at("metadata") == Json::object());
+  CHECK(v.at("scopes") == Json::array());
+
+  // A required scope that holds a secret is refused, not echoed in missing_scopes.
+  const std::string secret_scope = "sk_abcdefghijklmnopqrstuvwxyz012345";
+  r = run_cli({"--db", db, "verify", pk, sk, "--scope", secret_scope});
+  CHECK(r.code == 2);
+  CHECK_FALSE(contains(r.out + r.err, secret_scope.substr(3)));
+}
+
+TEST_CASE("cli: PostgreSQL and Redis options", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  create_key(db);
+  const std::string password = "Hunter2Hunter2pw";
+  const std::string url = "postgresql://app:" + password + "@127.0.0.1:1/apikeys?connect_timeout=2";
+  std::vector<Run> runs;
+
+  // No server listens on port 1: a storage failure (exit 4) where PostgreSQL is built
+  // in, a clear usage error where it is not. Never the password.
+  for (const std::string& u : {url, "postgres://app:" + password + "@127.0.0.1:1/apikeys",
+                               "postgresql://127.0.0.1:1/apikeys?password=" + password}) {
+    const Run r = run_cli({"--db", u, "list", "--account", kAccount});
+    runs.push_back(r);
+    INFO("stderr: " << r.err);
+    CHECK(r.out.empty());
+#if defined(APIKEYS_HAS_POSTGRES)
+    CHECK(r.code == 4);
+#else
+    CHECK(r.code == 2);
+    CHECK(contains(r.err, "this build has no PostgreSQL support"));
+#endif
+  }
+  Run r = run_cli({"--db=" + url, "create", "--account", kAccount, "--title", "t"});
+  runs.push_back(r);
+  CHECK(r.out.empty());
+  CHECK((r.code == 4 || r.code == 2));
+
+#if !defined(APIKEYS_HAS_REDIS)
+  r = run_cli({"--db", db, "--redis", "127.0.0.1:6379", "list", "--account", kAccount});
+  CHECK(r.code == 2);
+  CHECK(contains(r.err, "this build has no Redis support"));
+#else
+  // A Redis that cannot be reached: reads work (they never touch it); a change is saved
+  // and printed, then reported as not told to the shared cache (exit 4). Even rotate's
+  // new secret is printed.
+  const Json k = create_key(db);
+  const std::string key_id = k.at("key_id").get<std::string>();
+  r = run_cli({"--db", db, "--redis", "127.0.0.1:1", "list", "--account", kAccount});
+  CHECK(r.code == 0);
+  r = run_cli(plus(key_args(db, "disable", key_id), {"--redis", "127.0.0.1:1"}));
+  CHECK(r.code == 4);
+  CHECK(contains(r.err, "shared cache"));
+  CHECK(Json::parse(r.out).at("status") == "disabled");
+  CHECK(run_json(key_args(db, "get", key_id)).at("status") == "disabled");
+  run_json(key_args(db, "enable", key_id));
+  r = run_cli(plus(key_args(db, "rotate", key_id), {"--redis", "127.0.0.1:1"}));
+  CHECK(r.code == 4);
+  CHECK(contains(r.err, "shared cache"));
+  const Json rotated = Json::parse(r.out);
+  CHECK(rotated.at("new").at("secret_key").get<std::string>().rfind("sk_", 0) == 0);
+  CHECK(rotated.at("old").at("rotated_to") == rotated.at("new").at("key_id"));
+#endif
+  r = run_cli({"--db", db, "--redis", "nocolon", "list", "--account", kAccount});
+  CHECK(r.code == 2);
+  r = run_cli({"--db", db, "--redis", "127.0.0.1:70000", "list", "--account", kAccount});
+  CHECK(r.code == 2);
+  r = run_cli({"--db", db, "--redis-prefix", "p:", "list", "--account", kAccount});
+  CHECK(r.code == 2);  // needs --redis
+  r = run_cli({"--db", db, "--pg-schema", "s", "list", "--account", kAccount});
+  CHECK(r.code == 2);  // a SQLite --db
+  CHECK(contains(r.err, "--pg-schema"));
+
+  for (const Run& o : runs) {
+    CHECK_FALSE(contains(o.out + o.err, password));
+    CHECK_FALSE(contains(o.out + o.err, password.substr(0, 8)));
+  }
+}
+
+TEST_CASE("cli: a postgresql:// --db is blanked from its command line", "[cli]") {
+  // `verify -` reads its token before it opens the database: look at it while it waits.
+  const std::string password = "Hunter2Hunter2pw";
+  const std::string url = "postgresql://app:" + password + "@127.0.0.1:1/apikeys";
+  const std::vector<std::string> args{APIKEYS_CLI_PATH, "--db", url, "verify", "-"};
+  apikeys_test::StartedProgram child =
+      apikeys_test::start_program(args, {"APIKEYS_PEPPER=" + kPepperHex});
+  const std::string proc = "/proc/" + std::to_string(child.pid);
+  std::string cmdline;
+  // The CLI has blanked its arguments once its core limit is set and its command line
+  // no longer shows the password.
+  const bool blanked = eventually([&] {
+    cmdline = apikeys_test::read_file(proc + "/cmdline");
+    return apikeys_test::has_exited(child) ||
+           (cmdline.rfind(std::string(APIKEYS_CLI_PATH) + '\0', 0) == 0 &&
+            !contains(cmdline, password));
+  });
+  CHECK(blanked);
+  CHECK(contains(cmdline, "--db"));
+  CHECK_FALSE(contains(cmdline, password));
+  const Run r = apikeys_test::finish_program(child);  // EOF on stdin: "no token", exit 2
+  CHECK(r.code == 2);
+  CHECK_FALSE(contains(r.err, password));
 }
 
 // ASan and TSan replace malloc and free and must come first in the process; a free()
@@ -669,6 +1295,19 @@ TEST_CASE("cli: no block the CLI frees holds a secret or the pepper", "[cli]") {
   run_hooked("a secret as expiry",
              {"--db", db, "create", "--account", kAccount, "--title", "t", "--expires-in-days", sk},
              2);
+  run_hooked("verify with a missing scope", {"--db", db, "verify", pk, sk, "--scope", "x"}, 1);
+  const std::string key_id = key.at("key_id").get<std::string>();
+  run_hooked("update",
+             {"--db", db, "update", "--account", kAccount, "--key-id", key_id, "--title", "u"}, 0);
+  run_hooked("a secret as a scope",
+             {"--db", db, "update", "--account", kAccount, "--key-id", key_id, "--scope", sk}, 2);
+  const Run rotated =
+      run_hooked("rotate", {"--db", db, "rotate", "--account", kAccount, "--key-id", key_id}, 0);
+  const Json fresh = Json::parse(rotated.out).at("new");
+  run_hooked("verify the rotated key",
+             {"--db", db, "verify", fresh.at("public_key").get<std::string>(),
+              fresh.at("secret_key").get<std::string>()},
+             0);
 #endif
 }
 
