@@ -81,23 +81,8 @@ constexpr std::size_t kSecretBodyChars = 32;
 // How every placeholder and the redaction marker start.
 constexpr std::string_view kNotShown = "<not shown";
 
-// True when `text` contains `hex_lower` (lower-case hex), in any letter case.
-bool contains_hex(std::string_view text, std::string_view hex_lower) noexcept {
-  if (hex_lower.empty() || text.size() < hex_lower.size()) return false;
-  for (std::size_t at = 0; at + hex_lower.size() <= text.size(); ++at) {
-    std::size_t i = 0;
-    while (i < hex_lower.size()) {
-      const char c = text[at + i];
-      const char lower = (c >= 'A' && c <= 'F') ? static_cast<char>(c - 'A' + 'a') : c;
-      if (lower != hex_lower[i]) break;
-      ++i;
-    }
-    if (i == hex_lower.size()) return true;
-  }
-  return false;
-}
-
-// True when `text` contains `lower` (lower-case ASCII), in any letter case.
+// True when `text` contains `lower` (lower-case ASCII, e.g. a pepper's hex), in any letter
+// case.
 bool contains_ignore_case(std::string_view text, std::string_view lower) noexcept {
   if (text.size() < lower.size()) return false;
   for (std::size_t at = 0; at + lower.size() <= text.size(); ++at) {
@@ -311,7 +296,7 @@ Pepper load_pepper(std::string_view pepper_file) {
 // be kept in plain text (a title or description in the database and in `list`'s output,
 // a database file's name in every directory listing). Checked before any copy is made.
 void refuse_secret(std::string_view value, const char* option, std::string_view pepper_hex) {
-  if (holds_secret_key(value) || contains_hex(value, pepper_hex)) {
+  if (holds_secret_key(value) || contains_ignore_case(value, pepper_hex)) {
     throw UsageError(std::string(option) +
                      " holds a secret key or the pepper; refused (the value is not shown)");
   }
