@@ -83,8 +83,9 @@ constexpr std::string_view kNotShown = "<not shown";
 
 // True when `text` contains `lower` (lower-case ASCII, e.g. a pepper's hex), in any letter
 // case.
+// An empty `lower` is in no text (no pepper given: nothing to look for).
 bool contains_ignore_case(std::string_view text, std::string_view lower) noexcept {
-  if (text.size() < lower.size()) return false;
+  if (lower.empty() || text.size() < lower.size()) return false;
   for (std::size_t at = 0; at + lower.size() <= text.size(); ++at) {
     std::size_t i = 0;
     while (i < lower.size()) {
@@ -135,7 +136,8 @@ bool holds_secret_key(std::string_view text) noexcept {
 bool may_hold_secret(std::string_view text) noexcept {
   if (text.find(kSecretPrefix) != std::string_view::npos) return true;
   if (text.find(kNotShown) != std::string_view::npos) return true;
-  if (contains_ignore_case(text, "postgres://") || contains_ignore_case(text, "postgresql://"))
+  if (contains_ignore_case(text, "postgres://") || contains_ignore_case(text, "postgresql://") ||
+      contains_ignore_case(text, "password="))
     return true;
   std::size_t run = 0;
   for (char c : text) {
@@ -317,7 +319,28 @@ Json time_or_null(const std::optional<apikeys::TimePoint>& t) {
 }
 
 // Replaces invalid UTF-8 instead of throwing; the library already rejects it on create.
-std::string dump(const Json& j) { return j.dump(2, ' ', false, Json::error_handler_t::replace); }
+// How dump() prints the marker metadata_json() leaves in a key's "metadata" member:
+// nlohmann escapes U+0001 as \u0001.
+constexpr std::string_view kMetadataMarkerOpen = "\\u0001metadata:";
+constexpr std::string_view kMetadataMarkerClose = "\\u0001";
+
+std::string dump(const Json& j) {
+  std::string out = j.dump(2, ' ', false, Json::error_handler_t::replace);
+  // Splice each key's stored metadata over its marker (see metadata_json()).
+  const std::string open = "\"" + std::string(kMetadataMarkerOpen);
+  for (std::size_t at = out.find(open); at != std::string::npos; at = out.find(open, at)) {
+    const std::size_t hex = at + open.size();
+    const std::size_t close = out.find(kMetadataMarkerClose, hex);
+    if (close == std::string::npos) break;
+    const std::optional<std::string> raw =
+        apikeys::detail::hex_decode(std::string_view(out).substr(hex, close - hex));
+    const std::size_t end = close + kMetadataMarkerClose.size() + 1;  // and the quote
+    const std::string text = raw ? *raw : std::string("null");
+    out.replace(at, end - at, text);
+    at += text.size();
+  }
+  return out;
+}
 
 // Writes to stdout and reports whether it got there; a lost `create` output loses the
 // only copy of a secret, which the caller must hear about.
@@ -552,6 +575,13 @@ void check_db(const Options& o, bool may_create_db) {
 #endif
   }
   if (!o.pg_schema.empty()) throw UsageError("--pg-schema applies only to a postgresql:// --db");
+  // A libpq key=value string ("host=db password=..."), which would otherwise become the
+  // name of a new SQLite file: refused without being shown, as it may hold a password.
+  if (o.db.find('=') != std::string::npos) {
+    throw UsageError(
+        "--db looks like a key=value connection string, which is not accepted: give a "
+        "postgresql:// URL, or a SQLite path without '='");
+  }
   if (!may_create_db) {
     // Only `create` makes a new database: a mistyped --db path must not look like an
     // empty database ("no such key") and leave a stray file behind.
@@ -669,16 +699,24 @@ Manager open_manager(const Options& o, const Pepper& pepper, bool may_create_db)
   return manager;
 }
 
-// A key's metadata as a JSON object ({} when it has none). A stored value that is not
-// one (the library never writes such a value) is a storage failure, not hidden.
+// A key's metadata, printed exactly as stored: parsing and dumping it again would change
+// numbers (a 30-digit integer, -0, 1E2). metadata_json() puts a marker string in its
+// place, holding the stored text in hex; dump() splices the text over the marker. No
+// other printed string can hold the marker's control characters (titles and
+// descriptions refuse them). {} when the key has none; null, with a warning on stderr,
+// for a stored value that is not a JSON object (the library never writes one; throwing
+// here would lose a rotated key's new secret).
+
 Json metadata_json(const std::string& metadata) {
   if (metadata.empty()) return Json::object();
-  Json j = Json::parse(metadata, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) {
-    throw apikeys::Error(apikeys::ErrorCode::storage,
-                         "a stored key's metadata is not a JSON object");
+  const std::size_t first = metadata.find_first_not_of(" \t\r\n");
+  const bool object = first != std::string::npos && metadata[first] == '{' &&
+                      metadata.find('\0') == std::string::npos && Json::accept(metadata);
+  if (!object) {
+    std::cerr << "apikeys: warning: a stored key's metadata is not a JSON object; shown as null\n";
+    return Json(nullptr);
   }
-  return j;
+  return Json("\x01metadata:" + apikeys::detail::hex_encode(metadata) + "\x01");
 }
 
 Json uuid_or_null(const std::optional<apikeys::Uuid>& id) {

@@ -11,7 +11,8 @@
 // pepper), 3 no such key for that account, 4 storage or internal failure, 5 conflict
 // (the key's version is not --expected-version, or its state forbids the change).
 // Secrets: only `create` and `rotate` print one. No message shows a presented secret,
-// the pepper, a database password or a value that may be one of them (a path, a URL, a
+// the pepper, a database password or a value that may be one of them (a URL, a path
+// shaped like a secret or holding a key=value password, a
 // positional argument). Every argument that may hold a secret is copied out of argv and
 // blanked there before anything parses it (so `ps` and /proc/PID/cmdline stop showing
 // it); the argument parser and the JSON writer never see a secret, and the copies this

@@ -1425,3 +1425,34 @@ TEST_CASE("cli: arguments that may be secrets are blanked from its command line"
 }
 
 #endif  // APIKEYS_CLI_PATH
+
+TEST_CASE("cli: metadata is printed exactly as it was stored", "[cli]") {
+  // Parsing and printing it again would change these numbers.
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const std::string metadata = R"({"big":123456789012345678901234567890,"neg":-0,"e":1E2})";
+  const Run created = run_cli(
+      {"--db", db, "create", "--account", kAccount, "--title", "Exact", "--metadata", metadata});
+  REQUIRE(created.code == 0);
+  CHECK(contains(created.out, "\"metadata\": " + metadata));
+  const std::string key_id = Json::parse(created.out).at("key_id").get<std::string>();
+  const Run got = run_cli(key_args(db, "get", key_id));
+  REQUIRE(got.code == 0);
+  CHECK(contains(got.out, "\"metadata\": " + metadata));
+  CHECK_NOTHROW(Json::parse(got.out));
+  const Run listed = run_cli({"--db", db, "list", "--account", kAccount});
+  REQUIRE(listed.code == 0);
+  CHECK(contains(listed.out, "\"metadata\": " + metadata));
+  CHECK_NOTHROW(Json::parse(listed.out));
+}
+
+TEST_CASE("cli: a key=value connection string as --db is refused, never shown", "[cli]") {
+  TempDir dir;
+  const std::string conninfo = "host=" + dir.file("h") + " password=hunter2pw dbname=app";
+  for (const char* command : {"create", "list"}) {
+    const Run r = run_cli({"--db", conninfo, command, "--account", kAccount, "--title", "t"});
+    CHECK(r.code == 2);
+    CHECK_FALSE(contains(r.err, "hunter2pw"));
+    CHECK_FALSE(contains(r.out, "hunter2pw"));
+  }
+}
