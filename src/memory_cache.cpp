@@ -68,10 +68,10 @@ class Policy {
     out += kHeader;
     for (const std::string& s : v.scopes) {
       store32(out, s.size());
-      std::memcpy(out + 4, s.data(), s.size());
+      std::copy(s.begin(), s.end(), out + 4);
       out += 4 + s.size();
     }
-    std::memcpy(out, v.metadata.data(), v.metadata.size());
+    std::copy(v.metadata.begin(), v.metadata.end(), out);
     return p;
   }
 
@@ -377,7 +377,7 @@ std::optional<Verdict> MemoryCache::get(std::string_view public_key, const Diges
   detail::MutexLock lock(w.shard.mu);
   Node* n = w.shard.table.find(InlineKey(public_key, w.hash));
   static_assert(sizeof(InlineKey) == 64 && sizeof(Slot) == 96, "entry layout grew");
-  static_assert(sizeof(Node) + 2 * sizeof(Node*) == kEntryBytes, "kEntryBytes is documented");
+  static_assert(sizeof(Node) + 2 * sizeof(void*) == kEntryBytes, "kEntryBytes is documented");
   if (n == nullptr) return std::nullopt;
   if (n->slot.expires_ms <= now) {
     w.shard.table.erase(InlineKey(n->key));

@@ -14,10 +14,14 @@ Store::~Store() = default;
 // do with the operations it has; see doc/extending.md.
 
 std::optional<KeyInfo> Store::get(const Uuid& account_id, const Uuid& key_id) {
+  std::optional<KeyInfo> found;
   for (KeyInfo& info : list(account_id)) {
-    if (info.key_id == key_id && info.account_id == account_id) return std::move(info);
+    if (info.key_id == key_id && info.account_id == account_id) {
+      found = std::move(info);
+      break;
+    }
   }
-  return std::nullopt;
+  return found;
 }
 
 std::vector<KeyInfo> Store::list_page(const Uuid& account_id,

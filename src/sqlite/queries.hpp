@@ -66,14 +66,13 @@ inline std::string set_status_sql() {
 inline constexpr Field kReplacedFields[] = {Field::title,      Field::description, Field::status,
                                             Field::expires_at, Field::metadata,    Field::scopes,
                                             Field::updated_at, Field::rotated_to};
-static_assert(
-    [] {
-      for (std::size_t i = 1; i < std::size(kReplacedFields); ++i) {
-        if (kReplacedFields[i - 1] >= kReplacedFields[i]) return false;
-      }
-      return true;
-    }(),
-    "kReplacedFields must be in table order");
+constexpr bool replaced_fields_in_table_order() noexcept {
+  for (std::size_t i = 1; i < std::size(kReplacedFields); ++i) {
+    if (kReplacedFields[i - 1] >= kReplacedFields[i]) return false;
+  }
+  return true;
+}
+static_assert(replaced_fields_in_table_order(), "kReplacedFields must be in table order");
 constexpr bool is_replaced(const RecordField& f) noexcept {
   for (const Field r : kReplacedFields) {
     if (&field(r) == &f) return true;
