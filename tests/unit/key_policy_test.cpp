@@ -1089,9 +1089,15 @@ class HookedStore final : public apikeys_test::ForwardingStore {
   int set_status_calls_left = -1;  // >= 0: set_status fails once this reaches 0
   bool old_interface = false;      // replace and revoke_all as a 0.1 store has them
   std::function<void()> after_first_revoke_all;
+  std::function<void()> before_next_replace;  // runs once, just before a replace
 
   apikeys::WriteResult replace(const Uuid& a, const KeyInfo& next, std::uint64_t v) override {
     if (old_interface) return Store::replace(a, next, v);
+    if (before_next_replace) {
+      auto hook = std::move(before_next_replace);
+      before_next_replace = nullptr;
+      hook();
+    }
     apikeys::WriteResult r = ForwardingStore::replace(a, next, v);
     if (r.outcome == apikeys::WriteOutcome::applied && lose_replace_replies > 0) {
       --lose_replace_replies;
@@ -1218,4 +1224,34 @@ TEST_CASE("KeyManager::update never lengthens a rotated key's life", "[key_manag
   rename.title = "Old, renamed";
   CHECK(t->update(alice, k.info.key_id, rename).expires_at ==
         t->get(alice, k.info.key_id).expires_at);
+}
+
+TEST_CASE("KeyManager: a disable racing a revoke never brings the key back",
+          "[key_manager][key_policy]") {
+  // The revoke commits between disable()'s read and its compare-and-set: the write is
+  // refused (stale version), disable() reads the key again and finds it revoked.
+  HookedSetup s;
+  const Uuid alice = account_id(1);
+  const CreatedKey k = s.manager->create(alice, CreateRequest("Raced"));
+  s.store->before_next_replace = [&] {
+    (void)s.memory->set_status(alice, k.info.key_id, KeyStatus::revoked);
+  };
+  CHECK(thrown_by([&] { (void)s.manager->disable(alice, k.info.key_id); }).code ==
+        ErrorCode::conflict);
+  CHECK(s.manager->get(alice, k.info.key_id).status == KeyStatus::revoked);
+  CHECK(s.manager->validate(token(k)).code == ValidationCode::revoked);
+}
+
+TEST_CASE("KeyManager over a 0.1 store: revoke works, the new changes are not supported",
+          "[key_manager][key_policy]") {
+  HookedSetup s;
+  s.store->old_interface = true;
+  const Uuid alice = account_id(1);
+  const CreatedKey k = s.manager->create(alice, CreateRequest("Old store"));
+  REQUIRE(s.warm(k).ok());
+  CHECK(thrown_by([&] { (void)s.manager->disable(alice, k.info.key_id); }).code ==
+        ErrorCode::not_supported);
+  CHECK(s.manager->validate(token(k)).ok());
+  CHECK(s.manager->revoke(alice, k.info.key_id).status == KeyStatus::revoked);
+  CHECK(s.manager->validate(token(k)).code == ValidationCode::revoked);
 }
