@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the `asan` (AddressSanitizer + UndefinedBehaviorSanitizer, at -O2 -g: the
-# RelWithDebInfo flags, so the optimiser's transformations are checked too) and `tsan`
+# Builds the `asan` (AddressSanitizer + UndefinedBehaviorSanitizer; the library at -O2 -g,
+# the RelWithDebInfo flags, so the optimiser's transformations are checked too, and the
+# test programs at -O1, which halves their build) and `tsan`
 # (ThreadSanitizer, -O1) presets of CMakePresets.json, into build/asan and build/tsan, and
 # runs the whole CTest suite (unit, CLI, reliability, examples) under each. Any
 # sanitizer report aborts the process that made it (-fno-sanitize-recover=all,
