@@ -122,9 +122,10 @@ struct World {
     if (!format.is_public_key(pk) || !format.is_secret_key(sk)) return ValidationCode::malformed;
     const auto it = keys.find(pk);
     if (it == keys.end()) return ValidationCode::not_found;
+    // Secret first: a wrong secret learns nothing of the key's state.
+    if (it->second.secret != sk) return ValidationCode::wrong_secret;
     if (it->second.expired) return ValidationCode::expired;
     if (it->second.revoked) return ValidationCode::revoked;
-    if (it->second.secret != sk) return ValidationCode::wrong_secret;
     *hit = &it->second;
     return ValidationCode::valid;
   }
