@@ -38,6 +38,7 @@ namespace {
 
 constexpr std::size_t kBlock = 64;
 constexpr std::size_t kMinPepper = 32;
+constexpr std::size_t kMaxLegacyPepper = 4096;
 constexpr std::size_t kMinDistinctBytes = 8;
 
 // The smallest p > 0 with bytes[i] == bytes[i + p] for every i < size - p (size itself
@@ -150,6 +151,7 @@ struct HmacSha256Hasher::Impl {
   // Few peppers (one current, a handful being retired): a linear scan beats a map.
   std::vector<KeyedState> states;
   const KeyedState* current = nullptr;
+  bool legacy_short = false;
 
   [[nodiscard]] const KeyedState* find(std::uint32_t id) const noexcept {
     for (const auto& s : states) {
@@ -164,7 +166,7 @@ HmacSha256Hasher::HmacSha256Hasher(const std::vector<Pepper>& peppers, std::uint
   if (peppers.empty()) {
     throw Error(ErrorCode::invalid_argument, "at least one pepper is required");
   }
-  impl_->states.reserve(peppers.size());
+  impl_->states.reserve(peppers.size() + 1);  // + 1: a legacy pepper never reallocates
   for (const auto& p : peppers) {
     if (p.bytes.size() < kMinPepper) {
       throw Error(ErrorCode::invalid_argument, "pepper " + std::to_string(p.id) + " is " +
@@ -193,6 +195,26 @@ HmacSha256Hasher::HmacSha256Hasher(const std::vector<Pepper>& peppers, std::uint
     throw Error(ErrorCode::invalid_argument,
                 "current pepper id " + std::to_string(current_id) + " is not among the peppers");
   }
+}
+
+HmacSha256Hasher::HmacSha256Hasher(const std::vector<Pepper>& peppers, std::uint32_t current_id,
+                                   std::string_view legacy_pepper)
+    : HmacSha256Hasher(peppers, current_id) {
+  if (legacy_pepper.empty() || legacy_pepper.size() > kMaxLegacyPepper) {
+    throw Error(ErrorCode::invalid_argument, "the legacy pepper must be 1 to 4096 bytes");
+  }
+  if (impl_->find(kLegacyPepperId) != nullptr) {
+    throw Error(ErrorCode::invalid_argument,
+                "pepper id " + std::to_string(kLegacyPepperId) +
+                    " is the legacy pepper's; give the others another id");
+  }
+  const KeyedState* current_before = impl_->current;
+  impl_->states.emplace_back();  // capacity reserved above: `current` stays valid
+  if (!impl_->states.back().init(kLegacyPepperId, legacy_pepper)) {
+    throw Error(ErrorCode::crypto, "SHA-256 initialisation failed");
+  }
+  impl_->current = current_before;
+  impl_->legacy_short = legacy_pepper.size() < kMinPepper;
 }
 
 HmacSha256Hasher::HmacSha256Hasher(std::string_view pepper)
@@ -229,5 +251,19 @@ bool HmacSha256Hasher::verify(std::string_view secret, const Digest& stored) con
   if (!s->mac(secret, d.bytes.data())) return false;
   return constant_time_equal(d, stored);
 }
+
+std::vector<std::uint32_t> HmacSha256Hasher::pepper_ids() const {
+  std::vector<std::uint32_t> ids;
+  ids.reserve(impl_->states.size());
+  ids.push_back(impl_->current->id);
+  for (const auto& st : impl_->states) {
+    if (&st != impl_->current) ids.push_back(st.id);
+  }
+  return ids;
+}
+
+bool HmacSha256Hasher::legacy_pepper_is_short() const noexcept { return impl_->legacy_short; }
+
+std::vector<std::uint32_t> Hasher::pepper_ids() const { return {current_pepper_id()}; }
 
 }  // namespace apikeys

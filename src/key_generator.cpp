@@ -10,6 +10,7 @@
 #endif
 
 #include "apikeys/error.hpp"
+#include "crc32.hpp"
 
 namespace apikeys {
 
@@ -55,6 +56,7 @@ int base62_mask16(const char* p) noexcept {
 }
 #endif
 
+// Shape only: `prefix` and exactly `length` base62 characters.
 bool matches(std::string_view key, std::string_view prefix, std::size_t length) noexcept {
   if (key.size() != prefix.size() + length) return false;
   if (key.compare(0, prefix.size(), prefix) != 0) return false;
@@ -69,7 +71,44 @@ bool matches(std::string_view key, std::string_view prefix, std::size_t length) 
   for (; i < key.size(); ++i) ok &= kIsBase62[static_cast<unsigned char>(key[i])];
   return ok != 0;
 }
+// `prefix`, `length` base62 characters, and with `checksum` the CRC-32 of all that as
+// 6 more base62 characters.
+bool matches(std::string_view key, std::string_view prefix, std::size_t length,
+             bool checksum) noexcept {
+  if (!checksum) return matches(key, prefix, length);
+  constexpr std::size_t kSum = KeyFormat::kChecksumLength;
+  if (key.size() != prefix.size() + length + kSum) return false;
+  if (!matches(key, prefix, length + kSum)) return false;
+  const std::uint32_t crc = detail::crc32(0, key.substr(0, key.size() - kSum));
+  return detail::decode_checksum(key.data() + key.size() - kSum) == crc;
+}
+
+bool valid_brand(std::string_view brand) noexcept {
+  if (brand.size() < KeyFormat::kMinBrand || brand.size() > KeyFormat::kMaxBrand) return false;
+  for (char c : brand) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'))) return false;
+  }
+  return true;
+}
 }  // namespace
+
+KeyFormat KeyFormat::branded(std::string_view brand) {
+  if (!valid_brand(brand)) {
+    throw Error(ErrorCode::invalid_argument, "a key brand must be 2 to 16 characters of [a-z0-9]");
+  }
+  KeyFormat f;
+  f.public_prefix = std::string(brand) + "_pk_";
+  f.secret_prefix = std::string(brand) + "_sk_";
+  f.length = 32;
+  f.checksum = true;
+  return f;
+}
+
+void append_key_checksum(std::string& key) {
+  char sum[KeyFormat::kChecksumLength];
+  detail::encode_checksum(detail::crc32(0, key), sum);
+  key.append(sum, sizeof sum);
+}
 
 void KeyFormat::check() const {
   if (!valid_prefix(public_prefix) || !valid_prefix(secret_prefix)) {
@@ -86,11 +125,11 @@ void KeyFormat::check() const {
 }
 
 bool KeyFormat::is_public_key(std::string_view key) const noexcept {
-  return matches(key, public_prefix, length);
+  return matches(key, public_prefix, length, checksum);
 }
 
 bool KeyFormat::is_secret_key(std::string_view key) const noexcept {
-  return matches(key, secret_prefix, length);
+  return matches(key, secret_prefix, length, checksum);
 }
 
 void append_random_base62(std::string& out, std::size_t count) {
@@ -121,14 +160,18 @@ CsprngKeyGenerator::~CsprngKeyGenerator() = default;
 
 KeyPair CsprngKeyGenerator::generate(const KeyFormat& format) {
   KeyPair pair;
+  const std::size_t sum = format.checksum ? KeyFormat::kChecksumLength : 0;
+  pair.public_key.reserve(format.public_prefix.size() + format.length + sum);
   pair.public_key = format.public_prefix;
   append_random_base62(pair.public_key, format.length);
+  if (format.checksum) append_key_checksum(pair.public_key);
 
   std::string secret;
-  secret.reserve(format.secret_prefix.size() + format.length);
+  secret.reserve(format.secret_prefix.size() + format.length + sum);  // never reallocates
   secret = format.secret_prefix;
   try {
     append_random_base62(secret, format.length);
+    if (format.checksum) append_key_checksum(secret);
   } catch (...) {
     OPENSSL_cleanse(secret.data(), secret.size());
     throw;

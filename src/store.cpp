@@ -78,4 +78,12 @@ std::uint64_t& decoy_reads() noexcept {
 }
 }  // namespace detail
 
+std::size_t Store::replace_digests(const std::vector<DigestChange>& /*changes*/) {
+  throw Error(ErrorCode::not_supported, "this store cannot rewrite digests (replace_digests)");
+}
+
+std::vector<PepperCount> Store::pepper_counts() {
+  throw Error(ErrorCode::not_supported, "this store cannot count keys per pepper (pepper_counts)");
+}
+
 }  // namespace apikeys

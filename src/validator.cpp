@@ -36,6 +36,8 @@ struct Validator::Impl {
   std::shared_ptr<Cache> cache;
   std::shared_ptr<Clock> clock;
   ValidatorOptions options;
+  // options.format, then options.also_accept: the shapes validate() accepts.
+  std::vector<KeyFormat> formats;
   // Compared against on a miss, so `not_found` does the same work as `wrong_secret`.
   Digest decoy;
   // Lets KeyManager writes through any store with this store's identity erase from
@@ -43,6 +45,8 @@ struct Validator::Impl {
   detail::CacheRegistration registration;
 
   std::atomic<std::uint64_t> last_use_failures{0};
+  std::atomic<std::uint64_t> rehashed{0};
+  std::atomic<std::uint64_t> rehash_failures{0};
   // One flush at a time (flusher thread, flush_last_use() callers), so batches are
   // taken and written in order; flush_batch's storage takes turns with the tracker's
   // queue (doc/last-use.md, invariant 12).
@@ -69,11 +73,22 @@ struct Validator::Impl {
         cache(o.cache),
         clock(o.clock ? o.clock : system_clock()),
         options(std::move(o)) {
+    formats.reserve(1 + options.also_accept.size());
+    formats.push_back(options.format);
+    formats.insert(formats.end(), options.also_accept.begin(), options.also_accept.end());
     decoy.pepper_id = hasher->current_pepper_id();
     decoy.bytes.fill(0xA5);
     registration = detail::CacheRegistration(store->identity(), cache);
   }
 
+  // True when pk has one of `formats` (the first whose public shape it has) and sk has
+  // that same format.
+  bool well_formed(std::string_view pk, std::string_view sk) const noexcept {
+    for (const KeyFormat& f : formats) {
+      if (f.is_public_key(pk)) return f.is_secret_key(sk);
+    }
+    return false;
+  }
   ValidationResult validate(std::string_view pk, std::string_view sk) const noexcept;
   // validate(), then the requirements: a valid key lacking a required scope becomes
   // insufficient_scope (never cached: it depends on the request).
@@ -95,7 +110,7 @@ struct Validator::Impl {
 ValidationResult Validator::Impl::validate(std::string_view pk,
                                            std::string_view sk) const noexcept {
   ValidationResult result;
-  if (!options.format.is_public_key(pk) || !options.format.is_secret_key(sk)) {
+  if (!well_formed(pk, sk)) {
     result.code = ValidationCode::malformed;
     return result;
   }
@@ -301,6 +316,7 @@ Validator::Validator(std::shared_ptr<Store> store, std::shared_ptr<Hasher> hashe
   if (!store) throw Error(ErrorCode::invalid_argument, "a Validator needs a Store");
   if (!hasher) throw Error(ErrorCode::invalid_argument, "a Validator needs a Hasher");
   options.format.check();
+  for (const KeyFormat& f : options.also_accept) f.check();
   impl_ = std::make_unique<Impl>(std::move(store), std::move(hasher), std::move(options));
   const bool polling = impl_->cache != nullptr && impl_->options.revision_poll_interval.count() > 0;
   if (polling) {
@@ -379,6 +395,14 @@ void Validator::flush_last_use() noexcept { impl_->flush(); }
 
 std::uint64_t Validator::last_use_failures() const noexcept {
   return impl_->last_use_failures.load(std::memory_order_relaxed);
+}
+
+std::uint64_t Validator::rehashed() const noexcept {
+  return impl_->rehashed.load(std::memory_order_relaxed);
+}
+
+std::uint64_t Validator::rehash_failures() const noexcept {
+  return impl_->rehash_failures.load(std::memory_order_relaxed);
 }
 
 const ValidatorOptions& Validator::options() const noexcept { return impl_->options; }

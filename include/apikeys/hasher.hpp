@@ -37,7 +37,16 @@ class APIKEYS_EXPORT Hasher {
   /// True when `secret` hashes to `stored` under stored.pepper_id; compares in
   /// constant time. Unknown pepper id or any failure: false.
   [[nodiscard]] virtual bool verify(std::string_view secret, const Digest& stored) const noexcept;
+  /// Every pepper id this hasher knows, the current one first. The Validator uses it
+  /// to do the same work for an unknown public key as for a key under another pepper.
+  /// Default: just current_pepper_id().
+  [[nodiscard]] virtual std::vector<std::uint32_t> pepper_ids() const;
 };
+
+/// The pepper id HmacSha256Hasher gives a legacy pepper, and that
+/// KeyManager::import_keys() stores imported digests under by default. A hasher built
+/// with a legacy pepper refuses an ordinary Pepper with this id.
+inline constexpr std::uint32_t kLegacyPepperId = 0xFFFFFFFFu;
 
 /// One server-side key for the HMAC. `bytes` must be at least 32 bytes of
 /// high-entropy data (e.g. 32 random bytes, hex-decoded from configuration).
@@ -69,6 +78,14 @@ class APIKEYS_EXPORT HmacSha256Hasher final : public Hasher {
   /// share an id, or `current_id` is not among them. The message names the pepper id
   /// and the rule, never the bytes.
   HmacSha256Hasher(const std::vector<Pepper>& peppers, std::uint32_t current_id);
+  /// As above, plus the pepper of a system this library replaces (the reference Python
+  /// service keyed its HMAC with the raw bytes of a configuration string) under id
+  /// kLegacyPepperId. It only verifies, never makes new digests, and may be any length
+  /// from 1 to 4096 bytes; shorter than 32 is weak (legacy_pepper_is_short()), and the
+  /// CLI warns. Throws as above, and Error(invalid_argument) when `legacy_pepper` is
+  /// empty or longer than 4096 bytes, or when a pepper in `peppers` uses kLegacyPepperId.
+  HmacSha256Hasher(const std::vector<Pepper>& peppers, std::uint32_t current_id,
+                   std::string_view legacy_pepper);
   /// Shorthand for one pepper with id 1 (the current one, so the check at Pepper applies).
   explicit HmacSha256Hasher(std::string_view pepper);
   ~HmacSha256Hasher() override;
@@ -78,6 +95,9 @@ class APIKEYS_EXPORT HmacSha256Hasher final : public Hasher {
   [[nodiscard]] std::optional<Digest> hash_with(std::string_view secret,
                                                 std::uint32_t pepper_id) const override;
   [[nodiscard]] bool verify(std::string_view secret, const Digest& stored) const noexcept override;
+  [[nodiscard]] std::vector<std::uint32_t> pepper_ids() const override;
+  /// True when a legacy pepper was given and is shorter than 32 bytes.
+  [[nodiscard]] bool legacy_pepper_is_short() const noexcept;
 
  private:
   struct Impl;

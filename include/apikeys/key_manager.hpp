@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <istream>
 #include <memory>
 #include <optional>
 #include <string>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "apikeys/export.hpp"
+#include "apikeys/import.hpp"
 #include "apikeys/validator.hpp"
 
 namespace apikeys {
@@ -245,6 +247,25 @@ class APIKEYS_EXPORT KeyManager {
 
   /// Deletes the key; same guarantees and errors as revoke().
   KeyInfo remove(const Uuid& account_id, const Uuid& key_id);
+
+  /// Imports keys exported from the reference Python service's `api_keys` table (see
+  /// ImportFormat for the two forms), reading `in` to its end. Kept per row: key id,
+  /// account id, public key, the digest (hex-decoded, under options.pepper_id), title,
+  /// description, status, expires_at, last_used_at and created_at. Status "expired" is
+  /// imported as active with its expiry, so it validates as `expired` (with no expiry,
+  /// expires_at = created_at). A row whose key id and public key are both present
+  /// already is skipped; any other bad row is rejected with its line and reason and
+  /// never stops the rows after it. Each key is one insert: whole or absent. Every
+  /// imported key is erased from the caches, as by revoke(), so a `not_found` cached
+  /// before the import does not hide it. Throws Error(invalid_argument) when the input
+  /// is unreadable as a whole (no CSV header, a CSV header without a required column),
+  /// and store errors other than a duplicate (busy, storage) as they come; rows
+  /// imported before then stay imported, and running it again finishes the job.
+  ImportReport import_keys(std::istream& in, const ImportOptions& options = {});
+
+  /// How many keys each pepper id still holds: see Store::pepper_counts(). Throws
+  /// Error(not_supported) for a store without it.
+  [[nodiscard]] std::vector<PepperCount> pepper_counts();
 
   /// Shorthands for validator().validate(...).
   [[nodiscard]] ValidationResult validate(std::string_view public_key,

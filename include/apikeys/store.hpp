@@ -54,6 +54,19 @@ struct WriteResult {
   KeyInfo key;  ///< applied: the key as it now is; conflict: as it is; else empty.
 };
 
+/// One digest rewrite: see Store::replace_digests().
+struct DigestChange {
+  Uuid key_id;  ///< The key whose digest changes.
+  Digest from;  ///< The digest it must still have (bytes and pepper id).
+  Digest to;    ///< The digest it gets.
+};
+
+/// How many keys hold a digest made under one pepper: see Store::pepper_counts().
+struct PepperCount {
+  std::uint32_t pepper_id = 0;  ///< The pepper.
+  std::uint64_t keys = 0;       ///< Keys whose digest it made, of every status.
+};
+
 /// Interface: persistent (or not) storage of key records.
 ///
 /// Errors: implementations report failures by throwing. Throw apikeys::Error with
@@ -129,6 +142,19 @@ class APIKEYS_EXPORT Store {
   /// Records last use for each entry, keeping the later of the stored and given
   /// times. Unknown key ids are ignored. Called from a background thread in batches.
   virtual void record_last_use(const std::vector<LastUse>& uses) = 0;
+
+  /// For each change whose key still has exactly the digest `from` (bytes and pepper
+  /// id), sets its digest to `to`; changes whose key is gone or has another digest are
+  /// skipped. Touches nothing else: not the version, the status or the revision (the
+  /// key's verdict does not change). Returns how many digests it rewrote. Called from a
+  /// background thread in batches (ValidatorOptions::rehash_on_use).
+  /// Default: throws Error(not_supported); keys then keep verifying under the old pepper.
+  virtual std::size_t replace_digests(const std::vector<DigestChange>& changes);
+
+  /// How many keys hold a digest under each pepper id, ascending by id; ids no key uses
+  /// are left out. An operator drops an old pepper when its count reaches 0.
+  /// Default: throws Error(not_supported).
+  [[nodiscard]] virtual std::vector<PepperCount> pepper_counts();
 
   /// A number that changes whenever any writer, in this process or another, changes or
   /// deletes a key (revoke, delete, replace, rotate, revoke_all; not last use). Validators poll it

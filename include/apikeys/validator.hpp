@@ -63,8 +63,15 @@ struct Requirements {
 
 /// Options for Validator. Every field states its default.
 struct ValidatorOptions {
-  /// The key shape accepted. Default: pk_ / sk_ with 32 characters.
+  /// The key shape accepted, and the one KeyManager::create() and rotate() issue.
+  /// Default: pk_ / sk_ with 32 characters, no checksum.
   KeyFormat format;
+  /// More key shapes accepted, tried in order after `format`; never issued. A token is
+  /// checked against the first format whose public shape it has, and its secret must
+  /// have that same format. Use it to issue a new format while keys of an old one keep
+  /// working, e.g. format = KeyFormat::branded("acme"), also_accept = {KeyFormat{}}.
+  /// Default: none.
+  std::vector<KeyFormat> also_accept;
   /// Verdict cache. Default (null): no cache, every validation reads the store. The
   /// Validator clears it once when it is built: verdicts cached before then may predate
   /// revokes it could not have heard of (with a RedisCache, every node's start empties
@@ -88,6 +95,17 @@ struct ValidatorOptions {
   std::chrono::milliseconds ttl_disabled{std::chrono::seconds(300)};
   /// Record last use at all. Default true.
   bool record_last_use = true;
+  /// When a key's secret verifies under a pepper other than the hasher's current one
+  /// (a retired pepper, or the legacy pepper of an imported key), rewrite its stored
+  /// digest under the current pepper: computed on the validating thread (the digest it
+  /// already made), written by the last-use writer thread in batches, as a
+  /// compare-and-set on the old digest (Store::replace_digests), so a racing change is
+  /// never undone. Stores that do not support it keep verifying under the old pepper.
+  /// Default true.
+  bool rehash_on_use = true;
+  /// Most pending digest rewrites; beyond it they are dropped until the next use of
+  /// the key. Default 4,096.
+  std::size_t rehash_queue_limit = 4'096;
   /// Most pending last-use updates; beyond it updates are dropped (last use is
   /// advisory), never queued without bound. Default 65,536.
   std::size_t last_use_queue_limit = 65'536;
@@ -132,11 +150,17 @@ class APIKEYS_EXPORT Validator {
   /// Throws whatever the cache throws.
   void invalidate(std::string_view public_key);
 
-  /// Writes pending last-use updates now, on the calling thread. Store errors are
-  /// swallowed (last use is advisory) but counted in last_use_failures().
+  /// Writes pending last-use updates and digest rewrites now, on the calling thread.
+  /// Store errors are swallowed (both are advisory) but counted in last_use_failures()
+  /// and rehash_failures().
   void flush_last_use() noexcept;
   /// Number of last-use batches whose write failed since construction.
   [[nodiscard]] std::uint64_t last_use_failures() const noexcept;
+  /// Digests rewritten under the current pepper since construction (rehash_on_use).
+  [[nodiscard]] std::uint64_t rehashed() const noexcept;
+  /// Batches of digest rewrites whose write failed (or that the store does not
+  /// support) since construction.
+  [[nodiscard]] std::uint64_t rehash_failures() const noexcept;
 
   /// The options this validator was built with.
   [[nodiscard]] const ValidatorOptions& options() const noexcept;

@@ -1,0 +1,61 @@
+// Types for KeyManager::import_keys(), which moves keys from the reference Python
+// service (its `api_keys` table, exported as JSON lines or CSV) into a Store, so the
+// secrets its customers hold keep working: see README.md, "Migrating from the Python
+// service".
+// Thread-safety and ownership: plain values.
+#ifndef APIKEYS_IMPORT_HPP
+#define APIKEYS_IMPORT_HPP
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "apikeys/hasher.hpp"
+
+namespace apikeys {
+
+/// How the rows are written.
+enum class ImportFormat : std::uint8_t {
+  /// One JSON object per line, as a REST export gives them; timestamps like
+  /// "2026-11-24T19:00:28.123456+00:00". Blank lines are skipped.
+  json_lines,
+  /// CSV with a header row naming the columns, as PostgreSQL's
+  /// `COPY api_keys TO ... WITH (FORMAT csv, HEADER)` writes it: an unquoted empty field
+  /// is NULL, quoted fields may hold commas, doubled quotes and line breaks; timestamps
+  /// like "2026-11-24 19:00:28.123456+00".
+  csv,
+};
+
+/// Options for KeyManager::import_keys(). Every field states its default.
+/// Thread-safety and ownership: a plain value.
+struct ImportOptions {
+  ImportFormat format = ImportFormat::json_lines;  ///< Default JSON lines.
+  /// The pepper id the exported digests were made under (the hasher must know it for
+  /// the keys to validate). Default kLegacyPepperId.
+  std::uint32_t pepper_id = kLegacyPepperId;
+  /// Most rejections kept in ImportReport::rejections; the count goes on. Default 1000.
+  std::size_t max_rejections_listed = 1000;
+};
+
+/// One row that was not imported.
+/// Thread-safety and ownership: a plain value. The reason never holds the row's digest.
+struct ImportRejection {
+  std::uint64_t line = 0;  ///< The line the row starts on, from 1 (CSV: the header is 1).
+  std::string reason;      ///< Which field broke which rule.
+};
+
+/// What an import did. imported + skipped + rejected is the number of rows read.
+/// Thread-safety and ownership: a plain value that owns its rejections.
+struct ImportReport {
+  std::uint64_t imported = 0;  ///< Rows written as new keys.
+  std::uint64_t skipped = 0;   ///< Rows whose key is already in the store (same key id
+                               ///< and public key): a second run skips every row.
+  std::uint64_t rejected = 0;  ///< Rows refused; see rejections.
+  /// The first ImportOptions::max_rejections_listed rejections, in line order.
+  std::vector<ImportRejection> rejections;
+};
+
+}  // namespace apikeys
+
+#endif  // APIKEYS_IMPORT_HPP
