@@ -1,14 +1,18 @@
 // find_keys: one pass over the text that stops only at '_' bytes. Every key, branded or
 // legacy, has "pk_" or "sk_" in it, and the random part after it has no '_', so each key
 // is found from the '_' that ends its "pk_"/"sk_": look back for the prefix (and the
-// brand), forward for the base62 characters, then check the checksum. memchr() finds
-// the '_' bytes, and most of them are rejected by the two bytes before them.
+// brand), forward for the base62 characters, then check the checksum. SSE2 (or memchr()
+// elsewhere) finds the "k_" pairs, so the many other '_' in code cost next to nothing.
 
 #include "apikeys/scan.hpp"
 
 #include <array>
 #include <cstdint>
 #include <cstring>
+
+#if defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
+#include <emmintrin.h>
+#endif
 
 #include "apikeys/key_generator.hpp"
 #include "crc32.hpp"
@@ -56,6 +60,32 @@ inline bool all_base62(const char* p, std::size_t from, std::size_t n) noexcept 
   return ok != 0;
 }
 
+// The first u in [from, limit) with "k_" at p[u - 1, u + 1), or `limit`.
+// REQUIRES: from >= 1.
+inline std::size_t next_k_underscore(const char* p, std::size_t from, std::size_t limit) noexcept {
+  std::size_t i = from;
+#if defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
+  // 16 positions per step: a '_' whose byte before is 'k' (most '_' in code are not).
+  const __m128i underscore = _mm_set1_epi8('_');
+  const __m128i k = _mm_set1_epi8('k');
+  for (; i + 16 <= limit; i += 16) {
+    const __m128i here = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+    const __m128i before = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i - 1));
+    const int mask = _mm_movemask_epi8(
+        _mm_and_si128(_mm_cmpeq_epi8(here, underscore), _mm_cmpeq_epi8(before, k)));
+    if (mask != 0) return i + static_cast<std::size_t>(__builtin_ctz(static_cast<unsigned>(mask)));
+  }
+#endif
+  while (i < limit) {
+    const void* hit = std::memchr(p + i, '_', limit - i);
+    if (hit == nullptr) return limit;
+    const std::size_t u = static_cast<std::size_t>(static_cast<const char*>(hit) - p);
+    if (p[u - 1] == 'k') return u;
+    i = u + 1;
+  }
+  return limit;
+}
+
 // What may be shown of the key text[start, end), whose "pk_"/"sk_" ends at `underscore`.
 std::string shown_of(std::string_view text, std::size_t start, std::size_t underscore,
                      std::size_t end, bool secret) {
@@ -74,15 +104,15 @@ std::vector<FoundKey> find_keys(std::string_view text) {
   std::vector<FoundKey> found;
   const char* const p = text.data();
   const std::size_t n = text.size();
-  // Shortest key: "pk_" and 32 characters; the first '_' that can end "pk_" is at 2.
+  // Shortest key: "pk_" and 32 characters; the first '_' that can end "pk_" is at 2, and
+  // the last is 33 bytes before the end.
   std::size_t from = 2;
   while (from + kRandom < n) {
-    const void* hit = std::memchr(p + from, '_', n - kRandom - from);
-    if (hit == nullptr) break;
-    const std::size_t u = static_cast<std::size_t>(static_cast<const char*>(hit) - p);
+    const std::size_t u = next_k_underscore(p, from, n - kRandom);
+    if (u == n - kRandom) break;
     from = u + 1;
     // "pk_" or "sk_", then 32 base62 characters.
-    if (p[u - 1] != 'k' || (p[u - 2] != 'p' && p[u - 2] != 's')) continue;
+    if (p[u - 2] != 'p' && p[u - 2] != 's') continue;
     if (!all_base62(p, u + 1, kRandom)) continue;
     const bool secret = p[u - 2] == 's';
 
