@@ -431,6 +431,7 @@ void World::build_branded() {
   const apikeys::KeyFormat branded = apikeys::KeyFormat::branded(kBrand);
   branded_bad_sum.resize(kMalformedKeys * kBrandedLength);
   branded_secrets.resize(kMalformedKeys * kBrandedLength);
+  std::vector<std::pair<std::string, std::string>> good;  // right checksums
   for (std::size_t i = 0; i < kMalformedKeys; ++i) {
     std::string pk = branded.public_prefix + std::string(absent.public_key(i).substr(3));
     apikeys::append_key_checksum(pk);
@@ -438,6 +439,7 @@ void World::build_branded() {
     apikeys::append_key_checksum(sk);
     expect(pk.size() == kBrandedLength && sk.size() == kBrandedLength, "branded key length");
     expect(branded.is_public_key(pk) && branded.is_secret_key(sk), "branded keys accepted");
+    good.emplace_back(pk, sk);
     char& last = pk.back();
     last = last == 'z' ? '0' : last == '9' ? 'A' : last == 'Z' ? 'a' : static_cast<char>(last + 1);
     expect(!branded.is_public_key(pk), "a changed checksum is refused");
@@ -449,6 +451,13 @@ void World::build_branded() {
   o.also_accept = {apikeys::KeyFormat{}};
   memory_branded = std::make_unique<apikeys::Validator>(memory, hasher, o);
   pass_over(*memory_branded, keys, 0, 1000, ValidationCode::valid, "branded: legacy keys");
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < kMalformedKeys; ++i) {
+    bad += memory_branded->validate(good[i].first, good[i].second).code != ValidationCode::not_found;
+    bad += memory_branded->validate(branded_bad_sum_key(i), branded_secret(i)).code !=
+           ValidationCode::malformed;
+  }
+  expect(bad == 0, "branded: " + std::to_string(bad) + " unexpected verdicts");
 }
 
 void World::build_policy_hits() {
