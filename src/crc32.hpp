@@ -1,6 +1,6 @@
 // CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320, as zlib's crc32() computes it),
 // the base62 checksum characters of branded keys (KeyFormat::checksum), and the check
-// of both keys of a token at once that the Validator's format step makes.
+// of a checksummed key's body that KeyFormat and the Validator's format step make.
 // Thread-safety: pure functions over constant tables.
 #ifndef APIKEYS_SRC_CRC32_HPP
 #define APIKEYS_SRC_CRC32_HPP

@@ -84,8 +84,8 @@ struct Validator::Impl {
   }
 
   // True when pk has one of `formats` (the first that accepts it, checksum included)
-  // and sk has that same format. A checksummed format checks both keys in one pass
-  // and in full (src/key_format.hpp), before any HMAC, cache or store work.
+  // and sk has that same format; before any HMAC, cache or store work. A key of the
+  // right size and prefix is read in full (src/key_format.hpp).
   bool well_formed(std::string_view pk, std::string_view sk) const noexcept {
     for (const detail::FormatCheck& f : formats) {
       if (pk.size() != f.public_size()) continue;  // not this format's; no call
