@@ -37,9 +37,9 @@ class FormatCheck {
     int mask = 0;  // bit i set for i >= prefix size: bytes that need not match
     bool usable = false;
   };
-  // True when `key` has the size of a checksummed key of `prefix` and starts with it.
-  bool checksummed_shape(std::string_view key, std::string_view prefix,
-                         const Head& head) const noexcept;
+  // True when `key` is `size` characters and starts with `prefix` (`head`).
+  bool shape(std::string_view key, std::string_view prefix, std::size_t size,
+             const Head& head) const noexcept;
 
   KeyFormat format_;
   std::size_t public_size_ = 0;

@@ -160,7 +160,7 @@ FormatCheck::FormatCheck(const KeyFormat& format)
       secret_crc_(crc32(0, format_.secret_prefix)) {
   for (auto [prefix, head] : {std::make_pair(&format_.public_prefix, &public_head_),
                               std::make_pair(&format_.secret_prefix, &secret_head_)}) {
-    // A checksummed key is at least 1 + 22 + 6 characters, so 16 can always be read.
+    // A key is at least 1 + 22 characters, so 16 can always be read once its size is right.
     head->usable = prefix->size() <= head->bytes.size();
     if (!head->usable) continue;
     for (std::size_t i = 0; i < prefix->size(); ++i) head->bytes[i] = (*prefix)[i];
@@ -168,9 +168,9 @@ FormatCheck::FormatCheck(const KeyFormat& format)
   }
 }
 
-bool FormatCheck::checksummed_shape(std::string_view key, std::string_view prefix,
-                                    const Head& head) const noexcept {
-  if (key.size() != prefix.size() + format_.length + kSum) return false;
+bool FormatCheck::shape(std::string_view key, std::string_view prefix, std::size_t size,
+                        const Head& head) const noexcept {
+  if (key.size() != size) return false;
 #if defined(__SSE2__)
   if (head.usable) {
     const __m128i k = _mm_loadu_si128(reinterpret_cast<const __m128i*>(key.data()));
@@ -184,16 +184,22 @@ bool FormatCheck::checksummed_shape(std::string_view key, std::string_view prefi
 bool FormatCheck::check_pair(std::string_view pk, std::string_view sk,
                              bool& pk_ok) const noexcept {
   const KeyFormat& f = format_;
-  if (!f.checksum) {
-    pk_ok = matches(pk, f.public_prefix, f.length);
-    return pk_ok && matches(sk, f.secret_prefix, f.length);
-  }
+  const std::size_t sum = f.checksum ? kSum : 0;
+  const std::size_t pk_size = f.public_prefix.size() + f.length + sum;
+  const std::size_t sk_size = f.secret_prefix.size() + f.length + sum;
+  const char* p = pk.data() + f.public_prefix.size();
+  const char* s = sk.data() + f.secret_prefix.size();
   // Each key read in full once its prefix and size are right; the secret only when the
-  // public key is good (so which of the two is wrong shows, as it does without a checksum).
-  pk_ok = checksummed_shape(pk, f.public_prefix, public_head_) &&
-          checksummed_body_ok(pk.data() + f.public_prefix.size(), f.length, public_crc_);
-  return pk_ok && checksummed_shape(sk, f.secret_prefix, secret_head_) &&
-         checksummed_body_ok(sk.data() + f.secret_prefix.size(), f.length, secret_crc_);
+  // public key is good (so which of the two is wrong shows, as it always has).
+  if (!f.checksum) {
+    pk_ok = shape(pk, f.public_prefix, pk_size, public_head_) && base62_run(p, f.length) != 0;
+    return pk_ok && shape(sk, f.secret_prefix, sk_size, secret_head_) &&
+           base62_run(s, f.length) != 0;
+  }
+  pk_ok = shape(pk, f.public_prefix, pk_size, public_head_) &&
+          checksummed_body_ok(p, f.length, public_crc_);
+  return pk_ok && shape(sk, f.secret_prefix, sk_size, secret_head_) &&
+         checksummed_body_ok(s, f.length, secret_crc_);
 }
 
 }  // namespace detail
