@@ -43,6 +43,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <utility>
@@ -161,6 +162,9 @@ constexpr std::uint64_t kSeedBig = 0x61706b6579730003ULL;
 constexpr std::uint64_t kSeedMemory = 0x61706b6579730004ULL;
 constexpr std::size_t kAbsentKeys = 65'536;
 constexpr std::size_t kMalformedKeys = 1'024;
+// The branded format of the malformed_checksum case: "acme_pk_" + 32 + 6 characters.
+constexpr std::string_view kBrand = "acme";
+constexpr std::size_t kBrandedLength = 46;
 // Cached verdicts must not expire while the run goes on (default ttl_valid is 120 s).
 constexpr std::chrono::milliseconds kLongTtl{std::chrono::hours(2)};
 
@@ -278,6 +282,10 @@ struct World {
   ab::KeySet keys;              // store_keys; the last 1 % revoked
   ab::KeySet absent;            // in no store
   std::vector<char> malformed;  // right length, one character outside base62
+  // Branded keys: public keys of the right shape whose checksum is wrong (its last
+  // character changed), and secrets with a right checksum.
+  std::vector<char> branded_bad_sum;
+  std::vector<char> branded_secrets;
   std::vector<apikeys::Digest> digests;
   std::size_t valid_count = 0;
   std::size_t hit_count = 0;
@@ -295,6 +303,8 @@ struct World {
   std::shared_ptr<apikeys::MemoryStore> metadata_store;
   std::unique_ptr<apikeys::Validator> hit_metadata;
   std::unique_ptr<apikeys::Validator> memory_cold;
+  // format = KeyFormat::branded(kBrand), also_accept = {KeyFormat{}}, on `memory`.
+  std::unique_ptr<apikeys::Validator> memory_branded;
   std::unique_ptr<apikeys::Validator> sqlite_cold;
   std::unique_ptr<apikeys::KeyManager> sqlite_manager;
   std::unique_ptr<apikeys::KeyManager> memory_manager;
@@ -312,8 +322,15 @@ struct World {
   std::string_view malformed_key(std::size_t i) const noexcept {
     return {malformed.data() + (i % kMalformedKeys) * ab::kKeyLength, ab::kKeyLength};
   }
+  std::string_view branded_bad_sum_key(std::size_t i) const noexcept {
+    return {branded_bad_sum.data() + (i % kMalformedKeys) * kBrandedLength, kBrandedLength};
+  }
+  std::string_view branded_secret(std::size_t i) const noexcept {
+    return {branded_secrets.data() + (i % kMalformedKeys) * kBrandedLength, kBrandedLength};
+  }
 
   void build();
+  void build_branded();
   void build_policy_hits();
   void build_floors();
   void build_big();
@@ -377,6 +394,7 @@ void World::build() {
   pass_over(*sqlite_cold, keys, 0, valid_count, ValidationCode::valid, "sqlite cold");
   pass_over(*sqlite_cold, keys, valid_count, keys.size, ValidationCode::revoked, "sqlite revoked");
   pass_over(*sqlite_cold, absent, 0, 1000, ValidationCode::not_found, "sqlite not_found");
+  build_branded();
 
   hit_cache = std::make_shared<apikeys::MemoryCache>();
   hit = std::make_unique<apikeys::Validator>(sqlite, hasher, hit_options(hit_cache));
@@ -404,6 +422,42 @@ void World::build() {
   std::ostringstream os;
   os << "world of " << keys.size << " keys ready in " << elapsed_s(t0) << " s";
   progress(os.str());
+}
+
+// Branded keys made from the absent keys' random parts (public) and the stored keys'
+// (secret), each followed by its checksum; the public one's last character is then
+// changed to another base62 character, so its shape is right and its checksum wrong.
+void World::build_branded() {
+  const apikeys::KeyFormat branded = apikeys::KeyFormat::branded(kBrand);
+  branded_bad_sum.resize(kMalformedKeys * kBrandedLength);
+  branded_secrets.resize(kMalformedKeys * kBrandedLength);
+  std::vector<std::pair<std::string, std::string>> good;  // right checksums
+  for (std::size_t i = 0; i < kMalformedKeys; ++i) {
+    std::string pk = branded.public_prefix + std::string(absent.public_key(i).substr(3));
+    apikeys::append_key_checksum(pk);
+    std::string sk = branded.secret_prefix + std::string(keys.secret(i).substr(3));
+    apikeys::append_key_checksum(sk);
+    expect(pk.size() == kBrandedLength && sk.size() == kBrandedLength, "branded key length");
+    expect(branded.is_public_key(pk) && branded.is_secret_key(sk), "branded keys accepted");
+    good.emplace_back(pk, sk);
+    char& last = pk.back();
+    last = last == 'z' ? '0' : last == '9' ? 'A' : last == 'Z' ? 'a' : static_cast<char>(last + 1);
+    expect(!branded.is_public_key(pk), "a changed checksum is refused");
+    std::memcpy(branded_bad_sum.data() + i * kBrandedLength, pk.data(), kBrandedLength);
+    std::memcpy(branded_secrets.data() + i * kBrandedLength, sk.data(), kBrandedLength);
+  }
+  apikeys::ValidatorOptions o = cold_options();
+  o.format = branded;
+  o.also_accept = {apikeys::KeyFormat{}};
+  memory_branded = std::make_unique<apikeys::Validator>(memory, hasher, o);
+  pass_over(*memory_branded, keys, 0, 1000, ValidationCode::valid, "branded: legacy keys");
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < kMalformedKeys; ++i) {
+    bad += memory_branded->validate(good[i].first, good[i].second).code != ValidationCode::not_found;
+    bad += memory_branded->validate(branded_bad_sum_key(i), branded_secret(i)).code !=
+           ValidationCode::malformed;
+  }
+  expect(bad == 0, "branded: " + std::to_string(bad) + " unexpected verdicts");
 }
 
 void World::build_policy_hits() {
@@ -699,6 +753,12 @@ void register_benchmarks(World& w) {
     const std::uint32_t i = rng.below(n_valid);
     return std::make_pair(world->malformed_key(i), keys->secret(i));
   };
+  // Same draws as `malformed`: a branded public key of the right shape whose checksum
+  // is wrong, and a branded secret whose checksum is right.
+  auto malformed_checksum = [world, n_valid](ab::Rng& rng) {
+    const std::uint32_t i = rng.below(n_valid);
+    return std::make_pair(world->branded_bad_sum_key(i), world->branded_secret(i));
+  };
   auto revoked = [keys, n_valid, n_revoked](ab::Rng& rng) {
     const std::size_t i = n_valid + rng.below(n_revoked);
     return std::make_pair(keys->public_key(i), keys->secret(i));
@@ -713,6 +773,10 @@ void register_benchmarks(World& w) {
     register_validate(p + "malformed", v, malformed, ValidationCode::malformed)->Unit(ns);
     register_validate(p + "revoked", v, revoked, ValidationCode::revoked)->Unit(ns);
   }
+  register_validate("validate/memory_cold/malformed_checksum", w.memory_branded.get(),
+                    malformed_checksum, ValidationCode::malformed,
+                    "branded + legacy formats, wrong checksum")
+      ->Unit(ns);
   if (w.big_cold) {
     const auto n_big = static_cast<std::uint32_t>(w.big_valid);
     const ab::KeySet* big = &w.big_keys;
@@ -1104,6 +1168,10 @@ std::vector<Target> targets(const Results& r) {
       {"memory_store_bytes_per_key", r.get("memory/store_bytes_per_key"), 512, false},
       {"sqlite_cold_big_vs_base",
        r.cpu("validate/sqlite_cold_big/valid") / r.cpu("validate/sqlite_cold/valid"), 1.5, false},
+      // A wrong checksum costs little more than a bad character (the legacy format).
+      {"malformed_checksum_vs_malformed",
+       r.cpu("validate/memory_cold/malformed_checksum") / r.cpu("validate/memory_cold/malformed"),
+       1.2, false},
   };
 }
 

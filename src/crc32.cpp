@@ -2,6 +2,11 @@
 
 #include <array>
 
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define APIKEYS_CRC32_CLMUL 1
+#include <immintrin.h>
+#endif
+
 namespace apikeys::detail {
 
 namespace {
@@ -29,14 +34,121 @@ constexpr Tables make_tables() noexcept {
 
 constexpr Tables kTable = make_tables();
 
-constexpr std::array<std::int8_t, 256> make_digit_values() noexcept {
-  std::array<std::int8_t, 256> v{};
-  for (auto& x : v) x = -1;
-  for (int i = 0; i < 62; ++i) v[static_cast<unsigned char>(kBase62[i])] = static_cast<std::int8_t>(i);
+// The value of each base62 character; kNotDigit for every other byte. kNotDigit is so
+// large that any number it enters is above 0xFFFFFFFF, yet six of it, each weighted up
+// to 62^5, still fit 64 bits (2^33 * (62^6 - 1) / 61 < 2^63): no overflow can wrap a
+// bad character back into range.
+constexpr std::uint64_t kNotDigit = std::uint64_t{1} << 33;
+
+constexpr std::array<std::uint64_t, 256> make_digit_values() noexcept {
+  std::array<std::uint64_t, 256> v{};
+  for (auto& x : v) x = kNotDigit;
+  for (std::uint64_t i = 0; i < 62; ++i) v[static_cast<unsigned char>(kBase62[i])] = i;
   return v;
 }
 
-constexpr std::array<std::int8_t, 256> kDigit = make_digit_values();
+constexpr std::array<std::uint64_t, 256> kDigit = make_digit_values();
+
+// One slicing-by-8 step: the CRC register `c` (inverted) over p[0..8).
+inline std::uint32_t step8(std::uint32_t c, const unsigned char* p) noexcept {
+  const std::uint32_t lo = c ^ (static_cast<std::uint32_t>(p[0]) |
+                                static_cast<std::uint32_t>(p[1]) << 8 |
+                                static_cast<std::uint32_t>(p[2]) << 16 |
+                                static_cast<std::uint32_t>(p[3]) << 24);
+  return kTable[7][lo & 0xFFU] ^ kTable[6][(lo >> 8) & 0xFFU] ^ kTable[5][(lo >> 16) & 0xFFU] ^
+         kTable[4][lo >> 24] ^ kTable[3][p[4]] ^ kTable[2][p[5]] ^ kTable[1][p[6]] ^
+         kTable[0][p[7]];
+}
+
+inline std::uint32_t step1(std::uint32_t c, unsigned char b) noexcept {
+  return kTable[0][(c ^ b) & 0xFFU] ^ (c >> 8);
+}
+
+// 1 when p[0..n) are all base62, else 0; no early exit.
+inline unsigned base62_run(const char* p, std::size_t n) noexcept {
+  unsigned ok = 1;
+  std::size_t i = 0;
+#if defined(__SSE2__)
+  for (; i + 16 <= n; i += 16) ok &= static_cast<unsigned>(base62_mask16(p + i) == 0xFFFF);
+#endif
+  for (; i < n; ++i) ok &= static_cast<unsigned>(kDigit[static_cast<unsigned char>(p[i])] < 62);
+  return ok;
+}
+
+// Horner's rule over the digit table: five multiplications, and no test per character
+// (a bad one makes the value too large to match; see kNotDigit).
+inline std::uint64_t decode(const char* in) noexcept {
+  const auto* u = reinterpret_cast<const unsigned char*>(in);
+  std::uint64_t v = kDigit[u[0]];
+  for (int i = 1; i < 6; ++i) v = v * 62 + kDigit[u[i]];
+  return v;
+}
+
+bool body_ok_tables(const char* body, std::size_t length, std::uint32_t prefix_crc) noexcept {
+  const std::uint32_t crc = crc32(prefix_crc, std::string_view(body, length));
+  return (base62_run(body, length) & static_cast<unsigned>(decode(body + length) == crc)) != 0;
+}
+
+#if defined(APIKEYS_CRC32_CLMUL)
+// Carry-less multiplication (PCLMULQDQ): fold 16 bytes at a time, then reduce 128 bits
+// to the 32-bit CRC (Barrett), as in Intel's "Fast CRC Computation for Generic
+// Polynomials Using PCLMULQDQ". The constants are powers of x modulo the CRC-32
+// polynomial P, bit-reflected as the CRC is (and shifted by one bit for the reflected
+// product); tests/unit/key_format_test.cpp checks the result against the tables and zlib.
+constexpr long long kFold128Lo = 0x1751997d0;  // x^(128+32) mod P
+constexpr long long kFold128Hi = 0x0ccaa009e;  // x^(128-32) mod P
+constexpr long long kFold64 = 0x163cd6124;     // x^64 mod P
+constexpr long long kPoly = 0x1db710641;       // P
+constexpr long long kMu = 0x1f7011641;         // floor(x^64 / P)
+
+__attribute__((target("pclmul"))) inline __m128i clmul_fold(__m128i x, __m128i k,
+                                                            const unsigned char* next) noexcept {
+  return _mm_xor_si128(
+      _mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11)),
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(next)));
+}
+
+// The 128-bit remainder `x` reduced to the (inverted) CRC register.
+__attribute__((target("pclmul"))) inline std::uint32_t clmul_reduce(__m128i x) noexcept {
+  const __m128i fold128 = _mm_set_epi64x(kFold128Hi, kFold128Lo);
+  const __m128i fold64 = _mm_set_epi64x(0, kFold64);
+  const __m128i barrett = _mm_set_epi64x(kMu, kPoly);
+  const __m128i mask32 = _mm_set_epi32(0, 0, 0, -1);
+  x = _mm_xor_si128(_mm_clmulepi64_si128(x, fold128, 0x10), _mm_srli_si128(x, 8));
+  x = _mm_xor_si128(_mm_srli_si128(x, 4),
+                    _mm_clmulepi64_si128(_mm_and_si128(x, mask32), fold64, 0x00));
+  const __m128i t =
+      _mm_and_si128(_mm_clmulepi64_si128(_mm_and_si128(x, mask32), barrett, 0x10), mask32);
+  x = _mm_xor_si128(x, _mm_clmulepi64_si128(t, barrett, 0x00));
+  return static_cast<std::uint32_t>(_mm_cvtsi128_si32(_mm_srli_si128(x, 4)));
+}
+
+// kLength: the body's length when known at compile time (the branded format's 32, the
+// default), else 0 and `length` says.
+template <std::size_t kLength>
+__attribute__((target("pclmul"))) bool body_ok_clmul(const char* body, std::size_t length,
+                                                     std::uint32_t prefix_crc) noexcept {
+  if (kLength != 0) length = kLength;
+  const auto* a = reinterpret_cast<const unsigned char*>(body);
+  std::uint32_t reg = ~prefix_crc;
+  // The bytes beyond a multiple of 16 first, by table; then the rest by folding.
+  const std::size_t head = length % 16;
+  for (std::size_t i = 0; i < head; ++i) reg = step1(reg, a[i]);
+  const __m128i fold128 = _mm_set_epi64x(kFold128Hi, kFold128Lo);
+  __m128i x = _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + head)),
+                            _mm_cvtsi32_si128(static_cast<int>(reg)));
+  for (std::size_t i = head + 16; i < length; i += 16) x = clmul_fold(x, fold128, a + i);
+  const std::uint32_t crc = ~clmul_reduce(x);
+  return (base62_run(body, length) & static_cast<unsigned>(decode(body + length) == crc)) != 0;
+}
+
+bool detect_clmul() noexcept {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("pclmul") != 0;
+}
+// Zero-initialised (false: the tables) until the dynamic initialisation has run.
+const bool kHasClmul = detect_clmul();
+#endif
 
 }  // namespace
 
@@ -44,19 +156,17 @@ std::uint32_t crc32(std::uint32_t crc, std::string_view data) noexcept {
   const auto* p = reinterpret_cast<const unsigned char*>(data.data());
   std::size_t n = data.size();
   crc = ~crc;
-  while (n >= 8) {
-    const std::uint32_t lo = crc ^ (static_cast<std::uint32_t>(p[0]) |
-                                    static_cast<std::uint32_t>(p[1]) << 8 |
-                                    static_cast<std::uint32_t>(p[2]) << 16 |
-                                    static_cast<std::uint32_t>(p[3]) << 24);
-    crc = kTable[7][lo & 0xFFU] ^ kTable[6][(lo >> 8) & 0xFFU] ^ kTable[5][(lo >> 16) & 0xFFU] ^
-          kTable[4][lo >> 24] ^ kTable[3][p[4]] ^ kTable[2][p[5]] ^ kTable[1][p[6]] ^
-          kTable[0][p[7]];
-    p += 8;
-    n -= 8;
-  }
-  while (n-- > 0) crc = kTable[0][(crc ^ *p++) & 0xFFU] ^ (crc >> 8);
+  for (; n >= 8; n -= 8, p += 8) crc = step8(crc, p);
+  while (n-- > 0) crc = step1(crc, *p++);
   return ~crc;
+}
+
+bool checksummed_body_ok(const char* body, std::size_t length, std::uint32_t prefix_crc) noexcept {
+#if defined(APIKEYS_CRC32_CLMUL)
+  if (kHasClmul && length == 32) return body_ok_clmul<32>(body, length, prefix_crc);
+  if (kHasClmul && length >= 16) return body_ok_clmul<0>(body, length, prefix_crc);
+#endif
+  return body_ok_tables(body, length, prefix_crc);
 }
 
 void encode_checksum(std::uint32_t crc, char* out) noexcept {
@@ -67,15 +177,6 @@ void encode_checksum(std::uint32_t crc, char* out) noexcept {
   }
 }
 
-std::uint64_t decode_checksum(const char* in) noexcept {
-  std::uint64_t v = 0;
-  bool ok = true;
-  for (int i = 0; i < 6; ++i) {
-    const int d = kDigit[static_cast<unsigned char>(in[i])];
-    ok &= d >= 0;
-    v = v * 62 + static_cast<std::uint64_t>(d < 0 ? 0 : d);
-  }
-  return ok ? v : ~std::uint64_t{0};
-}
+std::uint64_t decode_checksum(const char* in) noexcept { return decode(in); }
 
 }  // namespace apikeys::detail

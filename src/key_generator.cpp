@@ -4,13 +4,11 @@
 #include <openssl/rand.h>
 
 #include <array>
-
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
+#include <utility>
 
 #include "apikeys/error.hpp"
 #include "crc32.hpp"
+#include "key_format.hpp"
 
 namespace apikeys {
 
@@ -41,46 +39,44 @@ bool valid_prefix(std::string_view p) noexcept {
   return true;
 }
 
+
+// 1 when p[0..n) are all base62, else 0; no early exit.
+unsigned base62_run(const char* p, std::size_t n) noexcept {
+  unsigned ok = 1;
+  std::size_t i = 0;
 #if defined(__SSE2__)
-// 16 characters at once: bytes in '0'..'9' or, with bit 5 set (ASCII upper to lower
-// case; no other byte lands in 'a'..'z' that way), in 'a'..'z'. Signed compares, so
-// bytes >= 0x80 (negative) are rejected too. Returns a 16-bit mask, all ones if valid.
-int base62_mask16(const char* p) noexcept {
-  const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  const __m128i digit = _mm_and_si128(_mm_cmpgt_epi8(c, _mm_set1_epi8('0' - 1)),
-                                      _mm_cmplt_epi8(c, _mm_set1_epi8('9' + 1)));
-  const __m128i lower = _mm_or_si128(c, _mm_set1_epi8(0x20));
-  const __m128i alpha = _mm_and_si128(_mm_cmpgt_epi8(lower, _mm_set1_epi8('a' - 1)),
-                                      _mm_cmplt_epi8(lower, _mm_set1_epi8('z' + 1)));
-  return _mm_movemask_epi8(_mm_or_si128(digit, alpha));
-}
+  // Whole blocks of 16 first (the default 32 characters are two blocks), the rest by
+  // table.
+  for (; i + 16 <= n; i += 16) ok &= static_cast<unsigned>(detail::base62_mask16(p + i) == 0xFFFF);
 #endif
+  for (; i < n; ++i) ok &= kIsBase62[static_cast<unsigned char>(p[i])];
+  return ok;
+}
 
 // Shape only: `prefix` and exactly `length` base62 characters.
 bool matches(std::string_view key, std::string_view prefix, std::size_t length) noexcept {
   if (key.size() != prefix.size() + length) return false;
   if (key.compare(0, prefix.size(), prefix) != 0) return false;
-  unsigned ok = 1;
-  std::size_t i = prefix.size();
-#if defined(__SSE2__)
-  // Two checks per validate(): whole blocks of 16 first (the default 32 characters are
-  // two blocks), the rest by table.
-  for (; i + 16 <= key.size(); i += 16)
-    ok &= static_cast<unsigned>(base62_mask16(key.data() + i) == 0xFFFF);
-#endif
-  for (; i < key.size(); ++i) ok &= kIsBase62[static_cast<unsigned char>(key[i])];
-  return ok != 0;
+  return base62_run(key.data() + prefix.size(), length) != 0;
 }
+
+constexpr std::size_t kSum = KeyFormat::kChecksumLength;
+
+// True when `key` is `prefix`, then `length` characters, then kSum more: the size and
+// prefix of a checksummed key.
+bool checksummed_shape(std::string_view key, std::string_view prefix,
+                       std::size_t length) noexcept {
+  return key.size() == prefix.size() + length + kSum &&
+         key.compare(0, prefix.size(), prefix) == 0;
+}
+
 // `prefix`, `length` base62 characters, and with `checksum` the CRC-32 of all that as
-// 6 more base62 characters.
+// kSum more base62 characters.
 bool matches(std::string_view key, std::string_view prefix, std::size_t length,
              bool checksum) noexcept {
   if (!checksum) return matches(key, prefix, length);
-  constexpr std::size_t kSum = KeyFormat::kChecksumLength;
-  if (key.size() != prefix.size() + length + kSum) return false;
-  if (!matches(key, prefix, length + kSum)) return false;
-  const std::uint32_t crc = detail::crc32(0, key.substr(0, key.size() - kSum));
-  return detail::decode_checksum(key.data() + key.size() - kSum) == crc;
+  if (!checksummed_shape(key, prefix, length)) return false;
+  return detail::checksummed_body_ok(key.data() + prefix.size(), length, detail::crc32(0, prefix));
 }
 
 bool valid_brand(std::string_view brand) noexcept {
@@ -154,6 +150,59 @@ void append_random_base62(std::string& out, std::size_t count) {
   }
   OPENSSL_cleanse(buf.data(), buf.size());
 }
+
+namespace detail {
+
+FormatCheck::FormatCheck(const KeyFormat& format)
+    : format_(format),
+      public_size_(format_.public_key_size()),
+      public_crc_(crc32(0, format_.public_prefix)),
+      secret_crc_(crc32(0, format_.secret_prefix)) {
+  for (auto [prefix, head] : {std::make_pair(&format_.public_prefix, &public_head_),
+                              std::make_pair(&format_.secret_prefix, &secret_head_)}) {
+    // A key is at least 1 + 22 characters, so 16 can always be read once its size is right.
+    head->usable = prefix->size() <= head->bytes.size();
+    if (!head->usable) continue;
+    for (std::size_t i = 0; i < prefix->size(); ++i) head->bytes[i] = (*prefix)[i];
+    head->mask = static_cast<int>((0xFFFFU << prefix->size()) & 0xFFFFU);
+  }
+}
+
+bool FormatCheck::shape(std::string_view key, std::string_view prefix, std::size_t size,
+                        const Head& head) const noexcept {
+  if (key.size() != size) return false;
+#if defined(__SSE2__)
+  if (head.usable) {
+    const __m128i k = _mm_loadu_si128(reinterpret_cast<const __m128i*>(key.data()));
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(head.bytes.data()));
+    return (_mm_movemask_epi8(_mm_cmpeq_epi8(k, h)) | head.mask) == 0xFFFF;
+  }
+#endif
+  return key.compare(0, prefix.size(), prefix) == 0;
+}
+
+bool FormatCheck::check_pair(std::string_view pk, std::string_view sk,
+                             bool& pk_ok) const noexcept {
+  const KeyFormat& f = format_;
+  const std::size_t sum = f.checksum ? kSum : 0;
+  const std::size_t pk_size = f.public_prefix.size() + f.length + sum;
+  const std::size_t sk_size = f.secret_prefix.size() + f.length + sum;
+  const char* p = pk.data() + f.public_prefix.size();
+  const char* s = sk.data() + f.secret_prefix.size();
+  // Each key read in full once its prefix and size are right; the secret only when the
+  // public key is good (so which of the two is wrong shows, as it always has).
+  if (!f.checksum) {
+    pk_ok = shape(pk, f.public_prefix, pk_size, public_head_) && base62_run(p, f.length) != 0;
+    return pk_ok && shape(sk, f.secret_prefix, sk_size, secret_head_) &&
+           base62_run(s, f.length) != 0;
+  }
+  pk_ok = shape(pk, f.public_prefix, pk_size, public_head_) &&
+          checksummed_body_ok(p, f.length, public_crc_);
+  return pk_ok && shape(sk, f.secret_prefix, sk_size, secret_head_) &&
+         checksummed_body_ok(s, f.length, secret_crc_);
+}
+
+}  // namespace detail
 
 KeyGenerator::~KeyGenerator() = default;
 CsprngKeyGenerator::~CsprngKeyGenerator() = default;

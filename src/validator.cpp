@@ -8,6 +8,7 @@
 
 #include "apikeys/error.hpp"
 #include "cache_registry.hpp"
+#include "key_format.hpp"
 #include "last_use_tracker.hpp"
 #include "scope.hpp"
 #include "thread_annotations.hpp"
@@ -36,8 +37,9 @@ struct Validator::Impl {
   std::shared_ptr<Cache> cache;
   std::shared_ptr<Clock> clock;
   ValidatorOptions options;
-  // options.format, then options.also_accept: the shapes validate() accepts.
-  std::vector<KeyFormat> formats;
+  // options.format, then options.also_accept: the shapes validate() accepts, each with
+  // its prefixes' CRC-32s computed once.
+  std::vector<detail::FormatCheck> formats;
   // Compared against on a miss, so `not_found` does the same work as `wrong_secret`.
   Digest decoy;
   // Lets KeyManager writes through any store with this store's identity erase from
@@ -74,18 +76,22 @@ struct Validator::Impl {
         clock(o.clock ? o.clock : system_clock()),
         options(std::move(o)) {
     formats.reserve(1 + options.also_accept.size());
-    formats.push_back(options.format);
-    formats.insert(formats.end(), options.also_accept.begin(), options.also_accept.end());
+    formats.emplace_back(options.format);
+    for (const KeyFormat& f : options.also_accept) formats.emplace_back(f);
     decoy.pepper_id = hasher->current_pepper_id();
     decoy.bytes.fill(0xA5);
     registration = detail::CacheRegistration(store->identity(), cache);
   }
 
-  // True when pk has one of `formats` (the first whose public shape it has) and sk has
-  // that same format.
+  // True when pk has one of `formats` (the first that accepts it, checksum included)
+  // and sk has that same format; before any HMAC, cache or store work. A key of the
+  // right size and prefix is read in full (src/key_format.hpp).
   bool well_formed(std::string_view pk, std::string_view sk) const noexcept {
-    for (const KeyFormat& f : formats) {
-      if (f.is_public_key(pk)) return f.is_secret_key(sk);
+    for (const detail::FormatCheck& f : formats) {
+      if (pk.size() != f.public_size()) continue;  // not this format's; no call
+      bool pk_ok = false;
+      const bool both = f.check_pair(pk, sk, pk_ok);
+      if (pk_ok) return both;
     }
     return false;
   }

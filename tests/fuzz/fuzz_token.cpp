@@ -1,7 +1,10 @@
 // fuzz_token: key and token parsing. Checks KeyFormat::check, is_public_key and
-// is_secret_key against a straightforward reference, the "pk:sk" split that
-// Validator::validate(token) makes (malformed never touches the store; a well-formed
-// token is exactly validate(pk, sk)), and Uuid::parse / to_string round trips.
+// is_secret_key against a straightforward reference, with and without a checksum (an
+// accepted checksummed key is exactly its first part plus append_key_checksum of it),
+// the "pk:sk" split that Validator::validate(token) makes (malformed never touches the
+// store; a well-formed token is exactly validate(pk, sk)), a Validator of the branded
+// format that also accepts the default one, that a generated branded key with one byte
+// changed is refused, and Uuid::parse / to_string round trips.
 // Input: public prefix \0 secret prefix \0 length byte, then a key or token.
 
 #include <atomic>
@@ -47,6 +50,18 @@ bool ref_key(std::string_view key, std::string_view prefix, std::size_t length) 
     if (!ref_base62(c)) return false;
   }
   return true;
+}
+
+// `key` is `prefix`, `length` base62 characters, then the 6 characters that
+// append_key_checksum() gives for all that.
+bool ref_checksummed(std::string_view key, std::string_view prefix, std::size_t length) {
+  constexpr std::size_t kSum = apikeys::KeyFormat::kChecksumLength;
+  if (key.size() < kSum || !ref_key(key.substr(0, key.size() - kSum), prefix, length)) {
+    return false;
+  }
+  std::string again(key.substr(0, key.size() - kSum));
+  apikeys::append_key_checksum(again);
+  return again == key;
 }
 
 // A store that holds nothing and counts lookups: a malformed token must not reach it.
@@ -124,6 +139,61 @@ void check_token(const apikeys::KeyFormat& format, std::string_view token) {
   FUZZ_CHECK(!r.ok() && r.account_id.is_nil() && r.key_id.is_nil());
 }
 
+// A Validator with format = branded("acme") and also_accept = {KeyFormat{}}: a token
+// is well formed when both halves are of one of the two formats.
+void check_branded_token(std::string_view token) {
+  static const apikeys::KeyFormat branded = apikeys::KeyFormat::branded("acme");
+  static const std::shared_ptr<CountingStore> store = std::make_shared<CountingStore>();
+  static const std::unique_ptr<apikeys::Validator> validator = [] {
+    apikeys::ValidatorOptions options;
+    options.format = branded;
+    options.also_accept = {apikeys::KeyFormat{}};
+    options.record_last_use = false;
+    return std::make_unique<apikeys::Validator>(store, hasher(), options);
+  }();
+  store->finds.store(0);
+  const auto colon = token.find(':');
+  bool well_formed = false;
+  if (colon != std::string_view::npos) {
+    const std::string_view pk = token.substr(0, colon);
+    const std::string_view sk = token.substr(colon + 1);
+    well_formed = (ref_checksummed(pk, "acme_pk_", 32) && ref_checksummed(sk, "acme_sk_", 32)) ||
+                  (ref_key(pk, "pk_", 32) && ref_key(sk, "sk_", 32));
+  }
+  const apikeys::ValidationResult r = validator->validate(token);
+  FUZZ_CHECK((r.code == ValidationCode::malformed) == !well_formed);
+  FUZZ_CHECK(store->finds.load() == (well_formed ? 1 : 0));
+  FUZZ_CHECK(!r.ok());
+}
+
+// Branded keys made from the input, as a generator makes them (prefix, base62, then
+// append_key_checksum), and one from the CSPRNG: accepted whole; with the byte at a
+// position the input picks changed to any other value, refused (a CRC-32 catches every
+// change of one byte; the checksum characters decode one-to-one; the prefix is compared).
+void check_flipped(const std::uint8_t* data, std::size_t size) {
+  static const apikeys::KeyFormat branded = apikeys::KeyFormat::branded("acme");
+  static const std::string generated = [] {
+    apikeys::CsprngKeyGenerator generator;
+    return std::string(generator.generate(branded).secret_key.reveal());
+  }();
+  static constexpr std::string_view kAlphabet =
+      "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+  std::string built = branded.public_prefix;
+  for (std::size_t i = 0; i < 32; ++i) built += kAlphabet[(i < size ? data[i] : i) % 62];
+  apikeys::append_key_checksum(built);
+  FUZZ_CHECK(branded.is_public_key(built));
+  FUZZ_CHECK(branded.is_secret_key(generated));
+  const std::size_t where = size > 32 ? data[32] : size;
+  const std::uint8_t change = size > 33 && data[33] != 0 ? data[33] : 0x5A;
+  std::string flipped = built;
+  flipped[where % flipped.size()] = static_cast<char>(flipped[where % flipped.size()] ^ change);
+  FUZZ_CHECK(!branded.is_public_key(flipped));
+  std::string flipped_secret = generated;
+  char& c = flipped_secret[where % generated.size()];
+  c = static_cast<char>(c ^ change);
+  FUZZ_CHECK(!branded.is_secret_key(flipped_secret));
+}
+
 bool ref_hex(char c) {
   return std::string_view("0123456789abcdefABCDEF").find(c) != std::string_view::npos;
 }
@@ -157,6 +227,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   check_token(default_format, whole);
   check_uuid(whole);
 
+  // The whole input as a branded key or token: never a crash, and what is accepted
+  // carries the checksum append_key_checksum() gives.
+  static const apikeys::KeyFormat branded = apikeys::KeyFormat::branded("acme");
+  FUZZ_CHECK(branded.is_public_key(whole) == ref_checksummed(whole, "acme_pk_", 32));
+  FUZZ_CHECK(branded.is_secret_key(whole) == ref_checksummed(whole, "acme_sk_", 32));
+  check_branded_token(whole);
+  check_flipped(data, size);
+
   // A format read from the input, then a key or token in it.
   fuzz::Reader in(data, size);
   apikeys::KeyFormat format;
@@ -177,6 +255,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     FUZZ_CHECK(format.is_public_key(key) == ref_key(key, format.public_prefix, format.length));
     FUZZ_CHECK(format.is_secret_key(key) == ref_key(key, format.secret_prefix, format.length));
     check_token(format, key);
+    // The same format with a checksum.
+    apikeys::KeyFormat summed = format;
+    summed.checksum = true;
+    FUZZ_CHECK(summed.is_public_key(key) ==
+               ref_checksummed(key, summed.public_prefix, summed.length));
+    FUZZ_CHECK(summed.is_secret_key(key) ==
+               ref_checksummed(key, summed.secret_prefix, summed.length));
   } else {
     bool threw = false;
     apikeys::ValidatorOptions options;

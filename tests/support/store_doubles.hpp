@@ -1,8 +1,9 @@
 // Store doubles for validator tests: a wrapper that counts and can pause or fail
-// calls, forwarding everything else to a MemoryStore; and one that forwards to any
-// Store and watches (and can hold) its last-use writes.
+// calls, forwarding everything else to a MemoryStore; one that forwards to any Store
+// and watches (and can hold) its last-use writes; and a cache that counts its calls.
 // Thread-safety: as safe as the store they forward to; the gates are a mutex + condition.
-// Ownership: InstrumentedStore owns its inner MemoryStore; LastUseWatch shares its store.
+// Ownership: InstrumentedStore and CountingCache own their inner MemoryStore and
+// MemoryCache; LastUseWatch shares its store.
 #ifndef APIKEYS_TESTS_STORE_DOUBLES_HPP
 #define APIKEYS_TESTS_STORE_DOUBLES_HPP
 
@@ -12,11 +13,15 @@
 #include <cstddef>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
+#include "apikeys/cache.hpp"
+#include "apikeys/memory_cache.hpp"
 #include "apikeys/memory_store.hpp"
 
 namespace apikeys_test {
@@ -105,6 +110,43 @@ class InstrumentedStore final : public apikeys::Store {
   bool paused_ = false;
   bool released_ = false;
   std::vector<std::string> log_;  // guarded by mu_: the public key of each revision step
+};
+
+// A MemoryCache that counts every call made to it (reset() before the calls a test
+// watches: a Validator clears its cache once when it is built).
+class CountingCache final : public apikeys::Cache {
+ public:
+  apikeys::MemoryCache inner;
+  std::atomic<int> gets{0};
+  std::atomic<int> fill_tokens{0};
+  std::atomic<int> puts{0};
+  std::atomic<int> erases{0};
+  std::atomic<int> clears{0};
+
+  int calls() const { return gets + fill_tokens + puts + erases + clears; }
+  void reset() { gets = fill_tokens = puts = erases = clears = 0; }
+
+  std::optional<apikeys::Verdict> get(std::string_view pk, const apikeys::Digest& d) override {
+    ++gets;
+    return inner.get(pk, d);
+  }
+  std::uint64_t fill_token(std::string_view pk) override {
+    ++fill_tokens;
+    return inner.fill_token(pk);
+  }
+  void put(std::string_view pk, const apikeys::Digest& d, const apikeys::Verdict& v,
+           std::chrono::milliseconds ttl, std::uint64_t token) override {
+    ++puts;
+    inner.put(pk, d, v, ttl, token);
+  }
+  void erase(std::string_view pk) override {
+    ++erases;
+    inner.erase(pk);
+  }
+  void clear() override {
+    ++clears;
+    inner.clear();
+  }
 };
 
 // Forwards the seven core Store calls to another store; a double derives from it and
