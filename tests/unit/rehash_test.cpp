@@ -1,0 +1,411 @@
+// Rehash on use (doc/peppers.md): keys whose digest was made under the legacy pepper
+// validate, and their first validations rewrite the digest under the current pepper,
+// through the writer thread, without undoing a racing change; a wrong secret or a
+// cache hit queues nothing.
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "apikeys/error.hpp"
+#include "apikeys/hasher.hpp"
+#include "apikeys/key_generator.hpp"
+#include "apikeys/key_manager.hpp"
+#include "apikeys/memory_cache.hpp"
+#include "apikeys/memory_store.hpp"
+#include "apikeys/validator.hpp"
+#include "catch.hpp"
+#include "store_doubles.hpp"
+#include "test_support.hpp"
+
+using namespace apikeys;
+
+namespace {
+
+// The reference service's pepper was an arbitrary configuration string, often short.
+constexpr std::string_view kLegacyPepper = "not-a-secret";
+
+std::shared_ptr<HmacSha256Hasher> legacy_hasher() {
+  return std::make_shared<HmacSha256Hasher>(
+      std::vector<Pepper>{Pepper{1, apikeys_test::kTestPepper}}, 1, kLegacyPepper);
+}
+
+std::string random_token(std::string_view prefix) {
+  std::string s(prefix);
+  append_random_base62(s, 32);
+  return s;
+}
+
+struct TestKey {
+  Uuid account_id;
+  Uuid key_id;
+  std::string public_key;
+  std::string secret;
+};
+
+// A key as the reference service stored it: its digest made under the legacy pepper
+// (or `pepper_id`), inserted straight into the store as an import would.
+TestKey insert_key(Store& store, const Hasher& hasher, std::uint32_t pepper_id = kLegacyPepperId,
+                   KeyStatus status = KeyStatus::active,
+                   std::optional<TimePoint> expires_at = std::nullopt) {
+  TestKey k{apikeys_test::account_id(1), Uuid::random(), random_token("pk_"), random_token("sk_")};
+  KeyRecord r;
+  r.info.key_id = k.key_id;
+  r.info.account_id = k.account_id;
+  r.info.public_key = k.public_key;
+  r.info.title = "imported";
+  r.info.status = status;
+  r.info.created_at = apikeys_test::test_start();
+  r.info.updated_at = r.info.created_at;
+  r.info.expires_at = expires_at;
+  r.digest = *hasher.hash_with(k.secret, pepper_id);
+  store.insert(r);
+  return k;
+}
+
+// No cache, no last use, and a writer thread that never wakes during a test: batches
+// are written only by flush_last_use(), so they can be counted.
+ValidatorOptions quiet_options() {
+  ValidatorOptions o;
+  o.record_last_use = false;
+  o.flush_interval = std::chrono::hours(1);
+  o.clock = std::make_shared<ManualClock>(apikeys_test::test_start());
+  return o;
+}
+
+std::map<std::uint32_t, std::uint64_t> counts_of(Store& store) {
+  std::map<std::uint32_t, std::uint64_t> out;
+  for (const PepperCount& c : store.pepper_counts()) out[c.pepper_id] = c.keys;
+  return out;
+}
+
+std::string wrong_secret() { return random_token("sk_"); }
+
+}  // namespace
+
+TEST_CASE("legacy keys validate, and their first use rewrites them under the current pepper",
+          "[rehash]") {
+  auto store = std::make_shared<apikeys_test::DigestStore>();
+  auto hasher = legacy_hasher();
+  REQUIRE(hasher->legacy_pepper_is_short());
+  std::vector<TestKey> keys;
+  for (int i = 0; i < 20; ++i) keys.push_back(insert_key(*store, *hasher));
+  keys.push_back(insert_key(*store, *hasher, 1));  // already under the current pepper
+  CHECK(counts_of(*store) == std::map<std::uint32_t, std::uint64_t>{{1, 1}, {kLegacyPepperId, 20}});
+
+  Validator v(store, hasher, quiet_options());
+  for (const TestKey& k : keys) REQUIRE(v.validate(k.public_key, k.secret).ok());
+  v.flush_last_use();
+  CHECK(v.rehashed() == 20);
+  CHECK(v.rehash_failures() == 0);
+  CHECK(store->digest_batches.load() == 1);
+  CHECK(store->digest_changes.load() == 20);  // the current-pepper key was not queued
+  CHECK(counts_of(*store) == std::map<std::uint32_t, std::uint64_t>{{1, 21}});
+
+  // Rewritten keys take the current-pepper path: nothing more is queued.
+  for (const TestKey& k : keys) REQUIRE(v.validate(k.public_key, k.secret).ok());
+  v.flush_last_use();
+  CHECK(store->digest_batches.load() == 1);
+
+  // The legacy pepper can now be dropped from the configuration.
+  Validator without_legacy(store, std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper),
+                           quiet_options());
+  for (const TestKey& k : keys) CHECK(without_legacy.validate(k.public_key, k.secret).ok());
+}
+
+TEST_CASE("a wrong secret never validates and is never queued", "[rehash]") {
+  auto store = std::make_shared<apikeys_test::DigestStore>();
+  auto hasher = legacy_hasher();
+  const TestKey k = insert_key(*store, *hasher);
+  Validator v(store, hasher, quiet_options());
+  for (int i = 0; i < 10; ++i) {
+    CHECK(v.validate(k.public_key, wrong_secret()).code == ValidationCode::wrong_secret);
+  }
+  v.flush_last_use();
+  CHECK(store->digest_batches.load() == 0);
+  CHECK(v.rehashed() == 0);
+  CHECK(store->find(k.public_key)->digest.pepper_id == kLegacyPepperId);
+  CHECK(v.validate(k.public_key, k.secret).ok());
+}
+
+TEST_CASE("expired, revoked and disabled keys with the right secret are rewritten too",
+          "[rehash]") {
+  auto store = std::make_shared<apikeys_test::DigestStore>();
+  auto hasher = legacy_hasher();
+  const TestKey expired = insert_key(*store, *hasher, kLegacyPepperId, KeyStatus::active,
+                                     apikeys_test::test_start() - std::chrono::hours(1));
+  const TestKey revoked = insert_key(*store, *hasher, kLegacyPepperId, KeyStatus::revoked);
+  const TestKey disabled = insert_key(*store, *hasher, kLegacyPepperId, KeyStatus::disabled);
+  Validator v(store, hasher, quiet_options());
+  CHECK(v.validate(expired.public_key, expired.secret).code == ValidationCode::expired);
+  CHECK(v.validate(revoked.public_key, revoked.secret).code == ValidationCode::revoked);
+  CHECK(v.validate(disabled.public_key, disabled.secret).code == ValidationCode::disabled);
+  v.flush_last_use();
+  CHECK(v.rehashed() == 3);
+  CHECK(counts_of(*store) == std::map<std::uint32_t, std::uint64_t>{{1, 3}});
+  // The digest moved; the state did not.
+  CHECK(store->find(revoked.public_key)->info.status == KeyStatus::revoked);
+  CHECK(store->find(disabled.public_key)->info.status == KeyStatus::disabled);
+  CHECK(v.validate(expired.public_key, expired.secret).code == ValidationCode::expired);
+  CHECK(v.validate(revoked.public_key, revoked.secret).code == ValidationCode::revoked);
+  CHECK(v.validate(disabled.public_key, disabled.secret).code == ValidationCode::disabled);
+}
+
+TEST_CASE("a revoke between queueing and writing a rehash is not undone", "[rehash]") {
+  auto store = std::make_shared<apikeys_test::DigestStore>();
+  auto hasher = legacy_hasher();
+  const TestKey k = insert_key(*store, *hasher);
+  KeyManagerOptions mo;
+  mo.validation = quiet_options();
+  KeyManager manager(store, hasher, mo);
+  Validator v(store, hasher, quiet_options());
+
+  REQUIRE(v.validate(k.public_key, k.secret).ok());  // queued
+  const KeyInfo revoked = manager.revoke(k.account_id, k.key_id);
+  v.flush_last_use();  // written after the revoke
+  CHECK(v.rehashed() == 1);
+
+  const auto record = store->find(k.public_key);
+  REQUIRE(record);
+  CHECK(record->info.status == KeyStatus::revoked);
+  CHECK(record->info.version == revoked.version);  // the rewrite changed no version
+  CHECK(record->digest.pepper_id == 1);
+  CHECK(v.validate(k.public_key, k.secret).code == ValidationCode::revoked);
+  Validator fresh(store, hasher, quiet_options());
+  CHECK(fresh.validate(k.public_key, k.secret).code == ValidationCode::revoked);
+}
+
+TEST_CASE("a rehash whose digest changed meanwhile rewrites nothing", "[rehash]") {
+  auto store = std::make_shared<apikeys_test::DigestStore>();
+  auto hasher = legacy_hasher();
+  const TestKey k = insert_key(*store, *hasher);
+  Validator first(store, hasher, quiet_options());
+  Validator second(store, hasher, quiet_options());
+  REQUIRE(first.validate(k.public_key, k.secret).ok());
+  REQUIRE(second.validate(k.public_key, k.secret).ok());
+  first.flush_last_use();
+  second.flush_last_use();  // its `from` is the legacy digest, gone now
+  CHECK(first.rehashed() == 1);
+  CHECK(second.rehashed() == 0);
+  CHECK(second.rehash_failures() == 0);
+  CHECK(first.validate(k.public_key, k.secret).ok());
+}
+
+TEST_CASE("a store without replace_digests keeps validating and counts one failure", "[rehash]") {
+  // ForwardingStore keeps Store's default replace_digests(): Error(not_supported).
+  auto store = std::make_shared<apikeys_test::ForwardingStore>(std::make_shared<MemoryStore>());
+  auto hasher = legacy_hasher();
+  std::vector<TestKey> keys;
+  for (int i = 0; i < 3; ++i) keys.push_back(insert_key(*store, *hasher));
+  Validator v(store, hasher, quiet_options());
+  for (int round = 0; round < 3; ++round) {
+    for (const TestKey& k : keys) REQUIRE(v.validate(k.public_key, k.secret).ok());
+    v.flush_last_use();
+  }
+  CHECK(v.rehash_failures() == 1);
+  CHECK(v.rehashed() == 0);
+  CHECK(store->find(keys[0].public_key)->digest.pepper_id == kLegacyPepperId);
+}
+
+TEST_CASE("a failing digest write is counted, dropped and tried again on the next use",
+          "[rehash]") {
+  auto store = std::make_shared<apikeys_test::DigestStore>();
+  auto hasher = legacy_hasher();
+  const TestKey k = insert_key(*store, *hasher);
+  Validator v(store, hasher, quiet_options());
+  store->fail_digests = true;
+  REQUIRE(v.validate(k.public_key, k.secret).ok());
+  v.flush_last_use();
+  CHECK(v.rehash_failures() == 1);
+  v.flush_last_use();  // the failed batch was dropped: nothing to write
+  CHECK(store->digest_batches.load() == 1);
+  REQUIRE(v.validate(k.public_key, k.secret).ok());
+  v.flush_last_use();
+  CHECK(v.rehash_failures() == 2);
+  store->fail_digests = false;
+  REQUIRE(v.validate(k.public_key, k.secret).ok());
+  v.flush_last_use();
+  CHECK(v.rehashed() == 1);
+  CHECK(store->find(k.public_key)->digest.pepper_id == 1);
+}
+
+TEST_CASE("the rehash queue is bounded and holds one change per key", "[rehash]") {
+  auto store = std::make_shared<apikeys_test::DigestStore>();
+  auto hasher = legacy_hasher();
+  std::vector<TestKey> keys;
+  for (int i = 0; i < 10; ++i) keys.push_back(insert_key(*store, *hasher));
+  ValidatorOptions o = quiet_options();
+  o.rehash_queue_limit = 3;
+  Validator v(store, hasher, o);
+
+  SECTION("bounded") {
+    for (const TestKey& k : keys) REQUIRE(v.validate(k.public_key, k.secret).ok());
+    v.flush_last_use();
+    CHECK(store->digest_changes.load() == 3);
+    CHECK(v.rehashed() == 3);
+    // The dropped ones are queued again at their next use.
+    for (const TestKey& k : keys) REQUIRE(v.validate(k.public_key, k.secret).ok());
+    v.flush_last_use();
+    CHECK(v.rehashed() == 6);
+  }
+  SECTION("one entry per key") {
+    for (int i = 0; i < 1000; ++i) REQUIRE(v.validate(keys[0].public_key, keys[0].secret).ok());
+    REQUIRE(v.validate(keys[1].public_key, keys[1].secret).ok());
+    v.flush_last_use();
+    CHECK(store->digest_batches.load() == 1);
+    CHECK(store->digest_changes.load() == 2);
+    CHECK(v.rehashed() == 2);
+  }
+}
+
+TEST_CASE("rehash_on_use = false queues nothing", "[rehash]") {
+  auto store = std::make_shared<apikeys_test::DigestStore>();
+  auto hasher = legacy_hasher();
+  const TestKey k = insert_key(*store, *hasher);
+  ValidatorOptions o = quiet_options();
+  o.rehash_on_use = false;
+  {
+    Validator v(store, hasher, o);
+    for (int i = 0; i < 5; ++i) REQUIRE(v.validate(k.public_key, k.secret).ok());
+    v.flush_last_use();
+    CHECK(v.rehashed() == 0);
+  }  // the destructor's final flush writes nothing either
+  CHECK(store->digest_batches.load() == 0);
+  CHECK(store->find(k.public_key)->digest.pepper_id == kLegacyPepperId);
+}
+
+TEST_CASE("the destructor writes pending rehashes", "[rehash]") {
+  auto store = std::make_shared<apikeys_test::DigestStore>();
+  auto hasher = legacy_hasher();
+  const TestKey k = insert_key(*store, *hasher);
+  {
+    Validator v(store, hasher, quiet_options());
+    REQUIRE(v.validate(k.public_key, k.secret).ok());
+  }
+  CHECK(store->find(k.public_key)->digest.pepper_id == 1);
+}
+
+TEST_CASE("the writer thread writes rehashes by itself", "[rehash]") {
+  auto store = std::make_shared<apikeys_test::DigestStore>();
+  auto hasher = legacy_hasher();
+  const TestKey k = insert_key(*store, *hasher);
+  ValidatorOptions o = quiet_options();
+  o.flush_interval = std::chrono::milliseconds(10);  // record_last_use stays false
+  Validator v(store, hasher, o);
+  REQUIRE(v.validate(k.public_key, k.secret).ok());
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (v.rehashed() == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  CHECK(v.rehashed() == 1);
+}
+
+TEST_CASE("a cache hit never queues a rehash; the store path does", "[rehash]") {
+  // apply = false: the store takes batches but rewrites nothing, so the key stays
+  // under the legacy pepper and every store-path validation would queue it again.
+  auto store = std::make_shared<apikeys_test::DigestStore>();
+  store->apply = false;
+  auto hasher = legacy_hasher();
+  const TestKey k = insert_key(*store, *hasher);
+  ValidatorOptions o = quiet_options();
+  MemoryCacheOptions co;
+  co.clock = o.clock;
+  o.cache = std::make_shared<MemoryCache>(co);
+  o.revision_poll_interval = std::chrono::milliseconds(0);
+  Validator v(store, hasher, o);
+
+  REQUIRE(v.validate(k.public_key, k.secret).ok());  // a miss: the store path
+  v.flush_last_use();
+  CHECK(store->digest_batches.load() == 1);
+  CHECK(store->digest_changes.load() == 1);
+  for (int i = 0; i < 50; ++i) REQUIRE(v.validate(k.public_key, k.secret).ok());  // hits
+  v.flush_last_use();
+  CHECK(store->finds.load() == 1);
+  CHECK(store->digest_batches.load() == 1);
+
+  v.invalidate(k.public_key);  // the next one reads the store again, and queues
+  REQUIRE(v.validate(k.public_key, k.secret).ok());
+  v.flush_last_use();
+  CHECK(store->digest_batches.load() == 2);
+}
+
+TEST_CASE("validate() never waits for a digest write", "[rehash]") {
+  auto store = std::make_shared<apikeys_test::DigestStore>();
+  auto hasher = legacy_hasher();
+  const TestKey a = insert_key(*store, *hasher);
+  const TestKey b = insert_key(*store, *hasher);
+  Validator v(store, hasher, quiet_options());
+  REQUIRE(v.validate(a.public_key, a.secret).ok());
+  store->hold_digests();
+  std::thread writer([&] { v.flush_last_use(); });
+  REQUIRE(store->wait_digests_held(std::chrono::seconds(10)));
+  // The write is stuck in the store; validations, and queueing, go on.
+  for (int i = 0; i < 100; ++i) REQUIRE(v.validate(b.public_key, b.secret).ok());
+  store->release_digests();
+  writer.join();
+  v.flush_last_use();
+  CHECK(v.rehashed() == 2);
+  CHECK(store->digest_batches.load() == 2);
+}
+
+TEST_CASE("many threads rehash each key exactly once", "[rehash]") {
+  auto store = std::make_shared<apikeys_test::DigestStore>();
+  auto hasher = legacy_hasher();
+  std::vector<TestKey> keys;
+  for (int i = 0; i < 50; ++i) keys.push_back(insert_key(*store, *hasher));
+  ValidatorOptions o = quiet_options();
+  o.flush_interval = std::chrono::milliseconds(1);
+  Validator v(store, hasher, o);
+  std::atomic<bool> all_ok{true};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int round = 0; round < 20; ++round) {
+        for (const TestKey& k : keys) {
+          if (!v.validate(k.public_key, k.secret).ok()) all_ok = false;
+        }
+      }
+    });
+  }
+  threads.emplace_back([&] {
+    for (int i = 0; i < 50; ++i) v.flush_last_use();
+  });
+  for (auto& t : threads) t.join();
+  v.flush_last_use();
+  CHECK(all_ok.load());
+  CHECK(v.rehashed() == keys.size());  // compare-and-set: a key queued twice is written once
+  CHECK(counts_of(*store) == std::map<std::uint32_t, std::uint64_t>{{1, 50}});
+}
+
+TEST_CASE("KeyManager::pepper_counts asks the store", "[rehash]") {
+  auto hasher = legacy_hasher();
+  KeyManagerOptions mo;
+  mo.validation = quiet_options();
+  {
+    auto store = std::make_shared<apikeys_test::DigestStore>();
+    insert_key(*store, *hasher);
+    KeyManager m(store, hasher, mo);
+    (void)m.create(apikeys_test::account_id(2), CreateRequest{"t", "", std::nullopt});
+    const std::vector<PepperCount> counts = m.pepper_counts();
+    REQUIRE(counts.size() == 2);
+    CHECK(counts[0].pepper_id == 1);
+    CHECK(counts[0].keys == 1);
+    CHECK(counts[1].pepper_id == kLegacyPepperId);
+    CHECK(counts[1].keys == 1);
+  }
+  {
+    auto store = std::make_shared<apikeys_test::ForwardingStore>(std::make_shared<MemoryStore>());
+    KeyManager m(store, hasher, mo);
+    try {
+      (void)m.pepper_counts();
+      FAIL("expected not_supported");
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::not_supported);
+    }
+  }
+}
