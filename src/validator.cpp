@@ -100,6 +100,12 @@ struct Validator::Impl {
   std::vector<KeyFormat> formats;
   // Compared against on a miss, so `not_found` does the same work as `wrong_secret`.
   Digest decoy;
+  // Every pepper id the hasher knows, and the one the store path spends its extra
+  // HMAC under, so that every outcome costs two (doc/validate.md, "Equal work on the
+  // store path"). has_decoy_pepper: the hasher knows two peppers or more.
+  std::vector<std::uint32_t> pepper_ids;
+  std::uint32_t decoy_pepper = 0;
+  bool has_decoy_pepper = false;
   // Lets KeyManager writes through any store with this store's identity erase from
   // this validator's cache before they return (src/cache_registry.hpp).
   detail::CacheRegistration registration;
@@ -145,6 +151,8 @@ struct Validator::Impl {
     formats.insert(formats.end(), options.also_accept.begin(), options.also_accept.end());
     decoy.pepper_id = hasher->current_pepper_id();
     decoy.bytes.fill(0xA5);
+    pepper_ids = hasher->pepper_ids();
+    choose_decoy_pepper();
     registration = detail::CacheRegistration(store->identity(), cache);
   }
 
@@ -155,6 +163,37 @@ struct Validator::Impl {
       if (f.is_public_key(pk)) return f.is_secret_key(sk);
     }
     return false;
+  }
+  // The pepper of the extra HMAC: the legacy pepper when the hasher has one (imported
+  // keys are usually the most numerous under a non-current pepper, and a key under
+  // the decoy pepper costs exactly what a miss costs), else the first other id.
+  void choose_decoy_pepper() {
+    const std::uint32_t current = hasher->current_pepper_id();
+    if (pepper_ids.size() < 2) return;
+    for (std::uint32_t id : pepper_ids) {
+      if (id == kLegacyPepperId && id != current) {
+        decoy_pepper = id;
+        has_decoy_pepper = true;
+        return;
+      }
+    }
+    for (std::uint32_t id : pepper_ids) {
+      if (id != current) {
+        decoy_pepper = id;
+        has_decoy_pepper = true;
+        return;
+      }
+    }
+  }
+  bool knows_pepper(std::uint32_t id) const noexcept {
+    return std::find(pepper_ids.begin(), pepper_ids.end(), id) != pepper_ids.end();
+  }
+  // One HMAC of `sk` under the decoy pepper, consumed by a constant-time compare, where
+  // the store path would otherwise do one HMAC fewer than the costliest outcome.
+  void spend_decoy_hmac(std::string_view sk) const {
+    const std::optional<Digest> d = hasher->hash_with(sk, decoy_pepper);
+    volatile bool sink = d && constant_time_equal(*d, decoy);
+    (void)sink;
   }
   ValidationResult validate(std::string_view pk, std::string_view sk) const noexcept;
   // validate(), then the requirements: a valid key lacking a required scope becomes
@@ -227,9 +266,11 @@ ValidationResult Validator::Impl::validate(std::string_view pk,
     std::chrono::milliseconds ttl{0};
     bool rehash = false;
     if (!record) {
-      // Same work as a wrong secret: one digest (above) and one constant-time compare.
+      // Same work as a wrong secret: the digest above, a constant-time compare and,
+      // with two peppers or more, one HMAC under the decoy pepper (doc/validate.md).
       volatile bool sink = constant_time_equal(presented, decoy);
       (void)sink;
+      if (has_decoy_pepper) spend_decoy_hmac(sk);
       result.code = ValidationCode::not_found;
       ttl = options.ttl_not_found;
     } else {
@@ -238,8 +279,14 @@ ValidationResult Validator::Impl::validate(std::string_view pk,
       bool secret_ok;
       if (stored.pepper_id == presented.pepper_id) {
         secret_ok = constant_time_equal(presented, stored);
+        if (has_decoy_pepper) spend_decoy_hmac(sk);
       } else {
+        // One HMAC under the record's pepper; the compare matches the other paths'
+        // two. A pepper the hasher does not know costs no HMAC in verify(): the decoy's.
         secret_ok = hasher->verify(sk, stored);
+        volatile bool sink = constant_time_equal(presented, decoy);
+        (void)sink;
+        if (has_decoy_pepper && !knows_pepper(stored.pepper_id)) spend_decoy_hmac(sk);
         // The digest belongs to the secret, not to the key's state: an expired, revoked
         // or disabled key is rewritten too (doc/peppers.md, "Rehash on use").
         rehash = secret_ok && options.rehash_on_use && !rehash_off.load(std::memory_order_relaxed);

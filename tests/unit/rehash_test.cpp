@@ -1,7 +1,8 @@
-// Rehash on use (doc/peppers.md): keys whose digest was made under the legacy pepper
-// validate, and their first validations rewrite the digest under the current pepper,
-// through the writer thread, without undoing a racing change; a wrong secret or a
-// cache hit queues nothing.
+// Rehash on use (doc/peppers.md) and equal work on the store path (doc/validate.md):
+// keys whose digest was made under the legacy pepper validate, and their first
+// validations rewrite the digest under the current pepper, through the writer thread,
+// without undoing a racing change; a wrong secret or a cache hit queues nothing; and
+// every store-path outcome costs the same number of HMACs.
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -408,4 +409,104 @@ TEST_CASE("KeyManager::pepper_counts asks the store", "[rehash]") {
       CHECK(e.code() == ErrorCode::not_supported);
     }
   }
+}
+
+namespace {
+
+// Counts HMACs, whichever call makes them, and the pepper ids they were made under.
+struct CountingHasher final : Hasher {
+  explicit CountingHasher(std::shared_ptr<HmacSha256Hasher> h) : inner(std::move(h)) {}
+  std::shared_ptr<HmacSha256Hasher> inner;
+  mutable std::atomic<int> hmacs{0};
+  mutable std::atomic<int> under_legacy{0};
+  std::uint32_t current_pepper_id() const noexcept override { return inner->current_pepper_id(); }
+  Digest hash(std::string_view s) const override {
+    ++hmacs;
+    return inner->hash(s);
+  }
+  std::optional<Digest> hash_with(std::string_view s, std::uint32_t id) const override {
+    auto d = inner->hash_with(s, id);
+    if (d) {
+      ++hmacs;
+      if (id == kLegacyPepperId) ++under_legacy;
+    }
+    return d;
+  }
+  bool verify(std::string_view s, const Digest& stored) const noexcept override {
+    if (inner->hash_with(s, stored.pepper_id)) ++hmacs;  // verify() makes one, if it knows the id
+    return inner->verify(s, stored);
+  }
+  std::vector<std::uint32_t> pepper_ids() const override { return inner->pepper_ids(); }
+};
+
+}  // namespace
+
+TEST_CASE("every store-path outcome costs two HMACs when the hasher knows two peppers",
+          "[rehash][pitfalls]") {
+  auto store = std::make_shared<MemoryStore>();
+  auto hasher = std::make_shared<CountingHasher>(
+      std::make_shared<HmacSha256Hasher>(std::vector<Pepper>{Pepper{1, apikeys_test::kTestPepper},
+                                                             Pepper{2, apikeys_test::kTestPepper2}},
+                                         1, kLegacyPepper));
+  const TestKey current = insert_key(*store, *hasher->inner, 1);
+  const TestKey legacy = insert_key(*store, *hasher->inner, kLegacyPepperId);
+  const TestKey retired = insert_key(*store, *hasher->inner, 2);
+  const TestKey unknown = insert_key(*store, *hasher->inner, 1);
+  {
+    // The same key, as if its pepper had been dropped from the configuration.
+    KeyRecord r = *store->find(unknown.public_key);
+    (void)store->remove(r.info.account_id, r.info.key_id);
+    r.digest.pepper_id = 7;
+    store->insert(r);
+  }
+  ValidatorOptions o = quiet_options();
+  o.rehash_on_use = false;  // keep every key under its pepper between the checks
+  Validator v(store, hasher, o);
+  const auto cost = [&](const std::string& pk, const std::string& sk, ValidationCode want) {
+    hasher->hmacs = 0;
+    CHECK(v.validate(pk, sk).code == want);
+    return hasher->hmacs.exchange(0);
+  };
+  CHECK(cost(random_token("pk_"), current.secret, ValidationCode::not_found) == 2);
+  CHECK(cost(current.public_key, wrong_secret(), ValidationCode::wrong_secret) == 2);
+  CHECK(cost(current.public_key, current.secret, ValidationCode::valid) == 2);
+  CHECK(cost(legacy.public_key, wrong_secret(), ValidationCode::wrong_secret) == 2);
+  CHECK(cost(legacy.public_key, legacy.secret, ValidationCode::valid) == 2);
+  CHECK(cost(retired.public_key, wrong_secret(), ValidationCode::wrong_secret) == 2);
+  CHECK(cost(retired.public_key, retired.secret, ValidationCode::valid) == 2);
+  CHECK(cost(unknown.public_key, unknown.secret, ValidationCode::wrong_secret) == 2);
+
+  // The decoy HMAC is made under the legacy pepper, the one most keys off the current
+  // pepper are under.
+  hasher->under_legacy = 0;
+  CHECK(v.validate(random_token("pk_"), current.secret).code == ValidationCode::not_found);
+  CHECK(hasher->under_legacy.load() == 1);
+}
+
+TEST_CASE("without a legacy pepper the decoy HMAC uses the second pepper", "[rehash]") {
+  auto store = std::make_shared<MemoryStore>();
+  auto hasher = std::make_shared<CountingHasher>(
+      std::make_shared<HmacSha256Hasher>(std::vector<Pepper>{Pepper{1, apikeys_test::kTestPepper},
+                                                             Pepper{2, apikeys_test::kTestPepper2}},
+                                         1));
+  const TestKey retired = insert_key(*store, *hasher->inner, 2);
+  Validator v(store, hasher, quiet_options());
+  hasher->hmacs = 0;
+  CHECK(v.validate(random_token("pk_"), retired.secret).code == ValidationCode::not_found);
+  CHECK(hasher->hmacs.exchange(0) == 2);
+  CHECK(v.validate(retired.public_key, wrong_secret()).code == ValidationCode::wrong_secret);
+  CHECK(hasher->hmacs.exchange(0) == 2);
+}
+
+TEST_CASE("a hasher with one pepper keeps one HMAC per validation", "[rehash]") {
+  auto store = std::make_shared<MemoryStore>();
+  auto hasher = std::make_shared<CountingHasher>(
+      std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper));
+  const TestKey k = insert_key(*store, *hasher->inner, 1);
+  Validator v(store, hasher, quiet_options());
+  hasher->hmacs = 0;
+  CHECK(v.validate(random_token("pk_"), k.secret).code == ValidationCode::not_found);
+  CHECK(hasher->hmacs.exchange(0) == 1);
+  CHECK(v.validate(k.public_key, wrong_secret()).code == ValidationCode::wrong_secret);
+  CHECK(hasher->hmacs.exchange(0) == 1);
 }
