@@ -510,3 +510,48 @@ TEST_CASE("a hasher with one pepper keeps one HMAC per validation", "[rehash]") 
   CHECK(v.validate(k.public_key, wrong_secret()).code == ValidationCode::wrong_secret);
   CHECK(hasher->hmacs.exchange(0) == 1);
 }
+
+namespace {
+
+// The whole path over a real store: legacy keys validate, one is revoked between its
+// queueing and the write, and after one flush no key is left under the legacy pepper
+// and a hasher without it validates every key (the revoked one answers revoked).
+void legacy_keys_move_off_the_legacy_pepper(const std::shared_ptr<Store>& store) {
+  auto hasher = legacy_hasher();
+  std::vector<TestKey> keys;
+  for (int i = 0; i < 10; ++i) keys.push_back(insert_key(*store, *hasher));
+  KeyManagerOptions mo;
+  mo.validation = quiet_options();
+  KeyManager manager(store, hasher, mo);
+  CHECK(counts_of(*store) == std::map<std::uint32_t, std::uint64_t>{{kLegacyPepperId, 10}});
+
+  Validator v(store, hasher, quiet_options());
+  for (const TestKey& k : keys) REQUIRE(v.validate(k.public_key, k.secret).ok());
+  const KeyInfo revoked = manager.revoke(keys[0].account_id, keys[0].key_id);
+  v.flush_last_use();
+  CHECK(v.rehashed() == 10);
+  CHECK(v.rehash_failures() == 0);
+  const std::vector<PepperCount> counts = manager.pepper_counts();
+  REQUIRE(counts.size() == 1);
+  CHECK(counts[0].pepper_id == 1);
+  CHECK(counts[0].keys == 10);
+
+  const auto record = store->find(keys[0].public_key);
+  REQUIRE(record);
+  CHECK(record->info.status == KeyStatus::revoked);
+  CHECK(record->info.version == revoked.version);
+
+  Validator without_legacy(store, std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper),
+                           quiet_options());
+  CHECK(without_legacy.validate(keys[0].public_key, keys[0].secret).code ==
+        ValidationCode::revoked);
+  for (std::size_t i = 1; i < keys.size(); ++i) {
+    CHECK(without_legacy.validate(keys[i].public_key, keys[i].secret).ok());
+  }
+}
+
+}  // namespace
+
+TEST_CASE("legacy keys move off the legacy pepper in a MemoryStore", "[rehash][memory]") {
+  legacy_keys_move_off_the_legacy_pepper(std::make_shared<MemoryStore>());
+}
