@@ -19,6 +19,7 @@
 #include "apikeys/key_manager.hpp"
 #include "apikeys/memory_cache.hpp"
 #include "apikeys/memory_store.hpp"
+#include "apikeys/sqlite_store.hpp"
 #include "apikeys/validator.hpp"
 #include "catch.hpp"
 #include "store_doubles.hpp"
@@ -554,4 +555,9 @@ void legacy_keys_move_off_the_legacy_pepper(const std::shared_ptr<Store>& store)
 
 TEST_CASE("legacy keys move off the legacy pepper in a MemoryStore", "[rehash][memory]") {
   legacy_keys_move_off_the_legacy_pepper(std::make_shared<MemoryStore>());
+}
+
+TEST_CASE("legacy keys move off the legacy pepper in a SqliteStore", "[rehash][sqlite]") {
+  apikeys_test::TempDir dir("apikeys-rehash");
+  legacy_keys_move_off_the_legacy_pepper(std::make_shared<SqliteStore>(dir.file("keys.db")));
 }
