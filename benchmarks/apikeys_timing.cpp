@@ -12,9 +12,11 @@
 //
 // Three stores: EqualCostStore, whose find() costs the same for a hit and a miss, so
 // any difference is the Validator's own (it must hash and compare on a miss as on a
-// wrong secret); then MemoryStore and SqliteStore as shipped, where Store::find() is
-// also timed alone (--no-attribute skips it) to show how much of a difference is the
-// store's lookup rather than the Validator.
+// wrong secret), once more with its keys under a legacy pepper (a wrong secret then
+// verifies under that pepper, a second HMAC, which a miss must match); then
+// MemoryStore and SqliteStore as shipped, where Store::find() is also timed alone
+// (--no-attribute skips it) to show how much of a difference is the store's lookup
+// rather than the Validator.
 //
 // Usage: apikeys_timing [--samples N] [--keys K] [--store memory|sqlite|both]
 //                       [--seed S] [--no-attribute] [--sparse F]
@@ -328,7 +330,7 @@ std::vector<std::string> fill(const char* name, const std::shared_ptr<apikeys::S
 // Returns true when validate() passed on this store; `known` are its public keys.
 bool run_store(const char* name, const std::shared_ptr<apikeys::Store>& store,
                std::vector<std::string> known, const Config& cfg, double tpn, bool attribute,
-               bool a_a = false) {
+               bool a_a = false, const std::shared_ptr<apikeys::Hasher>& hasher = shared_hasher()) {
   std::mt19937_64 rng(cfg.seed);
   Inputs in;
   in.known = std::move(known);
@@ -339,7 +341,8 @@ bool run_store(const char* name, const std::shared_ptr<apikeys::Store>& store,
   apikeys::ValidatorOptions vo;
   vo.cache = nullptr;          // every call reads the store: that is what is measured
   vo.record_last_use = false;  // no background thread competing for the cores
-  const apikeys::Validator validator(store, shared_hasher(), vo);
+  vo.rehash_on_use = false;
+  const apikeys::Validator validator(store, hasher, vo);
 
   bool wrong = false;
   auto validate = [&](std::uint8_t cls, const std::string& pk, const std::string& sk) {
@@ -415,12 +418,12 @@ int main(int argc, char** argv) {
       apikeys::version(), cfg.samples, cfg.keys, static_cast<unsigned long long>(cfg.seed), tpn,
       cfg.sparse);
   bool pass = true;
-  {
-    // 16 keys and their siblings: nothing but the Validator's own code differs between
-    // the classes (16 of each, so that where a string happens to lie in memory averages
-    // out). Then the same store answering every key: the A/A floor of this harness.
+  // 16 keys and their siblings: nothing but the Validator's own code differs between
+  // the classes (16 of each, so that where a string happens to lie in memory averages
+  // out). Their digests are made by `hasher` under `pepper_id`.
+  const auto equal_cost_records = [](const apikeys::Hasher& hasher, std::uint32_t pepper_id,
+                                     std::vector<std::string>& known) {
     std::vector<apikeys::KeyRecord> records;
-    std::vector<std::string> known;
     for (int i = 0; i < 16; ++i) {
       apikeys::KeyRecord record;
       record.info.key_id = apikeys::Uuid::random();
@@ -428,10 +431,17 @@ int main(int argc, char** argv) {
       record.info.public_key = random_key("pk_");
       record.info.title = "service key " + std::to_string(i);
       record.info.description = "created by apikeys_timing";
-      record.digest = shared_hasher()->hash(random_key("sk_"));
+      record.digest = *hasher.hash_with(random_key("sk_"), pepper_id);
       known.push_back(record.info.public_key);
       records.push_back(std::move(record));
     }
+    return records;
+  };
+  {
+    // Then the same store answering every key: the A/A floor of this harness.
+    std::vector<std::string> known;
+    const std::vector<apikeys::KeyRecord> records =
+        equal_cost_records(*shared_hasher(), shared_hasher()->current_pepper_id(), known);
     std::printf("EqualCostStore: 16 keys, lookups of equal cost (the Validator's own code)\n");
     pass = run_store("EqualCostStore", std::make_shared<EqualCostStore>(records, false), known, cfg,
                      tpn, cfg.attribute) &&
@@ -441,6 +451,23 @@ int main(int argc, char** argv) {
         "not part of the verdict)\n");
     (void)run_store("EqualCostStore A/A", std::make_shared<EqualCostStore>(records, true), known,
                     cfg, tpn, false, /*a_a=*/true);
+  }
+  {
+    // Keys under the legacy pepper, with a legacy pepper configured: a wrong secret costs
+    // the current pepper's HMAC and one under the legacy pepper in verify(); a miss must
+    // spend its second HMAC under the same pepper (doc/validate.md, "Equal work on the
+    // store path").
+    const auto legacy = std::make_shared<apikeys::HmacSha256Hasher>(
+        std::vector<apikeys::Pepper>{apikeys::Pepper{1, "apikeys-timing-pepper-0123456789"}}, 1,
+        "timing-legacy");
+    std::vector<std::string> known;
+    const std::vector<apikeys::KeyRecord> records =
+        equal_cost_records(*legacy, apikeys::kLegacyPepperId, known);
+    std::printf("EqualCostStore, legacy pepper: 16 keys under the legacy pepper\n");
+    pass = run_store("EqualCostStore, legacy pepper",
+                     std::make_shared<EqualCostStore>(records, false), known, cfg, tpn, false,
+                     /*a_a=*/false, legacy) &&
+           pass;
   }
   if (cfg.memory) {
     auto store = std::make_shared<apikeys::MemoryStore>();

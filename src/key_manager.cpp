@@ -539,6 +539,10 @@ KeyInfo KeyManager::remove(const Uuid& account_id, const Uuid& key_id) {
   return std::move(*info);
 }
 
+std::vector<PepperCount> KeyManager::pepper_counts() {
+  return guarded("counting keys per pepper", [&] { return impl_->store->pepper_counts(); });
+}
+
 ValidationResult KeyManager::validate(std::string_view public_key,
                                       std::string_view secret_key) const noexcept {
   return impl_->validator.validate(public_key, secret_key);

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <memory>
 #include <thread>
+#include <unordered_set>
 #include <vector>
 
 #include "apikeys/error.hpp"
@@ -28,6 +30,64 @@ bool split_token(std::string_view token, std::string_view& pk, std::string_view&
 
 }  // namespace
 
+namespace detail {
+
+// Digest rewrites waiting for the writer thread (doc/peppers.md, "Rehash on use"): at
+// most `limit` of them, one per key id, taken whole by take(). Only the store path of
+// validate() adds, so a cache hit never takes its mutex.
+// Thread-safety: add() and take() may be called from any threads at once.
+// Ownership: owns its changes; they hold digests and key ids, never a secret.
+class RehashQueue {
+ public:
+  explicit RehashQueue(std::size_t limit) : limit_(limit) {}
+
+  // Queues the change unless a change of the same key is queued already or the queue
+  // is full. Never throws: a change it cannot queue is dropped, and the key's next
+  // use queues it again.
+  void add(const Uuid& key_id, const Digest& from, const Digest& to) noexcept
+      APIKEYS_EXCLUDES(mu_) {
+    try {
+      MutexLock lock(mu_);
+      if (pending_.size() >= limit_ || queued_.count(key_id) != 0) return;
+      pending_.push_back(DigestChange{key_id, from, to});
+      try {
+        queued_.insert(key_id);
+      } catch (...) {
+        pending_.pop_back();  // no entry without its dedup mark
+      }
+    } catch (...) {
+      // Dropped, like a change beyond the limit.
+    }
+  }
+
+  // Moves the queued changes into `out` (emptied first) and gives the queue `out`'s
+  // storage, as LastUseTracker::take() does.
+  void take(std::vector<DigestChange>& out) APIKEYS_EXCLUDES(mu_) {
+    out.clear();
+    MutexLock lock(mu_);
+    out.swap(pending_);
+    queued_.clear();
+  }
+
+ private:
+  struct UuidHash {
+    std::size_t operator()(const Uuid& id) const noexcept {
+      std::uint64_t hi;
+      std::uint64_t lo;
+      std::memcpy(&hi, id.bytes().data(), sizeof hi);
+      std::memcpy(&lo, id.bytes().data() + 8, sizeof lo);
+      return static_cast<std::size_t>((hi ^ (lo * 0xff51afd7ed558ccdULL)) * 0x9e3779b97f4a7c15ULL);
+    }
+  };
+
+  const std::size_t limit_;
+  Mutex mu_;
+  std::vector<DigestChange> pending_ APIKEYS_GUARDED_BY(mu_);
+  std::unordered_set<Uuid, UuidHash> queued_ APIKEYS_GUARDED_BY(mu_);
+};
+
+}  // namespace detail
+
 struct Validator::Impl {
   // Decides which valid uses are written to last_used_at, and queues them
   // (doc/last-use.md). First: it is cache-line aligned, and leads without padding.
@@ -42,6 +102,12 @@ struct Validator::Impl {
   std::vector<detail::FormatCheck> formats;
   // Compared against on a miss, so `not_found` does the same work as `wrong_secret`.
   Digest decoy;
+  // Every pepper id the hasher knows, and the one the store path spends its extra
+  // HMAC under, so that every outcome costs two (doc/validate.md, "Equal work on the
+  // store path"). has_decoy_pepper: the hasher knows two peppers or more.
+  std::vector<std::uint32_t> pepper_ids;
+  std::uint32_t decoy_pepper = 0;
+  bool has_decoy_pepper = false;
   // Lets KeyManager writes through any store with this store's identity erase from
   // this validator's cache before they return (src/cache_registry.hpp).
   detail::CacheRegistration registration;
@@ -49,19 +115,25 @@ struct Validator::Impl {
   std::atomic<std::uint64_t> last_use_failures{0};
   std::atomic<std::uint64_t> rehashed{0};
   std::atomic<std::uint64_t> rehash_failures{0};
+  // Digest rewrites found by the store path, written by flush() (doc/peppers.md).
+  mutable detail::RehashQueue rehash_queue;
+  // Set when the store answered not_supported: nothing is queued or written after.
+  std::atomic<bool> rehash_off{false};
   // One flush at a time (flusher thread, flush_last_use() callers), so batches are
   // taken and written in order; flush_batch's storage takes turns with the tracker's
   // queue (doc/last-use.md, invariant 12).
   detail::Mutex flush_mu;
   std::vector<LastUse> flush_batch APIKEYS_GUARDED_BY(flush_mu);
+  std::vector<DigestChange> rehash_batch APIKEYS_GUARDED_BY(flush_mu);
   // Read by the constructor, not the poller: a change made between construction and
   // the poller's first run must still count as a change.
   std::uint64_t baseline_revision = 0;
   bool baseline_known = false;
   // Two background threads, each started only when needed: `poller` polls
-  // Store::revision() (a cache and a poll interval), `flusher` writes last use. Apart,
-  // so that a last-use write waiting on a lock never delays the poll that drops
-  // verdicts another process revoked (doc/revocation.md, "Background work").
+  // Store::revision() (a cache and a poll interval), `flusher` writes last use and
+  // digest rewrites (record_last_use or rehash_on_use). Apart, so that a write waiting
+  // on a lock never delays the poll that drops verdicts another process revoked
+  // (doc/revocation.md, "Background work").
   detail::Mutex bg_mu;
   detail::CondVar bg_cv;
   bool stopping APIKEYS_GUARDED_BY(bg_mu) = false;
@@ -74,12 +146,15 @@ struct Validator::Impl {
         hasher(std::move(h)),
         cache(o.cache),
         clock(o.clock ? o.clock : system_clock()),
-        options(std::move(o)) {
+        options(std::move(o)),
+        rehash_queue(options.rehash_queue_limit) {
     formats.reserve(1 + options.also_accept.size());
     formats.emplace_back(options.format);
     for (const KeyFormat& f : options.also_accept) formats.emplace_back(f);
     decoy.pepper_id = hasher->current_pepper_id();
     decoy.bytes.fill(0xA5);
+    pepper_ids = hasher->pepper_ids();
+    choose_decoy_pepper();
     registration = detail::CacheRegistration(store->identity(), cache);
   }
 
@@ -95,6 +170,37 @@ struct Validator::Impl {
     }
     return false;
   }
+  // The pepper of the extra HMAC: the legacy pepper when the hasher has one (imported
+  // keys are usually the most numerous under a non-current pepper, and a key under
+  // the decoy pepper costs exactly what a miss costs), else the first other id.
+  void choose_decoy_pepper() {
+    const std::uint32_t current = hasher->current_pepper_id();
+    if (pepper_ids.size() < 2) return;
+    for (std::uint32_t id : pepper_ids) {
+      if (id == kLegacyPepperId && id != current) {
+        decoy_pepper = id;
+        has_decoy_pepper = true;
+        return;
+      }
+    }
+    for (std::uint32_t id : pepper_ids) {
+      if (id != current) {
+        decoy_pepper = id;
+        has_decoy_pepper = true;
+        return;
+      }
+    }
+  }
+  bool knows_pepper(std::uint32_t id) const noexcept {
+    return std::find(pepper_ids.begin(), pepper_ids.end(), id) != pepper_ids.end();
+  }
+  // One HMAC of `sk` under the decoy pepper, consumed by a constant-time compare, where
+  // the store path would otherwise do one HMAC fewer than the costliest outcome.
+  void spend_decoy_hmac(std::string_view sk) const {
+    const std::optional<Digest> d = hasher->hash_with(sk, decoy_pepper);
+    volatile bool sink = d && constant_time_equal(*d, decoy);
+    (void)sink;
+  }
   ValidationResult validate(std::string_view pk, std::string_view sk) const noexcept;
   // validate(), then the requirements: a valid key lacking a required scope becomes
   // insufficient_scope (never cached: it depends on the request).
@@ -108,6 +214,8 @@ struct Validator::Impl {
   // Stops and joins the background threads that were started.
   void stop_threads() noexcept APIKEYS_EXCLUDES(bg_mu);
   void flush() noexcept APIKEYS_EXCLUDES(flush_mu);
+  void write_last_use() noexcept APIKEYS_REQUIRES(flush_mu);
+  void write_digests() noexcept APIKEYS_REQUIRES(flush_mu);
 };
 
 // Format, digest, cache, fill token, store, then the verdict (secret first, then
@@ -162,17 +270,33 @@ ValidationResult Validator::Impl::validate(std::string_view pk,
     std::optional<KeyRecord> record = store->find(pk);
     const TimePoint now = clock->now();
     std::chrono::milliseconds ttl{0};
+    bool rehash = false;
     if (!record) {
-      // Same work as a wrong secret: one digest (above) and one constant-time compare.
+      // Same work as a wrong secret: the digest above, a constant-time compare and,
+      // with two peppers or more, one HMAC under the decoy pepper (doc/validate.md).
       volatile bool sink = constant_time_equal(presented, decoy);
       (void)sink;
+      if (has_decoy_pepper) spend_decoy_hmac(sk);
       result.code = ValidationCode::not_found;
       ttl = options.ttl_not_found;
     } else {
       KeyInfo& info = record->info;
-      const bool secret_ok = record->digest.pepper_id == presented.pepper_id
-                                 ? constant_time_equal(presented, record->digest)
-                                 : hasher->verify(sk, record->digest);
+      const Digest& stored = record->digest;
+      bool secret_ok;
+      if (stored.pepper_id == presented.pepper_id) {
+        secret_ok = constant_time_equal(presented, stored);
+        if (has_decoy_pepper) spend_decoy_hmac(sk);
+      } else {
+        // One HMAC under the record's pepper; the compare matches the other paths'
+        // two. A pepper the hasher does not know costs no HMAC in verify(): the decoy's.
+        secret_ok = hasher->verify(sk, stored);
+        volatile bool sink = constant_time_equal(presented, decoy);
+        (void)sink;
+        if (has_decoy_pepper && !knows_pepper(stored.pepper_id)) spend_decoy_hmac(sk);
+        // The digest belongs to the secret, not to the key's state: an expired, revoked
+        // or disabled key is rewritten too (doc/peppers.md, "Rehash on use").
+        rehash = secret_ok && options.rehash_on_use && !rehash_off.load(std::memory_order_relaxed);
+      }
       // The secret first: only a caller who proved it learns anything about the key's
       // state (doc/validate.md, "Secret first").
       if (!secret_ok) {
@@ -217,6 +341,8 @@ ValidationResult Validator::Impl::validate(std::string_view pk,
     if (result.code == ValidationCode::valid && options.record_last_use) {
       tracker.note(result.key_id, to_unix_millis(now));
     }
+    // `presented` is the digest under the current pepper already: no HMAC more.
+    if (rehash) rehash_queue.add(record->info.key_id, record->digest, presented);
     return result;
   } catch (...) {
     // Fail closed: whatever went wrong, this is not a `valid`.
@@ -239,15 +365,42 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
   return result;
 }
 
-// Writes outside the tracker's queue mutex, so validate() never waits for the store; a
-// failed batch is counted and dropped (doc/last-use.md, invariants 10 and 12).
 void Validator::Impl::flush() noexcept {
   try {
     detail::MutexLock lock(flush_mu);
+    write_last_use();
+    write_digests();
+  } catch (...) {
+    last_use_failures.fetch_add(1, std::memory_order_relaxed);  // the lock failed
+  }
+}
+
+// Writes outside the tracker's queue mutex, so validate() never waits for the store; a
+// failed batch is counted and dropped (doc/last-use.md, invariants 10 and 12).
+void Validator::Impl::write_last_use() noexcept {
+  try {
     tracker.take(flush_batch);
     if (!flush_batch.empty()) store->record_last_use(flush_batch);
   } catch (...) {
     last_use_failures.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+// Likewise outside the rehash queue's mutex. A failed batch is counted and dropped (the
+// keys' next uses queue them again); a store without replace_digests is counted once
+// and asked no more (doc/peppers.md, "Rehash on use").
+void Validator::Impl::write_digests() noexcept {
+  if (!options.rehash_on_use) return;
+  try {
+    rehash_queue.take(rehash_batch);
+    if (rehash_batch.empty() || rehash_off.load(std::memory_order_relaxed)) return;
+    const std::size_t n = store->replace_digests(rehash_batch);
+    rehashed.fetch_add(n, std::memory_order_relaxed);
+  } catch (const Error& e) {
+    rehash_failures.fetch_add(1, std::memory_order_relaxed);
+    if (e.code() == ErrorCode::not_supported) rehash_off.store(true, std::memory_order_relaxed);
+  } catch (...) {
+    rehash_failures.fetch_add(1, std::memory_order_relaxed);
   }
 }
 
@@ -346,7 +499,7 @@ Validator::Validator(std::shared_ptr<Store> store, std::shared_ptr<Hasher> hashe
   }
   try {
     if (polling) impl_->poller = std::thread([impl = impl_.get()] { impl->run_poll(); });
-    if (impl_->options.record_last_use) {
+    if (impl_->options.record_last_use || impl_->options.rehash_on_use) {
       impl_->flusher = std::thread([impl = impl_.get()] { impl->run_flush(); });
     }
   } catch (...) {

@@ -1,9 +1,11 @@
 // Store doubles for validator tests: a wrapper that counts and can pause or fail
 // calls, forwarding everything else to a MemoryStore; one that forwards to any Store
-// and watches (and can hold) its last-use writes; and a cache that counts its calls.
+// and watches (and can hold) its last-use writes; one that adds digest rewrites
+// (replace_digests, pepper_counts) to a store without them; and a cache that counts
+// its calls.
 // Thread-safety: as safe as the store they forward to; the gates are a mutex + condition.
 // Ownership: InstrumentedStore and CountingCache own their inner MemoryStore and
-// MemoryCache; LastUseWatch shares its store.
+// MemoryCache; LastUseWatch and DigestStore share their store.
 #ifndef APIKEYS_TESTS_STORE_DOUBLES_HPP
 #define APIKEYS_TESTS_STORE_DOUBLES_HPP
 
@@ -11,6 +13,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -260,6 +264,113 @@ class LastUseWatch final : public ForwardingStore {
   std::mutex mu_;
   std::condition_variable cv_;
   bool held_ = false;
+};
+
+// Adds replace_digests() and pepper_counts() to a store that lacks them (a MemoryStore
+// before it had them): a rewritten digest is kept here, over the inner store's, and
+// find() answers with it. Counts find() calls and the digest batches and changes it
+// was given; with `apply` false it takes batches and rewrites nothing (as if every
+// key's digest had changed meanwhile); with `fail_digests` it throws instead. While
+// hold_digests() is in force, replace_digests() waits before it does anything.
+class DigestStore final : public ForwardingStore {
+ public:
+  explicit DigestStore(
+      std::shared_ptr<apikeys::Store> inner = std::make_shared<apikeys::MemoryStore>())
+      : ForwardingStore(std::move(inner)) {}
+
+  std::atomic<int> finds{0};
+  std::atomic<int> digest_batches{0};
+  std::atomic<int> digest_changes{0};
+  std::atomic<bool> apply{true};
+  std::atomic<bool> fail_digests{false};
+
+  void hold_digests() {
+    std::lock_guard<std::mutex> l(gate_mu_);
+    held_ = true;
+  }
+  void release_digests() {
+    std::lock_guard<std::mutex> l(gate_mu_);
+    held_ = false;
+    gate_cv_.notify_all();
+  }
+  // Waits up to `limit` until a replace_digests() call is waiting at the gate.
+  bool wait_digests_held(std::chrono::milliseconds limit) {
+    std::unique_lock<std::mutex> l(gate_mu_);
+    return gate_cv_.wait_for(l, limit, [&] { return waiting_ > 0; });
+  }
+
+  void insert(const apikeys::KeyRecord& r) override {
+    ForwardingStore::insert(r);
+    std::lock_guard<std::mutex> l(mu_);
+    public_keys_[r.info.key_id] = r.info.public_key;
+    digests_.erase(r.info.key_id);
+  }
+  std::optional<apikeys::KeyRecord> find(std::string_view pk) override {
+    ++finds;
+    auto r = ForwardingStore::find(pk);
+    std::lock_guard<std::mutex> l(mu_);
+    if (r) {
+      const auto it = digests_.find(r->info.key_id);
+      if (it != digests_.end()) r->digest = it->second;
+    }
+    return r;
+  }
+  std::size_t replace_digests(const std::vector<apikeys::DigestChange>& changes) override {
+    {
+      std::unique_lock<std::mutex> l(gate_mu_);
+      ++waiting_;
+      gate_cv_.notify_all();
+      gate_cv_.wait(l, [this] { return !held_; });
+      --waiting_;
+    }
+    ++digest_batches;
+    digest_changes += static_cast<int>(changes.size());
+    if (fail_digests) throw std::runtime_error("digest write failed");
+    if (!apply) return 0;
+    std::size_t n = 0;
+    for (const apikeys::DigestChange& c : changes) {
+      std::string pk;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        const auto it = public_keys_.find(c.key_id);
+        if (it == public_keys_.end()) continue;
+        pk = it->second;
+      }
+      // Compare and set under mu_, so that no other rewrite of the key runs between.
+      std::lock_guard<std::mutex> l(mu_);
+      auto r = ForwardingStore::find(pk);
+      if (!r) continue;
+      const auto it = digests_.find(c.key_id);
+      const apikeys::Digest now = it != digests_.end() ? it->second : r->digest;
+      if (now.bytes != c.from.bytes || now.pepper_id != c.from.pepper_id) continue;
+      digests_[c.key_id] = c.to;
+      ++n;
+    }
+    return n;
+  }
+  std::vector<apikeys::PepperCount> pepper_counts() override {
+    std::vector<std::string> keys;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      for (const auto& entry : public_keys_) keys.push_back(entry.second);
+    }
+    std::map<std::uint32_t, std::uint64_t> counts;
+    for (const std::string& pk : keys) {
+      if (auto r = find(pk)) ++counts[r->digest.pepper_id];
+    }
+    std::vector<apikeys::PepperCount> out;
+    for (const auto& [id, n] : counts) out.push_back(apikeys::PepperCount{id, n});
+    return out;
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<apikeys::Uuid, std::string> public_keys_;  // guarded by mu_: key id -> public key
+  std::map<apikeys::Uuid, apikeys::Digest> digests_;  // guarded by mu_: rewritten digests
+  std::mutex gate_mu_;
+  std::condition_variable gate_cv_;
+  bool held_ = false;  // guarded by gate_mu_
+  int waiting_ = 0;    // guarded by gate_mu_
 };
 
 }  // namespace apikeys_test
