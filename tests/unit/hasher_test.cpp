@@ -453,3 +453,45 @@ TEST_CASE("HmacSha256Hasher gives the same digests from 4 threads", "[hasher][th
   CHECK(failures.load() == 0);
   CHECK(mismatches.load() == 0);
 }
+
+TEST_CASE("HmacSha256Hasher verifies under a legacy pepper and never hashes with it",
+          "[hasher][legacy]") {
+  const std::string current = kKey32;  // 32 distinct bytes: passes the current-pepper check
+  const std::vector<apikeys::Pepper> peppers{{7, current}};
+  // Python: hmac.new(b"change-me", sk.encode(), hashlib.sha256).hexdigest()
+  const std::string sk = "sk_aB3aB3aB3aB3aB3aB3aB3aB3aB3aB3xy";
+  const HmacSha256Hasher h(peppers, 7, "change-me");
+  CHECK(h.current_pepper_id() == 7);
+  CHECK(h.hash(sk).pepper_id == 7);
+  CHECK(h.legacy_pepper_is_short());
+  CHECK(h.pepper_ids() == std::vector<std::uint32_t>{7, apikeys::kLegacyPepperId});
+
+  Digest stored;
+  stored.pepper_id = apikeys::kLegacyPepperId;
+  const auto mac = from_hex("10f438f3c1399cba703fdcefb41b28b9a48d4f42f6b27389f6da47d2755fa26c");
+  std::copy(mac.begin(), mac.end(), stored.bytes.begin());
+  CHECK(h.verify(sk, stored));
+  CHECK_FALSE(h.verify(sk.substr(0, sk.size() - 1) + "z", stored));
+  const auto with = h.hash_with(sk, apikeys::kLegacyPepperId);
+  REQUIRE(with);
+  CHECK(apikeys::constant_time_equal(*with, stored));
+
+  SECTION("a legacy pepper longer than a SHA-256 block is hashed first, as HMAC says") {
+    const HmacSha256Hasher long_legacy(peppers, 7, std::string(100, 'L'));
+    CHECK_FALSE(long_legacy.legacy_pepper_is_short());
+    CHECK(to_hex(long_legacy.hash_with(sk, apikeys::kLegacyPepperId)->bytes) ==
+          "9622c1cf2dd973dbc53cb2d2e8b2a7d982441f641a9ef3dbab18ae7971cb73fb");
+  }
+  SECTION("empty, oversized or clashing legacy peppers are refused") {
+    CHECK_THROWS_AS(HmacSha256Hasher(peppers, 7, ""), apikeys::Error);
+    CHECK_THROWS_AS(HmacSha256Hasher(peppers, 7, std::string(4097, 'x')), apikeys::Error);
+    const std::vector<apikeys::Pepper> clash{{apikeys::kLegacyPepperId, current}};
+    CHECK_THROWS_AS(HmacSha256Hasher(clash, apikeys::kLegacyPepperId, "change-me"),
+                    apikeys::Error);
+  }
+  SECTION("without a legacy pepper its id is an ordinary id, and unknown") {
+    const HmacSha256Hasher plain(peppers, 7);
+    CHECK_FALSE(plain.verify(sk, stored));
+    CHECK_FALSE(plain.legacy_pepper_is_short());
+  }
+}
