@@ -1,5 +1,6 @@
-# libFuzzer targets: fuzz_token, fuzz_validate, fuzz_request, fuzz_cli, fuzz_scope and
-# fuzz_metadata, sources in tests/fuzz/, seed corpora in tests/fuzz/corpus/<target>/.
+# libFuzzer targets: fuzz_token, fuzz_validate, fuzz_request, fuzz_cli, fuzz_scope,
+# fuzz_metadata and fuzz_import, sources in tests/fuzz/, seed corpora in
+# tests/fuzz/corpus/<target>/.
 # scripts/ci-fuzz.sh builds and runs them. Off by default; needs clang and its libFuzzer
 # runtime (Debian: clang-14 libclang-rt-14-dev). Configure a separate build directory:
 #   CC=clang CXX=clang++ cmake -B build-fuzz -DAPIKEYS_BUILD_FUZZERS=ON -DAPIKEYS_BUILD_TESTS=OFF
@@ -42,6 +43,7 @@ endfunction()
 apikeys_add_fuzzer(fuzz_token)
 apikeys_add_fuzzer(fuzz_validate)
 apikeys_add_fuzzer(fuzz_request)
+apikeys_add_fuzzer(fuzz_import)
 apikeys_add_fuzzer(fuzz_cli apikeys_cli_lib)
 
 # fuzz_scope and fuzz_metadata call the scope and metadata checks in src/ directly; a
