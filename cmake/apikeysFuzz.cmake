@@ -1,5 +1,5 @@
 # libFuzzer targets: fuzz_token, fuzz_validate, fuzz_request, fuzz_cli, fuzz_scan,
-# fuzz_scope and fuzz_metadata, sources in tests/fuzz/, seed corpora in
+# fuzz_scope, fuzz_metadata and fuzz_import, sources in tests/fuzz/, seed corpora in
 # tests/fuzz/corpus/<target>/. scripts/ci-fuzz.sh builds and runs them. Off by default;
 # needs clang and its libFuzzer runtime (Debian: clang-14 libclang-rt-14-dev). Configure
 # a separate build directory:
@@ -44,6 +44,7 @@ apikeys_add_fuzzer(fuzz_token)
 apikeys_add_fuzzer(fuzz_validate)
 apikeys_add_fuzzer(fuzz_request)
 apikeys_add_fuzzer(fuzz_scan)
+apikeys_add_fuzzer(fuzz_import)
 apikeys_add_fuzzer(fuzz_cli apikeys_cli_lib)
 
 # fuzz_scope and fuzz_metadata call the scope and metadata checks in src/ directly; a

@@ -9,6 +9,7 @@
 #include "apikeys/error.hpp"
 #include "cache_registry.hpp"
 #include "hex.hpp"
+#include "key_import.hpp"
 #include "metadata.hpp"
 #include "scope.hpp"
 #include "text.hpp"
@@ -541,6 +542,11 @@ KeyInfo KeyManager::remove(const Uuid& account_id, const Uuid& key_id) {
 
 std::vector<PepperCount> KeyManager::pepper_counts() {
   return guarded("counting keys per pepper", [&] { return impl_->store->pepper_counts(); });
+}
+
+ImportReport KeyManager::import_keys(std::istream& in, const ImportOptions& options) {
+  return detail::import_keys(*impl_->store, *impl_->hasher, impl_->validator.options(), in,
+                             options);
 }
 
 ValidationResult KeyManager::validate(std::string_view public_key,

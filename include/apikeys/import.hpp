@@ -16,14 +16,23 @@
 namespace apikeys {
 
 /// How the rows are written.
+/// Columns (JSON members) read: key_id, public_key, secret_key_hash, account_id, status
+/// and created_at are required; title, description, expires_at and last_used_at are
+/// optional. UUIDs are canonical 8-4-4-4-12, either case; the digest is 64 hex digits,
+/// either case; status is active, revoked or expired; a timestamp is
+/// "YYYY-MM-DD[T ]HH:MM:SS[.fraction, up to 9 digits]" and a UTC offset ("Z", "+HH",
+/// "+HH:MM" or "+HHMM", either sign), kept to the microsecond.
 enum class ImportFormat : std::uint8_t {
   /// One JSON object per line, as a REST export gives them; timestamps like
-  /// "2026-11-24T19:00:28.123456+00:00". Blank lines are skipped.
+  /// "2026-11-24T19:00:28.123456+00:00". Blank lines are skipped; a member that is
+  /// null or absent is NULL; members of other names are ignored; a known member twice
+  /// rejects the row.
   json_lines,
   /// CSV with a header row naming the columns, as PostgreSQL's
   /// `COPY api_keys TO ... WITH (FORMAT csv, HEADER)` writes it: an unquoted empty field
   /// is NULL, quoted fields may hold commas, doubled quotes and line breaks; timestamps
-  /// like "2026-11-24 19:00:28.123456+00".
+  /// like "2026-11-24 19:00:28.123456+00". The header may list the columns in any order
+  /// and others besides; empty lines are skipped.
   csv,
 };
 

@@ -249,18 +249,26 @@ class APIKEYS_EXPORT KeyManager {
   KeyInfo remove(const Uuid& account_id, const Uuid& key_id);
 
   /// Imports keys exported from the reference Python service's `api_keys` table (see
-  /// ImportFormat for the two forms), reading `in` to its end. Kept per row: key id,
-  /// account id, public key, the digest (hex-decoded, under options.pepper_id), title,
-  /// description, status, expires_at, last_used_at and created_at. Status "expired" is
-  /// imported as active with its expiry, so it validates as `expired` (with no expiry,
-  /// expires_at = created_at). A row whose key id and public key are both present
-  /// already is skipped; any other bad row is rejected with its line and reason and
-  /// never stops the rows after it. Each key is one insert: whole or absent. Every
-  /// imported key is erased from the caches, as by revoke(), so a `not_found` cached
-  /// before the import does not hide it. Throws Error(invalid_argument) when the input
-  /// is unreadable as a whole (no CSV header, a CSV header without a required column),
-  /// and store errors other than a duplicate (busy, storage) as they come; rows
-  /// imported before then stay imported, and running it again finishes the job.
+  /// ImportFormat for the two forms), reading `in` to its end, one row at a time (a row
+  /// longer than 1 MiB is rejected; a leading UTF-8 byte order mark and CRLF line ends
+  /// are accepted). Kept per row: key id, account id, public key (the legacy shape,
+  /// "pk_" and 32 base62 characters), the digest (64 hex digits, decoded, under
+  /// options.pepper_id), title, description, status, expires_at, last_used_at and
+  /// created_at; the key gets version 1, updated_at = created_at, and no scopes,
+  /// metadata or rotation links. Title and description follow create()'s rules; a NULL,
+  /// empty or blank title becomes "Imported key". Status "expired" is imported as active
+  /// with its expiry (created_at when it has none), brought forward to the time of the
+  /// import if later, so it validates as `expired`. A row whose public key is stored
+  /// already for the same key id and account is skipped; any other bad row is rejected
+  /// with its line and reason (which never quotes the digest) and never stops the rows
+  /// after it. Each key is one insert: whole or absent. Every imported or skipped key
+  /// is erased from the caches, as by revoke(), so a `not_found` cached before the
+  /// import does not hide it. Throws Error(invalid_argument), importing nothing, when
+  /// no format of this manager (ValidatorOptions::format, also_accept) accepts legacy
+  /// keys, when the hasher's pepper_ids() lacks options.pepper_id, or when the input is
+  /// unreadable as a whole (no CSV header, a CSV header without a required column);
+  /// and store or cache errors other than a duplicate (busy, storage) as they come:
+  /// rows imported before then stay imported, and running it again finishes the job.
   ImportReport import_keys(std::istream& in, const ImportOptions& options = {});
 
   /// How many keys each pepper id still holds: see Store::pepper_counts(). Throws
