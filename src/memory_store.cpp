@@ -457,6 +457,33 @@ void MemoryStore::record_last_use(const std::vector<LastUse>& uses) {
   }
 }
 
+std::size_t MemoryStore::replace_digests(const std::vector<DigestChange>& changes) {
+  std::size_t rewritten = 0;
+  detail::ExclusiveLock lock(impl_->mu);
+  for (const DigestChange& change : changes) {
+    auto it = impl_->by_key_id.find(change.key_id);
+    if (it == impl_->by_key_id.end()) continue;
+    Digest& digest = it->second->record.digest;
+    // A plain compare: `from` is a digest the caller read from this store.
+    if (digest.pepper_id != change.from.pepper_id || digest.bytes != change.from.bytes) continue;
+    digest = change.to;
+    ++rewritten;
+  }
+  return rewritten;
+}
+
+std::vector<PepperCount> MemoryStore::pepper_counts() {
+  std::map<std::uint32_t, std::uint64_t> counts;
+  {
+    detail::SharedLock lock(impl_->mu);
+    for (const auto& entry : impl_->dense) ++counts[entry->record.digest.pepper_id];
+  }
+  std::vector<PepperCount> out;
+  out.reserve(counts.size());
+  for (const auto& [pepper_id, keys] : counts) out.push_back(PepperCount{pepper_id, keys});
+  return out;
+}
+
 std::size_t MemoryStore::size() const {
   detail::SharedLock lock(impl_->mu);
   return impl_->dense.size();

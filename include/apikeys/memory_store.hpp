@@ -49,6 +49,10 @@ class APIKEYS_EXPORT MemoryStore final : public Store {
   WriteResult rotate(const Uuid& account_id, const KeyInfo& old_next,
                      std::uint64_t expected_version, const KeyRecord& successor) override;
   std::vector<KeyInfo> revoke_all(const Uuid& account_id, TimePoint at) override;
+  /// The whole batch under one lock.
+  std::size_t replace_digests(const std::vector<DigestChange>& changes) override;
+  /// Counts every key under the reader lock: O(keys).
+  [[nodiscard]] std::vector<PepperCount> pepper_counts() override;
 
   /// Number of keys held.
   [[nodiscard]] std::size_t size() const;

@@ -2,7 +2,7 @@
 // future PostgreSQL one) must do. Call run_store_contract(factory) from a TEST_CASE;
 // the factory must return a new, empty store each time (each SECTION calls it once).
 // A store written against the 0.1 interface passes StoreContractOptions with
-// conditional_writes = false.
+// conditional_writes = false and digest_rewrites = false.
 // Thread-safety: the suite itself drives threads only in its concurrency section.
 // Ownership: stores are held through std::shared_ptr, as the library holds them.
 #ifndef APIKEYS_TESTS_STORE_CONTRACT_HPP
@@ -18,6 +18,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "apikeys/error.hpp"
@@ -38,6 +39,9 @@ struct StoreContractOptions {
   /// replace() and rotate() must throw Error(not_supported) and change nothing, and the
   /// Store defaults of get(), list_page() and revoke_all() must work on it.
   bool conditional_writes = true;
+  /// True (every bundled store): replace_digests() and pepper_counts() work. False: they
+  /// must throw Error(not_supported) (the Store defaults) and change nothing.
+  bool digest_rewrites = true;
 };
 
 namespace contract {
@@ -184,6 +188,36 @@ inline void check_logged(apikeys::Store& store, std::uint64_t before,
   const auto changes = store.changes_since(before);
   if (!changes) return;
   for (const std::string& key : changed) CHECK(contains(changes->public_keys, key));
+}
+
+/// A digest under `pepper_id`, unique per seed (and unlike any record(n)'s).
+inline apikeys::Digest digest(std::uint32_t seed, std::uint32_t pepper_id) {
+  apikeys::Digest d;
+  for (std::size_t i = 0; i < d.bytes.size(); ++i) {
+    d.bytes[i] = static_cast<std::uint8_t>(seed * 13 + i * 11 + 5);
+  }
+  d.bytes[0] = 0xd1;
+  d.pepper_id = pepper_id;
+  return d;
+}
+
+/// pepper_counts() as (pepper id, keys) pairs, for comparing whole lists.
+inline std::vector<std::pair<std::uint32_t, std::uint64_t>> counts_of(
+    const std::vector<apikeys::PepperCount>& counts) {
+  std::vector<std::pair<std::uint32_t, std::uint64_t>> out;
+  for (const apikeys::PepperCount& c : counts) out.emplace_back(c.pepper_id, c.keys);
+  return out;
+}
+
+/// Nothing a validator must hear of happened since `before`: the revision did not move,
+/// and changes_since(before), when the store answers it, names no key.
+inline void check_unlogged(apikeys::Store& store, std::uint64_t before) {
+  CHECK(store.revision() == before);
+  const auto changes = store.changes_since(before);
+  if (changes) {
+    CHECK(changes->revision == before);
+    CHECK(changes->public_keys.empty());
+  }
 }
 
 }  // namespace contract
@@ -842,6 +876,147 @@ inline void run_store_contract(const StoreFactory& make, const StoreContractOpti
       CHECK(store->get(alice, r.info.key_id)->version == r.info.version + 1);
       CHECK(store->set_status(alice, r.info.key_id, KeyStatus::active)->version ==
             r.info.version + 2);
+    }
+  }
+
+  if (options.digest_rewrites) {
+    SECTION("replace_digests rewrites only an exact `from`, and touches nothing else") {
+      const apikeys::KeyRecord a = policy_record(1, alice, 100);  // version 7
+      apikeys::KeyRecord b = record(2, alice, 200);
+      b.info.status = KeyStatus::disabled;
+      b.info.last_used_at = at(300);
+      store->insert(a);
+      store->insert(b);
+      const apikeys::KeyInfo a_before = *store->get(alice, a.info.key_id);
+      const apikeys::KeyInfo b_before = *store->get(alice, b.info.key_id);
+      const std::uint64_t before = store->revision();
+      const apikeys::Digest to = digest(50, 2);
+
+      // Other bytes under the same pepper, or the same bytes under another pepper: skipped.
+      apikeys::Digest other_bytes = a.digest;
+      other_bytes.bytes[31] ^= 0x01;
+      apikeys::Digest other_pepper = a.digest;
+      other_pepper.pepper_id = 2;
+      CHECK(store->replace_digests({{a.info.key_id, other_bytes, to}}) == 0);
+      CHECK(store->replace_digests({{a.info.key_id, other_pepper, to}}) == 0);
+      // Another key's digest is not this key's, and an unknown key id is skipped.
+      CHECK(store->replace_digests({{a.info.key_id, b.digest, to}}) == 0);
+      CHECK(store->replace_digests({{key_id(99), a.digest, to}}) == 0);
+      CHECK(store->replace_digests({}) == 0);
+      check_same_full_record(*store->find(a.info.public_key), a);
+
+      // The exact digest: rewritten, and find() returns the new one.
+      CHECK(store->replace_digests({{a.info.key_id, a.digest, to}}) == 1);
+      const auto found = store->find(a.info.public_key);
+      REQUIRE(found);
+      CHECK(found->digest.bytes == to.bytes);
+      CHECK(found->digest.pepper_id == to.pepper_id);
+      // Not the version, status, updated_at, last use or anything else; not the revision
+      // nor the change log (the key's verdict did not change).
+      check_same_key(found->info, a_before);
+      check_same_key(*store->get(alice, a.info.key_id), a_before);
+      check_same_full_record(*store->find(b.info.public_key), b);
+      // A key that is not active is rewritten all the same, and stays as it is.
+      CHECK(store->replace_digests({{b.info.key_id, b.digest, digest(51, 2)}}) == 1);
+      const auto b_found = store->find(b.info.public_key);
+      REQUIRE(b_found);
+      CHECK(b_found->digest.bytes == digest(51, 2).bytes);
+      CHECK(b_found->digest.pepper_id == 2);
+      check_same_key(b_found->info, b_before);
+      check_unlogged(*store, before);
+
+      // Done once: the old digest no longer matches, so a second try is skipped.
+      CHECK(store->replace_digests({{a.info.key_id, a.digest, digest(52, 3)}}) == 0);
+      CHECK(store->find(a.info.public_key)->digest.bytes == to.bytes);
+      CHECK(store->find(a.info.public_key)->digest.pepper_id == to.pepper_id);
+      CHECK(ids_of(store->list(alice)) == ids({2, 1}));
+      check_unlogged(*store, before);
+    }
+
+    SECTION("replace_digests: a mixed batch counts only what it rewrote") {
+      for (std::uint32_t n = 1; n <= 5; ++n) store->insert(record(n, alice, n * 100));
+      store->insert(record(6, bob, 600));
+      REQUIRE(store->set_status(alice, key_id(3), KeyStatus::revoked));
+      // Deleted after the change was queued: skipped, and not brought back.
+      REQUIRE(store->remove(alice, key_id(4)));
+      const auto infos_before = store->list(alice);
+      const std::uint64_t before = store->revision();
+      apikeys::Digest stale = record(5, alice).digest;
+      stale.bytes[0] ^= 0x80;  // key 5 has changed digest meanwhile
+      const std::vector<apikeys::DigestChange> batch{
+          {key_id(1), record(1, alice).digest, digest(101, 9)},
+          {key_id(4), record(4, alice).digest, digest(104, 9)},
+          {key_id(2), record(2, alice).digest, digest(102, 9)},
+          {key_id(5), stale, digest(105, 9)},
+          {key_id(6), record(6, bob).digest, digest(106, 9)},
+          {key_id(3), record(3, alice).digest, digest(103, 9)},
+          {key_id(99), record(1, alice).digest, digest(199, 9)},
+          {key_id(1), record(1, alice).digest, digest(101, 9)},  // a repeat: done already
+      };
+      CHECK(store->replace_digests(batch) == 4);
+      for (const std::uint32_t n : {1U, 2U, 3U, 6U}) {
+        const auto got = store->find(public_key(n));
+        REQUIRE(got);
+        CHECK(got->digest.bytes == digest(100 + n, 9).bytes);
+        CHECK(got->digest.pepper_id == 9);
+      }
+      check_same_full_record(*store->find(public_key(5)), record(5, alice, 500));
+      CHECK_FALSE(store->find(public_key(4)));
+      CHECK_FALSE(store->get(alice, key_id(4)));
+      CHECK(store->find(public_key(3))->info.status == KeyStatus::revoked);
+      const auto infos_after = store->list(alice);
+      REQUIRE(infos_after.size() == infos_before.size());
+      for (std::size_t i = 0; i < infos_after.size(); ++i) {
+        check_same_key(infos_after[i], infos_before[i]);
+      }
+      check_unlogged(*store, before);
+    }
+
+    SECTION("pepper_counts counts keys of every status per pepper id, ascending") {
+      CHECK(store->pepper_counts().empty());
+      const auto insert_under = [&](std::uint32_t n, std::uint32_t pepper_id,
+                                    const apikeys::Uuid& account) {
+        apikeys::KeyRecord r = record(n, account, n);
+        r.digest.pepper_id = pepper_id;
+        store->insert(r);
+        return r;
+      };
+      constexpr std::uint32_t kLegacy = 0xFFFFFFFFu;  // sorts last, as an unsigned id
+      const apikeys::KeyRecord legacy1 = insert_under(1, kLegacy, alice);
+      insert_under(2, 1, alice);
+      insert_under(3, kLegacy, bob);
+      insert_under(4, 7, alice);
+      insert_under(5, 1, bob);
+      insert_under(6, kLegacy, alice);
+      insert_under(7, 0, bob);
+      REQUIRE(store->set_status(alice, key_id(6), KeyStatus::revoked));
+      REQUIRE(store->set_status(alice, key_id(2), KeyStatus::disabled));
+      const std::vector<std::pair<std::uint32_t, std::uint64_t>> want_inserted{
+          {0, 1}, {1, 2}, {7, 1}, {kLegacy, 3}};
+      CHECK(counts_of(store->pepper_counts()) == want_inserted);
+
+      // A rewrite moves a key from one pepper to another.
+      CHECK(store->replace_digests({{key_id(1), legacy1.digest, digest(201, 1)}}) == 1);
+      const std::vector<std::pair<std::uint32_t, std::uint64_t>> want_rewritten{
+          {0, 1}, {1, 3}, {7, 1}, {kLegacy, 2}};
+      CHECK(counts_of(store->pepper_counts()) == want_rewritten);
+
+      // A pepper no key holds any more is left out.
+      REQUIRE(store->remove(alice, key_id(4)));
+      REQUIRE(store->remove(bob, key_id(7)));
+      const std::vector<std::pair<std::uint32_t, std::uint64_t>> want_removed{{1, 3},
+                                                                              {kLegacy, 2}};
+      CHECK(counts_of(store->pepper_counts()) == want_removed);
+    }
+  } else {
+    SECTION("replace_digests and pepper_counts throw not_supported and write nothing") {
+      const apikeys::KeyRecord r = record(1, alice);
+      store->insert(r);
+      CHECK(error_code_of([&] {
+              (void)store->replace_digests({{r.info.key_id, r.digest, digest(9, 2)}});
+            }) == ErrorCode::not_supported);
+      CHECK(error_code_of([&] { (void)store->pepper_counts(); }) == ErrorCode::not_supported);
+      check_same_full_record(*store->find(r.info.public_key), r);
     }
   }
 
