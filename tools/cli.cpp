@@ -280,10 +280,10 @@ bool scan_fd(int fd, std::size_t chunk, const std::function<void(const ScanFindi
   chunk = std::max(chunk, kMinScanChunk);
   std::string buf(chunk + kScanTail + 1, '\0');  // sized once: never reallocates
   WipeGuard guard(buf);
-  std::size_t kept = 0;        // bytes carried over at the start of buf
-  std::uint64_t base = 0;      // where buf[0] is in the input
-  std::uint64_t judged = 0;    // keys starting before this offset have been judged
-  std::uint64_t line = 1;      // the line buf[counted] is on
+  std::size_t kept = 0;      // bytes carried over at the start of buf
+  std::uint64_t base = 0;    // where buf[0] is in the input
+  std::uint64_t judged = 0;  // keys starting before this offset have been judged
+  std::uint64_t line = 1;    // the line buf[counted] is on
   bool first = true;
   for (;;) {
     std::size_t got = 0;
@@ -295,7 +295,7 @@ bool scan_fd(int fd, std::size_t chunk, const std::function<void(const ScanFindi
     first = false;
     const std::string_view text(buf.data(), size);
     const std::size_t end = last ? size : size - kScanTail;  // judge keys starting before it
-    std::size_t counted = 0;  // newlines counted in buf[0, counted)
+    std::size_t counted = 0;                                 // newlines counted in buf[0, counted)
     for (const apikeys::FoundKey& k : apikeys::find_keys(text)) {
       if (base + k.offset < judged) continue;
       if (k.offset >= end) break;
@@ -346,8 +346,7 @@ Pepper make_pepper(apikeys::SecretString bytes) {
 // pasted in the wrong place. `option` names it in messages.
 apikeys::SecretString read_secret_file(std::string_view file, const std::string& option,
                                        std::size_t max_bytes) {
-  const std::string cannot =
-      "cannot read the file given to " + option + " (its path is not shown)";
+  const std::string cannot = "cannot read the file given to " + option + " (its path is not shown)";
   std::string path(file);  // exactly sized (no reallocation); wiped
   WipeGuard path_guard(path);
   std::ifstream in;
@@ -1226,8 +1225,9 @@ int cmd_peppers(const Options& o) {
   std::vector<apikeys::PepperCount> counts = manager->pepper_counts();
   // The peppers this run knows are listed even when no key is left under them.
   for (const std::uint32_t id : manager.hasher->pepper_ids()) {
-    const bool listed = std::any_of(counts.begin(), counts.end(),
-                                    [id](const apikeys::PepperCount& c) { return c.pepper_id == id; });
+    const bool listed =
+        std::any_of(counts.begin(), counts.end(),
+                    [id](const apikeys::PepperCount& c) { return c.pepper_id == id; });
     if (!listed) counts.push_back({id, 0});
   }
   std::sort(counts.begin(), counts.end(),
@@ -1567,10 +1567,10 @@ int run_command(int argc, char** argv) {
   verify->add_option("secret", p.second, "Secret key, when the public key is given alone");
   CLI::Option* verify_scopes = add_scopes(verify, "A scope the key must grant (repeat for more)");
 
-  CLI::App* import_keys = app.add_subcommand(
-      "import",
-      "Import keys exported from the Python service (JSON lines or CSV); needs "
-      "--legacy-pepper-file; prints a report (exit 6 if rows were rejected)");
+  CLI::App* import_keys =
+      app.add_subcommand("import",
+                         "Import keys exported from the Python service (JSON lines or CSV); needs "
+                         "--legacy-pepper-file; prints a report (exit 6 if rows were rejected)");
   import_keys
       ->add_option("file", p.import_file,
                    "The export: .jsonl, .ndjson or .json (JSON lines), .csv, or - for stdin")
@@ -1617,9 +1617,9 @@ int run_command(int argc, char** argv) {
     if (*scan) return cmd_scan(o);
     if (o.db.empty()) throw UsageError("--db is required: a SQLite file or a postgresql:// URL");
     const char* env_brand = std::getenv("APIKEYS_BRAND");
-    o.format = !o.brand.empty()             ? brand_format(o.brand, "--brand")
-               : env_brand != nullptr       ? brand_format(env_brand, "APIKEYS_BRAND")
-                                            : std::nullopt;
+    o.format = !o.brand.empty()       ? brand_format(o.brand, "--brand")
+               : env_brand != nullptr ? brand_format(env_brand, "APIKEYS_BRAND")
+                                      : std::nullopt;
     if (*create) return cmd_create(o);
     if (*list) return cmd_list(o);
     if (*get) return cmd_key(o, KeyCommand::get);

@@ -545,9 +545,9 @@ TEST_CASE("cli: presented secrets are never echoed", "[cli]") {
 TEST_CASE("cli: --help lists every command, --version prints the library version", "[cli]") {
   Run r = run_cli({"--help"});
   CHECK(r.code == 0);
-  for (const char* command : {"create", "list", "get", "update", "disable", "enable", "rotate",
-                              "revoke", "revoke-all", "delete", "verify", "import", "peppers",
-                              "scan", "--brand", "--legacy-pepper-file"}) {
+  for (const char* command :
+       {"create", "list", "get", "update", "disable", "enable", "rotate", "revoke", "revoke-all",
+        "delete", "verify", "import", "peppers", "scan", "--brand", "--legacy-pepper-file"}) {
     INFO(command);
     CHECK(contains(r.out, command));
   }
@@ -1427,7 +1427,6 @@ TEST_CASE("cli: arguments that may be secrets are blanked from its command line"
   }
 }
 
-
 TEST_CASE("cli: metadata is printed exactly as it was stored", "[cli]") {
   // Parsing and printing it again would change these numbers.
   TempDir dir;
@@ -1523,8 +1522,7 @@ TEST_CASE("cli: --brand issues branded keys; verify accepts them and pk_/sk_ key
   // With the brand, both formats verify; without it, exactly as before: pk_/sk_ only.
   CHECK(verdict(run_cli({"--db", db, "--brand", "acme", "verify", pk, sk})) == "valid");
   CHECK(verdict(run_cli({"--db", db, "verify", "--brand", "acme", pk + ":" + sk})) == "valid");
-  CHECK(verdict(run_cli({"--db", db, "--brand", "acme", "verify", plain_pk, plain_sk})) ==
-        "valid");
+  CHECK(verdict(run_cli({"--db", db, "--brand", "acme", "verify", plain_pk, plain_sk})) == "valid");
   CHECK(verdict(run_cli({"--db", db, "verify", plain_pk, plain_sk})) == "valid");
   CHECK(verdict(run_cli({"--db", db, "verify", pk, sk})) == "malformed");
   // A branded key with one character changed fails its checksum: malformed.
@@ -1556,7 +1554,8 @@ TEST_CASE("cli: a bad brand is a usage error naming the rule", "[cli]") {
   const std::string db = dir.file("keys.db");
   for (const std::string brand : {"a", "ACME", "acme_x", "abcdefghijklmnopq", "ac-me"}) {
     INFO(brand);
-    Run r = run_cli({"--db", db, "--brand", brand, "create", "--account", kAccount, "--title", "t"});
+    Run r =
+        run_cli({"--db", db, "--brand", brand, "create", "--account", kAccount, "--title", "t"});
     CHECK(r.code == 2);
     CHECK(contains(r.err, "[a-z0-9]"));
     CHECK(r.out.empty());
@@ -1643,7 +1642,6 @@ TEST_CASE("cli: a long legacy pepper gives no warning; a bad file is refused uns
   CHECK(r.code == 0);
 }
 
-
 namespace {
 
 // A row of the Python service's `api_keys` table as its REST export gives it: a fresh
@@ -1681,8 +1679,7 @@ std::uint64_t keys_with_role(const Run& r, const std::string& role) {
 
 }  // namespace
 
-TEST_CASE("cli: import prints a report; rejected rows exit 6, the others are imported",
-          "[cli]") {
+TEST_CASE("cli: import prints a report; rejected rows exit 6, the others are imported", "[cli]") {
   TempDir dir;
   const std::string db = dir.file("keys.db");
   const std::string legacy = dir.file("legacy");
@@ -1784,7 +1781,8 @@ TEST_CASE("cli: peppers counts the keys under each pepper, and use empties the l
   CHECK(listed[1].at("role") == "legacy");
 
   // Verifying the key rewrites its digest under the current pepper as the CLI exits.
-  CHECK(verdict(run_cli({"--db", db, "--legacy-pepper-file", legacy, "verify", pk, sk})) == "valid");
+  CHECK(verdict(run_cli({"--db", db, "--legacy-pepper-file", legacy, "verify", pk, sk})) ==
+        "valid");
   r = run_cli({"--db", db, "--legacy-pepper-file", legacy, "peppers"});
   CHECK(keys_with_role(r, "legacy") == 0);
   CHECK(keys_with_role(r, "current") == 2);
@@ -1828,8 +1826,8 @@ TEST_CASE("cli: scan finds keys in files and directories, never showing a secret
   const apikeys::KeyPair legacy = new_pair(apikeys::KeyFormat{});
   const std::string bsk(branded.secret_key.reveal());
   const std::string lsk(legacy.secret_key.reveal());
-  write_file(root + "/a.txt", "line 1\n\nPUBLIC=" + branded.public_key + "\n\nsecret: \"" + bsk +
-                                  "\"\n");
+  write_file(root + "/a.txt",
+             "line 1\n\nPUBLIC=" + branded.public_key + "\n\nsecret: \"" + bsk + "\"\n");
   write_file(root + "/sub/b.env", "API_KEY=" + lsk + "\n");
   write_file(root + "/.git/config", bsk + "\n");                          // skipped: .git
   write_file(root + "/blob.bin", std::string("\0\1\2", 3) + bsk + "\n");  // skipped: binary
@@ -1897,9 +1895,10 @@ TEST_CASE("cli: scan finds a key across the edge of the chunks it reads, once", 
       text += i % 4 == 3 ? "\n" : " ";
       if (i % 4 == 3) ++line;
       text += show_secret ? secret : p.public_key;
-      expected += path + ":" + std::to_string(line) + ": " + (i % 3 == 0 ? "branded " : "legacy ") +
-                  (show_secret ? "secret key " + shown_secret(secret) : "public key " + p.public_key) +
-                  "\n";
+      expected +=
+          path + ":" + std::to_string(line) + ": " + (i % 3 == 0 ? "branded " : "legacy ") +
+          (show_secret ? "secret key " + shown_secret(secret) : "public key " + p.public_key) +
+          "\n";
     }
     text += "\n";
     write_file(path, text);
