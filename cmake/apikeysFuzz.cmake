@@ -1,7 +1,8 @@
-# libFuzzer targets: fuzz_token, fuzz_validate, fuzz_request, fuzz_cli, fuzz_scope and
-# fuzz_metadata, sources in tests/fuzz/, seed corpora in tests/fuzz/corpus/<target>/.
-# scripts/ci-fuzz.sh builds and runs them. Off by default; needs clang and its libFuzzer
-# runtime (Debian: clang-14 libclang-rt-14-dev). Configure a separate build directory:
+# libFuzzer targets: fuzz_token, fuzz_validate, fuzz_request, fuzz_cli, fuzz_scan,
+# fuzz_scope and fuzz_metadata, sources in tests/fuzz/, seed corpora in
+# tests/fuzz/corpus/<target>/. scripts/ci-fuzz.sh builds and runs them. Off by default;
+# needs clang and its libFuzzer runtime (Debian: clang-14 libclang-rt-14-dev). Configure
+# a separate build directory:
 #   CC=clang CXX=clang++ cmake -B build-fuzz -DAPIKEYS_BUILD_FUZZERS=ON -DAPIKEYS_BUILD_TESTS=OFF
 # The whole library is instrumented (coverage and ASan+UBSan), so do not mix this
 # build with one whose tests should run uninstrumented.
@@ -42,6 +43,7 @@ endfunction()
 apikeys_add_fuzzer(fuzz_token)
 apikeys_add_fuzzer(fuzz_validate)
 apikeys_add_fuzzer(fuzz_request)
+apikeys_add_fuzzer(fuzz_scan)
 apikeys_add_fuzzer(fuzz_cli apikeys_cli_lib)
 
 # fuzz_scope and fuzz_metadata call the scope and metadata checks in src/ directly; a

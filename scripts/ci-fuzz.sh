@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 JOBS=${JOBS:-2}
 BUILD_DIR=${BUILD_DIR:-build-fuzz}
-all_targets=(fuzz_token fuzz_validate fuzz_request fuzz_cli fuzz_scope fuzz_metadata)
+all_targets=(fuzz_token fuzz_validate fuzz_request fuzz_cli fuzz_scan fuzz_scope fuzz_metadata)
 targets=("$@")
 [[ ${#targets[@]} -eq 0 ]] && targets=("${all_targets[@]}")
 

@@ -119,6 +119,7 @@ struct Statements {
   std::string info_columns;  // first: the statements below use it
   std::string find, list, insert, set_status, remove, last_use, revision, changes;
   std::string get, page_first, page_after, replace, rotate, revoke_all;
+  std::string replace_digests, pepper_counts;
 
   explicit Statements(const std::string& s)
       : info_columns(detail::column_list(detail::Columns::info)),
@@ -204,7 +205,32 @@ struct Statements {
             " pruned AS (DELETE FROM {0}.apikeys_changes"
             " WHERE revision <= (SELECT revision FROM bump) - {2})"
             " SELECT {1} FROM changed ORDER BY created_at DESC, key_id DESC",
-            s, info_columns, kChangeLogSize, static_cast<int>(KeyStatus::revoked))) {}
+            s, info_columns, kChangeLogSize, static_cast<int>(KeyStatus::revoked))),
+        // Compare-and-set on the digest of every change in one statement: $1 key ids,
+        // $2 and $3 the `from` digests (hex) and pepper ids, $4 and $5 the `to` ones, in
+        // batch order. Each change is matched against the digest as it was when the
+        // statement began; of several changes of one key that match, the first in the
+        // batch wins (a key is rewritten at most once). The guard is repeated in the
+        // UPDATE's own WHERE, so that a row changed by a concurrent commit is checked
+        // again as it now is (READ COMMITTED re-evaluates it): a digest rewritten
+        // meanwhile is skipped, and a revoke or rotation is never undone (only digest
+        // and pepper_id are set). Neither the version nor the revision moves, and
+        // nothing is logged: no verdict changes.
+        replace_digests(fmt::format(
+            "WITH batch AS (SELECT id, decode(from_hex, 'hex') AS from_digest, from_pepper,"
+            " decode(to_hex, 'hex') AS to_digest, to_pepper, i"
+            " FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bigint[])"
+            " WITH ORDINALITY AS t(id, from_hex, from_pepper, to_hex, to_pepper, i)),"
+            " picked AS (SELECT DISTINCT ON (b.id) b.* FROM batch b"
+            " JOIN {0}.apikeys_keys k ON k.key_id = b.id AND k.digest = b.from_digest"
+            " AND k.pepper_id = b.from_pepper ORDER BY b.id, b.i)"
+            " UPDATE {0}.apikeys_keys k SET digest = p.to_digest, pepper_id = p.to_pepper"
+            " FROM picked p WHERE k.key_id = p.id AND k.digest = p.from_digest"
+            " AND k.pepper_id = p.from_pepper",
+            s)),
+        pepper_counts(fmt::format("SELECT pepper_id, count(*) FROM {}.apikeys_keys"
+                                  " GROUP BY pepper_id ORDER BY pepper_id",
+                                  s)) {}
 
   // The CTE `changed` of replace and rotate: $1 key_id, $2 account_id, $3 the expected
   // version, $4.. $11 the fields replace() writes.
@@ -258,6 +284,8 @@ constexpr const char* kPageAfter = "apikeys_page_after";
 constexpr const char* kReplace = "apikeys_replace";
 constexpr const char* kRotate = "apikeys_rotate";
 constexpr const char* kRevokeAll = "apikeys_revoke_all";
+constexpr const char* kReplaceDigests = "apikeys_replace_digests";
+constexpr const char* kPepperCounts = "apikeys_pepper_counts";
 
 [[noreturn]] void corrupt(std::string_view op, const char* what) {
   throw Error(ErrorCode::storage,
@@ -618,6 +646,8 @@ struct PostgresStore::Impl {
     c->prepare("connect", kReplace, sql.replace, d);
     c->prepare("connect", kRotate, sql.rotate, d);
     c->prepare("connect", kRevokeAll, sql.revoke_all, d);
+    c->prepare("connect", kReplaceDigests, sql.replace_digests, d);
+    c->prepare("connect", kPepperCounts, sql.pepper_counts, d);
     return c;
   }
 
@@ -996,6 +1026,64 @@ void PostgresStore::record_last_use(const std::vector<LastUse>& uses) {
   impl_->run("record_last_use", true, [&](PgConnection& c) {
     (void)c.exec_prepared("record_last_use", kLastUse, 2, values, nullptr, nullptr,
                           impl_->statement_deadline());
+  });
+}
+
+std::size_t PostgresStore::replace_digests(const std::vector<DigestChange>& changes) {
+  if (changes.empty()) return 0;
+  // Five text arrays, one element per change, in batch order. Hex and decimal digits
+  // and UUIDs need no quoting inside an array literal.
+  std::array<std::string, 5> arrays;
+  for (std::string& a : arrays) a = "{";
+  std::array<char, 64> hex{};
+  for (std::size_t i = 0; i < changes.size(); ++i) {
+    const DigestChange& change = changes[i];
+    if (i != 0) {
+      for (std::string& a : arrays) a += ',';
+    }
+    arrays[0] += change.key_id.to_string();
+    detail::hex_encode(change.from.bytes.data(), change.from.bytes.size(), hex.data());
+    arrays[1].append(hex.data(), hex.size());
+    arrays[2] += std::to_string(change.from.pepper_id);
+    detail::hex_encode(change.to.bytes.data(), change.to.bytes.size(), hex.data());
+    arrays[3].append(hex.data(), hex.size());
+    arrays[4] += std::to_string(change.to.pepper_id);
+  }
+  for (std::string& a : arrays) a += '}';
+  const char* values[] = {arrays[0].c_str(), arrays[1].c_str(), arrays[2].c_str(),
+                          arrays[3].c_str(), arrays[4].c_str()};
+  // Not retried: after a lost reply the rewrite may have committed, and a retry would
+  // find the old digests gone and report fewer rewrites than were made.
+  return impl_->run("replace_digests", false, [&](PgConnection& c) -> std::size_t {
+    PgResult r = c.exec_prepared("replace_digests", kReplaceDigests, 5, values, nullptr, nullptr,
+                                 impl_->statement_deadline());
+    const char* rows = PQcmdTuples(r.get());
+    std::size_t n = 0;
+    const char* end = rows + std::strlen(rows);
+    const auto [p, ec] = std::from_chars(rows, end, n);
+    if (ec != std::errc() || p != end) corrupt("replace_digests", "no row count");
+    return n;
+  });
+}
+
+std::vector<PepperCount> PostgresStore::pepper_counts() {
+  return impl_->run("pepper_counts", true, [&](PgConnection& c) {
+    PgResult r = c.exec_prepared("pepper_counts", kPepperCounts, 0, nullptr, nullptr, nullptr,
+                                 impl_->statement_deadline());
+    std::vector<PepperCount> out;
+    const int n = PQntuples(r.get());
+    out.reserve(static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i) {
+      const std::int64_t id =
+          parse_int(r.get(), i, 0, "pepper_counts", "pepper_id is not an integer");
+      const std::int64_t keys = parse_int(r.get(), i, 1, "pepper_counts", "count is not an integer");
+      if (id < 0 || id > static_cast<std::int64_t>(std::numeric_limits<std::uint32_t>::max()) ||
+          keys < 0) {
+        corrupt("pepper_counts", "pepper_id out of range");
+      }
+      out.push_back(PepperCount{static_cast<std::uint32_t>(id), static_cast<std::uint64_t>(keys)});
+    }
+    return out;
   });
 }
 

@@ -56,7 +56,8 @@ struct Writer {
         bump_revision(db, kBumpRevisionSql),
         log_change(db, kLogChangeSql),
         prune_changes(db, kPruneChangesSql),
-        last_use(db, kLastUseSql) {}
+        last_use(db, kLastUseSql),
+        replace_digest(db, kReplaceDigestSql) {}
 
   SQLite::Database db;
   RawStatement insert;
@@ -69,6 +70,7 @@ struct Writer {
   SQLite::Statement log_change;
   SQLite::Statement prune_changes;
   SQLite::Statement last_use;
+  SQLite::Statement replace_digest;
 };
 
 // The write counters of the files open in this process (see file_epoch()).
@@ -578,6 +580,45 @@ void SqliteStore::record_last_use(const std::vector<LastUse>& uses) {
       w.last_use.bindNoCopy(2, key);
       w.last_use.exec();  // 0 rows for an unknown key id: ignored, as documented.
     }
+  });
+}
+
+std::size_t SqliteStore::replace_digests(const std::vector<DigestChange>& changes) {
+  if (changes.empty()) return 0;
+  return impl_->write("replace_digests", [&](Writer& w) {
+    std::size_t rewritten = 0;
+    std::string key;
+    SQLite::Statement& s = w.replace_digest;
+    for (const DigestChange& change : changes) {
+      StatementUse statement_use(s);
+      key = change.key_id.to_string();
+      s.bindNoCopy(1, change.to.bytes.data(), static_cast<int>(change.to.bytes.size()));
+      s.bind(2, static_cast<std::int64_t>(change.to.pepper_id));
+      s.bindNoCopy(3, key);
+      s.bindNoCopy(4, change.from.bytes.data(), static_cast<int>(change.from.bytes.size()));
+      s.bind(5, static_cast<std::int64_t>(change.from.pepper_id));
+      // 0 rows: the key is gone or holds another digest; skipped, as documented.
+      if (s.exec() == 1) ++rewritten;
+    }
+    return rewritten;
+  });
+}
+
+std::vector<PepperCount> SqliteStore::pepper_counts() {
+  return translated("pepper_counts", [&] {
+    Impl::Lease r(*impl_);
+    r->end_snapshot();  // rule 4
+    SQLite::Statement s(r->db, kPepperCountsSql);  // rare: prepared per call
+    std::vector<PepperCount> out;
+    while (s.executeStep()) {
+      const std::int64_t id = s.getColumn(0).getInt64();
+      const std::int64_t keys = s.getColumn(1).getInt64();
+      if (id < 0 || id > static_cast<std::int64_t>(std::numeric_limits<std::uint32_t>::max())) {
+        corrupt("pepper_counts", "pepper_id out of range");
+      }
+      out.push_back(PepperCount{static_cast<std::uint32_t>(id), static_cast<std::uint64_t>(keys)});
+    }
+    return out;
   });
 }
 

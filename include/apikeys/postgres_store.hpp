@@ -52,11 +52,11 @@ struct PostgresStoreOptions {
 /// or serialization conflict are Error(busy) (try again); a duplicate is
 /// Error(already_exists); anything else Error(storage). A dead pooled connection (the
 /// server restarted) is detected and replaced; reads and idempotent writes are retried
-/// once on a fresh connection; insert(), remove(), replace(), rotate() and revoke_all()
-/// are not (their effect may already have committed). Messages carry the server's
-/// primary message, never its DETAIL (which can quote values), and never quote the
-/// connection string: a failure to connect is reported as one of a few fixed texts
-/// (authentication failed, server unreachable, timed out...), without libpq's own
+/// once on a fresh connection; insert(), remove(), replace(), rotate(), revoke_all() and
+/// replace_digests() are not (their effect may already have committed). Messages carry
+/// the server's primary message, never its DETAIL (which can quote values), and never
+/// quote the connection string: a failure to connect is reported as one of a few fixed
+/// texts (authentication failed, server unreachable, timed out...), without libpq's own
 /// words, which quote host, port, user, database and option values, and pieces of the
 /// password when the string was mis-encoded.
 class APIKEYS_EXPORT PostgresStore final : public Store {
@@ -94,6 +94,13 @@ class APIKEYS_EXPORT PostgresStore final : public Store {
   /// nullopt for the revisions before it (validators then drop their whole cache).
   std::vector<KeyInfo> revoke_all(const Uuid& account_id, TimePoint at) override;
   void record_last_use(const std::vector<LastUse>& uses) override;
+  /// One statement for the whole batch, not retried. Each change is matched against the
+  /// digest its key had when the statement began, so a batch that names a key more than
+  /// once rewrites it at most once (by the first change that matches). No revision step
+  /// and no change-log entry: no verdict changes.
+  std::size_t replace_digests(const std::vector<DigestChange>& changes) override;
+  /// One GROUP BY over every key (a full scan: an operator's occasional question).
+  [[nodiscard]] std::vector<PepperCount> pepper_counts() override;
   [[nodiscard]] std::uint64_t revision() override;
   /// From the change log that every change appends to in its own statement; the newest
   /// kChangeLogSize entries are kept.

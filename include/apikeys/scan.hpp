@@ -36,7 +36,9 @@ struct FoundKey {
 /// "{brand}_sk_" (brand: 2 to 16 of [a-z0-9]), 32 base62 characters and a 6-character
 /// CRC-32 checksum that matches (KeyFormat::branded); a legacy key is "pk_" or "sk_" and
 /// 32 base62 characters. Either must stand alone: no letter, digit or '_' right before
-/// it, and no letter or digit right after it. Never throws except std::bad_alloc.
+/// it, and no letter or digit right after it (a '_' may follow). A brand is the whole
+/// run of [a-z0-9] before "_pk_"/"_sk_" (in "xacme_sk_..." it is "xacme", so an "acme"
+/// key glued to an "x" fails its checksum). Never throws except std::bad_alloc.
 [[nodiscard]] APIKEYS_EXPORT std::vector<FoundKey> find_keys(std::string_view text);
 
 }  // namespace apikeys

@@ -97,6 +97,11 @@ class APIKEYS_EXPORT SqliteStore final : public Store {
   /// One UPDATE in one transaction, with a revision step and a change log row per key.
   std::vector<KeyInfo> revoke_all(const Uuid& account_id, TimePoint at) override;
   void record_last_use(const std::vector<LastUse>& uses) override;
+  /// One guarded UPDATE per change, the batch in one transaction; no revision step and
+  /// no change log row (no verdict changes).
+  std::size_t replace_digests(const std::vector<DigestChange>& changes) override;
+  /// One GROUP BY over every key (a full scan: an operator's occasional question).
+  [[nodiscard]] std::vector<PepperCount> pepper_counts() override;
   [[nodiscard]] std::uint64_t revision() override;
   /// From the change log that every change of a key (set_status, replace, rotate,
   /// revoke_all, remove) appends to in its own transaction, one entry per key changed;

@@ -118,6 +118,14 @@ inline constexpr const char* kChangesSql =
 inline constexpr const char* kLastUseSql =
     "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, ?1), ?1) WHERE key_id = ?2";
 
+// replace_digests(): compare-and-set on the digest, bytes and pepper id (?4, ?5), of key
+// ?3. Nothing else changes: not the version, updated_at or the revision (rule 27).
+inline constexpr const char* kReplaceDigestSql =
+    "UPDATE api_keys SET digest = ?1, pepper_id = ?2"
+    " WHERE key_id = ?3 AND digest = ?4 AND pepper_id = ?5";
+inline constexpr const char* kPepperCountsSql =
+    "SELECT pepper_id, count(*) FROM api_keys GROUP BY pepper_id ORDER BY pepper_id";
+
 }  // namespace apikeys::detail::sqlite
 
 #endif  // APIKEYS_SRC_SQLITE_QUERIES_HPP
