@@ -1181,8 +1181,12 @@ int cmd_import(const Options& o) {
   }
   check_db(o, /*may_create_db=*/true);
   const bool from_stdin = o.import_file == "-";
+  // The rows hold digests: the file is read through a buffer of ours, wiped at the end.
+  std::string buffer(std::size_t{64} << 10, '\0');
+  WipeGuard buffer_guard(buffer);
   std::ifstream file;
   if (!from_stdin) {
+    file.rdbuf()->pubsetbuf(buffer.data(), static_cast<std::streamsize>(buffer.size()));
     // Opened before the database, so that a mistyped path creates no database.
     file.open(std::string(o.import_file), std::ios::in | std::ios::binary);
     if (!file) throw UsageError("import: cannot open the file to import");
