@@ -13,7 +13,7 @@ else
     build-essential cmake pkg-config
     libssl-dev libsqlitecpp-dev libsqlite3-dev libfmt-dev
     catch2 libcli11-dev nlohmann-json3-dev libbenchmark-dev libcpp-httplib-dev
-    sqlite3 curl doxygen
+    sqlite3 curl doxygen python3
   )
 fi
 

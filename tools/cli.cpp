@@ -2,6 +2,7 @@
 
 #include "cli.hpp"
 
+#include <fcntl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -246,6 +247,84 @@ std::string redact_arguments(std::string message, int argc, const char* const* a
 
 namespace {
 
+// The longest key find_keys() reports: a branded secret with the longest brand,
+// "{brand}_sk_", 32 random and 6 checksum characters.
+constexpr std::size_t kLongestKey =
+    apikeys::KeyFormat::kMaxBrand + 4 + 32 + apikeys::KeyFormat::kChecksumLength;
+// What find_keys() needs around a key to judge it: the character before it and the
+// one after it.
+constexpr std::size_t kScanTail = kLongestKey + 1;
+
+// Reads into [p, p + want) until it is full or the input ends; `got` says how much was
+// read. False on a read error.
+bool read_full(int fd, char* p, std::size_t want, std::size_t& got) noexcept {
+  got = 0;
+  while (got < want) {
+    const ssize_t n = ::read(fd, p + got, want - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return false;
+    if (n == 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+}  // namespace
+
+// The buffer holds a few bytes carried over from the chunk before, then the new chunk.
+// Only keys that start before its last kScanTail bytes are judged (each then has the
+// character after it in the buffer), unless the input has ended; the buffer then
+// starts again one byte before the first key not yet judged, so that key also has the
+// character before it, and a key already judged is not reported twice.
+bool scan_fd(int fd, std::size_t chunk, const std::function<void(const ScanFinding&)>& report) {
+  chunk = std::max(chunk, kMinScanChunk);
+  std::string buf(chunk + kScanTail + 1, '\0');  // sized once: never reallocates
+  WipeGuard guard(buf);
+  std::size_t kept = 0;      // bytes carried over at the start of buf
+  std::uint64_t base = 0;    // where buf[0] is in the input
+  std::uint64_t judged = 0;  // keys starting before this offset have been judged
+  std::uint64_t line = 1;    // the line buf[counted] is on
+  bool first = true;
+  for (;;) {
+    std::size_t got = 0;
+    if (!read_full(fd, buf.data() + kept, chunk, got)) return false;
+    const std::size_t size = kept + got;
+    const bool last = got < chunk;  // read_full() stops short only at the end
+    if (first && std::memchr(buf.data(), '\0', std::min(size, kScanBinaryProbe)) != nullptr)
+      return true;
+    first = false;
+    const std::string_view text(buf.data(), size);
+    const std::size_t end = last ? size : size - kScanTail;  // judge keys starting before it
+    std::size_t counted = 0;                                 // newlines counted in buf[0, counted)
+    for (const apikeys::FoundKey& k : apikeys::find_keys(text)) {
+      if (base + k.offset < judged) continue;
+      if (k.offset >= end) break;
+      line += static_cast<std::uint64_t>(
+          std::count(text.begin() + static_cast<std::ptrdiff_t>(counted),
+                     text.begin() + static_cast<std::ptrdiff_t>(k.offset), '\n'));
+      counted = k.offset;
+      ScanFinding f;
+      f.offset = base + k.offset;
+      f.line = line;
+      f.legacy = k.legacy;
+      f.secret = k.secret;
+      f.shown = k.shown;
+      report(f);
+    }
+    if (last) return true;
+    const std::size_t from = end - 1;  // the byte before the first key not yet judged
+    line += static_cast<std::uint64_t>(
+        std::count(text.begin() + static_cast<std::ptrdiff_t>(counted),
+                   text.begin() + static_cast<std::ptrdiff_t>(from), '\n'));
+    std::memmove(buf.data(), buf.data() + from, size - from);
+    kept = size - from;
+    base += from;
+    judged = base + 1;
+  }
+}
+
+namespace {
+
 // The pepper, and its lower-case hex to recognise it where it does not belong.
 struct Pepper {
   apikeys::SecretString bytes;
@@ -262,28 +341,38 @@ Pepper make_pepper(apikeys::SecretString bytes) {
   return p;
 }
 
+// Reads a file of at most `max_bytes` bytes that holds a secret: read unbuffered into a
+// buffer sized once, and wiped. Its path is never shown: it may be the secret itself,
+// pasted in the wrong place. `option` names it in messages.
+apikeys::SecretString read_secret_file(std::string_view file, const std::string& option,
+                                       std::size_t max_bytes) {
+  const std::string cannot = "cannot read the file given to " + option + " (its path is not shown)";
+  std::string path(file);  // exactly sized (no reallocation); wiped
+  WipeGuard path_guard(path);
+  std::ifstream in;
+  in.rdbuf()->pubsetbuf(nullptr, 0);  // unbuffered: no stray copy in a stream buffer
+  in.open(path, std::ios::in | std::ios::binary);
+  if (!in) throw UsageError(cannot);
+  // Read into a buffer sized up front (pipes have no size, so read one byte more than
+  // allowed to detect an oversized file); the SecretString copies the bytes read.
+  std::string content(max_bytes + 1, '\0');
+  WipeGuard guard(content);
+  in.read(content.data(), static_cast<std::streamsize>(content.size()));
+  if (in.bad()) throw UsageError(cannot);
+  const auto n = static_cast<std::size_t>(in.gcount());
+  if (n > max_bytes) {
+    throw UsageError(option + " is larger than " + std::to_string(max_bytes) + " bytes");
+  }
+  return apikeys::SecretString(std::string_view(content.data(), n));
+}
+
 // Reads the pepper from `pepper_file`, or else from APIKEYS_PEPPER. The file's path is
 // never shown: it may be the pepper itself, pasted in the wrong place.
 Pepper load_pepper(std::string_view pepper_file) {
   if (!pepper_file.empty()) {
-    std::string path(pepper_file);  // exactly sized (no reallocation); wiped
-    WipeGuard path_guard(path);
-    std::ifstream in;
-    in.rdbuf()->pubsetbuf(nullptr, 0);  // unbuffered: no stray copy in a stream buffer
-    in.open(path, std::ios::in | std::ios::binary);
-    if (!in)
-      throw UsageError("cannot read the file given to --pepper-file (its path is not shown)");
-    // Read into a buffer sized up front (pipes have no size, so read one byte more than
-    // allowed to detect an oversized file) and shrink it, which never reallocates.
-    std::string content(kMaxPepperFileBytes + 1, '\0');
-    WipeGuard guard(content);
-    in.read(content.data(), static_cast<std::streamsize>(content.size()));
-    if (in.bad())
-      throw UsageError("cannot read the file given to --pepper-file (its path is not shown)");
-    const auto n = static_cast<std::size_t>(in.gcount());
-    if (n > kMaxPepperFileBytes) throw UsageError("--pepper-file is larger than 4096 bytes");
-    content.resize(n);
-    return make_pepper(decode_pepper(content, "--pepper-file"));
+    const apikeys::SecretString content =
+        read_secret_file(pepper_file, "--pepper-file", kMaxPepperFileBytes);
+    return make_pepper(decode_pepper(content.reveal(), "--pepper-file"));
   }
   const char* env = std::getenv("APIKEYS_PEPPER");
   if (env == nullptr || *env == '\0') {
@@ -292,6 +381,46 @@ Pepper load_pepper(std::string_view pepper_file) {
         "`openssl rand -hex 32`) or pass --pepper-file FILE");
   }
   return make_pepper(decode_pepper(env, "APIKEYS_PEPPER"));
+}
+
+// The longest legacy pepper HmacSha256Hasher takes.
+constexpr std::size_t kMaxLegacyPepperBytes = 4096;
+
+// The legacy pepper in `file` (--legacy-pepper-file), or nothing when none was given: the
+// raw bytes of the reference service's API_KEY_SECRET, less one trailing "\n" or "\r\n"
+// (as echo or an editor leaves), 1 to 4096 bytes. Its path is never shown.
+std::optional<apikeys::SecretString> load_legacy_pepper(std::string_view file) {
+  if (file.empty()) return std::nullopt;
+  // Two bytes more, for a 4096-byte pepper and its line break.
+  const apikeys::SecretString content =
+      read_secret_file(file, "--legacy-pepper-file", kMaxLegacyPepperBytes + 2);
+  std::string_view bytes = content.reveal();
+  if (bytes.size() >= 2 && bytes.substr(bytes.size() - 2) == "\r\n") {
+    bytes.remove_suffix(2);
+  } else if (!bytes.empty() && bytes.back() == '\n') {
+    bytes.remove_suffix(1);
+  }
+  if (bytes.empty()) {
+    throw UsageError(
+        "--legacy-pepper-file is empty: it must hold the Python service's API_KEY_SECRET "
+        "(1 to 4096 bytes)");
+  }
+  if (bytes.size() > kMaxLegacyPepperBytes)
+    throw UsageError("--legacy-pepper-file is larger than 4096 bytes");
+  return apikeys::SecretString(bytes);
+}
+
+// The format of branded keys for `brand` (--brand, else APIKEYS_BRAND), or nothing when
+// neither is set. The brand is not shown in the message.
+std::optional<apikeys::KeyFormat> brand_format(std::string_view brand, const char* source) {
+  if (brand.empty()) return std::nullopt;
+  try {
+    return apikeys::KeyFormat::branded(brand);
+  } catch (const apikeys::Error&) {
+    throw UsageError(std::string(source) +
+                     " must be 2 to 16 characters, each a lower-case letter or a digit "
+                     "([a-z0-9]), e.g. acme");
+  }
 }
 
 // Refuses a value that holds a secret key or the pepper where neither belongs: it would
@@ -432,6 +561,11 @@ struct Parsed {
   bool no_expiry = false;
   std::string first;   // verify: PUBLIC, or TOKEN, or "-" for a token on stdin
   std::string second;  // verify: SECRET
+  std::string brand;
+  std::string legacy_pepper_file;
+  std::string import_file;    // import: FILE, or "-" for stdin
+  std::string import_format;  // import: jsonl or csv
+  std::vector<std::string> scan_paths;
 };
 
 // Which options were given, as the parser saw them.
@@ -473,9 +607,15 @@ struct Options {
         no_expiry(p.no_expiry),
         first(cmd.resolve(p.first)),
         second(cmd.resolve(p.second)),
+        brand(cmd.resolve(p.brand)),
+        legacy_pepper_file(cmd.resolve(p.legacy_pepper_file)),
+        import_file(cmd.resolve(p.import_file)),
+        import_format(cmd.resolve(p.import_format)),
         given(g) {
     scopes.reserve(p.scopes.size());
     for (const std::string& s : p.scopes) scopes.push_back(cmd.resolve(s));
+    scan_paths.reserve(p.scan_paths.size());
+    for (const std::string& s : p.scan_paths) scan_paths.push_back(cmd.resolve(s));
   }
 
   std::string_view db;
@@ -500,7 +640,15 @@ struct Options {
   bool no_expiry;
   std::string_view first;
   std::string_view second;
+  std::string_view brand;
+  std::string_view legacy_pepper_file;
+  std::string_view import_file;
+  std::string_view import_format;
+  std::vector<std::string_view> scan_paths;
   Given given;
+  // The format keys are issued in and checked against first: set from --brand or
+  // APIKEYS_BRAND before a command runs; nothing for the default format.
+  std::optional<apikeys::KeyFormat> format;
 };
 
 // True when --db names a PostgreSQL server (a libpq URI) rather than a SQLite file.
@@ -641,6 +789,7 @@ class EraseOnlyCache final : public apikeys::Cache {
 // A KeyManager (reached with ->) and the shared cache its changes are erased from.
 struct Manager {
   std::unique_ptr<apikeys::KeyManager> keys;
+  std::shared_ptr<apikeys::Hasher> hasher;
   std::shared_ptr<EraseOnlyCache> shared_cache;  // null without --redis
 
   apikeys::KeyManager* operator->() const noexcept { return keys.get(); }
@@ -672,14 +821,41 @@ std::shared_ptr<apikeys::Store> open_store(const Options& o, bool may_create_db)
 }
 
 // `may_create_db`: only `create` initialises an empty file, as it alone makes a missing one.
+// The pepper id the CLI gives the pepper (APIKEYS_PEPPER or --pepper-file).
+constexpr std::uint32_t kPepperId = 1;
+
+// The hasher: the pepper as id kPepperId, which makes every new digest, and with
+// --legacy-pepper-file the legacy pepper (apikeys::kLegacyPepperId), which only verifies.
+// The legacy pepper's bytes are wiped once the hasher holds its own copy.
+std::shared_ptr<apikeys::HmacSha256Hasher> make_hasher(const Options& o, const Pepper& pepper) {
+  const std::optional<apikeys::SecretString> legacy = load_legacy_pepper(o.legacy_pepper_file);
+  if (!legacy) return std::make_shared<apikeys::HmacSha256Hasher>(pepper.bytes.reveal());
+  const std::vector<apikeys::Pepper> peppers{{kPepperId, pepper.bytes.reveal()}};
+  auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(peppers, kPepperId, legacy->reveal());
+  if (hasher->legacy_pepper_is_short()) {
+    std::cerr << "apikeys: warning: the legacy pepper is " << legacy->size()
+              << " bytes; under 32 bytes it may be guessed from a stolen digest: let "
+                 "verification move its keys to the current pepper, then retire it\n";
+  }
+  return hasher;
+}
+
 Manager open_manager(const Options& o, const Pepper& pepper, bool may_create_db) {
   refuse_secret(o.db, "--db", pepper.hex.reveal());
-  auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(pepper.bytes.reveal());
-  std::shared_ptr<apikeys::Store> store = open_store(o, may_create_db);
+  std::shared_ptr<apikeys::HmacSha256Hasher> hasher = make_hasher(o, pepper);
   // Defaults: no cache (one-shot process), last use recorded by the Validator's
-  // background writer and flushed when the KeyManager is destroyed, before exit.
+  // background writer and flushed when the KeyManager is destroyed, before exit (with
+  // the digests of keys verified under the legacy pepper, rewritten under the current
+  // one).
   apikeys::KeyManagerOptions options;
+  if (o.format) {
+    // Issue branded keys; keep accepting the default format's.
+    options.validation.format = *o.format;
+    options.validation.also_accept = {apikeys::KeyFormat{}};
+  }
+  std::shared_ptr<apikeys::Store> store = open_store(o, may_create_db);
   Manager manager;
+  manager.hasher = hasher;
 #if defined(APIKEYS_HAS_REDIS)
   if (!o.redis.empty()) {
     const RedisAddress address = parse_redis(o.redis);
@@ -975,6 +1151,199 @@ int cmd_verify(const Options& o) {
   return r.code == apikeys::ValidationCode::error ? kExitFailure : kExitRejected;
 }
 
+// import's --format, else the format the file's extension names.
+apikeys::ImportFormat import_format(const Options& o) {
+  if (!o.import_format.empty()) {
+    if (o.import_format == "jsonl") return apikeys::ImportFormat::json_lines;
+    if (o.import_format == "csv") return apikeys::ImportFormat::csv;
+    throw UsageError("--format must be jsonl or csv");
+  }
+  const std::string extension = std::filesystem::path(o.import_file).extension().string();
+  std::string lower;
+  for (const char c : extension)
+    lower.push_back(c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c);
+  if (lower == ".csv") return apikeys::ImportFormat::csv;
+  if (lower == ".jsonl" || lower == ".ndjson" || lower == ".json")
+    return apikeys::ImportFormat::json_lines;
+  throw UsageError(
+      "import: cannot tell the file's format from its name (.csv, .jsonl, .ndjson or .json): "
+      "give --format jsonl or --format csv");
+}
+
+int cmd_import(const Options& o) {
+  apikeys::ImportOptions options;
+  options.format = import_format(o);
+  if (o.legacy_pepper_file.empty()) {
+    throw UsageError(
+        "import needs --legacy-pepper-file FILE, the file holding the Python service's "
+        "API_KEY_SECRET: its digests were made with it, and without it no imported key "
+        "could be verified");
+  }
+  check_db(o, /*may_create_db=*/true);
+  const bool from_stdin = o.import_file == "-";
+  // The rows hold digests: the file is read through a buffer of ours, wiped at the end.
+  std::string buffer(std::size_t{64} << 10, '\0');
+  WipeGuard buffer_guard(buffer);
+  std::ifstream file;
+  if (!from_stdin) {
+    file.rdbuf()->pubsetbuf(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    // Opened before the database, so that a mistyped path creates no database.
+    file.open(std::string(o.import_file), std::ios::in | std::ios::binary);
+    if (!file) throw UsageError("import: cannot open the file to import");
+  }
+  std::istream& in = from_stdin ? std::cin : file;
+  auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/true);
+  const apikeys::ImportReport report = manager->import_keys(in, options);
+  Json out;
+  out["imported"] = report.imported;
+  out["skipped"] = report.skipped;
+  out["rejected"] = report.rejected;
+  out["rejections"] = Json::array();
+  for (const apikeys::ImportRejection& r : report.rejections) {
+    Json j;
+    j["line"] = r.line;
+    j["reason"] = r.reason;
+    out["rejections"].push_back(std::move(j));
+  }
+  if (!emit(dump(out))) return kExitFailure;
+  if (in.bad()) {
+    std::cerr << "apikeys: import: reading the file failed before its end: the rows above were "
+                 "read; run the import again to finish\n";
+    return kExitFailure;
+  }
+  return manager.finish(report.rejected == 0 ? kExitOk : kExitSomeRejected);
+}
+
+// What a pepper id is to this run: the pepper new digests are made with, the legacy
+// pepper, another pepper the hasher knows, or one it does not know.
+const char* pepper_role(std::uint32_t id, const apikeys::Hasher& hasher) {
+  if (id == hasher.current_pepper_id()) return "current";
+  if (id == apikeys::kLegacyPepperId) return "legacy";
+  const std::vector<std::uint32_t> known = hasher.pepper_ids();
+  return std::find(known.begin(), known.end(), id) != known.end() ? "retired" : "unknown";
+}
+
+int cmd_peppers(const Options& o) {
+  check_db(o, false);
+  auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/false);
+  std::vector<apikeys::PepperCount> counts = manager->pepper_counts();
+  // The peppers this run knows are listed even when no key is left under them.
+  for (const std::uint32_t id : manager.hasher->pepper_ids()) {
+    const bool listed =
+        std::any_of(counts.begin(), counts.end(),
+                    [id](const apikeys::PepperCount& c) { return c.pepper_id == id; });
+    if (!listed) counts.push_back({id, 0});
+  }
+  std::sort(counts.begin(), counts.end(),
+            [](const apikeys::PepperCount& a, const apikeys::PepperCount& b) {
+              return a.pepper_id < b.pepper_id;
+            });
+  Json out = Json::array();
+  for (const apikeys::PepperCount& c : counts) {
+    Json j;
+    j["pepper_id"] = c.pepper_id;
+    j["keys"] = c.keys;
+    j["role"] = pepper_role(c.pepper_id, *manager.hasher);
+    out.push_back(std::move(j));
+  }
+  return emit(dump(out)) ? kExitOk : kExitFailure;
+}
+
+// `scan`'s walk over its paths: what it found, and whether a path could not be read.
+// A path is shown as given, and the files below a directory as that path joined with
+// their names; a path given that may be a secret pasted in the wrong place is shown as
+// "<not shown>".
+class Scan {
+ public:
+  // Scans "-" (stdin), a file, or a directory and everything below it, without .git.
+  void argument(const std::string& path) {
+    const std::string shown = may_hold_secret(path) ? std::string("<not shown>") : path;
+    if (path == "-") {
+      stream(STDIN_FILENO, shown);
+      return;
+    }
+    std::error_code ec;
+    const std::filesystem::file_status status = std::filesystem::status(path, ec);
+    if (ec) {
+      fail(shown, ec.message());
+    } else if (std::filesystem::is_directory(status)) {
+      directory(path, shown);
+    } else {
+      file(path, shown);
+    }
+  }
+
+  [[nodiscard]] int exit_code() const noexcept {
+    if (failed_) return kExitUsage;
+    return found_ ? kExitFound : kExitOk;
+  }
+
+ private:
+  void directory(const std::filesystem::path& dir, const std::filesystem::path& shown) {
+    std::error_code ec;
+    std::vector<std::filesystem::path> names;
+    std::filesystem::directory_iterator it(dir, ec);
+    for (const std::filesystem::directory_iterator end; !ec && it != end; it.increment(ec))
+      names.push_back(it->path().filename());
+    if (ec) fail(shown.string(), ec.message());
+    std::sort(names.begin(), names.end());  // the same order on every run
+    for (const std::filesystem::path& name : names) {
+      if (name == ".git") continue;  // a repository's own store (or a worktree's link to it)
+      const std::filesystem::path entry = dir / name;
+      const std::filesystem::file_status link = std::filesystem::symlink_status(entry, ec);
+      if (ec) {
+        fail((shown / name).string(), ec.message());
+        continue;
+      }
+      if (std::filesystem::is_directory(link)) {
+        directory(entry, shown / name);
+        continue;
+      }
+      // A link is followed to a file, never to a directory (which may loop).
+      const std::filesystem::file_status target =
+          std::filesystem::is_symlink(link) ? std::filesystem::status(entry, ec) : link;
+      if (!ec && std::filesystem::is_regular_file(target)) file(entry, (shown / name).string());
+    }
+  }
+
+  void file(const std::filesystem::path& path, const std::string& shown) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+      fail(shown, std::strerror(errno));
+      return;
+    }
+    stream(fd, shown);
+    ::close(fd);
+  }
+
+  void stream(int fd, const std::string& shown) {
+    const bool ok = scan_fd(fd, kScanChunk, [&](const ScanFinding& f) {
+      found_ = true;
+      std::cout << shown << ':' << f.line << ": " << (f.legacy ? "legacy" : "branded") << ' '
+                << (f.secret ? "secret" : "public") << " key " << f.shown << '\n';
+    });
+    if (!ok) fail(shown, "read error");
+  }
+
+  void fail(const std::string& shown, const std::string& why) {
+    failed_ = true;
+    std::cout.flush();  // the keys found so far come first
+    std::cerr << "apikeys: scan: cannot read " << shown << ": " << why << '\n';
+  }
+
+  bool found_ = false;
+  bool failed_ = false;
+};
+
+// Needs neither database nor pepper, and reads neither.
+int cmd_scan(const Options& o) {
+  Scan scan;
+  for (const std::string_view path : o.scan_paths) scan.argument(std::string(path));
+  std::cout.flush();
+  if (!std::cout) return kExitFailure;
+  return scan.exit_code();
+}
+
 int exit_code_for(apikeys::ErrorCode code) noexcept {
   switch (code) {
     case apikeys::ErrorCode::invalid_argument: return kExitUsage;
@@ -1028,21 +1397,32 @@ int run_command(int argc, char** argv) {
 
   CLI::App app{
       "Issue, list, change, rotate, revoke, delete and verify API keys stored in a SQLite\n"
-      "file or a PostgreSQL database. The pepper (HMAC key, at least 64 hex characters)\n"
-      "comes from the APIKEYS_PEPPER environment variable or --pepper-file.",
+      "file or a PostgreSQL database; import keys from the Python service; find leaked\n"
+      "keys in files (scan). The pepper (HMAC key, at least 64 hex characters) comes from\n"
+      "the APIKEYS_PEPPER environment variable or --pepper-file; scan needs neither it\n"
+      "nor --db. Exit codes: 0 success, 1 key rejected (verify) or found (scan), 2 usage,\n"
+      "3 no such key, 4 storage or internal failure, 5 conflict, 6 rows rejected (import).",
       "apikeys"};
   app.set_version_flag("--version", std::string(apikeys::version()),
                        "Print the library version and exit");
   app.require_subcommand(1);
   app.fallthrough();  // global options may also follow the command
+  // Required by every command but scan (checked below).
   app.add_option("--db", p.db,
-                 "SQLite database file (created by `create` if missing), or a "
-                 "postgresql:// URL")
-      ->option_text("PATH|URL")
-      ->required();
+                 "SQLite database file (created by `create` and `import` if missing), or "
+                 "a postgresql:// URL; required except by scan")
+      ->option_text("PATH|URL");
   app.add_option("--pepper-file", p.pepper_file,
                  "File holding the hex pepper (overrides APIKEYS_PEPPER)")
       ->option_text("FILE");
+  app.add_option("--legacy-pepper-file", p.legacy_pepper_file,
+                 "File holding the Python service's API_KEY_SECRET (raw bytes; one final "
+                 "line break dropped): its keys verify, and move to the pepper when used")
+      ->option_text("FILE");
+  app.add_option("--brand", p.brand,
+                 "Issue branded keys, NAME_pk_/NAME_sk_ with a checksum (2-16 of [a-z0-9]; "
+                 "default: APIKEYS_BRAND); pk_/sk_ keys still verify")
+      ->option_text("NAME");
   app.add_option("--pg-schema", p.pg_schema,
                  "PostgreSQL schema holding the tables (default: public)")
       ->option_text("NAME");
@@ -1191,6 +1571,27 @@ int run_command(int argc, char** argv) {
   verify->add_option("secret", p.second, "Secret key, when the public key is given alone");
   CLI::Option* verify_scopes = add_scopes(verify, "A scope the key must grant (repeat for more)");
 
+  CLI::App* import_keys =
+      app.add_subcommand("import",
+                         "Import keys exported from the Python service (JSON lines or CSV); needs "
+                         "--legacy-pepper-file; prints a report (exit 6 if rows were rejected)");
+  import_keys
+      ->add_option("file", p.import_file,
+                   "The export: .jsonl, .ndjson or .json (JSON lines), .csv, or - for stdin")
+      ->required();
+  import_keys
+      ->add_option("--format", p.import_format, "The export's format (default: by its extension)")
+      ->option_text("jsonl|csv");
+
+  CLI::App* peppers = app.add_subcommand(
+      "peppers", "Count the keys under each pepper id, with its role (current, legacy, ...)");
+
+  CLI::App* scan = app.add_subcommand(
+      "scan",
+      "Find API keys in files, directories (recursively, skipping .git) or - (stdin); "
+      "prints PATH:LINE per key, exit 1 if any (no --db or pepper needed)");
+  scan->add_option("path", p.scan_paths, "Files, directories, or - for stdin")->required();
+
   try {
     app.parse(cmd.argc(), cmd.argv());
   } catch (const CLI::ParseError& e) {
@@ -1212,10 +1613,17 @@ int run_command(int argc, char** argv) {
   given.limit = list_limit->count() > 0;
   given.cursor = list_cursor->count() > 0;
   given.status = list_status->count() > 0;
-  const Options o(p, given, cmd);
+  Options o(p, given, cmd);
   const std::string_view db_password = url_password(o.db);
 
   try {
+    // scan reads no database, pepper or brand: a bad one cannot stop it.
+    if (*scan) return cmd_scan(o);
+    if (o.db.empty()) throw UsageError("--db is required: a SQLite file or a postgresql:// URL");
+    const char* env_brand = std::getenv("APIKEYS_BRAND");
+    o.format = !o.brand.empty()       ? brand_format(o.brand, "--brand")
+               : env_brand != nullptr ? brand_format(env_brand, "APIKEYS_BRAND")
+                                      : std::nullopt;
     if (*create) return cmd_create(o);
     if (*list) return cmd_list(o);
     if (*get) return cmd_key(o, KeyCommand::get);
@@ -1227,6 +1635,8 @@ int run_command(int argc, char** argv) {
     if (*revoke_all) return cmd_revoke_all(o);
     if (*remove) return cmd_delete(o);
     if (*verify) return cmd_verify(o);
+    if (*import_keys) return cmd_import(o);
+    if (*peppers) return cmd_peppers(o);
     std::cerr << "apikeys: no command given\n";
     return kExitUsage;
   } catch (const UsageError& e) {

@@ -6,10 +6,15 @@
 // The tool creates, lists, shows, changes, rotates, revokes, deletes and verifies keys
 // in one SQLite file or a PostgreSQL database (--db postgresql://..., in builds with
 // PostgresStore), optionally erasing changed keys from a shared RedisCache (--redis);
-// it prints JSON on stdout and diagnostics on stderr.
-// Exit codes: 0 success / key valid, 1 key rejected, 2 usage (bad option, value or
-// pepper), 3 no such key for that account, 4 storage or internal failure, 5 conflict
-// (the key's version is not --expected-version, or its state forbids the change).
+// it imports keys exported from the reference Python service (import, with its
+// API_KEY_SECRET as --legacy-pepper-file), counts keys per pepper (peppers), and finds
+// leaked keys in files (scan, which needs neither database nor pepper). It prints JSON
+// on stdout (scan: one line per key found) and diagnostics on stderr.
+// Exit codes: 0 success / key valid / nothing found, 1 key rejected (verify) or a key
+// found (scan), 2 usage (bad option, value or pepper; scan: a path it could not read),
+// 3 no such key for that account, 4 storage or internal failure, 5 conflict (the key's
+// version is not --expected-version, or its state forbids the change), 6 import: some
+// rows were rejected (the others were imported).
 // Secrets: only `create` and `rotate` print one. No message shows a presented secret,
 // the pepper, a database password or a value that may be one of them (a URL, a path
 // shaped like a secret or holding a key=value password, a
@@ -26,6 +31,8 @@
 #define APIKEYS_TOOLS_CLI_HPP
 
 #include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -42,6 +49,8 @@ enum ExitCode : int {
   kExitNotFound = 3,
   kExitFailure = 4,
   kExitConflict = 5,
+  kExitSomeRejected = 6,  // import: some rows were rejected, the others imported
+  kExitFound = 1,         // scan: at least one key was found
 };
 
 // The program: disables core dumps, then runs the command line `argv` (see
@@ -91,6 +100,29 @@ inline constexpr std::string_view kPlaceholderStart = "<not shown #";
 // shortest key format is 22 characters; 8 leaves a wide margin) with "<not shown>".
 // Option names stay, so "--expires-in-days = <not shown>" still says what was wrong.
 [[nodiscard]] std::string redact_arguments(std::string message, int argc, const char* const* argv);
+
+// One key that `scan` found.
+struct ScanFinding {
+  std::uint64_t offset = 0;  // where the key starts in the input, in bytes
+  std::uint64_t line = 0;    // the line it starts on, from 1
+  bool legacy = false;       // "pk_"/"sk_" + 32 base62, no checksum (see apikeys::FoundKey)
+  bool secret = false;       // a secret key rather than a public one
+  std::string shown;         // what may be shown: never a whole secret
+};
+
+// Input with a NUL byte among its first kScanBinaryProbe bytes is binary: not scanned.
+inline constexpr std::size_t kScanBinaryProbe = 8192;
+// The chunk size `scan` reads files in.
+inline constexpr std::size_t kScanChunk = std::size_t{1} << 20;
+// The smallest chunk scan_fd() accepts (a smaller one is raised to it).
+inline constexpr std::size_t kMinScanChunk = 256;
+
+// Reads `fd` to its end in chunks of `chunk` bytes and calls `report` for every key
+// apikeys::find_keys() finds in the whole input, once each and in order, a key across
+// a chunk edge included. Calls nothing for binary input (see kScanBinaryProbe). Returns
+// false when a read failed (keys before the failure have been reported). The buffer
+// is wiped before it is freed. Thread-safe (no shared state).
+bool scan_fd(int fd, std::size_t chunk, const std::function<void(const ScanFinding&)>& report);
 
 // The command line as the argument parser sees it. Each argument that may hold a secret
 // (may_hold_secret) is copied into a SecretString, blanked in argv at once, and shown to

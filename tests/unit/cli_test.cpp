@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -21,6 +22,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -543,8 +545,9 @@ TEST_CASE("cli: presented secrets are never echoed", "[cli]") {
 TEST_CASE("cli: --help lists every command, --version prints the library version", "[cli]") {
   Run r = run_cli({"--help"});
   CHECK(r.code == 0);
-  for (const char* command : {"create", "list", "get", "update", "disable", "enable", "rotate",
-                              "revoke", "revoke-all", "delete", "verify"}) {
+  for (const char* command :
+       {"create", "list", "get", "update", "disable", "enable", "rotate", "revoke", "revoke-all",
+        "delete", "verify", "import", "peppers", "scan", "--brand", "--legacy-pepper-file"}) {
     INFO(command);
     CHECK(contains(r.out, command));
   }
@@ -1424,8 +1427,6 @@ TEST_CASE("cli: arguments that may be secrets are blanked from its command line"
   }
 }
 
-#endif  // APIKEYS_CLI_PATH
-
 TEST_CASE("cli: metadata is printed exactly as it was stored", "[cli]") {
   // Parsing and printing it again would change these numbers.
   TempDir dir;
@@ -1456,3 +1457,498 @@ TEST_CASE("cli: a key=value connection string as --db is refused, never shown", 
     CHECK_FALSE(contains(r.out, "hunter2pw"));
   }
 }
+
+namespace {
+
+// Runs the CLI as run_cli() does, with `extra` (NAME=value) added to its environment.
+Run run_cli_env(const std::vector<std::string>& args, const std::vector<std::string>& extra,
+                const std::string& input = "") {
+  std::vector<std::string> argv{APIKEYS_CLI_PATH};
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::vector<std::string> env{"APIKEYS_PEPPER=" + kPepperHex};
+  env.insert(env.end(), extra.begin(), extra.end());
+  return apikeys_test::run_program(argv, env, input);
+}
+
+// The verdict code of a `verify` run.
+std::string verdict(const Run& r) {
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  return Json::parse(r.out).at("code").get<std::string>();
+}
+
+void write_file(const std::string& path, const std::string& content) {
+  std::ofstream out(path, std::ios::binary);
+  out << content;
+  REQUIRE(out.good());
+}
+
+// The Python service's API_KEY_SECRET in the tests: short, as a real one may be.
+const std::string kLegacyPepper = "change-me-in-prod";
+
+// Inserts into the SQLite file `db` a key made as the Python service makes them, its
+// digest under the legacy pepper; returns its public and secret keys.
+std::pair<std::string, std::string> insert_legacy_key(const std::string& db) {
+  apikeys::CsprngKeyGenerator generator;
+  const apikeys::KeyPair pair = generator.generate(apikeys::KeyFormat{});
+  const std::vector<apikeys::Pepper> peppers{{1, hex_decode(kPepperHex)}};
+  const apikeys::HmacSha256Hasher hasher(peppers, 1, kLegacyPepper);
+  apikeys::KeyRecord r;
+  r.info.key_id = apikeys::Uuid::random();
+  r.info.account_id = *apikeys::Uuid::parse(kAccount);
+  r.info.public_key = pair.public_key;
+  r.info.title = "from the Python service";
+  r.info.created_at = r.info.updated_at = apikeys::system_clock()->now();
+  r.digest = *hasher.hash_with(pair.secret_key.reveal(), apikeys::kLegacyPepperId);
+  apikeys::SqliteStore store(db);
+  store.insert(r);
+  return {pair.public_key, std::string(pair.secret_key.reveal())};
+}
+
+}  // namespace
+
+TEST_CASE("cli: --brand issues branded keys; verify accepts them and pk_/sk_ keys", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const Json plain = create_key(db);
+  const Json branded = create_key(db, kAccount, {"--brand", "acme"});
+  const std::string pk = branded.at("public_key").get<std::string>();
+  const std::string sk = branded.at("secret_key").get<std::string>();
+  const apikeys::KeyFormat acme = apikeys::KeyFormat::branded("acme");
+  CHECK(acme.is_public_key(pk));
+  CHECK(acme.is_secret_key(sk));
+  const std::string plain_pk = plain.at("public_key").get<std::string>();
+  const std::string plain_sk = plain.at("secret_key").get<std::string>();
+
+  // With the brand, both formats verify; without it, exactly as before: pk_/sk_ only.
+  CHECK(verdict(run_cli({"--db", db, "--brand", "acme", "verify", pk, sk})) == "valid");
+  CHECK(verdict(run_cli({"--db", db, "verify", "--brand", "acme", pk + ":" + sk})) == "valid");
+  CHECK(verdict(run_cli({"--db", db, "--brand", "acme", "verify", plain_pk, plain_sk})) == "valid");
+  CHECK(verdict(run_cli({"--db", db, "verify", plain_pk, plain_sk})) == "valid");
+  CHECK(verdict(run_cli({"--db", db, "verify", pk, sk})) == "malformed");
+  // A branded key with one character changed fails its checksum: malformed.
+  std::string typo = sk;
+  typo[12] = typo[12] == 'a' ? 'b' : 'a';
+  CHECK(verdict(run_cli({"--db", db, "--brand", "acme", "verify", pk, typo})) == "malformed");
+
+  // APIKEYS_BRAND does the same; the option wins over it.
+  Run r = run_cli_env({"--db", db, "verify", pk, sk}, {"APIKEYS_BRAND=acme"});
+  CHECK(verdict(r) == "valid");
+  r = run_cli_env({"--db", db, "--brand", "zeta9", "create", "--account", kAccount, "--title", "t"},
+                  {"APIKEYS_BRAND=acme"});
+  REQUIRE(r.code == 0);
+  CHECK(Json::parse(r.out).at("public_key").get<std::string>().rfind("zeta9_pk_", 0) == 0);
+
+  // rotate issues a branded key too.
+  r = run_cli({"--db", db, "--brand", "acme", "rotate", "--account", kAccount, "--key-id",
+               plain.at("key_id").get<std::string>()});
+  REQUIRE(r.code == 0);
+  const Json fresh = Json::parse(r.out).at("new");
+  CHECK(acme.is_secret_key(fresh.at("secret_key").get<std::string>()));
+  CHECK(verdict(run_cli({"--db", db, "--brand", "acme", "verify",
+                         fresh.at("public_key").get<std::string>(),
+                         fresh.at("secret_key").get<std::string>()})) == "valid");
+}
+
+TEST_CASE("cli: a bad brand is a usage error naming the rule", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  for (const std::string brand : {"a", "ACME", "acme_x", "abcdefghijklmnopq", "ac-me"}) {
+    INFO(brand);
+    Run r =
+        run_cli({"--db", db, "--brand", brand, "create", "--account", kAccount, "--title", "t"});
+    CHECK(r.code == 2);
+    CHECK(contains(r.err, "[a-z0-9]"));
+    CHECK(r.out.empty());
+    r = run_cli_env({"--db", db, "create", "--account", kAccount, "--title", "t"},
+                    {"APIKEYS_BRAND=" + brand});
+    CHECK(r.code == 2);
+    CHECK(contains(r.err, "APIKEYS_BRAND"));
+  }
+  CHECK_FALSE(fs::exists(db));  // refused before the database is made
+}
+
+TEST_CASE("cli: --legacy-pepper-file verifies the Python service's keys", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  create_key(db);  // makes the database
+  const auto [pk, sk] = insert_legacy_key(db);
+  const std::string plain = dir.file("legacy");
+  const std::string lf = dir.file("legacy-lf");
+  const std::string crlf = dir.file("legacy-crlf");
+  const std::string two = dir.file("legacy-two-newlines");
+  write_file(plain, kLegacyPepper);
+  write_file(lf, kLegacyPepper + "\n");
+  write_file(crlf, kLegacyPepper + "\r\n");
+  write_file(two, kLegacyPepper + "\n\n");
+
+  // Without the legacy pepper the digest cannot be checked; wrong_secret, and nothing moves.
+  CHECK(verdict(run_cli({"--db", db, "verify", pk, sk})) == "wrong_secret");
+  // Only one line break is dropped: with two, the pepper is wrong.
+  CHECK(verdict(run_cli({"--db", db, "--legacy-pepper-file", two, "verify", pk, sk})) ==
+        "wrong_secret");
+  for (const std::string& file : {plain, lf, crlf}) {
+    INFO(file);
+    const Run r = run_cli({"--db", db, "--legacy-pepper-file", file, "verify", pk, sk});
+    CHECK(verdict(r) == "valid");
+    CHECK(r.code == 0);
+    // A short legacy pepper: one warning line, which shows neither the pepper nor the path.
+    CHECK(contains(r.err, "warning: the legacy pepper is 17 bytes;"));
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+    CHECK_FALSE(contains(r.err, kLegacyPepper));
+    CHECK_FALSE(contains(r.err, file));
+  }
+
+  // Every command takes it.
+  for (const std::vector<std::string>& command :
+       {std::vector<std::string>{"list", "--account", kAccount},
+        std::vector<std::string>{"create", "--account", kAccount, "--title", "t"},
+        std::vector<std::string>{"revoke-all", "--account", kOtherAccount}}) {
+    std::vector<std::string> args{"--db", db, "--legacy-pepper-file", lf};
+    args.insert(args.end(), command.begin(), command.end());
+    const Run r = run_cli(args);
+    INFO(command[0] << ": " << r.err);
+    CHECK(r.code == 0);
+  }
+}
+
+TEST_CASE("cli: a long legacy pepper gives no warning; a bad file is refused unseen", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  create_key(db);
+  const std::string good = dir.file("legacy");
+  write_file(good, std::string(32, 'p') + "\n");
+  Run r = run_cli({"--db", db, "--legacy-pepper-file", good, "list", "--account", kAccount});
+  CHECK(r.code == 0);
+  CHECK(r.err.empty());
+
+  const std::string missing = dir.file("no-such-legacy-pepper");
+  const std::string empty = dir.file("empty-legacy-pepper");
+  const std::string newline = dir.file("newline-legacy-pepper");
+  const std::string huge = dir.file("huge-legacy-pepper");
+  write_file(empty, "");
+  write_file(newline, "\r\n");
+  write_file(huge, std::string(4097, 'p'));
+  for (const std::string& file : {missing, empty, newline, huge}) {
+    INFO(file);
+    r = run_cli({"--db", db, "--legacy-pepper-file", file, "list", "--account", kAccount});
+    CHECK(r.code == 2);
+    CHECK(contains(r.err, "--legacy-pepper-file"));
+    CHECK_FALSE(contains(r.err, file));
+    CHECK(r.out.empty());
+  }
+  // 4096 bytes and a line break: the longest accepted.
+  write_file(huge, std::string(4096, 'p') + "\n");
+  r = run_cli({"--db", db, "--legacy-pepper-file", huge, "list", "--account", kAccount});
+  CHECK(r.code == 0);
+}
+
+namespace {
+
+// A row of the Python service's `api_keys` table as its REST export gives it: a fresh
+// key, its digest under kLegacyPepper. Returns the JSON line and the secret.
+std::pair<std::string, std::string> legacy_row(const std::string& account = kAccount) {
+  apikeys::CsprngKeyGenerator generator;
+  const apikeys::KeyPair pair = generator.generate(apikeys::KeyFormat{});
+  const std::vector<apikeys::Pepper> peppers{{1, hex_decode(kPepperHex)}};
+  const apikeys::HmacSha256Hasher hasher(peppers, 1, kLegacyPepper);
+  const apikeys::Digest d = *hasher.hash_with(pair.secret_key.reveal(), apikeys::kLegacyPepperId);
+  Json row;
+  row["key_id"] = apikeys::Uuid::random().to_string();
+  row["public_key"] = pair.public_key;
+  row["secret_key_hash"] = apikeys::detail::hex_encode(
+      std::string_view(reinterpret_cast<const char*>(d.bytes.data()), d.bytes.size()));
+  row["account_id"] = account;
+  row["title"] = "Imported, with a comma";
+  row["description"] = nullptr;
+  row["status"] = "active";
+  row["expires_at"] = nullptr;
+  row["last_used_at"] = nullptr;
+  row["created_at"] = "2026-11-24T19:00:28.123456+00:00";
+  return {row.dump(), std::string(pair.secret_key.reveal())};
+}
+
+// The keys under the pepper with `role` in `peppers` output (0 when it is not listed).
+std::uint64_t keys_with_role(const Run& r, const std::string& role) {
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  std::uint64_t n = 0;
+  for (const Json& p : Json::parse(r.out)) {
+    if (p.at("role") == role) n += p.at("keys").get<std::uint64_t>();
+  }
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("cli: import prints a report; rejected rows exit 6, the others are imported", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const std::string legacy = dir.file("legacy");
+  write_file(legacy, kLegacyPepper + "\n");
+  const auto [good, good_secret] = legacy_row();
+  const auto [second, second_secret] = legacy_row(kOtherAccount);
+  const Json first_row = Json::parse(good);
+  Json bad = Json::parse(second);
+  bad["key_id"] = "not-a-uuid";
+  const std::string export_file = dir.file("api_keys.jsonl");
+  write_file(export_file, good + "\n" + bad.dump() + "\n");
+
+  Run r = run_cli({"--db", db, "--legacy-pepper-file", legacy, "import", export_file});
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  CHECK(r.code == 6);
+  Json report = Json::parse(r.out);
+  CHECK(report.at("imported") == 1);
+  CHECK(report.at("skipped") == 0);
+  CHECK(report.at("rejected") == 1);
+  REQUIRE(report.at("rejections").size() == 1);
+  CHECK(report.at("rejections")[0].at("line") == 2);
+  CHECK(contains(report.at("rejections")[0].at("reason").get<std::string>(), "key_id"));
+  CHECK_FALSE(contains(r.out, first_row.at("secret_key_hash").get<std::string>()));
+
+  const std::string pk = first_row.at("public_key").get<std::string>();
+  CHECK(verdict(run_cli({"--db", db, "--legacy-pepper-file", legacy, "verify", pk, good_secret})) ==
+        "valid");
+
+  // Every row imported: exit 0; the one imported before is skipped.
+  write_file(export_file, good + "\n" + second + "\n");
+  r = run_cli({"--db", db, "--legacy-pepper-file", legacy, "import", export_file});
+  CHECK(r.code == 0);
+  report = Json::parse(r.out);
+  CHECK(report.at("imported") == 1);
+  CHECK(report.at("skipped") == 1);
+  CHECK(report.at("rejected") == 0);
+  CHECK(report.at("rejections").empty());
+
+  // From stdin, with --format.
+  const auto [third, third_secret] = legacy_row();
+  r = run_cli({"--db", db, "--legacy-pepper-file", legacy, "import", "-", "--format", "jsonl"},
+              kPepperHex, third + "\n");
+  CHECK(r.code == 0);
+  CHECK(Json::parse(r.out).at("imported") == 1);
+}
+
+TEST_CASE("cli: import usage errors", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const std::string legacy = dir.file("legacy");
+  write_file(legacy, kLegacyPepper);
+  const std::string jsonl = dir.file("api_keys.jsonl");
+  const std::string txt = dir.file("api_keys.txt");
+  write_file(jsonl, legacy_row().first + "\n");
+  write_file(txt, legacy_row().first + "\n");
+
+  // The legacy pepper is required: without it no imported key could be verified.
+  Run r = run_cli({"--db", db, "import", jsonl});
+  CHECK(r.code == 2);
+  CHECK(contains(r.err, "--legacy-pepper-file"));
+  // The format must be known.
+  r = run_cli({"--db", db, "--legacy-pepper-file", legacy, "import", txt});
+  CHECK(r.code == 2);
+  CHECK(contains(r.err, "--format"));
+  r = run_cli({"--db", db, "--legacy-pepper-file", legacy, "import", jsonl, "--format", "xml"});
+  CHECK(r.code == 2);
+  r = run_cli({"--db", db, "--legacy-pepper-file", legacy, "import", dir.file("missing.csv")});
+  CHECK(r.code == 2);
+  CHECK_FALSE(fs::exists(db));  // nothing refused made a database
+
+  // --format overrides the extension.
+  r = run_cli({"--db", db, "--legacy-pepper-file", legacy, "import", txt, "--format", "jsonl"});
+  CHECK(r.code == 0);
+  // A CSV without its header cannot be read at all: usage error, nothing imported.
+  const std::string csv = dir.file("api_keys.csv");
+  write_file(csv, "1,2,3\n");
+  r = run_cli({"--db", db, "--legacy-pepper-file", legacy, "import", csv});
+  CHECK(r.code == 2);
+}
+
+TEST_CASE("cli: peppers counts the keys under each pepper, and use empties the legacy one",
+          "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const std::string legacy = dir.file("legacy");
+  write_file(legacy, kLegacyPepper);
+  create_key(db);
+  const auto [pk, sk] = insert_legacy_key(db);
+
+  Run r = run_cli({"--db", db, "--legacy-pepper-file", legacy, "peppers"});
+  REQUIRE(r.code == 0);
+  const Json listed = Json::parse(r.out);
+  REQUIRE(listed.size() == 2);
+  CHECK(listed[0].at("pepper_id") == 1);
+  CHECK(listed[0].at("keys") == 1);
+  CHECK(listed[0].at("role") == "current");
+  CHECK(listed[1].at("pepper_id") == apikeys::kLegacyPepperId);
+  CHECK(listed[1].at("keys") == 1);
+  CHECK(listed[1].at("role") == "legacy");
+
+  // Verifying the key rewrites its digest under the current pepper as the CLI exits.
+  CHECK(verdict(run_cli({"--db", db, "--legacy-pepper-file", legacy, "verify", pk, sk})) ==
+        "valid");
+  r = run_cli({"--db", db, "--legacy-pepper-file", legacy, "peppers"});
+  CHECK(keys_with_role(r, "legacy") == 0);
+  CHECK(keys_with_role(r, "current") == 2);
+  CHECK(verdict(run_cli({"--db", db, "verify", pk, sk})) == "valid");
+  // Without the legacy pepper, its row is listed only while keys are left under it.
+  r = run_cli({"--db", db, "peppers"});
+  REQUIRE(r.code == 0);
+  CHECK(Json::parse(r.out).size() == 1);
+}
+
+namespace {
+
+// A fresh key pair of `format`.
+apikeys::KeyPair new_pair(const apikeys::KeyFormat& format) {
+  apikeys::CsprngKeyGenerator generator;
+  return generator.generate(format);
+}
+
+// What scan prints for a secret: its prefix, 4 characters, "...".
+std::string shown_secret(const std::string& secret) {
+  const std::size_t prefix = secret.find("sk_") + 3;
+  return secret.substr(0, prefix + 4) + "...";
+}
+
+// Runs the CLI with no pepper, no brand and nothing else in its environment.
+Run run_bare(const std::vector<std::string>& args, const std::string& input = "") {
+  std::vector<std::string> argv{APIKEYS_CLI_PATH};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return apikeys_test::run_program(argv, {}, input);
+}
+
+}  // namespace
+
+TEST_CASE("cli: scan finds keys in files and directories, never showing a secret", "[cli]") {
+  TempDir dir;
+  const std::string root = dir.file("repo");
+  fs::create_directories(root + "/sub");
+  fs::create_directories(root + "/.git");
+  const apikeys::KeyFormat acme = apikeys::KeyFormat::branded("acme");
+  const apikeys::KeyPair branded = new_pair(acme);
+  const apikeys::KeyPair legacy = new_pair(apikeys::KeyFormat{});
+  const std::string bsk(branded.secret_key.reveal());
+  const std::string lsk(legacy.secret_key.reveal());
+  write_file(root + "/a.txt",
+             "line 1\n\nPUBLIC=" + branded.public_key + "\n\nsecret: \"" + bsk + "\"\n");
+  write_file(root + "/sub/b.env", "API_KEY=" + lsk + "\n");
+  write_file(root + "/.git/config", bsk + "\n");                          // skipped: .git
+  write_file(root + "/blob.bin", std::string("\0\1\2", 3) + bsk + "\n");  // skipped: binary
+  write_file(root + "/clean.txt", "nothing here: sk_short, acme_pk_short\n");
+
+  // No pepper, no database (a --db that does not exist is not made), a bad brand: scan
+  // reads none of them.
+  const std::string db = dir.file("never.db");
+  Run r = apikeys_test::run_program({APIKEYS_CLI_PATH, "--db", db, "scan", root},
+                                    {"APIKEYS_PEPPER=zz", "APIKEYS_BRAND=NOT OK"});
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  CHECK(r.code == 1);
+  CHECK(r.err.empty());
+  CHECK(r.out == root + "/a.txt:3: branded public key " + branded.public_key + "\n" + root +
+                     "/a.txt:5: branded secret key " + shown_secret(bsk) + "\n" + root +
+                     "/sub/b.env:1: legacy secret key " + shown_secret(lsk) + "\n");
+  CHECK_FALSE(contains(r.out, bsk));
+  CHECK_FALSE(contains(r.out, lsk));
+  CHECK_FALSE(fs::exists(db));
+
+  // Nothing found: 0. A file given by name is scanned even when under .git.
+  r = run_bare({"scan", root + "/clean.txt"});
+  CHECK(r.code == 0);
+  CHECK(r.out.empty());
+  r = run_bare({"scan", root + "/.git/config"});
+  CHECK(r.code == 1);
+
+  // A path that cannot be read: 2, and the others are still scanned.
+  r = run_bare({"scan", dir.file("missing"), root + "/sub"});
+  CHECK(r.code == 2);
+  CHECK(contains(r.err, dir.file("missing")));
+  CHECK(r.out == root + "/sub/b.env:1: legacy secret key " + shown_secret(lsk) + "\n");
+  // A path that may be a secret pasted in the wrong place is not shown.
+  r = run_bare({"scan", bsk});
+  CHECK(r.code == 2);
+  CHECK_FALSE(contains(r.err, bsk));
+
+  // "-" is stdin.
+  r = run_bare({"scan", "-"}, "a\nb " + branded.public_key + "\n");
+  CHECK(r.code == 1);
+  CHECK(r.out == "-:2: branded public key " + branded.public_key + "\n");
+  // No path: usage error.
+  CHECK(run_bare({"scan"}).code == 2);
+}
+
+TEST_CASE("cli: scan finds a key across the edge of the chunks it reads, once", "[cli]") {
+  // scan reads 1 MiB at a time: put keys on every side of that edge, at several shifts.
+  constexpr std::size_t kChunk = std::size_t{1} << 20;
+  const apikeys::KeyFormat brand16 = apikeys::KeyFormat::branded("abcdefghijklmnop");
+  TempDir dir;
+  for (const std::size_t shift : {0, 1, 7, 23, 41, 58, 60, 77}) {
+    std::string text;
+    std::uint64_t line = 1;
+    std::string expected;
+    const std::string path = dir.file("big" + std::to_string(shift) + ".txt");
+    while (text.size() + 100 < kChunk - 200 - shift) {
+      text += std::string(99, 'x') + "\n";
+      ++line;
+    }
+    text += std::string(kChunk - 200 - shift - text.size(), 'y');
+    for (int i = 0; i < 12; ++i) {
+      const apikeys::KeyPair p = new_pair(i % 3 == 0 ? brand16 : apikeys::KeyFormat{});
+      const std::string secret(p.secret_key.reveal());
+      const bool show_secret = i % 2 == 1;
+      text += i % 4 == 3 ? "\n" : " ";
+      if (i % 4 == 3) ++line;
+      text += show_secret ? secret : p.public_key;
+      expected +=
+          path + ":" + std::to_string(line) + ": " + (i % 3 == 0 ? "branded " : "legacy ") +
+          (show_secret ? "secret key " + shown_secret(secret) : "public key " + p.public_key) +
+          "\n";
+    }
+    text += "\n";
+    write_file(path, text);
+    const Run r = run_bare({"scan", path});
+    INFO("shift " << shift << "\nstderr: " << r.err);
+    CHECK(r.code == 1);
+    CHECK(r.out == expected);
+  }
+}
+
+TEST_CASE("cli: scan as a git pre-commit hook refuses a commit that adds a key", "[cli]") {
+  if (std::system("git --version >/dev/null 2>&1") != 0) {
+    std::cout << "cli: pre-commit hook test skipped: no git\n";
+    return;
+  }
+  TempDir dir;
+  const std::string repo = dir.file("repo");
+  fs::create_directories(repo);
+  const std::string hook = repo + "/.git/hooks/pre-commit";
+  // What a project would install: scan the files the commit adds or changes.
+  const std::string hook_text =
+      "#!/bin/sh\n"
+      "git diff --cached --name-only --diff-filter=ACMR -z | xargs -0 -r \"$APIKEYS\" scan\n";
+  const char* path_env = std::getenv("PATH");
+  const std::vector<std::string> env{
+      "PATH=" + std::string(path_env != nullptr ? path_env : "/usr/bin:/bin"),
+      "APIKEYS=" APIKEYS_CLI_PATH, "HOME=" + dir.file(""), "GIT_CONFIG_NOSYSTEM=1"};
+  const auto git = [&](const std::string& command) {
+    return apikeys_test::run_program(
+        {"/bin/sh", "-c",
+         "cd '" + repo + "' && git -c user.name=t -c user.email=t@example.com " + command},
+        env);
+  };
+  REQUIRE(git("init -q .").code == 0);
+  write_file(hook, hook_text);
+  fs::permissions(hook, fs::perms::owner_all);
+
+  write_file(repo + "/README", "no keys\n");
+  Run r = git("add README && git -c user.name=t -c user.email=t@example.com commit -q -m clean");
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  CHECK(r.code == 0);
+
+  const apikeys::KeyPair key = new_pair(apikeys::KeyFormat::branded("acme"));
+  const std::string secret(key.secret_key.reveal());
+  write_file(repo + "/config.py", "\n\nAPI_KEY = \"" + secret + "\"\n");
+  r = git("add config.py && git -c user.name=t -c user.email=t@example.com commit -q -m leak");
+  CHECK(r.code != 0);
+  CHECK(contains(r.out + r.err, "config.py:3: branded secret key " + shown_secret(secret)));
+  CHECK_FALSE(contains(r.out + r.err, secret));
+  CHECK(git("log --oneline").out.find("leak") == std::string::npos);
+}
+
+#endif  // APIKEYS_CLI_PATH
