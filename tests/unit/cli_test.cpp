@@ -1490,7 +1490,8 @@ const std::string kLegacyPepper = "change-me-in-prod";
 std::pair<std::string, std::string> insert_legacy_key(const std::string& db) {
   apikeys::CsprngKeyGenerator generator;
   const apikeys::KeyPair pair = generator.generate(apikeys::KeyFormat{});
-  const std::vector<apikeys::Pepper> peppers{{1, hex_decode(kPepperHex)}};
+  const std::string pepper = hex_decode(kPepperHex);  // Pepper::bytes is a view of it
+  const std::vector<apikeys::Pepper> peppers{{1, pepper}};
   const apikeys::HmacSha256Hasher hasher(peppers, 1, kLegacyPepper);
   apikeys::KeyRecord r;
   r.info.key_id = apikeys::Uuid::random();
@@ -1649,7 +1650,8 @@ namespace {
 std::pair<std::string, std::string> legacy_row(const std::string& account = kAccount) {
   apikeys::CsprngKeyGenerator generator;
   const apikeys::KeyPair pair = generator.generate(apikeys::KeyFormat{});
-  const std::vector<apikeys::Pepper> peppers{{1, hex_decode(kPepperHex)}};
+  const std::string pepper = hex_decode(kPepperHex);  // Pepper::bytes is a view of it
+  const std::vector<apikeys::Pepper> peppers{{1, pepper}};
   const apikeys::HmacSha256Hasher hasher(peppers, 1, kLegacyPepper);
   const apikeys::Digest d = *hasher.hash_with(pair.secret_key.reveal(), apikeys::kLegacyPepperId);
   Json row;
