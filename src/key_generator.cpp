@@ -187,19 +187,21 @@ bool FormatCheck::check_pair(std::string_view pk, std::string_view sk,
   const std::size_t sum = f.checksum ? kSum : 0;
   const std::size_t pk_size = f.public_prefix.size() + f.length + sum;
   const std::size_t sk_size = f.secret_prefix.size() + f.length + sum;
-  const char* p = pk.data() + f.public_prefix.size();
-  const char* s = sk.data() + f.secret_prefix.size();
   // Each key read in full once its prefix and size are right; the secret only when the
-  // public key is good (so which of the two is wrong shows, as it always has).
+  // public key is good (so which of the two is wrong shows, as it always has). A body
+  // pointer is formed only once its key's size is right: a default string_view's data()
+  // is null, and null plus an offset is undefined.
+  auto body = [](std::string_view key, std::size_t prefix) { return key.data() + prefix; };
   if (!f.checksum) {
-    pk_ok = shape(pk, f.public_prefix, pk_size, public_head_) && base62_run(p, f.length) != 0;
+    pk_ok = shape(pk, f.public_prefix, pk_size, public_head_) &&
+            base62_run(body(pk, f.public_prefix.size()), f.length) != 0;
     return pk_ok && shape(sk, f.secret_prefix, sk_size, secret_head_) &&
-           base62_run(s, f.length) != 0;
+           base62_run(body(sk, f.secret_prefix.size()), f.length) != 0;
   }
   pk_ok = shape(pk, f.public_prefix, pk_size, public_head_) &&
-          checksummed_body_ok(p, f.length, public_crc_);
+          checksummed_body_ok(body(pk, f.public_prefix.size()), f.length, public_crc_);
   return pk_ok && shape(sk, f.secret_prefix, sk_size, secret_head_) &&
-         checksummed_body_ok(s, f.length, secret_crc_);
+         checksummed_body_ok(body(sk, f.secret_prefix.size()), f.length, secret_crc_);
 }
 
 }  // namespace detail

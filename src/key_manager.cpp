@@ -259,7 +259,12 @@ PagePosition KeyManager::Impl::position_of(const Uuid& account_id, std::optional
   Digest tag;
   tag.pepper_id = static_cast<std::uint32_t>(get_be(bytes + kCursorBody, 4));
   std::memcpy(tag.bytes.data(), bytes + kCursorBody + 4, 32);
-  if (!hasher->verify(cursor_mac_input(account_id, bytes), tag)) refuse(kBad);
+  // cursor_for() tags under the current pepper, so a tag under the legacy pepper (which
+  // only verifies imported keys, and may be short) was never made here.
+  if (tag.pepper_id == kLegacyPepperId ||
+      !hasher->verify(cursor_mac_input(account_id, bytes), tag)) {
+    refuse(kBad);
+  }
   const std::uint8_t want = status ? static_cast<std::uint8_t>(*status) : 0xFF;
   if (bytes[1] != want) refuse(kBad);
   PagePosition position;

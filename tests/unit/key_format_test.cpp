@@ -385,3 +385,22 @@ TEST_CASE("a Validator refuses a bad format in also_accept", "[key_format]") {
   options.also_accept = {same_prefixes};
   CHECK_THROWS_AS(apikeys::Validator(store, hasher, options), Error);
 }
+
+TEST_CASE("a well-formed public key with a default (null) secret view is malformed",
+          "[key_format]") {
+  // std::string_view{} has a null data(): the format step must not offset it (undefined
+  // behaviour that the clang UBSan build reports) before it has checked the size.
+  auto store = std::make_shared<apikeys::MemoryStore>();
+  auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(apikeys_test::kTestPepper);
+  for (const KeyFormat& format : {KeyFormat{}, KeyFormat::branded("acme")}) {
+    apikeys::ValidatorOptions options;
+    options.format = format;
+    options.record_last_use = false;
+    options.rehash_on_use = false;
+    apikeys::Validator validator(store, hasher, options);
+    apikeys::CsprngKeyGenerator generator;
+    const apikeys::KeyPair pair = generator.generate(format);
+    CHECK(validator.validate(pair.public_key, std::string_view{}).code ==
+          ValidationCode::malformed);
+  }
+}

@@ -904,3 +904,46 @@ TEST_CASE("KeyManager with a custom key format", "[key_manager]") {
   CHECK(t->validate("pk_" + std::string(32, 'a'), "sk_" + std::string(32, 'a')).code ==
         ValidationCode::malformed);
 }
+
+TEST_CASE("a listing cursor signed with the legacy pepper is refused", "[key_manager]") {
+  // The legacy pepper (a configuration string of the replaced service, possibly short)
+  // only verifies imported keys' digests: a cursor tagged under it was not made by this
+  // manager and must not be accepted, or the listing becomes an oracle for guessing it.
+  constexpr std::string_view kLegacy = "0123456789abcdefghijklmnopqrstuv";
+  auto store = std::make_shared<apikeys::MemoryStore>();
+  auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(
+      std::vector<apikeys::Pepper>{apikeys::Pepper{1, apikeys_test::kTestPepper}}, 1, kLegacy);
+  apikeys::KeyManagerOptions options;
+  options.validation.record_last_use = false;
+  apikeys::KeyManager manager(store, hasher, options);
+  const Uuid account = account_id(7);
+  for (int i = 0; i < 3; ++i) (void)manager.create(account, CreateRequest("k"));
+
+  apikeys::ListOptions first;
+  first.limit = 1;
+  const apikeys::KeyPage page = manager.list(account, first);
+  REQUIRE(page.next_cursor);
+
+  // The same cursor body, tagged by a manager whose pepper has the legacy pepper's bytes,
+  // then relabelled with the legacy pepper's id.
+  auto forger_hasher = std::make_shared<apikeys::HmacSha256Hasher>(kLegacy);
+  apikeys::KeyManager forger(store, forger_hasher, options);
+  const apikeys::KeyPage forged_page = forger.list(account, first);
+  REQUIRE(forged_page.next_cursor);
+  std::string forged = *forged_page.next_cursor;
+  constexpr std::size_t kPepperIdHex = 2 * (1 + 1 + 8 + 16);
+  REQUIRE(forged.substr(kPepperIdHex, 8) == "00000001");
+  forged.replace(kPepperIdHex, 8, "ffffffff");
+
+  apikeys::ListOptions next = first;
+  next.cursor = forged;
+  try {
+    (void)manager.list(account, next);
+    FAIL("a cursor tagged under the legacy pepper was accepted");
+  } catch (const apikeys::Error& e) {
+    CHECK(e.code() == ErrorCode::invalid_argument);
+  }
+  // The manager's own cursor still works.
+  next.cursor = *page.next_cursor;
+  CHECK(manager.list(account, next).keys.size() == 1);
+}
