@@ -584,6 +584,11 @@ void SqliteStore::record_last_use(const std::vector<LastUse>& uses) {
 }
 
 std::size_t SqliteStore::replace_digests(const std::vector<DigestChange>& changes) {
+  // A read-only store can never rewrite: say so once (the Validator then stops asking)
+  // rather than fail every batch as storage.
+  if (impl_->read_only) {
+    throw Error(ErrorCode::not_supported, "SqliteStore is read-only: digests are not rewritten");
+  }
   if (changes.empty()) return 0;
   return impl_->write("replace_digests", [&](Writer& w) {
     std::size_t rewritten = 0;
@@ -607,7 +612,7 @@ std::size_t SqliteStore::replace_digests(const std::vector<DigestChange>& change
 std::vector<PepperCount> SqliteStore::pepper_counts() {
   return translated("pepper_counts", [&] {
     Impl::Lease r(*impl_);
-    r->end_snapshot();  // rule 4
+    r->end_snapshot();                             // rule 4
     SQLite::Statement s(r->db, kPepperCountsSql);  // rare: prepared per call
     std::vector<PepperCount> out;
     while (s.executeStep()) {

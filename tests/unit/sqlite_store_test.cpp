@@ -1139,6 +1139,15 @@ TEST_CASE("SqliteStore opened read-only refuses the policy writes too", "[store]
   CHECK(error_code_of([&] { (void)store.rotate(alice, next, 1, record(2, alice)); }) ==
         ErrorCode::storage);
   CHECK(error_code_of([&] { (void)store.revoke_all(alice, at(1)); }) == ErrorCode::storage);
+  // A digest rewrite can never succeed here: not_supported, so a Validator stops asking
+  // instead of failing at every flush.
+  const apikeys::KeyRecord r = record(1, alice);
+  apikeys::Digest moved = r.digest;
+  moved.pepper_id += 1;
+  CHECK(error_code_of([&] {
+          (void)store.replace_digests({{r.info.key_id, r.digest, moved}});
+        }) == ErrorCode::not_supported);
+  CHECK(store.find(public_key(1))->digest.pepper_id == r.digest.pepper_id);
   CHECK(stored(store, alice, 1).title == "key 1");
   CHECK(stored(store, alice, 1).version == 1);
   CHECK_FALSE(store.find(public_key(2)));
