@@ -453,7 +453,8 @@ void World::build_branded() {
   pass_over(*memory_branded, keys, 0, 1000, ValidationCode::valid, "branded: legacy keys");
   std::size_t bad = 0;
   for (std::size_t i = 0; i < kMalformedKeys; ++i) {
-    bad += memory_branded->validate(good[i].first, good[i].second).code != ValidationCode::not_found;
+    bad +=
+        memory_branded->validate(good[i].first, good[i].second).code != ValidationCode::not_found;
     bad += memory_branded->validate(branded_bad_sum_key(i), branded_secret(i)).code !=
            ValidationCode::malformed;
   }

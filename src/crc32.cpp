@@ -51,10 +51,9 @@ constexpr std::array<std::uint64_t, 256> kDigit = make_digit_values();
 
 // One slicing-by-8 step: the CRC register `c` (inverted) over p[0..8).
 inline std::uint32_t step8(std::uint32_t c, const unsigned char* p) noexcept {
-  const std::uint32_t lo = c ^ (static_cast<std::uint32_t>(p[0]) |
-                                static_cast<std::uint32_t>(p[1]) << 8 |
-                                static_cast<std::uint32_t>(p[2]) << 16 |
-                                static_cast<std::uint32_t>(p[3]) << 24);
+  const std::uint32_t lo =
+      c ^ (static_cast<std::uint32_t>(p[0]) | static_cast<std::uint32_t>(p[1]) << 8 |
+           static_cast<std::uint32_t>(p[2]) << 16 | static_cast<std::uint32_t>(p[3]) << 24);
   return kTable[7][lo & 0xFFU] ^ kTable[6][(lo >> 8) & 0xFFU] ^ kTable[5][(lo >> 16) & 0xFFU] ^
          kTable[4][lo >> 24] ^ kTable[3][p[4]] ^ kTable[2][p[5]] ^ kTable[1][p[6]] ^
          kTable[0][p[7]];

@@ -39,7 +39,6 @@ bool valid_prefix(std::string_view p) noexcept {
   return true;
 }
 
-
 // 1 when p[0..n) are all base62, else 0; no early exit.
 unsigned base62_run(const char* p, std::size_t n) noexcept {
   unsigned ok = 1;
@@ -64,10 +63,8 @@ constexpr std::size_t kSum = KeyFormat::kChecksumLength;
 
 // True when `key` is `prefix`, then `length` characters, then kSum more: the size and
 // prefix of a checksummed key.
-bool checksummed_shape(std::string_view key, std::string_view prefix,
-                       std::size_t length) noexcept {
-  return key.size() == prefix.size() + length + kSum &&
-         key.compare(0, prefix.size(), prefix) == 0;
+bool checksummed_shape(std::string_view key, std::string_view prefix, std::size_t length) noexcept {
+  return key.size() == prefix.size() + length + kSum && key.compare(0, prefix.size(), prefix) == 0;
 }
 
 // `prefix`, `length` base62 characters, and with `checksum` the CRC-32 of all that as
@@ -181,8 +178,7 @@ bool FormatCheck::shape(std::string_view key, std::string_view prefix, std::size
   return key.compare(0, prefix.size(), prefix) == 0;
 }
 
-bool FormatCheck::check_pair(std::string_view pk, std::string_view sk,
-                             bool& pk_ok) const noexcept {
+bool FormatCheck::check_pair(std::string_view pk, std::string_view sk, bool& pk_ok) const noexcept {
   const KeyFormat& f = format_;
   const std::size_t sum = f.checksum ? kSum : 0;
   const std::size_t pk_size = f.public_prefix.size() + f.length + sum;

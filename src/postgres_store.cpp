@@ -1076,7 +1076,8 @@ std::vector<PepperCount> PostgresStore::pepper_counts() {
     for (int i = 0; i < n; ++i) {
       const std::int64_t id =
           parse_int(r.get(), i, 0, "pepper_counts", "pepper_id is not an integer");
-      const std::int64_t keys = parse_int(r.get(), i, 1, "pepper_counts", "count is not an integer");
+      const std::int64_t keys =
+          parse_int(r.get(), i, 1, "pepper_counts", "count is not an integer");
       if (id < 0 || id > static_cast<std::int64_t>(std::numeric_limits<std::uint32_t>::max()) ||
           keys < 0) {
         corrupt("pepper_counts", "pepper_id out of range");

@@ -1004,8 +1004,7 @@ inline void run_store_contract(const StoreFactory& make, const StoreContractOpti
       // A pepper no key holds any more is left out.
       REQUIRE(store->remove(alice, key_id(4)));
       REQUIRE(store->remove(bob, key_id(7)));
-      const std::vector<std::pair<std::uint32_t, std::uint64_t>> want_removed{{1, 3},
-                                                                              {kLegacy, 2}};
+      const std::vector<std::pair<std::uint32_t, std::uint64_t>> want_removed{{1, 3}, {kLegacy, 2}};
       CHECK(counts_of(store->pepper_counts()) == want_removed);
     }
   } else {

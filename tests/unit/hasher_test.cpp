@@ -486,8 +486,7 @@ TEST_CASE("HmacSha256Hasher verifies under a legacy pepper and never hashes with
     CHECK_THROWS_AS(HmacSha256Hasher(peppers, 7, ""), apikeys::Error);
     CHECK_THROWS_AS(HmacSha256Hasher(peppers, 7, std::string(4097, 'x')), apikeys::Error);
     const std::vector<apikeys::Pepper> clash{{apikeys::kLegacyPepperId, current}};
-    CHECK_THROWS_AS(HmacSha256Hasher(clash, apikeys::kLegacyPepperId, "change-me"),
-                    apikeys::Error);
+    CHECK_THROWS_AS(HmacSha256Hasher(clash, apikeys::kLegacyPepperId, "change-me"), apikeys::Error);
   }
   SECTION("without a legacy pepper its id is an ordinary id, and unknown") {
     const HmacSha256Hasher plain(peppers, 7);

@@ -132,7 +132,8 @@ TEST_CASE("checksum characters encode and decode", "[key_format]") {
   CHECK(decode_checksum("4gfFC4") == 0x100000000ULL);
   CHECK(decode_checksum("zzzzzz") > 0xFFFFFFFFULL);
   CHECK(decode_checksum("00000-") > 0xFFFFFFFFULL);
-  CHECK(decode_checksum("\xFF" "00000") > 0xFFFFFFFFULL);
+  CHECK(decode_checksum("\xFF"
+                        "00000") > 0xFFFFFFFFULL);
   CHECK(decode_checksum("zzzzz_") > 0xFFFFFFFFULL);
 }
 
@@ -283,8 +284,7 @@ TEST_CASE("a generator that leaves the checksum out makes create() throw, writin
   CHECK(store->list(account).empty());
 }
 
-TEST_CASE("also_accept: branded keys issued, legacy keys still valid, no mixing",
-          "[key_format]") {
+TEST_CASE("also_accept: branded keys issued, legacy keys still valid, no mixing", "[key_format]") {
   auto store = std::make_shared<apikeys::MemoryStore>();
   auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(apikeys_test::kTestPepper);
   const apikeys::Uuid account = apikeys_test::account_id(2);
@@ -313,7 +313,8 @@ TEST_CASE("also_accept: branded keys issued, legacy keys still valid, no mixing"
   CHECK(validator.validate(old_key.info.public_key, new_key.secret_key.reveal()).code ==
         ValidationCode::malformed);
   // The token form too.
-  const std::string token = new_key.info.public_key + ":" + std::string(new_key.secret_key.reveal());
+  const std::string token =
+      new_key.info.public_key + ":" + std::string(new_key.secret_key.reveal());
   CHECK(validator.validate(token).ok());
 
   // rotate() issues the first format as well.
