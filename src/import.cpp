@@ -1,7 +1,7 @@
 // KeyManager::import_keys(): rows of the reference Python service's `api_keys` table,
 // as JSON lines or PostgreSQL CSV, into a Store. One row at a time, never the whole
-// input; every buffer that held a row is wiped (it holds the row's digest). Design
-// notes: doc/import.md.
+// input; every buffer of ours that held a row is wiped (it holds the row's digest);
+// the JSON parser's own token copies are not (doc/import.md, invariant 8).
 
 #include <openssl/crypto.h>
 
