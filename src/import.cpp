@@ -508,6 +508,14 @@ ImportReport import_keys(Store& store, const Hasher& hasher, const ValidatorOpti
     case ImportFormat::csv: import_csv(bytes, importer); break;
     default: throw Error(ErrorCode::invalid_argument, "unknown import format");
   }
+  if (bytes.failed()) {
+    // A read error ended the input: the report covers the rows read; the caller sees
+    // in.bad(). (setstate() throws when the caller asked for that; the report is kept.)
+    try {
+      in.setstate(std::ios::badbit);
+    } catch (const std::ios_base::failure&) {
+    }
+  }
   return importer.take_report();
 }
 

@@ -34,27 +34,33 @@ ByteSource::ByteSource(std::streambuf& in) : in_(in) {
   static constexpr unsigned char kMark[3] = {0xEF, 0xBB, 0xBF};
   // Consume only bytes that match the mark so far; a partial match is replayed.
   while (pending_end_ < 3) {
-    const int c = in_.sgetc();
-    if (c == std::streambuf::traits_type::eof() ||
-        static_cast<unsigned char>(c) != kMark[pending_end_]) {
-      break;
-    }
+    const int c = read(/*consume=*/false);
+    if (c == kEof || static_cast<unsigned char>(c) != kMark[pending_end_]) break;
     pending_[pending_end_++] = static_cast<unsigned char>(c);
-    in_.sbumpc();
+    read(/*consume=*/true);
   }
   if (pending_end_ == 3) pending_end_ = 0;  // the whole mark: drop it
 }
 
+int ByteSource::read(bool consume) noexcept {
+  if (failed_) return kEof;
+  try {
+    const int c = consume ? in_.sbumpc() : in_.sgetc();
+    return c == std::streambuf::traits_type::eof() ? kEof : static_cast<unsigned char>(c);
+  } catch (...) {
+    failed_ = true;
+    return kEof;
+  }
+}
+
 int ByteSource::get() {
   if (pending_begin_ < pending_end_) return pending_[pending_begin_++];
-  const int c = in_.sbumpc();
-  return c == std::streambuf::traits_type::eof() ? kEof : static_cast<unsigned char>(c);
+  return read(/*consume=*/true);
 }
 
 int ByteSource::peek() {
   if (pending_begin_ < pending_end_) return pending_[pending_begin_];
-  const int c = in_.sgetc();
-  return c == std::streambuf::traits_type::eof() ? kEof : static_cast<unsigned char>(c);
+  return read(/*consume=*/false);
 }
 
 bool LineReader::next(bool& too_long) {

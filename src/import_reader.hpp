@@ -45,9 +45,16 @@ class ByteSource {
   int get();
   // The next byte without consuming it, or kEof.
   int peek();
+  // True when reading failed (std::filebuf throws on a read error): the input ended
+  // there, and get() and peek() return kEof from then on.
+  [[nodiscard]] bool failed() const noexcept { return failed_; }
 
  private:
+  // in_.sbumpc() (consume) or in_.sgetc(), with a read error turned into kEof.
+  int read(bool consume) noexcept;
+
   std::streambuf& in_;
+  bool failed_ = false;
   unsigned char pending_[3] = {};  // bytes read ahead while looking for the mark
   std::size_t pending_begin_ = 0;
   std::size_t pending_end_ = 0;

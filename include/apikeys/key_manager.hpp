@@ -269,6 +269,8 @@ class APIKEYS_EXPORT KeyManager {
   /// unreadable as a whole (no CSV header, a CSV header without a required column);
   /// and store or cache errors other than a duplicate (busy, storage) as they come:
   /// rows imported before then stay imported, and running it again finishes the job.
+  /// A read error (std::filebuf throws one) ends the input there: the report covers the
+  /// rows read before it, and `in` is left bad().
   ImportReport import_keys(std::istream& in, const ImportOptions& options = {});
 
   /// How many keys each pepper id still holds: see Store::pepper_counts(). Throws

@@ -845,3 +845,35 @@ TEST_CASE("import: max_rejections_listed bounds the list, not the count", "[impo
   CHECK(report.rejections[0].line == 1);
   CHECK(report.rejections[1].line == 2);
 }
+
+namespace {
+
+// A stream buffer that serves `text`, then fails as std::filebuf does on a read error
+// (EIO, or a directory): its underflow() throws.
+class FailingBuf final : public std::streambuf {
+ public:
+  explicit FailingBuf(std::string text) : text_(std::move(text)) {
+    setg(text_.data(), text_.data(), text_.data() + text_.size());
+  }
+
+ protected:
+  int_type underflow() override { throw std::ios_base::failure("read error"); }
+
+ private:
+  std::string text_;
+};
+
+}  // namespace
+
+TEST_CASE("import: a read error ends the input: the rows read are reported, the stream is bad",
+          "[import]") {
+  Importing t;
+  FailingBuf buf(json_line(good_row(1)) + json_line(good_row(2)));
+  std::istream in(&buf);
+  ImportReport report;
+  REQUIRE_NOTHROW(report = t.manager->import_keys(in, ImportOptions{}));
+  CHECK(report.imported == 2);
+  CHECK(report.rejected == 0);
+  CHECK(in.bad());
+  CHECK(t.validate(1) == ValidationCode::valid);
+}
