@@ -1913,6 +1913,8 @@ TEST_CASE("cli: scan finds a key across the edge of the chunks it reads, once", 
 
 TEST_CASE("cli: scan as a git pre-commit hook refuses a commit that adds a key", "[cli]") {
   if (std::system("git --version >/dev/null 2>&1") != 0) {
+    const char* ci = std::getenv("CI");
+    REQUIRE_FALSE((ci != nullptr && std::string(ci) == "true"));  // CI has git: never skip
     std::cout << "cli: pre-commit hook test skipped: no git\n";
     return;
   }
@@ -1920,10 +1922,15 @@ TEST_CASE("cli: scan as a git pre-commit hook refuses a commit that adds a key",
   const std::string repo = dir.file("repo");
   fs::create_directories(repo);
   const std::string hook = repo + "/.git/hooks/pre-commit";
-  // What a project would install: scan the files the commit adds or changes.
+  // What README.md tells a project to install: scan the staged content of the files the
+  // commit adds or changes (not the working copy, which may differ).
   const std::string hook_text =
       "#!/bin/sh\n"
-      "git diff --cached --name-only --diff-filter=ACMR -z | xargs -0 -r \"$APIKEYS\" scan\n";
+      "tmp=$(mktemp -d) || exit 2\n"
+      "trap 'rm -rf \"$tmp\"' EXIT\n"
+      "git diff --cached --name-only --diff-filter=ACMR -z |\n"
+      "  xargs -0 -r git checkout-index --prefix=\"$tmp/\" -- || exit 2\n"
+      "\"$APIKEYS\" scan -- \"$tmp\"\n";
   const char* path_env = std::getenv("PATH");
   const std::vector<std::string> env{
       "PATH=" + std::string(path_env != nullptr ? path_env : "/usr/bin:/bin"),
@@ -1950,6 +1957,19 @@ TEST_CASE("cli: scan as a git pre-commit hook refuses a commit that adds a key",
   CHECK(r.code != 0);
   CHECK(contains(r.out + r.err, "config.py:3: branded secret key " + shown_secret(secret)));
   CHECK_FALSE(contains(r.out + r.err, secret));
+  CHECK(git("log --oneline").out.find("leak") == std::string::npos);
+
+  // Staged with the key, then cleaned in the working copy only: still refused.
+  write_file(repo + "/config.py", "\n\nAPI_KEY = os.environ[\"API_KEY\"]\n");
+  r = git("commit -q -m leak-staged");
+  CHECK(r.code != 0);
+  CHECK(contains(r.out + r.err, "config.py:3: branded secret key " + shown_secret(secret)));
+  // A file whose name looks like an option is scanned, not taken as one.
+  write_file(repo + "/--db=x", "K=" + secret + "\n");
+  r = git("add config.py -- '--db=x' && git -c user.name=t -c user.email=t@example.com "
+          "commit -q -m leak-option-name");
+  CHECK(r.code != 0);
+  CHECK(contains(r.out + r.err, "--db=x:1: branded secret key"));
   CHECK(git("log --oneline").out.find("leak") == std::string::npos);
 }
 
