@@ -1218,9 +1218,11 @@ int cmd_import(const Options& o) {
 // pepper, another pepper the hasher knows, or one it does not know.
 const char* pepper_role(std::uint32_t id, const apikeys::Hasher& hasher) {
   if (id == hasher.current_pepper_id()) return "current";
-  if (id == apikeys::kLegacyPepperId) return "legacy";
   const std::vector<std::uint32_t> known = hasher.pepper_ids();
-  return std::find(known.begin(), known.end(), id) != known.end() ? "retired" : "unknown";
+  // Keys under a pepper this run was not given cannot be verified by it: "unknown",
+  // the legacy id included when no --legacy-pepper-file was given.
+  if (std::find(known.begin(), known.end(), id) == known.end()) return "unknown";
+  return id == apikeys::kLegacyPepperId ? "legacy" : "retired";
 }
 
 int cmd_peppers(const Options& o) {

@@ -7,14 +7,14 @@
 # current pepper, after which the legacy pepper is no longer needed; branded keys issued
 # with --brand verify beside them; a second import changes nothing.
 # Usage: interop_test.sh APIKEYS_CLI REFERENCE_SERVICE_PY
-# Exits 77 (skipped) when python3 is missing, unless CI is set (then that is a failure).
+# Exits 77 (skipped) when python3 is missing, unless CI=true (then that is a failure).
 set -euo pipefail
 
 cli=$1
 reference=$2
 
 if ! command -v python3 >/dev/null 2>&1; then
-  if [[ -n "${CI:-}" ]]; then
+  if [[ ${CI:-} == true ]]; then
     echo "interop: FAIL: python3 is missing (install it: scripts/deps.sh)" >&2
     exit 1
   fi

@@ -1781,6 +1781,11 @@ TEST_CASE("cli: peppers counts the keys under each pepper, and use empties the l
   CHECK(listed[1].at("pepper_id") == apikeys::kLegacyPepperId);
   CHECK(listed[1].at("keys") == 1);
   CHECK(listed[1].at("role") == "legacy");
+  // A run without the legacy pepper cannot verify those keys: "unknown" to it.
+  r = run_cli({"--db", db, "peppers"});
+  REQUIRE(r.code == 0);
+  CHECK(keys_with_role(r, "unknown") == 1);
+  CHECK(keys_with_role(r, "legacy") == 0);
 
   // Verifying the key rewrites its digest under the current pepper as the CLI exits.
   CHECK(verdict(run_cli({"--db", db, "--legacy-pepper-file", legacy, "verify", pk, sk})) ==
