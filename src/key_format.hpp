@@ -17,7 +17,7 @@ namespace apikeys::detail {
 class FormatCheck {
  public:
   /// REQUIRES: format.check() passes.
-  explicit FormatCheck(const KeyFormat& format);
+  explicit FormatCheck(KeyFormat format);
 
   [[nodiscard]] const KeyFormat& format() const noexcept { return format_; }
   /// format().public_key_size(): a public key of any other size has another format.

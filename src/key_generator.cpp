@@ -150,8 +150,8 @@ void append_random_base62(std::string& out, std::size_t count) {
 
 namespace detail {
 
-FormatCheck::FormatCheck(const KeyFormat& format)
-    : format_(format),
+FormatCheck::FormatCheck(KeyFormat format)
+    : format_(std::move(format)),
       public_size_(format_.public_key_size()),
       public_crc_(crc32(0, format_.public_prefix)),
       secret_crc_(crc32(0, format_.secret_prefix)) {

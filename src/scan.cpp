@@ -79,7 +79,7 @@ inline std::size_t next_k_underscore(const char* p, std::size_t from, std::size_
   while (i < limit) {
     const void* hit = std::memchr(p + i, '_', limit - i);
     if (hit == nullptr) return limit;
-    const std::size_t u = static_cast<std::size_t>(static_cast<const char*>(hit) - p);
+    const auto u = static_cast<std::size_t>(static_cast<const char*>(hit) - p);
     if (p[u - 1] == 'k') return u;
     i = u + 1;
   }

@@ -1971,7 +1971,8 @@ TEST_CASE("cli: scan as a git pre-commit hook refuses a commit that adds a key",
   CHECK(contains(r.out + r.err, "config.py:3: branded secret key " + shown_secret(secret)));
   // A file whose name looks like an option is scanned, not taken as one.
   write_file(repo + "/--db=x", "K=" + secret + "\n");
-  r = git("add config.py -- '--db=x' && git -c user.name=t -c user.email=t@example.com "
+  r =
+      git("add config.py -- '--db=x' && git -c user.name=t -c user.email=t@example.com "
           "commit -q -m leak-option-name");
   CHECK(r.code != 0);
   CHECK(contains(r.out + r.err, "--db=x:1: branded secret key"));
