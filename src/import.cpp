@@ -24,6 +24,7 @@
 #include "apikeys/key_generator.hpp"
 #include "apikeys/key_manager.hpp"
 #include "cache_registry.hpp"
+#include "guarded.hpp"
 #include "hex.hpp"
 #include "import_reader.hpp"
 #include "key_import.hpp"
@@ -222,20 +223,6 @@ bool is_blank(std::string_view line) {
 
 bool is_legacy(const KeyFormat& f) {
   return f.public_prefix == "pk_" && f.secret_prefix == "sk_" && f.length == 32 && !f.checksum;
-}
-
-// One error model, as in KeyManager: a user's Store may throw anything.
-template <class F>
-auto guarded(const char* operation, F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    throw Error(ErrorCode::storage, std::string(operation) + " failed: " + e.what());
-  } catch (...) {
-    throw Error(ErrorCode::storage, std::string(operation) + " failed");
-  }
 }
 
 std::string missing(Column c) { return std::string(kColumnNames[c]) + " is missing or null"; }

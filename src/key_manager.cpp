@@ -8,6 +8,7 @@
 
 #include "apikeys/error.hpp"
 #include "cache_registry.hpp"
+#include "guarded.hpp"
 #include "hex.hpp"
 #include "key_import.hpp"
 #include "metadata.hpp"
@@ -17,6 +18,8 @@
 namespace apikeys {
 
 namespace {
+
+using detail::guarded;
 
 // Error messages name the rule that was broken, never the submitted value: a caller
 // who pastes a secret into a title must not find it echoed into logs.
@@ -57,20 +60,6 @@ void check_text(std::string_view text, const TextRules& rules) {
   if (*n > rules.max_code_points) refuse(rules.too_long);
   if (detail::has_control(text, rules.allowed_controls)) refuse(rules.control);
   if (detail::has_bidi_or_zero_width(text)) refuse(rules.bidi_or_zero_width);
-}
-
-// One error model: a user's Store may throw anything; callers only ever see Error.
-template <class F>
-auto guarded(const char* operation, F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    throw Error(ErrorCode::storage, std::string(operation) + " failed: " + e.what());
-  } catch (...) {
-    throw Error(ErrorCode::storage, std::string(operation) + " failed");
-  }
 }
 
 }  // namespace
