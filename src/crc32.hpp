@@ -31,9 +31,6 @@ bool checksummed_body_ok(const char* body, std::size_t length, std::uint32_t pre
 /// Each range test is one add and one signed compare: adding 128 - lo maps lo..hi to
 /// -128..-128 + (hi - lo) and every other byte, those >= 0x80 included, above it.
 /// Returns a 16-bit mask, all ones if all 16 are base62.
-// The _mm_* intrinsics have no portable C++17 spelling (std::experimental::simd is
-// not C++17); this is the SSE2 path, guarded above, with a scalar fallback.
-// NOLINTBEGIN(portability-simd-intrinsics)
 inline int base62_mask16(const char* p) noexcept {
   const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   const __m128i digit = _mm_cmplt_epi8(_mm_add_epi8(c, _mm_set1_epi8(static_cast<char>(128 - '0'))),
@@ -44,7 +41,6 @@ inline int base62_mask16(const char* p) noexcept {
                      _mm_set1_epi8(static_cast<char>(-128 + 26)));
   return _mm_movemask_epi8(_mm_or_si128(digit, alpha));
 }
-// NOLINTEND(portability-simd-intrinsics)
 #endif
 
 /// Writes the 6 base62 characters ([0-9A-Za-z], most significant first, zero-padded)
