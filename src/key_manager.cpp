@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "apikeys/error.hpp"
+#include "apikeys/limiter.hpp"
 #include "cache_registry.hpp"
 #include "guarded.hpp"
 #include "hex.hpp"
@@ -80,6 +81,11 @@ CreateRequest normalize_request(const CreateRequest& request) {
   out.expires_in_days = request.expires_in_days;
   out.metadata = request.metadata;
   out.scopes = detail::normalize_scopes(request.scopes);
+  out.rate_limits = normalize_rate_limits(request.rate_limits);
+  if (request.credits) {
+    check_credits(*request.credits);
+    out.credits = request.credits;
+  }
   return out;
 }
 
@@ -112,6 +118,17 @@ struct KeyManager::Impl {
 
   // A fresh key pair of this manager's format and its record (not yet stored).
   KeyRecord new_record(const Uuid& account_id, SecretString& secret);
+
+  // The key's lineage's credits changed: drop what this process's limiter holds in
+  // advance, and the verdicts of every key of the lineage (whether it has credits is
+  // part of a verdict). Walks the rotation links both ways from `key`.
+  void credits_changed(const Uuid& account_id, const KeyInfo& key, bool balance_set);
+
+  // `info` with its credits' refills due by now applied, as get() and list() show it.
+  KeyInfo shown(KeyInfo info) const {
+    if (info.credits) info.credits = refilled(*info.credits, clock->now());
+    return info;
+  }
 
   std::string cursor_for(const Uuid& account_id, std::optional<KeyStatus> status,
                          const KeyInfo& last) const;
@@ -286,8 +303,33 @@ CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& reque
     info.expires_at = info.created_at + std::chrono::hours(24 * *req.expires_in_days);
   info.metadata = std::move(req.metadata);
   info.scopes = std::move(req.scopes);
+  info.lineage_id = info.key_id;  // a lineage of its own
+  info.rate_limits = std::move(req.rate_limits);
+  if (req.credits) {
+    Credits c = *req.credits;
+    c.refilled_period = c.refill ? refill_period(c.refill->interval, info.created_at) : 0;
+    info.credits = c;
+  }
 
   guarded("storing the key", [&] { impl_->store->insert(record); });
+  if (!info.rate_limits.empty() || info.credits) {
+    // A store written before rate limits and credits existed drops them silently: read
+    // the key back, and take it away again rather than leave a key without its limits.
+    std::optional<KeyInfo> stored;
+    try {
+      stored = impl_->store->get(account_id, info.key_id);
+    } catch (...) {
+    }
+    if (!stored || stored->rate_limits != info.rate_limits ||
+        stored->credits.has_value() != info.credits.has_value() ||
+        stored->lineage() != info.key_id) {
+      try {
+        (void)impl_->store->remove(account_id, info.key_id);
+      } catch (...) {
+      }
+      throw Error(ErrorCode::not_supported, "this store does not keep rate limits or credits");
+    }
+  }
   // A verdict cached for this public key before it existed (only possible with a
   // predictable generator) must not outlive its creation. Best effort: the key is
   // committed, and throwing now would lose its only copy of the secret; a stale entry
@@ -301,7 +343,9 @@ CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& reque
 }
 
 std::vector<KeyInfo> KeyManager::list(const Uuid& account_id) {
-  return guarded("listing keys", [&] { return impl_->store->list(account_id); });
+  std::vector<KeyInfo> keys = guarded("listing keys", [&] { return impl_->store->list(account_id); });
+  for (KeyInfo& k : keys) k = impl_->shown(std::move(k));
+  return keys;
 }
 
 KeyPage KeyManager::list(const Uuid& account_id, const ListOptions& options) {
@@ -319,13 +363,14 @@ KeyPage KeyManager::list(const Uuid& account_id, const ListOptions& options) {
     page.keys.resize(limit);
     page.next_cursor = impl_->cursor_for(account_id, options.status, page.keys.back());
   }
+  for (KeyInfo& k : page.keys) k = impl_->shown(std::move(k));
   return page;
 }
 
 KeyInfo KeyManager::get(const Uuid& account_id, const Uuid& key_id) {
   auto info = guarded("reading the key", [&] { return impl_->store->get(account_id, key_id); });
   if (!info || info->account_id != account_id) no_such_key(key_id);
-  return std::move(*info);
+  return impl_->shown(std::move(*info));
 }
 
 KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const KeyUpdate& update) {
@@ -346,13 +391,28 @@ KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const Key
       (update.expires_in_days.value() < 1 || update.expires_in_days.value() > kMaxExpiryDays)) {
     refuse("expires_in_days must be between 1 and 365");
   }
+  std::vector<RateLimit> rate_limits;
+  if (update.rate_limits.sets()) rate_limits = normalize_rate_limits(update.rate_limits.value());
+  if (update.credits.sets() && update.credits.value() > KeyPolicyLimits::kMaxCredits) {
+    refuse("credits must be 0 to 2^53");
+  }
+  if (update.refill.sets()) {
+    if (update.credits.clears()) refuse("a refill needs credits: they cannot be cleared with it");
+    Credits probe;
+    probe.refill = update.refill.value();
+    check_credits(probe);
+  }
   const bool changes_something = !update.title.leaves() || !update.description.leaves() ||
                                  !update.metadata.leaves() || !update.scopes.leaves() ||
-                                 !update.expires_in_days.leaves();
+                                 !update.expires_in_days.leaves() ||
+                                 !update.rate_limits.leaves();
+  const bool changes_credits = !update.credits.leaves() || !update.refill.leaves();
 
-  return impl_->change(
+  KeyInfo updated = impl_->change(
       "updating the key", account_id, key_id, update.expected_version, [&](KeyInfo& key) {
         if (!changes_something) return false;
+        if (update.rate_limits.sets()) key.rate_limits = rate_limits;
+        if (update.rate_limits.clears()) key.rate_limits.clear();
         if (title) key.title = *title;
         if (update.description.sets()) key.description = update.description.value();
         if (update.description.clears()) key.description.clear();
@@ -374,6 +434,77 @@ KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const Key
         key.expires_at = expiry;
         return true;
       });
+  if (update.rate_limits.sets() && updated.rate_limits != rate_limits) {
+    // A store written before rate limits existed kept the other fields only.
+    throw Error(ErrorCode::not_supported, "this store does not keep rate limits");
+  }
+  if (!changes_credits) return impl_->shown(std::move(updated));
+  // Credits are the lineage's, changed after the key's own fields (doc/rate-limits.md,
+  // "Management"): a failure here leaves those fields changed, and retrying is safe.
+  CreditsChange change;
+  change.at = impl_->clock->now();
+  if (update.credits.clears()) {
+    change.op = CreditsOp::remove;
+  } else {
+    change.op = CreditsOp::configure;
+    if (update.credits.sets()) change.remaining = update.credits.value();
+    if (!update.refill.leaves()) {
+      change.change_refill = true;
+      if (update.refill.sets()) change.refill = update.refill.value();
+    }
+  }
+  std::optional<KeyInfo> changed = guarded("changing the key's credits", [&] {
+    return impl_->store->change_credits(account_id, key_id, change);
+  });
+  if (!changed || changed->account_id != account_id) no_such_key(key_id);
+  impl_->credits_changed(account_id, *changed, change.op != CreditsOp::configure || change.remaining);
+  return impl_->shown(std::move(*changed));
+}
+
+void KeyManager::Impl::credits_changed(const Uuid& account_id, const KeyInfo& key,
+                                       bool balance_set) {
+  if (balance_set) validator.limiter().credits_reset(key.lineage());
+  // Every key of the lineage: the rotation links, both ways. A lineage is a chain, and
+  // only its last few keys can still be in their grace; 64 steps is far beyond that.
+  constexpr int kMaxSteps = 64;
+  detail::erase_everywhere(store->identity(), key.public_key);
+  for (const bool forward : {false, true}) {
+    std::optional<Uuid> next = forward ? key.rotated_to : key.rotated_from;
+    for (int step = 0; next && step < kMaxSteps; ++step) {
+      std::optional<KeyInfo> k = guarded("reading the key", [&] { return store->get(account_id, *next); });
+      if (!k) break;
+      detail::erase_everywhere(store->identity(), k->public_key);
+      next = forward ? k->rotated_to : k->rotated_from;
+    }
+  }
+}
+
+KeyInfo KeyManager::set_credits(const Uuid& account_id, const Uuid& key_id, std::uint64_t n) {
+  if (n > KeyPolicyLimits::kMaxCredits) refuse("credits must be 0 to 2^53");
+  CreditsChange change;
+  change.op = CreditsOp::configure;
+  change.remaining = n;
+  change.at = impl_->clock->now();
+  std::optional<KeyInfo> changed = guarded("setting the key's credits", [&] {
+    return impl_->store->change_credits(account_id, key_id, change);
+  });
+  if (!changed || changed->account_id != account_id) no_such_key(key_id);
+  impl_->credits_changed(account_id, *changed, true);
+  return impl_->shown(std::move(*changed));
+}
+
+KeyInfo KeyManager::add_credits(const Uuid& account_id, const Uuid& key_id, std::int64_t delta) {
+  constexpr auto kMax = static_cast<std::int64_t>(KeyPolicyLimits::kMaxCredits);
+  if (delta > kMax || delta < -kMax) refuse("a credit change must be within -2^53 to 2^53");
+  CreditsChange change;
+  change.op = CreditsOp::add;
+  change.delta = delta;
+  change.at = impl_->clock->now();
+  std::optional<KeyInfo> changed = guarded("adding to the key's credits", [&] {
+    return impl_->store->change_credits(account_id, key_id, change);
+  });
+  if (!changed || changed->account_id != account_id) no_such_key(key_id);
+  return impl_->shown(std::move(*changed));
 }
 
 KeyInfo KeyManager::disable(const Uuid& account_id, const Uuid& key_id) {
@@ -429,6 +560,10 @@ CreatedKey KeyManager::rotate(const Uuid& account_id, const Uuid& key_id,
     next.description = current->description;
     next.metadata = current->metadata;
     next.scopes = current->scopes;
+    next.rate_limits = current->rate_limits;
+    // The same lineage: the successor spends the same rate-limit state and credits.
+    next.lineage_id = current->lineage();
+    next.credits = current->credits;
     next.expires_at = current->expires_at;  // the same instant: never a longer life
     next.created_at = now;
     next.updated_at = now;

@@ -1,7 +1,9 @@
 #include "apikeys/memory_cache.hpp"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -38,24 +40,34 @@ struct InlineKey {
   }
 };
 
-// A verdict's scopes and metadata, packed into one heap block so that an entry costs one
-// allocation more when it has them and none when it has not (a key with neither keeps
-// just the flat Slot below). Layout, native byte order (the block never leaves the
-// process), lengths as uint32:
-//   block size | scope count | metadata length | per scope: length, characters | metadata
+// A verdict's scopes, metadata, rate limits and lineage (when it is not the key's own
+// id), packed into one heap block so that an entry costs one allocation more when it has
+// them and none when it has not (a key with none keeps just the flat Slot below).
+// Layout, native byte order (the block never leaves the process), lengths as uint32:
+//   block size | scope count | metadata length | limit count | lineage flag |
+//   per scope: length, characters | metadata |
+//   per limit: name length, name, limit (8), period ms (8), burst (8) | lineage (16, if flagged)
 class Policy {
  public:
-  static constexpr std::size_t kHeader = 12;
+  static constexpr std::size_t kHeader = 20;
+  static constexpr std::size_t kLimitFixed = 4 + 24;
 
   Policy() = default;
 
-  // The block for v's scopes and metadata; empty (no block) when it has neither. Throws
-  // Error(invalid_argument) when the block would pass 4 GiB, std::bad_alloc.
+  // True when v's lineage must be kept (a rotated key's is not its own id).
+  static bool keeps_lineage(const Verdict& v) noexcept {
+    return !v.lineage_id.is_nil() && v.lineage_id != v.key_id;
+  }
+
+  // The block for v's scopes, metadata, limits and lineage; empty (no block) when it has
+  // none. Throws Error(invalid_argument) when the block would pass 4 GiB, std::bad_alloc.
   static Policy pack(const Verdict& v) {
     Policy p;
-    if (v.scopes.empty() && v.metadata.empty()) return p;
-    std::size_t total = kHeader + v.metadata.size();
+    const bool lineage = keeps_lineage(v);
+    if (v.scopes.empty() && v.metadata.empty() && v.rate_limits.empty() && !lineage) return p;
+    std::size_t total = kHeader + v.metadata.size() + (lineage ? 16 : 0);
     for (const std::string& s : v.scopes) total += 4 + s.size();
+    for (const RateLimit& l : v.rate_limits) total += kLimitFixed + l.name.size();
     if (total > std::numeric_limits<std::uint32_t>::max()) {
       throw Error(ErrorCode::invalid_argument,
                   "MemoryCache: a verdict's scopes and metadata take over 4 GiB");
@@ -65,13 +77,25 @@ class Policy {
     store32(out, total);
     store32(out + 4, v.scopes.size());
     store32(out + 8, v.metadata.size());
+    store32(out + 12, v.rate_limits.size());
+    store32(out + 16, lineage ? 1 : 0);
     out += kHeader;
     for (const std::string& s : v.scopes) {
       store32(out, s.size());
       std::copy(s.begin(), s.end(), out + 4);
       out += 4 + s.size();
     }
-    std::copy(v.metadata.begin(), v.metadata.end(), out);
+    out = std::copy(v.metadata.begin(), v.metadata.end(), out);
+    for (const RateLimit& l : v.rate_limits) {
+      store32(out, l.name.size());
+      out = std::copy(l.name.begin(), l.name.end(), out + 4);
+      const std::int64_t period = l.period.count();
+      std::memcpy(out, &l.limit, 8);
+      std::memcpy(out + 8, &period, 8);
+      std::memcpy(out + 16, &l.burst, 8);
+      out += 24;
+    }
+    if (lineage) std::memcpy(out, v.lineage_id.bytes().data(), 16);
     return p;
   }
 
@@ -84,6 +108,8 @@ class Policy {
     const unsigned char* in = block_.get();
     const std::uint32_t count = load32(in + 4);
     const std::uint32_t metadata = load32(in + 8);
+    const std::uint32_t limits = load32(in + 12);
+    const bool lineage = load32(in + 16) != 0;
     in += kHeader;
     v.scopes.reserve(count);
     for (std::uint32_t i = 0; i < count; ++i) {
@@ -92,6 +118,24 @@ class Policy {
       in += 4 + static_cast<std::size_t>(len);
     }
     v.metadata.assign(reinterpret_cast<const char*>(in), metadata);
+    in += metadata;
+    v.rate_limits.resize(limits);
+    for (RateLimit& l : v.rate_limits) {
+      const std::uint32_t len = load32(in);
+      l.name.assign(reinterpret_cast<const char*>(in + 4), len);
+      in += 4 + static_cast<std::size_t>(len);
+      std::int64_t period = 0;
+      std::memcpy(&l.limit, in, 8);
+      std::memcpy(&period, in + 8, 8);
+      std::memcpy(&l.burst, in + 16, 8);
+      l.period = std::chrono::milliseconds(period);
+      in += 24;
+    }
+    if (lineage) {
+      std::array<std::uint8_t, 16> id{};
+      std::memcpy(id.data(), in, 16);
+      v.lineage_id = Uuid(id);
+    }
   }
 
  private:
@@ -121,6 +165,8 @@ struct Slot {
   Digest presented;
   ValidationCode code = ValidationCode::error;
   bool has_policy = false;
+  bool has_admission = false;
+  bool has_credits = false;
   Uuid account_id;
   Uuid key_id;
   std::int64_t key_expires_ms = kNoKeyExpiry;
@@ -132,6 +178,8 @@ struct Slot {
         presented(d),
         code(v.code),
         has_policy(v.has_policy),
+        has_admission(v.has_admission),
+        has_credits(v.has_credits),
         account_id(v.account_id),
         key_id(v.key_id),
         key_expires_ms(v.expires_at ? to_unix_millis(*v.expires_at) : kNoKeyExpiry),
@@ -141,7 +189,11 @@ struct Slot {
     Verdict v{code, account_id, key_id};
     if (key_expires_ms != kNoKeyExpiry) v.expires_at = from_unix_millis(key_expires_ms);
     v.has_policy = has_policy;
+    v.has_admission = has_admission;
+    v.has_credits = has_credits;
     policy.unpack(v);
+    // The block keeps a lineage only when it is not the key's own id.
+    if (v.lineage_id.is_nil() && has_admission && code == ValidationCode::valid) v.lineage_id = key_id;
     return v;
   }
 };

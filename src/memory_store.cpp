@@ -150,6 +150,7 @@ KeyInfo replaced(const KeyInfo& key, const KeyInfo& next) {
   out.description = next.description;
   out.metadata = next.metadata;
   out.scopes = next.scopes;
+  out.rate_limits = next.rate_limits;
   out.status = next.status;
   out.expires_at =
       next.expires_at ? std::optional<TimePoint>(to_millis(*next.expires_at)) : std::nullopt;
@@ -157,6 +158,28 @@ KeyInfo replaced(const KeyInfo& key, const KeyInfo& next) {
   out.rotated_to = next.rotated_to;
   out.version = key.version + 1;
   return out;
+}
+
+// `balance + delta`, clamped to 0..kMaxCredits.
+std::uint64_t add_clamped(std::uint64_t balance, std::int64_t delta) noexcept {
+  constexpr std::uint64_t kMax = KeyPolicyLimits::kMaxCredits;
+  if (delta >= 0) {
+    const auto d = static_cast<std::uint64_t>(delta);
+    return d >= kMax - std::min(balance, kMax) ? kMax : balance + d;
+  }
+  const std::uint64_t d = delta == INT64_MIN ? std::uint64_t{1} << 63
+                                             : static_cast<std::uint64_t>(-delta);
+  return d >= balance ? 0 : balance - d;
+}
+
+// `c` (refills due applied) after a configure change (CreditsOp::configure).
+Credits configured(Credits c, const CreditsChange& change) {
+  if (change.change_refill) c.refill = change.refill;
+  if (change.remaining) c.remaining = std::min(*change.remaining, KeyPolicyLimits::kMaxCredits);
+  // The balance belongs to the current period (of the refill's interval, which may have
+  // just changed): the next refill is the next period's.
+  c.refilled_period = c.refill ? refill_period(c.refill->interval, change.at) : 0;
+  return c;
 }
 
 // An entry for `record`, its times truncated, not yet in any index.
@@ -183,6 +206,34 @@ struct MemoryStore::Impl {
   KeyIndex by_public_key APIKEYS_GUARDED_BY(mu);
   std::unordered_map<Uuid, Entry*, UuidHash> by_key_id APIKEYS_GUARDED_BY(mu);
   std::unordered_map<Uuid, AccountIndex, UuidHash> by_account APIKEYS_GUARDED_BY(mu);
+  // Credits by lineage. Each entry's record.info.credits says only whether its lineage
+  // has credits (what find() must tell, without a second lookup); get() and the
+  // listings show the values from here.
+  std::unordered_map<Uuid, Credits, UuidHash> credits APIKEYS_GUARDED_BY(mu);
+
+  // `info` with its lineage's credits as they are stored.
+  KeyInfo with_credits(KeyInfo info) const APIKEYS_REQUIRES_SHARED(mu) {
+    auto it = credits.find(info.lineage());
+    if (it == credits.end()) {
+      info.credits.reset();
+    } else {
+      info.credits = it->second;
+    }
+    return info;
+  }
+
+  // Marks every key of the lineage (all in one account) as having credits or not.
+  void mark_lineage(const Uuid& account_id, const Uuid& lineage, bool has) APIKEYS_REQUIRES(mu) {
+    auto account = by_account.find(account_id);
+    if (account == by_account.end()) return;
+    for (const auto& [order, entry] : account->second) {
+      (void)order;
+      KeyInfo& info = entry->record.info;
+      if (info.lineage() != lineage) continue;
+      if (has && !info.credits) info.credits = Credits{};
+      if (!has) info.credits.reset();
+    }
+  }
 
   // The key's entry, else null.
   [[nodiscard]] Entry* by_key(std::string_view public_key, std::uint64_t tag) const noexcept
@@ -245,8 +296,27 @@ MemoryStore::~MemoryStore() = default;
 
 void MemoryStore::insert(const KeyRecord& record) {
   std::unique_ptr<Entry> entry = new_entry(record);  // allocates outside the lock
+  const KeyInfo& info = record.info;
+  const bool new_credits = info.credits && info.lineage() == info.key_id;
   detail::ExclusiveLock lock(impl_->mu);
-  impl_->add(std::move(entry));
+  Entry* added = entry.get();
+  if (new_credits) {
+    const bool fresh = impl_->credits.emplace(info.lineage(), *info.credits).second;
+    try {
+      impl_->add(std::move(entry));
+    } catch (...) {
+      if (fresh) impl_->credits.erase(info.lineage());  // both or neither
+      throw;
+    }
+  } else {
+    impl_->add(std::move(entry));
+  }
+  KeyInfo& stored = added->record.info;
+  if (impl_->credits.count(stored.lineage()) != 0) {
+    if (!stored.credits) stored.credits = Credits{};
+  } else {
+    stored.credits.reset();
+  }
 }
 
 std::optional<KeyRecord> MemoryStore::find(std::string_view public_key) {
@@ -310,7 +380,7 @@ std::vector<KeyInfo> MemoryStore::list(const Uuid& account_id) {
   }
   std::vector<KeyInfo> out;
   out.reserve(entries.size());
-  for (const Entry* entry : entries) out.push_back(entry->record.info);
+  for (const Entry* entry : entries) out.push_back(impl_->with_credits(entry->record.info));
   return out;
 }
 
@@ -318,7 +388,7 @@ std::optional<KeyInfo> MemoryStore::get(const Uuid& account_id, const Uuid& key_
   detail::SharedLock lock(impl_->mu);
   const Entry* entry = impl_->owned_by(account_id, key_id);
   if (entry == nullptr) return std::nullopt;
-  return entry->record.info;
+  return impl_->with_credits(entry->record.info);
 }
 
 std::vector<KeyInfo> MemoryStore::list_page(const Uuid& account_id,
@@ -336,7 +406,7 @@ std::vector<KeyInfo> MemoryStore::list_page(const Uuid& account_id,
   for (; it != index.end() && page.size() < limit; ++it) {
     const KeyInfo& info = it->second->record.info;
     if (status && info.status != *status) continue;
-    page.push_back(info);
+    page.push_back(impl_->with_credits(info));
   }
   return page;
 }
@@ -351,7 +421,7 @@ std::optional<KeyInfo> MemoryStore::set_status(const Uuid& account_id, const Uui
     info.status = status;
     ++info.version;
   }
-  return info;
+  return impl_->with_credits(info);
 }
 
 WriteResult MemoryStore::replace(const Uuid& account_id, const KeyInfo& next,
@@ -363,11 +433,11 @@ WriteResult MemoryStore::replace(const Uuid& account_id, const KeyInfo& next,
   KeyInfo& info = entry->record.info;
   if (info.version != expected_version) {
     result.outcome = WriteOutcome::conflict;
-    result.key = info;
+    result.key = impl_->with_credits(info);
     return result;
   }
   KeyInfo written = replaced(info, next);  // may throw: nothing changed yet
-  result.key = written;
+  result.key = impl_->with_credits(written);
   info = std::move(written);
   result.outcome = WriteOutcome::applied;
   return result;
@@ -383,13 +453,20 @@ WriteResult MemoryStore::rotate(const Uuid& account_id, const KeyInfo& old_next,
   KeyInfo& info = entry->record.info;
   if (info.version != expected_version) {
     result.outcome = WriteOutcome::conflict;
-    result.key = info;
+    result.key = impl_->with_credits(info);
     return result;
   }
   // Both or neither: every step that can throw (the copies, then the insert, which
   // undoes itself) comes before the old key changes, which cannot throw.
   KeyInfo written = replaced(info, old_next);
-  result.key = written;
+  result.key = impl_->with_credits(written);
+  // The successor shares the lineage's credits, if any; it never creates them.
+  KeyInfo& successor_info = added->record.info;
+  if (impl_->credits.count(successor_info.lineage()) != 0) {
+    if (!successor_info.credits) successor_info.credits = Credits{};
+  } else {
+    successor_info.credits.reset();
+  }
   impl_->add(std::move(added));
   info = std::move(written);
   result.outcome = WriteOutcome::applied;
@@ -410,7 +487,7 @@ std::vector<KeyInfo> MemoryStore::revoke_all(const Uuid& account_id, TimePoint a
   }
   revoked.reserve(changing.size());
   for (const Entry* entry : changing) {
-    KeyInfo now = entry->record.info;
+    KeyInfo now = impl_->with_credits(entry->record.info);
     now.status = KeyStatus::revoked;
     now.updated_at = when;
     ++now.version;
@@ -429,7 +506,14 @@ std::optional<KeyInfo> MemoryStore::remove(const Uuid& account_id, const Uuid& k
   detail::ExclusiveLock lock(impl_->mu);
   Entry* entry = impl_->owned_by(account_id, key_id);
   if (entry == nullptr) return std::nullopt;
-  KeyInfo removed = entry->record.info;  // Copy before any erase: nothing below throws.
+  KeyInfo removed = impl_->with_credits(entry->record.info);  // Copy first: nothing below throws.
+  const Uuid lineage = removed.lineage();
+  bool lineage_left = false;  // another key of the lineage stays
+  for (const auto& [order, other] : impl_->by_account.find(account_id)->second) {
+    (void)order;
+    if (other != entry && other->record.info.lineage() == lineage) lineage_left = true;
+  }
+  if (!lineage_left) impl_->credits.erase(lineage);
 
   impl_->by_public_key.erase(tag_of(removed.public_key), entry);
   auto account = impl_->by_account.find(account_id);
@@ -482,6 +566,74 @@ std::vector<PepperCount> MemoryStore::pepper_counts() {
   out.reserve(counts.size());
   for (const auto& [pepper_id, keys] : counts) out.push_back(PepperCount{pepper_id, keys});
   return out;
+}
+
+CreditTake MemoryStore::take_credits(const Uuid& lineage_id, std::uint64_t min,
+                                     std::uint64_t max, TimePoint now) {
+  CreditTake take;
+  detail::ExclusiveLock lock(impl_->mu);
+  auto it = impl_->credits.find(lineage_id);
+  if (it == impl_->credits.end()) return take;  // no_credits
+  Credits c = refilled(it->second, now);
+  take.period = c.refilled_period;
+  if (c.refill) take.period_end = refill_period_start(c.refill->interval, c.refilled_period + 1);
+  if (c.remaining < min) {
+    take.outcome = CreditTake::Outcome::insufficient;
+  } else {
+    take.outcome = CreditTake::Outcome::taken;
+    take.taken = std::min(c.remaining, std::max(min, max));
+    c.remaining -= take.taken;
+  }
+  take.remaining = c.remaining;
+  it->second = c;  // the refill is written either way, once per period
+  return take;
+}
+
+void MemoryStore::return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) {
+  detail::ExclusiveLock lock(impl_->mu);
+  auto it = impl_->credits.find(lineage_id);
+  if (it == impl_->credits.end() || it->second.refilled_period != period) return;
+  it->second.remaining = std::min(it->second.remaining + std::min(n, KeyPolicyLimits::kMaxCredits),
+                                  KeyPolicyLimits::kMaxCredits);
+}
+
+std::optional<KeyInfo> MemoryStore::change_credits(const Uuid& account_id, const Uuid& key_id,
+                                                   const CreditsChange& change) {
+  detail::ExclusiveLock lock(impl_->mu);
+  Entry* entry = impl_->owned_by(account_id, key_id);
+  if (entry == nullptr) return std::nullopt;
+  const Uuid lineage = entry->record.info.lineage();
+  auto it = impl_->credits.find(lineage);
+  switch (change.op) {
+    case CreditsOp::remove:
+      if (it != impl_->credits.end()) impl_->credits.erase(it);
+      impl_->mark_lineage(account_id, lineage, false);
+      break;
+    case CreditsOp::add: {
+      if (it == impl_->credits.end()) {
+        throw Error(ErrorCode::conflict, "the key has no credits to add to");
+      }
+      Credits c = refilled(it->second, change.at);
+      c.remaining = add_clamped(c.remaining, change.delta);
+      it->second = c;
+      break;
+    }
+    case CreditsOp::configure: {
+      if (it == impl_->credits.end() && !change.remaining) {
+        throw Error(ErrorCode::conflict, "the key has no credits: give a balance");
+      }
+      Credits c = it == impl_->credits.end() ? Credits{} : refilled(it->second, change.at);
+      c = configured(c, change);
+      if (it == impl_->credits.end()) {
+        impl_->credits.emplace(lineage, c);
+        impl_->mark_lineage(account_id, lineage, true);
+      } else {
+        it->second = c;
+      }
+      break;
+    }
+  }
+  return impl_->with_credits(entry->record.info);
 }
 
 std::size_t MemoryStore::size() const {

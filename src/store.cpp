@@ -86,4 +86,19 @@ std::vector<PepperCount> Store::pepper_counts() {
   throw Error(ErrorCode::not_supported, "this store cannot count keys per pepper (pepper_counts)");
 }
 
+CreditTake Store::take_credits(const Uuid& /*lineage_id*/, std::uint64_t /*min*/,
+                               std::uint64_t /*max*/, TimePoint /*now*/) {
+  throw Error(ErrorCode::not_supported, "this store cannot keep credits (take_credits)");
+}
+
+void Store::return_credits(const Uuid& /*lineage_id*/, std::uint64_t /*n*/,
+                           std::int64_t /*period*/) {
+  throw Error(ErrorCode::not_supported, "this store cannot keep credits (return_credits)");
+}
+
+std::optional<KeyInfo> Store::change_credits(const Uuid& /*account_id*/, const Uuid& /*key_id*/,
+                                             const CreditsChange& /*change*/) {
+  throw Error(ErrorCode::not_supported, "this store cannot keep credits (change_credits)");
+}
+
 }  // namespace apikeys

@@ -19,6 +19,8 @@ constexpr const char* name_of(ValidationCode code) noexcept {
     case ValidationCode::error: return "error";
     case ValidationCode::disabled: return "disabled";
     case ValidationCode::insufficient_scope: return "insufficient_scope";
+    case ValidationCode::rate_limited: return "rate_limited";
+    case ValidationCode::usage_exceeded: return "usage_exceeded";
   }
   return nullptr;
 }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "apikeys/error.hpp"
+#include "apikeys/memory_limiter.hpp"
 #include "cache_registry.hpp"
 #include "key_format.hpp"
 #include "last_use_tracker.hpp"
@@ -115,6 +116,10 @@ struct Validator::Impl {
   std::shared_ptr<Hasher> hasher;
   std::shared_ptr<Cache> cache;
   std::shared_ptr<Clock> clock;
+  // Admission control for keys with rate limits or credits (options.limiter, or a
+  // MemoryLimiter over the store).
+  std::shared_ptr<Limiter> limiter;
+  mutable std::atomic<std::uint64_t> limiter_failures{0};
   // options.format, then options.also_accept: the shapes validate() accepts, each with
   // its prefixes' CRC-32s computed once.
   std::vector<detail::FormatCheck> formats;
@@ -149,6 +154,7 @@ struct Validator::Impl {
         hasher(std::move(h)),
         cache(o.cache),
         clock(o.clock ? o.clock : system_clock()),
+        limiter(o.limiter ? o.limiter : std::make_shared<MemoryLimiter>(store)),
         rehash_queue(o.rehash_queue_limit),
         options(std::move(o)) {
     formats.reserve(1 + options.also_accept.size());
@@ -206,9 +212,12 @@ struct Validator::Impl {
   }
   ValidationResult validate(std::string_view pk, std::string_view sk) const noexcept;
   // validate(), then the requirements: a valid key lacking a required scope becomes
-  // insufficient_scope (never cached: it depends on the request).
+  // insufficient_scope, then admission (rate_limited, usage_exceeded); none of them
+  // cached, as they depend on the request.
   ValidationResult validate(std::string_view pk, std::string_view sk,
                             const Requirements& requirements) const noexcept;
+  // Admits a request of `cost` for the valid `result` (doc/rate-limits.md).
+  void admit(ValidationResult& result, std::uint64_t cost) const noexcept;
   void run_poll();
   void poll_revision(std::uint64_t& revision, bool& known) noexcept;
   void run_flush();
@@ -241,7 +250,8 @@ ValidationResult Validator::Impl::validate(std::string_view pk,
         std::optional<Verdict> v = cache->get(pk, presented);
         // A `valid` verdict without the key's scopes and metadata (a cache written before
         // they existed rebuilt it from the fields it knew) is a miss: read the store.
-        if (v && (v->code != ValidationCode::valid || v->has_policy)) {
+        // Likewise one without its rate limits and credits (has_admission).
+        if (v && (v->code != ValidationCode::valid || (v->has_policy && v->has_admission))) {
           if (v->code == ValidationCode::valid) {
             if (v->expires_at) {
               // One clock, ours, decides expiry: a verdict the cache kept past the key's
@@ -324,6 +334,10 @@ ValidationResult Validator::Impl::validate(std::string_view pk,
         result.scopes = std::move(info.scopes);
         result.metadata = std::move(info.metadata);
         result.has_policy = true;
+        result.lineage_id = info.lineage();
+        result.rate_limits = std::move(info.rate_limits);
+        result.has_credits = info.credits.has_value();
+        result.has_admission = true;
         ttl = options.ttl_valid;
         if (info.expires_at) {
           // A cached `valid` must never outlive the key.
@@ -356,16 +370,69 @@ ValidationResult Validator::Impl::validate(std::string_view pk,
 ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view sk,
                                            const Requirements& requirements) const noexcept {
   ValidationResult result = validate(pk, sk);
-  if (result.code != ValidationCode::valid || requirements.scopes.empty()) return result;
-  try {
-    for (const std::string& required : requirements.scopes) {
-      if (!detail::scopes_grant(result.scopes, required)) result.missing_scopes.push_back(required);
+  if (result.code != ValidationCode::valid) return result;
+  if (!requirements.scopes.empty()) {
+    try {
+      for (const std::string& required : requirements.scopes) {
+        if (!detail::scopes_grant(result.scopes, required)) {
+          result.missing_scopes.push_back(required);
+        }
+      }
+    } catch (...) {
+      return ValidationResult{};  // allocation failure: fail closed
     }
-  } catch (...) {
-    return ValidationResult{};  // allocation failure: fail closed
+    if (!result.missing_scopes.empty()) {
+      result.code = ValidationCode::insufficient_scope;
+      return result;  // refused before admission: nothing is spent
+    }
   }
-  if (!result.missing_scopes.empty()) result.code = ValidationCode::insufficient_scope;
+  if (!result.rate_limits.empty() || result.has_credits) admit(result, requirements.cost);
   return result;
+}
+
+// The last step, after the secret, the key's state and the scopes: only a caller who
+// proved the secret of a key allowed to make the request ever spends its limits or
+// credits. A rate_limited or usage_exceeded answer spent nothing (Limiter's contract).
+void Validator::Impl::admit(ValidationResult& result, std::uint64_t cost) const noexcept {
+  try {
+    AdmissionRequest request;
+    request.lineage_id = result.lineage_id.is_nil() ? result.key_id : result.lineage_id;
+    request.key_id = result.key_id;
+    request.limits = result.rate_limits.data();
+    request.limit_count = result.rate_limits.size();
+    request.charge_credits = result.has_credits;
+    request.cost = cost;
+    request.now = clock->now();
+    Admission admission = limiter->admit(request);
+    result.credits_remaining = admission.credits_remaining;
+    switch (admission.outcome) {
+      case AdmissionOutcome::admitted:
+        result.limits = std::move(admission.limits);
+        return;
+      case AdmissionOutcome::rate_limited:
+        result.code = ValidationCode::rate_limited;
+        result.credits_remaining.reset();
+        if (admission.limited_by < result.rate_limits.size()) {
+          result.limited_by = result.rate_limits[admission.limited_by].name;
+        }
+        result.retry_after = admission.retry_after;
+        return;
+      case AdmissionOutcome::usage_exceeded:
+        result.code = ValidationCode::usage_exceeded;
+        return;
+    }
+    throw Error(ErrorCode::storage, "the limiter answered an unknown outcome");
+  } catch (...) {
+    limiter_failures.fetch_add(1, std::memory_order_relaxed);
+    if (options.limiter_failure == LimiterFailurePolicy::allow) {
+      result.limits.clear();
+      result.credits_remaining.reset();
+      result.limiter_failed = true;
+      return;
+    }
+    result = ValidationResult{};  // fail closed
+    result.limiter_failed = true;
+  }
 }
 
 void Validator::Impl::flush() noexcept {
@@ -516,9 +583,17 @@ Validator::~Validator() {
   impl_->flush();
 }
 
+namespace {
+// What a validation without requirements asks: no scopes, cost 1.
+const Requirements& no_requirements() noexcept {
+  static const Requirements kNone;
+  return kNone;
+}
+}  // namespace
+
 ValidationResult Validator::validate(std::string_view public_key,
                                      std::string_view secret_key) const noexcept {
-  return impl_->validate(public_key, secret_key);
+  return impl_->validate(public_key, secret_key, no_requirements());
 }
 
 ValidationResult Validator::validate(std::string_view token) const noexcept {
@@ -529,7 +604,7 @@ ValidationResult Validator::validate(std::string_view token) const noexcept {
     r.code = ValidationCode::malformed;
     return r;
   }
-  return impl_->validate(pk, sk);
+  return impl_->validate(pk, sk, no_requirements());
 }
 
 ValidationResult Validator::validate(std::string_view public_key, std::string_view secret_key,
@@ -566,6 +641,12 @@ std::uint64_t Validator::rehashed() const noexcept {
 std::uint64_t Validator::rehash_failures() const noexcept {
   return impl_->rehash_failures.load(std::memory_order_relaxed);
 }
+
+std::uint64_t Validator::limiter_failures() const noexcept {
+  return impl_->limiter_failures.load(std::memory_order_relaxed);
+}
+
+Limiter& Validator::limiter() const noexcept { return *impl_->limiter; }
 
 const ValidatorOptions& Validator::options() const noexcept { return impl_->options; }
 

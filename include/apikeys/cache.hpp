@@ -55,6 +55,18 @@ struct Verdict {
   /// verdict as a miss and reads the store, rather than answer with scopes or metadata
   /// the cache dropped.
   bool has_policy = false;
+  /// The key's rotation lineage when code is valid (KeyInfo::lineage()): whose
+  /// rate-limit state and credits a request spends.
+  Uuid lineage_id;
+  /// The key's rate limits when code is valid (KeyInfo::rate_limits).
+  std::vector<RateLimit> rate_limits;
+  /// True when code is valid and the key's lineage has credits (KeyInfo::credits).
+  bool has_credits = false;
+  /// True when lineage_id, rate_limits and has_credits are those of the key. The
+  /// Validator sets it on every verdict it puts; as with has_policy, a cache written
+  /// before rate limits existed returns false, and the Validator then takes a `valid`
+  /// verdict as a miss rather than admit a request without the key's limits.
+  bool has_admission = false;
 };
 
 /// Interface: a verdict cache.

@@ -1,5 +1,5 @@
 // apikeys::KeyManager is the key lifecycle: create, get, list (whole or in pages),
-// update, disable, enable, rotate, revoke, revoke_all, remove, and validation through
+// update, disable, enable, rotate, revoke, revoke_all, remove, credits, and validation through
 // its Validator. Request rules are checked here, before the store.
 // Thread-safety: every method is safe from many threads at once.
 // Ownership: shares ownership of its store, hasher, generator, cache and clock.
@@ -42,12 +42,15 @@ struct CreateRequest {
   // NOLINTNEXTLINE(google-explicit-constructor): brace initialisation must keep working.
   CreateRequest(std::string title_, std::string description_ = {},
                 std::optional<int> expires_in_days_ = std::nullopt, std::string metadata_ = {},
-                std::vector<std::string> scopes_ = {})
+                std::vector<std::string> scopes_ = {}, std::vector<RateLimit> rate_limits_ = {},
+                std::optional<Credits> credits_ = std::nullopt)
       : title(std::move(title_)),
         description(std::move(description_)),
         expires_in_days(expires_in_days_),
         metadata(std::move(metadata_)),
-        scopes(std::move(scopes_)) {}
+        scopes(std::move(scopes_)),
+        rate_limits(std::move(rate_limits_)),
+        credits(std::move(credits_)) {}
 
   /// Trimmed of ASCII white space; then 1 to 255 Unicode code points of valid UTF-8,
   /// with no control characters and none of the invisible characters above.
@@ -67,6 +70,12 @@ struct CreateRequest {
   /// possibly a wildcard `*` or `**`; at most 64 after duplicates are removed. Stored
   /// sorted.
   std::vector<std::string> scopes;
+  /// Optional named rate limits (RateLimit's rules; at most
+  /// KeyPolicyLimits::kMaxRateLimits, names unique). Stored sorted by name.
+  std::vector<RateLimit> rate_limits;
+  /// Optional credits: the starting balance and the refill (Credits::refilled_period
+  /// is ignored: the balance belongs to the current period). nullopt: no credit limit.
+  std::optional<Credits> credits;
 };
 
 /// One field of a KeyUpdate: leave it as it is (the default), set it to a value, or
@@ -113,8 +122,17 @@ struct KeyUpdate {
   FieldUpdate<std::vector<std::string>> scopes;  ///< Replaces the whole set; clear: none.
   /// Sets the expiry to now plus 1 to 365 days; clearing it makes the key never expire.
   FieldUpdate<int> expires_in_days;
+  /// Replaces every rate limit; clear: none. A limit keeping its name keeps its state.
+  FieldUpdate<std::vector<RateLimit>> rate_limits;
+  /// Sets the lineage's credit balance (creating credits when it had none); clear:
+  /// no credit limit any more (the refill goes too).
+  FieldUpdate<std::uint64_t> credits;
+  /// Sets the refill (the lineage must have credits, or get them in this update);
+  /// clear: no refill.
+  FieldUpdate<CreditRefill> refill;
   /// When given, the update is written only if the key's version is this one; otherwise
-  /// update() throws Error(conflict) and writes nothing.
+  /// update() throws Error(conflict) and writes nothing. Credits are the lineage's, not
+  /// the key's: they are not versioned.
   std::optional<std::uint64_t> expected_version;
 };
 
@@ -216,7 +234,8 @@ class APIKEYS_EXPORT KeyManager {
   KeyInfo enable(const Uuid& account_id, const Uuid& key_id);
 
   /// Replaces the key with a new one that has the same title, description, metadata,
-  /// scopes and expiry, and returns it with its secret. The old key keeps working until
+  /// scopes, rate limits and expiry, and the same lineage: it shares the old key's
+  /// rate-limit state and credits (never a copy of them). Returns it with its secret. The old key keeps working until
   /// the earlier of its own expiry and now + grace, then expires. Both keys are written
   /// in one atomic step, and name each other (rotated_to, rotated_from). Throws
   /// Error(conflict) for a key that is revoked, disabled, expired or already rotated,
@@ -227,6 +246,21 @@ class APIKEYS_EXPORT KeyManager {
   /// cache is erased, and that one within the revision-poll interval.
   [[nodiscard]] CreatedKey rotate(const Uuid& account_id, const Uuid& key_id,
                                   const RotateRequest& request);
+
+  /// Sets the credit balance of the key's lineage to `n` (0 to kMaxCredits), creating
+  /// credits when it had none, and returns the key. The balance belongs to the current
+  /// refill period. Credits this process's limiter held in advance for the lineage are
+  /// dropped; another process's lease (MemoryLimiterOptions::lease_size) may still be
+  /// spent, at most one lease per process, until its lease_ttl ends. Throws
+  /// Error(invalid_argument) above kMaxCredits, Error(not_found), Error(not_supported)
+  /// for a store without change_credits().
+  KeyInfo set_credits(const Uuid& account_id, const Uuid& key_id, std::uint64_t n);
+
+  /// Adds `delta` (either sign) to the credit balance of the key's lineage, after any
+  /// refill due, clamped to 0..kMaxCredits, and returns the key. Throws Error(conflict)
+  /// when the lineage has no credits, Error(invalid_argument) for |delta| above
+  /// kMaxCredits, Error(not_found), Error(not_supported).
+  KeyInfo add_credits(const Uuid& account_id, const Uuid& key_id, std::int64_t delta);
 
   /// Revokes every key of the account in one transaction (in the bundled stores) and
   /// returns how many were not revoked before. Same guarantee as revoke() for each,

@@ -53,6 +53,11 @@ class APIKEYS_EXPORT MemoryStore final : public Store {
   std::size_t replace_digests(const std::vector<DigestChange>& changes) override;
   /// Counts every key under the reader lock: O(keys).
   [[nodiscard]] std::vector<PepperCount> pepper_counts() override;
+  CreditTake take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
+                          TimePoint now) override;
+  void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) override;
+  std::optional<KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,
+                                        const CreditsChange& change) override;
 
   /// Number of keys held.
   [[nodiscard]] std::size_t size() const;

@@ -67,6 +67,46 @@ struct PepperCount {
   std::uint64_t keys = 0;       ///< Keys whose digest it made, of every status.
 };
 
+/// What Store::take_credits() did.
+struct CreditTake {
+  /// How it ended.
+  enum class Outcome : std::uint8_t {
+    taken,         ///< `taken` credits were subtracted from the balance.
+    insufficient,  ///< The balance was below the minimum asked; nothing was taken.
+    no_credits,    ///< The lineage has no credits (or no longer exists).
+  };
+  Outcome outcome = Outcome::no_credits;  ///< See Outcome.
+  std::uint64_t taken = 0;                ///< Credits taken: from the minimum to the maximum.
+  std::uint64_t remaining = 0;            ///< The balance after (taken) or as it is.
+  /// The refill period the balance belongs to (Credits::refilled_period): what
+  /// return_credits() must be given.
+  std::int64_t period = 0;
+  /// When the next refill is due: credits taken must not be spent after it (a reset
+  /// refill would count them twice). TimePoint::max() without a refill.
+  TimePoint period_end = TimePoint::max();
+};
+
+/// How Store::change_credits() changes a lineage's credits.
+enum class CreditsOp : std::uint8_t {
+  /// The balance becomes `remaining` when given (else it is kept, refills due applied),
+  /// and the refill becomes `refill` when change_refill is set (else it is kept).
+  /// Creates the credits when the lineage has none (`remaining` is then required).
+  configure,
+  add,     ///< `delta` is added to the balance after refills due, clamped to 0..kMaxCredits.
+  remove,  ///< The lineage has no credits any more.
+};
+
+/// One change of a lineage's credits: see Store::change_credits().
+/// Thread-safety and ownership: a plain value.
+struct CreditsChange {
+  CreditsOp op = CreditsOp::configure;     ///< What to do.
+  std::optional<std::uint64_t> remaining;  ///< configure: the new balance, if it changes.
+  std::int64_t delta = 0;                  ///< add: the change, either sign.
+  bool change_refill = false;              ///< configure: replace the refill with `refill`.
+  std::optional<CreditRefill> refill;      ///< configure: the new refill (nullopt: none).
+  TimePoint at{};                          ///< Now, for refills due and refill periods.
+};
+
 /// Interface: persistent (or not) storage of key records.
 ///
 /// Errors: implementations report failures by throwing. Throw apikeys::Error with
@@ -80,11 +120,18 @@ class APIKEYS_EXPORT Store {
   Store& operator=(const Store&) = delete;
   virtual ~Store();
 
-  /// Adds a record atomically: afterwards it is wholly visible or not at all.
+  /// Adds a record atomically: afterwards it is wholly visible or not at all. A store
+  /// keeps every field of KeyInfo; one written before lineage_id, rate_limits and
+  /// credits existed does not, and KeyManager then refuses keys that use them with
+  /// Error(not_supported) (it reads the key back). When record.info.credits is set and
+  /// the key starts its lineage (lineage() == key_id), the lineage's credits are created
+  /// in the same atomic step; a key of an existing lineage never creates them.
   /// Throws Error(already_exists) if the public key or key id is taken.
   virtual void insert(const KeyRecord& record) = 0;
 
-  /// The record whose public key is `public_key`, or nullopt.
+  /// The record whose public key is `public_key`, or nullopt. Its info.credits is set
+  /// when the key's lineage has credits (refills need not be applied: the Validator only
+  /// asks whether there are credits).
   [[nodiscard]] virtual std::optional<KeyRecord> find(std::string_view public_key) = 0;
 
   /// The account's keys, newest first (created_at descending, then most recently
@@ -118,7 +165,7 @@ class APIKEYS_EXPORT Store {
 
   /// Compare-and-set of one key's changeable fields. If key `next.key_id` belongs to
   /// `account_id` and its version is `expected_version`, sets its title, description,
-  /// metadata, scopes, status, expires_at, updated_at and rotated_to to those of `next`
+  /// metadata, scopes, rate_limits, status, expires_at, updated_at and rotated_to to those of `next`
   /// and its version to expected_version + 1, atomically, and records the change for
   /// changes_since(). The other fields of `next` are ignored.
   /// Default: throws Error(not_supported) (update, disable and enable need it).
@@ -127,8 +174,10 @@ class APIKEYS_EXPORT Store {
 
   /// replace(account_id, old_next, expected_version) and insert(successor) in one
   /// atomic step: both or neither. REQUIRES: successor.info.account_id == account_id
-  /// (KeyManager::rotate always passes the same account). Throws Error(already_exists) as insert()
-  /// does (and writes nothing). Default: throws Error(not_supported) (rotate needs it).
+  /// (KeyManager::rotate always passes the same account). The successor has the old
+  /// key's lineage_id: it shares the lineage's credits, which are not created again.
+  /// Throws Error(already_exists) as insert() does (and writes nothing).
+  /// Default: throws Error(not_supported) (rotate needs it).
   virtual WriteResult rotate(const Uuid& account_id, const KeyInfo& old_next,
                              std::uint64_t expected_version, const KeyRecord& successor);
 
@@ -155,6 +204,33 @@ class APIKEYS_EXPORT Store {
   /// are left out. An operator drops an old pepper when its count reaches 0.
   /// Default: throws Error(not_supported).
   [[nodiscard]] virtual std::vector<PepperCount> pepper_counts();
+
+  /// Takes between `min` and `max` credits (as many as the balance allows) from the
+  /// lineage's balance, after applying the refills due at `now` (refilled()), in one
+  /// atomic step; or takes none when the balance is below `min`. take_credits(l, c, c,
+  /// now) charges a request of cost c; a larger max takes a lease. Concurrent callers,
+  /// in any process, never take more than the balance between them. Refills are
+  /// written at most once per period, whoever applies them.
+  /// Default: throws Error(not_supported); keys with credits then fail admission.
+  virtual CreditTake take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
+                                  TimePoint now);
+
+  /// Adds `n` credits back to the lineage's balance (a lease's unspent rest), if its
+  /// balance still belongs to refill period `period` (a refill since then has replaced
+  /// or topped it up; the credits expired with their period). Never beyond kMaxCredits.
+  /// Default: throws Error(not_supported).
+  virtual void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period);
+
+  /// Changes the credits of the lineage of key `key_id`, if that key belongs to
+  /// `account_id`; see CreditsOp. Records the change for changes_since() of every key of
+  /// the lineage when it creates or removes credits (the keys' verdicts change).
+  /// Returns the key as it now is, or nullopt when the account has no such key. Throws
+  /// Error(conflict) for `add`, or a `configure` without `remaining`, on a lineage without
+  /// credits. A `configure` that sets the balance also marks it as belonging to the
+  /// current refill period, so a refill due is not applied over it.
+  /// Default: throws Error(not_supported).
+  virtual std::optional<KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,
+                                                const CreditsChange& change);
 
   /// A number that changes whenever any writer, in this process or another, changes or
   /// deletes a key (revoke, delete, replace, rotate, revoke_all; not last use). Validators poll it

@@ -1,5 +1,6 @@
-// Value types shared by every component: Uuid, TimePoint, Digest, KeyStatus, KeyInfo,
-// KeyRecord, SecretString and the limits of a key's policy fields.
+// Value types shared by every component: Uuid, TimePoint, Digest, KeyStatus, RateLimit,
+// CreditRefill, Credits, KeyInfo, KeyRecord, SecretString and the limits of a key's
+// policy fields.
 // Thread-safety: plain values; const access from many threads is safe.
 // Ownership: every type owns its data; SecretString is move-only and wipes its bytes.
 #ifndef APIKEYS_TYPES_HPP
@@ -84,7 +85,102 @@ struct KeyPolicyLimits {
   static constexpr std::size_t kMaxScopes = 64;           ///< Scopes per key.
   static constexpr std::size_t kMaxScopeLength = 128;     ///< Characters per scope.
   static constexpr std::size_t kMaxSegmentLength = 64;    ///< Characters per scope segment.
+  static constexpr std::size_t kMaxRateLimits = 16;       ///< Named rate limits per key.
+  static constexpr std::size_t kMaxRateLimitName = 64;    ///< Characters per limit name.
+  /// Largest limit and burst of a rate limit.
+  static constexpr std::uint64_t kMaxRateLimitValue = 1'000'000'000;
+  /// Shortest and longest rate-limit period.
+  static constexpr std::chrono::milliseconds kMinRateLimitPeriod{1000};
+  static constexpr std::chrono::milliseconds kMaxRateLimitPeriod{86'400'000};  ///< One day.
+  /// Largest credit balance, refill amount and cap: 2^53, so every value survives a
+  /// JSON number and a Lua (double) number exactly.
+  static constexpr std::uint64_t kMaxCredits = std::uint64_t{1} << 53;
 };
+
+/// One named rate limit of a key (README.md, "Rate limits and credits"): on average at
+/// most `limit` requests per `period`, with bursts of up to `burst` at once, enforced
+/// by GCRA (one request every period/limit, with a tolerance of `burst` requests).
+/// Thread-safety and ownership: a plain value that owns its name.
+struct RateLimit {
+  /// 1 to 64 characters of [a-z0-9_.-], starting with a letter or digit; unique per key.
+  std::string name;
+  std::uint64_t limit = 0;               ///< 1 to kMaxRateLimitValue requests per period.
+  std::chrono::milliseconds period{0};   ///< 1 s to 1 day (kMin/kMaxRateLimitPeriod).
+  /// Most requests admitted at once from rest: 1 to kMaxRateLimitValue. 0: `limit`.
+  std::uint64_t burst = 0;
+
+  /// burst, or limit when burst is 0.
+  [[nodiscard]] std::uint64_t effective_burst() const noexcept { return burst ? burst : limit; }
+};
+
+/// Same name, limit, period and burst.
+[[nodiscard]] inline bool operator==(const RateLimit& a, const RateLimit& b) noexcept {
+  return a.name == b.name && a.limit == b.limit && a.period == b.period && a.burst == b.burst;
+}
+/// Not the same rate limit.
+[[nodiscard]] inline bool operator!=(const RateLimit& a, const RateLimit& b) noexcept {
+  return !(a == b);
+}
+
+/// When credits refill. Periods follow the UTC calendar: a day starts at 00:00 UTC, a
+/// month at 00:00 UTC on its 1st. Stable numeric values (stores persist them).
+enum class RefillInterval : std::uint8_t {
+  daily = 0,    ///< At the start of every UTC day.
+  monthly = 1,  ///< At the start of every UTC month.
+};
+
+/// How a refill changes the balance. Stable numeric values (stores persist them).
+enum class RefillMode : std::uint8_t {
+  reset = 0,       ///< The balance becomes `amount`, whatever it was.
+  add_capped = 1,  ///< `amount` is added per period elapsed, up to the cap; never lowers it.
+};
+
+/// A key's credit refill. Thread-safety and ownership: a plain value.
+struct CreditRefill {
+  std::uint64_t amount = 0;                      ///< 1 to kMaxCredits.
+  RefillInterval interval = RefillInterval::daily;  ///< Daily or monthly (UTC).
+  RefillMode mode = RefillMode::reset;           ///< Reset to amount, or add up to cap.
+  /// add_capped: the most a refill brings the balance to (a larger balance, set by
+  /// hand, is left as it is). 0: `amount`. 1 to kMaxCredits. Ignored by reset.
+  std::uint64_t cap = 0;
+
+  /// cap, or amount when cap is 0.
+  [[nodiscard]] std::uint64_t effective_cap() const noexcept { return cap ? cap : amount; }
+};
+
+/// Same amount, interval, mode and cap.
+[[nodiscard]] inline bool operator==(const CreditRefill& a, const CreditRefill& b) noexcept {
+  return a.amount == b.amount && a.interval == b.interval && a.mode == b.mode && a.cap == b.cap;
+}
+/// Not the same refill.
+[[nodiscard]] inline bool operator!=(const CreditRefill& a, const CreditRefill& b) noexcept {
+  return !(a == b);
+}
+
+/// A rotation lineage's usage credits: each admitted request spends its cost, and a
+/// request that would take the balance below zero is `usage_exceeded`.
+/// Thread-safety and ownership: a plain value.
+struct Credits {
+  std::uint64_t remaining = 0;         ///< The balance, 0 to kMaxCredits.
+  std::optional<CreditRefill> refill;  ///< nullopt: never refilled.
+  /// The refill period (see refill_period()) the balance was last refilled for; the
+  /// next refill is due when the current period is later. 0 without a refill.
+  std::int64_t refilled_period = 0;
+};
+
+/// The number of the UTC calendar period `t` falls in: days since 1970-01-01 for
+/// daily, months since January 1970 for monthly (negative before 1970).
+[[nodiscard]] APIKEYS_EXPORT std::int64_t refill_period(RefillInterval interval,
+                                                        TimePoint t) noexcept;
+/// When period `period` of `interval` starts (00:00 UTC on its day or 1st).
+[[nodiscard]] APIKEYS_EXPORT TimePoint refill_period_start(RefillInterval interval,
+                                                           std::int64_t period) noexcept;
+/// `credits` as they are at `now`: the refills due since refilled_period applied
+/// (reset: the balance becomes the amount; add_capped: the amount once per period
+/// elapsed, up to the cap, never lowering a larger balance), and refilled_period moved
+/// to now's period. Without a refill, `credits` unchanged. Stores implementing
+/// Store::take_credits() use it; every bundled store computes the same.
+[[nodiscard]] APIKEYS_EXPORT Credits refilled(const Credits& credits, TimePoint now) noexcept;
 
 /// What may be shown about a key: never its secret, never its digest.
 struct KeyInfo {
@@ -109,6 +205,22 @@ struct KeyInfo {
   std::uint64_t version = 1;         ///< 1 at creation; every change adds 1 (compare-and-set).
   std::optional<Uuid> rotated_from;  ///< The key this one replaced by rotation, if any.
   std::optional<Uuid> rotated_to;    ///< The key that replaced this one, if any.
+  /// The key's rotation lineage: the id of the first key of its chain of rotations (its
+  /// own id for a key not made by rotate()). Rate-limit state and credits belong to the
+  /// lineage, so a rotated key and its successor share them. Nil (from a store written
+  /// before lineages existed): the key's own id.
+  Uuid lineage_id;
+  /// Named rate limits, at most KeyPolicyLimits::kMaxRateLimits, names unique, sorted
+  /// by name. Empty: none. rotate() copies them; their state is the lineage's.
+  std::vector<RateLimit> rate_limits;
+  /// The lineage's credits, with refills due by the time of reading applied. nullopt:
+  /// no credit limit.
+  std::optional<Credits> credits;
+
+  /// lineage_id, or key_id when lineage_id is nil.
+  [[nodiscard]] const Uuid& lineage() const noexcept {
+    return lineage_id.is_nil() ? key_id : lineage_id;
+  }
 };
 
 /// What a Store keeps: the shown fields plus the digest of the secret.

@@ -45,12 +45,19 @@ enum class ValidationCode : std::uint8_t {
   /// The key is valid but lacks a scope the request requires: ValidationResult's
   /// missing_scopes lists them. Never cached (it depends on the request, not the key).
   insufficient_scope = 8,
+  /// The key is valid and has the scopes, but one of its rate limits refuses the
+  /// request now: ValidationResult's limited_by names it and retry_after says when it
+  /// would admit. Nothing was consumed. Never cached.
+  rate_limited = 9,
+  /// The key is valid, has the scopes and its rate limits admit, but its credits are
+  /// fewer than the request's cost. Nothing was consumed. Never cached.
+  usage_exceeded = 10,
 };
 
 /// The highest ValidationCode. Code that reads a stored code back (a cache decoding
 /// its bytes) accepts 0..kLastValidationCode and treats anything else as unknown: a
 /// miss, never a crash or a guessed verdict.
-inline constexpr ValidationCode kLastValidationCode = ValidationCode::insufficient_scope;
+inline constexpr ValidationCode kLastValidationCode = ValidationCode::usage_exceeded;
 
 /// True when `value` is the number of a ValidationCode this version knows.
 [[nodiscard]] constexpr bool is_known_validation_code(std::uint8_t value) noexcept {
@@ -58,7 +65,7 @@ inline constexpr ValidationCode kLastValidationCode = ValidationCode::insufficie
 }
 
 /// "valid", "malformed", "not_found", "wrong_secret", "expired", "revoked", "error",
-/// "disabled", "insufficient_scope";
+/// "disabled", "insufficient_scope", "rate_limited", "usage_exceeded";
 /// "error" for a value outside the enumeration too (never null).
 APIKEYS_EXPORT const char* to_string(ValidationCode code) noexcept;
 

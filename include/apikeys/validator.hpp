@@ -1,5 +1,6 @@
 // apikeys::Validator checks presented keys on the hot path: format, cache, store
-// lookup, constant-time secret check, expiry, status, required scopes; and records
+// lookup, constant-time secret check, expiry, status, required scopes, admission (rate
+// limits and credits); and records
 // last use off the
 // caller's thread (a background writer, throttled per key, bounded, flushed on
 // destruction).
@@ -11,6 +12,7 @@
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -21,6 +23,7 @@
 #include "apikeys/export.hpp"
 #include "apikeys/hasher.hpp"
 #include "apikeys/key_generator.hpp"
+#include "apikeys/limiter.hpp"
 #include "apikeys/store.hpp"
 
 namespace apikeys {
@@ -49,6 +52,21 @@ struct ValidationResult : Verdict {
   /// When code is insufficient_scope: the required scopes the key lacks, in the order
   /// they were required. Empty otherwise.
   std::vector<std::string> missing_scopes;
+
+  /// When valid: one entry per rate limit of the key (rate_limits, same order), its
+  /// state after this request, for RateLimit headers. Empty otherwise, and when the
+  /// limiter failed.
+  std::vector<LimitStatus> limits;
+  /// When valid or usage_exceeded and the key has credits: the balance after this
+  /// request's charge (valid) or as it is (usage_exceeded). nullopt otherwise.
+  std::optional<std::uint64_t> credits_remaining;
+  /// When rate_limited: the name of the limit that refused. Empty otherwise.
+  std::string limited_by;
+  /// When rate_limited: how long until that limit would admit the same request.
+  std::chrono::milliseconds retry_after{0};
+  /// True when the limiter failed for this request (see LimiterFailurePolicy): the
+  /// answer is `error` (deny) or `valid` without limits or credits spent (allow).
+  bool limiter_failed = false;
 };
 
 /// What a request needs from a key beyond being valid.
@@ -59,6 +77,10 @@ struct Requirements {
   /// scope grammar (README.md, "Key policy") without wildcards. One that does not can
   /// never be granted, so it is reported missing.
   std::vector<std::string> scopes;
+  /// What the request spends of the key's credits, and of each rate limit (GCRA
+  /// counts a request of cost c as c requests). 0 checks without spending: it is never
+  /// rate_limited or usage_exceeded, and reports the state. Default 1.
+  std::uint64_t cost = 1;
 };
 
 /// Options for Validator. Every field states its default.
@@ -93,6 +115,12 @@ struct ValidatorOptions {
   /// process and in a shared cache; other processes on the same store see it at their
   /// next revision poll. Default 300 s.
   std::chrono::milliseconds ttl_disabled{std::chrono::seconds(300)};
+  /// Admission control for keys with rate limits or credits (limiter.hpp). Default
+  /// (null): a MemoryLimiter over this validator's store, charging credits there with
+  /// one guarded write per request. Keys without either never reach it.
+  std::shared_ptr<Limiter> limiter;
+  /// What to answer when the limiter fails. Default: deny (fail closed, `error`).
+  LimiterFailurePolicy limiter_failure = LimiterFailurePolicy::deny;
   /// Record last use at all. Default true.
   bool record_last_use = true;
   /// When a key's secret verifies under a pepper other than the hasher's current one
@@ -133,13 +161,17 @@ class APIKEYS_EXPORT Validator {
   Validator(const Validator&) = delete;
   Validator& operator=(const Validator&) = delete;
 
-  /// Validates a public key and secret. Never throws; any internal failure is `error`.
+  /// Validates a public key and secret, and admits a request of cost 1 (a key with
+  /// rate limits or credits may answer rate_limited or usage_exceeded). Never throws;
+  /// any internal failure is `error`.
   [[nodiscard]] ValidationResult validate(std::string_view public_key,
                                           std::string_view secret_key) const noexcept;
   /// Validates the combined form "pk_...:sk_..." (as sent in an X-API-Key header).
   [[nodiscard]] ValidationResult validate(std::string_view token) const noexcept;
   /// Validates and checks `requirements`: a key that is otherwise valid but lacks a
-  /// required scope answers insufficient_scope, with missing_scopes set.
+  /// required scope answers insufficient_scope, with missing_scopes set; then admits a
+  /// request of requirements.cost: every rate limit and the credit charge together, or
+  /// nothing (rate_limited, usage_exceeded). A request refused at any step spends nothing.
   [[nodiscard]] ValidationResult validate(std::string_view public_key, std::string_view secret_key,
                                           const Requirements& requirements) const noexcept;
   /// The combined form with requirements.
@@ -161,6 +193,11 @@ class APIKEYS_EXPORT Validator {
   /// Batches of digest rewrites whose write failed (or that the store does not
   /// support) since construction.
   [[nodiscard]] std::uint64_t rehash_failures() const noexcept;
+
+  /// Admissions whose limiter failed (threw) since construction, whatever the policy.
+  [[nodiscard]] std::uint64_t limiter_failures() const noexcept;
+  /// The limiter admissions go through (options().limiter, or the default one).
+  [[nodiscard]] Limiter& limiter() const noexcept;
 
   /// The options this validator was built with.
   [[nodiscard]] const ValidatorOptions& options() const noexcept;

@@ -305,6 +305,8 @@ TEST_CASE("to_string names every enumerator", "[types]") {
   CHECK(std::string(apikeys::to_string(ValidationCode::disabled)) == "disabled");
   CHECK(std::string(apikeys::to_string(ValidationCode::insufficient_scope)) ==
         "insufficient_scope");
+  CHECK(std::string(apikeys::to_string(ValidationCode::rate_limited)) == "rate_limited");
+  CHECK(std::string(apikeys::to_string(ValidationCode::usage_exceeded)) == "usage_exceeded");
 
   SECTION("values outside the enumeration still give a non-null string") {
     CHECK(apikeys::to_string(static_cast<ErrorCode>(99)) != nullptr);
@@ -316,7 +318,7 @@ TEST_CASE("to_string names every enumerator", "[types]") {
 TEST_CASE("Every ValidationCode up to the last has its own name", "[types]") {
   using apikeys::ValidationCode;
   constexpr auto last = static_cast<unsigned>(apikeys::kLastValidationCode);
-  static_assert(last == 8, "moves only with the checklist in validation_code.hpp");
+  static_assert(last == 10, "moves only with the checklist in validation_code.hpp");
   std::set<std::string> names;
   for (unsigned v = 0; v <= last; ++v) {
     const auto code = static_cast<ValidationCode>(v);
@@ -343,6 +345,8 @@ TEST_CASE("ValidationCode values are stable", "[types]") {
   CHECK(static_cast<int>(ValidationCode::error) == 6);
   CHECK(static_cast<int>(ValidationCode::disabled) == 7);
   CHECK(static_cast<int>(ValidationCode::insufficient_scope) == 8);
+  CHECK(static_cast<int>(ValidationCode::rate_limited) == 9);
+  CHECK(static_cast<int>(ValidationCode::usage_exceeded) == 10);
   CHECK(static_cast<int>(apikeys::KeyStatus::disabled) == 2);
 }
 

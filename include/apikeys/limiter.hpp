@@ -1,0 +1,121 @@
+// apikeys::Limiter is admission control: a key's rate limits and credits, checked and
+// spent together, after the key was validated. Bundled: MemoryLimiter (one process,
+// credits in the Store, optionally leased) and RedisLimiter (every node sharing one
+// Redis); users plug in their own by implementing this interface.
+// Thread-safety: every method may be called from many threads at once; an
+// implementation must make that safe.
+// Ownership: components hold limiters through std::shared_ptr; requests borrow their
+// limits from the caller for the duration of the call.
+#ifndef APIKEYS_LIMITER_HPP
+#define APIKEYS_LIMITER_HPP
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "apikeys/export.hpp"
+#include "apikeys/types.hpp"
+
+namespace apikeys {
+
+/// The state of one rate limit after an admission, for RateLimit headers.
+/// Thread-safety and ownership: a plain value.
+struct LimitStatus {
+  /// Requests of cost 1 the limit would admit right after this one.
+  std::uint64_t remaining = 0;
+  /// How long until the limit is back to its full burst, if nothing else is admitted.
+  std::chrono::milliseconds reset{0};
+};
+
+/// What a limiter is asked to admit. Thread-safety and ownership: a plain value that
+/// borrows `limits` (valid for the duration of the call).
+struct AdmissionRequest {
+  Uuid lineage_id;                   ///< Whose state is spent (KeyInfo::lineage()).
+  Uuid key_id;                       ///< The key that was presented.
+  const RateLimit* limits = nullptr;  ///< The key's rate limits...
+  std::size_t limit_count = 0;       ///< ...and how many there are.
+  bool charge_credits = false;       ///< The lineage has credits: charge `cost` of them.
+  std::uint64_t cost = 1;            ///< What the request costs; 0 checks without spending.
+  TimePoint now{};                   ///< The Validator's clock (Redis uses its own).
+};
+
+/// How an admission ended.
+enum class AdmissionOutcome : std::uint8_t {
+  admitted,        ///< Every limit admitted and the credits were charged.
+  rate_limited,    ///< A rate limit refused; nothing was consumed.
+  usage_exceeded,  ///< The credits are short of the cost; nothing was consumed.
+};
+
+/// What a limiter answers. Thread-safety and ownership: a plain value.
+struct Admission {
+  AdmissionOutcome outcome = AdmissionOutcome::admitted;  ///< See AdmissionOutcome.
+  /// rate_limited: the index in AdmissionRequest::limits of the limit that refused.
+  std::size_t limited_by = 0;
+  /// rate_limited: how long until that limit would admit the request.
+  std::chrono::milliseconds retry_after{0};
+  /// The balance after the charge (admitted) or as it is (usage_exceeded), when the
+  /// lineage has credits. A limiter that holds credits in advance (a lease) includes
+  /// them. nullopt otherwise.
+  std::optional<std::uint64_t> credits_remaining;
+  /// admitted: one entry per requested limit, in order. Otherwise it may be empty.
+  std::vector<LimitStatus> limits;
+};
+
+/// What the Validator does when the limiter itself fails (throws: Redis unreachable, a
+/// store error, a full MemoryLimiter). Either way the failure is counted
+/// (Validator::limiter_failures()) and the result's limiter_failed is set.
+enum class LimiterFailurePolicy : std::uint8_t {
+  deny,   ///< Answer `error` (the default: fail closed).
+  allow,  ///< Answer `valid`, without limits or credits spent (fail open).
+};
+
+/// Interface: admission control; see the top of this header.
+///
+/// Contract (README.md, "Rate limits and credits"): admit() is all or nothing. Either
+/// every rate limit admits, their state advances and `cost` credits are charged, or
+/// nothing is consumed. A rate-limited request is never charged credits. Failures are
+/// reported by throwing (any exception); the Validator then applies its
+/// LimiterFailurePolicy.
+class APIKEYS_EXPORT Limiter {
+ public:
+  Limiter() = default;
+  Limiter(const Limiter&) = delete;
+  Limiter& operator=(const Limiter&) = delete;
+  virtual ~Limiter();
+
+  /// Admits the request or says why not; see the contract above.
+  [[nodiscard]] virtual Admission admit(const AdmissionRequest& request) = 0;
+
+  /// The lineage's balance was set (KeyManager::set_credits, or credits configured or
+  /// removed): drop any credits held for it in advance, without returning them, so the
+  /// new balance is what is spent next. Default: nothing (a limiter holding nothing).
+  virtual void credits_reset(const Uuid& lineage_id) noexcept { (void)lineage_id; }
+};
+
+/// Parses a rate-limit spec "NAME=LIMIT/PERIOD[:BURST]", e.g. "per-minute=100/60s" or
+/// "burst=10/1s:20"; PERIOD is a whole number followed by s, m, h or d. Checks every
+/// rule of RateLimit (name, 1 <= LIMIT <= kMaxRateLimitValue, 1 s <= PERIOD <= 1 d,
+/// 1 <= BURST <= kMaxRateLimitValue). Throws Error(invalid_argument) saying which rule
+/// failed.
+[[nodiscard]] APIKEYS_EXPORT RateLimit parse_rate_limit(std::string_view spec);
+
+/// "NAME=LIMIT/PERIOD[:BURST]" for `limit`, the period in the largest unit that divides
+/// it (s, m, h, d; ms when none does), BURST only when set. parse_rate_limit() reads it back.
+[[nodiscard]] APIKEYS_EXPORT std::string format_rate_limit(const RateLimit& limit);
+
+/// Checks the key's rate limits (count, names, values; duplicates) and returns them
+/// sorted by name. Throws Error(invalid_argument) naming the rule broken.
+[[nodiscard]] APIKEYS_EXPORT std::vector<RateLimit> normalize_rate_limits(
+    std::vector<RateLimit> limits);
+
+/// Checks credits (remaining, and the refill's amount and cap, at most kMaxCredits;
+/// the amount at least 1). Throws Error(invalid_argument) naming the rule broken.
+APIKEYS_EXPORT void check_credits(const Credits& credits);
+
+}  // namespace apikeys
+
+#endif  // APIKEYS_LIMITER_HPP

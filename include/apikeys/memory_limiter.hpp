@@ -1,0 +1,90 @@
+// apikeys::MemoryLimiter: admission control within one process. Rate limits are GCRA
+// states in a fixed table of shards, each with its own lock; credits are charged in the
+// Store with one guarded write per request, or from a lease of credits taken from the
+// Store in advance.
+// Thread-safety: admit() and the other methods are safe from many threads at once; no
+// lock is shared by all keys.
+// Ownership: shares ownership of the store that holds credits.
+#ifndef APIKEYS_MEMORY_LIMITER_HPP
+#define APIKEYS_MEMORY_LIMITER_HPP
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "apikeys/export.hpp"
+#include "apikeys/limiter.hpp"
+#include "apikeys/store.hpp"
+
+namespace apikeys {
+
+/// Options for MemoryLimiter. Every field states its default.
+struct MemoryLimiterOptions {
+  /// Most rate-limit states held: one per (lineage, limit name) in use. A state at rest
+  /// (its limit back to full burst) is dropped when its place is needed, which loses
+  /// nothing; when no place is at rest, admit() throws Error(busy) and the Validator
+  /// applies its LimiterFailurePolicy rather than forget a state and over-admit.
+  /// Allocated on first use: MemoryLimiter::kBytesPerState bytes each. Default 262,144.
+  std::size_t capacity = 262'144;
+  /// Credits taken from the store at a time per lineage, then spent in this process
+  /// without a store write. 0 (the default): every admission charges the store with one
+  /// guarded write, exact across processes. With a lease, processes together still
+  /// never admit more than the balance; a process that dies without returning its
+  /// leases (SIGKILL, power loss) loses at most lease_size credits per lineage it
+  /// held one for, and an orderly destruction returns them.
+  std::uint64_t lease_size = 0;
+  /// Most lineages holding a lease at once; beyond it, admissions charge the store
+  /// directly. Default 65,536.
+  std::size_t lease_capacity = 65'536;
+  /// How long a lease is spent before what is left of it is returned and a new one
+  /// taken. It bounds how long the store's balance lags behind this process, and how
+  /// long another process's set_credits() can be overrun by this process's lease.
+  /// Default 60 s.
+  std::chrono::milliseconds lease_ttl{std::chrono::seconds(60)};
+};
+
+/// In-process admission control; see the top of this header. Exact within one
+/// process: admit() is all or nothing under the lock of the lineage's shard. Credits
+/// are exact across processes sharing the store (each charge is one guarded write, or
+/// a lease taken by one); rate limits are per process.
+class APIKEYS_EXPORT MemoryLimiter final : public Limiter {
+ public:
+  /// Bytes each rate-limit state takes in the table.
+  static constexpr std::size_t kBytesPerState = 48;
+
+  /// `credits_store` charges credits (Store::take_credits); it may be null when no key
+  /// has credits (a key that has them is then a limiter failure).
+  explicit MemoryLimiter(std::shared_ptr<Store> credits_store, MemoryLimiterOptions options = {});
+  /// Returns what is left of every lease to the store (return_leases()).
+  ~MemoryLimiter() override;
+  MemoryLimiter(const MemoryLimiter&) = delete;
+  MemoryLimiter& operator=(const MemoryLimiter&) = delete;
+
+  /// See Limiter::admit(). Throws Error(busy) when the table is full, and whatever the
+  /// store throws.
+  [[nodiscard]] Admission admit(const AdmissionRequest& request) override;
+  /// Drops the lineage's lease without returning it.
+  void credits_reset(const Uuid& lineage_id) noexcept override;
+
+  /// Returns what is left of every lease to the store now (Store::return_credits); a
+  /// lease whose refill period has passed is dropped instead, as its credits expired.
+  /// Store errors are swallowed: those credits are lost, never granted twice.
+  void return_leases() noexcept;
+
+  /// Rate-limit states held now.
+  [[nodiscard]] std::size_t states() const noexcept;
+  /// Credits held in leases now, over every lineage.
+  [[nodiscard]] std::uint64_t leased() const noexcept;
+
+  /// The options this limiter was built with.
+  [[nodiscard]] const MemoryLimiterOptions& options() const noexcept;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace apikeys
+
+#endif  // APIKEYS_MEMORY_LIMITER_HPP

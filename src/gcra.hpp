@@ -1,0 +1,102 @@
+// Private: GCRA (the generic cell rate algorithm) in exact integer arithmetic, the
+// rate-limit decision every bundled limiter makes (RedisLimiter's Lua script makes the
+// same one in microseconds). doc/rate-limits.md derives it.
+//
+// A limit of L requests per period P admits one request every T = P/L, with a
+// tolerance of `burst` requests. Its whole state is one time, the theoretical arrival
+// time (TAT): when the limit would be back to rest if nothing more came. A request of
+// cost c at time `now` is admitted when max(TAT, now) + c*T - now <= burst*T, and then
+// TAT becomes max(TAT, now) + c*T. To keep T exact when L does not divide P, times are
+// kept in units of 1/L nanosecond ("scaled"): T is then exactly P in nanoseconds.
+//
+// Thread-safety: pure functions over a state the caller guards.
+// Ownership: plain values.
+#ifndef APIKEYS_SRC_GCRA_HPP
+#define APIKEYS_SRC_GCRA_HPP
+
+#include <chrono>
+#include <cstdint>
+
+#include "apikeys/types.hpp"
+
+namespace apikeys::detail {
+
+// 128 bits: now (~2^61 ns) times L (< 2^30) and cost (< 2^64) times P (< 2^47) fit.
+// NOLINTNEXTLINE(modernize-use-using): __extension__ needs the typedef form.
+__extension__ typedef __int128 Int128;
+
+// One limit's state: TAT scaled by `scale` (the limit it was computed under; 0: never
+// used, which is the same as at rest).
+struct GcraState {
+  Int128 tat = 0;
+  std::uint64_t scale = 0;
+};
+
+// What gcra_decide() found.
+struct GcraDecision {
+  bool admit = false;
+  Int128 new_tat = 0;                // the TAT to store when admitted (scaled by limit)
+  std::uint64_t remaining = 0;       // cost-1 requests admitted right after (admitted)
+  std::int64_t reset_ns = 0;         // until back at rest after this request (admitted)
+  std::int64_t retry_after_ns = 0;   // until this request would be admitted (refused)
+};
+
+inline std::int64_t to_nanos(TimePoint t) noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+
+// Ceiling of a / b for a >= 0, b > 0.
+inline Int128 ceil_div(Int128 a, Int128 b) noexcept { return (a + b - 1) / b; }
+
+// The state's TAT scaled by `limit` (a limit changed since the state was written is
+// rescaled, rounding up: never more permissive).
+inline Int128 gcra_tat(const GcraState& s, std::uint64_t limit) noexcept {
+  if (s.scale == 0) return 0;
+  if (s.scale == limit) return s.tat;
+  const Int128 l = static_cast<Int128>(limit);
+  const Int128 sc = static_cast<Int128>(s.scale);
+  return s.tat >= 0 ? ceil_div(s.tat * l, sc) : (s.tat * l) / sc;
+}
+
+// True when the state is at rest at `now_ns`: dropping it loses nothing.
+inline bool gcra_at_rest(const GcraState& s, std::int64_t now_ns) noexcept {
+  return s.scale == 0 || s.tat <= static_cast<Int128>(now_ns) * static_cast<Int128>(s.scale);
+}
+
+// Decides a request of `cost` against `limit` at `now_ns`. Cost 0 is always admitted
+// and leaves the TAT as it is (new_tat is the current one).
+inline GcraDecision gcra_decide(const GcraState& s, const RateLimit& limit, std::uint64_t cost,
+                                std::int64_t now_ns) noexcept {
+  GcraDecision d;
+  const Int128 l = static_cast<Int128>(limit.limit);
+  const Int128 t = static_cast<Int128>(limit.period.count()) * 1'000'000;  // T, scaled
+  const Int128 tau = static_cast<Int128>(limit.effective_burst()) * t;
+  const Int128 now = static_cast<Int128>(now_ns) * l;
+  const Int128 tat = gcra_tat(s, limit.limit);
+  const Int128 base = tat > now ? tat : now;
+  const Int128 new_tat = base + static_cast<Int128>(cost) * t;
+  if (cost != 0 && new_tat - now > tau) {
+    d.admit = false;
+    d.new_tat = tat;
+    const Int128 wait = ceil_div(new_tat - now - tau, l);
+    constexpr Int128 kMax = INT64_MAX;
+    d.retry_after_ns = static_cast<std::int64_t>(wait > kMax ? kMax : wait);
+    return d;
+  }
+  d.admit = true;
+  d.new_tat = cost == 0 ? tat : new_tat;
+  const Int128 ahead = (cost == 0 ? base : new_tat) - now;  // >= 0
+  const Int128 room = tau - ahead;
+  d.remaining = room > 0 ? static_cast<std::uint64_t>(room / t) : 0;
+  d.reset_ns = static_cast<std::int64_t>(ceil_div(ahead, l));
+  return d;
+}
+
+// Milliseconds, rounded up: a retry_after or reset never says "now" too early.
+inline std::chrono::milliseconds ceil_millis(std::int64_t ns) noexcept {
+  return std::chrono::milliseconds(ns / 1'000'000 + (ns % 1'000'000 > 0 ? 1 : 0));
+}
+
+}  // namespace apikeys::detail
+
+#endif  // APIKEYS_SRC_GCRA_HPP

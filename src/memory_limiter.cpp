@@ -1,0 +1,403 @@
+// MemoryLimiter (memory_limiter.hpp): GCRA states in shards, each an open-addressing
+// table under its own mutex, and credit leases beside them. doc/rate-limits.md says why
+// each step is where it is.
+#include "apikeys/memory_limiter.hpp"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "apikeys/error.hpp"
+#include "gcra.hpp"
+#include "siphash.hpp"
+#include "thread_annotations.hpp"
+
+namespace apikeys {
+
+namespace {
+
+constexpr std::size_t kShards = 64;     // a power of two
+constexpr std::size_t kMaxProbe = 32;   // slots looked at per lookup, at most
+
+std::uint64_t load64(const std::uint8_t* p) noexcept {
+  std::uint64_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// One rate limit's state: 48 bytes (kBytesPerState).
+struct Slot {
+  detail::Int128 tat = 0;  // GcraState's fields, laid out flat (no padding)
+  Uuid lineage;
+  std::uint64_t name_hash = 0;
+  std::uint64_t scale = 0;  // 0: free
+
+  detail::GcraState state() const noexcept { return detail::GcraState{tat, scale}; }
+};
+static_assert(sizeof(Slot) == MemoryLimiter::kBytesPerState, "kBytesPerState is out of date");
+
+// One lineage's lease: credits taken from the store and not spent yet.
+struct Lease {
+  Uuid lineage;
+  std::uint64_t count = 0;            // 0: free
+  std::uint64_t store_remaining = 0;  // the store's balance when it was taken
+  std::int64_t period = 0;            // the refill period it was taken in
+  TimePoint period_end{};             // spent only before this
+  TimePoint expires{};                // and before this (lease_ttl)
+};
+
+std::size_t round_up_pow2(std::size_t n) noexcept {
+  std::size_t p = 1;
+  while (p < n) p <<= 1;
+  return p;
+}
+
+}  // namespace
+
+struct MemoryLimiter::Impl {
+  struct alignas(64) Shard {
+    detail::Mutex mu;
+    std::vector<Slot> slots APIKEYS_GUARDED_BY(mu);    // allocated on first use
+    std::vector<Lease> leases APIKEYS_GUARDED_BY(mu);  // likewise
+    std::size_t used APIKEYS_GUARDED_BY(mu) = 0;
+  };
+
+  std::shared_ptr<Store> store;
+  MemoryLimiterOptions options;
+  detail::SipHasher hasher;
+  std::size_t slots_per_shard;
+  std::size_t leases_per_shard;
+  std::array<Shard, kShards> shards;
+  std::atomic<std::size_t> states{0};
+  // The latest request time seen (ms): return_leases() judges periods on the clock the
+  // requests came with, which may be a test's.
+  std::atomic<std::int64_t> last_now_ms{0};
+
+  Impl(std::shared_ptr<Store> s, MemoryLimiterOptions o)
+      : store(std::move(s)),
+        options(o),
+        slots_per_shard(round_up_pow2(std::max<std::size_t>(o.capacity / kShards, kMaxProbe))),
+        leases_per_shard(round_up_pow2(std::max<std::size_t>(o.lease_capacity / kShards, 8))) {}
+
+  std::uint64_t lineage_hash(const Uuid& id) const noexcept {
+    const std::uint8_t* b = id.bytes().data();
+    return (load64(b) ^ (load64(b + 8) * 0xff51afd7ed558ccdULL)) * 0x9e3779b97f4a7c15ULL;
+  }
+  Shard& shard_of(std::uint64_t lh) noexcept { return shards[(lh >> 58) & (kShards - 1)]; }
+
+  // The slot of (lineage, name_hash) in `sh`, or a free or at-rest slot claimed for it;
+  // nullptr when the probe window has neither.
+  Slot* find_slot(Shard& sh, const Uuid& lineage, std::uint64_t lh, std::uint64_t nh,
+                  std::int64_t now_ns) APIKEYS_REQUIRES(sh.mu) {
+    if (sh.slots.empty()) sh.slots.resize(slots_per_shard);
+    const std::size_t mask = sh.slots.size() - 1;
+    std::size_t i = static_cast<std::size_t>((lh ^ (nh * 0xc2b2ae3d27d4eb4fULL)) >> 7) & mask;
+    Slot* reuse = nullptr;
+    for (std::size_t probe = 0; probe < kMaxProbe; ++probe, i = (i + 1) & mask) {
+      Slot& s = sh.slots[i];
+      if (s.scale == 0) {
+        // Slots are never emptied, only reused in place: nothing lies beyond a free one.
+        if (!reuse) reuse = &s;
+        break;
+      }
+      if (s.name_hash == nh && s.lineage == lineage) return &s;
+      if (!reuse && detail::gcra_at_rest(s.state(), now_ns)) reuse = &s;
+    }
+    if (!reuse) return nullptr;
+    if (reuse->scale == 0) {
+      ++sh.used;
+      states.fetch_add(1, std::memory_order_relaxed);
+    }
+    reuse->lineage = lineage;
+    reuse->name_hash = nh;
+    reuse->tat = 0;  // at rest: the same as a state never used
+    reuse->scale = 0;
+    return reuse;
+  }
+
+  // The lineage's lease entry in `sh`, or a free one claimed for it when `claim`;
+  // nullptr otherwise.
+  Lease* find_lease(Shard& sh, const Uuid& lineage, std::uint64_t lh, bool claim)
+      APIKEYS_REQUIRES(sh.mu) {
+    if (sh.leases.empty()) {
+      if (!claim) return nullptr;
+      sh.leases.resize(leases_per_shard);
+    }
+    const std::size_t mask = sh.leases.size() - 1;
+    std::size_t i = static_cast<std::size_t>(lh >> 11) & mask;
+    Lease* free_entry = nullptr;
+    for (std::size_t probe = 0; probe < kMaxProbe && probe <= mask; ++probe, i = (i + 1) & mask) {
+      Lease& l = sh.leases[i];
+      if (l.count != 0 && l.lineage == lineage) return &l;
+      if (l.count == 0 && !free_entry) free_entry = &l;
+    }
+    if (!claim || !free_entry) return nullptr;
+    free_entry->lineage = lineage;
+    return free_entry;
+  }
+
+  // Decides every limit of `r` under the shard lock; `slots` receives each limit's
+  // slot. False (and `out` says why) when one refuses or the table is full (throws).
+  bool decide(Shard& sh, const AdmissionRequest& r, std::uint64_t lh, std::int64_t now_ns,
+              Slot** slots, detail::GcraDecision* decisions, Admission& out)
+      APIKEYS_REQUIRES(sh.mu) {
+    for (std::size_t i = 0; i < r.limit_count; ++i) {
+      const RateLimit& limit = r.limits[i];
+      const std::uint64_t nh = hasher(limit.name);
+      slots[i] = find_slot(sh, r.lineage_id, lh, nh, now_ns);
+      if (!slots[i]) throw Error(ErrorCode::busy, "the rate limiter's table is full");
+      decisions[i] = detail::gcra_decide(slots[i]->state(), limit, r.cost, now_ns);
+      if (!decisions[i].admit) {
+        out.outcome = AdmissionOutcome::rate_limited;
+        out.limited_by = i;
+        out.retry_after = detail::ceil_millis(decisions[i].retry_after_ns);
+        return false;
+      }
+    }
+    return true;
+  }
+
+  // Applies the decisions of an admitted request and reports each limit's state.
+  static void commit(const AdmissionRequest& r, Slot** slots,
+                     const detail::GcraDecision* decisions, Admission& out) {
+    out.limits.resize(r.limit_count);
+    for (std::size_t i = 0; i < r.limit_count; ++i) {
+      slots[i]->tat = decisions[i].new_tat;
+      slots[i]->scale = r.limits[i].limit;
+      out.limits[i].remaining = decisions[i].remaining;
+      out.limits[i].reset = detail::ceil_millis(decisions[i].reset_ns);
+    }
+  }
+
+  Store& credit_store() const {
+    if (!store) throw Error(ErrorCode::not_supported, "the limiter has no store for credits");
+    return *store;
+  }
+
+  Admission admit(const AdmissionRequest& r);
+  Admission admit_direct(const AdmissionRequest& r, Shard& sh, std::uint64_t lh,
+                         std::int64_t now_ns);
+  Admission admit_leased(const AdmissionRequest& r, Shard& sh, std::uint64_t lh,
+                         std::int64_t now_ns);
+};
+
+Admission MemoryLimiter::Impl::admit(const AdmissionRequest& r) {
+  if (r.limit_count > KeyPolicyLimits::kMaxRateLimits) {
+    throw Error(ErrorCode::invalid_argument, "too many rate limits in one request");
+  }
+  const std::uint64_t lh = lineage_hash(r.lineage_id);
+  Shard& sh = shard_of(lh);
+  const std::int64_t now_ns = detail::to_nanos(r.now);
+  if (!r.charge_credits) {
+    Admission out;
+    std::array<Slot*, KeyPolicyLimits::kMaxRateLimits> slots{};
+    std::array<detail::GcraDecision, KeyPolicyLimits::kMaxRateLimits> decisions{};
+    detail::MutexLock lock(sh.mu);
+    if (decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) {
+      commit(r, slots.data(), decisions.data(), out);
+    }
+    return out;
+  }
+  const std::int64_t ms = to_unix_millis(r.now);
+  std::int64_t seen = last_now_ms.load(std::memory_order_relaxed);
+  while (seen < ms && !last_now_ms.compare_exchange_weak(seen, ms, std::memory_order_relaxed)) {
+  }
+  if (options.lease_size > 0) return admit_leased(r, sh, lh, now_ns);
+  return admit_direct(r, sh, lh, now_ns);
+}
+
+// Rate limits peeked, credits charged in the store (one guarded write), then the rate
+// limits decided again and applied; if they refuse now (another request came in
+// between), the charge is given back. So a rate-limited request is never charged, and
+// the store never holds the shard's lock.
+Admission MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh,
+                                            std::uint64_t lh, std::int64_t now_ns) {
+  Admission out;
+  std::array<Slot*, KeyPolicyLimits::kMaxRateLimits> slots{};
+  std::array<detail::GcraDecision, KeyPolicyLimits::kMaxRateLimits> decisions{};
+  {
+    detail::MutexLock lock(sh.mu);
+    if (!decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) return out;
+  }
+  const CreditTake take = credit_store().take_credits(r.lineage_id, r.cost, r.cost, r.now);
+  if (take.outcome == CreditTake::Outcome::insufficient) {
+    out.outcome = AdmissionOutcome::usage_exceeded;
+    out.credits_remaining = take.remaining;
+    return out;
+  }
+  const bool charged = take.outcome == CreditTake::Outcome::taken;
+  if (charged) out.credits_remaining = take.remaining;
+  {
+    detail::MutexLock lock(sh.mu);
+    if (decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) {
+      commit(r, slots.data(), decisions.data(), out);
+      return out;
+    }
+  }
+  out.credits_remaining.reset();
+  if (charged && take.taken > 0) credit_store().return_credits(r.lineage_id, take.taken, take.period);
+  return out;
+}
+
+// Rate limits and the lease decided together under the shard lock; the store is asked
+// (outside the lock) only when the lease is short, expired, or from a past period.
+Admission MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh,
+                                            std::uint64_t lh, std::int64_t now_ns) {
+  Admission out;
+  std::array<Slot*, KeyPolicyLimits::kMaxRateLimits> slots{};
+  std::array<detail::GcraDecision, KeyPolicyLimits::kMaxRateLimits> decisions{};
+  std::uint64_t carry = 0;  // still-good credits taken out of the lease
+  std::int64_t carry_period = 0;
+  std::uint64_t stale = 0;  // credits of a lease past its TTL, to give back
+  std::int64_t stale_period = 0;
+  {
+    detail::MutexLock lock(sh.mu);
+    if (!decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) return out;
+    Lease* lease = find_lease(sh, r.lineage_id, lh, false);
+    if (lease) {
+      const bool period_ok = r.now < lease->period_end;
+      const bool fresh = period_ok && r.now < lease->expires;
+      if (fresh && lease->count >= r.cost) {
+        lease->count -= r.cost;
+        out.credits_remaining = lease->count + lease->store_remaining;
+        commit(r, slots.data(), decisions.data(), out);
+        return out;
+      }
+      if (fresh) {
+        carry = lease->count;
+        carry_period = lease->period;
+      } else if (period_ok) {
+        stale = lease->count;
+        stale_period = lease->period;
+      }
+      lease->count = 0;  // taken out; a lease of a past period is dropped: it expired
+    }
+  }
+  Store& st = credit_store();
+  if (stale > 0) st.return_credits(r.lineage_id, stale, stale_period);
+  const std::uint64_t need = r.cost > carry ? r.cost - carry : 0;
+  const std::uint64_t want =
+      std::min(need + options.lease_size, KeyPolicyLimits::kMaxCredits);
+  CreditTake take;
+  try {
+    take = st.take_credits(r.lineage_id, need, std::max(want, need), r.now);
+  } catch (...) {
+    if (carry > 0) {
+      try {
+        st.return_credits(r.lineage_id, carry, carry_period);
+      } catch (...) {
+        // Lost, never granted twice.
+      }
+    }
+    throw;
+  }
+  if (take.outcome == CreditTake::Outcome::no_credits) {
+    // Credits were removed since the verdict was read: nothing to charge.
+    detail::MutexLock lock(sh.mu);
+    if (decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) {
+      commit(r, slots.data(), decisions.data(), out);
+    }
+    return out;
+  }
+  // Credits of two refill periods never mix: the carry of an older period is dropped.
+  if (carry > 0 && carry_period != take.period) carry = 0;
+  const std::uint64_t have = carry + take.taken;
+  detail::MutexLock lock(sh.mu);
+  Lease* lease = find_lease(sh, r.lineage_id, lh, true);
+  const bool enough = take.outcome == CreditTake::Outcome::taken && have >= r.cost;
+  const bool limits_ok = enough && decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out);
+  const std::uint64_t left = limits_ok ? have - r.cost : have;
+  if (lease) {
+    // What is left stays leased (another request may have leased meanwhile: merged).
+    if (lease->count != 0 && lease->period != take.period) lease->count = 0;
+    lease->count += left;
+    lease->store_remaining = take.remaining;
+    lease->period = take.period;
+    lease->period_end = take.period_end;
+    lease->expires = r.now + options.lease_ttl;
+  }
+  if (!enough) {
+    out.outcome = AdmissionOutcome::usage_exceeded;
+    out.credits_remaining = take.remaining + (lease ? lease->count : 0);
+  } else if (limits_ok) {
+    commit(r, slots.data(), decisions.data(), out);
+    out.credits_remaining = take.remaining + (lease ? lease->count : 0);
+  }
+  if (!lease && left > 0) {
+    // No room to keep a lease: give the rest back, outside the lock (rare).
+    lock.unlock();
+    st.return_credits(r.lineage_id, left, take.period);
+  }
+  return out;
+}
+
+MemoryLimiter::MemoryLimiter(std::shared_ptr<Store> credits_store, MemoryLimiterOptions options) {
+  if (options.capacity == 0) {
+    throw Error(ErrorCode::invalid_argument, "MemoryLimiter: capacity must be at least 1");
+  }
+  if (options.lease_size > KeyPolicyLimits::kMaxCredits) {
+    throw Error(ErrorCode::invalid_argument, "MemoryLimiter: lease_size is above 2^53");
+  }
+  if (options.lease_ttl.count() <= 0) {
+    throw Error(ErrorCode::invalid_argument, "MemoryLimiter: lease_ttl must be positive");
+  }
+  impl_ = std::make_unique<Impl>(std::move(credits_store), options);
+}
+
+MemoryLimiter::~MemoryLimiter() { return_leases(); }
+
+Admission MemoryLimiter::admit(const AdmissionRequest& request) { return impl_->admit(request); }
+
+void MemoryLimiter::credits_reset(const Uuid& lineage_id) noexcept {
+  const std::uint64_t lh = impl_->lineage_hash(lineage_id);
+  Impl::Shard& sh = impl_->shard_of(lh);
+  detail::MutexLock lock(sh.mu);
+  if (Lease* lease = impl_->find_lease(sh, lineage_id, lh, false)) lease->count = 0;
+}
+
+void MemoryLimiter::return_leases() noexcept {
+  if (!impl_->store) return;
+  const TimePoint now = from_unix_millis(impl_->last_now_ms.load(std::memory_order_relaxed));
+  for (Impl::Shard& sh : impl_->shards) {
+    std::vector<Lease> taken;
+    try {
+      detail::MutexLock lock(sh.mu);
+      for (Lease& l : sh.leases) {
+        if (l.count == 0) continue;
+        taken.push_back(l);
+        l.count = 0;
+      }
+    } catch (...) {
+      continue;  // allocation failure: those leases are lost, never granted twice
+    }
+    for (const Lease& l : taken) {
+      // A lease of a past period expired with it (a reset refill replaced it).
+      if (now >= l.period_end) continue;
+      try {
+        impl_->store->return_credits(l.lineage, l.count, l.period);
+      } catch (...) {
+        // Lost, never granted twice.
+      }
+    }
+  }
+}
+
+std::size_t MemoryLimiter::states() const noexcept {
+  return impl_->states.load(std::memory_order_relaxed);
+}
+
+std::uint64_t MemoryLimiter::leased() const noexcept {
+  std::uint64_t total = 0;
+  for (Impl::Shard& sh : impl_->shards) {
+    detail::MutexLock lock(sh.mu);
+    for (const Lease& l : sh.leases) total += l.count;
+  }
+  return total;
+}
+
+const MemoryLimiterOptions& MemoryLimiter::options() const noexcept { return impl_->options; }
+
+}  // namespace apikeys
