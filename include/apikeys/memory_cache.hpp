@@ -47,12 +47,15 @@ struct MemoryCacheOptions {
 /// One verdict slot per public key: a later put() replaces it, except that a negative
 /// verdict for another secret never displaces a `valid` one (so guessing secrets for a
 /// known public key cannot push its owner off the cache). get() returns the whole
-/// Verdict that put() stored: scopes in their order, metadata byte for byte, has_policy.
+/// Verdict that put() stored: scopes in their order, metadata byte for byte, has_policy,
+/// rate limits, has_credits, has_admission and the lineage.
 ///
-/// Bytes per entry: kEntryBytes, plus, for a verdict with scopes or metadata, one heap
-/// block of 12 + 4 x (number of scopes) + (characters of the scopes) + (bytes of the
-/// metadata). A lookup of a verdict without scopes or metadata allocates nothing; one
-/// with them allocates the strings it returns.
+/// Bytes per entry: kEntryBytes, plus, for a verdict with scopes, metadata or rate
+/// limits (or the lineage of a rotated key), one heap block of 20 + 4 x (number of
+/// scopes) + (characters of the scopes) + (bytes of the metadata) + 28 x (number of rate
+/// limits) + (characters of their names) + 16 when the lineage is kept. A lookup of a
+/// verdict without any of them allocates nothing; one with them allocates the strings it
+/// returns.
 class APIKEYS_EXPORT MemoryCache final : public Cache {
  public:
   /// The bytes an entry counts for against MemoryCacheOptions::max_bytes besides its

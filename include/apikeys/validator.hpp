@@ -32,9 +32,10 @@ namespace apikeys {
 /// metadata; see cache.hpp) plus ok() and missing_scopes. It derives from Verdict rather
 /// than repeating its fields, so the two cannot drift: a cached verdict becomes the
 /// answer whole, and an answer is cached as the Verdict it is. account_id, key_id,
-/// expires_at, scopes and metadata are set only when valid or insufficient_scope (the
-/// caller proved the secret); expires_at is then the key's expiry (nullopt: it never
-/// expires, or a user's cache that answered did not keep it). Only ok() grants access.
+/// expires_at, scopes, metadata, lineage_id and rate_limits are set only when valid,
+/// insufficient_scope, rate_limited or usage_exceeded (the caller proved the secret);
+/// expires_at is then the key's expiry (nullopt: it never expires, or a user's cache
+/// that answered did not keep it). Only ok() grants access.
 /// Thread-safety and ownership: a plain value that owns its fields.
 struct ValidationResult : Verdict {
   /// An `error` result with no ids and no expiry.

@@ -421,21 +421,21 @@ TEST_CASE("MemoryCache: bytes per entry are as documented", "[cache]") {
   f.fill(pk(1), digest_of(1), valid_verdict(1), milliseconds(60'000));
   CHECK(f.cache->bytes() == MemoryCache::kEntryBytes);
   f.fill(pk(2), digest_of(2), with_metadata(2, 1024), milliseconds(60'000));
-  CHECK(f.cache->bytes() == 2 * MemoryCache::kEntryBytes + 12 + 1024);
+  CHECK(f.cache->bytes() == 2 * MemoryCache::kEntryBytes + 20 + 1024);
 
   Verdict scoped = valid_verdict(3);
-  scoped.scopes = {"a.b", "orders.*"};  // 12 + 2 x 4 + 3 + 8 = 31 bytes with no metadata
+  scoped.scopes = {"a.b", "orders.*"};  // 20 + 2 x 4 + 3 + 8 = 39 bytes with no metadata
   scoped.has_policy = true;
   f.fill(pk(3), digest_of(3), scoped, milliseconds(60'000));
-  CHECK(f.cache->bytes() == 3 * MemoryCache::kEntryBytes + 12 + 1024 + 31);
+  CHECK(f.cache->bytes() == 3 * MemoryCache::kEntryBytes + 20 + 1024 + 39);
 
   SECTION("a replaced verdict counts for what it now holds") {
     f.fill(pk(2), digest_of(2), valid_verdict(2), milliseconds(60'000));
-    CHECK(f.cache->bytes() == 3 * MemoryCache::kEntryBytes + 31);
+    CHECK(f.cache->bytes() == 3 * MemoryCache::kEntryBytes + 39);
   }
   SECTION("erase, expiry and clear give the bytes back") {
     f.cache->erase(pk(3));
-    CHECK(f.cache->bytes() == 2 * MemoryCache::kEntryBytes + 12 + 1024);
+    CHECK(f.cache->bytes() == 2 * MemoryCache::kEntryBytes + 20 + 1024);
     f.clock->advance(milliseconds(60'000));
     CHECK_FALSE(f.cache->get(pk(2), digest_of(2)).has_value());  // an expired entry goes
     CHECK(f.cache->bytes() == MemoryCache::kEntryBytes);
@@ -445,7 +445,7 @@ TEST_CASE("MemoryCache: bytes per entry are as documented", "[cache]") {
 }
 
 TEST_CASE("MemoryCache: the bytes held stay within max_bytes", "[cache]") {
-  constexpr std::size_t kEntry = MemoryCache::kEntryBytes + 12 + 1024;
+  constexpr std::size_t kEntry = MemoryCache::kEntryBytes + 20 + 1024;
   SECTION("1 KiB-metadata verdicts, 256 KiB, default shards (16 of 16 KiB)") {
     constexpr std::size_t kMax = std::size_t{256} << 10;
     Fixture f(1'000'000, 64, kMax);
