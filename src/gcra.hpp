@@ -37,10 +37,10 @@ struct GcraState {
 // gcra_decide() value-initialises what it returns.
 struct GcraDecision {
   bool admit;
-  Int128 new_tat;                // the TAT to store when admitted (scaled by limit)
-  std::uint64_t remaining;       // cost-1 requests admitted right after (admitted)
-  std::int64_t reset_ns;         // until back at rest after this request (admitted)
-  std::int64_t retry_after_ns;   // until this request would be admitted (refused)
+  Int128 new_tat;               // the TAT to store when admitted (scaled by limit)
+  std::uint64_t remaining;      // cost-1 requests admitted right after (admitted)
+  std::int64_t reset_ns;        // until back at rest after this request (admitted)
+  std::int64_t retry_after_ns;  // until this request would be admitted (refused)
 };
 
 inline std::int64_t to_nanos(TimePoint t) noexcept {
