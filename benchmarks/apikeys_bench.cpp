@@ -7,7 +7,8 @@
 //   apikeys_bench --quick    tiny sizes, seconds; TARGET lines are informational
 //                            (same as APIKEYS_BENCH_QUICK=1)
 //   --skip=memory,threads,latency,scale   leave sections out (their targets FAIL)
-//   --profile=hit|sqlite_cold|sqlite_not_found|sqlite_wrong_secret [--profile-calls=N]
+//   --profile=hit|hit_one_rate_limit|hit_leased_credits|sqlite_cold|sqlite_not_found|
+//             sqlite_wrong_secret [--profile-calls=N]
 //                            one loop for callgrind (see BENCHMARKS.md)
 //   APIKEYS_BENCH_CACHE_DIR=/tmp/x        keep the bulk-built SQLite files there
 //   any --benchmark_* flag of Google Benchmark (e.g. --benchmark_filter=floor)
@@ -50,6 +51,7 @@
 #include <vector>
 
 #include "apikeys/apikeys.hpp"
+#include "apikeys/memory_limiter.hpp"
 #include "bench_support.hpp"
 
 namespace ab = apikeys_bench;
@@ -302,6 +304,12 @@ struct World {
   apikeys::Requirements three_scopes;
   std::shared_ptr<apikeys::MemoryStore> metadata_store;
   std::unique_ptr<apikeys::Validator> hit_metadata;
+  // Admission on the hit path: the hit keys again, each with one rate limit that never
+  // refuses (MemoryLimiter); and with credits too, a huge balance spent through leases.
+  std::shared_ptr<apikeys::MemoryStore> limited_store;
+  std::unique_ptr<apikeys::Validator> hit_limited;
+  std::shared_ptr<apikeys::MemoryStore> leased_store;
+  std::unique_ptr<apikeys::Validator> hit_leased;
   std::unique_ptr<apikeys::Validator> memory_cold;
   // format = KeyFormat::branded(kBrand), also_accept = {KeyFormat{}}, on `memory`.
   std::unique_ptr<apikeys::Validator> memory_branded;
@@ -332,6 +340,7 @@ struct World {
   void build();
   void build_branded();
   void build_policy_hits();
+  void build_admission_hits();
   void build_floors();
   void build_big();
 };
@@ -408,6 +417,7 @@ void World::build() {
   expect(hit_cache->size() >= hit_count, "the cache holds the hit keys");
   ab::checkpoint(sqlite_path);
   build_policy_hits();
+  build_admission_hits();
 
   apikeys::KeyManagerOptions mo;
   mo.validation.record_last_use = false;
@@ -489,6 +499,44 @@ void World::build_policy_hits() {
   expect(bad == 0, "policy hit warm-up: " + std::to_string(bad) + " unexpected verdicts");
   hit_scoped->flush_last_use();
   hit_metadata->flush_last_use();
+}
+
+// Admission on the hit path (BENCHMARKS.md, "Rate limits and credits on the hit path").
+void World::build_admission_hits() {
+  apikeys::RateLimit never_refuses;
+  never_refuses.name = "requests";
+  never_refuses.limit = apikeys::KeyPolicyLimits::kMaxRateLimitValue;
+  never_refuses.period = std::chrono::seconds(1);
+  apikeys::Credits huge;
+  huge.remaining = apikeys::KeyPolicyLimits::kMaxCredits;
+  limited_store = std::make_shared<apikeys::MemoryStore>();
+  leased_store = std::make_shared<apikeys::MemoryStore>();
+  for (std::size_t i = 0; i < hit_count; ++i) {
+    apikeys::KeyRecord limited = ab::record_of(keys, i, digests[i], false);
+    limited.info.rate_limits = {never_refuses};
+    limited_store->insert(limited);
+    limited.info.credits = huge;
+    leased_store->insert(std::move(limited));
+  }
+  hit_limited = std::make_unique<apikeys::Validator>(
+      limited_store, hasher, hit_options(std::make_shared<apikeys::MemoryCache>()));
+  apikeys::MemoryLimiterOptions lo;
+  lo.lease_size = 1000;
+  auto leased = hit_options(std::make_shared<apikeys::MemoryCache>());
+  leased.limiter = std::make_shared<apikeys::MemoryLimiter>(leased_store, lo);
+  hit_leased = std::make_unique<apikeys::Validator>(leased_store, hasher, leased);
+  // Warm-up as for validate/hit: every key's verdict cached, its last use recorded, its
+  // rate-limit state allocated and its first lease taken.
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < hit_count; ++i) {
+    const auto l = hit_limited->validate(keys.public_key(i), keys.secret(i));
+    bad += l.code != ValidationCode::valid || l.limits.size() != 1;
+    const auto c = hit_leased->validate(keys.public_key(i), keys.secret(i));
+    bad += c.code != ValidationCode::valid || c.limits.size() != 1 || !c.credits_remaining;
+  }
+  expect(bad == 0, "admission hit warm-up: " + std::to_string(bad) + " unexpected verdicts");
+  hit_limited->flush_last_use();
+  hit_leased->flush_last_use();
 }
 
 void World::build_floors() {
@@ -736,6 +784,12 @@ void register_benchmarks(World& w) {
   })->Unit(ns);
   register_validate("validate/hit_1k_metadata", w.hit_metadata.get(), valid_hit,
                     ValidationCode::valid, "1024-byte metadata")
+      ->Unit(ns);
+  register_validate("validate/hit_one_rate_limit", w.hit_limited.get(), valid_hit,
+                    ValidationCode::valid, "MemoryLimiter, 1 limit")
+      ->Unit(ns);
+  register_validate("validate/hit_leased_credits", w.hit_leased.get(), valid_hit,
+                    ValidationCode::valid, "1 limit, credits, lease_size 1000")
       ->Unit(ns);
 
   auto valid = [keys, n_valid](ab::Rng& rng) {
@@ -1173,6 +1227,11 @@ std::vector<Target> targets(const Results& r) {
       {"malformed_checksum_vs_malformed",
        r.cpu("validate/memory_cold/malformed_checksum") / r.cpu("validate/memory_cold/malformed"),
        1.2, false},
+      // Admission on a cache hit: one in-process rate limit; and credits through leases.
+      {"hit_one_rate_limit_vs_hit", r.cpu("validate/hit_one_rate_limit") / r.cpu("validate/hit"),
+       1.25, false},
+      {"hit_leased_credits_vs_hit", r.cpu("validate/hit_leased_credits") / r.cpu("validate/hit"),
+       1.3, false},
   };
 }
 
@@ -1193,13 +1252,44 @@ std::vector<Target> targets(const Results& r) {
   return as_expected;
 }
 
+// A MemoryStore of `keys` as build_admission_hits() makes them (one rate limit; and
+// credits when `credits`), with the validator over it, warmed up.
+std::unique_ptr<apikeys::Validator> admission_profile_validator(
+    const ab::KeySet& keys, std::shared_ptr<apikeys::HmacSha256Hasher> hasher, bool credits) {
+  apikeys::RateLimit never_refuses;
+  never_refuses.name = "requests";
+  never_refuses.limit = apikeys::KeyPolicyLimits::kMaxRateLimitValue;
+  never_refuses.period = std::chrono::seconds(1);
+  auto store = std::make_shared<apikeys::MemoryStore>();
+  const std::vector<apikeys::Digest> digests = ab::digests_of(keys, *hasher);
+  for (std::size_t i = 0; i < keys.size; ++i) {
+    apikeys::KeyRecord r = ab::record_of(keys, i, digests[i], false);
+    r.info.rate_limits = {never_refuses};
+    if (credits) {
+      r.info.credits = apikeys::Credits();
+      r.info.credits->remaining = apikeys::KeyPolicyLimits::kMaxCredits;
+    }
+    store->insert(std::move(r));
+  }
+  apikeys::ValidatorOptions o = hit_options(std::make_shared<apikeys::MemoryCache>());
+  if (credits) {
+    apikeys::MemoryLimiterOptions lo;
+    lo.lease_size = 1000;
+    o.limiter = std::make_shared<apikeys::MemoryLimiter>(store, lo);
+  }
+  return std::make_unique<apikeys::Validator>(store, std::move(hasher), o);
+}
+
 int profile(const std::string& what, std::size_t calls) {
   const bool hit = what == "hit";
   const bool not_found = what == "sqlite_not_found";
   const bool wrong_secret = what == "sqlite_wrong_secret";
-  if (!hit && !not_found && !wrong_secret && what != "sqlite_cold") {
+  const bool limited = what == "hit_one_rate_limit";
+  const bool leased = what == "hit_leased_credits";
+  if (!hit && !not_found && !wrong_secret && !limited && !leased && what != "sqlite_cold") {
     std::fprintf(stderr,
-                 "apikeys_bench: --profile=hit|sqlite_cold|sqlite_not_found|sqlite_wrong_secret\n");
+                 "apikeys_bench: --profile=hit|hit_one_rate_limit|hit_leased_credits|sqlite_cold|"
+                 "sqlite_not_found|sqlite_wrong_secret\n");
     return 2;
   }
   constexpr std::size_t kKeys = 10'000;
@@ -1207,20 +1297,25 @@ int profile(const std::string& what, std::size_t calls) {
   auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(ab::kPepper);
   const ab::KeySet keys = ab::make_keys(kKeys, kSeedKeys);
   const ab::KeySet absent = ab::make_keys(kKeys, kSeedAbsent);
-  const std::string path = tmp.file("profile.db");
-  ab::bulk_load_sqlite(path, keys, *hasher, kKeys);
-  auto store = std::make_shared<apikeys::SqliteStore>(path);
-  apikeys::ValidatorOptions o = cold_options();
-  if (hit) o = hit_options(std::make_shared<apikeys::MemoryCache>());
-  apikeys::Validator v(store, hasher, o);
-  pass_over(v, keys, 0, kKeys, ValidationCode::valid, "profile warm-up");
-  v.flush_last_use();
+  std::unique_ptr<apikeys::Validator> v;
+  if (limited || leased) {
+    v = admission_profile_validator(keys, hasher, leased);
+  } else {
+    const std::string path = tmp.file("profile.db");
+    ab::bulk_load_sqlite(path, keys, *hasher, kKeys);
+    auto store = std::make_shared<apikeys::SqliteStore>(path);
+    apikeys::ValidatorOptions o = cold_options();
+    if (hit) o = hit_options(std::make_shared<apikeys::MemoryCache>());
+    v = std::make_unique<apikeys::Validator>(store, hasher, o);
+  }
+  pass_over(*v, keys, 0, kKeys, ValidationCode::valid, "profile warm-up");
+  v->flush_last_use();
   const ab::KeySet& pks = not_found ? absent : keys;
   const ab::KeySet& sks = not_found || wrong_secret ? absent : keys;
   const ValidationCode expected = not_found      ? ValidationCode::not_found
                                   : wrong_secret ? ValidationCode::wrong_secret
                                                  : ValidationCode::valid;
-  const std::size_t ok = profile_loop(v, pks, sks, kKeys, calls, expected);
+  const std::size_t ok = profile_loop(*v, pks, sks, kKeys, calls, expected);
   std::printf("profile %s: %zu calls, %zu as expected (%s)\n", what.c_str(), calls, ok,
               apikeys::to_string(expected));
   return ok == calls ? 0 : 1;
@@ -1317,7 +1412,8 @@ int main(int argc, char** argv) {
     } else if (a == "--help" || a == "-h") {
       std::printf(
           "usage: apikeys_bench [--quick] [--skip=memory,threads,latency,scale] [--benchmark_*]\n"
-          "       apikeys_bench --profile=hit|sqlite_cold|sqlite_not_found|sqlite_wrong_secret\n"
+          "       apikeys_bench --profile=hit|hit_one_rate_limit|hit_leased_credits|\n"
+          "                     sqlite_cold|sqlite_not_found|sqlite_wrong_secret\n"
           "                     [--profile-calls=N]  (one loop, for callgrind)\n"
           "env: APIKEYS_BENCH_QUICK=1 (same as --quick), APIKEYS_BENCH_CACHE_DIR=dir (keep the\n"
           "bulk-built SQLite files there between runs)\n");

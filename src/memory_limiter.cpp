@@ -139,8 +139,10 @@ struct MemoryLimiter::Impl {
     return free_entry;
   }
 
-  // Decides every limit of `r` under the shard lock; `slots` receives each limit's
-  // slot. False (and `out` says why) when one refuses or the table is full (throws).
+  // Decides every limit of `r` under the shard lock; `slots` and `decisions` receive
+  // each limit's slot and decision (the callers' arrays are not zeroed: entries past
+  // the limit it stopped at stay unset). False (and `out` says why) when one refuses;
+  // throws when the table is full.
   bool decide(Shard& sh, const AdmissionRequest& r, std::uint64_t lh, std::int64_t now_ns,
               Slot** slots, detail::GcraDecision* decisions, Admission& out)
       APIKEYS_REQUIRES(sh.mu) {
@@ -193,8 +195,8 @@ Admission MemoryLimiter::Impl::admit(const AdmissionRequest& r) {
   const std::int64_t now_ns = detail::to_nanos(r.now);
   if (!r.charge_credits) {
     Admission out;
-    std::array<Slot*, KeyPolicyLimits::kMaxRateLimits> slots{};
-    std::array<detail::GcraDecision, KeyPolicyLimits::kMaxRateLimits> decisions{};
+    std::array<Slot*, KeyPolicyLimits::kMaxRateLimits> slots;
+    std::array<detail::GcraDecision, KeyPolicyLimits::kMaxRateLimits> decisions;
     detail::MutexLock lock(sh.mu);
     if (decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) {
       commit(r, slots.data(), decisions.data(), out);
@@ -216,8 +218,8 @@ Admission MemoryLimiter::Impl::admit(const AdmissionRequest& r) {
 Admission MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh,
                                             std::uint64_t lh, std::int64_t now_ns) {
   Admission out;
-  std::array<Slot*, KeyPolicyLimits::kMaxRateLimits> slots{};
-  std::array<detail::GcraDecision, KeyPolicyLimits::kMaxRateLimits> decisions{};
+  std::array<Slot*, KeyPolicyLimits::kMaxRateLimits> slots;
+  std::array<detail::GcraDecision, KeyPolicyLimits::kMaxRateLimits> decisions;
   {
     detail::MutexLock lock(sh.mu);
     if (!decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) return out;
@@ -247,8 +249,8 @@ Admission MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh
 Admission MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh,
                                             std::uint64_t lh, std::int64_t now_ns) {
   Admission out;
-  std::array<Slot*, KeyPolicyLimits::kMaxRateLimits> slots{};
-  std::array<detail::GcraDecision, KeyPolicyLimits::kMaxRateLimits> decisions{};
+  std::array<Slot*, KeyPolicyLimits::kMaxRateLimits> slots;
+  std::array<detail::GcraDecision, KeyPolicyLimits::kMaxRateLimits> decisions;
   std::uint64_t carry = 0;  // still-good credits taken out of the lease
   std::int64_t carry_period = 0;
   std::uint64_t stale = 0;  // credits of a lease past its TTL, to give back

@@ -178,21 +178,37 @@ std::string digest_field(const Digest& d) {
   return out;
 }
 
-// Verdict value, layout version 3 (51 bytes plus the scopes and the metadata): version,
-// code, flags (bit 0: has_policy; the others 0), account id (16), key id (16), the key's
-// expiry in Unix milliseconds (8, big-endian; INT64_MIN: none), then the scopes joined by
-// single spaces and the metadata, each after its length (4, big-endian).
-// doc/redis-cache.md, "Verdict encoding". Invariant 7: another version, a length that
-// does not add up, a flag this layout does not define, or a code past
-// kLastValidationCode (one a newer library added), decodes as a miss.
-constexpr std::uint8_t kVerdictLayout = 3;
-constexpr std::size_t kVerdictFixedSize = 51;
+// Verdict value, layout version 4 (52 bytes plus the variable parts): version, code,
+// flags, account id (16), key id (16), the key's expiry in Unix milliseconds (8,
+// big-endian; INT64_MIN: none), the scopes joined by single spaces and the metadata,
+// each after its length (4, big-endian), the lineage (16) when flag 3 says so, then the
+// rate limits: their count (1), and per limit the name after its length (1), limit,
+// period in milliseconds and burst (8 each, big-endian). Flags: bit 0 has_policy, bit 1
+// has_admission, bit 2 has_credits, bit 3 a lineage follows (only when it is not the
+// key id: a verdict with has_admission and no lineage is the key's own); the others 0.
+// doc/redis-cache.md, "Verdict encoding". Invariant 7: another version (layout 3 had no
+// rate limits, so reading it could admit a request past them), a length that does not
+// add up, a flag this layout does not define, or a code past kLastValidationCode (one a
+// newer library added), decodes as a miss.
+constexpr std::uint8_t kVerdictLayout = 4;
+constexpr std::size_t kVerdictFixedSize = 52;
+constexpr std::size_t kLimitFixedSize = 1 + 24;
 constexpr std::uint8_t kFlagHasPolicy = 0x01;
+constexpr std::uint8_t kFlagHasAdmission = 0x02;
+constexpr std::uint8_t kFlagHasCredits = 0x04;
+constexpr std::uint8_t kFlagLineage = 0x08;
+constexpr std::uint8_t kKnownFlags =
+    kFlagHasPolicy | kFlagHasAdmission | kFlagHasCredits | kFlagLineage;
 constexpr std::int64_t kNoExpiry = std::numeric_limits<std::int64_t>::min();
 
 void put_be(std::string& out, std::size_t at, std::uint64_t v, int bytes) {
   for (int i = 0; i < bytes; ++i)
     out[at + static_cast<std::size_t>(i)] = static_cast<char>(v >> (8 * (bytes - 1 - i)));
+}
+
+void append_be(std::string& out, std::uint64_t v, int bytes) {
+  out.resize(out.size() + static_cast<std::size_t>(bytes));
+  put_be(out, out.size() - static_cast<std::size_t>(bytes), v, bytes);
 }
 
 std::uint64_t get_be(const char* at, int bytes) {
@@ -214,27 +230,54 @@ std::optional<std::string> joined_scopes(const std::vector<std::string>& scopes)
   return out;
 }
 
+// True when the verdict's lineage is written out: set and not the key's own id.
+bool writes_lineage(const Verdict& v) noexcept {
+  return !v.lineage_id.is_nil() && v.lineage_id != v.key_id;
+}
+
 // The value to store, or nullopt when the verdict cannot be encoded (see joined_scopes,
-// or a part over 4 GiB): the put then stores nothing, which is always safe.
+// a part over 4 GiB, more than 255 rate limits or a name of 0 or over 255 bytes: none
+// the Validator puts): the put then stores nothing, which is always safe.
 std::optional<std::string> encode(const Verdict& v) {
   const std::optional<std::string> scopes = joined_scopes(v.scopes);
   constexpr std::size_t kMaxPart = std::numeric_limits<std::uint32_t>::max();
-  if (!scopes || scopes->size() > kMaxPart || v.metadata.size() > kMaxPart) return std::nullopt;
-  std::string out(kVerdictFixedSize, '\0');
+  if (!scopes || scopes->size() > kMaxPart || v.metadata.size() > kMaxPart ||
+      v.rate_limits.size() > 255) {
+    return std::nullopt;
+  }
+  const bool lineage = writes_lineage(v);
+  std::size_t limits_size = 0;
+  for (const RateLimit& l : v.rate_limits) {
+    if (l.name.empty() || l.name.size() > 255) return std::nullopt;
+    limits_size += kLimitFixedSize + l.name.size();
+  }
+  std::string out(47, '\0');
+  out.reserve(kVerdictFixedSize + scopes->size() + v.metadata.size() + (lineage ? 16 : 0) +
+              limits_size);
   out[0] = static_cast<char>(kVerdictLayout);
   out[1] = static_cast<char>(v.code);
-  out[2] = static_cast<char>(v.has_policy ? kFlagHasPolicy : 0);
+  out[2] = static_cast<char>((v.has_policy ? kFlagHasPolicy : 0) |
+                             (v.has_admission ? kFlagHasAdmission : 0) |
+                             (v.has_credits ? kFlagHasCredits : 0) | (lineage ? kFlagLineage : 0));
   std::memcpy(&out[3], v.account_id.bytes().data(), 16);
   std::memcpy(&out[19], v.key_id.bytes().data(), 16);
   put_be(out, 35,
          static_cast<std::uint64_t>(v.expires_at ? to_unix_millis(*v.expires_at) : kNoExpiry), 8);
   put_be(out, 43, scopes->size(), 4);
-  out.reserve(kVerdictFixedSize + scopes->size() + v.metadata.size());
-  out.resize(47);
   out += *scopes;
-  out.resize(out.size() + 4);
-  put_be(out, out.size() - 4, v.metadata.size(), 4);
+  append_be(out, v.metadata.size(), 4);
   out += v.metadata;
+  if (lineage) {
+    out.append(reinterpret_cast<const char*>(v.lineage_id.bytes().data()), 16);
+  }
+  append_be(out, v.rate_limits.size(), 1);
+  for (const RateLimit& l : v.rate_limits) {
+    append_be(out, l.name.size(), 1);
+    out += l.name;
+    append_be(out, l.limit, 8);
+    append_be(out, static_cast<std::uint64_t>(static_cast<std::int64_t>(l.period.count())), 8);
+    append_be(out, l.burst, 8);
+  }
   return out;
 }
 
@@ -242,34 +285,78 @@ std::optional<Verdict> decode(const char* data, std::size_t len) {
   // Not ours, another layout or a newer code or flag: a miss is always safe.
   if (len < kVerdictFixedSize || static_cast<std::uint8_t>(data[0]) != kVerdictLayout ||
       !is_known_validation_code(static_cast<std::uint8_t>(data[1])) ||
-      (static_cast<std::uint8_t>(data[2]) & ~kFlagHasPolicy) != 0) {
+      (static_cast<std::uint8_t>(data[2]) & ~kKnownFlags) != 0) {
     return std::nullopt;
   }
+  const auto flags = static_cast<std::uint8_t>(data[2]);
+  // `left`: bytes not yet accounted for, beyond the fixed part.
+  std::size_t left = len - kVerdictFixedSize;
   const std::uint64_t scopes_len = get_be(data + 43, 4);
-  if (scopes_len > len - kVerdictFixedSize) return std::nullopt;
-  const std::uint64_t metadata_len = get_be(data + 47 + scopes_len, 4);
-  if (metadata_len != len - kVerdictFixedSize - scopes_len) return std::nullopt;
+  if (scopes_len > left) return std::nullopt;
+  left -= static_cast<std::size_t>(scopes_len);
+  const char* at = data + 47 + scopes_len;
+  const std::uint64_t metadata_len = get_be(at, 4);
+  if (metadata_len > left) return std::nullopt;
+  left -= static_cast<std::size_t>(metadata_len);
+  const char* const metadata = at + 4;
+  at = metadata + metadata_len;
+  const bool lineage = (flags & kFlagLineage) != 0;
+  if (lineage && left < 16) return std::nullopt;
+  const char* const lineage_at = at;
+  if (lineage) {
+    left -= 16;
+    at += 16;
+  }
+  const std::size_t limit_count = static_cast<std::uint8_t>(*at++);
+  const char* const limits_at = at;
+  for (std::size_t i = 0; i < limit_count; ++i) {
+    if (left < kLimitFixedSize) return std::nullopt;
+    const std::size_t name = static_cast<std::uint8_t>(*at);
+    if (name == 0 || name > left - kLimitFixedSize) return std::nullopt;
+    left -= kLimitFixedSize + name;
+    at += kLimitFixedSize + name;
+  }
+  if (left != 0) return std::nullopt;
+
   const std::string_view scopes(data + 47, static_cast<std::size_t>(scopes_len));
   Verdict v;
   // Split on single spaces; an empty scope (two spaces, one at either end) is not a
   // stored form this encoder writes.
-  for (std::size_t at = 0; at < scopes.size();) {
-    const std::size_t space = std::min(scopes.find(' ', at), scopes.size());
-    if (space == at || space + 1 == scopes.size()) return std::nullopt;
-    v.scopes.emplace_back(scopes.substr(at, space - at));
-    at = space + 1;
+  for (std::size_t pos = 0; pos < scopes.size();) {
+    const std::size_t space = std::min(scopes.find(' ', pos), scopes.size());
+    if (space == pos || space + 1 == scopes.size()) return std::nullopt;
+    v.scopes.emplace_back(scopes.substr(pos, space - pos));
+    pos = space + 1;
   }
   v.code = static_cast<ValidationCode>(static_cast<std::uint8_t>(data[1]));
-  v.has_policy = (static_cast<std::uint8_t>(data[2]) & kFlagHasPolicy) != 0;
-  std::array<std::uint8_t, 16> a{};
-  std::array<std::uint8_t, 16> k{};
-  std::memcpy(a.data(), data + 3, 16);
-  std::memcpy(k.data(), data + 19, 16);
-  v.account_id = Uuid(a);
-  v.key_id = Uuid(k);
+  v.has_policy = (flags & kFlagHasPolicy) != 0;
+  v.has_admission = (flags & kFlagHasAdmission) != 0;
+  v.has_credits = (flags & kFlagHasCredits) != 0;
+  std::array<std::uint8_t, 16> id{};
+  std::memcpy(id.data(), data + 3, 16);
+  v.account_id = Uuid(id);
+  std::memcpy(id.data(), data + 19, 16);
+  v.key_id = Uuid(id);
   const auto expires = static_cast<std::int64_t>(get_be(data + 35, 8));
   if (expires != kNoExpiry) v.expires_at = from_unix_millis(expires);
-  v.metadata.assign(data + 51 + scopes_len, static_cast<std::size_t>(metadata_len));
+  v.metadata.assign(metadata, static_cast<std::size_t>(metadata_len));
+  if (lineage) {
+    std::memcpy(id.data(), lineage_at, 16);
+    v.lineage_id = Uuid(id);
+  } else if (v.has_admission && v.code == ValidationCode::valid) {
+    v.lineage_id = v.key_id;  // not written: the key's own
+  }
+  v.rate_limits.resize(limit_count);
+  at = limits_at;
+  for (RateLimit& l : v.rate_limits) {
+    const std::size_t name = static_cast<std::uint8_t>(*at);
+    l.name.assign(at + 1, name);
+    at += 1 + name;
+    l.limit = get_be(at, 8);
+    l.period = std::chrono::milliseconds(static_cast<std::int64_t>(get_be(at + 8, 8)));
+    l.burst = get_be(at + 16, 8);
+    at += 24;
+  }
   return v;
 }
 

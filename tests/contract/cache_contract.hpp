@@ -1,10 +1,10 @@
 // The apikeys::Cache contract suite: what every verdict cache (MemoryCache, RedisCache,
 // a user's own) must do, as cache.hpp states it: hits keyed by the public key and the
-// full presented digest, whole verdicts (the key's scopes, metadata and has_policy
-// included), lock-out safety, erase/clear, the fill-token protocol that closes the
-// revoke/fill race, TTLs in real time, and use from several threads. Call
-// run_cache_contract(factory) from a TEST_CASE; the factory returns a new, empty cache
-// each time (each SECTION calls it once).
+// full presented digest, whole verdicts (the key's scopes, metadata, has_policy, lineage,
+// rate limits, has_credits and has_admission included), lock-out safety, erase/clear,
+// the fill-token protocol that closes the revoke/fill race, TTLs in real time, and use
+// from several threads. Call run_cache_contract(factory) from a TEST_CASE; the factory
+// returns a new, empty cache each time (each SECTION calls it once).
 // Thread-safety: the suite drives threads only in its concurrency section.
 // Ownership: caches are held through std::shared_ptr, as the library holds them.
 #ifndef APIKEYS_TESTS_CACHE_CONTRACT_HPP
@@ -71,14 +71,16 @@ inline bool same(const apikeys::Verdict& a, const apikeys::Verdict& b) {
   return a.code == b.code && a.account_id == b.account_id && a.key_id == b.key_id;
 }
 
-/// Every field of the Verdict, the key's policy included. expires_at to the millisecond
-/// (what the bundled caches keep).
+/// Every field of the Verdict, the key's policy and admission fields included.
+/// expires_at to the millisecond (what the bundled caches keep).
 inline bool identical(const apikeys::Verdict& a, const apikeys::Verdict& b) {
   const auto ms = [](const std::optional<apikeys::TimePoint>& t) {
     return t ? std::optional<std::int64_t>(apikeys::to_unix_millis(*t)) : std::nullopt;
   };
   return same(a, b) && ms(a.expires_at) == ms(b.expires_at) && a.scopes == b.scopes &&
-         a.metadata == b.metadata && a.has_policy == b.has_policy;
+         a.metadata == b.metadata && a.has_policy == b.has_policy && a.lineage_id == b.lineage_id &&
+         a.rate_limits == b.rate_limits && a.has_credits == b.has_credits &&
+         a.has_admission == b.has_admission;
 }
 
 /// `n` scopes of `length` characters each (at least 4), sorted, following the scope
@@ -112,6 +114,29 @@ inline apikeys::Verdict policy_verdict(std::uint8_t n) {
   v.metadata = "{\"team\":\"payments\",\"tier\":" + std::to_string(n) + "}";
   v.expires_at = apikeys::from_unix_millis(4'102'444'800'123);  // 2100-01-01, with ms
   v.has_policy = true;
+  return v;
+}
+
+/// A rate limit named `name`.
+inline apikeys::RateLimit rate_limit(std::string name, std::uint64_t limit,
+                                     std::chrono::milliseconds period, std::uint64_t burst = 0) {
+  apikeys::RateLimit l;
+  l.name = std::move(name);
+  l.limit = limit;
+  l.period = period;
+  l.burst = burst;
+  return l;
+}
+
+/// policy_verdict(n) with admission fields as the Validator puts them for a key that was
+/// never rotated (lineage = key id): two rate limits, credits, has_admission.
+inline apikeys::Verdict admission_verdict(std::uint8_t n) {
+  apikeys::Verdict v = policy_verdict(n);
+  v.lineage_id = v.key_id;
+  v.rate_limits = {rate_limit("daily.quota_1", 1'000'000'000, std::chrono::hours(24), 5),
+                   rate_limit("per-second", 20, std::chrono::milliseconds(1000))};
+  v.has_credits = true;
+  v.has_admission = true;
   return v;
 }
 
@@ -183,6 +208,55 @@ inline void run_cache_contract(const CacheFactory& make, CacheContractOptions op
     REQUIRE(old.has_value());
     CHECK(identical(*old, valid_verdict(2)));
     CHECK_FALSE(old->has_policy);
+  }
+
+  SECTION("get returns the key's lineage, rate limits and has_credits as put stored them") {
+    const apikeys::Verdict v = admission_verdict(1);
+    fill(c, key, d, v, minute);
+    const auto got = c.get(key, d);
+    REQUIRE(got.has_value());
+    CHECK(identical(*got, v));
+    CHECK(got->lineage_id == v.key_id);
+    CHECK(got->rate_limits.size() == 2);
+    CHECK(got->has_credits);
+    CHECK(got->has_admission);
+    SECTION("a rotated key's lineage, no credits") {
+      apikeys::Verdict rotated = admission_verdict(2);
+      rotated.lineage_id = valid_verdict(3).key_id;
+      rotated.has_credits = false;
+      fill(c, pk(2), digest_of(2), rotated, minute);
+      const auto r = c.get(pk(2), digest_of(2));
+      REQUIRE(r.has_value());
+      CHECK(identical(*r, rotated));
+      CHECK(r->lineage_id == valid_verdict(3).key_id);
+      CHECK_FALSE(r->has_credits);
+    }
+    SECTION("credits only, no policy, no rate limits") {
+      apikeys::Verdict credits = valid_verdict(4);
+      credits.has_policy = true;
+      credits.lineage_id = credits.key_id;
+      credits.has_credits = true;
+      credits.has_admission = true;
+      fill(c, pk(4), digest_of(4), credits, minute);
+      const auto r = c.get(pk(4), digest_of(4));
+      REQUIRE(r.has_value());
+      CHECK(identical(*r, credits));
+    }
+    SECTION("the most rate limits a key may have, with the longest names") {
+      apikeys::Verdict many = admission_verdict(5);
+      many.rate_limits.clear();
+      for (std::size_t i = 0; i < apikeys::KeyPolicyLimits::kMaxRateLimits; ++i) {
+        std::string name = std::to_string(10 + i) + std::string(62, 'n');
+        many.rate_limits.push_back(rate_limit(std::move(name), 1 + i * 60'000'000,
+                                              std::chrono::milliseconds(1000 + i * 5'000'000),
+                                              i % 2 == 0 ? 0 : 1'000'000'000 - i));
+      }
+      REQUIRE(many.rate_limits.front().name.size() == 64);
+      fill(c, pk(5), digest_of(5), many, minute);
+      const auto r = c.get(pk(5), digest_of(5));
+      REQUIRE(r.has_value());
+      CHECK(identical(*r, many));
+    }
   }
 
   SECTION("the largest policy round-trips: 64 scopes of 128 characters, 4 KiB of metadata") {

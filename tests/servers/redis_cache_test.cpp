@@ -340,13 +340,15 @@ TEST_CASE("RedisCache: verdicts keep the key's expiry; another layout reads as a
   REQUIRE_FALSE(verdict_key.empty());
   const std::string generation = stored.substr(0, stored.find(':') + 1);
   const std::string body = stored.substr(generation.size());
-  REQUIRE(body.size() == 51);  // no scopes, no metadata
+  REQUIRE(body.size() == 52);  // no scopes, no metadata, no lineage, no rate limits
   std::string newer = body;
-  newer[0] = 4;
+  newer[0] = 5;
   // Layout 2: version, code, the ids and the expiry, without flags or the key's policy.
   const std::string v2 = std::string(1, '\x02') + body[1] + body.substr(3, 40);
+  // Layout 3: the same as this one up to the metadata, without the rate limits.
+  const std::string v3 = std::string(1, '\x03') + body.substr(1, 50);
   for (const std::string& other :
-       {std::string(33, '\0'), v2, newer, body.substr(0, 50), body + "x"}) {
+       {std::string(33, '\0'), v2, v3, newer, body.substr(0, 51), body + "x"}) {
     inspect.set(verdict_key, generation + other);
     CHECK_FALSE(cache.get(pk(1), digest_of(1)).has_value());
   }
@@ -384,13 +386,15 @@ TEST_CASE("RedisCache: a verdict written by a newer encoder is a miss, and the s
   REQUIRE_FALSE(verdict_key.empty());
   const std::string generation = stored.substr(0, stored.find(':') + 1);
   const std::string body = stored.substr(generation.size());
-  // Layout 3: 51 bytes, the scopes joined by a space, the metadata (doc/redis-cache.md).
+  // Layout 4: 52 bytes, the scopes joined by a space, the metadata; no lineage (the
+  // key's own) and no rate limits (doc/redis-cache.md).
   const std::string scopes = "orders.read reports.**";
-  REQUIRE(body.size() == 51 + scopes.size() + req.metadata.size());
-  REQUIRE(static_cast<int>(body[0]) == 3);
-  CHECK(static_cast<int>(body[2]) == 1);  // has_policy
+  REQUIRE(body.size() == 52 + scopes.size() + req.metadata.size());
+  REQUIRE(static_cast<int>(body[0]) == 4);
+  CHECK(static_cast<int>(body[2]) == 3);  // has_policy, has_admission
   CHECK(body.substr(47, scopes.size()) == scopes);
-  CHECK(body.substr(51 + scopes.size()) == req.metadata);
+  CHECK(body.substr(51 + scopes.size(), req.metadata.size()) == req.metadata);
+  CHECK(body.back() == '\0');  // no rate limits
 
   // A hit answers with the key's policy, without the store.
   int finds = store->finds.load();
@@ -406,8 +410,8 @@ TEST_CASE("RedisCache: a verdict written by a newer encoder is a miss, and the s
 
   // What an encoder of this layout would write for `revoked`: read as a verdict (the
   // store is not asked), which shows the check below can tell a hit from a miss.
-  std::string ours_revoked(51, '\0');
-  ours_revoked[0] = 3;
+  std::string ours_revoked(52, '\0');
+  ours_revoked[0] = 4;
   ours_revoked[1] = static_cast<char>(ValidationCode::revoked);
   ours_revoked.replace(35, 8, body.substr(35, 8));
   inspect.set(verdict_key, generation + ours_revoked);
@@ -415,47 +419,62 @@ TEST_CASE("RedisCache: a verdict written by a newer encoder is a miss, and the s
   CHECK(store->finds.load() == finds);
 
   // Values this library must not answer from, each a miss: the store answers `valid`, and
-  // its verdict replaces the foreign value. Newer encoders: versions 4 and 255 (same
-  // length, and longer), version 3 with a code past kLastValidationCode (9) or 255, or
-  // a flag it does not know. Version 3 with lengths that do not add up. And version 2
-  // (an older library's 42 bytes, without the key's policy).
+  // its verdict replaces the foreign value. Newer encoders: versions 5 and 255 (same
+  // length, and longer), version 4 with a code past kLastValidationCode (10) or 255, or
+  // a flag it does not know. Version 4 with lengths that do not add up. And older
+  // layouts: version 3 (51 bytes and the policy, without rate limits), for `revoked` and
+  // for a `valid` with its policy; version 2 (42 bytes, without the key's policy).
   const auto with = [&](std::size_t at, char c) {
     std::string v = ours_revoked;
     v[at] = c;
     return v;
   };
-  const auto be32 = [](std::uint32_t n) {
-    std::string out(4, '\0');
-    for (int i = 0; i < 4; ++i)
-      out[static_cast<std::size_t>(i)] = static_cast<char>(n >> (24 - 8 * i));
+  const auto be = [](std::uint64_t n, int bytes) {
+    std::string out(static_cast<std::size_t>(bytes), '\0');
+    for (int i = 0; i < bytes; ++i)
+      out[static_cast<std::size_t>(i)] = static_cast<char>(n >> (8 * (bytes - 1 - i)));
     return out;
   };
-  std::string v3_scopes = ours_revoked.substr(0, 43) + be32(3) + "a.b" + be32(0);
-  REQUIRE(v3_scopes.size() == 54);
+  const auto be32 = [&](std::uint32_t n) { return be(n, 4); };
+  const std::string head = ours_revoked.substr(0, 43);
+  const std::string rps = std::string(1, '\x03') + "rps" + be(10, 8) + be(1000, 8) + be(0, 8);
+  const std::string v4_scopes = head + be32(3) + "a.b" + be32(0) + std::string(1, '\x01') + rps;
+  REQUIRE(v4_scopes.size() == 55 + rps.size());
   const std::string v2 = std::string(1, '\x02') + body[1] + body.substr(3, 40);
-  REQUIRE(static_cast<std::uint8_t>(apikeys::kLastValidationCode) + 1 == 9);
+  const std::string v3 = std::string(1, '\x03') + ours_revoked.substr(1, 50);
+  std::string v3_valid = std::string(1, '\x03') + body.substr(1, body.size() - 2);
+  v3_valid[2] = 1;  // has_policy: layout 3 knew no other flag
+  REQUIRE(static_cast<std::uint8_t>(apikeys::kLastValidationCode) + 1 == 11);
   const std::string foreign[] = {
-      with(0, 4),
-      with(0, 4) + std::string(8, '\x7f'),
+      with(0, 5),
+      with(0, 5) + std::string(8, '\x7f'),
       with(0, static_cast<char>(0xff)),
-      with(1, 9),
+      with(1, 11),
       with(1, static_cast<char>(0xff)),
-      with(2, 2),
+      with(2, 0x10),
       with(2, static_cast<char>(0x80)),
+      with(2, 0x08),  // a lineage flag, no lineage
       ours_revoked + "x",
-      ours_revoked.substr(0, 50),
-      ours_revoked.substr(0, 43) + be32(1) + be32(0),            // S past the end
-      ours_revoked.substr(0, 43) + be32(0) + be32(1),            // M past the end
-      ours_revoked.substr(0, 43) + be32(0) + be32(0) + "x",      // a byte after the metadata
-      ours_revoked.substr(0, 43) + be32(4) + "a.b " + be32(0),   // an empty scope at the end
-      ours_revoked.substr(0, 43) + be32(4) + " a.b" + be32(0),   // ... at the start
-      ours_revoked.substr(0, 43) + be32(5) + "a  .b" + be32(0),  // ... between two spaces
-      ours_revoked.substr(0, 43) + be32(0xffffffff) + be32(0),
+      ours_revoked.substr(0, 51),
+      head + be32(1) + be32(0) + '\0',            // S past the end
+      head + be32(0) + be32(1) + '\0',            // M past the end
+      head + be32(0) + be32(0) + '\0' + "x",      // a byte after the limits
+      head + be32(4) + "a.b " + be32(0) + '\0',   // an empty scope at the end
+      head + be32(4) + " a.b" + be32(0) + '\0',   // ... at the start
+      head + be32(5) + "a  .b" + be32(0) + '\0',  // ... between two spaces
+      head + be32(0xffffffff) + be32(0) + '\0',
+      head + be32(0) + be32(0) + '\x01',                                  // a rate limit missing
+      head + be32(0) + be32(0) + '\x01' + rps.substr(0, rps.size() - 1),  // ... cut short
+      head + be32(0) + be32(0) + '\x02' + rps,                            // ... the second missing
+      head + be32(0) + be32(0) + '\x01' + '\0' + rps.substr(4) + "rps",   // an empty name
+      v3,
+      v3_valid,
       v2,
       v2.substr(0, 1) + std::string(1, static_cast<char>(ValidationCode::revoked)) + v2.substr(2),
   };
-  // The same value with well-formed scopes is a hit: the lengths above are what differ.
-  inspect.set(verdict_key, generation + v3_scopes);
+  // The same value with well-formed scopes and a rate limit is a hit: the lengths above
+  // are what differ.
+  inspect.set(verdict_key, generation + v4_scopes);
   finds = store->finds.load();
   CHECK(manager.validate(pk1, sk).code == ValidationCode::revoked);
   CHECK(store->finds.load() == finds);

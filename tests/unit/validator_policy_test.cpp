@@ -1,7 +1,8 @@
 // The Validator and a key's policy: a valid answer carries the key's scopes and
 // metadata (from the store and from a cache hit alike), Requirements turn a key that
 // lacks a scope into insufficient_scope with the missing scopes in order (never cached),
-// and a cache that drops scopes and metadata never makes the validator answer without them.
+// and a cache that drops scopes and metadata, or rate limits and credits, never makes the
+// validator answer without them.
 #include <chrono>
 #include <map>
 #include <memory>
@@ -91,6 +92,44 @@ class FieldsOnlyCache final : public Cache {
   int hits = 0;
 
  private:
+  MemoryCache inner_;
+};
+
+// A user's cache written after scopes but before rate limits existed: it keeps the
+// key's policy but rebuilds verdicts without the lineage, rate limits and credits, so
+// has_admission is false.
+class PolicyOnlyCache final : public Cache {
+ public:
+  explicit PolicyOnlyCache(std::shared_ptr<Clock> clock)
+      : inner_([&] {
+          MemoryCacheOptions o;
+          o.clock = std::move(clock);
+          return o;
+        }()) {}
+  std::optional<Verdict> get(std::string_view pk, const Digest& d) override {
+    std::optional<Verdict> v = inner_.get(pk, d);
+    if (!v) return std::nullopt;
+    ++hits;
+    return strip(*v);
+  }
+  std::uint64_t fill_token(std::string_view pk) override { return inner_.fill_token(pk); }
+  void put(std::string_view pk, const Digest& d, const Verdict& v, std::chrono::milliseconds ttl,
+           std::uint64_t token) override {
+    inner_.put(pk, d, strip(v), ttl, token);
+  }
+  void erase(std::string_view pk) override { inner_.erase(pk); }
+  void clear() override { inner_.clear(); }
+
+  int hits = 0;
+
+ private:
+  static Verdict strip(const Verdict& v) {
+    Verdict out{v.code, v.account_id, v.key_id, v.expires_at};
+    out.scopes = v.scopes;
+    out.metadata = v.metadata;
+    out.has_policy = v.has_policy;
+    return out;
+  }
   MemoryCache inner_;
 };
 
@@ -354,4 +393,49 @@ TEST_CASE("a cache that drops scopes and metadata: valid reads the store, the re
   const ValidationResult after = v.validate(pk, sk, needs({"admin", "billing.x"}));
   CHECK(after.code == ValidationCode::insufficient_scope);
   CHECK(after.missing_scopes == std::vector<std::string>{"billing.x"});
+}
+
+TEST_CASE("a cache that drops rate limits and credits: valid reads the store, the rest hits",
+          "[validator][policy]") {
+  const auto clock = std::make_shared<ManualClock>(apikeys_test::test_start());
+  auto policy_only = std::make_shared<PolicyOnlyCache>(clock);
+  Node n(policy_only);
+  CreateRequest req;
+  req.title = "limited key";
+  req.scopes = {"orders.read"};
+  RateLimit per_minute;
+  per_minute.name = "per-minute";
+  per_minute.limit = 3;
+  per_minute.period = std::chrono::minutes(1);
+  req.rate_limits = {per_minute};
+  const CreatedKey k = n.manager->create(apikeys_test::account_id(1), req);
+  const std::string pk = k.info.public_key;
+  const std::string sk(k.secret_key.reveal());
+  const Validator& v = n.manager->validator();
+  for (int i = 0; i < 3; ++i) {
+    const int finds = n.store->finds.load();
+    const ValidationResult r = v.validate(pk, sk, needs({"orders.read"}));
+    // The cached `valid` lacks the key's rate limits: a miss, and the store's answer
+    // carries them, so the limit is spent and reported.
+    CHECK(n.store->finds.load() == finds + 1);
+    REQUIRE(r.ok());
+    CHECK(r.has_admission);
+    REQUIRE(r.rate_limits.size() == 1);
+    REQUIRE(r.limits.size() == 1);
+    CHECK(r.limits[0].remaining == static_cast<std::uint64_t>(2 - i));
+  }
+  CHECK(policy_only->hits > 0);  // it did answer: with verdicts the validator refused
+  // Past the limit: refused, though the cache holds a `valid` for the key.
+  const ValidationResult limited = v.validate(pk, sk);
+  CHECK(limited.code == ValidationCode::rate_limited);
+  CHECK(limited.limited_by == "per-minute");
+  // A negative verdict needs no rate limits: the cache answers it (another key, whose
+  // slot no `valid` verdict holds).
+  const CreatedKey other = n.manager->create(apikeys_test::account_id(1), req);
+  std::string wrong(other.secret_key.reveal());
+  wrong.back() = wrong.back() == 'A' ? 'B' : 'A';
+  CHECK(v.validate(other.info.public_key, wrong).code == ValidationCode::wrong_secret);
+  const int finds = n.store->finds.load();
+  CHECK(v.validate(other.info.public_key, wrong).code == ValidationCode::wrong_secret);
+  CHECK(n.store->finds.load() == finds);
 }
