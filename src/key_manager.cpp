@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <exception>
 #include <limits>
 
 #include "apikeys/error.hpp"
@@ -320,9 +321,34 @@ CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& reque
       stored = impl_->store->get(account_id, info.key_id);
     } catch (...) {
     }
-    if (!stored || stored->rate_limits != info.rate_limits ||
-        stored->credits.has_value() != info.credits.has_value() ||
-        stored->lineage() != info.key_id) {
+    bool kept = stored && stored->rate_limits == info.rate_limits &&
+                stored->credits.has_value() == info.credits.has_value() &&
+                stored->lineage() == info.key_id;
+    if (kept && info.credits) {
+      // A store that keeps whole records but cannot charge credits (an older user
+      // store) would fail every admission of this key: ask it for the balance, which
+      // charges nothing.
+      std::exception_ptr failure;
+      try {
+        kept = impl_->store->take_credits(info.key_id, 0, 0, impl_->clock->now()).outcome ==
+               CreditTake::Outcome::taken;
+      } catch (const Error& e) {
+        kept = false;
+        if (e.code() != ErrorCode::not_supported) failure = std::current_exception();
+      } catch (...) {
+        kept = false;
+        failure = std::current_exception();
+      }
+      if (failure) {
+        // Could not tell (busy, storage): no key is left behind without its credits.
+        try {
+          (void)impl_->store->remove(account_id, info.key_id);
+        } catch (...) {
+        }
+        std::rethrow_exception(failure);
+      }
+    }
+    if (!kept) {
       try {
         (void)impl_->store->remove(account_id, info.key_id);
       } catch (...) {

@@ -200,7 +200,10 @@ class APIKEYS_EXPORT KeyManager {
   KeyManager& operator=(const KeyManager&) = delete;
 
   /// Creates a key for `account_id`. Throws Error(invalid_argument) for a bad request
-  /// (nothing is written), Error(busy/storage/crypto) for failures below.
+  /// (nothing is written), Error(busy/storage/crypto) for failures below, and
+  /// Error(not_supported) when the request has rate limits or credits and the store
+  /// does not keep them or cannot charge credits (a store written before they existed;
+  /// the key is read back, and removed again).
   [[nodiscard]] CreatedKey create(const Uuid& account_id, const CreateRequest& request);
 
   /// The account's keys, newest first, without secrets or digests.
