@@ -299,3 +299,26 @@ TEST_CASE("update() keeps the state of a limit that keeps its name", "[admission
   f.manager->update(kAccount, f.key.info.key_id, rename);
   CHECK(f.manager->validate(f.t).code == ValidationCode::valid);
 }
+
+TEST_CASE("format_rate_limit output reads back, a period in ms included", "[admission]") {
+  for (const auto& l : {limit("a", 3, 1000ms), limit("b.c-d_e", 7, 60'000ms, 20),
+                        limit("z9", 1'000'000'000, 86'400'000ms, 1), limit("x", 2, 1500ms),
+                        limit("y", 5, 86'399'999ms), limit("h", 5, 7'200'000ms)}) {
+    const std::string spec = apikeys::format_rate_limit(l);
+    INFO(spec);
+    const RateLimit back = apikeys::parse_rate_limit(spec);
+    CHECK(back.name == l.name);
+    CHECK(back.limit == l.limit);
+    CHECK(back.period == l.period);
+    CHECK(back.burst == l.burst);
+  }
+  CHECK(apikeys::format_rate_limit(limit("x", 2, 1500ms)) == "x=2/1500ms");
+  CHECK(apikeys::parse_rate_limit("x=1/86400000ms").period == 86'400'000ms);
+  CHECK(apikeys::parse_rate_limit("x=1/5m").period == 300'000ms);
+  for (const char* bad : {"x=1/999ms", "x=1/86400001ms", "x=1/ms", "x=1/1", "x=1/s", "x=1/2d",
+                          "x=0/1s", "x=1/1s:0", "_x=1/1s", "X=1/1s", "x=1/1s:", "x=/1s",
+                          "x=1/-1s", "=1/1s", "x=1/1000000000000000000000ms"}) {
+    INFO(bad);
+    CHECK_THROWS_AS(apikeys::parse_rate_limit(bad), apikeys::Error);
+  }
+}
