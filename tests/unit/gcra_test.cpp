@@ -1,7 +1,5 @@
-// The GCRA decision (src/gcra.hpp) against an independent model: the continuous-state
-// leaky bucket, in exact rational arithmetic. A limit of L per P is a bucket that drains
-// one unit of time per unit of time, holds at most burst*T (T = P/L) and takes c*T for
-// a request of cost c; the bucket's content is what GCRA's TAT is ahead of now. The two
+// The GCRA decision (src/gcra.hpp) against an independent model, the continuous-state
+// leaky bucket in exact rational arithmetic (leaky_bucket_model.hpp). The two
 // formulations are equivalent, so every decision, retry_after, remaining and reset must
 // be the same. Then the same model through MemoryLimiter::admit().
 #include "catch.hpp"
@@ -14,85 +12,14 @@
 #include "apikeys/limiter.hpp"
 #include "apikeys/memory_limiter.hpp"
 #include "gcra.hpp"
+#include "leaky_bucket_model.hpp"
 
 namespace {
 
 using apikeys::RateLimit;
-using apikeys::detail::Int128;
 using namespace std::chrono_literals;
 
-Int128 gcd(Int128 a, Int128 b) {
-  if (a < 0) a = -a;
-  while (b != 0) {
-    const Int128 t = a % b;
-    a = b;
-    b = t;
-  }
-  return a;
-}
-
-// An exact rational number n/d, d > 0, kept reduced.
-struct Q {
-  Int128 n = 0;
-  Int128 d = 1;
-  Q() = default;
-  Q(Int128 num, Int128 den) : n(num), d(den) {
-    const Int128 g = gcd(n, d);
-    if (g > 1) {
-      n /= g;
-      d /= g;
-    }
-  }
-  static Q whole(Int128 v) { return Q(v, 1); }
-};
-Q operator+(const Q& a, const Q& b) { return Q(a.n * b.d + b.n * a.d, a.d * b.d); }
-Q operator-(const Q& a, const Q& b) { return Q(a.n * b.d - b.n * a.d, a.d * b.d); }
-Q operator*(const Q& a, Int128 k) { return Q(a.n * k, a.d); }
-bool operator<(const Q& a, const Q& b) { return a.n * b.d < b.n * a.d; }
-Int128 ceil_q(const Q& a) {  // a >= 0
-  return (a.n + a.d - 1) / a.d;
-}
-Int128 floor_q(const Q& a) {  // a >= 0
-  return a.n / a.d;
-}
-
-// The continuous-state leaky bucket: content X (ns) at the last conforming time.
-struct Bucket {
-  Q content;
-  std::int64_t last = 0;
-  bool used = false;
-
-  struct Result {
-    bool admit = false;
-    std::int64_t retry_after_ns = 0;
-    std::uint64_t remaining = 0;
-    std::int64_t reset_ns = 0;
-  };
-
-  Result decide(const RateLimit& l, std::uint64_t cost, std::int64_t now) {
-    const Q t(static_cast<Int128>(l.period.count()) * 1'000'000, l.limit);  // T in ns
-    const Q capacity = t * static_cast<Int128>(l.effective_burst());
-    Q drained = used ? content - Q::whole(static_cast<Int128>(now) - last) : Q();
-    if (drained < Q()) drained = Q();
-    const Q filled = drained + t * static_cast<Int128>(cost);
-    Result r;
-    if (cost != 0 && capacity < filled) {
-      r.retry_after_ns = static_cast<std::int64_t>(ceil_q(filled - capacity));
-      return r;
-    }
-    r.admit = true;
-    const Q after = cost == 0 ? drained : filled;
-    if (cost != 0) {
-      content = after;
-      last = now;
-      used = true;
-    }
-    const Q room = capacity - after;  // >= 0; in whole intervals T:
-    r.remaining = static_cast<std::uint64_t>(floor_q(Q(room.n * t.d, room.d * t.n)));
-    r.reset_ns = static_cast<std::int64_t>(ceil_q(after));
-    return r;
-  }
-};
+using apikeys_test::Bucket;
 
 RateLimit limit(std::uint64_t n, std::chrono::milliseconds period, std::uint64_t burst = 0) {
   RateLimit l;
