@@ -281,18 +281,23 @@ TEST_CASE("update() keeps the state of a limit that keeps its name", "[admission
   REQUIRE(f.manager->validate(f.t).code == ValidationCode::valid);
   REQUIRE(f.manager->validate(f.t).code == ValidationCode::rate_limited);
   apikeys::KeyUpdate u;
-  // "daily" raised to 3 per day (its state: 2 spent), and a new limit beside it.
+  // "daily" raised to 3 per day, and a new limit beside it. The state kept is when
+  // "daily" is back at rest (a day from now): under 3 per day that is 3 spent, so the
+  // next one is due in 8 hours, not at once.
   u.rate_limits = std::vector<RateLimit>{limit("daily", 3, 86'400'000ms),
                                          limit("hourly", 100, 3'600'000ms)};
   f.manager->update(kAccount, f.key.info.key_id, u);
-  const auto r = f.manager->validate(f.t);
-  REQUIRE(r.code == ValidationCode::valid);
-  REQUIRE(r.limits.size() == 2);
-  CHECK(r.limits[0].remaining == 0);   // daily: 3 of 3 spent
-  CHECK(r.limits[1].remaining == 99);  // hourly: new
   const auto limited = f.manager->validate(f.t);
   CHECK(limited.code == ValidationCode::rate_limited);
   CHECK(limited.limited_by == "daily");
+  CHECK(limited.retry_after == std::chrono::milliseconds(8 * 3'600'000));
+  f.clock->advance(std::chrono::hours(8));
+  const auto r = f.manager->validate(f.t);
+  REQUIRE(r.code == ValidationCode::valid);
+  REQUIRE(r.limits.size() == 2);
+  CHECK(r.limits[0].remaining == 0);   // daily
+  CHECK(r.limits[1].remaining == 99);  // hourly: a new state
+  CHECK(f.manager->validate(f.t).code == ValidationCode::rate_limited);
   // Renamed: a new state.
   apikeys::KeyUpdate rename;
   rename.rate_limits = std::vector<RateLimit>{limit("per-day", 3, 86'400'000ms)};
