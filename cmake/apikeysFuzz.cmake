@@ -1,8 +1,8 @@
 # libFuzzer targets: fuzz_token, fuzz_validate, fuzz_request, fuzz_cli, fuzz_scan,
-# fuzz_scope, fuzz_metadata and fuzz_import, sources in tests/fuzz/, seed corpora in
-# tests/fuzz/corpus/<target>/. scripts/ci-fuzz.sh builds and runs them. Off by default;
-# needs clang and its libFuzzer runtime (Debian: clang-14 libclang-rt-14-dev). Configure
-# a separate build directory:
+# fuzz_scope, fuzz_metadata, fuzz_import, fuzz_rate_limit and fuzz_admission, sources in
+# tests/fuzz/, seed corpora in tests/fuzz/corpus/<target>/. scripts/ci-fuzz.sh builds
+# and runs them. Off by default; needs clang and its libFuzzer runtime (Debian: clang-14
+# libclang-rt-14-dev). Configure a separate build directory:
 #   CC=clang CXX=clang++ cmake -B build-fuzz -DAPIKEYS_BUILD_FUZZERS=ON -DAPIKEYS_BUILD_TESTS=OFF
 # The whole library is instrumented (coverage and ASan+UBSan), so do not mix this
 # build with one whose tests should run uninstrumented.
@@ -46,6 +46,10 @@ apikeys_add_fuzzer(fuzz_request)
 apikeys_add_fuzzer(fuzz_scan)
 apikeys_add_fuzzer(fuzz_import)
 apikeys_add_fuzzer(fuzz_cli apikeys_cli_lib)
+apikeys_add_fuzzer(fuzz_rate_limit)
+# fuzz_admission checks MemoryLimiter against the model the unit tests use.
+apikeys_add_fuzzer(fuzz_admission)
+target_include_directories(fuzz_admission PRIVATE ${PROJECT_SOURCE_DIR}/tests/support)
 
 # fuzz_scope and fuzz_metadata call the scope and metadata checks in src/ directly; a
 # shared library hides them, so such a build compiles the fuzzers their own copy.

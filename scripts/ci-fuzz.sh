@@ -15,7 +15,7 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 JOBS=${JOBS:-2}
 BUILD_DIR=${BUILD_DIR:-build-fuzz}
 all_targets=(fuzz_token fuzz_validate fuzz_request fuzz_cli fuzz_scan fuzz_scope fuzz_metadata
-             fuzz_import)
+             fuzz_import fuzz_rate_limit fuzz_admission)
 targets=("$@")
 [[ ${#targets[@]} -eq 0 ]] && targets=("${all_targets[@]}")
 

@@ -74,7 +74,8 @@ inline GcraDecision gcra_decide(const GcraState& s, const RateLimit& limit, std:
   const Int128 t = static_cast<Int128>(limit.period.count()) * 1'000'000;  // T, scaled
   const Int128 tau = static_cast<Int128>(limit.effective_burst()) * t;
   const Int128 now = static_cast<Int128>(now_ns) * l;
-  const Int128 tat = gcra_tat(s, limit.limit);
+  // A state never used is at rest now (not at the epoch: a clock before 1970 is a clock).
+  const Int128 tat = s.scale == 0 ? now : gcra_tat(s, limit.limit);
   const Int128 base = tat > now ? tat : now;
   const Int128 new_tat = base + static_cast<Int128>(cost) * t;
   if (cost != 0 && new_tat - now > tau) {

@@ -87,19 +87,29 @@ RateLimit parse_rate_limit(std::string_view spec) {
     if (*burst < 1) refuse("the burst must be at least 1");
     out.burst = *burst;
   }
-  if (period.size() < 2) refuse("the period must be a whole number followed by s, m, h or d");
+  constexpr const char* kPeriodRule =
+      "the period must be a whole number followed by ms, s, m, h or d";
   std::uint64_t unit_ms = 0;
-  switch (period.back()) {
-    case 's': unit_ms = 1000; break;
-    case 'm': unit_ms = 60'000; break;
-    case 'h': unit_ms = 3'600'000; break;
-    case 'd': unit_ms = 86'400'000; break;
-    default: refuse("the period must be a whole number followed by s, m, h or d");
+  std::string_view digits;
+  if (period.size() > 2 && period.substr(period.size() - 2) == "ms") {
+    unit_ms = 1;  // what format_rate_limit() writes for a period of no whole second
+    digits = period.substr(0, period.size() - 2);
+  } else if (period.size() >= 2) {
+    switch (period.back()) {
+      case 's': unit_ms = 1000; break;
+      case 'm': unit_ms = 60'000; break;
+      case 'h': unit_ms = 3'600'000; break;
+      case 'd': unit_ms = 86'400'000; break;
+      default: refuse(kPeriodRule);
+    }
+    digits = period.substr(0, period.size() - 1);
+  } else {
+    refuse(kPeriodRule);
   }
-  const std::optional<std::uint64_t> count = parse_number(period.substr(0, period.size() - 1));
-  if (!count) refuse("the period must be a whole number followed by s, m, h or d");
-  // Anything above a day's worth of the unit is out of range; checked before multiplying.
-  if (*count > 86'400) refuse("the period must be 1 s to 1 day");
+  const std::optional<std::uint64_t> count = parse_number(digits);
+  if (!count) refuse(kPeriodRule);
+  // Anything above a day is out of range; checked before multiplying.
+  if (*count > 86'400'000 / unit_ms) refuse("the period must be 1 s to 1 day");
   out.period = std::chrono::milliseconds(static_cast<std::int64_t>(*count * unit_ms));
   check_values(out);
   return out;

@@ -89,9 +89,12 @@ struct MemoryLimiter::Impl {
   Shard& shard_of(std::uint64_t lh) noexcept { return shards[(lh >> 58) & (kShards - 1)]; }
 
   // The slot of (lineage, name_hash) in `sh`, or a free or at-rest slot claimed for it;
-  // nullptr when the probe window has neither.
+  // nullptr when the probe window has neither. A claimed slot holds a state at rest at
+  // `now_ns` (what a state never used decides) and is never free again: were it left
+  // free until the request is admitted, a refused request would leave a hole in the
+  // probe chain, hiding the states beyond it (a lineage found there would look new).
   Slot* find_slot(Shard& sh, const Uuid& lineage, std::uint64_t lh, std::uint64_t nh,
-                  std::int64_t now_ns) APIKEYS_REQUIRES(sh.mu) {
+                  std::uint64_t limit, std::int64_t now_ns) APIKEYS_REQUIRES(sh.mu) {
     if (sh.slots.empty()) sh.slots.resize(slots_per_shard);
     const std::size_t mask = sh.slots.size() - 1;
     std::size_t i = static_cast<std::size_t>((lh ^ (nh * 0xc2b2ae3d27d4eb4fULL)) >> 7) & mask;
@@ -113,8 +116,8 @@ struct MemoryLimiter::Impl {
     }
     reuse->lineage = lineage;
     reuse->name_hash = nh;
-    reuse->tat = 0;  // at rest: the same as a state never used
-    reuse->scale = 0;
+    reuse->tat = static_cast<detail::Int128>(now_ns) * static_cast<detail::Int128>(limit);
+    reuse->scale = limit;
     return reuse;
   }
 
@@ -149,7 +152,7 @@ struct MemoryLimiter::Impl {
     for (std::size_t i = 0; i < r.limit_count; ++i) {
       const RateLimit& limit = r.limits[i];
       const std::uint64_t nh = hasher(limit.name);
-      slots[i] = find_slot(sh, r.lineage_id, lh, nh, now_ns);
+      slots[i] = find_slot(sh, r.lineage_id, lh, nh, limit.limit, now_ns);
       if (!slots[i]) throw Error(ErrorCode::busy, "the rate limiter's table is full");
       decisions[i] = detail::gcra_decide(slots[i]->state(), limit, r.cost, now_ns);
       if (!decisions[i].admit) {

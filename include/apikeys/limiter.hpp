@@ -97,7 +97,7 @@ class APIKEYS_EXPORT Limiter {
 };
 
 /// Parses a rate-limit spec "NAME=LIMIT/PERIOD[:BURST]", e.g. "per-minute=100/60s" or
-/// "burst=10/1s:20"; PERIOD is a whole number followed by s, m, h or d. Checks every
+/// "burst=10/1s:20"; PERIOD is a whole number followed by ms, s, m, h or d. Checks every
 /// rule of RateLimit (name, 1 <= LIMIT <= kMaxRateLimitValue, 1 s <= PERIOD <= 1 d,
 /// 1 <= BURST <= kMaxRateLimitValue). Throws Error(invalid_argument) saying which rule
 /// failed.

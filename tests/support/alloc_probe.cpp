@@ -15,6 +15,8 @@ namespace {
 
 std::atomic<bool> g_fail{false};
 std::atomic<bool> g_watching{false};
+std::atomic<bool> g_counting{false};
+std::atomic<std::size_t> g_allocations{0};
 std::atomic<std::size_t> g_unwiped{0};
 // Written only while not watching; read only while watching (acquire/release on
 // g_watching orders the two).
@@ -23,6 +25,9 @@ std::size_t g_marker_size = 0;
 
 void* allocate(std::size_t n) {
   if (g_fail.load(std::memory_order_acquire)) throw std::bad_alloc();
+  if (g_counting.load(std::memory_order_relaxed)) {
+    g_allocations.fetch_add(1, std::memory_order_relaxed);
+  }
   // calloc: a block then holds only what its C++ owner wrote (never bytes a C library
   // left in the same memory earlier), so a marker found at free time is the owner's.
   void* p = std::calloc(1, n == 0 ? 1 : n);
@@ -44,6 +49,13 @@ void release(void* p) noexcept {
 }  // namespace
 
 void fail_allocations(bool on) noexcept { g_fail.store(on, std::memory_order_release); }
+
+void count_allocations(bool on) noexcept {
+  if (on) g_allocations.store(0, std::memory_order_relaxed);
+  g_counting.store(on, std::memory_order_release);
+}
+
+std::size_t allocations() noexcept { return g_allocations.load(std::memory_order_relaxed); }
 
 void watch_frees_for(std::string_view marker) noexcept {
   g_watching.store(false, std::memory_order_release);

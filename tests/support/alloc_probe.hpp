@@ -1,6 +1,6 @@
 // A probe on the test program's global operator new and delete (alloc_probe.cpp
-// replaces them): make every allocation fail for a while, or look at every block freed
-// for a marker that should have been wiped first. Blocks come from calloc, so a freed
+// replaces them): make every allocation fail for a while, count allocations, or look at
+// every block freed for a marker that should have been wiped first. Blocks come from calloc, so a freed
 // block holds only what C++ code wrote into it. C libraries (libpq, hiredis) allocate
 // with malloc and are not seen.
 // Thread-safety: every function may be called from any thread; the settings apply to
@@ -23,6 +23,21 @@ void watch_frees_for(std::string_view marker) noexcept;
 void stop_watching() noexcept;
 /// Blocks freed while watching that still held the marker.
 std::size_t unwiped_frees() noexcept;
+
+/// Starts counting the blocks allocated through operator new (any thread), from 0.
+void count_allocations(bool on) noexcept;
+/// Blocks allocated while counting (the count stays readable after it stops).
+std::size_t allocations() noexcept;
+
+/// Counts allocations while alive.
+struct CountAllocations {
+  CountAllocations() noexcept { count_allocations(true); }
+  ~CountAllocations() { count_allocations(false); }
+  CountAllocations(const CountAllocations&) = delete;
+  CountAllocations& operator=(const CountAllocations&) = delete;
+  /// Blocks allocated since this was made.
+  [[nodiscard]] std::size_t count() const noexcept { return allocations(); }
+};
 
 /// Turns allocation failures off when it dies (so a failed REQUIRE cannot leave them on).
 struct FailAllocations {

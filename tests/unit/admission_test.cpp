@@ -6,6 +6,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "apikeys/apikeys.hpp"
 #include "apikeys/memory_limiter.hpp"
@@ -147,5 +148,182 @@ TEST_CASE("A failing limiter denies by default and allows when told to", "[admis
     CHECK(r.code == (policy == apikeys::LimiterFailurePolicy::deny ? ValidationCode::error
                                                                     : ValidationCode::valid));
     CHECK(f.manager->validator().limiter_failures() == 1);
+  }
+}
+
+namespace {
+
+// A key with a rate limit of 2 per day and 10 credits, through a manager with or
+// without a MemoryCache.
+struct OrderFixture : Fixture {
+  apikeys::CreatedKey key;
+  std::string t;
+
+  static KeyManagerOptions options(bool cache) {
+    KeyManagerOptions o;
+    if (cache) o.validation.cache = std::make_shared<apikeys::MemoryCache>();
+    return o;
+  }
+  explicit OrderFixture(bool cache, std::vector<std::string> scopes = {"read"})
+      : Fixture(options(cache)) {
+    CreateRequest req("ordered");
+    req.scopes = std::move(scopes);
+    req.rate_limits = {limit("daily", 2, 86'400'000ms)};
+    Credits c;
+    c.remaining = 10;
+    req.credits = c;
+    key = manager->create(kAccount, req);
+    t = token(key);
+  }
+  std::uint64_t credits() const {
+    return manager->get(kAccount, key.info.key_id).credits->remaining;
+  }
+  std::string wrong_secret() const {
+    std::string w = t;
+    w.back() = w.back() == 'a' ? 'b' : 'a';
+    return w;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("Refused before admission: nothing spent, cache on or off", "[admission]") {
+  for (const bool cache : {false, true}) {
+    INFO("cache " << cache);
+    SECTION(cache ? "with a cache" : "without a cache") {
+      OrderFixture f(cache);
+      // Warm the cache (a hit then answers the next ones) and spend one of the two.
+      REQUIRE(f.manager->validate(f.t).code == ValidationCode::valid);
+      for (int i = 0; i < 5; ++i) {
+        CHECK(f.manager->validate(f.wrong_secret()).code == ValidationCode::wrong_secret);
+        apikeys::Requirements write;
+        write.scopes = {"write"};
+        CHECK(f.manager->validate(f.t, write).code == ValidationCode::insufficient_scope);
+      }
+      CHECK(f.credits() == 9);
+      // The rate limit has one left: neither the wrong secrets nor the scopes spent it.
+      const auto r = f.manager->validate(f.t);
+      REQUIRE(r.code == ValidationCode::valid);
+      CHECK(r.limits.at(0).remaining == 0);
+      // Rate-limited requests spend no credit.
+      for (int i = 0; i < 3; ++i) {
+        CHECK(f.manager->validate(f.t).code == ValidationCode::rate_limited);
+      }
+      CHECK(f.credits() == 8);
+    }
+  }
+}
+
+TEST_CASE("A disabled, revoked or expired key spends nothing", "[admission]") {
+  for (const bool cache : {false, true}) {
+    INFO("cache " << cache);
+    {
+      OrderFixture f(cache);
+      f.manager->disable(kAccount, f.key.info.key_id);
+      CHECK(f.manager->validate(f.t).code == ValidationCode::disabled);
+      f.manager->enable(kAccount, f.key.info.key_id);
+      CHECK(f.credits() == 10);
+      CHECK(f.manager->validate(f.t).limits.at(0).remaining == 1);
+    }
+    {
+      OrderFixture f(cache);
+      f.manager->revoke(kAccount, f.key.info.key_id);
+      CHECK(f.manager->validate(f.t).code == ValidationCode::revoked);
+      CHECK(f.credits() == 10);
+    }
+    {
+      OrderFixture f(cache);
+      apikeys::KeyUpdate u;
+      u.expires_in_days = 1;
+      f.manager->update(kAccount, f.key.info.key_id, u);
+      f.clock->advance(std::chrono::hours(25));
+      CHECK(f.manager->validate(f.t).code == ValidationCode::expired);
+      CHECK(f.credits() == 10);
+    }
+  }
+}
+
+TEST_CASE("Cost 0 is never refused by a rate limit and spends nothing", "[admission]") {
+  OrderFixture f(false);
+  apikeys::Requirements free_check;
+  free_check.cost = 0;
+  REQUIRE(f.manager->validate(f.t).code == ValidationCode::valid);
+  REQUIRE(f.manager->validate(f.t).code == ValidationCode::valid);
+  CHECK(f.manager->validate(f.t).code == ValidationCode::rate_limited);
+  const auto r = f.manager->validate(f.t, free_check);
+  CHECK(r.code == ValidationCode::valid);
+  CHECK(r.credits_remaining == std::optional<std::uint64_t>(8));
+  CHECK(f.credits() == 8);
+}
+
+TEST_CASE("Rotation shares the rate-limit state and credits of the lineage", "[admission]") {
+  for (const bool cache : {false, true}) {
+    INFO("cache " << cache);
+    OrderFixture f(cache);
+    REQUIRE(f.manager->validate(f.t).code == ValidationCode::valid);
+    apikeys::RotateRequest rot;
+    rot.grace = 3600s;
+    const auto next = f.manager->rotate(kAccount, f.key.info.key_id, rot);
+    const std::string nt = f.token(next);
+    // The old key spent one of the two: the successor has one left.
+    const auto r = f.manager->validate(nt);
+    REQUIRE(r.code == ValidationCode::valid);
+    CHECK(r.limits.at(0).remaining == 0);
+    CHECK(r.credits_remaining == std::optional<std::uint64_t>(8));
+    CHECK(f.manager->validate(nt).code == ValidationCode::rate_limited);
+    CHECK(f.manager->validate(f.t).code == ValidationCode::rate_limited);
+  }
+}
+
+TEST_CASE("update() keeps the state of a limit that keeps its name", "[admission]") {
+  OrderFixture f(true);
+  REQUIRE(f.manager->validate(f.t).code == ValidationCode::valid);
+  REQUIRE(f.manager->validate(f.t).code == ValidationCode::valid);
+  REQUIRE(f.manager->validate(f.t).code == ValidationCode::rate_limited);
+  apikeys::KeyUpdate u;
+  // "daily" raised to 3 per day, and a new limit beside it. The state kept is when
+  // "daily" is back at rest (a day from now): under 3 per day that is 3 spent, so the
+  // next one is due in 8 hours, not at once.
+  u.rate_limits = std::vector<RateLimit>{limit("daily", 3, 86'400'000ms),
+                                         limit("hourly", 100, 3'600'000ms)};
+  f.manager->update(kAccount, f.key.info.key_id, u);
+  const auto limited = f.manager->validate(f.t);
+  CHECK(limited.code == ValidationCode::rate_limited);
+  CHECK(limited.limited_by == "daily");
+  CHECK(limited.retry_after == std::chrono::milliseconds(8 * 3'600'000));
+  f.clock->advance(std::chrono::hours(8));
+  const auto r = f.manager->validate(f.t);
+  REQUIRE(r.code == ValidationCode::valid);
+  REQUIRE(r.limits.size() == 2);
+  CHECK(r.limits[0].remaining == 0);   // daily
+  CHECK(r.limits[1].remaining == 99);  // hourly: a new state
+  CHECK(f.manager->validate(f.t).code == ValidationCode::rate_limited);
+  // Renamed: a new state.
+  apikeys::KeyUpdate rename;
+  rename.rate_limits = std::vector<RateLimit>{limit("per-day", 3, 86'400'000ms)};
+  f.manager->update(kAccount, f.key.info.key_id, rename);
+  CHECK(f.manager->validate(f.t).code == ValidationCode::valid);
+}
+
+TEST_CASE("format_rate_limit output reads back, a period in ms included", "[admission]") {
+  for (const auto& l : {limit("a", 3, 1000ms), limit("b.c-d_e", 7, 60'000ms, 20),
+                        limit("z9", 1'000'000'000, 86'400'000ms, 1), limit("x", 2, 1500ms),
+                        limit("y", 5, 86'399'999ms), limit("h", 5, 7'200'000ms)}) {
+    const std::string spec = apikeys::format_rate_limit(l);
+    INFO(spec);
+    const RateLimit back = apikeys::parse_rate_limit(spec);
+    CHECK(back.name == l.name);
+    CHECK(back.limit == l.limit);
+    CHECK(back.period == l.period);
+    CHECK(back.burst == l.burst);
+  }
+  CHECK(apikeys::format_rate_limit(limit("x", 2, 1500ms)) == "x=2/1500ms");
+  CHECK(apikeys::parse_rate_limit("x=1/86400000ms").period == 86'400'000ms);
+  CHECK(apikeys::parse_rate_limit("x=1/5m").period == 300'000ms);
+  for (const char* bad : {"x=1/999ms", "x=1/86400001ms", "x=1/ms", "x=1/1", "x=1/s", "x=1/2d",
+                          "x=0/1s", "x=1/1s:0", "_x=1/1s", "X=1/1s", "x=1/1s:", "x=/1s",
+                          "x=1/-1s", "=1/1s", "x=1/1000000000000000000000ms"}) {
+    INFO(bad);
+    CHECK_THROWS_AS(apikeys::parse_rate_limit(bad), apikeys::Error);
   }
 }

@@ -1,0 +1,334 @@
+// MemoryLimiter on its own: exact admission from many threads (rate limits and credits,
+// direct and leased), leases returned or dropped, the table's capacity and reuse of
+// states at rest, and no allocation per call once warm.
+#include "catch.hpp"
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "alloc_probe.hpp"
+#include "apikeys/apikeys.hpp"
+#include "apikeys/memory_limiter.hpp"
+
+namespace {
+
+using apikeys::Admission;
+using apikeys::AdmissionOutcome;
+using apikeys::AdmissionRequest;
+using apikeys::MemoryLimiter;
+using apikeys::MemoryLimiterOptions;
+using apikeys::RateLimit;
+using apikeys::TimePoint;
+using apikeys::Uuid;
+using namespace std::chrono_literals;
+
+const Uuid kAccount = *Uuid::parse("6f1c2b9e-1d3a-4c5b-8e7f-0a1b2c3d4e5f");
+const TimePoint kStart = apikeys::from_unix_millis(1'767'225'600'000);  // 2026-01-01T00:00Z
+
+RateLimit limit(const char* name, std::uint64_t n, std::chrono::milliseconds period,
+                std::uint64_t burst = 0) {
+  RateLimit l;
+  l.name = name;
+  l.limit = n;
+  l.period = period;
+  l.burst = burst;
+  return l;
+}
+
+// A lineage id drawn from `rng` (the limiter hashes it; any 16 bytes do).
+Uuid lineage(std::mt19937_64& rng) {
+  std::array<std::uint8_t, 16> b{};
+  for (auto& x : b) x = static_cast<std::uint8_t>(rng());
+  return Uuid(b);
+}
+
+AdmissionRequest request(const Uuid& id, const std::vector<RateLimit>& limits,
+                         std::uint64_t cost, TimePoint now, bool credits = false) {
+  AdmissionRequest r;
+  r.lineage_id = id;
+  r.key_id = id;
+  r.limits = limits.data();
+  r.limit_count = limits.size();
+  r.cost = cost;
+  r.now = now;
+  r.charge_credits = credits;
+  return r;
+}
+
+// A MemoryStore holding one key with `balance` credits (its lineage is its key id).
+struct CreditFixture {
+  std::shared_ptr<apikeys::MemoryStore> store = std::make_shared<apikeys::MemoryStore>();
+  std::unique_ptr<apikeys::KeyManager> manager;
+  Uuid key;
+
+  explicit CreditFixture(std::uint64_t balance,
+                         std::optional<apikeys::CreditRefill> refill = std::nullopt) {
+    apikeys::KeyManagerOptions o;
+    o.validation.clock = std::make_shared<apikeys::ManualClock>(kStart);
+    o.validation.record_last_use = false;
+    manager = std::make_unique<apikeys::KeyManager>(
+        store,
+        std::make_shared<apikeys::HmacSha256Hasher>(
+            std::string("0123456789abcdefghijklmnopqrstuv")),
+        std::move(o));
+    apikeys::CreateRequest req("metered");
+    apikeys::Credits c;
+    c.remaining = balance;
+    c.refill = refill;
+    req.credits = c;
+    key = manager->create(kAccount, req).info.key_id;
+  }
+  std::uint64_t balance() const { return manager->get(kAccount, key).credits->remaining; }
+};
+
+}  // namespace
+
+TEST_CASE("MemoryLimiter: a burst from many threads at a frozen clock admits exactly B",
+          "[admission][memory_limiter]") {
+  MemoryLimiter limiter(nullptr);
+  const std::vector<RateLimit> limits = {limit("a", 1000, 86'400'000ms, 500)};
+  const Uuid id = *Uuid::parse("11111111-2222-4333-8444-555555555555");
+  std::atomic<int> admitted{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 200; ++i) {
+        const Admission a = limiter.admit(request(id, limits, 1, kStart));
+        if (a.outcome == AdmissionOutcome::admitted) admitted.fetch_add(1);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(admitted.load() == 500);
+  CHECK(limiter.states() == 1);
+}
+
+TEST_CASE("MemoryLimiter: credits from many threads admit exactly the balance",
+          "[admission][memory_limiter]") {
+  for (const std::uint64_t lease : {std::uint64_t{0}, std::uint64_t{7}}) {
+    CreditFixture f(1000);
+    MemoryLimiterOptions o;
+    o.lease_size = lease;
+    auto limiter = std::make_unique<MemoryLimiter>(f.store, o);
+    const std::vector<RateLimit> limits = {limit("a", 1'000'000, 1000ms)};
+    std::atomic<std::uint64_t> admitted{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t) {
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < 200; ++i) {
+          const std::uint64_t cost = 1 + static_cast<std::uint64_t>((t + i) % 3);
+          const Admission a = limiter->admit(request(f.key, limits, cost, kStart, true));
+          if (a.outcome == AdmissionOutcome::admitted) admitted.fetch_add(cost);
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    INFO("lease_size " << lease);
+    // Every request asks for at most 3: the balance is spent down to less than 3.
+    CHECK(admitted.load() + f.balance() + limiter->leased() == 1000);
+    CHECK(f.balance() + limiter->leased() < 3);
+    limiter.reset();  // returns the lease
+    CHECK(admitted.load() + f.balance() == 1000);
+  }
+}
+
+TEST_CASE("MemoryLimiter: a lease is returned on destruction, dropped across a refill period "
+          "and by credits_reset", "[admission][memory_limiter]") {
+  const std::vector<RateLimit> none;
+  MemoryLimiterOptions o;
+  o.lease_size = 10;
+  SECTION("returned on destruction") {
+    CreditFixture f(100);
+    {
+      MemoryLimiter limiter(f.store, o);
+      const Admission a = limiter.admit(request(f.key, none, 1, kStart, true));
+      REQUIRE(a.outcome == AdmissionOutcome::admitted);
+      CHECK(a.credits_remaining == std::optional<std::uint64_t>(99));
+      CHECK(limiter.leased() == 10);
+      CHECK(f.balance() == 89);
+    }
+    CHECK(f.balance() == 99);
+  }
+  SECTION("dropped when its refill period has passed") {
+    apikeys::CreditRefill r;
+    r.amount = 100;
+    r.interval = apikeys::RefillInterval::daily;
+    r.mode = apikeys::RefillMode::reset;
+    CreditFixture f(100, r);
+    MemoryLimiter limiter(f.store, o);
+    REQUIRE(limiter.admit(request(f.key, none, 1, kStart, true)).outcome ==
+            AdmissionOutcome::admitted);
+    CHECK(f.balance() == 89);
+    // The next day: a reset refill gives 100; the old lease must not add to it.
+    const TimePoint tomorrow = kStart + 24h + 1s;
+    const Admission a = limiter.admit(request(f.key, none, 1, tomorrow, true));
+    REQUIRE(a.outcome == AdmissionOutcome::admitted);
+    CHECK(a.credits_remaining == std::optional<std::uint64_t>(99));
+    limiter.return_leases();
+    CHECK(f.balance() == 99);
+  }
+  SECTION("dropped by credits_reset") {
+    CreditFixture f(100);
+    MemoryLimiter limiter(f.store, o);
+    REQUIRE(limiter.admit(request(f.key, none, 1, kStart, true)).outcome ==
+            AdmissionOutcome::admitted);
+    limiter.credits_reset(f.key);
+    CHECK(limiter.leased() == 0);
+    limiter.return_leases();
+    CHECK(f.balance() == 89);
+  }
+}
+
+TEST_CASE("MemoryLimiter: a full table throws busy; states at rest are reused",
+          "[admission][memory_limiter]") {
+  MemoryLimiterOptions o;
+  o.capacity = 1;  // the smallest table: one probe window per shard
+  MemoryLimiter limiter(nullptr, o);
+  const std::vector<RateLimit> slow = {limit("a", 1, 1000ms)};
+  std::mt19937_64 rng(7);
+  std::vector<Uuid> ids;
+  for (int i = 0; i < 20'000; ++i) ids.push_back(lineage(rng));
+  std::size_t busy = 0;
+  std::size_t admitted = 0;
+  for (const Uuid& id : ids) {
+    try {
+      if (limiter.admit(request(id, slow, 1, kStart)).outcome == AdmissionOutcome::admitted) {
+        ++admitted;
+      }
+    } catch (const apikeys::Error& e) {
+      CHECK(e.code() == apikeys::ErrorCode::busy);
+      ++busy;
+    }
+  }
+  CHECK(busy > 0);
+  CHECK(admitted + busy == ids.size());
+  CHECK(limiter.states() == admitted);
+  // A second later every state is at rest: new lineages take every place again, and no
+  // more.
+  std::size_t again = 0;
+  for (int i = 0; i < 20'000; ++i) {
+    try {
+      if (limiter.admit(request(lineage(rng), slow, 1, kStart + 1s)).outcome ==
+          AdmissionOutcome::admitted) {
+        ++again;
+      }
+    } catch (const apikeys::Error& e) {
+      CHECK(e.code() == apikeys::ErrorCode::busy);
+    }
+  }
+  CHECK(again == admitted);
+  CHECK(limiter.states() == admitted);
+}
+
+TEST_CASE("MemoryLimiter: a full table is a limiter failure for the Validator",
+          "[admission][memory_limiter]") {
+  MemoryLimiterOptions lo;
+  lo.capacity = 1;
+  auto limiter = std::make_shared<MemoryLimiter>(nullptr, lo);
+  std::mt19937_64 rng(9);
+  const std::vector<RateLimit> slow = {limit("a", 1, 86'400'000ms)};
+  // Fill the shards with active states.
+  for (int i = 0; i < 20'000; ++i) {
+    try {
+      (void)limiter->admit(request(lineage(rng), slow, 1, kStart));
+    } catch (const apikeys::Error&) {
+    }
+  }
+  apikeys::KeyManagerOptions o;
+  o.validation.clock = std::make_shared<apikeys::ManualClock>(kStart);
+  o.validation.record_last_use = false;
+  o.validation.limiter = limiter;
+  apikeys::KeyManager manager(std::make_shared<apikeys::MemoryStore>(),
+                              std::make_shared<apikeys::HmacSha256Hasher>(
+                                  std::string("0123456789abcdefghijklmnopqrstuv")),
+                              std::move(o));
+  apikeys::CreateRequest req("x");
+  req.rate_limits = slow;
+  const auto key = manager.create(kAccount, req);
+  const auto r =
+      manager.validate(key.info.public_key + ":" + std::string(key.secret_key.reveal()));
+  CHECK(r.code == apikeys::ValidationCode::error);
+  CHECK(r.limiter_failed);
+  CHECK(manager.validator().limiter_failures() == 1);
+}
+
+TEST_CASE("MemoryLimiter: a refused request holds no state and never hides another's",
+          "[admission][memory_limiter]") {
+  MemoryLimiterOptions o;
+  o.capacity = 64 * 32;  // 32 places per shard: chains of neighbours form quickly
+  MemoryLimiter limiter(nullptr, o);
+  const Uuid lone = *Uuid::parse("11111111-2222-4333-8444-555555555555");
+  const std::vector<RateLimit> one = {limit("a", 1, 1000ms)};
+  for (int i = 0; i < 5; ++i) {
+    // Cost 2 over a burst of 1: refused, nothing kept.
+    CHECK(limiter.admit(request(lone, one, 2, kStart)).outcome == AdmissionOutcome::rate_limited);
+  }
+  CHECK(limiter.states() <= 1);
+
+  std::mt19937_64 rng(11);
+  auto try_admit = [&](const Uuid& id, const std::vector<RateLimit>& l, std::uint64_t cost,
+                       TimePoint now) {
+    try {
+      return limiter.admit(request(id, l, cost, now)).outcome;
+    } catch (const apikeys::Error&) {
+      return AdmissionOutcome::usage_exceeded;  // busy: not admitted
+    }
+  };
+  // States that come to rest a second later; lineages with a day's limit placed behind
+  // them in their probe chains; once the first are at rest, refused requests take their
+  // places: none of them may make a day-limited lineage look new.
+  for (int i = 0; i < 1200; ++i) (void)try_admit(lineage(rng), one, 1, kStart);
+  const std::vector<RateLimit> daily = {limit("d", 1, 86'400'000ms)};
+  std::vector<Uuid> limited;
+  for (int i = 0; i < 400; ++i) {
+    const Uuid id = lineage(rng);
+    if (try_admit(id, daily, 1, kStart + 500ms) == AdmissionOutcome::admitted) {
+      limited.push_back(id);
+    }
+  }
+  REQUIRE(limited.size() > 300);
+  const std::vector<RateLimit> tight = {limit("t", 1, 1000ms)};
+  for (int i = 0; i < 3000; ++i) (void)try_admit(lineage(rng), tight, 2, kStart + 2s);
+  std::size_t over = 0;
+  for (const Uuid& id : limited) {
+    if (try_admit(id, daily, 1, kStart + 3s) == AdmissionOutcome::admitted) ++over;
+  }
+  CHECK(over == 0);
+}
+
+TEST_CASE("MemoryLimiter: kBytesPerState is 48", "[admission][memory_limiter]") {
+  STATIC_REQUIRE(MemoryLimiter::kBytesPerState == 48);
+}
+
+TEST_CASE("MemoryLimiter: admit() allocates nothing once warm but its result",
+          "[admission][memory_limiter]") {
+  MemoryLimiter limiter(nullptr);
+  const Uuid id = *Uuid::parse("11111111-2222-4333-8444-555555555555");
+  const std::vector<RateLimit> none;
+  const std::vector<RateLimit> two = {limit("a", 1'000'000, 1000ms), limit("b", 1'000'000, 1000ms)};
+  (void)limiter.admit(request(id, two, 1, kStart));  // warm-up: the shard's table
+  (void)limiter.admit(request(id, none, 1, kStart));
+  const AdmissionRequest bare = request(id, none, 1, kStart);
+  const AdmissionRequest limited = request(id, two, 1, kStart);
+  std::size_t bare_allocs = 0;
+  std::size_t limited_allocs = 0;
+  {
+    const apikeys_test::alloc_probe::CountAllocations count;
+    for (int i = 0; i < 100; ++i) (void)limiter.admit(bare);
+    bare_allocs = count.count();
+  }
+  {
+    const apikeys_test::alloc_probe::CountAllocations count;
+    for (int i = 0; i < 100; ++i) (void)limiter.admit(limited);
+    limited_allocs = count.count();
+  }
+  CHECK(bare_allocs == 0);
+  // One block per call: the Admission's vector of LimitStatus handed to the caller.
+  CHECK(limited_allocs == 100);
+}
