@@ -8,7 +8,7 @@
 // error="insufficient_scope", scope="..."). Keys with rate limits or credits are admitted
 // by the Validator too (see admission_headers() and the answers below it):
 //   - 429 Too Many Requests when a rate limit refuses, with Retry-After (seconds, rounded
-//     up) and the IETF httpapi RateLimit-Policy / RateLimit header fields;
+//     up) and the IETF httpapi RateLimit-Policy / RateLimit fields of the limit that refused;
 //   - 402 Payment Required when the key's credits are used up. The key is fine, its
 //     balance is not: waiting does not help until the next refill or a top-up, so the
 //     answer carries no Retry-After (which would invite clients to back off and retry,
@@ -155,8 +155,7 @@ std::string limit_item(const std::string& name, std::uint64_t remaining,
          ";t=" + std::to_string(ceil_seconds(reset));
 }
 
-// RateLimit-Policy for every limit of the key; RateLimit for each limit the result
-// reports (all of them when valid).
+// On a valid answer: RateLimit-Policy and RateLimit for every limit of the key.
 void admission_headers(httplib::Response& res, const apikeys::ValidationResult& result) {
   if (result.rate_limits.empty()) return;
   std::vector<std::string> policies;
@@ -175,7 +174,10 @@ void too_many_requests(httplib::Response& res, const apikeys::ValidationResult& 
   const std::int64_t seconds = std::max<std::int64_t>(ceil_seconds(result.retry_after), 1);
   res.status = 429;
   res.set_header("Retry-After", std::to_string(seconds));
-  admission_headers(res, result);
+  // The fields of the limit that refused: the others were not consulted to the end.
+  for (const apikeys::RateLimit& l : result.rate_limits) {
+    if (l.name == result.limited_by) res.set_header("RateLimit-Policy", policy_item(l));
+  }
   res.set_header("RateLimit", limit_item(result.limited_by, 0, result.retry_after));
   res.set_header("Cache-Control", "no-store");
   res.set_content(
