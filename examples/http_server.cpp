@@ -5,22 +5,36 @@
 // and either calls the route with the key's account id, or answers 401 with a JSON
 // error (every invalid key alike: unknown, wrong secret, expired, revoked, disabled), or
 // 403 when the key is valid but lacks a scope (RFC 6750: WWW-Authenticate: Bearer
-// error="insufficient_scope", scope="..."). Keys live in memory here; in a real service
-// use SqliteStore or PostgresStore and manage keys with the `apikeys` CLI.
+// error="insufficient_scope", scope="..."). Keys with rate limits or credits are admitted
+// by the Validator too (see admission_headers() and the answers below it):
+//   - 429 Too Many Requests when a rate limit refuses, with Retry-After (seconds, rounded
+//     up) and the IETF httpapi RateLimit-Policy / RateLimit fields of the limit that refused;
+//   - 402 Payment Required when the key's credits are used up. The key is fine, its
+//     balance is not: waiting does not help until the next refill or a top-up, so the
+//     answer carries no Retry-After (which would invite clients to back off and retry,
+//     as for 429) and says to top up instead;
+//   - on success, RateLimit-Policy and RateLimit for every limit of the key.
+// Keys live in memory here; in a real service use SqliteStore or PostgresStore and
+// manage keys with the `apikeys` CLI.
 //
 //   example_http_server [--port N]      (default: any free port; loopback only)
 //
 // It creates a demo account with an active key (no scopes), a reader key (scope
-// invoices:read), a revoked key and a disabled key, and prints them (a real service never
+// invoices:read), a revoked key, a disabled key, a key limited to one request a minute
+// ("per-minute=1/1m") and a key with one credit, and prints them (a real service never
 // prints secrets), then "listening http://127.0.0.1:PORT". Try:
 //   curl -H 'X-API-Key: <valid key>' http://127.0.0.1:PORT/whoami
 //   curl -H 'X-API-Key: <reader key>' http://127.0.0.1:PORT/invoices   (needs invoices:read)
+//   curl -i -H 'X-API-Key: <limited key>' http://127.0.0.1:PORT/whoami  (twice: 200, 429)
 // SIGINT or SIGTERM stops it cleanly (exit status 0).
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <functional>
 #include <iostream>
@@ -121,6 +135,72 @@ void forbidden(httplib::Response& res, const apikeys::Requirements& required,
       "application/json");
 }
 
+// Whole seconds, rounded up: a client that waits that long is never early.
+std::int64_t ceil_seconds(std::chrono::milliseconds ms) {
+  return (std::max<std::int64_t>(ms.count(), 0) + 999) / 1000;
+}
+
+// One item of RateLimit-Policy (draft-ietf-httpapi-ratelimit-headers, a Structured Field
+// list): "name";q=<quota>;w=<window in seconds>. Limit names are [a-z0-9_.-]: nothing to
+// escape in a structured-field string.
+std::string policy_item(const apikeys::RateLimit& limit) {
+  return "\"" + limit.name + "\";q=" + std::to_string(limit.limit) +
+         ";w=" + std::to_string(ceil_seconds(limit.period));
+}
+
+// One item of RateLimit: "name";r=<remaining>;t=<seconds until the quota is whole again>.
+std::string limit_item(const std::string& name, std::uint64_t remaining,
+                       std::chrono::milliseconds reset) {
+  return "\"" + name + "\";r=" + std::to_string(remaining) +
+         ";t=" + std::to_string(ceil_seconds(reset));
+}
+
+// On a valid answer: RateLimit-Policy and RateLimit for every limit of the key.
+void admission_headers(httplib::Response& res, const apikeys::ValidationResult& result) {
+  if (result.rate_limits.empty()) return;
+  std::vector<std::string> policies;
+  for (const apikeys::RateLimit& l : result.rate_limits) policies.push_back(policy_item(l));
+  res.set_header("RateLimit-Policy", join(policies, ','));
+  std::vector<std::string> states;
+  for (std::size_t i = 0; i < result.limits.size() && i < result.rate_limits.size(); ++i) {
+    states.push_back(
+        limit_item(result.rate_limits[i].name, result.limits[i].remaining, result.limits[i].reset));
+  }
+  if (!states.empty()) res.set_header("RateLimit", join(states, ','));
+}
+
+// 429 when a rate limit refused: the client may retry after Retry-After seconds.
+void too_many_requests(httplib::Response& res, const apikeys::ValidationResult& result) {
+  const std::int64_t seconds = std::max<std::int64_t>(ceil_seconds(result.retry_after), 1);
+  res.status = 429;
+  res.set_header("Retry-After", std::to_string(seconds));
+  // The fields of the limit that refused: the others were not consulted to the end.
+  for (const apikeys::RateLimit& l : result.rate_limits) {
+    if (l.name == result.limited_by) res.set_header("RateLimit-Policy", policy_item(l));
+  }
+  res.set_header("RateLimit", limit_item(result.limited_by, 0, result.retry_after));
+  res.set_header("Cache-Control", "no-store");
+  res.set_content(
+      "{\"error\":\"rate_limited\",\"message\":\"Too many requests for this API "
+      "key.\",\"limit\":\"" +
+          result.limited_by + "\",\"retry_after\":" + std::to_string(seconds) + "}\n",
+      "application/json");
+}
+
+// 402 when the key's credits are used up. Not 429: retrying later does not help before
+// the next refill, so no Retry-After; the client must top up the balance.
+void payment_required(httplib::Response& res, const apikeys::ValidationResult& result) {
+  res.status = 402;
+  res.set_header("Cache-Control", "no-store");
+  const std::string remaining =
+      result.credits_remaining ? std::to_string(*result.credits_remaining) : "null";
+  res.set_content(
+      "{\"error\":\"usage_exceeded\",\"message\":\"The API key's credits are used up; top up "
+      "its balance.\",\"remaining\":" +
+          remaining + "}\n",
+      "application/json");
+}
+
 // The middleware: the route runs only for a valid key that grants every scope in
 // `required`. A failed key gets the same 401 whatever the reason (unknown, wrong secret,
 // expired, revoked, disabled): saying why would tell a caller which public keys exist.
@@ -147,12 +227,23 @@ httplib::Server::Handler require_api_key(const apikeys::KeyManager& keys,
       forbidden(res, required, result.missing_scopes);
       return;
     }
+    if (result.code == apikeys::ValidationCode::rate_limited) {
+      std::cerr << req.method << ' ' << req.path << ": key rate limited\n";
+      too_many_requests(res, result);
+      return;
+    }
+    if (result.code == apikeys::ValidationCode::usage_exceeded) {
+      std::cerr << req.method << ' ' << req.path << ": key out of credits\n";
+      payment_required(res, result);
+      return;
+    }
     if (!result.ok()) {
       std::cerr << req.method << ' ' << req.path << ": key refused ("
                 << apikeys::to_string(result.code) << ")\n";
       unauthorized(res, "invalid_api_key", "The API key is not valid.");
       return;
     }
+    admission_headers(res, result);
     next(req, res, result.account_id);
   };
 }
@@ -200,6 +291,15 @@ int main(int argc, char** argv) {
   request.title = "demo, disabled";
   const apikeys::CreatedKey disabled = keys.create(account, request);
   keys.disable(account, disabled.info.key_id);
+  request.title = "demo, one request a minute";
+  request.rate_limits = {apikeys::parse_rate_limit("per-minute=1/1m")};
+  const apikeys::CreatedKey limited = keys.create(account, request);
+  request.rate_limits.clear();
+  request.title = "demo, one credit";
+  apikeys::Credits one_credit;
+  one_credit.remaining = 1;
+  request.credits = one_credit;
+  const apikeys::CreatedKey metered = keys.create(account, request);
   const auto print_key = [](const char* name, const apikeys::CreatedKey& key) {
     std::cout << name << ' ' << key.info.public_key << ':' << key.secret_key.reveal() << '\n';
   };
@@ -208,6 +308,8 @@ int main(int argc, char** argv) {
   print_key("reader-key", reader);
   print_key("revoked-key", revoked);
   print_key("disabled-key", disabled);
+  print_key("limited-key", limited);
+  print_key("credit-key", metered);
 
   httplib::Server server;
   server.Get("/health", [](const httplib::Request&, httplib::Response& res) {

@@ -2,7 +2,9 @@
 # CTest driver for example_http_server: starts it on a free loopback port, checks its
 # answers (valid key -> 200 with the account id; no, malformed, wrong, revoked, disabled
 # or doubled key -> 401 with a JSON error; a valid key without the scope a route needs
-# -> 403 insufficient_scope, RFC 6750), then stops it with SIGTERM.
+# -> 403 insufficient_scope, RFC 6750; a key limited to one request a minute -> 200 with
+# RateLimit-Policy and RateLimit, then 429 with Retry-After; a key with one credit -> 200,
+# then 402 without Retry-After), then stops it with SIGTERM.
 #   http_server_test.sh <example_http_server> [curl]
 set -euo pipefail
 
@@ -35,7 +37,10 @@ valid=$(field valid-key)
 reader=$(field reader-key)
 revoked=$(field revoked-key)
 disabled=$(field disabled-key)
-[[ -n "$url" && -n "$account" && -n "$valid" && -n "$reader" && -n "$revoked" && -n "$disabled" ]] ||
+limited=$(field limited-key)
+metered=$(field credit-key)
+[[ -n "$url" && -n "$account" && -n "$valid" && -n "$reader" && -n "$revoked" && -n "$disabled" &&
+  -n "$limited" && -n "$metered" ]] ||
   fail "unexpected server output"
 # The valid key with its secret's last character changed.
 last=${valid: -1}
@@ -86,13 +91,39 @@ expect "scoped route, disabled key"          401 '"error":"invalid_api_key"' -H 
 expect "scoped route, wrong secret"          401 '"error":"invalid_api_key"' -H "X-API-Key: $wrong"
 expect "scoped route, no key"                401 '"error":"missing_api_key"'
 
+# Rate limits: per-minute=1/1m admits one request, then answers 429 until a minute passed.
+# has_header <name> <extended regex of the value>: in the last response's headers.
+has_header() {
+  tr -d '\r' <"$work/headers" | grep -qiE "^$1: $2\$" ||
+    fail "no '$1: $2' header: $(cat "$work/headers")"
+}
+route=/whoami
+expect "rate-limited key, first request" 200 "\"account_id\":\"$account\"" -H "X-API-Key: $limited"
+has_header RateLimit-Policy '"per-minute";q=1;w=60'
+has_header RateLimit '"per-minute";r=0;t=(59|60)'
+if grep -qi '^retry-after:' "$work/headers"; then fail "200 with Retry-After"; fi
+expect "rate-limited key, second request" 429 '"error":"rate_limited"' -H "X-API-Key: $limited"
+grep -qF '"limit":"per-minute"' "$work/body" || fail "429 body does not name the limit"
+has_header Retry-After '(59|60)'
+has_header RateLimit-Policy '"per-minute";q=1;w=60'
+has_header RateLimit '"per-minute";r=0;t=(59|60)'
+# Keys without limits get no RateLimit fields.
+expect "key without limits, no RateLimit" 200 "\"account_id\":\"$account\"" -H "X-API-Key: $valid"
+if grep -qi '^ratelimit' "$work/headers"; then fail "RateLimit fields for a key without limits"; fi
+
+# Credits: one request is paid for; the next is 402 (top up), not 429 (retry later).
+expect "credit key, first request"  200 "\"account_id\":\"$account\"" -H "X-API-Key: $metered"
+expect "credit key, out of credits" 402 '"error":"usage_exceeded"' -H "X-API-Key: $metered"
+grep -qF '"remaining":0' "$work/body" || fail "402 body without the balance"
+if grep -qi '^retry-after:' "$work/headers"; then fail "402 with Retry-After"; fi
+
 kill -TERM "$pid"
 status=0
 wait "$pid" || status=$?
 pid=
 [[ $status -eq 0 ]] || fail "server exited with status $status after SIGTERM"
 grep -q '^stopped' "$work/out" || fail "server did not report a clean stop"
-for key in "$valid" "$reader" "$disabled"; do
+for key in "$valid" "$reader" "$disabled" "$limited" "$metered"; do
   if grep -qF "${key#*:}" "$work/err"; then fail "a secret appeared in the server log"; fi
 done
 echo "http_server: $checks checks passed, clean stop"

@@ -566,6 +566,18 @@ struct Parsed {
   std::string import_file;    // import: FILE, or "-" for stdin
   std::string import_format;  // import: jsonl or csv
   std::vector<std::string> scan_paths;
+  std::vector<std::string> rate_limits;  // create, update: NAME=LIMIT/PERIOD[:BURST] each
+  bool clear_rate_limits = false;
+  std::string credits;  // create, update: the balance
+  bool no_credits = false;
+  std::string refill_amount;
+  std::string refill_interval;  // daily or monthly
+  std::string refill_mode;      // reset or add
+  std::string refill_cap;
+  bool no_refill = false;
+  std::string credits_set;  // credits: --set N
+  std::string credits_add;  // credits: --add N (may be negative)
+  std::string cost;         // verify: --cost N
 };
 
 // Which options were given, as the parser saw them.
@@ -580,6 +592,15 @@ struct Given {
   bool limit = false;
   bool cursor = false;
   bool status = false;
+  bool rate_limits = false;
+  bool credits = false;
+  bool refill_amount = false;
+  bool refill_interval = false;
+  bool refill_mode = false;
+  bool refill_cap = false;
+  bool credits_set = false;
+  bool credits_add = false;
+  bool cost = false;
 };
 
 // What the commands use: Parsed with each placeholder replaced by its real value. Views
@@ -611,11 +632,24 @@ struct Options {
         legacy_pepper_file(cmd.resolve(p.legacy_pepper_file)),
         import_file(cmd.resolve(p.import_file)),
         import_format(cmd.resolve(p.import_format)),
+        clear_rate_limits(p.clear_rate_limits),
+        credits(cmd.resolve(p.credits)),
+        no_credits(p.no_credits),
+        refill_amount(cmd.resolve(p.refill_amount)),
+        refill_interval(cmd.resolve(p.refill_interval)),
+        refill_mode(cmd.resolve(p.refill_mode)),
+        refill_cap(cmd.resolve(p.refill_cap)),
+        no_refill(p.no_refill),
+        credits_set(cmd.resolve(p.credits_set)),
+        credits_add(cmd.resolve(p.credits_add)),
+        cost(cmd.resolve(p.cost)),
         given(g) {
     scopes.reserve(p.scopes.size());
     for (const std::string& s : p.scopes) scopes.push_back(cmd.resolve(s));
     scan_paths.reserve(p.scan_paths.size());
     for (const std::string& s : p.scan_paths) scan_paths.push_back(cmd.resolve(s));
+    rate_limits.reserve(p.rate_limits.size());
+    for (const std::string& s : p.rate_limits) rate_limits.push_back(cmd.resolve(s));
   }
 
   std::string_view db;
@@ -645,6 +679,18 @@ struct Options {
   std::string_view import_file;
   std::string_view import_format;
   std::vector<std::string_view> scan_paths;
+  std::vector<std::string_view> rate_limits;
+  bool clear_rate_limits;
+  std::string_view credits;
+  bool no_credits;
+  std::string_view refill_amount;
+  std::string_view refill_interval;
+  std::string_view refill_mode;
+  std::string_view refill_cap;
+  bool no_refill;
+  std::string_view credits_set;
+  std::string_view credits_add;
+  std::string_view cost;
   Given given;
   // The format keys are issued in and checked against first: set from --brand or
   // APIKEYS_BRAND before a command runs; nothing for the default format.
@@ -674,6 +720,113 @@ std::uint64_t parse_number(std::string_view text, const char* option, std::uint6
   }
   if (v < min || v > max) throw bad();
   return v;
+}
+
+// The rate limits and credits that `create` or `update` was given, checked.
+struct AdmissionChanges {
+  std::optional<std::vector<apikeys::RateLimit>> rate_limits;  // --rate-limit...
+  bool clear_rate_limits = false;                              // --clear-rate-limits
+  std::optional<std::uint64_t> credits;                        // --credits N
+  bool no_credits = false;                                     // --no-credits
+  std::optional<apikeys::CreditRefill> refill;                 // --refill-amount and co.
+  bool no_refill = false;                                      // --no-refill
+
+  [[nodiscard]] bool any() const noexcept {
+    return rate_limits || clear_rate_limits || credits || no_credits || refill || no_refill;
+  }
+};
+
+// A library message without its "rate limit: " or "credits: " prefix, for a message
+// that names the option instead.
+std::string without_topic(const std::string& message) {
+  for (const std::string_view topic :
+       {std::string_view("rate limit: "), std::string_view("credits: ")}) {
+    if (message.rfind(topic, 0) == 0) return message.substr(topic.size());
+  }
+  return message;
+}
+
+// Parses and checks the rate-limit and credit options, before anything is read or
+// written. A spec that holds a secret key is refused unseen (refuse_secret); the pepper
+// is looked for once it is loaded (refuse_admission_secrets).
+AdmissionChanges admission_changes(const Options& o, bool create) {
+  constexpr std::uint64_t kMaxCredits = apikeys::KeyPolicyLimits::kMaxCredits;
+  const Given& g = o.given;
+  AdmissionChanges out;
+  if (g.rate_limits) {
+    std::vector<apikeys::RateLimit> limits;
+    for (const std::string_view spec : o.rate_limits) {
+      refuse_secret(spec, "--rate-limit", {});
+      try {
+        limits.push_back(apikeys::parse_rate_limit(spec));
+      } catch (const apikeys::Error& e) {
+        throw UsageError("--rate-limit: " + without_topic(e.what()) +
+                         " (expected NAME=LIMIT/PERIOD[:BURST], PERIOD in s, m, h or d from 1s "
+                         "to 1d, e.g. per-minute=100/1m or burst=10/1s:20)");
+      }
+    }
+    try {
+      out.rate_limits = apikeys::normalize_rate_limits(std::move(limits));
+    } catch (const apikeys::Error& e) {
+      throw UsageError("--rate-limit: " + without_topic(e.what()));
+    }
+  }
+  out.clear_rate_limits = o.clear_rate_limits;
+  if (g.credits) out.credits = parse_number(o.credits, "--credits", 0, kMaxCredits);
+  out.no_credits = o.no_credits;
+  if (g.refill_amount != g.refill_interval) {
+    throw UsageError("--refill-amount and --refill-interval go together: give both");
+  }
+  if ((g.refill_mode || g.refill_cap) && !g.refill_amount) {
+    throw UsageError("--refill-mode and --refill-cap need --refill-amount and --refill-interval");
+  }
+  if (g.refill_amount) {
+    apikeys::CreditRefill refill;
+    refill.amount = parse_number(o.refill_amount, "--refill-amount", 1, kMaxCredits);
+    if (o.refill_interval == "daily") {
+      refill.interval = apikeys::RefillInterval::daily;
+    } else if (o.refill_interval == "monthly") {
+      refill.interval = apikeys::RefillInterval::monthly;
+    } else {
+      throw UsageError("--refill-interval must be daily or monthly");
+    }
+    if (!g.refill_mode || o.refill_mode == "reset") {
+      refill.mode = apikeys::RefillMode::reset;
+    } else if (o.refill_mode == "add") {
+      refill.mode = apikeys::RefillMode::add_capped;
+    } else {
+      throw UsageError("--refill-mode must be reset or add");
+    }
+    if (g.refill_cap) {
+      if (refill.mode != apikeys::RefillMode::add_capped) {
+        throw UsageError("--refill-cap applies only with --refill-mode add");
+      }
+      refill.cap = parse_number(o.refill_cap, "--refill-cap", 1, kMaxCredits);
+    }
+    out.refill = refill;
+  }
+  out.no_refill = o.no_refill;
+  if (out.refill && out.no_credits) {
+    throw UsageError(
+        "--no-credits removes the refill too: it cannot be given with --refill-amount");
+  }
+  if (create && out.refill && !out.credits) {
+    throw UsageError("--refill-amount needs --credits N, the starting balance");
+  }
+  return out;
+}
+
+// Refuses a rate limit's name that holds the pepper (it is stored and listed).
+void refuse_admission_secrets(const Options& o, std::string_view pepper_hex) {
+  for (const std::string_view spec : o.rate_limits) refuse_secret(spec, "--rate-limit", pepper_hex);
+}
+
+const char* interval_name(apikeys::RefillInterval interval) noexcept {
+  return interval == apikeys::RefillInterval::monthly ? "monthly" : "daily";
+}
+
+const char* mode_name(apikeys::RefillMode mode) noexcept {
+  return mode == apikeys::RefillMode::add_capped ? "add" : "reset";
 }
 
 #if defined(APIKEYS_HAS_REDIS)
@@ -899,6 +1052,28 @@ Json uuid_or_null(const std::optional<apikeys::Uuid>& id) {
   return id ? Json(id->to_string()) : Json(nullptr);
 }
 
+// A lineage's credits as a key shows them: null without credits; the cap of a reset
+// refill (which has none) is null.
+Json credits_json(const std::optional<apikeys::Credits>& credits) {
+  if (!credits) return Json(nullptr);
+  Json j;
+  j["remaining"] = credits->remaining;
+  j["refill"] = nullptr;
+  j["next_refill_at"] = nullptr;
+  if (const std::optional<apikeys::CreditRefill>& r = credits->refill) {
+    Json refill;
+    refill["amount"] = r->amount;
+    refill["interval"] = interval_name(r->interval);
+    refill["mode"] = mode_name(r->mode);
+    refill["cap"] =
+        r->mode == apikeys::RefillMode::add_capped ? Json(r->effective_cap()) : Json(nullptr);
+    j["refill"] = std::move(refill);
+    j["next_refill_at"] = apikeys::format_utc(
+        apikeys::refill_period_start(r->interval, credits->refilled_period + 1));
+  }
+  return j;
+}
+
 // A key as every command prints it. `secret_slot`: with "secret_key": "" after
 // "public_key", for emit_with_secret to fill in.
 Json key_json(const apikeys::KeyInfo& k, bool secret_slot = false) {
@@ -918,6 +1093,17 @@ Json key_json(const apikeys::KeyInfo& k, bool secret_slot = false) {
   j["scopes"] = k.scopes;
   j["rotated_from"] = uuid_or_null(k.rotated_from);
   j["rotated_to"] = uuid_or_null(k.rotated_to);
+  j["lineage_id"] = k.lineage().to_string();
+  j["rate_limits"] = Json::array();
+  for (const apikeys::RateLimit& l : k.rate_limits) {
+    Json limit;
+    limit["name"] = l.name;
+    limit["limit"] = l.limit;
+    limit["period_ms"] = l.period.count();
+    limit["burst"] = l.effective_burst();
+    j["rate_limits"].push_back(std::move(limit));
+  }
+  j["credits"] = credits_json(k.credits);
   return j;
 }
 
@@ -947,15 +1133,24 @@ int no_such_key(const apikeys::Uuid& account, const apikeys::Uuid& key_id) {
 
 int cmd_create(const Options& o) {
   const apikeys::Uuid account = parse_uuid(o.account, "--account");
+  const AdmissionChanges admission = admission_changes(o, /*create=*/true);
   check_db(o, /*may_create_db=*/true);
   const Pepper pepper = load_pepper(o.pepper_file);
   refuse_text_secrets(o, pepper);
+  refuse_admission_secrets(o, pepper.hex.reveal());
   apikeys::CreateRequest request;
   request.title = std::string(o.title);
   request.description = std::string(o.description);
   if (o.given.expires_in_days) request.expires_in_days = o.expires_in_days;
   request.metadata = std::string(o.metadata);
   request.scopes = scope_values(o, pepper);
+  if (admission.rate_limits) request.rate_limits = *admission.rate_limits;
+  if (admission.credits) {
+    apikeys::Credits credits;
+    credits.remaining = *admission.credits;
+    credits.refill = admission.refill;
+    request.credits = credits;
+  }
   // Check the request before touching the database, so a bad request creates nothing.
   request = apikeys::normalize_request(request);
 
@@ -1010,13 +1205,17 @@ int cmd_key(const Options& o, KeyCommand command) {
   const apikeys::Uuid account = parse_uuid(o.account, "--account");
   const apikeys::Uuid key_id = parse_uuid(o.key_id, "--key-id");
   apikeys::KeyUpdate update;
+  AdmissionChanges admission;
   if (command == KeyCommand::update) {
     const Given& g = o.given;
+    admission = admission_changes(o, /*create=*/false);
     if (!g.title && !g.description && !g.metadata && !o.clear_metadata && !g.scopes &&
-        !o.clear_scopes && !g.expires_in_days && !o.no_expiry) {
+        !o.clear_scopes && !g.expires_in_days && !o.no_expiry && !admission.any()) {
       throw UsageError(
           "update: nothing to change (give --title, --description, --metadata, "
-          "--clear-metadata, --scope, --clear-scopes, --expires-in-days or --no-expiry)");
+          "--clear-metadata, --scope, --clear-scopes, --expires-in-days, --no-expiry, "
+          "--rate-limit, --clear-rate-limits, --credits, --no-credits, --refill-amount with "
+          "--refill-interval, or --no-refill)");
     }
     if (g.expected_version) {
       update.expected_version =
@@ -1036,13 +1235,32 @@ int cmd_key(const Options& o, KeyCommand command) {
     if (o.clear_scopes) update.scopes = apikeys::FieldUpdate<std::vector<std::string>>::clear();
     if (g.expires_in_days) update.expires_in_days = o.expires_in_days;
     if (o.no_expiry) update.expires_in_days = apikeys::FieldUpdate<int>::clear();
+    refuse_admission_secrets(o, pepper.hex.reveal());
+    if (admission.rate_limits) update.rate_limits = *admission.rate_limits;
+    if (admission.clear_rate_limits) {
+      update.rate_limits = apikeys::FieldUpdate<std::vector<apikeys::RateLimit>>::clear();
+    }
+    if (admission.credits) update.credits = *admission.credits;
+    if (admission.no_credits) update.credits = apikeys::FieldUpdate<std::uint64_t>::clear();
+    if (admission.refill) update.refill = *admission.refill;
+    if (admission.no_refill) update.refill = apikeys::FieldUpdate<apikeys::CreditRefill>::clear();
   }
   auto manager = open_manager(o, pepper, /*may_create_db=*/false);
   apikeys::KeyInfo k;
   try {
     switch (command) {
       case KeyCommand::get: k = manager->get(account, key_id); break;
-      case KeyCommand::update: k = manager->update(account, key_id, update); break;
+      case KeyCommand::update:
+        // A refill needs a balance: refuse it for a key without credits before any field
+        // is written (the library refuses it too, but after the key's own fields).
+        if ((admission.refill || admission.no_refill) && !admission.credits &&
+            !manager->get(account, key_id).credits) {
+          std::cerr << "apikeys: conflict: the key has no credits: a refill needs a balance; "
+                       "give --credits N with it\n";
+          return kExitConflict;
+        }
+        k = manager->update(account, key_id, update);
+        break;
       case KeyCommand::disable: k = manager->disable(account, key_id); break;
       case KeyCommand::enable: k = manager->enable(account, key_id); break;
       case KeyCommand::revoke: k = manager->revoke(account, key_id); break;
@@ -1116,14 +1334,57 @@ int cmd_revoke_all(const Options& o) {
   return manager.finish(emit(dump(out)) ? kExitOk : kExitFailure);
 }
 
+// `credits --set N | --add N`: the balance of the key's lineage, shared by the keys a
+// rotation made from one another.
+int cmd_credits(const Options& o) {
+  constexpr std::uint64_t kMaxCredits = apikeys::KeyPolicyLimits::kMaxCredits;
+  const apikeys::Uuid account = parse_uuid(o.account, "--account");
+  const apikeys::Uuid key_id = parse_uuid(o.key_id, "--key-id");
+  if (o.given.credits_set == o.given.credits_add) {
+    throw UsageError("credits: give exactly one of --set N and --add N");
+  }
+  std::uint64_t set = 0;
+  std::int64_t add = 0;
+  if (o.given.credits_set) {
+    set = parse_number(o.credits_set, "--set", 0, kMaxCredits);
+  } else {
+    const bool negative = !o.credits_add.empty() && o.credits_add.front() == '-';
+    const std::string_view digits = negative ? o.credits_add.substr(1) : o.credits_add;
+    std::uint64_t n = 0;
+    try {
+      n = parse_number(digits, "--add", 0, kMaxCredits);
+    } catch (const UsageError&) {
+      throw UsageError("--add must be a whole number from -9007199254740992 to 9007199254740992");
+    }
+    add = negative ? -static_cast<std::int64_t>(n) : static_cast<std::int64_t>(n);
+  }
+  check_db(o, false);
+  auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/false);
+  apikeys::KeyInfo k;
+  try {
+    k = o.given.credits_set ? manager->set_credits(account, key_id, set)
+                            : manager->add_credits(account, key_id, add);
+  } catch (const apikeys::Error& e) {
+    if (e.code() == apikeys::ErrorCode::not_found) return no_such_key(account, key_id);
+    if (e.code() != apikeys::ErrorCode::conflict || o.given.credits_set) throw;
+    std::cerr << "apikeys: conflict: the key has no credits to add to; give it a balance "
+                 "first with `credits --set N`\n";
+    return kExitConflict;
+  }
+  return manager.finish(emit(dump(key_json(k))) ? kExitOk : kExitFailure);
+}
+
 int cmd_verify(const Options& o) {
   std::string line;
   WipeGuard line_guard(line);
   const bool from_stdin = o.first == "-" && o.second.empty();
+  apikeys::Requirements requirements;
+  if (o.given.cost) {
+    requirements.cost = parse_number(o.cost, "--cost", 0, apikeys::KeyPolicyLimits::kMaxCredits);
+  }
   const std::string_view token = from_stdin ? read_token_line(line) : std::string_view();
   check_db(o, false);
   const Pepper pepper = load_pepper(o.pepper_file);
-  apikeys::Requirements requirements;
   requirements.scopes = scope_values(o, pepper);
   auto manager = open_manager(o, pepper, /*may_create_db=*/false);
   apikeys::ValidationResult r;
@@ -1143,8 +1404,27 @@ int cmd_verify(const Options& o) {
     out["scopes"] = r.scopes;
     out["metadata"] = metadata_json(r.metadata);
   }
+  const auto remaining = [&r] {
+    return r.credits_remaining ? Json(*r.credits_remaining) : Json(nullptr);
+  };
+  if (r.ok()) {
+    out["remaining"] = remaining();
+    out["limits"] = Json::array();
+    for (std::size_t i = 0; i < r.limits.size() && i < r.rate_limits.size(); ++i) {
+      Json limit;
+      limit["name"] = r.rate_limits[i].name;
+      limit["remaining"] = r.limits[i].remaining;
+      limit["reset_ms"] = r.limits[i].reset.count();
+      out["limits"].push_back(std::move(limit));
+    }
+  }
   if (r.code == apikeys::ValidationCode::insufficient_scope)
     out["missing_scopes"] = r.missing_scopes;
+  if (r.code == apikeys::ValidationCode::rate_limited) {
+    out["limit"] = r.limited_by;
+    out["retry_after_ms"] = r.retry_after.count();
+  }
+  if (r.code == apikeys::ValidationCode::usage_exceeded) out["remaining"] = remaining();
   if (!emit(dump(out))) return kExitFailure;
   if (r.ok()) return kExitOk;
   // `error` means the check could not be made (store or hasher failure): not a verdict.
@@ -1399,11 +1679,12 @@ int run_command(int argc, char** argv) {
 
   CLI::App app{
       "Issue, list, change, rotate, revoke, delete and verify API keys stored in a SQLite\n"
-      "file or a PostgreSQL database; import keys from the Python service; find leaked\n"
-      "keys in files (scan). The pepper (HMAC key, at least 64 hex characters) comes from\n"
-      "the APIKEYS_PEPPER environment variable or --pepper-file; scan needs neither it\n"
-      "nor --db. Exit codes: 0 success, 1 key rejected (verify) or found (scan), 2 usage,\n"
-      "3 no such key, 4 storage or internal failure, 5 conflict, 6 rows rejected (import).",
+      "file or a PostgreSQL database, with their rate limits and credits; import keys from\n"
+      "the Python service; find leaked keys in files (scan). The pepper (HMAC key, at\n"
+      "least 64 hex characters) comes from the APIKEYS_PEPPER environment variable or\n"
+      "--pepper-file; scan needs neither it nor --db. Exit codes: 0 success, 1 key rejected\n"
+      "(verify) or found (scan), 2 usage, 3 no such key, 4 storage or internal failure,\n"
+      "5 conflict, 6 rows rejected (import).",
       "apikeys"};
   app.set_version_flag("--version", std::string(apikeys::version()),
                        "Print the library version and exit");
@@ -1447,6 +1728,64 @@ int run_command(int argc, char** argv) {
     return "apikeys: " + message + "\nRun with --help for more information.\n";
   });
 
+  // The rate-limit and credit options of create and update.
+  struct AdmissionOptions {
+    CLI::Option* rate_limits = nullptr;
+    CLI::Option* credits = nullptr;
+    CLI::Option* refill_amount = nullptr;
+    CLI::Option* refill_interval = nullptr;
+    CLI::Option* refill_mode = nullptr;
+    CLI::Option* refill_cap = nullptr;
+  };
+  const auto add_admission = [&p](CLI::App* command, bool update) {
+    AdmissionOptions a;
+    a.rate_limits =
+        command
+            ->add_option("--rate-limit", p.rate_limits,
+                         update ? "The key's rate limits from now on (repeat; replaces them all)"
+                                : "A rate limit, e.g. per-minute=100/1m or burst=10/1s:20 "
+                                  "(PERIOD 1s-1d in s, m, h or d; repeat for more)")
+            ->option_text("NAME=LIMIT/PERIOD[:BURST]")
+            ->allow_extra_args(false);
+    a.credits = command
+                    ->add_option("--credits", p.credits,
+                                 update ? "Set the balance to N (0 to 2^53), adding credits "
+                                          "to a key without"
+                                        : "Start with N credits (0 to 2^53); each request "
+                                          "spends its cost")
+                    ->option_text("N");
+    a.refill_amount =
+        command->add_option("--refill-amount", p.refill_amount, "Refill N credits (1 to 2^53)")
+            ->option_text("N");
+    a.refill_interval = command
+                            ->add_option("--refill-interval", p.refill_interval,
+                                         "At each UTC day or month (with --refill-amount)")
+                            ->option_text("daily|monthly");
+    a.refill_mode = command
+                        ->add_option("--refill-mode", p.refill_mode,
+                                     "reset: the balance becomes N (default); add: N is added, "
+                                     "up to the cap")
+                        ->option_text("reset|add");
+    a.refill_cap =
+        command
+            ->add_option("--refill-cap", p.refill_cap,
+                         "With --refill-mode add: the most a refill brings the balance to "
+                         "(default: the amount)")
+            ->option_text("N");
+    if (update) {
+      CLI::Option* clear =
+          command->add_flag("--clear-rate-limits", p.clear_rate_limits, "Remove every rate limit");
+      a.rate_limits->excludes(clear);
+      CLI::Option* no_credits = command->add_flag(
+          "--no-credits", p.no_credits, "Remove the credits (and refill): no usage limit");
+      a.credits->excludes(no_credits);
+      CLI::Option* no_refill =
+          command->add_flag("--no-refill", p.no_refill, "Stop refilling the credits");
+      for (CLI::Option* o : {a.refill_amount, a.refill_interval, a.refill_mode, a.refill_cap})
+        o->excludes(no_refill);
+    }
+    return a;
+  };
   const auto add_account = [&p](CLI::App* command) {
     command->add_option("--account", p.account, "Account UUID")->option_text("UUID")->required();
   };
@@ -1485,6 +1824,7 @@ int run_command(int argc, char** argv) {
           ->option_text("JSON");
   CLI::Option* create_scopes =
       add_scopes(create, "A scope the key grants (repeat for more), e.g. invoices:read");
+  const AdmissionOptions create_admission = add_admission(create, /*update=*/false);
 
   CLI::App* list =
       app.add_subcommand("list", "List an account's keys, newest first (never secrets)");
@@ -1527,6 +1867,7 @@ int run_command(int argc, char** argv) {
           ->option_text("N");
   CLI::Option* no_expiry = update->add_flag("--no-expiry", p.no_expiry, "Never expire");
   update_expires->excludes(no_expiry);
+  const AdmissionOptions update_admission = add_admission(update, /*update=*/true);
   CLI::Option* expected_version =
       update
           ->add_option("--expected-version", p.expected_version,
@@ -1572,6 +1913,26 @@ int run_command(int argc, char** argv) {
       ->required();
   verify->add_option("secret", p.second, "Secret key, when the public key is given alone");
   CLI::Option* verify_scopes = add_scopes(verify, "A scope the key must grant (repeat for more)");
+  CLI::Option* verify_cost =
+      verify
+          ->add_option("--cost", p.cost,
+                       "What the request costs: credits spent and rate-limit requests counted "
+                       "(default 1; 0 checks without spending)")
+          ->option_text("N");
+
+  CLI::App* credits = app.add_subcommand(
+      "credits", "Set or change the credit balance of a key's lineage (prints the key)");
+  add_account(credits);
+  add_key_id(credits);
+  CLI::Option* credits_set =
+      credits->add_option("--set", p.credits_set, "Set the balance to N (0 to 2^53)")
+          ->option_text("N");
+  CLI::Option* credits_add =
+      credits
+          ->add_option("--add", p.credits_add,
+                       "Add N (negative: take away); the balance stays within 0 to 2^53")
+          ->option_text("N");
+  credits_set->excludes(credits_add);
 
   CLI::App* import_keys =
       app.add_subcommand("import",
@@ -1615,6 +1976,21 @@ int run_command(int argc, char** argv) {
   given.limit = list_limit->count() > 0;
   given.cursor = list_cursor->count() > 0;
   given.status = list_status->count() > 0;
+  const auto given_in = [](const AdmissionOptions& a, const AdmissionOptions& b,
+                           CLI::Option* AdmissionOptions::*o) {
+    return (a.*o)->count() > 0 || (b.*o)->count() > 0;
+  };
+  given.rate_limits = given_in(create_admission, update_admission, &AdmissionOptions::rate_limits);
+  given.credits = given_in(create_admission, update_admission, &AdmissionOptions::credits);
+  given.refill_amount =
+      given_in(create_admission, update_admission, &AdmissionOptions::refill_amount);
+  given.refill_interval =
+      given_in(create_admission, update_admission, &AdmissionOptions::refill_interval);
+  given.refill_mode = given_in(create_admission, update_admission, &AdmissionOptions::refill_mode);
+  given.refill_cap = given_in(create_admission, update_admission, &AdmissionOptions::refill_cap);
+  given.credits_set = credits_set->count() > 0;
+  given.credits_add = credits_add->count() > 0;
+  given.cost = verify_cost->count() > 0;
   Options o(p, given, cmd);
   const std::string_view db_password = url_password(o.db);
 
@@ -1637,6 +2013,7 @@ int run_command(int argc, char** argv) {
     if (*revoke_all) return cmd_revoke_all(o);
     if (*remove) return cmd_delete(o);
     if (*verify) return cmd_verify(o);
+    if (*credits) return cmd_credits(o);
     if (*import_keys) return cmd_import(o);
     if (*peppers) return cmd_peppers(o);
     std::cerr << "apikeys: no command given\n";

@@ -3,8 +3,8 @@
 // declared here so that tests/fuzz/fuzz_cli.cpp checks the shipped code itself.
 // Internal to this repository: not installed, not part of the library's API.
 //
-// The tool creates, lists, shows, changes, rotates, revokes, deletes and verifies keys
-// in one SQLite file or a PostgreSQL database (--db postgresql://..., in builds with
+// The tool creates, lists, shows, changes, rotates, revokes, deletes and verifies keys,
+// and sets their rate limits and credits, in one SQLite file or a PostgreSQL database (--db postgresql://..., in builds with
 // PostgresStore), optionally erasing changed keys from a shared RedisCache (--redis);
 // it imports keys exported from the reference Python service (import, with its
 // API_KEY_SECRET as --legacy-pepper-file), counts keys per pepper (peppers), and finds

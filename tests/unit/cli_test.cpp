@@ -572,6 +572,32 @@ TEST_CASE("cli: --help lists every command, --version prints the library version
   }
 }
 
+TEST_CASE("cli: --help lists the rate-limit and credit options and the credits command", "[cli]") {
+  Run r = run_cli({"--help"});
+  CHECK(r.code == 0);
+  CHECK(contains(r.out, "credits"));
+  for (const char* command : {"create", "update"}) {
+    r = run_cli({command, "--help"});
+    CHECK(r.code == 0);
+    for (const char* option : {"--rate-limit", "--credits", "--refill-amount", "--refill-interval",
+                               "--refill-mode", "--refill-cap"}) {
+      INFO(command << ' ' << option);
+      CHECK(contains(r.out, option));
+    }
+  }
+  r = run_cli({"update", "--help"});
+  for (const char* option : {"--clear-rate-limits", "--no-credits", "--no-refill"}) {
+    INFO(option);
+    CHECK(contains(r.out, option));
+  }
+  r = run_cli({"credits", "--help"});
+  CHECK(r.code == 0);
+  CHECK(contains(r.out, "--set"));
+  CHECK(contains(r.out, "--add"));
+  r = run_cli({"verify", "--help"});
+  CHECK(contains(r.out, "--cost"));
+}
+
 TEST_CASE("cli: a revoke by another process reaches a cached validator within 1 s", "[cli]") {
   using Clock = std::chrono::steady_clock;
   TempDir dir;
@@ -639,6 +665,9 @@ void check_key_fields(const Json& k) {
   CHECK(k.at("version").is_number_unsigned());
   CHECK(k.at("metadata").is_object());
   CHECK(k.at("scopes").is_array());
+  CHECK(k.at("lineage_id").is_string());
+  CHECK(k.at("rate_limits").is_array());
+  CHECK((k.at("credits").is_null() || k.at("credits").is_object()));
   CHECK_FALSE(k.contains("digest"));
 }
 
@@ -1977,6 +2006,312 @@ TEST_CASE("cli: scan as a git pre-commit hook refuses a commit that adds a key",
   CHECK(r.code != 0);
   CHECK(contains(r.out + r.err, "--db=x:1: branded secret key"));
   CHECK(git("log --oneline").out.find("leak") == std::string::npos);
+}
+
+namespace {
+
+// Expects exit 2 with a message on stderr holding `says`, nothing on stdout.
+void expect_refused(const std::vector<std::string>& args, const std::string& says) {
+  const Run r = run_cli(args);
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  CHECK(r.code == 2);
+  CHECK(r.out.empty());
+  CHECK(contains(r.err, says));
+}
+
+// True when the SQLite store keeps rate limits and credits (create with a rate limit
+// succeeds); a store that does not refuses such a key (exit 4, "does not keep"), and the
+// tests that need one stop there with a warning.
+bool sqlite_keeps_admission(const std::string& db) {
+  const Run r = run_cli({"--db", db, "create", "--account", kOtherAccount, "--title", "probe",
+                         "--rate-limit", "probe=1/1s", "--credits", "1"});
+  if (r.code == 0) return true;
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 4);
+  REQUIRE(contains(r.err, "does not keep rate limits or credits"));
+  WARN("this SqliteStore keeps no rate limits or credits: CLI admission checks skipped");
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("cli: bad rate limits and credits are refused before anything is written", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const std::vector<std::string> create{"--db",   db,        "create", "--account",
+                                        kAccount, "--title", "t"};
+  SECTION("rate limits") {
+    for (const char* spec : {"a=0/1m", "a=-1/1m", "a=1000000001/1m", "a=1/0s", "a=1/2d", "a=1/25h",
+                             "a=1/86401s", "a=1/1m:0", "a=1/1m:-1", "nonsense", "a=1/1x", "a=1",
+                             "=1/1m", "A=1/1m", "-a=1/1m", "a=1/m"}) {
+      INFO(spec);
+      expect_refused(plus(create, {"--rate-limit", spec}), "--rate-limit: ");
+    }
+    expect_refused(plus(create, {"--rate-limit", "a=1/1m", "--rate-limit", "a=2/1h"}), "same name");
+    std::vector<std::string> many = create;
+    for (int i = 0; i < 17; ++i) {
+      many.push_back("--rate-limit");
+      many.push_back("l" + std::to_string(i) + "=1/1s");
+    }
+    expect_refused(many, "at most 16");
+  }
+  SECTION("a secret or the pepper in a rate limit is refused unseen") {
+    const std::string sk = "sk_abcdefghijklmnopqrstuvwxyz012345";
+    for (const std::string& spec : {sk + "=1/1m", kPepperHex + "=1/1m"}) {
+      const Run r = run_cli(plus(create, {"--rate-limit", spec}));
+      CHECK(r.code == 2);
+      CHECK(contains(r.err, "--rate-limit"));
+      CHECK_FALSE(contains(r.out + r.err, spec.substr(3, 30)));
+    }
+  }
+  SECTION("credits") {
+    for (const char* n : {"-1", "9007199254740993", "18446744073709551616", "x", "1.5", ""}) {
+      INFO(n);
+      expect_refused(plus(create, {"--credits", n}),
+                     "--credits must be a whole number from 0 to 9007199254740992");
+    }
+  }
+  SECTION("refills") {
+    const std::vector<std::string> credits = plus(create, {"--credits", "10"});
+    for (const char* n : {"0", "-1", "9007199254740993", "x"}) {
+      INFO(n);
+      expect_refused(plus(credits, {"--refill-amount", n, "--refill-interval", "daily"}),
+                     "--refill-amount must be a whole number from 1");
+    }
+    expect_refused(plus(credits, {"--refill-amount", "5", "--refill-interval", "weekly"}),
+                   "--refill-interval must be daily or monthly");
+    expect_refused(plus(credits, {"--refill-amount", "5", "--refill-interval", "daily",
+                                  "--refill-mode", "double"}),
+                   "--refill-mode must be reset or add");
+    expect_refused(plus(credits, {"--refill-amount", "5"}), "go together");
+    expect_refused(plus(credits, {"--refill-interval", "daily"}), "go together");
+    expect_refused(plus(credits, {"--refill-mode", "add"}), "need --refill-amount");
+    expect_refused(plus(credits, {"--refill-cap", "5"}), "need --refill-amount");
+    expect_refused(
+        plus(credits, {"--refill-amount", "5", "--refill-interval", "daily", "--refill-cap", "9"}),
+        "only with --refill-mode add");
+    expect_refused(plus(credits, {"--refill-amount", "5", "--refill-interval", "daily",
+                                  "--refill-mode", "add", "--refill-cap", "0"}),
+                   "--refill-cap must be a whole number from 1");
+    expect_refused(plus(create, {"--refill-amount", "5", "--refill-interval", "daily"}),
+                   "needs --credits");
+  }
+  CHECK_FALSE(fs::exists(db));  // refused before the database was made
+}
+
+TEST_CASE("cli: bad rate-limit, credit and cost options of update, credits and verify", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const Json created = create_key(db);
+  const std::string key_id = created.at("key_id").get<std::string>();
+  const std::vector<std::string> update = key_args(db, "update", key_id);
+  SECTION("update") {
+    expect_refused(plus(update, {"--rate-limit", "a=1/1m", "--clear-rate-limits"}), "excludes");
+    expect_refused(plus(update, {"--credits", "1", "--no-credits"}), "excludes");
+    expect_refused(
+        plus(update, {"--refill-amount", "1", "--refill-interval", "daily", "--no-refill"}),
+        "excludes");
+    expect_refused(
+        plus(update, {"--no-credits", "--refill-amount", "1", "--refill-interval", "daily"}),
+        "--no-credits removes the refill");
+    expect_refused(plus(update, {"--rate-limit", "a=1/2d"}), "1 s to 1 day");
+    expect_refused(plus(update, {"--credits", "9007199254740993"}), "--credits");
+    expect_refused(plus(update, {"--refill-amount", "0", "--refill-interval", "daily"}),
+                   "--refill-amount");
+  }
+  SECTION("a refill for a key without credits is a conflict") {
+    for (const auto& extra : std::vector<std::vector<std::string>>{
+             {"--refill-amount", "5", "--refill-interval", "monthly"}, {"--no-refill"}}) {
+      const Run r = run_cli(plus(update, extra));
+      INFO("stderr: " << r.err);
+      CHECK(r.code == 5);
+      CHECK(r.out.empty());
+      CHECK(contains(r.err, "the key has no credits"));
+    }
+  }
+  SECTION("credits") {
+    const std::vector<std::string> credits = key_args(db, "credits", key_id);
+    expect_refused(credits, "exactly one of --set N and --add N");
+    expect_refused(plus(credits, {"--set", "1", "--add", "1"}), "excludes");
+    for (const char* n : {"-1", "9007199254740993", "x"}) {
+      INFO(n);
+      expect_refused(plus(credits, {"--set", n}), "--set must be a whole number from 0 to");
+    }
+    for (const char* n : {"9007199254740993", "-9007199254740993", "x", "-", "--1", "+1"}) {
+      INFO(n);
+      expect_refused(plus(credits, {"--add=" + std::string(n)}),
+                     "--add must be a whole number from -9007199254740992");
+    }
+  }
+  SECTION("verify --cost") {
+    const std::string token = created.at("public_key").get<std::string>() + ":" +
+                              created.at("secret_key").get<std::string>();
+    for (const char* n : {"-1", "x", "9007199254740993"}) {
+      INFO(n);
+      const Run r = run_cli({"--db", db, "verify", "-", "--cost", n}, kPepperHex, token + "\n");
+      CHECK(r.code == 2);
+      CHECK(contains(r.err, "--cost must be a whole number from 0"));
+    }
+    // A key without limits or credits: valid at any cost, with no balance and no limits.
+    for (const char* n : {"0", "1", "1000"}) {
+      const Run r = run_cli({"--db", db, "verify", "-", "--cost", n}, kPepperHex, token + "\n");
+      INFO(n << " stderr: " << r.err);
+      REQUIRE(r.code == 0);
+      const Json v = Json::parse(r.out);
+      CHECK(v.at("valid") == true);
+      CHECK(v.at("remaining").is_null());
+      CHECK(v.at("limits") == Json::array());
+    }
+  }
+  const Json k = run_json(key_args(db, "get", key_id));
+  CHECK(k.at("version") == 1);  // nothing written
+  CHECK(k.at("lineage_id") == key_id);
+  CHECK(k.at("rate_limits") == Json::array());
+  CHECK(k.at("credits").is_null());
+}
+
+TEST_CASE("cli: rate limits and credits on create, get, list and update", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  if (!sqlite_keeps_admission(db)) return;
+  Json k =
+      create_key(db, kAccount,
+                 {"--rate-limit", "per-second=10/1s:20", "--rate-limit", "daily=1000/1d",
+                  "--credits", "9007199254740992", "--refill-amount", "500", "--refill-interval",
+                  "monthly", "--refill-mode", "add", "--refill-cap", "2000"});
+  check_key_fields(k);
+  const std::string key_id = k.at("key_id").get<std::string>();
+  CHECK(k.at("lineage_id") == key_id);
+  const Json limits = Json::parse(R"([
+    {"name": "daily", "limit": 1000, "period_ms": 86400000, "burst": 1000},
+    {"name": "per-second", "limit": 10, "period_ms": 1000, "burst": 20}])");
+  CHECK(k.at("rate_limits") == limits);
+  const Json c = k.at("credits");
+  CHECK(c.at("remaining") == 9007199254740992ULL);
+  CHECK(c.at("refill") ==
+        Json::parse(R"({"amount": 500, "interval": "monthly", "mode": "add", "cap": 2000})"));
+  const std::string next = c.at("next_refill_at").get<std::string>();
+  CHECK(next.size() == 24);
+  CHECK(next.substr(7) == "-01T00:00:00.000Z");  // the 1st of next month, UTC
+  // get and list show the same.
+  const Json got = run_json(key_args(db, "get", key_id));
+  CHECK(got.at("rate_limits") == limits);
+  CHECK(got.at("credits") == c);
+  const Json listed = run_json({"--db", db, "list", "--account", kAccount});
+  REQUIRE(listed.size() == 1);
+  CHECK(listed[0].at("credits") == c);
+
+  const std::vector<std::string> update = key_args(db, "update", key_id);
+  // A reset refill shows no cap; a daily one refills at the next 00:00 UTC.
+  k = run_json(
+      plus(update, {"--credits", "7", "--refill-amount", "3", "--refill-interval", "daily"}));
+  CHECK(k.at("credits").at("remaining") == 7);
+  CHECK(k.at("credits").at("refill") ==
+        Json::parse(R"({"amount": 3, "interval": "daily", "mode": "reset", "cap": null})"));
+  CHECK(k.at("credits").at("next_refill_at").get<std::string>().substr(10) == "T00:00:00.000Z");
+  k = run_json(plus(update, {"--no-refill"}));
+  CHECK(k.at("credits").at("remaining") == 7);
+  CHECK(k.at("credits").at("refill").is_null());
+  CHECK(k.at("credits").at("next_refill_at").is_null());
+  k = run_json(plus(update, {"--rate-limit", "hourly=5/1h"}));
+  CHECK(k.at("rate_limits") ==
+        Json::parse(R"([{"name": "hourly", "limit": 5, "period_ms": 3600000, "burst": 5}])"));
+  k = run_json(plus(update, {"--clear-rate-limits", "--no-credits"}));
+  CHECK(k.at("rate_limits") == Json::array());
+  CHECK(k.at("credits").is_null());
+  // --credits gives a key without credits a balance again.
+  k = run_json(plus(update, {"--credits", "0"}));
+  CHECK(k.at("credits").at("remaining") == 0);
+}
+
+TEST_CASE("cli: credits --set and --add", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  if (!sqlite_keeps_admission(db)) return;
+  const std::string key_id = create_key(db).at("key_id").get<std::string>();
+  const std::vector<std::string> credits = key_args(db, "credits", key_id);
+  // A key of another account is no key.
+  CHECK(run_cli(plus(key_args(db, "credits", key_id, kOtherAccount), {"--set", "1"})).code == 3);
+  // --add needs credits to add to.
+  const Run r = run_cli(plus(credits, {"--add", "5"}));
+  CHECK(r.code == 5);
+  CHECK(contains(r.err, "no credits to add to"));
+  Json k = run_json(plus(credits, {"--set", "5"}));
+  check_key_fields(k);
+  CHECK(k.at("key_id") == key_id);
+  CHECK(k.at("credits").at("remaining") == 5);
+  k = run_json(plus(credits, {"--add", "-2"}));
+  CHECK(k.at("credits").at("remaining") == 3);
+  k = run_json(plus(credits, {"--add=10"}));
+  CHECK(k.at("credits").at("remaining") == 13);
+  k = run_json(plus(credits, {"--add", "-9007199254740992"}));
+  CHECK(k.at("credits").at("remaining") == 0);  // clamped
+  k = run_json(plus(credits, {"--set", "9007199254740992"}));
+  CHECK(k.at("credits").at("remaining") == 9007199254740992ULL);
+  k = run_json(plus(credits, {"--add", "1"}));
+  CHECK(k.at("credits").at("remaining") == 9007199254740992ULL);  // clamped
+  CHECK(k.at("version") == 1);                                    // credits are not versioned
+  CHECK(run_json(key_args(db, "get", key_id)).at("credits").at("remaining") == 9007199254740992ULL);
+}
+
+TEST_CASE("cli: verify reports limits and credits; refusals exit 1", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  if (!sqlite_keeps_admission(db)) return;
+  const Json created = create_key(
+      db, kAccount,
+      {"--rate-limit", "per-minute=1/1m", "--rate-limit", "per-day=100/1d", "--credits", "3"});
+  const std::string token = created.at("public_key").get<std::string>() + ":" +
+                            created.at("secret_key").get<std::string>();
+  const auto verify = [&](const std::string& cost) {
+    return run_cli({"--db", db, "verify", "-", "--cost", cost}, kPepperHex, token + "\n");
+  };
+  // Each run is a new process: its rate-limit state starts afresh, the credits do not.
+  Run r = verify("1");
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  Json v = Json::parse(r.out);
+  CHECK(v.at("valid") == true);
+  CHECK(v.at("remaining") == 2);
+  REQUIRE(v.at("limits").size() == 2);
+  CHECK(v.at("limits")[0].at("name") == "per-day");
+  CHECK(v.at("limits")[0].at("remaining") == 99);
+  CHECK(v.at("limits")[1].at("name") == "per-minute");
+  CHECK(v.at("limits")[1].at("remaining") == 0);
+  CHECK(v.at("limits")[1].at("reset_ms") == 60000);
+
+  // Cost 2 is more than per-minute's burst of 1: rate limited, nothing charged.
+  r = verify("2");
+  CHECK(r.code == 1);
+  v = Json::parse(r.out);
+  CHECK(v.at("valid") == false);
+  CHECK(v.at("code") == "rate_limited");
+  CHECK(v.at("limit") == "per-minute");
+  CHECK(v.at("retry_after_ms") == 60000);
+  CHECK_FALSE(v.contains("remaining"));
+
+  // Cost 0 reports the balance without spending it.
+  r = verify("0");
+  REQUIRE(r.code == 0);
+  CHECK(Json::parse(r.out).at("remaining") == 2);
+
+  run_json(plus(key_args(db, "update", created.at("key_id").get<std::string>()),
+                {"--clear-rate-limits"}));
+  r = verify("3");
+  CHECK(r.code == 1);
+  v = Json::parse(r.out);
+  CHECK(v.at("code") == "usage_exceeded");
+  CHECK(v.at("remaining") == 2);
+  CHECK_FALSE(v.contains("limits"));
+  r = verify("2");
+  REQUIRE(r.code == 0);
+  CHECK(Json::parse(r.out).at("remaining") == 0);
+  r = verify("1");
+  CHECK(r.code == 1);
+  v = Json::parse(r.out);
+  CHECK(v.at("code") == "usage_exceeded");
+  CHECK(v.at("remaining") == 0);
+  CHECK_FALSE(contains(r.out + r.err, created.at("secret_key").get<std::string>()));
 }
 
 #endif  // APIKEYS_CLI_PATH
