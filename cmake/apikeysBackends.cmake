@@ -31,7 +31,7 @@ if(APIKEYS_WITH_REDIS)
   find_package(PkgConfig REQUIRED)
   pkg_check_modules(APIKEYS_HIREDIS REQUIRED hiredis)
   target_sources(apikeys PRIVATE ${PROJECT_SOURCE_DIR}/src/redis_connection.cpp
-    ${PROJECT_SOURCE_DIR}/src/redis_cache.cpp)
+    ${PROJECT_SOURCE_DIR}/src/redis_cache.cpp ${PROJECT_SOURCE_DIR}/src/redis_limiter.cpp)
   target_include_directories(apikeys SYSTEM PRIVATE ${APIKEYS_HIREDIS_INCLUDE_DIRS})
   target_link_libraries(apikeys PRIVATE ${APIKEYS_HIREDIS_LINK_LIBRARIES} Threads::Threads)
   target_compile_definitions(apikeys PUBLIC APIKEYS_HAS_REDIS=1)
