@@ -191,7 +191,8 @@ class RedisAdmission {
     }
   }
   void get() {
-    auto* r = static_cast<redisReply*>(redisCommand(c_, "GET %b", get_key_.data(), get_key_.size()));
+    auto* r =
+        static_cast<redisReply*>(redisCommand(c_, "GET %b", get_key_.data(), get_key_.size()));
     if (r == nullptr) {
       failed_ = true;
       return;

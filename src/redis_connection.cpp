@@ -98,8 +98,7 @@ RedisPool::RedisPool(std::string name, RedisCacheOptions&& options,
 RedisPool::~RedisPool() { wipe(password_); }
 
 std::int64_t RedisPool::now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             SteadyClock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(SteadyClock::now().time_since_epoch())
       .count();
 }
 
@@ -122,8 +121,7 @@ RedisContext RedisPool::connect(bool load_scripts) {
   if (!c) throw RedisUnreachable(fmt::format("{} connect failed: out of memory", name_));
   if (c->err) throw RedisUnreachable(fmt::format("{} connect failed: {}", name_, c->errstr));
   if (redisSetTimeout(c.get(), to_timeval(options_.command_timeout)) != REDIS_OK) {
-    throw RedisUnreachable(
-        fmt::format("{} connect failed: cannot set the socket timeout", name_));
+    throw RedisUnreachable(fmt::format("{} connect failed: cannot set the socket timeout", name_));
   }
   if (!password_.empty()) {
     RedisReply r = authenticate(*c);
@@ -165,7 +163,11 @@ RedisReply RedisPool::authenticate(redisContext& c) const {
   std::string cmd;
   const WipeOnExit wipe_cmd(cmd);
   cmd.reserve(32 + length.size() + password_.size());
-  cmd.append("*2\r\n$4\r\nAUTH\r\n$").append(length).append("\r\n").append(password_).append("\r\n");
+  cmd.append("*2\r\n$4\r\nAUTH\r\n$")
+      .append(length)
+      .append("\r\n")
+      .append(password_)
+      .append("\r\n");
   for (std::size_t sent = 0; sent < cmd.size();) {
     const ssize_t n = ::send(c.fd, cmd.data() + sent, cmd.size() - sent, MSG_NOSIGNAL);
     if (n > 0) {
@@ -186,8 +188,8 @@ RedisReply RedisPool::authenticate(redisContext& c) const {
 void RedisPool::broken(const redisContext& c) const {
   const bool closed =
       c.err == REDIS_ERR_EOF || (c.err == REDIS_ERR_IO && (errno == ECONNRESET || errno == EPIPE));
-  throw RedisUnreachable(
-      fmt::format("{} command failed: {}", name_, c.err ? c.errstr : "no reply"), closed);
+  throw RedisUnreachable(fmt::format("{} command failed: {}", name_, c.err ? c.errstr : "no reply"),
+                         closed);
 }
 
 RedisReply RedisPool::command(redisContext& c, const std::vector<std::string_view>& args) const {
@@ -251,7 +253,8 @@ RedisReply RedisPool::script(std::size_t id, const std::vector<std::string_view>
     argv.insert(argv.end(), keys.begin(), keys.end());
     argv.insert(argv.end(), args.begin(), args.end());
     RedisReply r = command(*c, argv);
-    if (r->type == REDIS_REPLY_ERROR && std::string_view(r->str, r->len).substr(0, 8) == "NOSCRIPT") {
+    if (r->type == REDIS_REPLY_ERROR &&
+        std::string_view(r->str, r->len).substr(0, 8) == "NOSCRIPT") {
       argv[0] = "EVAL";
       argv[1] = scripts_[id];
       r = command(*c, argv);

@@ -37,63 +37,63 @@ namespace {
 //   {0, index (0-based), retry_after_ms}                                  rate limited
 //   {2, pool (0 when stale or missing)}                                    need credits
 // and writes nothing unless it admits (all or nothing).
-#define APIKEYS_LIMITER_ADMIT                                                              \
-  "if redis.replicate_commands then redis.replicate_commands() end\n"                      \
-  "local function admit(a)\n"                                                              \
-  "  local t = redis.call('TIME')\n"                                                       \
-  "  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"                              \
-  "  local now_ms = math.floor(now / 1000)\n"                                              \
-  "  local cost = tonumber(ARGV[a])\n"                                                     \
-  "  local charge = ARGV[a + 1] == '1'\n"                                                  \
-  "  local n = tonumber(ARGV[a + 2])\n"                                                    \
-  "  local k = KEYS[1]\n"                                                                  \
-  "  local fields = {'pool', 'pool_end', 'store_remaining'}\n"                             \
-  "  for i = 0, n - 1 do fields[4 + i] = 't:' .. ARGV[a + 3 + 4 * i] end\n"                \
-  "  local c = redis.call('HMGET', k, unpack(fields))\n"                                   \
-  "  local new = {}\n"                                                                     \
-  "  local out = {1, -1, -1}\n"                                                            \
-  "  local ttl = 0\n"                                                                      \
-  "  for i = 0, n - 1 do\n"                                                                \
-  "    local b = a + 3 + 4 * i\n"                                                          \
-  "    local T = tonumber(ARGV[b + 2]) * 1000 / tonumber(ARGV[b + 1])\n"                   \
-  "    local tau = tonumber(ARGV[b + 3]) * T\n"                                            \
-  "    local tat = tonumber(c[4 + i] or '0')\n"                                            \
-  "    local base = tat > now and tat or now\n"                                            \
-  "    local nt = base + cost * T\n"                                                       \
-  "    if cost > 0 and nt - now > tau + 0.5 then\n"                                        \
-  "      return {0, i, math.ceil((nt - now - tau - 0.5) / 1000)}\n"                        \
-  "    end\n"                                                                              \
-  "    local ahead = nt - now\n"                                                           \
-  "    local room = tau - ahead + 0.5\n"                                                   \
-  "    out[#out + 1] = room > 0 and math.floor(room / T) or 0\n"                           \
-  "    local reset = math.ceil((ahead - 0.5) / 1000)\n"                                    \
-  "    out[#out + 1] = reset > 0 and reset or 0\n"                                         \
-  "    new[#new + 1] = fields[4 + i]\n"                                                    \
-  "    new[#new + 1] = string.format('%.17g', nt)\n"                                       \
-  "    if reset > ttl then ttl = reset end\n"                                              \
-  "  end\n"                                                                                \
-  "  local pool = tonumber(c[1])\n"                                                        \
-  "  local pool_end = tonumber(c[2])\n"                                                    \
-  "  if pool and (not pool_end or now_ms >= pool_end) then pool = nil end\n"               \
-  "  if charge then\n"                                                                     \
-  "    if not pool or pool < cost then return {2, pool or 0} end\n"                        \
-  "    pool = pool - cost\n"                                                               \
-  "    out[2] = pool\n"                                                                    \
-  "    out[3] = tonumber(c[3]) or 0\n"                                                     \
-  "  end\n"                                                                                \
-  "  if cost == 0 then return out end\n"                                                   \
-  "  if charge then\n"                                                                     \
-  "    new[#new + 1] = 'pool'\n"                                                           \
-  "    new[#new + 1] = string.format('%d', pool)\n"                                        \
-  "  end\n"                                                                                \
-  "  if pool and pool_end - now_ms > ttl then ttl = pool_end - now_ms end\n"               \
-  "  if #new > 0 then\n"                                                                   \
-  "    redis.call('HSET', k, unpack(new))\n"                                               \
-  "    if ttl > 315360000000 then ttl = 315360000000 end\n"                                \
-  "    if ttl < 1 then ttl = 1 end\n"                                                      \
-  "    if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end\n"            \
-  "  end\n"                                                                                \
-  "  return out\n"                                                                         \
+#define APIKEYS_LIMITER_ADMIT                                                   \
+  "if redis.replicate_commands then redis.replicate_commands() end\n"           \
+  "local function admit(a)\n"                                                   \
+  "  local t = redis.call('TIME')\n"                                            \
+  "  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"                   \
+  "  local now_ms = math.floor(now / 1000)\n"                                   \
+  "  local cost = tonumber(ARGV[a])\n"                                          \
+  "  local charge = ARGV[a + 1] == '1'\n"                                       \
+  "  local n = tonumber(ARGV[a + 2])\n"                                         \
+  "  local k = KEYS[1]\n"                                                       \
+  "  local fields = {'pool', 'pool_end', 'store_remaining'}\n"                  \
+  "  for i = 0, n - 1 do fields[4 + i] = 't:' .. ARGV[a + 3 + 4 * i] end\n"     \
+  "  local c = redis.call('HMGET', k, unpack(fields))\n"                        \
+  "  local new = {}\n"                                                          \
+  "  local out = {1, -1, -1}\n"                                                 \
+  "  local ttl = 0\n"                                                           \
+  "  for i = 0, n - 1 do\n"                                                     \
+  "    local b = a + 3 + 4 * i\n"                                               \
+  "    local T = tonumber(ARGV[b + 2]) * 1000 / tonumber(ARGV[b + 1])\n"        \
+  "    local tau = tonumber(ARGV[b + 3]) * T\n"                                 \
+  "    local tat = tonumber(c[4 + i] or '0')\n"                                 \
+  "    local base = tat > now and tat or now\n"                                 \
+  "    local nt = base + cost * T\n"                                            \
+  "    if cost > 0 and nt - now > tau + 0.5 then\n"                             \
+  "      return {0, i, math.ceil((nt - now - tau - 0.5) / 1000)}\n"             \
+  "    end\n"                                                                   \
+  "    local ahead = nt - now\n"                                                \
+  "    local room = tau - ahead + 0.5\n"                                        \
+  "    out[#out + 1] = room > 0 and math.floor(room / T) or 0\n"                \
+  "    local reset = math.ceil((ahead - 0.5) / 1000)\n"                         \
+  "    out[#out + 1] = reset > 0 and reset or 0\n"                              \
+  "    new[#new + 1] = fields[4 + i]\n"                                         \
+  "    new[#new + 1] = string.format('%.17g', nt)\n"                            \
+  "    if reset > ttl then ttl = reset end\n"                                   \
+  "  end\n"                                                                     \
+  "  local pool = tonumber(c[1])\n"                                             \
+  "  local pool_end = tonumber(c[2])\n"                                         \
+  "  if pool and (not pool_end or now_ms >= pool_end) then pool = nil end\n"    \
+  "  if charge then\n"                                                          \
+  "    if not pool or pool < cost then return {2, pool or 0} end\n"             \
+  "    pool = pool - cost\n"                                                    \
+  "    out[2] = pool\n"                                                         \
+  "    out[3] = tonumber(c[3]) or 0\n"                                          \
+  "  end\n"                                                                     \
+  "  if cost == 0 then return out end\n"                                        \
+  "  if charge then\n"                                                          \
+  "    new[#new + 1] = 'pool'\n"                                                \
+  "    new[#new + 1] = string.format('%d', pool)\n"                             \
+  "  end\n"                                                                     \
+  "  if pool and pool_end - now_ms > ttl then ttl = pool_end - now_ms end\n"    \
+  "  if #new > 0 then\n"                                                        \
+  "    redis.call('HSET', k, unpack(new))\n"                                    \
+  "    if ttl > 315360000000 then ttl = 315360000000 end\n"                     \
+  "    if ttl < 1 then ttl = 1 end\n"                                           \
+  "    if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end\n" \
+  "  end\n"                                                                     \
+  "  return out\n"                                                              \
   "end\n"
 
 // ARGV: the admission arguments. One admission.
@@ -102,8 +102,8 @@ constexpr const char* kAdmitScript = APIKEYS_LIMITER_ADMIT "return admit(1)\n";
 // ARGV: taken, pool_end (ms), store_remaining, then the admission arguments. Deposits
 // credits just taken from the store (added to a fresh pool of the same period, else
 // replacing it), then runs the admission. Returns {3, 0} and writes nothing when Redis's
-// clock is already past pool_end (the store's clock is behind it). The deposit is kept whatever the admission
-// answers: credits taken are spent here or lost with the pool, never returned.
+// clock is already past pool_end (the store's clock is behind it). The deposit is kept whatever the
+// admission answers: credits taken are spent here or lost with the pool, never returned.
 constexpr const char* kDepositScript = APIKEYS_LIMITER_ADMIT
     "local k = KEYS[1]\n"
     "local t = redis.call('TIME')\n"
@@ -194,12 +194,14 @@ struct RedisLimiter::Impl {
       throw Error(ErrorCode::storage, "RedisLimiter: unexpected reply");
     }
     const std::int64_t kind = integer(*r.element[0]);
-    if (kind == 2) return static_cast<std::uint64_t>(std::max<std::int64_t>(0, integer(*r.element[1])));
+    if (kind == 2)
+      return static_cast<std::uint64_t>(std::max<std::int64_t>(0, integer(*r.element[1])));
     if (kind == 0) {
       if (r.elements != 3) throw Error(ErrorCode::storage, "RedisLimiter: unexpected reply");
       out.outcome = AdmissionOutcome::rate_limited;
       out.limited_by = static_cast<std::size_t>(integer(*r.element[1]));
-      out.retry_after = std::chrono::milliseconds(std::max<std::int64_t>(1, integer(*r.element[2])));
+      out.retry_after =
+          std::chrono::milliseconds(std::max<std::int64_t>(1, integer(*r.element[2])));
       out.limits.clear();
       out.credits_remaining.reset();
       return std::nullopt;
@@ -213,7 +215,8 @@ struct RedisLimiter::Impl {
     if (pooled >= 0) {
       out.credits_remaining = std::min<std::uint64_t>(
           KeyPolicyLimits::kMaxCredits * 2,
-          static_cast<std::uint64_t>(pooled) + static_cast<std::uint64_t>(std::max<std::int64_t>(0, stored)));
+          static_cast<std::uint64_t>(pooled) +
+              static_cast<std::uint64_t>(std::max<std::int64_t>(0, stored)));
     }
     out.limits.resize(req.limit_count);
     for (std::size_t i = 0; i < req.limit_count; ++i) {
@@ -276,7 +279,8 @@ struct RedisLimiter::Impl {
 RedisLimiter::RedisLimiter(std::shared_ptr<Store> credits_store, RedisLimiterOptions options) {
   const detail::WipeOnExit wipe_password(options.connection.password);
   const RedisCacheOptions& c = options.connection;
-  if (c.host.empty()) throw Error(ErrorCode::invalid_argument, "RedisLimiter: host must not be empty");
+  if (c.host.empty())
+    throw Error(ErrorCode::invalid_argument, "RedisLimiter: host must not be empty");
   if (c.port < 1 || c.port > 65535)
     throw Error(ErrorCode::invalid_argument, "RedisLimiter: port must be 1..65535");
   if (c.pool_size == 0)

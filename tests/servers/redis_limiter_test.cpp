@@ -80,7 +80,8 @@ class Client {
     auto* r = static_cast<redisReply*>(redisCommand(c_, "TIME"));
     REQUIRE(r != nullptr);
     REQUIRE(r->type == REDIS_REPLY_ARRAY);
-    const std::int64_t us = std::atoll(r->element[0]->str) * 1'000'000 + std::atoll(r->element[1]->str);
+    const std::int64_t us =
+        std::atoll(r->element[0]->str) * 1'000'000 + std::atoll(r->element[1]->str);
     freeReplyObject(r);
     return us;
   }
@@ -271,8 +272,7 @@ TEST_CASE("RedisLimiter: a burst, then refused with nothing consumed; all or not
   CHECK(limiter.admit(request(lineage, only_a, false, 0)).outcome == AdmissionOutcome::admitted);
   // A cost above the burst is refused at once.
   const apikeys::Uuid fresh = apikeys_test::account_id(12);
-  CHECK(limiter.admit(request(fresh, only_a, false, 6)).outcome ==
-        AdmissionOutcome::rate_limited);
+  CHECK(limiter.admit(request(fresh, only_a, false, 6)).outcome == AdmissionOutcome::rate_limited);
   CHECK(limiter.admit(request(fresh, only_a, false, 5)).outcome == AdmissionOutcome::admitted);
 
   // One hash for the lineage, with an expiry no later than the limits need.
@@ -522,7 +522,7 @@ TEST_CASE("RedisLimiter: Redis down: the Validator denies, or allows without spe
     const auto r = manager.validate(key.info.public_key, key.secret_key.reveal());
     CHECK(r.limiter_failed);
     CHECK(r.code == (policy == apikeys::LimiterFailurePolicy::deny ? ValidationCode::error
-                                                                    : ValidationCode::valid));
+                                                                   : ValidationCode::valid));
     CHECK(manager.validator().limiter_failures() == 1);
     CHECK(store_balance(*store, key.info.key_id) == 5);
   }
