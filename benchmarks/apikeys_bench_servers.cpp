@@ -6,7 +6,10 @@
 //   revoke — KeyManager::revoke through PostgreSQL and Redis (store write, Redis erase
 //           and publish), the cost behind cross-node revocation;
 //   floor  — one bare round trip (libpq "SELECT 1", hiredis PING) on the same servers,
-//           what no backend call can beat.
+//           what no backend call can beat;
+//   admission — RedisLimiter admitting a key with one rate limit (one Lua script)
+//           against a hiredis GET on the same kind of blocking connection; the
+//           `redis_admission_vs_rtt` TARGET line compares their medians.
 // Servers come from APIKEYS_TEST_PG (libpq conninfo) and APIKEYS_TEST_REDIS (host:port),
 // as for the tests (eval "$(scripts/servers.sh start)"); without them only SQLite runs.
 // Google Benchmark flags apply (--benchmark_min_time=..., --benchmark_filter=...).
@@ -15,7 +18,9 @@
 #include <libpq-fe.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -30,6 +35,7 @@
 #include "apikeys/key_manager.hpp"
 #include "apikeys/postgres_store.hpp"
 #include "apikeys/redis_cache.hpp"
+#include "apikeys/redis_limiter.hpp"
 #include "apikeys/sqlite_store.hpp"
 #include "apikeys/validator.hpp"
 
@@ -94,6 +100,113 @@ void validate_loop(benchmark::State& state, const apikeys::Validator& v, const K
   }
   state.SetItemsProcessed(state.iterations());
 }
+
+// Median time of one call, in ns: `rounds` rounds of `per_round` calls each.
+template <typename F>
+double median_ns(F&& call, int rounds = 9, int per_round = 2000) {
+  std::vector<double> per_call;
+  for (int r = 0; r < rounds; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < per_round; ++i) call();
+    const auto t1 = std::chrono::steady_clock::now();
+    per_call.push_back(std::chrono::duration<double, std::nano>(t1 - t0).count() / per_round);
+  }
+  std::sort(per_call.begin(), per_call.end());
+  return per_call[per_call.size() / 2];
+}
+
+// RedisLimiter admission (one rate limit, never refused) against a hiredis GET on a
+// blocking connection like the limiter's own: registered as benchmarks, then measured
+// again after the run, for the TARGET line (limit: admission <= 1.2 x GET).
+class RedisAdmission {
+ public:
+  RedisAdmission(const std::string& host, int port, const std::string& prefix)
+      : get_key_(prefix + "get"), limiter_(nullptr, limiter_options(host, port, prefix)) {
+    timeval tv{2, 0};
+    c_ = redisConnectWithTimeout(host.c_str(), port, tv);
+    if (c_ == nullptr || c_->err != 0) {
+      failed_ = true;
+      return;
+    }
+    freeReplyObject(redisCommand(c_, "SET %b 1", get_key_.data(), get_key_.size()));
+    limit_.name = "per-second";
+    limit_.limit = 1'000'000'000;
+    limit_.period = std::chrono::seconds(1);
+    req_.lineage_id = apikeys::Uuid::random();
+    req_.key_id = req_.lineage_id;
+    req_.limits = &limit_;
+    req_.limit_count = 1;
+    benchmark::RegisterBenchmark("admission/redis-limiter", [this](benchmark::State& s) {
+      for (auto _ : s) admit();
+      if (failed_) s.SkipWithError("an admission failed");
+    })->UseRealTime();
+    benchmark::RegisterBenchmark("floor/redis-get", [this](benchmark::State& s) {
+      for (auto _ : s) get();
+      if (failed_) s.SkipWithError("GET failed");
+    })->UseRealTime();
+  }
+  ~RedisAdmission() {
+    if (c_ == nullptr) return;
+    freeReplyObject(redisCommand(c_, "DEL %b", get_key_.data(), get_key_.size()));
+    redisFree(c_);
+  }
+  RedisAdmission(const RedisAdmission&) = delete;
+  RedisAdmission& operator=(const RedisAdmission&) = delete;
+
+  // Medians of one more measurement of each, and the TARGET line.
+  void report() {
+    if (c_ == nullptr || c_->err != 0) {
+      std::printf("TARGET redis_admission_vs_rtt ratio=0 limit=1.2 FAIL (no Redis)\n");
+      return;
+    }
+    for (int i = 0; i < 200; ++i) {  // warm both
+      admit();
+      get();
+    }
+    const double get_ns = median_ns([this] { get(); });
+    const double admit_ns = median_ns([this] { admit(); });
+    const double ratio = admit_ns / get_ns;
+    constexpr double kLimit = 1.2;
+    std::printf("redis admission: median %.0f ns; GET round trip: median %.0f ns\n", admit_ns,
+                get_ns);
+    std::printf("TARGET redis_admission_vs_rtt ratio=%.3f limit=%g %s\n", ratio, kLimit,
+                !failed_ && ratio <= kLimit ? "PASS" : "FAIL");
+  }
+
+ private:
+  static apikeys::RedisLimiterOptions limiter_options(const std::string& host, int port,
+                                                      const std::string& prefix) {
+    apikeys::RedisLimiterOptions o;
+    o.connection.host = host;
+    o.connection.port = port;
+    o.connection.prefix = prefix;
+    o.connection.pool_size = 1;
+    return o;
+  }
+  void admit() {
+    try {
+      if (limiter_.admit(req_).outcome != apikeys::AdmissionOutcome::admitted) failed_ = true;
+    } catch (...) {
+      failed_ = true;
+    }
+  }
+  void get() {
+    auto* r =
+        static_cast<redisReply*>(redisCommand(c_, "GET %b", get_key_.data(), get_key_.size()));
+    if (r == nullptr) {
+      failed_ = true;
+      return;
+    }
+    freeReplyObject(r);
+  }
+
+  std::string get_key_;
+  apikeys::RedisLimiter limiter_;
+  redisContext* c_ = nullptr;
+  apikeys::RateLimit limit_;
+  apikeys::AdmissionRequest req_;
+  bool failed_ = false;
+};
 
 std::optional<std::string> env(const char* name) {
   const char* v = std::getenv(name);
@@ -232,8 +345,18 @@ int main(int argc, char** argv) {
     }
   }
 
+  std::unique_ptr<RedisAdmission> admission;
+  if (redis) {
+    const auto colon = redis->rfind(':');
+    admission = std::make_unique<RedisAdmission>(
+        redis->substr(0, colon), std::atoi(redis->c_str() + colon + 1),
+        "apikeys-bench-" + std::to_string(::getpid()) + ":");
+  }
+
   benchmark::RunSpecifiedBenchmarks();
+  if (admission) admission->report();
   benchmark::Shutdown();
+  admission.reset();
 
   if (pg_floor != nullptr) PQfinish(pg_floor);
   if (redis_floor != nullptr) redisFree(redis_floor);

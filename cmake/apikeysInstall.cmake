@@ -22,7 +22,8 @@ if(NOT APIKEYS_WITH_POSTGRES)
   list(APPEND _apikeys_header_excludes PATTERN "postgres_store.hpp" EXCLUDE)
 endif()
 if(NOT APIKEYS_WITH_REDIS)
-  list(APPEND _apikeys_header_excludes PATTERN "redis_cache.hpp" EXCLUDE)
+  list(APPEND _apikeys_header_excludes PATTERN "redis_cache.hpp" EXCLUDE
+    PATTERN "redis_limiter.hpp" EXCLUDE)
 endif()
 install(DIRECTORY include/apikeys DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
   FILES_MATCHING PATTERN "*.hpp" ${_apikeys_header_excludes})

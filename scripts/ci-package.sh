@@ -213,6 +213,7 @@ check_layout() {
   fi
   check_backend_header "$prefix/include" postgres postgres_store.hpp "$features"
   check_backend_header "$prefix/include" redis redis_cache.hpp "$features"
+  check_backend_header "$prefix/include" redis redis_limiter.hpp "$features"
   if grep -rlF -e "$root/include" -e "$root/src" -e "$root/cmake" -e "$work/build-" \
        "$prefix/share" "$prefix/lib/pkgconfig"; then
     fail "installed package files name the source or build tree (listed above)"
@@ -369,6 +370,7 @@ consumer_cmake abs -DCMAKE_PREFIX_PATH="$abs"
 reached_backends abs
 check_backend_header "$abs/incabs" postgres postgres_store.hpp " postgres redis "
 check_backend_header "$abs/incabs" redis redis_cache.hpp " postgres redis "
+check_backend_header "$abs/incabs" redis redis_limiter.hpp " postgres redis "
 end_step
 
 total_ms=$(( $(now_ms) - t_start ))

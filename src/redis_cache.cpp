@@ -42,6 +42,7 @@
 #include "apikeys/error.hpp"
 #include "apikeys/memory_cache.hpp"
 #include "hex.hpp"
+#include "redis_connection.hpp"
 #include "thread_annotations.hpp"
 #include "wipe.hpp"
 
@@ -127,23 +128,9 @@ enum ScriptId { kGet, kToken, kPut, kErase, kClear, kScriptCount };
 constexpr const char* kScripts[kScriptCount] = {kGetScript, kTokenScript, kPutScript, kEraseScript,
                                                 kClearScript};
 
-struct ReplyDeleter {
-  void operator()(redisReply* r) const noexcept { freeReplyObject(r); }
-};
-using Reply = std::unique_ptr<redisReply, ReplyDeleter>;
-
-struct ContextDeleter {
-  void operator()(redisContext* c) const noexcept { redisFree(c); }
-};
-using Context = std::unique_ptr<redisContext, ContextDeleter>;
-
-timeval to_timeval(std::chrono::milliseconds ms) {
-  const auto v = std::max<std::int64_t>(1, ms.count());
-  timeval tv{};
-  tv.tv_sec = static_cast<time_t>(v / 1000);
-  tv.tv_usec = static_cast<suseconds_t>((v % 1000) * 1000);
-  return tv;
-}
+using Reply = detail::RedisReply;
+using Context = detail::RedisContext;
+using Unreachable = detail::RedisUnreachable;
 
 std::uint64_t random_u64() {
   std::uint64_t v = 0;
@@ -152,20 +139,6 @@ std::uint64_t random_u64() {
   }
   return v;
 }
-
-// A connection failed or timed out: discard it and trip the breaker.
-// `retryable`: the server closed the connection (it restarted, or dropped an idle
-// client), so one fresh connection may well work; a timeout is not retried, so no call
-// waits longer than its timeouts.
-class Unreachable : public Error {
- public:
-  explicit Unreachable(const std::string& m, bool retryable = false)
-      : Error(ErrorCode::busy, m), retryable_(retryable) {}
-  bool retryable() const noexcept { return retryable_; }
-
- private:
-  bool retryable_;
-};
 
 // "<64 hex digits of the digest><8 hex digits of the pepper id>".
 std::string digest_field(const Digest& d) {
@@ -374,36 +347,22 @@ std::atomic<std::uint64_t> g_next_serial{1};
 }  // namespace
 
 struct RedisCache::Impl {
-  // The password moves into its own member (options.password is left empty); the
-  // caller wipes what the moves leave in `o`.
+  // The password moves into the pool (options.password is left empty); the caller
+  // wipes what the moves leave in `o`.
   explicit Impl(RedisCacheOptions&& o)
-      : password(std::move(o.password)),
-        options(std::move(o)),
+      : pool("RedisCache", std::move(o),
+             std::vector<const char*>(std::begin(kScripts), std::end(kScripts))),
+        options(pool.options()),
         channel(options.prefix + "invalidate"),
         serial(g_next_serial.fetch_add(1)) {}
-  ~Impl() { detail::wipe(password); }
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
 
-  std::string password;  // AUTH password (empty: none). Not changed, but wiped by ~Impl.
-  const RedisCacheOptions options;
+  detail::RedisPool pool;  // command connections, AUTH, breaker, scripts
+  const RedisCacheOptions& options;
   const std::string channel;
   const std::uint64_t serial;
   std::unique_ptr<MemoryCache> local;  // null when local_tier is off
-
-  // Hashes of the scripts, learnt from SCRIPT LOAD (the same on every connection).
-  detail::Mutex sha_mu;
-  std::string shas[kScriptCount] APIKEYS_GUARDED_BY(sha_mu);
-
-  // Command connection pool. pool_cv is signalled whenever a connection goes back to
-  // `idle` or `open` drops.
-  detail::Mutex pool_mu;
-  detail::CondVar pool_cv;
-  std::vector<Context> idle APIKEYS_GUARDED_BY(pool_mu);
-  std::size_t open APIKEYS_GUARDED_BY(pool_mu) = 0;
-
-  // Breaker: the hot path skips Redis until this steady time (ns since epoch).
-  std::atomic<std::int64_t> down_until{0};
 
   // Subscriber.
   std::atomic<bool> live{false};
@@ -412,222 +371,14 @@ struct RedisCache::Impl {
   int wake_pipe[2] = {-1, -1};
   std::thread subscriber;
 
-  static std::int64_t now_ns() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(
-               SteadyClock::now().time_since_epoch())
-        .count();
-  }
-  void trip() noexcept {
-    down_until.store(
-        now_ns() +
-            std::chrono::duration_cast<std::chrono::nanoseconds>(options.retry_interval).count(),
-        std::memory_order_relaxed);
-  }
-  void check_breaker() const {
-    if (now_ns() < down_until.load(std::memory_order_relaxed)) {
-      throw Error(ErrorCode::busy, "RedisCache: Redis unavailable (retrying later)");
-    }
-  }
+  void check_breaker() const { pool.check_breaker(); }
   bool local_live() const noexcept { return local && live.load(std::memory_order_acquire); }
 
-  // Opens a connection with timeouts, AUTH and SELECT done.
-  Context connect(bool load_scripts) {
-    Context c(redisConnectWithTimeout(options.host.c_str(), options.port,
-                                      to_timeval(options.connect_timeout)));
-    if (!c) throw Unreachable("RedisCache connect failed: out of memory");
-    if (c->err) throw Unreachable(fmt::format("RedisCache connect failed: {}", c->errstr));
-    if (redisSetTimeout(c.get(), to_timeval(options.command_timeout)) != REDIS_OK) {
-      throw Unreachable("RedisCache connect failed: cannot set the socket timeout");
-    }
-    if (!password.empty()) {
-      Reply r = authenticate(*c);
-      // A refused AUTH fails every connection the same way: trip the breaker (as for
-      // a connection failure) rather than paying a connect per request. The reply is
-      // not quoted (it is the server's text), and never holds the password anyway.
-      if (r->type == REDIS_REPLY_ERROR) throw Unreachable("RedisCache: AUTH refused");
-    }
-    if (options.database != 0) {
-      Reply r = command(*c, {"SELECT", std::to_string(options.database)});
-      if (r->type == REDIS_REPLY_ERROR)
-        throw Error(ErrorCode::storage, "RedisCache: SELECT refused");
-    }
-    if (load_scripts) {
-      for (int i = 0; i < kScriptCount; ++i) {
-        Reply r = command(*c, {"SCRIPT", "LOAD", kScripts[i]});
-        if (r->type != REDIS_REPLY_STRING) {
-          throw Error(ErrorCode::storage,
-                      fmt::format("RedisCache: SCRIPT LOAD failed: {}", reply_text(*r)));
-        }
-        detail::MutexLock lock(sha_mu);
-        shas[i].assign(r->str, r->len);
-      }
-    }
-    return c;
-  }
-
-  static std::string reply_text(const redisReply& r) {
-    if (r.type == REDIS_REPLY_ERROR || r.type == REDIS_REPLY_STATUS)
-      return std::string(r.str, r.len);
-    return "unexpected reply";
-  }
-
-  // AUTH, without handing the password to hiredis: hiredis formats a command into
-  // buffers it frees unwiped. This one is formatted here, in one buffer (reserved, so
-  // no reallocation leaves a copy behind) wiped after it is sent, and written straight
-  // to the socket: the context's output buffer is empty (AUTH is a fresh connection's
-  // first command) and blocking, with the send timeout set. The reply is read by
-  // hiredis as usual.
-  Reply authenticate(redisContext& c) const {
-    const std::string length = std::to_string(password.size());
-    std::string cmd;
-    const detail::WipeOnExit wipe_cmd(cmd);
-    cmd.reserve(32 + length.size() + password.size());
-    cmd.append("*2\r\n$4\r\nAUTH\r\n$")
-        .append(length)
-        .append("\r\n")
-        .append(password)
-        .append("\r\n");
-    for (std::size_t sent = 0; sent < cmd.size();) {
-      const ssize_t n = ::send(c.fd, cmd.data() + sent, cmd.size() - sent, MSG_NOSIGNAL);
-      if (n > 0) {
-        sent += static_cast<std::size_t>(n);
-      } else if (n < 0 && errno == EINTR) {
-        continue;
-      } else {
-        const bool timed_out = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
-        throw Unreachable(timed_out ? "RedisCache connect failed: AUTH timed out"
-                                    : "RedisCache connect failed: cannot send AUTH");
-      }
-    }
-    void* raw = nullptr;
-    if (redisGetReply(&c, &raw) != REDIS_OK || raw == nullptr) broken(c);
-    return Reply(static_cast<redisReply*>(raw));
-  }
-
-  // The connection broke or timed out: never returns.
-  [[noreturn]] static void broken(const redisContext& c) {
-    const bool closed = c.err == REDIS_ERR_EOF ||
-                        (c.err == REDIS_ERR_IO && (errno == ECONNRESET || errno == EPIPE));
-    throw Unreachable(fmt::format("RedisCache command failed: {}", c.err ? c.errstr : "no reply"),
-                      closed);
-  }
-
-  // One command; a null reply means the connection broke or timed out.
-  static Reply command(redisContext& c, const std::vector<std::string_view>& args) {
-    std::vector<const char*> argv;
-    std::vector<std::size_t> lens;
-    argv.reserve(args.size());
-    lens.reserve(args.size());
-    for (auto a : args) {
-      argv.push_back(a.data());
-      lens.push_back(a.size());
-    }
-    void* raw = redisCommandArgv(&c, static_cast<int>(argv.size()), argv.data(), lens.data());
-    if (raw == nullptr) broken(c);
-    return Reply(static_cast<redisReply*>(raw));
-  }
-
-  class Lease {
-   public:
-    explicit Lease(Impl& impl) : impl_(impl) {
-      const auto until = SteadyClock::now() + impl_.options.command_timeout;
-      detail::MutexLock lock(impl_.pool_mu);
-      while (impl_.idle.empty() && impl_.open >= impl_.options.pool_size) {
-        if (!impl_.pool_cv.wait_until(impl_.pool_mu, until) && impl_.idle.empty() &&
-            impl_.open >= impl_.options.pool_size) {
-          throw Error(ErrorCode::busy, "RedisCache: no free connection within command_timeout");
-        }
-      }
-      if (!impl_.idle.empty()) {
-        c_ = std::move(impl_.idle.back());
-        impl_.idle.pop_back();
-        reused_ = true;
-        return;
-      }
-      ++impl_.open;
-      lock.unlock();
-      try {
-        c_ = impl_.connect(true);
-      } catch (...) {
-        lock.lock();
-        --impl_.open;
-        impl_.pool_cv.signal();
-        throw;
-      }
-    }
-    ~Lease() {
-      detail::MutexLock lock(impl_.pool_mu);
-      if (c_) {
-        // Cannot allocate: idle.size() < open <= pool_size, reserved in the constructor.
-        impl_.idle.push_back(std::move(c_));
-      } else {
-        --impl_.open;
-      }
-      impl_.pool_cv.signal();
-    }
-    Lease(const Lease&) = delete;
-    Lease& operator=(const Lease&) = delete;
-    redisContext& operator*() const noexcept { return *c_; }
-    void discard() noexcept { c_.reset(); }
-    bool reused() const noexcept { return reused_; }
-
-   private:
-    Impl& impl_;
-    Context c_;
-    bool reused_ = false;
-  };
-
-  // Closes every idle connection. clear() keeps the capacity reserved in the
-  // constructor, so ~Lease's push_back never allocates (and so never throws).
-  void drop_idle() noexcept {
-    {
-      detail::MutexLock lock(pool_mu);
-      open -= idle.size();
-      idle.clear();
-    }
-    pool_cv.signal_all();
-  }
-
-  // Runs a script: EVALSHA, or EVAL if the server forgot it (SCRIPT FLUSH). A broken
-  // connection is discarded and trips the breaker; a server that restarted is retried
-  // once on a fresh connection (its pooled connections all died with it).
+  // Runs a script (invariant 2) with the prefix and a random epoch0 first.
   Reply script(ScriptId id, std::vector<std::string> args) {
     const std::string epoch0 = std::to_string(random_u64() % (std::uint64_t{1} << 47));
     args.insert(args.begin(), {options.prefix, epoch0});
-    for (int attempt = 0;; ++attempt) {
-      std::optional<Lease> c;
-      try {
-        c.emplace(*this);  // may connect: a refused or slow connect is Unreachable too
-        std::string sha;
-        {
-          detail::MutexLock lock(sha_mu);
-          sha = shas[id];
-        }
-        std::vector<std::string_view> argv{"EVALSHA", sha, "0"};
-        for (const auto& a : args) argv.emplace_back(a);
-        Reply r = command(**c, argv);
-        if (r->type == REDIS_REPLY_ERROR &&
-            std::string_view(r->str, r->len).substr(0, 8) == "NOSCRIPT") {
-          argv[0] = "EVAL";
-          argv[1] = kScripts[id];
-          r = command(**c, argv);
-        }
-        if (r->type == REDIS_REPLY_ERROR) {
-          throw Error(ErrorCode::storage, fmt::format("RedisCache: {}", reply_text(*r)));
-        }
-        return r;
-      } catch (const Unreachable& e) {
-        const bool stale = c && c->reused() && e.retryable();
-        if (c) c->discard();
-        drop_idle();
-        // A pooled connection the server closed (it restarted) fails once and is
-        // retried on a fresh one; anything else means Redis is unavailable for now.
-        if (attempt > 0 || !stale) {
-          trip();
-          throw Error(ErrorCode::busy, e.what());
-        }
-      }
-    }
+    return pool.script(id, {}, std::vector<std::string_view>(args.begin(), args.end()));
   }
 
   std::string message_erase(std::string_view pk) const { return "E" + std::string(pk); }
@@ -714,7 +465,7 @@ struct RedisCache::Impl {
 
   // Returns (normally) only when stopping; throws when the connection fails.
   void subscribe_once() {
-    Context c = connect(false);
+    Context c = pool.connect(false);
     send(*c, {"SUBSCRIBE", channel});
     const auto beat = std::max<std::chrono::milliseconds>(options.heartbeat_interval,
                                                           std::chrono::milliseconds(10));
@@ -774,7 +525,6 @@ RedisCache::RedisCache(RedisCacheOptions options) {
     m.shards = 16;
     impl.local = std::make_unique<MemoryCache>(m);
   }
-  impl.idle.reserve(impl.options.pool_size);
   if (::pipe2(impl.wake_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
     throw Error(ErrorCode::storage, "RedisCache: cannot create the wake-up pipe");
   }

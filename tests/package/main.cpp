@@ -18,6 +18,7 @@
 #endif
 #if defined(APIKEYS_HAS_REDIS)
 #include <apikeys/redis_cache.hpp>
+#include <apikeys/redis_limiter.hpp>
 #endif
 
 namespace {

@@ -18,7 +18,8 @@ if(APIKEYS_WITH_POSTGRES)
   list(APPEND _apikeys_server_links ${_apikeys_pq_link})
 endif()
 if(APIKEYS_WITH_REDIS)
-  list(APPEND _apikeys_server_sources servers/redis_cache_test.cpp)
+  list(APPEND _apikeys_server_sources servers/redis_cache_test.cpp
+    servers/redis_limiter_test.cpp)
   # And hiredis directly to look inside Redis.
   list(APPEND _apikeys_server_includes ${APIKEYS_HIREDIS_INCLUDE_DIRS})
   list(APPEND _apikeys_server_links ${APIKEYS_HIREDIS_LINK_LIBRARIES})

@@ -1,0 +1,118 @@
+// Private: what RedisCache and RedisLimiter share to talk to Redis: a pool of blocking
+// hiredis connections with socket timeouts, AUTH that leaves no unwiped copy of the
+// password, a breaker that keeps callers off a dead server for retry_interval, and
+// scripts run by EVALSHA (EVAL when the server forgot them).
+// Thread-safety: RedisPool's methods are safe from many threads at once.
+// Ownership: RedisPool owns its connections and its copy of the options (password
+// included, wiped on destruction); replies are owned by the caller.
+#ifndef APIKEYS_SRC_REDIS_CONNECTION_HPP
+#define APIKEYS_SRC_REDIS_CONNECTION_HPP
+
+#include <hiredis/hiredis.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "apikeys/error.hpp"
+#include "apikeys/redis_cache.hpp"
+#include "thread_annotations.hpp"
+
+namespace apikeys::detail {
+
+struct RedisReplyDeleter {
+  void operator()(redisReply* r) const noexcept { freeReplyObject(r); }
+};
+using RedisReply = std::unique_ptr<redisReply, RedisReplyDeleter>;
+
+struct RedisContextDeleter {
+  void operator()(redisContext* c) const noexcept { redisFree(c); }
+};
+using RedisContext = std::unique_ptr<redisContext, RedisContextDeleter>;
+
+// A connection failed or timed out: discard it and trip the breaker.
+// `retryable`: the server closed the connection (it restarted, or dropped an idle
+// client), so one fresh connection may well work; a timeout is not retried, so no call
+// waits longer than its timeouts.
+class RedisUnreachable : public Error {
+ public:
+  explicit RedisUnreachable(const std::string& m, bool retryable = false)
+      : Error(ErrorCode::busy, m), retryable_(retryable) {}
+  bool retryable() const noexcept { return retryable_; }
+
+ private:
+  bool retryable_;
+};
+
+// The pool. `name` starts every message ("RedisCache"); `scripts` are loaded on every
+// new command connection and run by index with script().
+class RedisPool {
+ public:
+  // Moves the password out of `options` (the caller wipes what the move leaves).
+  RedisPool(std::string name, RedisCacheOptions&& options, std::vector<const char*> scripts);
+  ~RedisPool();
+  RedisPool(const RedisPool&) = delete;
+  RedisPool& operator=(const RedisPool&) = delete;
+
+  const RedisCacheOptions& options() const noexcept { return options_; }
+  const std::string& name() const noexcept { return name_; }
+
+  // Throws Error(busy) while the breaker is open.
+  void check_breaker() const;
+  // Opens the breaker for retry_interval.
+  void trip() noexcept;
+
+  // Opens a connection with timeouts, AUTH and SELECT done (and the scripts loaded
+  // when `load_scripts`). Throws RedisUnreachable when the server cannot be reached.
+  RedisContext connect(bool load_scripts);
+
+  // Runs script `id` with `keys` KEYS then `args`: EVALSHA, or EVAL if the server
+  // forgot it (SCRIPT FLUSH, restart). A broken connection is discarded and trips the
+  // breaker; a server that restarted is retried once on a fresh connection. Throws
+  // Error(busy) when Redis is unavailable, Error(storage) for an error reply.
+  RedisReply script(std::size_t id, const std::vector<std::string_view>& keys,
+                    const std::vector<std::string_view>& args);
+
+  // Runs one plain command on a pooled connection, with the same failure handling.
+  RedisReply run(const std::vector<std::string_view>& argv);
+
+  // One command on `c`; throws RedisUnreachable if the connection broke or timed out.
+  RedisReply command(redisContext& c, const std::vector<std::string_view>& args) const;
+  static std::string reply_text(const redisReply& r);
+
+  // Closes every idle connection.
+  void drop_idle() noexcept;
+
+ private:
+  class Lease;
+  template <typename F>
+  RedisReply with_connection(F&& f);
+  RedisReply authenticate(redisContext& c) const;
+  [[noreturn]] void broken(const redisContext& c) const;
+  static std::int64_t now_ns();
+
+  const std::string name_;
+  std::string password_;  // AUTH password (empty: none). Wiped by the destructor.
+  const RedisCacheOptions options_;
+  const std::vector<const char*> scripts_;
+
+  // Hashes of the scripts, learnt from SCRIPT LOAD (the same on every connection).
+  Mutex sha_mu_;
+  std::vector<std::string> shas_ APIKEYS_GUARDED_BY(sha_mu_);
+
+  // pool_cv_ is signalled whenever a connection goes back to `idle_` or `open_` drops.
+  Mutex pool_mu_;
+  CondVar pool_cv_;
+  std::vector<RedisContext> idle_ APIKEYS_GUARDED_BY(pool_mu_);
+  std::size_t open_ APIKEYS_GUARDED_BY(pool_mu_) = 0;
+
+  // Breaker: callers skip Redis until this steady time (ns since epoch).
+  std::atomic<std::int64_t> down_until_{0};
+};
+
+}  // namespace apikeys::detail
+
+#endif  // APIKEYS_SRC_REDIS_CONNECTION_HPP

@@ -1,0 +1,309 @@
+// RedisLimiter (redis_limiter.hpp): one Lua script per admission on Redis's clock, and
+// credits moved from the store into a per-lineage pool in Redis. doc/redis-limiter.md
+// describes the key layout, the scripts and why no credit is ever granted twice.
+#include "apikeys/redis_limiter.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "apikeys/error.hpp"
+#include "hex.hpp"
+#include "redis_connection.hpp"
+#include "wipe.hpp"
+
+namespace apikeys {
+namespace {
+
+// ---------------------------------------------------------------------------------
+// Scripts. KEYS[1] is the lineage's hash `<prefix>lim:{<lineage hex>}`; its fields:
+//   t:<limit name>   the limit's TAT, Unix microseconds (a Lua number, "%.17g")
+//   pool             credits taken from the store and not spent yet
+//   pool_end         Unix ms: the pool is stale (counts as 0) once TIME reaches it
+//   store_remaining  the store's balance when the pool was last filled
+//
+// GCRA as in src/gcra.hpp, in microseconds as doubles: T = period/limit, tau = burst*T;
+// a request of cost c is admitted when max(TAT, now) + c*T - now <= tau. Times near
+// 2^51 us are exact to 1/4 us, so a tolerance of half a microsecond absorbs rounding:
+// a limit never admits more than gcra.hpp would, save for an arrival within 0.5 us of
+// the boundary.
+//
+// The admission body, shared by both scripts. `a` is the index in ARGV of: cost,
+// charge (0/1), n, then n times (name, limit, period ms, burst). Returns
+//   {1, pool or -1, store_remaining or -1, remaining_1, reset_ms_1, ...}  admitted
+//   {0, index (0-based), retry_after_ms}                                  rate limited
+//   {2, pool (0 when stale or missing)}                                    need credits
+// and writes nothing unless it admits (all or nothing).
+#define APIKEYS_LIMITER_ADMIT                                                   \
+  "if redis.replicate_commands then redis.replicate_commands() end\n"           \
+  "local function admit(a)\n"                                                   \
+  "  local t = redis.call('TIME')\n"                                            \
+  "  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"                   \
+  "  local now_ms = math.floor(now / 1000)\n"                                   \
+  "  local cost = tonumber(ARGV[a])\n"                                          \
+  "  local charge = ARGV[a + 1] == '1'\n"                                       \
+  "  local n = tonumber(ARGV[a + 2])\n"                                         \
+  "  local k = KEYS[1]\n"                                                       \
+  "  local fields = {'pool', 'pool_end', 'store_remaining'}\n"                  \
+  "  for i = 0, n - 1 do fields[4 + i] = 't:' .. ARGV[a + 3 + 4 * i] end\n"     \
+  "  local c = redis.call('HMGET', k, unpack(fields))\n"                        \
+  "  local new = {}\n"                                                          \
+  "  local out = {1, -1, -1}\n"                                                 \
+  "  local ttl = 0\n"                                                           \
+  "  for i = 0, n - 1 do\n"                                                     \
+  "    local b = a + 3 + 4 * i\n"                                               \
+  "    local T = tonumber(ARGV[b + 2]) * 1000 / tonumber(ARGV[b + 1])\n"        \
+  "    local tau = tonumber(ARGV[b + 3]) * T\n"                                 \
+  "    local tat = tonumber(c[4 + i] or '0')\n"                                 \
+  "    local base = tat > now and tat or now\n"                                 \
+  "    local nt = base + cost * T\n"                                            \
+  "    if cost > 0 and nt - now > tau + 0.5 then\n"                             \
+  "      return {0, i, math.ceil((nt - now - tau - 0.5) / 1000)}\n"             \
+  "    end\n"                                                                   \
+  "    local ahead = nt - now\n"                                                \
+  "    local room = tau - ahead + 0.5\n"                                        \
+  "    out[#out + 1] = room > 0 and math.floor(room / T) or 0\n"                \
+  "    local reset = math.ceil((ahead - 0.5) / 1000)\n"                         \
+  "    out[#out + 1] = reset > 0 and reset or 0\n"                              \
+  "    new[#new + 1] = fields[4 + i]\n"                                         \
+  "    new[#new + 1] = string.format('%.17g', nt)\n"                            \
+  "    if reset > ttl then ttl = reset end\n"                                   \
+  "  end\n"                                                                     \
+  "  local pool = tonumber(c[1])\n"                                             \
+  "  local pool_end = tonumber(c[2])\n"                                         \
+  "  if pool and (not pool_end or now_ms >= pool_end) then pool = nil end\n"    \
+  "  if charge then\n"                                                          \
+  "    if not pool or pool < cost then return {2, pool or 0} end\n"             \
+  "    pool = pool - cost\n"                                                    \
+  "    out[2] = pool\n"                                                         \
+  "    out[3] = tonumber(c[3]) or 0\n"                                          \
+  "  end\n"                                                                     \
+  "  if cost == 0 then return out end\n"                                        \
+  "  if charge then\n"                                                          \
+  "    new[#new + 1] = 'pool'\n"                                                \
+  "    new[#new + 1] = string.format('%d', pool)\n"                             \
+  "  end\n"                                                                     \
+  "  if pool and pool_end - now_ms > ttl then ttl = pool_end - now_ms end\n"    \
+  "  if #new > 0 then\n"                                                        \
+  "    redis.call('HSET', k, unpack(new))\n"                                    \
+  "    if ttl > 315360000000 then ttl = 315360000000 end\n"                     \
+  "    if ttl < 1 then ttl = 1 end\n"                                           \
+  "    if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end\n" \
+  "  end\n"                                                                     \
+  "  return out\n"                                                              \
+  "end\n"
+
+// ARGV: the admission arguments. One admission.
+constexpr const char* kAdmitScript = APIKEYS_LIMITER_ADMIT "return admit(1)\n";
+
+// ARGV: taken, pool_end (ms), store_remaining, then the admission arguments. Deposits
+// credits just taken from the store (added to a fresh pool of the same period, else
+// replacing it), then runs the admission. Returns {3, 0} and writes nothing when Redis's
+// clock is already past pool_end (the store's clock is behind it). The deposit is kept whatever the
+// admission answers: credits taken are spent here or lost with the pool, never returned.
+constexpr const char* kDepositScript = APIKEYS_LIMITER_ADMIT
+    "local k = KEYS[1]\n"
+    "local t = redis.call('TIME')\n"
+    "local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "if now_ms >= tonumber(ARGV[2]) then return {3, 0} end\n"
+    "local c = redis.call('HMGET', k, 'pool', 'pool_end')\n"
+    "local pool = tonumber(c[1])\n"
+    "if not pool or c[2] ~= ARGV[2] or now_ms >= tonumber(c[2]) then pool = 0 end\n"
+    "pool = pool + tonumber(ARGV[1])\n"
+    "redis.call('HSET', k, 'pool', string.format('%d', pool), 'pool_end', ARGV[2],\n"
+    "           'store_remaining', ARGV[3])\n"
+    "local ttl = tonumber(ARGV[2]) - now_ms\n"
+    "if ttl > 315360000000 then ttl = 315360000000 end\n"
+    "if ttl < 1 then ttl = 1 end\n"
+    "if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end\n"
+    "return admit(4)\n";
+
+#undef APIKEYS_LIMITER_ADMIT
+
+enum ScriptId : std::size_t { kAdmit, kDeposit };
+
+// Rounds of (take from the store, deposit) before giving up as busy: another node
+// spending the same pool between the take and the deposit is the only reason for more
+// than one.
+constexpr int kMaxRounds = 4;
+
+// pool_end in Unix ms for Redis (no refill: far beyond any TIME Redis returns).
+std::int64_t pool_end_ms(TimePoint period_end) {
+  constexpr std::int64_t kNever = std::int64_t{1} << 52;
+  if (period_end == TimePoint::max()) return kNever;
+  return std::min(kNever, to_unix_millis(period_end));
+}
+
+std::int64_t integer(const redisReply& r) {
+  if (r.type != REDIS_REPLY_INTEGER) {
+    throw Error(ErrorCode::storage, "RedisLimiter: unexpected reply");
+  }
+  return r.integer;
+}
+
+}  // namespace
+
+struct RedisLimiter::Impl {
+  Impl(std::shared_ptr<Store> s, RedisLimiterOptions&& o)
+      : store(std::move(s)),
+        credit_batch(o.credit_batch),
+        pool("RedisLimiter", std::move(o.connection), {kAdmitScript, kDepositScript}) {}
+
+  std::shared_ptr<Store> store;
+  const std::uint64_t credit_batch;
+  detail::RedisPool pool;
+
+  std::string key(const Uuid& lineage) const {
+    std::string k = pool.options().prefix + "lim:{";
+    const std::size_t at = k.size();
+    k.resize(at + 32);
+    detail::hex_encode(lineage.bytes().data(), 16, &k[at]);
+    k += '}';
+    return k;
+  }
+
+  // The admission arguments for `r`, with `charge` in place of r.charge_credits.
+  static std::vector<std::string> admission_args(const AdmissionRequest& r, bool charge) {
+    std::vector<std::string> a;
+    a.reserve(3 + 4 * r.limit_count);
+    a.push_back(std::to_string(r.cost));
+    a.emplace_back(charge ? "1" : "0");
+    a.push_back(std::to_string(r.limit_count));
+    for (std::size_t i = 0; i < r.limit_count; ++i) {
+      const RateLimit& l = r.limits[i];
+      a.push_back(l.name);
+      a.push_back(std::to_string(l.limit));
+      a.push_back(std::to_string(l.period.count()));
+      a.push_back(std::to_string(l.effective_burst()));
+    }
+    return a;
+  }
+
+  detail::RedisReply run(ScriptId id, const std::string& k, const std::vector<std::string>& args) {
+    pool.check_breaker();
+    return pool.script(id, {k}, std::vector<std::string_view>(args.begin(), args.end()));
+  }
+
+  // Decodes a script's answer into `out`; returns the pool when Redis needs credits.
+  static std::optional<std::uint64_t> decode(const redisReply& r, const AdmissionRequest& req,
+                                             Admission& out) {
+    if (r.type != REDIS_REPLY_ARRAY || r.elements < 2) {
+      throw Error(ErrorCode::storage, "RedisLimiter: unexpected reply");
+    }
+    const std::int64_t kind = integer(*r.element[0]);
+    if (kind == 2)
+      return static_cast<std::uint64_t>(std::max<std::int64_t>(0, integer(*r.element[1])));
+    if (kind == 0) {
+      if (r.elements != 3) throw Error(ErrorCode::storage, "RedisLimiter: unexpected reply");
+      out.outcome = AdmissionOutcome::rate_limited;
+      out.limited_by = static_cast<std::size_t>(integer(*r.element[1]));
+      out.retry_after =
+          std::chrono::milliseconds(std::max<std::int64_t>(1, integer(*r.element[2])));
+      out.limits.clear();
+      out.credits_remaining.reset();
+      return std::nullopt;
+    }
+    if (kind != 1 || r.elements != 3 + 2 * req.limit_count) {
+      throw Error(ErrorCode::storage, "RedisLimiter: unexpected reply");
+    }
+    out.outcome = AdmissionOutcome::admitted;
+    const std::int64_t pooled = integer(*r.element[1]);
+    const std::int64_t stored = integer(*r.element[2]);
+    if (pooled >= 0) {
+      out.credits_remaining = std::min<std::uint64_t>(
+          KeyPolicyLimits::kMaxCredits * 2,
+          static_cast<std::uint64_t>(pooled) +
+              static_cast<std::uint64_t>(std::max<std::int64_t>(0, stored)));
+    }
+    out.limits.resize(req.limit_count);
+    for (std::size_t i = 0; i < req.limit_count; ++i) {
+      out.limits[i].remaining =
+          static_cast<std::uint64_t>(std::max<std::int64_t>(0, integer(*r.element[3 + 2 * i])));
+      out.limits[i].reset = std::chrono::milliseconds(integer(*r.element[4 + 2 * i]));
+    }
+    return std::nullopt;
+  }
+
+  Admission admit(const AdmissionRequest& r) {
+    if (r.limit_count > KeyPolicyLimits::kMaxRateLimits) {
+      throw Error(ErrorCode::invalid_argument, "too many rate limits in one request");
+    }
+    const std::string k = key(r.lineage_id);
+    std::vector<std::string> args = admission_args(r, r.charge_credits);
+    Admission out;
+    std::optional<std::uint64_t> need = decode(*run(kAdmit, k, args), r, out);
+    for (int round = 0; need; ++round) {
+      if (round == kMaxRounds) {
+        throw Error(ErrorCode::busy, "RedisLimiter: credits spent elsewhere while refilling");
+      }
+      if (!store) throw Error(ErrorCode::not_supported, "RedisLimiter: no store for credits");
+      const std::uint64_t pooled = *need;
+      const std::uint64_t min = r.cost > pooled ? r.cost - pooled : 0;
+      const std::uint64_t max = std::min(min + credit_batch, KeyPolicyLimits::kMaxCredits);
+      const CreditTake take = store->take_credits(r.lineage_id, min, std::max(min, max), r.now);
+      if (take.outcome == CreditTake::Outcome::insufficient) {
+        out = Admission{};
+        out.outcome = AdmissionOutcome::usage_exceeded;
+        out.credits_remaining = take.remaining + pooled;
+        return out;
+      }
+      if (take.outcome == CreditTake::Outcome::no_credits) {
+        // Credits were removed since the verdict was read: rate limits only.
+        out = Admission{};
+        need = decode(*run(kAdmit, k, admission_args(r, false)), r, out);
+        continue;
+      }
+      // From here the credits are out of the store: deposited, or lost if Redis fails.
+      std::vector<std::string> deposit{std::to_string(take.taken),
+                                       std::to_string(pool_end_ms(take.period_end)),
+                                       std::to_string(take.remaining)};
+      deposit.insert(deposit.end(), args.begin(), args.end());
+      out = Admission{};
+      const detail::RedisReply reply = run(kDeposit, k, deposit);
+      if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+          reply->element[0]->type == REDIS_REPLY_INTEGER && reply->element[0]->integer == 3) {
+        // Nothing was deposited, so giving them back cannot grant them twice.
+        if (take.taken > 0) store->return_credits(r.lineage_id, take.taken, take.period);
+        throw Error(ErrorCode::busy,
+                    "RedisLimiter: Redis's clock is past the store's refill period");
+      }
+      need = decode(*reply, r, out);
+    }
+    return out;
+  }
+};
+
+RedisLimiter::RedisLimiter(std::shared_ptr<Store> credits_store, RedisLimiterOptions options) {
+  const detail::WipeOnExit wipe_password(options.connection.password);
+  const RedisCacheOptions& c = options.connection;
+  if (c.host.empty())
+    throw Error(ErrorCode::invalid_argument, "RedisLimiter: host must not be empty");
+  if (c.port < 1 || c.port > 65535)
+    throw Error(ErrorCode::invalid_argument, "RedisLimiter: port must be 1..65535");
+  if (c.pool_size == 0)
+    throw Error(ErrorCode::invalid_argument, "RedisLimiter: pool_size must be at least 1");
+  if (c.prefix.size() > 256)
+    throw Error(ErrorCode::invalid_argument, "RedisLimiter: prefix longer than 256 bytes");
+  if (options.credit_batch < 1 || options.credit_batch > KeyPolicyLimits::kMaxCredits) {
+    throw Error(ErrorCode::invalid_argument, "RedisLimiter: credit_batch must be 1..2^53");
+  }
+  impl_ = std::make_unique<Impl>(std::move(credits_store), std::move(options));
+}
+
+RedisLimiter::~RedisLimiter() = default;
+
+Admission RedisLimiter::admit(const AdmissionRequest& request) { return impl_->admit(request); }
+
+void RedisLimiter::credits_reset(const Uuid& lineage_id) noexcept {
+  try {
+    const std::string k = impl_->key(lineage_id);
+    (void)impl_->pool.run({"HDEL", k, "pool", "pool_end", "store_remaining"});
+  } catch (...) {
+    // Redis unreachable: its pool is what it was; a reset that must hold needs Redis.
+  }
+}
+
+}  // namespace apikeys
