@@ -206,6 +206,7 @@ TEST_CASE("MapStore passes the apikeys::Store contract") {
   apikeys_test::StoreContractOptions options;
   options.conditional_writes = false;
   options.digest_rewrites = false;
+  options.admission = false;
   apikeys_test::run_store_contract([] { return std::make_shared<MapStore>(); }, options);
 }
 #endif

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "apikeys/error.hpp"
+#include "credits_ops.hpp"
 #include "decoy_reads.hpp"
 #include "thread_annotations.hpp"
 
@@ -158,28 +159,6 @@ KeyInfo replaced(const KeyInfo& key, const KeyInfo& next) {
   out.rotated_to = next.rotated_to;
   out.version = key.version + 1;
   return out;
-}
-
-// `balance + delta`, clamped to 0..kMaxCredits.
-std::uint64_t add_clamped(std::uint64_t balance, std::int64_t delta) noexcept {
-  constexpr std::uint64_t kMax = KeyPolicyLimits::kMaxCredits;
-  if (delta >= 0) {
-    const auto d = static_cast<std::uint64_t>(delta);
-    return d >= kMax - std::min(balance, kMax) ? kMax : balance + d;
-  }
-  const std::uint64_t d = delta == INT64_MIN ? std::uint64_t{1} << 63
-                                             : static_cast<std::uint64_t>(-delta);
-  return d >= balance ? 0 : balance - d;
-}
-
-// `c` (refills due applied) after a configure change (CreditsOp::configure).
-Credits configured(Credits c, const CreditsChange& change) {
-  if (change.change_refill) c.refill = change.refill;
-  if (change.remaining) c.remaining = std::min(*change.remaining, KeyPolicyLimits::kMaxCredits);
-  // The balance belongs to the current period (of the refill's interval, which may have
-  // just changed): the next refill is the next period's.
-  c.refilled_period = c.refill ? refill_period(c.refill->interval, change.at) : 0;
-  return c;
 }
 
 // An entry for `record`, its times truncated, not yet in any index.
@@ -614,7 +593,7 @@ std::optional<KeyInfo> MemoryStore::change_credits(const Uuid& account_id, const
         throw Error(ErrorCode::conflict, "the key has no credits to add to");
       }
       Credits c = refilled(it->second, change.at);
-      c.remaining = add_clamped(c.remaining, change.delta);
+      c.remaining = detail::add_clamped(c.remaining, change.delta);
       it->second = c;
       break;
     }
@@ -623,7 +602,7 @@ std::optional<KeyInfo> MemoryStore::change_credits(const Uuid& account_id, const
         throw Error(ErrorCode::conflict, "the key has no credits: give a balance");
       }
       Credits c = it == impl_->credits.end() ? Credits{} : refilled(it->second, change.at);
-      c = configured(c, change);
+      c = detail::configured(c, change);
       if (it == impl_->credits.end()) {
         impl_->credits.emplace(lineage, c);
         impl_->mark_lineage(account_id, lineage, true);

@@ -30,7 +30,9 @@
 #include <vector>
 
 #include "apikeys/error.hpp"
+#include "credits_ops.hpp"
 #include "decoy_reads.hpp"
+#include "sqlite/admission.hpp"
 #include "sqlite/queries.hpp"
 #include "sqlite/reader_pool.hpp"
 #include "sqlite/record_codec.hpp"
@@ -47,7 +49,7 @@ using namespace detail::sqlite;  // NOLINT(google-build-using-namespace)
 struct Writer {
   explicit Writer(SQLite::Database&& database)
       : db(std::move(database)),
-        insert(db, insert_sql().c_str()),
+        insert(db, insert_key_sql().c_str()),
         set_status(db, set_status_sql().c_str()),
         remove(db, remove_sql().c_str()),
         replace(db, replace_sql().c_str()),
@@ -57,7 +59,15 @@ struct Writer {
         log_change(db, kLogChangeSql),
         prune_changes(db, kPruneChangesSql),
         last_use(db, kLastUseSql),
-        replace_digest(db, kReplaceDigestSql) {}
+        replace_digest(db, kReplaceDigestSql),
+        credits(db, credits_sql().c_str()),
+        insert_credits(db, kInsertCreditsSql),
+        put_credits(db, kPutCreditsSql),
+        delete_credits(db, kDeleteCreditsSql),
+        drop_orphan_credits(db, kDropOrphanCreditsSql),
+        lineage_keys(db, kLineageKeysSql),
+        return_credits(db, kReturnCreditsSql),
+        take_credits(db, take_credits_sql().c_str()) {}
 
   SQLite::Database db;
   RawStatement insert;
@@ -71,6 +81,14 @@ struct Writer {
   SQLite::Statement prune_changes;
   SQLite::Statement last_use;
   SQLite::Statement replace_digest;
+  RawStatement credits;
+  RawStatement insert_credits;
+  RawStatement put_credits;
+  RawStatement delete_credits;
+  RawStatement drop_orphan_credits;
+  RawStatement lineage_keys;
+  RawStatement return_credits;
+  RawStatement take_credits;
 };
 
 // The write counters of the files open in this process (see file_epoch()).
@@ -99,6 +117,37 @@ std::shared_ptr<std::atomic<std::uint64_t>> file_epoch(const std::string& path) 
     slot = epoch;
   }
   return epoch;
+}
+
+// A key row of a RETURNING clause: its KeyInfo fields, then its admission columns.
+KeyInfo read_key_info(sqlite3_stmt* s, const char* op) {
+  KeyInfo info = read_info(s, op);
+  read_admission(s, static_cast<int>(detail::kInfoFieldCount), op, info);
+  return info;
+}
+
+// A key row read with its lineage's credits (full_info_columns()).
+KeyInfo read_full_info(sqlite3_stmt* s, const char* op) {
+  KeyInfo info = read_key_info(s, op);
+  const int flag = static_cast<int>(detail::kInfoFieldCount) + kAdmissionColumnCount;
+  if (sqlite3_column_int(s, flag) == 1) info.credits = read_credits(s, flag + 1, op);
+  return info;
+}
+
+// The rate limits as insert() and replace() write them, checked to read back: a limit
+// that breaks a rule of RateLimit is refused rather than written as a corrupt row.
+std::string checked_rate_limits(const std::vector<RateLimit>& limits, const char* op) {
+  std::string text = encode_rate_limits(limits);
+  if (!limits.empty()) {
+    try {
+      (void)decode_rate_limits(text, op);
+    } catch (const Error&) {
+      throw Error(
+          ErrorCode::invalid_argument,
+          fmt::format("SqliteStore {} failed: a rate limit breaks a rule of RateLimit", op));
+    }
+  }
+  return text;
 }
 
 }  // namespace
@@ -301,14 +350,47 @@ int SqliteStore::schema_version() noexcept { return kCurrentVersion; }
 
 std::int32_t SqliteStore::application_id() noexcept { return kApplicationId; }
 
-void SqliteStore::insert(const KeyRecord& record) {
-  impl_->write("insert", [&](Writer& w) {
+namespace {
+
+// Inserts `record` inside the caller's write transaction, with its lineage's credits when
+// it starts its lineage (rule 28). Returns the new row's rowid.
+std::int64_t insert_in(Writer& w, const KeyRecord& record, const char* op) {
+  const KeyInfo& info = record.info;
+  const std::string limits = checked_rate_limits(info.rate_limits, op);
+  const std::string lineage =
+      info.lineage_id.is_nil() ? std::string() : info.lineage_id.to_string();
+  std::int64_t rowid = 0;
+  {
     RawUse use(w.insert);
-    const int rc = bind_record(w.insert.get(), record);
+    sqlite3_stmt* s = w.insert.get();
+    int rc = bind_record(s, record);
+    const int at = static_cast<int>(detail::kFieldCount) + 1;
+    if (rc == SQLITE_OK) {
+      rc = info.lineage_id.is_nil()
+               ? sqlite3_bind_null(s, at)
+               : sqlite3_bind_text(s, at, lineage.data(), static_cast<int>(lineage.size()),
+                                   SQLITE_STATIC);
+    }
     if (rc != SQLITE_OK) throw SQLite::Exception(w.db.getHandle(), rc);
+    w.insert.bind(at + 1, limits);
     (void)w.insert.step();
-    impl_->note_rowid(sqlite3_last_insert_rowid(w.db.getHandle()));
-  });
+    rowid = sqlite3_last_insert_rowid(w.db.getHandle());
+  }
+  if (info.credits && info.lineage() == info.key_id) {
+    const std::string id = info.key_id.to_string();
+    RawUse use(w.insert_credits);
+    w.insert_credits.bind(1, id);
+    const int rc = bind_credits(w.insert_credits.get(), *info.credits);
+    if (rc != SQLITE_OK) throw SQLite::Exception(w.db.getHandle(), rc);
+    (void)w.insert_credits.step();
+  }
+  return rowid;
+}
+
+}  // namespace
+
+void SqliteStore::insert(const KeyRecord& record) {
+  impl_->write("insert", [&](Writer& w) { impl_->note_rowid(insert_in(w, record, "insert")); });
 }
 
 std::optional<KeyRecord> SqliteStore::find(std::string_view public_key) {
@@ -335,12 +417,17 @@ std::optional<KeyRecord> SqliteStore::find(std::string_view public_key) {
       // Rules 12 and 13: decoded like a hit, then dropped; damage does not fail the miss.
       try {
         read_record(s.get(), "find", kFindFirstField, public_key, record);
+        read_admission(s.get(), kFindAdmissionColumn, "find", record.info);
+        if (sqlite3_column_int(s.get(), kFindCreditsColumn) == 1) record.info.credits = Credits{};
       } catch (const Error&) {
       }
       return std::nullopt;
     }
     impl_->note_rowid(sqlite3_column_int64(s.get(), 1));
     read_record(s.get(), "find", kFindFirstField, public_key, record);
+    read_admission(s.get(), kFindAdmissionColumn, "find", record.info);
+    // Presence only (Store::find()): the Validator asks whether there are credits.
+    if (sqlite3_column_int(s.get(), kFindCreditsColumn) == 1) record.info.credits = Credits{};
     return record;
   });
 }
@@ -354,21 +441,40 @@ std::vector<KeyInfo> SqliteStore::list(const Uuid& account_id) {
     RawStatement& s = r->list;
     RawUse use(s);
     s.bind(1, account);
-    while (s.step()) out.push_back(read_info(s.get(), "list"));
+    while (s.step()) out.push_back(read_full_info(s.get(), "list"));
     return out;
   });
 }
 
 namespace {
 
-// Steps a RETURNING statement to completion (so COMMIT finds nothing in progress) and
-// returns its row, if any. At most one row: key_id is the primary key.
-std::optional<KeyInfo> step_returning(RawStatement& s, const char* op) {
+// Steps a statement to completion (so COMMIT finds nothing in progress) and returns its
+// row, if any, decoded by `read`. At most one row: key_id is the primary key.
+std::optional<KeyInfo> step_returning(RawStatement& s, const char* op,
+                                      KeyInfo (*read)(sqlite3_stmt*, const char*)) {
   std::optional<KeyInfo> row;
   while (s.step()) {
-    if (!row) row = read_info(s.get(), op);
+    if (!row) row = read(s.get(), op);
   }
   return row;
+}
+
+// The credits of `lineage` as stored, read inside the caller's transaction.
+std::optional<Credits> credits_in(Writer& w, const Uuid& lineage, const char* op) {
+  const std::string id = lineage.to_string();
+  RawUse use(w.credits);
+  w.credits.bind(1, id);
+  std::optional<Credits> out;
+  while (w.credits.step()) {
+    if (!out) out = read_credits(w.credits.get(), 0, op);
+  }
+  return out;
+}
+
+// `info` (a RETURNING row) with its lineage's credits as stored.
+KeyInfo with_credits(Writer& w, KeyInfo info, const char* op) {
+  info.credits = credits_in(w, info.lineage(), op);
+  return info;
 }
 
 // One revision step for a change of `public_key`, with its log row, in the caller's
@@ -412,7 +518,7 @@ std::optional<KeyInfo> get_in(Writer& w, const std::string& key, const std::stri
   RawUse use(w.get);
   w.get.bind(1, key);
   w.get.bind(2, account);
-  return step_returning(w.get, op);
+  return step_returning(w.get, op, read_full_info);
 }
 
 // replace()'s compare-and-set inside the caller's write transaction: the guarded UPDATE,
@@ -424,6 +530,7 @@ WriteResult replace_in(Writer& w, const std::string& account, const KeyInfo& nex
   WriteResult result;
   // A version past the column's range matches no row: the key is then reported as it is.
   if (expected_version <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+    const std::string limits = checked_rate_limits(next.rate_limits, op);
     std::optional<KeyInfo> now;
     {
       RawUse use(w.replace);
@@ -432,12 +539,13 @@ WriteResult replace_in(Writer& w, const std::string& account, const KeyInfo& nex
       w.replace.bind(9, key);
       w.replace.bind(10, account);
       w.replace.bind(11, static_cast<std::int64_t>(expected_version));
-      now = step_returning(w.replace, op);
+      w.replace.bind(12, limits);
+      now = step_returning(w.replace, op, read_key_info);
     }
     if (now) {
       bump_revision(w, op, now->public_key);
       result.outcome = WriteOutcome::applied;
-      result.key = std::move(*now);
+      result.key = with_credits(w, std::move(*now), op);
       return result;
     }
   }
@@ -459,7 +567,7 @@ std::optional<KeyInfo> SqliteStore::get(const Uuid& account_id, const Uuid& key_
     RawUse use(r->get);
     r->get.bind(1, key);
     r->get.bind(2, account);
-    return step_returning(r->get, "get");
+    return step_returning(r->get, "get", read_full_info);
   });
 }
 
@@ -485,7 +593,7 @@ std::vector<KeyInfo> SqliteStore::list_page(const Uuid& account_id,
       s.bind(next++, after_key);
     }
     if (status) s.bind(next, static_cast<std::int64_t>(*status));
-    while (s.step()) out.push_back(read_info(s.get(), "list_page"));
+    while (s.step()) out.push_back(read_full_info(s.get(), "list_page"));
     return out;
   });
 }
@@ -505,12 +613,9 @@ WriteResult SqliteStore::rotate(const Uuid& account_id, const KeyInfo& old_next,
     WriteResult result = replace_in(w, account, old_next, expected_version, "rotate");
     if (result.outcome != WriteOutcome::applied) return result;
     // Rule 24: a duplicate successor throws (already_exists); the transaction, the
-    // replace above included, rolls back and nothing is written.
-    RawUse use(w.insert);
-    const int rc = bind_record(w.insert.get(), successor);
-    if (rc != SQLITE_OK) throw SQLite::Exception(w.db.getHandle(), rc);
-    (void)w.insert.step();
-    impl_->note_rowid(sqlite3_last_insert_rowid(w.db.getHandle()));
+    // replace above included, rolls back and nothing is written. The successor has the
+    // old key's lineage: it shares its credits and creates none (rule 28).
+    impl_->note_rowid(insert_in(w, successor, "rotate"));
     return result;
   });
 }
@@ -524,8 +629,11 @@ std::vector<KeyInfo> SqliteStore::revoke_all(const Uuid& account_id, TimePoint a
       w.revoke_all.bind(1, static_cast<std::int64_t>(KeyStatus::revoked));
       w.revoke_all.bind(2, to_unix_millis(at));
       w.revoke_all.bind(3, account);
-      while (w.revoke_all.step()) revoked.push_back(read_info(w.revoke_all.get(), "revoke_all"));
+      while (w.revoke_all.step()) {
+        revoked.push_back(read_key_info(w.revoke_all.get(), "revoke_all"));
+      }
     }
+    for (KeyInfo& info : revoked) info = with_credits(w, std::move(info), "revoke_all");
     // One revision step and log row per key (rule 9): changes_since() names each, and an
     // account with more keys than the log keeps moves the revision past what the log
     // reaches, so a poller drops its whole cache instead of missing a key (rule 11).
@@ -546,9 +654,12 @@ std::optional<KeyInfo> SqliteStore::set_status(const Uuid& account_id, const Uui
       w.set_status.bind(1, static_cast<std::int64_t>(status));
       w.set_status.bind(2, key);
       w.set_status.bind(3, account);
-      info = step_returning(w.set_status, "set_status");
+      info = step_returning(w.set_status, "set_status", read_key_info);
     }
-    if (info) bump_revision(w, "set_status", info->public_key);
+    if (info) {
+      bump_revision(w, "set_status", info->public_key);
+      info = with_credits(w, std::move(*info), "set_status");
+    }
     return info;
   });
 }
@@ -562,9 +673,17 @@ std::optional<KeyInfo> SqliteStore::remove(const Uuid& account_id, const Uuid& k
       RawUse use(w.remove);
       w.remove.bind(1, key);
       w.remove.bind(2, account);
-      info = step_returning(w.remove, "remove");
+      info = step_returning(w.remove, "remove", read_key_info);
     }
-    if (info) bump_revision(w, "remove", info->public_key);
+    if (!info) return info;
+    bump_revision(w, "remove", info->public_key);
+    // The key as it was, credits included; they go with the lineage's last key (rule 28).
+    info = with_credits(w, std::move(*info), "remove");
+    const std::string lineage = info->lineage().to_string();
+    RawUse use(w.drop_orphan_credits);
+    w.drop_orphan_credits.bind(1, lineage);
+    w.drop_orphan_credits.bind(2, account);
+    (void)w.drop_orphan_credits.step();
     return info;
   });
 }
@@ -624,6 +743,165 @@ std::vector<PepperCount> SqliteStore::pepper_counts() {
       out.push_back(PepperCount{static_cast<std::uint32_t>(id), static_cast<std::uint64_t>(keys)});
     }
     return out;
+  });
+}
+
+namespace {
+
+// A read-only store refuses credit writes as not supported (the limiter then applies
+// its failure policy) rather than failing each as storage.
+void require_writable(bool read_only, const char* op) {
+  if (read_only) {
+    throw Error(ErrorCode::not_supported,
+                fmt::format("SqliteStore is read-only: {} is not supported", op));
+  }
+}
+
+std::int64_t to_int64(std::uint64_t v) noexcept {
+  return static_cast<std::int64_t>(
+      std::min<std::uint64_t>(v, static_cast<std::uint64_t>(INT64_MAX)));
+}
+
+// Writes `c` as the credits of `lineage`, whole.
+void put_credits(Writer& w, const std::string& lineage, const Credits& c) {
+  RawUse use(w.put_credits);
+  w.put_credits.bind(1, lineage);
+  const int rc = bind_credits(w.put_credits.get(), c);
+  if (rc != SQLITE_OK) throw SQLite::Exception(w.db.getHandle(), rc);
+  (void)w.put_credits.step();
+}
+
+}  // namespace
+
+CreditTake SqliteStore::take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
+                                     TimePoint now) {
+  require_writable(impl_->read_only, "take_credits");
+  const std::string lineage = lineage_id.to_string();
+  const std::int64_t day = refill_period(RefillInterval::daily, now);
+  const std::int64_t month = refill_period(RefillInterval::monthly, now);
+  constexpr auto kMax = static_cast<std::int64_t>(KeyPolicyLimits::kMaxCredits);
+  return impl_->write("take_credits", [&](Writer& w) {
+    CreditTake take;
+    {
+      // Rule 29: one guarded UPDATE; concurrent takers, in any process, serialize on it.
+      RawStatement& s = w.take_credits;
+      RawUse use(s);
+      s.bind(1, lineage);
+      s.bind(2, day);
+      s.bind(3, month);
+      s.bind(4, to_int64(min));
+      s.bind(5, to_int64(std::max(min, max)));
+      bool row = false;
+      while (s.step()) {
+        if (row) continue;
+        row = true;
+        sqlite3_stmt* r = s.get();
+        const std::int64_t remaining = read_int(r, 0, "take_credits", "credits remaining");
+        const std::int64_t taken = read_int(r, 1, "take_credits", "last_take");
+        take.period = read_int(r, 2, "take_credits", "refilled_period");
+        const std::int64_t interval = read_int(r, 3, "take_credits", "refill_interval");
+        const bool refill = sqlite3_column_type(r, 4) != SQLITE_NULL;
+        if (remaining < 0 || remaining > kMax || taken < 0 || taken > kMax) {
+          corrupt("take_credits", "credits out of range");
+        }
+        if (refill && interval != 0 && interval != 1) {
+          corrupt("take_credits", "unknown refill_interval");
+        }
+        take.outcome = CreditTake::Outcome::taken;
+        take.taken = static_cast<std::uint64_t>(taken);
+        take.remaining = static_cast<std::uint64_t>(remaining);
+        if (refill) {
+          take.period_end =
+              refill_period_start(static_cast<RefillInterval>(interval), take.period + 1);
+        }
+      }
+      if (row) return take;
+    }
+    // No row: no credits, or a balance below the minimum. The refill due is still
+    // written, once per period (rule 29).
+    const std::optional<Credits> stored = credits_in(w, lineage_id, "take_credits");
+    if (!stored) return take;  // no_credits
+    const Credits c = refilled(*stored, now);
+    if (c.refilled_period != stored->refilled_period || c.remaining != stored->remaining) {
+      put_credits(w, lineage, c);
+    }
+    take.outcome = CreditTake::Outcome::insufficient;
+    take.remaining = c.remaining;
+    take.period = c.refilled_period;
+    if (c.refill) take.period_end = refill_period_start(c.refill->interval, c.refilled_period + 1);
+    return take;
+  });
+}
+
+void SqliteStore::return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) {
+  require_writable(impl_->read_only, "return_credits");
+  if (n == 0) return;
+  const std::string lineage = lineage_id.to_string();
+  impl_->write("return_credits", [&](Writer& w) {
+    RawUse use(w.return_credits);
+    w.return_credits.bind(1, lineage);
+    w.return_credits.bind(2, to_int64(std::min(n, KeyPolicyLimits::kMaxCredits)));
+    w.return_credits.bind(3, period);
+    (void)w.return_credits.step();  // 0 rows: refilled since, or gone: nothing to do
+  });
+}
+
+std::optional<KeyInfo> SqliteStore::change_credits(const Uuid& account_id, const Uuid& key_id,
+                                                   const CreditsChange& change) {
+  require_writable(impl_->read_only, "change_credits");
+  const std::string key = key_id.to_string();
+  const std::string account = account_id.to_string();
+  const char* op = "change_credits";
+  return impl_->write(op, [&](Writer& w) -> std::optional<KeyInfo> {
+    std::optional<KeyInfo> info = get_in(w, key, account, op);
+    if (!info) return std::nullopt;
+    const Uuid lineage_id = info->lineage();
+    const std::string lineage = lineage_id.to_string();
+    const std::optional<Credits> stored = info->credits;
+    bool flipped = false;  // credits created or removed: the lineage's verdicts change
+    switch (change.op) {
+      case CreditsOp::remove:
+        if (stored) {
+          RawUse use(w.delete_credits);
+          w.delete_credits.bind(1, lineage);
+          (void)w.delete_credits.step();
+          flipped = true;
+        }
+        break;
+      case CreditsOp::add: {
+        if (!stored) throw Error(ErrorCode::conflict, "the key has no credits to add to");
+        Credits c = refilled(*stored, change.at);
+        c.remaining = detail::add_clamped(c.remaining, change.delta);
+        put_credits(w, lineage, c);
+        break;
+      }
+      case CreditsOp::configure: {
+        if (!stored && !change.remaining) {
+          throw Error(ErrorCode::conflict, "the key has no credits: give a balance");
+        }
+        const Credits c =
+            detail::configured(stored ? refilled(*stored, change.at) : Credits{}, change);
+        put_credits(w, lineage, c);
+        flipped = !stored;
+        break;
+      }
+    }
+    if (flipped) {
+      // Rule 31: a revision step and log row for every key of the lineage.
+      std::vector<std::string> keys;
+      {
+        RawUse use(w.lineage_keys);
+        w.lineage_keys.bind(1, account);
+        w.lineage_keys.bind(2, lineage);
+        while (w.lineage_keys.step()) {
+          keys.emplace_back(read_text_view(w.lineage_keys.get(), 0, op, "public_key"));
+        }
+      }
+      for (const std::string& public_key : keys) log_change(w, op, public_key);
+      if (!keys.empty()) prune_changes(w);
+    }
+    info->credits = credits_in(w, lineage_id, op);
+    return info;
   });
 }
 

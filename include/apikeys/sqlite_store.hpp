@@ -102,6 +102,16 @@ class APIKEYS_EXPORT SqliteStore final : public Store {
   std::size_t replace_digests(const std::vector<DigestChange>& changes) override;
   /// One GROUP BY over every key (a full scan: an operator's occasional question).
   [[nodiscard]] std::vector<PepperCount> pepper_counts() override;
+  /// One guarded UPDATE ... RETURNING in its own write transaction (BEGIN IMMEDIATE):
+  /// exact across threads and processes on one file. A read-only store throws
+  /// Error(not_supported); a lock held past busy_timeout throws Error(busy).
+  CreditTake take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
+                          TimePoint now) override;
+  /// One guarded UPDATE. A read-only store throws Error(not_supported).
+  void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) override;
+  /// One transaction. A read-only store throws Error(not_supported).
+  std::optional<KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,
+                                        const CreditsChange& change) override;
   [[nodiscard]] std::uint64_t revision() override;
   /// From the change log that every change of a key (set_status, replace, rotate,
   /// revoke_all, remove) appends to in its own transaction, one entry per key changed;

@@ -13,32 +13,64 @@
 
 namespace apikeys::detail::sqlite {
 
+// The admission columns (schema version 5; src/sqlite/admission.hpp): every key row read
+// or returned has, after its record's fields, lineage_id and rate_limits
+// (read_admission()); rows read with their credits then have kCreditsJoinedColumns.
+inline constexpr const char* kAdmissionColumns = "lineage_id, rate_limits";
+inline constexpr const char* kAdmissionColumnsK = "k.lineage_id, k.rate_limits";
+inline constexpr int kAdmissionColumnCount = 2;
+// A key's lineage in SQL: NULL lineage_id is the key's own id.
+inline constexpr const char* kLineageOfK = "coalesce(k.lineage_id, k.key_id)";
+// The credits of the key's lineage, from `LEFT JOIN key_credits AS c`: whether there
+// are any, then read_credits()'s columns.
+inline constexpr const char* kCreditsJoinedColumns =
+    "c.lineage_id IS NOT NULL, c.remaining, c.refill_amount, c.refill_interval, c.refill_mode,"
+    " c.refill_cap, c.refilled_period";
+inline constexpr const char* kCreditsJoin =
+    " LEFT JOIN key_credits AS c ON c.lineage_id = coalesce(k.lineage_id, k.key_id)";
+inline constexpr const char* kCreditsColumns =
+    "remaining, refill_amount, refill_interval, refill_mode, refill_cap, refilled_period";
+// The KeyInfo columns with their admission and credits columns (read_full_info()).
+inline std::string full_info_columns() {
+  return column_list(Columns::info, "k.") + ", " + kAdmissionColumnsK + ", " +
+         kCreditsJoinedColumns;
+}
+// The KeyInfo columns with their admission columns, for RETURNING (read_key_info()).
+inline std::string returned_info_columns() {
+  return column_list(Columns::info) + ", " + kAdmissionColumns;
+}
+
 // find() reads one row whether or not the key exists (doc/sqlite-store.md, rules 12-14):
 // (1) the row whose public_key is ?1 or, failing that, the first row at or after the
 //     decoy rowid ?2; the first column says which;
 // (2) only a decoy past the table's end yields no row;
 // (3) public_key is compared, not read back: on a hit it equals ?1 byte for byte (TEXT
 //     under BINARY collation).
+// (4) whether the key's lineage has credits is one primary-key probe of key_credits in
+//     the same statement, made for the decoy row too.
 // Columns: the hit flag, the rowid, then every field but public_key from
-// kFindFirstField on (read_record()).
+// kFindFirstField on (read_record()), the admission columns, the credits flag.
 inline constexpr int kFindFirstField = 2;
+inline constexpr int kFindAdmissionColumn = kFindFirstField + static_cast<int>(kFieldCount) - 1;
+inline constexpr int kFindCreditsColumn = kFindAdmissionColumn + kAdmissionColumnCount;
 inline std::string find_sql() {
   return "SELECT k.public_key = ?1, k.rowid, " +
-         column_list(Columns::all, "k.", &field(Field::public_key)) +
+         column_list(Columns::all, "k.", &field(Field::public_key)) + ", " + kAdmissionColumnsK +
+         ", EXISTS (SELECT 1 FROM key_credits AS c WHERE c.lineage_id = " + kLineageOfK + ")" +
          " FROM api_keys AS k"
          " WHERE k.rowid >= coalesce((SELECT rowid FROM api_keys WHERE public_key = ?1), ?2)"
          " ORDER BY k.rowid LIMIT 1";
 }
 inline constexpr const char* kMaxRowidSql = "SELECT coalesce(max(rowid), 0) FROM api_keys";
-// The KeyInfo columns, as read_info() reads them.
+// The KeyInfo columns with their credits, as read_full_info() reads them.
 inline std::string list_sql() {
-  return "SELECT " + column_list(Columns::info) +
-         " FROM api_keys WHERE account_id = ?1 ORDER BY created_at DESC, rowid DESC";
+  return "SELECT " + full_info_columns() + " FROM api_keys AS k" + kCreditsJoin +
+         " WHERE k.account_id = ?1 ORDER BY k.created_at DESC, k.rowid DESC";
 }
 // One key of one account (get(), and replace() telling not_found from conflict).
 inline std::string get_sql() {
-  return "SELECT " + column_list(Columns::info) +
-         " FROM api_keys WHERE key_id = ?1 AND account_id = ?2";
+  return "SELECT " + full_info_columns() + " FROM api_keys AS k" + kCreditsJoin +
+         " WHERE k.key_id = ?1 AND k.account_id = ?2";
 }
 // A page of list_page() (doc/sqlite-store.md, rule 26): keyset pagination on the index
 // api_keys_account_page (account_id, created_at DESC, key_id DESC), so a page costs its
@@ -47,19 +79,25 @@ inline std::string get_sql() {
 // Parameters: ?1 account, ?2 limit, then (when `after`) ?3 created_at and ?4 key_id of
 // the position, then (when `status`) the status as the last one.
 inline std::string list_page_sql(bool after, bool status) {
-  std::string sql = "SELECT " + column_list(Columns::info) + " FROM api_keys WHERE account_id = ?1";
-  if (after) sql += " AND (created_at < ?3 OR (created_at = ?3 AND key_id < ?4))";
-  if (status) sql += after ? " AND status = ?5" : " AND status = ?3";
-  return sql + " ORDER BY created_at DESC, key_id DESC LIMIT ?2";
+  std::string sql = "SELECT " + full_info_columns() + " FROM api_keys AS k" + kCreditsJoin +
+                    " WHERE k.account_id = ?1";
+  if (after) sql += " AND (k.created_at < ?3 OR (k.created_at = ?3 AND k.key_id < ?4))";
+  if (status) sql += after ? " AND k.status = ?5" : " AND k.status = ?3";
+  return sql + " ORDER BY k.created_at DESC, k.key_id DESC LIMIT ?2";
 }
 inline constexpr const char* kRevisionSql = "SELECT revision FROM apikeys_meta WHERE id = 1";
-// The insert is sqlite/record_codec.hpp's insert_sql().
+// insert(): sqlite/record_codec.hpp's columns, then the admission columns.
+inline std::string insert_key_sql() {
+  return "INSERT INTO api_keys (" + column_list(Columns::all) + ", " + kAdmissionColumns +
+         ") VALUES (" + parameter_list('?') + ", ?" + std::to_string(kFieldCount + 1) + ", ?" +
+         std::to_string(kFieldCount + 2) + ")";
+}
 // The version moves only when the status does (SET reads the row's old values):
 // doc/sqlite-store.md, rule 25.
 inline std::string set_status_sql() {
   return "UPDATE api_keys SET version = version + (status != ?1), status = ?1"
          " WHERE key_id = ?2 AND account_id = ?3 RETURNING " +
-         column_list(Columns::info);
+         returned_info_columns();
 }
 // The fields replace() writes, in table order, which is the order its parameters ?1 .. ?8
 // bind them in (bind_replaced() in sqlite_store.cpp walks the fields in table order).
@@ -79,7 +117,8 @@ constexpr bool is_replaced(const RecordField& f) noexcept {
   }
   return false;
 }
-// Compare-and-set on the version: ?9 key_id, ?10 account_id, ?11 the expected version.
+// Compare-and-set on the version: ?9 key_id, ?10 account_id, ?11 the expected version;
+// ?12 the rate limits (encode_rate_limits()).
 // No row when the account has no such key or the version moved.
 inline std::string replace_sql() {
   std::string sql = "UPDATE api_keys SET ";
@@ -88,18 +127,20 @@ inline std::string replace_sql() {
     sql += field(f).name;
     sql += " = ?" + std::to_string(++n) + ", ";
   }
-  return sql + "version = version + 1 WHERE key_id = ?9 AND account_id = ?10 AND version = ?11" +
-         " RETURNING " + column_list(Columns::info);
+  return sql +
+         "rate_limits = ?12, version = version + 1 WHERE key_id = ?9 AND account_id = ?10"
+         " AND version = ?11 RETURNING " +
+         returned_info_columns();
 }
 // revoke_all(): ?1 revoked, ?2 updated_at, ?3 account_id.
 inline std::string revoke_all_sql() {
   return "UPDATE api_keys SET status = ?1, updated_at = ?2, version = version + 1"
          " WHERE account_id = ?3 AND status != ?1 RETURNING " +
-         column_list(Columns::info);
+         returned_info_columns();
 }
 inline std::string remove_sql() {
   return "DELETE FROM api_keys WHERE key_id = ?1 AND account_id = ?2 RETURNING " +
-         column_list(Columns::info);
+         returned_info_columns();
 }
 inline constexpr const char* kBumpRevisionSql =
     "UPDATE apikeys_meta SET revision = revision + 1 WHERE id = 1";
@@ -125,6 +166,68 @@ inline constexpr const char* kReplaceDigestSql =
     " WHERE key_id = ?3 AND digest = ?4 AND pepper_id = ?5";
 inline constexpr const char* kPepperCountsSql =
     "SELECT pepper_id, count(*) FROM api_keys GROUP BY pepper_id ORDER BY pepper_id";
+
+// Credits (doc/sqlite-store.md, rules 28-31).
+// One lineage's credits row: ?1 the lineage.
+inline std::string credits_sql() {
+  return std::string("SELECT ") + kCreditsColumns + " FROM key_credits WHERE lineage_id = ?1";
+}
+// insert(): a lineage's first key creates its credits (an existing row is kept);
+// change_credits() writes them whole. ?1 lineage, ?2 .. ?7 bind_credits().
+inline constexpr const char* kInsertCreditsSql =
+    "INSERT OR IGNORE INTO key_credits (lineage_id, remaining, refill_amount, refill_interval,"
+    " refill_mode, refill_cap, refilled_period) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+inline constexpr const char* kPutCreditsSql =
+    "INSERT OR REPLACE INTO key_credits (lineage_id, remaining, refill_amount, refill_interval,"
+    " refill_mode, refill_cap, refilled_period) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+inline constexpr const char* kDeleteCreditsSql = "DELETE FROM key_credits WHERE lineage_id = ?1";
+// remove(): the credits go with the lineage's last key (?1 lineage, ?2 its account: all
+// keys of a lineage are in one account, whose index this walks).
+inline constexpr const char* kDropOrphanCreditsSql =
+    "DELETE FROM key_credits WHERE lineage_id = ?1 AND NOT EXISTS (SELECT 1 FROM api_keys"
+    " WHERE account_id = ?2 AND coalesce(lineage_id, key_id) = ?1)";
+// The public keys of a lineage's keys: ?1 account, ?2 lineage.
+inline constexpr const char* kLineageKeysSql =
+    "SELECT public_key FROM api_keys WHERE account_id = ?1 AND coalesce(lineage_id, key_id) = ?2";
+// return_credits(): ?1 lineage, ?2 credits (at most 2^53), ?3 the period they belong to.
+inline constexpr const char* kReturnCreditsSql =
+    "UPDATE key_credits SET remaining = min(remaining + ?2, 9007199254740992)"
+    " WHERE lineage_id = ?1 AND refilled_period = ?3";
+
+// take_credits(): ONE guarded UPDATE (rule 29). The refill is written inline on the
+// row's own columns, in SET and WHERE alike (every SET expression reads the row as it
+// was): ?1 lineage, ?2 today's day period, ?3 this month's period, ?4 the minimum,
+// ?5 the most to take (max(min, max)). Returns the balance after, what was taken, the
+// refill period after and the refill's interval and amount (for period_end). Plain
+// columns only: SQLite 3.40 answers `refill_amount IS NOT NULL` in a RETURNING clause
+// with 1 for a NULL amount.
+// A refill is due when there is one and its period (<p>) is later than refilled_period;
+// reset sets the balance to the amount; add_capped adds amount per period elapsed up
+// to the cap (amount when 0), never lowering a larger balance, and multiplies only up
+// to the periods needed to reach the cap (no overflow). No row: 0 rows, as for a
+// balance below the minimum.
+inline std::string take_credits_sql() {
+  const std::string p = "(CASE refill_interval WHEN 1 THEN ?3 ELSE ?2 END)";
+  const std::string cap =
+      "min(CASE WHEN refill_cap = 0 THEN refill_amount ELSE refill_cap END, 9007199254740992)";
+  const std::string step = "max(refill_amount, 1)";
+  const std::string due = "(refill_amount IS NOT NULL AND " + p + " > refilled_period)";
+  const std::string avail = "(CASE WHEN NOT " + due +
+                            " THEN remaining"
+                            " WHEN refill_mode = 0 THEN min(refill_amount, 9007199254740992)"
+                            " WHEN remaining >= " +
+                            cap +
+                            " THEN remaining"
+                            " ELSE min(" +
+                            cap + ", remaining + " + step + " * min(" + p +
+                            " - refilled_period, (" + cap + " - remaining + " + step + " - 1) / " +
+                            step + ")) END)";
+  const std::string take = "min(" + avail + ", ?5)";
+  return "UPDATE key_credits SET remaining = " + avail + " - " + take + ", last_take = " + take +
+         ", refilled_period = CASE WHEN " + due + " THEN " + p +
+         " ELSE refilled_period END WHERE lineage_id = ?1 AND " + avail +
+         " >= ?4 RETURNING remaining, last_take, refilled_period, refill_interval, refill_amount";
+}
 
 }  // namespace apikeys::detail::sqlite
 

@@ -74,6 +74,23 @@ ALTER TABLE api_keys ADD COLUMN rotated_to   TEXT;
 UPDATE api_keys SET updated_at = created_at;
 CREATE INDEX api_keys_account_page ON api_keys (account_id, created_at DESC, key_id DESC);
 )sql"},
+    // Admission: each key's lineage (NULL: its own) and rate limits, and one row of
+    // credits per lineage (src/sqlite/admission.hpp; doc/sqlite-store.md, rules 28-31).
+    // last_take is how take_credits()'s RETURNING reports what it took.
+    {5, R"sql(
+ALTER TABLE api_keys ADD COLUMN lineage_id  TEXT;
+ALTER TABLE api_keys ADD COLUMN rate_limits TEXT NOT NULL DEFAULT '';
+CREATE TABLE key_credits (
+  lineage_id      TEXT    NOT NULL PRIMARY KEY,
+  remaining       INTEGER NOT NULL,
+  refill_amount   INTEGER,
+  refill_interval INTEGER NOT NULL DEFAULT 0,
+  refill_mode     INTEGER NOT NULL DEFAULT 0,
+  refill_cap      INTEGER NOT NULL DEFAULT 0,
+  refilled_period INTEGER NOT NULL DEFAULT 0,
+  last_take       INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+)sql"},
 };
 
 }  // namespace

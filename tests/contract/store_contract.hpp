@@ -11,9 +11,11 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <initializer_list>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -42,6 +44,10 @@ struct StoreContractOptions {
   /// True (every bundled store): replace_digests() and pepper_counts() work. False: they
   /// must throw Error(not_supported) (the Store defaults) and change nothing.
   bool digest_rewrites = true;
+  /// True (every bundled store): lineage_id and rate_limits are kept, and credits work
+  /// (take_credits(), return_credits(), change_credits(); insert() and remove() keep
+  /// them). False: the credit operations must throw Error(not_supported) (the defaults).
+  bool admission = true;
 };
 
 namespace contract {
@@ -217,6 +223,428 @@ inline void check_unlogged(apikeys::Store& store, std::uint64_t before) {
   if (changes) {
     CHECK(changes->revision == before);
     CHECK(changes->public_keys.empty());
+  }
+}
+
+}  // namespace contract
+
+namespace contract {
+
+/// The start of UTC day `day` of month `month` (1-12) of `year`, plus `ms`.
+inline apikeys::TimePoint utc(int year, int month, int day, std::int64_t ms = 0) {
+  const apikeys::TimePoint first = apikeys::refill_period_start(
+      apikeys::RefillInterval::monthly, std::int64_t{year - 1970} * 12 + (month - 1));
+  return first + std::chrono::milliseconds(std::int64_t{day - 1} * 86'400'000 + ms);
+}
+
+/// record(n) starting its own lineage (lineage_id = key_id), with `credits` if given.
+inline apikeys::KeyRecord lineage_record(std::uint32_t n, const apikeys::Uuid& account,
+                                         std::optional<apikeys::Credits> credits = {}) {
+  apikeys::KeyRecord r = record(n, account, n);
+  r.info.lineage_id = r.info.key_id;
+  r.info.credits = std::move(credits);
+  return r;
+}
+
+inline apikeys::Credits credits_of(std::uint64_t remaining,
+                                   std::optional<apikeys::CreditRefill> refill = {},
+                                   std::int64_t refilled_period = 0) {
+  apikeys::Credits c;
+  c.remaining = remaining;
+  c.refill = refill;
+  c.refilled_period = refilled_period;
+  return c;
+}
+
+inline apikeys::CreditRefill refill_of(std::uint64_t amount, apikeys::RefillInterval interval,
+                                       apikeys::RefillMode mode, std::uint64_t cap = 0) {
+  apikeys::CreditRefill r;
+  r.amount = amount;
+  r.interval = interval;
+  r.mode = mode;
+  r.cap = cap;
+  return r;
+}
+
+inline void check_take(const apikeys::CreditTake& got, apikeys::CreditTake::Outcome outcome,
+                       std::uint64_t taken, std::uint64_t remaining) {
+  CHECK(got.outcome == outcome);
+  CHECK(got.taken == taken);
+  CHECK(got.remaining == remaining);
+}
+
+/// The admission part of the contract (StoreContractOptions::admission): lineages, rate
+/// limits and the credits of take_credits(), return_credits() and change_credits().
+inline void run_admission_sections(const std::shared_ptr<apikeys::Store>& store,
+                                   const StoreContractOptions& options) {
+  using apikeys::CreditsChange;
+  using apikeys::CreditsOp;
+  using apikeys::ErrorCode;
+  using apikeys::RateLimit;
+  using apikeys::RefillInterval;
+  using apikeys::RefillMode;
+  using Outcome = apikeys::CreditTake::Outcome;
+  using std::chrono::milliseconds;
+  const apikeys::Uuid alice = account_id(1);
+  const apikeys::Uuid bob = account_id(2);
+  constexpr std::uint64_t kMax = apikeys::KeyPolicyLimits::kMaxCredits;
+
+  if (!options.admission) {
+    SECTION("without admission, the credit operations are not supported") {
+      store->insert(record(1, alice));
+      CHECK(error_code_of([&] { (void)store->take_credits(key_id(1), 1, 1, at(0)); }) ==
+            ErrorCode::not_supported);
+      CHECK(error_code_of([&] { store->return_credits(key_id(1), 1, 0); }) ==
+            ErrorCode::not_supported);
+      CreditsChange change;
+      change.remaining = 5;
+      CHECK(error_code_of([&] { (void)store->change_credits(alice, key_id(1), change); }) ==
+            ErrorCode::not_supported);
+    }
+    return;
+  }
+
+  const std::vector<RateLimit> limits = {RateLimit{"burst", 10, milliseconds(1000), 20},
+                                         RateLimit{"odd.period", 3, milliseconds(1500), 0},
+                                         RateLimit{"per-minute", 100, milliseconds(60'000), 0}};
+
+  SECTION("lineage and rate limits round trip through every read") {
+    apikeys::KeyRecord a = lineage_record(1, alice);
+    a.info.rate_limits = limits;
+    apikeys::KeyRecord b = record(2, alice, 5);  // nil lineage_id: its own lineage
+    apikeys::KeyRecord c = record(3, alice, 9);  // another key's lineage
+    c.info.lineage_id = a.info.key_id;
+    c.info.rate_limits = {limits[2]};
+    for (const auto* r : {&a, &b, &c}) store->insert(*r);
+    for (const auto* r : {&a, &b, &c}) {
+      INFO("key " << r->info.title);
+      const auto found = store->find(r->info.public_key);
+      REQUIRE(found);
+      CHECK(found->info.lineage_id == r->info.lineage_id);
+      CHECK(found->info.lineage() == r->info.lineage());
+      CHECK(found->info.rate_limits == r->info.rate_limits);
+      CHECK_FALSE(found->info.credits);
+      const auto got = store->get(alice, r->info.key_id);
+      REQUIRE(got);
+      CHECK(got->lineage_id == r->info.lineage_id);
+      CHECK(got->rate_limits == r->info.rate_limits);
+    }
+    CHECK(store->find(b.info.public_key)->info.lineage() == b.info.key_id);
+    CHECK(store->find(c.info.public_key)->info.lineage() == a.info.key_id);
+    for (const auto& keys : {store->list(alice), store->list_page(alice, std::nullopt, 10, {})}) {
+      REQUIRE(keys.size() == 3);
+      CHECK(keys[0].key_id == c.info.key_id);
+      CHECK(keys[0].lineage_id == a.info.key_id);
+      CHECK(keys[0].rate_limits == c.info.rate_limits);
+      CHECK(keys[2].rate_limits == limits);
+      CHECK(keys[1].lineage_id.is_nil());
+      CHECK(keys[1].rate_limits.empty());
+    }
+  }
+
+  SECTION("rate limits are written by replace and copied to a rotate successor") {
+    const apikeys::KeyRecord a = lineage_record(1, alice);
+    store->insert(a);
+    apikeys::KeyInfo next = *store->get(alice, a.info.key_id);
+    next.rate_limits = limits;
+    next.lineage_id = key_id(77);  // not a replaced field: ignored
+    apikeys::WriteResult w = store->replace(alice, next, next.version);
+    REQUIRE(w.outcome == apikeys::WriteOutcome::applied);
+    CHECK(w.key.rate_limits == limits);
+    CHECK(w.key.lineage_id == a.info.key_id);
+    CHECK(store->find(a.info.public_key)->info.rate_limits == limits);
+    CHECK(store->get(alice, a.info.key_id)->rate_limits == limits);
+
+    next = w.key;
+    next.rate_limits.clear();
+    w = store->replace(alice, next, next.version);
+    REQUIRE(w.outcome == apikeys::WriteOutcome::applied);
+    CHECK(w.key.rate_limits.empty());
+    CHECK(store->find(a.info.public_key)->info.rate_limits.empty());
+
+    next = w.key;
+    next.rate_limits = {limits[0]};
+    apikeys::KeyRecord successor = record(2, alice, 50);
+    successor.info.lineage_id = a.info.key_id;
+    successor.info.rate_limits = {limits[0]};
+    successor.info.rotated_from = a.info.key_id;
+    next.rotated_to = successor.info.key_id;
+    w = store->rotate(alice, next, next.version, successor);
+    REQUIRE(w.outcome == apikeys::WriteOutcome::applied);
+    CHECK(w.key.rate_limits == successor.info.rate_limits);
+    const auto got = store->find(successor.info.public_key);
+    REQUIRE(got);
+    CHECK(got->info.lineage_id == a.info.key_id);
+    CHECK(got->info.rate_limits == successor.info.rate_limits);
+    CHECK(store->get(alice, a.info.key_id)->rate_limits == successor.info.rate_limits);
+  }
+
+  SECTION("credits are created by insert only for the first key of a lineage") {
+    const auto refill = refill_of(100, RefillInterval::daily, RefillMode::reset);
+    const apikeys::KeyRecord a = lineage_record(1, alice, credits_of(50, refill, 20'000));
+    store->insert(a);
+    apikeys::KeyRecord b = record(2, alice, 5);  // a's lineage: never creates credits
+    b.info.lineage_id = a.info.key_id;
+    b.info.credits = credits_of(999);
+    store->insert(b);
+    apikeys::KeyRecord c = record(3, alice, 9);  // its own lineage, no credits
+    store->insert(c);
+    apikeys::KeyRecord d = record(4, bob, 9);  // joins a lineage without credits
+    d.info.lineage_id = key_id(40);
+    d.info.credits = credits_of(7);
+    store->insert(d);
+
+    for (const apikeys::KeyRecord* r : std::initializer_list<const apikeys::KeyRecord*>{&a, &b}) {
+      const auto found = store->find(r->info.public_key);
+      REQUIRE(found);
+      CHECK(found->info.credits.has_value());
+      const auto got = store->get(alice, r->info.key_id);
+      REQUIRE(got);
+      REQUIRE(got->credits);
+      CHECK(got->credits->remaining == 50);
+      CHECK(got->credits->refill == refill);
+      CHECK(got->credits->refilled_period == 20'000);
+    }
+    CHECK_FALSE(store->find(c.info.public_key)->info.credits);
+    CHECK_FALSE(store->get(alice, c.info.key_id)->credits);
+    CHECK_FALSE(store->find(d.info.public_key)->info.credits);
+    CHECK(store->take_credits(key_id(40), 1, 1, at(0)).outcome == Outcome::no_credits);
+    CHECK(store->take_credits(key_id(2), 1, 1, at(0)).outcome == Outcome::no_credits);
+    const auto keys = store->list(alice);
+    REQUIRE(keys.size() == 3);
+    CHECK_FALSE(keys[0].credits);
+    REQUIRE(keys[1].credits);
+    CHECK(keys[1].credits->remaining == 50);
+    const auto page = store->list_page(alice, std::nullopt, 10, {});
+    REQUIRE(page.size() == 3);
+    REQUIRE(page[2].credits);
+    CHECK(page[2].credits->remaining == 50);
+
+    // A rotate successor shares them, whatever credits it carries.
+    apikeys::KeyInfo next = *store->get(alice, a.info.key_id);
+    apikeys::KeyRecord successor = record(5, alice, 60);
+    successor.info.lineage_id = a.info.key_id;
+    successor.info.credits = credits_of(1);
+    next.rotated_to = successor.info.key_id;
+    const apikeys::WriteResult w = store->rotate(alice, next, next.version, successor);
+    REQUIRE(w.outcome == apikeys::WriteOutcome::applied);
+    REQUIRE(w.key.credits);
+    CHECK(w.key.credits->remaining == 50);
+    REQUIRE(store->get(alice, successor.info.key_id)->credits);
+    CHECK(store->get(alice, successor.info.key_id)->credits->remaining == 50);
+    CHECK(store->find(successor.info.public_key)->info.credits.has_value());
+  }
+
+  SECTION("take_credits takes exactly: minimum, maximum, insufficient, none") {
+    store->insert(lineage_record(1, alice, credits_of(10)));
+    const apikeys::Uuid l = key_id(1);
+    apikeys::CreditTake t = store->take_credits(l, 1, 1, at(0));
+    check_take(t, Outcome::taken, 1, 9);
+    CHECK(t.period == 0);
+    CHECK(t.period_end == apikeys::TimePoint::max());
+    check_take(store->take_credits(l, 3, 5, at(0)), Outcome::taken, 5, 4);
+    check_take(store->take_credits(l, 5, 5, at(0)), Outcome::insufficient, 0, 4);
+    check_take(store->take_credits(l, 0, 0, at(0)), Outcome::taken, 0, 4);
+    check_take(store->take_credits(l, 3, 1, at(0)), Outcome::taken, 3, 1);  // max < min: min
+    check_take(store->take_credits(l, 1, 100, at(0)), Outcome::taken, 1, 0);
+    check_take(store->take_credits(l, 1, 1, at(0)), Outcome::insufficient, 0, 0);
+    check_take(store->take_credits(l, 0, 0, at(0)), Outcome::taken, 0, 0);
+    check_take(store->take_credits(l, 0, 5, at(0)), Outcome::taken, 0, 0);
+    check_take(store->take_credits(key_id(9), 0, 0, at(0)), Outcome::no_credits, 0, 0);
+    check_take(store->take_credits(key_id(9), 1, 1, at(0)), Outcome::no_credits, 0, 0);
+    CHECK(store->get(alice, l)->credits->remaining == 0);
+    const std::uint64_t huge = std::numeric_limits<std::uint64_t>::max();
+    check_take(store->take_credits(l, huge, huge, at(0)), Outcome::insufficient, 0, 0);
+  }
+
+  SECTION("take_credits refills a reset refill once per UTC day") {
+    const auto refill = refill_of(100, RefillInterval::daily, RefillMode::reset);
+    const apikeys::TimePoint day = utc(2026, 3, 31);
+    const std::int64_t p = apikeys::refill_period(RefillInterval::daily, day);
+    store->insert(lineage_record(1, alice, credits_of(30, refill, p)));
+    const apikeys::Uuid l = key_id(1);
+    apikeys::CreditTake t = store->take_credits(l, 1, 1, day + milliseconds(86'399'999));
+    check_take(t, Outcome::taken, 1, 29);
+    CHECK(t.period == p);
+    CHECK(t.period_end == utc(2026, 4, 1));
+    t = store->take_credits(l, 1, 1, utc(2026, 4, 1));  // a new day: reset to 100
+    check_take(t, Outcome::taken, 1, 99);
+    CHECK(t.period == p + 1);
+    CHECK(t.period_end == utc(2026, 4, 2));
+    check_take(store->take_credits(l, 1, 1, utc(2026, 4, 1, 1000)), Outcome::taken, 1, 98);
+    CHECK(store->get(alice, l)->credits->refilled_period == p + 1);
+    // Insufficient after a refill: the refill is still written, once.
+    t = store->take_credits(l, 101, 101, utc(2026, 4, 3));
+    check_take(t, Outcome::insufficient, 0, 100);
+    CHECK(t.period == p + 3);
+    check_take(store->take_credits(l, 60, 60, utc(2026, 4, 3, 5)), Outcome::taken, 60, 40);
+    check_take(store->take_credits(l, 0, 0, utc(2026, 4, 3, 9)), Outcome::taken, 0, 40);
+    CHECK(store->get(alice, l)->credits->remaining == 40);
+    CHECK(store->get(alice, l)->credits->refilled_period == p + 3);
+  }
+
+  SECTION("take_credits adds a capped refill per UTC month elapsed, never lowering") {
+    const auto refill = refill_of(10, RefillInterval::monthly, RefillMode::add_capped, 25);
+    const std::int64_t jan = apikeys::refill_period(RefillInterval::monthly, utc(2026, 1, 15));
+    store->insert(lineage_record(1, alice, credits_of(3, refill, jan)));
+    const apikeys::Uuid l = key_id(1);
+    apikeys::CreditTake t = store->take_credits(l, 0, 0, utc(2026, 2, 1) - milliseconds(1));
+    check_take(t, Outcome::taken, 0, 3);
+    CHECK(t.period_end == utc(2026, 2, 1));
+    t = store->take_credits(l, 0, 0, utc(2026, 2, 1));
+    check_take(t, Outcome::taken, 0, 13);
+    CHECK(t.period == jan + 1);
+    CHECK(t.period_end == utc(2026, 3, 1));
+    // Two more months: 13 + 20, capped at 25.
+    check_take(store->take_credits(l, 5, 5, utc(2026, 4, 30)), Outcome::taken, 5, 20);
+    // A balance above the cap, set by hand, is kept.
+    CreditsChange set;
+    set.remaining = 40;
+    set.at = utc(2026, 4, 30);
+    REQUIRE(store->change_credits(alice, l, set));
+    check_take(store->take_credits(l, 0, 0, utc(2026, 6, 1)), Outcome::taken, 0, 40);
+    // Years later: the cap, without overflow.
+    check_take(store->take_credits(l, 39, 39, utc(2026, 6, 2)), Outcome::taken, 39, 1);
+    check_take(store->take_credits(l, 0, 0, utc(2099, 12, 1)), Outcome::taken, 0, 25);
+    // A cap of 0 means the amount.
+    const auto plain = refill_of(kMax, RefillInterval::monthly, RefillMode::add_capped);
+    store->insert(lineage_record(2, alice, credits_of(kMax - 1, plain, jan)));
+    check_take(store->take_credits(key_id(2), 0, 0, utc(2030, 1, 1)), Outcome::taken, 0, kMax);
+  }
+
+  SECTION("return_credits gives back only within the period") {
+    const auto refill = refill_of(100, RefillInterval::daily, RefillMode::reset);
+    const apikeys::TimePoint day = utc(2026, 5, 10);
+    const std::int64_t p = apikeys::refill_period(RefillInterval::daily, day);
+    store->insert(lineage_record(1, alice, credits_of(100, refill, p)));
+    const apikeys::Uuid l = key_id(1);
+    const apikeys::CreditTake t = store->take_credits(l, 10, 10, day);
+    check_take(t, Outcome::taken, 10, 90);
+    store->return_credits(l, 4, t.period);
+    CHECK(store->get(alice, l)->credits->remaining == 94);
+    store->return_credits(l, 4, t.period - 1);  // another period's: expired
+    CHECK(store->get(alice, l)->credits->remaining == 94);
+    store->return_credits(key_id(8), 4, t.period);  // no such lineage: nothing
+    store->return_credits(l, std::numeric_limits<std::uint64_t>::max(), t.period);
+    CHECK(store->get(alice, l)->credits->remaining == kMax);
+    // After the next refill, the lease's rest is not returned over it.
+    check_take(store->take_credits(l, 1, 1, day + milliseconds(86'400'000)), Outcome::taken, 1, 99);
+    store->return_credits(l, 5, t.period);
+    CHECK(store->get(alice, l)->credits->remaining == 99);
+  }
+
+  SECTION("change_credits configures, adds and removes, and logs what verdicts see") {
+    const apikeys::KeyRecord a = lineage_record(1, alice);
+    store->insert(a);
+    apikeys::KeyRecord b = record(2, alice, 5);
+    b.info.lineage_id = a.info.key_id;
+    store->insert(b);
+    const apikeys::KeyInfo before_key = *store->get(alice, a.info.key_id);
+    const apikeys::TimePoint now = utc(2026, 7, 4, 1234);
+
+    CreditsChange add;
+    add.op = CreditsOp::add;
+    add.delta = 5;
+    add.at = now;
+    CHECK(error_code_of([&] { (void)store->change_credits(alice, a.info.key_id, add); }) ==
+          ErrorCode::conflict);
+    CreditsChange bare;  // configure without a balance, on a lineage without credits
+    bare.change_refill = true;
+    bare.refill = refill_of(10, RefillInterval::daily, RefillMode::reset);
+    bare.at = now;
+    CHECK(error_code_of([&] { (void)store->change_credits(alice, b.info.key_id, bare); }) ==
+          ErrorCode::conflict);
+    CHECK_FALSE(store->find(a.info.public_key)->info.credits);
+
+    CreditsChange make_credits;
+    make_credits.remaining = 20;
+    make_credits.change_refill = true;
+    make_credits.refill = refill_of(30, RefillInterval::monthly, RefillMode::reset);
+    make_credits.at = now;
+    CHECK_FALSE(store->change_credits(bob, a.info.key_id, make_credits));  // not bob's
+    CHECK_FALSE(store->change_credits(alice, key_id(99), make_credits));
+    std::uint64_t before = store->revision();
+    auto changed = store->change_credits(alice, b.info.key_id, make_credits);  // via b
+    REQUIRE(changed);
+    CHECK(changed->key_id == b.info.key_id);
+    REQUIRE(changed->credits);
+    CHECK(changed->credits->remaining == 20);
+    CHECK(changed->credits->refill == make_credits.refill);
+    CHECK(changed->credits->refilled_period ==
+          apikeys::refill_period(RefillInterval::monthly, now));
+    check_logged(*store, before, {a.info.public_key, b.info.public_key});
+    CHECK(store->find(a.info.public_key)->info.credits.has_value());
+    CHECK(store->find(b.info.public_key)->info.credits.has_value());
+    // Not a change of the keys: version and updated_at stay.
+    const apikeys::KeyInfo after_key = *store->get(alice, a.info.key_id);
+    CHECK(after_key.version == before_key.version);
+    CHECK(after_key.updated_at == before_key.updated_at);
+    // The balance belongs to this month: no refill over it until the next.
+    check_take(store->take_credits(a.info.key_id, 0, 0, now), Outcome::taken, 0, 20);
+
+    changed = store->change_credits(alice, a.info.key_id, add);
+    REQUIRE(changed);
+    CHECK(changed->credits->remaining == 25);
+    add.delta = -100;
+    CHECK(store->change_credits(alice, a.info.key_id, add)->credits->remaining == 0);
+    add.delta = std::numeric_limits<std::int64_t>::max();
+    CHECK(store->change_credits(alice, a.info.key_id, add)->credits->remaining == kMax);
+    add.delta = std::numeric_limits<std::int64_t>::min();
+    CHECK(store->change_credits(alice, a.info.key_id, add)->credits->remaining == 0);
+    // add applies the refill due first: next month resets to 30, then + 1.
+    add.delta = 1;
+    add.at = utc(2026, 8, 1);
+    CHECK(store->change_credits(alice, a.info.key_id, add)->credits->remaining == 31);
+
+    // configure: the refill only (the balance kept), then the balance only.
+    CreditsChange no_refill;
+    no_refill.change_refill = true;
+    no_refill.at = utc(2026, 8, 2);
+    changed = store->change_credits(alice, a.info.key_id, no_refill);
+    REQUIRE(changed->credits);
+    CHECK(changed->credits->remaining == 31);
+    CHECK_FALSE(changed->credits->refill);
+    CHECK(changed->credits->refilled_period == 0);
+    CreditsChange balance;
+    balance.remaining = 7;
+    balance.at = utc(2026, 8, 2);
+    changed = store->change_credits(alice, a.info.key_id, balance);
+    CHECK(changed->credits->remaining == 7);
+    CHECK_FALSE(changed->credits->refill);
+
+    CreditsChange remove;
+    remove.op = CreditsOp::remove;
+    before = store->revision();
+    changed = store->change_credits(alice, a.info.key_id, remove);
+    REQUIRE(changed);
+    CHECK_FALSE(changed->credits);
+    check_logged(*store, before, {a.info.public_key, b.info.public_key});
+    CHECK_FALSE(store->find(a.info.public_key)->info.credits);
+    CHECK_FALSE(store->find(b.info.public_key)->info.credits);
+    CHECK_FALSE(store->get(alice, b.info.key_id)->credits);
+    CHECK(store->take_credits(a.info.key_id, 0, 0, now).outcome == Outcome::no_credits);
+    // Removing none is no error.
+    changed = store->change_credits(alice, a.info.key_id, remove);
+    REQUIRE(changed);
+    CHECK_FALSE(changed->credits);
+  }
+
+  SECTION("the credits go with the last key of their lineage") {
+    store->insert(lineage_record(1, alice, credits_of(10)));
+    apikeys::KeyRecord b = record(2, alice, 5);
+    b.info.lineage_id = key_id(1);
+    store->insert(b);
+    const auto removed = store->remove(alice, key_id(1));
+    REQUIRE(removed);
+    REQUIRE(removed->credits);
+    CHECK(removed->credits->remaining == 10);
+    check_take(store->take_credits(key_id(1), 1, 1, at(0)), Outcome::taken, 1, 9);
+    CHECK(store->find(b.info.public_key)->info.credits.has_value());
+    REQUIRE(store->remove(alice, b.info.key_id));
+    CHECK(store->take_credits(key_id(1), 0, 0, at(0)).outcome == Outcome::no_credits);
+    // A new lineage of the same id starts afresh.
+    store->insert(lineage_record(1, alice, credits_of(3)));
+    check_take(store->take_credits(key_id(1), 0, 0, at(0)), Outcome::taken, 0, 3);
   }
 }
 
@@ -1052,6 +1480,8 @@ inline void run_store_contract(const StoreFactory& make, const StoreContractOpti
       CHECK(keys.front().key_id == key_id(1000 * (t + 1) + kPerThread - 1));
     }
   }
+
+  run_admission_sections(store, options);
 }
 
 /// The change log of a store that keeps one (Store::changes_since): every change (revoke,

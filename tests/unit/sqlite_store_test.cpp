@@ -180,7 +180,7 @@ TEST_CASE("SqliteStore keeps its data across reopen", "[store][sqlite]") {
   CHECK(apikeys_test::contract::ids_of(store.list(alice)) ==
         std::vector<apikeys::Uuid>{b.info.key_id, a.info.key_id});
   CHECK(store.revision() == revision);
-  CHECK(SqliteStore::schema_version() == 4);
+  CHECK(SqliteStore::schema_version() == 5);
   CHECK(RawDb(path).text("PRAGMA journal_mode") == "wal");
   CHECK(RawDb(path).integer("PRAGMA application_id") == SqliteStore::application_id());
   CHECK(SqliteStore::application_id() == 0x6170696B);  // "apik": never changes
@@ -192,8 +192,15 @@ TEST_CASE("SqliteStore's api_keys table has the fields of the record description
   const std::string path = dir.file("fields.db");
   { SqliteStore store(path, fast_options()); }
   RawDb raw(path);
-  CHECK(raw.integer("SELECT count(*) FROM pragma_table_info('api_keys')") ==
-        static_cast<std::int64_t>(apikeys::detail::kFieldCount));
+  // The record's fields, then the admission columns (src/sqlite/admission.hpp).
+  const auto fields = static_cast<std::int64_t>(apikeys::detail::kFieldCount);
+  CHECK(raw.integer("SELECT count(*) FROM pragma_table_info('api_keys')") == fields + 2);
+  CHECK(raw.text("SELECT name || ' ' || type || ' ' || \"notnull\" FROM pragma_table_info("
+                 "'api_keys') WHERE cid = " +
+                 std::to_string(fields)) == "lineage_id TEXT 0");
+  CHECK(raw.text("SELECT name || ' ' || type || ' ' || \"notnull\" FROM pragma_table_info("
+                 "'api_keys') WHERE cid = " +
+                 std::to_string(fields + 1)) == "rate_limits TEXT 1");
   for (std::size_t i = 0; i < apikeys::detail::kFieldCount; ++i) {
     const apikeys::detail::RecordField& f = apikeys::detail::kRecordFields[i];
     const std::string where =
