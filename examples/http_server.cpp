@@ -137,7 +137,8 @@ void forbidden(httplib::Response& res, const apikeys::Requirements& required,
 
 // Whole seconds, rounded up: a client that waits that long is never early.
 std::int64_t ceil_seconds(std::chrono::milliseconds ms) {
-  return (std::max<std::int64_t>(ms.count(), 0) + 999) / 1000;
+  const std::int64_t n = std::max<std::int64_t>(ms.count(), 0);
+  return n / 1000 + (n % 1000 != 0 ? 1 : 0);  // no overflow at milliseconds::max()
 }
 
 // One item of RateLimit-Policy (draft-ietf-httpapi-ratelimit-headers, a Structured Field

@@ -7,6 +7,7 @@
 #include <array>
 #include <atomic>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <vector>
 
@@ -62,7 +63,6 @@ struct MemoryLimiter::Impl {
     detail::Mutex mu;
     std::vector<Slot> slots APIKEYS_GUARDED_BY(mu);    // allocated on first use
     std::vector<Lease> leases APIKEYS_GUARDED_BY(mu);  // likewise
-    std::size_t used APIKEYS_GUARDED_BY(mu) = 0;
   };
 
   std::shared_ptr<Store> store;
@@ -111,7 +111,6 @@ struct MemoryLimiter::Impl {
     }
     if (!reuse) return nullptr;
     if (reuse->scale == 0) {
-      ++sh.used;
       states.fetch_add(1, std::memory_order_relaxed);
     }
     reuse->lineage = lineage;
@@ -158,7 +157,10 @@ struct MemoryLimiter::Impl {
       if (!decisions[i].admit) {
         out.outcome = AdmissionOutcome::rate_limited;
         out.limited_by = i;
-        out.retry_after = detail::ceil_millis(decisions[i].retry_after_ns);
+        // A cost above the burst is never admitted: no wait would help.
+        out.retry_after = r.cost > limit.effective_burst()
+                              ? std::chrono::milliseconds::max()
+                              : detail::ceil_millis(decisions[i].retry_after_ns);
         return false;
       }
     }
@@ -235,12 +237,22 @@ Admission MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh
   }
   const bool charged = take.outcome == CreditTake::Outcome::taken;
   if (charged) out.credits_remaining = take.remaining;
-  {
+  try {
     detail::MutexLock lock(sh.mu);
     if (decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) {
       commit(r, slots.data(), decisions.data(), out);
       return out;
     }
+  } catch (...) {
+    // The table filled up meanwhile: the charge goes back, then the failure is reported.
+    if (charged && take.taken > 0) {
+      try {
+        credit_store().return_credits(r.lineage_id, take.taken, take.period);
+      } catch (...) {
+        // Lost, never granted twice.
+      }
+    }
+    throw;
   }
   out.credits_remaining.reset();
   if (charged && take.taken > 0) credit_store().return_credits(r.lineage_id, take.taken, take.period);
@@ -261,8 +273,13 @@ Admission MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh
   {
     detail::MutexLock lock(sh.mu);
     if (!decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) return out;
-    Lease* lease = find_lease(sh, r.lineage_id, lh, false);
-    if (lease) {
+    Lease* lease = find_lease(sh, r.lineage_id, lh, true);
+    if (!lease) {
+      // No room for a lease: charge the store for this request alone, one write.
+      lock.unlock();
+      return admit_direct(r, sh, lh, now_ns);
+    }
+    if (lease->count != 0) {
       const bool period_ok = r.now < lease->period_end;
       const bool fresh = period_ok && r.now < lease->expires;
       if (fresh && lease->count >= r.cost) {
@@ -313,29 +330,46 @@ Admission MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh
   detail::MutexLock lock(sh.mu);
   Lease* lease = find_lease(sh, r.lineage_id, lh, true);
   const bool enough = take.outcome == CreditTake::Outcome::taken && have >= r.cost;
-  const bool limits_ok = enough && decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out);
-  const std::uint64_t left = limits_ok ? have - r.cost : have;
+  bool limits_ok = false;
+  std::exception_ptr failure;  // the table filled up meanwhile: reported after the lease
+  try {
+    limits_ok = enough && decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out);
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  std::uint64_t left = limits_ok ? have - r.cost : have;
+  std::uint64_t excess = 0;  // beyond lease_size: given back
   if (lease) {
-    // What is left stays leased (another request may have leased meanwhile: merged).
+    // What is left stays leased. Another request may have leased meanwhile: the two
+    // merge, and what passes lease_size goes back, so a crash never loses more than it.
     if (lease->count != 0 && lease->period != take.period) lease->count = 0;
-    lease->count += left;
+    const std::uint64_t total = lease->count + left;
+    lease->count = std::min(total, options.lease_size);
+    excess = total - lease->count;
     lease->store_remaining = take.remaining;
     lease->period = take.period;
     lease->period_end = take.period_end;
     lease->expires = r.now + options.lease_ttl;
+  } else {
+    excess = left;
   }
-  if (!enough) {
+  if (failure) {
+  } else if (!enough) {
     out.outcome = AdmissionOutcome::usage_exceeded;
-    out.credits_remaining = take.remaining + (lease ? lease->count : 0);
+    out.credits_remaining = take.remaining + (lease ? lease->count : 0) + excess;
   } else if (limits_ok) {
     commit(r, slots.data(), decisions.data(), out);
-    out.credits_remaining = take.remaining + (lease ? lease->count : 0);
+    out.credits_remaining = take.remaining + (lease ? lease->count : 0) + excess;
   }
-  if (!lease && left > 0) {
-    // No room to keep a lease: give the rest back, outside the lock (rare).
-    lock.unlock();
-    st.return_credits(r.lineage_id, left, take.period);
+  lock.unlock();
+  if (excess > 0) {
+    try {
+      st.return_credits(r.lineage_id, excess, take.period);
+    } catch (...) {
+      if (!failure) failure = std::current_exception();
+    }
   }
+  if (failure) std::rethrow_exception(failure);
   return out;
 }
 

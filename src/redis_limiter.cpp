@@ -202,6 +202,10 @@ struct RedisLimiter::Impl {
       out.limited_by = static_cast<std::size_t>(integer(*r.element[1]));
       out.retry_after =
           std::chrono::milliseconds(std::max<std::int64_t>(1, integer(*r.element[2])));
+      if (out.limited_by < req.limit_count &&
+          req.cost > req.limits[out.limited_by].effective_burst()) {
+        out.retry_after = std::chrono::milliseconds::max();  // never admitted
+      }
       out.limits.clear();
       out.credits_remaining.reset();
       return std::nullopt;

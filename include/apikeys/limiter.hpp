@@ -55,7 +55,8 @@ struct Admission {
   AdmissionOutcome outcome = AdmissionOutcome::admitted;  ///< See AdmissionOutcome.
   /// rate_limited: the index in AdmissionRequest::limits of the limit that refused.
   std::size_t limited_by = 0;
-  /// rate_limited: how long until that limit would admit the request.
+  /// rate_limited: how long until that limit would admit the request;
+  /// std::chrono::milliseconds::max() when it never will (a cost above its burst).
   std::chrono::milliseconds retry_after{0};
   /// The balance after the charge (admitted) or as it is (usage_exceeded), when the
   /// lineage has credits. A limiter that holds credits in advance (a lease) includes

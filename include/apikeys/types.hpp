@@ -213,8 +213,9 @@ struct KeyInfo {
   /// Named rate limits, at most KeyPolicyLimits::kMaxRateLimits, names unique, sorted
   /// by name. Empty: none. rotate() copies them; their state is the lineage's.
   std::vector<RateLimit> rate_limits;
-  /// The lineage's credits, with refills due by the time of reading applied. nullopt:
-  /// no credit limit.
+  /// The lineage's credits. KeyManager shows them with the refills due by the time of
+  /// reading applied; a Store returns them as stored (refilled() applies the rest).
+  /// nullopt: no credit limit.
   std::optional<Credits> credits;
 
   /// lineage_id, or key_id when lineage_id is nil.

@@ -63,7 +63,8 @@ struct ValidationResult : Verdict {
   std::optional<std::uint64_t> credits_remaining;
   /// When rate_limited: the name of the limit that refused. Empty otherwise.
   std::string limited_by;
-  /// When rate_limited: how long until that limit would admit the same request.
+  /// When rate_limited: how long until that limit would admit the same request;
+  /// std::chrono::milliseconds::max() when it never will (a cost above its burst).
   std::chrono::milliseconds retry_after{0};
   /// True when the limiter failed for this request (see LimiterFailurePolicy): the
   /// answer is `error` (deny) or `valid` without limits or credits spent (allow).
@@ -80,7 +81,8 @@ struct Requirements {
   std::vector<std::string> scopes;
   /// What the request spends of the key's credits, and of each rate limit (GCRA
   /// counts a request of cost c as c requests). 0 checks without spending: it is never
-  /// rate_limited or usage_exceeded, and reports the state. Default 1.
+  /// rate_limited or usage_exceeded, and reports the state. A cost above a limit's
+  /// burst is never admitted by that limit. Default 1.
   std::uint64_t cost = 1;
 };
 
