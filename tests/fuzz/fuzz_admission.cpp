@@ -145,8 +145,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (refused < limits.size()) {
       FUZZ_CHECK(got.outcome == apikeys::AdmissionOutcome::rate_limited);
       FUZZ_CHECK(got.limited_by == refused);
-      FUZZ_CHECK(got.retry_after.count() ==
-                 (results[refused].retry_after_ns + 999'999) / 1'000'000);
+      if (cost > limits[refused].effective_burst()) {
+        FUZZ_CHECK(got.retry_after == std::chrono::milliseconds::max());  // never admitted
+      } else {
+        FUZZ_CHECK(got.retry_after.count() ==
+                   (results[refused].retry_after_ns + 999'999) / 1'000'000);
+      }
     } else if (short_of_credits) {
       FUZZ_CHECK(got.outcome == apikeys::AdmissionOutcome::usage_exceeded);
       FUZZ_CHECK(got.credits_remaining == balance);
