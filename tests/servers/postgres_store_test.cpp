@@ -139,8 +139,8 @@ std::vector<std::vector<std::string>> run_sql(const std::string& conninfo, const
 }
 
 // CHECKs that `schema`.apikeys_keys has exactly the columns of src/record_fields.hpp, in
-// order, with their types and nullability (seq aside: PostgresStore's own), and the
-// index that list pages walk.
+// order, with their types and nullability (seq, lineage_id and rate_limits aside, unless
+// the description has them: PostgresStore's own), and the index that list pages walk.
 void check_table_matches_record_fields(const std::string& conninfo, const std::string& schema) {
   const auto rows =
       run_sql(conninfo,
@@ -151,11 +151,22 @@ void check_table_matches_record_fields(const std::string& conninfo, const std::s
                   " AND column_name <> 'seq' ORDER BY ordinal_position");
   std::vector<std::string> got;
   std::vector<std::string> want;
-  for (const auto& row : rows) got.push_back(row[0] + " " + row[1] + " " + row[2]);
+  std::vector<std::string> own = {"lineage_id uuid YES", "rate_limits text NO"};
   for (const apikeys::detail::RecordField& f : apikeys::detail::kRecordFields) {
     want.push_back(std::string(f.name) + " " + f.pg_type + " " + (f.nullable() ? "YES" : "NO"));
+    own.erase(std::remove(own.begin(), own.end(), want.back()), own.end());
+  }
+  std::vector<std::string> extra;
+  for (const auto& row : rows) {
+    std::string column = row[0] + " " + row[1] + " " + row[2];
+    if (std::find(own.begin(), own.end(), column) != own.end()) {
+      extra.push_back(std::move(column));
+    } else {
+      got.push_back(std::move(column));
+    }
   }
   CHECK(got == want);
+  CHECK(extra == own);
   const auto index =
       run_sql(conninfo, "SELECT indexdef FROM pg_indexes WHERE schemaname = '" + schema +
                             "' AND indexname = 'apikeys_keys_account_page'");
