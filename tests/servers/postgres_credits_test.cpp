@@ -27,6 +27,7 @@
 #include "apikeys/postgres_store.hpp"
 #include "catch.hpp"
 #include "server_support.hpp"
+#include "store_contract.hpp"
 #include "test_support.hpp"
 
 extern char** environ;
@@ -339,4 +340,138 @@ TEST_CASE("PostgresStore down: a charge fails, deny answers error, allow answers
   const auto after = deny.validate(token);
   CHECK(after.code == ValidationCode::valid);
   CHECK(after.credits_remaining == std::optional<std::uint64_t>(3));
+}
+
+namespace {
+
+// What a take did, comparable.
+std::string describe(const apikeys::CreditTake& t) {
+  return std::to_string(static_cast<int>(t.outcome)) + " taken " + std::to_string(t.taken) +
+         " remaining " + std::to_string(t.remaining) + " period " + std::to_string(t.period) +
+         " end " + std::to_string(apikeys::to_unix_millis(t.period_end));
+}
+
+std::string describe(const std::optional<apikeys::Credits>& c) {
+  if (!c) return "none";
+  std::string out = std::to_string(c->remaining) + " period " + std::to_string(c->refilled_period);
+  if (c->refill) {
+    out += " refill " + std::to_string(c->refill->amount) + "/" +
+           std::to_string(static_cast<int>(c->refill->interval)) + "/" +
+           std::to_string(static_cast<int>(c->refill->mode)) + "/" +
+           std::to_string(c->refill->cap);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("PostgresStore credits do what MemoryStore's do, step by step",
+          "[servers][postgres][credits]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaDropper dropper{*pg, apikeys_test::unique_name("apikeys_c")};
+  auto pg_store = std::make_shared<apikeys::PostgresStore>(*pg, credit_options(dropper.schema));
+  auto memory = std::make_shared<apikeys::MemoryStore>();
+  std::vector<std::shared_ptr<apikeys::Store>> stores = {memory, pg_store};
+  const apikeys::Uuid account = apikeys_test::account_id(44);
+  // 2026-01-30T12:00Z: a day and a month boundary are near.
+  apikeys::TimePoint now = apikeys::from_unix_millis(1'769'774'400'000);
+  constexpr std::int64_t kHour = 3'600'000;
+
+  using apikeys::RefillInterval;
+  using apikeys::RefillMode;
+  struct Setup {
+    std::uint64_t remaining;
+    std::optional<apikeys::CreditRefill> refill;
+  };
+  const std::vector<Setup> setups = {
+      {7, std::nullopt},
+      {3, apikeys::CreditRefill{10, RefillInterval::daily, RefillMode::reset, 0}},
+      {0, apikeys::CreditRefill{4, RefillInterval::daily, RefillMode::add_capped, 9}},
+      {2, apikeys::CreditRefill{5, RefillInterval::monthly, RefillMode::add_capped, 0}},
+      {20, apikeys::CreditRefill{6, RefillInterval::monthly, RefillMode::reset, 0}},
+  };
+  std::vector<apikeys::Uuid> ids;
+  for (std::size_t i = 0; i < setups.size(); ++i) {
+    apikeys::KeyRecord rec;
+    rec.info.key_id = apikeys_test::contract::key_id(static_cast<std::uint32_t>(100 + i));
+    rec.info.account_id = account;
+    rec.info.public_key = "pk_credits_" + std::to_string(i);
+    rec.info.created_at = now;
+    rec.info.updated_at = now;
+    rec.info.lineage_id = rec.info.key_id;
+    apikeys::Credits c;
+    c.remaining = setups[i].remaining;
+    c.refill = setups[i].refill;
+    c.refilled_period = c.refill ? apikeys::refill_period(c.refill->interval, now) : 0;
+    rec.info.credits = c;
+    for (auto& s : stores) s->insert(rec);
+    ids.push_back(rec.info.key_id);
+  }
+  // The same steps on both; every answer compared.
+  std::uint32_t seed = 12345;
+  auto next = [&seed](std::uint32_t n) {
+    seed = seed * 1103515245u + 12345u;
+    return (seed >> 16) % n;
+  };
+  for (int step = 0; step < 240; ++step) {
+    const apikeys::Uuid& id = ids[next(static_cast<std::uint32_t>(ids.size()))];
+    const std::uint32_t what = next(10);
+    INFO("step " << step << " op " << what << " at " << apikeys::to_unix_millis(now));
+    if (what < 6) {
+      const std::uint64_t min = next(4);
+      const std::uint64_t max = next(3) == 0 ? min + next(6) : min;
+      const auto a = memory->take_credits(id, min, max, now);
+      const auto b = pg_store->take_credits(id, min, max, now);
+      REQUIRE(describe(b) == describe(a));
+      if (a.taken > 1 && next(2) == 0) {
+        for (auto& s : stores) s->return_credits(id, a.taken - 1, a.period);
+      }
+    } else if (what == 6) {
+      apikeys::CreditsChange change;
+      change.op = apikeys::CreditsOp::add;
+      change.delta = static_cast<std::int64_t>(next(7)) - 3;
+      change.at = now;
+      const auto a = memory->change_credits(account, id, change);
+      const auto b = pg_store->change_credits(account, id, change);
+      REQUIRE(a);
+      REQUIRE(b);
+      REQUIRE(describe(b->credits) == describe(a->credits));
+    } else if (what == 7) {
+      apikeys::CreditsChange change;
+      change.op = apikeys::CreditsOp::configure;
+      change.remaining = next(8);
+      change.at = now;
+      const auto a = memory->change_credits(account, id, change);
+      const auto b = pg_store->change_credits(account, id, change);
+      REQUIRE(describe(b->credits) == describe(a->credits));
+    } else {
+      now += milliseconds(kHour * (1 + next(30)));
+    }
+    REQUIRE(describe(pg_store->get(account, id)->credits) ==
+            describe(memory->get(account, id)->credits));
+  }
+  // No credits: no_credits; remove and the change log.
+  const std::uint64_t before = pg_store->revision();
+  apikeys::CreditsChange remove;
+  remove.op = apikeys::CreditsOp::remove;
+  remove.at = now;
+  const auto gone = pg_store->change_credits(account, ids[0], remove);
+  REQUIRE(gone);
+  CHECK_FALSE(gone->credits);
+  CHECK(pg_store->revision() == before + 1);
+  CHECK(pg_store->take_credits(ids[0], 0, 0, now).outcome ==
+        apikeys::CreditTake::Outcome::no_credits);
+  CHECK(pg_store->find("pk_credits_1")->info.credits);
+  CHECK_FALSE(pg_store->find("pk_credits_0")->info.credits);
+  apikeys::CreditsChange add;
+  add.op = apikeys::CreditsOp::add;
+  add.delta = 1;
+  CHECK(apikeys_test::contract::error_code_of([&] {
+          (void)pg_store->change_credits(account, ids[0], add);
+        }) == apikeys::ErrorCode::conflict);
+  // The last key of a lineage takes its credits along.
+  REQUIRE(pg_store->remove(account, ids[1]));
+  CHECK(pg_store->take_credits(ids[1], 0, 0, now).outcome ==
+        apikeys::CreditTake::Outcome::no_credits);
 }
