@@ -119,8 +119,8 @@ std::string temp_file(const std::string& stem) {
 
 // The child: APIKEYS_PG_CREDITS_MODE "validate" (validate() the token in
 // APIKEYS_PG_CREDITS_ARG) or "take" (take_credits(lineage ARG, 1, 1, NOW) after one
-// take of 0), TRIES times, starting at wall-clock millisecond START; writes how many were
-// admitted to OUT.
+// take of 0), TRIES times in all from four threads, starting at wall-clock millisecond
+// START; writes how many were admitted to OUT.
 TEST_CASE("PostgresStore credits child", "[.]") {
   const auto pg = apikeys_test::test_pg();
   REQUIRE(pg);
@@ -138,22 +138,39 @@ TEST_CASE("PostgresStore credits child", "[.]") {
   // Warm up (connections, the cached verdict) before the start line.
   if (mode == "validate") {
     (void)manager.validate(arg, apikeys::Requirements{{}, 0});
+  } else {
+    REQUIRE(lineage);
   }
   while (wall_millis() < start) std::this_thread::sleep_for(milliseconds(1));
-  if (mode == "take") {
-    REQUIRE(lineage);
-    (void)store->take_credits(*lineage, 0, 0, now);
+  // Four threads, so that the two processes' requests overlap as much as they can.
+  constexpr int kThreads = 4;
+  std::atomic<std::uint64_t> count{0};
+  std::atomic<int> unexpected{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      try {
+        if (mode == "take") (void)store->take_credits(*lineage, 0, 0, now);
+        for (int i = 0; i < tries / kThreads; ++i) {
+          if (mode == "validate") {
+            const auto r = manager.validate(arg);
+            if (r.code == ValidationCode::valid) {
+              count.fetch_add(1);
+            } else if (r.code != ValidationCode::usage_exceeded) {
+              unexpected.fetch_add(1);
+            }
+          } else {
+            count.fetch_add(store->take_credits(*lineage, 1, 1, now).taken);
+          }
+        }
+      } catch (...) {
+        unexpected.fetch_add(1);
+      }
+    });
   }
-  for (int i = 0; i < tries; ++i) {
-    if (mode == "validate") {
-      const auto r = manager.validate(arg);
-      REQUIRE((r.code == ValidationCode::valid || r.code == ValidationCode::usage_exceeded));
-      if (r.code == ValidationCode::valid) ++admitted;
-    } else {
-      const auto t = store->take_credits(*lineage, 1, 1, now);
-      admitted += t.taken;
-    }
-  }
+  for (auto& t : threads) t.join();
+  REQUIRE(unexpected.load() == 0);
+  admitted = count.load();
   std::ofstream(env_or_empty("APIKEYS_PG_CREDITS_OUT")) << admitted << "\n";
 }
 
@@ -262,7 +279,7 @@ TEST_CASE("PostgresStore: two processes refilling the same period write the refi
     outs.push_back(temp_file("pgrefill"));
     pids.push_back(spawn_child({"APIKEYS_PG_CREDITS_MODE=take",
                                 "APIKEYS_PG_CREDITS_ARG=" + key.info.lineage().to_string(),
-                                "APIKEYS_PG_CREDITS_TRIES=" + std::to_string(kAmount),
+                                "APIKEYS_PG_CREDITS_TRIES=" + std::to_string(2 * kAmount),
                                 "APIKEYS_PG_CREDITS_NOW=" + std::to_string(tomorrow),
                                 "APIKEYS_PG_CREDITS_START=" + std::to_string(start),
                                 "APIKEYS_PG_CREDITS_SCHEMA=" + dropper.schema,
