@@ -160,9 +160,10 @@ std::string key_columns(detail::Columns which, const std::string& a) {
 
 // The lineage's credits (one round trip: a LEFT JOIN, NULLs when it has none).
 std::string credits_join(const std::string& s, const std::string& a) {
-  return fmt::format(" LEFT JOIN {0}.apikeys_key_credits c ON c.lineage_id ="
-                     " COALESCE({1}.lineage_id, {1}.key_id)",
-                     s, a);
+  return fmt::format(
+      " LEFT JOIN {0}.apikeys_key_credits c ON c.lineage_id ="
+      " COALESCE({1}.lineage_id, {1}.key_id)",
+      s, a);
 }
 
 // The refill of a credits row (src/credits.cpp, refilled()) as SQL expressions over the
@@ -180,9 +181,9 @@ struct RefillSql {
       : period(fmt::format("(CASE refill_interval WHEN 1 THEN {}::bigint ELSE {}::bigint END)",
                            month, day)),
         due(fmt::format("(refill_amount IS NOT NULL AND {} > refilled_period)", period)) {
-    const std::string cap = fmt::format(
-        "LEAST(CASE WHEN refill_cap = 0 THEN refill_amount ELSE refill_cap END, {})",
-        kMaxCreditsSql);
+    const std::string cap =
+        fmt::format("LEAST(CASE WHEN refill_cap = 0 THEN refill_amount ELSE refill_cap END, {})",
+                    kMaxCreditsSql);
     // add_capped: + amount per period elapsed, up to the cap, never lowering; in numeric,
     // which cannot overflow.
     available = fmt::format(
@@ -279,34 +280,29 @@ struct Statements {
         page_first(fmt::format("SELECT {} FROM {}.apikeys_keys k{} WHERE k.account_id = $1"
                                " AND ($2::smallint IS NULL OR k.status = $2)"
                                " ORDER BY k.created_at DESC, k.key_id DESC LIMIT $3",
-                               key_columns(detail::Columns::info, "k"), s,
-                               credits_join(s, "k"))),
+                               key_columns(detail::Columns::info, "k"), s, credits_join(s, "k"))),
         page_after(fmt::format("SELECT {} FROM {}.apikeys_keys k{} WHERE k.account_id = $1"
                                " AND ($2::smallint IS NULL OR k.status = $2)"
                                " AND k.created_at <= $3 AND (k.created_at < $3 OR k.key_id < $4)"
                                " ORDER BY k.created_at DESC, k.key_id DESC LIMIT $5",
-                               key_columns(detail::Columns::info, "k"), s,
-                               credits_join(s, "k"))),
+                               key_columns(detail::Columns::info, "k"), s, credits_join(s, "k"))),
         // Compare-and-set on the version, the bump and its log row in the same
         // statement. No row: not this account's key, or another version (get tells).
         replace(fmt::format("WITH {},{} SELECT {} FROM changed{}", replace_cte(s, returning),
-                            log_change(s, "changed"),
-                            key_columns(detail::Columns::info, "changed"),
+                            log_change(s, "changed"), key_columns(detail::Columns::info, "changed"),
                             credits_join(s, "changed"))),
         // replace, and the successor inserted only if the replace applied: one
         // statement, so a duplicate successor aborts both.
         // The successor carries its lineage_id and never creates credits: it shares the
         // lineage's.
-        rotate(fmt::format("WITH {}, successor AS (INSERT INTO {}.apikeys_keys ({}, {})"
-                           " SELECT {}, ${}::uuid, ${}::text WHERE EXISTS (SELECT 1 FROM changed)),{}"
-                           " SELECT {} FROM changed{}",
-                           replace_cte(s, returning), s,
-                           detail::column_list(detail::Columns::all), kExtraColumns,
-                           typed_parameters(kReplaceParamCount + 1),
-                           kReplaceParamCount + kFieldCount + 1,
-                           kReplaceParamCount + kFieldCount + 2, log_change(s, "changed"),
-                           key_columns(detail::Columns::info, "changed"),
-                           credits_join(s, "changed"))),
+        rotate(fmt::format(
+            "WITH {}, successor AS (INSERT INTO {}.apikeys_keys ({}, {})"
+            " SELECT {}, ${}::uuid, ${}::text WHERE EXISTS (SELECT 1 FROM changed)),{}"
+            " SELECT {} FROM changed{}",
+            replace_cte(s, returning), s, detail::column_list(detail::Columns::all), kExtraColumns,
+            typed_parameters(kReplaceParamCount + 1), kReplaceParamCount + kFieldCount + 1,
+            kReplaceParamCount + kFieldCount + 2, log_change(s, "changed"),
+            key_columns(detail::Columns::info, "changed"), credits_join(s, "changed"))),
         // Every key revoked here takes a revision of its own and a log row, numbered in
         // one statement; rows that would fall out of the log at once are not written, and
         // changes_since() answers nullopt for a revision before them.
@@ -606,8 +602,7 @@ void read_extras(const PGresult* r, int row, int col, std::string_view op, KeyIn
   if (!PQgetisnull(r, row, col + 1)) {
     CreditRefill refill;
     refill.amount = credit_value(r, row, col + 1, op, "refill amount out of range", kMax);
-    const std::uint64_t interval =
-        credit_value(r, row, col + 2, op, "unknown refill interval", 1);
+    const std::uint64_t interval = credit_value(r, row, col + 2, op, "unknown refill interval", 1);
     const std::uint64_t mode = credit_value(r, row, col + 3, op, "unknown refill mode", 1);
     refill.interval = static_cast<RefillInterval>(interval);
     refill.mode = static_cast<RefillMode>(mode);
@@ -1369,21 +1364,21 @@ std::string clamp_text(std::uint64_t v) {
 // A row of take_credits or credits_view from column `col` on: remaining, then (take
 // only) last_take, then refilled_period, refill_interval, whether there is a refill.
 void read_take(const PGresult* r, int col, CreditTake& take) {
-  take.remaining = credit_value(r, 0, col, "take_credits", "credits remaining out of range",
-                                kMaxCreditsInt);
+  take.remaining =
+      credit_value(r, 0, col, "take_credits", "credits remaining out of range", kMaxCreditsInt);
   take.period = parse_int(r, 0, col + 1, "take_credits", "refilled_period is not an integer");
   const std::uint64_t interval =
       credit_value(r, 0, col + 2, "take_credits", "unknown refill interval", 1);
   const bool has_refill = PQgetvalue(r, 0, col + 3)[0] == 't';
-  take.period_end = has_refill ? refill_period_start(static_cast<RefillInterval>(interval),
-                                                     take.period + 1)
-                               : TimePoint::max();
+  take.period_end =
+      has_refill ? refill_period_start(static_cast<RefillInterval>(interval), take.period + 1)
+                 : TimePoint::max();
 }
 
 }  // namespace
 
-CreditTake PostgresStore::take_credits(const Uuid& lineage_id, std::uint64_t min,
-                                       std::uint64_t max, TimePoint now) {
+CreditTake PostgresStore::take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
+                                       TimePoint now) {
   const std::string lineage = lineage_id.to_string();
   const std::string low = clamp_text(min);
   const std::string high = clamp_text(std::max(min, max));
@@ -1399,19 +1394,19 @@ CreditTake PostgresStore::take_credits(const Uuid& lineage_id, std::uint64_t min
                                  impl_->statement_deadline());
     if (PQntuples(r.get()) == 1) {
       take.outcome = CreditTake::Outcome::taken;
-      take.taken = credit_value(r.get(), 0, 1, "take_credits", "last_take out of range",
-                                kMaxCreditsInt);
-      take.remaining = credit_value(r.get(), 0, 0, "take_credits",
-                                    "credits remaining out of range", kMaxCreditsInt);
+      take.taken =
+          credit_value(r.get(), 0, 1, "take_credits", "last_take out of range", kMaxCreditsInt);
+      take.remaining = credit_value(r.get(), 0, 0, "take_credits", "credits remaining out of range",
+                                    kMaxCreditsInt);
       // refilled_period, refill_interval and the refill flag follow last_take.
       const PGresult* p = r.get();
       take.period = parse_int(p, 0, 2, "take_credits", "refilled_period is not an integer");
       const std::uint64_t interval =
           credit_value(p, 0, 3, "take_credits", "unknown refill interval", 1);
-      take.period_end = PQgetvalue(p, 0, 4)[0] == 't'
-                            ? refill_period_start(static_cast<RefillInterval>(interval),
-                                                  take.period + 1)
-                            : TimePoint::max();
+      take.period_end =
+          PQgetvalue(p, 0, 4)[0] == 't'
+              ? refill_period_start(static_cast<RefillInterval>(interval), take.period + 1)
+              : TimePoint::max();
       return take;
     }
     // Nothing taken: too few credits, or none at all.
@@ -1464,12 +1459,12 @@ std::optional<KeyInfo> PostgresStore::change_credits(const Uuid& account_id, con
     c.exec("change_credits", "BEGIN", d);
     try {
       const char* key_values[] = {key.c_str(), account.c_str()};
-      PgResult k = c.exec_params(
-          "change_credits",
-          fmt::format("SELECT COALESCE(lineage_id, key_id) FROM {}.apikeys_keys"
-                      " WHERE key_id = $1 AND account_id = $2",
-                      s),
-          2, key_values, nullptr, nullptr, d);
+      PgResult k =
+          c.exec_params("change_credits",
+                        fmt::format("SELECT COALESCE(lineage_id, key_id) FROM {}.apikeys_keys"
+                                    " WHERE key_id = $1 AND account_id = $2",
+                                    s),
+                        2, key_values, nullptr, nullptr, d);
       if (PQntuples(k.get()) == 0) {
         c.exec("change_credits", "ROLLBACK", d);
         return std::nullopt;
@@ -1481,20 +1476,20 @@ std::optional<KeyInfo> PostgresStore::change_credits(const Uuid& account_id, con
       c.exec_params("change_credits",
                     "SELECT pg_advisory_xact_lock(hashtext('apikeys_credits:' || $1::text))", 1,
                     lineage_values, nullptr, nullptr, d);
-      PgResult row = c.exec_params(
-          "change_credits",
-          fmt::format("SELECT remaining, refill_amount, refill_interval, refill_mode,"
-                      " refill_cap, refilled_period FROM {}.apikeys_key_credits"
-                      " WHERE lineage_id = $1 FOR UPDATE",
-                      s),
-          1, lineage_values, nullptr, nullptr, d);
+      PgResult row =
+          c.exec_params("change_credits",
+                        fmt::format("SELECT remaining, refill_amount, refill_interval, refill_mode,"
+                                    " refill_cap, refilled_period FROM {}.apikeys_key_credits"
+                                    " WHERE lineage_id = $1 FOR UPDATE",
+                                    s),
+                        1, lineage_values, nullptr, nullptr, d);
       std::optional<Credits> stored;
       if (PQntuples(row.get()) == 1) {
         constexpr auto kMax = kMaxCreditsInt;
         Credits cr;
         const PGresult* p = row.get();
-        cr.remaining = credit_value(p, 0, 0, "change_credits", "credits remaining out of range",
-                                    kMax);
+        cr.remaining =
+            credit_value(p, 0, 0, "change_credits", "credits remaining out of range", kMax);
         if (!PQgetisnull(p, 0, 1)) {
           CreditRefill refill;
           refill.amount =
@@ -1512,8 +1507,7 @@ std::optional<KeyInfo> PostgresStore::change_credits(const Uuid& account_id, con
       }
       std::optional<Credits> next;  // nullopt: no credits afterwards
       switch (change.op) {
-        case CreditsOp::remove:
-          break;
+        case CreditsOp::remove: break;
         case CreditsOp::add:
           if (!stored) throw Error(ErrorCode::conflict, "the key has no credits to add to");
           next = refilled(*stored, change.at);
@@ -1545,10 +1539,10 @@ std::optional<KeyInfo> PostgresStore::change_credits(const Uuid& account_id, con
         const std::string cap =
             n.refill ? std::to_string(std::min(n.refill->cap, KeyPolicyLimits::kMaxCredits)) : "0";
         const std::string period = std::to_string(n.refilled_period);
-        const char* values[] = {lineage.c_str(),  remaining.c_str(),
-                                n.refill ? amount.c_str() : nullptr,
-                                interval.c_str(), mode.c_str(),
-                                cap.c_str(),      period.c_str()};
+        const char* values[] = {
+            lineage.c_str(),  remaining.c_str(), n.refill ? amount.c_str() : nullptr,
+            interval.c_str(), mode.c_str(),      cap.c_str(),
+            period.c_str()};
         c.exec_params("change_credits",
                       fmt::format("INSERT INTO {}.apikeys_key_credits (lineage_id, remaining,"
                                   " refill_amount, refill_interval, refill_mode, refill_cap,"
@@ -1564,8 +1558,8 @@ std::optional<KeyInfo> PostgresStore::change_credits(const Uuid& account_id, con
                       7, values, nullptr, nullptr, d);
       } else if (stored) {
         c.exec_params("change_credits",
-                      fmt::format("DELETE FROM {}.apikeys_key_credits WHERE lineage_id = $1", s),
-                      1, lineage_values, nullptr, nullptr, d);
+                      fmt::format("DELETE FROM {}.apikeys_key_credits WHERE lineage_id = $1", s), 1,
+                      lineage_values, nullptr, nullptr, d);
       }
       if (stored.has_value() != next.has_value()) {
         // Every key of the lineage has a new verdict (it has credits, or not): one

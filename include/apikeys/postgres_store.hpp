@@ -41,11 +41,11 @@ struct PostgresStoreOptions {
 
 /// Tables (in `schema`): apikeys_keys (the records), apikeys_key_credits (one row per
 /// lineage with credits), apikeys_meta (the revision counter), apikeys_changes (the
-/// change log) and apikeys_schema_version (which migrations ran). Writes are single statements, each its own transaction: every
-/// change (set_status, remove, replace, rotate, revoke_all) bumps the revision and logs
-/// the key in the same statement as the change, so whoever sees the new revision sees
-/// the change. rotate() writes the old key and inserts its successor in one statement:
-/// both or neither. list_page() pages by value (keyset) on an index of (account_id,
+/// change log) and apikeys_schema_version (which migrations ran). Writes are single statements,
+/// each its own transaction: every change (set_status, remove, replace, rotate, revoke_all) bumps
+/// the revision and logs the key in the same statement as the change, so whoever sees the new
+/// revision sees the change. rotate() writes the old key and inserts its successor in one
+/// statement: both or neither. list_page() pages by value (keyset) on an index of (account_id,
 /// created_at DESC, key_id DESC).
 ///
 /// Failures: a lost connection, a timeout, a server shutting down or starting, a lock

@@ -194,12 +194,11 @@ TEST_CASE("PostgresStore: two processes charging one key admit exactly its credi
   std::vector<std::string> outs;
   for (int i = 0; i < 2; ++i) {
     outs.push_back(temp_file("pgcredits"));
-    pids.push_back(spawn_child({"APIKEYS_PG_CREDITS_MODE=validate",
-                                "APIKEYS_PG_CREDITS_ARG=" + token_of(key),
-                                "APIKEYS_PG_CREDITS_TRIES=" + std::to_string(2 * kCredits),
-                                "APIKEYS_PG_CREDITS_START=" + std::to_string(start),
-                                "APIKEYS_PG_CREDITS_SCHEMA=" + schema,
-                                "APIKEYS_PG_CREDITS_OUT=" + outs.back()}));
+    pids.push_back(spawn_child(
+        {"APIKEYS_PG_CREDITS_MODE=validate", "APIKEYS_PG_CREDITS_ARG=" + token_of(key),
+         "APIKEYS_PG_CREDITS_TRIES=" + std::to_string(2 * kCredits),
+         "APIKEYS_PG_CREDITS_START=" + std::to_string(start), "APIKEYS_PG_CREDITS_SCHEMA=" + schema,
+         "APIKEYS_PG_CREDITS_OUT=" + outs.back()}));
   }
   std::uint64_t admitted = 0;
   for (std::size_t i = 0; i < pids.size(); ++i) {
@@ -277,13 +276,12 @@ TEST_CASE("PostgresStore: two processes refilling the same period write the refi
   std::vector<std::string> outs;
   for (int i = 0; i < 2; ++i) {
     outs.push_back(temp_file("pgrefill"));
-    pids.push_back(spawn_child({"APIKEYS_PG_CREDITS_MODE=take",
-                                "APIKEYS_PG_CREDITS_ARG=" + key.info.lineage().to_string(),
-                                "APIKEYS_PG_CREDITS_TRIES=" + std::to_string(2 * kAmount),
-                                "APIKEYS_PG_CREDITS_NOW=" + std::to_string(tomorrow),
-                                "APIKEYS_PG_CREDITS_START=" + std::to_string(start),
-                                "APIKEYS_PG_CREDITS_SCHEMA=" + dropper.schema,
-                                "APIKEYS_PG_CREDITS_OUT=" + outs.back()}));
+    pids.push_back(spawn_child(
+        {"APIKEYS_PG_CREDITS_MODE=take", "APIKEYS_PG_CREDITS_ARG=" + key.info.lineage().to_string(),
+         "APIKEYS_PG_CREDITS_TRIES=" + std::to_string(2 * kAmount),
+         "APIKEYS_PG_CREDITS_NOW=" + std::to_string(tomorrow),
+         "APIKEYS_PG_CREDITS_START=" + std::to_string(start),
+         "APIKEYS_PG_CREDITS_SCHEMA=" + dropper.schema, "APIKEYS_PG_CREDITS_OUT=" + outs.back()}));
   }
   std::uint64_t taken = 0;
   for (std::size_t i = 0; i < pids.size(); ++i) {
@@ -294,9 +292,9 @@ TEST_CASE("PostgresStore: two processes refilling the same period write the refi
   const auto got = manager.get(apikeys_test::account_id(42), key.info.key_id);
   REQUIRE(got.credits);
   CHECK(got.credits->remaining == 0);
-  CHECK(got.credits->refilled_period ==
-        apikeys::refill_period(apikeys::RefillInterval::daily,
-                               apikeys::from_unix_millis(tomorrow)));
+  CHECK(
+      got.credits->refilled_period ==
+      apikeys::refill_period(apikeys::RefillInterval::daily, apikeys::from_unix_millis(tomorrow)));
 }
 
 TEST_CASE("PostgresStore down: a charge fails, deny answers error, allow answers valid",
@@ -374,8 +372,7 @@ std::string describe(const std::optional<apikeys::Credits>& c) {
   if (c->refill) {
     out += " refill " + std::to_string(c->refill->amount) + "/" +
            std::to_string(static_cast<int>(c->refill->interval)) + "/" +
-           std::to_string(static_cast<int>(c->refill->mode)) + "/" +
-           std::to_string(c->refill->cap);
+           std::to_string(static_cast<int>(c->refill->mode)) + "/" + std::to_string(c->refill->cap);
   }
   return out;
 }

@@ -370,9 +370,13 @@ TEST_CASE("PostgresStore migrates a version 3 schema in place: no lineage, limit
     fresh.insert(rotated);
   }
   // Back to the tables version 3 wrote (the columns and the table of version 4 gone).
-  run_sql(*pg, "ALTER TABLE " + s + ".apikeys_keys DROP COLUMN lineage_id, DROP COLUMN rate_limits;"
-               " DROP TABLE " + s + ".apikeys_key_credits;"
-               " UPDATE " + s + ".apikeys_schema_version SET version = 3 WHERE id = 1;");
+  run_sql(*pg, "ALTER TABLE " + s +
+                   ".apikeys_keys DROP COLUMN lineage_id, DROP COLUMN rate_limits;"
+                   " DROP TABLE " +
+                   s +
+                   ".apikeys_key_credits;"
+                   " UPDATE " +
+                   s + ".apikeys_schema_version SET version = 3 WHERE id = 1;");
 
   auto store = std::make_shared<apikeys::PostgresStore>(*pg, options_for(schema));
   CHECK(run_sql(*pg, "SELECT version FROM " + s + ".apikeys_schema_version") ==
@@ -408,8 +412,10 @@ TEST_CASE("PostgresStore migrates a version 3 schema in place: no lineage, limit
   CHECK(store->take_credits(plain.info.key_id, 2, 2, apikeys_test::test_start()).remaining == 1);
 
   // Limits that do not parse fail the read: never a key without its limits.
-  run_sql(*pg, "UPDATE " + s + ".apikeys_keys SET rate_limits = 'per-minute=60/1m;bogus'"
-               " WHERE key_id = '" + plain.info.key_id.to_string() + "'");
+  run_sql(*pg, "UPDATE " + s +
+                   ".apikeys_keys SET rate_limits = 'per-minute=60/1m;bogus'"
+                   " WHERE key_id = '" +
+                   plain.info.key_id.to_string() + "'");
   CHECK(error_code_of([&] { (void)store->find(plain.info.public_key); }) ==
         apikeys::ErrorCode::storage);
   CHECK(error_code_of([&] { (void)store->get(alice, plain.info.key_id); }) ==
