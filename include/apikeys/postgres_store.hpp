@@ -46,7 +46,8 @@ struct PostgresStoreOptions {
 /// the revision and logs the key in the same statement as the change, so whoever sees the new
 /// revision sees the change. rotate() writes the old key and inserts its successor in one
 /// statement: both or neither. list_page() pages by value (keyset) on an index of (account_id,
-/// created_at DESC, key_id DESC).
+/// created_at DESC, key_id DESC). Credits: take_credits() is one guarded UPDATE on the
+/// lineage's row; change_credits() is one transaction of a few statements.
 ///
 /// Failures: a lost connection, a timeout, a server shutting down or starting, a lock
 /// or serialization conflict are Error(busy) (try again); a duplicate is
