@@ -1,7 +1,9 @@
 // PostgresStore: a bounded pool of libpq connections, each with its statements
 // prepared once; every wait bounded by a client-side deadline (pg_connection.hpp);
 // the schema created and migrated under an advisory lock; writes as single atomic
-// statements (every change bumps the revision and logs the key in the same statement).
+// statements (every change bumps the revision and logs the key in the same statement),
+// change_credits() as one transaction; credits in a table of their own, one row per
+// lineage, charged by one guarded UPDATE.
 #include "apikeys/postgres_store.hpp"
 
 #include <libpq-fe.h>
@@ -23,6 +25,7 @@
 #include <vector>
 
 #include "apikeys/error.hpp"
+#include "apikeys/limiter.hpp"
 #include "hex.hpp"
 #include "pg_connection.hpp"
 #include "record_fields.hpp"
@@ -95,6 +98,25 @@ ALTER TABLE {s}.apikeys_keys ALTER COLUMN updated_at SET NOT NULL;
 CREATE INDEX apikeys_keys_account_page
   ON {s}.apikeys_keys (account_id, created_at DESC, key_id DESC);
 )sql"},
+    // Admission: each key's lineage (NULL: its own id) and rate limits (the
+    // format_rate_limit() specs joined by ';'), and the credits of each lineage, one row
+    // per lineage (last_take: what the last take_credits() took, for its RETURNING).
+    {4, R"sql(
+ALTER TABLE {s}.apikeys_keys
+  ADD COLUMN lineage_id  uuid,
+  ADD COLUMN rate_limits text NOT NULL DEFAULT '';
+CREATE INDEX apikeys_keys_lineage ON {s}.apikeys_keys ((COALESCE(lineage_id, key_id)));
+CREATE TABLE {s}.apikeys_key_credits (
+  lineage_id      uuid     NOT NULL PRIMARY KEY,
+  remaining       bigint   NOT NULL CHECK (remaining BETWEEN 0 AND 9007199254740992),
+  refill_amount   bigint   CHECK (refill_amount BETWEEN 0 AND 9007199254740992),
+  refill_interval smallint NOT NULL DEFAULT 0 CHECK (refill_interval IN (0, 1)),
+  refill_mode     smallint NOT NULL DEFAULT 0 CHECK (refill_mode IN (0, 1)),
+  refill_cap      bigint   NOT NULL DEFAULT 0 CHECK (refill_cap BETWEEN 0 AND 9007199254740992),
+  refilled_period bigint   NOT NULL DEFAULT 0,
+  last_take       bigint   NOT NULL DEFAULT 0
+);
+)sql"},
 };
 
 // How many changes the change log keeps (doc/revocation.md).
@@ -115,22 +137,100 @@ std::string replace_schema(std::string sql, const std::string& quoted) {
   return sql;
 }
 
+// The key columns that are PostgresStore's own, after those of record_fields.hpp (read
+// by read_extras()), and the credits columns every read of a key joins to them.
+constexpr const char* kExtraColumns = "lineage_id, rate_limits";
+constexpr int kExtraColumnCount = 2;
+constexpr const char* kCreditColumns =
+    "c.remaining, c.refill_amount, c.refill_interval, c.refill_mode, c.refill_cap,"
+    " c.refilled_period";
+constexpr int kCreditColumnCount = 6;
+
+// The largest balance (KeyPolicyLimits::kMaxCredits), as SQL.
+constexpr const char* kMaxCreditsSql = "9007199254740992";
+
+// "a.key_id, a.account_id, ..., a.lineage_id, a.rate_limits, c.remaining, ...": a key
+// as read_info() or (with every field) read_record() decodes it, from the row `a` and
+// the credits `c` joined by credits_join().
+std::string key_columns(detail::Columns which, const std::string& a) {
+  const std::string prefix = a + ".";
+  return fmt::format("{}, {}.lineage_id, {}.rate_limits, {}",
+                     detail::column_list(which, prefix.c_str()), a, a, kCreditColumns);
+}
+
+// The lineage's credits (one round trip: a LEFT JOIN, NULLs when it has none).
+std::string credits_join(const std::string& s, const std::string& a) {
+  return fmt::format(
+      " LEFT JOIN {0}.apikeys_key_credits c ON c.lineage_id ="
+      " COALESCE({1}.lineage_id, {1}.key_id)",
+      s, a);
+}
+
+// The refill of a credits row (src/credits.cpp, refilled()) as SQL expressions over the
+// row's own columns, given the parameters holding the current monthly and daily
+// periods. Written inline in the statements, never read through a subquery or CTE:
+// under READ COMMITTED an UPDATE re-evaluates them on the locked row version, where a
+// subquery would answer from the statement's snapshot.
+struct RefillSql {
+  std::string period;     // the current period of the row's interval
+  std::string due;        // a refill is due
+  std::string available;  // the balance with the refill due applied
+  std::string refilled;   // refilled_period after it
+
+  RefillSql(const char* month, const char* day)
+      : period(fmt::format("(CASE refill_interval WHEN 1 THEN {}::bigint ELSE {}::bigint END)",
+                           month, day)),
+        due(fmt::format("(refill_amount IS NOT NULL AND {} > refilled_period)", period)) {
+    const std::string cap =
+        fmt::format("LEAST(CASE WHEN refill_cap = 0 THEN refill_amount ELSE refill_cap END, {})",
+                    kMaxCreditsSql);
+    // add_capped: + amount per period elapsed, up to the cap, never lowering; in numeric,
+    // which cannot overflow.
+    available = fmt::format(
+        "(CASE WHEN NOT {0} THEN remaining"
+        " WHEN refill_mode = 0 THEN LEAST(refill_amount, {1})"
+        " WHEN remaining >= {2} THEN remaining"
+        " ELSE LEAST({2}::numeric, remaining::numeric + GREATEST(refill_amount, 1)::numeric"
+        " * ({3}::numeric - refilled_period::numeric))::bigint END)",
+        due, kMaxCreditsSql, cap, period);
+    refilled = fmt::format("(CASE WHEN {} THEN {} ELSE refilled_period END)", due, period);
+  }
+};
+
 struct Statements {
   std::string info_columns;  // first: the statements below use it
+  std::string returning;     // what writes return: info_columns and kExtraColumns
   std::string find, list, insert, set_status, remove, last_use, revision, changes;
   std::string get, page_first, page_after, replace, rotate, revoke_all;
   std::string replace_digests, pepper_counts;
+  std::string take_credits, credits_view, return_credits;
 
   explicit Statements(const std::string& s)
       : info_columns(detail::column_list(detail::Columns::info)),
-        // Every field, in table order (read_record()).
-        find(fmt::format("SELECT {} FROM {}.apikeys_keys WHERE public_key = $1",
-                         detail::column_list(detail::Columns::all), s)),
-        list(fmt::format("SELECT {} FROM {}.apikeys_keys WHERE account_id = $1"
-                         " ORDER BY created_at DESC, seq DESC",
-                         info_columns, s)),
-        insert(fmt::format("INSERT INTO {}.apikeys_keys ({}) VALUES ({})", s,
-                           detail::column_list(detail::Columns::all), detail::parameter_list('$'))),
+        returning(info_columns + ", " + kExtraColumns),
+        // Every field, in table order (read_record()), and the credits.
+        find(fmt::format("SELECT {} FROM {}.apikeys_keys k{} WHERE k.public_key = $1",
+                         key_columns(detail::Columns::all, "k"), s, credits_join(s, "k"))),
+        list(fmt::format("SELECT {} FROM {}.apikeys_keys k{} WHERE k.account_id = $1"
+                         " ORDER BY k.created_at DESC, k.seq DESC",
+                         key_columns(detail::Columns::info, "k"), s, credits_join(s, "k"))),
+        // The key, then its lineage's credits when it starts the lineage ($20 not NULL):
+        // one statement, so both or neither. A credits row left by a lineage whose keys
+        // are gone is replaced.
+        insert(fmt::format(
+            "WITH inserted AS (INSERT INTO {0}.apikeys_keys ({1}, {2}) VALUES ({3}, ${4}, ${5})"
+            " RETURNING key_id)"
+            " INSERT INTO {0}.apikeys_key_credits (lineage_id, remaining, refill_amount,"
+            " refill_interval, refill_mode, refill_cap, refilled_period)"
+            " SELECT key_id, ${6}::bigint, ${7}::bigint, ${8}::smallint, ${9}::smallint,"
+            " ${10}::bigint, ${11}::bigint FROM inserted WHERE ${6}::bigint IS NOT NULL"
+            " ON CONFLICT (lineage_id) DO UPDATE SET remaining = EXCLUDED.remaining,"
+            " refill_amount = EXCLUDED.refill_amount, refill_interval = EXCLUDED.refill_interval,"
+            " refill_mode = EXCLUDED.refill_mode, refill_cap = EXCLUDED.refill_cap,"
+            " refilled_period = EXCLUDED.refilled_period, last_take = 0",
+            s, detail::column_list(detail::Columns::all), kExtraColumns,
+            detail::parameter_list('$'), kFieldCount + 1, kFieldCount + 2, kFieldCount + 3,
+            kFieldCount + 4, kFieldCount + 5, kFieldCount + 6, kFieldCount + 7, kFieldCount + 8)),
         // One statement, one transaction: the bump and its change-log row are written
         // (once, to completion) whether or not the outer query reads them, and only
         // when a row changed. The bump's row lock orders concurrent writers, so
@@ -140,13 +240,23 @@ struct Statements {
         set_status(fmt::format("WITH changed AS (UPDATE {0}.apikeys_keys SET status = $1,"
                                " version = version + CASE WHEN status = $1 THEN 0 ELSE 1 END"
                                " WHERE key_id = $2 AND account_id = $3 RETURNING {1}),{2}"
-                               " SELECT {1} FROM changed",
-                               s, info_columns, log_change(s, "changed"))),
+                               " SELECT {3} FROM changed{4}",
+                               s, returning, log_change(s, "changed"),
+                               key_columns(detail::Columns::info, "changed"),
+                               credits_join(s, "changed"))),
+        // The lineage's credits go with its last key. The statement's snapshot still
+        // holds the deleted row (hence `key_id <>`), and the key is returned with the
+        // credits as they were.
         remove(fmt::format(
             "WITH gone AS (DELETE FROM {0}.apikeys_keys WHERE key_id = $1 AND account_id = $2"
-            " RETURNING {1}),{2}"
-            " SELECT {1} FROM gone",
-            s, info_columns, log_change(s, "gone"))),
+            " RETURNING {1}),"
+            " dropped AS (DELETE FROM {0}.apikeys_key_credits d USING gone"
+            " WHERE d.lineage_id = COALESCE(gone.lineage_id, gone.key_id) AND NOT EXISTS"
+            " (SELECT 1 FROM {0}.apikeys_keys o WHERE COALESCE(o.lineage_id, o.key_id) ="
+            " d.lineage_id AND o.key_id <> gone.key_id)),{2}"
+            " SELECT {3} FROM gone{4}",
+            s, returning, log_change(s, "gone"), key_columns(detail::Columns::info, "gone"),
+            credits_join(s, "gone"))),
         // GREATEST ignores NULL: "never used" loses to any time. Duplicates in the batch
         // are folded first (an UPDATE ... FROM with two matches would pick either).
         last_use(fmt::format(
@@ -161,38 +271,44 @@ struct Statements {
             " LEFT JOIN {0}.apikeys_changes c ON c.revision > $1 AND c.revision <= m.revision"
             " WHERE m.id = 1 ORDER BY c.revision",
             s)),
-        get(fmt::format("SELECT {} FROM {}.apikeys_keys WHERE key_id = $1 AND account_id = $2",
-                        info_columns, s)),
+        get(fmt::format("SELECT {} FROM {}.apikeys_keys k{} WHERE k.key_id = $1"
+                        " AND k.account_id = $2",
+                        key_columns(detail::Columns::info, "k"), s, credits_join(s, "k"))),
         // Pages walk apikeys_keys_account_page (account_id, created_at DESC, key_id DESC).
         // The position is spelled out so that created_at bounds the index scan; a NULL
         // status ($2) means every status.
-        page_first(fmt::format("SELECT {} FROM {}.apikeys_keys WHERE account_id = $1"
-                               " AND ($2::smallint IS NULL OR status = $2)"
-                               " ORDER BY created_at DESC, key_id DESC LIMIT $3",
-                               info_columns, s)),
-        page_after(fmt::format("SELECT {} FROM {}.apikeys_keys WHERE account_id = $1"
-                               " AND ($2::smallint IS NULL OR status = $2)"
-                               " AND created_at <= $3 AND (created_at < $3 OR key_id < $4)"
-                               " ORDER BY created_at DESC, key_id DESC LIMIT $5",
-                               info_columns, s)),
+        page_first(fmt::format("SELECT {} FROM {}.apikeys_keys k{} WHERE k.account_id = $1"
+                               " AND ($2::smallint IS NULL OR k.status = $2)"
+                               " ORDER BY k.created_at DESC, k.key_id DESC LIMIT $3",
+                               key_columns(detail::Columns::info, "k"), s, credits_join(s, "k"))),
+        page_after(fmt::format("SELECT {} FROM {}.apikeys_keys k{} WHERE k.account_id = $1"
+                               " AND ($2::smallint IS NULL OR k.status = $2)"
+                               " AND k.created_at <= $3 AND (k.created_at < $3 OR k.key_id < $4)"
+                               " ORDER BY k.created_at DESC, k.key_id DESC LIMIT $5",
+                               key_columns(detail::Columns::info, "k"), s, credits_join(s, "k"))),
         // Compare-and-set on the version, the bump and its log row in the same
         // statement. No row: not this account's key, or another version (get tells).
-        replace(fmt::format("WITH {},{} SELECT {} FROM changed", replace_cte(s, info_columns),
-                            log_change(s, "changed"), info_columns)),
+        replace(fmt::format("WITH {},{} SELECT {} FROM changed{}", replace_cte(s, returning),
+                            log_change(s, "changed"), key_columns(detail::Columns::info, "changed"),
+                            credits_join(s, "changed"))),
         // replace, and the successor inserted only if the replace applied: one
         // statement, so a duplicate successor aborts both.
-        rotate(fmt::format("WITH {}, successor AS (INSERT INTO {}.apikeys_keys ({})"
-                           " SELECT {} WHERE EXISTS (SELECT 1 FROM changed)),{}"
-                           " SELECT {} FROM changed",
-                           replace_cte(s, info_columns), s,
-                           detail::column_list(detail::Columns::all), typed_parameters(12),
-                           log_change(s, "changed"), info_columns)),
+        // The successor carries its lineage_id and never creates credits: it shares the
+        // lineage's.
+        rotate(fmt::format(
+            "WITH {}, successor AS (INSERT INTO {}.apikeys_keys ({}, {})"
+            " SELECT {}, ${}::uuid, ${}::text WHERE EXISTS (SELECT 1 FROM changed)),{}"
+            " SELECT {} FROM changed{}",
+            replace_cte(s, returning), s, detail::column_list(detail::Columns::all), kExtraColumns,
+            typed_parameters(kReplaceParamCount + 1), kReplaceParamCount + kFieldCount + 1,
+            kReplaceParamCount + kFieldCount + 2, log_change(s, "changed"),
+            key_columns(detail::Columns::info, "changed"), credits_join(s, "changed"))),
         // Every key revoked here takes a revision of its own and a log row, numbered in
         // one statement; rows that would fall out of the log at once are not written, and
         // changes_since() answers nullopt for a revision before them.
         revoke_all(fmt::format(
             "WITH changed AS (UPDATE {0}.apikeys_keys SET status = {3}, updated_at = $2,"
-            " version = version + 1 WHERE account_id = $1 AND status <> {3} RETURNING {1}),"
+            " version = version + 1 WHERE account_id = $1 AND status <> {3} RETURNING {4}),"
             " counted AS (SELECT count(*) AS n FROM changed),"
             " bump AS (UPDATE {0}.apikeys_meta SET revision = revision + (SELECT n FROM counted)"
             " WHERE id = 1 AND (SELECT n FROM counted) > 0 RETURNING revision),"
@@ -204,8 +320,9 @@ struct Statements {
             " ON CONFLICT (revision) DO UPDATE SET public_key = EXCLUDED.public_key),"
             " pruned AS (DELETE FROM {0}.apikeys_changes"
             " WHERE revision <= (SELECT revision FROM bump) - {2})"
-            " SELECT {1} FROM changed ORDER BY created_at DESC, key_id DESC",
-            s, info_columns, kChangeLogSize, static_cast<int>(KeyStatus::revoked))),
+            " SELECT {5} FROM changed{6} ORDER BY changed.created_at DESC, changed.key_id DESC",
+            s, info_columns, kChangeLogSize, static_cast<int>(KeyStatus::revoked), returning,
+            key_columns(detail::Columns::info, "changed"), credits_join(s, "changed"))),
         // Compare-and-set on the digest of every change in one statement: $1 key ids,
         // $2 and $3 the `from` digests (hex) and pepper ids, $4 and $5 the `to` ones, in
         // batch order. Each change is matched against the digest as it was when the
@@ -230,17 +347,49 @@ struct Statements {
             s)),
         pepper_counts(fmt::format("SELECT pepper_id, count(*) FROM {}.apikeys_keys"
                                   " GROUP BY pepper_id ORDER BY pepper_id",
-                                  s)) {}
+                                  s)) {
+    // $1 lineage, $2 min, $3 max (at least min), $4 and $5 the current monthly and daily
+    // periods. One guarded statement on the locked row: the refill due and the take in
+    // one step, nothing taken (and no row) when the balance would fall below min.
+    const RefillSql t("$4", "$5");
+    take_credits = fmt::format(
+        "UPDATE {0}.apikeys_key_credits SET remaining = {1} - LEAST({1}, $3::bigint),"
+        " last_take = LEAST({1}, $3::bigint), refilled_period = {2}"
+        " WHERE lineage_id = $1 AND {1} >= $2::bigint"
+        " RETURNING remaining, last_take, refilled_period, refill_interval,"
+        " refill_amount IS NOT NULL",
+        s, t.available, t.refilled);
+    // After a take that took nothing: $1 lineage, $2 and $3 the periods. Writes the refill
+    // due (once per period, whoever does it) and reports the balance; no row: no credits.
+    const RefillSql v("$2", "$3");
+    credits_view = fmt::format(
+        "WITH due AS (UPDATE {0}.apikeys_key_credits SET remaining = {1},"
+        " refilled_period = {2}, last_take = 0 WHERE lineage_id = $1 AND {3}"
+        " RETURNING remaining, refilled_period, refill_interval, refill_amount IS NOT NULL)"
+        " SELECT * FROM due UNION ALL"
+        " SELECT {1}, {2}, refill_interval, refill_amount IS NOT NULL"
+        " FROM {0}.apikeys_key_credits WHERE lineage_id = $1 AND NOT EXISTS (SELECT 1 FROM due)",
+        s, v.available, v.refilled, v.due);
+    // $1 lineage, $2 credits (at most kMaxCredits), $3 the period they belong to.
+    return_credits = fmt::format(
+        "UPDATE {0}.apikeys_key_credits SET remaining = LEAST(remaining + $2::bigint, {1})"
+        " WHERE lineage_id = $1 AND refilled_period = $3::bigint",
+        s, kMaxCreditsSql);
+  }
+
+  // replace()'s parameters: $1 key_id, $2 account_id, $3 the expected version, $4.. $12
+  // the fields it writes; rotate()'s successor follows.
+  static constexpr int kReplaceParamCount = 12;
 
   // The CTE `changed` of replace and rotate: $1 key_id, $2 account_id, $3 the expected
-  // version, $4.. $11 the fields replace() writes.
-  static std::string replace_cte(const std::string& s, const std::string& info_columns) {
+  // version, $4.. $12 the fields replace() writes.
+  static std::string replace_cte(const std::string& s, const std::string& returning) {
     return fmt::format(
         "changed AS (UPDATE {}.apikeys_keys SET title = $4, description = $5, metadata = $6,"
         " scopes = $7, status = $8, expires_at = $9, updated_at = $10, rotated_to = $11,"
-        " version = version + 1 WHERE key_id = $1 AND account_id = $2 AND version = $3"
-        " RETURNING {})",
-        s, info_columns);
+        " rate_limits = $12, version = version + 1"
+        " WHERE key_id = $1 AND account_id = $2 AND version = $3 RETURNING {})",
+        s, returning);
   }
 
   // "$12::uuid, $13::uuid, ...": one parameter per field from `first` on, each cast to
@@ -286,6 +435,9 @@ constexpr const char* kRotate = "apikeys_rotate";
 constexpr const char* kRevokeAll = "apikeys_revoke_all";
 constexpr const char* kReplaceDigests = "apikeys_replace_digests";
 constexpr const char* kPepperCounts = "apikeys_pepper_counts";
+constexpr const char* kTakeCredits = "apikeys_take_credits";
+constexpr const char* kCreditsView = "apikeys_credits_view";
+constexpr const char* kReturnCredits = "apikeys_return_credits";
 
 [[noreturn]] void corrupt(std::string_view op, const char* what) {
   throw Error(ErrorCode::storage,
@@ -394,30 +546,136 @@ struct RowDecoder {
   }
 };
 
-// The KeyInfo fields, in table order (reads, and the RETURNING of every write).
+// The rate limits as stored: format_rate_limit() specs joined by ';'.
+std::string join_rate_limits(const std::vector<RateLimit>& limits) {
+  std::string out;
+  for (const RateLimit& limit : limits) {
+    if (!out.empty()) out += ';';
+    out += format_rate_limit(limit);
+  }
+  return out;
+}
+
+// A non-negative integer column of the credits, at most `max`.
+std::uint64_t credit_value(const PGresult* r, int row, int col, std::string_view op,
+                           const char* what, std::int64_t max) {
+  const std::int64_t v = parse_int(r, row, col, op, what);
+  if (v < 0 || v > max) corrupt(op, what);
+  return static_cast<std::uint64_t>(v);
+}
+
+// PostgresStore's own key columns and the lineage's credits (key_columns()), from
+// column `col` on. Limits that do not parse fail the read: a key is never shown, nor
+// admitted, without the limits it was given.
+void read_extras(const PGresult* r, int row, int col, std::string_view op, KeyInfo& info) {
+  if (PQnfields(r) < col + kExtraColumnCount + kCreditColumnCount) {
+    corrupt(op, "missing columns");
+  }
+  info.lineage_id = Uuid{};
+  if (!PQgetisnull(r, row, col)) {
+    auto id = Uuid::parse(PQgetvalue(r, row, col));
+    if (!id) corrupt(op, "lineage_id is not a UUID");
+    info.lineage_id = *id;
+  }
+  ++col;
+  if (PQgetisnull(r, row, col)) corrupt(op, "rate_limits is null");
+  const std::string_view limits(PQgetvalue(r, row, col),
+                                static_cast<std::size_t>(PQgetlength(r, row, col)));
+  info.rate_limits.clear();
+  for (std::size_t at = 0; at < limits.size();) {
+    std::size_t end = limits.find(';', at);
+    if (end == std::string_view::npos) end = limits.size();
+    try {
+      info.rate_limits.push_back(parse_rate_limit(limits.substr(at, end - at)));
+    } catch (const std::exception&) {
+      corrupt(op, "rate_limits do not parse");
+    }
+    at = end + 1;
+    if (end + 1 == limits.size()) corrupt(op, "rate_limits do not parse");  // a trailing ';'
+  }
+  ++col;
+  info.credits.reset();
+  if (PQgetisnull(r, row, col)) return;  // the lineage has no credits
+  constexpr auto kMax = static_cast<std::int64_t>(KeyPolicyLimits::kMaxCredits);
+  Credits c;
+  c.remaining = credit_value(r, row, col, op, "credits remaining out of range", kMax);
+  if (!PQgetisnull(r, row, col + 1)) {
+    CreditRefill refill;
+    refill.amount = credit_value(r, row, col + 1, op, "refill amount out of range", kMax);
+    const std::uint64_t interval = credit_value(r, row, col + 2, op, "unknown refill interval", 1);
+    const std::uint64_t mode = credit_value(r, row, col + 3, op, "unknown refill mode", 1);
+    refill.interval = static_cast<RefillInterval>(interval);
+    refill.mode = static_cast<RefillMode>(mode);
+    refill.cap = credit_value(r, row, col + 4, op, "refill cap out of range", kMax);
+    c.refill = refill;
+  }
+  c.refilled_period = parse_int(r, row, col + 5, op, "refilled_period is not an integer");
+  info.credits = c;
+}
+
+// The KeyInfo fields, in table order, then the extras (reads, and every write's result).
 KeyInfo read_info(const PGresult* r, int row, std::string_view op) {
   if (PQnfields(r) < kInfoColumnCount) corrupt(op, "missing columns");
   KeyInfo info;
   detail::for_each_info_field(info, RowDecoder{r, row, op});
+  read_extras(r, row, kInfoColumnCount, op, info);
   return info;
 }
 
-// Every field, in table order (find).
+// Every field, in table order, then the extras (find).
 KeyRecord read_record(const PGresult* r, int row, std::string_view op) {
   if (PQnfields(r) < kFieldCount) corrupt(op, "missing columns");
   KeyRecord record;
   detail::for_each_field(record, RowDecoder{r, row, op});
+  read_extras(r, row, kFieldCount, op, record.info);
   return record;
 }
 
-// The parameters of an INSERT of every field, in table order: text, except the digest's
-// raw bytes (binary). Points into `record` and into its own strings: both must outlive
-// the call that sends them.
+// The parameters of an INSERT of every field, in table order, then lineage_id and
+// rate_limits (and, for insert(), the credits it creates: Statements::insert): text,
+// except the digest's raw bytes (binary). Points into `record` and into its own strings:
+// both must outlive the call that sends them.
 class InsertParams {
  public:
+  static constexpr std::size_t kMaxParams =
+      detail::kFieldCount + kExtraColumnCount + kCreditColumnCount;
+
   explicit InsertParams(const KeyRecord& record, const char* op = "insert") : op_(op) {
     detail::for_each_field(record, *this);
+    const KeyInfo& info = record.info;
+    if (info.lineage_id.is_nil()) {
+      add(nullptr, 0, 0);  // NULL: the key's own id
+    } else {
+      own(info.lineage_id.to_string());
+    }
+    own(join_rate_limits(info.rate_limits));
   }
+
+  // Appends the credits parameters of Statements::insert: the record's credits when it
+  // starts its lineage, else NULLs (none created).
+  void add_credits(const KeyRecord& record) {
+    const KeyInfo& info = record.info;
+    if (!info.credits || info.lineage() != info.key_id) {
+      for (int i = 0; i < kCreditColumnCount; ++i) add(nullptr, 0, 0);
+      return;
+    }
+    const Credits& c = *info.credits;
+    number(std::min(c.remaining, KeyPolicyLimits::kMaxCredits));
+    if (c.refill) {
+      number(std::min(c.refill->amount, KeyPolicyLimits::kMaxCredits));
+      own(std::to_string(static_cast<int>(c.refill->interval)));
+      own(std::to_string(static_cast<int>(c.refill->mode)));
+      number(std::min(c.refill->cap, KeyPolicyLimits::kMaxCredits));
+    } else {
+      add(nullptr, 0, 0);
+      own("0");
+      own("0");
+      own("0");
+    }
+    own(std::to_string(c.refilled_period));
+  }
+
+  [[nodiscard]] int count() const noexcept { return static_cast<int>(n_); }
   InsertParams(const InsertParams&) = delete;
   InsertParams& operator=(const InsertParams&) = delete;
 
@@ -483,15 +741,17 @@ class InsertParams {
     add(owned_[n_].c_str(), 0, 0);
   }
 
+  void number(std::uint64_t v) { own(std::to_string(v)); }
+
   const char* op_;
   std::size_t n_ = 0;
-  std::array<std::string, detail::kFieldCount> owned_;
-  std::array<const char*, detail::kFieldCount> values_{};
-  std::array<int, detail::kFieldCount> lengths_{};
-  std::array<int, detail::kFieldCount> formats_{};
+  std::array<std::string, kMaxParams> owned_;
+  std::array<const char*, kMaxParams> values_{};
+  std::array<int, kMaxParams> lengths_{};
+  std::array<int, kMaxParams> formats_{};
 };
 
-// The parameters of replace() ($1 to $11 of Statements::replace_cte), then, for
+// The parameters of replace() ($1 to $12 of Statements::replace_cte), then, for
 // rotate(), those of the successor's INSERT. Text, NULL for an absent optional. Points
 // into its own strings and into `next` (and the successor's InsertParams): they must
 // outlive the call that sends them.
@@ -521,6 +781,7 @@ class ReplaceParams {
     } else {
       values_.push_back(nullptr);
     }
+    own(join_rate_limits(next.rate_limits));
     lengths_.assign(values_.size(), 0);
     formats_.assign(values_.size(), 0);
   }
@@ -529,7 +790,7 @@ class ReplaceParams {
 
   // Appends the successor's INSERT parameters (rotate).
   void append(const InsertParams& insert) {
-    const auto n = static_cast<std::size_t>(kFieldCount);
+    const auto n = static_cast<std::size_t>(insert.count());
     values_.insert(values_.end(), insert.values(), insert.values() + n);
     lengths_.insert(lengths_.end(), insert.lengths(), insert.lengths() + n);
     formats_.insert(formats_.end(), insert.formats(), insert.formats() + n);
@@ -648,6 +909,9 @@ struct PostgresStore::Impl {
     c->prepare("connect", kRevokeAll, sql.revoke_all, d);
     c->prepare("connect", kReplaceDigests, sql.replace_digests, d);
     c->prepare("connect", kPepperCounts, sql.pepper_counts, d);
+    c->prepare("connect", kTakeCredits, sql.take_credits, d);
+    c->prepare("connect", kCreditsView, sql.credits_view, d);
+    c->prepare("connect", kReturnCredits, sql.return_credits, d);
     return c;
   }
 
@@ -835,11 +1099,12 @@ PostgresStore::~PostgresStore() = default;
 int PostgresStore::schema_version() noexcept { return kCurrentVersion; }
 
 void PostgresStore::insert(const KeyRecord& record) {
-  const InsertParams params(record);
+  InsertParams params(record);
+  params.add_credits(record);
   // Not retried: a lost reply may hide a committed insert (a retry would say
   // already_exists about our own row).
   impl_->run("insert", false, [&](PgConnection& c) {
-    (void)c.exec_prepared("insert", kInsert, kFieldCount, params.values(), params.lengths(),
+    (void)c.exec_prepared("insert", kInsert, params.count(), params.values(), params.lengths(),
                           params.formats(), impl_->statement_deadline());
   });
 }
@@ -1085,6 +1350,252 @@ std::vector<PepperCount> PostgresStore::pepper_counts() {
       out.push_back(PepperCount{static_cast<std::uint32_t>(id), static_cast<std::uint64_t>(keys)});
     }
     return out;
+  });
+}
+
+namespace {
+
+constexpr auto kMaxCreditsInt = static_cast<std::int64_t>(KeyPolicyLimits::kMaxCredits);
+
+std::string clamp_text(std::uint64_t v) {
+  return std::to_string(std::min<std::uint64_t>(v, static_cast<std::uint64_t>(INT64_MAX)));
+}
+
+// A row of take_credits or credits_view from column `col` on: remaining, then (take
+// only) last_take, then refilled_period, refill_interval, whether there is a refill.
+void read_take(const PGresult* r, int col, CreditTake& take) {
+  take.remaining =
+      credit_value(r, 0, col, "take_credits", "credits remaining out of range", kMaxCreditsInt);
+  take.period = parse_int(r, 0, col + 1, "take_credits", "refilled_period is not an integer");
+  const std::uint64_t interval =
+      credit_value(r, 0, col + 2, "take_credits", "unknown refill interval", 1);
+  const bool has_refill = PQgetvalue(r, 0, col + 3)[0] == 't';
+  take.period_end =
+      has_refill ? refill_period_start(static_cast<RefillInterval>(interval), take.period + 1)
+                 : TimePoint::max();
+}
+
+}  // namespace
+
+CreditTake PostgresStore::take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
+                                       TimePoint now) {
+  const std::string lineage = lineage_id.to_string();
+  const std::string low = clamp_text(min);
+  const std::string high = clamp_text(std::max(min, max));
+  const std::string month = std::to_string(refill_period(RefillInterval::monthly, now));
+  const std::string day = std::to_string(refill_period(RefillInterval::daily, now));
+  const char* take_values[] = {lineage.c_str(), low.c_str(), high.c_str(), month.c_str(),
+                               day.c_str()};
+  const char* view_values[] = {lineage.c_str(), month.c_str(), day.c_str()};
+  // Not retried: after a lost reply the take may have committed.
+  return impl_->run("take_credits", false, [&](PgConnection& c) {
+    CreditTake take;
+    PgResult r = c.exec_prepared("take_credits", kTakeCredits, 5, take_values, nullptr, nullptr,
+                                 impl_->statement_deadline());
+    if (PQntuples(r.get()) == 1) {
+      take.outcome = CreditTake::Outcome::taken;
+      take.taken =
+          credit_value(r.get(), 0, 1, "take_credits", "last_take out of range", kMaxCreditsInt);
+      take.remaining = credit_value(r.get(), 0, 0, "take_credits", "credits remaining out of range",
+                                    kMaxCreditsInt);
+      // refilled_period, refill_interval and the refill flag follow last_take.
+      const PGresult* p = r.get();
+      take.period = parse_int(p, 0, 2, "take_credits", "refilled_period is not an integer");
+      const std::uint64_t interval =
+          credit_value(p, 0, 3, "take_credits", "unknown refill interval", 1);
+      take.period_end =
+          PQgetvalue(p, 0, 4)[0] == 't'
+              ? refill_period_start(static_cast<RefillInterval>(interval), take.period + 1)
+              : TimePoint::max();
+      return take;
+    }
+    // Nothing taken: too few credits, or none at all.
+    PgResult v = c.exec_prepared("take_credits", kCreditsView, 3, view_values, nullptr, nullptr,
+                                 impl_->statement_deadline());
+    if (PQntuples(v.get()) == 0) return take;  // no_credits
+    take.outcome = CreditTake::Outcome::insufficient;
+    read_take(v.get(), 0, take);
+    return take;
+  });
+}
+
+void PostgresStore::return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) {
+  if (n == 0) return;
+  const std::string lineage = lineage_id.to_string();
+  const std::string count = std::to_string(std::min(n, KeyPolicyLimits::kMaxCredits));
+  const std::string when = std::to_string(period);
+  const char* values[] = {lineage.c_str(), count.c_str(), when.c_str()};
+  // Not retried: after a lost reply the credits may be back already.
+  impl_->run("return_credits", false, [&](PgConnection& c) {
+    (void)c.exec_prepared("return_credits", kReturnCredits, 3, values, nullptr, nullptr,
+                          impl_->statement_deadline());
+  });
+}
+
+namespace {
+
+// `delta` added to `balance`, clamped to 0..kMaxCredits.
+std::uint64_t add_clamped(std::uint64_t balance, std::int64_t delta) noexcept {
+  constexpr std::uint64_t kMax = KeyPolicyLimits::kMaxCredits;
+  if (delta >= 0) {
+    const auto d = static_cast<std::uint64_t>(delta);
+    return d >= kMax - std::min(balance, kMax) ? kMax : balance + d;
+  }
+  const std::uint64_t d =
+      delta == INT64_MIN ? std::uint64_t{1} << 63 : static_cast<std::uint64_t>(-delta);
+  return d >= balance ? 0 : balance - d;
+}
+
+}  // namespace
+
+std::optional<KeyInfo> PostgresStore::change_credits(const Uuid& account_id, const Uuid& key_id,
+                                                     const CreditsChange& change) {
+  const std::string key = key_id.to_string();
+  const std::string account = account_id.to_string();
+  const std::string& s = impl_->quoted_schema;
+  // Not retried: after a lost reply the change may have committed.
+  return impl_->run("change_credits", false, [&](PgConnection& c) -> std::optional<KeyInfo> {
+    const Deadline d = impl_->statement_deadline();
+    c.exec("change_credits", "BEGIN", d);
+    try {
+      const char* key_values[] = {key.c_str(), account.c_str()};
+      PgResult k =
+          c.exec_params("change_credits",
+                        fmt::format("SELECT COALESCE(lineage_id, key_id) FROM {}.apikeys_keys"
+                                    " WHERE key_id = $1 AND account_id = $2",
+                                    s),
+                        2, key_values, nullptr, nullptr, d);
+      if (PQntuples(k.get()) == 0) {
+        c.exec("change_credits", "ROLLBACK", d);
+        return std::nullopt;
+      }
+      const std::string lineage = PQgetvalue(k.get(), 0, 0);
+      const char* lineage_values[] = {lineage.c_str()};
+      // Creations of one lineage's credits wait for each other (the row lock below
+      // cannot order them: there is no row yet).
+      c.exec_params("change_credits",
+                    "SELECT pg_advisory_xact_lock(hashtext('apikeys_credits:' || $1::text))", 1,
+                    lineage_values, nullptr, nullptr, d);
+      PgResult row =
+          c.exec_params("change_credits",
+                        fmt::format("SELECT remaining, refill_amount, refill_interval, refill_mode,"
+                                    " refill_cap, refilled_period FROM {}.apikeys_key_credits"
+                                    " WHERE lineage_id = $1 FOR UPDATE",
+                                    s),
+                        1, lineage_values, nullptr, nullptr, d);
+      std::optional<Credits> stored;
+      if (PQntuples(row.get()) == 1) {
+        constexpr auto kMax = kMaxCreditsInt;
+        Credits cr;
+        const PGresult* p = row.get();
+        cr.remaining =
+            credit_value(p, 0, 0, "change_credits", "credits remaining out of range", kMax);
+        if (!PQgetisnull(p, 0, 1)) {
+          CreditRefill refill;
+          refill.amount =
+              credit_value(p, 0, 1, "change_credits", "refill amount out of range", kMax);
+          refill.interval = static_cast<RefillInterval>(
+              credit_value(p, 0, 2, "change_credits", "unknown refill interval", 1));
+          refill.mode = static_cast<RefillMode>(
+              credit_value(p, 0, 3, "change_credits", "unknown refill mode", 1));
+          refill.cap = credit_value(p, 0, 4, "change_credits", "refill cap out of range", kMax);
+          cr.refill = refill;
+        }
+        cr.refilled_period =
+            parse_int(p, 0, 5, "change_credits", "refilled_period is not an integer");
+        stored = cr;
+      }
+      std::optional<Credits> next;  // nullopt: no credits afterwards
+      switch (change.op) {
+        case CreditsOp::remove: break;
+        case CreditsOp::add:
+          if (!stored) throw Error(ErrorCode::conflict, "the key has no credits to add to");
+          next = refilled(*stored, change.at);
+          next->remaining = add_clamped(next->remaining, change.delta);
+          break;
+        case CreditsOp::configure:
+          if (!stored && !change.remaining) {
+            throw Error(ErrorCode::conflict, "the key has no credits: give a balance");
+          }
+          next = stored ? refilled(*stored, change.at) : Credits{};
+          if (change.change_refill) next->refill = change.refill;
+          if (change.remaining) {
+            next->remaining = std::min(*change.remaining, KeyPolicyLimits::kMaxCredits);
+          }
+          // The balance belongs to the current period of the (maybe new) interval.
+          next->refilled_period =
+              next->refill ? refill_period(next->refill->interval, change.at) : 0;
+          break;
+      }
+      if (next) {
+        const Credits& n = *next;
+        const std::string remaining = std::to_string(n.remaining);
+        const std::string amount =
+            n.refill ? std::to_string(std::min(n.refill->amount, KeyPolicyLimits::kMaxCredits))
+                     : "";
+        const std::string interval =
+            std::to_string(n.refill ? static_cast<int>(n.refill->interval) : 0);
+        const std::string mode = std::to_string(n.refill ? static_cast<int>(n.refill->mode) : 0);
+        const std::string cap =
+            n.refill ? std::to_string(std::min(n.refill->cap, KeyPolicyLimits::kMaxCredits)) : "0";
+        const std::string period = std::to_string(n.refilled_period);
+        const char* values[] = {
+            lineage.c_str(),  remaining.c_str(), n.refill ? amount.c_str() : nullptr,
+            interval.c_str(), mode.c_str(),      cap.c_str(),
+            period.c_str()};
+        c.exec_params("change_credits",
+                      fmt::format("INSERT INTO {}.apikeys_key_credits (lineage_id, remaining,"
+                                  " refill_amount, refill_interval, refill_mode, refill_cap,"
+                                  " refilled_period) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                                  " ON CONFLICT (lineage_id) DO UPDATE SET"
+                                  " remaining = EXCLUDED.remaining,"
+                                  " refill_amount = EXCLUDED.refill_amount,"
+                                  " refill_interval = EXCLUDED.refill_interval,"
+                                  " refill_mode = EXCLUDED.refill_mode,"
+                                  " refill_cap = EXCLUDED.refill_cap,"
+                                  " refilled_period = EXCLUDED.refilled_period",
+                                  s),
+                      7, values, nullptr, nullptr, d);
+      } else if (stored) {
+        c.exec_params("change_credits",
+                      fmt::format("DELETE FROM {}.apikeys_key_credits WHERE lineage_id = $1", s), 1,
+                      lineage_values, nullptr, nullptr, d);
+      }
+      if (stored.has_value() != next.has_value()) {
+        // Every key of the lineage has a new verdict (it has credits, or not): one
+        // revision and one log row each, as revoke_all numbers them.
+        c.exec_params(
+            "change_credits",
+            fmt::format(
+                "WITH lineage AS (SELECT public_key, row_number() OVER (ORDER BY created_at,"
+                " key_id) AS i FROM {0}.apikeys_keys WHERE COALESCE(lineage_id, key_id) = $1),"
+                " counted AS (SELECT count(*) AS n FROM lineage),"
+                " bump AS (UPDATE {0}.apikeys_meta SET revision = revision +"
+                " (SELECT n FROM counted) WHERE id = 1 AND (SELECT n FROM counted) > 0"
+                " RETURNING revision),"
+                " logged AS (INSERT INTO {0}.apikeys_changes (revision, public_key)"
+                " SELECT bump.revision - counted.n + lineage.i, lineage.public_key"
+                " FROM bump, counted, lineage WHERE counted.n - lineage.i < {1}"
+                " ON CONFLICT (revision) DO UPDATE SET public_key = EXCLUDED.public_key),"
+                " pruned AS (DELETE FROM {0}.apikeys_changes"
+                " WHERE revision <= (SELECT revision FROM bump) - {1})"
+                " SELECT 1",
+                s, kChangeLogSize),
+            1, lineage_values, nullptr, nullptr, d);
+      }
+      PgResult got = c.exec_prepared("change_credits", kGet, 2, key_values, nullptr, nullptr, d);
+      std::optional<KeyInfo> out = single_row(got, "change_credits");
+      c.exec("change_credits", "COMMIT", d);
+      return out;
+    } catch (const pg::ConnectionLost&) {
+      throw;  // the connection is closed: the server rolls back
+    } catch (...) {
+      try {
+        c.exec("change_credits", "ROLLBACK", impl_->statement_deadline());
+      } catch (...) {
+      }
+      throw;
+    }
   });
 }
 

@@ -39,14 +39,15 @@ struct PostgresStoreOptions {
   std::string schema = "public";
 };
 
-/// Tables (in `schema`): apikeys_keys (the records), apikeys_meta (the revision
-/// counter), apikeys_changes (the change log) and apikeys_schema_version (which
-/// migrations ran). Writes are single statements, each its own transaction: every
-/// change (set_status, remove, replace, rotate, revoke_all) bumps the revision and logs
-/// the key in the same statement as the change, so whoever sees the new revision sees
-/// the change. rotate() writes the old key and inserts its successor in one statement:
-/// both or neither. list_page() pages by value (keyset) on an index of (account_id,
-/// created_at DESC, key_id DESC).
+/// Tables (in `schema`): apikeys_keys (the records), apikeys_key_credits (one row per
+/// lineage with credits), apikeys_meta (the revision counter), apikeys_changes (the
+/// change log) and apikeys_schema_version (which migrations ran). Writes are single statements,
+/// each its own transaction: every change (set_status, remove, replace, rotate, revoke_all) bumps
+/// the revision and logs the key in the same statement as the change, so whoever sees the new
+/// revision sees the change. rotate() writes the old key and inserts its successor in one
+/// statement: both or neither. list_page() pages by value (keyset) on an index of (account_id,
+/// created_at DESC, key_id DESC). Credits: take_credits() is one guarded UPDATE on the
+/// lineage's row; change_credits() is one transaction of a few statements.
 ///
 /// Failures: a lost connection, a timeout, a server shutting down or starting, a lock
 /// or serialization conflict are Error(busy) (try again); a duplicate is
@@ -101,6 +102,19 @@ class APIKEYS_EXPORT PostgresStore final : public Store {
   std::size_t replace_digests(const std::vector<DigestChange>& changes) override;
   /// One GROUP BY over every key (a full scan: an operator's occasional question).
   [[nodiscard]] std::vector<PepperCount> pepper_counts() override;
+  /// One prepared, guarded UPDATE of the lineage's credits row: the refill due and the
+  /// take computed on the row as it is once locked, so concurrent callers in any process
+  /// never take more than the balance. A take that takes nothing costs a second
+  /// statement (it writes the refill due, and reads the balance). Not retried: a lost
+  /// reply may hide a committed take.
+  CreditTake take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
+                          TimePoint now) override;
+  /// One UPDATE guarded by the period. Not retried.
+  void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) override;
+  /// One transaction; creating or removing credits bumps the revision once per key of
+  /// the lineage and logs each. Not retried.
+  std::optional<KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,
+                                        const CreditsChange& change) override;
   [[nodiscard]] std::uint64_t revision() override;
   /// From the change log that every change appends to in its own statement; the newest
   /// kChangeLogSize entries are kept.

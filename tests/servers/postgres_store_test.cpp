@@ -30,6 +30,7 @@
 #include "apikeys/error.hpp"
 #include "apikeys/hasher.hpp"
 #include "apikeys/key_manager.hpp"
+#include "apikeys/limiter.hpp"
 #include "apikeys/memory_cache.hpp"
 #include "apikeys/postgres_store.hpp"
 #include "catch.hpp"
@@ -139,8 +140,8 @@ std::vector<std::vector<std::string>> run_sql(const std::string& conninfo, const
 }
 
 // CHECKs that `schema`.apikeys_keys has exactly the columns of src/record_fields.hpp, in
-// order, with their types and nullability (seq aside: PostgresStore's own), and the
-// index that list pages walk.
+// order, with their types and nullability (seq, lineage_id and rate_limits aside, unless
+// the description has them: PostgresStore's own), and the index that list pages walk.
 void check_table_matches_record_fields(const std::string& conninfo, const std::string& schema) {
   const auto rows =
       run_sql(conninfo,
@@ -151,11 +152,22 @@ void check_table_matches_record_fields(const std::string& conninfo, const std::s
                   " AND column_name <> 'seq' ORDER BY ordinal_position");
   std::vector<std::string> got;
   std::vector<std::string> want;
-  for (const auto& row : rows) got.push_back(row[0] + " " + row[1] + " " + row[2]);
+  std::vector<std::string> own = {"lineage_id uuid YES", "rate_limits text NO"};
   for (const apikeys::detail::RecordField& f : apikeys::detail::kRecordFields) {
     want.push_back(std::string(f.name) + " " + f.pg_type + " " + (f.nullable() ? "YES" : "NO"));
+    own.erase(std::remove(own.begin(), own.end(), want.back()), own.end());
+  }
+  std::vector<std::string> extra;
+  for (const auto& row : rows) {
+    std::string column = row[0] + " " + row[1] + " " + row[2];
+    if (std::find(own.begin(), own.end(), column) != own.end()) {
+      extra.push_back(std::move(column));
+    } else {
+      got.push_back(std::move(column));
+    }
   }
   CHECK(got == want);
+  CHECK(extra == own);
   const auto index =
       run_sql(conninfo, "SELECT indexdef FROM pg_indexes WHERE schemaname = '" + schema +
                             "' AND indexname = 'apikeys_keys_account_page'");
@@ -336,6 +348,78 @@ TEST_CASE("PostgresStore migrates a 0.1 schema (version 2) without losing a row 
   CHECK(manager.validate(real.info.public_key, real.secret_key.reveal()).code ==
         ValidationCode::disabled);
   CHECK(store->revision() == 2);
+}
+
+TEST_CASE("PostgresStore migrates a version 3 schema in place: no lineage, limits or credits",
+          "[servers][postgres][store][migration]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  const std::string schema = janitor.make();
+  const std::string s = "\"" + schema + "\"";
+  const apikeys::Uuid alice = apikeys_test::account_id(1);
+  apikeys::KeyRecord plain = record(31, alice, -3000);
+  plain.info.scopes = {"read", "write"};
+  plain.info.lineage_id = apikeys::Uuid{};  // as version 3 stores kept it: none
+  apikeys::KeyRecord rotated = record(32, alice, -2000);
+  rotated.info.lineage_id = apikeys::Uuid{};
+  rotated.info.rotated_from = plain.info.key_id;
+  {
+    apikeys::PostgresStore fresh(*pg, options_for(schema));
+    fresh.insert(plain);
+    fresh.insert(rotated);
+  }
+  // Back to the tables version 3 wrote (the columns and the table of version 4 gone).
+  run_sql(*pg, "ALTER TABLE " + s +
+                   ".apikeys_keys DROP COLUMN lineage_id, DROP COLUMN rate_limits;"
+                   " DROP TABLE " +
+                   s +
+                   ".apikeys_key_credits;"
+                   " UPDATE " +
+                   s + ".apikeys_schema_version SET version = 3 WHERE id = 1;");
+
+  auto store = std::make_shared<apikeys::PostgresStore>(*pg, options_for(schema));
+  CHECK(run_sql(*pg, "SELECT version FROM " + s + ".apikeys_schema_version") ==
+        std::vector<std::vector<std::string>>{
+            {std::to_string(apikeys::PostgresStore::schema_version())}});
+  check_table_matches_record_fields(*pg, schema);
+  for (const auto* want : {&plain, &rotated}) {
+    const auto got = store->find(want->info.public_key);
+    REQUIRE(got);
+    apikeys_test::contract::check_same_record(*got, *want);
+    CHECK(got->info.lineage_id.is_nil());
+    CHECK(got->info.lineage() == want->info.key_id);
+    CHECK(got->info.rate_limits.empty());
+    CHECK_FALSE(got->info.credits);
+  }
+  // Old rows take the new fields: limits by replace(), credits by change_credits().
+  apikeys::KeyInfo next = *store->get(alice, plain.info.key_id);
+  apikeys::RateLimit limit;
+  limit.name = "per-minute";
+  limit.limit = 60;
+  limit.period = std::chrono::minutes(1);
+  next.rate_limits = {limit};
+  const auto replaced = store->replace(alice, next, next.version);
+  REQUIRE(replaced.outcome == apikeys::WriteOutcome::applied);
+  REQUIRE(replaced.key.rate_limits.size() == 1);
+  CHECK(apikeys::format_rate_limit(replaced.key.rate_limits[0]) == "per-minute=60/1m");
+  apikeys::CreditsChange change;
+  change.remaining = 3;
+  const auto credited = store->change_credits(alice, plain.info.key_id, change);
+  REQUIRE(credited);
+  REQUIRE(credited->credits);
+  CHECK(credited->credits->remaining == 3);
+  CHECK(store->take_credits(plain.info.key_id, 2, 2, apikeys_test::test_start()).remaining == 1);
+
+  // Limits that do not parse fail the read: never a key without its limits.
+  run_sql(*pg, "UPDATE " + s +
+                   ".apikeys_keys SET rate_limits = 'per-minute=60/1m;bogus'"
+                   " WHERE key_id = '" +
+                   plain.info.key_id.to_string() + "'");
+  CHECK(error_code_of([&] { (void)store->find(plain.info.public_key); }) ==
+        apikeys::ErrorCode::storage);
+  CHECK(error_code_of([&] { (void)store->get(alice, plain.info.key_id); }) ==
+        apikeys::ErrorCode::storage);
 }
 
 TEST_CASE("PostgresStore keeps a change log of revokes and deletes", "[servers][postgres][store]") {

@@ -12,7 +12,8 @@ set(_apikeys_server_sources)
 set(_apikeys_server_includes)
 set(_apikeys_server_links)
 if(APIKEYS_WITH_POSTGRES)
-  list(APPEND _apikeys_server_sources servers/postgres_store_test.cpp)
+  list(APPEND _apikeys_server_sources servers/postgres_store_test.cpp
+    servers/postgres_credits_test.cpp)
   # The tests use libpq directly to drop the schemas they made.
   list(APPEND _apikeys_server_includes ${_apikeys_pq_include})
   list(APPEND _apikeys_server_links ${_apikeys_pq_link})
