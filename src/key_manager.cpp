@@ -369,7 +369,8 @@ CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& reque
 }
 
 std::vector<KeyInfo> KeyManager::list(const Uuid& account_id) {
-  std::vector<KeyInfo> keys = guarded("listing keys", [&] { return impl_->store->list(account_id); });
+  std::vector<KeyInfo> keys =
+      guarded("listing keys", [&] { return impl_->store->list(account_id); });
   for (KeyInfo& k : keys) k = impl_->shown(std::move(k));
   return keys;
 }
@@ -430,8 +431,7 @@ KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const Key
   }
   const bool changes_something = !update.title.leaves() || !update.description.leaves() ||
                                  !update.metadata.leaves() || !update.scopes.leaves() ||
-                                 !update.expires_in_days.leaves() ||
-                                 !update.rate_limits.leaves();
+                                 !update.expires_in_days.leaves() || !update.rate_limits.leaves();
   const bool changes_credits = !update.credits.leaves() || !update.refill.leaves();
 
   KeyInfo updated = impl_->change(
@@ -483,7 +483,8 @@ KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const Key
     return impl_->store->change_credits(account_id, key_id, change);
   });
   if (!changed || changed->account_id != account_id) no_such_key(key_id);
-  impl_->credits_changed(account_id, *changed, change.op != CreditsOp::configure || change.remaining);
+  impl_->credits_changed(account_id, *changed,
+                         change.op != CreditsOp::configure || change.remaining);
   return impl_->shown(std::move(*changed));
 }
 
@@ -497,7 +498,8 @@ void KeyManager::Impl::credits_changed(const Uuid& account_id, const KeyInfo& ke
   for (const bool forward : {false, true}) {
     std::optional<Uuid> next = forward ? key.rotated_to : key.rotated_from;
     for (int step = 0; next && step < kMaxSteps; ++step) {
-      std::optional<KeyInfo> k = guarded("reading the key", [&] { return store->get(account_id, *next); });
+      std::optional<KeyInfo> k =
+          guarded("reading the key", [&] { return store->get(account_id, *next); });
       if (!k) break;
       detail::erase_everywhere(store->identity(), k->public_key);
       next = forward ? k->rotated_to : k->rotated_from;

@@ -164,7 +164,8 @@ void check_credits(const Credits& credits) {
       throw Error(ErrorCode::invalid_argument, "credits: the refill cap must be 1 to 2^53");
     }
     if (r.interval != RefillInterval::daily && r.interval != RefillInterval::monthly) {
-      throw Error(ErrorCode::invalid_argument, "credits: the refill interval must be daily or monthly");
+      throw Error(ErrorCode::invalid_argument,
+                  "credits: the refill interval must be daily or monthly");
     }
     if (r.mode != RefillMode::reset && r.mode != RefillMode::add_capped) {
       throw Error(ErrorCode::invalid_argument, "credits: the refill mode must be reset or add");

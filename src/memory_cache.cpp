@@ -193,7 +193,8 @@ struct Slot {
     v.has_credits = has_credits;
     policy.unpack(v);
     // The block keeps a lineage only when it is not the key's own id.
-    if (v.lineage_id.is_nil() && has_admission && code == ValidationCode::valid) v.lineage_id = key_id;
+    if (v.lineage_id.is_nil() && has_admission && code == ValidationCode::valid)
+      v.lineage_id = key_id;
     return v;
   }
 };

@@ -20,8 +20,8 @@ namespace apikeys {
 
 namespace {
 
-constexpr std::size_t kShards = 64;     // a power of two
-constexpr std::size_t kMaxProbe = 32;   // slots looked at per lookup, at most
+constexpr std::size_t kShards = 64;    // a power of two
+constexpr std::size_t kMaxProbe = 32;  // slots looked at per lookup, at most
 
 std::uint64_t load64(const std::uint8_t* p) noexcept {
   std::uint64_t v;
@@ -168,8 +168,8 @@ struct MemoryLimiter::Impl {
   }
 
   // Applies the decisions of an admitted request and reports each limit's state.
-  static void commit(const AdmissionRequest& r, Slot** slots,
-                     const detail::GcraDecision* decisions, Admission& out) {
+  static void commit(const AdmissionRequest& r, Slot** slots, const detail::GcraDecision* decisions,
+                     Admission& out) {
     out.limits.resize(r.limit_count);
     for (std::size_t i = 0; i < r.limit_count; ++i) {
       slots[i]->tat = decisions[i].new_tat;
@@ -220,8 +220,8 @@ Admission MemoryLimiter::Impl::admit(const AdmissionRequest& r) {
 // limits decided again and applied; if they refuse now (another request came in
 // between), the charge is given back. So a rate-limited request is never charged, and
 // the store never holds the shard's lock.
-Admission MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh,
-                                            std::uint64_t lh, std::int64_t now_ns) {
+Admission MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh, std::uint64_t lh,
+                                            std::int64_t now_ns) {
   Admission out;
   std::array<Slot*, KeyPolicyLimits::kMaxRateLimits> slots;
   std::array<detail::GcraDecision, KeyPolicyLimits::kMaxRateLimits> decisions;
@@ -255,14 +255,15 @@ Admission MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh
     throw;
   }
   out.credits_remaining.reset();
-  if (charged && take.taken > 0) credit_store().return_credits(r.lineage_id, take.taken, take.period);
+  if (charged && take.taken > 0)
+    credit_store().return_credits(r.lineage_id, take.taken, take.period);
   return out;
 }
 
 // Rate limits and the lease decided together under the shard lock; the store is asked
 // (outside the lock) only when the lease is short, expired, or from a past period.
-Admission MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh,
-                                            std::uint64_t lh, std::int64_t now_ns) {
+Admission MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std::uint64_t lh,
+                                            std::int64_t now_ns) {
   Admission out;
   std::array<Slot*, KeyPolicyLimits::kMaxRateLimits> slots;
   std::array<detail::GcraDecision, KeyPolicyLimits::kMaxRateLimits> decisions;
@@ -301,8 +302,7 @@ Admission MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh
   Store& st = credit_store();
   if (stale > 0) st.return_credits(r.lineage_id, stale, stale_period);
   const std::uint64_t need = r.cost > carry ? r.cost - carry : 0;
-  const std::uint64_t want =
-      std::min(need + options.lease_size, KeyPolicyLimits::kMaxCredits);
+  const std::uint64_t want = std::min(need + options.lease_size, KeyPolicyLimits::kMaxCredits);
   CreditTake take;
   try {
     take = st.take_credits(r.lineage_id, need, std::max(want, need), r.now);

@@ -547,8 +547,8 @@ std::vector<PepperCount> MemoryStore::pepper_counts() {
   return out;
 }
 
-CreditTake MemoryStore::take_credits(const Uuid& lineage_id, std::uint64_t min,
-                                     std::uint64_t max, TimePoint now) {
+CreditTake MemoryStore::take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
+                                     TimePoint now) {
   CreditTake take;
   detail::ExclusiveLock lock(impl_->mu);
   auto it = impl_->credits.find(lineage_id);

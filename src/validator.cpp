@@ -406,9 +406,7 @@ void Validator::Impl::admit(ValidationResult& result, std::uint64_t cost) const 
     Admission admission = limiter->admit(request);
     result.credits_remaining = admission.credits_remaining;
     switch (admission.outcome) {
-      case AdmissionOutcome::admitted:
-        result.limits = std::move(admission.limits);
-        return;
+      case AdmissionOutcome::admitted: result.limits = std::move(admission.limits); return;
       case AdmissionOutcome::rate_limited:
         result.code = ValidationCode::rate_limited;
         result.credits_remaining.reset();
@@ -417,9 +415,7 @@ void Validator::Impl::admit(ValidationResult& result, std::uint64_t cost) const 
         }
         result.retry_after = admission.retry_after;
         return;
-      case AdmissionOutcome::usage_exceeded:
-        result.code = ValidationCode::usage_exceeded;
-        return;
+      case AdmissionOutcome::usage_exceeded: result.code = ValidationCode::usage_exceeded; return;
     }
     throw Error(ErrorCode::storage, "the limiter answered an unknown outcome");
   } catch (...) {

@@ -4,20 +4,18 @@
 // Internal to this repository: not installed, not part of the library's API.
 //
 // The tool creates, lists, shows, changes, rotates, revokes, deletes and verifies keys,
-// and sets their rate limits and credits, in one SQLite file or a PostgreSQL database (--db postgresql://..., in builds with
-// PostgresStore), optionally erasing changed keys from a shared RedisCache (--redis);
-// it imports keys exported from the reference Python service (import, with its
-// API_KEY_SECRET as --legacy-pepper-file), counts keys per pepper (peppers), and finds
-// leaked keys in files (scan, which needs neither database nor pepper). It prints JSON
-// on stdout (scan: one line per key found) and diagnostics on stderr.
-// Exit codes: 0 success / key valid / nothing found, 1 key rejected (verify) or a key
-// found (scan), 2 usage (bad option, value or pepper; scan: a path it could not read),
-// 3 no such key for that account, 4 storage or internal failure, 5 conflict (the key's
-// version is not --expected-version, or its state forbids the change), 6 import: some
-// rows were rejected (the others were imported).
-// Secrets: only `create` and `rotate` print one. No message shows a presented secret,
-// the pepper, a database password or a value that may be one of them (a URL, a path
-// shaped like a secret or holding a key=value password, a
+// and sets their rate limits and credits, in one SQLite file or a PostgreSQL database (--db
+// postgresql://..., in builds with PostgresStore), optionally erasing changed keys from a shared
+// RedisCache (--redis); it imports keys exported from the reference Python service (import, with
+// its API_KEY_SECRET as --legacy-pepper-file), counts keys per pepper (peppers), and finds leaked
+// keys in files (scan, which needs neither database nor pepper). It prints JSON on stdout (scan:
+// one line per key found) and diagnostics on stderr. Exit codes: 0 success / key valid / nothing
+// found, 1 key rejected (verify) or a key found (scan), 2 usage (bad option, value or pepper; scan:
+// a path it could not read), 3 no such key for that account, 4 storage or internal failure, 5
+// conflict (the key's version is not --expected-version, or its state forbids the change), 6
+// import: some rows were rejected (the others were imported). Secrets: only `create` and `rotate`
+// print one. No message shows a presented secret, the pepper, a database password or a value that
+// may be one of them (a URL, a path shaped like a secret or holding a key=value password, a
 // positional argument). Every argument that may hold a secret is copied out of argv and
 // blanked there before anything parses it (so `ps` and /proc/PID/cmdline stop showing
 // it); the argument parser and the JSON writer never see a secret, and the copies this

@@ -238,9 +238,9 @@ class APIKEYS_EXPORT KeyManager {
 
   /// Replaces the key with a new one that has the same title, description, metadata,
   /// scopes, rate limits and expiry, and the same lineage: it shares the old key's
-  /// rate-limit state and credits (never a copy of them). Returns it with its secret. The old key keeps working until
-  /// the earlier of its own expiry and now + grace, then expires. Both keys are written
-  /// in one atomic step, and name each other (rotated_to, rotated_from). Throws
+  /// rate-limit state and credits (never a copy of them). Returns it with its secret. The old key
+  /// keeps working until the earlier of its own expiry and now + grace, then expires. Both keys are
+  /// written in one atomic step, and name each other (rotated_to, rotated_from). Throws
   /// Error(conflict) for a key that is revoked, disabled, expired or already rotated,
   /// Error(invalid_argument) for a grace outside 0 s to 7 days, Error(not_found),
   /// Error(not_supported) for a store without rotate(). Same guarantee as revoke() for

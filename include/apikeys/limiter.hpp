@@ -34,13 +34,13 @@ struct LimitStatus {
 /// What a limiter is asked to admit. Thread-safety and ownership: a plain value that
 /// borrows `limits` (valid for the duration of the call).
 struct AdmissionRequest {
-  Uuid lineage_id;                   ///< Whose state is spent (KeyInfo::lineage()).
-  Uuid key_id;                       ///< The key that was presented.
+  Uuid lineage_id;                    ///< Whose state is spent (KeyInfo::lineage()).
+  Uuid key_id;                        ///< The key that was presented.
   const RateLimit* limits = nullptr;  ///< The key's rate limits...
-  std::size_t limit_count = 0;       ///< ...and how many there are.
-  bool charge_credits = false;       ///< The lineage has credits: charge `cost` of them.
-  std::uint64_t cost = 1;            ///< What the request costs; 0 checks without spending.
-  TimePoint now{};                   ///< The Validator's clock (Redis uses its own).
+  std::size_t limit_count = 0;        ///< ...and how many there are.
+  bool charge_credits = false;        ///< The lineage has credits: charge `cost` of them.
+  std::uint64_t cost = 1;             ///< What the request costs; 0 checks without spending.
+  TimePoint now{};                    ///< The Validator's clock (Redis uses its own).
 };
 
 /// How an admission ended.

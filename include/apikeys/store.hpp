@@ -165,8 +165,8 @@ class APIKEYS_EXPORT Store {
 
   /// Compare-and-set of one key's changeable fields. If key `next.key_id` belongs to
   /// `account_id` and its version is `expected_version`, sets its title, description,
-  /// metadata, scopes, rate_limits, status, expires_at, updated_at and rotated_to to those of `next`
-  /// and its version to expected_version + 1, atomically, and records the change for
+  /// metadata, scopes, rate_limits, status, expires_at, updated_at and rotated_to to those of
+  /// `next` and its version to expected_version + 1, atomically, and records the change for
   /// changes_since(). The other fields of `next` are ignored.
   /// Default: throws Error(not_supported) (update, disable and enable need it).
   virtual WriteResult replace(const Uuid& account_id, const KeyInfo& next,

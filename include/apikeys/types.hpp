@@ -104,8 +104,8 @@ struct KeyPolicyLimits {
 struct RateLimit {
   /// 1 to 64 characters of [a-z0-9_.-], starting with a letter or digit; unique per key.
   std::string name;
-  std::uint64_t limit = 0;               ///< 1 to kMaxRateLimitValue requests per period.
-  std::chrono::milliseconds period{0};   ///< 1 s to 1 day (kMin/kMaxRateLimitPeriod).
+  std::uint64_t limit = 0;              ///< 1 to kMaxRateLimitValue requests per period.
+  std::chrono::milliseconds period{0};  ///< 1 s to 1 day (kMin/kMaxRateLimitPeriod).
   /// Most requests admitted at once from rest: 1 to kMaxRateLimitValue. 0: `limit`.
   std::uint64_t burst = 0;
 
@@ -137,9 +137,9 @@ enum class RefillMode : std::uint8_t {
 
 /// A key's credit refill. Thread-safety and ownership: a plain value.
 struct CreditRefill {
-  std::uint64_t amount = 0;                      ///< 1 to kMaxCredits.
+  std::uint64_t amount = 0;                         ///< 1 to kMaxCredits.
   RefillInterval interval = RefillInterval::daily;  ///< Daily or monthly (UTC).
-  RefillMode mode = RefillMode::reset;           ///< Reset to amount, or add up to cap.
+  RefillMode mode = RefillMode::reset;              ///< Reset to amount, or add up to cap.
   /// add_capped: the most a refill brings the balance to (a larger balance, set by
   /// hand, is left as it is). 0: `amount`. 1 to kMaxCredits. Ignored by reset.
   std::uint64_t cap = 0;

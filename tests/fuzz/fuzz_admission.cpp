@@ -58,9 +58,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   apikeys::KeyManagerOptions o;
   o.validation.clock = clock;
   o.validation.record_last_use = false;
-  apikeys::KeyManager manager(store,
-                              std::make_shared<apikeys::HmacSha256Hasher>(std::string(fuzz::kPepper)),
-                              std::move(o));
+  apikeys::KeyManager manager(
+      store, std::make_shared<apikeys::HmacSha256Hasher>(std::string(fuzz::kPepper)), std::move(o));
   apikeys::CreateRequest req("fuzz");
   if (has_credits) {
     apikeys::Credits c;
@@ -171,8 +170,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (has_credits) {
     limiter.return_leases();
     if (refill && now_ms / kDayMs > day) balance = amount;
-    const apikeys::Credits stored = apikeys::refilled(
-        *manager.get(account, lineage).credits, apikeys::from_unix_millis(now_ms));
+    const apikeys::Credits stored = apikeys::refilled(*manager.get(account, lineage).credits,
+                                                      apikeys::from_unix_millis(now_ms));
     FUZZ_CHECK(stored.remaining == balance);
   }
   return 0;

@@ -30,8 +30,8 @@ std::optional<std::uint64_t> ref_number(std::string_view s) {
 bool ref_name(std::string_view n) {
   if (n.empty() || n.size() > 64) return false;
   for (char c : n) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' ||
-                    c == '-';
+    const bool ok =
+        (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
     if (!ok) return false;
   }
   const char f = n.front();

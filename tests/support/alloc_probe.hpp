@@ -1,10 +1,10 @@
 // A probe on the test program's global operator new and delete (alloc_probe.cpp
 // replaces them): make every allocation fail for a while, count allocations, or look at
-// every block freed for a marker that should have been wiped first. Blocks come from calloc, so a freed
-// block holds only what C++ code wrote into it. C libraries (libpq, hiredis) allocate
-// with malloc and are not seen.
-// Thread-safety: every function may be called from any thread; the settings apply to
-// every thread of the process. Ownership: the probe keeps its own copy of the marker.
+// every block freed for a marker that should have been wiped first. Blocks come from calloc, so a
+// freed block holds only what C++ code wrote into it. C libraries (libpq, hiredis) allocate with
+// malloc and are not seen. Thread-safety: every function may be called from any thread; the
+// settings apply to every thread of the process. Ownership: the probe keeps its own copy of the
+// marker.
 #ifndef APIKEYS_TESTS_ALLOC_PROBE_HPP
 #define APIKEYS_TESTS_ALLOC_PROBE_HPP
 

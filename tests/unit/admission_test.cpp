@@ -32,10 +32,10 @@ struct Fixture {
   explicit Fixture(KeyManagerOptions options = {}) {
     options.validation.clock = clock;
     options.validation.record_last_use = false;
-    manager = std::make_unique<KeyManager>(
-        store, std::make_shared<apikeys::HmacSha256Hasher>(
-            std::string("0123456789abcdefghijklmnopqrstuv")),
-        std::move(options));
+    manager = std::make_unique<KeyManager>(store,
+                                           std::make_shared<apikeys::HmacSha256Hasher>(
+                                               std::string("0123456789abcdefghijklmnopqrstuv")),
+                                           std::move(options));
   }
   std::string token(const apikeys::CreatedKey& k) const {
     return k.info.public_key + ":" + std::string(k.secret_key.reveal());
@@ -135,7 +135,8 @@ struct FailingLimiter final : apikeys::Limiter {
 }  // namespace
 
 TEST_CASE("A failing limiter denies by default and allows when told to", "[admission]") {
-  for (const auto policy : {apikeys::LimiterFailurePolicy::deny, apikeys::LimiterFailurePolicy::allow}) {
+  for (const auto policy :
+       {apikeys::LimiterFailurePolicy::deny, apikeys::LimiterFailurePolicy::allow}) {
     KeyManagerOptions o;
     o.validation.limiter = std::make_shared<FailingLimiter>();
     o.validation.limiter_failure = policy;
@@ -146,7 +147,7 @@ TEST_CASE("A failing limiter denies by default and allows when told to", "[admis
     const auto r = f.manager->validate(f.token(key));
     CHECK(r.limiter_failed);
     CHECK(r.code == (policy == apikeys::LimiterFailurePolicy::deny ? ValidationCode::error
-                                                                    : ValidationCode::valid));
+                                                                   : ValidationCode::valid));
     CHECK(f.manager->validator().limiter_failures() == 1);
   }
 }
@@ -284,8 +285,8 @@ TEST_CASE("update() keeps the state of a limit that keeps its name", "[admission
   // "daily" raised to 3 per day, and a new limit beside it. The state kept is when
   // "daily" is back at rest (a day from now): under 3 per day that is 3 spent, so the
   // next one is due in 8 hours, not at once.
-  u.rate_limits = std::vector<RateLimit>{limit("daily", 3, 86'400'000ms),
-                                         limit("hourly", 100, 3'600'000ms)};
+  u.rate_limits =
+      std::vector<RateLimit>{limit("daily", 3, 86'400'000ms), limit("hourly", 100, 3'600'000ms)};
   f.manager->update(kAccount, f.key.info.key_id, u);
   const auto limited = f.manager->validate(f.t);
   CHECK(limited.code == ValidationCode::rate_limited);
@@ -321,8 +322,8 @@ TEST_CASE("format_rate_limit output reads back, a period in ms included", "[admi
   CHECK(apikeys::parse_rate_limit("x=1/86400000ms").period == 86'400'000ms);
   CHECK(apikeys::parse_rate_limit("x=1/5m").period == 300'000ms);
   for (const char* bad : {"x=1/999ms", "x=1/86400001ms", "x=1/ms", "x=1/1", "x=1/s", "x=1/2d",
-                          "x=0/1s", "x=1/1s:0", "_x=1/1s", "X=1/1s", "x=1/1s:", "x=/1s",
-                          "x=1/-1s", "=1/1s", "x=1/1000000000000000000000ms"}) {
+                          "x=0/1s", "x=1/1s:0", "_x=1/1s", "X=1/1s", "x=1/1s:", "x=/1s", "x=1/-1s",
+                          "=1/1s", "x=1/1000000000000000000000ms"}) {
     INFO(bad);
     CHECK_THROWS_AS(apikeys::parse_rate_limit(bad), apikeys::Error);
   }

@@ -130,7 +130,8 @@ TEST_CASE("GCRA: a limit changed between calls is rescaled, never more permissiv
   for (int run = 0; run < 2000; ++run) {
     const std::uint64_t a = 1 + rng() % 50;
     const std::uint64_t b = 1 + rng() % 50;
-    const auto period = std::chrono::milliseconds(1000 * (1 + static_cast<std::int64_t>(rng() % 90)));
+    const auto period =
+        std::chrono::milliseconds(1000 * (1 + static_cast<std::int64_t>(rng() % 90)));
     const RateLimit la = limit(a, period);
     const RateLimit lb = limit(b, period);
     Gcra g;
@@ -185,8 +186,12 @@ TEST_CASE("GCRA matches the continuous-state leaky bucket on random arrivals",
       switch (rng() % 4) {
         case 0: break;  // same instant
         case 1: now += static_cast<std::int64_t>(rng() % 1000); break;
-        case 2: now += static_cast<std::int64_t>(rng() % (3 * static_cast<std::uint64_t>(interval))); break;
-        default: now += static_cast<std::int64_t>(rng() % (2 * static_cast<std::uint64_t>(p) * 1'000'000)); break;
+        case 2:
+          now += static_cast<std::int64_t>(rng() % (3 * static_cast<std::uint64_t>(interval)));
+          break;
+        default:
+          now += static_cast<std::int64_t>(rng() % (2 * static_cast<std::uint64_t>(p) * 1'000'000));
+          break;
       }
       std::uint64_t cost = 1;
       switch (rng() % 5) {
@@ -214,7 +219,8 @@ TEST_CASE("MemoryLimiter decides as the leaky bucket, limit by limit", "[admissi
   std::mt19937_64 rng(77);
   for (int run = 0; run < 200; ++run) {
     apikeys::MemoryLimiter limiter(nullptr);
-    std::vector<RateLimit> limits = {limit(1 + rng() % 20, 1000ms), limit(1 + rng() % 200, 60'000ms),
+    std::vector<RateLimit> limits = {limit(1 + rng() % 20, 1000ms),
+                                     limit(1 + rng() % 200, 60'000ms),
                                      limit(3, 7000ms, 1 + rng() % 4)};
     limits[0].name = "a";
     limits[1].name = "b";
@@ -258,8 +264,8 @@ TEST_CASE("MemoryLimiter decides as the leaky bucket, limit by limit", "[admissi
         if (r.cost > limits[refused].effective_burst()) {
           CHECK(a.retry_after == std::chrono::milliseconds::max());  // never admitted
         } else {
-          CHECK(a.retry_after == std::chrono::milliseconds(
-                                     (results[refused].retry_after_ns + 999'999) / 1'000'000));
+          CHECK(a.retry_after ==
+                std::chrono::milliseconds((results[refused].retry_after_ns + 999'999) / 1'000'000));
         }
       }
     }

@@ -48,8 +48,8 @@ Uuid lineage(std::mt19937_64& rng) {
   return Uuid(b);
 }
 
-AdmissionRequest request(const Uuid& id, const std::vector<RateLimit>& limits,
-                         std::uint64_t cost, TimePoint now, bool credits = false) {
+AdmissionRequest request(const Uuid& id, const std::vector<RateLimit>& limits, std::uint64_t cost,
+                         TimePoint now, bool credits = false) {
   AdmissionRequest r;
   r.lineage_id = id;
   r.key_id = id;
@@ -72,11 +72,11 @@ struct CreditFixture {
     apikeys::KeyManagerOptions o;
     o.validation.clock = std::make_shared<apikeys::ManualClock>(kStart);
     o.validation.record_last_use = false;
-    manager = std::make_unique<apikeys::KeyManager>(
-        store,
-        std::make_shared<apikeys::HmacSha256Hasher>(
-            std::string("0123456789abcdefghijklmnopqrstuv")),
-        std::move(o));
+    manager =
+        std::make_unique<apikeys::KeyManager>(store,
+                                              std::make_shared<apikeys::HmacSha256Hasher>(
+                                                  std::string("0123456789abcdefghijklmnopqrstuv")),
+                                              std::move(o));
     apikeys::CreateRequest req("metered");
     apikeys::Credits c;
     c.remaining = balance;
@@ -138,8 +138,10 @@ TEST_CASE("MemoryLimiter: credits from many threads admit exactly the balance",
   }
 }
 
-TEST_CASE("MemoryLimiter: a lease is returned on destruction, dropped across a refill period "
-          "and by credits_reset", "[admission][memory_limiter]") {
+TEST_CASE(
+    "MemoryLimiter: a lease is returned on destruction, dropped across a refill period "
+    "and by credits_reset",
+    "[admission][memory_limiter]") {
   const std::vector<RateLimit> none;
   MemoryLimiterOptions o;
   o.lease_size = 10;
@@ -244,15 +246,14 @@ TEST_CASE("MemoryLimiter: a full table is a limiter failure for the Validator",
   o.validation.clock = std::make_shared<apikeys::ManualClock>(kStart);
   o.validation.record_last_use = false;
   o.validation.limiter = limiter;
-  apikeys::KeyManager manager(std::make_shared<apikeys::MemoryStore>(),
-                              std::make_shared<apikeys::HmacSha256Hasher>(
-                                  std::string("0123456789abcdefghijklmnopqrstuv")),
-                              std::move(o));
+  apikeys::KeyManager manager(
+      std::make_shared<apikeys::MemoryStore>(),
+      std::make_shared<apikeys::HmacSha256Hasher>(std::string("0123456789abcdefghijklmnopqrstuv")),
+      std::move(o));
   apikeys::CreateRequest req("x");
   req.rate_limits = slow;
   const auto key = manager.create(kAccount, req);
-  const auto r =
-      manager.validate(key.info.public_key + ":" + std::string(key.secret_key.reveal()));
+  const auto r = manager.validate(key.info.public_key + ":" + std::string(key.secret_key.reveal()));
   CHECK(r.code == apikeys::ValidationCode::error);
   CHECK(r.limiter_failed);
   CHECK(manager.validator().limiter_failures() == 1);

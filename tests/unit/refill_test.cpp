@@ -155,7 +155,8 @@ TEST_CASE("refilled: reset and add_capped", "[admission][refill]") {
     CHECK(apikeys::refilled(with_refill(3, 10, RefillMode::add_capped, 100, 0), now).remaining ==
           100);
     // Cap 0 is the amount.
-    CHECK(apikeys::refilled(with_refill(3, 10, RefillMode::add_capped, 0, 50), now).remaining == 10);
+    CHECK(apikeys::refilled(with_refill(3, 10, RefillMode::add_capped, 0, 50), now).remaining ==
+          10);
     // A balance above the cap (set by hand) stays.
     const Credits high = with_refill(500, 10, RefillMode::add_capped, 100, 50);
     CHECK(apikeys::refilled(high, now).remaining == 500);
@@ -167,8 +168,8 @@ TEST_CASE("refilled: reset and add_capped", "[admission][refill]") {
   }
   SECTION("many missed periods near 2^53 do not overflow") {
     const TimePoint far = from_unix_millis(100'000 * kDay);
-    const Credits c = with_refill(kMaxCredits - 5, kMaxCredits, RefillMode::add_capped,
-                                  kMaxCredits, -100'000);
+    const Credits c =
+        with_refill(kMaxCredits - 5, kMaxCredits, RefillMode::add_capped, kMaxCredits, -100'000);
     CHECK(apikeys::refilled(c, far).remaining == kMaxCredits);
     const Credits oldest =
         with_refill(0, kMaxCredits / 3, RefillMode::add_capped, kMaxCredits, INT64_MIN);
@@ -188,8 +189,8 @@ TEST_CASE("refilled: reset and add_capped", "[admission][refill]") {
       const std::uint64_t amount = 1 + rng() % 1000;
       const Credits c = with_refill(rng() % 2000, amount, mode, rng() % 3000,
                                     static_cast<std::int64_t>(rng() % 200) - 100, interval);
-      const TimePoint t = from_unix_millis(static_cast<std::int64_t>(rng() % (400 * kDay)) -
-                                           200 * kDay);
+      const TimePoint t =
+          from_unix_millis(static_cast<std::int64_t>(rng() % (400 * kDay)) - 200 * kDay);
       const Credits once = apikeys::refilled(c, t);
       const Credits twice = apikeys::refilled(once, t + 1ms);
       if (apikeys::refill_period(interval, t + 1ms) == apikeys::refill_period(interval, t)) {
@@ -237,7 +238,9 @@ struct StoreFixture {
     req.credits = c;
     key = a->create(account, req);
   }
-  std::string token() const { return key.info.public_key + ":" + std::string(key.secret_key.reveal()); }
+  std::string token() const {
+    return key.info.public_key + ":" + std::string(key.secret_key.reveal());
+  }
 };
 
 }  // namespace
