@@ -10,6 +10,7 @@
 
 #include "apikeys/apikeys.hpp"
 #include "apikeys/memory_limiter.hpp"
+#include "store_doubles.hpp"
 
 namespace {
 
@@ -326,5 +327,105 @@ TEST_CASE("format_rate_limit output reads back, a period in ms included", "[admi
                           "=1/1s", "x=1/1000000000000000000000ms"}) {
     INFO(bad);
     CHECK_THROWS_AS(apikeys::parse_rate_limit(bad), apikeys::Error);
+  }
+}
+
+namespace {
+
+// A MemoryStore that, inside its first credit charge, lets another request of the same
+// lineage take the rate limit: the interleaving MemoryLimiter's second decision exists for.
+class InterleavingStore final : public apikeys_test::ForwardingStore {
+ public:
+  InterleavingStore() : apikeys_test::ForwardingStore(std::make_shared<apikeys::MemoryStore>()) {}
+  apikeys::MemoryLimiter* limiter = nullptr;
+  apikeys::AdmissionRequest other;
+  bool fired = false;
+
+  apikeys::CreditTake take_credits(const apikeys::Uuid& lineage_id, std::uint64_t min,
+                                   std::uint64_t max, apikeys::TimePoint now) override {
+    apikeys::CreditTake t = inner().take_credits(lineage_id, min, max, now);
+    if (!fired && limiter != nullptr) {
+      fired = true;
+      (void)limiter->admit(other);
+    }
+    return t;
+  }
+  void return_credits(const apikeys::Uuid& lineage_id, std::uint64_t n,
+                      std::int64_t period) override {
+    inner().return_credits(lineage_id, n, period);
+  }
+};
+
+// A store written before rate limits existed that keeps only the fields it knew.
+class ForgetfulStore final : public apikeys_test::ForwardingStore {
+ public:
+  ForgetfulStore() : apikeys_test::ForwardingStore(std::make_shared<apikeys::MemoryStore>()) {}
+  void insert(const apikeys::KeyRecord& record) override {
+    apikeys::KeyRecord kept = record;
+    kept.info.rate_limits.clear();
+    kept.info.credits.reset();
+    apikeys_test::ForwardingStore::insert(kept);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("A charge refused by a rate limit after it was taken is given back", "[admission]") {
+  auto store = std::make_shared<InterleavingStore>();
+  KeyManager manager(store, std::make_shared<apikeys::HmacSha256Hasher>(
+                                std::string("0123456789abcdefghijklmnopqrstuv")));
+  CreateRequest req("metered");
+  Credits c;
+  c.remaining = 10;
+  req.credits = c;
+  const auto key = manager.create(kAccount, req);
+
+  apikeys::MemoryLimiter limiter(store);
+  const RateLimit one = limit("one", 1, 60'000ms);
+  apikeys::AdmissionRequest r;
+  r.lineage_id = key.info.key_id;
+  r.key_id = key.info.key_id;
+  r.limits = &one;
+  r.limit_count = 1;
+  r.charge_credits = true;
+  r.cost = 1;
+  r.now = apikeys::from_unix_millis(1'767'225'600'000);
+  store->other = r;
+  store->other.charge_credits = false;  // takes the limit's only request, no credit
+  store->limiter = &limiter;
+
+  const apikeys::Admission a = limiter.admit(r);
+  CHECK(store->fired);
+  CHECK(a.outcome == apikeys::AdmissionOutcome::rate_limited);
+  CHECK_FALSE(a.credits_remaining.has_value());
+  CHECK(manager.get(kAccount, key.info.key_id).credits->remaining == 10);  // given back
+}
+
+TEST_CASE("A store that cannot keep or charge limits refuses keys that use them",
+          "[admission]") {
+  const auto hasher =
+      std::make_shared<apikeys::HmacSha256Hasher>(std::string("0123456789abcdefghijklmnopqrstuv"));
+  SECTION("credits kept but not chargeable") {
+    // ForwardingStore keeps whole records (in a MemoryStore) but has only the Store
+    // defaults for credits: a store written before they existed.
+    auto store = std::make_shared<apikeys_test::ForwardingStore>(
+        std::make_shared<apikeys::MemoryStore>());
+    KeyManager manager(store, hasher);
+    CreateRequest req("metered");
+    req.credits = Credits{};
+    CHECK_THROWS_MATCHES(manager.create(kAccount, req), apikeys::Error,
+                         Catch::Predicate<apikeys::Error>([](const apikeys::Error& e) {
+                           return e.code() == apikeys::ErrorCode::not_supported;
+                         }));
+    CHECK(manager.list(kAccount).empty());  // nothing left behind
+    CHECK(manager.create(kAccount, CreateRequest("plain")).info.title == "plain");
+  }
+  SECTION("rate limits and credits dropped") {
+    auto store = std::make_shared<ForgetfulStore>();
+    KeyManager manager(store, hasher);
+    CreateRequest req("limited");
+    req.rate_limits = {limit("a", 5, 1000ms)};
+    CHECK_THROWS_AS(manager.create(kAccount, req), apikeys::Error);
+    CHECK(manager.list(kAccount).empty());
   }
 }
