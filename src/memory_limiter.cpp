@@ -106,7 +106,12 @@ struct MemoryLimiter::Impl {
         if (!reuse) reuse = &s;
         break;
       }
-      if (s.name_hash == nh && s.lineage == lineage) return &s;
+      if (s.lineage == lineage) {
+        if (s.name_hash == nh) return &s;
+        // Never reused for the same lineage: it may be another limit's of this very
+        // request, claimed (at rest) a moment ago, and two limits would share a state.
+        continue;
+      }
       if (!reuse && detail::gcra_at_rest(s.state(), now_ns)) reuse = &s;
     }
     if (!reuse) return nullptr;
