@@ -200,6 +200,17 @@ Admission MemoryLimiter::Impl::admit(const AdmissionRequest& r) {
   if (r.limit_count > KeyPolicyLimits::kMaxRateLimits) {
     throw Error(ErrorCode::invalid_argument, "too many rate limits in one request");
   }
+  // A limit out of its ranges (a corrupt cache entry, a custom store) would divide by
+  // zero or run time backwards: a limiter failure instead.
+  for (std::size_t i = 0; i < r.limit_count; ++i) {
+    const RateLimit& l = r.limits[i];
+    if (l.limit < 1 || l.limit > KeyPolicyLimits::kMaxRateLimitValue ||
+        l.burst > KeyPolicyLimits::kMaxRateLimitValue ||
+        l.period < KeyPolicyLimits::kMinRateLimitPeriod ||
+        l.period > KeyPolicyLimits::kMaxRateLimitPeriod) {
+      throw Error(ErrorCode::invalid_argument, "a rate limit is out of its ranges");
+    }
+  }
   const std::uint64_t lh = lineage_hash(r.lineage_id);
   Shard& sh = shard_of(lh);
   const std::int64_t now_ns = detail::to_nanos(r.now);

@@ -326,6 +326,25 @@ TEST_CASE("MemoryLimiter: the limits of one request never share a state",
   CHECK(over == 0);
 }
 
+TEST_CASE("MemoryLimiter: a limit out of its ranges is refused and never divided by",
+          "[admission][memory_limiter]") {
+  MemoryLimiter limiter(nullptr);
+  const Uuid id = *Uuid::parse("21111111-2222-4333-8444-555555555555");
+  // What a corrupt cache entry or a custom store could hand over.
+  for (const RateLimit& bad : {limit("a", 0, 1000ms), limit("a", 1, 0ms), limit("a", 1, -5ms),
+                               limit("a", 2'000'000'000, 1000ms)}) {
+    const std::vector<RateLimit> limits = {bad};
+    for (const std::uint64_t cost : {1, 5}) {
+      try {
+        (void)limiter.admit(request(id, limits, cost, kStart));
+        FAIL("admitted against a limit out of its ranges");
+      } catch (const apikeys::Error& e) {
+        CHECK(e.code() == apikeys::ErrorCode::invalid_argument);
+      }
+    }
+  }
+}
+
 TEST_CASE("MemoryLimiter: kBytesPerState is 48", "[admission][memory_limiter]") {
   STATIC_REQUIRE(MemoryLimiter::kBytesPerState == 48);
 }
