@@ -50,6 +50,12 @@ inline std::int64_t to_nanos(TimePoint t) noexcept {
 // Ceiling of a / b for a >= 0, b > 0.
 inline Int128 ceil_div(Int128 a, Int128 b) noexcept { return (a + b - 1) / b; }
 
+// `v` (>= 0) as int64 nanoseconds, saturating.
+inline std::int64_t saturate(Int128 v) noexcept {
+  constexpr Int128 kMax = INT64_MAX;
+  return static_cast<std::int64_t>(v > kMax ? kMax : v);
+}
+
 // The state's TAT scaled by `limit` (a limit changed since the state was written is
 // rescaled, rounding up: never more permissive).
 inline Int128 gcra_tat(const GcraState& s, std::uint64_t limit) noexcept {
@@ -81,9 +87,7 @@ inline GcraDecision gcra_decide(const GcraState& s, const RateLimit& limit, std:
   if (cost != 0 && new_tat - now > tau) {
     d.admit = false;
     d.new_tat = tat;
-    const Int128 wait = ceil_div(new_tat - now - tau, l);
-    constexpr Int128 kMax = INT64_MAX;
-    d.retry_after_ns = static_cast<std::int64_t>(wait > kMax ? kMax : wait);
+    d.retry_after_ns = saturate(ceil_div(new_tat - now - tau, l));
     return d;
   }
   d.admit = true;
@@ -91,7 +95,8 @@ inline GcraDecision gcra_decide(const GcraState& s, const RateLimit& limit, std:
   const Int128 ahead = (cost == 0 ? base : new_tat) - now;  // >= 0
   const Int128 room = tau - ahead;
   d.remaining = room > 0 ? static_cast<std::uint64_t>(room / t) : 0;
-  d.reset_ns = static_cast<std::int64_t>(ceil_div(ahead, l));
+  // Up to burst * period ahead: 10^9 days passes int64 nanoseconds.
+  d.reset_ns = saturate(ceil_div(ahead, l));
   return d;
 }
 

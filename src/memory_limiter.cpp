@@ -106,7 +106,12 @@ struct MemoryLimiter::Impl {
         if (!reuse) reuse = &s;
         break;
       }
-      if (s.name_hash == nh && s.lineage == lineage) return &s;
+      if (s.lineage == lineage) {
+        if (s.name_hash == nh) return &s;
+        // Never reused for the same lineage: it may be another limit's of this very
+        // request, claimed (at rest) a moment ago, and two limits would share a state.
+        continue;
+      }
       if (!reuse && detail::gcra_at_rest(s.state(), now_ns)) reuse = &s;
     }
     if (!reuse) return nullptr;
@@ -194,6 +199,17 @@ struct MemoryLimiter::Impl {
 Admission MemoryLimiter::Impl::admit(const AdmissionRequest& r) {
   if (r.limit_count > KeyPolicyLimits::kMaxRateLimits) {
     throw Error(ErrorCode::invalid_argument, "too many rate limits in one request");
+  }
+  // A limit out of its ranges (a corrupt cache entry, a custom store) would divide by
+  // zero or run time backwards: a limiter failure instead.
+  for (std::size_t i = 0; i < r.limit_count; ++i) {
+    const RateLimit& l = r.limits[i];
+    if (l.limit < 1 || l.limit > KeyPolicyLimits::kMaxRateLimitValue ||
+        l.burst > KeyPolicyLimits::kMaxRateLimitValue ||
+        l.period < KeyPolicyLimits::kMinRateLimitPeriod ||
+        l.period > KeyPolicyLimits::kMaxRateLimitPeriod) {
+      throw Error(ErrorCode::invalid_argument, "a rate limit is out of its ranges");
+    }
   }
   const std::uint64_t lh = lineage_hash(r.lineage_id);
   Shard& sh = shard_of(lh);

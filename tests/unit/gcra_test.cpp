@@ -271,3 +271,14 @@ TEST_CASE("MemoryLimiter decides as the leaky bucket, limit by limit", "[admissi
     }
   }
 }
+
+TEST_CASE("GCRA: a reset beyond 292 years saturates and is never negative", "[admission][gcra]") {
+  // 1 a day with a burst of 10^9: one request of cost 200,000 is admitted, and the limit
+  // is back at rest 200,000 days later (more nanoseconds than int64 holds).
+  const RateLimit l = limit(1, 86'400'000ms, 1'000'000'000);
+  apikeys::detail::GcraState s;
+  const auto d = apikeys::detail::gcra_decide(s, l, 200'000, 1'767'225'600'000'000'000);
+  REQUIRE(d.admit);
+  CHECK(d.reset_ns == INT64_MAX);
+  CHECK(apikeys::detail::ceil_millis(d.reset_ns).count() > 0);
+}

@@ -303,6 +303,49 @@ TEST_CASE("MemoryLimiter: a refused request holds no state and never hides anoth
   CHECK(over == 0);
 }
 
+TEST_CASE("MemoryLimiter: the limits of one request never share a state",
+          "[admission][memory_limiter]") {
+  MemoryLimiter limiter(nullptr);  // the default table: sparse, yet it happens
+  // One tight limit first, then loose ones: a new state claimed for the tight limit is
+  // at rest until the request is applied, and must not be taken by a later limit of the
+  // same request (the tight limit's state would be lost, and it would never refuse).
+  std::vector<RateLimit> limits = {limit("a", 1, 86'400'000ms)};
+  const std::string names = "bcdefghijklmnop";
+  for (const char c : names) {
+    limits.push_back(limit("x", 1000, 86'400'000ms));
+    limits.back().name = std::string(1, c);
+  }
+  std::mt19937_64 rng(13);
+  std::size_t over = 0;
+  for (int i = 0; i < 3000; ++i) {
+    const Uuid id = lineage(rng);
+    REQUIRE(limiter.admit(request(id, limits, 1, kStart)).outcome == AdmissionOutcome::admitted);
+    if (limiter.admit(request(id, limits, 1, kStart + 1s)).outcome == AdmissionOutcome::admitted) {
+      ++over;
+    }
+  }
+  CHECK(over == 0);
+}
+
+TEST_CASE("MemoryLimiter: a limit out of its ranges is refused and never divided by",
+          "[admission][memory_limiter]") {
+  MemoryLimiter limiter(nullptr);
+  const Uuid id = *Uuid::parse("21111111-2222-4333-8444-555555555555");
+  // What a corrupt cache entry or a custom store could hand over.
+  for (const RateLimit& bad : {limit("a", 0, 1000ms), limit("a", 1, 0ms), limit("a", 1, -5ms),
+                               limit("a", 2'000'000'000, 1000ms)}) {
+    const std::vector<RateLimit> limits = {bad};
+    for (const std::uint64_t cost : {1, 5}) {
+      try {
+        (void)limiter.admit(request(id, limits, cost, kStart));
+        FAIL("admitted against a limit out of its ranges");
+      } catch (const apikeys::Error& e) {
+        CHECK(e.code() == apikeys::ErrorCode::invalid_argument);
+      }
+    }
+  }
+}
+
 TEST_CASE("MemoryLimiter: kBytesPerState is 48", "[admission][memory_limiter]") {
   STATIC_REQUIRE(MemoryLimiter::kBytesPerState == 48);
 }
