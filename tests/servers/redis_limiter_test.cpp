@@ -239,7 +239,7 @@ TEST_CASE("RedisLimiter: the server runs scripts by effects (Redis 5 or later)",
   CHECK(major >= 5);
 }
 
-TEST_CASE("RedisLimiter: a burst, then refused with nothing consumed; all or nothing",
+TEST_CASE("RedisLimiter: a burst, then refused with nothing consumed: all or nothing",
           "[servers][redis][limiter]") {
   const auto redis = apikeys_test::test_redis();
   if (!redis) return;
@@ -366,7 +366,7 @@ TEST_CASE("RedisLimiter: credits are spent exactly by two limiters sharing Redis
   Client(*redis).run({"DEL", lineage_key(prefix, lineage)});
 }
 
-TEST_CASE("RedisLimiter: a rate-limited request is never charged; the pool is reported",
+TEST_CASE("RedisLimiter: a rate-limited request is never charged: the pool is reported",
           "[servers][redis][limiter][credits]") {
   const auto redis = apikeys_test::test_redis();
   if (!redis) return;
