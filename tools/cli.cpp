@@ -1422,12 +1422,11 @@ int cmd_verify(const Options& o) {
     out["missing_scopes"] = r.missing_scopes;
   if (r.code == apikeys::ValidationCode::rate_limited) {
     out["limit"] = r.limited_by;
-    // null: never (a cost above the limit's burst).
-    if (r.retry_after == std::chrono::milliseconds::max()) {
-      out["retry_after_ms"] = nullptr;
-    } else {
-      out["retry_after_ms"] = r.retry_after.count();
-    }
+    // null: no wait helps (the cost is above the limit's burst); milliseconds::max()
+    // is no number a JSON reader keeps exactly.
+    out["retry_after_ms"] = r.retry_after == std::chrono::milliseconds::max()
+                                ? Json(nullptr)
+                                : Json(r.retry_after.count());
   }
   if (r.code == apikeys::ValidationCode::usage_exceeded) out["remaining"] = remaining();
   if (!emit(dump(out))) return kExitFailure;

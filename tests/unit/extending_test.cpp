@@ -146,3 +146,31 @@ TEST_CASE("A default body that cannot do the job throws not_supported", "[extend
   CHECK(error_code_of([&] { manager.remove(alice, key.info.key_id); }) == ErrorCode::not_supported);
   CHECK(manager.list(alice).size() == 1);
 }
+
+TEST_CASE("A whole-record store without take_credits: create refuses credits but not limits",
+          "[extending][admission]") {
+  auto store = std::make_shared<MapStore>();
+  auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(apikeys_test::kTestPepper);
+  apikeys::KeyManager manager(store, hasher);
+  const apikeys::Uuid alice = apikeys_test::account_id(1);
+
+  // It would keep the key's copy of the balance but never charge it: every validation
+  // would be a limiter failure. create refuses it and leaves no key behind.
+  apikeys::CreateRequest metered;
+  metered.title = "metered";
+  apikeys::Credits credits;
+  credits.remaining = 5;
+  metered.credits = credits;
+  CHECK(error_code_of([&] { (void)manager.create(alice, metered); }) == ErrorCode::not_supported);
+  CHECK(manager.list(alice).empty());
+
+  // Rate limits need only the key's configuration, which the store keeps.
+  apikeys::CreateRequest limited;
+  limited.title = "limited";
+  limited.rate_limits = {apikeys::parse_rate_limit("per-second=1/1s")};
+  const apikeys::CreatedKey key = manager.create(alice, limited);
+  CHECK(key.info.rate_limits == limited.rate_limits);
+  const std::string sk(key.secret_key.reveal());
+  CHECK(manager.validate(key.info.public_key, sk).code == ValidationCode::valid);
+  CHECK(manager.validate(key.info.public_key, sk).code == ValidationCode::rate_limited);
+}

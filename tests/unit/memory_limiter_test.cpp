@@ -187,7 +187,7 @@ TEST_CASE(
   }
 }
 
-TEST_CASE("MemoryLimiter: a full table throws busy; states at rest are reused",
+TEST_CASE("MemoryLimiter: a full table throws busy: states at rest are reused",
           "[admission][memory_limiter]") {
   MemoryLimiterOptions o;
   o.capacity = 1;  // the smallest table: one probe window per shard

@@ -292,7 +292,7 @@ TEST_CASE("set_credits marks the current period: no refill over it", "[admission
   CHECK(f.b->validate(f.token()).credits_remaining == std::optional<std::uint64_t>(9));
 }
 
-TEST_CASE("Without a row, take_credits says no_credits; return_credits needs the period",
+TEST_CASE("Without a row take_credits says no_credits: return_credits needs the period",
           "[admission][refill]") {
   StoreFixture f(RefillMode::reset);
   const apikeys::Uuid lineage = f.key.info.key_id;
