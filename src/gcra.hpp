@@ -61,8 +61,8 @@ inline std::int64_t saturate(Int128 v) noexcept {
 inline Int128 gcra_tat(const GcraState& s, std::uint64_t limit) noexcept {
   if (s.scale == 0) return 0;
   if (s.scale == limit) return s.tat;
-  const Int128 l = static_cast<Int128>(limit);
-  const Int128 sc = static_cast<Int128>(s.scale);
+  const auto l = static_cast<Int128>(limit);
+  const auto sc = static_cast<Int128>(s.scale);
   return s.tat >= 0 ? ceil_div(s.tat * l, sc) : (s.tat * l) / sc;
 }
 
@@ -76,7 +76,7 @@ inline bool gcra_at_rest(const GcraState& s, std::int64_t now_ns) noexcept {
 inline GcraDecision gcra_decide(const GcraState& s, const RateLimit& limit, std::uint64_t cost,
                                 std::int64_t now_ns) noexcept {
   GcraDecision d{};
-  const Int128 l = static_cast<Int128>(limit.limit);
+  const auto l = static_cast<Int128>(limit.limit);
   const Int128 t = static_cast<Int128>(limit.period.count()) * 1'000'000;  // T, scaled
   const Int128 tau = static_cast<Int128>(limit.effective_burst()) * t;
   const Int128 now = static_cast<Int128>(now_ns) * l;

@@ -65,12 +65,13 @@ struct MemoryLimiter::Impl {
     std::vector<Lease> leases APIKEYS_GUARDED_BY(mu);  // likewise
   };
 
+  // First: cache-line aligned, so the fields after it pack without padding.
+  std::array<Shard, kShards> shards;
   std::shared_ptr<Store> store;
   MemoryLimiterOptions options;
   detail::SipHasher hasher;
   std::size_t slots_per_shard;
   std::size_t leases_per_shard;
-  std::array<Shard, kShards> shards;
   std::atomic<std::size_t> states{0};
   // The latest request time seen (ms): return_leases() judges periods on the clock the
   // requests came with, which may be a test's.
@@ -127,7 +128,7 @@ struct MemoryLimiter::Impl {
 
   // The lineage's lease entry in `sh`, or a free one claimed for it when `claim`;
   // nullptr otherwise.
-  Lease* find_lease(Shard& sh, const Uuid& lineage, std::uint64_t lh, bool claim)
+  Lease* find_lease(Shard& sh, const Uuid& lineage, std::uint64_t lh, bool claim) const
       APIKEYS_REQUIRES(sh.mu) {
     if (sh.leases.empty()) {
       if (!claim) return nullptr;
@@ -216,7 +217,10 @@ Admission MemoryLimiter::Impl::admit(const AdmissionRequest& r) {
   const std::int64_t now_ns = detail::to_nanos(r.now);
   if (!r.charge_credits) {
     Admission out;
+    // Not value-initialised (1.1 KiB per call): each entry is written before it is read.
+    // NOLINTNEXTLINE(cppcoreguidelines-pro-type-member-init)
     std::array<Slot*, KeyPolicyLimits::kMaxRateLimits> slots;
+    // NOLINTNEXTLINE(cppcoreguidelines-pro-type-member-init)
     std::array<detail::GcraDecision, KeyPolicyLimits::kMaxRateLimits> decisions;
     detail::MutexLock lock(sh.mu);
     if (decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) {
@@ -239,7 +243,10 @@ Admission MemoryLimiter::Impl::admit(const AdmissionRequest& r) {
 Admission MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh, std::uint64_t lh,
                                             std::int64_t now_ns) {
   Admission out;
+  // Not value-initialised (1.1 KiB per call): each entry is written before it is read.
+  // NOLINTNEXTLINE(cppcoreguidelines-pro-type-member-init)
   std::array<Slot*, KeyPolicyLimits::kMaxRateLimits> slots;
+  // NOLINTNEXTLINE(cppcoreguidelines-pro-type-member-init)
   std::array<detail::GcraDecision, KeyPolicyLimits::kMaxRateLimits> decisions;
   {
     detail::MutexLock lock(sh.mu);
@@ -281,7 +288,10 @@ Admission MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh
 Admission MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std::uint64_t lh,
                                             std::int64_t now_ns) {
   Admission out;
+  // Not value-initialised (1.1 KiB per call): each entry is written before it is read.
+  // NOLINTNEXTLINE(cppcoreguidelines-pro-type-member-init)
   std::array<Slot*, KeyPolicyLimits::kMaxRateLimits> slots;
+  // NOLINTNEXTLINE(cppcoreguidelines-pro-type-member-init)
   std::array<detail::GcraDecision, KeyPolicyLimits::kMaxRateLimits> decisions;
   std::uint64_t carry = 0;  // still-good credits taken out of the lease
   std::int64_t carry_period = 0;

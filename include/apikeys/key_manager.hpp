@@ -50,7 +50,7 @@ struct CreateRequest {
         metadata(std::move(metadata_)),
         scopes(std::move(scopes_)),
         rate_limits(std::move(rate_limits_)),
-        credits(std::move(credits_)) {}
+        credits(credits_) {}
 
   /// Trimmed of ASCII white space; then 1 to 255 Unicode code points of valid UTF-8,
   /// with no control characters and none of the invisible characters above.

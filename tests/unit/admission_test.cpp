@@ -401,15 +401,14 @@ TEST_CASE("A charge refused by a rate limit after it was taken is given back", "
   CHECK(manager.get(kAccount, key.info.key_id).credits->remaining == 10);  // given back
 }
 
-TEST_CASE("A store that cannot keep or charge limits refuses keys that use them",
-          "[admission]") {
+TEST_CASE("A store that cannot keep or charge limits refuses keys that use them", "[admission]") {
   const auto hasher =
       std::make_shared<apikeys::HmacSha256Hasher>(std::string("0123456789abcdefghijklmnopqrstuv"));
   SECTION("credits kept but not chargeable") {
     // ForwardingStore keeps whole records (in a MemoryStore) but has only the Store
     // defaults for credits: a store written before they existed.
-    auto store = std::make_shared<apikeys_test::ForwardingStore>(
-        std::make_shared<apikeys::MemoryStore>());
+    auto store =
+        std::make_shared<apikeys_test::ForwardingStore>(std::make_shared<apikeys::MemoryStore>());
     KeyManager manager(store, hasher);
     CreateRequest req("metered");
     req.credits = Credits{};
