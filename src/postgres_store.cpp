@@ -203,7 +203,7 @@ struct Statements {
   std::string find, list, insert, set_status, remove, last_use, revision, changes;
   std::string get, page_first, page_after, replace, rotate, revoke_all;
   std::string replace_digests, pepper_counts;
-  std::string take_credits, credits_view, return_credits;
+  std::string take_credits, credits_view, return_credits, drop_orphan_credits;
 
   explicit Statements(const std::string& s)
       : info_columns(detail::column_list(detail::Columns::info)),
@@ -244,16 +244,13 @@ struct Statements {
                                s, returning, log_change(s, "changed"),
                                key_columns(detail::Columns::info, "changed"),
                                credits_join(s, "changed"))),
-        // The lineage's credits go with its last key. The statement's snapshot still
-        // holds the deleted row (hence `key_id <>`), and the key is returned with the
-        // credits as they were.
+        // The key is returned with its lineage's credits as they were; the credits go
+        // with the lineage's last key in a statement of their own (drop_orphan_credits:
+        // under READ COMMITTED this statement's snapshot may predate a successor that
+        // a rotate() committed while the DELETE waited on the row lock).
         remove(fmt::format(
             "WITH gone AS (DELETE FROM {0}.apikeys_keys WHERE key_id = $1 AND account_id = $2"
-            " RETURNING {1}),"
-            " dropped AS (DELETE FROM {0}.apikeys_key_credits d USING gone"
-            " WHERE d.lineage_id = COALESCE(gone.lineage_id, gone.key_id) AND NOT EXISTS"
-            " (SELECT 1 FROM {0}.apikeys_keys o WHERE COALESCE(o.lineage_id, o.key_id) ="
-            " d.lineage_id AND o.key_id <> gone.key_id)),{2}"
+            " RETURNING {1}),{2}"
             " SELECT {3} FROM gone{4}",
             s, returning, log_change(s, "gone"), key_columns(detail::Columns::info, "gone"),
             credits_join(s, "gone"))),
@@ -375,6 +372,12 @@ struct Statements {
         "UPDATE {0}.apikeys_key_credits SET remaining = LEAST(remaining + $2::bigint, {1})"
         " WHERE lineage_id = $1 AND refilled_period = $3::bigint",
         s, kMaxCreditsSql);
+    // $1 lineage. Its own statement, after remove(): a fresh snapshot sees a successor
+    // that a rotate() committed while remove() waited for the old key's row lock.
+    drop_orphan_credits = fmt::format(
+        "DELETE FROM {0}.apikeys_key_credits WHERE lineage_id = $1 AND NOT EXISTS"
+        " (SELECT 1 FROM {0}.apikeys_keys WHERE COALESCE(lineage_id, key_id) = $1)",
+        s);
   }
 
   // replace()'s parameters: $1 key_id, $2 account_id, $3 the expected version, $4.. $12
@@ -438,6 +441,7 @@ constexpr const char* kPepperCounts = "apikeys_pepper_counts";
 constexpr const char* kTakeCredits = "apikeys_take_credits";
 constexpr const char* kCreditsView = "apikeys_credits_view";
 constexpr const char* kReturnCredits = "apikeys_return_credits";
+constexpr const char* kDropOrphanCredits = "apikeys_drop_orphan_credits";
 
 [[noreturn]] void corrupt(std::string_view op, const char* what) {
   throw Error(ErrorCode::storage,
@@ -592,6 +596,14 @@ void read_extras(const PGresult* r, int row, int col, std::string_view op, KeyIn
     }
     at = end + 1;
     if (end + 1 == limits.size()) corrupt(op, "rate_limits do not parse");  // a trailing ';'
+  }
+  // Every rule a key's limits follow (count, unique names, sorted), as when written.
+  try {
+    std::vector<RateLimit> checked = normalize_rate_limits(info.rate_limits);
+    if (checked != info.rate_limits) corrupt(op, "rate_limits are not in order");
+  } catch (const Error& e) {
+    if (e.code() != ErrorCode::invalid_argument) throw;
+    corrupt(op, "rate_limits break the rules of a key's limits");
   }
   ++col;
   info.credits.reset();
@@ -912,6 +924,7 @@ struct PostgresStore::Impl {
     c->prepare("connect", kTakeCredits, sql.take_credits, d);
     c->prepare("connect", kCreditsView, sql.credits_view, d);
     c->prepare("connect", kReturnCredits, sql.return_credits, d);
+    c->prepare("connect", kDropOrphanCredits, sql.drop_orphan_credits, d);
     return c;
   }
 
@@ -1156,11 +1169,27 @@ std::optional<KeyInfo> PostgresStore::remove(const Uuid& account_id, const Uuid&
   const char* values[] = {key.c_str(), account.c_str()};
   // Not retried: after a lost reply the row may be gone, and a retry would answer
   // "no such key" about a delete that succeeded.
-  return impl_->run("remove", false, [&](PgConnection& c) {
+  std::optional<KeyInfo> removed = impl_->run("remove", false, [&](PgConnection& c) {
     PgResult r = c.exec_prepared("remove", kRemove, 2, values, nullptr, nullptr,
                                  impl_->statement_deadline());
     return single_row(r, "remove");
   });
+  if (removed && removed->credits) {
+    // Idempotent, so retried; a failure here leaves a credits row no key reaches (a
+    // lineage id is its first key's random id, never given again): harmless.
+    const std::string lineage = removed->lineage().to_string();
+    const char* lineage_value[] = {lineage.c_str()};
+    try {
+      impl_->run("remove", true, [&](PgConnection& c) {
+        (void)c.exec_prepared("remove", kDropOrphanCredits, 1, lineage_value, nullptr, nullptr,
+                              impl_->statement_deadline());
+        return 0;
+      });
+    } catch (...) {
+      // The key is gone, as the caller asked; the orphan row costs only its bytes.
+    }
+  }
+  return removed;
 }
 
 std::optional<KeyInfo> PostgresStore::get(const Uuid& account_id, const Uuid& key_id) {
