@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "apikeys/error.hpp"
+#include "apikeys/limiter.hpp"
 #include "apikeys/memory_cache.hpp"
 #include "hex.hpp"
 #include "redis_connection.hpp"
@@ -329,6 +330,16 @@ std::optional<Verdict> decode(const char* data, std::size_t len) {
     l.period = std::chrono::milliseconds(static_cast<std::int64_t>(get_be(at + 8, 8)));
     l.burst = get_be(at + 16, 8);
     at += 24;
+  }
+  if (!v.rate_limits.empty()) {
+    // Limits a key could never have (out of range, unordered, duplicated: bytes damaged
+    // or written by something else) are a miss: the store is read, never a limiter fed
+    // values it must refuse.
+    try {
+      if (normalize_rate_limits(v.rate_limits) != v.rate_limits) return std::nullopt;
+    } catch (...) {
+      return std::nullopt;
+    }
   }
   return v;
 }
