@@ -306,7 +306,7 @@ TEST_CASE("RedisCache: what Redis holds", "[servers][redis][cache]") {
   }
 }
 
-TEST_CASE("RedisCache: verdicts keep the key's expiry; another layout reads as a miss",
+TEST_CASE("RedisCache: verdicts keep the key's expiry, another layout reads as a miss",
           "[servers][redis][cache]") {
   const auto redis = apikeys_test::test_redis();
   if (!redis) return;

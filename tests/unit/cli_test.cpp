@@ -1536,7 +1536,7 @@ std::pair<std::string, std::string> insert_legacy_key(const std::string& db) {
 
 }  // namespace
 
-TEST_CASE("cli: --brand issues branded keys; verify accepts them and pk_/sk_ keys", "[cli]") {
+TEST_CASE("cli: --brand issues branded keys, verify accepts them and pk_/sk_ keys", "[cli]") {
   TempDir dir;
   const std::string db = dir.file("keys.db");
   const Json plain = create_key(db);
@@ -1641,7 +1641,7 @@ TEST_CASE("cli: --legacy-pepper-file verifies the Python service's keys", "[cli]
   }
 }
 
-TEST_CASE("cli: a long legacy pepper gives no warning; a bad file is refused unseen", "[cli]") {
+TEST_CASE("cli: a long legacy pepper gives no warning, a bad file is refused unseen", "[cli]") {
   TempDir dir;
   const std::string db = dir.file("keys.db");
   create_key(db);
@@ -1710,7 +1710,7 @@ std::uint64_t keys_with_role(const Run& r, const std::string& role) {
 
 }  // namespace
 
-TEST_CASE("cli: import prints a report; rejected rows exit 6, the others are imported", "[cli]") {
+TEST_CASE("cli: import prints a report, rejected rows exit 6, the others are imported", "[cli]") {
   TempDir dir;
   const std::string db = dir.file("keys.db");
   const std::string legacy = dir.file("legacy");

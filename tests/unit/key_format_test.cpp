@@ -240,7 +240,7 @@ TEST_CASE("a checksum that decodes above 2^32 is refused", "[key_format]") {
   CHECK_FALSE(f.is_public_key(body + "zzzzzz"));
 }
 
-TEST_CASE("generated checksummed keys are accepted; every one-character change is refused",
+TEST_CASE("generated checksummed keys are accepted, every one-character change is refused",
           "[key_format]") {
   apikeys::CsprngKeyGenerator generator;
   KeyFormat live;

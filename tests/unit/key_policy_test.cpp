@@ -529,7 +529,7 @@ TEST_CASE("KeyManager::update with expected_version: a stale one is a conflict",
         ErrorCode::conflict);
 }
 
-TEST_CASE("KeyManager::disable and enable; revocation is final", "[key_manager][key_policy]") {
+TEST_CASE("KeyManager::disable and enable, revocation is final", "[key_manager][key_policy]") {
   TestManager t = make_manager();
   const Uuid alice = account_id(1);
   const CreatedKey k = t->create(alice, policy_request());

@@ -307,7 +307,7 @@ TEST_CASE("the writer thread writes rehashes by itself", "[rehash]") {
   CHECK(v.rehashed() == 1);
 }
 
-TEST_CASE("a cache hit never queues a rehash; the store path does", "[rehash]") {
+TEST_CASE("a cache hit never queues a rehash, the store path does", "[rehash]") {
   // apply = false: the store takes batches but rewrites nothing, so the key stays
   // under the legacy pepper and every store-path validation would queue it again.
   auto store = std::make_shared<apikeys_test::DigestStore>();
