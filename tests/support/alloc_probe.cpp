@@ -23,7 +23,7 @@ std::atomic<std::size_t> g_unwiped{0};
 char g_marker[256];
 std::size_t g_marker_size = 0;
 
-void* allocate(std::size_t n) {
+[[maybe_unused]] void* allocate(std::size_t n) {
   if (g_fail.load(std::memory_order_acquire)) throw std::bad_alloc();
   if (g_counting.load(std::memory_order_relaxed)) {
     g_allocations.fetch_add(1, std::memory_order_relaxed);
@@ -35,7 +35,7 @@ void* allocate(std::size_t n) {
   return p;
 }
 
-void release(void* p) noexcept {
+[[maybe_unused]] void release(void* p) noexcept {
   if (p == nullptr) return;
   if (g_watching.load(std::memory_order_acquire) && g_marker_size > 0) {
     const std::size_t size = ::malloc_usable_size(p);
@@ -71,6 +71,7 @@ std::size_t unwiped_frees() noexcept { return g_unwiped.load(std::memory_order_r
 
 }  // namespace apikeys_test::alloc_probe
 
+#if APIKEYS_TEST_ALLOC_PROBE
 // The replacements (aligned forms keep the library's own: they are not probed).
 void* operator new(std::size_t n) { return apikeys_test::alloc_probe::allocate(n); }
 void* operator new[](std::size_t n) { return apikeys_test::alloc_probe::allocate(n); }
@@ -78,3 +79,4 @@ void operator delete(void* p) noexcept { apikeys_test::alloc_probe::release(p); 
 void operator delete[](void* p) noexcept { apikeys_test::alloc_probe::release(p); }
 void operator delete(void* p, std::size_t) noexcept { apikeys_test::alloc_probe::release(p); }
 void operator delete[](void* p, std::size_t) noexcept { apikeys_test::alloc_probe::release(p); }
+#endif

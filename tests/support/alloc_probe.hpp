@@ -11,7 +11,25 @@
 #include <cstddef>
 #include <string_view>
 
+// AddressSanitizer keeps its own operator new and checks that what it allocated is freed
+// by its own delete; a replaced pair would trip that check on blocks allocated before
+// (or around) the replacement. Under ASan the probe is off: nothing is replaced, and
+// tests that need it say so and check nothing.
+#if defined(__SANITIZE_ADDRESS__)
+#define APIKEYS_TEST_ALLOC_PROBE 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define APIKEYS_TEST_ALLOC_PROBE 0
+#endif
+#endif
+#ifndef APIKEYS_TEST_ALLOC_PROBE
+#define APIKEYS_TEST_ALLOC_PROBE 1
+#endif
+
 namespace apikeys_test::alloc_probe {
+
+/// True when the probe sees operator new and delete (not under AddressSanitizer).
+inline constexpr bool kActive = APIKEYS_TEST_ALLOC_PROBE != 0;
 
 /// While on, every operator new (any thread) throws std::bad_alloc.
 void fail_allocations(bool on) noexcept;
