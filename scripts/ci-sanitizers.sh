@@ -4,9 +4,9 @@
 # test programs at -O0 -g1, which builds them three times faster) and `tsan`
 # (ThreadSanitizer: the library at -O1, the test programs at -O0 -g1) presets of
 # CMakePresets.json, into build/asan and build/tsan, and runs the whole CTest suite
-# (unit, CLI, reliability, examples) under each. Any sanitizer report aborts the process that made it (-fno-sanitize-recover=all,
-# halt_on_error=1, abort_on_error=1; the options live in the test presets), so the test
-# fails and so does this script.
+# (unit, CLI, reliability, examples) under each. Any sanitizer report aborts the process
+# that made it (-fno-sanitize-recover=all, halt_on_error=1, abort_on_error=1; the options
+# live in the test presets), so the test fails and so does this script.
 #   scripts/ci-sanitizers.sh             both presets
 #   scripts/ci-sanitizers.sh tsan        just one
 # Env: JOBS (build and test parallelism, default 2), APIKEYS_STRESS_SCALE (percent of
