@@ -1,5 +1,5 @@
 // Private: the balance arithmetic of Store::change_credits() that every bundled store
-// shares, so that they change credits alike (MemoryStore, SqliteStore).
+// shares, so that they change credits alike (MemoryStore, SqliteStore, PostgresStore).
 // Thread-safety and ownership: pure functions over values.
 #ifndef APIKEYS_SRC_CREDITS_OPS_HPP
 #define APIKEYS_SRC_CREDITS_OPS_HPP

@@ -26,6 +26,7 @@
 
 #include "apikeys/error.hpp"
 #include "apikeys/limiter.hpp"
+#include "credits_ops.hpp"
 #include "hex.hpp"
 #include "pg_connection.hpp"
 #include "record_fields.hpp"
@@ -1461,22 +1462,6 @@ void PostgresStore::return_credits(const Uuid& lineage_id, std::uint64_t n, std:
   });
 }
 
-namespace {
-
-// `delta` added to `balance`, clamped to 0..kMaxCredits.
-std::uint64_t add_clamped(std::uint64_t balance, std::int64_t delta) noexcept {
-  constexpr std::uint64_t kMax = KeyPolicyLimits::kMaxCredits;
-  if (delta >= 0) {
-    const auto d = static_cast<std::uint64_t>(delta);
-    return d >= kMax - std::min(balance, kMax) ? kMax : balance + d;
-  }
-  const std::uint64_t d =
-      delta == INT64_MIN ? std::uint64_t{1} << 63 : static_cast<std::uint64_t>(-delta);
-  return d >= balance ? 0 : balance - d;
-}
-
-}  // namespace
-
 std::optional<KeyInfo> PostgresStore::change_credits(const Uuid& account_id, const Uuid& key_id,
                                                      const CreditsChange& change) {
   const std::string key = key_id.to_string();
@@ -1540,20 +1525,13 @@ std::optional<KeyInfo> PostgresStore::change_credits(const Uuid& account_id, con
         case CreditsOp::add:
           if (!stored) throw Error(ErrorCode::conflict, "the key has no credits to add to");
           next = refilled(*stored, change.at);
-          next->remaining = add_clamped(next->remaining, change.delta);
+          next->remaining = detail::add_clamped(next->remaining, change.delta);
           break;
         case CreditsOp::configure:
           if (!stored && !change.remaining) {
             throw Error(ErrorCode::conflict, "the key has no credits: give a balance");
           }
-          next = stored ? refilled(*stored, change.at) : Credits{};
-          if (change.change_refill) next->refill = change.refill;
-          if (change.remaining) {
-            next->remaining = std::min(*change.remaining, KeyPolicyLimits::kMaxCredits);
-          }
-          // The balance belongs to the current period of the (maybe new) interval.
-          next->refilled_period =
-              next->refill ? refill_period(next->refill->interval, change.at) : 0;
+          next = detail::configured(stored ? refilled(*stored, change.at) : Credits{}, change);
           break;
       }
       if (next) {
