@@ -22,6 +22,9 @@ namespace {
 
 constexpr std::size_t kShards = 64;    // a power of two
 constexpr std::size_t kMaxProbe = 32;  // slots looked at per lookup, at most
+constexpr std::size_t kNearProbe = 8;  // a new entry further from home grows the table
+constexpr std::size_t kFirstSlots = 16;   // a shard's first slot table
+constexpr std::size_t kFirstLeases = 8;   // and lease table
 
 std::uint64_t load64(const std::uint8_t* p) noexcept {
   std::uint64_t v;
@@ -59,6 +62,10 @@ std::size_t round_up_pow2(std::size_t n) noexcept {
 }  // namespace
 
 struct MemoryLimiter::Impl {
+  // A shard's tables start small and double (up to slots_per_shard and
+  // leases_per_shard) when a new entry would sit too far from its home: states in use
+  // stay packed into as few cache lines and pages as they need, rather than spread
+  // over the whole capacity.
   struct alignas(64) Shard {
     detail::Mutex mu;
     std::vector<Slot> slots APIKEYS_GUARDED_BY(mu);    // allocated on first use
@@ -89,41 +96,133 @@ struct MemoryLimiter::Impl {
   }
   Shard& shard_of(std::uint64_t lh) noexcept { return shards[(lh >> 58) & (kShards - 1)]; }
 
+  static std::size_t slot_home(std::size_t mask, std::uint64_t lh, std::uint64_t nh) noexcept {
+    return static_cast<std::size_t>((lh ^ (nh * 0xc2b2ae3d27d4eb4fULL)) >> 7) & mask;
+  }
+  static std::size_t lease_home(std::size_t mask, std::uint64_t lh) noexcept {
+    return static_cast<std::size_t>(lh >> 11) & mask;
+  }
+
+  // Rebuilds the shard's slot table at twice its size (or more, if some state would
+  // not fit in its probe window), keeping every state not at rest at `now_ns` (one at
+  // rest is the same as none). False, and the table untouched, when it is already at
+  // slots_per_shard.
+  bool grow_slots(Shard& sh, std::int64_t now_ns) APIKEYS_REQUIRES(sh.mu) {
+    for (std::size_t size = sh.slots.size() * 2; size <= slots_per_shard; size *= 2) {
+      std::vector<Slot> fresh(size);
+      const std::size_t mask = size - 1;
+      std::size_t held = 0;
+      std::size_t kept = 0;
+      bool fits = true;
+      for (const Slot& s : sh.slots) {
+        if (s.scale == 0) continue;
+        ++held;
+        if (detail::gcra_at_rest(s.state(), now_ns)) continue;
+        std::size_t i = slot_home(mask, lineage_hash(s.lineage), s.name_hash);
+        std::size_t probe = 0;
+        while (probe < kMaxProbe && fresh[i].scale != 0) {
+          ++probe;
+          i = (i + 1) & mask;
+        }
+        if (probe == kMaxProbe) {
+          fits = false;
+          break;
+        }
+        fresh[i] = s;
+        ++kept;
+      }
+      if (!fits) continue;
+      sh.slots.swap(fresh);
+      states.fetch_sub(held - kept, std::memory_order_relaxed);
+      return true;
+    }
+    return false;
+  }
+
   // The slot of (lineage, name_hash) in `sh`, or a free or at-rest slot claimed for it;
   // nullptr when the probe window has neither. A claimed slot holds a state at rest at
   // `now_ns` (what a state never used decides) and is never free again: were it left
   // free until the request is admitted, a refused request would leave a hole in the
   // probe chain, hiding the states beyond it (a lineage found there would look new).
+  // Sets `grown` when it grew the table, which moves every slot.
   Slot* find_slot(Shard& sh, const Uuid& lineage, std::uint64_t lh, std::uint64_t nh,
-                  std::uint64_t limit, std::int64_t now_ns) APIKEYS_REQUIRES(sh.mu) {
-    if (sh.slots.empty()) sh.slots.resize(slots_per_shard);
-    const std::size_t mask = sh.slots.size() - 1;
-    std::size_t i = static_cast<std::size_t>((lh ^ (nh * 0xc2b2ae3d27d4eb4fULL)) >> 7) & mask;
-    Slot* reuse = nullptr;
-    for (std::size_t probe = 0; probe < kMaxProbe; ++probe, i = (i + 1) & mask) {
-      Slot& s = sh.slots[i];
-      if (s.scale == 0) {
-        // Slots are never emptied, only reused in place: nothing lies beyond a free one.
-        if (!reuse) reuse = &s;
-        break;
+                  std::uint64_t limit, std::int64_t now_ns, bool& grown) APIKEYS_REQUIRES(sh.mu) {
+    if (sh.slots.empty()) sh.slots.resize(std::min(kFirstSlots, slots_per_shard));
+    for (;;) {
+      const std::size_t mask = sh.slots.size() - 1;
+      std::size_t i = slot_home(mask, lh, nh);
+      Slot* reuse = nullptr;
+      std::size_t reuse_at = 0;  // other lineages' slots passed before it
+      std::size_t foreign = 0;
+      for (std::size_t probe = 0; probe < kMaxProbe; ++probe, i = (i + 1) & mask) {
+        Slot& s = sh.slots[i];
+        if (s.scale == 0) {
+          // Slots are never emptied, only reused in place: nothing lies beyond a free one.
+          if (!reuse) {
+            reuse = &s;
+            reuse_at = foreign;
+          }
+          break;
+        }
+        if (s.lineage == lineage) {
+          if (s.name_hash == nh) return &s;
+          // Never reused for the same lineage: it may be another limit's of this very
+          // request, claimed (at rest) a moment ago, and two limits would share a state.
+          continue;
+        }
+        if (!reuse && detail::gcra_at_rest(s.state(), now_ns)) {
+          reuse = &s;
+          reuse_at = foreign;
+        }
+        ++foreign;
       }
-      if (s.lineage == lineage) {
-        if (s.name_hash == nh) return &s;
-        // Never reused for the same lineage: it may be another limit's of this very
-        // request, claimed (at rest) a moment ago, and two limits would share a state.
+      // Only a free slot near home (past few other lineages' states) is claimed while
+      // the table may still grow: taking a state at rest would lose nothing, but its
+      // lineage would then miss and claim again, and every lookup would walk the whole
+      // window.
+      const bool near_free = reuse && reuse->scale == 0 && reuse_at <= kNearProbe;
+      if (!near_free && grow_slots(sh, now_ns)) {
+        grown = true;
         continue;
       }
-      if (!reuse && detail::gcra_at_rest(s.state(), now_ns)) reuse = &s;
+      if (!reuse) return nullptr;
+      if (reuse->scale == 0) {
+        states.fetch_add(1, std::memory_order_relaxed);
+      }
+      reuse->lineage = lineage;
+      reuse->name_hash = nh;
+      reuse->tat = static_cast<detail::Int128>(now_ns) * static_cast<detail::Int128>(limit);
+      reuse->scale = limit;
+      return reuse;
     }
-    if (!reuse) return nullptr;
-    if (reuse->scale == 0) {
-      states.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  // Rebuilds the shard's lease table at twice its size (or more), keeping every lease
+  // that holds credits. False when it is already at leases_per_shard.
+  bool grow_leases(Shard& sh) const APIKEYS_REQUIRES(sh.mu) {
+    for (std::size_t size = sh.leases.size() * 2; size <= leases_per_shard; size *= 2) {
+      std::vector<Lease> fresh(size);
+      const std::size_t mask = size - 1;
+      bool fits = true;
+      for (const Lease& l : sh.leases) {
+        if (l.count == 0) continue;
+        std::size_t i = lease_home(mask, lineage_hash(l.lineage));
+        std::size_t probe = 0;
+        while (probe < kMaxProbe && fresh[i].count != 0) {
+          ++probe;
+          i = (i + 1) & mask;
+        }
+        if (probe == kMaxProbe) {
+          fits = false;
+          break;
+        }
+        fresh[i] = l;
+      }
+      if (!fits) continue;
+      sh.leases.swap(fresh);
+      return true;
     }
-    reuse->lineage = lineage;
-    reuse->name_hash = nh;
-    reuse->tat = static_cast<detail::Int128>(now_ns) * static_cast<detail::Int128>(limit);
-    reuse->scale = limit;
-    return reuse;
+    return false;
   }
 
   // The lineage's lease entry in `sh`, or a free one claimed for it when `claim`;
@@ -132,19 +231,28 @@ struct MemoryLimiter::Impl {
       APIKEYS_REQUIRES(sh.mu) {
     if (sh.leases.empty()) {
       if (!claim) return nullptr;
-      sh.leases.resize(leases_per_shard);
+      sh.leases.resize(std::min(kFirstLeases, leases_per_shard));
     }
-    const std::size_t mask = sh.leases.size() - 1;
-    std::size_t i = static_cast<std::size_t>(lh >> 11) & mask;
-    Lease* free_entry = nullptr;
-    for (std::size_t probe = 0; probe < kMaxProbe && probe <= mask; ++probe, i = (i + 1) & mask) {
-      Lease& l = sh.leases[i];
-      if (l.count != 0 && l.lineage == lineage) return &l;
-      if (l.count == 0 && !free_entry) free_entry = &l;
+    for (;;) {
+      const std::size_t mask = sh.leases.size() - 1;
+      std::size_t i = lease_home(mask, lh);
+      Lease* free_entry = nullptr;
+      std::size_t free_at = 0;
+      for (std::size_t probe = 0; probe < kMaxProbe && probe <= mask;
+           ++probe, i = (i + 1) & mask) {
+        Lease& l = sh.leases[i];
+        if (l.count != 0 && l.lineage == lineage) return &l;
+        if (l.count == 0 && !free_entry) {
+          free_entry = &l;
+          free_at = probe;
+        }
+      }
+      if (!claim) return nullptr;
+      if ((!free_entry || free_at > kNearProbe) && grow_leases(sh)) continue;
+      if (!free_entry) return nullptr;
+      free_entry->lineage = lineage;
+      return free_entry;
     }
-    if (!claim || !free_entry) return nullptr;
-    free_entry->lineage = lineage;
-    return free_entry;
   }
 
   // Decides every limit of `r` under the shard lock; `slots` and `decisions` receive
@@ -157,7 +265,13 @@ struct MemoryLimiter::Impl {
     for (std::size_t i = 0; i < r.limit_count; ++i) {
       const RateLimit& limit = r.limits[i];
       const std::uint64_t nh = hasher(limit.name);
-      slots[i] = find_slot(sh, r.lineage_id, lh, nh, limit.limit, now_ns);
+      bool grown = false;
+      slots[i] = find_slot(sh, r.lineage_id, lh, nh, limit.limit, now_ns, grown);
+      if (grown && i > 0) {
+        // The slots found for the limits before this one moved: find them again.
+        i = static_cast<std::size_t>(-1);
+        continue;
+      }
       if (!slots[i]) throw Error(ErrorCode::busy, "the rate limiter's table is full");
       decisions[i] = detail::gcra_decide(slots[i]->state(), limit, r.cost, now_ns);
       if (!decisions[i].admit) {

@@ -228,6 +228,32 @@ TEST_CASE("MemoryLimiter: a full table throws busy: states at rest are reused",
   CHECK(limiter.states() == admitted);
 }
 
+TEST_CASE("MemoryLimiter: tables grow as lineages come and keep every live state",
+          "[admission][memory_limiter]") {
+  MemoryLimiter limiter(nullptr);  // the default: tables start small and grow
+  const std::vector<RateLimit> daily = {limit("d", 1, 86'400'000ms)};
+  const std::vector<RateLimit> two = {limit("d", 1, 86'400'000ms), limit("s", 5, 1000ms)};
+  std::mt19937_64 rng(17);
+  std::vector<Uuid> ids;
+  for (int i = 0; i < 30'000; ++i) {
+    ids.push_back(lineage(rng));
+    // Every other lineage has two limits: growth may come between a request's limits.
+    const auto& l = i % 2 == 0 ? daily : two;
+    REQUIRE(limiter.admit(request(ids.back(), l, 1, kStart)).outcome ==
+            AdmissionOutcome::admitted);
+  }
+  CHECK(limiter.states() == 45'000);
+  // Each table grew many times over; not one day-limited lineage looks new.
+  std::size_t over = 0;
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    const auto& l = i % 2 == 0 ? daily : two;
+    if (limiter.admit(request(ids[i], l, 1, kStart + 1s)).outcome != AdmissionOutcome::rate_limited) {
+      ++over;
+    }
+  }
+  CHECK(over == 0);
+}
+
 TEST_CASE("MemoryLimiter: a full table is a limiter failure for the Validator",
           "[admission][memory_limiter]") {
   MemoryLimiterOptions lo;
