@@ -210,14 +210,17 @@ struct Validator::Impl {
     volatile bool sink = d && constant_time_equal(*d, decoy);
     (void)sink;
   }
-  ValidationResult validate(std::string_view pk, std::string_view sk) const noexcept;
+  // `now` receives the time the verdict was judged at when it is valid and the clock
+  // was read (admission reuses it: one clock read per request).
+  ValidationResult validate(std::string_view pk, std::string_view sk,
+                            std::optional<TimePoint>* now = nullptr) const noexcept;
   // validate(), then the requirements: a valid key lacking a required scope becomes
   // insufficient_scope, then admission (rate_limited, usage_exceeded); none of them
   // cached, as they depend on the request.
   ValidationResult validate(std::string_view pk, std::string_view sk,
                             const Requirements& requirements) const noexcept;
-  // Admits a request of `cost` for the valid `result` (doc/rate-limits.md).
-  void admit(ValidationResult& result, std::uint64_t cost) const noexcept;
+  // Admits a request of `cost` for the valid `result` at `now` (doc/rate-limits.md).
+  void admit(ValidationResult& result, std::uint64_t cost, TimePoint now) const noexcept;
   void run_poll();
   void poll_revision(std::uint64_t& revision, bool& known) noexcept;
   void run_flush();
@@ -233,8 +236,8 @@ struct Validator::Impl {
 // Format, digest, cache, fill token, store, then the verdict (secret first, then
 // expiry and status), the cache fill and last use: doc/validate.md says why each step
 // sits where it does.
-ValidationResult Validator::Impl::validate(std::string_view pk,
-                                           std::string_view sk) const noexcept {
+ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view sk,
+                                           std::optional<TimePoint>* judged) const noexcept {
   ValidationResult result;
   if (!well_formed(pk, sk)) {
     result.code = ValidationCode::malformed;
@@ -253,16 +256,18 @@ ValidationResult Validator::Impl::validate(std::string_view pk,
         // Likewise one without its rate limits and credits (has_admission).
         if (v && (v->code != ValidationCode::valid || (v->has_policy && v->has_admission))) {
           if (v->code == ValidationCode::valid) {
-            if (v->expires_at) {
+            const bool admits = judged && (!v->rate_limits.empty() || v->has_credits);
+            if (v->expires_at || admits) {
               // One clock, ours, decides expiry: a verdict the cache kept past the key's
               // expiry (a put delayed after our clock read, a cache on another clock)
               // still answers `expired`.
               const TimePoint now = clock->now();
-              if (now >= *v->expires_at) {
+              if (v->expires_at && now >= *v->expires_at) {
                 result.code = ValidationCode::expired;
                 return result;
               }
               if (options.record_last_use) tracker.note(v->key_id, to_unix_millis(now));
+              if (judged) *judged = now;
             } else if (options.record_last_use) {
               tracker.note(v->key_id, *clock);
             }
@@ -358,6 +363,7 @@ ValidationResult Validator::Impl::validate(std::string_view pk,
     if (result.code == ValidationCode::valid && options.record_last_use) {
       tracker.note(result.key_id, to_unix_millis(now));
     }
+    if (judged) *judged = now;
     // `presented` is the digest under the current pepper already: no HMAC more.
     if (rehash) rehash_queue.add(record->info.key_id, record->digest, presented);
     return result;
@@ -369,7 +375,8 @@ ValidationResult Validator::Impl::validate(std::string_view pk,
 
 ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view sk,
                                            const Requirements& requirements) const noexcept {
-  ValidationResult result = validate(pk, sk);
+  std::optional<TimePoint> now;
+  ValidationResult result = validate(pk, sk, &now);
   if (result.code != ValidationCode::valid) return result;
   if (!requirements.scopes.empty()) {
     try {
@@ -386,14 +393,17 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
       return result;  // refused before admission: nothing is spent
     }
   }
-  if (!result.rate_limits.empty() || result.has_credits) admit(result, requirements.cost);
+  if (!result.rate_limits.empty() || result.has_credits) {
+    admit(result, requirements.cost, now ? *now : clock->now());
+  }
   return result;
 }
 
 // The last step, after the secret, the key's state and the scopes: only a caller who
 // proved the secret of a key allowed to make the request ever spends its limits or
 // credits. A rate_limited or usage_exceeded answer spent nothing (Limiter's contract).
-void Validator::Impl::admit(ValidationResult& result, std::uint64_t cost) const noexcept {
+void Validator::Impl::admit(ValidationResult& result, std::uint64_t cost,
+                            TimePoint now) const noexcept {
   try {
     AdmissionRequest request;
     request.lineage_id = result.lineage_id.is_nil() ? result.key_id : result.lineage_id;
@@ -402,7 +412,7 @@ void Validator::Impl::admit(ValidationResult& result, std::uint64_t cost) const 
     request.limit_count = result.rate_limits.size();
     request.charge_credits = result.has_credits;
     request.cost = cost;
-    request.now = clock->now();
+    request.now = now;
     Admission admission = limiter->admit(request);
     result.credits_remaining = admission.credits_remaining;
     switch (admission.outcome) {
