@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -44,13 +45,26 @@ class APIKEYS_EXPORT Uuid {
   [[nodiscard]] const std::array<std::uint8_t, 16>& bytes() const noexcept { return bytes_; }
 
   /// Same 16 bytes.
-  friend bool operator==(const Uuid& a, const Uuid& b) noexcept { return a.bytes_ == b.bytes_; }
+  friend bool operator==(const Uuid& a, const Uuid& b) noexcept { return a.same_as(b); }
   /// Different bytes.
-  friend bool operator!=(const Uuid& a, const Uuid& b) noexcept { return a.bytes_ != b.bytes_; }
+  friend bool operator!=(const Uuid& a, const Uuid& b) noexcept { return !a.same_as(b); }
   /// Byte-wise order, for use as a map key.
   friend bool operator<(const Uuid& a, const Uuid& b) noexcept { return a.bytes_ < b.bytes_; }
 
  private:
+  // Two 8-byte loads each: the compiler calls memcmp for std::array's operator==.
+  [[nodiscard]] bool same_as(const Uuid& o) const noexcept {
+    std::uint64_t a0 = 0;
+    std::uint64_t a1 = 0;
+    std::uint64_t b0 = 0;
+    std::uint64_t b1 = 0;
+    std::memcpy(&a0, bytes_.data(), 8);
+    std::memcpy(&a1, bytes_.data() + 8, 8);
+    std::memcpy(&b0, o.bytes_.data(), 8);
+    std::memcpy(&b1, o.bytes_.data() + 8, 8);
+    return ((a0 ^ b0) | (a1 ^ b1)) == 0;
+  }
+
   std::array<std::uint8_t, 16> bytes_;
 };
 
