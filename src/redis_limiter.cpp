@@ -24,12 +24,19 @@ namespace {
 //   pool             credits taken from the store and not spent yet
 //   pool_end         Unix ms: the pool is stale (counts as 0) once TIME reaches it
 //   store_remaining  the store's balance when the pool was last filled
+//   exp              Unix ms: when the hash expires (its PEXPIRE), so a script extends
+//                    the expiry only when it must, without asking PTTL every time
 //
 // GCRA as in src/gcra.hpp, in microseconds as doubles: T = period/limit, tau = burst*T;
 // a request of cost c is admitted when max(TAT, now) + c*T - now <= tau. Times near
 // 2^51 us are exact to 1/4 us, so a tolerance of half a microsecond absorbs rounding:
 // a limit never admits more than gcra.hpp would, save for an arrival within 0.5 us of
 // the boundary.
+//
+// expiry(): nil when the hash already lives past now + ttl, else how long it should
+// live from now: ttl (capped at 10 years) plus as much again, at least a minute, so a
+// lineage in steady use re-arms its expiry about once per ttl rather than on every
+// request. A hash kept past its last state at rest holds nothing a request could use.
 //
 // The admission body, shared by both scripts. `a` is the index in ARGV of: cost,
 // charge (0/1), n, then n times (name, limit, period ms, burst). Returns
@@ -39,6 +46,12 @@ namespace {
 // and writes nothing unless it admits (all or nothing).
 #define APIKEYS_LIMITER_ADMIT                                                   \
   "if redis.replicate_commands then redis.replicate_commands() end\n"           \
+  "local function expiry(now_ms, ttl, exp)\n"                                   \
+  "  if ttl > 315360000000 then ttl = 315360000000 end\n"                       \
+  "  if ttl < 1 then ttl = 1 end\n"                                             \
+  "  if exp and exp >= now_ms + ttl then return nil end\n"                      \
+  "  return ttl + (ttl < 60000 and 60000 or ttl)\n"                             \
+  "end\n"                                                                       \
   "local function admit(a)\n"                                                   \
   "  local t = redis.call('TIME')\n"                                            \
   "  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"                   \
@@ -47,8 +60,8 @@ namespace {
   "  local charge = ARGV[a + 1] == '1'\n"                                       \
   "  local n = tonumber(ARGV[a + 2])\n"                                         \
   "  local k = KEYS[1]\n"                                                       \
-  "  local fields = {'pool', 'pool_end', 'store_remaining'}\n"                  \
-  "  for i = 0, n - 1 do fields[4 + i] = 't:' .. ARGV[a + 3 + 4 * i] end\n"     \
+  "  local fields = {'pool', 'pool_end', 'store_remaining', 'exp'}\n"           \
+  "  for i = 0, n - 1 do fields[5 + i] = 't:' .. ARGV[a + 3 + 4 * i] end\n"     \
   "  local c = redis.call('HMGET', k, unpack(fields))\n"                        \
   "  local new = {}\n"                                                          \
   "  local out = {1, -1, -1}\n"                                                 \
@@ -57,7 +70,7 @@ namespace {
   "    local b = a + 3 + 4 * i\n"                                               \
   "    local T = tonumber(ARGV[b + 2]) * 1000 / tonumber(ARGV[b + 1])\n"        \
   "    local tau = tonumber(ARGV[b + 3]) * T\n"                                 \
-  "    local tat = tonumber(c[4 + i] or '0')\n"                                 \
+  "    local tat = tonumber(c[5 + i] or '0')\n"                                 \
   "    local base = tat > now and tat or now\n"                                 \
   "    local nt = base + cost * T\n"                                            \
   "    if cost > 0 and nt - now > tau + 0.5 then\n"                             \
@@ -68,7 +81,7 @@ namespace {
   "    out[#out + 1] = room > 0 and math.floor(room / T) or 0\n"                \
   "    local reset = math.ceil((ahead - 0.5) / 1000)\n"                         \
   "    out[#out + 1] = reset > 0 and reset or 0\n"                              \
-  "    new[#new + 1] = fields[4 + i]\n"                                         \
+  "    new[#new + 1] = fields[5 + i]\n"                                         \
   "    new[#new + 1] = string.format('%.17g', nt)\n"                            \
   "    if reset > ttl then ttl = reset end\n"                                   \
   "  end\n"                                                                     \
@@ -88,10 +101,13 @@ namespace {
   "  end\n"                                                                     \
   "  if pool and pool_end - now_ms > ttl then ttl = pool_end - now_ms end\n"    \
   "  if #new > 0 then\n"                                                        \
+  "    local e = expiry(now_ms, ttl, tonumber(c[4]))\n"                         \
+  "    if e then\n"                                                             \
+  "      new[#new + 1] = 'exp'\n"                                               \
+  "      new[#new + 1] = string.format('%d', now_ms + e)\n"                     \
+  "    end\n"                                                                   \
   "    redis.call('HSET', k, unpack(new))\n"                                    \
-  "    if ttl > 315360000000 then ttl = 315360000000 end\n"                     \
-  "    if ttl < 1 then ttl = 1 end\n"                                           \
-  "    if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end\n" \
+  "    if e then redis.call('PEXPIRE', k, e) end\n"                             \
   "  end\n"                                                                     \
   "  return out\n"                                                              \
   "end\n"
@@ -109,16 +125,19 @@ constexpr const char* kDepositScript = APIKEYS_LIMITER_ADMIT
     "local t = redis.call('TIME')\n"
     "local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "if now_ms >= tonumber(ARGV[2]) then return {3, 0} end\n"
-    "local c = redis.call('HMGET', k, 'pool', 'pool_end')\n"
+    "local c = redis.call('HMGET', k, 'pool', 'pool_end', 'exp')\n"
     "local pool = tonumber(c[1])\n"
     "if not pool or c[2] ~= ARGV[2] or now_ms >= tonumber(c[2]) then pool = 0 end\n"
     "pool = pool + tonumber(ARGV[1])\n"
-    "redis.call('HSET', k, 'pool', string.format('%d', pool), 'pool_end', ARGV[2],\n"
-    "           'store_remaining', ARGV[3])\n"
-    "local ttl = tonumber(ARGV[2]) - now_ms\n"
-    "if ttl > 315360000000 then ttl = 315360000000 end\n"
-    "if ttl < 1 then ttl = 1 end\n"
-    "if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end\n"
+    "local e = expiry(now_ms, tonumber(ARGV[2]) - now_ms, tonumber(c[3]))\n"
+    "local f = {'pool', string.format('%d', pool), 'pool_end', ARGV[2], 'store_remaining',\n"
+    "           ARGV[3]}\n"
+    "if e then\n"
+    "  f[7] = 'exp'\n"
+    "  f[8] = string.format('%d', now_ms + e)\n"
+    "end\n"
+    "redis.call('HSET', k, unpack(f))\n"
+    "if e then redis.call('PEXPIRE', k, e) end\n"
     "return admit(4)\n";
 
 #undef APIKEYS_LIMITER_ADMIT
