@@ -24,6 +24,7 @@ constexpr std::size_t kShards = 64;    // a power of two
 constexpr std::size_t kMaxProbe = 32;  // slots looked at per lookup, at most
 constexpr std::size_t kNearProbe = 8;  // a new entry further from home grows the table
 constexpr std::size_t kFirstSlots = 16;   // a shard's first slot table
+constexpr std::size_t kSlotsPerState = 4;  // a full table's slots per state of capacity
 constexpr std::size_t kFirstLeases = 8;   // and lease table
 
 std::uint64_t load64(const std::uint8_t* p) noexcept {
@@ -87,7 +88,10 @@ struct MemoryLimiter::Impl {
   Impl(std::shared_ptr<Store> s, MemoryLimiterOptions o)
       : store(std::move(s)),
         options(o),
-        slots_per_shard(round_up_pow2(std::max<std::size_t>(o.capacity / kShards, kMaxProbe))),
+        // Four slots per state of capacity at most: at a quarter full, no probe window of
+        // 32 fills, so `capacity` live states always find a place.
+        slots_per_shard(round_up_pow2(
+            std::max<std::size_t>(o.capacity / kShards * kSlotsPerState, kMaxProbe))),
         leases_per_shard(round_up_pow2(std::max<std::size_t>(o.lease_capacity / kShards, 8))) {}
 
   std::uint64_t lineage_hash(const Uuid& id) const noexcept {

@@ -21,11 +21,13 @@ namespace apikeys {
 
 /// Options for MemoryLimiter. Every field states its default.
 struct MemoryLimiterOptions {
-  /// Most rate-limit states held: one per (lineage, limit name) in use. A state at rest
-  /// (its limit back to full burst) is dropped when its place is needed, which loses
-  /// nothing; when no place is at rest, admit() throws Error(busy) and the Validator
-  /// applies its LimiterFailurePolicy rather than forget a state and over-admit.
-  /// Allocated on first use: MemoryLimiter::kBytesPerState bytes each. Default 262,144.
+  /// Rate-limit states held for certain: one per (lineage, limit name) in use. Beyond
+  /// it, a state at rest (its limit back to full burst) is dropped when its place is
+  /// needed, which loses nothing; when no place is at rest, admit() throws Error(busy)
+  /// and the Validator applies its LimiterFailurePolicy rather than forget a state and
+  /// over-admit. The tables grow as lineages come, up to four slots of
+  /// MemoryLimiter::kBytesPerState bytes per state of capacity (48 MiB at the
+  /// default); doc/rate-limits.md gives the bytes per state measured. Default 262,144.
   std::size_t capacity = 262'144;
   /// Credits taken from the store at a time per lineage, then spent in this process
   /// without a store write. 0 (the default): every admission charges the store with one

@@ -254,6 +254,27 @@ TEST_CASE("MemoryLimiter: tables grow as lineages come and keep every live state
   CHECK(over == 0);
 }
 
+TEST_CASE("MemoryLimiter: capacity live states all find a place",
+          "[admission][memory_limiter]") {
+  MemoryLimiterOptions o;
+  o.capacity = 20'000;
+  MemoryLimiter limiter(nullptr, o);
+  const std::vector<RateLimit> daily = {limit("d", 1, 86'400'000ms)};
+  std::mt19937_64 rng(19);
+  std::size_t busy = 0;
+  for (std::size_t i = 0; i < o.capacity; ++i) {
+    try {
+      REQUIRE(limiter.admit(request(lineage(rng), daily, 1, kStart)).outcome ==
+              AdmissionOutcome::admitted);
+    } catch (const apikeys::Error& e) {
+      CHECK(e.code() == apikeys::ErrorCode::busy);
+      ++busy;
+    }
+  }
+  CHECK(busy == 0);
+  CHECK(limiter.states() == o.capacity);
+}
+
 TEST_CASE("MemoryLimiter: a full table is a limiter failure for the Validator",
           "[admission][memory_limiter]") {
   MemoryLimiterOptions lo;
