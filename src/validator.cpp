@@ -13,6 +13,7 @@
 #include "cache_registry.hpp"
 #include "key_format.hpp"
 #include "last_use_tracker.hpp"
+#include "observer_list.hpp"
 #include "scope.hpp"
 #include "thread_annotations.hpp"
 
@@ -120,6 +121,8 @@ struct Validator::Impl {
   // MemoryLimiter over the store).
   std::shared_ptr<Limiter> limiter;
   mutable std::atomic<std::uint64_t> limiter_failures{0};
+  // options.observers (observer.hpp); empty: no event is built.
+  detail::ObserverList observers;
   // options.format, then options.also_accept: the shapes validate() accepts, each with
   // its prefixes' CRC-32s computed once.
   std::vector<detail::FormatCheck> formats;
@@ -155,6 +158,7 @@ struct Validator::Impl {
         cache(o.cache),
         clock(o.clock ? o.clock : system_clock()),
         limiter(o.limiter ? o.limiter : std::make_shared<MemoryLimiter>(store)),
+        observers(o.observers),
         rehash_queue(o.rehash_queue_limit),
         options(std::move(o)) {
     formats.reserve(1 + options.also_accept.size());
@@ -650,6 +654,10 @@ std::uint64_t Validator::rehash_failures() const noexcept {
 
 std::uint64_t Validator::limiter_failures() const noexcept {
   return impl_->limiter_failures.load(std::memory_order_relaxed);
+}
+
+std::uint64_t Validator::observer_failures() const noexcept {
+  return impl_->observers.failures();
 }
 
 Limiter& Validator::limiter() const noexcept { return *impl_->limiter; }

@@ -24,6 +24,7 @@
 #include "apikeys/hasher.hpp"
 #include "apikeys/key_generator.hpp"
 #include "apikeys/limiter.hpp"
+#include "apikeys/observer.hpp"
 #include "apikeys/store.hpp"
 
 namespace apikeys {
@@ -150,6 +151,10 @@ struct ValidatorOptions {
   /// a last-use write waiting on a lock never delays it. 0: no polling, and another
   /// process's revoke is seen only when the verdict's TTL ends. Default 250 ms.
   std::chrono::milliseconds revision_poll_interval{250};
+  /// Observers of every validation, background write and handled failure, called in
+  /// order (observer.hpp); a KeyManager built with these options also reports its
+  /// changes to them. Default: none, and then no event is built and no time is taken.
+  std::vector<std::shared_ptr<Observer>> observers;
 };
 
 /// Checks presented keys against a Store on the hot path; see the top of this header.
@@ -199,6 +204,9 @@ class APIKEYS_EXPORT Validator {
 
   /// Admissions whose limiter failed (threw) since construction, whatever the policy.
   [[nodiscard]] std::uint64_t limiter_failures() const noexcept;
+  /// Exceptions thrown by observers since construction (each was caught, reported to
+  /// the other observers as a Component::observer error, and changed nothing else).
+  [[nodiscard]] std::uint64_t observer_failures() const noexcept;
   /// The limiter admissions go through (options().limiter, or the default one).
   [[nodiscard]] Limiter& limiter() const noexcept;
 
