@@ -90,6 +90,32 @@ class RehashQueue {
 
 }  // namespace detail
 
+namespace {
+
+// What a validation tells its observers beyond its result (observer.hpp). Filled on
+// every call, observed or not: a few stores cost less than a branch per step.
+struct Trace {
+  ValidatePath path = ValidatePath::format;
+  CacheResult cache = CacheResult::none;
+  AdmissionResult admission = AdmissionResult::none;
+  Uuid key_id;
+  Uuid account_id;
+};
+
+// The current exception's message, for an observer (the library's own messages never
+// hold a secret; see error.hpp).
+const char* current_message() noexcept {
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "an unknown exception";
+  }
+}
+
+}  // namespace
+
 struct Validator::Impl {
   // Fields in the order clang's padding check finds tightest (its optin.performance
   // .Padding runs in CI); the tracker leads, cache-line aligned and without padding.
@@ -149,6 +175,9 @@ struct Validator::Impl {
   // Set when the store answered not_supported: nothing is queued or written after.
   std::atomic<bool> rehash_off{false};
   bool baseline_known = false;
+  // The last poll failed (the poll thread's alone): its failure was reported, and its
+  // recovery will be.
+  bool poll_failing = false;
   bool stopping APIKEYS_GUARDED_BY(bg_mu) = false;
 
   Impl(std::shared_ptr<Store> s, std::shared_ptr<Hasher> h, ValidatorOptions o)
@@ -215,16 +244,26 @@ struct Validator::Impl {
     (void)sink;
   }
   // `now` receives the time the verdict was judged at when it is valid and the clock
-  // was read (admission reuses it: one clock read per request).
-  ValidationResult validate(std::string_view pk, std::string_view sk,
-                            std::optional<TimePoint>* now = nullptr) const noexcept;
+  // was read (admission reuses it: one clock read per request). `trace` receives what
+  // the observers are told.
+  ValidationResult validate(std::string_view pk, std::string_view sk, Trace& trace,
+                            std::optional<TimePoint>* now) const noexcept;
   // validate(), then the requirements: a valid key lacking a required scope becomes
   // insufficient_scope, then admission (rate_limited, usage_exceeded); none of them
   // cached, as they depend on the request.
   ValidationResult validate(std::string_view pk, std::string_view sk,
+                            const Requirements& requirements, Trace& trace) const noexcept;
+  // The public entry: validate() with requirements, and the observers told (a token
+  // that did not split is `malformed` without a look at either half).
+  ValidationResult observed(std::string_view pk, std::string_view sk, bool split,
                             const Requirements& requirements) const noexcept;
   // Admits a request of `cost` for the valid `result` at `now` (doc/rate-limits.md).
-  void admit(ValidationResult& result, std::uint64_t cost, TimePoint now) const noexcept;
+  void admit(ValidationResult& result, std::uint64_t cost, TimePoint now,
+             Trace& trace) const noexcept;
+  // Tells the observers about a failure handled here (or its end), with the current
+  // exception's message when `message` is null.
+  void report(Component component, std::string_view operation, const char* message = nullptr,
+              bool recovered = false) const noexcept;
   void run_poll();
   void poll_revision(std::uint64_t& revision, bool& known) noexcept;
   void run_flush();
@@ -241,6 +280,7 @@ struct Validator::Impl {
 // expiry and status), the cache fill and last use: doc/validate.md says why each step
 // sits where it does.
 ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view sk,
+                                           Trace& trace,
                                            std::optional<TimePoint>* judged) const noexcept {
   ValidationResult result;
   if (!well_formed(pk, sk)) {
@@ -254,11 +294,15 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
     bool can_fill = false;
     if (cache) {
       try {
+        trace.cache = CacheResult::error;  // until get() returns
         std::optional<Verdict> v = cache->get(pk, presented);
+        trace.cache = CacheResult::miss;
         // A `valid` verdict without the key's scopes and metadata (a cache written before
         // they existed rebuilt it from the fields it knew) is a miss: read the store.
         // Likewise one without its rate limits and credits (has_admission).
         if (v && (v->code != ValidationCode::valid || (v->has_policy && v->has_admission))) {
+          trace.cache = CacheResult::hit;
+          trace.path = ValidatePath::cache;
           if (v->code == ValidationCode::valid) {
             const bool admits = judged && (!v->rate_limits.empty() || v->has_credits);
             if (v->expires_at || admits) {
@@ -268,6 +312,8 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
               const TimePoint now = clock->now();
               if (v->expires_at && now >= *v->expires_at) {
                 result.code = ValidationCode::expired;
+                trace.key_id = v->key_id;
+                trace.account_id = v->account_id;
                 return result;
               }
               if (options.record_last_use) tracker.note(v->key_id, to_unix_millis(now));
@@ -275,6 +321,8 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
             } else if (options.record_last_use) {
               tracker.note(v->key_id, *clock);
             }
+            trace.key_id = v->key_id;
+            trace.account_id = v->account_id;
             return ValidationResult(std::move(*v));
           }
           result.code = v->code;
@@ -286,10 +334,19 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
         can_fill = true;
       } catch (...) {
         can_fill = false;  // a failing cache is a miss, never a verdict
+        trace.cache = CacheResult::error;
+        report(Component::cache, "get");
       }
     }
 
-    std::optional<KeyRecord> record = store->find(pk);
+    trace.path = ValidatePath::store;
+    std::optional<KeyRecord> record;
+    try {
+      record = store->find(pk);
+    } catch (...) {
+      report(Component::store, "find");
+      throw;
+    }
     const TimePoint now = clock->now();
     std::chrono::milliseconds ttl{0};
     bool rehash = false;
@@ -321,6 +378,10 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
       }
       // The secret first: only a caller who proved it learns anything about the key's
       // state (doc/validate.md, "Secret first").
+      if (secret_ok) {
+        trace.key_id = info.key_id;
+        trace.account_id = info.account_id;
+      }
       if (!secret_ok) {
         result.code = ValidationCode::wrong_secret;
         ttl = options.ttl_wrong_secret;
@@ -362,6 +423,7 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
         cache->put(pk, presented, result, ttl, token);  // the answer is the verdict
       } catch (...) {
         // Not caching is always safe.
+        report(Component::cache, "put");
       }
     }
     if (result.code == ValidationCode::valid && options.record_last_use) {
@@ -378,9 +440,10 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
 }
 
 ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view sk,
-                                           const Requirements& requirements) const noexcept {
+                                           const Requirements& requirements,
+                                           Trace& trace) const noexcept {
   std::optional<TimePoint> now;
-  ValidationResult result = validate(pk, sk, &now);
+  ValidationResult result = validate(pk, sk, trace, &now);
   if (result.code != ValidationCode::valid) return result;
   if (!requirements.scopes.empty()) {
     try {
@@ -398,16 +461,49 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
     }
   }
   if (!result.rate_limits.empty() || result.has_credits) {
-    admit(result, requirements.cost, now ? *now : clock->now());
+    admit(result, requirements.cost, now ? *now : clock->now(), trace);
   }
   return result;
+}
+
+ValidationResult Validator::Impl::observed(std::string_view pk, std::string_view sk, bool split,
+                                           const Requirements& requirements) const noexcept {
+  Trace trace;
+  if (observers.empty()) {
+    if (!split) return ValidationResult(ValidationCode::malformed);
+    return validate(pk, sk, requirements, trace);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  ValidationResult result = split ? validate(pk, sk, requirements, trace)
+                                  : ValidationResult(ValidationCode::malformed);
+  ValidateEvent event;
+  event.code = result.code;
+  event.path = trace.path;
+  event.cache = trace.cache;
+  event.admission = trace.admission;
+  event.key_id = trace.key_id;
+  event.account_id = trace.account_id;
+  event.duration = std::chrono::steady_clock::now() - start;
+  observers.validate(event);
+  return result;
+}
+
+void Validator::Impl::report(Component component, std::string_view operation,
+                             const char* message, bool recovered) const noexcept {
+  if (observers.empty()) return;
+  BackgroundError e;
+  e.component = component;
+  e.operation = operation;
+  e.message = message ? message : recovered ? "" : current_message();
+  e.recovered = recovered;
+  observers.error(e);
 }
 
 // The last step, after the secret, the key's state and the scopes: only a caller who
 // proved the secret of a key allowed to make the request ever spends its limits or
 // credits. A rate_limited or usage_exceeded answer spent nothing (Limiter's contract).
-void Validator::Impl::admit(ValidationResult& result, std::uint64_t cost,
-                            TimePoint now) const noexcept {
+void Validator::Impl::admit(ValidationResult& result, std::uint64_t cost, TimePoint now,
+                            Trace& trace) const noexcept {
   try {
     AdmissionRequest request;
     request.lineage_id = result.lineage_id.is_nil() ? result.key_id : result.lineage_id;
@@ -420,8 +516,12 @@ void Validator::Impl::admit(ValidationResult& result, std::uint64_t cost,
     Admission admission = limiter->admit(request);
     result.credits_remaining = admission.credits_remaining;
     switch (admission.outcome) {
-      case AdmissionOutcome::admitted: result.limits = std::move(admission.limits); return;
+      case AdmissionOutcome::admitted:
+        trace.admission = AdmissionResult::admitted;
+        result.limits = std::move(admission.limits);
+        return;
       case AdmissionOutcome::rate_limited:
+        trace.admission = AdmissionResult::rate_limited;
         result.code = ValidationCode::rate_limited;
         result.credits_remaining.reset();
         if (admission.limited_by < result.rate_limits.size()) {
@@ -429,11 +529,16 @@ void Validator::Impl::admit(ValidationResult& result, std::uint64_t cost,
         }
         result.retry_after = admission.retry_after;
         return;
-      case AdmissionOutcome::usage_exceeded: result.code = ValidationCode::usage_exceeded; return;
+      case AdmissionOutcome::usage_exceeded:
+        trace.admission = AdmissionResult::usage_exceeded;
+        result.code = ValidationCode::usage_exceeded;
+        return;
     }
     throw Error(ErrorCode::storage, "the limiter answered an unknown outcome");
   } catch (...) {
     limiter_failures.fetch_add(1, std::memory_order_relaxed);
+    trace.admission = AdmissionResult::failed;
+    report(Component::limiter, "admit");
     if (options.limiter_failure == LimiterFailurePolicy::allow) {
       result.limits.clear();
       result.credits_remaining.reset();
@@ -452,6 +557,7 @@ void Validator::Impl::flush() noexcept {
     write_digests();
   } catch (...) {
     last_use_failures.fetch_add(1, std::memory_order_relaxed);  // the lock failed
+    report(Component::last_use, "flush");
   }
 }
 
@@ -460,9 +566,12 @@ void Validator::Impl::flush() noexcept {
 void Validator::Impl::write_last_use() noexcept {
   try {
     tracker.take(flush_batch);
-    if (!flush_batch.empty()) store->record_last_use(flush_batch);
+    if (flush_batch.empty()) return;
+    store->record_last_use(flush_batch);
+    if (!observers.empty()) observers.write(BackgroundWrite{Component::last_use, flush_batch.size()});
   } catch (...) {
     last_use_failures.fetch_add(1, std::memory_order_relaxed);
+    report(Component::last_use, "flush");
   }
 }
 
@@ -476,11 +585,14 @@ void Validator::Impl::write_digests() noexcept {
     if (rehash_batch.empty() || rehash_off.load(std::memory_order_relaxed)) return;
     const std::size_t n = store->replace_digests(rehash_batch);
     rehashed.fetch_add(n, std::memory_order_relaxed);
+    if (n > 0 && !observers.empty()) observers.write(BackgroundWrite{Component::rehash, n});
   } catch (const Error& e) {
     rehash_failures.fetch_add(1, std::memory_order_relaxed);
     if (e.code() == ErrorCode::not_supported) rehash_off.store(true, std::memory_order_relaxed);
+    report(Component::rehash, "flush", e.what());
   } catch (...) {
     rehash_failures.fetch_add(1, std::memory_order_relaxed);
+    report(Component::rehash, "flush");
   }
 }
 
@@ -490,6 +602,10 @@ void Validator::Impl::write_digests() noexcept {
 void Validator::Impl::poll_revision(std::uint64_t& revision, bool& known) noexcept {
   try {
     const std::uint64_t r = store->revision();
+    if (poll_failing) {
+      poll_failing = false;
+      report(Component::revision_poll, "poll", nullptr, true);
+    }
     if (known && r == revision) return;
     std::optional<StoreChanges> changes;
     if (known) changes = store->changes_since(revision);
@@ -504,9 +620,14 @@ void Validator::Impl::poll_revision(std::uint64_t& revision, bool& known) noexce
   } catch (...) {
     // Cannot tell whether anything changed, or could not drop what did: assume the
     // worst and clear everything, and again at the next poll (fail closed).
+    if (!poll_failing) {
+      poll_failing = true;
+      report(Component::revision_poll, "poll");
+    }
     try {
       cache->clear();
     } catch (...) {
+      report(Component::cache, "clear");
     }
     known = false;
   }
@@ -564,6 +685,7 @@ Validator::Validator(std::shared_ptr<Store> store, std::shared_ptr<Hasher> hashe
       impl_->baseline_known = true;
     } catch (...) {
       // Unknown: the first poll clears the cache (fail closed).
+      impl_->report(Component::revision_poll, "baseline");
     }
   }
   if (impl_->cache) {
@@ -575,6 +697,7 @@ Validator::Validator(std::shared_ptr<Store> store, std::shared_ptr<Hasher> hashe
       impl_->cache->clear();
     } catch (...) {
       impl_->baseline_known = false;  // the first poll clears it again
+      impl_->report(Component::cache, "clear");
     }
   }
   try {
@@ -603,35 +726,27 @@ const Requirements& no_requirements() noexcept {
 
 ValidationResult Validator::validate(std::string_view public_key,
                                      std::string_view secret_key) const noexcept {
-  return impl_->validate(public_key, secret_key, no_requirements());
+  return impl_->observed(public_key, secret_key, true, no_requirements());
 }
 
 ValidationResult Validator::validate(std::string_view token) const noexcept {
   std::string_view pk;
   std::string_view sk;
-  if (!split_token(token, pk, sk)) {
-    ValidationResult r;
-    r.code = ValidationCode::malformed;
-    return r;
-  }
-  return impl_->validate(pk, sk, no_requirements());
+  const bool split = split_token(token, pk, sk);
+  return impl_->observed(pk, sk, split, no_requirements());
 }
 
 ValidationResult Validator::validate(std::string_view public_key, std::string_view secret_key,
                                      const Requirements& requirements) const noexcept {
-  return impl_->validate(public_key, secret_key, requirements);
+  return impl_->observed(public_key, secret_key, true, requirements);
 }
 
 ValidationResult Validator::validate(std::string_view token,
                                      const Requirements& requirements) const noexcept {
   std::string_view pk;
   std::string_view sk;
-  if (!split_token(token, pk, sk)) {
-    ValidationResult r;
-    r.code = ValidationCode::malformed;
-    return r;
-  }
-  return impl_->validate(pk, sk, requirements);
+  const bool split = split_token(token, pk, sk);
+  return impl_->observed(pk, sk, split, requirements);
 }
 
 void Validator::invalidate(std::string_view public_key) {

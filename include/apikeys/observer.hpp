@@ -73,9 +73,11 @@ struct ValidateEvent {
   AdmissionResult admission = AdmissionResult::none;  ///< What admission decided.
   /// The whole validate() call on the steady clock, up to the moment before the event.
   std::chrono::nanoseconds duration{0};
-  /// The key, when the validation found one and proved its secret (a valid answer, or
-  /// a refusal after the secret: expired, revoked, disabled, insufficient_scope,
-  /// rate_limited, usage_exceeded); nil otherwise.
+  /// The key, when the validation found one and proved its secret: a valid answer, or
+  /// a refusal after the secret (expired, revoked, disabled, insufficient_scope,
+  /// rate_limited, usage_exceeded) decided on the store path or from a cached `valid`.
+  /// Nil otherwise: before the secret (wrong_secret, not_found), and for a refusal
+  /// answered from the cache, which keeps no ids.
   Uuid key_id;
   /// Its account when key_id is set; nil otherwise.
   Uuid account_id;
