@@ -20,12 +20,12 @@ namespace apikeys {
 
 namespace {
 
-constexpr std::size_t kShards = 64;    // a power of two
-constexpr std::size_t kMaxProbe = 32;  // slots looked at per lookup, at most
-constexpr std::size_t kNearProbe = 8;  // a new entry further from home grows the table
-constexpr std::size_t kFirstSlots = 16;   // a shard's first slot table
+constexpr std::size_t kShards = 64;        // a power of two
+constexpr std::size_t kMaxProbe = 32;      // slots looked at per lookup, at most
+constexpr std::size_t kNearProbe = 8;      // a new entry further from home grows the table
+constexpr std::size_t kFirstSlots = 16;    // a shard's first slot table
 constexpr std::size_t kSlotsPerState = 4;  // a full table's slots per state of capacity
-constexpr std::size_t kFirstLeases = 8;   // and lease table
+constexpr std::size_t kFirstLeases = 8;    // and lease table
 
 std::uint64_t load64(const std::uint8_t* p) noexcept {
   std::uint64_t v;
@@ -90,8 +90,8 @@ struct MemoryLimiter::Impl {
         options(o),
         // Four slots per state of capacity at most: at a quarter full, no probe window of
         // 32 fills, so `capacity` live states always find a place.
-        slots_per_shard(round_up_pow2(
-            std::max<std::size_t>(o.capacity / kShards * kSlotsPerState, kMaxProbe))),
+        slots_per_shard(
+            round_up_pow2(std::max<std::size_t>(o.capacity / kShards * kSlotsPerState, kMaxProbe))),
         leases_per_shard(round_up_pow2(std::max<std::size_t>(o.lease_capacity / kShards, 8))) {}
 
   std::uint64_t lineage_hash(const Uuid& id) const noexcept {
@@ -242,8 +242,7 @@ struct MemoryLimiter::Impl {
       std::size_t i = lease_home(mask, lh);
       Lease* free_entry = nullptr;
       std::size_t free_at = 0;
-      for (std::size_t probe = 0; probe < kMaxProbe && probe <= mask;
-           ++probe, i = (i + 1) & mask) {
+      for (std::size_t probe = 0; probe < kMaxProbe && probe <= mask; ++probe, i = (i + 1) & mask) {
         Lease& l = sh.leases[i];
         if (l.count != 0 && l.lineage == lineage) return &l;
         if (l.count == 0 && !free_entry) {

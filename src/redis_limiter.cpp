@@ -44,72 +44,72 @@ namespace {
 //   {0, index (0-based), retry_after_ms}                                  rate limited
 //   {2, pool (0 when stale or missing)}                                    need credits
 // and writes nothing unless it admits (all or nothing).
-#define APIKEYS_LIMITER_ADMIT                                                   \
-  "if redis.replicate_commands then redis.replicate_commands() end\n"           \
-  "local function expiry(now_ms, ttl, exp)\n"                                   \
-  "  if ttl > 315360000000 then ttl = 315360000000 end\n"                       \
-  "  if ttl < 1 then ttl = 1 end\n"                                             \
-  "  if exp and exp >= now_ms + ttl then return nil end\n"                      \
-  "  return ttl + (ttl < 60000 and 60000 or ttl)\n"                             \
-  "end\n"                                                                       \
-  "local function admit(a)\n"                                                   \
-  "  local t = redis.call('TIME')\n"                                            \
-  "  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"                   \
-  "  local now_ms = math.floor(now / 1000)\n"                                   \
-  "  local cost = tonumber(ARGV[a])\n"                                          \
-  "  local charge = ARGV[a + 1] == '1'\n"                                       \
-  "  local n = tonumber(ARGV[a + 2])\n"                                         \
-  "  local k = KEYS[1]\n"                                                       \
-  "  local fields = {'pool', 'pool_end', 'store_remaining', 'exp'}\n"           \
-  "  for i = 0, n - 1 do fields[5 + i] = 't:' .. ARGV[a + 3 + 4 * i] end\n"     \
-  "  local c = redis.call('HMGET', k, unpack(fields))\n"                        \
-  "  local new = {}\n"                                                          \
-  "  local out = {1, -1, -1}\n"                                                 \
-  "  local ttl = 0\n"                                                           \
-  "  for i = 0, n - 1 do\n"                                                     \
-  "    local b = a + 3 + 4 * i\n"                                               \
-  "    local T = tonumber(ARGV[b + 2]) * 1000 / tonumber(ARGV[b + 1])\n"        \
-  "    local tau = tonumber(ARGV[b + 3]) * T\n"                                 \
-  "    local tat = tonumber(c[5 + i] or '0')\n"                                 \
-  "    local base = tat > now and tat or now\n"                                 \
-  "    local nt = base + cost * T\n"                                            \
-  "    if cost > 0 and nt - now > tau + 0.5 then\n"                             \
-  "      return {0, i, math.ceil((nt - now - tau - 0.5) / 1000)}\n"             \
-  "    end\n"                                                                   \
-  "    local ahead = nt - now\n"                                                \
-  "    local room = tau - ahead + 0.5\n"                                        \
-  "    out[#out + 1] = room > 0 and math.floor(room / T) or 0\n"                \
-  "    local reset = math.ceil((ahead - 0.5) / 1000)\n"                         \
-  "    out[#out + 1] = reset > 0 and reset or 0\n"                              \
-  "    new[#new + 1] = fields[5 + i]\n"                                         \
-  "    new[#new + 1] = string.format('%.17g', nt)\n"                            \
-  "    if reset > ttl then ttl = reset end\n"                                   \
-  "  end\n"                                                                     \
-  "  local pool = tonumber(c[1])\n"                                             \
-  "  local pool_end = tonumber(c[2])\n"                                         \
-  "  if pool and (not pool_end or now_ms >= pool_end) then pool = nil end\n"    \
-  "  if charge then\n"                                                          \
-  "    if not pool or pool < cost then return {2, pool or 0} end\n"             \
-  "    pool = pool - cost\n"                                                    \
-  "    out[2] = pool\n"                                                         \
-  "    out[3] = tonumber(c[3]) or 0\n"                                          \
-  "  end\n"                                                                     \
-  "  if cost == 0 then return out end\n"                                        \
-  "  if charge then\n"                                                          \
-  "    new[#new + 1] = 'pool'\n"                                                \
-  "    new[#new + 1] = string.format('%d', pool)\n"                             \
-  "  end\n"                                                                     \
-  "  if pool and pool_end - now_ms > ttl then ttl = pool_end - now_ms end\n"    \
-  "  if #new > 0 then\n"                                                        \
-  "    local e = expiry(now_ms, ttl, tonumber(c[4]))\n"                         \
-  "    if e then\n"                                                             \
-  "      new[#new + 1] = 'exp'\n"                                               \
-  "      new[#new + 1] = string.format('%d', now_ms + e)\n"                     \
-  "    end\n"                                                                   \
-  "    redis.call('HSET', k, unpack(new))\n"                                    \
-  "    if e then redis.call('PEXPIRE', k, e) end\n"                             \
-  "  end\n"                                                                     \
-  "  return out\n"                                                              \
+#define APIKEYS_LIMITER_ADMIT                                                \
+  "if redis.replicate_commands then redis.replicate_commands() end\n"        \
+  "local function expiry(now_ms, ttl, exp)\n"                                \
+  "  if ttl > 315360000000 then ttl = 315360000000 end\n"                    \
+  "  if ttl < 1 then ttl = 1 end\n"                                          \
+  "  if exp and exp >= now_ms + ttl then return nil end\n"                   \
+  "  return ttl + (ttl < 60000 and 60000 or ttl)\n"                          \
+  "end\n"                                                                    \
+  "local function admit(a)\n"                                                \
+  "  local t = redis.call('TIME')\n"                                         \
+  "  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"                \
+  "  local now_ms = math.floor(now / 1000)\n"                                \
+  "  local cost = tonumber(ARGV[a])\n"                                       \
+  "  local charge = ARGV[a + 1] == '1'\n"                                    \
+  "  local n = tonumber(ARGV[a + 2])\n"                                      \
+  "  local k = KEYS[1]\n"                                                    \
+  "  local fields = {'pool', 'pool_end', 'store_remaining', 'exp'}\n"        \
+  "  for i = 0, n - 1 do fields[5 + i] = 't:' .. ARGV[a + 3 + 4 * i] end\n"  \
+  "  local c = redis.call('HMGET', k, unpack(fields))\n"                     \
+  "  local new = {}\n"                                                       \
+  "  local out = {1, -1, -1}\n"                                              \
+  "  local ttl = 0\n"                                                        \
+  "  for i = 0, n - 1 do\n"                                                  \
+  "    local b = a + 3 + 4 * i\n"                                            \
+  "    local T = tonumber(ARGV[b + 2]) * 1000 / tonumber(ARGV[b + 1])\n"     \
+  "    local tau = tonumber(ARGV[b + 3]) * T\n"                              \
+  "    local tat = tonumber(c[5 + i] or '0')\n"                              \
+  "    local base = tat > now and tat or now\n"                              \
+  "    local nt = base + cost * T\n"                                         \
+  "    if cost > 0 and nt - now > tau + 0.5 then\n"                          \
+  "      return {0, i, math.ceil((nt - now - tau - 0.5) / 1000)}\n"          \
+  "    end\n"                                                                \
+  "    local ahead = nt - now\n"                                             \
+  "    local room = tau - ahead + 0.5\n"                                     \
+  "    out[#out + 1] = room > 0 and math.floor(room / T) or 0\n"             \
+  "    local reset = math.ceil((ahead - 0.5) / 1000)\n"                      \
+  "    out[#out + 1] = reset > 0 and reset or 0\n"                           \
+  "    new[#new + 1] = fields[5 + i]\n"                                      \
+  "    new[#new + 1] = string.format('%.17g', nt)\n"                         \
+  "    if reset > ttl then ttl = reset end\n"                                \
+  "  end\n"                                                                  \
+  "  local pool = tonumber(c[1])\n"                                          \
+  "  local pool_end = tonumber(c[2])\n"                                      \
+  "  if pool and (not pool_end or now_ms >= pool_end) then pool = nil end\n" \
+  "  if charge then\n"                                                       \
+  "    if not pool or pool < cost then return {2, pool or 0} end\n"          \
+  "    pool = pool - cost\n"                                                 \
+  "    out[2] = pool\n"                                                      \
+  "    out[3] = tonumber(c[3]) or 0\n"                                       \
+  "  end\n"                                                                  \
+  "  if cost == 0 then return out end\n"                                     \
+  "  if charge then\n"                                                       \
+  "    new[#new + 1] = 'pool'\n"                                             \
+  "    new[#new + 1] = string.format('%d', pool)\n"                          \
+  "  end\n"                                                                  \
+  "  if pool and pool_end - now_ms > ttl then ttl = pool_end - now_ms end\n" \
+  "  if #new > 0 then\n"                                                     \
+  "    local e = expiry(now_ms, ttl, tonumber(c[4]))\n"                      \
+  "    if e then\n"                                                          \
+  "      new[#new + 1] = 'exp'\n"                                            \
+  "      new[#new + 1] = string.format('%d', now_ms + e)\n"                  \
+  "    end\n"                                                                \
+  "    redis.call('HSET', k, unpack(new))\n"                                 \
+  "    if e then redis.call('PEXPIRE', k, e) end\n"                          \
+  "  end\n"                                                                  \
+  "  return out\n"                                                           \
   "end\n"
 
 // ARGV: the admission arguments. One admission.

@@ -279,8 +279,7 @@ struct Validator::Impl {
 // Format, digest, cache, fill token, store, then the verdict (secret first, then
 // expiry and status), the cache fill and last use: doc/validate.md says why each step
 // sits where it does.
-ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view sk,
-                                           Trace& trace,
+ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& trace,
                                            std::optional<TimePoint>* judged) const noexcept {
   ValidationResult result;
   if (!well_formed(pk, sk)) {
@@ -474,8 +473,8 @@ ValidationResult Validator::Impl::observed(std::string_view pk, std::string_view
     return validate(pk, sk, requirements, trace);
   }
   const auto start = std::chrono::steady_clock::now();
-  ValidationResult result = split ? validate(pk, sk, requirements, trace)
-                                  : ValidationResult(ValidationCode::malformed);
+  ValidationResult result =
+      split ? validate(pk, sk, requirements, trace) : ValidationResult(ValidationCode::malformed);
   ValidateEvent event;
   event.code = result.code;
   event.path = trace.path;
@@ -488,8 +487,8 @@ ValidationResult Validator::Impl::observed(std::string_view pk, std::string_view
   return result;
 }
 
-void Validator::Impl::report(Component component, std::string_view operation,
-                             const char* message, bool recovered) const noexcept {
+void Validator::Impl::report(Component component, std::string_view operation, const char* message,
+                             bool recovered) const noexcept {
   if (observers.empty()) return;
   BackgroundError e;
   e.component = component;
@@ -568,7 +567,8 @@ void Validator::Impl::write_last_use() noexcept {
     tracker.take(flush_batch);
     if (flush_batch.empty()) return;
     store->record_last_use(flush_batch);
-    if (!observers.empty()) observers.write(BackgroundWrite{Component::last_use, flush_batch.size()});
+    if (!observers.empty())
+      observers.write(BackgroundWrite{Component::last_use, flush_batch.size()});
   } catch (...) {
     last_use_failures.fetch_add(1, std::memory_order_relaxed);
     report(Component::last_use, "flush");
@@ -771,9 +771,7 @@ std::uint64_t Validator::limiter_failures() const noexcept {
   return impl_->limiter_failures.load(std::memory_order_relaxed);
 }
 
-std::uint64_t Validator::observer_failures() const noexcept {
-  return impl_->observers.failures();
-}
+std::uint64_t Validator::observer_failures() const noexcept { return impl_->observers.failures(); }
 
 Limiter& Validator::limiter() const noexcept { return *impl_->limiter; }
 

@@ -67,9 +67,9 @@ APIKEYS_EXPORT const char* to_string(AdmissionResult result) noexcept;
 /// One validation, as Observer::on_validate() sees it. Never holds the secret or its
 /// digest. Thread-safety and ownership: a plain value.
 struct ValidateEvent {
-  ValidationCode code = ValidationCode::error;         ///< The answer.
-  ValidatePath path = ValidatePath::format;            ///< The step that answered.
-  CacheResult cache = CacheResult::none;               ///< What the cache said.
+  ValidationCode code = ValidationCode::error;        ///< The answer.
+  ValidatePath path = ValidatePath::format;           ///< The step that answered.
+  CacheResult cache = CacheResult::none;              ///< What the cache said.
   AdmissionResult admission = AdmissionResult::none;  ///< What admission decided.
   /// The whole validate() call on the steady clock, up to the moment before the event.
   std::chrono::nanoseconds duration{0};
@@ -143,11 +143,11 @@ APIKEYS_EXPORT const char* to_string(AuditAction action) noexcept;
 /// Observer::on_change() sees it and the audit trail keeps it. Never holds a secret or
 /// a digest. Thread-safety and ownership: a plain value.
 struct AuditEvent {
-  Uuid event_id;           ///< Random (v4), unique per event.
-  TimePoint time{};        ///< When the change was made, on the manager's clock.
+  Uuid event_id;                             ///< Random (v4), unique per event.
+  TimePoint time{};                          ///< When the change was made, on the manager's clock.
   AuditAction action = AuditAction::update;  ///< What was done.
-  ChangeContext context;   ///< Who did it, and why.
-  Uuid account_id;         ///< Whose key.
+  ChangeContext context;                     ///< Who did it, and why.
+  Uuid account_id;                           ///< Whose key.
   /// Which key; for rotate, the old key (`after` names the new one). For revoke_all,
   /// nil: `after` holds how many keys it revoked.
   Uuid key_id;
@@ -195,7 +195,7 @@ struct BackgroundError {
 /// Thread-safety and ownership: a plain value.
 struct BackgroundWrite {
   Component component = Component::last_use;  ///< last_use or rehash.
-  std::size_t rows = 0;                        ///< Rows written by this flush.
+  std::size_t rows = 0;                       ///< Rows written by this flush.
 };
 
 /// Interface: an observer; see the top of this header. Every hook has an empty default,

@@ -239,23 +239,22 @@ TEST_CASE("MemoryLimiter: tables grow as lineages come and keep every live state
     ids.push_back(lineage(rng));
     // Every other lineage has two limits: growth may come between a request's limits.
     const auto& l = i % 2 == 0 ? daily : two;
-    REQUIRE(limiter.admit(request(ids.back(), l, 1, kStart)).outcome ==
-            AdmissionOutcome::admitted);
+    REQUIRE(limiter.admit(request(ids.back(), l, 1, kStart)).outcome == AdmissionOutcome::admitted);
   }
   CHECK(limiter.states() == 45'000);
   // Each table grew many times over; not one day-limited lineage looks new.
   std::size_t over = 0;
   for (std::size_t i = 0; i < ids.size(); ++i) {
     const auto& l = i % 2 == 0 ? daily : two;
-    if (limiter.admit(request(ids[i], l, 1, kStart + 1s)).outcome != AdmissionOutcome::rate_limited) {
+    if (limiter.admit(request(ids[i], l, 1, kStart + 1s)).outcome !=
+        AdmissionOutcome::rate_limited) {
       ++over;
     }
   }
   CHECK(over == 0);
 }
 
-TEST_CASE("MemoryLimiter: capacity live states all find a place",
-          "[admission][memory_limiter]") {
+TEST_CASE("MemoryLimiter: capacity live states all find a place", "[admission][memory_limiter]") {
   MemoryLimiterOptions o;
   o.capacity = 20'000;
   MemoryLimiter limiter(nullptr, o);

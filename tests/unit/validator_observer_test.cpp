@@ -44,8 +44,8 @@ class Recorder : public apikeys::Observer {
   }
   void on_error(const BackgroundError& e) override {
     std::lock_guard<std::mutex> l(mu);
-    errors.push_back(Error{e.component, std::string(e.operation), std::string(e.message),
-                           e.recovered});
+    errors.push_back(
+        Error{e.component, std::string(e.operation), std::string(e.message), e.recovered});
   }
   void on_write(const BackgroundWrite& w) override {
     std::lock_guard<std::mutex> l(mu);
@@ -257,8 +257,7 @@ TEST_CASE("Observer: a throwing observer changes no answer and is counted", "[ob
   CHECK_THROWS_AS(apikeys::Validator(t.store, t.hasher, bad), apikeys::Error);
 }
 
-TEST_CASE("Observer: cache and store failures on the request path are reported",
-          "[observer]") {
+TEST_CASE("Observer: cache and store failures on the request path are reported", "[observer]") {
   auto t = apikeys_test::make_manager();
   const auto key = t->create(apikeys_test::account_id(5), apikeys::CreateRequest("k"));
   const std::string secret(key.secret_key.reveal());
@@ -349,9 +348,9 @@ TEST_CASE("Observer: a failing revision poll is reported once, then its recovery
   o.rehash_on_use = false;
   o.revision_poll_interval = 5ms;
   o.observers = {rec};
-  apikeys::Validator v(store, std::make_shared<apikeys::HmacSha256Hasher>(
-                                  std::string(apikeys_test::kTestPepper)),
-                       o);
+  apikeys::Validator v(
+      store, std::make_shared<apikeys::HmacSha256Hasher>(std::string(apikeys_test::kTestPepper)),
+      o);
   store->fail = true;
   CHECK(eventually([&] { return rec->error_count(Component::revision_poll, "poll", false) > 0; }));
   std::this_thread::sleep_for(50ms);  // several more failed polls
