@@ -112,7 +112,7 @@ class RedisPool {
   static std::int64_t now_ns();
 
   const std::string name_;
-  std::string password_;  // AUTH password (empty: none). Wiped by the destructor.
+  std::string password_;          // AUTH password (empty: none). Wiped by the destructor.
   const ObserverList observers_;  // before options_: moved out of the options first
   const RedisCacheOptions options_;
   const std::vector<const char*> scripts_;

@@ -524,8 +524,8 @@ TEST_CASE("RedisLimiter: observers hear of credits that could not go back to the
   // Due back an hour ago: Redis's clock is past it, so nothing is deposited and the
   // credits go back to the store, which fails.
   store->period_end = std::chrono::system_clock::now() - std::chrono::hours(1);
-  RedisLimiter limiter(store, limiter_options(*redis, janitor.make(),
-                                              {std::make_shared<Thrower>(), recorder}));
+  RedisLimiter limiter(
+      store, limiter_options(*redis, janitor.make(), {std::make_shared<Thrower>(), recorder}));
   const std::vector<RateLimit> none;
   try {
     (void)limiter.admit(admission(apikeys_test::account_id(8), none, true));
