@@ -15,6 +15,11 @@
 //  6. The in-process tier answers only while subscribed, is emptied on every
 //     (re)subscription and drop, and never outlives the Redis entry it copies.
 //  7. A value that does not decode is a miss, never a verdict.
+//
+// Observers (RedisCacheOptions::observers) hear the failures handled here: a verdict
+// that does not decode, the subscription lost and restored (on the subscriber thread);
+// the breaker and reconnect events come from the pool. doc/redis-cache.md, "Observer
+// events".
 #include "apikeys/redis_cache.hpp"
 
 #include <hiredis/hiredis.h>
@@ -381,6 +386,9 @@ struct RedisCache::Impl {
   std::atomic<std::uint64_t> received{0};
   int wake_pipe[2] = {-1, -1};
   std::thread subscriber;
+  // Set when "subscription_lost" was reported, cleared by "subscription_restored", so
+  // an outage is one of each however many reconnects fail. Subscriber thread only.
+  bool reported_lost = false;
 
   void check_breaker() const { pool.check_breaker(); }
   bool local_live() const noexcept { return local && live.load(std::memory_order_acquire); }
@@ -413,6 +421,10 @@ struct RedisCache::Impl {
       // Invariant 6: messages published while we were not listening are lost.
       if (local) local->clear();
       live.store(true, std::memory_order_release);
+      if (reported_lost) {
+        reported_lost = false;
+        pool.report("subscription_restored", {}, true);
+      }
       return;
     }
     if (kind != "message" || r.elements != 3 || r.element[2]->type != REDIS_REPLY_STRING) return;
@@ -444,11 +456,23 @@ struct RedisCache::Impl {
     return !stopping.load();
   }
 
+  // The subscription failed (or could not be made): the tier is dark; tell the
+  // observers once per outage, unless the cache is going away.
+  void lost(const char* message) {
+    go_dark();
+    if (reported_lost || stopping.load()) return;
+    reported_lost = true;
+    pool.report("subscription_lost", message);
+  }
+
   void run_subscriber() {
     while (!stopping.load()) {
       try {
         subscribe_once();
+      } catch (const std::exception& e) {
+        lost(e.what());
       } catch (...) {
+        lost("RedisCache subscriber: unexpected exception");
       }
       go_dark();
       if (!nap(std::min(options.retry_interval, std::chrono::milliseconds(1000)))) break;
@@ -583,6 +607,12 @@ std::optional<Verdict> RedisCache::get(std::string_view public_key, const Digest
     throw Error(ErrorCode::storage, "RedisCache get: unexpected reply");
   }
   std::optional<Verdict> v = decode(r->element[1]->str, r->element[1]->len);
+  if (!v) {
+    // Invariant 7: a miss. Expected while nodes of two layout versions share a prefix.
+    impl.pool.report("decode",
+                     "RedisCache get: a stored verdict does not decode (another layout "
+                     "version, or damaged); taken as a miss");
+  }
   const long long pttl = r->element[2]->type == REDIS_REPLY_INTEGER ? r->element[2]->integer : 0;
   if (v && live && pttl > 0 && impl.local_live()) {
     // Never longer locally than in Redis; the token refuses it if an invalidation

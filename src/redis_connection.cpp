@@ -85,6 +85,7 @@ RedisPool::RedisPool(std::string name, RedisCacheOptions&& options,
                      std::vector<const char*> scripts)
     : name_(std::move(name)),
       password_(std::move(options.password)),
+      observers_(std::move(options.observers)),
       options_(std::move(options)),
       scripts_(std::move(scripts)) {
   {
@@ -102,11 +103,37 @@ std::int64_t RedisPool::now_ns() {
       .count();
 }
 
-void RedisPool::trip() noexcept {
+void RedisPool::trip(std::string_view reason) noexcept {
   down_until_.store(
       now_ns() +
           std::chrono::duration_cast<std::chrono::nanoseconds>(options_.retry_interval).count(),
       std::memory_order_relaxed);
+  // One "breaker_open" per outage: a trip while it is open (the retry after the
+  // interval failed too) only extends it.
+  if (!observers_.empty() && !reported_open_.exchange(true, std::memory_order_acq_rel)) {
+    report("breaker_open", reason);
+  }
+}
+
+void RedisPool::answered() noexcept {
+  if (observers_.empty() || !reported_open_.load(std::memory_order_relaxed)) return;
+  // A command that was already in flight when the breaker tripped does not close it:
+  // only one sent once callers try Redis again.
+  if (now_ns() < down_until_.load(std::memory_order_relaxed)) return;
+  if (reported_open_.exchange(false, std::memory_order_acq_rel)) {
+    report("breaker_close", {}, true);
+  }
+}
+
+void RedisPool::report(std::string_view operation, std::string_view message,
+                       bool recovered) const noexcept {
+  if (observers_.empty()) return;
+  BackgroundError e;
+  e.component = Component::redis;
+  e.operation = operation;
+  e.message = message;
+  e.recovered = recovered;
+  observers_.error(e);
 }
 
 void RedisPool::check_breaker() const {
@@ -222,6 +249,7 @@ RedisReply RedisPool::with_connection(F&& f) {
     try {
       c.emplace(*this);  // may connect: a refused or slow connect is unreachable too
       RedisReply r = f(*c);
+      answered();  // Redis answered (an error reply too): the breaker may close
       if (r->type == REDIS_REPLY_ERROR) {
         throw Error(ErrorCode::storage, fmt::format("{}: {}", name_, reply_text(*r)));
       }
@@ -233,9 +261,10 @@ RedisReply RedisPool::with_connection(F&& f) {
       // A pooled connection the server closed (it restarted) fails once and is retried
       // on a fresh one; anything else means Redis is unavailable for now.
       if (attempt > 0 || !stale) {
-        trip();
+        trip(e.what());
         throw Error(ErrorCode::busy, e.what());
       }
+      report("reconnect", e.what());
     }
   }
 }

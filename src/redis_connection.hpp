@@ -1,10 +1,13 @@
 // Private: what RedisCache and RedisLimiter share to talk to Redis: a pool of blocking
 // hiredis connections with socket timeouts, AUTH that leaves no unwiped copy of the
 // password, a breaker that keeps callers off a dead server for retry_interval, and
-// scripts run by EVALSHA (EVAL when the server forgot them).
-// Thread-safety: RedisPool's methods are safe from many threads at once.
+// scripts run by EVALSHA (EVAL when the server forgot them), and the observers both
+// report to (breaker and reconnect events here; the rest in their own files).
+// Thread-safety: RedisPool's methods are safe from many threads at once; observers are
+// called on the thread that met the event.
 // Ownership: RedisPool owns its connections and its copy of the options (password
-// included, wiped on destruction); replies are owned by the caller.
+// included, wiped on destruction; observers moved out into its ObserverList); replies
+// are owned by the caller.
 #ifndef APIKEYS_SRC_REDIS_CONNECTION_HPP
 #define APIKEYS_SRC_REDIS_CONNECTION_HPP
 
@@ -18,7 +21,9 @@
 #include <vector>
 
 #include "apikeys/error.hpp"
+#include "apikeys/observer.hpp"
 #include "apikeys/redis_cache.hpp"
+#include "observer_list.hpp"
 #include "thread_annotations.hpp"
 
 namespace apikeys::detail {
@@ -51,7 +56,8 @@ class RedisUnreachable : public Error {
 // new command connection and run by index with script().
 class RedisPool {
  public:
-  // Moves the password out of `options` (the caller wipes what the move leaves).
+  // Moves the password and the observers out of `options` (the caller wipes what the
+  // move leaves). Throws Error(invalid_argument) for a null observer.
   RedisPool(std::string name, RedisCacheOptions&& options, std::vector<const char*> scripts);
   ~RedisPool();
   RedisPool(const RedisPool&) = delete;
@@ -62,8 +68,16 @@ class RedisPool {
 
   // Throws Error(busy) while the breaker is open.
   void check_breaker() const;
-  // Opens the breaker for retry_interval.
-  void trip() noexcept;
+  // Opens the breaker for retry_interval; `reason` (no password in it) goes to the
+  // observers if it was closed.
+  void trip(std::string_view reason) noexcept;
+
+  // The observers (Component::redis). observers().empty(): build no event.
+  const ObserverList& observers() const noexcept { return observers_; }
+  // Reports a handled failure (or its end, when `recovered`) to the observers; does
+  // nothing when there are none. `message` must hold no password.
+  void report(std::string_view operation, std::string_view message,
+              bool recovered = false) const noexcept;
 
   // Opens a connection with timeouts, AUTH and SELECT done (and the scripts loaded
   // when `load_scripts`). Throws RedisUnreachable when the server cannot be reached.
@@ -92,10 +106,14 @@ class RedisPool {
   RedisReply with_connection(F&& f);
   RedisReply authenticate(redisContext& c) const;
   [[noreturn]] void broken(const redisContext& c) const;
+  // A command succeeded: reports the breaker closing if it had opened and its interval
+  // is over. Cheap when it is closed (one relaxed load).
+  void answered() noexcept;
   static std::int64_t now_ns();
 
   const std::string name_;
-  std::string password_;  // AUTH password (empty: none). Wiped by the destructor.
+  std::string password_;          // AUTH password (empty: none). Wiped by the destructor.
+  const ObserverList observers_;  // before options_: moved out of the options first
   const RedisCacheOptions options_;
   const std::vector<const char*> scripts_;
 
@@ -111,6 +129,9 @@ class RedisPool {
 
   // Breaker: callers skip Redis until this steady time (ns since epoch).
   std::atomic<std::int64_t> down_until_{0};
+  // True from a trip reported as "breaker_open" until the first command answered after
+  // down_until_, reported as "breaker_close". Only kept when there are observers.
+  std::atomic<bool> reported_open_{false};
 };
 
 }  // namespace apikeys::detail

@@ -1,6 +1,7 @@
 // RedisLimiter (redis_limiter.hpp): one Lua script per admission on Redis's clock, and
 // credits moved from the store into a per-lineage pool in Redis. doc/redis-limiter.md
-// describes the key layout, the scripts and why no credit is ever granted twice.
+// describes the key layout, the scripts and why no credit is ever granted twice, and
+// the events observers (RedisLimiterOptions::connection.observers) hear.
 #include "apikeys/redis_limiter.hpp"
 
 #include <fmt/format.h>
@@ -250,6 +251,23 @@ struct RedisLimiter::Impl {
     return std::nullopt;
   }
 
+  // Returns credits Redis never held to the store. A store that fails keeps them (they
+  // are lost to the lineage, never granted twice): reported, and the admission fails
+  // as busy all the same.
+  void give_back(const Uuid& lineage, const CreditTake& take) {
+    try {
+      store->return_credits(lineage, take.taken, take.period);
+    } catch (const std::exception& e) {
+      if (!pool.observers().empty()) {
+        pool.report("return_credits",
+                    fmt::format("RedisLimiter: {} credits could not be returned to the store: {}",
+                                take.taken, e.what()));
+      }
+    } catch (...) {
+      pool.report("return_credits", "RedisLimiter: credits could not be returned to the store");
+    }
+  }
+
   Admission admit(const AdmissionRequest& r) {
     if (r.limit_count > KeyPolicyLimits::kMaxRateLimits) {
       throw Error(ErrorCode::invalid_argument, "too many rate limits in one request");
@@ -285,11 +303,23 @@ struct RedisLimiter::Impl {
                                        std::to_string(take.remaining)};
       deposit.insert(deposit.end(), args.begin(), args.end());
       out = Admission{};
-      const detail::RedisReply reply = run(kDeposit, k, deposit);
+      detail::RedisReply reply;
+      try {
+        reply = run(kDeposit, k, deposit);
+      } catch (const std::exception& e) {
+        if (take.taken > 0 && !pool.observers().empty()) {
+          // Thrown to the caller as it is; the credits it cost are reported here.
+          pool.report("deposit",
+                      fmt::format("RedisLimiter: {} credits taken from the store may be lost "
+                                  "(the deposit in Redis failed): {}",
+                                  take.taken, e.what()));
+        }
+        throw;
+      }
       if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
           reply->element[0]->type == REDIS_REPLY_INTEGER && reply->element[0]->integer == 3) {
         // Nothing was deposited, so giving them back cannot grant them twice.
-        if (take.taken > 0) store->return_credits(r.lineage_id, take.taken, take.period);
+        if (take.taken > 0) give_back(r.lineage_id, take);
         throw Error(ErrorCode::busy,
                     "RedisLimiter: Redis's clock is past the store's refill period");
       }
@@ -321,11 +351,14 @@ RedisLimiter::~RedisLimiter() = default;
 Admission RedisLimiter::admit(const AdmissionRequest& request) { return impl_->admit(request); }
 
 void RedisLimiter::credits_reset(const Uuid& lineage_id) noexcept {
+  // Redis unreachable: its pool is what it was; a reset that must hold needs Redis.
   try {
     const std::string k = impl_->key(lineage_id);
     (void)impl_->pool.run({"HDEL", k, "pool", "pool_end", "store_remaining"});
+  } catch (const std::exception& e) {
+    impl_->pool.report("credits_reset", e.what());
   } catch (...) {
-    // Redis unreachable: its pool is what it was; a reset that must hold needs Redis.
+    impl_->pool.report("credits_reset", "RedisLimiter: credits_reset failed");
   }
 }
 

@@ -2,8 +2,10 @@
 // the same server and prefix, optionally behind a small in-process tier kept coherent
 // across processes by Redis pub/sub. Built only with -DAPIKEYS_WITH_REDIS=ON (hiredis);
 // not in apikeys.hpp. Thread-safety: every method is safe from many threads (a pool of
-// connections, plus one subscriber thread per instance). Ownership: owns its
-// connections and its thread; hiredis types never appear in this header.
+// connections, plus one subscriber thread per instance); observers are called from the
+// calling threads and from the subscriber thread (see RedisCacheOptions::observers).
+// Ownership: owns its connections and its thread, shares its observers; hiredis types
+// never appear in this header.
 #ifndef APIKEYS_REDIS_CACHE_HPP
 #define APIKEYS_REDIS_CACHE_HPP
 
@@ -14,9 +16,11 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "apikeys/cache.hpp"
 #include "apikeys/export.hpp"
+#include "apikeys/observer.hpp"
 
 namespace apikeys {
 
@@ -69,6 +73,21 @@ struct RedisCacheOptions {
   /// How often the subscriber pings an idle subscription; two silent intervals mark it
   /// down (local tier off) and it reconnects. Default 1 s.
   std::chrono::milliseconds heartbeat_interval{1000};
+  /// Told, through Observer::on_error() with Component::redis, of every failure handled
+  /// without throwing to a caller, and of its end: the breaker opening ("breaker_open",
+  /// with the reason) and closing ("breaker_close", recovered), the subscription lost
+  /// ("subscription_lost") and restored ("subscription_restored", recovered), a pooled
+  /// connection the server closed and that was retried on a fresh one ("reconnect"), a
+  /// stored verdict that does not decode ("decode"); RedisLimiter adds its own (see
+  /// redis_limiter.hpp). The list, the operations and when each fires:
+  /// doc/redis-cache.md, "Observer events". No message holds the password.
+  /// Threads: breaker, reconnect and decode events come on the thread of the call that
+  /// met them (get, fill_token, put, erase, clear; admit, credits_reset); subscription
+  /// events on the instance's subscriber thread, possibly while another thread is in a
+  /// call. Exceptions an observer throws are caught and never change what a call
+  /// returns. Nothing is built for them when the list is empty. A null entry is
+  /// Error(invalid_argument) at construction. Default none.
+  std::vector<std::shared_ptr<Observer>> observers;
 };
 
 /// Verdicts are keyed by the public key and the hex of the full presented digest (not
@@ -96,7 +115,7 @@ class APIKEYS_EXPORT RedisCache final : public Cache {
  public:
   /// Starts the subscriber thread; connects lazily (a server that is down now is not
   /// an error). Throws Error(invalid_argument) for an empty host, a port outside
-  /// 1..65535, a zero pool_size or a prefix longer than 256 bytes.
+  /// 1..65535, a zero pool_size, a prefix longer than 256 bytes or a null observer.
   explicit RedisCache(RedisCacheOptions options = {});
   /// Stops the subscriber thread and closes every connection.
   ~RedisCache() override;

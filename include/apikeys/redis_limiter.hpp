@@ -3,8 +3,10 @@
 // rate limit checked with GCRA and the credits charged, all or nothing, in one round
 // trip. Credits are moved from the Store into Redis in batches, so the Store's durable
 // balance always bounds what Redis may admit.
-// Thread-safety: admit() is safe from many threads at once (a pool of connections).
-// Ownership: shares ownership of the store that holds credits; owns its connections.
+// Thread-safety: admit() is safe from many threads at once (a pool of connections);
+// observers are called from the thread calling admit() or credits_reset().
+// Ownership: shares ownership of the store that holds credits and of its observers;
+// owns its connections.
 #ifndef APIKEYS_REDIS_LIMITER_HPP
 #define APIKEYS_REDIS_LIMITER_HPP
 
@@ -21,9 +23,16 @@ namespace apikeys {
 /// Options for RedisLimiter. Every field states its default.
 struct RedisLimiterOptions {
   /// Where Redis is and how to talk to it: host, port, password, database, prefix,
-  /// pool_size, connect_timeout, command_timeout and retry_interval are used (the cache
-  /// fields are ignored). The limiter's keys are `<prefix>lim:{<lineage>}`. Defaults:
-  /// RedisCacheOptions's.
+  /// pool_size, connect_timeout, command_timeout, retry_interval and observers are used
+  /// (the cache fields are ignored). The limiter's keys are `<prefix>lim:{<lineage>}`.
+  /// Defaults: RedisCacheOptions's.
+  ///
+  /// `connection.observers` hear, on the thread calling admit() or credits_reset(),
+  /// the breaker opening and closing and a pooled connection retried (as for
+  /// RedisCache), plus "credits_reset" (a reset that could not reach Redis),
+  /// "deposit" (credits taken from the store and then not deposited in Redis: they may
+  /// be lost; admit() still throws) and "return_credits" (credits that could not be
+  /// given back to the store). doc/redis-limiter.md, "Observer events".
   RedisCacheOptions connection;
   /// Credits moved from the store into Redis at a time, per lineage, when Redis holds
   /// fewer than a request's cost. The store's balance is what is left outside Redis:
@@ -39,7 +48,7 @@ struct RedisLimiterOptions {
 class APIKEYS_EXPORT RedisLimiter final : public Limiter {
  public:
   /// Connects lazily; never throws for an unreachable server (admit() does). Throws
-  /// Error(invalid_argument) for bad options.
+  /// Error(invalid_argument) for bad options (a null observer among them).
   explicit RedisLimiter(std::shared_ptr<Store> credits_store, RedisLimiterOptions options = {});
   ~RedisLimiter() override;
   RedisLimiter(const RedisLimiter&) = delete;

@@ -1,9 +1,10 @@
-# Server suites: PostgresStore and RedisCache against real servers, their
-# fault tests and the two-process revocation test. Included from tests/CMakeLists.txt
-# (Catch2 found, Catch included); built only with -DAPIKEYS_WITH_POSTGRES=ON and/or
-# -DAPIKEYS_WITH_REDIS=ON. Every test carries the label `servers`; they find their
-# servers through APIKEYS_TEST_PG / APIKEYS_TEST_REDIS (scripts/servers.sh start) and
-# skip with a message without them (fail under APIKEYS_REQUIRE_SERVERS=1).
+# Server suites: PostgresStore, RedisCache and RedisLimiter against real servers, their
+# fault tests, what the Redis classes tell observers and the two-process revocation
+# test. Included from tests/CMakeLists.txt (Catch2 found, Catch included); built only
+# with -DAPIKEYS_WITH_POSTGRES=ON and/or -DAPIKEYS_WITH_REDIS=ON. Every test carries
+# the label `servers`; they find their servers through APIKEYS_TEST_PG /
+# APIKEYS_TEST_REDIS (scripts/servers.sh start) and skip with a message without them
+# (fail under APIKEYS_REQUIRE_SERVERS=1).
 if(NOT APIKEYS_WITH_POSTGRES AND NOT APIKEYS_WITH_REDIS)
   return()
 endif()
@@ -20,7 +21,7 @@ if(APIKEYS_WITH_POSTGRES)
 endif()
 if(APIKEYS_WITH_REDIS)
   list(APPEND _apikeys_server_sources servers/redis_cache_test.cpp
-    servers/redis_limiter_test.cpp)
+    servers/redis_limiter_test.cpp servers/redis_observer_test.cpp)
   # And hiredis directly to look inside Redis.
   list(APPEND _apikeys_server_includes ${APIKEYS_HIREDIS_INCLUDE_DIRS})
   list(APPEND _apikeys_server_links ${APIKEYS_HIREDIS_LINK_LIBRARIES})
