@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <string>
@@ -246,8 +247,9 @@ class DigestWipe {
 
 class Importer {
  public:
-  Importer(Store& store, const ImportOptions& options, TimePoint now)
-      : store_(store), options_(options), now_(now) {}
+  Importer(Store& store, const ImportOptions& options, TimePoint now,
+           const std::function<void(const KeyInfo&)>& imported)
+      : store_(store), options_(options), now_(now), imported_(imported) {}
 
   void reject(std::uint64_t line, std::string reason) {
     ++report_.rejected;
@@ -284,8 +286,15 @@ class Importer {
       return reject(line, "key_id (or public key) is taken by another key");
     }
     ++report_.imported;
-    // A not_found cached before the import must not hide the key.
-    erase_everywhere(store_.identity(), record.info.public_key);
+    // A not_found cached before the import must not hide the key. The key is imported
+    // whether or not that erase fails: it is reported either way.
+    try {
+      erase_everywhere(store_.identity(), record.info.public_key);
+    } catch (...) {
+      if (imported_) imported_(record.info);
+      throw;
+    }
+    if (imported_) imported_(record.info);
   }
 
   ImportReport take_report() { return std::move(report_); }
@@ -371,6 +380,7 @@ class Importer {
   Store& store_;
   const ImportOptions& options_;
   TimePoint now_;
+  const std::function<void(const KeyInfo&)>& imported_;
   ImportReport report_;
 };
 
@@ -482,13 +492,14 @@ void import_csv(ByteSource& bytes, Importer& importer) {
 }  // namespace
 
 ImportReport import_keys(Store& store, const Hasher& hasher, const ValidatorOptions& validation,
-                         std::istream& in, const ImportOptions& options) {
+                         std::istream& in, const ImportOptions& options,
+                         const std::function<void(const KeyInfo&)>& imported) {
   check_can_import(hasher, validation, options);
   if (!in || in.rdbuf() == nullptr) {
     throw Error(ErrorCode::invalid_argument, "the import input cannot be read");
   }
   const std::shared_ptr<Clock> clock = validation.clock ? validation.clock : system_clock();
-  Importer importer(store, options, clock->now());
+  Importer importer(store, options, clock->now(), imported);
   ByteSource bytes(*in.rdbuf());
   switch (options.format) {
     case ImportFormat::json_lines: import_json_lines(bytes, importer); break;

@@ -5,6 +5,7 @@
 #ifndef APIKEYS_SRC_KEY_IMPORT_HPP
 #define APIKEYS_SRC_KEY_IMPORT_HPP
 
+#include <functional>
 #include <istream>
 
 #include "apikeys/hasher.hpp"
@@ -15,9 +16,12 @@
 namespace apikeys::detail {
 
 // Reads `in` to its end and imports its rows into `store`; `validation` gives the key
-// formats accepted (one must take legacy keys) and the clock.
+// formats accepted (one must take legacy keys) and the clock. Calls `imported` (when
+// not empty) once per key inserted, after the insert, with the key's fields (never its
+// digest); it must not throw.
 ImportReport import_keys(Store& store, const Hasher& hasher, const ValidatorOptions& validation,
-                         std::istream& in, const ImportOptions& options);
+                         std::istream& in, const ImportOptions& options,
+                         const std::function<void(const KeyInfo&)>& imported);
 
 }  // namespace apikeys::detail
 

@@ -5,15 +5,18 @@
 #include <algorithm>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <limits>
 
 #include "apikeys/error.hpp"
 #include "apikeys/limiter.hpp"
+#include "audit_json.hpp"
 #include "cache_registry.hpp"
 #include "guarded.hpp"
 #include "hex.hpp"
 #include "key_import.hpp"
 #include "metadata.hpp"
+#include "observer_list.hpp"
 #include "scope.hpp"
 #include "text.hpp"
 
@@ -64,6 +67,45 @@ void check_text(std::string_view text, const TextRules& rules) {
   if (detail::has_bidi_or_zero_width(text)) refuse(rules.bidi_or_zero_width);
 }
 
+// One text field of a ChangeContext: at most `max_bytes` bytes of UTF-8 without
+// control characters. The messages name the field, never its value.
+void check_context_text(std::string_view text, std::size_t max_bytes, const char* too_long,
+                        const char* not_utf8, const char* control) {
+  if (text.size() > max_bytes) refuse(too_long);
+  if (!detail::utf8_length(text, max_bytes)) refuse(not_utf8);
+  if (detail::has_control(text, {})) refuse(control);
+}
+
+// Checked before anything is read or written: an audit trail must not be given text
+// that could forge or hide its own lines.
+void check_context(const ChangeContext& context) {
+  if (static_cast<std::uint8_t>(context.actor.type) > static_cast<std::uint8_t>(kLastActorType)) {
+    refuse("actor type must be user, service or system");
+  }
+  static_assert(Actor::kMaxActorIdLength == 256 && Actor::kMaxActorDetailLength == 1024 &&
+                    ChangeContext::kMaxReasonLength == 1024,
+                "the messages below state the limits");
+  check_context_text(context.actor.id, Actor::kMaxActorIdLength,
+                     "actor id must be at most 256 bytes", "actor id must be valid UTF-8",
+                     "actor id must not contain control characters");
+  check_context_text(context.actor.detail, Actor::kMaxActorDetailLength,
+                     "actor detail must be at most 1024 bytes", "actor detail must be valid UTF-8",
+                     "actor detail must not contain control characters");
+  check_context_text(context.reason, ChangeContext::kMaxReasonLength,
+                     "reason must be at most 1024 bytes", "reason must be valid UTF-8",
+                     "reason must not contain control characters");
+}
+
+// The fields each kind of change may touch (audit_json.hpp).
+namespace key_field = detail::key_field;
+constexpr detail::KeyFields kStatusFields =
+    key_field::kStatus | key_field::kUpdatedAt | key_field::kVersion;
+constexpr detail::KeyFields kUpdateFields =
+    key_field::kTitle | key_field::kDescription | key_field::kMetadata | key_field::kScopes |
+    key_field::kExpiresAt | key_field::kRateLimits | key_field::kUpdatedAt | key_field::kVersion;
+constexpr detail::KeyFields kRotateFields =
+    key_field::kExpiresAt | key_field::kRotatedTo | key_field::kUpdatedAt | key_field::kVersion;
+
 }  // namespace
 
 CreateRequest normalize_request(const CreateRequest& request) {
@@ -96,6 +138,9 @@ struct KeyManager::Impl {
   std::shared_ptr<KeyGenerator> generator;
   std::shared_ptr<Clock> clock;
   KeyFormat format;
+  // options.validation.observers, told of every change (the Validator has its own list
+  // of the same observers for its events).
+  detail::ObserverList observers;
   Validator validator;
 
   // By value: its members are moved from below (cppcheck does not see member moves).
@@ -106,6 +151,7 @@ struct KeyManager::Impl {
         generator(o.generator ? std::move(o.generator) : std::make_shared<CsprngKeyGenerator>()),
         clock(o.validation.clock ? o.validation.clock : system_clock()),
         format(o.validation.format),
+        observers(o.validation.observers),
         validator(std::move(s), std::move(h), std::move(o.validation)) {}
 
   // Now, truncated to the milliseconds stores keep, so what we return equals what is
@@ -113,9 +159,84 @@ struct KeyManager::Impl {
   TimePoint now() const { return from_unix_millis(to_unix_millis(clock->now())); }
 
   // Read, change, compare-and-set: see change().
-  template <class Mutate>
+  template <class Mutate, class Committed>
   KeyInfo change(const char* operation, const Uuid& account_id, const Uuid& key_id,
-                 std::optional<std::uint64_t> expected_version, Mutate&& mutate);
+                 std::optional<std::uint64_t> expected_version, Mutate&& mutate,
+                 Committed&& committed);
+
+  // Tells the observers, if there are any, of one committed change: `fill(event, now)`
+  // sets the event's account, key, before and after (`now` is the clock's time, for
+  // credits' refills), or returns false when there is nothing to report. Never throws:
+  // the change stands, and an event that cannot be built (no memory, a failing
+  // CSPRNG) is left out rather than made the caller's failure.
+  template <class Fill>
+  void report(AuditAction action, const ChangeContext& context, Fill&& fill) const noexcept {
+    if (observers.empty()) return;
+    try {
+      AuditEvent event;
+      event.action = action;
+      const TimePoint at = clock->now();
+      if (!fill(event, at)) return;
+      event.event_id = Uuid::random();
+      event.time = from_unix_millis(to_unix_millis(at));
+      event.context = context;
+      observers.change(event);
+    } catch (...) {
+    }
+  }
+
+  // One key's fields `always`, and those of `candidates` that differ between before
+  // and after (credits as get() shows them); nothing when that is no field.
+  void report_changed(AuditAction action, const ChangeContext& context, const KeyInfo& before,
+                      const KeyInfo& after, detail::KeyFields candidates,
+                      detail::KeyFields always = 0) const noexcept {
+    report(action, context, [&](AuditEvent& e, TimePoint at) {
+      const KeyInfo was = shown_at(before, at);
+      const KeyInfo is = shown_at(after, at);
+      const detail::KeyFields fields = always | detail::changed_fields(was, is, candidates);
+      if (fields == 0) return false;
+      e.account_id = is.account_id;
+      e.key_id = is.key_id;
+      e.before = detail::key_json(was, fields);
+      e.after = detail::key_json(is, fields);
+      return true;
+    });
+  }
+
+  // A key that came to be (create, rotate's successor, import): every field after.
+  void report_created(AuditAction action, const ChangeContext& context,
+                      const KeyInfo& key) const noexcept {
+    report(action, context, [&](AuditEvent& e, TimePoint at) {
+      e.account_id = key.account_id;
+      e.key_id = key.key_id;
+      e.before = "{}";
+      e.after = detail::key_json(shown_at(key, at), key_field::kAll);
+      return true;
+    });
+  }
+
+  // A key that is gone: every field before.
+  void report_removed(const ChangeContext& context, const KeyInfo& key) const noexcept {
+    report(AuditAction::remove, context, [&](AuditEvent& e, TimePoint at) {
+      e.account_id = key.account_id;
+      e.key_id = key.key_id;
+      e.before = detail::key_json(shown_at(key, at), key_field::kAll);
+      e.after = "{}";
+      return true;
+    });
+  }
+
+  // A `committed` argument for change(): reports `action` with `fields`, whether or
+  // not their values differ (updated_at keeps its value when the clock did not move).
+  auto reporter(AuditAction action, const ChangeContext& context, detail::KeyFields fields) const {
+    return [this, action, &context, fields](const KeyInfo& before, const KeyInfo& after) {
+      report_changed(action, context, before, after, 0, fields);
+    };
+  }
+
+  // The key as it is before a change, for its event: read only when there are observers
+  // (nullopt otherwise, and when the account has no such key).
+  std::optional<KeyInfo> read_before(const Uuid& account_id, const Uuid& key_id) const;
 
   // A fresh key pair of this manager's format and its record (not yet stored).
   KeyRecord new_record(const Uuid& account_id, SecretString& secret);
@@ -126,8 +247,9 @@ struct KeyManager::Impl {
   void credits_changed(const Uuid& account_id, const KeyInfo& key, bool balance_set);
 
   // `info` with its credits' refills due by now applied, as get() and list() show it.
-  KeyInfo shown(KeyInfo info) const {
-    if (info.credits) info.credits = refilled(*info.credits, clock->now());
+  KeyInfo shown(KeyInfo info) const { return shown_at(std::move(info), clock->now()); }
+  static KeyInfo shown_at(KeyInfo info, TimePoint at) {
+    if (info.credits) info.credits = refilled(*info.credits, at);
     return info;
   }
 
@@ -153,10 +275,13 @@ constexpr int kMaxChangeAttempts = 16;
 // may throw to refuse), and writes it back with Store::replace() only if nobody changed
 // the key since the read. Then erases the key's verdicts from every cache over this
 // store in the process, so no validation answers from the old state once this returns
-// (doc/key-policy.md, "Every change is as strong as a revocation").
-template <class Mutate>
+// (doc/key-policy.md, "Every change is as strong as a revocation"), and calls
+// `committed(before, after)` once, even when a cache fails to erase (before that is
+// thrown): the change stands.
+template <class Mutate, class Committed>
 KeyInfo KeyManager::Impl::change(const char* operation, const Uuid& account_id, const Uuid& key_id,
-                                 std::optional<std::uint64_t> expected_version, Mutate&& mutate) {
+                                 std::optional<std::uint64_t> expected_version, Mutate&& mutate,
+                                 Committed&& committed) {
   for (int attempt = 0; attempt < kMaxChangeAttempts; ++attempt) {
     std::optional<KeyInfo> current =
         guarded(operation, [&] { return store->get(account_id, key_id); });
@@ -177,7 +302,13 @@ KeyInfo KeyManager::Impl::change(const char* operation, const Uuid& account_id, 
         guarded(operation, [&] { return store->replace(account_id, next, current->version); });
     switch (written.outcome) {
       case WriteOutcome::applied:
-        detail::erase_everywhere(store->identity(), written.key.public_key);
+        try {
+          detail::erase_everywhere(store->identity(), written.key.public_key);
+        } catch (...) {
+          committed(*current, written.key);
+          throw;
+        }
+        committed(*current, written.key);
         return std::move(written.key);
       case WriteOutcome::not_found: no_such_key(key_id);
       case WriteOutcome::conflict:
@@ -291,7 +422,9 @@ KeyManager::KeyManager(std::shared_ptr<Store> store, std::shared_ptr<Hasher> has
 
 KeyManager::~KeyManager() = default;
 
-CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& request) {
+CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& request,
+                              const ChangeContext& context) {
+  check_context(context);
   if (account_id.is_nil()) refuse("account id must not be the nil UUID");
   CreateRequest req = normalize_request(request);
 
@@ -364,7 +497,7 @@ CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& reque
     detail::erase_everywhere(impl_->store->identity(), info.public_key);
   } catch (...) {
   }
-
+  impl_->report_created(AuditAction::create, context, info);
   return CreatedKey{std::move(record.info), std::move(secret)};
 }
 
@@ -400,8 +533,10 @@ KeyInfo KeyManager::get(const Uuid& account_id, const Uuid& key_id) {
   return impl_->shown(std::move(*info));
 }
 
-KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const KeyUpdate& update) {
+KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const KeyUpdate& update,
+                           const ChangeContext& context) {
   // Every value is checked before anything is read or written.
+  check_context(context);
   std::optional<std::string> title;
   if (update.title.clears()) refuse("title cannot be cleared: a key must have a title");
   if (update.title.sets()) {
@@ -434,37 +569,63 @@ KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const Key
                                  !update.expires_in_days.leaves() || !update.rate_limits.leaves();
   const bool changes_credits = !update.credits.leaves() || !update.refill.leaves();
 
-  KeyInfo updated = impl_->change(
-      "updating the key", account_id, key_id, update.expected_version, [&](KeyInfo& key) {
-        if (!changes_something) return false;
-        if (update.rate_limits.sets()) key.rate_limits = rate_limits;
-        if (update.rate_limits.clears()) key.rate_limits.clear();
-        if (title) key.title = *title;
-        if (update.description.sets()) key.description = update.description.value();
-        if (update.description.clears()) key.description.clear();
-        if (update.metadata.sets()) key.metadata = update.metadata.value();
-        if (update.metadata.clears()) key.metadata.clear();
-        if (update.scopes.sets()) key.scopes = scopes;
-        if (update.scopes.clears()) key.scopes.clear();
-        std::optional<TimePoint> expiry = key.expires_at;
-        if (update.expires_in_days.sets()) {
-          expiry = impl_->now() + std::chrono::hours(24 * update.expires_in_days.value());
-        }
-        if (update.expires_in_days.clears()) expiry.reset();
-        // A rotated key ends by its grace: its life may be shortened,
-        // never lengthened or made endless (doc/key-policy.md,
-        // "Rotation").
-        if (key.rotated_to && key.expires_at && (!expiry || *expiry > *key.expires_at)) {
-          throw Error(ErrorCode::conflict, "a rotated key's expiry can only be brought forward");
-        }
-        key.expires_at = expiry;
-        return true;
-      });
+  // One event for the whole update, the key's fields and the lineage's credits: what
+  // was committed is reported even when a later step throws.
+  const bool observing = !impl_->observers.empty();
+  std::optional<KeyInfo> before;   // as read for the write (observers only)
+  std::optional<KeyInfo> written;  // the key as written, when its fields were
+  const auto report = [&](const KeyInfo& after, detail::KeyFields candidates) {
+    if (before) impl_->report_changed(AuditAction::update, context, *before, after, candidates);
+  };
+  const auto report_written = [&] {
+    if (written) report(*written, kUpdateFields);
+  };
+  KeyInfo updated;
+  try {
+    updated = impl_->change(
+        "updating the key", account_id, key_id, update.expected_version,
+        [&](KeyInfo& key) {
+          if (observing) before = key;
+          if (!changes_something) return false;
+          if (update.rate_limits.sets()) key.rate_limits = rate_limits;
+          if (update.rate_limits.clears()) key.rate_limits.clear();
+          if (title) key.title = *title;
+          if (update.description.sets()) key.description = update.description.value();
+          if (update.description.clears()) key.description.clear();
+          if (update.metadata.sets()) key.metadata = update.metadata.value();
+          if (update.metadata.clears()) key.metadata.clear();
+          if (update.scopes.sets()) key.scopes = scopes;
+          if (update.scopes.clears()) key.scopes.clear();
+          std::optional<TimePoint> expiry = key.expires_at;
+          if (update.expires_in_days.sets()) {
+            expiry = impl_->now() + std::chrono::hours(24 * update.expires_in_days.value());
+          }
+          if (update.expires_in_days.clears()) expiry.reset();
+          // A rotated key ends by its grace: its life may be shortened,
+          // never lengthened or made endless (doc/key-policy.md,
+          // "Rotation").
+          if (key.rotated_to && key.expires_at && (!expiry || *expiry > *key.expires_at)) {
+            throw Error(ErrorCode::conflict, "a rotated key's expiry can only be brought forward");
+          }
+          key.expires_at = expiry;
+          return true;
+        },
+        [&](const KeyInfo&, const KeyInfo& after) {
+          if (observing) written = after;
+        });
+  } catch (...) {
+    report_written();
+    throw;
+  }
   if (update.rate_limits.sets() && updated.rate_limits != rate_limits) {
     // A store written before rate limits existed kept the other fields only.
+    report_written();
     throw Error(ErrorCode::not_supported, "this store does not keep rate limits");
   }
-  if (!changes_credits) return impl_->shown(std::move(updated));
+  if (!changes_credits) {
+    report_written();
+    return impl_->shown(std::move(updated));
+  }
   // Credits are the lineage's, changed after the key's own fields (doc/rate-limits.md,
   // "Management"): a failure here leaves those fields changed, and retrying is safe.
   CreditsChange change;
@@ -479,12 +640,24 @@ KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const Key
       if (update.refill.sets()) change.refill = update.refill.value();
     }
   }
-  std::optional<KeyInfo> changed = guarded("changing the key's credits", [&] {
-    return impl_->store->change_credits(account_id, key_id, change);
-  });
-  if (!changed || changed->account_id != account_id) no_such_key(key_id);
-  impl_->credits_changed(account_id, *changed,
-                         change.op != CreditsOp::configure || change.remaining);
+  std::optional<KeyInfo> changed;
+  try {
+    changed = guarded("changing the key's credits",
+                      [&] { return impl_->store->change_credits(account_id, key_id, change); });
+    if (!changed || changed->account_id != account_id) no_such_key(key_id);
+  } catch (...) {
+    report_written();
+    throw;
+  }
+  // The key as it now is: its fields as written, and the lineage's new credits.
+  try {
+    impl_->credits_changed(account_id, *changed,
+                           change.op != CreditsOp::configure || change.remaining);
+  } catch (...) {
+    report(*changed, kUpdateFields | key_field::kCredits);
+    throw;
+  }
+  report(*changed, kUpdateFields | key_field::kCredits);
   return impl_->shown(std::move(*changed));
 }
 
@@ -507,8 +680,20 @@ void KeyManager::Impl::credits_changed(const Uuid& account_id, const KeyInfo& ke
   }
 }
 
-KeyInfo KeyManager::set_credits(const Uuid& account_id, const Uuid& key_id, std::uint64_t n) {
+std::optional<KeyInfo> KeyManager::Impl::read_before(const Uuid& account_id,
+                                                     const Uuid& key_id) const {
+  if (observers.empty()) return std::nullopt;
+  std::optional<KeyInfo> key =
+      guarded("reading the key", [&] { return store->get(account_id, key_id); });
+  if (key && key->account_id != account_id) key.reset();
+  return key;
+}
+
+KeyInfo KeyManager::set_credits(const Uuid& account_id, const Uuid& key_id, std::uint64_t n,
+                                const ChangeContext& context) {
+  check_context(context);
   if (n > KeyPolicyLimits::kMaxCredits) refuse("credits must be 0 to 2^53");
+  const std::optional<KeyInfo> before = impl_->read_before(account_id, key_id);
   CreditsChange change;
   change.op = CreditsOp::configure;
   change.remaining = n;
@@ -517,13 +702,28 @@ KeyInfo KeyManager::set_credits(const Uuid& account_id, const Uuid& key_id, std:
     return impl_->store->change_credits(account_id, key_id, change);
   });
   if (!changed || changed->account_id != account_id) no_such_key(key_id);
-  impl_->credits_changed(account_id, *changed, true);
+  const auto report = [&] {
+    if (before) {
+      impl_->report_changed(AuditAction::set_credits, context, *before, *changed,
+                            key_field::kCredits);
+    }
+  };
+  try {
+    impl_->credits_changed(account_id, *changed, true);
+  } catch (...) {
+    report();
+    throw;
+  }
+  report();
   return impl_->shown(std::move(*changed));
 }
 
-KeyInfo KeyManager::add_credits(const Uuid& account_id, const Uuid& key_id, std::int64_t delta) {
+KeyInfo KeyManager::add_credits(const Uuid& account_id, const Uuid& key_id, std::int64_t delta,
+                                const ChangeContext& context) {
+  check_context(context);
   constexpr auto kMax = static_cast<std::int64_t>(KeyPolicyLimits::kMaxCredits);
   if (delta > kMax || delta < -kMax) refuse("a credit change must be within -2^53 to 2^53");
+  const std::optional<KeyInfo> before = impl_->read_before(account_id, key_id);
   CreditsChange change;
   change.op = CreditsOp::add;
   change.delta = delta;
@@ -532,33 +732,48 @@ KeyInfo KeyManager::add_credits(const Uuid& account_id, const Uuid& key_id, std:
     return impl_->store->change_credits(account_id, key_id, change);
   });
   if (!changed || changed->account_id != account_id) no_such_key(key_id);
+  if (before) {
+    impl_->report_changed(AuditAction::add_credits, context, *before, *changed,
+                          key_field::kCredits);
+  }
   return impl_->shown(std::move(*changed));
 }
 
-KeyInfo KeyManager::disable(const Uuid& account_id, const Uuid& key_id) {
-  return impl_->change("disabling the key", account_id, key_id, std::nullopt, [](KeyInfo& key) {
-    if (key.status == KeyStatus::revoked) {
-      throw Error(ErrorCode::conflict, "a revoked key cannot be disabled: revocation is final");
-    }
-    if (key.status == KeyStatus::disabled) return false;
-    key.status = KeyStatus::disabled;
-    return true;
-  });
+KeyInfo KeyManager::disable(const Uuid& account_id, const Uuid& key_id,
+                            const ChangeContext& context) {
+  check_context(context);
+  return impl_->change(
+      "disabling the key", account_id, key_id, std::nullopt,
+      [](KeyInfo& key) {
+        if (key.status == KeyStatus::revoked) {
+          throw Error(ErrorCode::conflict, "a revoked key cannot be disabled: revocation is final");
+        }
+        if (key.status == KeyStatus::disabled) return false;
+        key.status = KeyStatus::disabled;
+        return true;
+      },
+      impl_->reporter(AuditAction::disable, context, kStatusFields));
 }
 
-KeyInfo KeyManager::enable(const Uuid& account_id, const Uuid& key_id) {
-  return impl_->change("enabling the key", account_id, key_id, std::nullopt, [](KeyInfo& key) {
-    if (key.status == KeyStatus::revoked) {
-      throw Error(ErrorCode::conflict, "a revoked key cannot be enabled: revocation is final");
-    }
-    if (key.status == KeyStatus::active) return false;
-    key.status = KeyStatus::active;
-    return true;
-  });
+KeyInfo KeyManager::enable(const Uuid& account_id, const Uuid& key_id,
+                           const ChangeContext& context) {
+  check_context(context);
+  return impl_->change(
+      "enabling the key", account_id, key_id, std::nullopt,
+      [](KeyInfo& key) {
+        if (key.status == KeyStatus::revoked) {
+          throw Error(ErrorCode::conflict, "a revoked key cannot be enabled: revocation is final");
+        }
+        if (key.status == KeyStatus::active) return false;
+        key.status = KeyStatus::active;
+        return true;
+      },
+      impl_->reporter(AuditAction::enable, context, kStatusFields));
 }
 
 CreatedKey KeyManager::rotate(const Uuid& account_id, const Uuid& key_id,
-                              const RotateRequest& request) {
+                              const RotateRequest& request, const ChangeContext& context) {
+  check_context(context);
   if (request.grace.count() < 0 || request.grace > kMaxRotationGrace) {
     refuse("grace must be between 0 seconds and 7 days");
   }
@@ -620,6 +835,9 @@ CreatedKey KeyManager::rotate(const Uuid& account_id, const Uuid& key_id,
           } catch (...) {
           }
         }
+        impl_->report_changed(AuditAction::rotate, context, *current, written.key, 0,
+                              kRotateFields);
+        impl_->report_created(AuditAction::create, context, next);
         return CreatedKey{std::move(successor.info), std::move(secret)};
       }
       case WriteOutcome::not_found: no_such_key(key_id);
@@ -629,7 +847,8 @@ CreatedKey KeyManager::rotate(const Uuid& account_id, const Uuid& key_id,
   throw Error(ErrorCode::busy, "rotating the key: the key kept changing; try again");
 }
 
-std::size_t KeyManager::revoke_all(const Uuid& account_id) {
+std::size_t KeyManager::revoke_all(const Uuid& account_id, const ChangeContext& context) {
+  check_context(context);
   // The store is asked again until it revokes nothing: a key that a concurrent rotate()
   // committed while the first statement ran may not be in that statement's snapshot
   // (PostgreSQL, READ COMMITTED), and must not stay active after this returns.
@@ -664,17 +883,34 @@ std::size_t KeyManager::revoke_all(const Uuid& account_id) {
   } catch (...) {
     if (!failure) failure = std::current_exception();
   }
+  // What this call revoked is reported even when it then throws: those keys stay revoked.
+  if (count > 0) {
+    impl_->report(AuditAction::revoke_all, context, [&](AuditEvent& e, TimePoint) {
+      e.account_id = account_id;
+      e.before = "{}";
+      e.after = detail::count_json("revoked", count);
+      return true;
+    });
+  }
   if (failure) std::rethrow_exception(failure);
   return count;
 }
 
-KeyInfo KeyManager::revoke(const Uuid& account_id, const Uuid& key_id) {
+KeyInfo KeyManager::revoke(const Uuid& account_id, const Uuid& key_id,
+                           const ChangeContext& context) {
+  check_context(context);
+  const bool observing = !impl_->observers.empty();
+  std::optional<KeyInfo> before;  // the key as read, when it was not revoked yet
   try {
-    return impl_->change("revoking the key", account_id, key_id, std::nullopt, [](KeyInfo& key) {
-      if (key.status == KeyStatus::revoked) return false;
-      key.status = KeyStatus::revoked;
-      return true;
-    });
+    return impl_->change(
+        "revoking the key", account_id, key_id, std::nullopt,
+        [&](KeyInfo& key) {
+          if (key.status == KeyStatus::revoked) return false;
+          if (observing) before = key;
+          key.status = KeyStatus::revoked;
+          return true;
+        },
+        impl_->reporter(AuditAction::revoke, context, kStatusFields));
   } catch (const Error& e) {
     if (e.code() != ErrorCode::not_supported) throw;
   }
@@ -683,17 +919,36 @@ KeyInfo KeyManager::revoke(const Uuid& account_id, const Uuid& key_id) {
     return impl_->store->set_status(account_id, key_id, KeyStatus::revoked);
   });
   if (!info) no_such_key(key_id);
+  const auto report = [&] {
+    if (before) {
+      impl_->report_changed(AuditAction::revoke, context, *before, *info, 0, kStatusFields);
+    }
+  };
   // Every Validator over this store's data in the process, not only our own.
-  detail::erase_everywhere(impl_->store->identity(), info->public_key);
+  try {
+    detail::erase_everywhere(impl_->store->identity(), info->public_key);
+  } catch (...) {
+    report();
+    throw;
+  }
+  report();
   return std::move(*info);
 }
 
-KeyInfo KeyManager::remove(const Uuid& account_id, const Uuid& key_id) {
+KeyInfo KeyManager::remove(const Uuid& account_id, const Uuid& key_id,
+                           const ChangeContext& context) {
+  check_context(context);
   auto info = guarded("deleting the key", [&] { return impl_->store->remove(account_id, key_id); });
   if (!info)
     throw Error(ErrorCode::not_found, "no key " + key_id.to_string() + " for this account");
   // Every Validator over this store's data in the process, not only our own.
-  detail::erase_everywhere(impl_->store->identity(), info->public_key);
+  try {
+    detail::erase_everywhere(impl_->store->identity(), info->public_key);
+  } catch (...) {
+    impl_->report_removed(context, *info);
+    throw;
+  }
+  impl_->report_removed(context, *info);
   return std::move(*info);
 }
 
@@ -701,9 +956,17 @@ std::vector<PepperCount> KeyManager::pepper_counts() {
   return guarded("counting keys per pepper", [&] { return impl_->store->pepper_counts(); });
 }
 
-ImportReport KeyManager::import_keys(std::istream& in, const ImportOptions& options) {
-  return detail::import_keys(*impl_->store, *impl_->hasher, impl_->validator.options(), in,
-                             options);
+ImportReport KeyManager::import_keys(std::istream& in, const ImportOptions& options,
+                                     const ChangeContext& context) {
+  check_context(context);
+  std::function<void(const KeyInfo&)> imported;
+  if (!impl_->observers.empty()) {
+    imported = [&](const KeyInfo& key) {
+      impl_->report_created(AuditAction::import, context, key);
+    };
+  }
+  return detail::import_keys(*impl_->store, *impl_->hasher, impl_->validator.options(), in, options,
+                             imported);
 }
 
 ValidationResult KeyManager::validate(std::string_view public_key,
@@ -721,5 +984,9 @@ ValidationResult KeyManager::validate(std::string_view token,
 }
 
 Validator& KeyManager::validator() noexcept { return impl_->validator; }
+
+std::uint64_t KeyManager::observer_failures() const noexcept {
+  return impl_->observers.failures() + impl_->validator.observer_failures();
+}
 
 }  // namespace apikeys

@@ -2,7 +2,7 @@
 // update, disable, enable, rotate, revoke, revoke_all, remove, credits, and validation through
 // its Validator. Request rules are checked here, before the store.
 // Thread-safety: every method is safe from many threads at once.
-// Ownership: shares ownership of its store, hasher, generator, cache and clock.
+// Ownership: shares ownership of its store, hasher, generator, cache, clock and observers.
 #ifndef APIKEYS_KEY_MANAGER_HPP
 #define APIKEYS_KEY_MANAGER_HPP
 
@@ -20,6 +20,7 @@
 
 #include "apikeys/export.hpp"
 #include "apikeys/import.hpp"
+#include "apikeys/observer.hpp"
 #include "apikeys/validator.hpp"
 
 namespace apikeys {
@@ -184,6 +185,23 @@ struct KeyManagerOptions {
 /// The key lifecycle (create, get, list, update, disable, enable, rotate, revoke,
 /// revoke_all, remove) over a Store, with validation through its own Validator. Safe
 /// from many threads at once.
+///
+/// Every call that changes keys takes, last, an optional ChangeContext (observer.hpp):
+/// who makes the change (an Actor) and why, for the audit trail; the default is the
+/// system actor with no reason. It is checked before anything is written, and refused
+/// with Error(invalid_argument), naming the field but never quoting it, when the actor
+/// id is longer than Actor::kMaxActorIdLength bytes, the detail longer than
+/// kMaxActorDetailLength, the reason longer than ChangeContext::kMaxReasonLength, any of
+/// them is not valid UTF-8 or holds a control character, or the actor type is not an
+/// ActorType. Once a change is committed, every observer in
+/// options.validation.observers gets one Observer::on_change() per key changed: an
+/// AuditEvent with the context and, in `before` and `after`, the fields the change
+/// touched, named as `apikeys list --json` names them (never a secret or a digest). A
+/// call that changes nothing (disabling a disabled key) or fails before its write
+/// reports nothing; one that fails after its write (a cache it cannot erase) reports the
+/// change and then throws. Observers run on the calling thread, before the call returns;
+/// an exception they throw is counted in observer_failures() and changes nothing else.
+/// Without observers, no event is built.
 class APIKEYS_EXPORT KeyManager {
  public:
   static constexpr std::size_t kMaxTitleCodePoints = 255;         ///< Longest title.
@@ -203,8 +221,10 @@ class APIKEYS_EXPORT KeyManager {
   /// (nothing is written), Error(busy/storage/crypto) for failures below, and
   /// Error(not_supported) when the request has rate limits or credits and the store
   /// does not keep them or cannot charge credits (a store written before they existed;
-  /// the key is read back, and removed again).
-  [[nodiscard]] CreatedKey create(const Uuid& account_id, const CreateRequest& request);
+  /// the key is read back, and removed again). Observers see one `create` event: before
+  /// {}, after every field of the key. `context`: see the class comment.
+  [[nodiscard]] CreatedKey create(const Uuid& account_id, const CreateRequest& request,
+                                  const ChangeContext& context = ChangeContext());
 
   /// The account's keys, newest first, without secrets or digests.
   [[nodiscard]] std::vector<KeyInfo> list(const Uuid& account_id);
@@ -223,18 +243,27 @@ class APIKEYS_EXPORT KeyManager {
   /// forward: a later one, or none, is Error(conflict). Throws Error(invalid_argument) for a bad
   /// value (nothing is written), Error(conflict) when expected_version is given and is not the
   /// key's version, Error(not_found), Error(not_supported) for a store without replace().
-  KeyInfo update(const Uuid& account_id, const Uuid& key_id, const KeyUpdate& update);
+  /// Observers see one `update` event holding exactly the fields that changed (with
+  /// updated_at and version when the key's own fields were written, and credits when
+  /// the lineage's credits changed); none when nothing changed. `context`: see the
+  /// class comment.
+  KeyInfo update(const Uuid& account_id, const Uuid& key_id, const KeyUpdate& update,
+                 const ChangeContext& context = ChangeContext());
 
   /// Switches the key off: it validates as `disabled` until enable(). Disabling a
   /// disabled key succeeds without a change. Throws Error(conflict) for a revoked key
   /// (revocation is final), Error(not_found), Error(not_supported). Same guarantee as
-  /// revoke().
-  KeyInfo disable(const Uuid& account_id, const Uuid& key_id);
+  /// revoke(). Observers see one `disable` event (status, updated_at, version), none
+  /// for a key already disabled. `context`: see the class comment.
+  KeyInfo disable(const Uuid& account_id, const Uuid& key_id,
+                  const ChangeContext& context = ChangeContext());
 
   /// Switches a disabled key back on. Enabling an active key succeeds without a change.
   /// Throws Error(conflict) for a revoked key, Error(not_found), Error(not_supported).
-  /// Same guarantee as revoke().
-  KeyInfo enable(const Uuid& account_id, const Uuid& key_id);
+  /// Same guarantee as revoke(). Observers see one `enable` event (status, updated_at,
+  /// version), none for a key already active. `context`: see the class comment.
+  KeyInfo enable(const Uuid& account_id, const Uuid& key_id,
+                 const ChangeContext& context = ChangeContext());
 
   /// Replaces the key with a new one that has the same title, description, metadata,
   /// scopes, rate limits and expiry, and the same lineage: it shares the old key's
@@ -246,9 +275,13 @@ class APIKEYS_EXPORT KeyManager {
   /// Error(not_supported) for a store without rotate(). Same guarantee as revoke() for
   /// the old key, except that a cache failing to erase it (an unreachable Redis) does
   /// not make rotate() throw, as that would lose the new key's secret: every other
-  /// cache is erased, and that one within the revision-poll interval.
+  /// cache is erased, and that one within the revision-poll interval. Observers see two
+  /// events: `rotate` for the old key (the fields it changed: expires_at, rotated_to,
+  /// updated_at, version), then `create` for the new one (before {}, after every field,
+  /// rotated_from among them). `context`: see the class comment.
   [[nodiscard]] CreatedKey rotate(const Uuid& account_id, const Uuid& key_id,
-                                  const RotateRequest& request);
+                                  const RotateRequest& request,
+                                  const ChangeContext& context = ChangeContext());
 
   /// Sets the credit balance of the key's lineage to `n` (0 to kMaxCredits), creating
   /// credits when it had none, and returns the key. The balance belongs to the current
@@ -256,20 +289,27 @@ class APIKEYS_EXPORT KeyManager {
   /// dropped; another process's lease (MemoryLimiterOptions::lease_size) may still be
   /// spent, at most one lease per process, until its lease_ttl ends. Throws
   /// Error(invalid_argument) above kMaxCredits, Error(not_found), Error(not_supported)
-  /// for a store without change_credits().
-  KeyInfo set_credits(const Uuid& account_id, const Uuid& key_id, std::uint64_t n);
+  /// for a store without change_credits(). Observers see one `set_credits` event whose
+  /// before and after hold `credits` (before: as read just ahead of the change), none
+  /// when they are the same. `context`: see the class comment.
+  KeyInfo set_credits(const Uuid& account_id, const Uuid& key_id, std::uint64_t n,
+                      const ChangeContext& context = ChangeContext());
 
   /// Adds `delta` (either sign) to the credit balance of the key's lineage, after any
   /// refill due, clamped to 0..kMaxCredits, and returns the key. Throws Error(conflict)
   /// when the lineage has no credits, Error(invalid_argument) for |delta| above
-  /// kMaxCredits, Error(not_found), Error(not_supported).
-  KeyInfo add_credits(const Uuid& account_id, const Uuid& key_id, std::int64_t delta);
+  /// kMaxCredits, Error(not_found), Error(not_supported). Observers see one
+  /// `add_credits` event, as for set_credits(). `context`: see the class comment.
+  KeyInfo add_credits(const Uuid& account_id, const Uuid& key_id, std::int64_t delta,
+                      const ChangeContext& context = ChangeContext());
 
   /// Revokes every key of the account in one transaction (in the bundled stores) and
   /// returns how many were not revoked before. Same guarantee as revoke() for each,
   /// including keys a concurrent rotate() created meanwhile (the store is asked again
   /// until nothing is left to revoke) and keys an earlier call revoked before it failed.
-  std::size_t revoke_all(const Uuid& account_id);
+  /// Observers see one `revoke_all` event with a nil key_id, before {} and after
+  /// {"revoked": N}, N as returned; none when N is 0. `context`: see the class comment.
+  std::size_t revoke_all(const Uuid& account_id, const ChangeContext& context = ChangeContext());
 
   /// Revokes the key. When it returns, no validate() in this process accepts the key:
   /// not this manager's, nor that of any other Validator whose store has the same
@@ -279,11 +319,16 @@ class APIKEYS_EXPORT KeyManager {
   /// after the store change has committed and every other cache was erased; retrying
   /// is safe.
   /// Throws Error(not_found) when the account has no such key (another account's key
-  /// included). Revoking a revoked key succeeds.
-  KeyInfo revoke(const Uuid& account_id, const Uuid& key_id);
+  /// included). Revoking a revoked key succeeds. Observers see one `revoke` event
+  /// (status, updated_at, version), none for a key already revoked. `context`: see the
+  /// class comment.
+  KeyInfo revoke(const Uuid& account_id, const Uuid& key_id,
+                 const ChangeContext& context = ChangeContext());
 
-  /// Deletes the key; same guarantees and errors as revoke().
-  KeyInfo remove(const Uuid& account_id, const Uuid& key_id);
+  /// Deletes the key; same guarantees and errors as revoke(). Observers see one `remove`
+  /// event: before every field of the key, after {}. `context`: see the class comment.
+  KeyInfo remove(const Uuid& account_id, const Uuid& key_id,
+                 const ChangeContext& context = ChangeContext());
 
   /// Imports keys exported from the reference Python service's `api_keys` table (see
   /// ImportFormat for the two forms), reading `in` to its end, one row at a time (a row
@@ -307,8 +352,11 @@ class APIKEYS_EXPORT KeyManager {
   /// and store or cache errors other than a duplicate (busy, storage) as they come:
   /// rows imported before then stay imported, and running it again finishes the job.
   /// A read error (std::filebuf throws one) ends the input there: the report covers the
-  /// rows read before it, and `in` is left bad().
-  ImportReport import_keys(std::istream& in, const ImportOptions& options = {});
+  /// rows read before it, and `in` is left bad(). Observers see one `import` event per
+  /// key imported (before {}, after every field), none for a row skipped or rejected.
+  /// `context`: see the class comment.
+  ImportReport import_keys(std::istream& in, const ImportOptions& options = {},
+                           const ChangeContext& context = ChangeContext());
 
   /// How many keys each pepper id still holds: see Store::pepper_counts(). Throws
   /// Error(not_supported) for a store without it.
@@ -325,6 +373,11 @@ class APIKEYS_EXPORT KeyManager {
 
   /// The Validator this manager validates with and invalidates on revoke and remove.
   [[nodiscard]] Validator& validator() noexcept;
+
+  /// Exceptions thrown by observers since construction: those of this manager's change
+  /// events plus validator().observer_failures(). Each was caught, reported to the other
+  /// observers as a Component::observer error, and changed nothing else.
+  [[nodiscard]] std::uint64_t observer_failures() const noexcept;
 
  private:
   struct Impl;
