@@ -14,8 +14,11 @@
 //     answer carries no Retry-After (which would invite clients to back off and retry,
 //     as for 429) and says to top up instead;
 //   - on success, RateLimit-Policy and RateLimit for every limit of the key.
-// Keys live in memory here; in a real service use SqliteStore or PostgresStore and
-// manage keys with the `apikeys` CLI.
+// GET /metrics serves the validator's counters and latency histograms (apikeys::Stats,
+// attached as an observer) in the Prometheus text format, for a Prometheus server to
+// scrape; it needs no key here, so bind it where only the scraper reaches (this example
+// listens on loopback only). Keys live in memory here; in a real service use SqliteStore
+// or PostgresStore and manage keys with the `apikeys` CLI.
 //
 //   example_http_server [--port N]      (default: any free port; loopback only)
 //
@@ -26,6 +29,7 @@
 //   curl -H 'X-API-Key: <valid key>' http://127.0.0.1:PORT/whoami
 //   curl -H 'X-API-Key: <reader key>' http://127.0.0.1:PORT/invoices   (needs invoices:read)
 //   curl -i -H 'X-API-Key: <limited key>' http://127.0.0.1:PORT/whoami  (twice: 200, 429)
+//   curl http://127.0.0.1:PORT/metrics
 // SIGINT or SIGTERM stops it cleanly (exit status 0).
 #include <pthread.h>
 #include <signal.h>
@@ -275,6 +279,9 @@ int main(int argc, char** argv) {
   apikeys::append_random_base62(pepper, 43);
   apikeys::KeyManagerOptions options;
   options.validation.cache = std::make_shared<apikeys::MemoryCache>();
+  // Counts every validation (and the manager's changes) for GET /metrics.
+  const auto stats = std::make_shared<apikeys::Stats>();
+  options.validation.observers = {stats};
   apikeys::KeyManager keys(std::make_shared<apikeys::MemoryStore>(),
                            std::make_shared<apikeys::HmacSha256Hasher>(pepper), options);
 
@@ -315,6 +322,9 @@ int main(int argc, char** argv) {
   httplib::Server server;
   server.Get("/health", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("{\"status\":\"ok\"}\n", "application/json");
+  });
+  server.Get("/metrics", [&stats](const httplib::Request&, httplib::Response& res) {
+    res.set_content(stats->to_prometheus_text(), "text/plain; version=0.0.4; charset=utf-8");
   });
   server.Get("/whoami", require_api_key(keys, {},
                                         [](const httplib::Request&, httplib::Response& res,

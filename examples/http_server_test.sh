@@ -4,7 +4,8 @@
 # or doubled key -> 401 with a JSON error; a valid key without the scope a route needs
 # -> 403 insufficient_scope, RFC 6750; a key limited to one request a minute -> 200 with
 # RateLimit-Policy and RateLimit, then 429 with Retry-After; a key with one credit -> 200,
-# then 402 without Retry-After), then stops it with SIGTERM.
+# then 402 without Retry-After; GET /metrics in the Prometheus text format, whose counters
+# move by exactly the requests made between two scrapes), then stops it with SIGTERM.
 #   http_server_test.sh <example_http_server> [curl]
 set -euo pipefail
 
@@ -119,6 +120,71 @@ expect "credit key, first request"  200 "\"account_id\":\"$account\"" -H "X-API-
 expect "credit key, out of credits" 402 '"error":"usage_exceeded"' -H "X-API-Key: $metered"
 grep -qF '"remaining":0' "$work/body" || fail "402 body without the balance"
 if grep -qi '^retry-after:' "$work/headers"; then fail "402 with Retry-After"; fi
+
+# Metrics: scrape, make a known set of requests, scrape again; every counter of the
+# validations must have moved by exactly what they did, and nothing else.
+# scrape <file>: GET /metrics into <file>, checking its status and content type.
+scrape() {
+  local got
+  got=$("$curl" -sS --max-time 20 -o "$1" -D "$work/headers" -w '%{http_code}' "$url/metrics") ||
+    fail "metrics: curl failed"
+  [[ "$got" == 200 ]] || fail "metrics: status $got"
+  local type='content-type: text/plain; version=0.0.4; charset=utf-8'
+  tr -d '\r' <"$work/headers" | grep -qixF "$type" ||
+    fail "metrics: content type: $(cat "$work/headers")"
+  grep -qx '# TYPE apikeys_validations_total counter' "$1" || fail "metrics: no TYPE line"
+  grep -qx '# TYPE apikeys_validation_duration_seconds histogram' "$1" ||
+    fail "metrics: no histogram"
+}
+scrape "$work/metrics-before"
+route=/whoami
+expect "metrics: valid key"            200 "\"account_id\":\"$account\"" -H "X-API-Key: $valid"
+expect "metrics: valid key again"      200 "\"account_id\":\"$account\"" -H "X-API-Key: $valid"
+expect "metrics: wrong secret"         401 '"error":"invalid_api_key"' -H "X-API-Key: $wrong"
+expect "metrics: malformed key"        401 '"error":"invalid_api_key"' -H "X-API-Key: not-a-key"
+expect "metrics: no key (not counted)" 401 '"error":"missing_api_key"'
+expect "metrics: rate-limited key"     429 '"error":"rate_limited"' -H "X-API-Key: $limited"
+scrape "$work/metrics-after"
+# Every series of both scrapes (the same ones), with the change expected of it; 0 unless
+# listed. The keys were all used above: the valid and the limited key's verdicts are
+# cached (hits; the limited key's one request a minute is spent), while the wrong secret
+# misses (the cache holds the key's valid verdict, for another digest) and is answered
+# from the store.
+declare -A moved=(
+  ['apikeys_validations_total{code="valid"}']=2
+  ['apikeys_validations_total{code="wrong_secret"}']=1
+  ['apikeys_validations_total{code="malformed"}']=1
+  ['apikeys_validations_total{code="rate_limited"}']=1
+  ['apikeys_validation_duration_seconds_count{path="format"}']=1
+  ['apikeys_validation_duration_seconds_bucket{path="format",le="+Inf"}']=1
+  ['apikeys_validation_duration_seconds_count{path="cache"}']=3
+  ['apikeys_validation_duration_seconds_bucket{path="cache",le="+Inf"}']=3
+  ['apikeys_validation_duration_seconds_count{path="store"}']=1
+  ['apikeys_validation_duration_seconds_bucket{path="store",le="+Inf"}']=1
+  ['apikeys_cache_requests_total{result="hit"}']=3
+  ['apikeys_cache_requests_total{result="miss"}']=1
+  ['apikeys_admission_decisions_total{result="rate_limited"}']=1
+)
+series() { grep -v '^#' "$1" | awk '{ print $1 }'; }
+[[ "$(series "$work/metrics-before")" == "$(series "$work/metrics-after")" ]] ||
+  fail "metrics: the two scrapes have different series"
+metric_checks=0
+while read -r name after; do
+  case "$name" in
+    apikeys_validations_total* | apikeys_cache_requests_total* | \
+      apikeys_admission_decisions_total* | apikeys_validation_duration_seconds_count* | \
+      *'le="+Inf"}') ;;
+    *) continue ;;
+  esac
+  before=$(awk -v n="$name" '$1 == n { print $2 }' "$work/metrics-before")
+  want=${moved[$name]:-0}
+  [[ $((after - before)) -eq $want ]] ||
+    fail "metrics: $name moved by $((after - before)), expected $want"
+  metric_checks=$((metric_checks + 1))
+done < <(grep -v '^#' "$work/metrics-after")
+[[ $metric_checks -ge 20 ]] || fail "metrics: only $metric_checks series checked"
+echo "ok   metrics: $metric_checks series moved as expected"
+checks=$((checks + 1))
 
 kill -TERM "$pid"
 status=0
