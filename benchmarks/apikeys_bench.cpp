@@ -7,8 +7,8 @@
 //   apikeys_bench --quick    tiny sizes, seconds; TARGET lines are informational
 //                            (same as APIKEYS_BENCH_QUICK=1)
 //   --skip=memory,threads,latency,scale   leave sections out (their targets FAIL)
-//   --profile=hit|hit_one_rate_limit|hit_leased_credits|sqlite_cold|sqlite_not_found|
-//             sqlite_wrong_secret [--profile-calls=N]
+//   --profile=hit|hit_stats|hit_one_rate_limit|hit_leased_credits|sqlite_cold|
+//             sqlite_not_found|sqlite_wrong_secret [--profile-calls=N]
 //                            one loop for callgrind (see BENCHMARKS.md)
 //   APIKEYS_BENCH_CACHE_DIR=/tmp/x        keep the bulk-built SQLite files there
 //   any --benchmark_* flag of Google Benchmark (e.g. --benchmark_filter=floor)
@@ -297,6 +297,9 @@ struct World {
   std::shared_ptr<apikeys::MemoryCache> hit_cache;
   std::unique_ptr<apikeys::Validator> hit;             // defaults (last-use writer on)
   std::unique_ptr<apikeys::Validator> hit_writer_off;  // same cache, record_last_use off
+  // validate/hit with an apikeys::Stats observing it: same store, cache and options.
+  std::shared_ptr<apikeys::Stats> hit_stats_observer;
+  std::unique_ptr<apikeys::Validator> hit_stats;
   // The hit path for keys with a policy: the hit keys again, in a MemoryStore of their
   // own with 5 granted scopes (one a wildcard), or 1 KiB of metadata; own caches.
   std::shared_ptr<apikeys::MemoryStore> scoped_store;
@@ -415,6 +418,12 @@ void World::build() {
   pass_over(*hit, keys, 0, hit_count, ValidationCode::valid, "hit warm-up");
   hit->flush_last_use();
   expect(hit_cache->size() >= hit_count, "the cache holds the hit keys");
+  hit_stats_observer = std::make_shared<apikeys::Stats>();
+  auto observed = hit_options(hit_cache);
+  observed.observers = {hit_stats_observer};
+  hit_stats = std::make_unique<apikeys::Validator>(sqlite, hasher, observed);
+  pass_over(*hit_stats, keys, 0, hit_count, ValidationCode::valid, "hit_stats warm-up");
+  hit_stats->flush_last_use();
   ab::checkpoint(sqlite_path);
   build_policy_hits();
   build_admission_hits();
@@ -769,6 +778,9 @@ void register_benchmarks(World& w) {
       ->Unit(ns);
   register_validate("validate/hit_writer_off", w.hit_writer_off.get(), valid_hit,
                     ValidationCode::valid)
+      ->Unit(ns);
+  register_validate("validate/hit_stats", w.hit_stats.get(), valid_hit, ValidationCode::valid,
+                    "apikeys::Stats attached")
       ->Unit(ns);
   benchmark::RegisterBenchmark("validate/hit_3_scopes", [world, valid_hit](benchmark::State& st) {
     ab::Rng rng(0x5eed);
@@ -1232,6 +1244,9 @@ std::vector<Target> targets(const Results& r) {
        1.25, false},
       {"hit_leased_credits_vs_hit", r.cpu("validate/hit_leased_credits") / r.cpu("validate/hit"),
        1.3, false},
+      // Observing the hit path: apikeys::Stats attached (the event, its clock reads, the
+      // counters).
+      {"hit_stats_vs_hit", r.cpu("validate/hit_stats") / r.cpu("validate/hit"), 1.15, false},
   };
 }
 
@@ -1281,15 +1296,16 @@ std::unique_ptr<apikeys::Validator> admission_profile_validator(
 }
 
 int profile(const std::string& what, std::size_t calls) {
-  const bool hit = what == "hit";
+  const bool stats = what == "hit_stats";
+  const bool hit = what == "hit" || stats;
   const bool not_found = what == "sqlite_not_found";
   const bool wrong_secret = what == "sqlite_wrong_secret";
   const bool limited = what == "hit_one_rate_limit";
   const bool leased = what == "hit_leased_credits";
   if (!hit && !not_found && !wrong_secret && !limited && !leased && what != "sqlite_cold") {
     std::fprintf(stderr,
-                 "apikeys_bench: --profile=hit|hit_one_rate_limit|hit_leased_credits|sqlite_cold|"
-                 "sqlite_not_found|sqlite_wrong_secret\n");
+                 "apikeys_bench: --profile=hit|hit_stats|hit_one_rate_limit|hit_leased_credits|"
+                 "sqlite_cold|sqlite_not_found|sqlite_wrong_secret\n");
     return 2;
   }
   constexpr std::size_t kKeys = 10'000;
@@ -1306,6 +1322,7 @@ int profile(const std::string& what, std::size_t calls) {
     auto store = std::make_shared<apikeys::SqliteStore>(path);
     apikeys::ValidatorOptions o = cold_options();
     if (hit) o = hit_options(std::make_shared<apikeys::MemoryCache>());
+    if (stats) o.observers = {std::make_shared<apikeys::Stats>()};
     v = std::make_unique<apikeys::Validator>(store, hasher, o);
   }
   pass_over(*v, keys, 0, kKeys, ValidationCode::valid, "profile warm-up");
@@ -1412,7 +1429,7 @@ int main(int argc, char** argv) {
     } else if (a == "--help" || a == "-h") {
       std::printf(
           "usage: apikeys_bench [--quick] [--skip=memory,threads,latency,scale] [--benchmark_*]\n"
-          "       apikeys_bench --profile=hit|hit_one_rate_limit|hit_leased_credits|\n"
+          "       apikeys_bench --profile=hit|hit_stats|hit_one_rate_limit|hit_leased_credits|\n"
           "                     sqlite_cold|sqlite_not_found|sqlite_wrong_secret\n"
           "                     [--profile-calls=N]  (one loop, for callgrind)\n"
           "env: APIKEYS_BENCH_QUICK=1 (same as --quick), APIKEYS_BENCH_CACHE_DIR=dir (keep the\n"
