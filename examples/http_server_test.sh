@@ -5,7 +5,8 @@
 # -> 403 insufficient_scope, RFC 6750; a key limited to one request a minute -> 200 with
 # RateLimit-Policy and RateLimit, then 429 with Retry-After; a key with one credit -> 200,
 # then 402 without Retry-After; GET /metrics in the Prometheus text format, whose counters
-# move by exactly the requests made between two scrapes), then stops it with SIGTERM.
+# move by exactly the requests made between two scrapes, and count the changes the example
+# made to its keys), then stops it with SIGTERM.
 #   http_server_test.sh <example_http_server> [curl]
 set -euo pipefail
 
@@ -137,6 +138,19 @@ scrape() {
     fail "metrics: no histogram"
 }
 scrape "$work/metrics-before"
+# The changes the example made before it listened: six keys created, one revoked, one
+# disabled; no other action.
+while read -r name value; do
+  case "$name" in
+    'apikeys_changes_total{action="create"}') want=6 ;;
+    'apikeys_changes_total{action="revoke"}' | 'apikeys_changes_total{action="disable"}') want=1 ;;
+    apikeys_changes_total*) want=0 ;;
+    *) continue ;;
+  esac
+  [[ "$value" == "$want" ]] || fail "metrics: $name is $value, expected $want"
+done < <(grep -v '^#' "$work/metrics-before")
+[[ $(grep -c '^apikeys_changes_total{' "$work/metrics-before") -eq 12 ]] ||
+  fail "metrics: not one apikeys_changes_total series per action"
 route=/whoami
 expect "metrics: valid key"            200 "\"account_id\":\"$account\"" -H "X-API-Key: $valid"
 expect "metrics: valid key again"      200 "\"account_id\":\"$account\"" -H "X-API-Key: $valid"
