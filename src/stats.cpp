@@ -173,7 +173,7 @@ std::string seconds(std::uint64_t ns) {
   std::uint64_t frac = ns % 1'000'000'000;
   if (frac == 0) return out;
   char digits[10];
-  std::snprintf(digits, sizeof digits, "%09llu", static_cast<unsigned long long>(frac));
+  (void)std::snprintf(digits, sizeof digits, "%09llu", static_cast<unsigned long long>(frac));
   std::string_view f(digits, 9);
   while (f.back() == '0') f.remove_suffix(1);
   out += '.';
@@ -224,7 +224,7 @@ void counter_family(std::string& out, const char* name, const char* help, const 
 std::string Stats::to_prometheus_text() const {
   const Snapshot s = snapshot();
   std::string out;
-  out.reserve(16 * 1024);
+  out.reserve(std::size_t{16} * 1024);
 
   counter_family<ValidationCode>(out, "apikeys_validations_total",
                                  "Validations by the code they answered.", "code", s.validations);

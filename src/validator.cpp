@@ -243,11 +243,11 @@ struct Validator::Impl {
     volatile bool sink = d && constant_time_equal(*d, decoy);
     (void)sink;
   }
-  // `now` receives the time the verdict was judged at when it is valid and the clock
+  // `judged` receives the time the verdict was judged at when it is valid and the clock
   // was read (admission reuses it: one clock read per request). `trace` receives what
   // the observers are told.
   ValidationResult validate(std::string_view pk, std::string_view sk, Trace& trace,
-                            std::optional<TimePoint>* now) const noexcept;
+                            std::optional<TimePoint>* judged) const noexcept;
   // validate(), then the requirements: a valid key lacking a required scope becomes
   // insufficient_scope, then admission (rate_limited, usage_exceeded); none of them
   // cached, as they depend on the request.
