@@ -339,7 +339,9 @@ TEST_CASE("Observer: a failing revision poll is reported once, then its recovery
     explicit FlakyRevision(std::shared_ptr<apikeys::Store> s)
         : apikeys_test::ForwardingStore(std::move(s)) {}
     std::atomic<bool> fail{false};
+    std::atomic<int> calls{0};
     std::uint64_t revision() override {
+      ++calls;
       if (fail) throw apikeys::Error(apikeys::ErrorCode::storage, "revision unreadable");
       return 0;
     }
@@ -357,11 +359,14 @@ TEST_CASE("Observer: a failing revision poll is reported once, then its recovery
       o);
   store->fail = true;
   CHECK(eventually([&] { return rec->error_count(Component::revision_poll, "poll", false) > 0; }));
-  std::this_thread::sleep_for(50ms);  // several more failed polls
+  // Several more failed polls (counted, not slept for: a loaded machine may run none).
+  int seen = store->calls;
+  CHECK(eventually([&] { return store->calls >= seen + 5; }));
   CHECK(rec->error_count(Component::revision_poll, "poll", false) == 1);
   store->fail = false;
   CHECK(eventually([&] { return rec->error_count(Component::revision_poll, "poll", true) > 0; }));
-  std::this_thread::sleep_for(50ms);
+  seen = store->calls;
+  CHECK(eventually([&] { return store->calls >= seen + 5; }));
   CHECK(rec->error_count(Component::revision_poll, "poll", true) == 1);
 }
 
