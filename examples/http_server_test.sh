@@ -160,7 +160,8 @@ expect "metrics: no key (not counted)" 401 '"error":"missing_api_key"'
 expect "metrics: rate-limited key"     429 '"error":"rate_limited"' -H "X-API-Key: $limited"
 scrape "$work/metrics-after"
 # Every series of both scrapes (the same ones), with the change expected of it; 0 unless
-# listed. The keys were all used above: the valid and the limited key's verdicts are
+# listed (no key changed, nothing failed; the last-use and rehash writes are left out:
+# the background writer flushes when its timer says). The keys were all used above: the valid and the limited key's verdicts are
 # cached (hits; the limited key's one request a minute is spent), while the wrong secret
 # misses (the cache holds the key's valid verdict, for another digest) and is answered
 # from the store.
@@ -187,7 +188,8 @@ while read -r name after; do
   case "$name" in
     apikeys_validations_total* | apikeys_cache_requests_total* | \
       apikeys_admission_decisions_total* | apikeys_validation_duration_seconds_count* | \
-      *'le="+Inf"}') ;;
+      *'le="+Inf"}' | apikeys_changes_total* | apikeys_background_errors_total* | \
+      apikeys_background_recoveries_total*) ;;
     *) continue ;;
   esac
   before=$(awk -v n="$name" '$1 == n { print $2 }' "$work/metrics-before")
@@ -196,7 +198,7 @@ while read -r name after; do
     fail "metrics: $name moved by $((after - before)), expected $want"
   metric_checks=$((metric_checks + 1))
 done < <(grep -v '^#' "$work/metrics-after")
-[[ $metric_checks -ge 20 ]] || fail "metrics: only $metric_checks series checked"
+[[ $metric_checks -ge 50 ]] || fail "metrics: only $metric_checks series checked"
 echo "ok   metrics: $metric_checks series moved as expected"
 checks=$((checks + 1))
 

@@ -86,6 +86,7 @@ class FailingCache final : public apikeys::Cache {
   apikeys::MemoryCache inner;
   std::atomic<bool> fail_get{false};
   std::atomic<bool> fail_put{false};
+  std::atomic<bool> fail_clear{false};
 
   std::optional<apikeys::Verdict> get(std::string_view pk, const apikeys::Digest& d) override {
     if (fail_get) throw std::runtime_error("cache get down");
@@ -98,7 +99,10 @@ class FailingCache final : public apikeys::Cache {
   }
   std::uint64_t fill_token(std::string_view pk) override { return inner.fill_token(pk); }
   void erase(std::string_view pk) override { inner.erase(pk); }
-  void clear() override { inner.clear(); }
+  void clear() override {
+    if (fail_clear) throw std::runtime_error("cache clear down");
+    inner.clear();
+  }
 };
 
 // Waits (up to 10 s) for `done`; false when it never came.
@@ -335,7 +339,9 @@ TEST_CASE("Observer: a failing revision poll is reported once, then its recovery
     explicit FlakyRevision(std::shared_ptr<apikeys::Store> s)
         : apikeys_test::ForwardingStore(std::move(s)) {}
     std::atomic<bool> fail{false};
+    std::atomic<int> calls{0};
     std::uint64_t revision() override {
+      ++calls;
       if (fail) throw apikeys::Error(apikeys::ErrorCode::storage, "revision unreadable");
       return 0;
     }
@@ -353,10 +359,61 @@ TEST_CASE("Observer: a failing revision poll is reported once, then its recovery
       o);
   store->fail = true;
   CHECK(eventually([&] { return rec->error_count(Component::revision_poll, "poll", false) > 0; }));
-  std::this_thread::sleep_for(50ms);  // several more failed polls
+  // Several more failed polls (counted, not slept for: a loaded machine may run none).
+  int seen = store->calls;
+  CHECK(eventually([&] { return store->calls >= seen + 5; }));
   CHECK(rec->error_count(Component::revision_poll, "poll", false) == 1);
   store->fail = false;
   CHECK(eventually([&] { return rec->error_count(Component::revision_poll, "poll", true) > 0; }));
-  std::this_thread::sleep_for(50ms);
+  seen = store->calls;
+  CHECK(eventually([&] { return store->calls >= seen + 5; }));
   CHECK(rec->error_count(Component::revision_poll, "poll", true) == 1);
+}
+
+TEST_CASE("Observer: a refusal answered from the cache names no key", "[observer]") {
+  auto t = apikeys_test::make_manager();
+  const auto account = apikeys_test::account_id(7);
+  const auto key = t->create(account, apikeys::CreateRequest("revoked"));
+  t->revoke(account, key.info.key_id);
+  auto rec = std::make_shared<Recorder>();
+  apikeys::ValidatorOptions o;
+  o.cache = std::make_shared<apikeys::MemoryCache>();
+  o.clock = t.clock;
+  o.record_last_use = false;
+  o.observers = {rec};
+  apikeys::Validator v(t.store, t.hasher, o);
+  CHECK(v.validate(key.info.public_key, key.secret_key.reveal()).code == ValidationCode::revoked);
+  CHECK(v.validate(key.info.public_key, key.secret_key.reveal()).code == ValidationCode::revoked);
+  const auto events = rec->take_validations();
+  REQUIRE(events.size() == 2);
+  CHECK(events[1].path == ValidatePath::cache);
+  CHECK(events[1].cache == CacheResult::hit);
+  CHECK(events[1].key_id.is_nil());
+  CHECK(events[1].account_id.is_nil());
+}
+
+TEST_CASE("Observer: an unreadable baseline revision and a failed cache clear at construction",
+          "[observer][revision_poll]") {
+  class NoRevision final : public apikeys_test::ForwardingStore {
+   public:
+    using apikeys_test::ForwardingStore::ForwardingStore;
+    std::uint64_t revision() override {
+      throw apikeys::Error(apikeys::ErrorCode::storage, "revision unreadable");
+    }
+  };
+  auto store = std::make_shared<NoRevision>(std::make_shared<apikeys::MemoryStore>());
+  auto cache = std::make_shared<FailingCache>();
+  cache->fail_clear = true;
+  auto rec = std::make_shared<Recorder>();
+  apikeys::ValidatorOptions o;
+  o.cache = cache;
+  o.record_last_use = false;
+  o.rehash_on_use = false;
+  o.revision_poll_interval = std::chrono::hours(1);  // no poll during the test
+  o.observers = {rec};
+  apikeys::Validator v(
+      store, std::make_shared<apikeys::HmacSha256Hasher>(std::string(apikeys_test::kTestPepper)),
+      o);
+  CHECK(rec->error_count(Component::revision_poll, "baseline", false) == 1);
+  CHECK(rec->error_count(Component::cache, "clear", false) == 1);
 }
