@@ -8,9 +8,11 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "apikeys/error.hpp"
@@ -19,6 +21,7 @@
 #include "apikeys/key_manager.hpp"
 #include "apikeys/memory_cache.hpp"
 #include "apikeys/memory_store.hpp"
+#include "apikeys/observer.hpp"
 #include "apikeys/sqlite_store.hpp"
 #include "apikeys/validator.hpp"
 #include "catch.hpp"
@@ -560,4 +563,58 @@ TEST_CASE("legacy keys move off the legacy pepper in a MemoryStore", "[rehash][m
 TEST_CASE("legacy keys move off the legacy pepper in a SqliteStore", "[rehash][sqlite]") {
   apikeys_test::TempDir dir("apikeys-rehash");
   legacy_keys_move_off_the_legacy_pepper(std::make_shared<SqliteStore>(dir.file("keys.db")));
+}
+
+TEST_CASE("rehash writes and a store that cannot rehash reach the observers",
+          "[rehash][observer]") {
+  struct Recorder final : Observer {
+    std::mutex mu;
+    std::vector<BackgroundWrite> writes;
+    std::vector<std::pair<Component, std::string>> errors;
+    void on_write(const BackgroundWrite& w) override {
+      std::lock_guard<std::mutex> l(mu);
+      writes.push_back(w);
+    }
+    void on_error(const BackgroundError& e) override {
+      std::lock_guard<std::mutex> l(mu);
+      errors.emplace_back(e.component, std::string(e.operation));
+    }
+  };
+  auto hasher = legacy_hasher();
+  {
+    auto store = std::make_shared<apikeys_test::DigestStore>();
+    std::vector<TestKey> keys;
+    for (int i = 0; i < 3; ++i) keys.push_back(insert_key(*store, *hasher));
+    auto rec = std::make_shared<Recorder>();
+    ValidatorOptions o = quiet_options();
+    o.observers = {rec};
+    Validator v(store, hasher, o);
+    for (const TestKey& k : keys) REQUIRE(v.validate(k.public_key, k.secret).ok());
+    v.flush_last_use();
+    std::lock_guard<std::mutex> l(rec->mu);
+    REQUIRE(rec->writes.size() == 1);
+    CHECK(rec->writes[0].component == Component::rehash);
+    CHECK(rec->writes[0].rows == 3);
+    CHECK(rec->errors.empty());
+  }
+  {
+    // A store of its own without replace_digests(): reported once, then never asked.
+    auto store = std::make_shared<apikeys_test::ForwardingStore>(std::make_shared<MemoryStore>());
+    const TestKey a = insert_key(*store, *hasher);
+    const TestKey b = insert_key(*store, *hasher);
+    auto rec = std::make_shared<Recorder>();
+    ValidatorOptions o = quiet_options();
+    o.observers = {rec};
+    Validator v(store, hasher, o);
+    REQUIRE(v.validate(a.public_key, a.secret).ok());
+    v.flush_last_use();
+    REQUIRE(v.validate(b.public_key, b.secret).ok());
+    v.flush_last_use();
+    std::lock_guard<std::mutex> l(rec->mu);
+    REQUIRE(rec->errors.size() == 1);
+    CHECK(rec->errors[0].first == Component::rehash);
+    CHECK(rec->errors[0].second == "flush");
+    CHECK(rec->writes.empty());
+    CHECK(v.rehash_failures() == 1);
+  }
 }
