@@ -4,7 +4,9 @@
 // on_write(), and an observer that throws changes nothing but a counter.
 #include "catch.hpp"
 
+#include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -359,4 +361,53 @@ TEST_CASE("Observer: a failing revision poll is reported once, then its recovery
   CHECK(eventually([&] { return rec->error_count(Component::revision_poll, "poll", true) > 0; }));
   std::this_thread::sleep_for(50ms);
   CHECK(rec->error_count(Component::revision_poll, "poll", true) == 1);
+}
+
+TEST_CASE("Observer: an observer may flush last use from on_write and on_error",
+          "[observer][last_use]") {
+  // flush_last_use() is public: an observer that calls it (to push pending writes out
+  // when it sees one) must not find the flush lock still held by the flush that
+  // reported to it.
+  class Reflusher : public apikeys::Observer {
+   public:
+    apikeys::Validator* v = nullptr;
+    std::atomic<int> writes{0};
+    std::atomic<int> errors{0};
+    void on_write(const BackgroundWrite&) override {
+      ++writes;
+      v->flush_last_use();
+    }
+    void on_error(const BackgroundError&) override {
+      ++errors;
+      v->flush_last_use();
+    }
+  };
+  auto t = apikeys_test::make_manager();
+  const auto a = t->create(apikeys_test::account_id(7), apikeys::CreateRequest("a"));
+  auto store = std::make_shared<apikeys_test::InstrumentedStore>();
+  store->inner.insert(*t.store->find(a.info.public_key));
+  auto obs = std::make_shared<Reflusher>();
+  apikeys::ValidatorOptions o;
+  o.clock = t.clock;
+  o.flush_interval = std::chrono::hours(1);  // flushed by hand below
+  o.observers = {obs};
+  auto v = std::make_unique<apikeys::Validator>(store, t.hasher, o);
+  obs->v = v.get();
+  CHECK(v->validate(a.info.public_key, a.secret_key.reveal()).ok());
+  std::atomic<bool> done{false};
+  std::thread flusher([&] {
+    v->flush_last_use();  // a write: on_write
+    store->fail_last_use = true;
+    t.clock->advance(std::chrono::hours(1));  // past the last-use throttle
+    (void)v->validate(a.info.public_key, a.secret_key.reveal());
+    v->flush_last_use();  // a failure: on_error
+    done = true;
+  });
+  if (!eventually([&] { return done.load(); })) {
+    FAIL_CHECK("flush_last_use() from an observer deadlocked");
+    std::_Exit(1);  // the flusher holds the flush lock forever
+  }
+  flusher.join();
+  CHECK(obs->writes == 1);
+  CHECK(obs->errors == 1);
 }
