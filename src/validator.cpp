@@ -639,11 +639,7 @@ void Validator::Impl::write_digests(FlushReport& out) noexcept {
 void Validator::Impl::poll_revision(std::uint64_t& revision, bool& known) noexcept {
   try {
     const std::uint64_t r = store->revision();
-    if (poll_failing) {
-      poll_failing = false;
-      report(Component::revision_poll, "poll", nullptr, true);
-    }
-    if (known && r == revision) return;
+    if (known && r == revision) return;  // never while failing: a failure unsets `known`
     std::optional<StoreChanges> changes;
     if (known) changes = store->changes_since(revision);
     if (changes) {
@@ -654,6 +650,12 @@ void Validator::Impl::poll_revision(std::uint64_t& revision, bool& known) noexce
       revision = r;
     }
     known = true;
+    // Recovered once the cache reflects the store again, not when the revision reads:
+    // a cache that cannot be cleared keeps the poll failing.
+    if (poll_failing) {
+      poll_failing = false;
+      report(Component::revision_poll, "poll", nullptr, true);
+    }
   } catch (...) {
     // Cannot tell whether anything changed, or could not drop what did: assume the
     // worst and clear everything, and again at the next poll (fail closed).

@@ -411,3 +411,61 @@ TEST_CASE("Observer: an observer may flush last use from on_write and on_error",
   CHECK(obs->writes == 1);
   CHECK(obs->errors == 1);
 }
+
+TEST_CASE("Observer: a poll that reads the revision but cannot clear the cache is no recovery",
+          "[observer][revision_poll]") {
+  // The revision reads fine; what fails is dropping the stale verdicts (the cache's
+  // clear). Every poll fails: one failure, and no "recovered" until one succeeds.
+  class FlakyRevision final : public apikeys_test::ForwardingStore {
+   public:
+    explicit FlakyRevision(std::shared_ptr<apikeys::Store> s)
+        : apikeys_test::ForwardingStore(std::move(s)) {}
+    std::atomic<bool> fail{false};
+    std::uint64_t revision() override {
+      if (fail) throw apikeys::Error(apikeys::ErrorCode::storage, "revision unreadable");
+      return 0;
+    }
+  };
+  class UnclearableCache final : public apikeys::Cache {
+   public:
+    apikeys::MemoryCache inner;
+    std::atomic<bool> fail_clear{false};
+    std::optional<apikeys::Verdict> get(std::string_view pk, const apikeys::Digest& d) override {
+      return inner.get(pk, d);
+    }
+    void put(std::string_view pk, const apikeys::Digest& d, const apikeys::Verdict& v,
+             std::chrono::milliseconds ttl, std::uint64_t token) override {
+      inner.put(pk, d, v, ttl, token);
+    }
+    std::uint64_t fill_token(std::string_view pk) override { return inner.fill_token(pk); }
+    void erase(std::string_view pk) override { inner.erase(pk); }
+    void clear() override {
+      if (fail_clear) throw std::runtime_error("cache clear down");
+      inner.clear();
+    }
+  };
+  auto store = std::make_shared<FlakyRevision>(std::make_shared<apikeys::MemoryStore>());
+  auto cache = std::make_shared<UnclearableCache>();
+  auto rec = std::make_shared<Recorder>();
+  apikeys::ValidatorOptions o;
+  o.cache = cache;
+  o.record_last_use = false;
+  o.rehash_on_use = false;
+  o.revision_poll_interval = 5ms;
+  o.observers = {rec};
+  apikeys::Validator v(
+      store, std::make_shared<apikeys::HmacSha256Hasher>(std::string(apikeys_test::kTestPepper)),
+      o);
+  cache->fail_clear = true;
+  store->fail = true;  // a failed poll: the next ones must clear the cache, and cannot
+  CHECK(eventually([&] { return rec->error_count(Component::revision_poll, "poll", false) > 0; }));
+  store->fail = false;
+  std::this_thread::sleep_for(100ms);  // many polls, each failing to clear
+  CHECK(rec->error_count(Component::revision_poll, "poll", false) == 1);
+  CHECK(rec->error_count(Component::revision_poll, "poll", true) == 0);
+  cache->fail_clear = false;
+  CHECK(eventually([&] { return rec->error_count(Component::revision_poll, "poll", true) > 0; }));
+  std::this_thread::sleep_for(50ms);
+  CHECK(rec->error_count(Component::revision_poll, "poll", false) == 1);
+  CHECK(rec->error_count(Component::revision_poll, "poll", true) == 1);
+}
