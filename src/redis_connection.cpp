@@ -59,7 +59,12 @@ class RedisPool::Lease {
       throw;
     }
   }
-  ~Lease() {
+  ~Lease() { release(); }
+  // Gives the connection back to the pool (or, once discarded, frees its place) now
+  // rather than at destruction; the destructor then does nothing.
+  void release() noexcept {
+    if (released_) return;
+    released_ = true;
     MutexLock lock(pool_.pool_mu_);
     if (c_) {
       // Cannot allocate: idle_.size() < open_ <= pool_size, reserved in the constructor.
@@ -79,6 +84,7 @@ class RedisPool::Lease {
   RedisPool& pool_;
   RedisContext c_;
   bool reused_ = false;
+  bool released_ = false;  // release() ran
 };
 
 RedisPool::RedisPool(std::string name, RedisCacheOptions&& options,
@@ -249,6 +255,8 @@ RedisReply RedisPool::with_connection(F&& f) {
     try {
       c.emplace(*this);  // may connect: a refused or slow connect is unreachable too
       RedisReply r = f(*c);
+      // Back in the pool before an observer hears of it: one may use this pool itself.
+      c->release();
       answered();  // Redis answered (an error reply too): the breaker may close
       if (r->type == REDIS_REPLY_ERROR) {
         throw Error(ErrorCode::storage, fmt::format("{}: {}", name_, reply_text(*r)));
@@ -256,7 +264,10 @@ RedisReply RedisPool::with_connection(F&& f) {
       return r;
     } catch (const RedisUnreachable& e) {
       const bool stale = c && c->reused() && e.retryable();
-      if (c) c->discard();
+      if (c) {
+        c->discard();
+        c->release();  // its place freed before the observers hear of it
+      }
       drop_idle();
       // A pooled connection the server closed (it restarted) fails once and is retried
       // on a fresh one; anything else means Redis is unavailable for now.

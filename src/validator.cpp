@@ -102,6 +102,17 @@ struct Trace {
   Uuid account_id;
 };
 
+// What one flush tells the observers, kept while flush_mu is held and reported once it
+// is released: an observer may call flush_last_use() itself.
+struct FlushReport {
+  std::size_t last_use_rows = 0;
+  std::size_t rehash_rows = 0;
+  bool last_use_failed = false;
+  bool rehash_failed = false;
+  std::string last_use_message;
+  std::string rehash_message;
+};
+
 // The current exception's message, for an observer (the library's own messages never
 // hold a secret; see error.hpp).
 const char* current_message() noexcept {
@@ -272,8 +283,9 @@ struct Validator::Impl {
   // Stops and joins the background threads that were started.
   void stop_threads() noexcept APIKEYS_EXCLUDES(bg_mu);
   void flush() noexcept APIKEYS_EXCLUDES(flush_mu);
-  void write_last_use() noexcept APIKEYS_REQUIRES(flush_mu);
-  void write_digests() noexcept APIKEYS_REQUIRES(flush_mu);
+  // Each fills `out` (only when there are observers) with what flush() reports.
+  void write_last_use(FlushReport& out) noexcept APIKEYS_REQUIRES(flush_mu);
+  void write_digests(FlushReport& out) noexcept APIKEYS_REQUIRES(flush_mu);
 };
 
 // Format, digest, cache, fill token, store, then the verdict (secret first, then
@@ -550,49 +562,74 @@ void Validator::Impl::admit(ValidationResult& result, std::uint64_t cost, TimePo
 }
 
 void Validator::Impl::flush() noexcept {
+  FlushReport out;
   try {
     detail::MutexLock lock(flush_mu);
-    write_last_use();
-    write_digests();
+    write_last_use(out);
+    write_digests(out);
   } catch (...) {
     last_use_failures.fetch_add(1, std::memory_order_relaxed);  // the lock failed
     report(Component::last_use, "flush");
+    return;
+  }
+  // Outside flush_mu: an observer may flush again.
+  if (observers.empty()) return;
+  if (out.last_use_rows > 0) {
+    observers.write(BackgroundWrite{Component::last_use, out.last_use_rows});
+  }
+  if (out.last_use_failed) report(Component::last_use, "flush", out.last_use_message.c_str());
+  if (out.rehash_rows > 0) observers.write(BackgroundWrite{Component::rehash, out.rehash_rows});
+  if (out.rehash_failed) report(Component::rehash, "flush", out.rehash_message.c_str());
+}
+
+namespace {
+
+// Keeps the current exception's message (or `message`) for a report after the lock.
+void keep_message(std::string& to, const char* message = nullptr) noexcept {
+  try {
+    to = message ? message : current_message();
+  } catch (...) {
+    to.clear();  // no memory: reported without its words
   }
 }
 
+}  // namespace
+
 // Writes outside the tracker's queue mutex, so validate() never waits for the store; a
 // failed batch is counted and dropped (doc/last-use.md, invariants 10 and 12).
-void Validator::Impl::write_last_use() noexcept {
+void Validator::Impl::write_last_use(FlushReport& out) noexcept {
   try {
     tracker.take(flush_batch);
     if (flush_batch.empty()) return;
     store->record_last_use(flush_batch);
-    if (!observers.empty())
-      observers.write(BackgroundWrite{Component::last_use, flush_batch.size()});
+    out.last_use_rows = flush_batch.size();
   } catch (...) {
     last_use_failures.fetch_add(1, std::memory_order_relaxed);
-    report(Component::last_use, "flush");
+    out.last_use_failed = true;
+    if (!observers.empty()) keep_message(out.last_use_message);
   }
 }
 
 // Likewise outside the rehash queue's mutex. A failed batch is counted and dropped (the
 // keys' next uses queue them again); a store without replace_digests is counted once
 // and asked no more (doc/peppers.md, "Rehash on use").
-void Validator::Impl::write_digests() noexcept {
+void Validator::Impl::write_digests(FlushReport& out) noexcept {
   if (!options.rehash_on_use) return;
   try {
     rehash_queue.take(rehash_batch);
     if (rehash_batch.empty() || rehash_off.load(std::memory_order_relaxed)) return;
     const std::size_t n = store->replace_digests(rehash_batch);
     rehashed.fetch_add(n, std::memory_order_relaxed);
-    if (n > 0 && !observers.empty()) observers.write(BackgroundWrite{Component::rehash, n});
+    out.rehash_rows = n;
   } catch (const Error& e) {
     rehash_failures.fetch_add(1, std::memory_order_relaxed);
     if (e.code() == ErrorCode::not_supported) rehash_off.store(true, std::memory_order_relaxed);
-    report(Component::rehash, "flush", e.what());
+    out.rehash_failed = true;
+    if (!observers.empty()) keep_message(out.rehash_message, e.what());
   } catch (...) {
     rehash_failures.fetch_add(1, std::memory_order_relaxed);
-    report(Component::rehash, "flush");
+    out.rehash_failed = true;
+    if (!observers.empty()) keep_message(out.rehash_message);
   }
 }
 
@@ -602,11 +639,7 @@ void Validator::Impl::write_digests() noexcept {
 void Validator::Impl::poll_revision(std::uint64_t& revision, bool& known) noexcept {
   try {
     const std::uint64_t r = store->revision();
-    if (poll_failing) {
-      poll_failing = false;
-      report(Component::revision_poll, "poll", nullptr, true);
-    }
-    if (known && r == revision) return;
+    if (known && r == revision) return;  // never while failing: a failure unsets `known`
     std::optional<StoreChanges> changes;
     if (known) changes = store->changes_since(revision);
     if (changes) {
@@ -617,6 +650,12 @@ void Validator::Impl::poll_revision(std::uint64_t& revision, bool& known) noexce
       revision = r;
     }
     known = true;
+    // Recovered once the cache reflects the store again, not when the revision reads:
+    // a cache that cannot be cleared keeps the poll failing.
+    if (poll_failing) {
+      poll_failing = false;
+      report(Component::revision_poll, "poll", nullptr, true);
+    }
   } catch (...) {
     // Cannot tell whether anything changed, or could not drop what did: assume the
     // worst and clear everything, and again at the next poll (fail closed).

@@ -580,3 +580,44 @@ TEST_CASE("RedisLimiter: observers hear of credits taken and then not deposited"
   CHECK(recorder->redis("breaker_open").size() == 1);
   CHECK(store->returns.load() == 0);  // never given back: Redis may hold them
 }
+
+// An observer that uses the cache when the breaker closes: the call that reports it must
+// not still hold a pooled connection, or (here, a pool of one) the observer's own get
+// waits command_timeout for it and fails.
+TEST_CASE("RedisCache: an observer may use the cache from breaker_close",
+          "[servers][redis][observer][faults]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  Janitor janitor{*redis, {}};
+  class Reentrant : public apikeys::Observer {
+   public:
+    RedisCache* cache = nullptr;
+    std::atomic<int> closes{0};
+    std::atomic<bool> nested_ok{false};
+    void on_error(const apikeys::BackgroundError& e) override {
+      if (e.operation != "breaker_close") return;
+      ++closes;
+      try {
+        (void)cache->get(pk(3), digest_of(3));
+        nested_ok = true;
+      } catch (...) {
+      }
+    }
+  };
+  auto obs = std::make_shared<Reentrant>();
+  RedisCacheOptions o = cache_options(*redis, janitor.make(), {obs});
+  o.pool_size = 1;
+  o.local_tier = false;
+  RedisCache cache(std::move(o));
+  obs->cache = &cache;
+  CHECK_FALSE(cache.get(pk(3), digest_of(3)));
+  {
+    Client admin(*redis);
+    (void)admin.run({"CLIENT", "PAUSE", "400"});  // every command hangs for 400 ms
+  }
+  CHECK_THROWS(cache.get(pk(3), digest_of(3)));    // times out: the breaker opens
+  std::this_thread::sleep_for(milliseconds(700));  // the pause and retry_interval over
+  CHECK_FALSE(cache.get(pk(3), digest_of(3)));     // answered: the breaker closes
+  CHECK(obs->closes == 1);
+  CHECK(obs->nested_ok);
+}

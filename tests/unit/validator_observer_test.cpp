@@ -4,7 +4,9 @@
 // on_write(), and an observer that throws changes nothing but a counter.
 #include "catch.hpp"
 
+#include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -416,4 +418,111 @@ TEST_CASE("Observer: an unreadable baseline revision and a failed cache clear at
       o);
   CHECK(rec->error_count(Component::revision_poll, "baseline", false) == 1);
   CHECK(rec->error_count(Component::cache, "clear", false) == 1);
+}
+
+TEST_CASE("Observer: an observer may flush last use from on_write and on_error",
+          "[observer][last_use]") {
+  // flush_last_use() is public: an observer that calls it (to push pending writes out
+  // when it sees one) must not find the flush lock still held by the flush that
+  // reported to it.
+  class Reflusher : public apikeys::Observer {
+   public:
+    apikeys::Validator* v = nullptr;
+    std::atomic<int> writes{0};
+    std::atomic<int> errors{0};
+    void on_write(const BackgroundWrite&) override {
+      ++writes;
+      v->flush_last_use();
+    }
+    void on_error(const BackgroundError&) override {
+      ++errors;
+      v->flush_last_use();
+    }
+  };
+  auto t = apikeys_test::make_manager();
+  const auto a = t->create(apikeys_test::account_id(7), apikeys::CreateRequest("a"));
+  auto store = std::make_shared<apikeys_test::InstrumentedStore>();
+  store->inner.insert(*t.store->find(a.info.public_key));
+  auto obs = std::make_shared<Reflusher>();
+  apikeys::ValidatorOptions o;
+  o.clock = t.clock;
+  o.flush_interval = std::chrono::hours(1);  // flushed by hand below
+  o.observers = {obs};
+  auto v = std::make_unique<apikeys::Validator>(store, t.hasher, o);
+  obs->v = v.get();
+  CHECK(v->validate(a.info.public_key, a.secret_key.reveal()).ok());
+  std::atomic<bool> done{false};
+  std::thread flusher([&] {
+    v->flush_last_use();  // a write: on_write
+    store->fail_last_use = true;
+    t.clock->advance(std::chrono::hours(1));  // past the last-use throttle
+    (void)v->validate(a.info.public_key, a.secret_key.reveal());
+    v->flush_last_use();  // a failure: on_error
+    done = true;
+  });
+  if (!eventually([&] { return done.load(); })) {
+    FAIL_CHECK("flush_last_use() from an observer deadlocked");
+    std::_Exit(1);  // the flusher holds the flush lock forever
+  }
+  flusher.join();
+  CHECK(obs->writes == 1);
+  CHECK(obs->errors == 1);
+}
+
+TEST_CASE("Observer: a poll that reads the revision but cannot clear the cache is no recovery",
+          "[observer][revision_poll]") {
+  // The revision reads fine; what fails is dropping the stale verdicts (the cache's
+  // clear). Every poll fails: one failure, and no "recovered" until one succeeds.
+  class FlakyRevision final : public apikeys_test::ForwardingStore {
+   public:
+    explicit FlakyRevision(std::shared_ptr<apikeys::Store> s)
+        : apikeys_test::ForwardingStore(std::move(s)) {}
+    std::atomic<bool> fail{false};
+    std::uint64_t revision() override {
+      if (fail) throw apikeys::Error(apikeys::ErrorCode::storage, "revision unreadable");
+      return 0;
+    }
+  };
+  class UnclearableCache final : public apikeys::Cache {
+   public:
+    apikeys::MemoryCache inner;
+    std::atomic<bool> fail_clear{false};
+    std::optional<apikeys::Verdict> get(std::string_view pk, const apikeys::Digest& d) override {
+      return inner.get(pk, d);
+    }
+    void put(std::string_view pk, const apikeys::Digest& d, const apikeys::Verdict& v,
+             std::chrono::milliseconds ttl, std::uint64_t token) override {
+      inner.put(pk, d, v, ttl, token);
+    }
+    std::uint64_t fill_token(std::string_view pk) override { return inner.fill_token(pk); }
+    void erase(std::string_view pk) override { inner.erase(pk); }
+    void clear() override {
+      if (fail_clear) throw std::runtime_error("cache clear down");
+      inner.clear();
+    }
+  };
+  auto store = std::make_shared<FlakyRevision>(std::make_shared<apikeys::MemoryStore>());
+  auto cache = std::make_shared<UnclearableCache>();
+  auto rec = std::make_shared<Recorder>();
+  apikeys::ValidatorOptions o;
+  o.cache = cache;
+  o.record_last_use = false;
+  o.rehash_on_use = false;
+  o.revision_poll_interval = 5ms;
+  o.observers = {rec};
+  apikeys::Validator v(
+      store, std::make_shared<apikeys::HmacSha256Hasher>(std::string(apikeys_test::kTestPepper)),
+      o);
+  cache->fail_clear = true;
+  store->fail = true;  // a failed poll: the next ones must clear the cache, and cannot
+  CHECK(eventually([&] { return rec->error_count(Component::revision_poll, "poll", false) > 0; }));
+  store->fail = false;
+  std::this_thread::sleep_for(100ms);  // many polls, each failing to clear
+  CHECK(rec->error_count(Component::revision_poll, "poll", false) == 1);
+  CHECK(rec->error_count(Component::revision_poll, "poll", true) == 0);
+  cache->fail_clear = false;
+  CHECK(eventually([&] { return rec->error_count(Component::revision_poll, "poll", true) > 0; }));
+  std::this_thread::sleep_for(50ms);
+  CHECK(rec->error_count(Component::revision_poll, "poll", false) == 1);
+  CHECK(rec->error_count(Component::revision_poll, "poll", true) == 1);
 }
