@@ -901,7 +901,9 @@ KeyInfo KeyManager::revoke(const Uuid& account_id, const Uuid& key_id,
   check_context(context);
   const bool observing = !impl_->observers.empty();
   std::optional<KeyInfo> before;  // the key as read, when it was not revoked yet
+  bool committed = false;         // replace() wrote it: a later not_supported is a cache's
   try {
+    const auto report_revoke = impl_->reporter(AuditAction::revoke, context, kStatusFields);
     return impl_->change(
         "revoking the key", account_id, key_id, std::nullopt,
         [&](KeyInfo& key) {
@@ -910,9 +912,14 @@ KeyInfo KeyManager::revoke(const Uuid& account_id, const Uuid& key_id,
           key.status = KeyStatus::revoked;
           return true;
         },
-        impl_->reporter(AuditAction::revoke, context, kStatusFields));
+        [&](const KeyInfo& was, const KeyInfo& now) {
+          committed = true;
+          report_revoke(was, now);
+        });
   } catch (const Error& e) {
-    if (e.code() != ErrorCode::not_supported) throw;
+    // Only a store without replace() falls back to set_status(): once the revoke has
+    // committed (and been reported), an error from erasing the caches is the caller's.
+    if (e.code() != ErrorCode::not_supported || committed) throw;
   }
   // A store written before replace() existed: its own set_status.
   auto info = guarded("revoking the key", [&] {

@@ -122,7 +122,8 @@ void RedisPool::trip(std::string_view reason) noexcept {
 }
 
 void RedisPool::answered() noexcept {
-  if (observers_.empty() || !reported_open_.load(std::memory_order_relaxed)) return;
+  // Acquire: seeing the trip's report means seeing the down_until_ it stored first.
+  if (observers_.empty() || !reported_open_.load(std::memory_order_acquire)) return;
   // A command that was already in flight when the breaker tripped does not close it:
   // only one sent once callers try Redis again.
   if (now_ns() < down_until_.load(std::memory_order_relaxed)) return;

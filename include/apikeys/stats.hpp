@@ -57,7 +57,7 @@ namespace apikeys {
 class APIKEYS_EXPORT Stats final : public Observer {
  public:
   /// Histogram bucket upper bounds in nanoseconds, a log scale from 250 ns to 10 s
-  /// (1, 2.5, 5 per decade); an implicit +Inf bucket follows.
+  /// (1, 2.5, 5 per decade up to 2.5 s, then 10 s); an implicit +Inf bucket follows.
   static constexpr std::array<std::uint64_t, 23> kBucketBounds = {
       250,         500,         1'000,         2'500,         5'000,         10'000,
       25'000,      50'000,      100'000,       250'000,       500'000,       1'000'000,

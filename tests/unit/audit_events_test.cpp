@@ -151,8 +151,10 @@ class FlakyCache final : public apikeys::Cache {
            std::chrono::milliseconds ttl, std::uint64_t token) override {
     inner.put(pk, d, v, ttl, token);
   }
+  std::atomic<ErrorCode> erase_error{ErrorCode::busy};
+
   void erase(std::string_view pk) override {
-    if (fail_erase) throw apikeys::Error(ErrorCode::busy, "cache unreachable");
+    if (fail_erase) throw apikeys::Error(erase_error.load(), "cache unreachable");
     inner.erase(pk);
   }
   void clear() override { inner.clear(); }
@@ -617,6 +619,21 @@ TEST_CASE("audit: a change that commits before a cache fails is reported, then t
   t.recorder->clear();
   CHECK(t->revoke(kAccount, id, alice()).status == KeyStatus::revoked);
   CHECK(t.events().empty());
+}
+
+TEST_CASE("audit: a cache failing with not_supported after a revoke reports it once",
+          "[key_manager][audit]") {
+  // not_supported from the store's replace() sends revoke() to set_status(); the same
+  // code from a cache, after the revoke committed, must not report the revoke again.
+  Observed t;
+  const Uuid id = t->create(kAccount, CreateRequest("k")).info.key_id;
+  t.recorder->clear();
+  t.cache->erase_error = ErrorCode::not_supported;
+  t.cache->fail_erase = true;
+  CHECK_THROWS_AS(t->revoke(kAccount, id, alice()), apikeys::Error);
+  const auto events = t.events();
+  REQUIRE(events.size() == 1);
+  CHECK(events[0].action == AuditAction::revoke);
 }
 
 TEST_CASE("audit: a throwing observer changes nothing, and the others still hear",
