@@ -9,6 +9,7 @@
 #include <cstring>
 #include <exception>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "apikeys/error.hpp"
@@ -107,24 +108,28 @@ struct MemoryLimiter::Impl {
     return static_cast<std::size_t>(lh >> 11) & mask;
   }
 
-  // Rebuilds the shard's slot table at twice its size (or more, if some state would
-  // not fit in its probe window), keeping every state not at rest at `now_ns` (one at
-  // rest is the same as none). False, and the table untouched, when it is already at
-  // slots_per_shard.
-  bool grow_slots(Shard& sh, std::int64_t now_ns) APIKEYS_REQUIRES(sh.mu) {
-    for (std::size_t size = sh.slots.size() * 2; size <= slots_per_shard; size *= 2) {
-      std::vector<Slot> fresh(size);
+  // Rebuilds `table` at twice its size, or more if an entry would not fit in its probe
+  // window (up to `max`), placing each entry that `keep` accepts at the first place from
+  // its `home(mask, entry)` that `taken` finds free. Returns how many entries `taken`
+  // found in the old table and `keep` dropped; nullopt, and the table untouched, when it
+  // cannot grow within `max`.
+  template <class Entry, class Taken, class Keep, class Home>
+  static std::optional<std::size_t> regrow(std::vector<Entry>& table, std::size_t max,
+                                           const Taken& taken, const Keep& keep, const Home& home) {
+    for (std::size_t size = table.size() * 2; size <= max; size *= 2) {
+      std::vector<Entry> fresh(size);
       const std::size_t mask = size - 1;
-      std::size_t held = 0;
-      std::size_t kept = 0;
+      std::size_t dropped = 0;
       bool fits = true;
-      for (const Slot& s : sh.slots) {
-        if (s.scale == 0) continue;
-        ++held;
-        if (detail::gcra_at_rest(s.state(), now_ns)) continue;
-        std::size_t i = slot_home(mask, lineage_hash(s.lineage), s.name_hash);
+      for (const Entry& e : table) {
+        if (!taken(e)) continue;
+        if (!keep(e)) {
+          ++dropped;
+          continue;
+        }
+        std::size_t i = home(mask, e);
         std::size_t probe = 0;
-        while (probe < kMaxProbe && fresh[i].scale != 0) {
+        while (probe < kMaxProbe && taken(fresh[i])) {
           ++probe;
           i = (i + 1) & mask;
         }
@@ -132,15 +137,27 @@ struct MemoryLimiter::Impl {
           fits = false;
           break;
         }
-        fresh[i] = s;
-        ++kept;
+        fresh[i] = e;
       }
       if (!fits) continue;
-      sh.slots.swap(fresh);
-      states.fetch_sub(held - kept, std::memory_order_relaxed);
-      return true;
+      table.swap(fresh);
+      return dropped;
     }
-    return false;
+    return std::nullopt;
+  }
+
+  // Grows the shard's slot table (regrow()), keeping every state not at rest at `now_ns`
+  // (one at rest is the same as none). False when it is already at slots_per_shard.
+  bool grow_slots(Shard& sh, std::int64_t now_ns) APIKEYS_REQUIRES(sh.mu) {
+    const std::optional<std::size_t> dropped = regrow(
+        sh.slots, slots_per_shard, [](const Slot& s) { return s.scale != 0; },
+        [now_ns](const Slot& s) { return !detail::gcra_at_rest(s.state(), now_ns); },
+        [this](std::size_t mask, const Slot& s) {
+          return slot_home(mask, lineage_hash(s.lineage), s.name_hash);
+        });
+    if (!dropped) return false;
+    states.fetch_sub(*dropped, std::memory_order_relaxed);
+    return true;
   }
 
   // The slot of (lineage, name_hash) in `sh`, or a free or at-rest slot claimed for it;
@@ -201,32 +218,15 @@ struct MemoryLimiter::Impl {
     }
   }
 
-  // Rebuilds the shard's lease table at twice its size (or more), keeping every lease
-  // that holds credits. False when it is already at leases_per_shard.
+  // Grows the shard's lease table (regrow()), keeping every lease that holds credits.
+  // False when it is already at leases_per_shard.
   bool grow_leases(Shard& sh) const APIKEYS_REQUIRES(sh.mu) {
-    for (std::size_t size = sh.leases.size() * 2; size <= leases_per_shard; size *= 2) {
-      std::vector<Lease> fresh(size);
-      const std::size_t mask = size - 1;
-      bool fits = true;
-      for (const Lease& l : sh.leases) {
-        if (l.count == 0) continue;
-        std::size_t i = lease_home(mask, lineage_hash(l.lineage));
-        std::size_t probe = 0;
-        while (probe < kMaxProbe && fresh[i].count != 0) {
-          ++probe;
-          i = (i + 1) & mask;
-        }
-        if (probe == kMaxProbe) {
-          fits = false;
-          break;
-        }
-        fresh[i] = l;
-      }
-      if (!fits) continue;
-      sh.leases.swap(fresh);
-      return true;
-    }
-    return false;
+    const auto holds = [](const Lease& l) { return l.count != 0; };
+    return regrow(sh.leases, leases_per_shard, holds, holds,
+                  [this](std::size_t mask, const Lease& l) {
+                    return lease_home(mask, lineage_hash(l.lineage));
+                  })
+        .has_value();
   }
 
   // The lineage's lease entry in `sh`, or a free one claimed for it when `claim`;
