@@ -96,6 +96,20 @@ void check_context(const ChangeContext& context) {
                      "reason must not contain control characters");
 }
 
+// Runs `step`, which follows a committed change (erasing the caches), then `report`,
+// which runs even when `step` throws, before the exception goes on: the change stands
+// either way, so it is reported either way.
+template <class Step, class Report>
+void then_report(const Step& step, const Report& report) {
+  try {
+    step();
+  } catch (...) {
+    report();
+    throw;
+  }
+  report();
+}
+
 // The fields each kind of change may touch (audit_json.hpp).
 namespace key_field = detail::key_field;
 constexpr detail::KeyFields kStatusFields =
@@ -302,13 +316,8 @@ KeyInfo KeyManager::Impl::change(const char* operation, const Uuid& account_id, 
         guarded(operation, [&] { return store->replace(account_id, next, current->version); });
     switch (written.outcome) {
       case WriteOutcome::applied:
-        try {
-          detail::erase_everywhere(store->identity(), written.key.public_key);
-        } catch (...) {
-          committed(*current, written.key);
-          throw;
-        }
-        committed(*current, written.key);
+        then_report([&] { detail::erase_everywhere(store->identity(), written.key.public_key); },
+                    [&] { committed(*current, written.key); });
         return std::move(written.key);
       case WriteOutcome::not_found: no_such_key(key_id);
       case WriteOutcome::conflict:
@@ -650,14 +659,12 @@ KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const Key
     throw;
   }
   // The key as it now is: its fields as written, and the lineage's new credits.
-  try {
-    impl_->credits_changed(account_id, *changed,
-                           change.op != CreditsOp::configure || change.remaining);
-  } catch (...) {
-    report(*changed, kUpdateFields | key_field::kCredits);
-    throw;
-  }
-  report(*changed, kUpdateFields | key_field::kCredits);
+  then_report(
+      [&] {
+        impl_->credits_changed(account_id, *changed,
+                               change.op != CreditsOp::configure || change.remaining);
+      },
+      [&] { report(*changed, kUpdateFields | key_field::kCredits); });
   return impl_->shown(std::move(*changed));
 }
 
@@ -708,13 +715,7 @@ KeyInfo KeyManager::set_credits(const Uuid& account_id, const Uuid& key_id, std:
                             key_field::kCredits);
     }
   };
-  try {
-    impl_->credits_changed(account_id, *changed, true);
-  } catch (...) {
-    report();
-    throw;
-  }
-  report();
+  then_report([&] { impl_->credits_changed(account_id, *changed, true); }, report);
   return impl_->shown(std::move(*changed));
 }
 
@@ -932,13 +933,8 @@ KeyInfo KeyManager::revoke(const Uuid& account_id, const Uuid& key_id,
     }
   };
   // Every Validator over this store's data in the process, not only our own.
-  try {
-    detail::erase_everywhere(impl_->store->identity(), info->public_key);
-  } catch (...) {
-    report();
-    throw;
-  }
-  report();
+  then_report([&] { detail::erase_everywhere(impl_->store->identity(), info->public_key); },
+              report);
   return std::move(*info);
 }
 
@@ -949,13 +945,8 @@ KeyInfo KeyManager::remove(const Uuid& account_id, const Uuid& key_id,
   if (!info)
     throw Error(ErrorCode::not_found, "no key " + key_id.to_string() + " for this account");
   // Every Validator over this store's data in the process, not only our own.
-  try {
-    detail::erase_everywhere(impl_->store->identity(), info->public_key);
-  } catch (...) {
-    impl_->report_removed(context, *info);
-    throw;
-  }
-  impl_->report_removed(context, *info);
+  then_report([&] { detail::erase_everywhere(impl_->store->identity(), info->public_key); },
+              [&] { impl_->report_removed(context, *info); });
   return std::move(*info);
 }
 
