@@ -129,6 +129,17 @@ void ObserverList::error(const BackgroundError& error) const noexcept {
   each([&](Observer& o) { o.on_error(error); });
 }
 
+void ObserverList::error(Component component, std::string_view operation, std::string_view message,
+                         bool recovered) const noexcept {
+  if (observers_.empty()) return;
+  BackgroundError e;
+  e.component = component;
+  e.operation = operation;
+  e.message = message;
+  e.recovered = recovered;
+  error(e);
+}
+
 void ObserverList::write(const BackgroundWrite& write) const noexcept {
   each([&](Observer& o) { o.on_write(write); });
 }

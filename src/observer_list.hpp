@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <string_view>
 #include <vector>
 
 #include "apikeys/observer.hpp"
@@ -28,6 +29,9 @@ class ObserverList {
   void validate(const ValidateEvent& event) const noexcept;
   void change(const AuditEvent& event) const noexcept;
   void error(const BackgroundError& error) const noexcept;
+  // The same, built here: nothing at all when nobody observes.
+  void error(Component component, std::string_view operation, std::string_view message,
+             bool recovered = false) const noexcept;
   void write(const BackgroundWrite& write) const noexcept;
 
   // Exceptions observers threw since construction.

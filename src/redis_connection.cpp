@@ -134,13 +134,7 @@ void RedisPool::answered() noexcept {
 
 void RedisPool::report(std::string_view operation, std::string_view message,
                        bool recovered) const noexcept {
-  if (observers_.empty()) return;
-  BackgroundError e;
-  e.component = Component::redis;
-  e.operation = operation;
-  e.message = message;
-  e.recovered = recovered;
-  observers_.error(e);
+  observers_.error(Component::redis, operation, message, recovered);
 }
 
 void RedisPool::check_breaker() const {

@@ -502,12 +502,11 @@ ValidationResult Validator::Impl::observed(std::string_view pk, std::string_view
 void Validator::Impl::report(Component component, std::string_view operation, const char* message,
                              bool recovered) const noexcept {
   if (observers.empty()) return;
-  BackgroundError e;
-  e.component = component;
-  e.operation = operation;
-  e.message = message ? message : recovered ? "" : current_message();
-  e.recovered = recovered;
-  observers.error(e);
+  observers.error(component, operation,
+                  message     ? message
+                  : recovered ? ""
+                              : current_message(),
+                  recovered);
 }
 
 // The last step, after the secret, the key's state and the scopes: only a caller who
