@@ -101,4 +101,46 @@ std::optional<KeyInfo> Store::change_credits(const Uuid& /*account_id*/, const U
   throw Error(ErrorCode::not_supported, "this store cannot keep credits (change_credits)");
 }
 
+ChangeAudit::~ChangeAudit() = default;
+
+void Store::insert_audited(const KeyRecord& record, const ChangeAudit& /*audit*/) {
+  insert(record);
+}
+
+WriteResult Store::replace_audited(const Uuid& account_id, const KeyInfo& next,
+                                   std::uint64_t expected_version, const ChangeAudit& /*audit*/) {
+  return replace(account_id, next, expected_version);
+}
+
+WriteResult Store::rotate_audited(const Uuid& account_id, const KeyInfo& old_next,
+                                  std::uint64_t expected_version, const KeyRecord& successor,
+                                  const ChangeAudit& /*audit*/) {
+  return rotate(account_id, old_next, expected_version, successor);
+}
+
+std::optional<KeyInfo> Store::remove_audited(const Uuid& account_id, const Uuid& key_id,
+                                             const ChangeAudit& /*audit*/) {
+  return remove(account_id, key_id);
+}
+
+std::vector<KeyInfo> Store::revoke_all_audited(const Uuid& account_id, TimePoint at,
+                                               const ChangeAudit& /*audit*/) {
+  return revoke_all(account_id, at);
+}
+
+std::optional<KeyInfo> Store::change_credits_audited(const Uuid& account_id, const Uuid& key_id,
+                                                     const CreditsChange& change,
+                                                     const ChangeAudit& /*audit*/) {
+  return change_credits(account_id, key_id, change);
+}
+
+std::vector<AuditEvent> Store::audit_events(const Uuid& /*account_id*/,
+                                            const AuditRange& /*range*/) {
+  throw Error(ErrorCode::not_supported, "this store keeps no audit trail (audit_events)");
+}
+
+std::uint64_t Store::prune_audit(TimePoint /*before*/) {
+  throw Error(ErrorCode::not_supported, "this store keeps no audit trail (prune_audit)");
+}
+
 }  // namespace apikeys

@@ -167,6 +167,27 @@ struct KeyPage {
   std::optional<std::string> next_cursor;  ///< nullopt on the last page.
 };
 
+/// Which audit events KeyManager::audit() reads.
+/// Thread-safety and ownership: a plain value.
+struct AuditQuery {
+  static constexpr std::size_t kDefaultLimit = 100;  ///< limit when 0 is given.
+  static constexpr std::size_t kMaxLimit = 1000;     ///< The largest page.
+  std::optional<Uuid> key_id;      ///< Only this key's events (nullopt: the account's).
+  std::optional<TimePoint> since;  ///< Only events at or after this time.
+  /// Most events in the page: 1 to 1000; 0 means the default, 100.
+  std::size_t limit = kDefaultLimit;
+  /// Empty for the first page; else the next_cursor of the page before, with the same
+  /// account, key_id and since. Any other cursor is refused with Error(invalid_argument).
+  std::string cursor;
+};
+
+/// One page of audit events, newest first (time descending, then event id descending).
+/// Thread-safety and ownership: a plain value that owns its events.
+struct AuditPage {
+  std::vector<AuditEvent> events;          ///< At most AuditQuery::limit events.
+  std::optional<std::string> next_cursor;  ///< nullopt on the last page.
+};
+
 /// What create() returns: the stored fields, and the secret, shown this once.
 struct CreatedKey {
   KeyInfo info;             ///< The stored fields (no digest).
@@ -201,7 +222,10 @@ struct KeyManagerOptions {
 /// reports nothing; one that fails after its write (a cache it cannot erase) reports the
 /// change and then throws. Observers run on the calling thread, before the call returns;
 /// an exception they throw is counted in observer_failures() and changes nothing else.
-/// Without observers, no event is built.
+/// Without observers, no event is built, unless the store keeps an audit trail
+/// (Store::keeps_audit(): every bundled store does). Then each event is also written in
+/// the same transaction as its change, and the observers get exactly the events
+/// written; audit() reads them back and prune_audit() ages them out.
 class APIKEYS_EXPORT KeyManager {
  public:
   static constexpr std::size_t kMaxTitleCodePoints = 255;         ///< Longest title.
@@ -373,6 +397,17 @@ class APIKEYS_EXPORT KeyManager {
 
   /// The Validator this manager validates with and invalidates on revoke and remove.
   [[nodiscard]] Validator& validator() noexcept;
+
+  /// The account's audit events, newest first, one page at a time; see AuditQuery.
+  /// Throws Error(not_supported) when the store keeps no audit trail
+  /// (Store::keeps_audit()), Error(invalid_argument) for a limit above 1000 or a cursor
+  /// this call did not make for the same account, key and since.
+  [[nodiscard]] AuditPage audit(const Uuid& account_id, const AuditQuery& query = AuditQuery());
+
+  /// Deletes every audit event, of every account, older than `before`, for retention;
+  /// returns how many. Not itself recorded. Throws Error(not_supported) when the store
+  /// keeps no audit trail.
+  std::uint64_t prune_audit(TimePoint before);
 
   /// Exceptions thrown by observers since construction: those of this manager's change
   /// events plus validator().observer_failures(). Each was caught, reported to the other

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "apikeys/export.hpp"
+#include "apikeys/observer.hpp"
 #include "apikeys/types.hpp"
 
 namespace apikeys {
@@ -105,6 +106,49 @@ struct CreditsChange {
   bool change_refill = false;              ///< configure: replace the refill with `refill`.
   std::optional<CreditRefill> refill;      ///< configure: the new refill (nullopt: none).
   TimePoint at{};                          ///< Now, for refills due and refill periods.
+};
+
+/// Where a page of audit events starts: just after the event with this time and id, in
+/// the order of Store::audit_events() (time descending, then event_id descending).
+/// Thread-safety and ownership: a plain value.
+struct AuditPosition {
+  TimePoint time{};  ///< The last listed event's time.
+  Uuid event_id;     ///< The last listed event's id.
+};
+
+/// Which of an account's audit events Store::audit_events() reads.
+/// Thread-safety and ownership: a plain value.
+struct AuditRange {
+  std::optional<Uuid> key_id;           ///< Only this key's events, when set.
+  std::optional<TimePoint> since;       ///< Only events at or after this time, when set.
+  std::optional<AuditPosition> after;   ///< Start just after this event (nullopt: newest).
+  std::size_t limit = 100;              ///< At most this many events (at least 1).
+};
+
+/// Interface: builds the audit events of one change, for a store that keeps an audit
+/// trail to write in the same transaction as the change (Store::keeps_audit()).
+/// KeyManager passes one to each of Store's `*_audited` writes.
+///
+/// Thread-safety: used by the one call it is passed to, on that call's thread.
+/// Ownership: borrowed for the duration of that call; the events it returns are the
+/// store's.
+class APIKEYS_EXPORT ChangeAudit {
+ public:
+  ChangeAudit() = default;
+  ChangeAudit(const ChangeAudit&) = delete;
+  ChangeAudit& operator=(const ChangeAudit&) = delete;
+  virtual ~ChangeAudit();
+
+  /// The event recording that one key went from `before` to `after`, as the store is
+  /// about to commit it: `before` is nullptr for a key the change creates, `after` is
+  /// nullptr for a key it deletes. Each KeyInfo carries its lineage's credits as stored
+  /// (refills due need not be applied). nullopt when the change touched nothing worth
+  /// recording. A store calls it once per key its change writes, after it knows both
+  /// states and before it commits, and writes what it returns in the same transaction;
+  /// a store that retries a transaction calls it again for the retry. May throw (no
+  /// memory, a failing CSPRNG): the store then commits nothing.
+  [[nodiscard]] virtual std::optional<AuditEvent> event(const KeyInfo* before,
+                                                        const KeyInfo* after) const = 0;
 };
 
 /// Interface: persistent (or not) storage of key records.
@@ -231,6 +275,59 @@ class APIKEYS_EXPORT Store {
   /// Default: throws Error(not_supported).
   virtual std::optional<KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,
                                                 const CreditsChange& change);
+
+  /// \name The audit trail
+  /// A store that keeps an audit trail writes the events a ChangeAudit builds in the
+  /// same transaction as the change: an event never exists without its change, and a
+  /// change that fails leaves no event. Each `*_audited` write does what the write of
+  /// the same name does, and calls `audit.event(before, after)` for each key it writes.
+  /// Their defaults call that write and never `audit`: a store written before the audit
+  /// trail existed keeps working, and its changes go to observers only.
+  /// @{
+
+  /// True when this store writes audit events with its changes and can read them back
+  /// (audit_events(), prune_audit()). Default: false.
+  [[nodiscard]] virtual bool keeps_audit() const noexcept { return false; }
+
+  /// insert(), and the key's event (before nullptr). Default: insert(record).
+  virtual void insert_audited(const KeyRecord& record, const ChangeAudit& audit);
+
+  /// replace(), and when applied the key's event. Default: replace().
+  virtual WriteResult replace_audited(const Uuid& account_id, const KeyInfo& next,
+                                      std::uint64_t expected_version, const ChangeAudit& audit);
+
+  /// rotate(), and when applied the old key's event, then the successor's (before
+  /// nullptr). Default: rotate().
+  virtual WriteResult rotate_audited(const Uuid& account_id, const KeyInfo& old_next,
+                                     std::uint64_t expected_version, const KeyRecord& successor,
+                                     const ChangeAudit& audit);
+
+  /// remove(), and when a key was deleted its event (after nullptr). Default: remove().
+  virtual std::optional<KeyInfo> remove_audited(const Uuid& account_id, const Uuid& key_id,
+                                                const ChangeAudit& audit);
+
+  /// revoke_all(), and one event per key it revokes. Default: revoke_all().
+  virtual std::vector<KeyInfo> revoke_all_audited(const Uuid& account_id, TimePoint at,
+                                                  const ChangeAudit& audit);
+
+  /// change_credits(), and when the key exists the event of key `key_id` (its before
+  /// and after differ in credits only). Default: change_credits().
+  virtual std::optional<KeyInfo> change_credits_audited(const Uuid& account_id,
+                                                        const Uuid& key_id,
+                                                        const CreditsChange& change,
+                                                        const ChangeAudit& audit);
+
+  /// Up to range.limit of the account's audit events, newest first (time descending,
+  /// then event_id descending), filtered and started as `range` says. Events are
+  /// returned as they were written.
+  /// Default: throws Error(not_supported).
+  [[nodiscard]] virtual std::vector<AuditEvent> audit_events(const Uuid& account_id,
+                                                             const AuditRange& range);
+
+  /// Deletes every audit event (of every account) older than `before`; returns how
+  /// many. Default: throws Error(not_supported).
+  virtual std::uint64_t prune_audit(TimePoint before);
+  /// @}
 
   /// A number that changes whenever any writer, in this process or another, changes or
   /// deletes a key (revoke, delete, replace, rotate, revoke_all; not last use). Validators poll it
