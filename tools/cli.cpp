@@ -3,11 +3,13 @@
 #include "cli.hpp"
 
 #include <fcntl.h>
+#include <pwd.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -443,6 +445,119 @@ apikeys::Uuid parse_uuid(std::string_view text, const char* option) {
   return *id;
 }
 
+// True when `text` is valid UTF-8: no overlong form, no surrogate, nothing above
+// U+10FFFF.
+bool valid_utf8(std::string_view text) noexcept {
+  std::size_t i = 0;
+  while (i < text.size()) {
+    const auto lead = static_cast<unsigned char>(text[i]);
+    if (lead < 0x80) {
+      ++i;
+      continue;
+    }
+    std::size_t len = 0;
+    std::uint32_t cp = 0;
+    if (lead >= 0xC2 && lead <= 0xDF) {
+      len = 2;
+      cp = lead & 0x1Fu;
+    } else if (lead >= 0xE0 && lead <= 0xEF) {
+      len = 3;
+      cp = lead & 0x0Fu;
+    } else if (lead >= 0xF0 && lead <= 0xF4) {
+      len = 4;
+      cp = lead & 0x07u;
+    } else {
+      return false;
+    }
+    if (text.size() - i < len) return false;
+    for (std::size_t k = 1; k < len; ++k) {
+      const auto b = static_cast<unsigned char>(text[i + k]);
+      if ((b & 0xC0u) != 0x80u) return false;
+      cp = (cp << 6) | (b & 0x3Fu);
+    }
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
+        (len == 4 && (cp < 0x10000 || cp > 0x10FFFF))) {
+      return false;
+    }
+    i += len;
+  }
+  return true;
+}
+
+// True when `text` holds a C0 control character, DEL, or (in UTF-8) a C1 control
+// character, U+0080 to U+009F.
+bool has_control(std::string_view text) noexcept {
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x20 || c == 0x7F) return true;
+    if (c == 0xC2 && i + 1 < text.size()) {
+      const auto next = static_cast<unsigned char>(text[i + 1]);
+      if (next >= 0x80 && next <= 0x9F) return true;
+    }
+  }
+  return false;
+}
+
+// Checks a value bound for the audit trail by the rules KeyManager applies to a
+// ChangeContext (observer.hpp): at most `max_bytes` bytes of UTF-8 without control
+// characters, and (as for a title) no secret key. Checked here, before the database is
+// opened, so that a refused value writes nothing, not even a new database file. The
+// message names `option`, never the value.
+void check_audit_text(std::string_view text, const std::string& option, std::size_t max_bytes) {
+  if (text.size() > max_bytes) {
+    throw UsageError(option + " must be at most " + std::to_string(max_bytes) + " bytes");
+  }
+  if (!valid_utf8(text) || has_control(text)) {
+    throw UsageError(option + " must be valid UTF-8 without control characters");
+  }
+  refuse_secret(text, option.c_str(), {});
+}
+
+// True when `id` may stand as the default actor's id: what check_audit_text accepts, and
+// not empty.
+bool fit_actor_id(std::string_view id) noexcept {
+  return !id.empty() && id.size() <= apikeys::Actor::kMaxActorIdLength && valid_utf8(id) &&
+         !has_control(id) && !holds_secret_key(id);
+}
+
+// The name of the user running the command: the login name of the session
+// (getlogin_r), else USER or LOGNAME, else the name of the effective uid; "unknown"
+// when none of them gives a name fit to be an actor id.
+std::string login_name() {
+  std::array<char, 257> login{};  // LOGIN_NAME_MAX (256) and the NUL
+  if (::getlogin_r(login.data(), login.size()) == 0 && fit_actor_id(login.data())) {
+    return login.data();
+  }
+  for (const char* variable : {"USER", "LOGNAME"}) {
+    const char* value = std::getenv(variable);
+    if (value != nullptr && fit_actor_id(value)) return value;
+  }
+  const long hint = ::sysconf(_SC_GETPW_R_SIZE_MAX);
+  std::vector<char> buffer(hint > 0 ? static_cast<std::size_t>(hint) : std::size_t{16384});
+  constexpr std::size_t kMaxBuffer = std::size_t{1} << 20;
+  for (;;) {
+    passwd entry{};
+    passwd* found = nullptr;
+    const int rc = ::getpwuid_r(::geteuid(), &entry, buffer.data(), buffer.size(), &found);
+    if (rc == ERANGE && buffer.size() < kMaxBuffer) {
+      buffer.resize(buffer.size() * 2);
+      continue;
+    }
+    if (rc == 0 && found != nullptr && found->pw_name != nullptr && fit_actor_id(found->pw_name)) {
+      return found->pw_name;
+    }
+    return "unknown";
+  }
+}
+
+std::optional<apikeys::ActorType> parse_actor_type(std::string_view name) noexcept {
+  for (const apikeys::ActorType type :
+       {apikeys::ActorType::user, apikeys::ActorType::service, apikeys::ActorType::system}) {
+    if (name == apikeys::to_string(type)) return type;
+  }
+  return std::nullopt;
+}
+
 Json time_or_null(const std::optional<apikeys::TimePoint>& t) {
   return t ? Json(apikeys::format_utc(*t)) : Json(nullptr);
 }
@@ -578,6 +693,8 @@ struct Parsed {
   std::string credits_set;  // credits: --set N
   std::string credits_add;  // credits: --add N (may be negative)
   std::string cost;         // verify: --cost N
+  std::string actor;        // the commands that change keys: TYPE:ID
+  std::string reason;       // the commands that change keys: why
 };
 
 // Which options were given, as the parser saw them.
@@ -601,6 +718,7 @@ struct Given {
   bool credits_set = false;
   bool credits_add = false;
   bool cost = false;
+  bool actor = false;
 };
 
 // What the commands use: Parsed with each placeholder replaced by its real value. Views
@@ -643,6 +761,8 @@ struct Options {
         credits_set(cmd.resolve(p.credits_set)),
         credits_add(cmd.resolve(p.credits_add)),
         cost(cmd.resolve(p.cost)),
+        actor(cmd.resolve(p.actor)),
+        reason(cmd.resolve(p.reason)),
         given(g) {
     scopes.reserve(p.scopes.size());
     for (const std::string& s : p.scopes) scopes.push_back(cmd.resolve(s));
@@ -691,11 +811,40 @@ struct Options {
   std::string_view credits_set;
   std::string_view credits_add;
   std::string_view cost;
+  std::string_view actor;
+  std::string_view reason;
   Given given;
   // The format keys are issued in and checked against first: set from --brand or
   // APIKEYS_BRAND before a command runs; nothing for the default format.
   std::optional<apikeys::KeyFormat> format;
 };
+
+// Who makes a change and why, for the audit trail: --actor TYPE:ID (split at the first
+// ':'), else the user running the command; --reason. Checked before anything is read or
+// written; the pepper is looked for in both once it is loaded (open_manager).
+apikeys::ChangeContext change_context(const Options& o) {
+  apikeys::ChangeContext context;
+  if (o.given.actor) {
+    const auto colon = o.actor.find(':');
+    const std::optional<apikeys::ActorType> type =
+        colon == std::string_view::npos ? std::nullopt : parse_actor_type(o.actor.substr(0, colon));
+    if (!type || colon + 1 == o.actor.size()) {
+      throw UsageError(
+          "--actor must be TYPE:ID, TYPE being user, service or system and ID not empty, "
+          "e.g. service:billing-sync");
+    }
+    const std::string_view id = o.actor.substr(colon + 1);
+    check_audit_text(id, "--actor's ID", apikeys::Actor::kMaxActorIdLength);
+    context.actor.type = *type;
+    context.actor.id = std::string(id);
+  } else {
+    context.actor.type = apikeys::ActorType::user;
+    context.actor.id = login_name();
+  }
+  check_audit_text(o.reason, "--reason", apikeys::ChangeContext::kMaxReasonLength);
+  context.reason = std::string(o.reason);
+  return context;
+}
 
 // True when --db names a PostgreSQL server (a libpq URI) rather than a SQLite file.
 bool is_postgres_url(std::string_view db) noexcept {
@@ -995,6 +1144,9 @@ std::shared_ptr<apikeys::HmacSha256Hasher> make_hasher(const Options& o, const P
 
 Manager open_manager(const Options& o, const Pepper& pepper, bool may_create_db) {
   refuse_secret(o.db, "--db", pepper.hex.reveal());
+  // Kept in the audit trail.
+  refuse_secret(o.actor, "--actor", pepper.hex.reveal());
+  refuse_secret(o.reason, "--reason", pepper.hex.reveal());
   std::shared_ptr<apikeys::HmacSha256Hasher> hasher = make_hasher(o, pepper);
   // Defaults: no cache (one-shot process), last use recorded by the Validator's
   // background writer and flushed when the KeyManager is destroyed, before exit (with
@@ -1134,6 +1286,7 @@ int no_such_key(const apikeys::Uuid& account, const apikeys::Uuid& key_id) {
 int cmd_create(const Options& o) {
   const apikeys::Uuid account = parse_uuid(o.account, "--account");
   const AdmissionChanges admission = admission_changes(o, /*create=*/true);
+  const apikeys::ChangeContext context = change_context(o);
   check_db(o, /*may_create_db=*/true);
   const Pepper pepper = load_pepper(o.pepper_file);
   refuse_text_secrets(o, pepper);
@@ -1155,7 +1308,7 @@ int cmd_create(const Options& o) {
   request = apikeys::normalize_request(request);
 
   auto manager = open_manager(o, pepper, /*may_create_db=*/true);
-  const apikeys::CreatedKey created = manager->create(account, request);
+  const apikeys::CreatedKey created = manager->create(account, request, context);
   if (!emit_with_secret(dump(key_json(created.info, true)), created.secret_key.reveal(), 2)) {
     std::cerr << "apikeys: key " << created.info.key_id.to_string()
               << " was created but its secret could not be written to stdout; revoke it\n";
@@ -1206,6 +1359,7 @@ int cmd_key(const Options& o, KeyCommand command) {
   const apikeys::Uuid key_id = parse_uuid(o.key_id, "--key-id");
   apikeys::KeyUpdate update;
   AdmissionChanges admission;
+  apikeys::ChangeContext context;
   if (command == KeyCommand::update) {
     const Given& g = o.given;
     admission = admission_changes(o, /*create=*/false);
@@ -1222,6 +1376,7 @@ int cmd_key(const Options& o, KeyCommand command) {
           parse_number(o.expected_version, "--expected-version", 1, UINT64_MAX);
     }
   }
+  if (command != KeyCommand::get) context = change_context(o);
   check_db(o, false);
   const Pepper pepper = load_pepper(o.pepper_file);
   if (command == KeyCommand::update) {
@@ -1259,11 +1414,11 @@ int cmd_key(const Options& o, KeyCommand command) {
                        "give --credits N with it\n";
           return kExitConflict;
         }
-        k = manager->update(account, key_id, update);
+        k = manager->update(account, key_id, update, context);
         break;
-      case KeyCommand::disable: k = manager->disable(account, key_id); break;
-      case KeyCommand::enable: k = manager->enable(account, key_id); break;
-      case KeyCommand::revoke: k = manager->revoke(account, key_id); break;
+      case KeyCommand::disable: k = manager->disable(account, key_id, context); break;
+      case KeyCommand::enable: k = manager->enable(account, key_id, context); break;
+      case KeyCommand::revoke: k = manager->revoke(account, key_id, context); break;
     }
   } catch (const apikeys::Error& e) {
     if (e.code() != apikeys::ErrorCode::not_found) throw;
@@ -1275,11 +1430,12 @@ int cmd_key(const Options& o, KeyCommand command) {
 int cmd_delete(const Options& o) {
   const apikeys::Uuid account = parse_uuid(o.account, "--account");
   const apikeys::Uuid key_id = parse_uuid(o.key_id, "--key-id");
+  const apikeys::ChangeContext context = change_context(o);
   check_db(o, false);
   auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/false);
   Json out;
   try {
-    const apikeys::KeyInfo k = manager->remove(account, key_id);
+    const apikeys::KeyInfo k = manager->remove(account, key_id, context);
     out["key_id"] = k.key_id.to_string();
     out["deleted"] = true;
   } catch (const apikeys::Error& e) {
@@ -1298,11 +1454,12 @@ int cmd_rotate(const Options& o) {
     request.grace = std::chrono::seconds(
         static_cast<std::int64_t>(parse_number(o.grace_seconds, "--grace-seconds", 0, max)));
   }
+  const apikeys::ChangeContext context = change_context(o);
   check_db(o, false);
   auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/false);
   apikeys::CreatedKey created;
   try {
-    created = manager->rotate(account, key_id, request);
+    created = manager->rotate(account, key_id, request, context);
   } catch (const apikeys::Error& e) {
     if (e.code() != apikeys::ErrorCode::not_found) throw;
     return no_such_key(account, key_id);
@@ -1327,10 +1484,11 @@ int cmd_rotate(const Options& o) {
 
 int cmd_revoke_all(const Options& o) {
   const apikeys::Uuid account = parse_uuid(o.account, "--account");
+  const apikeys::ChangeContext context = change_context(o);
   check_db(o, false);
   auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/false);
   Json out;
-  out["revoked"] = manager->revoke_all(account);
+  out["revoked"] = manager->revoke_all(account, context);
   return manager.finish(emit(dump(out)) ? kExitOk : kExitFailure);
 }
 
@@ -1358,12 +1516,13 @@ int cmd_credits(const Options& o) {
     }
     add = negative ? -static_cast<std::int64_t>(n) : static_cast<std::int64_t>(n);
   }
+  const apikeys::ChangeContext context = change_context(o);
   check_db(o, false);
   auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/false);
   apikeys::KeyInfo k;
   try {
-    k = o.given.credits_set ? manager->set_credits(account, key_id, set)
-                            : manager->add_credits(account, key_id, add);
+    k = o.given.credits_set ? manager->set_credits(account, key_id, set, context)
+                            : manager->add_credits(account, key_id, add, context);
   } catch (const apikeys::Error& e) {
     if (e.code() == apikeys::ErrorCode::not_found) return no_such_key(account, key_id);
     if (e.code() != apikeys::ErrorCode::conflict || o.given.credits_set) throw;
@@ -1463,6 +1622,7 @@ int cmd_import(const Options& o) {
         "API_KEY_SECRET: its digests were made with it, and without it no imported key "
         "could be verified");
   }
+  const apikeys::ChangeContext context = change_context(o);
   check_db(o, /*may_create_db=*/true);
   const bool from_stdin = o.import_file == "-";
   // The rows hold digests: the file is read through a buffer of ours, wiped at the end.
@@ -1477,7 +1637,7 @@ int cmd_import(const Options& o) {
   }
   std::istream& in = from_stdin ? std::cin : file;
   auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/true);
-  const apikeys::ImportReport report = manager->import_keys(in, options);
+  const apikeys::ImportReport report = manager->import_keys(in, options, context);
   Json out;
   out["imported"] = report.imported;
   out["skipped"] = report.skipped;
@@ -1798,6 +1958,21 @@ int run_command(int argc, char** argv) {
         ->option_text("UUID")
         ->required();
   };
+  // Who makes a change, and why: on every command that changes keys. The --actor options,
+  // to tell `--actor ""` (refused) from no --actor (the user running the command).
+  std::vector<CLI::Option*> actor_options;
+  const auto add_change_context = [&p, &actor_options](CLI::App* command) {
+    actor_options.push_back(
+        command
+            ->add_option("--actor", p.actor,
+                         "Who makes the change, for the audit trail: TYPE is user, service or "
+                         "system (default: user:LOGIN, the user running the command)")
+            ->option_text("TYPE:ID"));
+    command
+        ->add_option("--reason", p.reason,
+                     "Why, for the audit trail (up to 1024 bytes; no control characters)")
+        ->option_text("TEXT");
+  };
   // Each --scope takes one value; repeat it for more.
   const auto add_scopes = [&p](CLI::App* command, const char* help) {
     return command->add_option("--scope", p.scopes, help)
@@ -1829,6 +2004,7 @@ int run_command(int argc, char** argv) {
   CLI::Option* create_scopes =
       add_scopes(create, "A scope the key grants (repeat for more), e.g. invoices:read");
   const AdmissionOptions create_admission = add_admission(create, /*update=*/false);
+  add_change_context(create);
 
   CLI::App* list =
       app.add_subcommand("list", "List an account's keys, newest first (never secrets)");
@@ -1877,15 +2053,18 @@ int run_command(int argc, char** argv) {
           ->add_option("--expected-version", p.expected_version,
                        "Change the key only if its version is still V (else exit 5)")
           ->option_text("V");
+  add_change_context(update);
 
   CLI::App* disable =
       app.add_subcommand("disable", "Switch a key off until `enable` (prints the key)");
   add_account(disable);
   add_key_id(disable);
+  add_change_context(disable);
 
   CLI::App* enable = app.add_subcommand("enable", "Switch a disabled key back on (prints the key)");
   add_account(enable);
   add_key_id(enable);
+  add_change_context(enable);
 
   CLI::App* rotate = app.add_subcommand(
       "rotate", "Replace a key with a new one (secret shown once); the old one expires");
@@ -1895,18 +2074,22 @@ int run_command(int argc, char** argv) {
                            ->add_option("--grace-seconds", p.grace_seconds,
                                         "How long the old key keeps working, 0-604800 (default: 0)")
                            ->option_text("N");
+  add_change_context(rotate);
 
   CLI::App* revoke = app.add_subcommand("revoke", "Revoke a key: it is rejected from then on");
   add_account(revoke);
   add_key_id(revoke);
+  add_change_context(revoke);
 
   CLI::App* revoke_all =
       app.add_subcommand("revoke-all", "Revoke every key of an account; prints how many");
   add_account(revoke_all);
+  add_change_context(revoke_all);
 
   CLI::App* remove = app.add_subcommand("delete", "Delete a key permanently");
   add_account(remove);
   add_key_id(remove);
+  add_change_context(remove);
 
   CLI::App* verify = app.add_subcommand(
       "verify",
@@ -1937,6 +2120,7 @@ int run_command(int argc, char** argv) {
                        "Add N (negative: take away); the balance stays within 0 to 2^53")
           ->option_text("N");
   credits_set->excludes(credits_add);
+  add_change_context(credits);
 
   CLI::App* import_keys =
       app.add_subcommand("import",
@@ -1949,6 +2133,7 @@ int run_command(int argc, char** argv) {
   import_keys
       ->add_option("--format", p.import_format, "The export's format (default: by its extension)")
       ->option_text("jsonl|csv");
+  add_change_context(import_keys);
 
   CLI::App* peppers = app.add_subcommand(
       "peppers", "Count the keys under each pepper id, with its role (current, legacy, ...)");
@@ -1995,6 +2180,8 @@ int run_command(int argc, char** argv) {
   given.credits_set = credits_set->count() > 0;
   given.credits_add = credits_add->count() > 0;
   given.cost = verify_cost->count() > 0;
+  given.actor = std::any_of(actor_options.begin(), actor_options.end(),
+                            [](const CLI::Option* a) { return a->count() > 0; });
   Options o(p, given, cmd);
   const std::string_view db_password = url_password(o.db);
 

@@ -2312,4 +2312,79 @@ TEST_CASE("cli: verify reports limits and credits: refusals exit 1", "[cli]") {
   CHECK_FALSE(contains(r.out + r.err, created.at("secret_key").get<std::string>()));
 }
 
+TEST_CASE("cli: a malformed --actor or a refused --reason exits 2 and writes nothing", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const std::string sk = "sk_abcdefghijklmnopqrstuvwxyz012345";
+  const std::vector<std::vector<std::string>> refused{
+      {"--actor", "alice"},        // no TYPE:
+      {"--actor", "admin:alice"},  // not a type
+      {"--actor", ":alice"},       // no type
+      {"--actor", "user:"},        // no id
+      {"--actor", ""},             // nothing
+      {"--actor", "User:alice"},   // types are lower case
+      {"--actor", "user:" + std::string(257, 'a')},
+      {"--actor", "user:al\x01ice"},
+      {"--actor", "user:\xff\xfe"},
+      {"--actor", "service:" + sk},
+      {"--actor", "service:" + kPepperHex},
+      {"--reason", std::string(1025, 'r')},
+      {"--reason", "line one\nline two"},
+      {"--reason", "bell\x07"},
+      {"--reason", "c1 \xc2\x85 control"},
+      {"--reason", "bad \xc0\xaf utf-8"},
+      {"--reason", "leaked " + sk},
+      {"--reason", "pepper " + kPepperHex},
+  };
+  // create: not even the database file is made.
+  for (const std::vector<std::string>& extra : refused) {
+    INFO(extra[0] << " (" << extra[1].size() << " bytes)");
+    const Run r =
+        run_cli(plus({"--db", db, "create", "--account", kAccount, "--title", "t"}, extra));
+    CHECK(r.code == 2);
+    CHECK(r.out.empty());
+    CHECK(contains(r.err, extra[0]));
+    CHECK_FALSE(contains(r.err, sk.substr(3)));
+    CHECK_FALSE(contains(r.err, kPepperHex));
+    CHECK_FALSE(fs::exists(db));
+  }
+  // Every other command that changes keys: the key is left as it was.
+  const Json created = create_key(db, kAccount, {"--credits", "10"});
+  const std::string key_id = created.at("key_id").get<std::string>();
+  const std::vector<std::vector<std::string>> commands{
+      plus(key_args(db, "update", key_id), {"--title", "changed"}),
+      key_args(db, "disable", key_id),
+      key_args(db, "revoke", key_id),
+      key_args(db, "rotate", key_id),
+      key_args(db, "delete", key_id),
+      plus(key_args(db, "credits", key_id), {"--set", "5"}),
+      {"--db", db, "revoke-all", "--account", kAccount},
+  };
+  for (const std::vector<std::string>& command : commands) {
+    for (const std::vector<std::string>& extra :
+         {refused[0], refused[3], refused[11], refused[13]}) {
+      INFO(command[2] << " " << extra[0]);
+      const Run r = run_cli(plus(command, extra));
+      CHECK(r.code == 2);
+      CHECK(r.out.empty());
+      CHECK(contains(r.err, extra[0]));
+    }
+  }
+  const Json k = run_json(key_args(db, "get", key_id));
+  CHECK(k.at("title") == "CI key");
+  CHECK(k.at("status") == "active");
+  CHECK(k.at("version") == 1);
+  CHECK(k.at("rotated_to").is_null());
+  CHECK(k.at("credits").at("remaining") == 10);
+  // import, before the file is read.
+  const std::string legacy = dir.file("legacy-pepper");
+  std::ofstream(legacy) << "legacy secret of the python service\n";
+  const std::string rows = dir.file("rows.jsonl");
+  std::ofstream(rows) << "";
+  const Run r =
+      run_cli({"--db", db, "--legacy-pepper-file", legacy, "import", rows, "--actor", "nobody"});
+  CHECK(r.code == 2);
+  CHECK(contains(r.err, "--actor"));
+}
+
 #endif  // APIKEYS_CLI_PATH
