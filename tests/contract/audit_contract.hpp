@@ -408,8 +408,8 @@ inline void run_audit_contract(const StoreFactory& make, bool keeps_audit = true
     for (int t = 0; t <= static_cast<int>(apikeys::kLastActorType); ++t) {
       apikeys::ChangeContext c;
       c.actor.type = static_cast<apikeys::ActorType>(t);
-      RecordingAudit more(at(600 + t), static_cast<AuditAction>(static_cast<int>(
-                                            apikeys::kLastAuditAction) - t),
+      RecordingAudit more(at(600 + t),
+                          static_cast<AuditAction>(static_cast<int>(apikeys::kLastAuditAction) - t),
                           c);
       store->insert_audited(record(10 + static_cast<std::uint32_t>(t), alice), more);
       const auto got = all_events(*store, alice);
@@ -594,8 +594,7 @@ inline void run_audit_contract(const StoreFactory& make, bool keeps_audit = true
           WriteOutcome::conflict);
     CHECK(store->replace_audited(alice, next, key.version - 1, audit).outcome ==
           WriteOutcome::conflict);
-    CHECK(store->replace_audited(bob, next, key.version, audit).outcome ==
-          WriteOutcome::not_found);
+    CHECK(store->replace_audited(bob, next, key.version, audit).outcome == WriteOutcome::not_found);
     KeyInfo unknown = next;
     unknown.key_id = key_id(99);
     CHECK(store->replace_audited(alice, unknown, 1, audit).outcome == WriteOutcome::not_found);
@@ -832,8 +831,8 @@ inline void run_audit_contract(const StoreFactory& make, bool keeps_audit = true
       rest.after = apikeys::AuditPosition{ordered[i].time, ordered[i].event_id};
       rest.limit = 1001;
       check_same_events(store->audit_events(alice, rest),
-                        std::vector<AuditEvent>(ordered.begin() + static_cast<std::ptrdiff_t>(i) + 1,
-                                                ordered.end()));
+                        std::vector<AuditEvent>(
+                            ordered.begin() + static_cast<std::ptrdiff_t>(i) + 1, ordered.end()));
     }
     AuditRange key_after;
     key_after.key_id = key_id(1);
@@ -913,8 +912,8 @@ inline void run_audit_contract(const StoreFactory& make, bool keeps_audit = true
         ++ready;
         while (ready.load() < kThreads) std::this_thread::yield();
         try {
-          const WriteResult w =
-              store->replace_audited(alice, next, key.version, *audits[static_cast<std::size_t>(t)]);
+          const WriteResult w = store->replace_audited(alice, next, key.version,
+                                                       *audits[static_cast<std::size_t>(t)]);
           if (w.outcome == WriteOutcome::applied) ++applied;
           if (w.outcome == WriteOutcome::conflict) ++conflicts;
         } catch (...) {
