@@ -32,7 +32,8 @@ struct MemoryStoreOptions {
 /// A Store in process memory, bounded in keys and in audit events. revision() stays 0:
 /// nothing outside this process can change it. It keeps an audit trail (keeps_audit()):
 /// each `*_audited` write builds its events before it changes anything, under the
-/// store's lock, so an audit that throws leaves the store as it was.
+/// store's lock, so an audit that throws leaves the store as it was. The ChangeAudit
+/// runs under that lock: it must not call the store.
 class APIKEYS_EXPORT MemoryStore final : public Store {
  public:
   /// `max_keys` bounds memory: insert() throws Error(storage) beyond it.
