@@ -558,6 +558,95 @@ std::optional<apikeys::ActorType> parse_actor_type(std::string_view name) noexce
   return std::nullopt;
 }
 
+// Reads `n` decimal digits of `text` at `pos` into `out`, moving `pos` past them.
+bool take_digits(std::string_view text, std::size_t& pos, std::size_t n, int& out) noexcept {
+  if (text.size() - pos < n) return false;
+  out = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const char c = text[pos + i];
+    if (c < '0' || c > '9') return false;
+    out = out * 10 + (c - '0');
+  }
+  pos += n;
+  return true;
+}
+
+// Days from 1970-01-01 to the date (proleptic Gregorian; Howard Hinnant's
+// days_from_civil).
+std::int64_t days_from_civil(std::int64_t y, unsigned m, unsigned d) noexcept {
+  y -= m <= 2 ? 1 : 0;
+  const std::int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const auto yoe = static_cast<unsigned>(y - era * 400);
+  const unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + static_cast<std::int64_t>(doe) - 719468;
+}
+
+// An RFC 3339 time (--since, --before): "2026-11-25T05:59:32.123Z", as every command
+// prints times, or with an offset ("2026-11-25T07:59:32+02:00"); 'T' and 'Z' in either
+// case; a fraction of 1 to 9 digits, rounded up to the millisecond, the precision the
+// audit trail keeps (so "at or after" and "before" mean what they say of every stored
+// time). The message names the option, never the value.
+apikeys::TimePoint parse_time(std::string_view text, const char* option) {
+  const auto bad = [option] {
+    return UsageError(std::string(option) +
+                      " must be an RFC 3339 time, e.g. 2026-11-25T05:59:32.123Z or "
+                      "2026-11-25T07:59:32+02:00");
+  };
+  std::size_t pos = 0;
+  int year = 0, month = 0, day = 0, hour = 0, minute = 0, second = 0;
+  const auto expect = [&](char lower, char upper) {
+    if (pos >= text.size() || (text[pos] != lower && text[pos] != upper)) return false;
+    ++pos;
+    return true;
+  };
+  if (!take_digits(text, pos, 4, year) || !expect('-', '-') || !take_digits(text, pos, 2, month) ||
+      !expect('-', '-') || !take_digits(text, pos, 2, day) || !expect('t', 'T') ||
+      !take_digits(text, pos, 2, hour) || !expect(':', ':') || !take_digits(text, pos, 2, minute) ||
+      !expect(':', ':') || !take_digits(text, pos, 2, second)) {
+    throw bad();
+  }
+  std::int64_t millis = 0;
+  if (expect('.', '.')) {
+    std::size_t digits = 0;
+    bool rest = false;  // a non-zero digit below the millisecond
+    for (; pos < text.size() && text[pos] >= '0' && text[pos] <= '9'; ++pos, ++digits) {
+      if (digits < 3) {
+        millis = millis * 10 + (text[pos] - '0');
+      } else if (text[pos] != '0') {
+        rest = true;
+      }
+    }
+    if (digits == 0 || digits > 9) throw bad();
+    for (std::size_t d = digits; d < 3; ++d) millis *= 10;
+    if (rest) ++millis;
+  }
+  int offset_seconds = 0;
+  if (!expect('z', 'Z')) {
+    if (pos >= text.size() || (text[pos] != '+' && text[pos] != '-')) throw bad();
+    const int sign = text[pos] == '-' ? -1 : 1;
+    ++pos;
+    int offset_hours = 0, offset_minutes = 0;
+    if (!take_digits(text, pos, 2, offset_hours) || !expect(':', ':') ||
+        !take_digits(text, pos, 2, offset_minutes) || offset_hours > 23 || offset_minutes > 59) {
+      throw bad();
+    }
+    offset_seconds = sign * (offset_hours * 3600 + offset_minutes * 60);
+  }
+  if (pos != text.size()) throw bad();
+  constexpr std::array<int, 12> kDays{31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  const bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+  if (year < 1 || month < 1 || month > 12 || day < 1 ||
+      day > kDays[static_cast<std::size_t>(month - 1)] + (month == 2 && leap ? 1 : 0) ||
+      hour > 23 || minute > 59 || second > 59) {
+    throw bad();
+  }
+  const std::int64_t seconds =
+      days_from_civil(year, static_cast<unsigned>(month), static_cast<unsigned>(day)) * 86400 +
+      std::int64_t{hour} * 3600 + std::int64_t{minute} * 60 + second - offset_seconds;
+  return apikeys::from_unix_millis(seconds * 1000 + millis);  // years 1-9999: no overflow
+}
+
 Json time_or_null(const std::optional<apikeys::TimePoint>& t) {
   return t ? Json(apikeys::format_utc(*t)) : Json(nullptr);
 }
@@ -695,6 +784,8 @@ struct Parsed {
   std::string cost;         // verify: --cost N
   std::string actor;        // the commands that change keys: TYPE:ID
   std::string reason;       // the commands that change keys: why
+  std::string since;        // audit: --since TIME
+  std::string before;       // audit-prune: --before TIME
 };
 
 // Which options were given, as the parser saw them.
@@ -719,6 +810,8 @@ struct Given {
   bool credits_add = false;
   bool cost = false;
   bool actor = false;
+  bool key_id = false;  // audit's --key-id, which is optional there
+  bool since = false;
 };
 
 // What the commands use: Parsed with each placeholder replaced by its real value. Views
@@ -763,6 +856,8 @@ struct Options {
         cost(cmd.resolve(p.cost)),
         actor(cmd.resolve(p.actor)),
         reason(cmd.resolve(p.reason)),
+        since(cmd.resolve(p.since)),
+        before(cmd.resolve(p.before)),
         given(g) {
     scopes.reserve(p.scopes.size());
     for (const std::string& s : p.scopes) scopes.push_back(cmd.resolve(s));
@@ -813,6 +908,8 @@ struct Options {
   std::string_view cost;
   std::string_view actor;
   std::string_view reason;
+  std::string_view since;
+  std::string_view before;
   Given given;
   // The format keys are issued in and checked against first: set from --brand or
   // APIKEYS_BRAND before a command runs; nothing for the default format.
@@ -1180,24 +1277,31 @@ Manager open_manager(const Options& o, const Pepper& pepper, bool may_create_db)
   return manager;
 }
 
-// A key's metadata, printed exactly as stored: parsing and dumping it again would change
-// numbers (a 30-digit integer, -0, 1E2). metadata_json() puts a marker string in its
-// place, holding the stored text in hex; dump() splices the text over the marker. No
-// other printed string can hold the marker's control characters (titles and
-// descriptions refuse them). {} when the key has none; null, with a warning on stderr,
-// for a stored value that is not a JSON object (the library never writes one; throwing
-// here would lose a rotated key's new secret).
+// A key's metadata, and an audit event's before and after (which may hold it), printed
+// exactly as stored: parsing and dumping them again would change numbers (a 30-digit
+// integer, -0, 1E2). embedded_object() puts a marker string in their place, holding the
+// stored text in hex; dump() splices the text over the marker. No other printed string
+// can hold the marker's control characters (titles, descriptions, actors and reasons
+// refuse them). {} when a key has no metadata; null, with a warning on stderr, for a
+// stored value that is not a JSON object (the library never writes one; throwing here
+// would lose a rotated key's new secret).
+
+// `text`, a JSON object, to be printed exactly as it is (see above); `what` names it in
+// the warning for text that is not one.
+Json embedded_object(const std::string& text, const char* what) {
+  const std::size_t first = text.find_first_not_of(" \t\r\n");
+  const bool object = first != std::string::npos && text[first] == '{' &&
+                      text.find('\0') == std::string::npos && Json::accept(text);
+  if (!object) {
+    std::cerr << "apikeys: warning: " << what << " is not a JSON object; shown as null\n";
+    return Json(nullptr);
+  }
+  return Json("\x01metadata:" + apikeys::detail::hex_encode(text) + "\x01");
+}
 
 Json metadata_json(const std::string& metadata) {
   if (metadata.empty()) return Json::object();
-  const std::size_t first = metadata.find_first_not_of(" \t\r\n");
-  const bool object = first != std::string::npos && metadata[first] == '{' &&
-                      metadata.find('\0') == std::string::npos && Json::accept(metadata);
-  if (!object) {
-    std::cerr << "apikeys: warning: a stored key's metadata is not a JSON object; shown as null\n";
-    return Json(nullptr);
-  }
-  return Json("\x01metadata:" + apikeys::detail::hex_encode(metadata) + "\x01");
+  return embedded_object(metadata, "a stored key's metadata");
 }
 
 Json uuid_or_null(const std::optional<apikeys::Uuid>& id) {
@@ -1658,6 +1762,56 @@ int cmd_import(const Options& o) {
   return manager.finish(report.rejected == 0 ? kExitOk : kExitSomeRejected);
 }
 
+// One audit event as `audit` prints it; before and after as they are stored.
+Json audit_event_json(const apikeys::AuditEvent& e) {
+  Json j;
+  j["event_id"] = e.event_id.to_string();
+  j["time"] = apikeys::format_utc(e.time);
+  j["action"] = apikeys::to_string(e.action);
+  Json actor;
+  actor["type"] = apikeys::to_string(e.context.actor.type);
+  actor["id"] = e.context.actor.id;
+  actor["detail"] = e.context.actor.detail;
+  j["actor"] = std::move(actor);
+  j["reason"] = e.context.reason;
+  j["account_id"] = e.account_id.to_string();
+  j["key_id"] = e.key_id.is_nil() ? Json(nullptr) : Json(e.key_id.to_string());
+  j["before"] = embedded_object(e.before, "an audit event's before");
+  j["after"] = embedded_object(e.after, "an audit event's after");
+  return j;
+}
+
+// `audit`: one page of the account's audit events, newest first.
+int cmd_audit(const Options& o) {
+  const apikeys::Uuid account = parse_uuid(o.account, "--account");
+  apikeys::AuditQuery query;
+  if (o.given.key_id) query.key_id = parse_uuid(o.key_id, "--key-id");
+  if (o.given.since) query.since = parse_time(o.since, "--since");
+  if (o.given.limit) {
+    query.limit = static_cast<std::size_t>(
+        parse_number(o.limit, "--limit", 1, apikeys::AuditQuery::kMaxLimit));
+  }
+  query.cursor = std::string(o.cursor);
+  check_db(o, false);
+  auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/false);
+  const apikeys::AuditPage page = manager->audit(account, query);
+  Json out;
+  out["events"] = Json::array();
+  for (const apikeys::AuditEvent& e : page.events) out["events"].push_back(audit_event_json(e));
+  out["next_cursor"] = page.next_cursor ? Json(*page.next_cursor) : Json(nullptr);
+  return emit(dump(out)) ? kExitOk : kExitFailure;
+}
+
+// `audit-prune`: deletes the audit events of every account older than --before.
+int cmd_audit_prune(const Options& o) {
+  const apikeys::TimePoint before = parse_time(o.before, "--before");
+  check_db(o, false);
+  auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/false);
+  Json out;
+  out["deleted"] = manager->prune_audit(before);
+  return emit(dump(out)) ? kExitOk : kExitFailure;
+}
+
 // What a pepper id is to this run: the pepper new digests are made with, the legacy
 // pepper, another pepper the hasher knows, or one it does not know.
 const char* pepper_role(std::uint32_t id, const apikeys::Hasher& hasher) {
@@ -1844,7 +1998,8 @@ int run_command(int argc, char** argv) {
   CLI::App app{
       "Issue, list, change, rotate, revoke, delete and verify API keys stored in a SQLite\n"
       "file or a PostgreSQL database, with their rate limits and credits; import keys from\n"
-      "the Python service; find leaked keys in files (scan). The pepper (HMAC key, at\n"
+      "the Python service; read and prune the audit trail of every change (audit,\n"
+      "audit-prune); find leaked keys in files (scan). The pepper (HMAC key, at\n"
       "least 64 hex characters) comes from the APIKEYS_PEPPER environment variable or\n"
       "--pepper-file; scan needs neither it nor --db. Exit codes: 0 success, 1 key rejected\n"
       "(verify) or found (scan), 2 usage, 3 no such key, 4 storage or internal failure,\n"
@@ -2135,6 +2290,29 @@ int run_command(int argc, char** argv) {
       ->option_text("jsonl|csv");
   add_change_context(import_keys);
 
+  CLI::App* audit = app.add_subcommand(
+      "audit", "Print an account's audit events, newest first, one page at a time");
+  add_account(audit);
+  CLI::Option* audit_key_id =
+      audit->add_option("--key-id", p.key_id, "Only this key's events")->option_text("UUID");
+  CLI::Option* audit_since =
+      audit->add_option("--since", p.since, "Only events at or after this RFC 3339 time")
+          ->option_text("TIME");
+  CLI::Option* audit_limit =
+      audit->add_option("--limit", p.limit, "At most N events (1-1000, default 100)")
+          ->option_text("N");
+  CLI::Option* audit_cursor =
+      audit->add_option("--cursor", p.cursor, "Print the page after this next_cursor")
+          ->option_text("CURSOR");
+
+  CLI::App* audit_prune = app.add_subcommand(
+      "audit-prune", "Delete the audit events of every account older than a time; prints how many");
+  audit_prune
+      ->add_option("--before", p.before,
+                   "Delete the events before this RFC 3339 time, e.g. 2026-01-01T00:00:00Z")
+      ->option_text("TIME")
+      ->required();
+
   CLI::App* peppers = app.add_subcommand(
       "peppers", "Count the keys under each pepper id, with its role (current, legacy, ...)");
 
@@ -2162,8 +2340,10 @@ int run_command(int argc, char** argv) {
   given.expires_in_days = create_expires->count() > 0 || update_expires->count() > 0;
   given.expected_version = expected_version->count() > 0;
   given.grace_seconds = grace->count() > 0;
-  given.limit = list_limit->count() > 0;
-  given.cursor = list_cursor->count() > 0;
+  given.limit = list_limit->count() > 0 || audit_limit->count() > 0;
+  given.cursor = list_cursor->count() > 0 || audit_cursor->count() > 0;
+  given.key_id = audit_key_id->count() > 0;
+  given.since = audit_since->count() > 0;
   given.status = list_status->count() > 0;
   const auto given_in = [](const AdmissionOptions& a, const AdmissionOptions& b,
                            CLI::Option* AdmissionOptions::*o) {
@@ -2206,6 +2386,8 @@ int run_command(int argc, char** argv) {
     if (*verify) return cmd_verify(o);
     if (*credits) return cmd_credits(o);
     if (*import_keys) return cmd_import(o);
+    if (*audit) return cmd_audit(o);
+    if (*audit_prune) return cmd_audit_prune(o);
     if (*peppers) return cmd_peppers(o);
     std::cerr << "apikeys: no command given\n";
     return kExitUsage;

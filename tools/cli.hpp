@@ -7,7 +7,8 @@
 // and sets their rate limits and credits, in one SQLite file or a PostgreSQL database (--db
 // postgresql://..., in builds with PostgresStore), optionally erasing changed keys from a shared
 // RedisCache (--redis); it imports keys exported from the reference Python service (import, with
-// its API_KEY_SECRET as --legacy-pepper-file), counts keys per pepper (peppers), and finds leaked
+// its API_KEY_SECRET as --legacy-pepper-file), counts keys per pepper (peppers), prints and prunes
+// the audit trail (audit, audit-prune; each change records --actor and --reason), and finds leaked
 // keys in files (scan, which needs neither database nor pepper). It prints JSON on stdout (scan:
 // one line per key found) and diagnostics on stderr. Exit codes: 0 success / key valid / nothing
 // found, 1 key rejected (verify) or a key found (scan), 2 usage (bad option, value or pepper; scan:

@@ -2387,4 +2387,34 @@ TEST_CASE("cli: a malformed --actor or a refused --reason exits 2 and writes not
   CHECK(contains(r.err, "--actor"));
 }
 
+TEST_CASE("cli: --help lists audit, audit-prune, and --actor and --reason where they apply",
+          "[cli]") {
+  Run r = run_cli({"--help"});
+  CHECK(r.code == 0);
+  CHECK(contains(r.out, "audit"));
+  CHECK(contains(r.out, "audit-prune"));
+  r = run_cli({"audit", "--help"});
+  CHECK(r.code == 0);
+  for (const char* option : {"--account", "--key-id", "--since", "--limit", "--cursor"}) {
+    INFO(option);
+    CHECK(contains(r.out, option));
+  }
+  r = run_cli({"audit-prune", "--help"});
+  CHECK(r.code == 0);
+  CHECK(contains(r.out, "--before"));
+  for (const char* command : {"create", "update", "credits", "disable", "enable", "rotate",
+                              "revoke", "revoke-all", "delete", "import"}) {
+    INFO(command);
+    r = run_cli({command, "--help"});
+    CHECK(r.code == 0);
+    CHECK(contains(r.out, "--actor"));
+    CHECK(contains(r.out, "--reason"));
+  }
+  for (const char* command : {"list", "get", "verify", "peppers", "audit", "audit-prune"}) {
+    INFO(command);
+    r = run_cli({command, "--help"});
+    CHECK_FALSE(contains(r.out, "--actor"));
+  }
+}
+
 #endif  // APIKEYS_CLI_PATH
