@@ -1793,3 +1793,26 @@ TEST_CASE("SqliteStore keeps audit events byte for byte and pages them by an ind
     CHECK(contains(query_plan(path, apikeys::detail::sqlite::kPruneAuditSql), "audit_events_time"));
   }
 }
+
+TEST_CASE("A read-only SqliteStore reads the audit trail and writes none of it",
+          "[store][sqlite][audit]") {
+  TempDir dir;
+  const std::string path = dir.file("audit-ro.db");
+  const apikeys::Uuid alice = account_id(1);
+  {
+    SqliteStore writer(path, fast_options());
+    RecordingAudit audit;
+    writer.insert_audited(record(1, alice), audit);
+  }
+  SqliteStoreOptions options = fast_options();
+  options.read_only = true;
+  SqliteStore store(path, options);
+  CHECK(store.keeps_audit());
+  REQUIRE(store.audit_events(alice, newest()).size() == 1);
+  RecordingAudit audit;
+  CHECK(error_code_of([&] { store.insert_audited(record(2, alice), audit); }) ==
+        ErrorCode::storage);
+  CHECK(error_code_of([&] { (void)store.prune_audit(at(1000)); }) == ErrorCode::storage);
+  CHECK(audit.calls().empty());
+  CHECK(store.audit_events(alice, newest()).size() == 1);
+}
