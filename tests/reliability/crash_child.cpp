@@ -3,10 +3,10 @@
 // one line "public secret key_id account_id\n" written with a single write() (atomic on
 // a pipe). Meanwhile a churn thread creates, revokes and deletes keys it never reports,
 // and validations make the background writer update last_used_at, so a SIGKILL can land
-// in any kind of transaction. An audit thread creates keys of account 3 through the
-// manager, then changes each four times and revokes it through the store's audited
-// writes, each change committing with its audit event; it reports nothing: the parent
-// checks each key against its events. The parent kills it at a random moment.
+// in any kind of transaction. An audit thread creates keys of account 3, updates each
+// four times and revokes it, every call with a ChangeContext, so each change commits
+// with its audit event; it reports nothing: the parent checks each key against its
+// events. The parent kills it at a random moment.
 // Usage: apikeys_crash_child DB DURABLE(0|1)
 #include <sys/prctl.h>
 #include <unistd.h>
@@ -18,10 +18,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
-#include <optional>
 #include <string>
 #include <thread>
-#include <utility>
 #include <vector>
 
 #include "apikeys/apikeys.hpp"
@@ -41,34 +39,6 @@ bool write_all(int fd, const std::string& s) {
   }
   return true;
 }
-
-// The audit thread's events: before and after are {"status":"<status>","version":n}
-// of the key (or {} for none), the fields the parent reads back.
-class CrashAudit final : public apikeys::ChangeAudit {
- public:
-  std::optional<apikeys::AuditEvent> event(const apikeys::KeyInfo* before,
-                                           const apikeys::KeyInfo* after) const override {
-    const apikeys::KeyInfo& key = after != nullptr ? *after : *before;
-    apikeys::AuditEvent e;
-    e.event_id = apikeys::Uuid::random();
-    e.time = apikeys::from_unix_millis(apikeys::to_unix_millis(std::chrono::system_clock::now()));
-    e.action = apikeys::AuditAction::update;
-    e.context.actor = {apikeys::ActorType::service, "crash-child", ""};
-    e.context.reason = "crash test";
-    e.account_id = key.account_id;
-    e.key_id = key.key_id;
-    e.before = state(before);
-    e.after = state(after);
-    return e;
-  }
-
- private:
-  static std::string state(const apikeys::KeyInfo* k) {
-    if (k == nullptr) return "{}";
-    return std::string("{\"status\":\"") + apikeys::to_string(k->status) +
-           "\",\"version\":" + std::to_string(k->version) + "}";
-  }
-};
 
 // Upper bounds, so an orphan never runs for long even if the parent is gone.
 constexpr int kMaxKeysPerThread = 20'000;
@@ -137,26 +107,20 @@ int main(int argc, char** argv) {
     });
     threads.emplace_back([&] {
       try {
-        const CrashAudit audit;
+        apikeys::ChangeContext context;
+        context.actor = {apikeys::ActorType::service, "crash-child", ""};
+        context.reason = "crash test";
         const apikeys::Uuid account = apikeys_test::account_id(3);
         for (int i = 0; i < kMaxKeysPerThread && std::chrono::steady_clock::now() < deadline; ++i) {
-          apikeys::CreatedKey c = manager.create(
-              account, apikeys::CreateRequest{"audited " + std::to_string(i), "", std::nullopt});
-          apikeys::KeyInfo key = c.info;
-          for (int step = 1; step <= 5; ++step) {
-            apikeys::KeyInfo next = key;
-            next.title = "audited " + std::to_string(i) + " step " + std::to_string(step);
-            next.updated_at = apikeys::from_unix_millis(
-                apikeys::to_unix_millis(std::chrono::system_clock::now()));
-            if (step == 5) next.status = apikeys::KeyStatus::revoked;
-            apikeys::WriteResult w = store->replace_audited(account, next, key.version, audit);
-            if (w.outcome != apikeys::WriteOutcome::applied) {
-              std::fprintf(stderr, "crash child: an audited change did not apply\n");
-              ++failed;
-              return;
-            }
-            key = std::move(w.key);
+          const std::string title = "audited " + std::to_string(i);
+          apikeys::CreatedKey c =
+              manager.create(account, apikeys::CreateRequest{title, "", std::nullopt}, context);
+          for (int step = 1; step <= 4; ++step) {
+            apikeys::KeyUpdate update;
+            update.title = title + " step " + std::to_string(step);
+            (void)manager.update(account, c.info.key_id, update, context);
           }
+          (void)manager.revoke(account, c.info.key_id, context);
         }
       } catch (const std::exception& e) {
         std::fprintf(stderr, "crash child: audit: %s\n", e.what());

@@ -122,12 +122,8 @@ class Child {
   std::vector<Reported> lines_;
 };
 
-// The first version of an account-3 key that has an audit event: the child creates each
-// key unaudited, then changes it through the store's audited writes.
-constexpr std::uint64_t kFirstAuditedVersion = 2;
-
 // What is wrong with the audited keys (account 3) and their events: every key must have
-// exactly one event per version from kFirstAuditedVersion up to its own (a change
+// exactly one event per version from 1 (its create) up to its own (a change
 // never commits without its event, an event never without its change), the newest
 // saying the key's status; and every event must belong to a key. Counts the events.
 std::vector<std::string> audit_mismatches(apikeys_test::RawDb& raw, std::size_t* events) {
@@ -166,7 +162,7 @@ std::vector<std::string> audit_mismatches(apikeys_test::RawDb& raw, std::size_t*
     }
     std::sort(got.begin(), got.end());
     std::vector<std::uint64_t> want;
-    for (std::uint64_t v = kFirstAuditedVersion; v <= version; ++v) want.push_back(v);
+    for (std::uint64_t v = 1; v <= version; ++v) want.push_back(v);
     if (got != want) {
       problems.push_back("key " + key + " at version " + std::to_string(version) + " has " +
                          std::to_string(got.size()) + " events for " + std::to_string(want.size()) +
@@ -282,12 +278,20 @@ TEST_CASE("crash: SIGKILL at random moments loses no created key and leaves no h
                                   apikeys_test::account_id(3).to_string() + "'"));
         CHECK(rows == account1 + churn_now + audited_keys);
         // Every audited change committed with its event, and no event without its change.
-        std::size_t events = 0;
-        const auto mismatches = audit_mismatches(raw, &events);
-        for (const auto& m : mismatches) std::cerr << "crash: audit: " << m << "\n";
-        CHECK(mismatches.empty());
-        CHECK(events >= audit_events);  // nothing committed is ever lost
-        audit_events = events;
+        // Killed mid-migration, the file may not have the table yet: then no store opened
+        // it, and there is nothing audited.
+        if (raw.scalar("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name ="
+                       " 'audit_events'") == "1") {
+          std::size_t events = 0;
+          const auto mismatches = audit_mismatches(raw, &events);
+          for (const auto& m : mismatches) std::cerr << "crash: audit: " << m << "\n";
+          CHECK(mismatches.empty());
+          CHECK(events >= audit_events);  // nothing committed is ever lost
+          audit_events = events;
+        } else {
+          CHECK(audited_keys == 0);
+          CHECK(audit_events == 0);
+        }
       } else {
         CHECK(reported.empty());  // nothing was created before the schema existed
       }
