@@ -304,23 +304,7 @@ struct Statements {
         // Every key revoked here takes a revision of its own and a log row, numbered in
         // one statement; rows that would fall out of the log at once are not written, and
         // changes_since() answers nullopt for a revision before them.
-        revoke_all(fmt::format(
-            "WITH changed AS (UPDATE {0}.apikeys_keys SET status = {3}, updated_at = $2,"
-            " version = version + 1 WHERE account_id = $1 AND status <> {3} RETURNING {4}),"
-            " counted AS (SELECT count(*) AS n FROM changed),"
-            " bump AS (UPDATE {0}.apikeys_meta SET revision = revision + (SELECT n FROM counted)"
-            " WHERE id = 1 AND (SELECT n FROM counted) > 0 RETURNING revision),"
-            " numbered AS (SELECT public_key,"
-            " row_number() OVER (ORDER BY created_at, key_id) AS i FROM changed),"
-            " logged AS (INSERT INTO {0}.apikeys_changes (revision, public_key)"
-            " SELECT bump.revision - counted.n + numbered.i, numbered.public_key"
-            " FROM bump, counted, numbered WHERE counted.n - numbered.i < {2}"
-            " ON CONFLICT (revision) DO UPDATE SET public_key = EXCLUDED.public_key),"
-            " pruned AS (DELETE FROM {0}.apikeys_changes"
-            " WHERE revision <= (SELECT revision FROM bump) - {2})"
-            " SELECT {5} FROM changed{6} ORDER BY changed.created_at DESC, changed.key_id DESC",
-            s, info_columns, kChangeLogSize, static_cast<int>(KeyStatus::revoked), returning,
-            key_columns(detail::Columns::info, "changed"), credits_join(s, "changed"))),
+        revoke_all(revoke_all_sql(s, info_columns, returning, "")),
         // Compare-and-set on the digest of every change in one statement: $1 key ids,
         // $2 and $3 the `from` digests (hex) and pepper ids, $4 and $5 the `to` ones, in
         // batch order. Each change is matched against the digest as it was when the
@@ -379,6 +363,29 @@ struct Statements {
         "DELETE FROM {0}.apikeys_key_credits WHERE lineage_id = $1 AND NOT EXISTS"
         " (SELECT 1 FROM {0}.apikeys_keys WHERE COALESCE(lineage_id, key_id) = $1)",
         s);
+  }
+
+  // revoke_all's statement: $1 account, $2 the time; `filter` narrows the keys it
+  // revokes (an extra condition on the UPDATE, from " AND"; "" for every key).
+  static std::string revoke_all_sql(const std::string& s, const std::string& info_columns,
+                                    const std::string& returning, const char* filter) {
+    return fmt::format(
+        "WITH changed AS (UPDATE {0}.apikeys_keys SET status = {3}, updated_at = $2,"
+        " version = version + 1 WHERE account_id = $1 AND status <> {3}{7} RETURNING {4}),"
+        " counted AS (SELECT count(*) AS n FROM changed),"
+        " bump AS (UPDATE {0}.apikeys_meta SET revision = revision + (SELECT n FROM counted)"
+        " WHERE id = 1 AND (SELECT n FROM counted) > 0 RETURNING revision),"
+        " numbered AS (SELECT public_key,"
+        " row_number() OVER (ORDER BY created_at, key_id) AS i FROM changed),"
+        " logged AS (INSERT INTO {0}.apikeys_changes (revision, public_key)"
+        " SELECT bump.revision - counted.n + numbered.i, numbered.public_key"
+        " FROM bump, counted, numbered WHERE counted.n - numbered.i < {2}"
+        " ON CONFLICT (revision) DO UPDATE SET public_key = EXCLUDED.public_key),"
+        " pruned AS (DELETE FROM {0}.apikeys_changes"
+        " WHERE revision <= (SELECT revision FROM bump) - {2})"
+        " SELECT {5} FROM changed{6} ORDER BY changed.created_at DESC, changed.key_id DESC",
+        s, info_columns, kChangeLogSize, static_cast<int>(KeyStatus::revoked), returning,
+        key_columns(detail::Columns::info, "changed"), credits_join(s, "changed"), filter);
   }
 
   // replace()'s parameters: $1 key_id, $2 account_id, $3 the expected version, $4.. $12
@@ -845,6 +852,17 @@ std::optional<KeyInfo> single_row(const PgResult& r, std::string_view op) {
   return read_info(r.get(), 0, op);
 }
 
+// Every row of a result of keys, in order.
+std::vector<KeyInfo> all_rows(const PgResult& r, std::string_view op) {
+  std::vector<KeyInfo> out;
+  const int n = PQntuples(r.get());
+  out.reserve(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) out.push_back(read_info(r.get(), i, op));
+  return out;
+}
+
+constexpr auto kMaxVersion = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
+
 bool valid_schema_name(std::string_view s) {
   if (s.empty() || s.size() > 63) return false;
   if (s[0] >= '0' && s[0] <= '9') return false;
@@ -1042,6 +1060,90 @@ struct PostgresStore::Impl {
       }
     }
   }
+
+  // Runs f(connection) between BEGIN and COMMIT, once (not retried: after a lost reply
+  // the COMMIT may have happened). Any throw rolls the transaction back (a lost
+  // connection is rolled back by the server) and is rethrown.
+  template <typename F>
+  auto transaction(std::string_view op, F&& f) -> decltype(f(std::declval<PgConnection&>())) {
+    return run(op, false, [&](PgConnection& c) {
+      c.exec(op, "BEGIN", statement_deadline());
+      try {
+        auto result = f(c);
+        c.exec(op, "COMMIT", statement_deadline());
+        return result;
+      } catch (const pg::ConnectionLost&) {
+        throw;  // the connection is closed: the server rolls back
+      } catch (...) {
+        try {
+          c.exec(op, "ROLLBACK", statement_deadline());
+        } catch (...) {
+        }
+        throw;
+      }
+    });
+  }
+
+  // Key `values[0]` of account `values[1]` through the prepared statement `name`
+  // (kGet).
+  std::optional<KeyInfo> get_on(PgConnection& c, std::string_view op, const char* name,
+                                const char* const* key_and_account) {
+    PgResult r =
+        c.exec_prepared(op, name, 2, key_and_account, nullptr, nullptr, statement_deadline());
+    return single_row(r, op);
+  }
+
+  // The compare-and-set of replace() (kReplace) or rotate() (kRotate, the successor's
+  // insert with it). No row changed: reads the key afresh (a new statement, so a new
+  // snapshot: a write that made ours miss has committed) to tell a conflict (the key as
+  // it now is) from not_found.
+  WriteResult compare_and_set(PgConnection& c, const char* op, const char* name,
+                              const ReplaceParams& params, std::uint64_t expected_version) {
+    // No stored version is that large: nothing can match.
+    if (expected_version <= kMaxVersion) {
+      PgResult r = c.exec_prepared(op, name, params.count(), params.values(), params.lengths(),
+                                   params.formats(), statement_deadline());
+      if (auto key = single_row(r, op)) return WriteResult{WriteOutcome::applied, std::move(*key)};
+    }
+    WriteResult out;
+    if (auto key = get_on(c, op, kGet, params.values())) {
+      out.outcome = WriteOutcome::conflict;
+      out.key = std::move(*key);
+    }
+    return out;
+  }
+
+  // The DELETE of remove(): `values` are the key id and the account id. The key as it
+  // was, with its lineage's credits, or nullopt.
+  std::optional<KeyInfo> remove_on(PgConnection& c, const char* const* key_and_account) {
+    PgResult r = c.exec_prepared("remove", kRemove, 2, key_and_account, nullptr, nullptr,
+                                 statement_deadline());
+    return single_row(r, "remove");
+  }
+
+  // After a committed remove(): the lineage's credits go with its last key.
+  void drop_orphan_credits(const std::optional<KeyInfo>& removed) {
+    if (!removed || !removed->credits) return;
+    // Idempotent, so retried; a failure here leaves a credits row no key reaches (a
+    // lineage id is its first key's random id, never given again): harmless.
+    const std::string lineage = removed->lineage().to_string();
+    const char* lineage_value[] = {lineage.c_str()};
+    try {
+      run("remove", true, [&](PgConnection& c) {
+        (void)c.exec_prepared("remove", kDropOrphanCredits, 1, lineage_value, nullptr, nullptr,
+                              statement_deadline());
+        return 0;
+      });
+    } catch (...) {
+      // The key is gone, as the caller asked; the orphan row costs only its bytes.
+    }
+  }
+
+  // change_credits() inside the caller's transaction. `stored` is set to the lineage's
+  // credits as they were (locked), nullopt when it had none.
+  std::optional<KeyInfo> change_credits_on(PgConnection& c, const std::string& key,
+                                           const std::string& account, const CreditsChange& change,
+                                           std::optional<Credits>& stored);
 };
 
 PostgresStore::PostgresStore(const std::string& conninfo, PostgresStoreOptions options) {
@@ -1170,26 +1272,9 @@ std::optional<KeyInfo> PostgresStore::remove(const Uuid& account_id, const Uuid&
   const char* values[] = {key.c_str(), account.c_str()};
   // Not retried: after a lost reply the row may be gone, and a retry would answer
   // "no such key" about a delete that succeeded.
-  std::optional<KeyInfo> removed = impl_->run("remove", false, [&](PgConnection& c) {
-    PgResult r = c.exec_prepared("remove", kRemove, 2, values, nullptr, nullptr,
-                                 impl_->statement_deadline());
-    return single_row(r, "remove");
-  });
-  if (removed && removed->credits) {
-    // Idempotent, so retried; a failure here leaves a credits row no key reaches (a
-    // lineage id is its first key's random id, never given again): harmless.
-    const std::string lineage = removed->lineage().to_string();
-    const char* lineage_value[] = {lineage.c_str()};
-    try {
-      impl_->run("remove", true, [&](PgConnection& c) {
-        (void)c.exec_prepared("remove", kDropOrphanCredits, 1, lineage_value, nullptr, nullptr,
-                              impl_->statement_deadline());
-        return 0;
-      });
-    } catch (...) {
-      // The key is gone, as the caller asked; the orphan row costs only its bytes.
-    }
-  }
+  std::optional<KeyInfo> removed =
+      impl_->run("remove", false, [&](PgConnection& c) { return impl_->remove_on(c, values); });
+  impl_->drop_orphan_credits(removed);
   return removed;
 }
 
@@ -1231,40 +1316,13 @@ std::vector<KeyInfo> PostgresStore::list_page(const Uuid& account_id,
   });
 }
 
-namespace {
-
-// No row was changed by a compare-and-set of key `key_id`: reads it afresh (a new
-// statement, so a new snapshot: a write that made ours miss has committed) to tell a
-// conflict (the key as it now is) from not_found.
-WriteResult missed(PgConnection& c, const char* const* key_and_account, std::string_view op,
-                   pg::Deadline deadline) {
-  PgResult r = c.exec_prepared(op, kGet, 2, key_and_account, nullptr, nullptr, deadline);
-  WriteResult out;
-  if (auto key = single_row(r, op)) {
-    out.outcome = WriteOutcome::conflict;
-    out.key = std::move(*key);
-  }
-  return out;
-}
-
-constexpr auto kMaxVersion = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
-
-}  // namespace
-
 WriteResult PostgresStore::replace(const Uuid& account_id, const KeyInfo& next,
                                    std::uint64_t expected_version) {
   const ReplaceParams params("replace", account_id, next, expected_version);
   // Not retried: after a lost reply the write may have committed, and a retry would
   // report a conflict with our own change.
   return impl_->run("replace", false, [&](PgConnection& c) {
-    const Deadline d = impl_->statement_deadline();
-    // No stored version is that large: nothing can match.
-    if (expected_version > kMaxVersion) return missed(c, params.values(), "replace", d);
-    PgResult r = c.exec_prepared("replace", kReplace, params.count(), params.values(),
-                                 params.lengths(), params.formats(), d);
-    auto key = single_row(r, "replace");
-    if (!key) return missed(c, params.values(), "replace", d);
-    return WriteResult{WriteOutcome::applied, std::move(*key)};
+    return impl_->compare_and_set(c, "replace", kReplace, params, expected_version);
   });
 }
 
@@ -1275,13 +1333,7 @@ WriteResult PostgresStore::rotate(const Uuid& account_id, const KeyInfo& old_nex
   params.append(insert);
   // Not retried, as replace(); one statement, so both writes or neither.
   return impl_->run("rotate", false, [&](PgConnection& c) {
-    const Deadline d = impl_->statement_deadline();
-    if (expected_version > kMaxVersion) return missed(c, params.values(), "rotate", d);
-    PgResult r = c.exec_prepared("rotate", kRotate, params.count(), params.values(),
-                                 params.lengths(), params.formats(), d);
-    auto key = single_row(r, "rotate");
-    if (!key) return missed(c, params.values(), "rotate", d);
-    return WriteResult{WriteOutcome::applied, std::move(*key)};
+    return impl_->compare_and_set(c, "rotate", kRotate, params, expected_version);
   });
 }
 
@@ -1294,11 +1346,7 @@ std::vector<KeyInfo> PostgresStore::revoke_all(const Uuid& account_id, TimePoint
   return impl_->run("revoke_all", false, [&](PgConnection& c) {
     PgResult r = c.exec_prepared("revoke_all", kRevokeAll, 2, values, nullptr, nullptr,
                                  impl_->statement_deadline());
-    std::vector<KeyInfo> out;
-    const int n = PQntuples(r.get());
-    out.reserve(static_cast<std::size_t>(n));
-    for (int i = 0; i < n; ++i) out.push_back(read_info(r.get(), i, "revoke_all"));
-    return out;
+    return all_rows(r, "revoke_all");
   });
 }
 
@@ -1462,147 +1510,134 @@ void PostgresStore::return_credits(const Uuid& lineage_id, std::uint64_t n, std:
   });
 }
 
+std::optional<KeyInfo> PostgresStore::Impl::change_credits_on(PgConnection& c,
+                                                              const std::string& key,
+                                                              const std::string& account,
+                                                              const CreditsChange& change,
+                                                              std::optional<Credits>& stored) {
+  const std::string& s = quoted_schema;
+  const Deadline d = statement_deadline();
+  const char* key_values[] = {key.c_str(), account.c_str()};
+  PgResult k = c.exec_params("change_credits",
+                             fmt::format("SELECT COALESCE(lineage_id, key_id) FROM {}.apikeys_keys"
+                                         " WHERE key_id = $1 AND account_id = $2",
+                                         s),
+                             2, key_values, nullptr, nullptr, d);
+  if (PQntuples(k.get()) == 0) return std::nullopt;
+  const std::string lineage = PQgetvalue(k.get(), 0, 0);
+  const char* lineage_values[] = {lineage.c_str()};
+  // Creations of one lineage's credits wait for each other (the row lock below
+  // cannot order them: there is no row yet).
+  c.exec_params("change_credits",
+                "SELECT pg_advisory_xact_lock(hashtext('apikeys_credits:' || $1::text))", 1,
+                lineage_values, nullptr, nullptr, d);
+  PgResult row =
+      c.exec_params("change_credits",
+                    fmt::format("SELECT remaining, refill_amount, refill_interval, refill_mode,"
+                                " refill_cap, refilled_period FROM {}.apikeys_key_credits"
+                                " WHERE lineage_id = $1 FOR UPDATE",
+                                s),
+                    1, lineage_values, nullptr, nullptr, d);
+  stored.reset();
+  if (PQntuples(row.get()) == 1) {
+    constexpr auto kMax = kMaxCreditsInt;
+    Credits cr;
+    const PGresult* p = row.get();
+    cr.remaining = credit_value(p, 0, 0, "change_credits", "credits remaining out of range", kMax);
+    if (!PQgetisnull(p, 0, 1)) {
+      CreditRefill refill;
+      refill.amount = credit_value(p, 0, 1, "change_credits", "refill amount out of range", kMax);
+      refill.interval = static_cast<RefillInterval>(
+          credit_value(p, 0, 2, "change_credits", "unknown refill interval", 1));
+      refill.mode = static_cast<RefillMode>(
+          credit_value(p, 0, 3, "change_credits", "unknown refill mode", 1));
+      refill.cap = credit_value(p, 0, 4, "change_credits", "refill cap out of range", kMax);
+      cr.refill = refill;
+    }
+    cr.refilled_period = parse_int(p, 0, 5, "change_credits", "refilled_period is not an integer");
+    stored = cr;
+  }
+  std::optional<Credits> next;  // nullopt: no credits afterwards
+  switch (change.op) {
+    case CreditsOp::remove: break;
+    case CreditsOp::add:
+      if (!stored) throw Error(ErrorCode::conflict, "the key has no credits to add to");
+      next = refilled(*stored, change.at);
+      next->remaining = detail::add_clamped(next->remaining, change.delta);
+      break;
+    case CreditsOp::configure:
+      if (!stored && !change.remaining) {
+        throw Error(ErrorCode::conflict, "the key has no credits: give a balance");
+      }
+      next = detail::configured(stored ? refilled(*stored, change.at) : Credits{}, change);
+      break;
+  }
+  if (next) {
+    const Credits& n = *next;
+    const std::string remaining = std::to_string(n.remaining);
+    const std::string amount =
+        n.refill ? std::to_string(std::min(n.refill->amount, KeyPolicyLimits::kMaxCredits)) : "";
+    const std::string interval =
+        std::to_string(n.refill ? static_cast<int>(n.refill->interval) : 0);
+    const std::string mode = std::to_string(n.refill ? static_cast<int>(n.refill->mode) : 0);
+    const std::string cap =
+        n.refill ? std::to_string(std::min(n.refill->cap, KeyPolicyLimits::kMaxCredits)) : "0";
+    const std::string period = std::to_string(n.refilled_period);
+    const char* values[] = {
+        lineage.c_str(),  remaining.c_str(), n.refill ? amount.c_str() : nullptr,
+        interval.c_str(), mode.c_str(),      cap.c_str(),
+        period.c_str()};
+    c.exec_params("change_credits",
+                  fmt::format("INSERT INTO {}.apikeys_key_credits (lineage_id, remaining,"
+                              " refill_amount, refill_interval, refill_mode, refill_cap,"
+                              " refilled_period) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                              " ON CONFLICT (lineage_id) DO UPDATE SET"
+                              " remaining = EXCLUDED.remaining,"
+                              " refill_amount = EXCLUDED.refill_amount,"
+                              " refill_interval = EXCLUDED.refill_interval,"
+                              " refill_mode = EXCLUDED.refill_mode,"
+                              " refill_cap = EXCLUDED.refill_cap,"
+                              " refilled_period = EXCLUDED.refilled_period",
+                              s),
+                  7, values, nullptr, nullptr, d);
+  } else if (stored) {
+    c.exec_params("change_credits",
+                  fmt::format("DELETE FROM {}.apikeys_key_credits WHERE lineage_id = $1", s), 1,
+                  lineage_values, nullptr, nullptr, d);
+  }
+  if (stored.has_value() != next.has_value()) {
+    // Every key of the lineage has a new verdict (it has credits, or not): one
+    // revision and one log row each, as revoke_all numbers them.
+    c.exec_params(
+        "change_credits",
+        fmt::format("WITH lineage AS (SELECT public_key, row_number() OVER (ORDER BY created_at,"
+                    " key_id) AS i FROM {0}.apikeys_keys WHERE COALESCE(lineage_id, key_id) = $1),"
+                    " counted AS (SELECT count(*) AS n FROM lineage),"
+                    " bump AS (UPDATE {0}.apikeys_meta SET revision = revision +"
+                    " (SELECT n FROM counted) WHERE id = 1 AND (SELECT n FROM counted) > 0"
+                    " RETURNING revision),"
+                    " logged AS (INSERT INTO {0}.apikeys_changes (revision, public_key)"
+                    " SELECT bump.revision - counted.n + lineage.i, lineage.public_key"
+                    " FROM bump, counted, lineage WHERE counted.n - lineage.i < {1}"
+                    " ON CONFLICT (revision) DO UPDATE SET public_key = EXCLUDED.public_key),"
+                    " pruned AS (DELETE FROM {0}.apikeys_changes"
+                    " WHERE revision <= (SELECT revision FROM bump) - {1})"
+                    " SELECT 1",
+                    s, kChangeLogSize),
+        1, lineage_values, nullptr, nullptr, d);
+  }
+  PgResult got = c.exec_prepared("change_credits", kGet, 2, key_values, nullptr, nullptr, d);
+  return single_row(got, "change_credits");
+}
+
 std::optional<KeyInfo> PostgresStore::change_credits(const Uuid& account_id, const Uuid& key_id,
                                                      const CreditsChange& change) {
   const std::string key = key_id.to_string();
   const std::string account = account_id.to_string();
-  const std::string& s = impl_->quoted_schema;
   // Not retried: after a lost reply the change may have committed.
-  return impl_->run("change_credits", false, [&](PgConnection& c) -> std::optional<KeyInfo> {
-    const Deadline d = impl_->statement_deadline();
-    c.exec("change_credits", "BEGIN", d);
-    try {
-      const char* key_values[] = {key.c_str(), account.c_str()};
-      PgResult k =
-          c.exec_params("change_credits",
-                        fmt::format("SELECT COALESCE(lineage_id, key_id) FROM {}.apikeys_keys"
-                                    " WHERE key_id = $1 AND account_id = $2",
-                                    s),
-                        2, key_values, nullptr, nullptr, d);
-      if (PQntuples(k.get()) == 0) {
-        c.exec("change_credits", "ROLLBACK", d);
-        return std::nullopt;
-      }
-      const std::string lineage = PQgetvalue(k.get(), 0, 0);
-      const char* lineage_values[] = {lineage.c_str()};
-      // Creations of one lineage's credits wait for each other (the row lock below
-      // cannot order them: there is no row yet).
-      c.exec_params("change_credits",
-                    "SELECT pg_advisory_xact_lock(hashtext('apikeys_credits:' || $1::text))", 1,
-                    lineage_values, nullptr, nullptr, d);
-      PgResult row =
-          c.exec_params("change_credits",
-                        fmt::format("SELECT remaining, refill_amount, refill_interval, refill_mode,"
-                                    " refill_cap, refilled_period FROM {}.apikeys_key_credits"
-                                    " WHERE lineage_id = $1 FOR UPDATE",
-                                    s),
-                        1, lineage_values, nullptr, nullptr, d);
-      std::optional<Credits> stored;
-      if (PQntuples(row.get()) == 1) {
-        constexpr auto kMax = kMaxCreditsInt;
-        Credits cr;
-        const PGresult* p = row.get();
-        cr.remaining =
-            credit_value(p, 0, 0, "change_credits", "credits remaining out of range", kMax);
-        if (!PQgetisnull(p, 0, 1)) {
-          CreditRefill refill;
-          refill.amount =
-              credit_value(p, 0, 1, "change_credits", "refill amount out of range", kMax);
-          refill.interval = static_cast<RefillInterval>(
-              credit_value(p, 0, 2, "change_credits", "unknown refill interval", 1));
-          refill.mode = static_cast<RefillMode>(
-              credit_value(p, 0, 3, "change_credits", "unknown refill mode", 1));
-          refill.cap = credit_value(p, 0, 4, "change_credits", "refill cap out of range", kMax);
-          cr.refill = refill;
-        }
-        cr.refilled_period =
-            parse_int(p, 0, 5, "change_credits", "refilled_period is not an integer");
-        stored = cr;
-      }
-      std::optional<Credits> next;  // nullopt: no credits afterwards
-      switch (change.op) {
-        case CreditsOp::remove: break;
-        case CreditsOp::add:
-          if (!stored) throw Error(ErrorCode::conflict, "the key has no credits to add to");
-          next = refilled(*stored, change.at);
-          next->remaining = detail::add_clamped(next->remaining, change.delta);
-          break;
-        case CreditsOp::configure:
-          if (!stored && !change.remaining) {
-            throw Error(ErrorCode::conflict, "the key has no credits: give a balance");
-          }
-          next = detail::configured(stored ? refilled(*stored, change.at) : Credits{}, change);
-          break;
-      }
-      if (next) {
-        const Credits& n = *next;
-        const std::string remaining = std::to_string(n.remaining);
-        const std::string amount =
-            n.refill ? std::to_string(std::min(n.refill->amount, KeyPolicyLimits::kMaxCredits))
-                     : "";
-        const std::string interval =
-            std::to_string(n.refill ? static_cast<int>(n.refill->interval) : 0);
-        const std::string mode = std::to_string(n.refill ? static_cast<int>(n.refill->mode) : 0);
-        const std::string cap =
-            n.refill ? std::to_string(std::min(n.refill->cap, KeyPolicyLimits::kMaxCredits)) : "0";
-        const std::string period = std::to_string(n.refilled_period);
-        const char* values[] = {
-            lineage.c_str(),  remaining.c_str(), n.refill ? amount.c_str() : nullptr,
-            interval.c_str(), mode.c_str(),      cap.c_str(),
-            period.c_str()};
-        c.exec_params("change_credits",
-                      fmt::format("INSERT INTO {}.apikeys_key_credits (lineage_id, remaining,"
-                                  " refill_amount, refill_interval, refill_mode, refill_cap,"
-                                  " refilled_period) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-                                  " ON CONFLICT (lineage_id) DO UPDATE SET"
-                                  " remaining = EXCLUDED.remaining,"
-                                  " refill_amount = EXCLUDED.refill_amount,"
-                                  " refill_interval = EXCLUDED.refill_interval,"
-                                  " refill_mode = EXCLUDED.refill_mode,"
-                                  " refill_cap = EXCLUDED.refill_cap,"
-                                  " refilled_period = EXCLUDED.refilled_period",
-                                  s),
-                      7, values, nullptr, nullptr, d);
-      } else if (stored) {
-        c.exec_params("change_credits",
-                      fmt::format("DELETE FROM {}.apikeys_key_credits WHERE lineage_id = $1", s), 1,
-                      lineage_values, nullptr, nullptr, d);
-      }
-      if (stored.has_value() != next.has_value()) {
-        // Every key of the lineage has a new verdict (it has credits, or not): one
-        // revision and one log row each, as revoke_all numbers them.
-        c.exec_params(
-            "change_credits",
-            fmt::format(
-                "WITH lineage AS (SELECT public_key, row_number() OVER (ORDER BY created_at,"
-                " key_id) AS i FROM {0}.apikeys_keys WHERE COALESCE(lineage_id, key_id) = $1),"
-                " counted AS (SELECT count(*) AS n FROM lineage),"
-                " bump AS (UPDATE {0}.apikeys_meta SET revision = revision +"
-                " (SELECT n FROM counted) WHERE id = 1 AND (SELECT n FROM counted) > 0"
-                " RETURNING revision),"
-                " logged AS (INSERT INTO {0}.apikeys_changes (revision, public_key)"
-                " SELECT bump.revision - counted.n + lineage.i, lineage.public_key"
-                " FROM bump, counted, lineage WHERE counted.n - lineage.i < {1}"
-                " ON CONFLICT (revision) DO UPDATE SET public_key = EXCLUDED.public_key),"
-                " pruned AS (DELETE FROM {0}.apikeys_changes"
-                " WHERE revision <= (SELECT revision FROM bump) - {1})"
-                " SELECT 1",
-                s, kChangeLogSize),
-            1, lineage_values, nullptr, nullptr, d);
-      }
-      PgResult got = c.exec_prepared("change_credits", kGet, 2, key_values, nullptr, nullptr, d);
-      std::optional<KeyInfo> out = single_row(got, "change_credits");
-      c.exec("change_credits", "COMMIT", d);
-      return out;
-    } catch (const pg::ConnectionLost&) {
-      throw;  // the connection is closed: the server rolls back
-    } catch (...) {
-      try {
-        c.exec("change_credits", "ROLLBACK", impl_->statement_deadline());
-      } catch (...) {
-      }
-      throw;
-    }
+  return impl_->transaction("change_credits", [&](PgConnection& c) {
+    std::optional<Credits> stored;
+    return impl_->change_credits_on(c, key, account, change, stored);
   });
 }
 
