@@ -1236,7 +1236,8 @@ struct PostgresStore::Impl {
   }
 
   // Writes `events` in the connection's open transaction: one statement for them all.
-  void insert_events(PgConnection& c, std::string_view op, const std::vector<AuditEvent>& events) {
+  void insert_events(PgConnection& c, std::string_view op,
+                     const std::vector<AuditEvent>& events) const {
     if (events.empty()) return;
     std::array<PgArray, 11> a;
     for (const AuditEvent& e : events) {
@@ -1261,7 +1262,7 @@ struct PostgresStore::Impl {
   // Key `values[0]` of account `values[1]` through the prepared statement `name`
   // (kGet, or kLockKey to lock its row until the transaction ends).
   std::optional<KeyInfo> get_on(PgConnection& c, std::string_view op, const char* name,
-                                const char* const* key_and_account) {
+                                const char* const* key_and_account) const {
     PgResult r =
         c.exec_prepared(op, name, 2, key_and_account, nullptr, nullptr, statement_deadline());
     return single_row(r, op);
@@ -1272,7 +1273,7 @@ struct PostgresStore::Impl {
   // snapshot: a write that made ours miss has committed) to tell a conflict (the key as
   // it now is) from not_found.
   WriteResult compare_and_set(PgConnection& c, const char* op, const char* name,
-                              const ReplaceParams& params, std::uint64_t expected_version) {
+                              const ReplaceParams& params, std::uint64_t expected_version) const {
     // No stored version is that large: nothing can match.
     if (expected_version <= kMaxVersion) {
       PgResult r = c.exec_prepared(op, name, params.count(), params.values(), params.lengths(),
@@ -1312,9 +1313,9 @@ struct PostgresStore::Impl {
     });
   }
 
-  // The DELETE of remove(): `values` are the key id and the account id. The key as it
-  // was, with its lineage's credits, or nullopt.
-  std::optional<KeyInfo> remove_on(PgConnection& c, const char* const* key_and_account) {
+  // The DELETE of remove(), given the key id and the account id: the key as it was, with
+  // its lineage's credits, or nullopt.
+  std::optional<KeyInfo> remove_on(PgConnection& c, const char* const* key_and_account) const {
     PgResult r = c.exec_prepared("remove", kRemove, 2, key_and_account, nullptr, nullptr,
                                  statement_deadline());
     return single_row(r, "remove");
