@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
+#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -18,8 +19,10 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -44,6 +47,8 @@
 #include "test_support.hpp"
 
 #include "../../src/hex.hpp"
+
+extern char** environ;
 
 using apikeys::ErrorCode;
 using apikeys::ValidationCode;
@@ -1698,89 +1703,124 @@ TEST_CASE("PostgresStore migrates a version 4 schema: the audit trail is added, 
   CHECK(again.audit_events(alice, all_events()).size() == 1);
 }
 
+namespace {
+
+std::string env_or_empty(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr ? std::string() : std::string(v);
+}
+
+std::int64_t wall_millis() {
+  return std::chrono::duration_cast<milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+constexpr int kRevokeRounds = 4;
+constexpr std::uint32_t kRevokeKeys = 60;
+constexpr std::int64_t kRoundMillis = 400;
+
+// Account `round` of the two-process revoke test.
+apikeys::Uuid revoke_account(int round) {
+  return apikeys_test::account_id(static_cast<std::uint8_t>(100 + round));
+}
+
+// Runs this program's hidden case "PostgresStore audit child" with `env` added.
+pid_t spawn_audit_child(const std::vector<std::string>& env) {
+  std::vector<std::string> vars = env;
+  for (char** e = environ; *e != nullptr; ++e) vars.emplace_back(*e);
+  std::vector<char*> envp;
+  for (std::string& v : vars) envp.push_back(v.data());
+  envp.push_back(nullptr);
+  std::string self = "/proc/self/exe";
+  std::string name = "PostgresStore audit child";
+  std::vector<char*> argv = {self.data(), name.data(), nullptr};
+  pid_t pid = 0;
+  REQUIRE(posix_spawn(&pid, self.c_str(), nullptr, nullptr, argv.data(), envp.data()) == 0);
+  return pid;
+}
+
+}  // namespace
+
+// The other processes of the test below: in schema APIKEYS_PG_AUDIT_SCHEMA, revokes
+// revoke_account(r) at wall-clock millisecond START + r * kRoundMillis, for each round
+// r; writes to OUT one line per round: how many keys it revoked, and 1 when each event
+// it was asked for had an unrevoked before and a revoked after (else 0).
+TEST_CASE("PostgresStore audit child", "[.]") {
+  const auto pg = apikeys_test::test_pg();
+  REQUIRE(pg);
+  const std::int64_t start = std::atoll(env_or_empty("APIKEYS_PG_AUDIT_START").c_str());
+  apikeys::PostgresStore store(*pg, options_for(env_or_empty("APIKEYS_PG_AUDIT_SCHEMA")));
+  (void)store.revision();  // connected, statements prepared, before the start line
+  std::ofstream out(env_or_empty("APIKEYS_PG_AUDIT_OUT"));
+  for (int round = 0; round < kRevokeRounds; ++round) {
+    while (wall_millis() < start + round * kRoundMillis) {
+      std::this_thread::sleep_for(milliseconds(1));
+    }
+    RecordingAudit audit;
+    const auto revoked =
+        store.revoke_all_audited(revoke_account(round), apikeys_test::contract::at(90), audit);
+    bool sound = audit.calls().size() == revoked.size();
+    for (const auto& call : audit.calls()) {
+      sound = sound && call.before && call.before->status != apikeys::KeyStatus::revoked &&
+              call.after && call.after->status == apikeys::KeyStatus::revoked &&
+              call.after->version == call.before->version + 1;
+    }
+    out << revoked.size() << " " << (sound ? 1 : 0) << "\n";
+  }
+}
+
 TEST_CASE("PostgresStore: two processes' concurrent audited revoke_all give one event per key",
           "[servers][postgres][store][audit]") {
   const auto pg = apikeys_test::test_pg();
   if (!pg) return;
   SchemaJanitor janitor(*pg);
   const std::string schema = janitor.make();
-  constexpr std::uint32_t kKeys = 60;
-  constexpr int kRounds = 5;
-  {
-    apikeys::PostgresStore setup(*pg, options_for(schema));  // the tables, before the fork
+  apikeys::PostgresStore store(*pg, options_for(schema));
+  for (int round = 0; round < kRevokeRounds; ++round) {
+    for (std::uint32_t i = 0; i < kRevokeKeys; ++i) {
+      const std::uint32_t n = 1000 * static_cast<std::uint32_t>(round + 1) + i;
+      store.insert(record(n, revoke_account(round), static_cast<std::int64_t>(i)));
+    }
   }
-  for (int round = 0; round < kRounds; ++round) {
-    const apikeys::Uuid account = apikeys_test::account_id(static_cast<std::uint8_t>(10 + round));
-    {
-      apikeys::PostgresStore store(*pg, options_for(schema));
-      for (std::uint32_t i = 0; i < kKeys; ++i) {
-        const std::uint32_t n = 1000 * static_cast<std::uint32_t>(round + 1) + i;
-        store.insert(record(n, account, static_cast<std::int64_t>(i)));
-      }
-    }
-    std::array<int, 2> go{};
-    std::array<int, 2> done{};
-    REQUIRE(::pipe(go.data()) == 0);
-    REQUIRE(::pipe(done.data()) == 0);
-    const pid_t child = ::fork();
-    REQUIRE(child >= 0);
-    if (child == 0) {
-      // The other process: its own store and connections; reports how many it revoked
-      // and whether every before it was given was an unrevoked key.
-      ::close(go[1]);
-      ::close(done[0]);
-      int status = 0;
-      try {
-        apikeys::PostgresStore store(*pg, options_for(schema));
-        (void)store.revision();  // connected and prepared before the start
-        char byte = 0;
-        if (::read(go[0], &byte, 1) != 1) ::_exit(3);
-        RecordingAudit audit;
-        const auto revoked =
-            store.revoke_all_audited(account, apikeys_test::contract::at(90), audit);
-        bool sound = audit.calls().size() == revoked.size();
-        for (const auto& call : audit.calls()) {
-          sound = sound && call.before && call.before->status != apikeys::KeyStatus::revoked;
-        }
-        const auto n = static_cast<unsigned char>(revoked.size());
-        status = sound ? 0 : 2;
-        if (::write(done[1], &n, 1) != 1) status = 3;
-      } catch (...) {
-        status = 4;
-      }
-      ::_exit(status);
-    }
-    ::close(go[0]);
-    ::close(done[1]);
-    apikeys::PostgresStore store(*pg, options_for(schema));
-    (void)store.revision();
-    RecordingAudit audit;
-    REQUIRE(::write(go[1], "x", 1) == 1);
-    const auto revoked = store.revoke_all_audited(account, apikeys_test::contract::at(90), audit);
-    unsigned char theirs = 0;
-    const ssize_t got = ::read(done[0], &theirs, 1);
-    int status = -1;
-    REQUIRE(::waitpid(child, &status, 0) == child);
-    ::close(go[1]);
-    ::close(done[0]);
-    INFO("round " << round);
-    REQUIRE(got == 1);
+  const std::int64_t start = wall_millis() + 1500;
+  std::vector<pid_t> pids;
+  std::vector<std::string> outs;
+  for (int i = 0; i < 2; ++i) {
+    outs.push_back("/tmp/" + apikeys_test::unique_name("pgaudit") + ".out");
+    pids.push_back(spawn_audit_child({"APIKEYS_PG_AUDIT_SCHEMA=" + schema,
+                                      "APIKEYS_PG_AUDIT_START=" + std::to_string(start),
+                                      "APIKEYS_PG_AUDIT_OUT=" + outs.back()}));
+  }
+  std::vector<std::vector<std::uint64_t>> revoked(2);
+  for (std::size_t i = 0; i < 2; ++i) {
+    int status = 0;
+    REQUIRE(::waitpid(pids[i], &status, 0) == pids[i]);
     REQUIRE(WIFEXITED(status));
-    CHECK(WEXITSTATUS(status) == 0);
-    // Between them every key was revoked once, each with one event and a true before.
-    CHECK(revoked.size() + theirs == kKeys);
-    CHECK(audit.calls().size() == revoked.size());
-    for (const auto& call : audit.calls()) {
-      REQUIRE(call.before);
-      CHECK(call.before->status == apikeys::KeyStatus::active);
-      CHECK(call.before->version + 1 == call.after->version);
+    REQUIRE(WEXITSTATUS(status) == 0);
+    std::ifstream in(outs[i]);
+    for (int round = 0; round < kRevokeRounds; ++round) {
+      std::uint64_t n = 0;
+      int sound = 0;
+      REQUIRE(static_cast<bool>(in >> n >> sound));
+      CHECK(sound == 1);
+      revoked[i].push_back(n);
     }
-    const auto events = store.audit_events(account, all_events());
-    CHECK(events.size() == kKeys);
+    std::filesystem::remove(outs[i]);
+  }
+  for (int round = 0; round < kRevokeRounds; ++round) {
+    INFO("round " << round);
+    const auto r = static_cast<std::size_t>(round);
+    // Between them every key was revoked once, with one event each.
+    CHECK(revoked[0][r] + revoked[1][r] == kRevokeKeys);
+    const auto events = store.audit_events(revoke_account(round), all_events());
+    CHECK(events.size() == kRevokeKeys);
     std::vector<apikeys::Uuid> keys;
     for (const auto& e : events) keys.push_back(e.key_id);
     std::sort(keys.begin(), keys.end());
     CHECK(std::adjacent_find(keys.begin(), keys.end()) == keys.end());
-    for (const auto& k : store.list(account)) CHECK(k.status == apikeys::KeyStatus::revoked);
+    for (const auto& k : store.list(revoke_account(round))) {
+      CHECK(k.status == apikeys::KeyStatus::revoked);
+    }
   }
 }
