@@ -197,6 +197,7 @@ int main() {
 }
 
 #else  // Built by the tests only: the library's own Store contract suite, run on MapStore.
+#include "audit_contract.hpp"
 #include "store_contract.hpp"
 
 TEST_CASE("MapStore passes the apikeys::Store contract") {
@@ -208,5 +209,11 @@ TEST_CASE("MapStore passes the apikeys::Store contract") {
   options.digest_rewrites = false;
   options.admission = false;
   apikeys_test::run_store_contract([] { return std::make_shared<MapStore>(); }, options);
+}
+
+TEST_CASE("MapStore keeps the audit defaults") {
+  // MapStore keeps no audit trail: each `*_audited` write is the plain one (or
+  // not_supported like it), and audit_events() and prune_audit() are not supported.
+  apikeys_test::run_audit_contract([] { return std::make_shared<MapStore>(); }, false);
 }
 #endif

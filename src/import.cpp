@@ -247,9 +247,9 @@ class DigestWipe {
 
 class Importer {
  public:
-  Importer(Store& store, const ImportOptions& options, TimePoint now,
+  Importer(Store& store, const ImportOptions& options, TimePoint now, const ChangeAudit& audit,
            const std::function<void(const KeyInfo&)>& imported)
-      : store_(store), options_(options), now_(now), imported_(imported) {}
+      : store_(store), options_(options), now_(now), audit_(audit), imported_(imported) {}
 
   void reject(std::uint64_t line, std::string reason) {
     ++report_.rejected;
@@ -280,7 +280,7 @@ class Importer {
       return;
     }
     try {
-      guarded("storing the key", [&] { store_.insert(record); });
+      guarded("storing the key", [&] { store_.insert_audited(record, audit_); });
     } catch (const Error& e) {
       if (e.code() != ErrorCode::already_exists) throw;
       return reject(line, "key_id (or public key) is taken by another key");
@@ -380,6 +380,7 @@ class Importer {
   Store& store_;
   const ImportOptions& options_;
   TimePoint now_;
+  const ChangeAudit& audit_;
   const std::function<void(const KeyInfo&)>& imported_;
   ImportReport report_;
 };
@@ -492,14 +493,14 @@ void import_csv(ByteSource& bytes, Importer& importer) {
 }  // namespace
 
 ImportReport import_keys(Store& store, const Hasher& hasher, const ValidatorOptions& validation,
-                         std::istream& in, const ImportOptions& options,
+                         std::istream& in, const ImportOptions& options, const ChangeAudit& audit,
                          const std::function<void(const KeyInfo&)>& imported) {
   check_can_import(hasher, validation, options);
   if (!in || in.rdbuf() == nullptr) {
     throw Error(ErrorCode::invalid_argument, "the import input cannot be read");
   }
   const std::shared_ptr<Clock> clock = validation.clock ? validation.clock : system_clock();
-  Importer importer(store, options, clock->now(), imported);
+  Importer importer(store, options, clock->now(), audit, imported);
   ByteSource bytes(*in.rdbuf());
   switch (options.format) {
     case ImportFormat::json_lines: import_json_lines(bytes, importer); break;

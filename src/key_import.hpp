@@ -16,11 +16,12 @@
 namespace apikeys::detail {
 
 // Reads `in` to its end and imports its rows into `store`; `validation` gives the key
-// formats accepted (one must take legacy keys) and the clock. Calls `imported` (when
-// not empty) once per key inserted, after the insert, with the key's fields (never its
-// digest); it must not throw.
+// formats accepted (one must take legacy keys) and the clock. Inserts each key with
+// Store::insert_audited() and `audit`. Calls `imported` (when not empty) once per key
+// inserted, after the insert, with the key's fields (never its digest); it must not
+// throw.
 ImportReport import_keys(Store& store, const Hasher& hasher, const ValidatorOptions& validation,
-                         std::istream& in, const ImportOptions& options,
+                         std::istream& in, const ImportOptions& options, const ChangeAudit& audit,
                          const std::function<void(const KeyInfo&)>& imported);
 
 }  // namespace apikeys::detail

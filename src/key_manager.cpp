@@ -120,6 +120,89 @@ constexpr detail::KeyFields kUpdateFields =
 constexpr detail::KeyFields kRotateFields =
     key_field::kExpiresAt | key_field::kRotatedTo | key_field::kUpdatedAt | key_field::kVersion;
 
+// `info` with its credits' refills due at `at` applied, as get() and list() show it.
+KeyInfo shown_at(KeyInfo info, TimePoint at) {
+  if (info.credits) info.credits = refilled(*info.credits, at);
+  return info;
+}
+
+// The audit events of one management call (ChangeAudit). A key the call changes gets
+// an `action` event with the fields `always`, and those of `candidates` whose values
+// differ (none when that is no field); a key it creates, a `created` event with every
+// field after; a key it deletes, a `remove` event with every field before. Credits are
+// shown as get() shows them at the event's time. Keeps the events it built, one per key
+// (a store that retried its transaction built the first ones again), for the observers.
+class EventBuilder final : public ChangeAudit {
+ public:
+  EventBuilder(const Clock& clock, AuditAction action, const ChangeContext& context,
+               detail::KeyFields candidates, detail::KeyFields always,
+               AuditAction created = AuditAction::create)
+      : clock_(clock),
+        action_(action),
+        created_(created),
+        context_(context),
+        candidates_(candidates),
+        always_(always) {}
+
+  std::optional<AuditEvent> event(const KeyInfo* before, const KeyInfo* after) const override {
+    if (before == nullptr && after == nullptr) return std::nullopt;
+    const KeyInfo& key = after != nullptr ? *after : *before;
+    const TimePoint at = clock_.now();
+    AuditEvent e;
+    e.account_id = key.account_id;
+    e.key_id = key.key_id;
+    if (before == nullptr) {
+      e.action = created_;
+      e.before = "{}";
+      e.after = detail::key_json(shown_at(*after, at), key_field::kAll);
+    } else if (after == nullptr) {
+      e.action = AuditAction::remove;
+      e.before = detail::key_json(shown_at(*before, at), key_field::kAll);
+      e.after = "{}";
+    } else {
+      const KeyInfo was = shown_at(*before, at);
+      const KeyInfo is = shown_at(*after, at);
+      const detail::KeyFields fields = always_ | detail::changed_fields(was, is, candidates_);
+      if (fields == 0) {
+        forget(key.key_id);
+        return std::nullopt;
+      }
+      e.action = action_;
+      e.before = detail::key_json(was, fields);
+      e.after = detail::key_json(is, fields);
+    }
+    e.event_id = Uuid::random();
+    e.time = from_unix_millis(to_unix_millis(at));
+    e.context = context_;
+    keep(e);
+    return e;
+  }
+
+  // An event made without a store's help (keep() it); see KeyManager::revoke_all().
+  void keep(const AuditEvent& e) const {
+    forget(e.key_id);
+    built_.push_back(e);
+  }
+
+  // The events built since the last take(), in the order built.
+  std::vector<AuditEvent> take() const noexcept { return std::exchange(built_, {}); }
+
+ private:
+  void forget(const Uuid& key_id) const {
+    built_.erase(std::remove_if(built_.begin(), built_.end(),
+                                [&](const AuditEvent& b) { return b.key_id == key_id; }),
+                 built_.end());
+  }
+
+  const Clock& clock_;
+  const AuditAction action_;
+  const AuditAction created_;
+  const ChangeContext& context_;
+  const detail::KeyFields candidates_;
+  const detail::KeyFields always_;
+  mutable std::vector<AuditEvent> built_;
+};
+
 }  // namespace
 
 CreateRequest normalize_request(const CreateRequest& request) {
@@ -173,83 +256,54 @@ struct KeyManager::Impl {
   TimePoint now() const { return from_unix_millis(to_unix_millis(clock->now())); }
 
   // Read, change, compare-and-set: see change().
-  template <class Mutate, class Committed>
+  template <class Mutate>
   KeyInfo change(const char* operation, const Uuid& account_id, const Uuid& key_id,
                  std::optional<std::uint64_t> expected_version, Mutate&& mutate,
-                 Committed&& committed);
+                 const EventBuilder& audit, bool* applied = nullptr);
 
-  // Tells the observers, if there are any, of one committed change: `fill(event, now)`
-  // sets the event's account, key, before and after (`now` is the clock's time, for
-  // credits' refills), or returns false when there is nothing to report. Never throws:
-  // the change stands, and an event that cannot be built (no memory, a failing
-  // CSPRNG) is left out rather than made the caller's failure.
-  template <class Fill>
-  void report(AuditAction action, const ChangeContext& context, Fill&& fill) const noexcept {
-    if (observers.empty()) return;
+  // An EventBuilder for one call of this manager.
+  EventBuilder audit(AuditAction action, const ChangeContext& context, detail::KeyFields candidates,
+                     detail::KeyFields always = 0,
+                     AuditAction created = AuditAction::create) const {
+    return EventBuilder(*clock, action, context, candidates, always, created);
+  }
+
+  // Tells the observers of a committed change: the events the store wrote with it, or,
+  // for a store without an audit trail, those `fallback()` builds with `audit` from what
+  // the call knows. Never throws: the change stands, and an event that cannot be built
+  // (no memory, a failing CSPRNG) is left out rather than made the caller's failure.
+  template <class Fallback>
+  void publish(const EventBuilder& audit, Fallback&& fallback) const noexcept {
     try {
-      AuditEvent event;
-      event.action = action;
-      const TimePoint at = clock->now();
-      if (!fill(event, at)) return;
-      event.event_id = Uuid::random();
-      event.time = from_unix_millis(to_unix_millis(at));
-      event.context = context;
-      observers.change(event);
+      std::vector<AuditEvent> events = audit.take();
+      if (observers.empty()) return;
+      if (!store->keeps_audit()) {
+        fallback();
+        events = audit.take();
+      }
+      for (const AuditEvent& e : events) observers.change(e);
     } catch (...) {
     }
   }
 
-  // One key's fields `always`, and those of `candidates` that differ between before
-  // and after (credits as get() shows them); nothing when that is no field.
-  void report_changed(AuditAction action, const ChangeContext& context, const KeyInfo& before,
-                      const KeyInfo& after, detail::KeyFields candidates,
-                      detail::KeyFields always = 0) const noexcept {
-    report(action, context, [&](AuditEvent& e, TimePoint at) {
-      const KeyInfo was = shown_at(before, at);
-      const KeyInfo is = shown_at(after, at);
-      const detail::KeyFields fields = always | detail::changed_fields(was, is, candidates);
-      if (fields == 0) return false;
-      e.account_id = is.account_id;
-      e.key_id = is.key_id;
-      e.before = detail::key_json(was, fields);
-      e.after = detail::key_json(is, fields);
-      return true;
+  // publish() for a change of a key known before it (read_before()) only when the
+  // store keeps no audit trail and there are observers.
+  void publish_change(const EventBuilder& audit, const std::optional<KeyInfo>& before,
+                      const KeyInfo& after) const noexcept {
+    publish(audit, [&] {
+      if (before) (void)audit.event(&*before, &after);
     });
   }
 
-  // A key that came to be (create, rotate's successor, import): every field after.
-  void report_created(AuditAction action, const ChangeContext& context,
-                      const KeyInfo& key) const noexcept {
-    report(action, context, [&](AuditEvent& e, TimePoint at) {
-      e.account_id = key.account_id;
-      e.key_id = key.key_id;
-      e.before = "{}";
-      e.after = detail::key_json(shown_at(key, at), key_field::kAll);
-      return true;
-    });
-  }
-
-  // A key that is gone: every field before.
-  void report_removed(const ChangeContext& context, const KeyInfo& key) const noexcept {
-    report(AuditAction::remove, context, [&](AuditEvent& e, TimePoint at) {
-      e.account_id = key.account_id;
-      e.key_id = key.key_id;
-      e.before = detail::key_json(shown_at(key, at), key_field::kAll);
-      e.after = "{}";
-      return true;
-    });
-  }
-
-  // A `committed` argument for change(): reports `action` with `fields`, whether or
-  // not their values differ (updated_at keeps its value when the clock did not move).
-  auto reporter(AuditAction action, const ChangeContext& context, detail::KeyFields fields) const {
-    return [this, action, &context, fields](const KeyInfo& before, const KeyInfo& after) {
-      report_changed(action, context, before, after, 0, fields);
-    };
+  // publish() for a change of one key from `before` to `after` (nullptr: none).
+  void publish(const EventBuilder& audit, const KeyInfo* before,
+               const KeyInfo* after) const noexcept {
+    publish(audit, [&] { (void)audit.event(before, after); });
   }
 
   // The key as it is before a change, for its event: read only when there are observers
-  // (nullopt otherwise, and when the account has no such key).
+  // and the store keeps no audit trail (nullopt otherwise, and when the account has no
+  // such key).
   std::optional<KeyInfo> read_before(const Uuid& account_id, const Uuid& key_id) const;
 
   // A fresh key pair of this manager's format and its record (not yet stored).
@@ -262,13 +316,12 @@ struct KeyManager::Impl {
 
   // `info` with its credits' refills due by now applied, as get() and list() show it.
   KeyInfo shown(KeyInfo info) const { return shown_at(std::move(info), clock->now()); }
-  static KeyInfo shown_at(KeyInfo info, TimePoint at) {
-    if (info.credits) info.credits = refilled(*info.credits, at);
-    return info;
-  }
 
   std::string cursor_for(const Uuid& account_id, std::optional<KeyStatus> status,
                          const KeyInfo& last) const;
+  std::string audit_cursor_for(const Uuid& account_id, const AuditQuery& query,
+                               const AuditEvent& last) const;
+  AuditPosition audit_position_of(const Uuid& account_id, const AuditQuery& query) const;
   PagePosition position_of(const Uuid& account_id, std::optional<KeyStatus> status,
                            std::string_view cursor) const;
 };
@@ -287,15 +340,15 @@ constexpr int kMaxChangeAttempts = 16;
 
 // Reads the key, lets `mutate` change a copy (it returns false for "nothing to do", and
 // may throw to refuse), and writes it back with Store::replace() only if nobody changed
-// the key since the read. Then erases the key's verdicts from every cache over this
-// store in the process, so no validation answers from the old state once this returns
-// (doc/key-policy.md, "Every change is as strong as a revocation"), and calls
-// `committed(before, after)` once, even when a cache fails to erase (before that is
-// thrown): the change stands.
-template <class Mutate, class Committed>
+// the key since the read, with its `audit` event. Then erases the key's verdicts from
+// every cache over this store in the process, so no validation answers from the old
+// state once this returns (doc/key-policy.md, "Every change is as strong as a
+// revocation"), and publishes the event, even when a cache fails to erase (before that
+// is thrown): the change stands. Sets `*applied` (when given) once the write is applied.
+template <class Mutate>
 KeyInfo KeyManager::Impl::change(const char* operation, const Uuid& account_id, const Uuid& key_id,
                                  std::optional<std::uint64_t> expected_version, Mutate&& mutate,
-                                 Committed&& committed) {
+                                 const EventBuilder& audit, bool* applied) {
   for (int attempt = 0; attempt < kMaxChangeAttempts; ++attempt) {
     std::optional<KeyInfo> current =
         guarded(operation, [&] { return store->get(account_id, key_id); });
@@ -312,12 +365,14 @@ KeyInfo KeyManager::Impl::change(const char* operation, const Uuid& account_id, 
       return std::move(*current);
     }
     next.updated_at = now();
-    WriteResult written =
-        guarded(operation, [&] { return store->replace(account_id, next, current->version); });
+    WriteResult written = guarded(operation, [&] {
+      return store->replace_audited(account_id, next, current->version, audit);
+    });
     switch (written.outcome) {
       case WriteOutcome::applied:
+        if (applied != nullptr) *applied = true;
         then_report([&] { detail::erase_everywhere(store->identity(), written.key.public_key); },
-                    [&] { committed(*current, written.key); });
+                    [&] { publish(audit, &*current, &written.key); });
         return std::move(written.key);
       case WriteOutcome::not_found: no_such_key(key_id);
       case WriteOutcome::conflict:
@@ -422,6 +477,100 @@ PagePosition KeyManager::Impl::position_of(const Uuid& account_id, std::optional
   return position;
 }
 
+namespace {
+
+// An audit cursor: the position, then an HMAC under the current pepper over the
+// account, the query's filters (key and since) and the position, so a cursor altered,
+// or made for another account or filter, is refused.
+//   version (1) | time ms (8, big-endian) | event id (16) | pepper id (4) | tag (32)
+constexpr std::uint8_t kAuditCursorVersion = 1;
+constexpr std::size_t kAuditCursorBody = 1 + 8 + 16;
+constexpr std::size_t kAuditCursorBytes = kAuditCursorBody + 4 + 32;
+constexpr char kAuditCursorDomain[] = "apikeys audit cursor v1";
+
+std::string audit_cursor_mac_input(const Uuid& account_id, const AuditQuery& query,
+                                   const std::uint8_t* body) {
+  std::string in(kAuditCursorDomain, sizeof kAuditCursorDomain);  // NUL: a separator
+  in.append(reinterpret_cast<const char*>(account_id.bytes().data()), 16);
+  std::uint8_t filters[1 + 16 + 1 + 8] = {};
+  if (query.key_id) {
+    filters[0] = 1;
+    std::memcpy(filters + 1, query.key_id->bytes().data(), 16);
+  }
+  if (query.since) {
+    filters[17] = 1;
+    put_be(filters + 18, static_cast<std::uint64_t>(to_unix_millis(*query.since)), 8);
+  }
+  in.append(reinterpret_cast<const char*>(filters), sizeof filters);
+  in.append(reinterpret_cast<const char*>(body), kAuditCursorBody);
+  return in;
+}
+
+}  // namespace
+
+std::string KeyManager::Impl::audit_cursor_for(const Uuid& account_id, const AuditQuery& query,
+                                               const AuditEvent& last) const {
+  std::uint8_t bytes[kAuditCursorBytes] = {};
+  bytes[0] = kAuditCursorVersion;
+  put_be(bytes + 1, static_cast<std::uint64_t>(to_unix_millis(last.time)), 8);
+  std::memcpy(bytes + 9, last.event_id.bytes().data(), 16);
+  const Digest tag = hasher->hash(audit_cursor_mac_input(account_id, query, bytes));
+  put_be(bytes + kAuditCursorBody, tag.pepper_id, 4);
+  std::memcpy(bytes + kAuditCursorBody + 4, tag.bytes.data(), 32);
+  return detail::hex_encode(
+      std::string_view(reinterpret_cast<const char*>(bytes), kAuditCursorBytes));
+}
+
+AuditPosition KeyManager::Impl::audit_position_of(const Uuid& account_id,
+                                                  const AuditQuery& query) const {
+  constexpr const char* kBad =
+      "cursor is not one this account's audit query returned (with the same key and since)";
+  std::uint8_t bytes[kAuditCursorBytes] = {};
+  if (query.cursor.size() != 2 * kAuditCursorBytes || !detail::hex_decode(query.cursor, bytes) ||
+      bytes[0] != kAuditCursorVersion) {
+    refuse(kBad);
+  }
+  Digest tag;
+  tag.pepper_id = static_cast<std::uint32_t>(get_be(bytes + kAuditCursorBody, 4));
+  std::memcpy(tag.bytes.data(), bytes + kAuditCursorBody + 4, 32);
+  if (tag.pepper_id == kLegacyPepperId ||
+      !hasher->verify(audit_cursor_mac_input(account_id, query, bytes), tag)) {
+    refuse(kBad);
+  }
+  AuditPosition position;
+  position.time = from_unix_millis(static_cast<std::int64_t>(get_be(bytes + 1, 8)));
+  std::array<std::uint8_t, 16> id{};
+  std::memcpy(id.data(), bytes + 9, 16);
+  position.event_id = Uuid(id);
+  return position;
+}
+
+AuditPage KeyManager::audit(const Uuid& account_id, const AuditQuery& query) {
+  if (query.limit > AuditQuery::kMaxLimit) refuse("limit must be at most 1000");
+  const std::size_t limit = query.limit == 0 ? AuditQuery::kDefaultLimit : query.limit;
+  AuditRange range;
+  range.key_id = query.key_id;
+  range.since = query.since;
+  if (!query.cursor.empty()) range.after = impl_->audit_position_of(account_id, query);
+  range.limit = limit + 1;  // one more tells whether there is a next page
+  AuditPage page;
+  page.events = guarded("reading the audit trail",
+                        [&] { return impl_->store->audit_events(account_id, range); });
+  // Only the account's, whatever a user's store returns.
+  page.events.erase(std::remove_if(page.events.begin(), page.events.end(),
+                                   [&](const AuditEvent& e) { return e.account_id != account_id; }),
+                    page.events.end());
+  if (page.events.size() > limit) {
+    page.events.resize(limit);
+    page.next_cursor = impl_->audit_cursor_for(account_id, query, page.events.back());
+  }
+  return page;
+}
+
+std::uint64_t KeyManager::prune_audit(TimePoint before) {
+  return guarded("pruning the audit trail", [&] { return impl_->store->prune_audit(before); });
+}
+
 KeyManager::KeyManager(std::shared_ptr<Store> store, std::shared_ptr<Hasher> hasher,
                        KeyManagerOptions options) {
   if (!store) throw Error(ErrorCode::invalid_argument, "a KeyManager needs a Store");
@@ -454,7 +603,8 @@ CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& reque
     info.credits = c;
   }
 
-  guarded("storing the key", [&] { impl_->store->insert(record); });
+  const EventBuilder audit = impl_->audit(AuditAction::create, context, 0);
+  guarded("storing the key", [&] { impl_->store->insert_audited(record, audit); });
   if (!info.rate_limits.empty() || info.credits) {
     // A store written before rate limits and credits existed drops them silently: read
     // the key back, and take it away again rather than leave a key without its limits.
@@ -506,7 +656,7 @@ CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& reque
     detail::erase_everywhere(impl_->store->identity(), info.public_key);
   } catch (...) {
   }
-  impl_->report_created(AuditAction::create, context, info);
+  impl_->publish(audit, nullptr, &info);
   return CreatedKey{std::move(record.info), std::move(secret)};
 }
 
@@ -578,63 +728,41 @@ KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const Key
                                  !update.expires_in_days.leaves() || !update.rate_limits.leaves();
   const bool changes_credits = !update.credits.leaves() || !update.refill.leaves();
 
-  // One event for the whole update, the key's fields and the lineage's credits: what
-  // was committed is reported even when a later step throws.
-  const bool observing = !impl_->observers.empty();
-  std::optional<KeyInfo> before;   // as read for the write (observers only)
-  std::optional<KeyInfo> written;  // the key as written, when its fields were
-  const auto report = [&](const KeyInfo& after, detail::KeyFields candidates) {
-    if (before) impl_->report_changed(AuditAction::update, context, *before, after, candidates);
-  };
-  const auto report_written = [&] {
-    if (written) report(*written, kUpdateFields);
-  };
-  KeyInfo updated;
-  try {
-    updated = impl_->change(
-        "updating the key", account_id, key_id, update.expected_version,
-        [&](KeyInfo& key) {
-          if (observing) before = key;
-          if (!changes_something) return false;
-          if (update.rate_limits.sets()) key.rate_limits = rate_limits;
-          if (update.rate_limits.clears()) key.rate_limits.clear();
-          if (title) key.title = *title;
-          if (update.description.sets()) key.description = update.description.value();
-          if (update.description.clears()) key.description.clear();
-          if (update.metadata.sets()) key.metadata = update.metadata.value();
-          if (update.metadata.clears()) key.metadata.clear();
-          if (update.scopes.sets()) key.scopes = scopes;
-          if (update.scopes.clears()) key.scopes.clear();
-          std::optional<TimePoint> expiry = key.expires_at;
-          if (update.expires_in_days.sets()) {
-            expiry = impl_->now() + std::chrono::hours(24 * update.expires_in_days.value());
-          }
-          if (update.expires_in_days.clears()) expiry.reset();
-          // A rotated key ends by its grace: its life may be shortened,
-          // never lengthened or made endless (doc/key-policy.md,
-          // "Rotation").
-          if (key.rotated_to && key.expires_at && (!expiry || *expiry > *key.expires_at)) {
-            throw Error(ErrorCode::conflict, "a rotated key's expiry can only be brought forward");
-          }
-          key.expires_at = expiry;
-          return true;
-        },
-        [&](const KeyInfo&, const KeyInfo& after) {
-          if (observing) written = after;
-        });
-  } catch (...) {
-    report_written();
-    throw;
-  }
+  // Two writes, each with its event: the key's fields, then the lineage's credits.
+  // What was committed is reported even when a later step throws.
+  const EventBuilder fields_audit = impl_->audit(AuditAction::update, context, kUpdateFields);
+  const KeyInfo updated = impl_->change(
+      "updating the key", account_id, key_id, update.expected_version,
+      [&](KeyInfo& key) {
+        if (!changes_something) return false;
+        if (update.rate_limits.sets()) key.rate_limits = rate_limits;
+        if (update.rate_limits.clears()) key.rate_limits.clear();
+        if (title) key.title = *title;
+        if (update.description.sets()) key.description = update.description.value();
+        if (update.description.clears()) key.description.clear();
+        if (update.metadata.sets()) key.metadata = update.metadata.value();
+        if (update.metadata.clears()) key.metadata.clear();
+        if (update.scopes.sets()) key.scopes = scopes;
+        if (update.scopes.clears()) key.scopes.clear();
+        std::optional<TimePoint> expiry = key.expires_at;
+        if (update.expires_in_days.sets()) {
+          expiry = impl_->now() + std::chrono::hours(24 * update.expires_in_days.value());
+        }
+        if (update.expires_in_days.clears()) expiry.reset();
+        // A rotated key ends by its grace: its life may be shortened, never lengthened
+        // or made endless (doc/key-policy.md, "Rotation").
+        if (key.rotated_to && key.expires_at && (!expiry || *expiry > *key.expires_at)) {
+          throw Error(ErrorCode::conflict, "a rotated key's expiry can only be brought forward");
+        }
+        key.expires_at = expiry;
+        return true;
+      },
+      fields_audit);
   if (update.rate_limits.sets() && updated.rate_limits != rate_limits) {
     // A store written before rate limits existed kept the other fields only.
-    report_written();
     throw Error(ErrorCode::not_supported, "this store does not keep rate limits");
   }
-  if (!changes_credits) {
-    report_written();
-    return impl_->shown(std::move(updated));
-  }
+  if (!changes_credits) return impl_->shown(updated);
   // Credits are the lineage's, changed after the key's own fields (doc/rate-limits.md,
   // "Management"): a failure here leaves those fields changed, and retrying is safe.
   CreditsChange change;
@@ -649,22 +777,18 @@ KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const Key
       if (update.refill.sets()) change.refill = update.refill.value();
     }
   }
-  std::optional<KeyInfo> changed;
-  try {
-    changed = guarded("changing the key's credits",
-                      [&] { return impl_->store->change_credits(account_id, key_id, change); });
-    if (!changed || changed->account_id != account_id) no_such_key(key_id);
-  } catch (...) {
-    report_written();
-    throw;
-  }
-  // The key as it now is: its fields as written, and the lineage's new credits.
+  const EventBuilder credits_audit =
+      impl_->audit(AuditAction::update, context, key_field::kCredits);
+  std::optional<KeyInfo> changed = guarded("changing the key's credits", [&] {
+    return impl_->store->change_credits_audited(account_id, key_id, change, credits_audit);
+  });
+  if (!changed || changed->account_id != account_id) no_such_key(key_id);
   then_report(
       [&] {
         impl_->credits_changed(account_id, *changed,
                                change.op != CreditsOp::configure || change.remaining);
       },
-      [&] { report(*changed, kUpdateFields | key_field::kCredits); });
+      [&] { impl_->publish(credits_audit, &updated, &*changed); });
   return impl_->shown(std::move(*changed));
 }
 
@@ -689,7 +813,7 @@ void KeyManager::Impl::credits_changed(const Uuid& account_id, const KeyInfo& ke
 
 std::optional<KeyInfo> KeyManager::Impl::read_before(const Uuid& account_id,
                                                      const Uuid& key_id) const {
-  if (observers.empty()) return std::nullopt;
+  if (observers.empty() || store->keeps_audit()) return std::nullopt;
   std::optional<KeyInfo> key =
       guarded("reading the key", [&] { return store->get(account_id, key_id); });
   if (key && key->account_id != account_id) key.reset();
@@ -705,17 +829,13 @@ KeyInfo KeyManager::set_credits(const Uuid& account_id, const Uuid& key_id, std:
   change.op = CreditsOp::configure;
   change.remaining = n;
   change.at = impl_->clock->now();
+  const EventBuilder audit = impl_->audit(AuditAction::set_credits, context, key_field::kCredits);
   std::optional<KeyInfo> changed = guarded("setting the key's credits", [&] {
-    return impl_->store->change_credits(account_id, key_id, change);
+    return impl_->store->change_credits_audited(account_id, key_id, change, audit);
   });
   if (!changed || changed->account_id != account_id) no_such_key(key_id);
-  const auto report = [&] {
-    if (before) {
-      impl_->report_changed(AuditAction::set_credits, context, *before, *changed,
-                            key_field::kCredits);
-    }
-  };
-  then_report([&] { impl_->credits_changed(account_id, *changed, true); }, report);
+  then_report([&] { impl_->credits_changed(account_id, *changed, true); },
+              [&] { impl_->publish_change(audit, before, *changed); });
   return impl_->shown(std::move(*changed));
 }
 
@@ -729,14 +849,12 @@ KeyInfo KeyManager::add_credits(const Uuid& account_id, const Uuid& key_id, std:
   change.op = CreditsOp::add;
   change.delta = delta;
   change.at = impl_->clock->now();
+  const EventBuilder audit = impl_->audit(AuditAction::add_credits, context, key_field::kCredits);
   std::optional<KeyInfo> changed = guarded("adding to the key's credits", [&] {
-    return impl_->store->change_credits(account_id, key_id, change);
+    return impl_->store->change_credits_audited(account_id, key_id, change, audit);
   });
   if (!changed || changed->account_id != account_id) no_such_key(key_id);
-  if (before) {
-    impl_->report_changed(AuditAction::add_credits, context, *before, *changed,
-                          key_field::kCredits);
-  }
+  impl_->publish_change(audit, before, *changed);
   return impl_->shown(std::move(*changed));
 }
 
@@ -753,7 +871,7 @@ KeyInfo KeyManager::disable(const Uuid& account_id, const Uuid& key_id,
         key.status = KeyStatus::disabled;
         return true;
       },
-      impl_->reporter(AuditAction::disable, context, kStatusFields));
+      impl_->audit(AuditAction::disable, context, 0, kStatusFields));
 }
 
 KeyInfo KeyManager::enable(const Uuid& account_id, const Uuid& key_id,
@@ -769,7 +887,7 @@ KeyInfo KeyManager::enable(const Uuid& account_id, const Uuid& key_id,
         key.status = KeyStatus::active;
         return true;
       },
-      impl_->reporter(AuditAction::enable, context, kStatusFields));
+      impl_->audit(AuditAction::enable, context, 0, kStatusFields));
 }
 
 CreatedKey KeyManager::rotate(const Uuid& account_id, const Uuid& key_id,
@@ -780,6 +898,7 @@ CreatedKey KeyManager::rotate(const Uuid& account_id, const Uuid& key_id,
   }
   SecretString secret;
   KeyRecord successor = impl_->new_record(account_id, secret);
+  const EventBuilder audit = impl_->audit(AuditAction::rotate, context, 0, kRotateFields);
   for (int attempt = 0; attempt < kMaxChangeAttempts; ++attempt) {
     std::optional<KeyInfo> current =
         guarded("rotating the key", [&] { return impl_->store->get(account_id, key_id); });
@@ -819,7 +938,7 @@ CreatedKey KeyManager::rotate(const Uuid& account_id, const Uuid& key_id,
     old.rotated_to = next.key_id;
     old.updated_at = now;
     WriteResult written = guarded("rotating the key", [&] {
-      return impl_->store->rotate(account_id, old, current->version, successor);
+      return impl_->store->rotate_audited(account_id, old, current->version, successor, audit);
     });
     switch (written.outcome) {
       case WriteOutcome::applied: {
@@ -836,9 +955,10 @@ CreatedKey KeyManager::rotate(const Uuid& account_id, const Uuid& key_id,
           } catch (...) {
           }
         }
-        impl_->report_changed(AuditAction::rotate, context, *current, written.key, 0,
-                              kRotateFields);
-        impl_->report_created(AuditAction::create, context, next);
+        impl_->publish(audit, [&] {
+          (void)audit.event(&*current, &written.key);
+          (void)audit.event(nullptr, &next);
+        });
         return CreatedKey{std::move(successor.info), std::move(secret)};
       }
       case WriteOutcome::not_found: no_such_key(key_id);
@@ -856,11 +976,15 @@ std::size_t KeyManager::revoke_all(const Uuid& account_id, const ChangeContext& 
   constexpr int kMaxRounds = 8;
   std::size_t count = 0;
   std::exception_ptr failure;
+  const EventBuilder audit = impl_->audit(AuditAction::revoke_all, context, 0, kStatusFields);
+  std::vector<AuditEvent> events;  // those of the rounds that committed
   try {
     for (int round = 0; round < kMaxRounds; ++round) {
       const TimePoint now = impl_->now();
-      const std::vector<KeyInfo> revoked = guarded(
-          "revoking the account's keys", [&] { return impl_->store->revoke_all(account_id, now); });
+      const std::vector<KeyInfo> revoked = guarded("revoking the account's keys", [&] {
+        return impl_->store->revoke_all_audited(account_id, now, audit);
+      });
+      for (AuditEvent& e : audit.take()) events.push_back(std::move(e));
       if (revoked.empty()) break;
       count += revoked.size();
     }
@@ -886,11 +1010,22 @@ std::size_t KeyManager::revoke_all(const Uuid& account_id, const ChangeContext& 
   }
   // What this call revoked is reported even when it then throws: those keys stay revoked.
   if (count > 0) {
-    impl_->report(AuditAction::revoke_all, context, [&](AuditEvent& e, TimePoint) {
+    (void)audit.take();  // a failed round's
+    try {
+      for (const AuditEvent& e : events) audit.keep(e);
+    } catch (...) {
+    }
+    impl_->publish(audit, [&] {
+      // A store without an audit trail tells only how many: one event for them all.
+      AuditEvent e;
+      e.event_id = Uuid::random();
+      e.time = impl_->now();
+      e.action = AuditAction::revoke_all;
+      e.context = context;
       e.account_id = account_id;
       e.before = "{}";
       e.after = detail::count_json("revoked", count);
-      return true;
+      audit.keep(e);
     });
   }
   if (failure) std::rethrow_exception(failure);
@@ -903,8 +1038,8 @@ KeyInfo KeyManager::revoke(const Uuid& account_id, const Uuid& key_id,
   const bool observing = !impl_->observers.empty();
   std::optional<KeyInfo> before;  // the key as read, when it was not revoked yet
   bool committed = false;         // replace() wrote it: a later not_supported is a cache's
+  const EventBuilder audit = impl_->audit(AuditAction::revoke, context, 0, kStatusFields);
   try {
-    const auto report_revoke = impl_->reporter(AuditAction::revoke, context, kStatusFields);
     return impl_->change(
         "revoking the key", account_id, key_id, std::nullopt,
         [&](KeyInfo& key) {
@@ -913,10 +1048,7 @@ KeyInfo KeyManager::revoke(const Uuid& account_id, const Uuid& key_id,
           key.status = KeyStatus::revoked;
           return true;
         },
-        [&](const KeyInfo& was, const KeyInfo& now) {
-          committed = true;
-          report_revoke(was, now);
-        });
+        audit, &committed);
   } catch (const Error& e) {
     // Only a store without replace() falls back to set_status(): once the revoke has
     // committed (and been reported), an error from erasing the caches is the caller's.
@@ -927,26 +1059,23 @@ KeyInfo KeyManager::revoke(const Uuid& account_id, const Uuid& key_id,
     return impl_->store->set_status(account_id, key_id, KeyStatus::revoked);
   });
   if (!info) no_such_key(key_id);
-  const auto report = [&] {
-    if (before) {
-      impl_->report_changed(AuditAction::revoke, context, *before, *info, 0, kStatusFields);
-    }
-  };
   // Every Validator over this store's data in the process, not only our own.
   then_report([&] { detail::erase_everywhere(impl_->store->identity(), info->public_key); },
-              report);
+              [&] { impl_->publish_change(audit, before, *info); });
   return std::move(*info);
 }
 
 KeyInfo KeyManager::remove(const Uuid& account_id, const Uuid& key_id,
                            const ChangeContext& context) {
   check_context(context);
-  auto info = guarded("deleting the key", [&] { return impl_->store->remove(account_id, key_id); });
+  const EventBuilder audit = impl_->audit(AuditAction::remove, context, 0);
+  auto info = guarded("deleting the key",
+                      [&] { return impl_->store->remove_audited(account_id, key_id, audit); });
   if (!info)
     throw Error(ErrorCode::not_found, "no key " + key_id.to_string() + " for this account");
   // Every Validator over this store's data in the process, not only our own.
   then_report([&] { detail::erase_everywhere(impl_->store->identity(), info->public_key); },
-              [&] { impl_->report_removed(context, *info); });
+              [&] { impl_->publish(audit, &*info, nullptr); });
   return std::move(*info);
 }
 
@@ -957,14 +1086,21 @@ std::vector<PepperCount> KeyManager::pepper_counts() {
 ImportReport KeyManager::import_keys(std::istream& in, const ImportOptions& options,
                                      const ChangeContext& context) {
   check_context(context);
-  std::function<void(const KeyInfo&)> imported;
-  if (!impl_->observers.empty()) {
-    imported = [&](const KeyInfo& key) {
-      impl_->report_created(AuditAction::import, context, key);
-    };
-  }
+  const EventBuilder audit = impl_->audit(AuditAction::import, context, 0, 0, AuditAction::import);
+  const std::function<void(const KeyInfo&)> imported = [&](const KeyInfo& key) {
+    // Only this key's event: one built for a row the store then refused (a duplicate)
+    // was never written.
+    std::vector<AuditEvent> built = audit.take();
+    try {
+      for (const AuditEvent& e : built) {
+        if (e.key_id == key.key_id) audit.keep(e);
+      }
+    } catch (...) {
+    }
+    impl_->publish(audit, nullptr, &key);
+  };
   return detail::import_keys(*impl_->store, *impl_->hasher, impl_->validator.options(), in, options,
-                             imported);
+                             audit, imported);
 }
 
 ValidationResult KeyManager::validate(std::string_view public_key,

@@ -1,6 +1,7 @@
 #include "apikeys/memory_store.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -168,12 +169,42 @@ std::unique_ptr<Entry> new_entry(const KeyRecord& record) {
   return entry;
 }
 
+// The audit trail. Events live in one map ordered by account, then in audit_events()
+// order (time descending, then event_id descending), so an account's page is one walk
+// from a lower bound; a second index, oldest first, serves prune_audit() and the bound.
+struct AuditKey {
+  Uuid account_id;
+  TimePoint time{};
+  Uuid event_id;
+};
+
+struct AuditOrder {
+  bool operator()(const AuditKey& a, const AuditKey& b) const noexcept {
+    if (a.account_id != b.account_id) return a.account_id < b.account_id;
+    if (a.time != b.time) return a.time > b.time;
+    return b.event_id < a.event_id;
+  }
+};
+
+using AuditLog = std::map<AuditKey, AuditEvent, AuditOrder>;
+// (time, event_id) ascending -> the account holding the event.
+using AuditAge = std::map<OrderKey, Uuid>;
+
+// Events made ready to store: every node allocated, nothing in the store changed yet.
+// Inserting the nodes allocates nothing, so a write commits its events without throwing.
+struct StagedAudit {
+  std::vector<AuditLog::node_type> events;
+  std::vector<AuditAge::node_type> ages;
+};
+
 }  // namespace
 
 struct MemoryStore::Impl {
-  explicit Impl(std::size_t max) : max_keys(max) {}
+  explicit Impl(const MemoryStoreOptions& options)
+      : max_keys(options.max_keys), max_audit_events(options.max_audit_events) {}
 
   const std::size_t max_keys;
+  const std::size_t max_audit_events;
   // Readers (find, get, list, list_page, size) share it; writers hold it exclusively.
   // The entries the indexes point at are reached only through them, so under it too.
   mutable detail::SharedMutex mu;
@@ -189,6 +220,8 @@ struct MemoryStore::Impl {
   // has credits (what find() must tell, without a second lookup); get() and the
   // listings show the values from here.
   std::unordered_map<Uuid, Credits, UuidHash> credits APIKEYS_GUARDED_BY(mu);
+  AuditLog audit_log APIKEYS_GUARDED_BY(mu);
+  AuditAge audit_age APIKEYS_GUARDED_BY(mu);  // the same events, oldest first
 
   // `info` with its lineage's credits as they are stored.
   KeyInfo with_credits(KeyInfo info) const APIKEYS_REQUIRES_SHARED(mu) {
@@ -232,13 +265,9 @@ struct MemoryStore::Impl {
     return it->second;
   }
 
-  // Adds the entry (made by new_entry()), or throws (already_exists, storage, bad_alloc)
-  // having changed nothing: everything that can throw comes first, and undoes what it did.
-  void add(std::unique_ptr<Entry> owned) APIKEYS_REQUIRES(mu) {
-    Entry* entry = owned.get();
-    const KeyInfo& info = entry->record.info;
-    const std::uint64_t tag = tag_of(info.public_key);
-    if (by_key(info.public_key, tag) != nullptr) {
+  // Throws what add() would for `info` (already_exists, storage); changes nothing.
+  void check_addable(const KeyInfo& info) const APIKEYS_REQUIRES_SHARED(mu) {
+    if (by_key(info.public_key, tag_of(info.public_key)) != nullptr) {
       throw Error(ErrorCode::already_exists, "insert: a key with this public key already exists");
     }
     if (by_key_id.count(info.key_id) != 0) {
@@ -248,6 +277,15 @@ struct MemoryStore::Impl {
       throw Error(ErrorCode::storage,
                   "insert: memory store is full (" + std::to_string(max_keys) + " keys)");
     }
+  }
+
+  // Adds the entry (made by new_entry()), or throws (already_exists, storage, bad_alloc)
+  // having changed nothing: everything that can throw comes first, and undoes what it did.
+  void add(std::unique_ptr<Entry> owned) APIKEYS_REQUIRES(mu) {
+    Entry* entry = owned.get();
+    const KeyInfo& info = entry->record.info;
+    const std::uint64_t tag = tag_of(info.public_key);
+    check_addable(info);
     by_public_key.reserve_one(dense.size());
     if (dense.size() == dense.capacity()) {
       dense.reserve(std::max<std::size_t>(16, dense.size() * 2));
@@ -267,35 +305,117 @@ struct MemoryStore::Impl {
     dense.push_back(std::move(owned));  // reserved: cannot throw
     by_public_key.add(tag, entry);
   }
+
+  // Asks `audit` (when there is one) for the event of one key going from `before` to
+  // `after`, and stages it. Throws (whatever the audit throws, bad_alloc, or
+  // already_exists for an event id already stored at that time) having changed nothing
+  // in the store.
+  void stage(StagedAudit& staged, const ChangeAudit* audit, const KeyInfo* before,
+             const KeyInfo* after) const APIKEYS_REQUIRES_SHARED(mu) {
+    if (audit == nullptr) return;
+    std::optional<AuditEvent> event = audit->event(before, after);
+    if (!event) return;
+    event->time = to_millis(event->time);
+    const OrderKey age{event->time, event->event_id};
+    bool taken = audit_age.count(age) != 0;
+    for (const AuditAge::node_type& node : staged.ages) taken = taken || node.key() == age;
+    if (taken) {
+      throw Error(ErrorCode::already_exists, "audit: an event with this id is already stored");
+    }
+    const AuditKey key{event->account_id, event->time, event->event_id};
+    const Uuid account = event->account_id;
+    AuditLog one_event;
+    one_event.emplace(key, std::move(*event));
+    AuditAge one_age;
+    one_age.emplace(age, account);
+    staged.events.push_back(one_event.extract(one_event.begin()));
+    staged.ages.push_back(one_age.extract(one_age.begin()));
+  }
+
+  // Stores the staged events; then, beyond max_audit_events, drops the oldest. Called
+  // once the change is made: it allocates nothing and cannot throw.
+  void commit(StagedAudit& staged) APIKEYS_REQUIRES(mu) {
+    for (AuditLog::node_type& node : staged.events) audit_log.insert(std::move(node));
+    for (AuditAge::node_type& node : staged.ages) audit_age.insert(std::move(node));
+    while (audit_age.size() > max_audit_events) erase_event(audit_age.begin());
+  }
+
+  // Removes one event from both indexes.
+  void erase_event(AuditAge::iterator oldest) APIKEYS_REQUIRES(mu) {
+    audit_log.erase(AuditKey{oldest->second, oldest->first.first, oldest->first.second});
+    audit_age.erase(oldest);
+  }
+
+  void insert(const KeyRecord& record, const ChangeAudit* audit);
+  WriteResult replace(const Uuid& account_id, const KeyInfo& next, std::uint64_t expected_version,
+                      const ChangeAudit* audit);
+  WriteResult rotate(const Uuid& account_id, const KeyInfo& old_next,
+                     std::uint64_t expected_version, const KeyRecord& successor,
+                     const ChangeAudit* audit);
+  std::optional<KeyInfo> remove(const Uuid& account_id, const Uuid& key_id,
+                                const ChangeAudit* audit);
+  std::vector<KeyInfo> revoke_all(const Uuid& account_id, TimePoint at, const ChangeAudit* audit);
+  std::optional<KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,
+                                        const CreditsChange& change, const ChangeAudit* audit);
 };
 
-MemoryStore::MemoryStore(std::size_t max_keys) : impl_(std::make_unique<Impl>(max_keys)) {}
+namespace {
+MemoryStoreOptions with_max_keys(std::size_t max_keys) {
+  MemoryStoreOptions options;
+  options.max_keys = max_keys;
+  return options;
+}
+}  // namespace
+
+MemoryStore::MemoryStore(std::size_t max_keys) : MemoryStore(with_max_keys(max_keys)) {}
+
+MemoryStore::MemoryStore(const MemoryStoreOptions& options)
+    : impl_(std::make_unique<Impl>(options)) {}
 
 MemoryStore::~MemoryStore() = default;
 
-void MemoryStore::insert(const KeyRecord& record) {
+void MemoryStore::insert(const KeyRecord& record) { impl_->insert(record, nullptr); }
+
+void MemoryStore::insert_audited(const KeyRecord& record, const ChangeAudit& audit) {
+  impl_->insert(record, &audit);
+}
+
+void MemoryStore::Impl::insert(const KeyRecord& record, const ChangeAudit* audit) {
   std::unique_ptr<Entry> entry = new_entry(record);  // allocates outside the lock
   const KeyInfo& info = record.info;
   const bool new_credits = info.credits && info.lineage() == info.key_id;
-  detail::ExclusiveLock lock(impl_->mu);
+  detail::ExclusiveLock lock(mu);
+  StagedAudit staged;
+  if (audit != nullptr) {
+    check_addable(entry->record.info);   // a refused insert is not audited
+    KeyInfo after = entry->record.info;  // as stored: the lineage's credits, or its own
+    auto existing = credits.find(after.lineage());
+    if (existing != credits.end()) {
+      after.credits = existing->second;
+    } else if (!new_credits) {
+      after.credits.reset();
+    }
+    stage(staged, audit, nullptr, &after);
+  }
   Entry* added = entry.get();
   if (new_credits) {
-    const bool fresh = impl_->credits.emplace(info.lineage(), *info.credits).second;
+    const bool fresh = credits.emplace(info.lineage(), *info.credits).second;
     try {
-      impl_->add(std::move(entry));
+      add(std::move(entry));
     } catch (...) {
-      if (fresh) impl_->credits.erase(info.lineage());  // both or neither
+      if (fresh) credits.erase(info.lineage());  // both or neither
       throw;
     }
   } else {
-    impl_->add(std::move(entry));
+    add(std::move(entry));
   }
   KeyInfo& stored = added->record.info;
-  if (impl_->credits.count(stored.lineage()) != 0) {
+  if (credits.count(stored.lineage()) != 0) {
     if (!stored.credits) stored.credits = Credits{};
   } else {
     stored.credits.reset();
   }
+  commit(staged);
 }
 
 std::optional<KeyRecord> MemoryStore::find(std::string_view public_key) {
@@ -405,71 +525,128 @@ std::optional<KeyInfo> MemoryStore::set_status(const Uuid& account_id, const Uui
 
 WriteResult MemoryStore::replace(const Uuid& account_id, const KeyInfo& next,
                                  std::uint64_t expected_version) {
+  return impl_->replace(account_id, next, expected_version, nullptr);
+}
+
+WriteResult MemoryStore::replace_audited(const Uuid& account_id, const KeyInfo& next,
+                                         std::uint64_t expected_version, const ChangeAudit& audit) {
+  return impl_->replace(account_id, next, expected_version, &audit);
+}
+
+WriteResult MemoryStore::Impl::replace(const Uuid& account_id, const KeyInfo& next,
+                                       std::uint64_t expected_version, const ChangeAudit* audit) {
   WriteResult result;
-  detail::ExclusiveLock lock(impl_->mu);
-  Entry* entry = impl_->owned_by(account_id, next.key_id);
+  detail::ExclusiveLock lock(mu);
+  Entry* entry = owned_by(account_id, next.key_id);
   if (entry == nullptr) return result;  // not_found
   KeyInfo& info = entry->record.info;
   if (info.version != expected_version) {
     result.outcome = WriteOutcome::conflict;
-    result.key = impl_->with_credits(info);
+    result.key = with_credits(info);
     return result;
   }
   KeyInfo written = replaced(info, next);  // may throw: nothing changed yet
-  result.key = impl_->with_credits(written);
+  result.key = with_credits(written);
+  StagedAudit staged;
+  if (audit != nullptr) {
+    const KeyInfo before = with_credits(info);
+    stage(staged, audit, &before, &result.key);
+  }
   info = std::move(written);
+  commit(staged);
   result.outcome = WriteOutcome::applied;
   return result;
 }
 
 WriteResult MemoryStore::rotate(const Uuid& account_id, const KeyInfo& old_next,
                                 std::uint64_t expected_version, const KeyRecord& successor) {
+  return impl_->rotate(account_id, old_next, expected_version, successor, nullptr);
+}
+
+WriteResult MemoryStore::rotate_audited(const Uuid& account_id, const KeyInfo& old_next,
+                                        std::uint64_t expected_version, const KeyRecord& successor,
+                                        const ChangeAudit& audit) {
+  return impl_->rotate(account_id, old_next, expected_version, successor, &audit);
+}
+
+WriteResult MemoryStore::Impl::rotate(const Uuid& account_id, const KeyInfo& old_next,
+                                      std::uint64_t expected_version, const KeyRecord& successor,
+                                      const ChangeAudit* audit) {
   std::unique_ptr<Entry> added = new_entry(successor);  // allocates outside the lock
   WriteResult result;
-  detail::ExclusiveLock lock(impl_->mu);
-  Entry* entry = impl_->owned_by(account_id, old_next.key_id);
+  detail::ExclusiveLock lock(mu);
+  Entry* entry = owned_by(account_id, old_next.key_id);
   if (entry == nullptr) return result;  // not_found
   KeyInfo& info = entry->record.info;
   if (info.version != expected_version) {
     result.outcome = WriteOutcome::conflict;
-    result.key = impl_->with_credits(info);
+    result.key = with_credits(info);
     return result;
   }
-  // Both or neither: every step that can throw (the copies, then the insert, which
-  // undoes itself) comes before the old key changes, which cannot throw.
+  // Both or neither: every step that can throw (the copies, the events, then the
+  // insert, which undoes itself) comes before the old key changes, which cannot throw.
   KeyInfo written = replaced(info, old_next);
-  result.key = impl_->with_credits(written);
+  result.key = with_credits(written);
   // The successor shares the lineage's credits, if any; it never creates them.
   KeyInfo& successor_info = added->record.info;
-  if (impl_->credits.count(successor_info.lineage()) != 0) {
+  if (credits.count(successor_info.lineage()) != 0) {
     if (!successor_info.credits) successor_info.credits = Credits{};
   } else {
     successor_info.credits.reset();
   }
-  impl_->add(std::move(added));
+  StagedAudit staged;
+  if (audit != nullptr) {
+    check_addable(successor_info);  // a refused rotate is not audited
+    const KeyInfo before = with_credits(info);
+    stage(staged, audit, &before, &result.key);
+    const KeyInfo successor_after = with_credits(successor_info);
+    stage(staged, audit, nullptr, &successor_after);
+  }
+  add(std::move(added));
   info = std::move(written);
+  commit(staged);
   result.outcome = WriteOutcome::applied;
   return result;
 }
 
 std::vector<KeyInfo> MemoryStore::revoke_all(const Uuid& account_id, TimePoint at) {
+  return impl_->revoke_all(account_id, at, nullptr);
+}
+
+std::vector<KeyInfo> MemoryStore::revoke_all_audited(const Uuid& account_id, TimePoint at,
+                                                     const ChangeAudit& audit) {
+  return impl_->revoke_all(account_id, at, &audit);
+}
+
+std::vector<KeyInfo> MemoryStore::Impl::revoke_all(const Uuid& account_id, TimePoint at,
+                                                   const ChangeAudit* audit) {
   const TimePoint when = to_millis(at);
   std::vector<KeyInfo> revoked;
-  detail::ExclusiveLock lock(impl_->mu);
-  auto account = impl_->by_account.find(account_id);
-  if (account == impl_->by_account.end()) return revoked;
-  // Copies first (they may throw), then the changes, which cannot: all keys or none.
+  detail::ExclusiveLock lock(mu);
+  auto account = by_account.find(account_id);
+  if (account == by_account.end()) return revoked;
+  // Copies and events first (they may throw), then the changes, which cannot: all keys
+  // or none.
   std::vector<Entry*> changing;
   for (const auto& [order, entry] : account->second) {
     (void)order;
     if (entry->record.info.status != KeyStatus::revoked) changing.push_back(entry);
   }
   revoked.reserve(changing.size());
+  StagedAudit staged;
   for (const Entry* entry : changing) {
-    KeyInfo now = impl_->with_credits(entry->record.info);
-    now.status = KeyStatus::revoked;
-    now.updated_at = when;
-    ++now.version;
+    KeyInfo now = with_credits(entry->record.info);
+    if (audit != nullptr) {
+      const KeyInfo before = now;
+      now.status = KeyStatus::revoked;
+      now.updated_at = when;
+      ++now.version;
+      stage(staged, audit, &before, &now);
+    } else {
+      now.status = KeyStatus::revoked;
+      now.updated_at = when;
+      ++now.version;
+    }
     revoked.push_back(std::move(now));
   }
   for (Entry* entry : changing) {
@@ -478,34 +655,48 @@ std::vector<KeyInfo> MemoryStore::revoke_all(const Uuid& account_id, TimePoint a
     info.updated_at = when;
     ++info.version;
   }
+  commit(staged);
   return revoked;
 }
 
 std::optional<KeyInfo> MemoryStore::remove(const Uuid& account_id, const Uuid& key_id) {
-  detail::ExclusiveLock lock(impl_->mu);
-  Entry* entry = impl_->owned_by(account_id, key_id);
+  return impl_->remove(account_id, key_id, nullptr);
+}
+
+std::optional<KeyInfo> MemoryStore::remove_audited(const Uuid& account_id, const Uuid& key_id,
+                                                   const ChangeAudit& audit) {
+  return impl_->remove(account_id, key_id, &audit);
+}
+
+std::optional<KeyInfo> MemoryStore::Impl::remove(const Uuid& account_id, const Uuid& key_id,
+                                                 const ChangeAudit* audit) {
+  detail::ExclusiveLock lock(mu);
+  Entry* entry = owned_by(account_id, key_id);
   if (entry == nullptr) return std::nullopt;
-  KeyInfo removed = impl_->with_credits(entry->record.info);  // Copy first: nothing below throws.
+  // The copy and the event first: nothing below throws.
+  KeyInfo removed = with_credits(entry->record.info);
+  StagedAudit staged;
+  stage(staged, audit, &removed, nullptr);
   const Uuid lineage = removed.lineage();
   bool lineage_left = false;  // another key of the lineage stays
-  for (const auto& [order, other] : impl_->by_account.find(account_id)->second) {
+  for (const auto& [order, other] : by_account.find(account_id)->second) {
     (void)order;
     if (other != entry && other->record.info.lineage() == lineage) lineage_left = true;
   }
-  if (!lineage_left) impl_->credits.erase(lineage);
+  if (!lineage_left) credits.erase(lineage);
 
-  impl_->by_public_key.erase(tag_of(removed.public_key), entry);
-  auto account = impl_->by_account.find(account_id);
+  by_public_key.erase(tag_of(removed.public_key), entry);
+  auto account = by_account.find(account_id);
   account->second.erase(OrderKey{removed.created_at, removed.key_id});
-  if (account->second.empty()) impl_->by_account.erase(account);
-  impl_->by_key_id.erase(key_id);
+  if (account->second.empty()) by_account.erase(account);
+  by_key_id.erase(key_id);
   // Last: frees the entry (the last one takes its place in `dense`).
-  auto& dense = impl_->dense;
   const std::size_t hole = entry->dense_index;
   dense.back()->dense_index = hole;
   std::swap(dense[hole], dense.back());
   dense.pop_back();
-  impl_->by_public_key.shrink_for(dense.size());
+  by_public_key.shrink_for(dense.size());
+  commit(staged);
   return removed;
 }
 
@@ -578,46 +769,102 @@ void MemoryStore::return_credits(const Uuid& lineage_id, std::uint64_t n, std::i
 
 std::optional<KeyInfo> MemoryStore::change_credits(const Uuid& account_id, const Uuid& key_id,
                                                    const CreditsChange& change) {
-  detail::ExclusiveLock lock(impl_->mu);
-  Entry* entry = impl_->owned_by(account_id, key_id);
+  return impl_->change_credits(account_id, key_id, change, nullptr);
+}
+
+std::optional<KeyInfo> MemoryStore::change_credits_audited(const Uuid& account_id,
+                                                           const Uuid& key_id,
+                                                           const CreditsChange& change,
+                                                           const ChangeAudit& audit) {
+  return impl_->change_credits(account_id, key_id, change, &audit);
+}
+
+std::optional<KeyInfo> MemoryStore::Impl::change_credits(const Uuid& account_id, const Uuid& key_id,
+                                                         const CreditsChange& change,
+                                                         const ChangeAudit* audit) {
+  detail::ExclusiveLock lock(mu);
+  Entry* entry = owned_by(account_id, key_id);
   if (entry == nullptr) return std::nullopt;
   const Uuid lineage = entry->record.info.lineage();
-  auto it = impl_->credits.find(lineage);
+  auto it = credits.find(lineage);
+  // The key as it will be, and its event, first (they may throw); then the change.
+  KeyInfo before = with_credits(entry->record.info);
+  KeyInfo after = before;
   switch (change.op) {
-    case CreditsOp::remove:
-      if (it != impl_->credits.end()) impl_->credits.erase(it);
-      impl_->mark_lineage(account_id, lineage, false);
-      break;
+    case CreditsOp::remove: after.credits.reset(); break;
     case CreditsOp::add: {
-      if (it == impl_->credits.end()) {
+      if (it == credits.end()) {
         throw Error(ErrorCode::conflict, "the key has no credits to add to");
       }
       Credits c = refilled(it->second, change.at);
       c.remaining = detail::add_clamped(c.remaining, change.delta);
-      it->second = c;
+      after.credits = c;
       break;
     }
     case CreditsOp::configure: {
-      if (it == impl_->credits.end() && !change.remaining) {
+      if (it == credits.end() && !change.remaining) {
         throw Error(ErrorCode::conflict, "the key has no credits: give a balance");
       }
-      Credits c = it == impl_->credits.end() ? Credits{} : refilled(it->second, change.at);
-      c = detail::configured(c, change);
-      if (it == impl_->credits.end()) {
-        impl_->credits.emplace(lineage, c);
-        impl_->mark_lineage(account_id, lineage, true);
-      } else {
-        it->second = c;
-      }
+      const Credits c = it == credits.end() ? Credits{} : refilled(it->second, change.at);
+      after.credits = detail::configured(c, change);
       break;
     }
   }
-  return impl_->with_credits(entry->record.info);
+  StagedAudit staged;
+  stage(staged, audit, &before, &after);
+  if (!after.credits) {
+    if (it != credits.end()) credits.erase(it);
+    mark_lineage(account_id, lineage, false);
+  } else if (it == credits.end()) {
+    credits.emplace(lineage, *after.credits);  // may throw: nothing changed yet
+    mark_lineage(account_id, lineage, true);
+  } else {
+    it->second = *after.credits;
+  }
+  commit(staged);
+  return after;
+}
+
+std::vector<AuditEvent> MemoryStore::audit_events(const Uuid& account_id, const AuditRange& range) {
+  std::vector<AuditEvent> out;
+  if (range.limit == 0) return out;
+  detail::SharedLock lock(impl_->mu);
+  const AuditLog& log = impl_->audit_log;
+  // The account's events are one run of the log, newest first: start at its beginning
+  // (the greatest possible time and id sort first), or just after the position.
+  std::array<std::uint8_t, 16> greatest{};
+  greatest.fill(0xff);
+  auto it = range.after
+                ? log.upper_bound(AuditKey{account_id, range.after->time, range.after->event_id})
+                : log.lower_bound(AuditKey{account_id, TimePoint::max(), Uuid(greatest)});
+  for (; it != log.end() && out.size() < range.limit; ++it) {
+    const AuditEvent& event = it->second;
+    if (it->first.account_id != account_id) break;
+    if (range.since && event.time < *range.since) break;  // the rest are older still
+    if (range.key_id && event.key_id != *range.key_id) continue;
+    out.push_back(event);
+  }
+  return out;
+}
+
+std::uint64_t MemoryStore::prune_audit(TimePoint before) {
+  std::uint64_t pruned = 0;
+  detail::ExclusiveLock lock(impl_->mu);
+  while (!impl_->audit_age.empty() && impl_->audit_age.begin()->first.first < before) {
+    impl_->erase_event(impl_->audit_age.begin());
+    ++pruned;
+  }
+  return pruned;
 }
 
 std::size_t MemoryStore::size() const {
   detail::SharedLock lock(impl_->mu);
   return impl_->dense.size();
+}
+
+std::size_t MemoryStore::audit_size() const {
+  detail::SharedLock lock(impl_->mu);
+  return impl_->audit_age.size();
 }
 
 }  // namespace apikeys

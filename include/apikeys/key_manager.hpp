@@ -267,10 +267,10 @@ class APIKEYS_EXPORT KeyManager {
   /// forward: a later one, or none, is Error(conflict). Throws Error(invalid_argument) for a bad
   /// value (nothing is written), Error(conflict) when expected_version is given and is not the
   /// key's version, Error(not_found), Error(not_supported) for a store without replace().
-  /// Observers see one `update` event holding exactly the fields that changed (with
-  /// updated_at and version when the key's own fields were written, and credits when
-  /// the lineage's credits changed); none when nothing changed. `context`: see the
-  /// class comment.
+  /// The key's own fields and its lineage's credits are two writes, each with its own
+  /// `update` event holding exactly the fields it changed: the first with updated_at and
+  /// version, the second with credits; no event for a write that changed nothing.
+  /// `context`: see the class comment.
   KeyInfo update(const Uuid& account_id, const Uuid& key_id, const KeyUpdate& update,
                  const ChangeContext& context = ChangeContext());
 
@@ -331,8 +331,10 @@ class APIKEYS_EXPORT KeyManager {
   /// returns how many were not revoked before. Same guarantee as revoke() for each,
   /// including keys a concurrent rotate() created meanwhile (the store is asked again
   /// until nothing is left to revoke) and keys an earlier call revoked before it failed.
-  /// Observers see one `revoke_all` event with a nil key_id, before {} and after
-  /// {"revoked": N}, N as returned; none when N is 0. `context`: see the class comment.
+  /// Each key revoked has a `revoke_all` event (status, updated_at, version). Over a
+  /// store without an audit trail, observers see instead one `revoke_all` event with a
+  /// nil key_id, before {} and after {"revoked": N}, N as returned; none when N is 0.
+  /// `context`: see the class comment.
   std::size_t revoke_all(const Uuid& account_id, const ChangeContext& context = ChangeContext());
 
   /// Revokes the key. When it returns, no validate() in this process accepts the key:

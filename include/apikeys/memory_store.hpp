@@ -16,13 +16,31 @@
 
 namespace apikeys {
 
-/// A Store in process memory, bounded in keys. revision() stays 0: nothing outside
-/// this process can change it.
+/// How much a MemoryStore may hold. Thread-safety and ownership: a plain value.
+struct MemoryStoreOptions {
+  /// insert() (and rotate()'s successor) throw Error(storage) beyond this many keys.
+  /// Default: 10,000,000.
+  std::size_t max_keys = 10'000'000;
+  /// The audit trail keeps at most this many events, of all accounts together. Beyond
+  /// it, each new event drops the oldest one (the smallest time, then event_id): a
+  /// change is never refused for the audit trail's sake (a revoke must not fail because
+  /// the trail is full), and a store that forgets everything at exit keeps the newest
+  /// history instead. 0 keeps none. Default: 100,000.
+  std::size_t max_audit_events = 100'000;
+};
+
+/// A Store in process memory, bounded in keys and in audit events. revision() stays 0:
+/// nothing outside this process can change it. It keeps an audit trail (keeps_audit()):
+/// each `*_audited` write builds its events before it changes anything, under the
+/// store's lock, so an audit that throws leaves the store as it was. The ChangeAudit
+/// runs under that lock: it must not call the store.
 class APIKEYS_EXPORT MemoryStore final : public Store {
  public:
   /// `max_keys` bounds memory: insert() throws Error(storage) beyond it.
-  /// Default: 10,000,000 keys.
+  /// Default: 10,000,000 keys, and the default MemoryStoreOptions otherwise.
   explicit MemoryStore(std::size_t max_keys = 10'000'000);
+  /// A store bounded as `options` says.
+  explicit MemoryStore(const MemoryStoreOptions& options);
   ~MemoryStore() override;
 
   void insert(const KeyRecord& record) override;
@@ -59,8 +77,34 @@ class APIKEYS_EXPORT MemoryStore final : public Store {
   std::optional<KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,
                                         const CreditsChange& change) override;
 
+  /// True: see the class comment.
+  [[nodiscard]] bool keeps_audit() const noexcept override { return true; }
+  /// A duplicate key is refused (already_exists) before `audit` is called.
+  void insert_audited(const KeyRecord& record, const ChangeAudit& audit) override;
+  WriteResult replace_audited(const Uuid& account_id, const KeyInfo& next,
+                              std::uint64_t expected_version, const ChangeAudit& audit) override;
+  /// A duplicate or a full store is refused before `audit` is called.
+  WriteResult rotate_audited(const Uuid& account_id, const KeyInfo& old_next,
+                             std::uint64_t expected_version, const KeyRecord& successor,
+                             const ChangeAudit& audit) override;
+  std::optional<KeyInfo> remove_audited(const Uuid& account_id, const Uuid& key_id,
+                                        const ChangeAudit& audit) override;
+  std::vector<KeyInfo> revoke_all_audited(const Uuid& account_id, TimePoint at,
+                                          const ChangeAudit& audit) override;
+  std::optional<KeyInfo> change_credits_audited(const Uuid& account_id, const Uuid& key_id,
+                                                const CreditsChange& change,
+                                                const ChangeAudit& audit) override;
+  /// Walks the account's events from the position on: O(log events + events read),
+  /// and with range.key_id the account's other events in between too. Event times are
+  /// kept to the millisecond, like every bundled store's.
+  [[nodiscard]] std::vector<AuditEvent> audit_events(const Uuid& account_id,
+                                                     const AuditRange& range) override;
+  std::uint64_t prune_audit(TimePoint before) override;
+
   /// Number of keys held.
   [[nodiscard]] std::size_t size() const;
+  /// Number of audit events held, of every account.
+  [[nodiscard]] std::size_t audit_size() const;
 
  private:
   struct Impl;

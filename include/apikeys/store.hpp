@@ -119,10 +119,10 @@ struct AuditPosition {
 /// Which of an account's audit events Store::audit_events() reads.
 /// Thread-safety and ownership: a plain value.
 struct AuditRange {
-  std::optional<Uuid> key_id;           ///< Only this key's events, when set.
-  std::optional<TimePoint> since;       ///< Only events at or after this time, when set.
-  std::optional<AuditPosition> after;   ///< Start just after this event (nullopt: newest).
-  std::size_t limit = 100;              ///< At most this many events (at least 1).
+  std::optional<Uuid> key_id;          ///< Only this key's events, when set.
+  std::optional<TimePoint> since;      ///< Only events at or after this time, when set.
+  std::optional<AuditPosition> after;  ///< Start just after this event (nullopt: newest).
+  std::size_t limit = 100;             ///< At most this many events (at least 1).
 };
 
 /// Interface: builds the audit events of one change, for a store that keeps an audit
@@ -312,8 +312,7 @@ class APIKEYS_EXPORT Store {
 
   /// change_credits(), and when the key exists the event of key `key_id` (its before
   /// and after differ in credits only). Default: change_credits().
-  virtual std::optional<KeyInfo> change_credits_audited(const Uuid& account_id,
-                                                        const Uuid& key_id,
+  virtual std::optional<KeyInfo> change_credits_audited(const Uuid& account_id, const Uuid& key_id,
                                                         const CreditsChange& change,
                                                         const ChangeAudit& audit);
 

@@ -348,17 +348,22 @@ TEST_CASE("audit: update reports exactly the fields it changed", "[key_manager][
     CHECK(before["credits"]["remaining"] == 10);
     CHECK(after["credits"]["remaining"] == 25);
   }
-  SECTION("both at once: still one event") {
+  SECTION("both at once: two writes, an event for each, fields first") {
     apikeys::KeyUpdate u;
     u.description = "now described";
     u.credits = apikeys::FieldUpdate<std::uint64_t>::clear();
     t->update(kAccount, id, u, alice());
     const auto events = t.events();
-    REQUIRE(events.size() == 1);
-    const Json after = Json::parse(events[0].after);
-    CHECK(names(after) == std::set<std::string>{"description", "updated_at", "version", "credits"});
+    REQUIRE(events.size() == 2);
+    CHECK(events[0].action == apikeys::AuditAction::update);
+    CHECK(events[1].action == apikeys::AuditAction::update);
+    CHECK(names(Json::parse(events[0].after)) ==
+          std::set<std::string>{"description", "updated_at", "version"});
+    const Json after = Json::parse(events[1].after);
+    CHECK(names(after) == std::set<std::string>{"credits"});
     CHECK(after["credits"].is_null());
-    CHECK(Json::parse(events[0].before)["credits"]["remaining"] == 10);
+    CHECK(Json::parse(events[1].before)["credits"]["remaining"] == 10);
+    CHECK(events[0].event_id != events[1].event_id);
   }
   SECTION("nothing to change, or a failed update: no event") {
     t->update(kAccount, id, apikeys::KeyUpdate{}, alice());
