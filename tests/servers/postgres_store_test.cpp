@@ -6,7 +6,9 @@
 // are skipped with a message when none is configured (a failure under
 // APIKEYS_REQUIRE_SERVERS=1); those about malformed connection strings and failed
 // connects need none and always run. Also: a last-use write stuck on a row lock never
-// delays the revision poll.
+// delays the revision poll; the audit trail (the shared audit contract, events read
+// back byte for byte, nothing written when the ChangeAudit throws, the upgrade of a
+// version 4 schema, two processes revoking one account at once).
 #include <arpa/inet.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
@@ -39,6 +41,7 @@
 #include "apikeys/limiter.hpp"
 #include "apikeys/memory_cache.hpp"
 #include "apikeys/postgres_store.hpp"
+#include "audit_contract.hpp"
 #include "catch.hpp"
 #include "record_fields.hpp"
 #include "server_support.hpp"
@@ -115,6 +118,14 @@ TEST_CASE("PostgresStore satisfies the Store contract", "[servers][postgres][sto
   if (!pg) return;
   SchemaJanitor janitor(*pg);
   apikeys_test::run_store_contract(
+      [&] { return std::make_shared<apikeys::PostgresStore>(*pg, options_for(janitor.make())); });
+}
+
+TEST_CASE("PostgresStore satisfies the audit contract", "[servers][postgres][store][audit]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  apikeys_test::run_audit_contract(
       [&] { return std::make_shared<apikeys::PostgresStore>(*pg, options_for(janitor.make())); });
 }
 
