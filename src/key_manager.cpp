@@ -145,26 +145,30 @@ class EventBuilder final : public ChangeAudit {
         always_(always) {}
 
   std::optional<AuditEvent> event(const KeyInfo* before, const KeyInfo* after) const override {
-    if (before == nullptr && after == nullptr) return std::nullopt;
-    const KeyInfo& key = after != nullptr ? *after : *before;
     const TimePoint at = clock_.now();
     AuditEvent e;
-    e.account_id = key.account_id;
-    e.key_id = key.key_id;
-    if (before == nullptr) {
+    if (before == nullptr && after == nullptr) {
+      return std::nullopt;
+    } else if (before == nullptr) {
+      e.account_id = after->account_id;
+      e.key_id = after->key_id;
       e.action = created_;
       e.before = "{}";
       e.after = detail::key_json(shown_at(*after, at), key_field::kAll);
     } else if (after == nullptr) {
+      e.account_id = before->account_id;
+      e.key_id = before->key_id;
       e.action = AuditAction::remove;
       e.before = detail::key_json(shown_at(*before, at), key_field::kAll);
       e.after = "{}";
     } else {
+      e.account_id = after->account_id;
+      e.key_id = after->key_id;
       const KeyInfo was = shown_at(*before, at);
       const KeyInfo is = shown_at(*after, at);
       const detail::KeyFields fields = always_ | detail::changed_fields(was, is, candidates_);
       if (fields == 0) {
-        forget(key.key_id);
+        forget(after->key_id);
         return std::nullopt;
       }
       e.action = action_;

@@ -829,15 +829,16 @@ std::vector<AuditEvent> MemoryStore::audit_events(const Uuid& account_id, const 
   std::vector<AuditEvent> out;
   if (range.limit == 0) return out;
   detail::SharedLock lock(impl_->mu);
-  const AuditLog& log = impl_->audit_log;
   // The account's events are one run of the log, newest first: start at its beginning
   // (the greatest possible time and id sort first), or just after the position.
   std::array<std::uint8_t, 16> greatest{};
   greatest.fill(0xff);
-  auto it = range.after
-                ? log.upper_bound(AuditKey{account_id, range.after->time, range.after->event_id})
-                : log.lower_bound(AuditKey{account_id, TimePoint::max(), Uuid(greatest)});
-  for (; it != log.end() && out.size() < range.limit; ++it) {
+  auto it =
+      range.after
+          ? impl_->audit_log.upper_bound(
+                AuditKey{account_id, range.after->time, range.after->event_id})
+          : impl_->audit_log.lower_bound(AuditKey{account_id, TimePoint::max(), Uuid(greatest)});
+  for (; it != impl_->audit_log.end() && out.size() < range.limit; ++it) {
     const AuditEvent& event = it->second;
     if (it->first.account_id != account_id) break;
     if (range.since && event.time < *range.since) break;  // the rest are older still

@@ -118,6 +118,29 @@ CREATE TABLE {s}.apikeys_key_credits (
   last_take       bigint   NOT NULL DEFAULT 0
 );
 )sql"},
+    // The audit trail: one row per event, written in the transaction of its change.
+    // Pages walk (account_id[, key_id], time_ms DESC, event_id DESC); pruning walks
+    // time_ms. The JSON is kept as the library wrote it (text, never parsed here).
+    {5, R"sql(
+CREATE TABLE {s}.apikeys_audit_events (
+  event_id     uuid     NOT NULL PRIMARY KEY,
+  time_ms      bigint   NOT NULL,
+  account_id   uuid     NOT NULL,
+  key_id       uuid     NOT NULL,
+  action       smallint NOT NULL CHECK (action BETWEEN 0 AND 255),
+  actor_type   smallint NOT NULL CHECK (actor_type BETWEEN 0 AND 255),
+  actor_id     text     NOT NULL,
+  actor_detail text     NOT NULL,
+  reason       text     NOT NULL,
+  before_json  text     NOT NULL,
+  after_json   text     NOT NULL
+);
+CREATE INDEX apikeys_audit_events_account
+  ON {s}.apikeys_audit_events (account_id, time_ms DESC, event_id DESC);
+CREATE INDEX apikeys_audit_events_key
+  ON {s}.apikeys_audit_events (account_id, key_id, time_ms DESC, event_id DESC);
+CREATE INDEX apikeys_audit_events_time ON {s}.apikeys_audit_events (time_ms);
+)sql"},
 };
 
 // How many changes the change log keeps (doc/revocation.md).
@@ -205,6 +228,7 @@ struct Statements {
   std::string get, page_first, page_after, replace, rotate, revoke_all;
   std::string replace_digests, pepper_counts;
   std::string take_credits, credits_view, return_credits, drop_orphan_credits;
+  std::string lock_key, lock_account, revoke_locked, insert_events, prune_audit;
 
   explicit Statements(const std::string& s)
       : info_columns(detail::column_list(detail::Columns::info)),
@@ -304,23 +328,7 @@ struct Statements {
         // Every key revoked here takes a revision of its own and a log row, numbered in
         // one statement; rows that would fall out of the log at once are not written, and
         // changes_since() answers nullopt for a revision before them.
-        revoke_all(fmt::format(
-            "WITH changed AS (UPDATE {0}.apikeys_keys SET status = {3}, updated_at = $2,"
-            " version = version + 1 WHERE account_id = $1 AND status <> {3} RETURNING {4}),"
-            " counted AS (SELECT count(*) AS n FROM changed),"
-            " bump AS (UPDATE {0}.apikeys_meta SET revision = revision + (SELECT n FROM counted)"
-            " WHERE id = 1 AND (SELECT n FROM counted) > 0 RETURNING revision),"
-            " numbered AS (SELECT public_key,"
-            " row_number() OVER (ORDER BY created_at, key_id) AS i FROM changed),"
-            " logged AS (INSERT INTO {0}.apikeys_changes (revision, public_key)"
-            " SELECT bump.revision - counted.n + numbered.i, numbered.public_key"
-            " FROM bump, counted, numbered WHERE counted.n - numbered.i < {2}"
-            " ON CONFLICT (revision) DO UPDATE SET public_key = EXCLUDED.public_key),"
-            " pruned AS (DELETE FROM {0}.apikeys_changes"
-            " WHERE revision <= (SELECT revision FROM bump) - {2})"
-            " SELECT {5} FROM changed{6} ORDER BY changed.created_at DESC, changed.key_id DESC",
-            s, info_columns, kChangeLogSize, static_cast<int>(KeyStatus::revoked), returning,
-            key_columns(detail::Columns::info, "changed"), credits_join(s, "changed"))),
+        revoke_all(revoke_all_sql(s, info_columns, returning, "")),
         // Compare-and-set on the digest of every change in one statement: $1 key ids,
         // $2 and $3 the `from` digests (hex) and pepper ids, $4 and $5 the `to` ones, in
         // batch order. Each change is matched against the digest as it was when the
@@ -379,6 +387,53 @@ struct Statements {
         "DELETE FROM {0}.apikeys_key_credits WHERE lineage_id = $1 AND NOT EXISTS"
         " (SELECT 1 FROM {0}.apikeys_keys WHERE COALESCE(lineage_id, key_id) = $1)",
         s);
+
+    // The audit trail (the *_audited writes, each one transaction). A key as get()
+    // reads it, its row locked until the transaction ends: what the write then replaces
+    // is what was read. $1 key_id, $2 account_id.
+    lock_key = get + " FOR UPDATE OF k";
+    // The account's keys that revoke_all would revoke, locked in key_id order (two
+    // revokes of one account lock alike, so never deadlock on each other).
+    lock_account = fmt::format(
+        "SELECT {} FROM {}.apikeys_keys k{} WHERE k.account_id = $1 AND k.status <> {}"
+        " ORDER BY k.key_id FOR UPDATE OF k",
+        key_columns(detail::Columns::info, "k"), s, credits_join(s, "k"),
+        static_cast<int>(KeyStatus::revoked));
+    // revoke_all narrowed to the keys lock_account locked ($3): a key inserted meanwhile
+    // is left as a revoke_all before its insert would have left it.
+    revoke_locked = revoke_all_sql(s, info_columns, returning, " AND key_id = ANY($3::uuid[])");
+    // A batch of events, one array element each (PgArray), in batch order.
+    insert_events = fmt::format(
+        "INSERT INTO {}.apikeys_audit_events (event_id, time_ms, account_id, key_id, action,"
+        " actor_type, actor_id, actor_detail, reason, before_json, after_json)"
+        " SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[],"
+        " $5::smallint[], $6::smallint[], $7::text[], $8::text[], $9::text[], $10::text[],"
+        " $11::text[])",
+        s);
+    prune_audit = fmt::format("DELETE FROM {}.apikeys_audit_events WHERE time_ms < $1", s);
+  }
+
+  // revoke_all's statement: $1 account, $2 the time; `filter` narrows the keys it
+  // revokes (revoke_all_audited: to those it locked, $3).
+  static std::string revoke_all_sql(const std::string& s, const std::string& info_columns,
+                                    const std::string& returning, const char* filter) {
+    return fmt::format(
+        "WITH changed AS (UPDATE {0}.apikeys_keys SET status = {3}, updated_at = $2,"
+        " version = version + 1 WHERE account_id = $1 AND status <> {3}{7} RETURNING {4}),"
+        " counted AS (SELECT count(*) AS n FROM changed),"
+        " bump AS (UPDATE {0}.apikeys_meta SET revision = revision + (SELECT n FROM counted)"
+        " WHERE id = 1 AND (SELECT n FROM counted) > 0 RETURNING revision),"
+        " numbered AS (SELECT public_key,"
+        " row_number() OVER (ORDER BY created_at, key_id) AS i FROM changed),"
+        " logged AS (INSERT INTO {0}.apikeys_changes (revision, public_key)"
+        " SELECT bump.revision - counted.n + numbered.i, numbered.public_key"
+        " FROM bump, counted, numbered WHERE counted.n - numbered.i < {2}"
+        " ON CONFLICT (revision) DO UPDATE SET public_key = EXCLUDED.public_key),"
+        " pruned AS (DELETE FROM {0}.apikeys_changes"
+        " WHERE revision <= (SELECT revision FROM bump) - {2})"
+        " SELECT {5} FROM changed{6} ORDER BY changed.created_at DESC, changed.key_id DESC",
+        s, info_columns, kChangeLogSize, static_cast<int>(KeyStatus::revoked), returning,
+        key_columns(detail::Columns::info, "changed"), credits_join(s, "changed"), filter);
   }
 
   // replace()'s parameters: $1 key_id, $2 account_id, $3 the expected version, $4.. $12
@@ -443,6 +498,10 @@ constexpr const char* kTakeCredits = "apikeys_take_credits";
 constexpr const char* kCreditsView = "apikeys_credits_view";
 constexpr const char* kReturnCredits = "apikeys_return_credits";
 constexpr const char* kDropOrphanCredits = "apikeys_drop_orphan_credits";
+constexpr const char* kLockKey = "apikeys_lock_key";
+constexpr const char* kLockAccount = "apikeys_lock_account";
+constexpr const char* kRevokeLocked = "apikeys_revoke_locked";
+constexpr const char* kInsertEvents = "apikeys_insert_events";
 
 [[noreturn]] void corrupt(std::string_view op, const char* what) {
   throw Error(ErrorCode::storage,
@@ -845,6 +904,91 @@ std::optional<KeyInfo> single_row(const PgResult& r, std::string_view op) {
   return read_info(r.get(), 0, op);
 }
 
+// Every row of a result of keys, in order.
+std::vector<KeyInfo> all_rows(const PgResult& r, std::string_view op) {
+  std::vector<KeyInfo> out;
+  const int n = PQntuples(r.get());
+  out.reserve(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) out.push_back(read_info(r.get(), i, op));
+  return out;
+}
+
+// A PostgreSQL array literal ("{a,b}") built one element at a time: text elements
+// quoted and escaped, so that any text (commas, quotes, backslashes, "NULL") comes
+// back as it was given.
+class PgArray {
+ public:
+  // An element that needs no quoting: a UUID or a number.
+  void plain(std::string_view v) {
+    separate();
+    text_ += v;
+  }
+  // Text parameters end at a NUL: refuse rather than store a shorter string.
+  void quoted(std::string_view v, std::string_view op, const char* name) {
+    if (v.find('\0') != std::string_view::npos) {
+      throw Error(ErrorCode::storage,
+                  fmt::format("PostgresStore {} failed: {} contains a NUL byte, which "
+                              "PostgreSQL text cannot hold",
+                              op, name));
+    }
+    separate();
+    text_ += '"';
+    for (const char ch : v) {
+      if (ch == '"' || ch == '\\') text_ += '\\';
+      text_ += ch;
+    }
+    text_ += '"';
+  }
+  // The literal. REQUIRES: called once, after the last element.
+  const char* close() {
+    text_ += '}';
+    return text_.c_str();
+  }
+
+ private:
+  void separate() {
+    if (text_.size() > 1) text_ += ',';
+  }
+  std::string text_ = "{";
+};
+
+// The events of one audited write, in the order its ChangeAudit built them. Remembers
+// an exception the ChangeAudit threw, so that the caller gets it as it was, not as the
+// Error(storage) that Impl::run() makes of anything that is not an apikeys::Error.
+class EventBatch {
+ public:
+  explicit EventBatch(const ChangeAudit& audit) : audit_(audit) {}
+
+  // audit.event(before, after), kept when it is an event.
+  void add(const KeyInfo* before, const KeyInfo* after) {
+    try {
+      if (std::optional<AuditEvent> e = audit_.event(before, after)) {
+        events_.push_back(std::move(*e));
+      }
+    } catch (...) {
+      failure_ = std::current_exception();
+      throw;
+    }
+  }
+  [[nodiscard]] const std::vector<AuditEvent>& events() const noexcept { return events_; }
+  // A new attempt starts with no events.
+  void clear() noexcept {
+    events_.clear();
+    failure_ = nullptr;
+  }
+  // Rethrows what the ChangeAudit threw, if it threw.
+  void rethrow_failure() const {
+    if (failure_) std::rethrow_exception(failure_);
+  }
+
+ private:
+  const ChangeAudit& audit_;
+  std::vector<AuditEvent> events_;
+  std::exception_ptr failure_;
+};
+
+constexpr auto kMaxVersion = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
+
 bool valid_schema_name(std::string_view s) {
   if (s.empty() || s.size() > 63) return false;
   if (s[0] >= '0' && s[0] <= '9') return false;
@@ -926,6 +1070,10 @@ struct PostgresStore::Impl {
     c->prepare("connect", kCreditsView, sql.credits_view, d);
     c->prepare("connect", kReturnCredits, sql.return_credits, d);
     c->prepare("connect", kDropOrphanCredits, sql.drop_orphan_credits, d);
+    c->prepare("connect", kLockKey, sql.lock_key, d);
+    c->prepare("connect", kLockAccount, sql.lock_account, d);
+    c->prepare("connect", kRevokeLocked, sql.revoke_locked, d);
+    c->prepare("connect", kInsertEvents, sql.insert_events, d);
     return c;
   }
 
@@ -1042,6 +1190,160 @@ struct PostgresStore::Impl {
       }
     }
   }
+
+  // Runs f(connection) between BEGIN and COMMIT, once (not retried: after a lost reply
+  // the COMMIT may have happened). Any throw rolls the transaction back (a lost
+  // connection is rolled back by the server) and is rethrown.
+  template <typename F>
+  auto transaction(std::string_view op, F&& f) -> decltype(f(std::declval<PgConnection&>())) {
+    return run(op, false, [&](PgConnection& c) {
+      c.exec(op, "BEGIN", statement_deadline());
+      try {
+        auto result = f(c);
+        c.exec(op, "COMMIT", statement_deadline());
+        return result;
+      } catch (const pg::ConnectionLost&) {
+        throw;  // the connection is closed: the server rolls back
+      } catch (...) {
+        try {
+          c.exec(op, "ROLLBACK", statement_deadline());
+        } catch (...) {
+        }
+        throw;
+      }
+    });
+  }
+
+  // An audited write: f(connection, batch) makes the change and adds each key's event
+  // to the batch as it learns the key's states; the events are written in the same
+  // transaction, before it commits. A throw, from the ChangeAudit or anything else,
+  // commits nothing; what the ChangeAudit threw reaches the caller as it was thrown.
+  template <typename F>
+  auto audited(std::string_view op, const ChangeAudit& audit, F&& f)
+      -> decltype(f(std::declval<PgConnection&>(), std::declval<EventBatch&>())) {
+    EventBatch batch(audit);
+    try {
+      return transaction(op, [&](PgConnection& c) {
+        batch.clear();
+        auto result = f(c, batch);
+        insert_events(c, op, batch.events());
+        return result;
+      });
+    } catch (...) {
+      batch.rethrow_failure();
+      throw;
+    }
+  }
+
+  // Writes `events` in the connection's open transaction: one statement for them all.
+  void insert_events(PgConnection& c, std::string_view op,
+                     const std::vector<AuditEvent>& events) const {
+    if (events.empty()) return;
+    std::array<PgArray, 11> a;
+    for (const AuditEvent& e : events) {
+      a[0].plain(e.event_id.to_string());
+      a[1].plain(std::to_string(to_unix_millis(e.time)));
+      a[2].plain(e.account_id.to_string());
+      a[3].plain(e.key_id.to_string());
+      a[4].plain(std::to_string(static_cast<int>(e.action)));
+      a[5].plain(std::to_string(static_cast<int>(e.context.actor.type)));
+      a[6].quoted(e.context.actor.id, op, "the actor id");
+      a[7].quoted(e.context.actor.detail, op, "the actor detail");
+      a[8].quoted(e.context.reason, op, "the reason");
+      a[9].quoted(e.before, op, "the event's before");
+      a[10].quoted(e.after, op, "the event's after");
+    }
+    std::array<const char*, 11> values{};
+    for (std::size_t i = 0; i < a.size(); ++i) values[i] = a[i].close();
+    (void)c.exec_prepared(op, kInsertEvents, static_cast<int>(values.size()), values.data(),
+                          nullptr, nullptr, statement_deadline());
+  }
+
+  // Key `values[0]` of account `values[1]` through the prepared statement `name`
+  // (kGet, or kLockKey to lock its row until the transaction ends).
+  std::optional<KeyInfo> get_on(PgConnection& c, std::string_view op, const char* name,
+                                const char* const* key_and_account) const {
+    PgResult r =
+        c.exec_prepared(op, name, 2, key_and_account, nullptr, nullptr, statement_deadline());
+    return single_row(r, op);
+  }
+
+  // The compare-and-set of replace() (kReplace) or rotate() (kRotate, the successor's
+  // insert with it). No row changed: reads the key afresh (a new statement, so a new
+  // snapshot: a write that made ours miss has committed) to tell a conflict (the key as
+  // it now is) from not_found.
+  WriteResult compare_and_set(PgConnection& c, const char* op, const char* name,
+                              const ReplaceParams& params, std::uint64_t expected_version) const {
+    // No stored version is that large: nothing can match.
+    if (expected_version <= kMaxVersion) {
+      PgResult r = c.exec_prepared(op, name, params.count(), params.values(), params.lengths(),
+                                   params.formats(), statement_deadline());
+      if (auto key = single_row(r, op)) return WriteResult{WriteOutcome::applied, std::move(*key)};
+    }
+    WriteResult out;
+    if (auto key = get_on(c, op, kGet, params.values())) {
+      out.outcome = WriteOutcome::conflict;
+      out.key = std::move(*key);
+    }
+    return out;
+  }
+
+  // replace_audited() and rotate_audited(): the key locked and read, the compare-and-set,
+  // and when it applied the key's event, then (rotate) the successor's as stored.
+  WriteResult audited_compare_and_set(const char* op, const char* name, const ReplaceParams& params,
+                                      std::uint64_t expected_version, const ChangeAudit& audit,
+                                      const KeyRecord* successor) {
+    return audited(op, audit, [&](PgConnection& c, EventBatch& batch) {
+      const std::optional<KeyInfo> before = get_on(c, op, kLockKey, params.values());
+      if (!before) return WriteResult{};  // not_found: nothing locked, nothing written
+      WriteResult result = compare_and_set(c, op, name, params, expected_version);
+      if (result.outcome != WriteOutcome::applied) return result;
+      // The write leaves the credits alone; a take that committed since they were read
+      // must not look like a change this write made.
+      result.key.credits = before->credits;
+      batch.add(&*before, &result.key);
+      if (successor != nullptr) {
+        const std::string id = successor->info.key_id.to_string();
+        const char* key_and_account[] = {id.c_str(), params.values()[1]};
+        const std::optional<KeyInfo> stored = get_on(c, op, kGet, key_and_account);
+        if (!stored) corrupt(op, "the successor was not stored");
+        batch.add(nullptr, &*stored);
+      }
+      return result;
+    });
+  }
+
+  // The DELETE of remove(), given the key id and the account id: the key as it was, with
+  // its lineage's credits, or nullopt.
+  std::optional<KeyInfo> remove_on(PgConnection& c, const char* const* key_and_account) const {
+    PgResult r = c.exec_prepared("remove", kRemove, 2, key_and_account, nullptr, nullptr,
+                                 statement_deadline());
+    return single_row(r, "remove");
+  }
+
+  // After a committed remove(): the lineage's credits go with its last key.
+  void drop_orphan_credits(const std::optional<KeyInfo>& removed) {
+    if (!removed || !removed->credits) return;
+    // Idempotent, so retried; a failure here leaves a credits row no key reaches (a
+    // lineage id is its first key's random id, never given again): harmless.
+    const std::string lineage = removed->lineage().to_string();
+    const char* lineage_value[] = {lineage.c_str()};
+    try {
+      run("remove", true, [&](PgConnection& c) {
+        (void)c.exec_prepared("remove", kDropOrphanCredits, 1, lineage_value, nullptr, nullptr,
+                              statement_deadline());
+        return 0;
+      });
+    } catch (...) {
+      // The key is gone, as the caller asked; the orphan row costs only its bytes.
+    }
+  }
+
+  // change_credits() inside the caller's transaction. `stored` is set to the lineage's
+  // credits as they were (locked), nullopt when it had none.
+  std::optional<KeyInfo> change_credits_on(PgConnection& c, const std::string& key,
+                                           const std::string& account, const CreditsChange& change,
+                                           std::optional<Credits>& stored);
 };
 
 PostgresStore::PostgresStore(const std::string& conninfo, PostgresStoreOptions options) {
@@ -1123,6 +1425,23 @@ void PostgresStore::insert(const KeyRecord& record) {
   });
 }
 
+void PostgresStore::insert_audited(const KeyRecord& record, const ChangeAudit& audit) {
+  InsertParams params(record);
+  params.add_credits(record);
+  const std::string key = record.info.key_id.to_string();
+  const std::string account = record.info.account_id.to_string();
+  const char* key_and_account[] = {key.c_str(), account.c_str()};
+  (void)impl_->audited("insert", audit, [&](PgConnection& c, EventBatch& batch) {
+    (void)c.exec_prepared("insert", kInsert, params.count(), params.values(), params.lengths(),
+                          params.formats(), impl_->statement_deadline());
+    // As stored: with the lineage's credits, which a key of an existing lineage shares.
+    const std::optional<KeyInfo> stored = impl_->get_on(c, "insert", kGet, key_and_account);
+    if (!stored) corrupt("insert", "the key was not stored");
+    batch.add(nullptr, &*stored);
+    return 0;
+  });
+}
+
 std::optional<KeyRecord> PostgresStore::find(std::string_view public_key) {
   // Text parameters end at a NUL: such a key would match a shorter one. No key has one.
   if (public_key.find('\0') != std::string_view::npos) return std::nullopt;
@@ -1170,26 +1489,25 @@ std::optional<KeyInfo> PostgresStore::remove(const Uuid& account_id, const Uuid&
   const char* values[] = {key.c_str(), account.c_str()};
   // Not retried: after a lost reply the row may be gone, and a retry would answer
   // "no such key" about a delete that succeeded.
-  std::optional<KeyInfo> removed = impl_->run("remove", false, [&](PgConnection& c) {
-    PgResult r = c.exec_prepared("remove", kRemove, 2, values, nullptr, nullptr,
-                                 impl_->statement_deadline());
-    return single_row(r, "remove");
-  });
-  if (removed && removed->credits) {
-    // Idempotent, so retried; a failure here leaves a credits row no key reaches (a
-    // lineage id is its first key's random id, never given again): harmless.
-    const std::string lineage = removed->lineage().to_string();
-    const char* lineage_value[] = {lineage.c_str()};
-    try {
-      impl_->run("remove", true, [&](PgConnection& c) {
-        (void)c.exec_prepared("remove", kDropOrphanCredits, 1, lineage_value, nullptr, nullptr,
-                              impl_->statement_deadline());
-        return 0;
+  std::optional<KeyInfo> removed =
+      impl_->run("remove", false, [&](PgConnection& c) { return impl_->remove_on(c, values); });
+  impl_->drop_orphan_credits(removed);
+  return removed;
+}
+
+std::optional<KeyInfo> PostgresStore::remove_audited(const Uuid& account_id, const Uuid& key_id,
+                                                     const ChangeAudit& audit) {
+  const std::string key = key_id.to_string();
+  const std::string account = account_id.to_string();
+  const char* values[] = {key.c_str(), account.c_str()};
+  // The DELETE returns the row it deleted: the before-state is the state it replaced.
+  std::optional<KeyInfo> removed =
+      impl_->audited("remove", audit, [&](PgConnection& c, EventBatch& batch) {
+        std::optional<KeyInfo> gone = impl_->remove_on(c, values);
+        if (gone) batch.add(&*gone, nullptr);
+        return gone;
       });
-    } catch (...) {
-      // The key is gone, as the caller asked; the orphan row costs only its bytes.
-    }
-  }
+  impl_->drop_orphan_credits(removed);
   return removed;
 }
 
@@ -1231,41 +1549,22 @@ std::vector<KeyInfo> PostgresStore::list_page(const Uuid& account_id,
   });
 }
 
-namespace {
-
-// No row was changed by a compare-and-set of key `key_id`: reads it afresh (a new
-// statement, so a new snapshot: a write that made ours miss has committed) to tell a
-// conflict (the key as it now is) from not_found.
-WriteResult missed(PgConnection& c, const char* const* key_and_account, std::string_view op,
-                   pg::Deadline deadline) {
-  PgResult r = c.exec_prepared(op, kGet, 2, key_and_account, nullptr, nullptr, deadline);
-  WriteResult out;
-  if (auto key = single_row(r, op)) {
-    out.outcome = WriteOutcome::conflict;
-    out.key = std::move(*key);
-  }
-  return out;
-}
-
-constexpr auto kMaxVersion = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
-
-}  // namespace
-
 WriteResult PostgresStore::replace(const Uuid& account_id, const KeyInfo& next,
                                    std::uint64_t expected_version) {
   const ReplaceParams params("replace", account_id, next, expected_version);
   // Not retried: after a lost reply the write may have committed, and a retry would
   // report a conflict with our own change.
   return impl_->run("replace", false, [&](PgConnection& c) {
-    const Deadline d = impl_->statement_deadline();
-    // No stored version is that large: nothing can match.
-    if (expected_version > kMaxVersion) return missed(c, params.values(), "replace", d);
-    PgResult r = c.exec_prepared("replace", kReplace, params.count(), params.values(),
-                                 params.lengths(), params.formats(), d);
-    auto key = single_row(r, "replace");
-    if (!key) return missed(c, params.values(), "replace", d);
-    return WriteResult{WriteOutcome::applied, std::move(*key)};
+    return impl_->compare_and_set(c, "replace", kReplace, params, expected_version);
   });
+}
+
+WriteResult PostgresStore::replace_audited(const Uuid& account_id, const KeyInfo& next,
+                                           std::uint64_t expected_version,
+                                           const ChangeAudit& audit) {
+  const ReplaceParams params("replace", account_id, next, expected_version);
+  return impl_->audited_compare_and_set("replace", kReplace, params, expected_version, audit,
+                                        nullptr);
 }
 
 WriteResult PostgresStore::rotate(const Uuid& account_id, const KeyInfo& old_next,
@@ -1275,14 +1574,18 @@ WriteResult PostgresStore::rotate(const Uuid& account_id, const KeyInfo& old_nex
   params.append(insert);
   // Not retried, as replace(); one statement, so both writes or neither.
   return impl_->run("rotate", false, [&](PgConnection& c) {
-    const Deadline d = impl_->statement_deadline();
-    if (expected_version > kMaxVersion) return missed(c, params.values(), "rotate", d);
-    PgResult r = c.exec_prepared("rotate", kRotate, params.count(), params.values(),
-                                 params.lengths(), params.formats(), d);
-    auto key = single_row(r, "rotate");
-    if (!key) return missed(c, params.values(), "rotate", d);
-    return WriteResult{WriteOutcome::applied, std::move(*key)};
+    return impl_->compare_and_set(c, "rotate", kRotate, params, expected_version);
   });
+}
+
+WriteResult PostgresStore::rotate_audited(const Uuid& account_id, const KeyInfo& old_next,
+                                          std::uint64_t expected_version,
+                                          const KeyRecord& successor, const ChangeAudit& audit) {
+  const InsertParams insert(successor, "rotate");
+  ReplaceParams params("rotate", account_id, old_next, expected_version);
+  params.append(insert);
+  return impl_->audited_compare_and_set("rotate", kRotate, params, expected_version, audit,
+                                        &successor);
 }
 
 std::vector<KeyInfo> PostgresStore::revoke_all(const Uuid& account_id, TimePoint at) {
@@ -1294,11 +1597,40 @@ std::vector<KeyInfo> PostgresStore::revoke_all(const Uuid& account_id, TimePoint
   return impl_->run("revoke_all", false, [&](PgConnection& c) {
     PgResult r = c.exec_prepared("revoke_all", kRevokeAll, 2, values, nullptr, nullptr,
                                  impl_->statement_deadline());
-    std::vector<KeyInfo> out;
-    const int n = PQntuples(r.get());
-    out.reserve(static_cast<std::size_t>(n));
-    for (int i = 0; i < n; ++i) out.push_back(read_info(r.get(), i, "revoke_all"));
-    return out;
+    return all_rows(r, "revoke_all");
+  });
+}
+
+std::vector<KeyInfo> PostgresStore::revoke_all_audited(const Uuid& account_id, TimePoint at,
+                                                       const ChangeAudit& audit) {
+  const std::string account = account_id.to_string();
+  const std::string when = std::to_string(to_unix_millis(at));
+  return impl_->audited("revoke_all", audit, [&](PgConnection& c, EventBatch& batch) {
+    // The keys to revoke, locked: none can change before the UPDATE below, which
+    // revokes exactly these (a concurrent revoke_all that locked them first has
+    // revoked them, and they are not read here), so each before is what was replaced.
+    const char* account_value[] = {account.c_str()};
+    PgResult locked = c.exec_prepared("revoke_all", kLockAccount, 1, account_value, nullptr,
+                                      nullptr, impl_->statement_deadline());
+    const std::vector<KeyInfo> before = all_rows(locked, "revoke_all");  // key_id order
+    if (before.empty()) return std::vector<KeyInfo>{};
+    PgArray ids;
+    for (const KeyInfo& k : before) ids.plain(k.key_id.to_string());
+    const char* values[] = {account.c_str(), when.c_str(), ids.close()};
+    PgResult r = c.exec_prepared("revoke_all", kRevokeLocked, 3, values, nullptr, nullptr,
+                                 impl_->statement_deadline());
+    std::vector<KeyInfo> after = all_rows(r, "revoke_all");
+    for (KeyInfo& key : after) {
+      const auto was =
+          std::lower_bound(before.begin(), before.end(), key.key_id,
+                           [](const KeyInfo& k, const Uuid& id) { return k.key_id < id; });
+      if (was == before.end() || was->key_id != key.key_id) {
+        corrupt("revoke_all", "revoked a key it had not locked");
+      }
+      key.credits = was->credits;  // untouched, as replace_audited() keeps them
+      batch.add(&*was, &key);
+    }
+    return after;
   });
 }
 
@@ -1462,147 +1794,269 @@ void PostgresStore::return_credits(const Uuid& lineage_id, std::uint64_t n, std:
   });
 }
 
+std::optional<KeyInfo> PostgresStore::Impl::change_credits_on(PgConnection& c,
+                                                              const std::string& key,
+                                                              const std::string& account,
+                                                              const CreditsChange& change,
+                                                              std::optional<Credits>& stored) {
+  const std::string& s = quoted_schema;
+  const Deadline d = statement_deadline();
+  const char* key_values[] = {key.c_str(), account.c_str()};
+  PgResult k = c.exec_params("change_credits",
+                             fmt::format("SELECT COALESCE(lineage_id, key_id) FROM {}.apikeys_keys"
+                                         " WHERE key_id = $1 AND account_id = $2",
+                                         s),
+                             2, key_values, nullptr, nullptr, d);
+  if (PQntuples(k.get()) == 0) return std::nullopt;
+  const std::string lineage = PQgetvalue(k.get(), 0, 0);
+  const char* lineage_values[] = {lineage.c_str()};
+  // Creations of one lineage's credits wait for each other (the row lock below
+  // cannot order them: there is no row yet).
+  c.exec_params("change_credits",
+                "SELECT pg_advisory_xact_lock(hashtext('apikeys_credits:' || $1::text))", 1,
+                lineage_values, nullptr, nullptr, d);
+  PgResult row =
+      c.exec_params("change_credits",
+                    fmt::format("SELECT remaining, refill_amount, refill_interval, refill_mode,"
+                                " refill_cap, refilled_period FROM {}.apikeys_key_credits"
+                                " WHERE lineage_id = $1 FOR UPDATE",
+                                s),
+                    1, lineage_values, nullptr, nullptr, d);
+  stored.reset();
+  if (PQntuples(row.get()) == 1) {
+    constexpr auto kMax = kMaxCreditsInt;
+    Credits cr;
+    const PGresult* p = row.get();
+    cr.remaining = credit_value(p, 0, 0, "change_credits", "credits remaining out of range", kMax);
+    if (!PQgetisnull(p, 0, 1)) {
+      CreditRefill refill;
+      refill.amount = credit_value(p, 0, 1, "change_credits", "refill amount out of range", kMax);
+      refill.interval = static_cast<RefillInterval>(
+          credit_value(p, 0, 2, "change_credits", "unknown refill interval", 1));
+      refill.mode = static_cast<RefillMode>(
+          credit_value(p, 0, 3, "change_credits", "unknown refill mode", 1));
+      refill.cap = credit_value(p, 0, 4, "change_credits", "refill cap out of range", kMax);
+      cr.refill = refill;
+    }
+    cr.refilled_period = parse_int(p, 0, 5, "change_credits", "refilled_period is not an integer");
+    stored = cr;
+  }
+  std::optional<Credits> next;  // nullopt: no credits afterwards
+  switch (change.op) {
+    case CreditsOp::remove: break;
+    case CreditsOp::add:
+      if (!stored) throw Error(ErrorCode::conflict, "the key has no credits to add to");
+      next = refilled(*stored, change.at);
+      next->remaining = detail::add_clamped(next->remaining, change.delta);
+      break;
+    case CreditsOp::configure:
+      if (!stored && !change.remaining) {
+        throw Error(ErrorCode::conflict, "the key has no credits: give a balance");
+      }
+      next = detail::configured(stored ? refilled(*stored, change.at) : Credits{}, change);
+      break;
+  }
+  if (next) {
+    const Credits& n = *next;
+    const std::string remaining = std::to_string(n.remaining);
+    const std::string amount =
+        n.refill ? std::to_string(std::min(n.refill->amount, KeyPolicyLimits::kMaxCredits)) : "";
+    const std::string interval =
+        std::to_string(n.refill ? static_cast<int>(n.refill->interval) : 0);
+    const std::string mode = std::to_string(n.refill ? static_cast<int>(n.refill->mode) : 0);
+    const std::string cap =
+        n.refill ? std::to_string(std::min(n.refill->cap, KeyPolicyLimits::kMaxCredits)) : "0";
+    const std::string period = std::to_string(n.refilled_period);
+    const char* values[] = {
+        lineage.c_str(),  remaining.c_str(), n.refill ? amount.c_str() : nullptr,
+        interval.c_str(), mode.c_str(),      cap.c_str(),
+        period.c_str()};
+    c.exec_params("change_credits",
+                  fmt::format("INSERT INTO {}.apikeys_key_credits (lineage_id, remaining,"
+                              " refill_amount, refill_interval, refill_mode, refill_cap,"
+                              " refilled_period) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                              " ON CONFLICT (lineage_id) DO UPDATE SET"
+                              " remaining = EXCLUDED.remaining,"
+                              " refill_amount = EXCLUDED.refill_amount,"
+                              " refill_interval = EXCLUDED.refill_interval,"
+                              " refill_mode = EXCLUDED.refill_mode,"
+                              " refill_cap = EXCLUDED.refill_cap,"
+                              " refilled_period = EXCLUDED.refilled_period",
+                              s),
+                  7, values, nullptr, nullptr, d);
+  } else if (stored) {
+    c.exec_params("change_credits",
+                  fmt::format("DELETE FROM {}.apikeys_key_credits WHERE lineage_id = $1", s), 1,
+                  lineage_values, nullptr, nullptr, d);
+  }
+  if (stored.has_value() != next.has_value()) {
+    // Every key of the lineage has a new verdict (it has credits, or not): one
+    // revision and one log row each, as revoke_all numbers them.
+    c.exec_params(
+        "change_credits",
+        fmt::format("WITH lineage AS (SELECT public_key, row_number() OVER (ORDER BY created_at,"
+                    " key_id) AS i FROM {0}.apikeys_keys WHERE COALESCE(lineage_id, key_id) = $1),"
+                    " counted AS (SELECT count(*) AS n FROM lineage),"
+                    " bump AS (UPDATE {0}.apikeys_meta SET revision = revision +"
+                    " (SELECT n FROM counted) WHERE id = 1 AND (SELECT n FROM counted) > 0"
+                    " RETURNING revision),"
+                    " logged AS (INSERT INTO {0}.apikeys_changes (revision, public_key)"
+                    " SELECT bump.revision - counted.n + lineage.i, lineage.public_key"
+                    " FROM bump, counted, lineage WHERE counted.n - lineage.i < {1}"
+                    " ON CONFLICT (revision) DO UPDATE SET public_key = EXCLUDED.public_key),"
+                    " pruned AS (DELETE FROM {0}.apikeys_changes"
+                    " WHERE revision <= (SELECT revision FROM bump) - {1})"
+                    " SELECT 1",
+                    s, kChangeLogSize),
+        1, lineage_values, nullptr, nullptr, d);
+  }
+  PgResult got = c.exec_prepared("change_credits", kGet, 2, key_values, nullptr, nullptr, d);
+  return single_row(got, "change_credits");
+}
+
 std::optional<KeyInfo> PostgresStore::change_credits(const Uuid& account_id, const Uuid& key_id,
                                                      const CreditsChange& change) {
   const std::string key = key_id.to_string();
   const std::string account = account_id.to_string();
-  const std::string& s = impl_->quoted_schema;
   // Not retried: after a lost reply the change may have committed.
-  return impl_->run("change_credits", false, [&](PgConnection& c) -> std::optional<KeyInfo> {
-    const Deadline d = impl_->statement_deadline();
-    c.exec("change_credits", "BEGIN", d);
-    try {
-      const char* key_values[] = {key.c_str(), account.c_str()};
-      PgResult k =
-          c.exec_params("change_credits",
-                        fmt::format("SELECT COALESCE(lineage_id, key_id) FROM {}.apikeys_keys"
-                                    " WHERE key_id = $1 AND account_id = $2",
-                                    s),
-                        2, key_values, nullptr, nullptr, d);
-      if (PQntuples(k.get()) == 0) {
-        c.exec("change_credits", "ROLLBACK", d);
-        return std::nullopt;
-      }
-      const std::string lineage = PQgetvalue(k.get(), 0, 0);
-      const char* lineage_values[] = {lineage.c_str()};
-      // Creations of one lineage's credits wait for each other (the row lock below
-      // cannot order them: there is no row yet).
-      c.exec_params("change_credits",
-                    "SELECT pg_advisory_xact_lock(hashtext('apikeys_credits:' || $1::text))", 1,
-                    lineage_values, nullptr, nullptr, d);
-      PgResult row =
-          c.exec_params("change_credits",
-                        fmt::format("SELECT remaining, refill_amount, refill_interval, refill_mode,"
-                                    " refill_cap, refilled_period FROM {}.apikeys_key_credits"
-                                    " WHERE lineage_id = $1 FOR UPDATE",
-                                    s),
-                        1, lineage_values, nullptr, nullptr, d);
-      std::optional<Credits> stored;
-      if (PQntuples(row.get()) == 1) {
-        constexpr auto kMax = kMaxCreditsInt;
-        Credits cr;
-        const PGresult* p = row.get();
-        cr.remaining =
-            credit_value(p, 0, 0, "change_credits", "credits remaining out of range", kMax);
-        if (!PQgetisnull(p, 0, 1)) {
-          CreditRefill refill;
-          refill.amount =
-              credit_value(p, 0, 1, "change_credits", "refill amount out of range", kMax);
-          refill.interval = static_cast<RefillInterval>(
-              credit_value(p, 0, 2, "change_credits", "unknown refill interval", 1));
-          refill.mode = static_cast<RefillMode>(
-              credit_value(p, 0, 3, "change_credits", "unknown refill mode", 1));
-          refill.cap = credit_value(p, 0, 4, "change_credits", "refill cap out of range", kMax);
-          cr.refill = refill;
-        }
-        cr.refilled_period =
-            parse_int(p, 0, 5, "change_credits", "refilled_period is not an integer");
-        stored = cr;
-      }
-      std::optional<Credits> next;  // nullopt: no credits afterwards
-      switch (change.op) {
-        case CreditsOp::remove: break;
-        case CreditsOp::add:
-          if (!stored) throw Error(ErrorCode::conflict, "the key has no credits to add to");
-          next = refilled(*stored, change.at);
-          next->remaining = detail::add_clamped(next->remaining, change.delta);
-          break;
-        case CreditsOp::configure:
-          if (!stored && !change.remaining) {
-            throw Error(ErrorCode::conflict, "the key has no credits: give a balance");
-          }
-          next = detail::configured(stored ? refilled(*stored, change.at) : Credits{}, change);
-          break;
-      }
-      if (next) {
-        const Credits& n = *next;
-        const std::string remaining = std::to_string(n.remaining);
-        const std::string amount =
-            n.refill ? std::to_string(std::min(n.refill->amount, KeyPolicyLimits::kMaxCredits))
-                     : "";
-        const std::string interval =
-            std::to_string(n.refill ? static_cast<int>(n.refill->interval) : 0);
-        const std::string mode = std::to_string(n.refill ? static_cast<int>(n.refill->mode) : 0);
-        const std::string cap =
-            n.refill ? std::to_string(std::min(n.refill->cap, KeyPolicyLimits::kMaxCredits)) : "0";
-        const std::string period = std::to_string(n.refilled_period);
-        const char* values[] = {
-            lineage.c_str(),  remaining.c_str(), n.refill ? amount.c_str() : nullptr,
-            interval.c_str(), mode.c_str(),      cap.c_str(),
-            period.c_str()};
-        c.exec_params("change_credits",
-                      fmt::format("INSERT INTO {}.apikeys_key_credits (lineage_id, remaining,"
-                                  " refill_amount, refill_interval, refill_mode, refill_cap,"
-                                  " refilled_period) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-                                  " ON CONFLICT (lineage_id) DO UPDATE SET"
-                                  " remaining = EXCLUDED.remaining,"
-                                  " refill_amount = EXCLUDED.refill_amount,"
-                                  " refill_interval = EXCLUDED.refill_interval,"
-                                  " refill_mode = EXCLUDED.refill_mode,"
-                                  " refill_cap = EXCLUDED.refill_cap,"
-                                  " refilled_period = EXCLUDED.refilled_period",
-                                  s),
-                      7, values, nullptr, nullptr, d);
-      } else if (stored) {
-        c.exec_params("change_credits",
-                      fmt::format("DELETE FROM {}.apikeys_key_credits WHERE lineage_id = $1", s), 1,
-                      lineage_values, nullptr, nullptr, d);
-      }
-      if (stored.has_value() != next.has_value()) {
-        // Every key of the lineage has a new verdict (it has credits, or not): one
-        // revision and one log row each, as revoke_all numbers them.
-        c.exec_params(
-            "change_credits",
-            fmt::format(
-                "WITH lineage AS (SELECT public_key, row_number() OVER (ORDER BY created_at,"
-                " key_id) AS i FROM {0}.apikeys_keys WHERE COALESCE(lineage_id, key_id) = $1),"
-                " counted AS (SELECT count(*) AS n FROM lineage),"
-                " bump AS (UPDATE {0}.apikeys_meta SET revision = revision +"
-                " (SELECT n FROM counted) WHERE id = 1 AND (SELECT n FROM counted) > 0"
-                " RETURNING revision),"
-                " logged AS (INSERT INTO {0}.apikeys_changes (revision, public_key)"
-                " SELECT bump.revision - counted.n + lineage.i, lineage.public_key"
-                " FROM bump, counted, lineage WHERE counted.n - lineage.i < {1}"
-                " ON CONFLICT (revision) DO UPDATE SET public_key = EXCLUDED.public_key),"
-                " pruned AS (DELETE FROM {0}.apikeys_changes"
-                " WHERE revision <= (SELECT revision FROM bump) - {1})"
-                " SELECT 1",
-                s, kChangeLogSize),
-            1, lineage_values, nullptr, nullptr, d);
-      }
-      PgResult got = c.exec_prepared("change_credits", kGet, 2, key_values, nullptr, nullptr, d);
-      std::optional<KeyInfo> out = single_row(got, "change_credits");
-      c.exec("change_credits", "COMMIT", d);
-      return out;
-    } catch (const pg::ConnectionLost&) {
-      throw;  // the connection is closed: the server rolls back
-    } catch (...) {
-      try {
-        c.exec("change_credits", "ROLLBACK", impl_->statement_deadline());
-      } catch (...) {
-      }
-      throw;
+  return impl_->transaction("change_credits", [&](PgConnection& c) {
+    std::optional<Credits> stored;
+    return impl_->change_credits_on(c, key, account, change, stored);
+  });
+}
+
+std::optional<KeyInfo> PostgresStore::change_credits_audited(const Uuid& account_id,
+                                                             const Uuid& key_id,
+                                                             const CreditsChange& change,
+                                                             const ChangeAudit& audit) {
+  const std::string key = key_id.to_string();
+  const std::string account = account_id.to_string();
+  return impl_->audited("change_credits", audit, [&](PgConnection& c, EventBatch& batch) {
+    std::optional<Credits> stored;
+    std::optional<KeyInfo> after = impl_->change_credits_on(c, key, account, change, stored);
+    if (after) {
+      // The key as read at the end of the change, with the credits it replaced (locked
+      // from the first read on): the two states differ in credits only.
+      KeyInfo before = *after;
+      before.credits = stored;
+      batch.add(&before, &*after);
     }
+    return after;
+  });
+}
+
+namespace {
+
+// Milliseconds since the epoch, rounded up: every event time is a whole millisecond,
+// so "time >= t" and "time < t" are "time_ms >= ceil_millis(t)" and "time_ms <
+// ceil_millis(t)".
+std::int64_t ceil_millis(TimePoint t) {
+  const std::int64_t ms = to_unix_millis(t);
+  return from_unix_millis(ms) < t ? ms + 1 : ms;
+}
+
+// A column of audit_events that holds a stable uint8 code.
+std::uint8_t audit_code(const PGresult* r, int row, int col, const char* what) {
+  const std::int64_t v = parse_int(r, row, col, "audit_events", what);
+  if (v < 0 || v > std::numeric_limits<std::uint8_t>::max()) corrupt("audit_events", what);
+  return static_cast<std::uint8_t>(v);
+}
+
+Uuid audit_uuid(const PGresult* r, int row, int col, const char* what) {
+  if (PQgetisnull(r, row, col)) corrupt("audit_events", what);
+  const std::optional<Uuid> id = Uuid::parse(PQgetvalue(r, row, col));
+  if (!id) corrupt("audit_events", what);
+  return *id;
+}
+
+std::string audit_text(const PGresult* r, int row, int col, const char* what) {
+  if (PQgetisnull(r, row, col)) corrupt("audit_events", what);
+  return std::string(PQgetvalue(r, row, col), static_cast<std::size_t>(PQgetlength(r, row, col)));
+}
+
+}  // namespace
+
+std::vector<AuditEvent> PostgresStore::audit_events(const Uuid& account_id,
+                                                    const AuditRange& range) {
+  if (range.limit == 0) return {};
+  // The conditions that are set, and only those, so that the planner sees each query's
+  // own shape: an index range on (account_id[, key_id], time_ms DESC, event_id DESC).
+  std::vector<std::string> owned;
+  owned.reserve(6);
+  owned.push_back(account_id.to_string());
+  std::string where = "account_id = $1";
+  const auto param = [&owned](std::string value) {
+    owned.push_back(std::move(value));
+    return fmt::format("${}", owned.size());
+  };
+  if (range.key_id) where += " AND key_id = " + param(range.key_id->to_string()) + "::uuid";
+  if (range.since) {
+    where += " AND time_ms >= " + param(std::to_string(ceil_millis(*range.since))) + "::bigint";
+  }
+  if (range.after) {
+    const std::int64_t ms = to_unix_millis(range.after->time);
+    if (from_unix_millis(ms) == range.after->time) {
+      // Strictly after it in (time DESC, event_id DESC): uuid compares as its 16 bytes,
+      // big-endian, as Uuid::operator< does.
+      const std::string time = param(std::to_string(ms));
+      where += fmt::format(" AND (time_ms, event_id) < ({}::bigint, {}::uuid)", time,
+                           param(range.after->event_id.to_string()));
+    } else {
+      // Between two milliseconds: no event has that time; those before it come after.
+      where += " AND time_ms <= " + param(std::to_string(ms)) + "::bigint";
+    }
+  }
+  const std::string limit = param(std::to_string(std::min<std::uint64_t>(
+      range.limit, static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))));
+  const std::string query = fmt::format(
+      "SELECT event_id, time_ms, action, actor_type, actor_id, actor_detail, reason, key_id,"
+      " before_json, after_json FROM {}.apikeys_audit_events WHERE {}"
+      " ORDER BY time_ms DESC, event_id DESC LIMIT {}::bigint",
+      impl_->quoted_schema, where, limit);
+  std::vector<const char*> values;
+  values.reserve(owned.size());
+  for (const std::string& v : owned) values.push_back(v.c_str());
+  return impl_->run("audit_events", true, [&](PgConnection& c) {
+    PgResult r = c.exec_params("audit_events", query, static_cast<int>(values.size()),
+                               values.data(), nullptr, nullptr, impl_->statement_deadline());
+    const PGresult* p = r.get();
+    if (PQnfields(p) != 10) corrupt("audit_events", "missing columns");
+    std::vector<AuditEvent> out;
+    const int n = PQntuples(p);
+    out.reserve(static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i) {
+      AuditEvent e;
+      e.event_id = audit_uuid(p, i, 0, "event_id is not a UUID");
+      e.time = from_unix_millis(parse_int(p, i, 1, "audit_events", "time_ms is not an integer"));
+      e.action = static_cast<AuditAction>(audit_code(p, i, 2, "action out of range"));
+      e.context.actor.type = static_cast<ActorType>(audit_code(p, i, 3, "actor_type out of range"));
+      e.context.actor.id = audit_text(p, i, 4, "actor_id is null");
+      e.context.actor.detail = audit_text(p, i, 5, "actor_detail is null");
+      e.context.reason = audit_text(p, i, 6, "reason is null");
+      e.account_id = account_id;
+      e.key_id = audit_uuid(p, i, 7, "key_id is not a UUID");
+      e.before = audit_text(p, i, 8, "before_json is null");
+      e.after = audit_text(p, i, 9, "after_json is null");
+      out.push_back(std::move(e));
+    }
+    return out;
+  });
+}
+
+std::uint64_t PostgresStore::prune_audit(TimePoint before) {
+  const std::string bound = std::to_string(ceil_millis(before));
+  const char* values[] = {bound.c_str()};
+  // Not retried: after a lost reply the events may be gone, and a retry would count
+  // fewer than were deleted.
+  return impl_->run("prune_audit", false, [&](PgConnection& c) -> std::uint64_t {
+    PgResult r = c.exec_params("prune_audit", impl_->sql.prune_audit, 1, values, nullptr, nullptr,
+                               impl_->statement_deadline());
+    const char* rows = PQcmdTuples(r.get());
+    std::uint64_t n = 0;
+    const char* end = rows + std::strlen(rows);
+    const auto [p, ec] = std::from_chars(rows, end, n);
+    if (ec != std::errc() || p != end) corrupt("prune_audit", "no row count");
+    return n;
   });
 }
 

@@ -67,7 +67,10 @@ struct Writer {
         drop_orphan_credits(db, kDropOrphanCreditsSql),
         lineage_keys(db, kLineageKeysSql),
         return_credits(db, kReturnCreditsSql),
-        take_credits(db, take_credits_sql().c_str()) {}
+        take_credits(db, take_credits_sql().c_str()),
+        list(db, list_sql().c_str()),
+        insert_audit(db, insert_audit_sql().c_str()),
+        prune_audit(db, kPruneAuditSql) {}
 
   SQLite::Database db;
   RawStatement insert;
@@ -89,6 +92,16 @@ struct Writer {
   RawStatement lineage_keys;
   RawStatement return_credits;
   RawStatement take_credits;
+  RawStatement list;          // an audited revoke_all's keys as they were
+  RawStatement insert_audit;  // one audit event
+  RawStatement prune_audit;
+};
+
+// What a ChangeAudit threw, carried out of the write transaction (which rolls back on
+// the way) and past the store's error translation, which it passes untouched because it
+// is no std::exception; Impl::audited_write() rethrows it as it was thrown (rule 32).
+struct AuditThrew {
+  std::exception_ptr error;
 };
 
 // The write counters of the files open in this process (see file_epoch()).
@@ -268,6 +281,32 @@ struct SqliteStore::Impl {
       }
     });
   }
+
+  // write(), for a write that may call a ChangeAudit: what the audit threw reaches the
+  // caller as it was thrown, after the rollback (rule 32).
+  template <typename F>
+  APIKEYS_EXCLUDES(writer_mu)
+  auto audited_write(const char* op, F&& f) -> decltype(f(std::declval<Writer&>())) {
+    try {
+      return write(op, std::forward<F>(f));
+    } catch (const AuditThrew& threw) {
+      std::rethrow_exception(threw.error);
+    }
+  }
+
+  // The key writes. Each plain write is its audited twin with no audit (nullptr): it
+  // then reads no before-state and calls nothing (rule 32).
+  void insert(const KeyRecord& record, const ChangeAudit* audit);
+  WriteResult replace(const Uuid& account_id, const KeyInfo& next, std::uint64_t expected_version,
+                      const ChangeAudit* audit);
+  WriteResult rotate(const Uuid& account_id, const KeyInfo& old_next,
+                     std::uint64_t expected_version, const KeyRecord& successor,
+                     const ChangeAudit* audit);
+  std::optional<KeyInfo> remove(const Uuid& account_id, const Uuid& key_id,
+                                const ChangeAudit* audit);
+  std::vector<KeyInfo> revoke_all(const Uuid& account_id, TimePoint at, const ChangeAudit* audit);
+  std::optional<KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,
+                                        const CreditsChange& change, const ChangeAudit* audit);
 };
 
 SqliteStore::SqliteStore(const std::string& path, SqliteStoreOptions options)
@@ -389,8 +428,10 @@ std::int64_t insert_in(Writer& w, const KeyRecord& record, const char* op) {
 
 }  // namespace
 
-void SqliteStore::insert(const KeyRecord& record) {
-  impl_->write("insert", [&](Writer& w) { impl_->note_rowid(insert_in(w, record, "insert")); });
+void SqliteStore::insert(const KeyRecord& record) { impl_->insert(record, nullptr); }
+
+void SqliteStore::insert_audited(const KeyRecord& record, const ChangeAudit& audit) {
+  impl_->insert(record, &audit);
 }
 
 std::optional<KeyRecord> SqliteStore::find(std::string_view public_key) {
@@ -556,6 +597,70 @@ WriteResult replace_in(Writer& w, const std::string& account, const KeyInfo& nex
   return result;
 }
 
+// Writes `event` into audit_events inside the caller's write transaction, every field
+// as given (rule 33). A duplicate event_id throws (already_exists): the change rolls back.
+void insert_event(Writer& w, const AuditEvent& event) {
+  const std::string event_id = event.event_id.to_string();
+  const std::string account = event.account_id.to_string();
+  const std::string key = event.key_id.to_string();
+  RawStatement& s = w.insert_audit;
+  RawUse use(s);
+  s.bind(1, event_id);
+  s.bind(2, to_unix_millis(event.time));
+  s.bind(3, static_cast<std::int64_t>(event.action));
+  s.bind(4, static_cast<std::int64_t>(event.context.actor.type));
+  s.bind(5, event.context.actor.id);
+  s.bind(6, event.context.actor.detail);
+  s.bind(7, event.context.reason);
+  s.bind(8, account);
+  s.bind(9, key);
+  s.bind(10, event.before);
+  s.bind(11, event.after);
+  (void)s.step();
+}
+
+// One key of an audited write going from `before` to `after` (nullptr: created, or
+// deleted): the event `audit` builds for it is written in the caller's transaction.
+// Nothing when the write is not audited (rule 32).
+void audit_change(Writer& w, const ChangeAudit* audit, const KeyInfo* before,
+                  const KeyInfo* after) {
+  if (audit == nullptr) return;
+  std::optional<AuditEvent> event;
+  try {
+    event = audit->event(before, after);
+  } catch (...) {
+    throw AuditThrew{std::current_exception()};
+  }
+  if (event) insert_event(w, *event);
+}
+
+// The event of a key just inserted in the caller's transaction, the key read back as
+// stored (its lineage's credits included).
+void audit_insert(Writer& w, const ChangeAudit* audit, const KeyInfo& inserted, const char* op) {
+  if (audit == nullptr) return;
+  const std::optional<KeyInfo> stored =
+      get_in(w, inserted.key_id.to_string(), inserted.account_id.to_string(), op);
+  if (!stored) corrupt(op, "an inserted key does not read back");
+  audit_change(w, audit, nullptr, &*stored);
+}
+
+// replace_in(), and when `audit` is set the key's event: the key as it was is read first,
+// in the same transaction, as get() returns it.
+WriteResult replace_audited_in(Writer& w, const std::string& account, const KeyInfo& next,
+                               std::uint64_t expected_version, const ChangeAudit* audit,
+                               const char* op) {
+  std::optional<KeyInfo> before;
+  if (audit != nullptr) {
+    before = get_in(w, next.key_id.to_string(), account, op);
+    if (!before) return WriteResult{};  // not_found: nothing written, nothing recorded
+  }
+  WriteResult result = replace_in(w, account, next, expected_version, op);
+  if (before && result.outcome == WriteOutcome::applied) {
+    audit_change(w, audit, &*before, &result.key);
+  }
+  return result;
+}
+
 }  // namespace
 
 std::optional<KeyInfo> SqliteStore::get(const Uuid& account_id, const Uuid& key_id) {
@@ -598,31 +703,82 @@ std::vector<KeyInfo> SqliteStore::list_page(const Uuid& account_id,
   });
 }
 
+void SqliteStore::Impl::insert(const KeyRecord& record, const ChangeAudit* audit) {
+  audited_write("insert", [&](Writer& w) {
+    note_rowid(insert_in(w, record, "insert"));
+    audit_insert(w, audit, record.info, "insert");
+  });
+}
+
 WriteResult SqliteStore::replace(const Uuid& account_id, const KeyInfo& next,
                                  std::uint64_t expected_version) {
+  return impl_->replace(account_id, next, expected_version, nullptr);
+}
+
+WriteResult SqliteStore::replace_audited(const Uuid& account_id, const KeyInfo& next,
+                                         std::uint64_t expected_version, const ChangeAudit& audit) {
+  return impl_->replace(account_id, next, expected_version, &audit);
+}
+
+WriteResult SqliteStore::Impl::replace(const Uuid& account_id, const KeyInfo& next,
+                                       std::uint64_t expected_version, const ChangeAudit* audit) {
   const std::string account = account_id.to_string();
-  return impl_->write("replace", [&](Writer& w) {
-    return replace_in(w, account, next, expected_version, "replace");
+  return audited_write("replace", [&](Writer& w) {
+    return replace_audited_in(w, account, next, expected_version, audit, "replace");
   });
 }
 
 WriteResult SqliteStore::rotate(const Uuid& account_id, const KeyInfo& old_next,
                                 std::uint64_t expected_version, const KeyRecord& successor) {
+  return impl_->rotate(account_id, old_next, expected_version, successor, nullptr);
+}
+
+WriteResult SqliteStore::rotate_audited(const Uuid& account_id, const KeyInfo& old_next,
+                                        std::uint64_t expected_version, const KeyRecord& successor,
+                                        const ChangeAudit& audit) {
+  return impl_->rotate(account_id, old_next, expected_version, successor, &audit);
+}
+
+WriteResult SqliteStore::Impl::rotate(const Uuid& account_id, const KeyInfo& old_next,
+                                      std::uint64_t expected_version, const KeyRecord& successor,
+                                      const ChangeAudit* audit) {
   const std::string account = account_id.to_string();
-  return impl_->write("rotate", [&](Writer& w) {
-    WriteResult result = replace_in(w, account, old_next, expected_version, "rotate");
+  return audited_write("rotate", [&](Writer& w) {
+    WriteResult result =
+        replace_audited_in(w, account, old_next, expected_version, audit, "rotate");
     if (result.outcome != WriteOutcome::applied) return result;
     // Rule 24: a duplicate successor throws (already_exists); the transaction, the
-    // replace above included, rolls back and nothing is written. The successor has the
-    // old key's lineage: it shares its credits and creates none (rule 28).
-    impl_->note_rowid(insert_in(w, successor, "rotate"));
+    // replace above and its event included, rolls back and nothing is written. The
+    // successor has the old key's lineage: it shares its credits and creates none
+    // (rule 28).
+    note_rowid(insert_in(w, successor, "rotate"));
+    audit_insert(w, audit, successor.info, "rotate");
     return result;
   });
 }
 
 std::vector<KeyInfo> SqliteStore::revoke_all(const Uuid& account_id, TimePoint at) {
+  return impl_->revoke_all(account_id, at, nullptr);
+}
+
+std::vector<KeyInfo> SqliteStore::revoke_all_audited(const Uuid& account_id, TimePoint at,
+                                                     const ChangeAudit& audit) {
+  return impl_->revoke_all(account_id, at, &audit);
+}
+
+std::vector<KeyInfo> SqliteStore::Impl::revoke_all(const Uuid& account_id, TimePoint at,
+                                                   const ChangeAudit* audit) {
   const std::string account = account_id.to_string();
-  return impl_->write("revoke_all", [&](Writer& w) {
+  return audited_write("revoke_all", [&](Writer& w) {
+    // Audited: the account's keys as they were, by id, to pair with the rows revoked.
+    std::vector<KeyInfo> before;
+    if (audit != nullptr) {
+      RawUse use(w.list);
+      w.list.bind(1, account);
+      while (w.list.step()) before.push_back(read_full_info(w.list.get(), "revoke_all"));
+      std::sort(before.begin(), before.end(),
+                [](const KeyInfo& a, const KeyInfo& b) { return a.key_id < b.key_id; });
+    }
     std::vector<KeyInfo> revoked;
     {
       RawUse use(w.revoke_all);
@@ -639,6 +795,17 @@ std::vector<KeyInfo> SqliteStore::revoke_all(const Uuid& account_id, TimePoint a
     // reaches, so a poller drops its whole cache instead of missing a key (rule 11).
     for (const KeyInfo& info : revoked) log_change(w, "revoke_all", info.public_key);
     if (!revoked.empty()) prune_changes(w);
+    if (audit != nullptr) {
+      for (const KeyInfo& info : revoked) {
+        const auto was =
+            std::lower_bound(before.begin(), before.end(), info.key_id,
+                             [](const KeyInfo& k, const Uuid& id) { return k.key_id < id; });
+        if (was == before.end() || was->key_id != info.key_id) {
+          corrupt("revoke_all", "a revoked key was not there before");
+        }
+        audit_change(w, audit, &*was, &info);
+      }
+    }
     return revoked;
   });
 }
@@ -665,9 +832,19 @@ std::optional<KeyInfo> SqliteStore::set_status(const Uuid& account_id, const Uui
 }
 
 std::optional<KeyInfo> SqliteStore::remove(const Uuid& account_id, const Uuid& key_id) {
+  return impl_->remove(account_id, key_id, nullptr);
+}
+
+std::optional<KeyInfo> SqliteStore::remove_audited(const Uuid& account_id, const Uuid& key_id,
+                                                   const ChangeAudit& audit) {
+  return impl_->remove(account_id, key_id, &audit);
+}
+
+std::optional<KeyInfo> SqliteStore::Impl::remove(const Uuid& account_id, const Uuid& key_id,
+                                                 const ChangeAudit* audit) {
   const std::string key = key_id.to_string();
   const std::string account = account_id.to_string();
-  return impl_->write("remove", [&](Writer& w) {
+  return audited_write("remove", [&](Writer& w) {
     std::optional<KeyInfo> info;
     {
       RawUse use(w.remove);
@@ -679,6 +856,7 @@ std::optional<KeyInfo> SqliteStore::remove(const Uuid& account_id, const Uuid& k
     bump_revision(w, "remove", info->public_key);
     // The key as it was, credits included; they go with the lineage's last key (rule 28).
     info = with_credits(w, std::move(*info), "remove");
+    audit_change(w, audit, &*info, nullptr);
     const std::string lineage = info->lineage().to_string();
     RawUse use(w.drop_orphan_credits);
     w.drop_orphan_credits.bind(1, lineage);
@@ -848,13 +1026,29 @@ void SqliteStore::return_credits(const Uuid& lineage_id, std::uint64_t n, std::i
 
 std::optional<KeyInfo> SqliteStore::change_credits(const Uuid& account_id, const Uuid& key_id,
                                                    const CreditsChange& change) {
-  require_writable(impl_->read_only, "change_credits");
+  return impl_->change_credits(account_id, key_id, change, nullptr);
+}
+
+std::optional<KeyInfo> SqliteStore::change_credits_audited(const Uuid& account_id,
+                                                           const Uuid& key_id,
+                                                           const CreditsChange& change,
+                                                           const ChangeAudit& audit) {
+  return impl_->change_credits(account_id, key_id, change, &audit);
+}
+
+std::optional<KeyInfo> SqliteStore::Impl::change_credits(const Uuid& account_id, const Uuid& key_id,
+                                                         const CreditsChange& change,
+                                                         const ChangeAudit* audit) {
+  require_writable(read_only, "change_credits");
   const std::string key = key_id.to_string();
   const std::string account = account_id.to_string();
   const char* op = "change_credits";
-  return impl_->write(op, [&](Writer& w) -> std::optional<KeyInfo> {
+  return audited_write(op, [&](Writer& w) -> std::optional<KeyInfo> {
     std::optional<KeyInfo> info = get_in(w, key, account, op);
     if (!info) return std::nullopt;
+    std::optional<KeyInfo> before;
+    if (audit != nullptr) before = info;
+    bool wrote = true;  // false only for removing credits the lineage does not have
     const Uuid lineage_id = info->lineage();
     const std::string lineage = lineage_id.to_string();
     const std::optional<Credits> stored = info->credits;
@@ -867,6 +1061,7 @@ std::optional<KeyInfo> SqliteStore::change_credits(const Uuid& account_id, const
           (void)w.delete_credits.step();
           flipped = true;
         }
+        wrote = flipped;
         break;
       case CreditsOp::add: {
         if (!stored) throw Error(ErrorCode::conflict, "the key has no credits to add to");
@@ -901,7 +1096,101 @@ std::optional<KeyInfo> SqliteStore::change_credits(const Uuid& account_id, const
       if (!keys.empty()) prune_changes(w);
     }
     info->credits = credits_in(w, lineage_id, op);
+    if (before && wrote) audit_change(w, audit, &*before, &*info);
     return info;
+  });
+}
+
+namespace {
+
+// The millisecond at or after `t`: the first stored time (whole milliseconds) that is not
+// before it.
+std::int64_t ceil_millis(TimePoint t) noexcept {
+  return std::chrono::ceil<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
+
+Uuid read_uuid(sqlite3_stmt* s, int i, const char* op, const char* what) {
+  const std::optional<Uuid> id = Uuid::parse(read_text_view(s, i, op, what));
+  if (!id) corrupt(op, what);
+  return *id;
+}
+
+// A stable one-byte code (AuditAction, ActorType): kept as stored, a value this library
+// does not know included (a newer one wrote it); out of a byte's range is corrupt.
+std::uint8_t read_code(sqlite3_stmt* s, int i, const char* op, const char* what) {
+  const std::int64_t v = read_int(s, i, op, what);
+  if (v < 0 || v > std::numeric_limits<std::uint8_t>::max()) corrupt(op, what);
+  return static_cast<std::uint8_t>(v);
+}
+
+// An audit_events row, in the column order of kAuditColumns.
+AuditEvent read_event(sqlite3_stmt* s) {
+  const char* op = "audit_events";
+  AuditEvent e;
+  e.event_id = read_uuid(s, 0, op, "event_id");
+  e.time = from_unix_millis(read_int(s, 1, op, "time_ms"));
+  e.action = static_cast<AuditAction>(read_code(s, 2, op, "action"));
+  e.context.actor.type = static_cast<ActorType>(read_code(s, 3, op, "actor_type"));
+  e.context.actor.id = std::string(read_text_view(s, 4, op, "actor_id"));
+  e.context.actor.detail = std::string(read_text_view(s, 5, op, "actor_detail"));
+  e.context.reason = std::string(read_text_view(s, 6, op, "reason"));
+  e.account_id = read_uuid(s, 7, op, "account_id");
+  e.key_id = read_uuid(s, 8, op, "key_id");
+  e.before = std::string(read_text_view(s, 9, op, "before_json"));
+  e.after = std::string(read_text_view(s, 10, op, "after_json"));
+  return e;
+}
+
+}  // namespace
+
+std::vector<AuditEvent> SqliteStore::audit_events(const Uuid& account_id, const AuditRange& range) {
+  if (range.limit == 0) return {};
+  const std::string account = account_id.to_string();
+  const std::string key = range.key_id ? range.key_id->to_string() : std::string();
+  // The position: strictly after (time, event_id) in the order. A time between two
+  // milliseconds has no event at it: the page then starts at the millisecond before.
+  std::int64_t after_ms = 0;
+  std::string after_id;
+  if (range.after) {
+    after_ms = ceil_millis(range.after->time);
+    if (from_unix_millis(after_ms) == range.after->time) {
+      after_id = range.after->event_id.to_string();
+    }  // else: event_id < '' matches nothing, so only time_ms < after_ms remains
+  }
+  return translated("audit_events", [&] {
+    std::vector<AuditEvent> out;
+    Impl::Lease r(*impl_);
+    r->end_snapshot();  // rule 4
+    // Rule 34: an operator's paging, not the hot path: prepared per call.
+    RawStatement s(r->db, audit_events_sql(range.key_id.has_value(), range.since.has_value(),
+                                           range.after.has_value())
+                              .c_str());
+    const auto most = static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max());
+    s.bind(1, account);
+    s.bind(2, static_cast<std::int64_t>(std::min(range.limit, most)));
+    if (range.key_id) s.bind(3, key);
+    if (range.since) s.bind(4, ceil_millis(*range.since));
+    if (range.after) {
+      s.bind(5, after_ms);
+      s.bind(6, after_id);
+    }
+    while (s.step()) out.push_back(read_event(s.get()));
+    return out;
+  });
+}
+
+std::uint64_t SqliteStore::prune_audit(TimePoint before) {
+  const std::int64_t before_ms = ceil_millis(before);
+  return impl_->write("prune_audit", [&](Writer& w) {
+    // Rule 35: one DELETE on the time index; no key changes, so no revision step.
+    RawUse use(w.prune_audit);
+    w.prune_audit.bind(1, before_ms);
+    (void)w.prune_audit.step();
+#if SQLITE_VERSION_NUMBER >= 3037000
+    return static_cast<std::uint64_t>(sqlite3_changes64(w.db.getHandle()));
+#else
+    return static_cast<std::uint64_t>(sqlite3_changes(w.db.getHandle()));
+#endif
   });
 }
 

@@ -41,7 +41,8 @@ struct PostgresStoreOptions {
 
 /// Tables (in `schema`): apikeys_keys (the records), apikeys_key_credits (one row per
 /// lineage with credits), apikeys_meta (the revision counter), apikeys_changes (the
-/// change log) and apikeys_schema_version (which migrations ran). Writes are single statements,
+/// change log), apikeys_audit_events (the audit trail) and apikeys_schema_version (which
+/// migrations ran). Writes are single statements,
 /// each its own transaction: every change (set_status, remove, replace, rotate, revoke_all) bumps
 /// the revision and logs the key in the same statement as the change, so whoever sees the new
 /// revision sees the change. rotate() writes the old key and inserts its successor in one
@@ -115,6 +116,32 @@ class APIKEYS_EXPORT PostgresStore final : public Store {
   /// the lineage and logs each. Not retried.
   std::optional<KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,
                                         const CreditsChange& change) override;
+  /// True: the audit trail is kept in apikeys_audit_events.
+  [[nodiscard]] bool keeps_audit() const noexcept override { return true; }
+  /// Each `*_audited` write is one transaction, not retried: the write, each key's
+  /// state before it (its row locked first, or returned by the DELETE), the events the
+  /// ChangeAudit builds, and their rows. A throw (the ChangeAudit's included, rethrown as
+  /// it was) rolls it all back.
+  void insert_audited(const KeyRecord& record, const ChangeAudit& audit) override;
+  WriteResult replace_audited(const Uuid& account_id, const KeyInfo& next,
+                              std::uint64_t expected_version, const ChangeAudit& audit) override;
+  WriteResult rotate_audited(const Uuid& account_id, const KeyInfo& old_next,
+                             std::uint64_t expected_version, const KeyRecord& successor,
+                             const ChangeAudit& audit) override;
+  std::optional<KeyInfo> remove_audited(const Uuid& account_id, const Uuid& key_id,
+                                        const ChangeAudit& audit) override;
+  /// Locks the keys it revokes (in key_id order) before revoking them: one event per key
+  /// revoked, however many processes revoke the account at once.
+  std::vector<KeyInfo> revoke_all_audited(const Uuid& account_id, TimePoint at,
+                                          const ChangeAudit& audit) override;
+  std::optional<KeyInfo> change_credits_audited(const Uuid& account_id, const Uuid& key_id,
+                                                const CreditsChange& change,
+                                                const ChangeAudit& audit) override;
+  /// One indexed range read; retried once after a lost connection.
+  [[nodiscard]] std::vector<AuditEvent> audit_events(const Uuid& account_id,
+                                                     const AuditRange& range) override;
+  /// One DELETE, not retried.
+  std::uint64_t prune_audit(TimePoint before) override;
   [[nodiscard]] std::uint64_t revision() override;
   /// From the change log that every change appends to in its own statement; the newest
   /// kChangeLogSize entries are kept.

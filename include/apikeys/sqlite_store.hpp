@@ -112,6 +112,38 @@ class APIKEYS_EXPORT SqliteStore final : public Store {
   /// One transaction. A read-only store throws Error(not_supported).
   std::optional<KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,
                                         const CreditsChange& change) override;
+
+  /// \name The audit trail
+  /// Each `*_audited` write is the write of the same name in the same transaction, with
+  /// its events written in it (table audit_events, schema version 6): both commit or
+  /// neither. A ChangeAudit that throws rolls the whole write back, and its exception
+  /// reaches the caller as it was thrown. A read-only store throws as its writes do.
+  /// @{
+  [[nodiscard]] bool keeps_audit() const noexcept override { return true; }
+  void insert_audited(const KeyRecord& record, const ChangeAudit& audit) override;
+  /// Reads the key as it was inside the transaction, then replaces it.
+  WriteResult replace_audited(const Uuid& account_id, const KeyInfo& next,
+                              std::uint64_t expected_version, const ChangeAudit& audit) override;
+  WriteResult rotate_audited(const Uuid& account_id, const KeyInfo& old_next,
+                             std::uint64_t expected_version, const KeyRecord& successor,
+                             const ChangeAudit& audit) override;
+  std::optional<KeyInfo> remove_audited(const Uuid& account_id, const Uuid& key_id,
+                                        const ChangeAudit& audit) override;
+  /// Reads the account's keys as they were inside the transaction, then revokes them.
+  std::vector<KeyInfo> revoke_all_audited(const Uuid& account_id, TimePoint at,
+                                          const ChangeAudit& audit) override;
+  /// No event when nothing was written (removing credits the lineage does not have).
+  std::optional<KeyInfo> change_credits_audited(const Uuid& account_id, const Uuid& key_id,
+                                                const CreditsChange& change,
+                                                const ChangeAudit& audit) override;
+  /// One indexed query that starts at the position (keyset pagination), on a pooled
+  /// reader. Times are kept in whole milliseconds.
+  [[nodiscard]] std::vector<AuditEvent> audit_events(const Uuid& account_id,
+                                                     const AuditRange& range) override;
+  /// One DELETE in one write transaction; no revision step (no key changes).
+  std::uint64_t prune_audit(TimePoint before) override;
+  /// @}
+
   [[nodiscard]] std::uint64_t revision() override;
   /// From the change log that every change of a key (set_status, replace, rotate,
   /// revoke_all, remove) appends to in its own transaction, one entry per key changed;

@@ -229,6 +229,32 @@ inline std::string take_credits_sql() {
          " >= ?4 RETURNING remaining, last_take, refilled_period, refill_interval, refill_amount";
 }
 
+// The audit trail (doc/sqlite-store.md, rules 32-35). An event row's columns, in the
+// order kInsertAuditSql binds them (?1 .. ?11) and audit_events_sql() returns them.
+inline constexpr const char* kAuditColumns =
+    "event_id, time_ms, action, actor_type, actor_id, actor_detail, reason, account_id, key_id,"
+    " before_json, after_json";
+inline constexpr int kAuditColumnCount = 11;
+inline std::string insert_audit_sql() {
+  return std::string("INSERT INTO audit_events (") + kAuditColumns +
+         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+}
+// A page of audit_events() (rule 34): keyset pagination on audit_events_account_time, or
+// on audit_events_account_key_time for one key, newest first. ?1 account, ?2 limit, then
+// only when asked for: ?3 key_id, ?4 the first millisecond at or after `since`, ?5 and ?6
+// the position's time and event_id (an empty ?6 when the position's time is not a whole
+// millisecond: then only its time bounds the page).
+inline std::string audit_events_sql(bool key, bool since, bool after) {
+  std::string sql =
+      std::string("SELECT ") + kAuditColumns + " FROM audit_events WHERE account_id = ?1";
+  if (key) sql += " AND key_id = ?3";
+  if (since) sql += " AND time_ms >= ?4";
+  if (after) sql += " AND (time_ms < ?5 OR (time_ms = ?5 AND event_id < ?6))";
+  return sql + " ORDER BY time_ms DESC, event_id DESC LIMIT ?2";
+}
+// prune_audit(): ?1 the first millisecond at or after `before` (rule 35).
+inline constexpr const char* kPruneAuditSql = "DELETE FROM audit_events WHERE time_ms < ?1";
+
 }  // namespace apikeys::detail::sqlite
 
 #endif  // APIKEYS_SRC_SQLITE_QUERIES_HPP

@@ -91,6 +91,30 @@ CREATE TABLE key_credits (
   last_take       INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 )sql"},
+    // The audit trail (doc/sqlite-store.md, rules 32-35): one row per event, written in
+    // the transaction of its change. Ids are canonical lower-case text, whose order is
+    // Uuid byte order; the indexes serve an account's newest events, one key's, and
+    // pruning by age.
+    {6, R"sql(
+CREATE TABLE audit_events (
+  event_id     TEXT    NOT NULL PRIMARY KEY,
+  time_ms      INTEGER NOT NULL,
+  account_id   TEXT    NOT NULL,
+  key_id       TEXT    NOT NULL,
+  action       INTEGER NOT NULL,
+  actor_type   INTEGER NOT NULL,
+  actor_id     TEXT    NOT NULL,
+  actor_detail TEXT    NOT NULL,
+  reason       TEXT    NOT NULL,
+  before_json  TEXT    NOT NULL,
+  after_json   TEXT    NOT NULL
+);
+CREATE INDEX audit_events_account_time
+  ON audit_events (account_id, time_ms DESC, event_id DESC);
+CREATE INDEX audit_events_account_key_time
+  ON audit_events (account_id, key_id, time_ms DESC, event_id DESC);
+CREATE INDEX audit_events_time ON audit_events (time_ms);
+)sql"},
 };
 
 }  // namespace

@@ -1,16 +1,19 @@
-// Runs the audit trail contract (audit_contract.hpp) on MemoryStore, and on a store
+// Runs the audit trail contract (audit_contract.hpp) on MemoryStore and SqliteStore, and on a store
 // written before the audit trail existed, which keeps the Store defaults.
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "apikeys/memory_store.hpp"
+#include "apikeys/sqlite_store.hpp"
 #include "apikeys/store.hpp"
 #include "audit_contract.hpp"
 #include "catch.hpp"
 #include "store_doubles.hpp"
+#include "test_support.hpp"
 
 namespace {
 
@@ -45,6 +48,17 @@ class PreAuditStore final : public apikeys_test::ForwardingStore {
 
 TEST_CASE("MemoryStore satisfies the audit contract", "[store][memory][audit]") {
   apikeys_test::run_audit_contract([] { return std::make_shared<apikeys::MemoryStore>(); });
+}
+
+TEST_CASE("SqliteStore satisfies the audit contract", "[store][sqlite][audit]") {
+  apikeys_test::TempDir dir;
+  int n = 0;
+  apikeys_test::run_audit_contract([&] {
+    apikeys::SqliteStoreOptions options;
+    options.durable = false;  // Faster in tests; the contract is the same.
+    return std::make_shared<apikeys::SqliteStore>(dir.file("audit-" + std::to_string(n++) + ".db"),
+                                                  options);
+  });
 }
 
 TEST_CASE("A store without an audit trail keeps the audit defaults", "[store][audit]") {

@@ -3,13 +3,17 @@
 // one line "public secret key_id account_id\n" written with a single write() (atomic on
 // a pipe). Meanwhile a churn thread creates, revokes and deletes keys it never reports,
 // and validations make the background writer update last_used_at, so a SIGKILL can land
-// in any kind of transaction. The parent kills it at a random moment.
+// in any kind of transaction. An audit thread creates keys of account 3, updates each
+// four times and revokes it, every call with a ChangeContext, so each change commits
+// with its audit event; it reports nothing: the parent checks each key against its
+// events. The parent kills it at a random moment.
 // Usage: apikeys_crash_child DB DURABLE(0|1)
 #include <sys/prctl.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -98,6 +102,28 @@ int main(int argc, char** argv) {
         }
       } catch (const std::exception& e) {
         std::fprintf(stderr, "crash child: churn: %s\n", e.what());
+        ++failed;
+      }
+    });
+    threads.emplace_back([&] {
+      try {
+        apikeys::ChangeContext context;
+        context.actor = {apikeys::ActorType::service, "crash-child", ""};
+        context.reason = "crash test";
+        const apikeys::Uuid account = apikeys_test::account_id(3);
+        for (int i = 0; i < kMaxKeysPerThread && std::chrono::steady_clock::now() < deadline; ++i) {
+          const std::string title = "audited " + std::to_string(i);
+          apikeys::CreatedKey c =
+              manager.create(account, apikeys::CreateRequest{title, "", std::nullopt}, context);
+          for (int step = 1; step <= 4; ++step) {
+            apikeys::KeyUpdate update;
+            update.title = title + " step " + std::to_string(step);
+            (void)manager.update(account, c.info.key_id, update, context);
+          }
+          (void)manager.revoke(account, c.info.key_id, context);
+        }
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "crash child: audit: %s\n", e.what());
         ++failed;
       }
     });

@@ -2,24 +2,29 @@
 // SqliteStore and reports each one through a pipe after create() returned; the test
 // SIGKILLs it at a random moment, 20 rounds on one database file (alternating
 // durable=FULL and NORMAL). After each kill: PRAGMA integrity_check is ok, every row is
-// well-formed, at most the in-flight creates are present unreported, and every key ever
-// reported is present and validates.
+// well-formed, at most the in-flight creates are present unreported, every key ever
+// reported is present and validates, and the audited changes of account 3 and their
+// audit events committed together: each key has exactly one event per change.
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <random>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "apikeys/apikeys.hpp"
 #include "catch.hpp"
@@ -117,6 +122,64 @@ class Child {
   std::vector<Reported> lines_;
 };
 
+// What is wrong with the audited keys (account 3) and their events: every key must have
+// exactly one event per version from 1 (its create) up to its own (a change
+// never commits without its event, an event never without its change), the newest
+// saying the key's status; and every event must belong to a key. Counts the events.
+std::vector<std::string> audit_mismatches(apikeys_test::RawDb& raw, std::size_t* events) {
+  std::vector<std::string> problems;
+  const std::string account = apikeys_test::account_id(3).to_string();
+  std::map<std::string, std::vector<std::uint64_t>> versions;  // key -> its events' versions
+  std::map<std::string, std::string> newest_status;
+  std::size_t count = 0;
+  for (const auto& row : raw.query("SELECT key_id, after_json, typeof(time_ms) FROM audit_events"
+                                   " WHERE account_id = '" +
+                                   account + "' ORDER BY rowid")) {
+    ++count;
+    const std::string key = row.at(0).value_or("NULL");
+    const auto after = nlohmann::json::parse(row.at(1).value_or(""), nullptr, false);
+    if (row.at(2).value_or("") != "integer" || !after.is_object() || !after.contains("version")) {
+      problems.push_back("event of " + key + ": malformed");
+      continue;
+    }
+    const auto version = after.at("version").get<std::uint64_t>();
+    auto& seen = versions[key];
+    if (seen.empty() || version > seen.back()) {
+      newest_status[key] = after.value("status", std::string());
+    }
+    seen.push_back(version);
+  }
+  if (events != nullptr) *events = count;
+  for (const auto& row : raw.query(
+           "SELECT key_id, version, status FROM api_keys WHERE account_id = '" + account + "'")) {
+    const std::string key = row.at(0).value_or("NULL");
+    const std::uint64_t version = std::stoull(row.at(1).value_or("0"));
+    auto found = versions.find(key);
+    std::vector<std::uint64_t> got;
+    if (found != versions.end()) {
+      got = std::move(found->second);
+      versions.erase(found);
+    }
+    std::sort(got.begin(), got.end());
+    std::vector<std::uint64_t> want;
+    for (std::uint64_t v = 1; v <= version; ++v) want.push_back(v);
+    if (got != want) {
+      problems.push_back("key " + key + " at version " + std::to_string(version) + " has " +
+                         std::to_string(got.size()) + " events for " + std::to_string(want.size()) +
+                         " audited changes");
+      continue;
+    }
+    const bool revoked = row.at(2).value_or("") == "1";
+    if (!got.empty() && (newest_status[key] == "revoked") != revoked) {
+      problems.push_back("key " + key + ": its newest event says " + newest_status[key]);
+    }
+  }
+  for (const auto& orphan : versions) {
+    problems.push_back("key " + orphan.first + " has events but no row");
+  }
+  return problems;
+}
+
 }  // namespace
 
 TEST_CASE("crash: SIGKILL at random moments loses no created key and leaves no half-written row",
@@ -132,6 +195,7 @@ TEST_CASE("crash: SIGKILL at random moments loses no created key and leaves no h
   std::set<std::string> reported_ids;
   std::size_t unreported_account1 = 0;  // committed but killed before reporting
   std::size_t churn_left = 0;           // churn keys killed before their delete
+  std::size_t audit_events = 0;         // account 3's audit events after the last round
   auto hasher = std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper);
 
   for (int round = 0; round < kRounds; ++round) {
@@ -209,7 +273,25 @@ TEST_CASE("crash: SIGKILL at random moments loses no created key and leaves no h
                                   apikeys_test::account_id(2).to_string() + "'"));
         CHECK(churn_now <= churn_left + 1);
         churn_left = churn_now;
-        CHECK(rows == account1 + churn_now);
+        const std::size_t audited_keys =
+            std::stoul(raw.scalar("SELECT count(*) FROM api_keys WHERE account_id = '" +
+                                  apikeys_test::account_id(3).to_string() + "'"));
+        CHECK(rows == account1 + churn_now + audited_keys);
+        // Every audited change committed with its event, and no event without its change.
+        // Killed mid-migration, the file may not have the table yet: then no store opened
+        // it, and there is nothing audited.
+        if (raw.scalar("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name ="
+                       " 'audit_events'") == "1") {
+          std::size_t events = 0;
+          const auto mismatches = audit_mismatches(raw, &events);
+          for (const auto& m : mismatches) std::cerr << "crash: audit: " << m << "\n";
+          CHECK(mismatches.empty());
+          CHECK(events >= audit_events);  // nothing committed is ever lost
+          audit_events = events;
+        } else {
+          CHECK(audited_keys == 0);
+          CHECK(audit_events == 0);
+        }
       } else {
         CHECK(reported.empty());  // nothing was created before the schema existed
       }
@@ -238,6 +320,7 @@ TEST_CASE("crash: SIGKILL at random moments loses no created key and leaves no h
   }
   std::cout << "crash: " << kRounds << " rounds, " << reported.size()
             << " reported keys all present and valid, " << unreported_account1
-            << " committed-unreported, " << churn_left << " churn leftovers\n";
+            << " committed-unreported, " << churn_left << " churn leftovers, " << audit_events
+            << " audit events each with its change\n";
   CHECK(reported.size() >= 20);  // the kills did not all land before the first create
 }

@@ -396,7 +396,9 @@ TEST_CASE("faults: a full disk (small tmpfs) fails creates cleanly, then recover
   apikeys_test::TempDir dir;
   const std::string mnt = dir.file("tmpfs");
   fs::create_directory(mnt);
-  Mount tmpfs("tmpfs", mnt, "tmpfs", 0, "size=256k");
+  // Room for the schema and five keys with their audit events (each create writes some
+  // 30 KiB of WAL pages), and a few creates more.
+  Mount tmpfs("tmpfs", mnt, "tmpfs", 0, "size=512k");
   if (!tmpfs.ok()) {
     std::cout << "faults: tmpfs disk full skipped (mount not permitted here)\n";
     return;
@@ -410,7 +412,7 @@ TEST_CASE("faults: a full disk (small tmpfs) fails creates cleanly, then recover
     KeyManager m(store, hasher(), uncached());
     fill = create_until_failure(m, 5000, keys);
     REQUIRE(fill.code.has_value());
-    std::cout << "faults: disk full (tmpfs 256k) after " << fill.created
+    std::cout << "faults: disk full (tmpfs 512k) after " << fill.created
               << " creates: " << to_string(*fill.code) << ": " << fill.message << "\n";
     CHECK(*fill.code == ErrorCode::storage);
     CHECK(sweep(m, keys, /*readable=*/false).violations == 0);

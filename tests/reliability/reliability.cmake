@@ -7,7 +7,7 @@
 # `ctest -L stress` (or crash, faults, hostile, secrets) runs just that suite.
 
 # The child process of the crash test: creates keys in a SqliteStore and reports each
-# one on stdout once create() has returned. A separate program, so the (multi-threaded)
+# one on stdout once create() has returned, and makes audited changes. A separate program, so the (multi-threaded)
 # test process only ever fork()s to exec() it.
 add_executable(apikeys_crash_child reliability/crash_child.cpp)
 target_link_libraries(apikeys_crash_child PRIVATE apikeys::apikeys Threads::Threads)
@@ -23,7 +23,7 @@ add_executable(apikeys_reliability_tests
   reliability/stress_test.cpp
 )
 target_link_libraries(apikeys_reliability_tests PRIVATE apikeys::apikeys Catch2::Catch2WithMain
-  Threads::Threads SQLite::SQLite3)
+  Threads::Threads SQLite::SQLite3 nlohmann_json::nlohmann_json)
 target_include_directories(apikeys_reliability_tests PRIVATE ${APIKEYS_TEST_INCLUDE_DIRS}
   ${CMAKE_CURRENT_SOURCE_DIR}/reliability)
 apikeys_set_warnings(apikeys_reliability_tests)

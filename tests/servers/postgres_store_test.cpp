@@ -6,21 +6,29 @@
 // are skipped with a message when none is configured (a failure under
 // APIKEYS_REQUIRE_SERVERS=1); those about malformed connection strings and failed
 // connects need none and always run. Also: a last-use write stuck on a row lock never
-// delays the revision poll.
+// delays the revision poll; the audit trail (the shared audit contract, events read
+// back byte for byte, nothing written when the ChangeAudit throws, the upgrade of a
+// version 4 schema, two processes revoking one account at once).
 #include <arpa/inet.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
+#include <spawn.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
@@ -33,6 +41,7 @@
 #include "apikeys/limiter.hpp"
 #include "apikeys/memory_cache.hpp"
 #include "apikeys/postgres_store.hpp"
+#include "audit_contract.hpp"
 #include "catch.hpp"
 #include "record_fields.hpp"
 #include "server_support.hpp"
@@ -41,6 +50,8 @@
 #include "test_support.hpp"
 
 #include "../../src/hex.hpp"
+
+extern char** environ;
 
 using apikeys::ErrorCode;
 using apikeys::ValidationCode;
@@ -107,6 +118,14 @@ TEST_CASE("PostgresStore satisfies the Store contract", "[servers][postgres][sto
   if (!pg) return;
   SchemaJanitor janitor(*pg);
   apikeys_test::run_store_contract(
+      [&] { return std::make_shared<apikeys::PostgresStore>(*pg, options_for(janitor.make())); });
+}
+
+TEST_CASE("PostgresStore satisfies the audit contract", "[servers][postgres][store][audit]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  apikeys_test::run_audit_contract(
       [&] { return std::make_shared<apikeys::PostgresStore>(*pg, options_for(janitor.make())); });
 }
 
@@ -369,12 +388,16 @@ TEST_CASE("PostgresStore migrates a version 3 schema in place: no lineage, limit
     fresh.insert(plain);
     fresh.insert(rotated);
   }
-  // Back to the tables version 3 wrote (the columns and the table of version 4 gone).
+  // Back to the tables version 3 wrote (the columns and the table of version 4 gone,
+  // and the audit trail of version 5).
   run_sql(*pg, "ALTER TABLE " + s +
                    ".apikeys_keys DROP COLUMN lineage_id, DROP COLUMN rate_limits;"
                    " DROP TABLE " +
                    s +
                    ".apikeys_key_credits;"
+                   " DROP TABLE " +
+                   s +
+                   ".apikeys_audit_events;"
                    " UPDATE " +
                    s + ".apikeys_schema_version SET version = 3 WHERE id = 1;");
 
@@ -1388,4 +1411,427 @@ TEST_CASE("PostgresStore: two threads replace with the same expected version, on
   }
   CHECK(a.get(alice, key_id(1))->version == kRounds + 1);
   CHECK(b.revision() == r0 + kRounds);
+}
+
+namespace {
+
+// A ChangeAudit that records every call and builds a plain event from it; the call
+// numbered `throw_at` (0 first) throws std::runtime_error instead. Its text fields hold
+// what a PostgreSQL array literal or a careless quoting would mangle.
+class RecordingAudit final : public apikeys::ChangeAudit {
+ public:
+  explicit RecordingAudit(int throw_at = -1) : throw_at_(throw_at) {}
+
+  struct Call {
+    std::optional<apikeys::KeyInfo> before;
+    std::optional<apikeys::KeyInfo> after;
+  };
+
+  std::optional<apikeys::AuditEvent> event(const apikeys::KeyInfo* before,
+                                           const apikeys::KeyInfo* after) const override {
+    const int n = static_cast<int>(calls_.size());
+    calls_.push_back(
+        Call{before != nullptr ? std::optional<apikeys::KeyInfo>(*before) : std::nullopt,
+             after != nullptr ? std::optional<apikeys::KeyInfo>(*after) : std::nullopt});
+    if (n == throw_at_) throw std::runtime_error("the audit failed");
+    apikeys::AuditEvent e;
+    e.event_id = apikeys::Uuid::random();
+    e.time = apikeys_test::contract::at(1000 + n);
+    e.action = before == nullptr  ? apikeys::AuditAction::create
+               : after == nullptr ? apikeys::AuditAction::remove
+                                  : apikeys::AuditAction::update;
+    e.context.actor.type = apikeys::ActorType::user;
+    e.context.actor.id = "ops \"root\", {admin}";
+    e.context.actor.detail = "back\\slash NULL \xc3\xa9";
+    e.context.reason = n % 2 == 0 ? "" : "ticket, 42";
+    const apikeys::KeyInfo& key = after != nullptr ? *after : *before;
+    e.account_id = key.account_id;
+    e.key_id = key.key_id;
+    e.before = before != nullptr ? state(*before) : "{}";
+    e.after = after != nullptr ? state(*after) : "{}";
+    return e;
+  }
+
+  static std::string state(const apikeys::KeyInfo& k) {
+    return "{\"status\":" + std::to_string(static_cast<int>(k.status)) +
+           ",\"version\":" + std::to_string(k.version) + ",\"credits\":" +
+           (k.credits ? std::to_string(k.credits->remaining) : std::string("null")) + "}";
+  }
+
+  [[nodiscard]] const std::vector<Call>& calls() const { return calls_; }
+
+ private:
+  int throw_at_;
+  mutable std::vector<Call> calls_;
+};
+
+std::size_t audit_rows(const std::string& conninfo, const std::string& schema) {
+  const auto rows =
+      run_sql(conninfo, "SELECT count(*) FROM \"" + schema + "\".apikeys_audit_events");
+  return static_cast<std::size_t>(std::stoull(rows.at(0).at(0)));
+}
+
+apikeys::AuditRange all_events() {
+  apikeys::AuditRange r;
+  r.limit = 1000;
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("PostgresStore writes each audited change's events with it, exactly as built",
+          "[servers][postgres][store][audit]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  const std::string schema = janitor.make();
+  apikeys::PostgresStore store(*pg, options_for(schema));
+  CHECK(store.keeps_audit());
+  const apikeys::Uuid alice = apikeys_test::account_id(1);
+  const apikeys::Uuid bob = apikeys_test::account_id(2);
+  using apikeys_test::contract::credits_of;
+  using apikeys_test::contract::lineage_record;
+
+  RecordingAudit audit;
+  store.insert_audited(lineage_record(1, alice, credits_of(5)), audit);
+  store.insert_audited(record(2, alice, 2), audit);
+  store.insert_audited(record(3, bob, 3), audit);
+  REQUIRE(audit.calls().size() == 3);
+  CHECK_FALSE(audit.calls()[0].before);
+  REQUIRE(audit.calls()[0].after);
+  REQUIRE(audit.calls()[0].after->credits);  // as stored: with the lineage's credits
+  CHECK(audit.calls()[0].after->credits->remaining == 5);
+
+  apikeys::KeyInfo next = *store.get(alice, record(2, alice).info.key_id);
+  next.title = "renamed";
+  // A conflict or a missing key writes nothing and asks for no event.
+  CHECK(store.replace_audited(alice, next, next.version + 1, audit).outcome ==
+        apikeys::WriteOutcome::conflict);
+  CHECK(store.replace_audited(bob, next, next.version, audit).outcome ==
+        apikeys::WriteOutcome::not_found);
+  CHECK(audit.calls().size() == 3);
+  const auto replaced = store.replace_audited(alice, next, next.version, audit);
+  REQUIRE(replaced.outcome == apikeys::WriteOutcome::applied);
+  REQUIRE(audit.calls().size() == 4);
+  CHECK(audit.calls()[3].before->title == "key 2");
+  CHECK(audit.calls()[3].before->version == 1);
+  CHECK(audit.calls()[3].after->title == "renamed");
+  CHECK(audit.calls()[3].after->version == 2);
+
+  apikeys::CreditsChange add;
+  add.op = apikeys::CreditsOp::add;
+  add.delta = 3;
+  add.at = apikeys_test::test_start();
+  const auto credited =
+      store.change_credits_audited(alice, record(1, alice).info.key_id, add, audit);
+  REQUIRE(credited);
+  REQUIRE(audit.calls().size() == 5);
+  CHECK(audit.calls()[4].before->credits->remaining == 5);
+  CHECK(audit.calls()[4].after->credits->remaining == 8);
+  CHECK(audit.calls()[4].before->title == audit.calls()[4].after->title);
+
+  const auto removed = store.remove_audited(bob, record(3, bob).info.key_id, audit);
+  REQUIRE(removed);
+  REQUIRE(audit.calls().size() == 6);
+  CHECK(audit.calls()[5].before->key_id == record(3, bob).info.key_id);
+  CHECK_FALSE(audit.calls()[5].after);
+  CHECK_FALSE(store.remove_audited(bob, record(3, bob).info.key_id, audit));
+  CHECK(audit.calls().size() == 6);
+
+  // Read back byte for byte, newest first; each account sees its own.
+  const auto events = store.audit_events(alice, all_events());
+  REQUIRE(events.size() == 4);
+  for (std::size_t i = 0; i + 1 < events.size(); ++i) {
+    CHECK(events[i].time > events[i + 1].time);
+  }
+  CHECK(events[0].context.actor.id == "ops \"root\", {admin}");
+  CHECK(events[0].context.actor.detail == "back\\slash NULL \xc3\xa9");
+  CHECK(events[0].context.actor.type == apikeys::ActorType::user);
+  CHECK(events[0].action == apikeys::AuditAction::update);
+  CHECK(events[0].before == RecordingAudit::state(*audit.calls()[4].before));
+  CHECK(events[0].after == RecordingAudit::state(*audit.calls()[4].after));
+  CHECK(events[3].action == apikeys::AuditAction::create);
+  CHECK(events[3].before == "{}");
+  CHECK(events[3].context.reason.empty());
+  CHECK(events[2].context.reason == "ticket, 42");
+  const auto bobs = store.audit_events(bob, all_events());
+  REQUIRE(bobs.size() == 2);
+  CHECK(bobs[0].action == apikeys::AuditAction::remove);
+  CHECK(bobs[0].after == "{}");
+
+  // Filters and pages.
+  apikeys::AuditRange one_key = all_events();
+  one_key.key_id = record(2, alice).info.key_id;
+  CHECK(store.audit_events(alice, one_key).size() == 2);
+  apikeys::AuditRange page = all_events();
+  page.limit = 2;
+  const auto first = store.audit_events(alice, page);
+  REQUIRE(first.size() == 2);
+  page.after = apikeys::AuditPosition{first[1].time, first[1].event_id};
+  const auto second = store.audit_events(alice, page);
+  REQUIRE(second.size() == 2);
+  CHECK(second[0].event_id == events[2].event_id);
+  apikeys::AuditRange since = all_events();
+  since.since = events[1].time;
+  CHECK(store.audit_events(alice, since).size() == 2);
+
+  // Pruning takes every account's older events, and only those.
+  CHECK(store.prune_audit(events[1].time) == 3);
+  CHECK(store.audit_events(alice, all_events()).size() == 2);
+  const auto bobs_left = store.audit_events(bob, all_events());
+  REQUIRE(bobs_left.size() == 1);
+  CHECK(bobs_left[0].event_id == bobs[0].event_id);
+  CHECK(store.prune_audit(events[1].time) == 0);
+}
+
+TEST_CASE("PostgresStore: a ChangeAudit that throws leaves no change and no event",
+          "[servers][postgres][store][audit]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  const std::string schema = janitor.make();
+  apikeys::PostgresStore store(*pg, options_for(schema));
+  const apikeys::Uuid alice = apikeys_test::account_id(1);
+  using apikeys_test::contract::credits_of;
+  using apikeys_test::contract::lineage_record;
+  const apikeys::KeyRecord kept = lineage_record(1, alice, credits_of(5));
+  store.insert(kept);
+  store.insert(record(2, alice, 2));
+  store.insert(record(3, alice, 3));
+  const std::uint64_t revision = store.revision();
+  const auto keys_before = store.list(alice);
+
+  SECTION("insert") {
+    RecordingAudit audit(0);
+    CHECK_THROWS_AS(store.insert_audited(record(4, alice), audit), std::runtime_error);
+    CHECK_FALSE(store.find(record(4, alice).info.public_key));
+  }
+  SECTION("replace") {
+    RecordingAudit audit(0);
+    apikeys::KeyInfo next = *store.get(alice, kept.info.key_id);
+    next.title = "renamed";
+    CHECK_THROWS_AS(store.replace_audited(alice, next, next.version, audit), std::runtime_error);
+  }
+  SECTION("rotate, when the successor's event throws") {
+    RecordingAudit audit(1);
+    apikeys::KeyInfo old_next = *store.get(alice, kept.info.key_id);
+    apikeys::KeyRecord successor = record(5, alice, 5);
+    successor.info.lineage_id = kept.info.key_id;
+    successor.info.rotated_from = kept.info.key_id;
+    old_next.rotated_to = successor.info.key_id;
+    CHECK_THROWS_AS(store.rotate_audited(alice, old_next, old_next.version, successor, audit),
+                    std::runtime_error);
+    CHECK(audit.calls().size() == 2);
+    CHECK_FALSE(store.find(successor.info.public_key));
+  }
+  SECTION("remove") {
+    RecordingAudit audit(0);
+    CHECK_THROWS_AS(store.remove_audited(alice, kept.info.key_id, audit), std::runtime_error);
+  }
+  SECTION("revoke_all, when the second key's event throws") {
+    RecordingAudit audit(1);
+    CHECK_THROWS_AS(store.revoke_all_audited(alice, apikeys_test::contract::at(50), audit),
+                    std::runtime_error);
+    CHECK(audit.calls().size() == 2);
+  }
+  SECTION("change_credits") {
+    RecordingAudit audit(0);
+    apikeys::CreditsChange remove;
+    remove.op = apikeys::CreditsOp::remove;
+    CHECK_THROWS_AS(store.change_credits_audited(alice, kept.info.key_id, remove, audit),
+                    std::runtime_error);
+  }
+  // Nothing written: the keys, their credits, the revision and the trail as they were.
+  const auto keys_after = store.list(alice);
+  REQUIRE(keys_after.size() == keys_before.size());
+  for (std::size_t i = 0; i < keys_after.size(); ++i) {
+    apikeys_test::contract::check_same_key(keys_after[i], keys_before[i]);
+    CHECK(keys_after[i].credits.has_value() == keys_before[i].credits.has_value());
+  }
+  CHECK(store.revision() == revision);
+  CHECK(audit_rows(*pg, schema) == 0);
+  // The connection went back to the pool usable: the next audited write commits.
+  RecordingAudit ok;
+  CHECK(store.revoke_all_audited(alice, apikeys_test::contract::at(60), ok).size() == 3);
+  CHECK(audit_rows(*pg, schema) == 3);
+}
+
+TEST_CASE("PostgresStore migrates a version 4 schema: the audit trail is added, rows kept",
+          "[servers][postgres][store][migration][audit]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  const std::string schema = janitor.make();
+  const std::string s = "\"" + schema + "\"";
+  const apikeys::Uuid alice = apikeys_test::account_id(1);
+  const apikeys::KeyRecord old_key =
+      apikeys_test::contract::lineage_record(1, alice, apikeys_test::contract::credits_of(7));
+  {
+    apikeys::PostgresStore fresh(*pg, options_for(schema));
+    fresh.insert(old_key);
+  }
+  // Back to the tables version 4 wrote.
+  run_sql(*pg, "DROP TABLE " + s + ".apikeys_audit_events; UPDATE " + s +
+                   ".apikeys_schema_version SET version = 4 WHERE id = 1;");
+  REQUIRE(run_sql(*pg, "SELECT to_regclass('" + s + ".apikeys_audit_events')::text") ==
+          std::vector<std::vector<std::string>>{{"NULL"}});
+
+  apikeys::PostgresStore store(*pg, options_for(schema));
+  CHECK(apikeys::PostgresStore::schema_version() == 5);
+  CHECK(run_sql(*pg, "SELECT version FROM " + s + ".apikeys_schema_version") ==
+        std::vector<std::vector<std::string>>{{"5"}});
+  const auto indexes =
+      run_sql(*pg, "SELECT indexdef FROM pg_indexes WHERE schemaname = '" + schema +
+                       "' AND tablename = 'apikeys_audit_events'"
+                       " ORDER BY indexname");
+  std::vector<std::string> defs;
+  for (const auto& row : indexes) defs.push_back(row[0]);
+  const auto has = [&defs](const std::string& columns) {
+    return std::any_of(defs.begin(), defs.end(),
+                       [&](const std::string& d) { return d.find(columns) != std::string::npos; });
+  };
+  CHECK(has("(account_id, time_ms DESC, event_id DESC)"));
+  CHECK(has("(account_id, key_id, time_ms DESC, event_id DESC)"));
+  CHECK(has("(time_ms)"));
+  CHECK(has("(event_id)"));  // the primary key
+
+  const auto got = store.find(old_key.info.public_key);
+  REQUIRE(got);
+  apikeys_test::contract::check_same_record(*got, old_key);
+  REQUIRE(got->info.credits);
+  CHECK(got->info.credits->remaining == 7);
+  // The old rows take audited writes, and their events read back.
+  RecordingAudit audit;
+  apikeys::KeyInfo next = got->info;
+  next.title = "after the upgrade";
+  REQUIRE(store.replace_audited(alice, next, next.version, audit).outcome ==
+          apikeys::WriteOutcome::applied);
+  const auto events = store.audit_events(alice, all_events());
+  REQUIRE(events.size() == 1);
+  CHECK(events[0].key_id == old_key.info.key_id);
+  // A second open finds nothing left to migrate.
+  apikeys::PostgresStore again(*pg, options_for(schema));
+  CHECK(again.audit_events(alice, all_events()).size() == 1);
+}
+
+namespace {
+
+std::string env_or_empty(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr ? std::string() : std::string(v);
+}
+
+std::int64_t wall_millis() {
+  return std::chrono::duration_cast<milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+constexpr int kRevokeRounds = 4;
+constexpr std::uint32_t kRevokeKeys = 60;
+constexpr std::int64_t kRoundMillis = 400;
+
+// Account `round` of the two-process revoke test.
+apikeys::Uuid revoke_account(int round) {
+  return apikeys_test::account_id(static_cast<std::uint8_t>(100 + round));
+}
+
+// Runs this program's hidden case "PostgresStore audit child" with `env` added.
+pid_t spawn_audit_child(const std::vector<std::string>& env) {
+  std::vector<std::string> vars = env;
+  for (char** e = environ; *e != nullptr; ++e) vars.emplace_back(*e);
+  std::vector<char*> envp;
+  for (std::string& v : vars) envp.push_back(v.data());
+  envp.push_back(nullptr);
+  std::string self = "/proc/self/exe";
+  std::string name = "PostgresStore audit child";
+  std::vector<char*> argv = {self.data(), name.data(), nullptr};
+  pid_t pid = 0;
+  REQUIRE(posix_spawn(&pid, self.c_str(), nullptr, nullptr, argv.data(), envp.data()) == 0);
+  return pid;
+}
+
+}  // namespace
+
+// The other processes of the test below: in schema APIKEYS_PG_AUDIT_SCHEMA, revokes
+// revoke_account(r) at wall-clock millisecond START + r * kRoundMillis, for each round
+// r; writes to OUT one line per round: how many keys it revoked, and 1 when each event
+// it was asked for had an unrevoked before and a revoked after (else 0).
+TEST_CASE("PostgresStore audit child", "[.]") {
+  const auto pg = apikeys_test::test_pg();
+  REQUIRE(pg);
+  const std::int64_t start = std::atoll(env_or_empty("APIKEYS_PG_AUDIT_START").c_str());
+  apikeys::PostgresStore store(*pg, options_for(env_or_empty("APIKEYS_PG_AUDIT_SCHEMA")));
+  (void)store.revision();  // connected, statements prepared, before the start line
+  std::ofstream out(env_or_empty("APIKEYS_PG_AUDIT_OUT"));
+  for (int round = 0; round < kRevokeRounds; ++round) {
+    while (wall_millis() < start + round * kRoundMillis) {
+      std::this_thread::sleep_for(milliseconds(1));
+    }
+    RecordingAudit audit;
+    const auto revoked =
+        store.revoke_all_audited(revoke_account(round), apikeys_test::contract::at(90), audit);
+    bool sound = audit.calls().size() == revoked.size();
+    for (const auto& call : audit.calls()) {
+      sound = sound && call.before && call.before->status != apikeys::KeyStatus::revoked &&
+              call.after && call.after->status == apikeys::KeyStatus::revoked &&
+              call.after->version == call.before->version + 1;
+    }
+    out << revoked.size() << " " << (sound ? 1 : 0) << "\n";
+  }
+}
+
+TEST_CASE("PostgresStore: two processes' concurrent audited revoke_all give one event per key",
+          "[servers][postgres][store][audit]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  const std::string schema = janitor.make();
+  apikeys::PostgresStore store(*pg, options_for(schema));
+  for (int round = 0; round < kRevokeRounds; ++round) {
+    for (std::uint32_t i = 0; i < kRevokeKeys; ++i) {
+      const std::uint32_t n = 1000 * static_cast<std::uint32_t>(round + 1) + i;
+      store.insert(record(n, revoke_account(round), static_cast<std::int64_t>(i)));
+    }
+  }
+  const std::int64_t start = wall_millis() + 1500;
+  std::vector<pid_t> pids;
+  std::vector<std::string> outs;
+  for (int i = 0; i < 2; ++i) {
+    outs.push_back("/tmp/" + apikeys_test::unique_name("pgaudit") + ".out");
+    pids.push_back(spawn_audit_child({"APIKEYS_PG_AUDIT_SCHEMA=" + schema,
+                                      "APIKEYS_PG_AUDIT_START=" + std::to_string(start),
+                                      "APIKEYS_PG_AUDIT_OUT=" + outs.back()}));
+  }
+  std::vector<std::vector<std::uint64_t>> revoked(2);
+  for (std::size_t i = 0; i < 2; ++i) {
+    int status = 0;
+    REQUIRE(::waitpid(pids[i], &status, 0) == pids[i]);
+    REQUIRE(WIFEXITED(status));
+    REQUIRE(WEXITSTATUS(status) == 0);
+    std::ifstream in(outs[i]);
+    for (int round = 0; round < kRevokeRounds; ++round) {
+      std::uint64_t n = 0;
+      int sound = 0;
+      REQUIRE(static_cast<bool>(in >> n >> sound));
+      CHECK(sound == 1);
+      revoked[i].push_back(n);
+    }
+    std::filesystem::remove(outs[i]);
+  }
+  for (int round = 0; round < kRevokeRounds; ++round) {
+    INFO("round " << round);
+    const auto r = static_cast<std::size_t>(round);
+    // Between them every key was revoked once, with one event each.
+    CHECK(revoked[0][r] + revoked[1][r] == kRevokeKeys);
+    const auto events = store.audit_events(revoke_account(round), all_events());
+    CHECK(events.size() == kRevokeKeys);
+    std::vector<apikeys::Uuid> keys;
+    for (const auto& e : events) keys.push_back(e.key_id);
+    std::sort(keys.begin(), keys.end());
+    CHECK(std::adjacent_find(keys.begin(), keys.end()) == keys.end());
+    for (const auto& k : store.list(revoke_account(round))) {
+      CHECK(k.status == apikeys::KeyStatus::revoked);
+    }
+  }
 }

@@ -180,7 +180,7 @@ TEST_CASE("SqliteStore keeps its data across reopen", "[store][sqlite]") {
   CHECK(apikeys_test::contract::ids_of(store.list(alice)) ==
         std::vector<apikeys::Uuid>{b.info.key_id, a.info.key_id});
   CHECK(store.revision() == revision);
-  CHECK(SqliteStore::schema_version() == 5);
+  CHECK(SqliteStore::schema_version() == 6);
   CHECK(RawDb(path).text("PRAGMA journal_mode") == "wal");
   CHECK(RawDb(path).integer("PRAGMA application_id") == SqliteStore::application_id());
   CHECK(SqliteStore::application_id() == 0x6170696B);  // "apik": never changes
@@ -1329,4 +1329,490 @@ TEST_CASE("SqliteStore migrates the database of the 0.1 release and keeps every 
     CHECK(manager.validate(pk, "sk_" + std::string(32, 'x')).code ==
           apikeys::ValidationCode::wrong_secret);
   }
+}
+
+// ---------------------------------------------------------------------------------
+// The audit trail: schema version 6, events written in their change's transaction.
+
+namespace {
+
+// Schema versions 3 to 5 exactly as released (the steps after kSchemaV2), marked as
+// apikeys' file as every release since the marker does. Do not edit.
+constexpr const char* kSchemaV3ToV5 = R"sql(
+CREATE TABLE apikeys_changes (
+  revision   INTEGER NOT NULL PRIMARY KEY,
+  public_key TEXT    NOT NULL
+);
+ALTER TABLE api_keys ADD COLUMN metadata     TEXT    NOT NULL DEFAULT '';
+ALTER TABLE api_keys ADD COLUMN scopes       TEXT    NOT NULL DEFAULT '';
+ALTER TABLE api_keys ADD COLUMN updated_at   INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE api_keys ADD COLUMN version      INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE api_keys ADD COLUMN rotated_from TEXT;
+ALTER TABLE api_keys ADD COLUMN rotated_to   TEXT;
+UPDATE api_keys SET updated_at = created_at;
+CREATE INDEX api_keys_account_page ON api_keys (account_id, created_at DESC, key_id DESC);
+ALTER TABLE api_keys ADD COLUMN lineage_id  TEXT;
+ALTER TABLE api_keys ADD COLUMN rate_limits TEXT NOT NULL DEFAULT '';
+CREATE TABLE key_credits (
+  lineage_id      TEXT    NOT NULL PRIMARY KEY,
+  remaining       INTEGER NOT NULL,
+  refill_amount   INTEGER,
+  refill_interval INTEGER NOT NULL DEFAULT 0,
+  refill_mode     INTEGER NOT NULL DEFAULT 0,
+  refill_cap      INTEGER NOT NULL DEFAULT 0,
+  refilled_period INTEGER NOT NULL DEFAULT 0,
+  last_take       INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+PRAGMA user_version = 5;
+PRAGMA application_id = 1634756971;
+)sql";
+
+// A ChangeAudit that keeps the states it is given and answers each with an event
+// carrying them in before/after ("null", or "<key_id>@<version>"), or throws.
+class RecordingAudit final : public apikeys::ChangeAudit {
+ public:
+  struct Call {
+    std::optional<apikeys::KeyInfo> before;
+    std::optional<apikeys::KeyInfo> after;
+  };
+
+  explicit RecordingAudit(bool fail = false) : fail_(fail) {}
+
+  std::optional<apikeys::AuditEvent> event(const apikeys::KeyInfo* before,
+                                           const apikeys::KeyInfo* after) const override {
+    Call call;
+    if (before != nullptr) call.before = *before;
+    if (after != nullptr) call.after = *after;
+    calls_.push_back(call);
+    if (fail_) throw Refused();
+    const apikeys::KeyInfo& some = after != nullptr ? *after : *before;
+    apikeys::AuditEvent e;
+    e.event_id = apikeys::Uuid::random();
+    e.time = at(static_cast<std::int64_t>(calls_.size()));
+    e.action = apikeys::AuditAction::update;
+    e.context.actor = {apikeys::ActorType::user, "op", "10.0.0.1"};
+    e.context.reason = "test";
+    e.account_id = some.account_id;
+    e.key_id = some.key_id;
+    e.before = state(before);
+    e.after = state(after);
+    return e;
+  }
+
+  static std::string state(const apikeys::KeyInfo* k) {
+    return k == nullptr ? "null" : k->key_id.to_string() + "@" + std::to_string(k->version);
+  }
+
+  // Not an apikeys::Error, nor a std::exception: it must reach the caller as thrown.
+  struct Refused {};
+
+  [[nodiscard]] const std::vector<Call>& calls() const { return calls_; }
+
+ private:
+  bool fail_;
+  mutable std::vector<Call> calls_;
+};
+
+apikeys::AuditRange newest(std::size_t limit = 100) {
+  apikeys::AuditRange r;
+  r.limit = limit;
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("SqliteStore migrates a version 5 database to the audit trail and keeps its keys",
+          "[store][sqlite][audit]") {
+  TempDir dir;
+  const std::string path = dir.file("v5.db");
+  const apikeys::Uuid alice = account_id(1);
+  {
+    RawDb raw(path);
+    raw.exec(kSchemaV1);
+    raw.exec(kSchemaV2);
+    raw.exec(kSchemaV3ToV5);
+    raw.exec("PRAGMA journal_mode = WAL");
+    // A rotated pair sharing a lineage with credits, as version 5 wrote them.
+    raw.exec(
+        "INSERT INTO api_keys (key_id, account_id, public_key, digest, pepper_id, title,"
+        " description, status, created_at, expires_at, last_used_at, metadata, scopes,"
+        " updated_at, version, rotated_from, rotated_to, lineage_id, rate_limits) VALUES"
+        " ('" +
+        key_id(1).to_string() + "', '" + alice.to_string() + "', '" + public_key(1) + "', X'" +
+        std::string(64, 'b') +
+        "', 3, 'old', 'd', 0, 1735689600000, NULL, NULL, '', 'read', 1735689600500, 4, NULL,"
+        " '" +
+        key_id(2).to_string() + "', NULL, 'rps=10/1000/5'), ('" + key_id(2).to_string() + "', '" +
+        alice.to_string() + "', '" + public_key(2) + "', X'" + std::string(64, 'c') +
+        "', 3, 'new', '', 0, 1735689601000, NULL, NULL, '', 'read', 1735689601000, 1, '" +
+        key_id(1).to_string() + "', NULL, '" + key_id(1).to_string() + "', '')");
+    raw.exec("INSERT INTO key_credits (lineage_id, remaining) VALUES ('" + key_id(1).to_string() +
+             "', 42)");
+    raw.exec("UPDATE apikeys_meta SET revision = 9");
+  }
+  {
+    SqliteStore store(path, fast_options());
+    CHECK(store.keeps_audit());
+    const auto old_key = store.get(alice, key_id(1));
+    REQUIRE(old_key);
+    CHECK(old_key->title == "old");
+    CHECK(old_key->version == 4);
+    CHECK(old_key->rotated_to == std::optional<apikeys::Uuid>(key_id(2)));
+    CHECK(old_key->scopes == std::vector<std::string>{"read"});
+    REQUIRE(old_key->rate_limits.size() == 1);
+    CHECK(old_key->rate_limits[0].limit == 10);
+    REQUIRE(old_key->credits);
+    CHECK(old_key->credits->remaining == 42);
+    const auto new_key = store.find(public_key(2));
+    REQUIRE(new_key);
+    CHECK(new_key->info.lineage() == key_id(1));
+    CHECK(new_key->digest.pepper_id == 3);
+    CHECK(new_key->info.credits.has_value());
+    CHECK(store.revision() == 9);
+    CHECK(store.audit_events(alice, newest()).empty());
+
+    // The migrated file takes audited writes.
+    apikeys::KeyInfo next = *old_key;
+    next.title = "renamed";
+    RecordingAudit audit;
+    REQUIRE(store.replace_audited(alice, next, 4, audit).outcome == apikeys::WriteOutcome::applied);
+    const auto events = store.audit_events(alice, newest());
+    REQUIRE(events.size() == 1);
+    CHECK(events[0].after == key_id(1).to_string() + "@5");
+  }
+  RawDb raw(path);
+  CHECK(raw.integer("PRAGMA user_version") == 6);
+  CHECK(raw.integer("PRAGMA application_id") == SqliteStore::application_id());
+  CHECK(raw.integer("SELECT count(*) FROM api_keys") == 2);
+  CHECK(raw.integer("SELECT count(*) FROM audit_events") == 1);
+  CHECK(raw.integer("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN"
+                    " ('audit_events_account_time', 'audit_events_account_key_time',"
+                    " 'audit_events_time')") == 3);
+  CHECK(raw.text("PRAGMA integrity_check") == "ok");
+}
+
+TEST_CASE("SqliteStore writes an audit event and its change in one transaction",
+          "[store][sqlite][audit]") {
+  TempDir dir;
+  const std::string path = dir.file("audit.db");
+  SqliteStore store(path, fast_options());
+  const apikeys::Uuid alice = account_id(1);
+  store.insert(
+      apikeys_test::contract::lineage_record(1, alice, apikeys_test::contract::credits_of(50)));
+  store.insert(record(2, alice, 2));
+  const std::uint64_t revision = store.revision();
+  const auto rows = [&] { return RawDb(path).integer("SELECT count(*) FROM audit_events"); };
+  // The key as it is, as the writes' before-state would read it.
+  const auto version_of = [&](std::uint32_t n) { return stored(store, alice, n).version; };
+
+  SECTION("a ChangeAudit that throws leaves every write undone, and no event") {
+    RecordingAudit failing(true);
+    const auto refused = [](auto&& write) {
+      bool thrown = false;
+      try {
+        write();
+      } catch (const RecordingAudit::Refused&) {
+        thrown = true;  // as thrown: not translated into a storage error
+      }
+      return thrown;
+    };
+    CHECK(refused([&] { store.insert_audited(record(3, alice), failing); }));
+    CHECK_FALSE(store.find(public_key(3)));
+
+    apikeys::KeyInfo next = stored(store, alice, 1);
+    next.title = "changed";
+    CHECK(refused([&] { (void)store.replace_audited(alice, next, 1, failing); }));
+    CHECK(stored(store, alice, 1).title == "key 1");
+
+    apikeys::KeyRecord successor = record(4, alice, 4);
+    successor.info.lineage_id = key_id(1);
+    next.rotated_to = key_id(4);
+    CHECK(refused([&] { (void)store.rotate_audited(alice, next, 1, successor, failing); }));
+    CHECK_FALSE(store.find(public_key(4)));
+    CHECK_FALSE(stored(store, alice, 1).rotated_to);
+
+    CHECK(refused([&] { (void)store.remove_audited(alice, key_id(2), failing); }));
+    CHECK(store.get(alice, key_id(2)));
+
+    CHECK(refused([&] { (void)store.revoke_all_audited(alice, at(10), failing); }));
+    CHECK(stored(store, alice, 1).status == KeyStatus::active);
+    CHECK(stored(store, alice, 2).status == KeyStatus::active);
+
+    apikeys::CreditsChange add;
+    add.op = apikeys::CreditsOp::add;
+    add.delta = 5;
+    add.at = at(10);
+    CHECK(refused([&] { (void)store.change_credits_audited(alice, key_id(1), add, failing); }));
+    CHECK(stored(store, alice, 1).credits->remaining == 50);
+
+    CHECK(failing.calls().size() == 6);  // each write asked, once
+    CHECK(version_of(1) == 1);
+    CHECK(version_of(2) == 1);
+    CHECK(store.revision() == revision);  // no change logged
+    CHECK(rows() == 0);
+    CHECK(store.audit_events(alice, newest()).empty());
+
+    // The store is usable afterwards: the writer was not left inside a transaction.
+    RecordingAudit ok;
+    store.insert_audited(record(3, alice), ok);
+    CHECK(rows() == 1);
+  }
+
+  SECTION("a failing change writes no event though the audit was asked") {
+    RecordingAudit audit;
+    // A duplicate successor: the rotation's first event was built, then the insert failed.
+    apikeys::KeyInfo next = stored(store, alice, 1);
+    next.rotated_to = key_id(2);
+    CHECK(error_code_of([&] {
+            (void)store.rotate_audited(alice, next, 1, record(2, alice, 2), audit);
+          }) == ErrorCode::already_exists);
+    CHECK(audit.calls().size() == 1);
+    CHECK(rows() == 0);
+    CHECK(version_of(1) == 1);
+    // A duplicate event id: the change rolls back with it.
+    class SameId final : public apikeys::ChangeAudit {
+     public:
+      std::optional<apikeys::AuditEvent> event(const apikeys::KeyInfo* /*before*/,
+                                               const apikeys::KeyInfo* after) const override {
+        apikeys::AuditEvent e;
+        e.event_id = key_id(99);
+        e.account_id = after->account_id;
+        e.key_id = after->key_id;
+        return e;
+      }
+    } same;
+    store.insert_audited(record(5, alice), same);
+    CHECK(error_code_of([&] { store.insert_audited(record(6, alice), same); }) ==
+          ErrorCode::already_exists);
+    CHECK_FALSE(store.find(public_key(6)));
+    CHECK(rows() == 1);
+  }
+
+  SECTION("each audited write gives the states it committed, and its events read back") {
+    RecordingAudit audit;
+    apikeys::KeyInfo next = stored(store, alice, 2);
+    next.title = "two";
+    REQUIRE(store.replace_audited(alice, next, 1, audit).outcome == apikeys::WriteOutcome::applied);
+    REQUIRE(audit.calls().size() == 1);
+    CHECK(audit.calls()[0].before->title == "key 2");
+    CHECK(audit.calls()[0].before->version == 1);
+    CHECK(audit.calls()[0].after->title == "two");
+    CHECK(audit.calls()[0].after->version == 2);
+
+    // Conflict and not found: no call.
+    CHECK(store.replace_audited(alice, next, 1, audit).outcome == apikeys::WriteOutcome::conflict);
+    next.key_id = key_id(77);
+    CHECK(store.replace_audited(alice, next, 1, audit).outcome == apikeys::WriteOutcome::not_found);
+    CHECK_FALSE(store.remove_audited(alice, key_id(77), audit));
+    CHECK(audit.calls().size() == 1);
+
+    // Rotation: the old key's event, then the successor's, with the lineage's credits.
+    apikeys::KeyInfo old_next = stored(store, alice, 1);
+    old_next.rotated_to = key_id(4);
+    apikeys::KeyRecord successor = record(4, alice, 4);
+    successor.info.lineage_id = key_id(1);
+    successor.info.rotated_from = key_id(1);
+    REQUIRE(store.rotate_audited(alice, old_next, 1, successor, audit).outcome ==
+            apikeys::WriteOutcome::applied);
+    REQUIRE(audit.calls().size() == 3);
+    CHECK(audit.calls()[1].before->version == 1);
+    CHECK(audit.calls()[1].after->rotated_to == std::optional<apikeys::Uuid>(key_id(4)));
+    CHECK_FALSE(audit.calls()[2].before);
+    CHECK(audit.calls()[2].after->key_id == key_id(4));
+    REQUIRE(audit.calls()[2].after->credits);
+    CHECK(audit.calls()[2].after->credits->remaining == 50);
+
+    apikeys::CreditsChange add;
+    add.op = apikeys::CreditsOp::add;
+    add.delta = -8;
+    add.at = at(10);
+    REQUIRE(store.change_credits_audited(alice, key_id(4), add, audit));
+    REQUIRE(audit.calls().size() == 4);
+    CHECK(audit.calls()[3].before->credits->remaining == 50);
+    CHECK(audit.calls()[3].after->credits->remaining == 42);
+    // Removing credits a lineage does not have writes nothing: no event.
+    apikeys::CreditsChange none;
+    none.op = apikeys::CreditsOp::remove;
+    REQUIRE(store.change_credits_audited(alice, key_id(2), none, audit));
+    CHECK(audit.calls().size() == 4);
+
+    // revoke_all: one event per key it revokes, each with that key's before.
+    const auto revoked = store.revoke_all_audited(alice, at(20), audit);
+    REQUIRE(revoked.size() == 3);
+    REQUIRE(audit.calls().size() == 7);
+    for (std::size_t i = 4; i < 7; ++i) {
+      const auto& call = audit.calls()[i];
+      CHECK(call.before->key_id == call.after->key_id);
+      CHECK(call.before->status == KeyStatus::active);
+      CHECK(call.after->status == KeyStatus::revoked);
+      CHECK(call.after->version == call.before->version + 1);
+    }
+    CHECK(store.revoke_all_audited(alice, at(21), audit).empty());
+    CHECK(audit.calls().size() == 7);
+
+    const auto removed = store.remove_audited(alice, key_id(2), audit);
+    REQUIRE(removed);
+    REQUIRE(audit.calls().size() == 8);
+    CHECK(audit.calls()[7].before->key_id == key_id(2));
+    CHECK_FALSE(audit.calls()[7].after);
+
+    // Every event, newest first, exactly as built; and one row per event.
+    const auto events = store.audit_events(alice, newest(1000));
+    REQUIRE(events.size() == 8);
+    CHECK(rows() == 8);
+    for (std::size_t i = 0; i < events.size(); ++i) {
+      const auto& call = audit.calls()[events.size() - 1 - i];
+      INFO("event " << i);
+      CHECK(events[i].time == at(static_cast<std::int64_t>(events.size() - i)));
+      CHECK(events[i].before == RecordingAudit::state(call.before ? &*call.before : nullptr));
+      CHECK(events[i].after == RecordingAudit::state(call.after ? &*call.after : nullptr));
+      CHECK(events[i].context.actor.type == apikeys::ActorType::user);
+      CHECK(events[i].context.actor.id == "op");
+      CHECK(events[i].context.actor.detail == "10.0.0.1");
+      CHECK(events[i].context.reason == "test");
+      CHECK(events[i].account_id == alice);
+    }
+    apikeys::AuditRange one_key = newest();
+    one_key.key_id = key_id(2);
+    CHECK(store.audit_events(alice, one_key).size() == 3);  // replace, revoke_all, remove
+    CHECK(store.audit_events(account_id(2), newest()).empty());
+  }
+}
+
+TEST_CASE("SqliteStore keeps audit events byte for byte and pages them by an index",
+          "[store][sqlite][audit]") {
+  TempDir dir;
+  const std::string path = dir.file("audit-pages.db");
+  SqliteStore store(path, fast_options());
+  const apikeys::Uuid alice = account_id(1);
+  const apikeys::Uuid bob = account_id(2);
+
+  // Events given by hand: two per millisecond, ids out of order, two keys and accounts.
+  class Given final : public apikeys::ChangeAudit {
+   public:
+    explicit Given(apikeys::AuditEvent e) : e_(std::move(e)) {}
+    std::optional<apikeys::AuditEvent> event(const apikeys::KeyInfo* /*before*/,
+                                             const apikeys::KeyInfo* /*after*/) const override {
+      return e_;
+    }
+
+   private:
+    apikeys::AuditEvent e_;
+  };
+  std::vector<apikeys::AuditEvent> given;
+  for (std::uint32_t n = 1; n <= 8; ++n) {
+    apikeys::AuditEvent e;
+    e.event_id = key_id((n * 5) % 9 + 100);  // distinct, not in time order
+    e.time = at((n + 1) / 2);                // 1, 1, 2, 2, 3, 3, 4, 4
+    e.action = static_cast<apikeys::AuditAction>(n % 2 == 0 ? 200 : 3);  // unknown kept
+    e.context.actor = {apikeys::ActorType::service, std::string("svc\0x", 5), "\xff\xfe"};
+    e.context.reason = std::string(3000, 'r');
+    e.account_id = n == 8 ? bob : alice;
+    e.key_id = key_id(n % 2 + 1);
+    e.before = R"({"title":"a\u0000b"})";
+    e.after = std::string("not json \0 at all", 17);
+    store.insert_audited(record(n, e.account_id, n), Given(e));
+    given.push_back(e);
+  }
+
+  SECTION("every field reads back as it was given") {
+    const auto events = store.audit_events(bob, newest());
+    REQUIRE(events.size() == 1);
+    const apikeys::AuditEvent& got = events[0];
+    const apikeys::AuditEvent& want = given[7];
+    CHECK(got.event_id == want.event_id);
+    CHECK(got.time == want.time);
+    CHECK(static_cast<int>(got.action) == 200);
+    CHECK(got.context.actor.type == want.context.actor.type);
+    CHECK(got.context.actor.id == want.context.actor.id);
+    CHECK(got.context.actor.detail == want.context.actor.detail);
+    CHECK(got.context.reason == want.context.reason);
+    CHECK(got.account_id == want.account_id);
+    CHECK(got.key_id == want.key_id);
+    CHECK(got.before == want.before);
+    CHECK(got.after == want.after);
+  }
+
+  SECTION("pages run newest first, ties by event id descending, and never repeat") {
+    std::vector<apikeys::AuditEvent> want(given.begin(), given.begin() + 7);  // alice's
+    std::sort(want.begin(), want.end(), [](const auto& a, const auto& b) {
+      if (a.time != b.time) return a.time > b.time;
+      return b.event_id < a.event_id;
+    });
+    std::vector<apikeys::Uuid> seen;
+    apikeys::AuditRange range = newest(2);
+    for (;;) {
+      const auto page = store.audit_events(alice, range);
+      if (page.empty()) break;
+      CHECK(page.size() <= 2);
+      for (const auto& e : page) seen.push_back(e.event_id);
+      range.after = apikeys::AuditPosition{page.back().time, page.back().event_id};
+    }
+    std::vector<apikeys::Uuid> ids;
+    for (const auto& e : want) ids.push_back(e.event_id);
+    CHECK(seen == ids);
+
+    apikeys::AuditRange since = newest();
+    since.since = at(3) - std::chrono::microseconds(1);  // rounds up to at(3)
+    CHECK(store.audit_events(alice, since).size() == 3);
+    since.key_id = key_id(2);  // odd n: times 1, 2, 3, 4 (n = 1, 3, 5, 7)
+    CHECK(store.audit_events(alice, since).size() == 2);
+    // A position between two milliseconds starts at the one before.
+    apikeys::AuditRange between = newest();
+    between.after = apikeys::AuditPosition{at(3) - std::chrono::microseconds(1), key_id(0)};
+    CHECK(store.audit_events(alice, between).size() == 4);
+  }
+
+  SECTION("prune_audit deletes every account's events older than the time") {
+    CHECK(store.prune_audit(at(3) - std::chrono::microseconds(1)) == 4);  // times 1 and 2
+    CHECK(store.audit_events(alice, newest()).size() == 3);
+    CHECK(store.audit_events(bob, newest()).size() == 1);
+    CHECK(store.prune_audit(at(3)) == 0);
+    CHECK(store.prune_audit(at(100)) == 4);
+    CHECK(store.audit_events(alice, newest()).empty());
+    CHECK(store.find(public_key(1)));  // keys are not touched
+  }
+
+  SECTION("every form of the page query walks an audit index, in its order") {
+    for (const bool key : {false, true}) {
+      for (const bool since : {false, true}) {
+        for (const bool after : {false, true}) {
+          const std::string plan =
+              query_plan(path, apikeys::detail::sqlite::audit_events_sql(key, since, after));
+          INFO(plan);
+          CHECK(contains(plan, key ? "USING INDEX audit_events_account_key_time (account_id=? "
+                                     "AND key_id=?"
+                                   : "USING INDEX audit_events_account_time (account_id=?"));
+          CHECK_FALSE(contains(plan, "TEMP B-TREE"));
+          // A seek into the range, not a scan from the newest.
+          if (after) CHECK(contains(plan, "time_ms<?"));
+          if (since) CHECK(contains(plan, "time_ms>?"));
+        }
+      }
+    }
+    CHECK(contains(query_plan(path, apikeys::detail::sqlite::kPruneAuditSql), "audit_events_time"));
+  }
+}
+
+TEST_CASE("A read-only SqliteStore reads the audit trail and writes none of it",
+          "[store][sqlite][audit]") {
+  TempDir dir;
+  const std::string path = dir.file("audit-ro.db");
+  const apikeys::Uuid alice = account_id(1);
+  {
+    SqliteStore writer(path, fast_options());
+    RecordingAudit audit;
+    writer.insert_audited(record(1, alice), audit);
+  }
+  SqliteStoreOptions options = fast_options();
+  options.read_only = true;
+  SqliteStore store(path, options);
+  CHECK(store.keeps_audit());
+  REQUIRE(store.audit_events(alice, newest()).size() == 1);
+  RecordingAudit audit;
+  CHECK(error_code_of([&] { store.insert_audited(record(2, alice), audit); }) ==
+        ErrorCode::storage);
+  CHECK(error_code_of([&] { (void)store.prune_audit(at(1000)); }) == ErrorCode::storage);
+  CHECK(audit.calls().empty());
+  CHECK(store.audit_events(alice, newest()).size() == 1);
 }
