@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -2312,6 +2313,34 @@ TEST_CASE("cli: verify reports limits and credits: refusals exit 1", "[cli]") {
   CHECK_FALSE(contains(r.out + r.err, created.at("secret_key").get<std::string>()));
 }
 
+namespace {
+
+// The login name of this process's session, when it has one: the CLI's default actor
+// comes from it before USER.
+std::optional<std::string> session_login() {
+  std::array<char, 257> name{};
+  if (::getlogin_r(name.data(), name.size()) != 0 || name[0] == '\0') return std::nullopt;
+  return std::string(name.data());
+}
+
+// The account's audit events, newest first, read page by page with --cursor.
+std::vector<Json> audit_events(const std::string& db, const std::vector<std::string>& extra = {}) {
+  std::vector<Json> events;
+  std::string cursor;
+  for (int pages = 0; pages < 100; ++pages) {
+    std::vector<std::string> args = plus({"--db", db, "audit", "--account", kAccount}, extra);
+    if (!cursor.empty()) args.insert(args.end(), {"--cursor", cursor});
+    const Json page = run_json(args);
+    for (const Json& e : page.at("events")) events.push_back(e);
+    if (page.at("next_cursor").is_null()) return events;
+    cursor = page.at("next_cursor").get<std::string>();
+  }
+  FAIL("audit never reached its last page");
+  return events;
+}
+
+}  // namespace
+
 TEST_CASE("cli: a malformed --actor or a refused --reason exits 2 and writes nothing", "[cli]") {
   TempDir dir;
   const std::string db = dir.file("keys.db");
@@ -2415,6 +2444,179 @@ TEST_CASE("cli: --help lists audit, audit-prune, and --actor and --reason where 
     r = run_cli({command, "--help"});
     CHECK_FALSE(contains(r.out, "--actor"));
   }
+}
+
+TEST_CASE("cli: each change is audited with its --actor and --reason, by default the user",
+          "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  // The default actor: the session's login name, else USER.
+  const Run made = run_cli_env({"--db", db, "create", "--account", kAccount, "--title", "CI key"},
+                               {"USER=cli-test-user"});
+  INFO("stderr: " << made.err);
+  REQUIRE(made.code == 0);
+  const std::string key_id = Json::parse(made.out).at("key_id").get<std::string>();
+  // Explicit actors; the ID is everything after the first ':'.
+  run_json(plus(key_args(db, "disable", key_id),
+                {"--actor", "service:billing:eu-1", "--reason", "invoice 7 unpaid"}));
+  run_json(plus(key_args(db, "enable", key_id), {"--actor", "system:cron"}));
+  run_json(plus(key_args(db, "credits", key_id),
+                {"--set", "5", "--actor", "user:alice", "--reason", "trial: 5 calls"}));
+  // A refused --actor adds no event.
+  CHECK(run_cli(plus(key_args(db, "revoke", key_id), {"--actor", "robot:r2"})).code == 2);
+
+  const std::vector<Json> events = audit_events(db);
+  REQUIRE(events.size() == 4);
+  for (const Json& e : events) {
+    INFO(e.dump());
+    for (const char* f : {"event_id", "time", "action", "reason", "account_id"}) {
+      CHECK(e.at(f).is_string());
+    }
+    CHECK(e.at("account_id") == kAccount);
+    CHECK(e.at("key_id") == key_id);
+    CHECK(e.at("actor").at("detail") == "");
+    CHECK(e.at("before").is_object());
+    CHECK(e.at("after").is_object());
+    CHECK(e.at("time").get<std::string>().back() == 'Z');
+  }
+  // Newest first.
+  CHECK(events[0].at("action") == "set_credits");
+  CHECK(events[0].at("actor").at("type") == "user");
+  CHECK(events[0].at("actor").at("id") == "alice");
+  CHECK(events[0].at("reason") == "trial: 5 calls");
+  CHECK(events[0].at("after").at("credits").at("remaining") == 5);
+  CHECK(events[1].at("action") == "enable");
+  CHECK(events[1].at("actor").at("type") == "system");
+  CHECK(events[1].at("actor").at("id") == "cron");
+  CHECK(events[1].at("reason") == "");
+  CHECK(events[2].at("action") == "disable");
+  CHECK(events[2].at("actor").at("type") == "service");
+  CHECK(events[2].at("actor").at("id") == "billing:eu-1");
+  CHECK(events[2].at("reason") == "invoice 7 unpaid");
+  CHECK(events[2].at("before").at("status") == "active");
+  CHECK(events[2].at("after").at("status") == "disabled");
+  const Json& create = events[3];
+  CHECK(create.at("action") == "create");
+  CHECK(create.at("actor").at("type") == "user");
+  const std::string id = create.at("actor").at("id").get<std::string>();
+  const std::optional<std::string> login = session_login();
+  CHECK((id == "cli-test-user" || (login && id == *login)));
+  CHECK(create.at("before") == Json::object());
+  CHECK(create.at("after").at("key_id") == key_id);
+  CHECK(create.at("after").at("title") == "CI key");
+  CHECK_FALSE(contains(create.dump(), Json::parse(made.out).at("secret_key").get<std::string>()));
+
+  // Without USER: still a user, named by the session or the uid (never empty).
+  const Json other = create_key(db, kOtherAccount);
+  const Json page = run_json({"--db", db, "audit", "--account", kOtherAccount});
+  REQUIRE(page.at("events").size() == 1);
+  CHECK(page.at("events")[0].at("actor").at("type") == "user");
+  CHECK_FALSE(page.at("events")[0].at("actor").at("id").get<std::string>().empty());
+  CHECK(page.at("events")[0].at("key_id") == other.at("key_id"));
+}
+
+TEST_CASE("cli: audit pages with --cursor, filters by --key-id and --since", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const std::string a = create_key(db).at("key_id").get<std::string>();
+  const std::string b = create_key(db).at("key_id").get<std::string>();
+  run_json(plus(key_args(db, "update", a), {"--title", "renamed"}));
+  run_json(plus(key_args(db, "revoke", b), {"--reason", "leaked"}));
+  run_json(key_args(db, "delete", a));
+  create_key(db, kOtherAccount);
+  run_json({"--db", db, "revoke-all", "--account", kAccount});  // nothing left: no event
+
+  // Page by page, two at a time: every event once, newest first.
+  std::vector<std::string> seen;
+  std::string cursor;
+  int pages = 0;
+  for (;;) {
+    std::vector<std::string> args{"--db", db, "audit", "--account", kAccount, "--limit", "2"};
+    if (!cursor.empty()) args.insert(args.end(), {"--cursor", cursor});
+    const Json page = run_json(args);
+    CHECK(page.at("events").size() <= 2);
+    for (const Json& e : page.at("events")) seen.push_back(e.at("event_id").get<std::string>());
+    ++pages;
+    REQUIRE(pages <= 5);
+    if (page.at("next_cursor").is_null()) break;
+    cursor = page.at("next_cursor").get<std::string>();
+  }
+  const std::vector<Json> all = audit_events(db);
+  REQUIRE(all.size() == 5);
+  CHECK(pages == 3);
+  std::vector<std::string> ids;
+  for (const Json& e : all) ids.push_back(e.at("event_id").get<std::string>());
+  CHECK(seen == ids);
+  std::vector<std::string> actions;
+  for (const Json& e : all) actions.push_back(e.at("action").get<std::string>());
+  CHECK(actions == std::vector<std::string>{"remove", "revoke", "update", "create", "create"});
+  CHECK(all[0].at("after") == Json::object());
+  CHECK(all[0].at("before").at("title") == "renamed");
+  CHECK(all[1].at("reason") == "leaked");
+  CHECK(all[2].at("before").at("title") == "CI key");
+  CHECK(all[2].at("after").at("title") == "renamed");
+  for (std::size_t i = 1; i < all.size(); ++i)
+    CHECK(all[i - 1].at("time").get<std::string>() >= all[i].at("time").get<std::string>());
+
+  // One key's events.
+  const std::vector<Json> of_a = audit_events(db, {"--key-id", a});
+  REQUIRE(of_a.size() == 3);
+  for (const Json& e : of_a) CHECK(e.at("key_id") == a);
+  // --since: the oldest event's time keeps it; a time after the newest keeps none.
+  CHECK(audit_events(db, {"--since", all.back().at("time").get<std::string>()}).size() == 5);
+  CHECK(audit_events(db, {"--since", "9999-12-31T23:59:59Z"}).empty());
+  CHECK(audit_events(db, {"--since", "2000-01-01T02:00:00+02:00"}).size() == 5);
+
+  // Refused: a bad limit, time or key id, or a cursor made for another filter.
+  const Json first = run_json({"--db", db, "audit", "--account", kAccount, "--limit", "1"});
+  const std::string first_cursor = first.at("next_cursor").get<std::string>();
+  for (const std::vector<std::string>& extra : std::vector<std::vector<std::string>>{
+           {"--limit", "0"},
+           {"--limit", "1001"},
+           {"--since", "yesterday"},
+           {"--since", "2026-02-30T00:00:00Z"},
+           {"--since", "2026-01-01T00:00:00"},
+           {"--key-id", "not-a-uuid"},
+           {"--cursor", "zz"},
+           {"--cursor", first_cursor, "--key-id", a},
+       }) {
+    INFO(extra[0] << " " << extra[1]);
+    const Run r = run_cli(plus({"--db", db, "audit", "--account", kAccount}, extra));
+    CHECK(r.code == 2);
+    CHECK(r.out.empty());
+  }
+  CHECK(run_cli({"--db", db, "audit"}).code == 2);  // --account is required
+}
+
+TEST_CASE("cli: audit-prune deletes the events before --before and prints how many", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const std::string key_id = create_key(db).at("key_id").get<std::string>();
+  run_json(key_args(db, "disable", key_id));
+  create_key(db, kOtherAccount);
+
+  Json out = run_json({"--db", db, "audit-prune", "--before", "2000-01-01T00:00:00Z"});
+  CHECK(out == Json{{"deleted", 0}});
+  CHECK(audit_events(db).size() == 2);
+  // Every account's events before the time go.
+  out = run_json({"--db", db, "audit-prune", "--before", "9999-01-01T00:00:00.000Z"});
+  CHECK(out == Json{{"deleted", 3}});
+  CHECK(audit_events(db).empty());
+  CHECK(run_json({"--db", db, "audit", "--account", kOtherAccount}).at("events").empty());
+  // The keys themselves stay.
+  CHECK(run_json(key_args(db, "get", key_id)).at("status") == "disabled");
+
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+           {"--db", db, "audit-prune"},
+           {"--db", db, "audit-prune", "--before", "last week"},
+           {"--db", db, "audit-prune", "--before", "2026-01-01T24:00:00Z"},
+           {"--db", dir.file("missing.db"), "audit-prune", "--before", "2026-01-01T00:00:00Z"},
+       }) {
+    const Run r = run_cli(args);
+    CHECK(r.code != 0);
+    CHECK(r.out.empty());
+  }
+  CHECK_FALSE(fs::exists(dir.file("missing.db")));
 }
 
 #endif  // APIKEYS_CLI_PATH
