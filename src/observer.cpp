@@ -63,6 +63,7 @@ const char* to_string(AuditAction action) noexcept {
     case AuditAction::add_credits: return "add_credits";
     case AuditAction::import: return "import";
     case AuditAction::rehash: return "rehash";
+    case AuditAction::refill: return "refill";
   }
   return "update";
 }

@@ -134,6 +134,17 @@ std::optional<KeyInfo> Store::change_credits_audited(const Uuid& account_id, con
   return change_credits(account_id, key_id, change);
 }
 
+std::size_t Store::replace_digests_audited(const std::vector<DigestChange>& changes,
+                                          const ChangeAudit& /*audit*/) {
+  return replace_digests(changes);
+}
+
+CreditTake Store::take_credits_audited(const Uuid& lineage_id, std::uint64_t min,
+                                       std::uint64_t max, TimePoint now,
+                                       const ChangeAudit& /*audit*/) {
+  return take_credits(lineage_id, min, max, now);
+}
+
 std::vector<AuditEvent> Store::audit_events(const Uuid& /*account_id*/,
                                             const AuditRange& /*range*/) {
   throw Error(ErrorCode::not_supported, "this store keeps no audit trail (audit_events)");

@@ -22,6 +22,8 @@
 
 namespace apikeys {
 
+class ChangeAudit;
+
 /// The state of one rate limit after an admission, for RateLimit headers.
 /// Thread-safety and ownership: a plain value.
 struct LimitStatus {
@@ -41,6 +43,10 @@ struct AdmissionRequest {
   bool charge_credits = false;        ///< The lineage has credits: charge `cost` of them.
   std::uint64_t cost = 1;             ///< What the request costs; 0 checks without spending.
   TimePoint now{};                    ///< The Validator's clock (Redis uses its own).
+  /// When set, a limiter that takes credits from a Store takes them with
+  /// Store::take_credits_audited() and this, so a refill it writes leaves an audit event
+  /// (borrowed for the call; the Validator sets it). Limiters may ignore it.
+  const ChangeAudit* audit = nullptr;
 };
 
 /// How an admission ended.

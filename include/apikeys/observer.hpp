@@ -131,12 +131,13 @@ enum class AuditAction : std::uint8_t {
   add_credits = 9,
   import = 10,
   rehash = 11,  ///< The library rewrote a digest under the current pepper (system).
+  refill = 12,  ///< A credit refill came due and was written (system).
 };
 /// The highest AuditAction.
-inline constexpr AuditAction kLastAuditAction = AuditAction::rehash;
+inline constexpr AuditAction kLastAuditAction = AuditAction::refill;
 /// "create", "update", "disable", "enable", "rotate", "revoke", "revoke_all",
-/// "remove", "set_credits", "add_credits", "import", "rehash" ("update" for an
-/// unknown value).
+/// "remove", "set_credits", "add_credits", "import", "rehash", "refill" ("update" for
+/// an unknown value).
 APIKEYS_EXPORT const char* to_string(AuditAction action) noexcept;
 
 /// One change to one key (or, for revoke_all, to an account's keys), as

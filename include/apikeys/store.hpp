@@ -316,6 +316,21 @@ class APIKEYS_EXPORT Store {
                                                         const CreditsChange& change,
                                                         const ChangeAudit& audit);
 
+  /// replace_digests(), and for each digest it rewrites, that key's event: `before` and
+  /// `after` both point at the key as it is (a KeyInfo holds no digest; the ChangeAudit
+  /// knows the pepper ids from `changes`). Default: replace_digests().
+  virtual std::size_t replace_digests_audited(const std::vector<DigestChange>& changes,
+                                              const ChangeAudit& audit);
+
+  /// take_credits(), and when it writes a refill (the balance of a new refill period),
+  /// the event of the lineage's newest key (latest created_at; none when the lineage
+  /// has no key left): `before` holds that key with its credits as they were stored,
+  /// `after` the same key with the credits as the refill leaves them, before the take.
+  /// Default: take_credits().
+  virtual CreditTake take_credits_audited(const Uuid& lineage_id, std::uint64_t min,
+                                          std::uint64_t max, TimePoint now,
+                                          const ChangeAudit& audit);
+
   /// Up to range.limit of the account's audit events, newest first (time descending,
   /// then event_id descending), filtered and started as `range` says. Events are
   /// returned as they were written.
