@@ -79,9 +79,11 @@ void check_context_text(std::string_view text, std::size_t max_bytes, const char
   }
 }
 
+}  // namespace
+
 // Checked before anything is read or written: an audit trail must not be given text
 // that could forge or hide its own lines.
-void check_context(const ChangeContext& context) {
+void check_change_context(const ChangeContext& context) {
   if (static_cast<std::uint8_t>(context.actor.type) > static_cast<std::uint8_t>(kLastActorType)) {
     refuse("actor type must be user, service or system");
   }
@@ -99,6 +101,8 @@ void check_context(const ChangeContext& context) {
                      "reason must be at most 1024 bytes", "reason must be valid UTF-8",
                      "reason must not contain control, invisible or line-breaking characters");
 }
+
+namespace {
 
 // Runs `step`, which follows a committed change (erasing the caches), then `report`,
 // which runs even when `step` throws, before the exception goes on: the change stands
@@ -591,7 +595,7 @@ KeyManager::~KeyManager() = default;
 
 CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& request,
                               const ChangeContext& context) {
-  check_context(context);
+  check_change_context(context);
   if (account_id.is_nil()) refuse("account id must not be the nil UUID");
   CreateRequest req = normalize_request(request);
 
@@ -710,7 +714,7 @@ KeyInfo KeyManager::get(const Uuid& account_id, const Uuid& key_id) {
 KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const KeyUpdate& update,
                            const ChangeContext& context) {
   // Every value is checked before anything is read or written.
-  check_context(context);
+  check_change_context(context);
   std::optional<std::string> title;
   if (update.title.clears()) refuse("title cannot be cleared: a key must have a title");
   if (update.title.sets()) {
@@ -837,7 +841,7 @@ std::optional<KeyInfo> KeyManager::Impl::read_before(const Uuid& account_id,
 
 KeyInfo KeyManager::set_credits(const Uuid& account_id, const Uuid& key_id, std::uint64_t n,
                                 const ChangeContext& context) {
-  check_context(context);
+  check_change_context(context);
   if (n > KeyPolicyLimits::kMaxCredits) refuse("credits must be 0 to 2^53");
   const std::optional<KeyInfo> before = impl_->read_before(account_id, key_id);
   CreditsChange change;
@@ -856,7 +860,7 @@ KeyInfo KeyManager::set_credits(const Uuid& account_id, const Uuid& key_id, std:
 
 KeyInfo KeyManager::add_credits(const Uuid& account_id, const Uuid& key_id, std::int64_t delta,
                                 const ChangeContext& context) {
-  check_context(context);
+  check_change_context(context);
   constexpr auto kMax = static_cast<std::int64_t>(KeyPolicyLimits::kMaxCredits);
   if (delta > kMax || delta < -kMax) refuse("a credit change must be within -2^53 to 2^53");
   const std::optional<KeyInfo> before = impl_->read_before(account_id, key_id);
@@ -875,7 +879,7 @@ KeyInfo KeyManager::add_credits(const Uuid& account_id, const Uuid& key_id, std:
 
 KeyInfo KeyManager::disable(const Uuid& account_id, const Uuid& key_id,
                             const ChangeContext& context) {
-  check_context(context);
+  check_change_context(context);
   return impl_->change(
       "disabling the key", account_id, key_id, std::nullopt,
       [](KeyInfo& key) {
@@ -891,7 +895,7 @@ KeyInfo KeyManager::disable(const Uuid& account_id, const Uuid& key_id,
 
 KeyInfo KeyManager::enable(const Uuid& account_id, const Uuid& key_id,
                            const ChangeContext& context) {
-  check_context(context);
+  check_change_context(context);
   return impl_->change(
       "enabling the key", account_id, key_id, std::nullopt,
       [](KeyInfo& key) {
@@ -907,7 +911,7 @@ KeyInfo KeyManager::enable(const Uuid& account_id, const Uuid& key_id,
 
 CreatedKey KeyManager::rotate(const Uuid& account_id, const Uuid& key_id,
                               const RotateRequest& request, const ChangeContext& context) {
-  check_context(context);
+  check_change_context(context);
   if (request.grace.count() < 0 || request.grace > kMaxRotationGrace) {
     refuse("grace must be between 0 seconds and 7 days");
   }
@@ -984,7 +988,7 @@ CreatedKey KeyManager::rotate(const Uuid& account_id, const Uuid& key_id,
 }
 
 std::size_t KeyManager::revoke_all(const Uuid& account_id, const ChangeContext& context) {
-  check_context(context);
+  check_change_context(context);
   // The store is asked again until it revokes nothing: a key that a concurrent rotate()
   // committed while the first statement ran may not be in that statement's snapshot
   // (PostgreSQL, READ COMMITTED), and must not stay active after this returns.
@@ -1057,7 +1061,7 @@ std::size_t KeyManager::revoke_all(const Uuid& account_id, const ChangeContext& 
 
 KeyInfo KeyManager::revoke(const Uuid& account_id, const Uuid& key_id,
                            const ChangeContext& context) {
-  check_context(context);
+  check_change_context(context);
   const bool observing = !impl_->observers.empty();
   std::optional<KeyInfo> before;  // the key as read, when it was not revoked yet
   bool committed = false;         // replace() wrote it: a later not_supported is a cache's
@@ -1090,7 +1094,7 @@ KeyInfo KeyManager::revoke(const Uuid& account_id, const Uuid& key_id,
 
 KeyInfo KeyManager::remove(const Uuid& account_id, const Uuid& key_id,
                            const ChangeContext& context) {
-  check_context(context);
+  check_change_context(context);
   const EventBuilder audit = impl_->audit(AuditAction::remove, context, 0);
   auto info = guarded("deleting the key",
                       [&] { return impl_->store->remove_audited(account_id, key_id, audit); });
@@ -1108,7 +1112,7 @@ std::vector<PepperCount> KeyManager::pepper_counts() {
 
 ImportReport KeyManager::import_keys(std::istream& in, const ImportOptions& options,
                                      const ChangeContext& context) {
-  check_context(context);
+  check_change_context(context);
   const EventBuilder audit = impl_->audit(AuditAction::import, context, 0, 0, AuditAction::import);
   const std::function<void(const KeyInfo&)> imported = [&](const KeyInfo& key) {
     // Only this key's event: one built for a row the store then refused (a duplicate)

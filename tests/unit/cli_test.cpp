@@ -2362,6 +2362,9 @@ TEST_CASE("cli: a malformed --actor or a refused --reason exits 2 and writes not
       {"--reason", "bell\x07"},
       {"--reason", "c1 \xc2\x85 control"},
       {"--reason", "bad \xc0\xaf utf-8"},
+      {"--reason", "one\xE2\x80\xA8two"},      // U+2028 LINE SEPARATOR
+      {"--reason", "hidden\xE2\x80\x8Bjoin"},  // U+200B ZERO WIDTH SPACE
+      {"--actor", "user:\xE2\x80\xAEnimda"},   // U+202E RIGHT-TO-LEFT OVERRIDE
       {"--reason", "leaked " + sk},
       {"--reason", "pepper " + kPepperHex},
   };
