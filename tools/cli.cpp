@@ -1729,9 +1729,17 @@ Json audit_event_json(const apikeys::AuditEvent& e) {
   Json j;
   j["event_id"] = e.event_id.to_string();
   j["time"] = apikeys::format_utc(e.time);
-  j["action"] = apikeys::to_string(e.action);
+  // A code this build does not know (written by a newer library) is shown as what it
+  // is, "unknown:N", never as the name to_string() falls back to.
+  const auto name = [](auto value, auto last, const char* known) {
+    const auto code = static_cast<unsigned>(value);
+    return code <= static_cast<unsigned>(last) ? std::string(known)
+                                               : "unknown:" + std::to_string(code);
+  };
+  j["action"] = name(e.action, apikeys::kLastAuditAction, apikeys::to_string(e.action));
   Json actor;
-  actor["type"] = apikeys::to_string(e.context.actor.type);
+  actor["type"] = name(e.context.actor.type, apikeys::kLastActorType,
+                       apikeys::to_string(e.context.actor.type));
   actor["id"] = e.context.actor.id;
   actor["detail"] = e.context.actor.detail;
   j["actor"] = std::move(actor);
