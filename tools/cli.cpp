@@ -1738,8 +1738,8 @@ Json audit_event_json(const apikeys::AuditEvent& e) {
   };
   j["action"] = name(e.action, apikeys::kLastAuditAction, apikeys::to_string(e.action));
   Json actor;
-  actor["type"] = name(e.context.actor.type, apikeys::kLastActorType,
-                       apikeys::to_string(e.context.actor.type));
+  actor["type"] =
+      name(e.context.actor.type, apikeys::kLastActorType, apikeys::to_string(e.context.actor.type));
   actor["id"] = e.context.actor.id;
   actor["detail"] = e.context.actor.detail;
   j["actor"] = std::move(actor);

@@ -153,13 +153,16 @@ APIKEYS_EXPORT const char* to_string(AuditAction action) noexcept;
 /// Observer::on_change() sees it and the audit trail keeps it. Never holds a secret or
 /// a digest. Thread-safety and ownership: a plain value.
 struct AuditEvent {
-  Uuid event_id;                             ///< Random (v4), unique per event.
+  /// Unique per event: a version 7 UUID whose time and process-wide counter make the
+  /// events one process writes in one millisecond sort in the order it wrote them.
+  Uuid event_id;
   TimePoint time{};                          ///< When the change was made, on the manager's clock.
   AuditAction action = AuditAction::update;  ///< What was done.
   ChangeContext context;                     ///< Who did it, and why.
   Uuid account_id;                           ///< Whose key.
-  /// Which key; for rotate, the old key (`after` names the new one). For revoke_all,
-  /// nil: `after` holds how many keys it revoked.
+  /// Which key; for rotate, the old key (`after` names the new one). revoke_all makes
+  /// one event per key it revoked; only over a store without an audit trail do the
+  /// observers get instead one event with a nil key_id, `after` holding how many.
   Uuid key_id;
   /// The fields the change touched, as they were: a JSON object with the key's field
   /// names as in `apikeys list --json` (never a secret or a digest); "{}" for create.
