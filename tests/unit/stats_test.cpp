@@ -346,6 +346,22 @@ TEST_CASE("Stats histograms: cumulative buckets in seconds, _count equal to the 
   }
 }
 
+TEST_CASE("Stats histograms: each bound in its own bucket, one nanosecond more in the next",
+          "[stats]") {
+  for (std::size_t i = 0; i < Stats::kBucketBounds.size(); ++i) {
+    const auto bound = static_cast<std::int64_t>(Stats::kBucketBounds[i]);
+    Stats stats;
+    stats.on_validate(event(ValidationCode::valid, ValidatePath::cache,
+                            std::chrono::nanoseconds(bound), CacheResult::hit));
+    stats.on_validate(
+        event(ValidationCode::valid, ValidatePath::store, std::chrono::nanoseconds(bound + 1)));
+    const Stats::Snapshot s = stats.snapshot();
+    INFO("bound " << bound);
+    CHECK(s.durations[idx(ValidatePath::cache)].buckets[i] == 1);
+    CHECK(s.durations[idx(ValidatePath::store)].buckets[i + 1] == 1);
+  }
+}
+
 TEST_CASE("Stats text: every family with HELP and TYPE, every series even at zero", "[stats]") {
   Stats stats;
   const std::string text = stats.to_prometheus_text();
