@@ -10,6 +10,7 @@
 // the stripes up. No counting path locks or allocates.
 #include "apikeys/stats.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <new>
@@ -64,24 +65,11 @@ std::size_t index_of(E value, E last, E unknown) noexcept {
   return i <= static_cast<std::size_t>(last) ? i : static_cast<std::size_t>(unknown);
 }
 
-constexpr bool ascending(const decltype(Stats::kBucketBounds)& bounds) noexcept {
-  for (std::size_t i = 1; i < bounds.size(); ++i) {
-    if (bounds[i - 1] >= bounds[i]) return false;
-  }
-  return true;
-}
-static_assert(ascending(Stats::kBucketBounds), "bucket_of() counts the bounds below");
-
 // The bucket of a duration: the first whose bound is >= it (Prometheus `le`), else +Inf.
-// The bounds ascend, so that is how many bounds lie below it: counted without a branch,
-// as a binary search over durations near a bound mispredicts on every call.
 std::size_t bucket_of(std::chrono::nanoseconds duration) noexcept {
   const std::uint64_t ns = duration.count() > 0 ? static_cast<std::uint64_t>(duration.count()) : 0;
-  std::size_t below = 0;
-  for (const std::uint64_t bound : Stats::kBucketBounds) {
-    below += static_cast<std::size_t>(bound < ns);
-  }
-  return below;
+  const auto& b = Stats::kBucketBounds;
+  return static_cast<std::size_t>(std::lower_bound(b.begin(), b.end(), ns) - b.begin());
 }
 
 void bump(Counter& c, std::uint64_t by = 1) noexcept { c.fetch_add(by, std::memory_order_relaxed); }
