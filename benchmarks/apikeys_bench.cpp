@@ -6,7 +6,7 @@
 //   apikeys_bench            full run (sizes of BENCHMARKS.md; minutes)
 //   apikeys_bench --quick    tiny sizes, seconds; TARGET lines are informational
 //                            (same as APIKEYS_BENCH_QUICK=1)
-//   --skip=memory,threads,latency,scale   leave sections out (their targets FAIL)
+//   --skip=memory,threads,latency,scale,observer   leave sections out (their targets FAIL)
 //   --profile=hit|hit_stats|hit_one_rate_limit|hit_leased_credits|sqlite_cold|
 //             sqlite_not_found|sqlite_wrong_secret [--profile-calls=N]
 //                            one loop for callgrind (see BENCHMARKS.md)
@@ -1227,6 +1227,55 @@ void latency_section(const Config& cfg, const World& w, Results& res) {
 }
 
 // ------------------------------------------------------------------------------------
+// Observing the hit path, paired: blocks of the same keys through validate/hit and
+// validate/hit_stats in alternation (which of the two goes first alternates too), each
+// block timed in thread CPU time; the ratio of each pair, and the median over the
+// pairs. A preemption or a neighbour's burst on the shared machine then lands in one
+// block and moves one pair's ratio, instead of one benchmark's whole repetition.
+
+double thread_cpu_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) * 1e9 + static_cast<double>(ts.tv_nsec);
+}
+
+void observer_section(const Config& cfg, const World& w, Results& res) {
+  progress("observer pairs");
+  const std::size_t pairs = cfg.quick ? 21 : 401;
+  const std::size_t block = cfg.quick ? 200 : 2000;
+  const auto n = static_cast<std::uint32_t>(w.hit_count);
+  std::vector<double> ratios;
+  std::vector<double> plain;
+  std::vector<double> observed;
+  std::size_t bad = 0;
+  for (std::size_t p = 0; p < pairs; ++p) {
+    double ns[2] = {0, 0};  // [0] validate/hit, [1] validate/hit_stats
+    for (int j = 0; j < 2; ++j) {
+      const int which = (p % 2 == 0) ? j : 1 - j;
+      const apikeys::Validator& v = which == 1 ? *w.hit_stats : *w.hit;
+      ab::Rng rng(0x0b5e + p);  // the same keys for both blocks of a pair
+      const double t0 = thread_cpu_ns();
+      for (std::size_t c = 0; c < block; ++c) {
+        const std::uint32_t k = rng.below(n);
+        bad += !v.validate(w.keys.public_key(k), w.keys.secret(k)).ok();
+      }
+      ns[which] = thread_cpu_ns() - t0;
+    }
+    ratios.push_back(ns[1] / ns[0]);
+    plain.push_back(ns[0] / static_cast<double>(block));
+    observed.push_back(ns[1] / static_cast<double>(block));
+  }
+  expect(bad == 0, "observer pairs: " + std::to_string(bad) + " unexpected verdicts");
+  res.value["observer/pairs"] = static_cast<double>(pairs);
+  res.value["observer/hit_cpu_ns"] = ab::median(plain);
+  res.value["observer/hit_stats_cpu_ns"] = ab::median(observed);
+  res.value["observer/hit_stats_vs_hit"] = ab::median(ratios);
+  // The fastest block of each: what each costs when nothing else got in the way.
+  res.value["observer/hit_min_cpu_ns"] = *std::min_element(plain.begin(), plain.end());
+  res.value["observer/hit_stats_min_cpu_ns"] = *std::min_element(observed.begin(), observed.end());
+}
+
+// ------------------------------------------------------------------------------------
 // Targets.
 
 struct Target {
@@ -1271,6 +1320,8 @@ std::vector<Target> targets(const Results& r) {
       // Observing the hit path: apikeys::Stats attached (the event, its clock reads, the
       // counters).
       {"hit_stats_vs_hit", r.cpu("validate/hit_stats") / r.cpu("validate/hit"), 1.15, false},
+      // The same, from interleaved pairs of blocks (observer_section).
+      {"hit_stats_vs_hit_paired", r.get("observer/hit_stats_vs_hit"), 1.15, false},
   };
 }
 
@@ -1452,7 +1503,8 @@ int main(int argc, char** argv) {
       profile_calls = std::stoul(a.substr(16));
     } else if (a == "--help" || a == "-h") {
       std::printf(
-          "usage: apikeys_bench [--quick] [--skip=memory,threads,latency,scale] [--benchmark_*]\n"
+          "usage: apikeys_bench [--quick] [--skip=memory,threads,latency,scale,observer]\n"
+          "                     [--benchmark_*]\n"
           "       apikeys_bench --profile=hit|hit_stats|hit_one_rate_limit|hit_leased_credits|\n"
           "                     sqlite_cold|sqlite_not_found|sqlite_wrong_secret\n"
           "                     [--profile-calls=N]  (one loop, for callgrind)\n"
@@ -1508,6 +1560,7 @@ int main(int argc, char** argv) {
     benchmark::RunSpecifiedBenchmarks(&reporter);
     if (cfg.skip.count("threads") == 0) threads_section(cfg, world, res);
     if (cfg.skip.count("latency") == 0) latency_section(cfg, world, res);
+    if (cfg.skip.count("observer") == 0) observer_section(cfg, world, res);
     std::ostringstream os;
     os << "total run time " << elapsed_s(started) << " s; load at end " << load_average();
     res.notes.push_back(os.str());

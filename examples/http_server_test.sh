@@ -149,7 +149,7 @@ while read -r name value; do
   esac
   [[ "$value" == "$want" ]] || fail "metrics: $name is $value, expected $want"
 done < <(grep -v '^#' "$work/metrics-before")
-[[ $(grep -c '^apikeys_changes_total{' "$work/metrics-before") -eq 12 ]] ||
+[[ $(grep -c '^apikeys_changes_total{' "$work/metrics-before") -eq 13 ]] ||
   fail "metrics: not one apikeys_changes_total series per action"
 route=/whoami
 expect "metrics: valid key"            200 "\"account_id\":\"$account\"" -H "X-API-Key: $valid"

@@ -3,9 +3,11 @@
 //
 // Layout. The counters a validation moves (by code, by cache result, by admission
 // result, the latency histograms) live in kStripes copies, each on cache lines of its
-// own; a thread picks its stripe once (round robin over the threads that ever counted),
-// so two request threads never write the same line. Within a stripe each kind of
-// counter starts a cache line of its own. The cold counters (background errors,
+// own. Each of the first kOwnedStripes threads alive that count takes one stripe for
+// itself until it exits (the same index in every Stats): as its only writer it counts
+// with a relaxed load and store, no locked instruction, and no other thread writes its
+// lines. Threads beyond those share the last stripe with atomic additions. Within a
+// stripe each kind of counter starts a cache line of its own. The cold counters (background errors,
 // recoveries, writes, changes) are single copies, apart from the stripes. A snapshot adds
 // the stripes up. No counting path locks or allocates.
 #include "apikeys/stats.hpp"
@@ -23,10 +25,12 @@ namespace detail {
 namespace {
 
 constexpr std::size_t kCacheLine = 64;
-// Copies of the hot counters. Two request threads land on different stripes; more
-// threads than stripes share them, which stays correct (the increments are atomic)
-// and only costs some cache-line traffic.
-constexpr std::size_t kStripes = 4;
+// Copies of the hot counters: one per owning thread, and the shared one after them.
+// Threads beyond the owners stay correct (their increments are atomic) and only cost
+// some cache-line traffic among themselves.
+constexpr std::size_t kOwnedStripes = 8;
+constexpr std::size_t kSharedStripe = kOwnedStripes;
+constexpr std::size_t kStripes = kOwnedStripes + 1;
 
 constexpr std::size_t kCodes = static_cast<std::size_t>(kLastValidationCode) + 1;
 constexpr std::size_t kPaths = static_cast<std::size_t>(kLastValidatePath) + 1;
@@ -75,13 +79,53 @@ std::size_t bucket_of(std::chrono::nanoseconds duration) noexcept {
 void bump(Counter& c, std::uint64_t by = 1) noexcept { c.fetch_add(by, std::memory_order_relaxed); }
 std::uint64_t read(const Counter& c) noexcept { return c.load(std::memory_order_relaxed); }
 
-std::atomic<std::size_t> next_stripe{0};
+// Adds to a counter of this thread's stripe: a plain load and store when the thread
+// owns the stripe (no other thread writes it; readers see either value, never a torn
+// one), an atomic addition on the shared stripe.
+void count(Counter& c, bool owner, std::uint64_t by = 1) noexcept {
+  if (owner) {
+    c.store(c.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
+  } else {
+    c.fetch_add(by, std::memory_order_relaxed);
+  }
+}
 
-// This thread's stripe, picked the first time it counts in any Stats.
+// Which owned stripes a live thread holds, process-wide.
+std::array<std::atomic<bool>, kOwnedStripes> stripe_taken{};
+
+// A thread's claim on an owned stripe, from its first count to its exit. Releasing the
+// claim publishes the owner's last counts to the next thread that takes the stripe
+// (release here, acquire there), which continues from them.
+struct StripeClaim {
+  std::size_t stripe = kSharedStripe;
+
+  StripeClaim() noexcept {
+    for (std::size_t i = 0; i < kOwnedStripes; ++i) {
+      bool expected = false;
+      if (!stripe_taken[i].load(std::memory_order_relaxed) &&
+          stripe_taken[i].compare_exchange_strong(expected, true, std::memory_order_acquire,
+                                                  std::memory_order_relaxed)) {
+        stripe = i;
+        return;
+      }
+    }
+  }
+  ~StripeClaim() {
+    if (stripe == kSharedStripe) return;
+    const std::size_t released = stripe;
+    stripe = kSharedStripe;  // a count from a later thread_local destructor: shared
+    stripe_taken[released].store(false, std::memory_order_release);
+  }
+  StripeClaim(const StripeClaim&) = delete;
+  StripeClaim& operator=(const StripeClaim&) = delete;
+  StripeClaim(StripeClaim&&) = delete;
+  StripeClaim& operator=(StripeClaim&&) = delete;
+};
+
+// This thread's stripe, claimed the first time it counts in any Stats.
 std::size_t my_stripe() noexcept {
-  static thread_local const std::size_t stripe =
-      next_stripe.fetch_add(1, std::memory_order_relaxed) % kStripes;
-  return stripe;
+  static thread_local StripeClaim claim;
+  return claim.stripe;
 }
 
 }  // namespace
@@ -99,21 +143,25 @@ Stats::Stats() : impl_(std::make_unique<Impl>()) {}
 Stats::~Stats() = default;
 
 void Stats::on_validate(const ValidateEvent& event) {
-  using detail::bump;
-  detail::Stripe& s = impl_->stripes[detail::my_stripe()];
-  bump(s.validations.n[detail::index_of(event.code, kLastValidationCode, ValidationCode::error)]);
+  using detail::count;
+  const std::size_t stripe = detail::my_stripe();
+  const bool owner = stripe != detail::kSharedStripe;
+  detail::Stripe& s = impl_->stripes[stripe];
+  count(s.validations.n[detail::index_of(event.code, kLastValidationCode, ValidationCode::error)],
+        owner);
   detail::HistogramCounters& h =
       s.durations[detail::index_of(event.path, kLastValidatePath, ValidatePath::store)];
-  bump(h.buckets[detail::bucket_of(event.duration)]);
+  count(h.buckets[detail::bucket_of(event.duration)], owner);
   if (event.duration.count() > 0) {
-    bump(h.sum_ns, static_cast<std::uint64_t>(event.duration.count()));
+    count(h.sum_ns, owner, static_cast<std::uint64_t>(event.duration.count()));
   }
   if (event.cache != CacheResult::none) {
-    bump(s.cache.n[detail::index_of(event.cache, kLastCacheResult, CacheResult::error)]);
+    count(s.cache.n[detail::index_of(event.cache, kLastCacheResult, CacheResult::error)], owner);
   }
   if (event.admission != AdmissionResult::none) {
-    bump(s.admission
-             .n[detail::index_of(event.admission, kLastAdmissionResult, AdmissionResult::failed)]);
+    count(s.admission
+              .n[detail::index_of(event.admission, kLastAdmissionResult, AdmissionResult::failed)],
+          owner);
   }
 }
 

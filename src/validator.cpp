@@ -16,6 +16,7 @@
 #include "observer_list.hpp"
 #include "scope.hpp"
 #include "thread_annotations.hpp"
+#include "tick_clock.hpp"
 
 namespace apikeys {
 
@@ -157,6 +158,9 @@ struct Validator::Impl {
   // Admission control for keys with rate limits or credits (options.limiter, or a
   // MemoryLimiter over the store).
   std::shared_ptr<Limiter> limiter;
+  // Times each observed validation (the event's duration); null when nobody observes,
+  // so a validator without observers never calibrates it.
+  const detail::TickClock* ticks = nullptr;
   mutable std::atomic<std::uint64_t> limiter_failures{0};
   // options.observers (observer.hpp); empty: no event is built.
   detail::ObserverList observers;
@@ -198,6 +202,7 @@ struct Validator::Impl {
         cache(o.cache),
         clock(o.clock ? o.clock : system_clock()),
         limiter(o.limiter ? o.limiter : std::make_shared<MemoryLimiter>(store)),
+        ticks(o.observers.empty() ? nullptr : &detail::TickClock::instance()),
         observers(o.observers),
         rehash_queue(o.rehash_queue_limit),
         options(std::move(o)) {
@@ -484,7 +489,7 @@ ValidationResult Validator::Impl::observed(std::string_view pk, std::string_view
     if (!split) return ValidationResult(ValidationCode::malformed);
     return validate(pk, sk, requirements, trace);
   }
-  const auto start = std::chrono::steady_clock::now();
+  const std::uint64_t start = ticks->now();
   ValidationResult result =
       split ? validate(pk, sk, requirements, trace) : ValidationResult(ValidationCode::malformed);
   ValidateEvent event;
@@ -494,7 +499,7 @@ ValidationResult Validator::Impl::observed(std::string_view pk, std::string_view
   event.admission = trace.admission;
   event.key_id = trace.key_id;
   event.account_id = trace.account_id;
-  event.duration = std::chrono::steady_clock::now() - start;
+  event.duration = ticks->between(start, ticks->now());
   observers.validate(event);
   return result;
 }

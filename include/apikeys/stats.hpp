@@ -1,8 +1,8 @@
 // apikeys::Stats, the bundled Observer: counters and latency histograms of everything
 // the library observes, read as a snapshot or written in the Prometheus text
 // exposition format for a /metrics endpoint.
-// Thread-safety: every method is safe from many threads at once. Counting is relaxed
-// atomic increments, with no lock; a snapshot reads each counter once, so counters
+// Thread-safety: every method is safe from many threads at once. Counters are relaxed
+// atomics, with no lock; a snapshot reads each counter once, so counters
 // moving meanwhile may be seen at slightly different moments, never torn.
 // Ownership: attach it by std::shared_ptr (ValidatorOptions::observers) and keep a
 // pointer to read it.
@@ -50,9 +50,11 @@ namespace apikeys {
 /// An enum value this version does not know counts under the name its to_string()
 /// gives it. A negative duration counts in the first bucket and adds nothing to the sum.
 ///
-/// Cost: on_validate() is two to four relaxed atomic increments and one add, with no
-/// lock and no allocation; the counters a validation moves are kept in a few copies
-/// on cache lines of their own, one picked per thread, so request threads do not
+/// Cost: on_validate() moves three to five counters, with no lock and no allocation.
+/// The counters a validation moves are kept in copies on cache lines of their own: each
+/// of the first eight threads alive that count owns one copy (in every Stats) and
+/// updates it with plain relaxed loads and stores, as its only writer; further threads
+/// share one more copy with relaxed atomic additions. Request threads therefore do not
 /// contend for a line. snapshot() and to_prometheus_text() add the copies up.
 class APIKEYS_EXPORT Stats final : public Observer {
  public:

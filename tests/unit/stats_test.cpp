@@ -268,6 +268,41 @@ TEST_CASE("Stats adds up the counts of four threads exactly", "[stats]") {
   CHECK(s.last_use_writes == 3 * kThreads * kCalls / 10);
 }
 
+TEST_CASE("Stats counts exactly with more threads than stripes, and across thread exits",
+          "[stats]") {
+  // Twenty threads at once (more than own a stripe: the rest share one), then three
+  // rounds of five that exit in turn, each new thread counting on in a stripe another
+  // left; two Stats at once, as a thread's stripe is the same in every Stats.
+  Stats a;
+  Stats b;
+  constexpr std::uint64_t kCalls = 5'000;
+  auto work = [&a, &b] {
+    for (std::uint64_t i = 0; i < kCalls; ++i) {
+      a.on_validate(event(ValidationCode::valid, ValidatePath::cache, std::chrono::nanoseconds(300),
+                          CacheResult::hit));
+      b.on_validate(
+          event(ValidationCode::not_found, ValidatePath::store, std::chrono::nanoseconds(2)));
+    }
+  };
+  std::uint64_t threads_run = 0;
+  for (const int batch : {20, 5, 5, 5}) {
+    std::vector<std::thread> threads;
+    for (int t = 0; t < batch; ++t) threads.emplace_back(work);
+    for (std::thread& t : threads) t.join();
+    threads_run += static_cast<std::uint64_t>(batch);
+    const Stats::Snapshot sa = a.snapshot();
+    const Stats::Snapshot sb = b.snapshot();
+    CHECK(sa.validations[idx(ValidationCode::valid)] == threads_run * kCalls);
+    CHECK(total(sa) == threads_run * kCalls);
+    CHECK(sa.durations[idx(ValidatePath::cache)].buckets[1] == threads_run * kCalls);
+    CHECK(sa.durations[idx(ValidatePath::cache)].sum_ns == 300 * threads_run * kCalls);
+    CHECK(sa.cache[idx(CacheResult::hit)] == threads_run * kCalls);
+    CHECK(sb.validations[idx(ValidationCode::not_found)] == threads_run * kCalls);
+    CHECK(sb.durations[idx(ValidatePath::store)].count == threads_run * kCalls);
+    CHECK(sb.durations[idx(ValidatePath::store)].sum_ns == 2 * threads_run * kCalls);
+  }
+}
+
 TEST_CASE("Stats histograms: cumulative buckets in seconds, _count equal to the calls", "[stats]") {
   using std::chrono::nanoseconds;
   Stats stats;
@@ -346,6 +381,22 @@ TEST_CASE("Stats histograms: cumulative buckets in seconds, _count equal to the 
   }
 }
 
+TEST_CASE("Stats histograms: each bound in its own bucket, one nanosecond more in the next",
+          "[stats]") {
+  for (std::size_t i = 0; i < Stats::kBucketBounds.size(); ++i) {
+    const auto bound = static_cast<std::int64_t>(Stats::kBucketBounds[i]);
+    Stats stats;
+    stats.on_validate(event(ValidationCode::valid, ValidatePath::cache,
+                            std::chrono::nanoseconds(bound), CacheResult::hit));
+    stats.on_validate(
+        event(ValidationCode::valid, ValidatePath::store, std::chrono::nanoseconds(bound + 1)));
+    const Stats::Snapshot s = stats.snapshot();
+    INFO("bound " << bound);
+    CHECK(s.durations[idx(ValidatePath::cache)].buckets[i] == 1);
+    CHECK(s.durations[idx(ValidatePath::store)].buckets[i + 1] == 1);
+  }
+}
+
 TEST_CASE("Stats text: every family with HELP and TYPE, every series even at zero", "[stats]") {
   Stats stats;
   const std::string text = stats.to_prometheus_text();
@@ -367,7 +418,7 @@ TEST_CASE("Stats text: every family with HELP and TYPE, every series even at zer
       {"apikeys_background_recoveries_total", "counter", 8},
       {"apikeys_last_use_writes_total", "counter", 1},
       {"apikeys_rehash_writes_total", "counter", 1},
-      {"apikeys_changes_total", "counter", 12},
+      {"apikeys_changes_total", "counter", 13},
   };
   REQUIRE(families.size() == want.size());
   for (std::size_t i = 0; i < want.size(); ++i) {
