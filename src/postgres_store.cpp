@@ -229,6 +229,7 @@ struct Statements {
   std::string replace_digests, pepper_counts;
   std::string take_credits, credits_view, return_credits, drop_orphan_credits;
   std::string lock_key, lock_account, revoke_locked, insert_events, prune_audit;
+  std::string replace_digests_keys;
 
   explicit Statements(const std::string& s)
       : info_columns(detail::column_list(detail::Columns::info)),
@@ -339,18 +340,7 @@ struct Statements {
         // meanwhile is skipped, and a revoke or rotation is never undone (only digest
         // and pepper_id are set). Neither the version nor the revision moves, and
         // nothing is logged: no verdict changes.
-        replace_digests(fmt::format(
-            "WITH batch AS (SELECT id, decode(from_hex, 'hex') AS from_digest, from_pepper,"
-            " decode(to_hex, 'hex') AS to_digest, to_pepper, i"
-            " FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bigint[])"
-            " WITH ORDINALITY AS t(id, from_hex, from_pepper, to_hex, to_pepper, i)),"
-            " picked AS (SELECT DISTINCT ON (b.id) b.* FROM batch b"
-            " JOIN {0}.apikeys_keys k ON k.key_id = b.id AND k.digest = b.from_digest"
-            " AND k.pepper_id = b.from_pepper ORDER BY b.id, b.i)"
-            " UPDATE {0}.apikeys_keys k SET digest = p.to_digest, pepper_id = p.to_pepper"
-            " FROM picked p WHERE k.key_id = p.id AND k.digest = p.from_digest"
-            " AND k.pepper_id = p.from_pepper",
-            s)),
+        replace_digests(fmt::format("WITH {} {}", digest_batch(s), digest_update(s))),
         pepper_counts(fmt::format("SELECT pepper_id, count(*) FROM {}.apikeys_keys"
                                   " GROUP BY pepper_id ORDER BY pepper_id",
                                   s)) {
@@ -411,6 +401,36 @@ struct Statements {
         " $11::text[])",
         s);
     prune_audit = fmt::format("DELETE FROM {}.apikeys_audit_events WHERE time_ms < $1", s);
+    // replace_digests_audited: replace_digests, and the keys it rewrote as get() reads
+    // them, in batch order.
+    replace_digests_keys = fmt::format(
+        "WITH {}, changed AS ({} RETURNING {}, k.lineage_id, k.rate_limits, p.i AS batch_i)"
+        " SELECT {} FROM changed{} ORDER BY changed.batch_i",
+        digest_batch(s), digest_update(s), detail::column_list(detail::Columns::info, "k."),
+        key_columns(detail::Columns::info, "changed"), credits_join(s, "changed"));
+  }
+
+  // The CTEs `batch` (the changes, $1.. $5) and `picked` (the change of each key that
+  // matches its digest) of replace_digests.
+  static std::string digest_batch(const std::string& s) {
+    return fmt::format(
+        "batch AS (SELECT id, decode(from_hex, 'hex') AS from_digest, from_pepper,"
+        " decode(to_hex, 'hex') AS to_digest, to_pepper, i"
+        " FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bigint[])"
+        " WITH ORDINALITY AS t(id, from_hex, from_pepper, to_hex, to_pepper, i)),"
+        " picked AS (SELECT DISTINCT ON (b.id) b.* FROM batch b"
+        " JOIN {0}.apikeys_keys k ON k.key_id = b.id AND k.digest = b.from_digest"
+        " AND k.pepper_id = b.from_pepper ORDER BY b.id, b.i)",
+        s);
+  }
+
+  // The compare-and-set UPDATE of replace_digests, over `picked`.
+  static std::string digest_update(const std::string& s) {
+    return fmt::format(
+        "UPDATE {0}.apikeys_keys k SET digest = p.to_digest, pepper_id = p.to_pepper"
+        " FROM picked p WHERE k.key_id = p.id AND k.digest = p.from_digest"
+        " AND k.pepper_id = p.from_pepper",
+        s);
   }
 
   // revoke_all's statement: $1 account, $2 the time; `filter` narrows the keys it
@@ -950,6 +970,43 @@ class PgArray {
     if (text_.size() > 1) text_ += ',';
   }
   std::string text_ = "{";
+};
+
+// replace_digests()'s five text arrays, one element per change, in batch order: key
+// ids, `from` digests (hex) and pepper ids, `to` digests and pepper ids. Hex and decimal
+// digits and UUIDs need no quoting inside an array literal.
+class DigestArrays {
+ public:
+  explicit DigestArrays(const std::vector<DigestChange>& changes) {
+    for (std::string& a : arrays_) a = "{";
+    std::array<char, 64> hex{};
+    for (std::size_t i = 0; i < changes.size(); ++i) {
+      const DigestChange& change = changes[i];
+      if (i != 0) {
+        for (std::string& a : arrays_) a += ',';
+      }
+      arrays_[0] += change.key_id.to_string();
+      detail::hex_encode(change.from.bytes.data(), change.from.bytes.size(), hex.data());
+      arrays_[1].append(hex.data(), hex.size());
+      arrays_[2] += std::to_string(change.from.pepper_id);
+      detail::hex_encode(change.to.bytes.data(), change.to.bytes.size(), hex.data());
+      arrays_[3].append(hex.data(), hex.size());
+      arrays_[4] += std::to_string(change.to.pepper_id);
+    }
+    for (std::size_t i = 0; i < arrays_.size(); ++i) {
+      arrays_[i] += '}';
+      values_[i] = arrays_[i].c_str();
+    }
+  }
+  DigestArrays(const DigestArrays&) = delete;
+  DigestArrays& operator=(const DigestArrays&) = delete;
+
+  [[nodiscard]] const char* const* values() const noexcept { return values_.data(); }
+  static constexpr int kCount = 5;
+
+ private:
+  std::array<std::string, kCount> arrays_;
+  std::array<const char*, kCount> values_{};
 };
 
 // The events of one audited write, in the order its ChangeAudit built them. Remembers
@@ -1658,32 +1715,12 @@ void PostgresStore::record_last_use(const std::vector<LastUse>& uses) {
 
 std::size_t PostgresStore::replace_digests(const std::vector<DigestChange>& changes) {
   if (changes.empty()) return 0;
-  // Five text arrays, one element per change, in batch order. Hex and decimal digits
-  // and UUIDs need no quoting inside an array literal.
-  std::array<std::string, 5> arrays;
-  for (std::string& a : arrays) a = "{";
-  std::array<char, 64> hex{};
-  for (std::size_t i = 0; i < changes.size(); ++i) {
-    const DigestChange& change = changes[i];
-    if (i != 0) {
-      for (std::string& a : arrays) a += ',';
-    }
-    arrays[0] += change.key_id.to_string();
-    detail::hex_encode(change.from.bytes.data(), change.from.bytes.size(), hex.data());
-    arrays[1].append(hex.data(), hex.size());
-    arrays[2] += std::to_string(change.from.pepper_id);
-    detail::hex_encode(change.to.bytes.data(), change.to.bytes.size(), hex.data());
-    arrays[3].append(hex.data(), hex.size());
-    arrays[4] += std::to_string(change.to.pepper_id);
-  }
-  for (std::string& a : arrays) a += '}';
-  const char* values[] = {arrays[0].c_str(), arrays[1].c_str(), arrays[2].c_str(),
-                          arrays[3].c_str(), arrays[4].c_str()};
+  const DigestArrays arrays(changes);
   // Not retried: after a lost reply the rewrite may have committed, and a retry would
   // find the old digests gone and report fewer rewrites than were made.
   return impl_->run("replace_digests", false, [&](PgConnection& c) -> std::size_t {
-    PgResult r = c.exec_prepared("replace_digests", kReplaceDigests, 5, values, nullptr, nullptr,
-                                 impl_->statement_deadline());
+    PgResult r = c.exec_prepared("replace_digests", kReplaceDigests, DigestArrays::kCount,
+                                 arrays.values(), nullptr, nullptr, impl_->statement_deadline());
     const char* rows = PQcmdTuples(r.get());
     std::size_t n = 0;
     const char* end = rows + std::strlen(rows);
@@ -1691,6 +1728,22 @@ std::size_t PostgresStore::replace_digests(const std::vector<DigestChange>& chan
     if (ec != std::errc() || p != end) corrupt("replace_digests", "no row count");
     return n;
   });
+}
+
+std::size_t PostgresStore::replace_digests_audited(const std::vector<DigestChange>& changes,
+                                                   const ChangeAudit& audit) {
+  if (changes.empty()) return 0;
+  const DigestArrays arrays(changes);
+  return impl_->audited(
+      "replace_digests", audit, [&](PgConnection& c, EventBatch& batch) -> std::size_t {
+        PgResult r =
+            c.exec_params("replace_digests", impl_->sql.replace_digests_keys, DigestArrays::kCount,
+                          arrays.values(), nullptr, nullptr, impl_->statement_deadline());
+        // The keys rewritten, in batch order, as they now are.
+        const std::vector<KeyInfo> keys = all_rows(r, "replace_digests");
+        for (const KeyInfo& key : keys) batch.add(&key, &key);
+        return keys.size();
+      });
 }
 
 std::vector<PepperCount> PostgresStore::pepper_counts() {

@@ -137,6 +137,10 @@ class APIKEYS_EXPORT PostgresStore final : public Store {
   std::optional<KeyInfo> change_credits_audited(const Uuid& account_id, const Uuid& key_id,
                                                 const CreditsChange& change,
                                                 const ChangeAudit& audit) override;
+  /// One statement, as replace_digests() makes it, that also returns the keys it rewrote
+  /// (with their credits, in batch order) for their events.
+  std::size_t replace_digests_audited(const std::vector<DigestChange>& changes,
+                                      const ChangeAudit& audit) override;
   /// One indexed range read; retried once after a lost connection.
   [[nodiscard]] std::vector<AuditEvent> audit_events(const Uuid& account_id,
                                                      const AuditRange& range) override;

@@ -1641,6 +1641,18 @@ TEST_CASE("PostgresStore: a ChangeAudit that throws leaves no change and no even
     CHECK_THROWS_AS(store.change_credits_audited(alice, kept.info.key_id, remove, audit),
                     std::runtime_error);
   }
+  SECTION("replace_digests") {
+    RecordingAudit audit(0);
+    apikeys::DigestChange change;
+    change.key_id = kept.info.key_id;
+    change.from = kept.digest;
+    change.to = apikeys_test::contract::digest(77, 2);
+    CHECK_THROWS_AS(store.replace_digests_audited({change}, audit), std::runtime_error);
+    const auto found = store.find(kept.info.public_key);
+    REQUIRE(found);
+    CHECK(found->digest.bytes == kept.digest.bytes);
+    CHECK(found->digest.pepper_id == kept.digest.pepper_id);
+  }
   // Nothing written: the keys, their credits, the revision and the trail as they were.
   const auto keys_after = store.list(alice);
   REQUIRE(keys_after.size() == keys_before.size());
@@ -1654,6 +1666,65 @@ TEST_CASE("PostgresStore: a ChangeAudit that throws leaves no change and no even
   RecordingAudit ok;
   CHECK(store.revoke_all_audited(alice, apikeys_test::contract::at(60), ok).size() == 3);
   CHECK(audit_rows(*pg, schema) == 3);
+}
+
+TEST_CASE("PostgresStore audits each digest replace_digests_audited rewrites, and no other",
+          "[servers][postgres][store][audit]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  const std::string schema = janitor.make();
+  apikeys::PostgresStore store(*pg, options_for(schema));
+  const apikeys::Uuid alice = apikeys_test::account_id(1);
+  const apikeys::Uuid bob = apikeys_test::account_id(2);
+  using apikeys_test::contract::credits_of;
+  using apikeys_test::contract::digest;
+  const apikeys::KeyRecord first = apikeys_test::contract::lineage_record(1, alice, credits_of(5));
+  const apikeys::KeyRecord second = record(2, alice, 2);
+  const apikeys::KeyRecord bobs = record(3, bob, 3);
+  store.insert(first);
+  store.insert(second);
+  store.insert(bobs);
+  const auto change = [](const apikeys::KeyRecord& r, apikeys::Digest from, std::uint32_t seed) {
+    apikeys::DigestChange c;
+    c.key_id = r.info.key_id;
+    c.from = from;
+    c.to = digest(seed, 2);
+    return c;
+  };
+  const std::vector<apikeys::DigestChange> changes = {
+      change(bobs, bobs.digest, 30),
+      change(second, digest(99, 1), 20),  // stale: the key's digest is another
+      change(first, first.digest, 10),
+      change(first, first.digest, 11),  // the same key again: the first change wins
+  };
+  RecordingAudit audit;
+  CHECK(store.replace_digests_audited(changes, audit) == 2);
+  // One call per key rewritten, in batch order, before and after the key as it is.
+  REQUIRE(audit.calls().size() == 2);
+  const apikeys::KeyRecord* want[] = {&bobs, &first};
+  for (std::size_t i = 0; i < 2; ++i) {
+    const auto& call = audit.calls()[i];
+    REQUIRE(call.before);
+    REQUIRE(call.after);
+    apikeys_test::contract::check_same_key(*call.before, want[i]->info);
+    apikeys_test::contract::check_same_key(*call.after, want[i]->info);
+  }
+  REQUIRE(audit.calls()[1].after->credits);
+  CHECK(audit.calls()[1].after->credits->remaining == 5);
+  CHECK(store.find(first.info.public_key)->digest.bytes == digest(10, 2).bytes);
+  CHECK(store.find(first.info.public_key)->digest.pepper_id == 2);
+  CHECK(store.find(second.info.public_key)->digest.pepper_id == 1);
+  // Each event stored with its key's account.
+  const auto alices = store.audit_events(alice, all_events());
+  REQUIRE(alices.size() == 1);
+  CHECK(alices[0].key_id == first.info.key_id);
+  CHECK(store.audit_events(bob, all_events()).size() == 1);
+  // Nothing left to rewrite: no event.
+  CHECK(store.replace_digests_audited(changes, audit) == 0);
+  CHECK(store.replace_digests_audited({}, audit) == 0);
+  CHECK(audit.calls().size() == 2);
+  CHECK(audit_rows(*pg, schema) == 2);
 }
 
 TEST_CASE("PostgresStore migrates a version 4 schema: the audit trail is added, rows kept",
