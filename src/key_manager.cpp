@@ -73,7 +73,10 @@ void check_context_text(std::string_view text, std::size_t max_bytes, const char
                         const char* not_utf8, const char* control) {
   if (text.size() > max_bytes) refuse(too_long);
   if (!detail::utf8_length(text, max_bytes)) refuse(not_utf8);
-  if (detail::has_control(text, {})) refuse(control);
+  if (detail::has_control(text, {}) || detail::has_bidi_or_zero_width(text) ||
+      detail::has_line_separator(text)) {
+    refuse(control);
+  }
 }
 
 // Checked before anything is read or written: an audit trail must not be given text
@@ -87,13 +90,14 @@ void check_context(const ChangeContext& context) {
                 "the messages below state the limits");
   check_context_text(context.actor.id, Actor::kMaxActorIdLength,
                      "actor id must be at most 256 bytes", "actor id must be valid UTF-8",
-                     "actor id must not contain control characters");
-  check_context_text(context.actor.detail, Actor::kMaxActorDetailLength,
-                     "actor detail must be at most 1024 bytes", "actor detail must be valid UTF-8",
-                     "actor detail must not contain control characters");
+                     "actor id must not contain control, invisible or line-breaking characters");
+  check_context_text(
+      context.actor.detail, Actor::kMaxActorDetailLength, "actor detail must be at most 1024 bytes",
+      "actor detail must be valid UTF-8",
+      "actor detail must not contain control, invisible or line-breaking characters");
   check_context_text(context.reason, ChangeContext::kMaxReasonLength,
                      "reason must be at most 1024 bytes", "reason must be valid UTF-8",
-                     "reason must not contain control characters");
+                     "reason must not contain control, invisible or line-breaking characters");
 }
 
 // Runs `step`, which follows a committed change (erasing the caches), then `report`,
@@ -175,8 +179,8 @@ class EventBuilder final : public ChangeAudit {
       e.before = detail::key_json(was, fields);
       e.after = detail::key_json(is, fields);
     }
-    e.event_id = Uuid::random();
     e.time = from_unix_millis(to_unix_millis(at));
+    e.event_id = detail::audit_event_id(e.time);
     e.context = context_;
     keep(e);
     return e;
@@ -354,6 +358,7 @@ KeyInfo KeyManager::Impl::change(const char* operation, const Uuid& account_id, 
                                  std::optional<std::uint64_t> expected_version, Mutate&& mutate,
                                  const EventBuilder& audit, bool* applied) {
   for (int attempt = 0; attempt < kMaxChangeAttempts; ++attempt) {
+    (void)audit.take();  // an attempt that did not commit leaves no event
     std::optional<KeyInfo> current =
         guarded(operation, [&] { return store->get(account_id, key_id); });
     if (!current || current->account_id != account_id) no_such_key(key_id);
@@ -612,6 +617,18 @@ CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& reque
   if (!info.rate_limits.empty() || info.credits) {
     // A store written before rate limits and credits existed drops them silently: read
     // the key back, and take it away again rather than leave a key without its limits.
+    // The removal is audited like any other, so the trail never keeps a `create` event
+    // for a key that is gone; observers see both.
+    const auto take_back = [&] {
+      try {
+        const EventBuilder removal = impl_->audit(AuditAction::remove, context, 0);
+        if (impl_->store->remove_audited(account_id, info.key_id, removal)) {
+          impl_->publish(audit, nullptr, &info);
+          impl_->publish(removal, &info, nullptr);
+        }
+      } catch (...) {
+      }
+    };
     std::optional<KeyInfo> stored;
     try {
       stored = impl_->store->get(account_id, info.key_id);
@@ -637,18 +654,12 @@ CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& reque
       }
       if (failure) {
         // Could not tell (busy, storage): no key is left behind without its credits.
-        try {
-          (void)impl_->store->remove(account_id, info.key_id);
-        } catch (...) {
-        }
+        take_back();
         std::rethrow_exception(failure);
       }
     }
     if (!kept) {
-      try {
-        (void)impl_->store->remove(account_id, info.key_id);
-      } catch (...) {
-      }
+      take_back();
       throw Error(ErrorCode::not_supported, "this store does not keep rate limits or credits");
     }
   }
@@ -988,7 +999,15 @@ std::size_t KeyManager::revoke_all(const Uuid& account_id, const ChangeContext& 
       const std::vector<KeyInfo> revoked = guarded("revoking the account's keys", [&] {
         return impl_->store->revoke_all_audited(account_id, now, audit);
       });
-      for (AuditEvent& e : audit.take()) events.push_back(std::move(e));
+      // Only the events of keys the committed round revoked: a store that retried its
+      // transaction may have built events for keys its last attempt no longer found.
+      std::vector<Uuid> ids;
+      ids.reserve(revoked.size());
+      for (const KeyInfo& info : revoked) ids.push_back(info.key_id);
+      std::sort(ids.begin(), ids.end());
+      for (AuditEvent& e : audit.take()) {
+        if (std::binary_search(ids.begin(), ids.end(), e.key_id)) events.push_back(std::move(e));
+      }
       if (revoked.empty()) break;
       count += revoked.size();
     }
@@ -1022,8 +1041,8 @@ std::size_t KeyManager::revoke_all(const Uuid& account_id, const ChangeContext& 
     impl_->publish(audit, [&] {
       // A store without an audit trail tells only how many: one event for them all.
       AuditEvent e;
-      e.event_id = Uuid::random();
       e.time = impl_->now();
+      e.event_id = detail::audit_event_id(e.time);
       e.action = AuditAction::revoke_all;
       e.context = context;
       e.account_id = account_id;
