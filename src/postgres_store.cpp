@@ -229,6 +229,7 @@ struct Statements {
   std::string replace_digests, pepper_counts;
   std::string take_credits, credits_view, return_credits, drop_orphan_credits;
   std::string lock_key, lock_account, revoke_locked, insert_events, prune_audit;
+  std::string replace_digests_keys, lock_credits, newest_key;
 
   explicit Statements(const std::string& s)
       : info_columns(detail::column_list(detail::Columns::info)),
@@ -339,41 +340,36 @@ struct Statements {
         // meanwhile is skipped, and a revoke or rotation is never undone (only digest
         // and pepper_id are set). Neither the version nor the revision moves, and
         // nothing is logged: no verdict changes.
-        replace_digests(fmt::format(
-            "WITH batch AS (SELECT id, decode(from_hex, 'hex') AS from_digest, from_pepper,"
-            " decode(to_hex, 'hex') AS to_digest, to_pepper, i"
-            " FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bigint[])"
-            " WITH ORDINALITY AS t(id, from_hex, from_pepper, to_hex, to_pepper, i)),"
-            " picked AS (SELECT DISTINCT ON (b.id) b.* FROM batch b"
-            " JOIN {0}.apikeys_keys k ON k.key_id = b.id AND k.digest = b.from_digest"
-            " AND k.pepper_id = b.from_pepper ORDER BY b.id, b.i)"
-            " UPDATE {0}.apikeys_keys k SET digest = p.to_digest, pepper_id = p.to_pepper"
-            " FROM picked p WHERE k.key_id = p.id AND k.digest = p.from_digest"
-            " AND k.pepper_id = p.from_pepper",
-            s)),
+        replace_digests(fmt::format("WITH {} {}", digest_batch(s), digest_update(s))),
         pepper_counts(fmt::format("SELECT pepper_id, count(*) FROM {}.apikeys_keys"
                                   " GROUP BY pepper_id ORDER BY pepper_id",
                                   s)) {
     // $1 lineage, $2 min, $3 max (at least min), $4 and $5 the current monthly and daily
-    // periods. One guarded statement on the locked row: the refill due and the take in
-    // one step, nothing taken (and no row) when the balance would fall below min.
+    // periods, $6 whether it may write a refill due. One guarded statement on the locked
+    // row: the refill due and the take in one step, nothing taken (and no row) when the
+    // balance would fall below min, or when a refill is due and $6 is false (the audited
+    // take then writes the refill, and its event, in a transaction of its own).
     const RefillSql t("$4", "$5");
     take_credits = fmt::format(
         "UPDATE {0}.apikeys_key_credits SET remaining = {1} - LEAST({1}, $3::bigint),"
         " last_take = LEAST({1}, $3::bigint), refilled_period = {2}"
-        " WHERE lineage_id = $1 AND {1} >= $2::bigint"
+        " WHERE lineage_id = $1 AND ($6::boolean OR NOT {3}) AND {1} >= $2::bigint"
         " RETURNING remaining, last_take, refilled_period, refill_interval,"
         " refill_amount IS NOT NULL",
-        s, t.available, t.refilled);
-    // After a take that took nothing: $1 lineage, $2 and $3 the periods. Writes the refill
-    // due (once per period, whoever does it) and reports the balance; no row: no credits.
+        s, t.available, t.refilled, t.due);
+    // After a take that took nothing: $1 lineage, $2 and $3 the periods, $4 whether it may
+    // write a refill due. Writes the refill due (once per period, whoever does it) and
+    // reports the balance; no row: no credits. The last column says that a refill is due
+    // and was not written ($4 false): the balance reported is then the refilled one, as
+    // computed on the statement's snapshot, and nothing changed.
     const RefillSql v("$2", "$3");
     credits_view = fmt::format(
         "WITH due AS (UPDATE {0}.apikeys_key_credits SET remaining = {1},"
-        " refilled_period = {2}, last_take = 0 WHERE lineage_id = $1 AND {3}"
-        " RETURNING remaining, refilled_period, refill_interval, refill_amount IS NOT NULL)"
+        " refilled_period = {2}, last_take = 0 WHERE lineage_id = $1 AND {3} AND $4::boolean"
+        " RETURNING remaining, refilled_period, refill_interval, refill_amount IS NOT NULL,"
+        " false)"
         " SELECT * FROM due UNION ALL"
-        " SELECT {1}, {2}, refill_interval, refill_amount IS NOT NULL"
+        " SELECT {1}, {2}, refill_interval, refill_amount IS NOT NULL, {3} AND NOT $4::boolean"
         " FROM {0}.apikeys_key_credits WHERE lineage_id = $1 AND NOT EXISTS (SELECT 1 FROM due)",
         s, v.available, v.refilled, v.due);
     // $1 lineage, $2 credits (at most kMaxCredits), $3 the period they belong to.
@@ -411,6 +407,48 @@ struct Statements {
         " $11::text[])",
         s);
     prune_audit = fmt::format("DELETE FROM {}.apikeys_audit_events WHERE time_ms < $1", s);
+    // replace_digests_audited: replace_digests, and the keys it rewrote as get() reads
+    // them, in batch order.
+    replace_digests_keys = fmt::format(
+        "WITH {}, changed AS ({} RETURNING {}, k.lineage_id, k.rate_limits, p.i AS batch_i)"
+        " SELECT {} FROM changed{} ORDER BY changed.batch_i",
+        digest_batch(s), digest_update(s), detail::column_list(detail::Columns::info, "k."),
+        key_columns(detail::Columns::info, "changed"), credits_join(s, "changed"));
+    // take_credits_audited: $1 lineage, $2 and $3 the periods. The lineage's credits
+    // row, locked until the transaction ends, and whether a refill is due on it.
+    const RefillSql l("$2", "$3");
+    lock_credits = fmt::format(
+        "SELECT remaining, refill_amount, refill_interval, refill_mode, refill_cap,"
+        " refilled_period, {1} FROM {0}.apikeys_key_credits WHERE lineage_id = $1 FOR UPDATE",
+        s, l.due);
+    // $1 lineage: its newest key (latest created_at), as get() reads it.
+    newest_key = fmt::format(
+        "SELECT {} FROM {}.apikeys_keys k{} WHERE COALESCE(k.lineage_id, k.key_id) = $1"
+        " ORDER BY k.created_at DESC, k.seq DESC LIMIT 1",
+        key_columns(detail::Columns::info, "k"), s, credits_join(s, "k"));
+  }
+
+  // The CTEs `batch` (the changes, $1.. $5) and `picked` (the change of each key that
+  // matches its digest) of replace_digests.
+  static std::string digest_batch(const std::string& s) {
+    return fmt::format(
+        "batch AS (SELECT id, decode(from_hex, 'hex') AS from_digest, from_pepper,"
+        " decode(to_hex, 'hex') AS to_digest, to_pepper, i"
+        " FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bigint[])"
+        " WITH ORDINALITY AS t(id, from_hex, from_pepper, to_hex, to_pepper, i)),"
+        " picked AS (SELECT DISTINCT ON (b.id) b.* FROM batch b"
+        " JOIN {0}.apikeys_keys k ON k.key_id = b.id AND k.digest = b.from_digest"
+        " AND k.pepper_id = b.from_pepper ORDER BY b.id, b.i)",
+        s);
+  }
+
+  // The compare-and-set UPDATE of replace_digests, over `picked`.
+  static std::string digest_update(const std::string& s) {
+    return fmt::format(
+        "UPDATE {0}.apikeys_keys k SET digest = p.to_digest, pepper_id = p.to_pepper"
+        " FROM picked p WHERE k.key_id = p.id AND k.digest = p.from_digest"
+        " AND k.pepper_id = p.from_pepper",
+        s);
   }
 
   // revoke_all's statement: $1 account, $2 the time; `filter` narrows the keys it
@@ -952,6 +990,82 @@ class PgArray {
   std::string text_ = "{";
 };
 
+// A credits row's columns from `col` on: remaining, refill_amount, refill_interval,
+// refill_mode, refill_cap, refilled_period.
+Credits read_credits(const PGresult* r, int col, const char* op) {
+  constexpr auto kMax = static_cast<std::int64_t>(KeyPolicyLimits::kMaxCredits);
+  Credits cr;
+  cr.remaining = credit_value(r, 0, col, op, "credits remaining out of range", kMax);
+  if (!PQgetisnull(r, 0, col + 1)) {
+    CreditRefill refill;
+    refill.amount = credit_value(r, 0, col + 1, op, "refill amount out of range", kMax);
+    refill.interval =
+        static_cast<RefillInterval>(credit_value(r, 0, col + 2, op, "unknown refill interval", 1));
+    refill.mode =
+        static_cast<RefillMode>(credit_value(r, 0, col + 3, op, "unknown refill mode", 1));
+    refill.cap = credit_value(r, 0, col + 4, op, "refill cap out of range", kMax);
+    cr.refill = refill;
+  }
+  cr.refilled_period = parse_int(r, 0, col + 5, op, "refilled_period is not an integer");
+  return cr;
+}
+
+// take_credits()'s arguments as its statements take them.
+struct TakeArgs {
+  std::uint64_t min;
+  std::string lineage, low, high, month, day;
+
+  TakeArgs(const Uuid& lineage_id, std::uint64_t min_credits, std::uint64_t max_credits,
+           TimePoint now)
+      : min(min_credits),
+        lineage(lineage_id.to_string()),
+        low(clamp_text(min_credits)),
+        high(clamp_text(std::max(min_credits, max_credits))),
+        month(std::to_string(refill_period(RefillInterval::monthly, now))),
+        day(std::to_string(refill_period(RefillInterval::daily, now))) {}
+
+  static std::string clamp_text(std::uint64_t v) {
+    return std::to_string(std::min<std::uint64_t>(v, static_cast<std::uint64_t>(INT64_MAX)));
+  }
+};
+
+// replace_digests()'s five text arrays, one element per change, in batch order: key
+// ids, `from` digests (hex) and pepper ids, `to` digests and pepper ids. Hex and decimal
+// digits and UUIDs need no quoting inside an array literal.
+class DigestArrays {
+ public:
+  explicit DigestArrays(const std::vector<DigestChange>& changes) {
+    for (std::string& a : arrays_) a = "{";
+    std::array<char, 64> hex{};
+    for (std::size_t i = 0; i < changes.size(); ++i) {
+      const DigestChange& change = changes[i];
+      if (i != 0) {
+        for (std::string& a : arrays_) a += ',';
+      }
+      arrays_[0] += change.key_id.to_string();
+      detail::hex_encode(change.from.bytes.data(), change.from.bytes.size(), hex.data());
+      arrays_[1].append(hex.data(), hex.size());
+      arrays_[2] += std::to_string(change.from.pepper_id);
+      detail::hex_encode(change.to.bytes.data(), change.to.bytes.size(), hex.data());
+      arrays_[3].append(hex.data(), hex.size());
+      arrays_[4] += std::to_string(change.to.pepper_id);
+    }
+    for (std::size_t i = 0; i < arrays_.size(); ++i) {
+      arrays_[i] += '}';
+      values_[i] = arrays_[i].c_str();
+    }
+  }
+  DigestArrays(const DigestArrays&) = delete;
+  DigestArrays& operator=(const DigestArrays&) = delete;
+
+  [[nodiscard]] const char* const* values() const noexcept { return values_.data(); }
+  static constexpr int kCount = 5;
+
+ private:
+  std::array<std::string, kCount> arrays_;
+  std::array<const char*, kCount> values_{};
+};
+
 // The events of one audited write, in the order its ChangeAudit built them. Remembers
 // an exception the ChangeAudit threw, so that the caller gets it as it was, not as the
 // Error(storage) that Impl::run() makes of anything that is not an apikeys::Error.
@@ -1344,6 +1458,13 @@ struct PostgresStore::Impl {
   std::optional<KeyInfo> change_credits_on(PgConnection& c, const std::string& key,
                                            const std::string& account, const CreditsChange& change,
                                            std::optional<Credits>& stored);
+
+  // take_credits() on `c`: the take, and when it took nothing the balance (with the
+  // refill due written). With `write_refill` false no refill is written or applied, and
+  // `refill_due` is set when one may be due and the take could not be made without it:
+  // nothing was then changed, and the result is not the answer.
+  CreditTake take_on(PgConnection& c, const TakeArgs& args, bool write_refill,
+                     bool& refill_due) const;
 };
 
 PostgresStore::PostgresStore(const std::string& conninfo, PostgresStoreOptions options) {
@@ -1658,32 +1779,12 @@ void PostgresStore::record_last_use(const std::vector<LastUse>& uses) {
 
 std::size_t PostgresStore::replace_digests(const std::vector<DigestChange>& changes) {
   if (changes.empty()) return 0;
-  // Five text arrays, one element per change, in batch order. Hex and decimal digits
-  // and UUIDs need no quoting inside an array literal.
-  std::array<std::string, 5> arrays;
-  for (std::string& a : arrays) a = "{";
-  std::array<char, 64> hex{};
-  for (std::size_t i = 0; i < changes.size(); ++i) {
-    const DigestChange& change = changes[i];
-    if (i != 0) {
-      for (std::string& a : arrays) a += ',';
-    }
-    arrays[0] += change.key_id.to_string();
-    detail::hex_encode(change.from.bytes.data(), change.from.bytes.size(), hex.data());
-    arrays[1].append(hex.data(), hex.size());
-    arrays[2] += std::to_string(change.from.pepper_id);
-    detail::hex_encode(change.to.bytes.data(), change.to.bytes.size(), hex.data());
-    arrays[3].append(hex.data(), hex.size());
-    arrays[4] += std::to_string(change.to.pepper_id);
-  }
-  for (std::string& a : arrays) a += '}';
-  const char* values[] = {arrays[0].c_str(), arrays[1].c_str(), arrays[2].c_str(),
-                          arrays[3].c_str(), arrays[4].c_str()};
+  const DigestArrays arrays(changes);
   // Not retried: after a lost reply the rewrite may have committed, and a retry would
   // find the old digests gone and report fewer rewrites than were made.
   return impl_->run("replace_digests", false, [&](PgConnection& c) -> std::size_t {
-    PgResult r = c.exec_prepared("replace_digests", kReplaceDigests, 5, values, nullptr, nullptr,
-                                 impl_->statement_deadline());
+    PgResult r = c.exec_prepared("replace_digests", kReplaceDigests, DigestArrays::kCount,
+                                 arrays.values(), nullptr, nullptr, impl_->statement_deadline());
     const char* rows = PQcmdTuples(r.get());
     std::size_t n = 0;
     const char* end = rows + std::strlen(rows);
@@ -1691,6 +1792,22 @@ std::size_t PostgresStore::replace_digests(const std::vector<DigestChange>& chan
     if (ec != std::errc() || p != end) corrupt("replace_digests", "no row count");
     return n;
   });
+}
+
+std::size_t PostgresStore::replace_digests_audited(const std::vector<DigestChange>& changes,
+                                                   const ChangeAudit& audit) {
+  if (changes.empty()) return 0;
+  const DigestArrays arrays(changes);
+  return impl_->audited(
+      "replace_digests", audit, [&](PgConnection& c, EventBatch& batch) -> std::size_t {
+        PgResult r =
+            c.exec_params("replace_digests", impl_->sql.replace_digests_keys, DigestArrays::kCount,
+                          arrays.values(), nullptr, nullptr, impl_->statement_deadline());
+        // The keys rewritten, in batch order, as they now are.
+        const std::vector<KeyInfo> keys = all_rows(r, "replace_digests");
+        for (const KeyInfo& key : keys) batch.add(&key, &key);
+        return keys.size();
+      });
 }
 
 std::vector<PepperCount> PostgresStore::pepper_counts() {
@@ -1719,10 +1836,6 @@ namespace {
 
 constexpr auto kMaxCreditsInt = static_cast<std::int64_t>(KeyPolicyLimits::kMaxCredits);
 
-std::string clamp_text(std::uint64_t v) {
-  return std::to_string(std::min<std::uint64_t>(v, static_cast<std::uint64_t>(INT64_MAX)));
-}
-
 // A row of take_credits or credits_view from column `col` on: remaining, then (take
 // only) last_take, then refilled_period, refill_interval, whether there is a refill.
 void read_take(const PGresult* r, int col, CreditTake& take) {
@@ -1739,45 +1852,93 @@ void read_take(const PGresult* r, int col, CreditTake& take) {
 
 }  // namespace
 
+CreditTake PostgresStore::Impl::take_on(PgConnection& c, const TakeArgs& args, bool write_refill,
+                                        bool& refill_due) const {
+  refill_due = false;
+  const char* write = write_refill ? "true" : "false";
+  const char* take_values[] = {args.lineage.c_str(), args.low.c_str(), args.high.c_str(),
+                               args.month.c_str(),   args.day.c_str(), write};
+  CreditTake take;
+  PgResult r = c.exec_prepared("take_credits", kTakeCredits, 6, take_values, nullptr, nullptr,
+                               statement_deadline());
+  if (PQntuples(r.get()) == 1) {
+    take.outcome = CreditTake::Outcome::taken;
+    take.taken =
+        credit_value(r.get(), 0, 1, "take_credits", "last_take out of range", kMaxCreditsInt);
+    // remaining, then refilled_period, refill_interval and the refill flag after last_take.
+    const PGresult* p = r.get();
+    take.remaining =
+        credit_value(p, 0, 0, "take_credits", "credits remaining out of range", kMaxCreditsInt);
+    take.period = parse_int(p, 0, 2, "take_credits", "refilled_period is not an integer");
+    const std::uint64_t interval =
+        credit_value(p, 0, 3, "take_credits", "unknown refill interval", 1);
+    take.period_end =
+        PQgetvalue(p, 0, 4)[0] == 't'
+            ? refill_period_start(static_cast<RefillInterval>(interval), take.period + 1)
+            : TimePoint::max();
+    return take;
+  }
+  // Nothing taken: too few credits, none at all, or (write_refill false) a refill due.
+  const char* view_values[] = {args.lineage.c_str(), args.month.c_str(), args.day.c_str(), write};
+  PgResult v = c.exec_prepared("take_credits", kCreditsView, 4, view_values, nullptr, nullptr,
+                               statement_deadline());
+  if (PQntuples(v.get()) == 0) return take;  // no_credits
+  take.outcome = CreditTake::Outcome::insufficient;
+  read_take(v.get(), 0, take);
+  // A refill due, or enough credits after all: another take wrote the refill between
+  // the two statements (a take refused for the refill it would have had to write).
+  if (!write_refill && (PQgetvalue(v.get(), 0, 4)[0] == 't' || take.remaining >= args.min)) {
+    refill_due = true;
+  }
+  return take;
+}
+
 CreditTake PostgresStore::take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
                                        TimePoint now) {
-  const std::string lineage = lineage_id.to_string();
-  const std::string low = clamp_text(min);
-  const std::string high = clamp_text(std::max(min, max));
-  const std::string month = std::to_string(refill_period(RefillInterval::monthly, now));
-  const std::string day = std::to_string(refill_period(RefillInterval::daily, now));
-  const char* take_values[] = {lineage.c_str(), low.c_str(), high.c_str(), month.c_str(),
-                               day.c_str()};
-  const char* view_values[] = {lineage.c_str(), month.c_str(), day.c_str()};
+  const TakeArgs args(lineage_id, min, max, now);
   // Not retried: after a lost reply the take may have committed.
   return impl_->run("take_credits", false, [&](PgConnection& c) {
-    CreditTake take;
-    PgResult r = c.exec_prepared("take_credits", kTakeCredits, 5, take_values, nullptr, nullptr,
-                                 impl_->statement_deadline());
-    if (PQntuples(r.get()) == 1) {
-      take.outcome = CreditTake::Outcome::taken;
-      take.taken =
-          credit_value(r.get(), 0, 1, "take_credits", "last_take out of range", kMaxCreditsInt);
-      take.remaining = credit_value(r.get(), 0, 0, "take_credits", "credits remaining out of range",
-                                    kMaxCreditsInt);
-      // refilled_period, refill_interval and the refill flag follow last_take.
-      const PGresult* p = r.get();
-      take.period = parse_int(p, 0, 2, "take_credits", "refilled_period is not an integer");
-      const std::uint64_t interval =
-          credit_value(p, 0, 3, "take_credits", "unknown refill interval", 1);
-      take.period_end =
-          PQgetvalue(p, 0, 4)[0] == 't'
-              ? refill_period_start(static_cast<RefillInterval>(interval), take.period + 1)
-              : TimePoint::max();
-      return take;
+    bool refill_due = false;
+    return impl_->take_on(c, args, true, refill_due);
+  });
+}
+
+CreditTake PostgresStore::take_credits_audited(const Uuid& lineage_id, std::uint64_t min,
+                                               std::uint64_t max, TimePoint now,
+                                               const ChangeAudit& audit) {
+  const TakeArgs args(lineage_id, min, max, now);
+  // No refill due: the take, as take_credits() makes it. Not retried.
+  bool refill_due = false;
+  CreditTake take = impl_->run("take_credits", false, [&](PgConnection& c) {
+    return impl_->take_on(c, args, false, refill_due);
+  });
+  if (!refill_due) return take;
+  // A refill is due: one transaction locks the credits row, so that of the takers that
+  // found it due only the first writes it (the others find it written), writes it with
+  // the event of the lineage's newest key, then takes.
+  return impl_->audited("take_credits", audit, [&](PgConnection& c, EventBatch& batch) {
+    const Deadline d = impl_->statement_deadline();
+    const char* lock_values[] = {args.lineage.c_str(), args.month.c_str(), args.day.c_str()};
+    PgResult row =
+        c.exec_params("take_credits", impl_->sql.lock_credits, 3, lock_values, nullptr, nullptr, d);
+    if (PQntuples(row.get()) == 0) return CreditTake{};  // no_credits
+    if (PQgetvalue(row.get(), 0, 6)[0] == 't') {
+      const Credits stored = read_credits(row.get(), 0, "take_credits");
+      const char* view_values[] = {args.lineage.c_str(), args.month.c_str(), args.day.c_str(),
+                                   "true"};
+      (void)c.exec_prepared("take_credits", kCreditsView, 4, view_values, nullptr, nullptr, d);
+      const char* lineage_value[] = {args.lineage.c_str()};
+      PgResult k = c.exec_params("take_credits", impl_->sql.newest_key, 1, lineage_value, nullptr,
+                                 nullptr, d);
+      // The key as read after the refill, with the credits the refill replaced.
+      if (std::optional<KeyInfo> after = single_row(k, "take_credits")) {
+        KeyInfo before = *after;
+        before.credits = stored;
+        batch.add(&before, &*after);
+      }
     }
-    // Nothing taken: too few credits, or none at all.
-    PgResult v = c.exec_prepared("take_credits", kCreditsView, 3, view_values, nullptr, nullptr,
-                                 impl_->statement_deadline());
-    if (PQntuples(v.get()) == 0) return take;  // no_credits
-    take.outcome = CreditTake::Outcome::insufficient;
-    read_take(v.get(), 0, take);
-    return take;
+    bool due_again = false;  // the row is locked and refilled: nothing can be due
+    return impl_->take_on(c, args, true, due_again);
   });
 }
 
@@ -1823,24 +1984,7 @@ std::optional<KeyInfo> PostgresStore::Impl::change_credits_on(PgConnection& c,
                                 s),
                     1, lineage_values, nullptr, nullptr, d);
   stored.reset();
-  if (PQntuples(row.get()) == 1) {
-    constexpr auto kMax = kMaxCreditsInt;
-    Credits cr;
-    const PGresult* p = row.get();
-    cr.remaining = credit_value(p, 0, 0, "change_credits", "credits remaining out of range", kMax);
-    if (!PQgetisnull(p, 0, 1)) {
-      CreditRefill refill;
-      refill.amount = credit_value(p, 0, 1, "change_credits", "refill amount out of range", kMax);
-      refill.interval = static_cast<RefillInterval>(
-          credit_value(p, 0, 2, "change_credits", "unknown refill interval", 1));
-      refill.mode = static_cast<RefillMode>(
-          credit_value(p, 0, 3, "change_credits", "unknown refill mode", 1));
-      refill.cap = credit_value(p, 0, 4, "change_credits", "refill cap out of range", kMax);
-      cr.refill = refill;
-    }
-    cr.refilled_period = parse_int(p, 0, 5, "change_credits", "refilled_period is not an integer");
-    stored = cr;
-  }
+  if (PQntuples(row.get()) == 1) stored = read_credits(row.get(), 0, "change_credits");
   std::optional<Credits> next;  // nullopt: no credits afterwards
   switch (change.op) {
     case CreditsOp::remove: break;

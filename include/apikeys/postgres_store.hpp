@@ -137,6 +137,16 @@ class APIKEYS_EXPORT PostgresStore final : public Store {
   std::optional<KeyInfo> change_credits_audited(const Uuid& account_id, const Uuid& key_id,
                                                 const CreditsChange& change,
                                                 const ChangeAudit& audit) override;
+  /// One statement, as replace_digests() makes it, that also returns the keys it rewrote
+  /// (with their credits, in batch order) for their events.
+  std::size_t replace_digests_audited(const std::vector<DigestChange>& changes,
+                                      const ChangeAudit& audit) override;
+  /// take_credits()'s statements, told not to write a refill due, so that a take with
+  /// no refill due costs what take_credits() costs. When one is due, one transaction
+  /// locks the credits row, writes the refill (once per period, whichever process
+  /// finds it due first) with the event of the lineage's newest key, and takes.
+  CreditTake take_credits_audited(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
+                                  TimePoint now, const ChangeAudit& audit) override;
   /// One indexed range read; retried once after a lost connection.
   [[nodiscard]] std::vector<AuditEvent> audit_events(const Uuid& account_id,
                                                      const AuditRange& range) override;

@@ -24,7 +24,9 @@
 #include "apikeys/memory_cache.hpp"
 #include "apikeys/memory_limiter.hpp"
 #include "apikeys/memory_store.hpp"
+#include "apikeys/observer.hpp"
 #include "apikeys/postgres_store.hpp"
+#include "apikeys/store.hpp"
 #include "catch.hpp"
 #include "server_support.hpp"
 #include "store_contract.hpp"
@@ -115,12 +117,40 @@ std::string temp_file(const std::string& stem) {
   return "/tmp/" + apikeys_test::unique_name(stem) + ".count";
 }
 
+// The event of a refill, as the library's system actor records it (the credits only).
+class RefillAudit final : public apikeys::ChangeAudit {
+ public:
+  std::optional<apikeys::AuditEvent> event(const apikeys::KeyInfo* before,
+                                           const apikeys::KeyInfo* after) const override {
+    if (before == nullptr || after == nullptr) return std::nullopt;
+    apikeys::AuditEvent e;
+    e.event_id = apikeys::Uuid::random();
+    e.time = apikeys::from_unix_millis(wall_millis());
+    e.account_id = after->account_id;
+    e.key_id = after->key_id;
+    e.action = apikeys::AuditAction::refill;
+    e.context.actor.type = apikeys::ActorType::system;
+    e.context.actor.id = "apikeys";
+    e.context.actor.detail = "credit refill";
+    e.before = credits_json(*before);
+    e.after = credits_json(*after);
+    return e;
+  }
+
+ private:
+  static std::string credits_json(const apikeys::KeyInfo& k) {
+    return "{\"credits\":" +
+           (k.credits ? std::to_string(k.credits->remaining) : std::string("null")) + "}";
+  }
+};
+
 }  // namespace
 
 // The child: APIKEYS_PG_CREDITS_MODE "validate" (validate() the token in
-// APIKEYS_PG_CREDITS_ARG) or "take" (take_credits(lineage ARG, 1, 1, NOW) after one
-// take of 0), TRIES times in all from four threads, starting at wall-clock millisecond
-// START; writes how many were admitted to OUT.
+// APIKEYS_PG_CREDITS_ARG), "take" (take_credits(lineage ARG, 1, 1, NOW) after one take
+// of 0) or "take_audited" (the same with take_credits_audited() and a RefillAudit),
+// TRIES times in all from four threads, starting at wall-clock millisecond START;
+// writes how many were admitted to OUT.
 TEST_CASE("PostgresStore credits child", "[.]") {
   const auto pg = apikeys_test::test_pg();
   REQUIRE(pg);
@@ -147,10 +177,16 @@ TEST_CASE("PostgresStore credits child", "[.]") {
   std::atomic<std::uint64_t> count{0};
   std::atomic<int> unexpected{0};
   std::vector<std::thread> threads;
+  const RefillAudit audit;
+  const bool audited = mode == "take_audited";
+  const auto take = [&](std::uint64_t n) {
+    return audited ? store->take_credits_audited(*lineage, n, n, now, audit)
+                   : store->take_credits(*lineage, n, n, now);
+  };
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&] {
       try {
-        if (mode == "take") (void)store->take_credits(*lineage, 0, 0, now);
+        if (mode != "validate") (void)take(0);
         for (int i = 0; i < tries / kThreads; ++i) {
           if (mode == "validate") {
             const auto r = manager.validate(arg);
@@ -160,7 +196,7 @@ TEST_CASE("PostgresStore credits child", "[.]") {
               unexpected.fetch_add(1);
             }
           } else {
-            count.fetch_add(store->take_credits(*lineage, 1, 1, now).taken);
+            count.fetch_add(take(1).taken);
           }
         }
       } catch (...) {
@@ -295,6 +331,59 @@ TEST_CASE("PostgresStore: two processes refilling the same period write the refi
   CHECK(
       got.credits->refilled_period ==
       apikeys::refill_period(apikeys::RefillInterval::daily, apikeys::from_unix_millis(tomorrow)));
+}
+
+TEST_CASE("PostgresStore: two processes refilling the same period audit the refill once",
+          "[servers][postgres][credits][audit]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaDropper dropper{*pg, apikeys_test::unique_name("apikeys_c")};
+  auto store = std::make_shared<apikeys::PostgresStore>(*pg, credit_options(dropper.schema));
+  apikeys::KeyManager manager(store, apikeys_test::hasher(), credit_manager_options());
+  // As above: a refill written twice would show as 80 taken, and as two events.
+  constexpr std::uint64_t kAmount = 40;
+  auto req = apikeys_test::request("audited refill race");
+  apikeys::Credits credits;
+  credits.remaining = 0;
+  apikeys::CreditRefill refill;
+  refill.amount = kAmount;
+  refill.mode = apikeys::RefillMode::add_capped;
+  refill.cap = 1000;
+  credits.refill = refill;
+  req.credits = credits;
+  const apikeys::Uuid account = apikeys_test::account_id(43);
+  const auto key = manager.create(account, req);
+  const std::int64_t tomorrow = wall_millis() + 86'400'000;
+  const std::int64_t start = wall_millis() + 1500;
+  std::vector<pid_t> pids;
+  std::vector<std::string> outs;
+  for (int i = 0; i < 2; ++i) {
+    outs.push_back(temp_file("pgrefill"));
+    pids.push_back(spawn_child({"APIKEYS_PG_CREDITS_MODE=take_audited",
+                                "APIKEYS_PG_CREDITS_ARG=" + key.info.lineage().to_string(),
+                                "APIKEYS_PG_CREDITS_TRIES=" + std::to_string(2 * kAmount),
+                                "APIKEYS_PG_CREDITS_NOW=" + std::to_string(tomorrow),
+                                "APIKEYS_PG_CREDITS_START=" + std::to_string(start),
+                                "APIKEYS_PG_CREDITS_SCHEMA=" + dropper.schema,
+                                "APIKEYS_PG_CREDITS_OUT=" + outs.back()}));
+  }
+  std::uint64_t taken = 0;
+  for (std::size_t i = 0; i < pids.size(); ++i) {
+    taken += child_count(pids[i], outs[i]);
+    std::remove(outs[i].c_str());
+  }
+  CHECK(taken == kAmount);
+  apikeys::AuditRange range;
+  range.limit = 100;
+  range.key_id = key.info.key_id;
+  std::vector<apikeys::AuditEvent> refills;
+  for (const apikeys::AuditEvent& e : store->audit_events(account, range)) {
+    if (e.action == apikeys::AuditAction::refill) refills.push_back(e);
+  }
+  REQUIRE(refills.size() == 1);
+  CHECK(refills[0].context.actor.type == apikeys::ActorType::system);
+  CHECK(refills[0].before == "{\"credits\":0}");
+  CHECK(refills[0].after == "{\"credits\":40}");
 }
 
 TEST_CASE("PostgresStore down: a charge fails, deny answers error, allow answers valid",

@@ -1594,7 +1594,14 @@ TEST_CASE("PostgresStore: a ChangeAudit that throws leaves no change and no even
   const apikeys::Uuid alice = apikeys_test::account_id(1);
   using apikeys_test::contract::credits_of;
   using apikeys_test::contract::lineage_record;
-  const apikeys::KeyRecord kept = lineage_record(1, alice, credits_of(5));
+  // Credits with a daily refill, refilled the day of at(0): due two days later.
+  apikeys::CreditRefill refill;
+  refill.amount = 10;
+  const apikeys::TimePoint later = apikeys_test::contract::at(0) + std::chrono::hours(48);
+  const apikeys::KeyRecord kept = lineage_record(
+      1, alice,
+      credits_of(5, refill,
+                 apikeys::refill_period(refill.interval, apikeys_test::contract::at(0))));
   store.insert(kept);
   store.insert(record(2, alice, 2));
   store.insert(record(3, alice, 3));
@@ -1641,6 +1648,29 @@ TEST_CASE("PostgresStore: a ChangeAudit that throws leaves no change and no even
     CHECK_THROWS_AS(store.change_credits_audited(alice, kept.info.key_id, remove, audit),
                     std::runtime_error);
   }
+  SECTION("replace_digests") {
+    RecordingAudit audit(0);
+    apikeys::DigestChange change;
+    change.key_id = kept.info.key_id;
+    change.from = kept.digest;
+    change.to = apikeys_test::contract::digest(77, 2);
+    CHECK_THROWS_AS(store.replace_digests_audited({change}, audit), std::runtime_error);
+    const auto found = store.find(kept.info.public_key);
+    REQUIRE(found);
+    CHECK(found->digest.bytes == kept.digest.bytes);
+    CHECK(found->digest.pepper_id == kept.digest.pepper_id);
+  }
+  SECTION("take_credits, when it writes a refill") {
+    RecordingAudit audit(0);
+    CHECK_THROWS_AS(store.take_credits_audited(kept.info.key_id, 1, 1, later, audit),
+                    std::runtime_error);
+    REQUIRE(audit.calls().size() == 1);
+    // Neither the refill nor the take was written.
+    const auto credits = store.get(alice, kept.info.key_id)->credits;
+    REQUIRE(credits);
+    CHECK(credits->remaining == 5);
+    CHECK(credits->refilled_period == kept.info.credits->refilled_period);
+  }
   // Nothing written: the keys, their credits, the revision and the trail as they were.
   const auto keys_after = store.list(alice);
   REQUIRE(keys_after.size() == keys_before.size());
@@ -1654,6 +1684,158 @@ TEST_CASE("PostgresStore: a ChangeAudit that throws leaves no change and no even
   RecordingAudit ok;
   CHECK(store.revoke_all_audited(alice, apikeys_test::contract::at(60), ok).size() == 3);
   CHECK(audit_rows(*pg, schema) == 3);
+}
+
+TEST_CASE("PostgresStore audits each digest replace_digests_audited rewrites, and no other",
+          "[servers][postgres][store][audit]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  const std::string schema = janitor.make();
+  apikeys::PostgresStore store(*pg, options_for(schema));
+  const apikeys::Uuid alice = apikeys_test::account_id(1);
+  const apikeys::Uuid bob = apikeys_test::account_id(2);
+  using apikeys_test::contract::credits_of;
+  using apikeys_test::contract::digest;
+  const apikeys::KeyRecord first = apikeys_test::contract::lineage_record(1, alice, credits_of(5));
+  const apikeys::KeyRecord second = record(2, alice, 2);
+  const apikeys::KeyRecord bobs = record(3, bob, 3);
+  store.insert(first);
+  store.insert(second);
+  store.insert(bobs);
+  const auto change = [](const apikeys::KeyRecord& r, apikeys::Digest from, std::uint32_t seed) {
+    apikeys::DigestChange c;
+    c.key_id = r.info.key_id;
+    c.from = from;
+    c.to = digest(seed, 2);
+    return c;
+  };
+  const std::vector<apikeys::DigestChange> changes = {
+      change(bobs, bobs.digest, 30),
+      change(second, digest(99, 1), 20),  // stale: the key's digest is another
+      change(first, first.digest, 10),
+      change(first, first.digest, 11),  // the same key again: the first change wins
+  };
+  RecordingAudit audit;
+  CHECK(store.replace_digests_audited(changes, audit) == 2);
+  // One call per key rewritten, in batch order, before and after the key as it is.
+  REQUIRE(audit.calls().size() == 2);
+  const apikeys::KeyRecord* want[] = {&bobs, &first};
+  for (std::size_t i = 0; i < 2; ++i) {
+    const auto& call = audit.calls()[i];
+    REQUIRE(call.before);
+    REQUIRE(call.after);
+    apikeys_test::contract::check_same_key(*call.before, want[i]->info);
+    apikeys_test::contract::check_same_key(*call.after, want[i]->info);
+  }
+  REQUIRE(audit.calls()[1].after->credits);
+  CHECK(audit.calls()[1].after->credits->remaining == 5);
+  CHECK(store.find(first.info.public_key)->digest.bytes == digest(10, 2).bytes);
+  CHECK(store.find(first.info.public_key)->digest.pepper_id == 2);
+  CHECK(store.find(second.info.public_key)->digest.pepper_id == 1);
+  // Each event stored with its key's account.
+  const auto alices = store.audit_events(alice, all_events());
+  REQUIRE(alices.size() == 1);
+  CHECK(alices[0].key_id == first.info.key_id);
+  CHECK(store.audit_events(bob, all_events()).size() == 1);
+  // Nothing left to rewrite: no event.
+  CHECK(store.replace_digests_audited(changes, audit) == 0);
+  CHECK(store.replace_digests_audited({}, audit) == 0);
+  CHECK(audit.calls().size() == 2);
+  CHECK(audit_rows(*pg, schema) == 2);
+}
+
+TEST_CASE("PostgresStore audits a refill take_credits_audited writes, once per period",
+          "[servers][postgres][store][audit][credits]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  const std::string schema = janitor.make();
+  apikeys::PostgresStore store(*pg, options_for(schema));
+  const apikeys::Uuid alice = apikeys_test::account_id(1);
+  using apikeys::CreditTake;
+  using apikeys_test::contract::at;
+  using apikeys_test::contract::credits_of;
+  using apikeys_test::contract::lineage_record;
+  using std::chrono::hours;
+  constexpr auto kDaily = apikeys::RefillInterval::daily;
+  apikeys::CreditRefill refill;
+  refill.amount = 10;  // a daily reset to 10
+  const apikeys::TimePoint today = at(0);
+  const apikeys::TimePoint tomorrow = today + hours(24);
+  const apikeys::KeyRecord first =
+      lineage_record(1, alice, credits_of(3, refill, apikeys::refill_period(kDaily, today)));
+  store.insert(first);
+  // The lineage's newest key, whose event a refill writes.
+  apikeys::KeyRecord newest = record(2, alice, 500);
+  newest.info.lineage_id = first.info.key_id;
+  newest.info.rotated_from = first.info.key_id;
+  store.insert(newest);
+  const apikeys::KeyRecord no_refill = lineage_record(3, alice, credits_of(5));
+  store.insert(no_refill);
+  const apikeys::Uuid lineage = first.info.key_id;
+  RecordingAudit audit;
+
+  // No refill due: taken or refused as take_credits() does, and no event.
+  CreditTake t = store.take_credits_audited(lineage, 1, 1, today, audit);
+  CHECK(t.outcome == CreditTake::Outcome::taken);
+  CHECK(t.remaining == 2);
+  t = store.take_credits_audited(lineage, 5, 5, today, audit);
+  CHECK(t.outcome == CreditTake::Outcome::insufficient);
+  CHECK(t.remaining == 2);
+  CHECK(t.period == apikeys::refill_period(kDaily, today));
+  t = store.take_credits_audited(no_refill.info.key_id, 1, 1, tomorrow, audit);
+  CHECK(t.outcome == CreditTake::Outcome::taken);
+  CHECK(t.remaining == 4);
+  t = store.take_credits_audited(apikeys_test::contract::key_id(99), 1, 1, tomorrow, audit);
+  CHECK(t.outcome == CreditTake::Outcome::no_credits);
+  CHECK(audit.calls().empty());
+
+  // A new day: the refill is written with one event, the newest key's, then the take.
+  t = store.take_credits_audited(lineage, 4, 4, tomorrow, audit);
+  CHECK(t.outcome == CreditTake::Outcome::taken);
+  CHECK(t.taken == 4);
+  CHECK(t.remaining == 6);
+  CHECK(t.period == apikeys::refill_period(kDaily, tomorrow));
+  REQUIRE(audit.calls().size() == 1);
+  const auto& call = audit.calls()[0];
+  REQUIRE(call.before);
+  REQUIRE(call.after);
+  CHECK(call.before->key_id == newest.info.key_id);
+  CHECK(call.after->key_id == newest.info.key_id);
+  REQUIRE(call.before->credits);
+  CHECK(call.before->credits->remaining == 2);
+  CHECK(call.before->credits->refilled_period == apikeys::refill_period(kDaily, today));
+  REQUIRE(call.after->credits);
+  CHECK(call.after->credits->remaining == 10);
+  CHECK(call.after->credits->refilled_period == apikeys::refill_period(kDaily, tomorrow));
+  const auto events = store.audit_events(alice, all_events());
+  REQUIRE(events.size() == 1);
+  CHECK(events[0].key_id == newest.info.key_id);
+
+  // The same day again, taken or refused: the refill is not written twice.
+  t = store.take_credits_audited(lineage, 100, 100, tomorrow, audit);
+  CHECK(t.outcome == CreditTake::Outcome::insufficient);
+  CHECK(t.remaining == 6);
+  t = store.take_credits_audited(lineage, 1, 1, tomorrow, audit);
+  CHECK(t.remaining == 5);
+  CHECK(audit.calls().size() == 1);
+
+  // The day after, a take refused for want of credits still writes the refill, audited.
+  const apikeys::TimePoint day_after = tomorrow + hours(24);
+  t = store.take_credits_audited(lineage, 100, 100, day_after, audit);
+  CHECK(t.outcome == CreditTake::Outcome::insufficient);
+  CHECK(t.remaining == 10);
+  CHECK(audit.calls().size() == 2);
+  const auto credits = store.get(alice, lineage)->credits;
+  REQUIRE(credits);
+  CHECK(credits->remaining == 10);
+  CHECK(credits->refilled_period == apikeys::refill_period(kDaily, day_after));
+  CHECK(audit_rows(*pg, schema) == 2);
+
+  // take_credits() applies a refill as before, and writes no event.
+  CHECK(store.take_credits(lineage, 1, 1, day_after + hours(24)).remaining == 9);
+  CHECK(audit_rows(*pg, schema) == 2);
 }
 
 TEST_CASE("PostgresStore migrates a version 4 schema: the audit trail is added, rows kept",
