@@ -1025,7 +1025,8 @@ struct TakeArgs {
         day(std::to_string(refill_period(RefillInterval::daily, now))) {}
 
   static std::string clamp_text(std::uint64_t v) {
-    return std::to_string(std::min<std::uint64_t>(v, static_cast<std::uint64_t>(INT64_MAX)));
+    constexpr auto kMax = static_cast<std::uint64_t>(INT64_MAX);
+    return std::to_string(v > kMax ? kMax : v);
   }
 };
 
