@@ -212,6 +212,33 @@ TEST_CASE("audit trail: a cursor works only for its account, key and since",
   });
 }
 
+TEST_CASE("audit trail: a cursor outlives a pepper rotation, not the pepper's removal",
+          "[key_manager][audit]") {
+  auto store = std::make_shared<apikeys::MemoryStore>();
+  const auto manager_with = [&](std::vector<apikeys::Pepper> peppers, std::uint32_t current) {
+    apikeys::KeyManagerOptions options;
+    options.validation.record_last_use = false;
+    return std::make_unique<apikeys::KeyManager>(
+        store, std::make_shared<apikeys::HmacSha256Hasher>(peppers, current), std::move(options));
+  };
+  const apikeys::Pepper one{1, apikeys_test::kTestPepper};
+  const apikeys::Pepper two{2, apikeys_test::kTestPepper2};
+  auto first = manager_with({one}, 1);
+  for (int i = 0; i < 3; ++i) (void)first->create(kAccount, CreateRequest("k"));
+  AuditQuery query;
+  query.limit = 1;
+  const AuditPage page = first->audit(kAccount, query);
+  REQUIRE(page.next_cursor);
+  query.cursor = *page.next_cursor;
+
+  // Pepper 2 is current, pepper 1 still known: the cursor still reads the next page.
+  auto rotated = manager_with({one, two}, 2);
+  CHECK(rotated->audit(kAccount, query).events.size() == 1);
+  // Pepper 1 dropped: refused, as a cursor nobody could have made.
+  auto dropped = manager_with({two}, 2);
+  refused([&] { (void)dropped->audit(kAccount, query); });
+}
+
 TEST_CASE("audit trail: key_id and since filter the events", "[key_manager][audit]") {
   over_each_store([](std::shared_ptr<apikeys::Store> store) {
     Trail t(std::move(store));
