@@ -135,13 +135,12 @@ std::optional<KeyInfo> Store::change_credits_audited(const Uuid& account_id, con
 }
 
 std::size_t Store::replace_digests_audited(const std::vector<DigestChange>& changes,
-                                          const ChangeAudit& /*audit*/) {
+                                           const ChangeAudit& /*audit*/) {
   return replace_digests(changes);
 }
 
-CreditTake Store::take_credits_audited(const Uuid& lineage_id, std::uint64_t min,
-                                       std::uint64_t max, TimePoint now,
-                                       const ChangeAudit& /*audit*/) {
+CreditTake Store::take_credits_audited(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
+                                       TimePoint now, const ChangeAudit& /*audit*/) {
   return take_credits(lineage_id, min, max, now);
 }
 
