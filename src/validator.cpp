@@ -15,6 +15,7 @@
 #include "last_use_tracker.hpp"
 #include "observer_list.hpp"
 #include "scope.hpp"
+#include "system_audit.hpp"
 #include "thread_annotations.hpp"
 
 namespace apikeys {
@@ -111,6 +112,8 @@ struct FlushReport {
   bool rehash_failed = false;
   std::string last_use_message;
   std::string rehash_message;
+  // The rehash events of the batch written (system_audit.hpp), when observed.
+  std::vector<AuditEvent> rehash_events;
 };
 
 // The current exception's message, for an observer (the library's own messages never
@@ -578,6 +581,7 @@ void Validator::Impl::flush() noexcept {
   }
   if (out.last_use_failed) report(Component::last_use, "flush", out.last_use_message.c_str());
   if (out.rehash_rows > 0) observers.write(BackgroundWrite{Component::rehash, out.rehash_rows});
+  for (const AuditEvent& e : out.rehash_events) observers.change(e);
   if (out.rehash_failed) report(Component::rehash, "flush", out.rehash_message.c_str());
 }
 
@@ -611,15 +615,21 @@ void Validator::Impl::write_last_use(FlushReport& out) noexcept {
 
 // Likewise outside the rehash queue's mutex. A failed batch is counted and dropped (the
 // keys' next uses queue them again); a store without replace_digests is counted once
-// and asked no more (doc/peppers.md, "Rehash on use").
+// and asked no more (doc/peppers.md, "Rehash on use"). Each rewrite is the library's own
+// change: a store that keeps an audit trail writes its `rehash` event (system actor)
+// with it, and the observers get exactly the events built for the rewrites written. A
+// store without an audit trail (Store's default) says only how many it rewrote: the
+// observers then get no event rather than a guessed one.
 void Validator::Impl::write_digests(FlushReport& out) noexcept {
   if (!options.rehash_on_use) return;
   try {
     rehash_queue.take(rehash_batch);
     if (rehash_batch.empty() || rehash_off.load(std::memory_order_relaxed)) return;
-    const std::size_t n = store->replace_digests(rehash_batch);
+    const detail::RehashAudit audit(*clock, rehash_batch);
+    const std::size_t n = store->replace_digests_audited(rehash_batch, audit);
     rehashed.fetch_add(n, std::memory_order_relaxed);
     out.rehash_rows = n;
+    if (!observers.empty()) out.rehash_events = audit.take();
   } catch (const Error& e) {
     rehash_failures.fetch_add(1, std::memory_order_relaxed);
     if (e.code() == ErrorCode::not_supported) rehash_off.store(true, std::memory_order_relaxed);
