@@ -271,9 +271,13 @@ struct Validator::Impl {
   // that did not split is `malformed` without a look at either half).
   ValidationResult observed(std::string_view pk, std::string_view sk, bool split,
                             const Requirements& requirements) const noexcept;
-  // Admits a request of `cost` for the valid `result` at `now` (doc/rate-limits.md).
+  // Admits a request of `cost` for the valid `result` at `now` (doc/rate-limits.md),
+  // then tells the observers of a refill the admission wrote.
   void admit(ValidationResult& result, std::uint64_t cost, TimePoint now,
              Trace& trace) const noexcept;
+  // admit() with `refills` for the limiter's credit takes (AdmissionRequest::audit).
+  void admit_with(ValidationResult& result, std::uint64_t cost, TimePoint now, Trace& trace,
+                  const detail::RefillAudit& refills) const noexcept;
   // Tells the observers about a failure handled here (or its end), with the current
   // exception's message when `message` is null.
   void report(Component component, std::string_view operation, const char* message = nullptr,
@@ -512,11 +516,23 @@ void Validator::Impl::report(Component component, std::string_view operation, co
                   recovered);
 }
 
+// A refill the limiter's take wrote is the library's own change: the store records it
+// with the system actor, and the observers hear of it once admission is over, whatever
+// its answer (the refill stands even when the limiter failed after it). On the stack:
+// nothing is allocated unless a refill is written.
+void Validator::Impl::admit(ValidationResult& result, std::uint64_t cost, TimePoint now,
+                            Trace& trace) const noexcept {
+  const detail::RefillAudit refills(now);
+  admit_with(result, cost, now, trace, refills);
+  if (refills.empty() || observers.empty()) return;
+  for (const AuditEvent& e : refills.take()) observers.change(e);
+}
+
 // The last step, after the secret, the key's state and the scopes: only a caller who
 // proved the secret of a key allowed to make the request ever spends its limits or
 // credits. A rate_limited or usage_exceeded answer spent nothing (Limiter's contract).
-void Validator::Impl::admit(ValidationResult& result, std::uint64_t cost, TimePoint now,
-                            Trace& trace) const noexcept {
+void Validator::Impl::admit_with(ValidationResult& result, std::uint64_t cost, TimePoint now,
+                                 Trace& trace, const detail::RefillAudit& refills) const noexcept {
   try {
     AdmissionRequest request;
     request.lineage_id = result.lineage_id.is_nil() ? result.key_id : result.lineage_id;
@@ -526,6 +542,7 @@ void Validator::Impl::admit(ValidationResult& result, std::uint64_t cost, TimePo
     request.charge_credits = result.has_credits;
     request.cost = cost;
     request.now = now;
+    if (result.has_credits) request.audit = &refills;
     Admission admission = limiter->admit(request);
     result.credits_remaining = admission.credits_remaining;
     switch (admission.outcome) {
