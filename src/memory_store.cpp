@@ -190,6 +190,13 @@ using AuditLog = std::map<AuditKey, AuditEvent, AuditOrder>;
 // (time, event_id) ascending -> the account holding the event.
 using AuditAge = std::map<OrderKey, Uuid>;
 
+// A lineage's credits, and the account all its keys belong to (where a refill's event
+// finds the lineage's newest key).
+struct LineageCredits {
+  Credits credits;
+  Uuid account_id;
+};
+
 // Events made ready to store: every node allocated, nothing in the store changed yet.
 // Inserting the nodes allocates nothing, so a write commits its events without throwing.
 struct StagedAudit {
@@ -219,7 +226,7 @@ struct MemoryStore::Impl {
   // Credits by lineage. Each entry's record.info.credits says only whether its lineage
   // has credits (what find() must tell, without a second lookup); get() and the
   // listings show the values from here.
-  std::unordered_map<Uuid, Credits, UuidHash> credits APIKEYS_GUARDED_BY(mu);
+  std::unordered_map<Uuid, LineageCredits, UuidHash> credits APIKEYS_GUARDED_BY(mu);
   AuditLog audit_log APIKEYS_GUARDED_BY(mu);
   AuditAge audit_age APIKEYS_GUARDED_BY(mu);  // the same events, oldest first
 
@@ -229,9 +236,23 @@ struct MemoryStore::Impl {
     if (it == credits.end()) {
       info.credits.reset();
     } else {
-      info.credits = it->second;
+      info.credits = it->second.credits;
     }
     return info;
+  }
+
+  // The lineage's newest key (created_at descending, then key_id descending: the
+  // account index's order), else null. O(keys of the account).
+  [[nodiscard]] const Entry* newest_of_lineage(const LineageCredits& held,
+                                               const Uuid& lineage) const
+      APIKEYS_REQUIRES_SHARED(mu) {
+    auto account = by_account.find(held.account_id);
+    if (account == by_account.end()) return nullptr;
+    for (const auto& [order, entry] : account->second) {
+      (void)order;
+      if (entry->record.info.lineage() == lineage) return entry;
+    }
+    return nullptr;
   }
 
   // Marks every key of the lineage (all in one account) as having credits or not.
@@ -357,6 +378,9 @@ struct MemoryStore::Impl {
   std::vector<KeyInfo> revoke_all(const Uuid& account_id, TimePoint at, const ChangeAudit* audit);
   std::optional<KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,
                                         const CreditsChange& change, const ChangeAudit* audit);
+  std::size_t replace_digests(const std::vector<DigestChange>& changes, const ChangeAudit* audit);
+  CreditTake take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
+                          TimePoint now, const ChangeAudit* audit);
 };
 
 namespace {
@@ -391,7 +415,7 @@ void MemoryStore::Impl::insert(const KeyRecord& record, const ChangeAudit* audit
     KeyInfo after = entry->record.info;  // as stored: the lineage's credits, or its own
     auto existing = credits.find(after.lineage());
     if (existing != credits.end()) {
-      after.credits = existing->second;
+      after.credits = existing->second.credits;
     } else if (!new_credits) {
       after.credits.reset();
     }
@@ -399,7 +423,8 @@ void MemoryStore::Impl::insert(const KeyRecord& record, const ChangeAudit* audit
   }
   Entry* added = entry.get();
   if (new_credits) {
-    const bool fresh = credits.emplace(info.lineage(), *info.credits).second;
+    const bool fresh =
+        credits.emplace(info.lineage(), LineageCredits{*info.credits, info.account_id}).second;
     try {
       add(std::move(entry));
     } catch (...) {
@@ -712,17 +737,45 @@ void MemoryStore::record_last_use(const std::vector<LastUse>& uses) {
 }
 
 std::size_t MemoryStore::replace_digests(const std::vector<DigestChange>& changes) {
+  return impl_->replace_digests(changes, nullptr);
+}
+
+std::size_t MemoryStore::replace_digests_audited(const std::vector<DigestChange>& changes,
+                                                 const ChangeAudit& audit) {
+  return impl_->replace_digests(changes, &audit);
+}
+
+std::size_t MemoryStore::Impl::replace_digests(const std::vector<DigestChange>& changes,
+                                               const ChangeAudit* audit) {
+  // With an audit, each rewrite is staged with its event and can be undone: an event
+  // that throws puts back every digest the batch rewrote, so the batch is all or nothing.
+  std::vector<std::pair<Digest*, Digest>> undo;
+  if (audit != nullptr) undo.reserve(changes.size());  // before anything changes
   std::size_t rewritten = 0;
-  detail::ExclusiveLock lock(impl_->mu);
-  for (const DigestChange& change : changes) {
-    auto it = impl_->by_key_id.find(change.key_id);
-    if (it == impl_->by_key_id.end()) continue;
-    Digest& digest = it->second->record.digest;
-    // A plain compare: `from` is a digest the caller read from this store.
-    if (digest.pepper_id != change.from.pepper_id || digest.bytes != change.from.bytes) continue;
-    digest = change.to;
-    ++rewritten;
+  StagedAudit staged;
+  detail::ExclusiveLock lock(mu);
+  try {
+    for (const DigestChange& change : changes) {
+      auto it = by_key_id.find(change.key_id);
+      if (it == by_key_id.end()) continue;
+      Digest& digest = it->second->record.digest;
+      // A plain compare: `from` is a digest the caller read from this store.
+      if (digest.pepper_id != change.from.pepper_id || digest.bytes != change.from.bytes) {
+        continue;
+      }
+      if (audit != nullptr) {
+        const KeyInfo key = with_credits(it->second->record.info);
+        stage(staged, audit, &key, &key);
+        undo.emplace_back(&digest, digest);  // reserved: cannot throw
+      }
+      digest = change.to;
+      ++rewritten;
+    }
+  } catch (...) {
+    for (auto u = undo.rbegin(); u != undo.rend(); ++u) *u->first = u->second;
+    throw;
   }
+  commit(staged);
   return rewritten;
 }
 
@@ -740,11 +793,34 @@ std::vector<PepperCount> MemoryStore::pepper_counts() {
 
 CreditTake MemoryStore::take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
                                      TimePoint now) {
+  return impl_->take_credits(lineage_id, min, max, now, nullptr);
+}
+
+CreditTake MemoryStore::take_credits_audited(const Uuid& lineage_id, std::uint64_t min,
+                                             std::uint64_t max, TimePoint now,
+                                             const ChangeAudit& audit) {
+  return impl_->take_credits(lineage_id, min, max, now, &audit);
+}
+
+CreditTake MemoryStore::Impl::take_credits(const Uuid& lineage_id, std::uint64_t min,
+                                           std::uint64_t max, TimePoint now,
+                                           const ChangeAudit* audit) {
   CreditTake take;
-  detail::ExclusiveLock lock(impl_->mu);
-  auto it = impl_->credits.find(lineage_id);
-  if (it == impl_->credits.end()) return take;  // no_credits
-  Credits c = refilled(it->second, now);
+  detail::ExclusiveLock lock(mu);
+  auto it = credits.find(lineage_id);
+  if (it == credits.end()) return take;  // no_credits
+  Credits c = refilled(it->second.credits, now);
+  // A refill comes due: its event (of the lineage's newest key, stored credits before,
+  // refilled after) is built before anything changes.
+  StagedAudit staged;
+  if (audit != nullptr && c.refilled_period != it->second.credits.refilled_period) {
+    if (const Entry* newest = newest_of_lineage(it->second, lineage_id)) {
+      const KeyInfo before = with_credits(newest->record.info);
+      KeyInfo after = before;
+      after.credits = c;
+      stage(staged, audit, &before, &after);
+    }
+  }
   take.period = c.refilled_period;
   if (c.refill) take.period_end = refill_period_start(c.refill->interval, c.refilled_period + 1);
   if (c.remaining < min) {
@@ -755,16 +831,18 @@ CreditTake MemoryStore::take_credits(const Uuid& lineage_id, std::uint64_t min, 
     c.remaining -= take.taken;
   }
   take.remaining = c.remaining;
-  it->second = c;  // the refill is written either way, once per period
+  it->second.credits = c;  // the refill is written either way, once per period
+  commit(staged);
   return take;
 }
 
 void MemoryStore::return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) {
   detail::ExclusiveLock lock(impl_->mu);
   auto it = impl_->credits.find(lineage_id);
-  if (it == impl_->credits.end() || it->second.refilled_period != period) return;
-  it->second.remaining = std::min(it->second.remaining + std::min(n, KeyPolicyLimits::kMaxCredits),
-                                  KeyPolicyLimits::kMaxCredits);
+  if (it == impl_->credits.end() || it->second.credits.refilled_period != period) return;
+  Credits& c = it->second.credits;
+  c.remaining = std::min(c.remaining + std::min(n, KeyPolicyLimits::kMaxCredits),
+                         KeyPolicyLimits::kMaxCredits);
 }
 
 std::optional<KeyInfo> MemoryStore::change_credits(const Uuid& account_id, const Uuid& key_id,
@@ -796,7 +874,7 @@ std::optional<KeyInfo> MemoryStore::Impl::change_credits(const Uuid& account_id,
       if (it == credits.end()) {
         throw Error(ErrorCode::conflict, "the key has no credits to add to");
       }
-      Credits c = refilled(it->second, change.at);
+      Credits c = refilled(it->second.credits, change.at);
       c.remaining = detail::add_clamped(c.remaining, change.delta);
       after.credits = c;
       break;
@@ -805,7 +883,7 @@ std::optional<KeyInfo> MemoryStore::Impl::change_credits(const Uuid& account_id,
       if (it == credits.end() && !change.remaining) {
         throw Error(ErrorCode::conflict, "the key has no credits: give a balance");
       }
-      const Credits c = it == credits.end() ? Credits{} : refilled(it->second, change.at);
+      const Credits c = it == credits.end() ? Credits{} : refilled(it->second.credits, change.at);
       after.credits = detail::configured(c, change);
       break;
     }
@@ -816,10 +894,10 @@ std::optional<KeyInfo> MemoryStore::Impl::change_credits(const Uuid& account_id,
     if (it != credits.end()) credits.erase(it);
     mark_lineage(account_id, lineage, false);
   } else if (it == credits.end()) {
-    credits.emplace(lineage, *after.credits);  // may throw: nothing changed yet
+    credits.emplace(lineage, LineageCredits{*after.credits, account_id});  // may throw
     mark_lineage(account_id, lineage, true);
   } else {
-    it->second = *after.credits;
+    it->second.credits = *after.credits;
   }
   commit(staged);
   return after;

@@ -68,6 +68,9 @@ struct Writer {
         lineage_keys(db, kLineageKeysSql),
         return_credits(db, kReturnCreditsSql),
         take_credits(db, take_credits_sql().c_str()),
+        take_unrefilled(db, take_credits_sql(true).c_str()),
+        newest_of_lineage(db, newest_of_lineage_sql().c_str()),
+        key_by_id(db, key_by_id_sql().c_str()),
         list(db, list_sql().c_str()),
         insert_audit(db, insert_audit_sql().c_str()),
         prune_audit(db, kPruneAuditSql) {}
@@ -92,8 +95,11 @@ struct Writer {
   RawStatement lineage_keys;
   RawStatement return_credits;
   RawStatement take_credits;
-  RawStatement list;          // an audited revoke_all's keys as they were
-  RawStatement insert_audit;  // one audit event
+  RawStatement take_unrefilled;    // take_credits_audited()'s first try (rule 36)
+  RawStatement newest_of_lineage;  // the key a refill's event names (rule 36)
+  RawStatement key_by_id;          // the key a rewritten digest's event names (rule 36)
+  RawStatement list;               // an audited revoke_all's keys as they were
+  RawStatement insert_audit;       // one audit event
   RawStatement prune_audit;
 };
 
@@ -307,6 +313,9 @@ struct SqliteStore::Impl {
   std::vector<KeyInfo> revoke_all(const Uuid& account_id, TimePoint at, const ChangeAudit* audit);
   std::optional<KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,
                                         const CreditsChange& change, const ChangeAudit* audit);
+  std::size_t replace_digests(const std::vector<DigestChange>& changes, const ChangeAudit* audit);
+  CreditTake take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
+                          TimePoint now, const ChangeAudit* audit);
 };
 
 SqliteStore::SqliteStore(const std::string& path, SqliteStoreOptions options)
@@ -881,26 +890,52 @@ void SqliteStore::record_last_use(const std::vector<LastUse>& uses) {
 }
 
 std::size_t SqliteStore::replace_digests(const std::vector<DigestChange>& changes) {
+  return impl_->replace_digests(changes, nullptr);
+}
+
+std::size_t SqliteStore::replace_digests_audited(const std::vector<DigestChange>& changes,
+                                                 const ChangeAudit& audit) {
+  return impl_->replace_digests(changes, &audit);
+}
+
+std::size_t SqliteStore::Impl::replace_digests(const std::vector<DigestChange>& changes,
+                                               const ChangeAudit* audit) {
   // A read-only store can never rewrite: say so once (the Validator then stops asking)
   // rather than fail every batch as storage.
-  if (impl_->read_only) {
+  if (read_only) {
     throw Error(ErrorCode::not_supported, "SqliteStore is read-only: digests are not rewritten");
   }
   if (changes.empty()) return 0;
-  return impl_->write("replace_digests", [&](Writer& w) {
+  return audited_write("replace_digests", [&](Writer& w) {
     std::size_t rewritten = 0;
     std::string key;
     SQLite::Statement& s = w.replace_digest;
     for (const DigestChange& change : changes) {
-      StatementUse statement_use(s);
-      key = change.key_id.to_string();
-      s.bindNoCopy(1, change.to.bytes.data(), static_cast<int>(change.to.bytes.size()));
-      s.bind(2, static_cast<std::int64_t>(change.to.pepper_id));
-      s.bindNoCopy(3, key);
-      s.bindNoCopy(4, change.from.bytes.data(), static_cast<int>(change.from.bytes.size()));
-      s.bind(5, static_cast<std::int64_t>(change.from.pepper_id));
-      // 0 rows: the key is gone or holds another digest; skipped, as documented.
-      if (s.exec() == 1) ++rewritten;
+      int rows = 0;
+      {
+        StatementUse statement_use(s);
+        key = change.key_id.to_string();
+        s.bindNoCopy(1, change.to.bytes.data(), static_cast<int>(change.to.bytes.size()));
+        s.bind(2, static_cast<std::int64_t>(change.to.pepper_id));
+        s.bindNoCopy(3, key);
+        s.bindNoCopy(4, change.from.bytes.data(), static_cast<int>(change.from.bytes.size()));
+        s.bind(5, static_cast<std::int64_t>(change.from.pepper_id));
+        // 0 rows: the key is gone or holds another digest; skipped, as documented.
+        rows = s.exec();
+      }
+      if (rows != 1) continue;
+      ++rewritten;
+      if (audit != nullptr) {
+        // Rule 36: the key as it is (a rewrite changes nothing a KeyInfo holds).
+        std::optional<KeyInfo> info;
+        {
+          RawUse use(w.key_by_id);
+          w.key_by_id.bind(1, key);
+          info = step_returning(w.key_by_id, "replace_digests", read_full_info);
+        }
+        if (!info) corrupt("replace_digests", "a rewritten key does not read back");
+        audit_change(w, audit, &*info, &*info);
+      }
     }
     return rewritten;
   });
@@ -949,65 +984,116 @@ void put_credits(Writer& w, const std::string& lineage, const Credits& c) {
   (void)w.put_credits.step();
 }
 
+// One run of a take statement (rule 29; `s` is w.take_credits or w.take_unrefilled):
+// true, with `take` filled, when it took; false when it matched no row.
+bool take_row(RawStatement& s, const std::string& lineage, std::int64_t day, std::int64_t month,
+              std::uint64_t min, std::uint64_t max, CreditTake& take) {
+  constexpr auto kMax = static_cast<std::int64_t>(KeyPolicyLimits::kMaxCredits);
+  RawUse use(s);
+  s.bind(1, lineage);
+  s.bind(2, day);
+  s.bind(3, month);
+  s.bind(4, to_int64(min));
+  s.bind(5, to_int64(std::max(min, max)));
+  bool row = false;
+  while (s.step()) {
+    if (row) continue;
+    row = true;
+    sqlite3_stmt* r = s.get();
+    const std::int64_t remaining = read_int(r, 0, "take_credits", "credits remaining");
+    const std::int64_t taken = read_int(r, 1, "take_credits", "last_take");
+    take.period = read_int(r, 2, "take_credits", "refilled_period");
+    const std::int64_t interval = read_int(r, 3, "take_credits", "refill_interval");
+    const bool refill = sqlite3_column_type(r, 4) != SQLITE_NULL;
+    if (remaining < 0 || remaining > kMax || taken < 0 || taken > kMax) {
+      corrupt("take_credits", "credits out of range");
+    }
+    if (refill && interval != 0 && interval != 1) {
+      corrupt("take_credits", "unknown refill_interval");
+    }
+    take.outcome = CreditTake::Outcome::taken;
+    take.taken = static_cast<std::uint64_t>(taken);
+    take.remaining = static_cast<std::uint64_t>(remaining);
+    if (refill) {
+      take.period_end = refill_period_start(static_cast<RefillInterval>(interval), take.period + 1);
+    }
+  }
+  return row;
+}
+
+// A take that matched no row: the balance `stored` is below the minimum. The refill due
+// is still written, once per period (rule 29).
+CreditTake take_short(Writer& w, const std::string& lineage, const Credits& stored, TimePoint now) {
+  const Credits c = refilled(stored, now);
+  if (c.refilled_period != stored.refilled_period || c.remaining != stored.remaining) {
+    put_credits(w, lineage, c);
+  }
+  CreditTake take;
+  take.outcome = CreditTake::Outcome::insufficient;
+  take.remaining = c.remaining;
+  take.period = c.refilled_period;
+  if (c.refill) take.period_end = refill_period_start(c.refill->interval, c.refilled_period + 1);
+  return take;
+}
+
+// The event of a refill from `stored` to `refilled` about to be written in the caller's
+// transaction: the lineage's newest key, with each (rule 36). None when the lineage has
+// no key left.
+void audit_refill(Writer& w, const ChangeAudit* audit, const std::string& lineage,
+                  const Credits& stored, const Credits& refilled) {
+  std::optional<KeyInfo> before;
+  {
+    RawUse use(w.newest_of_lineage);
+    w.newest_of_lineage.bind(1, lineage);
+    before = step_returning(w.newest_of_lineage, "take_credits", read_full_info);
+  }
+  if (!before) return;
+  before->credits = stored;
+  KeyInfo after = *before;
+  after.credits = refilled;
+  audit_change(w, audit, &*before, &after);
+}
+
 }  // namespace
 
 CreditTake SqliteStore::take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
                                      TimePoint now) {
-  require_writable(impl_->read_only, "take_credits");
+  return impl_->take_credits(lineage_id, min, max, now, nullptr);
+}
+
+CreditTake SqliteStore::take_credits_audited(const Uuid& lineage_id, std::uint64_t min,
+                                             std::uint64_t max, TimePoint now,
+                                             const ChangeAudit& audit) {
+  return impl_->take_credits(lineage_id, min, max, now, &audit);
+}
+
+CreditTake SqliteStore::Impl::take_credits(const Uuid& lineage_id, std::uint64_t min,
+                                           std::uint64_t max, TimePoint now,
+                                           const ChangeAudit* audit) {
+  require_writable(read_only, "take_credits");
   const std::string lineage = lineage_id.to_string();
   const std::int64_t day = refill_period(RefillInterval::daily, now);
   const std::int64_t month = refill_period(RefillInterval::monthly, now);
-  constexpr auto kMax = static_cast<std::int64_t>(KeyPolicyLimits::kMaxCredits);
-  return impl_->write("take_credits", [&](Writer& w) {
+  return audited_write("take_credits", [&](Writer& w) {
     CreditTake take;
-    {
-      // Rule 29: one guarded UPDATE; concurrent takers, in any process, serialize on it.
-      RawStatement& s = w.take_credits;
-      RawUse use(s);
-      s.bind(1, lineage);
-      s.bind(2, day);
-      s.bind(3, month);
-      s.bind(4, to_int64(min));
-      s.bind(5, to_int64(std::max(min, max)));
-      bool row = false;
-      while (s.step()) {
-        if (row) continue;
-        row = true;
-        sqlite3_stmt* r = s.get();
-        const std::int64_t remaining = read_int(r, 0, "take_credits", "credits remaining");
-        const std::int64_t taken = read_int(r, 1, "take_credits", "last_take");
-        take.period = read_int(r, 2, "take_credits", "refilled_period");
-        const std::int64_t interval = read_int(r, 3, "take_credits", "refill_interval");
-        const bool refill = sqlite3_column_type(r, 4) != SQLITE_NULL;
-        if (remaining < 0 || remaining > kMax || taken < 0 || taken > kMax) {
-          corrupt("take_credits", "credits out of range");
-        }
-        if (refill && interval != 0 && interval != 1) {
-          corrupt("take_credits", "unknown refill_interval");
-        }
-        take.outcome = CreditTake::Outcome::taken;
-        take.taken = static_cast<std::uint64_t>(taken);
-        take.remaining = static_cast<std::uint64_t>(remaining);
-        if (refill) {
-          take.period_end =
-              refill_period_start(static_cast<RefillInterval>(interval), take.period + 1);
-        }
-      }
-      if (row) return take;
+    // Rule 29: one guarded UPDATE; concurrent takers, in any process, serialize on it.
+    // Audited, it takes only when no refill is due (rule 36): the same one statement
+    // when none is.
+    if (take_row(audit == nullptr ? w.take_credits : w.take_unrefilled, lineage, day, month, min,
+                 max, take)) {
+      return take;
     }
-    // No row: no credits, or a balance below the minimum. The refill due is still
-    // written, once per period (rule 29).
     const std::optional<Credits> stored = credits_in(w, lineage_id, "take_credits");
     if (!stored) return take;  // no_credits
-    const Credits c = refilled(*stored, now);
-    if (c.refilled_period != stored->refilled_period || c.remaining != stored->remaining) {
-      put_credits(w, lineage, c);
+    if (audit != nullptr) {
+      const Credits c = refilled(*stored, now);
+      if (c.refilled_period != stored->refilled_period) {
+        // A refill is due: its event first, then the take that writes it.
+        audit_refill(w, audit, lineage, *stored, c);
+        if (take_row(w.take_credits, lineage, day, month, min, max, take)) return take;
+      }
     }
-    take.outcome = CreditTake::Outcome::insufficient;
-    take.remaining = c.remaining;
-    take.period = c.refilled_period;
-    if (c.refill) take.period_end = refill_period_start(c.refill->interval, c.refilled_period + 1);
-    return take;
+    return take_short(w, lineage, *stored, now);
   });
 }
 

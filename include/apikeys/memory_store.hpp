@@ -94,6 +94,14 @@ class APIKEYS_EXPORT MemoryStore final : public Store {
   std::optional<KeyInfo> change_credits_audited(const Uuid& account_id, const Uuid& key_id,
                                                 const CreditsChange& change,
                                                 const ChangeAudit& audit) override;
+  /// The whole batch under one lock: an event that throws leaves every digest as it was.
+  std::size_t replace_digests_audited(const std::vector<DigestChange>& changes,
+                                      const ChangeAudit& audit) override;
+  /// Finding the lineage's newest key for a refill's event walks the keys of its
+  /// account, once per refill period; a take with no refill due costs what
+  /// take_credits() costs.
+  CreditTake take_credits_audited(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
+                                  TimePoint now, const ChangeAudit& audit) override;
   /// Walks the account's events from the position on: O(log events + events read),
   /// and with range.key_id the account's other events in between too. Event times are
   /// kept to the millisecond, like every bundled store's.

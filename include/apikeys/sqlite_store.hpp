@@ -136,6 +136,14 @@ class APIKEYS_EXPORT SqliteStore final : public Store {
   std::optional<KeyInfo> change_credits_audited(const Uuid& account_id, const Uuid& key_id,
                                                 const CreditsChange& change,
                                                 const ChangeAudit& audit) override;
+  /// Reads each key it rewrites back inside the transaction for its event.
+  std::size_t replace_digests_audited(const std::vector<DigestChange>& changes,
+                                      const ChangeAudit& audit) override;
+  /// With no refill due, the same one UPDATE as take_credits(); when one is due, reads
+  /// the lineage's newest key and writes its event before the take that writes the
+  /// refill, in the same transaction.
+  CreditTake take_credits_audited(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
+                                  TimePoint now, const ChangeAudit& audit) override;
   /// One indexed query that starts at the position (keyset pagination), on a pooled
   /// reader. Times are kept in whole milliseconds.
   [[nodiscard]] std::vector<AuditEvent> audit_events(const Uuid& account_id,

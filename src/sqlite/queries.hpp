@@ -206,7 +206,9 @@ inline constexpr const char* kReturnCreditsSql =
 // to the cap (amount when 0), never lowering a larger balance, and multiplies only up
 // to the periods needed to reach the cap (no overflow). No row: 0 rows, as for a
 // balance below the minimum.
-inline std::string take_credits_sql() {
+// With `unrefilled`, the take of take_credits_audited()'s first statement: the same,
+// for a row with no refill due only (rule 36).
+inline std::string take_credits_sql(bool unrefilled = false) {
   const std::string p = "(CASE refill_interval WHEN 1 THEN ?3 ELSE ?2 END)";
   const std::string cap =
       "min(CASE WHEN refill_cap = 0 THEN refill_amount ELSE refill_cap END, 9007199254740992)";
@@ -225,8 +227,24 @@ inline std::string take_credits_sql() {
   const std::string take = "min(" + avail + ", ?5)";
   return "UPDATE key_credits SET remaining = " + avail + " - " + take + ", last_take = " + take +
          ", refilled_period = CASE WHEN " + due + " THEN " + p +
-         " ELSE refilled_period END WHERE lineage_id = ?1 AND " + avail +
-         " >= ?4 RETURNING remaining, last_take, refilled_period, refill_interval, refill_amount";
+         " ELSE refilled_period END WHERE lineage_id = ?1 AND " + avail + " >= ?4" +
+         (unrefilled ? " AND NOT " + due : std::string()) +
+         " RETURNING remaining, last_take, refilled_period, refill_interval, refill_amount";
+}
+// A rewritten digest's audit event (rule 36): key ?1, whatever its account.
+inline std::string key_by_id_sql() {
+  return "SELECT " + full_info_columns() + " FROM api_keys AS k" + kCreditsJoin +
+         " WHERE k.key_id = ?1";
+}
+// A refill's audit event (rule 36): the lineage ?1's newest key, with its credits. The
+// account's page index finds it; the account is the first key's (the lineage's id), or
+// when that key is gone, that of any key of the lineage.
+inline std::string newest_of_lineage_sql() {
+  return "SELECT " + full_info_columns() + " FROM api_keys AS k" + kCreditsJoin +
+         " WHERE k.account_id = (SELECT account_id FROM api_keys WHERE key_id = ?1"
+         " UNION ALL SELECT account_id FROM api_keys WHERE lineage_id = ?1 LIMIT 1)"
+         " AND " +
+         kLineageOfK + " = ?1 ORDER BY k.created_at DESC, k.key_id DESC LIMIT 1";
 }
 
 // The audit trail (doc/sqlite-store.md, rules 32-35). An event row's columns, in the

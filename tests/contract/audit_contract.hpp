@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -249,6 +250,21 @@ inline apikeys::KeyRecord credited_record(std::uint32_t n, const apikeys::Uuid& 
   return lineage_record(n, account, credits_of(remaining));
 }
 
+/// The system actor the library's own changes (rehash on use, credit refills) carry.
+inline apikeys::ChangeContext system_context(const char* detail) {
+  apikeys::ChangeContext c;
+  c.actor.type = apikeys::ActorType::system;
+  c.actor.id = "apikeys";
+  c.actor.detail = detail;
+  return c;
+}
+
+/// True when `key`'s digest is exactly `want` (bytes and pepper id).
+inline bool has_digest(apikeys::Store& store, std::uint32_t n, const apikeys::Digest& want) {
+  const auto found = store.find(public_key(n));
+  return found && found->digest.bytes == want.bytes && found->digest.pepper_id == want.pepper_id;
+}
+
 /// What an older store (keeps_audit() false) must do: each `*_audited` write does what
 /// the plain write does and never calls the audit; audit_events() and prune_audit()
 /// throw not_supported. A write the store does not support at all must throw
@@ -338,6 +354,34 @@ inline void run_audit_defaults(const std::shared_ptr<apikeys::Store>& store) {
     CHECK_FALSE(revoked.empty());
     for (const apikeys::KeyInfo& k : store->list(alice)) CHECK(k.status == KeyStatus::revoked);
     CHECK(store->find(public_key(3))->info.status == KeyStatus::active);
+    CHECK(audit.calls().empty());
+  }
+
+  SECTION("without an audit trail, the library's own audited writes are the plain ones") {
+    store->insert(record(1, alice));
+    const apikeys::Digest to = digest(1, 2);
+    const auto rehash_code = error_code_of([&] {
+      CHECK(store->replace_digests_audited({{key_id(1), record(1, alice).digest, to}}, audit) == 1);
+      CHECK(has_digest(*store, 1, to));
+    });
+    if (rehash_code) {
+      CHECK(rehash_code == ErrorCode::not_supported);
+      CHECK(has_digest(*store, 1, record(1, alice).digest));
+    }
+
+    const auto refill =
+        contract::refill_of(100, apikeys::RefillInterval::daily, apikeys::RefillMode::reset);
+    const apikeys::TimePoint day = utc(2026, 3, 31);
+    const std::int64_t p = apikeys::refill_period(apikeys::RefillInterval::daily, day);
+    store->insert(lineage_record(2, alice, credits_of(30, refill, p)));
+    const auto take_code = error_code_of([&] {
+      // A refill comes due: taken after it, and no audit call.
+      check_take(store->take_credits_audited(key_id(2), 1, 1, utc(2026, 4, 1), audit),
+                 apikeys::CreditTake::Outcome::taken, 1, 99);
+      check_take(store->take_credits(key_id(2), 0, 0, utc(2026, 4, 1, 5)),
+                 apikeys::CreditTake::Outcome::taken, 0, 99);
+    });
+    if (take_code) CHECK(take_code == ErrorCode::not_supported);
     CHECK(audit.calls().empty());
   }
 
@@ -867,6 +911,245 @@ inline void run_audit_contract(const StoreFactory& make, bool keeps_audit = true
     CHECK(store->prune_audit(at(100'000)) == 5);
     CHECK(all_events(*store, alice).empty());
     CHECK(all_events(*store, bob).empty());
+  }
+
+  SECTION("replace_digests_audited: one event per rewritten digest, none for skipped ones") {
+    store->insert(record(1, alice, 10));
+    store->insert(record(2, alice, 20));
+    store->insert(credited_record(3, bob, 7));
+    const KeyInfo one = *store->get(alice, key_id(1));
+    const KeyInfo three = *store->get(bob, key_id(3));
+    const std::uint64_t revision = store->revision();
+    const apikeys::Digest old1 = record(1, alice).digest;
+    const apikeys::Digest old2 = record(2, alice).digest;
+    apikeys::Digest old3 = store->find(public_key(3))->digest;
+    apikeys::Digest not_two = old2;
+    not_two.bytes[0] ^= 0x01;
+    RecordingAudit audit(at(700), AuditAction::rehash, system_context("rehash on use"));
+    const std::size_t rewritten = store->replace_digests_audited(
+        {{key_id(1), old1, digest(1, 2)},
+         {key_id(2), not_two, digest(2, 2)},  // another digest: skipped
+         {key_id(99), old1, digest(9, 2)},    // no such key: skipped
+         {key_id(3), old3, digest(3, 2)}},
+        audit);
+    CHECK(rewritten == 2);
+    CHECK(has_digest(*store, 1, digest(1, 2)));
+    CHECK(has_digest(*store, 2, old2));
+    CHECK(has_digest(*store, 3, digest(3, 2)));
+    // One call per rewritten digest, in order; both states are the key as it is.
+    REQUIRE(audit.calls().size() == 2);
+    check_audit_key(audit.calls()[0].before, one);
+    check_audit_key(audit.calls()[0].after, one);
+    check_audit_key(audit.calls()[1].before, three);
+    check_audit_key(audit.calls()[1].after, three);
+    check_same_events(all_events(*store, alice), {audit.events().at(0)});
+    check_same_events(all_events(*store, bob), {audit.events().at(1)});
+    // Nothing else changed: not the key, nor the revision.
+    check_same_key(*store->get(alice, key_id(1)), one);
+    check_same_key(*store->get(bob, key_id(3)), three);
+    CHECK(store->revision() == revision);
+
+    // Again: every `from` is stale now, so nothing is rewritten and nothing audited.
+    RecordingAudit again(at(710), AuditAction::rehash, system_context("rehash on use"));
+    CHECK(store->replace_digests_audited({{key_id(1), old1, digest(1, 3)}}, again) == 0);
+    CHECK(store->replace_digests_audited({}, again) == 0);
+    CHECK(again.calls().empty());
+    CHECK(all_events(*store, alice).size() == 1);
+    // And an audit that returns nothing lets the rewrite commit without an event.
+    RecordingAudit nothing(at(720));
+    nothing.return_nothing = true;
+    CHECK(store->replace_digests_audited({{key_id(2), old2, digest(2, 2)}}, nothing) == 1);
+    CHECK(has_digest(*store, 2, digest(2, 2)));
+    CHECK(all_events(*store, alice).size() == 1);
+  }
+
+  SECTION("take_credits_audited: one event per refill, of the lineage's newest key") {
+    using apikeys::CreditTake;
+    using apikeys::RefillInterval;
+    using std::chrono::milliseconds;
+    const auto refill = refill_of(100, RefillInterval::daily, apikeys::RefillMode::reset);
+    const apikeys::TimePoint day = utc(2026, 3, 31);
+    const std::int64_t p = apikeys::refill_period(RefillInterval::daily, day);
+    const apikeys::Uuid l = key_id(1);
+    store->insert(lineage_record(1, alice, credits_of(30, refill, p)));
+    // The lineage's newest key is its successor (created later); a newer key of another
+    // lineage is not the lineage's.
+    KeyRecord successor = record(2, alice, 50);
+    successor.info.lineage_id = l;
+    store->insert(successor);
+    store->insert(credited_record(3, alice, 5));
+    store->insert(record(4, alice, 90));
+    const auto system = system_context("credit refill");
+
+    // No refill due: taken, no event.
+    RecordingAudit none(at(800), AuditAction::refill, system);
+    check_take(store->take_credits_audited(l, 1, 1, day + milliseconds(1000), none),
+               CreditTake::Outcome::taken, 1, 29);
+    CHECK(none.calls().empty());
+    CHECK(all_events(*store, alice).empty());
+
+    // A new day: the reset refill is written with one event, stored credits before and
+    // refilled credits (before the take) after.
+    RecordingAudit first(at(810), AuditAction::refill, system);
+    const CreditTake t = store->take_credits_audited(l, 1, 1, utc(2026, 4, 1), first);
+    check_take(t, CreditTake::Outcome::taken, 1, 99);
+    CHECK(t.period == p + 1);
+    REQUIRE(first.calls().size() == 1);
+    const auto& call = first.calls()[0];
+    REQUIRE(call.before);
+    REQUIRE(call.after);
+    CHECK(call.before->key_id == successor.info.key_id);
+    CHECK(call.after->key_id == successor.info.key_id);
+    CHECK(call.before->title == call.after->title);
+    CHECK(call.before->version == call.after->version);
+    REQUIRE(call.before->credits);
+    REQUIRE(call.after->credits);
+    CHECK(call.before->credits->remaining == 29);
+    CHECK(call.before->credits->refilled_period == p);
+    CHECK(call.after->credits->remaining == 100);
+    CHECK(call.after->credits->refilled_period == p + 1);
+    CHECK(call.after->credits->refill == refill);
+    check_same_events(all_events(*store, alice), first.events());
+
+    // A second take in the same period: no refill, no event.
+    RecordingAudit same_day(at(820), AuditAction::refill, system);
+    check_take(store->take_credits_audited(l, 1, 1, utc(2026, 4, 1, 1000), same_day),
+               CreditTake::Outcome::taken, 1, 98);
+    CHECK(same_day.calls().empty());
+
+    // A refill is audited even when the take then finds too little.
+    RecordingAudit short_take(at(830), AuditAction::refill, system);
+    check_take(store->take_credits_audited(l, 101, 101, utc(2026, 4, 3), short_take),
+               CreditTake::Outcome::insufficient, 0, 100);
+    REQUIRE(short_take.calls().size() == 1);
+    CHECK(short_take.calls()[0].before->credits->remaining == 98);
+    CHECK(short_take.calls()[0].after->credits->remaining == 100);
+
+    // A refill the plain take wrote is not written, nor audited, again.
+    check_take(store->take_credits(l, 1, 1, utc(2026, 4, 4)), CreditTake::Outcome::taken, 1, 99);
+    RecordingAudit after_plain(at(840), AuditAction::refill, system);
+    check_take(store->take_credits_audited(l, 1, 1, utc(2026, 4, 4, 10), after_plain),
+               CreditTake::Outcome::taken, 1, 98);
+    CHECK(after_plain.calls().empty());
+
+    // The lineage's first key gone: the refill's event is still its newest key's.
+    REQUIRE(store->remove(alice, l));
+    RecordingAudit rooted(at(850), AuditAction::refill, system);
+    check_take(store->take_credits_audited(l, 0, 0, utc(2026, 4, 5), rooted),
+               CreditTake::Outcome::taken, 0, 100);
+    REQUIRE(rooted.calls().size() == 1);
+    CHECK(rooted.calls()[0].after->key_id == successor.info.key_id);
+
+    // A lineage without a refill, or without credits: no event.
+    RecordingAudit others(at(860), AuditAction::refill, system);
+    check_take(store->take_credits_audited(key_id(3), 1, 1, utc(2026, 5, 1), others),
+               CreditTake::Outcome::taken, 1, 4);
+    CHECK(store->take_credits_audited(key_id(4), 1, 1, utc(2026, 5, 1), others).outcome ==
+          CreditTake::Outcome::no_credits);
+    CHECK(store->take_credits_audited(key_id(99), 1, 1, utc(2026, 5, 1), others).outcome ==
+          CreditTake::Outcome::no_credits);
+    CHECK(others.calls().empty());
+
+    std::vector<AuditEvent> written = first.events();
+    written.push_back(short_take.events().at(0));
+    written.push_back(rooted.events().at(0));
+    check_same_events(all_events(*store, alice), newest_first(written));
+    for (const AuditEvent& e : written) CHECK(e.key_id == successor.info.key_id);
+  }
+
+  SECTION("when the audit throws, a rehash or a refill changes nothing") {
+    using apikeys::CreditTake;
+    using apikeys::RefillInterval;
+    using std::chrono::milliseconds;
+    store->insert(record(1, alice, 10));
+    store->insert(record(2, alice, 20));
+    const apikeys::Digest old1 = record(1, alice).digest;
+    const apikeys::Digest old2 = record(2, alice).digest;
+    for (const std::size_t k : {std::size_t{1}, std::size_t{2}}) {
+      INFO("throwing on call " << k);
+      RecordingAudit fails(at(900), AuditAction::rehash, system_context("rehash on use"));
+      fails.throw_on_call = k;
+      CHECK_THROWS_AS(
+          store->replace_digests_audited(
+              {{key_id(1), old1, digest(1, 2)}, {key_id(2), old2, digest(2, 2)}}, fails),
+          AuditFailure);
+      CHECK(fails.calls().size() == k);
+      // The batch is all or nothing: the first digest is not left rewritten.
+      CHECK(has_digest(*store, 1, old1));
+      CHECK(has_digest(*store, 2, old2));
+    }
+
+    const auto refill = refill_of(100, RefillInterval::daily, apikeys::RefillMode::reset);
+    const apikeys::TimePoint day = utc(2026, 3, 31);
+    const std::int64_t p = apikeys::refill_period(RefillInterval::daily, day);
+    store->insert(lineage_record(3, alice, credits_of(30, refill, p)));
+    RecordingAudit fails_refill(at(910), AuditAction::refill, system_context("credit refill"));
+    fails_refill.throw_on_call = 1;
+    CHECK_THROWS_AS(store->take_credits_audited(key_id(3), 1, 1, utc(2026, 4, 1), fails_refill),
+                    AuditFailure);
+    // Neither the refill nor the take was written.
+    const auto kept = store->get(alice, key_id(3));
+    REQUIRE(kept);
+    REQUIRE(kept->credits);
+    CHECK(kept->credits->remaining == 30);
+    CHECK(kept->credits->refilled_period == p);
+    CHECK(all_events(*store, alice).empty());
+
+    // And both still work.
+    RecordingAudit ok(at(920), AuditAction::refill, system_context("credit refill"));
+    check_take(store->take_credits_audited(key_id(3), 1, 1, utc(2026, 4, 1), ok),
+               CreditTake::Outcome::taken, 1, 99);
+    RecordingAudit ok_rehash(at(930), AuditAction::rehash, system_context("rehash on use"));
+    CHECK(store->replace_digests_audited({{key_id(1), old1, digest(1, 2)}}, ok_rehash) == 1);
+    std::vector<AuditEvent> written = ok.events();
+    written.push_back(ok_rehash.events().at(0));
+    check_same_events(all_events(*store, alice), newest_first(written));
+  }
+
+  SECTION("concurrent take_credits_audited as a refill comes due: one refill, one event") {
+    using apikeys::RefillInterval;
+    const auto refill = refill_of(100, RefillInterval::daily, apikeys::RefillMode::reset);
+    const std::int64_t p = apikeys::refill_period(RefillInterval::daily, utc(2026, 3, 31));
+    store->insert(lineage_record(1, alice, credits_of(30, refill, p)));
+    constexpr int kThreads = 4;
+    std::vector<std::unique_ptr<RecordingAudit>> audits;
+    for (int t = 0; t < kThreads; ++t) {
+      audits.push_back(std::make_unique<RecordingAudit>(at(1000), AuditAction::refill,
+                                                        system_context("credit refill")));
+    }
+    std::atomic<int> ready{0};
+    std::atomic<int> taken{0};
+    std::atomic<int> failures{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        ++ready;
+        while (ready.load() < kThreads) std::this_thread::yield();
+        try {
+          const apikeys::CreditTake got = store->take_credits_audited(
+              key_id(1), 1, 1, utc(2026, 4, 1, t), *audits[static_cast<std::size_t>(t)]);
+          if (got.outcome == apikeys::CreditTake::Outcome::taken) ++taken;
+        } catch (...) {
+          ++failures;
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    CHECK(failures.load() == 0);
+    CHECK(taken.load() == kThreads);
+    CHECK(store->get(alice, key_id(1))->credits->remaining == 100 - kThreads);
+    const auto events = all_events(*store, alice);
+    REQUIRE(events.size() == 1);
+    // The event is one an audit built (a store that retries may have called others).
+    int built = 0;
+    for (const auto& audit : audits) {
+      for (const AuditEvent& e : audit->events()) {
+        if (e.event_id == events[0].event_id) ++built;
+      }
+    }
+    CHECK(built == 1);
+    CHECK(events[0].before.find("\"credits\":30") != std::string::npos);
+    CHECK(events[0].after.find("\"credits\":100") != std::string::npos);
   }
 
   SECTION("the plain writes still work and write no event") {

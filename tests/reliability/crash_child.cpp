@@ -6,7 +6,11 @@
 // in any kind of transaction. An audit thread creates keys of account 3, updates each
 // four times and revokes it, every call with a ChangeContext, so each change commits
 // with its audit event; it reports nothing: the parent checks each key against its
-// events. The parent kills it at a random moment.
+// events. A refill thread takes credits of account 4's one key with
+// take_credits_audited(), each take a day after the balance's refill period, so each
+// writes a refill with its event ({"refilled_period":N} before and after); the parent
+// checks that every refill committed with its event. The parent kills it at a random
+// moment.
 // Usage: apikeys_crash_child DB DURABLE(0|1)
 #include <sys/prctl.h>
 #include <unistd.h>
@@ -18,6 +22,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <optional>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -39,6 +45,27 @@ bool write_all(int fd, const std::string& s) {
   }
   return true;
 }
+
+// The refill thread's audit: one event per refill, its periods before and after.
+class RefillAudit final : public apikeys::ChangeAudit {
+ public:
+  [[nodiscard]] std::optional<apikeys::AuditEvent> event(
+      const apikeys::KeyInfo* before, const apikeys::KeyInfo* after) const override {
+    if (before == nullptr || after == nullptr || !before->credits || !after->credits) {
+      return std::nullopt;
+    }
+    apikeys::AuditEvent e;
+    e.event_id = apikeys::Uuid::random();
+    e.time = std::chrono::system_clock::now();
+    e.action = apikeys::AuditAction::refill;
+    e.context.actor = {apikeys::ActorType::system, "apikeys", "credit refill"};
+    e.account_id = after->account_id;
+    e.key_id = after->key_id;
+    e.before = "{\"refilled_period\":" + std::to_string(before->credits->refilled_period) + "}";
+    e.after = "{\"refilled_period\":" + std::to_string(after->credits->refilled_period) + "}";
+    return e;
+  }
+};
 
 // Upper bounds, so an orphan never runs for long even if the parent is gone.
 constexpr int kMaxKeysPerThread = 20'000;
@@ -124,6 +151,34 @@ int main(int argc, char** argv) {
         }
       } catch (const std::exception& e) {
         std::fprintf(stderr, "crash child: audit: %s\n", e.what());
+        ++failed;
+      }
+    });
+    threads.emplace_back([&] {
+      try {
+        const apikeys::Uuid account = apikeys_test::account_id(4);
+        std::vector<apikeys::KeyInfo> keys = store->list(account);
+        if (keys.empty()) {
+          apikeys::Credits credits;
+          credits.remaining = 10;
+          credits.refill = apikeys::CreditRefill{10, apikeys::RefillInterval::daily,
+                                                 apikeys::RefillMode::reset, 0};
+          (void)manager.create(
+              account, apikeys::CreateRequest{"refilled", "", std::nullopt, "", {}, {}, credits});
+          keys = store->list(account);
+        }
+        const apikeys::KeyInfo key = keys.at(0);
+        const RefillAudit audit;
+        for (int i = 0; i < kMaxKeysPerThread && std::chrono::steady_clock::now() < deadline; ++i) {
+          const auto info = store->get(account, key.key_id);
+          if (!info || !info->credits)
+            throw std::runtime_error("the refilled key lost its credits");
+          const apikeys::TimePoint next = apikeys::refill_period_start(
+              apikeys::RefillInterval::daily, info->credits->refilled_period + 1);
+          (void)store->take_credits_audited(key.lineage(), 1, 1, next, audit);
+        }
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "crash child: refill: %s\n", e.what());
         ++failed;
       }
     });

@@ -4,7 +4,8 @@
 // durable=FULL and NORMAL). After each kill: PRAGMA integrity_check is ok, every row is
 // well-formed, at most the in-flight creates are present unreported, every key ever
 // reported is present and validates, and the audited changes of account 3 and their
-// audit events committed together: each key has exactly one event per change.
+// audit events committed together: each key has exactly one event per change; and
+// account 4's refills (take_credits_audited) and their events likewise.
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -122,6 +123,48 @@ class Child {
   std::vector<Reported> lines_;
 };
 
+// What is wrong with the refilled key (account 4) and its refill events: each event
+// moves the refill period by one (the child takes a day after it), and together they
+// run without a gap up to the period stored: every refill committed with its event,
+// and no event without its refill. Counts the events.
+std::vector<std::string> refill_mismatches(apikeys_test::RawDb& raw, std::size_t* events) {
+  std::vector<std::string> problems;
+  const std::string account = apikeys_test::account_id(4).to_string();
+  std::vector<std::int64_t> afters;
+  const std::string refill =
+      std::to_string(static_cast<int>(apikeys::AuditAction::refill));  // not its create
+  for (const auto& row : raw.query("SELECT before_json, after_json FROM audit_events"
+                                   " WHERE account_id = '" +
+                                   account + "' AND action = " + refill)) {
+    const auto before = nlohmann::json::parse(row.at(0).value_or(""), nullptr, false);
+    const auto after = nlohmann::json::parse(row.at(1).value_or(""), nullptr, false);
+    if (!before.is_object() || !after.is_object() || !before.contains("refilled_period") ||
+        !after.contains("refilled_period")) {
+      problems.push_back("refill event: malformed");
+      continue;
+    }
+    const auto from = before.at("refilled_period").get<std::int64_t>();
+    const auto to = after.at("refilled_period").get<std::int64_t>();
+    if (to != from + 1) problems.push_back("refill event: not one period");
+    afters.push_back(to);
+  }
+  if (events != nullptr) *events = afters.size();
+  std::sort(afters.begin(), afters.end());
+  for (std::size_t i = 1; i < afters.size(); ++i) {
+    if (afters[i] != afters[i - 1] + 1) problems.push_back("refill events: a gap or a repeat");
+  }
+  const auto stored = raw.query(
+      "SELECT c.refilled_period FROM key_credits AS c JOIN api_keys AS k ON c.lineage_id ="
+      " coalesce(k.lineage_id, k.key_id) WHERE k.account_id = '" +
+      account + "'");
+  if (stored.empty()) {
+    if (!afters.empty()) problems.push_back("refill events but no credits");
+  } else if (!afters.empty() && std::stoll(stored.at(0).at(0).value_or("0")) != afters.back()) {
+    problems.push_back("the stored refill period is not the newest event's");
+  }
+  return problems;
+}
+
 // What is wrong with the audited keys (account 3) and their events: every key must have
 // exactly one event per version from 1 (its create) up to its own (a change
 // never commits without its event, an event never without its change), the newest
@@ -196,6 +239,7 @@ TEST_CASE("crash: SIGKILL at random moments loses no created key and leaves no h
   std::size_t unreported_account1 = 0;  // committed but killed before reporting
   std::size_t churn_left = 0;           // churn keys killed before their delete
   std::size_t audit_events = 0;         // account 3's audit events after the last round
+  std::size_t refill_events = 0;        // account 4's refill events after the last round
   auto hasher = std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper);
 
   for (int round = 0; round < kRounds; ++round) {
@@ -276,7 +320,11 @@ TEST_CASE("crash: SIGKILL at random moments loses no created key and leaves no h
         const std::size_t audited_keys =
             std::stoul(raw.scalar("SELECT count(*) FROM api_keys WHERE account_id = '" +
                                   apikeys_test::account_id(3).to_string() + "'"));
-        CHECK(rows == account1 + churn_now + audited_keys);
+        const std::size_t refilled_keys =
+            std::stoul(raw.scalar("SELECT count(*) FROM api_keys WHERE account_id = '" +
+                                  apikeys_test::account_id(4).to_string() + "'"));
+        CHECK(refilled_keys <= 1);
+        CHECK(rows == account1 + churn_now + audited_keys + refilled_keys);
         // Every audited change committed with its event, and no event without its change.
         // Killed mid-migration, the file may not have the table yet: then no store opened
         // it, and there is nothing audited.
@@ -288,6 +336,12 @@ TEST_CASE("crash: SIGKILL at random moments loses no created key and leaves no h
           CHECK(mismatches.empty());
           CHECK(events >= audit_events);  // nothing committed is ever lost
           audit_events = events;
+          std::size_t refills = 0;
+          const auto refill_problems = refill_mismatches(raw, &refills);
+          for (const auto& m : refill_problems) std::cerr << "crash: refill: " << m << "\n";
+          CHECK(refill_problems.empty());
+          CHECK(refills >= refill_events);
+          refill_events = refills;
         } else {
           CHECK(audited_keys == 0);
           CHECK(audit_events == 0);
@@ -321,6 +375,7 @@ TEST_CASE("crash: SIGKILL at random moments loses no created key and leaves no h
   std::cout << "crash: " << kRounds << " rounds, " << reported.size()
             << " reported keys all present and valid, " << unreported_account1
             << " committed-unreported, " << churn_left << " churn leftovers, " << audit_events
-            << " audit events each with its change\n";
+            << " audit events each with its change, " << refill_events
+            << " refills each with its event\n";
   CHECK(reported.size() >= 20);  // the kills did not all land before the first create
 }
