@@ -36,9 +36,8 @@ const DigestChange* RehashAudit::change_of(const Uuid& key_id) const {
   if (by_key_.size() != batch_.size()) {
     by_key_.resize(batch_.size());
     std::iota(by_key_.begin(), by_key_.end(), std::size_t{0});
-    std::sort(by_key_.begin(), by_key_.end(), [&](std::size_t a, std::size_t b) {
-      return batch_[a].key_id < batch_[b].key_id;
-    });
+    std::sort(by_key_.begin(), by_key_.end(),
+              [&](std::size_t a, std::size_t b) { return batch_[a].key_id < batch_[b].key_id; });
   }
   const auto it =
       std::lower_bound(by_key_.begin(), by_key_.end(), key_id,
