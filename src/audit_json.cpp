@@ -1,7 +1,9 @@
 // The JSON of an AuditEvent's `before` and `after`: see audit_json.hpp.
 #include "audit_json.hpp"
 
+#include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstddef>
 #include <optional>
 #include <string>
@@ -132,6 +134,22 @@ std::string count_json(std::string_view name, std::uint64_t n) {
   out += std::to_string(n);
   out += '}';
   return out;
+}
+
+Uuid audit_event_id(TimePoint at) {
+  static std::atomic<std::uint64_t> counter{0};
+  const std::uint64_t n = counter.fetch_add(1, std::memory_order_relaxed) & ((1ull << 42) - 1);
+  const std::uint64_t ms = static_cast<std::uint64_t>(
+      std::clamp<std::int64_t>(to_unix_millis(at), 0, (std::int64_t{1} << 48) - 1));
+  std::array<std::uint8_t, 16> b = Uuid::random().bytes();  // bytes 12-15 stay random
+  for (int i = 0; i < 6; ++i) b[i] = static_cast<std::uint8_t>(ms >> (40 - 8 * i));
+  b[6] = static_cast<std::uint8_t>(0x70 | ((n >> 38) & 0x0F));  // version 7
+  b[7] = static_cast<std::uint8_t>(n >> 30);
+  b[8] = static_cast<std::uint8_t>(0x80 | ((n >> 24) & 0x3F));  // RFC 9562 variant
+  b[9] = static_cast<std::uint8_t>(n >> 16);
+  b[10] = static_cast<std::uint8_t>(n >> 8);
+  b[11] = static_cast<std::uint8_t>(n);
+  return Uuid(b);
 }
 
 }  // namespace apikeys::detail

@@ -52,6 +52,14 @@ constexpr KeyFields kAll = (1u << 17) - 1;
 [[nodiscard]] KeyFields changed_fields(const KeyInfo& before, const KeyInfo& after,
                                        KeyFields candidates);
 
+// A new AuditEvent::event_id for an event made at `at`: a version 7 UUID (RFC 9562)
+// whose 48-bit millisecond time is `at`'s (clamped to 0..2^48-1), whose next 42 bits
+// are a counter shared by the whole process, and whose last 32 bits are random. So the
+// events this process makes in one millisecond sort, by id, in the order it made them,
+// and the trail's order (time, then id) is the order of the changes. Throws
+// Error(crypto) if the CSPRNG fails.
+[[nodiscard]] Uuid audit_event_id(TimePoint at);
+
 // {"<name>":n}, e.g. {"revoked":3}. REQUIRES: `name` needs no escaping.
 [[nodiscard]] std::string count_json(std::string_view name, std::uint64_t n);
 

@@ -74,12 +74,17 @@ void check_context_text(std::string_view text, std::size_t max_bytes, const char
                         const char* not_utf8, const char* control) {
   if (text.size() > max_bytes) refuse(too_long);
   if (!detail::utf8_length(text, max_bytes)) refuse(not_utf8);
-  if (detail::has_control(text, {})) refuse(control);
+  if (detail::has_control(text, {}) || detail::has_bidi_or_zero_width(text) ||
+      detail::has_line_separator(text)) {
+    refuse(control);
+  }
 }
+
+}  // namespace
 
 // Checked before anything is read or written: an audit trail must not be given text
 // that could forge or hide its own lines.
-void check_context(const ChangeContext& context) {
+void check_change_context(const ChangeContext& context) {
   if (static_cast<std::uint8_t>(context.actor.type) > static_cast<std::uint8_t>(kLastActorType)) {
     refuse("actor type must be user, service or system");
   }
@@ -88,14 +93,17 @@ void check_context(const ChangeContext& context) {
                 "the messages below state the limits");
   check_context_text(context.actor.id, Actor::kMaxActorIdLength,
                      "actor id must be at most 256 bytes", "actor id must be valid UTF-8",
-                     "actor id must not contain control characters");
-  check_context_text(context.actor.detail, Actor::kMaxActorDetailLength,
-                     "actor detail must be at most 1024 bytes", "actor detail must be valid UTF-8",
-                     "actor detail must not contain control characters");
+                     "actor id must not contain control, invisible or line-breaking characters");
+  check_context_text(
+      context.actor.detail, Actor::kMaxActorDetailLength, "actor detail must be at most 1024 bytes",
+      "actor detail must be valid UTF-8",
+      "actor detail must not contain control, invisible or line-breaking characters");
   check_context_text(context.reason, ChangeContext::kMaxReasonLength,
                      "reason must be at most 1024 bytes", "reason must be valid UTF-8",
-                     "reason must not contain control characters");
+                     "reason must not contain control, invisible or line-breaking characters");
 }
+
+namespace {
 
 // Runs `step`, which follows a committed change (erasing the caches), then `report`,
 // which runs even when `step` throws, before the exception goes on: the change stands
@@ -176,8 +184,8 @@ class EventBuilder final : public ChangeAudit {
       e.before = detail::key_json(was, fields);
       e.after = detail::key_json(is, fields);
     }
-    e.event_id = Uuid::random();
     e.time = from_unix_millis(to_unix_millis(at));
+    e.event_id = detail::audit_event_id(e.time);
     e.context = context_;
     keep(e);
     return e;
@@ -362,6 +370,7 @@ KeyInfo KeyManager::Impl::change(const char* operation, const Uuid& account_id, 
                                  std::optional<std::uint64_t> expected_version, Mutate&& mutate,
                                  const EventBuilder& audit, bool* applied) {
   for (int attempt = 0; attempt < kMaxChangeAttempts; ++attempt) {
+    (void)audit.take();  // an attempt that did not commit leaves no event
     std::optional<KeyInfo> current =
         guarded(operation, [&] { return store->get(account_id, key_id); });
     if (!current || current->account_id != account_id) no_such_key(key_id);
@@ -594,7 +603,7 @@ KeyManager::~KeyManager() = default;
 
 CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& request,
                               const ChangeContext& context) {
-  check_context(context);
+  check_change_context(context);
   if (account_id.is_nil()) refuse("account id must not be the nil UUID");
   CreateRequest req = normalize_request(request);
 
@@ -621,6 +630,18 @@ CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& reque
   if (!info.rate_limits.empty() || info.credits) {
     // A store written before rate limits and credits existed drops them silently: read
     // the key back, and take it away again rather than leave a key without its limits.
+    // The removal is audited like any other, so the trail never keeps a `create` event
+    // for a key that is gone; observers see both.
+    const auto take_back = [&] {
+      try {
+        const EventBuilder removal = impl_->audit(AuditAction::remove, context, 0);
+        if (impl_->store->remove_audited(account_id, info.key_id, removal)) {
+          impl_->publish(audit, nullptr, &info);
+          impl_->publish(removal, &info, nullptr);
+        }
+      } catch (...) {
+      }
+    };
     std::optional<KeyInfo> stored;
     try {
       stored = impl_->store->get(account_id, info.key_id);
@@ -650,18 +671,12 @@ CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& reque
       }
       if (failure) {
         // Could not tell (busy, storage): no key is left behind without its credits.
-        try {
-          (void)impl_->store->remove(account_id, info.key_id);
-        } catch (...) {
-        }
+        take_back();
         std::rethrow_exception(failure);
       }
     }
     if (!kept) {
-      try {
-        (void)impl_->store->remove(account_id, info.key_id);
-      } catch (...) {
-      }
+      take_back();
       throw Error(ErrorCode::not_supported, "this store does not keep rate limits or credits");
     }
   }
@@ -713,7 +728,7 @@ KeyInfo KeyManager::get(const Uuid& account_id, const Uuid& key_id) {
 KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const KeyUpdate& update,
                            const ChangeContext& context) {
   // Every value is checked before anything is read or written.
-  check_context(context);
+  check_change_context(context);
   std::optional<std::string> title;
   if (update.title.clears()) refuse("title cannot be cleared: a key must have a title");
   if (update.title.sets()) {
@@ -840,7 +855,7 @@ std::optional<KeyInfo> KeyManager::Impl::read_before(const Uuid& account_id,
 
 KeyInfo KeyManager::set_credits(const Uuid& account_id, const Uuid& key_id, std::uint64_t n,
                                 const ChangeContext& context) {
-  check_context(context);
+  check_change_context(context);
   if (n > KeyPolicyLimits::kMaxCredits) refuse("credits must be 0 to 2^53");
   const std::optional<KeyInfo> before = impl_->read_before(account_id, key_id);
   CreditsChange change;
@@ -859,7 +874,7 @@ KeyInfo KeyManager::set_credits(const Uuid& account_id, const Uuid& key_id, std:
 
 KeyInfo KeyManager::add_credits(const Uuid& account_id, const Uuid& key_id, std::int64_t delta,
                                 const ChangeContext& context) {
-  check_context(context);
+  check_change_context(context);
   constexpr auto kMax = static_cast<std::int64_t>(KeyPolicyLimits::kMaxCredits);
   if (delta > kMax || delta < -kMax) refuse("a credit change must be within -2^53 to 2^53");
   const std::optional<KeyInfo> before = impl_->read_before(account_id, key_id);
@@ -878,7 +893,7 @@ KeyInfo KeyManager::add_credits(const Uuid& account_id, const Uuid& key_id, std:
 
 KeyInfo KeyManager::disable(const Uuid& account_id, const Uuid& key_id,
                             const ChangeContext& context) {
-  check_context(context);
+  check_change_context(context);
   return impl_->change(
       "disabling the key", account_id, key_id, std::nullopt,
       [](KeyInfo& key) {
@@ -894,7 +909,7 @@ KeyInfo KeyManager::disable(const Uuid& account_id, const Uuid& key_id,
 
 KeyInfo KeyManager::enable(const Uuid& account_id, const Uuid& key_id,
                            const ChangeContext& context) {
-  check_context(context);
+  check_change_context(context);
   return impl_->change(
       "enabling the key", account_id, key_id, std::nullopt,
       [](KeyInfo& key) {
@@ -910,7 +925,7 @@ KeyInfo KeyManager::enable(const Uuid& account_id, const Uuid& key_id,
 
 CreatedKey KeyManager::rotate(const Uuid& account_id, const Uuid& key_id,
                               const RotateRequest& request, const ChangeContext& context) {
-  check_context(context);
+  check_change_context(context);
   if (request.grace.count() < 0 || request.grace > kMaxRotationGrace) {
     refuse("grace must be between 0 seconds and 7 days");
   }
@@ -987,7 +1002,7 @@ CreatedKey KeyManager::rotate(const Uuid& account_id, const Uuid& key_id,
 }
 
 std::size_t KeyManager::revoke_all(const Uuid& account_id, const ChangeContext& context) {
-  check_context(context);
+  check_change_context(context);
   // The store is asked again until it revokes nothing: a key that a concurrent rotate()
   // committed while the first statement ran may not be in that statement's snapshot
   // (PostgreSQL, READ COMMITTED), and must not stay active after this returns.
@@ -1002,7 +1017,15 @@ std::size_t KeyManager::revoke_all(const Uuid& account_id, const ChangeContext& 
       const std::vector<KeyInfo> revoked = guarded("revoking the account's keys", [&] {
         return impl_->store->revoke_all_audited(account_id, now, audit);
       });
-      for (AuditEvent& e : audit.take()) events.push_back(std::move(e));
+      // Only the events of keys the committed round revoked: a store that retried its
+      // transaction may have built events for keys its last attempt no longer found.
+      std::vector<Uuid> ids;
+      ids.reserve(revoked.size());
+      for (const KeyInfo& info : revoked) ids.push_back(info.key_id);
+      std::sort(ids.begin(), ids.end());
+      for (AuditEvent& e : audit.take()) {
+        if (std::binary_search(ids.begin(), ids.end(), e.key_id)) events.push_back(std::move(e));
+      }
       if (revoked.empty()) break;
       count += revoked.size();
     }
@@ -1036,8 +1059,8 @@ std::size_t KeyManager::revoke_all(const Uuid& account_id, const ChangeContext& 
     impl_->publish(audit, [&] {
       // A store without an audit trail tells only how many: one event for them all.
       AuditEvent e;
-      e.event_id = Uuid::random();
       e.time = impl_->now();
+      e.event_id = detail::audit_event_id(e.time);
       e.action = AuditAction::revoke_all;
       e.context = context;
       e.account_id = account_id;
@@ -1052,7 +1075,7 @@ std::size_t KeyManager::revoke_all(const Uuid& account_id, const ChangeContext& 
 
 KeyInfo KeyManager::revoke(const Uuid& account_id, const Uuid& key_id,
                            const ChangeContext& context) {
-  check_context(context);
+  check_change_context(context);
   const bool observing = !impl_->observers.empty();
   std::optional<KeyInfo> before;  // the key as read, when it was not revoked yet
   bool committed = false;         // replace() wrote it: a later not_supported is a cache's
@@ -1085,7 +1108,7 @@ KeyInfo KeyManager::revoke(const Uuid& account_id, const Uuid& key_id,
 
 KeyInfo KeyManager::remove(const Uuid& account_id, const Uuid& key_id,
                            const ChangeContext& context) {
-  check_context(context);
+  check_change_context(context);
   const EventBuilder audit = impl_->audit(AuditAction::remove, context, 0);
   auto info = guarded("deleting the key",
                       [&] { return impl_->store->remove_audited(account_id, key_id, audit); });
@@ -1103,7 +1126,7 @@ std::vector<PepperCount> KeyManager::pepper_counts() {
 
 ImportReport KeyManager::import_keys(std::istream& in, const ImportOptions& options,
                                      const ChangeContext& context) {
-  check_context(context);
+  check_change_context(context);
   const EventBuilder audit = impl_->audit(AuditAction::import, context, 0, 0, AuditAction::import);
   const std::function<void(const KeyInfo&)> imported = [&](const KeyInfo& key) {
     // Only this key's event: one built for a row the store then refused (a duplicate)

@@ -78,6 +78,16 @@ bool has_bidi_or_zero_width(std::string_view s) noexcept {
   return false;
 }
 
+bool has_line_separator(std::string_view s) noexcept {
+  // U+2028 and U+2029 are E2 80 A8 and E2 80 A9; E2 starts no other byte's sequence.
+  for (std::size_t i = s.find('\xE2'); i != std::string_view::npos; i = s.find('\xE2', i + 1)) {
+    if (s.size() - i >= 3 && s[i + 1] == '\x80' && (s[i + 2] == '\xA8' || s[i + 2] == '\xA9')) {
+      return true;
+    }
+  }
+  return false;
+}
+
 std::string_view trim_ascii(std::string_view s) noexcept {
   constexpr std::string_view kSpace = " \t\n\r\f\v";
   const auto first = s.find_first_not_of(kSpace);

@@ -24,6 +24,10 @@ bool has_control(std::string_view s, std::string_view allowed) noexcept;
 /// REQUIRES: `s` is valid UTF-8 (utf8_length accepted it).
 bool has_bidi_or_zero_width(std::string_view s) noexcept;
 
+/// True when `s` contains U+2028 LINE SEPARATOR or U+2029 PARAGRAPH SEPARATOR, which
+/// break a line where a reader of a log or a trail expects none.
+bool has_line_separator(std::string_view s) noexcept;
+
 /// `s` without leading and trailing ASCII white space.
 std::string_view trim_ascii(std::string_view s) noexcept;
 

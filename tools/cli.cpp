@@ -445,79 +445,41 @@ apikeys::Uuid parse_uuid(std::string_view text, const char* option) {
   return *id;
 }
 
-// True when `text` is valid UTF-8: no overlong form, no surrogate, nothing above
-// U+10FFFF.
-bool valid_utf8(std::string_view text) noexcept {
-  std::size_t i = 0;
-  while (i < text.size()) {
-    const auto lead = static_cast<unsigned char>(text[i]);
-    if (lead < 0x80) {
-      ++i;
-      continue;
-    }
-    std::size_t len = 0;
-    std::uint32_t cp = 0;
-    if (lead >= 0xC2 && lead <= 0xDF) {
-      len = 2;
-      cp = lead & 0x1Fu;
-    } else if (lead >= 0xE0 && lead <= 0xEF) {
-      len = 3;
-      cp = lead & 0x0Fu;
-    } else if (lead >= 0xF0 && lead <= 0xF4) {
-      len = 4;
-      cp = lead & 0x07u;
-    } else {
-      return false;
-    }
-    if (text.size() - i < len) return false;
-    for (std::size_t k = 1; k < len; ++k) {
-      const auto b = static_cast<unsigned char>(text[i + k]);
-      if ((b & 0xC0u) != 0x80u) return false;
-      cp = (cp << 6) | (b & 0x3Fu);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10FFFF))) {
-      return false;
-    }
-    i += len;
+// True when `text` passes the rules KeyManager applies to the text of a ChangeContext
+// (apikeys::check_change_context(): valid UTF-8 without control, invisible or
+// line-breaking characters), its length aside.
+bool fit_context_text(std::string_view text) {
+  apikeys::ChangeContext probe;
+  probe.reason = std::string(text.substr(0, apikeys::ChangeContext::kMaxReasonLength));
+  try {
+    apikeys::check_change_context(probe);
+    return true;
+  } catch (const apikeys::Error&) {
+    return false;
   }
-  return true;
-}
-
-// True when `text` holds a C0 control character, DEL, or (in UTF-8) a C1 control
-// character, U+0080 to U+009F.
-bool has_control(std::string_view text) noexcept {
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    if (c < 0x20 || c == 0x7F) return true;
-    if (c == 0xC2 && i + 1 < text.size()) {
-      const auto next = static_cast<unsigned char>(text[i + 1]);
-      if (next >= 0x80 && next <= 0x9F) return true;
-    }
-  }
-  return false;
 }
 
 // Checks a value bound for the audit trail by the rules KeyManager applies to a
-// ChangeContext (observer.hpp): at most `max_bytes` bytes of UTF-8 without control
-// characters, and (as for a title) no secret key. Checked here, before the database is
-// opened, so that a refused value writes nothing, not even a new database file. The
-// message names `option`, never the value.
+// ChangeContext (observer.hpp): at most `max_bytes` bytes of UTF-8 without control,
+// invisible or line-breaking characters, and (as for a title) no secret key. Checked
+// here, before the database is opened, so that a refused value writes nothing, not even
+// a new database file. The message names `option`, never the value.
 void check_audit_text(std::string_view text, const std::string& option, std::size_t max_bytes) {
   if (text.size() > max_bytes) {
     throw UsageError(option + " must be at most " + std::to_string(max_bytes) + " bytes");
   }
-  if (!valid_utf8(text) || has_control(text)) {
-    throw UsageError(option + " must be valid UTF-8 without control characters");
-  }
   refuse_secret(text, option.c_str(), {});
+  if (!fit_context_text(text)) {
+    throw UsageError(option +
+                     " must be valid UTF-8 without control, invisible or line-breaking characters");
+  }
 }
 
 // True when `id` may stand as the default actor's id: what check_audit_text accepts, and
 // not empty.
 bool fit_actor_id(std::string_view id) noexcept {
-  return !id.empty() && id.size() <= apikeys::Actor::kMaxActorIdLength && valid_utf8(id) &&
-         !has_control(id) && !holds_secret_key(id);
+  return !id.empty() && id.size() <= apikeys::Actor::kMaxActorIdLength && !holds_secret_key(id) &&
+         fit_context_text(id);
 }
 
 // The name of the user running the command: the login name of the session
@@ -1767,9 +1729,17 @@ Json audit_event_json(const apikeys::AuditEvent& e) {
   Json j;
   j["event_id"] = e.event_id.to_string();
   j["time"] = apikeys::format_utc(e.time);
-  j["action"] = apikeys::to_string(e.action);
+  // A code this build does not know (written by a newer library) is shown as what it
+  // is, "unknown:N", never as the name to_string() falls back to.
+  const auto name = [](auto value, auto last, const char* known) {
+    const auto code = static_cast<unsigned>(value);
+    return code <= static_cast<unsigned>(last) ? std::string(known)
+                                               : "unknown:" + std::to_string(code);
+  };
+  j["action"] = name(e.action, apikeys::kLastAuditAction, apikeys::to_string(e.action));
   Json actor;
-  actor["type"] = apikeys::to_string(e.context.actor.type);
+  actor["type"] = name(e.context.actor.type, apikeys::kLastActorType,
+                       apikeys::to_string(e.context.actor.type));
   actor["id"] = e.context.actor.id;
   actor["detail"] = e.context.actor.detail;
   j["actor"] = std::move(actor);

@@ -117,6 +117,15 @@ struct ChangeContext {
   std::string reason;  ///< Why (empty: not said); UTF-8 without control characters.
 };
 
+/// Checks `context` by the rules every KeyManager call that changes keys applies before
+/// it reads or writes anything: a known actor type; an id of at most 256 bytes, a detail
+/// and a reason of at most 1,024; each valid UTF-8 without control characters (C0, DEL,
+/// C1), bidirectional or zero-width formatting characters, or U+2028/U+2029, so no text
+/// in the audit trail can forge, hide or reorder a line. Throws Error(invalid_argument)
+/// naming the field, never quoting it. For callers that check a context early (a CLI
+/// checking its arguments before it opens a database).
+APIKEYS_EXPORT void check_change_context(const ChangeContext& context);
+
 /// What a change did. Stable values (0..kLastAuditAction).
 enum class AuditAction : std::uint8_t {
   create = 0,

@@ -212,14 +212,14 @@ const std::set<std::string> kEveryField = {
     "expires_at",   "last_used_at", "updated_at", "version",     "metadata", "scopes",
     "rotated_from", "rotated_to",   "lineage_id", "rate_limits", "credits"};
 
-// Checks what every event shares: a v4 event id, the clock's time, the context.
+// Checks what every event shares: a v7 (time-ordered) event id, the clock's time, the context.
 void check_common(const AuditEvent& e, AuditAction action, const ChangeContext& context,
                   const Uuid& key_id, apikeys::TimePoint now) {
   CHECK(e.action == action);
   CHECK(e.account_id == kAccount);
   CHECK(e.key_id == key_id);
   CHECK_FALSE(e.event_id.is_nil());
-  CHECK((e.event_id.bytes()[6] >> 4) == 4);
+  CHECK((e.event_id.bytes()[6] >> 4) == 7);
   CHECK((e.event_id.bytes()[8] & 0xC0) == 0x80);
   CHECK(e.time == now);
   CHECK(e.context.actor.type == context.actor.type);
@@ -690,6 +690,24 @@ TEST_CASE("audit: a bad context is refused before anything is written", "[key_ma
   cases.push_back({"C1 control in the detail",
                    with([](ChangeContext& c) { c.actor.detail = "x\xc2\x9bsecretish"; }),
                    "actor detail", "secretish"});
+  cases.push_back({"a right-to-left override in the id",
+                   with([](ChangeContext& c) { c.actor.id = "\xE2\x80\xAEnimda"; }), "actor id",
+                   "nimda"});
+  cases.push_back({"a zero-width space in the detail",
+                   with([](ChangeContext& c) { c.actor.detail = "ad\xE2\x80\x8Bmin"; }),
+                   "actor detail", "min"});
+  cases.push_back({"a line separator in the reason", with([](ChangeContext& c) {
+                     c.reason =
+                         "ok\xE2\x80\xA8"
+                         "forged line";
+                   }),
+                   "reason", "forged line"});
+  cases.push_back({"a paragraph separator in the id", with([](ChangeContext& c) {
+                     c.actor.id =
+                         "ok\xE2\x80\xA9"
+                         "forged";
+                   }),
+                   "actor id", "forged"});
   cases.push_back({"bad UTF-8 in the id",
                    with([](ChangeContext& c) { c.actor.id = "bob\xff\xfeoops"; }), "actor id",
                    "oops"});

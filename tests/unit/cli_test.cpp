@@ -26,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include <SQLiteCpp/Database.h>
 #include <nlohmann/json.hpp>
 
 #include "apikeys/apikeys.hpp"
@@ -2362,6 +2363,9 @@ TEST_CASE("cli: a malformed --actor or a refused --reason exits 2 and writes not
       {"--reason", "bell\x07"},
       {"--reason", "c1 \xc2\x85 control"},
       {"--reason", "bad \xc0\xaf utf-8"},
+      {"--reason", "one\xE2\x80\xA8two"},      // U+2028 LINE SEPARATOR
+      {"--reason", "hidden\xE2\x80\x8Bjoin"},  // U+200B ZERO WIDTH SPACE
+      {"--actor", "user:\xE2\x80\xAEnimda"},   // U+202E RIGHT-TO-LEFT OVERRIDE
       {"--reason", "leaked " + sk},
       {"--reason", "pepper " + kPepperHex},
   };
@@ -2513,6 +2517,21 @@ TEST_CASE("cli: each change is audited with its --actor and --reason, by default
   CHECK(page.at("events")[0].at("actor").at("type") == "user");
   CHECK_FALSE(page.at("events")[0].at("actor").at("id").get<std::string>().empty());
   CHECK(page.at("events")[0].at("key_id") == other.at("key_id"));
+}
+
+TEST_CASE("cli: audit shows an action or actor type it does not know as unknown:N", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  create_key(db);
+  {
+    // As a newer library would write them.
+    SQLite::Database raw(db, SQLite::OPEN_READWRITE);
+    raw.exec("UPDATE audit_events SET action = 200, actor_type = 9");
+  }
+  const std::vector<Json> events = audit_events(db);
+  REQUIRE(events.size() == 1);
+  CHECK(events[0].at("action") == "unknown:200");
+  CHECK(events[0].at("actor").at("type") == "unknown:9");
 }
 
 TEST_CASE("cli: audit pages with --cursor, filters by --key-id and --since", "[cli]") {
