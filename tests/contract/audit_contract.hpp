@@ -361,7 +361,9 @@ inline void run_audit_defaults(const std::shared_ptr<apikeys::Store>& store) {
     store->insert(record(1, alice));
     const apikeys::Digest to = digest(1, 2);
     const auto rehash_code = error_code_of([&] {
-      CHECK(store->replace_digests_audited({{key_id(1), record(1, alice).digest, to}}, audit) == 1);
+      const std::size_t rewritten =
+          store->replace_digests_audited({{key_id(1), record(1, alice).digest, to}}, audit);
+      CHECK(rewritten == 1);
       CHECK(has_digest(*store, 1, to));
     });
     if (rehash_code) {
