@@ -52,8 +52,8 @@ std::optional<AuditEvent> RehashAudit::event(const KeyInfo* before, const KeyInf
   const DigestChange* change = change_of(key->key_id);
   if (change == nullptr) return std::nullopt;
   AuditEvent e;
-  e.event_id = Uuid::random();
   e.time = stored_time(clock_.now());
+  e.event_id = audit_event_id(e.time);
   e.action = AuditAction::rehash;
   e.context = system_context("rehash on use");
   e.account_id = key->account_id;
@@ -67,8 +67,8 @@ std::optional<AuditEvent> RehashAudit::event(const KeyInfo* before, const KeyInf
 std::optional<AuditEvent> RefillAudit::event(const KeyInfo* before, const KeyInfo* after) const {
   if (before == nullptr || after == nullptr) return std::nullopt;
   AuditEvent e;
-  e.event_id = Uuid::random();
   e.time = stored_time(at_);
+  e.event_id = audit_event_id(e.time);
   e.action = AuditAction::refill;
   e.context = system_context("credit refill");
   e.account_id = after->account_id;
