@@ -18,6 +18,7 @@
 #include "metadata.hpp"
 #include "observer_list.hpp"
 #include "scope.hpp"
+#include "system_audit.hpp"
 #include "text.hpp"
 
 namespace apikeys {
@@ -305,6 +306,13 @@ struct KeyManager::Impl {
     publish(audit, [&] {
       if (before) (void)audit.event(&*before, &after);
     });
+  }
+
+  // Tells the observers of the library's own changes a store call made (a refill): the
+  // events its ChangeAudit built, with no fallback (system_audit.hpp). Never throws.
+  void publish_system(const std::vector<AuditEvent>& events) const noexcept {
+    if (observers.empty()) return;
+    for (const AuditEvent& e : events) observers.change(e);
   }
 
   // publish() for a change of one key from `before` to `after` (nullptr: none).
@@ -618,6 +626,7 @@ CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& reque
 
   const EventBuilder audit = impl_->audit(AuditAction::create, context, 0);
   guarded("storing the key", [&] { impl_->store->insert_audited(record, audit); });
+  std::vector<AuditEvent> refill_events;  // published after the key's own event
   if (!info.rate_limits.empty() || info.credits) {
     // A store written before rate limits and credits existed drops them silently: read
     // the key back, and take it away again rather than leave a key without its limits.
@@ -644,11 +653,15 @@ CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& reque
     if (kept && info.credits) {
       // A store that keeps whole records but cannot charge credits (an older user
       // store) would fail every admission of this key: ask it for the balance, which
-      // charges nothing.
+      // charges nothing (but writes a refill that came due since created_at, which is
+      // audited as the library's own change).
       std::exception_ptr failure;
+      const TimePoint asked = impl_->clock->now();
+      const detail::RefillAudit refills(asked);
       try {
-        kept = impl_->store->take_credits(info.key_id, 0, 0, impl_->clock->now()).outcome ==
+        kept = impl_->store->take_credits_audited(info.key_id, 0, 0, asked, refills).outcome ==
                CreditTake::Outcome::taken;
+        refill_events = refills.take();
       } catch (const Error& e) {
         kept = false;
         if (e.code() != ErrorCode::not_supported) failure = std::current_exception();
@@ -676,6 +689,7 @@ CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& reque
   } catch (...) {
   }
   impl_->publish(audit, nullptr, &info);
+  impl_->publish_system(refill_events);
   return CreatedKey{std::move(record.info), std::move(secret)};
 }
 

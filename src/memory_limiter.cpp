@@ -307,6 +307,16 @@ struct MemoryLimiter::Impl {
     return *store;
   }
 
+  // Takes between `min` and `max` of the request's credits from `st`: audited when the
+  // request carries a ChangeAudit, so a refill the take writes leaves its event.
+  static CreditTake take_credits(Store& st, const AdmissionRequest& r, std::uint64_t min,
+                                 std::uint64_t max) {
+    if (r.audit != nullptr) {
+      return st.take_credits_audited(r.lineage_id, min, max, r.now, *r.audit);
+    }
+    return st.take_credits(r.lineage_id, min, max, r.now);
+  }
+
   Admission admit(const AdmissionRequest& r);
   Admission admit_direct(const AdmissionRequest& r, Shard& sh, std::uint64_t lh,
                          std::int64_t now_ns);
@@ -369,7 +379,7 @@ Admission MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh
     detail::MutexLock lock(sh.mu);
     if (!decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) return out;
   }
-  const CreditTake take = credit_store().take_credits(r.lineage_id, r.cost, r.cost, r.now);
+  const CreditTake take = take_credits(credit_store(), r, r.cost, r.cost);
   if (take.outcome == CreditTake::Outcome::insufficient) {
     out.outcome = AdmissionOutcome::usage_exceeded;
     out.credits_remaining = take.remaining;
@@ -448,7 +458,7 @@ Admission MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh
   const std::uint64_t want = std::min(need + options.lease_size, KeyPolicyLimits::kMaxCredits);
   CreditTake take;
   try {
-    take = st.take_credits(r.lineage_id, need, std::max(want, need), r.now);
+    take = take_credits(st, r, need, std::max(want, need));
   } catch (...) {
     if (carry > 0) {
       try {

@@ -284,7 +284,11 @@ struct RedisLimiter::Impl {
       const std::uint64_t pooled = *need;
       const std::uint64_t min = r.cost > pooled ? r.cost - pooled : 0;
       const std::uint64_t max = std::min(min + credit_batch, KeyPolicyLimits::kMaxCredits);
-      const CreditTake take = store->take_credits(r.lineage_id, min, std::max(min, max), r.now);
+      // Audited when the request carries a ChangeAudit: a refill it writes leaves an event.
+      const CreditTake take =
+          r.audit != nullptr
+              ? store->take_credits_audited(r.lineage_id, min, std::max(min, max), r.now, *r.audit)
+              : store->take_credits(r.lineage_id, min, std::max(min, max), r.now);
       if (take.outcome == CreditTake::Outcome::insufficient) {
         out = Admission{};
         out.outcome = AdmissionOutcome::usage_exceeded;

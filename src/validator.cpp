@@ -15,6 +15,7 @@
 #include "last_use_tracker.hpp"
 #include "observer_list.hpp"
 #include "scope.hpp"
+#include "system_audit.hpp"
 #include "thread_annotations.hpp"
 #include "tick_clock.hpp"
 
@@ -112,6 +113,8 @@ struct FlushReport {
   bool rehash_failed = false;
   std::string last_use_message;
   std::string rehash_message;
+  // The rehash events of the batch written (system_audit.hpp), when observed.
+  std::vector<AuditEvent> rehash_events;
 };
 
 // The current exception's message, for an observer (the library's own messages never
@@ -273,9 +276,13 @@ struct Validator::Impl {
   // that did not split is `malformed` without a look at either half).
   ValidationResult observed(std::string_view pk, std::string_view sk, bool split,
                             const Requirements& requirements) const noexcept;
-  // Admits a request of `cost` for the valid `result` at `now` (doc/rate-limits.md).
+  // Admits a request of `cost` for the valid `result` at `now` (doc/rate-limits.md),
+  // then tells the observers of a refill the admission wrote.
   void admit(ValidationResult& result, std::uint64_t cost, TimePoint now,
              Trace& trace) const noexcept;
+  // admit() with `refills` for the limiter's credit takes (AdmissionRequest::audit).
+  void admit_with(ValidationResult& result, std::uint64_t cost, TimePoint now, Trace& trace,
+                  const detail::RefillAudit& refills) const noexcept;
   // Tells the observers about a failure handled here (or its end), with the current
   // exception's message when `message` is null.
   void report(Component component, std::string_view operation, const char* message = nullptr,
@@ -514,11 +521,23 @@ void Validator::Impl::report(Component component, std::string_view operation, co
                   recovered);
 }
 
+// A refill the limiter's take wrote is the library's own change: the store records it
+// with the system actor, and the observers hear of it once admission is over, whatever
+// its answer (the refill stands even when the limiter failed after it). On the stack:
+// nothing is allocated unless a refill is written.
+void Validator::Impl::admit(ValidationResult& result, std::uint64_t cost, TimePoint now,
+                            Trace& trace) const noexcept {
+  const detail::RefillAudit refills(now);
+  admit_with(result, cost, now, trace, refills);
+  if (refills.empty() || observers.empty()) return;
+  for (const AuditEvent& e : refills.take()) observers.change(e);
+}
+
 // The last step, after the secret, the key's state and the scopes: only a caller who
 // proved the secret of a key allowed to make the request ever spends its limits or
 // credits. A rate_limited or usage_exceeded answer spent nothing (Limiter's contract).
-void Validator::Impl::admit(ValidationResult& result, std::uint64_t cost, TimePoint now,
-                            Trace& trace) const noexcept {
+void Validator::Impl::admit_with(ValidationResult& result, std::uint64_t cost, TimePoint now,
+                                 Trace& trace, const detail::RefillAudit& refills) const noexcept {
   try {
     AdmissionRequest request;
     request.lineage_id = result.lineage_id.is_nil() ? result.key_id : result.lineage_id;
@@ -528,6 +547,7 @@ void Validator::Impl::admit(ValidationResult& result, std::uint64_t cost, TimePo
     request.charge_credits = result.has_credits;
     request.cost = cost;
     request.now = now;
+    if (result.has_credits) request.audit = &refills;
     Admission admission = limiter->admit(request);
     result.credits_remaining = admission.credits_remaining;
     switch (admission.outcome) {
@@ -583,6 +603,7 @@ void Validator::Impl::flush() noexcept {
   }
   if (out.last_use_failed) report(Component::last_use, "flush", out.last_use_message.c_str());
   if (out.rehash_rows > 0) observers.write(BackgroundWrite{Component::rehash, out.rehash_rows});
+  for (const AuditEvent& e : out.rehash_events) observers.change(e);
   if (out.rehash_failed) report(Component::rehash, "flush", out.rehash_message.c_str());
 }
 
@@ -616,15 +637,21 @@ void Validator::Impl::write_last_use(FlushReport& out) noexcept {
 
 // Likewise outside the rehash queue's mutex. A failed batch is counted and dropped (the
 // keys' next uses queue them again); a store without replace_digests is counted once
-// and asked no more (doc/peppers.md, "Rehash on use").
+// and asked no more (doc/peppers.md, "Rehash on use"). Each rewrite is the library's own
+// change: a store that keeps an audit trail writes its `rehash` event (system actor)
+// with it, and the observers get exactly the events built for the rewrites written. A
+// store without an audit trail (Store's default) says only how many it rewrote: the
+// observers then get no event rather than a guessed one.
 void Validator::Impl::write_digests(FlushReport& out) noexcept {
   if (!options.rehash_on_use) return;
   try {
     rehash_queue.take(rehash_batch);
     if (rehash_batch.empty() || rehash_off.load(std::memory_order_relaxed)) return;
-    const std::size_t n = store->replace_digests(rehash_batch);
+    const detail::RehashAudit audit(*clock, rehash_batch);
+    const std::size_t n = store->replace_digests_audited(rehash_batch, audit);
     rehashed.fetch_add(n, std::memory_order_relaxed);
     out.rehash_rows = n;
+    if (!observers.empty()) out.rehash_events = audit.take();
   } catch (const Error& e) {
     rehash_failures.fetch_add(1, std::memory_order_relaxed);
     if (e.code() == ErrorCode::not_supported) rehash_off.store(true, std::memory_order_relaxed);

@@ -226,7 +226,8 @@ class APIKEYS_EXPORT Observer {
 
   /// Once per Validator::validate() call, just before it returns.
   virtual void on_validate(const ValidateEvent& event) { (void)event; }
-  /// Once per change a KeyManager made, after it committed.
+  /// Once per change a KeyManager made, and once per digest rehashed or credit refill
+  /// written by the library itself (system actor), after it committed.
   virtual void on_change(const AuditEvent& event) { (void)event; }
   /// Once per failure handled without throwing to a caller, and once when it ends.
   virtual void on_error(const BackgroundError& error) { (void)error; }
