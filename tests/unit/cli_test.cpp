@@ -28,6 +28,7 @@
 #include <vector>
 
 #include <SQLiteCpp/Database.h>
+#include <SQLiteCpp/Statement.h>
 #include <nlohmann/json.hpp>
 
 #include "apikeys/apikeys.hpp"
@@ -2655,6 +2656,65 @@ TEST_CASE("cli: every command that changes keys passes on its own --actor and --
               Json::parse(second_row).at("key_id").get<std::string>()};
   std::sort(expected.begin(), expected.end());
   CHECK(keys == expected);
+}
+
+namespace {
+
+// The key ids of the account's events at or after `since`, newest first.
+std::vector<std::string> key_ids_since(const std::string& db, const std::string& since) {
+  std::vector<std::string> ids;
+  for (const Json& e : audit_events(db, {"--since", since}))
+    ids.push_back(e.at("key_id").get<std::string>());
+  return ids;
+}
+
+}  // namespace
+
+TEST_CASE("cli: audit --since honours the sign of a UTC offset", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const std::string early = create_key(db).at("key_id").get<std::string>();
+  const std::string late = create_key(db).at("key_id").get<std::string>();
+  {
+    // 2026-01-01T10:00:00Z and 2026-01-01T12:00:00Z.
+    SQLite::Database raw(db, SQLite::OPEN_READWRITE);
+    SQLite::Statement set(raw, "UPDATE audit_events SET time_ms = ? WHERE key_id = ?");
+    for (const auto& [ms, key] : {std::pair<std::int64_t, std::string>{1767261600000, early},
+                                  std::pair<std::int64_t, std::string>{1767268800000, late}}) {
+      set.bind(1, ms);
+      set.bind(2, key);
+      REQUIRE(set.exec() == 1);
+      set.reset();
+    }
+  }
+  REQUIRE(key_ids_since(db, "2026-01-01T10:00:00Z") == std::vector<std::string>{late, early});
+  // 11:00Z both ways: only the later event. Read with the sign flipped they would be
+  // 15:00Z (neither) and 07:00Z (both).
+  CHECK(key_ids_since(db, "2026-01-01T13:00:00+02:00") == std::vector<std::string>{late});
+  CHECK(key_ids_since(db, "2026-01-01T09:00:00-02:00") == std::vector<std::string>{late});
+  CHECK(key_ids_since(db, "2026-01-01T14:00:00+02:00") == std::vector<std::string>{late});
+  CHECK(key_ids_since(db, "2026-01-01T14:00:00.001+02:00").empty());
+}
+
+TEST_CASE("cli: audit --since rounds a fraction finer than the millisecond up", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const std::string key_id = create_key(db).at("key_id").get<std::string>();
+  {
+    SQLite::Database raw(db, SQLite::OPEN_READWRITE);
+    raw.exec("UPDATE audit_events SET time_ms = 1767268800123");  // 2026-01-01T12:00:00.123Z
+  }
+  const std::vector<Json> all = audit_events(db);
+  REQUIRE(all.size() == 1);
+  REQUIRE(all[0].at("time") == "2026-01-01T12:00:00.123Z");
+  const std::vector<std::string> kept{key_id};
+  CHECK(key_ids_since(db, "2026-01-01T12:00:00.123Z") == kept);
+  CHECK(key_ids_since(db, "2026-01-01T12:00:00.123000000Z") == kept);
+  CHECK(key_ids_since(db, "2026-01-01T12:00:00.1229Z") == kept);
+  // The event's time + 0.0001 s, + 1 ns, and the same with an offset: after the event.
+  CHECK(key_ids_since(db, "2026-01-01T12:00:00.1231Z").empty());
+  CHECK(key_ids_since(db, "2026-01-01T12:00:00.123000001Z").empty());
+  CHECK(key_ids_since(db, "2026-01-01T14:00:00.1231+02:00").empty());
 }
 
 TEST_CASE("cli: audit shows an action or actor type it does not know as unknown:N", "[cli]") {
