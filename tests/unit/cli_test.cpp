@@ -23,10 +23,12 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include <SQLiteCpp/Database.h>
+#include <SQLiteCpp/Statement.h>
 #include <nlohmann/json.hpp>
 
 #include "apikeys/apikeys.hpp"
@@ -2517,6 +2519,202 @@ TEST_CASE("cli: each change is audited with its --actor and --reason, by default
   CHECK(page.at("events")[0].at("actor").at("type") == "user");
   CHECK_FALSE(page.at("events")[0].at("actor").at("id").get<std::string>().empty());
   CHECK(page.at("events")[0].at("key_id") == other.at("key_id"));
+}
+
+TEST_CASE("cli: every command that changes keys passes on its own --actor and --reason", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const std::string legacy = dir.file("legacy");
+  write_file(legacy, kLegacyPepper + "\n");
+  std::size_t seen = 0;
+  int step = 0;
+  // Runs `args` with --actor service:name-N and --reason R-N (N counts the steps),
+  // REQUIREs that it wrote `count` events, each with that actor and reason, and returns
+  // them, newest first.
+  const auto audited = [&](std::vector<std::string> args, std::size_t count) {
+    ++step;
+    const std::string id = "name-" + std::to_string(step);
+    const std::string reason = "R-" + std::to_string(step);
+    args.insert(args.end(), {"--actor", "service:" + id, "--reason", reason});
+    const Run r = run_cli(args);
+    INFO("step " << step << ": " << args[2] << "\nstdout: " << r.out << "\nstderr: " << r.err);
+    REQUIRE(r.code == 0);
+    std::vector<Json> events = audit_events(db);
+    REQUIRE(events.size() == seen + count);
+    events.resize(count);
+    seen += count;
+    for (const Json& e : events) {
+      INFO(e.dump());
+      CHECK(e.at("actor").at("type") == "service");
+      CHECK(e.at("actor").at("id") == id);
+      CHECK(e.at("reason") == reason);
+      CHECK(e.at("account_id") == kAccount);
+    }
+    return std::make_pair(Json::parse(r.out), events);
+  };
+  const auto key_id_of = [](const Json& out) { return out.at("key_id").get<std::string>(); };
+
+  Json made;
+  std::vector<Json> events;
+  std::tie(made, events) =
+      audited({"--db", db, "create", "--account", kAccount, "--title", "CI key"}, 1);
+  const std::string a = key_id_of(made);
+  CHECK(events[0].at("action") == "create");
+  CHECK(events[0].at("key_id") == a);
+
+  std::tie(std::ignore, events) = audited(plus(key_args(db, "update", a), {"--title", "new"}), 1);
+  CHECK(events[0].at("action") == "update");
+  CHECK(events[0].at("key_id") == a);
+  CHECK(events[0].at("after").at("title") == "new");
+
+  std::tie(std::ignore, events) = audited(plus(key_args(db, "credits", a), {"--set", "5"}), 1);
+  CHECK(events[0].at("action") == "set_credits");
+  CHECK(events[0].at("key_id") == a);
+
+  std::tie(std::ignore, events) = audited(plus(key_args(db, "credits", a), {"--add", "2"}), 1);
+  CHECK(events[0].at("action") == "add_credits");
+  CHECK(events[0].at("key_id") == a);
+  CHECK(events[0].at("after").at("credits").at("remaining") == 7);
+
+  std::tie(std::ignore, events) = audited(key_args(db, "disable", a), 1);
+  CHECK(events[0].at("action") == "disable");
+  CHECK(events[0].at("key_id") == a);
+
+  std::tie(std::ignore, events) = audited(key_args(db, "enable", a), 1);
+  CHECK(events[0].at("action") == "enable");
+  CHECK(events[0].at("key_id") == a);
+
+  // rotate: the old key's rotate event and the successor's create event.
+  Json rotated;
+  std::tie(rotated, events) = audited(key_args(db, "rotate", a), 2);
+  const std::string successor = key_id_of(rotated.at("new"));
+  std::vector<std::string> actions;
+  for (const Json& e : events) {
+    actions.push_back(e.at("action").get<std::string>());
+    CHECK(e.at("key_id") == (e.at("action") == "rotate" ? a : successor));
+  }
+  std::sort(actions.begin(), actions.end());
+  CHECK(actions == std::vector<std::string>{"create", "rotate"});
+
+  std::tie(made, events) =
+      audited({"--db", db, "create", "--account", kAccount, "--title", "second"}, 1);
+  const std::string b = key_id_of(made);
+  CHECK(events[0].at("action") == "create");
+  CHECK(events[0].at("key_id") == b);
+
+  std::tie(std::ignore, events) = audited(key_args(db, "revoke", b), 1);
+  CHECK(events[0].at("action") == "revoke");
+  CHECK(events[0].at("key_id") == b);
+
+  std::tie(std::ignore, events) = audited(key_args(db, "delete", b), 1);
+  CHECK(events[0].at("action") == "remove");
+  CHECK(events[0].at("key_id") == b);
+
+  std::tie(made, events) =
+      audited({"--db", db, "create", "--account", kAccount, "--title", "third"}, 1);
+  const std::string c = key_id_of(made);
+
+  // revoke-all: one event per key it revoked (a, rotated but not revoked, among them).
+  Json revoked;
+  std::tie(revoked, events) = audited({"--db", db, "revoke-all", "--account", kAccount}, 3);
+  CHECK(revoked.at("revoked") == 3);
+  std::vector<std::string> keys;
+  for (const Json& e : events) {
+    INFO(e.dump());
+    CHECK(e.at("action") == "revoke_all");
+    keys.push_back(e.at("key_id").get<std::string>());
+    for (const char* f : {"status", "updated_at", "version"}) {
+      INFO(f);
+      CHECK(e.at("before").contains(f));
+      CHECK(e.at("after").contains(f));
+    }
+    CHECK(e.at("before").at("status") == "active");
+    CHECK(e.at("after").at("status") == "revoked");
+    CHECK(e.at("after").at("version") > e.at("before").at("version"));
+  }
+  std::sort(keys.begin(), keys.end());
+  std::vector<std::string> expected{a, successor, c};
+  std::sort(expected.begin(), expected.end());
+  CHECK(keys == expected);
+
+  // import: one event per imported key.
+  const std::string first_row = legacy_row().first;
+  const std::string second_row = legacy_row().first;
+  const std::string export_file = dir.file("api_keys.jsonl");
+  write_file(export_file, first_row + "\n" + second_row + "\n");
+  Json report;
+  std::tie(report, events) =
+      audited({"--db", db, "--legacy-pepper-file", legacy, "import", export_file}, 2);
+  CHECK(report.at("imported") == 2);
+  keys.clear();
+  for (const Json& e : events) {
+    CHECK(e.at("action") == "import");
+    keys.push_back(e.at("key_id").get<std::string>());
+  }
+  std::sort(keys.begin(), keys.end());
+  expected = {Json::parse(first_row).at("key_id").get<std::string>(),
+              Json::parse(second_row).at("key_id").get<std::string>()};
+  std::sort(expected.begin(), expected.end());
+  CHECK(keys == expected);
+}
+
+namespace {
+
+// The key ids of the account's events at or after `since`, newest first.
+std::vector<std::string> key_ids_since(const std::string& db, const std::string& since) {
+  std::vector<std::string> ids;
+  for (const Json& e : audit_events(db, {"--since", since}))
+    ids.push_back(e.at("key_id").get<std::string>());
+  return ids;
+}
+
+}  // namespace
+
+TEST_CASE("cli: audit --since honours the sign of a UTC offset", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const std::string early = create_key(db).at("key_id").get<std::string>();
+  const std::string late = create_key(db).at("key_id").get<std::string>();
+  {
+    // 2026-01-01T10:00:00Z and 2026-01-01T12:00:00Z.
+    SQLite::Database raw(db, SQLite::OPEN_READWRITE);
+    SQLite::Statement set(raw, "UPDATE audit_events SET time_ms = ? WHERE key_id = ?");
+    for (const auto& [ms, key] : {std::pair<std::int64_t, std::string>{1767261600000, early},
+                                  std::pair<std::int64_t, std::string>{1767268800000, late}}) {
+      set.bind(1, ms);
+      set.bind(2, key);
+      REQUIRE(set.exec() == 1);
+      set.reset();
+    }
+  }
+  REQUIRE(key_ids_since(db, "2026-01-01T10:00:00Z") == std::vector<std::string>{late, early});
+  // 11:00Z both ways: only the later event. Read with the sign flipped they would be
+  // 15:00Z (neither) and 07:00Z (both).
+  CHECK(key_ids_since(db, "2026-01-01T13:00:00+02:00") == std::vector<std::string>{late});
+  CHECK(key_ids_since(db, "2026-01-01T09:00:00-02:00") == std::vector<std::string>{late});
+  CHECK(key_ids_since(db, "2026-01-01T14:00:00+02:00") == std::vector<std::string>{late});
+  CHECK(key_ids_since(db, "2026-01-01T14:00:00.001+02:00").empty());
+}
+
+TEST_CASE("cli: audit --since rounds a fraction finer than the millisecond up", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const std::string key_id = create_key(db).at("key_id").get<std::string>();
+  {
+    SQLite::Database raw(db, SQLite::OPEN_READWRITE);
+    raw.exec("UPDATE audit_events SET time_ms = 1767268800123");  // 2026-01-01T12:00:00.123Z
+  }
+  const std::vector<Json> all = audit_events(db);
+  REQUIRE(all.size() == 1);
+  REQUIRE(all[0].at("time") == "2026-01-01T12:00:00.123Z");
+  const std::vector<std::string> kept{key_id};
+  CHECK(key_ids_since(db, "2026-01-01T12:00:00.123Z") == kept);
+  CHECK(key_ids_since(db, "2026-01-01T12:00:00.123000000Z") == kept);
+  CHECK(key_ids_since(db, "2026-01-01T12:00:00.1229Z") == kept);
+  // The event's time + 0.0001 s, + 1 ns, and the same with an offset: after the event.
+  CHECK(key_ids_since(db, "2026-01-01T12:00:00.1231Z").empty());
+  CHECK(key_ids_since(db, "2026-01-01T12:00:00.123000001Z").empty());
+  CHECK(key_ids_since(db, "2026-01-01T14:00:00.1231+02:00").empty());
 }
 
 TEST_CASE("cli: audit shows an action or actor type it does not know as unknown:N", "[cli]") {
