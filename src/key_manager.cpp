@@ -661,6 +661,7 @@ CreatedKey KeyManager::create(const Uuid& account_id, const CreateRequest& reque
       try {
         kept = impl_->store->take_credits_audited(info.key_id, 0, 0, asked, refills).outcome ==
                CreditTake::Outcome::taken;
+        refills.committed();
         refill_events = refills.take();
       } catch (const Error& e) {
         kept = false;

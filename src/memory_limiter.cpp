@@ -15,6 +15,7 @@
 #include "apikeys/error.hpp"
 #include "gcra.hpp"
 #include "siphash.hpp"
+#include "system_audit.hpp"
 #include "thread_annotations.hpp"
 
 namespace apikeys {
@@ -312,7 +313,9 @@ struct MemoryLimiter::Impl {
   static CreditTake take_credits(Store& st, const AdmissionRequest& r, std::uint64_t min,
                                  std::uint64_t max) {
     if (r.audit != nullptr) {
-      return st.take_credits_audited(r.lineage_id, min, max, r.now, *r.audit);
+      const CreditTake take = st.take_credits_audited(r.lineage_id, min, max, r.now, *r.audit);
+      detail::mark_committed(r.audit);
+      return take;
     }
     return st.take_credits(r.lineage_id, min, max, r.now);
   }

@@ -14,6 +14,7 @@
 #include "apikeys/error.hpp"
 #include "hex.hpp"
 #include "redis_connection.hpp"
+#include "system_audit.hpp"
 #include "wipe.hpp"
 
 namespace apikeys {
@@ -289,6 +290,7 @@ struct RedisLimiter::Impl {
           r.audit != nullptr
               ? store->take_credits_audited(r.lineage_id, min, std::max(min, max), r.now, *r.audit)
               : store->take_credits(r.lineage_id, min, std::max(min, max), r.now);
+      detail::mark_committed(r.audit);
       if (take.outcome == CreditTake::Outcome::insufficient) {
         out = Admission{};
         out.outcome = AdmissionOutcome::usage_exceeded;

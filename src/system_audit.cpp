@@ -75,7 +75,13 @@ std::optional<AuditEvent> RefillAudit::event(const KeyInfo* before, const KeyInf
   e.key_id = after->key_id;
   e.before = key_json(*before, key_field::kCredits);
   e.after = key_json(*after, key_field::kCredits);
-  keep(built_, e);
+  // One event per key among those not yet committed: a store that retried its
+  // transaction replaces the first attempt's.
+  built_.erase(std::remove_if(built_.begin() + static_cast<std::ptrdiff_t>(committed_),
+                              built_.end(),
+                              [&](const AuditEvent& b) { return b.key_id == e.key_id; }),
+               built_.end());
+  built_.push_back(e);
   return e;
 }
 

@@ -65,15 +65,32 @@ class RefillAudit final : public ChangeAudit {
   // nullopt unless both states are given.
   std::optional<AuditEvent> event(const KeyInfo* before, const KeyInfo* after) const override;
 
-  // True when no event was built since the last take(): nothing to publish.
-  [[nodiscard]] bool empty() const noexcept { return built_.empty(); }
-  // The events built since the last take(), in the order built.
-  [[nodiscard]] std::vector<AuditEvent> take() const noexcept { return std::exchange(built_, {}); }
+  // Marks the events built so far as written: the take they were built for returned, so
+  // its transaction committed. The events of a take that threw (rolled back with its
+  // refill) are never taken. Called by whoever made the take (mark_committed()).
+  void committed() const noexcept { committed_ = built_.size(); }
+
+  // True when no committed event waits: nothing to publish.
+  [[nodiscard]] bool empty() const noexcept { return committed_ == 0; }
+  // The committed events since the last take(), in the order built; drops the others.
+  [[nodiscard]] std::vector<AuditEvent> take() const noexcept {
+    std::vector<AuditEvent> out = std::exchange(built_, {});
+    out.erase(out.begin() + static_cast<std::ptrdiff_t>(committed_), out.end());
+    committed_ = 0;
+    return out;
+  }
 
  private:
   const TimePoint at_;
   mutable std::vector<AuditEvent> built_;
+  mutable std::size_t committed_ = 0;  // built_[0, committed_) were written
 };
+
+// After a take through Store::take_credits_audited(..., *audit) returned: if `audit` is
+// the library's RefillAudit, its events were written (RefillAudit::committed()).
+inline void mark_committed(const ChangeAudit* audit) noexcept {
+  if (const auto* refills = dynamic_cast<const RefillAudit*>(audit)) refills->committed();
+}
 
 }  // namespace apikeys::detail
 

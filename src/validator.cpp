@@ -523,8 +523,11 @@ void Validator::Impl::report(Component component, std::string_view operation, co
 
 // A refill the limiter's take wrote is the library's own change: the store records it
 // with the system actor, and the observers hear of it once admission is over, whatever
-// its answer (the refill stands even when the limiter failed after it). On the stack:
-// nothing is allocated unless a refill is written.
+// its answer (the refill stands even when the limiter failed after it), but only when
+// the take returned: a take that threw rolled its refill back with its event. The
+// bundled limiters say so (detail::mark_committed); a limiter of the caller's own does
+// not, and its refills reach the trail but no observer. On the stack: nothing is
+// allocated unless a refill is written.
 void Validator::Impl::admit(ValidationResult& result, std::uint64_t cost, TimePoint now,
                             Trace& trace) const noexcept {
   const detail::RefillAudit refills(now);

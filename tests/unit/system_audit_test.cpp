@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "apikeys/error.hpp"
 #include "apikeys/hasher.hpp"
 #include "apikeys/key_manager.hpp"
 #include "apikeys/memory_store.hpp"
@@ -417,4 +418,52 @@ TEST_CASE("system audit: credits without a refill due, or no credits, leave no e
   }
   CHECK(recorder->events(AuditAction::refill).empty());
   CHECK(store->trail().empty());
+}
+
+namespace {
+// A store whose audited take builds the refill's event, then fails before
+// committing (a commit error, a statement timeout): nothing is written.
+class FailingTakeStore final : public apikeys_test::ForwardingStore {
+ public:
+  explicit FailingTakeStore(std::shared_ptr<MemoryStore> m)
+      : ForwardingStore(m), memory_(std::move(m)) {}
+  bool fail = false;
+  bool keeps_audit() const noexcept override { return true; }
+  CreditTake take_credits(const Uuid& l, std::uint64_t min, std::uint64_t max,
+                          TimePoint now) override {
+    return memory_->take_credits(l, min, max, now);
+  }
+  CreditTake take_credits_audited(const Uuid& l, std::uint64_t min, std::uint64_t max,
+                                  TimePoint now, const ChangeAudit& audit) override {
+    if (!fail) return memory_->take_credits_audited(l, min, max, now, audit);
+    KeyInfo before;
+    before.key_id = l;
+    before.credits = daily_credits(2, 10);
+    KeyInfo after = before;
+    after.credits = daily_credits(10, 10);
+    (void)audit.event(&before, &after);
+    throw Error(ErrorCode::storage, "commit failed: rolled back");
+  }
+  std::vector<AuditEvent> audit_events(const Uuid& a, const AuditRange& r) override {
+    return memory_->audit_events(a, r);
+  }
+  std::shared_ptr<MemoryStore> memory_;
+};
+}  // namespace
+
+TEST_CASE("system audit: a refill whose take rolled back reaches no observer", "[audit][refill]") {
+  auto memory = std::make_shared<MemoryStore>();
+  auto store = std::make_shared<FailingTakeStore>(memory);
+  auto clock = std::make_shared<ManualClock>(apikeys_test::test_start() + std::chrono::hours(12));
+  auto hasher = std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper);
+  auto recorder = std::make_shared<Recorder>();
+  KeyManager manager(store, hasher, manager_options(clock, recorder));
+  const Uuid account = apikeys_test::account_id(3);
+  const Key k = create(manager, account, daily_credits(5, 10));
+  clock->advance(std::chrono::hours(24));
+  store->fail = true;
+  const ValidationResult r = manager.validate(k.public_key, k.secret);
+  CHECK_FALSE(r.ok());
+  CHECK(of_action(memory->audit_events(account, AuditRange{}), AuditAction::refill).empty());
+  CHECK(recorder->events(AuditAction::refill).empty());
 }
