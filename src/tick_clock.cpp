@@ -62,6 +62,9 @@ TickClock::TickClock(Source source) noexcept {
   while (steady_now_ns() < until) {
   }
   const Sample b = sample();
+  // A sample whose every try saw the counter go backwards (moved between cores whose
+  // counters disagree) is empty: no rate from it, and such a counter is not trusted.
+  if (a.ticks == 0 || b.ticks == 0) return;
   const double rate = ns_per_tick(a, b);
   if (rate < kMinNsPerTick || rate > kMaxNsPerTick) return;
   ns_per_tick_ = rate;

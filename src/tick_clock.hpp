@@ -36,7 +36,12 @@ class TickClock {
   };
 
   // Chooses the source and, for the TSC, calibrates it: two samples about 2 ms apart
-  // (a sleep), each the narrowest of a few tries. Never throws; costs those 2 ms once.
+  // (a busy wait, so it never oversleeps), each the narrowest of a few tries; steady_clock
+  // when a sample fails or the rate is not a TSC's. Never throws; costs those 2 ms once,
+  // and a thread that asks for instance() meanwhile waits for them. The rate is not
+  // measured again: a virtual machine moved live to a host whose TSC runs at another
+  // rate, without TSC scaling, times durations at the old rate (they are only ever
+  // reported in metrics, never used to decide anything).
   explicit TickClock(Source source = Source::automatic) noexcept;
 
   // The process-wide clock, built (and calibrated) by the first call.
