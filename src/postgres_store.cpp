@@ -421,10 +421,10 @@ struct Statements {
         "SELECT remaining, refill_amount, refill_interval, refill_mode, refill_cap,"
         " refilled_period, {1} FROM {0}.apikeys_key_credits WHERE lineage_id = $1 FOR UPDATE",
         s, l.due);
-    // $1 lineage: its newest key (latest created_at), as get() reads it.
+    // $1 lineage: its newest key (latest created_at, then greatest key_id), as get() reads it.
     newest_key = fmt::format(
         "SELECT {} FROM {}.apikeys_keys k{} WHERE COALESCE(k.lineage_id, k.key_id) = $1"
-        " ORDER BY k.created_at DESC, k.seq DESC LIMIT 1",
+        " ORDER BY k.created_at DESC, k.key_id DESC LIMIT 1",
         key_columns(detail::Columns::info, "k"), s, credits_join(s, "k"));
   }
 

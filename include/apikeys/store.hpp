@@ -323,7 +323,8 @@ class APIKEYS_EXPORT Store {
                                               const ChangeAudit& audit);
 
   /// take_credits(), and when it writes a refill (the balance of a new refill period),
-  /// the event of the lineage's newest key (latest created_at; none when the lineage
+  /// the event of the lineage's newest key (latest created_at, then greatest key_id in
+  /// Uuid order; none when the lineage
   /// has no key left): `before` holds that key with its credits as they were stored,
   /// `after` the same key with the credits as the refill leaves them, before the take.
   /// Default: take_credits().
