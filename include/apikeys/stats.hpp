@@ -55,7 +55,10 @@ namespace apikeys {
 /// of the first eight threads alive that count owns one copy (in every Stats) and
 /// updates it with plain relaxed loads and stores, as its only writer; further threads
 /// share one more copy with relaxed atomic additions. Request threads therefore do not
-/// contend for a line. snapshot() and to_prometheus_text() add the copies up.
+/// contend for a line. snapshot() and to_prometheus_text() add the copies up. A thread
+/// keeps its copy until it exits, even if it counts once (a start-up check on the main
+/// thread): start request threads first if you want them to own one; the counts are
+/// exact either way, only the cost of counting differs.
 class APIKEYS_EXPORT Stats final : public Observer {
  public:
   /// Histogram bucket upper bounds in nanoseconds, a log scale from 250 ns to 10 s
