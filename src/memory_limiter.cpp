@@ -27,6 +27,7 @@ constexpr std::size_t kMaxProbe = 32;      // slots looked at per lookup, at mos
 constexpr std::size_t kNearProbe = 8;      // a new entry further from home grows the table
 constexpr std::size_t kFirstSlots = 16;    // a shard's first slot table
 constexpr std::size_t kSlotsPerState = 4;  // a full table's slots per state of capacity
+constexpr std::size_t kSlotsPerLive = 2;   // a rebuilt table's slots per state kept
 constexpr std::size_t kFirstLeases = 8;    // and lease table
 
 std::uint64_t load64(const std::uint8_t* p) noexcept {
@@ -109,17 +110,19 @@ struct MemoryLimiter::Impl {
     return static_cast<std::size_t>(lh >> 11) & mask;
   }
 
-  // Rebuilds `table` at twice its size, or more if an entry would not fit in its probe
-  // window (up to `max`), placing each entry that `keep` accepts at the first place from
-  // its `home(mask, entry)` that `taken` finds free. Returns how many entries `taken`
-  // found in the old table and `keep` dropped; nullopt, and the table untouched, when it
-  // cannot grow within `max`.
+  // Rebuilds `table` at `size` slots, or more if an entry would not fit in its probe
+  // window (doubling, up to `max`), placing each entry that `keep` accepts at the first
+  // place from its `home(mask, entry)` that `taken` finds free. Returns how many entries
+  // `taken` found in the old table and `keep` dropped; nullopt, and the table untouched,
+  // when they cannot fit within `max`.
   template <class Entry, class Taken, class Keep, class Home>
-  static std::optional<std::size_t> regrow(std::vector<Entry>& table, std::size_t max,
-                                           const Taken& taken, const Keep& keep, const Home& home) {
-    for (std::size_t size = table.size() * 2; size <= max; size *= 2) {
+  static std::optional<std::size_t> rebuild(std::vector<Entry>& table, std::size_t size,
+                                            std::size_t max, const Taken& taken, const Keep& keep,
+                                            const Home& home) {
+    for (; size <= max; size *= 2) {
       std::vector<Entry> fresh(size);
       const std::size_t mask = size - 1;
+      const std::size_t window = std::min(kMaxProbe, size);
       std::size_t dropped = 0;
       bool fits = true;
       for (const Entry& e : table) {
@@ -130,11 +133,11 @@ struct MemoryLimiter::Impl {
         }
         std::size_t i = home(mask, e);
         std::size_t probe = 0;
-        while (probe < kMaxProbe && taken(fresh[i])) {
+        while (probe < window && taken(fresh[i])) {
           ++probe;
           i = (i + 1) & mask;
         }
-        if (probe == kMaxProbe) {
+        if (probe == window) {
           fits = false;
           break;
         }
@@ -147,12 +150,30 @@ struct MemoryLimiter::Impl {
     return std::nullopt;
   }
 
-  // Grows the shard's slot table (regrow()), keeping every state not at rest at `now_ns`
-  // (one at rest is the same as none). False when it is already at slots_per_shard.
-  bool grow_slots(Shard& sh, std::int64_t now_ns) APIKEYS_REQUIRES(sh.mu) {
-    const std::optional<std::size_t> dropped = regrow(
-        sh.slots, slots_per_shard, [](const Slot& s) { return s.scale != 0; },
-        [now_ns](const Slot& s) { return !detail::gcra_at_rest(s.state(), now_ns); },
+  // Rebuilds the shard's slot table without the states at rest at `now_ns` (one at rest
+  // is the same as none), except `lineage`'s (this request's limits may have claimed
+  // them a moment ago), at kSlotsPerLive slots per state kept: the table grows with the
+  // states in use and shrinks when they come to rest. A table at slots_per_shard is not
+  // rebuilt (its states at rest are taken over in place instead). False when the table
+  // is unchanged.
+  bool rebuild_slots(Shard& sh, const Uuid& lineage, std::int64_t now_ns) APIKEYS_REQUIRES(sh.mu) {
+    if (sh.slots.size() >= slots_per_shard) return false;
+    const auto keep = [&lineage, now_ns](const Slot& s) {
+      return s.lineage == lineage || !detail::gcra_at_rest(s.state(), now_ns);
+    };
+    std::size_t kept = 0;
+    std::size_t in_use = 0;
+    for (const Slot& s : sh.slots) {
+      if (s.scale == 0) continue;
+      ++in_use;
+      kept += keep(s) ? 1 : 0;
+    }
+    std::size_t size = round_up_pow2(std::max(kFirstSlots, (kept + 1) * kSlotsPerLive));
+    // The same size with nothing to drop would change nothing: grow.
+    if (size <= sh.slots.size() && kept == in_use) size = sh.slots.size() * 2;
+    size = std::min(size, slots_per_shard);
+    const std::optional<std::size_t> dropped = rebuild(
+        sh.slots, size, slots_per_shard, [](const Slot& s) { return s.scale != 0; }, keep,
         [this](std::size_t mask, const Slot& s) {
           return slot_home(mask, lineage_hash(s.lineage), s.name_hash);
         });
@@ -161,72 +182,82 @@ struct MemoryLimiter::Impl {
     return true;
   }
 
-  // The slot of (lineage, name_hash) in `sh`, or a free or at-rest slot claimed for it;
-  // nullptr when the probe window has neither. A claimed slot holds a state at rest at
-  // `now_ns` (what a state never used decides) and is never free again: were it left
-  // free until the request is admitted, a refused request would leave a hole in the
-  // probe chain, hiding the states beyond it (a lineage found there would look new).
-  // Sets `grown` when it grew the table, which moves every slot.
+  // The slot of (lineage, name_hash) in `sh`, or one claimed for it; nullptr when the
+  // probe window has no free slot and no state at rest. A free slot near home (past at
+  // most kNearProbe other lineages' states) is claimed first; failing that the table is
+  // rebuilt once per request (`may_rebuild`; rebuild_slots()), and only then is the
+  // nearest state at rest taken over, or a free slot further on. Taking over a state at
+  // rest loses nothing, but rebuilding first keeps probe chains short: a table where
+  // every lineage takes over another's would walk the whole window on each lookup.
+  // A claimed slot holds a state at rest at `now_ns` (what a state never used decides)
+  // and is never free again: were it left free until the request is admitted, a refused
+  // request would leave a hole in the probe chain, hiding the states beyond it (a
+  // lineage found there would look new). Sets `rebuilt` when it rebuilt the table,
+  // which moves every slot.
   Slot* find_slot(Shard& sh, const Uuid& lineage, std::uint64_t lh, std::uint64_t nh,
-                  std::uint64_t limit, std::int64_t now_ns, bool& grown) APIKEYS_REQUIRES(sh.mu) {
+                  std::uint64_t limit, std::int64_t now_ns, bool& may_rebuild, bool& rebuilt)
+      APIKEYS_REQUIRES(sh.mu) {
     if (sh.slots.empty()) sh.slots.resize(std::min(kFirstSlots, slots_per_shard));
     for (;;) {
       const std::size_t mask = sh.slots.size() - 1;
+      const std::size_t window = std::min(kMaxProbe, sh.slots.size());
       std::size_t i = slot_home(mask, lh, nh);
-      Slot* reuse = nullptr;
-      std::size_t reuse_at = 0;  // other lineages' slots passed before it
+      Slot* free_slot = nullptr;
+      std::size_t free_at = 0;  // other lineages' states passed before it
+      Slot* rest = nullptr;
+      std::size_t rest_at = 0;
       std::size_t foreign = 0;
-      for (std::size_t probe = 0; probe < kMaxProbe; ++probe, i = (i + 1) & mask) {
+      for (std::size_t probe = 0; probe < window; ++probe, i = (i + 1) & mask) {
         Slot& s = sh.slots[i];
         if (s.scale == 0) {
           // Slots are never emptied, only reused in place: nothing lies beyond a free one.
-          if (!reuse) {
-            reuse = &s;
-            reuse_at = foreign;
-          }
+          free_slot = &s;
+          free_at = foreign;
           break;
         }
         if (s.lineage == lineage) {
           if (s.name_hash == nh) return &s;
-          // Never reused for the same lineage: it may be another limit's of this very
-          // request, claimed (at rest) a moment ago, and two limits would share a state.
+          // Never taken over for the same lineage: it may be another limit's of this
+          // very request, claimed (at rest) a moment ago, and two limits would share a
+          // state.
           continue;
         }
-        if (!reuse && detail::gcra_at_rest(s.state(), now_ns)) {
-          reuse = &s;
-          reuse_at = foreign;
+        if (!rest && detail::gcra_at_rest(s.state(), now_ns)) {
+          rest = &s;
+          rest_at = foreign;
         }
         ++foreign;
       }
-      // Only a free slot near home (past few other lineages' states) is claimed while
-      // the table may still grow: taking a state at rest would lose nothing, but its
-      // lineage would then miss and claim again, and every lookup would walk the whole
-      // window.
-      const bool near_free = reuse && reuse->scale == 0 && reuse_at <= kNearProbe;
-      if (!near_free && grow_slots(sh, now_ns)) {
-        grown = true;
+      Slot* claim = nullptr;
+      if (free_slot && free_at <= kNearProbe) {
+        claim = free_slot;
+      } else if (may_rebuild && rebuild_slots(sh, lineage, now_ns)) {
+        may_rebuild = false;
+        rebuilt = true;
         continue;
+      } else {
+        claim = rest && (!free_slot || rest_at < free_at) ? rest : free_slot;
       }
-      if (!reuse) return nullptr;
-      if (reuse->scale == 0) {
+      if (!claim) return nullptr;
+      if (claim->scale == 0) {
         states.fetch_add(1, std::memory_order_relaxed);
       }
-      reuse->lineage = lineage;
-      reuse->name_hash = nh;
-      reuse->tat = static_cast<detail::Int128>(now_ns) * static_cast<detail::Int128>(limit);
-      reuse->scale = limit;
-      return reuse;
+      claim->lineage = lineage;
+      claim->name_hash = nh;
+      claim->tat = static_cast<detail::Int128>(now_ns) * static_cast<detail::Int128>(limit);
+      claim->scale = limit;
+      return claim;
     }
   }
 
-  // Grows the shard's lease table (regrow()), keeping every lease that holds credits.
-  // False when it is already at leases_per_shard.
+  // Grows the shard's lease table (rebuild() at twice its size), keeping every lease that
+  // holds credits. False when it is already at leases_per_shard.
   bool grow_leases(Shard& sh) const APIKEYS_REQUIRES(sh.mu) {
     const auto holds = [](const Lease& l) { return l.count != 0; };
-    return regrow(sh.leases, leases_per_shard, holds, holds,
-                  [this](std::size_t mask, const Lease& l) {
-                    return lease_home(mask, lineage_hash(l.lineage));
-                  })
+    return rebuild(sh.leases, sh.leases.size() * 2, leases_per_shard, holds, holds,
+                   [this](std::size_t mask, const Lease& l) {
+                     return lease_home(mask, lineage_hash(l.lineage));
+                   })
         .has_value();
   }
 
@@ -266,12 +297,13 @@ struct MemoryLimiter::Impl {
   bool decide(Shard& sh, const AdmissionRequest& r, std::uint64_t lh, std::int64_t now_ns,
               Slot** slots, detail::GcraDecision* decisions, Admission& out)
       APIKEYS_REQUIRES(sh.mu) {
+    bool may_rebuild = true;  // once per request: a rebuild keeps this lineage's states
     for (std::size_t i = 0; i < r.limit_count; ++i) {
       const RateLimit& limit = r.limits[i];
       const std::uint64_t nh = hasher(limit.name);
-      bool grown = false;
-      slots[i] = find_slot(sh, r.lineage_id, lh, nh, limit.limit, now_ns, grown);
-      if (grown && i > 0) {
+      bool rebuilt = false;
+      slots[i] = find_slot(sh, r.lineage_id, lh, nh, limit.limit, now_ns, may_rebuild, rebuilt);
+      if (rebuilt && i > 0) {
         // The slots found for the limits before this one moved: find them again.
         i = static_cast<std::size_t>(-1);
         continue;
@@ -582,6 +614,15 @@ void MemoryLimiter::return_leases() noexcept {
 
 std::size_t MemoryLimiter::states() const noexcept {
   return impl_->states.load(std::memory_order_relaxed);
+}
+
+std::size_t MemoryLimiter::table_bytes() const noexcept {
+  std::size_t total = 0;
+  for (Impl::Shard& sh : impl_->shards) {
+    detail::MutexLock lock(sh.mu);
+    total += sh.slots.capacity() * sizeof(Slot) + sh.leases.capacity() * sizeof(Lease);
+  }
+  return total;
 }
 
 std::uint64_t MemoryLimiter::leased() const noexcept {
