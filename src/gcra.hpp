@@ -47,8 +47,17 @@ inline std::int64_t to_nanos(TimePoint t) noexcept {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
 
+// a / b for a >= 0, b > 0: one 64-bit division when both fit, as they do on the hit
+// path (a call into libgcc's 128-bit division otherwise).
+inline Int128 div_nonneg(Int128 a, Int128 b) noexcept {
+  if (((a | b) >> 64) == 0) {
+    return static_cast<Int128>(static_cast<std::uint64_t>(a) / static_cast<std::uint64_t>(b));
+  }
+  return a / b;
+}
+
 // Ceiling of a / b for a >= 0, b > 0.
-inline Int128 ceil_div(Int128 a, Int128 b) noexcept { return (a + b - 1) / b; }
+inline Int128 ceil_div(Int128 a, Int128 b) noexcept { return div_nonneg(a + b - 1, b); }
 
 // `v` (>= 0) as int64 nanoseconds, saturating.
 inline std::int64_t saturate(Int128 v) noexcept {
@@ -94,7 +103,7 @@ inline GcraDecision gcra_decide(const GcraState& s, const RateLimit& limit, std:
   d.new_tat = cost == 0 ? tat : new_tat;
   const Int128 ahead = (cost == 0 ? base : new_tat) - now;  // >= 0
   const Int128 room = tau - ahead;
-  d.remaining = room > 0 ? static_cast<std::uint64_t>(room / t) : 0;
+  d.remaining = room > 0 ? static_cast<std::uint64_t>(div_nonneg(room, t)) : 0;
   // Up to burst * period ahead: 10^9 days passes int64 nanoseconds.
   d.reset_ns = saturate(ceil_div(ahead, l));
   return d;
