@@ -8,8 +8,10 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <new>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -41,9 +43,11 @@ struct InlineKey {
 };
 
 // A verdict's scopes, metadata, rate limits and lineage (when it is not the key's own
-// id), packed into one heap block so that an entry costs one allocation more when it has
-// them and none when it has not (a key with none keeps just the flat Slot below).
-// Layout, native byte order (the block never leaves the process), lengths as uint32:
+// id), packed into one block that sits right after its entry's Node, in the same heap
+// block: reading a verdict's policy is then no pointer chase to a second allocation (on
+// a hit, that was one more dependent cache miss), and an entry costs one allocation. A
+// key with none has no block. Layout, native byte order (the block never leaves the
+// process), lengths as uint32:
 //   block size | scope count | metadata length | limit count | lineage flag |
 //   per scope: length, characters | metadata |
 //   per limit: name length, name, limit (8), period ms (8), burst (8) | lineage (16, if flagged)
@@ -52,19 +56,16 @@ class Policy {
   static constexpr std::size_t kHeader = 20;
   static constexpr std::size_t kLimitFixed = 4 + 24;
 
-  Policy() = default;
-
   // True when v's lineage must be kept (a rotated key's is not its own id).
   static bool keeps_lineage(const Verdict& v) noexcept {
     return !v.lineage_id.is_nil() && v.lineage_id != v.key_id;
   }
 
-  // The block for v's scopes, metadata, limits and lineage; empty (no block) when it has
-  // none. Throws Error(invalid_argument) when the block would pass 4 GiB, std::bad_alloc.
-  static Policy pack(const Verdict& v) {
-    Policy p;
+  // Bytes of v's block; 0 when it has no scopes, metadata, limits or lineage to keep.
+  // Throws Error(invalid_argument) when the block would pass 4 GiB.
+  static std::size_t size_of(const Verdict& v) {
     const bool lineage = keeps_lineage(v);
-    if (v.scopes.empty() && v.metadata.empty() && v.rate_limits.empty() && !lineage) return p;
+    if (v.scopes.empty() && v.metadata.empty() && v.rate_limits.empty() && !lineage) return 0;
     std::size_t total = kHeader + v.metadata.size() + (lineage ? 16 : 0);
     for (const std::string& s : v.scopes) total += 4 + s.size();
     for (const RateLimit& l : v.rate_limits) total += kLimitFixed + l.name.size();
@@ -72,8 +73,12 @@ class Policy {
       throw Error(ErrorCode::invalid_argument,
                   "MemoryCache: a verdict's scopes and metadata take over 4 GiB");
     }
-    p.block_.reset(new unsigned char[total]);
-    unsigned char* out = p.block_.get();
+    return total;
+  }
+
+  // Writes v's block of size_of(v) = `total` (> 0) bytes at `out`.
+  static void write(const Verdict& v, std::size_t total, unsigned char* out) noexcept {
+    const bool lineage = keeps_lineage(v);
     store32(out, total);
     store32(out + 4, v.scopes.size());
     store32(out + 8, v.metadata.size());
@@ -96,16 +101,17 @@ class Policy {
       out += 24;
     }
     if (lineage) std::memcpy(out, v.lineage_id.bytes().data(), 16);
-    return p;
   }
 
-  // Bytes of the block (0 when there is none).
-  [[nodiscard]] std::size_t bytes() const noexcept { return block_ ? load32(block_.get()) : 0; }
+  // Bytes of the block at `in` (0 when there is none: `in` is null).
+  [[nodiscard]] static std::size_t bytes(const unsigned char* in) noexcept {
+    return in != nullptr ? load32(in) : 0;
+  }
 
-  // Sets v's scopes and metadata from the block (leaves them empty when there is none).
-  void unpack(Verdict& v) const {
-    if (!block_) return;
-    const unsigned char* in = block_.get();
+  // Sets v's scopes, metadata, limits and lineage from the block at `in` (leaves them
+  // empty when `in` is null).
+  static void unpack(const unsigned char* in, Verdict& v) {
+    if (in == nullptr) return;
     const std::uint32_t count = load32(in + 4);
     const std::uint32_t metadata = load32(in + 8);
     const std::uint32_t limits = load32(in + 12);
@@ -151,14 +157,12 @@ class Policy {
     std::memcpy(&u, at, 4);
     return u;
   }
-
-  std::unique_ptr<unsigned char[]> block_;
 };
 
 // One verdict per public key. `presented` is the full digest of the secret that earned
 // the verdict: a lookup answers only when the presented digest matches all 32 bytes.
 // The verdict's fields laid out flat (96 bytes, the last 8 the pointer to its Policy
-// block): its expires_at as Unix milliseconds, kNoKeyExpiry for none, and returned with
+// block, which follows its Node in the same allocation): its expires_at as Unix milliseconds, kNoKeyExpiry for none, and returned with
 // it, so the Validator checks the key's expiry against its own clock whatever clock this
 // cache has. The entry's own deadline is also capped at the key's expiry (see deadline()).
 constexpr std::int64_t kNoKeyExpiry = std::numeric_limits<std::int64_t>::max();
@@ -173,10 +177,10 @@ struct Slot {
   Uuid account_id;
   Uuid key_id;
   std::int64_t key_expires_ms = kNoKeyExpiry;
-  Policy policy;
+  const unsigned char* policy = nullptr;  // its Policy block, or null for none
 
   Slot() = default;
-  Slot(std::int64_t expires, const Digest& d, const Verdict& v, Policy&& p) noexcept
+  Slot(std::int64_t expires, const Digest& d, const Verdict& v, const unsigned char* p) noexcept
       : expires_ms(expires),
         presented(d),
         code(v.code),
@@ -186,15 +190,15 @@ struct Slot {
         account_id(v.account_id),
         key_id(v.key_id),
         key_expires_ms(v.expires_at ? to_unix_millis(*v.expires_at) : kNoKeyExpiry),
-        policy(std::move(p)) {}
-  // REQUIRES: the shard's mutex (the block may be freed by another put otherwise).
+        policy(p) {}
+  // REQUIRES: the shard's mutex (the node may be freed by another put otherwise).
   [[nodiscard]] Verdict verdict() const {
     Verdict v{code, account_id, key_id};
     if (key_expires_ms != kNoKeyExpiry) v.expires_at = from_unix_millis(key_expires_ms);
     v.has_policy = has_policy;
     v.has_admission = has_admission;
     v.has_credits = has_credits;
-    policy.unpack(v);
+    Policy::unpack(policy, v);
     // The block keeps a lineage only when it is not the key's own id.
     if (v.lineage_id.is_nil() && has_admission && code == ValidationCode::valid)
       v.lineage_id = key_id;
@@ -207,6 +211,29 @@ struct Node {
   InlineKey key;
   Slot slot;
 };
+
+struct NodeDeleter {
+  void operator()(Node* n) const noexcept {
+    n->~Node();
+    ::operator delete(static_cast<void*>(n));
+  }
+};
+using NodePtr = std::unique_ptr<Node, NodeDeleter>;
+
+// A node for `key` holding `verdict`, its Policy block written right after it (one
+// allocation). Throws std::bad_alloc, or Error(invalid_argument) for a block over 4 GiB.
+NodePtr make_node(const InlineKey& key, std::int64_t expires, const Digest& presented,
+                  const Verdict& verdict) {
+  const std::size_t block = Policy::size_of(verdict);
+  void* mem = ::operator new(sizeof(Node) + block);
+  auto* tail = static_cast<unsigned char*>(mem) + sizeof(Node);
+  if (block > 0) Policy::write(verdict, block, tail);
+  static_assert(std::is_nothrow_constructible_v<Slot, std::int64_t, const Digest&, const Verdict&,
+                                                const unsigned char*>,
+                "a node is built after its memory is taken");
+  return NodePtr(new (mem) Node{nullptr, key,
+                                Slot(expires, presented, verdict, block > 0 ? tail : nullptr)});
+}
 
 // A chained hash table with power-of-two buckets indexed by the key's SipHash (keyed,
 // so uniform; no modulo by a prime) that point at their first node. std::unordered_map
@@ -226,7 +253,7 @@ class Table {
   [[nodiscard]] std::size_t size() const noexcept { return size_; }
   [[nodiscard]] std::size_t bytes() const noexcept { return bytes_; }
   [[nodiscard]] static std::size_t charge(const Slot& slot) noexcept {
-    return MemoryCache::kEntryBytes + slot.policy.bytes();
+    return MemoryCache::kEntryBytes + Policy::bytes(slot.policy);
   }
   [[nodiscard]] std::size_t bucket_count() const noexcept { return buckets_.size(); }
   [[nodiscard]] Node* bucket(std::size_t b) const noexcept { return buckets_[b]; }
@@ -239,23 +266,33 @@ class Table {
     return nullptr;
   }
 
-  // REQUIRES: no node has key `k`. May throw std::bad_alloc (the table is unchanged).
-  void insert(const InlineKey& k, Slot&& slot) {
+  // Links `fresh`. REQUIRES: no node has its key. May throw std::bad_alloc when the
+  // buckets grow (the table is unchanged and `fresh` still the caller's).
+  void insert(NodePtr& fresh) {
     if (size_ + 1 > buckets_.size()) grow();
-    const std::size_t c = charge(slot);
-    Node* n = new Node{nullptr, k, std::move(slot)};
-    Node*& head = buckets_[index(k.hash)];
+    Node* n = fresh.release();
+    Node*& head = buckets_[index(n->key.hash)];
     n->next = head;
     head = n;
     ++size_;
-    bytes_ += c;
+    bytes_ += charge(n->slot);
   }
 
-  // Replaces the verdict of a node of this table.
-  void replace(Node* n, Slot&& slot) noexcept {
-    bytes_ -= charge(n->slot);
-    bytes_ += charge(slot);
-    n->slot = std::move(slot);
+  // Puts `fresh` in the place of `old`, a node of this table with the same key; returns
+  // `old`, unlinked, for the caller to free (after its lock, ideally).
+  NodePtr replace(Node* old, NodePtr& fresh) noexcept {
+    for (Node** link = &buckets_[index(old->key.hash)]; *link != nullptr; link = &(*link)->next) {
+      if (*link == old) {
+        Node* n = fresh.release();
+        n->next = old->next;
+        *link = n;
+        bytes_ -= charge(old->slot);
+        bytes_ += charge(n->slot);
+        old->next = nullptr;
+        return NodePtr(old);
+      }
+    }
+    return nullptr;  // not reached: `old` is in the table
   }
 
   bool erase(const InlineKey& k) noexcept {
@@ -265,7 +302,7 @@ class Table {
         Node* dead = *link;
         *link = dead->next;
         bytes_ -= charge(dead->slot);
-        delete dead;
+        NodeDeleter()(dead);
         --size_;
         return true;
       }
@@ -278,7 +315,7 @@ class Table {
       while (head != nullptr) {
         Node* dead = head;
         head = dead->next;
-        delete dead;
+        NodeDeleter()(dead);
       }
     }
     size_ = 0;
@@ -450,28 +487,30 @@ std::uint64_t MemoryCache::fill_token(std::string_view public_key) {
 void MemoryCache::put(std::string_view public_key, const Digest& presented, const Verdict& verdict,
                       std::chrono::milliseconds ttl, std::uint64_t token) {
   if (ttl.count() <= 0 || public_key.size() > kMaxPublicKeyLength) return;
-  Policy policy = Policy::pack(verdict);  // allocates, if at all, outside the lock
-  const std::size_t add = kEntryBytes + policy.bytes();
   auto w = impl_->locate(public_key);
+  const InlineKey key(public_key, w.hash);
+  // Built, and its block written, outside the lock; the deadline is taken from a clock
+  // read before it, so it is never later than one taken under the lock would be.
   const std::int64_t now = impl_->now_ms();
+  NodePtr fresh = make_node(key, deadline(now, ttl, verdict), presented, verdict);
+  const std::size_t add = Table::charge(fresh->slot);
+  NodePtr old;  // a replaced node: declared before the lock, so freed after it
   detail::MutexLock lock(w.shard.mu);
   if (impl_->token(w) != token) return;  // erased or cleared since the fill began
-  const InlineKey key(public_key, w.hash);
   Node* n = w.shard.table.find(key);
   if (n != nullptr) {
-    const Slot& old = n->slot;
-    const bool old_valid_live = old.code == ValidationCode::valid && old.expires_ms > now;
+    const Slot& prev = n->slot;
+    const bool old_valid_live = prev.code == ValidationCode::valid && prev.expires_ms > now;
     if (old_valid_live && verdict.code != ValidationCode::valid &&
-        !constant_time_equal(old.presented, presented)) {
+        !constant_time_equal(prev.presented, presented)) {
       return;  // a guess at the secret never pushes the owner's verdict out
     }
   }
   impl_->make_room(w.shard, now, n, add);
-  Slot slot(deadline(now, ttl, verdict), presented, verdict, std::move(policy));
   if (n != nullptr) {
-    w.shard.table.replace(n, std::move(slot));
+    old = w.shard.table.replace(n, fresh);
   } else {
-    w.shard.table.insert(key, std::move(slot));
+    w.shard.table.insert(fresh);
   }
 }
 
