@@ -6,7 +6,8 @@
 //   apikeys_bench            full run (sizes of BENCHMARKS.md; minutes)
 //   apikeys_bench --quick    tiny sizes, seconds; TARGET lines are informational
 //                            (same as APIKEYS_BENCH_QUICK=1)
-//   --skip=memory,threads,latency,scale,observer   leave sections out (their targets FAIL)
+//   --skip=memory,threads,latency,scale,observer,admission
+//                            leave sections out (their targets FAIL)
 //   --profile=hit|hit_stats|hit_one_rate_limit|hit_leased_credits|sqlite_cold|
 //             sqlite_not_found|sqlite_wrong_secret [--profile-calls=N]
 //                            one loop for callgrind (see BENCHMARKS.md)
@@ -1239,20 +1240,28 @@ double thread_cpu_ns() {
   return static_cast<double>(ts.tv_sec) * 1e9 + static_cast<double>(ts.tv_nsec);
 }
 
-void observer_section(const Config& cfg, const World& w, Results& res) {
-  progress("observer pairs");
+// Interleaved pairs of blocks: `block` calls through `plain`, then as many through
+// `other` over the same keys (which goes first alternates), thread CPU time per block.
+// Records under `prefix`: the pairs, each side's median and fastest block per call, and
+// the median of the pairs' ratios (other / plain), `prefix` + "/" + `ratio_name`. The
+// Google Benchmark rows of two paths run in different repetitions; on a shared machine
+// their ratio moves by more than a target's margin within minutes, the pairs' far less.
+void paired_blocks(const Config& cfg, const World& w, const apikeys::Validator& plain,
+                   const apikeys::Validator& other, const std::string& prefix,
+                   const std::string& plain_name, const std::string& other_name,
+                   const std::string& ratio_name, Results& res) {
   const std::size_t pairs = cfg.quick ? 21 : 401;
   const std::size_t block = cfg.quick ? 200 : 2000;
   const auto n = static_cast<std::uint32_t>(w.hit_count);
   std::vector<double> ratios;
-  std::vector<double> plain;
-  std::vector<double> observed;
+  std::vector<double> plain_ns;
+  std::vector<double> other_ns;
   std::size_t bad = 0;
   for (std::size_t p = 0; p < pairs; ++p) {
-    double ns[2] = {0, 0};  // [0] validate/hit, [1] validate/hit_stats
+    double ns[2] = {0, 0};  // [0] plain, [1] other
     for (int j = 0; j < 2; ++j) {
       const int which = (p % 2 == 0) ? j : 1 - j;
-      const apikeys::Validator& v = which == 1 ? *w.hit_stats : *w.hit;
+      const apikeys::Validator& v = which == 1 ? other : plain;
       ab::Rng rng(0x0b5e + p);  // the same keys for both blocks of a pair
       const double t0 = thread_cpu_ns();
       for (std::size_t c = 0; c < block; ++c) {
@@ -1262,17 +1271,35 @@ void observer_section(const Config& cfg, const World& w, Results& res) {
       ns[which] = thread_cpu_ns() - t0;
     }
     ratios.push_back(ns[1] / ns[0]);
-    plain.push_back(ns[0] / static_cast<double>(block));
-    observed.push_back(ns[1] / static_cast<double>(block));
+    plain_ns.push_back(ns[0] / static_cast<double>(block));
+    other_ns.push_back(ns[1] / static_cast<double>(block));
   }
-  expect(bad == 0, "observer pairs: " + std::to_string(bad) + " unexpected verdicts");
-  res.value["observer/pairs"] = static_cast<double>(pairs);
-  res.value["observer/hit_cpu_ns"] = ab::median(plain);
-  res.value["observer/hit_stats_cpu_ns"] = ab::median(observed);
-  res.value["observer/hit_stats_vs_hit"] = ab::median(ratios);
+  expect(bad == 0, prefix + " pairs: " + std::to_string(bad) + " unexpected verdicts");
+  res.value[prefix + "/pairs"] = static_cast<double>(pairs);
+  res.value[prefix + "/" + plain_name + "_cpu_ns"] = ab::median(plain_ns);
+  res.value[prefix + "/" + other_name + "_cpu_ns"] = ab::median(other_ns);
+  res.value[prefix + "/" + ratio_name] = ab::median(ratios);
   // The fastest block of each: what each costs when nothing else got in the way.
-  res.value["observer/hit_min_cpu_ns"] = *std::min_element(plain.begin(), plain.end());
-  res.value["observer/hit_stats_min_cpu_ns"] = *std::min_element(observed.begin(), observed.end());
+  res.value[prefix + "/" + plain_name + "_min_cpu_ns"] =
+      *std::min_element(plain_ns.begin(), plain_ns.end());
+  res.value[prefix + "/" + other_name + "_min_cpu_ns"] =
+      *std::min_element(other_ns.begin(), other_ns.end());
+}
+
+void observer_section(const Config& cfg, const World& w, Results& res) {
+  progress("observer pairs");
+  paired_blocks(cfg, w, *w.hit, *w.hit_stats, "observer", "hit", "hit_stats", "hit_stats_vs_hit",
+                res);
+}
+
+// The admission targets from pairs (paired_blocks()): a hit with one in-process rate
+// limit, and with leased credits as well, each against the plain hit.
+void admission_section(const Config& cfg, const World& w, Results& res) {
+  progress("admission pairs");
+  paired_blocks(cfg, w, *w.hit, *w.hit_limited, "admission", "hit", "hit_one_rate_limit",
+                "hit_one_rate_limit_vs_hit", res);
+  paired_blocks(cfg, w, *w.hit, *w.hit_leased, "admission_leased", "hit", "hit_leased_credits",
+                "hit_leased_credits_vs_hit", res);
 }
 
 // ------------------------------------------------------------------------------------
@@ -1322,6 +1349,11 @@ std::vector<Target> targets(const Results& r) {
       {"hit_stats_vs_hit", r.cpu("validate/hit_stats") / r.cpu("validate/hit"), 1.15, false},
       // The same, from interleaved pairs of blocks (observer_section).
       {"hit_stats_vs_hit_paired", r.get("observer/hit_stats_vs_hit"), 1.15, false},
+      // The admission targets from interleaved pairs of blocks (admission_section).
+      {"hit_one_rate_limit_vs_hit_paired", r.get("admission/hit_one_rate_limit_vs_hit"), 1.25,
+       false},
+      {"hit_leased_credits_vs_hit_paired", r.get("admission_leased/hit_leased_credits_vs_hit"), 1.3,
+       false},
   };
 }
 
@@ -1503,7 +1535,7 @@ int main(int argc, char** argv) {
       profile_calls = std::stoul(a.substr(16));
     } else if (a == "--help" || a == "-h") {
       std::printf(
-          "usage: apikeys_bench [--quick] [--skip=memory,threads,latency,scale,observer]\n"
+          "usage: apikeys_bench [--quick] [--skip=memory,threads,latency,scale,observer,admission]\n"
           "                     [--benchmark_*]\n"
           "       apikeys_bench --profile=hit|hit_stats|hit_one_rate_limit|hit_leased_credits|\n"
           "                     sqlite_cold|sqlite_not_found|sqlite_wrong_secret\n"
@@ -1561,6 +1593,7 @@ int main(int argc, char** argv) {
     if (cfg.skip.count("threads") == 0) threads_section(cfg, world, res);
     if (cfg.skip.count("latency") == 0) latency_section(cfg, world, res);
     if (cfg.skip.count("observer") == 0) observer_section(cfg, world, res);
+    if (cfg.skip.count("admission") == 0) admission_section(cfg, world, res);
     std::ostringstream os;
     os << "total run time " << elapsed_s(started) << " s; load at end " << load_average();
     res.notes.push_back(os.str());
