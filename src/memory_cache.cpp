@@ -162,9 +162,10 @@ class Policy {
 // One verdict per public key. `presented` is the full digest of the secret that earned
 // the verdict: a lookup answers only when the presented digest matches all 32 bytes.
 // The verdict's fields laid out flat (96 bytes, the last 8 the pointer to its Policy
-// block, which follows its Node in the same allocation): its expires_at as Unix milliseconds, kNoKeyExpiry for none, and returned with
-// it, so the Validator checks the key's expiry against its own clock whatever clock this
-// cache has. The entry's own deadline is also capped at the key's expiry (see deadline()).
+// block, which follows its Node in the same allocation): its expires_at as Unix
+// milliseconds, kNoKeyExpiry for none, and returned with it, so the Validator checks
+// the key's expiry against its own clock whatever clock this cache has. The entry's own
+// deadline is also capped at the key's expiry (see deadline()).
 constexpr std::int64_t kNoKeyExpiry = std::numeric_limits<std::int64_t>::max();
 
 struct Slot {
@@ -231,8 +232,8 @@ NodePtr make_node(const InlineKey& key, std::int64_t expires, const Digest& pres
   static_assert(std::is_nothrow_constructible_v<Slot, std::int64_t, const Digest&, const Verdict&,
                                                 const unsigned char*>,
                 "a node is built after its memory is taken");
-  return NodePtr(new (mem) Node{nullptr, key,
-                                Slot(expires, presented, verdict, block > 0 ? tail : nullptr)});
+  return NodePtr(
+      new (mem) Node{nullptr, key, Slot(expires, presented, verdict, block > 0 ? tail : nullptr)});
 }
 
 // A chained hash table with power-of-two buckets indexed by the key's SipHash (keyed,

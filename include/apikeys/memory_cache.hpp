@@ -51,11 +51,11 @@ struct MemoryCacheOptions {
 /// rate limits, has_credits, has_admission and the lineage.
 ///
 /// Bytes per entry: kEntryBytes, plus, for a verdict with scopes, metadata or rate
-/// limits (or the lineage of a rotated key), a block, allocated with the entry's node,
-/// of 20 + 4 x (number of scopes) + (characters of the scopes) + (bytes of the metadata) + 28 x (number of rate
-/// limits) + (characters of their names) + 16 when the lineage is kept. A lookup of a
-/// verdict without any of them allocates nothing; one with them allocates the strings it
-/// returns.
+/// limits (or the lineage of a rotated key), a block allocated with the entry's node:
+/// 20 + 4 x (number of scopes) + (characters of the scopes) + (bytes of the metadata)
+/// + 28 x (number of rate limits) + (characters of their names) + 16 when the lineage
+/// is kept. A lookup of a verdict without any of them allocates nothing; one with them
+/// allocates the strings it returns.
 class APIKEYS_EXPORT MemoryCache final : public Cache {
  public:
   /// The bytes an entry counts for against MemoryCacheOptions::max_bytes besides its
