@@ -27,7 +27,7 @@ constexpr std::size_t kMaxProbe = 32;      // slots looked at per lookup, at mos
 constexpr std::size_t kNearProbe = 8;      // a new entry further from home grows the table
 constexpr std::size_t kFirstSlots = 16;    // a shard's first slot table
 constexpr std::size_t kSlotsPerState = 4;  // a full table's slots per state of capacity
-constexpr std::size_t kSlotsPerLive = 2;   // a rebuilt table's slots per state kept
+constexpr std::size_t kSlotsPerLive = 4;   // a rebuilt table's slots per state kept
 constexpr std::size_t kFirstLeases = 8;    // and lease table
 
 std::uint64_t load64(const std::uint8_t* p) noexcept {
@@ -152,11 +152,13 @@ struct MemoryLimiter::Impl {
 
   // Rebuilds the shard's slot table without the states at rest at `now_ns` (one at rest
   // is the same as none), except `lineage`'s (this request's limits may have claimed
-  // them a moment ago), at kSlotsPerLive slots per state kept: the table grows with the
-  // states in use and shrinks when they come to rest. A table at slots_per_shard is not
-  // rebuilt (its states at rest are taken over in place instead). False when the table
-  // is unchanged.
-  bool rebuild_slots(Shard& sh, const Uuid& lineage, std::int64_t now_ns) APIKEYS_REQUIRES(sh.mu) {
+  // them a moment ago), at kSlotsPerLive slots per state kept and per state `to_come`
+  // (this request's limits still to be placed): the table grows with the states in use
+  // and shrinks when they come to rest. With `grow`, or when nothing could be dropped,
+  // it doubles instead. A table at slots_per_shard is not rebuilt (its states at rest are
+  // taken over in place instead). False when the table is unchanged.
+  bool rebuild_slots(Shard& sh, const Uuid& lineage, std::int64_t now_ns, std::size_t to_come,
+                     bool grow) APIKEYS_REQUIRES(sh.mu) {
     if (sh.slots.size() >= slots_per_shard) return false;
     const auto keep = [&lineage, now_ns](const Slot& s) {
       return s.lineage == lineage || !detail::gcra_at_rest(s.state(), now_ns);
@@ -168,9 +170,11 @@ struct MemoryLimiter::Impl {
       ++in_use;
       kept += keep(s) ? 1 : 0;
     }
-    std::size_t size = round_up_pow2(std::max(kFirstSlots, (kept + 1) * kSlotsPerLive));
+    std::size_t size = round_up_pow2(std::max(kFirstSlots, (kept + to_come) * kSlotsPerLive));
     // The same size with nothing to drop would change nothing: grow.
-    if (size <= sh.slots.size() && kept == in_use) size = sh.slots.size() * 2;
+    if (grow || (size <= sh.slots.size() && kept == in_use)) {
+      size = std::max(size, sh.slots.size() * 2);
+    }
     size = std::min(size, slots_per_shard);
     const std::optional<std::size_t> dropped = rebuild(
         sh.slots, size, slots_per_shard, [](const Slot& s) { return s.scale != 0; }, keep,
@@ -182,21 +186,24 @@ struct MemoryLimiter::Impl {
     return true;
   }
 
-  // The slot of (lineage, name_hash) in `sh`, or one claimed for it; nullptr when the
-  // probe window has no free slot and no state at rest. A free slot near home (past at
-  // most kNearProbe other lineages' states) is claimed first; failing that the table is
-  // rebuilt once per request (`may_rebuild`; rebuild_slots()), and only then is the
-  // nearest state at rest taken over, or a free slot further on. Taking over a state at
-  // rest loses nothing, but rebuilding first keeps probe chains short: a table where
-  // every lineage takes over another's would walk the whole window on each lookup.
+  // The slot of (lineage, name_hash) in `sh`, or one claimed for it; nullptr only when
+  // the table is at its full size and the probe window has no free slot and no state
+  // at rest. A free slot near home (past at most kNearProbe other lineages' states) is
+  // claimed first; failing that the table is rebuilt once per request (`may_rebuild`;
+  // rebuild_slots(), sized for the `to_come` limits of the request not yet placed, this
+  // one included), and only then is the nearest state at rest taken over, or a free
+  // slot further on; with neither, the table doubles until one turns up or it is full.
+  // Taking over a state at rest loses nothing, but rebuilding first keeps probe chains
+  // short: a table where every lineage takes over another's would walk the whole
+  // window on each lookup.
   // A claimed slot holds a state at rest at `now_ns` (what a state never used decides)
   // and is never free again: were it left free until the request is admitted, a refused
   // request would leave a hole in the probe chain, hiding the states beyond it (a
   // lineage found there would look new). Sets `rebuilt` when it rebuilt the table,
   // which moves every slot.
   Slot* find_slot(Shard& sh, const Uuid& lineage, std::uint64_t lh, std::uint64_t nh,
-                  std::uint64_t limit, std::int64_t now_ns, bool& may_rebuild, bool& rebuilt)
-      APIKEYS_REQUIRES(sh.mu) {
+                  std::uint64_t limit, std::int64_t now_ns, std::size_t to_come, bool& may_rebuild,
+                  bool& rebuilt) APIKEYS_REQUIRES(sh.mu) {
     if (sh.slots.empty()) sh.slots.resize(std::min(kFirstSlots, slots_per_shard));
     for (;;) {
       const std::size_t mask = sh.slots.size() - 1;
@@ -205,7 +212,6 @@ struct MemoryLimiter::Impl {
       Slot* free_slot = nullptr;
       std::size_t free_at = 0;  // other lineages' states passed before it
       Slot* rest = nullptr;
-      std::size_t rest_at = 0;
       std::size_t foreign = 0;
       for (std::size_t probe = 0; probe < window; ++probe, i = (i + 1) & mask) {
         Slot& s = sh.slots[i];
@@ -222,21 +228,23 @@ struct MemoryLimiter::Impl {
           // state.
           continue;
         }
-        if (!rest && detail::gcra_at_rest(s.state(), now_ns)) {
-          rest = &s;
-          rest_at = foreign;
-        }
+        if (!rest && detail::gcra_at_rest(s.state(), now_ns)) rest = &s;
         ++foreign;
       }
       Slot* claim = nullptr;
       if (free_slot && free_at <= kNearProbe) {
         claim = free_slot;
-      } else if (may_rebuild && rebuild_slots(sh, lineage, now_ns)) {
+      } else if (may_rebuild && rebuild_slots(sh, lineage, now_ns, to_come, false)) {
         may_rebuild = false;
         rebuilt = true;
         continue;
       } else {
-        claim = rest && (!free_slot || rest_at < free_at) ? rest : free_slot;
+        // The scan stops at the first free slot: a state at rest it found is nearer.
+        claim = rest ? rest : free_slot;
+        if (!claim && rebuild_slots(sh, lineage, now_ns, to_come, true)) {
+          rebuilt = true;
+          continue;
+        }
       }
       if (!claim) return nullptr;
       if (claim->scale == 0) {
@@ -302,7 +310,8 @@ struct MemoryLimiter::Impl {
       const RateLimit& limit = r.limits[i];
       const std::uint64_t nh = hasher(limit.name);
       bool rebuilt = false;
-      slots[i] = find_slot(sh, r.lineage_id, lh, nh, limit.limit, now_ns, may_rebuild, rebuilt);
+      slots[i] = find_slot(sh, r.lineage_id, lh, nh, limit.limit, now_ns, r.limit_count - i,
+                           may_rebuild, rebuilt);
       if (rebuilt && i > 0) {
         // The slots found for the limits before this one moved: find them again.
         i = static_cast<std::size_t>(-1);

@@ -77,7 +77,7 @@ class APIKEYS_EXPORT MemoryLimiter final : public Limiter {
   /// Rate-limit states held now.
   [[nodiscard]] std::size_t states() const noexcept;
   /// Bytes of the rate-limit and lease tables now. The rate-limit tables follow the
-  /// states in use: rebuilt at two slots per state not at rest when they fill, so they
+  /// states in use: rebuilt at four slots per state not at rest when they fill, so they
   /// also shrink once states come to rest.
   [[nodiscard]] std::size_t table_bytes() const noexcept;
   /// Credits held in leases now, over every lineage.

@@ -287,6 +287,73 @@ TEST_CASE("MemoryLimiter: tables follow the states in use as they come to rest",
   CHECK(limiter.table_bytes() <= most);
 }
 
+TEST_CASE("MemoryLimiter: many limits per request among states at rest are never busy",
+          "[admission][memory_limiter]") {
+  // A few lineages per shard, each with 10 to 16 limits, most of them at rest 10 ms
+  // after a request: a rebuild that drops them may leave a small table, and a request's
+  // later limits must still find places. A few hundred live states in a limiter of
+  // 262,144: busy is never right here.
+  std::mt19937_64 rng(11);
+  MemoryLimiter limiter(nullptr);
+  std::vector<Uuid> ids;
+  std::vector<std::vector<RateLimit>> limits;
+  for (int i = 0; i < 400; ++i) {
+    ids.push_back(lineage(rng));
+    std::vector<RateLimit> ls;
+    const int n = 10 + static_cast<int>(rng() % 7);
+    for (int k = 0; k < n; ++k) {
+      const std::string name = "l" + std::to_string(k);
+      ls.push_back(k == 0 && i % 3 == 0 ? limit("slow", 1, 86'400'000ms)
+                                        : limit(name.c_str(), 100, 1000ms));
+    }
+    limits.push_back(apikeys::normalize_rate_limits(std::move(ls)));
+  }
+  TimePoint now = kStart;
+  std::size_t busy = 0;
+  for (int step = 0; step < 20'000; ++step) {
+    now += std::chrono::milliseconds(rng() % 3);
+    const std::size_t w = rng() % ids.size();
+    try {
+      (void)limiter.admit(request(ids[w], limits[w], 1, now));
+    } catch (const apikeys::Error& e) {
+      CHECK(e.code() == apikeys::ErrorCode::busy);
+      ++busy;
+    }
+  }
+  CHECK(busy == 0);
+}
+
+TEST_CASE("MemoryLimiter: capacity live states find a place among states coming to rest",
+          "[admission][memory_limiter]") {
+  // Rebuilds that drop states at rest must not leave a live state without a place while
+  // the table may still grow: `capacity` day-long states, with three lineages whose
+  // states come to rest a millisecond later before each.
+  MemoryLimiterOptions o;
+  o.capacity = 20'000;
+  MemoryLimiter limiter(nullptr, o);
+  std::mt19937_64 rng(29);
+  const std::vector<RateLimit> daily = {limit("d", 1, 86'400'000ms)};
+  const std::vector<RateLimit> fast = {limit("f", 1000, 1000ms)};
+  TimePoint now = kStart;
+  std::size_t busy = 0;
+  for (std::size_t i = 0; i < o.capacity; ++i) {
+    for (int k = 0; k < 3; ++k) {
+      now += 1ms;
+      try {
+        (void)limiter.admit(request(lineage(rng), fast, 1, now));
+      } catch (const apikeys::Error&) {
+        ++busy;
+      }
+    }
+    try {
+      (void)limiter.admit(request(lineage(rng), daily, 1, now));
+    } catch (const apikeys::Error&) {
+      ++busy;
+    }
+  }
+  CHECK(busy == 0);
+}
+
 TEST_CASE("MemoryLimiter: capacity live states all find a place", "[admission][memory_limiter]") {
   MemoryLimiterOptions o;
   o.capacity = 20'000;
