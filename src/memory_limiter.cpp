@@ -154,8 +154,8 @@ struct MemoryLimiter::Impl {
   // is the same as none), except `lineage`'s (this request's limits may have claimed
   // them a moment ago), at kSlotsPerLive slots per state kept and per state `to_come`
   // (this request's limits still to be placed): the table grows with the states in use
-  // and shrinks when they come to rest. With `grow`, or when nothing could be dropped,
-  // it doubles instead. A table at slots_per_shard is not rebuilt (its states at rest are
+  // and shrinks when they come to rest. With `grow`, or when nothing can be dropped, it
+  // doubles instead. A table at slots_per_shard is not rebuilt (its states at rest are
   // taken over in place instead). False when the table is unchanged.
   bool rebuild_slots(Shard& sh, const Uuid& lineage, std::int64_t now_ns, std::size_t to_come,
                      bool grow) APIKEYS_REQUIRES(sh.mu) {
@@ -170,10 +170,11 @@ struct MemoryLimiter::Impl {
       ++in_use;
       kept += keep(s) ? 1 : 0;
     }
-    std::size_t size = round_up_pow2(std::max(kFirstSlots, (kept + to_come) * kSlotsPerLive));
-    // The same size with nothing to drop would change nothing: grow.
-    if (grow || (size <= sh.slots.size() && kept == in_use)) {
-      size = std::max(size, sh.slots.size() * 2);
+    // Nothing to drop: double, as a table of live states always did (sizing it at
+    // kSlotsPerLive would take more memory for no fewer rebuilds).
+    std::size_t size = sh.slots.size() * 2;
+    if (!grow && kept < in_use) {
+      size = round_up_pow2(std::max(kFirstSlots, (kept + to_come) * kSlotsPerLive));
     }
     size = std::min(size, slots_per_shard);
     const std::optional<std::size_t> dropped = rebuild(
@@ -189,7 +190,7 @@ struct MemoryLimiter::Impl {
   // The slot of (lineage, name_hash) in `sh`, or one claimed for it; nullptr only when
   // the table is at its full size and the probe window has no free slot and no state
   // at rest. A free slot near home (past at most kNearProbe other lineages' states) is
-  // claimed first; failing that the table is rebuilt once per request (`may_rebuild`;
+  // claimed first; failing that the table is rebuilt once per decision (`may_rebuild`;
   // rebuild_slots(), sized for the `to_come` limits of the request not yet placed, this
   // one included), and only then is the nearest state at rest taken over, or a free
   // slot further on; with neither, the table doubles until one turns up or it is full.
@@ -305,7 +306,7 @@ struct MemoryLimiter::Impl {
   bool decide(Shard& sh, const AdmissionRequest& r, std::uint64_t lh, std::int64_t now_ns,
               Slot** slots, detail::GcraDecision* decisions, Admission& out)
       APIKEYS_REQUIRES(sh.mu) {
-    bool may_rebuild = true;  // once per request: a rebuild keeps this lineage's states
+    bool may_rebuild = true;  // once per decision: a rebuild keeps this lineage's states
     for (std::size_t i = 0; i < r.limit_count; ++i) {
       const RateLimit& limit = r.limits[i];
       const std::uint64_t nh = hasher(limit.name);

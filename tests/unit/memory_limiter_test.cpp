@@ -326,18 +326,17 @@ TEST_CASE("MemoryLimiter: many limits per request among states at rest are never
 TEST_CASE("MemoryLimiter: capacity live states find a place among states coming to rest",
           "[admission][memory_limiter]") {
   // Rebuilds that drop states at rest must not leave a live state without a place while
-  // the table may still grow: `capacity` day-long states, with three lineages whose
-  // states come to rest a millisecond later before each.
-  MemoryLimiterOptions o;
-  o.capacity = 20'000;
-  MemoryLimiter limiter(nullptr, o);
+  // the table may still grow: `capacity` (the default) day-long states, each after a
+  // lineage whose state comes to rest a millisecond later.
+  MemoryLimiter limiter(nullptr);
+  const std::size_t capacity = limiter.options().capacity;
   std::mt19937_64 rng(29);
   const std::vector<RateLimit> daily = {limit("d", 1, 86'400'000ms)};
   const std::vector<RateLimit> fast = {limit("f", 1000, 1000ms)};
   TimePoint now = kStart;
   std::size_t busy = 0;
-  for (std::size_t i = 0; i < o.capacity; ++i) {
-    for (int k = 0; k < 3; ++k) {
+  for (std::size_t i = 0; i < capacity; ++i) {
+    for (int k = 0; k < 1; ++k) {
       now += 1ms;
       try {
         (void)limiter.admit(request(lineage(rng), fast, 1, now));
