@@ -24,7 +24,7 @@ namespace {
 
 constexpr std::size_t kShards = 64;        // a power of two
 constexpr std::size_t kMaxProbe = 32;      // slots looked at per lookup, at most
-constexpr std::size_t kNearProbe = 8;      // a new entry further from home grows the table
+constexpr std::size_t kNearProbe = 8;      // a new entry further from home rebuilds the table
 constexpr std::size_t kFirstSlots = 16;    // a shard's first slot table
 constexpr std::size_t kSlotsPerState = 4;  // a full table's slots per state of capacity
 constexpr std::size_t kSlotsPerLive = 4;   // a rebuilt table's slots per state kept
