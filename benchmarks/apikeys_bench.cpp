@@ -9,7 +9,7 @@
 //   --skip=memory,threads,latency,scale,observer,admission
 //                            leave sections out (their targets FAIL)
 //   --profile=hit|hit_stats|hit_one_rate_limit|hit_leased_credits|sqlite_cold|
-//             sqlite_not_found|sqlite_wrong_secret [--profile-calls=N]
+//             sqlite_not_found|sqlite_wrong_secret [--profile-calls=N] [--profile-reuse]
 //                            one loop for callgrind (see BENCHMARKS.md)
 //   APIKEYS_BENCH_CACHE_DIR=/tmp/x        keep the bulk-built SQLite files there
 //   any --benchmark_* flag of Google Benchmark (e.g. --benchmark_filter=floor)
@@ -1246,10 +1246,12 @@ double thread_cpu_ns() {
 // the median of the pairs' ratios (other / plain), `prefix` + "/" + `ratio_name`. The
 // Google Benchmark rows of two paths run in different repetitions; on a shared machine
 // their ratio moves by more than a target's margin within minutes, the pairs' far less.
+// With `reuse`, both sides answer into one ValidationResult per block (the hot-path
+// form of validate()) rather than return a fresh one per call.
 void paired_blocks(const Config& cfg, const World& w, const apikeys::Validator& plain,
                    const apikeys::Validator& other, const std::string& prefix,
                    const std::string& plain_name, const std::string& other_name,
-                   const std::string& ratio_name, Results& res) {
+                   const std::string& ratio_name, Results& res, bool reuse = false) {
   const std::size_t pairs = cfg.quick ? 21 : 401;
   const std::size_t block = cfg.quick ? 200 : 2000;
   const auto n = static_cast<std::uint32_t>(w.hit_count);
@@ -1263,10 +1265,20 @@ void paired_blocks(const Config& cfg, const World& w, const apikeys::Validator& 
       const int which = (p % 2 == 0) ? j : 1 - j;
       const apikeys::Validator& v = which == 1 ? other : plain;
       ab::Rng rng(0x0b5e + p);  // the same keys for both blocks of a pair
+      apikeys::ValidationResult out;
+      const apikeys::Requirements none;
       const double t0 = thread_cpu_ns();
-      for (std::size_t c = 0; c < block; ++c) {
-        const std::uint32_t k = rng.below(n);
-        bad += !v.validate(w.keys.public_key(k), w.keys.secret(k)).ok();
+      if (reuse) {
+        for (std::size_t c = 0; c < block; ++c) {
+          const std::uint32_t k = rng.below(n);
+          v.validate(w.keys.public_key(k), w.keys.secret(k), none, out);
+          bad += !out.ok();
+        }
+      } else {
+        for (std::size_t c = 0; c < block; ++c) {
+          const std::uint32_t k = rng.below(n);
+          bad += !v.validate(w.keys.public_key(k), w.keys.secret(k)).ok();
+        }
       }
       ns[which] = thread_cpu_ns() - t0;
     }
@@ -1300,6 +1312,10 @@ void admission_section(const Config& cfg, const World& w, Results& res) {
                 "hit_one_rate_limit_vs_hit", res);
   paired_blocks(cfg, w, *w.hit, *w.hit_leased, "admission_leased", "hit", "hit_leased_credits",
                 "hit_leased_credits_vs_hit", res);
+  paired_blocks(cfg, w, *w.hit, *w.hit_limited, "admission_reused", "hit", "hit_one_rate_limit",
+                "hit_one_rate_limit_vs_hit", res, true);
+  paired_blocks(cfg, w, *w.hit, *w.hit_leased, "admission_leased_reused", "hit",
+                "hit_leased_credits", "hit_leased_credits_vs_hit", res, true);
 }
 
 // ------------------------------------------------------------------------------------
@@ -1354,6 +1370,11 @@ std::vector<Target> targets(const Results& r) {
        false},
       {"hit_leased_credits_vs_hit_paired", r.get("admission_leased/hit_leased_credits_vs_hit"), 1.3,
        false},
+      // The same pairs through the hot-path form, validate(..., ValidationResult& out).
+      {"hit_one_rate_limit_vs_hit_reused", r.get("admission_reused/hit_one_rate_limit_vs_hit"),
+       1.25, false},
+      {"hit_leased_credits_vs_hit_reused",
+       r.get("admission_leased_reused/hit_leased_credits_vs_hit"), 1.3, false},
   };
 }
 
@@ -1363,10 +1384,20 @@ std::vector<Target> targets(const Results& r) {
 
 [[gnu::noinline]] std::size_t profile_loop(const apikeys::Validator& v, const ab::KeySet& pks,
                                            const ab::KeySet& sks, std::size_t key_count,
-                                           std::size_t calls, ValidationCode expected) {
+                                           std::size_t calls, ValidationCode expected, bool reuse) {
   ab::Rng rng(42);
   std::size_t as_expected = 0;
   const auto n = static_cast<std::uint32_t>(key_count);
+  if (reuse) {
+    apikeys::ValidationResult out;
+    const apikeys::Requirements none;
+    for (std::size_t c = 0; c < calls; ++c) {
+      const std::uint32_t k = rng.below(n);
+      v.validate(pks.public_key(k), sks.secret(k), none, out);
+      as_expected += out.code == expected;
+    }
+    return as_expected;
+  }
   for (std::size_t c = 0; c < calls; ++c) {
     const std::uint32_t k = rng.below(n);
     as_expected += v.validate(pks.public_key(k), sks.secret(k)).code == expected;
@@ -1402,7 +1433,7 @@ std::unique_ptr<apikeys::Validator> admission_profile_validator(
   return std::make_unique<apikeys::Validator>(store, std::move(hasher), o);
 }
 
-int profile(const std::string& what, std::size_t calls) {
+int profile(const std::string& what, std::size_t calls, bool reuse) {
   const bool stats = what == "hit_stats";
   const bool hit = what == "hit" || stats;
   const bool not_found = what == "sqlite_not_found";
@@ -1439,7 +1470,7 @@ int profile(const std::string& what, std::size_t calls) {
   const ValidationCode expected = not_found      ? ValidationCode::not_found
                                   : wrong_secret ? ValidationCode::wrong_secret
                                                  : ValidationCode::valid;
-  const std::size_t ok = profile_loop(*v, pks, sks, kKeys, calls, expected);
+  const std::size_t ok = profile_loop(*v, pks, sks, kKeys, calls, expected, reuse);
   std::printf("profile %s: %zu calls, %zu as expected (%s)\n", what.c_str(), calls, ok,
               apikeys::to_string(expected));
   return ok == calls ? 0 : 1;
@@ -1521,6 +1552,7 @@ int main(int argc, char** argv) {
   std::vector<char*> user;
   std::string profile_what;
   std::size_t profile_calls = 100'000;
+  bool profile_reuse = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") {
@@ -1533,13 +1565,16 @@ int main(int argc, char** argv) {
       profile_what = a.substr(10);
     } else if (a.rfind("--profile-calls=", 0) == 0) {
       profile_calls = std::stoul(a.substr(16));
+    } else if (a == "--profile-reuse") {
+      profile_reuse = true;
     } else if (a == "--help" || a == "-h") {
       std::printf(
           "usage: apikeys_bench [--quick] [--skip=memory,threads,latency,scale,observer,admission]\n"
           "                     [--benchmark_*]\n"
           "       apikeys_bench --profile=hit|hit_stats|hit_one_rate_limit|hit_leased_credits|\n"
           "                     sqlite_cold|sqlite_not_found|sqlite_wrong_secret\n"
-          "                     [--profile-calls=N]  (one loop, for callgrind)\n"
+          "                     [--profile-calls=N] [--profile-reuse]  (one loop, for\n"
+          "                     callgrind; --profile-reuse: one ValidationResult reused)\n"
           "env: APIKEYS_BENCH_QUICK=1 (same as --quick), APIKEYS_BENCH_CACHE_DIR=dir (keep the\n"
           "bulk-built SQLite files there between runs)\n");
       return 0;
@@ -1550,7 +1585,7 @@ int main(int argc, char** argv) {
   if (const char* dir = std::getenv("APIKEYS_BENCH_CACHE_DIR")) cfg.cache_dir = dir;
   if (!profile_what.empty()) {
     try {
-      return profile(profile_what, profile_calls);
+      return profile(profile_what, profile_calls, profile_reuse);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "apikeys_bench: %s\n", e.what());
       return 2;

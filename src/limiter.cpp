@@ -13,6 +13,8 @@ namespace apikeys {
 // Defined here so the vtable lives in the library.
 Limiter::~Limiter() = default;
 
+void Limiter::admit_into(const AdmissionRequest& request, Admission& out) { out = admit(request); }
+
 namespace {
 
 [[noreturn]] void refuse(const std::string& why) {

@@ -108,9 +108,13 @@ class Policy {
     return in != nullptr ? load32(in) : 0;
   }
 
-  // Sets v's scopes, metadata, limits and lineage from the block at `in` (leaves them
-  // empty when `in` is null).
+  // Sets v's scopes, metadata, limits and lineage from the block at `in` (empty, and
+  // the lineage nil, when `in` is null). The vectors keep their capacity.
   static void unpack(const unsigned char* in, Verdict& v) {
+    v.scopes.clear();
+    v.metadata.clear();
+    v.rate_limits.clear();
+    v.lineage_id = Uuid();
     if (in == nullptr) return;
     const std::uint32_t count = load32(in + 4);
     const std::uint32_t metadata = load32(in + 8);
@@ -123,7 +127,7 @@ class Policy {
       v.scopes.emplace_back(reinterpret_cast<const char*>(in + 4), len);
       in += 4 + static_cast<std::size_t>(len);
     }
-    v.metadata.assign(reinterpret_cast<const char*>(in), metadata);
+    if (metadata > 0) v.metadata.assign(reinterpret_cast<const char*>(in), metadata);
     in += metadata;
     // Each name constructed in place (std::string::assign() on a default-constructed
     // one took over 100 instructions more per limit on the hit path).
@@ -192,9 +196,15 @@ struct Slot {
         key_id(v.key_id),
         key_expires_ms(v.expires_at ? to_unix_millis(*v.expires_at) : kNoKeyExpiry),
         policy(p) {}
+  // Sets every field of `v` to the verdict, keeping the capacity of its vectors.
   // REQUIRES: the shard's mutex (the node may be freed by another put otherwise).
-  [[nodiscard]] Verdict verdict() const {
-    Verdict v{code, account_id, key_id};
+  void fill(Verdict& v) const {
+    static_assert(sizeof(Verdict) == 168 || sizeof(void*) != 8,
+                  "Verdict has a new field: set it here");
+    v.code = code;
+    v.account_id = account_id;
+    v.key_id = key_id;
+    v.expires_at.reset();
     if (key_expires_ms != kNoKeyExpiry) v.expires_at = from_unix_millis(key_expires_ms);
     v.has_policy = has_policy;
     v.has_admission = has_admission;
@@ -203,7 +213,6 @@ struct Slot {
     // The block keeps a lineage only when it is not the key's own id.
     if (v.lineage_id.is_nil() && has_admission && code == ValidationCode::valid)
       v.lineage_id = key_id;
-    return v;
   }
 };
 
@@ -465,20 +474,27 @@ MemoryCache::MemoryCache(MemoryCacheOptions options) : impl_(std::make_unique<Im
 MemoryCache::~MemoryCache() = default;
 
 std::optional<Verdict> MemoryCache::get(std::string_view public_key, const Digest& presented) {
-  if (public_key.size() > kMaxPublicKeyLength) return std::nullopt;
+  Verdict v;
+  if (!get_into(public_key, presented, v)) return std::nullopt;
+  return v;
+}
+
+bool MemoryCache::get_into(std::string_view public_key, const Digest& presented, Verdict& out) {
+  if (public_key.size() > kMaxPublicKeyLength) return false;
   auto w = impl_->locate(public_key);
   const std::int64_t now = impl_->now_ms();
   detail::MutexLock lock(w.shard.mu);
   Node* n = w.shard.table.find(InlineKey(public_key, w.hash));
   static_assert(sizeof(InlineKey) == 64 && sizeof(Slot) == 96, "entry layout grew");
   static_assert(sizeof(Node) + 2 * sizeof(void*) == kEntryBytes, "kEntryBytes is documented");
-  if (n == nullptr) return std::nullopt;
+  if (n == nullptr) return false;
   if (n->slot.expires_ms <= now) {
     w.shard.table.erase(InlineKey(n->key));
-    return std::nullopt;
+    return false;
   }
-  if (!constant_time_equal(n->slot.presented, presented)) return std::nullopt;
-  return n->slot.verdict();
+  if (!constant_time_equal(n->slot.presented, presented)) return false;
+  n->slot.fill(out);
+  return true;
 }
 
 std::uint64_t MemoryCache::fill_token(std::string_view public_key) {

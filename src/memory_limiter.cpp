@@ -362,14 +362,22 @@ struct MemoryLimiter::Impl {
     return st.take_credits(r.lineage_id, min, max, r.now);
   }
 
-  Admission admit(const AdmissionRequest& r);
-  Admission admit_direct(const AdmissionRequest& r, Shard& sh, std::uint64_t lh,
-                         std::int64_t now_ns);
-  Admission admit_leased(const AdmissionRequest& r, Shard& sh, std::uint64_t lh,
-                         std::int64_t now_ns);
+  // Each sets `out` (out.limits keeps its capacity); admit() resets it first.
+  void admit(const AdmissionRequest& r, Admission& out);
+  void admit_direct(const AdmissionRequest& r, Shard& sh, std::uint64_t lh, std::int64_t now_ns,
+                    Admission& out);
+  void admit_leased(const AdmissionRequest& r, Shard& sh, std::uint64_t lh, std::int64_t now_ns,
+                    Admission& out);
 };
 
-Admission MemoryLimiter::Impl::admit(const AdmissionRequest& r) {
+void MemoryLimiter::Impl::admit(const AdmissionRequest& r, Admission& out) {
+  {
+    // A fresh answer whatever fields Admission gains, keeping the limits' capacity.
+    std::vector<LimitStatus> limits = std::move(out.limits);
+    out = Admission{};
+    out.limits = std::move(limits);
+    out.limits.clear();
+  }
   if (r.limit_count > KeyPolicyLimits::kMaxRateLimits) {
     throw Error(ErrorCode::invalid_argument, "too many rate limits in one request");
   }
@@ -388,7 +396,6 @@ Admission MemoryLimiter::Impl::admit(const AdmissionRequest& r) {
   Shard& sh = shard_of(lh);
   const std::int64_t now_ns = detail::to_nanos(r.now);
   if (!r.charge_credits) {
-    Admission out;
     // Not value-initialised (1.1 KiB per call): each entry is written before it is read.
     // NOLINTNEXTLINE(cppcoreguidelines-pro-type-member-init)
     std::array<Slot*, KeyPolicyLimits::kMaxRateLimits> slots;
@@ -398,23 +405,25 @@ Admission MemoryLimiter::Impl::admit(const AdmissionRequest& r) {
     if (decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) {
       commit(r, slots.data(), decisions.data(), out);
     }
-    return out;
+    return;
   }
   const std::int64_t ms = to_unix_millis(r.now);
   std::int64_t seen = last_now_ms.load(std::memory_order_relaxed);
   while (seen < ms && !last_now_ms.compare_exchange_weak(seen, ms, std::memory_order_relaxed)) {
   }
-  if (options.lease_size > 0) return admit_leased(r, sh, lh, now_ns);
-  return admit_direct(r, sh, lh, now_ns);
+  if (options.lease_size > 0) {
+    admit_leased(r, sh, lh, now_ns, out);
+  } else {
+    admit_direct(r, sh, lh, now_ns, out);
+  }
 }
 
 // Rate limits peeked, credits charged in the store (one guarded write), then the rate
 // limits decided again and applied; if they refuse now (another request came in
 // between), the charge is given back. So a rate-limited request is never charged, and
 // the store never holds the shard's lock.
-Admission MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh, std::uint64_t lh,
-                                            std::int64_t now_ns) {
-  Admission out;
+void MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh, std::uint64_t lh,
+                                       std::int64_t now_ns, Admission& out) {
   // Not value-initialised (1.1 KiB per call): each entry is written before it is read.
   // NOLINTNEXTLINE(cppcoreguidelines-pro-type-member-init)
   std::array<Slot*, KeyPolicyLimits::kMaxRateLimits> slots;
@@ -422,13 +431,13 @@ Admission MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh
   std::array<detail::GcraDecision, KeyPolicyLimits::kMaxRateLimits> decisions;
   {
     detail::MutexLock lock(sh.mu);
-    if (!decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) return out;
+    if (!decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) return;
   }
   const CreditTake take = take_credits(credit_store(), r, r.cost, r.cost);
   if (take.outcome == CreditTake::Outcome::insufficient) {
     out.outcome = AdmissionOutcome::usage_exceeded;
     out.credits_remaining = take.remaining;
-    return out;
+    return;
   }
   const bool charged = take.outcome == CreditTake::Outcome::taken;
   if (charged) out.credits_remaining = take.remaining;
@@ -436,7 +445,7 @@ Admission MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh
     detail::MutexLock lock(sh.mu);
     if (decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) {
       commit(r, slots.data(), decisions.data(), out);
-      return out;
+      return;
     }
   } catch (...) {
     // The table filled up meanwhile: the charge goes back, then the failure is reported.
@@ -452,14 +461,12 @@ Admission MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh
   out.credits_remaining.reset();
   if (charged && take.taken > 0)
     credit_store().return_credits(r.lineage_id, take.taken, take.period);
-  return out;
 }
 
 // Rate limits and the lease decided together under the shard lock; the store is asked
 // (outside the lock) only when the lease is short, expired, or from a past period.
-Admission MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std::uint64_t lh,
-                                            std::int64_t now_ns) {
-  Admission out;
+void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std::uint64_t lh,
+                                       std::int64_t now_ns, Admission& out) {
   // Not value-initialised (1.1 KiB per call): each entry is written before it is read.
   // NOLINTNEXTLINE(cppcoreguidelines-pro-type-member-init)
   std::array<Slot*, KeyPolicyLimits::kMaxRateLimits> slots;
@@ -471,12 +478,13 @@ Admission MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh
   std::int64_t stale_period = 0;
   {
     detail::MutexLock lock(sh.mu);
-    if (!decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) return out;
+    if (!decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) return;
     Lease* lease = find_lease(sh, r.lineage_id, lh, true);
     if (!lease) {
       // No room for a lease: charge the store for this request alone, one write.
       lock.unlock();
-      return admit_direct(r, sh, lh, now_ns);
+      admit_direct(r, sh, lh, now_ns, out);
+      return;
     }
     if (lease->count != 0) {
       const bool period_ok = r.now < lease->period_end;
@@ -485,7 +493,7 @@ Admission MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh
         lease->count -= r.cost;
         out.credits_remaining = lease->count + lease->store_remaining;
         commit(r, slots.data(), decisions.data(), out);
-        return out;
+        return;
       }
       if (fresh) {
         carry = lease->count;
@@ -520,7 +528,7 @@ Admission MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh
     if (decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) {
       commit(r, slots.data(), decisions.data(), out);
     }
-    return out;
+    return;
   }
   // Credits of two refill periods never mix: the carry of an older period is dropped.
   if (carry > 0 && carry_period != take.period) carry = 0;
@@ -568,7 +576,6 @@ Admission MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh
     }
   }
   if (failure) std::rethrow_exception(failure);
-  return out;
 }
 
 MemoryLimiter::MemoryLimiter(std::shared_ptr<Store> credits_store, MemoryLimiterOptions options) {
@@ -586,7 +593,15 @@ MemoryLimiter::MemoryLimiter(std::shared_ptr<Store> credits_store, MemoryLimiter
 
 MemoryLimiter::~MemoryLimiter() { return_leases(); }
 
-Admission MemoryLimiter::admit(const AdmissionRequest& request) { return impl_->admit(request); }
+Admission MemoryLimiter::admit(const AdmissionRequest& request) {
+  Admission out;
+  impl_->admit(request, out);
+  return out;
+}
+
+void MemoryLimiter::admit_into(const AdmissionRequest& request, Admission& out) {
+  impl_->admit(request, out);
+}
 
 void MemoryLimiter::credits_reset(const Uuid& lineage_id) noexcept {
   const std::uint64_t lh = impl_->lineage_hash(lineage_id);

@@ -32,6 +32,31 @@ bool split_token(std::string_view token, std::string_view& pk, std::string_view&
   return true;
 }
 
+// Makes `r` a fresh `error` answer, as ValidationResult{} is, but keeping the capacity
+// of its vectors and strings: a caller that reuses one result allocates nothing on a
+// hit once it has held a key's scopes and limits.
+void reset(ValidationResult& r) noexcept {
+  static_assert(sizeof(ValidationResult) == 280 || sizeof(void*) != 8,
+                "ValidationResult has a new field: reset it here");
+  r.code = ValidationCode::error;
+  r.account_id = Uuid();
+  r.key_id = Uuid();
+  r.expires_at.reset();
+  r.scopes.clear();
+  r.metadata.clear();
+  r.has_policy = false;
+  r.lineage_id = Uuid();
+  r.rate_limits.clear();
+  r.has_credits = false;
+  r.has_admission = false;
+  r.missing_scopes.clear();
+  r.limits.clear();
+  r.credits_remaining.reset();
+  r.limited_by.clear();
+  r.retry_after = std::chrono::milliseconds(0);
+  r.limiter_failed = false;
+}
+
 }  // namespace
 
 namespace detail {
@@ -265,17 +290,18 @@ struct Validator::Impl {
   // `judged` receives the time the verdict was judged at when it is valid and the clock
   // was read (admission reuses it: one clock read per request). `trace` receives what
   // the observers are told.
-  ValidationResult validate(std::string_view pk, std::string_view sk, Trace& trace,
-                            std::optional<TimePoint>* judged) const noexcept;
+  // Each sets `result`, which must be fresh (reset()) on entry.
+  void validate(std::string_view pk, std::string_view sk, Trace& trace,
+                std::optional<TimePoint>* judged, ValidationResult& result) const noexcept;
   // validate(), then the requirements: a valid key lacking a required scope becomes
   // insufficient_scope, then admission (rate_limited, usage_exceeded); none of them
   // cached, as they depend on the request.
-  ValidationResult validate(std::string_view pk, std::string_view sk,
-                            const Requirements& requirements, Trace& trace) const noexcept;
+  void validate(std::string_view pk, std::string_view sk, const Requirements& requirements,
+                Trace& trace, ValidationResult& result) const noexcept;
   // The public entry: validate() with requirements, and the observers told (a token
   // that did not split is `malformed` without a look at either half).
-  ValidationResult observed(std::string_view pk, std::string_view sk, bool split,
-                            const Requirements& requirements) const noexcept;
+  void observed(std::string_view pk, std::string_view sk, bool split,
+                const Requirements& requirements, ValidationResult& result) const noexcept;
   // Admits a request of `cost` for the valid `result` at `now` (doc/rate-limits.md),
   // then tells the observers of a refill the admission wrote.
   void admit(ValidationResult& result, std::uint64_t cost, TimePoint now,
@@ -303,12 +329,12 @@ struct Validator::Impl {
 // Format, digest, cache, fill token, store, then the verdict (secret first, then
 // expiry and status), the cache fill and last use: doc/validate.md says why each step
 // sits where it does.
-ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& trace,
-                                           std::optional<TimePoint>* judged) const noexcept {
-  ValidationResult result;
+void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& trace,
+                               std::optional<TimePoint>* judged,
+                               ValidationResult& result) const noexcept {
   if (!well_formed(pk, sk)) {
     result.code = ValidationCode::malformed;
-    return result;
+    return;
   }
   try {
     const Digest presented = hasher->hash(sk);
@@ -318,44 +344,52 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
     if (cache) {
       try {
         trace.cache = CacheResult::error;  // until get() returns
-        std::optional<Verdict> v = cache->get(pk, presented);
+        // Straight into the answer (a Verdict): with MemoryCache and a reused result,
+        // a hit allocates nothing.
+        Verdict& v = result;
+        const bool found = cache->get_into(pk, presented, v);
         trace.cache = CacheResult::miss;
         // A `valid` verdict without the key's scopes and metadata (a cache written before
         // they existed rebuilt it from the fields it knew) is a miss: read the store.
         // Likewise one without its rate limits and credits (has_admission).
-        if (v && (v->code != ValidationCode::valid || (v->has_policy && v->has_admission))) {
+        if (found && (v.code != ValidationCode::valid || (v.has_policy && v.has_admission))) {
           trace.cache = CacheResult::hit;
           trace.path = ValidatePath::cache;
-          if (v->code == ValidationCode::valid) {
-            const bool admits = judged && (!v->rate_limits.empty() || v->has_credits);
-            if (v->expires_at || admits) {
+          if (v.code == ValidationCode::valid) {
+            const bool admits = judged && (!v.rate_limits.empty() || v.has_credits);
+            if (v.expires_at || admits) {
               // One clock, ours, decides expiry: a verdict the cache kept past the key's
               // expiry (a put delayed after our clock read, a cache on another clock)
               // still answers `expired`.
               const TimePoint now = clock->now();
-              if (v->expires_at && now >= *v->expires_at) {
+              if (v.expires_at && now >= *v.expires_at) {
+                trace.key_id = v.key_id;
+                trace.account_id = v.account_id;
+                reset(result);
                 result.code = ValidationCode::expired;
-                trace.key_id = v->key_id;
-                trace.account_id = v->account_id;
-                return result;
+                return;
               }
-              if (options.record_last_use) tracker.note(v->key_id, to_unix_millis(now));
+              if (options.record_last_use) tracker.note(v.key_id, to_unix_millis(now));
               if (judged) *judged = now;
             } else if (options.record_last_use) {
-              tracker.note(v->key_id, *clock);
+              tracker.note(v.key_id, *clock);
             }
-            trace.key_id = v->key_id;
-            trace.account_id = v->account_id;
-            return ValidationResult(std::move(*v));
+            trace.key_id = v.key_id;
+            trace.account_id = v.account_id;
+            return;
           }
-          result.code = v->code;
-          return result;
+          const ValidationCode code = v.code;
+          reset(result);  // a negative verdict answers its code alone
+          result.code = code;
+          return;
         }
+        if (found) reset(result);  // not an answer: what the cache wrote goes
         // Taken before the store read: a revoke that erases after this point makes
         // the put below a no-op (the revoke/fill race, doc/failure-modes.md).
         token = cache->fill_token(pk);
         can_fill = true;
       } catch (...) {
+        reset(result);     // it may have written part of a verdict
         can_fill = false;  // a failing cache is a miss, never a verdict
         trace.cache = CacheResult::error;
         report(Component::cache, "get");
@@ -455,19 +489,18 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
     if (judged) *judged = now;
     // `presented` is the digest under the current pepper already: no HMAC more.
     if (rehash) rehash_queue.add(record->info.key_id, record->digest, presented);
-    return result;
   } catch (...) {
     // Fail closed: whatever went wrong, this is not a `valid`.
-    return ValidationResult{};
+    reset(result);
   }
 }
 
-ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view sk,
-                                           const Requirements& requirements,
-                                           Trace& trace) const noexcept {
+void Validator::Impl::validate(std::string_view pk, std::string_view sk,
+                               const Requirements& requirements, Trace& trace,
+                               ValidationResult& result) const noexcept {
   std::optional<TimePoint> now;
-  ValidationResult result = validate(pk, sk, trace, &now);
-  if (result.code != ValidationCode::valid) return result;
+  validate(pk, sk, trace, &now, result);
+  if (result.code != ValidationCode::valid) return;
   if (!requirements.scopes.empty()) {
     try {
       for (const std::string& required : requirements.scopes) {
@@ -476,29 +509,37 @@ ValidationResult Validator::Impl::validate(std::string_view pk, std::string_view
         }
       }
     } catch (...) {
-      return ValidationResult{};  // allocation failure: fail closed
+      reset(result);  // allocation failure: fail closed
+      return;
     }
     if (!result.missing_scopes.empty()) {
       result.code = ValidationCode::insufficient_scope;
-      return result;  // refused before admission: nothing is spent
+      return;  // refused before admission: nothing is spent
     }
   }
   if (!result.rate_limits.empty() || result.has_credits) {
     admit(result, requirements.cost, now ? *now : clock->now(), trace);
   }
-  return result;
 }
 
-ValidationResult Validator::Impl::observed(std::string_view pk, std::string_view sk, bool split,
-                                           const Requirements& requirements) const noexcept {
+void Validator::Impl::observed(std::string_view pk, std::string_view sk, bool split,
+                               const Requirements& requirements,
+                               ValidationResult& result) const noexcept {
   Trace trace;
   if (observers.empty()) {
-    if (!split) return ValidationResult(ValidationCode::malformed);
-    return validate(pk, sk, requirements, trace);
+    if (split) {
+      validate(pk, sk, requirements, trace, result);
+    } else {
+      result.code = ValidationCode::malformed;
+    }
+    return;
   }
   const std::uint64_t start = ticks->now();
-  ValidationResult result =
-      split ? validate(pk, sk, requirements, trace) : ValidationResult(ValidationCode::malformed);
+  if (split) {
+    validate(pk, sk, requirements, trace, result);
+  } else {
+    result.code = ValidationCode::malformed;
+  }
   ValidateEvent event;
   event.code = result.code;
   event.path = trace.path;
@@ -508,7 +549,6 @@ ValidationResult Validator::Impl::observed(std::string_view pk, std::string_view
   event.account_id = trace.account_id;
   event.duration = ticks->between(start, ticks->now());
   observers.validate(event);
-  return result;
 }
 
 void Validator::Impl::report(Component component, std::string_view operation, const char* message,
@@ -551,13 +591,15 @@ void Validator::Impl::admit_with(ValidationResult& result, std::uint64_t cost, T
     request.cost = cost;
     request.now = now;
     if (result.has_credits) request.audit = &refills;
-    Admission admission = limiter->admit(request);
+    // The limiter writes the statuses into the result's own vector (its capacity kept).
+    Admission admission;
+    admission.limits.swap(result.limits);
+    limiter->admit_into(request, admission);
+    result.limits.swap(admission.limits);
     result.credits_remaining = admission.credits_remaining;
+    if (admission.outcome != AdmissionOutcome::admitted) result.limits.clear();
     switch (admission.outcome) {
-      case AdmissionOutcome::admitted:
-        trace.admission = AdmissionResult::admitted;
-        result.limits = std::move(admission.limits);
-        return;
+      case AdmissionOutcome::admitted: trace.admission = AdmissionResult::admitted; return;
       case AdmissionOutcome::rate_limited:
         trace.admission = AdmissionResult::rate_limited;
         result.code = ValidationCode::rate_limited;
@@ -583,7 +625,7 @@ void Validator::Impl::admit_with(ValidationResult& result, std::uint64_t cost, T
       result.limiter_failed = true;
       return;
     }
-    result = ValidationResult{};  // fail closed
+    reset(result);  // fail closed
     result.limiter_failed = true;
   }
 }
@@ -799,19 +841,25 @@ const Requirements& no_requirements() noexcept {
 
 ValidationResult Validator::validate(std::string_view public_key,
                                      std::string_view secret_key) const noexcept {
-  return impl_->observed(public_key, secret_key, true, no_requirements());
+  ValidationResult result;
+  impl_->observed(public_key, secret_key, true, no_requirements(), result);
+  return result;
 }
 
 ValidationResult Validator::validate(std::string_view token) const noexcept {
   std::string_view pk;
   std::string_view sk;
   const bool split = split_token(token, pk, sk);
-  return impl_->observed(pk, sk, split, no_requirements());
+  ValidationResult result;
+  impl_->observed(pk, sk, split, no_requirements(), result);
+  return result;
 }
 
 ValidationResult Validator::validate(std::string_view public_key, std::string_view secret_key,
                                      const Requirements& requirements) const noexcept {
-  return impl_->observed(public_key, secret_key, true, requirements);
+  ValidationResult result;
+  impl_->observed(public_key, secret_key, true, requirements, result);
+  return result;
 }
 
 ValidationResult Validator::validate(std::string_view token,
@@ -819,7 +867,24 @@ ValidationResult Validator::validate(std::string_view token,
   std::string_view pk;
   std::string_view sk;
   const bool split = split_token(token, pk, sk);
-  return impl_->observed(pk, sk, split, requirements);
+  ValidationResult result;
+  impl_->observed(pk, sk, split, requirements, result);
+  return result;
+}
+
+void Validator::validate(std::string_view public_key, std::string_view secret_key,
+                         const Requirements& requirements, ValidationResult& out) const noexcept {
+  reset(out);
+  impl_->observed(public_key, secret_key, true, requirements, out);
+}
+
+void Validator::validate(std::string_view token, const Requirements& requirements,
+                         ValidationResult& out) const noexcept {
+  reset(out);
+  std::string_view pk;
+  std::string_view sk;
+  const bool split = split_token(token, pk, sk);
+  impl_->observed(pk, sk, split, requirements, out);
 }
 
 void Validator::invalidate(std::string_view public_key) {

@@ -66,6 +66,9 @@ class APIKEYS_EXPORT MemoryLimiter final : public Limiter {
   /// See Limiter::admit(). Throws Error(busy) when the table is full, and whatever the
   /// store throws.
   [[nodiscard]] Admission admit(const AdmissionRequest& request) override;
+  /// See Limiter::admit_into(): admit() without allocating, once out.limits has room
+  /// for the request's limits.
+  void admit_into(const AdmissionRequest& request, Admission& out) override;
   /// Drops the lineage's lease without returning it.
   void credits_reset(const Uuid& lineage_id) noexcept override;
 

@@ -185,6 +185,17 @@ class APIKEYS_EXPORT Validator {
   /// The combined form with requirements.
   [[nodiscard]] ValidationResult validate(std::string_view token,
                                           const Requirements& requirements) const noexcept;
+  /// validate(public_key, secret_key, requirements) into `out`, for the hot path: `out`
+  /// becomes the answer (every field, whatever it held before), keeping the capacity
+  /// of its vectors and strings. A thread that reuses one ValidationResult allocates
+  /// nothing on a MemoryCache hit once that result has held as many scopes and rate
+  /// limits as the key has (names and scopes of up to 15 characters; longer ones are
+  /// copied into fresh strings). The answer is the same as the by-value form's.
+  void validate(std::string_view public_key, std::string_view secret_key,
+                const Requirements& requirements, ValidationResult& out) const noexcept;
+  /// The combined form into `out`; see above.
+  void validate(std::string_view token, const Requirements& requirements,
+                ValidationResult& out) const noexcept;
 
   /// Drops every cached verdict for `public_key`; the next validate() reads the store.
   /// Throws whatever the cache throws.

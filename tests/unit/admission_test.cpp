@@ -428,3 +428,171 @@ TEST_CASE("A store that cannot keep or charge limits refuses keys that use them"
     CHECK(manager.list(kAccount).empty());
   }
 }
+
+namespace {
+
+// A Cache of the kind written before get_into() existed: get() only, over a
+// MemoryCache, so the Validator goes through Cache::get_into()'s default.
+class GetOnlyCache final : public apikeys::Cache {
+ public:
+  std::optional<apikeys::Verdict> get(std::string_view pk, const apikeys::Digest& d) override {
+    return inner_.get(pk, d);
+  }
+  std::uint64_t fill_token(std::string_view pk) override { return inner_.fill_token(pk); }
+  void put(std::string_view pk, const apikeys::Digest& d, const apikeys::Verdict& v,
+           std::chrono::milliseconds ttl, std::uint64_t token) override {
+    inner_.put(pk, d, v, ttl, token);
+  }
+  void erase(std::string_view pk) override { inner_.erase(pk); }
+  void clear() override { inner_.clear(); }
+
+ private:
+  apikeys::MemoryCache inner_;
+};
+
+enum class CacheKind { none, memory, get_only };
+
+// One run of requests that leaves a result holding every kind of field, then answers
+// that hold none of them: each answer, by value (reuse false) or into one reused
+// ValidationResult (a copy of each is kept).
+std::vector<apikeys::ValidationResult> answers(CacheKind cache, bool reuse) {
+  KeyManagerOptions o;
+  if (cache == CacheKind::memory) o.validation.cache = std::make_shared<apikeys::MemoryCache>();
+  if (cache == CacheKind::get_only) o.validation.cache = std::make_shared<GetOnlyCache>();
+  Fixture f(o);
+  CreateRequest full("full");
+  full.scopes = {"read", "write"};
+  full.metadata = R"({"plan":"pro"})";
+  full.rate_limits = {limit("daily", 3, 86'400'000ms), limit("fast", 100, 1000ms)};
+  Credits c;
+  c.remaining = 5;
+  full.credits = c;
+  full.expires_in_days = 30;
+  const auto k_full = f.manager->create(kAccount, full);
+  CreateRequest one_credit("one credit");
+  Credits one;
+  one.remaining = 1;
+  one_credit.credits = one;
+  const auto k_credit = f.manager->create(kAccount, one_credit);
+  const auto k_plain = f.manager->create(kAccount, CreateRequest("plain"));
+  const auto k_revoked = f.manager->create(kAccount, CreateRequest("revoked"));
+  (void)f.manager->revoke(kAccount, k_revoked.info.key_id);
+  const auto k_expiring = f.manager->create(kAccount, CreateRequest("expiring", {}, 1));
+
+  const std::string t_full = f.token(k_full);
+  std::string wrong = t_full;
+  wrong.back() = wrong.back() == 'a' ? 'b' : 'a';
+  std::string unknown = t_full;
+  unknown[5] = unknown[5] == 'a' ? 'b' : 'a';  // another public key of the same shape
+  apikeys::Requirements none;
+  apikeys::Requirements admin;
+  admin.scopes = {"read", "admin", "billing"};
+  apikeys::Requirements heavy;
+  heavy.cost = 2;
+
+  std::vector<apikeys::ValidationResult> got;
+  apikeys::ValidationResult out;
+  const auto ask = [&](const std::string& token, const apikeys::Requirements& req) {
+    if (reuse) {
+      f.manager->validator().validate(token, req, out);
+      got.push_back(out);
+    } else {
+      got.push_back(f.manager->validate(token, req));
+    }
+  };
+  ask(t_full, none);              // valid, from the store
+  ask(t_full, none);              // valid, a hit when cached
+  ask("no colon here", none);     // malformed
+  ask(t_full, admin);             // insufficient_scope
+  ask(t_full, heavy);             // rate_limited by "daily" (1 of 3 left)
+  ask(wrong, none);               // wrong_secret
+  ask(f.token(k_credit), none);   // valid, credits 0 left
+  ask(unknown, none);             // not_found
+  ask(f.token(k_credit), none);   // usage_exceeded
+  ask(f.token(k_plain), none);    // valid, nothing but ids
+  ask(t_full, none);              // valid, full again
+  ask(f.token(k_revoked), none);  // revoked
+  ask(t_full, none);              // rate_limited by "daily" (none left)
+  f.clock->advance(std::chrono::hours(48));
+  ask(f.token(k_expiring), none);  // expired
+  ask(f.token(k_plain), heavy);    // valid
+  return got;
+}
+
+// Every field but the ids, which differ between runs; of those, whether each is set.
+void check_same(const apikeys::ValidationResult& a, const apikeys::ValidationResult& b) {
+  CHECK(a.code == b.code);
+  CHECK(a.account_id == b.account_id);  // kAccount or nil in both
+  CHECK(a.key_id.is_nil() == b.key_id.is_nil());
+  CHECK(a.lineage_id.is_nil() == b.lineage_id.is_nil());
+  CHECK(a.expires_at.has_value() == b.expires_at.has_value());
+  CHECK(a.scopes == b.scopes);
+  CHECK(a.metadata == b.metadata);
+  CHECK(a.has_policy == b.has_policy);
+  CHECK(a.rate_limits == b.rate_limits);
+  CHECK(a.has_credits == b.has_credits);
+  CHECK(a.has_admission == b.has_admission);
+  CHECK(a.missing_scopes == b.missing_scopes);
+  REQUIRE(a.limits.size() == b.limits.size());
+  for (std::size_t i = 0; i < a.limits.size(); ++i) {
+    CHECK(a.limits[i].remaining == b.limits[i].remaining);
+    CHECK(a.limits[i].reset == b.limits[i].reset);
+  }
+  CHECK(a.credits_remaining == b.credits_remaining);
+  CHECK(a.limited_by == b.limited_by);
+  CHECK(a.retry_after == b.retry_after);
+  CHECK(a.limiter_failed == b.limiter_failed);
+}
+
+}  // namespace
+
+TEST_CASE("A reused result answers as a fresh one, whatever it held before", "[admission]") {
+  for (const CacheKind cache : {CacheKind::none, CacheKind::memory, CacheKind::get_only}) {
+    CAPTURE(static_cast<int>(cache));
+    const auto fresh = answers(cache, false);
+    const auto reused = answers(cache, true);
+    REQUIRE(fresh.size() == reused.size());
+    const std::vector<ValidationCode> expected = {
+        ValidationCode::valid,          ValidationCode::valid,
+        ValidationCode::malformed,      ValidationCode::insufficient_scope,
+        ValidationCode::rate_limited,   ValidationCode::wrong_secret,
+        ValidationCode::valid,          ValidationCode::not_found,
+        ValidationCode::usage_exceeded, ValidationCode::valid,
+        ValidationCode::valid,          ValidationCode::revoked,
+        ValidationCode::rate_limited,   ValidationCode::expired,
+        ValidationCode::valid};
+    REQUIRE(fresh.size() == expected.size());
+    for (std::size_t i = 0; i < fresh.size(); ++i) {
+      CAPTURE(i);
+      CHECK(fresh[i].code == expected[i]);
+      check_same(fresh[i], reused[i]);
+    }
+    // The run did leave every kind of field set at some point.
+    CHECK(fresh[0].limits.size() == 2);
+    CHECK(fresh[3].missing_scopes.size() == 2);
+    CHECK(fresh[4].limited_by == "daily");
+  }
+}
+
+TEST_CASE("A reused result after a limiter failure answers as a fresh one", "[admission]") {
+  for (const auto policy :
+       {apikeys::LimiterFailurePolicy::deny, apikeys::LimiterFailurePolicy::allow}) {
+    KeyManagerOptions o;
+    o.validation.limiter = std::make_shared<FailingLimiter>();
+    o.validation.limiter_failure = policy;
+    o.validation.cache = std::make_shared<apikeys::MemoryCache>();
+    Fixture f(o);
+    CreateRequest req("x");
+    req.scopes = {"read"};
+    req.rate_limits = {limit("a", 10, 1000ms)};
+    const auto key = f.manager->create(kAccount, req);
+    apikeys::ValidationResult out;
+    out.missing_scopes = {"left over"};
+    out.limited_by = "left over";
+    out.limits.resize(3);
+    f.manager->validator().validate(f.token(key), apikeys::Requirements{}, out);
+    check_same(out, f.manager->validate(f.token(key)));
+    CHECK(out.limiter_failed);
+    CHECK(out.limits.empty());
+  }
+}

@@ -524,4 +524,67 @@ TEST_CASE("MemoryLimiter: admit() allocates nothing once warm but its result",
   CHECK(bare_allocs == 0);
   // One block per call: the Admission's vector of LimitStatus handed to the caller.
   CHECK(limited_allocs == 100);
+  // admit_into() writes into the caller's vector: nothing once it has room.
+  Admission reused;
+  limiter.admit_into(limited, reused);
+  std::size_t into_allocs = 0;
+  {
+    const apikeys_test::alloc_probe::CountAllocations count;
+    for (int i = 0; i < 100; ++i) limiter.admit_into(limited, reused);
+    into_allocs = count.count();
+  }
+  CHECK(into_allocs == 0);
+  CHECK(reused.outcome == AdmissionOutcome::admitted);
+  CHECK(reused.limits.size() == 2);
+}
+
+TEST_CASE("Validator: a reused result allocates nothing on a cache hit with limits and credits",
+          "[admission][memory_limiter]") {
+  if (!apikeys_test::alloc_probe::kActive) {
+    WARN("allocations are not counted under AddressSanitizer");
+    return;
+  }
+  auto store = std::make_shared<apikeys::MemoryStore>();
+  apikeys::MemoryLimiterOptions lo;
+  lo.lease_size = 1000;
+  apikeys::KeyManagerOptions o;
+  o.validation.cache = std::make_shared<apikeys::MemoryCache>();
+  o.validation.limiter = std::make_shared<MemoryLimiter>(store, lo);
+  o.validation.clock = std::make_shared<apikeys::ManualClock>(kStart);
+  // No background thread that could allocate while allocations are counted: last uses
+  // are noted (on the caller's thread) but written only at destruction.
+  o.validation.flush_interval = std::chrono::hours(1);
+  o.validation.revision_poll_interval = 0ms;
+  apikeys::KeyManager manager(
+      store,
+      std::make_shared<apikeys::HmacSha256Hasher>(std::string("0123456789abcdefghijklmnopqrstuv")),
+      o);
+  apikeys::CreateRequest req("hot");
+  req.scopes = {"keys:read", "keys:write"};
+  req.metadata = R"({"tier":"gold"})";
+  req.rate_limits = {limit("per-second", 1'000'000, 1000ms),
+                     limit("per-day", 10'000'000, 86'400'000ms)};
+  apikeys::Credits credits;
+  credits.remaining = 1'000'000;
+  req.credits = credits;
+  const apikeys::CreatedKey key = manager.create(kAccount, req);
+  const std::string token = key.info.public_key + ":" + std::string(key.secret_key.reveal());
+  apikeys::Requirements needs;
+  needs.scopes = {"keys:read"};
+  apikeys::ValidationResult out;
+  for (int i = 0; i < 3; ++i) manager.validator().validate(token, needs, out);  // warm-up
+  REQUIRE(out.ok());
+  std::size_t allocs = 0;
+  bool all_valid = true;
+  {
+    const apikeys_test::alloc_probe::CountAllocations count;
+    for (int i = 0; i < 100; ++i) {
+      manager.validator().validate(token, needs, out);
+      all_valid = all_valid && out.ok() && out.limits.size() == 2 && out.scopes.size() == 2;
+    }
+    allocs = count.count();
+  }
+  CHECK(all_valid);
+  CHECK(allocs == 0);
+  CHECK(out.credits_remaining == std::optional<std::uint64_t>(1'000'000 - 103));
 }
