@@ -35,8 +35,30 @@ bool split_token(std::string_view token, std::string_view& pk, std::string_view&
 // Makes `r` a fresh `error` answer, as ValidationResult{} is, but keeping the capacity
 // of its vectors and strings: a caller that reuses one result allocates nothing on a
 // hit once it has held a key's scopes and limits.
+// ValidationResult's fields as reset() knows them, in order: a field added to it or to
+// Verdict changes its size on every standard library, and fails the assertion below.
+struct ResultFields {
+  ValidationCode code;
+  Uuid account_id;
+  Uuid key_id;
+  std::optional<TimePoint> expires_at;
+  std::vector<std::string> scopes;
+  std::string metadata;
+  bool has_policy;
+  Uuid lineage_id;
+  std::vector<RateLimit> rate_limits;
+  bool has_credits;
+  bool has_admission;
+  std::vector<std::string> missing_scopes;
+  std::vector<LimitStatus> limits;
+  std::optional<std::uint64_t> credits_remaining;
+  std::string limited_by;
+  std::chrono::milliseconds retry_after;
+  bool limiter_failed;
+};
+
 void reset(ValidationResult& r) noexcept {
-  static_assert(sizeof(ValidationResult) == 280 || sizeof(void*) != 8,
+  static_assert(sizeof(ValidationResult) == sizeof(ResultFields),
                 "ValidationResult has a new field: reset it here");
   r.code = ValidationCode::error;
   r.account_id = Uuid();
@@ -383,7 +405,9 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
           result.code = code;
           return;
         }
-        if (found) reset(result);  // not an answer: what the cache wrote goes
+        // Not an answer: whatever the cache wrote goes, a miss included (get_into() may
+        // fill `out` before it finds the digest differs).
+        reset(result);
         // Taken before the store read: a revoke that erases after this point makes
         // the put below a no-op (the revoke/fill race, doc/failure-modes.md).
         token = cache->fill_token(pk);

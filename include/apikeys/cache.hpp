@@ -94,13 +94,6 @@ class APIKEYS_EXPORT Cache {
   [[nodiscard]] virtual std::optional<Verdict> get(std::string_view public_key,
                                                    const Digest& presented) = 0;
 
-  /// get() for the hot path, into `out`: true, and every field of `out` set as get()
-  /// would return it, when there is a verdict; false otherwise (`out` is then
-  /// unspecified). An implementation may keep the capacity of out's vectors and
-  /// strings, so that a caller reusing one object allocates nothing on a hit
-  /// (MemoryCache does). Default: get(), moved into `out`.
-  virtual bool get_into(std::string_view public_key, const Digest& presented, Verdict& out);
-
   /// A token for a later put() of `public_key`.
   [[nodiscard]] virtual std::uint64_t fill_token(std::string_view public_key) = 0;
 
@@ -115,6 +108,13 @@ class APIKEYS_EXPORT Cache {
 
   /// Removes every verdict and invalidates every outstanding token.
   virtual void clear() = 0;
+
+  /// get() for the hot path, into `out`: true, and every field of `out` set as get()
+  /// would return it, when there is a verdict; false otherwise (`out` is then
+  /// unspecified). An implementation may keep the capacity of out's vectors and
+  /// strings, so that a caller reusing one object allocates nothing on a hit
+  /// (MemoryCache does). Default: get(), moved into `out`.
+  virtual bool get_into(std::string_view public_key, const Digest& presented, Verdict& out);
 };
 
 }  // namespace apikeys

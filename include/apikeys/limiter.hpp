@@ -97,16 +97,16 @@ class APIKEYS_EXPORT Limiter {
   /// Admits the request or says why not; see the contract above.
   [[nodiscard]] virtual Admission admit(const AdmissionRequest& request) = 0;
 
+  /// The lineage's balance was set (KeyManager::set_credits, or credits configured or
+  /// removed): drop any credits held for it in advance, without returning them, so the
+  /// new balance is what is spent next. Default: nothing (a limiter holding nothing).
+  virtual void credits_reset(const Uuid& lineage_id) noexcept { (void)lineage_id; }
+
   /// admit() for the hot path, into `out`: every field of `out` set as admit() would
   /// return it. Same contract and failures (when it throws, `out` is unspecified). An
   /// implementation may keep the capacity of out.limits, so that a caller reusing one
   /// object allocates nothing (MemoryLimiter does). Default: admit(), moved into `out`.
   virtual void admit_into(const AdmissionRequest& request, Admission& out);
-
-  /// The lineage's balance was set (KeyManager::set_credits, or credits configured or
-  /// removed): drop any credits held for it in advance, without returning them, so the
-  /// new balance is what is spent next. Default: nothing (a limiter holding nothing).
-  virtual void credits_reset(const Uuid& lineage_id) noexcept { (void)lineage_id; }
 };
 
 /// Parses a rate-limit spec "NAME=LIMIT/PERIOD[:BURST]", e.g. "per-minute=100/60s" or

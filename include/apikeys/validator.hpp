@@ -189,8 +189,9 @@ class APIKEYS_EXPORT Validator {
   /// becomes the answer (every field, whatever it held before), keeping the capacity
   /// of its vectors and strings. A thread that reuses one ValidationResult allocates
   /// nothing on a MemoryCache hit once that result has held as many scopes and rate
-  /// limits as the key has (names and scopes of up to 15 characters; longer ones are
-  /// copied into fresh strings). The answer is the same as the by-value form's.
+  /// limits as the key has (scopes and limit names of up to 15 characters; longer ones
+  /// are copied into fresh strings on each call). The answer is the same as the
+  /// by-value form's.
   void validate(std::string_view public_key, std::string_view secret_key,
                 const Requirements& requirements, ValidationResult& out) const noexcept;
   /// The combined form into `out`; see above.

@@ -3,7 +3,9 @@
 // lineage, and the limiter failure policy.
 #include "catch.hpp"
 
+#include <map>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -431,34 +433,75 @@ TEST_CASE("A store that cannot keep or charge limits refuses keys that use them"
 
 namespace {
 
-// A Cache of the kind written before get_into() existed: get() only, over a
-// MemoryCache, so the Validator goes through Cache::get_into()'s default.
-class GetOnlyCache final : public apikeys::Cache {
- public:
-  std::optional<apikeys::Verdict> get(std::string_view pk, const apikeys::Digest& d) override {
-    return inner_.get(pk, d);
-  }
-  std::uint64_t fill_token(std::string_view pk) override { return inner_.fill_token(pk); }
-  void put(std::string_view pk, const apikeys::Digest& d, const apikeys::Verdict& v,
-           std::chrono::milliseconds ttl, std::uint64_t token) override {
-    inner_.put(pk, d, v, ttl, token);
-  }
-  void erase(std::string_view pk) override { inner_.erase(pk); }
-  void clear() override { inner_.clear(); }
-
- private:
-  apikeys::MemoryCache inner_;
+enum class CacheKind {
+  none,
+  memory,      // MemoryCache, its own get_into()
+  get_only,    // get() only: Cache::get_into()'s default
+  leaky_miss,  // get_into() writes the entry into `out`, then finds the digest differs
+  forever,     // keeps every verdict past its TTL (and a valid one past the key's expiry)
+  throwing,    // every third get_into() throws after writing into `out`
 };
 
-enum class CacheKind { none, memory, get_only };
+// A Cache by public key, for the kinds above other than none and memory.
+class TestCache final : public apikeys::Cache {
+ public:
+  explicit TestCache(CacheKind kind) : kind_(kind) {}
+
+  std::optional<apikeys::Verdict> get(std::string_view pk, const apikeys::Digest& d) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto it = kept_.find(std::string(pk));
+    if (it == kept_.end() || !apikeys::constant_time_equal(it->second.first, d)) {
+      return std::nullopt;
+    }
+    return it->second.second;
+  }
+  bool get_into(std::string_view pk, const apikeys::Digest& d, apikeys::Verdict& out) override {
+    if (kind_ == CacheKind::get_only) return Cache::get_into(pk, d, out);
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto it = kept_.find(std::string(pk));
+    if (it == kept_.end()) return false;
+    out = it->second.second;  // before the digest is compared: allowed, never used
+    if (kind_ == CacheKind::throwing && ++calls_ % 3 == 0) throw std::runtime_error("down");
+    return apikeys::constant_time_equal(it->second.first, d);
+  }
+  std::uint64_t fill_token(std::string_view) override { return 0; }
+  void put(std::string_view pk, const apikeys::Digest& d, const apikeys::Verdict& v,
+           std::chrono::milliseconds, std::uint64_t) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    kept_[std::string(pk)] = {d, v};
+  }
+  void erase(std::string_view pk) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    kept_.erase(std::string(pk));
+  }
+  void clear() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    kept_.clear();
+  }
+
+ private:
+  const CacheKind kind_;
+  std::mutex mu_;
+  int calls_ = 0;
+  std::map<std::string, std::pair<apikeys::Digest, apikeys::Verdict>> kept_;
+};
+
+// An answer, and the names (in its run) of the key and lineage ids it holds.
+struct Answer {
+  apikeys::ValidationResult result;
+  std::string key;
+  std::string lineage;
+};
 
 // One run of requests that leaves a result holding every kind of field, then answers
 // that hold none of them: each answer, by value (reuse false) or into one reused
 // ValidationResult (a copy of each is kept).
-std::vector<apikeys::ValidationResult> answers(CacheKind cache, bool reuse) {
+std::vector<Answer> answers(CacheKind cache, bool reuse) {
   KeyManagerOptions o;
   if (cache == CacheKind::memory) o.validation.cache = std::make_shared<apikeys::MemoryCache>();
-  if (cache == CacheKind::get_only) o.validation.cache = std::make_shared<GetOnlyCache>();
+  if (cache != CacheKind::none && cache != CacheKind::memory) {
+    o.validation.cache = std::make_shared<TestCache>(cache);
+  }
   Fixture f(o);
   CreateRequest full("full");
   full.scopes = {"read", "write"};
@@ -477,7 +520,20 @@ std::vector<apikeys::ValidationResult> answers(CacheKind cache, bool reuse) {
   const auto k_plain = f.manager->create(kAccount, CreateRequest("plain"));
   const auto k_revoked = f.manager->create(kAccount, CreateRequest("revoked"));
   (void)f.manager->revoke(kAccount, k_revoked.info.key_id);
-  const auto k_expiring = f.manager->create(kAccount, CreateRequest("expiring", {}, 1));
+  CreateRequest expiring("expiring", {}, 1);
+  expiring.scopes = {"read"};
+  expiring.metadata = R"({"short":"lived"})";
+  const auto k_expiring = f.manager->create(kAccount, expiring);
+  const std::map<apikeys::Uuid, std::string> names = {{k_full.info.key_id, "full"},
+                                                      {k_credit.info.key_id, "credit"},
+                                                      {k_plain.info.key_id, "plain"},
+                                                      {k_revoked.info.key_id, "revoked"},
+                                                      {k_expiring.info.key_id, "expiring"}};
+  const auto name_of = [&names](const apikeys::Uuid& id) -> std::string {
+    if (id.is_nil()) return "nil";
+    const auto it = names.find(id);
+    return it == names.end() ? "unknown" : it->second;
+  };
 
   const std::string t_full = f.token(k_full);
   std::string wrong = t_full;
@@ -490,87 +546,119 @@ std::vector<apikeys::ValidationResult> answers(CacheKind cache, bool reuse) {
   apikeys::Requirements heavy;
   heavy.cost = 2;
 
-  std::vector<apikeys::ValidationResult> got;
+  std::vector<Answer> got;
   apikeys::ValidationResult out;
   const auto ask = [&](const std::string& token, const apikeys::Requirements& req) {
     if (reuse) {
       f.manager->validator().validate(token, req, out);
-      got.push_back(out);
     } else {
-      got.push_back(f.manager->validate(token, req));
+      out = f.manager->validate(token, req);
     }
+    got.push_back({out, name_of(out.key_id), name_of(out.lineage_id)});
   };
-  ask(t_full, none);              // valid, from the store
-  ask(t_full, none);              // valid, a hit when cached
-  ask("no colon here", none);     // malformed
-  ask(t_full, admin);             // insufficient_scope
-  ask(t_full, heavy);             // rate_limited by "daily" (1 of 3 left)
-  ask(wrong, none);               // wrong_secret
-  ask(f.token(k_credit), none);   // valid, credits 0 left
-  ask(unknown, none);             // not_found
-  ask(f.token(k_credit), none);   // usage_exceeded
-  ask(f.token(k_plain), none);    // valid, nothing but ids
-  ask(t_full, none);              // valid, full again
-  ask(f.token(k_revoked), none);  // revoked
-  ask(t_full, none);              // rate_limited by "daily" (none left)
+  ask(t_full, none);               // valid, from the store
+  ask(t_full, none);               // valid, a hit when cached
+  ask("no colon here", none);      // malformed
+  ask(t_full, admin);              // insufficient_scope
+  ask(t_full, heavy);              // rate_limited by "daily" (1 of 3 left)
+  ask(wrong, none);                // wrong_secret
+  ask(wrong, none);                // wrong_secret, a cached negative verdict
+  ask(f.token(k_credit), none);    // valid, credits 0 left
+  ask(unknown, none);              // not_found
+  ask(f.token(k_credit), none);    // usage_exceeded
+  ask(f.token(k_plain), none);     // valid, nothing but ids
+  ask(t_full, none);               // valid, full again
+  ask(f.token(k_revoked), none);   // revoked
+  ask(t_full, none);               // rate_limited by "daily" (none left)
+  ask(f.token(k_expiring), none);  // valid, scopes and metadata
   f.clock->advance(std::chrono::hours(48));
-  ask(f.token(k_expiring), none);  // expired
+  ask(f.token(k_expiring), none);  // expired (the forever cache: from its stale valid)
   ask(f.token(k_plain), heavy);    // valid
   return got;
 }
 
-// Every field but the ids, which differ between runs; of those, whether each is set.
-void check_same(const apikeys::ValidationResult& a, const apikeys::ValidationResult& b) {
-  CHECK(a.code == b.code);
-  CHECK(a.account_id == b.account_id);  // kAccount or nil in both
-  CHECK(a.key_id.is_nil() == b.key_id.is_nil());
-  CHECK(a.lineage_id.is_nil() == b.lineage_id.is_nil());
-  CHECK(a.expires_at.has_value() == b.expires_at.has_value());
-  CHECK(a.scopes == b.scopes);
-  CHECK(a.metadata == b.metadata);
-  CHECK(a.has_policy == b.has_policy);
-  CHECK(a.rate_limits == b.rate_limits);
-  CHECK(a.has_credits == b.has_credits);
-  CHECK(a.has_admission == b.has_admission);
-  CHECK(a.missing_scopes == b.missing_scopes);
-  REQUIRE(a.limits.size() == b.limits.size());
-  for (std::size_t i = 0; i < a.limits.size(); ++i) {
-    CHECK(a.limits[i].remaining == b.limits[i].remaining);
-    CHECK(a.limits[i].reset == b.limits[i].reset);
+// Every field, the ids by their names in each run.
+void check_same(const Answer& a, const Answer& b) {
+  CHECK(a.result.code == b.result.code);
+  CHECK(a.result.account_id == b.result.account_id);  // kAccount or nil in both
+  CHECK(a.key == b.key);
+  CHECK(a.lineage == b.lineage);
+  CHECK(a.result.expires_at.has_value() == b.result.expires_at.has_value());
+  CHECK(a.result.scopes == b.result.scopes);
+  CHECK(a.result.metadata == b.result.metadata);
+  CHECK(a.result.has_policy == b.result.has_policy);
+  CHECK(a.result.rate_limits == b.result.rate_limits);
+  CHECK(a.result.has_credits == b.result.has_credits);
+  CHECK(a.result.has_admission == b.result.has_admission);
+  CHECK(a.result.missing_scopes == b.result.missing_scopes);
+  REQUIRE(a.result.limits.size() == b.result.limits.size());
+  for (std::size_t i = 0; i < a.result.limits.size(); ++i) {
+    CHECK(a.result.limits[i].remaining == b.result.limits[i].remaining);
+    CHECK(a.result.limits[i].reset == b.result.limits[i].reset);
   }
-  CHECK(a.credits_remaining == b.credits_remaining);
-  CHECK(a.limited_by == b.limited_by);
-  CHECK(a.retry_after == b.retry_after);
-  CHECK(a.limiter_failed == b.limiter_failed);
+  CHECK(a.result.credits_remaining == b.result.credits_remaining);
+  CHECK(a.result.limited_by == b.result.limited_by);
+  CHECK(a.result.retry_after == b.result.retry_after);
+  CHECK(a.result.limiter_failed == b.result.limiter_failed);
+}
+
+// Only a valid answer (or one refused after the secret: scopes, admission) carries the
+// key's fields; every other answer is its code alone.
+void check_bare_unless_proven(const Answer& a) {
+  const ValidationCode code = a.result.code;
+  if (code == ValidationCode::valid || code == ValidationCode::insufficient_scope ||
+      code == ValidationCode::rate_limited || code == ValidationCode::usage_exceeded) {
+    return;
+  }
+  CHECK(a.key == "nil");
+  CHECK(a.lineage == "nil");
+  CHECK(a.result.account_id.is_nil());
+  CHECK_FALSE(a.result.expires_at.has_value());
+  CHECK(a.result.scopes.empty());
+  CHECK(a.result.metadata.empty());
+  CHECK_FALSE(a.result.has_policy);
+  CHECK(a.result.rate_limits.empty());
+  CHECK_FALSE(a.result.has_credits);
+  CHECK_FALSE(a.result.has_admission);
+  CHECK(a.result.missing_scopes.empty());
+  CHECK(a.result.limits.empty());
+  CHECK_FALSE(a.result.credits_remaining.has_value());
+  CHECK(a.result.limited_by.empty());
 }
 
 }  // namespace
 
 TEST_CASE("A reused result answers as a fresh one, whatever it held before", "[admission]") {
-  for (const CacheKind cache : {CacheKind::none, CacheKind::memory, CacheKind::get_only}) {
+  for (const CacheKind cache : {CacheKind::none, CacheKind::memory, CacheKind::get_only,
+                                CacheKind::leaky_miss, CacheKind::forever, CacheKind::throwing}) {
     CAPTURE(static_cast<int>(cache));
     const auto fresh = answers(cache, false);
     const auto reused = answers(cache, true);
-    REQUIRE(fresh.size() == reused.size());
     const std::vector<ValidationCode> expected = {
-        ValidationCode::valid,          ValidationCode::valid,
-        ValidationCode::malformed,      ValidationCode::insufficient_scope,
-        ValidationCode::rate_limited,   ValidationCode::wrong_secret,
-        ValidationCode::valid,          ValidationCode::not_found,
-        ValidationCode::usage_exceeded, ValidationCode::valid,
-        ValidationCode::valid,          ValidationCode::revoked,
-        ValidationCode::rate_limited,   ValidationCode::expired,
+        ValidationCode::valid,        ValidationCode::valid,
+        ValidationCode::malformed,    ValidationCode::insufficient_scope,
+        ValidationCode::rate_limited, ValidationCode::wrong_secret,
+        ValidationCode::wrong_secret, ValidationCode::valid,
+        ValidationCode::not_found,    ValidationCode::usage_exceeded,
+        ValidationCode::valid,        ValidationCode::valid,
+        ValidationCode::revoked,      ValidationCode::rate_limited,
+        ValidationCode::valid,        ValidationCode::expired,
         ValidationCode::valid};
     REQUIRE(fresh.size() == expected.size());
+    REQUIRE(reused.size() == expected.size());
     for (std::size_t i = 0; i < fresh.size(); ++i) {
       CAPTURE(i);
-      CHECK(fresh[i].code == expected[i]);
+      // A throwing get_into() is a miss: the store gives the same answers.
+      CHECK(fresh[i].result.code == expected[i]);
       check_same(fresh[i], reused[i]);
+      check_bare_unless_proven(fresh[i]);
+      check_bare_unless_proven(reused[i]);
     }
     // The run did leave every kind of field set at some point.
-    CHECK(fresh[0].limits.size() == 2);
-    CHECK(fresh[3].missing_scopes.size() == 2);
-    CHECK(fresh[4].limited_by == "daily");
+    CHECK(fresh[0].result.limits.size() == 2);
+    CHECK(fresh[3].result.missing_scopes.size() == 2);
+    CHECK(fresh[4].result.limited_by == "daily");
+    CHECK(fresh[14].result.metadata == R"({"short":"lived"})");
   }
 }
 
@@ -591,7 +679,10 @@ TEST_CASE("A reused result after a limiter failure answers as a fresh one", "[ad
     out.limited_by = "left over";
     out.limits.resize(3);
     f.manager->validator().validate(f.token(key), apikeys::Requirements{}, out);
-    check_same(out, f.manager->validate(f.token(key)));
+    const apikeys::ValidationResult fresh = f.manager->validate(f.token(key));
+    CHECK(out.key_id == fresh.key_id);
+    CHECK(out.lineage_id == fresh.lineage_id);
+    check_same({out, "", ""}, {fresh, "", ""});
     CHECK(out.limiter_failed);
     CHECK(out.limits.empty());
   }

@@ -538,6 +538,44 @@ TEST_CASE("MemoryLimiter: admit() allocates nothing once warm but its result",
   CHECK(reused.limits.size() == 2);
 }
 
+TEST_CASE("MemoryLimiter: admit_into() answers as admit(), whatever `out` held",
+          "[admission][memory_limiter]") {
+  for (const bool leased : {false, true}) {
+    CAPTURE(leased);
+    MemoryLimiterOptions o;
+    o.lease_size = leased ? 10 : 0;
+    // The same requests for two keys of 3 credits each: one through admit(), the other
+    // through admit_into() with one Admission reused throughout.
+    CreditFixture fx(3);
+    CreditFixture fy(3);
+    MemoryLimiter by_value(fx.store, o);
+    MemoryLimiter into(fy.store, o);
+    const std::vector<RateLimit> two = {limit("a", 2, 86'400'000ms), limit("b", 100, 1000ms)};
+    Admission out;
+    const auto step = [&](std::uint64_t cost, TimePoint now) {
+      const Admission fresh = by_value.admit(request(fx.key, two, cost, now, true));
+      into.admit_into(request(fy.key, two, cost, now, true), out);
+      CHECK(out.outcome == fresh.outcome);
+      CHECK(out.limited_by == fresh.limited_by);
+      CHECK(out.retry_after == fresh.retry_after);
+      CHECK(out.credits_remaining == fresh.credits_remaining);
+      REQUIRE(out.limits.size() == fresh.limits.size());
+      for (std::size_t i = 0; i < out.limits.size(); ++i) {
+        CHECK(out.limits[i].remaining == fresh.limits[i].remaining);
+        CHECK(out.limits[i].reset == fresh.limits[i].reset);
+      }
+      return out.outcome;
+    };
+    CHECK(step(1, kStart) == AdmissionOutcome::admitted);
+    CHECK(step(5, kStart) == AdmissionOutcome::rate_limited);  // above "a"'s burst
+    CHECK(step(1, kStart) == AdmissionOutcome::admitted);
+    CHECK(step(1, kStart) == AdmissionOutcome::rate_limited);    // "a" is spent
+    CHECK(step(1, kStart + 24h) == AdmissionOutcome::admitted);  // the last credit
+    CHECK(step(1, kStart + 24h) == AdmissionOutcome::usage_exceeded);
+    CHECK(step(0, kStart + 24h) == AdmissionOutcome::admitted);
+  }
+}
+
 TEST_CASE("Validator: a reused result allocates nothing on a cache hit with limits and credits",
           "[admission][memory_limiter]") {
   if (!apikeys_test::alloc_probe::kActive) {
