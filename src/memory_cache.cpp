@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "apikeys/error.hpp"
+#include "result_fields.hpp"
 #include "siphash.hpp"
 #include "thread_annotations.hpp"
 
@@ -172,22 +173,6 @@ class Policy {
 // deadline is also capped at the key's expiry (see deadline()).
 constexpr std::int64_t kNoKeyExpiry = std::numeric_limits<std::int64_t>::max();
 
-// Verdict's fields as Slot::fill() knows them, in order: a field added to Verdict
-// changes its size on every standard library, and fails the assertion there.
-struct VerdictFields {
-  ValidationCode code;
-  Uuid account_id;
-  Uuid key_id;
-  std::optional<TimePoint> expires_at;
-  std::vector<std::string> scopes;
-  std::string metadata;
-  bool has_policy;
-  Uuid lineage_id;
-  std::vector<RateLimit> rate_limits;
-  bool has_credits;
-  bool has_admission;
-};
-
 struct Slot {
   std::int64_t expires_ms = 0;  // first: no padding before it
   Digest presented;
@@ -215,7 +200,8 @@ struct Slot {
   // Sets every field of `v` to the verdict, keeping the capacity of its vectors.
   // REQUIRES: the shard's mutex (the node may be freed by another put otherwise).
   void fill(Verdict& v) const {
-    static_assert(sizeof(Verdict) == sizeof(VerdictFields), "Verdict has a new field: set it here");
+    static_assert(sizeof(Verdict) == sizeof(detail::VerdictFields),
+                  "Verdict has a new field: set it here");
     v.code = code;
     v.account_id = account_id;
     v.key_id = key_id;

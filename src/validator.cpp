@@ -14,6 +14,7 @@
 #include "key_format.hpp"
 #include "last_use_tracker.hpp"
 #include "observer_list.hpp"
+#include "result_fields.hpp"
 #include "scope.hpp"
 #include "system_audit.hpp"
 #include "thread_annotations.hpp"
@@ -35,30 +36,8 @@ bool split_token(std::string_view token, std::string_view& pk, std::string_view&
 // Makes `r` a fresh `error` answer, as ValidationResult{} is, but keeping the capacity
 // of its vectors and strings: a caller that reuses one result allocates nothing on a
 // hit once it has held a key's scopes and limits.
-// ValidationResult's fields as reset() knows them, in order: a field added to it or to
-// Verdict changes its size on every standard library, and fails the assertion below.
-struct ResultFields {
-  ValidationCode code;
-  Uuid account_id;
-  Uuid key_id;
-  std::optional<TimePoint> expires_at;
-  std::vector<std::string> scopes;
-  std::string metadata;
-  bool has_policy;
-  Uuid lineage_id;
-  std::vector<RateLimit> rate_limits;
-  bool has_credits;
-  bool has_admission;
-  std::vector<std::string> missing_scopes;
-  std::vector<LimitStatus> limits;
-  std::optional<std::uint64_t> credits_remaining;
-  std::string limited_by;
-  std::chrono::milliseconds retry_after;
-  bool limiter_failed;
-};
-
 void reset(ValidationResult& r) noexcept {
-  static_assert(sizeof(ValidationResult) == sizeof(ResultFields),
+  static_assert(sizeof(ValidationResult) == sizeof(detail::ResultFields),
                 "ValidationResult has a new field: reset it here");
   r.code = ValidationCode::error;
   r.account_id = Uuid();
