@@ -529,20 +529,14 @@ void Validator::Impl::observed(std::string_view pk, std::string_view sk, bool sp
                                const Requirements& requirements,
                                ValidationResult& result) const noexcept {
   Trace trace;
-  if (observers.empty()) {
-    if (split) {
-      validate(pk, sk, requirements, trace, result);
-    } else {
-      result.code = ValidationCode::malformed;
-    }
-    return;
-  }
-  const std::uint64_t start = ticks->now();
+  const bool timed = !observers.empty();
+  const std::uint64_t start = timed ? ticks->now() : 0;
   if (split) {
     validate(pk, sk, requirements, trace, result);
   } else {
     result.code = ValidationCode::malformed;
   }
+  if (!timed) return;
   ValidateEvent event;
   event.code = result.code;
   event.path = trace.path;
