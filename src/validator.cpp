@@ -359,6 +359,11 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
           if (v.code == ValidationCode::valid) {
             const bool admits = judged && (!v.rate_limits.empty() || v.has_credits);
             if (v.expires_at || admits) {
+#if defined(__GNUC__)
+              // The key's last-use set loads while the clock is read, as in the other
+              // branch's note(key, clock).
+              if (options.record_last_use) __builtin_prefetch(tracker.set_of(v.key_id));
+#endif
               // One clock, ours, decides expiry: a verdict the cache kept past the key's
               // expiry (a put delayed after our clock read, a cache on another clock)
               // still answers `expired`.
