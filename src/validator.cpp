@@ -583,6 +583,9 @@ void Validator::Impl::admit(ValidationResult& result, std::uint64_t cost, TimePo
 // credits. A rate_limited or usage_exceeded answer spent nothing (Limiter's contract).
 void Validator::Impl::admit_with(ValidationResult& result, std::uint64_t cost, TimePoint now,
                                  Trace& trace, const detail::RefillAudit& refills) const noexcept {
+  // The limiter writes the statuses into the result's own vector (its capacity kept, and
+  // given back when the limiter throws: the next call allocates nothing either).
+  Admission admission;
   try {
     AdmissionRequest request;
     request.lineage_id = result.lineage_id.is_nil() ? result.key_id : result.lineage_id;
@@ -593,8 +596,6 @@ void Validator::Impl::admit_with(ValidationResult& result, std::uint64_t cost, T
     request.cost = cost;
     request.now = now;
     if (result.has_credits) request.audit = &refills;
-    // The limiter writes the statuses into the result's own vector (its capacity kept).
-    Admission admission;
     admission.limits.swap(result.limits);
     limiter->admit_into(request, admission);
     result.limits.swap(admission.limits);
@@ -618,6 +619,8 @@ void Validator::Impl::admit_with(ValidationResult& result, std::uint64_t cost, T
     }
     throw Error(ErrorCode::storage, "the limiter answered an unknown outcome");
   } catch (...) {
+    if (admission.limits.capacity() > result.limits.capacity())
+      result.limits.swap(admission.limits);
     limiter_failures.fetch_add(1, std::memory_order_relaxed);
     trace.admission = AdmissionResult::failed;
     report(Component::limiter, "admit");

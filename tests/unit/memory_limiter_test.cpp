@@ -626,3 +626,75 @@ TEST_CASE("Validator: a reused result allocates nothing on a cache hit with limi
   CHECK(allocs == 0);
   CHECK(out.credits_remaining == std::optional<std::uint64_t>(1'000'000 - 103));
 }
+
+namespace {
+
+// A MemoryLimiter that throws, after writing a status, while `fail` is set.
+class FailingLimiter final : public apikeys::Limiter {
+ public:
+  explicit FailingLimiter(std::shared_ptr<MemoryLimiter> inner) : inner_(std::move(inner)) {}
+  Admission admit(const AdmissionRequest& request) override { return inner_->admit(request); }
+  void admit_into(const AdmissionRequest& request, Admission& out) override {
+    if (fail) {
+      out.limits.emplace_back();
+      throw apikeys::Error(apikeys::ErrorCode::storage, "limiter down");
+    }
+    inner_->admit_into(request, out);
+  }
+  bool fail = false;
+
+ private:
+  std::shared_ptr<MemoryLimiter> inner_;
+};
+
+}  // namespace
+
+TEST_CASE("Validator: a reused result keeps its capacity through a limiter failure",
+          "[admission][memory_limiter]") {
+  if (!apikeys_test::alloc_probe::kActive) {
+    WARN("allocations are not counted under AddressSanitizer");
+    return;
+  }
+  for (const auto policy :
+       {apikeys::LimiterFailurePolicy::deny, apikeys::LimiterFailurePolicy::allow}) {
+    CAPTURE(policy == apikeys::LimiterFailurePolicy::deny);
+    auto store = std::make_shared<apikeys::MemoryStore>();
+    auto limiter = std::make_shared<FailingLimiter>(std::make_shared<MemoryLimiter>(store));
+    apikeys::KeyManagerOptions o;
+    o.validation.cache = std::make_shared<apikeys::MemoryCache>();
+    o.validation.limiter = limiter;
+    o.validation.limiter_failure = policy;
+    o.validation.clock = std::make_shared<apikeys::ManualClock>(kStart);
+    o.validation.flush_interval = std::chrono::hours(1);  // no background allocation
+    o.validation.revision_poll_interval = 0ms;
+    apikeys::KeyManager manager(store,
+                                std::make_shared<apikeys::HmacSha256Hasher>(
+                                    std::string("0123456789abcdefghijklmnopqrstuv")),
+                                o);
+    apikeys::CreateRequest req("hot");
+    req.rate_limits = {limit("per-second", 1'000'000, 1000ms),
+                       limit("per-day", 10'000'000, 86'400'000ms)};
+    const apikeys::CreatedKey key = manager.create(kAccount, req);
+    const std::string token = key.info.public_key + ":" + std::string(key.secret_key.reveal());
+    apikeys::ValidationResult out;
+    for (int i = 0; i < 3; ++i) manager.validator().validate(token, {}, out);  // warm-up
+    REQUIRE(out.ok());
+    limiter->fail = true;
+    manager.validator().validate(token, {}, out);
+    CHECK(out.limiter_failed);
+    CHECK(out.limits.empty());
+    limiter->fail = false;
+    std::size_t allocs = 0;
+    bool all_valid = true;
+    {
+      const apikeys_test::alloc_probe::CountAllocations count;
+      for (int i = 0; i < 10; ++i) {
+        manager.validator().validate(token, {}, out);
+        all_valid = all_valid && out.ok() && out.limits.size() == 2 && !out.limiter_failed;
+      }
+      allocs = count.count();
+    }
+    CHECK(all_valid);
+    CHECK(allocs == 0);
+  }
+}
