@@ -36,10 +36,21 @@ if(TARGET apikeys_cli)
   add_dependencies(apikeys_reliability_tests apikeys_cli)
 endif()
 
+# The stress, crash and secrets suites take from seconds (Debug) to most of a minute
+# (sanitizers) per test: their COST makes a parallel ctest start them early, after the
+# interoperability test, rather than last (the reliability tests are defined after the
+# unit tests), where they would run alone.
+set(_apikeys_reliability_cost_stress 80)
+set(_apikeys_reliability_cost_secrets 60)
+set(_apikeys_reliability_cost_crash 40)
 foreach(label stress crash faults hostile secrets)
+  set(_cost 0)
+  if(DEFINED _apikeys_reliability_cost_${label})
+    set(_cost ${_apikeys_reliability_cost_${label}})
+  endif()
   catch_discover_tests(apikeys_reliability_tests
     EXTRA_ARGS --warn NoTests
     TEST_SPEC "[${label}]"
     WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR}
-    PROPERTIES LABELS "reliability-${label}" TIMEOUT 600)
+    PROPERTIES LABELS "reliability-${label}" TIMEOUT 600 COST ${_cost})
 endforeach()
