@@ -24,6 +24,7 @@ add_executable(apikeys_reliability_tests
 )
 target_link_libraries(apikeys_reliability_tests PRIVATE apikeys::apikeys Catch2::Catch2WithMain
   Threads::Threads SQLite::SQLite3 nlohmann_json::nlohmann_json)
+apikeys_test_pch(apikeys_reliability_tests)
 target_include_directories(apikeys_reliability_tests PRIVATE ${APIKEYS_TEST_INCLUDE_DIRS}
   ${CMAKE_CURRENT_SOURCE_DIR}/reliability)
 apikeys_set_warnings(apikeys_reliability_tests)

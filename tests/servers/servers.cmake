@@ -43,6 +43,7 @@ add_executable(apikeys_server_tests ${_apikeys_server_sources}
   support/alloc_probe.cpp)
 target_link_libraries(apikeys_server_tests PRIVATE apikeys::apikeys Catch2::Catch2WithMain Threads::Threads
   ${_apikeys_server_links})
+apikeys_test_pch(apikeys_server_tests)
 # src: white-box checks of the record description (src/record_fields.hpp).
 target_include_directories(apikeys_server_tests PRIVATE ${APIKEYS_TEST_INCLUDE_DIRS}
   ${CMAKE_CURRENT_SOURCE_DIR}/servers ${PROJECT_SOURCE_DIR}/src)
