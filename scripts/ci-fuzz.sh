@@ -5,7 +5,8 @@
 # sanitizer report, and prints each target's executions, execs/s and coverage.
 #   scripts/ci-fuzz.sh                         all targets, 60 s each
 #   FUZZ_SECONDS=300 scripts/ci-fuzz.sh fuzz_validate
-# Env: FUZZ_SECONDS, JOBS (build parallelism, default 2), BUILD_DIR (default build-fuzz).
+# Env: FUZZ_SECONDS, JOBS (build parallelism, and how many targets run at once; default
+# 2), BUILD_DIR (default build-fuzz).
 # Failing inputs are kept in $BUILD_DIR/artifacts/; reproduce with
 #   $BUILD_DIR/<target> $BUILD_DIR/artifacts/<target>-crash-...
 set -euo pipefail
@@ -42,18 +43,39 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:symbolize=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
 mkdir -p "$BUILD_DIR/artifacts"
+
+# A fuzzer is one process on one core: JOBS of them run at once, each for the whole
+# FUZZ_SECONDS, so on 2 cores the targets take half the time and none runs less. Each
+# run leaves its log and its exit status (<target>.rc) in $BUILD_DIR; they are read in
+# the targets' order once every run has finished.
+fuzz_one() {  # fuzz_one TARGET
+  local t=$1 rc=0
+  local work="$BUILD_DIR/corpus/$t"  # new inputs go here, never into the repository
+  mkdir -p "$work"
+  "$BUILD_DIR/$t" -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 \
+    -print_final_stats=1 -artifact_prefix="$BUILD_DIR/artifacts/$t-" \
+    "$work" "tests/fuzz/corpus/$t" >"$BUILD_DIR/$t.log" 2>&1 || rc=$?
+  echo "$rc" >"$BUILD_DIR/$t.rc"
+}
+running=0
+for t in "${targets[@]}"; do
+  if [[ $running -ge $JOBS ]]; then
+    wait -n || true
+    running=$((running - 1))
+  fi
+  rm -f "$BUILD_DIR/$t.rc"
+  stamp "running $t for ${FUZZ_SECONDS} s (seeds: $(find "tests/fuzz/corpus/$t" -type f | wc -l) files)"
+  fuzz_one "$t" &
+  running=$((running + 1))
+done
+wait
+
 summary=()
 failed=()
 for t in "${targets[@]}"; do
-  seeds="tests/fuzz/corpus/$t"
-  work="$BUILD_DIR/corpus/$t"  # new inputs go here, never into the repository
   log="$BUILD_DIR/$t.log"
-  mkdir -p "$work"
-  stamp "running $t for ${FUZZ_SECONDS} s (seeds: $(find "$seeds" -type f | wc -l) files)"
-  rc=0
-  "$BUILD_DIR/$t" -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 \
-    -print_final_stats=1 -artifact_prefix="$BUILD_DIR/artifacts/$t-" \
-    "$work" "$seeds" >"$log" 2>&1 || rc=$?
+  # No status file: the run itself failed before it could write one.
+  rc=$(cat "$BUILD_DIR/$t.rc" 2>/dev/null || echo "none")
   # The last status line: "#N DONE cov: C ft: F corp: ... exec/s: E rss: ...".
   last=$(grep -E '^#[0-9]+' "$log" | tail -n 1 || true)
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
@@ -62,7 +84,7 @@ for t in "${targets[@]}"; do
   ft=$(grep -oE 'ft: [0-9]+' <<<"$last" | grep -oE '[0-9]+' || true)
   corp=$(grep -oE 'corp: [0-9]+' <<<"$last" | grep -oE '[0-9]+' || true)
   summary+=("$(printf '%-14s %12s %10s %8s %8s %8s' "$t" "${execs:-?}" "${per_sec:-?}" "${cov:-?}" "${ft:-?}" "${corp:-?}")")
-  if [[ $rc -ne 0 ]] || grep -qE 'ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|runtime error:|invariant failed' "$log"; then
+  if [[ $rc != 0 ]] || grep -qE 'ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|runtime error:|invariant failed' "$log"; then
     failed+=("$t")
     echo "ci-fuzz: $t FAILED (exit $rc); the end of $log:" >&2
     tail -n 60 "$log" >&2
