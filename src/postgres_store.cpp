@@ -406,7 +406,11 @@ struct Statements {
         " $5::smallint[], $6::smallint[], $7::text[], $8::text[], $9::text[], $10::text[],"
         " $11::text[])",
         s);
-    prune_audit = fmt::format("DELETE FROM {}.apikeys_audit_events WHERE time_ms < $1", s);
+    // $1 the bound, $2 the batch: at most $2 of the events before $1, on the time index.
+    prune_audit = fmt::format(
+        "DELETE FROM {0}.apikeys_audit_events WHERE event_id IN"
+        " (SELECT event_id FROM {0}.apikeys_audit_events WHERE time_ms < $1 LIMIT $2)",
+        s);
     // replace_digests_audited: replace_digests, and the keys it rewrote as get() reads
     // them, in batch order.
     replace_digests_keys = fmt::format(
@@ -1469,6 +1473,11 @@ struct PostgresStore::Impl {
 };
 
 PostgresStore::PostgresStore(const std::string& conninfo, PostgresStoreOptions options) {
+  if (options.audit_prune_batch == 0 ||
+      options.audit_prune_batch > static_cast<std::size_t>(INT64_MAX)) {
+    throw Error(ErrorCode::invalid_argument,
+                "PostgresStore: audit_prune_batch must be between 1 and 2^63 - 1");
+  }
   if (!valid_schema_name(options.schema)) {
     throw Error(ErrorCode::invalid_argument,
                 "PostgresStore: schema must be 1-63 letters, digits or underscores, not "
@@ -2190,19 +2199,26 @@ std::vector<AuditEvent> PostgresStore::audit_events(const Uuid& account_id,
 
 std::uint64_t PostgresStore::prune_audit(TimePoint before) {
   const std::string bound = std::to_string(ceil_millis(before));
-  const char* values[] = {bound.c_str()};
-  // Not retried: after a lost reply the events may be gone, and a retry would count
-  // fewer than were deleted.
-  return impl_->run("prune_audit", false, [&](PgConnection& c) -> std::uint64_t {
-    PgResult r = c.exec_params("prune_audit", impl_->sql.prune_audit, 1, values, nullptr, nullptr,
-                               impl_->statement_deadline());
-    const char* rows = PQcmdTuples(r.get());
-    std::uint64_t n = 0;
-    const char* end = rows + std::strlen(rows);
-    const auto [p, ec] = std::from_chars(rows, end, n);
-    if (ec != std::errc() || p != end) corrupt("prune_audit", "no row count");
-    return n;
-  });
+  const std::uint64_t batch = impl_->options.audit_prune_batch;
+  const std::string batch_text = std::to_string(batch);
+  const char* values[] = {bound.c_str(), batch_text.c_str()};
+  std::uint64_t total = 0;
+  for (;;) {
+    // One batch per statement, each its own transaction. Not retried: after a lost
+    // reply the events may be gone, and a retry would count fewer than were deleted.
+    const std::uint64_t n = impl_->run("prune_audit", false, [&](PgConnection& c) {
+      PgResult r = c.exec_params("prune_audit", impl_->sql.prune_audit, 2, values, nullptr, nullptr,
+                                 impl_->statement_deadline());
+      const char* rows = PQcmdTuples(r.get());
+      std::uint64_t deleted = 0;
+      const char* end = rows + std::strlen(rows);
+      const auto [p, ec] = std::from_chars(rows, end, deleted);
+      if (ec != std::errc() || p != end) corrupt("prune_audit", "no row count");
+      return deleted;
+    });
+    total += n;
+    if (n < batch) return total;
+  }
 }
 
 std::uint64_t PostgresStore::revision() {

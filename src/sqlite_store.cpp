@@ -320,6 +320,11 @@ struct SqliteStore::Impl {
 
 SqliteStore::SqliteStore(const std::string& path, SqliteStoreOptions options)
     : impl_(std::make_unique<Impl>(path, options)) {
+  if (options.audit_prune_batch == 0 ||
+      options.audit_prune_batch > static_cast<std::size_t>(INT64_MAX)) {
+    throw Error(ErrorCode::invalid_argument,
+                "SqliteStore: audit_prune_batch must be between 1 and 2^63 - 1");
+  }
   // ":memory:" and "" give every connection its own private database: the readers
   // would never see the writer's rows.
   if (path.empty() || path == ":memory:") {
@@ -1267,17 +1272,25 @@ std::vector<AuditEvent> SqliteStore::audit_events(const Uuid& account_id, const 
 
 std::uint64_t SqliteStore::prune_audit(TimePoint before) {
   const std::int64_t before_ms = ceil_millis(before);
-  return impl_->write("prune_audit", [&](Writer& w) {
-    // Rule 35: one DELETE on the time index; no key changes, so no revision step.
-    RawUse use(w.prune_audit);
-    w.prune_audit.bind(1, before_ms);
-    (void)w.prune_audit.step();
+  const auto batch = static_cast<std::int64_t>(impl_->options.audit_prune_batch);
+  std::uint64_t total = 0;
+  for (;;) {
+    // Rule 35: batches on the time index, each its own write transaction; no key
+    // changes, so no revision step.
+    const std::uint64_t n = impl_->write("prune_audit", [&](Writer& w) {
+      RawUse use(w.prune_audit);
+      w.prune_audit.bind(1, before_ms);
+      w.prune_audit.bind(2, batch);
+      (void)w.prune_audit.step();
 #if SQLITE_VERSION_NUMBER >= 3037000
-    return static_cast<std::uint64_t>(sqlite3_changes64(w.db.getHandle()));
+      return static_cast<std::uint64_t>(sqlite3_changes64(w.db.getHandle()));
 #else
-    return static_cast<std::uint64_t>(sqlite3_changes(w.db.getHandle()));
+      return static_cast<std::uint64_t>(sqlite3_changes(w.db.getHandle()));
 #endif
-  });
+    });
+    total += n;
+    if (n < static_cast<std::uint64_t>(batch)) return total;
+  }
 }
 
 const void* SqliteStore::identity() const noexcept { return impl_->write_epoch.get(); }

@@ -37,6 +37,10 @@ struct PostgresStoreOptions {
   /// The schema holding the tables (created if missing). Letters, digits and
   /// underscores, not starting with a digit, at most 63 characters. Default "public".
   std::string schema = "public";
+  /// Most audit events prune_audit() deletes in one statement (its own transaction): a
+  /// prune of a long backlog stays within statement_timeout and holds its row locks one
+  /// batch at a time. At least 1. Default 10,000.
+  std::size_t audit_prune_batch = 10'000;
 };
 
 /// Tables (in `schema`): apikeys_keys (the records), apikeys_key_credits (one row per

@@ -48,6 +48,10 @@ struct SqliteStoreOptions {
   /// within 0.1 s, so they do not pin the WAL. 0: a snapshot per call, no thread.
   /// Default 1 ms.
   std::chrono::microseconds read_snapshot_max_age{1000};
+  /// Most audit events prune_audit() deletes in one write transaction: a prune of a long
+  /// backlog holds the write lock this long at a time, not for the whole backlog, so
+  /// other writers wait at most one batch. At least 1. Default 10,000.
+  std::size_t audit_prune_batch = 10'000;
 };
 
 /// A Store in one SQLite database file, shareable between processes.

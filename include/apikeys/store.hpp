@@ -340,7 +340,9 @@ class APIKEYS_EXPORT Store {
                                                              const AuditRange& range);
 
   /// Deletes every audit event (of every account) older than `before`; returns how
-  /// many. Default: throws Error(not_supported).
+  /// many. A store may delete in batches, each its own transaction (SqliteStore and
+  /// PostgresStore do): when one fails, the batches before it stay deleted, and a
+  /// second call deletes the rest. Default: throws Error(not_supported).
   virtual std::uint64_t prune_audit(TimePoint before);
   /// @}
 

@@ -1575,13 +1575,21 @@ TEST_CASE("PostgresStore writes each audited change's events with it, exactly as
   since.since = events[1].time;
   CHECK(store.audit_events(alice, since).size() == 2);
 
-  // Pruning takes every account's older events, and only those.
-  CHECK(store.prune_audit(events[1].time) == 3);
+  // Pruning takes every account's older events, and only those, batch after batch (a
+  // store on the same schema that deletes two at a time: batches of 2 and 1).
+  apikeys::PostgresStoreOptions small = options_for(schema);
+  small.audit_prune_batch = 2;
+  apikeys::PostgresStore batched(*pg, small);
+  CHECK(batched.prune_audit(events[1].time) == 3);
   CHECK(store.audit_events(alice, all_events()).size() == 2);
   const auto bobs_left = store.audit_events(bob, all_events());
   REQUIRE(bobs_left.size() == 1);
   CHECK(bobs_left[0].event_id == bobs[0].event_id);
   CHECK(store.prune_audit(events[1].time) == 0);
+  CHECK(apikeys::PostgresStoreOptions{}.audit_prune_batch == 10'000);  // README.md's figure
+  small.audit_prune_batch = 0;
+  CHECK(error_code_of([&] { apikeys::PostgresStore s(*pg, small); }) ==
+        ErrorCode::invalid_argument);
 }
 
 TEST_CASE("PostgresStore: a ChangeAudit that throws leaves no change and no event",

@@ -1679,6 +1679,17 @@ TEST_CASE("SqliteStore writes an audit event and its change in one transaction",
   }
 }
 
+TEST_CASE("SqliteStore refuses an audit prune batch of 0, and touches no file",
+          "[store][sqlite][audit]") {
+  TempDir dir;
+  const std::string path = dir.file("batch-0.db");
+  CHECK(SqliteStoreOptions{}.audit_prune_batch == 10'000);  // README.md's figure
+  SqliteStoreOptions options = fast_options();
+  options.audit_prune_batch = 0;
+  CHECK(error_code_of([&] { SqliteStore store(path, options); }) == ErrorCode::invalid_argument);
+  CHECK_FALSE(std::filesystem::exists(path));
+}
+
 TEST_CASE("SqliteStore keeps audit events byte for byte and pages them by an index",
           "[store][sqlite][audit]") {
   TempDir dir;
@@ -1771,6 +1782,18 @@ TEST_CASE("SqliteStore keeps audit events byte for byte and pages them by an ind
     CHECK(store.prune_audit(at(100)) == 4);
     CHECK(store.audit_events(alice, newest()).empty());
     CHECK(store.find(public_key(1)));  // keys are not touched
+  }
+
+  SECTION("prune_audit goes on batch after batch until none is left") {
+    SqliteStoreOptions small = fast_options();
+    small.audit_prune_batch = 3;  // 8 events: batches of 3, 3 and 2
+    SqliteStore batched(path, small);
+    CHECK(batched.prune_audit(at(4) - std::chrono::microseconds(1)) == 6);  // times 1 to 3
+    CHECK(batched.audit_events(alice, newest()).size() == 1);
+    CHECK(batched.audit_events(bob, newest()).size() == 1);
+    CHECK(batched.prune_audit(at(100)) == 2);
+    CHECK(batched.audit_events(alice, newest()).empty());
+    CHECK(batched.audit_events(bob, newest()).empty());
   }
 
   SECTION("every form of the page query walks an audit index, in its order") {
