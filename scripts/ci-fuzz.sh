@@ -63,7 +63,7 @@ for t in "${targets[@]}"; do
     wait -n || true
     running=$((running - 1))
   fi
-  rm -f "$BUILD_DIR/$t.rc"
+  rm -f "$BUILD_DIR/$t.rc" "$BUILD_DIR/$t.log"
   stamp "running $t for ${FUZZ_SECONDS} s (seeds: $(find "tests/fuzz/corpus/$t" -type f | wc -l) files)"
   fuzz_one "$t" &
   running=$((running + 1))
@@ -74,6 +74,7 @@ summary=()
 failed=()
 for t in "${targets[@]}"; do
   log="$BUILD_DIR/$t.log"
+  touch "$log"  # a run that died before writing its log is still reported, as failed
   # No status file: the run itself failed before it could write one.
   rc=$(cat "$BUILD_DIR/$t.rc" 2>/dev/null || echo "none")
   # The last status line: "#N DONE cov: C ft: F corp: ... exec/s: E rss: ...".

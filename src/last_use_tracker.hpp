@@ -58,7 +58,7 @@ class LastUseTracker {
   // The address of `key_id`'s set, for a caller that reads the clock itself (and may
   // then not note at all: an expired key) to prefetch first. The prefetch belongs at the
   // caller's site: GCC drops a call to a function whose only effect is a prefetch.
-  const void* set_of(const Uuid& key_id) const noexcept { return &where(key_id).set; }
+  const void* set_of(const Uuid& key_id) const noexcept { return &filter_[where(key_id).index]; }
 
   // Moves the queued updates into `out` (emptied first) and gives the queue `out`'s
   // storage: two buffers take turns, so after the first batches no note() on the
