@@ -406,10 +406,12 @@ struct Statements {
         " $5::smallint[], $6::smallint[], $7::text[], $8::text[], $9::text[], $10::text[],"
         " $11::text[])",
         s);
-    // $1 the bound, $2 the batch: at most $2 of the events before $1, on the time index.
+    // $1 the bound, $2 the batch: the $2 oldest events before $1, in the time index's
+    // order (which also keeps the planner on that index).
     prune_audit = fmt::format(
         "DELETE FROM {0}.apikeys_audit_events WHERE event_id IN"
-        " (SELECT event_id FROM {0}.apikeys_audit_events WHERE time_ms < $1 LIMIT $2)",
+        " (SELECT event_id FROM {0}.apikeys_audit_events WHERE time_ms < $1"
+        " ORDER BY time_ms LIMIT $2)",
         s);
     // replace_digests_audited: replace_digests, and the keys it rewrote as get() reads
     // them, in batch order.

@@ -271,10 +271,10 @@ inline std::string audit_events_sql(bool key, bool since, bool after) {
   return sql + " ORDER BY time_ms DESC, event_id DESC LIMIT ?2";
 }
 // prune_audit(): ?1 the first millisecond at or after `before` (rule 35).
-// ?1 the bound, ?2 the batch: at most ?2 of the events before ?1, found on the time index.
+// ?1 the bound, ?2 the batch: the ?2 oldest events before ?1, in the time index's order.
 inline constexpr const char* kPruneAuditSql =
     "DELETE FROM audit_events WHERE rowid IN"
-    " (SELECT rowid FROM audit_events WHERE time_ms < ?1 LIMIT ?2)";
+    " (SELECT rowid FROM audit_events WHERE time_ms < ?1 ORDER BY time_ms LIMIT ?2)";
 
 }  // namespace apikeys::detail::sqlite
 

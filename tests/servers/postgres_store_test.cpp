@@ -1592,6 +1592,44 @@ TEST_CASE("PostgresStore writes each audited change's events with it, exactly as
         ErrorCode::invalid_argument);
 }
 
+TEST_CASE("PostgresStore prunes the oldest events first, each batch its own transaction",
+          "[servers][postgres][store][audit]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  const std::string schema = janitor.make();
+  apikeys::PostgresStoreOptions o = options_for(schema);
+  o.audit_prune_batch = 2;
+  o.statement_timeout = milliseconds(500);
+  apikeys::PostgresStore store(*pg, o);
+  const apikeys::Uuid alice = apikeys_test::account_id(1);
+  RecordingAudit audit;  // one event per write, 1 ms apart
+  for (std::uint32_t n = 1; n <= 5; ++n) store.insert_audited(record(n, alice, n), audit);
+  const auto events = store.audit_events(alice, all_events());  // newest first
+  REQUIRE(events.size() == 5);
+
+  // Another session locks the newest event: the batches of the two oldest and of the
+  // next two are deleted and committed, the last one waits on the lock and times out.
+  PGconn* locker = PQconnectdb(pg->c_str());
+  REQUIRE(PQstatus(locker) == CONNECTION_OK);
+  const auto run = [&](const std::string& sql) {
+    PGresult* r = PQexec(locker, sql.c_str());
+    const ExecStatusType status = PQresultStatus(r);
+    PQclear(r);
+    return status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK;
+  };
+  CHECK(run("BEGIN"));
+  CHECK(run("SELECT 1 FROM \"" + schema + "\".apikeys_audit_events WHERE event_id = '" +
+            events[0].event_id.to_string() + "' FOR UPDATE"));
+  CHECK_THROWS_AS(store.prune_audit(apikeys::TimePoint::max()), apikeys::Error);
+  const auto left = store.audit_events(alice, all_events());
+  REQUIRE(left.size() == 1);
+  CHECK(left[0].event_id == events[0].event_id);
+  CHECK(run("ROLLBACK"));
+  PQfinish(locker);
+  CHECK(store.prune_audit(apikeys::TimePoint::max()) == 1);
+}
+
 TEST_CASE("PostgresStore: a ChangeAudit that throws leaves no change and no event",
           "[servers][postgres][store][audit]") {
   const auto pg = apikeys_test::test_pg();

@@ -1784,9 +1784,27 @@ TEST_CASE("SqliteStore keeps audit events byte for byte and pages them by an ind
     CHECK(store.find(public_key(1)));  // keys are not touched
   }
 
+  SECTION("prune_audit deletes oldest first, each batch its own transaction") {
+    SqliteStoreOptions small = fast_options();
+    small.audit_prune_batch = 3;
+    SqliteStore batched(path, small);
+    // The second batch (times 2, 3, 3) fails on an event of time 3: the first (1, 1, 2)
+    // stays deleted, the second is rolled back whole.
+    RawDb raw(path);
+    raw.exec("CREATE TRIGGER refuse_prune BEFORE DELETE ON audit_events WHEN OLD.time_ms = " +
+             std::to_string(apikeys::to_unix_millis(at(3))) +
+             " BEGIN SELECT RAISE(ABORT, 'refused'); END");
+    CHECK_THROWS_AS(batched.prune_audit(at(100)), apikeys::Error);
+    CHECK(batched.audit_events(alice, newest()).size() == 4);  // times 2, 3, 3, 4
+    CHECK(batched.audit_events(bob, newest()).size() == 1);
+    raw.exec("DROP TRIGGER refuse_prune");
+    CHECK(batched.prune_audit(at(100)) == 5);  // the rest, in batches of 3 and 2
+    CHECK(batched.audit_events(alice, newest()).empty());
+  }
+
   SECTION("prune_audit goes on batch after batch until none is left") {
     SqliteStoreOptions small = fast_options();
-    small.audit_prune_batch = 3;  // 8 events: batches of 3, 3 and 2
+    small.audit_prune_batch = 3;  // 6 events: batches of 3, 3 and an empty one; then 2
     SqliteStore batched(path, small);
     CHECK(batched.prune_audit(at(4) - std::chrono::microseconds(1)) == 6);  // times 1 to 3
     CHECK(batched.audit_events(alice, newest()).size() == 1);
