@@ -552,6 +552,16 @@ constexpr const char* kInsertEvents = "apikeys_insert_events";
               fmt::format("PostgresStore {} failed: corrupt record: {}", op, what));
 }
 
+// The rows a command changed (PQcmdTuples), as its reply says.
+std::uint64_t rows_changed(PGresult* r, std::string_view op) {
+  const char* rows = PQcmdTuples(r);
+  std::uint64_t n = 0;
+  const char* end = rows + std::strlen(rows);
+  const auto [p, ec] = std::from_chars(rows, end, n);
+  if (ec != std::errc() || p != end) corrupt(op, "no row count");
+  return n;
+}
+
 std::int64_t parse_int(const PGresult* r, int row, int col, std::string_view op, const char* what) {
   if (PQgetisnull(r, row, col)) corrupt(op, what);
   const char* s = PQgetvalue(r, row, col);
@@ -1797,12 +1807,7 @@ std::size_t PostgresStore::replace_digests(const std::vector<DigestChange>& chan
   return impl_->run("replace_digests", false, [&](PgConnection& c) -> std::size_t {
     PgResult r = c.exec_prepared("replace_digests", kReplaceDigests, DigestArrays::kCount,
                                  arrays.values(), nullptr, nullptr, impl_->statement_deadline());
-    const char* rows = PQcmdTuples(r.get());
-    std::size_t n = 0;
-    const char* end = rows + std::strlen(rows);
-    const auto [p, ec] = std::from_chars(rows, end, n);
-    if (ec != std::errc() || p != end) corrupt("replace_digests", "no row count");
-    return n;
+    return static_cast<std::size_t>(rows_changed(r.get(), "replace_digests"));
   });
 }
 
@@ -2211,12 +2216,7 @@ std::uint64_t PostgresStore::prune_audit(TimePoint before) {
     const std::uint64_t n = impl_->run("prune_audit", false, [&](PgConnection& c) {
       PgResult r = c.exec_params("prune_audit", impl_->sql.prune_audit, 2, values, nullptr, nullptr,
                                  impl_->statement_deadline());
-      const char* rows = PQcmdTuples(r.get());
-      std::uint64_t deleted = 0;
-      const char* end = rows + std::strlen(rows);
-      const auto [p, ec] = std::from_chars(rows, end, deleted);
-      if (ec != std::errc() || p != end) corrupt("prune_audit", "no row count");
-      return deleted;
+      return rows_changed(r.get(), "prune_audit");
     });
     total += n;
     if (n < batch) return total;
