@@ -341,8 +341,11 @@ class APIKEYS_EXPORT Store {
 
   /// Deletes every audit event (of every account) older than `before`; returns how
   /// many. A store may delete in batches, each its own transaction (SqliteStore and
-  /// PostgresStore do): when one fails, the batches before it stay deleted, and a
-  /// second call deletes the rest. Default: throws Error(not_supported).
+  /// PostgresStore do, oldest first): when one fails, the batches before it stay
+  /// deleted, and a second call deletes the rest. Events written while it runs are
+  /// deleted and counted too when they are dated before `before`; and of two prunes
+  /// run at once, one may return while the other is still deleting what they share.
+  /// Default: throws Error(not_supported).
   virtual std::uint64_t prune_audit(TimePoint before);
   /// @}
 
