@@ -33,6 +33,7 @@
 #include "apikeys/validator.hpp"
 #include "cache_contract.hpp"
 #include "catch.hpp"
+#include "redis_test_client.hpp"
 #include "server_support.hpp"
 #include "store_doubles.hpp"
 #include "test_support.hpp"
@@ -50,79 +51,8 @@ using std::chrono::milliseconds;
 
 namespace {
 
-// A plain client for looking inside Redis, and for deleting a test's keys afterwards.
-class Inspector {
- public:
-  explicit Inspector(const apikeys_test::RedisAddress& a) {
-    timeval tv{2, 0};
-    c_ = redisConnectWithTimeout(a.host.c_str(), a.port, tv);
-    REQUIRE(c_ != nullptr);
-    REQUIRE(c_->err == 0);
-  }
-  ~Inspector() { redisFree(c_); }
-  Inspector(const Inspector&) = delete;
-  Inspector& operator=(const Inspector&) = delete;
-
-  // Every key under `prefix`, and each key's value when it is a string.
-  std::vector<std::pair<std::string, std::string>> dump(const std::string& prefix) {
-    std::vector<std::pair<std::string, std::string>> out;
-    for (const auto& k : keys(prefix)) {
-      auto* r = static_cast<redisReply*>(redisCommand(c_, "GET %b", k.data(), k.size()));
-      REQUIRE(r != nullptr);
-      out.emplace_back(k,
-                       r->type == REDIS_REPLY_STRING ? std::string(r->str, r->len) : std::string());
-      freeReplyObject(r);
-    }
-    return out;
-  }
-  std::vector<std::string> keys(const std::string& prefix) {
-    const std::string pattern = prefix + "*";
-    auto* r = static_cast<redisReply*>(redisCommand(c_, "KEYS %b", pattern.data(), pattern.size()));
-    REQUIRE(r != nullptr);
-    std::vector<std::string> out;
-    for (std::size_t i = 0; i < r->elements; ++i)
-      out.emplace_back(r->element[i]->str, r->element[i]->len);
-    freeReplyObject(r);
-    return out;
-  }
-  // Overwrites a string value, keeping its expiry.
-  void set(const std::string& key, const std::string& value) {
-    auto* r = static_cast<redisReply*>(
-        redisCommand(c_, "SET %b %b KEEPTTL", key.data(), key.size(), value.data(), value.size()));
-    REQUIRE(r != nullptr);
-    freeReplyObject(r);
-  }
-  // A raw command (no reply kept), e.g. to delete a key as an eviction would.
-  void del(const std::string& key) {
-    auto* r = static_cast<redisReply*>(redisCommand(c_, "DEL %b", key.data(), key.size()));
-    REQUIRE(r != nullptr);
-    freeReplyObject(r);
-  }
-  void drop(const std::string& prefix) {
-    for (const auto& k : keys(prefix))
-      freeReplyObject(redisCommand(c_, "DEL %b", k.data(), k.size()));
-  }
-
- private:
-  redisContext* c_ = nullptr;
-};
-
-// Deletes every key a test made under its prefixes.
-struct PrefixJanitor {
-  apikeys_test::RedisAddress address;
-  std::vector<std::string> prefixes;
-  ~PrefixJanitor() {
-    try {
-      Inspector in(address);
-      for (const auto& p : prefixes) in.drop(p);
-    } catch (...) {
-    }
-  }
-  std::string make() {
-    prefixes.push_back("apikeys-test:" + apikeys_test::unique_name("c") + ":");
-    return prefixes.back();
-  }
-};
+using Inspector = apikeys_test::RedisTestClient;
+using PrefixJanitor = apikeys_test::RedisJanitor;
 
 RedisCacheOptions options_for(const apikeys_test::RedisAddress& a, const std::string& prefix,
                               bool local) {
@@ -349,10 +279,10 @@ TEST_CASE("RedisCache: verdicts keep the key's expiry, another layout reads as a
   const std::string v3 = std::string(1, '\x03') + body.substr(1, 50);
   for (const std::string& other :
        {std::string(33, '\0'), v2, v3, newer, body.substr(0, 51), body + "x"}) {
-    inspect.set(verdict_key, generation + other);
+    inspect.set_keep_ttl(verdict_key, generation + other);
     CHECK_FALSE(cache.get(pk(1), digest_of(1)).has_value());
   }
-  inspect.set(verdict_key, generation + body);
+  inspect.set_keep_ttl(verdict_key, generation + body);
   CHECK(cache.get(pk(1), digest_of(1)).has_value());
 }
 
@@ -414,7 +344,7 @@ TEST_CASE("RedisCache: a verdict written by a newer encoder is a miss, and the s
   ours_revoked[0] = 4;
   ours_revoked[1] = static_cast<char>(ValidationCode::revoked);
   ours_revoked.replace(35, 8, body.substr(35, 8));
-  inspect.set(verdict_key, generation + ours_revoked);
+  inspect.set_keep_ttl(verdict_key, generation + ours_revoked);
   CHECK(manager.validate(pk1, sk).code == ValidationCode::revoked);
   CHECK(store->finds.load() == finds);
 
@@ -474,14 +404,14 @@ TEST_CASE("RedisCache: a verdict written by a newer encoder is a miss, and the s
   };
   // The same value with well-formed scopes and a rate limit is a hit: the lengths above
   // are what differ.
-  inspect.set(verdict_key, generation + v4_scopes);
+  inspect.set_keep_ttl(verdict_key, generation + v4_scopes);
   finds = store->finds.load();
   CHECK(manager.validate(pk1, sk).code == ValidationCode::revoked);
   CHECK(store->finds.load() == finds);
   for (const std::string& value : foreign) {
     INFO("version " << static_cast<int>(value[0] & 0xff) << ", code "
                     << static_cast<int>(value[1] & 0xff) << ", " << value.size() << " bytes");
-    inspect.set(verdict_key, generation + value);
+    inspect.set_keep_ttl(verdict_key, generation + value);
     finds = store->finds.load();
     const apikeys::ValidationResult r = manager.validate(pk1, sk);
     CHECK(r.ok());

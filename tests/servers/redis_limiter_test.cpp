@@ -26,6 +26,7 @@
 #include "apikeys/validation_code.hpp"
 #include "apikeys/validator.hpp"
 #include "catch.hpp"
+#include "redis_test_client.hpp"
 #include "server_support.hpp"
 #include "temp_dir.hpp"
 #include "test_support.hpp"
@@ -42,53 +43,9 @@ using std::chrono::milliseconds;
 
 namespace {
 
+using Client = apikeys_test::RedisTestClient;
+
 constexpr milliseconds kDay{86'400'000};
-
-// A plain client: raw commands, and cleaning up a test's keys.
-class Client {
- public:
-  explicit Client(const apikeys_test::RedisAddress& a) {
-    timeval tv{2, 0};
-    c_ = redisConnectWithTimeout(a.host.c_str(), a.port, tv);
-    REQUIRE(c_ != nullptr);
-    REQUIRE(c_->err == 0);
-  }
-  ~Client() { redisFree(c_); }
-  Client(const Client&) = delete;
-  Client& operator=(const Client&) = delete;
-
-  // Runs a command; returns its string or integer reply as text ("" for nil).
-  std::string run(const std::vector<std::string>& args) {
-    std::vector<const char*> argv;
-    std::vector<std::size_t> lens;
-    for (const auto& a : args) {
-      argv.push_back(a.c_str());
-      lens.push_back(a.size());
-    }
-    auto* r = static_cast<redisReply*>(
-        redisCommandArgv(c_, static_cast<int>(argv.size()), argv.data(), lens.data()));
-    REQUIRE(r != nullptr);
-    std::string out;
-    if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS) out.assign(r->str, r->len);
-    if (r->type == REDIS_REPLY_INTEGER) out = std::to_string(r->integer);
-    if (r->type == REDIS_REPLY_ERROR) FAIL("redis: " << std::string(r->str, r->len));
-    freeReplyObject(r);
-    return out;
-  }
-  // Redis's clock, in microseconds.
-  std::int64_t time_us() {
-    auto* r = static_cast<redisReply*>(redisCommand(c_, "TIME"));
-    REQUIRE(r != nullptr);
-    REQUIRE(r->type == REDIS_REPLY_ARRAY);
-    const std::int64_t us =
-        std::atoll(r->element[0]->str) * 1'000'000 + std::atoll(r->element[1]->str);
-    freeReplyObject(r);
-    return us;
-  }
-
- private:
-  redisContext* c_ = nullptr;
-};
 
 RedisLimiterOptions options_for(const apikeys_test::RedisAddress& a, const std::string& prefix,
                                 std::uint64_t batch = 100) {

@@ -29,6 +29,7 @@
 #include "apikeys/redis_limiter.hpp"
 #include "cache_contract.hpp"
 #include "catch.hpp"
+#include "redis_test_client.hpp"
 #include "server_support.hpp"
 #include "store_doubles.hpp"
 #include "test_support.hpp"
@@ -52,6 +53,9 @@ using apikeys_test::cache_contract::valid_verdict;
 using std::chrono::milliseconds;
 
 namespace {
+
+using Client = apikeys_test::RedisTestClient;
+using Janitor = apikeys_test::RedisJanitor;
 
 // One on_error() call, copied.
 struct Event {
@@ -97,85 +101,6 @@ class Thrower final : public apikeys::Observer {
  public:
   void on_validate(const apikeys::ValidateEvent&) override { throw std::runtime_error("observer"); }
   void on_error(const BackgroundError&) override { throw std::runtime_error("observer"); }
-};
-
-// A plain client: raw commands (string, status or integer reply as text; "" for nil).
-class Client {
- public:
-  explicit Client(const apikeys_test::RedisAddress& a) {
-    timeval tv{2, 0};
-    c_ = redisConnectWithTimeout(a.host.c_str(), a.port, tv);
-    REQUIRE(c_ != nullptr);
-    REQUIRE(c_->err == 0);
-  }
-  ~Client() { redisFree(c_); }
-  Client(const Client&) = delete;
-  Client& operator=(const Client&) = delete;
-
-  std::string run(const std::vector<std::string>& args) {
-    std::vector<const char*> argv;
-    std::vector<std::size_t> lens;
-    for (const auto& a : args) {
-      argv.push_back(a.c_str());
-      lens.push_back(a.size());
-    }
-    auto* r = static_cast<redisReply*>(
-        redisCommandArgv(c_, static_cast<int>(argv.size()), argv.data(), lens.data()));
-    REQUIRE(r != nullptr);
-    std::string out;
-    if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS) out.assign(r->str, r->len);
-    if (r->type == REDIS_REPLY_INTEGER) out = std::to_string(r->integer);
-    const bool error = r->type == REDIS_REPLY_ERROR;
-    const std::string text = error ? std::string(r->str, r->len) : std::string();
-    freeReplyObject(r);
-    if (error) FAIL("redis: " << text);
-    return out;
-  }
-  std::vector<std::string> keys(const std::string& prefix) {
-    auto* r = static_cast<redisReply*>(
-        redisCommand(c_, "KEYS %b", (prefix + "*").data(), prefix.size() + 1));
-    REQUIRE(r != nullptr);
-    std::vector<std::string> out;
-    for (std::size_t i = 0; i < r->elements; ++i)
-      out.emplace_back(r->element[i]->str, r->element[i]->len);
-    freeReplyObject(r);
-    return out;
-  }
-  // Closes every connection of `type` ("normal", "pubsub") but this one, as a server
-  // that dropped its clients would.
-  void kill_clients(const char* type) { (void)run({"CLIENT", "KILL", "TYPE", type}); }
-  // Never throws (for destructors).
-  void quiet(const std::vector<std::string>& args) noexcept {
-    std::vector<const char*> argv;
-    std::vector<std::size_t> lens;
-    for (const auto& a : args) {
-      argv.push_back(a.c_str());
-      lens.push_back(a.size());
-    }
-    void* r = redisCommandArgv(c_, static_cast<int>(argv.size()), argv.data(), lens.data());
-    if (r != nullptr) freeReplyObject(r);
-  }
-
- private:
-  redisContext* c_ = nullptr;
-};
-
-// Deletes every key under the prefixes it made.
-struct Janitor {
-  apikeys_test::RedisAddress address;
-  std::vector<std::string> prefixes;
-  ~Janitor() {
-    try {
-      Client c(address);
-      for (const auto& p : prefixes)
-        for (const auto& k : c.keys(p)) c.quiet({"DEL", k});
-    } catch (...) {
-    }
-  }
-  std::string make() {
-    prefixes.push_back("apikeys-test:" + apikeys_test::unique_name("obs") + ":");
-    return prefixes.back();
-  }
 };
 
 RedisCacheOptions cache_options(const apikeys_test::RedisAddress& a, const std::string& prefix,
