@@ -270,8 +270,8 @@ inline std::string audit_events_sql(bool key, bool since, bool after) {
   if (after) sql += " AND (time_ms < ?5 OR (time_ms = ?5 AND event_id < ?6))";
   return sql + " ORDER BY time_ms DESC, event_id DESC LIMIT ?2";
 }
-// prune_audit(): ?1 the first millisecond at or after `before` (rule 35).
-// ?1 the bound, ?2 the batch: the ?2 oldest events before ?1, in the time index's order.
+// prune_audit(), one batch (rule 35): ?1 the first millisecond at or after `before`, ?2
+// the batch size; deletes the ?2 oldest events before ?1, in the time index's order.
 inline constexpr const char* kPruneAuditSql =
     "DELETE FROM audit_events WHERE rowid IN"
     " (SELECT rowid FROM audit_events WHERE time_ms < ?1 ORDER BY time_ms LIMIT ?2)";
