@@ -57,6 +57,57 @@ struct Lease {
   TimePoint expires{};                // and before this (lease_ttl)
 };
 
+std::uint64_t load32(const std::uint8_t* p) noexcept {
+  std::uint32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// NOLINTNEXTLINE(modernize-use-using): __extension__ needs the typedef form.
+__extension__ typedef unsigned __int128 UInt128;
+
+// The 128-bit product of a and b, folded to 64 bits.
+std::uint64_t fold_mul(std::uint64_t a, std::uint64_t b) noexcept {
+  const UInt128 p = static_cast<UInt128>(a) * b;
+  return static_cast<std::uint64_t>(p) ^ static_cast<std::uint64_t>(p >> 64);
+}
+
+// A seeded hash of a limit's name, after wyhash's multiply-fold: a dozen instructions
+// for a short name, where SipHash took a hundred on every admission. It need not resist
+// chosen inputs: names come from whoever sets a key's policy, at most
+// KeyPolicyLimits::kMaxRateLimits per lineage, and the slot's home also hashes the
+// lineage, which the store draws at random. Two names of one lineage that hash alike
+// would share a state; by accident, one pair in 2^64.
+class NameHasher {
+ public:
+  explicit NameHasher(const detail::SipHasher& seeds) noexcept
+      : s0_(seeds("apikeys limit name 0") | 1), s1_(seeds("apikeys limit name 1") | 1) {}
+
+  std::uint64_t operator()(std::string_view name) const noexcept {
+    const auto* p = reinterpret_cast<const std::uint8_t*>(name.data());
+    const std::size_t n = name.size();
+    std::uint64_t seed = s0_ ^ (static_cast<std::uint64_t>(n) * 0x9e3779b97f4a7c15ULL);
+    std::uint64_t a = 0;
+    std::uint64_t b = 0;
+    if (n >= 8) {
+      std::size_t i = 0;
+      for (; i + 16 < n; i += 16) seed = fold_mul(load64(p + i) ^ s1_, load64(p + i + 8) ^ seed);
+      a = load64(p + (n > 16 ? n - 16 : 0));
+      b = load64(p + n - 8);
+    } else if (n >= 4) {
+      a = load32(p);
+      b = load32(p + n - 4);
+    } else if (n > 0) {
+      a = (std::uint64_t{p[0]} << 16) | (std::uint64_t{p[n / 2]} << 8) | p[n - 1];
+    }
+    return fold_mul(s1_ ^ n, fold_mul(a ^ s1_, b ^ seed));
+  }
+
+ private:
+  std::uint64_t s0_;
+  std::uint64_t s1_;
+};
+
 std::size_t round_up_pow2(std::size_t n) noexcept {
   std::size_t p = 1;
   while (p < n) p <<= 1;
@@ -80,7 +131,7 @@ struct MemoryLimiter::Impl {
   std::array<Shard, kShards> shards;
   std::shared_ptr<Store> store;
   MemoryLimiterOptions options;
-  detail::SipHasher hasher;
+  NameHasher name_hash;
   std::size_t slots_per_shard;
   std::size_t leases_per_shard;
   std::atomic<std::size_t> states{0};
@@ -91,6 +142,7 @@ struct MemoryLimiter::Impl {
   Impl(std::shared_ptr<Store> s, MemoryLimiterOptions o)
       : store(std::move(s)),
         options(o),
+        name_hash(detail::SipHasher()),
         // Four slots per state of capacity at most: at a quarter full, no probe window of
         // 32 fills, so `capacity` live states always find a place.
         slots_per_shard(
@@ -309,7 +361,7 @@ struct MemoryLimiter::Impl {
     bool may_rebuild = true;  // once per decision: a rebuild keeps this lineage's states
     for (std::size_t i = 0; i < r.limit_count; ++i) {
       const RateLimit& limit = r.limits[i];
-      const std::uint64_t nh = hasher(limit.name);
+      const std::uint64_t nh = name_hash(limit.name);
       bool rebuilt = false;
       slots[i] = find_slot(sh, r.lineage_id, lh, nh, limit.limit, now_ns, r.limit_count - i,
                            may_rebuild, rebuilt);
@@ -336,12 +388,15 @@ struct MemoryLimiter::Impl {
   // Applies the decisions of an admitted request and reports each limit's state.
   static void commit(const AdmissionRequest& r, Slot** slots, const detail::GcraDecision* decisions,
                      Admission& out) {
-    out.limits.resize(r.limit_count);
+    // Appended, not resized: out.limits is empty with its capacity kept, and resize()
+    // is an out-of-line call. reserve() is one block for a fresh vector.
+    out.limits.reserve(r.limit_count);
     for (std::size_t i = 0; i < r.limit_count; ++i) {
       slots[i]->tat = decisions[i].new_tat;
       slots[i]->scale = r.limits[i].limit;
-      out.limits[i].remaining = decisions[i].remaining;
-      out.limits[i].reset = detail::ceil_millis(decisions[i].reset_ns);
+      LimitStatus& status = out.limits.emplace_back();
+      status.remaining = decisions[i].remaining;
+      status.reset = detail::ceil_millis(decisions[i].reset_ns);
     }
   }
 

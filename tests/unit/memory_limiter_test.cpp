@@ -472,6 +472,54 @@ TEST_CASE("MemoryLimiter: the limits of one request never share a state",
   CHECK(over == 0);
 }
 
+TEST_CASE("MemoryLimiter: names alike in every way the hash reads them keep their own states",
+          "[admission][memory_limiter]") {
+  MemoryLimiter limiter(nullptr);
+  // The name hash reads short names in pieces and long ones in overlapping words: names
+  // of each length class that differ only in one byte, in their length, or where those
+  // reads overlap, each limited to one request a day.
+  const std::string long_name(40, 'n');
+  const std::vector<std::string> names = {"",
+                                          "a",
+                                          "b",
+                                          "ab",
+                                          "ba",
+                                          "abc",
+                                          "abd",
+                                          "abcd",
+                                          "abce",
+                                          "abcdefg",
+                                          "abcdefgh",
+                                          "abcdefgi",
+                                          "bbcdefgh",
+                                          std::string(16, 'x'),
+                                          std::string(17, 'x'),
+                                          std::string(15, 'x'),
+                                          long_name,
+                                          long_name + "n",
+                                          "x" + long_name.substr(1)};
+  std::mt19937_64 rng(37);
+  std::size_t over = 0;
+  for (int i = 0; i < 200; ++i) {
+    const Uuid id = lineage(rng);
+    // One limit per request: the other names' states are untouched by it, so each name
+    // admits its first request and refuses its second.
+    for (const std::string& name : names) {
+      std::vector<RateLimit> one = {limit("x", 1, 86'400'000ms)};
+      one[0].name = name;
+      REQUIRE(limiter.admit(request(id, one, 1, kStart)).outcome == AdmissionOutcome::admitted);
+    }
+    for (const std::string& name : names) {
+      std::vector<RateLimit> one = {limit("x", 1, 86'400'000ms)};
+      one[0].name = name;
+      over +=
+          limiter.admit(request(id, one, 1, kStart + 1s)).outcome != AdmissionOutcome::rate_limited;
+    }
+  }
+  CHECK(over == 0);
+  CHECK(limiter.states() == 200 * names.size());
+}
+
 TEST_CASE("MemoryLimiter: a limit out of its ranges is refused and never divided by",
           "[admission][memory_limiter]") {
   MemoryLimiter limiter(nullptr);
