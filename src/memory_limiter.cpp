@@ -125,7 +125,21 @@ struct MemoryLimiter::Impl {
     detail::Mutex mu;
     std::vector<Slot> slots APIKEYS_GUARDED_BY(mu);    // allocated on first use
     std::vector<Lease> leases APIKEYS_GUARDED_BY(mu);  // likewise
+    // Where the tables are, for prefetch() only, which reads them without the lock:
+    // written under it whenever a table moves (publish()). A stale pair names memory a
+    // prefetch may touch harmlessly (it never faults); nothing is ever read through it.
+    std::atomic<const Slot*> slots_at{nullptr};
+    std::atomic<std::size_t> slots_mask{0};
+    std::atomic<const Lease*> leases_at{nullptr};
+    std::atomic<std::size_t> leases_mask{0};
   };
+
+  static void publish(Shard& sh) APIKEYS_REQUIRES(sh.mu) {
+    sh.slots_at.store(sh.slots.data(), std::memory_order_relaxed);
+    sh.slots_mask.store(sh.slots.empty() ? 0 : sh.slots.size() - 1, std::memory_order_relaxed);
+    sh.leases_at.store(sh.leases.data(), std::memory_order_relaxed);
+    sh.leases_mask.store(sh.leases.empty() ? 0 : sh.leases.size() - 1, std::memory_order_relaxed);
+  }
 
   // First: cache-line aligned, so the fields after it pack without padding.
   std::array<Shard, kShards> shards;
@@ -235,6 +249,7 @@ struct MemoryLimiter::Impl {
           return slot_home(mask, lineage_hash(s.lineage), s.name_hash);
         });
     if (!dropped) return false;
+    publish(sh);
     states.fetch_sub(*dropped, std::memory_order_relaxed);
     return true;
   }
@@ -257,7 +272,10 @@ struct MemoryLimiter::Impl {
   Slot* find_slot(Shard& sh, const Uuid& lineage, std::uint64_t lh, std::uint64_t nh,
                   std::uint64_t limit, std::int64_t now_ns, std::size_t to_come, bool& may_rebuild,
                   bool& rebuilt) APIKEYS_REQUIRES(sh.mu) {
-    if (sh.slots.empty()) sh.slots.resize(std::min(kFirstSlots, slots_per_shard));
+    if (sh.slots.empty()) {
+      sh.slots.resize(std::min(kFirstSlots, slots_per_shard));
+      publish(sh);
+    }
     for (;;) {
       const std::size_t mask = sh.slots.size() - 1;
       const std::size_t window = std::min(kMaxProbe, sh.slots.size());
@@ -315,11 +333,13 @@ struct MemoryLimiter::Impl {
   // holds credits. False when it is already at leases_per_shard.
   bool grow_leases(Shard& sh) const APIKEYS_REQUIRES(sh.mu) {
     const auto holds = [](const Lease& l) { return l.count != 0; };
-    return rebuild(sh.leases, sh.leases.size() * 2, leases_per_shard, holds, holds,
-                   [this](std::size_t mask, const Lease& l) {
-                     return lease_home(mask, lineage_hash(l.lineage));
-                   })
-        .has_value();
+    const bool grown = rebuild(sh.leases, sh.leases.size() * 2, leases_per_shard, holds, holds,
+                               [this](std::size_t mask, const Lease& l) {
+                                 return lease_home(mask, lineage_hash(l.lineage));
+                               })
+                           .has_value();
+    if (grown) publish(sh);
+    return grown;
   }
 
   // The lineage's lease entry in `sh`, or a free one claimed for it when `claim`;
@@ -329,6 +349,7 @@ struct MemoryLimiter::Impl {
     if (sh.leases.empty()) {
       if (!claim) return nullptr;
       sh.leases.resize(std::min(kFirstLeases, leases_per_shard));
+      publish(sh);
     }
     for (;;) {
       const std::size_t mask = sh.leases.size() - 1;
@@ -665,6 +686,33 @@ Admission MemoryLimiter::admit(const AdmissionRequest& request) {
 
 void MemoryLimiter::admit_into(const AdmissionRequest& request, Admission& out) {
   impl_->admit(request, out);
+}
+
+void MemoryLimiter::prefetch(const Uuid& lineage_id, const RateLimit* limits,
+                             std::size_t limit_count) const noexcept {
+#if defined(__GNUC__)
+  // The lease's home and the first limit's: the entries a lookup reads first.
+  const std::uint64_t lh = impl_->lineage_hash(lineage_id);
+  const Impl::Shard& sh = impl_->shard_of(lh);
+  if (const Lease* leases = sh.leases_at.load(std::memory_order_relaxed)) {
+    const Lease* home =
+        leases + Impl::lease_home(sh.leases_mask.load(std::memory_order_relaxed), lh);
+    __builtin_prefetch(home);
+    __builtin_prefetch(reinterpret_cast<const char*>(home) + sizeof(Lease) - 1);
+  }
+  const Slot* slots = sh.slots_at.load(std::memory_order_relaxed);
+  if (slots && limit_count > 0) {
+    const std::uint64_t nh = impl_->name_hash(limits[0].name);
+    const Slot* home =
+        slots + Impl::slot_home(sh.slots_mask.load(std::memory_order_relaxed), lh, nh);
+    __builtin_prefetch(home);
+    __builtin_prefetch(reinterpret_cast<const char*>(home) + sizeof(Slot) - 1);
+  }
+#else
+  (void)lineage_id;
+  (void)limits;
+  (void)limit_count;
+#endif
 }
 
 void MemoryLimiter::credits_reset(const Uuid& lineage_id) noexcept {

@@ -359,6 +359,12 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
           if (v.code == ValidationCode::valid) {
             const bool admits = judged && (!v.rate_limits.empty() || v.has_credits);
             if (v.expires_at || admits) {
+              // The limiter's state for this lineage loads meanwhile: the clock read,
+              // the last-use note and the scope check come before admission.
+              if (admits) {
+                limiter->prefetch(v.lineage_id.is_nil() ? v.key_id : v.lineage_id,
+                                  v.rate_limits.data(), v.rate_limits.size());
+              }
 #if defined(__GNUC__)
               // The key's last-use set loads while the clock is read, as in the other
               // branch's note(key, clock).

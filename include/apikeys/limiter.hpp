@@ -107,6 +107,18 @@ class APIKEYS_EXPORT Limiter {
   /// implementation may keep the capacity of out.limits, so that a caller reusing one
   /// object allocates nothing (MemoryLimiter does). Default: admit(), moved into `out`.
   virtual void admit_into(const AdmissionRequest& request, Admission& out);
+
+  /// A hint from the hot path: an admission for `lineage_id` under `limits` (its first
+  /// `limit_count`) may follow soon. An implementation may start loading that state (a
+  /// memory prefetch) so that it arrives while the caller does other work; it must not
+  /// block, change anything or fail, and may ignore the hint. The Validator calls it on
+  /// a cache hit, before its clock read and last-use note. Default: nothing.
+  virtual void prefetch(const Uuid& lineage_id, const RateLimit* limits,
+                        std::size_t limit_count) const noexcept {
+    (void)lineage_id;
+    (void)limits;
+    (void)limit_count;
+  }
 };
 
 /// Parses a rate-limit spec "NAME=LIMIT/PERIOD[:BURST]", e.g. "per-minute=100/60s" or

@@ -69,6 +69,10 @@ class APIKEYS_EXPORT MemoryLimiter final : public Limiter {
   /// See Limiter::admit_into(): admit() without allocating, once out.limits has room
   /// for the request's limits.
   void admit_into(const AdmissionRequest& request, Admission& out) override;
+  /// See Limiter::prefetch(): starts loading the lineage's lease and the state of its
+  /// first limit, without the shard's lock.
+  void prefetch(const Uuid& lineage_id, const RateLimit* limits,
+                std::size_t limit_count) const noexcept override;
   /// Drops the lineage's lease without returning it.
   void credits_reset(const Uuid& lineage_id) noexcept override;
 

@@ -746,3 +746,111 @@ TEST_CASE("Validator: a reused result keeps its capacity through a limiter failu
     CHECK(allocs == 0);
   }
 }
+
+TEST_CASE("MemoryLimiter: prefetch() changes nothing, even beside a table that moves",
+          "[admission][memory_limiter]") {
+  MemoryLimiter limiter(nullptr);
+  const std::vector<RateLimit> daily = {limit("d", 1, 86'400'000ms)};
+  std::mt19937_64 rng(29);
+  // Before any table exists, and with no limits: nothing to load, nothing allocated.
+  limiter.prefetch(lineage(rng), nullptr, 0);
+  limiter.prefetch(lineage(rng), daily.data(), daily.size());
+  CHECK(limiter.states() == 0);
+  CHECK(limiter.table_bytes() == 0);
+
+  std::vector<Uuid> ids;
+  for (int i = 0; i < 20'000; ++i) ids.push_back(lineage(rng));
+  // One thread admits (every shard's table grows many times, moving each time) while
+  // another prefetches the same lineages and others without the lock.
+  std::atomic<bool> done{false};
+  std::thread hinter([&] {
+    std::mt19937_64 local(31);
+    std::size_t i = 0;
+    while (!done.load(std::memory_order_relaxed)) {
+      limiter.prefetch(ids[i % ids.size()], daily.data(), daily.size());
+      limiter.prefetch(lineage(local), daily.data(), daily.size());
+      ++i;
+    }
+  });
+  std::size_t admitted = 0;
+  for (const Uuid& id : ids) {
+    admitted += limiter.admit(request(id, daily, 1, kStart)).outcome == AdmissionOutcome::admitted;
+  }
+  done = true;
+  hinter.join();
+  CHECK(admitted == ids.size());
+  CHECK(limiter.states() == ids.size());
+  std::size_t over = 0;
+  for (const Uuid& id : ids) {
+    limiter.prefetch(id, daily.data(), daily.size());
+    over +=
+        limiter.admit(request(id, daily, 1, kStart + 1s)).outcome != AdmissionOutcome::rate_limited;
+  }
+  CHECK(over == 0);
+}
+
+namespace {
+
+// A MemoryLimiter that records the hints it is given.
+class HintedLimiter final : public apikeys::Limiter {
+ public:
+  explicit HintedLimiter(std::shared_ptr<MemoryLimiter> inner) : inner_(std::move(inner)) {}
+  Admission admit(const AdmissionRequest& request) override { return inner_->admit(request); }
+  void prefetch(const Uuid& lineage_id, const RateLimit* limits,
+                std::size_t limit_count) const noexcept override {
+    ++hints;
+    last_lineage = lineage_id;
+    last_names.clear();
+    for (std::size_t i = 0; i < limit_count; ++i) last_names.push_back(limits[i].name);
+  }
+  mutable int hints = 0;
+  mutable Uuid last_lineage;
+  mutable std::vector<std::string> last_names;
+
+ private:
+  std::shared_ptr<MemoryLimiter> inner_;
+};
+
+}  // namespace
+
+TEST_CASE("Validator: a cache hit that will admit hints the limiter with the key's state",
+          "[admission][memory_limiter]") {
+  auto store = std::make_shared<apikeys::MemoryStore>();
+  auto limiter = std::make_shared<HintedLimiter>(std::make_shared<MemoryLimiter>(store));
+  apikeys::KeyManagerOptions o;
+  o.validation.cache = std::make_shared<apikeys::MemoryCache>();
+  o.validation.limiter = limiter;
+  o.validation.clock = std::make_shared<apikeys::ManualClock>(kStart);
+  o.validation.record_last_use = false;
+  apikeys::KeyManager manager(
+      store,
+      std::make_shared<apikeys::HmacSha256Hasher>(std::string("0123456789abcdefghijklmnopqrstuv")),
+      o);
+  apikeys::CreateRequest limited("limited");
+  limited.rate_limits = {limit("per-second", 100, 1000ms), limit("per-day", 1000, 86'400'000ms)};
+  const apikeys::CreatedKey key = manager.create(kAccount, limited);
+  const std::string token = key.info.public_key + ":" + std::string(key.secret_key.reveal());
+  const apikeys::CreatedKey plain = manager.create(kAccount, apikeys::CreateRequest("plain"));
+  const std::string plain_token =
+      plain.info.public_key + ":" + std::string(plain.secret_key.reveal());
+
+  REQUIRE(manager.validator().validate(token).ok());  // a miss: read from the store
+  CHECK(limiter->hints == 0);
+  const auto hit = manager.validator().validate(token);  // a hit
+  REQUIRE(hit.ok());
+  CHECK(hit.limits.size() == 2);
+  CHECK(limiter->hints == 1);
+  CHECK(limiter->last_lineage == key.info.lineage());
+  std::vector<std::string> names;  // in the key's order (the store sorts them by name)
+  for (const RateLimit& l : key.info.rate_limits) names.push_back(l.name);
+  CHECK(names.size() == 2);
+  CHECK(limiter->last_names == names);
+  // A wrong secret is no hint, nor a key with nothing to admit.
+  std::string wrong_secret(key.secret_key.reveal());
+  wrong_secret.back() = wrong_secret.back() == 'A' ? 'B' : 'A';
+  CHECK(manager.validator().validate(key.info.public_key + ":" + wrong_secret).code ==
+        apikeys::ValidationCode::wrong_secret);
+  REQUIRE(manager.validator().validate(plain_token).ok());
+  REQUIRE(manager.validator().validate(plain_token).ok());
+  CHECK(limiter->hints == 1);
+}
