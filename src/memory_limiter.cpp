@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cassert>
 #include <cstring>
 #include <exception>
 #include <memory>
@@ -125,20 +126,38 @@ struct MemoryLimiter::Impl {
     detail::Mutex mu;
     std::vector<Slot> slots APIKEYS_GUARDED_BY(mu);    // allocated on first use
     std::vector<Lease> leases APIKEYS_GUARDED_BY(mu);  // likewise
-    // Where the tables are, for prefetch() only, which reads them without the lock:
-    // written under it whenever a table moves (publish()). A stale pair names memory a
-    // prefetch may touch harmlessly (it never faults); nothing is ever read through it.
-    std::atomic<const Slot*> slots_at{nullptr};
+    // Where the tables are (addresses as integers, 0 for none), for prefetch() only,
+    // which reads them without the lock: written under it whenever a table moves
+    // (publish()). A reader may see a stale or torn pair (an old address with a new
+    // mask): the address it computes, in integers, then names memory a prefetch may
+    // touch harmlessly (it never faults); nothing is ever read through it.
+    std::atomic<std::uintptr_t> slots_at{0};
     std::atomic<std::size_t> slots_mask{0};
-    std::atomic<const Lease*> leases_at{nullptr};
+    std::atomic<std::uintptr_t> leases_at{0};
     std::atomic<std::size_t> leases_mask{0};
   };
 
+  template <class Entry>
+  static std::uintptr_t address_of(const std::vector<Entry>& table) noexcept {
+    return table.empty() ? 0 : reinterpret_cast<std::uintptr_t>(table.data());
+  }
+  template <class Entry>
+  static std::size_t mask_of(const std::vector<Entry>& table) noexcept {
+    return table.empty() ? 0 : table.size() - 1;
+  }
   static void publish(Shard& sh) APIKEYS_REQUIRES(sh.mu) {
-    sh.slots_at.store(sh.slots.data(), std::memory_order_relaxed);
-    sh.slots_mask.store(sh.slots.empty() ? 0 : sh.slots.size() - 1, std::memory_order_relaxed);
-    sh.leases_at.store(sh.leases.data(), std::memory_order_relaxed);
-    sh.leases_mask.store(sh.leases.empty() ? 0 : sh.leases.size() - 1, std::memory_order_relaxed);
+    sh.slots_at.store(address_of(sh.slots), std::memory_order_relaxed);
+    sh.slots_mask.store(mask_of(sh.slots), std::memory_order_relaxed);
+    sh.leases_at.store(address_of(sh.leases), std::memory_order_relaxed);
+    sh.leases_mask.store(mask_of(sh.leases), std::memory_order_relaxed);
+  }
+  // True when what prefetch() reads names the tables as they are: asserted where a
+  // lookup starts, so a path that moves a table without publish() fails in Debug builds.
+  static bool published(const Shard& sh) APIKEYS_REQUIRES(sh.mu) {
+    return sh.slots_at.load(std::memory_order_relaxed) == address_of(sh.slots) &&
+           sh.slots_mask.load(std::memory_order_relaxed) == mask_of(sh.slots) &&
+           sh.leases_at.load(std::memory_order_relaxed) == address_of(sh.leases) &&
+           sh.leases_mask.load(std::memory_order_relaxed) == mask_of(sh.leases);
   }
 
   // First: cache-line aligned, so the fields after it pack without padding.
@@ -277,6 +296,7 @@ struct MemoryLimiter::Impl {
       publish(sh);
     }
     for (;;) {
+      assert(published(sh));
       const std::size_t mask = sh.slots.size() - 1;
       const std::size_t window = std::min(kMaxProbe, sh.slots.size());
       std::size_t i = slot_home(mask, lh, nh);
@@ -352,6 +372,7 @@ struct MemoryLimiter::Impl {
       publish(sh);
     }
     for (;;) {
+      assert(published(sh));
       const std::size_t mask = sh.leases.size() - 1;
       std::size_t i = lease_home(mask, lh);
       Lease* free_entry = nullptr;
@@ -694,19 +715,23 @@ void MemoryLimiter::prefetch(const Uuid& lineage_id, const RateLimit* limits,
   // The lease's home and the first limit's: the entries a lookup reads first.
   const std::uint64_t lh = impl_->lineage_hash(lineage_id);
   const Impl::Shard& sh = impl_->shard_of(lh);
-  if (const Lease* leases = sh.leases_at.load(std::memory_order_relaxed)) {
-    const Lease* home =
-        leases + Impl::lease_home(sh.leases_mask.load(std::memory_order_relaxed), lh);
-    __builtin_prefetch(home);
-    __builtin_prefetch(reinterpret_cast<const char*>(home) + sizeof(Lease) - 1);
+  // Integer arithmetic: the pair read may be stale, and no pointer is formed from it
+  // but the prefetch's own argument.
+  const auto prefetch_entry = [](std::uintptr_t at, std::size_t bytes) {
+    // NOLINTNEXTLINE(performance-no-int-to-ptr): a prefetch address, never dereferenced.
+    __builtin_prefetch(reinterpret_cast<const void*>(at));
+    // NOLINTNEXTLINE(performance-no-int-to-ptr): likewise (an entry may span two lines).
+    __builtin_prefetch(reinterpret_cast<const void*>(at + bytes - 1));
+  };
+  if (const std::uintptr_t leases = sh.leases_at.load(std::memory_order_relaxed)) {
+    const std::size_t home = Impl::lease_home(sh.leases_mask.load(std::memory_order_relaxed), lh);
+    prefetch_entry(leases + home * sizeof(Lease), sizeof(Lease));
   }
-  const Slot* slots = sh.slots_at.load(std::memory_order_relaxed);
-  if (slots && limit_count > 0) {
+  const std::uintptr_t slots = sh.slots_at.load(std::memory_order_relaxed);
+  if (slots != 0 && limit_count > 0) {
     const std::uint64_t nh = impl_->name_hash(limits[0].name);
-    const Slot* home =
-        slots + Impl::slot_home(sh.slots_mask.load(std::memory_order_relaxed), lh, nh);
-    __builtin_prefetch(home);
-    __builtin_prefetch(reinterpret_cast<const char*>(home) + sizeof(Slot) - 1);
+    const std::size_t home = Impl::slot_home(sh.slots_mask.load(std::memory_order_relaxed), lh, nh);
+    prefetch_entry(slots + home * sizeof(Slot), sizeof(Slot));
   }
 #else
   (void)lineage_id;
