@@ -73,12 +73,12 @@ std::uint64_t fold_mul(std::uint64_t a, std::uint64_t b) noexcept {
   return static_cast<std::uint64_t>(p) ^ static_cast<std::uint64_t>(p >> 64);
 }
 
-// A seeded hash of a limit's name, after wyhash's multiply-fold: a dozen instructions
-// for a short name, where SipHash took a hundred on every admission. It need not resist
-// chosen inputs: names come from whoever sets a key's policy, at most
-// KeyPolicyLimits::kMaxRateLimits per lineage, and the slot's home also hashes the
-// lineage, which the store draws at random. Two names of one lineage that hash alike
-// would share a state; by accident, one pair in 2^64.
+// A hash of a limit's name under two random seeds, after wyhash's multiply-fold: a
+// dozen instructions for a short name, where SipHash took a hundred on every admission.
+// A state is found by (lineage, name hash), so two names of one lineage whose hashes
+// matched would share a state: by accident, one pair in 2^64, and choosing such a pair
+// would take the seeds. Names come from whoever sets a key's policy, not from requests,
+// which is why a hash this light is enough.
 class NameHasher {
  public:
   explicit NameHasher(const detail::SipHasher& seeds) noexcept

@@ -479,25 +479,43 @@ TEST_CASE("MemoryLimiter: names alike in every way the hash reads them keep thei
   // of each length class that differ only in one byte, in their length, or where those
   // reads overlap, each limited to one request a day.
   const std::string long_name(40, 'n');
+  std::string long_middle = long_name;  // differs only at byte 10 (inside a 16-byte block)
+  long_middle[10] = 'm';
+  std::string long_second = long_name;  // and at byte 20 (a block's second word)
+  long_second[20] = 'm';
   const std::vector<std::string> names = {"",
                                           "a",
                                           "b",
                                           "ab",
                                           "ba",
+                                          "abb",
                                           "abc",
                                           "abd",
+                                          "aaaa",
+                                          "aaaaa",
                                           "abcd",
                                           "abce",
+                                          "abcde",
+                                          "abcdf",
                                           "abcdefg",
                                           "abcdefgh",
                                           "abcdefgi",
                                           "bbcdefgh",
-                                          std::string(16, 'x'),
-                                          std::string(17, 'x'),
+                                          "abcdefghi",
+                                          "abcdefghj",
+                                          "tenant-a-rpm",
+                                          "tenant-a-rps",
                                           std::string(15, 'x'),
+                                          std::string(16, 'x'),
+                                          std::string(15, 'x') + "y",
+                                          std::string(17, 'x'),
+                                          std::string(32, 'x'),
+                                          std::string(31, 'x') + "y",
                                           long_name,
                                           long_name + "n",
-                                          "x" + long_name.substr(1)};
+                                          "x" + long_name.substr(1),
+                                          long_middle,
+                                          long_second};
   std::mt19937_64 rng(37);
   std::size_t over = 0;
   for (int i = 0; i < 200; ++i) {
