@@ -11,6 +11,8 @@
 //   --profile=hit|hit_stats|hit_one_rate_limit|hit_leased_credits|sqlite_cold|
 //             sqlite_not_found|sqlite_wrong_secret [--profile-calls=N] [--profile-reuse]
 //                            one loop for callgrind (see BENCHMARKS.md)
+//   --sqlite-memstatus=off   SQLite's memory statistics off for the process, as a host
+//                            may set them (README.md, "Tuning")
 //   APIKEYS_BENCH_CACHE_DIR=/tmp/x        keep the bulk-built SQLite files there
 //   any --benchmark_* flag of Google Benchmark (e.g. --benchmark_filter=floor)
 //
@@ -1567,10 +1569,18 @@ int main(int argc, char** argv) {
       profile_calls = std::stoul(a.substr(16));
     } else if (a == "--profile-reuse") {
       profile_reuse = true;
+    } else if (a == "--sqlite-memstatus=off") {
+      // What a host may do before it first uses SQLite (README.md, "Tuning"): without
+      // memory statistics, an allocation takes no process-wide mutex.
+      if (sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0) != SQLITE_OK) {
+        std::fprintf(stderr, "apikeys_bench: sqlite3_config(SQLITE_CONFIG_MEMSTATUS) failed\n");
+        return 2;
+      }
+      std::printf("sqlite memstatus: off\n");
     } else if (a == "--help" || a == "-h") {
       std::printf(
           "usage: apikeys_bench [--quick] [--skip=memory,threads,latency,scale,observer,admission]\n"
-          "                     [--benchmark_*]\n"
+          "                     [--sqlite-memstatus=off] [--benchmark_*]\n"
           "       apikeys_bench --profile=hit|hit_stats|hit_one_rate_limit|hit_leased_credits|\n"
           "                     sqlite_cold|sqlite_not_found|sqlite_wrong_secret\n"
           "                     [--profile-calls=N] [--profile-reuse]  (one loop, for\n"
