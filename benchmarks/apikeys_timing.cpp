@@ -18,8 +18,18 @@
 // (--no-attribute skips it) to show how much of a difference is the store's lookup
 // rather than the Validator.
 //
+// Then the attacker's view of each key state, on every store measured (MemoryStore,
+// SqliteStore, and PostgresStore when built with it and --postgres is given): calls for
+// keys in one state (not_found: unknown public keys; revoked, disabled and expired:
+// such keys with their own secrets) interleaved at random with wrong_secret calls (known
+// active keys, wrong secrets), one call at a time. Each prints
+//   TARGET timing_<store>_<state> ratio=<|median(state) - median(wrong_secret)| /
+//          median(wrong_secret)> limit=0.02 PASS|FAIL  t=<Welch's t, for information>
+//
 // Usage: apikeys_timing [--samples N] [--keys K] [--store memory|sqlite|both]
-//                       [--seed S] [--no-attribute] [--sparse F]
+//                       [--seed S] [--no-attribute] [--sparse F] [--postgres CONNINFO]
+//                       [--states-only]
+// --states-only skips the t-tests above and runs the state comparisons alone.
 // --sparse F creates K*F keys and removes all but every F-th (rowid 1 among the
 // removed): a table sized for K*F keys holding K, with gaps between its rows.
 // Exit status: 0 when every validate() test passes, 1 otherwise, 2 on bad usage.
@@ -49,6 +59,12 @@
 #include <openssl/crypto.h>
 
 #include "apikeys/apikeys.hpp"
+#if defined(APIKEYS_TIMING_POSTGRES)
+#include <libpq-fe.h>
+#include <unistd.h>
+
+#include "apikeys/postgres_store.hpp"
+#endif
 
 namespace {
 
@@ -123,6 +139,32 @@ double percentile(std::vector<std::uint64_t>& v, double p) {
   return static_cast<double>(v[k]);
 }
 
+// The median of `v` read as grouped data: the cycle counter of some virtual machines
+// moves in steps (26 ticks, 10 ns, on the one BENCHMARKS.md describes), so a plain
+// median is a multiple of the step and two classes closer than one step look equal or
+// a step apart. Each distinct value x stands for [x - q/2, x + q/2), q the smallest gap
+// between distinct values, and the median is placed within the bin holding it by the
+// share of samples below it (the grouped-data median of textbook statistics). With a
+// fine clock, q is small and this is the plain median.
+double grouped_median(std::vector<std::uint64_t>& v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  std::uint64_t q = 0;
+  for (std::size_t i = 1; i < v.size(); ++i) {
+    const std::uint64_t gap = v[i] - v[i - 1];
+    if (gap != 0 && (q == 0 || gap < q)) q = gap;
+  }
+  const std::size_t mid = v.size() / 2;
+  const std::uint64_t m = v[mid];
+  const auto first = std::lower_bound(v.begin(), v.end(), m);
+  const auto last = std::upper_bound(v.begin(), v.end(), m);
+  const auto below = static_cast<double>(first - v.begin());
+  const auto at = static_cast<double>(last - first);
+  const double half = static_cast<double>(v.size()) / 2;
+  return static_cast<double>(m) - static_cast<double>(q) / 2 +
+         (half - below) / at * static_cast<double>(q);
+}
+
 // dudect's analysis: uncropped test plus one test per crop percentile.
 TestResult analyse(const std::vector<Sample>& samples) {
   constexpr int kCrops = 100;
@@ -162,7 +204,7 @@ TestResult analyse(const std::vector<Sample>& samples) {
   }
   for (int c = 0; c < 2; ++c) {
     r.n[c] = per_class[c].size();
-    r.median[c] = percentile(per_class[c], 0.5);
+    r.median[c] = grouped_median(per_class[c]);
     r.p10[c] = percentile(per_class[c], 0.1);
     r.p90[c] = percentile(per_class[c], 0.9);
   }
@@ -197,13 +239,27 @@ std::string sibling(std::string key, std::size_t prefix_length, std::mt19937_64&
   return key;
 }
 
+// A presented key: its public part and, when `secret` is empty, a wrong secret drawn
+// from Inputs::secrets for each call.
+struct Token {
+  std::string pk;
+  std::string secret;
+};
+
 struct Inputs {
-  std::vector<std::string> known;    // public keys in the store
-  std::vector<std::string> unknown;  // well-formed public keys not in the store
+  std::vector<Token> known;          // class 1: keys in the store (wrong_secret)
+  std::vector<Token> unknown;        // class 0: not_found, or a key state's own tokens
   std::vector<std::string> secrets;  // well-formed secrets matching none of the keys
 };
 
-// Times `op(cls, index)` for `n` calls with the class drawn at random for each call.
+// Tokens for `public_keys`, each presented with a wrong secret.
+std::vector<Token> wrong_secret_tokens(const std::vector<std::string>& public_keys) {
+  std::vector<Token> out;
+  for (const std::string& pk : public_keys) out.push_back(Token{pk, {}});
+  return out;
+}
+
+// Times `op(cls, pk, sk)` for `n` calls with the class drawn at random for each call.
 template <class Op>
 std::vector<Sample> measure(std::size_t n, std::mt19937_64& rng, const Inputs& in, Op&& op) {
   std::vector<Sample> out;
@@ -218,8 +274,9 @@ std::vector<Sample> measure(std::size_t n, std::mt19937_64& rng, const Inputs& i
     secrets[i] = static_cast<std::uint32_t>(rng() % in.secrets.size());
   }
   for (std::size_t i = 0; i < n; ++i) {
-    const std::string& pk = classes[i] ? in.known[picks[i]] : in.unknown[picks[i]];
-    const std::string& sk = in.secrets[secrets[i]];
+    const Token& token = classes[i] ? in.known[picks[i]] : in.unknown[picks[i]];
+    const std::string& pk = token.pk;
+    const std::string& sk = token.secret.empty() ? in.secrets[secrets[i]] : token.secret;
     const std::uint64_t t0 = ticks();
     op(classes[i], pk, sk);
     const std::uint64_t t1 = ticks();
@@ -284,12 +341,15 @@ struct Config {
   bool attribute = true;
   std::uint64_t seed = 0;
   std::size_t sparse = 1;
+  std::string postgres;  // libpq conninfo; empty: no PostgresStore
+  bool states_only = false;
 };
 
 [[noreturn]] void usage(const char* msg) {
   std::fprintf(stderr,
                "apikeys_timing: %s\nusage: apikeys_timing [--samples N] [--keys K] "
-               "[--store memory|sqlite|both] [--seed S] [--no-attribute] [--sparse F]\n",
+               "[--store memory|sqlite|both] [--seed S] [--no-attribute] [--sparse F]\n"
+               "                      [--postgres CONNINFO] [--states-only]\n",
                msg);
   std::exit(2);
 }
@@ -327,15 +387,36 @@ std::vector<std::string> fill(const char* name, const std::shared_ptr<apikeys::S
   return out;
 }
 
+// `run(store)` on a SqliteStore in a fresh temporary directory, removed after; its
+// answer, or false when the directory cannot be made.
+template <class Run>
+bool with_sqlite_store(Run&& run) {
+  char dir_template[] = "/tmp/apikeys_timing.XXXXXX";
+  const char* dir = mkdtemp(dir_template);
+  if (dir == nullptr) {
+    std::perror("apikeys_timing: mkdtemp");
+    return false;
+  }
+  bool pass = false;
+  {
+    apikeys::SqliteStoreOptions so;
+    so.durable = false;  // only the fill writes; validation reads either way
+    pass = run(std::make_shared<apikeys::SqliteStore>(std::string(dir) + "/timing.db", so));
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  return pass;
+}
+
 // Returns true when validate() passed on this store; `known` are its public keys.
 bool run_store(const char* name, const std::shared_ptr<apikeys::Store>& store,
-               std::vector<std::string> known, const Config& cfg, double tpn, bool attribute,
+               const std::vector<std::string>& known, const Config& cfg, double tpn, bool attribute,
                bool a_a = false, const std::shared_ptr<apikeys::Hasher>& hasher = shared_hasher()) {
   std::mt19937_64 rng(cfg.seed);
   Inputs in;
-  in.known = std::move(known);
+  in.known = wrong_secret_tokens(known);
   // Unknown keys are siblings of known ones (see sibling()), one per known key.
-  for (const std::string& pk : in.known) in.unknown.push_back(sibling(pk, 3, rng));
+  for (const std::string& pk : known) in.unknown.push_back(Token{sibling(pk, 3, rng), {}});
   for (int i = 0; i < 4096; ++i) in.secrets.push_back(random_key("sk_"));
 
   apikeys::ValidatorOptions vo;
@@ -372,51 +453,122 @@ bool run_store(const char* name, const std::shared_ptr<apikeys::Store>& store,
   return r.t_max < 4.5;
 }
 
-}  // namespace
+// Keys in every state the attacker's view compares, made through KeyManager: `keys`
+// active ones (presented with wrong secrets) and as many revoked, disabled and expiring
+// ones (presented with their own secrets), created in turn so that each state's rows
+// spread over the table as the active ones do. An expiring key expires in one day; the
+// Validator of run_states() reads a clock two days on.
+struct StateKeys {
+  std::vector<std::string> active;
+  std::vector<Token> revoked;
+  std::vector<Token> disabled;
+  std::vector<Token> expired;
+};
 
-int main(int argc, char** argv) {
-  Config cfg;
-  cfg.seed = std::random_device{}();
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view a = argv[i];
-    auto value = [&]() -> std::string_view {
-      if (i + 1 >= argc) usage("missing value");
-      return argv[++i];
-    };
-    auto number = [&](std::string_view v) -> std::uint64_t {
-      char* end = nullptr;
-      const std::string s(v);
-      const unsigned long long n = std::strtoull(s.c_str(), &end, 10);
-      if (s.empty() || *end != '\0' || n == 0) usage("expected a positive number");
-      return n;
-    };
-    if (a == "--samples") {
-      cfg.samples = number(value());
-    } else if (a == "--keys") {
-      cfg.keys = number(value());
-    } else if (a == "--seed") {
-      cfg.seed = number(value());
-    } else if (a == "--sparse") {
-      cfg.sparse = number(value());
-    } else if (a == "--no-attribute") {
-      cfg.attribute = false;
-    } else if (a == "--store") {
-      const std::string_view s = value();
-      cfg.memory = s == "memory" || s == "both";
-      cfg.sqlite = s == "sqlite" || s == "both";
-      if (!cfg.memory && !cfg.sqlite) usage("--store takes memory, sqlite or both");
-    } else {
-      usage("unknown argument");
+StateKeys fill_states(const char* name, const std::shared_ptr<apikeys::Store>& store,
+                      std::size_t keys) {
+  apikeys::KeyManagerOptions o;
+  o.validation.record_last_use = false;
+  apikeys::KeyManager manager(store, shared_hasher(), o);
+  StateKeys out;
+  const auto started = Clock::now();
+  for (std::size_t i = 0; i < keys; ++i) {
+    for (int state = 0; state < 4; ++state) {
+      apikeys::CreateRequest req;
+      req.title = "service key " + std::to_string(i);
+      req.description = "created by apikeys_timing";
+      if (state == 3) req.expires_in_days = 1;
+      const apikeys::Uuid account = apikeys::Uuid::random();
+      const apikeys::CreatedKey key = manager.create(account, req);
+      Token token{key.info.public_key, std::string(key.secret_key.reveal())};
+      switch (state) {
+        case 0: out.active.push_back(key.info.public_key); break;
+        case 1:
+          manager.revoke(account, key.info.key_id);
+          out.revoked.push_back(std::move(token));
+          break;
+        case 2:
+          (void)manager.disable(account, key.info.key_id);
+          out.disabled.push_back(std::move(token));
+          break;
+        default: out.expired.push_back(std::move(token)); break;
+      }
+      OPENSSL_cleanse(token.secret.data(), token.secret.size());
     }
   }
-  if (cfg.samples < 20'000) usage("--samples must be at least 20000 (dudect's tests need 10000)");
+  std::printf("%s: %zu keys in each of 4 states created in %.1f s\n", name, keys,
+              std::chrono::duration<double>(Clock::now() - started).count());
+  return out;
+}
 
-  const double tpn = ticks_per_ns();
-  std::printf(
-      "apikeys_timing %s: %zu samples per store (classes interleaved at random), %zu keys, "
-      "seed %llu, %.3f ticks/ns, sparse %zu\n",
-      apikeys::version(), cfg.samples, cfg.keys, static_cast<unsigned long long>(cfg.seed), tpn,
-      cfg.sparse);
+// The attacker's view on `store`: each state's calls against wrong_secret calls,
+// interleaved one at a time; one TARGET line per state. True when every state is
+// within kLimit of wrong_secret.
+bool run_states(const char* store_name, const std::shared_ptr<apikeys::Store>& store,
+                const StateKeys& keys, const Config& cfg, double tpn) {
+  constexpr double kLimit = 0.02;
+  std::mt19937_64 rng(cfg.seed + 1);
+  apikeys::ValidatorOptions vo;
+  vo.cache = nullptr;          // every call reads the store: that is what is measured
+  vo.record_last_use = false;  // no background thread competing for the cores
+  vo.rehash_on_use = false;
+  vo.clock = std::make_shared<apikeys::ManualClock>(apikeys::system_clock()->now() +
+                                                    std::chrono::hours(48));
+  const apikeys::Validator validator(store, shared_hasher(), vo);
+
+  // Every token carries its own secret, as the states' tokens do: a secret drawn from a
+  // shared pool on each call would be one more random load on one side only (it made
+  // wrong_secret look 10 to 40 ns slower than every other state on MemoryStore).
+  std::vector<Token> not_found;
+  std::vector<Token> wrong_secret;
+  for (const std::string& pk : keys.active) {
+    not_found.push_back(Token{sibling(pk, 3, rng), random_key("sk_")});
+    wrong_secret.push_back(Token{pk, random_key("sk_")});
+  }
+  struct State {
+    const char* name;
+    const std::vector<Token>* tokens;
+    apikeys::ValidationCode code;
+  };
+  const State states[] = {{"not_found", &not_found, apikeys::ValidationCode::not_found},
+                          {"revoked", &keys.revoked, apikeys::ValidationCode::revoked},
+                          {"disabled", &keys.disabled, apikeys::ValidationCode::disabled},
+                          {"expired", &keys.expired, apikeys::ValidationCode::expired}};
+  bool pass = true;
+  for (const State& state : states) {
+    Inputs in;
+    in.known = wrong_secret;
+    in.unknown = *state.tokens;
+    for (int i = 0; i < 4096; ++i) in.secrets.push_back(random_key("sk_"));
+    bool wrong = false;
+    auto validate = [&](std::uint8_t cls, const std::string& pk, const std::string& sk) {
+      const apikeys::ValidationCode want = cls ? apikeys::ValidationCode::wrong_secret : state.code;
+      if (validator.validate(pk, sk).code != want) wrong = true;
+    };
+    (void)measure(std::min<std::size_t>(cfg.samples / 10, 50'000), rng, in, validate);  // warm up
+    const TestResult r = analyse(measure(cfg.samples, rng, in, validate));
+    for (Token& t : in.unknown) OPENSSL_cleanse(t.secret.data(), t.secret.size());
+    const std::string target = std::string("timing_") + store_name + "_" + state.name;
+    if (wrong) {
+      std::printf("TARGET %s ratio=nan limit=%g FAIL (an unexpected code)\n", target.c_str(),
+                  kLimit);
+      pass = false;
+      continue;
+    }
+    const double ratio = std::fabs(r.median[0] - r.median[1]) / r.median[1];
+    std::printf("  %s: %s median %.0f ns, wrong_secret median %.0f ns (n=%zu, %zu)\n", store_name,
+                state.name, r.median[0] / tpn, r.median[1] / tpn, r.n[0], r.n[1]);
+    std::printf("TARGET %s ratio=%.4f limit=%g %s  t=%+.2f\n", target.c_str(), ratio, kLimit,
+                ratio <= kLimit ? "PASS" : "FAIL", r.t_all);
+    pass = pass && ratio <= kLimit;
+  }
+  return pass;
+}
+
+// The dudect t-tests of not_found against wrong_secret: EqualCostStore (the
+// Validator's own code, under the current and a legacy pepper), then MemoryStore and
+// SqliteStore as shipped. True when every verdict passed.
+bool run_t_tests(const Config& cfg, double tpn) {
   bool pass = true;
   // 16 keys and their siblings: nothing but the Validator's own code differs between
   // the classes (16 of each, so that where a string happens to lie in memory averages
@@ -476,23 +628,103 @@ int main(int argc, char** argv) {
            pass;
   }
   if (cfg.sqlite) {
-    char dir_template[] = "/tmp/apikeys_timing.XXXXXX";
-    const char* dir = mkdtemp(dir_template);
-    if (dir == nullptr) {
-      std::perror("apikeys_timing: mkdtemp");
-      return 1;
-    }
-    {
-      apikeys::SqliteStoreOptions so;
-      so.durable = false;  // only the fill writes; validation reads either way
-      auto store = std::make_shared<apikeys::SqliteStore>(std::string(dir) + "/timing.db", so);
-      pass = run_store("SqliteStore", store, fill("SqliteStore", store, cfg.keys, cfg.sparse), cfg,
-                       tpn, cfg.attribute) &&
-             pass;
-    }
-    std::error_code ec;
-    std::filesystem::remove_all(dir, ec);
+    pass =
+        with_sqlite_store([&](const std::shared_ptr<apikeys::SqliteStore>& store) {
+          return run_store("SqliteStore", store, fill("SqliteStore", store, cfg.keys, cfg.sparse),
+                           cfg, tpn, cfg.attribute);
+        }) &&
+        pass;
   }
+  return pass;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Config cfg;
+  cfg.seed = std::random_device{}();
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    auto value = [&]() -> std::string_view {
+      if (i + 1 >= argc) usage("missing value");
+      return argv[++i];
+    };
+    auto number = [&](std::string_view v) -> std::uint64_t {
+      char* end = nullptr;
+      const std::string s(v);
+      const unsigned long long n = std::strtoull(s.c_str(), &end, 10);
+      if (s.empty() || *end != '\0' || n == 0) usage("expected a positive number");
+      return n;
+    };
+    if (a == "--samples") {
+      cfg.samples = number(value());
+    } else if (a == "--keys") {
+      cfg.keys = number(value());
+    } else if (a == "--seed") {
+      cfg.seed = number(value());
+    } else if (a == "--sparse") {
+      cfg.sparse = number(value());
+    } else if (a == "--no-attribute") {
+      cfg.attribute = false;
+    } else if (a == "--postgres") {
+      cfg.postgres = std::string(value());
+#if !defined(APIKEYS_TIMING_POSTGRES)
+      usage("--postgres: built without PostgreSQL (-DAPIKEYS_WITH_POSTGRES=ON)");
+#endif
+    } else if (a == "--states-only") {
+      cfg.states_only = true;
+    } else if (a == "--store") {
+      const std::string_view s = value();
+      cfg.memory = s == "memory" || s == "both";
+      cfg.sqlite = s == "sqlite" || s == "both";
+      if (!cfg.memory && !cfg.sqlite) usage("--store takes memory, sqlite or both");
+    } else {
+      usage("unknown argument");
+    }
+  }
+  if (cfg.samples < 20'000) usage("--samples must be at least 20000 (dudect's tests need 10000)");
+
+  const double tpn = ticks_per_ns();
+  std::printf(
+      "apikeys_timing %s: %zu samples per store (classes interleaved at random), %zu keys, "
+      "seed %llu, %.3f ticks/ns, sparse %zu\n",
+      apikeys::version(), cfg.samples, cfg.keys, static_cast<unsigned long long>(cfg.seed), tpn,
+      cfg.sparse);
+  bool pass = true;
+  if (!cfg.states_only) pass = run_t_tests(cfg, tpn);
+  // The attacker's view of each key state, on each store.
+  if (cfg.memory) {
+    auto store = std::make_shared<apikeys::MemoryStore>();
+    pass =
+        run_states("memory", store, fill_states("MemoryStore", store, cfg.keys), cfg, tpn) && pass;
+  }
+  if (cfg.sqlite) {
+    pass =
+        with_sqlite_store([&](const std::shared_ptr<apikeys::SqliteStore>& store) {
+          return run_states("sqlite", store, fill_states("SqliteStore", store, cfg.keys), cfg, tpn);
+        }) &&
+        pass;
+  }
+#if defined(APIKEYS_TIMING_POSTGRES)
+  if (!cfg.postgres.empty()) {
+    const std::string schema = "apikeys_timing_" + std::to_string(::getpid());
+    {
+      apikeys::PostgresStoreOptions po;
+      po.schema = schema;
+      auto store = std::make_shared<apikeys::PostgresStore>(cfg.postgres, po);
+      pass =
+          run_states("postgres", store, fill_states("PostgresStore", store, cfg.keys), cfg, tpn) &&
+          pass;
+    }
+    PGconn* c = PQconnectdb(cfg.postgres.c_str());  // drop the harness's schema
+    if (PQstatus(c) == CONNECTION_OK) {
+      PQsetNoticeProcessor(
+          c, [](void*, const char*) {}, nullptr);
+      PQclear(PQexec(c, ("DROP SCHEMA IF EXISTS \"" + schema + "\" CASCADE").c_str()));
+    }
+    PQfinish(c);
+  }
+#endif
   std::printf("%s\n", pass ? "RESULT: PASS" : "RESULT: FAIL");
   return pass ? 0 : 1;
 }
