@@ -27,6 +27,7 @@
 #include "apikeys/error.hpp"
 #include "apikeys/limiter.hpp"
 #include "credits_ops.hpp"
+#include "decoy_reads.hpp"
 #include "hex.hpp"
 #include "pg_connection.hpp"
 #include "record_fields.hpp"
@@ -234,9 +235,16 @@ struct Statements {
   explicit Statements(const std::string& s)
       : info_columns(detail::column_list(detail::Columns::info)),
         returning(info_columns + ", " + kExtraColumns),
-        // Every field, in table order (read_record()), and the credits.
-        find(fmt::format("SELECT {} FROM {}.apikeys_keys k{} WHERE k.public_key = $1",
-                         key_columns(detail::Columns::all, "k"), s, credits_join(s, "k"))),
+        // Every field, in table order (read_record()), the credits, and whether the row is
+        // the key's: one row whether or not the key exists (a timing oracle otherwise,
+        // doc/failure-modes.md). The row of the key whose public key is $1, found through
+        // its unique index, then read by a range scan of the primary key from its key id;
+        // failing that, the same scan from the random key id $2 reads a decoy row. Only a
+        // decoy past the last key id reads no row (find() then starts over from the first).
+        find(fmt::format("SELECT {1}, k.public_key = $1 FROM {0}.apikeys_keys k{2}"
+                         " WHERE k.key_id >= COALESCE((SELECT key_id FROM {0}.apikeys_keys"
+                         " WHERE public_key = $1), $2::uuid) ORDER BY k.key_id LIMIT 1",
+                         s, key_columns(detail::Columns::all, "k"), credits_join(s, "k"))),
         list(fmt::format("SELECT {} FROM {}.apikeys_keys k{} WHERE k.account_id = $1"
                          " ORDER BY k.created_at DESC, k.seq DESC",
                          key_columns(detail::Columns::info, "k"), s, credits_join(s, "k"))),
@@ -1589,11 +1597,28 @@ std::optional<KeyRecord> PostgresStore::find(std::string_view public_key) {
   // Text parameters end at a NUL: such a key would match a shorter one. No key has one.
   if (public_key.find('\0') != std::string_view::npos) return std::nullopt;
   const std::string key(public_key);
-  const char* values[] = {key.c_str()};
+  // The decoy's key id, uniform over the key ids KeyManager draws (random, version 4).
+  const std::string decoy = Uuid::random().to_string();
   return impl_->run("find", true, [&](PgConnection& c) -> std::optional<KeyRecord> {
+    const char* values[] = {key.c_str(), decoy.c_str()};
     PgResult r =
-        c.exec_prepared("find", kFind, 1, values, nullptr, nullptr, impl_->statement_deadline());
-    if (PQntuples(r.get()) == 0) return std::nullopt;
+        c.exec_prepared("find", kFind, 2, values, nullptr, nullptr, impl_->statement_deadline());
+    if (PQntuples(r.get()) == 0) {
+      // The decoy fell past the last key id, or the table is empty: from the first key.
+      const char* first[] = {key.c_str(), "00000000-0000-0000-0000-000000000000"};
+      r = c.exec_prepared("find", kFind, 2, first, nullptr, nullptr, impl_->statement_deadline());
+      if (PQntuples(r.get()) == 0) return std::nullopt;
+    }
+    const int flag = PQnfields(r.get()) - 1;
+    if (std::string_view(PQgetvalue(r.get(), 0, flag)) != "t") {
+      // A decoy: decoded like the key's row, then dropped; a damaged decoy is no error.
+      ++detail::decoy_reads();
+      try {
+        (void)read_record(r.get(), 0, "find");
+      } catch (const Error&) {
+      }
+      return std::nullopt;
+    }
     return read_record(r.get(), 0, "find");
   });
 }

@@ -49,6 +49,7 @@
 #include "store_doubles.hpp"
 #include "test_support.hpp"
 
+#include "../../src/decoy_reads.hpp"
 #include "../../src/hex.hpp"
 
 extern char** environ;
@@ -453,6 +454,54 @@ TEST_CASE("PostgresStore keeps a change log of revokes and deletes", "[servers][
       [&] { return std::make_shared<apikeys::PostgresStore>(*pg, options_for(janitor.make())); },
       apikeys::PostgresStore::kChangeLogSize);
 }
+
+#if defined(APIKEYS_STATIC_DEFINE)
+TEST_CASE("PostgresStore reads a decoy row on every miss, past the last key id included",
+          "[servers][postgres][store][timing]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  apikeys::PostgresStore store(*pg, options_for(janitor.make()));
+  const apikeys::Uuid alice = apikeys_test::account_id(1);
+  using apikeys_test::contract::public_key;
+  // Looks up `misses` absent public keys, each twice, and counts those that read no
+  // decoy (a miss reads at most one).
+  const auto misses_without_decoy = [&](std::uint32_t misses) {
+    std::uint64_t without = 0;
+    for (std::uint32_t n = 0; n < misses; ++n) {
+      for (int round = 0; round < 2; ++round) {
+        const std::uint64_t before = apikeys::detail::decoy_reads();
+        CHECK_FALSE(store.find(public_key(1'000'000 + n)));
+        const std::uint64_t read = apikeys::detail::decoy_reads() - before;
+        CHECK(read <= 1);
+        if (read == 0) ++without;
+      }
+    }
+    return without;
+  };
+
+  // Empty: nothing to read, and nothing read.
+  CHECK(misses_without_decoy(5) == 10);
+  // The contract's key ids are small (their first bytes count up from 0): nearly every
+  // random decoy id lies past the last one, and find() starts over from the first key.
+  for (std::uint32_t n = 1; n <= 20; ++n) store.insert(record(n, alice));
+  CHECK(misses_without_decoy(20) == 0);
+  // Random key ids, as KeyManager makes them: the decoy lands among them.
+  for (std::uint32_t n = 21; n <= 60; ++n) {
+    apikeys::KeyRecord r = record(n, alice);
+    r.info.key_id = apikeys::Uuid::random();
+    store.insert(r);
+  }
+  CHECK(misses_without_decoy(50) == 0);
+  // A hit reads no decoy and returns its own record.
+  const std::uint64_t before = apikeys::detail::decoy_reads();
+  const auto hit = store.find(public_key(7));
+  REQUIRE(hit);
+  CHECK(hit->info.key_id == apikeys_test::contract::key_id(7));
+  CHECK(hit->info.public_key == public_key(7));
+  CHECK(apikeys::detail::decoy_reads() == before);
+}
+#endif  // APIKEYS_STATIC_DEFINE
 
 TEST_CASE("PostgresStore: instances on one schema share keys and the revision",
           "[servers][postgres][store]") {
