@@ -236,14 +236,18 @@ struct Statements {
       : info_columns(detail::column_list(detail::Columns::info)),
         returning(info_columns + ", " + kExtraColumns),
         // Every field, in table order (read_record()), the credits, and whether the row is
-        // the key's: one row whether or not the key exists (a timing oracle otherwise,
-        // doc/failure-modes.md). The row of the key whose public key is $1, found through
-        // its unique index, then read by a range scan of the primary key from its key id;
-        // failing that, the same scan from the random key id $2 reads a decoy row. Only a
-        // decoy past the last key id reads no row (find() then starts over from the first).
-        find(fmt::format("SELECT {1}, k.public_key = $1 FROM {0}.apikeys_keys k{2}"
+        // the key's: one row, in one round trip, whether or not the key exists (a timing
+        // oracle otherwise, doc/failure-modes.md). The row of the key whose public key is
+        // $1, found through its unique index, then read by a range scan of the primary key
+        // from its key id; failing that, the same scan from the random key id $2 reads a
+        // decoy row, and a decoy past the last key id reads the first row instead (the
+        // second branch, which the LIMIT over the UNION ALL starts only when the first
+        // found nothing). Only an empty table gives no row.
+        find(fmt::format("(SELECT {1}, k.public_key = $1 FROM {0}.apikeys_keys k{2}"
                          " WHERE k.key_id >= COALESCE((SELECT key_id FROM {0}.apikeys_keys"
-                         " WHERE public_key = $1), $2::uuid) ORDER BY k.key_id LIMIT 1",
+                         " WHERE public_key = $1), $2::uuid) ORDER BY k.key_id LIMIT 1)"
+                         " UNION ALL (SELECT {1}, k.public_key = $1 FROM {0}.apikeys_keys k{2}"
+                         " ORDER BY k.key_id LIMIT 1) LIMIT 1",
                          s, key_columns(detail::Columns::all, "k"), credits_join(s, "k"))),
         list(fmt::format("SELECT {} FROM {}.apikeys_keys k{} WHERE k.account_id = $1"
                          " ORDER BY k.created_at DESC, k.seq DESC",
@@ -1603,12 +1607,7 @@ std::optional<KeyRecord> PostgresStore::find(std::string_view public_key) {
     const char* values[] = {key.c_str(), decoy.c_str()};
     PgResult r =
         c.exec_prepared("find", kFind, 2, values, nullptr, nullptr, impl_->statement_deadline());
-    if (PQntuples(r.get()) == 0) {
-      // The decoy fell past the last key id, or the table is empty: from the first key.
-      const char* first[] = {key.c_str(), "00000000-0000-0000-0000-000000000000"};
-      r = c.exec_prepared("find", kFind, 2, first, nullptr, nullptr, impl_->statement_deadline());
-      if (PQntuples(r.get()) == 0) return std::nullopt;
-    }
+    if (PQntuples(r.get()) == 0) return std::nullopt;  // an empty table
     const int flag = PQnfields(r.get()) - 1;
     if (std::string_view(PQgetvalue(r.get(), 0, flag)) != "t") {
       // A decoy: decoded like the key's row, then dropped; a damaged decoy is no error.
