@@ -13,30 +13,15 @@
 #include "test_support.hpp"
 
 #if defined(APIKEYS_STATIC_DEFINE)
-#include "../../src/decoy_reads.hpp"
+#include "decoy_probe.hpp"
 
 namespace {
 
 using apikeys_test::account_id;
+using apikeys_test::misses_without_decoy;
 using apikeys_test::contract::key_id;
 using apikeys_test::contract::public_key;
 using apikeys_test::contract::record;
-
-// Looks up `misses` absent public keys, each twice (a key's decoy must not depend on
-// luck that repeats), and counts the misses that read no decoy.
-std::uint64_t misses_without_decoy(apikeys::Store& store, std::uint32_t misses) {
-  std::uint64_t without = 0;
-  for (std::uint32_t n = 0; n < misses; ++n) {
-    for (int round = 0; round < 2; ++round) {
-      const std::uint64_t before = apikeys::detail::decoy_reads();
-      CHECK_FALSE(store.find(public_key(1'000'000 + n)));
-      const std::uint64_t read = apikeys::detail::decoy_reads() - before;
-      CHECK(read <= 1);
-      if (read == 0) ++without;
-    }
-  }
-  return without;
-}
 
 }  // namespace
 
