@@ -58,6 +58,12 @@ void reset(ValidationResult& r) noexcept {
   r.limiter_failed = false;
 }
 
+// Whose limits and credits a valid verdict spends: its lineage, or (a cache that kept
+// none) the key's own id.
+const Uuid& lineage_of(const Verdict& v) noexcept {
+  return v.lineage_id.is_nil() ? v.key_id : v.lineage_id;
+}
+
 }  // namespace
 
 namespace detail {
@@ -362,8 +368,7 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
               // The limiter's state for this lineage loads meanwhile: the clock read,
               // the last-use note and the scope check come before admission.
               if (admits) {
-                limiter->prefetch(v.lineage_id.is_nil() ? v.key_id : v.lineage_id,
-                                  v.rate_limits.data(), v.rate_limits.size());
+                limiter->prefetch(lineage_of(v), v.rate_limits.data(), v.rate_limits.size());
               }
 #if defined(__GNUC__)
               // The key's last-use set loads while the clock is read, as in the other
@@ -594,7 +599,7 @@ void Validator::Impl::admit_with(ValidationResult& result, std::uint64_t cost, T
   Admission admission;
   try {
     AdmissionRequest request;
-    request.lineage_id = result.lineage_id.is_nil() ? result.key_id : result.lineage_id;
+    request.lineage_id = lineage_of(result);
     request.key_id = result.key_id;
     request.limits = result.rate_limits.data();
     request.limit_count = result.rate_limits.size();
