@@ -242,16 +242,23 @@ std::string sibling(std::string key, std::size_t prefix_length, std::mt19937_64&
 }
 
 // A presented key: its public part and, when `secret` is empty, a wrong secret drawn
-// from Inputs::secrets for each call.
+// from Inputs::secrets for each call. A key's own secret is wiped with each copy.
 struct Token {
   std::string pk;
   std::string secret;
+
+  Token(std::string p, std::string s) : pk(std::move(p)), secret(std::move(s)) {}
+  Token(const Token&) = default;
+  Token(Token&&) noexcept = default;
+  Token& operator=(const Token&) = default;
+  Token& operator=(Token&&) noexcept = default;
+  ~Token() { OPENSSL_cleanse(secret.data(), secret.size()); }
 };
 
 struct Inputs {
   std::vector<Token> known;          // class 1: keys in the store (wrong_secret)
   std::vector<Token> unknown;        // class 0: not_found, or a key state's own tokens
-  std::vector<std::string> secrets;  // well-formed secrets matching none of the keys
+  std::vector<std::string> secrets;  // wrong secrets for tokens without one (may be empty)
 };
 
 // Tokens for `public_keys`, each presented with a wrong secret.
@@ -273,7 +280,7 @@ std::vector<Sample> measure(std::size_t n, std::mt19937_64& rng, const Inputs& i
     classes[i] = static_cast<std::uint8_t>(rng() & 1u);
     picks[i] =
         static_cast<std::uint32_t>(rng() % (classes[i] ? in.known.size() : in.unknown.size()));
-    secrets[i] = static_cast<std::uint32_t>(rng() % in.secrets.size());
+    secrets[i] = in.secrets.empty() ? 0 : static_cast<std::uint32_t>(rng() % in.secrets.size());
   }
   for (std::size_t i = 0; i < n; ++i) {
     const Token& token = classes[i] ? in.known[picks[i]] : in.unknown[picks[i]];
@@ -482,20 +489,20 @@ StateKeys fill_states(const char* name, const std::shared_ptr<apikeys::Store>& s
       if (state == 3) req.expires_in_days = 1;
       const apikeys::Uuid account = apikeys::Uuid::random();
       const apikeys::CreatedKey key = manager.create(account, req);
-      Token token{key.info.public_key, std::string(key.secret_key.reveal())};
-      switch (state) {
-        case 0: out.active.push_back(key.info.public_key); break;
-        case 1:
-          manager.revoke(account, key.info.key_id);
-          out.revoked.push_back(std::move(token));
-          break;
-        case 2:
-          (void)manager.disable(account, key.info.key_id);
-          out.disabled.push_back(std::move(token));
-          break;
-        default: out.expired.push_back(std::move(token)); break;
+      if (state == 0) {
+        out.active.push_back(key.info.public_key);
+        continue;
       }
-      OPENSSL_cleanse(token.secret.data(), token.secret.size());
+      Token token{key.info.public_key, std::string(key.secret_key.reveal())};
+      if (state == 1) {
+        manager.revoke(account, key.info.key_id);
+        out.revoked.push_back(std::move(token));
+      } else if (state == 2) {
+        (void)manager.disable(account, key.info.key_id);
+        out.disabled.push_back(std::move(token));
+      } else {
+        out.expired.push_back(std::move(token));
+      }
     }
   }
   std::printf("%s: %zu keys in each of 4 states created in %.1f s\n", name, keys,
@@ -554,15 +561,13 @@ bool run_states(const char* store_name, const std::shared_ptr<apikeys::Store>& s
       if (i < wrong_secret.size()) in.known.push_back(wrong_secret[i]);
       if (i < state.tokens->size()) in.unknown.push_back((*state.tokens)[i]);
     }
-    for (int i = 0; i < 4096; ++i) in.secrets.push_back(random_key("sk_"));
-    bool wrong = false;
+    bool wrong = false;  // every token carries its secret: no pool of wrong ones
     auto validate = [&](std::uint8_t cls, const std::string& pk, const std::string& sk) {
       const apikeys::ValidationCode want = cls ? apikeys::ValidationCode::wrong_secret : state.code;
       if (validator.validate(pk, sk).code != want) wrong = true;
     };
     (void)measure(std::min<std::size_t>(cfg.samples / 10, 50'000), rng, in, validate);  // warm up
     const TestResult r = analyse(measure(cfg.samples, rng, in, validate));
-    for (Token& t : in.unknown) OPENSSL_cleanse(t.secret.data(), t.secret.size());
     const std::string target = std::string("timing_") + store_name + "_" + state.name;
     if (wrong) {
       std::printf("%s %s ratio=nan limit=%g FAIL (an unexpected code)\n",
