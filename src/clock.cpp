@@ -1,5 +1,7 @@
 #include "apikeys/clock.hpp"
 
+#include <ctime>
+
 namespace apikeys {
 
 Clock::~Clock() = default;
@@ -9,6 +11,30 @@ namespace {
 class SystemClock final : public Clock {
  public:
   [[nodiscard]] TimePoint now() const noexcept override { return std::chrono::system_clock::now(); }
+
+#if defined(__linux__) && defined(CLOCK_REALTIME_COARSE)
+  SystemClock() noexcept {
+    timespec res{};
+    // The kernel tick. Unknown (no coarse clock): coarse_now() is now().
+    if (clock_getres(CLOCK_REALTIME_COARSE, &res) == 0 && res.tv_sec == 0 && res.tv_nsec > 0) {
+      resolution_ = std::chrono::nanoseconds(res.tv_nsec);
+    }
+  }
+
+  [[nodiscard]] TimePoint coarse_now() const noexcept override {
+    timespec ts{};
+    if (resolution_.count() == 0 || clock_gettime(CLOCK_REALTIME_COARSE, &ts) != 0) return now();
+    return TimePoint(std::chrono::duration_cast<TimePoint::duration>(
+        std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec)));
+  }
+
+  [[nodiscard]] std::chrono::nanoseconds coarse_resolution() const noexcept override {
+    return resolution_;
+  }
+
+ private:
+  std::chrono::nanoseconds resolution_{0};
+#endif
 };
 }  // namespace
 

@@ -46,13 +46,15 @@ class LastUseTracker {
   void note(const Uuid& key_id, std::int64_t now_ms) { note_at(where(key_id), key_id, now_ms); }
 
   // The cache-hit form: the key's set is fetched while the clock is read (the set is a
-  // random line of the filter, often not in a near cache).
+  // random line of the filter, often not in a near cache). Read coarsely: a last use is
+  // kept to the throttle interval, so a time up to a tick behind costs nothing, and the
+  // full reading was a tenth of a hit.
   void note(const Uuid& key_id, const Clock& clock) {
     const Where w = where(key_id);
 #if defined(__GNUC__)
     __builtin_prefetch(&w.set);
 #endif
-    note_at(w, key_id, to_unix_millis(clock.now()));
+    note_at(w, key_id, to_unix_millis(clock.coarse_now()));
   }
 
   // The address of `key_id`'s set, for a caller that reads the clock itself (and may

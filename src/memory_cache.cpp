@@ -425,7 +425,15 @@ struct MemoryCache::Impl {
     return w.shard.stripes[w.stripe].load(std::memory_order_acquire) +
            epoch.load(std::memory_order_acquire);
   }
-  [[nodiscard]] std::int64_t now_ms() const noexcept { return to_unix_millis(clock->now()); }
+  // The clock is read coarsely (Clock::coarse_now(): on a hit, a few ns rather than a few
+  // tens), which trails the time by up to `lag_ms`. So a deadline is set from the
+  // earliest the time may be (never later than now() + ttl) and an entry answers only
+  // while its deadline is past the latest the time may be: never after its TTL.
+  std::int64_t lag_ms = 0;  // coarse_resolution(), rounded up, plus 1 for the ms cut
+  [[nodiscard]] std::int64_t earliest_ms() const noexcept {
+    return to_unix_millis(clock->coarse_now());
+  }
+  [[nodiscard]] std::int64_t latest_ms() const noexcept { return earliest_ms() + lag_ms; }
 
   // REQUIRES: the table holds an entry other than `keep`. Samples a few buckets from a
   // rotating cursor; evicts an expired entry if one turns up, else the first seen, never
@@ -460,6 +468,10 @@ struct MemoryCache::Impl {
 
 MemoryCache::MemoryCache(MemoryCacheOptions options) : impl_(std::make_unique<Impl>()) {
   impl_->clock = options.clock ? std::move(options.clock) : system_clock();
+  const std::chrono::nanoseconds lag = impl_->clock->coarse_resolution();
+  if (lag.count() > 0) {
+    impl_->lag_ms = std::chrono::ceil<std::chrono::milliseconds>(lag).count() + 1;
+  }
   const std::size_t capacity =
       std::clamp<std::size_t>(options.capacity, 1, MemoryCacheOptions::kMaxCapacity);
   const std::size_t n =
@@ -483,7 +495,7 @@ std::optional<Verdict> MemoryCache::get(std::string_view public_key, const Diges
 bool MemoryCache::get_into(std::string_view public_key, const Digest& presented, Verdict& out) {
   if (public_key.size() > kMaxPublicKeyLength) return false;
   auto w = impl_->locate(public_key);
-  const std::int64_t now = impl_->now_ms();
+  const std::int64_t now = impl_->latest_ms();
   detail::MutexLock lock(w.shard.mu);
   Node* n = w.shard.table.find(InlineKey(public_key, w.hash));
   static_assert(sizeof(InlineKey) == 64 && sizeof(Slot) == 96, "entry layout grew");
@@ -509,8 +521,9 @@ void MemoryCache::put(std::string_view public_key, const Digest& presented, cons
   const InlineKey key(public_key, w.hash);
   // Built, and its block written, outside the lock; the deadline is taken from a clock
   // read before it, so it is never later than one taken under the lock would be.
-  const std::int64_t now = impl_->now_ms();
-  NodePtr fresh = make_node(key, deadline(now, ttl, verdict), presented, verdict);
+  const std::int64_t earliest = impl_->earliest_ms();
+  const std::int64_t now = earliest + impl_->lag_ms;  // the latest it may be
+  NodePtr fresh = make_node(key, deadline(earliest, ttl, verdict), presented, verdict);
   const std::size_t add = Table::charge(fresh->slot);
   NodePtr old;  // a replaced node: declared before the lock, so freed after it
   detail::MutexLock lock(w.shard.mu);

@@ -40,7 +40,10 @@ struct MemoryCacheOptions {
   /// 16 KiB rounded down to a power of two (at least 1), so that a shard's share of
   /// max_bytes holds the largest verdict the Validator stores. Default 64.
   std::size_t shards = 64;
-  /// Source of time for TTLs. Default (null): the system clock.
+  /// Source of time for TTLs, read through Clock::coarse_now() (one reading per get()):
+  /// an entry answers only while its deadline is past the latest time that reading may
+  /// trail, so a coarse clock shortens a TTL by up to its resolution and never stretches
+  /// it. Default (null): the system clock.
   std::shared_ptr<Clock> clock;
 };
 

@@ -165,6 +165,86 @@ TEST_CASE("MemoryCache: TTL expiry on the injected clock", "[cache]") {
   }
 }
 
+namespace {
+
+// A clock whose coarse reading trails its full one by a set lag, within a set resolution:
+// what the system clock's CLOCK_REALTIME_COARSE does between two kernel ticks.
+class LaggingClock final : public apikeys::Clock {
+ public:
+  LaggingClock(apikeys::TimePoint start, milliseconds resolution)
+      : now_(start), resolution_(resolution) {}
+  [[nodiscard]] apikeys::TimePoint now() const noexcept override { return now_; }
+  [[nodiscard]] apikeys::TimePoint coarse_now() const noexcept override { return now_ - lag_; }
+  [[nodiscard]] std::chrono::nanoseconds coarse_resolution() const noexcept override {
+    return resolution_;
+  }
+  // Not thread-safe: one test thread moves it.
+  void set(apikeys::TimePoint t, milliseconds lag) {
+    now_ = t;
+    lag_ = lag;
+  }
+
+ private:
+  apikeys::TimePoint now_;
+  milliseconds lag_{0};
+  milliseconds resolution_;
+};
+
+}  // namespace
+
+TEST_CASE("MemoryCache: a coarse clock never stretches a TTL", "[cache]") {
+  const apikeys::TimePoint t0 = apikeys::from_unix_millis(1'700'000'000'000);
+  constexpr milliseconds kTick(4);
+  auto clock = std::make_shared<LaggingClock>(t0, kTick);
+  MemoryCacheOptions o;
+  o.clock = clock;
+  MemoryCache cache(o);
+  const std::string key = pk(1);
+  const Digest d = digest_of(1);
+  const std::uint64_t token = cache.fill_token(key);
+  cache.put(key, d, valid_verdict(1), milliseconds(1000), token);  // read with no lag
+  SECTION("well inside the TTL, a lagging reading still hits") {
+    clock->set(t0 + milliseconds(900), kTick);
+    CHECK(cache.get(key, d).has_value());
+  }
+  SECTION("at the TTL by the full clock, a reading a tick behind misses") {
+    clock->set(t0 + milliseconds(1000), kTick);
+    CHECK_FALSE(cache.get(key, d).has_value());
+  }
+  SECTION("from the TTL on, it misses at every lag up to the resolution") {
+    for (int past = 0; past <= 5; ++past) {
+      for (int lag = 0; lag <= 4; ++lag) {
+        clock->set(t0, milliseconds(0));
+        cache.put(key, d, valid_verdict(1), milliseconds(1000), cache.fill_token(key));
+        clock->set(t0 + milliseconds(1000 + past), milliseconds(lag));
+        INFO("past " << past << " ms, lag " << lag << " ms");
+        CHECK_FALSE(cache.get(key, d).has_value());
+      }
+    }
+  }
+}
+
+TEST_CASE("The system clock's coarse reading is never ahead and trails by at most a tick",
+          "[clock]") {
+  const std::shared_ptr<apikeys::Clock> clock = apikeys::system_clock();
+  const std::chrono::nanoseconds resolution = clock->coarse_resolution();
+  CHECK(resolution >= std::chrono::nanoseconds(0));
+  CHECK(resolution < std::chrono::seconds(1));
+  for (int i = 0; i < 1000; ++i) {
+    const apikeys::TimePoint coarse = clock->coarse_now();
+    const apikeys::TimePoint full = clock->now();
+    REQUIRE(coarse <= full);
+    // A preemption between the two reads adds to the gap: a generous margin for it.
+    REQUIRE(full - coarse <= resolution + std::chrono::milliseconds(250));
+  }
+}
+
+TEST_CASE("A ManualClock's coarse reading is its reading", "[clock]") {
+  apikeys::ManualClock clock(apikeys::from_unix_millis(1'700'000'000'123));
+  CHECK(clock.coarse_now() == clock.now());
+  CHECK(clock.coarse_resolution() == std::chrono::nanoseconds(0));
+}
+
 TEST_CASE("MemoryCache: a TTL of zero stores nothing", "[cache]") {
   Fixture f;
   const std::string key = pk(1);

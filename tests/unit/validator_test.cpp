@@ -536,6 +536,58 @@ TEST_CASE("last use is written once per interval, off the caller, and flushed",
   CHECK(f.store->last_use_entries.load() == 2);
 }
 
+namespace {
+
+// A ManualClock whose coarse reading trails its full one by `lag` (resolution `lag`).
+class CoarseLagClock final : public apikeys::Clock {
+ public:
+  CoarseLagClock(apikeys::TimePoint start, std::chrono::milliseconds lag)
+      : full_(start), lag_(lag) {}
+  [[nodiscard]] apikeys::TimePoint now() const noexcept override { return full_.now(); }
+  [[nodiscard]] apikeys::TimePoint coarse_now() const noexcept override {
+    return full_.now() - lag_;
+  }
+  [[nodiscard]] std::chrono::nanoseconds coarse_resolution() const noexcept override {
+    return lag_;
+  }
+  void advance(std::chrono::milliseconds d) noexcept { full_.advance(d); }
+
+ private:
+  ManualClock full_;
+  std::chrono::milliseconds lag_;
+};
+
+}  // namespace
+
+TEST_CASE("a cache hit records its last use from the coarse reading, never ahead of it",
+          "[validator][last_use]") {
+  constexpr std::chrono::milliseconds kLag(3);
+  auto clock = std::make_shared<CoarseLagClock>(apikeys_test::test_start(), kLag);
+  auto store = std::make_shared<InstrumentedStore>();
+  KeyManagerOptions o;
+  o.validation.clock = clock;
+  MemoryCacheOptions co;
+  co.clock = clock;
+  o.validation.cache = std::make_shared<MemoryCache>(co);
+  o.validation.record_last_use = true;
+  o.validation.ttl_valid = std::chrono::hours(2);  // the second validation is a hit
+  KeyManager manager(store, std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper), o);
+  CreateRequest r;
+  r.title = "coarse";
+  const CreatedKey k = manager.create(apikeys_test::account_id(1), r);
+  const std::string sk(k.secret_key.reveal());
+  // The first validation reads the store (the full reading); the next, an interval
+  // later, is a cache hit and notes the coarse one.
+  REQUIRE(manager.validate(k.info.public_key, sk).ok());
+  manager.validator().flush_last_use();
+  CHECK(*store->inner.find(k.info.public_key)->info.last_used_at == clock->now());
+  clock->advance(std::chrono::hours(1));
+  REQUIRE(manager.validate(k.info.public_key, sk).ok());
+  manager.validator().flush_last_use();
+  CHECK(store->last_use_entries.load() == 2);
+  CHECK(*store->inner.find(k.info.public_key)->info.last_used_at == clock->now() - kLag);
+}
+
 TEST_CASE("pending last use is flushed when the validator dies", "[validator]") {
   auto store = std::make_shared<InstrumentedStore>();
   std::string pk;
