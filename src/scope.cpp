@@ -1,6 +1,8 @@
 #include "scope.hpp"
 
 #include <algorithm>
+#include <array>
+#include <cstdint>
 
 #include "apikeys/error.hpp"
 #include "apikeys/types.hpp"
@@ -9,17 +11,34 @@ namespace apikeys::detail {
 
 namespace {
 
-constexpr bool is_segment_char(char c) noexcept {
-  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+// The grammar's character classes, one table lookup per character: scope_error() runs on
+// every required scope of every validation.
+enum CharClass : std::uint8_t { kOther = 0, kSegment = 1, kSeparator = 2, kStar = 3 };
+
+constexpr std::array<std::uint8_t, 256> make_classes() noexcept {
+  std::array<std::uint8_t, 256> t{};
+  for (int c = 'a'; c <= 'z'; ++c) t[static_cast<std::size_t>(c)] = kSegment;
+  for (int c = '0'; c <= '9'; ++c) t[static_cast<std::size_t>(c)] = kSegment;
+  t[static_cast<unsigned char>('_')] = kSegment;
+  t[static_cast<unsigned char>('-')] = kSegment;
+  t[static_cast<unsigned char>('.')] = kSeparator;
+  t[static_cast<unsigned char>(':')] = kSeparator;
+  t[static_cast<unsigned char>('*')] = kStar;
+  return t;
 }
-constexpr bool is_separator(char c) noexcept { return c == '.' || c == ':'; }
+constexpr std::array<std::uint8_t, 256> kClasses = make_classes();
+
+std::uint8_t class_of(char c) noexcept { return kClasses[static_cast<unsigned char>(c)]; }
+
+constexpr const char* kBadLength = "a scope must be 1 to 128 characters";
+constexpr const char* kBadSegments =
+    "a scope is segments of 1 to 64 characters joined by '.' or ':'";
+constexpr const char* kBadWildcard = "a scope wildcard must be a whole last segment: * or **";
 
 }  // namespace
 
 const char* scope_error(std::string_view scope, bool wildcard_allowed) noexcept {
-  if (scope.empty() || scope.size() > KeyPolicyLimits::kMaxScopeLength) {
-    return "a scope must be 1 to 128 characters";
-  }
+  if (scope.empty() || scope.size() > KeyPolicyLimits::kMaxScopeLength) return kBadLength;
   std::string_view body = scope;
   if (wildcard_allowed) {
     // A wildcard is the whole last segment: "**", "*", "p.**", "p.*" (p a literal path).
@@ -28,28 +47,26 @@ const char* scope_error(std::string_view scope, bool wildcard_allowed) noexcept 
     if (stars > 0) {
       body.remove_suffix(stars);
       if (body.empty()) return nullptr;  // "*" or "**" alone
-      if (!is_separator(body.back())) {
-        return "a scope wildcard must be a whole last segment: * or **";
-      }
+      if (class_of(body.back()) != kSeparator) return kBadWildcard;
       body.remove_suffix(1);
     }
   }
+  // Left to right, the first rule broken: a segment's length is judged at its end.
   std::size_t segment = 0;
-  for (std::size_t i = 0; i <= body.size(); ++i) {
-    if (i == body.size() || is_separator(body[i])) {
-      if (segment == 0 || segment > KeyPolicyLimits::kMaxSegmentLength) {
-        return "a scope is segments of 1 to 64 characters joined by '.' or ':'";
-      }
-      segment = 0;
-    } else if (is_segment_char(body[i])) {
+  for (const char c : body) {
+    const std::uint8_t k = class_of(c);
+    if (k == kSegment) {
       ++segment;
-    } else if (body[i] == '*') {
-      return wildcard_allowed ? "a scope wildcard must be a whole last segment: * or **"
-                              : "a required scope must not contain a wildcard";
+    } else if (k == kSeparator) {
+      if (segment == 0 || segment > KeyPolicyLimits::kMaxSegmentLength) return kBadSegments;
+      segment = 0;
+    } else if (k == kStar) {
+      return wildcard_allowed ? kBadWildcard : "a required scope must not contain a wildcard";
     } else {
       return "scope segments may contain only a-z, 0-9, '_' and '-'";
     }
   }
+  if (segment == 0 || segment > KeyPolicyLimits::kMaxSegmentLength) return kBadSegments;
   return nullptr;
 }
 
@@ -78,7 +95,7 @@ bool scope_grants(std::string_view granted, std::string_view required) noexcept 
   }
   if (deep) return true;
   const std::string_view rest = required.substr(prefix.size());
-  return std::none_of(rest.begin(), rest.end(), is_separator);
+  return std::none_of(rest.begin(), rest.end(), [](char c) { return class_of(c) == kSeparator; });
 }
 
 bool scopes_grant(const std::vector<std::string>& granted, std::string_view required) noexcept {

@@ -1,7 +1,10 @@
 // The scope grammar, the matcher and the normal form of a key's scopes (src/scope.cpp):
 // lengths at their limits, every kind of broken scope, the wildcard table, and that no
 // error message repeats the scope it refuses.
+#include <cstddef>
+#include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "apikeys/error.hpp"
@@ -190,6 +193,78 @@ TEST_CASE("scope matcher: an invalid required scope is never granted", "[scope]"
   }
   CHECK_FALSE(scopes_grant({}, "a"));
   CHECK(scopes_grant({"b", "a"}, "a"));
+}
+
+namespace {
+
+// The grammar written plainly, character by character: the model the table-driven
+// scope_error() must agree with, message for message.
+const char* reference_scope_error(std::string_view scope, bool wildcard_allowed) {
+  const auto segment_char = [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+  };
+  const auto separator = [](char c) { return c == '.' || c == ':'; };
+  if (scope.empty() || scope.size() > KeyPolicyLimits::kMaxScopeLength) {
+    return "a scope must be 1 to 128 characters";
+  }
+  std::string_view body = scope;
+  if (wildcard_allowed) {
+    std::size_t stars = 0;
+    while (stars < body.size() && stars < 2 && body[body.size() - 1 - stars] == '*') ++stars;
+    if (stars > 0) {
+      body.remove_suffix(stars);
+      if (body.empty()) return nullptr;
+      if (!separator(body.back())) return "a scope wildcard must be a whole last segment: * or **";
+      body.remove_suffix(1);
+    }
+  }
+  std::size_t segment = 0;
+  for (std::size_t i = 0; i <= body.size(); ++i) {
+    if (i == body.size() || separator(body[i])) {
+      if (segment == 0 || segment > KeyPolicyLimits::kMaxSegmentLength) {
+        return "a scope is segments of 1 to 64 characters joined by '.' or ':'";
+      }
+      segment = 0;
+    } else if (segment_char(body[i])) {
+      ++segment;
+    } else if (body[i] == '*') {
+      return wildcard_allowed ? "a scope wildcard must be a whole last segment: * or **"
+                              : "a required scope must not contain a wildcard";
+    } else {
+      return "scope segments may contain only a-z, 0-9, '_' and '-'";
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+TEST_CASE("scope grammar: the checker agrees with the plain model on random strings",
+          "[scope]") {
+  // Every class of character the grammar tells apart, and bytes it never allows.
+  const std::string alphabet = std::string("az09_-.:*A \x7f\x80\xff") + std::string(1, '\0');
+  std::uint64_t state = 0x5c09e5;
+  const auto next = [&state] {
+    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return static_cast<std::size_t>(state >> 33);
+  };
+  for (int i = 0; i < 200000; ++i) {
+    std::string s;
+    // Mostly short; some around the segment and scope limits.
+    const std::size_t pick = next() % 10;
+    const std::size_t len = pick < 7 ? next() % 12 : 60 + next() % 75;
+    for (std::size_t j = 0; j < len; ++j) {
+      // Long runs of one segment character reach the 64-character segment limit.
+      s += (pick >= 7 && next() % 8 != 0) ? 'a' : alphabet[next() % alphabet.size()];
+    }
+    for (const bool wildcard : {false, true}) {
+      const char* got = scope_error(s, wildcard);
+      const char* want = reference_scope_error(s, wildcard);
+      INFO("scope of " << s.size() << " bytes, wildcard " << wildcard);
+      REQUIRE((got == nullptr) == (want == nullptr));
+      if (got != nullptr) REQUIRE(std::string(got) == std::string(want));
+    }
+  }
 }
 
 TEST_CASE("normalize_scopes: sorted, unique, at most 64 after duplicates go", "[scope]") {
