@@ -54,6 +54,35 @@ TEST_CASE("Uuid::parse accepts the canonical form in either case", "[types]") {
   }
 }
 
+TEST_CASE("Uuid::parse agrees with to_string() on every byte and refuses every non-digit",
+          "[types]") {
+  // Each byte value at each position round-trips, in both cases.
+  for (std::size_t pos = 0; pos < 16; ++pos) {
+    for (int v = 0; v < 256; ++v) {
+      std::array<std::uint8_t, 16> bytes = kBytes;
+      bytes[pos] = static_cast<std::uint8_t>(v);
+      const Uuid id(bytes);
+      std::string text = id.to_string();
+      REQUIRE(Uuid::parse(text) == id);
+      for (char& c : text) c = static_cast<char>(c >= 'a' && c <= 'f' ? c - 'a' + 'A' : c);
+      REQUIRE(Uuid::parse(text) == id);
+    }
+  }
+  // Every byte that is not a hex digit, at every digit position, is refused.
+  const std::string good(kLower);
+  for (std::size_t i = 0; i < good.size(); ++i) {
+    if (good[i] == '-') continue;
+    for (int c = 0; c < 256; ++c) {
+      const bool digit =
+          (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+      std::string text = good;
+      text[i] = static_cast<char>(c);
+      INFO("position " << i << ", byte " << c);
+      REQUIRE(Uuid::parse(text).has_value() == digit);
+    }
+  }
+}
+
 TEST_CASE("Uuid::parse rejects everything but the canonical form", "[types]") {
   const std::string good(kLower);
   SECTION("wrong lengths") {
