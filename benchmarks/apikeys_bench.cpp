@@ -619,9 +619,12 @@ void World::build_floors() {
   expect(sqlite3_open_v2(sqlite_path.c_str(), &f.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
                          nullptr) == SQLITE_OK,
          "open SQLite floor connection");
-  sqlite3_exec(f.db,
-               "PRAGMA cache_size = -16384; PRAGMA mmap_size = 268435456; PRAGMA query_only = 1;",
-               nullptr, nullptr, nullptr);
+  const apikeys::SqliteStoreOptions store_defaults;
+  const std::string pragmas = "PRAGMA cache_size = -" +
+                              std::to_string(store_defaults.cache_size_kib) +
+                              "; PRAGMA mmap_size = " + std::to_string(store_defaults.mmap_size) +
+                              "; PRAGMA query_only = 1;";
+  sqlite3_exec(f.db, pragmas.c_str(), nullptr, nullptr, nullptr);
   expect(sqlite3_prepare_v2(f.db,
                             "SELECT key_id, account_id, digest, pepper_id, status, expires_at"
                             " FROM api_keys WHERE public_key = ?1",
