@@ -9,7 +9,10 @@
 //           what no backend call can beat;
 //   admission — RedisLimiter admitting a key with one rate limit (one Lua script)
 //           against a hiredis GET on the same kind of blocking connection; the
-//           `redis_admission_vs_rtt` TARGET line compares their medians.
+//           `redis_admission_vs_rtt` TARGET line compares them in interleaved pairs;
+//   targets — `postgres_cold_vs_rtt` (a cold validation against a libpq prepared point
+//           SELECT) and `redis_hit_vs_rtt` (a Redis hit without the in-process tier
+//           against a hiredis GET), measured the same way after the run.
 // Servers come from APIKEYS_TEST_PG (libpq conninfo) and APIKEYS_TEST_REDIS (host:port),
 // as for the tests (eval "$(scripts/servers.sh start)"); without them only SQLite runs.
 // Google Benchmark flags apply (--benchmark_min_time=..., --benchmark_filter=...).
@@ -101,6 +104,58 @@ void validate_loop(benchmark::State& state, const apikeys::Validator& v, const K
   state.SetItemsProcessed(state.iterations());
 }
 
+// The median of `v`.
+double median_of(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Interleaved pairs of blocks of `path` and `floor` calls (which goes first alternates;
+// a shared machine drifts by more than a target's margin between two separate
+// measurements), wall time per call: prints both medians and the TARGET line, `name`
+// with the median of the pairs' ratios against `limit`. `ok` is false once a call
+// failed (the line then reads FAIL).
+template <class Path, class Floor>
+void paired_target(const char* name, const char* what, double limit, Path&& path, Floor&& floor,
+                   const bool& ok) {
+  for (int i = 0; i < 200; ++i) {  // warm both
+    path();
+    floor();
+  }
+  constexpr int kPairs = 41;
+  constexpr int kBlock = 200;
+  std::vector<double> ratios;
+  std::vector<double> floor_ns;
+  std::vector<double> path_ns;
+  for (int p = 0; p < kPairs; ++p) {
+    double ns[2] = {0, 0};  // [0] floor, [1] path
+    for (int j = 0; j < 2; ++j) {
+      const int which = (p % 2 == 0) ? j : 1 - j;
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < kBlock; ++i) {
+        if (which == 0) {
+          floor();
+        } else {
+          path();
+        }
+      }
+      ns[which] =
+          std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() /
+          kBlock;
+    }
+    floor_ns.push_back(ns[0]);
+    path_ns.push_back(ns[1]);
+    ratios.push_back(ns[1] / ns[0]);
+  }
+  const double ratio = median_of(ratios);
+  std::printf("%s: median %.0f ns; floor: median %.0f ns (%d pairs of %d-call blocks; the ratio "
+              "is the median of the pairs')\n",
+              what, median_of(path_ns), median_of(floor_ns), kPairs, kBlock);
+  std::printf("TARGET %s ratio=%.3f limit=%g %s\n", name, ratio, limit,
+              ok && ratio <= limit ? "PASS" : "FAIL");
+  std::fflush(stdout);
+}
+
 // RedisLimiter admission (one rate limit, never refused) against a hiredis GET on a
 // blocking connection like the limiter's own: registered as benchmarks, then measured
 // again after the run, for the TARGET line (limit: admission <= 1.2 x GET).
@@ -139,57 +194,15 @@ class RedisAdmission {
   RedisAdmission(const RedisAdmission&) = delete;
   RedisAdmission& operator=(const RedisAdmission&) = delete;
 
-  // Medians of one more measurement of each, and the TARGET line.
+  // One more measurement of each, in pairs, and the TARGET line.
   void report() {
     if (c_ == nullptr || c_->err != 0) {
       std::printf("TARGET redis_admission_vs_rtt ratio=0 limit=1.2 FAIL (no Redis)\n");
       return;
     }
-    for (int i = 0; i < 200; ++i) {  // warm both
-      admit();
-      get();
-    }
-    // Interleaved pairs of blocks (which goes first alternates): a shared machine
-    // drifts by more than the target's margin between two separate measurements.
-    constexpr int kPairs = 41;
-    constexpr int kBlock = 200;
-    std::vector<double> ratios;
-    std::vector<double> get_ns_all;
-    std::vector<double> admit_ns_all;
-    for (int p = 0; p < kPairs; ++p) {
-      double ns[2] = {0, 0};  // [0] GET, [1] admission
-      for (int j = 0; j < 2; ++j) {
-        const int which = (p % 2 == 0) ? j : 1 - j;
-        const auto t0 = std::chrono::steady_clock::now();
-        for (int i = 0; i < kBlock; ++i) {
-          if (which == 0) {
-            get();
-          } else {
-            admit();
-          }
-        }
-        ns[which] = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0)
-                        .count() /
-                    kBlock;
-      }
-      get_ns_all.push_back(ns[0]);
-      admit_ns_all.push_back(ns[1]);
-      ratios.push_back(ns[1] / ns[0]);
-    }
-    const auto median = [](std::vector<double> v) {
-      std::sort(v.begin(), v.end());
-      return v[v.size() / 2];
-    };
-    const double get_ns = median(get_ns_all);
-    const double admit_ns = median(admit_ns_all);
-    const double ratio = median(ratios);
-    constexpr double kLimit = 1.2;
-    std::printf(
-        "redis admission: median %.0f ns; GET round trip: median %.0f ns (%d pairs of %d-call "
-        "blocks; the ratio is the median of the pairs')\n",
-        admit_ns, get_ns, kPairs, kBlock);
-    std::printf("TARGET redis_admission_vs_rtt ratio=%.3f limit=%g %s\n", ratio, kLimit,
-                !failed_ && ratio <= kLimit ? "PASS" : "FAIL");
+    paired_target(
+        "redis_admission_vs_rtt", "redis admission", 1.2, [this] { admit(); },
+        [this] { get(); }, ok_);
   }
 
  private:
@@ -204,19 +217,23 @@ class RedisAdmission {
   }
   void admit() {
     try {
-      if (limiter_.admit(req_).outcome != apikeys::AdmissionOutcome::admitted) failed_ = true;
+      if (limiter_.admit(req_).outcome != apikeys::AdmissionOutcome::admitted) fail();
     } catch (...) {
-      failed_ = true;
+      fail();
     }
   }
   void get() {
     auto* r =
         static_cast<redisReply*>(redisCommand(c_, "GET %b", get_key_.data(), get_key_.size()));
     if (r == nullptr) {
-      failed_ = true;
+      fail();
       return;
     }
     freeReplyObject(r);
+  }
+  void fail() noexcept {
+    failed_ = true;
+    ok_ = false;
   }
 
   std::string get_key_;
@@ -225,6 +242,7 @@ class RedisAdmission {
   apikeys::RateLimit limit_;
   apikeys::AdmissionRequest req_;
   bool failed_ = false;
+  bool ok_ = true;  // !failed_, for paired_target()
 };
 
 std::optional<std::string> env(const char* name) {
@@ -374,6 +392,65 @@ int main(int argc, char** argv) {
 
   benchmark::RunSpecifiedBenchmarks();
   if (admission) admission->report();
+  // The server paths against their round trips, in pairs: a cold validation through
+  // PostgreSQL against a libpq prepared point SELECT of the six columns a verdict needs
+  // (binary results), and a Redis hit without the in-process tier against a hiredis GET
+  // of a verdict-sized value, each on the same server.
+  if (pg_cold && pg_floor != nullptr && PQstatus(pg_floor) == CONNECTION_OK) {
+    const std::string point = "SELECT key_id, account_id, digest, pepper_id, status, expires_at "
+                              "FROM \"" + schema + "\".apikeys_keys WHERE public_key = $1";
+    PGresult* prepared = PQprepare(pg_floor, "apikeys_bench_point", point.c_str(), 1, nullptr);
+    const bool ready = PQresultStatus(prepared) == PGRES_COMMAND_OK;
+    if (!ready) std::fprintf(stderr, "apikeys_bench_servers: %s", PQerrorMessage(pg_floor));
+    PQclear(prepared);
+    bool ok = ready;
+    std::size_t path_i = 0;
+    std::size_t floor_i = 0;
+    paired_target(
+        "postgres_cold_vs_rtt", "postgres cold validation", 1.3,
+        [&] {
+          const Key& k = ks.keys[path_i++ % ks.keys.size()];
+          if (!pg_cold->validate(k.public_key, k.secret).ok()) ok = false;
+        },
+        [&] {
+          const Key& k = ks.keys[floor_i++ % ks.keys.size()];
+          const char* values[1] = {k.public_key.c_str()};
+          PGresult* r =
+              PQexecPrepared(pg_floor, "apikeys_bench_point", 1, values, nullptr, nullptr, 1);
+          if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+            if (ok) std::fprintf(stderr, "apikeys_bench_servers: %s", PQerrorMessage(pg_floor));
+            ok = false;
+          }
+          PQclear(r);
+        },
+        ok);
+  } else {
+    std::printf("TARGET postgres_cold_vs_rtt ratio=0 limit=1.3 FAIL (no PostgreSQL)\n");
+  }
+  if (redis_hit && redis_floor != nullptr && redis_floor->err == 0) {
+    const std::string key = "apikeys-bench:" + std::to_string(::getpid()) + ":verdict";
+    const std::string value(120, 'v');  // about a cached verdict's size
+    freeReplyObject(redisCommand(redis_floor, "SET %b %b", key.data(), key.size(), value.data(),
+                                 value.size()));
+    bool ok = true;
+    std::size_t path_i = 0;
+    paired_target(
+        "redis_hit_vs_rtt", "redis hit (no in-process tier)", 1.2,
+        [&] {
+          const Key& k = ks.keys[path_i++ % ks.keys.size()];
+          if (!redis_hit->validate(k.public_key, k.secret).ok()) ok = false;
+        },
+        [&] {
+          auto* r = static_cast<redisReply*>(redisCommand(redis_floor, "GET %b", key.data(),
+                                                          key.size()));
+          if (r == nullptr || r->type != REDIS_REPLY_STRING) ok = false;
+          if (r != nullptr) freeReplyObject(r);
+        },
+        ok);
+    freeReplyObject(redisCommand(redis_floor, "DEL %b", key.data(), key.size()));
+  } else {
+    std::printf("TARGET redis_hit_vs_rtt ratio=0 limit=1.2 FAIL (no Redis)\n");
+  }
   benchmark::Shutdown();
   admission.reset();
 
