@@ -1,11 +1,13 @@
 // Child process of the cross-process credit tests (sqlite_credits_process_test.cpp):
 // opens a SqliteStore on the parent's file and validates one token ATTEMPTS times
 // through its own KeyManager, whose MemoryLimiter takes credits with lease_size LEASE.
-// Usage: apikeys_sqlite_credits_child DB TOKEN LEASE ATTEMPTS
+// Usage: apikeys_sqlite_credits_child DB TOKEN LEASE ATTEMPTS [hold]
 // Writes one byte per answer to stdout as it comes (unbuffered, so a parent that kills
 // it still reads every answer given): 'a' admitted (valid), 'u' usage_exceeded, 'e'
 // anything else. Exits 0 after the last attempt, once the KeyManager (and the leases
-// its limiter holds) is destroyed; 1 with a message on error.
+// its limiter holds) is destroyed; 1 with a message on error. With `hold`, it waits for
+// the end of its stdin after the last attempt, its leases still held: a parent that
+// means to kill it mid-run then always does, however fast the attempts went.
 #include <unistd.h>
 
 #include <cstdio>
@@ -18,8 +20,9 @@
 #include "test_support.hpp"
 
 int main(int argc, char** argv) {
-  if (argc != 5) {
-    std::fprintf(stderr, "usage: apikeys_sqlite_credits_child DB TOKEN LEASE ATTEMPTS\n");
+  const bool hold = argc == 6 && std::string(argv[5]) == "hold";
+  if (argc != 5 && !hold) {
+    std::fprintf(stderr, "usage: apikeys_sqlite_credits_child DB TOKEN LEASE ATTEMPTS [hold]\n");
     return 2;
   }
   try {
@@ -42,6 +45,9 @@ int main(int argc, char** argv) {
                        : code == apikeys::ValidationCode::usage_exceeded ? 'u'
                                                                          : 'e';
         if (write(1, &c, 1) != 1) return 1;
+      }
+      char byte = 0;
+      while (hold && read(0, &byte, 1) > 0) {
       }
     }
     return 0;

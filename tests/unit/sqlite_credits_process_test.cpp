@@ -63,11 +63,15 @@ std::vector<std::string> environment() {
   return env;
 }
 
+// With `hold`, the child keeps its leases after its last attempt until killed (or its
+// stdin closes): see apikeys_sqlite_credits_child.
 apikeys_test::StartedProgram start_child(const std::string& path, const std::string& token,
-                                         std::uint64_t lease, std::uint64_t attempts) {
-  return apikeys_test::start_program(
-      {APIKEYS_CREDITS_CHILD_PATH, path, token, std::to_string(lease), std::to_string(attempts)},
-      environment());
+                                         std::uint64_t lease, std::uint64_t attempts,
+                                         bool hold = false) {
+  std::vector<std::string> args{APIKEYS_CREDITS_CHILD_PATH, path, token, std::to_string(lease),
+                                std::to_string(attempts)};
+  if (hold) args.emplace_back("hold");
+  return apikeys_test::start_program(args, environment());
 }
 
 std::uint64_t admitted(const apikeys_test::ProgramRun& run) {
@@ -127,7 +131,9 @@ TEST_CASE("Leased credits across processes: never more than the balance, the res
   }
 
   SECTION("one killed mid-run loses at most its lease") {
-    auto a = start_child(path, token, kLease, 3 * kCredits);
+    // `a` holds its lease after its attempts, so it is killed holding one however early
+    // it finishes (a loaded machine may run all its attempts before the kill).
+    auto a = start_child(path, token, kLease, 3 * kCredits, true);
     auto b = start_child(path, token, kLease, 3 * kCredits);
     // Kill `a` once the balance has started to move (it holds a lease by then, or soon).
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
