@@ -70,8 +70,8 @@ namespace {
 
 struct Config {
   bool quick = false;
-  std::size_t store_keys = 100'000;  // cold paths, floors over SQLite
-  std::size_t hit_keys = 10'000;     // cache-hit path, map floor
+  std::size_t store_keys = 100'000;   // cold paths, floors over SQLite
+  std::size_t hit_keys = 10'000;      // cache-hit path, map floor
   std::size_t big_keys = 10'000'000;  // SQLite scaling (against store_keys)
   std::size_t memory_entries = 1'000'000;
   int reps = 5;
@@ -826,21 +826,20 @@ void register_benchmarks(World& w) {
     if (bad != 0) st.SkipWithError("unexpected verdicts");
     st.SetLabel("5 granted, 3 required");
   })->Unit(ns);
-  benchmark::RegisterBenchmark(
-      "validate/hit_all_features", [world, valid_hit](benchmark::State& st) {
-        ab::Rng rng(0x5eed);
-        std::size_t bad = 0;
-        apikeys::ValidationResult r;
-        for (auto _ : st) {
-          const auto [pk, sk] = valid_hit(rng);
-          world->hit_all_features->validate(pk, sk, world->three_scopes, r);
-          bad += r.code != ValidationCode::valid;
-          benchmark::DoNotOptimize(r);
-        }
-        if (bad != 0) st.SkipWithError("unexpected verdicts");
-        st.SetLabel("3 of 5 scopes, 1 rate limit, Stats, 2 formats");
-      })
-      ->Unit(ns);
+  benchmark::RegisterBenchmark("validate/hit_all_features", [world,
+                                                             valid_hit](benchmark::State& st) {
+    ab::Rng rng(0x5eed);
+    std::size_t bad = 0;
+    apikeys::ValidationResult r;
+    for (auto _ : st) {
+      const auto [pk, sk] = valid_hit(rng);
+      world->hit_all_features->validate(pk, sk, world->three_scopes, r);
+      bad += r.code != ValidationCode::valid;
+      benchmark::DoNotOptimize(r);
+    }
+    if (bad != 0) st.SkipWithError("unexpected verdicts");
+    st.SetLabel("3 of 5 scopes, 1 rate limit, Stats, 2 formats");
+  })->Unit(ns);
   register_validate("validate/hit_1k_metadata", w.hit_metadata.get(), valid_hit,
                     ValidationCode::valid, "1024-byte metadata")
       ->Unit(ns);
@@ -1518,8 +1517,7 @@ int profile(const std::string& what, std::size_t calls, bool reuse) {
   const bool limited = what == "hit_one_rate_limit";
   const bool leased = what == "hit_leased_credits";
   const bool all = what == "hit_all_features";
-  if (!hit && !not_found && !wrong_secret && !limited && !leased && !all &&
-      what != "sqlite_cold") {
+  if (!hit && !not_found && !wrong_secret && !limited && !leased && !all && what != "sqlite_cold") {
     std::fprintf(stderr,
                  "apikeys_bench: --profile=hit|hit_stats|hit_one_rate_limit|hit_leased_credits|"
                  "hit_all_features|sqlite_cold|sqlite_not_found|sqlite_wrong_secret\n");

@@ -148,9 +148,10 @@ void paired_target(const char* name, const char* what, double limit, Path&& path
     ratios.push_back(ns[1] / ns[0]);
   }
   const double ratio = median_of(ratios);
-  std::printf("%s: median %.0f ns; floor: median %.0f ns (%d pairs of %d-call blocks; the ratio "
-              "is the median of the pairs')\n",
-              what, median_of(path_ns), median_of(floor_ns), kPairs, kBlock);
+  std::printf(
+      "%s: median %.0f ns; floor: median %.0f ns (%d pairs of %d-call blocks; the ratio "
+      "is the median of the pairs')\n",
+      what, median_of(path_ns), median_of(floor_ns), kPairs, kBlock);
   std::printf("TARGET %s ratio=%.3f limit=%g %s\n", name, ratio, limit,
               ok && ratio <= limit ? "PASS" : "FAIL");
   std::fflush(stdout);
@@ -201,8 +202,8 @@ class RedisAdmission {
       return;
     }
     paired_target(
-        "redis_admission_vs_rtt", "redis admission", 1.2, [this] { admit(); },
-        [this] { get(); }, ok_);
+        "redis_admission_vs_rtt", "redis admission", 1.2, [this] { admit(); }, [this] { get(); },
+        ok_);
   }
 
  private:
@@ -397,8 +398,10 @@ int main(int argc, char** argv) {
   // (binary results), and a Redis hit without the in-process tier against a hiredis GET
   // of a verdict-sized value, each on the same server.
   if (pg_cold && pg_floor != nullptr && PQstatus(pg_floor) == CONNECTION_OK) {
-    const std::string point = "SELECT key_id, account_id, digest, pepper_id, status, expires_at "
-                              "FROM \"" + schema + "\".apikeys_keys WHERE public_key = $1";
+    const std::string point =
+        "SELECT key_id, account_id, digest, pepper_id, status, expires_at "
+        "FROM \"" +
+        schema + "\".apikeys_keys WHERE public_key = $1";
     PGresult* prepared = PQprepare(pg_floor, "apikeys_bench_point", point.c_str(), 1, nullptr);
     const bool ready = PQresultStatus(prepared) == PGRES_COMMAND_OK;
     if (!ready) std::fprintf(stderr, "apikeys_bench_servers: %s", PQerrorMessage(pg_floor));
@@ -430,8 +433,8 @@ int main(int argc, char** argv) {
   if (redis_hit && redis_floor != nullptr && redis_floor->err == 0) {
     const std::string key = "apikeys-bench:" + std::to_string(::getpid()) + ":verdict";
     const std::string value(120, 'v');  // about a cached verdict's size
-    freeReplyObject(redisCommand(redis_floor, "SET %b %b", key.data(), key.size(), value.data(),
-                                 value.size()));
+    freeReplyObject(
+        redisCommand(redis_floor, "SET %b %b", key.data(), key.size(), value.data(), value.size()));
     bool ok = true;
     std::size_t path_i = 0;
     paired_target(
@@ -441,8 +444,8 @@ int main(int argc, char** argv) {
           if (!redis_hit->validate(k.public_key, k.secret).ok()) ok = false;
         },
         [&] {
-          auto* r = static_cast<redisReply*>(redisCommand(redis_floor, "GET %b", key.data(),
-                                                          key.size()));
+          auto* r =
+              static_cast<redisReply*>(redisCommand(redis_floor, "GET %b", key.data(), key.size()));
           if (r == nullptr || r->type != REDIS_REPLY_STRING) ok = false;
           if (r != nullptr) freeReplyObject(r);
         },

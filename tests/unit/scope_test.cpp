@@ -239,8 +239,7 @@ const char* reference_scope_error(std::string_view scope, bool wildcard_allowed)
 
 }  // namespace
 
-TEST_CASE("scope grammar: the checker agrees with the plain model on random strings",
-          "[scope]") {
+TEST_CASE("scope grammar: the checker agrees with the plain model on random strings", "[scope]") {
   // Every class of character the grammar tells apart, and bytes it never allows.
   const std::string alphabet = std::string("az09_-.:*A \x7f\x80\xff") + std::string(1, '\0');
   std::uint64_t state = 0x5c09e5;

@@ -73,8 +73,7 @@ TEST_CASE("Uuid::parse agrees with to_string() on every byte and refuses every n
   for (std::size_t i = 0; i < good.size(); ++i) {
     if (good[i] == '-') continue;
     for (int c = 0; c < 256; ++c) {
-      const bool digit =
-          (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+      const bool digit = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
       std::string text = good;
       text[i] = static_cast<char>(c);
       INFO("position " << i << ", byte " << c);
