@@ -30,10 +30,10 @@ constexpr UuidGroup kUuidGroups[5] = {{0, 0, 4}, {9, 4, 2}, {14, 6, 2}, {19, 8, 
 constexpr std::array<std::uint8_t, 256> kHexValues = [] {
   std::array<std::uint8_t, 256> t{};
   for (std::uint8_t& v : t) v = 0xFF;
-  for (int c = 0; c < 10; ++c) t[static_cast<std::size_t>('0' + c)] = static_cast<std::uint8_t>(c);
-  for (int c = 0; c < 6; ++c) {
-    t[static_cast<std::size_t>('a' + c)] = static_cast<std::uint8_t>(10 + c);
-    t[static_cast<std::size_t>('A' + c)] = static_cast<std::uint8_t>(10 + c);
+  for (std::size_t c = 0; c < 10; ++c) t['0' + c] = static_cast<std::uint8_t>(c);
+  for (std::size_t c = 0; c < 6; ++c) {
+    t['a' + c] = static_cast<std::uint8_t>(10 + c);
+    t['A' + c] = static_cast<std::uint8_t>(10 + c);
   }
   return t;
 }();
