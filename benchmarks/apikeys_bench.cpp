@@ -282,6 +282,16 @@ bool sqlite_floor_select(const Floors& f, std::string_view pk, std::uint64_t& si
   return found;
 }
 
+// The rate limit of the admission benchmarks: as many requests a second as a limit may
+// allow, so it never refuses one.
+apikeys::RateLimit never_refusing_limit() {
+  apikeys::RateLimit l;
+  l.name = "requests";
+  l.limit = apikeys::KeyPolicyLimits::kMaxRateLimitValue;
+  l.period = std::chrono::seconds(1);
+  return l;
+}
+
 struct World {
   const Config& cfg;
   ab::TempDir tmp;
@@ -523,10 +533,7 @@ void World::build_policy_hits() {
 
 // Admission on the hit path (BENCHMARKS.md, "Rate limits and credits on the hit path").
 void World::build_admission_hits() {
-  apikeys::RateLimit never_refuses;
-  never_refuses.name = "requests";
-  never_refuses.limit = apikeys::KeyPolicyLimits::kMaxRateLimitValue;
-  never_refuses.period = std::chrono::seconds(1);
+  const apikeys::RateLimit never_refuses = never_refusing_limit();
   apikeys::Credits huge;
   huge.remaining = apikeys::KeyPolicyLimits::kMaxCredits;
   limited_store = std::make_shared<apikeys::MemoryStore>();
@@ -1462,10 +1469,7 @@ std::vector<Target> targets(const Results& r) {
 // The validator of validate/hit_all_features (World::build_admission_hits()) over `keys`.
 std::unique_ptr<apikeys::Validator> all_features_profile_validator(
     const ab::KeySet& keys, std::shared_ptr<apikeys::HmacSha256Hasher> hasher) {
-  apikeys::RateLimit never_refuses;
-  never_refuses.name = "requests";
-  never_refuses.limit = apikeys::KeyPolicyLimits::kMaxRateLimitValue;
-  never_refuses.period = std::chrono::seconds(1);
+  const apikeys::RateLimit never_refuses = never_refusing_limit();
   auto store = std::make_shared<apikeys::MemoryStore>();
   const std::vector<apikeys::Digest> digests = ab::digests_of(keys, *hasher);
   for (std::size_t i = 0; i < keys.size; ++i) {
@@ -1485,10 +1489,7 @@ std::unique_ptr<apikeys::Validator> all_features_profile_validator(
 // credits when `credits`), with the validator over it, warmed up.
 std::unique_ptr<apikeys::Validator> admission_profile_validator(
     const ab::KeySet& keys, std::shared_ptr<apikeys::HmacSha256Hasher> hasher, bool credits) {
-  apikeys::RateLimit never_refuses;
-  never_refuses.name = "requests";
-  never_refuses.limit = apikeys::KeyPolicyLimits::kMaxRateLimitValue;
-  never_refuses.period = std::chrono::seconds(1);
+  const apikeys::RateLimit never_refuses = never_refusing_limit();
   auto store = std::make_shared<apikeys::MemoryStore>();
   const std::vector<apikeys::Digest> digests = ab::digests_of(keys, *hasher);
   for (std::size_t i = 0; i < keys.size; ++i) {
