@@ -15,9 +15,10 @@ class SystemClock final : public Clock {
 #if defined(__linux__) && defined(CLOCK_REALTIME_COARSE)
   SystemClock() noexcept {
     timespec res{};
-    // The kernel tick. Unknown (no coarse clock): coarse_now() is now().
+    // Two kernel ticks: the reading lags by up to one, and a tick handled late adds to
+    // that. Unknown (no coarse clock): coarse_now() is now().
     if (clock_getres(CLOCK_REALTIME_COARSE, &res) == 0 && res.tv_sec == 0 && res.tv_nsec > 0) {
-      resolution_ = std::chrono::nanoseconds(res.tv_nsec);
+      resolution_ = 2 * std::chrono::nanoseconds(res.tv_nsec);
     }
   }
 

@@ -368,10 +368,11 @@ struct alignas(64) Shard {
   std::size_t evict_cursor APIKEYS_GUARDED_BY(mu) = 0;
 };
 
-// now + ttl without overflow: a TTL of milliseconds::max() means "until evicted".
+// now + ttl (ttl > 0) without overflow: a TTL of milliseconds::max() means "until
+// evicted". A time before 1970 cannot overflow (and max - now would).
 std::int64_t expiry(std::int64_t now, std::chrono::milliseconds ttl) noexcept {
   const std::int64_t t = ttl.count();
-  return t > std::numeric_limits<std::int64_t>::max() - now
+  return now > 0 && t > std::numeric_limits<std::int64_t>::max() - now
              ? std::numeric_limits<std::int64_t>::max()
              : now + t;
 }
@@ -425,15 +426,15 @@ struct MemoryCache::Impl {
     return w.shard.stripes[w.stripe].load(std::memory_order_acquire) +
            epoch.load(std::memory_order_acquire);
   }
-  // The clock is read coarsely (Clock::coarse_now(): on a hit, a few ns rather than a few
-  // tens), which trails the time by up to `lag_ms`. So a deadline is set from the
-  // earliest the time may be (never later than now() + ttl) and an entry answers only
-  // while its deadline is past the latest the time may be: never after its TTL.
-  std::int64_t lag_ms = 0;  // coarse_resolution(), rounded up, plus 1 for the ms cut
-  [[nodiscard]] std::int64_t earliest_ms() const noexcept {
-    return to_unix_millis(clock->coarse_now());
+  // A hit reads the clock coarsely (Clock::coarse_now(): a few ns rather than a few tens),
+  // which trails the time by up to `lag_ms`; so an entry answers only while its
+  // deadline is past the latest the time may be (a deadline is whole milliseconds and
+  // the reading's are cut down, so the lag rounded up is enough). A put, on the miss
+  // path, sets the deadline from a full reading: a TTL is cut by at most `lag_ms`.
+  std::int64_t lag_ms = 0;  // coarse_resolution(), rounded up to milliseconds
+  [[nodiscard]] std::int64_t latest_ms() const noexcept {
+    return to_unix_millis(clock->coarse_now()) + lag_ms;
   }
-  [[nodiscard]] std::int64_t latest_ms() const noexcept { return earliest_ms() + lag_ms; }
 
   // REQUIRES: the table holds an entry other than `keep`. Samples a few buckets from a
   // rotating cursor; evicts an expired entry if one turns up, else the first seen, never
@@ -469,9 +470,7 @@ struct MemoryCache::Impl {
 MemoryCache::MemoryCache(MemoryCacheOptions options) : impl_(std::make_unique<Impl>()) {
   impl_->clock = options.clock ? std::move(options.clock) : system_clock();
   const std::chrono::nanoseconds lag = impl_->clock->coarse_resolution();
-  if (lag.count() > 0) {
-    impl_->lag_ms = std::chrono::ceil<std::chrono::milliseconds>(lag).count() + 1;
-  }
+  if (lag.count() > 0) impl_->lag_ms = std::chrono::ceil<std::chrono::milliseconds>(lag).count();
   const std::size_t capacity =
       std::clamp<std::size_t>(options.capacity, 1, MemoryCacheOptions::kMaxCapacity);
   const std::size_t n =
@@ -521,9 +520,12 @@ void MemoryCache::put(std::string_view public_key, const Digest& presented, cons
   const InlineKey key(public_key, w.hash);
   // Built, and its block written, outside the lock; the deadline is taken from a clock
   // read before it, so it is never later than one taken under the lock would be.
-  const std::int64_t earliest = impl_->earliest_ms();
-  const std::int64_t now = earliest + impl_->lag_ms;  // the latest it may be
-  NodePtr fresh = make_node(key, deadline(earliest, ttl, verdict), presented, verdict);
+  const std::int64_t due = deadline(to_unix_millis(impl_->clock->now()), ttl, verdict);
+  const std::int64_t now = impl_->latest_ms();  // as get() judges it
+  // Dead on arrival (a TTL within the clock's lag, a key about to expire): no get would
+  // answer it, and storing it could evict entries that would.
+  if (due <= now) return;
+  NodePtr fresh = make_node(key, due, presented, verdict);
   const std::size_t add = Table::charge(fresh->slot);
   NodePtr old;  // a replaced node: declared before the lock, so freed after it
   detail::MutexLock lock(w.shard.mu);

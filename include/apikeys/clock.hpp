@@ -25,9 +25,10 @@ class APIKEYS_EXPORT Clock {
   /// The current time. Must not throw.
   [[nodiscard]] virtual TimePoint now() const noexcept = 0;
 
-  /// A cheaper reading, for deadlines that tolerate a lag: MemoryCache's TTLs and the
-  /// last-use throttle read it on every cache hit. Never ahead of now(), and behind it
-  /// by at most coarse_resolution(). Must not throw. Default: now().
+  /// A cheaper reading, for deadlines that tolerate a lag: MemoryCache's TTL check and
+  /// the last-use note of a plain cache hit read it. Never ahead of now(), and behind it
+  /// by at most coarse_resolution() (see system_clock() for when it may trail further).
+  /// Must not throw. Default: now().
   [[nodiscard]] virtual TimePoint coarse_now() const noexcept { return now(); }
 
   /// How far coarse_now() may trail now(). Default: zero (coarse_now() is now()).
@@ -37,9 +38,12 @@ class APIKEYS_EXPORT Clock {
 };
 
 /// The process-wide system clock (std::chrono::system_clock). On Linux its coarse_now()
-/// reads CLOCK_REALTIME_COARSE, the time at the kernel's last tick: about 5 ns against
-/// 20 to 25 for a full reading on a virtual machine, and behind it by at most one tick
-/// (coarse_resolution(), from clock_getres(): 1 to 10 ms). Elsewhere it is now().
+/// reads CLOCK_REALTIME_COARSE, the time as of the kernel's last tick: about 5 ns against
+/// 20 to 25 for a full reading on a virtual machine. It normally trails by less than one
+/// tick (clock_getres(): 1 to 10 ms), and a tick handled late by more: 5.6 ms was seen
+/// with 4 ms ticks. coarse_resolution() reports two ticks. A tick later still (a virtual
+/// CPU kept off its core for longer) lets the reading trail by that much more, and a
+/// MemoryCache entry answer by as much past its TTL. Elsewhere coarse_now() is now().
 [[nodiscard]] APIKEYS_EXPORT std::shared_ptr<Clock> system_clock();
 
 /// A clock that only moves when told to. Thread-safe (atomic).

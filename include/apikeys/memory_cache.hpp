@@ -40,10 +40,12 @@ struct MemoryCacheOptions {
   /// 16 KiB rounded down to a power of two (at least 1), so that a shard's share of
   /// max_bytes holds the largest verdict the Validator stores. Default 64.
   std::size_t shards = 64;
-  /// Source of time for TTLs, read through Clock::coarse_now() (one reading per get()):
-  /// an entry answers only while its deadline is past the latest time that reading may
-  /// trail, so a coarse clock shortens a TTL by up to its resolution and never stretches
-  /// it. Default (null): the system clock.
+  /// Source of time for TTLs. get() reads Clock::coarse_now() and answers only while an
+  /// entry's deadline is past the latest time that reading may trail
+  /// (coarse_resolution()); put() sets the deadline from now(). So a coarse clock cuts
+  /// a TTL by up to its resolution (a TTL that short is not stored) and does not
+  /// stretch one (see system_clock() for a kernel tick handled late). Default (null):
+  /// the system clock.
   std::shared_ptr<Clock> clock;
 };
 

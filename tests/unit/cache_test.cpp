@@ -156,6 +156,18 @@ TEST_CASE("MemoryCache: TTL expiry on the injected clock", "[cache]") {
     f.clock->advance(std::chrono::hours(24 * 365 * 100));
     CHECK(f.cache->get(key, d).has_value());
   }
+  SECTION("a clock before 1970 expires entries too") {
+    auto before_epoch = std::make_shared<apikeys::ManualClock>(
+        apikeys::from_unix_millis(-86'400'000));  // 1969-12-31
+    MemoryCacheOptions o;
+    o.clock = before_epoch;
+    MemoryCache cache(o);
+    cache.put(key, d, valid_verdict(1), milliseconds(1000), cache.fill_token(key));
+    before_epoch->advance(milliseconds(999));
+    CHECK(cache.get(key, d).has_value());
+    before_epoch->advance(milliseconds(1));
+    CHECK_FALSE(cache.get(key, d).has_value());
+  }
   SECTION("a new put after expiry is served again") {
     f.clock->advance(milliseconds(5000));
     f.fill(key, d, valid_verdict(1), milliseconds(10));
@@ -211,6 +223,23 @@ TEST_CASE("MemoryCache: a coarse clock never stretches a TTL", "[cache]") {
     clock->set(t0 + milliseconds(1000), kTick);
     CHECK_FALSE(cache.get(key, d).has_value());
   }
+  SECTION("a put whose coarse reading lags still keeps the TTL, less the resolution") {
+    cache.erase(key);
+    clock->set(t0, kTick);  // the deadline comes from the full reading, t0 + 1000 ms
+    cache.put(key, d, valid_verdict(1), milliseconds(1000), cache.fill_token(key));
+    clock->set(t0 + milliseconds(995), milliseconds(0));
+    CHECK(cache.get(key, d).has_value());
+    clock->set(t0 + milliseconds(996), milliseconds(0));
+    CHECK_FALSE(cache.get(key, d).has_value());
+  }
+  SECTION("a TTL within the resolution is not stored: no get could answer it") {
+    cache.erase(key);
+    cache.put(key, d, valid_verdict(1), kTick, cache.fill_token(key));
+    CHECK(cache.size() == 0);
+    cache.put(key, d, valid_verdict(1), kTick + milliseconds(1), cache.fill_token(key));
+    CHECK(cache.size() == 1);
+    CHECK(cache.get(key, d).has_value());
+  }
   SECTION("from the TTL on, it misses at every lag up to the resolution") {
     for (int past = 0; past <= 5; ++past) {
       for (int lag = 0; lag <= 4; ++lag) {
@@ -224,19 +253,27 @@ TEST_CASE("MemoryCache: a coarse clock never stretches a TTL", "[cache]") {
   }
 }
 
-TEST_CASE("The system clock's coarse reading is never ahead and trails by at most a tick",
+TEST_CASE("The system clock's coarse reading is never ahead and trails within its resolution",
           "[clock]") {
   const std::shared_ptr<apikeys::Clock> clock = apikeys::system_clock();
   const std::chrono::nanoseconds resolution = clock->coarse_resolution();
-  CHECK(resolution >= std::chrono::nanoseconds(0));
+#if defined(__linux__)
+  CHECK(resolution > std::chrono::nanoseconds(0));  // CLOCK_REALTIME_COARSE is used
+#endif
   CHECK(resolution < std::chrono::seconds(1));
-  for (int i = 0; i < 1000; ++i) {
+  constexpr int kSamples = 2000;
+  int trailing_further = 0;
+  for (int i = 0; i < kSamples; ++i) {
+    const apikeys::TimePoint before = clock->now();
     const apikeys::TimePoint coarse = clock->coarse_now();
-    const apikeys::TimePoint full = clock->now();
-    REQUIRE(coarse <= full);
-    // A preemption between the two reads adds to the gap: a generous margin for it.
-    REQUIRE(full - coarse <= resolution + std::chrono::milliseconds(250));
+    const apikeys::TimePoint after = clock->now();
+    REQUIRE(coarse <= after);
+    // `before` is no later than the time the coarse reading was taken, so this gap is
+    // at most the reading's lag. A tick handled late (a virtual CPU off its core) may
+    // exceed the resolution, as the header says: rarely.
+    if (before - coarse > resolution) ++trailing_further;
   }
+  CHECK(trailing_further <= kSamples / 100);
 }
 
 TEST_CASE("A ManualClock's coarse reading is its reading", "[clock]") {
