@@ -29,8 +29,9 @@ struct SqliteStoreOptions {
   /// its build's SQLITE_MAX_MMAP_SIZE (just under 2 GiB by default). Reads past the
   /// mapped part go through read() and the page cache above. Mapping costs address
   /// space, not memory: pages come in as they are read, and are the kernel's page cache.
-  /// Default 2 GiB (a cold find() at 10,000,000 keys took 7.6 µs instead of 10.7 with
-  /// 256 MiB; BENCHMARKS.md).
+  /// Each connection (the writer and every reader) maps its own: lower it where address
+  /// space is short (a 32-bit process, `ulimit -v`). Default 2 GiB (a cold find() at
+  /// 10,000,000 keys took 7.6 µs instead of 10.7 with 256 MiB; BENCHMARKS.md).
   std::size_t mmap_size = std::size_t{2} * 1024 * 1024 * 1024;
   /// synchronous=FULL when true (every commit survives power loss), NORMAL when false
   /// (WAL keeps the file consistent; the last commits may be lost on power loss, never
