@@ -47,7 +47,7 @@ class LastUseTracker {
 
   // The cache-hit form: the key's set is fetched while the clock is read (the set is a
   // random line of the filter, often not in a near cache). Read coarsely: a last use is
-  // kept to the throttle interval, so a time up to a tick behind costs nothing, and the
+  // kept to the throttle interval, so a time a tick or two behind costs nothing, and the
   // full reading was a tenth of a hit.
   void note(const Uuid& key_id, const Clock& clock) {
     const Where w = where(key_id);

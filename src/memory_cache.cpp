@@ -520,7 +520,10 @@ void MemoryCache::put(std::string_view public_key, const Digest& presented, cons
   const InlineKey key(public_key, w.hash);
   // Built, and its block written, outside the lock; the deadline is taken from a clock
   // read before it, so it is never later than one taken under the lock would be.
-  const std::int64_t due = deadline(to_unix_millis(impl_->clock->now()), ttl, verdict);
+  // Rounded down (to_unix_millis() rounds a time before 1970 up): never a later deadline.
+  const std::int64_t full_ms =
+      std::chrono::floor<std::chrono::milliseconds>(impl_->clock->now().time_since_epoch()).count();
+  const std::int64_t due = deadline(full_ms, ttl, verdict);
   const std::int64_t now = impl_->latest_ms();  // as get() judges it
   // Dead on arrival (a TTL within the clock's lag, a key about to expire): no get would
   // answer it, and storing it could evict entries that would.
