@@ -328,11 +328,8 @@ struct World {
   std::unique_ptr<apikeys::Validator> hit_limited;
   std::shared_ptr<apikeys::MemoryStore> leased_store;
   std::unique_ptr<apikeys::Validator> hit_leased;
-  // Every hit-path feature at once: the hit keys with the 5 granted scopes and the rate
-  // limit, presented with the 3-scope requirement, Stats attached, and two formats
-  // accepted (branded first, the keys' own second, as while a new format rolls out).
-  std::shared_ptr<apikeys::MemoryStore> all_features_store;
-  std::shared_ptr<apikeys::Stats> all_features_stats;
+  // Every hit-path feature at once (all_features_validator()), presented with the
+  // 3-scope requirement.
   std::unique_ptr<apikeys::Validator> hit_all_features;
   std::unique_ptr<apikeys::Validator> memory_cold;
   // format = KeyFormat::branded(kBrand), also_accept = {KeyFormat{}}, on `memory`.
@@ -382,6 +379,27 @@ apikeys::ValidatorOptions hit_options(std::shared_ptr<apikeys::MemoryCache> cach
   o.cache = std::move(cache);
   o.ttl_valid = kLongTtl;
   return o;
+}
+
+// Every hit-path feature at once: keys [0, count) with the 5 granted scopes and the rate
+// limit in a MemoryStore and a cache of their own, Stats attached, and two formats
+// accepted (branded first, the keys' own second, as while a new format rolls out).
+std::unique_ptr<apikeys::Validator> all_features_validator(
+    const ab::KeySet& keys, std::size_t count, const std::vector<apikeys::Digest>& digests,
+    std::shared_ptr<apikeys::HmacSha256Hasher> hasher) {
+  const apikeys::RateLimit never_refuses = never_refusing_limit();
+  auto store = std::make_shared<apikeys::MemoryStore>();
+  for (std::size_t i = 0; i < count; ++i) {
+    apikeys::KeyRecord r = ab::record_of(keys, i, digests[i], false);
+    r.info.scopes = kGrantedScopes;
+    r.info.rate_limits = {never_refuses};
+    store->insert(std::move(r));
+  }
+  apikeys::ValidatorOptions o = hit_options(std::make_shared<apikeys::MemoryCache>());
+  o.observers = {std::make_shared<apikeys::Stats>()};
+  o.format = apikeys::KeyFormat::branded(kBrand);
+  o.also_accept = {apikeys::KeyFormat{}};
+  return std::make_unique<apikeys::Validator>(store, std::move(hasher), o);
 }
 
 void expect(bool ok, const std::string& what) {
@@ -547,19 +565,7 @@ void World::build_admission_hits() {
   }
   hit_limited = std::make_unique<apikeys::Validator>(
       limited_store, hasher, hit_options(std::make_shared<apikeys::MemoryCache>()));
-  all_features_store = std::make_shared<apikeys::MemoryStore>();
-  for (std::size_t i = 0; i < hit_count; ++i) {
-    apikeys::KeyRecord r = ab::record_of(keys, i, digests[i], false);
-    r.info.scopes = kGrantedScopes;
-    r.info.rate_limits = {never_refuses};
-    all_features_store->insert(std::move(r));
-  }
-  all_features_stats = std::make_shared<apikeys::Stats>();
-  auto all = hit_options(std::make_shared<apikeys::MemoryCache>());
-  all.observers = {all_features_stats};
-  all.format = apikeys::KeyFormat::branded(kBrand);
-  all.also_accept = {apikeys::KeyFormat{}};
-  hit_all_features = std::make_unique<apikeys::Validator>(all_features_store, hasher, all);
+  hit_all_features = all_features_validator(keys, hit_count, digests, hasher);
   apikeys::MemoryLimiterOptions lo;
   lo.lease_size = 1000;
   auto leased = hit_options(std::make_shared<apikeys::MemoryCache>());
@@ -1475,25 +1481,6 @@ std::vector<Target> targets(const Results& r) {
   return as_expected;
 }
 
-// The validator of validate/hit_all_features (World::build_admission_hits()) over `keys`.
-std::unique_ptr<apikeys::Validator> all_features_profile_validator(
-    const ab::KeySet& keys, std::shared_ptr<apikeys::HmacSha256Hasher> hasher) {
-  const apikeys::RateLimit never_refuses = never_refusing_limit();
-  auto store = std::make_shared<apikeys::MemoryStore>();
-  const std::vector<apikeys::Digest> digests = ab::digests_of(keys, *hasher);
-  for (std::size_t i = 0; i < keys.size; ++i) {
-    apikeys::KeyRecord r = ab::record_of(keys, i, digests[i], false);
-    r.info.scopes = kGrantedScopes;
-    r.info.rate_limits = {never_refuses};
-    store->insert(std::move(r));
-  }
-  apikeys::ValidatorOptions o = hit_options(std::make_shared<apikeys::MemoryCache>());
-  o.observers = {std::make_shared<apikeys::Stats>()};
-  o.format = apikeys::KeyFormat::branded(kBrand);
-  o.also_accept = {apikeys::KeyFormat{}};
-  return std::make_unique<apikeys::Validator>(store, std::move(hasher), o);
-}
-
 // A MemoryStore of `keys` as build_admission_hits() makes them (one rate limit; and
 // credits when `credits`), with the validator over it, warmed up.
 std::unique_ptr<apikeys::Validator> admission_profile_validator(
@@ -1544,7 +1531,7 @@ int profile(const std::string& what, std::size_t calls, bool reuse) {
   if (limited || leased) {
     v = admission_profile_validator(keys, hasher, leased);
   } else if (all) {
-    v = all_features_profile_validator(keys, hasher);
+    v = all_features_validator(keys, keys.size, ab::digests_of(keys, *hasher), hasher);
   } else {
     const std::string path = tmp.file("profile.db");
     ab::bulk_load_sqlite(path, keys, *hasher, kKeys);
