@@ -167,7 +167,7 @@ class RedisAdmission {
     timeval tv{2, 0};
     c_ = redisConnectWithTimeout(host.c_str(), port, tv);
     if (c_ == nullptr || c_->err != 0) {
-      failed_ = true;
+      ok_ = false;
       return;
     }
     freeReplyObject(redisCommand(c_, "SET %b 1", get_key_.data(), get_key_.size()));
@@ -180,11 +180,11 @@ class RedisAdmission {
     req_.limit_count = 1;
     benchmark::RegisterBenchmark("admission/redis-limiter", [this](benchmark::State& s) {
       for (auto _ : s) admit();
-      if (failed_) s.SkipWithError("an admission failed");
+      if (!ok_) s.SkipWithError("an admission failed");
     })->UseRealTime();
     benchmark::RegisterBenchmark("floor/redis-get", [this](benchmark::State& s) {
       for (auto _ : s) get();
-      if (failed_) s.SkipWithError("GET failed");
+      if (!ok_) s.SkipWithError("GET failed");
     })->UseRealTime();
   }
   ~RedisAdmission() {
@@ -218,23 +218,19 @@ class RedisAdmission {
   }
   void admit() {
     try {
-      if (limiter_.admit(req_).outcome != apikeys::AdmissionOutcome::admitted) fail();
+      if (limiter_.admit(req_).outcome != apikeys::AdmissionOutcome::admitted) ok_ = false;
     } catch (...) {
-      fail();
+      ok_ = false;
     }
   }
   void get() {
     auto* r =
         static_cast<redisReply*>(redisCommand(c_, "GET %b", get_key_.data(), get_key_.size()));
     if (r == nullptr) {
-      fail();
+      ok_ = false;
       return;
     }
     freeReplyObject(r);
-  }
-  void fail() noexcept {
-    failed_ = true;
-    ok_ = false;
   }
 
   std::string get_key_;
@@ -242,8 +238,7 @@ class RedisAdmission {
   redisContext* c_ = nullptr;
   apikeys::RateLimit limit_;
   apikeys::AdmissionRequest req_;
-  bool failed_ = false;
-  bool ok_ = true;  // !failed_, for paired_target()
+  bool ok_ = true;  // false once a call failed
 };
 
 std::optional<std::string> env(const char* name) {
