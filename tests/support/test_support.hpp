@@ -1,12 +1,13 @@
 // Shared helpers for the apikeys tests: a temporary directory (TempDir, from
-// temp_dir.hpp), a fixed pepper and account ids, and a KeyManager wired to in-memory
-// parts with a ManualClock.
+// temp_dir.hpp), a fixed pepper and account ids, a KeyManager wired to in-memory parts
+// with a ManualClock, and a clock whose coarse reading lags.
 // Thread-safety: helpers are plain functions and values; TempDir is not shared.
 // Ownership: TempDir removes its directory (recursively) when it dies.
 #ifndef APIKEYS_TESTS_TEST_SUPPORT_HPP
 #define APIKEYS_TESTS_TEST_SUPPORT_HPP
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -41,6 +42,34 @@ inline constexpr std::string_view kTestPepper2 = "apikeys-test-pepper-2-fedcba98
 inline constexpr std::int64_t kTestStartMillis = 1'735'689'600'000;
 
 inline apikeys::TimePoint test_start() { return apikeys::from_unix_millis(kTestStartMillis); }
+
+/// A ManualClock whose coarse reading trails it by a lag the test sets, within
+/// `resolution`: what the system clock's CLOCK_REALTIME_COARSE does between kernel ticks.
+/// Thread-safe (atomics), so a validator's background threads may read it.
+class LaggingClock final : public apikeys::Clock {
+ public:
+  LaggingClock(apikeys::TimePoint start, std::chrono::milliseconds resolution)
+      : full_(start), resolution_(resolution) {}
+  [[nodiscard]] apikeys::TimePoint now() const noexcept override { return full_.now(); }
+  [[nodiscard]] apikeys::TimePoint coarse_now() const noexcept override {
+    return full_.now() - std::chrono::milliseconds(lag_ms_.load());
+  }
+  [[nodiscard]] std::chrono::nanoseconds coarse_resolution() const noexcept override {
+    return resolution_;
+  }
+  /// The full reading becomes `t`, the coarse one `t - lag`.
+  void set(apikeys::TimePoint t, std::chrono::milliseconds lag) noexcept {
+    full_.set(t);
+    lag_ms_.store(lag.count());
+  }
+  /// Moves both readings by `d`.
+  void advance(std::chrono::milliseconds d) noexcept { full_.advance(d); }
+
+ private:
+  apikeys::ManualClock full_;
+  std::atomic<std::int64_t> lag_ms_{0};
+  std::chrono::milliseconds resolution_;
+};
 
 /// A fixed, recognisable account id: 00000000-0000-4000-8000-0000000000NN.
 inline apikeys::Uuid account_id(std::uint8_t n) {

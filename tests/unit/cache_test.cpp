@@ -178,37 +178,10 @@ TEST_CASE("MemoryCache: TTL expiry on the injected clock", "[cache]") {
   }
 }
 
-namespace {
-
-// A clock whose coarse reading trails its full one by a set lag, within a set resolution:
-// what the system clock's CLOCK_REALTIME_COARSE does between two kernel ticks.
-class LaggingClock final : public apikeys::Clock {
- public:
-  LaggingClock(apikeys::TimePoint start, milliseconds resolution)
-      : now_(start), resolution_(resolution) {}
-  [[nodiscard]] apikeys::TimePoint now() const noexcept override { return now_; }
-  [[nodiscard]] apikeys::TimePoint coarse_now() const noexcept override { return now_ - lag_; }
-  [[nodiscard]] std::chrono::nanoseconds coarse_resolution() const noexcept override {
-    return resolution_;
-  }
-  // Not thread-safe: one test thread moves it.
-  void set(apikeys::TimePoint t, milliseconds lag) {
-    now_ = t;
-    lag_ = lag;
-  }
-
- private:
-  apikeys::TimePoint now_;
-  milliseconds lag_{0};
-  milliseconds resolution_;
-};
-
-}  // namespace
-
 TEST_CASE("MemoryCache: a coarse clock never stretches a TTL", "[cache]") {
   const apikeys::TimePoint t0 = apikeys::from_unix_millis(1'700'000'000'000);
   constexpr milliseconds kTick(4);
-  auto clock = std::make_shared<LaggingClock>(t0, kTick);
+  auto clock = std::make_shared<apikeys_test::LaggingClock>(t0, kTick);
   MemoryCacheOptions o;
   o.clock = clock;
   MemoryCache cache(o);

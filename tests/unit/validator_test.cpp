@@ -536,33 +536,11 @@ TEST_CASE("last use is written once per interval, off the caller, and flushed",
   CHECK(f.store->last_use_entries.load() == 2);
 }
 
-namespace {
-
-// A ManualClock whose coarse reading trails its full one by `lag` (resolution `lag`).
-class CoarseLagClock final : public apikeys::Clock {
- public:
-  CoarseLagClock(apikeys::TimePoint start, std::chrono::milliseconds lag)
-      : full_(start), lag_(lag) {}
-  [[nodiscard]] apikeys::TimePoint now() const noexcept override { return full_.now(); }
-  [[nodiscard]] apikeys::TimePoint coarse_now() const noexcept override {
-    return full_.now() - lag_;
-  }
-  [[nodiscard]] std::chrono::nanoseconds coarse_resolution() const noexcept override {
-    return lag_;
-  }
-  void advance(std::chrono::milliseconds d) noexcept { full_.advance(d); }
-
- private:
-  ManualClock full_;
-  std::chrono::milliseconds lag_;
-};
-
-}  // namespace
-
 TEST_CASE("a cache hit records its last use from the coarse reading, never ahead of it",
           "[validator][last_use]") {
   constexpr std::chrono::milliseconds kLag(3);
-  auto clock = std::make_shared<CoarseLagClock>(apikeys_test::test_start(), kLag);
+  auto clock = std::make_shared<apikeys_test::LaggingClock>(apikeys_test::test_start(), kLag);
+  clock->set(apikeys_test::test_start(), kLag);
   auto store = std::make_shared<InstrumentedStore>();
   KeyManagerOptions o;
   o.validation.clock = clock;
