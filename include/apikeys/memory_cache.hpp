@@ -44,18 +44,17 @@ struct MemoryCacheOptions {
   /// entry's deadline is past the latest time that reading may trail
   /// (coarse_resolution()); put() sets the deadline from now(). So a coarse clock cuts
   /// a TTL by up to its resolution, rounded up to milliseconds (a TTL that short is not
-  /// stored), and does not
-  /// stretch one (see system_clock() for a kernel tick handled late). Default (null):
-  /// the system clock.
+  /// stored), and does not stretch one (see system_clock() for a kernel tick handled
+  /// late). Default (null): the system clock.
   std::shared_ptr<Clock> clock;
 };
 
 /// One verdict slot per public key: a later put() replaces it, except that a put whose
 /// entry could not answer (a TTL within the clock's coarse resolution) stores nothing,
-/// and a negative verdict for another secret never displaces a `valid` one (so guessing secrets for
-/// a known public key cannot push its owner off the cache). get() returns the whole Verdict that
-/// put() stored: scopes in their order, metadata byte for byte, has_policy, rate limits,
-/// has_credits, has_admission and the lineage.
+/// and a negative verdict for another secret never displaces a `valid` one (so guessing
+/// secrets for a known public key cannot push its owner off the cache). get() returns
+/// the whole Verdict that put() stored: scopes in their order, metadata byte for byte,
+/// has_policy, rate limits, has_credits, has_admission and the lineage.
 ///
 /// Bytes per entry: kEntryBytes, plus, for a verdict with scopes, metadata or rate
 /// limits (or the lineage of a rotated key), a block allocated with the entry's node:
