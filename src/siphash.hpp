@@ -1,5 +1,5 @@
-// Private: SipHash (Aumasson and Bernstein), a keyed 64-bit hash, and SipHasher, its
-// 1-3 variant under a per-instance random key, for hash tables whose keys an attacker
+// Private: SipHash (Aumasson and Bernstein), a keyed hash with a 64-bit or a 128-bit
+// tag, and SipHasher, its 1-3 variant under a per-instance random key, for hash tables whose keys an attacker
 // chooses (public keys presented to validate). std::hash is unkeyed, so a flood of
 // colliding keys could turn a table into a list; a secret key prevents that.
 // Thread-safety: siphash() is a pure function; a SipHasher is immutable once built, so
@@ -46,6 +46,31 @@ inline std::uint64_t load_le64(const unsigned char* p) noexcept {
   return m;
 }
 
+// The state after SipHash-C-D's compression of `data` (its length block included),
+// from v1 set up for a 64-bit tag or, with `wide`, a 128-bit one.
+template <int C>
+inline void absorb(std::uint64_t k0, std::uint64_t k1, std::string_view data, bool wide,
+                   std::uint64_t (&v)[4]) noexcept {
+  v[0] = 0x736f6d6570736575ULL ^ k0;
+  v[1] = 0x646f72616e646f6dULL ^ k1 ^ (wide ? 0xee : 0);
+  v[2] = 0x6c7967656e657261ULL ^ k0;
+  v[3] = 0x7465646279746573ULL ^ k1;
+  const auto* p = reinterpret_cast<const unsigned char*>(data.data());
+  const std::size_t n = data.size();
+  const std::size_t end = n - (n % 8);
+  for (std::size_t i = 0; i < end; i += 8) {
+    const std::uint64_t m = load_le64(p + i);
+    v[3] ^= m;
+    for (int r = 0; r < C; ++r) round(v[0], v[1], v[2], v[3]);
+    v[0] ^= m;
+  }
+  std::uint64_t b = static_cast<std::uint64_t>(n) << 56;
+  for (std::size_t i = 0; i < n % 8; ++i) b |= static_cast<std::uint64_t>(p[end + i]) << (8 * i);
+  v[3] ^= b;
+  for (int r = 0; r < C; ++r) round(v[0], v[1], v[2], v[3]);
+  v[0] ^= b;
+}
+
 }  // namespace sip
 
 // SipHash-C-D of `data` under the key whose 16 bytes, read as two little-endian words,
@@ -53,27 +78,37 @@ inline std::uint64_t load_le64(const unsigned char* p) noexcept {
 // variant hash tables use (Python, Rust).
 template <int C, int D>
 inline std::uint64_t siphash(std::uint64_t k0, std::uint64_t k1, std::string_view data) noexcept {
-  std::uint64_t v0 = 0x736f6d6570736575ULL ^ k0;
-  std::uint64_t v1 = 0x646f72616e646f6dULL ^ k1;
-  std::uint64_t v2 = 0x6c7967656e657261ULL ^ k0;
-  std::uint64_t v3 = 0x7465646279746573ULL ^ k1;
-  const auto* p = reinterpret_cast<const unsigned char*>(data.data());
-  const std::size_t n = data.size();
-  const std::size_t end = n - (n % 8);
-  for (std::size_t i = 0; i < end; i += 8) {
-    const std::uint64_t m = sip::load_le64(p + i);
-    v3 ^= m;
-    for (int r = 0; r < C; ++r) sip::round(v0, v1, v2, v3);
-    v0 ^= m;
+  std::uint64_t v[4];
+  sip::absorb<C>(k0, k1, data, false, v);
+  v[2] ^= 0xff;
+  for (int r = 0; r < D; ++r) sip::round(v[0], v[1], v[2], v[3]);
+  return v[0] ^ v[1] ^ v[2] ^ v[3];
+}
+
+// A 128-bit tag: `lo` is its first eight bytes read as a little-endian word, `hi` the
+// last eight.
+struct Sip128 {
+  std::uint64_t lo = 0;
+  std::uint64_t hi = 0;
+  friend bool operator==(const Sip128& a, const Sip128& b) noexcept {
+    return a.lo == b.lo && a.hi == b.hi;
   }
-  std::uint64_t b = static_cast<std::uint64_t>(n) << 56;
-  for (std::size_t i = 0; i < n % 8; ++i) b |= static_cast<std::uint64_t>(p[end + i]) << (8 * i);
-  v3 ^= b;
-  for (int r = 0; r < C; ++r) sip::round(v0, v1, v2, v3);
-  v0 ^= b;
-  v2 ^= 0xff;
-  for (int r = 0; r < D; ++r) sip::round(v0, v1, v2, v3);
-  return v0 ^ v1 ^ v2 ^ v3;
+};
+
+// SipHash-C-D with its 128-bit tag (the reference implementation's outlen 16): D more
+// rounds than the 64-bit tag for the second word.
+template <int C, int D>
+inline Sip128 siphash128(std::uint64_t k0, std::uint64_t k1, std::string_view data) noexcept {
+  std::uint64_t v[4];
+  sip::absorb<C>(k0, k1, data, true, v);
+  v[2] ^= 0xee;
+  for (int r = 0; r < D; ++r) sip::round(v[0], v[1], v[2], v[3]);
+  Sip128 tag;
+  tag.lo = v[0] ^ v[1] ^ v[2] ^ v[3];
+  v[1] ^= 0xdd;
+  for (int r = 0; r < D; ++r) sip::round(v[0], v[1], v[2], v[3]);
+  tag.hi = v[0] ^ v[1] ^ v[2] ^ v[3];
+  return tag;
 }
 
 // SipHash-1-3 under a key of its own.
@@ -86,6 +121,10 @@ class SipHasher {
 
   std::uint64_t operator()(std::string_view data) const noexcept {
     return siphash<1, 3>(k0_, k1_, data);
+  }
+  // The 128-bit tag, for tables that identify a key by its hash alone.
+  [[nodiscard]] Sip128 wide(std::string_view data) const noexcept {
+    return siphash128<1, 3>(k0_, k1_, data);
   }
 
  private:
