@@ -26,48 +26,45 @@ namespace {
 
 constexpr std::size_t kStripesPerShard = 64;
 
-// The public key, inline (no heap block per entry, no allocation per lookup), with its
-// SipHash computed once per call and reused by the table.
-struct InlineKey {
-  static constexpr std::size_t kMax = MemoryCache::kMaxPublicKeyLength;
-  std::uint64_t hash = 0;
-  std::uint8_t len = 0;
-  char data[kMax] = {};
-
-  InlineKey(std::string_view pk, std::uint64_t h) noexcept
-      : hash(h), len(static_cast<std::uint8_t>(pk.size())) {
-    std::memcpy(data, pk.data(), pk.size());
-  }
-  friend bool operator==(const InlineKey& a, const InlineKey& b) noexcept {
-    return a.hash == b.hash && a.len == b.len && std::memcmp(a.data, b.data, a.len) == 0;
-  }
-};
+// A public key's identity in the table: its 128-bit SipHash under the cache's random
+// key. Two public keys share an entry only if their tags collide, a chance of 2^-128
+// per pair under a key no caller sees (no tag leaves the cache), and even then an
+// entry answers only the exact digest of the secret it was stored with. `lo` also
+// picks the shard, the stripe and the bucket. Holding the tag rather than the key (up
+// to 55 characters) keeps a node at 104 bytes, and a lookup compares two words.
+using KeyId = detail::Sip128;
 
 // A verdict's scopes, metadata, rate limits and lineage (when it is not the key's own
 // id), packed into one block that sits right after its entry's Node, in the same heap
 // block: reading a verdict's policy is then no pointer chase to a second allocation (on
 // a hit, that was one more dependent cache miss), and an entry costs one allocation. A
-// key with none has no block. Layout, native byte order (the block never leaves the
-// process), lengths as uint32:
-//   block size | scope count | metadata length | limit count | lineage flag |
+// key with none has no block. The key's own expiry is kept here too, when it has one:
+// a node holds only what every verdict has. Layout, native byte order (the block never
+// leaves the process), lengths as uint32:
+//   block size | scope count | metadata length | limit count | flags (1: lineage, 2: expiry) |
 //   per scope: length, characters | metadata |
-//   per limit: name length, name, limit (8), period ms (8), burst (8) | lineage (16, if flagged)
+//   per limit: name length, name, limit (8), period ms (8), burst (8) |
+//   lineage (16, if flagged) | expiry as Unix ms (8, if flagged)
 class Policy {
  public:
   static constexpr std::size_t kHeader = 20;
   static constexpr std::size_t kLimitFixed = 4 + 24;
+  static constexpr std::uint32_t kLineage = 1;
+  static constexpr std::uint32_t kExpiry = 2;
 
   // True when v's lineage must be kept (a rotated key's is not its own id).
   static bool keeps_lineage(const Verdict& v) noexcept {
     return !v.lineage_id.is_nil() && v.lineage_id != v.key_id;
   }
 
-  // Bytes of v's block; 0 when it has no scopes, metadata, limits or lineage to keep.
-  // Throws Error(invalid_argument) when the block would pass 4 GiB.
+  // Bytes of v's block; 0 when it has no scopes, metadata, limits, lineage or expiry to
+  // keep. Throws Error(invalid_argument) when the block would pass 4 GiB.
   static std::size_t size_of(const Verdict& v) {
     const bool lineage = keeps_lineage(v);
-    if (v.scopes.empty() && v.metadata.empty() && v.rate_limits.empty() && !lineage) return 0;
-    std::size_t total = kHeader + v.metadata.size() + (lineage ? 16 : 0);
+    const bool expiry = v.expires_at.has_value();
+    if (v.scopes.empty() && v.metadata.empty() && v.rate_limits.empty() && !lineage && !expiry)
+      return 0;
+    std::size_t total = kHeader + v.metadata.size() + (lineage ? 16 : 0) + (expiry ? 8 : 0);
     for (const std::string& s : v.scopes) total += 4 + s.size();
     for (const RateLimit& l : v.rate_limits) total += kLimitFixed + l.name.size();
     if (total > std::numeric_limits<std::uint32_t>::max()) {
@@ -84,7 +81,7 @@ class Policy {
     store32(out + 4, v.scopes.size());
     store32(out + 8, v.metadata.size());
     store32(out + 12, v.rate_limits.size());
-    store32(out + 16, lineage ? 1 : 0);
+    store32(out + 16, (lineage ? kLineage : 0) | (v.expires_at ? kExpiry : 0));
     out += kHeader;
     for (const std::string& s : v.scopes) {
       store32(out, s.size());
@@ -101,7 +98,14 @@ class Policy {
       std::memcpy(out + 16, &l.burst, 8);
       out += 24;
     }
-    if (lineage) std::memcpy(out, v.lineage_id.bytes().data(), 16);
+    if (lineage) {
+      std::memcpy(out, v.lineage_id.bytes().data(), 16);
+      out += 16;
+    }
+    if (v.expires_at) {
+      const std::int64_t ms = to_unix_millis(*v.expires_at);
+      std::memcpy(out, &ms, 8);
+    }
   }
 
   // Bytes of the block at `in` (0 when there is none: `in` is null).
@@ -109,18 +113,20 @@ class Policy {
     return in != nullptr ? load32(in) : 0;
   }
 
-  // Sets v's scopes, metadata, limits and lineage from the block at `in` (empty, and
-  // the lineage nil, when `in` is null). The vectors keep their capacity.
+  // Sets v's scopes, metadata, limits, lineage and expiry from the block at `in`
+  // (empty, the lineage nil and no expiry, when `in` is null). The vectors keep their
+  // capacity.
   static void unpack(const unsigned char* in, Verdict& v) {
     v.scopes.clear();
     v.metadata.clear();
     v.rate_limits.clear();
     v.lineage_id = Uuid();
+    v.expires_at.reset();
     if (in == nullptr) return;
     const std::uint32_t count = load32(in + 4);
     const std::uint32_t metadata = load32(in + 8);
     const std::uint32_t limits = load32(in + 12);
-    const bool lineage = load32(in + 16) != 0;
+    const std::uint32_t flags = load32(in + 16);
     in += kHeader;
     v.scopes.reserve(count);
     for (std::uint32_t i = 0; i < count; ++i) {
@@ -145,10 +151,16 @@ class Policy {
       l.period = std::chrono::milliseconds(period);
       in += 24;
     }
-    if (lineage) {
+    if ((flags & kLineage) != 0) {
       std::array<std::uint8_t, 16> id{};
       std::memcpy(id.data(), in, 16);
       v.lineage_id = Uuid(id);
+      in += 16;
+    }
+    if ((flags & kExpiry) != 0) {
+      std::int64_t ms = 0;
+      std::memcpy(&ms, in, 8);
+      v.expires_at = from_unix_millis(ms);
     }
   }
 
@@ -164,39 +176,52 @@ class Policy {
   }
 };
 
-// One verdict per public key. `presented` is the full digest of the secret that earned
-// the verdict: a lookup answers only when the presented digest matches all 32 bytes.
-// The verdict's fields laid out flat (96 bytes, the last 8 the pointer to its Policy
-// block, which follows its Node in the same allocation): its expires_at as Unix
-// milliseconds, kNoKeyExpiry for none, and returned with it, so the Validator checks
-// the key's expiry against its own clock whatever clock this cache has. The entry's own
-// deadline is also capped at the key's expiry (see deadline()).
-constexpr std::int64_t kNoKeyExpiry = std::numeric_limits<std::int64_t>::max();
+// One verdict per public key, with the identity of its public key and the link of its
+// bucket's chain: 104 bytes on 64-bit platforms, so that with the allocator's header it
+// takes a 112-byte chunk. `presented` is the full digest of the secret that earned the
+// verdict: a lookup answers only when the presented digest matches all 32 bytes and
+// its pepper id. The verdict's optional parts (scopes, metadata, rate limits, a kept
+// lineage, the key's expiry) sit in a Policy block right after the node, in the same
+// allocation, when it has any. `expires_ms` is the entry's own deadline in Unix
+// milliseconds, never after the key's expiry (see deadline()); the key's expiry is
+// returned with the verdict, so the Validator checks it against its own clock whatever
+// clock this cache has.
+struct Node {
+  enum Flag : std::uint8_t {
+    kHasPolicy = 1,
+    kHasAdmission = 2,
+    kHasCredits = 4,
+    kHasBlock = 8,  // a Policy block follows the node
+  };
 
-struct Slot {
-  std::int64_t expires_ms = 0;  // first: no padding before it
+  Node* next = nullptr;
+  KeyId id;
+  std::int64_t expires_ms = 0;
   Digest presented;
   ValidationCode code = ValidationCode::error;
-  bool has_policy = false;
-  bool has_admission = false;
-  bool has_credits = false;
+  std::uint8_t flags = 0;
   Uuid account_id;
   Uuid key_id;
-  std::int64_t key_expires_ms = kNoKeyExpiry;
-  const unsigned char* policy = nullptr;  // its Policy block, or null for none
 
-  Slot() = default;
-  Slot(std::int64_t expires, const Digest& d, const Verdict& v, const unsigned char* p) noexcept
-      : expires_ms(expires),
+  Node(const KeyId& k, std::int64_t expires, const Digest& d, const Verdict& v,
+       bool block) noexcept
+      : id(k),
+        expires_ms(expires),
         presented(d),
         code(v.code),
-        has_policy(v.has_policy),
-        has_admission(v.has_admission),
-        has_credits(v.has_credits),
+        flags(static_cast<std::uint8_t>((v.has_policy ? kHasPolicy : 0) |
+                                        (v.has_admission ? kHasAdmission : 0) |
+                                        (v.has_credits ? kHasCredits : 0) |
+                                        (block ? kHasBlock : 0))),
         account_id(v.account_id),
-        key_id(v.key_id),
-        key_expires_ms(v.expires_at ? to_unix_millis(*v.expires_at) : kNoKeyExpiry),
-        policy(p) {}
+        key_id(v.key_id) {}
+
+  // The Policy block after the node, or null for none.
+  [[nodiscard]] const unsigned char* policy() const noexcept {
+    return (flags & kHasBlock) != 0 ? reinterpret_cast<const unsigned char*>(this) + sizeof(Node)
+                                    : nullptr;
+  }
+
   // Sets every field of `v` to the verdict, keeping the capacity of its vectors.
   // REQUIRES: the shard's mutex (the node may be freed by another put otherwise).
   void fill(Verdict& v) const {
@@ -205,22 +230,14 @@ struct Slot {
     v.code = code;
     v.account_id = account_id;
     v.key_id = key_id;
-    v.expires_at.reset();
-    if (key_expires_ms != kNoKeyExpiry) v.expires_at = from_unix_millis(key_expires_ms);
-    v.has_policy = has_policy;
-    v.has_admission = has_admission;
-    v.has_credits = has_credits;
-    Policy::unpack(policy, v);
+    v.has_policy = (flags & kHasPolicy) != 0;
+    v.has_admission = (flags & kHasAdmission) != 0;
+    v.has_credits = (flags & kHasCredits) != 0;
+    Policy::unpack(policy(), v);  // also the expiry
     // The block keeps a lineage only when it is not the key's own id.
-    if (v.lineage_id.is_nil() && has_admission && code == ValidationCode::valid)
+    if (v.lineage_id.is_nil() && v.has_admission && code == ValidationCode::valid)
       v.lineage_id = key_id;
   }
-};
-
-struct Node {
-  Node* next = nullptr;
-  InlineKey key;
-  Slot slot;
 };
 
 struct NodeDeleter {
@@ -233,17 +250,15 @@ using NodePtr = std::unique_ptr<Node, NodeDeleter>;
 
 // A node for `key` holding `verdict`, its Policy block written right after it (one
 // allocation). Throws std::bad_alloc, or Error(invalid_argument) for a block over 4 GiB.
-NodePtr make_node(const InlineKey& key, std::int64_t expires, const Digest& presented,
+NodePtr make_node(const KeyId& key, std::int64_t expires, const Digest& presented,
                   const Verdict& verdict) {
   const std::size_t block = Policy::size_of(verdict);
   void* mem = ::operator new(sizeof(Node) + block);
-  auto* tail = static_cast<unsigned char*>(mem) + sizeof(Node);
-  if (block > 0) Policy::write(verdict, block, tail);
-  static_assert(std::is_nothrow_constructible_v<Slot, std::int64_t, const Digest&, const Verdict&,
-                                                const unsigned char*>,
+  if (block > 0) Policy::write(verdict, block, static_cast<unsigned char*>(mem) + sizeof(Node));
+  static_assert(std::is_nothrow_constructible_v<Node, const KeyId&, std::int64_t, const Digest&,
+                                                const Verdict&, bool>,
                 "a node is built after its memory is taken");
-  return NodePtr(
-      new (mem) Node{nullptr, key, Slot(expires, presented, verdict, block > 0 ? tail : nullptr)});
+  return NodePtr(new (mem) Node(key, expires, presented, verdict, block > 0));
 }
 
 // A chained hash table with power-of-two buckets indexed by the key's SipHash (keyed,
@@ -263,16 +278,16 @@ class Table {
 
   [[nodiscard]] std::size_t size() const noexcept { return size_; }
   [[nodiscard]] std::size_t bytes() const noexcept { return bytes_; }
-  [[nodiscard]] static std::size_t charge(const Slot& slot) noexcept {
-    return MemoryCache::kEntryBytes + Policy::bytes(slot.policy);
+  [[nodiscard]] static std::size_t charge(const Node& n) noexcept {
+    return MemoryCache::kEntryBytes + Policy::bytes(n.policy());
   }
   [[nodiscard]] std::size_t bucket_count() const noexcept { return buckets_.size(); }
   [[nodiscard]] Node* bucket(std::size_t b) const noexcept { return buckets_[b]; }
 
-  [[nodiscard]] Node* find(const InlineKey& k) const noexcept {
+  [[nodiscard]] Node* find(const KeyId& k) const noexcept {
     if (buckets_.empty()) return nullptr;
-    for (Node* n = buckets_[index(k.hash)]; n != nullptr; n = n->next) {
-      if (n->key == k) return n;
+    for (Node* n = buckets_[index(k.lo)]; n != nullptr; n = n->next) {
+      if (n->id == k) return n;
     }
     return nullptr;
   }
@@ -282,23 +297,23 @@ class Table {
   void insert(NodePtr& fresh) {
     if (size_ + 1 > buckets_.size()) grow();
     Node* n = fresh.release();
-    Node*& head = buckets_[index(n->key.hash)];
+    Node*& head = buckets_[index(n->id.lo)];
     n->next = head;
     head = n;
     ++size_;
-    bytes_ += charge(n->slot);
+    bytes_ += charge(*n);
   }
 
   // Puts `fresh` in the place of `old`, a node of this table with the same key; returns
   // `old`, unlinked, for the caller to free (after its lock, ideally).
   NodePtr replace(Node* old, NodePtr& fresh) noexcept {
-    for (Node** link = &buckets_[index(old->key.hash)]; *link != nullptr; link = &(*link)->next) {
+    for (Node** link = &buckets_[index(old->id.lo)]; *link != nullptr; link = &(*link)->next) {
       if (*link == old) {
         Node* n = fresh.release();
         n->next = old->next;
         *link = n;
-        bytes_ -= charge(old->slot);
-        bytes_ += charge(n->slot);
+        bytes_ -= charge(*old);
+        bytes_ += charge(*n);
         old->next = nullptr;
         return NodePtr(old);
       }
@@ -306,13 +321,13 @@ class Table {
     return nullptr;  // not reached: `old` is in the table
   }
 
-  bool erase(const InlineKey& k) noexcept {
+  bool erase(const KeyId& k) noexcept {
     if (buckets_.empty()) return false;
-    for (Node** link = &buckets_[index(k.hash)]; *link != nullptr; link = &(*link)->next) {
-      if ((*link)->key == k) {
+    for (Node** link = &buckets_[index(k.lo)]; *link != nullptr; link = &(*link)->next) {
+      if ((*link)->id == k) {
         Node* dead = *link;
         *link = dead->next;
-        bytes_ -= charge(dead->slot);
+        bytes_ -= charge(*dead);
         NodeDeleter()(dead);
         --size_;
         return true;
@@ -345,7 +360,7 @@ class Table {
       while (head != nullptr) {
         Node* n = head;
         head = n->next;
-        Node*& to = next[static_cast<std::size_t>(n->key.hash) & mask];
+        Node*& to = next[static_cast<std::size_t>(n->id.lo) & mask];
         n->next = to;
         to = n;
       }
@@ -413,13 +428,13 @@ struct MemoryCache::Impl {
   struct Where {
     Shard& shard;
     std::size_t stripe;
-    std::uint64_t hash;
+    KeyId id;
   };
   [[nodiscard]] Where locate(std::string_view pk) const noexcept {
-    const std::uint64_t h = sip(pk);
+    const KeyId id = sip.wide(pk);
     // Top bits pick the shard and stripe; the table uses the low bits for its buckets.
-    Shard& s = *shards[(h >> 48) & (shards.size() - 1)];
-    return {s, static_cast<std::size_t>((h >> 40) % kStripesPerShard), h};
+    Shard& s = *shards[(id.lo >> 48) & (shards.size() - 1)];
+    return {s, static_cast<std::size_t>((id.lo >> 40) % kStripesPerShard), id};
   }
   [[nodiscard]] std::uint64_t token(const Where& w) const noexcept {
     // Both counters only grow, so the sum changes whenever either does.
@@ -441,14 +456,14 @@ struct MemoryCache::Impl {
   // `keep` (the entry a put is replacing). Returns false when it found nothing to evict.
   bool evict_one(Shard& s, std::int64_t now, const Node* keep) APIKEYS_REQUIRES(s.mu) {
     const std::size_t buckets = s.table.bucket_count();
-    std::optional<InlineKey> victim;
+    std::optional<KeyId> victim;
     for (std::size_t probes = 0, seen = 0; probes < buckets && seen < 4; ++probes) {
       const std::size_t b = s.evict_cursor++ % buckets;
       for (Node* n = s.table.bucket(b); n != nullptr; n = n->next) {
         if (n == keep) continue;
         ++seen;
-        if (n->slot.expires_ms <= now) return s.table.erase(InlineKey(n->key));
-        if (!victim) victim = n->key;
+        if (n->expires_ms <= now) return s.table.erase(KeyId(n->id));
+        if (!victim) victim = n->id;
       }
     }
     return victim && s.table.erase(*victim);
@@ -459,7 +474,7 @@ struct MemoryCache::Impl {
   void make_room(Shard& s, std::int64_t now, const Node* old, std::size_t add)
       APIKEYS_REQUIRES(s.mu) {
     const std::size_t others = old != nullptr ? 1 : 0;
-    const std::size_t kept = old != nullptr ? Table::charge(old->slot) : 0;
+    const std::size_t kept = old != nullptr ? Table::charge(*old) : 0;
     while (s.table.size() > others && (s.table.size() + 1 - others > per_shard_capacity ||
                                        s.table.bytes() - kept + add > per_shard_bytes)) {
       if (!evict_one(s, now, old)) return;
@@ -496,16 +511,16 @@ bool MemoryCache::get_into(std::string_view public_key, const Digest& presented,
   auto w = impl_->locate(public_key);
   const std::int64_t now = impl_->latest_ms();
   detail::MutexLock lock(w.shard.mu);
-  Node* n = w.shard.table.find(InlineKey(public_key, w.hash));
-  static_assert(sizeof(InlineKey) == 64 && sizeof(Slot) == 96, "entry layout grew");
+  Node* n = w.shard.table.find(w.id);
+  static_assert(sizeof(void*) != 8 || sizeof(Node) == 104, "a node outgrew its 112-byte chunk");
   static_assert(sizeof(Node) + 2 * sizeof(void*) == kEntryBytes, "kEntryBytes is documented");
   if (n == nullptr) return false;
-  if (n->slot.expires_ms <= now) {
-    w.shard.table.erase(InlineKey(n->key));
+  if (n->expires_ms <= now) {
+    w.shard.table.erase(w.id);
     return false;
   }
-  if (!constant_time_equal(n->slot.presented, presented)) return false;
-  n->slot.fill(out);
+  if (!constant_time_equal(n->presented, presented)) return false;
+  n->fill(out);
   return true;
 }
 
@@ -517,7 +532,7 @@ void MemoryCache::put(std::string_view public_key, const Digest& presented, cons
                       std::chrono::milliseconds ttl, std::uint64_t token) {
   if (ttl.count() <= 0 || public_key.size() > kMaxPublicKeyLength) return;
   auto w = impl_->locate(public_key);
-  const InlineKey key(public_key, w.hash);
+  const KeyId& key = w.id;
   // Built, and its block written, outside the lock; the deadline is taken from a clock
   // read before it, so it is never later than one taken under the lock would be.
   // Rounded down (to_unix_millis() rounds a time before 1970 up): never a later deadline.
@@ -529,13 +544,13 @@ void MemoryCache::put(std::string_view public_key, const Digest& presented, cons
   // answer it, and storing it could evict entries that would.
   if (due <= now) return;
   NodePtr fresh = make_node(key, due, presented, verdict);
-  const std::size_t add = Table::charge(fresh->slot);
+  const std::size_t add = Table::charge(*fresh);
   NodePtr old;  // a replaced node: declared before the lock, so freed after it
   detail::MutexLock lock(w.shard.mu);
   if (impl_->token(w) != token) return;  // erased or cleared since the fill began
   Node* n = w.shard.table.find(key);
   if (n != nullptr) {
-    const Slot& prev = n->slot;
+    const Node& prev = *n;
     const bool old_valid_live = prev.code == ValidationCode::valid && prev.expires_ms > now;
     if (old_valid_live && verdict.code != ValidationCode::valid &&
         !constant_time_equal(prev.presented, presented)) {
@@ -554,7 +569,7 @@ void MemoryCache::erase(std::string_view public_key) {
   auto w = impl_->locate(public_key);
   detail::MutexLock lock(w.shard.mu);
   w.shard.stripes[w.stripe].fetch_add(1, std::memory_order_acq_rel);
-  if (public_key.size() <= kMaxPublicKeyLength) w.shard.table.erase(InlineKey(public_key, w.hash));
+  if (public_key.size() <= kMaxPublicKeyLength) w.shard.table.erase(w.id);
 }
 
 void MemoryCache::clear() {

@@ -18,8 +18,9 @@ namespace apikeys {
 
 /// Options for MemoryCache. Every field states its default.
 struct MemoryCacheOptions {
-  /// The largest capacity: more entries than fit in memory (each takes over 128 bytes),
-  /// so a capacity clamped to it is bounded by memory alone.
+  /// The largest capacity: more entries than fit in memory (each takes over 100 bytes,
+  /// so this many would fill most of a 64-bit address space), so a capacity clamped to
+  /// it is bounded by memory alone.
   static constexpr std::size_t kMaxCapacity = std::numeric_limits<std::size_t>::max() / 128;
 
   /// Most public keys held at once (split evenly over the shards, each shard's share
@@ -32,8 +33,8 @@ struct MemoryCacheOptions {
   /// the shards; beyond it entries of the full shard are evicted as for `capacity`. The
   /// entry being stored is always kept, so 0, or anything below one entry, holds one
   /// entry; an entry larger than its shard's share is held alone in its shard. Allocator
-  /// headers and rounding are not counted. Default 256 MiB (about 1.4 million entries
-  /// without scopes or metadata, or 220,000 with 1 KiB of metadata each).
+  /// headers and rounding are not counted. Default 256 MiB (about 2.2 million entries
+  /// without scopes, metadata or an expiry, or 230,000 with 1 KiB of metadata each).
   std::size_t max_bytes = std::size_t{256} << 20;
   /// Number of independently locked shards, rounded up to a power of two, at most
   /// 65,536, at most the capacity rounded up to a power of two, and at most max_bytes /
@@ -56,23 +57,29 @@ struct MemoryCacheOptions {
 /// the whole Verdict that put() stored: scopes in their order, metadata byte for byte,
 /// has_policy, rate limits, has_credits, has_admission and the lineage.
 ///
-/// Bytes per entry: kEntryBytes, plus, for a verdict with scopes, metadata or rate
-/// limits (or the lineage of a rotated key), a block allocated with the entry's node:
-/// 20 + 4 x (number of scopes) + (characters of the scopes) + (bytes of the metadata)
-/// + 28 x (number of rate limits) + (characters of their names) + 16 when the lineage
-/// is kept. A lookup of a verdict without any of them allocates nothing; one with them
-/// allocates the strings it returns.
+/// Entries are found by a 128-bit SipHash of the public key under a random per-cache
+/// key, not by the key's characters: two public keys share an entry only if their
+/// hashes collide (a chance of 2^-128 per pair, under a key no caller sees), and even
+/// then an entry answers only the digest of the secret it was stored with.
+///
+/// Bytes per entry: kEntryBytes, plus, for a verdict with scopes, metadata, rate
+/// limits or an expiry (or the lineage of a rotated key), a block allocated with the
+/// entry's node: 20 + 4 x (number of scopes) + (characters of the scopes) + (bytes of
+/// the metadata) + 28 x (number of rate limits) + (characters of their names) + 16 when
+/// the lineage is kept + 8 when the key expires. A lookup of a verdict without scopes,
+/// metadata or rate limits allocates nothing; one with them allocates the strings it
+/// returns.
 class APIKEYS_EXPORT MemoryCache final : public Cache {
  public:
   /// The bytes an entry counts for against MemoryCacheOptions::max_bytes besides its
-  /// scopes and metadata: its node (168 bytes on 64-bit platforms: the public key inline,
-  /// the verdict's fixed fields, a pointer to the block, a link) and two bucket pointers
-  /// (the table keeps at most two buckets per entry).
-  static constexpr std::size_t kEntryBytes = 184;
+  /// block: its node (104 bytes on 64-bit platforms: a 128-bit keyed hash of the public
+  /// key, the verdict's fixed fields, a link) and two bucket pointers (the table keeps
+  /// at most two buckets per entry).
+  static constexpr std::size_t kEntryBytes = 120;
 
-  /// Public keys longer than this are never cached (get misses, put does nothing):
-  /// keys are held inline, so a lookup allocates nothing. Every format with a prefix
-  /// of up to 23 characters and the default 32-character body fits.
+  /// Public keys longer than this are never cached (get misses, put does nothing), which
+  /// bounds the hashing a lookup does. Every format with a prefix of up to 23 characters
+  /// and the default 32-character body fits.
   static constexpr std::size_t kMaxPublicKeyLength = 55;
 
   /// An empty cache. Defaults: see MemoryCacheOptions.

@@ -513,6 +513,85 @@ Verdict with_metadata(std::uint8_t n, std::size_t metadata_bytes) {
   return v;
 }
 
+TEST_CASE("MemoryCache: public keys one character apart never share an entry", "[cache]") {
+  // Entries are found by a hash of the public key: every one-character change, at every
+  // position, is another key with an entry of its own.
+  Fixture f(100'000);
+  const std::string base = "pk_" + std::string(32, 'a');
+  const std::string alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_";
+  std::vector<std::string> keys{base};
+  for (std::size_t i = 0; i < base.size(); ++i) {
+    for (const char c : alphabet) {
+      if (c == base[i]) continue;
+      std::string k = base;
+      k[i] = c;
+      keys.push_back(k);
+    }
+  }
+  const Digest d = digest_of(7);  // the same secret for every key: only the key differs
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    f.fill(keys[i], d, valid_verdict(static_cast<std::uint8_t>(i % 251)), milliseconds(60'000));
+  }
+  REQUIRE(f.cache->size() == keys.size());
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    const auto got = f.cache->get(keys[i], d);
+    REQUIRE(got.has_value());
+    CHECK(same(*got, valid_verdict(static_cast<std::uint8_t>(i % 251))));
+  }
+  f.cache->erase(keys[1]);
+  CHECK_FALSE(f.cache->get(keys[1], d).has_value());
+  CHECK(f.cache->get(keys[0], d).has_value());
+  CHECK(f.cache->get(keys[2], d).has_value());
+}
+
+TEST_CASE("MemoryCache: a verdict keeps its expiry, with and without a policy block", "[cache]") {
+  Fixture f;
+  const auto expiry = f.clock->now() + std::chrono::hours(2);
+  Verdict plain = valid_verdict(1);
+  plain.expires_at = expiry;
+  Verdict full = valid_verdict(2);
+  full.expires_at = expiry;
+  full.scopes = {"read", "write"};
+  full.metadata = R"({"team":"a"})";
+  full.has_policy = true;
+  full.has_admission = true;
+  full.has_credits = true;
+  full.rate_limits.push_back(apikeys::RateLimit{"per-second", 10, milliseconds(1000), 10});
+  full.lineage_id = valid_verdict(9).key_id;
+  f.fill(pk(1), digest_of(1), plain, milliseconds(60'000));
+  f.fill(pk(2), digest_of(2), full, milliseconds(60'000));
+  f.fill(pk(3), digest_of(3), valid_verdict(3), milliseconds(60'000));
+
+  const auto a = f.cache->get(pk(1), digest_of(1));
+  REQUIRE(a.has_value());
+  REQUIRE(a->expires_at.has_value());
+  CHECK(*a->expires_at == apikeys::from_unix_millis(apikeys::to_unix_millis(expiry)));
+  CHECK(a->scopes.empty());
+  CHECK(a->metadata.empty());
+  CHECK(a->lineage_id.is_nil());
+
+  const auto b = f.cache->get(pk(2), digest_of(2));
+  REQUIRE(b.has_value());
+  REQUIRE(b->expires_at.has_value());
+  CHECK(*b->expires_at == *a->expires_at);
+  CHECK(b->scopes == full.scopes);
+  CHECK(b->metadata == full.metadata);
+  CHECK(b->has_policy);
+  CHECK(b->has_admission);
+  CHECK(b->has_credits);
+  REQUIRE(b->rate_limits.size() == 1);
+  CHECK(b->rate_limits[0].name == "per-second");
+  CHECK(b->rate_limits[0].limit == 10);
+  CHECK(b->lineage_id == full.lineage_id);
+
+  // A verdict read into one that had an expiry loses it when the key has none.
+  Verdict reused = *b;
+  REQUIRE(f.cache->get_into(pk(3), digest_of(3), reused));
+  CHECK_FALSE(reused.expires_at.has_value());
+  CHECK(reused.scopes.empty());
+  CHECK_FALSE(reused.has_policy);
+}
+
 TEST_CASE("MemoryCache: bytes per entry are as documented", "[cache]") {
   Fixture f;
   f.fill(pk(1), digest_of(1), valid_verdict(1), milliseconds(60'000));
@@ -526,6 +605,15 @@ TEST_CASE("MemoryCache: bytes per entry are as documented", "[cache]") {
   f.fill(pk(3), digest_of(3), scoped, milliseconds(60'000));
   CHECK(f.cache->bytes() == 3 * MemoryCache::kEntryBytes + 20 + 1024 + 39);
 
+  SECTION("a key's expiry takes 8 bytes, in a block of its own when it has nothing else") {
+    Verdict expiring = valid_verdict(4);
+    expiring.expires_at = f.clock->now() + std::chrono::hours(1);
+    f.fill(pk(4), digest_of(4), expiring, milliseconds(60'000));
+    CHECK(f.cache->bytes() == 4 * MemoryCache::kEntryBytes + 20 + 1024 + 39 + 20 + 8);
+    scoped.expires_at = expiring.expires_at;
+    f.fill(pk(3), digest_of(3), scoped, milliseconds(60'000));
+    CHECK(f.cache->bytes() == 4 * MemoryCache::kEntryBytes + 20 + 1024 + 39 + 8 + 20 + 8);
+  }
   SECTION("a replaced verdict counts for what it now holds") {
     f.fill(pk(2), digest_of(2), valid_verdict(2), milliseconds(60'000));
     CHECK(f.cache->bytes() == 3 * MemoryCache::kEntryBytes + 39);
