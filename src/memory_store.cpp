@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -40,10 +41,122 @@ TimePoint to_millis(TimePoint t) noexcept { return from_unix_millis(to_unix_mill
 // insertion instead, from Entry::seq.
 using OrderKey = std::pair<TimePoint, Uuid>;
 
+// The fields of a key that keys often leave empty, held apart so that a key without
+// any of them carries one null pointer instead (see Entry).
+struct Extras {
+  std::string description;
+  std::string metadata;
+  std::vector<std::string> scopes;
+  std::vector<RateLimit> rate_limits;
+  std::optional<Uuid> rotated_from;
+  std::optional<Uuid> rotated_to;
+
+  [[nodiscard]] bool empty() const noexcept {
+    return description.empty() && metadata.empty() && scopes.empty() && rate_limits.empty() &&
+           !rotated_from && !rotated_to;
+  }
+};
+
+// A key as the store holds it: the fields every key has inline, its times as Unix
+// milliseconds (every stored time has millisecond precision, so nothing is lost), and
+// the rest in Extras. 216 bytes on 64-bit libstdc++, against 440 for a whole KeyRecord
+// with the two counters; info() and record() rebuild the public structs. Whether the
+// key's lineage has credits is one flag: the balance lives in Impl::credits.
 struct Entry {
-  KeyRecord record;
+  enum Flag : std::uint8_t { kExpires = 1, kUsed = 2, kCredits = 4 };
+
+  Uuid key_id;
+  Uuid account_id;
+  Uuid lineage_id;  // nil: the key's own id
+  std::string public_key;
+  std::string title;
+  Digest digest;
+  KeyStatus status = KeyStatus::active;
+  std::uint8_t flags = 0;
+  std::int64_t created_ms = 0;
+  std::int64_t updated_ms = 0;
+  std::int64_t expires_ms = 0;  // when kExpires
+  std::int64_t used_ms = 0;     // when kUsed
+  std::uint64_t version = 1;
+  std::unique_ptr<Extras> extras;  // null when every field in it is empty
   std::uint64_t seq = 0;
   std::size_t dense_index = 0;  // Its place in Impl::dense.
+
+  // `info` and `digest` as stored: times truncated to milliseconds. May throw
+  // std::bad_alloc; not yet in any index.
+  static Entry pack(const KeyInfo& info, const Digest& digest) {
+    static_assert(sizeof(void*) != 8 || sizeof(std::string) != 32 || sizeof(KeyInfo) == 384,
+                  "KeyInfo has a new field: pack and unpack it here");
+    Entry e;
+    e.key_id = info.key_id;
+    e.account_id = info.account_id;
+    e.lineage_id = info.lineage_id;
+    e.public_key = info.public_key;
+    e.title = info.title;
+    e.digest = digest;
+    e.status = info.status;
+    e.created_ms = to_unix_millis(info.created_at);
+    e.updated_ms = to_unix_millis(info.updated_at);
+    if (info.expires_at) {
+      e.flags |= kExpires;
+      e.expires_ms = to_unix_millis(*info.expires_at);
+    }
+    if (info.last_used_at) {
+      e.flags |= kUsed;
+      e.used_ms = to_unix_millis(*info.last_used_at);
+    }
+    if (info.credits) e.flags |= kCredits;
+    e.version = info.version;
+    Extras extras{info.description, info.metadata, info.scopes,
+                  info.rate_limits,  info.rotated_from, info.rotated_to};
+    if (!extras.empty()) e.extras = std::make_unique<Extras>(std::move(extras));
+    return e;
+  }
+
+  // Takes every field of `next` but seq and dense_index (the entry's place stays).
+  void take_key(Entry&& next) noexcept {
+    const std::uint64_t kept_seq = seq;
+    const std::size_t kept_index = dense_index;
+    *this = std::move(next);
+    seq = kept_seq;
+    dense_index = kept_index;
+  }
+
+  [[nodiscard]] const Uuid& lineage() const noexcept {
+    return lineage_id.is_nil() ? key_id : lineage_id;
+  }
+  [[nodiscard]] TimePoint created_at() const noexcept { return from_unix_millis(created_ms); }
+  void set_credits(bool has) noexcept {
+    flags = static_cast<std::uint8_t>(has ? flags | kCredits : flags & ~kCredits);
+  }
+
+  // The key as KeyInfo; its credits, when its lineage has them, are Credits{} (see
+  // Impl::with_credits()).
+  [[nodiscard]] KeyInfo info() const {
+    KeyInfo k;
+    k.key_id = key_id;
+    k.account_id = account_id;
+    k.public_key = public_key;
+    k.title = title;
+    k.status = status;
+    k.created_at = from_unix_millis(created_ms);
+    if ((flags & kExpires) != 0) k.expires_at = from_unix_millis(expires_ms);
+    if ((flags & kUsed) != 0) k.last_used_at = from_unix_millis(used_ms);
+    k.updated_at = from_unix_millis(updated_ms);
+    k.version = version;
+    k.lineage_id = lineage_id;
+    if ((flags & kCredits) != 0) k.credits = Credits{};
+    if (extras) {
+      k.description = extras->description;
+      k.metadata = extras->metadata;
+      k.scopes = extras->scopes;
+      k.rate_limits = extras->rate_limits;
+      k.rotated_from = extras->rotated_from;
+      k.rotated_to = extras->rotated_to;
+    }
+    return k;
+  }
+  [[nodiscard]] KeyRecord record() const { return KeyRecord{info(), digest}; }
 };
 
 // The public-key index: open addressing with linear probing, a power-of-two array of
@@ -135,15 +248,18 @@ class KeyIndex {
   int shift_ = 60;  // 64 - log2(slots_.size())
 };
 
-using AccountIndex = std::map<OrderKey, Entry*, std::greater<>>;
-
-// Every stored time has millisecond precision, like every bundled store's.
-void truncate_times(KeyInfo& info) noexcept {
-  info.created_at = to_millis(info.created_at);
-  info.updated_at = to_millis(info.updated_at);
-  if (info.expires_at) info.expires_at = to_millis(*info.expires_at);
-  if (info.last_used_at) info.last_used_at = to_millis(*info.last_used_at);
-}
+// An account's index in list_page() order (created_at descending, then key_id
+// descending), holding the entries themselves: their created_at and key_id never
+// change while they are in it. A node is then the tree's links and one pointer (48
+// bytes from the allocator) rather than a copy of the order key as well (80).
+struct PageOrder {
+  using is_transparent = void;
+  static OrderKey key(const Entry* e) noexcept { return {e->created_at(), e->key_id}; }
+  bool operator()(const Entry* a, const Entry* b) const noexcept { return key(a) > key(b); }
+  bool operator()(const Entry* a, const OrderKey& b) const noexcept { return key(a) > b; }
+  bool operator()(const OrderKey& a, const Entry* b) const noexcept { return a > key(b); }
+};
+using AccountIndex = std::set<Entry*, PageOrder>;
 
 // `key` with the fields replace() writes taken from `next` (Store::replace()).
 KeyInfo replaced(const KeyInfo& key, const KeyInfo& next) {
@@ -164,9 +280,7 @@ KeyInfo replaced(const KeyInfo& key, const KeyInfo& next) {
 
 // An entry for `record`, its times truncated, not yet in any index.
 std::unique_ptr<Entry> new_entry(const KeyRecord& record) {
-  auto entry = std::make_unique<Entry>(Entry{record, 0, 0});
-  truncate_times(entry->record.info);
-  return entry;
+  return std::make_unique<Entry>(Entry::pack(record.info, record.digest));
 }
 
 // The audit trail. Events live in one map ordered by account, then in audit_events()
@@ -223,8 +337,8 @@ struct MemoryStore::Impl {
   KeyIndex by_public_key APIKEYS_GUARDED_BY(mu);
   std::unordered_map<Uuid, Entry*, UuidHash> by_key_id APIKEYS_GUARDED_BY(mu);
   std::unordered_map<Uuid, AccountIndex, UuidHash> by_account APIKEYS_GUARDED_BY(mu);
-  // Credits by lineage. Each entry's record.info.credits says only whether its lineage
-  // has credits (what find() must tell, without a second lookup); get() and the
+  // Credits by lineage. Each entry's kCredits flag says only whether its lineage has
+  // credits (what find() must tell, without a second lookup); get() and the
   // listings show the values from here.
   std::unordered_map<Uuid, LineageCredits, UuidHash> credits APIKEYS_GUARDED_BY(mu);
   AuditLog audit_log APIKEYS_GUARDED_BY(mu);
@@ -248,9 +362,8 @@ struct MemoryStore::Impl {
       APIKEYS_REQUIRES_SHARED(mu) {
     auto account = by_account.find(held.account_id);
     if (account == by_account.end()) return nullptr;
-    for (const auto& [order, entry] : account->second) {
-      (void)order;
-      if (entry->record.info.lineage() == lineage) return entry;
+    for (Entry* entry : account->second) {
+      if (entry->lineage() == lineage) return entry;
     }
     return nullptr;
   }
@@ -259,12 +372,8 @@ struct MemoryStore::Impl {
   void mark_lineage(const Uuid& account_id, const Uuid& lineage, bool has) APIKEYS_REQUIRES(mu) {
     auto account = by_account.find(account_id);
     if (account == by_account.end()) return;
-    for (const auto& [order, entry] : account->second) {
-      (void)order;
-      KeyInfo& info = entry->record.info;
-      if (info.lineage() != lineage) continue;
-      if (has && !info.credits) info.credits = Credits{};
-      if (!has) info.credits.reset();
+    for (Entry* entry : account->second) {
+      if (entry->lineage() == lineage) entry->set_credits(has);
     }
   }
 
@@ -274,24 +383,24 @@ struct MemoryStore::Impl {
     for (std::size_t i = by_public_key.home(tag);; i = by_public_key.next(i)) {
       const Slot& s = by_public_key.at(i);
       if (s.tag == 0) return nullptr;
-      if (s.tag == tag && s.entry->record.info.public_key == public_key) return s.entry;
+      if (s.tag == tag && s.entry->public_key == public_key) return s.entry;
     }
   }
 
   Entry* owned_by(const Uuid& account_id, const Uuid& key_id) const APIKEYS_REQUIRES_SHARED(mu) {
     auto it = by_key_id.find(key_id);
-    if (it == by_key_id.end() || it->second->record.info.account_id != account_id) {
+    if (it == by_key_id.end() || it->second->account_id != account_id) {
       return nullptr;
     }
     return it->second;
   }
 
-  // Throws what add() would for `info` (already_exists, storage); changes nothing.
-  void check_addable(const KeyInfo& info) const APIKEYS_REQUIRES_SHARED(mu) {
-    if (by_key(info.public_key, tag_of(info.public_key)) != nullptr) {
+  // Throws what add() would for `entry` (already_exists, storage); changes nothing.
+  void check_addable(const Entry& entry) const APIKEYS_REQUIRES_SHARED(mu) {
+    if (by_key(entry.public_key, tag_of(entry.public_key)) != nullptr) {
       throw Error(ErrorCode::already_exists, "insert: a key with this public key already exists");
     }
-    if (by_key_id.count(info.key_id) != 0) {
+    if (by_key_id.count(entry.key_id) != 0) {
       throw Error(ErrorCode::already_exists, "insert: a key with this key id already exists");
     }
     if (dense.size() >= max_keys) {
@@ -304,21 +413,19 @@ struct MemoryStore::Impl {
   // having changed nothing: everything that can throw comes first, and undoes what it did.
   void add(std::unique_ptr<Entry> owned) APIKEYS_REQUIRES(mu) {
     Entry* entry = owned.get();
-    const KeyInfo& info = entry->record.info;
-    const std::uint64_t tag = tag_of(info.public_key);
-    check_addable(info);
+    const std::uint64_t tag = tag_of(entry->public_key);
+    check_addable(*entry);
     by_public_key.reserve_one(dense.size());
     if (dense.size() == dense.capacity()) {
       dense.reserve(std::max<std::size_t>(16, dense.size() * 2));
     }
-    const OrderKey order{info.created_at, info.key_id};
-    auto& account = by_account[info.account_id];
+    auto& account = by_account[entry->account_id];
     try {
-      account.emplace(order, entry);
-      by_key_id.emplace(info.key_id, entry);
+      account.insert(entry);
+      by_key_id.emplace(entry->key_id, entry);
     } catch (...) {
-      account.erase(order);
-      if (account.empty()) by_account.erase(info.account_id);
+      account.erase(entry);
+      if (account.empty()) by_account.erase(entry->account_id);
       throw;
     }
     entry->seq = next_seq++;
@@ -411,12 +518,14 @@ void MemoryStore::Impl::insert(const KeyRecord& record, const ChangeAudit* audit
   detail::ExclusiveLock lock(mu);
   StagedAudit staged;
   if (audit != nullptr) {
-    check_addable(entry->record.info);   // a refused insert is not audited
-    KeyInfo after = entry->record.info;  // as stored: the lineage's credits, or its own
+    check_addable(*entry);        // a refused insert is not audited
+    KeyInfo after = entry->info();  // as stored: the lineage's credits, or its own
     auto existing = credits.find(after.lineage());
     if (existing != credits.end()) {
       after.credits = existing->second.credits;
-    } else if (!new_credits) {
+    } else if (new_credits) {
+      after.credits = info.credits;
+    } else {
       after.credits.reset();
     }
     stage(staged, audit, nullptr, &after);
@@ -434,12 +543,7 @@ void MemoryStore::Impl::insert(const KeyRecord& record, const ChangeAudit* audit
   } else {
     add(std::move(entry));
   }
-  KeyInfo& stored = added->record.info;
-  if (credits.count(stored.lineage()) != 0) {
-    if (!stored.credits) stored.credits = Credits{};
-  } else {
-    stored.credits.reset();
-  }
+  added->set_credits(credits.count(added->lineage()) != 0);
   commit(staged);
 }
 
@@ -463,7 +567,7 @@ std::optional<KeyRecord> MemoryStore::find(std::string_view public_key) {
     const Slot& s = impl.by_public_key.at(i);
     last = s.tag;
     if (last == 0) break;
-    if (last == tag && s.entry->record.info.public_key == public_key) return s.entry->record;
+    if (last == tag && s.entry->public_key == public_key) return s.entry->record();
   }
   if (impl.dense.empty()) return std::nullopt;
 #if defined(__GNUC__)
@@ -474,8 +578,8 @@ std::optional<KeyRecord> MemoryStore::find(std::string_view public_key) {
   const auto pick =
       static_cast<std::size_t>(n <= UINT32_MAX ? ((mixed >> 32) * n) >> 32 : mixed % n);
   const Entry& decoy = *impl.dense[pick + static_cast<std::size_t>(last)];
-  const bool same = decoy.record.info.public_key == public_key;
-  const KeyRecord copy = decoy.record;
+  const bool same = decoy.public_key == public_key;
+  const KeyRecord copy = decoy.record();
 #if defined(__GNUC__)
   asm volatile("" : : "r"(&copy), "r"(same) : "memory");  // the work is the point: keep it
 #endif
@@ -489,22 +593,21 @@ std::vector<KeyInfo> MemoryStore::list(const Uuid& account_id) {
   auto it = impl_->by_account.find(account_id);
   if (it == impl_->by_account.end()) return {};
   entries.reserve(it->second.size());
-  for (const auto& [order, entry] : it->second) {
-    (void)order;
+  for (Entry* entry : it->second) {
     entries.push_back(entry);
   }
   // The index orders equal creation times by key id; list() by insertion, latest first.
   const auto later_insert = [](const Entry* a, const Entry* b) { return a->seq > b->seq; };
   for (auto run = entries.begin(); run != entries.end();) {
-    const TimePoint created = (*run)->record.info.created_at;
-    const auto end = std::find_if(
-        run, entries.end(), [&](const Entry* e) { return e->record.info.created_at != created; });
+    const std::int64_t created = (*run)->created_ms;
+    const auto end = std::find_if(run, entries.end(),
+                                  [&](const Entry* e) { return e->created_ms != created; });
     if (end - run > 1) std::sort(run, end, later_insert);
     run = end;
   }
   std::vector<KeyInfo> out;
   out.reserve(entries.size());
-  for (const Entry* entry : entries) out.push_back(impl_->with_credits(entry->record.info));
+  for (const Entry* entry : entries) out.push_back(impl_->with_credits(entry->info()));
   return out;
 }
 
@@ -512,7 +615,7 @@ std::optional<KeyInfo> MemoryStore::get(const Uuid& account_id, const Uuid& key_
   detail::SharedLock lock(impl_->mu);
   const Entry* entry = impl_->owned_by(account_id, key_id);
   if (entry == nullptr) return std::nullopt;
-  return impl_->with_credits(entry->record.info);
+  return impl_->with_credits(entry->info());
 }
 
 std::vector<KeyInfo> MemoryStore::list_page(const Uuid& account_id,
@@ -528,9 +631,8 @@ std::vector<KeyInfo> MemoryStore::list_page(const Uuid& account_id,
   // position: upper_bound under std::greater.
   auto it = after ? index.upper_bound(OrderKey{after->created_at, after->key_id}) : index.begin();
   for (; it != index.end() && page.size() < limit; ++it) {
-    const KeyInfo& info = it->second->record.info;
-    if (status && info.status != *status) continue;
-    page.push_back(impl_->with_credits(info));
+    if (status && (*it)->status != *status) continue;
+    page.push_back(impl_->with_credits((*it)->info()));
   }
   return page;
 }
@@ -540,12 +642,14 @@ std::optional<KeyInfo> MemoryStore::set_status(const Uuid& account_id, const Uui
   detail::ExclusiveLock lock(impl_->mu);
   Entry* entry = impl_->owned_by(account_id, key_id);
   if (entry == nullptr) return std::nullopt;
-  KeyInfo& info = entry->record.info;
-  if (info.status != status) {
-    info.status = status;
-    ++info.version;
+  KeyInfo out = impl_->with_credits(entry->info());  // may throw: nothing changed yet
+  if (entry->status != status) {
+    out.status = status;
+    ++out.version;
+    entry->status = status;
+    ++entry->version;
   }
-  return impl_->with_credits(info);
+  return out;
 }
 
 WriteResult MemoryStore::replace(const Uuid& account_id, const KeyInfo& next,
@@ -564,20 +668,21 @@ WriteResult MemoryStore::Impl::replace(const Uuid& account_id, const KeyInfo& ne
   detail::ExclusiveLock lock(mu);
   Entry* entry = owned_by(account_id, next.key_id);
   if (entry == nullptr) return result;  // not_found
-  KeyInfo& info = entry->record.info;
+  const KeyInfo info = entry->info();
   if (info.version != expected_version) {
     result.outcome = WriteOutcome::conflict;
     result.key = with_credits(info);
     return result;
   }
-  KeyInfo written = replaced(info, next);  // may throw: nothing changed yet
+  const KeyInfo written = replaced(info, next);  // may throw: nothing changed yet
+  Entry packed = Entry::pack(written, entry->digest);
   result.key = with_credits(written);
   StagedAudit staged;
   if (audit != nullptr) {
     const KeyInfo before = with_credits(info);
     stage(staged, audit, &before, &result.key);
   }
-  info = std::move(written);
+  entry->take_key(std::move(packed));
   commit(staged);
   result.outcome = WriteOutcome::applied;
   return result;
@@ -602,7 +707,7 @@ WriteResult MemoryStore::Impl::rotate(const Uuid& account_id, const KeyInfo& old
   detail::ExclusiveLock lock(mu);
   Entry* entry = owned_by(account_id, old_next.key_id);
   if (entry == nullptr) return result;  // not_found
-  KeyInfo& info = entry->record.info;
+  const KeyInfo info = entry->info();
   if (info.version != expected_version) {
     result.outcome = WriteOutcome::conflict;
     result.key = with_credits(info);
@@ -610,25 +715,21 @@ WriteResult MemoryStore::Impl::rotate(const Uuid& account_id, const KeyInfo& old
   }
   // Both or neither: every step that can throw (the copies, the events, then the
   // insert, which undoes itself) comes before the old key changes, which cannot throw.
-  KeyInfo written = replaced(info, old_next);
+  const KeyInfo written = replaced(info, old_next);
+  Entry packed = Entry::pack(written, entry->digest);
   result.key = with_credits(written);
   // The successor shares the lineage's credits, if any; it never creates them.
-  KeyInfo& successor_info = added->record.info;
-  if (credits.count(successor_info.lineage()) != 0) {
-    if (!successor_info.credits) successor_info.credits = Credits{};
-  } else {
-    successor_info.credits.reset();
-  }
+  added->set_credits(credits.count(added->lineage()) != 0);
   StagedAudit staged;
   if (audit != nullptr) {
-    check_addable(successor_info);  // a refused rotate is not audited
+    check_addable(*added);  // a refused rotate is not audited
     const KeyInfo before = with_credits(info);
     stage(staged, audit, &before, &result.key);
-    const KeyInfo successor_after = with_credits(successor_info);
+    const KeyInfo successor_after = with_credits(added->info());
     stage(staged, audit, nullptr, &successor_after);
   }
   add(std::move(added));
-  info = std::move(written);
+  entry->take_key(std::move(packed));
   commit(staged);
   result.outcome = WriteOutcome::applied;
   return result;
@@ -653,14 +754,13 @@ std::vector<KeyInfo> MemoryStore::Impl::revoke_all(const Uuid& account_id, TimeP
   // Copies and events first (they may throw), then the changes, which cannot: all keys
   // or none.
   std::vector<Entry*> changing;
-  for (const auto& [order, entry] : account->second) {
-    (void)order;
-    if (entry->record.info.status != KeyStatus::revoked) changing.push_back(entry);
+  for (Entry* entry : account->second) {
+    if (entry->status != KeyStatus::revoked) changing.push_back(entry);
   }
   revoked.reserve(changing.size());
   StagedAudit staged;
   for (const Entry* entry : changing) {
-    KeyInfo now = with_credits(entry->record.info);
+    KeyInfo now = with_credits(entry->info());
     if (audit != nullptr) {
       const KeyInfo before = now;
       now.status = KeyStatus::revoked;
@@ -675,10 +775,9 @@ std::vector<KeyInfo> MemoryStore::Impl::revoke_all(const Uuid& account_id, TimeP
     revoked.push_back(std::move(now));
   }
   for (Entry* entry : changing) {
-    KeyInfo& info = entry->record.info;
-    info.status = KeyStatus::revoked;
-    info.updated_at = when;
-    ++info.version;
+    entry->status = KeyStatus::revoked;
+    entry->updated_ms = to_unix_millis(when);
+    ++entry->version;
   }
   commit(staged);
   return revoked;
@@ -699,20 +798,19 @@ std::optional<KeyInfo> MemoryStore::Impl::remove(const Uuid& account_id, const U
   Entry* entry = owned_by(account_id, key_id);
   if (entry == nullptr) return std::nullopt;
   // The copy and the event first: nothing below throws.
-  KeyInfo removed = with_credits(entry->record.info);
+  KeyInfo removed = with_credits(entry->info());
   StagedAudit staged;
   stage(staged, audit, &removed, nullptr);
   const Uuid lineage = removed.lineage();
   bool lineage_left = false;  // another key of the lineage stays
-  for (const auto& [order, other] : by_account.find(account_id)->second) {
-    (void)order;
-    if (other != entry && other->record.info.lineage() == lineage) lineage_left = true;
+  for (Entry* other : by_account.find(account_id)->second) {
+    if (other != entry && other->lineage() == lineage) lineage_left = true;
   }
   if (!lineage_left) credits.erase(lineage);
 
   by_public_key.erase(tag_of(removed.public_key), entry);
   auto account = by_account.find(account_id);
-  account->second.erase(OrderKey{removed.created_at, removed.key_id});
+  account->second.erase(entry);
   if (account->second.empty()) by_account.erase(account);
   by_key_id.erase(key_id);
   // Last: frees the entry (the last one takes its place in `dense`).
@@ -730,9 +828,12 @@ void MemoryStore::record_last_use(const std::vector<LastUse>& uses) {
   for (const LastUse& use : uses) {
     auto it = impl_->by_key_id.find(use.key_id);
     if (it == impl_->by_key_id.end()) continue;
-    const TimePoint at = to_millis(use.at);
-    auto& last = it->second->record.info.last_used_at;
-    if (!last || *last < at) last = at;
+    const std::int64_t at = to_unix_millis(use.at);
+    Entry& entry = *it->second;
+    if ((entry.flags & Entry::kUsed) == 0 || entry.used_ms < at) {
+      entry.flags |= Entry::kUsed;
+      entry.used_ms = at;
+    }
   }
 }
 
@@ -758,13 +859,13 @@ std::size_t MemoryStore::Impl::replace_digests(const std::vector<DigestChange>& 
     for (const DigestChange& change : changes) {
       auto it = by_key_id.find(change.key_id);
       if (it == by_key_id.end()) continue;
-      Digest& digest = it->second->record.digest;
+      Digest& digest = it->second->digest;
       // A plain compare: `from` is a digest the caller read from this store.
       if (digest.pepper_id != change.from.pepper_id || digest.bytes != change.from.bytes) {
         continue;
       }
       if (audit != nullptr) {
-        const KeyInfo key = with_credits(it->second->record.info);
+        const KeyInfo key = with_credits(it->second->info());
         stage(staged, audit, &key, &key);
         undo.emplace_back(&digest, digest);  // reserved: cannot throw
       }
@@ -783,7 +884,7 @@ std::vector<PepperCount> MemoryStore::pepper_counts() {
   std::map<std::uint32_t, std::uint64_t> counts;
   {
     detail::SharedLock lock(impl_->mu);
-    for (const auto& entry : impl_->dense) ++counts[entry->record.digest.pepper_id];
+    for (const auto& entry : impl_->dense) ++counts[entry->digest.pepper_id];
   }
   std::vector<PepperCount> out;
   out.reserve(counts.size());
@@ -815,7 +916,7 @@ CreditTake MemoryStore::Impl::take_credits(const Uuid& lineage_id, std::uint64_t
   StagedAudit staged;
   if (audit != nullptr && c.refilled_period != it->second.credits.refilled_period) {
     if (const Entry* newest = newest_of_lineage(it->second, lineage_id)) {
-      const KeyInfo before = with_credits(newest->record.info);
+      const KeyInfo before = with_credits(newest->info());
       KeyInfo after = before;
       after.credits = c;
       stage(staged, audit, &before, &after);
@@ -863,10 +964,10 @@ std::optional<KeyInfo> MemoryStore::Impl::change_credits(const Uuid& account_id,
   detail::ExclusiveLock lock(mu);
   Entry* entry = owned_by(account_id, key_id);
   if (entry == nullptr) return std::nullopt;
-  const Uuid lineage = entry->record.info.lineage();
+  const Uuid lineage = entry->lineage();
   auto it = credits.find(lineage);
   // The key as it will be, and its event, first (they may throw); then the change.
-  KeyInfo before = with_credits(entry->record.info);
+  KeyInfo before = with_credits(entry->info());
   KeyInfo after = before;
   switch (change.op) {
     case CreditsOp::remove: after.credits.reset(); break;
