@@ -203,16 +203,14 @@ struct Node {
   Uuid account_id;
   Uuid key_id;
 
-  Node(const KeyId& k, std::int64_t expires, const Digest& d, const Verdict& v,
-       bool block) noexcept
+  Node(const KeyId& k, std::int64_t expires, const Digest& d, const Verdict& v, bool block) noexcept
       : id(k),
         expires_ms(expires),
         presented(d),
         code(v.code),
-        flags(static_cast<std::uint8_t>((v.has_policy ? kHasPolicy : 0) |
-                                        (v.has_admission ? kHasAdmission : 0) |
-                                        (v.has_credits ? kHasCredits : 0) |
-                                        (block ? kHasBlock : 0))),
+        flags(static_cast<std::uint8_t>(
+            (v.has_policy ? kHasPolicy : 0) | (v.has_admission ? kHasAdmission : 0) |
+            (v.has_credits ? kHasCredits : 0) | (block ? kHasBlock : 0))),
         account_id(v.account_id),
         key_id(v.key_id) {}
 

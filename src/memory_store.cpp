@@ -107,8 +107,8 @@ struct Entry {
     }
     if (info.credits) e.flags |= kCredits;
     e.version = info.version;
-    Extras extras{info.description, info.metadata, info.scopes,
-                  info.rate_limits,  info.rotated_from, info.rotated_to};
+    Extras extras{info.description, info.metadata,     info.scopes,
+                  info.rate_limits, info.rotated_from, info.rotated_to};
     if (!extras.empty()) e.extras = std::make_unique<Extras>(std::move(extras));
     return e;
   }
@@ -518,7 +518,7 @@ void MemoryStore::Impl::insert(const KeyRecord& record, const ChangeAudit* audit
   detail::ExclusiveLock lock(mu);
   StagedAudit staged;
   if (audit != nullptr) {
-    check_addable(*entry);        // a refused insert is not audited
+    check_addable(*entry);          // a refused insert is not audited
     KeyInfo after = entry->info();  // as stored: the lineage's credits, or its own
     auto existing = credits.find(after.lineage());
     if (existing != credits.end()) {
@@ -600,8 +600,8 @@ std::vector<KeyInfo> MemoryStore::list(const Uuid& account_id) {
   const auto later_insert = [](const Entry* a, const Entry* b) { return a->seq > b->seq; };
   for (auto run = entries.begin(); run != entries.end();) {
     const std::int64_t created = (*run)->created_ms;
-    const auto end = std::find_if(run, entries.end(),
-                                  [&](const Entry* e) { return e->created_ms != created; });
+    const auto end =
+        std::find_if(run, entries.end(), [&](const Entry* e) { return e->created_ms != created; });
     if (end - run > 1) std::sort(run, end, later_insert);
     run = end;
   }

@@ -1,7 +1,8 @@
 // Private: SipHash (Aumasson and Bernstein), a keyed hash with a 64-bit or a 128-bit
-// tag, and SipHasher, its 1-3 variant under a per-instance random key, for hash tables whose keys an attacker
-// chooses (public keys presented to validate). std::hash is unkeyed, so a flood of
-// colliding keys could turn a table into a list; a secret key prevents that.
+// tag, and SipHasher, its 1-3 variant under a per-instance random key, for hash tables
+// whose keys an attacker chooses (public keys presented to validate). std::hash is
+// unkeyed, so a flood of colliding keys could turn a table into a list; a secret key
+// prevents that.
 // Thread-safety: siphash() is a pure function; a SipHasher is immutable once built, so
 // one instance may hash from many threads at once. Ownership: plain values.
 #pragma once
