@@ -425,7 +425,7 @@ struct MemoryCache::Impl {
 
   struct Where {
     Shard& shard;
-    std::size_t stripe;
+    std::size_t stripe = 0;
     KeyId id;
   };
   [[nodiscard]] Where locate(std::string_view pk) const noexcept {
