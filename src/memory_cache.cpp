@@ -35,36 +35,30 @@ constexpr std::size_t kStripesPerShard = 64;
 using KeyId = detail::Sip128;
 
 // A verdict's scopes, metadata, rate limits and lineage (when it is not the key's own
-// id), packed into one block that sits right after its entry's Node, in the same heap
-// block: reading a verdict's policy is then no pointer chase to a second allocation (on
-// a hit, that was one more dependent cache miss), and an entry costs one allocation. A
-// key with none has no block. The key's own expiry is kept here too, when it has one:
-// a node holds only what every verdict has. Layout, native byte order (the block never
+// id), packed into one block that sits right after its entry's Node (and the key's
+// expiry, when it has one), in the same heap block: reading a verdict's policy is then no pointer
+// chase to a second allocation (on a hit, that was one more dependent cache miss), and an entry
+// costs one allocation. A key with none has no block. Layout, native byte order (the block never
 // leaves the process), lengths as uint32:
-//   block size | scope count | metadata length | limit count | flags (1: lineage, 2: expiry) |
+//   block size | scope count | metadata length | limit count | lineage flag |
 //   per scope: length, characters | metadata |
-//   per limit: name length, name, limit (8), period ms (8), burst (8) |
-//   lineage (16, if flagged) | expiry as Unix ms (8, if flagged)
+//   per limit: name length, name, limit (8), period ms (8), burst (8) | lineage (16, if flagged)
 class Policy {
  public:
   static constexpr std::size_t kHeader = 20;
   static constexpr std::size_t kLimitFixed = 4 + 24;
-  static constexpr std::uint32_t kLineage = 1;
-  static constexpr std::uint32_t kExpiry = 2;
 
   // True when v's lineage must be kept (a rotated key's is not its own id).
   static bool keeps_lineage(const Verdict& v) noexcept {
     return !v.lineage_id.is_nil() && v.lineage_id != v.key_id;
   }
 
-  // Bytes of v's block; 0 when it has no scopes, metadata, limits, lineage or expiry to
-  // keep. Throws Error(invalid_argument) when the block would pass 4 GiB.
+  // Bytes of v's block; 0 when it has no scopes, metadata, limits or lineage to keep.
+  // Throws Error(invalid_argument) when the block would pass 4 GiB.
   static std::size_t size_of(const Verdict& v) {
     const bool lineage = keeps_lineage(v);
-    const bool expiry = v.expires_at.has_value();
-    if (v.scopes.empty() && v.metadata.empty() && v.rate_limits.empty() && !lineage && !expiry)
-      return 0;
-    std::size_t total = kHeader + v.metadata.size() + (lineage ? 16 : 0) + (expiry ? 8 : 0);
+    if (v.scopes.empty() && v.metadata.empty() && v.rate_limits.empty() && !lineage) return 0;
+    std::size_t total = kHeader + v.metadata.size() + (lineage ? 16 : 0);
     for (const std::string& s : v.scopes) total += 4 + s.size();
     for (const RateLimit& l : v.rate_limits) total += kLimitFixed + l.name.size();
     if (total > std::numeric_limits<std::uint32_t>::max()) {
@@ -81,7 +75,7 @@ class Policy {
     store32(out + 4, v.scopes.size());
     store32(out + 8, v.metadata.size());
     store32(out + 12, v.rate_limits.size());
-    store32(out + 16, (lineage ? kLineage : 0) | (v.expires_at ? kExpiry : 0));
+    store32(out + 16, lineage ? 1 : 0);
     out += kHeader;
     for (const std::string& s : v.scopes) {
       store32(out, s.size());
@@ -98,14 +92,7 @@ class Policy {
       std::memcpy(out + 16, &l.burst, 8);
       out += 24;
     }
-    if (lineage) {
-      std::memcpy(out, v.lineage_id.bytes().data(), 16);
-      out += 16;
-    }
-    if (v.expires_at) {
-      const std::int64_t ms = to_unix_millis(*v.expires_at);
-      std::memcpy(out, &ms, 8);
-    }
+    if (lineage) std::memcpy(out, v.lineage_id.bytes().data(), 16);
   }
 
   // Bytes of the block at `in` (0 when there is none: `in` is null).
@@ -113,20 +100,18 @@ class Policy {
     return in != nullptr ? load32(in) : 0;
   }
 
-  // Sets v's scopes, metadata, limits, lineage and expiry from the block at `in`
-  // (empty, the lineage nil and no expiry, when `in` is null). The vectors keep their
-  // capacity.
+  // Sets v's scopes, metadata, limits and lineage from the block at `in` (empty, and
+  // the lineage nil, when `in` is null). The vectors keep their capacity.
   static void unpack(const unsigned char* in, Verdict& v) {
     v.scopes.clear();
     v.metadata.clear();
     v.rate_limits.clear();
     v.lineage_id = Uuid();
-    v.expires_at.reset();
     if (in == nullptr) return;
     const std::uint32_t count = load32(in + 4);
     const std::uint32_t metadata = load32(in + 8);
     const std::uint32_t limits = load32(in + 12);
-    const std::uint32_t flags = load32(in + 16);
+    const bool lineage = load32(in + 16) != 0;
     in += kHeader;
     v.scopes.reserve(count);
     for (std::uint32_t i = 0; i < count; ++i) {
@@ -151,16 +136,10 @@ class Policy {
       l.period = std::chrono::milliseconds(period);
       in += 24;
     }
-    if ((flags & kLineage) != 0) {
+    if (lineage) {
       std::array<std::uint8_t, 16> id{};
       std::memcpy(id.data(), in, 16);
       v.lineage_id = Uuid(id);
-      in += 16;
-    }
-    if ((flags & kExpiry) != 0) {
-      std::int64_t ms = 0;
-      std::memcpy(&ms, in, 8);
-      v.expires_at = from_unix_millis(ms);
     }
   }
 
@@ -180,10 +159,10 @@ class Policy {
 // bucket's chain: 104 bytes on 64-bit platforms, so that with the allocator's header it
 // takes a 112-byte chunk. `presented` is the full digest of the secret that earned the
 // verdict: a lookup answers only when the presented digest matches all 32 bytes and
-// its pepper id. The verdict's optional parts (scopes, metadata, rate limits, a kept
-// lineage, the key's expiry) sit in a Policy block right after the node, in the same
-// allocation, when it has any. `expires_ms` is the entry's own deadline in Unix
-// milliseconds, never after the key's expiry (see deadline()); the key's expiry is
+// its pepper id. What only some verdicts have follows the node in the same allocation:
+// the key's expiry (8 bytes, Unix milliseconds), then the Policy block (scopes,
+// metadata, rate limits, a kept lineage). `expires_ms` is the entry's own deadline in
+// Unix milliseconds, never after the key's expiry (see deadline()); the key's expiry is
 // returned with the verdict, so the Validator checks it against its own clock whatever
 // clock this cache has.
 struct Node {
@@ -191,8 +170,10 @@ struct Node {
     kHasPolicy = 1,
     kHasAdmission = 2,
     kHasCredits = 4,
-    kHasBlock = 8,  // a Policy block follows the node
+    kHasBlock = 8,    // a Policy block follows the node (after the expiry, if any)
+    kHasExpiry = 16,  // the key's expiry follows the node
   };
+  static constexpr std::size_t kExpiryBytes = 8;
 
   Node* next = nullptr;
   KeyId id;
@@ -203,21 +184,29 @@ struct Node {
   Uuid account_id;
   Uuid key_id;
 
+  // REQUIRES: the allocation holds the tail that `v` and `block` call for.
   Node(const KeyId& k, std::int64_t expires, const Digest& d, const Verdict& v, bool block) noexcept
       : id(k),
         expires_ms(expires),
         presented(d),
         code(v.code),
-        flags(static_cast<std::uint8_t>(
-            (v.has_policy ? kHasPolicy : 0) | (v.has_admission ? kHasAdmission : 0) |
-            (v.has_credits ? kHasCredits : 0) | (block ? kHasBlock : 0))),
+        flags(static_cast<std::uint8_t>((v.has_policy ? kHasPolicy : 0) |
+                                        (v.has_admission ? kHasAdmission : 0) |
+                                        (v.has_credits ? kHasCredits : 0) |
+                                        (block ? kHasBlock : 0) | (v.expires_at ? kHasExpiry : 0))),
         account_id(v.account_id),
         key_id(v.key_id) {}
 
-  // The Policy block after the node, or null for none.
+  // Bytes that follow the node: the expiry, then the Policy block.
+  [[nodiscard]] const unsigned char* tail() const noexcept {
+    return reinterpret_cast<const unsigned char*>(this) + sizeof(Node);
+  }
+  [[nodiscard]] std::size_t expiry_bytes() const noexcept {
+    return (flags & kHasExpiry) != 0 ? kExpiryBytes : 0;
+  }
+  // The Policy block, or null for none.
   [[nodiscard]] const unsigned char* policy() const noexcept {
-    return (flags & kHasBlock) != 0 ? reinterpret_cast<const unsigned char*>(this) + sizeof(Node)
-                                    : nullptr;
+    return (flags & kHasBlock) != 0 ? tail() + expiry_bytes() : nullptr;
   }
 
   // Sets every field of `v` to the verdict, keeping the capacity of its vectors.
@@ -231,7 +220,13 @@ struct Node {
     v.has_policy = (flags & kHasPolicy) != 0;
     v.has_admission = (flags & kHasAdmission) != 0;
     v.has_credits = (flags & kHasCredits) != 0;
-    Policy::unpack(policy(), v);  // also the expiry
+    v.expires_at.reset();
+    if ((flags & kHasExpiry) != 0) {
+      std::int64_t ms = 0;
+      std::memcpy(&ms, tail(), kExpiryBytes);
+      v.expires_at = from_unix_millis(ms);
+    }
+    Policy::unpack(policy(), v);
     // The block keeps a lineage only when it is not the key's own id.
     if (v.lineage_id.is_nil() && v.has_admission && code == ValidationCode::valid)
       v.lineage_id = key_id;
@@ -251,8 +246,14 @@ using NodePtr = std::unique_ptr<Node, NodeDeleter>;
 NodePtr make_node(const KeyId& key, std::int64_t expires, const Digest& presented,
                   const Verdict& verdict) {
   const std::size_t block = Policy::size_of(verdict);
-  void* mem = ::operator new(sizeof(Node) + block);
-  if (block > 0) Policy::write(verdict, block, static_cast<unsigned char*>(mem) + sizeof(Node));
+  const std::size_t expiry = verdict.expires_at ? Node::kExpiryBytes : 0;
+  void* mem = ::operator new(sizeof(Node) + expiry + block);
+  auto* tail = static_cast<unsigned char*>(mem) + sizeof(Node);
+  if (verdict.expires_at) {
+    const std::int64_t ms = to_unix_millis(*verdict.expires_at);
+    std::memcpy(tail, &ms, Node::kExpiryBytes);
+  }
+  if (block > 0) Policy::write(verdict, block, tail + expiry);
   static_assert(std::is_nothrow_constructible_v<Node, const KeyId&, std::int64_t, const Digest&,
                                                 const Verdict&, bool>,
                 "a node is built after its memory is taken");
@@ -277,7 +278,7 @@ class Table {
   [[nodiscard]] std::size_t size() const noexcept { return size_; }
   [[nodiscard]] std::size_t bytes() const noexcept { return bytes_; }
   [[nodiscard]] static std::size_t charge(const Node& n) noexcept {
-    return MemoryCache::kEntryBytes + Policy::bytes(n.policy());
+    return MemoryCache::kEntryBytes + n.expiry_bytes() + Policy::bytes(n.policy());
   }
   [[nodiscard]] std::size_t bucket_count() const noexcept { return buckets_.size(); }
   [[nodiscard]] Node* bucket(std::size_t b) const noexcept { return buckets_[b]; }

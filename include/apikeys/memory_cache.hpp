@@ -62,13 +62,12 @@ struct MemoryCacheOptions {
 /// hashes collide (a chance of 2^-128 per pair, under a key no caller sees), and even
 /// then an entry answers only the digest of the secret it was stored with.
 ///
-/// Bytes per entry: kEntryBytes, plus, for a verdict with scopes, metadata, rate
-/// limits or an expiry (or the lineage of a rotated key), a block allocated with the
-/// entry's node: 20 + 4 x (number of scopes) + (characters of the scopes) + (bytes of
-/// the metadata) + 28 x (number of rate limits) + (characters of their names) + 16 when
-/// the lineage is kept + 8 when the key expires. A lookup of a verdict without scopes,
-/// metadata or rate limits allocates nothing; one with them allocates the strings it
-/// returns.
+/// Bytes per entry: kEntryBytes, plus 8 when the key expires, plus, for a verdict with
+/// scopes, metadata or rate limits (or the lineage of a rotated key), a block allocated
+/// with the entry's node: 20 + 4 x (number of scopes) + (characters of the scopes) +
+/// (bytes of the metadata) + 28 x (number of rate limits) + (characters of their
+/// names) + 16 when the lineage is kept. A lookup of a verdict without scopes, metadata
+/// or rate limits allocates nothing; one with them allocates the strings it returns.
 class APIKEYS_EXPORT MemoryCache final : public Cache {
  public:
   /// The bytes an entry counts for against MemoryCacheOptions::max_bytes besides its

@@ -545,6 +545,8 @@ TEST_CASE("MemoryCache: public keys one character apart never share an entry", "
 }
 
 TEST_CASE("MemoryCache: a verdict keeps its expiry, with and without a policy block", "[cache]") {
+  // The expiry and the policy block share the bytes after the node: each must be read
+  // from its own place, whichever of them a verdict has.
   Fixture f;
   const auto expiry = f.clock->now() + std::chrono::hours(2);
   Verdict plain = valid_verdict(1);
@@ -605,14 +607,14 @@ TEST_CASE("MemoryCache: bytes per entry are as documented", "[cache]") {
   f.fill(pk(3), digest_of(3), scoped, milliseconds(60'000));
   CHECK(f.cache->bytes() == 3 * MemoryCache::kEntryBytes + 20 + 1024 + 39);
 
-  SECTION("a key's expiry takes 8 bytes, in a block of its own when it has nothing else") {
+  SECTION("a key's expiry takes 8 bytes, with or without a block") {
     Verdict expiring = valid_verdict(4);
     expiring.expires_at = f.clock->now() + std::chrono::hours(1);
     f.fill(pk(4), digest_of(4), expiring, milliseconds(60'000));
-    CHECK(f.cache->bytes() == 4 * MemoryCache::kEntryBytes + 20 + 1024 + 39 + 20 + 8);
+    CHECK(f.cache->bytes() == 4 * MemoryCache::kEntryBytes + 20 + 1024 + 39 + 8);
     scoped.expires_at = expiring.expires_at;
     f.fill(pk(3), digest_of(3), scoped, milliseconds(60'000));
-    CHECK(f.cache->bytes() == 4 * MemoryCache::kEntryBytes + 20 + 1024 + 39 + 8 + 20 + 8);
+    CHECK(f.cache->bytes() == 4 * MemoryCache::kEntryBytes + 20 + 1024 + 39 + 8 + 8);
   }
   SECTION("a replaced verdict counts for what it now holds") {
     f.fill(pk(2), digest_of(2), valid_verdict(2), milliseconds(60'000));
