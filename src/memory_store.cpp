@@ -579,7 +579,8 @@ std::optional<KeyRecord> MemoryStore::find(std::string_view public_key) {
       static_cast<std::size_t>(n <= UINT32_MAX ? ((mixed >> 32) * n) >> 32 : mixed % n);
   const Entry& decoy = *impl.dense[pick + static_cast<std::size_t>(last)];
   const bool same = decoy.public_key == public_key;
-  const KeyRecord copy = decoy.record();
+  // Built as a hit's answer is: a KeyRecord moved into an optional.
+  const std::optional<KeyRecord> copy = decoy.record();
 #if defined(__GNUC__)
   asm volatile("" : : "r"(&copy), "r"(same) : "memory");  // the work is the point: keep it
 #endif
