@@ -729,6 +729,16 @@ inline void run_store_contract(const StoreFactory& make, const StoreContractOpti
 
     CHECK(ids_of(store->list(bob)) == std::vector<apikeys::Uuid>{key_id(10), key_id(11)});
     CHECK(store->list(account_id(3)).empty());
+
+    // A change keeps a key's place among keys created at the same time.
+    REQUIRE(store->set_status(alice, key_id(2), KeyStatus::revoked));
+    if (options.conditional_writes) {
+      apikeys::KeyInfo renamed = keys[1];  // key 4, inserted before key 5
+      renamed.title = "renamed";
+      REQUIRE(store->replace(alice, renamed, renamed.version).outcome ==
+              apikeys::WriteOutcome::applied);
+    }
+    CHECK(ids_of(store->list(alice)) == want);
   }
 
   SECTION("set_status only touches the owning account's key") {
