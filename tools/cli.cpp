@@ -1819,15 +1819,36 @@ int cmd_peppers(const Options& o) {
   return emit(dump(out)) ? kExitOk : kExitFailure;
 }
 
+// A path as `scan` prints it: printable ASCII as it is, and every other byte, and the
+// backslash, as \xNN (lower-case hex). A control byte printed raw could rewrite the
+// terminal or forge a line of output, and a byte that is not ASCII may be part of
+// something pasted in the wrong place; git quotes such paths by default too.
+std::string shown_path(std::string_view path) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(path.size());
+  for (const char c : path) {
+    const auto b = static_cast<unsigned char>(c);
+    if (b >= 0x20 && b < 0x7F && b != '\\') {
+      out.push_back(c);
+      continue;
+    }
+    out += "\\x";
+    out.push_back(kHex[b >> 4]);
+    out.push_back(kHex[b & 0xF]);
+  }
+  return out;
+}
+
 // `scan`'s walk over its paths: what it found, and whether a path could not be read.
 // A path is shown as given, and the files below a directory as that path joined with
-// their names; a path given that may be a secret pasted in the wrong place is shown as
-// "<not shown>".
+// their names, through shown_path(); a path given that may be a secret pasted in the
+// wrong place is shown as "<not shown>".
 class Scan {
  public:
   // Scans "-" (stdin), a file, or a directory and everything below it, without .git.
   void argument(const std::string& path) {
-    const std::string shown = may_hold_secret(path) ? std::string("<not shown>") : path;
+    const std::string shown = may_hold_secret(path) ? std::string("<not shown>") : shown_path(path);
     if (path == "-") {
       stream(STDIN_FILENO, shown);
       return;
@@ -1860,19 +1881,20 @@ class Scan {
     for (const std::filesystem::path& name : names) {
       if (name == ".git") continue;  // a repository's own store (or a worktree's link to it)
       const std::filesystem::path entry = dir / name;
+      const std::filesystem::path shown_entry = shown / shown_path(name.string());
       const std::filesystem::file_status link = std::filesystem::symlink_status(entry, ec);
       if (ec) {
-        fail((shown / name).string(), ec.message());
+        fail(shown_entry.string(), ec.message());
         continue;
       }
       if (std::filesystem::is_directory(link)) {
-        directory(entry, shown / name);
+        directory(entry, shown_entry);
         continue;
       }
       // A link is followed to a file, never to a directory (which may loop).
       const std::filesystem::file_status target =
           std::filesystem::is_symlink(link) ? std::filesystem::status(entry, ec) : link;
-      if (!ec && std::filesystem::is_regular_file(target)) file(entry, (shown / name).string());
+      if (!ec && std::filesystem::is_regular_file(target)) file(entry, shown_entry.string());
     }
   }
 

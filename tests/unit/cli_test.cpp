@@ -1904,6 +1904,19 @@ TEST_CASE("cli: scan finds keys in files and directories, never showing a secret
   r = run_bare({"scan", bsk});
   CHECK(r.code == 2);
   CHECK_FALSE(contains(r.err, bsk));
+  // Bytes outside printable ASCII in a path, and the backslash, are shown as \xNN, never
+  // raw: in a path given that cannot be read, and in a file's name below a directory.
+  r = run_bare({"scan", dir.file("no\nsuch\x1b[2J\xb9\\file")});
+  CHECK(r.code == 2);
+  CHECK(contains(r.err, "no\\x0asuch\\x1b[2J\\xb9\\x5cfile: "));
+  CHECK_FALSE(contains(r.err, "\x1b"));
+  CHECK_FALSE(contains(r.err, "\xb9"));
+  const std::string odd = dir.file("odd");
+  fs::create_directories(odd);
+  write_file(odd + "/x\ty\x7f.env", "K=" + branded.public_key + "\n");
+  r = run_bare({"scan", odd});
+  CHECK(r.code == 1);
+  CHECK(r.out == odd + "/x\\x09y\\x7f.env:1: branded public key " + branded.public_key + "\n");
 
   // "-" is stdin.
   r = run_bare({"scan", "-"}, "a\nb " + branded.public_key + "\n");
