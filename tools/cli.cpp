@@ -1822,7 +1822,7 @@ int cmd_peppers(const Options& o) {
 // A path as `scan` prints it: printable ASCII as it is, and every other byte, and the
 // backslash, as \xNN (lower-case hex). A control byte printed raw could rewrite the
 // terminal or forge a line of output, and a byte that is not ASCII may be part of
-// something pasted in the wrong place; git quotes such paths by default too.
+// something pasted in the wrong place (git, by default, also escapes such paths).
 std::string shown_path(std::string_view path) {
   static constexpr char kHex[] = "0123456789abcdef";
   std::string out;
