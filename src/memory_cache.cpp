@@ -36,10 +36,10 @@ using KeyId = detail::Sip128;
 
 // A verdict's scopes, metadata, rate limits and lineage (when it is not the key's own
 // id), packed into one block that sits right after its entry's Node (and the key's
-// expiry, when it has one), in the same heap block: reading a verdict's policy is then no pointer
-// chase to a second allocation (on a hit, that was one more dependent cache miss), and an entry
-// costs one allocation. A key with none has no block. Layout, native byte order (the block never
-// leaves the process), lengths as uint32:
+// expiry, when it has one), in the same heap block: reading a verdict's policy is then
+// no pointer chase to a second allocation (on a hit, that was one more dependent cache
+// miss), and an entry costs one allocation. A key with none has no block. Layout,
+// native byte order (the block never leaves the process), lengths as uint32:
 //   block size | scope count | metadata length | limit count | lineage flag |
 //   per scope: length, characters | metadata |
 //   per limit: name length, name, limit (8), period ms (8), burst (8) | lineage (16, if flagged)
@@ -241,8 +241,9 @@ struct NodeDeleter {
 };
 using NodePtr = std::unique_ptr<Node, NodeDeleter>;
 
-// A node for `key` holding `verdict`, its Policy block written right after it (one
-// allocation). Throws std::bad_alloc, or Error(invalid_argument) for a block over 4 GiB.
+// A node for `key` holding `verdict`, the key's expiry and its Policy block written
+// right after it (one allocation). Throws std::bad_alloc, or Error(invalid_argument) for a block
+// over 4 GiB.
 NodePtr make_node(const KeyId& key, std::int64_t expires, const Digest& presented,
                   const Verdict& verdict) {
   const std::size_t block = Policy::size_of(verdict);

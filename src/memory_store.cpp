@@ -139,7 +139,7 @@ struct Entry {
     k.public_key = public_key;
     k.title = title;
     k.status = status;
-    k.created_at = from_unix_millis(created_ms);
+    k.created_at = created_at();
     if ((flags & kExpires) != 0) k.expires_at = from_unix_millis(expires_ms);
     if ((flags & kUsed) != 0) k.last_used_at = from_unix_millis(used_ms);
     k.updated_at = from_unix_millis(updated_ms);

@@ -1824,7 +1824,6 @@ int cmd_peppers(const Options& o) {
 // terminal or forge a line of output, and a byte that is not ASCII may be part of
 // something pasted in the wrong place (git, by default, also escapes such paths).
 std::string shown_path(std::string_view path) {
-  static constexpr char kHex[] = "0123456789abcdef";
   std::string out;
   out.reserve(path.size());
   for (const char c : path) {
@@ -1833,9 +1832,10 @@ std::string shown_path(std::string_view path) {
       out.push_back(c);
       continue;
     }
+    char hex[2];
+    apikeys::detail::hex_encode(&b, 1, hex);
     out += "\\x";
-    out.push_back(kHex[b >> 4]);
-    out.push_back(kHex[b & 0xF]);
+    out.append(hex, 2);
   }
   return out;
 }
