@@ -74,13 +74,18 @@ inline unsigned base62_run(const char* p, std::size_t n) noexcept {
   return ok;
 }
 
-// Horner's rule over the digit table: five multiplications, and no test per character
-// (a bad one makes the value too large to match; see kNotDigit).
+// The six digits weighted by powers of 62 and summed, with no test per character (a bad
+// one makes the value too large to match; see kNotDigit). The same sum as Horner's rule,
+// exactly (no term or partial sum wraps), but the products are independent: about a
+// third of the latency of the chain of five multiply-adds.
 inline std::uint64_t decode(const char* in) noexcept {
   const auto* u = reinterpret_cast<const unsigned char*>(in);
-  std::uint64_t v = kDigit[u[0]];
-  for (int i = 1; i < 6; ++i) v = v * 62 + kDigit[u[i]];
-  return v;
+  constexpr std::uint64_t k62p2 = 62 * 62;
+  constexpr std::uint64_t k62p3 = k62p2 * 62;
+  constexpr std::uint64_t k62p4 = k62p3 * 62;
+  constexpr std::uint64_t k62p5 = k62p4 * 62;
+  return (kDigit[u[0]] * k62p5 + kDigit[u[1]] * k62p4) +
+         (kDigit[u[2]] * k62p3 + kDigit[u[3]] * k62p2) + (kDigit[u[4]] * 62 + kDigit[u[5]]);
 }
 
 bool body_ok_tables(const char* body, std::size_t length, std::uint32_t prefix_crc) noexcept {
