@@ -127,12 +127,9 @@ __attribute__((target("pclmul"))) inline std::uint32_t clmul_reduce(__m128i x) n
   return static_cast<std::uint32_t>(_mm_cvtsi128_si32(_mm_srli_si128(x, 4)));
 }
 
-// kLength: the body's length when known at compile time (the branded format's 32, the
-// default), else 0 and `length` says.
-template <std::size_t kLength>
+// Any length of at least 16 (body_ok_clmul32() takes 32).
 __attribute__((target("pclmul"))) bool body_ok_clmul(const char* body, std::size_t length,
                                                      std::uint32_t prefix_crc) noexcept {
-  if (kLength != 0) length = kLength;
   const auto* a = reinterpret_cast<const unsigned char*>(body);
   std::uint32_t reg = ~prefix_crc;
   // The bytes beyond a multiple of 16 first, by table; then the rest by folding.
@@ -144,6 +141,41 @@ __attribute__((target("pclmul"))) bool body_ok_clmul(const char* body, std::size
   for (std::size_t i = head + 16; i < length; i += 16) x = clmul_fold(x, fold128, a + i);
   const std::uint32_t crc = ~clmul_reduce(x);
   return (base62_run(body, length) & static_cast<unsigned>(decode(body + length) == crc)) != 0;
+}
+
+// The 32-character body (the branded format's, and the default length) without the
+// fold chain: the CRC is linear in the message, so each 8-byte word w_j (j = 0..3, the
+// register already in w_0) contributes w_j * x^(224 - 64j) mod P on its own. Three
+// independent products of a word by a 33-bit constant and the last word as it is,
+// XORed, leave 96 bits for clmul_reduce()'s last two steps: four dependent
+// multiplications in all, where folding 16 bytes then reducing 128 bits takes five (the
+// latency of this check is what a wrong checksum costs over a wrong character).
+// tests/unit/key_format_test.cpp checks it against the tables for many prefixes.
+constexpr long long kWord0 = 0x15a546366;  // x^224 mod P
+// Words 1 and 2 take x^160 (kFold128Lo) and x^96 (kFold128Hi).
+
+__attribute__((target("pclmul"))) bool body_ok_clmul32(const char* body,
+                                                       std::uint32_t prefix_crc) noexcept {
+  const auto* a = reinterpret_cast<const unsigned char*>(body);
+  const __m128i lo = _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a)),
+                                   _mm_cvtsi32_si128(static_cast<int>(~prefix_crc)));
+  const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a + 16));
+  const __m128i k01 = _mm_set_epi64x(kFold128Lo, kWord0);
+  const __m128i k2 = _mm_set_epi64x(0, kFold128Hi);
+  __m128i x = _mm_xor_si128(
+      _mm_xor_si128(_mm_clmulepi64_si128(lo, k01, 0x00), _mm_clmulepi64_si128(lo, k01, 0x11)),
+      _mm_xor_si128(_mm_clmulepi64_si128(hi, k2, 0x00), _mm_srli_si128(hi, 8)));
+  // clmul_reduce() from its second step: 96 bits to 64, then Barrett.
+  const __m128i fold64 = _mm_set_epi64x(0, kFold64);
+  const __m128i barrett = _mm_set_epi64x(kMu, kPoly);
+  const __m128i mask32 = _mm_set_epi32(0, 0, 0, -1);
+  x = _mm_xor_si128(_mm_srli_si128(x, 4),
+                    _mm_clmulepi64_si128(_mm_and_si128(x, mask32), fold64, 0x00));
+  const __m128i t =
+      _mm_and_si128(_mm_clmulepi64_si128(_mm_and_si128(x, mask32), barrett, 0x10), mask32);
+  x = _mm_xor_si128(x, _mm_clmulepi64_si128(t, barrett, 0x00));
+  const std::uint32_t crc = ~static_cast<std::uint32_t>(_mm_cvtsi128_si32(_mm_srli_si128(x, 4)));
+  return (base62_run(body, 32) & static_cast<unsigned>(decode(body + 32) == crc)) != 0;
 }
 
 bool detect_clmul() noexcept {
@@ -167,8 +199,8 @@ std::uint32_t crc32(std::uint32_t crc, std::string_view data) noexcept {
 
 bool checksummed_body_ok(const char* body, std::size_t length, std::uint32_t prefix_crc) noexcept {
 #if defined(APIKEYS_CRC32_CLMUL)
-  if (kHasClmul && length == 32) return body_ok_clmul<32>(body, length, prefix_crc);
-  if (kHasClmul && length >= 16) return body_ok_clmul<0>(body, length, prefix_crc);
+  if (kHasClmul && length == 32) return body_ok_clmul32(body, prefix_crc);
+  if (kHasClmul && length >= 16) return body_ok_clmul(body, length, prefix_crc);
 #endif
   return body_ok_tables(body, length, prefix_crc);
 }

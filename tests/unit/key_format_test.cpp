@@ -175,6 +175,29 @@ TEST_CASE("checksummed bodies of every length agree with the tables", "[key_form
   }
 }
 
+TEST_CASE("32-character checksummed bodies agree with the tables under any prefix",
+          "[key_format]") {
+  // 32 characters (the branded format's length) take a path of their own, where each
+  // 4-byte word is multiplied by its own constant: a wrong constant would show for some
+  // words and prefixes only, so many of both are tried, and every single change.
+  std::mt19937 rng(32);
+  for (int round = 0; round < 2000; ++round) {
+    std::string body;
+    for (std::size_t i = 0; i < 32; ++i) body += kBase62[rng() % 62];
+    const std::string prefix = "p" + std::to_string(rng()) + "_";
+    const std::uint32_t prefix_crc = apikeys::detail::crc32(0, prefix);
+    body += encode(apikeys::detail::crc32(0, prefix + body));
+    INFO("round " << round);
+    REQUIRE(apikeys::detail::checksummed_body_ok(body.data(), 32, prefix_crc));
+    const std::size_t at = rng() % body.size();
+    std::string changed = body;
+    changed[at] = kBase62[(std::string_view(kBase62).find(body[at]) + 1 + rng() % 61) % 62];
+    CHECK_FALSE(apikeys::detail::checksummed_body_ok(changed.data(), 32, prefix_crc));
+    CHECK_FALSE(
+        apikeys::detail::checksummed_body_ok(body.data(), 32, prefix_crc ^ (1U << (round % 32))));
+  }
+}
+
 TEST_CASE("KeyFormat::branded: brand rules and prefixes", "[key_format]") {
   const KeyFormat f = KeyFormat::branded("acme");
   CHECK(f.public_prefix == "acme_pk_");
