@@ -38,6 +38,7 @@
 #include "sqlite/record_codec.hpp"
 #include "sqlite/schema.hpp"
 #include "sqlite/statement.hpp"
+#include "text.hpp"
 #include "thread_annotations.hpp"
 
 namespace apikeys {
@@ -332,8 +333,10 @@ SqliteStore::SqliteStore(const std::string& path, SqliteStoreOptions options)
                 "SqliteStore open failed: in-memory and temporary databases are not supported "
                 "(use MemoryStore)");
   }
-  // SQLite's own errors name the file; it is not secret and operators need it.
-  translated(fmt::format("open '{}'", path), [&] {
+  // The errors name the file, which operators need: escaped (detail::escape_unprintable),
+  // so a name holding control bytes cannot rewrite a terminal or forge a log line.
+  const std::string shown = detail::escape_unprintable(path);
+  translated(fmt::format("open '{}'", shown), [&] {
     Impl& impl = *impl_;
     const bool may_initialise = options.create_if_missing && !options.read_only;
     // Rule 15: identified read-only before anything (even the switch to WAL) writes.
@@ -346,7 +349,7 @@ SqliteStore::SqliteStore(const std::string& path, SqliteStoreOptions options)
       throw Error(ErrorCode::storage,
                   fmt::format("SqliteStore open '{}' failed: no such file (a read-only open, or "
                               "one with create_if_missing off, creates none)",
-                              path));
+                              shown));
     }
     if (!options.read_only) {
       SQLite::Database db = open_connection(path, options, Role::writer, false, missing);

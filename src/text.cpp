@@ -1,5 +1,7 @@
 #include "text.hpp"
 
+#include "hex.hpp"
+
 namespace apikeys::detail {
 
 std::optional<std::size_t> utf8_length(std::string_view s, std::size_t limit) noexcept {
@@ -94,6 +96,23 @@ std::string_view trim_ascii(std::string_view s) noexcept {
   if (first == std::string_view::npos) return {};
   const auto last = s.find_last_not_of(kSpace);
   return s.substr(first, last - first + 1);
+}
+
+std::string escape_unprintable(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (const char c : s) {
+    const auto b = static_cast<unsigned char>(c);
+    if (b >= 0x20 && b < 0x7F && b != '\\') {
+      out.push_back(c);
+      continue;
+    }
+    char hex[2];
+    hex_encode(&b, 1, hex);
+    out += "\\x";
+    out.append(hex, 2);
+  }
+  return out;
 }
 
 }  // namespace apikeys::detail

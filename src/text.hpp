@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 
 namespace apikeys::detail {
@@ -30,5 +31,11 @@ bool has_line_separator(std::string_view s) noexcept;
 
 /// `s` without leading and trailing ASCII white space.
 std::string_view trim_ascii(std::string_view s) noexcept;
+
+/// `s` as an error message or a terminal may show it: printable ASCII as it is, and
+/// every other byte, and the backslash, as \xNN (lower-case hex), so the result is one
+/// line of printable ASCII that maps back to `s`. A path or name printed raw could
+/// carry terminal escape sequences or a newline that forges a line of a log.
+std::string escape_unprintable(std::string_view s);
 
 }  // namespace apikeys::detail

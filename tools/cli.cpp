@@ -34,6 +34,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../src/hex.hpp"
+#include "../src/text.hpp"
 #include "apikeys/apikeys.hpp"
 #if defined(APIKEYS_HAS_POSTGRES)
 #include "apikeys/postgres_store.hpp"
@@ -1063,8 +1064,10 @@ RedisAddress parse_redis(std::string_view text) {
 
 // Checks the backend options before anything is read or written: refuses a --db that
 // holds a secret key (before any copy of it is made), options this build cannot honour,
-// and, unless the command may create it, a SQLite file that does not exist. The path or
-// URL is never shown: it may be a secret pasted in the wrong place, or hold a password.
+// and, unless the command may create it, a SQLite file that does not exist. These
+// checks never show the path or URL: it may be a secret pasted in the wrong place, or
+// hold a password. Once they pass, a SQLite file that cannot be opened is named in
+// SqliteStore's error, its unprintable bytes escaped (detail::escape_unprintable()).
 void check_db(const Options& o, bool may_create_db) {
   refuse_secret(o.db, "--db", {});
   if (!o.redis.empty()) {
@@ -1820,25 +1823,10 @@ int cmd_peppers(const Options& o) {
 }
 
 // A path as `scan` prints it: printable ASCII as it is, and every other byte, and the
-// backslash, as \xNN (lower-case hex). A control byte printed raw could rewrite the
-// terminal or forge a line of output, and a byte that is not ASCII may be part of
-// something pasted in the wrong place (git, by default, also escapes such paths).
-std::string shown_path(std::string_view path) {
-  std::string out;
-  out.reserve(path.size());
-  for (const char c : path) {
-    const auto b = static_cast<unsigned char>(c);
-    if (b >= 0x20 && b < 0x7F && b != '\\') {
-      out.push_back(c);
-      continue;
-    }
-    char hex[2];
-    apikeys::detail::hex_encode(&b, 1, hex);
-    out += "\\x";
-    out.append(hex, 2);
-  }
-  return out;
-}
+// backslash, as \xNN (detail::escape_unprintable()). A control byte printed raw could
+// rewrite the terminal or forge a line of output, and a byte that is not ASCII may be
+// part of something pasted in the wrong place (git, by default, also escapes such paths).
+std::string shown_path(std::string_view path) { return apikeys::detail::escape_unprintable(path); }
 
 // `scan`'s walk over its paths: what it found, and whether a path could not be read.
 // A path is shown as given, and the files below a directory as that path joined with

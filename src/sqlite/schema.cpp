@@ -15,6 +15,7 @@
 
 #include "apikeys/error.hpp"
 #include "sqlite/statement.hpp"
+#include "text.hpp"
 
 namespace apikeys::detail::sqlite {
 namespace {
@@ -246,13 +247,13 @@ void require_usable(const Identity& id, const std::string& path, bool may_initia
                   fmt::format("SqliteStore open '{}' failed: not an apikeys database (an empty "
                               "file; only a writable open with create_if_missing initialises "
                               "one)",
-                              path));
+                              escape_unprintable(path)));
     case FileKind::foreign: break;
   }
   throw Error(ErrorCode::storage,
               fmt::format("SqliteStore open '{}' failed: not an apikeys database ({}); left "
                           "unchanged",
-                          path, id.why));
+                          escape_unprintable(path), id.why));
 }
 
 namespace {
@@ -326,14 +327,14 @@ Identity identify_read_only(const std::string& path, const SqliteStoreOptions& o
                   fmt::format("SqliteStore open '{}' failed: the file has a hot journal (an "
                               "interrupted transaction) that only a writable connection can "
                               "roll back; open it once with the program that wrote it",
-                              path));
+                              escape_unprintable(path)));
     }
   } catch (const SQLite::Exception& e) {
     if (e.getErrorCode() != SQLITE_NOTADB) throw;
     throw Error(ErrorCode::storage,
                 fmt::format("SqliteStore open '{}' failed: not an apikeys database (not an "
                             "SQLite database file); left unchanged",
-                            path));
+                            escape_unprintable(path)));
   }
 }
 

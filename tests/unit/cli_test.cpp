@@ -1491,6 +1491,19 @@ TEST_CASE("cli: a key=value connection string as --db is refused, never shown", 
   }
 }
 
+TEST_CASE("cli: a --db file that cannot be opened is named with its bytes escaped", "[cli]") {
+  // SqliteStore's error names the file: a name holding an escape sequence or a newline
+  // reaches the terminal as \xNN, never raw.
+  TempDir dir;
+  const std::string db = dir.file("missing-dir/a\x1b[2J\nb.db");
+  const Run r = run_cli({"--db", db, "create", "--account", kAccount, "--title", "t"});
+  INFO("stderr: " << r.err);
+  CHECK(r.code == 4);
+  CHECK(contains(r.err, "a\\x1b[2J\\x0ab.db"));
+  CHECK_FALSE(contains(r.err, "\x1b"));
+  CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+}
+
 namespace {
 
 // Runs the CLI as run_cli() does, with `extra` (NAME=value) added to its environment.

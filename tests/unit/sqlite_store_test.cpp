@@ -295,6 +295,39 @@ TEST_CASE("SqliteStore opens a version 2 database of a release without the marke
   CHECK(raw.integer("SELECT count(*) FROM api_keys") == 1);
 }
 
+TEST_CASE("SqliteStore's open errors show a file name's unprintable bytes escaped",
+          "[store][sqlite]") {
+  // A name holding an escape sequence, a newline, a byte that is not ASCII and a
+  // backslash: printed raw, it could rewrite a terminal or forge a line of a log.
+  TempDir dir;
+  const std::string name = std::string("x\x1b[31m\nforged line\xff\\.db");
+  const std::string shown = "x\\x1b[31m\\x0aforged line\\xff\\x5c.db";
+  const auto check = [&](const std::optional<apikeys::Error>& e, const char* why) {
+    REQUIRE(e);
+    INFO(e->what());
+    CHECK(e->code() == ErrorCode::storage);
+    CHECK(contains(e->what(), why));
+    CHECK(contains(e->what(), shown));
+    const std::string what = e->what();
+    CHECK(std::none_of(what.begin(), what.end(), [](char c) {
+      const auto b = static_cast<unsigned char>(c);
+      return b < 0x20 || b >= 0x7F;
+    }));
+  };
+  SqliteStoreOptions read_only;
+  read_only.read_only = true;
+  // Missing, on a read-only open (SqliteStore's own message).
+  check(error_of([&] { SqliteStore store(dir.file(name), read_only); }), "no such file");
+  // In a directory that does not exist (SQLite's message, behind the operation's name).
+  check(error_of([&] { SqliteStore store(dir.file("missing-dir/" + name)); }), "open '");
+  // Not an SQLite file (the schema check's message).
+  {
+    std::ofstream out(dir.file(name), std::ios::binary);
+    out << std::string(4096, 'j');
+  }
+  check(error_of([&] { SqliteStore store(dir.file(name)); }), "not an apikeys database");
+}
+
 TEST_CASE("SqliteStore refuses a file that is not an apikeys database and leaves it unchanged",
           "[store][sqlite]") {
   TempDir dir;
