@@ -144,18 +144,31 @@ bool has_unprintable(std::string_view s) {
   return false;
 }
 
+// The directory every path the parser may open lies under: it does not exist.
+constexpr std::string_view kNowhere = "/nonexistent-apikeys-fuzz-dir/";
+
 // Runs the real parser on the fuzzed arguments. Arguments that could make a command
-// read stdin ("-"), a file (--pepper-file) or a chosen database (--db) are dropped; the
-// --db given points into a directory that does not exist and no pepper is set, so
-// every command fails before any I/O. Output goes nowhere.
+// read stdin ("-"), a file (--pepper-file, --legacy-pepper-file) or a chosen database
+// (--db) are dropped; the --db given points into a directory that does not exist and no
+// pepper is set, so every command that needs them fails before any I/O. `scan` needs
+// neither: after it, every argument that is not an option is put under kNowhere (and
+// "--" is dropped, so that none is taken as a path unseen), so it never reads stdin, a
+// device or the file system (`scan /` would walk all of it, `scan /dev/zero` would
+// never end). Output goes nowhere.
 void check_parser(const std::vector<std::string>& fuzzed) {
   std::vector<std::string> args{"apikeys"};
+  bool after_scan = false;
   for (const auto& s : fuzzed) {
-    if (s == "-" || s.rfind("--pepper", 0) == 0 || s.rfind("--db", 0) == 0) continue;
-    args.push_back(s);
+    if (s == "-" || s.rfind("--pepper", 0) == 0 || s.rfind("--legacy-pepper", 0) == 0 ||
+        s.rfind("--db", 0) == 0) {
+      continue;
+    }
+    if (after_scan && s == "--") continue;
+    args.push_back(after_scan && s.rfind('-', 0) != 0 ? std::string(kNowhere) + s : s);
+    after_scan = after_scan || s == "scan";
   }
   args.emplace_back("--db");
-  args.emplace_back("/nonexistent-apikeys-fuzz-dir/fuzz.db");
+  args.emplace_back(std::string(kNowhere) + "fuzz.db");
   Argv a(args);
   std::ostringstream sink;
   auto* out = std::cout.rdbuf(sink.rdbuf());
