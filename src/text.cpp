@@ -98,12 +98,14 @@ std::string_view trim_ascii(std::string_view s) noexcept {
   return s.substr(first, last - first + 1);
 }
 
-std::string escape_unprintable(std::string_view s) {
+namespace {
+
+std::string escaped(std::string_view s, bool backslash) {
   std::string out;
   out.reserve(s.size());
   for (const char c : s) {
     const auto b = static_cast<unsigned char>(c);
-    if (b >= 0x20 && b < 0x7F && b != '\\') {
+    if (b >= 0x20 && b < 0x7F && (b != '\\' || !backslash)) {
       out.push_back(c);
       continue;
     }
@@ -114,5 +116,11 @@ std::string escape_unprintable(std::string_view s) {
   }
   return out;
 }
+
+}  // namespace
+
+std::string escape_unprintable(std::string_view s) { return escaped(s, true); }
+
+std::string escape_controls(std::string_view s) { return escaped(s, false); }
 
 }  // namespace apikeys::detail

@@ -38,4 +38,10 @@ std::string_view trim_ascii(std::string_view s) noexcept;
 /// carry terminal escape sequences or a newline that forges a line of a log.
 std::string escape_unprintable(std::string_view s);
 
+/// escape_unprintable() that keeps the backslash: for a message that may already hold
+/// text escaped that way (a file name in SqliteStore's errors), which a second pass
+/// would mangle. No byte outside printable ASCII survives it; what it gives up is that
+/// "\x1b" typed by a user and an escaped ESC read the same.
+std::string escape_controls(std::string_view s);
+
 }  // namespace apikeys::detail

@@ -2024,7 +2024,10 @@ int run_command(int argc, char** argv) {
     std::string message =
         extras ? std::string("unexpected extra arguments (not shown: they may be secrets)")
                : redact_arguments(e.what(), cmd.argc(), cmd.argv());
-    return "apikeys: " + message + "\nRun with --help for more information.\n";
+    // CLI11 quotes a value too short to be taken for a secret: it may still hold an
+    // escape sequence or a newline (detail::escape_controls()).
+    return "apikeys: " + apikeys::detail::escape_controls(message) +
+           "\nRun with --help for more information.\n";
   });
 
   // The rate-limit and credit options of create and update.
@@ -2372,14 +2375,19 @@ int run_command(int argc, char** argv) {
     std::cerr << "apikeys: no command given\n";
     return kExitUsage;
   } catch (const UsageError& e) {
-    std::cerr << "apikeys: " << e.what() << '\n';
+    // Every message reaches the terminal as printable ASCII, whatever text it quotes.
+    std::cerr << "apikeys: " << apikeys::detail::escape_controls(e.what()) << '\n';
     return kExitUsage;
   } catch (const apikeys::Error& e) {
     std::cerr << "apikeys: " << apikeys::to_string(e.code()) << ": "
-              << redact_password(cmd.redact(e.what()), db_password) << '\n';
+              << apikeys::detail::escape_controls(
+                     redact_password(cmd.redact(e.what()), db_password))
+              << '\n';
     return exit_code_for(e.code());
   } catch (const std::exception& e) {
-    std::cerr << "apikeys: internal error: " << redact_password(cmd.redact(e.what()), db_password)
+    std::cerr << "apikeys: internal error: "
+              << apikeys::detail::escape_controls(
+                     redact_password(cmd.redact(e.what()), db_password))
               << '\n';
     return kExitFailure;
   }

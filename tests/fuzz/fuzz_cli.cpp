@@ -179,6 +179,12 @@ void check_parser(const std::vector<std::string>& fuzzed) {
   // Every path fails closed (no database, no pepper) or prints help/version.
   FUZZ_CHECK(rc == kExitOk || rc == kExitUsage || rc == kExitFailure);
   const std::string text = sink.str();
+  // Whatever the arguments held, the output is printable ASCII, tabs and newlines: no
+  // escape sequence or forged line reaches a terminal.
+  for (const char c : text) {
+    const auto b = static_cast<unsigned char>(c);
+    FUZZ_CHECK((b >= 0x20 && b < 0x7F) || b == '\n' || b == '\t');
+  }
   for (std::size_t i = 1; i < args.size(); ++i) {
     const std::string_view value = redactable_value(args[i]);
     // The tool's own text (help, rules) may contain a printable argument by chance; it

@@ -1491,6 +1491,22 @@ TEST_CASE("cli: a key=value connection string as --db is refused, never shown", 
   }
 }
 
+TEST_CASE("cli: a value quoted in a parse error reaches the terminal escaped", "[cli]") {
+  // CLI11 quotes a value it cannot convert; one too short to be taken for a secret is
+  // shown, but an escape sequence or a newline in it never reaches the terminal raw.
+  TempDir dir;
+  const Run r = run_cli({"--db", dir.file("k.db"), "create", "--account", kAccount, "--title", "t",
+                         "--expires-in-days", "\x1b[2J\n\x9b"});
+  INFO("stderr: " << r.err);
+  CHECK(r.code == 2);
+  CHECK(contains(r.err, "\\x1b[2J\\x0a\\x9b"));
+  CHECK(std::none_of(r.err.begin(), r.err.end(), [](char c) {
+    const auto b = static_cast<unsigned char>(c);
+    return (b < 0x20 && b != '\n') || b >= 0x7F;
+  }));
+  CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 2);  // the message, then the hint
+}
+
 TEST_CASE("cli: a --db file that cannot be opened is named with its bytes escaped", "[cli]") {
   // SqliteStore's error names the file: a name holding an escape sequence or a newline
   // reaches the terminal as \xNN, never raw.
