@@ -101,9 +101,9 @@ bool body_ok_tables(const char* body, std::size_t length, std::uint32_t prefix_c
 // product); tests/unit/key_format_test.cpp checks the result against the tables and zlib.
 constexpr long long kFold128Lo = 0x1751997d0;  // x^(128+32) mod P
 constexpr long long kFold128Hi = 0x0ccaa009e;  // x^(128-32) mod P
-constexpr long long kFold64 = 0x163cd6124;     // x^64 mod P
 constexpr long long kPoly = 0x1db710641;       // P
-constexpr long long kMu = 0x1f7011641;         // floor(x^64 / P)
+// floor(x^96 / P): 65 bits, but its x^0 coefficient is 0, so its reflection fits 64.
+constexpr long long kMu96 = static_cast<long long>(0xb4e5b025f7011641ULL);
 
 __attribute__((target("pclmul"))) inline __m128i clmul_fold(__m128i x, __m128i k,
                                                             const unsigned char* next) noexcept {
@@ -112,19 +112,24 @@ __attribute__((target("pclmul"))) inline __m128i clmul_fold(__m128i x, __m128i k
       _mm_loadu_si128(reinterpret_cast<const __m128i*>(next)));
 }
 
-// The 128-bit remainder `x` reduced to the (inverted) CRC register.
+// A remainder `r` of 96 bits reduced to the (inverted) CRC register by Barrett's method
+// in one step: the quotient's 64 bits are r's high-order 64 bits times kMu96 (the
+// product's low half, in the reflected order; the next multiplication reads no more),
+// and r minus the quotient times P leaves the register in bits 64..95. Two dependent
+// multiplications, where folding to 64 bits first and then reducing took three.
+__attribute__((target("pclmul"))) inline std::uint32_t clmul_reduce96(__m128i r) noexcept {
+  const __m128i barrett = _mm_set_epi64x(kPoly, kMu96);
+  const __m128i quotient = _mm_clmulepi64_si128(r, barrett, 0x00);
+  const __m128i rest = _mm_xor_si128(r, _mm_clmulepi64_si128(quotient, barrett, 0x10));
+  return static_cast<std::uint32_t>(_mm_cvtsi128_si32(_mm_srli_si128(rest, 8)));
+}
+
+// The 128-bit remainder `x` reduced to the (inverted) CRC register: its high-order 64
+// bits folded into the rest (96 bits), then clmul_reduce96().
 __attribute__((target("pclmul"))) inline std::uint32_t clmul_reduce(__m128i x) noexcept {
   const __m128i fold128 = _mm_set_epi64x(kFold128Hi, kFold128Lo);
-  const __m128i fold64 = _mm_set_epi64x(0, kFold64);
-  const __m128i barrett = _mm_set_epi64x(kMu, kPoly);
-  const __m128i mask32 = _mm_set_epi32(0, 0, 0, -1);
-  x = _mm_xor_si128(_mm_clmulepi64_si128(x, fold128, 0x10), _mm_srli_si128(x, 8));
-  x = _mm_xor_si128(_mm_srli_si128(x, 4),
-                    _mm_clmulepi64_si128(_mm_and_si128(x, mask32), fold64, 0x00));
-  const __m128i t =
-      _mm_and_si128(_mm_clmulepi64_si128(_mm_and_si128(x, mask32), barrett, 0x10), mask32);
-  x = _mm_xor_si128(x, _mm_clmulepi64_si128(t, barrett, 0x00));
-  return static_cast<std::uint32_t>(_mm_cvtsi128_si32(_mm_srli_si128(x, 4)));
+  return clmul_reduce96(
+      _mm_xor_si128(_mm_clmulepi64_si128(x, fold128, 0x10), _mm_srli_si128(x, 8)));
 }
 
 // Any length of at least 16 (body_ok_clmul32() takes 32).
@@ -147,12 +152,11 @@ __attribute__((target("pclmul"))) bool body_ok_clmul(const char* body, std::size
 // fold chain: the CRC is linear in the message, so each 8-byte word w_j (j = 0..3, the
 // register already in w_0) contributes w_j * x^(224 - 64j) mod P on its own. Three
 // independent products of a word by a 33-bit constant and the last word as it is,
-// XORed, leave 96 bits for clmul_reduce()'s last two steps: four dependent
-// multiplications in all, where folding 16 bytes then reducing 128 bits takes five (the
-// latency of this check is what a wrong checksum costs over a wrong character).
-// tests/unit/key_format_test.cpp checks it against the tables for many prefixes.
-constexpr long long kWord0 = 0x15a546366;  // x^224 mod P
-// Words 1 and 2 take x^160 (kFold128Lo) and x^96 (kFold128Hi).
+// XORed, leave 96 bits for clmul_reduce96(): three dependent multiplications in all,
+// where folding 16 bytes then reducing 128 bits takes four. The latency of this check
+// is what a wrong checksum costs over a wrong character. tests/unit/key_format_test.cpp
+// checks it against the tables for many prefixes.
+constexpr long long kWord0 = 0x15a546366;  // x^224 mod P (words 1 and 2: kFold128Lo, Hi)
 
 __attribute__((target("pclmul"))) bool body_ok_clmul32(const char* body,
                                                        std::uint32_t prefix_crc) noexcept {
@@ -162,19 +166,9 @@ __attribute__((target("pclmul"))) bool body_ok_clmul32(const char* body,
   const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a + 16));
   const __m128i k01 = _mm_set_epi64x(kFold128Lo, kWord0);
   const __m128i k2 = _mm_set_epi64x(0, kFold128Hi);
-  __m128i x = _mm_xor_si128(
+  const std::uint32_t crc = ~clmul_reduce96(_mm_xor_si128(
       _mm_xor_si128(_mm_clmulepi64_si128(lo, k01, 0x00), _mm_clmulepi64_si128(lo, k01, 0x11)),
-      _mm_xor_si128(_mm_clmulepi64_si128(hi, k2, 0x00), _mm_srli_si128(hi, 8)));
-  // clmul_reduce() from its second step: 96 bits to 64, then Barrett.
-  const __m128i fold64 = _mm_set_epi64x(0, kFold64);
-  const __m128i barrett = _mm_set_epi64x(kMu, kPoly);
-  const __m128i mask32 = _mm_set_epi32(0, 0, 0, -1);
-  x = _mm_xor_si128(_mm_srli_si128(x, 4),
-                    _mm_clmulepi64_si128(_mm_and_si128(x, mask32), fold64, 0x00));
-  const __m128i t =
-      _mm_and_si128(_mm_clmulepi64_si128(_mm_and_si128(x, mask32), barrett, 0x10), mask32);
-  x = _mm_xor_si128(x, _mm_clmulepi64_si128(t, barrett, 0x00));
-  const std::uint32_t crc = ~static_cast<std::uint32_t>(_mm_cvtsi128_si32(_mm_srli_si128(x, 4)));
+      _mm_xor_si128(_mm_clmulepi64_si128(hi, k2, 0x00), _mm_srli_si128(hi, 8))));
   return (base62_run(body, 32) & static_cast<unsigned>(decode(body + 32) == crc)) != 0;
 }
 
