@@ -100,12 +100,20 @@ std::string_view trim_ascii(std::string_view s) noexcept {
 
 namespace {
 
+bool kept(unsigned char b, bool backslash) noexcept {
+  return b >= 0x20 && b < 0x7F && (b != '\\' || !backslash);
+}
+
 std::string escaped(std::string_view s, bool backslash) {
+  // Sized exactly first: the text may be a secret pasted in the wrong place, and a
+  // string that grew would leave a copy of its start in the block it left.
+  std::size_t size = 0;
+  for (const char c : s) size += kept(static_cast<unsigned char>(c), backslash) ? 1 : 4;
   std::string out;
-  out.reserve(s.size());
+  out.reserve(size);
   for (const char c : s) {
     const auto b = static_cast<unsigned char>(c);
-    if (b >= 0x20 && b < 0x7F && (b != '\\' || !backslash)) {
+    if (kept(b, backslash)) {
       out.push_back(c);
       continue;
     }

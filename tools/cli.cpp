@@ -194,14 +194,25 @@ void CommandLine::blank(const std::string& parsed) noexcept {
 
 std::string CommandLine::redact(std::string message) const {
   constexpr std::string_view kMarker = "<not shown>";
-  for (const apikeys::SecretString& h : hidden_) {
-    const std::string_view value = h.reveal();
-    if (value.size() < 8) continue;
-    // Resume after the marker, which may itself hold the value ("<not shown>").
+  // Resume after the marker, which may itself hold the value ("<not shown>").
+  const auto hide = [&message, kMarker](std::string_view value) {
     for (auto at = message.find(value); at != std::string::npos;
          at = message.find(value, at + kMarker.size())) {
       message.replace(at, value.size(), kMarker);
     }
+  };
+  for (const apikeys::SecretString& h : hidden_) {
+    const std::string_view value = h.reveal();
+    if (value.size() < 8) continue;
+    // A message may quote the value escaped (SqliteStore escapes a file name's bytes
+    // outside printable ASCII): those forms go first, as they are the longer.
+    const auto hide_escaped = [&](std::string escaped) {
+      if (escaped != value) hide(escaped);
+      wipe_bytes(escaped.data(), escaped.size());
+    };
+    hide_escaped(apikeys::detail::escape_unprintable(value));
+    hide_escaped(apikeys::detail::escape_controls(value));
+    hide(value);
   }
   return message;
 }

@@ -1491,6 +1491,21 @@ TEST_CASE("cli: a key=value connection string as --db is refused, never shown", 
   }
 }
 
+TEST_CASE("cli: a --db that may hold a secret stays hidden when its name is escaped", "[cli]") {
+  // SqliteStore names the file with its bytes outside printable ASCII (and the
+  // backslash) escaped; the CLI must still find a hidden value in that form.
+  TempDir dir;
+  const std::string run = "0123456789abcdefghijABCDEFGHIJ01";
+  for (const std::string& odd : {std::string("\xc3\xa9"), std::string("\\"), std::string("\x1b")}) {
+    const std::string db = dir.file("missing-dir/" + odd + run + ".db");
+    const Run r = run_cli({"--db", db, "create", "--account", kAccount, "--title", "t"});
+    INFO("stderr: " << r.err);
+    CHECK(r.code == 4);
+    CHECK(contains(r.err, "<not shown>"));
+    CHECK_FALSE(contains(r.err, run));
+  }
+}
+
 TEST_CASE("cli: a value quoted in a parse error reaches the terminal escaped", "[cli]") {
   // CLI11 quotes a value it cannot convert; one too short to be taken for a secret is
   // shown, but an escape sequence or a newline in it never reaches the terminal raw.
