@@ -151,10 +151,19 @@ constexpr std::string_view kNowhere = "/nonexistent-apikeys-fuzz-dir/";
 // read stdin ("-"), a file (--pepper-file, --legacy-pepper-file) or a chosen database
 // (--db) are dropped; the --db given points into a directory that does not exist and no
 // pepper is set, so every command that needs them fails before any I/O. `scan` needs
-// neither: after it, every argument that is not an option is put under kNowhere (and
-// "--" is dropped, so that none is taken as a path unseen), so it never reads stdin, a
-// device or the file system (`scan /` would walk all of it, `scan /dev/zero` would
-// never end). Output goes nowhere.
+// neither: after it, every argument that does not look like an option to CLI11 is put
+// under kNowhere (and "--" is dropped, so that none is taken as a path unseen), so it
+// never reads stdin, a device or the file system (`scan /` would walk all of it,
+// `scan /dev/zero` would never end). Output goes nowhere.
+//
+// CLI11 takes "-" then a letter, or "--" then a letter, as an option; anything else
+// that starts with '-' ("-0", "---", "-!x") is a positional, which scan would open.
+bool looks_like_option(const std::string& s) {
+  const auto letter = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); };
+  if (s.size() >= 2 && s[0] == '-' && letter(s[1])) return true;
+  return s.size() >= 3 && s[0] == '-' && s[1] == '-' && letter(s[2]);
+}
+
 void check_parser(const std::vector<std::string>& fuzzed) {
   std::vector<std::string> args{"apikeys"};
   bool after_scan = false;
@@ -164,7 +173,7 @@ void check_parser(const std::vector<std::string>& fuzzed) {
       continue;
     }
     if (after_scan && s == "--") continue;
-    args.push_back(after_scan && s.rfind('-', 0) != 0 ? std::string(kNowhere) + s : s);
+    args.push_back(after_scan && !looks_like_option(s) ? std::string(kNowhere) + s : s);
     after_scan = after_scan || s == "scan";
   }
   args.emplace_back("--db");
