@@ -80,7 +80,7 @@ inline unsigned base62_run(const char* p, std::size_t n) noexcept {
 // third of the latency of the chain of five multiply-adds.
 inline std::uint64_t decode(const char* in) noexcept {
   const auto* u = reinterpret_cast<const unsigned char*>(in);
-  constexpr std::uint64_t k62p2 = 62 * 62;
+  constexpr std::uint64_t k62p2 = std::uint64_t{62} * 62;
   constexpr std::uint64_t k62p3 = k62p2 * 62;
   constexpr std::uint64_t k62p4 = k62p3 * 62;
   constexpr std::uint64_t k62p5 = k62p4 * 62;
