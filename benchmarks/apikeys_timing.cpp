@@ -586,6 +586,17 @@ bool run_states(const char* store_name, const std::shared_ptr<apikeys::Store>& s
     std::printf("TARGET %s ratio=%.4f limit=%g %s  t=%+.2f\n", target.c_str(), ratio, kLimit,
                 ratio <= kLimit ? "PASS" : "FAIL", r.t_all);
     pass = pass && ratio <= kLimit;
+    if (cfg.attribute) {
+      // The store's share: find() alone for the same tokens, for information.
+      auto find = [&](std::uint8_t, const std::string& pk, const std::string&) {
+        volatile bool found = store->find(pk).has_value();
+        (void)found;
+      };
+      (void)measure(std::min<std::size_t>(cfg.samples / 10, 50'000), rng, in, find);
+      const TestResult f = analyse(measure(cfg.samples, rng, in, find));
+      std::printf("  %s: find() alone: %s median %.0f ns, wrong_secret median %.0f ns\n",
+                  store_name, state.name, f.median[0] / tpn, f.median[1] / tpn);
+    }
   }
   return pass;
 }
