@@ -1053,6 +1053,14 @@ inline void run_store_contract(const StoreFactory& make, const StoreContractOpti
       check_same_key(store->find(r.info.public_key)->info, cleared);
       // The other key was not touched.
       check_same_key(*store->get(alice, key_id(2)), record(2, alice, 200).info);
+      // A rewritten key is removed like any other, and leaves the rest whole.
+      REQUIRE(store->remove(alice, r.info.key_id));
+      CHECK_FALSE(store->find(r.info.public_key));
+      CHECK_FALSE(store->get(alice, r.info.key_id));
+      REQUIRE(store->list(alice).size() == 1);
+      check_same_key(store->list(alice).at(0), record(2, alice, 200).info);
+      check_same_key(store->find(record(2, alice, 200).info.public_key)->info,
+                     record(2, alice, 200).info);
     }
 
     SECTION("replace: another account's key is not_found, a stale version a conflict") {
