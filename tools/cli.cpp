@@ -194,6 +194,10 @@ void CommandLine::blank(const std::string& parsed) noexcept {
 
 std::string CommandLine::redact(std::string message) const {
   constexpr std::string_view kMarker = "<not shown>";
+  // Room for every replacement first: each value hidden is at least 8 bytes and the
+  // marker 11, so the message grows by at most 3/8, and a string that grew would leave
+  // a copy of the value in the block it left.
+  message.reserve(message.size() + message.size() / 2 + kMarker.size());
   // Resume after the marker, which may itself hold the value ("<not shown>").
   const auto hide = [&message, kMarker](std::string_view value) {
     for (auto at = message.find(value); at != std::string::npos;
