@@ -505,13 +505,20 @@ struct MemoryStore::Impl {
     entry->seq = old->seq;
     entry->dense_index = old->dense_index;
     by_public_key.repoint(tag_of(old->public_key()), old, entry);
-    by_key_id.find(old->key_id)->second = entry;
-    AccountIndex& account = by_account.find(old->account_id)->second;
-    auto node = account.extract(old);
-    assert(!node.empty());  // every entry is in its account's index
-    if (!node.empty()) {
-      node.value() = entry;
-      account.insert(std::move(node));
+    // Every entry is in each index (asserted; checked, so that a broken index never
+    // reaches past an end).
+    const auto id = by_key_id.find(old->key_id);
+    assert(id != by_key_id.end());
+    if (id != by_key_id.end()) id->second = entry;
+    const auto account = by_account.find(old->account_id);
+    assert(account != by_account.end());
+    if (account != by_account.end()) {
+      auto node = account->second.extract(old);
+      assert(!node.empty());
+      if (!node.empty()) {
+        node.value() = entry;
+        account->second.insert(std::move(node));
+      }
     }
     dense[entry->dense_index] = std::move(fresh);  // frees old
   }
