@@ -1,7 +1,5 @@
 #include "text.hpp"
 
-#include "hex.hpp"
-
 namespace apikeys::detail {
 
 std::optional<std::size_t> utf8_length(std::string_view s, std::size_t limit) noexcept {
@@ -97,38 +95,5 @@ std::string_view trim_ascii(std::string_view s) noexcept {
   const auto last = s.find_last_not_of(kSpace);
   return s.substr(first, last - first + 1);
 }
-
-namespace {
-
-bool kept(unsigned char b, bool backslash) noexcept {
-  return b >= 0x20 && b < 0x7F && (b != '\\' || !backslash);
-}
-
-std::string escaped(std::string_view s, bool backslash) {
-  // Sized exactly first: the text may be a secret pasted in the wrong place, and a
-  // string that grew would leave a copy of its start in the block it left.
-  std::size_t size = 0;
-  for (const char c : s) size += kept(static_cast<unsigned char>(c), backslash) ? 1 : 4;
-  std::string out;
-  out.reserve(size);
-  for (const char c : s) {
-    const auto b = static_cast<unsigned char>(c);
-    if (kept(b, backslash)) {
-      out.push_back(c);
-      continue;
-    }
-    char hex[2];
-    hex_encode(&b, 1, hex);
-    out += "\\x";
-    out.append(hex, 2);
-  }
-  return out;
-}
-
-}  // namespace
-
-std::string escape_unprintable(std::string_view s) { return escaped(s, true); }
-
-std::string escape_controls(std::string_view s) { return escaped(s, false); }
 
 }  // namespace apikeys::detail

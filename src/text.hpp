@@ -7,6 +7,8 @@
 #include <string>
 #include <string_view>
 
+#include "hex.hpp"
+
 namespace apikeys::detail {
 
 /// Number of code points when `s` is valid UTF-8 (no overlongs, no surrogates, no
@@ -32,16 +34,49 @@ bool has_line_separator(std::string_view s) noexcept;
 /// `s` without leading and trailing ASCII white space.
 std::string_view trim_ascii(std::string_view s) noexcept;
 
+// The two escapes below, inline: the CLI uses them too, and the shared library exports
+// no detail functions.
+namespace text_internal {
+
+inline bool kept(unsigned char b, bool backslash) noexcept {
+  return b >= 0x20 && b < 0x7F && (b != '\\' || !backslash);
+}
+
+inline std::string escaped(std::string_view s, bool backslash) {
+  // Sized exactly first: the text may be a secret pasted in the wrong place, and a
+  // string that grew would leave a copy of its start in the block it left.
+  std::size_t size = 0;
+  for (const char c : s) size += kept(static_cast<unsigned char>(c), backslash) ? 1 : 4;
+  std::string out;
+  out.reserve(size);
+  for (const char c : s) {
+    const auto b = static_cast<unsigned char>(c);
+    if (kept(b, backslash)) {
+      out.push_back(c);
+      continue;
+    }
+    char hex[2];
+    hex_encode(&b, 1, hex);
+    out += "\\x";
+    out.append(hex, 2);
+  }
+  return out;
+}
+
+}  // namespace text_internal
+
 /// `s` as an error message or a terminal may show it: printable ASCII as it is, and
 /// every other byte, and the backslash, as \xNN (lower-case hex), so the result is one
 /// line of printable ASCII that maps back to `s`. A path or name printed raw could
 /// carry terminal escape sequences or a newline that forges a line of a log.
-std::string escape_unprintable(std::string_view s);
+inline std::string escape_unprintable(std::string_view s) {
+  return text_internal::escaped(s, true);
+}
 
 /// escape_unprintable() that keeps the backslash: for a message that may already hold
 /// text escaped that way (a file name in SqliteStore's errors), which a second pass
 /// would mangle. No byte outside printable ASCII survives it; what it gives up is that
 /// "\x1b" typed by a user and an escaped ESC read the same.
-std::string escape_controls(std::string_view s);
+inline std::string escape_controls(std::string_view s) { return text_internal::escaped(s, false); }
 
 }  // namespace apikeys::detail
