@@ -13,6 +13,10 @@ Store::~Store() = default;
 // The defaults below give a store written before these operations existed what it can
 // do with the operations it has; see doc/extending.md.
 
+std::optional<KeyRecord> Store::find_for_validation(std::string_view public_key) {
+  return find(public_key);
+}
+
 std::optional<KeyInfo> Store::get(const Uuid& account_id, const Uuid& key_id) {
   std::optional<KeyInfo> found;
   for (KeyInfo& info : list(account_id)) {

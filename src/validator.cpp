@@ -421,7 +421,7 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
     // (whose decoy record a bundled store builds and drops inside find()) did not pay.
     const auto read = [&] {
       try {
-        return store->find(pk);
+        return store->find_for_validation(pk);
       } catch (...) {
         report(Component::store, "find");
         throw;

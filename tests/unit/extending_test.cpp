@@ -174,3 +174,72 @@ TEST_CASE("A whole-record store without take_credits: create refuses credits but
   CHECK(manager.validate(key.info.public_key, sk).code == ValidationCode::valid);
   CHECK(manager.validate(key.info.public_key, sk).code == ValidationCode::rate_limited);
 }
+
+namespace {
+
+// A store that answers validations only through find_for_validation(): find() fails
+// loudly, so a Validator that read through it would answer `error`.
+class ValidationReadStore final : public apikeys::Store {
+ public:
+  void insert(const apikeys::KeyRecord& record) override { inner_.insert(record); }
+  std::optional<apikeys::KeyRecord> find(std::string_view) override {
+    throw apikeys::Error(ErrorCode::storage, "find() is not what Validator reads");
+  }
+  std::optional<apikeys::KeyRecord> find_for_validation(std::string_view public_key) override {
+    ++reads;
+    return inner_.find_for_validation(public_key);
+  }
+  std::vector<apikeys::KeyInfo> list(const apikeys::Uuid& account_id) override {
+    return inner_.list(account_id);
+  }
+  std::optional<apikeys::KeyInfo> set_status(const apikeys::Uuid& account_id,
+                                             const apikeys::Uuid& key_id,
+                                             apikeys::KeyStatus status) override {
+    return inner_.set_status(account_id, key_id, status);
+  }
+  std::optional<apikeys::KeyInfo> remove(const apikeys::Uuid& account_id,
+                                         const apikeys::Uuid& key_id) override {
+    return inner_.remove(account_id, key_id);
+  }
+  void record_last_use(const std::vector<apikeys::LastUse>& uses) override {
+    inner_.record_last_use(uses);
+  }
+
+  int reads = 0;  // one thread only
+
+ private:
+  apikeys::MemoryStore inner_;
+};
+
+}  // namespace
+
+TEST_CASE("Validator reads a cache miss through find_for_validation()", "[extending]") {
+  auto store = std::make_shared<ValidationReadStore>();
+  auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(apikeys_test::kTestPepper);
+  apikeys::CsprngKeyGenerator generator;
+  const apikeys::KeyPair generated = generator.generate(apikeys::KeyFormat{});
+  apikeys::KeyRecord record;
+  record.info.key_id = apikeys_test::account_id(7);
+  record.info.account_id = apikeys_test::account_id(1);
+  record.info.public_key = generated.public_key;
+  record.info.title = "read for validation";
+  record.info.metadata = R"({"tier":3})";
+  record.info.scopes = {"invoices.read"};
+  record.digest = hasher->hash(generated.secret_key.reveal());
+  store->insert(record);
+
+  apikeys::Validator validator(store, hasher);  // no cache: every call reads the store
+  const apikeys::ValidationResult ok =
+      validator.validate(generated.public_key, generated.secret_key.reveal());
+  CHECK(ok.code == ValidationCode::valid);
+  CHECK(ok.key_id == record.info.key_id);
+  CHECK(ok.metadata == record.info.metadata);
+  CHECK(ok.scopes == record.info.scopes);
+  CHECK(validator.validate(generated.public_key, "sk_" + std::string(32, 'x')).code ==
+        ValidationCode::wrong_secret);
+  CHECK(validator
+            .validate(generator.generate(apikeys::KeyFormat{}).public_key,
+                      generated.secret_key.reveal())
+            .code == ValidationCode::not_found);
+  CHECK(store->reads == 3);
+}
