@@ -132,6 +132,22 @@ inline void check_same_full_record(const apikeys::KeyRecord& got, const apikeys:
   CHECK(got.digest.pepper_id == want.digest.pepper_id);
 }
 
+/// The fields a validation reads (Store::find_for_validation()) are the same.
+inline void check_same_verdict(const apikeys::KeyRecord& got, const apikeys::KeyRecord& want) {
+  CHECK(got.info.key_id == want.info.key_id);
+  CHECK(got.info.account_id == want.info.account_id);
+  CHECK(got.info.public_key == want.info.public_key);
+  CHECK(got.info.status == want.info.status);
+  CHECK(got.info.expires_at == want.info.expires_at);
+  CHECK(got.info.metadata == want.info.metadata);
+  CHECK(got.info.scopes == want.info.scopes);
+  CHECK(got.info.lineage() == want.info.lineage());
+  CHECK(got.info.rate_limits == want.info.rate_limits);
+  CHECK(got.info.credits.has_value() == want.info.credits.has_value());
+  CHECK(got.digest.bytes == want.digest.bytes);
+  CHECK(got.digest.pepper_id == want.digest.pepper_id);
+}
+
 /// A record with every policy field set: metadata (non-ASCII included), scopes (sorted,
 /// a wildcard among them), a later updated_at, a version above 1 and both rotation links.
 inline apikeys::KeyRecord policy_record(std::uint32_t n, const apikeys::Uuid& account,
@@ -331,6 +347,11 @@ inline void run_admission_sections(const std::shared_ptr<apikeys::Store>& store,
     }
     CHECK(store->find(b.info.public_key)->info.lineage() == b.info.key_id);
     CHECK(store->find(c.info.public_key)->info.lineage() == a.info.key_id);
+    for (const auto* r : {&a, &b, &c}) {
+      const auto read = store->find_for_validation(r->info.public_key);
+      REQUIRE(read);
+      check_same_verdict(*read, *r);
+    }
     for (const auto& keys : {store->list(alice), store->list_page(alice, std::nullopt, 10, {})}) {
       REQUIRE(keys.size() == 3);
       CHECK(keys[0].key_id == c.info.key_id);
@@ -408,6 +429,10 @@ inline void run_admission_sections(const std::shared_ptr<apikeys::Store>& store,
     CHECK_FALSE(store->find(c.info.public_key)->info.credits);
     CHECK_FALSE(store->get(alice, c.info.key_id)->credits);
     CHECK_FALSE(store->find(d.info.public_key)->info.credits);
+    CHECK(store->find_for_validation(a.info.public_key)->info.credits.has_value());
+    CHECK(store->find_for_validation(b.info.public_key)->info.credits.has_value());
+    CHECK_FALSE(store->find_for_validation(c.info.public_key)->info.credits);
+    CHECK_FALSE(store->find_for_validation(d.info.public_key)->info.credits);
     CHECK(store->take_credits(key_id(40), 1, 1, at(0)).outcome == Outcome::no_credits);
     CHECK(store->take_credits(key_id(2), 1, 1, at(0)).outcome == Outcome::no_credits);
     const auto keys = store->list(alice);
@@ -867,6 +892,35 @@ inline void run_store_contract(const StoreFactory& make, const StoreContractOpti
     check_same_key(page[0], plain.info);
     check_same_key(page[1], disabled.info);
     check_same_key(page[2], full.info);
+  }
+
+  SECTION("find_for_validation reads every field a verdict is made of, as find does") {
+    const apikeys::KeyRecord full = policy_record(1, alice, 100);
+    apikeys::KeyRecord revoked = record(2, bob, 200);
+    revoked.info.status = KeyStatus::revoked;
+    revoked.info.expires_at = at(-5000);
+    revoked.info.title = "\xF0\x9F\x94\x91 revoked";
+    revoked.info.description = "'); DROP TABLE api_keys;--";
+    const apikeys::KeyRecord plain = record(3, alice, 300);
+    const std::initializer_list<const apikeys::KeyRecord*> keys = {&full, &revoked, &plain};
+    for (const apikeys::KeyRecord* r : keys) store->insert(*r);
+    for (const apikeys::KeyRecord* want : keys) {
+      INFO("key " << want->info.title);
+      const auto read = store->find_for_validation(want->info.public_key);
+      REQUIRE(read);
+      check_same_verdict(*read, *want);
+      const auto found = store->find(want->info.public_key);
+      REQUIRE(found);
+      check_same_verdict(*read, *found);
+    }
+    CHECK_FALSE(store->find_for_validation(public_key(4)));
+    CHECK_FALSE(store->find_for_validation(""));
+    CHECK_FALSE(store->find_for_validation(public_key(1) + "x"));
+    CHECK_FALSE(store->find_for_validation(public_key(1).substr(0, 20)));
+    REQUIRE(store->remove(alice, key_id(1)));
+    CHECK_FALSE(store->find_for_validation(full.info.public_key));
+    REQUIRE(store->set_status(alice, key_id(3), KeyStatus::disabled));
+    CHECK(store->find_for_validation(plain.info.public_key)->info.status == KeyStatus::disabled);
   }
 
   SECTION("get returns only the owning account's key") {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "../../src/decoy_reads.hpp"
 #include "apikeys/store.hpp"
@@ -14,14 +15,18 @@
 namespace apikeys_test {
 
 // Looks up `misses` absent public keys (contract::public_key(1'000'000 + n)), each twice
-// (a key's decoy must not depend on luck that repeats), and counts the misses that read
-// no decoy; a miss reads at most one.
+// (a key's decoy must not depend on luck that repeats) through find() and twice through
+// find_for_validation() (what Validator reads), and counts the lookups that read no
+// decoy; a miss reads at most one.
 inline std::uint64_t misses_without_decoy(apikeys::Store& store, std::uint32_t misses) {
   std::uint64_t without = 0;
   for (std::uint32_t n = 0; n < misses; ++n) {
-    for (int round = 0; round < 2; ++round) {
+    for (int round = 0; round < 4; ++round) {
+      const std::string pk = contract::public_key(1'000'000 + n);
       const std::uint64_t before = apikeys::detail::decoy_reads();
-      CHECK_FALSE(store.find(contract::public_key(1'000'000 + n)));
+      const bool found =
+          round < 2 ? store.find(pk).has_value() : store.find_for_validation(pk).has_value();
+      CHECK_FALSE(found);
       const std::uint64_t read = apikeys::detail::decoy_reads() - before;
       CHECK(read <= 1);
       if (read == 0) ++without;

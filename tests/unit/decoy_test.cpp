@@ -31,7 +31,7 @@ TEST_CASE("MemoryStore reads a decoy on every miss, sparse table included",
   apikeys::MemoryStore store;
 
   // Empty: nothing to read, and nothing read.
-  CHECK(misses_without_decoy(store, 10) == 20);
+  CHECK(misses_without_decoy(store, 10) == 40);
 
   // 2,000 keys, then all but 3 removed: most slots a miss probes are empty.
   for (std::uint32_t n = 1; n <= 2000; ++n) store.insert(record(n, alice));
@@ -45,6 +45,7 @@ TEST_CASE("MemoryStore reads a decoy on every miss, sparse table included",
   const std::uint64_t before = apikeys::detail::decoy_reads();
   REQUIRE(store.find(public_key(1000)));
   CHECK(store.find(public_key(1000))->info.key_id == key_id(1000));
+  CHECK(store.find_for_validation(public_key(1000))->info.key_id == key_id(1000));
   CHECK(apikeys::detail::decoy_reads() == before);
 
   // One key left.
@@ -62,7 +63,7 @@ TEST_CASE("SqliteStore reads a decoy on every miss, deleted rowids and gaps incl
   apikeys::SqliteStore store(dir.file("decoy.db"), options);
 
   // Empty: nothing to read, and nothing read.
-  CHECK(misses_without_decoy(store, 10) == 20);
+  CHECK(misses_without_decoy(store, 10) == 40);
 
   // Rowids 1..200; this thread's reader has seen only misses so far.
   for (std::uint32_t n = 1; n <= 200; ++n) store.insert(record(n, alice));
@@ -80,6 +81,9 @@ TEST_CASE("SqliteStore reads a decoy on every miss, deleted rowids and gaps incl
   const auto hit = store.find(public_key(150));
   REQUIRE(hit);
   CHECK(hit->info.key_id == key_id(150));
+  const auto read = store.find_for_validation(public_key(150));
+  REQUIRE(read);
+  CHECK(read->info.key_id == key_id(150));
   CHECK(apikeys::detail::decoy_reads() == before);
 
   // A reader opened now (a second store on the file) learns the table as it is.
