@@ -256,6 +256,9 @@ struct SqliteStore::Impl {
     std::unique_ptr<Reader> reader_;
   };
 
+  // find() and find_for_validation(), reading the fields of `which`.
+  std::optional<KeyRecord> find(std::string_view public_key, detail::Columns which);
+
   // Runs `f(Writer&)` inside one BEGIN IMMEDIATE transaction under writer_mu.
   template <typename F>
   APIKEYS_EXCLUDES(writer_mu)
@@ -445,6 +448,49 @@ std::int64_t insert_in(Writer& w, const KeyRecord& record, const char* op) {
 
 }  // namespace
 
+// One statement for a hit and a miss alike (rules 12-14); `which` says which fields
+// are read (Columns::all, or Columns::verdict for find_for_validation()).
+std::optional<KeyRecord> SqliteStore::Impl::find(std::string_view public_key,
+                                                 detail::Columns which) {
+  Lease r(*this);
+  r->use_snapshot(snapshot_max_age, write_epoch->load(std::memory_order_acquire));
+  RawStatement& s = which == detail::Columns::verdict ? r->find_for_validation : r->find;
+  RawUse use(s);
+  s.bind(1, public_key);
+  s.bind(2, r->decoy_rowid(max_rowid.load(std::memory_order_relaxed)));
+  if (!s.step()) {
+    // Rule 14: the decoy fell past the end (or the store is empty).
+    sqlite3_reset(s.get());
+    const std::int64_t last = r->read_max_rowid();
+    max_rowid.store(last, std::memory_order_relaxed);
+    if (last == 0) return std::nullopt;  // empty: no such key, no decoy row
+    s.bind(2, std::int64_t{1});
+    if (!s.step()) return std::nullopt;  // emptied meanwhile
+  }
+  const bool hit = sqlite3_column_int(s.get(), 0) == 1;
+  const auto read = [&](KeyRecord& record) {
+    read_record(s.get(), "find", kFindFirstField, public_key, record, which);
+    read_admission(s.get(), find_admission_column(which), "find", record.info);
+    // Presence only (Store::find()): the Validator asks whether there are credits.
+    if (sqlite3_column_int(s.get(), find_credits_column(which)) == 1) {
+      record.info.credits = Credits{};
+    }
+  };
+  KeyRecord record;
+  if (!hit) {
+    ++detail::decoy_reads();
+    // Rules 12 and 13: decoded like a hit, then dropped; damage does not fail the miss.
+    try {
+      read(record);
+    } catch (const Error&) {
+    }
+    return std::nullopt;
+  }
+  note_rowid(sqlite3_column_int64(s.get(), 1));
+  read(record);
+  return record;
+}
+
 void SqliteStore::insert(const KeyRecord& record) { impl_->insert(record, nullptr); }
 
 void SqliteStore::insert_audited(const KeyRecord& record, const ChangeAudit& audit) {
@@ -452,42 +498,11 @@ void SqliteStore::insert_audited(const KeyRecord& record, const ChangeAudit& aud
 }
 
 std::optional<KeyRecord> SqliteStore::find(std::string_view public_key) {
-  return translated("find", [&]() -> std::optional<KeyRecord> {
-    Impl::Lease r(*impl_);
-    r->use_snapshot(impl_->snapshot_max_age, impl_->write_epoch->load(std::memory_order_acquire));
-    RawStatement& s = r->find;
-    RawUse use(s);
-    s.bind(1, public_key);
-    s.bind(2, r->decoy_rowid(impl_->max_rowid.load(std::memory_order_relaxed)));
-    if (!s.step()) {
-      // Rule 14: the decoy fell past the end (or the store is empty).
-      sqlite3_reset(s.get());
-      const std::int64_t last = r->read_max_rowid();
-      impl_->max_rowid.store(last, std::memory_order_relaxed);
-      if (last == 0) return std::nullopt;  // empty: no such key, no decoy row
-      s.bind(2, std::int64_t{1});
-      if (!s.step()) return std::nullopt;  // emptied meanwhile
-    }
-    const bool hit = sqlite3_column_int(s.get(), 0) == 1;
-    KeyRecord record;
-    if (!hit) {
-      ++detail::decoy_reads();
-      // Rules 12 and 13: decoded like a hit, then dropped; damage does not fail the miss.
-      try {
-        read_record(s.get(), "find", kFindFirstField, public_key, record);
-        read_admission(s.get(), kFindAdmissionColumn, "find", record.info);
-        if (sqlite3_column_int(s.get(), kFindCreditsColumn) == 1) record.info.credits = Credits{};
-      } catch (const Error&) {
-      }
-      return std::nullopt;
-    }
-    impl_->note_rowid(sqlite3_column_int64(s.get(), 1));
-    read_record(s.get(), "find", kFindFirstField, public_key, record);
-    read_admission(s.get(), kFindAdmissionColumn, "find", record.info);
-    // Presence only (Store::find()): the Validator asks whether there are credits.
-    if (sqlite3_column_int(s.get(), kFindCreditsColumn) == 1) record.info.credits = Credits{};
-    return record;
-  });
+  return translated("find", [&] { return impl_->find(public_key, detail::Columns::all); });
+}
+
+std::optional<KeyRecord> SqliteStore::find_for_validation(std::string_view public_key) {
+  return translated("find", [&] { return impl_->find(public_key, detail::Columns::verdict); });
 }
 
 std::vector<KeyInfo> SqliteStore::list(const Uuid& account_id) {

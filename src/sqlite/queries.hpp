@@ -48,14 +48,19 @@ inline std::string returned_info_columns() {
 //     under BINARY collation).
 // (4) whether the key's lineage has credits is one primary-key probe of key_credits in
 //     the same statement, made for the decoy row too.
-// Columns: the hit flag, the rowid, then every field but public_key from
-// kFindFirstField on (read_record()), the admission columns, the credits flag.
+// Columns: the hit flag, the rowid, then the fields of `which` (Columns::all for find(),
+// Columns::verdict for find_for_validation()) but public_key from kFindFirstField on
+// (read_record()), the admission columns, the credits flag.
 inline constexpr int kFindFirstField = 2;
-inline constexpr int kFindAdmissionColumn = kFindFirstField + static_cast<int>(kFieldCount) - 1;
-inline constexpr int kFindCreditsColumn = kFindAdmissionColumn + kAdmissionColumnCount;
-inline std::string find_sql() {
+constexpr int find_admission_column(Columns which) noexcept {
+  return kFindFirstField + static_cast<int>(column_count(which)) - 1;
+}
+constexpr int find_credits_column(Columns which) noexcept {
+  return find_admission_column(which) + kAdmissionColumnCount;
+}
+inline std::string find_sql(Columns which) {
   return "SELECT k.public_key = ?1, k.rowid, " +
-         column_list(Columns::all, "k.", &field(Field::public_key)) + ", " + kAdmissionColumnsK +
+         column_list(which, "k.", &field(Field::public_key)) + ", " + kAdmissionColumnsK +
          ", EXISTS (SELECT 1 FROM key_credits AS c WHERE c.lineage_id = " + kLineageOfK + ")" +
          " FROM api_keys AS k"
          " WHERE k.rowid >= coalesce((SELECT rowid FROM api_keys WHERE public_key = ?1), ?2)"

@@ -36,7 +36,8 @@ constexpr std::size_t kMaxIdleReaders = 16;
 struct Reader {
   Reader(const std::string& path, const SqliteStoreOptions& o, bool read_only)
       : db(open_connection(path, o, Role::reader, read_only)),
-        find(db, find_sql().c_str()),
+        find(db, find_sql(Columns::all).c_str()),
+        find_for_validation(db, find_sql(Columns::verdict).c_str()),
         list(db, list_sql().c_str()),
         get(db, get_sql().c_str()),
         page(db, list_page_sql(false, false).c_str()),
@@ -108,6 +109,7 @@ struct Reader {
 
   SQLite::Database db;  // Declared first: statements are finalized before it closes.
   RawStatement find;
+  RawStatement find_for_validation;  // find()'s, reading only the verdict's fields
   RawStatement list;
   RawStatement get;
   RawStatement page;

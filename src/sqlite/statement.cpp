@@ -151,8 +151,12 @@ KeyInfo read_info(sqlite3_stmt* s, const char* op) {
 }
 
 void read_record(sqlite3_stmt* s, const char* op, int first, std::string_view public_key,
-                 KeyRecord& record) {
-  for_each_field(record, RowDecoder{s, op, first, &public_key});
+                 KeyRecord& record, Columns which) {
+  if (which == Columns::verdict) {
+    for_each_verdict_field(record, RowDecoder{s, op, first, &public_key});
+  } else {
+    for_each_field(record, RowDecoder{s, op, first, &public_key});
+  }
 }
 
 SQLite::Database open_connection(const std::string& path, const SqliteStoreOptions& o, Role role,

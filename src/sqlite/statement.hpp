@@ -24,6 +24,7 @@
 #include "apikeys/error.hpp"
 #include "apikeys/sqlite_store.hpp"
 #include "apikeys/types.hpp"
+#include "record_fields.hpp"
 
 namespace apikeys::detail::sqlite {
 
@@ -78,11 +79,12 @@ std::int64_t read_int(sqlite3_stmt* s, int i, const char* op, const char* what);
 // The KeyInfo fields of src/record_fields.hpp, in its order, from column 0 on.
 // REQUIRES: `s` is on a row.
 KeyInfo read_info(sqlite3_stmt* s, const char* op);
-// Every field of src/record_fields.hpp but public_key, in its order, from column `first`
-// on, into `record`; public_key is set to `public_key` (find() searched for it).
+// The fields of `which` in src/record_fields.hpp (Columns::all or Columns::verdict) but
+// public_key, in its order, from column `first` on, into `record`; public_key is set to
+// `public_key` (find() searched for it). The others are left as they are.
 // REQUIRES: `s` is on a row.
 void read_record(sqlite3_stmt* s, const char* op, int first, std::string_view public_key,
-                 KeyRecord& record);
+                 KeyRecord& record, Columns which);
 
 // A prepared statement used through the raw C API (the statements whose rows are read
 // with the readers above). Finalized before its connection closes: declare it after
