@@ -201,6 +201,27 @@ struct Entry {
   }
   [[nodiscard]] KeyRecord record() const { return KeyRecord{info(), digest}; }
 
+  // The fields a validation reads (Store::find_for_validation()); the others are left
+  // as a default KeyInfo has them.
+  [[nodiscard]] KeyRecord verdict_record() const {
+    KeyRecord r;
+    KeyInfo& k = r.info;
+    k.key_id = key_id;
+    k.account_id = account_id;
+    k.public_key = public_key();
+    k.metadata = metadata();
+    k.status = status;
+    if ((flags & kExpires) != 0) k.expires_at = from_unix_millis(expires_ms);
+    k.lineage_id = lineage_id;
+    if ((flags & kCredits) != 0) k.credits = Credits{};
+    if (extras) {
+      k.scopes = extras->scopes;
+      k.rate_limits = extras->rate_limits;
+    }
+    r.digest = digest;
+    return r;
+  }
+
  private:
   [[nodiscard]] std::string_view field(std::size_t i) const noexcept {
     const std::uint32_t begin = i == 0 ? 0 : text.at[i - 1];
@@ -564,6 +585,8 @@ struct MemoryStore::Impl {
   }
 
   void insert(const KeyRecord& record, const ChangeAudit* audit);
+  std::optional<KeyRecord> find(std::string_view public_key, KeyRecord (Entry::*copy)() const)
+      APIKEYS_EXCLUDES(mu);
   WriteResult replace(const Uuid& account_id, const KeyInfo& next, std::uint64_t expected_version,
                       const ChangeAudit* audit);
   WriteResult rotate(const Uuid& account_id, const KeyInfo& old_next,
@@ -637,9 +660,19 @@ void MemoryStore::Impl::insert(const KeyRecord& record, const ChangeAudit* audit
 }
 
 std::optional<KeyRecord> MemoryStore::find(std::string_view public_key) {
+  return impl_->find(public_key, &Entry::record);
+}
+
+std::optional<KeyRecord> MemoryStore::find_for_validation(std::string_view public_key) {
+  return impl_->find(public_key, &Entry::verdict_record);
+}
+
+// find() and find_for_validation(): `copy` (Entry::record or Entry::verdict_record)
+// builds the answer, and the decoy's on a miss.
+std::optional<KeyRecord> MemoryStore::Impl::find(std::string_view public_key,
+                                                 KeyRecord (Entry::*copy)() const) {
   const std::uint64_t tag = tag_of(public_key);
-  Impl& impl = *impl_;
-  detail::SharedLock lock(impl.mu);
+  detail::SharedLock lock(mu);
   // Timing oracles: a miss must cost what a hit costs. A hit reads its
   // slot, then its entry (to compare the key's bytes), then copies the record. A miss
   // reads slots up to an empty one, then does the same to a decoy entry picked by the
@@ -650,28 +683,28 @@ std::optional<KeyRecord> MemoryStore::find(std::string_view public_key) {
   // hit's instead of running alongside the probe. Without that, and with
   // std::unordered_map under it, a miss answered 0.12 us sooner than a hit at 100,000
   // keys. BENCHMARKS.md has the measurements.
-  std::size_t i = impl.by_public_key.home(tag);
+  std::size_t i = by_public_key.home(tag);
   std::uint64_t last = 0;
-  for (;; i = impl.by_public_key.next(i)) {
-    const Slot& s = impl.by_public_key.at(i);
+  for (;; i = by_public_key.next(i)) {
+    const Slot& s = by_public_key.at(i);
     last = s.tag;
     if (last == 0) break;
-    if (last == tag && s.entry->public_key() == public_key) return s.entry->record();
+    if (last == tag && s.entry->public_key() == public_key) return (s.entry->*copy)();
   }
-  if (impl.dense.empty()) return std::nullopt;
+  if (dense.empty()) return std::nullopt;
 #if defined(__GNUC__)
   asm("" : "+r"(last));  // opaque to the compiler: it must not fold `last` (0) away
 #endif
   const std::uint64_t mixed = (tag ^ (tag >> 29)) * 0xbf58476d1ce4e5b9ULL;  // not home()'s bits
-  const std::uint64_t n = impl.dense.size();
+  const std::uint64_t n = dense.size();
   const auto pick =
       static_cast<std::size_t>(n <= UINT32_MAX ? ((mixed >> 32) * n) >> 32 : mixed % n);
-  const Entry& decoy = *impl.dense[pick + static_cast<std::size_t>(last)];
+  const Entry& decoy = *dense[pick + static_cast<std::size_t>(last)];
   const bool same = decoy.public_key() == public_key;
   // Built as a hit's answer is: a KeyRecord moved into an optional.
-  const std::optional<KeyRecord> copy = decoy.record();
+  const std::optional<KeyRecord> built = (decoy.*copy)();
 #if defined(__GNUC__)
-  asm volatile("" : : "r"(&copy), "r"(same) : "memory");  // the work is the point: keep it
+  asm volatile("" : : "r"(&built), "r"(same) : "memory");  // the work is the point: keep it
 #endif
   ++detail::decoy_reads();
   return std::nullopt;
