@@ -225,7 +225,8 @@ struct RefillSql {
 struct Statements {
   std::string info_columns;  // first: the statements below use it
   std::string returning;     // what writes return: info_columns and kExtraColumns
-  std::string find, list, insert, set_status, remove, last_use, revision, changes;
+  std::string find, find_for_validation, list, insert, set_status, remove, last_use, revision,
+      changes;
   std::string get, page_first, page_after, replace, rotate, revoke_all;
   std::string replace_digests, pepper_counts;
   std::string take_credits, credits_view, return_credits, drop_orphan_credits;
@@ -249,6 +250,14 @@ struct Statements {
                          " UNION ALL (SELECT {1}, k.public_key = $1 FROM {0}.apikeys_keys k{2}"
                          " ORDER BY k.key_id LIMIT 1) LIMIT 1",
                          s, key_columns(detail::Columns::all, "k"), credits_join(s, "k"))),
+        // The same, with only the fields a validation reads (read_verdict_record()).
+        find_for_validation(
+            fmt::format("(SELECT {1}, k.public_key = $1 FROM {0}.apikeys_keys k{2}"
+                        " WHERE k.key_id >= COALESCE((SELECT key_id FROM {0}.apikeys_keys"
+                        " WHERE public_key = $1), $2::uuid) ORDER BY k.key_id LIMIT 1)"
+                        " UNION ALL (SELECT {1}, k.public_key = $1 FROM {0}.apikeys_keys k{2}"
+                        " ORDER BY k.key_id LIMIT 1) LIMIT 1",
+                        s, key_columns(detail::Columns::verdict, "k"), credits_join(s, "k"))),
         list(fmt::format("SELECT {} FROM {}.apikeys_keys k{} WHERE k.account_id = $1"
                          " ORDER BY k.created_at DESC, k.seq DESC",
                          key_columns(detail::Columns::info, "k"), s, credits_join(s, "k"))),
@@ -535,6 +544,7 @@ struct Statements {
 
 // Prepared statement names (per connection).
 constexpr const char* kFind = "apikeys_find";
+constexpr const char* kFindForValidation = "apikeys_find_for_validation";
 constexpr const char* kList = "apikeys_list";
 constexpr const char* kInsert = "apikeys_insert";
 constexpr const char* kSetStatus = "apikeys_set_status";
@@ -766,6 +776,16 @@ KeyRecord read_record(const PGresult* r, int row, std::string_view op) {
   KeyRecord record;
   detail::for_each_field(record, RowDecoder{r, row, op});
   read_extras(r, row, kFieldCount, op, record.info);
+  return record;
+}
+
+// The fields a validation reads, in table order, then the extras (find_for_validation).
+KeyRecord read_verdict_record(const PGresult* r, int row, std::string_view op) {
+  constexpr auto kVerdictCount = static_cast<int>(detail::column_count(detail::Columns::verdict));
+  if (PQnfields(r) < kVerdictCount) corrupt(op, "missing columns");
+  KeyRecord record;
+  detail::for_each_verdict_field(record, RowDecoder{r, row, op});
+  read_extras(r, row, kVerdictCount, op, record.info);
   return record;
 }
 
@@ -1194,6 +1214,7 @@ struct PostgresStore::Impl {
             d);
     if (!prepared) return c;
     c->prepare("connect", kFind, sql.find, d);
+    c->prepare("connect", kFindForValidation, sql.find_for_validation, d);
     c->prepare("connect", kList, sql.list, d);
     c->prepare("connect", kInsert, sql.insert, d);
     c->prepare("connect", kSetStatus, sql.set_status, d);
@@ -1332,6 +1353,34 @@ struct PostgresStore::Impl {
         throw Error(ErrorCode::storage, fmt::format("PostgresStore {} failed: {}", op, e.what()));
       }
     }
+  }
+
+  // find() and find_for_validation(): the prepared `statement` (Statements::find or
+  // find_for_validation), whose row `read` decodes, a decoy's too.
+  std::optional<KeyRecord> find(std::string_view public_key, const char* statement,
+                                KeyRecord (*read)(const PGresult*, int, std::string_view)) {
+    // Text parameters end at a NUL: such a key would match a shorter one. No key has one.
+    if (public_key.find('\0') != std::string_view::npos) return std::nullopt;
+    const std::string key(public_key);
+    // The decoy's key id, uniform over the key ids KeyManager draws (random, version 4).
+    const std::string decoy = Uuid::random().to_string();
+    return run("find", true, [&](PgConnection& c) -> std::optional<KeyRecord> {
+      const char* values[] = {key.c_str(), decoy.c_str()};
+      PgResult r =
+          c.exec_prepared("find", statement, 2, values, nullptr, nullptr, statement_deadline());
+      if (PQntuples(r.get()) == 0) return std::nullopt;  // an empty table
+      const int flag = PQnfields(r.get()) - 1;
+      if (std::string_view(PQgetvalue(r.get(), 0, flag)) != "t") {
+        // A decoy: decoded like the key's row, then dropped; a damaged decoy is no error.
+        ++detail::decoy_reads();
+        try {
+          (void)read(r.get(), 0, "find");
+        } catch (const Error&) {
+        }
+        return std::nullopt;
+      }
+      return read(r.get(), 0, "find");
+    });
   }
 
   // Runs f(connection) between BEGIN and COMMIT, once (not retried: after a lost reply
@@ -1598,28 +1647,11 @@ void PostgresStore::insert_audited(const KeyRecord& record, const ChangeAudit& a
 }
 
 std::optional<KeyRecord> PostgresStore::find(std::string_view public_key) {
-  // Text parameters end at a NUL: such a key would match a shorter one. No key has one.
-  if (public_key.find('\0') != std::string_view::npos) return std::nullopt;
-  const std::string key(public_key);
-  // The decoy's key id, uniform over the key ids KeyManager draws (random, version 4).
-  const std::string decoy = Uuid::random().to_string();
-  return impl_->run("find", true, [&](PgConnection& c) -> std::optional<KeyRecord> {
-    const char* values[] = {key.c_str(), decoy.c_str()};
-    PgResult r =
-        c.exec_prepared("find", kFind, 2, values, nullptr, nullptr, impl_->statement_deadline());
-    if (PQntuples(r.get()) == 0) return std::nullopt;  // an empty table
-    const int flag = PQnfields(r.get()) - 1;
-    if (std::string_view(PQgetvalue(r.get(), 0, flag)) != "t") {
-      // A decoy: decoded like the key's row, then dropped; a damaged decoy is no error.
-      ++detail::decoy_reads();
-      try {
-        (void)read_record(r.get(), 0, "find");
-      } catch (const Error&) {
-      }
-      return std::nullopt;
-    }
-    return read_record(r.get(), 0, "find");
-  });
+  return impl_->find(public_key, kFind, read_record);
+}
+
+std::optional<KeyRecord> PostgresStore::find_for_validation(std::string_view public_key) {
+  return impl_->find(public_key, kFindForValidation, read_verdict_record);
 }
 
 std::vector<KeyInfo> PostgresStore::list(const Uuid& account_id) {

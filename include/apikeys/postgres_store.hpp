@@ -82,6 +82,7 @@ class APIKEYS_EXPORT PostgresStore final : public Store {
 
   void insert(const KeyRecord& record) override;
   [[nodiscard]] std::optional<KeyRecord> find(std::string_view public_key) override;
+  [[nodiscard]] std::optional<KeyRecord> find_for_validation(std::string_view public_key) override;
   [[nodiscard]] std::vector<KeyInfo> list(const Uuid& account_id) override;
   std::optional<KeyInfo> set_status(const Uuid& account_id, const Uuid& key_id,
                                     KeyStatus status) override;
