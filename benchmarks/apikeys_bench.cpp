@@ -812,6 +812,15 @@ void register_benchmarks(World& w) {
       benchmark::DoNotOptimize(r);
     }
   })->Unit(ns);
+  // What the Validator reads on a miss: the same lookup, the verdict's fields only.
+  benchmark::RegisterBenchmark("part/sqlite_store_find_for_validation", [world, keys, n_valid](
+                                                                            benchmark::State& st) {
+    ab::Rng rng(1);
+    for (auto _ : st) {
+      const auto r = world->sqlite->find_for_validation(keys->public_key(rng.below(n_valid)));
+      benchmark::DoNotOptimize(r);
+    }
+  })->Unit(ns);
 
   // validate().
   auto valid_hit = [keys, n_hit](ab::Rng& rng) {

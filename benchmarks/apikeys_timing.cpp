@@ -14,9 +14,9 @@
 // any difference is the Validator's own (it must hash and compare on a miss as on a
 // wrong secret), once more with its keys under a legacy pepper (a wrong secret then
 // verifies under that pepper, a second HMAC, which a miss must match); then
-// MemoryStore and SqliteStore as shipped, where Store::find() is also timed alone
-// (--no-attribute skips it) to show how much of a difference is the store's lookup
-// rather than the Validator.
+// MemoryStore and SqliteStore as shipped, where the store's read (what the Validator
+// calls, Store::find_for_validation()) is also timed alone (--no-attribute skips it) to
+// show how much of a difference is the store's lookup rather than the Validator.
 //
 // Then the attacker's view of each key state, on every store measured (MemoryStore,
 // SqliteStore, and PostgresStore when built with it and --postgres is given): calls for
@@ -453,11 +453,11 @@ bool run_store(const char* name, const std::shared_ptr<apikeys::Store>& store,
 
   if (attribute) {
     auto find = [&](std::uint8_t, const std::string& pk, const std::string&) {
-      volatile bool found = store->find(pk).has_value();
+      volatile bool found = store->find_for_validation(pk).has_value();
       (void)found;
     };
     (void)measure(std::min<std::size_t>(cfg.samples / 10, 50'000), rng, in, find);
-    print("Store::find() alone", analyse(measure(cfg.samples, rng, in, find)), tpn);
+    print("find_for_validation()", analyse(measure(cfg.samples, rng, in, find)), tpn);
   }
   return r.t_max < 4.5;
 }
@@ -587,14 +587,14 @@ bool run_states(const char* store_name, const std::shared_ptr<apikeys::Store>& s
                 ratio <= kLimit ? "PASS" : "FAIL", r.t_all);
     pass = pass && ratio <= kLimit;
     if (cfg.attribute) {
-      // The store's share: find() alone for the same tokens, for information.
+      // The store's share: its read alone for the same tokens, for information.
       auto find = [&](std::uint8_t, const std::string& pk, const std::string&) {
-        volatile bool found = store->find(pk).has_value();
+        volatile bool found = store->find_for_validation(pk).has_value();
         (void)found;
       };
       (void)measure(std::min<std::size_t>(cfg.samples / 10, 50'000), rng, in, find);
       const TestResult f = analyse(measure(cfg.samples, rng, in, find));
-      std::printf("  %s: find() alone: %s median %.0f ns, wrong_secret median %.0f ns\n",
+      std::printf("  %s: store read alone: %s median %.0f ns, wrong_secret median %.0f ns\n",
                   store_name, state.name, f.median[0] / tpn, f.median[1] / tpn);
     }
   }
