@@ -1480,6 +1480,40 @@ TEST_CASE("cli: metadata is printed exactly as it was stored", "[cli]") {
   CHECK_NOTHROW(Json::parse(listed.out));
 }
 
+TEST_CASE("cli: stored text reaches the terminal with its control characters escaped", "[cli]") {
+  // Metadata may hold any character a JSON string holds, and a store written by other
+  // means any title: the JSON printed escapes C0 and C1 controls, DEL, and the
+  // invisible and bidirectional characters as \uXXXX, and still parses to the same value.
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const std::string metadata =
+      "{\"csi\":\"\xc2\x9b"
+      "2J\",\"del\":\"a\x7f"
+      "b\",\"rlo\":\"\xe2\x80\xae"
+      "x\","
+      "\"ls\":\"\xe2\x80\xa8\",\"ok\":\"\xc3\xa9\xf0\x9f\x94\x91\"}";
+  const Run created = run_cli(
+      {"--db", db, "create", "--account", kAccount, "--title", "Escaped", "--metadata", metadata});
+  REQUIRE(created.code == 0);
+  const std::string key_id = Json::parse(created.out).at("key_id").get<std::string>();
+  for (const Run& r : {created, run_cli(key_args(db, "get", key_id)),
+                       run_cli({"--db", db, "list", "--account", kAccount})}) {
+    INFO("stdout: " << r.out);
+    REQUIRE(r.code == 0);
+    for (const char* raw : {"\xc2\x9b", "\x7f", "\xe2\x80\xae", "\xe2\x80\xa8"}) {
+      CHECK_FALSE(contains(r.out, raw));
+    }
+    CHECK(contains(r.out, "\\u009b2J"));
+    CHECK(contains(r.out, "a\\u007fb"));
+    CHECK(contains(r.out, "\\u202ex"));
+    CHECK(contains(r.out, "\\u2028"));
+    CHECK(contains(r.out, "\xc3\xa9\xf0\x9f\x94\x91"));  // printable non-ASCII stays as it is
+    Json parsed = Json::parse(r.out);
+    const Json key = parsed.is_array() ? parsed.at(0) : parsed;
+    CHECK(key.at("metadata") == Json::parse(metadata));
+  }
+}
+
 TEST_CASE("cli: a key=value connection string as --db is refused, never shown", "[cli]") {
   TempDir dir;
   const std::string conninfo = "host=" + dir.file("h") + " password=hunter2pw dbname=app";
