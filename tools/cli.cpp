@@ -2446,8 +2446,13 @@ int run_command(int argc, char** argv) {
     std::cerr << "apikeys: no command given\n";
     return kExitUsage;
   } catch (const UsageError& e) {
-    // Every message reaches the terminal as printable ASCII, whatever text it quotes.
-    std::cerr << "apikeys: " << apikeys::detail::escape_controls(e.what()) << '\n';
+    // Every message reaches the terminal as printable ASCII, whatever text it quotes;
+    // and, like every other message, without a value that may be a secret (usage
+    // messages name options, not values, but one added later must not leak one).
+    std::cerr << "apikeys: "
+              << apikeys::detail::escape_controls(
+                     redact_password(cmd.redact(e.what()), db_password))
+              << '\n';
     return kExitUsage;
   } catch (const apikeys::Error& e) {
     std::cerr << "apikeys: " << apikeys::to_string(e.code()) << ": "
