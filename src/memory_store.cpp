@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cassert>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -45,18 +46,78 @@ TimePoint to_millis(TimePoint t) noexcept { return from_unix_millis(to_unix_mill
 // insertion instead, from Entry::seq.
 using OrderKey = std::pair<TimePoint, Uuid>;
 
-// The fields of a key that keys often leave empty, held apart so that a key without
-// any of them carries one null pointer instead (see Entry).
-struct Extras {
-  std::vector<std::string> scopes;
-  std::vector<RateLimit> rate_limits;
-  std::optional<Uuid> rotated_from;
-  std::optional<Uuid> rotated_to;
+// Scopes and rate limits, as Entry keeps them after its text: each scope its length (4
+// bytes) then its bytes; each rate limit its name's length and bytes, then the limit,
+// the period in milliseconds and the burst (8 bytes each). Native byte order: the bytes
+// never leave the process. Whatever a caller stored round-trips, even text KeyManager
+// would have refused.
+constexpr std::size_t kLengthBytes = 4;
+static_assert(sizeof(Uuid) == 16, "a rotation link is stored as 16 bytes");
+constexpr std::size_t kLimitNumberBytes = 24;
 
-  [[nodiscard]] bool empty() const noexcept {
-    return scopes.empty() && rate_limits.empty() && !rotated_from && !rotated_to;
+void put_bytes(char*& out, const void* p, std::size_t n) noexcept {
+  if (n > 0) std::memcpy(out, p, n);
+  out += n;
+}
+void put_text(char*& out, std::string_view text) noexcept {
+  const auto n = static_cast<std::uint32_t>(text.size());  // checked by encoded_size()
+  put_bytes(out, &n, sizeof n);
+  put_bytes(out, text.data(), text.size());
+}
+template <typename T>
+T get_value(const char*& in) noexcept {
+  T v;
+  std::memcpy(&v, in, sizeof v);
+  in += sizeof v;
+  return v;
+}
+std::string_view get_text(const char*& in) noexcept {
+  const auto n = get_value<std::uint32_t>(in);
+  const std::string_view text(in, n);
+  in += n;
+  return text;
+}
+
+// The encoded size of `scopes` and of `limits`; throws Error(invalid_argument) past
+// 4 GiB (as pack() does for the whole text).
+std::size_t encoded_size(const std::vector<std::string>& scopes) {
+  std::size_t n = 0;
+  for (const std::string& scope : scopes) n += kLengthBytes + scope.size();
+  return n;
+}
+std::size_t encoded_size(const std::vector<RateLimit>& limits) {
+  std::size_t n = 0;
+  for (const RateLimit& l : limits) n += kLengthBytes + l.name.size() + kLimitNumberBytes;
+  return n;
+}
+void encode(const std::vector<std::string>& scopes, char*& out) noexcept {
+  for (const std::string& scope : scopes) put_text(out, scope);
+}
+void encode(const std::vector<RateLimit>& limits, char*& out) noexcept {
+  for (const RateLimit& l : limits) {
+    put_text(out, l.name);
+    const std::int64_t period = l.period.count();
+    put_bytes(out, &l.limit, sizeof l.limit);
+    put_bytes(out, &period, sizeof period);
+    put_bytes(out, &l.burst, sizeof l.burst);
   }
-};
+}
+void decode(std::string_view bytes, std::vector<std::string>& scopes) {
+  const char* in = bytes.data();
+  const char* const end = in + bytes.size();
+  while (in < end) scopes.emplace_back(get_text(in));
+}
+void decode(std::string_view bytes, std::vector<RateLimit>& limits) {
+  const char* in = bytes.data();
+  const char* const end = in + bytes.size();
+  while (in < end) {
+    RateLimit& l = limits.emplace_back();
+    l.name = get_text(in);
+    l.limit = get_value<std::uint64_t>(in);
+    l.period = std::chrono::milliseconds(get_value<std::int64_t>(in));
+    l.burst = get_value<std::uint64_t>(in);
+  }
+}
 
 // A key's text fields (public key, title, description, metadata) follow its Entry in
 // the same allocation, in that order: a read of a key (find()'s hit, and its decoy on a
@@ -67,8 +128,9 @@ struct Extras {
 // 10,000 keys, which an attacker could time (a revoked key, or a miss whose decoy was
 // such a key, answered faster than a wrong secret to an active key). Every entry now
 // has one layout whatever its history: a change that rewrites a key's fields builds a
-// new entry and puts it in the old one's place (Impl::swap_in()). Only Extras (scopes,
-// rate limits, rotation links, when a key has any) is still a block of its own.
+// new entry and puts it in the old one's place (Impl::swap_in()). The scopes and rate
+// limits follow the text, encoded (see encode()), then the rotation links the key has
+// (16 bytes each): nothing of a key is a block of its own.
 struct Entry;
 struct EntryFree {
   void operator()(Entry* e) const noexcept;
@@ -77,18 +139,25 @@ using EntryPtr = std::unique_ptr<Entry, EntryFree>;
 
 // Where each text field ends, from the start of the text.
 struct TextEnds {
-  static constexpr std::size_t kFields = 4;  // public key, title, description, metadata
+  // public key, title, description, metadata, scopes and rate limits (encoded)
+  static constexpr std::size_t kFields = 6;
   std::array<std::uint32_t, kFields> at{};
 };
 
 // A key as the store holds it: the fields every key has inline, its times as Unix
 // milliseconds (every stored time has millisecond precision, so nothing is lost), its
-// text after it (see above) and the rest in Extras. 168 bytes on 64-bit libstdc++ plus
-// the text, against 440 for a whole KeyRecord with the two counters; info() and record()
+// text after it (see above). 168 bytes on 64-bit libstdc++ plus the text, against 440
+// for a whole KeyRecord with the two counters; info() and record()
 // rebuild the public structs. Whether the key's lineage has credits is one flag: the
 // balance lives in Impl::credits. Never moved or copied: made by pack(), in place.
 struct Entry {
-  enum Flag : std::uint8_t { kExpires = 1, kUsed = 2, kCredits = 4 };
+  enum Flag : std::uint8_t {
+    kExpires = 1,
+    kUsed = 2,
+    kCredits = 4,
+    kRotatedFrom = 8,  // the link's 16 bytes follow the last field
+    kRotatedTo = 16,   // and then this one's
+  };
 
   Uuid key_id;
   Uuid account_id;
@@ -102,7 +171,6 @@ struct Entry {
   std::int64_t expires_ms = 0;  // when kExpires
   std::int64_t used_ms = 0;     // when kUsed
   std::uint64_t version = 1;
-  std::unique_ptr<Extras> extras;  // null when every field in it is empty
   std::uint64_t seq = 0;
   std::size_t dense_index = 0;  // Its place in Impl::dense.
 
@@ -115,6 +183,12 @@ struct Entry {
   [[nodiscard]] std::string_view title() const noexcept { return field(1); }
   [[nodiscard]] std::string_view description() const noexcept { return field(2); }
   [[nodiscard]] std::string_view metadata() const noexcept { return field(3); }
+  [[nodiscard]] std::string_view scopes() const noexcept { return field(4); }
+  [[nodiscard]] std::string_view rate_limits() const noexcept { return field(5); }
+  [[nodiscard]] std::optional<Uuid> rotated_from() const noexcept { return link(kRotatedFrom, 0); }
+  [[nodiscard]] std::optional<Uuid> rotated_to() const noexcept {
+    return link(kRotatedTo, (flags & kRotatedFrom) != 0 ? 1 : 0);
+  }
 
   // An entry holding `info` and `digest` as stored (times truncated to milliseconds),
   // not yet in any index. May throw std::bad_alloc, or Error(invalid_argument) for text
@@ -122,29 +196,38 @@ struct Entry {
   static EntryPtr pack(const KeyInfo& info, const Digest& digest) {
     static_assert(sizeof(void*) != 8 || sizeof(std::string) != 32 || sizeof(KeyInfo) == 384,
                   "KeyInfo has a new field: pack and unpack it here");
-    const std::array<std::string_view, TextEnds::kFields> parts{info.public_key, info.title,
-                                                                info.description, info.metadata};
+    const std::array<std::string_view, 4> parts{info.public_key, info.title, info.description,
+                                                info.metadata};
+    const std::array<std::size_t, TextEnds::kFields> sizes{
+        parts[0].size(), parts[1].size(),           parts[2].size(),
+        parts[3].size(), encoded_size(info.scopes), encoded_size(info.rate_limits)};
     TextEnds ends;
     std::size_t total = 0;
-    for (std::size_t i = 0; i < parts.size(); ++i) {
-      total += parts[i].size();
+    for (std::size_t i = 0; i < sizes.size(); ++i) {
+      total += sizes[i];
       if (total > std::numeric_limits<std::uint32_t>::max()) {
         throw Error(ErrorCode::invalid_argument, "MemoryStore: a key's text passes 4 GiB");
       }
       ends.at[i] = static_cast<std::uint32_t>(total);
     }
-    std::unique_ptr<Extras> extras;
-    {
-      Extras e{info.scopes, info.rate_limits, info.rotated_from, info.rotated_to};
-      if (!e.empty()) extras = std::make_unique<Extras>(std::move(e));
-    }
-    void* memory = ::operator new(sizeof(Entry) + total);
+    const std::size_t links =
+        (info.rotated_from ? sizeof(Uuid) : 0) + (info.rotated_to ? sizeof(Uuid) : 0);
+    void* memory = ::operator new(sizeof(Entry) + total + links);
     EntryPtr entry(new (memory) Entry());  // cannot throw
     Entry& e = *entry;
     char* out = reinterpret_cast<char*>(memory) + sizeof(Entry);
     for (const std::string_view part : parts) out = std::copy(part.begin(), part.end(), out);
+    encode(info.scopes, out);
+    encode(info.rate_limits, out);
+    if (info.rotated_from) {
+      e.flags |= kRotatedFrom;
+      put_bytes(out, info.rotated_from->bytes().data(), sizeof(Uuid));
+    }
+    if (info.rotated_to) {
+      e.flags |= kRotatedTo;
+      put_bytes(out, info.rotated_to->bytes().data(), sizeof(Uuid));
+    }
     e.text = ends;
-    e.extras = std::move(extras);
     e.key_id = info.key_id;
     e.account_id = info.account_id;
     e.lineage_id = info.lineage_id;
@@ -191,12 +274,10 @@ struct Entry {
     k.version = version;
     k.lineage_id = lineage_id;
     if ((flags & kCredits) != 0) k.credits = Credits{};
-    if (extras) {
-      k.scopes = extras->scopes;
-      k.rate_limits = extras->rate_limits;
-      k.rotated_from = extras->rotated_from;
-      k.rotated_to = extras->rotated_to;
-    }
+    decode(scopes(), k.scopes);
+    decode(rate_limits(), k.rate_limits);
+    k.rotated_from = rotated_from();
+    k.rotated_to = rotated_to();
     return k;
   }
   [[nodiscard]] KeyRecord record() const { return KeyRecord{info(), digest}; }
@@ -214,10 +295,8 @@ struct Entry {
     if ((flags & kExpires) != 0) k.expires_at = from_unix_millis(expires_ms);
     k.lineage_id = lineage_id;
     if ((flags & kCredits) != 0) k.credits = Credits{};
-    if (extras) {
-      k.scopes = extras->scopes;
-      k.rate_limits = extras->rate_limits;
-    }
+    decode(scopes(), k.scopes);
+    decode(rate_limits(), k.rate_limits);
     r.digest = digest;
     return r;
   }
@@ -227,6 +306,15 @@ struct Entry {
     const std::uint32_t begin = i == 0 ? 0 : text.at[i - 1];
     if (text.at[i] == begin) return {};
     return {reinterpret_cast<const char*>(this) + sizeof(Entry) + begin, text.at[i] - begin};
+  }
+  // Rotation link `flag`, the `index`th of those the entry has after its last field.
+  [[nodiscard]] std::optional<Uuid> link(std::uint8_t flag, std::size_t index) const noexcept {
+    if ((flags & flag) == 0) return std::nullopt;
+    std::array<std::uint8_t, 16> bytes{};
+    const char* at = reinterpret_cast<const char*>(this) + sizeof(Entry) +
+                     text.at[TextEnds::kFields - 1] + index * sizeof(Uuid);
+    std::memcpy(bytes.data(), at, bytes.size());
+    return Uuid(bytes);
   }
 };
 
@@ -585,8 +673,9 @@ struct MemoryStore::Impl {
   }
 
   void insert(const KeyRecord& record, const ChangeAudit* audit);
-  std::optional<KeyRecord> find(std::string_view public_key, KeyRecord (Entry::*copy)() const)
-      APIKEYS_EXCLUDES(mu);
+  // find() (`kVerdict` false) and find_for_validation() (true).
+  template <bool kVerdict>
+  std::optional<KeyRecord> find(std::string_view public_key) APIKEYS_EXCLUDES(mu);
   WriteResult replace(const Uuid& account_id, const KeyInfo& next, std::uint64_t expected_version,
                       const ChangeAudit* audit);
   WriteResult rotate(const Uuid& account_id, const KeyInfo& old_next,
@@ -659,18 +748,10 @@ void MemoryStore::Impl::insert(const KeyRecord& record, const ChangeAudit* audit
   commit(staged);
 }
 
-std::optional<KeyRecord> MemoryStore::find(std::string_view public_key) {
-  return impl_->find(public_key, &Entry::record);
-}
-
-std::optional<KeyRecord> MemoryStore::find_for_validation(std::string_view public_key) {
-  return impl_->find(public_key, &Entry::verdict_record);
-}
-
-// find() and find_for_validation(): `copy` (Entry::record or Entry::verdict_record)
-// builds the answer, and the decoy's on a miss.
-std::optional<KeyRecord> MemoryStore::Impl::find(std::string_view public_key,
-                                                 KeyRecord (Entry::*copy)() const) {
+// find() and find_for_validation(): a hit's answer, and the decoy's on a miss, is
+// Entry::record() or, with kVerdict, Entry::verdict_record().
+template <bool kVerdict>
+std::optional<KeyRecord> MemoryStore::Impl::find(std::string_view public_key) {
   const std::uint64_t tag = tag_of(public_key);
   detail::SharedLock lock(mu);
   // Timing oracles: a miss must cost what a hit costs. A hit reads its
@@ -689,7 +770,9 @@ std::optional<KeyRecord> MemoryStore::Impl::find(std::string_view public_key,
     const Slot& s = by_public_key.at(i);
     last = s.tag;
     if (last == 0) break;
-    if (last == tag && s.entry->public_key() == public_key) return (s.entry->*copy)();
+    if (last == tag && s.entry->public_key() == public_key) {
+      return kVerdict ? s.entry->verdict_record() : s.entry->record();
+    }
   }
   if (dense.empty()) return std::nullopt;
 #if defined(__GNUC__)
@@ -702,12 +785,20 @@ std::optional<KeyRecord> MemoryStore::Impl::find(std::string_view public_key,
   const Entry& decoy = *dense[pick + static_cast<std::size_t>(last)];
   const bool same = decoy.public_key() == public_key;
   // Built as a hit's answer is: a KeyRecord moved into an optional.
-  const std::optional<KeyRecord> built = (decoy.*copy)();
+  const std::optional<KeyRecord> built = kVerdict ? decoy.verdict_record() : decoy.record();
 #if defined(__GNUC__)
   asm volatile("" : : "r"(&built), "r"(same) : "memory");  // the work is the point: keep it
 #endif
   ++detail::decoy_reads();
   return std::nullopt;
+}
+
+std::optional<KeyRecord> MemoryStore::find(std::string_view public_key) {
+  return impl_->find<false>(public_key);
+}
+
+std::optional<KeyRecord> MemoryStore::find_for_validation(std::string_view public_key) {
+  return impl_->find<true>(public_key);
 }
 
 std::vector<KeyInfo> MemoryStore::list(const Uuid& account_id) {

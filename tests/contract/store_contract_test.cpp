@@ -44,6 +44,52 @@ TEST_CASE("SqliteStore keeps a change log of revokes and deletes", "[store][sqli
       apikeys::SqliteStore::kChangeLogSize);
 }
 
+TEST_CASE("MemoryStore returns any scopes and rate limits it was given, byte for byte",
+          "[store][memory]") {
+  // It keeps them in the key's own allocation, encoded: text KeyManager would refuse (a
+  // space, an empty scope, a NUL, a long name) must come back as it went in, from every
+  // read, and a rewrite must replace them whole.
+  const apikeys::Uuid alice = apikeys_test::account_id(1);
+  apikeys::MemoryStore store;
+  apikeys::KeyRecord r = record(1, alice);
+  r.info.scopes = {"a b", "", std::string("nul\0byte", 8), std::string(300, 'x'), "\xE6\x97\xA5"};
+  r.info.rate_limits = {
+      apikeys::RateLimit{"", 1, std::chrono::milliseconds(1), 0},
+      apikeys::RateLimit{std::string(70, 'n'), UINT64_MAX, std::chrono::milliseconds(INT64_MAX),
+                         UINT64_MAX},
+      apikeys::RateLimit{std::string("odd \0 name", 11), 5, std::chrono::milliseconds(-1), 7}};
+  r.info.rotated_to = apikeys_test::account_id(9);  // a successor link without a predecessor
+  store.insert(r);
+  const auto check = [&](const apikeys::KeyInfo& got) {
+    CHECK(got.scopes == r.info.scopes);
+    CHECK(got.rate_limits == r.info.rate_limits);
+    CHECK_FALSE(got.rotated_from);
+    CHECK(got.rotated_to == r.info.rotated_to);
+    CHECK(got.public_key == r.info.public_key);
+    CHECK(got.title == r.info.title);
+  };
+  check(store.find(r.info.public_key)->info);
+  check(*store.get(alice, r.info.key_id));
+  check(store.list(alice).at(0));
+  const auto read = store.find_for_validation(r.info.public_key);
+  REQUIRE(read);
+  CHECK(read->info.scopes == r.info.scopes);
+  CHECK(read->info.rate_limits == r.info.rate_limits);
+
+  apikeys::KeyInfo next = *store.get(alice, r.info.key_id);
+  next.scopes = {"only"};
+  next.rate_limits.clear();
+  next.rotated_from = apikeys_test::account_id(8);  // not a changeable field: ignored
+  next.rotated_to = apikeys_test::account_id(10);
+  REQUIRE(store.replace(alice, next, next.version).outcome == apikeys::WriteOutcome::applied);
+  const auto after = store.find(r.info.public_key);
+  REQUIRE(after);
+  CHECK(after->info.scopes == std::vector<std::string>{"only"});
+  CHECK(after->info.rate_limits.empty());
+  CHECK_FALSE(after->info.rotated_from);
+  CHECK(after->info.rotated_to == next.rotated_to);
+}
+
 TEST_CASE("MemoryStore refuses inserts beyond max_keys", "[store][memory]") {
   const apikeys::Uuid alice = apikeys_test::account_id(1);
   apikeys::MemoryStore store(2);
