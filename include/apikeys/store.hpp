@@ -178,15 +178,6 @@ class APIKEYS_EXPORT Store {
   /// asks whether there are credits).
   [[nodiscard]] virtual std::optional<KeyRecord> find(std::string_view public_key) = 0;
 
-  /// What Validator reads on a cache miss: find(), except that only the fields a
-  /// verdict is made of need be filled: the digest, and info's key_id, account_id,
-  /// public_key, status, expires_at, metadata, scopes, lineage_id, rate_limits and
-  /// whether there are credits. The others (title, description, created_at, updated_at,
-  /// last_used_at, version, rotated_from, rotated_to) may be left as a default KeyInfo
-  /// has them, so a store can read less. The timing rule is find()'s: a miss costs what
-  /// a hit costs. Default: find().
-  [[nodiscard]] virtual std::optional<KeyRecord> find_for_validation(std::string_view public_key);
-
   /// The account's keys, newest first (created_at descending, then most recently
   /// inserted first). Empty when the account has none.
   [[nodiscard]] virtual std::vector<KeyInfo> list(const Uuid& account_id) = 0;
@@ -381,6 +372,16 @@ class APIKEYS_EXPORT Store {
   /// objects on one file) should return the same pointer; it must stay the same, and
   /// stay unique to that data, for as long as this object lives. Default: `this`.
   [[nodiscard]] virtual const void* identity() const noexcept { return this; }
+
+  /// What Validator reads on a cache miss: find(), except that only the fields a
+  /// verdict is made of need be filled: the digest, and info's key_id, account_id,
+  /// public_key, status, expires_at, metadata, scopes, lineage_id, rate_limits and
+  /// whether there are credits. The others (title, description, created_at, updated_at,
+  /// last_used_at, version, rotated_from, rotated_to) may be left as a default KeyInfo
+  /// has them, so a store can read less; a bundled store then does not check them
+  /// either (a row damaged only there still validates, where find() fails). The timing
+  /// rule is find()'s: a miss costs what a hit costs. Default: find().
+  [[nodiscard]] virtual std::optional<KeyRecord> find_for_validation(std::string_view public_key);
 };
 
 }  // namespace apikeys
