@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cassert>
 #include <chrono>
 #include <cstring>
 #include <limits>
@@ -152,6 +153,7 @@ KeyInfo read_info(sqlite3_stmt* s, const char* op) {
 
 void read_record(sqlite3_stmt* s, const char* op, int first, std::string_view public_key,
                  KeyRecord& record, Columns which) {
+  assert(which == Columns::all || which == Columns::verdict);
   if (which == Columns::verdict) {
     for_each_verdict_field(record, RowDecoder{s, op, first, &public_key});
   } else {
