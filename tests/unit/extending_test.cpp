@@ -12,6 +12,7 @@
 
 #include "apikeys/apikeys.hpp"
 #include "catch.hpp"
+#include "store_doubles.hpp"
 #include "test_support.hpp"
 
 #define APIKEYS_EXAMPLE_STORE_ONLY
@@ -179,36 +180,18 @@ namespace {
 
 // A store that answers validations only through find_for_validation(): find() fails
 // loudly, so a Validator that read through it would answer `error`.
-class ValidationReadStore final : public apikeys::Store {
+class ValidationReadStore final : public apikeys_test::ForwardingStore {
  public:
-  void insert(const apikeys::KeyRecord& record) override { inner_.insert(record); }
+  ValidationReadStore() : ForwardingStore(std::make_shared<apikeys::MemoryStore>()) {}
   std::optional<apikeys::KeyRecord> find(std::string_view) override {
     throw apikeys::Error(ErrorCode::storage, "find() is not what Validator reads");
   }
   std::optional<apikeys::KeyRecord> find_for_validation(std::string_view public_key) override {
     ++reads;
-    return inner_.find_for_validation(public_key);
-  }
-  std::vector<apikeys::KeyInfo> list(const apikeys::Uuid& account_id) override {
-    return inner_.list(account_id);
-  }
-  std::optional<apikeys::KeyInfo> set_status(const apikeys::Uuid& account_id,
-                                             const apikeys::Uuid& key_id,
-                                             apikeys::KeyStatus status) override {
-    return inner_.set_status(account_id, key_id, status);
-  }
-  std::optional<apikeys::KeyInfo> remove(const apikeys::Uuid& account_id,
-                                         const apikeys::Uuid& key_id) override {
-    return inner_.remove(account_id, key_id);
-  }
-  void record_last_use(const std::vector<apikeys::LastUse>& uses) override {
-    inner_.record_last_use(uses);
+    return inner().find_for_validation(public_key);
   }
 
   int reads = 0;  // one thread only
-
- private:
-  apikeys::MemoryStore inner_;
 };
 
 }  // namespace
