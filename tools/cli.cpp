@@ -342,6 +342,71 @@ bool scan_fd(int fd, std::size_t chunk, const std::function<void(const ScanFindi
   }
 }
 
+// See cli.hpp. The characters are those a terminal acts on and those that hide or
+// reorder text: the bidirectional and zero-width ones are the set titles refuse
+// (src/text.cpp). A stored metadata value (spliced raw by dump()) or a title written to
+// the store by other means then cannot move the cursor or rewrite the screen.
+std::string escape_json_output(std::string_view json) {
+  const auto escaped = [](std::uint32_t cp) {
+    return cp < 0x20 || (cp >= 0x7F && cp <= 0x9F) || cp == 0x034F || cp == 0x061C ||
+           cp == 0x115F || cp == 0x1160 || cp == 0x180E || (cp >= 0x200B && cp <= 0x200F) ||
+           (cp >= 0x2028 && cp <= 0x202E) || (cp >= 0x2060 && cp <= 0x2064) ||
+           (cp >= 0x2066 && cp <= 0x2069) || cp == 0x3164 || cp == 0xFEFF || cp == 0xFFA0;
+  };
+  std::string out;
+  out.reserve(json.size());
+  // Where the text is: a tab, carriage return or newline between tokens is JSON's
+  // whitespace (stored metadata may hold some), kept as it is; inside a string none of
+  // them may stand raw.
+  bool in_string = false;
+  bool after_backslash = false;
+  for (std::size_t i = 0; i < json.size();) {
+    const auto c = static_cast<unsigned char>(json[i]);
+    const bool was_in_string = in_string;
+    if (after_backslash) {
+      after_backslash = false;
+    } else if (c == '"') {
+      in_string = !in_string;
+    } else if (c == '\\' && in_string) {
+      after_backslash = true;
+    }
+    std::size_t len = c < 0x80                ? 1
+                      : c >= 0xC2 && c < 0xE0 ? 2
+                      : c >= 0xE0 && c < 0xF0 ? 3
+                      : c >= 0xF0 && c < 0xF5 ? 4
+                                              : 0;
+    std::uint32_t cp = len == 1 ? c : c & (0x7Fu >> len);
+    for (std::size_t k = 1; k < len; ++k) {
+      const auto b = i + k < json.size() ? static_cast<unsigned char>(json[i + k]) : 0;
+      if ((b & 0xC0) != 0x80) {
+        len = 0;
+        break;
+      }
+      cp = (cp << 6) | (b & 0x3Fu);
+    }
+    // Overlong, surrogate and out-of-range forms are not UTF-8 either.
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
+        (len == 4 && (cp < 0x10000 || cp > 0x10FFFF))) {
+      len = 0;
+    }
+    if (len == 0) {
+      out += "\\ufffd";
+      ++i;
+      continue;
+    }
+    const bool whitespace = !was_in_string && (c == '\t' || c == '\r' || c == '\n');
+    if (whitespace || !escaped(cp)) {
+      out.append(json, i, len);
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(cp));
+      out += buf;
+    }
+    i += len;
+  }
+  return out;
+}
+
 namespace {
 
 // The pepper, and its lower-case hex to recognise it where it does not belong.
@@ -635,61 +700,6 @@ Json time_or_null(const std::optional<apikeys::TimePoint>& t) {
 // nlohmann escapes U+0001 as \u0001.
 constexpr std::string_view kMetadataMarkerOpen = "\\u0001metadata:";
 constexpr std::string_view kMetadataMarkerClose = "\\u0001";
-
-// `json` (UTF-8, as dump() assembles it) with every character a terminal could act on
-// or that hides or reorders text written as a \uXXXX escape: C0 controls but the
-// newlines between lines, DEL, C1 controls, the line and paragraph separators, and the
-// bidirectional and zero-width characters that titles refuse (src/text.cpp); a byte
-// that is not UTF-8 becomes U+FFFD. Such characters can only stand inside strings
-// (dump()'s own syntax is ASCII), where the escape means the same: the JSON is
-// unchanged for a parser, and a stored metadata value (spliced raw) or a title written
-// to the store by other means cannot move the cursor or rewrite the screen.
-std::string escape_json_output(std::string_view json) {
-  const auto escaped = [](std::uint32_t cp) {
-    return cp < 0x20 || (cp >= 0x7F && cp <= 0x9F) || cp == 0x034F || cp == 0x061C ||
-           cp == 0x115F || cp == 0x1160 || cp == 0x180E || (cp >= 0x200B && cp <= 0x200F) ||
-           (cp >= 0x2028 && cp <= 0x202E) || (cp >= 0x2060 && cp <= 0x2064) ||
-           (cp >= 0x2066 && cp <= 0x2069) || cp == 0x3164 || cp == 0xFEFF || cp == 0xFFA0;
-  };
-  std::string out;
-  out.reserve(json.size());
-  for (std::size_t i = 0; i < json.size();) {
-    const auto c = static_cast<unsigned char>(json[i]);
-    std::size_t len = c < 0x80                ? 1
-                      : c >= 0xC2 && c < 0xE0 ? 2
-                      : c >= 0xE0 && c < 0xF0 ? 3
-                      : c >= 0xF0 && c < 0xF5 ? 4
-                                              : 0;
-    std::uint32_t cp = len == 1 ? c : c & (0x7Fu >> len);
-    for (std::size_t k = 1; k < len; ++k) {
-      const auto b = i + k < json.size() ? static_cast<unsigned char>(json[i + k]) : 0;
-      if ((b & 0xC0) != 0x80) {
-        len = 0;
-        break;
-      }
-      cp = (cp << 6) | (b & 0x3Fu);
-    }
-    // Overlong, surrogate and out-of-range forms are not UTF-8 either.
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10FFFF))) {
-      len = 0;
-    }
-    if (len == 0) {
-      out += "\\ufffd";
-      ++i;
-      continue;
-    }
-    if (c == '\n' || !escaped(cp)) {
-      out.append(json, i, len);
-    } else {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(cp));
-      out += buf;
-    }
-    i += len;
-  }
-  return out;
-}
 
 std::string dump(const Json& j) {
   std::string out = j.dump(2, ' ', false, Json::error_handler_t::replace);

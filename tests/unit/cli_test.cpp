@@ -1486,10 +1486,11 @@ TEST_CASE("cli: stored text reaches the terminal with its control characters esc
   // invisible and bidirectional characters as \uXXXX, and still parses to the same value.
   TempDir dir;
   const std::string db = dir.file("keys.db");
+  // A tab and CR LF between its tokens are JSON's own whitespace, and stay as they are.
   const std::string metadata =
       "{\"csi\":\"\xc2\x9b"
-      "2J\",\"del\":\"a\x7f"
-      "b\",\"rlo\":\"\xe2\x80\xae"
+      "2J\",\t\"del\":\"a\x7f"
+      "b\",\r\n\"rlo\":\"\xe2\x80\xae"
       "x\","
       "\"ls\":\"\xe2\x80\xa8\",\"ok\":\"\xc3\xa9\xf0\x9f\x94\x91\"}";
   const Run created = run_cli(
@@ -1508,6 +1509,8 @@ TEST_CASE("cli: stored text reaches the terminal with its control characters esc
     CHECK(contains(r.out, "\\u202ex"));
     CHECK(contains(r.out, "\\u2028"));
     CHECK(contains(r.out, "\xc3\xa9\xf0\x9f\x94\x91"));  // printable non-ASCII stays as it is
+    CHECK(contains(r.out, "2J\",\t\"del\""));
+    CHECK(contains(r.out, "b\",\r\n\"rlo\""));
     Json parsed = Json::parse(r.out);
     const Json key = parsed.is_array() ? parsed.at(0) : parsed;
     CHECK(key.at("metadata") == Json::parse(metadata));
