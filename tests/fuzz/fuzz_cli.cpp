@@ -4,9 +4,11 @@
 // CLI11's error messages), decode_pepper, trim, CommandLine (hides arguments that may be
 // secrets from argv and from the parser) and holds_secret_key, and then the whole
 // argument parser (CLI11 plus our failure_message) on fuzzed argument lists that can
-// never reach a database, a pepper or stdin.
+// never reach a database, a pepper or stdin; and escape_json_output (what keeps stored
+// text from acting on a terminal) on the message, as text and as JSON.
 // Input: fields separated by NUL bytes; the first is a message, the rest arguments.
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -16,6 +18,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "apikeys/apikeys.hpp"
 #include "cli.hpp"
@@ -208,6 +212,66 @@ void check_parser(const std::vector<std::string>& fuzzed) {
   }
 }
 
+// A second reading of what escape_json_output() must leave escaped, for checking it:
+// controls, line separators, and the invisible and bidirectional characters.
+bool hazard(std::uint32_t cp) {
+  static constexpr std::uint32_t kSingles[] = {0x034F, 0x061C, 0x115F, 0x1160,
+                                               0x180E, 0x3164, 0xFEFF, 0xFFA0};
+  static constexpr std::uint32_t kRanges[][2] = {{0x00, 0x1F},     {0x7F, 0x9F},
+                                                 {0x200B, 0x200F}, {0x2028, 0x202E},
+                                                 {0x2060, 0x2064}, {0x2066, 0x2069}};
+  for (const std::uint32_t c : kSingles) {
+    if (cp == c) return true;
+  }
+  for (const auto& r : kRanges) {
+    if (cp >= r[0] && cp <= r[1]) return true;
+  }
+  return false;
+}
+
+// The code point at `i` (advanced past it), or kNotUtf8.
+constexpr std::uint32_t kNotUtf8 = 0xFFFFFFFF;
+std::uint32_t next_code_point(std::string_view s, std::size_t& i) {
+  const auto c = static_cast<unsigned char>(s[i++]);
+  if (c < 0x80) return c;
+  const int n = c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : c >= 0xC0 ? 1 : -1;
+  if (n < 0 || s.size() - i < static_cast<std::size_t>(n)) return kNotUtf8;
+  std::uint32_t cp = c & (0x3Fu >> n);
+  for (int k = 0; k < n; ++k) {
+    const auto b = static_cast<unsigned char>(s[i++]);
+    if ((b & 0xC0) != 0x80) return kNotUtf8;
+    cp = (cp << 6) | (b & 0x3Fu);
+  }
+  static constexpr std::uint32_t kLeast[] = {0x80, 0x800, 0x10000};
+  if (cp < kLeast[n - 1] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return kNotUtf8;
+  return cp;
+}
+
+// escape_json_output(): whatever the text, the result is UTF-8 and leaves nothing a
+// terminal acts on raw but tab, CR and newline (JSON's whitespace); JSON text keeps its
+// values; and JSON as the CLI prints it comes out without a raw tab or CR at all.
+void check_json_escape(const std::string& text) {
+  using Json = nlohmann::json;
+  const std::string out = apikeys::cli::escape_json_output(text);
+  for (std::size_t i = 0; i < out.size();) {
+    const std::uint32_t cp = next_code_point(out, i);
+    FUZZ_CHECK(cp != kNotUtf8);
+    FUZZ_CHECK(cp == '\t' || cp == '\r' || cp == '\n' || !hazard(cp));
+  }
+  // Deep nesting is nlohmann's recursion, not ours: left out.
+  if (std::count(text.begin(), text.end(), '[') + std::count(text.begin(), text.end(), '{') > 64) {
+    return;
+  }
+  const Json parsed = Json::parse(text, nullptr, false);
+  if (!parsed.is_discarded()) FUZZ_CHECK(Json::parse(out, nullptr, false) == parsed);
+  Json object = Json::object();
+  object["m"] = text;
+  const std::string dumped = object.dump(2, ' ', false, Json::error_handler_t::replace);
+  const std::string escaped = apikeys::cli::escape_json_output(dumped);
+  FUZZ_CHECK(escaped.find_first_of("\t\r") == std::string::npos);
+  FUZZ_CHECK(Json::parse(escaped, nullptr, false) == Json::parse(dumped));
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
@@ -224,6 +288,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   Argv a(args);
   check_redact(message, a);
   check_pepper(message);
+  check_json_escape(message);
   check_trim_and_hide(args);
   check_parser(std::vector<std::string>(args.begin() + 1, args.end()));
   return 0;
