@@ -738,19 +738,60 @@ bool write_stdout(std::string_view text) noexcept {
   return true;
 }
 
-// Prints `json` (dump() of an object with one "secret_key": "" member, at nesting depth
-// `indent` / 2) with `secret` written into that field. The secret never enters a JSON
-// value or a string that grows: the output is assembled once, in a buffer sized up
-// front, and wiped after the write. The indentation tells the field from a member of
-// the same name deeper down (in a key's metadata), and quotes in values are escaped.
-bool emit_with_secret(const std::string& json, std::string_view secret, std::size_t indent) {
-  const std::string field = "\n" + std::string(indent, ' ') + "\"secret_key\": \"\"";
-  const auto at = json.find(field);
+// Where a secret goes in `json`: before the closing quote of the empty value of the one
+// member named "secret_key" at nesting depth `depth` (1: a member of the outermost
+// object). Found by reading the JSON's structure, not by searching its text: a key's
+// stored metadata is spliced in raw, with its own whitespace, and may hold a member of
+// that name, even on a line shaped like ours, but always deeper down. npos unless there
+// is exactly one.
+std::size_t secret_slot(std::string_view json, int depth) {
+  constexpr std::string_view kName = "\"secret_key\"";
+  const auto skip_space = [&json](std::size_t at) {
+    while (at < json.size() &&
+           (json[at] == ' ' || json[at] == '\n' || json[at] == '\t' || json[at] == '\r')) {
+      ++at;
+    }
+    return at;
+  };
+  std::size_t slot = std::string_view::npos;
+  int found = 0;
+  int level = 0;
+  for (std::size_t i = 0; i < json.size(); ++i) {
+    const char c = json[i];
+    if (c == '{' || c == '[') {
+      ++level;
+    } else if (c == '}' || c == ']') {
+      --level;
+    } else if (c == '"') {
+      std::size_t end = i + 1;  // the string's closing quote
+      while (end < json.size() && json[end] != '"') end += json[end] == '\\' ? 2 : 1;
+      if (end >= json.size()) return std::string_view::npos;
+      if (level == depth && json.substr(i, end + 1 - i) == kName) {
+        const std::size_t colon = skip_space(end + 1);
+        if (colon < json.size() && json[colon] == ':') {
+          const std::size_t value = skip_space(colon + 1);
+          if (json.substr(value, 2) == "\"\"") {
+            ++found;
+            slot = value + 1;
+          }
+        }
+      }
+      i = end;
+    }
+  }
+  return found == 1 ? slot : std::string_view::npos;
+}
+
+// Prints `json` (dump() of an object with one "secret_key": "" member at nesting depth
+// `depth`, see secret_slot()) with `secret` written into that field. The secret never
+// enters a JSON value or a string that grows: the output is assembled once, in a buffer
+// sized up front, and wiped after the write.
+bool emit_with_secret(const std::string& json, std::string_view secret, int depth) {
+  const std::size_t split = secret_slot(json, depth);
   const bool plain =
       std::all_of(secret.begin(), secret.end(), [](char c) { return is_base62(c) || c == '_'; });
-  if (at == std::string::npos || json.find(field, at + 1) != std::string::npos || !plain)
+  if (split == std::string_view::npos || !plain)
     throw std::logic_error("cannot place the secret in the output");
-  const std::size_t split = at + field.size() - 1;  // before the closing quote
   std::string out;
   WipeGuard guard(out);
   out.reserve(json.size() + secret.size() + 1);
@@ -1376,13 +1417,13 @@ Json credits_json(const std::optional<apikeys::Credits>& credits) {
   return j;
 }
 
-// A key as every command prints it. `secret_slot`: with "secret_key": "" after
+// A key as every command prints it. `with_secret`: with "secret_key": "" after
 // "public_key", for emit_with_secret to fill in.
-Json key_json(const apikeys::KeyInfo& k, bool secret_slot = false) {
+Json key_json(const apikeys::KeyInfo& k, bool with_secret = false) {
   Json j;
   j["key_id"] = k.key_id.to_string();
   j["public_key"] = k.public_key;
-  if (secret_slot) j["secret_key"] = "";
+  if (with_secret) j["secret_key"] = "";
   j["title"] = k.title;
   j["description"] = k.description;
   j["status"] = apikeys::to_string(k.status);
@@ -1459,7 +1500,7 @@ int cmd_create(const Options& o) {
 
   auto manager = open_manager(o, pepper, /*may_create_db=*/true);
   const apikeys::CreatedKey created = manager->create(account, request, context);
-  if (!emit_with_secret(dump(key_json(created.info, true)), created.secret_key.reveal(), 2)) {
+  if (!emit_with_secret(dump(key_json(created.info, true)), created.secret_key.reveal(), 1)) {
     std::cerr << "apikeys: key " << created.info.key_id.to_string()
               << " was created but its secret could not be written to stdout; revoke it\n";
     return kExitFailure;
@@ -1623,7 +1664,7 @@ int cmd_rotate(const Options& o) {
   } catch (const std::exception&) {
     std::cerr << "apikeys: the key was rotated, but it could not be read back (\"old\" is null)\n";
   }
-  if (!emit_with_secret(dump(out), created.secret_key.reveal(), 4)) {
+  if (!emit_with_secret(dump(out), created.secret_key.reveal(), 2)) {
     std::cerr << "apikeys: key " << created.info.key_id.to_string()
               << " was created by the rotation but its secret could not be written to stdout; "
                  "revoke it\n";

@@ -1517,6 +1517,36 @@ TEST_CASE("cli: stored text reaches the terminal with its control characters esc
   }
 }
 
+TEST_CASE("cli: a secret_key member in metadata never takes the new key's secret", "[cli]") {
+  // Metadata keeps its own whitespace, so it can hold a line exactly like the one the
+  // secret goes on; create and rotate must still place it, once, in the key's own field.
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const std::string metadata =
+      "{\"x\": 1,\n  \"secret_key\": \"\",\n  \"n\": {\n    \"secret_key\": \"\"}}";
+  const Run created = run_cli(
+      {"--db", db, "create", "--account", kAccount, "--title", "Decoy", "--metadata", metadata});
+  INFO("stdout: " << created.out << "\nstderr: " << created.err);
+  REQUIRE(created.code == 0);
+  const Json key = Json::parse(created.out);
+  const std::string sk = key.at("secret_key").get<std::string>();
+  CHECK(sk.rfind("sk_", 0) == 0);
+  CHECK(key.at("metadata") == Json::parse(metadata));
+  const std::string pk = key.at("public_key").get<std::string>();
+  CHECK(run_cli({"--db", db, "verify", pk + ":" + sk}).code == 0);
+
+  const std::string key_id = key.at("key_id").get<std::string>();
+  const Run rotated = run_cli(key_args(db, "rotate", key_id));
+  INFO("rotate stdout: " << rotated.out << "\nstderr: " << rotated.err);
+  REQUIRE(rotated.code == 0);
+  const Json fresh = Json::parse(rotated.out).at("new");
+  const std::string new_sk = fresh.at("secret_key").get<std::string>();
+  CHECK(new_sk.rfind("sk_", 0) == 0);
+  CHECK(fresh.at("metadata") == Json::parse(metadata));
+  CHECK(run_cli({"--db", db, "verify", fresh.at("public_key").get<std::string>() + ":" + new_sk})
+            .code == 0);
+}
+
 TEST_CASE("cli: a key=value connection string as --db is refused, never shown", "[cli]") {
   TempDir dir;
   const std::string conninfo = "host=" + dir.file("h") + " password=hunter2pw dbname=app";
