@@ -348,16 +348,18 @@ bool scan_fd(int fd, std::size_t chunk, const std::function<void(const ScanFindi
 // the store by other means then cannot move the cursor or rewrite the screen.
 std::string escape_json_output(std::string_view json) {
   const auto escaped = [](std::uint32_t cp) {
-    return cp < 0x20 || (cp >= 0x7F && cp <= 0x9F) || cp == 0x034F || cp == 0x061C ||
-           cp == 0x115F || cp == 0x1160 || cp == 0x180E || (cp >= 0x200B && cp <= 0x200F) ||
-           (cp >= 0x2028 && cp <= 0x202E) || (cp >= 0x2060 && cp <= 0x2064) ||
-           (cp >= 0x2066 && cp <= 0x2069) || cp == 0x3164 || cp == 0xFEFF || cp == 0xFFA0;
+    return cp < 0x20 || (cp >= 0x7F && cp <= 0x9F) || cp == 0x00AD || cp == 0x034F ||
+           cp == 0x061C || cp == 0x115F || cp == 0x1160 || cp == 0x180E ||
+           (cp >= 0x200B && cp <= 0x200F) || (cp >= 0x2028 && cp <= 0x202E) ||
+           (cp >= 0x2060 && cp <= 0x2064) || (cp >= 0x2066 && cp <= 0x2069) || cp == 0x3164 ||
+           cp == 0xFEFF || cp == 0xFFA0 || (cp >= 0xFFF9 && cp <= 0xFFFB) ||
+           (cp >= 0xE0000 && cp <= 0xE007F);
   };
   std::string out;
   out.reserve(json.size());
-  // Where the text is: a tab, carriage return or newline between tokens is JSON's
-  // whitespace (stored metadata may hold some), kept as it is; inside a string none of
-  // them may stand raw.
+  // Where the text is: a tab or newline between tokens is JSON's whitespace (stored
+  // metadata may hold some), kept as it is, and so is a carriage return, printed as a
+  // space; inside a string none of them may stand raw.
   bool in_string = false;
   bool after_backslash = false;
   for (std::size_t i = 0; i < json.size();) {
@@ -394,12 +396,20 @@ std::string escape_json_output(std::string_view json) {
       ++i;
       continue;
     }
-    const bool whitespace = !was_in_string && (c == '\t' || c == '\r' || c == '\n');
-    if (whitespace || !escaped(cp)) {
+    if (!was_in_string && c == '\r') {
+      out += ' ';  // whitespace still, but it cannot send the cursor back over the line
+    } else if ((!was_in_string && (c == '\t' || c == '\n')) || !escaped(cp)) {
       out.append(json, i, len);
     } else {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(cp));
+      // Past U+FFFF (the tag characters), JSON writes a surrogate pair.
+      char buf[16];
+      if (cp > 0xFFFF) {
+        const std::uint32_t v = cp - 0x10000;
+        std::snprintf(buf, sizeof buf, "\\u%04x\\u%04x", static_cast<unsigned>(0xD800 + (v >> 10)),
+                      static_cast<unsigned>(0xDC00 + (v & 0x3FF)));
+      } else {
+        std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(cp));
+      }
       out += buf;
     }
     i += len;

@@ -100,11 +100,12 @@ inline constexpr std::string_view kPlaceholderStart = "<not shown #";
 // Option names stay, so "--expires-in-days = <not shown>" still says what was wrong.
 [[nodiscard]] std::string redact_arguments(std::string message, int argc, const char* const* argv);
 
-// `json` (UTF-8 JSON text, as the CLI prints it) with every character inside its
-// strings that a terminal could act on, or that hides or reorders text, written as a
-// \uXXXX escape: C0 controls (but the newlines between lines), DEL, C1 controls, U+2028
-// and U+2029, and the bidirectional and zero-width characters; a byte that is not UTF-8
-// becomes \ufffd. Everything else is kept. JSON's own syntax is ASCII, so such
+// `json` (UTF-8 JSON text, as the CLI prints it) with every character that a terminal
+// could act on, or that hides or reorders text, written as a \uXXXX escape: C0
+// controls (but tab and newline between tokens, JSON's whitespace; a carriage return
+// there becomes a space), DEL, C1 controls, U+2028 and U+2029, and the invisible and
+// bidirectional characters (soft hyphen, zero-width, bidi controls, tag characters...);
+// a byte that is not UTF-8 becomes \ufffd. Everything else is kept. In valid JSON such
 // characters stand only inside strings, where the escape means the same: a parser
 // reads the same values.
 [[nodiscard]] std::string escape_json_output(std::string_view json);

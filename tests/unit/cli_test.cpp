@@ -1486,13 +1486,15 @@ TEST_CASE("cli: stored text reaches the terminal with its control characters esc
   // invisible and bidirectional characters as \uXXXX, and still parses to the same value.
   TempDir dir;
   const std::string db = dir.file("keys.db");
-  // A tab and CR LF between its tokens are JSON's own whitespace, and stay as they are.
+  // A tab and CR LF between its tokens are JSON's own whitespace: they stay, the CR as a
+  // space (it would send the cursor back over the line).
   const std::string metadata =
       "{\"csi\":\"\xc2\x9b"
       "2J\",\t\"del\":\"a\x7f"
       "b\",\r\n\"rlo\":\"\xe2\x80\xae"
       "x\","
-      "\"ls\":\"\xe2\x80\xa8\",\"ok\":\"\xc3\xa9\xf0\x9f\x94\x91\"}";
+      "\"ls\":\"\xe2\x80\xa8\",\"tag\":\"\xf3\xa0\x81\x81\xc2\xad\","
+      "\"ok\":\"\xc3\xa9\xf0\x9f\x94\x91\"}";
   const Run created = run_cli(
       {"--db", db, "create", "--account", kAccount, "--title", "Escaped", "--metadata", metadata});
   REQUIRE(created.code == 0);
@@ -1501,16 +1503,19 @@ TEST_CASE("cli: stored text reaches the terminal with its control characters esc
                        run_cli({"--db", db, "list", "--account", kAccount})}) {
     INFO("stdout: " << r.out);
     REQUIRE(r.code == 0);
-    for (const char* raw : {"\xc2\x9b", "\x7f", "\xe2\x80\xae", "\xe2\x80\xa8"}) {
+    for (const char* raw :
+         {"\xc2\x9b", "\x7f", "\xe2\x80\xae", "\xe2\x80\xa8", "\xf3\xa0\x81\x81", "\xc2\xad"}) {
       CHECK_FALSE(contains(r.out, raw));
     }
     CHECK(contains(r.out, "\\u009b2J"));
     CHECK(contains(r.out, "a\\u007fb"));
     CHECK(contains(r.out, "\\u202ex"));
     CHECK(contains(r.out, "\\u2028"));
+    CHECK(contains(r.out, "\\udb40\\udc41\\u00ad"));     // a tag character, a soft hyphen
     CHECK(contains(r.out, "\xc3\xa9\xf0\x9f\x94\x91"));  // printable non-ASCII stays as it is
     CHECK(contains(r.out, "2J\",\t\"del\""));
-    CHECK(contains(r.out, "b\",\r\n\"rlo\""));
+    CHECK(contains(r.out, "b\", \n\"rlo\""));  // CR between tokens: a space
+    CHECK_FALSE(contains(r.out, "\r"));
     Json parsed = Json::parse(r.out);
     const Json key = parsed.is_array() ? parsed.at(0) : parsed;
     CHECK(key.at("metadata") == Json::parse(metadata));
