@@ -60,7 +60,8 @@ void put_bytes(char*& out, const void* p, std::size_t n) noexcept {
   out += n;
 }
 void put_text(char*& out, std::string_view text) noexcept {
-  const auto n = static_cast<std::uint32_t>(text.size());  // checked by encoded_size()
+  // Fits: pack() checked that the whole text, this included, is below 4 GiB.
+  const auto n = static_cast<std::uint32_t>(text.size());
   put_bytes(out, &n, sizeof n);
   put_bytes(out, text.data(), text.size());
 }
@@ -78,8 +79,7 @@ std::string_view get_text(const char*& in) noexcept {
   return text;
 }
 
-// The encoded size of `scopes` and of `limits`; throws Error(invalid_argument) past
-// 4 GiB (as pack() does for the whole text).
+// The encoded size of `scopes` and of `limits` (pack() checks the total against 4 GiB).
 std::size_t encoded_size(const std::vector<std::string>& scopes) {
   std::size_t n = 0;
   for (const std::string& scope : scopes) n += kLengthBytes + scope.size();

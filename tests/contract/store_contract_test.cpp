@@ -57,7 +57,7 @@ TEST_CASE("MemoryStore returns any scopes and rate limits it was given, byte for
       apikeys::RateLimit{"", 1, std::chrono::milliseconds(1), 0},
       apikeys::RateLimit{std::string(70, 'n'), UINT64_MAX, std::chrono::milliseconds(INT64_MAX),
                          UINT64_MAX},
-      apikeys::RateLimit{std::string("odd \0 name", 11), 5, std::chrono::milliseconds(-1), 7}};
+      apikeys::RateLimit{std::string("odd \0 name", 10), 5, std::chrono::milliseconds(-1), 7}};
   r.info.rotated_to = apikeys_test::account_id(9);  // a successor link without a predecessor
   store.insert(r);
   const auto check = [&](const apikeys::KeyInfo& got) {
