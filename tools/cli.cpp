@@ -705,25 +705,39 @@ Json time_or_null(const std::optional<apikeys::TimePoint>& t) {
   return t ? Json(apikeys::format_utc(*t)) : Json(nullptr);
 }
 
-// Replaces invalid UTF-8 instead of throwing; the library already rejects it on create.
-// How dump() prints the marker metadata_json() leaves in a key's "metadata" member:
-// nlohmann escapes U+0001 as \u0001.
-constexpr std::string_view kMetadataMarkerOpen = "\\u0001metadata:";
-constexpr std::string_view kMetadataMarkerClose = "\\u0001";
+// True when `text` is one JSON object (whitespace around it allowed), without a NUL.
+bool is_object_text(const std::string& text) {
+  const std::size_t first = text.find_first_not_of(" \t\r\n");
+  return first != std::string::npos && text[first] == '{' && text.find('\0') == std::string::npos &&
+         Json::accept(text);
+}
 
+// The marker embedded_object() leaves in place of a JSON object to print as stored:
+// U+0001, "metadata:", this process's nonce, ":", the text in hex, U+0001. The nonce is
+// drawn from the CSPRNG once per process, so no stored text (a title written to the
+// store by other means, say) can hold a marker dump() would splice.
+const std::string& marker_nonce() {
+  static const std::string nonce = apikeys::Uuid::random().to_string();
+  return nonce;
+}
+// How dump() prints the marker's start and end: nlohmann escapes U+0001 as \u0001.
+constexpr std::string_view kMarkerOpen = "\"\\u0001metadata:";
+constexpr std::string_view kMarkerClose = "\\u0001\"";
+
+// Replaces invalid UTF-8 instead of throwing; the library already rejects it on create.
 std::string dump(const Json& j) {
   std::string out = j.dump(2, ' ', false, Json::error_handler_t::replace);
-  // Splice each key's stored metadata over its marker (see metadata_json()).
-  const std::string open = "\"" + std::string(kMetadataMarkerOpen);
+  // Splice each embedded object's text over its marker (see embedded_object()).
+  const std::string open = std::string(kMarkerOpen) + marker_nonce() + ":";
   for (std::size_t at = out.find(open); at != std::string::npos; at = out.find(open, at)) {
     const std::size_t hex = at + open.size();
-    const std::size_t close = out.find(kMetadataMarkerClose, hex);
+    const std::size_t close = out.find(kMarkerClose, hex);
     if (close == std::string::npos) break;
     const std::optional<std::string> raw =
         apikeys::detail::hex_decode(std::string_view(out).substr(hex, close - hex));
-    const std::size_t end = close + kMetadataMarkerClose.size() + 1;  // and the quote
-    const std::string text = raw ? *raw : std::string("null");
-    out.replace(at, end - at, text);
+    // Checked again (embedded_object() did): only ever one whole object goes in.
+    const std::string text = raw && is_object_text(*raw) ? *raw : std::string("null");
+    out.replace(at, close + kMarkerClose.size() - at, text);
     at += text.size();
   }
   return escape_json_output(out);
@@ -1378,22 +1392,19 @@ Manager open_manager(const Options& o, const Pepper& pepper, bool may_create_db)
 // exactly as stored: parsing and dumping them again would change numbers (a 30-digit
 // integer, -0, 1E2). embedded_object() puts a marker string in their place, holding the
 // stored text in hex; dump() splices the text over the marker. No other printed string
-// can hold the marker's control characters (titles, descriptions, actors and reasons
-// refuse them). {} when a key has no metadata; null, with a warning on stderr, for a
-// stored value that is not a JSON object (the library never writes one; throwing here
-// would lose a rotated key's new secret).
+// can hold a marker: it carries a nonce no stored text knows. {} when a key has no
+// metadata; null, with a warning on stderr, for a stored value that is not a JSON
+// object (the library never writes one; throwing here would lose a rotated key's new
+// secret).
 
 // `text`, a JSON object, to be printed exactly as it is (see above); `what` names it in
 // the warning for text that is not one.
 Json embedded_object(const std::string& text, const char* what) {
-  const std::size_t first = text.find_first_not_of(" \t\r\n");
-  const bool object = first != std::string::npos && text[first] == '{' &&
-                      text.find('\0') == std::string::npos && Json::accept(text);
-  if (!object) {
+  if (!is_object_text(text)) {
     std::cerr << "apikeys: warning: " << what << " is not a JSON object; shown as null\n";
     return Json(nullptr);
   }
-  return Json("\x01metadata:" + apikeys::detail::hex_encode(text) + "\x01");
+  return Json("\x01metadata:" + marker_nonce() + ":" + apikeys::detail::hex_encode(text) + "\x01");
 }
 
 Json metadata_json(const std::string& metadata) {
@@ -2488,6 +2499,8 @@ int run_command(int argc, char** argv) {
     o.format = !o.brand.empty()       ? brand_format(o.brand, "--brand")
                : env_brand != nullptr ? brand_format(env_brand, "APIKEYS_BRAND")
                                       : std::nullopt;
+    // Drawn before any command runs: a CSPRNG failure then stops it before it writes.
+    (void)marker_nonce();
     if (*create) return cmd_create(o);
     if (*list) return cmd_list(o);
     if (*get) return cmd_key(o, KeyCommand::get);

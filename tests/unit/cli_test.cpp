@@ -1552,6 +1552,48 @@ TEST_CASE("cli: a secret_key member in metadata never takes the new key's secret
             .code == 0);
 }
 
+TEST_CASE("cli: stored text shaped like an embedded object is printed as text", "[cli]") {
+  // The CLI prints metadata as stored by splicing it over a marker string. A title or
+  // description written to the store by other means (not through KeyManager, which
+  // refuses control characters) that holds such a marker must stay a string: it must
+  // not add members to the printed key, nor make rotate lose the new secret.
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const Json created = create_key(db);
+  const std::string key_id = created.at("key_id").get<std::string>();
+  const std::string forged = "\"x\", \"status\": \"forged\", \"secret_key\": \"\", \"y\": \"z\"";
+  const std::string injected = "\x01metadata:" + apikeys::detail::hex_encode(forged) + "\x01";
+  {
+    apikeys::SqliteStore store(db);
+    const auto account = apikeys::Uuid::parse(kAccount);
+    const auto id = apikeys::Uuid::parse(key_id);
+    REQUIRE(account);
+    REQUIRE(id);
+    apikeys::KeyInfo next = *store.get(*account, *id);
+    next.title = injected;
+    next.description = injected;
+    REQUIRE(store.replace(*account, next, next.version).outcome ==
+            apikeys::WriteOutcome::applied);
+  }
+  for (const Run& r : {run_cli(key_args(db, "get", key_id)),
+                       run_cli({"--db", db, "list", "--account", kAccount})}) {
+    INFO("stdout: " << r.out);
+    REQUIRE(r.code == 0);
+    const Json parsed = Json::parse(r.out);
+    const Json key = parsed.is_array() ? parsed.at(0) : parsed;
+    CHECK(key.at("title") == injected);
+    CHECK(key.at("description") == injected);
+    CHECK(key.at("status") == "active");
+    CHECK_FALSE(key.contains("y"));
+  }
+  const Run rotated = run_cli(key_args(db, "rotate", key_id));
+  INFO("rotate stdout: " << rotated.out << "\nstderr: " << rotated.err);
+  REQUIRE(rotated.code == 0);
+  const Json fresh = Json::parse(rotated.out).at("new");
+  CHECK(fresh.at("secret_key").get<std::string>().rfind("sk_", 0) == 0);
+  CHECK(fresh.at("title") == injected);
+}
+
 TEST_CASE("cli: a key=value connection string as --db is refused, never shown", "[cli]") {
   TempDir dir;
   const std::string conninfo = "host=" + dir.file("h") + " password=hunter2pw dbname=app";
