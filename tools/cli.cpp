@@ -342,6 +342,45 @@ bool scan_fd(int fd, std::size_t chunk, const std::function<void(const ScanFindi
   }
 }
 
+// See cli.hpp.
+std::size_t secret_slot(std::string_view json, int depth) {
+  constexpr std::string_view kName = "\"secret_key\"";
+  const auto skip_space = [&json](std::size_t at) {
+    while (at < json.size() &&
+           (json[at] == ' ' || json[at] == '\n' || json[at] == '\t' || json[at] == '\r')) {
+      ++at;
+    }
+    return at;
+  };
+  std::size_t slot = std::string_view::npos;
+  int found = 0;
+  int level = 0;
+  for (std::size_t i = 0; i < json.size(); ++i) {
+    const char c = json[i];
+    if (c == '{' || c == '[') {
+      ++level;
+    } else if (c == '}' || c == ']') {
+      --level;
+    } else if (c == '"') {
+      std::size_t end = i + 1;  // the string's closing quote
+      while (end < json.size() && json[end] != '"') end += json[end] == '\\' ? 2 : 1;
+      if (end >= json.size()) return std::string_view::npos;
+      if (level == depth && json.substr(i, end + 1 - i) == kName) {
+        const std::size_t colon = skip_space(end + 1);
+        if (colon < json.size() && json[colon] == ':') {
+          const std::size_t value = skip_space(colon + 1);
+          if (json.substr(value, 2) == "\"\"") {
+            ++found;
+            slot = value + 1;
+          }
+        }
+      }
+      i = end;
+    }
+  }
+  return found == 1 ? slot : std::string_view::npos;
+}
+
 // See cli.hpp. The characters are those a terminal acts on and those that hide or
 // reorder text: the bidirectional and zero-width ones are the set titles refuse
 // (src/text.cpp). A stored metadata value (spliced raw by dump()) or a title written to
@@ -760,50 +799,6 @@ bool write_stdout(std::string_view text) noexcept {
     text.remove_prefix(static_cast<std::size_t>(n));
   }
   return true;
-}
-
-// Where a secret goes in `json`: before the closing quote of the empty value of the one
-// member named "secret_key" at nesting depth `depth` (1: a member of the outermost
-// object). Found by reading the JSON's structure, not by searching its text: a key's
-// stored metadata is spliced in raw, with its own whitespace, and may hold a member of
-// that name, even on a line shaped like ours, but always deeper down. npos unless there
-// is exactly one.
-std::size_t secret_slot(std::string_view json, int depth) {
-  constexpr std::string_view kName = "\"secret_key\"";
-  const auto skip_space = [&json](std::size_t at) {
-    while (at < json.size() &&
-           (json[at] == ' ' || json[at] == '\n' || json[at] == '\t' || json[at] == '\r')) {
-      ++at;
-    }
-    return at;
-  };
-  std::size_t slot = std::string_view::npos;
-  int found = 0;
-  int level = 0;
-  for (std::size_t i = 0; i < json.size(); ++i) {
-    const char c = json[i];
-    if (c == '{' || c == '[') {
-      ++level;
-    } else if (c == '}' || c == ']') {
-      --level;
-    } else if (c == '"') {
-      std::size_t end = i + 1;  // the string's closing quote
-      while (end < json.size() && json[end] != '"') end += json[end] == '\\' ? 2 : 1;
-      if (end >= json.size()) return std::string_view::npos;
-      if (level == depth && json.substr(i, end + 1 - i) == kName) {
-        const std::size_t colon = skip_space(end + 1);
-        if (colon < json.size() && json[colon] == ':') {
-          const std::size_t value = skip_space(colon + 1);
-          if (json.substr(value, 2) == "\"\"") {
-            ++found;
-            slot = value + 1;
-          }
-        }
-      }
-      i = end;
-    }
-  }
-  return found == 1 ? slot : std::string_view::npos;
 }
 
 // Prints `json` (dump() of an object with one "secret_key": "" member at nesting depth

@@ -110,6 +110,15 @@ inline constexpr std::string_view kPlaceholderStart = "<not shown #";
 // reads the same values.
 [[nodiscard]] std::string escape_json_output(std::string_view json);
 
+// Where a new secret goes in `json` (the CLI's printed JSON, as escape_json_output()
+// leaves it): before the closing quote of the empty value of the one member named
+// "secret_key" at nesting depth `depth` (1: a member of the outermost object). Found by
+// reading the JSON's structure, not by searching its text: a key's stored metadata is
+// printed as stored, with its own whitespace, and may hold a member of that name on a
+// line shaped like the key's own, but always deeper down. npos unless there is exactly
+// one.
+[[nodiscard]] std::size_t secret_slot(std::string_view json, int depth);
+
 // One key that `scan` found.
 struct ScanFinding {
   std::uint64_t offset = 0;  // where the key starts in the input, in bytes

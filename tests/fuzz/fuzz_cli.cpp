@@ -247,6 +247,29 @@ std::uint32_t next_code_point(std::string_view s, std::size_t& i) {
   return cp;
 }
 
+// secret_slot(): with the text as a key's metadata (when it is a JSON object, printed as
+// stored, whitespace and all), the secret goes into the key's own field and nowhere
+// else, whatever members and lines the metadata holds.
+void check_secret_slot(const std::string& text, const nlohmann::json& parsed) {
+  using Json = nlohmann::json;
+  const std::size_t first = text.find_first_not_of(" \t\r\n");
+  if (parsed.is_discarded() || !parsed.is_object() || first == std::string::npos) return;
+  for (int depth = 1; depth <= 2; ++depth) {
+    std::string json =
+        "{\n  \"key_id\": \"k\",\n  \"secret_key\": \"\",\n  \"metadata\": " + text + "\n}";
+    if (depth == 2)
+      json = "{\n  \"new\": " + json + ",\n  \"old\": {\"metadata\": " + text + "}\n}";
+    const std::string out = apikeys::cli::escape_json_output(json);
+    const std::size_t slot = apikeys::cli::secret_slot(out, depth);
+    FUZZ_CHECK(slot != std::string::npos);
+    const std::string filled = out.substr(0, slot) + "sk_SECRET" + out.substr(slot);
+    const Json back = Json::parse(filled);
+    const Json& key = depth == 1 ? back : back.at("new");
+    FUZZ_CHECK(key.at("secret_key") == "sk_SECRET");
+    FUZZ_CHECK(key.at("metadata") == parsed);
+  }
+}
+
 // escape_json_output(): whatever the text, the result is UTF-8 and leaves nothing a
 // terminal acts on raw but tab and newline (JSON's whitespace); JSON text keeps its
 // values; and JSON as the CLI prints it comes out without a raw tab at all.
@@ -270,6 +293,7 @@ void check_json_escape(const std::string& text) {
   const std::string escaped = apikeys::cli::escape_json_output(dumped);
   FUZZ_CHECK(escaped.find_first_of("\t\r") == std::string::npos);
   FUZZ_CHECK(Json::parse(escaped, nullptr, false) == Json::parse(dumped));
+  check_secret_slot(text, parsed);
 }
 
 }  // namespace
