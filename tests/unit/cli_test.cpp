@@ -1572,8 +1572,7 @@ TEST_CASE("cli: stored text shaped like an embedded object is printed as text", 
     apikeys::KeyInfo next = *store.get(*account, *id);
     next.title = injected;
     next.description = injected;
-    REQUIRE(store.replace(*account, next, next.version).outcome ==
-            apikeys::WriteOutcome::applied);
+    REQUIRE(store.replace(*account, next, next.version).outcome == apikeys::WriteOutcome::applied);
   }
   for (const Run& r : {run_cli(key_args(db, "get", key_id)),
                        run_cli({"--db", db, "list", "--account", kAccount})}) {
