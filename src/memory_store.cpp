@@ -260,22 +260,13 @@ struct Entry {
   // Impl::with_credits()).
   [[nodiscard]] KeyInfo info() const {
     KeyInfo k;
-    k.key_id = key_id;
-    k.account_id = account_id;
-    k.public_key = public_key();
+    verdict_fields(k);
     k.title = title();
     k.description = description();
-    k.metadata = metadata();
-    k.status = status;
     k.created_at = created_at();
-    if ((flags & kExpires) != 0) k.expires_at = from_unix_millis(expires_ms);
     if ((flags & kUsed) != 0) k.last_used_at = from_unix_millis(used_ms);
     k.updated_at = from_unix_millis(updated_ms);
     k.version = version;
-    k.lineage_id = lineage_id;
-    if ((flags & kCredits) != 0) k.credits = Credits{};
-    decode(scopes(), k.scopes);
-    decode(rate_limits(), k.rate_limits);
     k.rotated_from = rotated_from();
     k.rotated_to = rotated_to();
     return k;
@@ -286,7 +277,14 @@ struct Entry {
   // as a default KeyInfo has them.
   [[nodiscard]] KeyRecord verdict_record() const {
     KeyRecord r;
-    KeyInfo& k = r.info;
+    verdict_fields(r.info);
+    r.digest = digest;
+    return r;
+  }
+
+ private:
+  // Sets the KeyInfo fields a validation reads, as info() shows them.
+  void verdict_fields(KeyInfo& k) const {
     k.key_id = key_id;
     k.account_id = account_id;
     k.public_key = public_key();
@@ -297,11 +295,8 @@ struct Entry {
     if ((flags & kCredits) != 0) k.credits = Credits{};
     decode(scopes(), k.scopes);
     decode(rate_limits(), k.rate_limits);
-    r.digest = digest;
-    return r;
   }
 
- private:
   [[nodiscard]] std::string_view field(std::size_t i) const noexcept {
     const std::uint32_t begin = i == 0 ? 0 : text.at[i - 1];
     if (text.at[i] == begin) return {};
