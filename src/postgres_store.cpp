@@ -175,7 +175,7 @@ constexpr int kCreditColumnCount = 6;
 constexpr const char* kMaxCreditsSql = "9007199254740992";
 
 // "a.key_id, a.account_id, ..., a.lineage_id, a.rate_limits, c.remaining, ...": a key
-// as read_info() or (with every field) read_record() decodes it, from the row `a` and
+// as read_info() or (with every field) read_found() decodes it, from the row `a` and
 // the credits `c` joined by credits_join().
 std::string key_columns(detail::Columns which, const std::string& a) {
   const std::string prefix = a + ".";
@@ -189,6 +189,25 @@ std::string credits_join(const std::string& s, const std::string& a) {
       " LEFT JOIN {0}.apikeys_key_credits c ON c.lineage_id ="
       " COALESCE({1}.lineage_id, {1}.key_id)",
       s, a);
+}
+
+// find()'s statement, reading the fields of `which` (Columns::all, or Columns::verdict
+// for find_for_validation()) in table order (read_found()), the credits, and whether the
+// row is the key's: one row, in one round trip, whether or not the key exists (a timing
+// oracle otherwise, doc/failure-modes.md). The row of the key whose public key is $1,
+// found through its unique index, then read by a range scan of the primary key from its
+// key id; failing that, the same scan from the random key id $2 reads a decoy row, and
+// a decoy past the last key id reads the first row instead (the second branch, which
+// the LIMIT over the UNION ALL starts only when the first found nothing). Only an empty
+// table gives no row.
+std::string find_sql(const std::string& s, detail::Columns which) {
+  return fmt::format(
+      "(SELECT {1}, k.public_key = $1 FROM {0}.apikeys_keys k{2}"
+      " WHERE k.key_id >= COALESCE((SELECT key_id FROM {0}.apikeys_keys"
+      " WHERE public_key = $1), $2::uuid) ORDER BY k.key_id LIMIT 1)"
+      " UNION ALL (SELECT {1}, k.public_key = $1 FROM {0}.apikeys_keys k{2}"
+      " ORDER BY k.key_id LIMIT 1) LIMIT 1",
+      s, key_columns(which, "k"), credits_join(s, "k"));
 }
 
 // The refill of a credits row (src/credits.cpp, refilled()) as SQL expressions over the
@@ -236,28 +255,8 @@ struct Statements {
   explicit Statements(const std::string& s)
       : info_columns(detail::column_list(detail::Columns::info)),
         returning(info_columns + ", " + kExtraColumns),
-        // Every field, in table order (read_record()), the credits, and whether the row is
-        // the key's: one row, in one round trip, whether or not the key exists (a timing
-        // oracle otherwise, doc/failure-modes.md). The row of the key whose public key is
-        // $1, found through its unique index, then read by a range scan of the primary key
-        // from its key id; failing that, the same scan from the random key id $2 reads a
-        // decoy row, and a decoy past the last key id reads the first row instead (the
-        // second branch, which the LIMIT over the UNION ALL starts only when the first
-        // found nothing). Only an empty table gives no row.
-        find(fmt::format("(SELECT {1}, k.public_key = $1 FROM {0}.apikeys_keys k{2}"
-                         " WHERE k.key_id >= COALESCE((SELECT key_id FROM {0}.apikeys_keys"
-                         " WHERE public_key = $1), $2::uuid) ORDER BY k.key_id LIMIT 1)"
-                         " UNION ALL (SELECT {1}, k.public_key = $1 FROM {0}.apikeys_keys k{2}"
-                         " ORDER BY k.key_id LIMIT 1) LIMIT 1",
-                         s, key_columns(detail::Columns::all, "k"), credits_join(s, "k"))),
-        // The same, with only the fields a validation reads (read_verdict_record()).
-        find_for_validation(
-            fmt::format("(SELECT {1}, k.public_key = $1 FROM {0}.apikeys_keys k{2}"
-                        " WHERE k.key_id >= COALESCE((SELECT key_id FROM {0}.apikeys_keys"
-                        " WHERE public_key = $1), $2::uuid) ORDER BY k.key_id LIMIT 1)"
-                        " UNION ALL (SELECT {1}, k.public_key = $1 FROM {0}.apikeys_keys k{2}"
-                        " ORDER BY k.key_id LIMIT 1) LIMIT 1",
-                        s, key_columns(detail::Columns::verdict, "k"), credits_join(s, "k"))),
+        find(find_sql(s, detail::Columns::all)),
+        find_for_validation(find_sql(s, detail::Columns::verdict)),
         list(fmt::format("SELECT {} FROM {}.apikeys_keys k{} WHERE k.account_id = $1"
                          " ORDER BY k.created_at DESC, k.seq DESC",
                          key_columns(detail::Columns::info, "k"), s, credits_join(s, "k"))),
@@ -770,22 +769,18 @@ KeyInfo read_info(const PGresult* r, int row, std::string_view op) {
   return info;
 }
 
-// Every field, in table order, then the extras (find).
-KeyRecord read_record(const PGresult* r, int row, std::string_view op) {
-  if (PQnfields(r) < kFieldCount) corrupt(op, "missing columns");
+// The fields of `which` (Columns::all or Columns::verdict), in table order, then the
+// extras: find_sql()'s row.
+KeyRecord read_found(const PGresult* r, int row, std::string_view op, detail::Columns which) {
+  const auto count = static_cast<int>(detail::column_count(which));
+  if (PQnfields(r) < count) corrupt(op, "missing columns");
   KeyRecord record;
-  detail::for_each_field(record, RowDecoder{r, row, op});
-  read_extras(r, row, kFieldCount, op, record.info);
-  return record;
-}
-
-// The fields a validation reads, in table order, then the extras (find_for_validation).
-KeyRecord read_verdict_record(const PGresult* r, int row, std::string_view op) {
-  constexpr auto kVerdictCount = static_cast<int>(detail::column_count(detail::Columns::verdict));
-  if (PQnfields(r) < kVerdictCount) corrupt(op, "missing columns");
-  KeyRecord record;
-  detail::for_each_verdict_field(record, RowDecoder{r, row, op});
-  read_extras(r, row, kVerdictCount, op, record.info);
+  if (which == detail::Columns::verdict) {
+    detail::for_each_verdict_field(record, RowDecoder{r, row, op});
+  } else {
+    detail::for_each_field(record, RowDecoder{r, row, op});
+  }
+  read_extras(r, row, count, op, record.info);
   return record;
 }
 
@@ -1355,10 +1350,10 @@ struct PostgresStore::Impl {
     }
   }
 
-  // find() and find_for_validation(): the prepared `statement` (Statements::find or
-  // find_for_validation), whose row `read` decodes, a decoy's too.
+  // find() and find_for_validation(): the prepared `statement` (find_sql(s, which)),
+  // whose row, a decoy's too, read_found() decodes.
   std::optional<KeyRecord> find(std::string_view public_key, const char* statement,
-                                KeyRecord (*read)(const PGresult*, int, std::string_view)) {
+                                detail::Columns which) {
     // Text parameters end at a NUL: such a key would match a shorter one. No key has one.
     if (public_key.find('\0') != std::string_view::npos) return std::nullopt;
     const std::string key(public_key);
@@ -1374,12 +1369,12 @@ struct PostgresStore::Impl {
         // A decoy: decoded like the key's row, then dropped; a damaged decoy is no error.
         ++detail::decoy_reads();
         try {
-          (void)read(r.get(), 0, "find");
+          (void)read_found(r.get(), 0, "find", which);
         } catch (const Error&) {
         }
         return std::nullopt;
       }
-      return read(r.get(), 0, "find");
+      return read_found(r.get(), 0, "find", which);
     });
   }
 
@@ -1647,11 +1642,11 @@ void PostgresStore::insert_audited(const KeyRecord& record, const ChangeAudit& a
 }
 
 std::optional<KeyRecord> PostgresStore::find(std::string_view public_key) {
-  return impl_->find(public_key, kFind, read_record);
+  return impl_->find(public_key, kFind, detail::Columns::all);
 }
 
 std::optional<KeyRecord> PostgresStore::find_for_validation(std::string_view public_key) {
-  return impl_->find(public_key, kFindForValidation, read_verdict_record);
+  return impl_->find(public_key, kFindForValidation, detail::Columns::verdict);
 }
 
 std::vector<KeyInfo> PostgresStore::list(const Uuid& account_id) {
