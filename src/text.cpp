@@ -63,16 +63,7 @@ bool has_bidi_or_zero_width(std::string_view s) noexcept {
     std::uint32_t cp = len == 1 ? c : c & (0x7Fu >> len);
     for (std::size_t k = 1; k < len; ++k)
       cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3Fu);
-    // Bidi marks, embeddings, overrides and isolates; zero-width spaces and joiners;
-    // and the other characters that render as nothing (the grapheme joiner, the
-    // Mongolian vowel separator, invisible math operators, Hangul fillers). Variation
-    // selectors are kept: emoji need U+FE0F.
-    if (cp == 0x034F || cp == 0x061C || cp == 0x115F || cp == 0x1160 || cp == 0x180E ||
-        (cp >= 0x200B && cp <= 0x200F) || (cp >= 0x202A && cp <= 0x202E) ||
-        (cp >= 0x2060 && cp <= 0x2064) || (cp >= 0x2066 && cp <= 0x2069) || cp == 0x3164 ||
-        cp == 0xFEFF || cp == 0xFFA0) {
-      return true;
-    }
+    if (is_invisible_format(cp)) return true;
     i += len;
   }
   return false;

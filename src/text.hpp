@@ -20,10 +20,23 @@ std::optional<std::size_t> utf8_length(std::string_view s, std::size_t limit) no
 /// or a C1 control character (U+0080..U+009F, for UTF-8 input).
 bool has_control(std::string_view s, std::string_view allowed) noexcept;
 
+/// True for a code point that renders as nothing yet reorders or joins the text around
+/// it: bidi marks, embeddings, overrides and isolates; zero-width spaces and joiners;
+/// and the other invisible ones (the grapheme joiner, the Mongolian vowel separator,
+/// invisible math operators, Hangul fillers). Variation selectors are not: emoji need
+/// U+FE0F. Inline: the CLI uses it too, and the shared library exports no detail
+/// functions.
+constexpr bool is_invisible_format(std::uint32_t cp) noexcept {
+  return cp == 0x034F || cp == 0x061C || cp == 0x115F || cp == 0x1160 || cp == 0x180E ||
+         (cp >= 0x200B && cp <= 0x200F) || (cp >= 0x202A && cp <= 0x202E) ||
+         (cp >= 0x2060 && cp <= 0x2064) || (cp >= 0x2066 && cp <= 0x2069) || cp == 0x3164 ||
+         cp == 0xFEFF || cp == 0xFFA0;
+}
+
 /// True when `s` contains a bidirectional formatting character (U+061C ARABIC LETTER
 /// MARK, U+200E/U+200F LRM/RLM, U+202A-U+202E embeddings and overrides, U+2066-U+2069
-/// isolates) or a zero-width one (U+200B-U+200D, U+2060 WORD JOINER, U+FEFF). They
-/// display as nothing, yet reorder or join the text around them.
+/// isolates) or a zero-width one (U+200B-U+200D, U+2060 WORD JOINER, U+FEFF): any
+/// is_invisible_format() code point.
 /// REQUIRES: `s` is valid UTF-8 (utf8_length accepted it).
 bool has_bidi_or_zero_width(std::string_view s) noexcept;
 

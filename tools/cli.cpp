@@ -382,17 +382,15 @@ std::size_t secret_slot(std::string_view json, int depth) {
 }
 
 // See cli.hpp. The characters are those a terminal acts on and those that hide or
-// reorder text: the bidirectional and zero-width ones are the set titles refuse
-// (src/text.cpp). A stored metadata value (spliced raw by dump()) or a title written to
+// reorder text: those titles refuse (detail::is_invisible_format()), and a few more
+// that are invisible too (the soft hyphen, interlinear annotations, tag characters). A
+// stored metadata value (spliced raw by dump()) or a title written to
 // the store by other means then cannot move the cursor or rewrite the screen.
 std::string escape_json_output(std::string_view json) {
   const auto escaped = [](std::uint32_t cp) {
-    return cp < 0x20 || (cp >= 0x7F && cp <= 0x9F) || cp == 0x00AD || cp == 0x034F ||
-           cp == 0x061C || cp == 0x115F || cp == 0x1160 || cp == 0x180E ||
-           (cp >= 0x200B && cp <= 0x200F) || (cp >= 0x2028 && cp <= 0x202E) ||
-           (cp >= 0x2060 && cp <= 0x2064) || (cp >= 0x2066 && cp <= 0x2069) || cp == 0x3164 ||
-           cp == 0xFEFF || cp == 0xFFA0 || (cp >= 0xFFF9 && cp <= 0xFFFB) ||
-           (cp >= 0xE0000 && cp <= 0xE007F);
+    return cp < 0x20 || (cp >= 0x7F && cp <= 0x9F) || cp == 0x2028 || cp == 0x2029 ||
+           apikeys::detail::is_invisible_format(cp) || cp == 0x00AD ||
+           (cp >= 0xFFF9 && cp <= 0xFFFB) || (cp >= 0xE0000 && cp <= 0xE007F);
   };
   std::string out;
   out.reserve(json.size());
