@@ -21,6 +21,7 @@ LastUseTracker::LastUseTracker(std::int64_t interval_ms, std::size_t throttle_li
       per_shard_limit_(std::max<std::size_t>(1, throttle_limit / kShards)),
       queue_limit_(queue_limit),
       set_mask_(filter_slots(throttle_limit) / kWays - 1),
+      home_hash_(SipHasher(), "apikeys last-use home"),
       filter_(std::make_unique<Set[]>(set_mask_ + 1)) {}
 
 void LastUseTracker::take(std::vector<LastUse>& out) {

@@ -8,12 +8,14 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
 #include "apikeys/clock.hpp"
 #include "apikeys/store.hpp"
 #include "apikeys/types.hpp"
+#include "fold_hash.hpp"
 #include "thread_annotations.hpp"
 
 namespace apikeys::detail {
@@ -39,28 +41,33 @@ namespace apikeys::detail {
 // Ownership: owns its filter, spill maps and queue; keeps no reference to its callers'.
 class LastUseTracker {
  public:
+  // Throws Error(crypto) when the CSPRNG cannot seed home_of().
   LastUseTracker(std::int64_t interval_ms, std::size_t throttle_limit, std::size_t queue_limit);
 
-  // A valid use of `key_id` at `now_ms` (milliseconds since the Unix epoch): queued if it
-  // is the key's claim for the interval (doc/last-use.md, invariant 1), else nothing.
-  void note(const Uuid& key_id, std::int64_t now_ms) { note_at(where(key_id), key_id, now_ms); }
+  // Where a key's note lives: a hash of its public key under this tracker's seeds. A
+  // public key names one key, so each key has one home; and the Validator knows the
+  // public key before its HMAC, so the home's set can load while the HMAC runs, where a
+  // home taken from the key id (known only once the verdict is read) left the load to
+  // stall the hit (doc/last-use.md, "Where").
+  std::uint64_t home_of(std::string_view public_key) const noexcept {
+    return home_hash_(public_key);
+  }
+  // The address of `home`'s set, for the caller to prefetch. The prefetch belongs at the
+  // caller's site: GCC drops a call to a function whose only effect is a prefetch.
+  const void* set_at(std::uint64_t home) const noexcept { return &filter_[index_of(home)]; }
 
-  // The cache-hit form: the key's set is fetched while the clock is read (the set is a
-  // random line of the filter, often not in a near cache). Read coarsely: a last use is
-  // kept to the throttle interval, so a time a tick or two behind costs nothing, and the
-  // full reading was a tenth of a hit.
-  void note(const Uuid& key_id, const Clock& clock) {
-    const Where w = where(key_id);
-#if defined(__GNUC__)
-    __builtin_prefetch(&w.set);
-#endif
-    note_at(w, key_id, to_unix_millis(clock.coarse_now()));
+  // A valid use, at `now_ms` (milliseconds since the Unix epoch), of the key `key_id`
+  // whose home_of() is `home`: queued if it is the key's claim for the interval
+  // (doc/last-use.md, invariant 1), else nothing.
+  void note(std::uint64_t home, const Uuid& key_id, std::int64_t now_ms) {
+    note_at(where(home, key_id), key_id, now_ms);
   }
 
-  // The address of `key_id`'s set, for a caller that reads the clock itself (and may
-  // then not note at all: an expired key) to prefetch first. The prefetch belongs at the
-  // caller's site: GCC drops a call to a function whose only effect is a prefetch.
-  const void* set_of(const Uuid& key_id) const noexcept { return &filter_[where(key_id).index]; }
+  // The cache-hit form, read coarsely: a last use is kept to the throttle interval, so a
+  // time a tick or two behind costs nothing, and the full reading was a tenth of a hit.
+  void note(std::uint64_t home, const Uuid& key_id, const Clock& clock) {
+    note_at(where(home, key_id), key_id, to_unix_millis(clock.coarse_now()));
+  }
 
   // Moves the queued updates into `out` (emptied first) and gives the queue `out`'s
   // storage: two buffers take turns, so after the first batches no note() on the
@@ -105,14 +112,18 @@ class LastUseTracker {
               std::size_t limit) noexcept APIKEYS_REQUIRES(mu);
   };
 
-  Where where(const Uuid& key_id) const noexcept {
+  std::size_t index_of(std::uint64_t home) const noexcept {
+    return static_cast<std::size_t>(home >> 40) & set_mask_;
+  }
+  // The set from the home, the tag from the key id: mixed, so ids that are not random
+  // (a custom store's) still give tags that differ.
+  Where where(std::uint64_t home, const Uuid& key_id) const noexcept {
     std::uint64_t hi;
     std::uint64_t lo;
     std::memcpy(&hi, key_id.bytes().data(), sizeof hi);
     std::memcpy(&lo, key_id.bytes().data() + 8, sizeof lo);
-    // Mixed, so ids that are not random (a custom store's) still spread over the slots.
     const std::uint64_t h = (hi ^ (lo * 0xff51afd7ed558ccdULL)) * 0x9e3779b97f4a7c15ULL;
-    const std::size_t index = static_cast<std::size_t>(h >> 40) & set_mask_;
+    const std::size_t index = index_of(home);
     return {filter_[index], index, ((h >> 16) & (kOccupied - 1)) | kOccupied};
   }
 
@@ -185,6 +196,7 @@ class LastUseTracker {
   const std::size_t per_shard_limit_;
   const std::size_t queue_limit_;
   const std::size_t set_mask_;
+  const FoldHasher home_hash_;
   const std::unique_ptr<Set[]> filter_;
   std::atomic<std::int64_t> base_ms_{kNoBase};  // set once, by the first note
   Shard shards_[kShards];

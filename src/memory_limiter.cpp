@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "apikeys/error.hpp"
+#include "fold_hash.hpp"
 #include "gcra.hpp"
 #include "siphash.hpp"
 #include "system_audit.hpp"
@@ -56,57 +57,6 @@ struct Lease {
   std::int64_t period = 0;            // the refill period it was taken in
   TimePoint period_end{};             // spent only before this
   TimePoint expires{};                // and before this (lease_ttl)
-};
-
-std::uint64_t load32(const std::uint8_t* p) noexcept {
-  std::uint32_t v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-// NOLINTNEXTLINE(modernize-use-using): __extension__ needs the typedef form.
-__extension__ typedef unsigned __int128 UInt128;
-
-// The 128-bit product of a and b, folded to 64 bits.
-std::uint64_t fold_mul(std::uint64_t a, std::uint64_t b) noexcept {
-  const UInt128 p = static_cast<UInt128>(a) * b;
-  return static_cast<std::uint64_t>(p) ^ static_cast<std::uint64_t>(p >> 64);
-}
-
-// A hash of a limit's name under two random seeds, after wyhash's multiply-fold: a
-// dozen instructions for a short name, where SipHash took a hundred on every admission.
-// A state is found by (lineage, name hash), so two names of one lineage whose hashes
-// matched would share a state: by accident, one pair in 2^64, and choosing such a pair
-// would take the seeds. Names come from whoever sets a key's policy, not from requests,
-// which is why a hash this light is enough.
-class NameHasher {
- public:
-  explicit NameHasher(const detail::SipHasher& seeds) noexcept
-      : s0_(seeds("apikeys limit name 0") | 1), s1_(seeds("apikeys limit name 1") | 1) {}
-
-  std::uint64_t operator()(std::string_view name) const noexcept {
-    const auto* p = reinterpret_cast<const std::uint8_t*>(name.data());
-    const std::size_t n = name.size();
-    std::uint64_t seed = s0_ ^ (static_cast<std::uint64_t>(n) * 0x9e3779b97f4a7c15ULL);
-    std::uint64_t a = 0;
-    std::uint64_t b = 0;
-    if (n >= 8) {
-      std::size_t i = 0;
-      for (; i + 16 < n; i += 16) seed = fold_mul(load64(p + i) ^ s1_, load64(p + i + 8) ^ seed);
-      a = load64(p + (n > 16 ? n - 16 : 0));
-      b = load64(p + n - 8);
-    } else if (n >= 4) {
-      a = load32(p);
-      b = load32(p + n - 4);
-    } else if (n > 0) {
-      a = (std::uint64_t{p[0]} << 16) | (std::uint64_t{p[n / 2]} << 8) | p[n - 1];
-    }
-    return fold_mul(s1_ ^ n, fold_mul(a ^ s1_, b ^ seed));
-  }
-
- private:
-  std::uint64_t s0_;
-  std::uint64_t s1_;
 };
 
 std::size_t round_up_pow2(std::size_t n) noexcept {
@@ -164,7 +114,8 @@ struct MemoryLimiter::Impl {
   std::array<Shard, kShards> shards;
   std::shared_ptr<Store> store;
   MemoryLimiterOptions options;
-  NameHasher name_hash;
+  // A limit's name: names come from whoever sets a key's policy (src/fold_hash.hpp).
+  detail::FoldHasher name_hash;
   std::size_t slots_per_shard;
   std::size_t leases_per_shard;
   std::atomic<std::size_t> states{0};
@@ -175,7 +126,7 @@ struct MemoryLimiter::Impl {
   Impl(std::shared_ptr<Store> s, MemoryLimiterOptions o)
       : store(std::move(s)),
         options(o),
-        name_hash(detail::SipHasher()),
+        name_hash(detail::SipHasher(), "apikeys limit name"),
         // Four slots per state of capacity at most: at a quarter full, no probe window of
         // 32 fills, so `capacity` live states always find a place.
         slots_per_shard(

@@ -344,6 +344,11 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
     return;
   }
   try {
+    // The key's last-use set loads while the HMAC runs (LastUseTracker::home_of()).
+    const std::uint64_t home = options.record_last_use ? tracker.home_of(pk) : 0;
+#if defined(__GNUC__)
+    if (options.record_last_use) __builtin_prefetch(tracker.set_at(home));
+#endif
     const Digest presented = hasher->hash(sk);
 
     std::uint64_t token = 0;
@@ -370,11 +375,6 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
               if (admits) {
                 limiter->prefetch(lineage_of(v), v.rate_limits.data(), v.rate_limits.size());
               }
-#if defined(__GNUC__)
-              // The key's last-use set loads while the clock is read, as in the other
-              // branch's note(key, clock).
-              if (options.record_last_use) __builtin_prefetch(tracker.set_of(v.key_id));
-#endif
               // One clock, ours, decides expiry: a verdict the cache kept past the key's
               // expiry (a put delayed after our clock read, a cache on another clock)
               // still answers `expired`.
@@ -386,10 +386,10 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
                 result.code = ValidationCode::expired;
                 return;
               }
-              if (options.record_last_use) tracker.note(v.key_id, to_unix_millis(now));
+              if (options.record_last_use) tracker.note(home, v.key_id, to_unix_millis(now));
               if (judged) *judged = now;
             } else if (options.record_last_use) {
-              tracker.note(v.key_id, *clock);
+              tracker.note(home, v.key_id, *clock);
             }
             trace.key_id = v.key_id;
             trace.account_id = v.account_id;
@@ -508,7 +508,7 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
       }
     }
     if (result.code == ValidationCode::valid && options.record_last_use) {
-      tracker.note(result.key_id, to_unix_millis(now));
+      tracker.note(home, result.key_id, to_unix_millis(now));
     }
     if (judged) *judged = now;
     // `presented` is the digest under the current pepper already: no HMAC more.

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <mutex>
 #include <numeric>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -57,6 +58,17 @@ Uuid key(std::size_t i) {
   return Uuid(b);
 }
 
+// Key i's public key, from which the tracker takes the key's home (its set).
+std::string public_key(std::size_t i) { return "pk_test" + std::to_string(i) + "Zq9XwT"; }
+
+// A valid use of key i, as the Validator notes one.
+void note(LastUseTracker& tracker, std::size_t i, std::int64_t now_ms) {
+  tracker.note(tracker.home_of(public_key(i)), key(i), now_ms);
+}
+void note(LastUseTracker& tracker, std::size_t i, const apikeys::Clock& clock) {
+  tracker.note(tracker.home_of(public_key(i)), key(i), clock);
+}
+
 std::size_t index_of(const Uuid& id) {
   const auto& b = id.bytes();
   return (std::size_t{b[12]} << 24) | (std::size_t{b[13]} << 16) | (std::size_t{b[14]} << 8) |
@@ -89,7 +101,7 @@ std::size_t not_equal(const std::vector<std::size_t>& c, std::size_t expected) {
 void note_all(LastUseTracker& tracker, std::size_t n, std::uint64_t seed, std::int64_t now) {
   std::size_t step = 1 + splitmix64(seed) % (n - 1);
   while (std::gcd(step, n) != 1) ++step;
-  for (std::size_t k = 0, i = seed % n; k < n; ++k, i = (i + step) % n) tracker.note(key(i), now);
+  for (std::size_t k = 0, i = seed % n; k < n; ++k, i = (i + step) % n) note(tracker, i, now);
 }
 
 #if defined(__GLIBC__) && defined(__GLIBC_PREREQ)
@@ -108,10 +120,10 @@ std::size_t heap_in_use() {
 
 TEST_CASE("last-use tracker: a key is queued once per interval", "[last_use]") {
   LastUseTracker tracker(kInterval, 1'000'000, kNoQueueLimit);
-  tracker.note(key(1), kT0);
-  tracker.note(key(1), kT0 + 1);
-  tracker.note(key(1), kT0 + kInterval - 1);
-  tracker.note(key(2), kT0 + 5);
+  note(tracker, 1, kT0);
+  note(tracker, 1, kT0 + 1);
+  note(tracker, 1, kT0 + kInterval - 1);
+  note(tracker, 2, kT0 + 5);
 
   const std::vector<LastUse> first = take(tracker);
   REQUIRE(first.size() == 2);
@@ -121,45 +133,45 @@ TEST_CASE("last-use tracker: a key is queued once per interval", "[last_use]") {
   CHECK(first[1].at == apikeys::from_unix_millis(kT0 + 5));
 
   // The interval runs from the claimed use, not from the last one seen.
-  tracker.note(key(1), kT0 + kInterval - 1);
+  note(tracker, 1, kT0 + kInterval - 1);
   CHECK(take(tracker).empty());
-  tracker.note(key(1), kT0 + kInterval);
-  tracker.note(key(1), kT0 + kInterval + 1);
-  tracker.note(key(2), kT0 + kInterval);  // key 2's interval has 5 ms to go
+  note(tracker, 1, kT0 + kInterval);
+  note(tracker, 1, kT0 + kInterval + 1);
+  note(tracker, 2, kT0 + kInterval);  // key 2's interval has 5 ms to go
   const std::vector<LastUse> second = take(tracker);
   REQUIRE(second.size() == 1);
   CHECK(second[0].key_id == key(1));
   CHECK(second[0].at == apikeys::from_unix_millis(kT0 + kInterval));
 
   // The renewed note starts a new interval.
-  tracker.note(key(1), kT0 + 2 * kInterval - 1);
-  tracker.note(key(2), kT0 + kInterval + 5);
+  note(tracker, 1, kT0 + 2 * kInterval - 1);
+  note(tracker, 2, kT0 + kInterval + 5);
   const std::vector<LastUse> third = take(tracker);
   REQUIRE(third.size() == 1);
   CHECK(third[0].key_id == key(2));
-  tracker.note(key(1), kT0 + 2 * kInterval);
+  note(tracker, 1, kT0 + 2 * kInterval);
   CHECK(take(tracker).size() == 1);
 }
 
 TEST_CASE("last-use tracker: the clock form notes the clock's time", "[last_use]") {
   apikeys::ManualClock clock(apikeys_test::test_start());
   LastUseTracker tracker(kInterval, 1'000'000, kNoQueueLimit);
-  tracker.note(key(7), clock);
+  note(tracker, 7, clock);
   clock.advance(std::chrono::milliseconds(kInterval - 1));
-  tracker.note(key(7), clock);
+  note(tracker, 7, clock);
   const std::vector<LastUse> batch = take(tracker);
   REQUIRE(batch.size() == 1);
   CHECK(batch[0].key_id == key(7));
   CHECK(batch[0].at == apikeys_test::test_start());
   clock.advance(std::chrono::milliseconds(1));
-  tracker.note(key(7), clock);
+  note(tracker, 7, clock);
   CHECK(take(tracker).size() == 1);
 }
 
 TEST_CASE("last-use tracker: take hands the batch over once and takes turns with buffers",
           "[last_use]") {
   LastUseTracker tracker(kInterval, 1'000'000, kNoQueueLimit);
-  for (std::size_t i = 0; i < 5; ++i) tracker.note(key(i), kT0 + static_cast<std::int64_t>(i));
+  for (std::size_t i = 0; i < 5; ++i) note(tracker, i, kT0 + static_cast<std::int64_t>(i));
 
   std::vector<LastUse> out{LastUse{key(99), {}}};  // stale contents are discarded
   out.reserve(1'000);
@@ -173,7 +185,7 @@ TEST_CASE("last-use tracker: take hands the batch over once and takes turns with
 
   // The queue now fills the caller's old buffer: a batch up to its capacity costs the
   // noting threads no allocation.
-  for (std::size_t i = 5; i < 500; ++i) tracker.note(key(i), kT0);
+  for (std::size_t i = 5; i < 500; ++i) note(tracker, i, kT0);
   std::vector<LastUse> next;
   tracker.take(next);
   CHECK(next.size() == 495);
@@ -187,19 +199,19 @@ TEST_CASE(
     "within its interval",
     "[last_use]") {
   LastUseTracker tracker(kInterval, 1'000'000, 10);
-  for (std::size_t i = 0; i < 50; ++i) tracker.note(key(i), kT0);
+  for (std::size_t i = 0; i < 50; ++i) note(tracker, i, kT0);
   std::vector<std::size_t> c = counts(take(tracker), 50);
   CHECK(std::accumulate(c.begin(), c.end(), std::size_t{0}) == 10);
   CHECK(std::all_of(c.begin(), c.begin() + 10, [](std::size_t x) { return x == 1; }));
 
   // Last use is advisory: the 40 dropped keys count as noted until their interval ends.
-  for (std::size_t i = 0; i < 50; ++i) tracker.note(key(i), kT0 + 1);
+  for (std::size_t i = 0; i < 50; ++i) note(tracker, i, kT0 + 1);
   CHECK(take(tracker).empty());
 
   // An emptied queue takes updates again, still 10 at most.
-  for (std::size_t i = 50; i < 100; ++i) tracker.note(key(i), kT0 + 2);
+  for (std::size_t i = 50; i < 100; ++i) note(tracker, i, kT0 + 2);
   CHECK(take(tracker).size() == 10);
-  for (std::size_t i = 0; i < 5; ++i) tracker.note(key(i), kT0 + kInterval);
+  for (std::size_t i = 0; i < 5; ++i) note(tracker, i, kT0 + kInterval);
   CHECK(take(tracker).size() == 5);
 }
 
@@ -231,7 +243,7 @@ TEST_CASE("last-use tracker: far more keys than the throttle limit cost bounded 
     std::size_t queued = 0;
     for (const std::size_t end = next + n; next < end; ++next) {
       // Later keys a little later: the filter evicts the notes taken longest ago.
-      tracker.note(key(next), kT0 + static_cast<std::int64_t>(next / 256));
+      note(tracker, next, kT0 + static_cast<std::int64_t>(next / 256));
       if (next % 1'000 == 999) {
         const std::size_t batch = take(tracker).size();
         CHECK(batch <= 64);
@@ -251,8 +263,8 @@ TEST_CASE("last-use tracker: far more keys than the throttle limit cost bounded 
 #endif
 
   // The first keys were forgotten: a use of one now is a first use again.
-  tracker.note(key(0), kT0 + 1'000);
-  tracker.note(key(1), kT0 + 1'000);
+  note(tracker, 0, kT0 + 1'000);
+  note(tracker, 1, kT0 + 1'000);
   CHECK(take(tracker).size() == 2);
 }
 
@@ -330,7 +342,7 @@ TEST_CASE("last-use tracker: threads presenting one new key at the same moment c
           std::this_thread::yield();
         }
         seen = k;
-        tracker.note(key((k - 1) % kKeys), now.load());
+        note(tracker, (k - 1) % kKeys, now.load());
         ++done;
       }
     });
