@@ -91,7 +91,10 @@ void read_admission(sqlite3_stmt* s, int i, const char* op, KeyInfo& info) {
     if (!id) corrupt(op, "lineage_id is not a UUID");
     info.lineage_id = *id;
   }
-  info.rate_limits = decode_rate_limits(read_text_view(s, i + 1, op, "rate_limits"), op);
+  // NULL: empty, as find() reads it (doc/sqlite-store.md, rule 37).
+  info.rate_limits = sqlite3_column_type(s, i + 1) == SQLITE_NULL
+                         ? std::vector<RateLimit>{}
+                         : decode_rate_limits(read_text_view(s, i + 1, op, "rate_limits"), op);
 }
 
 Credits read_credits(sqlite3_stmt* s, int i, const char* op) {

@@ -80,13 +80,23 @@ struct RowDecoder {
     if (!id) corrupt_field(op, f, "is not a UUID");
     v = *id;
   }
+  // find() reads an empty text column as NULL (doc/sqlite-store.md, rule 37); the
+  // columns are NOT NULL, so a NULL read back means empty.
+  std::string_view text(const RecordField& f) {
+    const int type = sqlite3_column_type(s, column);
+    if (type == SQLITE_NULL) {
+      ++column;
+      return {};
+    }
+    if (type != SQLITE_TEXT) corrupt_field(op, f, "is not text");
+    return read_text_view(s, column++, op, "text");
+  }
   void operator()(const RecordField& f, std::string& v) {
     if (public_key != nullptr && &f == &field(Field::public_key)) {
       v.assign(*public_key);
       return;
     }
-    if (sqlite3_column_type(s, column) != SQLITE_TEXT) corrupt_field(op, f, "is not text");
-    v.assign(read_text_view(s, column++, op, "text"));
+    v.assign(text(f));
   }
   void operator()(const RecordField& f, std::array<std::uint8_t, 32>& v) {
     const void* bytes = sqlite3_column_type(s, column) == SQLITE_BLOB &&
@@ -122,10 +132,7 @@ struct RowDecoder {
     }
     v = from_unix_millis(integer(f));
   }
-  void operator()(const RecordField& f, std::vector<std::string>& v) {
-    if (sqlite3_column_type(s, column) != SQLITE_TEXT) corrupt_field(op, f, "is not text");
-    v = split_scopes(read_text_view(s, column++, op, "text"));
-  }
+  void operator()(const RecordField& f, std::vector<std::string>& v) { v = split_scopes(text(f)); }
   void operator()(const RecordField& f, std::uint64_t& v) {
     const std::int64_t n = integer(f);
     if (n < 1) corrupt_field(op, f, "out of range");
