@@ -428,6 +428,14 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
       }
     };
     std::optional<KeyRecord> record = read();
+    // A store matches public keys byte for byte (Store::find()). A record for another
+    // spelling of the key is a miss: cached, it would be a key of its own that a revoke
+    // does not erase, with a last-use entry of its own. An empty public key is one the
+    // store did not fill in, as a store written before find_for_validation() may not.
+    // A miss compares the key with itself: the same work either way.
+    const std::string_view stored_pk =
+        record && !record->info.public_key.empty() ? std::string_view(record->info.public_key) : pk;
+    if (stored_pk != pk) record.reset();
     const TimePoint now = clock->now();
     std::chrono::milliseconds ttl{0};
     bool rehash = false;

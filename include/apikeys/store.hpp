@@ -173,7 +173,11 @@ class APIKEYS_EXPORT Store {
   /// Throws Error(already_exists) if the public key or key id is taken.
   virtual void insert(const KeyRecord& record) = 0;
 
-  /// The record whose public key is `public_key`, or nullopt. Its info.credits is set
+  /// The record whose public key is `public_key`, byte for byte, or nullopt: a store
+  /// must not match loosely (a case-insensitive collation). The Validator treats a
+  /// record whose info.public_key is set and differs from the key it asked for as a
+  /// miss, since a second spelling of one key would otherwise be cached as a key of its
+  /// own, which revoking the key does not erase. Its info.credits is set
   /// when the key's lineage has credits (refills need not be applied: the Validator only
   /// asks whether there are credits).
   [[nodiscard]] virtual std::optional<KeyRecord> find(std::string_view public_key) = 0;

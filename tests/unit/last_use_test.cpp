@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -394,4 +395,85 @@ TEST_CASE("last use: a clock set back before the first note still throttles",
   rig.validator->flush_last_use();
   CHECK(rig.store->writes(1) == 2);
   CHECK(rig.store->total() == 3);
+}
+
+namespace {
+
+// A user's store whose lookup ignores ASCII case, as a case-insensitive collation
+// would (MySQL's default, PostgreSQL's citext): it returns one key, as stored, for
+// every spelling of its public key.
+class CaseFoldStore final : public Store {
+ public:
+  static constexpr std::string_view kPk = "pk_AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEf";
+
+  explicit CaseFoldStore(const Digest& d) : digest_(d) {}
+
+  std::optional<KeyRecord> find(std::string_view pk) override {
+    if (pk.size() != kPk.size()) return std::nullopt;
+    for (std::size_t i = 0; i < pk.size(); ++i) {
+      if (std::tolower(static_cast<unsigned char>(pk[i])) !=
+          std::tolower(static_cast<unsigned char>(kPk[i]))) {
+        return std::nullopt;
+      }
+    }
+    KeyRecord r;
+    r.info.key_id = SyntheticStore::key_id(42);
+    r.info.account_id = apikeys_test::account_id(1);
+    r.info.public_key = std::string(kPk);
+    r.info.title = "t";
+    r.info.created_at = apikeys_test::test_start();
+    r.digest = digest_;
+    return r;
+  }
+  void record_last_use(const std::vector<LastUse>& uses) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    writes_ += uses.size();
+  }
+  void insert(const KeyRecord&) override {}
+  std::vector<KeyInfo> list(const Uuid&) override { return {}; }
+  std::optional<KeyInfo> set_status(const Uuid&, const Uuid&, KeyStatus) override {
+    return std::nullopt;
+  }
+  std::optional<KeyInfo> remove(const Uuid&, const Uuid&) override { return std::nullopt; }
+
+  std::size_t writes() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return writes_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::size_t writes_ = 0;
+  Digest digest_;
+};
+
+}  // namespace
+
+// Store::find() matches byte for byte. Were another spelling a key of its own, it would
+// be cached apart from the key (a revoke erases only the key's own spelling) and get a
+// last-use entry of its own (a write per spelling per interval).
+TEST_CASE("a record found for another spelling of the public key is a miss",
+          "[validator][last_use]") {
+  auto clock = std::make_shared<ManualClock>(apikeys_test::test_start());
+  auto hasher = std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper);
+  auto store = std::make_shared<CaseFoldStore>(hasher->hash(kSecret));
+  ValidatorOptions o;
+  o.clock = clock;
+  o.flush_interval = std::chrono::hours(1);
+  o.revision_poll_interval = std::chrono::milliseconds(0);
+  Validator v(store, hasher, o);
+  REQUIRE(v.validate(CaseFoldStore::kPk, kSecret).ok());
+  for (int n = 1; n < 32; ++n) {  // 31 other spellings: some letters' case swapped
+    std::string spelling(CaseFoldStore::kPk);
+    for (int b = 0; b < 5; ++b) {
+      if ((n & (1 << b)) == 0) continue;
+      char& c = spelling[static_cast<std::size_t>(3 + b)];
+      const auto u = static_cast<unsigned char>(c);
+      c = static_cast<char>(std::isupper(u) ? std::tolower(u) : std::toupper(u));
+    }
+    CHECK(v.validate(spelling, kSecret).code == ValidationCode::not_found);
+  }
+  CHECK(v.validate(CaseFoldStore::kPk, kSecret).ok());
+  v.flush_last_use();
+  CHECK(store->writes() == 1);
 }
