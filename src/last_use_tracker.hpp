@@ -41,10 +41,9 @@ namespace apikeys::detail {
 // Ownership: owns its filter, spill maps and queue; keeps no reference to its callers'.
 class LastUseTracker {
  public:
-  // Throws Error(crypto) when the CSPRNG cannot seed home_of().
   LastUseTracker(std::int64_t interval_ms, std::size_t throttle_limit, std::size_t queue_limit);
 
-  // Where a key's note lives: a hash of its public key under this tracker's seeds. A
+  // Where a key's note lives: a hash of its public key (src/fold_hash.hpp). A
   // public key names one key, so each key has one home; and the Validator knows the
   // public key before its HMAC, so the home's set can load while the HMAC runs, where a
   // home taken from the key id (known only once the verdict is read) left the load to
