@@ -142,7 +142,7 @@ std::shared_ptr<std::atomic<std::uint64_t>> file_epoch(const std::string& path) 
 // A key row of a RETURNING clause: its KeyInfo fields, then its admission columns.
 KeyInfo read_key_info(sqlite3_stmt* s, const char* op) {
   KeyInfo info = read_info(s, op);
-  read_admission(s, static_cast<int>(detail::kInfoFieldCount), op, info);
+  read_admission(s, static_cast<int>(detail::kInfoFieldCount), op, info, false);
   return info;
 }
 
@@ -470,7 +470,7 @@ std::optional<KeyRecord> SqliteStore::Impl::find(std::string_view public_key,
   const bool hit = sqlite3_column_int(s.get(), 0) == 1;
   const auto read = [&](KeyRecord& record) {
     read_record(s.get(), "find", kFindFirstField, public_key, record, which);
-    read_admission(s.get(), find_admission_column(which), "find", record.info);
+    read_admission(s.get(), find_admission_column(which), "find", record.info, true);
     // Presence only (Store::find()): the Validator asks whether there are credits.
     if (sqlite3_column_int(s.get(), find_credits_column(which)) == 1) {
       record.info.credits = Credits{};

@@ -83,7 +83,7 @@ std::vector<RateLimit> decode_rate_limits(std::string_view text, const char* op)
   return out;
 }
 
-void read_admission(sqlite3_stmt* s, int i, const char* op, KeyInfo& info) {
+void read_admission(sqlite3_stmt* s, int i, const char* op, KeyInfo& info, bool find_read) {
   if (sqlite3_column_type(s, i) == SQLITE_NULL) {
     info.lineage_id = Uuid();
   } else {
@@ -91,10 +91,11 @@ void read_admission(sqlite3_stmt* s, int i, const char* op, KeyInfo& info) {
     if (!id) corrupt(op, "lineage_id is not a UUID");
     info.lineage_id = *id;
   }
-  // NULL: empty, as find() reads it (doc/sqlite-store.md, rule 37).
-  info.rate_limits = sqlite3_column_type(s, i + 1) == SQLITE_NULL
-                         ? std::vector<RateLimit>{}
-                         : decode_rate_limits(read_text_view(s, i + 1, op, "rate_limits"), op);
+  // find() reads an empty rate_limits as the integer 0 (doc/sqlite-store.md, rule 37).
+  const bool empty = find_read && sqlite3_column_type(s, i + 1) == SQLITE_INTEGER &&
+                     sqlite3_column_int64(s, i + 1) == 0;
+  info.rate_limits = empty ? std::vector<RateLimit>{}
+                           : decode_rate_limits(read_text_view(s, i + 1, op, "rate_limits"), op);
 }
 
 Credits read_credits(sqlite3_stmt* s, int i, const char* op) {

@@ -27,7 +27,8 @@ std::string encode_rate_limits(const std::vector<RateLimit>& limits);
 std::vector<RateLimit> decode_rate_limits(std::string_view text, const char* op);
 
 // Reads lineage_id (column i: NULL or a UUID) and rate_limits (column i + 1) into `info`.
-void read_admission(sqlite3_stmt* s, int i, const char* op, KeyInfo& info);
+// `find_read`: a row of find_sql(), whose empty rate_limits reads as the integer 0.
+void read_admission(sqlite3_stmt* s, int i, const char* op, KeyInfo& info, bool find_read);
 
 // The credits columns of key_credits from column i on, in the order of kCreditsColumns
 // (remaining, refill_amount, refill_interval, refill_mode, refill_cap, refilled_period),

@@ -58,29 +58,31 @@ constexpr int find_admission_column(Columns which) noexcept {
 constexpr int find_credits_column(Columns which) noexcept {
   return find_admission_column(which) + kAdmissionColumnCount;
 }
-// A text column of find()'s, `k.<name>`, read as NULL when it is empty: Debian's SQLite
-// copies every text or blob value of a result row into a buffer of its own, an empty one
-// included, and each such allocation takes the process-wide mutex of its memory
-// statistics. Most keys leave their metadata, scopes and rate limits empty; the
-// decoders read NULL in these NOT NULL columns as empty (doc/sqlite-store.md, rule 37).
-inline std::string empty_as_null(const char* name) {
+// A text column of find()'s, `k.<name>`, read as the integer 0 when it is empty:
+// Debian's SQLite copies every text or blob value of a result row into a buffer of its
+// own, an empty one included, and each such allocation takes the process-wide mutex of
+// its memory statistics. Most keys leave their description, metadata, scopes and rate
+// limits empty. A column of TEXT affinity never holds an integer, so 0 can only mean
+// empty, and a NULL (a damaged row) still reads as corrupt (doc/sqlite-store.md,
+// rule 37).
+inline std::string empty_as_zero(const char* name) {
   const std::string column = std::string("k.") + name;
-  return "CASE WHEN " + column + " = '' THEN NULL ELSE " + column + " END";
+  return "CASE WHEN " + column + " = '' THEN 0 ELSE " + column + " END";
 }
-// find()'s columns of `which` but public_key: the text ones through empty_as_null().
+// find()'s columns of `which` but public_key: the text ones through empty_as_zero().
 inline std::string find_columns(Columns which) {
   std::string out;
   for (const RecordField& f : kRecordFields) {
     if (!in_columns(which, f) || &f == &field(Field::public_key)) continue;
     if (!out.empty()) out += ", ";
     const bool text = f.kind == FieldKind::text || f.kind == FieldKind::scopes;
-    out += text ? empty_as_null(f.name) : std::string("k.") + f.name;
+    out += text ? empty_as_zero(f.name) : std::string("k.") + f.name;
   }
   return out;
 }
 inline std::string find_sql(Columns which) {
   return "SELECT k.public_key = ?1, k.rowid, " + find_columns(which) + ", k.lineage_id, " +
-         empty_as_null("rate_limits") +
+         empty_as_zero("rate_limits") +
          ", EXISTS (SELECT 1 FROM key_credits AS c WHERE c.lineage_id = " + kLineageOfK + ")" +
          " FROM api_keys AS k"
          " WHERE k.rowid >= coalesce((SELECT rowid FROM api_keys WHERE public_key = ?1), ?2)"

@@ -68,6 +68,7 @@ struct RowDecoder {
   const char* op = nullptr;
   int column = 0;
   const std::string_view* public_key = nullptr;
+  bool find_read = false;  // a row of find_sql(): empty text read as 0
 
   std::int64_t integer(const RecordField& f) {
     if (sqlite3_column_type(s, column) != SQLITE_INTEGER) corrupt_field(op, f, "is not an integer");
@@ -80,11 +81,11 @@ struct RowDecoder {
     if (!id) corrupt_field(op, f, "is not a UUID");
     v = *id;
   }
-  // find() reads an empty text column as NULL (doc/sqlite-store.md, rule 37); the
-  // columns are NOT NULL, so a NULL read back means empty.
+  // find() reads an empty text column as the integer 0, which a TEXT column never
+  // holds (doc/sqlite-store.md, rule 37); every other read takes text only.
   std::string_view text(const RecordField& f) {
     const int type = sqlite3_column_type(s, column);
-    if (type == SQLITE_NULL) {
+    if (find_read && type == SQLITE_INTEGER && sqlite3_column_int64(s, column) == 0) {
       ++column;
       return {};
     }
@@ -162,9 +163,9 @@ void read_record(sqlite3_stmt* s, const char* op, int first, std::string_view pu
                  KeyRecord& record, Columns which) {
   assert(which == Columns::all || which == Columns::verdict);
   if (which == Columns::verdict) {
-    for_each_verdict_field(record, RowDecoder{s, op, first, &public_key});
+    for_each_verdict_field(record, RowDecoder{s, op, first, &public_key, true});
   } else {
-    for_each_field(record, RowDecoder{s, op, first, &public_key});
+    for_each_field(record, RowDecoder{s, op, first, &public_key, true});
   }
 }
 

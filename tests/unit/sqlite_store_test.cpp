@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -586,7 +587,9 @@ namespace {
 
 // Counts SQLite's own allocations (xMalloc, and xRealloc, which may move a block) while
 // it lives. SQLite takes its allocator when it initialises, so the counter shuts SQLite
-// down around itself: no connection may be open when it is made or destroyed.
+// down around itself: no connection may be open, and no thread may use SQLite, when it
+// is made or destroyed (sqlite3_shutdown() is undefined otherwise). CTest runs each
+// test case in a process of its own; within one, declare the counter before any store.
 std::atomic<std::size_t> g_sqlite_allocations{0};
 sqlite3_mem_methods g_sqlite_default_methods{};
 
@@ -668,6 +671,56 @@ TEST_CASE("SqliteStore reads a key's empty text columns without an allocation fo
   // three empty columns read as text it was 11.
   CHECK(hits <= 8.0);
   CHECK(misses <= 8.5);  // a decoy row is the full key now and then
+  // And the counter saw the library's SQLite (a library linked to a copy of its own
+  // would leave these at 0).
+  CHECK(hits >= 3.0);
+  CHECK(misses >= 3.0);
+}
+
+// doc/sqlite-store.md, rules 30 and 37: only find() reads an empty value as empty, from
+// the integer it selects for one; a NULL in a text column (a damaged row: the columns
+// are NOT NULL) is a corrupt record in every read, never a key without rate limits.
+TEST_CASE("SqliteStore reads a NULL text column as a corrupt record", "[store][sqlite]") {
+  TempDir dir;
+  const std::string path = dir.file("null.db");
+  {
+    SqliteStore store(path, fast_options());
+    apikeys::KeyRecord limited = record(1, account_id(1));
+    limited.info.rate_limits = {apikeys::RateLimit{"per-second", 10, std::chrono::seconds(1), 10}};
+    store.insert(limited);
+    store.insert(record(2, account_id(1)));
+    store.insert(record(3, account_id(2)));
+  }
+  {
+    // Only a damaged schema lets a NULL in: drop the NOT NULL constraints, then write one.
+    RawDb raw(path);
+    raw.exec("PRAGMA writable_schema = ON");
+    raw.exec(
+        "UPDATE sqlite_master SET sql = replace(replace(sql, 'rate_limits TEXT NOT NULL', "
+        "'rate_limits TEXT'), 'scopes       TEXT    NOT NULL', 'scopes TEXT') "
+        "WHERE name = 'api_keys'");
+  }
+  {
+    RawDb raw(path);
+    raw.exec("UPDATE api_keys SET rate_limits = NULL WHERE public_key = '" + public_key(1) + "'");
+    raw.exec("UPDATE api_keys SET scopes = NULL WHERE public_key = '" + public_key(3) + "'");
+    REQUIRE(raw.integer("SELECT count(*) FROM api_keys WHERE rate_limits IS NULL") == 1);
+    REQUIRE(raw.integer("SELECT count(*) FROM api_keys WHERE scopes IS NULL") == 1);
+  }
+  SqliteStore store(path, fast_options());
+  for (const auto& read :
+       std::vector<std::function<void()>>{[&] { (void)store.find_for_validation(public_key(1)); },
+                                          [&] { (void)store.find(public_key(1)); },
+                                          [&] { (void)store.get(account_id(1), key_id(1)); },
+                                          [&] { (void)store.list(account_id(1)); },
+                                          [&] { (void)store.find_for_validation(public_key(3)); },
+                                          [&] { (void)store.get(account_id(2), key_id(3)); }}) {
+    const auto e = error_of(read);
+    REQUIRE(e);
+    CHECK(e->code() == ErrorCode::storage);
+  }
+  // The key beside them reads as written.
+  check_same_record(*store.find(public_key(2)), record(2, account_id(1)));
 }
 
 TEST_CASE("SqliteStore reads a wrong-size digest as a storage error", "[store][sqlite]") {
