@@ -40,6 +40,18 @@ std::uint64_t splitmix64(std::uint64_t x) {
   return x ^ (x >> 31);
 }
 
+// The record of a valid key of account 1, as the test stores return it.
+KeyRecord key_record(const Uuid& key_id, std::string_view public_key, const Digest& digest) {
+  KeyRecord r;
+  r.info.key_id = key_id;
+  r.info.account_id = apikeys_test::account_id(1);
+  r.info.public_key = std::string(public_key);
+  r.info.title = "synthetic";
+  r.info.created_at = apikeys_test::test_start();
+  r.digest = digest;
+  return r;
+}
+
 // `count` valid keys sharing one secret: key i is "pk_" + i in base62 (32 digits), its
 // id random-looking but fixed, with i in its last four bytes. Counts last-use updates
 // per key. Thread-safety: find() and record_last_use() from any thread.
@@ -74,14 +86,7 @@ class SyntheticStore final : public Store {
     std::size_t i = 0;
     for (char c : pk.substr(3)) i = i * kDigits.size() + kDigits.find(c);
     if (i >= count_) return std::nullopt;
-    KeyRecord r;
-    r.info.key_id = key_id(i);
-    r.info.account_id = apikeys_test::account_id(1);
-    r.info.public_key = std::string(pk);
-    r.info.title = "synthetic";
-    r.info.created_at = apikeys_test::test_start();
-    r.digest = digest_;
-    return r;
+    return key_record(key_id(i), pk, digest_);
   }
 
   void record_last_use(const std::vector<LastUse>& uses) override {
@@ -416,14 +421,7 @@ class CaseFoldStore final : public Store {
         return std::nullopt;
       }
     }
-    KeyRecord r;
-    r.info.key_id = SyntheticStore::key_id(42);
-    r.info.account_id = apikeys_test::account_id(1);
-    r.info.public_key = std::string(kPk);
-    r.info.title = "t";
-    r.info.created_at = apikeys_test::test_start();
-    r.digest = digest_;
-    return r;
+    return key_record(SyntheticStore::key_id(42), kPk, digest_);  // as stored
   }
   void record_last_use(const std::vector<LastUse>& uses) override {
     std::lock_guard<std::mutex> lock(mu_);
