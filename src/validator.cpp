@@ -432,10 +432,23 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
     // spelling of the key is a miss: cached, it would be a key of its own that a revoke
     // does not erase, with a last-use entry of its own. An empty public key is one the
     // store did not fill in, as a store written before find_for_validation() may not.
-    // A miss compares the key with itself: the same work either way.
-    const std::string_view stored_pk =
-        record && !record->info.public_key.empty() ? std::string_view(record->info.public_key) : pk;
-    if (stored_pk != pk) record.reset();
+    // A miss compares the key with itself, so found and not found do the same work:
+    // the pointer and size are hidden from the compiler, which would otherwise skip the
+    // compare on a miss.
+    {
+      const bool stated = record && !record->info.public_key.empty();
+      const char* p = stated ? record->info.public_key.data() : pk.data();
+      std::size_t n = stated ? record->info.public_key.size() : pk.size();
+#if defined(__GNUC__)
+      asm("" : "+r"(p), "+r"(n));
+#endif
+      if (n != pk.size() || std::memcmp(p, pk.data(), n) != 0) {
+        record.reset();
+        report(Component::store, "find",
+               "the store returned a record for another public key; a store must match "
+               "public keys byte for byte");
+      }
+    }
     const TimePoint now = clock->now();
     std::chrono::milliseconds ttl{0};
     bool rehash = false;

@@ -445,6 +445,15 @@ class CaseFoldStore final : public Store {
   Digest digest_;
 };
 
+// Counts the store failures a Validator reports.
+class StoreErrors final : public Observer {
+ public:
+  void on_error(const BackgroundError& e) override {
+    if (e.component == Component::store && e.operation == "find") ++count;
+  }
+  std::atomic<int> count{0};
+};
+
 }  // namespace
 
 // Store::find() matches byte for byte. Were another spelling a key of its own, it would
@@ -459,6 +468,8 @@ TEST_CASE("a record found for another spelling of the public key is a miss",
   o.clock = clock;
   o.flush_interval = std::chrono::hours(1);
   o.revision_poll_interval = std::chrono::milliseconds(0);
+  auto errors = std::make_shared<StoreErrors>();
+  o.observers = {errors};
   Validator v(store, hasher, o);
   REQUIRE(v.validate(CaseFoldStore::kPk, kSecret).ok());
   for (int n = 1; n < 32; ++n) {  // 31 other spellings: some letters' case swapped
@@ -474,4 +485,5 @@ TEST_CASE("a record found for another spelling of the public key is a miss",
   CHECK(v.validate(CaseFoldStore::kPk, kSecret).ok());
   v.flush_last_use();
   CHECK(store->writes() == 1);
+  CHECK(errors->count == 31);  // each one reported, so a loose store shows itself
 }
