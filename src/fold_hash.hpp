@@ -25,8 +25,7 @@ class FoldHasher {
   // tables seeded from one SipHasher still hash apart. Throws what SipHasher() throws.
   FoldHasher(const SipHasher& seeds, std::string_view domain)
       : s0_(seeds(with(domain, '0')) | 1), s1_(seeds(with(domain, '1')) | 1) {}
-  // Fixed seeds, for a table nobody can fill with keys of their choice (say why at the
-  // call): its placement is then the same from run to run.
+  // Fixed seeds, for tests that need the same placement in every run.
   FoldHasher(std::uint64_t s0, std::uint64_t s1) noexcept : s0_(s0 | 1), s1_(s1 | 1) {}
 
   std::uint64_t operator()(std::string_view data) const noexcept {

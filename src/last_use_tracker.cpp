@@ -17,14 +17,16 @@ namespace {
 
 LastUseTracker::LastUseTracker(std::int64_t interval_ms, std::size_t throttle_limit,
                                std::size_t queue_limit)
+    : LastUseTracker(interval_ms, throttle_limit, queue_limit,
+                     FoldHasher(SipHasher(), "apikeys last-use home")) {}
+
+LastUseTracker::LastUseTracker(std::int64_t interval_ms, std::size_t throttle_limit,
+                               std::size_t queue_limit, FoldHasher home_hash)
     : interval_ms_(interval_ms),
       per_shard_limit_(std::max<std::size_t>(1, throttle_limit / kShards)),
       queue_limit_(queue_limit),
       set_mask_(filter_slots(throttle_limit) / kWays - 1),
-      // Fixed seeds: only a key that validated is noted, and its public key was drawn
-      // by the CSPRNG (or imported by the operator), so nobody picks where a key lands;
-      // as with the key-id mix before it, a key's set is then the same in every run.
-      home_hash_(0x6c6173742d757365ULL, 0x686f6d652d736574ULL),
+      home_hash_(home_hash),
       filter_(std::make_unique<Set[]>(set_mask_ + 1)) {}
 
 void LastUseTracker::take(std::vector<LastUse>& out) {

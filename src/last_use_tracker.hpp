@@ -41,7 +41,12 @@ namespace apikeys::detail {
 // Ownership: owns its filter, spill maps and queue; keeps no reference to its callers'.
 class LastUseTracker {
  public:
+  // Homes under seeds drawn from the CSPRNG (throws Error(crypto) if it fails): nobody
+  // can compute which keys share a set, so nobody can pick keys that crowd another's.
   LastUseTracker(std::int64_t interval_ms, std::size_t throttle_limit, std::size_t queue_limit);
+  // Homes under `home_hash`: tests, whose keys then land in the same sets every run.
+  LastUseTracker(std::int64_t interval_ms, std::size_t throttle_limit, std::size_t queue_limit,
+                 FoldHasher home_hash);
 
   // Where a key's note lives: a hash of its public key (src/fold_hash.hpp). A
   // public key names one key, so each key has one home; and the Validator knows the

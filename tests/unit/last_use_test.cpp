@@ -303,31 +303,37 @@ TEST_CASE("last use: threads presenting overlapping batches of new keys in a cro
     rig.validator->flush_last_use();
   };
 
+  // Keys sharing a note (the filter's seeds are random: about one run in a thousand
+  // has two; doc/last-use.md, invariant 10) have one write between them: `shared` keys
+  // unwritten, and never a key written twice.
   all_batches();
-  CHECK(rig.store->keys_not_written(kKeys, 1) == 0);
-  CHECK(rig.store->total() == kKeys);
+  const std::size_t shared = rig.store->keys_not_written(kKeys, 1);
+  CHECK(shared <= 2);
+  CHECK(rig.store->total() == kKeys - shared);
   rig.clock->advance(kInterval - std::chrono::seconds(1));
   all_batches();
-  CHECK(rig.store->total() == kKeys);
+  CHECK(rig.store->total() == kKeys - shared);
   rig.clock->advance(std::chrono::seconds(1));
   all_batches();
   all_batches();
-  CHECK(rig.store->keys_not_written(kKeys, 2) == 0);
-  CHECK(rig.store->total() == 2 * kKeys);
+  CHECK(rig.store->keys_not_written(kKeys, 2) <= 2 * shared);
+  CHECK(rig.store->total() == 2 * (kKeys - shared));
   CHECK(invalid.load() == 0);
 }
 
 TEST_CASE("last use: keys crowding one filter set are throttled through the spill",
           "[validator][last_use]") {
   // A throttle limit of 1,024 gives the smallest filter: 1,024 ways, 256 sets of 4.
-  // 1,024 keys are 4 a set on average, so many sets get more: with these ids (counted
-  // with the filter's hash when this test was written) 95 sets hold 5 to 10 keys, and
-  // 191 keys at a time live in the spill maps (room for 1,024).
+  // 1,024 keys are 4 a set on average, so many sets get more (about a third of them
+  // hold 5 or more keys), and about 200 keys at a time live in the spill maps (room for
+  // 1,024). Keys sharing a note (about one run in a thousand: the filter's seeds are
+  // random; doc/last-use.md, invariant 10) have one write between them.
   constexpr std::size_t kKeys = 1'024;
   Rig rig(kKeys, 1'024, true);
   CHECK(rig.pass(kKeys, 1) == 0);
   rig.validator->flush_last_use();
-  CHECK(rig.store->keys_not_written(kKeys, 1) == 0);
+  const std::size_t shared = rig.store->keys_not_written(kKeys, 1);
+  CHECK(shared <= 2);
 
   // Uses in other orders move keys between the filter and the maps: no second write.
   rig.clock->advance(std::chrono::seconds(60));
@@ -335,7 +341,7 @@ TEST_CASE("last use: keys crowding one filter set are throttled through the spil
   rig.clock->advance(kInterval - std::chrono::seconds(61));
   CHECK(rig.pass(kKeys, 6) == 0);
   rig.validator->flush_last_use();
-  CHECK(rig.store->total() == kKeys);
+  CHECK(rig.store->total() == kKeys - shared);
 
   // Once the interval is over, one more write each, whether the key's note was in the
   // filter or in a map; then quiet again.
@@ -343,30 +349,37 @@ TEST_CASE("last use: keys crowding one filter set are throttled through the spil
   CHECK(rig.pass(kKeys, 7) == 0);
   CHECK(rig.pass(kKeys, 8) == 0);
   rig.validator->flush_last_use();
-  CHECK(rig.store->keys_not_written(kKeys, 2) == 0);
-  CHECK(rig.store->total() == 2 * kKeys);
+  CHECK(rig.store->keys_not_written(kKeys, 2) <= 2 * shared);
+  CHECK(rig.store->total() == 2 * (kKeys - shared));
 }
 
 TEST_CASE("last use: more keys than the filter holds, each written once per interval",
           "[validator][last_use]") {
   // The filter stops at 65,536 ways; a throttle limit above that keeps the rest in the
   // spill maps. 70,000 keys: at least 4,464 of them live in a map at any time.
+  // The filter's seeds are random: two of the keys share a set and a tag (21 bits)
+  // now and then, about once in 14 runs, and then one's note covers the other's
+  // (doc/last-use.md, invariant 10). So a few keys may go unwritten, the same ones each
+  // interval, and no key is ever written twice.
   constexpr std::size_t kKeys = 70'000;
   Rig rig(kKeys, 100'000, false, 100'000);  // a queue for a whole pass
   CHECK(rig.pass(kKeys, 11) == 0);
   rig.validator->flush_last_use();
-  CHECK(rig.store->keys_not_written(kKeys, 1) == 0);
+  const std::size_t shared = rig.store->keys_not_written(kKeys, 1);
+  CHECK(shared <= 2);
+  CHECK(rig.store->total() == kKeys - shared);
 
   rig.clock->advance(kInterval - std::chrono::seconds(1));
   CHECK(rig.pass(kKeys, 12) == 0);
   rig.validator->flush_last_use();
-  CHECK(rig.store->total() == kKeys);
+  CHECK(rig.store->total() == kKeys - shared);
 
   rig.clock->advance(std::chrono::seconds(1));
   CHECK(rig.pass(kKeys, 13) == 0);
   rig.validator->flush_last_use();
-  CHECK(rig.store->keys_not_written(kKeys, 2) == 0);
-  CHECK(rig.store->total() == 2 * kKeys);
+  // Of two keys sharing a note, whichever came first in a pass was written.
+  CHECK(rig.store->keys_not_written(kKeys, 2) <= 2 * shared);
+  CHECK(rig.store->total() == 2 * (kKeys - shared));
 }
 
 TEST_CASE("last use: a full queue drops updates until the next flush", "[validator][last_use]") {
