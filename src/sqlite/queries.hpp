@@ -44,8 +44,9 @@ inline std::string returned_info_columns() {
 // (1) the row whose public_key is ?1 or, failing that, the first row at or after the
 //     decoy rowid ?2; the first column says which;
 // (2) only a decoy past the table's end yields no row;
-// (3) public_key is compared, not read back: on a hit it equals ?1 byte for byte (TEXT
-//     under BINARY collation).
+// (3) public_key is compared, not read back: on a hit it equals ?1 byte for byte (the
+//     comparison is BINARY whatever the column's collation, so a file whose schema was
+//     changed to match loosely still answers only the exact key).
 // (4) whether the key's lineage has credits is one primary-key probe of key_credits in
 //     the same statement, made for the decoy row too.
 // Columns: the hit flag, the rowid, then the fields of `which` (Columns::all for find(),
@@ -81,8 +82,8 @@ inline std::string find_columns(Columns which) {
   return out;
 }
 inline std::string find_sql(Columns which) {
-  return "SELECT k.public_key = ?1, k.rowid, " + find_columns(which) + ", k.lineage_id, " +
-         empty_as_zero("rate_limits") +
+  return "SELECT k.public_key = ?1 COLLATE BINARY, k.rowid, " + find_columns(which) +
+         ", k.lineage_id, " + empty_as_zero("rate_limits") +
          ", EXISTS (SELECT 1 FROM key_credits AS c WHERE c.lineage_id = " + kLineageOfK + ")" +
          " FROM api_keys AS k"
          " WHERE k.rowid >= coalesce((SELECT rowid FROM api_keys WHERE public_key = ?1), ?2)"
