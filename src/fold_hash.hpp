@@ -48,6 +48,7 @@ class FoldHasher {
     return fold_mul(s1_ ^ n, fold_mul(a ^ s1_, b ^ seed));
   }
 
+ private:
   // The 128-bit product of a and b, folded to 64 bits.
   static std::uint64_t fold_mul(std::uint64_t a, std::uint64_t b) noexcept {
     // NOLINTNEXTLINE(modernize-use-using): __extension__ needs the typedef form.
@@ -55,8 +56,6 @@ class FoldHasher {
     const UInt128 p = static_cast<UInt128>(a) * b;
     return static_cast<std::uint64_t>(p) ^ static_cast<std::uint64_t>(p >> 64);
   }
-
- private:
   static std::uint64_t load64(const std::uint8_t* p) noexcept {
     std::uint64_t v;
     std::memcpy(&v, p, sizeof v);

@@ -91,11 +91,9 @@ void read_admission(sqlite3_stmt* s, int i, const char* op, KeyInfo& info, bool 
     if (!id) corrupt(op, "lineage_id is not a UUID");
     info.lineage_id = *id;
   }
-  // find() reads an empty rate_limits as the integer 0 (doc/sqlite-store.md, rule 37).
-  const bool empty = find_read && sqlite3_column_type(s, i + 1) == SQLITE_INTEGER &&
-                     sqlite3_column_int64(s, i + 1) == 0;
-  info.rate_limits = empty ? std::vector<RateLimit>{}
-                           : decode_rate_limits(read_text_view(s, i + 1, op, "rate_limits"), op);
+  info.rate_limits = find_read && empty_text_marker(s, i + 1)
+                         ? std::vector<RateLimit>{}
+                         : decode_rate_limits(read_text_view(s, i + 1, op, "rate_limits"), op);
 }
 
 Credits read_credits(sqlite3_stmt* s, int i, const char* op) {

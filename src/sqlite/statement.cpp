@@ -67,8 +67,9 @@ struct RowDecoder {
   sqlite3_stmt* s = nullptr;
   const char* op = nullptr;
   int column = 0;
+  // Set for a row of find_sql() (read_record()): public_key is not read back, and an
+  // empty text column comes as empty_text_marker().
   const std::string_view* public_key = nullptr;
-  bool find_read = false;  // a row of find_sql(): empty text read as 0
 
   std::int64_t integer(const RecordField& f) {
     if (sqlite3_column_type(s, column) != SQLITE_INTEGER) corrupt_field(op, f, "is not an integer");
@@ -81,15 +82,13 @@ struct RowDecoder {
     if (!id) corrupt_field(op, f, "is not a UUID");
     v = *id;
   }
-  // find() reads an empty text column as the integer 0, which a TEXT column never
-  // holds (doc/sqlite-store.md, rule 37); every other read takes text only.
+  // Only find()'s rows hold the empty-text marker; every other read takes text only.
   std::string_view text(const RecordField& f) {
-    const int type = sqlite3_column_type(s, column);
-    if (find_read && type == SQLITE_INTEGER && sqlite3_column_int64(s, column) == 0) {
+    if (public_key != nullptr && empty_text_marker(s, column)) {
       ++column;
       return {};
     }
-    if (type != SQLITE_TEXT) corrupt_field(op, f, "is not text");
+    if (sqlite3_column_type(s, column) != SQLITE_TEXT) corrupt_field(op, f, "is not text");
     return read_text_view(s, column++, op, "text");
   }
   void operator()(const RecordField& f, std::string& v) {
@@ -163,9 +162,9 @@ void read_record(sqlite3_stmt* s, const char* op, int first, std::string_view pu
                  KeyRecord& record, Columns which) {
   assert(which == Columns::all || which == Columns::verdict);
   if (which == Columns::verdict) {
-    for_each_verdict_field(record, RowDecoder{s, op, first, &public_key, true});
+    for_each_verdict_field(record, RowDecoder{s, op, first, &public_key});
   } else {
-    for_each_field(record, RowDecoder{s, op, first, &public_key, true});
+    for_each_field(record, RowDecoder{s, op, first, &public_key});
   }
 }
 

@@ -76,6 +76,12 @@ class StatementUse {
 // temporary; on the cold validate path those were a tenth of the time.
 std::string_view read_text_view(sqlite3_stmt* s, int i, const char* op, const char* what);
 std::int64_t read_int(sqlite3_stmt* s, int i, const char* op, const char* what);
+// True when column i of a find_sql() row is the integer 0 it selects for an empty text
+// column (doc/sqlite-store.md, rule 37). A TEXT column never holds an integer, so no
+// other statement's row is read this way.
+inline bool empty_text_marker(sqlite3_stmt* s, int i) noexcept {
+  return sqlite3_column_type(s, i) == SQLITE_INTEGER && sqlite3_column_int64(s, i) == 0;
+}
 // The KeyInfo fields of src/record_fields.hpp, in its order, from column 0 on.
 // REQUIRES: `s` is on a row.
 KeyInfo read_info(sqlite3_stmt* s, const char* op);
