@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
 
 #include "apikeys/error.hpp"
 #include "apikeys/types.hpp"
@@ -85,11 +86,20 @@ std::vector<std::string> normalize_scopes(const std::vector<std::string>& scopes
   return out;
 }
 
-bool scope_grants(std::string_view granted, std::string_view required) noexcept {
-  if (granted.empty()) return false;
-  if (granted.back() != '*') return granted == required;
-  const bool deep = granted.size() >= 2 && granted[granted.size() - 2] == '*';
-  const std::string_view prefix = granted.substr(0, granted.size() - (deep ? 2 : 1));
+namespace {
+
+// scope_grants(), inlined into scopes_grant()'s wildcard loop.
+inline bool grants(std::string_view granted, std::string_view required) noexcept {
+  const std::size_t n = granted.size();
+  if (n == 0) return false;
+  if (granted[n - 1] != '*') {
+    // Most granted scopes differ from the required one in length or in their first
+    // character; those two tests come before the library's memcmp call.
+    return n == required.size() && granted[0] == required[0] &&
+           std::memcmp(granted.data(), required.data(), n) == 0;
+  }
+  const bool deep = n >= 2 && granted[n - 2] == '*';
+  const std::string_view prefix = granted.substr(0, n - (deep ? 2 : 1));
   if (required.size() <= prefix.size() || required.substr(0, prefix.size()) != prefix) {
     return false;
   }
@@ -98,10 +108,27 @@ bool scope_grants(std::string_view granted, std::string_view required) noexcept 
   return std::none_of(rest.begin(), rest.end(), [](char c) { return class_of(c) == kSeparator; });
 }
 
+}  // namespace
+
+bool scope_grants(std::string_view granted, std::string_view required) noexcept {
+  return grants(granted, required);
+}
+
 bool scopes_grant(const std::vector<std::string>& granted, std::string_view required) noexcept {
   if (scope_error(required, /*wildcard_allowed=*/false) != nullptr) return false;
-  return std::any_of(granted.begin(), granted.end(),
-                     [&](const std::string& g) { return scope_grants(g, required); });
+  // A literal required scope is granted by an equal scope (literal too) or by a
+  // wildcard: equality first, in a loop of plain loads and compares, as most required
+  // scopes are granted that way.
+  const std::size_t n = required.size();
+  for (const std::string& g : granted) {
+    if (g.size() == n && g[0] == required[0] && std::memcmp(g.data(), required.data(), n) == 0) {
+      return true;
+    }
+  }
+  for (const std::string& g : granted) {
+    if (!g.empty() && g.back() == '*' && grants(g, required)) return true;
+  }
+  return false;
 }
 
 std::string join_scopes(const std::vector<std::string>& scopes) {
