@@ -48,14 +48,16 @@ class FoldHasher {
     return fold_mul(s1_ ^ n, fold_mul(a ^ s1_, b ^ seed));
   }
 
- private:
-  // The 128-bit product of a and b, folded to 64 bits.
+  // The 128-bit product of a and b, folded to 64 bits: every input bit reaches the
+  // middle bits of the result, whichever end of a or b it sits at.
   static std::uint64_t fold_mul(std::uint64_t a, std::uint64_t b) noexcept {
     // NOLINTNEXTLINE(modernize-use-using): __extension__ needs the typedef form.
     __extension__ typedef unsigned __int128 UInt128;
     const UInt128 p = static_cast<UInt128>(a) * b;
     return static_cast<std::uint64_t>(p) ^ static_cast<std::uint64_t>(p >> 64);
   }
+
+ private:
   static std::uint64_t load64(const std::uint8_t* p) noexcept {
     std::uint64_t v;
     std::memcpy(&v, p, sizeof v);

@@ -371,3 +371,21 @@ TEST_CASE("last-use tracker: threads presenting one new key at the same moment c
   c = counts(take(tracker), kKeys);
   CHECK(not_equal(c, 1) == 0);
 }
+
+TEST_CASE("last-use tracker: counter ids of a custom store sharing one set keep their notes",
+          "[last_use]") {
+  // A store of the user's own may number its keys: ids 00000000-...-000000000001 on,
+  // which differ only in their last bytes. Every key here has the same home (the same
+  // set), so each needs a tag of its own to be claimed: a tag that ignored the last
+  // bytes gave all of them one note, and one write between them.
+  LastUseTracker tracker(kInterval, 1'000'000, kNoQueueLimit, fixed_homes());
+  const std::uint64_t home = tracker.home_of("pk_shared_home");
+  constexpr std::size_t kKeys = 300;
+  for (std::size_t i = 1; i <= kKeys; ++i) {
+    std::array<std::uint8_t, 16> b{};
+    b[14] = static_cast<std::uint8_t>(i >> 8);
+    b[15] = static_cast<std::uint8_t>(i);
+    tracker.note(home, Uuid(b), kT0);
+  }
+  CHECK(take(tracker).size() == kKeys);
+}
