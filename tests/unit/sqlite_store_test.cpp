@@ -677,6 +677,47 @@ TEST_CASE("SqliteStore reads a key's empty text columns without an allocation fo
   CHECK(misses >= 3.0);
 }
 
+TEST_CASE("SqliteStore finds a key only by its exact public key, whatever the column's collation",
+          "[sqlite]") {
+  // find() looks the key up through the public_key index and then compares the row's
+  // key with the one presented, byte for byte (COLLATE BINARY). A database whose column
+  // was given a case-insensitive collation (by hand, or by a tool) makes the index
+  // return the row for another spelling; the comparison must still turn it away.
+  TempDir dir;
+  const std::string path = dir.file("nocase.db");
+  {
+    SqliteStore store(path, fast_options());
+    store.insert(record(1, account_id(1)));
+  }
+  {
+    RawDb raw(path);
+    raw.exec("PRAGMA writable_schema = ON");
+    raw.exec(
+        "UPDATE sqlite_master SET sql = replace(sql, 'public_key   TEXT    NOT NULL', "
+        "'public_key TEXT NOT NULL COLLATE NOCASE') WHERE name = 'api_keys'");
+  }
+  RawDb(path).exec("REINDEX");
+  REQUIRE(RawDb(path)
+              .text("SELECT sql FROM sqlite_master WHERE name = 'api_keys'")
+              .find("COLLATE NOCASE") != std::string::npos);
+  std::string other = public_key(1);
+  for (char& c : other) {
+    if (c >= 'a' && c <= 'z') {
+      c = static_cast<char>(c - 'a' + 'A');
+      break;
+    }
+  }
+  REQUIRE(other != public_key(1));
+  // The index now matches either spelling...
+  REQUIRE(RawDb(path).integer("SELECT count(*) FROM api_keys WHERE public_key = '" + other + "'") ==
+          1);
+  SqliteStore store(path, fast_options());
+  CHECK(store.find(public_key(1)));
+  // ...and the store still answers only the exact one.
+  CHECK_FALSE(store.find(other));
+  CHECK_FALSE(store.find_for_validation(other));
+}
+
 // doc/sqlite-store.md, rules 30 and 37: only find() reads an empty value as empty, from
 // the integer it selects for one; a NULL in a text column (a damaged row: the columns
 // are NOT NULL) is a corrupt record in every read, never a key without rate limits.
