@@ -100,6 +100,9 @@ inline bool grants(std::string_view granted, std::string_view required) noexcept
   }
   const bool deep = n >= 2 && granted[n - 2] == '*';
   const std::string_view prefix = granted.substr(0, n - (deep ? 2 : 1));
+  // A wildcard is a whole last segment. One inside a segment ("read*", which only a
+  // store of the caller's own could return) grants nothing, not every scope it begins.
+  if (!prefix.empty() && class_of(prefix.back()) != kSeparator) return false;
   if (required.size() <= prefix.size() || required.substr(0, prefix.size()) != prefix) {
     return false;
   }

@@ -23,7 +23,9 @@ std::vector<std::string> normalize_scopes(const std::vector<std::string>& scopes
 // True when `granted` (a valid granted scope) grants `required` (a valid literal scope):
 // equal; or `p.*` and `required` is p. plus one segment; or `p.**` and `required` is p.
 // plus one or more segments (either separator); or `**`, which grants everything.
-// Separators match literally: `a.*` does not grant `a:b`.
+// Separators match literally: `a.*` does not grant `a:b`. A wildcard that is not a whole
+// last segment ("read*", never valid, but a caller's store may return one) grants
+// nothing.
 bool scope_grants(std::string_view granted, std::string_view required) noexcept;
 
 // True when some scope of `granted` grants `required`, and `required` is a valid literal

@@ -195,6 +195,23 @@ TEST_CASE("scope matcher: an invalid required scope is never granted", "[scope]"
   CHECK(scopes_grant({"b", "a"}, "a"));
 }
 
+TEST_CASE("scope matcher: a wildcard inside a segment grants nothing", "[scope]") {
+  // The bundled stores keep only scopes that follow the grammar, but a store of the
+  // caller's own returns whatever it holds: "read*" must not grant "readwrite".
+  for (const std::string granted : {"read*", "read**", "a.b*", "a.b**", "***", "a.***"}) {
+    INFO(granted);
+    REQUIRE_FALSE(valid_granted(granted));
+    for (const char* required : {"readwrite", "read", "a.bc", "a.b.c", "a.bc.d", "a", "a.b"}) {
+      INFO(required);
+      CHECK_FALSE(scope_grants(granted, required));
+      CHECK_FALSE(scopes_grant({granted}, required));
+    }
+  }
+  // A whole-segment wildcard still does.
+  CHECK(scopes_grant({"read.*"}, "read.write"));
+  CHECK(scopes_grant({"*"}, "readwrite"));
+}
+
 namespace {
 
 // The grammar written plainly, character by character: the model the table-driven
