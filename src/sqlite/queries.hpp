@@ -47,8 +47,8 @@ inline std::string returned_info_columns() {
 // (3) public_key is compared, not read back: on a hit it equals ?1 byte for byte (the
 //     comparison is BINARY whatever the column's collation, so a file whose schema was
 //     changed to match loosely still answers only the exact key).
-// (4) whether the key's lineage has credits is one primary-key probe of key_credits in
-//     the same statement, made for the decoy row too.
+// (4) whether the key's lineage has credits is the row's has_credits, which triggers
+//     keep equal to a probe of key_credits (rule 38): a column, not a second cursor.
 // Columns: the hit flag, the rowid, then the fields of `which` (Columns::all for find(),
 // Columns::verdict for find_for_validation()) but public_key from kFindFirstField on
 // (read_record()), the admission columns, the credits flag.
@@ -83,8 +83,7 @@ inline std::string find_columns(Columns which) {
 }
 inline std::string find_sql(Columns which) {
   return "SELECT k.public_key = ?1 COLLATE BINARY, k.rowid, " + find_columns(which) +
-         ", k.lineage_id, " + empty_as_zero("rate_limits") +
-         ", EXISTS (SELECT 1 FROM key_credits AS c WHERE c.lineage_id = " + kLineageOfK + ")" +
+         ", k.lineage_id, " + empty_as_zero("rate_limits") + ", k.has_credits" +
          " FROM api_keys AS k"
          " WHERE k.rowid >= coalesce((SELECT rowid FROM api_keys WHERE public_key = ?1), ?2)"
          " ORDER BY k.rowid LIMIT 1";

@@ -116,6 +116,38 @@ CREATE INDEX audit_events_account_key_time
   ON audit_events (account_id, key_id, time_ms DESC, event_id DESC);
 CREATE INDEX audit_events_time ON audit_events (time_ms);
 )sql"},
+    // has_credits: whether the key's lineage has a key_credits row, so that find() reads
+    // a column instead of probing key_credits (doc/sqlite-store.md, rule 38). Triggers
+    // keep it, whichever statement adds or removes a key or a credits row; the partial
+    // index serves their lookup of a lineage's rotated keys.
+    {7, R"sql(
+ALTER TABLE api_keys ADD COLUMN has_credits INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX api_keys_lineage ON api_keys (lineage_id) WHERE lineage_id IS NOT NULL;
+UPDATE api_keys SET has_credits = 1 WHERE EXISTS (SELECT 1 FROM key_credits AS c
+  WHERE c.lineage_id = coalesce(api_keys.lineage_id, api_keys.key_id));
+CREATE TRIGGER api_keys_credits_on_insert AFTER INSERT ON api_keys BEGIN
+  UPDATE api_keys SET has_credits = EXISTS (SELECT 1 FROM key_credits AS c
+    WHERE c.lineage_id = coalesce(NEW.lineage_id, NEW.key_id)) WHERE rowid = NEW.rowid;
+END;
+CREATE TRIGGER api_keys_credits_on_lineage AFTER UPDATE OF key_id, lineage_id ON api_keys BEGIN
+  UPDATE api_keys SET has_credits = EXISTS (SELECT 1 FROM key_credits AS c
+    WHERE c.lineage_id = coalesce(NEW.lineage_id, NEW.key_id)) WHERE rowid = NEW.rowid;
+END;
+CREATE TRIGGER key_credits_on_insert AFTER INSERT ON key_credits BEGIN
+  UPDATE api_keys SET has_credits = 1
+    WHERE lineage_id = NEW.lineage_id OR (lineage_id IS NULL AND key_id = NEW.lineage_id);
+END;
+CREATE TRIGGER key_credits_on_delete AFTER DELETE ON key_credits BEGIN
+  UPDATE api_keys SET has_credits = 0
+    WHERE lineage_id = OLD.lineage_id OR (lineage_id IS NULL AND key_id = OLD.lineage_id);
+END;
+CREATE TRIGGER key_credits_on_lineage AFTER UPDATE OF lineage_id ON key_credits BEGIN
+  UPDATE api_keys SET has_credits = 0
+    WHERE lineage_id = OLD.lineage_id OR (lineage_id IS NULL AND key_id = OLD.lineage_id);
+  UPDATE api_keys SET has_credits = 1
+    WHERE lineage_id = NEW.lineage_id OR (lineage_id IS NULL AND key_id = NEW.lineage_id);
+END;
+)sql"},
 };
 
 }  // namespace

@@ -110,6 +110,21 @@ class RawDb {
     return value;
   }
 
+  // Column `column` of every row, joined by " | ".
+  std::string rows(const std::string& sql, int column) {
+    sqlite3_stmt* stmt = prepare(sql);
+    std::string out;
+    int rc = SQLITE_ROW;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+      if (!out.empty()) out += " | ";
+      out.append(reinterpret_cast<const char*>(sqlite3_column_text(stmt, column)),
+                 static_cast<std::size_t>(sqlite3_column_bytes(stmt, column)));
+    }
+    sqlite3_finalize(stmt);
+    REQUIRE(rc == SQLITE_DONE);
+    return out;
+  }
+
   std::string text(const std::string& sql) {
     sqlite3_stmt* stmt = prepare(sql);
     const int rc = sqlite3_step(stmt);
@@ -181,7 +196,7 @@ TEST_CASE("SqliteStore keeps its data across reopen", "[store][sqlite]") {
   CHECK(apikeys_test::contract::ids_of(store.list(alice)) ==
         std::vector<apikeys::Uuid>{b.info.key_id, a.info.key_id});
   CHECK(store.revision() == revision);
-  CHECK(SqliteStore::schema_version() == 6);
+  CHECK(SqliteStore::schema_version() == 7);
   CHECK(RawDb(path).text("PRAGMA journal_mode") == "wal");
   CHECK(RawDb(path).integer("PRAGMA application_id") == SqliteStore::application_id());
   CHECK(SqliteStore::application_id() == 0x6170696B);  // "apik": never changes
@@ -193,15 +208,19 @@ TEST_CASE("SqliteStore's api_keys table has the fields of the record description
   const std::string path = dir.file("fields.db");
   { SqliteStore store(path, fast_options()); }
   RawDb raw(path);
-  // The record's fields, then the admission columns (src/sqlite/admission.hpp).
+  // The record's fields, then the admission columns (src/sqlite/admission.hpp), then
+  // the credits flag the triggers keep (doc/sqlite-store.md, rule 38).
   const auto fields = static_cast<std::int64_t>(apikeys::detail::kFieldCount);
-  CHECK(raw.integer("SELECT count(*) FROM pragma_table_info('api_keys')") == fields + 2);
+  CHECK(raw.integer("SELECT count(*) FROM pragma_table_info('api_keys')") == fields + 3);
   CHECK(raw.text("SELECT name || ' ' || type || ' ' || \"notnull\" FROM pragma_table_info("
                  "'api_keys') WHERE cid = " +
                  std::to_string(fields)) == "lineage_id TEXT 0");
   CHECK(raw.text("SELECT name || ' ' || type || ' ' || \"notnull\" FROM pragma_table_info("
                  "'api_keys') WHERE cid = " +
                  std::to_string(fields + 1)) == "rate_limits TEXT 1");
+  CHECK(raw.text("SELECT name || ' ' || type || ' ' || \"notnull\" FROM pragma_table_info("
+                 "'api_keys') WHERE cid = " +
+                 std::to_string(fields + 2)) == "has_credits INTEGER 1");
   for (std::size_t i = 0; i < apikeys::detail::kFieldCount; ++i) {
     const apikeys::detail::RecordField& f = apikeys::detail::kRecordFields[i];
     const std::string where =
@@ -667,10 +686,11 @@ TEST_CASE("SqliteStore reads a key's empty text columns without an allocation fo
   (void)SqliteAllocationCounter::per_call(20, hit);  // statements prepared, pages read
   const double hits = SqliteAllocationCounter::per_call(200, hit);
   const double misses = SqliteAllocationCounter::per_call(200, miss);
-  // Two cursors and an EXISTS probe's, then key_id, account_id and digest: 8. With the
-  // three empty columns read as text it was 11.
-  CHECK(hits <= 8.0);
-  CHECK(misses <= 8.5);  // a decoy row is the full key now and then
+  // Two cursors, then key_id, account_id, digest and the public key the hit flag
+  // compares: 6. With the three empty columns read as text it was 11, and the credits
+  // probe (its cursor and the lineage it compared) took 2 more before has_credits.
+  CHECK(hits <= 6.0);
+  CHECK(misses <= 6.5);  // a decoy row is the full key now and then
   // And the counter saw the library's SQLite (a library linked to a copy of its own
   // would leave these at 0).
   CHECK(hits >= 3.0);
@@ -716,6 +736,99 @@ TEST_CASE("SqliteStore finds a key only by its exact public key, whatever the co
   // ...and the store still answers only the exact one.
   CHECK_FALSE(store.find(other));
   CHECK_FALSE(store.find_for_validation(other));
+}
+
+TEST_CASE("SqliteStore keeps each key's credits flag equal to its lineage's credits row",
+          "[sqlite][admission]") {
+  // find() reads whether a key's lineage has credits from the row's has_credits, which
+  // triggers keep (doc/sqlite-store.md, rule 38). A flag left at 0 while the lineage has
+  // credits would let the key through uncharged: every change that adds or removes
+  // credits or a key is followed here by the flag checked against the credits table,
+  // and by a validation that must charge exactly when the lineage has credits.
+  TempDir dir;
+  const std::string path = dir.file("flag.db");
+  auto store = std::make_shared<SqliteStore>(path, fast_options());
+  apikeys::KeyManagerOptions mo;
+  mo.validation.clock = std::make_shared<apikeys::ManualClock>(
+      apikeys::from_unix_millis(apikeys_test::kTestStartMillis));
+  mo.validation.record_last_use = false;
+  apikeys::KeyManager manager(
+      store,
+      std::make_shared<apikeys::HmacSha256Hasher>(std::string("0123456789abcdefghijklmnopqrstuv")),
+      mo);
+  const apikeys::Uuid alice = account_id(1);
+  auto mismatched = [&] {
+    return RawDb(path).integer(
+        "SELECT count(*) FROM api_keys AS k WHERE has_credits IS NOT EXISTS (SELECT 1 FROM"
+        " key_credits AS c WHERE c.lineage_id = coalesce(k.lineage_id, k.key_id))");
+  };
+  auto token = [](const apikeys::CreatedKey& k) {
+    return k.info.public_key + ":" + std::string(k.secret_key.reveal());
+  };
+  auto remaining = [&](const std::string& t) { return manager.validate(t).credits_remaining; };
+  using Remaining = std::optional<std::uint64_t>;
+
+  const apikeys::CreatedKey plain = manager.create(alice, apikeys::CreateRequest("plain"));
+  apikeys::CreateRequest metered_request("metered");
+  apikeys::Credits two;
+  two.remaining = 2;
+  metered_request.credits = two;
+  const apikeys::CreatedKey metered = manager.create(alice, metered_request);
+  CHECK(mismatched() == 0);
+  CHECK(RawDb(path).integer("SELECT sum(has_credits) FROM api_keys") == 1);
+  CHECK(remaining(token(plain)) == Remaining());
+  CHECK(remaining(token(metered)) == Remaining(1));
+
+  // Credits given to a key that had none (a credits row inserted).
+  manager.set_credits(alice, plain.info.key_id, 1);
+  CHECK(mismatched() == 0);
+  CHECK(remaining(token(plain)) == Remaining(0));
+  CHECK(manager.validate(token(plain)).code == apikeys::ValidationCode::usage_exceeded);
+
+  // A rotated key (a row with a lineage) shares its lineage's credits.
+  apikeys::RotateRequest rotation;
+  rotation.grace = std::chrono::hours(1);
+  const apikeys::CreatedKey successor = manager.rotate(alice, metered.info.key_id, rotation);
+  CHECK(mismatched() == 0);
+  CHECK(remaining(token(successor)) == Remaining(0));
+
+  // Credits cleared (the row deleted): both keys of the lineage are unmetered at once.
+  apikeys::KeyUpdate clear;
+  clear.credits = apikeys::FieldUpdate<std::uint64_t>::clear();
+  manager.update(alice, successor.info.key_id, clear);
+  CHECK(mismatched() == 0);
+  CHECK(remaining(token(successor)) == Remaining());
+  CHECK(remaining(token(metered)) == Remaining());
+
+  // Set again (INSERT OR REPLACE), then a key and its credits removed.
+  apikeys::KeyUpdate five;
+  five.credits = std::uint64_t{5};
+  manager.update(alice, metered.info.key_id, five);
+  CHECK(mismatched() == 0);
+  CHECK(remaining(token(successor)) == Remaining(4));
+  manager.set_credits(alice, metered.info.key_id, 3);
+  CHECK(mismatched() == 0);
+  CHECK(remaining(token(metered)) == Remaining(2));
+  manager.remove(alice, plain.info.key_id);
+  CHECK(mismatched() == 0);
+  CHECK(RawDb(path).integer("SELECT count(*) FROM key_credits") == 1);
+  CHECK(RawDb(path).integer("SELECT sum(has_credits) FROM api_keys") == 2);
+}
+
+TEST_CASE("SqliteStore's credits triggers find a lineage's keys through indexes", "[sqlite]") {
+  // A credits row added or removed updates its lineage's keys; without an index on the
+  // lookup that would scan every key of the file on each such change.
+  TempDir dir;
+  const std::string path = dir.file("plan.db");
+  { SqliteStore store(path, fast_options()); }
+  RawDb raw(path);
+  const std::string plan = raw.rows(
+      "EXPLAIN QUERY PLAN UPDATE api_keys SET has_credits = 1"
+      " WHERE lineage_id = 'x' OR (lineage_id IS NULL AND key_id = 'x')",
+      3);
+  INFO(plan);
+  CHECK(plan.find("SCAN") == std::string::npos);
+  CHECK(plan.find("api_keys_lineage") != std::string::npos);
 }
 
 // doc/sqlite-store.md, rules 30 and 37: only find() reads an empty value as empty, from
@@ -1696,7 +1809,7 @@ TEST_CASE("SqliteStore migrates a version 5 database to the audit trail and keep
     CHECK(events[0].after == key_id(1).to_string() + "@5");
   }
   RawDb raw(path);
-  CHECK(raw.integer("PRAGMA user_version") == 6);
+  CHECK(raw.integer("PRAGMA user_version") == SqliteStore::schema_version());
   CHECK(raw.integer("PRAGMA application_id") == SqliteStore::application_id());
   CHECK(raw.integer("SELECT count(*) FROM api_keys") == 2);
   CHECK(raw.integer("SELECT count(*) FROM audit_events") == 1);
