@@ -156,18 +156,25 @@ void bulk_load_sqlite(const std::string& path, const KeySet& keys, const apikeys
 
   Db d(path);
   d.exec("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -1048576;");
-  // Rows first, indexes after: one sort per index instead of random B-tree inserts.
+  // Rows first, indexes after: one sort per index instead of random B-tree inserts. The
+  // table's triggers go too (they keep has_credits, which is 0 for these keys, as no
+  // credits are loaded) and come back last.
   std::vector<std::string> index_sql;
+  std::vector<std::string> trigger_sql;
   {
     Stmt q(d,
-           "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'api_keys'"
-           " AND sql IS NOT NULL");
-    std::vector<std::string> names;
+           "SELECT type, name, sql FROM sqlite_master WHERE type IN ('index', 'trigger')"
+           " AND tbl_name = 'api_keys' AND sql IS NOT NULL");
+    std::vector<std::pair<std::string, std::string>> dropped;
     while (sqlite3_step(q.s) == SQLITE_ROW) {
-      names.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(q.s, 0)));
-      index_sql.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(q.s, 1)));
+      const std::string type = reinterpret_cast<const char*>(sqlite3_column_text(q.s, 0));
+      dropped.emplace_back(type, reinterpret_cast<const char*>(sqlite3_column_text(q.s, 1)));
+      (type == "index" ? index_sql : trigger_sql)
+          .emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(q.s, 2)));
     }
-    for (const auto& name : names) d.exec("DROP INDEX \"" + name + "\"");
+    for (const auto& [type, name] : dropped) {
+      d.exec(std::string(type == "index" ? "DROP INDEX" : "DROP TRIGGER") + " \"" + name + "\"");
+    }
   }
   d.exec("BEGIN");
   {
@@ -185,6 +192,7 @@ void bulk_load_sqlite(const std::string& path, const KeySet& keys, const apikeys
     }
   }
   for (const auto& sql : index_sql) d.exec(sql);
+  for (const auto& sql : trigger_sql) d.exec(sql);
   d.exec("COMMIT");
   d.exec("PRAGMA journal_mode = WAL");
 }
