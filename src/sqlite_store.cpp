@@ -471,8 +471,9 @@ std::optional<KeyRecord> SqliteStore::Impl::find(std::string_view public_key,
   const auto read = [&](KeyRecord& record) {
     read_record(s.get(), "find", kFindFirstField, public_key, record, which);
     read_admission(s.get(), find_admission_column(which), "find", record.info, true);
-    // Presence only (Store::find()): the Validator asks whether there are credits.
-    if (sqlite3_column_int(s.get(), find_credits_column(which)) == 1) {
+    // Presence only (Store::find()): the Validator asks whether there are credits. Any
+    // value but 0 (a damaged flag) counts as credits: the charge then reads key_credits.
+    if (sqlite3_column_int(s.get(), find_credits_column(which)) != 0) {
       record.info.credits = Credits{};
     }
   };

@@ -110,6 +110,18 @@ class RawDb {
     return value;
   }
 
+  // Runs `sql` (binding `param` to ?1) to its end and returns the rows its full table
+  // scans stepped over, its triggers' included.
+  std::int64_t fullscan_steps(const std::string& sql, const std::string& param) {
+    sqlite3_stmt* stmt = prepare(sql);
+    sqlite3_bind_text(stmt, 1, param.data(), static_cast<int>(param.size()), SQLITE_TRANSIENT);
+    const int rc = sqlite3_step(stmt);
+    const int steps = sqlite3_stmt_status(stmt, SQLITE_STMTSTATUS_FULLSCAN_STEP, 0);
+    sqlite3_finalize(stmt);
+    REQUIRE(rc == SQLITE_DONE);
+    return steps;
+  }
+
   // Column `column` of every row, joined by " | ".
   std::string rows(const std::string& sql, int column) {
     sqlite3_stmt* stmt = prepare(sql);
@@ -829,6 +841,22 @@ TEST_CASE("SqliteStore's credits triggers find a lineage's keys through indexes"
   INFO(plan);
   CHECK(plan.find("SCAN") == std::string::npos);
   CHECK(plan.find("api_keys_lineage") != std::string::npos);
+
+  // The triggers' own statements: a credits row added and removed steps over no table.
+  {
+    SqliteStore store(path, fast_options());
+    for (std::uint32_t i = 1; i <= 50; ++i) store.insert(record(i, account_id(1)));
+  }
+  const std::string lineage = key_id(7).to_string();
+  const std::string add = "INSERT INTO key_credits (lineage_id, remaining) VALUES (?1, 1)";
+  const std::string drop = "DELETE FROM key_credits WHERE lineage_id = ?1";
+  CHECK(raw.fullscan_steps(add, lineage) == 0);
+  CHECK(raw.integer("SELECT sum(has_credits) FROM api_keys") == 1);
+  CHECK(raw.fullscan_steps(drop, lineage) == 0);
+  CHECK(raw.integer("SELECT sum(has_credits) FROM api_keys") == 0);
+  // The counter does see a trigger's scan: without the index, the same rows are scanned.
+  raw.exec("DROP INDEX api_keys_lineage");
+  CHECK(raw.fullscan_steps(add, lineage) > 0);
 }
 
 // doc/sqlite-store.md, rules 30 and 37: only find() reads an empty value as empty, from
