@@ -79,4 +79,18 @@ class FoldHasher {
   std::uint64_t s1_;
 };
 
+// A 64-bit hash of an id's 16 bytes (a key or lineage id), for tables placed by id: one
+// multiply-fold of its two halves, so every byte reaches every part of the result that
+// picks a place. Ids that are not random (a store of the caller's own numbering its
+// keys, whose ids differ only in their last bytes) still spread: a 64-bit multiply
+// carries bits upward only, and put all such ids in one place. Unkeyed: ids come from
+// the store, not from requests.
+inline std::uint64_t fold_id(const std::uint8_t* id16) noexcept {
+  std::uint64_t hi;
+  std::uint64_t lo;
+  std::memcpy(&hi, id16, sizeof hi);
+  std::memcpy(&lo, id16 + 8, sizeof lo);
+  return FoldHasher::fold_mul(hi ^ 0x9e3779b97f4a7c15ULL, lo ^ 0xff51afd7ed558ccdULL);
+}
+
 }  // namespace apikeys::detail

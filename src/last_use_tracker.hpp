@@ -119,17 +119,10 @@ class LastUseTracker {
   std::size_t index_of(std::uint64_t home) const noexcept {
     return static_cast<std::size_t>(home >> 40) & set_mask_;
   }
-  // The set from the home, the tag from the key id: folded through a 128-bit product,
-  // so ids that are not random (a custom store's counter, which differs only in its
-  // last bytes) still give tags that differ. A plain multiply carries bits upward only,
-  // and gave every id that differed in its last bytes the same tag.
+  // The set from the home, the tag from the key id (fold_id(): ids that are not random
+  // still give tags that differ).
   Where where(std::uint64_t home, const Uuid& key_id) const noexcept {
-    std::uint64_t hi;
-    std::uint64_t lo;
-    std::memcpy(&hi, key_id.bytes().data(), sizeof hi);
-    std::memcpy(&lo, key_id.bytes().data() + 8, sizeof lo);
-    const std::uint64_t h =
-        FoldHasher::fold_mul(hi ^ 0x9e3779b97f4a7c15ULL, lo ^ 0xff51afd7ed558ccdULL);
+    const std::uint64_t h = fold_id(key_id.bytes().data());
     const std::size_t index = index_of(home);
     return {filter_[index], index, ((h >> 16) & (kOccupied - 1)) | kOccupied};
   }

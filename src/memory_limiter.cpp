@@ -32,12 +32,6 @@ constexpr std::size_t kSlotsPerState = 4;  // a full table's slots per state of 
 constexpr std::size_t kSlotsPerLive = 4;   // a rebuilt table's slots per state kept
 constexpr std::size_t kFirstLeases = 8;    // and lease table
 
-std::uint64_t load64(const std::uint8_t* p) noexcept {
-  std::uint64_t v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
 // One rate limit's state: 48 bytes (kBytesPerState).
 struct Slot {
   detail::Int128 tat = 0;  // GcraState's fields, laid out flat (no padding)
@@ -133,9 +127,10 @@ struct MemoryLimiter::Impl {
             round_up_pow2(std::max<std::size_t>(o.capacity / kShards * kSlotsPerState, kMaxProbe))),
         leases_per_shard(round_up_pow2(std::max<std::size_t>(o.lease_capacity / kShards, 8))) {}
 
+  // fold_id(): lineage ids that are not random (counters) still spread over shards,
+  // slots and leases.
   std::uint64_t lineage_hash(const Uuid& id) const noexcept {
-    const std::uint8_t* b = id.bytes().data();
-    return (load64(b) ^ (load64(b + 8) * 0xff51afd7ed558ccdULL)) * 0x9e3779b97f4a7c15ULL;
+    return detail::fold_id(id.bytes().data());
   }
   Shard& shard_of(std::uint64_t lh) noexcept { return shards[(lh >> 58) & (kShards - 1)]; }
 

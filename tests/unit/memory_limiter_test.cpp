@@ -872,3 +872,28 @@ TEST_CASE("Validator: a cache hit that will admit hints the limiter with the key
   REQUIRE(manager.validator().validate(plain_token).ok());
   CHECK(limiter->hints == 1);
 }
+
+TEST_CASE("MemoryLimiter: counter lineage ids of a custom store each keep their state",
+          "[admission][memory_limiter]") {
+  // A store of the user's own may number its keys: ids that differ only in their last
+  // bytes. Each lineage must still find a place of its own in the limiter's tables, not
+  // all land on one and fill its probe window.
+  MemoryLimiter limiter(nullptr);
+  const std::vector<RateLimit> daily = {limit("d", 1, 86'400'000ms)};
+  std::vector<Uuid> ids;
+  for (std::size_t i = 1; i <= 5'000; ++i) {
+    std::array<std::uint8_t, 16> b{};
+    b[14] = static_cast<std::uint8_t>(i >> 8);
+    b[15] = static_cast<std::uint8_t>(i);
+    ids.emplace_back(b);
+    REQUIRE(limiter.admit(request(ids.back(), daily, 1, kStart)).outcome ==
+            AdmissionOutcome::admitted);
+  }
+  CHECK(limiter.states() == ids.size());
+  std::size_t over = 0;
+  for (const Uuid& id : ids) {
+    over +=
+        limiter.admit(request(id, daily, 1, kStart + 1s)).outcome != AdmissionOutcome::rate_limited;
+  }
+  CHECK(over == 0);
+}
