@@ -1,15 +1,18 @@
 // Credit refills on the UTC calendar: refill_period / refill_period_start at day and
 // month boundaries (month lengths, leap years, times before 1970), refilled() in reset
 // and add_capped mode (caps, never lowering, many missed periods near 2^53), and the
-// store's take_credits / set_credits refilling each period once, whoever asks.
+// store's take_credits / set_credits refilling each period once, whoever asks (a change
+// from a node whose clock is behind included).
 #include "catch.hpp"
 
 #include <cstdint>
 #include <memory>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "apikeys/apikeys.hpp"
+#include "temp_dir.hpp"
 
 namespace {
 
@@ -308,4 +311,55 @@ TEST_CASE("Without a row take_credits says no_credits: return_credits needs the 
   f.a->set_credits(f.account, lineage, kMaxCredits - 1);
   f.store->return_credits(lineage, 100, t.period);
   CHECK(f.a->get(f.account, lineage).credits->remaining == kMaxCredits);
+}
+
+TEST_CASE("A change from a node whose clock is behind never refills a period twice",
+          "[admission][refill]") {
+  apikeys_test::TempDir dir;
+  std::vector<std::shared_ptr<apikeys::Store>> stores = {
+      std::make_shared<apikeys::MemoryStore>(),
+      std::make_shared<apikeys::SqliteStore>(dir.file("refill.db"))};
+  for (const auto& store : stores) {
+    for (const bool with_balance : {false, true}) {
+      CreditRefill refill;
+      refill.amount = 10;
+      refill.interval = RefillInterval::daily;
+      refill.mode = RefillMode::reset;
+      const TimePoint day1 = from_unix_millis(1'767'225'600'000);  // 2026-01-01T00:00Z
+      apikeys::KeyRecord rec;
+      rec.info.account_id = apikeys::Uuid::random();
+      rec.info.key_id = apikeys::Uuid::random();
+      rec.info.public_key = "pk_" + rec.info.key_id.to_string();
+      rec.info.created_at = day1;
+      Credits c;
+      c.remaining = 10;
+      c.refill = refill;
+      c.refilled_period = apikeys::refill_period(RefillInterval::daily, day1);
+      rec.info.credits = c;
+      store->insert(rec);
+      const apikeys::Uuid lineage = rec.info.key_id;
+      const TimePoint midnight = day1 + 24h;
+      // A node with the right time refills day 2 and spends all of it.
+      REQUIRE(store->take_credits(lineage, 10, 10, midnight + 1s).outcome ==
+              CreditTake::Outcome::taken);
+      // A node 2 s behind saves the same refill again (and, in the second round, a
+      // balance of 3): day 1 by its clock.
+      apikeys::CreditsChange change;
+      change.op = apikeys::CreditsOp::configure;
+      change.change_refill = true;
+      change.refill = refill;
+      if (with_balance) change.remaining = 3;
+      change.at = midnight - 1s;
+      const std::optional<apikeys::KeyInfo> after =
+          store->change_credits(rec.info.account_id, lineage, change);
+      REQUIRE(after);
+      CHECK(after->credits->refilled_period ==
+            apikeys::refill_period(RefillInterval::daily, midnight));
+      // Day 2 was refilled once: what is left is what the change left, no second 10.
+      const CreditTake look = store->take_credits(lineage, 0, 0, midnight + 2s);
+      CHECK(look.remaining == (with_balance ? 3U : 0U));
+      // Day 3 refills as ever.
+      CHECK(store->take_credits(lineage, 0, 0, midnight + 24h + 1s).remaining == 10);
+    }
+  }
 }
