@@ -330,9 +330,10 @@ struct KeyManager::Impl {
   KeyRecord new_record(const Uuid& account_id, SecretString& secret);
 
   // The key's lineage's credits changed: drop what this process's limiter holds in
-  // advance, and the verdicts of every key of the lineage (whether it has credits is
-  // part of a verdict). Walks the rotation links both ways from `key`.
-  void credits_changed(const Uuid& account_id, const KeyInfo& key, bool balance_set);
+  // advance (when `drop_lease`: the balance or the refill was set), and the verdicts of
+  // every key of the lineage (whether it has credits is part of a verdict). Walks the
+  // rotation links both ways from `key`.
+  void credits_changed(const Uuid& account_id, const KeyInfo& key, bool drop_lease);
 
   // `info` with its credits' refills due by now applied, as get() and list() show it.
   KeyInfo shown(KeyInfo info) const { return shown_at(std::move(info), clock->now()); }
@@ -819,16 +820,19 @@ KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const Key
   if (!changed || changed->account_id != account_id) no_such_key(key_id);
   then_report(
       [&] {
+        // A new refill drops the lease too: credits leased under the old one would
+        // otherwise still be spent after the new one's first reset.
         impl_->credits_changed(account_id, *changed,
-                               change.op != CreditsOp::configure || change.remaining);
+                               change.op != CreditsOp::configure || change.remaining ||
+                                   change.change_refill);
       },
       [&] { impl_->publish(credits_audit, &updated, &*changed); });
   return impl_->shown(std::move(*changed));
 }
 
 void KeyManager::Impl::credits_changed(const Uuid& account_id, const KeyInfo& key,
-                                       bool balance_set) {
-  if (balance_set) validator.limiter().credits_reset(key.lineage());
+                                       bool drop_lease) {
+  if (drop_lease) validator.limiter().credits_reset(key.lineage());
   // Every key of the lineage: the rotation links, both ways. A lineage is a chain, and
   // only its last few keys can still be in their grace; 64 steps is far beyond that.
   constexpr int kMaxSteps = 64;

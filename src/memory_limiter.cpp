@@ -70,6 +70,9 @@ struct MemoryLimiter::Impl {
     detail::Mutex mu;
     std::vector<Slot> slots APIKEYS_GUARDED_BY(mu);    // allocated on first use
     std::vector<Lease> leases APIKEYS_GUARDED_BY(mu);  // likewise
+    // Bumped by credits_reset(): a request that took credits out of a lease, or from
+    // the store, before a reset must not put what is left into a lease after it.
+    std::uint64_t resets APIKEYS_GUARDED_BY(mu) = 0;
     // Where the tables are (addresses as integers, 0 for none), for prefetch() only,
     // which reads them without the lock: written under it whenever a table moves
     // (publish()). A reader may see a stale or torn pair (an old address with a new
@@ -502,8 +505,14 @@ void MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh, std
     throw;
   }
   out.credits_remaining.reset();
-  if (charged && take.taken > 0)
-    credit_store().return_credits(r.lineage_id, take.taken, take.period);
+  if (charged && take.taken > 0) {
+    try {
+      credit_store().return_credits(r.lineage_id, take.taken, take.period);
+    } catch (...) {
+      // Lost, never granted twice; the answer stays rate_limited (a throw here would be
+      // a limiter failure, which the `allow` policy answers as valid).
+    }
+  }
 }
 
 // Rate limits and the lease decided together under the shard lock; the store is asked
@@ -519,8 +528,10 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
   std::int64_t carry_period = 0;
   std::uint64_t stale = 0;  // credits of a lease past its TTL, to give back
   std::int64_t stale_period = 0;
+  std::uint64_t resets = 0;  // sh.resets when the lease was read
   {
     detail::MutexLock lock(sh.mu);
+    resets = sh.resets;
 #if defined(__GNUC__)
     // The lease's home (a random entry of the shard's lease table, often not in a near
     // cache) loads while the rate limits are decided, rather than after them.
@@ -586,7 +597,12 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
   if (carry > 0 && carry_period != take.period) carry = 0;
   const std::uint64_t have = carry + take.taken;
   detail::MutexLock lock(sh.mu);
-  Lease* lease = find_lease(sh, r.lineage_id, lh, true);
+  // The balance was set (or its refill changed) since the lease was read: what this
+  // request holds may be from the balance that replaced, so it decides this request
+  // (which began before the change) but none of it is leased or given back: it is
+  // dropped, lost and never granted twice.
+  const bool reset_since = sh.resets != resets;
+  Lease* lease = reset_since ? nullptr : find_lease(sh, r.lineage_id, lh, true);
   const bool enough = take.outcome == CreditTake::Outcome::taken && have >= r.cost;
   bool limits_ok = false;
   std::exception_ptr failure;  // the table filled up meanwhile: reported after the lease
@@ -608,7 +624,7 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
     lease->period = take.period;
     lease->period_end = take.period_end;
     lease->expires = r.now + options.lease_ttl;
-  } else {
+  } else if (!reset_since) {
     excess = left;
   }
   if (failure) {
@@ -624,7 +640,8 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
     try {
       st.return_credits(r.lineage_id, excess, take.period);
     } catch (...) {
-      if (!failure) failure = std::current_exception();
+      // Lost, never granted twice. Not a failure of this request, whose answer (above)
+      // is final: an admitted request has spent its limits and its credits already.
     }
   }
   if (failure) std::rethrow_exception(failure);
@@ -690,6 +707,7 @@ void MemoryLimiter::credits_reset(const Uuid& lineage_id) noexcept {
   const std::uint64_t lh = impl_->lineage_hash(lineage_id);
   Impl::Shard& sh = impl_->shard_of(lh);
   detail::MutexLock lock(sh.mu);
+  ++sh.resets;
   if (Lease* lease = impl_->find_lease(sh, lineage_id, lh, false)) lease->count = 0;
 }
 

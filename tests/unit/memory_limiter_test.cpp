@@ -1,13 +1,16 @@
 // MemoryLimiter on its own: exact admission from many threads (rate limits and credits,
-// direct and leased), leases returned or dropped, the table's capacity and reuse of
-// states at rest, and no allocation per call once warm.
+// direct and leased), leases returned or dropped (also when the balance or its refill
+// changes mid-request), the table's capacity and reuse of states at rest, and no
+// allocation per call once warm.
 #include "catch.hpp"
 
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -15,6 +18,7 @@
 #include "alloc_probe.hpp"
 #include "apikeys/apikeys.hpp"
 #include "apikeys/memory_limiter.hpp"
+#include "store_doubles.hpp"
 
 namespace {
 
@@ -896,4 +900,178 @@ TEST_CASE("MemoryLimiter: counter lineage ids of a custom store each keep their 
         limiter.admit(request(id, daily, 1, kStart + 1s)).outcome != AdmissionOutcome::rate_limited;
   }
   CHECK(over == 0);
+}
+
+namespace {
+
+// A MemoryStore whose take_credits() first runs `before_take` once (another request, or
+// the owner, acting between the limiter's decision and its store call), and whose
+// return_credits() fails while `fail_returns` is set.
+class HookStore final : public apikeys_test::ForwardingStore {
+ public:
+  explicit HookStore(const std::shared_ptr<apikeys::MemoryStore>& inner)
+      : apikeys_test::ForwardingStore(inner), mem(inner) {}
+
+  apikeys::CreditTake take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
+                                   TimePoint now) override {
+    if (before_take) {
+      const std::function<void()> f = std::move(before_take);
+      before_take = nullptr;
+      f();
+    }
+    return mem->take_credits(lineage_id, min, max, now);
+  }
+  void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) override {
+    if (fail_returns) throw std::runtime_error("the store is down");
+    mem->return_credits(lineage_id, n, period);
+  }
+  std::optional<apikeys::KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,
+                                                 const apikeys::CreditsChange& change) override {
+    return mem->change_credits(account_id, key_id, change);
+  }
+
+  std::shared_ptr<apikeys::MemoryStore> mem;
+  std::function<void()> before_take;
+  bool fail_returns = false;
+};
+
+// One key with `balance` credits in `store` (its lineage is its key id).
+Uuid key_with_credits(apikeys::Store& store, std::uint64_t balance) {
+  apikeys::KeyRecord rec;
+  rec.info.account_id = kAccount;
+  rec.info.key_id = Uuid::random();
+  rec.info.public_key = "pk_hooked";
+  rec.info.created_at = kStart;
+  apikeys::Credits c;
+  c.remaining = balance;
+  rec.info.credits = c;
+  store.insert(rec);
+  return rec.info.key_id;
+}
+
+}  // namespace
+
+TEST_CASE("MemoryLimiter: credits carried out of a lease across a balance set are dropped",
+          "[admission][memory_limiter]") {
+  auto mem = std::make_shared<apikeys::MemoryStore>();
+  auto store = std::make_shared<HookStore>(mem);
+  const Uuid key = key_with_credits(*store, 100);
+  MemoryLimiterOptions o;
+  o.lease_size = 10;
+  MemoryLimiter limiter(store, o);
+  const std::vector<RateLimit> none;
+  REQUIRE(limiter.admit(request(key, none, 1, kStart, true)).outcome == AdmissionOutcome::admitted);
+  REQUIRE(limiter.leased() == 10);
+  // A request of cost 11 takes the lease's 10 out and goes to the store for one more;
+  // meanwhile the owner sets the balance to 0 (KeyManager::set_credits: the store, then
+  // credits_reset()).
+  store->before_take = [&] {
+    apikeys::CreditsChange c;
+    c.op = apikeys::CreditsOp::configure;
+    c.remaining = 0;
+    c.at = kStart;
+    REQUIRE(mem->change_credits(kAccount, key, c));
+    limiter.credits_reset(key);
+  };
+  CHECK(limiter.admit(request(key, none, 11, kStart, true)).outcome ==
+        AdmissionOutcome::usage_exceeded);
+  // The 10 it carried were the old balance's: neither leased again nor given back.
+  CHECK(limiter.leased() == 0);
+  CHECK(mem->get(kAccount, key)->credits->remaining == 0);
+  for (int i = 0; i < 20; ++i) {
+    CHECK(limiter.admit(request(key, none, 1, kStart + 1s, true)).outcome ==
+          AdmissionOutcome::usage_exceeded);
+  }
+}
+
+TEST_CASE("MemoryLimiter: a failed give-back never turns an answer into a failure",
+          "[admission][memory_limiter]") {
+  const std::vector<RateLimit> two{limit("two", 2, 60s)};
+  const std::vector<RateLimit> one{limit("one", 1, 60s)};
+  SECTION("leased: an admitted request whose excess cannot go back stays admitted") {
+    auto mem = std::make_shared<apikeys::MemoryStore>();
+    auto store = std::make_shared<HookStore>(mem);
+    const Uuid key = key_with_credits(*store, 100);
+    MemoryLimiterOptions o;
+    o.lease_size = 10;
+    MemoryLimiter limiter(store, o);
+    // While this request is at the store, another of the lineage leases 10; the two
+    // leases merge past lease_size, and the excess cannot go back.
+    store->before_take = [&] {
+      REQUIRE(limiter.admit(request(key, two, 1, kStart, true)).outcome ==
+              AdmissionOutcome::admitted);
+      store->fail_returns = true;
+    };
+    const Admission a = limiter.admit(request(key, two, 1, kStart, true));
+    store->fail_returns = false;
+    CHECK(a.outcome == AdmissionOutcome::admitted);
+    CHECK(a.limits.size() == 1);
+    // Both requests spent the burst of two: it is exhausted, and never over-spent.
+    CHECK(limiter.admit(request(key, two, 1, kStart, true)).outcome ==
+          AdmissionOutcome::rate_limited);
+    CHECK(limiter.leased() <= o.lease_size);
+  }
+  SECTION("direct: a request refused after its charge stays rate_limited") {
+    auto mem = std::make_shared<apikeys::MemoryStore>();
+    auto store = std::make_shared<HookStore>(mem);
+    const Uuid key = key_with_credits(*store, 100);
+    MemoryLimiter limiter(store);  // no lease: charged in the store, per request
+    // Another request takes the limit's one place while this one is at the store; this
+    // one is then refused, and giving its charge back fails.
+    store->before_take = [&] {
+      REQUIRE(limiter.admit(request(key, one, 1, kStart, true)).outcome ==
+              AdmissionOutcome::admitted);
+      store->fail_returns = true;
+    };
+    const Admission a = limiter.admit(request(key, one, 1, kStart, true));
+    store->fail_returns = false;
+    CHECK(a.outcome == AdmissionOutcome::rate_limited);
+    CHECK_FALSE(a.credits_remaining.has_value());
+    // The charge is lost, never granted twice: 100 - 1 (the other) - 1 (lost).
+    CHECK(mem->get(kAccount, key)->credits->remaining == 98);
+  }
+}
+
+TEST_CASE("MemoryLimiter: a lease taken before a refill was configured ends with it",
+          "[admission][memory_limiter]") {
+  auto clock = std::make_shared<apikeys::ManualClock>(kStart + 23h + 59min + 30s);
+  auto store = std::make_shared<apikeys::MemoryStore>();
+  MemoryLimiterOptions lo;
+  lo.lease_size = 10;
+  auto limiter = std::make_shared<MemoryLimiter>(store, lo);
+  apikeys::KeyManagerOptions o;
+  o.validation.clock = clock;
+  o.validation.record_last_use = false;
+  o.validation.limiter = limiter;
+  apikeys::KeyManager manager(
+      store,
+      std::make_shared<apikeys::HmacSha256Hasher>(std::string("0123456789abcdefghijklmnopqrstuv")),
+      std::move(o));
+  apikeys::CreateRequest req("metered");
+  apikeys::Credits c;
+  c.remaining = 100;  // no refill
+  req.credits = c;
+  const apikeys::CreatedKey created = manager.create(kAccount, req);
+  const std::string token =
+      created.info.public_key + ":" + std::string(created.secret_key.reveal());
+  // 23:59:30: one request leases 10 of the 100.
+  REQUIRE(manager.validator().validate(token).code == apikeys::ValidationCode::valid);
+  REQUIRE(limiter->leased() == 10);
+  // 23:59:40: the owner adds a daily refill that resets the balance to 5.
+  clock->set(kStart + 23h + 59min + 40s);
+  apikeys::KeyUpdate u;
+  apikeys::CreditRefill r;
+  r.amount = 5;
+  r.interval = apikeys::RefillInterval::daily;
+  r.mode = apikeys::RefillMode::reset;
+  u.refill = r;
+  manager.update(kAccount, created.info.key_id, u);
+  CHECK(limiter->leased() == 0);
+  // The next day the balance is the refill's 5, and nothing more is spent.
+  clock->set(kStart + 24h + 10s);
+  int admitted = 0;
+  for (int i = 0; i < 30; ++i) {
+    admitted += manager.validator().validate(token).code == apikeys::ValidationCode::valid;
+  }
+  CHECK(admitted == 5);
 }
