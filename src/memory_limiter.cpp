@@ -437,6 +437,14 @@ void MemoryLimiter::Impl::admit(const AdmissionRequest& r, Admission& out) {
         l.period > KeyPolicyLimits::kMaxRateLimitPeriod) {
       throw Error(ErrorCode::invalid_argument, "a rate limit is out of its ranges");
     }
+    // Two limits of one name would share one state, the later's decision overwriting
+    // the earlier's (a looser limit erasing a stricter one's count). KeyManager refuses
+    // them; a custom store or a damaged cache entry could still carry them.
+    for (std::size_t j = 0; j < i; ++j) {
+      if (r.limits[j].name == l.name) {
+        throw Error(ErrorCode::invalid_argument, "two rate limits share one name");
+      }
+    }
   }
   const std::uint64_t lh = lineage_hash(r.lineage_id);
   Shard& sh = shard_of(lh);
@@ -475,8 +483,10 @@ void MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh, std
   std::array<Slot*, KeyPolicyLimits::kMaxRateLimits> slots;
   // NOLINTNEXTLINE(cppcoreguidelines-pro-type-member-init)
   std::array<detail::GcraDecision, KeyPolicyLimits::kMaxRateLimits> decisions;
+  std::uint64_t resets = 0;  // sh.resets before the charge
   {
     detail::MutexLock lock(sh.mu);
+    resets = sh.resets;
     if (!decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) return;
   }
   const CreditTake take = take_credits(credit_store(), r, r.cost, r.cost);
@@ -487,15 +497,19 @@ void MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh, std
   }
   const bool charged = take.outcome == CreditTake::Outcome::taken;
   if (charged) out.credits_remaining = take.remaining;
+  // The balance was set in this process meanwhile (credits_reset()): the charge may have
+  // come from the balance it replaced, and is not given back onto the new one.
+  bool reset_since = false;
   try {
     detail::MutexLock lock(sh.mu);
+    reset_since = sh.resets != resets;
     if (decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) {
       commit(r, slots.data(), decisions.data(), out);
       return;
     }
   } catch (...) {
     // The table filled up meanwhile: the charge goes back, then the failure is reported.
-    if (charged && take.taken > 0) {
+    if (charged && take.taken > 0 && !reset_since) {
       try {
         credit_store().return_credits(r.lineage_id, take.taken, take.period);
       } catch (...) {
@@ -505,7 +519,7 @@ void MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh, std
     throw;
   }
   out.credits_remaining.reset();
-  if (charged && take.taken > 0) {
+  if (charged && take.taken > 0 && !reset_since) {
     try {
       credit_store().return_credits(r.lineage_id, take.taken, take.period);
     } catch (...) {

@@ -905,8 +905,8 @@ TEST_CASE("MemoryLimiter: counter lineage ids of a custom store each keep their 
 namespace {
 
 // A MemoryStore whose take_credits() first runs `before_take` once (another request, or
-// the owner, acting between the limiter's decision and its store call), and whose
-// return_credits() fails while `fail_returns` is set.
+// the owner, acting between the limiter's decision and its store call) and `after_take`
+// once after it, and whose return_credits() fails while `fail_returns` is set.
 class HookStore final : public apikeys_test::ForwardingStore {
  public:
   explicit HookStore(const std::shared_ptr<apikeys::MemoryStore>& inner)
@@ -919,7 +919,13 @@ class HookStore final : public apikeys_test::ForwardingStore {
       before_take = nullptr;
       f();
     }
-    return mem->take_credits(lineage_id, min, max, now);
+    const apikeys::CreditTake take = mem->take_credits(lineage_id, min, max, now);
+    if (after_take) {
+      const std::function<void()> f = std::move(after_take);
+      after_take = nullptr;
+      f();
+    }
+    return take;
   }
   void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) override {
     if (fail_returns) throw std::runtime_error("the store is down");
@@ -932,6 +938,7 @@ class HookStore final : public apikeys_test::ForwardingStore {
 
   std::shared_ptr<apikeys::MemoryStore> mem;
   std::function<void()> before_take;
+  std::function<void()> after_take;  // likewise, once, right after the take
   bool fail_returns = false;
 };
 
@@ -1074,4 +1081,44 @@ TEST_CASE("MemoryLimiter: a lease taken before a refill was configured ends with
     admitted += manager.validator().validate(token).code == apikeys::ValidationCode::valid;
   }
   CHECK(admitted == 5);
+}
+
+TEST_CASE("MemoryLimiter: a charge refused after a balance set is not given back onto it",
+          "[admission][memory_limiter]") {
+  auto mem = std::make_shared<apikeys::MemoryStore>();
+  auto store = std::make_shared<HookStore>(mem);
+  const Uuid key = key_with_credits(*store, 100);
+  MemoryLimiter limiter(store);  // no lease: charged in the store, per request
+  const std::vector<RateLimit> one{limit("one", 1, 60s)};
+  // This request's charge comes from the balance of 100. Before it decides again,
+  // another request takes the limit's one place and the owner sets the balance to 50.
+  store->after_take = [&] {
+    REQUIRE(limiter.admit(request(key, one, 1, kStart, true)).outcome ==
+            AdmissionOutcome::admitted);
+    apikeys::CreditsChange c;
+    c.op = apikeys::CreditsOp::configure;
+    c.remaining = 50;
+    c.at = kStart;
+    REQUIRE(mem->change_credits(kAccount, key, c));
+    limiter.credits_reset(key);
+  };
+  CHECK(limiter.admit(request(key, one, 1, kStart, true)).outcome ==
+        AdmissionOutcome::rate_limited);
+  // The refused request's charge was the old balance's: 50 stays 50, never 51.
+  CHECK(mem->get(kAccount, key)->credits->remaining == 50);
+}
+
+TEST_CASE("MemoryLimiter: two limits of one name are a failure, never one shared state",
+          "[admission][memory_limiter]") {
+  MemoryLimiter limiter(nullptr);
+  std::mt19937_64 rng(7);
+  const Uuid id = lineage(rng);
+  // A store of the caller's own may return what KeyManager refuses: one name twice.
+  const std::vector<RateLimit> twice{limit("dup", 1, 60s), limit("dup", 100, 60s)};
+  REQUIRE_THROWS_AS(limiter.admit(request(id, twice, 1, kStart)), apikeys::Error);
+  CHECK(limiter.states() == 0);
+  // Each alone decides as ever.
+  const std::vector<RateLimit> strict{limit("dup", 1, 60s)};
+  CHECK(limiter.admit(request(id, strict, 1, kStart)).outcome == AdmissionOutcome::admitted);
+  CHECK(limiter.admit(request(id, strict, 1, kStart)).outcome == AdmissionOutcome::rate_limited);
 }
