@@ -24,6 +24,18 @@ namespace apikeys {
 
 namespace {
 
+// True for a verdict reached with the key's own secret (its digest matched the stored
+// one); false for the answers a guess gets (wrong_secret, not_found) and any other code.
+bool secret_matched(ValidationCode code) noexcept {
+  switch (code) {
+    case ValidationCode::valid:
+    case ValidationCode::expired:
+    case ValidationCode::revoked:
+    case ValidationCode::disabled: return true;
+    default: return false;
+  }
+}
+
 constexpr std::size_t kStripesPerShard = 64;
 
 // A public key's identity in the table: its 128-bit SipHash under the cache's random
@@ -550,11 +562,14 @@ void MemoryCache::put(std::string_view public_key, const Digest& presented, cons
   if (impl_->token(w) != token) return;  // erased or cleared since the fill began
   Node* n = w.shard.table.find(key);
   if (n != nullptr) {
+    // A guess at the secret never pushes the owner's verdict out, whatever its code: if
+    // only a `valid` were kept, a guess's second try would hit the cache for a revoked,
+    // disabled or expired key its owner had just used and read the store for an active
+    // one, telling the two apart without the secret.
     const Node& prev = *n;
-    const bool old_valid_live = prev.code == ValidationCode::valid && prev.expires_ms > now;
-    if (old_valid_live && verdict.code != ValidationCode::valid &&
+    if (prev.expires_ms > now && secret_matched(prev.code) && !secret_matched(verdict.code) &&
         !constant_time_equal(prev.presented, presented)) {
-      return;  // a guess at the secret never pushes the owner's verdict out
+      return;
     }
   }
   impl_->make_room(w.shard, now, n, add);

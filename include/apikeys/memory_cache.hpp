@@ -52,8 +52,10 @@ struct MemoryCacheOptions {
 
 /// One verdict slot per public key: a later put() replaces it, except that a put whose
 /// entry could not answer (a TTL within the clock's coarse resolution) stores nothing,
-/// and a negative verdict for another secret never displaces a `valid` one (so guessing
-/// secrets for a known public key cannot push its owner off the cache). get() returns
+/// and a `wrong_secret` or `not_found` verdict never displaces a live verdict reached
+/// with the key's secret (`valid`, `expired`, `revoked` or `disabled`) for another
+/// secret: guessing secrets for a known public key cannot push its owner off the cache,
+/// nor tell, by whether a guess is cached, which state its owner's verdict holds. get() returns
 /// the whole Verdict that put() stored: scopes in their order, metadata byte for byte,
 /// has_policy, rate limits, has_credits, has_admission and the lineage.
 ///

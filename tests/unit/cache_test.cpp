@@ -342,6 +342,32 @@ TEST_CASE("MemoryCache: negative verdicts for another secret do not displace a v
   }
 }
 
+TEST_CASE("MemoryCache: a guess never displaces the owner's verdict, whatever its state",
+          "[cache]") {
+  for (const ValidationCode owner : {ValidationCode::valid, ValidationCode::expired,
+                                     ValidationCode::revoked, ValidationCode::disabled}) {
+    CAPTURE(apikeys::to_string(owner));
+    Fixture f;
+    const std::string key = pk(1);
+    const Digest good = digest_of(1);
+    f.fill(key, good, owner == ValidationCode::valid ? valid_verdict(1) : negative(owner),
+           milliseconds(60'000));
+    // The guesses are not cached, for every state alike: a guess's second try is no
+    // cheaper than its first, whichever state the owner's verdict holds.
+    for (const ValidationCode guess : {ValidationCode::wrong_secret, ValidationCode::not_found}) {
+      f.fill(key, digest_of(100), negative(guess), milliseconds(300'000));
+      CHECK_FALSE(f.cache->get(key, digest_of(100)).has_value());
+    }
+    const auto v = f.cache->get(key, good);
+    REQUIRE(v.has_value());
+    CHECK(v->code == owner);
+    // A verdict reached with a secret does replace it (a key rotated, a state changed).
+    f.fill(key, digest_of(2), negative(ValidationCode::revoked), milliseconds(60'000));
+    CHECK(f.cache->get(key, digest_of(2)).has_value());
+    CHECK_FALSE(f.cache->get(key, good).has_value());
+  }
+}
+
 TEST_CASE("MemoryCache: a valid verdict for another digest never answers an old one", "[cache]") {
   Fixture f;
   const std::string key = pk(1);

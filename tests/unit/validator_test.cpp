@@ -259,6 +259,34 @@ TEST_CASE("a wrong-secret verdict never locks the owner out", "[validator][pitfa
   CHECK(f.manager->validate(k.info.public_key, k.secret_key.reveal()).ok());
 }
 
+TEST_CASE("a wrong secret's store reads do not tell an active key from a revoked one",
+          "[validator][pitfalls]") {
+  Fixture f;
+  auto active = f.create();
+  auto revoked = f.create();
+  f.manager->revoke(apikeys_test::account_id(1), revoked.info.key_id);
+  // Both owners have just used their keys: each has a verdict in the cache.
+  REQUIRE(f.manager->validate(active.info.public_key, active.secret_key.reveal()).ok());
+  REQUIRE(f.manager->validate(revoked.info.public_key, revoked.secret_key.reveal()).code ==
+          ValidationCode::revoked);
+  // A guesser tries one wrong secret twice on each: the same store reads for both.
+  const auto reads_for_two_tries = [&](const CreatedKey& k) {
+    const int before = f.store->finds.load();
+    for (int i = 0; i < 2; ++i) {
+      REQUIRE(f.manager->validate(k.info.public_key, wrong_secret_for(k)).code ==
+              ValidationCode::wrong_secret);
+    }
+    return f.store->finds.load() - before;
+  };
+  CHECK(reads_for_two_tries(active) == reads_for_two_tries(revoked));
+  // And each owner's verdict is still the one cached.
+  const int before = f.store->finds.load();
+  CHECK(f.manager->validate(active.info.public_key, active.secret_key.reveal()).ok());
+  CHECK(f.manager->validate(revoked.info.public_key, revoked.secret_key.reveal()).code ==
+        ValidationCode::revoked);
+  CHECK(f.store->finds.load() == before);
+}
+
 TEST_CASE("a cached valid verdict never answers another secret", "[validator][pitfalls]") {
   Fixture f;
   auto k = f.create();
