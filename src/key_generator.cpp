@@ -9,6 +9,7 @@
 #include "apikeys/error.hpp"
 #include "crc32.hpp"
 #include "key_format.hpp"
+#include "wipe.hpp"
 
 namespace apikeys {
 
@@ -98,9 +99,12 @@ KeyFormat KeyFormat::branded(std::string_view brand) {
 }
 
 void append_key_checksum(std::string& key) {
+  // The key may be a secret: growing it must not free a copy (reserve_wiped()).
+  detail::reserve_wiped(key, KeyFormat::kChecksumLength);
   char sum[KeyFormat::kChecksumLength];
   detail::encode_checksum(detail::crc32(0, key), sum);
   key.append(sum, sizeof sum);
+  OPENSSL_cleanse(sum, sizeof sum);
 }
 
 void KeyFormat::check() const {
@@ -130,7 +134,8 @@ void append_random_base62(std::string& out, std::size_t count) {
   // symbols is hit by exactly 4 byte values and none is favoured (no modulo bias).
   std::array<unsigned char, 64> buf{};
   std::size_t used = buf.size();
-  out.reserve(out.size() + count);
+  // `out` may be a secret being built: growing it must not free a copy.
+  detail::reserve_wiped(out, count);
   while (count > 0) {
     if (used == buf.size()) {
       if (RAND_bytes(buf.data(), static_cast<int>(buf.size())) != 1) {

@@ -1,5 +1,6 @@
 // Private: wiping the std::string buffers that held a credential (a Redis password, a
-// PostgreSQL connection string) before their memory is freed or reused.
+// PostgreSQL connection string, a secret key being built) before their memory is freed
+// or reused.
 // Thread-safety: plain functions on the caller's objects, which must not be shared
 // while they run. Ownership: nothing is kept.
 #ifndef APIKEYS_SRC_WIPE_HPP
@@ -7,6 +8,7 @@
 
 #include <openssl/crypto.h>
 
+#include <cstddef>
 #include <string>
 
 namespace apikeys::detail {
@@ -18,6 +20,19 @@ inline void wipe(std::string& s) noexcept {
   s.resize(s.capacity());  // within the capacity: writes NULs, never reallocates
   OPENSSL_cleanse(s.data(), s.size());
   s.clear();
+}
+
+/// Makes room for `extra` more characters in `s` without leaving its bytes in freed
+/// memory: when the buffer must grow, they move to a new one and the old one is wiped
+/// before it is freed (a std::string growing in place frees its old buffer as it is).
+/// Throws std::bad_alloc (or length_error), `s` unchanged.
+inline void reserve_wiped(std::string& s, std::size_t extra) {
+  if (s.capacity() - s.size() >= extra) return;
+  std::string bigger;
+  bigger.reserve(s.size() + extra);
+  bigger.assign(s);
+  wipe(s);
+  s.swap(bigger);  // `bigger` now holds the old, wiped buffer, freed with it
 }
 
 /// Wipes the string it was given when the scope ends, however it ends.

@@ -55,7 +55,8 @@ struct APIKEYS_EXPORT KeyFormat {
 };
 
 /// Appends to `key` (a prefix and random part) the kChecksumLength base62 characters
-/// of its CRC-32, as KeyFormat describes. For KeyGenerator implementations.
+/// of its CRC-32, as KeyFormat describes. For KeyGenerator implementations. When `key`
+/// must grow, its old buffer is wiped before it is freed (it may hold a secret).
 APIKEYS_EXPORT void append_key_checksum(std::string& key);
 
 /// A freshly generated pair. The secret is shown to the user once, then dropped.
@@ -90,7 +91,8 @@ class APIKEYS_EXPORT CsprngKeyGenerator final : public KeyGenerator {
   [[nodiscard]] KeyPair generate(const KeyFormat& format) override;
 };
 
-/// Appends `count` uniformly random base62 characters from the CSPRNG to `out`.
+/// Appends `count` uniformly random base62 characters from the CSPRNG to `out`. When
+/// `out` must grow, its old buffer is wiped before it is freed (it may hold a secret).
 /// Throws Error(crypto) if the CSPRNG fails.
 APIKEYS_EXPORT void append_random_base62(std::string& out, std::size_t count);
 
