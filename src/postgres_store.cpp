@@ -194,19 +194,17 @@ std::string credits_join(const std::string& s, const std::string& a) {
 // find()'s statement, reading the fields of `which` (Columns::all, or Columns::verdict
 // for find_for_validation()) in table order (read_found()), the credits, and whether the
 // row is the key's: one row, in one round trip, whether or not the key exists (a timing
-// oracle otherwise, doc/failure-modes.md). The row of the key whose public key is $1,
-// found through its unique index, then read by a range scan of the primary key from its
-// key id; failing that, the same scan from the random key id $2 reads a decoy row, and
-// a decoy past the last key id reads the first row instead (the second branch, which
-// the LIMIT over the UNION ALL starts only when the first found nothing). Only an empty
-// table gives no row.
+// oracle otherwise, doc/failure-modes.md). One range scan of the public-key index from
+// $1 reads the key's row when it exists and otherwise the row of the next public key in
+// the index's order, a decoy, by the same path. A $1 past the last public key reads the
+// first row instead (the second branch, which the LIMIT over the UNION ALL starts only
+// when the first found nothing). Only an empty table gives no row.
 std::string find_sql(const std::string& s, detail::Columns which) {
   return fmt::format(
       "(SELECT {1}, k.public_key = $1 FROM {0}.apikeys_keys k{2}"
-      " WHERE k.key_id >= COALESCE((SELECT key_id FROM {0}.apikeys_keys"
-      " WHERE public_key = $1), $2::uuid) ORDER BY k.key_id LIMIT 1)"
+      " WHERE k.public_key >= $1 ORDER BY k.public_key LIMIT 1)"
       " UNION ALL (SELECT {1}, k.public_key = $1 FROM {0}.apikeys_keys k{2}"
-      " ORDER BY k.key_id LIMIT 1) LIMIT 1",
+      " ORDER BY k.public_key LIMIT 1) LIMIT 1",
       s, key_columns(which, "k"), credits_join(s, "k"));
 }
 
@@ -1357,12 +1355,10 @@ struct PostgresStore::Impl {
     // Text parameters end at a NUL: such a key would match a shorter one. No key has one.
     if (public_key.find('\0') != std::string_view::npos) return std::nullopt;
     const std::string key(public_key);
-    // The decoy's key id, uniform over the key ids KeyManager draws (random, version 4).
-    const std::string decoy = Uuid::random().to_string();
     return run("find", true, [&](PgConnection& c) -> std::optional<KeyRecord> {
-      const char* values[] = {key.c_str(), decoy.c_str()};
+      const char* values[] = {key.c_str()};
       PgResult r =
-          c.exec_prepared("find", statement, 2, values, nullptr, nullptr, statement_deadline());
+          c.exec_prepared("find", statement, 1, values, nullptr, nullptr, statement_deadline());
       if (PQntuples(r.get()) == 0) return std::nullopt;  // an empty table
       const int flag = PQnfields(r.get()) - 1;
       if (std::string_view(PQgetvalue(r.get(), 0, flag)) != "t") {

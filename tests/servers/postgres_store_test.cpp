@@ -459,7 +459,7 @@ TEST_CASE("PostgresStore keeps a change log of revokes and deletes", "[servers][
 }
 
 #if defined(APIKEYS_STATIC_DEFINE)
-TEST_CASE("PostgresStore reads a decoy row on every miss, past the last key id included",
+TEST_CASE("PostgresStore reads a decoy row on every miss, past the last public key included",
           "[servers][postgres][store][timing]") {
   const auto pg = apikeys_test::test_pg();
   if (!pg) return;
@@ -472,17 +472,20 @@ TEST_CASE("PostgresStore reads a decoy row on every miss, past the last key id i
   };
   // Empty: nothing to read, and nothing read.
   CHECK(misses_without_decoy(5) == 20);
-  // The contract's key ids are small (their first bytes count up from 0): nearly every
-  // random decoy id lies past the last one, and find() starts over from the first key.
   for (std::uint32_t n = 1; n <= 20; ++n) store.insert(record(n, alice));
   CHECK(misses_without_decoy(20) == 0);
-  // Random key ids, as KeyManager makes them: the decoy lands among them.
-  for (std::uint32_t n = 21; n <= 60; ++n) {
-    apikeys::KeyRecord r = record(n, alice);
-    r.info.key_id = apikeys::Uuid::random();
-    store.insert(r);
+  // A miss reads the row of the next public key in the index's order, whatever the key
+  // ids (these count up, as an import's may): before the first public key, between two,
+  // and past the last one, where the statement's second branch reads the first row.
+  for (const std::string& pk :
+       {"pk_" + std::string(32, '0'), public_key(7) + "0", "pk_" + std::string(32, 'z')}) {
+    CAPTURE(pk);
+    for (const bool validation : {false, true}) {
+      const std::uint64_t before = apikeys::detail::decoy_reads();
+      CHECK_FALSE((validation ? store.find_for_validation(pk) : store.find(pk)).has_value());
+      CHECK(apikeys::detail::decoy_reads() == before + 1);
+    }
   }
-  CHECK(misses_without_decoy(50) == 0);
   // A hit reads no decoy and returns its own record.
   const std::uint64_t before = apikeys::detail::decoy_reads();
   const auto hit = store.find(public_key(7));
