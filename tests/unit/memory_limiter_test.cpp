@@ -942,6 +942,18 @@ class HookStore final : public apikeys_test::ForwardingStore {
   bool fail_returns = false;
 };
 
+// What KeyManager::set_credits does: the balance set in the store, then this process's
+// lease dropped (Limiter::credits_reset()).
+void set_balance(apikeys::MemoryStore& store, MemoryLimiter& limiter, const Uuid& key,
+                 std::uint64_t balance) {
+  apikeys::CreditsChange c;
+  c.op = apikeys::CreditsOp::configure;
+  c.remaining = balance;
+  c.at = kStart;
+  REQUIRE(store.change_credits(kAccount, key, c));
+  limiter.credits_reset(key);
+}
+
 // One key with `balance` credits in `store` (its lineage is its key id).
 Uuid key_with_credits(apikeys::Store& store, std::uint64_t balance) {
   apikeys::KeyRecord rec;
@@ -970,16 +982,8 @@ TEST_CASE("MemoryLimiter: credits carried out of a lease across a balance set ar
   REQUIRE(limiter.admit(request(key, none, 1, kStart, true)).outcome == AdmissionOutcome::admitted);
   REQUIRE(limiter.leased() == 10);
   // A request of cost 11 takes the lease's 10 out and goes to the store for one more;
-  // meanwhile the owner sets the balance to 0 (KeyManager::set_credits: the store, then
-  // credits_reset()).
-  store->before_take = [&] {
-    apikeys::CreditsChange c;
-    c.op = apikeys::CreditsOp::configure;
-    c.remaining = 0;
-    c.at = kStart;
-    REQUIRE(mem->change_credits(kAccount, key, c));
-    limiter.credits_reset(key);
-  };
+  // meanwhile the owner sets the balance to 0.
+  store->before_take = [&] { set_balance(*mem, limiter, key, 0); };
   CHECK(limiter.admit(request(key, none, 11, kStart, true)).outcome ==
         AdmissionOutcome::usage_exceeded);
   // The 10 it carried were the old balance's: neither leased again nor given back.
@@ -993,24 +997,30 @@ TEST_CASE("MemoryLimiter: credits carried out of a lease across a balance set ar
 
 TEST_CASE("MemoryLimiter: a failed give-back never turns an answer into a failure",
           "[admission][memory_limiter]") {
-  const std::vector<RateLimit> two{limit("two", 2, 60s)};
-  const std::vector<RateLimit> one{limit("one", 1, 60s)};
-  SECTION("leased: an admitted request whose excess cannot go back stays admitted") {
-    auto mem = std::make_shared<apikeys::MemoryStore>();
-    auto store = std::make_shared<HookStore>(mem);
-    const Uuid key = key_with_credits(*store, 100);
-    MemoryLimiterOptions o;
-    o.lease_size = 10;
-    MemoryLimiter limiter(store, o);
-    // While this request is at the store, another of the lineage leases 10; the two
-    // leases merge past lease_size, and the excess cannot go back.
+  auto mem = std::make_shared<apikeys::MemoryStore>();
+  auto store = std::make_shared<HookStore>(mem);
+  const Uuid key = key_with_credits(*store, 100);
+  // While one request of the lineage is at the store, another is admitted (taking a
+  // place of the rate limit, and in leased mode a lease of its own); from then on the
+  // store refuses every give-back. Returns the first request's answer.
+  const auto admit_beside_another = [&](MemoryLimiter& limiter,
+                                        const std::vector<RateLimit>& limits) {
     store->before_take = [&] {
-      REQUIRE(limiter.admit(request(key, two, 1, kStart, true)).outcome ==
+      REQUIRE(limiter.admit(request(key, limits, 1, kStart, true)).outcome ==
               AdmissionOutcome::admitted);
       store->fail_returns = true;
     };
-    const Admission a = limiter.admit(request(key, two, 1, kStart, true));
+    const Admission a = limiter.admit(request(key, limits, 1, kStart, true));
     store->fail_returns = false;
+    return a;
+  };
+  SECTION("leased: an admitted request whose excess cannot go back stays admitted") {
+    MemoryLimiterOptions o;
+    o.lease_size = 10;
+    MemoryLimiter limiter(store, o);
+    // The two leases merge past lease_size, and the excess cannot go back.
+    const std::vector<RateLimit> two{limit("two", 2, 60s)};
+    const Admission a = admit_beside_another(limiter, two);
     CHECK(a.outcome == AdmissionOutcome::admitted);
     CHECK(a.limits.size() == 1);
     // Both requests spent the burst of two: it is exhausted, and never over-spent.
@@ -1019,19 +1029,10 @@ TEST_CASE("MemoryLimiter: a failed give-back never turns an answer into a failur
     CHECK(limiter.leased() <= o.lease_size);
   }
   SECTION("direct: a request refused after its charge stays rate_limited") {
-    auto mem = std::make_shared<apikeys::MemoryStore>();
-    auto store = std::make_shared<HookStore>(mem);
-    const Uuid key = key_with_credits(*store, 100);
     MemoryLimiter limiter(store);  // no lease: charged in the store, per request
-    // Another request takes the limit's one place while this one is at the store; this
-    // one is then refused, and giving its charge back fails.
-    store->before_take = [&] {
-      REQUIRE(limiter.admit(request(key, one, 1, kStart, true)).outcome ==
-              AdmissionOutcome::admitted);
-      store->fail_returns = true;
-    };
-    const Admission a = limiter.admit(request(key, one, 1, kStart, true));
-    store->fail_returns = false;
+    // The other request took the limit's one place: this one is refused after its
+    // charge, and giving the charge back fails.
+    const Admission a = admit_beside_another(limiter, {limit("one", 1, 60s)});
     CHECK(a.outcome == AdmissionOutcome::rate_limited);
     CHECK_FALSE(a.credits_remaining.has_value());
     // The charge is lost, never granted twice: 100 - 1 (the other) - 1 (lost).
@@ -1095,12 +1096,7 @@ TEST_CASE("MemoryLimiter: a charge refused after a balance set is not given back
   store->after_take = [&] {
     REQUIRE(limiter.admit(request(key, one, 1, kStart, true)).outcome ==
             AdmissionOutcome::admitted);
-    apikeys::CreditsChange c;
-    c.op = apikeys::CreditsOp::configure;
-    c.remaining = 50;
-    c.at = kStart;
-    REQUIRE(mem->change_credits(kAccount, key, c));
-    limiter.credits_reset(key);
+    set_balance(*mem, limiter, key, 50);
   };
   CHECK(limiter.admit(request(key, one, 1, kStart, true)).outcome ==
         AdmissionOutcome::rate_limited);
