@@ -97,9 +97,12 @@ class APIKEYS_EXPORT Limiter {
   /// Admits the request or says why not; see the contract above.
   [[nodiscard]] virtual Admission admit(const AdmissionRequest& request) = 0;
 
-  /// The lineage's balance was set (KeyManager::set_credits, or credits configured or
-  /// removed): drop any credits held for it in advance, without returning them, so the
-  /// new balance is what is spent next. Default: nothing (a limiter holding nothing).
+  /// The lineage's balance was set (KeyManager::set_credits, or credits configured,
+  /// their refill changed, or removed): drop any credits held for it in advance, without
+  /// returning them, so the new balance is what is spent next. Ideally credits a request
+  /// in flight took before this call are not held in advance after it either (they may
+  /// be the old balance's; MemoryLimiter drops them). Default: nothing (a limiter
+  /// holding nothing).
   virtual void credits_reset(const Uuid& lineage_id) noexcept { (void)lineage_id; }
 
   /// admit() for the hot path, into `out`: every field of `out` set as admit() would
