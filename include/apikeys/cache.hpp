@@ -80,6 +80,11 @@ struct Verdict {
 /// clear() for that public key ran after the token was taken. A token may also be
 /// invalidated spuriously (that only costs a cache miss).
 ///
+/// One cache holds the verdicts of one store's keys. A cache shared by Validators over
+/// different stores (a staging and a production database, say) would answer, through
+/// either, a verdict read from the other: a key valid in one would be valid in both
+/// while cached. Give each store its own cache (for RedisCache, its own `prefix`).
+///
 /// Errors: any method may throw; the Validator then treats the cache as a miss
 /// (get), skips caching (put), or answers `error` (erase during revoke is the
 /// KeyManager's, which propagates it).

@@ -38,7 +38,9 @@ struct RedisCacheOptions {
   /// SELECT this database number. Default 0.
   int database = 0;
   /// Every key and the pub/sub channel start with this, so several deployments (or
-  /// tests) can share one server. Default "apikeys:".
+  /// tests) can share one server. Deployments over different stores need different
+  /// prefixes: under one prefix, a verdict read from one store answers for the other
+  /// (see Cache). Default "apikeys:".
   std::string prefix = "apikeys:";
   /// Most connections open at once for commands (the subscriber has its own); a call
   /// that finds all busy waits up to command_timeout. Default 8.
