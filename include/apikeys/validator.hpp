@@ -106,8 +106,11 @@ struct ValidatorOptions {
   /// Time source for expiry and throttling. Default (null): the system clock.
   std::shared_ptr<Clock> clock;
   /// How long each verdict stays cached. A valid verdict never outlives the key's
-  /// expiry. Defaults: valid 120 s, not_found 300 s, wrong_secret 300 s,
-  /// expired 3600 s, revoked 3600 s. Zero: do not cache that verdict.
+  /// expiry, and an expired, revoked or disabled one (also reached with the key's
+  /// secret) never outlives ttl_valid: a cache shields such a verdict from guesses for
+  /// its whole life, so its life must not depend on the key's state (SECURITY.md).
+  /// Defaults: valid 120 s, not_found 300 s, wrong_secret 300 s, expired 3600 s,
+  /// revoked 3600 s (so 120 s while ttl_valid is). Zero: do not cache that verdict.
   std::chrono::milliseconds ttl_valid{std::chrono::seconds(120)};
   std::chrono::milliseconds ttl_not_found{std::chrono::seconds(300)};     ///< Default 300 s.
   std::chrono::milliseconds ttl_wrong_secret{std::chrono::seconds(300)};  ///< Default 300 s.
@@ -115,9 +118,9 @@ struct ValidatorOptions {
   std::chrono::milliseconds ttl_revoked{std::chrono::seconds(3600)};      ///< Default 3600 s.
   /// last_used_at is written at most once per key per interval. Default 900 s.
   std::chrono::milliseconds last_use_interval{std::chrono::seconds(900)};
-  /// How long a `disabled` verdict stays cached. enable() erases it at once in this
-  /// process and in a shared cache; other processes on the same store see it at their
-  /// next revision poll. Default 300 s.
+  /// How long a `disabled` verdict stays cached, at most ttl_valid (see ttl_valid).
+  /// enable() erases it at once in this process and in a shared cache; other processes
+  /// on the same store see it at their next revision poll. Default 300 s.
   std::chrono::milliseconds ttl_disabled{std::chrono::seconds(300)};
   /// Admission control for keys with rate limits or credits (limiter.hpp). Default
   /// (null): a MemoryLimiter over this validator's store, charging credits there with

@@ -279,6 +279,13 @@ TEST_CASE("a wrong secret's store reads do not tell an active key from a revoked
     return f.store->finds.load() - before;
   };
   CHECK(reads_for_two_tries(active) == reads_for_two_tries(revoked));
+  // Nor later, when the active key's verdict has expired from the cache: a revoked
+  // key's verdict lives no longer (the default ttl_revoked is 3600 s, ttl_valid 120 s).
+  f.clock->advance(std::chrono::seconds(200));
+  CHECK(reads_for_two_tries(active) == reads_for_two_tries(revoked));
+  REQUIRE(f.manager->validate(active.info.public_key, active.secret_key.reveal()).ok());
+  REQUIRE(f.manager->validate(revoked.info.public_key, revoked.secret_key.reveal()).code ==
+          ValidationCode::revoked);
   // And each owner's verdict is still the one cached.
   const int before = f.store->finds.load();
   CHECK(f.manager->validate(active.info.public_key, active.secret_key.reveal()).ok());
