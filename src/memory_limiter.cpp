@@ -583,20 +583,29 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
     }
   }
   Store& st = credit_store();
-  if (stale > 0) st.return_credits(r.lineage_id, stale, stale_period);
+  // Gives `n` credits of `period` back to the store, unless the balance was set in this
+  // process since the lease was read: they may be the old balance's, and are dropped.
+  // A store that fails loses them. Never granted twice.
+  const auto give_back = [&](std::uint64_t n, std::int64_t period) noexcept {
+    if (n == 0) return;
+    try {
+      {
+        detail::MutexLock lock(sh.mu);
+        if (sh.resets != resets) return;
+      }
+      st.return_credits(r.lineage_id, n, period);
+    } catch (...) {
+      // Lost, never granted twice.
+    }
+  };
+  give_back(stale, stale_period);
   const std::uint64_t need = r.cost > carry ? r.cost - carry : 0;
   const std::uint64_t want = std::min(need + options.lease_size, KeyPolicyLimits::kMaxCredits);
   CreditTake take;
   try {
     take = take_credits(st, r, need, std::max(want, need));
   } catch (...) {
-    if (carry > 0) {
-      try {
-        st.return_credits(r.lineage_id, carry, carry_period);
-      } catch (...) {
-        // Lost, never granted twice.
-      }
-    }
+    give_back(carry, carry_period);
     throw;
   }
   if (take.outcome == CreditTake::Outcome::no_credits) {

@@ -906,7 +906,8 @@ namespace {
 
 // A MemoryStore whose take_credits() first runs `before_take` once (another request, or
 // the owner, acting between the limiter's decision and its store call) and `after_take`
-// once after it, and whose return_credits() fails while `fail_returns` is set.
+// once after it, and whose take_credits() and return_credits() fail while `fail_takes`
+// and `fail_returns` are set.
 class HookStore final : public apikeys_test::ForwardingStore {
  public:
   explicit HookStore(const std::shared_ptr<apikeys::MemoryStore>& inner)
@@ -919,6 +920,7 @@ class HookStore final : public apikeys_test::ForwardingStore {
       before_take = nullptr;
       f();
     }
+    if (fail_takes) throw std::runtime_error("the store is down");
     const apikeys::CreditTake take = mem->take_credits(lineage_id, min, max, now);
     if (after_take) {
       const std::function<void()> f = std::move(after_take);
@@ -939,6 +941,7 @@ class HookStore final : public apikeys_test::ForwardingStore {
   std::shared_ptr<apikeys::MemoryStore> mem;
   std::function<void()> before_take;
   std::function<void()> after_take;  // likewise, once, right after the take
+  bool fail_takes = false;
   bool fail_returns = false;
 };
 
@@ -993,6 +996,28 @@ TEST_CASE("MemoryLimiter: credits carried out of a lease across a balance set ar
     CHECK(limiter.admit(request(key, none, 1, kStart + 1s, true)).outcome ==
           AdmissionOutcome::usage_exceeded);
   }
+}
+
+TEST_CASE("MemoryLimiter: credits carried out of a lease are not given back onto a new balance",
+          "[admission][memory_limiter]") {
+  auto mem = std::make_shared<apikeys::MemoryStore>();
+  auto store = std::make_shared<HookStore>(mem);
+  const Uuid key = key_with_credits(*store, 100);
+  MemoryLimiterOptions o;
+  o.lease_size = 10;
+  MemoryLimiter limiter(store, o);
+  const std::vector<RateLimit> none;
+  REQUIRE(limiter.admit(request(key, none, 1, kStart, true)).outcome == AdmissionOutcome::admitted);
+  // A request of cost 11 carries the lease's 10 out; the owner sets the balance to 0;
+  // then the store fails the request's take. The 10 were the old balance's: dropped.
+  store->before_take = [&] {
+    set_balance(*mem, limiter, key, 0);
+    store->fail_takes = true;
+  };
+  CHECK_THROWS(limiter.admit(request(key, none, 11, kStart, true)));
+  store->fail_takes = false;
+  CHECK(mem->get(kAccount, key)->credits->remaining == 0);
+  CHECK(limiter.leased() == 0);
 }
 
 TEST_CASE("MemoryLimiter: a failed give-back never turns an answer into a failure",
