@@ -244,7 +244,7 @@ void RedisPool::drop_idle() noexcept {
 }
 
 template <typename F>
-RedisReply RedisPool::with_connection(F&& f) {
+RedisReply RedisPool::with_connection(F&& f, const bool* sent) {
   for (int attempt = 0;; ++attempt) {
     std::optional<Lease> c;
     try {
@@ -258,7 +258,7 @@ RedisReply RedisPool::with_connection(F&& f) {
       }
       return r;
     } catch (const RedisUnreachable& e) {
-      const bool stale = c && c->reused() && e.retryable();
+      const bool stale = c && c->reused() && e.retryable() && !(sent != nullptr && *sent);
       if (c) {
         c->discard();
         c->release();  // its place freed before the observers hear of it
@@ -276,26 +276,42 @@ RedisReply RedisPool::with_connection(F&& f) {
 }
 
 RedisReply RedisPool::script(std::size_t id, const std::vector<std::string_view>& keys,
-                             const std::vector<std::string_view>& args) {
+                             const std::vector<std::string_view>& args, bool at_most_once) {
   const std::string numkeys = std::to_string(keys.size());
-  return with_connection([&](Lease& c) {
-    std::string sha;
-    {
-      MutexLock lock(sha_mu_);
-      sha = shas_[id];
-    }
-    std::vector<std::string_view> argv{"EVALSHA", sha, numkeys};
-    argv.insert(argv.end(), keys.begin(), keys.end());
-    argv.insert(argv.end(), args.begin(), args.end());
-    RedisReply r = command(*c, argv);
-    if (r->type == REDIS_REPLY_ERROR &&
-        std::string_view(r->str, r->len).substr(0, 8) == "NOSCRIPT") {
-      argv[0] = "EVAL";
-      argv[1] = scripts_[id];
-      r = command(*c, argv);
-    }
-    return r;
-  });
+  bool sent = false;
+  return with_connection(
+      [&](Lease& c) {
+        std::string sha;
+        {
+          MutexLock lock(sha_mu_);
+          sha = shas_[id];
+        }
+        std::vector<std::string_view> argv{"EVALSHA", sha, numkeys};
+        argv.insert(argv.end(), keys.begin(), keys.end());
+        argv.insert(argv.end(), args.begin(), args.end());
+        if (at_most_once) {
+          if (c.reused()) check_open(*c);  // before anything is sent: a retry is safe
+          sent = true;
+        }
+        RedisReply r = command(*c, argv);
+        if (r->type == REDIS_REPLY_ERROR &&
+            std::string_view(r->str, r->len).substr(0, 8) == "NOSCRIPT") {
+          argv[0] = "EVAL";
+          argv[1] = scripts_[id];
+          r = command(*c, argv);
+        }
+        return r;
+      },
+      &sent);
+}
+
+void RedisPool::check_open(const redisContext& c) const {
+  // An idle connection has nothing to read: any byte, or the end of the stream, means
+  // the server closed it (a restart, an idle timeout) or wrote out of turn.
+  char byte = 0;
+  const ssize_t n = ::recv(c.fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+  throw RedisUnreachable(fmt::format("{}: a pooled connection was closed", name_), true);
 }
 
 RedisReply RedisPool::run(const std::vector<std::string_view>& argv) {

@@ -85,10 +85,14 @@ class RedisPool {
 
   // Runs script `id` with `keys` KEYS then `args`: EVALSHA, or EVAL if the server
   // forgot it (SCRIPT FLUSH, restart). A broken connection is discarded and trips the
-  // breaker; a server that restarted is retried once on a fresh connection. Throws
-  // Error(busy) when Redis is unavailable, Error(storage) for an error reply.
+  // breaker; a server that restarted is retried once on a fresh connection. With
+  // `at_most_once` (a script that must not run twice), a pooled connection is first
+  // checked for a close the server already sent (then retried, nothing having been
+  // sent), and a connection that breaks once the script was sent is not retried: the
+  // server may have run it and lost only the reply. Throws Error(busy) when Redis is
+  // unavailable, Error(storage) for an error reply.
   RedisReply script(std::size_t id, const std::vector<std::string_view>& keys,
-                    const std::vector<std::string_view>& args);
+                    const std::vector<std::string_view>& args, bool at_most_once = false);
 
   // Runs one plain command on a pooled connection, with the same failure handling.
   RedisReply run(const std::vector<std::string_view>& argv);
@@ -102,10 +106,15 @@ class RedisPool {
 
  private:
   class Lease;
+  // Runs f(lease), retrying once on a fresh connection when a pooled one turns out to
+  // have been closed by the server, unless `sent` is set (f sets it once a command that
+  // must not run twice has gone out).
   template <typename F>
-  RedisReply with_connection(F&& f);
+  RedisReply with_connection(F&& f, const bool* sent = nullptr);
   RedisReply authenticate(redisContext& c) const;
   [[noreturn]] void broken(const redisContext& c) const;
+  // Throws RedisUnreachable (retryable) when the server has closed idle connection `c`.
+  void check_open(const redisContext& c) const;
   // A command succeeded: reports the breaker closing if it had opened and its interval
   // is over. Cheap when it is closed (one relaxed load).
   void answered() noexcept;

@@ -28,12 +28,17 @@ namespace {
 //   store_remaining  the store's balance when the pool was last filled
 //   exp              Unix ms: when the hash expires (its PEXPIRE), so a script extends
 //                    the expiry only when it must, without asking PTTL every time
+//   rst              a random value credits_reset() writes: a deposit of credits taken
+//                    before the reset (the need-credits answer carried the old value)
+//                    is refused, so the old balance's credits never join the new one
 //
-// GCRA as in src/gcra.hpp, in microseconds as doubles: T = period/limit, tau = burst*T;
-// a request of cost c is admitted when max(TAT, now) + c*T - now <= tau. Times near
-// 2^51 us are exact to 1/4 us, so a tolerance of half a microsecond absorbs rounding:
-// a limit never admits more than gcra.hpp would, save for an arrival within 0.5 us of
-// the boundary.
+// GCRA as in src/gcra.hpp, in microseconds as doubles: T = period/limit, rounded up to
+// a quarter of a microsecond (times near 2^51 us are exact to 1/4 us, so every TAT and
+// step is exact, and a step never rounds away), tau = burst*T; a request of cost c is
+// admitted when max(TAT, now) + c*T - now <= tau, with a tolerance of a quarter of T
+// (at most half a microsecond). A cost above the burst is never admitted. So a limit
+// never admits more than gcra.hpp would, save for an arrival within that tolerance of
+// the boundary; a T that is not a multiple of 1/4 us runs up to 1/4 us slower.
 //
 // expiry(): nil when the hash already lives past now + ttl, else how long it should
 // live from now: ttl (capped at 10 years) plus as much again, at least a minute, so a
@@ -44,86 +49,95 @@ namespace {
 // charge (0/1), n, then n times (name, limit, period ms, burst). Returns
 //   {1, pool or -1, store_remaining or -1, remaining_1, reset_ms_1, ...}  admitted
 //   {0, index (0-based), retry_after_ms}                                  rate limited
-//   {2, pool (0 when stale or missing)}                                    need credits
+//   {2, pool (0 when stale or missing), rst ('' when none)}                need credits
 // and writes nothing unless it admits (all or nothing).
-#define APIKEYS_LIMITER_ADMIT                                                \
-  "if redis.replicate_commands then redis.replicate_commands() end\n"        \
-  "local function expiry(now_ms, ttl, exp)\n"                                \
-  "  if ttl > 315360000000 then ttl = 315360000000 end\n"                    \
-  "  if ttl < 1 then ttl = 1 end\n"                                          \
-  "  if exp and exp >= now_ms + ttl then return nil end\n"                   \
-  "  return ttl + (ttl < 60000 and 60000 or ttl)\n"                          \
-  "end\n"                                                                    \
-  "local function admit(a)\n"                                                \
-  "  local t = redis.call('TIME')\n"                                         \
-  "  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"                \
-  "  local now_ms = math.floor(now / 1000)\n"                                \
-  "  local cost = tonumber(ARGV[a])\n"                                       \
-  "  local charge = ARGV[a + 1] == '1'\n"                                    \
-  "  local n = tonumber(ARGV[a + 2])\n"                                      \
-  "  local k = KEYS[1]\n"                                                    \
-  "  local fields = {'pool', 'pool_end', 'store_remaining', 'exp'}\n"        \
-  "  for i = 0, n - 1 do fields[5 + i] = 't:' .. ARGV[a + 3 + 4 * i] end\n"  \
-  "  local c = redis.call('HMGET', k, unpack(fields))\n"                     \
-  "  local new = {}\n"                                                       \
-  "  local out = {1, -1, -1}\n"                                              \
-  "  local ttl = 0\n"                                                        \
-  "  for i = 0, n - 1 do\n"                                                  \
-  "    local b = a + 3 + 4 * i\n"                                            \
-  "    local T = tonumber(ARGV[b + 2]) * 1000 / tonumber(ARGV[b + 1])\n"     \
-  "    local tau = tonumber(ARGV[b + 3]) * T\n"                              \
-  "    local tat = tonumber(c[5 + i] or '0')\n"                              \
-  "    local base = tat > now and tat or now\n"                              \
-  "    local nt = base + cost * T\n"                                         \
-  "    if cost > 0 and nt - now > tau + 0.5 then\n"                          \
-  "      return {0, i, math.ceil((nt - now - tau - 0.5) / 1000)}\n"          \
-  "    end\n"                                                                \
-  "    local ahead = nt - now\n"                                             \
-  "    local room = tau - ahead + 0.5\n"                                     \
-  "    out[#out + 1] = room > 0 and math.floor(room / T) or 0\n"             \
-  "    local reset = math.ceil((ahead - 0.5) / 1000)\n"                      \
-  "    out[#out + 1] = reset > 0 and reset or 0\n"                           \
-  "    new[#new + 1] = fields[5 + i]\n"                                      \
-  "    new[#new + 1] = string.format('%.17g', nt)\n"                         \
-  "    if reset > ttl then ttl = reset end\n"                                \
-  "  end\n"                                                                  \
-  "  local pool = tonumber(c[1])\n"                                          \
-  "  local pool_end = tonumber(c[2])\n"                                      \
-  "  if pool and (not pool_end or now_ms >= pool_end) then pool = nil end\n" \
-  "  if charge then\n"                                                       \
-  "    if not pool or pool < cost then return {2, pool or 0} end\n"          \
-  "    pool = pool - cost\n"                                                 \
-  "    out[2] = pool\n"                                                      \
-  "    out[3] = tonumber(c[3]) or 0\n"                                       \
-  "  end\n"                                                                  \
-  "  if cost == 0 then return out end\n"                                     \
-  "  if charge then\n"                                                       \
-  "    new[#new + 1] = 'pool'\n"                                             \
-  "    new[#new + 1] = string.format('%d', pool)\n"                          \
-  "  end\n"                                                                  \
-  "  if pool and pool_end - now_ms > ttl then ttl = pool_end - now_ms end\n" \
-  "  if #new > 0 then\n"                                                     \
-  "    local e = expiry(now_ms, ttl, tonumber(c[4]))\n"                      \
-  "    if e then\n"                                                          \
-  "      new[#new + 1] = 'exp'\n"                                            \
-  "      new[#new + 1] = string.format('%d', now_ms + e)\n"                  \
-  "    end\n"                                                                \
-  "    redis.call('HSET', k, unpack(new))\n"                                 \
-  "    if e then redis.call('PEXPIRE', k, e) end\n"                          \
-  "  end\n"                                                                  \
-  "  return out\n"                                                           \
+#define APIKEYS_LIMITER_ADMIT                                                   \
+  "if redis.replicate_commands then redis.replicate_commands() end\n"           \
+  "local function expiry(now_ms, ttl, exp)\n"                                   \
+  "  if ttl > 315360000000 then ttl = 315360000000 end\n"                       \
+  "  if ttl < 1 then ttl = 1 end\n"                                             \
+  "  if exp and exp >= now_ms + ttl then return nil end\n"                      \
+  "  return ttl + (ttl < 60000 and 60000 or ttl)\n"                             \
+  "end\n"                                                                       \
+  "local function admit(a)\n"                                                   \
+  "  local t = redis.call('TIME')\n"                                            \
+  "  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"                   \
+  "  local now_ms = math.floor(now / 1000)\n"                                   \
+  "  local cost = tonumber(ARGV[a])\n"                                          \
+  "  local charge = ARGV[a + 1] == '1'\n"                                       \
+  "  local n = tonumber(ARGV[a + 2])\n"                                         \
+  "  local k = KEYS[1]\n"                                                       \
+  "  local fields = {'pool', 'pool_end', 'store_remaining', 'exp', 'rst'}\n"    \
+  "  for i = 0, n - 1 do fields[6 + i] = 't:' .. ARGV[a + 3 + 4 * i] end\n"     \
+  "  local c = redis.call('HMGET', k, unpack(fields))\n"                        \
+  "  local new = {}\n"                                                          \
+  "  local out = {1, -1, -1}\n"                                                 \
+  "  local ttl = 0\n"                                                           \
+  "  for i = 0, n - 1 do\n"                                                     \
+  "    local b = a + 3 + 4 * i\n"                                               \
+  "    local T = tonumber(ARGV[b + 2]) * 1000 / tonumber(ARGV[b + 1])\n"        \
+  "    T = math.ceil(T * 4) / 4\n"                                              \
+  "    local burst = tonumber(ARGV[b + 3])\n"                                   \
+  "    local tau = burst * T\n"                                                 \
+  "    local eps = T / 4\n"                                                     \
+  "    if eps > 0.5 then eps = 0.5 end\n"                                       \
+  "    if cost > burst then return {0, i, 1} end\n"                             \
+  "    local tat = tonumber(c[6 + i] or '0')\n"                                 \
+  "    local base = tat > now and tat or now\n"                                 \
+  "    local nt = base + cost * T\n"                                            \
+  "    if cost > 0 and nt - now > tau + eps then\n"                             \
+  "      return {0, i, math.ceil((nt - now - tau - eps) / 1000)}\n"             \
+  "    end\n"                                                                   \
+  "    local ahead = nt - now\n"                                                \
+  "    local room = tau - ahead + eps\n"                                        \
+  "    out[#out + 1] = room > 0 and math.floor(room / T) or 0\n"                \
+  "    local reset = math.ceil((ahead - eps) / 1000)\n"                         \
+  "    out[#out + 1] = reset > 0 and reset or 0\n"                              \
+  "    new[#new + 1] = fields[6 + i]\n"                                         \
+  "    new[#new + 1] = string.format('%.17g', nt)\n"                            \
+  "    if reset > ttl then ttl = reset end\n"                                   \
+  "  end\n"                                                                     \
+  "  local pool = tonumber(c[1])\n"                                             \
+  "  local pool_end = tonumber(c[2])\n"                                         \
+  "  if pool and (not pool_end or now_ms >= pool_end) then pool = nil end\n"    \
+  "  if charge then\n"                                                          \
+  "    if not pool or pool < cost then return {2, pool or 0, c[5] or ''} end\n" \
+  "    pool = pool - cost\n"                                                    \
+  "    out[2] = pool\n"                                                         \
+  "    out[3] = tonumber(c[3]) or 0\n"                                          \
+  "  end\n"                                                                     \
+  "  if cost == 0 then return out end\n"                                        \
+  "  if charge then\n"                                                          \
+  "    new[#new + 1] = 'pool'\n"                                                \
+  "    new[#new + 1] = string.format('%d', pool)\n"                             \
+  "  end\n"                                                                     \
+  "  if pool and pool_end - now_ms > ttl then ttl = pool_end - now_ms end\n"    \
+  "  if #new > 0 then\n"                                                        \
+  "    local e = expiry(now_ms, ttl, tonumber(c[4]))\n"                         \
+  "    if e then\n"                                                             \
+  "      new[#new + 1] = 'exp'\n"                                               \
+  "      new[#new + 1] = string.format('%d', now_ms + e)\n"                     \
+  "    end\n"                                                                   \
+  "    redis.call('HSET', k, unpack(new))\n"                                    \
+  "    if e then redis.call('PEXPIRE', k, e) end\n"                             \
+  "  end\n"                                                                     \
+  "  return out\n"                                                              \
   "end\n"
 
 // ARGV: the admission arguments. One admission.
 constexpr const char* kAdmitScript = APIKEYS_LIMITER_ADMIT "return admit(1)\n";
 
-// ARGV: taken, pool_end (ms), store_remaining, then the admission arguments. Deposits
-// credits just taken from the store (added to a fresh pool of the same period, else
-// replacing it), then runs the admission. Returns {3, 0} and writes nothing when Redis's
-// clock is already past pool_end (the store's clock is behind it). The deposit is kept whatever the
-// admission answers: credits taken are spent here or lost with the pool, never returned.
+// ARGV: taken, pool_end (ms), store_remaining, rst (as the need-credits answer gave
+// it), then the admission arguments. Deposits credits just taken from the store (added
+// to a fresh pool of the same period, else replacing it), then runs the admission.
+// Returns {3, 0} and writes nothing when Redis's clock is already past pool_end (the
+// store's clock is behind it), and {4, 0} when credits_reset() ran since that answer
+// (the credits may be the replaced balance's: dropped). The deposit is kept whatever
+// the admission answers: credits taken are spent here or lost with the pool, never
+// returned.
 constexpr const char* kDepositScript = APIKEYS_LIMITER_ADMIT
     "local k = KEYS[1]\n"
+    "if (redis.call('HGET', k, 'rst') or '') ~= ARGV[4] then return {4, 0} end\n"
     "local t = redis.call('TIME')\n"
     "local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "if now_ms >= tonumber(ARGV[2]) then return {3, 0} end\n"
@@ -140,11 +154,21 @@ constexpr const char* kDepositScript = APIKEYS_LIMITER_ADMIT
     "end\n"
     "redis.call('HSET', k, unpack(f))\n"
     "if e then redis.call('PEXPIRE', k, e) end\n"
-    "return admit(4)\n";
+    "return admit(5)\n";
 
 #undef APIKEYS_LIMITER_ADMIT
 
-enum ScriptId : std::size_t { kAdmit, kDeposit };
+// ARGV: a fresh rst. credits_reset(): the pool dropped, and deposits of credits taken
+// before it refused. The hash lives at least a minute more, so that rst outlasts any
+// request in flight (one that read no rst must not find none again).
+constexpr const char* kResetScript =
+    "local k = KEYS[1]\n"
+    "redis.call('HSET', k, 'rst', ARGV[1])\n"
+    "redis.call('HDEL', k, 'pool', 'pool_end', 'store_remaining')\n"
+    "if redis.call('PTTL', k) < 60000 then redis.call('PEXPIRE', k, 60000) end\n"
+    "return 1\n";
+
+enum ScriptId : std::size_t { kAdmit, kDeposit, kReset };
 
 // Rounds of (take from the store, deposit) before giving up as busy: another node
 // spending the same pool between the take and the deposit is the only reason for more
@@ -171,7 +195,8 @@ struct RedisLimiter::Impl {
   Impl(std::shared_ptr<Store> s, RedisLimiterOptions&& o)
       : store(std::move(s)),
         credit_batch(o.credit_batch),
-        pool("RedisLimiter", std::move(o.connection), {kAdmitScript, kDepositScript}) {}
+        pool("RedisLimiter", std::move(o.connection),
+             {kAdmitScript, kDepositScript, kResetScript}) {}
 
   std::shared_ptr<Store> store;
   const std::uint64_t credit_batch;
@@ -203,20 +228,36 @@ struct RedisLimiter::Impl {
     return a;
   }
 
+  // Runs a script at most once: a reply lost after the script was sent is a failure,
+  // never a second run (an admission or a deposit run twice would spend or add twice).
   detail::RedisReply run(ScriptId id, const std::string& k, const std::vector<std::string>& args) {
     pool.check_breaker();
-    return pool.script(id, {k}, std::vector<std::string_view>(args.begin(), args.end()));
+    return pool.script(id, {k}, std::vector<std::string_view>(args.begin(), args.end()),
+                       /*at_most_once=*/true);
   }
 
-  // Decodes a script's answer into `out`; returns the pool when Redis needs credits.
-  static std::optional<std::uint64_t> decode(const redisReply& r, const AdmissionRequest& req,
-                                             Admission& out) {
+  // What a need-credits answer says: the pool Redis holds, and the lineage's rst.
+  struct Need {
+    std::uint64_t pool = 0;
+    std::string rst;
+  };
+
+  // Decodes a script's answer into `out`; returns what Redis needs when it needs credits.
+  static std::optional<Need> decode(const redisReply& r, const AdmissionRequest& req,
+                                    Admission& out) {
     if (r.type != REDIS_REPLY_ARRAY || r.elements < 2) {
       throw Error(ErrorCode::storage, "RedisLimiter: unexpected reply");
     }
     const std::int64_t kind = integer(*r.element[0]);
-    if (kind == 2)
-      return static_cast<std::uint64_t>(std::max<std::int64_t>(0, integer(*r.element[1])));
+    if (kind == 2) {
+      if (r.elements != 3 || r.element[2]->type != REDIS_REPLY_STRING) {
+        throw Error(ErrorCode::storage, "RedisLimiter: unexpected reply");
+      }
+      Need need;
+      need.pool = static_cast<std::uint64_t>(std::max<std::int64_t>(0, integer(*r.element[1])));
+      need.rst.assign(r.element[2]->str, r.element[2]->len);
+      return need;
+    }
     if (kind == 0) {
       if (r.elements != 3) throw Error(ErrorCode::storage, "RedisLimiter: unexpected reply");
       out.outcome = AdmissionOutcome::rate_limited;
@@ -273,16 +314,24 @@ struct RedisLimiter::Impl {
     if (r.limit_count > KeyPolicyLimits::kMaxRateLimits) {
       throw Error(ErrorCode::invalid_argument, "too many rate limits in one request");
     }
+    for (std::size_t i = 0; i < r.limit_count; ++i) {
+      for (std::size_t j = 0; j < i; ++j) {
+        // One state per name: two limits of one name would share it (MemoryLimiter too).
+        if (r.limits[j].name == r.limits[i].name) {
+          throw Error(ErrorCode::invalid_argument, "two rate limits share one name");
+        }
+      }
+    }
     const std::string k = key(r.lineage_id);
     std::vector<std::string> args = admission_args(r, r.charge_credits);
     Admission out;
-    std::optional<std::uint64_t> need = decode(*run(kAdmit, k, args), r, out);
+    std::optional<Need> need = decode(*run(kAdmit, k, args), r, out);
     for (int round = 0; need; ++round) {
       if (round == kMaxRounds) {
         throw Error(ErrorCode::busy, "RedisLimiter: credits spent elsewhere while refilling");
       }
       if (!store) throw Error(ErrorCode::not_supported, "RedisLimiter: no store for credits");
-      const std::uint64_t pooled = *need;
+      const std::uint64_t pooled = need->pool;
       const std::uint64_t min = r.cost > pooled ? r.cost - pooled : 0;
       const std::uint64_t max = std::min(min + credit_batch, KeyPolicyLimits::kMaxCredits);
       // Audited when the request carries a ChangeAudit: a refill it writes leaves an event.
@@ -306,7 +355,7 @@ struct RedisLimiter::Impl {
       // From here the credits are out of the store: deposited, or lost if Redis fails.
       std::vector<std::string> deposit{std::to_string(take.taken),
                                        std::to_string(pool_end_ms(take.period_end)),
-                                       std::to_string(take.remaining)};
+                                       std::to_string(take.remaining), need->rst};
       deposit.insert(deposit.end(), args.begin(), args.end());
       out = Admission{};
       detail::RedisReply reply;
@@ -328,6 +377,19 @@ struct RedisLimiter::Impl {
         if (take.taken > 0) give_back(r.lineage_id, take);
         throw Error(ErrorCode::busy,
                     "RedisLimiter: Redis's clock is past the store's refill period");
+      }
+      if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+          reply->element[0]->type == REDIS_REPLY_INTEGER && reply->element[0]->integer == 4) {
+        // The balance was set since the need-credits answer: these credits may be the
+        // replaced balance's. Dropped (neither deposited nor given back); ask again.
+        if (take.taken > 0 && !pool.observers().empty()) {
+          pool.report("deposit",
+                      fmt::format("RedisLimiter: {} credits taken before the balance was set "
+                                  "are dropped",
+                                  take.taken));
+        }
+        need = decode(*run(kAdmit, k, args), r, out);
+        continue;
       }
       need = decode(*reply, r, out);
     }
@@ -360,7 +422,7 @@ void RedisLimiter::credits_reset(const Uuid& lineage_id) noexcept {
   // Redis unreachable: its pool is what it was; a reset that must hold needs Redis.
   try {
     const std::string k = impl_->key(lineage_id);
-    (void)impl_->pool.run({"HDEL", k, "pool", "pool_end", "store_remaining"});
+    (void)impl_->run(kReset, k, {Uuid::random().to_string()});
   } catch (const std::exception& e) {
     impl_->pool.report("credits_reset", e.what());
   } catch (...) {
