@@ -3,9 +3,15 @@
 // exact credits from two limiters sharing one Redis and one store (two processes with a
 // SqliteStore file once it keeps credits); what Redis holds (one hash per lineage, an
 // expiry, the pool and its reset); faults: Redis down under both failure policies, a
-// FLUSHALL and a restart mid-run never grant a credit twice. Skipped with a message
-// when no server is configured (a failure under APIKEYS_REQUIRE_SERVERS=1).
+// FLUSHALL and a restart mid-run never grant a credit twice, a balance set between a
+// take and its deposit, a deposit whose reply is lost; limits whose step is under a
+// microsecond. Skipped with a message when no server is configured (a failure under
+// APIKEYS_REQUIRE_SERVERS=1).
+#include <arpa/inet.h>
 #include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,6 +19,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -28,6 +35,7 @@
 #include "catch.hpp"
 #include "redis_test_client.hpp"
 #include "server_support.hpp"
+#include "store_doubles.hpp"
 #include "temp_dir.hpp"
 #include "test_support.hpp"
 
@@ -158,6 +166,118 @@ Child fork_child(F body) {
   ::close(p[1]);
   return Child{pid, p[0]};
 }
+
+// Forwards the credit calls too, and runs `after_take` once right after a take.
+class HookStore final : public apikeys_test::ForwardingStore {
+ public:
+  using ForwardingStore::ForwardingStore;
+  std::function<void()> after_take;
+
+  apikeys::CreditTake take_credits(const apikeys::Uuid& l, std::uint64_t min, std::uint64_t max,
+                                   apikeys::TimePoint now) override {
+    auto t = inner().take_credits(l, min, max, now);
+    if (after_take) {
+      auto f = std::move(after_take);
+      after_take = nullptr;
+      f();
+    }
+    return t;
+  }
+  void return_credits(const apikeys::Uuid& l, std::uint64_t n, std::int64_t p) override {
+    inner().return_credits(l, n, p);
+  }
+  std::optional<apikeys::KeyInfo> change_credits(const apikeys::Uuid& a, const apikeys::Uuid& k,
+                                                 const apikeys::CreditsChange& c) override {
+    return inner().change_credits(a, k, c);
+  }
+  std::optional<apikeys::StoreChanges> changes_since(std::uint64_t since) override {
+    return inner().changes_since(since);
+  }
+};
+
+// A TCP proxy to Redis. While `armed`, the next command a client sends is forwarded,
+// Redis's reply is swallowed and the client's connection closed (as a server that
+// executed the command and then died, or a proxy/failover that dropped the client).
+class DroppingProxy {
+ public:
+  DroppingProxy(std::string host, int redis_port) : host_(std::move(host)), port_(redis_port) {
+    lfd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    ::setsockopt(lfd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = 0;
+    REQUIRE(::bind(lfd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    socklen_t len = sizeof a;
+    ::getsockname(lfd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port = ntohs(a.sin_port);
+    REQUIRE(::listen(lfd_, 16) == 0);
+    accept_ = std::thread([this] { accept_loop(); });
+  }
+  ~DroppingProxy() {
+    stop_ = true;
+    ::shutdown(lfd_, SHUT_RDWR);
+    ::close(lfd_);
+    accept_.join();
+    for (auto& t : conns_) t.join();
+  }
+  int port = 0;
+  std::atomic<bool> armed{false};
+  std::atomic<int> dropped{0};
+
+ private:
+  void accept_loop() {
+    for (;;) {
+      const int c = ::accept(lfd_, nullptr, nullptr);
+      if (c < 0) return;
+      conns_.emplace_back([this, c] { relay(c); });
+    }
+  }
+  void relay(int c) {
+    const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<std::uint16_t>(port_));
+    ::inet_pton(AF_INET, host_ == "localhost" ? "127.0.0.1" : host_.c_str(), &a.sin_addr);
+    if (::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+      ::close(c);
+      ::close(s);
+      return;
+    }
+    char buf[65536];
+    while (!stop_) {
+      pollfd p[2]{{c, POLLIN, 0}, {s, POLLIN, 0}};
+      if (::poll(p, 2, 100) <= 0) continue;
+      if (p[0].revents) {
+        const ssize_t n = ::read(c, buf, sizeof buf);
+        if (n <= 0) break;
+        (void)!::write(s, buf, static_cast<std::size_t>(n));
+        if (armed.exchange(false)) {
+          // Wait for Redis to answer (so it executed the command), then drop the client.
+          pollfd q{s, POLLIN, 0};
+          ::poll(&q, 1, 2000);
+          (void)!::read(s, buf, sizeof buf);
+          ++dropped;
+          break;
+        }
+      }
+      if (p[1].revents) {
+        const ssize_t n = ::read(s, buf, sizeof buf);
+        if (n <= 0) break;
+        (void)!::write(c, buf, static_cast<std::size_t>(n));
+      }
+    }
+    ::close(c);
+    ::close(s);
+  }
+  std::string host_;
+  int port_;
+  int lfd_ = -1;
+  std::atomic<bool> stop_{false};
+  std::thread accept_;
+  std::vector<std::thread> conns_;
+};
 
 }  // namespace
 
@@ -477,4 +597,76 @@ TEST_CASE("RedisLimiter: Redis down: the Validator denies, or allows without spe
     CHECK(manager.validator().limiter_failures() == 1);
     CHECK(store_balance(*store, key.info.key_id) == 5);
   }
+}
+
+TEST_CASE("RedisLimiter: credits taken before a balance set are never deposited after it",
+          "[servers][redis][limiter]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  const std::string prefix = apikeys_test::unique_name("lim") + ":";
+  auto store = std::make_shared<HookStore>(std::make_shared<apikeys::MemoryStore>());
+  auto limiter = std::make_shared<RedisLimiter>(store, options_for(*redis, prefix, 50));
+  apikeys::KeyManagerOptions mo;
+  mo.validation.limiter = limiter;
+  apikeys::KeyManager manager(store, apikeys_test::hasher(), mo);
+  const apikeys::Uuid key = with_credits(store, 100);
+  // The owner sets the balance to 10 while a request is between its take (51 of the
+  // old 100) and its deposit.
+  store->after_take = [&] { manager.set_credits(apikeys_test::account_id(7), key, 10); };
+  const std::vector<RateLimit> none;
+  CHECK(limiter->admit(request(key, none, true)).outcome == AdmissionOutcome::admitted);
+  // What was taken from the old balance was dropped: the new 10 is all there is.
+  CHECK(spend_all(*limiter, key) <= 10);
+  Client(*redis).run({"DEL", lineage_key(prefix, key)});
+}
+
+TEST_CASE("RedisLimiter: a deposit whose reply is lost is never run twice",
+          "[servers][redis][limiter]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  const std::string prefix = apikeys_test::unique_name("lim") + ":";
+  DroppingProxy proxy(redis->host, redis->port);
+  auto store = std::make_shared<HookStore>(std::make_shared<apikeys::MemoryStore>());
+  const apikeys_test::RedisAddress through{"127.0.0.1", proxy.port};
+  RedisLimiter limiter(store, options_for(through, prefix, 50));
+  const apikeys::Uuid key = with_credits(store, 100);
+  // The command after the take is the deposit: Redis runs it, and the limiter loses
+  // the reply (the connection ends).
+  store->after_take = [&] { proxy.armed = true; };
+  const std::vector<RateLimit> none;
+  int admitted = 0;
+  try {
+    admitted += limiter.admit(request(key, none, true)).outcome == AdmissionOutcome::admitted;
+  } catch (const apikeys::Error&) {
+  }
+  CHECK(proxy.dropped.load() == 1);
+  // The lost reply tripped the breaker (Redis looked unavailable): past its interval,
+  // spend what is left. The deposit ran once: the failure may lose credits, never add.
+  std::this_thread::sleep_for(milliseconds(200));
+  admitted += spend_all(limiter, key);
+  CHECK(admitted <= 100);
+  Client(*redis).run({"DEL", lineage_key(prefix, key)});
+}
+
+TEST_CASE("RedisLimiter: a cost above the burst is refused, however short the step",
+          "[servers][redis][limiter]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  const std::string prefix = apikeys_test::unique_name("lim") + ":";
+  RedisLimiter limiter(nullptr, options_for(*redis, prefix));
+  // 10^7 a second with a burst of 10 (a step of 0.1 us), and 10^9 with a burst of 1.
+  for (const auto& [l, cost] :
+       {std::pair{limit("bulk", 10'000'000, milliseconds(1000), 10), 14},
+        std::pair{limit("fast", 1'000'000'000, milliseconds(1000), 1), 400}}) {
+    CAPTURE(l.name);
+    const std::vector<RateLimit> limits{l};
+    const Admission a = limiter.admit(
+        request(apikeys_test::account_id(3), limits, false, static_cast<std::uint64_t>(cost)));
+    CHECK(a.outcome == AdmissionOutcome::rate_limited);
+    CHECK(a.retry_after == milliseconds::max());
+  }
+  // Two limits of one name would share one state: refused as a failure.
+  const std::vector<RateLimit> twice{limit("dup", 1, milliseconds(60'000)),
+                                     limit("dup", 100, milliseconds(60'000))};
+  CHECK_THROWS_AS(limiter.admit(request(apikeys_test::account_id(6), twice)), apikeys::Error);
 }

@@ -21,8 +21,7 @@ if(APIKEYS_WITH_POSTGRES)
 endif()
 if(APIKEYS_WITH_REDIS)
   list(APPEND _apikeys_server_sources servers/redis_cache_test.cpp
-    servers/redis_limiter_test.cpp servers/redis_limiter_edge_test.cpp
-    servers/redis_observer_test.cpp)
+    servers/redis_limiter_test.cpp servers/redis_observer_test.cpp)
   # And hiredis directly to look inside Redis.
   list(APPEND _apikeys_server_includes ${APIKEYS_HIREDIS_INCLUDE_DIRS})
   list(APPEND _apikeys_server_links ${APIKEYS_HIREDIS_LINK_LIBRARIES})

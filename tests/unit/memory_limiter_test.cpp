@@ -985,39 +985,27 @@ TEST_CASE("MemoryLimiter: credits carried out of a lease across a balance set ar
   REQUIRE(limiter.admit(request(key, none, 1, kStart, true)).outcome == AdmissionOutcome::admitted);
   REQUIRE(limiter.leased() == 10);
   // A request of cost 11 takes the lease's 10 out and goes to the store for one more;
-  // meanwhile the owner sets the balance to 0.
-  store->before_take = [&] { set_balance(*mem, limiter, key, 0); };
-  CHECK(limiter.admit(request(key, none, 11, kStart, true)).outcome ==
-        AdmissionOutcome::usage_exceeded);
-  // The 10 it carried were the old balance's: neither leased again nor given back.
+  // meanwhile the owner sets the balance to 0. The 10 were the old balance's: neither
+  // leased again nor given back.
+  SECTION("the take finds the new balance short") {
+    store->before_take = [&] { set_balance(*mem, limiter, key, 0); };
+    CHECK(limiter.admit(request(key, none, 11, kStart, true)).outcome ==
+          AdmissionOutcome::usage_exceeded);
+  }
+  SECTION("the take fails") {
+    store->before_take = [&] {
+      set_balance(*mem, limiter, key, 0);
+      store->fail_takes = true;
+    };
+    CHECK_THROWS(limiter.admit(request(key, none, 11, kStart, true)));
+    store->fail_takes = false;
+  }
   CHECK(limiter.leased() == 0);
   CHECK(mem->get(kAccount, key)->credits->remaining == 0);
   for (int i = 0; i < 20; ++i) {
     CHECK(limiter.admit(request(key, none, 1, kStart + 1s, true)).outcome ==
           AdmissionOutcome::usage_exceeded);
   }
-}
-
-TEST_CASE("MemoryLimiter: credits carried out of a lease are not given back onto a new balance",
-          "[admission][memory_limiter]") {
-  auto mem = std::make_shared<apikeys::MemoryStore>();
-  auto store = std::make_shared<HookStore>(mem);
-  const Uuid key = key_with_credits(*store, 100);
-  MemoryLimiterOptions o;
-  o.lease_size = 10;
-  MemoryLimiter limiter(store, o);
-  const std::vector<RateLimit> none;
-  REQUIRE(limiter.admit(request(key, none, 1, kStart, true)).outcome == AdmissionOutcome::admitted);
-  // A request of cost 11 carries the lease's 10 out; the owner sets the balance to 0;
-  // then the store fails the request's take. The 10 were the old balance's: dropped.
-  store->before_take = [&] {
-    set_balance(*mem, limiter, key, 0);
-    store->fail_takes = true;
-  };
-  CHECK_THROWS(limiter.admit(request(key, none, 11, kStart, true)));
-  store->fail_takes = false;
-  CHECK(mem->get(kAccount, key)->credits->remaining == 0);
-  CHECK(limiter.leased() == 0);
 }
 
 TEST_CASE("MemoryLimiter: a failed give-back never turns an answer into a failure",
