@@ -32,13 +32,14 @@ namespace {
 //                    before the reset (the need-credits answer carried the old value)
 //                    is refused, so the old balance's credits never join the new one
 //
-// GCRA as in src/gcra.hpp, in microseconds as doubles: T = period/limit, rounded up to
-// a quarter of a microsecond (times near 2^51 us are exact to 1/4 us, so every TAT and
-// step is exact, and a step never rounds away), tau = burst*T; a request of cost c is
-// admitted when max(TAT, now) + c*T - now <= tau, with a tolerance of a quarter of T
-// (at most half a microsecond). A cost above the burst is never admitted. So a limit
-// never admits more than gcra.hpp would, save for an arrival within that tolerance of
-// the boundary; a T that is not a multiple of 1/4 us runs up to 1/4 us slower.
+// GCRA as in src/gcra.hpp, in microseconds as doubles: T = period/limit, tau = burst*T;
+// a request of cost c is admitted when max(TAT, now) + c*T - now <= tau, with a
+// tolerance of a quarter of T, at most half a microsecond (times near 2^51 us are exact
+// to 1/4 us). A cost above the burst is never admitted, and a step c*T under a quarter
+// microsecond advances the stored TAT by a quarter (it would round away: the TAT would
+// never advance). So a limit never admits more than gcra.hpp would, save for an arrival
+// within the tolerance of the boundary; one of more than 4 million a second admits at
+// most four requests of cost 1 within one microsecond (not reachable through Redis).
 //
 // expiry(): nil when the hash already lives past now + ttl, else how long it should
 // live from now: ttl (capped at 10 years) plus as much again, at least a minute, so a
@@ -76,7 +77,6 @@ namespace {
   "  for i = 0, n - 1 do\n"                                                     \
   "    local b = a + 3 + 4 * i\n"                                               \
   "    local T = tonumber(ARGV[b + 2]) * 1000 / tonumber(ARGV[b + 1])\n"        \
-  "    T = math.ceil(T * 4) / 4\n"                                              \
   "    local burst = tonumber(ARGV[b + 3])\n"                                   \
   "    local tau = burst * T\n"                                                 \
   "    local eps = T / 4\n"                                                     \
@@ -94,6 +94,7 @@ namespace {
   "    local reset = math.ceil((ahead - eps) / 1000)\n"                         \
   "    out[#out + 1] = reset > 0 and reset or 0\n"                              \
   "    new[#new + 1] = fields[6 + i]\n"                                         \
+  "    if cost > 0 and nt - base < 0.25 then nt = base + 0.25 end\n"            \
   "    new[#new + 1] = string.format('%.17g', nt)\n"                            \
   "    if reset > ttl then ttl = reset end\n"                                   \
   "  end\n"                                                                     \
@@ -132,12 +133,14 @@ constexpr const char* kAdmitScript = APIKEYS_LIMITER_ADMIT "return admit(1)\n";
 // to a fresh pool of the same period, else replacing it), then runs the admission.
 // Returns {3, 0} and writes nothing when Redis's clock is already past pool_end (the
 // store's clock is behind it), and {4, 0} when credits_reset() ran since that answer
-// (the credits may be the replaced balance's: dropped). The deposit is kept whatever
-// the admission answers: credits taken are spent here or lost with the pool, never
+// (the credits may be the replaced balance's: dropped). A hash without rst is not a
+// reset: it expired (or never had one), and a reset would have left one for a minute. The deposit
+// is kept whatever the admission answers: credits taken are spent here or lost with the pool, never
 // returned.
 constexpr const char* kDepositScript = APIKEYS_LIMITER_ADMIT
     "local k = KEYS[1]\n"
-    "if (redis.call('HGET', k, 'rst') or '') ~= ARGV[4] then return {4, 0} end\n"
+    "local rst = redis.call('HGET', k, 'rst')\n"
+    "if rst and rst ~= ARGV[4] then return {4, 0} end\n"
     "local t = redis.call('TIME')\n"
     "local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "if now_ms >= tonumber(ARGV[2]) then return {3, 0} end\n"
@@ -421,8 +424,11 @@ Admission RedisLimiter::admit(const AdmissionRequest& request) { return impl_->a
 void RedisLimiter::credits_reset(const Uuid& lineage_id) noexcept {
   // Redis unreachable: its pool is what it was; a reset that must hold needs Redis.
   try {
+    // Not behind the breaker: a reset must reach a Redis that is up, even within
+    // retry_interval of a failure (the old balance's pool would be spent meanwhile).
     const std::string k = impl_->key(lineage_id);
-    (void)impl_->run(kReset, k, {Uuid::random().to_string()});
+    const std::string rst = Uuid::random().to_string();
+    (void)impl_->pool.script(kReset, {k}, {rst});  // twice would do no harm
   } catch (const std::exception& e) {
     impl_->pool.report("credits_reset", e.what());
   } catch (...) {

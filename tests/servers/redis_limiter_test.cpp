@@ -670,3 +670,56 @@ TEST_CASE("RedisLimiter: a cost above the burst is refused, however short the st
                                      limit("dup", 100, milliseconds(60'000))};
   CHECK_THROWS_AS(limiter.admit(request(apikeys_test::account_id(6), twice)), apikeys::Error);
 }
+
+TEST_CASE("RedisLimiter: a lineage hash that expires before a deposit keeps the credits",
+          "[servers][redis][limiter]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  const std::string prefix = apikeys_test::unique_name("lim") + ":";
+  auto store = std::make_shared<HookStore>(std::make_shared<apikeys::MemoryStore>());
+  RedisLimiter limiter(store, options_for(*redis, prefix, 50));
+  const apikeys::Uuid key = with_credits(store, 100);
+  // A reset long ago (no balance set since): its token is in the hash, which lives a
+  // minute. That minute ends while a request's take is at the store: no token at the
+  // deposit is an expired hash, not a reset, and the credits are deposited.
+  limiter.credits_reset(key);
+  Client client(*redis);
+  store->after_take = [&] {
+    client.run({"PEXPIRE", lineage_key(prefix, key), "1"});
+    std::this_thread::sleep_for(milliseconds(20));  // gone by the deposit
+  };
+  const std::vector<RateLimit> none;
+  int admitted = limiter.admit(request(key, none, true)).outcome == AdmissionOutcome::admitted;
+  admitted += spend_all(limiter, key);
+  CHECK(admitted == 100);
+  client.run({"DEL", lineage_key(prefix, key)});
+}
+
+TEST_CASE("RedisLimiter: credits_reset reaches Redis while the breaker is open",
+          "[servers][redis][limiter]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  const std::string prefix = apikeys_test::unique_name("lim") + ":";
+  DroppingProxy proxy(redis->host, redis->port);
+  auto store = std::make_shared<HookStore>(std::make_shared<apikeys::MemoryStore>());
+  const apikeys_test::RedisAddress through{"127.0.0.1", proxy.port};
+  auto limiter = std::make_shared<RedisLimiter>(store, options_for(through, prefix, 50));
+  apikeys::KeyManagerOptions mo;
+  mo.validation.limiter = limiter;
+  apikeys::KeyManager manager(store, apikeys_test::hasher(), mo);
+  const apikeys::Uuid key = with_credits(store, 100);
+  const std::vector<RateLimit> none;
+  // 51 taken: 1 spent, 50 in the pool. Then one lost reply trips the breaker.
+  REQUIRE(limiter->admit(request(key, none, true)).outcome == AdmissionOutcome::admitted);
+  proxy.armed = true;
+  try {
+    (void)limiter->admit(request(key, none, true));
+  } catch (const apikeys::Error&) {
+  }
+  REQUIRE(proxy.dropped.load() == 1);
+  // Redis is up; the owner sets the balance to 0 while the breaker is open.
+  manager.set_credits(apikeys_test::account_id(7), key, 0);
+  std::this_thread::sleep_for(milliseconds(200));
+  CHECK(spend_all(*limiter, key) == 0);  // the pool of the old balance is gone
+  Client(*redis).run({"DEL", lineage_key(prefix, key)});
+}
