@@ -24,18 +24,6 @@ namespace apikeys {
 
 namespace {
 
-// True for a verdict reached with the key's own secret (its digest matched the stored
-// one); false for the answers a guess gets (wrong_secret, not_found) and any other code.
-bool secret_matched(ValidationCode code) noexcept {
-  switch (code) {
-    case ValidationCode::valid:
-    case ValidationCode::expired:
-    case ValidationCode::revoked:
-    case ValidationCode::disabled: return true;
-    default: return false;
-  }
-}
-
 constexpr std::size_t kStripesPerShard = 64;
 
 // A public key's identity in the table: its 128-bit SipHash under the cache's random
@@ -567,8 +555,8 @@ void MemoryCache::put(std::string_view public_key, const Digest& presented, cons
     // disabled or expired key its owner had just used and read the store for an active
     // one, telling the two apart without the secret.
     const Node& prev = *n;
-    if (prev.expires_ms > now && secret_matched(prev.code) && !secret_matched(verdict.code) &&
-        !constant_time_equal(prev.presented, presented)) {
+    if (prev.expires_ms > now && detail::secret_matched(prev.code) &&
+        !detail::secret_matched(verdict.code) && !constant_time_equal(prev.presented, presented)) {
       return;
     }
   }

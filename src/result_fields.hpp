@@ -1,7 +1,8 @@
 // Mirrors of Verdict's and ValidationResult's fields, in order, for the code that sets
 // every field by hand (MemoryCache's Slot::fill(), the Validator's reset()): a field
 // added to either type changes its size, on every standard library, and fails their
-// static_asserts until that code sets it too.
+// static_asserts until that code sets it too. And which verdicts a caller reaches only
+// with the key's own secret (secret_matched()).
 #ifndef APIKEYS_SRC_RESULT_FIELDS_HPP
 #define APIKEYS_SRC_RESULT_FIELDS_HPP
 
@@ -40,6 +41,21 @@ struct ResultFields : VerdictFields {
   std::chrono::milliseconds retry_after;
   bool limiter_failed;
 };
+
+// True for a verdict reached with the key's own secret (its digest matched the stored
+// one): `valid`, `expired`, `revoked`, `disabled`. False for the answers a guess gets
+// (wrong_secret, not_found) and any other code. MemoryCache never lets a guess's verdict
+// displace one of these, and the Validator caches the negative ones no longer than a
+// `valid`, so how long one shields its key says nothing of the key's state.
+inline bool secret_matched(ValidationCode code) noexcept {
+  switch (code) {
+    case ValidationCode::valid:
+    case ValidationCode::expired:
+    case ValidationCode::revoked:
+    case ValidationCode::disabled: return true;
+    default: return false;
+  }
+}
 
 }  // namespace apikeys::detail
 

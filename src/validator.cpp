@@ -520,8 +520,7 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
       }
     }
 
-    if (result.code == ValidationCode::expired || result.code == ValidationCode::revoked ||
-        result.code == ValidationCode::disabled) {
+    if (detail::secret_matched(result.code)) {
       // A cache keeps a verdict reached with the key's secret from guesses for as long as
       // it lives (MemoryCache): were a revoked key's kept longer than an active key's, a
       // guess would tell the two apart by when its tries reach the store.
