@@ -585,7 +585,7 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
   Store& st = credit_store();
   // Gives `n` credits of `period` back to the store, unless the balance was set in this
   // process since the lease was read: they may be the old balance's, and are dropped.
-  // A store that fails loses them. Never granted twice.
+  // A store that fails loses them. Never granted twice; never throws.
   const auto give_back = [&](std::uint64_t n, std::int64_t period) noexcept {
     if (n == 0) return;
     try {
@@ -659,14 +659,9 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
     out.credits_remaining = take.remaining + (lease ? lease->count : 0) + excess;
   }
   lock.unlock();
-  if (excess > 0) {
-    try {
-      st.return_credits(r.lineage_id, excess, take.period);
-    } catch (...) {
-      // Lost, never granted twice. Not a failure of this request, whose answer (above)
-      // is final: an admitted request has spent its limits and its credits already.
-    }
-  }
+  // Failing, the excess is lost: not a failure of this request, whose answer (above) is
+  // final (an admitted request has spent its limits and its credits already).
+  give_back(excess, take.period);
   if (failure) std::rethrow_exception(failure);
 }
 
