@@ -13,6 +13,7 @@
 #include <optional>
 #include <vector>
 
+#include "admission_checks.hpp"
 #include "apikeys/error.hpp"
 #include "fold_hash.hpp"
 #include "gcra.hpp"
@@ -424,28 +425,7 @@ void MemoryLimiter::Impl::admit(const AdmissionRequest& r, Admission& out) {
     out.limits = std::move(limits);
     out.limits.clear();
   }
-  if (r.limit_count > KeyPolicyLimits::kMaxRateLimits) {
-    throw Error(ErrorCode::invalid_argument, "too many rate limits in one request");
-  }
-  // A limit out of its ranges (a corrupt cache entry, a custom store) would divide by
-  // zero or run time backwards: a limiter failure instead.
-  for (std::size_t i = 0; i < r.limit_count; ++i) {
-    const RateLimit& l = r.limits[i];
-    if (l.limit < 1 || l.limit > KeyPolicyLimits::kMaxRateLimitValue ||
-        l.burst > KeyPolicyLimits::kMaxRateLimitValue ||
-        l.period < KeyPolicyLimits::kMinRateLimitPeriod ||
-        l.period > KeyPolicyLimits::kMaxRateLimitPeriod) {
-      throw Error(ErrorCode::invalid_argument, "a rate limit is out of its ranges");
-    }
-    // Two limits of one name would share one state, the later's decision overwriting
-    // the earlier's (a looser limit erasing a stricter one's count). KeyManager refuses
-    // them; a custom store or a damaged cache entry could still carry them.
-    for (std::size_t j = 0; j < i; ++j) {
-      if (r.limits[j].name == l.name) {
-        throw Error(ErrorCode::invalid_argument, "two rate limits share one name");
-      }
-    }
-  }
+  detail::check_admission_limits(r);
   const std::uint64_t lh = lineage_hash(r.lineage_id);
   Shard& sh = shard_of(lh);
   const std::int64_t now_ns = detail::to_nanos(r.now);

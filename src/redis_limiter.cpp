@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "admission_checks.hpp"
 #include "apikeys/error.hpp"
 #include "hex.hpp"
 #include "redis_connection.hpp"
@@ -314,17 +315,7 @@ struct RedisLimiter::Impl {
   }
 
   Admission admit(const AdmissionRequest& r) {
-    if (r.limit_count > KeyPolicyLimits::kMaxRateLimits) {
-      throw Error(ErrorCode::invalid_argument, "too many rate limits in one request");
-    }
-    for (std::size_t i = 0; i < r.limit_count; ++i) {
-      for (std::size_t j = 0; j < i; ++j) {
-        // One state per name: two limits of one name would share it (MemoryLimiter too).
-        if (r.limits[j].name == r.limits[i].name) {
-          throw Error(ErrorCode::invalid_argument, "two rate limits share one name");
-        }
-      }
-    }
+    detail::check_admission_limits(r);
     const std::string k = key(r.lineage_id);
     std::vector<std::string> args = admission_args(r, r.charge_credits);
     Admission out;
