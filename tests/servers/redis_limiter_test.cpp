@@ -669,6 +669,9 @@ TEST_CASE("RedisLimiter: a cost above the burst is refused, however short the st
   const std::vector<RateLimit> twice{limit("dup", 1, milliseconds(60'000)),
                                      limit("dup", 100, milliseconds(60'000))};
   CHECK_THROWS_AS(limiter.admit(request(apikeys_test::account_id(6), twice)), apikeys::Error);
+  // A limit out of its ranges (a store of the caller's own) is one too, never divided by.
+  const std::vector<RateLimit> zero{limit("zero", 0, milliseconds(60'000))};
+  CHECK_THROWS_AS(limiter.admit(request(apikeys_test::account_id(6), zero)), apikeys::Error);
 }
 
 TEST_CASE("RedisLimiter: a lineage hash that expires before a deposit keeps the credits",
