@@ -67,18 +67,20 @@ using SteadyClock = std::chrono::steady_clock;
   "local e = redis.call('GET', ek)\n" \
   "if not e then e = ARGV[2]; redis.call('SET', ek, e) end\n"
 
-// Invariant 1. ARGV: prefix, epoch0, pk, field. Hit: {1, value, pttl}. Miss: {0, token}.
+// Invariant 1. ARGV: prefix, epoch0, pk, field. Hit: {1, value, pttl, epoch}. Miss:
+// {0, token, epoch}. The epoch (as stored) lets the client name verdict keys itself
+// (invariant 8).
 constexpr const char* kGetScript = APIKEYS_EPOCH_PROLOGUE
     "local vk = ARGV[1] .. 'v:' .. e .. ':' .. ARGV[3] .. ':' .. ARGV[4]\n"
     "local g = redis.call('GET', ARGV[1] .. 'g:' .. ARGV[3])\n"
     "local v = redis.call('GET', vk)\n"
     "if v then\n"
     "  local p = (g or '') .. ':'\n"
-    "  if g and string.sub(v, 1, #p) == p then return {1, string.sub(v, #p + 1), redis.call('PTTL', vk)} end\n"
+    "  if g and string.sub(v, 1, #p) == p then return {1, string.sub(v, #p + 1), redis.call('PTTL', vk), e} end\n"
     "  redis.call('DEL', vk)\n"
     "  redis.call('SREM', ARGV[1] .. 'i:' .. e .. ':' .. ARGV[3], ARGV[4])\n"
     "end\n"
-    "return {0, (tonumber(g or '0') + tonumber(e)) % 4294967296}\n";
+    "return {0, (tonumber(g or '0') + tonumber(e)) % 4294967296, e}\n";
 
 // ARGV: prefix, epoch0, pk. Returns the token.
 constexpr const char* kTokenScript = APIKEYS_EPOCH_PROLOGUE
@@ -349,6 +351,25 @@ std::optional<Verdict> decode(const char* data, std::size_t len) {
   return v;
 }
 
+// A number as the scripts store the epoch and the generations: decimal digits without
+// a sign or a leading zero (a lone "0" aside), below `bound` (at most 2^53). nullopt for
+// a missing key or any other text: the get script then reads it (invariant 8).
+std::optional<std::uint64_t> stored_number(const redisReply& r, std::uint64_t bound) noexcept {
+  if (r.type != REDIS_REPLY_STRING || r.len == 0 || r.len > 16) return std::nullopt;
+  if (r.str[0] == '0' && r.len != 1) return std::nullopt;
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < r.len; ++i) {
+    const char c = r.str[i];
+    if (c < '0' || c > '9') return std::nullopt;
+    v = v * 10 + static_cast<std::uint64_t>(c - '0');  // 16 digits stay below 2^64
+  }
+  if (v >= bound) return std::nullopt;
+  return v;
+}
+
+constexpr std::uint64_t kEpochBound = std::uint64_t{1} << 48;
+constexpr std::uint64_t kGenerationBound = std::uint64_t{1} << 53;
+
 // The Redis half of the last miss on this thread, so the fill_token() that the
 // Validator calls right after a miss costs no round trip. An older token is always
 // safe to use (it can only be invalidated by more, not fewer, erases).
@@ -390,8 +411,96 @@ struct RedisCache::Impl {
   // an outage is one of each however many reconnects fail. Subscriber thread only.
   bool reported_lost = false;
 
+  // The epoch as a lookup last read it (kNoEpoch: none yet). lookup() names the verdict
+  // key with it and checks it in the same MGET (invariant 8).
+  static constexpr std::uint64_t kNoEpoch = ~std::uint64_t{0};
+  std::atomic<std::uint64_t> epoch_seen{kNoEpoch};
+
   void check_breaker() const { pool.check_breaker(); }
   bool local_live() const noexcept { return local && live.load(std::memory_order_acquire); }
+
+  // Remembers the Redis half of a miss's fill token for this thread (TokenMemo).
+  void remember_token(std::string_view pk, std::uint64_t token) const {
+    t_memo.owner = serial;
+    t_memo.public_key.assign(pk);
+    t_memo.token = static_cast<std::uint32_t>(token);
+  }
+
+  // Notes the epoch a get script returned, when it is in the form the scripts write.
+  void note_epoch(const redisReply& e) noexcept {
+    if (const auto epoch = stored_number(e, kEpochBound)) {
+      epoch_seen.store(*epoch, std::memory_order_relaxed);
+    }
+  }
+
+  // A get without a script (invariant 8): one MGET of the epoch, the key's generation
+  // and the verdict named under the epoch last seen, answering only when the epoch it
+  // read is the one in that name. True when it answered: `out` holds the verdict (a
+  // hit) or nothing (a miss, whose token is remembered for fill_token()). False when the
+  // get script must decide: no epoch seen yet or none in Redis (the script creates it),
+  // the epoch moved on both tries, a verdict of another generation there (the script
+  // deletes it), or a number in a form the scripts never write.
+  bool lookup(std::string_view pk, std::string_view field, std::optional<Verdict>& out) {
+    const std::string epoch_key = options.prefix + "e";
+    std::string generation_key;
+    generation_key.reserve(options.prefix.size() + 2 + pk.size());
+    generation_key.append(options.prefix).append("g:").append(pk);
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      const std::uint64_t seen = epoch_seen.load(std::memory_order_relaxed);
+      if (seen == kNoEpoch) return false;
+      const std::string epoch_text = std::to_string(seen);
+      std::string verdict_key;
+      verdict_key.reserve(options.prefix.size() + 4 + epoch_text.size() + pk.size() +
+                          field.size());
+      verdict_key.append(options.prefix).append("v:").append(epoch_text).append(":");
+      verdict_key.append(pk).append(":").append(field);
+      Reply r = pool.run({"MGET", epoch_key, generation_key, verdict_key});
+      if (r->type != REDIS_REPLY_ARRAY || r->elements != 3) {
+        throw Error(ErrorCode::storage, "RedisCache get: unexpected reply");
+      }
+      const redisReply& e = *r->element[0];
+      const redisReply& g = *r->element[1];
+      const redisReply& v = *r->element[2];
+      const std::optional<std::uint64_t> epoch = stored_number(e, kEpochBound);
+      if (!epoch) return false;
+      if (*epoch != seen) {
+        // A clear moved it (here or on another node): name the key again.
+        epoch_seen.store(*epoch, std::memory_order_relaxed);
+        continue;
+      }
+      std::uint64_t generation = 0;  // a missing generation counts as 0 in a token
+      if (g.type != REDIS_REPLY_NIL) {
+        const std::optional<std::uint64_t> parsed = stored_number(g, kGenerationBound);
+        if (!parsed) return false;
+        generation = *parsed;
+      }
+      // The scripts add the two as Lua numbers: exact below 2^53 only.
+      if (generation + *epoch >= kGenerationBound) return false;
+      const std::uint64_t token = (generation + *epoch) % (std::uint64_t{1} << 32);
+      if (v.type == REDIS_REPLY_NIL) {
+        out.reset();
+        remember_token(pk, token);
+        return true;
+      }
+      if (v.type != REDIS_REPLY_STRING) {
+        throw Error(ErrorCode::storage, "RedisCache get: unexpected reply");
+      }
+      // Invariant 1: the value starts with the key's current generation and ':'.
+      if (g.type == REDIS_REPLY_NIL || v.len < g.len + 1 || std::memcmp(v.str, g.str, g.len) != 0 ||
+          v.str[g.len] != ':') {
+        return false;
+      }
+      out = decode(v.str + g.len + 1, v.len - g.len - 1);
+      if (!out) {
+        pool.report("decode",
+                    "RedisCache get: a stored verdict does not decode (another layout "
+                    "version, or damaged); taken as a miss");
+        remember_token(pk, token);
+      }
+      return true;
+    }
+    return false;
+  }
 
   // Runs a script (invariant 2) with the prefix and a random epoch0 first.
   Reply script(ScriptId id, std::vector<std::string> args) {
@@ -590,22 +699,28 @@ std::optional<Verdict> RedisCache::get(std::string_view public_key, const Digest
     local_token = impl.local->fill_token(public_key);
   }
   impl.check_breaker();
-  Reply r = impl.script(kGet, {std::string(public_key), digest_field(presented)});
-  if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 ||
+  const std::string field = digest_field(presented);
+  if (!live) {
+    // No local copy to bound by the verdict's PTTL: the script-free lookup will do.
+    std::optional<Verdict> v;
+    if (impl.lookup(public_key, field, v)) return v;
+  }
+  Reply r = impl.script(kGet, {std::string(public_key), field});
+  if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
       r->element[0]->type != REDIS_REPLY_INTEGER) {
     throw Error(ErrorCode::storage, "RedisCache get: unexpected reply");
   }
   if (r->element[0]->integer == 0) {
+    impl.note_epoch(*r->element[2]);
     if (r->element[1]->type == REDIS_REPLY_INTEGER) {
-      t_memo.owner = impl.serial;
-      t_memo.public_key.assign(public_key);
-      t_memo.token = static_cast<std::uint32_t>(r->element[1]->integer);
+      impl.remember_token(public_key, static_cast<std::uint64_t>(r->element[1]->integer));
     }
     return std::nullopt;
   }
-  if (r->elements != 3 || r->element[1]->type != REDIS_REPLY_STRING) {
+  if (r->elements != 4 || r->element[1]->type != REDIS_REPLY_STRING) {
     throw Error(ErrorCode::storage, "RedisCache get: unexpected reply");
   }
+  impl.note_epoch(*r->element[3]);
   std::optional<Verdict> v = decode(r->element[1]->str, r->element[1]->len);
   if (!v) {
     // Invariant 7: a miss. Expected while nodes of two layout versions share a prefix.

@@ -236,6 +236,89 @@ TEST_CASE("RedisCache: what Redis holds", "[servers][redis][cache]") {
   }
 }
 
+// How many times Redis has run `command` ("mget", "evalsha", "eval") since it started.
+std::uint64_t calls_of(Inspector& inspect, const std::string& command) {
+  const std::string stats = inspect.run({"INFO", "commandstats"});
+  const std::string tag = "cmdstat_" + command + ":calls=";
+  const std::size_t at = stats.find(tag);
+  if (at == std::string::npos) return 0;
+  return std::stoull(stats.substr(at + tag.size()));
+}
+
+std::uint64_t scripts_run(Inspector& inspect) {
+  return calls_of(inspect, "evalsha") + calls_of(inspect, "eval");
+}
+
+TEST_CASE("RedisCache: without the in-process tier a lookup is one MGET, under the current epoch",
+          "[servers][redis][cache]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  PrefixJanitor janitor{*redis, {}};
+  const std::string prefix = janitor.make();
+  Inspector inspect(*redis);
+  RedisCache cache(options_for(*redis, prefix, false));
+  fill(cache, pk(1), digest_of(1), valid_verdict(1), milliseconds(60'000));
+  REQUIRE(cache.get(pk(1), digest_of(1)).has_value());  // learns the epoch
+
+  SECTION("hits and misses run no script, and a miss's token costs no round trip") {
+    const std::uint64_t mgets = calls_of(inspect, "mget");
+    const std::uint64_t scripts = scripts_run(inspect);
+    for (int i = 0; i < 10; ++i) {
+      const auto v = cache.get(pk(1), digest_of(1));
+      REQUIRE(v.has_value());
+      CHECK(v->key_id == valid_verdict(1).key_id);
+    }
+    CHECK_FALSE(cache.get(pk(1), digest_of(2)).has_value());
+    const std::uint64_t token = cache.fill_token(pk(1));
+    CHECK(calls_of(inspect, "mget") - mgets == 11);
+    CHECK(scripts_run(inspect) == scripts);
+    // The token it computed is the one the put script checks.
+    cache.put(pk(1), digest_of(2), negative(ValidationCode::wrong_secret), milliseconds(60'000),
+              token);
+    CHECK(cache.get(pk(1), digest_of(2)).has_value());
+  }
+  SECTION("a clear on another node moves the epoch: nothing from before it answers") {
+    RedisCache other(options_for(*redis, prefix, false));
+    other.clear();
+    CHECK_FALSE(cache.get(pk(1), digest_of(1)).has_value());
+    fill(cache, pk(1), digest_of(1), valid_verdict(1), milliseconds(60'000));
+    const std::uint64_t scripts = scripts_run(inspect);
+    CHECK(cache.get(pk(1), digest_of(1)).has_value());
+    CHECK(other.get(pk(1), digest_of(1)).has_value());
+    CHECK(scripts_run(inspect) - scripts <= 1);  // `other` learns the epoch once
+  }
+  SECTION("an erase on another node hides the verdict at once") {
+    RedisCache other(options_for(*redis, prefix, false));
+    other.erase(pk(1));
+    CHECK_FALSE(cache.get(pk(1), digest_of(1)).has_value());
+  }
+  SECTION("a lost epoch key is created again, and hides every older verdict") {
+    inspect.del(prefix + "e");
+    CHECK_FALSE(cache.get(pk(1), digest_of(1)).has_value());
+    CHECK_FALSE(inspect.run({"GET", prefix + "e"}).empty());
+    CHECK_FALSE(cache.get(pk(1), digest_of(1)).has_value());
+    fill(cache, pk(1), digest_of(1), valid_verdict(1), milliseconds(60'000));
+    CHECK(cache.get(pk(1), digest_of(1)).has_value());
+  }
+  SECTION("an epoch in a form the scripts never write is read through the script") {
+    // A leading zero: the client could not name the keys the script names.
+    const std::string epoch = inspect.run({"GET", prefix + "e"});
+    inspect.set_keep_ttl(prefix + "e", "00" + epoch);
+    CHECK_FALSE(cache.get(pk(1), digest_of(1)).has_value());
+    fill(cache, pk(1), digest_of(1), valid_verdict(1), milliseconds(60'000));
+    const std::uint64_t scripts = scripts_run(inspect);
+    CHECK(cache.get(pk(1), digest_of(1)).has_value());
+    CHECK(scripts_run(inspect) - scripts == 1);
+  }
+  SECTION("a verdict of an older generation is deleted, not answered") {
+    const std::string generation = inspect.run({"GET", prefix + "g:" + pk(1)});
+    REQUIRE_FALSE(generation.empty());
+    inspect.set_keep_ttl(prefix + "g:" + pk(1), std::to_string(std::stoull(generation) + 1));
+    CHECK_FALSE(cache.get(pk(1), digest_of(1)).has_value());
+    for (const auto& k : inspect.keys(prefix + "v:")) CHECK(k.find(pk(1)) == std::string::npos);
+  }
+}
+
 TEST_CASE("RedisCache: verdicts keep the key's expiry, another layout reads as a miss",
           "[servers][redis][cache]") {
   const auto redis = apikeys_test::test_redis();
