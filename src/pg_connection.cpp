@@ -158,11 +158,20 @@ bool PgConnection::healthy() noexcept {
   pollfd p{};
   p.fd = PQsocket(conn_);
   if (p.fd < 0) return false;
-  p.events = POLLIN;
+  // A server that ends a session (a restart, pg_terminate_backend(), an idle timeout)
+  // sends an error, which libpq takes as a notice while idle, then closes: only the
+  // peer's shutdown (POLLRDHUP, where the system has it) tells that the next command
+  // would fail.
+#if defined(POLLRDHUP)
+  constexpr int kClosed = POLLHUP | POLLERR | POLLRDHUP;
+#else
+  constexpr int kClosed = POLLHUP | POLLERR;
+#endif
+  p.events = static_cast<short>(POLLIN | (kClosed & ~(POLLHUP | POLLERR)));
   if (::poll(&p, 1, 0) <= 0) return true;  // nothing pending: as it was
-  // Something arrived while idle: a notice, or the server saying goodbye and closing.
+  if ((p.revents & kClosed) != 0) return false;
+  // Something arrived while idle: a notice, or the server saying goodbye.
   if (PQconsumeInput(conn_) == 0) return false;
-  if ((p.revents & (POLLHUP | POLLERR)) != 0) return false;
   return PQstatus(conn_) == CONNECTION_OK && PQisBusy(conn_) == 0;
 }
 

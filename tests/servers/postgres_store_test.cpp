@@ -629,6 +629,46 @@ TEST_CASE("PostgresStore: validation and management survive a server restart mid
                               << " answered error while the server was away");
 }
 
+TEST_CASE("PostgresStore: a pooled connection the server closed costs no call an error",
+          "[servers][postgres][faults]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  const std::string app = apikeys_test::unique_name("apikeys_app");
+  apikeys::PostgresStore store(*pg + " application_name=" + app, options_for(janitor.make()));
+  const apikeys::Uuid account = apikeys_test::account_id(8);
+  store.insert(record(1, account));
+  REQUIRE(store.find(apikeys_test::contract::public_key(1)));
+  // What a server restart, an idle timeout or a proxy does to the idle pool.
+  const auto close_pool = [&] {
+    const std::string backends =
+        "FROM pg_stat_activity WHERE application_name = '" + app + "' AND pid <> pg_backend_pid()";
+    (void)run_sql(*pg, "SELECT pg_terminate_backend(pid) " + backends);
+    REQUIRE(apikeys_test::eventually(
+        [&] { return run_sql(*pg, "SELECT count(*) " + backends)[0][0] == "0"; }));
+  };
+
+  SECTION("a read is retried on a fresh connection") {
+    close_pool();
+    const auto found = store.find(apikeys_test::contract::public_key(1));
+    REQUIRE(found);
+    CHECK(found->info.key_id == record(1, account).info.key_id);
+    close_pool();
+    CHECK_FALSE(store.find_for_validation(apikeys_test::contract::public_key(2)));
+    close_pool();
+    CHECK(store.list(account).size() == 1);
+  }
+  SECTION("a write is never sent on it") {
+    close_pool();
+    store.insert(record(2, account));
+    close_pool();
+    store.insert(record(3, account));
+    close_pool();
+    CHECK(store.set_status(account, record(2, account).info.key_id, apikeys::KeyStatus::revoked));
+    CHECK(store.list(account).size() == 3);
+  }
+}
+
 TEST_CASE("PostgresStore: server down answers error, management fails clearly, all resumes",
           "[servers][postgres][faults]") {
   const auto pg = apikeys_test::test_pg();
