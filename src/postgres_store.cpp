@@ -1234,17 +1234,20 @@ struct PostgresStore::Impl {
     return c;
   }
 
-  // A connection checked out of the pool for one attempt.
+  // A connection checked out of the pool for one attempt. With `check_idle`, a pooled
+  // connection is first polled for a close (or anything else) the server sent while it
+  // sat idle: one system call, which an attempt that may be retried (run()'s `retry`)
+  // skips, since a lost pooled connection is retried on a fresh one anyway.
   class Lease {
    public:
-    explicit Lease(Impl& impl) : impl_(impl) {
+    Lease(Impl& impl, bool check_idle) : impl_(impl) {
       const Deadline wait_until = SteadyClock::now() + impl_.options.pool_wait;
       detail::MutexLock lock(impl_.mu);
       for (;;) {
         while (!impl_.idle.empty()) {
           std::unique_ptr<PgConnection> c = std::move(impl_.idle.back());
           impl_.idle.pop_back();
-          if (c->healthy()) {
+          if (!check_idle || c->healthy()) {
             conn_ = std::move(c);
             return;
           }
@@ -1323,7 +1326,7 @@ struct PostgresStore::Impl {
   template <typename F>
   auto run(std::string_view op, bool retry, F&& f) -> decltype(f(std::declval<PgConnection&>())) {
     for (int attempt = 0;; ++attempt) {
-      Lease c(*this);
+      Lease c(*this, !retry);
       try {
         auto guard_used = [&c] { c->used = true; };
         if constexpr (std::is_void_v<decltype(f(*c))>) {
