@@ -469,8 +469,12 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
         if (has_decoy_pepper) spend_decoy_hmac(sk);
       } else {
         // One HMAC under the record's pepper; the compare matches the other paths'
-        // two. A pepper the hasher does not know costs no HMAC in verify(): the decoy's.
-        secret_ok = hasher->verify(sk, stored);
+        // two. A pepper the hasher does not know costs no HMAC in hash_with(): the
+        // decoy's. Not verify(), which answers false for a failing hasher too: that
+        // would be a wrong_secret, cached under the owner's own digest, where a failure
+        // is an error (thrown here, caught below, never cached).
+        const std::optional<Digest> under_stored = hasher->hash_with(sk, stored.pepper_id);
+        secret_ok = under_stored.has_value() && constant_time_equal(*under_stored, stored);
         volatile bool sink = constant_time_equal(presented, decoy);
         (void)sink;
         if (has_decoy_pepper && !knows_pepper(stored.pepper_id)) spend_decoy_hmac(sk);

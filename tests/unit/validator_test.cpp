@@ -1,3 +1,4 @@
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <mutex>
@@ -704,6 +705,53 @@ TEST_CASE("validator construction rules", "[validator]") {
   ValidatorOptions bad;
   bad.format.length = 8;
   CHECK_THROWS_AS(Validator(std::make_shared<MemoryStore>(), hasher, bad), Error);
+}
+
+TEST_CASE("a failing hasher is an error, never a cached wrong_secret", "[validator]") {
+  // A hasher whose HMAC fails on demand (what HmacSha256Hasher throws when OpenSSL
+  // does), over the current pepper and a retired one.
+  struct FlakyHasher final : Hasher {
+    HmacSha256Hasher inner{std::vector<Pepper>{Pepper{1, apikeys_test::kTestPepper},
+                                               Pepper{2, apikeys_test::kTestPepper2}},
+                           2};
+    mutable std::atomic<bool> failing{false};
+    std::uint32_t current_pepper_id() const noexcept override { return inner.current_pepper_id(); }
+    std::vector<std::uint32_t> pepper_ids() const override { return inner.pepper_ids(); }
+    // The current pepper keeps working: only the retired one's HMAC fails.
+    Digest hash(std::string_view s) const override { return inner.hash(s); }
+    std::optional<Digest> hash_with(std::string_view s, std::uint32_t id) const override {
+      if (failing && id != inner.current_pepper_id()) {
+        throw Error(ErrorCode::crypto, "HMAC-SHA256 failed");
+      }
+      return inner.hash_with(s, id);
+    }
+  };
+  for (bool with_cache : {false, true}) {
+    INFO("with a cache: " << with_cache);
+    auto store = std::make_shared<MemoryStore>();
+    ValidatorOptions o;
+    o.record_last_use = false;
+    o.rehash_on_use = false;  // the key stays under the retired pepper
+    if (with_cache) o.cache = std::make_shared<MemoryCache>();
+    std::string pk;
+    std::string sk;
+    {
+      KeyManager old(store, std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper),
+                     KeyManagerOptions{ValidatorOptions{}, nullptr});
+      auto k = old.create(apikeys_test::account_id(1), CreateRequest{"old", "", std::nullopt});
+      pk = k.info.public_key;
+      sk = std::string(k.secret_key.reveal());
+    }
+    REQUIRE(store->find(pk)->digest.pepper_id == 1);
+    auto hasher = std::make_shared<FlakyHasher>();
+    KeyManager m(store, hasher, KeyManagerOptions{o, nullptr});
+    hasher->failing = true;
+    CHECK(m.validate(pk, sk).code == ValidationCode::error);
+    CHECK(m.validate(pk, sk).code == ValidationCode::error);
+    hasher->failing = false;
+    // Nothing was cached against the owner's secret: it validates at once.
+    CHECK(m.validate(pk, sk).code == ValidationCode::valid);
+  }
 }
 
 TEST_CASE("pepper rotation: old keys validate, new keys use the new pepper", "[validator]") {
