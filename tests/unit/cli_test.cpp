@@ -368,6 +368,47 @@ TEST_CASE("cli: the pepper is required and checked", "[cli]") {
     CHECK(r.code == 2);
     CHECK_FALSE(r.err.empty());
   }
+  SECTION("--pepper-file overrides APIKEYS_PEPPER") {
+    const std::string file = dir.file("pepper.hex");
+    { std::ofstream(file) << kPepperHex << "\n"; }
+    // The environment holds another pepper: the file's makes the key.
+    const Run created = run_cli({"--db", db, "--pepper-file", file, "create", "--account",
+                                 kAccount, "--title", "t"},
+                                kOtherPepperHex);
+    REQUIRE(created.code == 0);
+    const Json k = Json::parse(created.out);
+    const std::string pk = k.at("public_key").get<std::string>();
+    const std::string sk = k.at("secret_key").get<std::string>();
+    CHECK(run_cli({"--db", db, "verify", pk, sk}, kPepperHex).code == 0);
+    const Run other = run_cli({"--db", db, "verify", pk, sk}, kOtherPepperHex);
+    CHECK(other.code == 1);
+    CHECK(Json::parse(other.out).at("code") == "wrong_secret");
+    CHECK(run_cli({"--db", db, "--pepper-file", file, "verify", pk, sk}, kOtherPepperHex).code ==
+          0);
+  }
+  SECTION("--pepper-file over 4096 bytes is refused unread and unshown") {
+    // A valid pepper, then white space up to 4097 bytes: only the size is wrong.
+    const std::string file = dir.file("long-pepper-file");
+    std::string content = kPepperHex + "\n";
+    content.resize(4097, ' ');
+    { std::ofstream(file) << content; }
+    const Run r = run_cli(
+        {"--db", db, "--pepper-file", file, "create", "--account", kAccount, "--title", "t"},
+        std::nullopt);
+    CHECK(r.code == 2);
+    CHECK(contains(r.err, "4096"));
+    CHECK_FALSE(contains(r.err, file));
+    CHECK_FALSE(contains(r.err, kPepperHex.substr(0, 16)));
+    CHECK(r.out.empty());
+    CHECK_FALSE(fs::exists(db));
+    // 4096 bytes exactly is read.
+    content.resize(4096);
+    { std::ofstream(file) << content; }
+    CHECK(run_cli({"--db", db, "--pepper-file", file, "create", "--account", kAccount,
+                   "--title", "t"},
+                  std::nullopt)
+              .code == 0);
+  }
   SECTION("--pepper-file with a short pepper") {
     const std::string file = dir.file("short.hex");
     { std::ofstream(file) << kPepperHex.substr(0, 40); }

@@ -128,3 +128,17 @@ TEST_CASE("SipHasher: another key, another hash", "[siphash]") {
   // The wide tag is not the narrow one with a second word added.
   CHECK(a.wide(pk).lo != a(pk));
 }
+
+TEST_CASE("SipHasher: a default-built hasher draws its own random key", "[siphash]") {
+  // What keeps chosen public keys from colliding in MemoryCache, MemoryLimiter and the
+  // last-use tables (SECURITY.md): every table's hasher is built this way.
+  const apikeys::detail::SipHasher a;
+  const apikeys::detail::SipHasher b;
+  const std::string pk = "pk_" + std::string(32, 'a');
+  CHECK(a(pk) != b(pk));
+  CHECK(!(a.wide(pk) == b.wide(pk)));
+  // Neither is the fixed all-zero key a default member initialiser would give.
+  const apikeys::detail::SipHasher zero(0, 0);
+  CHECK(a(pk) != zero(pk));
+  CHECK(b(pk) != zero(pk));
+}
