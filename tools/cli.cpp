@@ -856,7 +856,7 @@ struct Parsed {
   std::string description;
   std::string metadata;
   std::vector<std::string> scopes;
-  int expires_in_days = 0;
+  std::string expires_in_days;  // decimal only: parse_number(), not CLI11's base guess
   std::string expected_version;
   std::string grace_seconds;
   std::string limit;
@@ -930,7 +930,7 @@ struct Options {
         title(cmd.resolve(p.title)),
         description(cmd.resolve(p.description)),
         metadata(cmd.resolve(p.metadata)),
-        expires_in_days(p.expires_in_days),
+        expires_in_days(cmd.resolve(p.expires_in_days)),
         expected_version(cmd.resolve(p.expected_version)),
         grace_seconds(cmd.resolve(p.grace_seconds)),
         limit(cmd.resolve(p.limit)),
@@ -980,7 +980,7 @@ struct Options {
   std::string_view description;
   std::string_view metadata;
   std::vector<std::string_view> scopes;
-  int expires_in_days;
+  std::string_view expires_in_days;  // expiry_days() reads it
   std::string_view expected_version;
   std::string_view grace_seconds;
   std::string_view limit;
@@ -1488,8 +1488,17 @@ int no_such_key(const apikeys::Uuid& account, const apikeys::Uuid& key_id) {
   return kExitNotFound;
 }
 
+// --expires-in-days: decimal digits only (CLI11 would read "010" as octal and "0x10" as
+// hex), from 1 to KeyManager::kMaxExpiryDays.
+int expiry_days(const Options& o) {
+  return static_cast<int>(parse_number(o.expires_in_days, "--expires-in-days", 1,
+                                       apikeys::KeyManager::kMaxExpiryDays));
+}
+
 int cmd_create(const Options& o) {
   const apikeys::Uuid account = parse_uuid(o.account, "--account");
+  const std::optional<int> days =
+      o.given.expires_in_days ? std::optional<int>(expiry_days(o)) : std::nullopt;
   const AdmissionChanges admission = admission_changes(o, /*create=*/true);
   const apikeys::ChangeContext context = change_context(o);
   check_db(o, /*may_create_db=*/true);
@@ -1499,7 +1508,7 @@ int cmd_create(const Options& o) {
   apikeys::CreateRequest request;
   request.title = std::string(o.title);
   request.description = std::string(o.description);
-  if (o.given.expires_in_days) request.expires_in_days = o.expires_in_days;
+  request.expires_in_days = days;
   request.metadata = std::string(o.metadata);
   request.scopes = scope_values(o, pepper);
   if (admission.rate_limits) request.rate_limits = *admission.rate_limits;
@@ -1580,6 +1589,7 @@ int cmd_key(const Options& o, KeyCommand command) {
       update.expected_version =
           parse_number(o.expected_version, "--expected-version", 1, UINT64_MAX);
     }
+    if (g.expires_in_days) update.expires_in_days = expiry_days(o);
   }
   if (command != KeyCommand::get) context = change_context(o);
   check_db(o, false);
@@ -1593,7 +1603,6 @@ int cmd_key(const Options& o, KeyCommand command) {
     if (o.clear_metadata) update.metadata = apikeys::FieldUpdate<std::string>::clear();
     if (g.scopes) update.scopes = scope_values(o, pepper);
     if (o.clear_scopes) update.scopes = apikeys::FieldUpdate<std::vector<std::string>>::clear();
-    if (g.expires_in_days) update.expires_in_days = o.expires_in_days;
     if (o.no_expiry) update.expires_in_days = apikeys::FieldUpdate<int>::clear();
     refuse_admission_secrets(o, pepper.hex.reveal());
     if (admission.rate_limits) update.rate_limits = *admission.rate_limits;
