@@ -3,6 +3,7 @@
 #include <libpq-fe.h>
 #include <openssl/crypto.h>
 #include <poll.h>
+#include <sys/socket.h>
 
 #include <fmt/format.h>
 
@@ -160,8 +161,8 @@ bool PgConnection::healthy() noexcept {
   if (p.fd < 0) return false;
   // A server that ends a session (a restart, pg_terminate_backend(), an idle timeout)
   // sends an error, which libpq takes as a notice while idle, then closes: only the
-  // peer's shutdown (POLLRDHUP, where the system has it) tells that the next command
-  // would fail.
+  // peer's shutdown (POLLRDHUP, where the system has it; else the end of the stream
+  // behind the notice) tells that the next command would fail.
 #if defined(POLLRDHUP)
   constexpr int kClosed = POLLHUP | POLLERR | POLLRDHUP;
 #else
@@ -172,6 +173,8 @@ bool PgConnection::healthy() noexcept {
   if ((p.revents & kClosed) != 0) return false;
   // Something arrived while idle: a notice, or the server saying goodbye.
   if (PQconsumeInput(conn_) == 0) return false;
+  char byte = 0;
+  if (::recv(p.fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0) return false;  // closed
   return PQstatus(conn_) == CONNECTION_OK && PQisBusy(conn_) == 0;
 }
 

@@ -65,13 +65,10 @@ class PgConnection {
   PgResult exec_prepared(std::string_view op, const char* name, int n, const char* const* values,
                          const int* lengths, const int* formats, Deadline deadline);
 
-  /// False when the server closed the connection while it sat idle (it restarted):
-  /// a cheap non-blocking check made before each use.
+  /// False when the server closed the connection while it sat idle (it restarted, or
+  /// ended the session): a cheap non-blocking check, made before a use that is not
+  /// retried.
   [[nodiscard]] bool healthy() noexcept;
-  /// True once this connection has served a call (a failure on a fresh connection is
-  /// not worth a retry). Public: a plain flag of the leased connection, with no
-  /// invariant for an accessor to protect.
-  bool used = false;  // NOLINT(misc-non-private-member-variables-in-classes)
 
  private:
   [[noreturn]] void connect_failed(bool timed_out);

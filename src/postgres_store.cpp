@@ -1249,6 +1249,7 @@ struct PostgresStore::Impl {
           impl_.idle.pop_back();
           if (!check_idle || c->healthy()) {
             conn_ = std::move(c);
+            pooled_ = true;
             return;
           }
           --impl_.open;  // dead (server restarted): closed below, outside the lock
@@ -1292,10 +1293,14 @@ struct PostgresStore::Impl {
     PgConnection* operator->() const noexcept { return conn_.get(); }
     // The connection is broken: close it instead of returning it to the pool.
     void discard() noexcept { conn_.reset(); }
+    // True when the connection came from the pool (it may have died while idle),
+    // false when this lease opened it.
+    bool pooled() const noexcept { return pooled_; }
 
    private:
     Impl& impl_;
     std::unique_ptr<PgConnection> conn_;
+    bool pooled_ = false;
   };
 
   // Closes every idle connection: after one was found dead, the others (opened before
@@ -1322,27 +1327,20 @@ struct PostgresStore::Impl {
   }
 
   // Runs f(connection) once; if the connection turns out to be lost (not timed out)
-  // and it had served before, once more on a fresh one when `retry` allows it.
+  // and it came from the pool (the server may have ended it while it sat idle), once
+  // more on a fresh one when `retry` allows it. The first attempt of a retried call
+  // skips the pool's idle check (Lease): what it would catch, the retry covers.
   template <typename F>
   auto run(std::string_view op, bool retry, F&& f) -> decltype(f(std::declval<PgConnection&>())) {
     for (int attempt = 0;; ++attempt) {
-      Lease c(*this, !retry);
+      Lease c(*this, !retry || attempt > 0);
       try {
-        auto guard_used = [&c] { c->used = true; };
-        if constexpr (std::is_void_v<decltype(f(*c))>) {
-          f(*c);
-          guard_used();
-          return;
-        } else {
-          auto result = f(*c);
-          guard_used();
-          return result;
-        }
+        return f(*c);
       } catch (const pg::ConnectionLost& e) {
-        const bool was_used = c->used;
+        const bool pooled = c.pooled();
         c.discard();
         drop_idle();
-        if (!retry || attempt > 0 || !was_used || e.timed_out()) throw Error(e.code(), e.what());
+        if (!retry || attempt > 0 || !pooled || e.timed_out()) throw Error(e.code(), e.what());
       } catch (const Error&) {
         throw;
       } catch (const std::exception& e) {

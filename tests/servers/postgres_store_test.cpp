@@ -629,13 +629,14 @@ TEST_CASE("PostgresStore: validation and management survive a server restart mid
                               << " answered error while the server was away");
 }
 
-TEST_CASE("PostgresStore: a pooled connection the server closed costs no call an error",
+TEST_CASE("PostgresStore: a pooled connection the server closed fails no call",
           "[servers][postgres][faults]") {
   const auto pg = apikeys_test::test_pg();
   if (!pg) return;
   SchemaJanitor janitor(*pg);
   const std::string app = apikeys_test::unique_name("apikeys_app");
-  apikeys::PostgresStore store(*pg + " application_name=" + app, options_for(janitor.make()));
+  const std::string store_schema = janitor.make();
+  apikeys::PostgresStore store(*pg + " application_name=" + app, options_for(store_schema));
   const apikeys::Uuid account = apikeys_test::account_id(8);
   store.insert(record(1, account));
   REQUIRE(store.find(apikeys_test::contract::public_key(1)));
@@ -657,6 +658,14 @@ TEST_CASE("PostgresStore: a pooled connection the server closed costs no call an
     CHECK_FALSE(store.find_for_validation(apikeys_test::contract::public_key(2)));
     close_pool();
     CHECK(store.list(account).size() == 1);
+  }
+  SECTION("a read is retried on a connection that has only ever failed") {
+    // A fresh store whose one call so far was refused (a duplicate): its connection
+    // went back to the pool without serving a call, and may die there all the same.
+    apikeys::PostgresStore second(*pg + " application_name=" + app, options_for(store_schema));
+    CHECK_THROWS(second.insert(record(1, account)));
+    close_pool();
+    CHECK(second.find(apikeys_test::contract::public_key(1)));
   }
   SECTION("a write is never sent on it") {
     close_pool();
