@@ -124,11 +124,14 @@ constexpr const char* kEraseScript = APIKEYS_EPOCH_PROLOGUE
     "return #m\n";
 
 // ARGV: prefix, epoch0, step (1..2^31), channel, message. Moves the epoch by `step`
-// (so every token changes mod 2^32) within 2^48 (exact as a Lua number).
+// (so every token changes mod 2^32) within 2^48 (exact as a Lua number), written as
+// integer text (some Redis versions write a Lua number such as 1.23e+14 otherwise).
+// Returns the new epoch.
 constexpr const char* kClearScript = APIKEYS_EPOCH_PROLOGUE
-    "redis.call('SET', ek, (tonumber(e) + tonumber(ARGV[3])) % 281474976710656)\n"
+    "local n = string.format('%d', (tonumber(e) + tonumber(ARGV[3])) % 281474976710656)\n"
+    "redis.call('SET', ek, n)\n"
     "redis.call('PUBLISH', ARGV[4], ARGV[5])\n"
-    "return 1\n";
+    "return n\n";
 
 #undef APIKEYS_EPOCH_PROLOGUE
 
@@ -415,6 +418,9 @@ struct RedisCache::Impl {
   // key with it and checks it in the same MGET (invariant 8).
   static constexpr std::uint64_t kNoEpoch = ~std::uint64_t{0};
   std::atomic<std::uint64_t> epoch_seen{kNoEpoch};
+  // Set when Redis refused the MGET (an ACL that allows the scripts only): lookups
+  // run the get script from then on.
+  std::atomic<bool> mget_refused{false};
 
   void check_breaker() const { pool.check_breaker(); }
   bool local_live() const noexcept { return local && live.load(std::memory_order_acquire); }
@@ -447,14 +453,25 @@ struct RedisCache::Impl {
     generation_key.append(options.prefix).append("g:").append(pk);
     for (int attempt = 0; attempt < 2; ++attempt) {
       const std::uint64_t seen = epoch_seen.load(std::memory_order_relaxed);
-      if (seen == kNoEpoch) return false;
+      if (seen == kNoEpoch || mget_refused.load(std::memory_order_relaxed)) return false;
       const std::string epoch_text = std::to_string(seen);
       std::string verdict_key;
       verdict_key.reserve(options.prefix.size() + 4 + epoch_text.size() + pk.size() +
                           field.size());
       verdict_key.append(options.prefix).append("v:").append(epoch_text).append(":");
       verdict_key.append(pk).append(":").append(field);
-      Reply r = pool.run({"MGET", epoch_key, generation_key, verdict_key});
+      Reply r;
+      try {
+        r = pool.run({"MGET", epoch_key, generation_key, verdict_key});
+      } catch (const Error& e) {
+        // An error reply (the connection is fine: busy means unreachable, rethrown).
+        if (e.code() != ErrorCode::storage) throw;
+        mget_refused.store(true, std::memory_order_relaxed);
+        pool.report("mget_refused",
+                    "RedisCache get: Redis refused MGET (an ACL?); lookups run the get "
+                    "script from now on");
+        return false;
+      }
       if (r->type != REDIS_REPLY_ARRAY || r->elements != 3) {
         throw Error(ErrorCode::storage, "RedisCache get: unexpected reply");
       }
@@ -813,8 +830,9 @@ void RedisCache::clear() {
   if (impl.local) impl.local->clear();
   const std::uint64_t step = 1 + random_u64() % (std::uint64_t{1} << 31);
   Reply r = impl.script(kClear, {std::to_string(step), impl.channel, "C"});
-  if (r->type != REDIS_REPLY_INTEGER)
+  if (r->type != REDIS_REPLY_STRING)
     throw Error(ErrorCode::storage, "RedisCache clear: unexpected reply");
+  impl.note_epoch(*r);
   if (impl.local) impl.local->clear();
 }
 

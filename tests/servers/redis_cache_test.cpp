@@ -249,7 +249,7 @@ std::uint64_t scripts_run(Inspector& inspect) {
   return calls_of(inspect, "evalsha") + calls_of(inspect, "eval");
 }
 
-TEST_CASE("RedisCache: without the in-process tier a lookup is one MGET, under the current epoch",
+TEST_CASE("RedisCache: without the in-process tier a lookup is one MGET under the current epoch",
           "[servers][redis][cache]") {
   const auto redis = apikeys_test::test_redis();
   if (!redis) return;
@@ -261,17 +261,23 @@ TEST_CASE("RedisCache: without the in-process tier a lookup is one MGET, under t
   REQUIRE(cache.get(pk(1), digest_of(1)).has_value());  // learns the epoch
 
   SECTION("hits and misses run no script, and a miss's token costs no round trip") {
-    const std::uint64_t mgets = calls_of(inspect, "mget");
-    const std::uint64_t scripts = scripts_run(inspect);
-    for (int i = 0; i < 10; ++i) {
-      const auto v = cache.get(pk(1), digest_of(1));
-      REQUIRE(v.has_value());
-      CHECK(v->key_id == valid_verdict(1).key_id);
+    // The server's counts are every client's: another client may add to them, never
+    // take away, so one of a few rounds shows this cache's own.
+    std::uint64_t token = 0;
+    bool exact = false;
+    for (int round = 0; round < 5 && !exact; ++round) {
+      const std::uint64_t mgets = calls_of(inspect, "mget");
+      const std::uint64_t scripts = scripts_run(inspect);
+      for (int i = 0; i < 10; ++i) {
+        const auto v = cache.get(pk(1), digest_of(1));
+        REQUIRE(v.has_value());
+        CHECK(v->key_id == valid_verdict(1).key_id);
+      }
+      CHECK_FALSE(cache.get(pk(1), digest_of(2)).has_value());
+      token = cache.fill_token(pk(1));
+      exact = calls_of(inspect, "mget") - mgets == 11 && scripts_run(inspect) == scripts;
     }
-    CHECK_FALSE(cache.get(pk(1), digest_of(2)).has_value());
-    const std::uint64_t token = cache.fill_token(pk(1));
-    CHECK(calls_of(inspect, "mget") - mgets == 11);
-    CHECK(scripts_run(inspect) == scripts);
+    CHECK(exact);
     // The token it computed is the one the put script checks.
     cache.put(pk(1), digest_of(2), negative(ValidationCode::wrong_secret), milliseconds(60'000),
               token);

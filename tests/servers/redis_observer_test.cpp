@@ -397,6 +397,35 @@ TEST_CASE("RedisCache: a verdict that does not decode is a miss, and observers h
   CHECK(recorder->count(Component::observer) >= 1);  // the other one threw
 }
 
+TEST_CASE("RedisCache: a Redis that refuses MGET is read through the get script",
+          "[servers][redis][observer]") {
+  // An ACL that lets the cache's user run scripts but not MGET.
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  Janitor janitor{*redis, {}};
+  Client client(*redis);
+  struct Restore {  // never leave the shared server refusing MGET
+    Client& c;
+    ~Restore() { c.quiet({"ACL", "SETUSER", "default", "+mget"}); }
+  } restore{client};
+  auto recorder = std::make_shared<Recorder>();
+  RedisCacheOptions o = cache_options(*redis, janitor.make(), {recorder});
+  o.local_tier = false;
+  RedisCache cache(o);
+  fill(cache, pk(5), digest_of(5), valid_verdict(5), milliseconds(600'000));
+  REQUIRE(cache.get(pk(5), digest_of(5)));  // the epoch is known: the next get tries MGET
+  client.run({"ACL", "SETUSER", "default", "-mget"});
+  for (int i = 0; i < 3; ++i) {
+    const auto v = cache.get(pk(5), digest_of(5));
+    REQUIRE(v);
+    CHECK(v->key_id == valid_verdict(5).key_id);
+    CHECK_FALSE(cache.get(pk(5), digest_of(6)));
+  }
+  const auto refused = recorder->redis("mget_refused");
+  CHECK(refused.size() == 1);  // tried once, then never again
+  CHECK(recorder->redis("breaker").empty());  // Redis answered: not an outage
+}
+
 // Every event here reaches an observer that throws first: calls answer as they would
 // without it, and the subscriber thread carries on.
 TEST_CASE("RedisCache and RedisLimiter: a throwing observer never changes what a call returns",
