@@ -24,6 +24,7 @@
 #include "apikeys/error.hpp"
 #include "apikeys/key_generator.hpp"
 #include "apikeys/key_manager.hpp"
+#include "apikeys/scan.hpp"
 #include "cache_registry.hpp"
 #include "guarded.hpp"
 #include "hex.hpp"
@@ -364,6 +365,17 @@ class Importer {
     }
     if (v[kDescription].present && !v[kDescription].null) {
       request.description = v[kDescription].text;
+    }
+    // A secret key pasted into a title or description would be stored and listed in
+    // plain text: the row is refused, and the copies made here wiped.
+    for (std::string* text : {&request.title, &request.description}) {
+      const std::vector<FoundKey> found = find_keys(*text);
+      if (std::any_of(found.begin(), found.end(), [](const FoundKey& k) { return k.secret; })) {
+        OPENSSL_cleanse(request.title.data(), request.title.size());
+        OPENSSL_cleanse(request.description.data(), request.description.size());
+        return text == &request.title ? "title holds a secret key (sk_...): remove it"
+                                      : "description holds a secret key (sk_...): remove it";
+      }
     }
     try {
       CreateRequest normal = normalize_request(request);

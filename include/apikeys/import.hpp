@@ -21,7 +21,8 @@ namespace apikeys {
 /// optional. UUIDs are canonical 8-4-4-4-12, either case; the digest is 64 hex digits,
 /// either case; status is active, revoked or expired; a timestamp is
 /// "YYYY-MM-DD[T ]HH:MM:SS[.fraction, up to 9 digits]" and a UTC offset ("Z", "+HH",
-/// "+HH:MM" or "+HHMM", either sign), kept to the microsecond.
+/// "+HH:MM" or "+HHMM", either sign), kept to the microsecond. A title or description
+/// holding a secret key (find_keys()) rejects the row.
 enum class ImportFormat : std::uint8_t {
   /// One JSON object per line, as a REST export gives them; timestamps like
   /// "2026-11-24T19:00:28.123456+00:00". Blank lines are skipped; a member that is

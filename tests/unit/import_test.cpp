@@ -511,6 +511,12 @@ TEST_CASE("import: every rejection reason, with its line, and the rows after sti
     r = good_row(++n);
     r.description = std::string(1025, 'd');
     add(r, "description must be at most 1024 characters");
+    r = good_row(++n);
+    r.title = "deploy key " + legacy_secret(n);  // a secret pasted where it would be listed
+    add(r, "title holds a secret key");
+    r = good_row(++n);
+    r.description = "was: " + legacy_secret(n) + ".";
+    add(r, "description holds a secret key");
     const int last_bad = n;
     add(good_row(++n), "");  // good rows after the bad ones
     add(good_row(++n), "");
@@ -536,6 +542,11 @@ TEST_CASE("import: every rejection reason, with its line, and the rows after sti
     CHECK(t.validate(900) == ValidationCode::valid);  // untouched
     hashes.push_back(python_digest(legacy_secret(900)));
     require_no_hash_in_reasons(report, hashes);
+    for (const apikeys::ImportRejection& rejection : report.rejections) {
+      for (const int pasted : {last_bad - 1, last_bad}) {
+        CHECK(rejection.reason.find(legacy_secret(pasted).substr(3, 8)) == std::string::npos);
+      }
+    }
   }
 }
 
