@@ -1979,6 +1979,15 @@ std::string shown_path(std::string_view path) { return apikeys::detail::escape_u
 // wrong place is shown as "<not shown>".
 class Scan {
  public:
+  // True when `name` holds a secret key, whole: as find_keys() finds one, or any "sk_"
+  // and 32 base62 characters (glued to other text too).
+  static bool names_secret(std::string_view name) {
+    if (holds_secret_key(name)) return true;
+    const std::vector<apikeys::FoundKey> found = apikeys::find_keys(name);
+    return std::any_of(found.begin(), found.end(),
+                       [](const apikeys::FoundKey& k) { return k.secret; });
+  }
+
   // Scans "-" (stdin), a file, or a directory and everything below it, without .git.
   void argument(const std::string& path) {
     const std::string shown = may_hold_secret(path) ? std::string("<not shown>") : shown_path(path);
@@ -2014,7 +2023,11 @@ class Scan {
     for (const std::filesystem::path& name : names) {
       if (name == ".git") continue;  // a repository's own store (or a worktree's link to it)
       const std::filesystem::path entry = dir / name;
-      const std::filesystem::path shown_entry = shown / shown_path(name.string());
+      // A name found here is shown, unless it holds a secret key (a file named after
+      // one): never more of a secret than a finding shows.
+      const std::filesystem::path shown_entry =
+          shown / (names_secret(name.string()) ? std::string("<not shown>")
+                                                : shown_path(name.string()));
       const std::filesystem::file_status link = std::filesystem::symlink_status(entry, ec);
       if (ec) {
         fail(shown_entry.string(), ec.message());

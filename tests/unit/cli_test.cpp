@@ -2140,6 +2140,22 @@ TEST_CASE("cli: scan finds keys in files and directories, never showing a secret
   CHECK(r.code == 1);
   CHECK(r.out == odd + "/x\\x09y\\x7f.env:1: branded public key " + branded.public_key + "\n");
 
+  // A file below a directory named after a secret key: the name is not shown.
+  const std::string named = dir.file("named");
+  fs::create_directories(named + "/" + bsk);
+  write_file(named + "/" + lsk + ".txt", "K=" + branded.public_key + "\n");
+  write_file(named + "/" + bsk + "/in.txt", "K=" + branded.public_key + "\n");
+  write_file(named + "/old_" + lsk, "K=" + branded.public_key + "\n");  // glued to a word
+  r = run_bare({"scan", named});
+  CHECK(r.code == 1);
+  // In name order: acme_sk_... (the directory), old_sk_..., sk_....txt.
+  CHECK(r.out == named + "/<not shown>/in.txt:1: branded public key " + branded.public_key +
+                     "\n" + named + "/<not shown>:1: branded public key " + branded.public_key +
+                     "\n" + named + "/<not shown>:1: branded public key " + branded.public_key +
+                     "\n");
+  CHECK_FALSE(contains(r.out, bsk.substr(10)));
+  CHECK_FALSE(contains(r.out, lsk.substr(10)));
+
   // "-" is stdin.
   r = run_bare({"scan", "-"}, "a\nb " + branded.public_key + "\n");
   CHECK(r.code == 1);
