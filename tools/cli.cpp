@@ -476,7 +476,7 @@ Pepper make_pepper(apikeys::SecretString bytes) {
 // buffer sized once, and wiped. Its path is never shown: it may be the secret itself,
 // pasted in the wrong place. `option` names it in messages.
 apikeys::SecretString read_secret_file(std::string_view file, const std::string& option,
-                                       std::size_t max_bytes) {
+                                       std::size_t max_bytes, std::size_t stated_max = 0) {
   const std::string cannot = "cannot read the file given to " + option + " (its path is not shown)";
   std::string path(file);  // exactly sized (no reallocation); wiped
   WipeGuard path_guard(path);
@@ -492,7 +492,9 @@ apikeys::SecretString read_secret_file(std::string_view file, const std::string&
   if (in.bad()) throw UsageError(cannot);
   const auto n = static_cast<std::size_t>(in.gcount());
   if (n > max_bytes) {
-    throw UsageError(option + " is larger than " + std::to_string(max_bytes) + " bytes");
+    // The limit the documentation states (a line break may come on top of it).
+    const std::size_t stated = stated_max != 0 ? stated_max : max_bytes;
+    throw UsageError(option + " is larger than " + std::to_string(stated) + " bytes");
   }
   return apikeys::SecretString(std::string_view(content.data(), n));
 }
@@ -524,7 +526,8 @@ std::optional<apikeys::SecretString> load_legacy_pepper(std::string_view file) {
   if (file.empty()) return std::nullopt;
   // Two bytes more, for a 4096-byte pepper and its line break.
   const apikeys::SecretString content =
-      read_secret_file(file, "--legacy-pepper-file", kMaxLegacyPepperBytes + 2);
+      read_secret_file(file, "--legacy-pepper-file", kMaxLegacyPepperBytes + 2,
+                       kMaxLegacyPepperBytes);
   std::string_view bytes = content.reveal();
   if (bytes.size() >= 2 && bytes.substr(bytes.size() - 2) == "\r\n") {
     bytes.remove_suffix(2);

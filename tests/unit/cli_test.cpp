@@ -1892,6 +1892,11 @@ TEST_CASE("cli: a long legacy pepper gives no warning, a bad file is refused uns
     CHECK_FALSE(contains(r.err, file));
     CHECK(r.out.empty());
   }
+  // Too large by far: the message states the documented limit.
+  write_file(huge, std::string(5000, 'p'));
+  r = run_cli({"--db", db, "--legacy-pepper-file", huge, "list", "--account", kAccount});
+  CHECK(r.code == 2);
+  CHECK(contains(r.err, "larger than 4096 bytes"));
   // 4096 bytes and a line break: the longest accepted.
   write_file(huge, std::string(4096, 'p') + "\n");
   r = run_cli({"--db", db, "--legacy-pepper-file", huge, "list", "--account", kAccount});
