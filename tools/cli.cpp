@@ -1867,7 +1867,9 @@ int cmd_import(const Options& o) {
     out["rejections"].push_back(std::move(j));
   }
   if (!emit(dump(out))) return kExitFailure;
-  if (in.bad()) {
+  // std::cin reads through stdio, which keeps a read error (standard input is a
+  // directory, an I/O error) to itself and shows the stream only an end of input.
+  if (in.bad() || (from_stdin && std::ferror(stdin) != 0)) {
     std::cerr << "apikeys: import: reading the file failed before its end: the rows above were "
                  "read; run the import again to finish\n";
     return kExitFailure;

@@ -2020,6 +2020,15 @@ TEST_CASE("cli: import usage errors", "[cli]") {
   write_file(csv, "1,2,3\n");
   r = run_cli({"--db", db, "--legacy-pepper-file", legacy, "import", csv});
   CHECK(r.code == 2);
+  // A standard input that cannot be read (a directory) is a failure, never an empty
+  // import that succeeded.
+  r = apikeys_test::run_program({"/bin/sh", "-c", "exec \"$0\" \"$@\" < \"$IMPORT_DIR\"",
+                                 APIKEYS_CLI_PATH, "--db", db, "--legacy-pepper-file", legacy,
+                                 "import", "-", "--format", "jsonl"},
+                                {"APIKEYS_PEPPER=" + kPepperHex, "IMPORT_DIR=" + dir.path().string()});
+  INFO("stderr: " << r.err);
+  CHECK(r.code == 4);
+  CHECK(contains(r.err, "reading the file failed"));
 }
 
 TEST_CASE("cli: peppers counts the keys under each pepper, and use empties the legacy one",
