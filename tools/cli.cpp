@@ -1850,7 +1850,11 @@ int cmd_import(const Options& o) {
     file.rdbuf()->pubsetbuf(buffer.data(), static_cast<std::streamsize>(buffer.size()));
     // Opened before the database, so that a mistyped path creates no database.
     file.open(std::string(o.import_file), std::ios::in | std::ios::binary);
-    if (!file) throw UsageError("import: cannot open the file to import");
+    std::error_code ec;
+    // A directory opens, and fails only at the first read: after the database was made.
+    if (!file || std::filesystem::is_directory(std::string(o.import_file), ec)) {
+      throw UsageError("import: cannot open the file to import");
+    }
   }
   std::istream& in = from_stdin ? std::cin : file;
   auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/true);

@@ -2010,6 +2010,9 @@ TEST_CASE("cli: import usage errors", "[cli]") {
   CHECK(r.code == 2);
   r = run_cli({"--db", db, "--legacy-pepper-file", legacy, "import", dir.file("missing.csv")});
   CHECK(r.code == 2);
+  fs::create_directories(dir.file("export.csv"));
+  r = run_cli({"--db", db, "--legacy-pepper-file", legacy, "import", dir.file("export.csv")});
+  CHECK(r.code == 2);
   CHECK_FALSE(fs::exists(db));  // nothing refused made a database
 
   // --format overrides the extension.
