@@ -231,7 +231,8 @@ std::string missing(Column c) { return std::string(kColumnNames[c]) + " is missi
 
 std::string bad_timestamp(Column c) {
   return std::string(kColumnNames[c]) +
-         " is not a timestamp with a UTC offset (YYYY-MM-DD HH:MM:SS[.ffffff]+HH[:MM])";
+         " is not a timestamp with a UTC offset (YYYY-MM-DD HH:MM:SS[.ffffff]+HH[:MM]) from "
+         "1677-09-22 to 2262-04-11, the instants a TimePoint holds";
 }
 
 // Wipes a digest's bytes when the scope ends.

@@ -377,6 +377,8 @@ TEST_CASE("import: impossible or offset-less timestamps are rejected", "[import]
   }
   CHECK(reason_has(report, static_cast<std::uint64_t>(n - 1), "expires_at is not a timestamp"));
   CHECK(reason_has(report, static_cast<std::uint64_t>(n), "last_used_at is not a timestamp"));
+  // The range is named: a far-future "never expires" needs NULL instead.
+  CHECK(reason_has(report, 18, "to 2262-04-11"));
 }
 
 TEST_CASE("import: CSV as COPY writes it: any column order, NULLs, quoting, CRLF, BOM",
