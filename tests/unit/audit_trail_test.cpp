@@ -175,6 +175,25 @@ TEST_CASE("audit trail: pages neither skip nor repeat, and the last has no curso
   });
 }
 
+TEST_CASE("audit trail: a page holds 100 events by default, and at most 1,000",
+          "[key_manager][audit]") {
+  Trail t(std::make_shared<apikeys::MemoryStore>());
+  for (int i = 0; i < 150; ++i) (void)t->create(kAccount, CreateRequest("k" + std::to_string(i)));
+  AuditQuery query;  // the default limit
+  const AuditPage first = t->audit(kAccount, query);
+  CHECK(first.events.size() == 100);
+  REQUIRE(first.next_cursor);
+  query.cursor = *first.next_cursor;
+  CHECK(t->audit(kAccount, query).events.size() == 50);
+  query = AuditQuery{};
+  query.limit = 0;  // also the default
+  CHECK(t->audit(kAccount, query).events.size() == 100);
+  query.limit = 1'000;
+  CHECK(t->audit(kAccount, query).events.size() == 150);
+  query.limit = 1'001;
+  refused([&] { (void)t->audit(kAccount, query); });
+}
+
 TEST_CASE("audit trail: a cursor works only for its account, key and since",
           "[key_manager][audit]") {
   over_each_store([](std::shared_ptr<apikeys::Store> store) {

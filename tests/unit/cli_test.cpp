@@ -238,6 +238,27 @@ TEST_CASE("cli: create, list, verify, revoke, delete", "[cli]") {
   }
 }
 
+TEST_CASE("cli: verify - reads one line of at most 1024 bytes and leaves the rest", "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const Json k = create_key(db);
+  const std::string token =
+      k.at("public_key").get<std::string>() + ":" + k.at("secret_key").get<std::string>();
+  // What follows the first line stays in the pipe for the next reader.
+  const Run r = apikeys_test::run_program(
+      {"/bin/sh", "-c", "\"$0\" \"$@\"; echo \"rc=$?\"; cat", APIKEYS_CLI_PATH, "--db", db,
+       "verify", "-"},
+      {"APIKEYS_PEPPER=" + kPepperHex}, token + "\nthe rest of the input\n");
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  CHECK(contains(r.out, "\"code\": \"valid\""));
+  CHECK(contains(r.out, "rc=0\nthe rest of the input\n"));
+  // A first line longer than 1024 bytes is not a token.
+  const Run long_line =
+      run_cli({"--db", db, "verify", "-"}, kPepperHex, token + std::string(1100, 'a') + "\n");
+  CHECK(long_line.code == 1);
+  CHECK(Json::parse(long_line.out).at("code") == "malformed");
+}
+
 TEST_CASE("cli: newest key first, expiry shown", "[cli]") {
   TempDir dir;
   const std::string db = dir.file("keys.db");
@@ -524,6 +545,23 @@ TEST_CASE("cli: storage failures exit 4", "[cli]") {
   r = run_cli({"--db", missing, "verify", "pk_x:sk_y"});
   CHECK(r.code == 4);
   CHECK_FALSE(fs::exists(missing));
+
+  // A database that opens, with a key whose row is damaged: verify answers `error`
+  // (printed, like any other code) and exits 4, never 0 or 1.
+  const std::string good = dir.file("keys.db");
+  const Json k = create_key(good);
+  {
+    SQLite::Database raw(good, SQLite::OPEN_READWRITE);
+    SQLite::Statement damage(raw, "UPDATE api_keys SET digest = x'00' WHERE key_id = ?");
+    damage.bind(1, k.at("key_id").get<std::string>());
+    REQUIRE(damage.exec() == 1);
+  }
+  r = run_cli({"--db", good, "verify", k.at("public_key").get<std::string>(),
+               k.at("secret_key").get<std::string>()});
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  CHECK(r.code == 4);
+  CHECK(Json::parse(r.out).at("code") == "error");
+  CHECK_FALSE(contains(r.out + r.err, k.at("secret_key").get<std::string>()));
 }
 
 TEST_CASE("cli: a file that is not an apikeys database is refused and left unchanged", "[cli]") {
