@@ -325,6 +325,32 @@ TEST_CASE("RedisCache: without the in-process tier a lookup is one MGET under th
   }
 }
 
+TEST_CASE("RedisCache: local_ttl bounds a local entry whose invalidation was lost",
+          "[servers][redis][cache]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  PrefixJanitor janitor{*redis, {}};
+  const std::string prefix = janitor.make();
+  Inspector inspect(*redis);
+  RedisCacheOptions o = options_for(*redis, prefix, true);
+  o.local_ttl = milliseconds(1'000);
+  RedisCache cache(o);
+  REQUIRE(apikeys_test::eventually([&] { return cache.local_tier_live(); }));
+  fill(cache, pk(3), digest_of(3), valid_verdict(3), milliseconds(600'000));
+  REQUIRE(cache.get(pk(3), digest_of(3)).has_value());  // now in the local tier too
+  // An erase whose message never arrives: the generation moves (the Redis copy is
+  // hidden, invariant 1) and nothing is published.
+  const std::string generation = inspect.run({"GET", prefix + "g:" + pk(3)});
+  REQUIRE_FALSE(generation.empty());
+  inspect.set_keep_ttl(prefix + "g:" + pk(3), std::to_string(std::stoull(generation) + 1));
+  CHECK(cache.get(pk(3), digest_of(3)).has_value());  // the local copy still answers
+  // Gone once local_ttl has passed (with a margin for a slow machine; the default
+  // local_ttl is 10 s, so a bound that did not hold would show as a 10 s wait).
+  CHECK(apikeys_test::eventually([&] { return !cache.get(pk(3), digest_of(3)).has_value(); },
+                                 milliseconds(4'000)));
+  CHECK(cache.local_tier_live());  // the subscription never dropped: only local_ttl acted
+}
+
 TEST_CASE("RedisCache: verdicts keep the key's expiry, another layout reads as a miss",
           "[servers][redis][cache]") {
   const auto redis = apikeys_test::test_redis();
