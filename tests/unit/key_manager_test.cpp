@@ -947,3 +947,32 @@ TEST_CASE("a listing cursor signed with the legacy pepper is refused", "[key_man
   next.cursor = *page.next_cursor;
   CHECK(manager.list(account, next).keys.size() == 1);
 }
+
+TEST_CASE("KeyManager::create erases a not_found its own cache kept for the new public key",
+          "[key_manager]") {
+  // A predictable generator: someone presented the next pair before it existed.
+  class Predictable final : public apikeys::KeyGenerator {
+   public:
+    apikeys::KeyPair generate(const apikeys::KeyFormat& format) override {
+      apikeys::KeyPair pair;
+      pair.public_key = format.public_prefix + std::string(format.length, 'P');
+      pair.secret_key =
+          apikeys::SecretString(format.secret_prefix + std::string(format.length, 'S'));
+      return pair;
+    }
+  };
+  auto store = std::make_shared<apikeys::MemoryStore>();
+  apikeys::KeyManagerOptions options;
+  options.validation.cache = std::make_shared<apikeys::MemoryCache>();
+  options.validation.record_last_use = false;
+  options.generator = std::make_shared<Predictable>();
+  apikeys::KeyManager m(store, std::make_shared<apikeys::HmacSha256Hasher>(apikeys_test::kTestPepper),
+                        options);
+  const std::string pk = "pk_" + std::string(32, 'P');
+  const std::string sk = "sk_" + std::string(32, 'S');
+  REQUIRE(m.validate(pk, sk).code == ValidationCode::not_found);
+  REQUIRE(m.validate(pk, sk).code == ValidationCode::not_found);  // now from the cache
+  const CreatedKey created = m.create(account_id(1), CreateRequest("predicted"));
+  REQUIRE(created.info.public_key == pk);
+  CHECK(m.validate(pk, sk).code == ValidationCode::valid);
+}
