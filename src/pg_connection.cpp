@@ -159,10 +159,10 @@ bool PgConnection::healthy() noexcept {
   pollfd p{};
   p.fd = PQsocket(conn_);
   if (p.fd < 0) return false;
-  // A server that ends a session (a restart, pg_terminate_backend(), an idle timeout)
-  // sends an error, which libpq takes as a notice while idle, then closes: only the
-  // peer's shutdown (POLLRDHUP, where the system has it; else the end of the stream
-  // behind the notice) tells that the next command would fail.
+    // A server that ends a session (a restart, pg_terminate_backend(), an idle timeout)
+    // sends an error, which libpq takes as a notice while idle, then closes: only the
+    // peer's shutdown (POLLRDHUP, where the system has it; else the end of the stream
+    // behind the notice) tells that the next command would fail.
 #if defined(POLLRDHUP)
   constexpr int kClosed = POLLHUP | POLLERR | POLLRDHUP;
 #else

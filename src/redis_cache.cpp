@@ -456,8 +456,7 @@ struct RedisCache::Impl {
       if (seen == kNoEpoch || mget_refused.load(std::memory_order_relaxed)) return false;
       const std::string epoch_text = std::to_string(seen);
       std::string verdict_key;
-      verdict_key.reserve(options.prefix.size() + 4 + epoch_text.size() + pk.size() +
-                          field.size());
+      verdict_key.reserve(options.prefix.size() + 4 + epoch_text.size() + pk.size() + field.size());
       verdict_key.append(options.prefix).append("v:").append(epoch_text).append(":");
       verdict_key.append(pk).append(":").append(field);
       Reply r;

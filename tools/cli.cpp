@@ -525,9 +525,8 @@ constexpr std::size_t kMaxLegacyPepperBytes = 4096;
 std::optional<apikeys::SecretString> load_legacy_pepper(std::string_view file) {
   if (file.empty()) return std::nullopt;
   // Two bytes more, for a 4096-byte pepper and its line break.
-  const apikeys::SecretString content =
-      read_secret_file(file, "--legacy-pepper-file", kMaxLegacyPepperBytes + 2,
-                       kMaxLegacyPepperBytes);
+  const apikeys::SecretString content = read_secret_file(
+      file, "--legacy-pepper-file", kMaxLegacyPepperBytes + 2, kMaxLegacyPepperBytes);
   std::string_view bytes = content.reveal();
   if (bytes.size() >= 2 && bytes.substr(bytes.size() - 2) == "\r\n") {
     bytes.remove_suffix(2);
@@ -1494,8 +1493,8 @@ int no_such_key(const apikeys::Uuid& account, const apikeys::Uuid& key_id) {
 // --expires-in-days: decimal digits only (CLI11 would read "010" as octal and "0x10" as
 // hex), from 1 to KeyManager::kMaxExpiryDays.
 int expiry_days(const Options& o) {
-  return static_cast<int>(parse_number(o.expires_in_days, "--expires-in-days", 1,
-                                       apikeys::KeyManager::kMaxExpiryDays));
+  return static_cast<int>(
+      parse_number(o.expires_in_days, "--expires-in-days", 1, apikeys::KeyManager::kMaxExpiryDays));
 }
 
 int cmd_create(const Options& o) {
@@ -2035,8 +2034,8 @@ class Scan {
       // A name found here is shown, unless it holds a secret key (a file named after
       // one): never more of a secret than a finding shows.
       const std::filesystem::path shown_entry =
-          shown / (names_secret(name.string()) ? std::string("<not shown>")
-                                                : shown_path(name.string()));
+          shown /
+          (names_secret(name.string()) ? std::string("<not shown>") : shown_path(name.string()));
       const std::filesystem::file_status link = std::filesystem::symlink_status(entry, ec);
       if (ec) {
         fail(shown_entry.string(), ec.message());

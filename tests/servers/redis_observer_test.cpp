@@ -422,7 +422,7 @@ TEST_CASE("RedisCache: a Redis that refuses MGET is read through the get script"
     CHECK_FALSE(cache.get(pk(5), digest_of(6)));
   }
   const auto refused = recorder->redis("mget_refused");
-  CHECK(refused.size() == 1);  // tried once, then never again
+  CHECK(refused.size() == 1);                 // tried once, then never again
   CHECK(recorder->redis("breaker").empty());  // Redis answered: not an outage
 }
 

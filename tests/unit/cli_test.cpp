@@ -15,9 +15,9 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
-#include <ctime>
 #include <iomanip>
 #include <iostream>
 #include <memory>
@@ -245,10 +245,10 @@ TEST_CASE("cli: verify - reads one line of at most 1024 bytes and leaves the res
   const std::string token =
       k.at("public_key").get<std::string>() + ":" + k.at("secret_key").get<std::string>();
   // What follows the first line stays in the pipe for the next reader.
-  const Run r = apikeys_test::run_program(
-      {"/bin/sh", "-c", "\"$0\" \"$@\"; echo \"rc=$?\"; cat", APIKEYS_CLI_PATH, "--db", db,
-       "verify", "-"},
-      {"APIKEYS_PEPPER=" + kPepperHex}, token + "\nthe rest of the input\n");
+  const Run r = apikeys_test::run_program({"/bin/sh", "-c", "\"$0\" \"$@\"; echo \"rc=$?\"; cat",
+                                           APIKEYS_CLI_PATH, "--db", db, "verify", "-"},
+                                          {"APIKEYS_PEPPER=" + kPepperHex},
+                                          token + "\nthe rest of the input\n");
   INFO("stdout: " << r.out << "\nstderr: " << r.err);
   CHECK(contains(r.out, "\"code\": \"valid\""));
   CHECK(contains(r.out, "rc=0\nthe rest of the input\n"));
@@ -395,9 +395,9 @@ TEST_CASE("cli: the pepper is required and checked", "[cli]") {
     const std::string file = dir.file("pepper.hex");
     { std::ofstream(file) << kPepperHex << "\n"; }
     // The environment holds another pepper: the file's makes the key.
-    const Run created = run_cli({"--db", db, "--pepper-file", file, "create", "--account",
-                                 kAccount, "--title", "t"},
-                                kOtherPepperHex);
+    const Run created = run_cli(
+        {"--db", db, "--pepper-file", file, "create", "--account", kAccount, "--title", "t"},
+        kOtherPepperHex);
     REQUIRE(created.code == 0);
     const Json k = Json::parse(created.out);
     const std::string pk = k.at("public_key").get<std::string>();
@@ -427,9 +427,9 @@ TEST_CASE("cli: the pepper is required and checked", "[cli]") {
     // 4096 bytes exactly is read.
     content.resize(4096);
     { std::ofstream(file) << content; }
-    CHECK(run_cli({"--db", db, "--pepper-file", file, "create", "--account", kAccount,
-                   "--title", "t"},
-                  std::nullopt)
+    CHECK(run_cli(
+              {"--db", db, "--pepper-file", file, "create", "--account", kAccount, "--title", "t"},
+              std::nullopt)
               .code == 0);
   }
   SECTION("--pepper-file with a short pepper") {
@@ -2063,10 +2063,10 @@ TEST_CASE("cli: import usage errors", "[cli]") {
   CHECK(r.code == 2);
   // A standard input that cannot be read (a directory) is a failure, never an empty
   // import that succeeded.
-  r = apikeys_test::run_program({"/bin/sh", "-c", "exec \"$0\" \"$@\" < \"$IMPORT_DIR\"",
-                                 APIKEYS_CLI_PATH, "--db", db, "--legacy-pepper-file", legacy,
-                                 "import", "-", "--format", "jsonl"},
-                                {"APIKEYS_PEPPER=" + kPepperHex, "IMPORT_DIR=" + dir.path().string()});
+  r = apikeys_test::run_program(
+      {"/bin/sh", "-c", "exec \"$0\" \"$@\" < \"$IMPORT_DIR\"", APIKEYS_CLI_PATH, "--db", db,
+       "--legacy-pepper-file", legacy, "import", "-", "--format", "jsonl"},
+      {"APIKEYS_PEPPER=" + kPepperHex, "IMPORT_DIR=" + dir.path().string()});
   INFO("stderr: " << r.err);
   CHECK(r.code == 4);
   CHECK(contains(r.err, "reading the file failed"));
@@ -2204,10 +2204,9 @@ TEST_CASE("cli: scan finds keys in files and directories, never showing a secret
   r = run_bare({"scan", named});
   CHECK(r.code == 1);
   // In name order: acme_sk_... (the directory), old_sk_..., sk_....txt.
-  CHECK(r.out == named + "/<not shown>/in.txt:1: branded public key " + branded.public_key +
-                     "\n" + named + "/<not shown>:1: branded public key " + branded.public_key +
-                     "\n" + named + "/<not shown>:1: branded public key " + branded.public_key +
-                     "\n");
+  CHECK(r.out == named + "/<not shown>/in.txt:1: branded public key " + branded.public_key + "\n" +
+                     named + "/<not shown>:1: branded public key " + branded.public_key + "\n" +
+                     named + "/<not shown>:1: branded public key " + branded.public_key + "\n");
   CHECK_FALSE(contains(r.out, bsk.substr(10)));
   CHECK_FALSE(contains(r.out, lsk.substr(10)));
 

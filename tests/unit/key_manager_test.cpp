@@ -966,8 +966,8 @@ TEST_CASE("KeyManager::create erases a not_found its own cache kept for the new 
   options.validation.cache = std::make_shared<apikeys::MemoryCache>();
   options.validation.record_last_use = false;
   options.generator = std::make_shared<Predictable>();
-  apikeys::KeyManager m(store, std::make_shared<apikeys::HmacSha256Hasher>(apikeys_test::kTestPepper),
-                        options);
+  apikeys::KeyManager m(
+      store, std::make_shared<apikeys::HmacSha256Hasher>(apikeys_test::kTestPepper), options);
   const std::string pk = "pk_" + std::string(32, 'P');
   const std::string sk = "sk_" + std::string(32, 'S');
   REQUIRE(m.validate(pk, sk).code == ValidationCode::not_found);
