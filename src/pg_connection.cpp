@@ -159,15 +159,15 @@ bool PgConnection::healthy() noexcept {
   pollfd p{};
   p.fd = PQsocket(conn_);
   if (p.fd < 0) return false;
-    // A server that ends a session (a restart, pg_terminate_backend(), an idle timeout)
-    // sends an error, which libpq takes as a notice while idle, then closes: only the
-    // peer's shutdown (POLLRDHUP, where the system has it; else the end of the stream
-    // behind the notice) tells that the next command would fail.
 #if defined(POLLRDHUP)
   constexpr int kClosed = POLLHUP | POLLERR | POLLRDHUP;
 #else
   constexpr int kClosed = POLLHUP | POLLERR;
 #endif
+  // A server that ends a session (a restart, pg_terminate_backend(), an idle timeout)
+  // sends an error, which libpq takes as a notice while idle, then closes: only the
+  // peer's shutdown (POLLRDHUP, where the system has it; else the end of the stream
+  // behind the notice) tells that the next command would fail.
   p.events = static_cast<short>(POLLIN | (kClosed & ~(POLLHUP | POLLERR)));
   if (::poll(&p, 1, 0) <= 0) return true;  // nothing pending: as it was
   if ((p.revents & kClosed) != 0) return false;
