@@ -128,9 +128,22 @@ PgConnection::PgConnection(const std::string& conninfo, Deadline deadline) {
   }
   if (PQsetnonblocking(conn_, 1) != 0) connect_failed(false);
   // libpq prints server NOTICEs ("schema already exists, skipping") on stderr by
-  // default: a library must not write into its host's logs.
-  PQsetNoticeProcessor(
-      conn_, [](void*, const char*) {}, nullptr);
+  // default: a library must not write into its host's logs. The receiver keeps only
+  // whether the server said it is ending the session: while idle, libpq takes that
+  // FATAL error for a notice, and it may arrive before the connection closes.
+  PQsetNoticeReceiver(
+      conn_,
+      [](void* self, const PGresult* notice) {
+        const char* severity = PQresultErrorField(notice, PG_DIAG_SEVERITY_NONLOCALIZED);
+        const char* state = PQresultErrorField(notice, PG_DIAG_SQLSTATE);
+        const std::string_view sev = severity != nullptr ? severity : "";
+        const std::string_view code = state != nullptr ? state : "";
+        if (sev == "FATAL" || sev == "PANIC" || code.substr(0, 3) == "57P" ||
+            code.substr(0, 2) == "08") {
+          static_cast<PgConnection*>(self)->ended_ = true;
+        }
+      },
+      this);
 }
 
 PgConnection::~PgConnection() {
@@ -171,8 +184,8 @@ bool PgConnection::healthy() noexcept {
   p.events = static_cast<short>(POLLIN | (kClosed & ~(POLLHUP | POLLERR)));
   if (::poll(&p, 1, 0) <= 0) return true;  // nothing pending: as it was
   if ((p.revents & kClosed) != 0) return false;
-  // Something arrived while idle: a notice, or the server saying goodbye.
-  if (PQconsumeInput(conn_) == 0) return false;
+  // Something arrived while idle: a notice, or the server saying goodbye (ended_).
+  if (PQconsumeInput(conn_) == 0 || ended_) return false;
   char byte = 0;
   if (::recv(p.fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0) return false;  // closed
   return PQstatus(conn_) == CONNECTION_OK && PQisBusy(conn_) == 0;

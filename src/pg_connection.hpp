@@ -75,6 +75,9 @@ class PgConnection {
   PgResult collect(std::string_view op, Deadline deadline);
   [[noreturn]] void lost(std::string_view op, const char* what, bool timed_out);
   PGconn* conn_ = nullptr;
+  // Set by the notice receiver when the server announced the end of the session (a
+  // FATAL error, which libpq hands to the receiver while the connection is idle).
+  bool ended_ = false;
 };
 
 }  // namespace apikeys::pg
