@@ -125,10 +125,11 @@ constexpr const char* kEraseScript = APIKEYS_EPOCH_PROLOGUE
 
 // ARGV: prefix, epoch0, step (1..2^31), channel, message. Moves the epoch by `step`
 // (so every token changes mod 2^32) within 2^48 (exact as a Lua number), written as
-// integer text (some Redis versions write a Lua number such as 1.23e+14 otherwise).
+// integer text (some Redis versions write a Lua number such as 1.23e+14 otherwise; '%d'
+// would go through a C long, 32 bits on some builds).
 // Returns the new epoch.
 constexpr const char* kClearScript = APIKEYS_EPOCH_PROLOGUE
-    "local n = string.format('%d', (tonumber(e) + tonumber(ARGV[3])) % 281474976710656)\n"
+    "local n = string.format('%.0f', (tonumber(e) + tonumber(ARGV[3])) % 281474976710656)\n"
     "redis.call('SET', ek, n)\n"
     "redis.call('PUBLISH', ARGV[4], ARGV[5])\n"
     "return n\n";
@@ -463,12 +464,19 @@ struct RedisCache::Impl {
       try {
         r = pool.run({"MGET", epoch_key, generation_key, verdict_key});
       } catch (const Error& e) {
-        // An error reply (the connection is fine: busy means unreachable, rethrown).
-        if (e.code() != ErrorCode::storage) throw;
-        mget_refused.store(true, std::memory_order_relaxed);
-        pool.report("mget_refused",
-                    "RedisCache get: Redis refused MGET (an ACL?); lookups run the get "
-                    "script from now on");
+        // Refused for good (an ACL without MGET, or a server that renamed it); any other
+        // failure (a restart's LOADING, a busy script, unreachable) is one lookup's.
+        const std::string_view what = e.what();
+        if (e.code() != ErrorCode::storage ||
+            (what.find("NOPERM") == std::string_view::npos &&
+             what.find("unknown command") == std::string_view::npos)) {
+          throw;
+        }
+        if (!mget_refused.exchange(true, std::memory_order_relaxed)) {
+          pool.report("mget_refused",
+                      "RedisCache get: Redis refused MGET (an ACL?); lookups run the get "
+                      "script from now on");
+        }
         return false;
       }
       if (r->type != REDIS_REPLY_ARRAY || r->elements != 3) {
