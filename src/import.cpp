@@ -231,8 +231,30 @@ std::string missing(Column c) { return std::string(kColumnNames[c]) + " is missi
 
 std::string bad_timestamp(Column c) {
   return std::string(kColumnNames[c]) +
-         " is not a timestamp with a UTC offset (YYYY-MM-DD HH:MM:SS[.ffffff]+HH[:MM]) from "
-         "1677-09-22 to 2262-04-11, the instants a TimePoint holds";
+         " is not a timestamp with a UTC offset (YYYY-MM-DD HH:MM:SS[.ffffff]+HH[:MM]) within "
+         "the range a TimePoint holds (1677-09-22 to 2262-04-11 where it counts nanoseconds)";
+}
+
+// True when `text` holds a secret key: one find_keys() finds (a branded one, or a
+// legacy one standing alone), or "sk_" and 32 base62 characters anywhere, glued to
+// other text too (what the CLI's create refuses in a title).
+bool holds_secret_key(std::string_view text) {
+  const std::vector<FoundKey> found = find_keys(text);
+  if (std::any_of(found.begin(), found.end(), [](const FoundKey& k) { return k.secret; })) {
+    return true;
+  }
+  constexpr std::string_view kPrefix = "sk_";
+  constexpr std::size_t kBody = 32;
+  for (std::size_t at = text.find(kPrefix); at != std::string_view::npos;
+       at = text.find(kPrefix, at + 1)) {
+    const std::string_view body = text.substr(at + kPrefix.size(), kBody);
+    if (body.size() == kBody && std::all_of(body.begin(), body.end(), [](char c) {
+          return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+        })) {
+      return true;
+    }
+  }
+  return false;
 }
 
 // Wipes a digest's bytes when the scope ends.
@@ -370,8 +392,7 @@ class Importer {
     // A secret key pasted into a title or description would be stored and listed in
     // plain text: the row is refused, and the copies made here wiped.
     for (std::string* text : {&request.title, &request.description}) {
-      const std::vector<FoundKey> found = find_keys(*text);
-      if (std::any_of(found.begin(), found.end(), [](const FoundKey& k) { return k.secret; })) {
+      if (holds_secret_key(*text)) {
         OPENSSL_cleanse(request.title.data(), request.title.size());
         OPENSSL_cleanse(request.description.data(), request.description.size());
         return text == &request.title ? "title holds a secret key (sk_...): remove it"
