@@ -35,7 +35,9 @@ class APIKEYS_EXPORT Hasher {
   [[nodiscard]] virtual std::optional<Digest> hash_with(std::string_view secret,
                                                         std::uint32_t pepper_id) const = 0;
   /// True when `secret` hashes to `stored` under stored.pepper_id; compares in
-  /// constant time. Unknown pepper id or any failure: false.
+  /// constant time. Unknown pepper id or any failure: false. The Validator does not
+  /// call it (it calls hash_with(), so that a failure answers `error` rather than a
+  /// wrong secret); KeyManager uses it for its signed page cursors.
   [[nodiscard]] virtual bool verify(std::string_view secret, const Digest& stored) const noexcept;
   /// Every pepper id this hasher knows, the current one first. The Validator uses it
   /// to do the same work for an unknown public key as for a key under another pepper.

@@ -62,7 +62,7 @@ TEST_CASE("Peppers and secrets are wiped before their blocks are freed", "[hashe
 #if !defined(OPENSSL_NO_DEPRECATED_3_0)
   // What HmacSha256Hasher keeps: the SHA-256 states after the key's inner and outer
   // pad blocks (RFC 2104), here their chaining values.
-  for (const std::string* key : {&current, &legacy}) {
+  for (const std::string* key : {&current, &retired, &legacy}) {
     for (const unsigned char xor_pad : {0x36, 0x5c}) {
       unsigned char pad[64] = {};
       std::memcpy(pad, key->data(), key->size());
