@@ -24,12 +24,12 @@
 #include "apikeys/error.hpp"
 #include "apikeys/key_generator.hpp"
 #include "apikeys/key_manager.hpp"
-#include "apikeys/scan.hpp"
 #include "cache_registry.hpp"
 #include "guarded.hpp"
 #include "hex.hpp"
 #include "import_reader.hpp"
 #include "key_import.hpp"
+#include "secret_text.hpp"
 #include "text.hpp"
 #include "timestamp.hpp"
 
@@ -235,28 +235,6 @@ std::string bad_timestamp(Column c) {
          "the range a TimePoint holds (1677-09-22 to 2262-04-11 where it counts nanoseconds)";
 }
 
-// True when `text` holds a secret key: one find_keys() finds (a branded one, or a
-// legacy one standing alone), or "sk_" and 32 base62 characters anywhere, glued to
-// other text too (what the CLI's create refuses in a title).
-bool holds_secret_key(std::string_view text) {
-  const std::vector<FoundKey> found = find_keys(text);
-  if (std::any_of(found.begin(), found.end(), [](const FoundKey& k) { return k.secret; })) {
-    return true;
-  }
-  constexpr std::string_view kPrefix = "sk_";
-  constexpr std::size_t kBody = 32;
-  for (std::size_t at = text.find(kPrefix); at != std::string_view::npos;
-       at = text.find(kPrefix, at + 1)) {
-    const std::string_view body = text.substr(at + kPrefix.size(), kBody);
-    if (body.size() == kBody && std::all_of(body.begin(), body.end(), [](char c) {
-          return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-        })) {
-      return true;
-    }
-  }
-  return false;
-}
-
 // Wipes a digest's bytes when the scope ends.
 class DigestWipe {
  public:
@@ -392,7 +370,7 @@ class Importer {
     // A secret key pasted into a title or description would be stored and listed in
     // plain text: the row is refused, and the copies made here wiped.
     for (std::string* text : {&request.title, &request.description}) {
-      if (holds_secret_key(*text)) {
+      if (detail::holds_secret_key(*text)) {
         OPENSSL_cleanse(request.title.data(), request.title.size());
         OPENSSL_cleanse(request.description.data(), request.description.size());
         return text == &request.title ? "title holds a secret key (sk_...): remove it"

@@ -35,6 +35,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../src/hex.hpp"
+#include "../src/secret_text.hpp"
 #include "../src/text.hpp"
 #include "apikeys/apikeys.hpp"
 #if defined(APIKEYS_HAS_POSTGRES)
@@ -129,13 +130,7 @@ std::string_view trim(std::string_view s) noexcept {
 }
 
 bool holds_secret_key(std::string_view text) noexcept {
-  for (auto at = text.find(kSecretPrefix); at != std::string_view::npos;
-       at = text.find(kSecretPrefix, at + 1)) {
-    const std::string_view body = text.substr(at + kSecretPrefix.size(), kSecretBodyChars);
-    if (body.size() == kSecretBodyChars && std::all_of(body.begin(), body.end(), is_base62))
-      return true;
-  }
-  return false;
+  return apikeys::detail::holds_secret_key(text);
 }
 
 bool may_hold_secret(std::string_view text) noexcept {
@@ -1987,15 +1982,6 @@ std::string shown_path(std::string_view path) { return apikeys::detail::escape_u
 // wrong place is shown as "<not shown>".
 class Scan {
  public:
-  // True when `name` holds a secret key, whole: as find_keys() finds one, or any "sk_"
-  // and 32 base62 characters (glued to other text too).
-  static bool names_secret(std::string_view name) {
-    if (holds_secret_key(name)) return true;
-    const std::vector<apikeys::FoundKey> found = apikeys::find_keys(name);
-    return std::any_of(found.begin(), found.end(),
-                       [](const apikeys::FoundKey& k) { return k.secret; });
-  }
-
   // Scans "-" (stdin), a file, or a directory and everything below it, without .git.
   void argument(const std::string& path) {
     const std::string shown = may_hold_secret(path) ? std::string("<not shown>") : shown_path(path);
@@ -2034,8 +2020,8 @@ class Scan {
       // A name found here is shown, unless it holds a secret key (a file named after
       // one): never more of a secret than a finding shows.
       const std::filesystem::path shown_entry =
-          shown /
-          (names_secret(name.string()) ? std::string("<not shown>") : shown_path(name.string()));
+          shown / (holds_secret_key(name.string()) ? std::string("<not shown>")
+                                                   : shown_path(name.string()));
       const std::filesystem::file_status link = std::filesystem::symlink_status(entry, ec);
       if (ec) {
         fail(shown_entry.string(), ec.message());

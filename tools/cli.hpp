@@ -80,7 +80,8 @@ inline constexpr std::string_view kPlaceholderStart = "<not shown #";
 // `s` without leading and trailing white space.
 [[nodiscard]] std::string_view trim(std::string_view s) noexcept;
 
-// True when `text` holds a secret key: "sk_" and 32 base62 characters.
+// True when `text` holds a secret key: "sk_" and 32 base62 characters
+// (detail::holds_secret_key(), the rule import_keys() applies too).
 [[nodiscard]] bool holds_secret_key(std::string_view text) noexcept;
 
 // True when `text` may be, or hold, a secret or the pepper: it contains the secret

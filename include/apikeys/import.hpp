@@ -22,7 +22,8 @@ namespace apikeys {
 /// either case; status is active, revoked or expired; a timestamp is
 /// "YYYY-MM-DD[T ]HH:MM:SS[.fraction, up to 9 digits]" and a UTC offset ("Z", "+HH",
 /// "+HH:MM" or "+HHMM", either sign), kept to the microsecond. A title or description
-/// holding a secret key (find_keys()) rejects the row.
+/// holding a secret key ("sk_" and 32 base62 characters anywhere, as every legacy or
+/// branded secret has) rejects the row.
 enum class ImportFormat : std::uint8_t {
   /// One JSON object per line, as a REST export gives them; timestamps like
   /// "2026-11-24T19:00:28.123456+00:00". Blank lines are skipped; a member that is

@@ -993,6 +993,15 @@ TEST_CASE("cli: update usage errors", "[cli]") {
       CHECK(r.code == 2);
       CHECK_FALSE(contains(r.out + r.err, sk.substr(3)));
     }
+    // A branded secret (a valid checksum) too, as a whole title or inside one.
+    apikeys::CsprngKeyGenerator generator;
+    const apikeys::KeyPair branded = generator.generate(apikeys::KeyFormat::branded("acme"));
+    const std::string bsk(branded.secret_key.reveal());
+    for (const std::string& title : {bsk, "old key: " + bsk}) {
+      const Run r = run_cli(plus(key_args(db, "update", key_id), {"--title", title}));
+      CHECK(r.code == 2);
+      CHECK_FALSE(contains(r.out + r.err, bsk.substr(8)));
+    }
   }
   CHECK(run_json(key_args(db, "get", key_id)).at("version") == 1);  // nothing written
 }
