@@ -395,6 +395,7 @@ struct RedisCache::Impl {
              std::vector<const char*>(std::begin(kScripts), std::end(kScripts))),
         options(pool.options()),
         channel(options.prefix + "invalidate"),
+        epoch_key(options.prefix + "e"),
         serial(g_next_serial.fetch_add(1)) {}
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
@@ -402,6 +403,7 @@ struct RedisCache::Impl {
   detail::RedisPool pool;  // command connections, AUTH, breaker, scripts
   const RedisCacheOptions& options;
   const std::string channel;
+  const std::string epoch_key;  // {P}e, which lookup() reads
   const std::uint64_t serial;
   std::unique_ptr<MemoryCache> local;  // null when local_tier is off
 
@@ -448,7 +450,6 @@ struct RedisCache::Impl {
   // the epoch moved on both tries, a verdict of another generation there (the script
   // deletes it), or a number in a form the scripts never write.
   bool lookup(std::string_view pk, std::string_view field, std::optional<Verdict>& out) {
-    const std::string epoch_key = options.prefix + "e";
     std::string generation_key;
     generation_key.reserve(options.prefix.size() + 2 + pk.size());
     generation_key.append(options.prefix).append("g:").append(pk);
