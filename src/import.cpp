@@ -438,36 +438,58 @@ void import_json_lines(ByteSource& bytes, Importer& importer) {
   row.clear();
 }
 
-void import_csv(ByteSource& bytes, Importer& importer) {
-  CsvReader reader(bytes, kMaxRowBytes);
-  CsvRecord record;
+// Where each kept column is in a CSV row (kAbsent when the header does not name it),
+// and how many fields a row has.
+constexpr std::size_t kAbsent = std::numeric_limits<std::size_t>::max();
+struct CsvHeader {
+  std::array<std::size_t, kColumns> position{};
+  std::size_t width = 0;
+};
+
+// Reads the header row, the first record of `reader`'s input. Throws
+// Error(invalid_argument) when there is none, or it is not valid CSV, names a column
+// twice or lacks a required one.
+CsvHeader check_csv_header(const CsvReader& reader, const CsvRecord& record);
+CsvHeader read_csv_header(CsvReader& reader, CsvRecord& record) {
   if (!reader.next(record)) {
     throw Error(ErrorCode::invalid_argument, "the CSV input has no header row");
   }
+  return check_csv_header(reader, record);
+}
+
+// The checks of read_csv_header() on the record it read.
+CsvHeader check_csv_header(const CsvReader& reader, const CsvRecord& record) {
   if (record.too_long || record.malformed) {
     throw Error(ErrorCode::invalid_argument, "the CSV header row is not valid CSV");
   }
-  // Where each column is in a row; kAbsent when the header does not name it.
-  constexpr std::size_t kAbsent = std::numeric_limits<std::size_t>::max();
-  std::array<std::size_t, kColumns> position{};
-  position.fill(kAbsent);
-  const std::size_t width = record.fields.size();
-  for (std::size_t i = 0; i < width; ++i) {
+  CsvHeader header;
+  header.position.fill(kAbsent);
+  header.width = record.fields.size();
+  for (std::size_t i = 0; i < header.width; ++i) {
     const auto column = column_of(reader.text(record.fields[i]));
     if (!column) continue;  // a column not kept
-    if (position[*column] != kAbsent) {
+    if (header.position[*column] != kAbsent) {
       throw Error(ErrorCode::invalid_argument,
                   "the CSV header names column " + std::string(kColumnNames[*column]) + " twice");
     }
-    position[*column] = i;
+    header.position[*column] = i;
   }
   for (std::size_t c = 0; c < kRequiredColumns; ++c) {
-    if (position[c] == kAbsent) {
+    if (header.position[c] == kAbsent) {
       throw Error(ErrorCode::invalid_argument, "the CSV header has no column " +
                                                    std::string(kColumnNames[c]) +
                                                    " (the first row must name the columns)");
     }
   }
+  return header;
+}
+
+void import_csv(ByteSource& bytes, Importer& importer) {
+  CsvReader reader(bytes, kMaxRowBytes);
+  CsvRecord record;
+  const CsvHeader header = read_csv_header(reader, record);
+  const std::array<std::size_t, kColumns>& position = header.position;
+  const std::size_t width = header.width;
   reader.clear();
 
   Row row;
@@ -531,3 +553,49 @@ ImportReport import_keys(Store& store, const Hasher& hasher, const ValidatorOpti
 }
 
 }  // namespace apikeys::detail
+
+namespace apikeys {
+
+namespace {
+
+// A streambuf over bytes it does not own, read only, that says how many were read.
+class ViewBuf : public std::streambuf {
+ public:
+  explicit ViewBuf(std::string_view bytes) {
+    // NOLINTNEXTLINE(cppcoreguidelines-pro-type-const-cast): get area only; never written.
+    char* p = const_cast<char*>(bytes.data());
+    setg(p, p, p + bytes.size());
+  }
+  [[nodiscard]] std::size_t consumed() const noexcept {
+    return static_cast<std::size_t>(gptr() - eback());
+  }
+};
+
+}  // namespace
+
+bool check_import_start(std::string_view start, bool whole, ImportFormat format) {
+  switch (format) {
+    case ImportFormat::json_lines: return true;  // no header: each line stands alone
+    case ImportFormat::csv: break;
+    default: throw Error(ErrorCode::invalid_argument, "unknown import format");
+  }
+  ViewBuf buf(start);
+  detail::ByteSource bytes(buf);
+  detail::CsvReader reader(bytes, detail::kMaxRowBytes);
+  detail::CsvRecord record;
+  if (whole) {
+    (void)detail::read_csv_header(reader, record);
+    return true;
+  }
+  if (!reader.next(record)) return false;  // nothing but empty lines yet
+  // A header over the size limit is refused whatever follows. Otherwise it is known
+  // only when it ended at a line break: before the end of `start`, or at its very end
+  // (a line break there that a quote left open would make the record malformed).
+  const bool ended = record.too_long || buf.consumed() < start.size() ||
+                     (!record.malformed && !start.empty() && start.back() == '\n');
+  if (!ended) return false;
+  (void)detail::check_csv_header(reader, record);
+  return true;
+}
+
+}  // namespace apikeys

@@ -6,6 +6,7 @@
 #include <pwd.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,6 +25,7 @@
 #include <memory>
 #include <optional>
 #include <stdexcept>
+#include <streambuf>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -1805,6 +1807,88 @@ int cmd_verify(const Options& o) {
   return r.code == apikeys::ValidationCode::error ? kExitFailure : kExitRejected;
 }
 
+// The input of `import`: a streambuf that reads a file descriptor with read(2) into a
+// buffer the caller owns (and wipes), so that no stdio or filebuf buffer keeps the
+// rows. check_start() reads ahead until the start of the input decides whether it is
+// usable (apikeys::check_import_start()); what it read is then read again from the top.
+// Thread-safety: none. Ownership: borrows the buffer; closes the descriptor when it
+// owns it.
+class ImportInput : public std::streambuf {
+ public:
+  // Room for a CSV header of the largest size the import accepts (1 MiB), and more.
+  static constexpr std::size_t kBufferBytes = std::size_t{2} << 20;
+
+  ImportInput(int fd, bool owns, std::string& buffer) noexcept
+      : fd_(fd), owns_(owns), buf_(buffer.data()), size_(buffer.size()) {
+    setg(buf_, buf_, buf_);
+  }
+  ~ImportInput() override {
+    if (owns_) ::close(fd_);
+  }
+  ImportInput(const ImportInput&) = delete;
+  ImportInput& operator=(const ImportInput&) = delete;
+
+  [[nodiscard]] bool is_directory() const noexcept {
+    struct stat st {};
+    return ::fstat(fd_, &st) == 0 && S_ISDIR(st.st_mode);
+  }
+
+  // Reads until the start of the input is known to be usable or not for `format`; then
+  // the stream reads from the top again. Throws what check_import_start() throws for
+  // input refused as a whole. False when reading failed first; true when usable, or
+  // when the buffer filled before the start decided (the import then decides).
+  bool check_start(apikeys::ImportFormat format) {
+    std::size_t filled = 0;
+    bool whole = false;
+    // At least one read, whatever the format: input that cannot be read at all (standard
+    // input a directory) fails here, before the database exists.
+    for (;;) {
+      const std::size_t n = read_some(buf_ + filled, size_ - filled);
+      if (failed_) return false;
+      whole = n == 0;
+      filled += n;
+      if (apikeys::check_import_start(std::string_view(buf_, filled), whole, format)) break;
+      if (whole || filled == size_) break;
+    }
+    setg(buf_, buf_, buf_ + filled);
+    return true;
+  }
+
+  // True when a read failed: the input ended there.
+  [[nodiscard]] bool failed() const noexcept { return failed_; }
+
+ protected:
+  int_type underflow() override {
+    if (gptr() < egptr()) return traits_type::to_int_type(*gptr());
+    // The bytes read are wiped before the buffer is filled again (the whole buffer is
+    // wiped when the import ends).
+    wipe_bytes(eback(), static_cast<std::size_t>(egptr() - eback()));
+    const std::size_t n = read_some(buf_, size_);
+    setg(buf_, buf_, buf_ + n);
+    return n == 0 ? traits_type::eof() : traits_type::to_int_type(*gptr());
+  }
+
+ private:
+  // One read(2), retried on EINTR; 0 at the end of the input or after a failure.
+  std::size_t read_some(char* at, std::size_t room) noexcept {
+    if (failed_ || room == 0) return 0;
+    for (;;) {
+      const ssize_t n = ::read(fd_, at, room);
+      if (n >= 0) return static_cast<std::size_t>(n);
+      if (errno != EINTR) {
+        failed_ = true;
+        return 0;
+      }
+    }
+  }
+
+  int fd_;
+  bool owns_;
+  char* buf_;
+  std::size_t size_;
+  bool failed_ = false;
+};
+
 // import's --format, else the format the file's extension names.
 apikeys::ImportFormat import_format(const Options& o) {
   if (!o.import_format.empty()) {
@@ -1836,21 +1920,28 @@ int cmd_import(const Options& o) {
   const apikeys::ChangeContext context = change_context(o);
   check_db(o, /*may_create_db=*/true);
   const bool from_stdin = o.import_file == "-";
-  // The rows hold digests: the file is read through a buffer of ours, wiped at the end.
-  std::string buffer(std::size_t{64} << 10, '\0');
+  // The rows hold digests: they are read with read(2) into a buffer of ours, wiped at
+  // the end (a stdio or filebuf buffer would keep them).
+  std::string buffer(ImportInput::kBufferBytes, '\0');
   WipeGuard buffer_guard(buffer);
-  std::ifstream file;
+  int fd = STDIN_FILENO;
   if (!from_stdin) {
-    file.rdbuf()->pubsetbuf(buffer.data(), static_cast<std::streamsize>(buffer.size()));
     // Opened before the database, so that a mistyped path creates no database.
-    file.open(std::string(o.import_file), std::ios::in | std::ios::binary);
-    std::error_code ec;
-    // A directory opens, and fails only at the first read: after the database was made.
-    if (!file || std::filesystem::is_directory(std::string(o.import_file), ec)) {
-      throw UsageError("import: cannot open the file to import");
-    }
+    fd = ::open(std::string(o.import_file).c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) throw UsageError("import: cannot open the file to import");
   }
-  std::istream& in = from_stdin ? std::cin : file;
+  ImportInput input(fd, /*owns=*/!from_stdin, buffer);
+  if (!from_stdin && input.is_directory()) {
+    throw UsageError("import: cannot open the file to import (it is a directory)");
+  }
+  // The start of the input is read and checked (a CSV header) before the database is
+  // opened: input refused as a whole creates no database and writes nothing.
+  if (!input.check_start(options.format)) {
+    std::cerr << "apikeys: import: reading the file failed before its first row: nothing "
+                 "was imported\n";
+    return kExitFailure;
+  }
+  std::istream in(&input);
   auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/true);
   const apikeys::ImportReport report = manager->import_keys(in, options, context);
   Json out;
@@ -1865,9 +1956,8 @@ int cmd_import(const Options& o) {
     out["rejections"].push_back(std::move(j));
   }
   if (!emit(dump(out))) return kExitFailure;
-  // std::cin reads through stdio, which keeps a read error (standard input is a
-  // directory, an I/O error) to itself and shows the stream only an end of input.
-  if (in.bad() || (from_stdin && std::ferror(stdin) != 0)) {
+  // A read error (an I/O error, standard input a directory) ended the input early.
+  if (in.bad() || input.failed()) {
     std::cerr << "apikeys: import: reading the file failed before its end: the rows above were "
                  "read; run the import again to finish\n";
     return kExitFailure;

@@ -9,8 +9,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "apikeys/export.hpp"
 #include "apikeys/hasher.hpp"
 
 namespace apikeys {
@@ -66,6 +68,19 @@ struct ImportReport {
   /// The first ImportOptions::max_rejections_listed rejections, in line order.
   std::vector<ImportRejection> rejections;
 };
+
+/// Checks the start of import input for what refuses all of it, so that a caller can
+/// refuse it before it writes or creates anything (the CLI asks before it creates a
+/// database). For CSV that is the header row: absent, not valid CSV, naming a column
+/// twice or lacking a required one, refused as KeyManager::import_keys() refuses it
+/// (which reads it first and writes nothing then). JSON lines have no header: true.
+/// `start` is the input's first bytes; `whole` says they are all of it. Returns true
+/// when `start` decides and the input is usable, false when the header may go on past
+/// `start` (read more and ask again; a header over 1 MiB is refused once `start` holds
+/// that much). Throws Error(invalid_argument), with the message import_keys() would
+/// give, when it is not usable. Thread-safety: a pure function of its arguments.
+[[nodiscard]] APIKEYS_EXPORT bool check_import_start(std::string_view start, bool whole,
+                                                     ImportFormat format);
 
 }  // namespace apikeys
 

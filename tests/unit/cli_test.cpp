@@ -2081,6 +2081,69 @@ TEST_CASE("cli: import usage errors", "[cli]") {
   CHECK(contains(r.err, "reading the file failed"));
 }
 
+TEST_CASE("cli: import input refused as a whole creates no database, from a file or stdin",
+          "[cli]") {
+  TempDir dir;
+  const std::string legacy = dir.file("legacy");
+  write_file(legacy, kLegacyPepper);
+  const std::string header = "key_id,public_key,secret_key_hash,account_id,status,created_at\n";
+  // A CSV whose header is absent, lacks a column, names one twice or is not valid CSV.
+  const std::vector<std::string> bad{"",
+                                     "\n\n",
+                                     "1,2,3\n",
+                                     "key_id,public_key,secret_key_hash,account_id,status\n",
+                                     header.substr(0, header.size() - 1) + ",key_id\n",
+                                     "\"key_id,public_key\n"};
+  int n = 0;
+  for (const std::string& text : bad) {
+    INFO(text);
+    const std::string csv = dir.file("bad" + std::to_string(n) + ".csv");
+    write_file(csv, text);
+    const std::string db = dir.file("file" + std::to_string(n) + ".db");
+    Run r = run_cli({"--db", db, "--legacy-pepper-file", legacy, "import", csv});
+    CHECK(r.code == 2);
+    CHECK(contains(r.err, "CSV"));
+    CHECK_FALSE(fs::exists(db));
+    const std::string piped = dir.file("stdin" + std::to_string(n) + ".db");
+    r = run_cli({"--db", piped, "--legacy-pepper-file", legacy, "import", "-", "--format", "csv"},
+                kPepperHex, text);
+    CHECK(r.code == 2);
+    CHECK_FALSE(fs::exists(piped));
+    ++n;
+  }
+  // Standard input that cannot be read (a directory): a failure, and no database.
+  const std::string unread = dir.file("unread.db");
+  Run r = apikeys_test::run_program(
+      {"/bin/sh", "-c", "exec \"$0\" \"$@\" < \"$IMPORT_DIR\"", APIKEYS_CLI_PATH, "--db", unread,
+       "--legacy-pepper-file", legacy, "import", "-", "--format", "jsonl"},
+      {"APIKEYS_PEPPER=" + kPepperHex, "IMPORT_DIR=" + dir.path().string()});
+  CHECK(r.code == 4);
+  CHECK(contains(r.err, "reading the file failed"));
+  CHECK_FALSE(fs::exists(unread));
+
+  // A usable header that arrives in pieces (a pipe written slowly) is waited for, and
+  // the rows after it are imported.
+  const Json row = Json::parse(legacy_row().first);
+  std::string line;
+  for (const char* column :
+       {"key_id", "public_key", "secret_key_hash", "account_id", "status", "created_at"}) {
+    const std::string v = row.at(column).get<std::string>();
+    line += (line.empty() ? "" : ",") + v;
+  }
+  const std::string db = dir.file("slow.db");
+  r = apikeys_test::run_program(
+      {"/bin/sh", "-c",
+       "{ printf '%s' \"$HEAD1\"; sleep 0.2; printf '%s' \"$HEAD2\"; sleep 0.2; "
+       "printf '%s\\n' \"$ROW\"; } | exec \"$0\" \"$@\"",
+       APIKEYS_CLI_PATH, "--db", db, "--legacy-pepper-file", legacy, "import", "-", "--format",
+       "csv"},
+      {"APIKEYS_PEPPER=" + kPepperHex, "HEAD1=" + header.substr(0, 20),
+       "HEAD2=" + header.substr(20), "ROW=" + line});
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(Json::parse(r.out).at("imported") == 1);
+}
+
 TEST_CASE("cli: peppers counts the keys under each pepper, and use empties the legacy one",
           "[cli]") {
   TempDir dir;

@@ -799,6 +799,62 @@ TEST_CASE("import: CSV without a usable header is refused before anything is imp
   CHECK(empty.imported + empty.skipped + empty.rejected == 0);
 }
 
+TEST_CASE("import: check_import_start refuses what import_keys refuses, from the first bytes",
+          "[import]") {
+  using apikeys::check_import_start;
+  const std::string header = csv_header();
+  const std::string rows = csv_line(good_row(1));
+  // Every input import_keys refuses as a whole is refused with the same message, once
+  // the bytes given are the whole input or hold the header's line break.
+  for (const std::string& bad :
+       {std::string(), std::string("\n\n"), rows,
+        std::string("key_id,public_key,secret_key_hash,account_id,status\n") + rows,
+        std::string("key_id,public_key,secret_key_hash,account_id,status,created_at,key_id\n"),
+        std::string("\"key_id,public_key\n")}) {
+    INFO(bad);
+    std::string expected;
+    try {
+      Importing t;
+      (void)t.csv(bad);
+    } catch (const apikeys::Error& e) {
+      expected = e.what();
+    }
+    REQUIRE_FALSE(expected.empty());
+    try {
+      (void)check_import_start(bad, /*whole=*/true, ImportFormat::csv);
+      FAIL("no exception");
+    } catch (const apikeys::Error& e) {
+      CHECK(e.code() == ErrorCode::invalid_argument);
+      CHECK(std::string(e.what()) == expected);
+    }
+  }
+  CHECK_THROWS_AS(check_import_start(rows + rows, false, ImportFormat::csv), apikeys::Error);
+  // A usable header decides as soon as its line break is in; the rows after do not matter.
+  CHECK(check_import_start(header, false, ImportFormat::csv));
+  CHECK(check_import_start(header + rows.substr(0, 10), false, ImportFormat::csv));
+  CHECK(check_import_start("\xEF\xBB\xBF" + header, false, ImportFormat::csv));
+  // Cut anywhere before its line break, the header may still go on: undecided...
+  for (std::size_t cut = 0; cut < header.size(); ++cut) {
+    INFO(cut);
+    CHECK_FALSE(check_import_start(header.substr(0, cut), false, ImportFormat::csv));
+  }
+  // ...even a line break inside an open quote, or a bad header's first part...
+  CHECK_FALSE(check_import_start("\"key_id\n", false, ImportFormat::csv));
+  CHECK_FALSE(check_import_start("key_id,public_key", false, ImportFormat::csv));
+  CHECK_FALSE(check_import_start("\n\n", false, ImportFormat::csv));
+  // ...and the header without its line break is whole only when the input ends there.
+  const std::string bare = header.substr(0, header.size() - 1);
+  CHECK_FALSE(check_import_start(bare, false, ImportFormat::csv));
+  CHECK(check_import_start(bare, true, ImportFormat::csv));
+  // A header over the size limit is refused before it ends.
+  const std::string huge =
+      header.substr(0, header.size() - 1) + ",x" + std::string(std::size_t{1} << 20, 'x');
+  CHECK_THROWS_AS(check_import_start(huge, false, ImportFormat::csv), apikeys::Error);
+  // JSON lines have no header: nothing to wait for.
+  CHECK(check_import_start("", false, ImportFormat::json_lines));
+  CHECK(check_import_start("{\"key_id\"", false, ImportFormat::json_lines));
+}
+
 TEST_CASE("import: CSV rows of the wrong width or broken quoting are rejected alone", "[import]") {
   Importing t;
   std::string text = csv_header();
