@@ -798,6 +798,11 @@ KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const Key
     throw Error(ErrorCode::not_supported, "this store does not keep rate limits");
   }
   if (!changes_credits) return impl_->shown(updated);
+  // A lineage without credits has no refill to clear: nothing to write (the key's own
+  // fields, if any, were). Setting a refill needs a balance, and the store refuses it.
+  if (update.credits.leaves() && update.refill.clears() && !updated.credits) {
+    return impl_->shown(updated);
+  }
   // Credits are the lineage's, changed after the key's own fields (doc/rate-limits.md,
   // "Management"): a failure here leaves those fields changed, and retrying is safe.
   CreditsChange change;

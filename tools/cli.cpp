@@ -1621,8 +1621,8 @@ int cmd_key(const Options& o, KeyCommand command) {
       case KeyCommand::update:
         // A refill needs a balance: refuse it for a key without credits before any field
         // is written (the library refuses it too, but after the key's own fields).
-        if ((admission.refill || admission.no_refill) && !admission.credits &&
-            !manager->get(account, key_id).credits) {
+        // --no-refill on such a key has nothing to clear: the other fields apply.
+        if (admission.refill && !admission.credits && !manager->get(account, key_id).credits) {
           std::cerr << "apikeys: conflict: the key has no credits: a refill needs a balance; "
                        "give --credits N with it\n";
           return kExitConflict;

@@ -128,8 +128,9 @@ struct KeyUpdate {
   /// Sets the lineage's credit balance (creating credits when it had none); clear:
   /// no credit limit any more (the refill goes too).
   FieldUpdate<std::uint64_t> credits;
-  /// Sets the refill (the lineage must have credits, or get them in this update);
-  /// clear: no refill.
+  /// Sets the refill (the lineage must have credits, or get them in this update:
+  /// Error(conflict) otherwise, after the key's own fields were written); clear: no
+  /// refill (for a lineage without credits, nothing to do).
   FieldUpdate<CreditRefill> refill;
   /// When given, the update is written only if the key's version is this one; otherwise
   /// update() throws Error(conflict) and writes nothing. Credits are the lineage's, not

@@ -365,6 +365,32 @@ TEST_CASE("audit: update reports exactly the fields it changed", "[key_manager][
     CHECK(Json::parse(events[1].before)["credits"]["remaining"] == 10);
     CHECK(events[0].event_id != events[1].event_id);
   }
+  SECTION("clearing the refill of a key without credits: nothing to clear, no error") {
+    const CreatedKey plain = t->create(kAccount, apikeys::CreateRequest("Plain"));
+    t.recorder->clear();
+    apikeys::KeyUpdate u;
+    u.refill = apikeys::FieldUpdate<apikeys::CreditRefill>::clear();
+    const KeyInfo same = t->update(kAccount, plain.info.key_id, u, alice());
+    CHECK_FALSE(same.credits);
+    CHECK(same.version == 1);
+    CHECK(t.events().empty());
+    // With a field of the key's own: that field is written, the credits untouched.
+    u.title = "Renamed";
+    const KeyInfo renamed = t->update(kAccount, plain.info.key_id, u, alice());
+    CHECK(renamed.title == "Renamed");
+    CHECK_FALSE(renamed.credits);
+    const auto events = t.events();
+    REQUIRE(events.size() == 1);
+    const std::set<std::string> written = names(Json::parse(events[0].after));
+    CHECK(written.count("title") == 1);
+    CHECK(written.count("credits") == 0);
+    // Setting a refill without a balance is still refused.
+    apikeys::KeyUpdate set;
+    apikeys::CreditRefill r;
+    r.amount = 5;
+    set.refill = r;
+    CHECK_THROWS_AS(t->update(kAccount, plain.info.key_id, set, alice()), apikeys::Error);
+  }
   SECTION("nothing to change, or a failed update: no event") {
     t->update(kAccount, id, apikeys::KeyUpdate{}, alice());
     CHECK(t.events().empty());

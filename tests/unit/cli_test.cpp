@@ -2477,6 +2477,26 @@ TEST_CASE("cli: bad rate limits and credits are refused before anything is writt
   CHECK_FALSE(fs::exists(db));  // refused before the database was made
 }
 
+TEST_CASE("cli: update --no-refill on a key without credits clears nothing, the rest applies",
+          "[cli]") {
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const std::string key_id = create_key(db).at("key_id").get<std::string>();
+  const std::vector<std::string> update = key_args(db, "update", key_id);
+  const Run alone = run_cli(plus(update, {"--no-refill"}));
+  INFO("stderr: " << alone.err);
+  REQUIRE(alone.code == 0);
+  CHECK(Json::parse(alone.out).at("credits").is_null());
+  CHECK(Json::parse(alone.out).at("version") == 1);  // nothing to write
+  const Run r = run_cli(plus(update, {"--no-refill", "--title", "Renamed"}));
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  const Json k = Json::parse(r.out);
+  CHECK(k.at("title") == "Renamed");
+  CHECK(k.at("credits").is_null());
+  CHECK(k.at("version") == 2);
+}
+
 TEST_CASE("cli: bad rate-limit, credit and cost options of update, credits and verify", "[cli]") {
   TempDir dir;
   const std::string db = dir.file("keys.db");
@@ -2498,14 +2518,16 @@ TEST_CASE("cli: bad rate-limit, credit and cost options of update, credits and v
                    "--refill-amount");
   }
   SECTION("a refill for a key without credits is a conflict") {
-    for (const auto& extra : std::vector<std::vector<std::string>>{
-             {"--refill-amount", "5", "--refill-interval", "monthly"}, {"--no-refill"}}) {
-      const Run r = run_cli(plus(update, extra));
-      INFO("stderr: " << r.err);
-      CHECK(r.code == 5);
-      CHECK(r.out.empty());
-      CHECK(contains(r.err, "the key has no credits"));
-    }
+    const Run r = run_cli(
+        plus(update, {"--refill-amount", "5", "--refill-interval", "monthly", "--title", "T2"}));
+    INFO("stderr: " << r.err);
+    CHECK(r.code == 5);
+    CHECK(r.out.empty());
+    CHECK(contains(r.err, "the key has no credits"));
+    // Nothing was written: the title is as it was.
+    const Run got = run_cli(key_args(db, "get", key_id));
+    REQUIRE(got.code == 0);
+    CHECK(Json::parse(got.out).at("title") != "T2");
   }
   SECTION("credits") {
     const std::vector<std::string> credits = key_args(db, "credits", key_id);
