@@ -1178,21 +1178,10 @@ struct PostgresStore::Impl {
 
   detail::Mutex mu;
   detail::CondVar cv;
-  // An idle connection, and `losses` as it was when the connection was last known
-  // good (opened, or found healthy).
-  struct Idle {
-    std::unique_ptr<PgConnection> conn;
-    std::uint64_t losses = 0;
-  };
   // Capacity reserved up front for every connection the pool may open: returning one
   // (in ~Lease) must not allocate.
-  std::vector<Idle> idle APIKEYS_GUARDED_BY(mu);
+  std::vector<std::unique_ptr<PgConnection>> idle APIKEYS_GUARDED_BY(mu);
   std::size_t open APIKEYS_GUARDED_BY(mu) = 0;  // idle + leased, at most pool_limit()
-  // Connections found lost (not timed out) so far. An idle connection pooled before the
-  // latest loss is checked before its next use, retried reads included: a server
-  // restart ends them all, while one ended alone (pg_terminate_backend(), a
-  // proxy) costs the others nothing.
-  std::uint64_t losses APIKEYS_GUARDED_BY(mu) = 0;
 
   [[nodiscard]] std::size_t pool_limit() const noexcept {
     return std::max<std::size_t>(1, options.pool_size);
@@ -1248,8 +1237,7 @@ struct PostgresStore::Impl {
   // A connection checked out of the pool for one attempt. With `check_idle`, a pooled
   // connection is first polled for a close (or anything else) the server sent while it
   // sat idle: one system call, which an attempt that may be retried (run()'s `retry`)
-  // skips, since a lost pooled connection is retried on a fresh one anyway, unless a
-  // connection was lost since this one was last known good (Impl::losses).
+  // skips, since a lost pooled connection is retried on a fresh one anyway.
   class Lease {
    public:
     Lease(Impl& impl, bool check_idle) : impl_(impl) {
@@ -1257,12 +1245,10 @@ struct PostgresStore::Impl {
       detail::MutexLock lock(impl_.mu);
       for (;;) {
         while (!impl_.idle.empty()) {
-          Idle entry = std::move(impl_.idle.back());
+          std::unique_ptr<PgConnection> c = std::move(impl_.idle.back());
           impl_.idle.pop_back();
-          std::unique_ptr<PgConnection>& c = entry.conn;
-          if ((!check_idle && entry.losses == impl_.losses) || c->healthy()) {
+          if (!check_idle || c->healthy()) {
             conn_ = std::move(c);
-            losses_ = impl_.losses;
             pooled_ = true;
             return;
           }
@@ -1278,7 +1264,6 @@ struct PostgresStore::Impl {
         }
       }
       ++impl_.open;
-      losses_ = impl_.losses;  // a loss while it connects does not concern it
       lock.unlock();
       try {
         conn_ = impl_.connect();  // network I/O: never under the pool mutex
@@ -1294,8 +1279,8 @@ struct PostgresStore::Impl {
       if (conn_) {
         // Cannot allocate, so cannot throw (which in a destructor is std::terminate,
         // under memory pressure exactly): idle.size() < open <= pool_limit(), the
-        // capacity reserved in Impl's constructor.
-        impl_.idle.push_back(Idle{std::move(conn_), losses_});
+        // capacity reserved in Impl's constructor, and drop_idle() keeps it.
+        impl_.idle.push_back(std::move(conn_));
       } else {
         --impl_.open;
       }
@@ -1315,16 +1300,30 @@ struct PostgresStore::Impl {
    private:
     Impl& impl_;
     std::unique_ptr<PgConnection> conn_;
-    std::uint64_t losses_ = 0;  // Impl::losses when conn_ was last known good
     bool pooled_ = false;
   };
 
-  // A connection was lost: every idle one is checked before its next use. One that
-  // timed out says nothing about the others (a slow statement, a slow network).
-  void lost(bool timed_out) noexcept APIKEYS_EXCLUDES(mu) {
-    if (timed_out) return;
-    detail::MutexLock lock(mu);
-    ++losses;
+  // Closes every idle connection: after one was found dead, the others (opened before
+  // the same restart) are dead too. One at a time, each closed outside the lock, and
+  // without a second vector: swapping one in would take idle's reserved capacity away
+  // (see ~Lease), and making one could fail.
+  void drop_idle() noexcept APIKEYS_EXCLUDES(mu) {
+    std::size_t left = 0;
+    {
+      detail::MutexLock lock(mu);
+      left = idle.size();
+    }
+    for (; left > 0; --left) {
+      std::unique_ptr<PgConnection> dead;
+      {
+        detail::MutexLock lock(mu);
+        if (idle.empty()) break;
+        dead = std::move(idle.back());
+        idle.pop_back();
+        --open;
+      }
+    }  // each `dead` closes here, outside the lock
+    cv.signal_all();
   }
 
   // Runs f(connection) once; if the connection turns out to be lost (not timed out)
@@ -1340,7 +1339,7 @@ struct PostgresStore::Impl {
       } catch (const pg::ConnectionLost& e) {
         const bool pooled = c.pooled();
         c.discard();
-        lost(e.timed_out());
+        drop_idle();
         if (!retry || attempt > 0 || !pooled || e.timed_out()) throw Error(e.code(), e.what());
       } catch (const Error&) {
         throw;

@@ -28,7 +28,6 @@
 #include <functional>
 #include <memory>
 #include <optional>
-#include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -677,54 +676,6 @@ TEST_CASE("PostgresStore: a pooled connection the server closed fails no call",
     CHECK(store.set_status(account, record(2, account).info.key_id, apikeys::KeyStatus::revoked));
     CHECK(store.list(account).size() == 11);
   }
-}
-
-TEST_CASE("PostgresStore: one pooled connection ended alone costs the others nothing",
-          "[servers][postgres][faults]") {
-  const auto pg = apikeys_test::test_pg();
-  if (!pg) return;
-  SchemaJanitor janitor(*pg);
-  const std::string app = apikeys_test::unique_name("apikeys_app");
-  const std::string store_schema = janitor.make();
-  apikeys::PostgresStore store(*pg + " application_name=" + app, options_for(store_schema));
-  const apikeys::Uuid account = apikeys_test::account_id(8);
-  store.insert(record(1, account));
-  const std::string backends =
-      "FROM pg_stat_activity WHERE application_name = '" + app + "' AND pid <> pg_backend_pid()";
-  const auto pids = [&] {
-    std::set<std::string> out;
-    for (const auto& row : run_sql(*pg, "SELECT pid " + backends)) out.insert(row[0]);
-    return out;
-  };
-  // Calls from four threads at once, until the pool holds more than one connection.
-  REQUIRE(apikeys_test::eventually([&] {
-    std::vector<std::thread> threads;
-    for (int t = 0; t < 4; ++t) {
-      threads.emplace_back([&] {
-        for (int i = 0; i < 50; ++i) (void)store.find(apikeys_test::contract::public_key(1));
-      });
-    }
-    for (auto& t : threads) t.join();
-    return pids().size() >= 2;
-  }));
-  // The connection used last is the next one used: end it alone, as
-  // pg_terminate_backend() or a proxy would.
-  REQUIRE(store.find(apikeys_test::contract::public_key(1)));
-  const std::string last =
-      run_sql(*pg, "SELECT pid " + backends + " ORDER BY state_change DESC LIMIT 1")[0][0];
-  std::set<std::string> others = pids();
-  others.erase(last);
-  REQUIRE_FALSE(others.empty());
-  (void)run_sql(*pg, "SELECT pg_terminate_backend(" + last + ")");
-  REQUIRE(apikeys_test::eventually([&] { return pids().count(last) == 0; }));
-  // The read on the ended connection is retried, and the other connections serve on.
-  for (int i = 0; i < 5; ++i) REQUIRE(store.find(apikeys_test::contract::public_key(1)));
-  const std::set<std::string> now = pids();
-  for (const std::string& pid : others) {
-    INFO("pid " << pid);
-    CHECK(now.count(pid) == 1);
-  }
-  CHECK(now.count(last) == 0);
 }
 
 TEST_CASE("PostgresStore: server down answers error, management fails clearly, all resumes",
