@@ -1304,7 +1304,10 @@ struct PostgresStore::Impl {
   };
 
   // Closes every idle connection: after one was found dead, the others (opened before
-  // the same restart) are dead too. One at a time, each closed outside the lock, and
+  // the same restart) are dead too. Checking each instead would keep the healthy ones,
+  // but a connection that died without a FIN (a load balancer's idle timeout, a
+  // failover) passes the check and fails its next call; closed, the retry and the
+  // calls after it run on fresh connections. One at a time, each closed outside the lock, and
   // without a second vector: swapping one in would take idle's reserved capacity away
   // (see ~Lease), and making one could fail.
   void drop_idle() noexcept APIKEYS_EXCLUDES(mu) {
