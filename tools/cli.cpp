@@ -1815,7 +1815,8 @@ int cmd_verify(const Options& o) {
 // owns it.
 class ImportInput : public std::streambuf {
  public:
-  // Room for a CSV header of the largest size the import accepts (1 MiB), and more.
+  // Room for a CSV header of the largest size the import accepts (1 MiB), and as much
+  // again of empty lines before it.
   static constexpr std::size_t kBufferBytes = std::size_t{2} << 20;
 
   ImportInput(int fd, bool owns, std::string& buffer) noexcept
@@ -1836,16 +1837,17 @@ class ImportInput : public std::streambuf {
   // Reads until the start of the input is known to be usable or not for `format`; then
   // the stream reads from the top again. Throws what check_import_start() throws for
   // input refused as a whole. False when reading failed first; true when usable, or
-  // when the buffer filled before the start decided (the import then decides).
+  // when the buffer filled before the start decided (more than 1 MiB of empty lines
+  // before the header: the import then decides).
   bool check_start(apikeys::ImportFormat format) {
     std::size_t filled = 0;
-    bool whole = false;
+    bool whole = false;  // the end of the input was read
     // At least one read, whatever the format: input that cannot be read at all (standard
     // input a directory) fails here, before the database exists.
     for (;;) {
       const std::size_t n = read_some(buf_ + filled, size_ - filled);
       if (failed_) return false;
-      whole = n == 0;
+      whole = ended_;
       filled += n;
       if (apikeys::check_import_start(std::string_view(buf_, filled), whole, format)) break;
       if (whole || filled == size_) break;
@@ -1869,11 +1871,13 @@ class ImportInput : public std::streambuf {
   }
 
  private:
-  // One read(2), retried on EINTR; 0 at the end of the input or after a failure.
+  // One read(2), retried on EINTR; 0 at the end of the input or after a failure. The
+  // end is read once: a terminal's end-of-file is one Ctrl-D, not one per call.
   std::size_t read_some(char* at, std::size_t room) noexcept {
-    if (failed_ || room == 0) return 0;
+    if (failed_ || ended_ || room == 0) return 0;
     for (;;) {
       const ssize_t n = ::read(fd_, at, room);
+      if (n == 0) ended_ = true;
       if (n >= 0) return static_cast<std::size_t>(n);
       if (errno != EINTR) {
         failed_ = true;
@@ -1887,6 +1891,7 @@ class ImportInput : public std::streambuf {
   char* buf_;
   std::size_t size_;
   bool failed_ = false;
+  bool ended_ = false;
 };
 
 // import's --format, else the format the file's extension names.
@@ -1934,6 +1939,8 @@ int cmd_import(const Options& o) {
   if (!from_stdin && input.is_directory()) {
     throw UsageError("import: cannot open the file to import (it is a directory)");
   }
+  // The pepper first: a missing one is reported without waiting for the input.
+  const Pepper pepper = load_pepper(o.pepper_file);
   // The start of the input is read and checked (a CSV header) before the database is
   // opened: input refused as a whole creates no database and writes nothing.
   if (!input.check_start(options.format)) {
@@ -1942,7 +1949,7 @@ int cmd_import(const Options& o) {
     return kExitFailure;
   }
   std::istream in(&input);
-  auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/true);
+  auto manager = open_manager(o, pepper, /*may_create_db=*/true);
   const apikeys::ImportReport report = manager->import_keys(in, options, context);
   Json out;
   out["imported"] = report.imported;

@@ -2108,6 +2108,7 @@ TEST_CASE("cli: import input refused as a whole creates no database, from a file
     r = run_cli({"--db", piped, "--legacy-pepper-file", legacy, "import", "-", "--format", "csv"},
                 kPepperHex, text);
     CHECK(r.code == 2);
+    CHECK(contains(r.err, "CSV"));
     CHECK_FALSE(fs::exists(piped));
     ++n;
   }
@@ -2122,7 +2123,8 @@ TEST_CASE("cli: import input refused as a whole creates no database, from a file
   CHECK_FALSE(fs::exists(unread));
 
   // A usable header that arrives in pieces (a pipe written slowly) is waited for, and
-  // the rows after it are imported.
+  // the rows after it are imported; the database is made only once the header is in
+  // (the writer looks for it while the header is half written).
   const Json row = Json::parse(legacy_row().first);
   std::string line;
   for (const char* column :
@@ -2133,14 +2135,15 @@ TEST_CASE("cli: import input refused as a whole creates no database, from a file
   const std::string db = dir.file("slow.db");
   r = apikeys_test::run_program(
       {"/bin/sh", "-c",
-       "{ printf '%s' \"$HEAD1\"; sleep 0.2; printf '%s' \"$HEAD2\"; sleep 0.2; "
-       "printf '%s\\n' \"$ROW\"; } | exec \"$0\" \"$@\"",
+       "{ printf '%s' \"$HEAD1\"; sleep 0.3; if [ -e \"$DB\" ]; then echo early >&2; fi; "
+       "printf '%s' \"$HEAD2\"; sleep 0.2; printf '%s\\n' \"$ROW\"; } | exec \"$0\" \"$@\"",
        APIKEYS_CLI_PATH, "--db", db, "--legacy-pepper-file", legacy, "import", "-", "--format",
        "csv"},
       {"APIKEYS_PEPPER=" + kPepperHex, "HEAD1=" + header.substr(0, 20),
-       "HEAD2=" + header.substr(20), "ROW=" + line});
+       "HEAD2=" + header.substr(20), "ROW=" + line, "DB=" + db});
   INFO("stderr: " << r.err);
   REQUIRE(r.code == 0);
+  CHECK_FALSE(contains(r.err, "early"));
   CHECK(Json::parse(r.out).at("imported") == 1);
 }
 
