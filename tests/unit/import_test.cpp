@@ -776,15 +776,26 @@ TEST_CASE("import: refused up front without the legacy format or pepper", "[impo
   }
 }
 
+namespace {
+
+// CSV input import_keys() refuses as a whole (no header, a header that lacks a
+// column, names one twice or is not valid CSV), with `rows` after some of them.
+std::vector<std::string> unusable_csv(const std::string& rows) {
+  return {std::string(),
+          std::string("\n\n"),
+          rows,
+          std::string("key_id,public_key,secret_key_hash,account_id,status\n") + rows,
+          std::string("key_id,public_key,secret_key_hash,account_id,status,created_at,key_id\n"),
+          std::string("\"key_id,public_key\n")};
+}
+
+}  // namespace
+
 TEST_CASE("import: CSV without a usable header is refused before anything is imported",
           "[import]") {
   Importing t;
   const std::string rows = csv_line(good_row(1)) + csv_line(good_row(2));
-  for (const std::string& text :
-       {std::string(), std::string("\n\n"), rows,
-        std::string("key_id,public_key,secret_key_hash,account_id,status\n") + rows,
-        std::string("key_id,public_key,secret_key_hash,account_id,status,created_at,key_id\n"),
-        std::string("\"key_id,public_key\n")}) {
+  for (const std::string& text : unusable_csv(rows)) {
     INFO(text);
     try {
       (void)t.csv(text);
@@ -806,11 +817,7 @@ TEST_CASE("import: check_import_start refuses what import_keys refuses, from the
   const std::string rows = csv_line(good_row(1));
   // Every input import_keys refuses as a whole is refused with the same message, once
   // the bytes given are the whole input or hold the header's line break.
-  for (const std::string& bad :
-       {std::string(), std::string("\n\n"), rows,
-        std::string("key_id,public_key,secret_key_hash,account_id,status\n") + rows,
-        std::string("key_id,public_key,secret_key_hash,account_id,status,created_at,key_id\n"),
-        std::string("\"key_id,public_key\n")}) {
+  for (const std::string& bad : unusable_csv(rows)) {
     INFO(bad);
     std::string expected;
     try {
