@@ -1342,12 +1342,14 @@ std::shared_ptr<apikeys::HmacSha256Hasher> make_hasher(const Options& o, const P
   return hasher;
 }
 
-Manager open_manager(const Options& o, const Pepper& pepper, bool may_create_db) {
+// `hasher`: the one make_hasher() made, when the command made it first; else made here.
+Manager open_manager(const Options& o, const Pepper& pepper, bool may_create_db,
+                     std::shared_ptr<apikeys::HmacSha256Hasher> hasher = nullptr) {
   refuse_secret(o.db, "--db", pepper.hex.reveal());
   // Kept in the audit trail.
   refuse_secret(o.actor, "--actor", pepper.hex.reveal());
   refuse_secret(o.reason, "--reason", pepper.hex.reveal());
-  std::shared_ptr<apikeys::HmacSha256Hasher> hasher = make_hasher(o, pepper);
+  if (!hasher) hasher = make_hasher(o, pepper);
   // Defaults: no cache (one-shot process), last use recorded by the Validator's
   // background writer and flushed when the KeyManager is destroyed, before exit (with
   // the digests of keys verified under the legacy pepper, rewritten under the current
@@ -1816,7 +1818,8 @@ int cmd_verify(const Options& o) {
 class ImportInput : public std::streambuf {
  public:
   // Room for a CSV header of the largest size the import accepts (1 MiB), and as much
-  // again of empty lines before it.
+  // again of empty lines before it: a header that does not end within it is checked by
+  // the import, after the database is open.
   static constexpr std::size_t kBufferBytes = std::size_t{2} << 20;
 
   ImportInput(int fd, bool owns, std::string& buffer) noexcept
@@ -1837,8 +1840,8 @@ class ImportInput : public std::streambuf {
   // Reads until the start of the input is known to be usable or not for `format`; then
   // the stream reads from the top again. Throws what check_import_start() throws for
   // input refused as a whole. False when reading failed first; true when usable, or
-  // when the buffer filled before the start decided (more than 1 MiB of empty lines
-  // before the header: the import then decides).
+  // when the buffer filled before the start decided (the header does not end within
+  // it, which takes over 1 MiB of empty lines before it: the import then decides).
   bool check_start(apikeys::ImportFormat format) {
     std::size_t filled = 0;
     bool whole = false;  // the end of the input was read
@@ -1939,8 +1942,10 @@ int cmd_import(const Options& o) {
   if (!from_stdin && input.is_directory()) {
     throw UsageError("import: cannot open the file to import (it is a directory)");
   }
-  // The pepper first: a missing one is reported without waiting for the input.
+  // The peppers first: a missing, unreadable or weak one is reported without waiting
+  // for the input.
   const Pepper pepper = load_pepper(o.pepper_file);
+  std::shared_ptr<apikeys::HmacSha256Hasher> hasher = make_hasher(o, pepper);
   // The start of the input is read and checked (a CSV header) before the database is
   // opened: input refused as a whole creates no database and writes nothing.
   if (!input.check_start(options.format)) {
@@ -1949,7 +1954,7 @@ int cmd_import(const Options& o) {
     return kExitFailure;
   }
   std::istream in(&input);
-  auto manager = open_manager(o, pepper, /*may_create_db=*/true);
+  auto manager = open_manager(o, pepper, /*may_create_db=*/true, std::move(hasher));
   const apikeys::ImportReport report = manager->import_keys(in, options, context);
   Json out;
   out["imported"] = report.imported;
