@@ -446,18 +446,8 @@ struct CsvHeader {
   std::size_t width = 0;
 };
 
-// Reads the header row, the first record of `reader`'s input. Throws
-// Error(invalid_argument) when there is none, or it is not valid CSV, names a column
-// twice or lacks a required one.
-CsvHeader check_csv_header(const CsvReader& reader, const CsvRecord& record);
-CsvHeader read_csv_header(CsvReader& reader, CsvRecord& record) {
-  if (!reader.next(record)) {
-    throw Error(ErrorCode::invalid_argument, "the CSV input has no header row");
-  }
-  return check_csv_header(reader, record);
-}
-
-// The checks of read_csv_header() on the record it read.
+// Checks the header row `record`, which `reader` read. Throws Error(invalid_argument)
+// when it is not valid CSV, names a column twice or lacks a required one.
 CsvHeader check_csv_header(const CsvReader& reader, const CsvRecord& record) {
   if (record.too_long || record.malformed) {
     throw Error(ErrorCode::invalid_argument, "the CSV header row is not valid CSV");
@@ -482,6 +472,15 @@ CsvHeader check_csv_header(const CsvReader& reader, const CsvRecord& record) {
     }
   }
   return header;
+}
+
+// Reads the header row, the first record of `reader`'s input, and checks it. Throws
+// Error(invalid_argument) when there is none, and as check_csv_header().
+CsvHeader read_csv_header(CsvReader& reader, CsvRecord& record) {
+  if (!reader.next(record)) {
+    throw Error(ErrorCode::invalid_argument, "the CSV input has no header row");
+  }
+  return check_csv_header(reader, record);
 }
 
 void import_csv(ByteSource& bytes, Importer& importer) {
