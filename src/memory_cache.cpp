@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "apikeys/error.hpp"
+#include "epoch.hpp"
 #include "result_fields.hpp"
 #include "siphash.hpp"
 #include "thread_annotations.hpp"
@@ -175,7 +176,7 @@ struct Node {
   };
   static constexpr std::size_t kExpiryBytes = 8;
 
-  Node* next = nullptr;
+  std::atomic<Node*> next{nullptr};
   KeyId id;
   std::int64_t expires_ms = 0;
   Digest presented;
@@ -210,7 +211,7 @@ struct Node {
   }
 
   // Sets every field of `v` to the verdict, keeping the capacity of its vectors.
-  // REQUIRES: the shard's mutex (the node may be freed by another put otherwise).
+  // REQUIRES: a detail::ReadSection or the shard's mutex (the node stays allocated).
   void fill(Verdict& v) const {
     static_assert(sizeof(Verdict) == sizeof(detail::VerdictFields),
                   "Verdict has a new field: set it here");
@@ -261,6 +262,52 @@ NodePtr make_node(const KeyId& key, std::int64_t expires, const Digest& presente
   return NodePtr(new (mem) Node(key, expires, presented, verdict, block > 0));
 }
 
+void free_node(void* p) noexcept { NodeDeleter()(static_cast<Node*>(p)); }
+
+// A power-of-two array of chain heads, in one block with its count, so that a reader
+// that loaded the block's address reads the count that goes with it.
+class Buckets {
+ public:
+  // Throws std::bad_alloc.
+  static Buckets* make(std::size_t count) {
+    void* mem = ::operator new(sizeof(Buckets) + count * sizeof(std::atomic<Node*>));
+    auto* b = new (mem) Buckets(count);
+    for (std::size_t i = 0; i < count; ++i) new (&b->slots()[i]) std::atomic<Node*>(nullptr);
+    return b;
+  }
+  // Frees the array, not the nodes.
+  static void free_array(void* p) noexcept {
+    auto* b = static_cast<Buckets*>(p);
+    b->~Buckets();  // std::atomic<Node*> is trivially destructible
+    ::operator delete(p);
+  }
+  // Frees the array and every node its chains hold.
+  static void free_all(void* p) noexcept {
+    auto* b = static_cast<Buckets*>(p);
+    for (std::size_t i = 0; i < b->count(); ++i) {
+      Node* n = b->slots()[i].load(std::memory_order_relaxed);
+      while (n != nullptr) {
+        Node* dead = n;
+        n = dead->next.load(std::memory_order_relaxed);
+        NodeDeleter()(dead);
+      }
+    }
+    free_array(p);
+  }
+
+  [[nodiscard]] std::size_t count() const noexcept { return count_; }
+  [[nodiscard]] std::atomic<Node*>& head(std::uint64_t hash) noexcept {
+    return slots()[static_cast<std::size_t>(hash) & (count_ - 1)];
+  }
+  [[nodiscard]] std::atomic<Node*>& at(std::size_t b) noexcept { return slots()[b]; }
+
+ private:
+  explicit Buckets(std::size_t count) noexcept : count_(count) {}
+  std::atomic<Node*>* slots() noexcept { return reinterpret_cast<std::atomic<Node*>*>(this + 1); }
+  std::size_t count_;
+};
+static_assert(sizeof(Buckets) % alignof(std::atomic<Node*>) == 0, "slots follow the header");
+
 // A chained hash table with power-of-two buckets indexed by the key's SipHash (keyed,
 // so uniform; no modulo by a prime) that point at their first node. std::unordered_map
 // (libstdc++) points a bucket at the node *before* its first one, another node that is
@@ -268,25 +315,47 @@ NodePtr make_node(const KeyId& key, std::int64_t expires, const Digest& presente
 // a division, per lookup. Load factor at most 1: 8 to 16 bytes of buckets per entry.
 // It keeps the bytes its entries count for (MemoryCache::kEntryBytes each, plus their
 // Policy blocks).
-// REQUIRES: the owner serialises every call (the shard's mutex).
+//
+// Read without a lock: find() runs in a detail::ReadSection, concurrently with the
+// writers. A node is immutable once linked but for its `next`; every store of a link
+// is seq_cst, every load by a reader too (a plain load on x86), and a node or bucket
+// array taken out is retired to `limbo_`, freed once no section can still hold it
+// (src/epoch.hpp). A reader sees each chain as it was at some instant, or, while
+// grow() relinks the nodes, part of another chain: it may then miss a key that is
+// there, never find one that is not, and always reaches the end of a chain (grow()
+// links a node only to nodes already in its new chain).
+// REQUIRES: the owner serialises every call but find() (the shard's mutex).
 class Table {
  public:
   Table() = default;
   Table(const Table&) = delete;
   Table& operator=(const Table&) = delete;
-  ~Table() { clear(); }
+  ~Table() {
+    Buckets* b = buckets_.load(std::memory_order_relaxed);
+    if (b != nullptr) Buckets::free_all(b);
+  }
 
   [[nodiscard]] std::size_t size() const noexcept { return size_; }
   [[nodiscard]] std::size_t bytes() const noexcept { return bytes_; }
+  [[nodiscard]] std::size_t retired() const noexcept { return limbo_.pending(); }
   [[nodiscard]] static std::size_t charge(const Node& n) noexcept {
     return MemoryCache::kEntryBytes + n.expiry_bytes() + Policy::bytes(n.policy());
   }
-  [[nodiscard]] std::size_t bucket_count() const noexcept { return buckets_.size(); }
-  [[nodiscard]] Node* bucket(std::size_t b) const noexcept { return buckets_[b]; }
+  [[nodiscard]] std::size_t bucket_count() const noexcept {
+    const Buckets* b = buckets_.load(std::memory_order_relaxed);
+    return b != nullptr ? b->count() : 0;
+  }
+  [[nodiscard]] Node* bucket(std::size_t i) const noexcept {
+    return buckets_.load(std::memory_order_relaxed)->at(i).load(std::memory_order_relaxed);
+  }
 
+  // The node for `k`, or null. REQUIRES: a ReadSection open for as long as the node
+  // is used, or the owner's serialisation.
   [[nodiscard]] Node* find(const KeyId& k) const noexcept {
-    if (buckets_.empty()) return nullptr;
-    for (Node* n = buckets_[index(k.lo)]; n != nullptr; n = n->next) {
+    Buckets* b = buckets_.load(std::memory_order_seq_cst);
+    if (b == nullptr) return nullptr;
+    for (Node* n = b->head(k.lo).load(std::memory_order_seq_cst); n != nullptr;
+         n = n->next.load(std::memory_order_seq_cst)) {
       if (n->id == k) return n;
     }
     return nullptr;
@@ -295,41 +364,44 @@ class Table {
   // Links `fresh`. REQUIRES: no node has its key. May throw std::bad_alloc when the
   // buckets grow (the table is unchanged and `fresh` still the caller's).
   void insert(NodePtr& fresh) {
-    if (size_ + 1 > buckets_.size()) grow();
+    if (size_ + 1 > bucket_count()) grow();
     Node* n = fresh.release();
-    Node*& head = buckets_[index(n->id.lo)];
-    n->next = head;
-    head = n;
+    std::atomic<Node*>& head = buckets_.load(std::memory_order_relaxed)->head(n->id.lo);
+    n->next.store(head.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    head.store(n, std::memory_order_seq_cst);  // publishes the node's fields
     ++size_;
     bytes_ += charge(*n);
   }
 
-  // Puts `fresh` in the place of `old`, a node of this table with the same key; returns
-  // `old`, unlinked, for the caller to free (after its lock, ideally).
-  NodePtr replace(Node* old, NodePtr& fresh) noexcept {
-    for (Node** link = &buckets_[index(old->id.lo)]; *link != nullptr; link = &(*link)->next) {
-      if (*link == old) {
+  // Puts `fresh` in the place of `old`, a node of this table with the same key, and
+  // retires `old`.
+  void replace(Node* old, NodePtr& fresh) noexcept {
+    std::atomic<Node*>* link = &buckets_.load(std::memory_order_relaxed)->head(old->id.lo);
+    for (Node* at = link->load(std::memory_order_relaxed); at != nullptr;
+         link = &at->next, at = link->load(std::memory_order_relaxed)) {
+      if (at == old) {
         Node* n = fresh.release();
-        n->next = old->next;
-        *link = n;
+        n->next.store(old->next.load(std::memory_order_relaxed), std::memory_order_relaxed);
+        link->store(n, std::memory_order_seq_cst);
         bytes_ -= charge(*old);
         bytes_ += charge(*n);
-        old->next = nullptr;
-        return NodePtr(old);
+        limbo_.retire(old, free_node);
+        return;
       }
     }
-    return nullptr;  // not reached: `old` is in the table
   }
 
   bool erase(const KeyId& k) noexcept {
-    if (buckets_.empty()) return false;
-    for (Node** link = &buckets_[index(k.lo)]; *link != nullptr; link = &(*link)->next) {
-      if ((*link)->id == k) {
-        Node* dead = *link;
-        *link = dead->next;
-        bytes_ -= charge(*dead);
-        NodeDeleter()(dead);
+    Buckets* b = buckets_.load(std::memory_order_relaxed);
+    if (b == nullptr) return false;
+    std::atomic<Node*>* link = &b->head(k.lo);
+    for (Node* at = link->load(std::memory_order_relaxed); at != nullptr;
+         link = &at->next, at = link->load(std::memory_order_relaxed)) {
+      if (at->id == k) {
+        link->store(at->next.load(std::memory_order_relaxed), std::memory_order_seq_cst);
+        bytes_ -= charge(*at);
         --size_;
+        limbo_.retire(at, free_node);
         return true;
       }
     }
@@ -337,45 +409,75 @@ class Table {
   }
 
   void clear() noexcept {
-    for (Node*& head : buckets_) {
-      while (head != nullptr) {
-        Node* dead = head;
-        head = dead->next;
-        NodeDeleter()(dead);
+    Buckets* b = buckets_.load(std::memory_order_relaxed);
+    if (b == nullptr || size_ == 0) return;
+    // The array and its chains go whole, behind an empty array of the same size; without
+    // the memory for one, each chain is detached and retired with its nodes.
+    Buckets* empty = nullptr;
+    try {
+      empty = Buckets::make(b->count());
+    } catch (...) {
+    }
+    if (empty != nullptr) {
+      buckets_.store(empty, std::memory_order_seq_cst);
+      limbo_.retire(b, Buckets::free_all);
+    } else {
+      for (std::size_t i = 0; i < b->count(); ++i) {
+        Node* chain = b->at(i).exchange(nullptr, std::memory_order_seq_cst);
+        if (chain != nullptr) limbo_.retire(chain, free_chain);
       }
     }
     size_ = 0;
     bytes_ = 0;
+    limbo_.collect();
   }
 
  private:
-  [[nodiscard]] std::size_t index(std::uint64_t hash) const noexcept {
-    return static_cast<std::size_t>(hash) & (buckets_.size() - 1);
+  static void free_chain(void* p) noexcept {
+    for (auto* n = static_cast<Node*>(p); n != nullptr;) {
+      Node* dead = n;
+      n = dead->next.load(std::memory_order_relaxed);
+      NodeDeleter()(dead);
+    }
   }
 
+  // Relinks every node into an array twice the size, in place. A node is linked to
+  // the head of its new chain, which holds only nodes moved before it: a reader
+  // following links, old or new, always comes to an end.
   void grow() {
-    std::vector<Node*> next(buckets_.empty() ? 8 : buckets_.size() * 2, nullptr);
-    const std::size_t mask = next.size() - 1;
-    for (Node* head : buckets_) {
-      while (head != nullptr) {
-        Node* n = head;
-        head = n->next;
-        Node*& to = next[static_cast<std::size_t>(n->id.lo) & mask];
-        n->next = to;
-        to = n;
+    Buckets* old = buckets_.load(std::memory_order_relaxed);
+    Buckets* next = Buckets::make(old == nullptr ? 8 : old->count() * 2);
+    if (old != nullptr) {
+      for (std::size_t i = 0; i < old->count(); ++i) {
+        Node* n = old->at(i).load(std::memory_order_relaxed);
+        while (n != nullptr) {
+          Node* after = n->next.load(std::memory_order_relaxed);
+          std::atomic<Node*>& to = next->head(n->id.lo);
+          n->next.store(to.load(std::memory_order_relaxed), std::memory_order_seq_cst);
+          to.store(n, std::memory_order_relaxed);  // published with the array below
+          n = after;
+        }
       }
     }
-    buckets_.swap(next);
+    buckets_.store(next, std::memory_order_seq_cst);
+    if (old != nullptr) {
+      limbo_.retire(old, Buckets::free_array);
+      limbo_.collect();  // the old array is most of what a grow leaves behind
+    }
   }
 
-  std::vector<Node*> buckets_;
+  std::atomic<Buckets*> buckets_{nullptr};
   std::size_t size_ = 0;
   std::size_t bytes_ = 0;
+  detail::Limbo limbo_;
 };
 
 struct alignas(64) Shard {
   detail::Mutex mu;
   Table table APIKEYS_GUARDED_BY(mu);
+  // The table for find() in a detail::ReadSection, without `mu` (Table says why that is
+  // safe); nothing else may be called through it.
+  [[nodiscard]] const Table& readable() const APIKEYS_NO_THREAD_SAFETY_ANALYSIS { return table; }
   // Fill generations: erase() bumps the stripe of a public key under `mu`, put()
   // compares under `mu`, so a fill that read the store before an erase never lands.
   // Atomic: fill_token() reads them without the lock.
@@ -459,7 +561,7 @@ struct MemoryCache::Impl {
     std::optional<KeyId> victim;
     for (std::size_t probes = 0, seen = 0; probes < buckets && seen < 4; ++probes) {
       const std::size_t b = s.evict_cursor++ % buckets;
-      for (Node* n = s.table.bucket(b); n != nullptr; n = n->next) {
+      for (Node* n = s.table.bucket(b); n != nullptr; n = n->next.load(std::memory_order_relaxed)) {
         if (n == keep) continue;
         ++seen;
         if (n->expires_ms <= now) return s.table.erase(KeyId(n->id));
@@ -510,18 +612,26 @@ bool MemoryCache::get_into(std::string_view public_key, const Digest& presented,
   if (public_key.size() > kMaxPublicKeyLength) return false;
   auto w = impl_->locate(public_key);
   const std::int64_t now = impl_->latest_ms();
-  detail::MutexLock lock(w.shard.mu);
-  Node* n = w.shard.table.find(w.id);
   static_assert(sizeof(void*) != 8 || sizeof(Node) == 104, "a node outgrew its 112-byte chunk");
   static_assert(sizeof(Node) + 2 * sizeof(void*) == kEntryBytes, "kEntryBytes is documented");
-  if (n == nullptr) return false;
-  if (n->expires_ms <= now) {
-    w.shard.table.erase(w.id);
-    return false;
+  {
+    // No lock: a hit writes nothing that another thread reads (Table, "Read without a
+    // lock"), so threads that hit on different cores never wait for each other's caches.
+    detail::ReadSection section;
+    const Node* n = w.shard.readable().find(w.id);
+    if (n == nullptr) return false;
+    if (n->expires_ms > now) {
+      if (!constant_time_equal(n->presented, presented)) return false;
+      n->fill(out);
+      return true;
+    }
   }
-  if (!constant_time_equal(n->presented, presented)) return false;
-  n->fill(out);
-  return true;
+  // Past its deadline: taken out now rather than at its eviction, after the section
+  // (a retire waits for sections when it is out of memory).
+  detail::MutexLock lock(w.shard.mu);
+  const Node* n = w.shard.table.find(w.id);
+  if (n != nullptr && n->expires_ms <= now) w.shard.table.erase(w.id);
+  return false;
 }
 
 std::uint64_t MemoryCache::fill_token(std::string_view public_key) {
@@ -545,7 +655,6 @@ void MemoryCache::put(std::string_view public_key, const Digest& presented, cons
   if (due <= now) return;
   NodePtr fresh = make_node(key, due, presented, verdict);
   const std::size_t add = Table::charge(*fresh);
-  NodePtr old;  // a replaced node: declared before the lock, so freed after it
   detail::MutexLock lock(w.shard.mu);
   if (impl_->token(w) != token) return;  // erased or cleared since the fill began
   Node* n = w.shard.table.find(key);
@@ -562,7 +671,7 @@ void MemoryCache::put(std::string_view public_key, const Digest& presented, cons
   }
   impl_->make_room(w.shard, now, n, add);
   if (n != nullptr) {
-    old = w.shard.table.replace(n, fresh);
+    w.shard.table.replace(n, fresh);
   } else {
     w.shard.table.insert(fresh);
   }

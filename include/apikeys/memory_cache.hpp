@@ -1,7 +1,8 @@
 // apikeys::MemoryCache is the bundled in-process verdict cache: sharded (no global
 // lock on the hot path), bounded in entries and in bytes, with TTLs read from an
 // injectable clock.
-// Thread-safety: every method is safe from many threads (one mutex per shard).
+// Thread-safety: every method is safe from many threads; get() and get_into() take no
+// lock, the writers one mutex per shard.
 // Ownership: owns its entries; holds its clock through std::shared_ptr.
 #ifndef APIKEYS_MEMORY_CACHE_HPP
 #define APIKEYS_MEMORY_CACHE_HPP
@@ -70,6 +71,17 @@ struct MemoryCacheOptions {
 /// (bytes of the metadata) + 28 x (number of rate limits) + (characters of their
 /// names) + 16 when the lineage is kept. A lookup of a verdict without scopes, metadata
 /// or rate limits allocates nothing; one with them allocates the strings it returns.
+///
+/// Thread-safety: every method may be called from many threads at once. get() and
+/// get_into() take no lock and write nothing another thread reads, so hits on
+/// different cores never wait for each other; put(), erase() and clear() lock one
+/// shard (clear() each in turn), size() and bytes() likewise. Once erase() or clear()
+/// has returned, no get() that starts afterwards answers what they removed. An entry
+/// removed while a get() on another thread may still be reading it is freed once no
+/// such get() is left, at a later put(), erase() or clear() (doc/memory-cache.md):
+/// bytes() stops counting it at once, the allocator a little later.
+/// Ownership: owns its entries; holds its clock through std::shared_ptr. The cache must
+/// outlive every call into it.
 class APIKEYS_EXPORT MemoryCache final : public Cache {
  public:
   /// The bytes an entry counts for against MemoryCacheOptions::max_bytes besides its

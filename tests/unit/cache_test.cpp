@@ -834,6 +834,86 @@ TEST_CASE("MemoryCache: concurrent get/put/erase from 4 threads", "[cache][threa
   CHECK(f.cache->size() <= 256 + 8);
 }
 
+// Hits read the table without a lock (src/epoch.hpp). Readers run against one writer that
+// grows the table from empty, replaces verdicts (with scopes and metadata, so a hit
+// reads the node's tail), erases and clears: no hit answers another key's verdict or
+// a digest never stored, no read touches freed memory (the sanitizer builds run this),
+// and once the writer's erase() has returned, no get() that starts after it answers.
+TEST_CASE("MemoryCache: lock-free hits while the table grows, is rewritten and cleared",
+          "[cache][threads]") {
+  constexpr std::size_t kKeys = 2'048;
+  constexpr int kReaders = 3;
+  Fixture f(kKeys, 4);
+  std::vector<std::string> keys;
+  for (std::size_t i = 0; i < kKeys; ++i) keys.push_back(pk(i));
+  const auto verdict_of = [](std::size_t i, std::uint32_t round) {
+    Verdict v = valid_verdict(static_cast<std::uint8_t>(i % 251));
+    v.has_policy = true;
+    v.scopes = {"read:" + std::to_string(i), "round:" + std::to_string(round)};
+    v.metadata = std::string(64 + i % 64, static_cast<char>('a' + i % 26));
+    return v;
+  };
+  // The round a key's verdict says it was written in; each key's verdicts differ only there.
+  const auto round_of = [](const Verdict& v) -> long {
+    if (v.scopes.size() != 2 || v.scopes[1].rfind("round:", 0) != 0) return -1;
+    return std::stol(v.scopes[1].substr(6));
+  };
+  // erased[i]: the writer's round at which it last erased key i (or cleared), published
+  // after erase() returned; a get that starts after reading it answers no earlier round.
+  std::vector<std::atomic<long>> erased(kKeys);
+  for (auto& e : erased) e.store(-1);
+  std::atomic<bool> done{false};
+  std::atomic<long> wrong{0};
+  std::atomic<long> stale{0};
+  std::atomic<long> hits{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < kReaders; ++t) {
+    readers.emplace_back([&, t] {
+      std::uint32_t x = 777u + static_cast<std::uint32_t>(t) * 104'729u;
+      Verdict out;
+      while (!done.load()) {
+        x = x * 1664525u + 1013904223u;
+        const std::size_t i = (x >> 8) % kKeys;
+        const long floor = erased[i].load();
+        if (f.cache->get_into(keys[i], digest_of(static_cast<std::uint32_t>(i)), out)) {
+          ++hits;
+          const Verdict expected = verdict_of(i, 0);
+          if (!same(out, expected) || out.scopes.empty() || out.scopes[0] != expected.scopes[0] ||
+              out.metadata != expected.metadata) {
+            ++wrong;
+          } else if (round_of(out) < floor) {
+            ++stale;
+          }
+        }
+        if (f.cache->get_into(keys[i], digest_of(static_cast<std::uint32_t>(i) + 100'000u), out)) {
+          ++wrong;
+        }
+      }
+    });
+  }
+  for (std::uint32_t round = 1; round <= 60; ++round) {
+    if (round % 20 == 0) {
+      f.cache->clear();  // a clear() erases every key
+      for (auto& e : erased) e.store(static_cast<long>(round));
+    }
+    for (std::size_t i = 0; i < kKeys; ++i) {
+      if ((i + round) % 7 == 0) {
+        f.cache->erase(keys[i]);
+        erased[i].store(static_cast<long>(round));
+      } else {
+        f.fill(keys[i], digest_of(static_cast<std::uint32_t>(i)), verdict_of(i, round),
+               milliseconds(60'000));
+      }
+    }
+  }
+  done = true;
+  for (auto& th : readers) th.join();
+  CHECK(wrong.load() == 0);
+  CHECK(stale.load() == 0);
+  CHECK(hits.load() > 0);
+  CHECK(f.cache->size() <= kKeys + 4);
+}
+
 // The shared Cache contract (cache_contract.hpp); RedisCache runs it too, in the servers
 // suite.
 TEST_CASE("MemoryCache satisfies the Cache contract", "[cache][contract]") {
