@@ -57,8 +57,7 @@ class Reader {
 
 }  // namespace
 
-TEST_CASE("Limbo frees a retired object once no reader that could hold it is left",
-          "[epoch]") {
+TEST_CASE("Limbo frees a retired object once no reader that could hold it is left", "[epoch]") {
   g_freed = 0;
   Limbo limbo;
 
@@ -94,9 +93,7 @@ TEST_CASE("Limbo frees a retired object once no reader that could hold it is lef
   SECTION("nested sections on one thread close with the outermost") {
     {
       ReadSection outer;
-      {
-        ReadSection inner;
-      }
+      { ReadSection inner; }
       std::thread writer([&] {
         limbo.retire(new int(1), count_free);
         for (int i = 0; i < 10; ++i) limbo.collect();
