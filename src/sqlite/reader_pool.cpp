@@ -17,6 +17,15 @@ ReaderPool::~ReaderPool() {
   }
   janitor_cv_.signal_all();
   if (janitor_.joinable()) janitor_.join();
+  for (Home& h : homes_) delete h.reader.exchange(nullptr, std::memory_order_acquire);
+}
+
+// Threads take home slots in the order they first read, so the first kHomeSlots
+// threads of a process never share one.
+std::size_t ReaderPool::home_of_this_thread() noexcept {
+  static std::atomic<std::size_t> next{0};
+  thread_local const std::size_t mine = next.fetch_add(1, std::memory_order_relaxed);
+  return mine % kHomeSlots;
 }
 
 void ReaderPool::start_janitor() {
@@ -24,6 +33,11 @@ void ReaderPool::start_janitor() {
 }
 
 std::unique_ptr<Reader> ReaderPool::take() {
+  Home& home = homes_[home_of_this_thread()];
+  if (home.reader.load(std::memory_order_relaxed) != nullptr) {
+    Reader* mine = home.reader.exchange(nullptr, std::memory_order_acquire);
+    if (mine != nullptr) return std::unique_ptr<Reader>(mine);
+  }
   MutexLock lock(pool_mu_);
   if (idle_.empty()) return nullptr;
   std::unique_ptr<Reader> reader = std::move(idle_.back());
@@ -32,6 +46,16 @@ std::unique_ptr<Reader> ReaderPool::take() {
 }
 
 std::unique_ptr<Reader> ReaderPool::put(std::unique_ptr<Reader> reader) noexcept {
+  Reader* empty = nullptr;
+  if (homes_[home_of_this_thread()].reader.compare_exchange_strong(
+          empty, reader.get(), std::memory_order_release, std::memory_order_relaxed)) {
+    (void)reader.release();  // the slot owns it now
+    return nullptr;
+  }
+  return put_shared(std::move(reader));
+}
+
+std::unique_ptr<Reader> ReaderPool::put_shared(std::unique_ptr<Reader> reader) noexcept {
   MutexLock lock(pool_mu_);
   // Within the capacity reserved up front, so push_back cannot allocate: a bad_alloc
   // here, in a destructor (noexcept), would be std::terminate.
@@ -63,16 +87,30 @@ void ReaderPool::run_janitor() {
     janitor_armed_.store(false);
     lock.unlock();
     bool young_left = false;
+    const auto now = std::chrono::steady_clock::now();
+    const auto tend = [&](Reader& r) {
+      if (!r.in_snapshot()) return;
+      if (now - r.snapshot_began >= snapshot_max_age_) {
+        r.end_snapshot();
+      } else {
+        young_left = true;
+      }
+    };
     {
       MutexLock pool(pool_mu_);
-      const auto now = std::chrono::steady_clock::now();
-      for (const auto& r : idle_) {
-        if (!r->in_snapshot()) continue;
-        if (now - r->snapshot_began >= snapshot_max_age_) {
-          r->end_snapshot();
-        } else {
-          young_left = true;
-        }
+      for (const auto& r : idle_) tend(*r);
+    }
+    // A home slot's reader is taken out while it is tended, then put back; if its
+    // thread put another there meanwhile, it joins the shared list (or closes, here,
+    // outside the mutex, when that is full).
+    for (Home& h : homes_) {
+      Reader* r = h.reader.exchange(nullptr, std::memory_order_acquire);
+      if (r == nullptr) continue;
+      tend(*r);
+      Reader* empty = nullptr;
+      if (!h.reader.compare_exchange_strong(empty, r, std::memory_order_release,
+                                            std::memory_order_relaxed)) {
+        std::unique_ptr<Reader> surplus = put_shared(std::unique_ptr<Reader>(r));
       }
     }
     if (young_left) janitor_armed_.store(true);

@@ -134,9 +134,9 @@ struct Reader {
 };
 
 // The idle readers of one store, and the janitor that ends their snapshots
-// (doc/sqlite-store.md, rules 1 and 6):
-// (1) at most kMaxIdleReaders are kept, in capacity reserved up front: put() never
-//     allocates;
+// (doc/sqlite-store.md, rules 1, 6 and 39):
+// (1) at most kHomeSlots + kMaxIdleReaders are kept: one in each home slot, the rest in
+//     capacity reserved up front; put() never allocates;
 // (2) nothing opens or closes a connection under pool_mu_;
 // (3) the janitor runs only while some idle reader may hold a snapshot, and ends those
 //     older than the store's read_snapshot_max_age every kJanitorPeriod.
@@ -174,9 +174,23 @@ class ReaderPool {
   std::atomic<bool> janitor_armed_{false};
   std::thread janitor_;  // started by start_janitor() when snapshots are kept
 
+  // Rule 39: a thread puts its reader back in its home slot and takes it from there, so
+  // a reader stays with the thread (and the core) that used it last. A slot owns the
+  // reader it holds; an exchange takes it, without pool_mu_.
+  static constexpr std::size_t kHomeSlots = 8;
+  struct alignas(64) Home {
+    std::atomic<Reader*> reader{nullptr};
+  };
+  static std::size_t home_of_this_thread() noexcept;
+  Home homes_[kHomeSlots];
+
   Mutex pool_mu_;
   // Invariant 1.
   std::vector<std::unique_ptr<Reader>> idle_ APIKEYS_GUARDED_BY(pool_mu_);
+
+  // put() into idle_ (invariant 1): returns `reader` when that is full.
+  std::unique_ptr<Reader> put_shared(std::unique_ptr<Reader> reader) noexcept
+      APIKEYS_EXCLUDES(pool_mu_);
 };
 
 }  // namespace apikeys::detail::sqlite

@@ -1175,6 +1175,30 @@ TEST_CASE("SqliteStore ends idle read snapshots, so they never pin the WAL", "[s
   }
   CHECK(truncated);
   CHECK(store.find(public_key(1))->info.title == "renamed");
+
+  // Readers left idle by many threads at once: each in its thread's home slot, or in
+  // the shared list when two threads share a slot or a slot is full. The janitor ends
+  // the snapshots of both.
+  std::vector<std::thread> threads;
+  std::atomic<int> found{0};
+  std::atomic<int> ready{0};
+  for (int t = 0; t < 12; ++t) {
+    threads.emplace_back([&] {
+      ++ready;
+      while (ready.load() < 12) std::this_thread::yield();  // all hold a reader at once
+      if (store.find(public_key(1))) ++found;
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(found.load() == 12);
+  raw.exec("UPDATE api_keys SET title = 'again' WHERE public_key = '" + public_key(1) + "'");
+  truncated = false;
+  for (int i = 0; i < 200 && !truncated; ++i) {
+    truncated = raw.integer("PRAGMA wal_checkpoint(TRUNCATE)") == 0;
+    if (!truncated) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  CHECK(truncated);
+  CHECK(store.find(public_key(1))->info.title == "again");
 }
 
 namespace {
