@@ -1,10 +1,14 @@
 #include "epoch.hpp"
 
-#include <algorithm>
+#include <pthread.h>
+
 #include <atomic>
+#include <cassert>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <thread>
+#include <vector>
 
 namespace apikeys::detail {
 
@@ -22,37 +26,67 @@ struct alignas(64) Slot {
 // The epoch. Constant-initialised: a section reads it without a guard variable.
 std::atomic<std::uint64_t> g_epoch{1};
 
+thread_local Slot* t_slot = nullptr;  // trivially destructible: no TLS guard on the path
+thread_local bool t_exited = false;   // past this thread's SlotRelease destructor
+
+void on_fork_prepare() noexcept;
+void on_fork_parent() noexcept;
+void on_fork_child() noexcept;
+
 // Every slot ever made. Slots are never freed: a thread that exits gives its slot back
 // for the next new thread, so there are at most as many as threads were ever alive at
-// once. Never destroyed, so that a thread exiting during static destruction still finds it.
+// once. Never destroyed, so that a thread exiting during static destruction still
+// finds it.
 struct Registry {
   std::mutex mu;
-  std::vector<Slot*> slots;
+  std::vector<std::unique_ptr<Slot>> slots;
+
+  Registry() {
+    // In a child of fork(), only the forking thread lives on: the handlers keep the
+    // mutex from being inherited locked and clear the other threads' slots, or a
+    // section open elsewhere at the fork would hold the child's epoch back for good.
+    pthread_atfork(on_fork_prepare, on_fork_parent, on_fork_child);
+  }
 };
 
 Registry& registry() {
-  static Registry* r = new Registry();
+  static auto* r = new Registry();
   return *r;
 }
 
-thread_local Slot* t_slot = nullptr;  // trivially destructible: no TLS guard on the path
-thread_local bool t_exited = false;
+void on_fork_prepare() noexcept { registry().mu.lock(); }
+void on_fork_parent() noexcept { registry().mu.unlock(); }
+void on_fork_child() noexcept {
+  Registry& r = registry();
+  for (const auto& s : r.slots) {
+    if (s.get() == t_slot) continue;
+    s->state.store(0, std::memory_order_relaxed);
+    s->depth = 0;
+    s->taken = false;
+  }
+  r.mu.unlock();
+}
+
+// Gives the calling thread's slot back. REQUIRES: no section open on it.
+void release_slot() noexcept {
+  Slot* s = t_slot;
+  if (s == nullptr) return;
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  s->state.store(0, std::memory_order_release);
+  s->depth = 0;
+  s->taken = false;
+  t_slot = nullptr;
+}
 
 // Gives the thread's slot back when the thread exits.
 struct SlotRelease {
-  Slot* slot = nullptr;
   SlotRelease() = default;
   SlotRelease(const SlotRelease&) = delete;
   SlotRelease& operator=(const SlotRelease&) = delete;
   ~SlotRelease() {
     t_exited = true;
-    if (slot == nullptr) return;
-    Registry& r = registry();
-    std::lock_guard<std::mutex> lock(r.mu);
-    slot->state.store(0, std::memory_order_release);
-    slot->depth = 0;
-    slot->taken = false;
-    t_slot = nullptr;
+    release_slot();
   }
 };
 
@@ -62,25 +96,25 @@ Slot* attach() {
   Slot* s = nullptr;
   {
     std::lock_guard<std::mutex> lock(r.mu);
-    for (Slot* free : r.slots) {
+    for (const auto& free : r.slots) {
       if (!free->taken) {
-        s = free;
+        s = free.get();
         break;
       }
     }
     if (s == nullptr) {
-      r.slots.reserve(r.slots.size() + 1);
-      s = new Slot();
-      r.slots.push_back(s);
+      auto fresh = std::make_unique<Slot>();
+      r.slots.push_back(std::move(fresh));  // strong guarantee: nothing leaks on a throw
+      s = r.slots.back().get();
     }
     s->taken = true;
   }
   t_slot = s;
-  // A thread already past its thread_local destructors keeps the slot for good: its
-  // state is 0 between sections, so it never holds the epoch back.
+  // Arms the release at thread exit. A thread already past its thread_local destructors
+  // (a destructor of its own that reads a cache) gives the slot back as each section
+  // closes instead (~ReadSection).
   if (!t_exited) {
     static thread_local SlotRelease release;
-    release.slot = s;
   }
   return s;
 }
@@ -92,16 +126,18 @@ ReadSection::ReadSection() {
   if (s == nullptr) s = attach();
   if (s->depth++ == 0) {
     // An exchange, not a store: a seq_cst store compiles to a store and a full fence on
-    // some compilers, an exchange to one locked instruction on x86. Either orders the
-    // announcement before the section's loads of shared pointers.
-    s->state.exchange((g_epoch.load(std::memory_order_relaxed) << 1) | 1,
+    // some compilers, an exchange to one locked instruction on x86. The epoch is a
+    // seq_cst load so that it too takes its place in the one order the argument uses.
+    s->state.exchange((g_epoch.load(std::memory_order_seq_cst) << 1) | 1,
                       std::memory_order_seq_cst);
   }
 }
 
 ReadSection::~ReadSection() {
   Slot* s = t_slot;
-  if (--s->depth == 0) s->state.store(0, std::memory_order_release);
+  if (--s->depth != 0) return;
+  s->state.store(0, std::memory_order_release);
+  if (t_exited) release_slot();
 }
 
 std::uint64_t current_epoch() noexcept { return g_epoch.load(std::memory_order_seq_cst); }
@@ -111,7 +147,7 @@ std::uint64_t try_advance_epoch() noexcept {
   std::unique_lock<std::mutex> lock(r.mu, std::try_to_lock);
   const std::uint64_t now = g_epoch.load(std::memory_order_seq_cst);
   if (!lock.owns_lock()) return now;  // another writer is advancing
-  for (const Slot* s : r.slots) {
+  for (const auto& s : r.slots) {
     const std::uint64_t state = s->state.load(std::memory_order_seq_cst);
     if ((state & 1) != 0 && (state >> 1) != now) return now;  // a section from before
   }
@@ -119,35 +155,59 @@ std::uint64_t try_advance_epoch() noexcept {
   return now + 1;
 }
 
+std::size_t slot_count() noexcept {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  return r.slots.size();
+}
+
+void synchronize() noexcept {
+  assert(t_slot == nullptr || t_slot->depth == 0);
+  const std::uint64_t target = current_epoch() + 2;
+  while (try_advance_epoch() < target) std::this_thread::yield();
+}
+
 Limbo::~Limbo() {
-  for (const Entry& e : entries_) e.free(e.p);
+  for (std::size_t i = 0; i < count_; ++i) entries_[i].free(entries_[i].p);
 }
 
 void Limbo::retire(void* p, Free free) noexcept {
-  // Read after the unlink: a section that loaded `p` published this epoch or an earlier one.
-  const std::uint64_t tag = g_epoch.load(std::memory_order_seq_cst);
-  try {
-    entries_.push_back(Entry{p, free, tag});
-  } catch (...) {
-    // No room to keep it: wait for the sections that may hold it, then free it now.
-    while (try_advance_epoch() < tag + 2) std::this_thread::yield();
-    free(p);
-    return;
+  assert(t_slot == nullptr || t_slot->depth == 0);
+  if (count_ == kCapacity) {
+    collect();
+    if (count_ == kCapacity) {
+      // Full of objects a section may still hold: wait for those sections (a reader's
+      // section lasts one lookup, unless its thread is preempted inside it).
+      const std::uint64_t target = entries_[0].epoch + 2;
+      std::uint64_t now = current_epoch();
+      while (now < target) {
+        std::this_thread::yield();
+        now = try_advance_epoch();
+      }
+      free_due(now);
+    }
   }
-  if (entries_.size() >= next_collect_) collect();
+  // Read after the unlink: a section that loaded `p` published this epoch or an earlier one.
+  entries_[count_++] = Entry{p, free, g_epoch.load(std::memory_order_seq_cst)};
+  if (count_ % kBatch == 0) collect();
 }
 
 void Limbo::collect() noexcept {
-  if (entries_.empty()) return;
-  // Two steps when the readers allow: what was retired just now is freed too.
+  if (count_ == 0) return;
   std::uint64_t now = try_advance_epoch();
-  if (entries_.back().epoch + 2 > now) now = try_advance_epoch();
-  // Tags never decrease along the list: free the due prefix.
-  const auto due = std::find_if(entries_.begin(), entries_.end(),
-                                [now](const Entry& e) { return e.epoch + 2 > now; });
-  for (auto it = entries_.begin(); it != due; ++it) it->free(it->p);
-  entries_.erase(entries_.begin(), due);
-  next_collect_ = entries_.size() + kBatch;
+  if (entries_[count_ - 1].epoch + 2 > now) now = try_advance_epoch();
+  free_due(now);
+}
+
+void Limbo::free_due(std::uint64_t now) noexcept {
+  // Tags never decrease along the list: free the due prefix, move the rest up.
+  std::size_t due = 0;
+  while (due < count_ && entries_[due].epoch + 2 <= now) {
+    entries_[due].free(entries_[due].p);
+    ++due;
+  }
+  for (std::size_t i = due; i < count_; ++i) entries_[i - due] = entries_[i];
+  count_ -= due;
 }
 
 }  // namespace apikeys::detail

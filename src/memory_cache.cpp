@@ -320,7 +320,8 @@ static_assert(sizeof(Buckets) % alignof(std::atomic<Node*>) == 0, "slots follow 
 // writers. A node is immutable once linked but for its `next`; every store of a link
 // is seq_cst, every load by a reader too (a plain load on x86), and a node or bucket
 // array taken out is retired to `limbo_`, freed once no section can still hold it
-// (src/epoch.hpp). A reader sees each chain as it was at some instant, or, while
+// (src/epoch.hpp); detach() hands the whole table to its caller, which waits for the
+// sections instead. A reader sees each chain as it was at some instant, or, while
 // grow() relinks the nodes, part of another chain: it may then miss a key that is
 // there, never find one that is not, and always reaches the end of a chain (grow()
 // links a node only to nodes already in its new chain).
@@ -408,39 +409,18 @@ class Table {
     return false;
   }
 
-  void clear() noexcept {
-    Buckets* b = buckets_.load(std::memory_order_relaxed);
-    if (b == nullptr || size_ == 0) return;
-    // The array and its chains go whole, behind an empty array of the same size; without
-    // the memory for one, each chain is detached and retired with its nodes.
-    Buckets* empty = nullptr;
-    try {
-      empty = Buckets::make(b->count());
-    } catch (...) {
-    }
-    if (empty != nullptr) {
-      buckets_.store(empty, std::memory_order_seq_cst);
-      limbo_.retire(b, Buckets::free_all);
-    } else {
-      for (std::size_t i = 0; i < b->count(); ++i) {
-        Node* chain = b->at(i).exchange(nullptr, std::memory_order_seq_cst);
-        if (chain != nullptr) limbo_.retire(chain, free_chain);
-      }
-    }
+  // Takes every entry out at once: the table is left empty, without buckets (the next
+  // insert grows it again), and its old array, with every node its chains hold, is
+  // returned for the caller to free with Buckets::free_all() once no section can hold
+  // it (detail::synchronize()). Null when there was nothing to take.
+  [[nodiscard]] Buckets* detach() noexcept {
+    Buckets* b = buckets_.exchange(nullptr, std::memory_order_seq_cst);
     size_ = 0;
     bytes_ = 0;
-    limbo_.collect();
+    return b;
   }
 
  private:
-  static void free_chain(void* p) noexcept {
-    for (auto* n = static_cast<Node*>(p); n != nullptr;) {
-      Node* dead = n;
-      n = dead->next.load(std::memory_order_relaxed);
-      NodeDeleter()(dead);
-    }
-  }
-
   // Relinks every node into an array twice the size, in place. A node is linked to
   // the head of its new chain, which holds only nodes moved before it: a reader
   // following links, old or new, always comes to an end.
@@ -689,8 +669,16 @@ void MemoryCache::clear() {
   // that already did is removed below when this reaches its shard.
   impl_->epoch.fetch_add(1, std::memory_order_acq_rel);
   for (auto& s : impl_->shards) {
-    detail::MutexLock lock(s->mu);
-    s->table.clear();
+    Buckets* old = nullptr;
+    {
+      detail::MutexLock lock(s->mu);
+      old = s->table.detach();
+    }
+    if (old == nullptr) continue;
+    // Freed now, not left to a later write: wait (outside the lock) for the gets that
+    // may still be reading the old array.
+    detail::synchronize();
+    Buckets::free_all(old);
   }
 }
 

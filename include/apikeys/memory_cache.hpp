@@ -76,10 +76,12 @@ struct MemoryCacheOptions {
 /// get_into() take no lock and write nothing another thread reads, so hits on
 /// different cores never wait for each other; put(), erase() and clear() lock one
 /// shard (clear() each in turn), size() and bytes() likewise. Once erase() or clear()
-/// has returned, no get() that starts afterwards answers what they removed. An entry
-/// removed while a get() on another thread may still be reading it is freed once no
-/// such get() is left, at a later put(), erase() or clear() (doc/memory-cache.md):
-/// bytes() stops counting it at once, the allocator a little later.
+/// has returned, no get() that starts afterwards answers what they removed. A get()
+/// on another thread may still be reading what a write takes out, so clear() waits
+/// for the gets in progress and then frees everything it removed; an entry that put()
+/// or erase() replaces or removes is freed by a later write to its shard, at most 64
+/// per shard held back (doc/memory-cache.md, "Reads without a lock"). bytes() stops
+/// counting an entry at once.
 /// Ownership: owns its entries; holds its clock through std::shared_ptr. The cache must
 /// outlive every call into it.
 class APIKEYS_EXPORT MemoryCache final : public Cache {

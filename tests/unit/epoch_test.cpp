@@ -1,7 +1,11 @@
 // Epoch-based reclamation (src/epoch.hpp): what a writer retires is freed only after
 // every read section that was open at the retire has closed, and then without waiting
 // for another retire.
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -117,12 +121,73 @@ TEST_CASE("Limbo frees a retired object once no reader that could hold it is lef
   }
 }
 
+TEST_CASE("A full Limbo waits for the sections that hold its oldest object", "[epoch]") {
+  g_freed = 0;
+  Limbo limbo;
+  Reader reader;
+  for (std::size_t i = 0; i < Limbo::kCapacity; ++i) limbo.retire(new int(1), count_free);
+  CHECK(limbo.pending() == Limbo::kCapacity);
+  CHECK(g_freed == 0);
+  std::atomic<bool> returned{false};
+  std::thread writer([&] {
+    limbo.retire(new int(1), count_free);  // full: must wait for `reader`
+    returned = true;
+  });
+  // Not a timing goal: the writer gets a chance to run, and must still be waiting.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK_FALSE(returned.load());
+  CHECK(g_freed == 0);
+  reader.release();
+  writer.join();
+  CHECK(g_freed >= 1);
+  CHECK(limbo.pending() <= Limbo::kCapacity);
+}
+
+namespace {
+
+// Opens a section from a thread_local destructor that runs after the thread's slot was
+// given back at exit (it was built before the thread's first section).
+struct LateReader {
+  ~LateReader() { ReadSection section; }
+};
+thread_local LateReader t_late;
+
+}  // namespace
+
 TEST_CASE("A thread's slot is given back when it exits", "[epoch]") {
-  // Threads that each open a section and exit: the epoch still moves on, so none left a
-  // section open behind it.
+  std::thread([] { ReadSection section; }).join();
+  const std::size_t before = apikeys::detail::slot_count();
+  for (int i = 0; i < 64; ++i) std::thread([] { ReadSection section; }).join();
+  CHECK(apikeys::detail::slot_count() <= before + 1);
+  // Also when a thread_local destructor reads after the slot went back.
   for (int i = 0; i < 64; ++i) {
-    std::thread([] { ReadSection section; }).join();
+    std::thread([] {
+      (void)&t_late;  // built first, so destroyed after the slot's release
+      ReadSection section;
+    }).join();
   }
-  const std::uint64_t before = apikeys::detail::current_epoch();
-  CHECK(apikeys::detail::try_advance_epoch() == before + 1);
+  CHECK(apikeys::detail::slot_count() <= before + 1);
+  const std::uint64_t now = apikeys::detail::current_epoch();
+  CHECK(apikeys::detail::try_advance_epoch() == now + 1);
+}
+
+TEST_CASE("A child of fork() is not held back by another thread's section", "[epoch]") {
+  Reader reader;  // a section open on another thread at the fork
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // Only this thread lives on: the epoch must move on, twice.
+    const std::uint64_t now = apikeys::detail::current_epoch();
+    const bool moved = apikeys::detail::try_advance_epoch() == now + 1 &&
+                       apikeys::detail::try_advance_epoch() == now + 2;
+    ::_exit(moved ? 0 : 1);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  // In this process the section still holds the epoch back.
+  const std::uint64_t now = apikeys::detail::current_epoch();
+  CHECK(apikeys::detail::try_advance_epoch() <= now + 1);
+  CHECK(apikeys::detail::try_advance_epoch() <= now + 1);
 }
