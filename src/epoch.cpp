@@ -27,7 +27,6 @@ struct alignas(64) Slot {
 std::atomic<std::uint64_t> g_epoch{1};
 
 thread_local Slot* t_slot = nullptr;  // trivially destructible: no TLS guard on the path
-thread_local bool t_exited = false;   // past this thread's SlotRelease destructor
 
 void on_fork_prepare() noexcept;
 void on_fork_parent() noexcept;
@@ -37,11 +36,20 @@ void on_fork_child() noexcept;
 // for the next new thread, so there are at most as many as threads were ever alive at
 // once. Never destroyed, so that a thread exiting during static destruction still
 // finds it.
+void release_slot(void* slot) noexcept;
+
 struct Registry {
   std::mutex mu;
   std::vector<std::unique_ptr<Slot>> slots;
+  // Its destructor gives a thread's slot back at exit. A pthread key, not a thread_local
+  // object: glibc runs the key destructors after every thread_local destructor, and
+  // again (up to PTHREAD_DESTRUCTOR_ITERATIONS rounds) for a key set anew meanwhile, so
+  // a destructor of either kind that reads a cache still gives its slot back.
+  pthread_key_t exit_key{};
+  bool has_exit_key = false;
 
   Registry() {
+    has_exit_key = pthread_key_create(&exit_key, release_slot) == 0;
     // In a child of fork(), only the forking thread lives on: the handlers keep the
     // mutex from being inherited locked and clear the other threads' slots, or a
     // section open elsewhere at the fork would hold the child's epoch back for good.
@@ -67,28 +75,16 @@ void on_fork_child() noexcept {
   r.mu.unlock();
 }
 
-// Gives the calling thread's slot back. REQUIRES: no section open on it.
-void release_slot() noexcept {
-  Slot* s = t_slot;
-  if (s == nullptr) return;
+// The key's destructor, at thread exit: gives the thread's slot back.
+void release_slot(void* slot) noexcept {
+  auto* s = static_cast<Slot*>(slot);
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);
   s->state.store(0, std::memory_order_release);
   s->depth = 0;
   s->taken = false;
-  t_slot = nullptr;
+  if (t_slot == s) t_slot = nullptr;
 }
-
-// Gives the thread's slot back when the thread exits.
-struct SlotRelease {
-  SlotRelease() = default;
-  SlotRelease(const SlotRelease&) = delete;
-  SlotRelease& operator=(const SlotRelease&) = delete;
-  ~SlotRelease() {
-    t_exited = true;
-    release_slot();
-  }
-};
 
 // The calling thread's slot, taken on its first section. Throws std::bad_alloc.
 Slot* attach() {
@@ -110,12 +106,9 @@ Slot* attach() {
     s->taken = true;
   }
   t_slot = s;
-  // Arms the release at thread exit. A thread already past its thread_local destructors
-  // (a destructor of its own that reads a cache) gives the slot back as each section
-  // closes instead (~ReadSection).
-  if (!t_exited) {
-    static thread_local SlotRelease release;
-  }
+  // Without a key (the process ran out of them) the slot stays taken after the thread
+  // exits; its state is 0 between sections, so it never holds the epoch back.
+  if (r.has_exit_key) pthread_setspecific(r.exit_key, s);
   return s;
 }
 
@@ -135,9 +128,7 @@ ReadSection::ReadSection() {
 
 ReadSection::~ReadSection() {
   Slot* s = t_slot;
-  if (--s->depth != 0) return;
-  s->state.store(0, std::memory_order_release);
-  if (t_exited) release_slot();
+  if (--s->depth == 0) s->state.store(0, std::memory_order_release);
 }
 
 std::uint64_t current_epoch() noexcept { return g_epoch.load(std::memory_order_seq_cst); }

@@ -320,8 +320,7 @@ static_assert(sizeof(Buckets) % alignof(std::atomic<Node*>) == 0, "slots follow 
 // writers. A node is immutable once linked but for its `next`; every store of a link
 // is seq_cst, every load by a reader too (a plain load on x86), and a node or bucket
 // array taken out is retired to `limbo_`, freed once no section can still hold it
-// (src/epoch.hpp); detach() hands the whole table to its caller, which waits for the
-// sections instead. A reader sees each chain as it was at some instant, or, while
+// (src/epoch.hpp). A reader sees each chain as it was at some instant, or, while
 // grow() relinks the nodes, part of another chain: it may then miss a key that is
 // there, never find one that is not, and always reaches the end of a chain (grow()
 // links a node only to nodes already in its new chain).
@@ -410,15 +409,17 @@ class Table {
   }
 
   // Takes every entry out at once: the table is left empty, without buckets (the next
-  // insert grows it again), and its old array, with every node its chains hold, is
-  // returned for the caller to free with Buckets::free_all() once no section can hold
-  // it (detail::synchronize()). Null when there was nothing to take.
-  [[nodiscard]] Buckets* detach() noexcept {
+  // insert grows it again), and its old array goes to the limbo with every node its
+  // chains hold. MemoryCache::clear() then waits for the sections and collect()s.
+  void clear() noexcept {
     Buckets* b = buckets_.exchange(nullptr, std::memory_order_seq_cst);
     size_ = 0;
     bytes_ = 0;
-    return b;
+    if (b != nullptr) limbo_.retire(b, Buckets::free_all);
   }
+
+  // Frees what the limbo holds that no section can still reach.
+  void collect() noexcept { limbo_.collect(); }
 
  private:
   // Relinks every node into an array twice the size, in place. A node is linked to
@@ -669,16 +670,16 @@ void MemoryCache::clear() {
   // that already did is removed below when this reaches its shard.
   impl_->epoch.fetch_add(1, std::memory_order_acq_rel);
   for (auto& s : impl_->shards) {
-    Buckets* old = nullptr;
-    {
-      detail::MutexLock lock(s->mu);
-      old = s->table.detach();
-    }
-    if (old == nullptr) continue;
-    // Freed now, not left to a later write: wait (outside the lock) for the gets that
-    // may still be reading the old array.
-    detail::synchronize();
-    Buckets::free_all(old);
+    detail::MutexLock lock(s->mu);
+    s->table.clear();
+  }
+  // Freed now, not left to a later write: once the gets that may still be reading what
+  // was taken out are over (waited for outside every lock), each shard's limbo holds
+  // nothing a section can reach.
+  detail::synchronize();
+  for (auto& s : impl_->shards) {
+    detail::MutexLock lock(s->mu);
+    s->table.collect();
   }
 }
 

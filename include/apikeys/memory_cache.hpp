@@ -79,8 +79,8 @@ struct MemoryCacheOptions {
 /// has returned, no get() that starts afterwards answers what they removed. A get()
 /// on another thread may still be reading what a write takes out, so clear() waits
 /// for the gets in progress and then frees everything it removed; an entry that put()
-/// or erase() replaces or removes is freed by a later write to its shard, at most 64
-/// per shard held back (doc/memory-cache.md, "Reads without a lock"). bytes() stops
+/// or erase() replaces or removes is freed by a later write to its shard or by clear(),
+/// at most 64 per shard held back (doc/memory-cache.md, "Reads without a lock"). bytes() stops
 /// counting an entry at once.
 /// Ownership: owns its entries; holds its clock through std::shared_ptr. The cache must
 /// outlive every call into it.

@@ -1,6 +1,7 @@
 // Epoch-based reclamation (src/epoch.hpp): what a writer retires is freed only after
 // every read section that was open at the retire has closed, and then without waiting
 // for another retire.
+#include <pthread.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -143,6 +144,23 @@ TEST_CASE("A full Limbo waits for the sections that hold its oldest object", "[e
   CHECK(limbo.pending() <= Limbo::kCapacity);
 }
 
+TEST_CASE("synchronize() returns once the sections open at its call have closed", "[epoch]") {
+  Reader reader;
+  std::atomic<bool> returned{false};
+  std::thread writer([&] {
+    apikeys::detail::synchronize();
+    returned = true;
+  });
+  // Not a timing goal: the writer gets a chance to run, and must still be waiting.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK_FALSE(returned.load());
+  reader.release();
+  writer.join();
+  CHECK(returned.load());
+  // With no section open it returns at once (no deadline asserted: it returns).
+  apikeys::detail::synchronize();
+}
+
 namespace {
 
 // Opens a section from a thread_local destructor that runs after the thread's slot was
@@ -151,6 +169,14 @@ struct LateReader {
   ~LateReader() { ReadSection section; }
 };
 thread_local LateReader t_late;
+
+// A pthread key whose destructor opens a thread's first section.
+void read_at_key_exit(void*) { ReadSection section; }
+pthread_key_t make_reading_key() {
+  pthread_key_t key{};
+  REQUIRE(pthread_key_create(&key, read_at_key_exit) == 0);
+  return key;
+}
 
 }  // namespace
 
@@ -167,25 +193,45 @@ TEST_CASE("A thread's slot is given back when it exits", "[epoch]") {
     }).join();
   }
   CHECK(apikeys::detail::slot_count() <= before + 1);
+  // And when a pthread key's destructor takes the thread's first slot at exit.
+  static const pthread_key_t key = make_reading_key();
+  for (int i = 0; i < 64; ++i) {
+    std::thread([] { pthread_setspecific(key, &key); }).join();
+  }
+  CHECK(apikeys::detail::slot_count() <= before + 1);
   const std::uint64_t now = apikeys::detail::current_epoch();
   CHECK(apikeys::detail::try_advance_epoch() == now + 1);
 }
 
 TEST_CASE("A child of fork() is not held back by another thread's section", "[epoch]") {
   Reader reader;  // a section open on another thread at the fork
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    // Only this thread lives on: the epoch must move on, twice.
-    const std::uint64_t now = apikeys::detail::current_epoch();
-    const bool moved = apikeys::detail::try_advance_epoch() == now + 1 &&
-                       apikeys::detail::try_advance_epoch() == now + 2;
-    ::_exit(moved ? 0 : 1);
+  // Another thread takes the epoch's mutex over and over, so that forks land while it
+  // holds it: the child must not inherit it locked.
+  std::atomic<bool> stop{false};
+  std::thread advancer([&] {
+    while (!stop.load()) (void)apikeys::detail::try_advance_epoch();
+  });
+  int bad = 0;
+  for (int i = 0; i < 20; ++i) {
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::alarm(10);  // a deadlock in the child ends it by SIGALRM, a failure below
+      // Only this thread lives on: the epoch must move on, twice, and a first section
+      // of a new thread must be able to take a slot.
+      const std::uint64_t now = apikeys::detail::current_epoch();
+      const bool moved = apikeys::detail::try_advance_epoch() == now + 1 &&
+                         apikeys::detail::try_advance_epoch() == now + 2;
+      (void)apikeys::detail::slot_count();
+      ::_exit(moved ? 0 : 1);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ++bad;
   }
-  int status = 0;
-  REQUIRE(::waitpid(pid, &status, 0) == pid);
-  CHECK(WIFEXITED(status));
-  CHECK(WEXITSTATUS(status) == 0);
+  stop = true;
+  advancer.join();
+  CHECK(bad == 0);
   // In this process the section still holds the epoch back.
   const std::uint64_t now = apikeys::detail::current_epoch();
   CHECK(apikeys::detail::try_advance_epoch() <= now + 1);

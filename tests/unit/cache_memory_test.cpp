@@ -1,0 +1,61 @@
+// MemoryCache's memory after clear(), seen through the allocation probe (a program of
+// its own: alloc_probe.cpp replaces operator new and delete).
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "alloc_probe.hpp"
+#include "apikeys/clock.hpp"
+#include "apikeys/memory_cache.hpp"
+#include "apikeys/types.hpp"
+#include "catch.hpp"
+#include "test_support.hpp"
+
+using apikeys::Digest;
+using apikeys::MemoryCache;
+using apikeys::MemoryCacheOptions;
+using apikeys::ValidationCode;
+using apikeys::Verdict;
+using std::chrono::milliseconds;
+
+namespace {
+
+std::string pk(std::size_t n) { return "pk_" + std::to_string(n) + std::string(20, 'k'); }
+
+}  // namespace
+
+// What clear() takes out is freed before it returns, and so is every entry that puts
+// replaced before it (held back until no get could still read them): nothing is left
+// for a later write to free.
+TEST_CASE("MemoryCache: clear() frees every entry taken out, replaced ones included",
+          "[cache]") {
+  if (!apikeys_test::alloc_probe::kActive) return;  // the probe is off under ASan
+  MemoryCacheOptions o;
+  o.shards = 1;
+  o.clock = std::make_shared<apikeys::ManualClock>(apikeys_test::test_start());
+  MemoryCache cache(o);
+  const auto fill = [&cache](const std::string& key, const Digest& d, const Verdict& verdict) {
+    cache.put(key, d, verdict, milliseconds(60'000), cache.fill_token(key));
+  };
+  Digest d;
+  d.bytes.fill(9);
+  d.pepper_id = 1;
+  const std::string marker = "clear-frees-this-entry";
+  Verdict v;
+  v.code = ValidationCode::valid;
+  v.account_id = apikeys_test::account_id(7);
+  v.has_policy = true;
+  v.metadata = marker;
+  constexpr std::size_t kKeys = 20;
+  constexpr std::size_t kReplaced = 10;  // with the array clear() retires, under a batch
+  for (std::size_t i = 0; i < kKeys; ++i) fill(pk(i), d, v);
+  for (std::size_t i = 0; i < kReplaced; ++i) fill(pk(i), d, v);
+  apikeys_test::alloc_probe::WatchFrees watch(marker);
+  cache.clear();
+  CHECK(apikeys_test::alloc_probe::unwiped_frees() == kKeys + kReplaced);
+  CHECK(cache.size() == 0);
+  CHECK(cache.bytes() == 0);
+}
+
