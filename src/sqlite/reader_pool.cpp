@@ -47,8 +47,10 @@ std::unique_ptr<Reader> ReaderPool::take() {
 
 std::unique_ptr<Reader> ReaderPool::put(std::unique_ptr<Reader> reader) noexcept {
   Reader* empty = nullptr;
+  // seq_cst, as arm_janitor()'s load and the janitor's exchange: either the janitor's
+  // sweep finds this reader, or this thread sees the janitor disarmed and arms it.
   if (homes_[home_of_this_thread()].reader.compare_exchange_strong(
-          empty, reader.get(), std::memory_order_release, std::memory_order_relaxed)) {
+          empty, reader.get(), std::memory_order_seq_cst, std::memory_order_relaxed)) {
     (void)reader.release();  // the slot owns it now
     return nullptr;
   }
@@ -67,7 +69,7 @@ std::unique_ptr<Reader> ReaderPool::put_shared(std::unique_ptr<Reader> reader) n
 }
 
 void ReaderPool::arm_janitor() {
-  if (janitor_armed_.load(std::memory_order_relaxed) || !janitor_.joinable()) return;
+  if (janitor_armed_.load(std::memory_order_seq_cst) || !janitor_.joinable()) return;
   {
     MutexLock lock(janitor_mu_);
     janitor_armed_.store(true, std::memory_order_relaxed);
@@ -104,7 +106,7 @@ void ReaderPool::run_janitor() {
     // thread put another there meanwhile, it joins the shared list (or closes, here,
     // outside the mutex, when that is full).
     for (Home& h : homes_) {
-      Reader* r = h.reader.exchange(nullptr, std::memory_order_acquire);
+      Reader* r = h.reader.exchange(nullptr, std::memory_order_seq_cst);
       if (r == nullptr) continue;
       tend(*r);
       Reader* empty = nullptr;
