@@ -33,9 +33,11 @@ void on_fork_parent() noexcept;
 void on_fork_child() noexcept;
 
 // Every slot ever made. Slots are never freed: a thread that exits gives its slot back
-// for the next new thread, so there are at most as many as threads were ever alive at
-// once. Never destroyed, so that a thread exiting during static destruction still
-// finds it.
+// for the next new thread, so there are about as many as threads were ever alive at
+// once (a thread whose slot could not be registered with the exit key, or that first
+// reads in the last round of key destructors, keeps it: its state is 0 between
+// sections, so it never holds the epoch back, but it is scanned by every advance). Never destroyed,
+// so that a thread exiting during static destruction still finds it.
 void release_slot(void* slot) noexcept;
 
 struct Registry {

@@ -669,10 +669,13 @@ void MemoryCache::clear() {
   // Bump first: a put that has not yet taken its shard lock will now be refused; one
   // that already did is removed below when this reaches its shard.
   impl_->epoch.fetch_add(1, std::memory_order_acq_rel);
+  bool held = false;
   for (auto& s : impl_->shards) {
     detail::MutexLock lock(s->mu);
     s->table.clear();
+    held = held || s->table.retired() > 0;
   }
+  if (!held) return;
   // Freed now, not left to a later write: once the gets that may still be reading what
   // was taken out are over (waited for outside every lock), each shard's limbo holds
   // nothing a section can reach.

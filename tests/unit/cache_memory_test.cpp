@@ -29,8 +29,7 @@ std::string pk(std::size_t n) { return "pk_" + std::to_string(n) + std::string(2
 // What clear() takes out is freed before it returns, and so is every entry that puts
 // replaced before it (held back until no get could still read them): nothing is left
 // for a later write to free.
-TEST_CASE("MemoryCache: clear() frees every entry taken out, replaced ones included",
-          "[cache]") {
+TEST_CASE("MemoryCache: clear() frees every entry taken out, replaced ones included", "[cache]") {
   if (!apikeys_test::alloc_probe::kActive) return;  // the probe is off under ASan
   MemoryCacheOptions o;
   o.shards = 1;
@@ -58,4 +57,3 @@ TEST_CASE("MemoryCache: clear() frees every entry taken out, replaced ones inclu
   CHECK(cache.size() == 0);
   CHECK(cache.bytes() == 0);
 }
-

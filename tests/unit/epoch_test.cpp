@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -163,8 +164,7 @@ TEST_CASE("synchronize() returns once the sections open at its call have closed"
 
 namespace {
 
-// Opens a section from a thread_local destructor that runs after the thread's slot was
-// given back at exit (it was built before the thread's first section).
+// Opens a section from a thread_local destructor, while the thread is exiting.
 struct LateReader {
   ~LateReader() { ReadSection section; }
 };
@@ -185,10 +185,10 @@ TEST_CASE("A thread's slot is given back when it exits", "[epoch]") {
   const std::size_t before = apikeys::detail::slot_count();
   for (int i = 0; i < 64; ++i) std::thread([] { ReadSection section; }).join();
   CHECK(apikeys::detail::slot_count() <= before + 1);
-  // Also when a thread_local destructor reads after the slot went back.
+  // Also when a thread_local destructor reads while the thread exits.
   for (int i = 0; i < 64; ++i) {
     std::thread([] {
-      (void)&t_late;  // built first, so destroyed after the slot's release
+      (void)&t_late;  // built before the thread's first section
       ReadSection section;
     }).join();
   }
@@ -207,21 +207,32 @@ TEST_CASE("A child of fork() is not held back by another thread's section", "[ep
   Reader reader;  // a section open on another thread at the fork
   // Another thread takes the epoch's mutex over and over, so that forks land while it
   // holds it: the child must not inherit it locked.
-  std::atomic<bool> stop{false};
-  std::thread advancer([&] {
-    while (!stop.load()) (void)apikeys::detail::try_advance_epoch();
-  });
+  struct Advancer {
+    std::atomic<bool> stop{false};
+    std::thread thread{[this] {
+      while (!stop.load()) (void)apikeys::detail::try_advance_epoch();
+    }};
+    Advancer() = default;
+    Advancer(const Advancer&) = delete;
+    Advancer& operator=(const Advancer&) = delete;
+    ~Advancer() {  // also when a REQUIRE below throws
+      stop = true;
+      thread.join();
+    }
+  };
+  auto advancer = std::make_unique<Advancer>();
   int bad = 0;
   for (int i = 0; i < 20; ++i) {
     const pid_t pid = ::fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
       ::alarm(10);  // a deadlock in the child ends it by SIGALRM, a failure below
-      // Only this thread lives on: the epoch must move on, twice, and a first section
-      // of a new thread must be able to take a slot.
+      // Only this thread lives on: the epoch must move on, twice, and a section must
+      // open (its first takes the epoch's mutex to find a slot).
       const std::uint64_t now = apikeys::detail::current_epoch();
       const bool moved = apikeys::detail::try_advance_epoch() == now + 1 &&
                          apikeys::detail::try_advance_epoch() == now + 2;
+      { ReadSection section; }
       (void)apikeys::detail::slot_count();
       ::_exit(moved ? 0 : 1);
     }
@@ -229,8 +240,7 @@ TEST_CASE("A child of fork() is not held back by another thread's section", "[ep
     REQUIRE(::waitpid(pid, &status, 0) == pid);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ++bad;
   }
-  stop = true;
-  advancer.join();
+  advancer.reset();
   CHECK(bad == 0);
   // In this process the section still holds the epoch back.
   const std::uint64_t now = apikeys::detail::current_epoch();
