@@ -17,7 +17,9 @@ ReaderPool::~ReaderPool() {
   }
   janitor_cv_.signal_all();
   if (janitor_.joinable()) janitor_.join();
-  for (Home& h : homes_) delete h.reader.exchange(nullptr, std::memory_order_acquire);
+  for (std::size_t i = 0; i < kHomeSlots; ++i) {
+    delete homes_[i].reader.exchange(nullptr, std::memory_order_acquire);
+  }
 }
 
 // Threads take home slots in the order they first read, so the first kHomeSlots
@@ -105,7 +107,8 @@ void ReaderPool::run_janitor() {
     // A home slot's reader is taken out while it is tended, then put back; if its
     // thread put another there meanwhile, it joins the shared list (or closes, here,
     // outside the mutex, when that is full).
-    for (Home& h : homes_) {
+    for (std::size_t i = 0; i < kHomeSlots; ++i) {
+      Home& h = homes_[i];
       Reader* r = h.reader.exchange(nullptr, std::memory_order_seq_cst);
       if (r == nullptr) continue;
       tend(*r);

@@ -182,7 +182,8 @@ class ReaderPool {
     std::atomic<Reader*> reader{nullptr};
   };
   static std::size_t home_of_this_thread() noexcept;
-  Home homes_[kHomeSlots];
+  // On the heap: a 64-byte-aligned array inside the pool would pad the store that holds it.
+  const std::unique_ptr<Home[]> homes_ = std::make_unique<Home[]>(kHomeSlots);
 
   Mutex pool_mu_;
   // Invariant 1.
