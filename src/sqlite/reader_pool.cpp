@@ -1,5 +1,7 @@
 #include "sqlite/reader_pool.hpp"
 
+#include <atomic>
+#include <iterator>
 #include <utility>
 
 namespace apikeys::detail::sqlite {
@@ -22,12 +24,41 @@ ReaderPool::~ReaderPool() {
   }
 }
 
-// Threads take home slots in the order they first read, so the first kHomeSlots
-// threads of a process never share one.
+namespace {
+
+// How many living threads have each home slot. A thread takes the slot fewest living
+// threads have (the lowest such), and gives it back when it exits: threads that come
+// and go one after another keep using one slot and its reader, and up to kHomeSlots
+// threads alive at once never share one, however many came before them. Two threads
+// starting at once may pick the same slot; they then share it, as a ninth thread
+// would. Process-wide, as a thread is; trivially destructible, so a thread that exits
+// during static destruction still finds it.
+std::atomic<unsigned> g_home_users[8];
+
+struct ThreadHome {
+  std::size_t slot = 0;
+  ThreadHome() noexcept {
+    unsigned fewest = g_home_users[0].load(std::memory_order_relaxed);
+    for (std::size_t i = 1; i < std::size(g_home_users); ++i) {
+      const unsigned n = g_home_users[i].load(std::memory_order_relaxed);
+      if (n < fewest) {
+        fewest = n;
+        slot = i;
+      }
+    }
+    g_home_users[slot].fetch_add(1, std::memory_order_relaxed);
+  }
+  ~ThreadHome() { g_home_users[slot].fetch_sub(1, std::memory_order_relaxed); }
+  ThreadHome(const ThreadHome&) = delete;
+  ThreadHome& operator=(const ThreadHome&) = delete;
+};
+
+}  // namespace
+
 std::size_t ReaderPool::home_of_this_thread() noexcept {
-  static std::atomic<std::size_t> next{0};
-  thread_local const std::size_t mine = next.fetch_add(1, std::memory_order_relaxed);
-  return mine % kHomeSlots;
+  static_assert(std::size(g_home_users) == kHomeSlots);
+  thread_local const ThreadHome mine;
+  return mine.slot;
 }
 
 void ReaderPool::start_janitor() {

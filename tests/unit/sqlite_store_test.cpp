@@ -1201,6 +1201,37 @@ TEST_CASE("SqliteStore ends idle read snapshots, so they never pin the WAL", "[s
   CHECK(store.find(public_key(1))->info.title == "again");
 }
 
+#if defined(__linux__)
+TEST_CASE("SqliteStore: threads that come and go one after another share one reader",
+          "[store][sqlite]") {
+  // A thread pool that replaces its threads, or a server with a thread per request, must
+  // not make the store open a connection per new thread until every home slot holds one:
+  // a thread's home slot goes back when it exits, for the next thread to take.
+  TempDir dir;
+  const std::string path = dir.file("churn.db");
+  SqliteStore store(path, fast_options());
+  store.insert(record(1, account_id(1)));
+  const auto connections = [&] {
+    const auto file = std::filesystem::canonical(path);
+    std::size_t n = 0;
+    for (const auto& fd : std::filesystem::directory_iterator("/proc/self/fd")) {
+      std::error_code ec;
+      n += std::filesystem::read_symlink(fd.path(), ec) == file;
+    }
+    return n;
+  };
+  const auto read_in_a_thread = [&] {
+    bool found = false;
+    std::thread([&] { found = store.find(public_key(1)).has_value(); }).join();
+    CHECK(found);
+  };
+  read_in_a_thread();
+  const std::size_t before = connections();
+  for (int i = 0; i < 20; ++i) read_in_a_thread();
+  CHECK(connections() == before);
+}
+#endif
+
 namespace {
 
 // Every detail line of EXPLAIN QUERY PLAN for `sql` on `path`, one per line.
