@@ -5,8 +5,8 @@
 #   b) the same as a shared library (features `tools`, `postgres`, `redis` on): the
 #      consumer runs and reaches PostgresStore and RedisCache, ldd shows libapikeys.so.N,
 #      `nm -D --defined-only` shows only symbols of namespace apikeys (none of fmt,
-#      SQLiteCpp, sqlite3, OpenSSL or libstdc++'s templates), and
-#      bin/apikeys --help lists every command;
+#      SQLiteCpp, sqlite3, OpenSSL or libstdc++'s templates), readelf -d shows it
+#      marked NODELETE, and bin/apikeys --help lists every command;
 #   c) the source tree through add_subdirectory;
 #   d) pkg-config and a plain `c++` command line (static with --static, and shared);
 # plus the build tree's export(EXPORT) package, a static build with the `postgres` and
@@ -303,6 +303,11 @@ if [[ ${#offenders[@]} -gt 0 ]]; then
   fail "libapikeys.so exports symbols outside namespace apikeys"
 fi
 [[ $own_count -gt 0 ]] || fail "libapikeys.so exports no apikeys symbol"
+# Marked never to be unloaded (CMakeLists.txt, -z nodelete): a thread that exits after a
+# host's dlclose() still runs the library's thread-exit destructor.
+flags1=$(readelf -d "$work/shared/lib/libapikeys.so" | awk '$2 == "(FLAGS_1)"')
+echo "readelf -d: $flags1"
+[[ "$flags1" == *NODELETE* ]] || fail "libapikeys.so is not marked NODELETE (readelf -d)"
 
 [[ -x "$work/shared/bin/apikeys" ]] || fail "the tools feature did not install bin/apikeys"
 help=$(LD_LIBRARY_PATH="$work/shared/lib" "$work/shared/bin/apikeys" --help) || fail "apikeys --help failed"
