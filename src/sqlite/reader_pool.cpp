@@ -28,37 +28,46 @@ namespace {
 
 // How many living threads have each home slot. A thread takes the slot fewest living
 // threads have (the lowest such), and gives it back when it exits: threads that come
-// and go one after another keep using one slot and its reader, and up to kHomeSlots
-// threads alive at once never share one, however many came before them. Two threads
-// starting at once may pick the same slot; they then share it, as a ninth thread
-// would. Process-wide, as a thread is; trivially destructible, so a thread that exits
-// during static destruction still finds it.
+// and go one after another keep using one slot and its reader, and the threads alive at
+// once spread over the slots however many came before them. Two threads starting at
+// once may pick the same slot; they then share it, as a ninth thread would.
+// Process-wide, as a thread is; trivially destructible, so a thread that exits during
+// static destruction still finds it.
 std::atomic<unsigned> g_home_users[8];
 
-struct ThreadHome {
+std::size_t take_home() noexcept {
   std::size_t slot = 0;
-  ThreadHome() noexcept {
-    unsigned fewest = g_home_users[0].load(std::memory_order_relaxed);
-    for (std::size_t i = 1; i < std::size(g_home_users); ++i) {
-      const unsigned n = g_home_users[i].load(std::memory_order_relaxed);
-      if (n < fewest) {
-        fewest = n;
-        slot = i;
-      }
+  unsigned fewest = g_home_users[0].load(std::memory_order_relaxed);
+  for (std::size_t i = 1; i < std::size(g_home_users); ++i) {
+    const unsigned n = g_home_users[i].load(std::memory_order_relaxed);
+    if (n < fewest) {
+      fewest = n;
+      slot = i;
     }
-    g_home_users[slot].fetch_add(1, std::memory_order_relaxed);
   }
-  ~ThreadHome() { g_home_users[slot].fetch_sub(1, std::memory_order_relaxed); }
-  ThreadHome(const ThreadHome&) = delete;
-  ThreadHome& operator=(const ThreadHome&) = delete;
+  g_home_users[slot].fetch_add(1, std::memory_order_relaxed);
+  return slot;
+}
+
+// Gives a thread's slot back when the thread exits.
+struct HomeRelease {
+  std::size_t slot;
+  ~HomeRelease() { g_home_users[slot].fetch_sub(1, std::memory_order_relaxed); }
 };
 
 }  // namespace
 
 std::size_t ReaderPool::home_of_this_thread() noexcept {
   static_assert(std::size(g_home_users) == kHomeSlots);
-  thread_local const ThreadHome mine;
-  return mine.slot;
+  constexpr std::size_t kNone = kHomeSlots;
+  // The slot itself trivially destructible: a read from another thread_local's
+  // destructor, after the release below ran, still finds it (and uses it uncounted).
+  thread_local std::size_t home = kNone;
+  if (home == kNone) {
+    home = take_home();
+    thread_local const HomeRelease release{home};
+  }
+  return home;
 }
 
 void ReaderPool::start_janitor() {
