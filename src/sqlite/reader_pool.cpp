@@ -1,7 +1,9 @@
 #include "sqlite/reader_pool.hpp"
 
 #include <atomic>
+#include <cassert>
 #include <iterator>
+#include <thread>
 #include <utility>
 
 namespace apikeys::detail::sqlite {
@@ -20,7 +22,9 @@ ReaderPool::~ReaderPool() {
   janitor_cv_.signal_all();
   if (janitor_.joinable()) janitor_.join();
   for (std::size_t i = 0; i < kHomeSlots; ++i) {
-    delete homes_[i].reader.exchange(nullptr, std::memory_order_acquire);
+    Reader* r = homes_[i].reader.exchange(nullptr, std::memory_order_acquire);
+    assert(r != tending());  // the janitor, which puts it there, has stopped
+    delete r;
   }
 }
 
@@ -57,6 +61,11 @@ struct HomeRelease {
 
 }  // namespace
 
+Reader* ReaderPool::tending() noexcept {
+  static char marker;
+  return reinterpret_cast<Reader*>(&marker);  // never dereferenced
+}
+
 std::size_t ReaderPool::home_of_this_thread() noexcept {
   static_assert(std::size(g_home_users) == kHomeSlots);
   constexpr std::size_t kNone = kHomeSlots;
@@ -76,9 +85,17 @@ void ReaderPool::start_janitor() {
 
 std::unique_ptr<Reader> ReaderPool::take() {
   Home& home = homes_[home_of_this_thread()];
-  if (home.reader.load(std::memory_order_relaxed) != nullptr) {
-    Reader* mine = home.reader.exchange(nullptr, std::memory_order_acquire);
-    if (mine != nullptr) return std::unique_ptr<Reader>(mine);
+  Reader* mine = home.reader.load(std::memory_order_relaxed);
+  while (mine != nullptr) {
+    if (mine == tending()) {
+      // The janitor has the slot's reader for one COMMIT: waiting for it is cheaper
+      // than opening another connection (invariant 4).
+      std::this_thread::yield();
+      mine = home.reader.load(std::memory_order_relaxed);
+    } else if (home.reader.compare_exchange_weak(mine, nullptr, std::memory_order_acquire,
+                                                 std::memory_order_relaxed)) {
+      return std::unique_ptr<Reader>(mine);
+    }
   }
   MutexLock lock(pool_mu_);
   if (idle_.empty()) return nullptr;
@@ -144,19 +161,20 @@ void ReaderPool::run_janitor() {
       MutexLock pool(pool_mu_);
       for (const auto& r : idle_) tend(*r);
     }
-    // A home slot's reader is taken out while it is tended, then put back; if its
-    // thread put another there meanwhile, it joins the shared list (or closes, here,
-    // outside the mutex, when that is full).
+    // A home slot's reader is tended in place: the slot holds tending() meanwhile, so
+    // its thread waits for it rather than opening another (invariant 4), and a put()
+    // from a thread sharing the slot goes to the shared list. seq_cst, as put()'s.
     for (std::size_t i = 0; i < kHomeSlots; ++i) {
       Home& h = homes_[i];
-      Reader* r = h.reader.exchange(nullptr, std::memory_order_seq_cst);
-      if (r == nullptr) continue;
-      tend(*r);
-      Reader* empty = nullptr;
-      if (!h.reader.compare_exchange_strong(empty, r, std::memory_order_release,
-                                            std::memory_order_relaxed)) {
-        std::unique_ptr<Reader> surplus = put_shared(std::unique_ptr<Reader>(r));
+      Reader* r = h.reader.load(std::memory_order_seq_cst);
+      while (r != nullptr &&
+             !h.reader.compare_exchange_weak(r, tending(), std::memory_order_seq_cst,
+                                             std::memory_order_seq_cst)) {
       }
+      if (r == nullptr) continue;
+      assert(r != tending());  // only this thread puts the marker there
+      tend(*r);
+      h.reader.store(r, std::memory_order_release);
     }
     if (young_left) janitor_armed_.store(true);
     lock.lock();

@@ -139,7 +139,9 @@ struct Reader {
 //     capacity reserved up front; put() never allocates;
 // (2) nothing opens or closes a connection under pool_mu_;
 // (3) the janitor runs only while some idle reader may hold a snapshot, and ends those
-//     older than the store's read_snapshot_max_age every kJanitorPeriod.
+//     older than the store's read_snapshot_max_age every kJanitorPeriod;
+// (4) a home slot's reader is tended in place: the slot holds tending() until the
+//     janitor puts the reader back, and take() waits for it meanwhile.
 class ReaderPool {
  public:
   explicit ReaderPool(std::chrono::steady_clock::duration snapshot_max_age);
@@ -176,12 +178,15 @@ class ReaderPool {
 
   // Rule 39: a thread puts its reader back in its home slot and takes it from there, so
   // a reader stays with the thread (and the core) that used it last. A slot owns the
-  // reader it holds; an exchange takes it, without pool_mu_.
+  // reader it holds; a compare-and-swap takes it, without pool_mu_.
   static constexpr std::size_t kHomeSlots = 8;
   struct alignas(64) Home {
     std::atomic<Reader*> reader{nullptr};
   };
   static std::size_t home_of_this_thread() noexcept;
+  // What a home slot holds while the janitor tends its reader (invariant 4): an address
+  // that is no Reader's.
+  static Reader* tending() noexcept;
   // On the heap: a 64-byte-aligned array inside the pool would pad the store that holds it.
   const std::unique_ptr<Home[]> homes_ = std::make_unique<Home[]>(kHomeSlots);
 
