@@ -7,6 +7,7 @@
 #include <array>
 #include <atomic>
 #include <cassert>
+#include <chrono>
 #include <cstring>
 #include <exception>
 #include <memory>
@@ -53,6 +54,16 @@ struct Lease {
   TimePoint period_end{};             // spent only before this
   TimePoint expires{};                // and before this (lease_ttl)
 };
+
+// t + d, or TimePoint::max() when that is past it. REQUIRES: d > 0.
+TimePoint add_saturating(TimePoint t, std::chrono::milliseconds d) noexcept {
+  using Duration = TimePoint::duration;
+  if (d >= std::chrono::duration_cast<std::chrono::milliseconds>(Duration::max())) {
+    return TimePoint::max();
+  }
+  const auto step = std::chrono::duration_cast<Duration>(d);
+  return t.time_since_epoch() > Duration::max() - step ? TimePoint::max() : t + step;
+}
 
 std::size_t round_up_pow2(std::size_t n) noexcept {
   std::size_t p = 1;
@@ -520,7 +531,8 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
   std::array<detail::GcraDecision, KeyPolicyLimits::kMaxRateLimits> decisions;
   std::uint64_t carry = 0;  // still-good credits taken out of the lease
   std::int64_t carry_period = 0;
-  std::uint64_t stale = 0;  // credits of a lease past its TTL, to give back
+  TimePoint carry_expires{};  // the carry's lease deadline, which it keeps
+  std::uint64_t stale = 0;    // credits of a lease past its TTL, to give back
   std::int64_t stale_period = 0;
   std::uint64_t resets = 0;  // sh.resets when the lease was read
   {
@@ -555,6 +567,7 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
       if (fresh) {
         carry = lease->count;
         carry_period = lease->period;
+        carry_expires = lease->expires;
       } else if (period_ok) {
         stale = lease->count;
         stale_period = lease->period;
@@ -619,14 +632,20 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
   if (lease) {
     // What is left stays leased. Another request may have leased meanwhile: the two
     // merge, and what passes lease_size goes back, so a crash never loses more than it.
+    // Credits keep the deadline of the lease they were first taken into: a carry, or
+    // a lease another request made meanwhile, brings its own, so that refused requests
+    // renewing the lease never keep old credits spendable past lease_ttl.
     if (lease->count != 0 && lease->period != take.period) lease->count = 0;
+    TimePoint expires = add_saturating(r.now, options.lease_ttl);
+    if (carry > 0) expires = std::min(expires, carry_expires);
+    if (lease->count != 0) expires = std::min(expires, lease->expires);
     const std::uint64_t total = lease->count + left;
     lease->count = std::min(total, options.lease_size);
     excess = total - lease->count;
     lease->store_remaining = take.remaining;
     lease->period = take.period;
     lease->period_end = take.period_end;
-    lease->expires = r.now + options.lease_ttl;
+    lease->expires = expires;
   } else if (!reset_since) {
     excess = left;
   }
@@ -714,8 +733,10 @@ void MemoryLimiter::return_leases() noexcept {
   const TimePoint now = from_unix_millis(impl_->last_now_ms.load(std::memory_order_relaxed));
   for (Impl::Shard& sh : impl_->shards) {
     std::vector<Lease> taken;
+    std::uint64_t resets = 0;  // sh.resets when the leases were taken out
     try {
       detail::MutexLock lock(sh.mu);
+      resets = sh.resets;
       for (Lease& l : sh.leases) {
         if (l.count == 0) continue;
         taken.push_back(l);
@@ -727,6 +748,13 @@ void MemoryLimiter::return_leases() noexcept {
     for (const Lease& l : taken) {
       // A lease of a past period expired with it (a reset refill replaced it).
       if (now >= l.period_end) continue;
+      {
+        // A balance set in this process since the leases were taken out (the returns
+        // before this one may have taken a while): what is left may be the old
+        // balance's, so it is dropped, as admit_leased()'s give-back drops it.
+        detail::MutexLock lock(sh.mu);
+        if (sh.resets != resets) break;
+      }
       try {
         impl_->store->return_credits(l.lineage, l.count, l.period);
       } catch (...) {

@@ -41,8 +41,9 @@ struct MemoryLimiterOptions {
   std::size_t lease_capacity = 65'536;
   /// How long a lease is spent before what is left of it is returned and a new one
   /// taken. It bounds how long the store's balance lags behind this process, and how
-  /// long another process's set_credits() can be overrun by this process's lease.
-  /// Default 60 s.
+  /// long another process's set_credits() can be overrun by this process's lease:
+  /// credits are spent at most lease_ttl after the lease they were first taken into.
+  /// Longer than a TimePoint reaches means the lease never expires. Default 60 s.
   std::chrono::milliseconds lease_ttl{std::chrono::seconds(60)};
 };
 
@@ -77,8 +78,10 @@ class APIKEYS_EXPORT MemoryLimiter final : public Limiter {
   void credits_reset(const Uuid& lineage_id) noexcept override;
 
   /// Returns what is left of every lease to the store now (Store::return_credits); a
-  /// lease whose refill period has passed is dropped instead, as its credits expired.
-  /// Store errors are swallowed: those credits are lost, never granted twice.
+  /// lease whose refill period has passed is dropped instead, as its credits expired,
+  /// and so are the rest of a shard's leases once a credits_reset() of one of its
+  /// lineages runs meanwhile (they may be a replaced balance's). Store errors are
+  /// swallowed: those credits are lost, never granted twice.
   void return_leases() noexcept;
 
   /// Rate-limit states held now.

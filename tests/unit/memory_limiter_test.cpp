@@ -930,6 +930,11 @@ class HookStore final : public apikeys_test::ForwardingStore {
     return take;
   }
   void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) override {
+    if (before_return) {
+      const std::function<void(const Uuid&)> f = std::move(before_return);
+      before_return = nullptr;
+      f(lineage_id);
+    }
     if (fail_returns) throw std::runtime_error("the store is down");
     mem->return_credits(lineage_id, n, period);
   }
@@ -940,7 +945,8 @@ class HookStore final : public apikeys_test::ForwardingStore {
 
   std::shared_ptr<apikeys::MemoryStore> mem;
   std::function<void()> before_take;
-  std::function<void()> after_take;  // likewise, once, right after the take
+  std::function<void()> after_take;                // likewise, once, right after the take
+  std::function<void(const Uuid&)> before_return;  // once, before a return, with its lineage
   bool fail_takes = false;
   bool fail_returns = false;
 };
@@ -958,11 +964,12 @@ void set_balance(apikeys::MemoryStore& store, MemoryLimiter& limiter, const Uuid
 }
 
 // One key with `balance` credits in `store` (its lineage is its key id).
-Uuid key_with_credits(apikeys::Store& store, std::uint64_t balance) {
+Uuid key_with_credits(apikeys::Store& store, std::uint64_t balance,
+                      const std::string& public_key = "pk_hooked") {
   apikeys::KeyRecord rec;
   rec.info.account_id = kAccount;
   rec.info.key_id = Uuid::random();
-  rec.info.public_key = "pk_hooked";
+  rec.info.public_key = public_key;
   rec.info.created_at = kStart;
   apikeys::Credits c;
   c.remaining = balance;
@@ -1006,6 +1013,89 @@ TEST_CASE("MemoryLimiter: credits carried out of a lease across a balance set ar
     CHECK(limiter.admit(request(key, none, 1, kStart + 1s, true)).outcome ==
           AdmissionOutcome::usage_exceeded);
   }
+}
+
+TEST_CASE("MemoryLimiter: return_leases() gives nothing back onto a balance set meanwhile",
+          "[admission][memory_limiter]") {
+  // return_leases() takes a shard's leases out, then returns them one store write at a
+  // time. A balance set in this process while those writes run must not get the old
+  // balance's credits added to it, whichever lease of the shard is being returned.
+  auto mem = std::make_shared<apikeys::MemoryStore>();
+  auto store = std::make_shared<HookStore>(mem);
+  MemoryLimiterOptions o;
+  o.lease_size = 10;
+  MemoryLimiter limiter(store, o);
+  const std::vector<RateLimit> none;
+  std::vector<Uuid> keys;
+  for (int i = 0; i < 1000; ++i) {  // every shard holds many leases
+    keys.push_back(key_with_credits(*store, 100, "pk_lease_" + std::to_string(i)));
+    REQUIRE(limiter.admit(request(keys.back(), none, 1, kStart, true)).outcome ==
+            AdmissionOutcome::admitted);
+  }
+  REQUIRE(limiter.leased() == 10 * keys.size());
+  Uuid first;
+  store->before_return = [&](const Uuid& returning) {
+    first = returning;
+    for (const Uuid& k : keys) {
+      if (k != returning) set_balance(*mem, limiter, k, 0);
+    }
+  };
+  limiter.return_leases();
+  for (const Uuid& k : keys) {
+    INFO(k.to_string());
+    CHECK(mem->get(kAccount, k)->credits->remaining == (k == first ? 99 : 0));
+  }
+}
+
+TEST_CASE("MemoryLimiter: a lease's credits are not spent past lease_ttl, refused requests or not",
+          "[admission][memory_limiter]") {
+  // Another process sets the balance to 0 (this limiter is not told): the credits this
+  // process leased before are spent for at most lease_ttl, then go back to the store. A
+  // request too large for the lease takes its credits out and puts them back when the
+  // store cannot add to them; that must not renew their deadline.
+  auto mem = std::make_shared<apikeys::MemoryStore>();
+  const Uuid key = key_with_credits(*mem, 100);
+  MemoryLimiterOptions o;
+  o.lease_size = 10;
+  o.lease_ttl = 60s;
+  MemoryLimiter limiter(mem, o);
+  const std::vector<RateLimit> none;
+  REQUIRE(limiter.admit(request(key, none, 1, kStart, true)).outcome == AdmissionOutcome::admitted);
+  REQUIRE(limiter.leased() == 10);
+  apikeys::CreditsChange c;
+  c.op = apikeys::CreditsOp::configure;
+  c.remaining = 0;
+  c.at = kStart;
+  REQUIRE(mem->change_credits(kAccount, key, c));
+  for (const auto at : {30s, 50s}) {
+    CHECK(limiter.admit(request(key, none, 50, kStart + at, true)).outcome ==
+          AdmissionOutcome::usage_exceeded);
+    CHECK(limiter.leased() == 10);  // within lease_ttl: still leased
+  }
+  // 70 s after the lease was taken: it has expired, so its rest goes back to the store
+  // at this admission, which the store's 10 cannot serve either.
+  CHECK(limiter.admit(request(key, none, 50, kStart + 70s, true)).outcome ==
+        AdmissionOutcome::usage_exceeded);
+  CHECK(limiter.leased() == 0);
+  CHECK(mem->get(kAccount, key)->credits->remaining == 10);
+}
+
+TEST_CASE("MemoryLimiter: a lease_ttl of centuries keeps the lease, never overflows",
+          "[admission][memory_limiter]") {
+  auto mem = std::make_shared<apikeys::MemoryStore>();
+  const Uuid key = key_with_credits(*mem, 100);
+  MemoryLimiterOptions o;
+  o.lease_size = 10;
+  o.lease_ttl = std::chrono::hours(24 * 365 * 300);  // past what a TimePoint holds
+  MemoryLimiter limiter(mem, o);
+  const std::vector<RateLimit> none;
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(limiter.admit(request(key, none, 1, kStart + std::chrono::seconds(i), true)).outcome ==
+            AdmissionOutcome::admitted);
+  }
+  // One take from the store (1 + lease_size), then the lease served the other two.
+  CHECK(mem->get(kAccount, key)->credits->remaining == 89);
+  CHECK(limiter.leased() == 8);
 }
 
 TEST_CASE("MemoryLimiter: a failed give-back never turns an answer into a failure",
