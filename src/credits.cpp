@@ -1,6 +1,7 @@
 // Credit refills on the UTC calendar (types.hpp: refill_period, refill_period_start,
 // refilled) and the checks of credits and rate limits (limiter.hpp).
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 
 #include "apikeys/types.hpp"
@@ -42,7 +43,11 @@ std::int64_t days_from_year_month(std::int64_t y, std::int64_t m) noexcept {
 }  // namespace
 
 std::int64_t refill_period(RefillInterval interval, TimePoint t) noexcept {
-  const std::int64_t days = floor_div(to_unix_millis(t), kMillisPerDay);
+  // Rounded down, not towards zero (to_unix_millis()): a time in the last millisecond
+  // before a midnight before 1970 belongs to the day it ends, not the next.
+  const std::int64_t ms =
+      std::chrono::floor<std::chrono::milliseconds>(t.time_since_epoch()).count();
+  const std::int64_t days = floor_div(ms, kMillisPerDay);
   if (interval == RefillInterval::daily) return days;
   std::int64_t y = 0;
   std::int64_t m = 0;

@@ -80,6 +80,13 @@ TEST_CASE("refill_period: days and months start at 00:00 UTC", "[admission][refi
   CHECK(apikeys::refill_period(monthly, from_unix_millis(-1)) == -1);
   CHECK(apikeys::refill_period(monthly, utc(1969, 1, 1)) == -12);
   CHECK(apikeys::refill_period(monthly, utc(1969, 1, 1) - 1ms) == -13);
+  // Within the last millisecond before a midnight before 1970: the day it ends.
+  CHECK(apikeys::refill_period(daily, TimePoint(-1ns)) == -1);
+  CHECK(apikeys::refill_period(daily, TimePoint(-999'999ns)) == -1);
+  CHECK(apikeys::refill_period(daily, utc(1969, 7, 1) - 1ns) ==
+        apikeys::refill_period(daily, utc(1969, 7, 1)) - 1);
+  CHECK(apikeys::refill_period(monthly, TimePoint(-1ns)) == -1);
+  CHECK(apikeys::refill_period(monthly, utc(1969, 7, 1) - 1ns) == month_index(1969, 6));
   // Leap days: 2028 and 2000 have a 29 February, 2100 has not.
   CHECK(apikeys::refill_period(monthly, utc(2028, 2, 29, kDay - 1)) == month_index(2028, 2));
   CHECK(apikeys::refill_period(monthly, utc(2028, 2, 29) + 24h) == month_index(2028, 3));
