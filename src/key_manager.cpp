@@ -838,19 +838,32 @@ KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const Key
 void KeyManager::Impl::credits_changed(const Uuid& account_id, const KeyInfo& key,
                                        bool drop_lease) {
   if (drop_lease) validator.limiter().credits_reset(key.lineage());
-  // Every key of the lineage: the rotation links, both ways. A lineage is a chain, and
-  // only its last few keys can still be in their grace; 64 steps is far beyond that.
+  // Every key of the lineage: the rotation links, both ways. A lineage is a chain, so
+  // the walk finds them all unless a key in the middle was deleted (the keys beyond it
+  // are no longer linked) or the chain is longer than the walk goes; then every key of
+  // the account is looked at. A key left out would keep a cached verdict saying whether
+  // its lineage has credits as it was before, and, until that verdict's TTL, not be
+  // charged for a balance just created.
   constexpr int kMaxSteps = 64;
   detail::erase_everywhere(store->identity(), key.public_key);
+  bool whole = true;
   for (const bool forward : {false, true}) {
     std::optional<Uuid> next = forward ? key.rotated_to : key.rotated_from;
-    for (int step = 0; next && step < kMaxSteps; ++step) {
+    int step = 0;
+    for (; next && step < kMaxSteps; ++step) {
       std::optional<KeyInfo> k =
           guarded("reading the key", [&] { return store->get(account_id, *next); });
       if (!k) break;
       detail::erase_everywhere(store->identity(), k->public_key);
       next = forward ? k->rotated_to : k->rotated_from;
     }
+    if (next) whole = false;  // a link to a key that is gone, or past the last step
+  }
+  if (whole) return;
+  const std::vector<KeyInfo> keys =
+      guarded("listing the account's keys", [&] { return store->list(account_id); });
+  for (const KeyInfo& k : keys) {
+    if (k.lineage() == key.lineage()) detail::erase_everywhere(store->identity(), k.public_key);
   }
 }
 

@@ -279,6 +279,46 @@ TEST_CASE("Rotation shares the rate-limit state and credits of the lineage", "[a
   }
 }
 
+TEST_CASE("A balance created for a lineage charges every key of it, links broken or long",
+          "[admission]") {
+  // The old key's `valid` verdict is cached while its lineage has no credits. Creating
+  // a balance must reach that cached verdict although the old key is no longer linked
+  // to the one the balance is set on: the key between them was deleted, or the chain of
+  // rotations is longer than the walk along its links goes.
+  for (const int rotations : {2, 70}) {
+    INFO(rotations << " rotations");
+    // The cache on the fixture's clock: on its own (the system clock) it would see the
+    // old key's grace, a week from the fixture's date, as over, and cache nothing.
+    const auto clock = std::make_shared<apikeys::ManualClock>(apikeys::from_unix_millis(0));
+    apikeys::MemoryCacheOptions co;
+    co.clock = clock;
+    KeyManagerOptions o;
+    o.validation.cache = std::make_shared<apikeys::MemoryCache>(co);
+    Fixture f(o);
+    clock->set(f.clock->now());
+    const auto first = f.manager->create(kAccount, CreateRequest("first"));
+    std::vector<apikeys::Uuid> chain{first.info.key_id};
+    apikeys::RotateRequest rot;
+    rot.grace = std::chrono::hours(24 * 7);
+    apikeys::CreatedKey last;
+    for (int i = 0; i < rotations; ++i) {
+      last = f.manager->rotate(kAccount, chain.back(), rot);
+      chain.push_back(last.info.key_id);
+    }
+    const std::string old_token = f.token(first);
+    const auto before = f.manager->validate(old_token);
+    REQUIRE(before.code == ValidationCode::valid);
+    REQUIRE_FALSE(before.credits_remaining);
+    if (rotations == 2) f.manager->remove(kAccount, chain[1]);  // the middle key
+    f.manager->set_credits(kAccount, last.info.key_id, 2);
+    const auto r = f.manager->validate(old_token);
+    REQUIRE(r.code == ValidationCode::valid);
+    CHECK(r.credits_remaining == std::optional<std::uint64_t>(1));
+    CHECK(f.manager->validate(f.token(last)).credits_remaining == std::optional<std::uint64_t>(0));
+    CHECK(f.manager->validate(old_token).code == ValidationCode::usage_exceeded);
+  }
+}
+
 TEST_CASE("update() keeps the state of a limit that keeps its name", "[admission]") {
   OrderFixture f(true);
   REQUIRE(f.manager->validate(f.t).code == ValidationCode::valid);
