@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -2656,6 +2657,10 @@ int run_command(int argc, char** argv) {
 
 int run(int argc, char** argv) noexcept {
   disable_core_dumps();
+  // A write to a pipe nobody reads (`apikeys create | head -c0`) fails with EPIPE, which
+  // the commands report (a stored key whose secret was not shown is named, exit 4),
+  // rather than killing the process after the change was saved and before it was told.
+  std::signal(SIGPIPE, SIG_IGN);
   // Every object (the KeyManager and its Validator included) is destroyed inside
   // run_command(), so pending last-use updates are flushed before the process exits.
   try {

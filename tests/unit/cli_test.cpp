@@ -7,11 +7,14 @@
 #ifdef APIKEYS_CLI_PATH
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -518,6 +521,62 @@ TEST_CASE("cli: boundary expiries are accepted", "[cli]") {
   const Run r = run_cli({"--db", db, "create", "--account", kAccount, "--title", "  padded  "});
   REQUIRE(r.code == 0);
   CHECK(Json::parse(r.out).at("title") == "padded");
+}
+
+TEST_CASE("cli: a new secret that stdout cannot take exits 4 and says so, SIGPIPE or not",
+          "[cli]") {
+  // create and rotate store a key, then print its only copy of the secret. When stdout
+  // is a pipe nobody reads any more (a closed `| head`), the write must fail as an
+  // error the caller hears about (exit 4 and a message on stderr), not kill the
+  // process with SIGPIPE after the key was stored and before anyone was told.
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const std::string key_id = create_key(db)["key_id"];
+  const std::string pepper = "APIKEYS_PEPPER=" + kPepperHex;
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"--db", db, "create", "--account", kAccount, "--title", "t"},
+        std::vector<std::string>{"--db", db, "rotate", "--account", kAccount, "--key-id",
+                                 key_id}}) {
+    INFO(args[2]);
+    std::vector<std::string> arg_store{APIKEYS_CLI_PATH};
+    arg_store.insert(arg_store.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& a : arg_store) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    std::string env_store = pepper;
+    char* envp[] = {env_store.data(), nullptr};
+    int out[2];
+    int err[2];
+    REQUIRE(pipe2(out, O_CLOEXEC) == 0);
+    REQUIRE(pipe2(err, O_CLOEXEC) == 0);
+    close(out[0]);  // nobody will ever read the child's stdout
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      // SIGPIPE at its default (a test runner may ignore it, and exec keeps that).
+      signal(SIGPIPE, SIG_DFL);
+      const int in = open("/dev/null", O_RDONLY);
+      if (in < 0 || dup2(in, 0) < 0 || dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0) _exit(126);
+      execve(argv[0], argv.data(), envp);
+      _exit(127);
+    }
+    close(out[1]);
+    close(err[1]);
+    std::string text;
+    char buf[4096];
+    for (ssize_t n; (n = read(err[0], buf, sizeof buf)) != 0;) {
+      if (n > 0) text.append(buf, static_cast<std::size_t>(n));
+      if (n < 0 && errno != EINTR) break;
+    }
+    close(err[0]);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    INFO("stderr: " << text);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 4);
+    CHECK(contains(text, "could not be written to stdout"));
+  }
 }
 
 TEST_CASE("cli: storage failures exit 4", "[cli]") {
