@@ -206,6 +206,10 @@ class RowReader final : public nlohmann::json_sax<json> {
 std::string parse_json_row(std::string_view line, Row& row) {
   // A raw NUL is never JSON, and the parser would take it for the end of the text.
   if (line.find('\0') != std::string_view::npos) return "the line is not valid JSON";
+  // A secret key anywhere in the line (pasted into a title or description, say) rejects
+  // the row before the parser runs: its lexer copies each string into buffers of its
+  // own, which it frees unwiped as they grow. The line itself is wiped by the reader.
+  if (detail::holds_secret_key(line)) return "the row holds a secret key (sk_...): remove it";
   RowReader reader(row);
   bool ok = false;
   try {

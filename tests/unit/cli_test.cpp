@@ -1514,6 +1514,16 @@ TEST_CASE("cli: no block the CLI frees holds a secret or the pepper", "[cli]") {
              {"--db", db, "verify", fresh.at("public_key").get<std::string>(),
               fresh.at("secret_key").get<std::string>()},
              0);
+  // A secret pasted into a title of a JSON-lines export: the row is refused, and no
+  // copy of the line (the JSON parser's included) is freed unwiped.
+  const std::string legacy = dir.file("legacy-pepper");
+  std::ofstream(legacy) << "Zq8vR2mT7xK4pL9wB3nJ6cF1hD5sG0yA\n";
+  const std::string jsonl = dir.file("export.jsonl");
+  std::ofstream(jsonl) << R"({"public_key": "pk_x", "title": "deploy key )" << sk
+                       << R"( and more text, so that the parser's buffers grow"})"
+                       << "\n";
+  run_hooked("import, a secret in a JSON title",
+             {"--db", db, "--legacy-pepper-file", legacy, "import", jsonl}, 6);
 #endif
 }
 

@@ -514,14 +514,17 @@ TEST_CASE("import: every rejection reason, with its line, and the rows after sti
     r.description = std::string(1025, 'd');
     add(r, "description must be at most 1024 characters");
     r = good_row(++n);
-    r.title = "deploy key " + legacy_secret(n);  // a secret pasted where it would be listed
-    add(r, "title holds a secret key");
+    // A secret pasted where it would be listed. A JSON line is refused before it is
+    // parsed (the parser's copies are not wiped), so without naming the member.
+    const bool csv = format == ImportFormat::csv;
+    r.title = "deploy key " + legacy_secret(n);
+    add(r, csv ? "title holds a secret key" : "the row holds a secret key");
     r = good_row(++n);
     r.description = "was: " + legacy_secret(n) + ".";
-    add(r, "description holds a secret key");
+    add(r, csv ? "description holds a secret key" : "the row holds a secret key");
     r = good_row(++n);
     r.title = "prod_" + legacy_secret(n);  // glued to a word: still a secret
-    add(r, "title holds a secret key");
+    add(r, csv ? "title holds a secret key" : "the row holds a secret key");
     const int last_bad = n;
     add(good_row(++n), "");  // good rows after the bad ones
     add(good_row(++n), "");
