@@ -154,6 +154,7 @@ CommandLine::CommandLine(int argc, char** argv) : argv_(argv) {
   const auto n = static_cast<std::size_t>(argc > 0 ? argc : 0);
   view_.reserve(n);
   hidden_.reserve(n);
+  whole_.reserve(n);
   for (std::size_t i = 0; i < n; ++i) {
     const std::string_view arg(argv[i]);
     if (i == 0 || !may_hold_secret(arg)) {
@@ -162,6 +163,7 @@ CommandLine::CommandLine(int argc, char** argv) : argv_(argv) {
     }
     const std::size_t keep = kept_prefix(arg);
     hidden_.emplace_back(arg.substr(keep));
+    whole_.emplace_back(arg);
     wipe_bytes(argv[i] + keep, arg.size() - keep);
     view_.push_back(std::string(arg.substr(0, keep)) + std::string(kPlaceholderStart) +
                     std::to_string(hidden_.size() - 1) + ">");
@@ -172,16 +174,26 @@ CommandLine::CommandLine(int argc, char** argv) : argv_(argv) {
 
 std::string_view CommandLine::resolve(const std::string& parsed) const noexcept {
   const std::string_view p(parsed);
-  if (p.size() <= kPlaceholderStart.size() + 1 ||
-      p.substr(0, kPlaceholderStart.size()) != kPlaceholderStart || p.back() != '>') {
+  // A placeholder, alone or after the prefix its argument kept ("-<not shown #3>": a
+  // value that starts with a dash, which the parser took whole as an option's value).
+  const std::size_t at = p.find(kPlaceholderStart);
+  if (at == std::string_view::npos || p.size() <= at + kPlaceholderStart.size() + 1 ||
+      p.back() != '>') {
     return p;
   }
   std::size_t index = 0;
-  for (const char c : p.substr(kPlaceholderStart.size(), p.size() - kPlaceholderStart.size() - 1)) {
+  const std::size_t digits = at + kPlaceholderStart.size();
+  for (const char c : p.substr(digits, p.size() - digits - 1)) {
     if (c < '0' || c > '9' || index > hidden_.size()) return p;
     index = index * 10 + static_cast<std::size_t>(c - '0');
   }
-  return index < hidden_.size() ? hidden_[index].reveal() : p;
+  if (index >= hidden_.size()) return p;
+  if (at == 0) return hidden_[index].reveal();
+  // The whole argument, when `parsed` is that argument as the parser saw it.
+  const std::string_view whole = whole_[index].reveal();
+  return whole.substr(0, at) == p.substr(0, at) && whole.size() - hidden_[index].size() == at
+             ? whole
+             : p;
 }
 
 void CommandLine::blank(const std::string& parsed) noexcept {

@@ -161,7 +161,8 @@ class CommandLine {
   [[nodiscard]] const char* const* argv() const noexcept { return pointers_.data(); }
 
   // The real value of an option the parser set to `parsed`: `parsed` itself unless it
-  // is a placeholder.
+  // is a placeholder, or a hidden argument whole as the parser saw it (its kept prefix
+  // and its placeholder: a value starting with a dash).
   [[nodiscard]] std::string_view resolve(const std::string& parsed) const noexcept;
 
   // Blanks in argv every argument the parser received as `parsed` (verify's arguments:
@@ -181,6 +182,7 @@ class CommandLine {
   std::vector<std::string> view_;              // what the parser sees; never a secret
   std::vector<const char*> pointers_;          // argv-style pointers into view_
   std::vector<apikeys::SecretString> hidden_;  // the hidden values, by placeholder number
+  std::vector<apikeys::SecretString> whole_;   // their arguments whole, prefix included
 };
 
 }  // namespace apikeys::cli

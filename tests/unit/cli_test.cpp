@@ -1640,6 +1640,28 @@ TEST_CASE("cli: arguments that may be secrets are blanked from its command line"
   }
 }
 
+TEST_CASE("cli: a hidden value that starts with a dash reaches its option unchanged", "[cli]") {
+  // Values that may be secrets are hidden from the parser, each behind a placeholder;
+  // one that starts with a dash keeps it, so the parser sees "-<not shown #N>" and
+  // takes that whole as the option's value. What is stored must be the value given.
+  TempDir dir;
+  const std::string db = dir.file("keys.db");
+  const std::string title = "-" + std::string(35, 'A');
+  const std::string description = "-d=" + std::string(40, 'B');
+  const Run created = run_cli({"--db", db, "create", "--account", kAccount, "--title", title,
+                               "--description", description});
+  INFO("stderr: " << created.err);
+  REQUIRE(created.code == 0);
+  const Json key = Json::parse(created.out);
+  CHECK(key.at("title") == title);
+  CHECK(key.at("description") == description);
+  const Run r = run_cli({"--db", db, "update", "--account", kAccount, "--key-id",
+                         key.at("key_id").get<std::string>(), "--title", "--" + title});
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(Json::parse(r.out).at("title") == "--" + title);
+}
+
 TEST_CASE("cli: metadata is printed exactly as it was stored", "[cli]") {
   // Parsing and printing it again would change these numbers.
   TempDir dir;
