@@ -2,6 +2,7 @@
 
 #include "cli.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <pwd.h>
 #include <sys/prctl.h>
@@ -1559,6 +1560,7 @@ int cmd_list(const Options& o) {
         parse_number(o.limit, "--limit", 1, apikeys::ListOptions::kMaxLimit));
   }
   options.cursor = std::string(o.cursor);
+  const WipeGuard cursor_guard(options.cursor);  // a secret given as a cursor by mistake
   options.status = status;
   check_db(o, false);
   auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/false);
@@ -1917,8 +1919,17 @@ apikeys::ImportFormat import_format(const Options& o) {
     if (o.import_format == "csv") return apikeys::ImportFormat::csv;
     throw UsageError("--format must be jsonl or csv");
   }
-  const std::string extension = std::filesystem::path(o.import_file).extension().string();
+  // The name's extension as std::filesystem::path::extension() has it (none for ".",
+  // ".." or a name that only starts with a dot), read in place: a path may hold a
+  // secret, and std::filesystem's copies of it would be freed unwiped.
+  const std::string_view path = o.import_file;
+  const std::string_view name = path.substr(path.rfind('/') + 1);  // npos + 1 is 0
+  const std::size_t dot = name == ".." ? std::string_view::npos : name.rfind('.');
+  const std::string_view extension =
+      dot == std::string_view::npos || dot == 0 ? std::string_view() : name.substr(dot);
   std::string lower;
+  const WipeGuard lower_guard(lower);
+  lower.reserve(extension.size());  // never grows: no copy left behind
   for (const char c : extension)
     lower.push_back(c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c);
   if (lower == ".csv") return apikeys::ImportFormat::csv;
@@ -1948,7 +1959,9 @@ int cmd_import(const Options& o) {
   int fd = STDIN_FILENO;
   if (!from_stdin) {
     // Opened before the database, so that a mistyped path creates no database.
-    fd = ::open(std::string(o.import_file).c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    std::string path(o.import_file);  // NUL-terminated, and wiped: it may hold a secret
+    const WipeGuard path_guard(path);
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0) throw UsageError("import: cannot open the file to import");
   }
   ImportInput input(fd, /*owns=*/!from_stdin, buffer);
@@ -2028,6 +2041,7 @@ int cmd_audit(const Options& o) {
         parse_number(o.limit, "--limit", 1, apikeys::AuditQuery::kMaxLimit));
   }
   query.cursor = std::string(o.cursor);
+  const WipeGuard cursor_guard(query.cursor);  // a secret given as a cursor by mistake
   check_db(o, false);
   auto manager = open_manager(o, load_pepper(o.pepper_file), /*may_create_db=*/false);
   const apikeys::AuditPage page = manager->audit(account, query);
@@ -2098,17 +2112,22 @@ std::string shown_path(std::string_view path) { return apikeys::detail::escape_u
 class Scan {
  public:
   // Scans "-" (stdin), a file, or a directory and everything below it, without .git.
-  void argument(const std::string& path) {
-    const std::string shown = may_hold_secret(path) ? std::string("<not shown>") : shown_path(path);
-    if (path == "-") {
+  // Paths are handled as strings of ours, wiped when done, and through POSIX calls:
+  // a path, or a name found below one, may hold a secret (a file named after a key),
+  // and std::filesystem's copies of a path are freed unwiped.
+  void argument(std::string_view given) {
+    const std::string shown =
+        may_hold_secret(given) ? std::string("<not shown>") : shown_path(given);
+    if (given == "-") {
       stream(STDIN_FILENO, shown);
       return;
     }
-    std::error_code ec;
-    const std::filesystem::file_status status = std::filesystem::status(path, ec);
-    if (ec) {
-      fail(shown, ec.message());
-    } else if (std::filesystem::is_directory(status)) {
+    std::string path(given);
+    const WipeGuard path_guard(path);
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) {
+      fail(shown, std::strerror(errno));
+    } else if (S_ISDIR(st.st_mode)) {
       directory(path, shown);
     } else {
       file(path, shown);
@@ -2121,39 +2140,87 @@ class Scan {
   }
 
  private:
-  void directory(const std::filesystem::path& dir, const std::filesystem::path& shown) {
-    std::error_code ec;
-    std::vector<std::filesystem::path> names;
-    std::filesystem::directory_iterator it(dir, ec);
-    for (const std::filesystem::directory_iterator end; !ec && it != end; it.increment(ec))
-      names.push_back(it->path().filename());
-    if (ec) fail(shown.string(), ec.message());
-    std::sort(names.begin(), names.end());  // the same order on every run
-    for (const std::filesystem::path& name : names) {
-      if (name == ".git") continue;  // a repository's own store (or a worktree's link to it)
-      const std::filesystem::path entry = dir / name;
-      // A name found here is shown, unless it holds a secret key (a file named after
-      // one): never more of a secret than a finding shows.
-      const std::filesystem::path shown_entry =
-          shown / (holds_secret_key(name.string()) ? std::string("<not shown>")
-                                                   : shown_path(name.string()));
-      const std::filesystem::file_status link = std::filesystem::symlink_status(entry, ec);
-      if (ec) {
-        fail(shown_entry.string(), ec.message());
-        continue;
-      }
-      if (std::filesystem::is_directory(link)) {
-        directory(entry, shown_entry);
-        continue;
-      }
-      // A link is followed to a file, never to a directory (which may loop).
-      const std::filesystem::file_status target =
-          std::filesystem::is_symlink(link) ? std::filesystem::status(entry, ec) : link;
-      if (!ec && std::filesystem::is_regular_file(target)) file(entry, shown_entry.string());
-    }
+  // `dir` and `name` joined with one slash, in a string that never reallocates.
+  static std::string joined(std::string_view dir, std::string_view name) {
+    const bool slash = !dir.empty() && dir.back() != '/';
+    std::string out;
+    out.reserve(dir.size() + (slash ? 1 : 0) + name.size());
+    out.append(dir);
+    if (slash) out.push_back('/');
+    out.append(name);
+    return out;
   }
 
-  void file(const std::filesystem::path& path, const std::string& shown) {
+  void directory(const std::string& dir, const std::string& shown) {
+    std::vector<std::string> names;
+    const auto wipe_names = [&names] {
+      for (std::string& n : names) wipe(n);
+    };
+    // getdents64() into a buffer of ours, wiped after: readdir()'s buffer, which holds
+    // the names, would be freed by closedir() as it is.
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+      fail(shown, std::strerror(errno));
+      return;
+    }
+    std::vector<char> buffer(32768);  // operator new's alignment suits dirent64
+    int error = 0;
+    try {
+      for (;;) {
+        const ssize_t n = ::getdents64(fd, buffer.data(), buffer.size());
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+          if (n < 0) error = errno;
+          break;
+        }
+        for (ssize_t at = 0; at < n;) {
+          const auto* e = reinterpret_cast<const dirent64*>(buffer.data() + at);
+          const std::string_view name(e->d_name);
+          if (name != "." && name != "..") names.emplace_back(name);
+          at += e->d_reclen;
+        }
+      }
+    } catch (...) {
+      ::close(fd);
+      wipe_bytes(buffer.data(), buffer.size());
+      wipe_names();
+      throw;
+    }
+    ::close(fd);
+    wipe_bytes(buffer.data(), buffer.size());
+    if (error != 0) fail(shown, std::strerror(error));
+    try {
+      std::sort(names.begin(), names.end());  // the same order on every run
+      for (const std::string& name : names) {
+        if (name == ".git") continue;  // a repository's own store (or a worktree's link to it)
+        std::string entry = joined(dir, name);
+        const WipeGuard entry_guard(entry);
+        // A name found here is shown, unless it holds a secret key (a file named after
+        // one): never more of a secret than a finding shows.
+        const std::string shown_entry =
+            joined(shown, holds_secret_key(name) ? std::string("<not shown>") : shown_path(name));
+        struct stat link {};
+        if (::lstat(entry.c_str(), &link) != 0) {
+          fail(shown_entry, std::strerror(errno));
+          continue;
+        }
+        if (S_ISDIR(link.st_mode)) {
+          directory(entry, shown_entry);
+          continue;
+        }
+        // A link is followed to a file, never to a directory (which may loop).
+        struct stat target = link;
+        if (S_ISLNK(link.st_mode) && ::stat(entry.c_str(), &target) != 0) continue;
+        if (S_ISREG(target.st_mode)) file(entry, shown_entry);
+      }
+    } catch (...) {
+      wipe_names();
+      throw;
+    }
+    wipe_names();
+  }
+
+  void file(const std::string& path, const std::string& shown) {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0) {
       fail(shown, std::strerror(errno));
@@ -2185,7 +2252,7 @@ class Scan {
 // Needs neither database nor pepper, and reads neither.
 int cmd_scan(const Options& o) {
   Scan scan;
-  for (const std::string_view path : o.scan_paths) scan.argument(std::string(path));
+  for (const std::string_view path : o.scan_paths) scan.argument(path);
   std::cout.flush();
   if (!std::cout) return kExitFailure;
   return scan.exit_code();

@@ -1524,6 +1524,22 @@ TEST_CASE("cli: no block the CLI frees holds a secret or the pepper", "[cli]") {
                        << "\n";
   run_hooked("import, a secret in a JSON title",
              {"--db", db, "--legacy-pepper-file", legacy, "import", jsonl}, 6);
+  // A secret given where a cursor or a path goes.
+  run_hooked("list --cursor SECRET", {"--db", db, "list", "--account", kAccount, "--cursor", sk},
+             2);
+  run_hooked("audit --cursor SECRET", {"--db", db, "audit", "--account", kAccount, "--cursor", sk},
+             2);
+  run_hooked("import SECRET.csv",
+             {"--db", db, "--legacy-pepper-file", legacy, "import", dir.file(sk + ".csv")}, 2);
+  run_hooked("import x.SECRET",
+             {"--db", db, "--legacy-pepper-file", legacy, "import", dir.file("x." + sk)}, 2);
+  // scan, over a directory named after a secret that holds a file named after one.
+  const std::string tree = dir.file("scan-" + sk);
+  fs::create_directories(tree + "/below");
+  std::ofstream(tree + "/below/" + sk + ".txt") << "nothing to find\n";
+  std::ofstream(tree + "/found.txt") << "leaked: " << pk << "\n";
+  run_hooked("scan a tree named after a secret", {"scan", tree}, 1);
+  run_hooked("scan a missing SECRET.csv", {"scan", dir.file(sk + ".csv")}, 2);
 #endif
 }
 
