@@ -844,6 +844,10 @@ Validator::Validator(std::shared_ptr<Store> store, std::shared_ptr<Hasher> hashe
   if (!hasher) throw Error(ErrorCode::invalid_argument, "a Validator needs a Hasher");
   options.format.check();
   for (const KeyFormat& f : options.also_accept) f.check();
+  // The writer thread waits this long between flushes: zero or less would spin it.
+  if ((options.record_last_use || options.rehash_on_use) && options.flush_interval.count() <= 0) {
+    throw Error(ErrorCode::invalid_argument, "ValidatorOptions::flush_interval must be positive");
+  }
   impl_ = std::make_unique<Impl>(std::move(store), std::move(hasher), std::move(options));
   const bool polling = impl_->cache != nullptr && impl_->options.revision_poll_interval.count() > 0;
   if (polling) {

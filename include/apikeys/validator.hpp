@@ -146,7 +146,9 @@ struct ValidatorOptions {
   std::size_t last_use_queue_limit = 65'536;
   /// Most keys remembered by the last-use throttle. Default 1,000,000.
   std::size_t last_use_throttle_limit = 1'000'000;
-  /// How often the last-use writer thread flushes last-use updates. Default 1 s.
+  /// How often the last-use writer thread flushes last-use updates. Must be positive
+  /// when that thread runs (record_last_use or rehash_on_use); the constructor throws
+  /// Error(invalid_argument) otherwise. Default 1 s.
   std::chrono::milliseconds flush_interval{1000};
   /// How often the poll thread reads Store::revision() and, when it moved (changes
   /// made by other processes), drops the changed keys' verdicts (all of them when the

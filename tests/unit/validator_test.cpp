@@ -631,6 +631,25 @@ TEST_CASE("the background writer flushes on its own", "[validator]") {
   CHECK(store->last_use_entries.load() == 1);
 }
 
+TEST_CASE("a flush_interval of zero or less is refused while the writer runs", "[validator]") {
+  // The writer thread waits flush_interval between flushes: zero would spin it.
+  const auto store = std::make_shared<MemoryStore>();
+  const auto hasher = std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper);
+  for (const auto every : {std::chrono::milliseconds(0), std::chrono::milliseconds(-5)}) {
+    ValidatorOptions o;
+    o.flush_interval = every;
+    CHECK_THROWS_MATCHES(Validator(store, hasher, o), Error,
+                         Catch::Predicate<Error>([](const Error& e) {
+                           return e.code() == ErrorCode::invalid_argument;
+                         }));
+    o.record_last_use = false;  // no writer thread: nothing to refuse
+    o.rehash_on_use = false;
+    CHECK_NOTHROW(Validator(store, hasher, o));
+    o.rehash_on_use = true;  // the same thread rewrites digests
+    CHECK_THROWS_AS(Validator(store, hasher, o), Error);
+  }
+}
+
 TEST_CASE("a failing last-use write never affects validation", "[validator]") {
   Fixture f(true, true);
   auto k = f.create();
