@@ -202,14 +202,53 @@ class RowReader final : public nlohmann::json_sax<json> {
   std::string error_;
 };
 
+// Whether the JSON text `line` holds a secret key: in its bytes, or once its string
+// escapes are decoded (a secret written "sk\u005f..." is one too). The decoded copy is
+// wiped; it is never longer than the line, so it never reallocates.
+bool json_holds_secret_key(std::string_view line) {
+  if (detail::holds_secret_key(line)) return true;
+  if (line.find('\\') == std::string_view::npos) return false;
+  const auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  std::string decoded;
+  decoded.reserve(line.size());
+  for (std::size_t i = 0; i < line.size(); ++i) {
+    if (line[i] != '\\' || i + 1 == line.size()) {
+      decoded.push_back(line[i]);
+      continue;
+    }
+    const char e = line[++i];
+    if (e != 'u') {
+      decoded.push_back(e);  // \" \\ \/ as themselves; \b \f \n \r \t break a run anyway
+      continue;
+    }
+    int value = 0;
+    std::size_t digits = 0;
+    while (digits < 4 && i + 1 < line.size() && hex(line[i + 1]) >= 0) {
+      value = value * 16 + hex(line[++i]);
+      ++digits;
+    }
+    // Only ASCII can be part of a secret key; anything else breaks a run.
+    decoded.push_back(digits == 4 && value < 0x80 ? static_cast<char>(value) : '\x01');
+  }
+  const bool found = detail::holds_secret_key(decoded);
+  OPENSSL_cleanse(decoded.data(), decoded.size());
+  return found;
+}
+
 // Fills `row` from one JSON line; the reason it cannot, or empty.
 std::string parse_json_row(std::string_view line, Row& row) {
   // A raw NUL is never JSON, and the parser would take it for the end of the text.
   if (line.find('\0') != std::string_view::npos) return "the line is not valid JSON";
-  // A secret key anywhere in the line (pasted into a title or description, say) rejects
-  // the row before the parser runs: its lexer copies each string into buffers of its
-  // own, which it frees unwiped as they grow. The line itself is wiped by the reader.
-  if (detail::holds_secret_key(line)) return "the row holds a secret key (sk_...): remove it";
+  // A secret key anywhere in the line (pasted into a title or description, say, and
+  // written with escapes or not) rejects the row before the parser runs: its lexer
+  // copies each string into buffers of its own, which it frees unwiped as they grow.
+  // The line itself is wiped by the reader.
+  if (json_holds_secret_key(line)) return "the row holds a secret key (sk_...): remove it";
   RowReader reader(row);
   bool ok = false;
   try {

@@ -558,6 +558,39 @@ TEST_CASE("import: every rejection reason, with its line, and the rows after sti
   }
 }
 
+TEST_CASE("import: a JSON line holding a secret key is refused, escaped or not", "[import]") {
+  // Refused before it is parsed (the parser's copies of its strings are not wiped), so
+  // a secret written with JSON escapes must be seen as well.
+  Importing t;
+  const std::string secret = legacy_secret(7);
+  const std::string body = secret.substr(3);
+  std::string text;
+  std::string line = json_line(good_row(1));
+  const auto title_at = [&line] { return line.find("\"title\":") + 8; };
+  line.insert(title_at(), "\"sk\\u005f" + body + "\",\"was\":");  // 1: sk\u005f...
+  text += line;
+  line = json_line(good_row(2));
+  std::string escaped;  // 2: every character of the secret as \u00XX
+  for (const char c : secret) {
+    static const char* kHex = "0123456789abcdef";
+    escaped += "\\u00";
+    escaped += kHex[(c >> 4) & 0xF];
+    escaped += kHex[c & 0xF];
+  }
+  line.insert(title_at(), "\"" + escaped + "\",\"was\":");
+  text += line;
+  line = json_line(good_row(3));
+  line.insert(title_at(), "\"" + secret.substr(0, 10) + "\\/" + secret.substr(10) +
+                              "\",\"was\":");  // 3: an escaped slash breaks the run
+  text += line;
+  const ImportReport report = t.jsonl(text);
+  CHECK(report.rejected == 2);
+  // Refused whole, before parsing (after it, the title's own check would name it).
+  CHECK(reason_has(report, 1, "the row holds a secret key"));
+  CHECK(reason_has(report, 2, "the row holds a secret key"));
+  CHECK(report.imported == 1);
+}
+
 TEST_CASE("import: JSON lines: shapes of lines, nulls, blank lines, unknown members", "[import]") {
   Importing t;
   PyRow nulls = good_row(1);
