@@ -235,9 +235,18 @@ std::string CommandLine::redact(std::string message) const {
 
 std::size_t CommandLine::kept_prefix(std::string_view arg) noexcept {
   if (arg.size() < 2 || arg[0] != '-') return 0;
+  const std::size_t dashes = arg[1] == '-' ? 2 : 1;
+  // "--name=" is kept only when `name` is an option's name (letters, digits, '-' and
+  // '_'; nothing that may be a secret): anything else before an '=' ("-was sk_…=old",
+  // a value that starts with a dash) may hold the secret itself.
   const auto eq = arg.find('=');
-  if (eq != std::string_view::npos) return eq + 1;
-  return arg[1] == '-' ? 2 : 1;
+  if (eq == std::string_view::npos || eq == dashes) return dashes;
+  const std::string_view name = arg.substr(dashes, eq - dashes);
+  const bool plain = std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_';
+  });
+  return plain && !may_hold_secret(name) ? eq + 1 : dashes;
 }
 
 apikeys::SecretString decode_pepper(std::string_view text, const std::string& source) {
@@ -2163,35 +2172,40 @@ class Scan {
       fail(shown, std::strerror(errno));
       return;
     }
-    std::vector<char> buffer(32768);  // operator new's alignment suits dirent64
     int error = 0;
-    try {
-      for (;;) {
-        const ssize_t n = ::getdents64(fd, buffer.data(), buffer.size());
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-          if (n < 0) error = errno;
-          break;
+    {
+      // Wiped and freed before the walk goes deeper: one buffer at a time, not one per
+      // level.
+      std::vector<char> buffer(32768);  // operator new's alignment suits dirent64
+      try {
+        for (;;) {
+          const ssize_t n = ::getdents64(fd, buffer.data(), buffer.size());
+          if (n < 0 && errno == EINTR) continue;
+          if (n <= 0) {
+            if (n < 0) error = errno;
+            break;
+          }
+          for (ssize_t at = 0; at < n;) {
+            const auto* e = reinterpret_cast<const dirent64*>(buffer.data() + at);
+            const std::string_view name(e->d_name);
+            if (name != "." && name != "..") names.emplace_back(name);
+            at += e->d_reclen;
+          }
         }
-        for (ssize_t at = 0; at < n;) {
-          const auto* e = reinterpret_cast<const dirent64*>(buffer.data() + at);
-          const std::string_view name(e->d_name);
-          if (name != "." && name != "..") names.emplace_back(name);
-          at += e->d_reclen;
-        }
+      } catch (...) {
+        ::close(fd);
+        wipe_bytes(buffer.data(), buffer.size());
+        wipe_names();
+        throw;
       }
-    } catch (...) {
       ::close(fd);
       wipe_bytes(buffer.data(), buffer.size());
-      wipe_names();
-      throw;
     }
-    ::close(fd);
-    wipe_bytes(buffer.data(), buffer.size());
     if (error != 0) fail(shown, std::strerror(error));
     try {
       std::sort(names.begin(), names.end());  // the same order on every run
       for (const std::string& name : names) {
+        if (!std::cout) break;         // nobody reads the findings any more
         if (name == ".git") continue;  // a repository's own store (or a worktree's link to it)
         std::string entry = joined(dir, name);
         const WipeGuard entry_guard(entry);
@@ -2252,9 +2266,15 @@ class Scan {
 // Needs neither database nor pepper, and reads neither.
 int cmd_scan(const Options& o) {
   Scan scan;
-  for (const std::string_view path : o.scan_paths) scan.argument(path);
+  for (const std::string_view path : o.scan_paths) {
+    if (!std::cout) break;  // nobody reads the findings any more (a closed pipe)
+    scan.argument(path);
+  }
   std::cout.flush();
-  if (!std::cout) return kExitFailure;
+  if (!std::cout) {
+    std::cerr << "apikeys: scan: cannot write to stdout\n";
+    return kExitFailure;
+  }
   return scan.exit_code();
 }
 

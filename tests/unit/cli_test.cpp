@@ -523,60 +523,79 @@ TEST_CASE("cli: boundary expiries are accepted", "[cli]") {
   CHECK(Json::parse(r.out).at("title") == "padded");
 }
 
-TEST_CASE("cli: a new secret that stdout cannot take exits 4 and says so, SIGPIPE or not",
-          "[cli]") {
+namespace {
+
+// Runs the CLI with `args` (argv[1..]) and the test pepper, its stdout a pipe whose
+// reading end is closed before it starts (a `| head` that has exited), and SIGPIPE at
+// its default disposition (a test runner may ignore it, and exec keeps that). Returns
+// the exit status (128 + signal when killed) and stderr.
+Run run_cli_stdout_closed(const std::vector<std::string>& args) {
+  std::vector<std::string> arg_store{APIKEYS_CLI_PATH};
+  arg_store.insert(arg_store.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : arg_store) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::string env_store = "APIKEYS_PEPPER=" + kPepperHex;
+  char* envp[] = {env_store.data(), nullptr};
+  int out[2];
+  int err[2];
+  REQUIRE(pipe2(out, O_CLOEXEC) == 0);
+  REQUIRE(pipe2(err, O_CLOEXEC) == 0);
+  close(out[0]);  // nobody will ever read the child's stdout
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    signal(SIGPIPE, SIG_DFL);
+    const int in = open("/dev/null", O_RDONLY);
+    if (in < 0 || dup2(in, 0) < 0 || dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0) _exit(126);
+    execve(argv[0], argv.data(), envp);
+    _exit(127);
+  }
+  close(out[1]);
+  close(err[1]);
+  Run r;
+  char buf[4096];
+  for (ssize_t n; (n = read(err[0], buf, sizeof buf)) != 0;) {
+    if (n > 0) r.err.append(buf, static_cast<std::size_t>(n));
+    if (n < 0 && errno != EINTR) break;
+  }
+  close(err[0]);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("cli: output that stdout cannot take exits 4 and says so, SIGPIPE or not", "[cli]") {
   // create and rotate store a key, then print its only copy of the secret. When stdout
   // is a pipe nobody reads any more (a closed `| head`), the write must fail as an
   // error the caller hears about (exit 4 and a message on stderr), not kill the
   // process with SIGPIPE after the key was stored and before anyone was told.
   TempDir dir;
   const std::string db = dir.file("keys.db");
-  const std::string key_id = create_key(db)["key_id"];
-  const std::string pepper = "APIKEYS_PEPPER=" + kPepperHex;
+  const Json key = create_key(db);
+  const std::string key_id = key["key_id"];
   for (const std::vector<std::string>& args :
        {std::vector<std::string>{"--db", db, "create", "--account", kAccount, "--title", "t"},
         std::vector<std::string>{"--db", db, "rotate", "--account", kAccount, "--key-id",
                                  key_id}}) {
     INFO(args[2]);
-    std::vector<std::string> arg_store{APIKEYS_CLI_PATH};
-    arg_store.insert(arg_store.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& a : arg_store) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    std::string env_store = pepper;
-    char* envp[] = {env_store.data(), nullptr};
-    int out[2];
-    int err[2];
-    REQUIRE(pipe2(out, O_CLOEXEC) == 0);
-    REQUIRE(pipe2(err, O_CLOEXEC) == 0);
-    close(out[0]);  // nobody will ever read the child's stdout
-    const pid_t pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      // SIGPIPE at its default (a test runner may ignore it, and exec keeps that).
-      signal(SIGPIPE, SIG_DFL);
-      const int in = open("/dev/null", O_RDONLY);
-      if (in < 0 || dup2(in, 0) < 0 || dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0) _exit(126);
-      execve(argv[0], argv.data(), envp);
-      _exit(127);
-    }
-    close(out[1]);
-    close(err[1]);
-    std::string text;
-    char buf[4096];
-    for (ssize_t n; (n = read(err[0], buf, sizeof buf)) != 0;) {
-      if (n > 0) text.append(buf, static_cast<std::size_t>(n));
-      if (n < 0 && errno != EINTR) break;
-    }
-    close(err[0]);
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    INFO("stderr: " << text);
-    REQUIRE(WIFEXITED(status));
-    CHECK(WEXITSTATUS(status) == 4);
-    CHECK(contains(text, "could not be written to stdout"));
+    const Run r = run_cli_stdout_closed(args);
+    INFO("stderr: " << r.err);
+    CHECK(r.code == 4);
+    CHECK(contains(r.err, "could not be written to stdout"));
   }
+  // scan stops and says why.
+  const std::string tree = dir.file("tree");
+  fs::create_directories(tree);
+  std::ofstream(tree + "/found.txt") << key.at("public_key").get<std::string>() << "\n";
+  const Run r = run_cli_stdout_closed({"scan", tree});
+  INFO("stderr: " << r.err);
+  CHECK(r.code == 4);
+  CHECK(contains(r.err, "scan: cannot write to stdout"));
 }
 
 TEST_CASE("cli: storage failures exit 4", "[cli]") {
@@ -1524,6 +1543,11 @@ TEST_CASE("cli: no block the CLI frees holds a secret or the pepper", "[cli]") {
                        << "\n";
   run_hooked("import, a secret in a JSON title",
              {"--db", db, "--legacy-pepper-file", legacy, "import", jsonl}, 6);
+  // A value that starts with a dash and holds a secret before an '=': no option name.
+  run_hooked("a dash-led value holding a secret and '='",
+             {"--db", db, "create", "--account", kAccount, "--title", "t", "--description",
+              "-was " + sk + "=old"},
+             2);
   // A secret given where a cursor or a path goes.
   run_hooked("list --cursor SECRET", {"--db", db, "list", "--account", kAccount, "--cursor", sk},
              2);
