@@ -86,10 +86,15 @@ void ReaderPool::start_janitor() {
 std::unique_ptr<Reader> ReaderPool::take() {
   Home& home = homes_[home_of_this_thread()];
   Reader* mine = home.reader.load(std::memory_order_relaxed);
+  // The janitor has the slot's reader for one COMMIT: waiting for it is cheaper than
+  // opening another connection (invariant 4). Not for ever: a janitor that cannot run
+  // (a real-time reader on its core; a child forked while the slot held the marker,
+  // where no janitor runs) sends the read to the shared list instead.
+  constexpr int kMaxWaits = 1000;
+  int waits = 0;
   while (mine != nullptr) {
     if (mine == tending()) {
-      // The janitor has the slot's reader for one COMMIT: waiting for it is cheaper
-      // than opening another connection (invariant 4).
+      if (++waits > kMaxWaits) break;
       std::this_thread::yield();
       mine = home.reader.load(std::memory_order_relaxed);
     } else if (home.reader.compare_exchange_weak(mine, nullptr, std::memory_order_acquire,

@@ -141,7 +141,8 @@ struct Reader {
 // (3) the janitor runs only while some idle reader may hold a snapshot, and ends those
 //     older than the store's read_snapshot_max_age every kJanitorPeriod;
 // (4) a home slot's reader is tended in place: the slot holds tending() until the
-//     janitor puts the reader back, and take() waits for it meanwhile.
+//     janitor puts the reader back, and take() waits for it meanwhile (a bounded
+//     number of yields, then it goes to the shared list).
 class ReaderPool {
  public:
   explicit ReaderPool(std::chrono::steady_clock::duration snapshot_max_age);

@@ -1210,8 +1210,8 @@ TEST_CASE("SqliteStore: threads that come and go one after another share one rea
   TempDir dir;
   const std::string path = dir.file("churn.db");
   SqliteStoreOptions options = fast_options();
-  // No kept snapshots, so no janitor: a read that finds its reader out being tended
-  // takes or opens another, which would make the count below vary.
+  // No kept snapshots, so no janitor: the count below is of the readers the threads
+  // need, and nothing else.
   options.read_snapshot_max_age = std::chrono::microseconds(0);
   SqliteStore store(path, options);
   store.insert(record(1, account_id(1)));
