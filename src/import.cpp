@@ -208,12 +208,6 @@ class RowReader final : public nlohmann::json_sax<json> {
 bool json_holds_secret_key(std::string_view line) {
   if (detail::holds_secret_key(line)) return true;
   if (line.find('\\') == std::string_view::npos) return false;
-  const auto hex = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
   std::string decoded;
   decoded.reserve(line.size());
   for (std::size_t i = 0; i < line.size(); ++i) {
@@ -228,8 +222,8 @@ bool json_holds_secret_key(std::string_view line) {
     }
     int value = 0;
     std::size_t digits = 0;
-    while (digits < 4 && i + 1 < line.size() && hex(line[i + 1]) >= 0) {
-      value = value * 16 + hex(line[++i]);
+    while (digits < 4 && i + 1 < line.size() && detail::hex_value(line[i + 1]) >= 0) {
+      value = value * 16 + detail::hex_value(line[++i]);
       ++digits;
     }
     // Only ASCII can be part of a secret key; anything else breaks a run.

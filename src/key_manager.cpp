@@ -849,8 +849,7 @@ void KeyManager::Impl::credits_changed(const Uuid& account_id, const KeyInfo& ke
   bool whole = true;
   for (const bool forward : {false, true}) {
     std::optional<Uuid> next = forward ? key.rotated_to : key.rotated_from;
-    int step = 0;
-    for (; next && step < kMaxSteps; ++step) {
+    for (int step = 0; next && step < kMaxSteps; ++step) {
       std::optional<KeyInfo> k =
           guarded("reading the key", [&] { return store->get(account_id, *next); });
       if (!k) break;
