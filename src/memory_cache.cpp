@@ -361,6 +361,12 @@ class Table {
     return nullptr;
   }
 
+  // The first node of k's chain, or null: for a prefetch. REQUIRES: as find().
+  [[nodiscard]] const Node* first(const KeyId& k) const noexcept {
+    Buckets* b = buckets_.load(std::memory_order_seq_cst);
+    return b == nullptr ? nullptr : b->head(k.lo).load(std::memory_order_seq_cst);
+  }
+
   // Links `fresh`. REQUIRES: no node has its key. May throw std::bad_alloc when the
   // buckets grow (the table is unchanged and `fresh` still the caller's).
   void insert(NodePtr& fresh) {
@@ -613,6 +619,21 @@ bool MemoryCache::get_into(std::string_view public_key, const Digest& presented,
   const Node* n = w.shard.table.find(w.id);
   if (n != nullptr && n->expires_ms <= now) w.shard.table.erase(w.id);
   return false;
+}
+
+void MemoryCache::prefetch(std::string_view public_key) const noexcept {
+  if (public_key.size() > kMaxPublicKeyLength) return;
+  const auto w = impl_->locate(public_key);
+  // In a section: the bucket array may be retired meanwhile. The node may be freed
+  // once the section closes; a prefetch of freed memory is harmless (it never faults).
+  detail::ReadSection section;
+  const Node* n = w.shard.readable().first(w.id);
+#if defined(__GNUC__)
+  if (n != nullptr) {
+    __builtin_prefetch(n);
+    __builtin_prefetch(reinterpret_cast<const char*>(n) + sizeof(Node) - 1);
+  }
+#endif
 }
 
 std::uint64_t MemoryCache::fill_token(std::string_view public_key) {

@@ -349,6 +349,8 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
 #if defined(__GNUC__)
     if (options.record_last_use) __builtin_prefetch(tracker.set_at(home));
 #endif
+    // The cache's entry likewise: its loads overlap the HMAC below.
+    if (cache) cache->prefetch(pk);
     const Digest presented = hasher->hash(sk);
 
     std::uint64_t token = 0;

@@ -120,6 +120,12 @@ class APIKEYS_EXPORT Cache {
   /// strings, so that a caller reusing one object allocates nothing on a hit
   /// (MemoryCache does). Default: get(), moved into `out`.
   virtual bool get_into(std::string_view public_key, const Digest& presented, Verdict& out);
+
+  /// A hint from the hot path: get_into(public_key, …) follows soon. An implementation
+  /// may start loading what that lookup reads (a memory prefetch), so that it arrives
+  /// while the Validator computes the presented secret's digest; it must not block,
+  /// change anything or fail, and may ignore the hint. Default: nothing.
+  virtual void prefetch(std::string_view public_key) const noexcept { (void)public_key; }
 };
 
 }  // namespace apikeys

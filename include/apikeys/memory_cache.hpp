@@ -105,6 +105,9 @@ class APIKEYS_EXPORT MemoryCache final : public Cache {
                                            const Digest& presented) override;
   /// See Cache::get_into(): keeps the capacity of out's vectors and strings.
   bool get_into(std::string_view public_key, const Digest& presented, Verdict& out) override;
+  /// See Cache::prefetch(): starts loading the public key's bucket and the first entry
+  /// of its chain.
+  void prefetch(std::string_view public_key) const noexcept override;
   [[nodiscard]] std::uint64_t fill_token(std::string_view public_key) override;
   void put(std::string_view public_key, const Digest& presented, const Verdict& verdict,
            std::chrono::milliseconds ttl, std::uint64_t token) override;

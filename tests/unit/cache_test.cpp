@@ -875,6 +875,7 @@ TEST_CASE("MemoryCache: lock-free hits while the table grows, is rewritten and c
         x = x * 1664525u + 1013904223u;
         const std::size_t i = (x >> 8) % kKeys;
         const long floor = erased[i].load();
+        f.cache->prefetch(keys[i]);  // beside buckets and nodes being retired
         if (f.cache->get_into(keys[i], digest_of(static_cast<std::uint32_t>(i)), out)) {
           ++hits;
           const Verdict expected = verdict_of(i, 0);
@@ -912,6 +913,28 @@ TEST_CASE("MemoryCache: lock-free hits while the table grows, is rewritten and c
   CHECK(stale.load() == 0);
   CHECK(hits.load() > 0);
   CHECK(f.cache->size() <= kKeys + 4);
+}
+
+TEST_CASE("MemoryCache: prefetch() changes nothing", "[cache]") {
+  Fixture f(16, 4);
+  const std::string too_long(MemoryCache::kMaxPublicKeyLength + 1, 'a');
+  // On an empty cache, on a key it does not hold and on one it never caches.
+  f.cache->prefetch(pk(1));
+  f.cache->prefetch(too_long);
+  f.cache->prefetch("");
+  CHECK(f.cache->size() == 0);
+  f.fill(pk(1), digest_of(1), valid_verdict(1), milliseconds(60'000));
+  const std::size_t bytes = f.cache->bytes();
+  for (int i = 0; i < 3; ++i) {
+    f.cache->prefetch(pk(1));
+    f.cache->prefetch(pk(2));
+  }
+  CHECK(f.cache->size() == 1);
+  CHECK(f.cache->bytes() == bytes);
+  Verdict out;
+  CHECK(f.cache->get_into(pk(1), digest_of(1), out));
+  CHECK(same(out, valid_verdict(1)));
+  CHECK_FALSE(f.cache->get_into(pk(2), digest_of(2), out));
 }
 
 // The shared Cache contract (cache_contract.hpp); RedisCache runs it too, in the servers

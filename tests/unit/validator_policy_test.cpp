@@ -52,15 +52,23 @@ class KeepingCache final : public Cache {
     std::lock_guard<std::mutex> l(mu_);
     kept_.clear();
   }
+  // Counts the hints; a hint for another key than the lookup's would be a wasted one.
+  void prefetch(std::string_view pk) const noexcept override {
+    std::lock_guard<std::mutex> l(mu_);
+    ++hints;
+    last_hint.assign(pk.data(), pk.size());
+  }
 
   int hits = 0;
   std::vector<ValidationCode> puts;
+  mutable int hints = 0;
+  mutable std::string last_hint;
 
  private:
   static std::pair<std::string, std::string> key(std::string_view pk, const Digest& d) {
     return {std::string(pk), std::string(d.bytes.begin(), d.bytes.end())};
   }
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::map<std::pair<std::string, std::string>, Verdict> kept_;
 };
 
@@ -300,6 +308,27 @@ TEST_CASE("requirements: insufficient_scope names the missing scopes in order",
     CHECK(rv.code == ValidationCode::revoked);
     CHECK(rv.missing_scopes.empty());
   }
+}
+
+// Cache::prefetch() is a hint: the Validator gives it the public key of each lookup
+// before hashing the secret; a cache that does not implement it (every cache above
+// but KeepingCache) is unaffected.
+TEST_CASE("The Validator hints the cache with the public key it looks up",
+          "[validator][policy]") {
+  auto keeping = std::make_shared<KeepingCache>();
+  Node n(keeping);
+  const CreatedKey k = n.create({"orders.read"});
+  const std::string pk = k.info.public_key;
+  const std::string sk(k.secret_key.reveal());
+  const Validator& v = n.manager->validator();
+  CHECK(v.validate(pk, sk).ok());  // a miss, then the store
+  CHECK(keeping->hints == 1);
+  CHECK(keeping->last_hint == pk);
+  CHECK(v.validate(pk, sk).ok());  // a hit
+  CHECK(keeping->hits == 1);
+  CHECK(keeping->hints == 2);
+  CHECK(v.validate("nonsense").code == ValidationCode::malformed);
+  CHECK(keeping->hints == 2);  // refused before any lookup
 }
 
 TEST_CASE("insufficient_scope is never cached", "[validator][policy]") {
