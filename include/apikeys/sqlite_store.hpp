@@ -65,6 +65,8 @@ class APIKEYS_EXPORT SqliteStore final : public Store {
  public:
   /// Opens the database at `path` (initialising a missing or empty file, unless
   /// options.create_if_missing is false) and migrates its schema to the current version.
+  /// `path` is a file name, never an SQLite URI: "file:keys.db?mode=ro" names a file of
+  /// that name in the working directory, whether or not SQLite was built to read URIs.
   ///
   /// The file is identified, on a read-only connection, before anything is written to
   /// it. It is an apikeys database when its header's application_id (PRAGMA

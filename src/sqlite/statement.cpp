@@ -168,6 +168,15 @@ void read_record(sqlite3_stmt* s, const char* op, int first, std::string_view pu
   }
 }
 
+std::string filename_of(const std::string& path) {
+  // SQLite reads a name that starts with "file:" as a URI when it was built to
+  // (SQLITE_USE_URI, as Debian's is), flags or not: "file:keys.db?vfs=unix-none" would
+  // open without locks, "?mode=memory" a private database per connection. As "./file:…"
+  // it is the file of that name, as the caller wrote it.
+  if (path.compare(0, 5, "file:") == 0) return "./" + path;
+  return path;
+}
+
 SQLite::Database open_connection(const std::string& path, const SqliteStoreOptions& o, Role role,
                                  bool read_only, bool create) {
   int flags = SQLite::OPEN_NOMUTEX;  // Each connection is used by one thread at a time.
@@ -179,7 +188,7 @@ SQLite::Database open_connection(const std::string& path, const SqliteStoreOptio
   }
   const auto timeout = std::clamp<std::chrono::milliseconds::rep>(o.busy_timeout.count(), 0,
                                                                   std::numeric_limits<int>::max());
-  SQLite::Database db(path, flags, static_cast<int>(timeout));
+  SQLite::Database db(filename_of(path), flags, static_cast<int>(timeout));
 
   const auto cache_kib = std::min<std::size_t>(o.cache_size_kib, 1u << 30);
   const auto mmap = std::min<std::size_t>(o.mmap_size, std::numeric_limits<std::int64_t>::max());

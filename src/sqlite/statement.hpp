@@ -159,6 +159,9 @@ class RawUse {
 
 enum class Role { writer, reader };
 
+// The name to give SQLite for the file at `path`: never read as a URI.
+std::string filename_of(const std::string& path);
+
 // Only the constructor passes `create`, and only for a missing file it may initialise:
 // a connection reopened later must not leave an empty file where one was deleted.
 SQLite::Database open_connection(const std::string& path, const SqliteStoreOptions& o, Role role,

@@ -327,6 +327,39 @@ TEST_CASE("SqliteStore opens a version 2 database of a release without the marke
   CHECK(raw.integer("SELECT count(*) FROM api_keys") == 1);
 }
 
+// SQLite (built with SQLITE_USE_URI, as Debian's is) reads a name starting with "file:"
+// as a URI: "?vfs=unix-none" would open without locks, so two processes could write at
+// once; "?mode=memory" would give each connection a private, empty database. A store's
+// path is a file name, whatever it starts with.
+TEST_CASE("SqliteStore opens a name starting with file: as that file, never as a URI",
+          "[store][sqlite]") {
+  TempDir dir;
+  const std::filesystem::path before = std::filesystem::current_path();
+  std::filesystem::current_path(dir.path());
+  struct Back {
+    std::filesystem::path to;
+    ~Back() {
+      std::error_code ec;
+      std::filesystem::current_path(to, ec);
+    }
+  } back{before};
+  for (const std::string name : {"file:keys.db?vfs=unix-none", "file:keys.db?mode=memory"}) {
+    INFO(name);
+    const apikeys::KeyRecord a = record(1, account_id(1), 100);
+    {
+      SqliteStore store(name);
+      store.insert(a);
+      // Another connection (a reader of the pool) sees the writer's row.
+      REQUIRE(store.find(a.info.public_key));
+    }
+    // The file of that very name holds it, and so does a store reopened on it.
+    CHECK(std::filesystem::is_regular_file(dir.file(name)));
+    CHECK(RawDb(dir.file(name)).integer("SELECT count(*) FROM api_keys") == 1);
+    CHECK(SqliteStore(name).find(a.info.public_key));
+    CHECK_FALSE(std::filesystem::exists(dir.file("keys.db")));
+  }
+}
+
 TEST_CASE("SqliteStore's open errors show a file name's unprintable bytes escaped",
           "[store][sqlite]") {
   // A name holding an escape sequence, a newline, a byte that is not ASCII and a
