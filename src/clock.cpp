@@ -12,12 +12,20 @@ class SystemClock final : public Clock {
  public:
   [[nodiscard]] TimePoint now() const noexcept override { return std::chrono::system_clock::now(); }
 
-#if defined(__linux__) && defined(CLOCK_REALTIME_COARSE)
+  [[nodiscard]] std::chrono::nanoseconds steady_now() const noexcept override {
+    return std::chrono::steady_clock::now().time_since_epoch();
+  }
+
+#if defined(__linux__) && defined(CLOCK_REALTIME_COARSE) && defined(CLOCK_MONOTONIC_COARSE)
   SystemClock() noexcept {
     timespec res{};
+    timespec steady_res{};
     // Two kernel ticks: the reading lags by up to one, and a tick handled late adds to
-    // that. Unknown (no coarse clock): coarse_now() is now().
-    if (clock_getres(CLOCK_REALTIME_COARSE, &res) == 0 && res.tv_sec == 0 && res.tv_nsec > 0) {
+    // that. Unknown (no coarse clock), or coarse clocks of two resolutions: coarse_now()
+    // is now() and coarse_steady_now() steady_now().
+    if (clock_getres(CLOCK_REALTIME_COARSE, &res) == 0 && res.tv_sec == 0 && res.tv_nsec > 0 &&
+        clock_getres(CLOCK_MONOTONIC_COARSE, &steady_res) == 0 &&
+        steady_res.tv_sec == res.tv_sec && steady_res.tv_nsec == res.tv_nsec) {
       resolution_ = 2 * std::chrono::nanoseconds(res.tv_nsec);
     }
   }
@@ -31,6 +39,16 @@ class SystemClock final : public Clock {
 
   [[nodiscard]] std::chrono::nanoseconds coarse_resolution() const noexcept override {
     return resolution_;
+  }
+
+  // std::chrono::steady_clock is CLOCK_MONOTONIC on Linux: the coarse reading shares
+  // its epoch.
+  [[nodiscard]] std::chrono::nanoseconds coarse_steady_now() const noexcept override {
+    timespec ts{};
+    if (resolution_.count() == 0 || clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) != 0) {
+      return steady_now();
+    }
+    return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
   }
 
  private:

@@ -163,9 +163,9 @@ class Policy {
 // its pepper id. What only some verdicts have follows the node in the same allocation:
 // the key's expiry (8 bytes, Unix milliseconds), then the Policy block (scopes,
 // metadata, rate limits, a kept lineage). `expires_ms` is the entry's own deadline in
-// Unix milliseconds, never after the key's expiry (see deadline()); the key's expiry is
-// returned with the verdict, so the Validator checks it against its own clock whatever
-// clock this cache has.
+// milliseconds of the clock's steady reading, never after the key's expiry (see
+// deadline()); the key's expiry is returned with the verdict, so the Validator checks
+// it against its own clock whatever clock this cache has.
 struct Node {
   enum Flag : std::uint8_t {
     kHasPolicy = 1,
@@ -481,11 +481,27 @@ std::int64_t expiry(std::int64_t now, std::chrono::milliseconds ttl) noexcept {
              : now + t;
 }
 
-// When an entry stops answering: after its TTL, and never after the key's expiry (an
-// absolute time, so a put that ran late cannot stretch a `valid` past it).
-std::int64_t deadline(std::int64_t now, std::chrono::milliseconds ttl, const Verdict& v) noexcept {
-  const std::int64_t by_ttl = expiry(now, ttl);
-  return v.expires_at ? std::min(by_ttl, to_unix_millis(*v.expires_at)) : by_ttl;
+// Whole milliseconds of a steady reading, rounded down: never a later deadline.
+std::int64_t steady_ms(std::chrono::nanoseconds t) noexcept {
+  return std::chrono::floor<std::chrono::milliseconds>(t).count();
+}
+
+// When an entry stops answering, on the clock's steady reading (Clock::steady_now()),
+// so that setting the time back does not stretch a TTL: after its TTL, and never after
+// the key's expiry, which is a time of day; it becomes the time left until it, taken
+// from a reading of now() made with `steady`.
+std::int64_t deadline(const Clock& clock, std::chrono::milliseconds ttl, const Verdict& v) noexcept {
+  const std::int64_t steady = steady_ms(clock.steady_now());
+  const std::int64_t by_ttl = expiry(steady, ttl);
+  if (!v.expires_at) return by_ttl;
+  // Rounded up, the time left rounded down: never a later deadline.
+  const std::int64_t wall =
+      std::chrono::ceil<std::chrono::milliseconds>(clock.now().time_since_epoch()).count();
+  const std::int64_t until =
+      std::chrono::floor<std::chrono::milliseconds>(v.expires_at->time_since_epoch()).count();
+  // Counts of at most 2^63 ns: each of these is within +-2^44 ms, so nothing overflows.
+  const std::int64_t left = until - wall;
+  return left < by_ttl - steady ? steady + left : by_ttl;
 }
 
 std::size_t round_up_pow2(std::size_t n) {
@@ -537,7 +553,7 @@ struct MemoryCache::Impl {
   // path, sets the deadline from a full reading: a TTL is cut by at most `lag_ms`.
   std::int64_t lag_ms = 0;  // coarse_resolution(), rounded up to milliseconds
   [[nodiscard]] std::int64_t latest_ms() const noexcept {
-    return to_unix_millis(clock->coarse_now()) + lag_ms;
+    return steady_ms(clock->coarse_steady_now()) + lag_ms;
   }
 
   // REQUIRES: the table holds an entry other than `keep`. Samples a few buckets from a
@@ -650,10 +666,7 @@ void MemoryCache::put(std::string_view public_key, const Digest& presented, cons
   const KeyId& key = w.id;
   // Built, and its block written, outside the lock; the deadline is taken from a clock
   // read before it, so it is never later than one taken under the lock would be.
-  // Rounded down (to_unix_millis() rounds a time before 1970 up): never a later deadline.
-  const std::int64_t full_ms =
-      std::chrono::floor<std::chrono::milliseconds>(impl_->clock->now().time_since_epoch()).count();
-  const std::int64_t due = deadline(full_ms, ttl, verdict);
+  const std::int64_t due = deadline(*impl_->clock, ttl, verdict);
   const std::int64_t now = impl_->latest_ms();  // as get() judges it
   // Dead on arrival (a TTL within the clock's lag, a key about to expire): no get would
   // answer it, and storing it could evict entries that would.

@@ -262,6 +262,96 @@ TEST_CASE("A ManualClock's coarse reading is its reading", "[clock]") {
   CHECK(clock.coarse_resolution() == std::chrono::nanoseconds(0));
 }
 
+TEST_CASE("The system clock's steady reading never goes back, and its coarse one trails it",
+          "[clock]") {
+  const std::shared_ptr<apikeys::Clock> clock = apikeys::system_clock();
+  const std::chrono::nanoseconds resolution = clock->coarse_resolution();
+  std::chrono::nanoseconds last = clock->steady_now();
+  int trailing_further = 0;
+  constexpr int kSamples = 200;
+  for (int i = 0; i < kSamples; ++i) {
+    std::this_thread::sleep_for(std::chrono::microseconds(1000));
+    const std::chrono::nanoseconds before = clock->steady_now();
+    const std::chrono::nanoseconds coarse = clock->coarse_steady_now();
+    const std::chrono::nanoseconds after = clock->steady_now();
+    REQUIRE(before >= last);
+    REQUIRE(coarse <= after);
+    if (before - coarse > resolution) ++trailing_further;
+    last = after;
+  }
+  CHECK(trailing_further <= kSamples / 100);
+  // CLOCK_MONOTONIC: the epoch is the boot, not 1970.
+  const std::chrono::nanoseconds ours = clock->steady_now();
+  CHECK(ours <= std::chrono::steady_clock::now().time_since_epoch());
+}
+
+TEST_CASE("A ManualClock's steady reading follows it forward and stays put when set back",
+          "[clock]") {
+  const apikeys::TimePoint t0 = apikeys::from_unix_millis(1'700'000'000'123);
+  apikeys::ManualClock clock(t0);
+  const std::chrono::nanoseconds s0 = clock.steady_now();
+  CHECK(s0 == std::chrono::milliseconds(1'700'000'000'123));
+  CHECK(clock.coarse_steady_now() == s0);
+  clock.advance(milliseconds(250));
+  CHECK(clock.steady_now() == s0 + milliseconds(250));
+  clock.advance(milliseconds(-100));  // set back: the time of day moves, steady does not
+  CHECK(clock.now() == t0 + milliseconds(150));
+  CHECK(clock.steady_now() == s0 + milliseconds(250));
+  clock.set(t0 - std::chrono::hours(1));
+  CHECK(clock.steady_now() == s0 + milliseconds(250));
+  clock.set(t0 - std::chrono::hours(1) + milliseconds(40));
+  CHECK(clock.steady_now() == s0 + milliseconds(290));
+}
+
+// A clock of the caller's that knows nothing of steady readings: they move with now().
+TEST_CASE("A Clock without a steady reading of its own steps with now()", "[clock]") {
+  class WallOnly final : public apikeys::Clock {
+   public:
+    [[nodiscard]] apikeys::TimePoint now() const noexcept override {
+      return apikeys::from_unix_millis(ms.load());
+    }
+    std::atomic<std::int64_t> ms{5'000};
+  };
+  WallOnly clock;
+  CHECK(clock.steady_now() == milliseconds(5'000));
+  CHECK(clock.coarse_steady_now() == milliseconds(5'000));
+  clock.ms = 1'000;
+  CHECK(clock.steady_now() == milliseconds(1'000));
+}
+
+// The TTL is an interval: the time of day set back (an operator, a bad NTP step) must
+// not keep a verdict past it. With revision polling off, the TTL is all that bounds how
+// long another process's revoke goes unseen (SECURITY.md, "Known limits").
+TEST_CASE("MemoryCache: setting the clock back never stretches a TTL", "[cache]") {
+  Fixture f;
+  const std::string key = pk(1);
+  const Digest d = digest_of(1);
+  SECTION("a TTL") {
+    f.fill(key, d, valid_verdict(1), milliseconds(1000));
+    f.clock->advance(-std::chrono::hours(1));
+    CHECK(f.cache->get(key, d).has_value());
+    f.clock->advance(milliseconds(999));
+    CHECK(f.cache->get(key, d).has_value());
+    f.clock->advance(milliseconds(1));
+    CHECK_FALSE(f.cache->get(key, d).has_value());
+  }
+  SECTION("a TTL cut short by the key's expiry") {
+    Verdict v = valid_verdict(1);
+    v.expires_at = f.clock->now() + milliseconds(300);
+    f.fill(key, d, v, milliseconds(60'000));
+    f.clock->set(f.clock->now() - std::chrono::hours(2));
+    f.clock->advance(milliseconds(299));
+    CHECK(f.cache->get(key, d).has_value());
+    f.clock->advance(milliseconds(1));
+    CHECK_FALSE(f.cache->get(key, d).has_value());
+  }
+  SECTION("set forward, the TTL ends at once") {
+    f.fill(key, d, valid_verdict(1), milliseconds(1000));
+    f.clock->advance(std::chrono::hours(1));
+    CHECK_FALSE(f.cache->get(key, d).has_value());
+  }
+}
+
 TEST_CASE("MemoryCache: a TTL of zero stores nothing", "[cache]") {
   Fixture f;
   const std::string key = pk(1);
