@@ -116,6 +116,8 @@ Slot* attach() {
 
 }  // namespace
 
+bool ReadSection::attached() noexcept { return t_slot != nullptr; }
+
 ReadSection::ReadSection() {
   Slot* s = t_slot;
   if (s == nullptr) s = attach();

@@ -27,6 +27,10 @@ namespace apikeys::detail {
 // Throws std::bad_alloc when a thread's first section cannot allocate its slot.
 class ReadSection {
  public:
+  // True when the calling thread has its slot: a section then opens without locking,
+  // allocating or throwing.
+  [[nodiscard]] static bool attached() noexcept;
+
   ReadSection();
   ~ReadSection();
   ReadSection(const ReadSection&) = delete;

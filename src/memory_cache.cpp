@@ -638,7 +638,9 @@ bool MemoryCache::get_into(std::string_view public_key, const Digest& presented,
 }
 
 void MemoryCache::prefetch(std::string_view public_key) const noexcept {
-  if (public_key.size() > kMaxPublicKeyLength) return;
+  // A thread's first section allocates its slot, which may fail: that one is left to
+  // get_into(), whose failure the caller handles. A hint never locks, allocates or throws.
+  if (public_key.size() > kMaxPublicKeyLength || !detail::ReadSection::attached()) return;
   const auto w = impl_->locate(public_key);
   // In a section: the bucket array may be retired meanwhile. The node may be freed
   // once the section closes; a prefetch of freed memory is harmless (it never faults).

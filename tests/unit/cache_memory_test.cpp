@@ -4,7 +4,9 @@
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <new>
 #include <string>
+#include <thread>
 
 #include "alloc_probe.hpp"
 #include "apikeys/clock.hpp"
@@ -25,6 +27,41 @@ namespace {
 std::string pk(std::size_t n) { return "pk_" + std::to_string(n) + std::string(20, 'k'); }
 
 }  // namespace
+
+// The hint runs before anything that may fail on the Validator's path, in a noexcept
+// function: on a thread's first use, whose read section would allocate, it must do
+// nothing rather than throw (std::terminate).
+TEST_CASE("MemoryCache: prefetch() on a thread's first use allocates nothing", "[cache]") {
+  if (!apikeys_test::alloc_probe::kActive) return;  // the probe is off under ASan
+  MemoryCache cache;
+  Digest d;
+  d.bytes.fill(3);
+  d.pepper_id = 1;
+  const std::string key = pk(1);  // built before allocations fail
+  cache.put(key, d, Verdict{ValidationCode::valid}, milliseconds(60'000), cache.fill_token(key));
+  bool threw = false;
+  std::size_t allocated = 0;
+  std::thread fresh([&] {
+    {
+      apikeys_test::alloc_probe::CountAllocations count;
+      apikeys_test::alloc_probe::FailAllocations fail;
+      cache.prefetch(key);
+      allocated = count.count();
+      Verdict out;
+      try {
+        (void)cache.get_into(key, d, out);  // this one may fail, and says so by throwing
+      } catch (const std::bad_alloc&) {
+        threw = true;
+      }
+    }
+    Verdict out;
+    CHECK(cache.get_into(key, d, out));
+    cache.prefetch(key);  // with its slot: a real hint
+  });
+  fresh.join();
+  CHECK(allocated == 0);
+  CHECK(threw);
+}
 
 // What clear() takes out is freed before it returns, and so is every entry that puts
 // replaced before it (held back until no get could still read them): nothing is left
