@@ -163,9 +163,9 @@ class Policy {
 // its pepper id. What only some verdicts have follows the node in the same allocation:
 // the key's expiry (8 bytes, Unix milliseconds), then the Policy block (scopes,
 // metadata, rate limits, a kept lineage). `expires_ms` is the entry's own deadline in
-// milliseconds of the clock's steady reading, never after the key's expiry (see
-// deadline()); the key's expiry is returned with the verdict, so the Validator checks
-// it against its own clock whatever clock this cache has.
+// the cache's time (Impl::latest_ms()), never after the key's expiry (see deadline());
+// the key's expiry is returned with the verdict, so the Validator checks it against
+// its own clock whatever clock this cache has.
 struct Node {
   enum Flag : std::uint8_t {
     kHasPolicy = 1,
@@ -481,27 +481,15 @@ std::int64_t expiry(std::int64_t now, std::chrono::milliseconds ttl) noexcept {
              : now + t;
 }
 
-// Whole milliseconds of a steady reading, rounded down: never a later deadline.
-std::int64_t steady_ms(std::chrono::nanoseconds t) noexcept {
-  return std::chrono::floor<std::chrono::milliseconds>(t).count();
-}
-
-// When an entry stops answering, on the clock's steady reading (Clock::steady_now()),
-// so that setting the time back does not stretch a TTL: after its TTL, and never after
-// the key's expiry, which is a time of day; it becomes the time left until it, taken
-// from a reading of now() made with `steady`.
-std::int64_t deadline(const Clock& clock, std::chrono::milliseconds ttl, const Verdict& v) noexcept {
-  const std::int64_t steady = steady_ms(clock.steady_now());
-  const std::int64_t by_ttl = expiry(steady, ttl);
-  if (!v.expires_at) return by_ttl;
-  // Rounded up, the time left rounded down: never a later deadline.
-  const std::int64_t wall =
-      std::chrono::ceil<std::chrono::milliseconds>(clock.now().time_since_epoch()).count();
-  const std::int64_t until =
-      std::chrono::floor<std::chrono::milliseconds>(v.expires_at->time_since_epoch()).count();
-  // Counts of at most 2^63 ns: each of these is within +-2^44 ms, so nothing overflows.
-  const std::int64_t left = until - wall;
-  return left < by_ttl - steady ? steady + left : by_ttl;
+// When an entry stops answering, in the cache's time (the time of day less `shift`,
+// Impl::latest_ms()), from `start`, a full reading in that time: after its TTL, and
+// never after the key's expiry (a time of day, so a put that ran late cannot stretch a
+// `valid` past it).
+std::int64_t deadline(std::int64_t start, std::int64_t shift, std::chrono::milliseconds ttl,
+                      const Verdict& v) noexcept {
+  const std::int64_t by_ttl = expiry(start, ttl);
+  // `shift` is within [kMinShift, 0] and the expiry within +-2^44: no overflow.
+  return v.expires_at ? std::min(by_ttl, to_unix_millis(*v.expires_at) - shift) : by_ttl;
 }
 
 std::size_t round_up_pow2(std::size_t n) {
@@ -552,8 +540,60 @@ struct MemoryCache::Impl {
   // the reading's are cut down, so the lag rounded up is enough). A put, on the miss
   // path, sets the deadline from a full reading: a TTL is cut by at most `lag_ms`.
   std::int64_t lag_ms = 0;  // coarse_resolution(), rounded up to milliseconds
+
+  // The cache's time is the clock's time of day less `shift_ms`, which starts at 0 and
+  // falls by as much as the time of day is ever set back: so it goes on from where it
+  // was rather than go back, and a TTL is never stretched by a step back. A step back
+  // shows as the time of day less Clock::steady_now() (`offset_ms`, last seen) falling;
+  // a rise (the time set forward, or a machine that slept: the steady reading stands
+  // still meanwhile) is time passing, and the cache's time moves with the time of day
+  // (doc/memory-cache.md, "Time"). Readings of the pair differ by up to a tick (and a
+  // millisecond of rounding) without a step: within `tolerance_ms`, nothing moves. A
+  // clock without a steady reading of its own gives the time of day as one: its
+  // offset never moves, nor does the shift.
+  static constexpr std::int64_t kMinShift = -(std::int64_t{1} << 62);
+  std::int64_t tolerance_ms = 1;  // lag_ms + 1
+  mutable std::atomic<std::int64_t> offset_ms{0};
+  mutable std::atomic<std::int64_t> shift_ms{0};
+
+  [[nodiscard]] std::int64_t offset_at(std::int64_t day) const noexcept {
+    // Both are within +-2^44 ms (counts of at most 2^63 ns): no overflow.
+    return day - std::chrono::floor<std::chrono::milliseconds>(clock->steady_now()).count();
+  }
+  // The shift for a reading `day` of the time of day (Unix ms), noting a step since the
+  // last one seen. Read-only unless the offset moved.
+  [[nodiscard]] std::int64_t shift_at(std::int64_t day) const noexcept {
+    const std::int64_t seen = offset_ms.load(std::memory_order_acquire);
+    const std::int64_t offset = offset_at(day);
+    if (offset >= seen - tolerance_ms && offset <= seen + tolerance_ms) {
+      return shift_ms.load(std::memory_order_acquire);
+    }
+    return restep();
+  }
+  // Reads the pair afresh (the caller's may predate a step another thread has noted)
+  // and takes the new offset; a fall is a step back, taken off the shift. Two threads
+  // that race here across a step may take it off twice: entries then end early, never
+  // late.
+  std::int64_t restep() const noexcept {
+    const std::int64_t offset = offset_at(to_unix_millis(clock->coarse_now()));
+    std::int64_t seen = offset_ms.load(std::memory_order_acquire);
+    if ((offset < seen - tolerance_ms || offset > seen + tolerance_ms) &&
+        offset_ms.compare_exchange_strong(seen, offset, std::memory_order_acq_rel) &&
+        offset < seen) {
+      const std::int64_t back = seen - offset;
+      std::int64_t shift = shift_ms.load(std::memory_order_relaxed);
+      std::int64_t to = 0;
+      do {
+        to = shift < kMinShift + back ? kMinShift : shift - back;
+      } while (!shift_ms.compare_exchange_weak(shift, to, std::memory_order_acq_rel));
+    }
+    return shift_ms.load(std::memory_order_acquire);
+  }
+
+  // The cache's time, at the latest: what get() and eviction judge deadlines by.
   [[nodiscard]] std::int64_t latest_ms() const noexcept {
-    return steady_ms(clock->coarse_steady_now()) + lag_ms;
+    const std::int64_t day = to_unix_millis(clock->coarse_now());
+    return day - shift_at(day) + lag_ms;
   }
 
   // REQUIRES: the table holds an entry other than `keep`. Samples a few buckets from a
@@ -591,6 +631,8 @@ MemoryCache::MemoryCache(MemoryCacheOptions options) : impl_(std::make_unique<Im
   impl_->clock = options.clock ? std::move(options.clock) : system_clock();
   const std::chrono::nanoseconds lag = impl_->clock->coarse_resolution();
   if (lag.count() > 0) impl_->lag_ms = std::chrono::ceil<std::chrono::milliseconds>(lag).count();
+  impl_->tolerance_ms = impl_->lag_ms + 1;
+  impl_->offset_ms = impl_->offset_at(to_unix_millis(impl_->clock->coarse_now()));
   const std::size_t capacity =
       std::clamp<std::size_t>(options.capacity, 1, MemoryCacheOptions::kMaxCapacity);
   const std::size_t n =
@@ -668,7 +710,11 @@ void MemoryCache::put(std::string_view public_key, const Digest& presented, cons
   const KeyId& key = w.id;
   // Built, and its block written, outside the lock; the deadline is taken from a clock
   // read before it, so it is never later than one taken under the lock would be.
-  const std::int64_t due = deadline(*impl_->clock, ttl, verdict);
+  // Rounded down (to_unix_millis() rounds a time before 1970 up): never a later deadline.
+  const std::int64_t full_ms =
+      std::chrono::floor<std::chrono::milliseconds>(impl_->clock->now().time_since_epoch()).count();
+  const std::int64_t shift = impl_->shift_at(to_unix_millis(impl_->clock->coarse_now()));
+  const std::int64_t due = deadline(full_ms - shift, shift, ttl, verdict);
   const std::int64_t now = impl_->latest_ms();  // as get() judges it
   // Dead on arrival (a TTL within the clock's lag, a key about to expire): no get would
   // answer it, and storing it could evict entries that would.

@@ -42,15 +42,16 @@ struct MemoryCacheOptions {
   /// 16 KiB rounded down to a power of two (at least 1), so that a shard's share of
   /// max_bytes holds the largest verdict the Validator stores. Default 64.
   std::size_t shards = 64;
-  /// Source of time for TTLs, which are intervals on its steady reading: setting the
-  /// time of day back does not stretch them (Clock::steady_now(); a clock of the
-  /// caller's that has no steady reading of its own steps with now()). get() reads
-  /// Clock::coarse_steady_now() and answers only while an entry's deadline is past the
-  /// latest time that reading may trail (coarse_resolution()); put() sets the deadline
-  /// from steady_now(), and caps it at the key's expiry by now(). So a coarse clock cuts
+  /// Source of time for TTLs. get() reads Clock::coarse_now() and answers only while an
+  /// entry's deadline is past the latest time that reading may trail
+  /// (coarse_resolution()); put() sets the deadline from now(). So a coarse clock cuts
   /// a TTL by up to its resolution, rounded up to milliseconds (a TTL that short is not
   /// stored), and does not stretch one (see system_clock() for a kernel tick handled
-  /// late). Default (null): the system clock.
+  /// late). Each reading is checked against Clock::steady_now(): when the time of day
+  /// has been set back, the cache's time carries on from where it was, so the step does
+  /// not stretch a TTL; time that passed while the steady reading stood still (a machine
+  /// asleep) counts (doc/memory-cache.md, "Time"). A clock without a steady reading of
+  /// its own is taken as it reads. Default (null): the system clock.
   std::shared_ptr<Clock> clock;
 };
 

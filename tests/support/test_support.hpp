@@ -57,14 +57,7 @@ class LaggingClock final : public apikeys::Clock {
   [[nodiscard]] std::chrono::nanoseconds coarse_resolution() const noexcept override {
     return resolution_;
   }
-  /// ManualClock's steady reading, and the coarse one `lag` behind it.
-  [[nodiscard]] std::chrono::nanoseconds steady_now() const noexcept override {
-    return full_.steady_now();
-  }
-  [[nodiscard]] std::chrono::nanoseconds coarse_steady_now() const noexcept override {
-    return full_.steady_now() - std::chrono::milliseconds(lag_ms_.load());
-  }
-  /// The full reading becomes `t`, the coarse ones `lag` behind.
+  /// The full reading becomes `t`, the coarse one `t - lag`.
   void set(apikeys::TimePoint t, std::chrono::milliseconds lag) noexcept {
     full_.set(t);
     lag_ms_.store(lag.count());

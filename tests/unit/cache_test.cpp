@@ -262,7 +262,7 @@ TEST_CASE("A ManualClock's coarse reading is its reading", "[clock]") {
   CHECK(clock.coarse_resolution() == std::chrono::nanoseconds(0));
 }
 
-TEST_CASE("The system clock's steady reading never goes back, and its coarse one trails it",
+TEST_CASE("The system clock's steady reading never goes back and trails within its resolution",
           "[clock]") {
   const std::shared_ptr<apikeys::Clock> clock = apikeys::system_clock();
   const std::chrono::nanoseconds resolution = clock->coarse_resolution();
@@ -271,18 +271,16 @@ TEST_CASE("The system clock's steady reading never goes back, and its coarse one
   constexpr int kSamples = 200;
   for (int i = 0; i < kSamples; ++i) {
     std::this_thread::sleep_for(std::chrono::microseconds(1000));
-    const std::chrono::nanoseconds before = clock->steady_now();
-    const std::chrono::nanoseconds coarse = clock->coarse_steady_now();
-    const std::chrono::nanoseconds after = clock->steady_now();
-    REQUIRE(before >= last);
-    REQUIRE(coarse <= after);
-    if (before - coarse > resolution) ++trailing_further;
-    last = after;
+    // std::chrono::steady_clock is CLOCK_MONOTONIC, the precise reading of the same clock.
+    const std::chrono::nanoseconds before = std::chrono::steady_clock::now().time_since_epoch();
+    const std::chrono::nanoseconds steady = clock->steady_now();
+    const std::chrono::nanoseconds after = std::chrono::steady_clock::now().time_since_epoch();
+    REQUIRE(steady >= last);
+    REQUIRE(steady <= after);
+    if (before - steady > resolution) ++trailing_further;
+    last = steady;
   }
   CHECK(trailing_further <= kSamples / 100);
-  // CLOCK_MONOTONIC: the epoch is the boot, not 1970.
-  const std::chrono::nanoseconds ours = clock->steady_now();
-  CHECK(ours <= std::chrono::steady_clock::now().time_since_epoch());
 }
 
 TEST_CASE("A ManualClock's steady reading follows it forward and stays put when set back",
@@ -291,7 +289,6 @@ TEST_CASE("A ManualClock's steady reading follows it forward and stays put when 
   apikeys::ManualClock clock(t0);
   const std::chrono::nanoseconds s0 = clock.steady_now();
   CHECK(s0 == std::chrono::milliseconds(1'700'000'000'123));
-  CHECK(clock.coarse_steady_now() == s0);
   clock.advance(milliseconds(250));
   CHECK(clock.steady_now() == s0 + milliseconds(250));
   clock.advance(milliseconds(-100));  // set back: the time of day moves, steady does not
@@ -301,10 +298,17 @@ TEST_CASE("A ManualClock's steady reading follows it forward and stays put when 
   CHECK(clock.steady_now() == s0 + milliseconds(250));
   clock.set(t0 - std::chrono::hours(1) + milliseconds(40));
   CHECK(clock.steady_now() == s0 + milliseconds(290));
+  // Far moves saturate rather than wrap (a wrapped reading would look like a step back).
+  clock.set(apikeys::TimePoint::max());
+  clock.set(t0);
+  clock.set(apikeys::TimePoint::max());
+  CHECK(clock.steady_now() == apikeys::TimePoint::max().time_since_epoch());
 }
 
-// A clock of the caller's that knows nothing of steady readings: they move with now().
-TEST_CASE("A Clock without a steady reading of its own steps with now()", "[clock]") {
+// A clock of the caller's that knows nothing of steady readings: its coarse reading
+// stands in, so nothing about steps is told apart (and MemoryCache behaves as it did
+// before steady readings existed).
+TEST_CASE("A Clock without a steady reading of its own steps with coarse_now()", "[clock]") {
   class WallOnly final : public apikeys::Clock {
    public:
     [[nodiscard]] apikeys::TimePoint now() const noexcept override {
@@ -314,10 +318,33 @@ TEST_CASE("A Clock without a steady reading of its own steps with now()", "[cloc
   };
   WallOnly clock;
   CHECK(clock.steady_now() == milliseconds(5'000));
-  CHECK(clock.coarse_steady_now() == milliseconds(5'000));
   clock.ms = 1'000;
   CHECK(clock.steady_now() == milliseconds(1'000));
 }
+
+// A clock whose time of day and steady reading move independently: the one set back,
+// or moved on while the other stands still, as across a suspend.
+class TwoReadingClock final : public apikeys::Clock {
+ public:
+  explicit TwoReadingClock(std::int64_t day_ms) : day_(day_ms) {}
+  [[nodiscard]] apikeys::TimePoint now() const noexcept override {
+    return apikeys::from_unix_millis(day_.load());
+  }
+  [[nodiscard]] std::chrono::nanoseconds steady_now() const noexcept override {
+    return milliseconds(steady_.load());
+  }
+  // Time passing: both move.
+  void pass(milliseconds d) {
+    day_ += d.count();
+    steady_ += d.count();
+  }
+  // The time of day alone moves (set back or forward, or a machine waking from sleep).
+  void step_day(milliseconds d) { day_ += d.count(); }
+
+ private:
+  std::atomic<std::int64_t> day_;
+  std::atomic<std::int64_t> steady_{42};
+};
 
 // The TTL is an interval: the time of day set back (an operator, a bad NTP step) must
 // not keep a verdict past it. With revision polling off, the TTL is all that bounds how
@@ -345,11 +372,47 @@ TEST_CASE("MemoryCache: setting the clock back never stretches a TTL", "[cache]"
     f.clock->advance(milliseconds(1));
     CHECK_FALSE(f.cache->get(key, d).has_value());
   }
+  SECTION("set back twice, with entries put in between") {
+    f.fill(key, d, valid_verdict(1), milliseconds(1000));
+    f.clock->advance(-std::chrono::minutes(10));
+    f.fill(pk(2), digest_of(2), valid_verdict(2), milliseconds(500));
+    f.clock->advance(-std::chrono::minutes(10));
+    f.clock->advance(milliseconds(499));
+    CHECK(f.cache->get(key, d).has_value());
+    CHECK(f.cache->get(pk(2), digest_of(2)).has_value());
+    f.clock->advance(milliseconds(1));
+    CHECK_FALSE(f.cache->get(pk(2), digest_of(2)).has_value());
+    f.clock->advance(milliseconds(500));
+    CHECK_FALSE(f.cache->get(key, d).has_value());
+  }
   SECTION("set forward, the TTL ends at once") {
     f.fill(key, d, valid_verdict(1), milliseconds(1000));
     f.clock->advance(std::chrono::hours(1));
     CHECK_FALSE(f.cache->get(key, d).has_value());
   }
+}
+
+// A monotonic clock stands still while the machine sleeps (CLOCK_MONOTONIC does); the
+// time of day does not. An hour asleep is an hour of the TTL gone.
+TEST_CASE("MemoryCache: time spent asleep counts against a TTL", "[cache]") {
+  auto clock = std::make_shared<TwoReadingClock>(1'700'000'000'000);
+  MemoryCacheOptions o;
+  o.clock = clock;
+  MemoryCache cache(o);
+  const std::string key = pk(1);
+  const Digest d = digest_of(1);
+  cache.put(key, d, valid_verdict(1), milliseconds(120'000), cache.fill_token(key));
+  clock->pass(milliseconds(10'000));
+  CHECK(cache.get(key, d).has_value());
+  clock->step_day(std::chrono::hours(1));  // asleep: the steady reading did not move
+  CHECK_FALSE(cache.get(key, d).has_value());
+  // And a step back after it is told apart again: a TTL from then on is whole.
+  cache.put(key, d, valid_verdict(1), milliseconds(1'000), cache.fill_token(key));
+  clock->step_day(-std::chrono::hours(3));
+  clock->pass(milliseconds(999));
+  CHECK(cache.get(key, d).has_value());
+  clock->pass(milliseconds(1));
+  CHECK_FALSE(cache.get(key, d).has_value());
 }
 
 TEST_CASE("MemoryCache: a TTL of zero stores nothing", "[cache]") {
