@@ -170,11 +170,20 @@ std::string checked_rate_limits(const std::vector<RateLimit>& limits, const char
   return text;
 }
 
+// The file's absolute name, so that what is opened later (a reader for a new thread,
+// the writer again) is the same file after the process changes its working directory.
+// As given when the working directory cannot be read.
+std::string absolute_name(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::path name = std::filesystem::absolute(path, ec);
+  return ec ? path : name.string();
+}
+
 }  // namespace
 
 struct SqliteStore::Impl {
-  Impl(std::string p, const SqliteStoreOptions& o)
-      : path(std::move(p)),
+  Impl(const std::string& p, const SqliteStoreOptions& o)
+      : path(absolute_name(p)),
         options(o),
         snapshot_max_age(snapshot_age(o.read_snapshot_max_age)),
         readers(snapshot_max_age) {}
@@ -192,7 +201,7 @@ struct SqliteStore::Impl {
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
 
-  const std::string path;
+  const std::string path;  // absolute: absolute_name()
   const SqliteStoreOptions options;
   const std::chrono::steady_clock::duration snapshot_max_age;
   bool read_only = false;  // The option, or the file turned out not to be writable.
@@ -344,10 +353,11 @@ SqliteStore::SqliteStore(const std::string& path, SqliteStoreOptions options)
     const bool may_initialise = options.create_if_missing && !options.read_only;
     // Rule 15: identified read-only before anything (even the switch to WAL) writes.
     std::error_code ec;
+    // The file by its absolute name (Impl::path); the messages by the name as given.
     const bool missing =
-        std::filesystem::status(path, ec).type() == std::filesystem::file_type::not_found;
+        std::filesystem::status(impl.path, ec).type() == std::filesystem::file_type::not_found;
     if (!missing) {
-      require_usable(identify_read_only(path, options), path, may_initialise);
+      require_usable(identify_read_only(impl.path, options), path, may_initialise);
     } else if (!may_initialise) {
       throw Error(ErrorCode::storage,
                   fmt::format("SqliteStore open '{}' failed: no such file (a read-only open, or "
@@ -355,7 +365,7 @@ SqliteStore::SqliteStore(const std::string& path, SqliteStoreOptions options)
                               shown));
     }
     if (!options.read_only) {
-      SQLite::Database db = open_connection(path, options, Role::writer, false, missing);
+      SQLite::Database db = open_connection(impl.path, options, Role::writer, false, missing);
       if (sqlite3_db_readonly(db.getHandle(), "main") == 1) {
         impl.read_only = true;  // A write-protected file: serve reads only.
       } else {
@@ -399,7 +409,7 @@ SqliteStore::SqliteStore(const std::string& path, SqliteStoreOptions options)
       (void)impl.readers.put(std::move(reader));  // the pool is empty: kept
     }
   });
-  impl_->write_epoch = file_epoch(path);
+  impl_->write_epoch = file_epoch(impl_->path);
   impl_->readers.start_janitor();
 }
 

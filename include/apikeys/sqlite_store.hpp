@@ -67,6 +67,8 @@ class APIKEYS_EXPORT SqliteStore final : public Store {
   /// options.create_if_missing is false) and migrates its schema to the current version.
   /// `path` is a file name, never an SQLite URI: "file:keys.db?mode=ro" names a file of
   /// that name in the working directory, whether or not SQLite was built to read URIs.
+  /// A relative name is made absolute here: every connection the store opens later
+  /// opens this file, whatever the working directory is by then.
   ///
   /// The file is identified, on a read-only connection, before anything is written to
   /// it. It is an apikeys database when its header's application_id (PRAGMA

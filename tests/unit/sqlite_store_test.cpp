@@ -360,6 +360,47 @@ TEST_CASE("SqliteStore opens a name starting with file: as that file, never as a
   }
 }
 
+// A daemon may change its working directory after opening its store (to "/", say).
+// Connections opened later, a reader for a new thread or the writer, must open the
+// same file, not one of that name in the new directory.
+TEST_CASE("SqliteStore opened by a relative name keeps its file when the directory changes",
+          "[store][sqlite]") {
+  TempDir first;
+  TempDir second;
+  const std::filesystem::path before = std::filesystem::current_path();
+  struct Back {
+    std::filesystem::path to;
+    ~Back() {
+      std::error_code ec;
+      std::filesystem::current_path(to, ec);
+    }
+  } back{before};
+  std::filesystem::current_path(first.path());
+  SqliteStore store("keys.db");
+  const apikeys::KeyRecord a = record(1, account_id(1), 100);
+  std::filesystem::current_path(second.path());
+  store.insert(a);
+  REQUIRE(store.find(a.info.public_key));
+  // Threads of their own: each takes a reader, most of them new connections.
+  std::atomic<int> found{0};
+  std::atomic<int> failed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 6; ++t) {
+    threads.emplace_back([&] {
+      try {
+        if (store.find(a.info.public_key)) ++found;
+      } catch (...) {
+        ++failed;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(failed.load() == 0);
+  CHECK(found.load() == 6);
+  CHECK_FALSE(std::filesystem::exists(second.file("keys.db")));
+  CHECK(RawDb(first.file("keys.db")).integer("SELECT count(*) FROM api_keys") == 1);
+}
+
 TEST_CASE("SqliteStore's open errors show a file name's unprintable bytes escaped",
           "[store][sqlite]") {
   // A name holding an escape sequence, a newline, a byte that is not ASCII and a
