@@ -550,11 +550,14 @@ struct MemoryCache::Impl {
   // (doc/memory-cache.md, "Time"). Readings of the pair differ by up to a tick (and a
   // millisecond of rounding) without a step: within `tolerance_ms`, nothing moves. A
   // clock without a steady reading of its own gives the time of day as one: its
-  // offset never moves, nor does the shift.
+  // offset never moves, nor does the shift. A coarse reading changes once a tick: the
+  // pair is looked at only when the time of day reads other than it did at the last
+  // look (`checked_ms`), so most gets read the clock once and write nothing.
   static constexpr std::int64_t kMinShift = -(std::int64_t{1} << 62);
   std::int64_t tolerance_ms = 1;  // lag_ms + 1
   mutable std::atomic<std::int64_t> offset_ms{0};
   mutable std::atomic<std::int64_t> shift_ms{0};
+  mutable std::atomic<std::int64_t> checked_ms{std::numeric_limits<std::int64_t>::min()};
 
   [[nodiscard]] std::int64_t offset_at(std::int64_t day) const noexcept {
     // Both are within +-2^44 ms (counts of at most 2^63 ns): no overflow.
@@ -593,7 +596,12 @@ struct MemoryCache::Impl {
   // The cache's time, at the latest: what get() and eviction judge deadlines by.
   [[nodiscard]] std::int64_t latest_ms() const noexcept {
     const std::int64_t day = to_unix_millis(clock->coarse_now());
-    return day - shift_at(day) + lag_ms;
+    if (day != checked_ms.load(std::memory_order_acquire)) {
+      const std::int64_t shift = shift_at(day);
+      checked_ms.store(day, std::memory_order_release);  // after any change to the shift
+      return day - shift + lag_ms;
+    }
+    return day - shift_ms.load(std::memory_order_acquire) + lag_ms;
   }
 
   // REQUIRES: the table holds an entry other than `keep`. Samples a few buckets from a
