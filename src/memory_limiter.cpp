@@ -392,8 +392,8 @@ struct MemoryLimiter::Impl {
   static void commit(const AdmissionRequest& r, Slot** slots, const detail::GcraDecision* decisions,
                      Admission& out) {
     // Appended, not resized: out.limits is empty with its capacity kept, and resize()
-    // is an out-of-line call. reserve() is one block for a fresh vector.
-    out.limits.reserve(r.limit_count);
+    // is an out-of-line call. Reserved by admit(), before anything was spent: no
+    // emplace_back() here allocates.
     for (std::size_t i = 0; i < r.limit_count; ++i) {
       slots[i]->tat = decisions[i].new_tat;
       slots[i]->scale = r.limits[i].limit;
@@ -437,6 +437,10 @@ void MemoryLimiter::Impl::admit(const AdmissionRequest& r, Admission& out) {
     out.limits.clear();
   }
   detail::check_admission_limits(r);
+  // Before anything is spent: commit(), which runs after a charge, then allocates nothing
+  // and cannot fail (a charge followed by a failed answer would spend a credit on a
+  // request that was not admitted).
+  out.limits.reserve(r.limit_count);
   const std::uint64_t lh = lineage_hash(r.lineage_id);
   Shard& sh = shard_of(lh);
   const std::int64_t now_ns = detail::to_nanos(r.now);

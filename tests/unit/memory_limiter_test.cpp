@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <new>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -558,6 +559,44 @@ TEST_CASE("MemoryLimiter: a limit out of its ranges is refused and never divided
         CHECK(e.code() == apikeys::ErrorCode::invalid_argument);
       }
     }
+  }
+}
+
+// An answer that cannot be built (no memory for its limits) must come before anything is
+// spent: a credit taken from the lease and then a throw would charge a request that the
+// Validator refuses (fail closed) or lets through uncounted.
+TEST_CASE("MemoryLimiter: an answer it cannot build spends nothing", "[admission][memory_limiter]") {
+  if (!apikeys_test::alloc_probe::kActive) {
+    WARN("allocations cannot be made to fail under AddressSanitizer");
+    return;
+  }
+  for (const std::uint64_t lease : {std::uint64_t{0}, std::uint64_t{5}}) {
+    INFO("lease_size " << lease);
+    CreditFixture f(10);
+    MemoryLimiterOptions o;
+    o.lease_size = lease;
+    MemoryLimiter limiter(f.store, o);
+    const std::vector<RateLimit> limits = {limit("a", 1'000'000, 1000ms)};
+    const AdmissionRequest r = request(f.key, limits, 1, kStart, true);
+    REQUIRE(limiter.admit(r).outcome == AdmissionOutcome::admitted);  // the lease, if any
+    bool threw = false;
+    {
+      Admission fresh;  // no capacity: its limits must be allocated
+      const apikeys_test::alloc_probe::FailAllocations fail;
+      try {
+        limiter.admit_into(r, fresh);
+      } catch (const std::bad_alloc&) {
+        threw = true;
+      }
+    }
+    // With a lease the charge is local and the answer fails; without one, the store's
+    // charge may fail first. Either way nothing was spent: 9 more admissions, no more.
+    if (lease > 0) CHECK(threw);
+    int admitted = 0;
+    for (int i = 0; i < 20; ++i) {
+      admitted += limiter.admit(r).outcome == AdmissionOutcome::admitted ? 1 : 0;
+    }
+    CHECK(admitted == 9);
   }
 }
 
