@@ -19,13 +19,16 @@ import sys
 def run(binary, pattern):
     out = subprocess.run(
         [binary, "--skip=memory,threads,latency,scale,observer,admission",
-         f"--benchmark_filter={pattern}", "--benchmark_min_time=0.3"],
-        capture_output=True, text=True, check=True).stdout
+         f"--benchmark_filter={pattern}", "--benchmark_repetitions=1",
+         "--benchmark_min_time=0.3"],
+        capture_output=True, text=True).stdout  # exits 1 when a TARGET line fails
     times = {}
     for line in out.splitlines():
         m = re.match(r"^((?:validate|floor|part)/\S+)\s+([\d.]+) ns", line)
         if m and not m.group(1).endswith(("_mean", "_median", "_stddev", "_cv")):
             times[m.group(1)] = float(m.group(2))  # the last repetition's
+    if not times:
+        sys.exit(f"{binary}: no benchmark matched {pattern!r}")
     return times
 
 

@@ -11,6 +11,7 @@
 #include <new>
 #include <optional>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -488,8 +489,12 @@ std::int64_t expiry(std::int64_t now, std::chrono::milliseconds ttl) noexcept {
 std::int64_t deadline(std::int64_t start, std::int64_t shift, std::chrono::milliseconds ttl,
                       const Verdict& v) noexcept {
   const std::int64_t by_ttl = expiry(start, ttl);
-  // `shift` is within [kMinShift, 0] and the expiry within +-2^44: no overflow.
-  return v.expires_at ? std::min(by_ttl, to_unix_millis(*v.expires_at) - shift) : by_ttl;
+  if (!v.expires_at) return by_ttl;
+  // Rounded down, before 1970 too. `shift` is within [-2^62, 0] and the expiry within
+  // +-2^44 ms: no overflow.
+  const std::int64_t until =
+      std::chrono::floor<std::chrono::milliseconds>(v.expires_at->time_since_epoch()).count();
+  return std::min(by_ttl, until - shift);
 }
 
 std::size_t round_up_pow2(std::size_t n) {
@@ -544,64 +549,63 @@ struct MemoryCache::Impl {
   // The cache's time is the clock's time of day less `shift_ms`, which starts at 0 and
   // falls by as much as the time of day is ever set back: so it goes on from where it
   // was rather than go back, and a TTL is never stretched by a step back. A step back
-  // shows as the time of day less Clock::steady_now() (`offset_ms`, last seen) falling;
-  // a rise (the time set forward, or a machine that slept: the steady reading stands
-  // still meanwhile) is time passing, and the cache's time moves with the time of day
-  // (doc/memory-cache.md, "Time"). Readings of the pair differ by up to a tick (and a
-  // millisecond of rounding) without a step: within `tolerance_ms`, nothing moves. A
-  // clock without a steady reading of its own gives the time of day as one: its
-  // offset never moves, nor does the shift. A coarse reading changes once a tick: the
-  // pair is looked at only when the time of day reads other than it did at the last
-  // look (`checked_ms`), so most gets read the clock once and write nothing.
+  // shows as the time of day less Clock::steady_now() (the offset, `offset_us` last
+  // seen) falling; a rise (the time set forward, or a machine that slept: the steady
+  // reading stands still meanwhile) is time passing, and the cache's time moves with
+  // the time of day (doc/memory-cache.md, "Time"). Two coarse readings taken one after
+  // the other may straddle a tick: within `tolerance_us` (the clock's resolution and a
+  // microsecond) nothing moves, so a step back smaller than that goes unnoticed. A
+  // clock without a steady reading of its own gives the time of day as one: its offset
+  // never moves, nor does the shift.
   static constexpr std::int64_t kMinShift = -(std::int64_t{1} << 62);
-  std::int64_t tolerance_ms = 1;  // lag_ms + 1
-  mutable std::atomic<std::int64_t> offset_ms{0};
+  std::int64_t tolerance_us = 1;
+  mutable std::atomic<std::int64_t> offset_us{0};
   mutable std::atomic<std::int64_t> shift_ms{0};
-  mutable std::atomic<std::int64_t> checked_ms{std::numeric_limits<std::int64_t>::min()};
+  mutable std::atomic<bool> restepping{false};  // a spin lock for restep(), which is rare
 
-  [[nodiscard]] std::int64_t offset_at(std::int64_t day) const noexcept {
-    // Both are within +-2^44 ms (counts of at most 2^63 ns): no overflow.
-    return day - std::chrono::floor<std::chrono::milliseconds>(clock->steady_now()).count();
+  static std::int64_t micros(std::chrono::nanoseconds t) noexcept {
+    return std::chrono::floor<std::chrono::microseconds>(t).count();
   }
-  // The shift for a reading `day` of the time of day (Unix ms), noting a step since the
-  // last one seen. Read-only unless the offset moved.
-  [[nodiscard]] std::int64_t shift_at(std::int64_t day) const noexcept {
-    const std::int64_t seen = offset_ms.load(std::memory_order_acquire);
+  // Both within +-2^53 us (counts of at most 2^63 ns): no overflow.
+  [[nodiscard]] std::int64_t offset_at(TimePoint day) const noexcept {
+    return micros(day.time_since_epoch()) - micros(clock->steady_now());
+  }
+  // The shift for a reading `day` of the time of day, noting a step since the last one
+  // seen. Writes nothing unless the offset moved. The offset is loaded before the
+  // shift, and restep() stores the shift before the offset: a reader that sees a new
+  // offset sees its shift.
+  [[nodiscard]] std::int64_t shift_at(TimePoint day) const noexcept {
     const std::int64_t offset = offset_at(day);
-    if (offset >= seen - tolerance_ms && offset <= seen + tolerance_ms) {
+    const std::int64_t seen = offset_us.load(std::memory_order_acquire);
+    if (offset >= seen - tolerance_us && offset <= seen + tolerance_us) {
       return shift_ms.load(std::memory_order_acquire);
     }
     return restep();
   }
-  // Reads the pair afresh (the caller's may predate a step another thread has noted)
-  // and takes the new offset; a fall is a step back, taken off the shift. Two threads
-  // that race here across a step may take it off twice: entries then end early, never
-  // late.
+  // One thread at a time reads the pair afresh (the caller's may predate a step another
+  // thread has taken) and takes the new offset; a fall is a step back, taken off the
+  // shift (rounded up: entries end early, never late) before the new offset is stored.
   std::int64_t restep() const noexcept {
-    const std::int64_t offset = offset_at(to_unix_millis(clock->coarse_now()));
-    std::int64_t seen = offset_ms.load(std::memory_order_acquire);
-    if ((offset < seen - tolerance_ms || offset > seen + tolerance_ms) &&
-        offset_ms.compare_exchange_strong(seen, offset, std::memory_order_acq_rel) &&
-        offset < seen) {
-      const std::int64_t back = seen - offset;
-      std::int64_t shift = shift_ms.load(std::memory_order_relaxed);
-      std::int64_t to = 0;
-      do {
-        to = shift < kMinShift + back ? kMinShift : shift - back;
-      } while (!shift_ms.compare_exchange_weak(shift, to, std::memory_order_acq_rel));
+    while (restepping.exchange(true, std::memory_order_acquire)) std::this_thread::yield();
+    const std::int64_t offset = offset_at(clock->coarse_now());
+    const std::int64_t seen = offset_us.load(std::memory_order_relaxed);
+    if (offset < seen - tolerance_us || offset > seen + tolerance_us) {
+      if (offset < seen) {
+        const std::int64_t back = (seen - offset + 999) / 1000;  // ms, rounded up
+        const std::int64_t shift = shift_ms.load(std::memory_order_relaxed);
+        shift_ms.store(shift < kMinShift + back ? kMinShift : shift - back,
+                       std::memory_order_release);
+      }
+      offset_us.store(offset, std::memory_order_release);
     }
+    restepping.store(false, std::memory_order_release);
     return shift_ms.load(std::memory_order_acquire);
   }
 
   // The cache's time, at the latest: what get() and eviction judge deadlines by.
   [[nodiscard]] std::int64_t latest_ms() const noexcept {
-    const std::int64_t day = to_unix_millis(clock->coarse_now());
-    if (day != checked_ms.load(std::memory_order_acquire)) {
-      const std::int64_t shift = shift_at(day);
-      checked_ms.store(day, std::memory_order_release);  // after any change to the shift
-      return day - shift + lag_ms;
-    }
-    return day - shift_ms.load(std::memory_order_acquire) + lag_ms;
+    const TimePoint day = clock->coarse_now();
+    return to_unix_millis(day) - shift_at(day) + lag_ms;
   }
 
   // REQUIRES: the table holds an entry other than `keep`. Samples a few buckets from a
@@ -639,8 +643,8 @@ MemoryCache::MemoryCache(MemoryCacheOptions options) : impl_(std::make_unique<Im
   impl_->clock = options.clock ? std::move(options.clock) : system_clock();
   const std::chrono::nanoseconds lag = impl_->clock->coarse_resolution();
   if (lag.count() > 0) impl_->lag_ms = std::chrono::ceil<std::chrono::milliseconds>(lag).count();
-  impl_->tolerance_ms = impl_->lag_ms + 1;
-  impl_->offset_ms = impl_->offset_at(to_unix_millis(impl_->clock->coarse_now()));
+  impl_->tolerance_us = Impl::micros(std::max(lag, std::chrono::nanoseconds(0))) + 1;
+  impl_->offset_us = impl_->offset_at(impl_->clock->coarse_now());
   const std::size_t capacity =
       std::clamp<std::size_t>(options.capacity, 1, MemoryCacheOptions::kMaxCapacity);
   const std::size_t n =
@@ -718,10 +722,13 @@ void MemoryCache::put(std::string_view public_key, const Digest& presented, cons
   const KeyId& key = w.id;
   // Built, and its block written, outside the lock; the deadline is taken from a clock
   // read before it, so it is never later than one taken under the lock would be.
-  // Rounded down (to_unix_millis() rounds a time before 1970 up): never a later deadline.
+  // The shift first, then the time: a step back between the two would otherwise be in
+  // the shift but not in the time, and the entry would live as much longer. In this
+  // order it can only end early. Rounded down (to_unix_millis() rounds a time before
+  // 1970 up): never a later deadline.
+  const std::int64_t shift = impl_->shift_at(impl_->clock->coarse_now());
   const std::int64_t full_ms =
       std::chrono::floor<std::chrono::milliseconds>(impl_->clock->now().time_since_epoch()).count();
-  const std::int64_t shift = impl_->shift_at(to_unix_millis(impl_->clock->coarse_now()));
   const std::int64_t due = deadline(full_ms - shift, shift, ttl, verdict);
   const std::int64_t now = impl_->latest_ms();  // as get() judges it
   // Dead on arrival (a TTL within the clock's lag, a key about to expire): no get would

@@ -390,6 +390,53 @@ TEST_CASE("MemoryCache: setting the clock back never stretches a TTL", "[cache]"
     f.clock->advance(std::chrono::hours(1));
     CHECK_FALSE(f.cache->get(key, d).has_value());
   }
+  SECTION("an hour passes unseen, then the clock is set back by exactly that hour") {
+    f.fill(key, d, valid_verdict(1), milliseconds(1000));
+    f.clock->advance(std::chrono::hours(1));
+    f.clock->advance(-std::chrono::hours(1));  // the time of day reads as at the put
+    CHECK_FALSE(f.cache->get(key, d).has_value());
+  }
+  SECTION("a step back of a millisecond") {
+    f.fill(key, d, valid_verdict(1), milliseconds(1000));
+    f.clock->advance(milliseconds(1000));
+    f.clock->advance(milliseconds(-1));
+    CHECK_FALSE(f.cache->get(key, d).has_value());
+  }
+}
+
+// A clock whose time of day is set back by an hour just after a put read it: the put
+// must not take the step into its start as well as into the cache's time.
+TEST_CASE("MemoryCache: a step back during a put never stretches its TTL", "[cache]") {
+  class StepsAfterReading final : public apikeys::Clock {
+   public:
+    [[nodiscard]] apikeys::TimePoint now() const noexcept override {
+      const std::int64_t at = day.load();
+      if (armed.exchange(false)) day -= 3'600'000;
+      return apikeys::from_unix_millis(at);
+    }
+    [[nodiscard]] apikeys::TimePoint coarse_now() const noexcept override {
+      return apikeys::from_unix_millis(day.load());
+    }
+    [[nodiscard]] std::chrono::nanoseconds steady_now() const noexcept override {
+      return milliseconds(steady.load());
+    }
+    mutable std::atomic<std::int64_t> day{1'700'000'000'000};
+    std::atomic<std::int64_t> steady{7};
+    mutable std::atomic<bool> armed{false};
+  };
+  auto clock = std::make_shared<StepsAfterReading>();
+  MemoryCacheOptions o;
+  o.clock = clock;
+  MemoryCache cache(o);
+  const std::string key = pk(1);
+  const Digest d = digest_of(1);
+  clock->armed = true;
+  cache.put(key, d, valid_verdict(1), milliseconds(1000), cache.fill_token(key));
+  REQUIRE_FALSE(clock->armed.load());  // the put read the full time, and the step came
+  CHECK(cache.get(key, d).has_value());
+  clock->day += 1'000;
+  clock->steady += 1'000;
+  CHECK_FALSE(cache.get(key, d).has_value());
 }
 
 // A monotonic clock stands still while the machine sleeps (CLOCK_MONOTONIC does); the
