@@ -42,12 +42,11 @@ class SystemClock final : public Clock {
     // that. Unknown (no coarse clocks, or two of different resolutions): coarse_now() is
     // now(), and steady_now() reads std::chrono::steady_clock.
     if (clock_getres(CLOCK_REALTIME_COARSE, &res) == 0 && res.tv_sec == 0 && res.tv_nsec > 0 &&
-        clock_getres(CLOCK_MONOTONIC_COARSE, &steady_res) == 0 &&
-        steady_res.tv_sec == res.tv_sec && steady_res.tv_nsec == res.tv_nsec) {
+        clock_getres(CLOCK_MONOTONIC_COARSE, &steady_res) == 0 && steady_res.tv_sec == res.tv_sec &&
+        steady_res.tv_nsec == res.tv_nsec) {
       resolution_ = 2 * std::chrono::nanoseconds(res.tv_nsec);
     }
   }
-
 
   [[nodiscard]] TimePoint coarse_now() const noexcept override {
     timespec ts{};

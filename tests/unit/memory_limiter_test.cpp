@@ -565,7 +565,8 @@ TEST_CASE("MemoryLimiter: a limit out of its ranges is refused and never divided
 // An answer that cannot be built (no memory for its limits) must come before anything is
 // spent: a credit taken from the lease and then a throw would charge a request that the
 // Validator refuses (fail closed) or lets through uncounted.
-TEST_CASE("MemoryLimiter: an answer it cannot build spends nothing", "[admission][memory_limiter]") {
+TEST_CASE("MemoryLimiter: an answer it cannot build spends nothing",
+          "[admission][memory_limiter]") {
   if (!apikeys_test::alloc_probe::kActive) {
     WARN("allocations cannot be made to fail under AddressSanitizer");
     return;

@@ -313,8 +313,7 @@ TEST_CASE("requirements: insufficient_scope names the missing scopes in order",
 // Cache::prefetch() is a hint: the Validator gives it the public key of each lookup
 // before hashing the secret; a cache that does not implement it (every cache above
 // but KeepingCache) is unaffected.
-TEST_CASE("The Validator hints the cache with the public key it looks up",
-          "[validator][policy]") {
+TEST_CASE("The Validator hints the cache with the public key it looks up", "[validator][policy]") {
   auto keeping = std::make_shared<KeepingCache>();
   Node n(keeping);
   const CreatedKey k = n.create({"orders.read"});
