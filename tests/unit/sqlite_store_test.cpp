@@ -181,6 +181,25 @@ bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
+// Makes `dir` the working directory while alive, then puts the old one back.
+class InDirectory {
+ public:
+  explicit InDirectory(const std::filesystem::path& dir)
+      : before_(std::filesystem::current_path()) {
+    std::filesystem::current_path(dir);
+  }
+  ~InDirectory() {
+    std::error_code ec;
+    std::filesystem::current_path(before_, ec);
+  }
+  InDirectory(const InDirectory&) = delete;
+  InDirectory& operator=(const InDirectory&) = delete;
+  void move_to(const std::filesystem::path& dir) const { std::filesystem::current_path(dir); }
+
+ private:
+  std::filesystem::path before_;
+};
+
 }  // namespace
 
 TEST_CASE("SqliteStore keeps its data across reopen", "[store][sqlite]") {
@@ -334,15 +353,7 @@ TEST_CASE("SqliteStore opens a version 2 database of a release without the marke
 TEST_CASE("SqliteStore opens a name starting with file: as that file, never as a URI",
           "[store][sqlite]") {
   TempDir dir;
-  const std::filesystem::path before = std::filesystem::current_path();
-  std::filesystem::current_path(dir.path());
-  struct Back {
-    std::filesystem::path to;
-    ~Back() {
-      std::error_code ec;
-      std::filesystem::current_path(to, ec);
-    }
-  } back{before};
+  const InDirectory in(dir.path());
   for (const std::string name : {"file:keys.db?vfs=unix-none", "file:keys.db?mode=memory"}) {
     INFO(name);
     const apikeys::KeyRecord a = record(1, account_id(1), 100);
@@ -367,18 +378,10 @@ TEST_CASE("SqliteStore opened by a relative name keeps its file when the directo
           "[store][sqlite]") {
   TempDir first;
   TempDir second;
-  const std::filesystem::path before = std::filesystem::current_path();
-  struct Back {
-    std::filesystem::path to;
-    ~Back() {
-      std::error_code ec;
-      std::filesystem::current_path(to, ec);
-    }
-  } back{before};
-  std::filesystem::current_path(first.path());
+  InDirectory in(first.path());
   SqliteStore store("keys.db");
   const apikeys::KeyRecord a = record(1, account_id(1), 100);
-  std::filesystem::current_path(second.path());
+  in.move_to(second.path());
   store.insert(a);
   REQUIRE(store.find(a.info.public_key));
   // Threads of their own: each takes a reader, most of them new connections.

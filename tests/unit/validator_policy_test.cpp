@@ -316,17 +316,15 @@ TEST_CASE("requirements: insufficient_scope names the missing scopes in order",
 TEST_CASE("The Validator hints the cache with the public key it looks up", "[validator][policy]") {
   auto keeping = std::make_shared<KeepingCache>();
   Node n(keeping);
-  const CreatedKey k = n.create({"orders.read"});
-  const std::string pk = k.info.public_key;
-  const std::string sk(k.secret_key.reveal());
-  const Validator& v = n.manager->validator();
-  CHECK(v.validate(pk, sk).ok());  // a miss, then the store
+  const CreatedKey created = n.create({});
+  const std::string token = token_of(created);
+  CHECK(n.manager->validator().validate(token).ok());  // a miss, then the store
   CHECK(keeping->hints == 1);
-  CHECK(keeping->last_hint == pk);
-  CHECK(v.validate(pk, sk).ok());  // a hit
+  CHECK(keeping->last_hint == created.info.public_key);
+  CHECK(n.manager->validator().validate(token).ok());  // a hit
   CHECK(keeping->hits == 1);
   CHECK(keeping->hints == 2);
-  CHECK(v.validate("nonsense").code == ValidationCode::malformed);
+  CHECK(n.manager->validator().validate("nonsense").code == ValidationCode::malformed);
   CHECK(keeping->hints == 2);  // refused before any lookup
 }
 
