@@ -1,5 +1,7 @@
 #include "apikeys/memory_cache.hpp"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -513,6 +515,28 @@ std::size_t round_down_pow2(std::size_t n) {
 // (64 scopes of 128 characters and 4 KiB of metadata: 12,740 bytes with its node).
 constexpr std::size_t kMinShardBytes = std::size_t{16} << 10;
 
+// The lock MemoryCache::Impl::restep() takes: one for the process, as a step of the
+// clock is rare. A spin lock that gives up after a while (the caller then errs early),
+// so that neither a holder kept off its core by a real-time thread nor a fork() taken
+// while another thread held it can keep a get waiting; a child of fork() starts with
+// it free.
+std::atomic<bool> g_restepping{false};
+constexpr int kRestepWaits = 1000;
+
+void free_restep_lock_in_child() noexcept { g_restepping.store(false, std::memory_order_relaxed); }
+
+bool take_restep_lock() noexcept {
+  static const bool registered = pthread_atfork(nullptr, nullptr, free_restep_lock_in_child) == 0;
+  (void)registered;
+  for (int waits = 0; waits < kRestepWaits; ++waits) {
+    if (!g_restepping.exchange(true, std::memory_order_acquire)) return true;
+    std::this_thread::yield();
+  }
+  return false;
+}
+
+void release_restep_lock() noexcept { g_restepping.store(false, std::memory_order_release); }
+
 }  // namespace
 
 struct MemoryCache::Impl {
@@ -546,7 +570,7 @@ struct MemoryCache::Impl {
   // path, sets the deadline from a full reading: a TTL is cut by at most `lag_ms`.
   std::int64_t lag_ms = 0;  // coarse_resolution(), rounded up to milliseconds
 
-  // The cache's time is the clock's time of day less `shift_ms`, which starts at 0 and
+  // The cache's time is the clock's time of day less `shift_us`, which starts at 0 and
   // falls by as much as the time of day is ever set back: so it goes on from where it
   // was rather than go back, and a TTL is never stretched by a step back. A step back
   // shows as the time of day less Clock::steady_now() (the offset, `offset_us` last
@@ -554,58 +578,88 @@ struct MemoryCache::Impl {
   // reading stands still meanwhile) is time passing, and the cache's time moves with
   // the time of day (doc/memory-cache.md, "Time"). Two coarse readings taken one after
   // the other may straddle a tick: within `tolerance_us` (the clock's resolution and a
-  // microsecond) nothing moves, so a step back smaller than that goes unnoticed. A
-  // clock without a steady reading of its own gives the time of day as one: its offset
-  // never moves, nor does the shift.
+  // microsecond) nothing moves, so a step back smaller than that goes unnoticed. The
+  // shift is kept in microseconds and rounded where it is used, towards an earlier end.
   static constexpr std::int64_t kMinShift = -(std::int64_t{1} << 62);
   std::int64_t tolerance_us = 1;
   mutable std::atomic<std::int64_t> offset_us{0};
-  mutable std::atomic<std::int64_t> shift_ms{0};
-  mutable std::atomic<bool> restepping{false};  // a spin lock for restep(), which is rare
+  mutable std::atomic<std::int64_t> shift_us{0};
 
+  // Microseconds of a time of day or a steady reading, whatever the TimePoint's unit:
+  // within +-2^63, so their difference cannot overflow.
+  static std::int64_t micros(TimePoint t) noexcept {
+    return std::chrono::floor<std::chrono::microseconds>(t.time_since_epoch()).count();
+  }
   static std::int64_t micros(std::chrono::nanoseconds t) noexcept {
     return std::chrono::floor<std::chrono::microseconds>(t).count();
   }
-  // Both within +-2^53 us (counts of at most 2^63 ns): no overflow.
-  [[nodiscard]] std::int64_t offset_at(TimePoint day) const noexcept {
-    return micros(day.time_since_epoch()) - micros(clock->steady_now());
+  // The shift in milliseconds for the cache's time (rounded down: a later time) or for
+  // an entry's start (rounded up: an earlier start).
+  static std::int64_t shift_for_now(std::int64_t us) noexcept {
+    return us / 1000 - (us % 1000 < 0 ? 1 : 0);
   }
-  // The shift for a reading `day` of the time of day, noting a step since the last one
-  // seen. Writes nothing unless the offset moved. The offset is loaded before the
+  static std::int64_t shift_for_start(std::int64_t us) noexcept { return us / 1000; }
+
+  // The offset from a reading `day` of the time of day and a steady reading after it:
+  // a pause between the two makes it too low, which only a reader's check uses (and
+  // then reads again, below).
+  [[nodiscard]] std::int64_t offset_at(TimePoint day) const noexcept {
+    return micros(day) - micros(clock->steady_now());
+  }
+  // The offset for keeping: the steady reading taken first, so that a pause before the
+  // time of day is read makes it too high, and a later reading then looks like a step
+  // back (entries end early), never the reverse. Read again, a few times, while the
+  // pause passes the tolerance.
+  [[nodiscard]] std::int64_t offset_to_keep() const noexcept {
+    std::int64_t offset = 0;
+    for (int tries = 0; tries < 3; ++tries) {
+      const std::int64_t before = micros(clock->steady_now());
+      offset = micros(clock->coarse_now()) - before;
+      if (micros(clock->steady_now()) - before <= tolerance_us) break;
+    }
+    return offset;
+  }
+  // The shift (us) for a reading `day` of the time of day, noting a step since the last
+  // one seen. Writes nothing unless the offset moved. The offset is loaded before the
   // shift, and restep() stores the shift before the offset: a reader that sees a new
   // offset sees its shift.
   [[nodiscard]] std::int64_t shift_at(TimePoint day) const noexcept {
     const std::int64_t offset = offset_at(day);
     const std::int64_t seen = offset_us.load(std::memory_order_acquire);
     if (offset >= seen - tolerance_us && offset <= seen + tolerance_us) {
-      return shift_ms.load(std::memory_order_acquire);
+      return shift_us.load(std::memory_order_acquire);
     }
-    return restep();
+    return restep(seen - offset);
   }
   // One thread at a time reads the pair afresh (the caller's may predate a step another
   // thread has taken) and takes the new offset; a fall is a step back, taken off the
-  // shift (rounded up: entries end early, never late) before the new offset is stored.
-  std::int64_t restep() const noexcept {
-    while (restepping.exchange(true, std::memory_order_acquire)) std::this_thread::yield();
-    const std::int64_t offset = offset_at(clock->coarse_now());
+  // shift before the new offset is stored. A thread that cannot have the lock soon
+  // takes its own fall (`fall`, from its pair) off the shift it returns, and stores
+  // nothing: its entries end early, never late.
+  std::int64_t restep(std::int64_t fall) const noexcept {
+    if (!take_restep_lock()) {
+      const std::int64_t shift = shift_us.load(std::memory_order_acquire);
+      return fall > 0 ? (shift < kMinShift + fall ? kMinShift : shift - fall) : shift;
+    }
+    const std::int64_t offset = offset_to_keep();
     const std::int64_t seen = offset_us.load(std::memory_order_relaxed);
     if (offset < seen - tolerance_us || offset > seen + tolerance_us) {
       if (offset < seen) {
-        const std::int64_t back = (seen - offset + 999) / 1000;  // ms, rounded up
-        const std::int64_t shift = shift_ms.load(std::memory_order_relaxed);
-        shift_ms.store(shift < kMinShift + back ? kMinShift : shift - back,
+        const std::int64_t back = seen - offset;
+        const std::int64_t shift = shift_us.load(std::memory_order_relaxed);
+        shift_us.store(shift < kMinShift + back ? kMinShift : shift - back,
                        std::memory_order_release);
       }
       offset_us.store(offset, std::memory_order_release);
     }
-    restepping.store(false, std::memory_order_release);
-    return shift_ms.load(std::memory_order_acquire);
+    release_restep_lock();
+    return shift_us.load(std::memory_order_acquire);
   }
 
   // The cache's time, at the latest: what get() and eviction judge deadlines by.
   [[nodiscard]] std::int64_t latest_ms() const noexcept {
     const TimePoint day = clock->coarse_now();
-    return to_unix_millis(day) - shift_at(day) + lag_ms;
+    return to_unix_millis(day) - shift_for_now(shift_at(day)) + lag_ms;
   }
 
   // REQUIRES: the table holds an entry other than `keep`. Samples a few buckets from a
@@ -644,7 +698,7 @@ MemoryCache::MemoryCache(MemoryCacheOptions options) : impl_(std::make_unique<Im
   const std::chrono::nanoseconds lag = impl_->clock->coarse_resolution();
   if (lag.count() > 0) impl_->lag_ms = std::chrono::ceil<std::chrono::milliseconds>(lag).count();
   impl_->tolerance_us = Impl::micros(std::max(lag, std::chrono::nanoseconds(0))) + 1;
-  impl_->offset_us = impl_->offset_at(impl_->clock->coarse_now());
+  impl_->offset_us = impl_->offset_to_keep();
   const std::size_t capacity =
       std::clamp<std::size_t>(options.capacity, 1, MemoryCacheOptions::kMaxCapacity);
   const std::size_t n =
@@ -726,7 +780,7 @@ void MemoryCache::put(std::string_view public_key, const Digest& presented, cons
   // the shift but not in the time, and the entry would live as much longer. In this
   // order it can only end early. Rounded down (to_unix_millis() rounds a time before
   // 1970 up): never a later deadline.
-  const std::int64_t shift = impl_->shift_at(impl_->clock->coarse_now());
+  const std::int64_t shift = Impl::shift_for_start(impl_->shift_at(impl_->clock->coarse_now()));
   const std::int64_t full_ms =
       std::chrono::floor<std::chrono::milliseconds>(impl_->clock->now().time_since_epoch()).count();
   const std::int64_t due = deadline(full_ms - shift, shift, ttl, verdict);

@@ -404,6 +404,42 @@ TEST_CASE("MemoryCache: setting the clock back never stretches a TTL", "[cache]"
   }
 }
 
+// A precise clock whose steady reading runs 0.2 % fast against its time of day (a
+// steady clock NTP does not discipline): every reading shows a fall of a few
+// microseconds. The cache's time may run as much faster, not a millisecond per reading.
+TEST_CASE("MemoryCache: a steady reading that drifts costs a TTL only its drift", "[cache]") {
+  class DriftClock final : public apikeys::Clock {
+   public:
+    [[nodiscard]] apikeys::TimePoint now() const noexcept override {
+      return apikeys::TimePoint(std::chrono::duration_cast<apikeys::TimePoint::duration>(
+          std::chrono::microseconds(day_us.load())));
+    }
+    [[nodiscard]] std::chrono::nanoseconds steady_now() const noexcept override {
+      return std::chrono::microseconds(steady_us.load());
+    }
+    std::atomic<std::int64_t> day_us{1'700'000'000'000'000};
+    std::atomic<std::int64_t> steady_us{5};
+  };
+  auto clock = std::make_shared<DriftClock>();
+  MemoryCacheOptions o;
+  o.clock = clock;
+  MemoryCache cache(o);
+  const std::string key = pk(1);
+  const Digest d = digest_of(1);
+  cache.put(key, d, valid_verdict(1), milliseconds(1000), cache.fill_token(key));
+  for (int ms = 1; ms <= 900; ++ms) {
+    clock->day_us += 1000;
+    clock->steady_us += 1002;
+    REQUIRE(cache.get(key, d).has_value());  // 902 ms at most have passed
+  }
+  for (int ms = 901; ms <= 1000; ++ms) {
+    clock->day_us += 1000;
+    clock->steady_us += 1002;
+    (void)cache.get(key, d);
+  }
+  CHECK_FALSE(cache.get(key, d).has_value());  // 1002 ms by the steady reading
+}
+
 // A clock whose time of day is set back by an hour just after a put read it: the put
 // must not take the step into its start as well as into the cache's time.
 TEST_CASE("MemoryCache: a step back during a put never stretches its TTL", "[cache]") {
