@@ -516,21 +516,22 @@ std::size_t round_down_pow2(std::size_t n) {
 constexpr std::size_t kMinShardBytes = std::size_t{16} << 10;
 
 // The lock MemoryCache::Impl::restep() takes: one for the process, as a step of the
-// clock is rare. A spin lock that gives up after a while (the caller then errs early),
-// so that neither a holder kept off its core by a real-time thread nor a fork() taken
-// while another thread held it can keep a get waiting; a child of fork() starts with
-// it free.
+// clock is rare. A few tries, then the caller goes without it (and errs early): a
+// holder kept off its core (a real-time thread spinning above it, a fork() taken while
+// another thread held it) never keeps a get waiting. A child of fork() starts with it
+// free; the handler is registered when the library is loaded, before any fork.
 std::atomic<bool> g_restepping{false};
-constexpr int kRestepWaits = 1000;
+constexpr int kRestepTries = 4;
 
 void free_restep_lock_in_child() noexcept { g_restepping.store(false, std::memory_order_relaxed); }
 
+[[maybe_unused]] const bool g_restep_fork_handler =
+    pthread_atfork(nullptr, nullptr, free_restep_lock_in_child) == 0;
+
 bool take_restep_lock() noexcept {
-  static const bool registered = pthread_atfork(nullptr, nullptr, free_restep_lock_in_child) == 0;
-  (void)registered;
-  for (int waits = 0; waits < kRestepWaits; ++waits) {
+  for (int tries = 0; tries < kRestepTries; ++tries) {
+    if (tries > 0) std::this_thread::yield();
     if (!g_restepping.exchange(true, std::memory_order_acquire)) return true;
-    std::this_thread::yield();
   }
   return false;
 }
@@ -585,13 +586,19 @@ struct MemoryCache::Impl {
   mutable std::atomic<std::int64_t> offset_us{0};
   mutable std::atomic<std::int64_t> shift_us{0};
 
-  // Microseconds of a time of day or a steady reading, whatever the TimePoint's unit:
-  // within +-2^63, so their difference cannot overflow.
+  // Microseconds of a time of day or a steady reading, whatever the TimePoint's unit.
   static std::int64_t micros(TimePoint t) noexcept {
     return std::chrono::floor<std::chrono::microseconds>(t.time_since_epoch()).count();
   }
   static std::int64_t micros(std::chrono::nanoseconds t) noexcept {
     return std::chrono::floor<std::chrono::microseconds>(t).count();
+  }
+  // a - b, saturated: a clock of the caller's may read near the ends of its range.
+  static std::int64_t minus(std::int64_t a, std::int64_t b) noexcept {
+    std::int64_t d = 0;
+    if (!__builtin_sub_overflow(a, b, &d)) return d;
+    return b < 0 ? std::numeric_limits<std::int64_t>::max()
+                 : std::numeric_limits<std::int64_t>::min();
   }
   // The shift in milliseconds for the cache's time (rounded down: a later time) or for
   // an entry's start (rounded up: an earlier start).
@@ -604,7 +611,7 @@ struct MemoryCache::Impl {
   // a pause between the two makes it too low, which only a reader's check uses (and
   // then reads again, below).
   [[nodiscard]] std::int64_t offset_at(TimePoint day) const noexcept {
-    return micros(day) - micros(clock->steady_now());
+    return minus(micros(day), micros(clock->steady_now()));
   }
   // The offset for keeping: the steady reading taken first, so that a pause before the
   // time of day is read makes it too high, and a later reading then looks like a step
@@ -614,28 +621,33 @@ struct MemoryCache::Impl {
     std::int64_t offset = 0;
     for (int tries = 0; tries < 3; ++tries) {
       const std::int64_t before = micros(clock->steady_now());
-      offset = micros(clock->coarse_now()) - before;
-      if (micros(clock->steady_now()) - before <= tolerance_us) break;
+      offset = minus(micros(clock->coarse_now()), before);
+      if (minus(micros(clock->steady_now()), before) <= tolerance_us) break;
     }
     return offset;
   }
+  // What a shift is for: the cache's time now (get, eviction), which errs late (entries
+  // end early) with a shift too low; or an entry's start (put), which errs early with
+  // a shift too high.
+  enum class For { now, start };
   // The shift (us) for a reading `day` of the time of day, noting a step since the last
   // one seen. Writes nothing unless the offset moved. The offset is loaded before the
   // shift, and restep() stores the shift before the offset: a reader that sees a new
   // offset sees its shift.
-  [[nodiscard]] std::int64_t shift_at(TimePoint day) const noexcept {
+  [[nodiscard]] std::int64_t shift_at(TimePoint day, For use) const noexcept {
     const std::int64_t offset = offset_at(day);
     const std::int64_t seen = offset_us.load(std::memory_order_acquire);
     if (offset >= seen - tolerance_us && offset <= seen + tolerance_us) {
       return shift_us.load(std::memory_order_acquire);
     }
-    return restep(seen - offset);
+    return restep(use == For::now ? minus(seen, offset) : 0);
   }
   // One thread at a time reads the pair afresh (the caller's may predate a step another
   // thread has taken) and takes the new offset; a fall is a step back, taken off the
-  // shift before the new offset is stored. A thread that cannot have the lock soon
-  // takes its own fall (`fall`, from its pair) off the shift it returns, and stores
-  // nothing: its entries end early, never late.
+  // shift before the new offset is stored. A thread that cannot have the lock at once
+  // stores nothing and uses the shift as stored, less `fall` (its own pair's fall, or 0
+  // for a put): too low a shift for the time now, too high for a start, so its
+  // entries end early, never late.
   std::int64_t restep(std::int64_t fall) const noexcept {
     if (!take_restep_lock()) {
       const std::int64_t shift = shift_us.load(std::memory_order_acquire);
@@ -659,7 +671,7 @@ struct MemoryCache::Impl {
   // The cache's time, at the latest: what get() and eviction judge deadlines by.
   [[nodiscard]] std::int64_t latest_ms() const noexcept {
     const TimePoint day = clock->coarse_now();
-    return to_unix_millis(day) - shift_for_now(shift_at(day)) + lag_ms;
+    return to_unix_millis(day) - shift_for_now(shift_at(day, For::now)) + lag_ms;
   }
 
   // REQUIRES: the table holds an entry other than `keep`. Samples a few buckets from a
@@ -780,7 +792,8 @@ void MemoryCache::put(std::string_view public_key, const Digest& presented, cons
   // the shift but not in the time, and the entry would live as much longer. In this
   // order it can only end early. Rounded down (to_unix_millis() rounds a time before
   // 1970 up): never a later deadline.
-  const std::int64_t shift = Impl::shift_for_start(impl_->shift_at(impl_->clock->coarse_now()));
+  const std::int64_t shift =
+      Impl::shift_for_start(impl_->shift_at(impl_->clock->coarse_now(), Impl::For::start));
   const std::int64_t full_ms =
       std::chrono::floor<std::chrono::milliseconds>(impl_->clock->now().time_since_epoch()).count();
   const std::int64_t due = deadline(full_ms - shift, shift, ttl, verdict);
