@@ -1,5 +1,6 @@
 #include "apikeys/memory_cache.hpp"
 
+#include <openssl/crypto.h>
 #include <pthread.h>
 
 #include <algorithm>
@@ -20,6 +21,7 @@
 
 #include "apikeys/error.hpp"
 #include "epoch.hpp"
+#include "memory_cache_probe.hpp"
 #include "result_fields.hpp"
 #include "siphash.hpp"
 #include "thread_annotations.hpp"
@@ -33,9 +35,9 @@ constexpr std::size_t kStripesPerShard = 64;
 // A public key's identity in the table: its 128-bit SipHash under the cache's random
 // key. Two public keys share an entry only if their tags collide, a chance of 2^-128
 // per pair under a key no caller sees (no tag leaves the cache), and even then an
-// entry answers only the exact digest of the secret it was stored with. `lo` also
+// entry answers only the secret it was stored with (its proof). `lo` also
 // picks the shard, the stripe and the bucket. Holding the tag rather than the key (up
-// to 55 characters) keeps a node at 104 bytes, and a lookup compares two words.
+// to 55 characters) keeps a node at 88 bytes, and a lookup compares two words.
 using KeyId = detail::Sip128;
 
 // A verdict's scopes, metadata, rate limits and lineage (when it is not the key's own
@@ -160,15 +162,15 @@ class Policy {
 };
 
 // One verdict per public key, with the identity of its public key and the link of its
-// bucket's chain: 104 bytes on 64-bit platforms, so that with the allocator's header it
-// takes a 112-byte chunk. `presented` is the full digest of the secret that earned the
-// verdict: a lookup answers only when the presented digest matches all 32 bytes and
-// its pepper id. What only some verdicts have follows the node in the same allocation:
-// the key's expiry (8 bytes, Unix milliseconds), then the Policy block (scopes,
-// metadata, rate limits, a kept lineage). `expires_ms` is the entry's own deadline in
-// the cache's time (Impl::latest_ms()), never after the key's expiry (see deadline());
-// the key's expiry is returned with the verdict, so the Validator checks it against
-// its own clock whatever clock this cache has.
+// bucket's chain: 88 bytes on 64-bit platforms, so that with the allocator's header it
+// takes a 96-byte chunk. `proof` is the proof of the secret that earned the verdict
+// (src/memory_cache_probe.hpp): a lookup answers only when it presents the same one.
+// What only some verdicts have follows the node in the same allocation: the key's
+// expiry (8 bytes, Unix milliseconds), then the Policy block (scopes, metadata, rate
+// limits, a kept lineage). `expires_ms` is the entry's own deadline in the cache's time
+// (Impl::latest_ms()), never after the key's expiry (see deadline()); the key's expiry
+// is returned with the verdict, so the Validator checks it against its own clock
+// whatever clock this cache has.
 struct Node {
   enum Flag : std::uint8_t {
     kHasPolicy = 1,
@@ -182,17 +184,18 @@ struct Node {
   std::atomic<Node*> next{nullptr};
   KeyId id;
   std::int64_t expires_ms = 0;
-  Digest presented;
+  detail::CacheProof proof;
   ValidationCode code = ValidationCode::error;
   std::uint8_t flags = 0;
   Uuid account_id;
   Uuid key_id;
 
   // REQUIRES: the allocation holds the tail that `v` and `block` call for.
-  Node(const KeyId& k, std::int64_t expires, const Digest& d, const Verdict& v, bool block) noexcept
+  Node(const KeyId& k, std::int64_t expires, const detail::CacheProof& p, const Verdict& v,
+       bool block) noexcept
       : id(k),
         expires_ms(expires),
-        presented(d),
+        proof(p),
         code(v.code),
         flags(static_cast<std::uint8_t>((v.has_policy ? kHasPolicy : 0) |
                                         (v.has_admission ? kHasAdmission : 0) |
@@ -248,7 +251,7 @@ using NodePtr = std::unique_ptr<Node, NodeDeleter>;
 // A node for `key` holding `verdict`, the key's expiry and its Policy block written
 // right after it (one allocation). Throws std::bad_alloc, or Error(invalid_argument) for a block
 // over 4 GiB.
-NodePtr make_node(const KeyId& key, std::int64_t expires, const Digest& presented,
+NodePtr make_node(const KeyId& key, std::int64_t expires, const detail::CacheProof& proof,
                   const Verdict& verdict) {
   const std::size_t block = Policy::size_of(verdict);
   const std::size_t expiry = verdict.expires_at ? Node::kExpiryBytes : 0;
@@ -259,10 +262,10 @@ NodePtr make_node(const KeyId& key, std::int64_t expires, const Digest& presente
     std::memcpy(tail, &ms, Node::kExpiryBytes);
   }
   if (block > 0) Policy::write(verdict, block, tail + expiry);
-  static_assert(std::is_nothrow_constructible_v<Node, const KeyId&, std::int64_t, const Digest&,
-                                                const Verdict&, bool>,
+  static_assert(std::is_nothrow_constructible_v<Node, const KeyId&, std::int64_t,
+                                                const detail::CacheProof&, const Verdict&, bool>,
                 "a node is built after its memory is taken");
-  return NodePtr(new (mem) Node(key, expires, presented, verdict, block > 0));
+  return NodePtr(new (mem) Node(key, expires, proof, verdict, block > 0));
 }
 
 void free_node(void* p) noexcept { NodeDeleter()(static_cast<Node*>(p)); }
@@ -542,6 +545,10 @@ void release_restep_lock() noexcept { g_restepping.store(false, std::memory_orde
 
 struct MemoryCache::Impl {
   detail::SipHasher sip;
+  // The keys of the two kinds of proof (src/memory_cache_probe.hpp): of a secret, of a
+  // digest.
+  detail::SipHasher secret_mac;
+  detail::SipHasher digest_mac;
   std::shared_ptr<Clock> clock;
   std::size_t per_shard_capacity = 1;
   std::size_t per_shard_bytes = 0;
@@ -553,8 +560,8 @@ struct MemoryCache::Impl {
     std::size_t stripe = 0;
     KeyId id;
   };
-  [[nodiscard]] Where locate(std::string_view pk) const noexcept {
-    const KeyId id = sip.wide(pk);
+  [[nodiscard]] Where locate(std::string_view pk) const noexcept { return where(sip.wide(pk)); }
+  [[nodiscard]] Where where(const KeyId& id) const noexcept {
     // Top bits pick the shard and stripe; the table uses the low bits for its buckets.
     Shard& s = *shards[(id.lo >> 48) & (shards.size() - 1)];
     return {s, static_cast<std::size_t>((id.lo >> 40) % kStripesPerShard), id};
@@ -732,49 +739,15 @@ std::optional<Verdict> MemoryCache::get(std::string_view public_key, const Diges
 }
 
 bool MemoryCache::get_into(std::string_view public_key, const Digest& presented, Verdict& out) {
-  if (public_key.size() > kMaxPublicKeyLength) return false;
-  auto w = impl_->locate(public_key);
-  const std::int64_t now = impl_->latest_ms();
-  static_assert(sizeof(void*) != 8 || sizeof(Node) == 104, "a node outgrew its 112-byte chunk");
-  static_assert(sizeof(Node) + 2 * sizeof(void*) == kEntryBytes, "kEntryBytes is documented");
-  {
-    // No lock: a hit writes nothing that another thread reads (Table, "Read without a
-    // lock"), so threads that hit on different cores never wait for each other's caches.
-    detail::ReadSection section;
-    const Node* n = w.shard.readable().find(w.id);
-    if (n == nullptr) return false;
-    if (n->expires_ms > now) {
-      if (!constant_time_equal(n->presented, presented)) return false;
-      n->fill(out);
-      return true;
-    }
-  }
-  // Past its deadline: taken out now rather than at its eviction, after the section
-  // (a retire waits for sections when it is out of memory).
-  detail::MutexLock lock(w.shard.mu);
-  const Node* n = w.shard.table.find(w.id);
-  if (n != nullptr && n->expires_ms <= now) w.shard.table.erase(w.id);
-  return false;
+  using detail::MemoryCacheProbe;
+  return MemoryCacheProbe::get_into(*this, MemoryCacheProbe::tag(*this, public_key),
+                                    MemoryCacheProbe::proof(*this, presented), out);
 }
 
 void MemoryCache::prefetch(std::string_view public_key) const noexcept {
-  // A thread's first section allocates its slot, which may fail: that one is left to
-  // get_into(), whose failure the caller handles. A hint never locks, allocates or throws.
-  if (public_key.size() > kMaxPublicKeyLength || !detail::ReadSection::attached()) return;
-  const auto w = impl_->locate(public_key);
-  // In a section: the bucket array may be retired meanwhile. The node may be freed
-  // once the section closes; a prefetch of freed memory is harmless (it never faults).
-  detail::ReadSection section;
-  const Node* n = w.shard.readable().first(w.id);
-#if defined(__GNUC__)
-  if (n != nullptr) {
-    // Every line the node spans: 104 bytes may straddle three.
-    const char* at = reinterpret_cast<const char*>(n);
-    __builtin_prefetch(at);
-    __builtin_prefetch(at + 64);
-    __builtin_prefetch(at + sizeof(Node) - 1);
-  }
-#endif
+  // Checked before the hash as well: a thread's first section is left to get_into().
+  if (!detail::ReadSection::attached()) return;
+  detail::MemoryCacheProbe::prefetch(*this, detail::MemoryCacheProbe::tag(*this, public_key));
 }
 
 std::uint64_t MemoryCache::fill_token(std::string_view public_key) {
@@ -783,46 +756,9 @@ std::uint64_t MemoryCache::fill_token(std::string_view public_key) {
 
 void MemoryCache::put(std::string_view public_key, const Digest& presented, const Verdict& verdict,
                       std::chrono::milliseconds ttl, std::uint64_t token) {
-  if (ttl.count() <= 0 || public_key.size() > kMaxPublicKeyLength) return;
-  auto w = impl_->locate(public_key);
-  const KeyId& key = w.id;
-  // Built, and its block written, outside the lock; the deadline is taken from a clock
-  // read before it, so it is never later than one taken under the lock would be.
-  // The shift first, then the time: a step back between the two would otherwise be in
-  // the shift but not in the time, and the entry would live as much longer. In this
-  // order it can only end early. Rounded down (to_unix_millis() rounds a time before
-  // 1970 up): never a later deadline.
-  const std::int64_t shift =
-      Impl::shift_for_start(impl_->shift_at(impl_->clock->coarse_now(), Impl::For::start));
-  const std::int64_t full_ms =
-      std::chrono::floor<std::chrono::milliseconds>(impl_->clock->now().time_since_epoch()).count();
-  const std::int64_t due = deadline(full_ms - shift, shift, ttl, verdict);
-  const std::int64_t now = impl_->latest_ms();  // as get() judges it
-  // Dead on arrival (a TTL within the clock's lag, a key about to expire): no get would
-  // answer it, and storing it could evict entries that would.
-  if (due <= now) return;
-  NodePtr fresh = make_node(key, due, presented, verdict);
-  const std::size_t add = Table::charge(*fresh);
-  detail::MutexLock lock(w.shard.mu);
-  if (impl_->token(w) != token) return;  // erased or cleared since the fill began
-  Node* n = w.shard.table.find(key);
-  if (n != nullptr) {
-    // A guess at the secret never pushes the owner's verdict out, whatever its code: if
-    // only a `valid` were kept, a guess's second try would hit the cache for a revoked,
-    // disabled or expired key its owner had just used and read the store for an active
-    // one, telling the two apart without the secret.
-    const Node& prev = *n;
-    if (prev.expires_ms > now && detail::secret_matched(prev.code) &&
-        !detail::secret_matched(verdict.code) && !constant_time_equal(prev.presented, presented)) {
-      return;
-    }
-  }
-  impl_->make_room(w.shard, now, n, add);
-  if (n != nullptr) {
-    w.shard.table.replace(n, fresh);
-  } else {
-    w.shard.table.insert(fresh);
-  }
+  using detail::MemoryCacheProbe;
+  MemoryCacheProbe::put(*this, MemoryCacheProbe::tag(*this, public_key),
+                        MemoryCacheProbe::proof(*this, presented), verdict, ttl, token);
 }
 
 void MemoryCache::erase(std::string_view public_key) {
@@ -870,5 +806,134 @@ std::size_t MemoryCache::bytes() const {
   }
   return n;
 }
+
+namespace detail {
+
+CacheTag MemoryCacheProbe::tag(const MemoryCache& cache, std::string_view public_key) noexcept {
+  CacheTag t;
+  if (public_key.size() > MemoryCache::kMaxPublicKeyLength) return t;
+  t.id = cache.impl_->sip.wide(public_key);
+  t.usable = true;
+  return t;
+}
+
+CacheProof MemoryCacheProbe::proof(const MemoryCache& cache, std::string_view secret) noexcept {
+  std::uint64_t state[4];
+  const CacheProof p{cache.impl_->secret_mac.mac(secret, state)};
+  OPENSSL_cleanse(state, sizeof state);
+  return p;
+}
+
+CacheProof MemoryCacheProbe::proof(const MemoryCache& cache, const Digest& presented) noexcept {
+  // The pepper id too: a digest under another pepper is another digest.
+  unsigned char bytes[sizeof presented.bytes + sizeof presented.pepper_id];
+  std::memcpy(bytes, presented.bytes.data(), sizeof presented.bytes);
+  std::memcpy(bytes + sizeof presented.bytes, &presented.pepper_id, sizeof presented.pepper_id);
+  std::uint64_t state[4];
+  return CacheProof{cache.impl_->digest_mac.mac(
+      std::string_view(reinterpret_cast<const char*>(bytes), sizeof bytes), state)};
+}
+
+void MemoryCacheProbe::prefetch(const MemoryCache& cache, const CacheTag& tag) noexcept {
+  // A thread's first section allocates its slot, which may fail: that one is left to
+  // get_into(), whose failure the caller handles. A hint never locks, allocates or throws.
+  if (!tag.usable || !ReadSection::attached()) return;
+  const auto w = cache.impl_->where(tag.id);
+  // In a section: the bucket array may be retired meanwhile. The node may be freed
+  // once the section closes; a prefetch of freed memory is harmless (it never faults).
+  ReadSection section;
+  const Node* n = w.shard.readable().first(w.id);
+#if defined(__GNUC__)
+  if (n != nullptr) {
+    // Every line the node spans: 88 bytes may straddle three.
+    const char* at = reinterpret_cast<const char*>(n);
+    __builtin_prefetch(at);
+    __builtin_prefetch(at + 64);
+    __builtin_prefetch(at + sizeof(Node) - 1);
+  }
+#endif
+}
+
+bool MemoryCacheProbe::get_into(MemoryCache& cache, const CacheTag& tag, const CacheProof& proof,
+                                Verdict& out) {
+  if (!tag.usable) return false;
+  const MemoryCache::Impl& impl = *cache.impl_;
+  const auto w = impl.where(tag.id);
+  const std::int64_t now = impl.latest_ms();
+  static_assert(sizeof(void*) != 8 || sizeof(Node) == 88, "a node outgrew its 96-byte chunk");
+  static_assert(sizeof(Node) + 2 * sizeof(void*) == MemoryCache::kEntryBytes,
+                "kEntryBytes is documented");
+  {
+    // No lock: a hit writes nothing that another thread reads (Table, "Read without a
+    // lock"), so threads that hit on different cores never wait for each other's caches.
+    ReadSection section;
+    const Node* n = w.shard.readable().find(w.id);
+    if (n == nullptr) return false;
+    if (n->expires_ms > now) {
+      if (!same_proof(n->proof, proof)) return false;
+      n->fill(out);
+      return true;
+    }
+  }
+  // Past its deadline: taken out now rather than at its eviction, after the section
+  // (a retire waits for sections when it is out of memory).
+  MutexLock lock(w.shard.mu);
+  const Node* n = w.shard.table.find(w.id);
+  if (n != nullptr && n->expires_ms <= now) w.shard.table.erase(w.id);
+  return false;
+}
+
+std::uint64_t MemoryCacheProbe::fill_token(MemoryCache& cache, const CacheTag& tag) {
+  // An unusable tag's put() stores nothing, whatever its token.
+  return tag.usable ? cache.impl_->token(cache.impl_->where(tag.id)) : 0;
+}
+
+void MemoryCacheProbe::put(MemoryCache& cache, const CacheTag& tag, const CacheProof& proof,
+                           const Verdict& verdict, std::chrono::milliseconds ttl,
+                           std::uint64_t token) {
+  if (ttl.count() <= 0 || !tag.usable) return;
+  MemoryCache::Impl& impl = *cache.impl_;
+  const auto w = impl.where(tag.id);
+  const KeyId& key = w.id;
+  // Built, and its block written, outside the lock; the deadline is taken from a clock
+  // read before it, so it is never later than one taken under the lock would be.
+  // The shift first, then the time: a step back between the two would otherwise be in
+  // the shift but not in the time, and the entry would live as much longer. In this
+  // order it can only end early. Rounded down (to_unix_millis() rounds a time before
+  // 1970 up): never a later deadline.
+  const std::int64_t shift = MemoryCache::Impl::shift_for_start(
+      impl.shift_at(impl.clock->coarse_now(), MemoryCache::Impl::For::start));
+  const std::int64_t full_ms =
+      std::chrono::floor<std::chrono::milliseconds>(impl.clock->now().time_since_epoch()).count();
+  const std::int64_t due = deadline(full_ms - shift, shift, ttl, verdict);
+  const std::int64_t now = impl.latest_ms();  // as get() judges it
+  // Dead on arrival (a TTL within the clock's lag, a key about to expire): no get would
+  // answer it, and storing it could evict entries that would.
+  if (due <= now) return;
+  NodePtr fresh = make_node(key, due, proof, verdict);
+  const std::size_t add = Table::charge(*fresh);
+  detail::MutexLock lock(w.shard.mu);
+  if (impl.token(w) != token) return;  // erased or cleared since the fill began
+  Node* n = w.shard.table.find(key);
+  if (n != nullptr) {
+    // A guess at the secret never pushes the owner's verdict out, whatever its code: if
+    // only a `valid` were kept, a guess's second try would hit the cache for a revoked,
+    // disabled or expired key its owner had just used and read the store for an active
+    // one, telling the two apart without the secret.
+    const Node& prev = *n;
+    if (prev.expires_ms > now && detail::secret_matched(prev.code) &&
+        !detail::secret_matched(verdict.code) && !same_proof(prev.proof, proof)) {
+      return;
+    }
+  }
+  impl.make_room(w.shard, now, n, add);
+  if (n != nullptr) {
+    w.shard.table.replace(n, fresh);
+  } else {
+    w.shard.table.insert(fresh);
+  }
+}
+
+}  // namespace detail
 
 }  // namespace apikeys

@@ -1,6 +1,7 @@
 // Private: SipHash (Aumasson and Bernstein), a keyed hash with a 64-bit or a 128-bit
-// tag, and SipHasher, its 1-3 variant under a per-instance random key, for hash tables
-// whose keys an attacker chooses (public keys presented to validate). std::hash is
+// tag, and SipHasher, under a per-instance random key: its 1-3 variant for hash tables
+// whose keys an attacker chooses (public keys presented to validate), its 2-4 variant
+// as a MAC (what MemoryCache keeps of the secret that earned a verdict). std::hash is
 // unkeyed, so a flood of colliding keys could turn a table into a list; a secret key
 // prevents that.
 // Thread-safety: siphash() is a pure function; a SipHasher is immutable once built, so
@@ -98,9 +99,10 @@ struct Sip128 {
 
 // SipHash-C-D with its 128-bit tag (the reference implementation's outlen 16): D more
 // rounds than the 64-bit tag for the second word.
+// With its state in `v`, for a caller that wipes it (the data was a secret).
 template <int C, int D>
-inline Sip128 siphash128(std::uint64_t k0, std::uint64_t k1, std::string_view data) noexcept {
-  std::uint64_t v[4];
+inline Sip128 siphash128(std::uint64_t k0, std::uint64_t k1, std::string_view data,
+                         std::uint64_t (&v)[4]) noexcept {
   sip::absorb<C>(k0, k1, data, true, v);
   v[2] ^= 0xee;
   for (int r = 0; r < D; ++r) sip::round(v[0], v[1], v[2], v[3]);
@@ -110,6 +112,12 @@ inline Sip128 siphash128(std::uint64_t k0, std::uint64_t k1, std::string_view da
   for (int r = 0; r < D; ++r) sip::round(v[0], v[1], v[2], v[3]);
   tag.hi = v[0] ^ v[1] ^ v[2] ^ v[3];
   return tag;
+}
+
+template <int C, int D>
+inline Sip128 siphash128(std::uint64_t k0, std::uint64_t k1, std::string_view data) noexcept {
+  std::uint64_t v[4];
+  return siphash128<C, D>(k0, k1, data, v);
 }
 
 // SipHash-1-3 under a key of its own.
@@ -126,6 +134,11 @@ class SipHasher {
   // The 128-bit tag, for tables that identify a key by its hash alone.
   [[nodiscard]] Sip128 wide(std::string_view data) const noexcept {
     return siphash128<1, 3>(k0_, k1_, data);
+  }
+  // SipHash-2-4's 128-bit tag (the reference rounds: a MAC, not a table's hash), its
+  // state left in `v` for a caller that must wipe it.
+  [[nodiscard]] Sip128 mac(std::string_view data, std::uint64_t (&v)[4]) const noexcept {
+    return siphash128<2, 4>(k0_, k1_, data, v);
   }
 
  private:

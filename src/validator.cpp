@@ -13,6 +13,7 @@
 #include "cache_registry.hpp"
 #include "key_format.hpp"
 #include "last_use_tracker.hpp"
+#include "memory_cache_probe.hpp"
 #include "observer_list.hpp"
 #include "result_fields.hpp"
 #include "scope.hpp"
@@ -189,6 +190,9 @@ struct Validator::Impl {
   std::shared_ptr<Store> store;
   std::shared_ptr<Hasher> hasher;
   std::shared_ptr<Cache> cache;
+  // `cache` when it is a MemoryCache, which validate() calls through a CacheTag: the
+  // public key hashed once rather than in each call (src/memory_cache_probe.hpp).
+  MemoryCache* memory_cache = nullptr;
   std::shared_ptr<Clock> clock;
   // Admission control for keys with rate limits or credits (options.limiter, or a
   // MemoryLimiter over the store).
@@ -235,6 +239,7 @@ struct Validator::Impl {
         store(std::move(s)),
         hasher(std::move(h)),
         cache(o.cache),
+        memory_cache(dynamic_cast<MemoryCache*>(o.cache.get())),
         clock(o.clock ? o.clock : system_clock()),
         limiter(o.limiter ? o.limiter : std::make_shared<MemoryLimiter>(store)),
         ticks(o.observers.empty() ? nullptr : &detail::TickClock::instance()),
@@ -344,14 +349,32 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
     return;
   }
   try {
-    // The key's last-use set loads while the HMAC runs (LastUseTracker::home_of()).
-    const std::uint64_t home = options.record_last_use ? tracker.home_of(pk) : 0;
+    detail::CacheTag tag;
+    if (memory_cache) tag = detail::MemoryCacheProbe::tag(*memory_cache, pk);
+    // The key's last-use set loads while the secret is hashed. Its home is any keyed hash
+    // of the public key that is the same on every call: the cache's tag when there is one.
+    std::uint64_t home = 0;
+    if (options.record_last_use) home = tag.usable ? tag.id.hi : tracker.home_of(pk);
 #if defined(__GNUC__)
     if (options.record_last_use) __builtin_prefetch(tracker.set_at(home));
 #endif
-    // The cache's entry likewise: its loads overlap the HMAC below.
-    if (cache) cache->prefetch(pk);
-    const Digest presented = hasher->hash(sk);
+    // The cache's entry likewise.
+    if (memory_cache) {
+      detail::MemoryCacheProbe::prefetch(*memory_cache, tag);
+    } else if (cache) {
+      cache->prefetch(pk);
+    }
+    // A MemoryCache is asked before the HMAC, with a proof of the secret (a SipHash
+    // under the cache's own key): a hit computes no HMAC. Any other cache is asked with
+    // the digest, as the Cache interface says. The store path computes both, whatever
+    // the outcome (doc/validate.md, step 2).
+    Digest presented;
+    detail::CacheProof proof;
+    if (memory_cache) {
+      proof = detail::MemoryCacheProbe::proof(*memory_cache, sk);
+    } else {
+      presented = hasher->hash(sk);
+    }
 
     std::uint64_t token = 0;
     bool can_fill = false;
@@ -361,7 +384,9 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
         // Straight into the answer (a Verdict): with MemoryCache and a reused result,
         // a hit allocates nothing.
         Verdict& v = result;
-        const bool found = cache->get_into(pk, presented, v);
+        const bool found = memory_cache
+                               ? detail::MemoryCacheProbe::get_into(*memory_cache, tag, proof, v)
+                               : cache->get_into(pk, presented, v);
         trace.cache = CacheResult::miss;
         // A `valid` verdict without the key's scopes and metadata (a cache written before
         // they existed rebuilt it from the fields it knew) is a miss: read the store.
@@ -403,11 +428,12 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
           return;
         }
         // Not an answer: whatever the cache wrote goes, a miss included (get_into() may
-        // fill `out` before it finds the digest differs).
+        // fill `out` before it finds the secret differs).
         reset(result);
         // Taken before the store read: a revoke that erases after this point makes
         // the put below a no-op (the revoke/fill race, doc/failure-modes.md).
-        token = cache->fill_token(pk);
+        token = memory_cache ? detail::MemoryCacheProbe::fill_token(*memory_cache, tag)
+                             : cache->fill_token(pk);
         can_fill = true;
       } catch (...) {
         reset(result);     // it may have written part of a verdict
@@ -416,6 +442,7 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
         report(Component::cache, "get");
       }
     }
+    if (memory_cache) presented = hasher->hash(sk);  // the store path's digest
 
     trace.path = ValidatePath::store;
     // Initialised from the call, not assigned: a found record is then built in place
@@ -534,7 +561,12 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
     }
     if (can_fill && ttl.count() > 0) {
       try {
-        cache->put(pk, presented, result, ttl, token);  // the answer is the verdict
+        // The answer is the verdict.
+        if (memory_cache) {
+          detail::MemoryCacheProbe::put(*memory_cache, tag, proof, result, ttl, token);
+        } else {
+          cache->put(pk, presented, result, ttl, token);
+        }
       } catch (...) {
         // Not caching is always safe.
         report(Component::cache, "put");

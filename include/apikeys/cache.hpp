@@ -71,9 +71,11 @@ struct Verdict {
 
 /// Interface: a verdict cache.
 ///
-/// Verdicts are keyed by the public key *and* the digest of the presented secret
-/// (the full 32 bytes, never a prefix), so a negative verdict only ever answers the
-/// same presented secret: knowing a public key does not let anyone lock its owner out.
+/// Verdicts are keyed by the public key *and* the digest of the presented secret (all
+/// of it: the 32 bytes and the pepper id, or a keyed MAC of them of at least 128 bits
+/// under a key no caller sees, as MemoryCache keeps; never a prefix), so a negative
+/// verdict only ever answers the same presented secret: knowing a public key does not
+/// let anyone lock its owner out.
 ///
 /// Fill protocol (it closes the revoke/fill race): before reading the store, the
 /// Validator takes fill_token(public_key); put() must then store nothing if erase() or

@@ -17,6 +17,10 @@
 
 namespace apikeys {
 
+namespace detail {
+class MemoryCacheProbe;  // the library's Validator (private)
+}  // namespace detail
+
 /// Options for MemoryCache. Every field states its default.
 struct MemoryCacheOptions {
   /// The largest capacity: more entries than fit in memory (each takes over 100 bytes,
@@ -67,7 +71,15 @@ struct MemoryCacheOptions {
 /// Entries are found by a 128-bit SipHash of the public key under a random per-cache
 /// key, not by the key's characters: two public keys share an entry only if their
 /// hashes collide (a chance of 2^-128 per pair, under a key no caller sees), and even
-/// then an entry answers only the digest of the secret it was stored with.
+/// then an entry answers only the secret it was stored with.
+///
+/// An entry keeps a 128-bit SipHash-2-4 of the presented digest, under a second random
+/// per-cache key, and answers only a lookup whose digest has the same one: another
+/// digest matches by a chance of 2^-128, under a key no caller sees. A Validator
+/// calls its MemoryCache through a path of its own that presents the secret rather
+/// than its digest (a third key): a hit then computes no HMAC. Verdicts put by a
+/// Validator are found only by that Validator's path, and those put() through this
+/// interface only through it (doc/memory-cache.md, "Proofs").
 ///
 /// Bytes per entry: kEntryBytes, plus 8 when the key expires, plus, for a verdict with
 /// scopes, metadata or rate limits (or the lineage of a rotated key), a block allocated
@@ -91,10 +103,10 @@ struct MemoryCacheOptions {
 class APIKEYS_EXPORT MemoryCache final : public Cache {
  public:
   /// The bytes an entry counts for against MemoryCacheOptions::max_bytes besides its
-  /// block: its node (104 bytes on 64-bit platforms: a 128-bit keyed hash of the public
-  /// key, the verdict's fixed fields, a link) and two bucket pointers (the table keeps
-  /// at most two buckets per entry).
-  static constexpr std::size_t kEntryBytes = 120;
+  /// block: its node (88 bytes on 64-bit platforms: a 128-bit keyed hash of the public
+  /// key and one of the secret, the verdict's fixed fields, a link) and two bucket
+  /// pointers (the table keeps at most two buckets per entry).
+  static constexpr std::size_t kEntryBytes = 104;
 
   /// Public keys longer than this are never cached (get misses, put does nothing), which
   /// bounds the hashing a lookup does. Every format with a prefix of up to 23 characters
@@ -126,6 +138,7 @@ class APIKEYS_EXPORT MemoryCache final : public Cache {
   [[nodiscard]] std::size_t bytes() const;
 
  private:
+  friend class detail::MemoryCacheProbe;
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -804,3 +804,113 @@ TEST_CASE("pepper rotation: old keys validate, new keys use the new pepper", "[v
       KeyManagerOptions{o, nullptr});
   CHECK(only_new.validate(pk, sk).code == ValidationCode::wrong_secret);
 }
+
+namespace {
+
+// HmacSha256Hasher, counting the HMACs asked of it.
+struct CountingHasher final : Hasher {
+  HmacSha256Hasher inner{apikeys_test::kTestPepper};
+  mutable std::atomic<int> hmacs{0};
+  std::uint32_t current_pepper_id() const noexcept override { return inner.current_pepper_id(); }
+  Digest hash(std::string_view s) const override {
+    ++hmacs;
+    return inner.hash(s);
+  }
+  std::optional<Digest> hash_with(std::string_view s, std::uint32_t id) const override {
+    ++hmacs;
+    return inner.hash_with(s, id);
+  }
+};
+
+// A cache of the caller's own: MemoryCache through the Cache interface alone.
+struct ForwardingCache final : Cache {
+  MemoryCache inner;
+  std::optional<Verdict> get(std::string_view pk, const Digest& d) override {
+    return inner.get(pk, d);
+  }
+  std::uint64_t fill_token(std::string_view pk) override { return inner.fill_token(pk); }
+  void put(std::string_view pk, const Digest& d, const Verdict& v, std::chrono::milliseconds ttl,
+           std::uint64_t token) override {
+    inner.put(pk, d, v, ttl, token);
+  }
+  void erase(std::string_view pk) override { inner.erase(pk); }
+  void clear() override { inner.clear(); }
+};
+
+}  // namespace
+
+TEST_CASE("a MemoryCache hit computes no HMAC and a miss computes one", "[validator][cache]") {
+  auto store = std::make_shared<InstrumentedStore>();
+  auto hasher = std::make_shared<CountingHasher>();
+  KeyManagerOptions o;
+  o.validation.record_last_use = false;
+  o.validation.cache = std::make_shared<MemoryCache>();
+  KeyManager m(store, hasher, o);
+  const CreatedKey k = m.create(apikeys_test::account_id(1), CreateRequest{"k", "", std::nullopt});
+  const std::string pk = k.info.public_key;
+  const std::string sk(k.secret_key.reveal());
+  const int at_start = hasher->hmacs.load();
+
+  REQUIRE(m.validate(pk, sk).ok());  // a miss: the store's digest is compared
+  CHECK(hasher->hmacs.load() == at_start + 1);
+  for (int i = 0; i < 5; ++i) REQUIRE(m.validate(pk, sk).ok());
+  CHECK(hasher->hmacs.load() == at_start + 1);
+  CHECK(store->finds.load() == 1);
+
+  // A wrong secret: one HMAC on its miss, none while its verdict is cached; and the
+  // owner's verdict still answers the owner.
+  std::string other = sk;
+  other.back() = other.back() == 'A' ? 'B' : 'A';
+  CHECK(m.validate(pk, other).code == ValidationCode::wrong_secret);
+  CHECK(hasher->hmacs.load() == at_start + 2);
+  CHECK(m.validate(pk, other).code == ValidationCode::wrong_secret);
+  CHECK(m.validate(pk, sk).ok());
+
+  // After a revoke the entry is gone: the next validation reads the store again.
+  m.revoke(apikeys_test::account_id(1), k.info.key_id);
+  const int after_revoke = hasher->hmacs.load();
+  CHECK(m.validate(pk, sk).code == ValidationCode::revoked);
+  CHECK(hasher->hmacs.load() == after_revoke + 1);
+}
+
+TEST_CASE("a cache of the caller's own is asked with the digest, one HMAC a call",
+          "[validator][cache]") {
+  auto store = std::make_shared<InstrumentedStore>();
+  auto hasher = std::make_shared<CountingHasher>();
+  auto cache = std::make_shared<ForwardingCache>();
+  KeyManagerOptions o;
+  o.validation.record_last_use = false;
+  o.validation.cache = cache;
+  KeyManager m(store, hasher, o);
+  const CreatedKey k = m.create(apikeys_test::account_id(1), CreateRequest{"k", "", std::nullopt});
+  const std::string pk = k.info.public_key;
+  const std::string sk(k.secret_key.reveal());
+  const int at_start = hasher->hmacs.load();
+  for (int i = 0; i < 4; ++i) REQUIRE(m.validate(pk, sk).ok());
+  CHECK(hasher->hmacs.load() == at_start + 4);
+  CHECK(store->finds.load() == 1);  // the last three were hits
+  // What it holds is keyed by the digest, as the Cache interface says.
+  const auto v = cache->get(pk, hasher->inner.hash(sk));
+  REQUIRE(v.has_value());
+  CHECK(v->code == ValidationCode::valid);
+}
+
+TEST_CASE("a MemoryCache keeps a Validator's verdicts apart from its interface's",
+          "[validator][cache]") {
+  Fixture f;
+  const CreatedKey k = f.create();
+  const std::string pk = k.info.public_key;
+  const std::string sk(k.secret_key.reveal());
+  const Digest digest = f.hasher->hash(sk);
+  // Planted through the interface under the secret's digest: the Validator's lookups
+  // present a proof of the secret instead, so they never find it.
+  f.cache->put(pk, digest, Verdict{ValidationCode::revoked}, std::chrono::minutes(1),
+               f.cache->fill_token(pk));
+  REQUIRE(f.cache->get(pk, digest).has_value());
+  CHECK(f.manager->validate(pk, sk).ok());
+  CHECK(f.store->finds.load() == 1);
+  // And the Validator's verdict, now cached, answers no lookup by digest.
+  CHECK(f.manager->validate(pk, sk).ok());
+  CHECK(f.store->finds.load() == 1);
+  CHECK_FALSE(f.cache->get(pk, digest).has_value());
+}
