@@ -67,7 +67,14 @@ inline void absorb(std::uint64_t k0, std::uint64_t k1, std::string_view data, bo
     v[0] ^= m;
   }
   std::uint64_t b = static_cast<std::uint64_t>(n) << 56;
-  for (std::size_t i = 0; i < n % 8; ++i) b |= static_cast<std::uint64_t>(p[end + i]) << (8 * i);
+  const std::size_t left = n % 8;
+  if (left != 0 && n >= 8) {
+    // The last eight bytes in one load, those already absorbed shifted out: a key or a
+    // secret (over 8 bytes) takes no byte loop.
+    b |= load_le64(p + n - 8) >> (8 * (8 - left));
+  } else {
+    for (std::size_t i = 0; i < left; ++i) b |= static_cast<std::uint64_t>(p[end + i]) << (8 * i);
+  }
   v[3] ^= b;
   for (int r = 0; r < C; ++r) round(v[0], v[1], v[2], v[3]);
   v[0] ^= b;
