@@ -1,6 +1,5 @@
 #include "apikeys/memory_cache.hpp"
 
-#include <openssl/crypto.h>
 #include <pthread.h>
 
 #include <algorithm>
@@ -818,10 +817,7 @@ CacheTag MemoryCacheProbe::tag(const MemoryCache& cache, std::string_view public
 }
 
 CacheProof MemoryCacheProbe::proof(const MemoryCache& cache, std::string_view secret) noexcept {
-  std::uint64_t state[4];
-  const CacheProof p{cache.impl_->secret_mac.mac(secret, state)};
-  OPENSSL_cleanse(state, sizeof state);
-  return p;
+  return CacheProof{cache.impl_->secret_mac.mac(secret)};
 }
 
 CacheProof MemoryCacheProbe::proof(const MemoryCache& cache, const Digest& presented) noexcept {
@@ -829,9 +825,8 @@ CacheProof MemoryCacheProbe::proof(const MemoryCache& cache, const Digest& prese
   unsigned char bytes[sizeof presented.bytes + sizeof presented.pepper_id];
   std::memcpy(bytes, presented.bytes.data(), sizeof presented.bytes);
   std::memcpy(bytes + sizeof presented.bytes, &presented.pepper_id, sizeof presented.pepper_id);
-  std::uint64_t state[4];
   return CacheProof{cache.impl_->digest_mac.mac(
-      std::string_view(reinterpret_cast<const char*>(bytes), sizeof bytes), state)};
+      std::string_view(reinterpret_cast<const char*>(bytes), sizeof bytes))};
 }
 
 void MemoryCacheProbe::prefetch(const MemoryCache& cache, const CacheTag& tag) noexcept {

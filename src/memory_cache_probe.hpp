@@ -48,8 +48,8 @@ struct CacheTag {
 class MemoryCacheProbe {
  public:
   [[nodiscard]] static CacheTag tag(const MemoryCache& cache, std::string_view public_key) noexcept;
-  // The proof of a presented secret. Its SipHash state, a keyed function of the
-  // secret's bytes, is wiped.
+  // The proof of a presented secret. The SipHash state, a keyed function of the
+  // secret's bytes, is a local value that no buffer holds (sip::State).
   [[nodiscard]] static CacheProof proof(const MemoryCache& cache, std::string_view secret) noexcept;
   // The proof of a presented digest (MemoryCache's own get(), get_into() and put()).
   [[nodiscard]] static CacheProof proof(const MemoryCache& cache, const Digest& presented) noexcept;
