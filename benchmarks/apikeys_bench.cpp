@@ -1431,8 +1431,12 @@ constexpr double kMinCores = 1.8;
 std::vector<Target> targets(const Results& r) {
   // A MemoryCache hit computes a SipHash-2-4 of the secret, not its HMAC: the floor of
   // the secret's check is the lower of the two (the HMAC's while the hit computed one).
-  const double hit_floor = std::min(r.cpu("floor/hmac_precomputed"), r.cpu("floor/secret_mac")) +
-                           r.cpu("floor/map_lookup");
+  // Either one missing (a filter left it out) leaves the floor unknown, never the other.
+  const double hmac = r.cpu("floor/hmac_precomputed");
+  const double mac = r.cpu("floor/secret_mac");
+  const double hit_floor = std::isnan(hmac) || std::isnan(mac)
+                               ? std::numeric_limits<double>::quiet_NaN()
+                               : std::min(hmac, mac) + r.cpu("floor/map_lookup");
   const double sqlite_floor = r.cpu("floor/sqlite_select") + r.cpu("floor/hmac_precomputed");
   return {
       // The second round (BENCHMARKS.md, "Targets"): the plain hit, the cost of last-use
