@@ -1,5 +1,6 @@
 #include "apikeys/memory_cache.hpp"
 
+#include <openssl/crypto.h>
 #include <pthread.h>
 
 #include <algorithm>
@@ -545,9 +546,18 @@ void release_restep_lock() noexcept { g_restepping.store(false, std::memory_orde
 struct MemoryCache::Impl {
   detail::SipHasher sip;
   // The keys of the two kinds of proof (src/memory_cache_probe.hpp): of a secret, of a
-  // digest.
+  // digest. Wiped when the cache dies (with one and the proofs in a memory dump, a
+  // guess at a secret could be tested offline).
   detail::SipHasher secret_mac;
   detail::SipHasher digest_mac;
+  Impl() = default;
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  ~Impl() {
+    static_assert(std::is_trivially_copyable_v<detail::SipHasher>, "a key is plain bytes");
+    OPENSSL_cleanse(&secret_mac, sizeof secret_mac);
+    OPENSSL_cleanse(&digest_mac, sizeof digest_mac);
+  }
   std::shared_ptr<Clock> clock;
   std::size_t per_shard_capacity = 1;
   std::size_t per_shard_bytes = 0;
@@ -816,8 +826,29 @@ CacheTag MemoryCacheProbe::tag(const MemoryCache& cache, std::string_view public
   return t;
 }
 
-CacheProof MemoryCacheProbe::proof(const MemoryCache& cache, std::string_view secret) noexcept {
-  return CacheProof{cache.impl_->secret_mac.mac(secret)};
+Sip128 MemoryCacheProbe::domain(const MemoryCache& cache, const Hasher& hasher) {
+  try {
+    constexpr std::string_view kText = "apikeys MemoryCache proof domain";
+    std::string print;
+    for (const std::uint32_t id : hasher.pepper_ids()) {  // the current one first
+      print.append(reinterpret_cast<const char*>(&id), sizeof id);
+      if (const std::optional<Digest> d = hasher.hash_with(kText, id)) {
+        print.append(reinterpret_cast<const char*>(d->bytes.data()), d->bytes.size());
+      }
+      print += ';';
+    }
+    return cache.impl_->digest_mac.mac(print);
+  } catch (...) {
+    return SipHasher().wide("");  // a random key's hash: a domain of its own
+  }
+}
+
+CacheProof MemoryCacheProbe::proof(const MemoryCache& cache, std::string_view secret,
+                                   const Sip128& domain) noexcept {
+  Sip128 mac = cache.impl_->secret_mac.mac(secret);
+  mac.lo ^= domain.lo;
+  mac.hi ^= domain.hi;
+  return CacheProof{mac};
 }
 
 CacheProof MemoryCacheProbe::proof(const MemoryCache& cache, const Digest& presented) noexcept {

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <string_view>
 
+#include "apikeys/hasher.hpp"
 #include "apikeys/memory_cache.hpp"
 #include "siphash.hpp"
 
@@ -48,9 +49,15 @@ struct CacheTag {
 class MemoryCacheProbe {
  public:
   [[nodiscard]] static CacheTag tag(const MemoryCache& cache, std::string_view public_key) noexcept;
-  // The proof of a presented secret. The SipHash state, a keyed function of the
-  // secret's bytes, is a local value that no buffer holds (sip::State).
-  [[nodiscard]] static CacheProof proof(const MemoryCache& cache, std::string_view secret) noexcept;
+  // The domain of a Validator's proofs: a fingerprint of its hasher (the digest of a
+  // fixed text under each pepper it knows, with their ids), so that Validators sharing a
+  // cache answer each other's verdicts only when their hashers would judge a secret
+  // alike. A hasher that fails here gets a random domain: its Validator shares nothing.
+  [[nodiscard]] static Sip128 domain(const MemoryCache& cache, const Hasher& hasher);
+  // The proof of a presented secret in `domain`. The SipHash state, a keyed function of
+  // the secret's bytes, is a local value that no buffer holds (sip::State).
+  [[nodiscard]] static CacheProof proof(const MemoryCache& cache, std::string_view secret,
+                                        const Sip128& domain) noexcept;
   // The proof of a presented digest (MemoryCache's own get(), get_into() and put()).
   [[nodiscard]] static CacheProof proof(const MemoryCache& cache, const Digest& presented) noexcept;
   // MemoryCache::prefetch(), get_into(), fill_token() and put() for the key of `tag`,

@@ -193,6 +193,8 @@ struct Validator::Impl {
   // `cache` when it is a MemoryCache, which validate() calls through a CacheTag: the
   // public key hashed once rather than in each call (src/memory_cache_probe.hpp).
   MemoryCache* memory_cache = nullptr;
+  // The domain of this validator's proofs in memory_cache (MemoryCacheProbe::domain()).
+  detail::Sip128 proof_domain;
   std::shared_ptr<Clock> clock;
   // Admission control for keys with rate limits or credits (options.limiter, or a
   // MemoryLimiter over the store).
@@ -254,6 +256,7 @@ struct Validator::Impl {
     pepper_ids = hasher->pepper_ids();
     choose_decoy_pepper();
     registration = detail::CacheRegistration(store->identity(), cache);
+    if (memory_cache) proof_domain = detail::MemoryCacheProbe::domain(*memory_cache, *hasher);
   }
 
   // True when pk has one of `formats` (the first that accepts it, checksum included)
@@ -371,7 +374,7 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
     Digest presented;
     detail::CacheProof proof;
     if (memory_cache) {
-      proof = detail::MemoryCacheProbe::proof(*memory_cache, sk);
+      proof = detail::MemoryCacheProbe::proof(*memory_cache, sk, proof_domain);
     } else {
       presented = hasher->hash(sk);
     }

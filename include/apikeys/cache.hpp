@@ -73,9 +73,10 @@ struct Verdict {
 ///
 /// Verdicts are keyed by the public key *and* the digest of the presented secret (all
 /// of it: the 32 bytes and the pepper id, or a keyed MAC of them of at least 128 bits
-/// under a key no caller sees, as MemoryCache keeps; never a prefix), so a negative
-/// verdict only ever answers the same presented secret: knowing a public key does not
-/// let anyone lock its owner out.
+/// under a key no caller sees; never a prefix), so a negative verdict only ever answers
+/// the same presented secret: knowing a public key does not let anyone lock its owner
+/// out. (A Validator asks its MemoryCache by a keyed MAC of the secret itself, through
+/// a path of its own: memory_cache.hpp.)
 ///
 /// Fill protocol (it closes the revoke/fill race): before reading the store, the
 /// Validator takes fill_token(public_key); put() must then store nothing if erase() or

@@ -77,9 +77,10 @@ struct MemoryCacheOptions {
 /// per-cache key, and answers only a lookup whose digest has the same one: another
 /// digest matches by a chance of 2^-128, under a key no caller sees. A Validator
 /// calls its MemoryCache through a path of its own that presents the secret rather
-/// than its digest (a third key): a hit then computes no HMAC. Verdicts put by a
-/// Validator are found only by that Validator's path, and those put() through this
-/// interface only through it (doc/memory-cache.md, "Proofs").
+/// than its digest (a third key, and a domain of the Validator's hasher): a hit then
+/// computes no HMAC. Verdicts put by Validators are found only by Validators whose
+/// hashers know the same peppers, and those put() through this interface only through
+/// it (doc/memory-cache.md, "Proofs").
 ///
 /// Bytes per entry: kEntryBytes, plus 8 when the key expires, plus, for a verdict with
 /// scopes, metadata or rate limits (or the lineage of a rotated key), a block allocated

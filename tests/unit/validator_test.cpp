@@ -505,20 +505,25 @@ TEST_CASE("not_found costs a digest, like wrong_secret", "[validator][pitfalls]"
       return inner.hash_with(s, id);
     }
   };
-  auto store = std::make_shared<MemoryStore>();
-  auto hasher = std::make_shared<CountingHasher>();
-  ValidatorOptions o;
-  o.record_last_use = false;
-  KeyManager m(store, hasher, KeyManagerOptions{o, nullptr});
-  auto k = m.create(apikeys_test::account_id(1), CreateRequest{"t", "", std::nullopt});
-  hasher->calls = 0;
-  CHECK(m.validate("pk_" + std::string(32, 'Q'), k.secret_key.reveal()).code ==
-        ValidationCode::not_found);
-  const int not_found_calls = hasher->calls.exchange(0);
-  CHECK(m.validate(k.info.public_key, wrong_secret_for(k)).code == ValidationCode::wrong_secret);
-  const int wrong_calls = hasher->calls.exchange(0);
-  CHECK(not_found_calls == 1);
-  CHECK(wrong_calls == 1);
+  // Without a cache, and with a MemoryCache (asked with a proof of the secret first).
+  for (const bool with_cache : {false, true}) {
+    INFO("with a MemoryCache: " << with_cache);
+    auto store = std::make_shared<MemoryStore>();
+    auto hasher = std::make_shared<CountingHasher>();
+    ValidatorOptions o;
+    o.record_last_use = false;
+    if (with_cache) o.cache = std::make_shared<MemoryCache>();
+    KeyManager m(store, hasher, KeyManagerOptions{o, nullptr});
+    auto k = m.create(apikeys_test::account_id(1), CreateRequest{"t", "", std::nullopt});
+    hasher->calls = 0;
+    CHECK(m.validate("pk_" + std::string(32, 'Q'), k.secret_key.reveal()).code ==
+          ValidationCode::not_found);
+    const int not_found_calls = hasher->calls.exchange(0);
+    CHECK(m.validate(k.info.public_key, wrong_secret_for(k)).code == ValidationCode::wrong_secret);
+    const int wrong_calls = hasher->calls.exchange(0);
+    CHECK(not_found_calls == 1);
+    CHECK(wrong_calls == 1);
+  }
 }
 
 TEST_CASE("revoke during a cache fill cannot resurrect the key", "[validator][pitfalls]") {
@@ -857,14 +862,28 @@ TEST_CASE("a MemoryCache hit computes no HMAC and a miss computes one", "[valida
   CHECK(hasher->hmacs.load() == at_start + 1);
   CHECK(store->finds.load() == 1);
 
-  // A wrong secret: one HMAC on its miss, none while its verdict is cached; and the
-  // owner's verdict still answers the owner.
+  // A wrong secret while the owner's verdict is cached: the guess's verdict is never put
+  // over the owner's, so each try reads the store, with its HMAC; the owner still hits.
   std::string other = sk;
   other.back() = other.back() == 'A' ? 'B' : 'A';
   CHECK(m.validate(pk, other).code == ValidationCode::wrong_secret);
   CHECK(hasher->hmacs.load() == at_start + 2);
   CHECK(m.validate(pk, other).code == ValidationCode::wrong_secret);
+  CHECK(hasher->hmacs.load() == at_start + 3);
   CHECK(m.validate(pk, sk).ok());
+  CHECK(hasher->hmacs.load() == at_start + 3);
+
+  // A wrong secret for a key whose owner has no verdict cached is cached itself: one
+  // HMAC on its miss, none after.
+  const CreatedKey k2 =
+      m.create(apikeys_test::account_id(1), CreateRequest{"k2", "", std::nullopt});
+  std::string guess(k2.secret_key.reveal());
+  guess.back() = guess.back() == 'A' ? 'B' : 'A';
+  const int before_guess = hasher->hmacs.load();
+  CHECK(m.validate(k2.info.public_key, guess).code == ValidationCode::wrong_secret);
+  CHECK(m.validate(k2.info.public_key, guess).code == ValidationCode::wrong_secret);
+  CHECK(m.validate(k2.info.public_key, guess).code == ValidationCode::wrong_secret);
+  CHECK(hasher->hmacs.load() == before_guess + 1);
 
   // After a revoke the entry is gone: the next validation reads the store again.
   m.revoke(apikeys_test::account_id(1), k.info.key_id);
@@ -913,4 +932,44 @@ TEST_CASE("a MemoryCache keeps a Validator's verdicts apart from its interface's
   CHECK(f.manager->validate(pk, sk).ok());
   CHECK(f.store->finds.load() == 1);
   CHECK_FALSE(f.cache->get(pk, digest).has_value());
+}
+
+TEST_CASE("Validators sharing a MemoryCache answer each other only with the same peppers",
+          "[validator][cache]") {
+  // A key under pepper 1. `old_peppers` knows it; `new_peppers` has dropped it, so for
+  // a validator with it the key's secret no longer checks out.
+  auto store = std::make_shared<InstrumentedStore>();
+  auto old_peppers =
+      std::make_shared<HmacSha256Hasher>(std::vector<Pepper>{Pepper{1, apikeys_test::kTestPepper},
+                                                             Pepper{2, apikeys_test::kTestPepper2}},
+                                         2);
+  auto new_peppers = std::make_shared<HmacSha256Hasher>(
+      std::vector<Pepper>{Pepper{2, apikeys_test::kTestPepper2}}, 2);
+  std::string pk;
+  std::string sk;
+  {
+    KeyManager issuer(store, std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper),
+                      KeyManagerOptions{});
+    const CreatedKey k =
+        issuer.create(apikeys_test::account_id(1), CreateRequest{"k", "", std::nullopt});
+    pk = k.info.public_key;
+    sk = std::string(k.secret_key.reveal());
+  }
+  auto cache = std::make_shared<MemoryCache>();
+  ValidatorOptions o;
+  o.record_last_use = false;
+  o.rehash_on_use = false;  // the key stays under pepper 1
+  o.cache = cache;
+  Validator with_old(store, old_peppers, o);
+  Validator same_hasher(store, old_peppers, o);
+  Validator with_new(store, new_peppers, o);
+
+  REQUIRE(with_old.validate(pk, sk).ok());
+  const int reads = store->finds.load();
+  // Another validator with the same hasher answers from the shared entry...
+  CHECK(same_hasher.validate(pk, sk).ok());
+  CHECK(store->finds.load() == reads);
+  // ...one whose hasher would judge otherwise never does.
+  CHECK(with_new.validate(pk, sk).code == ValidationCode::wrong_secret);
+  CHECK(store->finds.load() == reads + 1);
 }
