@@ -1,5 +1,9 @@
 #include "scope.hpp"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <algorithm>
 #include <array>
 #include <cstdint>
@@ -71,6 +75,40 @@ const char* scope_error(std::string_view scope, bool wildcard_allowed) noexcept 
   return nullptr;
 }
 
+bool is_literal_scope(std::string_view scope) noexcept {
+#if defined(__SSE2__)
+  const std::size_t n = scope.size();
+  if (n >= 8 && n <= 16) {
+    // The scope in one vector, from two 8-byte loads that overlap when n < 16 (the
+    // second shifted so that byte i of the vector is character i; the rest are 0, which
+    // no class accepts, and lie past n, where the masks look no further).
+    std::uint64_t lo = 0;
+    std::uint64_t hi = 0;
+    std::memcpy(&lo, scope.data(), 8);
+    std::memcpy(&hi, scope.data() + n - 8, 8);
+    hi = n == 8 ? 0 : hi >> (8 * (16 - n));
+    const __m128i v = _mm_set_epi64x(static_cast<long long>(hi), static_cast<long long>(lo));
+    const auto in = [&v](char first, char last) {
+      // Signed compares: bytes of 0x80 and over are negative and fall in no range.
+      return _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8(static_cast<char>(first - 1))),
+                           _mm_cmplt_epi8(v, _mm_set1_epi8(static_cast<char>(last + 1))));
+    };
+    const auto is = [&v](char c) { return _mm_cmpeq_epi8(v, _mm_set1_epi8(c)); };
+    const __m128i segment =
+        _mm_or_si128(_mm_or_si128(in('a', 'z'), in('0', '9')), _mm_or_si128(is('_'), is('-')));
+    const __m128i separator = _mm_or_si128(is('.'), is(':'));
+    const unsigned all = (1U << n) - 1;
+    const auto seg = static_cast<unsigned>(_mm_movemask_epi8(segment)) & all;
+    const auto sep = static_cast<unsigned>(_mm_movemask_epi8(separator)) & all;
+    // Every character a segment character or a separator; no separator first, last or
+    // next to another (segments of 1 to 16 characters: within the 64 allowed).
+    return (seg | sep) == all && (sep & 1U) == 0 && (sep >> (n - 1)) == 0 &&
+           (sep & (sep >> 1)) == 0;
+  }
+#endif
+  return scope_error(scope, /*wildcard_allowed=*/false) == nullptr;
+}
+
 std::vector<std::string> normalize_scopes(const std::vector<std::string>& scopes) {
   for (const std::string& s : scopes) {
     if (const char* rule = scope_error(s, /*wildcard_allowed=*/true)) {
@@ -118,7 +156,7 @@ bool scope_grants(std::string_view granted, std::string_view required) noexcept 
 }
 
 bool scopes_grant(const std::vector<std::string>& granted, std::string_view required) noexcept {
-  if (scope_error(required, /*wildcard_allowed=*/false) != nullptr) return false;
+  if (!is_literal_scope(required)) return false;
   // A literal required scope is granted by an equal scope (literal too) or by a
   // wildcard: equality first, in a loop of plain loads and compares, as most required
   // scopes are granted that way.

@@ -15,6 +15,7 @@
 using apikeys::Error;
 using apikeys::ErrorCode;
 using apikeys::KeyPolicyLimits;
+using apikeys::detail::is_literal_scope;
 using apikeys::detail::join_scopes;
 using apikeys::detail::normalize_scopes;
 using apikeys::detail::scope_error;
@@ -324,4 +325,34 @@ TEST_CASE("join_scopes and split_scopes are inverses on normal sets", "[scope]")
   CHECK(split_scopes("").empty());
   CHECK(split_scopes("a") == std::vector<std::string>{"a"});
   CHECK(split_scopes("  a  b ") == std::vector<std::string>{"a", "b"});
+}
+
+TEST_CASE("scope grammar: the fast literal check agrees with the checker", "[scope]") {
+  // Lengths around the vector path's 8 to 16, every class of character, and separators
+  // at the ends and side by side.
+  const std::string alphabet = std::string("az09_-.:*A \x7f\x80\xff") + std::string(1, '\0');
+  std::uint64_t state = 0x11e7a1;
+  const auto next = [&state] {
+    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return static_cast<std::size_t>(state >> 33);
+  };
+  for (int i = 0; i < 200000; ++i) {
+    std::string s;
+    const std::size_t len = 5 + next() % 15;
+    for (std::size_t j = 0; j < len; ++j) {
+      // Mostly valid characters, so that valid scopes and single faults both occur.
+      s += next() % 4 != 0 ? "abcxyz0129_-"[next() % 12] : alphabet[next() % alphabet.size()];
+    }
+    INFO("scope of " << s.size() << " bytes");
+    REQUIRE(is_literal_scope(s) == (scope_error(s, false) == nullptr));
+  }
+  CHECK(is_literal_scope("billing:read"));
+  CHECK(is_literal_scope("abcdefgh"));
+  CHECK(is_literal_scope("a.b.c.d.e.f.g.hi"));
+  CHECK_FALSE(is_literal_scope("orders.*"));
+  CHECK_FALSE(is_literal_scope(".orders.read"));
+  CHECK_FALSE(is_literal_scope("orders.read."));
+  CHECK_FALSE(is_literal_scope("orders..read"));
+  CHECK_FALSE(is_literal_scope("Orders.read"));
+  CHECK_FALSE(is_literal_scope(std::string("orders.r\0ad", 11)));
 }
