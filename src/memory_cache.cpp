@@ -876,6 +876,8 @@ void MemoryCacheProbe::prefetch(const MemoryCache& cache, const CacheTag& tag) n
     __builtin_prefetch(at);
     __builtin_prefetch(at + 64);
     __builtin_prefetch(at + sizeof(Node) - 1);
+    __builtin_prefetch(at + sizeof(Node) - 1 + 64);
+    __builtin_prefetch(at + sizeof(Node) - 1 + 128);
   }
 #endif
 }
