@@ -1,5 +1,6 @@
 #include "siphash.hpp"
 
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include "apikeys/error.hpp"
@@ -13,6 +14,7 @@ SipHasher::SipHasher() {
   }
   k0_ = k[0];
   k1_ = k[1];
+  OPENSSL_cleanse(k, sizeof k);  // the key lives on in the object alone
 }
 
 }  // namespace apikeys::detail
