@@ -342,9 +342,25 @@ TEST_CASE("scope grammar: the fast literal check agrees with the checker", "[sco
     for (std::size_t j = 0; j < len; ++j) {
       // Mostly valid characters, so that valid scopes and single faults both occur.
       s += next() % 4 != 0 ? "abcxyz0129_-"[next() % 12] : alphabet[next() % alphabet.size()];
+      if (next() % 16 == 0) s.back() = "`{/;@["[next() % 6];  // just outside the ranges
     }
     INFO("scope of " << s.size() << " bytes");
     REQUIRE(is_literal_scope(s) == (scope_error(s, false) == nullptr));
+  }
+  // Every byte value at every place of a valid scope of each length the vector path
+  // takes: the bytes just outside each accepted range (` { / ; @ [) included.
+  for (std::size_t n = 8; n <= 16; ++n) {
+    std::string base(n, 'a');
+    base[n / 2] = '.';
+    REQUIRE(is_literal_scope(base));
+    for (std::size_t at = 0; at < n; ++at) {
+      for (int b = 0; b < 256; ++b) {
+        std::string s = base;
+        s[at] = static_cast<char>(b);
+        INFO("length " << n << ", byte " << b << " at " << at);
+        REQUIRE(is_literal_scope(s) == (scope_error(s, false) == nullptr));
+      }
+    }
   }
   CHECK(is_literal_scope("billing:read"));
   CHECK(is_literal_scope("abcdefgh"));
