@@ -16,6 +16,7 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
 #include <vector>
 
@@ -25,6 +26,7 @@
 #include "result_fields.hpp"
 #include "siphash.hpp"
 #include "thread_annotations.hpp"
+#include "wipe.hpp"
 
 namespace apikeys {
 
@@ -826,11 +828,16 @@ CacheTag MemoryCacheProbe::tag(const MemoryCache& cache, std::string_view public
   return t;
 }
 
-Sip128 MemoryCacheProbe::domain(const MemoryCache& cache, const Hasher& hasher) {
+std::optional<Sip128> MemoryCacheProbe::domain(const MemoryCache& cache, const Hasher& hasher) {
+  if (typeid(hasher) != typeid(HmacSha256Hasher)) return random_domain();
+  std::string print;
+  const WipeOnExit wipe_print(print);  // digests under the peppers: wiped when done
   try {
     constexpr std::string_view kText = "apikeys MemoryCache proof domain";
-    std::string print;
-    for (const std::uint32_t id : hasher.pepper_ids()) {  // the current one first
+    std::vector<std::uint32_t> ids = hasher.pepper_ids();
+    std::sort(ids.begin(), ids.end());
+    print.reserve(ids.size() * (sizeof(std::uint32_t) + sizeof(Digest::bytes) + 1));
+    for (const std::uint32_t id : ids) {
       print.append(reinterpret_cast<const char*>(&id), sizeof id);
       if (const std::optional<Digest> d = hasher.hash_with(kText, id)) {
         print.append(reinterpret_cast<const char*>(d->bytes.data()), d->bytes.size());
@@ -839,8 +846,12 @@ Sip128 MemoryCacheProbe::domain(const MemoryCache& cache, const Hasher& hasher) 
     }
     return cache.impl_->digest_mac.mac(print);
   } catch (...) {
-    return SipHasher().wide("");  // a random key's hash: a domain of its own
+    return std::nullopt;
   }
+}
+
+Sip128 MemoryCacheProbe::random_domain() {
+  return SipHasher().wide("");  // under a key drawn for it: nobody else's domain
 }
 
 CacheProof MemoryCacheProbe::proof(const MemoryCache& cache, std::string_view secret,

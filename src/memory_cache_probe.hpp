@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string_view>
 
 #include "apikeys/hasher.hpp"
@@ -49,13 +50,20 @@ struct CacheTag {
 class MemoryCacheProbe {
  public:
   [[nodiscard]] static CacheTag tag(const MemoryCache& cache, std::string_view public_key) noexcept;
-  // The domain of a Validator's proofs: a fingerprint of its hasher (the digest of a
-  // fixed text under each pepper it knows, with their ids), so that Validators sharing a
-  // cache answer each other's verdicts only when their hashers would judge a secret
-  // alike. A hasher that fails here gets a random domain: its Validator shares nothing.
-  [[nodiscard]] static Sip128 domain(const MemoryCache& cache, const Hasher& hasher);
+  // The domain of a Validator's proofs, so that Validators sharing a cache answer each
+  // other's verdicts only when their hashers would judge a secret alike. For an
+  // HmacSha256Hasher (that type exactly), a fingerprint of what it can check: the
+  // digest of a fixed text under each pepper it knows, in order of pepper id (which one
+  // is current does not change whether a secret checks out). Any other hasher may accept
+  // ids its pepper_ids() does not list, so it gets random_domain(): its Validator shares
+  // nothing. nullopt when the hasher failed (the caller reports it and takes a random
+  // domain). Throws what random_domain() throws.
+  [[nodiscard]] static std::optional<Sip128> domain(const MemoryCache& cache, const Hasher& hasher);
+  // A domain nobody else has: a hash under a key drawn for it from the CSPRNG. Throws
+  // Error(crypto) if the CSPRNG fails.
+  [[nodiscard]] static Sip128 random_domain();
   // The proof of a presented secret in `domain`. The SipHash state, a keyed function of
-  // the secret's bytes, is a local value that no buffer holds (sip::State).
+  // the secret's bytes, is a local value, not wiped (doc/memory-cache.md, "Proofs").
   [[nodiscard]] static CacheProof proof(const MemoryCache& cache, std::string_view secret,
                                         const Sip128& domain) noexcept;
   // The proof of a presented digest (MemoryCache's own get(), get_into() and put()).

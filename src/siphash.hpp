@@ -142,7 +142,7 @@ class SipHasher {
     return siphash128<1, 3>(k0_, k1_, data);
   }
   // SipHash-2-4's 128-bit tag (the reference rounds: a MAC, not a table's hash). Its
-  // state is a local value that no buffer holds (sip::State).
+  // state is a local value (sip::State), not wiped.
   [[nodiscard]] Sip128 mac(std::string_view data) const noexcept {
     return siphash128<2, 4>(k0_, k1_, data);
   }

@@ -256,7 +256,15 @@ struct Validator::Impl {
     pepper_ids = hasher->pepper_ids();
     choose_decoy_pepper();
     registration = detail::CacheRegistration(store->identity(), cache);
-    if (memory_cache) proof_domain = detail::MemoryCacheProbe::domain(*memory_cache, *hasher);
+    if (memory_cache) {
+      std::optional<detail::Sip128> d = detail::MemoryCacheProbe::domain(*memory_cache, *hasher);
+      if (!d) {
+        // Safe, only slower: this validator shares no verdict with another.
+        report(Component::cache, "proof domain", "the hasher failed; the cache is not shared");
+        d = detail::MemoryCacheProbe::random_domain();
+      }
+      proof_domain = *d;
+    }
   }
 
   // True when pk has one of `formats` (the first that accepts it, checksum included)

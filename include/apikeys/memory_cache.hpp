@@ -79,8 +79,9 @@ struct MemoryCacheOptions {
 /// calls its MemoryCache through a path of its own that presents the secret rather
 /// than its digest (a third key, and a domain of the Validator's hasher): a hit then
 /// computes no HMAC. Verdicts put by Validators are found only by Validators whose
-/// hashers know the same peppers, and those put() through this interface only through
-/// it (doc/memory-cache.md, "Proofs").
+/// HmacSha256Hasher objects hold the same peppers (a hasher of another type: by that
+/// Validator alone), and those put() through this interface only through it
+/// (doc/memory-cache.md, "Proofs").
 ///
 /// Bytes per entry: kEntryBytes, plus 8 when the key expires, plus, for a verdict with
 /// scopes, metadata or rate limits (or the lineage of a rotated key), a block allocated

@@ -973,3 +973,54 @@ TEST_CASE("Validators sharing a MemoryCache answer each other only with the same
   CHECK(with_new.validate(pk, sk).code == ValidationCode::wrong_secret);
   CHECK(store->finds.load() == reads + 1);
 }
+
+TEST_CASE("Validators share a MemoryCache's verdicts by their peppers, not their hashers",
+          "[validator][cache]") {
+  auto store = std::make_shared<InstrumentedStore>();
+  std::string pk;
+  std::string sk;
+  {
+    KeyManager issuer(store, std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper),
+                      KeyManagerOptions{});
+    const CreatedKey k =
+        issuer.create(apikeys_test::account_id(1), CreateRequest{"k", "", std::nullopt});
+    pk = k.info.public_key;
+    sk = std::string(k.secret_key.reveal());
+  }
+  auto cache = std::make_shared<MemoryCache>();
+  ValidatorOptions o;
+  o.record_last_use = false;
+  o.rehash_on_use = false;
+  o.cache = cache;
+
+  SECTION("two HmacSha256Hasher objects with the same peppers share, whichever is current") {
+    // The same two peppers, listed in another order, and another one current.
+    Validator a(store,
+                std::make_shared<HmacSha256Hasher>(
+                    std::vector<Pepper>{Pepper{1, apikeys_test::kTestPepper},
+                                        Pepper{2, apikeys_test::kTestPepper2}},
+                    2),
+                o);
+    Validator b(store,
+                std::make_shared<HmacSha256Hasher>(
+                    std::vector<Pepper>{Pepper{2, apikeys_test::kTestPepper2},
+                                        Pepper{1, apikeys_test::kTestPepper}},
+                    1),
+                o);
+    REQUIRE(a.validate(pk, sk).ok());
+    const int reads = store->finds.load();
+    CHECK(b.validate(pk, sk).ok());
+    CHECK(store->finds.load() == reads);
+  }
+  SECTION("a hasher of another type shares nothing, even with itself") {
+    // Its pepper_ids() need not list every id it checks: its verdicts stay its own.
+    auto hasher = std::make_shared<CountingHasher>();
+    Validator a(store, hasher, o);
+    Validator b(store, hasher, o);
+    REQUIRE(a.validate(pk, sk).ok());
+    REQUIRE(a.validate(pk, sk).ok());
+    const int reads = store->finds.load();
+    CHECK(b.validate(pk, sk).ok());
+    CHECK(store->finds.load() == reads + 1);
+  }
+}
