@@ -934,6 +934,29 @@ TEST_CASE("a MemoryCache keeps a Validator's verdicts apart from its interface's
   CHECK_FALSE(f.cache->get(pk, digest).has_value());
 }
 
+namespace {
+
+// A key issued under pepper 1 (kTestPepper) into `store`: its public key and secret.
+std::pair<std::string, std::string> issue_under_pepper_1(const std::shared_ptr<Store>& store) {
+  KeyManager issuer(store, std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper),
+                    KeyManagerOptions{});
+  const CreatedKey k =
+      issuer.create(apikeys_test::account_id(1), CreateRequest{"k", "", std::nullopt});
+  return {k.info.public_key, std::string(k.secret_key.reveal())};
+}
+
+// Options for validators that share one MemoryCache; no rehash, so a key stays under
+// the pepper it was issued with.
+ValidatorOptions shared_cache_options() {
+  ValidatorOptions o;
+  o.record_last_use = false;
+  o.rehash_on_use = false;
+  o.cache = std::make_shared<MemoryCache>();
+  return o;
+}
+
+}  // namespace
+
 TEST_CASE("Validators sharing a MemoryCache answer each other only with the same peppers",
           "[validator][cache]") {
   // A key under pepper 1. `old_peppers` knows it; `new_peppers` has dropped it, so for
@@ -945,21 +968,8 @@ TEST_CASE("Validators sharing a MemoryCache answer each other only with the same
                                          2);
   auto new_peppers = std::make_shared<HmacSha256Hasher>(
       std::vector<Pepper>{Pepper{2, apikeys_test::kTestPepper2}}, 2);
-  std::string pk;
-  std::string sk;
-  {
-    KeyManager issuer(store, std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper),
-                      KeyManagerOptions{});
-    const CreatedKey k =
-        issuer.create(apikeys_test::account_id(1), CreateRequest{"k", "", std::nullopt});
-    pk = k.info.public_key;
-    sk = std::string(k.secret_key.reveal());
-  }
-  auto cache = std::make_shared<MemoryCache>();
-  ValidatorOptions o;
-  o.record_last_use = false;
-  o.rehash_on_use = false;  // the key stays under pepper 1
-  o.cache = cache;
+  const auto [pk, sk] = issue_under_pepper_1(store);
+  ValidatorOptions o = shared_cache_options();
   Validator with_old(store, old_peppers, o);
   Validator same_hasher(store, old_peppers, o);
   Validator with_new(store, new_peppers, o);
@@ -977,21 +987,8 @@ TEST_CASE("Validators sharing a MemoryCache answer each other only with the same
 TEST_CASE("Validators share a MemoryCache's verdicts by their peppers, not their hashers",
           "[validator][cache]") {
   auto store = std::make_shared<InstrumentedStore>();
-  std::string pk;
-  std::string sk;
-  {
-    KeyManager issuer(store, std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper),
-                      KeyManagerOptions{});
-    const CreatedKey k =
-        issuer.create(apikeys_test::account_id(1), CreateRequest{"k", "", std::nullopt});
-    pk = k.info.public_key;
-    sk = std::string(k.secret_key.reveal());
-  }
-  auto cache = std::make_shared<MemoryCache>();
-  ValidatorOptions o;
-  o.record_last_use = false;
-  o.rehash_on_use = false;
-  o.cache = cache;
+  const auto [pk, sk] = issue_under_pepper_1(store);
+  ValidatorOptions o = shared_cache_options();
 
   SECTION("two HmacSha256Hasher objects with the same peppers share, whichever is current") {
     // The same two peppers, listed in another order, and another one current.
