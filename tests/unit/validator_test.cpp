@@ -59,6 +59,36 @@ std::string wrong_secret_for(const CreatedKey& k) {
   return s;
 }
 
+// HmacSha256Hasher, counting the HMACs asked of it.
+struct CountingHasher final : Hasher {
+  HmacSha256Hasher inner{apikeys_test::kTestPepper};
+  mutable std::atomic<int> hmacs{0};
+  std::uint32_t current_pepper_id() const noexcept override { return inner.current_pepper_id(); }
+  Digest hash(std::string_view s) const override {
+    ++hmacs;
+    return inner.hash(s);
+  }
+  std::optional<Digest> hash_with(std::string_view s, std::uint32_t id) const override {
+    ++hmacs;
+    return inner.hash_with(s, id);
+  }
+};
+
+// A cache of the caller's own: MemoryCache through the Cache interface alone.
+struct ForwardingCache final : Cache {
+  MemoryCache inner;
+  std::optional<Verdict> get(std::string_view pk, const Digest& d) override {
+    return inner.get(pk, d);
+  }
+  std::uint64_t fill_token(std::string_view pk) override { return inner.fill_token(pk); }
+  void put(std::string_view pk, const Digest& d, const Verdict& v, std::chrono::milliseconds ttl,
+           std::uint64_t token) override {
+    inner.put(pk, d, v, ttl, token);
+  }
+  void erase(std::string_view pk) override { inner.erase(pk); }
+  void clear() override { inner.clear(); }
+};
+
 }  // namespace
 
 TEST_CASE("validate answers every code", "[validator]") {
@@ -492,19 +522,6 @@ TEST_CASE("order of checks: secret first, then expiry, revoked, disabled", "[val
 TEST_CASE("not_found costs a digest, like wrong_secret", "[validator][pitfalls]") {
   // Counting hasher: both paths must hash exactly once (the timing side is measured
   // by the benchmarks; this pins the work).
-  struct CountingHasher final : Hasher {
-    HmacSha256Hasher inner{apikeys_test::kTestPepper};
-    mutable std::atomic<int> calls{0};
-    std::uint32_t current_pepper_id() const noexcept override { return inner.current_pepper_id(); }
-    Digest hash(std::string_view s) const override {
-      ++calls;
-      return inner.hash(s);
-    }
-    std::optional<Digest> hash_with(std::string_view s, std::uint32_t id) const override {
-      ++calls;
-      return inner.hash_with(s, id);
-    }
-  };
   // Without a cache, and with a MemoryCache (asked with a proof of the secret first).
   for (const bool with_cache : {false, true}) {
     INFO("with a MemoryCache: " << with_cache);
@@ -515,12 +532,12 @@ TEST_CASE("not_found costs a digest, like wrong_secret", "[validator][pitfalls]"
     if (with_cache) o.cache = std::make_shared<MemoryCache>();
     KeyManager m(store, hasher, KeyManagerOptions{o, nullptr});
     auto k = m.create(apikeys_test::account_id(1), CreateRequest{"t", "", std::nullopt});
-    hasher->calls = 0;
+    hasher->hmacs = 0;
     CHECK(m.validate("pk_" + std::string(32, 'Q'), k.secret_key.reveal()).code ==
           ValidationCode::not_found);
-    const int not_found_calls = hasher->calls.exchange(0);
+    const int not_found_calls = hasher->hmacs.exchange(0);
     CHECK(m.validate(k.info.public_key, wrong_secret_for(k)).code == ValidationCode::wrong_secret);
-    const int wrong_calls = hasher->calls.exchange(0);
+    const int wrong_calls = hasher->hmacs.exchange(0);
     CHECK(not_found_calls == 1);
     CHECK(wrong_calls == 1);
   }
@@ -809,40 +826,6 @@ TEST_CASE("pepper rotation: old keys validate, new keys use the new pepper", "[v
       KeyManagerOptions{o, nullptr});
   CHECK(only_new.validate(pk, sk).code == ValidationCode::wrong_secret);
 }
-
-namespace {
-
-// HmacSha256Hasher, counting the HMACs asked of it.
-struct CountingHasher final : Hasher {
-  HmacSha256Hasher inner{apikeys_test::kTestPepper};
-  mutable std::atomic<int> hmacs{0};
-  std::uint32_t current_pepper_id() const noexcept override { return inner.current_pepper_id(); }
-  Digest hash(std::string_view s) const override {
-    ++hmacs;
-    return inner.hash(s);
-  }
-  std::optional<Digest> hash_with(std::string_view s, std::uint32_t id) const override {
-    ++hmacs;
-    return inner.hash_with(s, id);
-  }
-};
-
-// A cache of the caller's own: MemoryCache through the Cache interface alone.
-struct ForwardingCache final : Cache {
-  MemoryCache inner;
-  std::optional<Verdict> get(std::string_view pk, const Digest& d) override {
-    return inner.get(pk, d);
-  }
-  std::uint64_t fill_token(std::string_view pk) override { return inner.fill_token(pk); }
-  void put(std::string_view pk, const Digest& d, const Verdict& v, std::chrono::milliseconds ttl,
-           std::uint64_t token) override {
-    inner.put(pk, d, v, ttl, token);
-  }
-  void erase(std::string_view pk) override { inner.erase(pk); }
-  void clear() override { inner.clear(); }
-};
-
-}  // namespace
 
 TEST_CASE("a MemoryCache hit computes no HMAC and a miss computes one", "[validator][cache]") {
   auto store = std::make_shared<InstrumentedStore>();
