@@ -828,26 +828,22 @@ CacheTag MemoryCacheProbe::tag(const MemoryCache& cache, std::string_view public
   return t;
 }
 
-std::optional<Sip128> MemoryCacheProbe::domain(const MemoryCache& cache, const Hasher& hasher) {
+Sip128 MemoryCacheProbe::domain(const MemoryCache& cache, const Hasher& hasher) {
   if (typeid(hasher) != typeid(HmacSha256Hasher)) return random_domain();
   std::string print;
   const WipeOnExit wipe_print(print);  // digests under the peppers: wiped when done
-  try {
-    constexpr std::string_view kText = "apikeys MemoryCache proof domain";
-    std::vector<std::uint32_t> ids = hasher.pepper_ids();
-    std::sort(ids.begin(), ids.end());
-    print.reserve(ids.size() * (sizeof(std::uint32_t) + sizeof(Digest::bytes) + 1));
-    for (const std::uint32_t id : ids) {
-      print.append(reinterpret_cast<const char*>(&id), sizeof id);
-      if (const std::optional<Digest> d = hasher.hash_with(kText, id)) {
-        print.append(reinterpret_cast<const char*>(d->bytes.data()), d->bytes.size());
-      }
-      print += ';';
+  constexpr std::string_view kText = "apikeys MemoryCache proof domain";
+  std::vector<std::uint32_t> ids = hasher.pepper_ids();
+  std::sort(ids.begin(), ids.end());
+  print.reserve(ids.size() * (sizeof(std::uint32_t) + sizeof(Digest::bytes) + 1));
+  for (const std::uint32_t id : ids) {
+    print.append(reinterpret_cast<const char*>(&id), sizeof id);
+    if (const std::optional<Digest> d = hasher.hash_with(kText, id)) {
+      print.append(reinterpret_cast<const char*>(d->bytes.data()), d->bytes.size());
     }
-    return cache.impl_->digest_mac.mac(print);
-  } catch (...) {
-    return std::nullopt;
+    print += ';';
   }
+  return cache.impl_->digest_mac.mac(print);
 }
 
 Sip128 MemoryCacheProbe::random_domain() {
@@ -882,7 +878,8 @@ void MemoryCacheProbe::prefetch(const MemoryCache& cache, const CacheTag& tag) n
   const Node* n = w.shard.readable().first(w.id);
 #if defined(__GNUC__)
   if (n != nullptr) {
-    // Every line the node spans: 88 bytes may straddle three.
+    // Every line the node spans (88 bytes may straddle three), and the two after it,
+    // where a verdict's expiry and Policy block follow.
     const char* at = reinterpret_cast<const char*>(n);
     __builtin_prefetch(at);
     __builtin_prefetch(at + 64);

@@ -11,7 +11,6 @@
 
 #include <chrono>
 #include <cstdint>
-#include <optional>
 #include <string_view>
 
 #include "apikeys/hasher.hpp"
@@ -56,9 +55,9 @@ class MemoryCacheProbe {
   // digest of a fixed text under each pepper it knows, in order of pepper id (which one
   // is current does not change whether a secret checks out). Any other hasher may accept
   // ids its pepper_ids() does not list, so it gets random_domain(): its Validator shares
-  // nothing. nullopt when the hasher failed (the caller reports it and takes a random
-  // domain). Throws what random_domain() throws.
-  [[nodiscard]] static std::optional<Sip128> domain(const MemoryCache& cache, const Hasher& hasher);
+  // nothing. Throws what the hasher throws (the caller reports it and takes a random
+  // domain), and what random_domain() throws.
+  [[nodiscard]] static Sip128 domain(const MemoryCache& cache, const Hasher& hasher);
   // A domain nobody else has: a hash under a key drawn for it from the CSPRNG. Throws
   // Error(crypto) if the CSPRNG fails.
   [[nodiscard]] static Sip128 random_domain();

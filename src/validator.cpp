@@ -257,13 +257,13 @@ struct Validator::Impl {
     choose_decoy_pepper();
     registration = detail::CacheRegistration(store->identity(), cache);
     if (memory_cache) {
-      std::optional<detail::Sip128> d = detail::MemoryCacheProbe::domain(*memory_cache, *hasher);
-      if (!d) {
+      try {
+        proof_domain = detail::MemoryCacheProbe::domain(*memory_cache, *hasher);
+      } catch (...) {
         // Safe, only slower: this validator shares no verdict with another.
-        report(Component::cache, "proof domain", "the hasher failed; the cache is not shared");
-        d = detail::MemoryCacheProbe::random_domain();
+        report(Component::cache, "proof_domain");
+        proof_domain = detail::MemoryCacheProbe::random_domain();
       }
-      proof_domain = *d;
     }
   }
 
@@ -349,9 +349,10 @@ struct Validator::Impl {
   void write_digests(FlushReport& out) noexcept APIKEYS_REQUIRES(flush_mu);
 };
 
-// Format, digest, cache, fill token, store, then the verdict (secret first, then
-// expiry and status), the cache fill and last use: doc/validate.md says why each step
-// sits where it does.
+// Format, digest (with a MemoryCache: a proof of the secret, and the digest after a
+// miss), cache, fill token, store, then the verdict (secret first, then expiry and
+// status), the cache fill and last use: doc/validate.md says why each step sits where
+// it does.
 void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& trace,
                                std::optional<TimePoint>* judged,
                                ValidationResult& result) const noexcept {
@@ -377,8 +378,8 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
     }
     // A MemoryCache is asked before the HMAC, with a proof of the secret (a SipHash
     // under the cache's own key): a hit computes no HMAC. Any other cache is asked with
-    // the digest, as the Cache interface says. The store path computes both, whatever
-    // the outcome (doc/validate.md, step 2).
+    // the digest, as the Cache interface says. With a MemoryCache, the store path
+    // computes both, whatever the outcome (doc/validate.md, step 2).
     Digest presented;
     detail::CacheProof proof;
     if (memory_cache) {
@@ -511,7 +512,7 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
         // One HMAC under the record's pepper; the compare matches the other paths'
         // two. A pepper the hasher does not know costs no HMAC in hash_with(): the
         // decoy's. Not verify(), which answers false for a failing hasher too: that
-        // would be a wrong_secret, cached under the owner's own digest, where a failure
+        // would be a wrong_secret, cached under the owner's own secret, where a failure
         // is an error (thrown here, caught below, never cached).
         const std::optional<Digest> under_stored = hasher->hash_with(sk, stored.pepper_id);
         secret_ok = under_stored.has_value() && constant_time_equal(*under_stored, stored);

@@ -2,6 +2,7 @@
 #include <cstdint>
 #include <string>
 
+#include "../../src/memory_cache_probe.hpp"
 #include "../../src/siphash.hpp"
 #include "catch.hpp"
 
@@ -141,4 +142,18 @@ TEST_CASE("SipHasher: a default-built hasher draws its own random key", "[siphas
   const apikeys::detail::SipHasher zero(0, 0);
   CHECK(a(pk) != zero(pk));
   CHECK(b(pk) != zero(pk));
+}
+
+TEST_CASE("same_proof is true only when both words of the proofs match", "[siphash]") {
+  const apikeys::detail::CacheProof a{{0x0123456789abcdefULL, 0xfedcba9876543210ULL}};
+  CHECK(apikeys::detail::same_proof(a, a));
+  for (int bit = 0; bit < 64; ++bit) {
+    INFO("bit " << bit);
+    apikeys::detail::CacheProof lo = a;
+    lo.mac.lo ^= std::uint64_t{1} << bit;
+    apikeys::detail::CacheProof hi = a;
+    hi.mac.hi ^= std::uint64_t{1} << bit;
+    CHECK_FALSE(apikeys::detail::same_proof(a, lo));
+    CHECK_FALSE(apikeys::detail::same_proof(a, hi));
+  }
 }
