@@ -48,11 +48,12 @@ class LastUseTracker {
   LastUseTracker(std::int64_t interval_ms, std::size_t throttle_limit, std::size_t queue_limit,
                  FoldHasher home_hash);
 
-  // Where a key's note lives: a hash of its public key (src/fold_hash.hpp). A
-  // public key names one key, so each key has one home; and the Validator knows the
-  // public key before its HMAC, so the home's set can load while the HMAC runs, where a
-  // home taken from the key id (known only once the verdict is read) left the load to
-  // stall the hit (doc/last-use.md, "Where").
+  // Where a key's note lives: a hash of its public key (src/fold_hash.hpp; a Validator
+  // with a MemoryCache passes half of the cache's hash of the key instead). A public key
+  // names one key, so each key has one home; and the Validator knows the public key
+  // before it hashes the secret, so the home's set can load meanwhile, where a home taken
+  // from the key id (known only once the verdict is read) left the load to stall the hit
+  // (doc/last-use.md, "Where").
   std::uint64_t home_of(std::string_view public_key) const noexcept {
     return home_hash_(public_key);
   }

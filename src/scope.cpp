@@ -17,7 +17,8 @@ namespace apikeys::detail {
 namespace {
 
 // The grammar's character classes, one table lookup per character: scope_error() runs on
-// every required scope of every validation.
+// every required scope of every validation that is not 8 to 16 characters long
+// (is_literal_scope() checks those in one vector).
 enum CharClass : std::uint8_t { kOther = 0, kSegment = 1, kSeparator = 2, kStar = 3 };
 
 constexpr std::array<std::uint8_t, 256> make_classes() noexcept {

@@ -21,8 +21,8 @@ inline std::uint64_t rotl(std::uint64_t x, int b) noexcept { return (x << b) | (
 
 // The state, a local value: a string's bytes are read through a char pointer, which may
 // alias anything the compiler cannot prove apart, so a state in the caller's memory was
-// stored and reloaded around every load of the message (over 400 instructions for a
-// 35-byte key, about 250 in registers).
+// stored and reloaded around every load of the message (SipHash-2-4 of a 35-byte
+// secret: 403 instructions, 375 with the state local).
 struct State {
   std::uint64_t v0;
   std::uint64_t v1;

@@ -38,7 +38,7 @@ struct MemoryCacheOptions {
   /// the shards; beyond it entries of the full shard are evicted as for `capacity`. The
   /// entry being stored is always kept, so 0, or anything below one entry, holds one
   /// entry; an entry larger than its shard's share is held alone in its shard. Allocator
-  /// headers and rounding are not counted. Default 256 MiB (about 2.2 million entries
+  /// headers and rounding are not counted. Default 256 MiB (about 2.6 million entries
   /// without scopes, metadata or an expiry, or 230,000 with 1 KiB of metadata each).
   std::size_t max_bytes = std::size_t{256} << 20;
   /// Number of independently locked shards, rounded up to a power of two, at most
@@ -123,9 +123,9 @@ class APIKEYS_EXPORT MemoryCache final : public Cache {
                                            const Digest& presented) override;
   /// See Cache::get_into(): keeps the capacity of out's vectors and strings.
   bool get_into(std::string_view public_key, const Digest& presented, Verdict& out) override;
-  /// See Cache::prefetch(): starts loading the public key's bucket and the first entry
-  /// of its chain. Does nothing on a thread that has not yet called get() or
-  /// get_into(): never locks, allocates or throws.
+  /// See Cache::prefetch(): starts loading the public key's bucket, the first entry of
+  /// its chain and the two lines after it (where a verdict's policy block lies). Does nothing on a
+  /// thread that has not yet called get() or get_into(): never locks, allocates or throws.
   void prefetch(std::string_view public_key) const noexcept override;
   [[nodiscard]] std::uint64_t fill_token(std::string_view public_key) override;
   void put(std::string_view public_key, const Digest& presented, const Verdict& verdict,
