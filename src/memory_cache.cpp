@@ -859,11 +859,13 @@ CacheProof MemoryCacheProbe::proof(const MemoryCache& cache, std::string_view se
 }
 
 CacheProof MemoryCacheProbe::proof(const MemoryCache& cache, const Digest& presented) noexcept {
-  // The pepper id too: a digest under another pepper is another digest.
+  // The pepper id too: a digest under another pepper is another digest. SipHash-1-3, the
+  // tables' rounds: a digest is not a secret, and a RedisCache's in-process tier pays
+  // this on every hit (about 30 ns a digest where SipHash-2-4 took 46, in a loop).
   unsigned char bytes[sizeof presented.bytes + sizeof presented.pepper_id];
   std::memcpy(bytes, presented.bytes.data(), sizeof presented.bytes);
   std::memcpy(bytes + sizeof presented.bytes, &presented.pepper_id, sizeof presented.pepper_id);
-  return CacheProof{cache.impl_->digest_mac.mac(
+  return CacheProof{cache.impl_->digest_mac.wide(
       std::string_view(reinterpret_cast<const char*>(bytes), sizeof bytes))};
 }
 

@@ -73,7 +73,7 @@ struct MemoryCacheOptions {
 /// hashes collide (a chance of 2^-128 per pair, under a key no caller sees), and even
 /// then an entry answers only the secret it was stored with.
 ///
-/// An entry keeps a 128-bit SipHash-2-4 of the presented digest, under a second random
+/// An entry keeps a 128-bit SipHash-1-3 of the presented digest, under a second random
 /// per-cache key, and answers only a lookup whose digest has the same one: another
 /// digest matches by a chance of 2^-128, under a key no caller sees. A Validator
 /// calls its MemoryCache through a path of its own that presents the secret rather
