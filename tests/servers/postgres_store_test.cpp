@@ -640,13 +640,25 @@ TEST_CASE("PostgresStore: a pooled connection the server closed fails no call",
   const apikeys::Uuid account = apikeys_test::account_id(8);
   store.insert(record(1, account));
   REQUIRE(store.find(apikeys_test::contract::public_key(1)));
-  // What a server restart, an idle timeout or a proxy does to the idle pool.
+  // What a server restart, an idle timeout or a proxy does to the idle pool. Done once
+  // the close has reached the store's end: a backend leaves pg_stat_activity before its
+  // process exits and its socket closes, and a write sent in between fails (writes are
+  // not retried), which is a race of the test's making, not a close the store missed.
+  // A local server's backends are waited for until their processes are gone; a remote
+  // server's pids name no local postgres process and are not waited for.
   const auto close_pool = [&] {
     const std::string backends =
         "FROM pg_stat_activity WHERE application_name = '" + app + "' AND pid <> pg_backend_pid()";
-    (void)run_sql(*pg, "SELECT pg_terminate_backend(pid) " + backends);
+    const auto rows = run_sql(*pg, "SELECT pid, pg_terminate_backend(pid) " + backends);
     REQUIRE(apikeys_test::eventually(
         [&] { return run_sql(*pg, "SELECT count(*) " + backends)[0][0] == "0"; }));
+    for (const auto& row : rows) {
+      REQUIRE(apikeys_test::eventually([&] {
+        std::ifstream comm("/proc/" + row[0] + "/comm");
+        std::string name;
+        return !(comm >> name) || name.rfind("postgres", 0) != 0;
+      }));
+    }
   };
 
   SECTION("a read is retried on a fresh connection") {
