@@ -18,6 +18,9 @@ std::atomic<bool> g_watching{false};
 std::atomic<bool> g_counting{false};
 std::atomic<std::size_t> g_allocations{0};
 std::atomic<std::size_t> g_unwiped{0};
+// fail_nth_allocation_here(): allocations left on this thread before the one that
+// fails (0: none fails).
+thread_local std::size_t t_fail_in = 0;
 // Written only while not watching; read only while watching (acquire/release on
 // g_watching orders the two).
 char g_marker[256];
@@ -25,6 +28,7 @@ std::size_t g_marker_size = 0;
 
 [[maybe_unused]] void* allocate(std::size_t n) {
   if (g_fail.load(std::memory_order_acquire)) throw std::bad_alloc();
+  if (t_fail_in != 0 && --t_fail_in == 0) throw std::bad_alloc();
   if (g_counting.load(std::memory_order_relaxed)) {
     g_allocations.fetch_add(1, std::memory_order_relaxed);
   }
@@ -49,6 +53,8 @@ std::size_t g_marker_size = 0;
 }  // namespace
 
 void fail_allocations(bool on) noexcept { g_fail.store(on, std::memory_order_release); }
+
+void fail_nth_allocation_here(std::size_t n) noexcept { t_fail_in = n; }
 
 void count_allocations(bool on) noexcept {
   if (on) g_allocations.store(0, std::memory_order_relaxed);

@@ -42,6 +42,11 @@ void stop_watching() noexcept;
 /// Blocks freed while watching that still held the marker.
 std::size_t unwiped_frees() noexcept;
 
+/// Makes the `n`th operator new from now on the calling thread (1 for the next) throw
+/// std::bad_alloc, once; 0 cancels. Other threads' allocations are not counted, so a
+/// sweep over `n` meets the same allocation each time, whatever background threads do.
+void fail_nth_allocation_here(std::size_t n) noexcept;
+
 /// Starts counting the blocks allocated through operator new (any thread), from 0.
 void count_allocations(bool on) noexcept;
 /// Blocks allocated while counting (the count stays readable after it stops).
@@ -63,6 +68,14 @@ struct FailAllocations {
   ~FailAllocations() { fail_allocations(false); }
   FailAllocations(const FailAllocations&) = delete;
   FailAllocations& operator=(const FailAllocations&) = delete;
+};
+
+/// fail_nth_allocation_here(n) on construction, cancelled when it dies.
+struct FailNthAllocationHere {
+  explicit FailNthAllocationHere(std::size_t n) noexcept { fail_nth_allocation_here(n); }
+  ~FailNthAllocationHere() { fail_nth_allocation_here(0); }
+  FailNthAllocationHere(const FailNthAllocationHere&) = delete;
+  FailNthAllocationHere& operator=(const FailNthAllocationHere&) = delete;
 };
 
 /// Watches for `marker` while alive.
