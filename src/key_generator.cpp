@@ -33,7 +33,7 @@ constexpr std::array<std::uint8_t, 256> make_base62_table() noexcept {
 constexpr std::array<std::uint8_t, 256> kIsBase62 = make_base62_table();
 
 bool valid_prefix(std::string_view p) noexcept {
-  if (p.empty() || p.size() > 32) return false;
+  if (p.empty() || p.size() > KeyFormat::kMaxPrefix) return false;
   for (char c : p) {
     if (!is_base62(c) && c != '_') return false;
   }
@@ -115,7 +115,7 @@ void KeyFormat::check() const {
   if (public_prefix == secret_prefix) {
     throw Error(ErrorCode::invalid_argument, "public and secret key prefixes must differ");
   }
-  if (length < 22 || length > 128) {
+  if (length < kMinLength || length > kMaxLength) {
     throw Error(ErrorCode::invalid_argument,
                 "key length must be 22 (128 bits) to 128 base62 characters");
   }

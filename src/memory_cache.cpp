@@ -39,7 +39,8 @@ constexpr std::size_t kStripesPerShard = 64;
 // per pair under a key no caller sees (no tag leaves the cache), and even then an
 // entry answers only the secret it was stored with (its proof). `lo` also
 // picks the shard, the stripe and the bucket. Holding the tag rather than the key (up
-// to 55 characters) keeps a node at 88 bytes, and a lookup compares two words.
+// to kMaxPublicKeyLength characters) keeps a node at 88 bytes, and a lookup compares two
+// words.
 using KeyId = detail::Sip128;
 
 // A verdict's scopes, metadata, rate limits and lineage (when it is not the key's own

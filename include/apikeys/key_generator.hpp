@@ -28,6 +28,13 @@ struct APIKEYS_EXPORT KeyFormat {
   /// Shortest and longest brand accepted by branded().
   static constexpr std::size_t kMinBrand = 2;
   static constexpr std::size_t kMaxBrand = 16;  ///< Longest brand.
+  /// Longest prefix check() accepts.
+  static constexpr std::size_t kMaxPrefix = 32;
+  /// Fewest and most random characters check() accepts (128 and 761 bits).
+  static constexpr std::size_t kMinLength = 22;
+  static constexpr std::size_t kMaxLength = 128;  ///< Most random characters.
+  /// The longest key, public or secret, of any format check() accepts.
+  static constexpr std::size_t kMaxKeySize = kMaxPrefix + kMaxLength + kChecksumLength;
 
   std::string public_prefix = "pk_";  ///< Default "pk_"; e.g. "pk_live_".
   std::string secret_prefix = "sk_";  ///< Default "sk_"; e.g. "sk_live_".

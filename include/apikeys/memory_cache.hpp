@@ -14,6 +14,7 @@
 #include "apikeys/cache.hpp"
 #include "apikeys/clock.hpp"
 #include "apikeys/export.hpp"
+#include "apikeys/key_generator.hpp"
 
 namespace apikeys {
 
@@ -111,9 +112,10 @@ class APIKEYS_EXPORT MemoryCache final : public Cache {
   static constexpr std::size_t kEntryBytes = 104;
 
   /// Public keys longer than this are never cached (get misses, put does nothing), which
-  /// bounds the hashing a lookup does. Every format with a prefix of up to 23 characters
-  /// and the default 32-character body fits.
-  static constexpr std::size_t kMaxPublicKeyLength = 55;
+  /// bounds the hashing a lookup does. It is the longest key of any KeyFormat (a
+  /// 32-character prefix, 128 random characters and the checksum), so every key a
+  /// Validator accepts can be cached.
+  static constexpr std::size_t kMaxPublicKeyLength = KeyFormat::kMaxKeySize;
 
   /// An empty cache. Defaults: see MemoryCacheOptions.
   explicit MemoryCache(MemoryCacheOptions options = {});

@@ -940,6 +940,35 @@ ValidatorOptions shared_cache_options() {
 
 }  // namespace
 
+// A MemoryCache bounds the public keys it holds; that bound covers every format a
+// KeyFormat allows, so no format's keys silently skip the cache (and pay an HMAC and a
+// store read on every call).
+TEST_CASE("Validator: keys of the longest formats are cached like any other",
+          "[validator][cache]") {
+  KeyFormat longest;
+  longest.public_prefix = std::string(KeyFormat::kMaxPrefix - 1, 'p') + "_";
+  longest.secret_prefix = std::string(KeyFormat::kMaxPrefix - 1, 's') + "_";
+  longest.length = KeyFormat::kMaxLength;
+  longest.checksum = true;
+  const KeyFormat format = GENERATE_COPY(KeyFormat::branded("abcdefghijklmnop"), longest);
+  CAPTURE(format.public_prefix);
+  auto store = std::make_shared<InstrumentedStore>();
+  KeyManagerOptions o;
+  o.validation.format = format;
+  o.validation.cache = std::make_shared<MemoryCache>();
+  o.validation.record_last_use = false;
+  KeyManager manager(store, std::make_shared<HmacSha256Hasher>(apikeys_test::kTestPepper), o);
+  const CreatedKey k =
+      manager.create(apikeys_test::account_id(1), CreateRequest{"k", "", std::nullopt});
+  if (format.public_prefix == longest.public_prefix) {
+    CHECK(k.info.public_key.size() == KeyFormat::kMaxKeySize);
+  }
+  REQUIRE(manager.validate(k.info.public_key, k.secret_key.reveal()).ok());
+  const int reads = store->finds.load();
+  CHECK(manager.validate(k.info.public_key, k.secret_key.reveal()).ok());
+  CHECK(store->finds.load() == reads);  // answered by the cache
+}
+
 TEST_CASE("Validators sharing a MemoryCache answer each other only with the same peppers",
           "[validator][cache]") {
   // A key under pepper 1. `old_peppers` knows it; `new_peppers` has dropped it, so for
