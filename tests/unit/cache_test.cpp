@@ -1001,7 +1001,7 @@ TEST_CASE("MemoryCache: public keys beyond kMaxPublicKeyLength are never cached"
   f.fill(too_long, digest_of(1), valid_verdict(1), milliseconds(60'000));
   CHECK_FALSE(f.cache->get(too_long, digest_of(1)).has_value());
   REQUIRE_NOTHROW(f.cache->erase(too_long));
-  // The longer key is not confused with its 55-character prefix.
+  // The longer key is not confused with its prefix of the longest length.
   CHECK(f.cache->get(longest, digest_of(1)).has_value());
   CHECK(f.cache->size() == 1);
 }
