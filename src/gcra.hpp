@@ -32,6 +32,12 @@ struct GcraState {
   std::uint64_t scale = 0;
 };
 
+// A TAT at rest at every time: below now_ns * limit for any int64 now_ns and any limit
+// (at least -2^93), and rescaled to another limit (gcra_tat()) it stays below 2^124 in
+// magnitude. A state holds it from when it is claimed until a request is admitted, so
+// claiming one spends nothing, not even for a request whose clock reads earlier.
+inline constexpr Int128 kTatAtRestAlways = -(static_cast<Int128>(1) << 94);
+
 // What gcra_decide() found. No member initialisers: callers keep an array of one per
 // possible limit on the stack, and zeroing 16 of them cost more than deciding one.
 // gcra_decide() value-initialises what it returns.

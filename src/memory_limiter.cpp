@@ -244,8 +244,9 @@ struct MemoryLimiter::Impl {
   // Taking over a state at rest loses nothing, but rebuilding first keeps probe chains
   // short: a table where every lineage takes over another's would walk the whole
   // window on each lookup.
-  // A claimed slot holds a state at rest at `now_ns` (what a state never used decides)
-  // and is never free again: were it left free until the request is admitted, a refused
+  // A claimed slot holds a state at rest at any time (kTatAtRestAlways: what a state
+  // never used decides, whatever the time of the request that next reads it, so a
+  // refused request or a check of cost 0 spends nothing) and is never free again: were it left free until the request is admitted, a refused
   // request would leave a hole in the probe chain, hiding the states beyond it (a
   // lineage found there would look new). Sets `rebuilt` when it rebuilt the table,
   // which moves every slot.
@@ -304,7 +305,7 @@ struct MemoryLimiter::Impl {
       }
       claim->lineage = lineage;
       claim->name_hash = nh;
-      claim->tat = static_cast<detail::Int128>(now_ns) * static_cast<detail::Int128>(limit);
+      claim->tat = detail::kTatAtRestAlways;
       claim->scale = limit;
       return claim;
     }

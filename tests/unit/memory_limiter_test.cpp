@@ -453,6 +453,29 @@ TEST_CASE("MemoryLimiter: a refused request holds no state and never hides anoth
   CHECK(over == 0);
 }
 
+// A state claimed for a request that was not admitted (a check of cost 0, a request
+// another of its limits refused) spends nothing, even for a request whose time reads
+// earlier (a thread's clock read that reaches the lock late, a clock set back): it is
+// the same as no state at all.
+TEST_CASE("MemoryLimiter: a state no request was admitted by is at rest at any time",
+          "[admission][memory_limiter]") {
+  MemoryLimiter limiter(nullptr);
+  const Uuid id = *Uuid::parse("21111111-2222-4333-8444-555555555555");
+  const std::vector<RateLimit> five = {limit("a", 5, 1000ms)};  // burst 5
+  SECTION("a check of cost 0") {
+    REQUIRE(limiter.admit(request(id, five, 0, kStart)).outcome == AdmissionOutcome::admitted);
+  }
+  SECTION("a request another limit refused") {
+    const std::vector<RateLimit> two = {limit("a", 5, 1000ms), limit("b", 1, 1000ms)};
+    REQUIRE(limiter.admit(request(id, two, 2, kStart)).outcome == AdmissionOutcome::rate_limited);
+  }
+  // Ten seconds earlier, a whole burst: what a lineage without any state is given.
+  const Admission a = limiter.admit(request(id, five, 5, kStart - 10s));
+  CHECK(a.outcome == AdmissionOutcome::admitted);
+  CHECK(limiter.admit(request(id, five, 1, kStart - 10s)).outcome ==
+        AdmissionOutcome::rate_limited);
+}
+
 TEST_CASE("MemoryLimiter: the limits of one request never share a state",
           "[admission][memory_limiter]") {
   MemoryLimiter limiter(nullptr);  // the default table: sparse, yet it happens
