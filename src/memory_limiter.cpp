@@ -33,6 +33,19 @@ constexpr std::size_t kFirstSlots = 16;    // a shard's first slot table
 constexpr std::size_t kSlotsPerState = 4;  // a full table's slots per state of capacity
 constexpr std::size_t kSlotsPerLive = 4;   // a rebuilt table's slots per state kept
 constexpr std::size_t kFirstLeases = 8;    // and lease table
+// A state is dropped (or taken over by another lineage) only once it has been at rest
+// for this long. A request decides at the time it was given, which may be earlier than
+// another's that reached the lock first (a thread kept off its core between its clock
+// read and the lock); a state dropped at the later time would let the earlier request
+// start from rest, admitting what the time between them restored.
+constexpr std::int64_t kRestSlackNs = 1'000'000'000;
+
+// True when the state may be dropped at `now_ns`: at rest since kRestSlackNs before.
+bool droppable(const detail::GcraState& s, std::int64_t now_ns) noexcept {
+  const std::int64_t then =
+      now_ns < INT64_MIN + kRestSlackNs ? INT64_MIN : now_ns - kRestSlackNs;
+  return detail::gcra_at_rest(s, then);
+}
 
 // One rate limit's state: 48 bytes (kBytesPerState).
 struct Slot {
@@ -207,7 +220,7 @@ struct MemoryLimiter::Impl {
                      bool grow) APIKEYS_REQUIRES(sh.mu) {
     if (sh.slots.size() >= slots_per_shard) return false;
     const auto keep = [&lineage, now_ns](const Slot& s) {
-      return s.lineage == lineage || !detail::gcra_at_rest(s.state(), now_ns);
+      return s.lineage == lineage || !droppable(s.state(), now_ns);
     };
     std::size_t kept = 0;
     std::size_t in_use = 0;
@@ -281,7 +294,7 @@ struct MemoryLimiter::Impl {
           // state.
           continue;
         }
-        if (!rest && detail::gcra_at_rest(s.state(), now_ns)) rest = &s;
+        if (!rest && droppable(s.state(), now_ns)) rest = &s;
         ++foreign;
       }
       Slot* claim = nullptr;

@@ -310,9 +310,11 @@ struct Validator::Impl {
     volatile bool sink = d && constant_time_equal(*d, decoy);
     (void)sink;
   }
-  // `judged` receives the time the verdict was judged at when it is valid and the clock
-  // was read (admission reuses it: one clock read per request). `trace` receives what
-  // the observers are told.
+  // `judged` receives the time a cache hit was judged at when it is valid and the clock
+  // was read (admission reuses it: one clock read per hit, with nothing slow between the
+  // read and the limiter). A verdict from the store leaves it unset: a cache put, a
+  // network round trip with RedisCache, lies between, so admission reads the clock
+  // afresh. `trace` receives what the observers are told.
   // Each sets `result`, which must be fresh (reset()) on entry.
   void validate(std::string_view pk, std::string_view sk, Trace& trace,
                 std::optional<TimePoint>* judged, ValidationResult& result) const noexcept;
@@ -587,7 +589,6 @@ void Validator::Impl::validate(std::string_view pk, std::string_view sk, Trace& 
     if (result.code == ValidationCode::valid && options.record_last_use) {
       tracker.note(home, result.key_id, to_unix_millis(now));
     }
-    if (judged) *judged = now;
     // `presented` is the digest under the current pepper already: no HMAC more.
     if (rehash) rehash_queue.add(record->info.key_id, record->digest, presented);
   } catch (...) {

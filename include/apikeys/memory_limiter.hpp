@@ -22,8 +22,8 @@ namespace apikeys {
 /// Options for MemoryLimiter. Every field states its default.
 struct MemoryLimiterOptions {
   /// Rate-limit states held for certain: one per (lineage, limit name) in use. Beyond
-  /// it, a state at rest (its limit back to full burst) is dropped when its place is
-  /// needed, which loses nothing; when no place is at rest, admit() throws Error(busy)
+  /// it, a state that has been at rest for a second (its limit back to full burst) is
+  /// dropped when its place is needed, which loses nothing; when no place is at rest, admit() throws Error(busy)
   /// and the Validator applies its LimiterFailurePolicy rather than forget a state and
   /// over-admit. The tables grow as lineages come, up to four slots of
   /// MemoryLimiter::kBytesPerState bytes per state of capacity (48 MiB at the

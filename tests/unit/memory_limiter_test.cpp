@@ -216,12 +216,12 @@ TEST_CASE("MemoryLimiter: a full table throws busy: states at rest are reused",
   CHECK(busy > 0);
   CHECK(admitted + busy == ids.size());
   CHECK(limiter.states() == admitted);
-  // A second later every state is at rest: new lineages take every place again, and no
-  // more.
+  // Two seconds later every state has been at rest for a second: new lineages take every
+  // place again, and no more.
   std::size_t again = 0;
   for (int i = 0; i < 20'000; ++i) {
     try {
-      if (limiter.admit(request(lineage(rng), slow, 1, kStart + 1s)).outcome ==
+      if (limiter.admit(request(lineage(rng), slow, 1, kStart + 2s)).outcome ==
           AdmissionOutcome::admitted) {
         ++again;
       }
@@ -231,6 +231,32 @@ TEST_CASE("MemoryLimiter: a full table throws busy: states at rest are reused",
   }
   CHECK(again == admitted);
   CHECK(limiter.states() == admitted);
+}
+
+// Requests reach the lock in another order than they read the clock. A state that came
+// to rest only a moment before another request's time is kept, so that a request whose
+// time reads earlier still finds it rather than starting from rest.
+TEST_CASE("MemoryLimiter: a state at rest is kept a second before another lineage takes it",
+          "[admission][memory_limiter]") {
+  MemoryLimiterOptions o;
+  o.capacity = 1;  // the smallest table: full at once, states at rest are taken over
+  MemoryLimiter limiter(nullptr, o);
+  const std::vector<RateLimit> slow = {limit("a", 1, 1000ms)};  // burst 1
+  const Uuid x = *Uuid::parse("31111111-2222-4333-8444-555555555555");
+  REQUIRE(limiter.admit(request(x, slow, 1, kStart)).outcome == AdmissionOutcome::admitted);
+  // At rest from kStart + 1s. Half a second after that, every table fills.
+  std::mt19937_64 rng(23);
+  for (int i = 0; i < 20'000; ++i) {
+    try {
+      (void)limiter.admit(request(lineage(rng), slow, 1, kStart + 1500ms));
+    } catch (const apikeys::Error& e) {
+      CHECK(e.code() == apikeys::ErrorCode::busy);
+    }
+  }
+  // A request of x's that read the clock before its state came to rest, and reaches the
+  // limiter only now: refused, as it was at its time.
+  CHECK(limiter.admit(request(x, slow, 1, kStart + 900ms)).outcome ==
+        AdmissionOutcome::rate_limited);
 }
 
 TEST_CASE("MemoryLimiter: tables grow as lineages come and keep every live state",
