@@ -390,16 +390,56 @@ struct MemoryLimiter::Impl {
       if (!slots[i]) throw Error(ErrorCode::busy, "the rate limiter's table is full");
       decisions[i] = detail::gcra_decide(slots[i]->state(), limit, r.cost, now_ns);
       if (!decisions[i].admit) {
-        out.outcome = AdmissionOutcome::rate_limited;
-        out.limited_by = i;
-        // A cost above the burst is never admitted: no wait would help.
-        out.retry_after = r.cost > limit.effective_burst()
-                              ? std::chrono::milliseconds::max()
-                              : detail::ceil_millis(decisions[i].retry_after_ns);
+        refuse(sh, r, lh, now_ns, i, decisions[i].retry_after_ns, out);
         return false;
       }
     }
     return true;
+  }
+
+  // How long until `limit` would admit `r` (0: now), judged on its state as it is; a
+  // cost above its burst is never admitted (INT64_MAX). Claims nothing.
+  std::int64_t wait_for(const Shard& sh, const AdmissionRequest& r, std::uint64_t lh,
+                        const RateLimit& limit, std::int64_t now_ns) const
+      APIKEYS_REQUIRES(sh.mu) {
+    if (r.cost > limit.effective_burst()) return INT64_MAX;
+    if (sh.slots.empty()) return 0;
+    const std::uint64_t nh = name_hash(limit.name);
+    const std::size_t mask = sh.slots.size() - 1;
+    const std::size_t window = std::min(kMaxProbe, sh.slots.size());
+    std::size_t i = slot_home(mask, lh, nh);
+    for (std::size_t probe = 0; probe < window; ++probe, i = (i + 1) & mask) {
+      const Slot& s = sh.slots[i];
+      if (s.scale == 0) return 0;  // nothing lies beyond a free slot: no state, at rest
+      if (s.lineage == r.lineage_id && s.name_hash == nh) {
+        const detail::GcraDecision d = detail::gcra_decide(s.state(), limit, r.cost, now_ns);
+        return d.admit ? 0 : d.retry_after_ns;
+      }
+    }
+    return 0;
+  }
+
+  // Sets `out` for a request the limit at `first` refused, waiting `first_wait` ns: the
+  // limits after it are judged too (without claiming a state), and the answer names the
+  // one that makes the request wait longest, so that `retry_after` is when every limit
+  // would admit it (the limits before `first` admitted it now, and only admit more as
+  // time passes), and is "never" when any limit's burst is below the cost.
+  void refuse(const Shard& sh, const AdmissionRequest& r, std::uint64_t lh, std::int64_t now_ns,
+              std::size_t first, std::int64_t first_wait, Admission& out) const
+      APIKEYS_REQUIRES(sh.mu) {
+    std::size_t worst = first;
+    std::int64_t wait = r.cost > r.limits[first].effective_burst() ? INT64_MAX : first_wait;
+    for (std::size_t j = first + 1; j < r.limit_count && wait != INT64_MAX; ++j) {
+      const std::int64_t w = wait_for(sh, r, lh, r.limits[j], now_ns);
+      if (w > wait) {
+        worst = j;
+        wait = w;
+      }
+    }
+    out.outcome = AdmissionOutcome::rate_limited;
+    out.limited_by = worst;
+    out.retry_after =
+        wait == INT64_MAX ? std::chrono::milliseconds::max() : detail::ceil_millis(wait);
   }
 
   // Applies the decisions of an admitted request and reports each limit's state.

@@ -51,6 +51,8 @@ namespace {
 // charge (0/1), n, then n times (name, limit, period ms, burst). Returns
 //   {1, pool or -1, store_remaining or -1, remaining_1, reset_ms_1, ...}  admitted
 //   {0, index (0-based), retry_after_ms}                                  rate limited
+//     (a limit whose burst is below the cost, else the refusing limit that makes the
+//     request wait longest: retry_after is then when every limit would admit it)
 //   {2, pool (0 when stale or missing), rst ('' when none)}                need credits
 // and writes nothing unless it admits (all or nothing).
 #define APIKEYS_LIMITER_ADMIT                                                   \
@@ -75,6 +77,7 @@ namespace {
   "  local new = {}\n"                                                          \
   "  local out = {1, -1, -1}\n"                                                 \
   "  local ttl = 0\n"                                                           \
+  "  local worst, wait = nil, 0\n"                                              \
   "  for i = 0, n - 1 do\n"                                                     \
   "    local b = a + 3 + 4 * i\n"                                               \
   "    local T = tonumber(ARGV[b + 2]) * 1000 / tonumber(ARGV[b + 1])\n"        \
@@ -87,8 +90,10 @@ namespace {
   "    local base = tat > now and tat or now\n"                                 \
   "    local nt = base + cost * T\n"                                            \
   "    if cost > 0 and nt - now > tau + eps then\n"                             \
-  "      return {0, i, math.ceil((nt - now - tau - eps) / 1000)}\n"             \
+  "      local w = math.ceil((nt - now - tau - eps) / 1000)\n"                  \
+  "      if not worst or w > wait then worst, wait = i, w end\n"                \
   "    end\n"                                                                   \
+  "    if not worst then\n"                                                     \
   "    local ahead = nt - now\n"                                                \
   "    local room = tau - ahead + eps\n"                                        \
   "    out[#out + 1] = room > 0 and math.floor(room / T) or 0\n"                \
@@ -98,7 +103,9 @@ namespace {
   "    if cost > 0 and nt - base < 0.25 then nt = base + 0.25 end\n"            \
   "    new[#new + 1] = string.format('%.17g', nt)\n"                            \
   "    if reset > ttl then ttl = reset end\n"                                   \
+  "    end\n"                                                                   \
   "  end\n"                                                                     \
+  "  if worst then return {0, worst, wait} end\n"                               \
   "  local pool = tonumber(c[1])\n"                                             \
   "  local pool_end = tonumber(c[2])\n"                                         \
   "  if pool and (not pool_end or now_ms >= pool_end) then pool = nil end\n"    \

@@ -59,10 +59,12 @@ enum class AdmissionOutcome : std::uint8_t {
 /// What a limiter answers. Thread-safety and ownership: a plain value.
 struct Admission {
   AdmissionOutcome outcome = AdmissionOutcome::admitted;  ///< See AdmissionOutcome.
-  /// rate_limited: the index in AdmissionRequest::limits of the limit that refused.
+  /// rate_limited: the index in AdmissionRequest::limits of the limit that refused (of
+  /// those that did, the one that makes the request wait longest).
   std::size_t limited_by = 0;
-  /// rate_limited: how long until that limit would admit the request;
-  /// std::chrono::milliseconds::max() when it never will (a cost above its burst).
+  /// rate_limited: how long until every limit would admit the request, if nothing else
+  /// spends meanwhile; std::chrono::milliseconds::max() when one never will (a cost
+  /// above its burst).
   std::chrono::milliseconds retry_after{0};
   /// The balance after the charge (admitted) or as it is (usage_exceeded), when the
   /// lineage has credits. A limiter that holds credits in advance (a lease) includes

@@ -62,10 +62,12 @@ struct ValidationResult : Verdict {
   /// When valid or usage_exceeded and the key has credits: the balance after this
   /// request's charge (valid) or as it is (usage_exceeded). nullopt otherwise.
   std::optional<std::uint64_t> credits_remaining;
-  /// When rate_limited: the name of the limit that refused. Empty otherwise.
+  /// When rate_limited: the name of the limit that refused (of those that did, the one
+  /// that makes the request wait longest). Empty otherwise.
   std::string limited_by;
-  /// When rate_limited: how long until that limit would admit the same request;
-  /// std::chrono::milliseconds::max() when it never will (a cost above its burst).
+  /// When rate_limited: how long until every limit would admit the same request (none
+  /// spends meanwhile); std::chrono::milliseconds::max() when one never will (a cost
+  /// above its burst).
   std::chrono::milliseconds retry_after{0};
   /// True when the limiter failed for this request (see LimiterFailurePolicy): the
   /// answer is `error` (deny) or `valid` without limits or credits spent (allow).

@@ -121,12 +121,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     day = std::max(day, now_ms / kDayMs);
     std::vector<apikeys_test::Bucket> trial = buckets;
     std::vector<apikeys_test::Bucket::Result> results;
+    // Of the limits that refuse, the one that makes the request wait longest (never,
+    // for a cost above its burst; the first of equal waits).
     std::size_t refused = limits.size();
+    std::int64_t wait = 0;
     for (std::size_t i = 0; i < limits.size(); ++i) {
       results.push_back(trial[i].decide(limits[i], cost, now_ns));
-      if (!results.back().admit) {
+      if (results.back().admit) continue;
+      const std::int64_t w =
+          cost > limits[i].effective_burst() ? INT64_MAX : results.back().retry_after_ns;
+      if (refused == limits.size() || w > wait) {
         refused = i;
-        break;
+        wait = w;
       }
     }
     const bool short_of_credits = refused == limits.size() && has_credits && balance < cost;

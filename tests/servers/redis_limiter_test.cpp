@@ -316,6 +316,39 @@ TEST_CASE("RedisLimiter: the server runs scripts by effects (Redis 5 or later)",
   CHECK(major >= 5);
 }
 
+// As MemoryLimiter: retry_after is when every limit would admit the request, and the
+// limit named is the one that makes it wait longest (never, for a cost above a burst).
+TEST_CASE("RedisLimiter: retry_after is when every limit would admit the request",
+          "[servers][redis][limiter]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  const std::string prefix = apikeys_test::unique_name("rl") + ":";
+  RedisLimiter limiter(nullptr, options_for(*redis, prefix));
+  SECTION("a later limit that waits longer is the one named") {
+    const apikeys::Uuid lineage = apikeys_test::account_id(12);
+    // Twice a day (one every 12 hours) and once a day, a burst of 1 each.
+    const std::vector<RateLimit> l{limit("a", 2, kDay, 1), limit("b", 1, kDay, 1)};
+    REQUIRE(limiter.admit(request(lineage, l)).outcome == AdmissionOutcome::admitted);
+    const Admission refused = limiter.admit(request(lineage, l));
+    REQUIRE(refused.outcome == AdmissionOutcome::rate_limited);
+    CHECK(refused.limited_by == 1);
+    CHECK(refused.retry_after <= kDay);
+    CHECK(refused.retry_after > kDay - milliseconds(60'000));
+  }
+  SECTION("a later limit whose burst is below the cost makes it never") {
+    const apikeys::Uuid lineage = apikeys_test::account_id(13);
+    const std::vector<RateLimit> l{limit("a", 3, kDay), limit("b", 100, kDay, 2)};
+    for (int i = 0; i < 2; ++i) {
+      REQUIRE(limiter.admit(request(lineage, l)).outcome == AdmissionOutcome::admitted);
+    }
+    // `a` (one left) alone would say 16 hours; `b` never admits a cost of 3.
+    const Admission refused = limiter.admit(request(lineage, l, false, 3));
+    REQUIRE(refused.outcome == AdmissionOutcome::rate_limited);
+    CHECK(refused.limited_by == 1);
+    CHECK(refused.retry_after == milliseconds::max());
+  }
+}
+
 TEST_CASE("RedisLimiter: a burst, then refused with nothing consumed: all or nothing",
           "[servers][redis][limiter]") {
   const auto redis = apikeys_test::test_redis();

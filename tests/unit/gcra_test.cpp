@@ -237,15 +237,21 @@ TEST_CASE("MemoryLimiter decides as the leaky bucket, limit by limit", "[admissi
       r.cost = rng() % 6 == 0 ? 0 : 1 + rng() % 2;
       r.now = apikeys::from_unix_millis(now_ms);
       const std::int64_t now_ns = now_ms * 1'000'000;
-      // The model: the first limit that refuses is reported; all or nothing.
+      // The model: every limit judged; of those that refuse, the one that makes the
+      // request wait longest is reported (never, for a cost above its burst; the first
+      // of equal waits); all or nothing.
       std::vector<Bucket> trial = refs;
       std::size_t refused = limits.size();
+      std::int64_t wait = 0;
       std::vector<Bucket::Result> results;
       for (std::size_t k = 0; k < limits.size(); ++k) {
         results.push_back(trial[k].decide(limits[k], r.cost, now_ns));
-        if (!results.back().admit) {
+        if (results.back().admit) continue;
+        const std::int64_t w =
+            r.cost > limits[k].effective_burst() ? INT64_MAX : results.back().retry_after_ns;
+        if (refused == limits.size() || w > wait) {
           refused = k;
-          break;
+          wait = w;
         }
       }
       const apikeys::Admission a = limiter.admit(r);

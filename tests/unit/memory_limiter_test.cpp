@@ -502,6 +502,49 @@ TEST_CASE("MemoryLimiter: a state no request was admitted by is at rest at any t
         AdmissionOutcome::rate_limited);
 }
 
+// retry_after tells a client when to come back: when every limit would admit the
+// request, not only the first that refused; and never, when any limit never will.
+TEST_CASE("MemoryLimiter: retry_after is when every limit would admit the request",
+          "[admission][memory_limiter]") {
+  MemoryLimiter limiter(nullptr);
+  const Uuid id = *Uuid::parse("41111111-2222-4333-8444-555555555555");
+  SECTION("a later limit that waits longer is the one named") {
+    // 1 a second, and 1 a minute with a burst of 2.
+    const std::vector<RateLimit> l = {limit("a", 1, 1000ms), limit("b", 1, 60'000ms, 2)};
+    REQUIRE(limiter.admit(request(id, l, 1, kStart)).outcome == AdmissionOutcome::admitted);
+    REQUIRE(limiter.admit(request(id, l, 1, kStart + 1s)).outcome == AdmissionOutcome::admitted);
+    const Admission refused = limiter.admit(request(id, l, 1, kStart + 1s));
+    REQUIRE(refused.outcome == AdmissionOutcome::rate_limited);
+    CHECK(refused.limited_by == 1);
+    CHECK(refused.retry_after == 59'000ms);
+    // Refused a millisecond before, admitted at it (every limit, each state untouched).
+    const TimePoint back = kStart + 1s + refused.retry_after;
+    CHECK(limiter.admit(request(id, l, 1, back - 1ms)).outcome == AdmissionOutcome::rate_limited);
+    CHECK(limiter.admit(request(id, l, 1, back)).outcome == AdmissionOutcome::admitted);
+  }
+  SECTION("a later limit whose burst is below the cost makes it never") {
+    const std::vector<RateLimit> l = {limit("a", 1, 1000ms, 5), limit("b", 100, 1000ms, 2)};
+    for (int i = 0; i < 3; ++i) {  // one every 10 ms, as fast as `b` allows
+      REQUIRE(limiter.admit(request(id, l, 1, kStart + i * 10ms)).outcome ==
+              AdmissionOutcome::admitted);
+    }
+    // `a` alone would say 980 ms; `b` never admits a cost of 3.
+    const Admission refused = limiter.admit(request(id, l, 3, kStart + 20ms));
+    REQUIRE(refused.outcome == AdmissionOutcome::rate_limited);
+    CHECK(refused.limited_by == 1);
+    CHECK(refused.retry_after == std::chrono::milliseconds::max());
+  }
+  SECTION("a later limit with no state yet waits for nothing") {
+    const std::vector<RateLimit> first = {limit("a", 1, 1000ms)};
+    REQUIRE(limiter.admit(request(id, first, 1, kStart)).outcome == AdmissionOutcome::admitted);
+    const std::vector<RateLimit> l = {limit("a", 1, 1000ms), limit("b", 1, 60'000ms)};
+    const Admission refused = limiter.admit(request(id, l, 1, kStart));
+    REQUIRE(refused.outcome == AdmissionOutcome::rate_limited);
+    CHECK(refused.limited_by == 0);
+    CHECK(refused.retry_after == 1000ms);
+  }
+}
+
 TEST_CASE("MemoryLimiter: the limits of one request never share a state",
           "[admission][memory_limiter]") {
   MemoryLimiter limiter(nullptr);  // the default table: sparse, yet it happens
