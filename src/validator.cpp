@@ -702,7 +702,14 @@ void Validator::Impl::admit_with(ValidationResult& result, std::uint64_t cost, T
         result.code = ValidationCode::rate_limited;
         result.credits_remaining.reset();
         if (admission.limited_by < result.rate_limits.size()) {
-          result.limited_by = result.rate_limits[admission.limited_by].name;
+          try {
+            result.limited_by = result.rate_limits[admission.limited_by].name;
+          } catch (...) {
+            // The name could not be copied (no memory): the answer stays rate_limited,
+            // unnamed. Thrown on, it would be a limiter failure, which the `allow`
+            // policy answers as valid: a refused request let through.
+            result.limited_by.clear();
+          }
         }
         result.retry_after = admission.retry_after;
         return;

@@ -901,6 +901,49 @@ TEST_CASE("Validator: a reused result keeps its capacity through a limiter failu
   }
 }
 
+// A refusal stays a refusal whatever fails while the answer is written: under the
+// `allow` policy a failure there would otherwise let the refused request through.
+TEST_CASE("Validator: a rate_limited answer it cannot name stays rate_limited",
+          "[admission][memory_limiter]") {
+  if (!apikeys_test::alloc_probe::kActive) return;  // the probe is off under ASan
+  auto store = std::make_shared<apikeys::MemoryStore>();
+  apikeys::KeyManagerOptions o;
+  o.validation.cache = std::make_shared<apikeys::MemoryCache>();
+  o.validation.limiter = std::make_shared<MemoryLimiter>(store);
+  o.validation.limiter_failure = apikeys::LimiterFailurePolicy::allow;
+  o.validation.clock = std::make_shared<apikeys::ManualClock>(kStart);
+  o.validation.flush_interval = std::chrono::hours(1);  // no background allocation
+  o.validation.revision_poll_interval = 0ms;
+  apikeys::KeyManager manager(
+      store,
+      std::make_shared<apikeys::HmacSha256Hasher>(std::string("0123456789abcdefghijklmnopqrstuv")),
+      o);
+  apikeys::CreateRequest req("hot");
+  // A name longer than any string keeps in place: copying it allocates.
+  req.rate_limits = {limit("once-a-day-and-no-more-than-that", 1, 86'400'000ms)};
+  const apikeys::CreatedKey key = manager.create(kAccount, req);
+  const std::string token = key.info.public_key + ":" + std::string(key.secret_key.reveal());
+  apikeys::ValidationResult valid;
+  manager.validator().validate(token, {}, valid);
+  REQUIRE(valid.ok());
+  REQUIRE(valid.limits.size() == 1);
+  bool named_failed = false;
+  for (std::size_t n = 1; n <= 8; ++n) {
+    CAPTURE(n);
+    // Room for the verdict and the limits' statuses (a valid answer's), none for the
+    // name of a refusing limit: the answer below allocates only for that.
+    apikeys::ValidationResult out = valid;
+    {
+      const apikeys_test::alloc_probe::FailNthAllocationHere fail(n);
+      manager.validator().validate(token, {}, out);
+    }
+    CHECK(out.code == apikeys::ValidationCode::rate_limited);
+    CHECK_FALSE(out.limiter_failed);
+    if (out.limited_by.empty()) named_failed = true;
+  }
+  CHECK(named_failed);  // the sweep reached the name
+}
+
 TEST_CASE("MemoryLimiter: prefetch() changes nothing, even beside a table that moves",
           "[admission][memory_limiter]") {
   MemoryLimiter limiter(nullptr);
