@@ -676,7 +676,15 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
   // (which began before the change) but none of it is leased or given back: it is
   // dropped, lost and never granted twice.
   const bool reset_since = sh.resets != resets;
-  Lease* lease = reset_since ? nullptr : find_lease(sh, r.lineage_id, lh, true);
+  Lease* lease = nullptr;
+  if (!reset_since) {
+    try {
+      lease = find_lease(sh, r.lineage_id, lh, true);
+    } catch (...) {
+      // The lease table could not grow (no memory): decided as with no room for a
+      // lease, what is left goes back to the store rather than being lost.
+    }
+  }
   const bool enough = take.outcome == CreditTake::Outcome::taken && have >= r.cost;
   bool limits_ok = false;
   std::exception_ptr failure;  // the table filled up meanwhile: reported after the lease

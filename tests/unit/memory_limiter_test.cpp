@@ -693,6 +693,41 @@ TEST_CASE("MemoryLimiter: an answer it cannot build spends nothing",
   }
 }
 
+// Whichever allocation fails during an admission, no credit is granted twice and none
+// the limiter took is lost: what was admitted, what the store holds and what leases
+// hold (returned when the limiter dies) add up to the balance.
+TEST_CASE("MemoryLimiter: an allocation failing anywhere loses no credit and grants none twice",
+          "[admission][memory_limiter]") {
+  if (!apikeys_test::alloc_probe::kActive) return;  // the probe is off under ASan
+  for (const std::uint64_t lease : {std::uint64_t{0}, std::uint64_t{5}}) {
+    INFO("lease_size " << lease);
+    CreditFixture f(1000);
+    const std::vector<RateLimit> limits = {limit("a", 1'000'000, 1000ms)};
+    const AdmissionRequest r = request(f.key, limits, 1, kStart, true);
+    std::uint64_t admitted = 0;
+    std::size_t failed = 0;
+    for (std::size_t n = 1; n <= 60; ++n) {
+      MemoryLimiterOptions o;
+      o.lease_size = lease;
+      MemoryLimiter limiter(f.store, o);  // a fresh one: its tables are made on the way
+      for (int call = 0; call < 2; ++call) {
+        try {
+          Admission out;
+          {
+            const apikeys_test::alloc_probe::FailNthAllocationHere fail(n);
+            limiter.admit_into(r, out);
+          }
+          if (out.outcome == AdmissionOutcome::admitted) ++admitted;
+        } catch (const std::bad_alloc&) {
+          ++failed;
+        }
+      }
+    }  // each limiter returns its leases as it dies
+    CHECK(failed > 0);
+    CHECK(admitted + f.balance() == 1000);
+  }
+}
+
 TEST_CASE("MemoryLimiter: kBytesPerState is 48", "[admission][memory_limiter]") {
   STATIC_REQUIRE(MemoryLimiter::kBytesPerState == 48);
 }
