@@ -20,11 +20,12 @@
 namespace apikeys::detail {
 
 // What a MemoryCache keeps of the secret that earned a verdict, and what a lookup must
-// present to be answered: a 128-bit SipHash under a random key of the cache's own,
-// which never leaves the process (2-4 rounds for a secret, 1-3 for a digest). Of the
-// presented secret itself when the Validator calls (proof()), so that a hit needs no
-// HMAC; of the presented digest when a caller of the Cache interface does. The two are
-// under different keys: neither ever answers the other's lookups.
+// present to be answered: a 128-bit SipHash-2-4 under a random key of the cache's own,
+// which never leaves the process. Of the presented secret itself when the Validator
+// calls (proof()), so that a hit needs no HMAC; of the presented digest when a caller of
+// the Cache interface does. The two are under different keys: neither ever answers the
+// other's lookups. The digests' key also makes the proof domains (domain()), whose
+// input is never a digest's length.
 struct CacheProof {
   Sip128 mac;
 };

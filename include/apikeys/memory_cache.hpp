@@ -1,8 +1,9 @@
 // apikeys::MemoryCache is the bundled in-process verdict cache: sharded (no global
 // lock on the hot path), bounded in entries and in bytes, with TTLs read from an
 // injectable clock.
-// Thread-safety: every method is safe from many threads; get() and get_into() take no
-// lock, the writers one mutex per shard.
+// Thread-safety: every method is safe from many threads; a hit takes no lock (a lookup
+// that meets an expired entry locks its shard to erase it), the writers one mutex per
+// shard.
 // Ownership: owns its entries; holds its clock through std::shared_ptr.
 #ifndef APIKEYS_MEMORY_CACHE_HPP
 #define APIKEYS_MEMORY_CACHE_HPP
@@ -74,7 +75,7 @@ struct MemoryCacheOptions {
 /// hashes collide (a chance of 2^-128 per pair, under a key no caller sees), and even
 /// then an entry answers only the secret it was stored with.
 ///
-/// An entry keeps a 128-bit SipHash-1-3 of the presented digest, under a second random
+/// An entry keeps a 128-bit SipHash-2-4 of the presented digest, under a second random
 /// per-cache key, and answers only a lookup whose digest has the same one: another
 /// digest matches by a chance of 2^-128, under a key no caller sees. A Validator
 /// calls its MemoryCache through a path of its own that presents the secret rather
@@ -91,8 +92,9 @@ struct MemoryCacheOptions {
 /// names) + 16 when the lineage is kept. A lookup of a verdict without scopes, metadata
 /// or rate limits allocates nothing; one with them allocates the strings it returns.
 ///
-/// Thread-safety: every method may be called from many threads at once. get() and
-/// get_into() take no lock and write nothing another thread reads, so hits on
+/// Thread-safety: every method may be called from many threads at once. A hit through
+/// get() or get_into() takes no lock and writes nothing another thread reads (a
+/// lookup that meets an expired entry locks its shard to erase it), so hits on
 /// different cores never wait for each other; put(), erase() and clear() lock one
 /// shard (clear() each in turn), size() and bytes() likewise. Once erase() or clear()
 /// has returned, no get() that starts afterwards answers what they removed. A get()
