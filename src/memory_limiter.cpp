@@ -42,8 +42,7 @@ constexpr std::int64_t kRestSlackNs = 1'000'000'000;
 
 // True when the state may be dropped at `now_ns`: at rest since kRestSlackNs before.
 bool droppable(const detail::GcraState& s, std::int64_t now_ns) noexcept {
-  const std::int64_t then =
-      now_ns < INT64_MIN + kRestSlackNs ? INT64_MIN : now_ns - kRestSlackNs;
+  const std::int64_t then = now_ns < INT64_MIN + kRestSlackNs ? INT64_MIN : now_ns - kRestSlackNs;
   return detail::gcra_at_rest(s, then);
 }
 
@@ -257,12 +256,12 @@ struct MemoryLimiter::Impl {
   // Taking over a state at rest loses nothing, but rebuilding first keeps probe chains
   // short: a table where every lineage takes over another's would walk the whole
   // window on each lookup.
-  // A claimed slot holds a state at rest at any time (kTatAtRestAlways: what a state
-  // never used decides, whatever the time of the request that next reads it, so a
-  // refused request or a check of cost 0 spends nothing) and is never free again: were it left free until the request is admitted, a refused
-  // request would leave a hole in the probe chain, hiding the states beyond it (a
-  // lineage found there would look new). Sets `rebuilt` when it rebuilt the table,
-  // which moves every slot.
+  // A claimed slot holds a state at rest at any time (kTatAtRestAlways: what a state never
+  // used decides, whatever the time of the request that next reads it, so a refused
+  // request or a check of cost 0 spends nothing) and is never free again: were it left
+  // free until the request is admitted, a refused request would leave a hole in the probe
+  // chain, hiding the states beyond it (a lineage found there would look new). Sets
+  // `rebuilt` when it rebuilt the table, which moves every slot.
   Slot* find_slot(Shard& sh, const Uuid& lineage, std::uint64_t lh, std::uint64_t nh,
                   std::uint64_t limit, std::int64_t now_ns, std::size_t to_come, bool& may_rebuild,
                   bool& rebuilt) APIKEYS_REQUIRES(sh.mu) {
@@ -400,8 +399,7 @@ struct MemoryLimiter::Impl {
   // How long until `limit` would admit `r` (0: now), judged on its state as it is; a
   // cost above its burst is never admitted (INT64_MAX). Claims nothing.
   std::int64_t wait_for(const Shard& sh, const AdmissionRequest& r, std::uint64_t lh,
-                        const RateLimit& limit, std::int64_t now_ns) const
-      APIKEYS_REQUIRES(sh.mu) {
+                        const RateLimit& limit, std::int64_t now_ns) const APIKEYS_REQUIRES(sh.mu) {
     if (r.cost > limit.effective_burst()) return INT64_MAX;
     if (sh.slots.empty()) return 0;
     const std::uint64_t nh = name_hash(limit.name);

@@ -23,21 +23,26 @@ namespace apikeys {
 struct MemoryLimiterOptions {
   /// Rate-limit states held for certain: one per (lineage, limit name) in use. Beyond
   /// it, a state that has been at rest for a second (its limit back to full burst) is
-  /// dropped when its place is needed, which loses nothing; when no place is at rest, admit() throws Error(busy)
-  /// and the Validator applies its LimiterFailurePolicy rather than forget a state and
-  /// over-admit. The tables grow as lineages come, up to four slots of
-  /// MemoryLimiter::kBytesPerState bytes per state of capacity (48 MiB at the
-  /// default); doc/rate-limits.md gives the bytes per state measured. Default 262,144.
+  /// dropped when its place is needed, which loses nothing; when no place is at rest, admit()
+  /// throws Error(busy) and the Validator applies its LimiterFailurePolicy rather than forget a
+  /// state and over-admit. The tables grow as lineages come, up to four slots of
+  /// MemoryLimiter::kBytesPerState bytes per state of capacity, each of the 64 shards'
+  /// tables rounded up to a power of two and at least 32 slots (so up to eight slots per
+  /// state for a capacity that is not a power of two; 48 MiB at the default); doc/rate-limits.md
+  /// gives the bytes per state measured. Default 262,144.
   std::size_t capacity = 262'144;
   /// Credits taken from the store at a time per lineage, then spent in this process
   /// without a store write. 0 (the default): every admission charges the store with one
   /// guarded write, exact across processes. With a lease, processes together still
   /// never admit more than the balance; a process that dies without returning its
-  /// leases (SIGKILL, power loss) loses at most lease_size credits per lineage it
-  /// held one for, and an orderly destruction returns them.
+  /// leases (SIGKILL, power loss) loses what they held: up to lease_size credits per
+  /// lineage, and up to a request's cost plus lease_size for each request that was
+  /// renewing a lineage's lease at that moment (doc/rate-limits.md, "A crash loses the
+  /// lease"). An orderly destruction returns them.
   std::uint64_t lease_size = 0;
-  /// Most lineages holding a lease at once; beyond it, admissions charge the store
-  /// directly. Default 65,536.
+  /// Most lineages holding a lease at once (each of the 64 shards' tables rounded up to
+  /// a power of two, at least 8: 512 in all at the least); beyond it, admissions charge
+  /// the store directly. Default 65,536.
   std::size_t lease_capacity = 65'536;
   /// How long a lease is spent before what is left of it is returned and a new one
   /// taken. It bounds how long the store's balance lags behind this process, and how
