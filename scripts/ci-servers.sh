@@ -25,7 +25,7 @@ phase() {  # phase NAME: prints how long the previous phase took
 
 # --- packages: what this build needs, and the servers; only the missing ones ---------
 packages=(build-essential cmake pkg-config libssl-dev libsqlitecpp-dev libsqlite3-dev libfmt-dev
-          catch2 nlohmann-json3-dev libpq-dev libhiredis-dev postgresql redis-server)
+          catch2 nlohmann-json3-dev libcli11-dev libpq-dev libhiredis-dev postgresql redis-server)
 # The packages' own services (if the system starts them) keep their default ports; ours
 # run on free ports from scripts/servers.sh.
 bash scripts/deps.sh "${packages[@]}"
@@ -37,14 +37,14 @@ if [[ -z ${APIKEYS_PG_VERSION:-} ]]; then
 fi
 phase "packages ready (PostgreSQL $APIKEYS_PG_VERSION, $(redis-server --version | awk '{print $3}'))"
 
-# --- build: both backends, the server suites only -------------------------------------
+# --- build: both backends, the server suites and the CLI they drive --------------------
 # The library and its backends at RelWithDebInfo's -O2 -g; the test programs themselves at
 # -O0 -g1, as the sanitizer presets build them (tests/CMakeLists.txt): the Store and audit
 # contract suites that postgres_store_test.cpp instantiates took 70 s to compile at -O2 -g.
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DAPIKEYS_TEST_CODE_OPTIMIZATION="-O0 -g1" \
   -DAPIKEYS_WITH_POSTGRES=ON -DAPIKEYS_WITH_REDIS=ON \
-  -DAPIKEYS_BUILD_TESTS=ON -DAPIKEYS_BUILD_TOOLS=OFF -DAPIKEYS_BUILD_EXAMPLES=OFF \
+  -DAPIKEYS_BUILD_TESTS=ON -DAPIKEYS_BUILD_TOOLS=ON -DAPIKEYS_BUILD_EXAMPLES=OFF \
   -DAPIKEYS_BUILD_BENCHMARKS=OFF >/dev/null
 cmake --build "$build" -j"$jobs" --target apikeys_server_tests
 phase "built $build"
