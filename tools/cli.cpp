@@ -1345,7 +1345,8 @@ std::shared_ptr<apikeys::Store> open_store(const Options& o, bool may_create_db)
   return std::make_shared<apikeys::SqliteStore>(std::string(o.db), store_options);
 }
 
-// `may_create_db`: only `create` initialises an empty file, as it alone makes a missing one.
+// `may_create_db`: only `create` and `import` initialise an empty file, as they alone make
+// a missing one.
 // The pepper id the CLI gives the pepper (APIKEYS_PEPPER or --pepper-file).
 constexpr std::uint32_t kPepperId = 1;
 

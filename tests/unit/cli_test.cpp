@@ -660,15 +660,33 @@ TEST_CASE("cli: a file that is not an apikeys database is refused and left uncha
   }
 }
 
-TEST_CASE("cli: only create initialises an empty file", "[cli]") {
+TEST_CASE("cli: only create and import initialise an empty file", "[cli]") {
   TempDir dir;
   const std::string db = dir.file("empty.db");
   apikeys_test::make_empty_file(db);
+  // Every command that reads or changes keys but makes none (import: below).
+  const std::vector<std::string> key{"--account", kAccount, "--key-id", kOtherAccount};
+  const auto on_key = [&](const char* command, std::vector<std::string> more = {}) {
+    std::vector<std::string> args{"--db", db, command};
+    args.insert(args.end(), key.begin(), key.end());
+    args.insert(args.end(), more.begin(), more.end());
+    return args;
+  };
   const std::vector<std::vector<std::string>> others{
       {"--db", db, "list", "--account", kAccount},
       {"--db", db, "verify", "pk_x:sk_y"},
-      {"--db", db, "revoke", "--account", kAccount, "--key-id", kOtherAccount},
-      {"--db", db, "delete", "--account", kAccount, "--key-id", kOtherAccount},
+      on_key("get"),
+      on_key("update", {"--title", "t"}),
+      on_key("disable"),
+      on_key("enable"),
+      on_key("rotate"),
+      on_key("revoke"),
+      on_key("delete"),
+      on_key("credits", {"--set", "5"}),
+      {"--db", db, "revoke-all", "--account", kAccount},
+      {"--db", db, "audit", "--account", kAccount},
+      {"--db", db, "audit-prune", "--before", "2026-01-01T00:00:00Z"},
+      {"--db", db, "peppers"},
   };
   for (const auto& args : others) {
     INFO(args[2]);
@@ -2118,6 +2136,37 @@ std::uint64_t keys_with_role(const Run& r, const std::string& role) {
 }
 
 }  // namespace
+
+// Like create, import makes its file when it is missing or empty; another application's
+// file it refuses, byte for byte unchanged.
+TEST_CASE("cli: import initialises an empty file and refuses another application's", "[cli]") {
+  TempDir dir;
+  const std::string legacy = dir.file("legacy");
+  write_file(legacy, kLegacyPepper + "\n");
+  const auto [row, secret] = legacy_row();
+  const std::string export_file = dir.file("api_keys.jsonl");
+  write_file(export_file, row + "\n");
+  const std::string pk = Json::parse(row).at("public_key").get<std::string>();
+
+  const std::string db = dir.file("empty.db");
+  apikeys_test::make_empty_file(db);
+  Run r = run_cli({"--db", db, "--legacy-pepper-file", legacy, "import", export_file});
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  CHECK(r.code == 0);
+  CHECK(Json::parse(r.out).at("imported") == 1);
+  CHECK(verdict(run_cli({"--db", db, "--legacy-pepper-file", legacy, "verify", pk, secret})) ==
+        "valid");
+
+  for (const auto& file : apikeys_test::make_foreign_files(dir)) {
+    INFO(file.what);
+    const std::string before = apikeys_test::file_bytes(file.path);
+    r = run_cli({"--db", file.path, "--legacy-pepper-file", legacy, "import", export_file});
+    CHECK(r.code == 4);
+    CHECK(contains(r.err, "not an apikeys database"));
+    CHECK(apikeys_test::file_bytes(file.path) == before);
+    CHECK_FALSE(fs::exists(file.path + "-wal"));
+  }
+}
 
 TEST_CASE("cli: import prints a report, rejected rows exit 6, the others are imported", "[cli]") {
   TempDir dir;
