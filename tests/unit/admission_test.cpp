@@ -32,7 +32,9 @@ struct Fixture {
   std::shared_ptr<apikeys::MemoryStore> store = std::make_shared<apikeys::MemoryStore>();
   std::unique_ptr<KeyManager> manager;
 
-  explicit Fixture(KeyManagerOptions options = {}) {
+  explicit Fixture(KeyManagerOptions options = {},
+                   std::shared_ptr<apikeys::MemoryStore> s = nullptr) {
+    if (s) store = std::move(s);
     options.validation.clock = clock;
     options.validation.record_last_use = false;
     manager = std::make_unique<KeyManager>(store,
@@ -127,6 +129,38 @@ TEST_CASE("A rejected request spends nothing", "[admission]") {
   const auto limited = f.manager->validate(t);
   CHECK(limited.code == ValidationCode::rate_limited);
   CHECK(f.manager->get(kAccount, key.info.key_id).credits->remaining == 9);
+}
+
+// All or nothing the other way round: a request refused for want of credits advances
+// no rate limit, with the cache on or off and with a lease or without.
+TEST_CASE("usage_exceeded spends no rate limit", "[admission]") {
+  const bool cached = GENERATE(false, true);
+  const std::uint64_t lease = GENERATE(std::uint64_t{0}, std::uint64_t{5});
+  CAPTURE(cached, lease);
+  auto store = std::make_shared<apikeys::MemoryStore>();
+  KeyManagerOptions o;
+  if (cached) o.validation.cache = std::make_shared<apikeys::MemoryCache>();
+  apikeys::MemoryLimiterOptions lo;
+  lo.lease_size = lease;
+  o.validation.limiter = std::make_shared<apikeys::MemoryLimiter>(store, lo);
+  Fixture f(std::move(o), store);
+  CreateRequest req("metered and limited");
+  req.rate_limits = {limit("per-day", 2, 86'400'000ms)};  // a burst of 2, then one a day
+  Credits c;
+  c.remaining = 0;
+  req.credits = c;
+  const auto key = f.manager->create(kAccount, req);
+  const std::string t = f.token(key);
+  for (int i = 0; i < 5; ++i) {
+    const auto r = f.manager->validate(t);
+    CHECK(r.code == ValidationCode::usage_exceeded);
+    CHECK(r.credits_remaining == std::optional<std::uint64_t>(0));
+  }
+  f.manager->add_credits(kAccount, key.info.key_id, 10);
+  // The whole burst is still there: two admitted, then the limit refuses.
+  CHECK(f.manager->validate(t).code == ValidationCode::valid);
+  CHECK(f.manager->validate(t).code == ValidationCode::valid);
+  CHECK(f.manager->validate(t).code == ValidationCode::rate_limited);
 }
 
 namespace {
