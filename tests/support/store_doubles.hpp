@@ -21,6 +21,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -36,6 +37,7 @@ class InstrumentedStore final : public apikeys::Store {
   std::atomic<int> finds{0};
   std::atomic<int> last_use_batches{0};
   std::atomic<int> last_use_entries{0};
+  std::atomic<std::thread::id> last_use_thread{};  // the thread of the latest batch
   std::atomic<bool> fail_finds{false};
   std::atomic<bool> fail_with_non_std{false};
   std::atomic<bool> fail_last_use{false};
@@ -83,6 +85,7 @@ class InstrumentedStore final : public apikeys::Store {
   }
   void record_last_use(const std::vector<apikeys::LastUse>& uses) override {
     if (fail_last_use) throw std::runtime_error("write failed");
+    last_use_thread = std::this_thread::get_id();
     ++last_use_batches;
     last_use_entries += static_cast<int>(uses.size());
     inner.record_last_use(uses);

@@ -563,6 +563,40 @@ TEST_CASE("revoke during a cache fill cannot resurrect the key", "[validator][pi
   CHECK(f.manager->validate(pk, sk).code == ValidationCode::revoked);
 }
 
+// validate() never writes last use itself: the note it leaves is written by the
+// Validator's writer thread, after the call has returned.
+TEST_CASE("last use is written by the writer thread, never inside validate()",
+          "[validator][pitfalls]") {
+  Fixture f(true, true);
+  auto k = f.create();
+  const std::string sk(k.secret_key.reveal());
+  const auto validator_with = [&](std::chrono::milliseconds flush) {
+    ValidatorOptions o;
+    o.clock = f.clock;
+    o.cache = std::make_shared<MemoryCache>();
+    o.record_last_use = true;
+    o.flush_interval = flush;
+    return std::make_unique<Validator>(f.store, f.hasher, o);
+  };
+  {
+    const auto slow = validator_with(std::chrono::hours(1));
+    for (int i = 0; i < 10; ++i) REQUIRE(slow->validate(k.info.public_key, sk).ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    CHECK(f.store->last_use_batches.load() == 0);  // not written by any of the calls
+  }
+  const int before = f.store->last_use_batches.load();  // the slow one's, flushed as it died
+  f.clock->advance(std::chrono::hours(1));              // past the throttle interval
+  const auto fast = validator_with(std::chrono::milliseconds(10));
+  REQUIRE(fast->validate(k.info.public_key, sk).ok());
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (f.store->last_use_batches.load() == before &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  REQUIRE(f.store->last_use_batches.load() > before);
+  CHECK(f.store->last_use_thread.load() != std::this_thread::get_id());
+}
+
 TEST_CASE("last use is written once per interval, off the caller, and flushed",
           "[validator][pitfalls]") {
   Fixture f(true, true);
