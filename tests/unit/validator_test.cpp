@@ -782,6 +782,45 @@ TEST_CASE("validator construction rules", "[validator]") {
   CHECK_THROWS_AS(Validator(std::make_shared<MemoryStore>(), hasher, bad), Error);
 }
 
+// The current pepper's HMAC failing (OpenSSL out of memory, say) on the store path: an
+// error, whatever the key's state and whichever cache, nothing cached, and the key
+// valid as soon as the hasher works again.
+TEST_CASE("a hasher failing under the current pepper is an error, then valid", "[validator]") {
+  struct FailingHasher final : Hasher {
+    HmacSha256Hasher inner{apikeys_test::kTestPepper};
+    mutable std::atomic<bool> failing{false};
+    std::uint32_t current_pepper_id() const noexcept override { return inner.current_pepper_id(); }
+    Digest hash(std::string_view s) const override {
+      if (failing) throw Error(ErrorCode::crypto, "HMAC-SHA256 failed");
+      return inner.hash(s);
+    }
+    std::optional<Digest> hash_with(std::string_view s, std::uint32_t id) const override {
+      if (failing) throw Error(ErrorCode::crypto, "HMAC-SHA256 failed");
+      return inner.hash_with(s, id);
+    }
+  };
+  const int cache = GENERATE(0, 1, 2);  // none, a MemoryCache, a cache of one's own
+  CAPTURE(cache);
+  auto store = std::make_shared<InstrumentedStore>();
+  auto hasher = std::make_shared<FailingHasher>();
+  ValidatorOptions o;
+  o.record_last_use = false;
+  if (cache == 1) o.cache = std::make_shared<MemoryCache>();
+  if (cache == 2) o.cache = std::make_shared<ForwardingCache>();
+  KeyManager m(store, hasher, KeyManagerOptions{o, nullptr});
+  const CreatedKey k = m.create(apikeys_test::account_id(1), CreateRequest{"k", "", std::nullopt});
+  const std::string pk = k.info.public_key;
+  const std::string sk(k.secret_key.reveal());
+  hasher->failing = true;
+  CHECK(m.validate(pk, sk).code == ValidationCode::error);
+  CHECK(m.validate(pk, wrong_secret_for(k)).code == ValidationCode::error);
+  CHECK(m.validate("pk_" + std::string(32, 'Z'), sk).code == ValidationCode::error);
+  CHECK(m.validate(pk, sk).code == ValidationCode::error);
+  hasher->failing = false;
+  CHECK(m.validate(pk, sk).code == ValidationCode::valid);
+  CHECK(m.validate(pk, wrong_secret_for(k)).code == ValidationCode::wrong_secret);
+}
+
 TEST_CASE("a failing hasher is an error, never a cached wrong_secret", "[validator]") {
   // A hasher whose HMAC fails on demand (what HmacSha256Hasher throws when OpenSSL
   // does), over the current pepper and a retired one.
