@@ -6,15 +6,21 @@
 // the fault is gone the same process carries on.
 //
 // Faults that need mount(2) (a read-only bind mount, a small tmpfs) run only where the
-// test may mount (root outside a locked-down container); they print "skipped" otherwise.
-// The full disk is also simulated everywhere with RLIMIT_FSIZE, which root obeys.
+// test may mount (root outside a locked-down container); they print "skipped" otherwise,
+// and fail under CI=true, where they must run. The full disk is also simulated
+// everywhere with RLIMIT_FSIZE, which root obeys. A file system that turns read-only
+// under an open store (what ext4 does on a disk error) is simulated by a SQLite VFS
+// whose writes fail as writes to such a file system do: a remount cannot make it, as
+// Linux refuses to remount read-only while files are open for writing.
 #include <signal.h>
+#include <sqlite3.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <csignal>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -168,6 +174,128 @@ class Mount {
   bool ok_ = false;
 };
 
+// A test that cannot mount prints why and returns; under CI=true it fails instead.
+bool mount_skipped(const char* what) {
+  const char* ci = std::getenv("CI");
+  if (ci != nullptr && std::string(ci) == "true") {
+    FAIL("faults: " << what << ": mount not permitted, and CI must run it (" << std::strerror(errno)
+                    << ")");
+  }
+  std::cout << "faults: " << what << " skipped (mount not permitted here)\n";
+  return true;
+}
+
+// The default SQLite VFS, wrapped so that while `read_only` is set its files fail as
+// those of a file system remounted read-only under them: every write, truncation and
+// sync fails (EROFS: SQLite's SQLITE_IOERR_*), a file opened for writing is opened
+// read-only, as the unix VFS falls back to, and a new file cannot be made. Reads and the
+// locks and shared memory of files already open go on. Registered as the default VFS
+// while alive, so a SqliteStore opened meanwhile uses it.
+class ReadOnlyFsVfs {
+ public:
+  static inline std::atomic<bool> read_only{false};
+
+  ReadOnlyFsVfs() {
+    base_ = sqlite3_vfs_find(nullptr);
+    vfs_ = *base_;
+    vfs_.szOsFile = static_cast<int>(sizeof(File)) + base_->szOsFile;
+    vfs_.zName = "apikeys-test-read-only-fs";
+    vfs_.pAppData = base_;
+    vfs_.xOpen = &open;
+    vfs_.xDelete = [](sqlite3_vfs* v, const char* name, int sync) {
+      if (read_only) return SQLITE_IOERR_DELETE;
+      return base(v)->xDelete(base(v), name, sync);
+    };
+    ok_ = sqlite3_vfs_register(&vfs_, 1) == SQLITE_OK;
+  }
+  ~ReadOnlyFsVfs() {
+    read_only = false;
+    if (ok_) {
+      sqlite3_vfs_unregister(&vfs_);
+      sqlite3_vfs_register(base_, 1);
+    }
+  }
+  ReadOnlyFsVfs(const ReadOnlyFsVfs&) = delete;
+  ReadOnlyFsVfs& operator=(const ReadOnlyFsVfs&) = delete;
+  [[nodiscard]] bool ok() const noexcept { return ok_; }
+
+ private:
+  struct File {
+    sqlite3_file base;    // pMethods: kMethods
+    sqlite3_file* inner;  // the base VFS's file, right after this struct
+  };
+  static sqlite3_vfs* base(sqlite3_vfs* v) { return static_cast<sqlite3_vfs*>(v->pAppData); }
+  static sqlite3_file* in(sqlite3_file* f) { return reinterpret_cast<File*>(f)->inner; }
+
+  static int open(sqlite3_vfs* v, sqlite3_filename name, sqlite3_file* f, int flags, int* out) {
+    File* file = reinterpret_cast<File*>(f);
+    file->inner = reinterpret_cast<sqlite3_file*>(file + 1);
+    file->base.pMethods = nullptr;
+    if (read_only && (flags & SQLITE_OPEN_READWRITE) != 0) {
+      if ((flags & SQLITE_OPEN_CREATE) != 0 && name != nullptr && !fs::exists(name)) {
+        return SQLITE_CANTOPEN;  // nothing new is made on a read-only file system
+      }
+      flags = (flags & ~(SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)) | SQLITE_OPEN_READONLY;
+    }
+    const int rc = base(v)->xOpen(base(v), name, file->inner, flags, out);
+    if (rc == SQLITE_OK && file->inner->pMethods != nullptr) file->base.pMethods = &kMethods;
+    return rc;
+  }
+
+  static const sqlite3_io_methods kMethods;
+
+  sqlite3_vfs* base_ = nullptr;
+  sqlite3_vfs vfs_{};
+  bool ok_ = false;
+};
+
+const sqlite3_io_methods ReadOnlyFsVfs::kMethods = {
+    3,
+    [](sqlite3_file* f) {
+      const int rc = in(f)->pMethods->xClose(in(f));
+      f->pMethods = nullptr;
+      return rc;
+    },
+    [](sqlite3_file* f, void* b, int n, sqlite3_int64 o) {
+      return in(f)->pMethods->xRead(in(f), b, n, o);
+    },
+    [](sqlite3_file* f, const void* b, int n, sqlite3_int64 o) {
+      if (read_only) return SQLITE_IOERR_WRITE;
+      return in(f)->pMethods->xWrite(in(f), b, n, o);
+    },
+    [](sqlite3_file* f, sqlite3_int64 size) {
+      if (read_only) return SQLITE_IOERR_TRUNCATE;
+      return in(f)->pMethods->xTruncate(in(f), size);
+    },
+    [](sqlite3_file* f, int flags) {
+      if (read_only) return SQLITE_IOERR_FSYNC;
+      return in(f)->pMethods->xSync(in(f), flags);
+    },
+    [](sqlite3_file* f, sqlite3_int64* size) { return in(f)->pMethods->xFileSize(in(f), size); },
+    [](sqlite3_file* f, int lock) { return in(f)->pMethods->xLock(in(f), lock); },
+    [](sqlite3_file* f, int lock) { return in(f)->pMethods->xUnlock(in(f), lock); },
+    [](sqlite3_file* f, int* out) { return in(f)->pMethods->xCheckReservedLock(in(f), out); },
+    [](sqlite3_file* f, int op, void* arg) {
+      return in(f)->pMethods->xFileControl(in(f), op, arg);
+    },
+    [](sqlite3_file* f) { return in(f)->pMethods->xSectorSize(in(f)); },
+    [](sqlite3_file* f) { return in(f)->pMethods->xDeviceCharacteristics(in(f)); },
+    [](sqlite3_file* f, int region, int size, int extend, void volatile** p) {
+      return in(f)->pMethods->xShmMap(in(f), region, size, extend, p);
+    },
+    [](sqlite3_file* f, int offset, int n, int flags) {
+      return in(f)->pMethods->xShmLock(in(f), offset, n, flags);
+    },
+    [](sqlite3_file* f) { in(f)->pMethods->xShmBarrier(in(f)); },
+    [](sqlite3_file* f, int del) { return in(f)->pMethods->xShmUnmap(in(f), del); },
+    [](sqlite3_file* f, sqlite3_int64 o, int n, void** p) {
+      return in(f)->pMethods->xFetch(in(f), o, n, p);
+    },
+    [](sqlite3_file* f, sqlite3_int64 o, void* p) {
+      return in(f)->pMethods->xUnfetch(in(f), o, p);
+    },
+};
+
 // Lowers RLIMIT_FSIZE (ignoring SIGXFSZ, so a write past it fails with EFBIG instead of
 // killing the process) and restores both on scope exit.
 class FileSizeLimit {
@@ -257,46 +385,61 @@ TEST_CASE("faults: a read-only database validates, refuses writes and leaves no 
   CHECK(row_count(db) == keys.size() + 1);
 }
 
-TEST_CASE("faults: the file system turns read-only under an open store (bind mount)", "[faults]") {
+TEST_CASE("faults: the file system turns read-only under an open store", "[faults]") {
   apikeys_test::TempDir dir;
-  fs::create_directory(dir.path() / "src");
-  fs::create_directory(dir.path() / "mnt");
-  Mount bind((dir.path() / "src").c_str(), (dir.path() / "mnt").string(), nullptr, MS_BIND,
-             nullptr);
-  if (!bind.ok()) {
-    std::cout << "faults: read-only mount skipped (mount not permitted here)\n";
-    return;
-  }
-  const std::string db = (dir.path() / "mnt" / "k.db").string();
+  const std::string db = dir.file("k.db");
   std::vector<Key> keys = populate(db, 10);
+  ReadOnlyFsVfs vfs;
+  REQUIRE(vfs.ok());
   auto store = std::make_shared<SqliteStore>(db);
   KeyManager m(store, hasher(), uncached());
   REQUIRE(sweep(m, keys, true).violations == 0);
 
-  if (!bind.remount(MS_BIND | MS_RDONLY, nullptr)) {
-    std::cout << "faults: read-only remount skipped (" << std::strerror(errno) << ")\n";
-    return;
-  }
-  const Tally t = sweep(m, keys, /*readable=*/false);
+  ReadOnlyFsVfs::read_only = true;
+  const Tally t = sweep(m, keys, /*readable=*/true);  // reads go on
   CHECK(t.violations == 0);
   std::string msg;
   CHECK(fails_with([&] { (void)m.create(apikeys_test::account_id(1), request("nope")); },
                    {ErrorCode::storage, ErrorCode::busy}, &msg));
-  std::cout << "faults: create on a read-only mount: " << msg << "\n";
+  std::cout << "faults: create on a read-only file system: " << msg << "\n";
   CHECK(fails_with([&] { m.revoke(apikeys_test::account_id(1), keys[0].id); },
                    {ErrorCode::storage, ErrorCode::busy}));
-  // A second process opening the database now cannot use it (WAL needs a writable -shm),
-  // and must say so with an Error, not crash.
-  CHECK(fails_with([&] { SqliteStore other(db); }, {ErrorCode::storage, ErrorCode::busy}, &msg));
-  std::cout << "faults: opening on a read-only mount: " << msg << "\n";
+  CHECK(m.validate(keys[0].pk, keys[0].sk).ok());  // the failed revoke changed nothing
+  CHECK(sweep(m, keys, true).violations == 0);
 
-  REQUIRE(bind.remount(MS_BIND, nullptr));
+  ReadOnlyFsVfs::read_only = false;
   // Fault gone: the same store instance writes again.
   auto c = m.create(apikeys_test::account_id(1), request("after"));
   CHECK(m.validate(c.info.public_key, c.secret_key.reveal()).ok());
   m.revoke(apikeys_test::account_id(1), keys[0].id);
   keys[0].revoked = true;
   CHECK(sweep(m, keys, true).violations == 0);
+  CHECK(row_count(db) == keys.size() + 1);
+}
+
+TEST_CASE("faults: a database on a read-only mount is refused with an error (bind mount)",
+          "[faults]") {
+  apikeys_test::TempDir dir;
+  fs::create_directory(dir.path() / "src");
+  fs::create_directory(dir.path() / "mnt");
+  Mount bind((dir.path() / "src").c_str(), (dir.path() / "mnt").string(), nullptr, MS_BIND,
+             nullptr);
+  if (!bind.ok() && mount_skipped("read-only mount")) return;
+  const std::string db = (dir.path() / "mnt" / "k.db").string();
+  std::vector<Key> keys = populate(db, 10);  // closed again: nothing open for writing
+  if (!bind.remount(MS_BIND | MS_RDONLY, nullptr) && mount_skipped("read-only remount")) return;
+  // WAL needs a writable -shm: the store cannot be used, and says so with an Error.
+  std::string msg;
+  CHECK(fails_with([&] { SqliteStore other(db); }, {ErrorCode::storage, ErrorCode::busy}, &msg));
+  std::cout << "faults: opening on a read-only mount: " << msg << "\n";
+
+  REQUIRE(bind.remount(MS_BIND, nullptr));
+  // Fault gone: the file opens and takes writes again, unchanged.
+  auto store = std::make_shared<SqliteStore>(db);
+  KeyManager m(store, hasher(), uncached());
+  CHECK(sweep(m, keys, true).violations == 0);
+  auto c = m.create(apikeys_test::account_id(1), request("after"));
+  CHECK(m.validate(c.info.public_key, c.secret_key.reveal()).ok());
   CHECK(row_count(db) == keys.size() + 1);
 }
 
@@ -399,10 +542,7 @@ TEST_CASE("faults: a full disk (small tmpfs) fails creates cleanly, then recover
   // Room for the schema and five keys with their audit events (each create writes some
   // 30 KiB of WAL pages), and a few creates more.
   Mount tmpfs("tmpfs", mnt, "tmpfs", 0, "size=512k");
-  if (!tmpfs.ok()) {
-    std::cout << "faults: tmpfs disk full skipped (mount not permitted here)\n";
-    return;
-  }
+  if (!tmpfs.ok() && mount_skipped("tmpfs disk full")) return;
   const std::string db = mnt + "/full.db";
   std::vector<Key> keys = populate(db, 5);
   const std::size_t before = row_count(db);
