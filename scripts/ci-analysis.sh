@@ -3,7 +3,9 @@
 # .clang-tidy (every diagnostic an error; our headers through its HeaderFilterRegex),
 # then clang's thread-safety analysis (clang++-14 -fsyntax-only -Wthread-safety -Werror
 # on each source), then cppcheck (warning, performance, portability; suppressions only
-# inline, each with its reason on the line above). Fails on any finding of any of them.
+# inline, each with its reason on the line above), and first a check that every test the
+# documents name as keeping a promise exists (scripts/check-test-names.py). Fails on any
+# finding of any of them.
 #   scripts/ci-analysis.sh
 # Env: JOBS (parallel clang-tidy and clang processes, default 2), BUILD_DIR (default
 # build-tidy: a configure-only tree that provides compile_commands.json; nothing is
@@ -42,6 +44,9 @@ cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_EXPORT_COMPILE_COMMA
 
 root=$(pwd)
 failed=0
+
+stamp "the tests README.md, SECURITY.md and doc/ name exist"
+python3 scripts/check-test-names.py || failed=1
 
 t0=$(date +%s)
 stamp "clang-tidy-14 over src/ (headers of include/apikeys/ and src/ included)"
