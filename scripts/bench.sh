@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Builds apikeys_bench in Release (-O2) into build-bench/ and runs it; the output also
-# goes to build-bench/bench-<mode>.log. Arguments are passed to the program.
+# goes to build-bench/bench-<mode>.log. Arguments are passed to the program. First it
+# runs apikeys_ct_check under Valgrind's memcheck (BENCHMARKS.md, "Timing"): the
+# compares and MACs applied to a secret take no branch on its bytes, at this build's
+# optimisation; a report fails the script.
 # Usage: bash scripts/bench.sh            full run (minutes; see BENCHMARKS.md)
 #        bash scripts/bench.sh --quick    seconds; what CI runs (TARGET lines informational)
 # Env: BUILD_DIR (default build-bench), JOBS (default 2), APIKEYS_BENCH_CACHE_DIR (keep
@@ -11,13 +14,23 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/deps.sh
+bash scripts/deps.sh valgrind
 
 t_start=$SECONDS
 build_dir=${BUILD_DIR:-build-bench}
 jobs=${JOBS:-2}
 cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" \
   -DAPIKEYS_BUILD_BENCHMARKS=ON -DAPIKEYS_BUILD_TESTS=OFF -DAPIKEYS_BUILD_EXAMPLES=OFF
-cmake --build "$build_dir" -j"$jobs" --target apikeys_bench
+cmake --build "$build_dir" -j"$jobs" --target apikeys_bench apikeys_ct_check
+
+# The check must see an early-exit compare (else memcheck is not looking), then nothing
+# in the library's.
+ct="$build_dir/benchmarks/apikeys_ct_check"
+if valgrind -q --error-exitcode=1 "$ct" --self-test >/dev/null 2>&1; then
+  echo "bench.sh: apikeys_ct_check --self-test: memcheck reported nothing (it must)" >&2
+  exit 1
+fi
+valgrind -q --error-exitcode=1 "$ct"
 
 mode=full
 for a in "$@"; do
