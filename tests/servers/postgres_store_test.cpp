@@ -12,6 +12,7 @@
 #include <arpa/inet.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -20,9 +21,11 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -688,6 +691,55 @@ TEST_CASE("PostgresStore: a pooled connection the server closed fails no call",
     CHECK(store.set_status(account, record(2, account).info.key_id, apikeys::KeyStatus::revoked));
     CHECK(store.list(account).size() == 11);
   }
+}
+
+// README, "Failure behaviour": no call waits longer than its configured bounds, also
+// when the server stops answering in the middle of a call on a connection it had
+// accepted (a stalled host, a frozen VM): the client's own statement deadline ends it.
+// The server's backend for the store's pooled connection is stopped (SIGSTOP), which
+// needs a server on this machine that this user may signal.
+TEST_CASE("PostgresStore: a server that stops answering mid-call costs one statement_timeout",
+          "[servers][postgres][faults]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  const std::string app = apikeys_test::unique_name("apikeys_app");
+  auto store = std::make_shared<apikeys::PostgresStore>(*pg + " application_name=" + app,
+                                                        options_for(janitor.make()));
+  const apikeys::Uuid account = apikeys_test::account_id(8);
+  store->insert(record(1, account));
+  REQUIRE(store->find(apikeys_test::contract::public_key(1)));  // one pooled connection
+  const auto rows = run_sql(*pg, "SELECT pid FROM pg_stat_activity WHERE application_name = '" +
+                                     app + "' AND pid <> pg_backend_pid()");
+  REQUIRE(rows.size() == 1);
+  const pid_t backend = static_cast<pid_t>(std::stol(rows[0][0]));
+  if (::kill(backend, SIGSTOP) != 0) {
+    if (apikeys_test::servers_required()) {
+      FAIL("cannot stop the server's backend " << backend << ": " << std::strerror(errno));
+    }
+    WARN("SKIPPED: the server's backend cannot be signalled from here");
+    return;
+  }
+  struct Resume {  // whatever happens below, the backend runs again
+    pid_t pid;
+    ~Resume() { ::kill(pid, SIGCONT); }
+  } resume{backend};
+
+  apikeys::ValidatorOptions vo;
+  vo.record_last_use = false;
+  vo.revision_poll_interval = milliseconds(0);
+  const apikeys::Validator validator(store, hasher(), vo);
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto r =
+      validator.validate(apikeys_test::contract::public_key(1), "sk_" + std::string(32, 'S'));
+  const auto took = std::chrono::steady_clock::now() - t0;
+  CHECK(r.code == ValidationCode::error);
+  // statement_timeout is 2 s (options_for); a stalled call is not retried.
+  CHECK(took >= milliseconds(1500));
+  CHECK(took < milliseconds(2000 + 1500));
+  ::kill(backend, SIGCONT);
+  // The stalled connection was dropped: the next call opens another and succeeds.
+  CHECK(store->find(apikeys_test::contract::public_key(1)));
 }
 
 TEST_CASE("PostgresStore: server down answers error, management fails clearly, all resumes",
