@@ -287,10 +287,11 @@ TEST_CASE("MemoryLimiter: tables grow as lineages come and keep every live state
 
 TEST_CASE("MemoryLimiter: tables follow the states in use as they come to rest",
           "[admission][memory_limiter]") {
-  // Each state is at rest a millisecond after its request, and the clock moves a
-  // millisecond per request: at any moment one state is live, whatever the lineages.
-  // The tables must stay near what that needs, not grow towards capacity as lineages
-  // pass (48 MiB at the default), and every lineage is still admitted each time.
+  // Each state is at rest a millisecond after its request, and may be dropped a second
+  // after that; the clock moves two seconds per request: at any moment one state is
+  // kept, whatever the lineages. The tables must stay near what that needs, not grow
+  // towards capacity as lineages pass (48 MiB at the default), and every lineage is
+  // still admitted each time.
   MemoryLimiter limiter(nullptr);
   const std::vector<RateLimit> fast = {limit("f", 1000, 1000ms)};
   std::mt19937_64 rng(23);
@@ -301,7 +302,7 @@ TEST_CASE("MemoryLimiter: tables follow the states in use as they come to rest",
   std::size_t most = 0;
   for (int round = 0; round < 5; ++round) {
     for (const Uuid& id : ids) {
-      now += 1ms;
+      now += 2s;
       refused += limiter.admit(request(id, fast, 1, now)).outcome != AdmissionOutcome::admitted;
     }
     most = std::max(most, limiter.table_bytes());
@@ -309,10 +310,9 @@ TEST_CASE("MemoryLimiter: tables follow the states in use as they come to rest",
   CHECK(refused == 0);
   // At most 8 slots per lineage seen (a table of 2 per state kept, doubled twice).
   CHECK(most <= ids.size() * 8 * MemoryLimiter::kBytesPerState);
-  // Once every state is at rest, new lineages take places the old ones left: no growth.
-  now += 1s;
+  // New lineages take places the old ones left: no growth.
   for (int i = 0; i < 64 * 64; ++i) {
-    now += 1ms;
+    now += 2s;
     CHECK(limiter.admit(request(lineage(rng), fast, 1, now)).outcome == AdmissionOutcome::admitted);
   }
   CHECK(limiter.table_bytes() <= most);
