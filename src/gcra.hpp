@@ -76,6 +76,9 @@ inline std::int64_t saturate(Int128 v) noexcept {
 inline Int128 gcra_tat(const GcraState& s, std::uint64_t limit) noexcept {
   if (s.scale == 0) return 0;
   if (s.scale == limit) return s.tat;
+  // At rest at any time under any limit: kept as it is (rescaled, each limit change would
+  // multiply it by up to 10^9 and it would overflow).
+  if (s.tat <= kTatAtRestAlways) return kTatAtRestAlways;
   const auto l = static_cast<Int128>(limit);
   const auto sc = static_cast<Int128>(s.scale);
   return s.tat >= 0 ? ceil_div(s.tat * l, sc) : (s.tat * l) / sc;

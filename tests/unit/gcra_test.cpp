@@ -288,3 +288,24 @@ TEST_CASE("GCRA: a reset beyond 292 years saturates and is never negative", "[ad
   CHECK(d.reset_ns == INT64_MAX);
   CHECK(apikeys::detail::ceil_millis(d.reset_ns).count() > 0);
 }
+
+// A state claimed and never admitted holds a TAT at rest at any time. A limit that
+// changes again and again (checks of cost 0 rescale and keep it) leaves it that: no
+// overflow, never a wait.
+TEST_CASE("GCRA: a state at rest at any time stays so through any number of limit changes",
+          "[admission][gcra]") {
+  apikeys::detail::GcraState s;
+  s.tat = apikeys::detail::kTatAtRestAlways;
+  s.scale = 1;
+  const std::int64_t now = 1'767'225'600'000'000'000;
+  for (int i = 0; i < 40; ++i) {
+    const RateLimit l = limit(i % 2 == 0 ? 1'000'000'000 : 1 + i, 1000ms);
+    const auto d = apikeys::detail::gcra_decide(s, l, 0, now);
+    REQUIRE(d.admit);
+    CHECK(d.reset_ns == 0);
+    CHECK(d.remaining == l.effective_burst());
+    s.tat = d.new_tat;
+    s.scale = l.limit;
+    CHECK(apikeys::detail::gcra_at_rest(s, INT64_MIN));
+  }
+}
