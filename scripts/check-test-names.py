@@ -24,7 +24,7 @@ def test_names():
     """Names of the TEST_CASEs and SECTIONs of each test file, by file name."""
     names = {}
     for path in sorted(ROOT.glob("tests/**/*.[ch]pp")):
-        text = path.read_text(errors="replace")
+        text = path.read_text(encoding="utf-8", errors="replace")
         for m in re.finditer(r'\b(?:TEST_CASE|SECTION)\s*\(\s*((?:"(?:[^"\\]|\\.)*"\s*)+)', text):
             literal = "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', m.group(1)))
             names.setdefault(path.name, set()).add(literal.replace('\\"', '"'))
@@ -32,7 +32,7 @@ def test_names():
 
 
 def unresolved(doc, names):
-    text = (ROOT / doc).read_text()
+    text = (ROOT / doc).read_text(encoding="utf-8")
     # A citation may run across the lines of a paragraph, a list item or a table row,
     # never past it.
     blocks = re.split(r"\n\s*\n|\n(?=\|)|\n(?=\s*(?:\d+\.|[-*]) )", text)
@@ -51,10 +51,16 @@ def unresolved_in(flat, names):
             continue
         if tok.group(1) is not None:
             word = tok.group(1)
-            current = pathlib.Path(word).name if TEST_FILE.match(word) else None
+            name = pathlib.Path(word).name
+            # A test file: one with tests, or one named as tests are (then gone, or renamed).
+            is_test = TEST_FILE.match(word) and (name in names or name.endswith("_test.cpp"))
+            current = name if is_test else None
             continue
         quoted = tok.group(2)
-        if current is None or current not in names:
+        if current is None:
+            continue
+        if current not in names:
+            missing.append((current, quoted))  # the file itself is gone, or renamed
             continue
         pool = names[current]
         if quoted.startswith(("...", "…")):
