@@ -30,7 +30,7 @@ struct APIKEYS_EXPORT KeyFormat {
   static constexpr std::size_t kMaxBrand = 16;  ///< Longest brand.
   /// Longest prefix check() accepts.
   static constexpr std::size_t kMaxPrefix = 32;
-  /// Fewest and most random characters check() accepts (128 and 761 bits).
+  /// Fewest and most random characters check() accepts (131 and 762 bits).
   static constexpr std::size_t kMinLength = 22;
   static constexpr std::size_t kMaxLength = 128;  ///< Most random characters.
   /// The longest key, public or secret, of any format check() accepts.

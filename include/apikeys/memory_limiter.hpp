@@ -23,7 +23,7 @@ namespace apikeys {
 struct MemoryLimiterOptions {
   /// Rate-limit states held for certain: one per (lineage, limit name) in use. Beyond
   /// it, a state that has been at rest for a second (its limit back to full burst) is
-  /// dropped when its place is needed, which loses nothing; when no place is at rest, admit()
+  /// dropped when its place is needed, which loses nothing; when no place is, admit()
   /// throws Error(busy) and the Validator applies its LimiterFailurePolicy rather than forget a
   /// state and over-admit. The tables grow as lineages come, up to four slots of
   /// MemoryLimiter::kBytesPerState bytes per state of capacity, each of the 64 shards'
@@ -92,8 +92,8 @@ class APIKEYS_EXPORT MemoryLimiter final : public Limiter {
   /// Rate-limit states held now.
   [[nodiscard]] std::size_t states() const noexcept;
   /// Bytes of the rate-limit and lease tables now. The rate-limit tables follow the
-  /// states in use: rebuilt at four slots per state not at rest when they fill, so they
-  /// also shrink once states come to rest.
+  /// states in use: rebuilt at four slots per state kept (live, or at rest for less than
+  /// a second) when they fill, so they also shrink once states come to rest.
   [[nodiscard]] std::size_t table_bytes() const noexcept;
   /// Credits held in leases now, over every lineage.
   [[nodiscard]] std::uint64_t leased() const noexcept;
