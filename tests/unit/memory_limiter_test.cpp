@@ -92,6 +92,19 @@ struct CreditFixture {
   std::uint64_t balance() const { return manager->get(kAccount, key).credits->remaining; }
 };
 
+// Validation with a MemoryCache and `limiter` over a ManualClock, and no background
+// thread that could allocate while a test counts or fails allocations: last uses are
+// noted (on the caller's thread) but written only at destruction.
+apikeys::KeyManagerOptions quiet_options(std::shared_ptr<apikeys::Limiter> limiter) {
+  apikeys::KeyManagerOptions o;
+  o.validation.cache = std::make_shared<apikeys::MemoryCache>();
+  o.validation.limiter = std::move(limiter);
+  o.validation.clock = std::make_shared<apikeys::ManualClock>(kStart);
+  o.validation.flush_interval = std::chrono::hours(1);
+  o.validation.revision_poll_interval = 0ms;
+  return o;
+}
+
 }  // namespace
 
 TEST_CASE("MemoryLimiter: a burst from many threads at a frozen clock admits exactly B",
@@ -822,14 +835,7 @@ TEST_CASE("Validator: a reused result allocates nothing on a cache hit with limi
   auto store = std::make_shared<apikeys::MemoryStore>();
   apikeys::MemoryLimiterOptions lo;
   lo.lease_size = 1000;
-  apikeys::KeyManagerOptions o;
-  o.validation.cache = std::make_shared<apikeys::MemoryCache>();
-  o.validation.limiter = std::make_shared<MemoryLimiter>(store, lo);
-  o.validation.clock = std::make_shared<apikeys::ManualClock>(kStart);
-  // No background thread that could allocate while allocations are counted: last uses
-  // are noted (on the caller's thread) but written only at destruction.
-  o.validation.flush_interval = std::chrono::hours(1);
-  o.validation.revision_poll_interval = 0ms;
+  const apikeys::KeyManagerOptions o = quiet_options(std::make_shared<MemoryLimiter>(store, lo));
   apikeys::KeyManager manager(
       store,
       std::make_shared<apikeys::HmacSha256Hasher>(std::string("0123456789abcdefghijklmnopqrstuv")),
@@ -897,13 +903,8 @@ TEST_CASE("Validator: a reused result keeps its capacity through a limiter failu
     CAPTURE(policy == apikeys::LimiterFailurePolicy::deny);
     auto store = std::make_shared<apikeys::MemoryStore>();
     auto limiter = std::make_shared<FailingLimiter>(std::make_shared<MemoryLimiter>(store));
-    apikeys::KeyManagerOptions o;
-    o.validation.cache = std::make_shared<apikeys::MemoryCache>();
-    o.validation.limiter = limiter;
+    apikeys::KeyManagerOptions o = quiet_options(limiter);
     o.validation.limiter_failure = policy;
-    o.validation.clock = std::make_shared<apikeys::ManualClock>(kStart);
-    o.validation.flush_interval = std::chrono::hours(1);  // no background allocation
-    o.validation.revision_poll_interval = 0ms;
     apikeys::KeyManager manager(store,
                                 std::make_shared<apikeys::HmacSha256Hasher>(
                                     std::string("0123456789abcdefghijklmnopqrstuv")),
@@ -942,13 +943,8 @@ TEST_CASE("Validator: a rate_limited answer it cannot name stays rate_limited",
           "[admission][memory_limiter]") {
   if (!apikeys_test::alloc_probe::kActive) return;  // the probe is off under ASan
   auto store = std::make_shared<apikeys::MemoryStore>();
-  apikeys::KeyManagerOptions o;
-  o.validation.cache = std::make_shared<apikeys::MemoryCache>();
-  o.validation.limiter = std::make_shared<MemoryLimiter>(store);
+  apikeys::KeyManagerOptions o = quiet_options(std::make_shared<MemoryLimiter>(store));
   o.validation.limiter_failure = apikeys::LimiterFailurePolicy::allow;
-  o.validation.clock = std::make_shared<apikeys::ManualClock>(kStart);
-  o.validation.flush_interval = std::chrono::hours(1);  // no background allocation
-  o.validation.revision_poll_interval = 0ms;
   apikeys::KeyManager manager(
       store,
       std::make_shared<apikeys::HmacSha256Hasher>(std::string("0123456789abcdefghijklmnopqrstuv")),
