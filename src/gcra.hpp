@@ -33,9 +33,11 @@ struct GcraState {
 };
 
 // A TAT at rest at every time: below now_ns * limit for any int64 now_ns and any limit
-// (at least -2^93), and rescaled to another limit (gcra_tat()) it stays below 2^124 in
-// magnitude. A state holds it from when it is claimed until a request is admitted, so
-// claiming one spends nothing, not even for a request whose clock reads earlier.
+// (at least -2^93), and below any TAT a request can set (real ones lie within
+// [-2^93, 2^93 + 2^77)). gcra_tat() returns it as it is under any limit, never rescaled
+// (each rescale could multiply it by up to 10^9). A state holds it from when it is
+// claimed until a request is admitted, so claiming one spends nothing, not even for a
+// request whose clock reads earlier.
 inline constexpr Int128 kTatAtRestAlways = -(static_cast<Int128>(1) << 94);
 
 // What gcra_decide() found. No member initialisers: callers keep an array of one per
