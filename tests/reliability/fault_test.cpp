@@ -226,7 +226,9 @@ class ReadOnlyFsVfs {
     File* file = reinterpret_cast<File*>(f);
     file->inner = reinterpret_cast<sqlite3_file*>(file + 1);
     file->base.pMethods = nullptr;
-    if (read_only && (flags & SQLITE_OPEN_READWRITE) != 0) {
+    // The database, its journal and its WAL: temporary files live elsewhere (/tmp).
+    constexpr int kOnDisk = SQLITE_OPEN_MAIN_DB | SQLITE_OPEN_MAIN_JOURNAL | SQLITE_OPEN_WAL;
+    if (read_only && (flags & SQLITE_OPEN_READWRITE) != 0 && (flags & kOnDisk) != 0) {
       std::error_code ec;  // never thrown through SQLite's C frames
       if ((flags & SQLITE_OPEN_CREATE) != 0 && name != nullptr && !fs::exists(name, ec)) {
         return SQLITE_CANTOPEN;  // nothing new is made on a read-only file system
@@ -234,7 +236,8 @@ class ReadOnlyFsVfs {
       flags = (flags & ~(SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)) | SQLITE_OPEN_READONLY;
     }
     const int rc = base(v)->xOpen(base(v), name, file->inner, flags, out);
-    if (rc == SQLITE_OK && file->inner->pMethods != nullptr) file->base.pMethods = &kMethods;
+    // A file the base VFS left open (pMethods set, even on failure) is closed through ours.
+    if (file->inner->pMethods != nullptr) file->base.pMethods = &kMethods;
     return rc;
   }
 

@@ -714,18 +714,31 @@ TEST_CASE("PostgresStore: a server that stops answering mid-call costs one state
   REQUIRE(rows.size() == 1);
   const pid_t backend = static_cast<pid_t>(std::stol(rows[0][0]));
   // A server elsewhere (another host, a container) has pids that are not this machine's:
-  // only a local postgres process is signalled.
-  std::ifstream comm("/proc/" + rows[0][0] + "/comm");
-  std::string name;
-  const bool local = (comm >> name) && name.rfind("postgres", 0) == 0;
-  if (!local || ::kill(backend, SIGSTOP) != 0) {
-    if (apikeys_test::servers_required()) {
-      FAIL("cannot stop the server's backend " << backend << ": " << std::strerror(errno));
-    }
-    WARN("SKIPPED: the server's backend cannot be signalled from here");
+  // only a process that runs in the server's data directory is signalled.
+  std::error_code ec;
+  const std::filesystem::path cwd =
+      std::filesystem::read_symlink("/proc/" + rows[0][0] + "/cwd", ec);
+  const std::string data_dir = run_sql(*pg, "SHOW data_directory")[0][0];
+  if (ec || cwd != std::filesystem::path(data_dir)) {
+    WARN("SKIPPED: the server's backend is not a process of this machine we may inspect");
     return;
   }
-  struct Resume {  // whatever happens below, the backend runs again
+  // Whatever becomes of this process (a crash, a timeout's SIGKILL), the backend runs
+  // again within 10 s: a stopped backend would hold its locks and stall the server's stop.
+  const std::string resume_later = "sleep 10; kill -CONT " + rows[0][0] + " 2>/dev/null";
+  std::vector<char*> argv{const_cast<char*>("sh"), const_cast<char*>("-c"),
+                          const_cast<char*>(resume_later.c_str()), nullptr};
+  pid_t watchdog = 0;
+  REQUIRE(posix_spawn(&watchdog, "/bin/sh", nullptr, nullptr, argv.data(), environ) == 0);
+  if (::kill(backend, SIGSTOP) != 0) {
+    const int error = errno;
+    if (apikeys_test::servers_required()) {
+      FAIL("cannot stop the server's backend " << backend << ": " << std::strerror(error));
+    }
+    WARN("SKIPPED: the server's backend cannot be signalled: " << std::strerror(error));
+    return;
+  }
+  struct Resume {  // and at once when this test ends, however it ends
     pid_t pid;
     ~Resume() { ::kill(pid, SIGCONT); }
   } resume{backend};
