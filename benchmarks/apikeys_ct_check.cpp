@@ -6,9 +6,9 @@
 // error. Built at the optimisation the library ships with (scripts/bench.sh builds it
 // in Release), since an optimiser may turn a branch-free loop into an early exit.
 //
-//   valgrind --error-exitcode=1 apikeys_ct_check             every check; 0 when clean
-//   valgrind --error-exitcode=1 apikeys_ct_check --self-test an early-exit compare on the
-//                                                            same inputs: must be reported
+//   valgrind --error-exitcode=1 apikeys_ct_check   every check; 0 when clean
+//   valgrind --error-exitcode=42 apikeys_ct_check --self-test
+//       an early-exit compare on the same inputs: must be reported (exit 42)
 //
 // Outside Valgrind the marks do nothing and the program only runs the code once.
 // What it checks, each on secrets marked undefined:

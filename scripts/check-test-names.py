@@ -55,13 +55,14 @@ def unresolved_in(flat, names):
             # A test file: one with tests, or one named as tests are (then gone, or renamed).
             is_test = TEST_FILE.match(word) and (name in names or name.endswith("_test.cpp"))
             current = name if is_test else None
+            if is_test and name not in names:
+                missing.append((name, "(the file)"))
             continue
         quoted = tok.group(2)
         if current is None:
             continue
         if current not in names:
-            missing.append((current, quoted))  # the file itself is gone, or renamed
-            continue
+            continue  # reported with the file
         pool = names[current]
         if quoted.startswith(("...", "…")):
             tail = quoted.lstrip(".…").strip()
