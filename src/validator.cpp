@@ -706,8 +706,8 @@ void Validator::Impl::admit_with(ValidationResult& result, std::uint64_t cost, T
             result.limited_by = result.rate_limits[admission.limited_by].name;
           } catch (...) {
             // The name could not be copied (no memory): the answer stays rate_limited,
-            // unnamed. Thrown on, it would be a limiter failure, which the `allow`
-            // policy answers as valid: a refused request let through.
+            // unnamed. Thrown on, the refusal would be counted, reported and flagged
+            // (limiter_failed) as a failure of the limiter, which did not fail.
             result.limited_by.clear();
           }
         }
