@@ -128,8 +128,9 @@ class APIKEYS_EXPORT MemoryCache final : public Cache {
   /// See Cache::get_into(): keeps the capacity of out's vectors and strings.
   bool get_into(std::string_view public_key, const Digest& presented, Verdict& out) override;
   /// See Cache::prefetch(): starts loading the public key's bucket, the first entry of
-  /// its chain and the two lines after it (where a verdict's policy block lies). Does nothing on a
-  /// thread that has not yet called get() or get_into(): never locks, allocates or throws.
+  /// its chain and the two lines after it (where a verdict's policy block lies). Does
+  /// nothing on a thread that has not yet called get() or get_into(): never locks,
+  /// allocates or throws.
   void prefetch(std::string_view public_key) const noexcept override;
   [[nodiscard]] std::uint64_t fill_token(std::string_view public_key) override;
   void put(std::string_view public_key, const Digest& presented, const Verdict& verdict,

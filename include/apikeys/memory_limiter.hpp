@@ -24,12 +24,12 @@ struct MemoryLimiterOptions {
   /// Rate-limit states held for certain: one per (lineage, limit name) in use. Beyond
   /// it, a state that has been at rest for a second (its limit back to full burst) is
   /// dropped when its place is needed, which loses nothing; when no place is, admit()
-  /// throws Error(busy) and the Validator applies its LimiterFailurePolicy rather than forget a
-  /// state and over-admit. The tables grow as lineages come, up to four slots of
-  /// MemoryLimiter::kBytesPerState bytes per state of capacity, each of the 64 shards'
-  /// tables rounded up to a power of two and at least 32 slots (so up to eight slots per
-  /// state for a capacity that is not a power of two; 48 MiB at the default); doc/rate-limits.md
-  /// gives the bytes per state measured. Default 262,144.
+  /// throws Error(busy) and the Validator applies its LimiterFailurePolicy rather than
+  /// forget a state and over-admit. The tables grow as lineages come, up to four slots
+  /// of MemoryLimiter::kBytesPerState bytes per state of capacity, each of the 64
+  /// shards' tables rounded up to a power of two and at least 32 slots (so up to eight
+  /// slots per state for a capacity that is not a power of two; 48 MiB at the default);
+  /// doc/rate-limits.md gives the bytes per state measured. Default 262,144.
   std::size_t capacity = 262'144;
   /// Credits taken from the store at a time per lineage, then spent in this process
   /// without a store write. 0 (the default): every admission charges the store with one
