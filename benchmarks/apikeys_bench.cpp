@@ -9,8 +9,8 @@
 //   --skip=memory,threads,latency,scale,observer,admission
 //                            leave sections out (their targets FAIL)
 //   --profile=hit|hit_stats|hit_one_rate_limit|hit_leased_credits|hit_all_features|
-//             sqlite_cold|sqlite_not_found|sqlite_wrong_secret [--profile-calls=N]
-//             [--profile-reuse]
+//             sqlite_cold|sqlite_not_found|sqlite_wrong_secret|sqlite_floor
+//             [--profile-calls=N] [--profile-reuse]
 //                            one loop for callgrind (see BENCHMARKS.md)
 //   --sqlite-memstatus=off   SQLite's memory statistics off for the process, as a host
 //                            may set them (README.md, "Tuning")
@@ -593,6 +593,25 @@ void World::build_admission_hits() {
   hit_all_features->flush_last_use();
 }
 
+// SQLite's floor: the store's file, a connection set up as the store sets up its readers,
+// and the point SELECT of the six columns a verdict needs.
+void open_sqlite_floor(Floors& f, const std::string& sqlite_path) {
+  expect(sqlite3_open_v2(sqlite_path.c_str(), &f.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                         nullptr) == SQLITE_OK,
+         "open SQLite floor connection");
+  const apikeys::SqliteStoreOptions store_defaults;
+  const std::string pragmas = "PRAGMA cache_size = -" +
+                              std::to_string(store_defaults.cache_size_kib) +
+                              "; PRAGMA mmap_size = " + std::to_string(store_defaults.mmap_size) +
+                              "; PRAGMA query_only = 1;";
+  sqlite3_exec(f.db, pragmas.c_str(), nullptr, nullptr, nullptr);
+  expect(sqlite3_prepare_v2(f.db,
+                            "SELECT key_id, account_id, digest, pepper_id, status, expires_at"
+                            " FROM api_keys WHERE public_key = ?1",
+                            -1, &f.select, nullptr) == SQLITE_OK,
+         "prepare SQLite floor");
+}
+
 void World::build_floors() {
   Floors& f = floors;
   // HMAC: the precomputed inner/outer states (RFC 2104 with a 32-byte key).
@@ -638,21 +657,7 @@ void World::build_floors() {
     f.map_probes.emplace_back(keys.public_key(i));
   }
 
-  // SQLite: the store's file, a connection set up as the store sets up its readers.
-  expect(sqlite3_open_v2(sqlite_path.c_str(), &f.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
-                         nullptr) == SQLITE_OK,
-         "open SQLite floor connection");
-  const apikeys::SqliteStoreOptions store_defaults;
-  const std::string pragmas = "PRAGMA cache_size = -" +
-                              std::to_string(store_defaults.cache_size_kib) +
-                              "; PRAGMA mmap_size = " + std::to_string(store_defaults.mmap_size) +
-                              "; PRAGMA query_only = 1;";
-  sqlite3_exec(f.db, pragmas.c_str(), nullptr, nullptr, nullptr);
-  expect(sqlite3_prepare_v2(f.db,
-                            "SELECT key_id, account_id, digest, pepper_id, status, expires_at"
-                            " FROM api_keys WHERE public_key = ?1",
-                            -1, &f.select, nullptr) == SQLITE_OK,
-         "prepare SQLite floor");
+  open_sqlite_floor(f, sqlite_path);
   std::uint64_t sink = 0;
   std::size_t found = 0;
   for (std::size_t i = 0; i < valid_count; ++i)
@@ -1517,6 +1522,20 @@ std::vector<Target> targets(const Results& r) {
   return as_expected;
 }
 
+// The SQLite floor's loop (floor/sqlite_select_in_txn), for comparing a cold
+// validation's instructions with the SELECT it is measured against.
+[[gnu::noinline]] std::size_t profile_loop_sqlite_floor(const Floors& f, const ab::KeySet& keys,
+                                                        std::size_t key_count, std::size_t calls) {
+  ab::Rng rng(42);
+  std::uint64_t sink = 0;
+  std::size_t found = 0;
+  const auto n = static_cast<std::uint32_t>(key_count);
+  for (std::size_t c = 0; c < calls; ++c)
+    found += sqlite_floor_select(f, keys.public_key(rng.below(n)), sink);
+  benchmark::DoNotOptimize(sink);
+  return found;
+}
+
 // A MemoryStore of `keys` as build_admission_hits() makes them (one rate limit; and
 // credits when `credits`), with the validator over it, warmed up.
 std::unique_ptr<apikeys::Validator> admission_profile_validator(
@@ -1550,10 +1569,13 @@ int profile(const std::string& what, std::size_t calls, bool reuse) {
   const bool limited = what == "hit_one_rate_limit";
   const bool leased = what == "hit_leased_credits";
   const bool all = what == "hit_all_features";
-  if (!hit && !not_found && !wrong_secret && !limited && !leased && !all && what != "sqlite_cold") {
+  const bool floor = what == "sqlite_floor";
+  if (!hit && !not_found && !wrong_secret && !limited && !leased && !all && !floor &&
+      what != "sqlite_cold") {
     std::fprintf(stderr,
                  "apikeys_bench: --profile=hit|hit_stats|hit_one_rate_limit|hit_leased_credits|"
-                 "hit_all_features|sqlite_cold|sqlite_not_found|sqlite_wrong_secret\n");
+                 "hit_all_features|sqlite_cold|sqlite_not_found|sqlite_wrong_secret|"
+                 "sqlite_floor\n");
     return 2;
   }
   apikeys::Requirements req;
@@ -1563,6 +1585,18 @@ int profile(const std::string& what, std::size_t calls, bool reuse) {
   auto hasher = std::make_shared<apikeys::HmacSha256Hasher>(ab::kPepper);
   const ab::KeySet keys = ab::make_keys(kKeys, kSeedKeys);
   const ab::KeySet absent = ab::make_keys(kKeys, kSeedAbsent);
+  if (floor) {
+    const std::string path = tmp.file("profile.db");
+    ab::bulk_load_sqlite(path, keys, *hasher, kKeys);
+    Floors f;
+    open_sqlite_floor(f, path);
+    sqlite3_exec(f.db, "BEGIN", nullptr, nullptr, nullptr);
+    profile_loop_sqlite_floor(f, keys, kKeys, kKeys);  // warm-up, as the validations'
+    const std::size_t found = profile_loop_sqlite_floor(f, keys, kKeys, calls);
+    sqlite3_exec(f.db, "COMMIT", nullptr, nullptr, nullptr);
+    std::printf("profile sqlite_floor: %zu calls, %zu found\n", calls, found);
+    return found == calls ? 0 : 1;
+  }
   std::unique_ptr<apikeys::Validator> v;
   if (limited || leased) {
     v = admission_profile_validator(keys, hasher, leased);
@@ -1705,7 +1739,7 @@ int main(int argc, char** argv) {
           "                     [--sqlite-memstatus=off] [--benchmark_*]\n"
           "       apikeys_bench --profile=hit|hit_stats|hit_one_rate_limit|hit_leased_credits|\n"
           "                     hit_all_features|\n"
-          "                     sqlite_cold|sqlite_not_found|sqlite_wrong_secret\n"
+          "                     sqlite_cold|sqlite_not_found|sqlite_wrong_secret|sqlite_floor\n"
           "                     [--profile-calls=N] [--profile-reuse]  (one loop, for\n"
           "                     callgrind; --profile-reuse: one ValidationResult reused)\n"
           "env: APIKEYS_BENCH_QUICK=1 (same as --quick), APIKEYS_BENCH_CACHE_DIR=dir (keep the\n"
