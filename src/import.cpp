@@ -217,7 +217,16 @@ bool json_holds_secret_key(std::string_view line) {
     }
     const char e = line[++i];
     if (e != 'u') {
-      decoded.push_back(e);  // \" \\ \/ as themselves; \b \f \n \r \t break a run anyway
+      // \" \\ \/ as themselves; \b \f \n \r \t as the control characters they
+      // stand for, which break a run (their letters are base62 and would extend one).
+      switch (e) {
+        case 'b': decoded.push_back('\b'); break;
+        case 'f': decoded.push_back('\f'); break;
+        case 'n': decoded.push_back('\n'); break;
+        case 'r': decoded.push_back('\r'); break;
+        case 't': decoded.push_back('\t'); break;
+        default: decoded.push_back(e); break;
+      }
       continue;
     }
     int value = 0;

@@ -591,6 +591,31 @@ TEST_CASE("import: a JSON line holding a secret key is refused, escaped or not",
   CHECK(report.imported == 1);
 }
 
+TEST_CASE("import: a JSON escape that stands for a control character is not read as a letter",
+          "[import]") {
+  // "desk_" then a newline then 32 base62 characters holds no secret key: the newline
+  // breaks the run. Decoded as the letter n, it read as "sk_n..." and the row was refused.
+  const std::string body = legacy_secret(8).substr(3);
+  for (const char* control : {"\n", "\t", "\r", "\b", "\f"}) {
+    CAPTURE(static_cast<int>(control[0]));
+    PyRow row = good_row(1);
+    row.description = std::string("desk_") + control + body;
+    Importing json;
+    const ImportReport from_json = json.jsonl(json_line(row));
+    // Whatever else the row's description breaks (only a tab and a newline are allowed
+    // in one), it is not refused as a secret.
+    CHECK_FALSE(reason_has(from_json, 1, "the row holds a secret key"));
+    if (control[0] == '\n' || control[0] == '\t') {
+      CHECK(from_json.imported == 1);
+      // The same row as CSV, where the control character is itself: the same report.
+      Importing csv;
+      const ImportReport from_csv = csv.csv(csv_header() + csv_line(row));
+      CHECK(from_csv.imported == from_json.imported);
+      CHECK(from_csv.rejected == from_json.rejected);
+    }
+  }
+}
+
 TEST_CASE("import: JSON lines: shapes of lines, nulls, blank lines, unknown members", "[import]") {
   Importing t;
   PyRow nulls = good_row(1);
