@@ -273,6 +273,18 @@ bool is_legacy(const KeyFormat& f) {
   return f.public_prefix == "pk_" && f.secret_prefix == "sk_" && f.length == 32 && !f.checksum;
 }
 
+// Whether `f` accepts some legacy public keys ("pk_" and 32 base62 characters): without
+// a checksum, of their size, with a public prefix of "pk_" and base62 characters. (A
+// checksummed format of that shape accepts one legacy key in 62^6: not counted.)
+bool reads_legacy_public_keys(const KeyFormat& f) {
+  constexpr std::size_t kLegacyPublicSize = 3 + 32;
+  if (f.checksum || f.public_key_size() != kLegacyPublicSize) return false;
+  if (f.public_prefix.compare(0, 3, "pk_") != 0) return false;
+  return std::all_of(f.public_prefix.begin() + 3, f.public_prefix.end(), [](char c) {
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+  });
+}
+
 std::string missing(Column c) { return std::string(kColumnNames[c]) + " is missing or null"; }
 
 std::string bad_timestamp(Column c) {
@@ -445,8 +457,25 @@ class Importer {
 
 void check_can_import(const Hasher& hasher, const ValidatorOptions& validation,
                       const ImportOptions& options) {
-  if (!is_legacy(validation.format) &&
-      std::none_of(validation.also_accept.begin(), validation.also_accept.end(), is_legacy)) {
+  // The Validator reads a pair in the first of its formats (format, then also_accept in
+  // order) that accepts the public key. One that comes before the legacy format and
+  // accepts some legacy public keys would read them, then refuse their sk_ secrets.
+  std::vector<const KeyFormat*> formats{&validation.format};
+  for (const KeyFormat& f : validation.also_accept) formats.push_back(&f);
+  bool legacy = false;
+  for (const KeyFormat* f : formats) {
+    if (is_legacy(*f)) {
+      legacy = true;
+      break;
+    }
+    if (reads_legacy_public_keys(*f)) {
+      throw Error(ErrorCode::invalid_argument,
+                  "a key format that comes before KeyFormat{} in the manager's formats "
+                  "accepts legacy public keys (pk_ and 32 characters), so their secrets "
+                  "would be refused: put KeyFormat{} before it");
+    }
+  }
+  if (!legacy) {
     throw Error(ErrorCode::invalid_argument,
                 "none of the manager's key formats accepts the legacy keys being imported "
                 "(pk_ and 32 characters): add KeyFormat{} to ValidatorOptions::also_accept");

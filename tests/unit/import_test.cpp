@@ -808,6 +808,38 @@ TEST_CASE("import: refused up front without the legacy format or pepper", "[impo
     Importing t(nullptr, options);
     CHECK_THROWS_AS(t.jsonl(text), apikeys::Error);
   }
+  SECTION("a format before the legacy one reads legacy public keys as its own") {
+    // The Validator reads a pair in the first format that accepts its public key: this
+    // one takes every pk_ key of 32 characters, then refuses its sk_ secret.
+    apikeys::KeyManagerOptions options;
+    options.validation.format.secret_prefix = "sk_live_";
+    options.validation.also_accept = {apikeys::KeyFormat{}};
+    Importing t(nullptr, options);
+    try {
+      (void)t.jsonl(text);
+      FAIL("no exception");
+    } catch (const apikeys::Error& e) {
+      CHECK(e.code() == ErrorCode::invalid_argument);
+      CHECK(std::string(e.what()).find("before") != std::string::npos);
+    }
+    CHECK_FALSE(t.memory->find(legacy_public(1)));
+  }
+  SECTION("a longer public prefix reads the legacy keys that begin with its letters") {
+    apikeys::KeyManagerOptions options;
+    options.validation.format.public_prefix = "pk_a";
+    options.validation.format.length = 31;
+    options.validation.also_accept = {apikeys::KeyFormat{}};
+    Importing t(nullptr, options);
+    CHECK_THROWS_AS(t.jsonl(text), apikeys::Error);
+  }
+  SECTION("the same formats with the legacy one first") {
+    apikeys::KeyManagerOptions options;
+    options.validation.also_accept = {apikeys::KeyFormat{}};
+    options.validation.also_accept.front().secret_prefix = "sk_live_";
+    Importing t(nullptr, options);
+    CHECK(t.jsonl(text).imported == 1);
+    CHECK(t.validate(1) == ValidationCode::valid);
+  }
   SECTION("the hasher lacks the legacy pepper") {
     Importing t(nullptr, {},
                 std::make_shared<apikeys::HmacSha256Hasher>(apikeys_test::kTestPepper));
