@@ -272,7 +272,8 @@ struct KeyManager::Impl {
   template <class Mutate>
   KeyInfo change(const char* operation, const Uuid& account_id, const Uuid& key_id,
                  std::optional<std::uint64_t> expected_version, Mutate&& mutate,
-                 const EventBuilder& audit, bool* applied = nullptr);
+                 const EventBuilder& audit, bool* applied = nullptr,
+                 std::exception_ptr* erase_failure = nullptr);
 
   // An EventBuilder for one call of this manager.
   EventBuilder audit(AuditAction action, const ChangeContext& context, detail::KeyFields candidates,
@@ -366,10 +367,24 @@ constexpr int kMaxChangeAttempts = 16;
 // state once this returns (doc/key-policy.md, "Every change is as strong as a
 // revocation"), and publishes the event, even when a cache fails to erase (before that
 // is thrown): the change stands. Sets `*applied` (when given) once the write is applied.
+// With `erase_failure`, a cache that fails to erase is not thrown but kept there, for a
+// caller with a second write to make first (update(): the credits).
 template <class Mutate>
 KeyInfo KeyManager::Impl::change(const char* operation, const Uuid& account_id, const Uuid& key_id,
                                  std::optional<std::uint64_t> expected_version, Mutate&& mutate,
-                                 const EventBuilder& audit, bool* applied) {
+                                 const EventBuilder& audit, bool* applied,
+                                 std::exception_ptr* erase_failure) {
+  const auto erase = [&](const std::string& public_key) {
+    if (erase_failure == nullptr) {
+      detail::erase_everywhere(store->identity(), public_key);
+      return;
+    }
+    try {
+      detail::erase_everywhere(store->identity(), public_key);
+    } catch (...) {
+      *erase_failure = std::current_exception();
+    }
+  };
   for (int attempt = 0; attempt < kMaxChangeAttempts; ++attempt) {
     (void)audit.take();  // an attempt that did not commit leaves no event
     std::optional<KeyInfo> current =
@@ -383,7 +398,7 @@ KeyInfo KeyManager::Impl::change(const char* operation, const Uuid& account_id, 
       // Nothing to write, perhaps because an earlier call wrote it and then failed
       // (a lost reply, a cache it could not erase): erase anyway, so a retry keeps the
       // guarantee the failed call could not.
-      detail::erase_everywhere(store->identity(), current->public_key);
+      erase(current->public_key);
       return std::move(*current);
     }
     next.updated_at = now();
@@ -393,7 +408,7 @@ KeyInfo KeyManager::Impl::change(const char* operation, const Uuid& account_id, 
     switch (written.outcome) {
       case WriteOutcome::applied:
         if (applied != nullptr) *applied = true;
-        then_report([&] { detail::erase_everywhere(store->identity(), written.key.public_key); },
+        then_report([&] { erase(written.key.public_key); },
                     [&] { publish(audit, &*current, &written.key); });
         return std::move(written.key);
       case WriteOutcome::not_found: no_such_key(key_id);
@@ -764,8 +779,11 @@ KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const Key
   const bool changes_credits = !update.credits.leaves() || !update.refill.leaves();
 
   // Two writes, each with its event: the key's fields, then the lineage's credits.
-  // What was committed is reported even when a later step throws.
+  // What was committed is reported even when a later step throws. A cache that cannot
+  // erase the key after the first write does not stop the second: both are made, then
+  // its failure is thrown, so a retry with expected_version finds the whole change made.
   const EventBuilder fields_audit = impl_->audit(AuditAction::update, context, kUpdateFields);
+  std::exception_ptr erase_failure;
   const KeyInfo updated = impl_->change(
       "updating the key", account_id, key_id, update.expected_version,
       [&](KeyInfo& key) {
@@ -792,7 +810,7 @@ KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const Key
         key.expires_at = expiry;
         return true;
       },
-      fields_audit);
+      fields_audit, nullptr, changes_credits ? &erase_failure : nullptr);
   if (update.rate_limits.sets() && updated.rate_limits != rate_limits) {
     // A store written before rate limits existed kept the other fields only.
     throw Error(ErrorCode::not_supported, "this store does not keep rate limits");
@@ -801,6 +819,7 @@ KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const Key
   // A lineage without credits has no refill to clear: nothing to write (the key's own
   // fields, if any, were). Setting a refill needs a balance, and the store refuses it.
   if (update.credits.leaves() && update.refill.clears() && !updated.credits) {
+    if (erase_failure) std::rethrow_exception(erase_failure);
     return impl_->shown(updated);
   }
   // Credits are the lineage's, changed after the key's own fields (doc/rate-limits.md,
@@ -832,6 +851,7 @@ KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const Key
                                    change.change_refill);
       },
       [&] { impl_->publish(credits_audit, &updated, &*changed); });
+  if (erase_failure) std::rethrow_exception(erase_failure);
   return impl_->shown(std::move(*changed));
 }
 

@@ -270,7 +270,9 @@ class APIKEYS_EXPORT KeyManager {
   /// key's version, Error(not_found), Error(not_supported) for a store without replace().
   /// The key's own fields and its lineage's credits are two writes, each with its own
   /// `update` event holding exactly the fields it changed: the first with updated_at and
-  /// version, the second with credits; no event for a write that changed nothing.
+  /// version, the second with credits; no event for a write that changed nothing. A
+  /// cache that cannot erase the key after the first write does not stop the second:
+  /// both are made, then that Error(busy) is thrown.
   /// `context`: see the class comment.
   KeyInfo update(const Uuid& account_id, const Uuid& key_id, const KeyUpdate& update,
                  const ChangeContext& context = ChangeContext());

@@ -187,6 +187,50 @@ TEST_CASE("a revoke that cannot erase some Validator's cache says so", "[revocat
   CHECK(hot->validate(k.info.public_key, sk).code == ValidationCode::revoked);
 }
 
+TEST_CASE("an update of fields and credits writes both when a cache cannot be erased",
+          "[revocation]") {
+  // The key's fields and its lineage's credits are two writes. A cache that cannot erase
+  // the key after the first must not stop the second: the documented retry, with
+  // expected_version, answers `conflict` because the change is made, all of it.
+  auto store = std::make_shared<MemoryStore>();
+  auto manager = admin(store);
+  auto flaky = std::make_shared<FlakyCache>();
+  auto hot = hot_validator(store, flaky);
+  CreateRequest request;
+  request.title = "credited key";
+  request.credits = Credits{};
+  request.credits->remaining = 10;
+  const CreatedKey k = manager->create(apikeys_test::account_id(1), request);
+  const Uuid& account = k.info.account_id;
+  flaky->fail_erase = true;
+  KeyUpdate u;
+  u.credits = 500;
+  SECTION("fields and credits") {
+    u.title = "renamed";
+    u.expected_version = k.info.version;
+  }
+  SECTION("credits alone") {}
+  try {
+    (void)manager->update(account, k.info.key_id, u);
+    FAIL("update returned although a cache could not be erased");
+  } catch (const Error& e) {
+    CHECK(e.code() == ErrorCode::busy);
+  }
+  flaky->fail_erase = false;
+  const KeyInfo now = manager->get(account, k.info.key_id);
+  REQUIRE(now.credits);
+  CHECK(now.credits->remaining == 500);
+  if (u.expected_version) {
+    CHECK(now.title == "renamed");
+    try {
+      (void)manager->update(account, k.info.key_id, u);
+      FAIL("a retry with the old version succeeded");
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::conflict);
+    }
+  }
+}
+
 TEST_CASE("Validators come and go while keys are revoked", "[revocation]") {
   // Registration and the revoke's fan-out from several threads at once: no crash, no
   // race (the suite also runs under ThreadSanitizer), and every live Validator hears.
