@@ -936,7 +936,7 @@ KeyInfo KeyManager::add_credits(const Uuid& account_id, const Uuid& key_id, std:
 KeyInfo KeyManager::disable(const Uuid& account_id, const Uuid& key_id,
                             const ChangeContext& context) {
   check_change_context(context);
-  return impl_->change(
+  return impl_->shown(impl_->change(
       "disabling the key", account_id, key_id, std::nullopt,
       [](KeyInfo& key) {
         if (key.status == KeyStatus::revoked) {
@@ -946,13 +946,13 @@ KeyInfo KeyManager::disable(const Uuid& account_id, const Uuid& key_id,
         key.status = KeyStatus::disabled;
         return true;
       },
-      impl_->audit(AuditAction::disable, context, 0, kStatusFields));
+      impl_->audit(AuditAction::disable, context, 0, kStatusFields)));
 }
 
 KeyInfo KeyManager::enable(const Uuid& account_id, const Uuid& key_id,
                            const ChangeContext& context) {
   check_change_context(context);
-  return impl_->change(
+  return impl_->shown(impl_->change(
       "enabling the key", account_id, key_id, std::nullopt,
       [](KeyInfo& key) {
         if (key.status == KeyStatus::revoked) {
@@ -962,7 +962,7 @@ KeyInfo KeyManager::enable(const Uuid& account_id, const Uuid& key_id,
         key.status = KeyStatus::active;
         return true;
       },
-      impl_->audit(AuditAction::enable, context, 0, kStatusFields));
+      impl_->audit(AuditAction::enable, context, 0, kStatusFields)));
 }
 
 CreatedKey KeyManager::rotate(const Uuid& account_id, const Uuid& key_id,
@@ -1034,6 +1034,13 @@ CreatedKey KeyManager::rotate(const Uuid& account_id, const Uuid& key_id,
           (void)audit.event(&*current, &written.key);
           (void)audit.event(nullptr, &next);
         });
+        // Credits as get() shows them; never thrown from (the secret is in hand).
+        if (successor.info.credits) {
+          try {
+            successor.info.credits = refilled(*successor.info.credits, impl_->clock->now());
+          } catch (...) {
+          }
+        }
         return CreatedKey{std::move(successor.info), std::move(secret)};
       }
       case WriteOutcome::not_found: no_such_key(key_id);
@@ -1123,7 +1130,7 @@ KeyInfo KeyManager::revoke(const Uuid& account_id, const Uuid& key_id,
   bool committed = false;         // replace() wrote it: a later not_supported is a cache's
   const EventBuilder audit = impl_->audit(AuditAction::revoke, context, 0, kStatusFields);
   try {
-    return impl_->change(
+    return impl_->shown(impl_->change(
         "revoking the key", account_id, key_id, std::nullopt,
         [&](KeyInfo& key) {
           if (key.status == KeyStatus::revoked) return false;
@@ -1131,7 +1138,7 @@ KeyInfo KeyManager::revoke(const Uuid& account_id, const Uuid& key_id,
           key.status = KeyStatus::revoked;
           return true;
         },
-        audit, &committed);
+        audit, &committed));
   } catch (const Error& e) {
     // Only a store without replace() falls back to set_status(): once the revoke has
     // committed (and been reported), an error from erasing the caches is the caller's.
@@ -1145,7 +1152,7 @@ KeyInfo KeyManager::revoke(const Uuid& account_id, const Uuid& key_id,
   // Every Validator over this store's data in the process, not only our own.
   then_report([&] { detail::erase_everywhere(impl_->store->identity(), info->public_key); },
               [&] { impl_->publish_change(audit, before, *info); });
-  return std::move(*info);
+  return impl_->shown(std::move(*info));
 }
 
 KeyInfo KeyManager::remove(const Uuid& account_id, const Uuid& key_id,
@@ -1159,7 +1166,7 @@ KeyInfo KeyManager::remove(const Uuid& account_id, const Uuid& key_id,
   // Every Validator over this store's data in the process, not only our own.
   then_report([&] { detail::erase_everywhere(impl_->store->identity(), info->public_key); },
               [&] { impl_->publish(audit, &*info, nullptr); });
-  return std::move(*info);
+  return impl_->shown(std::move(*info));
 }
 
 std::vector<PepperCount> KeyManager::pepper_counts() {

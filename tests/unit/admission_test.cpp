@@ -108,6 +108,38 @@ TEST_CASE("Credits admit exactly the balance and are shared across rotation", "[
   CHECK(f.manager->validate(t).code == ValidationCode::valid);
 }
 
+TEST_CASE("Every KeyManager call returns credits as get() shows them", "[admission][refill]") {
+  // A refill due is applied when credits are shown (types.hpp, Credits): by get() and
+  // list(), and by every call that returns the key, not only by those two.
+  Fixture f;
+  const auto make = [&f] {
+    CreateRequest req("refilled daily");
+    Credits c;
+    c.remaining = 0;
+    apikeys::CreditRefill r;
+    r.amount = 100;
+    r.interval = apikeys::RefillInterval::daily;
+    c.refill = r;
+    req.credits = c;
+    return f.manager->create(kAccount, req);
+  };
+  const auto key = make();
+  f.clock->advance(std::chrono::hours(24));  // a refill due, no validation since
+  const auto shown = [&f](const apikeys::KeyInfo& k) {
+    REQUIRE(k.credits);
+    return k.credits->remaining;
+  };
+  CHECK(shown(f.manager->get(kAccount, key.info.key_id)) == 100);
+  CHECK(shown(f.manager->disable(kAccount, key.info.key_id)) == 100);
+  CHECK(shown(f.manager->enable(kAccount, key.info.key_id)) == 100);
+  const auto successor = f.manager->rotate(kAccount, key.info.key_id, apikeys::RotateRequest{});
+  CHECK(shown(successor.info) == 100);
+  CHECK(shown(f.manager->revoke(kAccount, successor.info.key_id)) == 100);
+  const auto other = make();
+  f.clock->advance(std::chrono::hours(24));
+  CHECK(shown(f.manager->remove(kAccount, other.info.key_id)) == 100);
+}
+
 TEST_CASE("A rejected request spends nothing", "[admission]") {
   Fixture f;
   CreateRequest req("both");
