@@ -779,6 +779,21 @@ TEST_CASE("import: a store failing part way throws, keeps what it wrote, and a r
   for (int n = 1; n <= 5; ++n) CHECK(t.validate(n) == ValidationCode::valid);
 }
 
+TEST_CASE("import: a rerun skips a key revoked since, which stays revoked", "[import]") {
+  // What README and doc/import.md tell an operator to do with a key that must stop
+  // working while the migration may still be run again: revoke it, not delete it.
+  Importing t;
+  const std::string text = json_line(good_row(1)) + json_line(good_row(2));
+  REQUIRE(t.jsonl(text).imported == 2);
+  const apikeys::Uuid account = apikeys_test::account_id(7);
+  (void)t.manager->revoke(account, key_uuid(1));
+  const ImportReport rerun = t.jsonl(text);
+  CHECK(rerun.skipped == 2);
+  CHECK(rerun.imported == 0);
+  CHECK(t.validate(1) == ValidationCode::revoked);
+  CHECK(t.validate(2) == ValidationCode::valid);
+}
+
 TEST_CASE("import: refused up front without the legacy format or pepper", "[import]") {
   const std::string text = json_line(good_row(1));
   SECTION("no format accepts legacy keys") {
