@@ -15,6 +15,11 @@
 //  6. The in-process tier answers only while subscribed, is emptied on every
 //     (re)subscription and drop, and never outlives the Redis entry it copies.
 //  7. A value that does not decode is a miss, never a verdict.
+//  8. A lookup without a script names the verdict key with the epoch it reads in the
+//     same MGET, and answers only when the two agree.
+//  9. No command goes to a server before its run_id is the one recorded under the
+//     prefix; a server with another one (restarted from a snapshot or an AOF, or a
+//     replica that took over) first moves the epoch.
 //
 // Observers (RedisCacheOptions::observers) hear the failures handled here: a verdict
 // that does not decode, the subscription lost and restored (on the subscriber thread);
@@ -133,6 +138,23 @@ constexpr const char* kClearScript = APIKEYS_EPOCH_PROLOGUE
     "redis.call('SET', ek, n)\n"
     "redis.call('PUBLISH', ARGV[4], ARGV[5])\n"
     "return n\n";
+
+// Invariant 9. ARGV: prefix, epoch0, run_id, step, channel, message. A server whose
+// run_id is not the one recorded under the prefix restarted, or took over from
+// another: its data may be older than an erase already made (a snapshot, a lagging
+// replica), so the epoch moves as in clear, hiding every verdict it holds, before it
+// is used. Only a server that replaced a recorded one publishes the clear: in-process
+// tiers copied nothing from a prefix's first server. Returns 1 when it moved the
+// epoch, 0 when the server was the one recorded.
+constexpr const char* kServerScript = APIKEYS_EPOCH_PROLOGUE
+    "local rk = ARGV[1] .. 'r'\n"
+    "local r = redis.call('GET', rk)\n"
+    "if r == ARGV[3] then return 0 end\n"
+    "local n = string.format('%.0f', (tonumber(e) + tonumber(ARGV[4])) % 281474976710656)\n"
+    "redis.call('SET', ek, n)\n"
+    "redis.call('SET', rk, ARGV[3])\n"
+    "if r then redis.call('PUBLISH', ARGV[5], ARGV[6]) end\n"
+    "return 1\n";
 
 #undef APIKEYS_EPOCH_PROLOGUE
 
@@ -396,7 +418,9 @@ struct RedisCache::Impl {
         options(pool.options()),
         channel(options.prefix + "invalidate"),
         epoch_key(options.prefix + "e"),
-        serial(g_next_serial.fetch_add(1)) {}
+        serial(g_next_serial.fetch_add(1)) {
+    pool.set_server_hook([this](redisContext& c) { settle_server(c); });
+  }
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
 
@@ -424,6 +448,8 @@ struct RedisCache::Impl {
   // Set when Redis refused the MGET (an ACL that allows the scripts only): lookups
   // run the get script from then on.
   std::atomic<bool> mget_refused{false};
+  // Set once the observers were told that INFO gives no run_id (invariant 9).
+  std::atomic<bool> server_unchecked{false};
 
   void check_breaker() const { pool.check_breaker(); }
   bool local_live() const noexcept { return local && live.load(std::memory_order_acquire); }
@@ -525,6 +551,57 @@ struct RedisCache::Impl {
       return true;
     }
     return false;
+  }
+
+  // Invariant 9, on a new command connection (or one whose server forgot the scripts):
+  // the server's run_id against the one recorded under the prefix, the epoch moved if
+  // they differ. A server whose INFO gives no run_id (an ACL without INFO, a proxy) is
+  // told once to the observers (`server_unchecked`) and used unchecked.
+  void settle_server(redisContext& c) {
+    std::string run_id;
+    {
+      Reply info = pool.command(c, {"INFO", "server"});
+      if (info->type == REDIS_REPLY_STRING) {
+        run_id = run_id_in(std::string_view(info->str, info->len));
+      }
+    }
+    if (run_id.empty()) {
+      if (!server_unchecked.exchange(true, std::memory_order_relaxed)) {
+        pool.report("server_unchecked",
+                    "RedisCache: the server's INFO gives no run_id (an ACL without INFO, "
+                    "or a proxy?): a restart from a snapshot cannot be told, and verdicts "
+                    "erased since the snapshot would answer again");
+      }
+      return;
+    }
+    const std::string epoch0 = std::to_string(random_u64() % (std::uint64_t{1} << 47));
+    const std::string step = std::to_string(1 + random_u64() % (std::uint64_t{1} << 31));
+    Reply r = pool.command(
+        c, {"EVAL", kServerScript, "0", options.prefix, epoch0, run_id, step, channel, "C"});
+    if (r->type != REDIS_REPLY_INTEGER) {
+      throw Error(ErrorCode::storage, "RedisCache: the server check failed: " +
+                                          detail::RedisPool::reply_text(*r));
+    }
+    // Our lookups name verdict keys with the epoch they last saw: read it again. (They
+    // also check it in the same MGET; this only saves that lookup a second try.)
+    if (r->integer == 1) epoch_seen.store(kNoEpoch, std::memory_order_relaxed);
+  }
+  // The run_id line's value in INFO's text (40 hex digits), or empty.
+  static std::string run_id_in(std::string_view info) {
+    constexpr std::string_view kField = "run_id:";
+    std::size_t at = info.find(kField);
+    while (at != std::string_view::npos && at != 0 && info[at - 1] != '\n') {
+      at = info.find(kField, at + 1);
+    }
+    if (at == std::string_view::npos) return {};
+    const std::string_view rest = info.substr(at + kField.size());
+    const std::size_t end = std::min(rest.find_first_of("\r\n"), rest.size());
+    const std::string_view id = rest.substr(0, end);
+    if (id.empty() || id.size() > 64 ||
+        !std::all_of(id.begin(), id.end(), [](char ch) { return detail::hex_value(ch) >= 0; })) {
+      return {};
+    }
+    return std::string(id);
   }
 
   // Runs a script (invariant 2) with the prefix and a random epoch0 first.

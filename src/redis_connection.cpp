@@ -172,6 +172,7 @@ RedisContext RedisPool::connect(bool load_scripts) {
       MutexLock lock(sha_mu_);
       shas_[i].assign(r->str, r->len);
     }
+    if (server_hook_) server_hook_(*c);
   }
   return c;
 }
@@ -296,6 +297,8 @@ RedisReply RedisPool::script(std::size_t id, const std::vector<std::string_view>
         RedisReply r = command(*c, argv);
         if (r->type == REDIS_REPLY_ERROR &&
             std::string_view(r->str, r->len).substr(0, 8) == "NOSCRIPT") {
+          // A server that forgot the scripts may be another one, or this one restarted.
+          if (server_hook_) server_hook_(*c);
           argv[0] = "EVAL";
           argv[1] = scripts_[id];
           r = command(*c, argv);

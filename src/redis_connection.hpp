@@ -15,6 +15,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -79,9 +80,17 @@ class RedisPool {
   void report(std::string_view operation, std::string_view message,
               bool recovered = false) const noexcept;
 
-  // Opens a connection with timeouts, AUTH and SELECT done (and the scripts loaded
-  // when `load_scripts`). Throws RedisUnreachable when the server cannot be reached.
+  // Opens a connection with timeouts, AUTH and SELECT done (and, when `load_scripts`,
+  // the scripts loaded and the server hook run). Throws RedisUnreachable when the
+  // server cannot be reached, and what the hook throws.
   RedisContext connect(bool load_scripts);
+
+  // Runs on every new command connection before its first command, and on a connection
+  // whose server answered NOSCRIPT (it restarted, or a proxy moved the connection to
+  // another server): what must be settled with a server before it is trusted. Set once,
+  // before the first connection; null: none.
+  using ServerHook = std::function<void(redisContext&)>;
+  void set_server_hook(ServerHook hook) { server_hook_ = std::move(hook); }
 
   // Runs script `id` with `keys` KEYS then `args`: EVALSHA, or EVAL if the server
   // forgot it (SCRIPT FLUSH, restart). A broken connection is discarded and trips the
@@ -125,6 +134,7 @@ class RedisPool {
   const ObserverList observers_;  // before options_: moved out of the options first
   const RedisCacheOptions options_;
   const std::vector<const char*> scripts_;
+  ServerHook server_hook_;
 
   // Hashes of the scripts, learnt from SCRIPT LOAD (the same on every connection).
   Mutex sha_mu_;

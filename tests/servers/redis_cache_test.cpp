@@ -584,7 +584,7 @@ TEST_CASE("RedisCache: a not_found verdict is never written to Redis", "[servers
     }
     for (const auto& k : inspect.keys(prefix)) {
       INFO("key " << k);
-      CHECK(k == prefix + "e");  // the epoch only
+      CHECK((k == prefix + "e" || k == prefix + "r"));  // the epoch and the server's run_id
     }
   }
 }
@@ -985,6 +985,55 @@ TEST_CASE("RedisCache: Redis restarting mid-run never breaks validation, and cac
   manager.revoke(account, good.info.key_id);
   CHECK(manager.validate(good.info.public_key, good.secret_key.reveal()).code ==
         ValidationCode::revoked);
+}
+
+TEST_CASE("RedisCache: a Redis restarted from a snapshot never brings back a revoked key",
+          "[servers][redis][faults]") {
+  // A snapshot taken while the key was valid, a revoke, then a restart that loads the
+  // snapshot: Redis holds the valid verdict and the generation it was written under
+  // again. Neither a node that lived through the restart nor one started after it may
+  // answer from them (invariant 9, doc/redis-cache.md).
+  const auto redis = apikeys_test::test_redis();
+  if (!redis || !apikeys_test::have_controls({"APIKEYS_TEST_REDIS_RESTART"})) return;
+  PrefixJanitor janitor{*redis, {}};
+  const std::string prefix = janitor.make();
+  auto store = std::make_shared<apikeys_test::InstrumentedStore>();
+  apikeys::KeyManagerOptions mo;
+  mo.validation = validator_options(std::make_shared<RedisCache>(options_for(*redis, prefix, false)));
+  apikeys::KeyManager manager(store, hasher(), mo);
+  const apikeys::Uuid account = apikeys_test::account_id(4);
+  const auto revoked = manager.create(account, request("revoked after the snapshot"));
+  const auto good = manager.create(account, request("good"));
+  const auto validate = [](const auto& v, const apikeys::CreatedKey& k) {
+    return v.validate(k.info.public_key, k.secret_key.reveal()).code;
+  };
+  REQUIRE(validate(manager, revoked) == ValidationCode::valid);  // its verdict in Redis
+  REQUIRE(validate(manager, good) == ValidationCode::valid);
+  Inspector client(*redis);
+  client.run({"SAVE"});
+  manager.revoke(account, revoked.info.key_id);
+  REQUIRE(validate(manager, revoked) == ValidationCode::revoked);
+
+  REQUIRE(apikeys_test::server_control("APIKEYS_TEST_REDIS_RESTART"));  // loads the snapshot
+  // The cache answers again: the good key's validations stop reading the store.
+  CHECK(apikeys_test::eventually(
+      [&] {
+        const int before = store->finds.load();
+        for (int i = 0; i < 5; ++i) (void)validate(manager, good);
+        return store->finds.load() == before;
+      },
+      std::chrono::seconds(10)));
+  CHECK(validate(manager, revoked) == ValidationCode::revoked);
+  // A node that meets the restored Redis first (its Validator also clears the cache
+  // when it is built).
+  apikeys::Validator fresh(store, hasher(),
+                           validator_options(std::make_shared<RedisCache>(
+                               options_for(*redis, prefix, false))));
+  CHECK(validate(fresh, revoked) == ValidationCode::revoked);
+  CHECK(validate(fresh, good) == ValidationCode::valid);
+  // The next restart starts empty, as the other tests expect.
+  Inspector(*redis).run({"FLUSHALL"});
+  Inspector(*redis).run({"SAVE"});
 }
 
 TEST_CASE("RedisCache: two in-process tiers in one process both reject a key when revoke() returns",
