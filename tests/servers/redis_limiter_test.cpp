@@ -566,6 +566,29 @@ TEST_CASE("RedisLimiter: a FLUSHALL mid-run loses the pool, never grants a credi
   CHECK(store_balance(*store, lineage) == 0);
 }
 
+TEST_CASE("RedisLimiter: a FLUSHALL puts a rate limit back at rest: one more burst, no more",
+          "[servers][redis][limiter][faults]") {
+  // The bound SECURITY.md gives for a flush (or a restart without persistence): every
+  // limit starts from rest again, once.
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  const std::string prefix = apikeys_test::unique_name("rl") + ":";
+  RedisLimiter limiter(nullptr, options_for(*redis, prefix));
+  const apikeys::Uuid lineage = apikeys_test::account_id(9);
+  const std::vector<RateLimit> l{limit("per-day", 3, kDay)};
+  const auto admitted = [&] {
+    int n = 0;
+    for (int i = 0; i < 10; ++i) {
+      n += limiter.admit(request(lineage, l)).outcome == AdmissionOutcome::admitted;
+    }
+    return n;
+  };
+  CHECK(admitted() == 3);
+  Client(*redis).run({"FLUSHALL"});
+  CHECK(admitted() == 3);
+  CHECK(admitted() == 0);
+}
+
 TEST_CASE("RedisLimiter: a Redis restart mid-run never grants a credit twice",
           "[servers][redis][limiter][faults]") {
   const auto redis = apikeys_test::test_redis();
