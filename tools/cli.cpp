@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -521,7 +522,7 @@ apikeys::SecretString read_secret_file(std::string_view file, const std::string&
 
 // Reads the pepper from `pepper_file`, or else from APIKEYS_PEPPER. The file's path is
 // never shown: it may be the pepper itself, pasted in the wrong place.
-Pepper load_pepper(std::string_view pepper_file) {
+Pepper read_pepper(std::string_view pepper_file) {
   if (!pepper_file.empty()) {
     const apikeys::SecretString content =
         read_secret_file(pepper_file, "--pepper-file", kMaxPepperFileBytes);
@@ -534,6 +535,27 @@ Pepper load_pepper(std::string_view pepper_file) {
         "`openssl rand -hex 32`) or pass --pepper-file FILE");
   }
   return make_pepper(decode_pepper(env, "APIKEYS_PEPPER"));
+}
+
+// The pepper as refuse_pepper_early() read it, or the error it met, for the command's
+// own load_pepper() to take: a --pepper-file may be a pipe (`<(...)`), read only once.
+struct EarlyPepper {
+  std::optional<Pepper> pepper;
+  std::exception_ptr error;
+};
+std::optional<EarlyPepper>& early_pepper() {
+  static std::optional<EarlyPepper> early;
+  return early;
+}
+
+// The pepper: the one read early, once, else read now.
+Pepper load_pepper(std::string_view pepper_file) {
+  std::optional<EarlyPepper>& early = early_pepper();
+  if (!early) return read_pepper(pepper_file);
+  EarlyPepper taken = std::move(*early);
+  early.reset();
+  if (taken.error) std::rethrow_exception(taken.error);
+  return std::move(*taken.pepper);
 }
 
 // The longest legacy pepper HmacSha256Hasher takes.
@@ -1364,6 +1386,28 @@ std::shared_ptr<apikeys::HmacSha256Hasher> make_hasher(const Options& o, const P
                  "verification move its keys to the current pepper, then retire it\n";
   }
   return hasher;
+}
+
+// The values that would keep a pasted pepper in plain text (a database file's name; the
+// audit trail's actor and reason; a rate limit's name) checked for it before anything
+// copies them: change_context(), check_db() and admission_changes() do, ahead of the
+// pepper's own load. A pepper that cannot be loaded here is left to that load, which
+// reports it where it always has (load_pepper() takes what was read here: a pipe can
+// be read once); open_manager() checks again with the pepper it uses.
+void refuse_pepper_early(const Options& o) {
+  std::optional<EarlyPepper>& early = early_pepper();
+  early.emplace();
+  try {
+    early->pepper.emplace(read_pepper(o.pepper_file));
+  } catch (...) {
+    early->error = std::current_exception();
+    return;
+  }
+  const std::string_view hex = early->pepper->hex.reveal();
+  refuse_secret(o.db, "--db", hex);
+  refuse_secret(o.actor, "--actor", hex);
+  refuse_secret(o.reason, "--reason", hex);
+  for (const std::string_view spec : o.rate_limits) refuse_secret(spec, "--rate-limit", hex);
 }
 
 // `hasher`: the one make_hasher() made, when the command made it first; else made here.
@@ -2707,6 +2751,7 @@ int run_command(int argc, char** argv) {
     // scan reads no database, pepper or brand: a bad one cannot stop it.
     if (*scan) return cmd_scan(o);
     if (o.db.empty()) throw UsageError("--db is required: a SQLite file or a postgresql:// URL");
+    refuse_pepper_early(o);
     const char* env_brand = std::getenv("APIKEYS_BRAND");
     o.format = !o.brand.empty()       ? brand_format(o.brand, "--brand")
                : env_brand != nullptr ? brand_format(env_brand, "APIKEYS_BRAND")
