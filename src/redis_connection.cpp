@@ -277,9 +277,18 @@ RedisReply RedisPool::with_connection(F&& f, const bool* sent) {
 }
 
 RedisReply RedisPool::script(std::size_t id, const std::vector<std::string_view>& keys,
-                             const std::vector<std::string_view>& args, bool at_most_once) {
+                             const std::vector<std::string_view>& args, bool at_most_once,
+                             bool* was_sent) {
   const std::string numkeys = std::to_string(keys.size());
   bool sent = false;
+  // Told on every way out, a throw included.
+  struct Tell {
+    bool* out;
+    const bool& sent;
+    ~Tell() {
+      if (out != nullptr) *out = sent;
+    }
+  } tell{was_sent, sent};
   return with_connection(
       [&](Lease& c) {
         std::string sha;

@@ -99,9 +99,12 @@ class RedisPool {
   // checked for a close the server already sent (then retried, nothing having been
   // sent), and a connection that breaks once the script was sent is not retried: the
   // server may have run it and lost only the reply. Throws Error(busy) when Redis is
-  // unavailable, Error(storage) for an error reply.
+  // unavailable, Error(storage) for an error reply. With `at_most_once`, `*sent` (when
+  // given) says on return or throw whether the script may have reached the server:
+  // false means it certainly did not run.
   RedisReply script(std::size_t id, const std::vector<std::string_view>& keys,
-                    const std::vector<std::string_view>& args, bool at_most_once = false);
+                    const std::vector<std::string_view>& args, bool at_most_once = false,
+                    bool* sent = nullptr);
 
   // Runs one plain command on a pooled connection, with the same failure handling.
   RedisReply run(const std::vector<std::string_view>& argv);

@@ -241,10 +241,13 @@ struct RedisLimiter::Impl {
 
   // Runs a script at most once: a reply lost after the script was sent is a failure,
   // never a second run (an admission or a deposit run twice would spend or add twice).
-  detail::RedisReply run(ScriptId id, const std::string& k, const std::vector<std::string>& args) {
+  // `*sent` (when given): whether the script may have reached Redis (RedisPool::script()).
+  detail::RedisReply run(ScriptId id, const std::string& k, const std::vector<std::string>& args,
+                         bool* sent = nullptr) {
+    if (sent != nullptr) *sent = false;
     pool.check_breaker();
     return pool.script(id, {k}, std::vector<std::string_view>(args.begin(), args.end()),
-                       /*at_most_once=*/true);
+                       /*at_most_once=*/true, sent);
   }
 
   // What a need-credits answer says: the pool Redis holds, and the lineage's rst.
@@ -360,9 +363,16 @@ struct RedisLimiter::Impl {
       deposit.insert(deposit.end(), args.begin(), args.end());
       out = Admission{};
       detail::RedisReply reply;
+      bool sent = false;
       try {
-        reply = run(kDeposit, k, deposit);
+        reply = run(kDeposit, k, deposit, &sent);
       } catch (const std::exception& e) {
+        if (!sent) {
+          // The deposit never left (the breaker open, no connection): the credits go
+          // back to the store, which cannot grant them twice.
+          if (take.taken > 0) give_back(r.lineage_id, take);
+          throw;
+        }
         if (take.taken > 0 && !pool.observers().empty()) {
           // Thrown to the caller as it is; the credits it cost are reported here.
           pool.report("deposit",

@@ -589,6 +589,48 @@ TEST_CASE("RedisLimiter: a FLUSHALL puts a rate limit back at rest: one more bur
   CHECK(admitted() == 0);
 }
 
+// Forwards the credit calls to `inner`, and stops Redis right after the first take: the
+// deposit that follows finds no server.
+class StopsRedisAfterTake final : public apikeys_test::ForwardingStore {
+ public:
+  using ForwardingStore::ForwardingStore;
+  apikeys::CreditTake take_credits(const apikeys::Uuid& lineage, std::uint64_t min,
+                                   std::uint64_t max, apikeys::TimePoint now) override {
+    const apikeys::CreditTake t = inner().take_credits(lineage, min, max, now);
+    if (!stopped.exchange(true)) CHECK(apikeys_test::server_control("APIKEYS_TEST_REDIS_STOP"));
+    return t;
+  }
+  void return_credits(const apikeys::Uuid& lineage, std::uint64_t n, std::int64_t period) override {
+    inner().return_credits(lineage, n, period);
+  }
+  std::atomic<bool> stopped{false};
+};
+
+TEST_CASE("RedisLimiter: credits taken for a deposit that never left go back to the store",
+          "[servers][redis][limiter][faults]") {
+  const auto redis = apikeys_test::test_redis();
+  if (!redis ||
+      !apikeys_test::have_controls({"APIKEYS_TEST_REDIS_STOP", "APIKEYS_TEST_REDIS_START"})) {
+    return;
+  }
+  const std::string prefix = apikeys_test::unique_name("rl") + ":";
+  auto memory = std::make_shared<apikeys::MemoryStore>();
+  const apikeys::Uuid lineage = with_credits(memory, 100);
+  auto store = std::make_shared<StopsRedisAfterTake>(memory);
+  RedisLimiter limiter(store, options_for(*redis, prefix, 30));
+  const std::vector<RateLimit> none;
+  try {
+    (void)limiter.admit(request(lineage, none, true));
+    FAIL("admitted with Redis stopped before the deposit");
+  } catch (const apikeys::Error& e) {
+    CHECK(e.code() == ErrorCode::busy);
+  }
+  REQUIRE(apikeys_test::server_control("APIKEYS_TEST_REDIS_START"));
+  CHECK(store->stopped.load());
+  // The deposit was never sent, so nothing can have been deposited: all 100 are back.
+  CHECK(store_balance(*memory, lineage) == 100);
+}
+
 TEST_CASE("RedisLimiter: a Redis restart mid-run never grants a credit twice",
           "[servers][redis][limiter][faults]") {
   const auto redis = apikeys_test::test_redis();
