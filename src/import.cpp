@@ -458,21 +458,21 @@ class Importer {
 void check_can_import(const Hasher& hasher, const ValidatorOptions& validation,
                       const ImportOptions& options) {
   // The Validator reads a pair in the first of its formats (format, then also_accept in
-  // order) that accepts the public key. One that comes before the legacy format and
-  // accepts some legacy public keys would read them, then refuse their sk_ secrets.
+  // order) that accepts the public key. Another format that accepts some legacy public
+  // keys shares them with the legacy one: whichever comes first reads the other's keys,
+  // then refuses their secrets, so one of the two kinds never validates.
   std::vector<const KeyFormat*> formats{&validation.format};
   for (const KeyFormat& f : validation.also_accept) formats.push_back(&f);
   bool legacy = false;
   for (const KeyFormat* f : formats) {
     if (is_legacy(*f)) {
       legacy = true;
-      break;
-    }
-    if (reads_legacy_public_keys(*f)) {
+    } else if (reads_legacy_public_keys(*f)) {
       throw Error(ErrorCode::invalid_argument,
-                  "a key format that comes before KeyFormat{} in the manager's formats "
-                  "accepts legacy public keys (pk_ and 32 characters), so their secrets "
-                  "would be refused: put KeyFormat{} before it");
+                  "one of the manager's key formats has public keys of the legacy shape (pk_ "
+                  "and 32 characters): its keys and the imported ones could not be told apart. "
+                  "Give it a public prefix that no legacy key has (such as pk_live_) or a "
+                  "checksum");
     }
   }
   if (!legacy) {

@@ -823,23 +823,33 @@ TEST_CASE("import: refused up front without the legacy format or pepper", "[impo
     Importing t(nullptr, options);
     CHECK_THROWS_AS(t.jsonl(text), apikeys::Error);
   }
-  SECTION("a format before the legacy one reads legacy public keys as its own") {
-    // The Validator reads a pair in the first format that accepts its public key: this
-    // one takes every pk_ key of 32 characters, then refuses its sk_ secret.
-    apikeys::KeyManagerOptions options;
-    options.validation.format.secret_prefix = "sk_live_";
-    options.validation.also_accept = {apikeys::KeyFormat{}};
-    Importing t(nullptr, options);
-    try {
-      (void)t.jsonl(text);
-      FAIL("no exception");
-    } catch (const apikeys::Error& e) {
-      CHECK(e.code() == ErrorCode::invalid_argument);
-      CHECK(std::string(e.what()).find("before") != std::string::npos);
+  SECTION("another format with public keys of the legacy shape, in either order") {
+    // The Validator reads a pair in the first format that accepts its public key. This
+    // one's public keys are pk_ and 32 characters too: first, it reads every legacy key
+    // and refuses its sk_ secret; second, the legacy format reads its keys instead.
+    for (const bool legacy_first : {false, true}) {
+      CAPTURE(legacy_first);
+      apikeys::KeyFormat live;
+      live.secret_prefix = "sk_live_";
+      apikeys::KeyManagerOptions options;
+      if (legacy_first) {
+        options.validation.also_accept = {live};
+      } else {
+        options.validation.format = live;
+        options.validation.also_accept = {apikeys::KeyFormat{}};
+      }
+      Importing t(nullptr, options);
+      try {
+        (void)t.jsonl(text);
+        FAIL("no exception");
+      } catch (const apikeys::Error& e) {
+        CHECK(e.code() == ErrorCode::invalid_argument);
+        CHECK(std::string(e.what()).find("legacy shape") != std::string::npos);
+      }
+      CHECK_FALSE(t.memory->find(legacy_public(1)));
     }
-    CHECK_FALSE(t.memory->find(legacy_public(1)));
   }
-  SECTION("a longer public prefix reads the legacy keys that begin with its letters") {
+  SECTION("a longer public prefix shares the legacy keys that begin with its letters") {
     apikeys::KeyManagerOptions options;
     options.validation.format.public_prefix = "pk_a";
     options.validation.format.length = 31;
@@ -847,10 +857,11 @@ TEST_CASE("import: refused up front without the legacy format or pepper", "[impo
     Importing t(nullptr, options);
     CHECK_THROWS_AS(t.jsonl(text), apikeys::Error);
   }
-  SECTION("the same formats with the legacy one first") {
+  SECTION("a public prefix no legacy key has") {
     apikeys::KeyManagerOptions options;
+    options.validation.format.public_prefix = "pk_live_";
+    options.validation.format.secret_prefix = "sk_live_";
     options.validation.also_accept = {apikeys::KeyFormat{}};
-    options.validation.also_accept.front().secret_prefix = "sk_live_";
     Importing t(nullptr, options);
     CHECK(t.jsonl(text).imported == 1);
     CHECK(t.validate(1) == ValidationCode::valid);
