@@ -811,48 +811,62 @@ KeyInfo KeyManager::update(const Uuid& account_id, const Uuid& key_id, const Key
         return true;
       },
       fields_audit, nullptr, changes_credits ? &erase_failure : nullptr);
-  if (update.rate_limits.sets() && updated.rate_limits != rate_limits) {
-    // A store written before rate limits existed kept the other fields only.
-    throw Error(ErrorCode::not_supported, "this store does not keep rate limits");
-  }
-  if (!changes_credits) return impl_->shown(updated);
-  // A lineage without credits has no refill to clear: nothing to write (the key's own
-  // fields, if any, were). Setting a refill needs a balance, and the store refuses it.
-  if (update.credits.leaves() && update.refill.clears() && !updated.credits) {
-    if (erase_failure) std::rethrow_exception(erase_failure);
-    return impl_->shown(updated);
-  }
-  // Credits are the lineage's, changed after the key's own fields (doc/rate-limits.md,
-  // "Management"): a failure here leaves those fields changed, and retrying is safe.
-  CreditsChange change;
-  change.at = impl_->clock->now();
-  if (update.credits.clears()) {
-    change.op = CreditsOp::remove;
-  } else {
-    change.op = CreditsOp::configure;
-    if (update.credits.sets()) change.remaining = update.credits.value();
-    if (!update.refill.leaves()) {
-      change.change_refill = true;
-      if (update.refill.sets()) change.refill = update.refill.value();
+  // The rest of the call. When it throws (the credits' write failed, say), that is what
+  // the caller hears; a cache that could not erase the key after the first write is
+  // tried once more first, so that it is not left holding the old verdict unseen.
+  const auto rest = [&]() -> KeyInfo {
+    if (update.rate_limits.sets() && updated.rate_limits != rate_limits) {
+      // A store written before rate limits existed kept the other fields only.
+      throw Error(ErrorCode::not_supported, "this store does not keep rate limits");
     }
+    if (!changes_credits) return impl_->shown(updated);
+    // A lineage without credits has no refill to clear: nothing to write (the key's own
+    // fields, if any, were). Setting a refill needs a balance, and the store refuses it.
+    if (update.credits.leaves() && update.refill.clears() && !updated.credits) {
+      return impl_->shown(updated);
+    }
+    // Credits are the lineage's, changed after the key's own fields (doc/rate-limits.md,
+    // "Management"): a failure here leaves those fields changed, and retrying is safe.
+    CreditsChange change;
+    change.at = impl_->clock->now();
+    if (update.credits.clears()) {
+      change.op = CreditsOp::remove;
+    } else {
+      change.op = CreditsOp::configure;
+      if (update.credits.sets()) change.remaining = update.credits.value();
+      if (!update.refill.leaves()) {
+        change.change_refill = true;
+        if (update.refill.sets()) change.refill = update.refill.value();
+      }
+    }
+    const EventBuilder credits_audit =
+        impl_->audit(AuditAction::update, context, key_field::kCredits);
+    std::optional<KeyInfo> changed = guarded("changing the key's credits", [&] {
+      return impl_->store->change_credits_audited(account_id, key_id, change, credits_audit);
+    });
+    if (!changed || changed->account_id != account_id) no_such_key(key_id);
+    then_report(
+        [&] {
+          // A new refill drops the lease too: credits leased under the old one would
+          // otherwise still be spent after the new one's first reset.
+          impl_->credits_changed(account_id, *changed,
+                                 change.op != CreditsOp::configure || change.remaining ||
+                                     change.change_refill);
+        },
+        [&] { impl_->publish(credits_audit, &updated, &*changed); });
+    return impl_->shown(std::move(*changed));
+  };
+  if (!erase_failure) return rest();
+  try {
+    (void)rest();
+  } catch (...) {
+    try {
+      detail::erase_everywhere(impl_->store->identity(), updated.public_key);
+    } catch (...) {
+    }
+    throw;
   }
-  const EventBuilder credits_audit =
-      impl_->audit(AuditAction::update, context, key_field::kCredits);
-  std::optional<KeyInfo> changed = guarded("changing the key's credits", [&] {
-    return impl_->store->change_credits_audited(account_id, key_id, change, credits_audit);
-  });
-  if (!changed || changed->account_id != account_id) no_such_key(key_id);
-  then_report(
-      [&] {
-        // A new refill drops the lease too: credits leased under the old one would
-        // otherwise still be spent after the new one's first reset.
-        impl_->credits_changed(account_id, *changed,
-                               change.op != CreditsOp::configure || change.remaining ||
-                                   change.change_refill);
-      },
-      [&] { impl_->publish(credits_audit, &updated, &*changed); });
-  if (erase_failure) std::rethrow_exception(erase_failure);
-  return impl_->shown(std::move(*changed));
+  std::rethrow_exception(erase_failure);  // both writes made: the cache's failure is told
 }
 
 void KeyManager::Impl::credits_changed(const Uuid& account_id, const KeyInfo& key,
