@@ -579,8 +579,8 @@ struct RedisCache::Impl {
     Reply r = pool.command(
         c, {"EVAL", kServerScript, "0", options.prefix, epoch0, run_id, step, channel, "C"});
     if (r->type != REDIS_REPLY_INTEGER) {
-      throw Error(ErrorCode::storage, "RedisCache: the server check failed: " +
-                                          detail::RedisPool::reply_text(*r));
+      throw Error(ErrorCode::storage,
+                  "RedisCache: the server check failed: " + detail::RedisPool::reply_text(*r));
     }
     // Our lookups name verdict keys with the epoch they last saw: read it again. (They
     // also check it in the same MGET; this only saves that lookup a second try.)

@@ -999,7 +999,8 @@ TEST_CASE("RedisCache: a Redis restarted from a snapshot never brings back a rev
   const std::string prefix = janitor.make();
   auto store = std::make_shared<apikeys_test::InstrumentedStore>();
   apikeys::KeyManagerOptions mo;
-  mo.validation = validator_options(std::make_shared<RedisCache>(options_for(*redis, prefix, false)));
+  mo.validation =
+      validator_options(std::make_shared<RedisCache>(options_for(*redis, prefix, false)));
   apikeys::KeyManager manager(store, hasher(), mo);
   const apikeys::Uuid account = apikeys_test::account_id(4);
   const auto revoked = manager.create(account, request("revoked after the snapshot"));
@@ -1026,9 +1027,9 @@ TEST_CASE("RedisCache: a Redis restarted from a snapshot never brings back a rev
   CHECK(validate(manager, revoked) == ValidationCode::revoked);
   // A node that meets the restored Redis first (its Validator also clears the cache
   // when it is built).
-  apikeys::Validator fresh(store, hasher(),
-                           validator_options(std::make_shared<RedisCache>(
-                               options_for(*redis, prefix, false))));
+  apikeys::Validator fresh(
+      store, hasher(),
+      validator_options(std::make_shared<RedisCache>(options_for(*redis, prefix, false))));
   CHECK(validate(fresh, revoked) == ValidationCode::revoked);
   CHECK(validate(fresh, good) == ValidationCode::valid);
   // The next restart starts empty, as the other tests expect.

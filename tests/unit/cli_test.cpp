@@ -1584,10 +1584,9 @@ TEST_CASE("cli: no block the CLI frees holds a secret or the pepper", "[cli]") {
   run_hooked("scan a missing SECRET.csv", {"scan", dir.file(sk + ".csv")}, 2);
   // The pepper pasted where the audit trail, a path or a rate limit's name goes: refused,
   // and no copy made on the way (before the pepper is loaded to compare) left unwiped.
-  run_hooked("revoke --reason PEPPER",
-             {"--db", db, "revoke", "--account", kAccount, "--key-id", key_id, "--reason",
-              kPepperHex},
-             2);
+  run_hooked(
+      "revoke --reason PEPPER",
+      {"--db", db, "revoke", "--account", kAccount, "--key-id", key_id, "--reason", kPepperHex}, 2);
   run_hooked("revoke --actor service:PEPPER",
              {"--db", db, "revoke", "--account", kAccount, "--key-id", key_id, "--actor",
               "service:" + kPepperHex},
