@@ -139,21 +139,23 @@ constexpr const char* kClearScript = APIKEYS_EPOCH_PROLOGUE
     "redis.call('PUBLISH', ARGV[4], ARGV[5])\n"
     "return n\n";
 
-// Invariant 9. ARGV: prefix, epoch0, run_id, step, channel, message. A server whose
-// run_id is not the one recorded under the prefix restarted, or took over from
+// Invariant 9. ARGV: prefix, epoch0, run_id, step, channel, message, force. A server
+// whose run_id is not the one recorded under the prefix restarted, or took over from
 // another: its data may be older than an erase already made (a snapshot, a lagging
 // replica), so the epoch moves as in clear, hiding every verdict it holds, before it
-// is used. Only a server that replaced a recorded one publishes the clear: in-process
-// tiers copied nothing from a prefix's first server. Returns 1 when it moved the
-// epoch, 0 when the server was the one recorded.
+// is used. `force` ('1'): the instance last settled on another server, so this one's
+// data may predate erases made there (an old primary back before it resynced), even
+// though its own run_id is the one recorded. Only a server that replaced a recorded one publishes
+// the clear: in-process tiers copied nothing from a prefix's first server. Returns 1 when it moved
+// the epoch, 0 when the server was the one recorded.
 constexpr const char* kServerScript = APIKEYS_EPOCH_PROLOGUE
     "local rk = ARGV[1] .. 'r'\n"
     "local r = redis.call('GET', rk)\n"
-    "if r == ARGV[3] then return 0 end\n"
+    "if r == ARGV[3] and ARGV[7] ~= '1' then return 0 end\n"
     "local n = string.format('%.0f', (tonumber(e) + tonumber(ARGV[4])) % 281474976710656)\n"
     "redis.call('SET', ek, n)\n"
     "redis.call('SET', rk, ARGV[3])\n"
-    "if r then redis.call('PUBLISH', ARGV[5], ARGV[6]) end\n"
+    "if r or ARGV[7] == '1' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end\n"
     "return 1\n";
 
 #undef APIKEYS_EPOCH_PROLOGUE
@@ -448,8 +450,13 @@ struct RedisCache::Impl {
   // Set when Redis refused the MGET (an ACL that allows the scripts only): lookups
   // run the get script from then on.
   std::atomic<bool> mget_refused{false};
-  // Set once the observers were told that INFO gives no run_id (invariant 9).
+  // Set once INFO gave no run_id (invariant 9); the subscriber thread then tells the
+  // observers (unchecked_to_report), outside any pool connection's lease.
   std::atomic<bool> server_unchecked{false};
+  std::atomic<bool> unchecked_to_report{false};
+  // The run_id of the server this instance last settled on (invariant 9).
+  detail::Mutex settled_mu;
+  std::string settled_run_id APIKEYS_GUARDED_BY(settled_mu);
 
   void check_breaker() const { pool.check_breaker(); }
   bool local_live() const noexcept { return local && live.load(std::memory_order_acquire); }
@@ -567,20 +574,26 @@ struct RedisCache::Impl {
     }
     if (run_id.empty()) {
       if (!server_unchecked.exchange(true, std::memory_order_relaxed)) {
-        pool.report("server_unchecked",
-                    "RedisCache: the server's INFO gives no run_id (an ACL without INFO, "
-                    "or a proxy?): a restart from a snapshot cannot be told, and verdicts "
-                    "erased since the snapshot would answer again");
+        unchecked_to_report.store(true, std::memory_order_release);
       }
       return;
     }
+    bool force = false;
+    {
+      detail::MutexLock lock(settled_mu);
+      force = !settled_run_id.empty() && settled_run_id != run_id;
+    }
     const std::string epoch0 = std::to_string(random_u64() % (std::uint64_t{1} << 47));
     const std::string step = std::to_string(1 + random_u64() % (std::uint64_t{1} << 31));
-    Reply r = pool.command(
-        c, {"EVAL", kServerScript, "0", options.prefix, epoch0, run_id, step, channel, "C"});
+    Reply r = pool.command(c, {"EVAL", kServerScript, "0", options.prefix, epoch0, run_id, step,
+                               channel, "C", force ? "1" : "0"});
     if (r->type != REDIS_REPLY_INTEGER) {
       throw Error(ErrorCode::storage,
                   "RedisCache: the server check failed: " + detail::RedisPool::reply_text(*r));
+    }
+    {
+      detail::MutexLock lock(settled_mu);
+      settled_run_id = run_id;
     }
     // Our lookups name verdict keys with the epoch they last saw: read it again. (They
     // also check it in the same MGET; this only saves that lookup a second try.)
@@ -676,8 +689,19 @@ struct RedisCache::Impl {
     pool.report("subscription_lost", message);
   }
 
+  // What settle_server() left for the observers (invariant 9); subscriber thread.
+  void report_deferred() {
+    if (unchecked_to_report.exchange(false, std::memory_order_acquire)) {
+      pool.report("server_unchecked",
+                  "RedisCache: the server's INFO gives no run_id (an ACL without INFO, or a "
+                  "proxy?): a restart from a snapshot cannot be told, and verdicts erased "
+                  "since the snapshot would answer again");
+    }
+  }
+
   void run_subscriber() {
     while (!stopping.load()) {
+      report_deferred();
       try {
         subscribe_once();
       } catch (const std::exception& e) {
@@ -735,6 +759,7 @@ struct RedisCache::Impl {
       const int n = ::poll(p, 2, static_cast<int>(beat.count()));
       if (n < 0 && errno != EINTR) throw Unreachable("RedisCache subscriber: poll failed");
       if (stopping.load()) return;
+      report_deferred();
       const auto now = SteadyClock::now();
       if (n > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
         if (redisBufferRead(c.get()) != REDIS_OK)

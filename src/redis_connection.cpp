@@ -307,7 +307,15 @@ RedisReply RedisPool::script(std::size_t id, const std::vector<std::string_view>
         if (r->type == REDIS_REPLY_ERROR &&
             std::string_view(r->str, r->len).substr(0, 8) == "NOSCRIPT") {
           // A server that forgot the scripts may be another one, or this one restarted.
-          if (server_hook_) server_hook_(*c);
+          // A connection the hook could not settle goes, never back to the pool.
+          if (server_hook_) {
+            try {
+              server_hook_(*c);
+            } catch (...) {
+              c.discard();
+              throw;
+            }
+          }
           argv[0] = "EVAL";
           argv[1] = scripts_[id];
           r = command(*c, argv);

@@ -86,9 +86,10 @@ class RedisPool {
   RedisContext connect(bool load_scripts);
 
   // Runs on every new command connection before its first command, and on a connection
-  // whose server answered NOSCRIPT (it restarted, or a proxy moved the connection to
-  // another server): what must be settled with a server before it is trusted. Set once,
-  // before the first connection; null: none.
+  // whose server answered NOSCRIPT (it forgot the scripts: SCRIPT FLUSH, or another
+  // server behind the same connection): what must be settled with a server before it is
+  // trusted. A connection whose hook throws is discarded. Set once, before the first
+  // connection; null: none.
   using ServerHook = std::function<void(redisContext&)>;
   void set_server_hook(ServerHook hook) { server_hook_ = std::move(hook); }
 

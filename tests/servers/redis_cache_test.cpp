@@ -1010,6 +1010,17 @@ TEST_CASE("RedisCache: a Redis restarted from a snapshot never brings back a rev
   };
   REQUIRE(validate(manager, revoked) == ValidationCode::valid);  // its verdict in Redis
   REQUIRE(validate(manager, good) == ValidationCode::valid);
+  // The next restart must start empty, as the other tests expect, however this one ends.
+  struct Unsave {
+    const apikeys_test::RedisAddress& redis;
+    ~Unsave() {
+      try {
+        Inspector(redis).run({"FLUSHALL"});
+        Inspector(redis).run({"SAVE"});
+      } catch (...) {
+      }
+    }
+  } unsave{*redis};
   Inspector client(*redis);
   client.run({"SAVE"});
   manager.revoke(account, revoked.info.key_id);
@@ -1032,9 +1043,6 @@ TEST_CASE("RedisCache: a Redis restarted from a snapshot never brings back a rev
       validator_options(std::make_shared<RedisCache>(options_for(*redis, prefix, false))));
   CHECK(validate(fresh, revoked) == ValidationCode::revoked);
   CHECK(validate(fresh, good) == ValidationCode::valid);
-  // The next restart starts empty, as the other tests expect.
-  Inspector(*redis).run({"FLUSHALL"});
-  Inspector(*redis).run({"SAVE"});
 }
 
 TEST_CASE("RedisCache: two in-process tiers in one process both reject a key when revoke() returns",

@@ -426,6 +426,39 @@ TEST_CASE("RedisCache: a Redis that refuses MGET is read through the get script"
   CHECK(recorder->redis("breaker").empty());  // Redis answered: not an outage
 }
 
+TEST_CASE("RedisCache: a Redis that hides its run_id is used unchecked, and says so once",
+          "[servers][redis][observer]") {
+  // An ACL without INFO: the cache cannot tell a restarted server (doc/redis-cache.md,
+  // invariant 9), works on, and tells the observers once.
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  Janitor janitor{*redis, {}};
+  Client client(*redis);
+  struct Restore {  // never leave the shared server refusing INFO
+    Client& c;
+    ~Restore() { c.quiet({"ACL", "SETUSER", "default", "+info"}); }
+  } restore{client};
+  client.run({"ACL", "SETUSER", "default", "-info"});
+  auto recorder = std::make_shared<Recorder>();
+  RedisCacheOptions o = cache_options(*redis, janitor.make(), {recorder});
+  o.local_tier = false;
+  o.pool_size = 2;
+  RedisCache cache(o);
+  fill(cache, pk(7), digest_of(7), valid_verdict(7), milliseconds(600'000));
+  REQUIRE(cache.get(pk(7), digest_of(7)));
+  REQUIRE(apikeys_test::eventually([&] { return !recorder->redis("server_unchecked").empty(); }));
+  // A second connection finds the same: no second event.
+  std::thread other([&] { (void)cache.get(pk(7), digest_of(7)); });
+  (void)cache.get(pk(7), digest_of(7));
+  other.join();
+  std::this_thread::sleep_for(milliseconds(300));  // a heartbeat or more
+  const auto unchecked = recorder->redis("server_unchecked");
+  CHECK(unchecked.size() == 1);
+  CHECK_FALSE(unchecked[0].recovered);
+  CHECK(unchecked[0].message.find("run_id") != std::string::npos);
+  CHECK(recorder->redis("breaker").empty());
+}
+
 // Every event here reaches an observer that throws first: calls answer as they would
 // without it, and the subscriber thread carries on.
 TEST_CASE("RedisCache and RedisLimiter: a throwing observer never changes what a call returns",
