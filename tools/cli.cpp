@@ -1389,12 +1389,15 @@ std::shared_ptr<apikeys::HmacSha256Hasher> make_hasher(const Options& o, const P
 }
 
 // The values that would keep a pasted pepper in plain text (a database file's name; the
-// audit trail's actor and reason; a rate limit's name) checked for it before anything
+// audit trail's actor and reason; a rate limit's name; Redis key names) checked for it
+// before anything
 // copies them: change_context(), check_db() and admission_changes() do, ahead of the
 // pepper's own load. A pepper that cannot be loaded here is left to that load, which
 // reports it where it always has (load_pepper() takes what was read here: a pipe can
 // be read once); open_manager() checks again with the pepper it uses.
 void refuse_pepper_early(const Options& o) {
+  // A Redis prefix is written into key names in Redis: no secret key in it either.
+  refuse_secret(o.redis_prefix, "--redis-prefix", {});
   std::optional<EarlyPepper>& early = early_pepper();
   early.emplace();
   try {
@@ -1407,6 +1410,7 @@ void refuse_pepper_early(const Options& o) {
   refuse_secret(o.db, "--db", hex);
   refuse_secret(o.actor, "--actor", hex);
   refuse_secret(o.reason, "--reason", hex);
+  refuse_secret(o.redis_prefix, "--redis-prefix", hex);
   for (const std::string_view spec : o.rate_limits) refuse_secret(spec, "--rate-limit", hex);
 }
 

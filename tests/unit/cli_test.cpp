@@ -1414,6 +1414,16 @@ TEST_CASE("cli: PostgreSQL and Redis options", "[cli]") {
   const std::string key_id = k.at("key_id").get<std::string>();
   r = run_cli({"--db", db, "--redis", "127.0.0.1:1", "list", "--account", kAccount});
   CHECK(r.code == 0);
+  // A prefix becomes Redis key names: the pepper or a secret key in it is refused
+  // before any connection.
+  r = run_cli({"--db", db, "--redis", "127.0.0.1:1", "--redis-prefix", kPepperHex + ":", "list",
+               "--account", kAccount});
+  CHECK(r.code == 2);
+  CHECK(contains(r.err, "--redis-prefix holds a secret key or the pepper"));
+  r = run_cli({"--db", db, "--redis", "127.0.0.1:1", "--redis-prefix",
+               "sk_abcdefghijklmnopqrstuvwxyzABCDEF:", "list", "--account", kAccount});
+  CHECK(r.code == 2);
+  CHECK(contains(r.err, "--redis-prefix holds a secret key or the pepper"));
   r = run_cli(plus(key_args(db, "disable", key_id), {"--redis", "127.0.0.1:1"}));
   CHECK(r.code == 4);
   CHECK(contains(r.err, "shared cache"));
