@@ -397,6 +397,13 @@ TEST_CASE("RedisCache: a verdict that does not decode is a miss, and observers h
   CHECK(recorder->count(Component::observer) >= 1);  // the other one threw
 }
 
+// Gives the shared server's default user `rule` back ("+mget") when it dies.
+struct AclRestore {
+  Client& c;
+  const char* rule;
+  ~AclRestore() { c.quiet({"ACL", "SETUSER", "default", rule}); }
+};
+
 TEST_CASE("RedisCache: a Redis that refuses MGET is read through the get script",
           "[servers][redis][observer]") {
   // An ACL that lets the cache's user run scripts but not MGET.
@@ -404,10 +411,7 @@ TEST_CASE("RedisCache: a Redis that refuses MGET is read through the get script"
   if (!redis) return;
   Janitor janitor{*redis, {}};
   Client client(*redis);
-  struct Restore {  // never leave the shared server refusing MGET
-    Client& c;
-    ~Restore() { c.quiet({"ACL", "SETUSER", "default", "+mget"}); }
-  } restore{client};
+  const AclRestore restore{client, "+mget"};  // never leave the server refusing MGET
   auto recorder = std::make_shared<Recorder>();
   RedisCacheOptions o = cache_options(*redis, janitor.make(), {recorder});
   o.local_tier = false;
@@ -434,10 +438,7 @@ TEST_CASE("RedisCache: a Redis that hides its run_id is used unchecked, and says
   if (!redis) return;
   Janitor janitor{*redis, {}};
   Client client(*redis);
-  struct Restore {  // never leave the shared server refusing INFO
-    Client& c;
-    ~Restore() { c.quiet({"ACL", "SETUSER", "default", "+info"}); }
-  } restore{client};
+  const AclRestore restore{client, "+info"};  // never leave the server refusing INFO
   client.run({"ACL", "SETUSER", "default", "-info"});
   auto recorder = std::make_shared<Recorder>();
   RedisCacheOptions o = cache_options(*redis, janitor.make(), {recorder});
