@@ -578,22 +578,35 @@ struct RedisCache::Impl {
       }
       return;
     }
-    bool force = false;
+    // The last server settled on, read before the script and written after it only if
+    // no other connection settled meanwhile: one that settled on another server makes
+    // this one run again, forced, since its data may predate what that one saw.
+    std::string seen;
     {
       detail::MutexLock lock(settled_mu);
-      force = !settled_run_id.empty() && settled_run_id != run_id;
+      seen = settled_run_id;
     }
-    const std::string epoch0 = std::to_string(random_u64() % (std::uint64_t{1} << 47));
-    const std::string step = std::to_string(1 + random_u64() % (std::uint64_t{1} << 31));
-    Reply r = pool.command(c, {"EVAL", kServerScript, "0", options.prefix, epoch0, run_id, step,
-                               channel, "C", force ? "1" : "0"});
-    if (r->type != REDIS_REPLY_INTEGER) {
-      throw Error(ErrorCode::storage,
-                  "RedisCache: the server check failed: " + detail::RedisPool::reply_text(*r));
-    }
-    {
+    Reply r;
+    for (int round = 0;; ++round) {
+      const bool force = !seen.empty() && seen != run_id;
+      const std::string epoch0 = std::to_string(random_u64() % (std::uint64_t{1} << 47));
+      const std::string step = std::to_string(1 + random_u64() % (std::uint64_t{1} << 31));
+      r = pool.command(c, {"EVAL", kServerScript, "0", options.prefix, epoch0, run_id, step,
+                           channel, "C", force ? "1" : "0"});
+      if (r->type != REDIS_REPLY_INTEGER) {
+        throw Error(ErrorCode::storage,
+                    "RedisCache: the server check failed: " + detail::RedisPool::reply_text(*r));
+      }
       detail::MutexLock lock(settled_mu);
-      settled_run_id = run_id;
+      if (settled_run_id == seen || settled_run_id == run_id) {
+        settled_run_id = run_id;
+        break;
+      }
+      if (round == 2) {
+        // Servers behind one address that keep changing: this connection goes.
+        throw Error(ErrorCode::storage, "RedisCache: the server changed while it was checked");
+      }
+      seen = settled_run_id;
     }
     // Our lookups name verdict keys with the epoch they last saw: read it again. (They
     // also check it in the same MGET; this only saves that lookup a second try.)

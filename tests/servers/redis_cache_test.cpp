@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -1043,6 +1044,40 @@ TEST_CASE("RedisCache: a Redis restarted from a snapshot never brings back a rev
       validator_options(std::make_shared<RedisCache>(options_for(*redis, prefix, false))));
   CHECK(validate(fresh, revoked) == ValidationCode::revoked);
   CHECK(validate(fresh, good) == ValidationCode::valid);
+}
+
+TEST_CASE("RedisCache: an instance that meets a server other than its last moves the epoch",
+          "[servers][redis][faults]") {
+  // x settles on the first server; the server restarts (another run_id), and y records
+  // the new one under the prefix first. For x the server is still not the one it last
+  // settled on (an old primary back at the address would look the same): its next
+  // connection moves the epoch (invariant 9).
+  const auto redis = apikeys_test::test_redis();
+  if (!redis || !apikeys_test::have_controls({"APIKEYS_TEST_REDIS_RESTART"})) return;
+  PrefixJanitor janitor{*redis, {}};
+  const std::string prefix = janitor.make();
+  RedisCache x(options_for(*redis, prefix, false));
+  fill(x, pk(1), digest_of(1), valid_verdict(1), milliseconds(60'000));
+  REQUIRE(x.get(pk(1), digest_of(1)).has_value());
+  REQUIRE(apikeys_test::server_control("APIKEYS_TEST_REDIS_RESTART"));
+  RedisCache y(options_for(*redis, prefix, false));
+  fill(y, pk(2), digest_of(2), valid_verdict(2), milliseconds(60'000));
+  REQUIRE(y.get(pk(2), digest_of(2)).has_value());
+  Inspector inspect(*redis);
+  const std::string before = inspect.run({"GET", prefix + "e"});
+  std::optional<apikeys::Verdict> seen_by_x;
+  REQUIRE(apikeys_test::eventually(
+      [&] {
+        try {
+          seen_by_x = x.get(pk(2), digest_of(2));  // a new connection: the old one died
+          return true;
+        } catch (const apikeys::Error&) {
+          return false;  // the restart's breaker, for its retry interval
+        }
+      },
+      std::chrono::seconds(10)));
+  CHECK(inspect.run({"GET", prefix + "e"}) != before);
+  CHECK_FALSE(seen_by_x.has_value());  // y's verdict was under the epoch that moved
 }
 
 TEST_CASE("RedisCache: two in-process tiers in one process both reject a key when revoke() returns",
