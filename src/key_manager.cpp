@@ -1048,14 +1048,8 @@ CreatedKey KeyManager::rotate(const Uuid& account_id, const Uuid& key_id,
           (void)audit.event(&*current, &written.key);
           (void)audit.event(nullptr, &next);
         });
-        // Credits as get() shows them; never thrown from (the secret is in hand).
-        if (successor.info.credits) {
-          try {
-            successor.info.credits = refilled(*successor.info.credits, impl_->clock->now());
-          } catch (...) {
-          }
-        }
-        return CreatedKey{std::move(successor.info), std::move(secret)};
+        // Credits as get() shows them (noexcept: the secret is in hand).
+        return CreatedKey{impl_->shown(std::move(successor.info)), std::move(secret)};
       }
       case WriteOutcome::not_found: no_such_key(key_id);
       case WriteOutcome::conflict: continue;

@@ -72,6 +72,15 @@ using SteadyClock = std::chrono::steady_clock;
   "local e = redis.call('GET', ek)\n" \
   "if not e then e = ARGV[2]; redis.call('SET', ek, e) end\n"
 
+// Moves the epoch by the step in ARGV slot `step` (1..2^31, so every token changes mod
+// 2^32) within 2^48 (exact as a Lua number), written as integer text (some Redis
+// versions write a Lua number such as 1.23e+14 otherwise; '%d' would go through a C
+// long, 32 bits on some builds).
+#define APIKEYS_EPOCH_MOVE(step)                                  \
+  "local n = string.format('%.0f', (tonumber(e) + tonumber(" step \
+  ")) % 281474976710656)\n"                                       \
+  "redis.call('SET', ek, n)\n"
+
 // Invariant 1. ARGV: prefix, epoch0, pk, field. Hit: {1, value, pttl, epoch}. Miss:
 // {0, token, epoch}. The epoch (as stored) lets the client name verdict keys itself
 // (invariant 8).
@@ -128,14 +137,10 @@ constexpr const char* kEraseScript = APIKEYS_EPOCH_PROLOGUE
     "redis.call('PUBLISH', ARGV[5], ARGV[6])\n"
     "return #m\n";
 
-// ARGV: prefix, epoch0, step (1..2^31), channel, message. Moves the epoch by `step`
-// (so every token changes mod 2^32) within 2^48 (exact as a Lua number), written as
-// integer text (some Redis versions write a Lua number such as 1.23e+14 otherwise; '%d'
-// would go through a C long, 32 bits on some builds).
-// Returns the new epoch.
+// ARGV: prefix, epoch0, step, channel, message. Moves the epoch by `step`
+// (APIKEYS_EPOCH_MOVE) and publishes. Returns the new epoch.
 constexpr const char* kClearScript = APIKEYS_EPOCH_PROLOGUE
-    "local n = string.format('%.0f', (tonumber(e) + tonumber(ARGV[3])) % 281474976710656)\n"
-    "redis.call('SET', ek, n)\n"
+    APIKEYS_EPOCH_MOVE("ARGV[3]")
     "redis.call('PUBLISH', ARGV[4], ARGV[5])\n"
     "return n\n";
 
@@ -145,19 +150,19 @@ constexpr const char* kClearScript = APIKEYS_EPOCH_PROLOGUE
 // replica), so the epoch moves as in clear, hiding every verdict it holds, before it
 // is used. `force` ('1'): the instance last settled on another server, so this one's
 // data may predate erases made there (an old primary back before it resynced), even
-// though its own run_id is the one recorded. Only a server that replaced a recorded one publishes
-// the clear: in-process tiers copied nothing from a prefix's first server. Returns 1 when it moved
-// the epoch, 0 when the server was the one recorded.
+// though its own run_id is the one recorded. It publishes the clear unless no server
+// was recorded (in-process tiers copied nothing from a prefix's first server). Returns
+// 1 when it moved the epoch, 0 when the server was the one recorded.
 constexpr const char* kServerScript = APIKEYS_EPOCH_PROLOGUE
     "local rk = ARGV[1] .. 'r'\n"
     "local r = redis.call('GET', rk)\n"
     "if r == ARGV[3] and ARGV[7] ~= '1' then return 0 end\n"
-    "local n = string.format('%.0f', (tonumber(e) + tonumber(ARGV[4])) % 281474976710656)\n"
-    "redis.call('SET', ek, n)\n"
+    APIKEYS_EPOCH_MOVE("ARGV[4]")
     "redis.call('SET', rk, ARGV[3])\n"
     "if r or ARGV[7] == '1' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end\n"
     "return 1\n";
 
+#undef APIKEYS_EPOCH_MOVE
 #undef APIKEYS_EPOCH_PROLOGUE
 
 enum ScriptId { kGet, kToken, kPut, kErase, kClear, kScriptCount };
@@ -589,10 +594,8 @@ struct RedisCache::Impl {
     Reply r;
     for (int round = 0;; ++round) {
       const bool force = !seen.empty() && seen != run_id;
-      const std::string epoch0 = std::to_string(random_u64() % (std::uint64_t{1} << 47));
-      const std::string step = std::to_string(1 + random_u64() % (std::uint64_t{1} << 31));
-      r = pool.command(c, {"EVAL", kServerScript, "0", options.prefix, epoch0, run_id, step,
-                           channel, "C", force ? "1" : "0"});
+      r = pool.command(c, {"EVAL", kServerScript, "0", options.prefix, random_start(), run_id,
+                           random_step(), channel, "C", force ? "1" : "0"});
       if (r->type != REDIS_REPLY_INTEGER) {
         throw Error(ErrorCode::storage,
                     "RedisCache: the server check failed: " + detail::RedisPool::reply_text(*r));
@@ -632,8 +635,7 @@ struct RedisCache::Impl {
 
   // Runs a script (invariant 2) with the prefix and a random epoch0 first.
   Reply script(ScriptId id, std::vector<std::string> args) {
-    const std::string epoch0 = std::to_string(random_u64() % (std::uint64_t{1} << 47));
-    args.insert(args.begin(), {options.prefix, epoch0});
+    args.insert(args.begin(), {options.prefix, random_start()});
     return pool.script(id, {}, std::vector<std::string_view>(args.begin(), args.end()));
   }
 
@@ -641,10 +643,14 @@ struct RedisCache::Impl {
   std::string generation_ttl_ms() const {
     return std::to_string(std::max<std::int64_t>(1, options.generation_ttl.count()));
   }
-  // A random start for a missing generation key, below 2^47 so that it, its
-  // increments and the epoch stay exact as Lua numbers.
-  static std::string generation0() {
+  // A random start for a missing epoch or generation key (invariant 3), below 2^47 so
+  // that both, and the generation's increments, stay exact as Lua numbers.
+  static std::string random_start() {
     return std::to_string(random_u64() % (std::uint64_t{1} << 47));
+  }
+  // A random step for moving the epoch (APIKEYS_EPOCH_MOVE), in 1..2^31.
+  static std::string random_step() {
+    return std::to_string(1 + random_u64() % (std::uint64_t{1} << 31));
   }
 
   // ---- subscriber -----------------------------------------------------------------
@@ -924,7 +930,7 @@ void RedisCache::put(std::string_view public_key, const Digest& presented, const
       kPut, {std::string(public_key), digest_field(presented), std::to_string(token >> 32), *value,
              std::to_string(ttl_ms), verdict.code == ValidationCode::valid ? "1" : "0",
              std::to_string(std::max<std::size_t>(1, impl.options.max_verdicts_per_key)),
-             Impl::generation0(), impl.generation_ttl_ms()});
+             Impl::random_start(), impl.generation_ttl_ms()});
   if (r->type != REDIS_REPLY_INTEGER)
     throw Error(ErrorCode::storage, "RedisCache put: unexpected reply");
   if (r->integer != 1 || !live || !impl.local_live()) return;
@@ -941,7 +947,7 @@ void RedisCache::erase(std::string_view public_key) {
   if (impl.local) impl.local->erase(public_key);
   // Always tried, breaker or not: a revoke should know whether Redis forgot the key.
   Reply r = impl.script(kErase, {std::string(public_key), impl.generation_ttl_ms(), impl.channel,
-                                 impl.message_erase(public_key), Impl::generation0()});
+                                 impl.message_erase(public_key), Impl::random_start()});
   if (r->type != REDIS_REPLY_INTEGER)
     throw Error(ErrorCode::storage, "RedisCache erase: unexpected reply");
   // Again: a lookup here may have copied a verdict from Redis before the script ran.
@@ -951,8 +957,7 @@ void RedisCache::erase(std::string_view public_key) {
 void RedisCache::clear() {
   Impl& impl = *impl_;
   if (impl.local) impl.local->clear();
-  const std::uint64_t step = 1 + random_u64() % (std::uint64_t{1} << 31);
-  Reply r = impl.script(kClear, {std::to_string(step), impl.channel, "C"});
+  Reply r = impl.script(kClear, {Impl::random_step(), impl.channel, "C"});
   if (r->type != REDIS_REPLY_STRING)
     throw Error(ErrorCode::storage, "RedisCache clear: unexpected reply");
   impl.note_epoch(*r);

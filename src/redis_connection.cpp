@@ -280,49 +280,44 @@ RedisReply RedisPool::script(std::size_t id, const std::vector<std::string_view>
                              const std::vector<std::string_view>& args, bool at_most_once,
                              bool* was_sent) {
   const std::string numkeys = std::to_string(keys.size());
-  bool sent = false;
-  RedisReply reply;
-  try {
-    reply = with_connection(
-        [&](Lease& c) {
-          std::string sha;
-          {
-            MutexLock lock(sha_mu_);
-            sha = shas_[id];
-          }
-          std::vector<std::string_view> argv{"EVALSHA", sha, numkeys};
-          argv.insert(argv.end(), keys.begin(), keys.end());
-          argv.insert(argv.end(), args.begin(), args.end());
-          if (at_most_once) {
-            if (c.reused()) check_open(*c);  // before anything is sent: a retry is safe
-            sent = true;
-          }
-          RedisReply r = command(*c, argv);
-          if (r->type == REDIS_REPLY_ERROR &&
-              std::string_view(r->str, r->len).substr(0, 8) == "NOSCRIPT") {
-            // A server that forgot the scripts may be another one, or this one restarted.
-            // A connection the hook could not settle goes, never back to the pool.
-            if (server_hook_) {
-              try {
-                server_hook_(*c);
-              } catch (...) {
-                c.discard();
-                throw;
-              }
+  // Written where the caller reads it, so it is told on every way out, a throw included.
+  if (was_sent != nullptr) *was_sent = false;
+  bool unused = false;
+  bool& sent = was_sent != nullptr ? *was_sent : unused;
+  return with_connection(
+      [&](Lease& c) {
+        std::string sha;
+        {
+          MutexLock lock(sha_mu_);
+          sha = shas_[id];
+        }
+        std::vector<std::string_view> argv{"EVALSHA", sha, numkeys};
+        argv.insert(argv.end(), keys.begin(), keys.end());
+        argv.insert(argv.end(), args.begin(), args.end());
+        if (at_most_once) {
+          if (c.reused()) check_open(*c);  // before anything is sent: a retry is safe
+          sent = true;
+        }
+        RedisReply r = command(*c, argv);
+        if (r->type == REDIS_REPLY_ERROR &&
+            std::string_view(r->str, r->len).substr(0, 8) == "NOSCRIPT") {
+          // A server that forgot the scripts may be another one, or this one restarted.
+          // A connection the hook could not settle goes, never back to the pool.
+          if (server_hook_) {
+            try {
+              server_hook_(*c);
+            } catch (...) {
+              c.discard();
+              throw;
             }
-            argv[0] = "EVAL";
-            argv[1] = scripts_[id];
-            r = command(*c, argv);
           }
-          return r;
-        },
-        &sent);
-  } catch (...) {
-    if (was_sent != nullptr) *was_sent = sent;  // told on every way out
-    throw;
-  }
-  if (was_sent != nullptr) *was_sent = sent;
-  return reply;
+          argv[0] = "EVAL";
+          argv[1] = scripts_[id];
+          r = command(*c, argv);
+        }
+        return r;
+      },
+      &sent);
 }
 
 void RedisPool::check_open(const redisContext& c) const {

@@ -1064,7 +1064,7 @@ struct Options {
 
 // Who makes a change and why, for the audit trail: --actor TYPE:ID (split at the first
 // ':'), else the user running the command; --reason. Checked before anything is read or
-// written; the pepper is looked for in both once it is loaded (open_manager).
+// written; the pepper was looked for in both before (refuse_pepper_early).
 apikeys::ChangeContext change_context(const Options& o) {
   apikeys::ChangeContext context;
   if (o.given.actor) {
@@ -1140,7 +1140,7 @@ std::string without_topic(const std::string& message) {
 
 // Parses and checks the rate-limit and credit options, before anything is read or
 // written. A spec that holds a secret key is refused unseen (refuse_secret); the pepper
-// is looked for once it is loaded (refuse_admission_secrets).
+// was looked for before (refuse_pepper_early).
 AdmissionChanges admission_changes(const Options& o, bool create) {
   constexpr std::uint64_t kMaxCredits = apikeys::KeyPolicyLimits::kMaxCredits;
   const Given& g = o.given;
@@ -1206,11 +1206,6 @@ AdmissionChanges admission_changes(const Options& o, bool create) {
     throw UsageError("--refill-amount needs --credits N, the starting balance");
   }
   return out;
-}
-
-// Refuses a rate limit's name that holds the pepper (it is stored and listed).
-void refuse_admission_secrets(const Options& o, std::string_view pepper_hex) {
-  for (const std::string_view spec : o.rate_limits) refuse_secret(spec, "--rate-limit", pepper_hex);
 }
 
 const char* interval_name(apikeys::RefillInterval interval) noexcept {
@@ -1389,12 +1384,11 @@ std::shared_ptr<apikeys::HmacSha256Hasher> make_hasher(const Options& o, const P
 }
 
 // The values that would keep a pasted pepper in plain text (a database file's name; the
-// audit trail's actor and reason; a rate limit's name; Redis key names) checked for it
-// before anything
-// copies them: change_context(), check_db() and admission_changes() do, ahead of the
-// pepper's own load. A pepper that cannot be loaded here is left to that load, which
-// reports it where it always has (load_pepper() takes what was read here: a pipe can
-// be read once); open_manager() checks again with the pepper it uses.
+// audit trail's actor and reason; a rate limit's name; Redis key names) checked for it,
+// once, before anything copies them: change_context(), check_db() and
+// admission_changes() do, ahead of the command's own load of the pepper. A pepper that
+// cannot be loaded here is left to that load, which reports it where it always has
+// (load_pepper() takes what was read here: a pipe can be read once).
 void refuse_pepper_early(const Options& o) {
   // A Redis prefix is written into key names in Redis: no secret key in it either.
   refuse_secret(o.redis_prefix, "--redis-prefix", {});
@@ -1417,10 +1411,6 @@ void refuse_pepper_early(const Options& o) {
 // `hasher`: the one make_hasher() made, when the command made it first; else made here.
 Manager open_manager(const Options& o, const Pepper& pepper, bool may_create_db,
                      std::shared_ptr<apikeys::HmacSha256Hasher> hasher = nullptr) {
-  refuse_secret(o.db, "--db", pepper.hex.reveal());
-  // Kept in the audit trail.
-  refuse_secret(o.actor, "--actor", pepper.hex.reveal());
-  refuse_secret(o.reason, "--reason", pepper.hex.reveal());
   if (!hasher) hasher = make_hasher(o, pepper);
   // Defaults: no cache (one-shot process), last use recorded by the Validator's
   // background writer and flushed when the KeyManager is destroyed, before exit (with
@@ -1577,7 +1567,6 @@ int cmd_create(const Options& o) {
   check_db(o, /*may_create_db=*/true);
   const Pepper pepper = load_pepper(o.pepper_file);
   refuse_text_secrets(o, pepper);
-  refuse_admission_secrets(o, pepper.hex.reveal());
   apikeys::CreateRequest request;
   request.title = std::string(o.title);
   request.description = std::string(o.description);
@@ -1678,7 +1667,6 @@ int cmd_key(const Options& o, KeyCommand command) {
     if (g.scopes) update.scopes = scope_values(o, pepper);
     if (o.clear_scopes) update.scopes = apikeys::FieldUpdate<std::vector<std::string>>::clear();
     if (o.no_expiry) update.expires_in_days = apikeys::FieldUpdate<int>::clear();
-    refuse_admission_secrets(o, pepper.hex.reveal());
     if (admission.rate_limits) update.rate_limits = *admission.rate_limits;
     if (admission.clear_rate_limits) {
       update.rate_limits = apikeys::FieldUpdate<std::vector<apikeys::RateLimit>>::clear();
