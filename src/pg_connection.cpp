@@ -191,6 +191,10 @@ bool PgConnection::healthy() noexcept {
   return PQstatus(conn_) == CONNECTION_OK && PQisBusy(conn_) == 0;
 }
 
+bool PgConnection::reusable() const noexcept {
+  return PQstatus(conn_) == CONNECTION_OK && PQtransactionStatus(conn_) == PQTRANS_IDLE;
+}
+
 PgResult PgConnection::collect(std::string_view op, Deadline deadline) {
   // Push out what libpq buffered (non-blocking mode): the server may be slow to read.
   for (;;) {

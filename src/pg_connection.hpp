@@ -70,6 +70,11 @@ class PgConnection {
   /// retried.
   [[nodiscard]] bool healthy() noexcept;
 
+  /// True when the connection is outside any transaction with no command in flight:
+  /// the only state in which the pool may hand it to another call. A command given up
+  /// at its deadline, or a ROLLBACK that failed, leaves it otherwise. No I/O.
+  [[nodiscard]] bool reusable() const noexcept;
+
  private:
   [[noreturn]] void connect_failed(bool timed_out);
   PgResult collect(std::string_view op, Deadline deadline);

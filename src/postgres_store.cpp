@@ -1275,6 +1275,10 @@ struct PostgresStore::Impl {
       }
     }
     ~Lease() {
+      // A connection left inside a transaction or with a command in flight (a ROLLBACK
+      // given up at its deadline after the call failed) would fail whatever runs on it
+      // next: closed instead, outside the lock.
+      if (conn_ && !conn_->reusable()) conn_.reset();
       detail::MutexLock lock(impl_.mu);
       if (conn_) {
         // Cannot allocate, so cannot throw (which in a destructor is std::terminate,

@@ -698,6 +698,71 @@ TEST_CASE("PostgresStore: a pooled connection the server closed fails no call",
 // accepted (a stalled host, a frozen VM): the client's own statement deadline ends it.
 // The server's backend for the store's pooled connection is stopped (SIGSTOP), which
 // needs a server on this machine that this user may signal.
+namespace {
+
+// The server process behind a store's one connection, which a test stops (SIGSTOP) to
+// make the server stall mid-call. Whatever becomes of the test (a crash, a timeout's
+// SIGKILL), the backend runs again within 10 s: a stopped backend would hold its locks
+// and stall the server's stop. And at once when this object dies, however the test ends.
+class StoppableBackend {
+ public:
+  // `app` is the application_name of the store's connections.
+  StoppableBackend(const std::string& pg, const std::string& app) {
+    const auto rows = run_sql(pg, "SELECT pid FROM pg_stat_activity WHERE application_name = '" +
+                                      app + "' AND pid <> pg_backend_pid()");
+    REQUIRE(rows.size() == 1);
+    pid_text_ = rows[0][0];
+    pid_ = static_cast<pid_t>(std::stol(pid_text_));
+    // A server elsewhere (another host, a container) has pids that are not this
+    // machine's: only a process that runs in the server's data directory is signalled.
+    std::error_code ec;
+    const std::filesystem::path cwd =
+        std::filesystem::read_symlink("/proc/" + pid_text_ + "/cwd", ec);
+    const std::string data_dir = run_sql(pg, "SHOW data_directory")[0][0];
+    local_ = !ec && cwd == std::filesystem::path(data_dir);
+  }
+  ~StoppableBackend() { resume(); }
+  StoppableBackend(const StoppableBackend&) = delete;
+  StoppableBackend& operator=(const StoppableBackend&) = delete;
+
+  // Stops the backend; false (with a warning, or a failure when servers are required)
+  // when this process may not.
+  bool stop() {
+    if (!local_) {
+      WARN("SKIPPED: the server's backend is not a process of this machine we may inspect");
+      return false;
+    }
+    const std::string resume_later = "sleep 10; kill -CONT " + pid_text_ + " 2>/dev/null";
+    std::vector<char*> argv{const_cast<char*>("sh"), const_cast<char*>("-c"),
+                            const_cast<char*>(resume_later.c_str()), nullptr};
+    pid_t watchdog = 0;
+    REQUIRE(posix_spawn(&watchdog, "/bin/sh", nullptr, nullptr, argv.data(), environ) == 0);
+    if (::kill(pid_, SIGSTOP) != 0) {
+      const int error = errno;
+      if (apikeys_test::servers_required()) {
+        FAIL("cannot stop the server's backend " << pid_ << ": " << std::strerror(error));
+      }
+      WARN("SKIPPED: the server's backend cannot be signalled: " << std::strerror(error));
+      return false;
+    }
+    stopped_ = true;
+    return true;
+  }
+
+  void resume() {
+    if (stopped_) ::kill(pid_, SIGCONT);
+    stopped_ = false;
+  }
+
+ private:
+  std::string pid_text_;
+  pid_t pid_ = 0;
+  bool local_ = false;
+  bool stopped_ = false;
+};
+
+}  // namespace
+
 TEST_CASE("PostgresStore: a server that stops answering mid-call costs one statement_timeout",
           "[servers][postgres][faults]") {
   const auto pg = apikeys_test::test_pg();
@@ -709,39 +774,8 @@ TEST_CASE("PostgresStore: a server that stops answering mid-call costs one state
   const apikeys::Uuid account = apikeys_test::account_id(8);
   store->insert(record(1, account));
   REQUIRE(store->find(apikeys_test::contract::public_key(1)));  // one pooled connection
-  const auto rows = run_sql(*pg, "SELECT pid FROM pg_stat_activity WHERE application_name = '" +
-                                     app + "' AND pid <> pg_backend_pid()");
-  REQUIRE(rows.size() == 1);
-  const pid_t backend = static_cast<pid_t>(std::stol(rows[0][0]));
-  // A server elsewhere (another host, a container) has pids that are not this machine's:
-  // only a process that runs in the server's data directory is signalled.
-  std::error_code ec;
-  const std::filesystem::path cwd =
-      std::filesystem::read_symlink("/proc/" + rows[0][0] + "/cwd", ec);
-  const std::string data_dir = run_sql(*pg, "SHOW data_directory")[0][0];
-  if (ec || cwd != std::filesystem::path(data_dir)) {
-    WARN("SKIPPED: the server's backend is not a process of this machine we may inspect");
-    return;
-  }
-  // Whatever becomes of this process (a crash, a timeout's SIGKILL), the backend runs
-  // again within 10 s: a stopped backend would hold its locks and stall the server's stop.
-  const std::string resume_later = "sleep 10; kill -CONT " + rows[0][0] + " 2>/dev/null";
-  std::vector<char*> argv{const_cast<char*>("sh"), const_cast<char*>("-c"),
-                          const_cast<char*>(resume_later.c_str()), nullptr};
-  pid_t watchdog = 0;
-  REQUIRE(posix_spawn(&watchdog, "/bin/sh", nullptr, nullptr, argv.data(), environ) == 0);
-  if (::kill(backend, SIGSTOP) != 0) {
-    const int error = errno;
-    if (apikeys_test::servers_required()) {
-      FAIL("cannot stop the server's backend " << backend << ": " << std::strerror(error));
-    }
-    WARN("SKIPPED: the server's backend cannot be signalled: " << std::strerror(error));
-    return;
-  }
-  struct Resume {  // and at once when this test ends, however it ends
-    pid_t pid;
-    ~Resume() { ::kill(pid, SIGCONT); }
-  } resume{backend};
+  StoppableBackend backend(*pg, app);
+  if (!backend.stop()) return;
 
   apikeys::ValidatorOptions vo;
   vo.record_last_use = false;
@@ -755,7 +789,7 @@ TEST_CASE("PostgresStore: a server that stops answering mid-call costs one state
   // statement_timeout is 2 s (options_for); a stalled call is not retried.
   CHECK(took >= milliseconds(1500));
   CHECK(took < milliseconds(2000 + 1500));
-  ::kill(backend, SIGCONT);
+  backend.resume();
   // The stalled connection was dropped: the next call opens another and succeeds.
   CHECK(store->find(apikeys_test::contract::public_key(1)));
 }
@@ -1801,6 +1835,52 @@ TEST_CASE("PostgresStore prunes the oldest events first, each batch its own tran
   CHECK(run("ROLLBACK"));
   PQfinish(locker);
   CHECK(store.prune_audit(apikeys::TimePoint::max()) == 1);
+}
+
+namespace {
+
+// A ChangeAudit that stops the server's backend, then throws: the write's ROLLBACK
+// meets a server that does not answer.
+class StallingAudit final : public apikeys::ChangeAudit {
+ public:
+  explicit StallingAudit(StoppableBackend& backend) : backend_(backend) {}
+
+  std::optional<apikeys::AuditEvent> event(const apikeys::KeyInfo*,
+                                           const apikeys::KeyInfo*) const override {
+    stopped_ = backend_.stop();
+    throw std::runtime_error("the audit failed");
+  }
+
+  [[nodiscard]] bool stopped() const { return stopped_; }
+
+ private:
+  StoppableBackend& backend_;
+  mutable bool stopped_ = false;
+};
+
+}  // namespace
+
+TEST_CASE("PostgresStore: a connection whose ROLLBACK timed out is not reused",
+          "[servers][postgres][faults]") {
+  const auto pg = apikeys_test::test_pg();
+  if (!pg) return;
+  SchemaJanitor janitor(*pg);
+  const std::string app = apikeys_test::unique_name("apikeys_app");
+  apikeys::PostgresStoreOptions o = options_for(janitor.make());
+  o.statement_timeout = milliseconds(500);
+  apikeys::PostgresStore store(*pg + " application_name=" + app, o);
+  const apikeys::Uuid alice = apikeys_test::account_id(1);
+  store.insert(record(1, alice));  // one pooled connection
+  StoppableBackend backend(*pg, app);
+  StallingAudit audit(backend);
+  CHECK_THROWS_AS(store.insert_audited(record(2, alice), audit), std::runtime_error);
+  if (!audit.stopped()) return;
+  backend.resume();
+  // The connection went back with its ROLLBACK unanswered. Pooled, it would fail the
+  // next write ("another command is already in progress"), which is not retried.
+  CHECK_NOTHROW(store.insert(record(3, alice)));
+  CHECK_FALSE(store.find(record(2, alice).info.public_key));
+  CHECK(store.find(record(3, alice).info.public_key));
 }
 
 TEST_CASE("PostgresStore: a ChangeAudit that throws leaves no change and no event",
