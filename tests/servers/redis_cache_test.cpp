@@ -1080,6 +1080,31 @@ TEST_CASE("RedisCache: an instance that meets a server other than its last moves
   CHECK_FALSE(seen_by_x.has_value());  // y's verdict was under the epoch that moved
 }
 
+TEST_CASE("RedisCache: a server that forgot the scripts is checked before the next script",
+          "[servers][redis][faults]") {
+  // NOSCRIPT on a live connection: the server behind it may be another one (a proxy that
+  // moved the connection, a failover behind a virtual address). The connection settles
+  // again before it retries the script; here the run_id recorded under the prefix is
+  // another server's, so the epoch moves and the verdict written before is not answered.
+  // (A hit reads with MGET, no script: only the next script, here a fill, can tell.)
+  const auto redis = apikeys_test::test_redis();
+  if (!redis) return;
+  PrefixJanitor janitor{*redis, {}};
+  const std::string prefix = janitor.make();
+  RedisCache x(options_for(*redis, prefix, false));
+  fill(x, pk(1), digest_of(1), valid_verdict(1), milliseconds(60'000));
+  REQUIRE(x.get(pk(1), digest_of(1)).has_value());
+  Inspector inspect(*redis);
+  const std::string before = inspect.run({"GET", prefix + "e"});
+  inspect.run({"SET", prefix + "r", std::string(40, '0')});
+  inspect.run({"SCRIPT", "FLUSH"});
+  fill(x, pk(2), digest_of(2), valid_verdict(2), milliseconds(60'000));
+  CHECK(inspect.run({"GET", prefix + "e"}) != before);
+  CHECK_FALSE(x.get(pk(1), digest_of(1)).has_value());
+  // Settled on this server again: the verdict written after it is answered.
+  CHECK(x.get(pk(2), digest_of(2)).has_value());
+}
+
 TEST_CASE("RedisCache: two in-process tiers in one process both reject a key when revoke() returns",
           "[servers][redis][cache]") {
   // An admin KeyManager and a hot-path Validator, each with its own RedisCache (and so
