@@ -210,34 +210,7 @@ bool json_holds_secret_key(std::string_view line) {
   if (line.find('\\') == std::string_view::npos) return false;
   std::string decoded;
   decoded.reserve(line.size());
-  for (std::size_t i = 0; i < line.size(); ++i) {
-    if (line[i] != '\\' || i + 1 == line.size()) {
-      decoded.push_back(line[i]);
-      continue;
-    }
-    const char e = line[++i];
-    if (e != 'u') {
-      // \" \\ \/ as themselves; \b \f \n \r \t as the control characters they
-      // stand for, which break a run (their letters are base62 and would extend one).
-      switch (e) {
-        case 'b': decoded.push_back('\b'); break;
-        case 'f': decoded.push_back('\f'); break;
-        case 'n': decoded.push_back('\n'); break;
-        case 'r': decoded.push_back('\r'); break;
-        case 't': decoded.push_back('\t'); break;
-        default: decoded.push_back(e); break;
-      }
-      continue;
-    }
-    int value = 0;
-    std::size_t digits = 0;
-    while (digits < 4 && i + 1 < line.size() && detail::hex_value(line[i + 1]) >= 0) {
-      value = value * 16 + detail::hex_value(line[++i]);
-      ++digits;
-    }
-    // Only ASCII can be part of a secret key; anything else breaks a run.
-    decoded.push_back(digits == 4 && value < 0x80 ? static_cast<char>(value) : '\x01');
-  }
+  detail::decode_json_escapes(line, decoded);
   const bool found = detail::holds_secret_key(decoded);
   OPENSSL_cleanse(decoded.data(), decoded.size());
   return found;

@@ -608,6 +608,21 @@ void refuse_secret(std::string_view value, const char* option, std::string_view 
   }
 }
 
+// refuse_secret() for JSON text (--metadata), whose string escapes could spell either
+// ("sk\u005f..."): checked as written and once decoded, in a copy wiped after.
+void refuse_json_secret(std::string_view value, const char* option, std::string_view pepper_hex) {
+  refuse_secret(value, option, pepper_hex);
+  if (value.find('\\') == std::string_view::npos) return;
+  std::string decoded;
+  const WipeGuard wiped(decoded);
+  decoded.reserve(value.size());  // never outgrown: no reallocation leaves a copy
+  apikeys::detail::decode_json_escapes(value, decoded);
+  if (holds_secret_key(decoded) || contains_ignore_case(decoded, pepper_hex)) {
+    throw UsageError(std::string(option) +
+                     " holds a secret key or the pepper; refused (the value is not shown)");
+  }
+}
+
 apikeys::Uuid parse_uuid(std::string_view text, const char* option) {
   const auto id = apikeys::Uuid::parse(text);
   if (!id) {
@@ -1541,7 +1556,7 @@ std::vector<std::string> scope_values(const Options& o, const Pepper& pepper) {
 void refuse_text_secrets(const Options& o, const Pepper& pepper) {
   refuse_secret(o.title, "--title", pepper.hex.reveal());
   refuse_secret(o.description, "--description", pepper.hex.reveal());
-  refuse_secret(o.metadata, "--metadata", pepper.hex.reveal());
+  refuse_json_secret(o.metadata, "--metadata", pepper.hex.reveal());
 }
 
 // Reports that the account has no such key (exit 3).

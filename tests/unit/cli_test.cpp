@@ -961,6 +961,11 @@ TEST_CASE("cli: bad metadata and scopes are refused before anything is written",
            {"--scope", kPepperHex},
            {"--metadata", "{\"k\":\"" + sk + "\"}"},
            {"--metadata", "{\"k\":\"" + kPepperHex + "\"}"},
+           // Spelt with JSON escapes, which any reader of the metadata decodes.
+           {"--metadata", "{\"k\":\"\\u0073k_" + sk.substr(3) + "\"}"},
+           {"--metadata", "{\"k\":\"sk\\u005F" + sk.substr(3) + "\"}"},
+           {"--metadata",  // its 11th digit, '5', as \u0035
+            "{\"k\":\"" + kPepperHex.substr(0, 10) + "\\u0035" + kPepperHex.substr(11) + "\"}"},
        }) {
     INFO(extra[0]);
     const Run r = create(extra);
