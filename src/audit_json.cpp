@@ -12,6 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "json_escape.hpp"
+
 namespace apikeys::detail {
 
 namespace {
@@ -115,7 +117,9 @@ std::string key_json(const KeyInfo& key, KeyFields fields) {
     out += value_of(key, bit);
   }
   out += '}';
-  return out;
+  // Titles and metadata are the key owner's text: nothing in them may act on a terminal
+  // or break a line of whatever shows or logs the trail.
+  return escape_json_text(out, /*one_line=*/true);
 }
 
 KeyFields changed_fields(const KeyInfo& before, const KeyInfo& after, KeyFields candidates) {

@@ -44,8 +44,9 @@ constexpr KeyFields kAll = (1u << 17) - 1;
 // rotated_to, lineage_id, rate_limits ([{name, limit, period_ms, burst}]) and credits
 // (null, or {remaining, refill: null or {amount, interval, mode, cap}, next_refill_at}).
 // Times are RFC 3339 UTC with milliseconds; absent optionals are null. Compact (no
-// white space outside the metadata text). Invalid UTF-8 (from a user's store) is
-// replaced, never thrown on.
+// white space outside the metadata text) and one line, escaped by escape_json_text()
+// (src/json_escape.hpp). Invalid UTF-8 (from a user's store) is replaced, never thrown
+// on.
 [[nodiscard]] std::string key_json(const KeyInfo& key, KeyFields fields);
 
 // The fields among `candidates` whose JSON differs between `before` and `after`.

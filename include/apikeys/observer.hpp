@@ -169,6 +169,9 @@ struct AuditEvent {
   Uuid key_id;
   /// The fields the change touched, as they were: a JSON object with the key's field
   /// names as in `apikeys list --json` (never a secret or a digest); "{}" for create.
+  /// One line: control characters, U+2028/U+2029 and invisible or bidirectional
+  /// formatting characters in a title or the metadata are written as \uXXXX escapes,
+  /// and the metadata's line breaks between tokens as spaces.
   std::string before;
   /// The same fields as they are after the change; "{}" for remove.
   std::string after;

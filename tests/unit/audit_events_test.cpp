@@ -295,6 +295,31 @@ TEST_CASE("audit: create reports every field of the new key, and nothing secret"
   check_no_secret(e, created.secret_key.reveal(), {digest_hex(*t.memory, created.info.public_key)});
 }
 
+TEST_CASE("audit: a key's text in an event is one line that no terminal acts on",
+          "[key_manager][audit]") {
+  // The key owner's title and metadata may hold a line separator, C1 controls (NEL, CSI)
+  // and a right-to-left override, and the metadata line breaks between its tokens: in
+  // `after` they are escapes and spaces, and a JSON reader gets the same values back.
+  Observed t;
+  const std::string title = "pay\u2028roll";
+  const std::string metadata =
+      "{\n\t\"n\": \"a\u0085b\u009b2J\u202egnp.exe\u2029\",\r\n\t\"m\": 1\n}";
+  CreateRequest r(title, "", std::nullopt, metadata, {});
+  const CreatedKey created = t->create(kAccount, r, alice());
+  const auto events = t.events();
+  REQUIRE(events.size() == 1);
+  const std::string& text = events[0].after;
+  for (const std::string raw :
+       {"\n", "\t", "\r", "\u2028", "\u2029", "\u0085", "\u009b", "\u202e"}) {
+    INFO(Json(raw).dump());
+    CHECK(text.find(raw) == std::string::npos);
+  }
+  const Json after = Json::parse(text);
+  CHECK(after["title"] == title);
+  CHECK(after["metadata"] == Json::parse(metadata));
+  CHECK(created.info.title == title);  // stored as given: only the event's text is escaped
+}
+
 TEST_CASE("audit: the default context is the system actor with no reason", "[key_manager][audit]") {
   Observed t;
   const CreatedKey created = t->create(kAccount, CreateRequest("k"));
