@@ -30,8 +30,8 @@ namespace apikeys::detail {
 inline std::string escape_json_text(std::string_view json, bool one_line = false) {
   const auto escaped = [](std::uint32_t cp) {
     return cp < 0x20 || (cp >= 0x7F && cp <= 0x9F) || cp == 0x2028 || cp == 0x2029 ||
-           is_invisible_format(cp) || cp == 0x00AD ||
-           (cp >= 0xFFF9 && cp <= 0xFFFB) || (cp >= 0xE0000 && cp <= 0xE007F);
+           is_invisible_format(cp) || cp == 0x00AD || (cp >= 0xFFF9 && cp <= 0xFFFB) ||
+           (cp >= 0xE0000 && cp <= 0xE007F);
   };
   std::string out;
   out.reserve(json.size());

@@ -219,17 +219,12 @@ KeyPair CsprngKeyGenerator::generate(const KeyFormat& format) {
   if (format.checksum) append_key_checksum(pair.public_key);
 
   std::string secret;
+  const detail::WipeOnExit wiped(secret);  // however this ends: a throw, bad_alloc included
   secret.reserve(format.secret_prefix.size() + format.length + sum);  // never reallocates
   secret = format.secret_prefix;
-  try {
-    append_random_base62(secret, format.length);
-    if (format.checksum) append_key_checksum(secret);
-  } catch (...) {
-    OPENSSL_cleanse(secret.data(), secret.size());
-    throw;
-  }
+  append_random_base62(secret, format.length);
+  if (format.checksum) append_key_checksum(secret);
   pair.secret_key = SecretString(secret);
-  OPENSSL_cleanse(secret.data(), secret.size());
   return pair;
 }
 

@@ -10,6 +10,7 @@
 #include <openssl/sha.h>
 
 #include <cstring>
+#include <new>
 #include <string>
 #include <utility>
 #include <vector>
@@ -44,6 +45,36 @@ TEST_CASE("Building a secret with the public helpers frees no unwiped copy of it
     CHECK(apikeys_test::alloc_probe::unwiped_frees() == 0);
     CHECK(secret.compare(8, 32, marker) == 0);  // the bytes moved, unchanged
   }
+}
+
+TEST_CASE("CsprngKeyGenerator frees no unwiped secret when an allocation fails",
+          "[key_generator][secrets]") {
+  if (!apikeys_test::alloc_probe::kActive) {
+    WARN("freed blocks are not watched under AddressSanitizer");
+    return;
+  }
+  // Each allocation of generate() in turn fails, the one that copies the finished
+  // secret into its SecretString included: whatever block is freed then holds no
+  // secret. The secret prefix is the marker (short enough to live inside the format).
+  apikeys::KeyFormat format;
+  format.public_prefix = "wipetest_pk_";
+  format.secret_prefix = "wipetest_sk_";
+  apikeys::CsprngKeyGenerator generator;
+  bool generated = false;
+  for (std::size_t n = 1; n <= 32 && !generated; ++n) {
+    CAPTURE(n);
+    {
+      const apikeys_test::alloc_probe::WatchFrees watch("wipetest_sk_");
+      const apikeys_test::alloc_probe::FailNthAllocationHere fail(n);
+      try {
+        const apikeys::KeyPair pair = generator.generate(format);  // wiped as it dies
+        generated = true;
+      } catch (const std::bad_alloc&) {
+      }
+    }
+    CHECK(apikeys_test::alloc_probe::unwiped_frees() == 0);
+  }
+  CHECK(generated);
 }
 
 TEST_CASE("Peppers and secrets are wiped before their blocks are freed", "[hasher][secrets]") {
