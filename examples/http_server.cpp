@@ -24,11 +24,11 @@
 //
 // It creates a demo account with an active key (no scopes), a reader key (scope
 // invoices:read), a revoked key, a disabled key, a key limited to one request a minute
-// ("per-minute=1/1m") and a key with one credit, and prints them (a real service never
-// prints secrets), then "listening http://127.0.0.1:PORT". Try:
+// with bursts of two ("per-minute=1/1m:2") and a key with one credit, and prints them (a real
+// service never prints secrets), then "listening http://127.0.0.1:PORT". Try:
 //   curl -H 'X-API-Key: <valid key>' http://127.0.0.1:PORT/whoami
 //   curl -H 'X-API-Key: <reader key>' http://127.0.0.1:PORT/invoices   (needs invoices:read)
-//   curl -i -H 'X-API-Key: <limited key>' http://127.0.0.1:PORT/whoami  (twice: 200, 429)
+//   curl -i -H 'X-API-Key: <limited key>' http://127.0.0.1:PORT/whoami  (thrice: 200, 200, 429)
 //   curl http://127.0.0.1:PORT/metrics
 // SIGINT or SIGTERM stops it cleanly (exit status 0).
 #include <pthread.h>
@@ -77,21 +77,21 @@ bool starts_with_ignore_case(std::string_view s, std::string_view prefix) {
 
 enum class Presented { none, unusable, token };
 
-// Finds the presented "pk_...:sk_..." token. Two keys in one request (both headers, or a
+// Finds the presented "pk_...:sk_..." token, as a view into the request's own header
+// (no copy of the secret to free unwiped). Two keys in one request (both headers, or a
 // header twice) are refused rather than guessed between.
-Presented presented_token(const httplib::Request& req, std::string& token) {
-  const std::size_t api_keys = req.get_header_value_count("X-API-Key");
-  const std::size_t authorizations = req.get_header_value_count("Authorization");
+Presented presented_token(const httplib::Request& req, std::string_view& token) {
+  const std::size_t api_keys = req.headers.count("X-API-Key");
+  const std::size_t authorizations = req.headers.count("Authorization");
   if (api_keys + authorizations == 0) return Presented::none;
   if (api_keys + authorizations > 1) return Presented::unusable;
   if (api_keys == 1) {
-    token = std::string(trim(req.get_header_value("X-API-Key")));
+    token = trim(req.headers.find("X-API-Key")->second);
     return Presented::token;
   }
-  const std::string authorization = req.get_header_value("Authorization");
-  const std::string_view value = trim(authorization);
+  const std::string_view value = trim(req.headers.find("Authorization")->second);
   if (!starts_with_ignore_case(value, "Bearer ")) return Presented::unusable;  // another scheme
-  token = std::string(trim(value.substr(7)));
+  token = trim(value.substr(7));
   return Presented::token;
 }
 
@@ -145,12 +145,28 @@ std::int64_t ceil_seconds(std::chrono::milliseconds ms) {
   return n / 1000 + (n % 1000 != 0 ? 1 : 0);  // no overflow at milliseconds::max()
 }
 
+// How long `limit` takes to give back `units` requests of room: units * period / limit,
+// rounded up; milliseconds::max() past what the type holds.
+std::chrono::milliseconds refill_time(const apikeys::RateLimit& limit, std::uint64_t units) {
+  // A key's limit and burst are at most KeyPolicyLimits::kMaxRateLimitValue and its
+  // period at most a day, so the product fits; the check keeps it so for any value.
+  const auto period = static_cast<std::uint64_t>(limit.period.count());
+  const auto most = static_cast<std::uint64_t>(std::chrono::milliseconds::max().count());
+  if (limit.limit == 0) return std::chrono::milliseconds::max();
+  if (period != 0 && units > (most - limit.limit) / period) return std::chrono::milliseconds::max();
+  return std::chrono::milliseconds(
+      static_cast<std::int64_t>((units * period + limit.limit - 1) / limit.limit));
+}
+
 // One item of RateLimit-Policy (draft-ietf-httpapi-ratelimit-headers, a Structured Field
-// list): "name";q=<quota>;w=<window in seconds>. Limit names are [a-z0-9_.-]: nothing to
-// escape in a structured-field string.
+// list): "name";q=<quota>;w=<window in seconds>. The quota is the burst (what a client
+// may send at once from rest, and so the most `r` ever says), and the window the time
+// the limit takes to give all of it back: for the default burst, the limit and its
+// period. Limit names are [a-z0-9_.-]: nothing to escape in a structured-field string.
 std::string policy_item(const apikeys::RateLimit& limit) {
-  return "\"" + limit.name + "\";q=" + std::to_string(limit.limit) +
-         ";w=" + std::to_string(ceil_seconds(limit.period));
+  const std::uint64_t quota = limit.effective_burst();
+  return "\"" + limit.name + "\";q=" + std::to_string(quota) +
+         ";w=" + std::to_string(ceil_seconds(refill_time(limit, quota)));
 }
 
 // One item of RateLimit: "name";r=<remaining>;t=<seconds until the quota is whole again>.
@@ -174,16 +190,26 @@ void admission_headers(httplib::Response& res, const apikeys::ValidationResult& 
   if (!states.empty()) res.set_header("RateLimit", join(states, ','));
 }
 
-// 429 when a rate limit refused: the client may retry after Retry-After seconds.
-void too_many_requests(httplib::Response& res, const apikeys::ValidationResult& result) {
+// 429 when a rate limit refused: the client may retry after Retry-After seconds, the
+// time until this request (of `cost`) would be admitted. RateLimit's t means what it
+// means on a 200, the time until the limit's whole quota is back: Retry-After, plus
+// what the limit takes to give back the rest of its burst.
+void too_many_requests(httplib::Response& res, const apikeys::ValidationResult& result,
+                       std::uint64_t cost) {
   const std::int64_t seconds = std::max<std::int64_t>(ceil_seconds(result.retry_after), 1);
   res.status = 429;
   res.set_header("Retry-After", std::to_string(seconds));
   // The fields of the limit that refused: the others were not consulted to the end.
+  std::chrono::milliseconds whole = result.retry_after;
   for (const apikeys::RateLimit& l : result.rate_limits) {
-    if (l.name == result.limited_by) res.set_header("RateLimit-Policy", policy_item(l));
+    if (l.name != result.limited_by) continue;
+    res.set_header("RateLimit-Policy", policy_item(l));
+    const std::uint64_t burst = l.effective_burst();
+    const std::chrono::milliseconds rest = refill_time(l, burst - std::min(cost, burst));
+    const std::chrono::milliseconds most = std::chrono::milliseconds::max();
+    whole = whole > most - rest ? most : whole + rest;
   }
-  res.set_header("RateLimit", limit_item(result.limited_by, 0, result.retry_after));
+  res.set_header("RateLimit", limit_item(result.limited_by, 0, whole));
   res.set_header("Cache-Control", "no-store");
   res.set_content(
       "{\"error\":\"rate_limited\",\"message\":\"Too many requests for this API "
@@ -214,7 +240,7 @@ httplib::Server::Handler require_api_key(const apikeys::KeyManager& keys,
                                          apikeys::Requirements required, AuthedHandler next) {
   return [&keys, required = std::move(required),
           next = std::move(next)](const httplib::Request& req, httplib::Response& res) {
-    std::string token;
+    std::string_view token;
     switch (presented_token(req, token)) {
       case Presented::none:
         unauthorized(res, "missing_api_key",
@@ -234,7 +260,7 @@ httplib::Server::Handler require_api_key(const apikeys::KeyManager& keys,
     }
     if (result.code == apikeys::ValidationCode::rate_limited) {
       std::cerr << req.method << ' ' << req.path << ": key rate limited\n";
-      too_many_requests(res, result);
+      too_many_requests(res, result, required.cost);
       return;
     }
     if (result.code == apikeys::ValidationCode::usage_exceeded) {
@@ -299,8 +325,8 @@ int main(int argc, char** argv) {
   request.title = "demo, disabled";
   const apikeys::CreatedKey disabled = keys.create(account, request);
   keys.disable(account, disabled.info.key_id);
-  request.title = "demo, one request a minute";
-  request.rate_limits = {apikeys::parse_rate_limit("per-minute=1/1m")};
+  request.title = "demo, one request a minute, two at once";
+  request.rate_limits = {apikeys::parse_rate_limit("per-minute=1/1m:2")};
   const apikeys::CreatedKey limited = keys.create(account, request);
   request.rate_limits.clear();
   request.title = "demo, one credit";
