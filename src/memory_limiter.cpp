@@ -97,6 +97,13 @@ struct MemoryLimiter::Impl {
     // Bumped by credits_reset(): a request that took credits out of a lease, or from
     // the store, before a reset must not put what is left into a lease after it.
     std::uint64_t resets APIKEYS_GUARDED_BY(mu) = 0;
+    // The times of this shard's requests that decided and are out at the store for
+    // credits, without the lock, to decide again when it answers (Pin). No state is
+    // judged at rest later than the earliest of them (rest_time()): a store call may
+    // take longer than kRestSlackNs, and a state dropped meanwhile would let such a
+    // request decide again from rest. One entry per request in flight, so at most one
+    // per thread.
+    std::vector<std::int64_t> pinned APIKEYS_GUARDED_BY(mu);
     // Where the tables are (addresses as integers, 0 for none), for prefetch() only,
     // which reads them without the lock: written under it whenever a table moves
     // (publish()). A reader may see a stale or torn pair (an old address with a new
@@ -106,6 +113,38 @@ struct MemoryLimiter::Impl {
     std::atomic<std::size_t> slots_mask{0};
     std::atomic<std::uintptr_t> leases_at{0};
     std::atomic<std::size_t> leases_mask{0};
+  };
+
+  // The time at which a request at `now_ns` judges the shard's states at rest: its own,
+  // or the earliest of the requests pinned there.
+  static std::int64_t rest_time(const Shard& sh, std::int64_t now_ns) APIKEYS_REQUIRES(sh.mu) {
+    for (const std::int64_t t : sh.pinned) now_ns = std::min(now_ns, t);
+    return now_ns;
+  }
+
+  // Pins a request's time in its shard (Shard::pinned) from its first decision until it
+  // dies, after the last: made under the shard's lock, it takes the lock to unpin.
+  class Pin {
+   public:
+    Pin(Shard& sh, std::int64_t now_ns) APIKEYS_REQUIRES(sh.mu) : sh_(sh), now_ns_(now_ns) {
+      sh.pinned.push_back(now_ns);  // may throw bad_alloc: nothing was spent yet
+    }
+    ~Pin() {
+      detail::MutexLock lock(sh_.mu);
+      std::vector<std::int64_t>& p = sh_.pinned;
+      for (std::size_t i = 0; i < p.size(); ++i) {
+        if (p[i] != now_ns_) continue;
+        p[i] = p.back();
+        p.pop_back();
+        break;
+      }
+    }
+    Pin(const Pin&) = delete;
+    Pin& operator=(const Pin&) = delete;
+
+   private:
+    Shard& sh_;
+    std::int64_t now_ns_;
   };
 
   template <class Entry>
@@ -269,6 +308,7 @@ struct MemoryLimiter::Impl {
       sh.slots.resize(std::min(kFirstSlots, slots_per_shard));
       publish(sh);
     }
+    const std::int64_t rest_ns = rest_time(sh, now_ns);
     for (;;) {
       assert(published(sh));
       const std::size_t mask = sh.slots.size() - 1;
@@ -293,20 +333,20 @@ struct MemoryLimiter::Impl {
           // state.
           continue;
         }
-        if (!rest && droppable(s.state(), now_ns)) rest = &s;
+        if (!rest && droppable(s.state(), rest_ns)) rest = &s;
         ++foreign;
       }
       Slot* claim = nullptr;
       if (free_slot && free_at <= kNearProbe) {
         claim = free_slot;
-      } else if (may_rebuild && rebuild_slots(sh, lineage, now_ns, to_come, false)) {
+      } else if (may_rebuild && rebuild_slots(sh, lineage, rest_ns, to_come, false)) {
         may_rebuild = false;
         rebuilt = true;
         continue;
       } else {
         // The scan stops at the first free slot: a state at rest it found is nearer.
         claim = rest ? rest : free_slot;
-        if (!claim && rebuild_slots(sh, lineage, now_ns, to_come, true)) {
+        if (!claim && rebuild_slots(sh, lineage, rest_ns, to_come, true)) {
           rebuilt = true;
           continue;
         }
@@ -531,10 +571,12 @@ void MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh, std
   // NOLINTNEXTLINE(cppcoreguidelines-pro-type-member-init)
   std::array<detail::GcraDecision, KeyPolicyLimits::kMaxRateLimits> decisions;
   std::uint64_t resets = 0;  // sh.resets before the charge
+  std::optional<Pin> pin;    // until the second decision
   {
     detail::MutexLock lock(sh.mu);
     resets = sh.resets;
     if (!decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) return;
+    pin.emplace(sh, now_ns);
   }
   const CreditTake take = take_credits(credit_store(), r, r.cost, r.cost);
   if (take.outcome == CreditTake::Outcome::insufficient) {
@@ -591,6 +633,7 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
   std::uint64_t stale = 0;    // credits of a lease past its TTL, to give back
   std::int64_t stale_period = 0;
   std::uint64_t resets = 0;  // sh.resets when the lease was read
+  std::optional<Pin> pin;    // from the first decision to the last, when the store is asked
   {
     detail::MutexLock lock(sh.mu);
     resets = sh.resets;
@@ -629,6 +672,14 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
         stale_period = lease->period;
       }
       lease->count = 0;  // taken out; a lease of a past period is dropped: it expired
+    }
+    try {
+      pin.emplace(sh, now_ns);
+    } catch (...) {
+      // No memory to pin: nothing spent but what was taken out of the lease, which goes
+      // back into it.
+      lease->count += carry + stale;
+      throw;
     }
   }
   Store& st = credit_store();

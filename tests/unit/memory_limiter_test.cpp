@@ -1186,6 +1186,38 @@ Uuid key_with_credits(apikeys::Store& store, std::uint64_t balance,
 
 }  // namespace
 
+TEST_CASE("MemoryLimiter: a state a request decided on stays while it waits for the store",
+          "[limiter][credits]") {
+  // A request decides its limits, then asks the store for credits without the lock. A
+  // store call may take longer than a state takes to come to rest, and others may fill
+  // the shard's table meanwhile: the state must still be there when the request decides
+  // again, at its own time. Were it dropped, the request would decide from rest and be
+  // admitted beside the request that took the burst after it.
+  const std::size_t lease_size = GENERATE(std::size_t{0}, std::size_t{10});
+  CAPTURE(lease_size);
+  auto store = std::make_shared<HookStore>(std::make_shared<apikeys::MemoryStore>());
+  const Uuid key = key_with_credits(*store, 1000);
+  MemoryLimiterOptions o;
+  o.lease_size = lease_size;
+  MemoryLimiter limiter(store, o);
+  const std::vector<RateLimit> limits{limit("a", 1, 1s, 1)};
+  std::mt19937_64 rng(7);
+  Admission second;
+  store->before_take = [&] {
+    // The key's next request, 100 ms later, takes the burst; 2.5 s later, when that state
+    // has been at rest for more than a second, 4,000 other lineages' requests rebuild
+    // every shard's table.
+    second = limiter.admit(request(key, limits, 1, kStart + 100ms, true));
+    for (int i = 0; i < 4000; ++i)
+      (void)limiter.admit(request(lineage(rng), limits, 1, kStart + 2500ms));
+  };
+  const Admission first = limiter.admit(request(key, limits, 1, kStart, true));
+  CHECK(second.outcome == AdmissionOutcome::admitted);
+  CHECK(first.outcome == AdmissionOutcome::rate_limited);
+  // The request refused is not charged: the other one is, alone.
+  CHECK(store->mem->get(kAccount, key)->credits->remaining + limiter.leased() == 999);
+}
+
 TEST_CASE("MemoryLimiter: credits carried out of a lease across a balance set are dropped",
           "[admission][memory_limiter]") {
   auto mem = std::make_shared<apikeys::MemoryStore>();
