@@ -308,7 +308,6 @@ struct MemoryLimiter::Impl {
       sh.slots.resize(std::min(kFirstSlots, slots_per_shard));
       publish(sh);
     }
-    const std::int64_t rest_ns = rest_time(sh, now_ns);
     for (;;) {
       assert(published(sh));
       const std::size_t mask = sh.slots.size() - 1;
@@ -333,20 +332,21 @@ struct MemoryLimiter::Impl {
           // state.
           continue;
         }
-        if (!rest && droppable(s.state(), rest_ns)) rest = &s;
+        // Judged at rest only here and in a rebuild, off the path of a state found.
+        if (!rest && droppable(s.state(), rest_time(sh, now_ns))) rest = &s;
         ++foreign;
       }
       Slot* claim = nullptr;
       if (free_slot && free_at <= kNearProbe) {
         claim = free_slot;
-      } else if (may_rebuild && rebuild_slots(sh, lineage, rest_ns, to_come, false)) {
+      } else if (may_rebuild && rebuild_slots(sh, lineage, rest_time(sh, now_ns), to_come, false)) {
         may_rebuild = false;
         rebuilt = true;
         continue;
       } else {
         // The scan stops at the first free slot: a state at rest it found is nearer.
         claim = rest ? rest : free_slot;
-        if (!claim && rebuild_slots(sh, lineage, rest_ns, to_come, true)) {
+        if (!claim && rebuild_slots(sh, lineage, rest_time(sh, now_ns), to_come, true)) {
           rebuilt = true;
           continue;
         }
