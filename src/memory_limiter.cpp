@@ -97,13 +97,12 @@ struct MemoryLimiter::Impl {
     // Bumped by credits_reset(): a request that took credits out of a lease, or from
     // the store, before a reset must not put what is left into a lease after it.
     std::uint64_t resets APIKEYS_GUARDED_BY(mu) = 0;
-    // The times of this shard's requests that decided and are out at the store for
-    // credits, without the lock, to decide again when it answers (Pin). No state is
-    // judged at rest later than the earliest of them (rest_time()): a store call may
-    // take longer than kRestSlackNs, and a state dropped meanwhile would let such a
-    // request decide again from rest. One entry per request in flight, so at most one
-    // per thread.
-    std::vector<std::int64_t> pinned APIKEYS_GUARDED_BY(mu);
+    // The lineages of this shard's requests that decided their rate limits and are out
+    // at the store for credits, without the lock, to decide again when it answers
+    // (Pin): their states are neither dropped nor taken over meanwhile (may_go()). A
+    // store call may take longer than kRestSlackNs, and a state dropped then would let
+    // such a request decide again from rest. One entry per request in flight.
+    std::vector<Uuid> pinned APIKEYS_GUARDED_BY(mu);
     // Where the tables are (addresses as integers, 0 for none), for prefetch() only,
     // which reads them without the lock: written under it whenever a table moves
     // (publish()). A reader may see a stale or torn pair (an old address with a new
@@ -115,36 +114,53 @@ struct MemoryLimiter::Impl {
     std::atomic<std::size_t> leases_mask{0};
   };
 
-  // The time at which a request at `now_ns` judges the shard's states at rest: its own,
-  // or the earliest of the requests pinned there.
-  static std::int64_t rest_time(const Shard& sh, std::int64_t now_ns) APIKEYS_REQUIRES(sh.mu) {
-    for (const std::int64_t t : sh.pinned) now_ns = std::min(now_ns, t);
-    return now_ns;
+  // True when a request of `lineage` is out at the store between its two decisions.
+  static bool pinned(const Shard& sh, const Uuid& lineage) APIKEYS_REQUIRES(sh.mu) {
+    for (const Uuid& p : sh.pinned) {
+      if (p == lineage) return true;
+    }
+    return false;
+  }
+  // True when the state in `s` may go (dropped, or taken over) at `now_ns`.
+  static bool may_go(const Shard& sh, const Slot& s, std::int64_t now_ns) APIKEYS_REQUIRES(sh.mu) {
+    return droppable(s.state(), now_ns) && !pinned(sh, s.lineage);
   }
 
-  // Pins a request's time in its shard (Shard::pinned) from its first decision until it
-  // dies, after the last: made under the shard's lock, it takes the lock to unpin.
+  // Pins a request's lineage in its shard (Shard::pinned) from its first decision to
+  // its last: pin() under the shard's lock after the first, unpin() under it at the
+  // last. Were the request to end between them (a throw from the store), the
+  // destructor takes the lock to unpin; no path destroys it pinned with the lock held.
   class Pin {
    public:
-    Pin(Shard& sh, std::int64_t now_ns) APIKEYS_REQUIRES(sh.mu) : sh_(sh), now_ns_(now_ns) {
-      sh.pinned.push_back(now_ns);  // may throw bad_alloc: nothing was spent yet
-    }
+    explicit Pin(Shard& sh) noexcept : sh_(sh) {}
     ~Pin() {
+      if (!lineage_) return;
       detail::MutexLock lock(sh_.mu);
-      std::vector<std::int64_t>& p = sh_.pinned;
-      for (std::size_t i = 0; i < p.size(); ++i) {
-        if (p[i] != now_ns_) continue;
-        p[i] = p.back();
-        p.pop_back();
-        break;
-      }
+      unpin();
     }
     Pin(const Pin&) = delete;
     Pin& operator=(const Pin&) = delete;
 
+    // Throws bad_alloc (nothing pinned) when the list cannot grow.
+    void pin(const Uuid& lineage) APIKEYS_REQUIRES(sh_.mu) {
+      sh_.pinned.push_back(lineage);
+      lineage_ = lineage;
+    }
+    void unpin() APIKEYS_REQUIRES(sh_.mu) {
+      if (!lineage_) return;
+      std::vector<Uuid>& p = sh_.pinned;
+      for (std::size_t i = 0; i < p.size(); ++i) {
+        if (p[i] != *lineage_) continue;
+        p[i] = p.back();
+        p.pop_back();
+        break;
+      }
+      lineage_.reset();
+    }
+
    private:
     Shard& sh_;
-    std::int64_t now_ns_;
+    std::optional<Uuid> lineage_;
   };
 
   template <class Entry>
@@ -257,8 +273,8 @@ struct MemoryLimiter::Impl {
   bool rebuild_slots(Shard& sh, const Uuid& lineage, std::int64_t now_ns, std::size_t to_come,
                      bool grow) APIKEYS_REQUIRES(sh.mu) {
     if (sh.slots.size() >= slots_per_shard) return false;
-    const auto keep = [&lineage, now_ns](const Slot& s) {
-      return s.lineage == lineage || !droppable(s.state(), now_ns);
+    const auto keep = [&sh, &lineage, now_ns](const Slot& s) APIKEYS_REQUIRES(sh.mu) {
+      return s.lineage == lineage || !may_go(sh, s, now_ns);
     };
     std::size_t kept = 0;
     std::size_t in_use = 0;
@@ -332,21 +348,20 @@ struct MemoryLimiter::Impl {
           // state.
           continue;
         }
-        // Judged at rest only here and in a rebuild, off the path of a state found.
-        if (!rest && droppable(s.state(), rest_time(sh, now_ns))) rest = &s;
+        if (!rest && may_go(sh, s, now_ns)) rest = &s;
         ++foreign;
       }
       Slot* claim = nullptr;
       if (free_slot && free_at <= kNearProbe) {
         claim = free_slot;
-      } else if (may_rebuild && rebuild_slots(sh, lineage, rest_time(sh, now_ns), to_come, false)) {
+      } else if (may_rebuild && rebuild_slots(sh, lineage, now_ns, to_come, false)) {
         may_rebuild = false;
         rebuilt = true;
         continue;
       } else {
         // The scan stops at the first free slot: a state at rest it found is nearer.
         claim = rest ? rest : free_slot;
-        if (!claim && rebuild_slots(sh, lineage, rest_time(sh, now_ns), to_come, true)) {
+        if (!claim && rebuild_slots(sh, lineage, now_ns, to_come, true)) {
           rebuilt = true;
           continue;
         }
@@ -571,12 +586,12 @@ void MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh, std
   // NOLINTNEXTLINE(cppcoreguidelines-pro-type-member-init)
   std::array<detail::GcraDecision, KeyPolicyLimits::kMaxRateLimits> decisions;
   std::uint64_t resets = 0;  // sh.resets before the charge
-  std::optional<Pin> pin;    // until the second decision
+  Pin pin(sh);               // the lineage's states stay until the second decision
   {
     detail::MutexLock lock(sh.mu);
     resets = sh.resets;
     if (!decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) return;
-    pin.emplace(sh, now_ns);
+    if (r.limit_count > 0) pin.pin(r.lineage_id);
   }
   const CreditTake take = take_credits(credit_store(), r, r.cost, r.cost);
   if (take.outcome == CreditTake::Outcome::insufficient) {
@@ -591,6 +606,7 @@ void MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh, std
   bool reset_since = false;
   try {
     detail::MutexLock lock(sh.mu);
+    pin.unpin();
     reset_since = sh.resets != resets;
     if (decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) {
       commit(r, slots.data(), decisions.data(), out);
@@ -633,7 +649,7 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
   std::uint64_t stale = 0;    // credits of a lease past its TTL, to give back
   std::int64_t stale_period = 0;
   std::uint64_t resets = 0;  // sh.resets when the lease was read
-  std::optional<Pin> pin;    // from the first decision to the last, when the store is asked
+  Pin pin(sh);               // the lineage's states stay while the store is asked
   {
     detail::MutexLock lock(sh.mu);
     resets = sh.resets;
@@ -674,7 +690,7 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
       lease->count = 0;  // taken out; a lease of a past period is dropped: it expired
     }
     try {
-      pin.emplace(sh, now_ns);
+      if (r.limit_count > 0) pin.pin(r.lineage_id);
     } catch (...) {
       // No memory to pin: nothing spent but what was taken out of the lease, which goes
       // back into it.
@@ -711,6 +727,7 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
   if (take.outcome == CreditTake::Outcome::no_credits) {
     // Credits were removed since the verdict was read: nothing to charge.
     detail::MutexLock lock(sh.mu);
+    pin.unpin();
     if (decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) {
       commit(r, slots.data(), decisions.data(), out);
     }
@@ -720,6 +737,7 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
   if (carry > 0 && carry_period != take.period) carry = 0;
   const std::uint64_t have = carry + take.taken;
   detail::MutexLock lock(sh.mu);
+  pin.unpin();
   // The balance was set (or its refill changed) since the lease was read: what this
   // request holds may be from the balance that replaced, so it decides this request
   // (which began before the change) but none of it is leased or given back: it is

@@ -1445,6 +1445,31 @@ TEST_CASE("MemoryLimiter: a charge refused after a balance set is not given back
   CHECK(mem->get(kAccount, key)->credits->remaining == 50);
 }
 
+TEST_CASE("MemoryLimiter: a request waiting for the store holds back only its own states",
+          "[limiter][credits]") {
+  // While one request is out at the store (for minutes, say), other lineages' states
+  // still come to rest and make room for new ones: a small table keeps serving them.
+  auto store = std::make_shared<HookStore>(std::make_shared<apikeys::MemoryStore>());
+  const Uuid key = key_with_credits(*store, 1000);
+  MemoryLimiterOptions o;
+  o.capacity = 64;  // 32 states a shard at most
+  MemoryLimiter limiter(store, o);
+  const std::vector<RateLimit> limits{limit("a", 1, 1s, 1)};
+  std::mt19937_64 rng(11);
+  std::size_t admitted = 0;
+  store->before_take = [&] {
+    for (int i = 0; i < 5000; ++i) {
+      const TimePoint at = kStart + std::chrono::seconds(2 * (i + 1));
+      if (limiter.admit(request(lineage(rng), limits, 1, at)).outcome ==
+          AdmissionOutcome::admitted) {
+        ++admitted;
+      }
+    }
+  };
+  CHECK(limiter.admit(request(key, limits, 1, kStart, true)).outcome == AdmissionOutcome::admitted);
+  CHECK(admitted == 5000);  // none refused, none `busy`
+}
+
 TEST_CASE("MemoryLimiter: two limits of one name are a failure, never one shared state",
           "[admission][memory_limiter]") {
   MemoryLimiter limiter(nullptr);
