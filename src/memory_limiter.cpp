@@ -63,6 +63,7 @@ struct Lease {
   std::uint64_t count = 0;            // 0: free
   std::uint64_t store_remaining = 0;  // the store's balance when it was taken
   std::int64_t period = 0;            // the refill period it was taken in
+  std::uint64_t generation = 0;       // and the balance's generation (CreditTake)
   TimePoint period_end{};             // spent only before this
   TimePoint expires{};                // and before this (lease_ttl)
 };
@@ -601,9 +602,20 @@ void MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh, std
   }
   const bool charged = take.outcome == CreditTake::Outcome::taken;
   if (charged) out.credits_remaining = take.remaining;
-  // The balance was set in this process meanwhile (credits_reset()): the charge may have
-  // come from the balance it replaced, and is not given back onto the new one.
+  // The balance was set in this process meanwhile (credits_reset()). The charge goes
+  // back only onto the balance it was taken from, which a store that keeps generations
+  // checks (the set may have come before the take or after it); from a store that keeps
+  // none (generation 0) it may have come from the balance the set replaced, and is
+  // dropped rather than given back onto the new one.
   bool reset_since = false;
+  const auto give_back = [&]() noexcept {
+    if (!charged || take.taken == 0 || (reset_since && take.generation == 0)) return;
+    try {
+      credit_store().return_credits_checked(r.lineage_id, take.taken, take.period, take.generation);
+    } catch (...) {
+      // Lost, never granted twice.
+    }
+  };
   try {
     detail::MutexLock lock(sh.mu);
     pin.unpin();
@@ -614,24 +626,13 @@ void MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh, std
     }
   } catch (...) {
     // The table filled up meanwhile: the charge goes back, then the failure is reported.
-    if (charged && take.taken > 0 && !reset_since) {
-      try {
-        credit_store().return_credits(r.lineage_id, take.taken, take.period);
-      } catch (...) {
-        // Lost, never granted twice.
-      }
-    }
+    give_back();
     throw;
   }
   out.credits_remaining.reset();
-  if (charged && take.taken > 0 && !reset_since) {
-    try {
-      credit_store().return_credits(r.lineage_id, take.taken, take.period);
-    } catch (...) {
-      // Lost, never granted twice; the answer stays rate_limited (a throw here would be
-      // a limiter failure, which the `allow` policy answers as valid).
-    }
-  }
+  // The answer stays rate_limited whatever becomes of the charge (a throw here would be
+  // a limiter failure, which the `allow` policy answers as valid).
+  give_back();
 }
 
 // Rate limits and the lease decided together under the shard lock; the store is asked
@@ -645,9 +646,11 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
   std::array<detail::GcraDecision, KeyPolicyLimits::kMaxRateLimits> decisions;
   std::uint64_t carry = 0;  // still-good credits taken out of the lease
   std::int64_t carry_period = 0;
+  std::uint64_t carry_generation = 0;
   TimePoint carry_expires{};  // the carry's lease deadline, which it keeps
   std::uint64_t stale = 0;    // credits of a lease past its TTL, to give back
   std::int64_t stale_period = 0;
+  std::uint64_t stale_generation = 0;
   std::uint64_t resets = 0;  // sh.resets when the lease was read
   Pin pin(sh);               // the lineage's states stay while the store is asked
   {
@@ -682,10 +685,12 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
       if (fresh) {
         carry = lease->count;
         carry_period = lease->period;
+        carry_generation = lease->generation;
         carry_expires = lease->expires;
       } else if (period_ok) {
         stale = lease->count;
         stale_period = lease->period;
+        stale_generation = lease->generation;
       }
       lease->count = 0;  // taken out; a lease of a past period is dropped: it expired
     }
@@ -699,29 +704,32 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
     }
   }
   Store& st = credit_store();
-  // Gives `n` credits of `period` back to the store, unless the balance was set in this
-  // process since the lease was read: they may be the old balance's, and are dropped.
-  // A store that fails loses them. Never granted twice; never throws.
-  const auto give_back = [&](std::uint64_t n, std::int64_t period) noexcept {
+  // Gives `n` credits of `period` back to the store, onto the balance of `generation`
+  // only (the store checks). From a store that keeps no generations (0), they are
+  // dropped instead when the balance was set in this process since the lease was read:
+  // they may be the old balance's. A store that fails loses them. Never granted twice;
+  // never throws.
+  const auto give_back = [&](std::uint64_t n, std::int64_t period,
+                             std::uint64_t generation) noexcept {
     if (n == 0) return;
     try {
-      {
+      if (generation == 0) {
         detail::MutexLock lock(sh.mu);
         if (sh.resets != resets) return;
       }
-      st.return_credits(r.lineage_id, n, period);
+      st.return_credits_checked(r.lineage_id, n, period, generation);
     } catch (...) {
       // Lost, never granted twice.
     }
   };
-  give_back(stale, stale_period);
+  give_back(stale, stale_period, stale_generation);
   const std::uint64_t need = r.cost > carry ? r.cost - carry : 0;
   const std::uint64_t want = std::min(need + options.lease_size, KeyPolicyLimits::kMaxCredits);
   CreditTake take;
   try {
     take = take_credits(st, r, need, std::max(want, need));
   } catch (...) {
-    give_back(carry, carry_period);
+    give_back(carry, carry_period, carry_generation);
     throw;
   }
   if (take.outcome == CreditTake::Outcome::no_credits) {
@@ -733,8 +741,11 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
     }
     return;
   }
-  // Credits of two refill periods never mix: the carry of an older period is dropped.
-  if (carry > 0 && carry_period != take.period) carry = 0;
+  // Credits of two refill periods, or of two balances, never mix: the carry of an older
+  // period, or of a balance set since, is dropped.
+  if (carry > 0 && (carry_period != take.period || carry_generation != take.generation)) {
+    carry = 0;
+  }
   const std::uint64_t have = carry + take.taken;
   detail::MutexLock lock(sh.mu);
   pin.unpin();
@@ -768,7 +779,10 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
     // Credits keep the deadline of the lease they were first taken into: a carry, or
     // a lease another request made meanwhile, brings its own, so that refused requests
     // renewing the lease never keep old credits spendable past lease_ttl.
-    if (lease->count != 0 && lease->period != take.period) lease->count = 0;
+    if (lease->count != 0 &&
+        (lease->period != take.period || lease->generation != take.generation)) {
+      lease->count = 0;
+    }
     TimePoint expires = add_saturating(r.now, options.lease_ttl);
     if (carry > 0) expires = std::min(expires, carry_expires);
     if (lease->count != 0) expires = std::min(expires, lease->expires);
@@ -777,10 +791,11 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
     excess = total - lease->count;
     lease->store_remaining = take.remaining;
     lease->period = take.period;
+    lease->generation = take.generation;
     lease->period_end = take.period_end;
     lease->expires = expires;
-  } else if (!reset_since) {
-    excess = left;
+  } else if (!reset_since || take.generation != 0) {
+    excess = left;  // given back onto the balance it was taken from, if it still is
   }
   if (failure) {
   } else if (!enough) {
@@ -793,7 +808,7 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
   lock.unlock();
   // Failing, the excess is lost: not a failure of this request, whose answer (above) is
   // final (an admitted request has spent its limits and its credits already).
-  give_back(excess, take.period);
+  give_back(excess, take.period, take.generation);
   if (failure) std::rethrow_exception(failure);
 }
 
@@ -881,15 +896,16 @@ void MemoryLimiter::return_leases() noexcept {
     for (const Lease& l : taken) {
       // A lease of a past period expired with it (a reset refill replaced it).
       if (now >= l.period_end) continue;
-      {
-        // A balance set in this process since the leases were taken out (the returns
-        // before this one may have taken a while): what is left may be the old
-        // balance's, so it is dropped, as admit_leased()'s give-back drops it.
+      if (l.generation == 0) {
+        // From a store that keeps no generations: a balance set in this process since
+        // the leases were taken out (the returns before this one may have taken a
+        // while) means what is left may be the old balance's, so it is dropped, as
+        // admit_leased()'s give-back drops it. A store that keeps them checks instead.
         detail::MutexLock lock(sh.mu);
-        if (sh.resets != resets) break;
+        if (sh.resets != resets) continue;
       }
       try {
-        impl_->store->return_credits(l.lineage, l.count, l.period);
+        impl_->store->return_credits_checked(l.lineage, l.count, l.period, l.generation);
       } catch (...) {
         // Lost, never granted twice.
       }

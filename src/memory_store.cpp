@@ -475,6 +475,7 @@ using AuditAge = std::map<OrderKey, Uuid>;
 struct LineageCredits {
   Credits credits;
   Uuid account_id;
+  std::uint64_t generation = 0;  // CreditTake::generation: a new one each time it is set
 };
 
 // Events made ready to store: every node allocated, nothing in the store changed yet.
@@ -507,6 +508,8 @@ struct MemoryStore::Impl {
   // credits (what find() must tell, without a second lookup); get() and the
   // listings show the values from here.
   std::unordered_map<Uuid, LineageCredits, UuidHash> credits APIKEYS_GUARDED_BY(mu);
+  // The last LineageCredits::generation given out; each new balance takes the next.
+  std::uint64_t last_generation APIKEYS_GUARDED_BY(mu) = 0;
   AuditLog audit_log APIKEYS_GUARDED_BY(mu);
   AuditAge audit_age APIKEYS_GUARDED_BY(mu);  // the same events, oldest first
 
@@ -684,6 +687,9 @@ struct MemoryStore::Impl {
   std::size_t replace_digests(const std::vector<DigestChange>& changes, const ChangeAudit* audit);
   CreditTake take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
                           TimePoint now, const ChangeAudit* audit);
+  // return_credits(), checked against `generation` unless it is null.
+  void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period,
+                      const std::uint64_t* generation);
 };
 
 namespace {
@@ -728,14 +734,17 @@ void MemoryStore::Impl::insert(const KeyRecord& record, const ChangeAudit* audit
   }
   Entry* added = entry.get();
   if (new_credits) {
-    const bool fresh =
-        credits.emplace(info.lineage(), LineageCredits{*info.credits, info.account_id}).second;
+    const bool fresh = credits
+                           .emplace(info.lineage(), LineageCredits{*info.credits, info.account_id,
+                                                                   last_generation + 1})
+                           .second;
     try {
       add(std::move(entry));
     } catch (...) {
       if (fresh) credits.erase(info.lineage());  // both or neither
       throw;
     }
+    if (fresh) ++last_generation;
   } else {
     add(std::move(entry));
   }
@@ -1132,6 +1141,7 @@ CreditTake MemoryStore::Impl::take_credits(const Uuid& lineage_id, std::uint64_t
     }
   }
   take.period = c.refilled_period;
+  take.generation = it->second.generation;
   if (c.refill) take.period_end = refill_period_start(c.refill->interval, c.refilled_period + 1);
   if (c.remaining < min) {
     take.outcome = CreditTake::Outcome::insufficient;
@@ -1147,9 +1157,20 @@ CreditTake MemoryStore::Impl::take_credits(const Uuid& lineage_id, std::uint64_t
 }
 
 void MemoryStore::return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) {
-  detail::ExclusiveLock lock(impl_->mu);
-  auto it = impl_->credits.find(lineage_id);
-  if (it == impl_->credits.end() || it->second.credits.refilled_period != period) return;
+  impl_->return_credits(lineage_id, n, period, nullptr);
+}
+
+void MemoryStore::return_credits_checked(const Uuid& lineage_id, std::uint64_t n,
+                                         std::int64_t period, std::uint64_t generation) {
+  impl_->return_credits(lineage_id, n, period, &generation);
+}
+
+void MemoryStore::Impl::return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period,
+                                       const std::uint64_t* generation) {
+  detail::ExclusiveLock lock(mu);
+  auto it = credits.find(lineage_id);
+  if (it == credits.end() || it->second.credits.refilled_period != period) return;
+  if (generation != nullptr && it->second.generation != *generation) return;
   Credits& c = it->second.credits;
   c.remaining = std::min(c.remaining + std::min(n, KeyPolicyLimits::kMaxCredits),
                          KeyPolicyLimits::kMaxCredits);
@@ -1200,14 +1221,20 @@ std::optional<KeyInfo> MemoryStore::Impl::change_credits(const Uuid& account_id,
   }
   StagedAudit staged;
   stage(staged, audit, &before, &after);
+  // A balance set (CreditsOp::configure) gets a generation never used before, in any
+  // lineage: credits taken before it are not given back onto it.
+  const std::uint64_t generation = change.op == CreditsOp::configure ? ++last_generation
+                                   : it != credits.end()             ? it->second.generation
+                                                                     : 0;
   if (!after.credits) {
     if (it != credits.end()) credits.erase(it);
     mark_lineage(account_id, lineage, false);
   } else if (it == credits.end()) {
-    credits.emplace(lineage, LineageCredits{*after.credits, account_id});  // may throw
+    credits.emplace(lineage, LineageCredits{*after.credits, account_id, generation});  // may throw
     mark_lineage(account_id, lineage, true);
   } else {
     it->second.credits = *after.credits;
+    it->second.generation = generation;
   }
   commit(staged);
   return after;

@@ -142,7 +142,16 @@ CREATE INDEX apikeys_audit_events_key
   ON {s}.apikeys_audit_events (account_id, key_id, time_ms DESC, event_id DESC);
 CREATE INDEX apikeys_audit_events_time ON {s}.apikeys_audit_events (time_ms);
 )sql"},
+    // A balance's generation (CreditTake::generation), new whenever the balance is set:
+    // return_credits_checked() lands only on the balance the credits were taken from.
+    {6, R"sql(
+ALTER TABLE {s}.apikeys_key_credits ADD COLUMN generation bigint NOT NULL DEFAULT 0;
+)sql"},
 };
+
+// A new balance's generation: random, so that one removed and set again never repeats
+// one that a give-back in flight may hold (doc/sqlite-store.md, rule 40, says why).
+constexpr const char* kNewGenerationSql = "floor(random() * 9.2e18)::bigint";
 
 // How many changes the change log keeps (doc/revocation.md).
 constexpr auto kChangeLogSize = static_cast<std::int64_t>(PostgresStore::kChangeLogSize);
@@ -246,7 +255,8 @@ struct Statements {
       changes;
   std::string get, page_first, page_after, replace, rotate, revoke_all;
   std::string replace_digests, pepper_counts;
-  std::string take_credits, credits_view, return_credits, drop_orphan_credits;
+  std::string take_credits, credits_view, return_credits, return_credits_checked,
+      drop_orphan_credits;
   std::string lock_key, lock_account, revoke_locked, insert_events, prune_audit;
   std::string replace_digests_keys, lock_credits, newest_key;
 
@@ -265,16 +275,18 @@ struct Statements {
             "WITH inserted AS (INSERT INTO {0}.apikeys_keys ({1}, {2}) VALUES ({3}, ${4}, ${5})"
             " RETURNING key_id)"
             " INSERT INTO {0}.apikeys_key_credits (lineage_id, remaining, refill_amount,"
-            " refill_interval, refill_mode, refill_cap, refilled_period)"
+            " refill_interval, refill_mode, refill_cap, refilled_period, generation)"
             " SELECT key_id, ${6}::bigint, ${7}::bigint, ${8}::smallint, ${9}::smallint,"
-            " ${10}::bigint, ${11}::bigint FROM inserted WHERE ${6}::bigint IS NOT NULL"
+            " ${10}::bigint, ${11}::bigint, {12} FROM inserted WHERE ${6}::bigint IS NOT NULL"
             " ON CONFLICT (lineage_id) DO UPDATE SET remaining = EXCLUDED.remaining,"
             " refill_amount = EXCLUDED.refill_amount, refill_interval = EXCLUDED.refill_interval,"
             " refill_mode = EXCLUDED.refill_mode, refill_cap = EXCLUDED.refill_cap,"
-            " refilled_period = EXCLUDED.refilled_period, last_take = 0",
+            " refilled_period = EXCLUDED.refilled_period, last_take = 0,"
+            " generation = EXCLUDED.generation",
             s, detail::column_list(detail::Columns::all), kExtraColumns,
             detail::parameter_list('$'), kFieldCount + 1, kFieldCount + 2, kFieldCount + 3,
-            kFieldCount + 4, kFieldCount + 5, kFieldCount + 6, kFieldCount + 7, kFieldCount + 8)),
+            kFieldCount + 4, kFieldCount + 5, kFieldCount + 6, kFieldCount + 7, kFieldCount + 8,
+            kNewGenerationSql)),
         // One statement, one transaction: the bump and its change-log row are written
         // (once, to completion) whether or not the outer query reads them, and only
         // when a row changed. The bump's row lock orders concurrent writers, so
@@ -373,7 +385,7 @@ struct Statements {
         " last_take = LEAST({1}, $3::bigint), refilled_period = {2}"
         " WHERE lineage_id = $1 AND ($6::boolean OR NOT {3}) AND {1} >= $2::bigint"
         " RETURNING remaining, last_take, refilled_period, refill_interval,"
-        " refill_amount IS NOT NULL",
+        " refill_amount IS NOT NULL, generation",
         s, t.available, t.refilled, t.due);
     // After a take that took nothing: $1 lineage, $2 and $3 the periods, $4 whether it may
     // write a refill due. Writes the refill due (once per period, whoever does it) and
@@ -390,11 +402,13 @@ struct Statements {
         " SELECT {1}, {2}, refill_interval, refill_amount IS NOT NULL, {3} AND NOT $4::boolean"
         " FROM {0}.apikeys_key_credits WHERE lineage_id = $1 AND NOT EXISTS (SELECT 1 FROM due)",
         s, v.available, v.refilled, v.due);
-    // $1 lineage, $2 credits (at most kMaxCredits), $3 the period they belong to.
+    // $1 lineage, $2 credits (at most kMaxCredits), $3 the period they belong to; and
+    // for the checked form, $4 the balance's generation they were taken from.
     return_credits = fmt::format(
         "UPDATE {0}.apikeys_key_credits SET remaining = LEAST(remaining + $2::bigint, {1})"
         " WHERE lineage_id = $1 AND refilled_period = $3::bigint",
         s, kMaxCreditsSql);
+    return_credits_checked = return_credits + " AND generation = $4::bigint";
     // $1 lineage. Its own statement, after remove(): a fresh snapshot sees a successor
     // that a rotate() committed while remove() waited for the old key's row lock.
     drop_orphan_credits = fmt::format(
@@ -560,6 +574,7 @@ constexpr const char* kPepperCounts = "apikeys_pepper_counts";
 constexpr const char* kTakeCredits = "apikeys_take_credits";
 constexpr const char* kCreditsView = "apikeys_credits_view";
 constexpr const char* kReturnCredits = "apikeys_return_credits";
+constexpr const char* kReturnCreditsChecked = "apikeys_return_credits_checked";
 constexpr const char* kDropOrphanCredits = "apikeys_drop_orphan_credits";
 constexpr const char* kLockKey = "apikeys_lock_key";
 constexpr const char* kLockAccount = "apikeys_lock_account";
@@ -1226,6 +1241,7 @@ struct PostgresStore::Impl {
     c->prepare("connect", kTakeCredits, sql.take_credits, d);
     c->prepare("connect", kCreditsView, sql.credits_view, d);
     c->prepare("connect", kReturnCredits, sql.return_credits, d);
+    c->prepare("connect", kReturnCreditsChecked, sql.return_credits_checked, d);
     c->prepare("connect", kDropOrphanCredits, sql.drop_orphan_credits, d);
     c->prepare("connect", kLockKey, sql.lock_key, d);
     c->prepare("connect", kLockAccount, sql.lock_account, d);
@@ -1948,6 +1964,8 @@ CreditTake PostgresStore::Impl::take_on(PgConnection& c, const TakeArgs& args, b
         PQgetvalue(p, 0, 4)[0] == 't'
             ? refill_period_start(static_cast<RefillInterval>(interval), take.period + 1)
             : TimePoint::max();
+    take.generation = static_cast<std::uint64_t>(
+        parse_int(p, 0, 5, "take_credits", "generation is not an integer"));
     return take;
   }
   // Nothing taken: too few credits, none at all, or (write_refill false) a refill due.
@@ -2027,6 +2045,21 @@ void PostgresStore::return_credits(const Uuid& lineage_id, std::uint64_t n, std:
   });
 }
 
+void PostgresStore::return_credits_checked(const Uuid& lineage_id, std::uint64_t n,
+                                           std::int64_t period, std::uint64_t generation) {
+  if (n == 0) return;
+  const std::string lineage = lineage_id.to_string();
+  const std::string count = std::to_string(std::min(n, KeyPolicyLimits::kMaxCredits));
+  const std::string when = std::to_string(period);
+  const std::string which = std::to_string(static_cast<std::int64_t>(generation));
+  const char* values[] = {lineage.c_str(), count.c_str(), when.c_str(), which.c_str()};
+  // Not retried: after a lost reply the credits may be back already.
+  impl_->run("return_credits", false, [&](PgConnection& c) {
+    (void)c.exec_prepared("return_credits", kReturnCreditsChecked, 4, values, nullptr, nullptr,
+                          impl_->statement_deadline());
+  });
+}
+
 std::optional<KeyInfo> PostgresStore::Impl::change_credits_on(PgConnection& c,
                                                               const std::string& key,
                                                               const std::string& account,
@@ -2083,23 +2116,28 @@ std::optional<KeyInfo> PostgresStore::Impl::change_credits_on(PgConnection& c,
     const std::string cap =
         n.refill ? std::to_string(std::min(n.refill->cap, KeyPolicyLimits::kMaxCredits)) : "0";
     const std::string period = std::to_string(n.refilled_period);
+    // A balance set (configure) takes a new generation; an add keeps the row's.
+    const char* new_balance = change.op == CreditsOp::configure ? "true" : "false";
     const char* values[] = {
         lineage.c_str(),  remaining.c_str(), n.refill ? amount.c_str() : nullptr,
         interval.c_str(), mode.c_str(),      cap.c_str(),
-        period.c_str()};
+        period.c_str(),   new_balance};
     c.exec_params("change_credits",
-                  fmt::format("INSERT INTO {}.apikeys_key_credits (lineage_id, remaining,"
+                  fmt::format("INSERT INTO {0}.apikeys_key_credits (lineage_id, remaining,"
                               " refill_amount, refill_interval, refill_mode, refill_cap,"
-                              " refilled_period) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                              " refilled_period, generation) VALUES ($1, $2, $3, $4, $5, $6, $7,"
+                              " {1})"
                               " ON CONFLICT (lineage_id) DO UPDATE SET"
                               " remaining = EXCLUDED.remaining,"
                               " refill_amount = EXCLUDED.refill_amount,"
                               " refill_interval = EXCLUDED.refill_interval,"
                               " refill_mode = EXCLUDED.refill_mode,"
                               " refill_cap = EXCLUDED.refill_cap,"
-                              " refilled_period = EXCLUDED.refilled_period",
-                              s),
-                  7, values, nullptr, nullptr, d);
+                              " refilled_period = EXCLUDED.refilled_period,"
+                              " generation = CASE WHEN $8::boolean THEN EXCLUDED.generation"
+                              " ELSE {0}.apikeys_key_credits.generation END",
+                              s, kNewGenerationSql),
+                  8, values, nullptr, nullptr, d);
   } else if (stored) {
     c.exec_params("change_credits",
                   fmt::format("DELETE FROM {}.apikeys_key_credits WHERE lineage_id = $1", s), 1,

@@ -312,7 +312,7 @@ struct RedisLimiter::Impl {
   // as busy all the same.
   void give_back(const Uuid& lineage, const CreditTake& take) {
     try {
-      store->return_credits(lineage, take.taken, take.period);
+      store->return_credits_checked(lineage, take.taken, take.period, take.generation);
     } catch (const std::exception& e) {
       if (!pool.observers().empty()) {
         pool.report("return_credits",

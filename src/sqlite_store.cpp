@@ -68,6 +68,7 @@ struct Writer {
         drop_orphan_credits(db, kDropOrphanCreditsSql),
         lineage_keys(db, kLineageKeysSql),
         return_credits(db, kReturnCreditsSql),
+        return_credits_checked(db, kReturnCreditsCheckedSql),
         take_credits(db, take_credits_sql().c_str()),
         take_unrefilled(db, take_credits_sql(true).c_str()),
         newest_of_lineage(db, newest_of_lineage_sql().c_str()),
@@ -95,6 +96,7 @@ struct Writer {
   RawStatement drop_orphan_credits;
   RawStatement lineage_keys;
   RawStatement return_credits;
+  RawStatement return_credits_checked;
   RawStatement take_credits;
   RawStatement take_unrefilled;    // take_credits_audited()'s first try (rule 36)
   RawStatement newest_of_lineage;  // the key a refill's event names (rule 36)
@@ -1009,11 +1011,13 @@ std::int64_t to_int64(std::uint64_t v) noexcept {
       std::min<std::uint64_t>(v, static_cast<std::uint64_t>(INT64_MAX)));
 }
 
-// Writes `c` as the credits of `lineage`, whole.
-void put_credits(Writer& w, const std::string& lineage, const Credits& c) {
+// Writes `c` as the credits of `lineage`, whole: a balance set with a new generation
+// (`new_balance`), else keeping the row's (rule 40).
+void put_credits(Writer& w, const std::string& lineage, const Credits& c, bool new_balance) {
   RawUse use(w.put_credits);
   w.put_credits.bind(1, lineage);
-  const int rc = bind_credits(w.put_credits.get(), c);
+  int rc = bind_credits(w.put_credits.get(), c);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_int(w.put_credits.get(), 8, new_balance ? 1 : 0);
   if (rc != SQLITE_OK) throw SQLite::Exception(w.db.getHandle(), rc);
   (void)w.put_credits.step();
 }
@@ -1039,6 +1043,7 @@ bool take_row(RawStatement& s, const std::string& lineage, std::int64_t day, std
     take.period = read_int(r, 2, "take_credits", "refilled_period");
     const std::int64_t interval = read_int(r, 3, "take_credits", "refill_interval");
     const bool refill = sqlite3_column_type(r, 4) != SQLITE_NULL;
+    take.generation = static_cast<std::uint64_t>(read_int(r, 5, "take_credits", "generation"));
     if (remaining < 0 || remaining > kMax || taken < 0 || taken > kMax) {
       corrupt("take_credits", "credits out of range");
     }
@@ -1060,7 +1065,7 @@ bool take_row(RawStatement& s, const std::string& lineage, std::int64_t day, std
 CreditTake take_short(Writer& w, const std::string& lineage, const Credits& stored, TimePoint now) {
   const Credits c = refilled(stored, now);
   if (c.refilled_period != stored.refilled_period || c.remaining != stored.remaining) {
-    put_credits(w, lineage, c);
+    put_credits(w, lineage, c, false);
   }
   CreditTake take;
   take.outcome = CreditTake::Outcome::insufficient;
@@ -1144,6 +1149,21 @@ void SqliteStore::return_credits(const Uuid& lineage_id, std::uint64_t n, std::i
   });
 }
 
+void SqliteStore::return_credits_checked(const Uuid& lineage_id, std::uint64_t n,
+                                         std::int64_t period, std::uint64_t generation) {
+  require_writable(impl_->read_only, "return_credits");
+  if (n == 0) return;
+  const std::string lineage = lineage_id.to_string();
+  impl_->write("return_credits", [&](Writer& w) {
+    RawUse use(w.return_credits_checked);
+    w.return_credits_checked.bind(1, lineage);
+    w.return_credits_checked.bind(2, to_int64(std::min(n, KeyPolicyLimits::kMaxCredits)));
+    w.return_credits_checked.bind(3, period);
+    w.return_credits_checked.bind(4, static_cast<std::int64_t>(generation));
+    (void)w.return_credits_checked.step();  // 0 rows: refilled or set since, or gone
+  });
+}
+
 std::optional<KeyInfo> SqliteStore::change_credits(const Uuid& account_id, const Uuid& key_id,
                                                    const CreditsChange& change) {
   return impl_->change_credits(account_id, key_id, change, nullptr);
@@ -1187,7 +1207,7 @@ std::optional<KeyInfo> SqliteStore::Impl::change_credits(const Uuid& account_id,
         if (!stored) throw Error(ErrorCode::conflict, "the key has no credits to add to");
         Credits c = refilled(*stored, change.at);
         c.remaining = detail::add_clamped(c.remaining, change.delta);
-        put_credits(w, lineage, c);
+        put_credits(w, lineage, c, false);
         break;
       }
       case CreditsOp::configure: {
@@ -1196,7 +1216,7 @@ std::optional<KeyInfo> SqliteStore::Impl::change_credits(const Uuid& account_id,
         }
         const Credits c =
             detail::configured(stored ? refilled(*stored, change.at) : Credits{}, change);
-        put_credits(w, lineage, c);
+        put_credits(w, lineage, c, true);
         flipped = !stored;
         break;
       }

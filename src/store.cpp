@@ -100,6 +100,11 @@ void Store::return_credits(const Uuid& /*lineage_id*/, std::uint64_t /*n*/,
   throw Error(ErrorCode::not_supported, "this store cannot keep credits (return_credits)");
 }
 
+void Store::return_credits_checked(const Uuid& lineage_id, std::uint64_t n, std::int64_t period,
+                                   std::uint64_t /*generation*/) {
+  return_credits(lineage_id, n, period);
+}
+
 std::optional<KeyInfo> Store::change_credits(const Uuid& /*account_id*/, const Uuid& /*key_id*/,
                                              const CreditsChange& /*change*/) {
   throw Error(ErrorCode::not_supported, "this store cannot keep credits (change_credits)");

@@ -86,8 +86,10 @@ enum class LimiterFailurePolicy : std::uint8_t {
 ///
 /// Contract (README.md, "Rate limits and credits"): admit() is all or nothing. Either
 /// every rate limit admits, their state advances and `cost` credits are charged, or
-/// nothing is consumed. A rate-limited request is never charged credits (but across a
-/// balance set while it is in flight: SECURITY.md, Known limits). Failures are
+/// nothing is consumed. A rate-limited request is never charged credits (a charge
+/// given back goes through Store::return_credits_checked(), so that it never lands on a
+/// balance set since: SECURITY.md, Known limits, says what a store without generations
+/// does). Failures are
 /// reported by throwing (any exception); the Validator then applies its
 /// LimiterFailurePolicy.
 class APIKEYS_EXPORT Limiter {

@@ -75,6 +75,8 @@ class APIKEYS_EXPORT MemoryStore final : public Store {
   CreditTake take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
                           TimePoint now) override;
   void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) override;
+  void return_credits_checked(const Uuid& lineage_id, std::uint64_t n, std::int64_t period,
+                              std::uint64_t generation) override;
   std::optional<KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,
                                         const CreditsChange& change) override;
 

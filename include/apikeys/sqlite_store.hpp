@@ -124,6 +124,8 @@ class APIKEYS_EXPORT SqliteStore final : public Store {
                           TimePoint now) override;
   /// One guarded UPDATE. A read-only store throws Error(not_supported).
   void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) override;
+  void return_credits_checked(const Uuid& lineage_id, std::uint64_t n, std::int64_t period,
+                              std::uint64_t generation) override;
   /// One transaction. A read-only store throws Error(not_supported).
   std::optional<KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,
                                         const CreditsChange& change) override;

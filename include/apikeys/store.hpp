@@ -85,6 +85,12 @@ struct CreditTake {
   /// When the next refill is due: credits taken must not be spent after it (a reset
   /// refill would count them twice). TimePoint::max() without a refill.
   TimePoint period_end = TimePoint::max();
+  /// Which setting of the balance the credits were taken from: a store that keeps one
+  /// gives the balance a new generation whenever change_credits() sets it
+  /// (CreditsOp::configure), so that credits given back afterwards
+  /// (return_credits_checked()) never land on the balance that replaced it. 0 from a
+  /// store that keeps none (a store written before this field existed).
+  std::uint64_t generation = 0;
 };
 
 /// How Store::change_credits() changes a lineage's credits.
@@ -268,6 +274,14 @@ class APIKEYS_EXPORT Store {
   /// or topped it up; the credits expired with their period). Never beyond kMaxCredits.
   /// Default: throws Error(not_supported).
   virtual void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period);
+
+  /// return_credits(), only onto the balance the credits were taken from: nothing when
+  /// the lineage's balance has been set since (its generation is no longer `generation`,
+  /// CreditTake::generation). Every bundled limiter gives credits back through this.
+  /// Default: return_credits(lineage_id, n, period), which cannot tell a balance set
+  /// since the take from the one it replaced (SECURITY.md, Known limits).
+  virtual void return_credits_checked(const Uuid& lineage_id, std::uint64_t n, std::int64_t period,
+                                      std::uint64_t generation);
 
   /// Changes the credits of the lineage of key `key_id`, if that key belongs to
   /// `account_id`; see CreditsOp. Records the change for changes_since() of every key of

@@ -200,13 +200,19 @@ inline std::string credits_sql() {
   return std::string("SELECT ") + kCreditsColumns + " FROM key_credits WHERE lineage_id = ?1";
 }
 // insert(): a lineage's first key creates its credits (an existing row is kept);
-// change_credits() writes them whole. ?1 lineage, ?2 .. ?7 bind_credits().
+// change_credits() writes them whole. ?1 lineage, ?2 .. ?7 bind_credits(). A new balance
+// takes a random generation (rule 40); put_credits keeps the row's unless ?8 is 1.
+#define APIKEYS_NEW_GENERATION "(random() & 9223372036854775807)"
 inline constexpr const char* kInsertCreditsSql =
     "INSERT OR IGNORE INTO key_credits (lineage_id, remaining, refill_amount, refill_interval,"
-    " refill_mode, refill_cap, refilled_period) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+    " refill_mode, refill_cap, refilled_period, generation) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,"
+    " " APIKEYS_NEW_GENERATION ")";
 inline constexpr const char* kPutCreditsSql =
     "INSERT OR REPLACE INTO key_credits (lineage_id, remaining, refill_amount, refill_interval,"
-    " refill_mode, refill_cap, refilled_period) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+    " refill_mode, refill_cap, refilled_period, generation) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,"
+    " CASE WHEN ?8 THEN " APIKEYS_NEW_GENERATION
+    " ELSE coalesce((SELECT generation FROM key_credits WHERE lineage_id = ?1), 0) END)";
+#undef APIKEYS_NEW_GENERATION
 inline constexpr const char* kDeleteCreditsSql = "DELETE FROM key_credits WHERE lineage_id = ?1";
 // remove(): the credits go with the lineage's last key (?1 lineage, ?2 its account: all
 // keys of a lineage are in one account, whose index this walks).
@@ -220,12 +226,17 @@ inline constexpr const char* kLineageKeysSql =
 inline constexpr const char* kReturnCreditsSql =
     "UPDATE key_credits SET remaining = min(remaining + ?2, 9007199254740992)"
     " WHERE lineage_id = ?1 AND refilled_period = ?3";
+// return_credits_checked(): the same, and ?4 the generation they were taken from.
+inline constexpr const char* kReturnCreditsCheckedSql =
+    "UPDATE key_credits SET remaining = min(remaining + ?2, 9007199254740992)"
+    " WHERE lineage_id = ?1 AND refilled_period = ?3 AND generation = ?4";
 
 // take_credits(): ONE guarded UPDATE (rule 29). The refill is written inline on the
 // row's own columns, in SET and WHERE alike (every SET expression reads the row as it
 // was): ?1 lineage, ?2 today's day period, ?3 this month's period, ?4 the minimum,
 // ?5 the most to take (max(min, max)). Returns the balance after, what was taken, the
-// refill period after and the refill's interval and amount (for period_end). Plain
+// refill period after, the refill's interval and amount (for period_end) and the
+// balance's generation. Plain
 // columns only: SQLite 3.40 answers `refill_amount IS NOT NULL` in a RETURNING clause
 // with 1 for a NULL amount.
 // A refill is due when there is one and its period (<p>) is later than refilled_period;
@@ -256,7 +267,8 @@ inline std::string take_credits_sql(bool unrefilled = false) {
          ", refilled_period = CASE WHEN " + due + " THEN " + p +
          " ELSE refilled_period END WHERE lineage_id = ?1 AND " + avail + " >= ?4" +
          (unrefilled ? " AND NOT " + due : std::string()) +
-         " RETURNING remaining, last_take, refilled_period, refill_interval, refill_amount";
+         " RETURNING remaining, last_take, refilled_period, refill_interval, refill_amount,"
+         " generation";
 }
 // A rewritten digest's audit event (rule 36): key ?1, whatever its account.
 inline std::string key_by_id_sql() {

@@ -148,6 +148,12 @@ CREATE TRIGGER key_credits_on_lineage AFTER UPDATE OF lineage_id ON key_credits 
     WHERE lineage_id = NEW.lineage_id OR (lineage_id IS NULL AND key_id = NEW.lineage_id);
 END;
 )sql"},
+    // A balance's generation (CreditTake::generation), new whenever the balance is set:
+    // credits given back with return_credits_checked() land only on the balance they
+    // were taken from (doc/sqlite-store.md, rule 40).
+    {8, R"sql(
+ALTER TABLE key_credits ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+)sql"},
 };
 
 }  // namespace

@@ -558,6 +558,51 @@ inline void run_admission_sections(const std::shared_ptr<apikeys::Store>& store,
     CHECK(store->get(alice, l)->credits->remaining == 99);
   }
 
+  SECTION("return_credits_checked gives back only onto the balance taken from") {
+    store->insert(lineage_record(1, alice, credits_of(100)));
+    const apikeys::Uuid l = key_id(1);
+    const auto remaining = [&] { return store->get(alice, l)->credits->remaining; };
+    const apikeys::CreditTake t = store->take_credits(l, 10, 10, at(0));
+    check_take(t, Outcome::taken, 10, 90);
+    store->return_credits_checked(l, 4, t.period, t.generation);
+    CHECK(remaining() == 94);
+    // An add changes the balance without setting it: a give-back still lands.
+    CreditsChange add;
+    add.op = CreditsOp::add;
+    add.delta = 6;
+    add.at = at(0);
+    REQUIRE(store->change_credits(alice, l, add));
+    store->return_credits_checked(l, 4, t.period, t.generation);
+    CHECK(remaining() == 104);
+    // A balance set is another balance: credits taken before it do not land on it,
+    // from whichever process they come.
+    CreditsChange set;
+    set.remaining = 50;
+    set.at = at(0);
+    REQUIRE(store->change_credits(alice, l, set));
+    store->return_credits_checked(l, 4, t.period, t.generation);
+    CHECK(remaining() == 50);
+    const apikeys::CreditTake u = store->take_credits(l, 5, 5, at(0));
+    check_take(u, Outcome::taken, 5, 45);
+    CHECK(u.generation != t.generation);
+    store->return_credits_checked(l, 5, u.period, u.generation);
+    CHECK(remaining() == 50);
+    // Set to the same value, it is another balance still.
+    REQUIRE(store->change_credits(alice, l, set));
+    const apikeys::CreditTake v = store->take_credits(l, 5, 5, at(0));
+    REQUIRE(store->change_credits(alice, l, set));
+    store->return_credits_checked(l, 5, v.period, v.generation);
+    CHECK(remaining() == 50);
+    // Removed, then set again: another balance.
+    const apikeys::CreditTake w = store->take_credits(l, 5, 5, at(0));
+    CreditsChange remove;
+    remove.op = CreditsOp::remove;
+    REQUIRE(store->change_credits(alice, l, remove));
+    REQUIRE(store->change_credits(alice, l, set));
+    store->return_credits_checked(l, 5, w.period, w.generation);
+    CHECK(remaining() == 50);
+  }
+
   SECTION("change_credits configures, adds and removes, and logs what verdicts see") {
     const apikeys::KeyRecord a = lineage_record(1, alice);
     store->insert(a);

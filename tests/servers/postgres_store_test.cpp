@@ -2137,7 +2137,7 @@ TEST_CASE("PostgresStore audits a refill take_credits_audited writes, once per p
   CHECK(audit_rows(*pg, schema) == 2);
 }
 
-TEST_CASE("PostgresStore migrates a version 4 schema: the audit trail is added, rows kept",
+TEST_CASE("PostgresStore migrates a version 4 schema: the audit trail and generations added",
           "[servers][postgres][store][migration][audit]") {
   const auto pg = apikeys_test::test_pg();
   if (!pg) return;
@@ -2152,15 +2152,19 @@ TEST_CASE("PostgresStore migrates a version 4 schema: the audit trail is added, 
     fresh.insert(old_key);
   }
   // Back to the tables version 4 wrote.
-  run_sql(*pg, "DROP TABLE " + s + ".apikeys_audit_events; UPDATE " + s +
+  run_sql(*pg, "DROP TABLE " + s + ".apikeys_audit_events; ALTER TABLE " + s +
+                   ".apikeys_key_credits DROP COLUMN generation; UPDATE " + s +
                    ".apikeys_schema_version SET version = 4 WHERE id = 1;");
   REQUIRE(run_sql(*pg, "SELECT to_regclass('" + s + ".apikeys_audit_events')::text") ==
           std::vector<std::vector<std::string>>{{"NULL"}});
 
   apikeys::PostgresStore store(*pg, options_for(schema));
-  CHECK(apikeys::PostgresStore::schema_version() == 5);
+  CHECK(apikeys::PostgresStore::schema_version() == 6);
   CHECK(run_sql(*pg, "SELECT version FROM " + s + ".apikeys_schema_version") ==
-        std::vector<std::vector<std::string>>{{"5"}});
+        std::vector<std::vector<std::string>>{{"6"}});
+  // The credits row from before has the generation of a balance never set since.
+  CHECK(run_sql(*pg, "SELECT generation FROM " + s + ".apikeys_key_credits") ==
+        std::vector<std::vector<std::string>>{{"0"}});
   const auto indexes =
       run_sql(*pg, "SELECT indexdef FROM pg_indexes WHERE schemaname = '" + schema +
                        "' AND tablename = 'apikeys_audit_events'"

@@ -1136,13 +1136,21 @@ class HookStore final : public apikeys_test::ForwardingStore {
     return take;
   }
   void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) override {
+    returning(lineage_id);
+    mem->return_credits(lineage_id, n, period);
+  }
+  void return_credits_checked(const Uuid& lineage_id, std::uint64_t n, std::int64_t period,
+                              std::uint64_t generation) override {
+    returning(lineage_id);
+    mem->return_credits_checked(lineage_id, n, period, generation);
+  }
+  void returning(const Uuid& lineage_id) {
     if (before_return) {
       const std::function<void(const Uuid&)> f = std::move(before_return);
       before_return = nullptr;
       f(lineage_id);
     }
     if (fail_returns) throw std::runtime_error("the store is down");
-    mem->return_credits(lineage_id, n, period);
   }
   std::optional<apikeys::KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,
                                                  const apikeys::CreditsChange& change) override {
@@ -1287,10 +1295,10 @@ TEST_CASE("MemoryLimiter: return_leases() gives nothing back onto a balance set 
 
 TEST_CASE("MemoryLimiter: a lease's credits are not spent past lease_ttl, refused requests or not",
           "[admission][memory_limiter]") {
-  // Another process sets the balance to 0 (this limiter is not told): the credits this
-  // process leased before are spent for at most lease_ttl, then go back to the store. A
-  // request too large for the lease takes its credits out and puts them back when the
-  // store cannot add to them; that must not renew their deadline.
+  // Another process spends the rest of the balance: the credits this process leased
+  // before are spent for at most lease_ttl, then go back to the store. A request too
+  // large for the lease takes its credits out and puts them back when the store cannot
+  // add to them; that must not renew their deadline.
   auto mem = std::make_shared<apikeys::MemoryStore>();
   const Uuid key = key_with_credits(*mem, 100);
   MemoryLimiterOptions o;
@@ -1300,11 +1308,7 @@ TEST_CASE("MemoryLimiter: a lease's credits are not spent past lease_ttl, refuse
   const std::vector<RateLimit> none;
   REQUIRE(limiter.admit(request(key, none, 1, kStart, true)).outcome == AdmissionOutcome::admitted);
   REQUIRE(limiter.leased() == 10);
-  apikeys::CreditsChange c;
-  c.op = apikeys::CreditsOp::configure;
-  c.remaining = 0;
-  c.at = kStart;
-  REQUIRE(mem->change_credits(kAccount, key, c));
+  REQUIRE(mem->take_credits(key, 0, 1000, kStart).taken == 89);
   for (const auto at : {30s, 50s}) {
     CHECK(limiter.admit(request(key, none, 50, kStart + at, true)).outcome ==
           AdmissionOutcome::usage_exceeded);
@@ -1468,6 +1472,53 @@ TEST_CASE("MemoryLimiter: a request waiting for the store holds back only its ow
   };
   CHECK(limiter.admit(request(key, limits, 1, kStart, true)).outcome == AdmissionOutcome::admitted);
   CHECK(admitted == 5000);  // none refused, none `busy`
+}
+
+TEST_CASE("MemoryLimiter: a charge goes back only onto the balance it was taken from",
+          "[admission][memory_limiter]") {
+  // A request charged, then refused by a rate limit another request filled meanwhile,
+  // gives its charge back. If the balance was set in between, by whichever process or
+  // limiter, the charge belongs to the balance it was taken from: the store decides.
+  auto mem = std::make_shared<apikeys::MemoryStore>();
+  auto store = std::make_shared<HookStore>(mem);
+  const Uuid key = key_with_credits(*store, 100);
+  const std::size_t lease_size = GENERATE(std::size_t{0}, std::size_t{10});
+  CAPTURE(lease_size);
+  MemoryLimiterOptions o;
+  o.lease_size = lease_size;
+  MemoryLimiter limiter(store, o);
+  const std::vector<RateLimit> one{limit("one", 1, 60s)};
+  SECTION("set by another process after the charge: not given back onto the new balance") {
+    store->after_take = [&] {
+      REQUIRE(limiter.admit(request(key, one, 1, kStart, true)).outcome ==
+              AdmissionOutcome::admitted);
+      apikeys::CreditsChange c;
+      c.remaining = 0;
+      c.at = kStart;
+      REQUIRE(mem->change_credits(kAccount, key, c));  // another process: no credits_reset()
+    };
+    CHECK(limiter.admit(request(key, one, 1, kStart, true)).outcome ==
+          AdmissionOutcome::rate_limited);
+    CHECK(mem->get(kAccount, key)->credits->remaining == 0);  // 0 stays 0, never 1
+    // Without a lease, nothing more is admitted (with one, the lease taken before the
+    // set is spent for up to lease_ttl: doc/rate-limits.md).
+    if (lease_size == 0) {
+      CHECK(limiter.admit(request(key, {}, 1, kStart, true)).outcome ==
+            AdmissionOutcome::usage_exceeded);
+    }
+  }
+  SECTION("set in this process before the charge: given back onto the balance it came from") {
+    store->before_take = [&] {
+      set_balance(*mem, limiter, key, 10);
+      REQUIRE(limiter.admit(request(key, one, 1, kStart, true)).outcome ==
+              AdmissionOutcome::admitted);
+    };
+    // With a lease, the other request leased the whole balance before this one's take.
+    CHECK(limiter.admit(request(key, one, 1, kStart, true)).outcome ==
+          (lease_size == 0 ? AdmissionOutcome::rate_limited : AdmissionOutcome::usage_exceeded));
+    // One request admitted of the 10 set: the refused one is not charged.
+    CHECK(mem->get(kAccount, key)->credits->remaining + limiter.leased() == 9);
+  }
 }
 
 TEST_CASE("MemoryLimiter: two limits of one name are a failure, never one shared state",

@@ -227,7 +227,7 @@ TEST_CASE("SqliteStore keeps its data across reopen", "[store][sqlite]") {
   CHECK(apikeys_test::contract::ids_of(store.list(alice)) ==
         std::vector<apikeys::Uuid>{b.info.key_id, a.info.key_id});
   CHECK(store.revision() == revision);
-  CHECK(SqliteStore::schema_version() == 7);
+  CHECK(SqliteStore::schema_version() == 8);
   CHECK(RawDb(path).text("PRAGMA journal_mode") == "wal");
   CHECK(RawDb(path).integer("PRAGMA application_id") == SqliteStore::application_id());
   CHECK(SqliteStore::application_id() == 0x6170696B);  // "apik": never changes
