@@ -331,6 +331,9 @@ struct SqliteStore::Impl {
   std::size_t replace_digests(const std::vector<DigestChange>& changes, const ChangeAudit* audit);
   CreditTake take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
                           TimePoint now, const ChangeAudit* audit);
+  // return_credits(), checked against `generation` unless it is null.
+  void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period,
+                      const std::uint64_t* generation);
 };
 
 SqliteStore::SqliteStore(const std::string& path, SqliteStoreOptions options)
@@ -1137,30 +1140,27 @@ CreditTake SqliteStore::Impl::take_credits(const Uuid& lineage_id, std::uint64_t
 }
 
 void SqliteStore::return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) {
-  require_writable(impl_->read_only, "return_credits");
-  if (n == 0) return;
-  const std::string lineage = lineage_id.to_string();
-  impl_->write("return_credits", [&](Writer& w) {
-    RawUse use(w.return_credits);
-    w.return_credits.bind(1, lineage);
-    w.return_credits.bind(2, to_int64(std::min(n, KeyPolicyLimits::kMaxCredits)));
-    w.return_credits.bind(3, period);
-    (void)w.return_credits.step();  // 0 rows: refilled since, or gone: nothing to do
-  });
+  impl_->return_credits(lineage_id, n, period, nullptr);
 }
 
 void SqliteStore::return_credits_checked(const Uuid& lineage_id, std::uint64_t n,
                                          std::int64_t period, std::uint64_t generation) {
-  require_writable(impl_->read_only, "return_credits");
+  impl_->return_credits(lineage_id, n, period, &generation);
+}
+
+void SqliteStore::Impl::return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period,
+                                       const std::uint64_t* generation) {
+  require_writable(read_only, "return_credits");
   if (n == 0) return;
   const std::string lineage = lineage_id.to_string();
-  impl_->write("return_credits", [&](Writer& w) {
-    RawUse use(w.return_credits_checked);
-    w.return_credits_checked.bind(1, lineage);
-    w.return_credits_checked.bind(2, to_int64(std::min(n, KeyPolicyLimits::kMaxCredits)));
-    w.return_credits_checked.bind(3, period);
-    w.return_credits_checked.bind(4, static_cast<std::int64_t>(generation));
-    (void)w.return_credits_checked.step();  // 0 rows: refilled or set since, or gone
+  write("return_credits", [&](Writer& w) {
+    RawStatement& s = generation != nullptr ? w.return_credits_checked : w.return_credits;
+    RawUse use(s);
+    s.bind(1, lineage);
+    s.bind(2, to_int64(std::min(n, KeyPolicyLimits::kMaxCredits)));
+    s.bind(3, period);
+    if (generation != nullptr) s.bind(4, static_cast<std::int64_t>(*generation));
+    (void)s.step();  // 0 rows: refilled or set since, or gone: nothing to do
   });
 }
 
