@@ -314,7 +314,9 @@ class APIKEYS_EXPORT KeyManager {
   /// credits when it had none, and returns the key. The balance belongs to the current
   /// refill period. Credits this process's limiter held in advance for the lineage are
   /// dropped; another process's lease (MemoryLimiterOptions::lease_size) may still be
-  /// spent, at most one lease per process, until its lease_ttl ends. Throws
+  /// spent, at most one lease per process, until its lease_ttl ends or that process next
+  /// asks the store. Credits taken before are never given back onto the new balance by a
+  /// bundled store (Store::return_credits_checked()). Throws
   /// Error(invalid_argument) above kMaxCredits, Error(not_found), Error(not_supported)
   /// for a store without change_credits(). Observers see one `set_credits` event whose
   /// before and after hold `credits` (before: as read just ahead of the change), none
