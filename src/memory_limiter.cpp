@@ -137,19 +137,22 @@ struct MemoryLimiter::Impl {
     ~Pin() {
       if (!lineage_) return;
       detail::MutexLock lock(sh_.mu);
-      unpin();
+      unpin(sh_);
     }
     Pin(const Pin&) = delete;
     Pin& operator=(const Pin&) = delete;
 
-    // Throws bad_alloc (nothing pinned) when the list cannot grow.
-    void pin(const Uuid& lineage) APIKEYS_REQUIRES(sh_.mu) {
-      sh_.pinned.push_back(lineage);
+    // Throws bad_alloc (nothing pinned) when the list cannot grow. `sh` is the shard
+    // this Pin was made for, named again so that the analysis sees its lock held.
+    void pin(Shard& sh, const Uuid& lineage) APIKEYS_REQUIRES(sh.mu) {
+      assert(&sh == &sh_);
+      sh.pinned.push_back(lineage);
       lineage_ = lineage;
     }
-    void unpin() APIKEYS_REQUIRES(sh_.mu) {
+    void unpin(Shard& sh) APIKEYS_REQUIRES(sh.mu) {
+      assert(&sh == &sh_);
       if (!lineage_) return;
-      std::vector<Uuid>& p = sh_.pinned;
+      std::vector<Uuid>& p = sh.pinned;
       for (std::size_t i = 0; i < p.size(); ++i) {
         if (p[i] != *lineage_) continue;
         p[i] = p.back();
@@ -274,7 +277,9 @@ struct MemoryLimiter::Impl {
   bool rebuild_slots(Shard& sh, const Uuid& lineage, std::int64_t now_ns, std::size_t to_come,
                      bool grow) APIKEYS_REQUIRES(sh.mu) {
     if (sh.slots.size() >= slots_per_shard) return false;
-    const auto keep = [&sh, &lineage, now_ns](const Slot& s) APIKEYS_REQUIRES(sh.mu) {
+    // Called by rebuild() within this function, which holds sh.mu: a lambda's body is
+    // analysed on its own, without what its caller holds.
+    const auto keep = [&sh, &lineage, now_ns](const Slot& s) APIKEYS_NO_THREAD_SAFETY_ANALYSIS {
       return s.lineage == lineage || !may_go(sh, s, now_ns);
     };
     std::size_t kept = 0;
@@ -592,7 +597,7 @@ void MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh, std
     detail::MutexLock lock(sh.mu);
     resets = sh.resets;
     if (!decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) return;
-    if (r.limit_count > 0) pin.pin(r.lineage_id);
+    if (r.limit_count > 0) pin.pin(sh, r.lineage_id);
   }
   const CreditTake take = take_credits(credit_store(), r, r.cost, r.cost);
   if (take.outcome == CreditTake::Outcome::insufficient) {
@@ -618,7 +623,7 @@ void MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh, std
   };
   try {
     detail::MutexLock lock(sh.mu);
-    pin.unpin();
+    pin.unpin(sh);
     reset_since = sh.resets != resets;
     if (decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) {
       commit(r, slots.data(), decisions.data(), out);
@@ -695,7 +700,7 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
       lease->count = 0;  // taken out; a lease of a past period is dropped: it expired
     }
     try {
-      if (r.limit_count > 0) pin.pin(r.lineage_id);
+      if (r.limit_count > 0) pin.pin(sh, r.lineage_id);
     } catch (...) {
       // No memory to pin: nothing spent but what was taken out of the lease, which goes
       // back into it.
@@ -735,7 +740,7 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
   if (take.outcome == CreditTake::Outcome::no_credits) {
     // Credits were removed since the verdict was read: nothing to charge.
     detail::MutexLock lock(sh.mu);
-    pin.unpin();
+    pin.unpin(sh);
     if (decide(sh, r, lh, now_ns, slots.data(), decisions.data(), out)) {
       commit(r, slots.data(), decisions.data(), out);
     }
@@ -748,7 +753,7 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
   }
   const std::uint64_t have = carry + take.taken;
   detail::MutexLock lock(sh.mu);
-  pin.unpin();
+  pin.unpin(sh);
   // The balance was set (or its refill changed) since the lease was read: what this
   // request holds may be from the balance that replaced, so it decides this request
   // (which began before the change) but none of it is leased or given back: it is
