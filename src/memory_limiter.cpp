@@ -523,14 +523,22 @@ struct MemoryLimiter::Impl {
 
   // Takes between `min` and `max` of the request's credits from `st`: audited when the
   // request carries a ChangeAudit, so a refill the take writes leaves its event.
+  // A generation counts only from a store that checks it (Store::
+  // checks_credit_generations()), and only for credits taken: otherwise it is 0, and a
+  // balance set in this process drops what a request holds (Shard::resets).
   static CreditTake take_credits(Store& st, const AdmissionRequest& r, std::uint64_t min,
                                  std::uint64_t max) {
+    CreditTake take;
     if (r.audit != nullptr) {
-      const CreditTake take = st.take_credits_audited(r.lineage_id, min, max, r.now, *r.audit);
+      take = st.take_credits_audited(r.lineage_id, min, max, r.now, *r.audit);
       detail::mark_committed(r.audit);
-      return take;
+    } else {
+      take = st.take_credits(r.lineage_id, min, max, r.now);
     }
-    return st.take_credits(r.lineage_id, min, max, r.now);
+    if (take.outcome != CreditTake::Outcome::taken || !st.checks_credit_generations()) {
+      take.generation = 0;
+    }
+    return take;
   }
 
   // Each sets `out` (out.limits keeps its capacity); admit() resets it first.
@@ -748,16 +756,20 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
   }
   // Credits of two refill periods, or of two balances, never mix: the carry of an older
   // period, or of a balance set since, is dropped.
-  if (carry > 0 && (carry_period != take.period || carry_generation != take.generation)) {
+  const bool took = take.outcome == CreditTake::Outcome::taken;
+  if (carry > 0 && (carry_period != take.period || (took && carry_generation != take.generation))) {
     carry = 0;
   }
+  // The generation of what this request holds (0: none known).
+  const std::uint64_t held_generation = took ? take.generation : carry_generation;
   const std::uint64_t have = carry + take.taken;
   detail::MutexLock lock(sh.mu);
   pin.unpin(sh);
   // The balance was set (or its refill changed) since the lease was read: what this
   // request holds may be from the balance that replaced, so it decides this request
-  // (which began before the change) but none of it is leased or given back: it is
-  // dropped, lost and never granted twice.
+  // (which began before the change) but none of it is leased. What is left goes back,
+  // checked against its generation; from a store that checks none (0) it is dropped,
+  // lost and never granted twice.
   const bool reset_since = sh.resets != resets;
   Lease* lease = nullptr;
   if (!reset_since) {
@@ -778,28 +790,40 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
   }
   std::uint64_t left = limits_ok ? have - r.cost : have;
   std::uint64_t excess = 0;  // beyond lease_size: given back
+  std::uint64_t other = 0;   // another request's lease, of another balance: given back
+  std::int64_t other_period = 0;
+  std::uint64_t other_generation = 0;
   if (lease) {
     // What is left stays leased. Another request may have leased meanwhile: the two
     // merge, and what passes lease_size goes back, so a crash never loses more than it.
     // Credits keep the deadline of the lease they were first taken into: a carry, or
     // a lease another request made meanwhile, brings its own, so that refused requests
     // renewing the lease never keep old credits spendable past lease_ttl.
-    if (lease->count != 0 &&
-        (lease->period != take.period || lease->generation != take.generation)) {
+    if (lease->count != 0 && lease->period != take.period) lease->count = 0;
+    if (lease->count != 0 && left > 0 && lease->generation != held_generation) {
+      // Credits of two balances: another request leased meanwhile from a balance other
+      // than the one this request holds (a set came between the two takes). Which is
+      // current only the store knows: both go back, each checked against its own
+      // generation, and neither is leased.
+      other = lease->count;
+      other_period = lease->period;
+      other_generation = lease->generation;
       lease->count = 0;
+      excess = left;
+    } else {
+      TimePoint expires = add_saturating(r.now, options.lease_ttl);
+      if (carry > 0) expires = std::min(expires, carry_expires);
+      if (lease->count != 0) expires = std::min(expires, lease->expires);
+      const std::uint64_t total = lease->count + left;
+      lease->count = std::min(total, options.lease_size);
+      excess = total - lease->count;
+      lease->store_remaining = take.remaining;
+      lease->period = take.period;
+      if (left > 0) lease->generation = held_generation;
+      lease->period_end = take.period_end;
+      lease->expires = expires;
     }
-    TimePoint expires = add_saturating(r.now, options.lease_ttl);
-    if (carry > 0) expires = std::min(expires, carry_expires);
-    if (lease->count != 0) expires = std::min(expires, lease->expires);
-    const std::uint64_t total = lease->count + left;
-    lease->count = std::min(total, options.lease_size);
-    excess = total - lease->count;
-    lease->store_remaining = take.remaining;
-    lease->period = take.period;
-    lease->generation = take.generation;
-    lease->period_end = take.period_end;
-    lease->expires = expires;
-  } else if (!reset_since || take.generation != 0) {
+  } else if (!reset_since || held_generation != 0) {
     excess = left;  // given back onto the balance it was taken from, if it still is
   }
   if (failure) {
@@ -813,7 +837,8 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
   lock.unlock();
   // Failing, the excess is lost: not a failure of this request, whose answer (above) is
   // final (an admitted request has spent its limits and its credits already).
-  give_back(excess, take.period, take.generation);
+  give_back(excess, take.period, held_generation);
+  give_back(other, other_period, other_generation);
   if (failure) std::rethrow_exception(failure);
 }
 

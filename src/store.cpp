@@ -105,6 +105,8 @@ void Store::return_credits_checked(const Uuid& lineage_id, std::uint64_t n, std:
   return_credits(lineage_id, n, period);
 }
 
+bool Store::checks_credit_generations() const noexcept { return false; }
+
 std::optional<KeyInfo> Store::change_credits(const Uuid& /*account_id*/, const Uuid& /*key_id*/,
                                              const CreditsChange& /*change*/) {
   throw Error(ErrorCode::not_supported, "this store cannot keep credits (change_credits)");

@@ -82,11 +82,13 @@ class APIKEYS_EXPORT MemoryLimiter final : public Limiter {
   /// Drops the lineage's lease without returning it.
   void credits_reset(const Uuid& lineage_id) noexcept override;
 
-  /// Returns what is left of every lease to the store now (Store::return_credits); a
-  /// lease whose refill period has passed is dropped instead, as its credits expired,
-  /// and so are the rest of a shard's leases once a credits_reset() of one of its
-  /// lineages runs meanwhile (they may be a replaced balance's). Store errors are
-  /// swallowed: those credits are lost, never granted twice.
+  /// Returns what is left of every lease to the store now
+  /// (Store::return_credits_checked(): nothing lands on a balance set since the lease
+  /// was taken); a lease whose refill period has passed is dropped instead, as its
+  /// credits expired. Over a store that checks no generation, the leases of a shard
+  /// are dropped too once a credits_reset() of one of its lineages runs meanwhile (they
+  /// may be a replaced balance's). Store errors are swallowed: those credits are lost,
+  /// never granted twice.
   void return_leases() noexcept;
 
   /// Rate-limit states held now.

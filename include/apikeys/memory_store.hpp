@@ -77,6 +77,8 @@ class APIKEYS_EXPORT MemoryStore final : public Store {
   void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) override;
   void return_credits_checked(const Uuid& lineage_id, std::uint64_t n, std::int64_t period,
                               std::uint64_t generation) override;
+  /// True: every balance has a generation (CreditTake::generation).
+  [[nodiscard]] bool checks_credit_generations() const noexcept override { return true; }
   std::optional<KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,
                                         const CreditsChange& change) override;
 

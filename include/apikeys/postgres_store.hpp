@@ -119,6 +119,8 @@ class APIKEYS_EXPORT PostgresStore final : public Store {
   void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) override;
   void return_credits_checked(const Uuid& lineage_id, std::uint64_t n, std::int64_t period,
                               std::uint64_t generation) override;
+  /// True: every balance has a generation (CreditTake::generation).
+  [[nodiscard]] bool checks_credit_generations() const noexcept override { return true; }
   /// One transaction; creating or removing credits bumps the revision once per key of
   /// the lineage and logs each. Not retried.
   std::optional<KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,

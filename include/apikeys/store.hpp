@@ -85,11 +85,11 @@ struct CreditTake {
   /// When the next refill is due: credits taken must not be spent after it (a reset
   /// refill would count them twice). TimePoint::max() without a refill.
   TimePoint period_end = TimePoint::max();
-  /// Which setting of the balance the credits were taken from: a store that keeps one
-  /// gives the balance a new generation whenever change_credits() sets it
-  /// (CreditsOp::configure), so that credits given back afterwards
-  /// (return_credits_checked()) never land on the balance that replaced it. 0 from a
-  /// store that keeps none (a store written before this field existed).
+  /// When `taken`: which setting of the balance the credits were taken from. A store
+  /// that keeps one (checks_credit_generations()) gives the balance a new generation
+  /// whenever change_credits() sets it (CreditsOp::configure), so that credits given
+  /// back afterwards (return_credits_checked()) never land on the balance that replaced
+  /// it. 0 from a store that keeps none (a store written before this field existed).
   std::uint64_t generation = 0;
 };
 
@@ -282,6 +282,12 @@ class APIKEYS_EXPORT Store {
   /// since the take from the one it replaced (SECURITY.md, Known limits).
   virtual void return_credits_checked(const Uuid& lineage_id, std::uint64_t n, std::int64_t period,
                                       std::uint64_t generation);
+
+  /// True when this store keeps a generation per balance and return_credits_checked()
+  /// checks it. A limiter trusts CreditTake::generation only then: a store that wraps
+  /// another and forwards take_credits() and return_credits() alone passes the inner
+  /// store's generations on without their check. Default: false.
+  [[nodiscard]] virtual bool checks_credit_generations() const noexcept;
 
   /// Changes the credits of the lineage of key `key_id`, if that key belongs to
   /// `account_id`; see CreditsOp. Records the change for changes_since() of every key of

@@ -14,12 +14,15 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "alloc_probe.hpp"
 #include "apikeys/apikeys.hpp"
 #include "apikeys/memory_limiter.hpp"
+#include "apikeys/sqlite_store.hpp"
 #include "store_doubles.hpp"
+#include "temp_dir.hpp"
 
 namespace {
 
@@ -1144,6 +1147,9 @@ class HookStore final : public apikeys_test::ForwardingStore {
     returning(lineage_id);
     mem->return_credits_checked(lineage_id, n, period, generation);
   }
+  bool checks_credit_generations() const noexcept override {
+    return mem->checks_credit_generations();  // it forwards return_credits_checked()
+  }
   void returning(const Uuid& lineage_id) {
     if (before_return) {
       const std::function<void(const Uuid&)> f = std::move(before_return);
@@ -1519,6 +1525,87 @@ TEST_CASE("MemoryLimiter: a charge goes back only onto the balance it was taken 
     // One request admitted of the 10 set: the refused one is not charged.
     CHECK(mem->get(kAccount, key)->credits->remaining + limiter.leased() == 9);
   }
+}
+
+TEST_CASE("MemoryLimiter: a take refused for too few credits keeps the lease it carried",
+          "[admission][memory_limiter]") {
+  // Balance 10, leases of 5: costs 3 and 4 leave 1 leased and 2 in the store. A request
+  // of 5 is refused (usage_exceeded) and spends nothing, so a request of 3 still finds
+  // its 3 credits, over every bundled store (a refused take reports no generation).
+  apikeys_test::TempDir dir;
+  apikeys::SqliteStoreOptions so;
+  so.durable = false;
+  const std::vector<std::pair<const char*, std::shared_ptr<apikeys::Store>>> stores = {
+      {"memory", std::make_shared<apikeys::MemoryStore>()},
+      {"sqlite", std::make_shared<apikeys::SqliteStore>(dir.file("credits.db"), so)}};
+  for (const auto& [name, store] : stores) {
+    INFO(name);
+    const Uuid key = key_with_credits(*store, 10);
+    MemoryLimiterOptions o;
+    o.lease_size = 5;
+    MemoryLimiter limiter(store, o);
+    const std::vector<RateLimit> none;
+    CHECK(limiter.admit(request(key, none, 3, kStart, true)).outcome == AdmissionOutcome::admitted);
+    CHECK(limiter.admit(request(key, none, 4, kStart, true)).outcome == AdmissionOutcome::admitted);
+    CHECK(limiter.admit(request(key, none, 5, kStart, true)).outcome ==
+          AdmissionOutcome::usage_exceeded);
+    CHECK(limiter.leased() + store->get(kAccount, key)->credits->remaining == 3);
+    CHECK(limiter.admit(request(key, none, 3, kStart, true)).outcome == AdmissionOutcome::admitted);
+    CHECK(limiter.leased() + store->get(kAccount, key)->credits->remaining == 0);
+  }
+}
+
+namespace {
+
+// A store of the user's own written before generations existed: it wraps a bundled
+// store and forwards take_credits() and return_credits(), not the checked form.
+class OldWrapper final : public apikeys_test::ForwardingStore {
+ public:
+  explicit OldWrapper(const std::shared_ptr<apikeys::MemoryStore>& inner)
+      : apikeys_test::ForwardingStore(inner), mem(inner) {}
+  apikeys::CreditTake take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
+                                   TimePoint now) override {
+    const apikeys::CreditTake take = mem->take_credits(lineage_id, min, max, now);
+    if (after_take) {
+      const std::function<void()> f = std::move(after_take);
+      after_take = nullptr;
+      f();
+    }
+    return take;
+  }
+  void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) override {
+    mem->return_credits(lineage_id, n, period);
+  }
+  std::optional<apikeys::KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,
+                                                 const apikeys::CreditsChange& change) override {
+    return mem->change_credits(account_id, key_id, change);
+  }
+
+  std::shared_ptr<apikeys::MemoryStore> mem;
+  std::function<void()> after_take;
+};
+
+}  // namespace
+
+TEST_CASE("MemoryLimiter: a store that checks no generation drops a charge refused across a set",
+          "[admission][memory_limiter]") {
+  // The wrapper passes the inner store's generations on, but gives credits back
+  // unchecked: the limiter must not trust them. A balance set in this process after a
+  // charge, which a rate limit then refuses, drops the charge as before generations
+  // existed, rather than adding it to the new balance.
+  auto mem = std::make_shared<apikeys::MemoryStore>();
+  auto store = std::make_shared<OldWrapper>(mem);
+  const Uuid key = key_with_credits(*mem, 100);
+  MemoryLimiter limiter(store);
+  const std::vector<RateLimit> one{limit("one", 1, 60s)};
+  store->after_take = [&] {
+    REQUIRE(limiter.admit(request(key, one, 1, kStart, true)).outcome ==
+            AdmissionOutcome::admitted);
+    set_balance(*mem, limiter, key, 0);
+  };
+  CHECK(limiter.admit(request(key, one, 1, kStart, true)).outcome ==
+        AdmissionOutcome::rate_limited);
+  CHECK(mem->get(kAccount, key)->credits->remaining == 0);  // never 1
 }
 
 TEST_CASE("MemoryLimiter: two limits of one name are a failure, never one shared state",
