@@ -83,10 +83,11 @@ inline std::string escape_json_text(std::string_view json, bool one_line = false
       char buf[16];
       if (cp > 0xFFFF) {
         const std::uint32_t v = cp - 0x10000;
-        std::snprintf(buf, sizeof buf, "\\u%04x\\u%04x", static_cast<unsigned>(0xD800 + (v >> 10)),
-                      static_cast<unsigned>(0xDC00 + (v & 0x3FF)));
+        (void)std::snprintf(buf, sizeof buf, "\\u%04x\\u%04x",
+                            static_cast<unsigned>(0xD800 + (v >> 10)),
+                            static_cast<unsigned>(0xDC00 + (v & 0x3FF)));
       } else {
-        std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(cp));
+        (void)std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(cp));
       }
       out += buf;
     }
