@@ -98,12 +98,6 @@ struct MemoryLimiter::Impl {
     // Bumped by credits_reset(): a request that took credits out of a lease, or from
     // the store, before a reset must not put what is left into a lease after it.
     std::uint64_t resets APIKEYS_GUARDED_BY(mu) = 0;
-    // The lineages of this shard's requests that decided their rate limits and are out
-    // at the store for credits, without the lock, to decide again when it answers
-    // (Pin): their states are neither dropped nor taken over meanwhile (may_go()). A
-    // store call may take longer than kRestSlackNs, and a state dropped then would let
-    // such a request decide again from rest. One entry per request in flight.
-    std::vector<Uuid> pinned APIKEYS_GUARDED_BY(mu);
     // Where the tables are (addresses as integers, 0 for none), for prefetch() only,
     // which reads them without the lock: written under it whenever a table moves
     // (publish()). A reader may see a stale or torn pair (an old address with a new
@@ -113,6 +107,13 @@ struct MemoryLimiter::Impl {
     std::atomic<std::size_t> slots_mask{0};
     std::atomic<std::uintptr_t> leases_at{0};
     std::atomic<std::size_t> leases_mask{0};
+    // Last, past the lines every request reads: the lineages of this shard's requests
+    // that decided their rate limits and are out at the store for credits, without the
+    // lock, to decide again when it answers (Pin). Their states are neither dropped nor
+    // taken over meanwhile (may_go()): a store call may take longer than kRestSlackNs,
+    // and a state dropped then would let such a request decide again from rest. One
+    // entry per request in flight.
+    std::vector<Uuid> pinned APIKEYS_GUARDED_BY(mu);
   };
 
   // True when a request of `lineage` is out at the store between its two decisions.
