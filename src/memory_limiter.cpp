@@ -524,6 +524,19 @@ struct MemoryLimiter::Impl {
 
   // Takes between `min` and `max` of the request's credits from `st`: audited when the
   // request carries a ChangeAudit, so a refill the take writes leaves its event.
+  // Gives `n` credits of `period` back to `st`: checked against `generation` by a store
+  // that keeps generations, else through Store::return_credits(), the one form a store
+  // written before generations forwards (it would check the forwarded call against a
+  // generation the limiter never trusted, 0, and drop every give-back).
+  static void give_back_to(Store& st, const Uuid& lineage, std::uint64_t n, std::int64_t period,
+                           std::uint64_t generation) {
+    if (st.checks_credit_generations()) {
+      st.return_credits_checked(lineage, n, period, generation);
+    } else {
+      st.return_credits(lineage, n, period);
+    }
+  }
+
   // A generation counts only from a store that checks it (Store::
   // checks_credit_generations()), and only for credits taken: otherwise it is 0, and a
   // balance set in this process drops what a request holds (Shard::resets).
@@ -625,7 +638,7 @@ void MemoryLimiter::Impl::admit_direct(const AdmissionRequest& r, Shard& sh, std
   const auto give_back = [&]() noexcept {
     if (!charged || take.taken == 0 || (reset_since && take.generation == 0)) return;
     try {
-      credit_store().return_credits_checked(r.lineage_id, take.taken, take.period, take.generation);
+      give_back_to(credit_store(), r.lineage_id, take.taken, take.period, take.generation);
     } catch (...) {
       // Lost, never granted twice.
     }
@@ -731,7 +744,7 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
         detail::MutexLock lock(sh.mu);
         if (sh.resets != resets) return;
       }
-      st.return_credits_checked(r.lineage_id, n, period, generation);
+      give_back_to(st, r.lineage_id, n, period, generation);
     } catch (...) {
       // Lost, never granted twice.
     }
@@ -763,6 +776,10 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
   }
   // The generation of what this request holds (0: none known).
   const std::uint64_t held_generation = took ? take.generation : carry_generation;
+  // A carry that a refused take could not vouch for (the take names no balance): it may
+  // be of a balance set since, so it goes back to the store, checked, rather than into
+  // the lease again. From a store that checks no generation it stays leased, as ever.
+  const bool carry_unvouched = !took && carry > 0 && carry_generation != 0;
   const std::uint64_t have = carry + take.taken;
   detail::MutexLock lock(sh.mu);
   pin.unpin(sh);
@@ -801,15 +818,17 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
     // a lease another request made meanwhile, brings its own, so that refused requests
     // renewing the lease never keep old credits spendable past lease_ttl.
     if (lease->count != 0 && lease->period != take.period) lease->count = 0;
-    if (lease->count != 0 && left > 0 && lease->generation != held_generation) {
+    if (lease->count != 0 && (took || left > 0) && lease->generation != held_generation) {
       // Credits of two balances: another request leased meanwhile from a balance other
-      // than the one this request holds (a set came between the two takes). Which is
-      // current only the store knows: both go back, each checked against its own
-      // generation, and neither is leased.
+      // than the one this request took from or holds (a set came between the two
+      // takes). Which is current only the store knows: both go back, each checked
+      // against its own generation, and neither is leased.
       other = lease->count;
       other_period = lease->period;
       other_generation = lease->generation;
       lease->count = 0;
+      excess = left;
+    } else if (carry_unvouched) {
       excess = left;
     } else {
       TimePoint expires = add_saturating(r.now, options.lease_ttl);
@@ -827,13 +846,15 @@ void MemoryLimiter::Impl::admit_leased(const AdmissionRequest& r, Shard& sh, std
   } else if (!reset_since || held_generation != 0) {
     excess = left;  // given back onto the balance it was taken from, if it still is
   }
+  // What goes back counts as the store's (it lands if its balance is the current one).
+  const std::uint64_t back = excess + other;
   if (failure) {
   } else if (!enough) {
     out.outcome = AdmissionOutcome::usage_exceeded;
-    out.credits_remaining = take.remaining + (lease ? lease->count : 0) + excess;
+    out.credits_remaining = take.remaining + (lease ? lease->count : 0) + back;
   } else if (limits_ok) {
     commit(r, slots.data(), decisions.data(), out);
-    out.credits_remaining = take.remaining + (lease ? lease->count : 0) + excess;
+    out.credits_remaining = take.remaining + (lease ? lease->count : 0) + back;
   }
   lock.unlock();
   // Failing, the excess is lost: not a failure of this request, whose answer (above) is
@@ -936,7 +957,7 @@ void MemoryLimiter::return_leases() noexcept {
         if (sh.resets != resets) continue;
       }
       try {
-        impl_->store->return_credits_checked(l.lineage, l.count, l.period, l.generation);
+        Impl::give_back_to(*impl_->store, l.lineage, l.count, l.period, l.generation);
       } catch (...) {
         // Lost, never granted twice.
       }

@@ -284,9 +284,11 @@ class APIKEYS_EXPORT Store {
                                       std::uint64_t generation);
 
   /// True when this store keeps a generation per balance and return_credits_checked()
-  /// checks it. A limiter trusts CreditTake::generation only then: a store that wraps
-  /// another and forwards take_credits() and return_credits() alone passes the inner
-  /// store's generations on without their check. Default: false.
+  /// checks it. A limiter trusts CreditTake::generation only then, and otherwise gives
+  /// credits back with return_credits(): a store that wraps another and forwards
+  /// take_credits() and return_credits() alone passes the inner store's generations on
+  /// without their check. A store that forwards return_credits_checked() forwards this
+  /// too. Default: false.
   [[nodiscard]] virtual bool checks_credit_generations() const noexcept;
 
   /// Changes the credits of the lineage of key `key_id`, if that key belongs to

@@ -1299,18 +1299,52 @@ TEST_CASE("MemoryLimiter: return_leases() gives nothing back onto a balance set 
   }
 }
 
+namespace {
+
+// A store of the user's own written before generations existed: it wraps a bundled
+// store and forwards take_credits() and return_credits(), not the checked form.
+class OldWrapper final : public apikeys_test::ForwardingStore {
+ public:
+  explicit OldWrapper(const std::shared_ptr<apikeys::MemoryStore>& inner)
+      : apikeys_test::ForwardingStore(inner), mem(inner) {}
+  apikeys::CreditTake take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
+                                   TimePoint now) override {
+    const apikeys::CreditTake take = mem->take_credits(lineage_id, min, max, now);
+    if (after_take) {
+      const std::function<void()> f = std::move(after_take);
+      after_take = nullptr;
+      f();
+    }
+    return take;
+  }
+  void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) override {
+    mem->return_credits(lineage_id, n, period);
+  }
+  std::optional<apikeys::KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,
+                                                 const apikeys::CreditsChange& change) override {
+    return mem->change_credits(account_id, key_id, change);
+  }
+
+  std::shared_ptr<apikeys::MemoryStore> mem;
+  std::function<void()> after_take;
+};
+
+}  // namespace
+
 TEST_CASE("MemoryLimiter: a lease's credits are not spent past lease_ttl, refused requests or not",
           "[admission][memory_limiter]") {
   // Another process spends the rest of the balance: the credits this process leased
   // before are spent for at most lease_ttl, then go back to the store. A request too
-  // large for the lease takes its credits out and puts them back when the store cannot
-  // add to them; that must not renew their deadline.
+  // large for the lease takes its credits out and, over a store that checks no
+  // generation, puts them back when the store cannot add to them; that must not renew
+  // their deadline. (A store that checks generations takes them back instead: "a lease
+  // of a balance set elsewhere is not leased again".)
   auto mem = std::make_shared<apikeys::MemoryStore>();
   const Uuid key = key_with_credits(*mem, 100);
   MemoryLimiterOptions o;
   o.lease_size = 10;
   o.lease_ttl = 60s;
-  MemoryLimiter limiter(mem, o);
+  MemoryLimiter limiter(std::make_shared<OldWrapper>(mem), o);
   const std::vector<RateLimit> none;
   REQUIRE(limiter.admit(request(key, none, 1, kStart, true)).outcome == AdmissionOutcome::admitted);
   REQUIRE(limiter.leased() == 10);
@@ -1555,38 +1589,6 @@ TEST_CASE("MemoryLimiter: a take refused for too few credits keeps the lease it 
   }
 }
 
-namespace {
-
-// A store of the user's own written before generations existed: it wraps a bundled
-// store and forwards take_credits() and return_credits(), not the checked form.
-class OldWrapper final : public apikeys_test::ForwardingStore {
- public:
-  explicit OldWrapper(const std::shared_ptr<apikeys::MemoryStore>& inner)
-      : apikeys_test::ForwardingStore(inner), mem(inner) {}
-  apikeys::CreditTake take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
-                                   TimePoint now) override {
-    const apikeys::CreditTake take = mem->take_credits(lineage_id, min, max, now);
-    if (after_take) {
-      const std::function<void()> f = std::move(after_take);
-      after_take = nullptr;
-      f();
-    }
-    return take;
-  }
-  void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) override {
-    mem->return_credits(lineage_id, n, period);
-  }
-  std::optional<apikeys::KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,
-                                                 const apikeys::CreditsChange& change) override {
-    return mem->change_credits(account_id, key_id, change);
-  }
-
-  std::shared_ptr<apikeys::MemoryStore> mem;
-  std::function<void()> after_take;
-};
-
-}  // namespace
-
 TEST_CASE("MemoryLimiter: a store that checks no generation drops a charge refused across a set",
           "[admission][memory_limiter]") {
   // The wrapper passes the inner store's generations on, but gives credits back
@@ -1606,6 +1608,107 @@ TEST_CASE("MemoryLimiter: a store that checks no generation drops a charge refus
   CHECK(limiter.admit(request(key, one, 1, kStart, true)).outcome ==
         AdmissionOutcome::rate_limited);
   CHECK(mem->get(kAccount, key)->credits->remaining == 0);  // never 1
+}
+
+TEST_CASE("MemoryLimiter: a lease of a balance set elsewhere is not leased again",
+          "[admission][memory_limiter]") {
+  // Another process sets the balance: what this process leased before belongs to the
+  // balance replaced. A request its lease cannot serve asks the store, and from then on
+  // the old credits are not spent here, whatever the store answers.
+  auto mem = std::make_shared<apikeys::MemoryStore>();
+  auto store = std::make_shared<HookStore>(mem);
+  const std::vector<RateLimit> none;
+  MemoryLimiterOptions o;
+  o.lease_size = 10;
+  const auto set_elsewhere = [&](const Uuid& key, std::uint64_t n) {
+    apikeys::CreditsChange c;
+    c.remaining = n;
+    c.at = kStart;
+    REQUIRE(mem->change_credits(kAccount, key, c));  // no credits_reset() here
+  };
+  SECTION("the store refuses the take: the carry goes back, checked, and is dropped") {
+    const Uuid key = key_with_credits(*store, 100);
+    MemoryLimiter limiter(store, o);
+    REQUIRE(limiter.admit(request(key, none, 3, kStart, true)).outcome ==
+            AdmissionOutcome::admitted);
+    REQUIRE(limiter.leased() == 10);
+    set_elsewhere(key, 0);
+    CHECK(limiter.admit(request(key, none, 11, kStart, true)).outcome ==
+          AdmissionOutcome::usage_exceeded);
+    CHECK(limiter.leased() == 0);
+    CHECK(mem->get(kAccount, key)->credits->remaining == 0);
+    CHECK(limiter.admit(request(key, none, 1, kStart, true)).outcome ==
+          AdmissionOutcome::usage_exceeded);
+  }
+  SECTION("another request leased the old balance while this one took the new") {
+    const Uuid key = key_with_credits(*store, 100);
+    MemoryLimiter limiter(store, o);
+    // This request (cost 5) reads an empty lease; before its take, another request
+    // leases 10 of the balance of 100, and another process sets it to 5. This request
+    // then takes the whole new balance, leaving nothing: the lease of the old one must
+    // not survive it.
+    store->before_take = [&] {
+      REQUIRE(limiter.admit(request(key, none, 1, kStart, true)).outcome ==
+              AdmissionOutcome::admitted);
+      REQUIRE(limiter.leased() == 10);
+      set_elsewhere(key, 5);
+    };
+    CHECK(limiter.admit(request(key, none, 5, kStart, true)).outcome == AdmissionOutcome::admitted);
+    CHECK(limiter.leased() == 0);
+    CHECK(mem->get(kAccount, key)->credits->remaining == 0);
+    CHECK(limiter.admit(request(key, none, 1, kStart, true)).outcome ==
+          AdmissionOutcome::usage_exceeded);
+  }
+}
+
+namespace {
+
+// A store of the user's own that wraps a bundled one and forwards the checked
+// give-back too, but not checks_credit_generations(): the limiter trusts no generation
+// of it, so its give-backs must still land.
+class ForwardsCheckedOnly final : public apikeys_test::ForwardingStore {
+ public:
+  explicit ForwardsCheckedOnly(const std::shared_ptr<apikeys::MemoryStore>& inner)
+      : apikeys_test::ForwardingStore(inner), mem(inner) {}
+  apikeys::CreditTake take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
+                                   TimePoint now) override {
+    const apikeys::CreditTake take = mem->take_credits(lineage_id, min, max, now);
+    if (after_take) {
+      const std::function<void()> f = std::move(after_take);
+      after_take = nullptr;
+      f();
+    }
+    return take;
+  }
+  void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) override {
+    mem->return_credits(lineage_id, n, period);
+  }
+  void return_credits_checked(const Uuid& lineage_id, std::uint64_t n, std::int64_t period,
+                              std::uint64_t generation) override {
+    mem->return_credits_checked(lineage_id, n, period, generation);
+  }
+
+  std::shared_ptr<apikeys::MemoryStore> mem;
+  std::function<void()> after_take;
+};
+
+}  // namespace
+
+TEST_CASE("MemoryLimiter: a store that trusts no generation still gets its give-backs",
+          "[admission][memory_limiter]") {
+  auto mem = std::make_shared<apikeys::MemoryStore>();
+  auto store = std::make_shared<ForwardsCheckedOnly>(mem);
+  const Uuid key = key_with_credits(*mem, 100);
+  MemoryLimiter limiter(store);
+  const std::vector<RateLimit> one{limit("one", 1, 60s)};
+  // Charged, then refused: another request took the limit's one place meanwhile.
+  store->after_take = [&] {
+    REQUIRE(limiter.admit(request(key, one, 1, kStart, true)).outcome ==
+            AdmissionOutcome::admitted);
+  };
+  CHECK(limiter.admit(request(key, one, 1, kStart, true)).outcome ==
+        AdmissionOutcome::rate_limited);
+  CHECK(mem->get(kAccount, key)->credits->remaining == 99);  // the refused one's came back
 }
 
 TEST_CASE("MemoryLimiter: two limits of one name are a failure, never one shared state",
