@@ -522,8 +522,6 @@ struct MemoryLimiter::Impl {
     return *store;
   }
 
-  // Takes between `min` and `max` of the request's credits from `st`: audited when the
-  // request carries a ChangeAudit, so a refill the take writes leaves its event.
   // Gives `n` credits of `period` back to `st`: checked against `generation` by a store
   // that keeps generations, else through Store::return_credits(), the one form a store
   // written before generations forwards (it would check the forwarded call against a
@@ -537,7 +535,9 @@ struct MemoryLimiter::Impl {
     }
   }
 
-  // A generation counts only from a store that checks it (Store::
+  // Takes between `min` and `max` of the request's credits from `st`: audited when the
+  // request carries a ChangeAudit, so a refill the take writes leaves its event. A
+  // generation counts only from a store that checks it (Store::
   // checks_credit_generations()), and only for credits taken: otherwise it is 0, and a
   // balance set in this process drops what a request holds (Shard::resets).
   static CreditTake take_credits(Store& st, const AdmissionRequest& r, std::uint64_t min,

@@ -1301,12 +1301,15 @@ TEST_CASE("MemoryLimiter: return_leases() gives nothing back onto a balance set 
 
 namespace {
 
-// A store of the user's own written before generations existed: it wraps a bundled
-// store and forwards take_credits() and return_credits(), not the checked form.
+// A store of the user's own that wraps a bundled one and forwards take_credits() and
+// return_credits() but not checks_credit_generations(): one written before generations
+// existed, or (`forwards_checked`) one that forwards the checked give-back too. Either
+// way the limiter must trust no generation of it.
 class OldWrapper final : public apikeys_test::ForwardingStore {
  public:
-  explicit OldWrapper(const std::shared_ptr<apikeys::MemoryStore>& inner)
-      : apikeys_test::ForwardingStore(inner), mem(inner) {}
+  explicit OldWrapper(const std::shared_ptr<apikeys::MemoryStore>& inner,
+                      bool forwards_checked = false)
+      : apikeys_test::ForwardingStore(inner), mem(inner), forwards_checked_(forwards_checked) {}
   apikeys::CreditTake take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
                                    TimePoint now) override {
     const apikeys::CreditTake take = mem->take_credits(lineage_id, min, max, now);
@@ -1320,6 +1323,14 @@ class OldWrapper final : public apikeys_test::ForwardingStore {
   void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) override {
     mem->return_credits(lineage_id, n, period);
   }
+  void return_credits_checked(const Uuid& lineage_id, std::uint64_t n, std::int64_t period,
+                              std::uint64_t generation) override {
+    if (forwards_checked_) {
+      mem->return_credits_checked(lineage_id, n, period, generation);
+    } else {
+      Store::return_credits_checked(lineage_id, n, period, generation);  // the default
+    }
+  }
   std::optional<apikeys::KeyInfo> change_credits(const Uuid& account_id, const Uuid& key_id,
                                                  const apikeys::CreditsChange& change) override {
     return mem->change_credits(account_id, key_id, change);
@@ -1327,6 +1338,9 @@ class OldWrapper final : public apikeys_test::ForwardingStore {
 
   std::shared_ptr<apikeys::MemoryStore> mem;
   std::function<void()> after_take;
+
+ private:
+  bool forwards_checked_;
 };
 
 }  // namespace
@@ -1661,43 +1675,10 @@ TEST_CASE("MemoryLimiter: a lease of a balance set elsewhere is not leased again
   }
 }
 
-namespace {
-
-// A store of the user's own that wraps a bundled one and forwards the checked
-// give-back too, but not checks_credit_generations(): the limiter trusts no generation
-// of it, so its give-backs must still land.
-class ForwardsCheckedOnly final : public apikeys_test::ForwardingStore {
- public:
-  explicit ForwardsCheckedOnly(const std::shared_ptr<apikeys::MemoryStore>& inner)
-      : apikeys_test::ForwardingStore(inner), mem(inner) {}
-  apikeys::CreditTake take_credits(const Uuid& lineage_id, std::uint64_t min, std::uint64_t max,
-                                   TimePoint now) override {
-    const apikeys::CreditTake take = mem->take_credits(lineage_id, min, max, now);
-    if (after_take) {
-      const std::function<void()> f = std::move(after_take);
-      after_take = nullptr;
-      f();
-    }
-    return take;
-  }
-  void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) override {
-    mem->return_credits(lineage_id, n, period);
-  }
-  void return_credits_checked(const Uuid& lineage_id, std::uint64_t n, std::int64_t period,
-                              std::uint64_t generation) override {
-    mem->return_credits_checked(lineage_id, n, period, generation);
-  }
-
-  std::shared_ptr<apikeys::MemoryStore> mem;
-  std::function<void()> after_take;
-};
-
-}  // namespace
-
 TEST_CASE("MemoryLimiter: a store that trusts no generation still gets its give-backs",
           "[admission][memory_limiter]") {
   auto mem = std::make_shared<apikeys::MemoryStore>();
-  auto store = std::make_shared<ForwardsCheckedOnly>(mem);
+  auto store = std::make_shared<OldWrapper>(mem, /*forwards_checked=*/true);
   const Uuid key = key_with_credits(*mem, 100);
   MemoryLimiter limiter(store);
   const std::vector<RateLimit> one{limit("one", 1, 60s)};
