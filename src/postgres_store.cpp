@@ -1558,6 +1558,9 @@ struct PostgresStore::Impl {
   // nothing was then changed, and the result is not the answer.
   CreditTake take_on(PgConnection& c, const TakeArgs& args, bool write_refill,
                      bool& refill_due) const;
+  // return_credits(), checked against `generation` unless it is null.
+  void return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period,
+                      const std::uint64_t* generation);
 };
 
 PostgresStore::PostgresStore(const std::string& conninfo, PostgresStoreOptions options) {
@@ -2033,30 +2036,28 @@ CreditTake PostgresStore::take_credits_audited(const Uuid& lineage_id, std::uint
 }
 
 void PostgresStore::return_credits(const Uuid& lineage_id, std::uint64_t n, std::int64_t period) {
-  if (n == 0) return;
-  const std::string lineage = lineage_id.to_string();
-  const std::string count = std::to_string(std::min(n, KeyPolicyLimits::kMaxCredits));
-  const std::string when = std::to_string(period);
-  const char* values[] = {lineage.c_str(), count.c_str(), when.c_str()};
-  // Not retried: after a lost reply the credits may be back already.
-  impl_->run("return_credits", false, [&](PgConnection& c) {
-    (void)c.exec_prepared("return_credits", kReturnCredits, 3, values, nullptr, nullptr,
-                          impl_->statement_deadline());
-  });
+  impl_->return_credits(lineage_id, n, period, nullptr);
 }
 
 void PostgresStore::return_credits_checked(const Uuid& lineage_id, std::uint64_t n,
                                            std::int64_t period, std::uint64_t generation) {
+  impl_->return_credits(lineage_id, n, period, &generation);
+}
+
+void PostgresStore::Impl::return_credits(const Uuid& lineage_id, std::uint64_t n,
+                                         std::int64_t period, const std::uint64_t* generation) {
   if (n == 0) return;
   const std::string lineage = lineage_id.to_string();
   const std::string count = std::to_string(std::min(n, KeyPolicyLimits::kMaxCredits));
   const std::string when = std::to_string(period);
-  const std::string which = std::to_string(static_cast<std::int64_t>(generation));
+  const std::string which =
+      generation != nullptr ? std::to_string(static_cast<std::int64_t>(*generation)) : "";
   const char* values[] = {lineage.c_str(), count.c_str(), when.c_str(), which.c_str()};
   // Not retried: after a lost reply the credits may be back already.
-  impl_->run("return_credits", false, [&](PgConnection& c) {
-    (void)c.exec_prepared("return_credits", kReturnCreditsChecked, 4, values, nullptr, nullptr,
-                          impl_->statement_deadline());
+  run("return_credits", false, [&](PgConnection& c) {
+    (void)c.exec_prepared(
+        "return_credits", generation != nullptr ? kReturnCreditsChecked : kReturnCredits,
+        generation != nullptr ? 4 : 3, values, nullptr, nullptr, statement_deadline());
   });
 }
 
